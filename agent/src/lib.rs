@@ -1,0 +1,18 @@
+//! egressd: eBPF host agent that keeps a host's outbound connections inside allowlisted
+//! regions.
+//!
+//! Pipeline: [`config`] (TOML files with located errors) -> [`policy`] (pure compilation into
+//! map contents, also the reference model) -> [`loader`] (maps, programs, cgroup attach) ->
+//! [`events`] (ring buffer -> typed, enriched events) -> [`sink`] (JSON lines), with
+//! [`stats`] reading the kernel counters.
+pub mod cgroup;
+pub mod clock;
+pub mod check;
+pub mod config;
+pub mod daemon;
+pub mod events;
+pub mod loader;
+pub mod policy;
+pub mod privileges;
+pub mod sink;
+pub mod stats;

@@ -1,0 +1,67 @@
+//! Kernel counters: attempts by (hook, region, verdict) and events lost in the kernel.
+use aya::maps::{MapData, PerCpuArray};
+use egressd_common::{COUNTER_SLOTS, HOOK_SLOTS, MAX_REGIONS, VERDICT_COUNT, counter_index, loss};
+use serde::Serialize;
+
+use crate::{events::hook_name, policy::Policy};
+
+/// One non-zero counter, summed over CPUs.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CounterRow {
+    /// Kernel hook, e.g. `"cgroup/connect4"`.
+    pub hook: &'static str,
+    /// Region name, `"unknown"` (in no region) or `"local"` (loopback/unspecified).
+    pub region: String,
+    /// `"allow"`, `"deny"` or `"audit"`.
+    pub verdict: &'static str,
+    /// Attempts since the programs were loaded.
+    pub count: u64,
+}
+
+/// Events lost before reaching a sink, by stage.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Loss {
+    /// Ring buffer full when the kernel tried to write an event.
+    pub ringbuf_full: u64,
+}
+
+/// Reads all non-zero counters. One lookup per slot, summing the per-CPU values.
+pub fn counters(
+    map: &PerCpuArray<MapData, u64>,
+    policy: &Policy,
+) -> anyhow::Result<Vec<CounterRow>> {
+    let mut rows = Vec::new();
+    for hook in 0..HOOK_SLOTS {
+        for region in 0..MAX_REGIONS {
+            for verdict in 0..VERDICT_COUNT {
+                let idx = counter_index(hook, region, verdict);
+                debug_assert!(idx < COUNTER_SLOTS);
+                let count: u64 = map.get(&idx, 0)?.iter().sum();
+                if count == 0 {
+                    continue;
+                }
+                rows.push(CounterRow {
+                    hook: hook_name(u8::try_from(hook)?),
+                    region: region_label(policy, region),
+                    verdict: ["allow", "deny", "audit"][verdict as usize],
+                    count,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Reads the kernel loss counters.
+pub fn loss(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<Loss> {
+    Ok(Loss { ringbuf_full: map.get(&loss::RINGBUF_FULL, 0)?.iter().sum() })
+}
+
+/// Region name for a counter slot, including the reserved ids.
+pub fn region_label(policy: &Policy, region: u32) -> String {
+    if region == egressd_common::REGION_LOCAL {
+        "local".into()
+    } else {
+        policy.region_name(region).to_owned()
+    }
+}

@@ -1,0 +1,234 @@
+//! Kernel/userspace ABI of egressd.
+//!
+//! Everything both sides of the ring buffer and the maps must agree on lives here: map names,
+//! `#[repr(C)]` value layouts with explicit padding, and the numeric codes of verdicts, hooks,
+//! modes and address families. The crate is `#![no_std]` so the eBPF programs can use it; the
+//! `user` feature adds `aya::Pod` implementations for userspace.
+//!
+//! Byte order: addresses are stored in network byte order (as the kernel hands them to the
+//! socket hooks, see `struct bpf_sock_addr` in `include/uapi/linux/bpf.h`); ports are stored in
+//! host byte order; everything else is host byte order.
+#![no_std]
+
+/// Map names as they appear in the eBPF object. A typo is a compile error, not a runtime
+/// "map not found". The `_v1` suffix is the layout version: bump it when a value changes shape
+/// so an upgrade never reads a map with the old layout.
+pub mod maps {
+    /// `BPF_MAP_TYPE_LPM_TRIE`, key [`crate::LpmKeyV4`] shape (prefix length + 4 address
+    /// bytes), value `u32` region id.
+    pub const PREFIXES_V4: &str = "EGRESSD_PREFIXES_V4_V1";
+    /// `BPF_MAP_TYPE_LPM_TRIE`, key prefix length + 16 address bytes, value `u32` region id.
+    pub const PREFIXES_V6: &str = "EGRESSD_PREFIXES_V6_V1";
+    /// `BPF_MAP_TYPE_ARRAY` of [`crate::RegionPolicy`], indexed by region id
+    /// (`0..MAX_REGIONS`).
+    pub const REGIONS: &str = "EGRESSD_REGIONS_V1";
+    /// `BPF_MAP_TYPE_ARRAY` with one [`crate::GlobalPolicy`] at index 0.
+    pub const GLOBAL: &str = "EGRESSD_GLOBAL_V1";
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::counter_index`].
+    pub const COUNTERS: &str = "EGRESSD_COUNTERS_V1";
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::loss`] constants.
+    pub const LOSS: &str = "EGRESSD_LOSS_V1";
+    /// `BPF_MAP_TYPE_RINGBUF` of [`crate::Event`] records.
+    pub const EVENTS: &str = "EGRESSD_EVENTS_V1";
+}
+
+/// Program (function) names in the eBPF object, one per hook.
+pub mod programs {
+    /// `cgroup/connect4`: `connect()` on AF_INET sockets (TCP, connected UDP).
+    pub const CONNECT4: &str = "egressd_connect4";
+    /// `cgroup/connect6`: `connect()` on AF_INET6 sockets, including IPv4-mapped destinations.
+    pub const CONNECT6: &str = "egressd_connect6";
+    /// `cgroup/sendmsg4`: `sendto()`/`sendmsg()` with a destination on AF_INET UDP sockets.
+    pub const SENDMSG4: &str = "egressd_sendmsg4";
+    /// `cgroup/sendmsg6`: `sendto()`/`sendmsg()` with a destination on AF_INET6 UDP sockets.
+    pub const SENDMSG6: &str = "egressd_sendmsg6";
+}
+
+/// Region ids are indices into [`maps::REGIONS`]. Id 0 is reserved for "in no region".
+pub const REGION_UNKNOWN: u32 = 0;
+/// Reserved region id under which loopback and unspecified destinations (always allowed)
+/// are counted.
+pub const REGION_LOCAL: u32 = MAX_REGIONS - 1;
+/// Number of region slots, including the reserved ids [`REGION_UNKNOWN`] and
+/// [`REGION_LOCAL`]; a policy can name at most `MAX_REGIONS - 2` regions.
+pub const MAX_REGIONS: u32 = 1024;
+
+/// Ring buffer size in bytes (power of two, multiple of the page size).
+pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// Default maximum number of prefixes per LPM trie; userspace may raise it at load time.
+pub const DEFAULT_MAX_PREFIXES: u32 = 1 << 20;
+
+/// What happened to a connection attempt.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Destination is allowlisted (or loopback/unspecified): let through, no event.
+    Allow = 0,
+    /// Destination is not allowlisted and the policy enforces: the caller gets `EPERM`.
+    Deny = 1,
+    /// Destination is not allowlisted but the policy is in audit mode: let through, reported.
+    Audit = 2,
+}
+
+/// Number of [`Verdict`] values (counter index stride).
+pub const VERDICT_COUNT: u32 = 3;
+
+impl Verdict {
+    /// Decode a verdict code from the kernel; `None` for an unknown code.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Allow),
+            1 => Some(Self::Deny),
+            2 => Some(Self::Audit),
+            _ => None,
+        }
+    }
+}
+
+/// The kernel hook that judged an attempt.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// See [`programs::CONNECT4`].
+    Connect4 = 0,
+    /// See [`programs::CONNECT6`].
+    Connect6 = 1,
+    /// See [`programs::SENDMSG4`].
+    Sendmsg4 = 2,
+    /// See [`programs::SENDMSG6`].
+    Sendmsg6 = 3,
+}
+
+/// Number of hook slots reserved in the counter layout (room for later hooks without a
+/// layout change).
+pub const HOOK_SLOTS: u32 = 8;
+
+impl Hook {
+    /// All hooks this build knows, in code order.
+    pub const ALL: [Hook; 4] = [Hook::Connect4, Hook::Connect6, Hook::Sendmsg4, Hook::Sendmsg6];
+
+    /// Decode a hook code from the kernel; `None` for an unknown code.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Connect4),
+            1 => Some(Self::Connect6),
+            2 => Some(Self::Sendmsg4),
+            3 => Some(Self::Sendmsg6),
+            _ => None,
+        }
+    }
+}
+
+/// Index into [`maps::COUNTERS`] for one (hook, region, verdict) triple.
+///
+/// Layout: `((hook * MAX_REGIONS) + region) * VERDICT_COUNT + verdict`; the map has
+/// [`COUNTER_SLOTS`] entries.
+#[inline(always)]
+pub const fn counter_index(hook: u32, region: u32, verdict: u32) -> u32 {
+    (hook * MAX_REGIONS + region) * VERDICT_COUNT + verdict
+}
+
+/// Number of entries of [`maps::COUNTERS`].
+pub const COUNTER_SLOTS: u32 = HOOK_SLOTS * MAX_REGIONS * VERDICT_COUNT;
+
+/// Indices of [`maps::LOSS`].
+pub mod loss {
+    /// Events that could not be reserved in the ring buffer because it was full.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// Number of entries of the loss map.
+    pub const SLOTS: u32 = 4;
+}
+
+/// Policy mode codes of [`GlobalPolicy::mode`].
+pub mod mode {
+    /// Not-allowlisted destinations are denied with `EPERM`.
+    pub const ENFORCE: u8 = 0;
+    /// Not-allowlisted destinations are let through and reported as `audit`.
+    pub const AUDIT: u8 = 1;
+}
+
+/// Per-region policy, value of [`maps::REGIONS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionPolicy {
+    /// 1 if the region is on the allowlist, 0 otherwise.
+    pub allowed: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 7],
+}
+
+/// Host-wide policy, value of [`maps::GLOBAL`] at index 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalPolicy {
+    /// Policy generation, incremented by userspace on every successful load.
+    pub generation: u64,
+    /// [`mode::ENFORCE`] or [`mode::AUDIT`].
+    pub mode: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 7],
+}
+
+/// Address family codes (Linux `AF_*` values).
+pub mod family {
+    /// `AF_INET`.
+    pub const INET: u8 = 2;
+    /// `AF_INET6`.
+    pub const INET6: u8 = 10;
+}
+
+/// One denied or audited attempt, as written to [`maps::EVENTS`]. 88 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns()`: nanoseconds since boot, including suspend (CLOCK_BOOTTIME).
+    pub boot_ns: u64,
+    /// `bpf_get_current_cgroup_id()`: cgroup v2 id (inode number of the cgroup directory).
+    pub cgroup_id: u64,
+    /// Policy generation that judged the attempt ([`GlobalPolicy::generation`]).
+    pub generation: u64,
+    /// Thread-group id (the process id as userspace sees it).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Region id of the destination, [`REGION_UNKNOWN`] if it is in no region.
+    pub region: u32,
+    /// Destination port, host byte order.
+    pub dst_port: u16,
+    /// [`family::INET`] or [`family::INET6`] of the address *as judged*: an IPv4-mapped IPv6
+    /// destination is reported as `INET` with the IPv4 address.
+    pub family: u8,
+    /// IP protocol number (`IPPROTO_TCP` = 6, `IPPROTO_UDP` = 17, ...).
+    pub protocol: u8,
+    /// [`Verdict`] code.
+    pub verdict: u8,
+    /// [`Hook`] code.
+    pub hook: u8,
+    /// 1 if the socket is AF_INET6 and the destination was IPv4-mapped (`::ffff:a.b.c.d`).
+    pub mapped: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 5],
+    /// Destination address in network byte order; IPv4 uses the first 4 bytes, rest zero.
+    pub dst_addr: [u8; 16],
+    /// `bpf_get_current_comm()`: task name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` data with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::RegionPolicy {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GlobalPolicy {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Event {}
+}
+
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
+const _: () = assert!(core::mem::size_of::<GlobalPolicy>() == 16);
+const _: () = assert!(core::mem::size_of::<RegionPolicy>() == 8);

@@ -1,0 +1,50 @@
+//! egressd kernel programs: entry points only. Each hook is a thin wrapper over
+//! [`judge::judge`]; maps live in [`maps`], address classification in [`addr`].
+#![no_std]
+#![no_main]
+// 64-bit atomic add for exact per-CPU counters (see judge::bump).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod addr;
+mod judge;
+mod maps;
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use egressd_common::Hook;
+
+/// `cgroup/connect4`: TCP `connect()`, connected UDP, on AF_INET sockets.
+#[cgroup_sock_addr(connect4)]
+pub fn egressd_connect4(ctx: SockAddrContext) -> i32 {
+    judge::judge(&ctx, Hook::Connect4)
+}
+
+/// `cgroup/connect6`: as connect4 for AF_INET6 sockets (IPv4-mapped destinations included).
+#[cgroup_sock_addr(connect6)]
+pub fn egressd_connect6(ctx: SockAddrContext) -> i32 {
+    judge::judge(&ctx, Hook::Connect6)
+}
+
+/// `cgroup/sendmsg4`: `sendto()`/`sendmsg()` with an explicit destination, AF_INET UDP.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn egressd_sendmsg4(ctx: SockAddrContext) -> i32 {
+    judge::judge(&ctx, Hook::Sendmsg4)
+}
+
+/// `cgroup/sendmsg6`: as sendmsg4 for AF_INET6 UDP sockets.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn egressd_sendmsg6(ctx: SockAddrContext) -> i32 {
+    judge::judge(&ctx, Hook::Sendmsg6)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable call to this, so it is never taken.
+    loop {}
+}
+
+/// GPL-compatible licence, required for the ring buffer and cgroup helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,89 @@
+//! TCP and UDP listeners inside a test host namespace: TCP accepts and closes, UDP echoes.
+//! Dual-stack (`[::]`), so one listener serves IPv4 and IPv6.
+use std::{
+    io::ErrorKind,
+    net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::Netns;
+
+/// A running listener; stopped and joined on drop.
+pub struct Listener {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Starts serving `port` (TCP and UDP) in `ns`; returns once both sockets are bound.
+    pub fn start(ns: &Netns, port: u16) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel();
+        let ns_name = ns.name().to_owned();
+        let ns_handle = Netns::existing(&ns_name);
+        let (stop2, served2) = (stop.clone(), served.clone());
+        let thread = std::thread::spawn(move || {
+            let bound = ns_handle.enter_current_thread().and_then(|()| {
+                let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+                let tcp = TcpListener::bind(addr).context("bind tcp")?;
+                let udp = UdpSocket::bind(addr).context("bind udp")?;
+                tcp.set_nonblocking(true)?;
+                udp.set_read_timeout(Some(Duration::from_millis(5)))?;
+                Ok((tcp, udp))
+            });
+            let (tcp, udp) = match bound {
+                Ok(s) => {
+                    let _ = tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = [0u8; 2048];
+            while !stop2.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok(_) => {
+                        served2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => {}
+                }
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    served2.fetch_add(1, Ordering::Relaxed);
+                    let _ = udp.send_to(&buf[..n], from);
+                }
+            }
+            std::mem::forget(ns_handle);
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .context("listener did not start")?
+            .with_context(|| format!("listener in {ns_name}"))?;
+        Ok(Self { stop, served, thread: Some(thread) })
+    }
+
+    /// TCP connections accepted plus UDP datagrams echoed so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
