@@ -15,7 +15,10 @@ fn main() -> anyhow::Result<()> {
     let root_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
     let object = out_dir.join("egressd-ebpf");
     // The kernel programs also depend on the shared ABI crate.
-    println!("cargo:rerun-if-changed={}", ebpf_dir.join("../common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        ebpf_dir.join("../common").display()
+    );
     // A stale object from an earlier build must not survive a skipped build.
     let _ = fs::remove_file(&object);
     aya_build::build_ebpf(

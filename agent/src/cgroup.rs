@@ -17,7 +17,8 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 ///
 /// Errors: the file cannot be read, or no cgroup2 filesystem is mounted.
 pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let text =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     cgroup2_root_from(&text).context(
         "no cgroup2 filesystem is mounted (see /proc/self/mountinfo); egressd attaches to \
          cgroup v2: mount it with `mount -t cgroup2 none /sys/fs/cgroup`",
@@ -45,7 +46,9 @@ fn unescape_octal(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
@@ -95,11 +98,24 @@ mod tests {
         let hybrid = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
                       32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
                       41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_root_from(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(cgroup2_root_from(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_root_from(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified =
+            "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup2_root_from(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         let escaped = "29 23 0:26 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_root_from(escaped), Some(PathBuf::from("/mnt/my cg")));
-        assert_eq!(cgroup2_root_from("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+        assert_eq!(
+            cgroup2_root_from(escaped),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+        assert_eq!(
+            cgroup2_root_from("1 2 0:1 / / rw - ext4 /dev/vda rw\n"),
+            None
+        );
     }
 }

@@ -97,7 +97,9 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     let mut enforcer = Enforcer::load(&policy, &cgroup)?;
     let readers = enforcer.take_readers()?;
     let host = host_name();
-    let agent = Agent { version: env!("CARGO_PKG_VERSION") };
+    let agent = Agent {
+        version: env!("CARGO_PKG_VERSION"),
+    };
     let mut sink = JsonLines::stdout();
     sink.emit(&AgentStart {
         timestamp: events::rfc3339(clock::unix_now_ns()),
@@ -118,10 +120,9 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     let enricher = Enricher::new(host.clone(), policy.clone());
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
     // (which owns the RingBuf) is dropped.
-    let mut ring = unsafe {
-        AsyncFd::register_with_interest(readers.events, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| anyhow::anyhow!("registering the ring buffer with the reactor: {e}"))?;
+    let mut ring =
+        unsafe { AsyncFd::register_with_interest(readers.events, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer with the reactor: {e}"))?;
     let mut undecodable = 0u64;
     let mut delivered = 0u64;
     loop {

@@ -132,7 +132,12 @@ impl Enricher {
     /// Builds the sink-facing event from a kernel record.
     pub fn enrich(&self, ev: &Event) -> ConnectionEvent {
         let ip = if ev.family == family::INET {
-            IpAddr::V4(Ipv4Addr::new(ev.dst_addr[0], ev.dst_addr[1], ev.dst_addr[2], ev.dst_addr[3]))
+            IpAddr::V4(Ipv4Addr::new(
+                ev.dst_addr[0],
+                ev.dst_addr[1],
+                ev.dst_addr[2],
+                ev.dst_addr[3],
+            ))
         } else {
             IpAddr::V6(Ipv6Addr::from(ev.dst_addr))
         };
@@ -147,14 +152,22 @@ impl Enricher {
                 None => "invalid",
             },
             hook: hook_name(ev.hook),
-            host: Host { name: self.host.clone() },
+            host: Host {
+                name: self.host.clone(),
+            },
             process: Process {
                 pid: ev.pid,
                 name: comm(&ev.comm),
-                thread: Id { id: u64::from(ev.tid) },
+                thread: Id {
+                    id: u64::from(ev.tid),
+                },
             },
-            user: Id { id: u64::from(ev.uid) },
-            group: Id { id: u64::from(ev.gid) },
+            user: Id {
+                id: u64::from(ev.uid),
+            },
+            group: Id {
+                id: u64::from(ev.gid),
+            },
             cgroup: Id { id: ev.cgroup_id },
             network: Network {
                 kind: if ip.is_ipv4() { "ipv4" } else { "ipv6" },
@@ -168,7 +181,11 @@ impl Enricher {
                 mapped: ev.mapped != 0,
             },
             policy: PolicyRef {
-                mode: if verdict == Some(Verdict::Audit) { "audit" } else { "enforce" },
+                mode: if verdict == Some(Verdict::Audit) {
+                    "audit"
+                } else {
+                    "enforce"
+                },
                 generation: ev.generation,
                 digest: self.policy.digest.clone(),
             },
@@ -221,7 +238,10 @@ mod tests {
 
     #[test]
     fn formats_time_with_nanoseconds() {
-        assert_eq!(rfc3339(1_796_031_000_123_456_789), "2026-11-30T09:30:00.123456789Z");
+        assert_eq!(
+            rfc3339(1_796_031_000_123_456_789),
+            "2026-11-30T09:30:00.123456789Z"
+        );
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
     }
 

@@ -6,8 +6,8 @@
 //! [`events`] (ring buffer -> typed, enriched events) -> [`sink`] (JSON lines), with
 //! [`stats`] reading the kernel counters.
 pub mod cgroup;
-pub mod clock;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod events;

@@ -61,7 +61,11 @@ impl Enforcer {
         }
         crate::privileges::check()?;
         crate::cgroup::validate(cgroup)?;
-        let cap = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).max(DEFAULT_MAX_PREFIXES);
+        let cap = |n: usize| {
+            u32::try_from(n)
+                .unwrap_or(u32::MAX)
+                .max(DEFAULT_MAX_PREFIXES)
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::PREFIXES_V4, cap(policy.v4.len()))
             .map_max_entries(maps::PREFIXES_V6, cap(policy.v6.len()))
@@ -69,7 +73,8 @@ impl Enforcer {
             .map_err(explain_load)?;
         let generation = 1;
         fill(&mut ebpf, policy, generation)?;
-        let cg = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        let cg =
+            File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         for (name, hook) in HOOKS {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -109,25 +114,37 @@ impl Enforcer {
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name).with_context(|| format!("map {name} missing from the eBPF object"))
+    ebpf.map_mut(name)
+        .with_context(|| format!("map {name} missing from the eBPF object"))
 }
 
 /// Writes prefixes, regions and the global policy into the (not yet attached) maps.
 fn fill(ebpf: &mut Ebpf, policy: &Policy, generation: u64) -> anyhow::Result<()> {
     let mut v4: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V4)?)?;
     for (net, region) in &policy.v4 {
-        v4.insert(&Key::new(u32::from(net.prefix()), net.network().octets()), region, 0)
-            .with_context(|| format!("inserting {net} into {}", maps::PREFIXES_V4))?;
+        v4.insert(
+            &Key::new(u32::from(net.prefix()), net.network().octets()),
+            region,
+            0,
+        )
+        .with_context(|| format!("inserting {net} into {}", maps::PREFIXES_V4))?;
     }
     let mut v6: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V6)?)?;
     for (net, region) in &policy.v6 {
-        v6.insert(&Key::new(u32::from(net.prefix()), net.network().octets()), region, 0)
-            .with_context(|| format!("inserting {net} into {}", maps::PREFIXES_V6))?;
+        v6.insert(
+            &Key::new(u32::from(net.prefix()), net.network().octets()),
+            region,
+            0,
+        )
+        .with_context(|| format!("inserting {net} into {}", maps::PREFIXES_V6))?;
     }
     let mut regions: Array<_, RegionPolicy> = Array::try_from(map(ebpf, maps::REGIONS)?)?;
     for (id, allowed) in policy.allowed.iter().enumerate() {
         let id = u32::try_from(id)?;
-        let value = RegionPolicy { allowed: u8::from(*allowed), _pad: [0; 7] };
+        let value = RegionPolicy {
+            allowed: u8::from(*allowed),
+            _pad: [0; 7],
+        };
         regions
             .set(id, value, 0)
             .with_context(|| format!("setting region {id} in {}", maps::REGIONS))?;
@@ -137,7 +154,15 @@ fn fill(ebpf: &mut Ebpf, policy: &Policy, generation: u64) -> anyhow::Result<()>
         Mode::Enforce => kmode::ENFORCE,
         Mode::Audit => kmode::AUDIT,
     };
-    global.set(0, GlobalPolicy { generation, mode, _pad: [0; 7] }, 0)?;
+    global.set(
+        0,
+        GlobalPolicy {
+            generation,
+            mode,
+            _pad: [0; 7],
+        },
+        0,
+    )?;
     Ok(())
 }
 

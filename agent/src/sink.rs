@@ -21,7 +21,11 @@ impl JsonLines<io::BufWriter<io::Stdout>> {
 impl<W: Write> JsonLines<W> {
     /// A sink on any writer (files, tests).
     pub fn new(out: W) -> Self {
-        Self { out, written: 0, failed: 0 }
+        Self {
+            out,
+            written: 0,
+            failed: 0,
+        }
     }
 
     /// Serializes `record` and appends a newline. A failed write is counted (see
@@ -72,7 +76,10 @@ mod tests {
         s.emit(&serde_json::json!({"a": 1}));
         s.emit(&serde_json::json!({"b": "x\ny"}));
         s.flush();
-        assert_eq!(String::from_utf8_lossy(s.get_ref()), "{\"a\":1}\n{\"b\":\"x\\ny\"}\n");
+        assert_eq!(
+            String::from_utf8_lossy(s.get_ref()),
+            "{\"a\":1}\n{\"b\":\"x\\ny\"}\n"
+        );
         assert_eq!((s.written(), s.failed()), (2, 0));
     }
 }

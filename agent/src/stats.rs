@@ -54,13 +54,15 @@ pub fn counters(
 
 /// Reads the kernel loss counters.
 pub fn loss(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<Loss> {
-    Ok(Loss { ringbuf_full: map.get(&loss::RINGBUF_FULL, 0)?.iter().sum() })
+    Ok(Loss {
+        ringbuf_full: map.get(&loss::RINGBUF_FULL, 0)?.iter().sum(),
+    })
 }
 
 /// Region name for a counter slot, including the reserved ids.
 pub fn region_label(policy: &Policy, region: u32) -> String {
     if region == egressd_common::REGION_LOCAL {
-        "local".into()
+        crate::config::LOCAL_REGION_NAME.into()
     } else {
         policy.region_name(region).to_owned()
     }

@@ -42,9 +42,11 @@ fn main() {
 fn require_root() -> Result<(), Failed> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("these tests load eBPF programs and create namespaces: run them as root \
+        return Err(
+            "these tests load eBPF programs and create namespaces: run them as root \
                     (they are never skipped)"
-            .into());
+                .into(),
+        );
     }
     Ok(())
 }
@@ -89,12 +91,18 @@ impl Agent {
                 }
             }
         });
-        let mut agent = Agent { child, lines: rx, seen: Vec::new(), _dir: dir };
+        let mut agent = Agent {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             match agent.lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(l) => {
-                    let v: Value = serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?;
+                    let v: Value =
+                        serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?;
                     let started = v["type"] == "agent_start";
                     agent.seen.push(v);
                     if started {
@@ -133,7 +141,8 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(20));
         }
         while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.seen.push(serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?);
+            self.seen
+                .push(serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?);
         }
         Ok(std::mem::take(&mut self.seen))
     }
@@ -167,7 +176,11 @@ fn probe(tb: &Testbed, repeat: u32, probes: &[String]) -> Result<Vec<ProbeResult
 }
 
 fn tcp(host: &str) -> String {
-    if host.contains(':') { format!("tcp://[{host}]:{PORT}") } else { format!("tcp://{host}:{PORT}") }
+    if host.contains(':') {
+        format!("tcp://[{host}]:{PORT}")
+    } else {
+        format!("tcp://{host}:{PORT}")
+    }
 }
 fn udp(host: &str) -> String {
     tcp(host).replacen("tcp", "udp", 1)
@@ -177,22 +190,36 @@ fn sendto(host: &str) -> String {
 }
 
 fn expect_ok(r: &ProbeResult) -> Result<(), Failed> {
-    if r.ok { Ok(()) } else { Err(format!("{} should succeed: {:?}", r.probe, r.error).into()) }
+    if r.ok {
+        Ok(())
+    } else {
+        Err(format!("{} should succeed: {:?}", r.probe, r.error).into())
+    }
 }
 fn expect_eperm(r: &ProbeResult) -> Result<(), Failed> {
     if !r.ok && r.errno == Some(EPERM) {
         Ok(())
     } else {
-        Err(format!("{} should fail with EPERM, got ok={} {:?}", r.probe, r.ok, r.error).into())
+        Err(format!(
+            "{} should fail with EPERM, got ok={} {:?}",
+            r.probe, r.ok, r.error
+        )
+        .into())
     }
 }
 
 fn connections(records: &[Value]) -> Vec<&Value> {
-    records.iter().filter(|r| r["type"] == "connection").collect()
+    records
+        .iter()
+        .filter(|r| r["type"] == "connection")
+        .collect()
 }
 
 fn stop_record(records: &[Value]) -> Result<&Value, Failed> {
-    records.iter().find(|r| r["type"] == "agent_stop").ok_or_else(|| "no agent_stop record".into())
+    records
+        .iter()
+        .find(|r| r["type"] == "agent_stop")
+        .ok_or_else(|| "no agent_stop record".into())
 }
 
 /// Sum of counters matching (hook, region, verdict).
@@ -218,7 +245,11 @@ fn check_family(v4: bool) -> Result<(), Failed> {
     expect_eperm(&r[3])?;
     let recs = agent.stop()?;
     let ev = connections(&recs);
-    let hook = if v4 { "cgroup/connect4" } else { "cgroup/connect6" };
+    let hook = if v4 {
+        "cgroup/connect4"
+    } else {
+        "cgroup/connect6"
+    };
     if ev.len() != 2 {
         return Err(format!("expected 2 deny events, got {ev:#?}").into());
     }
@@ -260,7 +291,16 @@ fn mapped() -> Result<(), Failed> {
     let agent = Agent::start(&tb, "enforce")?;
     let mapped_us = format!("::ffff:{US_V4}");
     let mapped_eu = format!("::ffff:{EU_V4}");
-    let r = probe(&tb, 1, &[tcp(&mapped_us), tcp(&mapped_eu), udp(&mapped_us), sendto(&mapped_us)])?;
+    let r = probe(
+        &tb,
+        1,
+        &[
+            tcp(&mapped_us),
+            tcp(&mapped_eu),
+            udp(&mapped_us),
+            sendto(&mapped_us),
+        ],
+    )?;
     expect_eperm(&r[0])?;
     expect_ok(&r[1])?;
     expect_eperm(&r[2])?;
@@ -290,13 +330,20 @@ fn unconnected_udp() -> Result<(), Failed> {
     require_root()?;
     let tb = Testbed::new().map_err(|e| format!("testbed: {e:#}"))?;
     let agent = Agent::start(&tb, "enforce")?;
-    let r = probe(&tb, 1, &[sendto(EU_V4), sendto(US_V4), sendto(EU_V6), sendto(US_V6)])?;
+    let r = probe(
+        &tb,
+        1,
+        &[sendto(EU_V4), sendto(US_V4), sendto(EU_V6), sendto(US_V6)],
+    )?;
     expect_ok(&r[0])?;
     expect_eperm(&r[1])?;
     expect_ok(&r[2])?;
     expect_eperm(&r[3])?;
     let recs = agent.stop()?;
-    let hooks: Vec<_> = connections(&recs).iter().map(|e| e["hook"].clone()).collect();
+    let hooks: Vec<_> = connections(&recs)
+        .iter()
+        .map(|e| e["hook"].clone())
+        .collect();
     if hooks != ["cgroup/sendmsg4", "cgroup/sendmsg6"] {
         return Err(format!("expected sendmsg4 and sendmsg6 events, got {hooks:?}").into());
     }
@@ -334,7 +381,16 @@ fn loopback() -> Result<(), Failed> {
     require_root()?;
     let tb = Testbed::new().map_err(|e| format!("testbed: {e:#}"))?;
     let agent = Agent::start(&tb, "enforce")?;
-    let r = probe(&tb, 1, &[tcp("127.0.0.1"), tcp("::1"), udp("127.0.0.1"), tcp("::ffff:127.0.0.1")])?;
+    let r = probe(
+        &tb,
+        1,
+        &[
+            tcp("127.0.0.1"),
+            tcp("::1"),
+            udp("127.0.0.1"),
+            tcp("::ffff:127.0.0.1"),
+        ],
+    )?;
     for x in &r {
         expect_ok(x)?;
     }
@@ -370,7 +426,11 @@ fn audit() -> Result<(), Failed> {
         assert_field(e, "/destination/region", "us")?;
     }
     if tb.served().1 < 3 {
-        return Err(format!("audit mode should let 3 attempts reach us, served {:?}", tb.served()).into());
+        return Err(format!(
+            "audit mode should let 3 attempts reach us, served {:?}",
+            tb.served()
+        )
+        .into());
     }
     Ok(())
 }
@@ -418,7 +478,10 @@ fn event_fields() -> Result<(), Failed> {
     let e = ev.first().ok_or("no event")?;
     let ts = e["@timestamp"].as_str().ok_or("no @timestamp")?;
     // RFC 3339, UTC, nanoseconds: 2026-11-29T09:30:00.123456789Z
-    let ok_shape = ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T' && ts.as_bytes()[19] == b'.';
+    let ok_shape = ts.len() == 30
+        && ts.ends_with('Z')
+        && ts.as_bytes()[10] == b'T'
+        && ts.as_bytes()[19] == b'.';
     if !ok_shape || ts[..19] < before[..19] {
         return Err(format!("timestamp {ts} (test started {before})").into());
     }
@@ -429,8 +492,14 @@ fn event_fields() -> Result<(), Failed> {
     assert_field(e, "/network/iana_number", "6")?;
     assert_field(e, "/user/id", "0")?;
     assert_field(e, "/policy/generation", "1")?;
-    let pid = e.pointer("/process/pid").and_then(Value::as_u64).unwrap_or(0);
-    let comm = e.pointer("/process/name").and_then(Value::as_str).unwrap_or("");
+    let pid = e
+        .pointer("/process/pid")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let comm = e
+        .pointer("/process/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if pid == 0 || comm.is_empty() {
         return Err(format!("process fields missing: {e}").into());
     }
@@ -444,8 +513,11 @@ fn event_fields() -> Result<(), Failed> {
 }
 
 fn time_now() -> String {
-    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%S"]).output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn unprivileged() -> Result<(), Failed> {
@@ -454,11 +526,18 @@ fn unprivileged() -> Result<(), Failed> {
     let dir = std::env::temp_dir().join(egressd_testbed::unique("egressd-test-"));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let cfg = dir.join("policy.toml");
-    std::fs::write(&cfg, egressd_testbed::POLICY.replace("{mode}", "enforce")).map_err(|e| e.to_string())?;
+    std::fs::write(&cfg, egressd_testbed::POLICY.replace("{mode}", "enforce"))
+        .map_err(|e| e.to_string())?;
     let _guard = TempDir(dir);
     // Drop to nobody with no capabilities (util-linux setpriv).
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(env!("CARGO_BIN_EXE_egressd"))
         .args(["run", "--config"])
         .arg(&cfg)
@@ -467,7 +546,10 @@ fn unprivileged() -> Result<(), Failed> {
         .output()
         .map_err(|e| format!("setpriv: {e}"))?;
     let err = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() || !err.contains("insufficient privileges") || !err.contains("run it as root") {
+    if out.status.success()
+        || !err.contains("insufficient privileges")
+        || !err.contains("run it as root")
+    {
         return Err(format!("expected a privileges error, got {}: {err}", out.status).into());
     }
     Ok(())

@@ -106,7 +106,12 @@ pub const HOOK_SLOTS: u32 = 8;
 
 impl Hook {
     /// All hooks this build knows, in code order.
-    pub const ALL: [Hook; 4] = [Hook::Connect4, Hook::Connect6, Hook::Sendmsg4, Hook::Sendmsg6];
+    pub const ALL: [Hook; 4] = [
+        Hook::Connect4,
+        Hook::Connect6,
+        Hook::Sendmsg4,
+        Hook::Sendmsg6,
+    ];
 
     /// Decode a hook code from the kernel; `None` for an unknown code.
     pub const fn from_u8(v: u8) -> Option<Self> {

@@ -25,19 +25,39 @@ pub fn dest(ctx: &SockAddrContext, v6: bool) -> Dest {
     let mut addr = [0u8; 16];
     if !v6 {
         addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
-        return Dest { family: family::INET, mapped: 0, addr, port };
+        return Dest {
+            family: family::INET,
+            mapped: 0,
+            addr,
+            port,
+        };
     }
-    let w = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+    let w = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
     // ::ffff:a.b.c.d (RFC 4291 section 2.5.5.2): judge the IPv4 address it carries.
     if w[0] == 0 && w[1] == 0 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
         addr[..4].copy_from_slice(&w[3].to_ne_bytes());
-        return Dest { family: family::INET, mapped: 1, addr, port };
+        return Dest {
+            family: family::INET,
+            mapped: 1,
+            addr,
+            port,
+        };
     }
     addr[0..4].copy_from_slice(&w[0].to_ne_bytes());
     addr[4..8].copy_from_slice(&w[1].to_ne_bytes());
     addr[8..12].copy_from_slice(&w[2].to_ne_bytes());
     addr[12..16].copy_from_slice(&w[3].to_ne_bytes());
-    Dest { family: family::INET6, mapped: 0, addr, port }
+    Dest {
+        family: family::INET6,
+        mapped: 0,
+        addr,
+        port,
+    }
 }
 
 /// Loopback (127.0.0.0/8, ::1) or unspecified (0.0.0.0, ::): always allowed, never leaves the

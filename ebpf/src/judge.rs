@@ -55,7 +55,11 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
     if verdict != Verdict::Allow {
         report(ctx, hook, &d, region, verdict, generation);
     }
-    if verdict == Verdict::Deny { REJECT } else { PROCEED }
+    if verdict == Verdict::Deny {
+        REJECT
+    } else {
+        PROCEED
+    }
 }
 
 /// Longest-prefix match of the destination; [`REGION_UNKNOWN`] when no prefix covers it.
@@ -94,7 +98,14 @@ fn count(hook: Hook, region: u32, verdict: Verdict) {
 /// Writes one [`Event`]; a full ring buffer is counted in [`loss::RINGBUF_FULL`], never waited
 /// on.
 #[inline(always)]
-fn report(ctx: &SockAddrContext, hook: Hook, d: &Dest, region: u32, verdict: Verdict, generation: u64) {
+fn report(
+    ctx: &SockAddrContext,
+    hook: Hook,
+    d: &Dest,
+    region: u32,
+    verdict: Verdict,
+    generation: u64,
+) {
     let Some(mut entry) = EGRESSD_EVENTS_V1.reserve::<Event>(0) else {
         bump(&EGRESSD_LOSS_V1, loss::RINGBUF_FULL);
         return;

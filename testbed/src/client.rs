@@ -65,7 +65,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     // socket below must be created by a process inside the cgroup.
     if let Some(cg) = cgroup {
         let procs = format!("{cg}/cgroup.procs");
-        fs::write(&procs, std::process::id().to_string()).with_context(|| format!("joining {procs}"))?;
+        fs::write(&procs, std::process::id().to_string())
+            .with_context(|| format!("joining {procs}"))?;
     }
     if let Some(ns) = netns {
         let handle = Netns::existing(&ns);
@@ -104,20 +105,44 @@ pub fn attempt(probe: &str) -> ProbeResult {
     };
     let timeout = Duration::from_secs(3);
     let res = match kind {
-        "tcp" => TcpStream::connect_timeout(&addr, timeout).map(drop).map_err(|e| ("connect", e)),
+        "tcp" => TcpStream::connect_timeout(&addr, timeout)
+            .map(drop)
+            .map_err(|e| ("connect", e)),
         "udp" | "udp-sendto" => udp(kind == "udp", addr, timeout),
-        _ => return fail(probe, "parse", &io::Error::other(format!("unknown kind {kind}"))),
+        _ => {
+            return fail(
+                probe,
+                "parse",
+                &io::Error::other(format!("unknown kind {kind}")),
+            );
+        }
     };
     match res {
-        Ok(()) => ProbeResult { probe: probe.to_owned(), ok: true, errno: None, error: None },
+        Ok(()) => ProbeResult {
+            probe: probe.to_owned(),
+            ok: true,
+            errno: None,
+            error: None,
+        },
         Err((step, e)) => fail(probe, step, &e),
     }
 }
 
-fn udp(connected: bool, addr: SocketAddr, timeout: Duration) -> Result<(), (&'static str, io::Error)> {
-    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(|e| ("bind", io::Error::other(e)))?;
+fn udp(
+    connected: bool,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(), (&'static str, io::Error)> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .map_err(|e| ("bind", io::Error::other(e)))?;
     let sock = UdpSocket::bind(bind).map_err(|e| ("bind", e))?;
-    sock.set_read_timeout(Some(timeout)).map_err(|e| ("setsockopt", e))?;
+    sock.set_read_timeout(Some(timeout))
+        .map_err(|e| ("setsockopt", e))?;
     let msg = b"egressd-probe";
     if connected {
         sock.connect(addr).map_err(|e| ("connect", e))?;

@@ -55,7 +55,11 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// Returns a name unique to this process and call: `{prefix}{pid}x{n}` (short, so derived
 /// interface names stay under IFNAMSIZ).
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The cgroup2 mount point, from `/proc/self/mountinfo` (field 5 of the line whose fstype
@@ -64,11 +68,13 @@ pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo")?;
     for line in info.lines() {
         let mut halves = line.splitn(2, " - ");
-        let (Some(left), Some(right)) = (halves.next(), halves.next()) else { continue };
-        if right.starts_with("cgroup2 ") {
-            if let Some(mp) = left.split(' ').nth(4) {
-                return Ok(PathBuf::from(mp));
-            }
+        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
+            continue;
+        };
+        if right.starts_with("cgroup2 ")
+            && let Some(mp) = left.split(' ').nth(4)
+        {
+            return Ok(PathBuf::from(mp));
         }
     }
     bail!("no cgroup2 mount in /proc/self/mountinfo")
@@ -127,14 +133,18 @@ impl Testbed {
         let client = Netns::create(&unique("egc"))?;
         let eu = Netns::create(&unique("ege"))?;
         let us = Netns::create(&unique("egu"))?;
-        client.link_to(&eu, "veth-eu", ["198.18.1.1/24", "2001:db8:1::1/64"], [
-            "198.18.1.2/24",
-            "2001:db8:1::2/64",
-        ])?;
-        client.link_to(&us, "veth-us", ["198.18.2.1/24", "2001:db8:2::1/64"], [
-            "198.18.2.2/24",
-            "2001:db8:2::2/64",
-        ])?;
+        client.link_to(
+            &eu,
+            "veth-eu",
+            ["198.18.1.1/24", "2001:db8:1::1/64"],
+            ["198.18.1.2/24", "2001:db8:1::2/64"],
+        )?;
+        client.link_to(
+            &us,
+            "veth-us",
+            ["198.18.2.1/24", "2001:db8:2::1/64"],
+            ["198.18.2.2/24", "2001:db8:2::2/64"],
+        )?;
         // Routes to the /48 regions beyond the /64 links would be needed for other host
         // addresses; the tests only use the .2 hosts, which are on-link.
         let cgroup = Cgroup::create(&unique("egressd-test-"))?;
@@ -143,12 +153,22 @@ impl Testbed {
             Listener::start(&us, PORT)?,
             Listener::start(&client, PORT)?,
         ];
-        Ok(Self { client, eu, us, cgroup, listeners })
+        Ok(Self {
+            client,
+            eu,
+            us,
+            cgroup,
+            listeners,
+        })
     }
 
     /// Connections the listeners accepted (TCP) or datagrams they echoed (UDP), per host:
     /// `(eu, us, client loopback)`.
     pub fn served(&self) -> (u64, u64, u64) {
-        (self.listeners[0].served(), self.listeners[1].served(), self.listeners[2].served())
+        (
+            self.listeners[0].served(),
+            self.listeners[1].served(),
+            self.listeners[2].served(),
+        )
     }
 }

@@ -70,7 +70,11 @@ impl Listener {
         rx.recv_timeout(Duration::from_secs(10))
             .context("listener did not start")?
             .with_context(|| format!("listener in {ns_name}"))?;
-        Ok(Self { stop, served, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            served,
+            thread: Some(thread),
+        })
     }
 
     /// TCP connections accepted plus UDP datagrams echoed so far.

@@ -9,9 +9,16 @@ pub struct Netns {
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -20,7 +27,9 @@ impl Netns {
     /// Creates the namespace and brings its loopback up.
     pub fn create(name: &str) -> anyhow::Result<Self> {
         ip(&["netns", "add", name])?;
-        let ns = Self { name: name.to_owned() };
+        let ns = Self {
+            name: name.to_owned(),
+        };
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         // No duplicate address detection: link-local addresses would stay "tentative" for a
         // second and delay the first neighbour discovery.
@@ -31,7 +40,10 @@ impl Netns {
                 .output()
                 .context("running sysctl")?;
             if !out.status.success() {
-                bail!("sysctl accept_dad in {name}: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "sysctl accept_dad in {name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
         Ok(ns)
@@ -39,7 +51,9 @@ impl Netns {
 
     /// A handle on a namespace that someone else owns (not deleted on drop: forget it).
     pub(crate) fn existing(name: &str) -> Self {
-        Self { name: name.to_owned() }
+        Self {
+            name: name.to_owned(),
+        }
     }
 
     /// The namespace name (for `ip netns exec` and `/run/netns/<name>`).

@@ -1,0 +1,388 @@
+//! What `egressd check --config FILE` prints for a valid configuration: a [`summary`] of the
+//! compiled policy and the [`warnings`] worth an operator's attention. Errors are not here:
+//! an invalid file never gets this far ([`crate::config::ConfigError`]).
+
+use std::fmt::Write as _;
+
+use crate::config::{Config, Mode, mask_u32, mask_u128};
+use crate::policy::{Policy, exact_v4, exact_v6};
+
+/// How many "prefix of a non-allowlisted region inside an allowlisted one" warnings to list
+/// before summarizing the rest in one line.
+const MAX_NESTED_WARNINGS: usize = 10;
+
+/// Multi-line, human-readable description of `policy` (compiled from `cfg`), ending in a
+/// newline. Example:
+///
+/// ```text
+/// config:    configs/example.toml
+/// mode:      enforce (connections outside the allowlist fail with EPERM)
+/// digest:    3eebe801680fe728
+/// regions:   2
+///   id  region  allowed  ipv4  ipv6  description
+///    1  eu      yes         1     1  EU datacenters
+///    2  us      no          1     1  US datacenters
+/// prefixes:  2 IPv4, 2 IPv6
+/// allowlist: eu
+/// ```
+///
+/// Warnings are not included; print [`warnings`] separately.
+pub fn summary(cfg: &Config, policy: &Policy) -> String {
+    let mut out = String::new();
+    let mode = match policy.mode {
+        Mode::Enforce => "enforce (connections outside the allowlist fail with EPERM)",
+        Mode::Audit => "audit (connections outside the allowlist are let through and reported)",
+    };
+    let _ = writeln!(out, "config:    {}", cfg.path.display());
+    let _ = writeln!(out, "mode:      {mode}");
+    let _ = writeln!(out, "digest:    {}", policy.digest);
+    let _ = writeln!(out, "regions:   {}", cfg.regions.len());
+
+    let mut v4 = vec![0usize; policy.regions.len()];
+    let mut v6 = vec![0usize; policy.regions.len()];
+    for (_, id) in &policy.v4 {
+        if let Some(c) = v4.get_mut(*id as usize) {
+            *c += 1;
+        }
+    }
+    for (_, id) in &policy.v6 {
+        if let Some(c) = v6.get_mut(*id as usize) {
+            *c += 1;
+        }
+    }
+
+    if !cfg.regions.is_empty() {
+        let id_w = (policy.regions.len() - 1).to_string().len().max(2);
+        let name_w = cfg
+            .regions
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        let n_w = |counts: &[usize]| {
+            counts
+                .iter()
+                .max()
+                .map_or(0, |n| n.to_string().len())
+                .max(4)
+        };
+        let (v4_w, v6_w) = (n_w(&v4), n_w(&v6));
+        let _ = writeln!(
+            out,
+            "  {:>id_w$}  {:<name_w$}  allowed  {:>v4_w$}  {:>v6_w$}  description",
+            "id", "region", "ipv4", "ipv6"
+        );
+        for (i, region) in cfg.regions.iter().enumerate() {
+            let id = i + 1;
+            let allowed = if policy.allowed.get(id).copied().unwrap_or(false) {
+                "yes"
+            } else {
+                "no"
+            };
+            let line = format!(
+                "  {id:>id_w$}  {:<name_w$}  {allowed:<7}  {:>v4_w$}  {:>v6_w$}  {}",
+                region.name,
+                v4.get(id).copied().unwrap_or(0),
+                v6.get(id).copied().unwrap_or(0),
+                region.description.as_deref().unwrap_or(""),
+            );
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+    }
+    let _ = writeln!(
+        out,
+        "prefixes:  {} IPv4, {} IPv6",
+        policy.v4.len(),
+        policy.v6.len()
+    );
+    if cfg.allowlist.is_empty() {
+        let _ = writeln!(out, "allowlist: (empty)");
+    } else {
+        let _ = writeln!(out, "allowlist: {}", cfg.allowlist.join(", "));
+    }
+    out
+}
+
+/// Things that are valid but probably not what the operator meant, one sentence each, in a
+/// stable order (empty: nothing to say):
+/// - the allowlist is empty (everything but loopback is denied, or reported in audit mode);
+/// - an allowlisted region contains `0.0.0.0/0` or `::/0` (allows all of a family);
+/// - a prefix of a non-allowlisted region lies directly inside a prefix of an allowlisted one,
+///   so the longest-prefix rule denies part of the allowlisted range (at most
+///   10 listed, then one line counting the rest).
+pub fn warnings(cfg: &Config, policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    let outcome = match policy.mode {
+        Mode::Enforce => "denied",
+        Mode::Audit => "reported",
+    };
+    if cfg.allowlist.is_empty() {
+        out.push(format!(
+            "the allowlist is empty: every connection except to loopback will be {outcome}"
+        ));
+    }
+
+    let allowed = |id: u32| policy.allowed.get(id as usize).copied().unwrap_or(false);
+    for (n, id) in &policy.v4 {
+        if n.prefix() == 0 && allowed(*id) {
+            out.push(format!(
+                "region `{}` is allowlisted and contains {n}: every IPv4 destination outside \
+                 more specific regions is allowed",
+                policy.region_name(*id)
+            ));
+        }
+    }
+    for (n, id) in &policy.v6 {
+        if n.prefix() == 0 && allowed(*id) {
+            out.push(format!(
+                "region `{}` is allowlisted and contains {n}: every IPv6 destination outside \
+                 more specific regions is allowed",
+                policy.region_name(*id)
+            ));
+        }
+    }
+
+    // The nearest enclosing prefix is what a lookup would fall back to without this one.
+    let mut nested: Vec<String> = Vec::new();
+    let mut lens4 = [false; 33];
+    for (n, _) in &policy.v4 {
+        lens4[usize::from(n.prefix())] = true;
+    }
+    for (n, id) in &policy.v4 {
+        if allowed(*id) {
+            continue;
+        }
+        let net = u32::from(n.network());
+        let parent = (0..n.prefix())
+            .rev()
+            .filter(|len| lens4[usize::from(*len)])
+            .find_map(|len| {
+                let p = net & mask_u32(len);
+                exact_v4(&policy.v4, p, len)
+                    .map(|pid| (format!("{}/{len}", std::net::Ipv4Addr::from(p)), pid))
+            });
+        if let Some((p, pid)) = parent.filter(|(_, pid)| allowed(*pid)) {
+            nested.push(nested_warning(
+                policy,
+                &n.to_string(),
+                *id,
+                &p,
+                pid,
+                outcome,
+            ));
+        }
+    }
+    let mut lens6 = [false; 129];
+    for (n, _) in &policy.v6 {
+        lens6[usize::from(n.prefix())] = true;
+    }
+    for (n, id) in &policy.v6 {
+        if allowed(*id) {
+            continue;
+        }
+        let net = u128::from(n.network());
+        let parent = (0..n.prefix())
+            .rev()
+            .filter(|len| lens6[usize::from(*len)])
+            .find_map(|len| {
+                let p = net & mask_u128(len);
+                exact_v6(&policy.v6, p, len)
+                    .map(|pid| (format!("{}/{len}", std::net::Ipv6Addr::from(p)), pid))
+            });
+        if let Some((p, pid)) = parent.filter(|(_, pid)| allowed(*pid)) {
+            nested.push(nested_warning(
+                policy,
+                &n.to_string(),
+                *id,
+                &p,
+                pid,
+                outcome,
+            ));
+        }
+    }
+    let more = nested.len().saturating_sub(MAX_NESTED_WARNINGS);
+    out.extend(nested.into_iter().take(MAX_NESTED_WARNINGS));
+    if more > 0 {
+        out.push(format!(
+            "... and {more} more prefixes of non-allowlisted regions inside allowlisted prefixes"
+        ));
+    }
+    out
+}
+
+fn nested_warning(
+    policy: &Policy,
+    inner: &str,
+    id: u32,
+    outer: &str,
+    pid: u32,
+    outcome: &str,
+) -> String {
+    format!(
+        "{inner} (region `{}`, not allowlisted) lies inside {outer} (region `{}`, allowlisted): \
+         connections to it will be {outcome} because the longest prefix wins",
+        policy.region_name(id),
+        policy.region_name(pid)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::parse;
+    use crate::policy::compile;
+
+    fn both(path: &str, text: &str) -> (Config, Policy) {
+        let cfg = parse(Path::new(path), text).expect("valid config");
+        let policy = compile(&cfg);
+        (cfg, policy)
+    }
+
+    #[test]
+    fn check_summary_example() {
+        let (cfg, policy) = both(
+            "configs/example.toml",
+            include_str!("../../configs/example.toml"),
+        );
+        let expected = format!(
+            "config:    configs/example.toml\n\
+             mode:      enforce (connections outside the allowlist fail with EPERM)\n\
+             digest:    {}\n\
+             regions:   2\n  \
+               id  region  allowed  ipv4  ipv6  description\n   \
+                1  eu      yes         1     1  EU datacenters\n   \
+                2  us      no          1     1  US datacenters\n\
+             prefixes:  2 IPv4, 2 IPv6\n\
+             allowlist: eu\n",
+            policy.digest
+        );
+        assert_eq!(summary(&cfg, &policy), expected);
+        assert!(warnings(&cfg, &policy).is_empty());
+    }
+
+    #[test]
+    fn check_summary_audit_empty_allowlist_wide_columns() {
+        let text = r#"
+            mode = "audit"
+            allowlist = []
+            [regions.a-rather-long-region-name]
+            prefixes = ["10.0.0.0/8"]
+            [regions.b]
+            prefixes = ["::/0"]
+        "#;
+        let (cfg, policy) = both("t.toml", text);
+        let expected = format!(
+            "config:    t.toml\n\
+             mode:      audit (connections outside the allowlist are let through and reported)\n\
+             digest:    {}\n\
+             regions:   2\n  \
+               id  region                     allowed  ipv4  ipv6  description\n   \
+                1  a-rather-long-region-name  no          1     0\n   \
+                2  b                          no          0     1\n\
+             prefixes:  1 IPv4, 1 IPv6\n\
+             allowlist: (empty)\n",
+            policy.digest
+        );
+        assert_eq!(summary(&cfg, &policy), expected);
+        assert_eq!(
+            warnings(&cfg, &policy),
+            ["the allowlist is empty: every connection except to loopback will be reported"]
+        );
+    }
+
+    #[test]
+    fn check_summary_no_regions() {
+        let (cfg, policy) = both("t.toml", "allowlist = []\n");
+        let s = summary(&cfg, &policy);
+        assert!(
+            s.contains("regions:   0\nprefixes:  0 IPv4, 0 IPv6\nallowlist: (empty)\n"),
+            "{s}"
+        );
+        assert_eq!(
+            warnings(&cfg, &policy),
+            ["the allowlist is empty: every connection except to loopback will be denied"]
+        );
+    }
+
+    #[test]
+    fn check_warns_allowlisted_default_route() {
+        let (cfg, policy) = both(
+            "t.toml",
+            "allowlist = [\"world\"]\n[regions.world]\nprefixes = [\"0.0.0.0/0\", \"::/0\"]\n",
+        );
+        let w = warnings(&cfg, &policy);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("region `world` is allowlisted and contains 0.0.0.0/0"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("region `world` is allowlisted and contains ::/0"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn check_warns_denied_prefix_inside_allowed() {
+        let text = r#"
+            allowlist = ["eu"]
+            [regions.eu]
+            prefixes = ["198.18.0.0/16", "2001:db8::/32"]
+            [regions.us]
+            prefixes = ["198.18.2.0/24", "2001:db8:2::/48", "203.0.113.0/24"]
+            [regions.eu-edge]
+            prefixes = ["198.18.3.0/24"]
+        "#;
+        let (cfg, policy) = both("t.toml", text);
+        assert_eq!(
+            warnings(&cfg, &policy),
+            [
+                "198.18.2.0/24 (region `us`, not allowlisted) lies inside 198.18.0.0/16 \
+                 (region `eu`, allowlisted): connections to it will be denied because the \
+                 longest prefix wins",
+                "198.18.3.0/24 (region `eu-edge`, not allowlisted) lies inside 198.18.0.0/16 \
+                 (region `eu`, allowlisted): connections to it will be denied because the \
+                 longest prefix wins",
+                "2001:db8:2::/48 (region `us`, not allowlisted) lies inside 2001:db8::/32 \
+                 (region `eu`, allowlisted): connections to it will be denied because the \
+                 longest prefix wins",
+            ]
+        );
+    }
+
+    #[test]
+    fn check_nested_uses_nearest_parent_and_is_capped() {
+        // us /24 inside a not-allowlisted /20 inside the allowlisted /16: the /20 is the
+        // nearest parent, so only the /20 is reported.
+        let text = r#"
+            allowlist = ["eu"]
+            [regions.eu]
+            prefixes = ["10.0.0.0/16"]
+            [regions.mid]
+            prefixes = ["10.0.0.0/20"]
+            [regions.us]
+            prefixes = ["10.0.1.0/24"]
+        "#;
+        let (cfg, policy) = both("t.toml", text);
+        let w = warnings(&cfg, &policy);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("10.0.0.0/20 (region `mid`"), "{w:?}");
+
+        let hosts: Vec<String> = (1..=15).map(|i| format!("\"10.0.0.{i}\"")).collect();
+        let text = format!(
+            "allowlist = [\"eu\"]\n[regions.eu]\nprefixes = [\"10.0.0.0/24\"]\n\
+             [regions.us]\nprefixes = [{}]\n",
+            hosts.join(", ")
+        );
+        let (cfg, policy) = both("t.toml", &text);
+        let w = warnings(&cfg, &policy);
+        assert_eq!(w.len(), MAX_NESTED_WARNINGS + 1, "{w:?}");
+        assert_eq!(
+            w[MAX_NESTED_WARNINGS],
+            "... and 5 more prefixes of non-allowlisted regions inside allowlisted prefixes"
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! `cargo xtask`: the project's automation. Every command that needs the eBPF toolchain runs
+//! [`setup::ensure`] first, so each works on a fresh machine (as root).
+mod demo;
+mod setup;
+mod sh;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "egressd build, demo and test helpers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (apt packages, rust-src, bpf-linker);
+    /// idempotent.
+    Setup,
+    /// Build egressd (release) with its eBPF programs.
+    Build,
+    /// Run egressd on configs/example.toml inside a sandbox (namespaces + a cgroup), drive
+    /// allowed and denied connections, and show the events and counters.
+    Demo,
+    /// Run the whole test suite: unit tests, and the privileged kernel tests (needs root).
+    Test {
+        /// Extra arguments passed to `cargo test` after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Internal: the probe client the demo runs inside the sandbox.
+    #[command(hide = true)]
+    Probe {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Cmd::Setup => setup::ensure(),
+        Cmd::Build => setup::ensure().and_then(|()| build()),
+        Cmd::Demo => setup::ensure()
+            .and_then(|()| build())
+            .and_then(|()| demo::run()),
+        Cmd::Test { args } => setup::ensure().and_then(|()| test(&args)),
+        Cmd::Probe { args } => {
+            return std::process::ExitCode::from(egressd_testbed::client::main(&args) as u8);
+        }
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn build() -> anyhow::Result<()> {
+    sh::cargo(&["build", "--release", "-p", "egressd"])
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    let mut args = vec![
+        "test".to_owned(),
+        "--workspace".into(),
+        "--exclude".into(),
+        "egressd-ebpf".into(),
+    ];
+    if !extra.is_empty() {
+        args.push("--".into());
+        args.extend(extra.iter().cloned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sh::cargo(&args)
+}

@@ -1,0 +1,80 @@
+//! Idempotent installation of the build and test toolchain (see TOOLCHAIN.md in the
+//! project's shared notes): Debian packages, the nightly `rust-src` component, and
+//! bpf-linker built against LLVM 22 (rustc nightly's LLVM major).
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::sh;
+
+/// Debian packages: LLVM 22 for bpf-linker, iproute2 for the test bed, util-linux for
+/// `setpriv` (unprivileged test), procps for `sysctl`, bpftool for inspection.
+const PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "util-linux", "procps", "bpftool"];
+/// bpf-linker release that supports LLVM 22 (feature `llvm-22`).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Installs whatever is missing; quick when everything is there.
+pub fn ensure() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !sh::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing Debian packages {missing:?}; run as root so they can be installed");
+        }
+        eprintln!("xtask: installing {missing:?}");
+        sh::run(Command::new("apt-get").args(["update", "-qq"]))?;
+        sh::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let has_src = sh::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    if !has_src {
+        eprintln!("xtask: adding rust-src to the nightly toolchain");
+        sh::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    let linker = sh::output(Command::new("bpf-linker").arg("--version"));
+    if !linker.is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        eprintln!(
+            "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)"
+        );
+        sh::run(Command::new("cargo").args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Effective uid is 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
