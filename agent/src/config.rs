@@ -37,6 +37,35 @@ pub const LOCAL_REGION_NAME: &str = "local";
 /// ("unknown") and `MAX_REGIONS - 1` ("local").
 pub const MAX_CONFIG_REGIONS: usize = egressd_common::MAX_REGIONS as usize - 2;
 
+/// The well-known NAT64 prefix `64:ff9b::/96` (RFC 6052 section 2.1), always judged by the
+/// IPv4 address it embeds.
+pub const WELL_KNOWN_NAT64: Ipv6Network =
+    match Ipv6Network::new_checked(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96) {
+        Some(n) => n,
+        None => panic!("valid prefix"),
+    };
+
+/// What happens to a connection that was allowed when it was opened and whose destination is
+/// no longer allowed after a policy change (field `established`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Established {
+    /// Its next packets are dropped by the packet-level backstop (default).
+    #[default]
+    Cut,
+    /// It keeps running until closed; only new connections get the new verdict.
+    Keep,
+}
+
+impl Established {
+    /// `"cut"` or `"keep"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Cut => "cut",
+            Self::Keep => "keep",
+        }
+    }
+}
+
 /// What happens to a connection whose destination is in no allowlisted region.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,6 +120,12 @@ pub struct Config {
     /// `cgroup`: absolute path of the cgroup v2 directory to attach to; `None` means the
     /// default chosen by the loader (the cgroup2 root, i.e. the whole host).
     pub cgroup: Option<PathBuf>,
+    /// `established`: what a policy change does to flows opened under the old policy;
+    /// [`Established::Cut`] when absent.
+    pub established: Established,
+    /// NAT64 prefixes (each a /96): [`WELL_KNOWN_NAT64`] first, then `nat64_prefixes` in file
+    /// order. An IPv6 destination inside one is judged by its last 32 bits as IPv4.
+    pub nat64: Vec<Ipv6Network>,
     /// `regions`, in file order; at most [`MAX_CONFIG_REGIONS`]. The position `i` becomes
     /// region id `i + 1` in [`crate::policy::compile`].
     pub regions: Vec<Region>,
@@ -179,6 +214,8 @@ struct RawConfig {
     mode: Option<Spanned<String>>,
     allowlist: Vec<Spanned<String>>,
     cgroup: Option<Spanned<String>>,
+    established: Option<Spanned<String>>,
+    nat64_prefixes: Option<Vec<Spanned<String>>>,
     // Without toml's `preserve_order` this loses file order; key spans restore it.
     #[serde(default)]
     regions: BTreeMap<Spanned<String>, Spanned<RawRegion>>,
@@ -313,6 +350,48 @@ impl Ctx<'_> {
             p
         });
 
+        let established = match &raw.established {
+            None => Established::Cut,
+            Some(e) => match e.get_ref().as_str() {
+                "cut" => Established::Cut,
+                "keep" => Established::Keep,
+                other => {
+                    errors.push(self.err(
+                        e.span(),
+                        "established",
+                        format!("invalid value `{other}`: expected `cut` or `keep`"),
+                    ));
+                    Established::Cut
+                }
+            },
+        };
+
+        let mut nat64 = vec![WELL_KNOWN_NAT64];
+        for (i, p) in raw.nat64_prefixes.iter().flatten().enumerate() {
+            let field = format!("nat64_prefixes[{i}]");
+            match parse_prefix(p.get_ref()) {
+                Ok(IpNetwork::V6(n)) if n.prefix() == 96 && n.network() == n.ip() => {
+                    if !nat64.contains(&n) {
+                        nat64.push(n);
+                    }
+                }
+                Ok(IpNetwork::V6(n)) if n.prefix() == 96 => errors.push(self.err(
+                    p.span(),
+                    field,
+                    format!("host bits set in NAT64 prefix `{n}`"),
+                )),
+                Ok(n) => errors.push(self.err(
+                    p.span(),
+                    field,
+                    format!(
+                        "NAT64 prefix `{n}` must be an IPv6 /96 (RFC 6052 section 2.2: the \
+                         IPv4 address is the last 32 bits); other lengths are not supported"
+                    ),
+                )),
+                Err(msg) => errors.push(self.err(p.span(), field, msg)),
+            }
+        }
+
         let mut entries: Vec<(&Spanned<String>, &Spanned<RawRegion>)> =
             raw.regions.iter().collect();
         entries.sort_by_key(|(k, _)| k.span().start);
@@ -436,6 +515,8 @@ impl Ctx<'_> {
             mode,
             allowlist,
             cgroup,
+            established,
+            nat64,
             regions,
         })
     }
@@ -1245,5 +1326,43 @@ mod tests {
         assert_eq!(line_col("é\né", 5), (2, 2));
         assert_eq!(line_col("é\né", 4), (2, 1)); // inside a character: its start
         assert_eq!(line_col("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn config_established_and_nat64() {
+        let base = "allowlist = []\n";
+        let c = p(base).expect("defaults");
+        assert_eq!(c.established, Established::Cut);
+        assert_eq!(c.nat64, vec![WELL_KNOWN_NAT64]);
+        let c = p(&format!(
+            "{base}established = \"keep\"\nnat64_prefixes = [\"2001:db8:64::/96\"]\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.established, Established::Keep);
+        assert_eq!(c.nat64.len(), 2);
+        fails(
+            &format!("{base}established = \"drop\"\n"),
+            2,
+            "established",
+            "expected `cut` or `keep`",
+        );
+        fails(
+            &format!("{base}nat64_prefixes = [\"2001:db8:64::/64\"]\n"),
+            2,
+            "nat64_prefixes[0]",
+            "must be an IPv6 /96",
+        );
+        fails(
+            &format!("{base}nat64_prefixes = [\"2001:db8:64::1/96\"]\n"),
+            2,
+            "nat64_prefixes[0]",
+            "host bits set",
+        );
+        fails(
+            &format!("{base}nat64_prefixes = [\"198.18.0.0/15\"]\n"),
+            2,
+            "nat64_prefixes[0]",
+            "must be an IPv6 /96",
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Ring buffer records -> typed, enriched events.
 //!
-//! The kernel writes [`egressd_common::Event`] (88 bytes, see that type for byte order);
+//! The kernel writes [`egressd_common::Event`] (96 bytes, see that type for byte order);
 //! [`decode`] copies one out of a ring-buffer item and [`Enricher::enrich`] turns it into a
 //! [`ConnectionEvent`] with wall-clock time, host name and region name. Field names follow the
 //! Elastic Common Schema (ECS 8.x) where it has one (`@timestamp`, `host.name`,
@@ -200,6 +200,8 @@ pub fn hook_name(code: u8) -> &'static str {
         Some(Hook::Connect6) => "cgroup/connect6",
         Some(Hook::Sendmsg4) => "cgroup/sendmsg4",
         Some(Hook::Sendmsg6) => "cgroup/sendmsg6",
+        Some(Hook::SkbEgress) => "cgroup_skb/egress",
+        Some(Hook::SkbIngress) => "cgroup_skb/ingress",
         None => "unknown",
     }
 }
@@ -256,6 +258,6 @@ mod tests {
     #[test]
     fn decode_rejects_short_items() {
         assert!(decode(&[0u8; 10]).is_none());
-        assert!(decode(&[0u8; 88]).is_some());
+        assert!(decode(&[0u8; 96]).is_some());
     }
 }

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use egressd_common::{REGION_UNKNOWN, Verdict};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use crate::config::{Config, Mode, UNKNOWN_REGION_NAME, mask_u32, mask_u128};
+use crate::config::{Config, Established, Mode, UNKNOWN_REGION_NAME, mask_u32, mask_u128};
 
 /// A compiled policy: what the loader writes into the maps.
 ///
@@ -34,6 +34,10 @@ pub struct Policy {
     pub v4: Vec<(Ipv4Network, u32)>,
     /// IPv6 LPM trie entries: (prefix, region id), sorted by (network, prefix length).
     pub v6: Vec<(Ipv6Network, u32)>,
+    /// [`Config::nat64`]: /96 prefixes whose addresses are judged by their last 32 bits.
+    pub nat64: Vec<Ipv6Network>,
+    /// [`Config::established`].
+    pub established: Established,
     /// 16 lowercase hex digits: FNV-1a 64 of the canonical policy text (see [`compile`]).
     /// Stable across Rust versions and platforms (std's `DefaultHasher` is not), so it can be
     /// logged and compared between hosts and releases.
@@ -66,7 +70,14 @@ pub fn compile(cfg: &Config) -> Policy {
     v4.sort_unstable_by_key(|(n, id)| (u32::from(n.network()), n.prefix(), *id));
     v6.sort_unstable_by_key(|(n, id)| (u128::from(n.network()), n.prefix(), *id));
 
-    let mut canonical = format!("egressd-policy-v1\nmode {}\n", cfg.mode);
+    let mut canonical = format!(
+        "egressd-policy-v1\nmode {}\nestablished {}\n",
+        cfg.mode,
+        cfg.established.as_str()
+    );
+    for n in &cfg.nat64 {
+        let _ = writeln!(canonical, "nat64 {n}");
+    }
     for (id, (name, allow)) in regions.iter().zip(&allowed).enumerate() {
         let verdict = if *allow { "allow" } else { "deny" };
         let _ = writeln!(canonical, "region {id} {name} {verdict}");
@@ -84,6 +95,8 @@ pub fn compile(cfg: &Config) -> Policy {
         allowed,
         v4,
         v6,
+        nat64: cfg.nat64.clone(),
+        established: cfg.established,
         digest: format!("{:016x}", fnv1a64(canonical.as_bytes())),
     }
 }
@@ -106,9 +119,22 @@ impl Policy {
     /// Cost: one binary search per prefix length (33 for IPv4, 129 for IPv6), so a lookup in a
     /// 100k-prefix policy takes microseconds.
     pub fn region_of(&self, ip: IpAddr) -> u32 {
-        match ip.to_canonical() {
+        match self.judged_addr(ip) {
             IpAddr::V4(a) => lpm_v4(&self.v4, a),
             IpAddr::V6(a) => lpm_v6(&self.v6, a),
+        }
+    }
+
+    /// The address the kernel looks up for destination `ip`: IPv4-mapped (`::ffff:a.b.c.d`)
+    /// and NAT64 (`<nat64 /96>::a.b.c.d`, RFC 6052) addresses become the IPv4 address they
+    /// carry; every other address is itself.
+    pub fn judged_addr(&self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(a) if self.nat64.iter().any(|n| n.contains(a)) => {
+                let o = a.octets();
+                IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+            }
+            other => other,
         }
     }
 
@@ -371,7 +397,7 @@ mod tests {
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(
             policy(include_str!("../../configs/example.toml")).digest,
-            "3eebe801680fe728"
+            "3fb60c46ec413f16"
         );
         // Cosmetic changes keep the digest.
         let cosmetic = policy(
@@ -436,6 +462,8 @@ mod tests {
             mode: Mode::Enforce,
             allowlist: vec!["r7".into()],
             cgroup: None,
+            established: Established::Cut,
+            nat64: vec![crate::config::WELL_KNOWN_NAT64],
             regions,
         };
         let p = compile(&cfg);
@@ -453,5 +481,21 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[test]
+    fn policy_nat64_is_judged_as_embedded_ipv4() {
+        let text = "allowlist = [\"eu\"]\nnat64_prefixes = [\"2001:db8:64::/96\"]\n\
+                    [regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n\
+                    [regions.us]\nprefixes = [\"198.18.2.0/24\", \"64:ff9b::/96\"]\n";
+        let c = crate::config::parse(std::path::Path::new("t.toml"), text).expect("valid");
+        let p = compile(&c);
+        assert_eq!(p.nat64.len(), 2);
+        // The NAT64 prefix wins over a region prefix that covers the same IPv6 range.
+        assert_eq!(p.region_name(p.region_of(ip("64:ff9b::c612:102"))), "eu");
+        assert_eq!(p.verdict(ip("64:ff9b::198.18.1.2")), Verdict::Allow);
+        assert_eq!(p.verdict(ip("64:ff9b::198.18.2.2")), Verdict::Deny);
+        assert_eq!(p.verdict(ip("2001:db8:64::198.18.1.9")), Verdict::Allow);
+        assert_eq!(p.verdict(ip("2001:db8:64::1:198.18.1.9")), Verdict::Deny);
     }
 }

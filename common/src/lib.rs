@@ -98,6 +98,10 @@ pub enum Hook {
     Sendmsg4 = 2,
     /// See [`programs::SENDMSG6`].
     Sendmsg6 = 3,
+    /// See [`programs::SKB_EGRESS`].
+    SkbEgress = 4,
+    /// See [`programs::SKB_INGRESS`].
+    SkbIngress = 5,
 }
 
 /// Number of hook slots reserved in the counter layout (room for later hooks without a
@@ -120,6 +124,8 @@ impl Hook {
             1 => Some(Self::Connect6),
             2 => Some(Self::Sendmsg4),
             3 => Some(Self::Sendmsg6),
+            4 => Some(Self::SkbEgress),
+            5 => Some(Self::SkbIngress),
             _ => None,
         }
     }
@@ -183,7 +189,8 @@ pub mod family {
     pub const INET6: u8 = 10;
 }
 
-/// One denied or audited attempt, as written to [`maps::EVENTS`]. 88 bytes.
+/// One denied or audited attempt, as written to [`maps::EVENTS`]. 96 bytes, no implicit
+/// padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -203,6 +210,11 @@ pub struct Event {
     pub gid: u32,
     /// Region id of the destination, [`REGION_UNKNOWN`] if it is in no region.
     pub region: u32,
+    /// Events for the same (process, destination, verdict) suppressed by the kernel since
+    /// the previous one that was emitted (flood control); counters are never suppressed.
+    pub suppressed: u32,
+    /// Id of the policy rule that decided, 0 when the region allowlist decided.
+    pub rule: u32,
     /// Destination port, host byte order.
     pub dst_port: u16,
     /// [`family::INET`] or [`family::INET6`] of the address *as judged*: an IPv4-mapped IPv6
@@ -234,6 +246,6 @@ mod user {
     unsafe impl aya::Pod for super::Event {}
 }
 
-const _: () = assert!(core::mem::size_of::<Event>() == 88);
+const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(core::mem::size_of::<GlobalPolicy>() == 16);
 const _: () = assert!(core::mem::size_of::<RegionPolicy>() == 8);

@@ -125,6 +125,8 @@ fn report(
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         region,
+        suppressed: 0,
+        rule: 0,
         dst_port: d.port,
         family: d.family,
         protocol,
