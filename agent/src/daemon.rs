@@ -94,7 +94,7 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
 
-    let mut enforcer = Enforcer::load(&policy, &cgroup)?;
+    let mut enforcer = Enforcer::load(policy.clone(), &cgroup)?;
     let readers = enforcer.take_readers()?;
     let host = host_name();
     let agent = Agent {

@@ -1,58 +1,95 @@
-//! Loads the eBPF object, fills the maps from a compiled [`Policy`], and attaches the socket
-//! hooks to a cgroup v2 directory.
+//! Loads the eBPF object, installs compiled [`Policy`]s into the maps, and attaches the hooks
+//! to a cgroup v2 directory.
 //!
-//! Order matters: every map is filled before the first program is attached, so no connection
-//! is ever judged by a half-loaded policy. Dropping the [`Enforcer`] detaches the programs
-//! (the links are file descriptors owned by it).
-use std::{fs::File, path::Path};
+//! Policies are double-buffered (sets A and B, see `egressd_common::maps`): [`Enforcer::install`]
+//! fills the idle set completely, then publishes the new generation with one 8-byte map
+//! write. A failure while filling leaves the published policy untouched. Programs are
+//! attached only after the first policy is installed, so no connection is ever judged by a
+//! half-loaded policy. Dropping the [`Enforcer`] detaches the programs (the links are file
+//! descriptors it owns).
+use std::{collections::HashSet, fs::File, os::fd::AsFd as _, path::Path, sync::Arc};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError},
 };
 use egressd_common::{
-    DEFAULT_MAX_PREFIXES, GlobalPolicy, RegionPolicy, maps, mode as kmode, programs,
+    DEFAULT_MAX_PREFIXES, FlowCounter, GlobalPolicy, MAX_REGIONS, RegionPolicy, maps,
+    mode as kmode, programs, set_of,
 };
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
-use crate::{config::Mode, policy::Policy};
+use crate::{
+    config::{Established, Mode},
+    policy::Policy,
+};
 
 /// The eBPF object built by `build.rs` (empty when the build skipped it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egressd-ebpf"));
 
-/// Hooks in attach order: (program name, human name).
-const HOOKS: [(&str, &str); 4] = [
+/// Socket-address hooks: (program name, hook name).
+const SOCK_HOOKS: [(&str, &str); 4] = [
     (programs::CONNECT4, "cgroup/connect4"),
     (programs::CONNECT6, "cgroup/connect6"),
     (programs::SENDMSG4, "cgroup/sendmsg4"),
     (programs::SENDMSG6, "cgroup/sendmsg6"),
 ];
 
-/// Loaded and attached programs plus their maps.
+/// Packet hooks: (program name, hook name, attach type).
+const SKB_HOOKS: [(&str, &str, CgroupSkbAttachType); 2] = [
+    (
+        programs::SKB_EGRESS,
+        "cgroup_skb/egress",
+        CgroupSkbAttachType::Egress,
+    ),
+    (
+        programs::SKB_INGRESS,
+        "cgroup_skb/ingress",
+        CgroupSkbAttachType::Ingress,
+    ),
+];
+
+/// Loaded programs and their maps.
 pub struct Enforcer {
     ebpf: Ebpf,
     generation: u64,
+    /// Policy held by each set (index = set), to clear stale prefixes on the next install.
+    sets: [Option<Arc<Policy>>; 2],
+    max_prefixes: u32,
 }
 
 /// Maps that outlive the programs, so events and counters can still be read after detaching.
 pub struct Readers {
     /// Deny/audit events ([`egressd_common::Event`] records).
     pub events: RingBuf<MapData>,
-    /// Per-CPU attempt counters, see [`egressd_common::counter_index`].
+    /// Per-CPU decision counters, see [`egressd_common::counter_index`].
     pub counters: PerCpuArray<MapData, u64>,
+    /// Per-CPU packet and byte counters, see [`egressd_common::flow_index`].
+    pub flows: PerCpuArray<MapData, FlowCounter>,
     /// Per-CPU kernel-side event loss, see [`egressd_common::loss`].
     pub loss: PerCpuArray<MapData, u64>,
 }
 
 impl Enforcer {
-    /// Loads the object, fills the maps with `policy` (generation 1), and attaches every hook
-    /// to `cgroup` through a bpf_link, so other cgroup programs (systemd's, a CNI's) keep
-    /// working alongside and a verdict of any of them can deny.
+    /// Loads, installs `policy` (generation 1), and attaches every hook to `cgroup`.
     ///
     /// Errors name what is missing: privileges, a kernel feature (map or program type), or
     /// the verifier's log when a program is rejected.
-    pub fn load(policy: &Policy, cgroup: &Path) -> anyhow::Result<Self> {
+    pub fn load(policy: Arc<Policy>, cgroup: &Path) -> anyhow::Result<Self> {
+        crate::privileges::check()?;
+        crate::cgroup::validate(cgroup)?;
+        let mut e = Self::open(policy.v4.len().max(policy.v6.len()))?;
+        e.install(policy)?;
+        e.attach(cgroup)?;
+        Ok(e)
+    }
+
+    /// Loads the object and its programs into the kernel without attaching them (tests run
+    /// them with `BPF_PROG_TEST_RUN`). The LPM tries hold at least `prefixes` entries each
+    /// (and at least [`DEFAULT_MAX_PREFIXES`]); a later policy may not exceed that.
+    pub fn open(prefixes: usize) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             return Err(anyhow!(
                 "this egressd binary was built without its eBPF programs (AYA_BUILD_SKIP); \
@@ -60,41 +97,101 @@ impl Enforcer {
             ));
         }
         crate::privileges::check()?;
-        crate::cgroup::validate(cgroup)?;
-        let cap = |n: usize| {
-            u32::try_from(n)
-                .unwrap_or(u32::MAX)
-                .max(DEFAULT_MAX_PREFIXES)
-        };
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::PREFIXES_V4, cap(policy.v4.len()))
-            .map_max_entries(maps::PREFIXES_V6, cap(policy.v6.len()))
-            .load(OBJECT)
-            .map_err(explain_load)?;
-        let generation = 1;
-        fill(&mut ebpf, policy, generation)?;
+        let max = u32::try_from(prefixes)
+            .unwrap_or(u32::MAX)
+            .max(DEFAULT_MAX_PREFIXES);
+        let mut loader = EbpfLoader::new();
+        for name in maps::PREFIXES_V4.iter().chain(&maps::PREFIXES_V6) {
+            loader.map_max_entries(name, max);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(explain_load)?;
+        for (name, hook) in SOCK_HOOKS {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(|e| explain_program(hook, e))?;
+        }
+        for (name, hook, _) in SKB_HOOKS {
+            let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
+            prog.load().map_err(|e| explain_program(hook, e))?;
+        }
+        Ok(Self {
+            ebpf,
+            generation: 0,
+            sets: [None, None],
+            max_prefixes: max,
+        })
+    }
+
+    /// Attaches every hook to `cgroup` through bpf_links, so programs of other tools on the
+    /// same cgroup keep running and any of them can deny.
+    pub fn attach(&mut self, cgroup: &Path) -> anyhow::Result<()> {
+        if self.generation == 0 {
+            bail!("refusing to attach before a policy is installed");
+        }
         let cg =
             File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-        for (name, hook) in HOOKS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the eBPF object"))?
-                .try_into()
-                .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
-            prog.load().map_err(|e| explain_program(hook, e))?;
-            // With bpf_link (Linux >= 5.7, what aya uses) cgroup attachments always coexist
-            // with other programs, and the kernel rejects any flag: pass the default.
+        // With bpf_link (Linux >= 5.7, what aya uses) cgroup attachments always coexist with
+        // other programs, and the kernel rejects any flag: pass the default.
+        for (name, hook) in SOCK_HOOKS {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             prog.attach(&cg, CgroupAttachMode::Single)
                 .map_err(|e| explain_program(hook, e))
                 .with_context(|| format!("attaching {hook} to {}", cgroup.display()))?;
             tracing::info!(hook, cgroup = %cgroup.display(), "attached");
         }
-        Ok(Self { ebpf, generation })
+        for (name, hook, kind) in SKB_HOOKS {
+            let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+            prog.attach(&cg, kind, CgroupAttachMode::Single)
+                .map_err(|e| explain_program(hook, e))
+                .with_context(|| format!("attaching {hook} to {}", cgroup.display()))?;
+            tracing::info!(hook, cgroup = %cgroup.display(), "attached");
+        }
+        Ok(())
     }
 
-    /// Policy generation currently in the kernel.
+    /// Policy generation in force (0 before the first install).
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Installs `policy` as generation `generation() + 1`: fills the idle set (removing the
+    /// prefixes it held), then publishes the generation. Returns the new generation.
+    ///
+    /// Errors (a map update failing, more prefixes than the tries hold) leave the policy in
+    /// force unchanged.
+    pub fn install(&mut self, policy: Arc<Policy>) -> anyhow::Result<u64> {
+        let max = self.max_prefixes as usize;
+        if policy.v4.len() > max || policy.v6.len() > max {
+            bail!(
+                "the policy has {} IPv4 and {} IPv6 prefixes but the maps hold {max} per \
+                 family; restart egressd to load it",
+                policy.v4.len(),
+                policy.v6.len()
+            );
+        }
+        let next = self.generation + 1;
+        let set = set_of(next);
+        let old = self.sets[set].take();
+        fill_set(&mut self.ebpf, set, old.as_deref(), &policy, next)?;
+        let mut generation: Array<_, u64> =
+            Array::try_from(map(&mut self.ebpf, maps::GENERATION)?)?;
+        generation
+            .set(0, next, 0)
+            .context("publishing the policy generation")?;
+        self.sets[set] = Some(policy);
+        self.generation = next;
+        Ok(next)
+    }
+
+    /// A loaded program by name, e.g. to run it with `BPF_PROG_TEST_RUN`.
+    pub fn program_fd(&self, name: &str) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
+        let prog = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?;
+        let fd = prog
+            .fd()
+            .with_context(|| format!("program {name} is not loaded"))?;
+        Ok(fd.as_fd())
     }
 
     /// Moves the event and counter maps out, so they stay readable after the programs are
@@ -108,9 +205,20 @@ impl Enforcer {
         Ok(Readers {
             events: RingBuf::try_from(take(maps::EVENTS)?)?,
             counters: PerCpuArray::try_from(take(maps::COUNTERS)?)?,
+            flows: PerCpuArray::try_from(take(maps::FLOWS)?)?,
             loss: PerCpuArray::try_from(take(maps::LOSS)?)?,
         })
     }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
@@ -118,52 +226,86 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::
         .with_context(|| format!("map {name} missing from the eBPF object"))
 }
 
-/// Writes prefixes, regions and the global policy into the (not yet attached) maps.
-fn fill(ebpf: &mut Ebpf, policy: &Policy, generation: u64) -> anyhow::Result<()> {
-    let mut v4: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V4)?)?;
-    for (net, region) in &policy.v4 {
-        v4.insert(
-            &Key::new(u32::from(net.prefix()), net.network().octets()),
-            region,
-            0,
-        )
-        .with_context(|| format!("inserting {net} into {}", maps::PREFIXES_V4))?;
+/// Makes set `set` hold exactly `new` for generation `generation`; `old` is what it held.
+fn fill_set(
+    ebpf: &mut Ebpf,
+    set: usize,
+    old: Option<&Policy>,
+    new: &Policy,
+    generation: u64,
+) -> anyhow::Result<()> {
+    {
+        let name = maps::PREFIXES_V4[set];
+        let mut trie: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
+        let keep: HashSet<Ipv4Network> = new.v4.iter().map(|(n, _)| *n).collect();
+        for (net, _) in old.map_or(&[][..], |p| &p.v4) {
+            if !keep.contains(net) {
+                let _ = trie.remove(&key4(net));
+            }
+        }
+        for (net, region) in &new.v4 {
+            trie.insert(&key4(net), region, 0)
+                .with_context(|| format!("inserting {net} into {name}"))?;
+        }
     }
-    let mut v6: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V6)?)?;
-    for (net, region) in &policy.v6 {
-        v6.insert(
-            &Key::new(u32::from(net.prefix()), net.network().octets()),
-            region,
-            0,
-        )
-        .with_context(|| format!("inserting {net} into {}", maps::PREFIXES_V6))?;
+    {
+        let name = maps::PREFIXES_V6[set];
+        let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
+        let keep: HashSet<Ipv6Network> = new.v6.iter().map(|(n, _)| *n).collect();
+        for (net, _) in old.map_or(&[][..], |p| &p.v6) {
+            if !keep.contains(net) {
+                let _ = trie.remove(&key6(net));
+            }
+        }
+        for (net, region) in &new.v6 {
+            trie.insert(&key6(net), region, 0)
+                .with_context(|| format!("inserting {net} into {name}"))?;
+        }
     }
-    let mut regions: Array<_, RegionPolicy> = Array::try_from(map(ebpf, maps::REGIONS)?)?;
-    for (id, allowed) in policy.allowed.iter().enumerate() {
-        let id = u32::try_from(id)?;
+    {
+        let name = maps::NAT64[set];
+        let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
+        for net in old.map_or(&[][..], |p| &p.nat64) {
+            if !new.nat64.contains(net) {
+                let _ = trie.remove(&key6(net));
+            }
+        }
+        for net in &new.nat64 {
+            trie.insert(&key6(net), 1, 0)
+                .with_context(|| format!("inserting {net} into {name}"))?;
+        }
+    }
+    let mut regions: Array<_, RegionPolicy> = Array::try_from(map(ebpf, maps::REGIONS[set])?)?;
+    for id in 0..MAX_REGIONS {
+        let allowed = new.allowed.get(id as usize).copied().unwrap_or(false);
         let value = RegionPolicy {
-            allowed: u8::from(*allowed),
+            allowed: u8::from(allowed),
             _pad: [0; 7],
         };
         regions
             .set(id, value, 0)
-            .with_context(|| format!("setting region {id} in {}", maps::REGIONS))?;
+            .with_context(|| format!("setting region {id} in {}", maps::REGIONS[set]))?;
     }
-    let mut global: Array<_, GlobalPolicy> = Array::try_from(map(ebpf, maps::GLOBAL)?)?;
-    let mode = match policy.mode {
-        Mode::Enforce => kmode::ENFORCE,
-        Mode::Audit => kmode::AUDIT,
-    };
-    global.set(
-        0,
-        GlobalPolicy {
-            generation,
-            mode,
-            _pad: [0; 7],
+    let mut settings: Array<_, GlobalPolicy> = Array::try_from(map(ebpf, maps::SETTINGS)?)?;
+    let value = GlobalPolicy {
+        generation,
+        mode: match new.mode {
+            Mode::Enforce => kmode::ENFORCE,
+            Mode::Audit => kmode::AUDIT,
         },
-        0,
-    )?;
+        cut_established: u8::from(new.established == Established::Cut),
+        _pad: [0; 6],
+    };
+    settings.set(u32::try_from(set)?, value, 0)?;
     Ok(())
+}
+
+fn key4(net: &Ipv4Network) -> Key<[u8; 4]> {
+    Key::new(u32::from(net.prefix()), net.network().octets())
+}
+
+fn key6(net: &Ipv6Network) -> Key<[u8; 16]> {
+    Key::new(u32::from(net.prefix()), net.network().octets())
 }
 
 /// Turns a load failure into one that names the missing kernel feature.
@@ -172,8 +314,10 @@ fn explain_load(e: EbpfError) -> anyhow::Error {
         EbpfError::MapError(MapError::CreateError { name, io_error }) => {
             let feature = if name == maps::EVENTS {
                 "BPF_MAP_TYPE_RINGBUF (Linux >= 5.8)"
-            } else if name.starts_with("EGRESSD_PREFIXES") {
+            } else if name.starts_with("EGRESSD_PREFIXES") || name.starts_with("EGRESSD_NAT64") {
                 "BPF_MAP_TYPE_LPM_TRIE (Linux >= 4.11)"
+            } else if name == maps::SOCKETS {
+                "BPF_MAP_TYPE_LRU_HASH (Linux >= 4.10)"
             } else {
                 "BPF maps (CONFIG_BPF_SYSCALL)"
             };

@@ -13,17 +13,35 @@
 /// Map names as they appear in the eBPF object. A typo is a compile error, not a runtime
 /// "map not found". The `_v1` suffix is the layout version: bump it when a value changes shape
 /// so an upgrade never reads a map with the old layout.
+///
+/// Policy maps come in two sets, A and B. Generation `g` is served by set `g % 2`
+/// ([`set_of`]): userspace fills the idle set completely, then publishes the new generation
+/// with one 8-byte write to [`maps::GENERATION`]. The kernel reads the generation once per
+/// decision, so every decision sees one whole policy, never a mix.
 pub mod maps {
-    /// `BPF_MAP_TYPE_LPM_TRIE`, key [`crate::LpmKeyV4`] shape (prefix length + 4 address
-    /// bytes), value `u32` region id.
-    pub const PREFIXES_V4: &str = "EGRESSD_PREFIXES_V4_V1";
-    /// `BPF_MAP_TYPE_LPM_TRIE`, key prefix length + 16 address bytes, value `u32` region id.
-    pub const PREFIXES_V6: &str = "EGRESSD_PREFIXES_V6_V1";
-    /// `BPF_MAP_TYPE_ARRAY` of [`crate::RegionPolicy`], indexed by region id
+    /// `BPF_MAP_TYPE_LPM_TRIE` per set: key prefix length (`u32`) + 4 address bytes (network
+    /// byte order), value `u32` region id.
+    pub const PREFIXES_V4: [&str; 2] = ["EGRESSD_PREFIXES_V4_A_V1", "EGRESSD_PREFIXES_V4_B_V1"];
+    /// `BPF_MAP_TYPE_LPM_TRIE` per set: key prefix length + 16 address bytes, value `u32`
+    /// region id.
+    pub const PREFIXES_V6: [&str; 2] = ["EGRESSD_PREFIXES_V6_A_V1", "EGRESSD_PREFIXES_V6_B_V1"];
+    /// `BPF_MAP_TYPE_LPM_TRIE` per set: NAT64 /96 prefixes (key as in `PREFIXES_V6`), value
+    /// `u32` 1. A destination inside one is judged by its last 4 bytes as IPv4 (RFC 6052).
+    pub const NAT64: [&str; 2] = ["EGRESSD_NAT64_A_V1", "EGRESSD_NAT64_B_V1"];
+    /// `BPF_MAP_TYPE_ARRAY` per set of [`crate::RegionPolicy`], indexed by region id
     /// (`0..MAX_REGIONS`).
-    pub const REGIONS: &str = "EGRESSD_REGIONS_V1";
-    /// `BPF_MAP_TYPE_ARRAY` with one [`crate::GlobalPolicy`] at index 0.
-    pub const GLOBAL: &str = "EGRESSD_GLOBAL_V1";
+    pub const REGIONS: [&str; 2] = ["EGRESSD_REGIONS_A_V1", "EGRESSD_REGIONS_B_V1"];
+    /// `BPF_MAP_TYPE_ARRAY` of two [`crate::GlobalPolicy`], index = set.
+    pub const SETTINGS: &str = "EGRESSD_SETTINGS_V1";
+    /// `BPF_MAP_TYPE_ARRAY` with one `u64` at index 0: the generation in force (0 = no
+    /// policy yet: everything is allowed and counted).
+    pub const GENERATION: &str = "EGRESSD_GENERATION_V1";
+    /// `BPF_MAP_TYPE_LRU_HASH`: socket cookie (`u64`) -> [`crate::SockVerdict`], the verdict
+    /// cache of the packet-level backstop.
+    pub const SOCKETS: &str = "EGRESSD_SOCKETS_V1";
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY` of [`crate::FlowCounter`], indexed by
+    /// [`crate::flow_index`].
+    pub const FLOWS: &str = "EGRESSD_FLOWS_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::counter_index`].
     pub const COUNTERS: &str = "EGRESSD_COUNTERS_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::loss`] constants.
@@ -42,7 +60,25 @@ pub mod programs {
     pub const SENDMSG4: &str = "egressd_sendmsg4";
     /// `cgroup/sendmsg6`: `sendto()`/`sendmsg()` with a destination on AF_INET6 UDP sockets.
     pub const SENDMSG6: &str = "egressd_sendmsg6";
+    /// `cgroup_skb/egress`: packet-level backstop (raw sockets, ICMP, flows older than the
+    /// policy) and egress byte accounting.
+    pub const SKB_EGRESS: &str = "egressd_skb_egress";
+    /// `cgroup_skb/ingress`: ingress byte accounting (never drops).
+    pub const SKB_INGRESS: &str = "egressd_skb_ingress";
 }
+
+/// Policy set (0 = A, 1 = B) that serves generation `generation`.
+#[inline(always)]
+pub const fn set_of(generation: u64) -> usize {
+    (generation & 1) as usize
+}
+
+/// Maximum number of NAT64 prefixes per set.
+pub const MAX_NAT64: u32 = 64;
+
+/// Entries of the socket verdict cache ([`maps::SOCKETS`]); least recently used entries are
+/// evicted, which only costs a re-judgement.
+pub const SOCKET_CACHE_ENTRIES: u32 = 65536;
 
 /// Region ids are indices into [`maps::REGIONS`]. Id 0 is reserved for "in no region".
 pub const REGION_UNKNOWN: u32 = 0;
@@ -169,16 +205,76 @@ pub struct RegionPolicy {
     pub _pad: [u8; 7],
 }
 
-/// Host-wide policy, value of [`maps::GLOBAL`] at index 0.
+/// Per-set policy settings, value of [`maps::SETTINGS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GlobalPolicy {
-    /// Policy generation, incremented by userspace on every successful load.
+    /// Generation this set was filled for (must equal the published generation).
     pub generation: u64,
     /// [`mode::ENFORCE`] or [`mode::AUDIT`].
     pub mode: u8,
+    /// 1: flows judged under an older generation are re-judged and cut if now denied;
+    /// 0: they keep their verdict until closed.
+    pub cut_established: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 6],
+}
+
+/// Cached verdict of one socket for one destination, value of [`maps::SOCKETS`]. 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockVerdict {
+    /// Generation the verdict was made under.
+    pub generation: u64,
+    /// Destination judged (network byte order, IPv4 in bytes 0..4), as in [`Event::dst_addr`].
+    pub dst_addr: [u8; 16],
+    /// Region id of `dst_addr`.
+    pub region: u32,
+    /// [`Verdict`] code.
+    pub verdict: u8,
+    /// Address family of `dst_addr` ([`family`]).
+    pub family: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Packets and bytes (IP header included, link layer excluded: `skb->len` at the cgroup
+/// hook) for one (direction, region, verdict), value of [`maps::FLOWS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounter {
+    /// Packets (a GSO super-packet counts once).
+    pub packets: u64,
+    /// Bytes from the IP header on.
+    pub bytes: u64,
+}
+
+/// Direction of a packet, for [`flow_index`].
+pub mod direction {
+    /// Leaving the host (`cgroup_skb/egress`).
+    pub const EGRESS: u32 = 0;
+    /// Arriving (`cgroup_skb/ingress`).
+    pub const INGRESS: u32 = 1;
+}
+
+/// Index into [`maps::FLOWS`]: `((direction * MAX_REGIONS) + region) * VERDICT_COUNT +
+/// verdict`; the map has [`FLOW_SLOTS`] entries.
+#[inline(always)]
+pub const fn flow_index(direction: u32, region: u32, verdict: u32) -> u32 {
+    (direction * MAX_REGIONS + region) * VERDICT_COUNT + verdict
+}
+
+/// Number of entries of [`maps::FLOWS`].
+pub const FLOW_SLOTS: u32 = 2 * MAX_REGIONS * VERDICT_COUNT;
+
+/// Codes of [`Event::mapped`].
+pub mod unwrap {
+    /// The address was judged as given.
+    pub const NONE: u8 = 0;
+    /// An IPv4-mapped IPv6 address (RFC 4291 section 2.5.5.2) judged as its IPv4 address.
+    pub const MAPPED: u8 = 1;
+    /// A NAT64 address (RFC 6052) judged as the IPv4 address it embeds.
+    pub const NAT64: u8 = 2;
 }
 
 /// Address family codes (Linux `AF_*` values).
@@ -226,7 +322,8 @@ pub struct Event {
     pub verdict: u8,
     /// [`Hook`] code.
     pub hook: u8,
-    /// 1 if the socket is AF_INET6 and the destination was IPv4-mapped (`::ffff:a.b.c.d`).
+    /// How the judged address was derived from the socket's: [`unwrap::NONE`],
+    /// [`unwrap::MAPPED`] (`::ffff:a.b.c.d`) or [`unwrap::NAT64`].
     pub mapped: u8,
     /// Explicit padding, always zero.
     pub _pad: [u8; 5],
@@ -244,8 +341,13 @@ mod user {
     unsafe impl aya::Pod for super::GlobalPolicy {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockVerdict {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowCounter {}
 }
 
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(core::mem::size_of::<GlobalPolicy>() == 16);
 const _: () = assert!(core::mem::size_of::<RegionPolicy>() == 8);
+const _: () = assert!(core::mem::size_of::<SockVerdict>() == 32);

@@ -1,40 +1,59 @@
-//! egressd kernel programs: entry points only. Each hook is a thin wrapper over
-//! [`judge::judge`]; maps live in [`maps`], address classification in [`addr`].
+//! egressd kernel programs: entry points only. Socket-address hooks are thin wrappers over
+//! [`sock::judge`], packet hooks over [`skb`]; the decision is [`decide::decide`].
 #![no_std]
 #![no_main]
-// 64-bit atomic add for exact per-CPU counters (see judge::bump).
+// 64-bit atomic add for exact per-CPU counters (see report::add).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
 mod addr;
-mod judge;
+mod decide;
 mod maps;
+mod report;
+mod skb;
+mod sock;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{cgroup_skb, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext},
+};
 use egressd_common::Hook;
 
-/// `cgroup/connect4`: TCP `connect()`, connected UDP, on AF_INET sockets.
+/// `cgroup/connect4`: TCP `connect()` (also TCP Fast Open's implicit connect), connected
+/// UDP, on AF_INET sockets.
 #[cgroup_sock_addr(connect4)]
 pub fn egressd_connect4(ctx: SockAddrContext) -> i32 {
-    judge::judge(&ctx, Hook::Connect4)
+    sock::judge(&ctx, Hook::Connect4)
 }
 
 /// `cgroup/connect6`: as connect4 for AF_INET6 sockets (IPv4-mapped destinations included).
 #[cgroup_sock_addr(connect6)]
 pub fn egressd_connect6(ctx: SockAddrContext) -> i32 {
-    judge::judge(&ctx, Hook::Connect6)
+    sock::judge(&ctx, Hook::Connect6)
 }
 
 /// `cgroup/sendmsg4`: `sendto()`/`sendmsg()` with an explicit destination, AF_INET UDP.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn egressd_sendmsg4(ctx: SockAddrContext) -> i32 {
-    judge::judge(&ctx, Hook::Sendmsg4)
+    sock::judge(&ctx, Hook::Sendmsg4)
 }
 
 /// `cgroup/sendmsg6`: as sendmsg4 for AF_INET6 UDP sockets.
 #[cgroup_sock_addr(sendmsg6)]
 pub fn egressd_sendmsg6(ctx: SockAddrContext) -> i32 {
-    judge::judge(&ctx, Hook::Sendmsg6)
+    sock::judge(&ctx, Hook::Sendmsg6)
+}
+
+/// `cgroup_skb/egress`: packet-level backstop and egress accounting.
+#[cgroup_skb(egress)]
+pub fn egressd_skb_egress(ctx: SkBuffContext) -> i32 {
+    skb::egress(&ctx)
+}
+
+/// `cgroup_skb/ingress`: ingress accounting.
+#[cgroup_skb(ingress)]
+pub fn egressd_skb_ingress(ctx: SkBuffContext) -> i32 {
+    skb::ingress(&ctx)
 }
 
 #[cfg(not(test))]

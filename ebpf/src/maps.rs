@@ -1,36 +1,68 @@
 //! Map definitions. Static names are the map names userspace looks up; they must equal the
-//! constants in `egressd_common::maps` (the loader fails with "map not found" otherwise, and
-//! the agent's tests check every one).
+//! constants in `egressd_common::maps` (the loader fails with "map not found" otherwise).
+//! Policy maps come in sets A and B, see `egressd_common::maps`.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egressd_common::{
-    COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, GlobalPolicy, MAX_REGIONS, RegionPolicy,
-    loss,
+    COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, FLOW_SLOTS, FlowCounter, GlobalPolicy,
+    MAX_NAT64, MAX_REGIONS, RegionPolicy, SOCKET_CACHE_ENTRIES, SockVerdict, loss,
 };
 
-/// IPv4 prefix (network byte order) -> region id.
+/// IPv4 prefix (network byte order) -> region id, set A.
 #[map]
-pub static EGRESSD_PREFIXES_V4_V1: LpmTrie<[u8; 4], u32> =
+pub static EGRESSD_PREFIXES_V4_A_V1: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
+/// As above, set B.
+#[map]
+pub static EGRESSD_PREFIXES_V4_B_V1: LpmTrie<[u8; 4], u32> =
     LpmTrie::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
 
-/// IPv6 prefix (network byte order) -> region id.
+/// IPv6 prefix (network byte order) -> region id, set A.
 #[map]
-pub static EGRESSD_PREFIXES_V6_V1: LpmTrie<[u8; 16], u32> =
+pub static EGRESSD_PREFIXES_V6_A_V1: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
+/// As above, set B.
+#[map]
+pub static EGRESSD_PREFIXES_V6_B_V1: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
 
-/// Region id -> allowlisted or not.
+/// NAT64 /96 prefixes, set A.
 #[map]
-pub static EGRESSD_REGIONS_V1: Array<RegionPolicy> = Array::with_max_entries(MAX_REGIONS, 0);
-
-/// Index 0: mode and generation.
+pub static EGRESSD_NAT64_A_V1: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_NAT64, 0);
+/// As above, set B.
 #[map]
-pub static EGRESSD_GLOBAL_V1: Array<GlobalPolicy> = Array::with_max_entries(1, 0);
+pub static EGRESSD_NAT64_B_V1: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_NAT64, 0);
 
-/// (hook, region, verdict) -> attempts, per CPU.
+/// Region id -> allowlisted or not, set A.
+#[map]
+pub static EGRESSD_REGIONS_A_V1: Array<RegionPolicy> = Array::with_max_entries(MAX_REGIONS, 0);
+/// As above, set B.
+#[map]
+pub static EGRESSD_REGIONS_B_V1: Array<RegionPolicy> = Array::with_max_entries(MAX_REGIONS, 0);
+
+/// Settings of set A (index 0) and B (index 1).
+#[map]
+pub static EGRESSD_SETTINGS_V1: Array<GlobalPolicy> = Array::with_max_entries(2, 0);
+
+/// Index 0: the generation in force; its parity selects the set.
+#[map]
+pub static EGRESSD_GENERATION_V1: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Socket cookie -> cached verdict for the packet-level backstop.
+#[map]
+pub static EGRESSD_SOCKETS_V1: LruHashMap<u64, SockVerdict> =
+    LruHashMap::with_max_entries(SOCKET_CACHE_ENTRIES, 0);
+
+/// (hook, region, verdict) -> decisions, per CPU.
 #[map]
 pub static EGRESSD_COUNTERS_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// (direction, region, verdict) -> packets and bytes, per CPU.
+#[map]
+pub static EGRESSD_FLOWS_V1: PerCpuArray<FlowCounter> =
+    PerCpuArray::with_max_entries(FLOW_SLOTS, 0);
 
 /// Events lost in the kernel, per CPU, by cause.
 #[map]

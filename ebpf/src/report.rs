@@ -1,0 +1,92 @@
+//! Counters and events.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    },
+    maps::PerCpuArray,
+};
+use egressd_common::{Event, Hook, Verdict, counter_index, flow_index, loss};
+
+use crate::{
+    addr::Dest,
+    decide::Decision,
+    maps::{EGRESSD_COUNTERS_V1, EGRESSD_EVENTS_V1, EGRESSD_FLOWS_V1, EGRESSD_LOSS_V1},
+};
+
+/// Adds `n` to a per-CPU `u64` through `p`. Atomic because cgroup programs run with
+/// migration, not preemption, disabled: two tasks on one CPU could interleave the update.
+/// BPF has a 64-bit atomic add (BPF_ATOMIC | BPF_ADD) but core's AtomicU64 is not offered for
+/// this target, so this uses the intrinsic it is built on.
+#[inline(always)]
+fn add(p: *mut u64, n: u64) {
+    // SAFETY: `p` is a valid, aligned per-CPU slot for the program's lifetime.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n) };
+}
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(p) = map.get_ptr_mut(index) {
+        add(p, 1);
+    }
+}
+
+/// One decision at `hook`.
+#[inline(always)]
+pub fn count(hook: Hook, region: u32, verdict: Verdict) {
+    bump(
+        &EGRESSD_COUNTERS_V1,
+        counter_index(hook as u32, region, verdict as u32),
+    );
+}
+
+/// One packet of `bytes` bytes in `direction`.
+#[inline(always)]
+pub fn flow(direction: u32, region: u32, verdict: Verdict, bytes: u32) {
+    if let Some(c) = EGRESSD_FLOWS_V1.get_ptr_mut(flow_index(direction, region, verdict as u32)) {
+        // SAFETY: valid per-CPU slot; fields are u64 and 8-byte aligned.
+        unsafe {
+            add(&raw mut (*c).packets, 1);
+            add(&raw mut (*c).bytes, u64::from(bytes));
+        }
+    }
+}
+
+/// Writes one [`Event`]; a full ring buffer is counted in [`loss::RINGBUF_FULL`], never
+/// waited on. Process fields are those of the current task, which at a packet hook can be
+/// another task (softirq): best effort there.
+#[inline(always)]
+pub fn event(hook: Hook, d: &Dest, dec: &Decision) {
+    let Some(mut entry) = EGRESSD_EVENTS_V1.reserve::<Event>(0) else {
+        bump(&EGRESSD_LOSS_V1, loss::RINGBUF_FULL);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    entry.write(Event {
+        // SAFETY: helpers without preconditions.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        // SAFETY: as above.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        generation: dec.generation,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        region: dec.region,
+        suppressed: 0,
+        rule: 0,
+        dst_port: d.port,
+        family: d.family,
+        protocol: d.protocol,
+        verdict: dec.verdict as u8,
+        hook: hook as u8,
+        mapped: d.mapped,
+        _pad: [0; 5],
+        dst_addr: d.addr,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(0);
+}

@@ -1,0 +1,43 @@
+//! Socket-address hooks: connect4/6, sendmsg4/6.
+use aya_ebpf::{
+    EbpfContext as _, helpers::generated::bpf_get_socket_cookie, programs::SockAddrContext,
+};
+use egressd_common::{Hook, SockVerdict, Verdict};
+
+use crate::{addr, decide, maps::EGRESSD_SOCKETS_V1, report};
+
+/// Return value that lets the syscall proceed.
+const PROCEED: i32 = 1;
+/// Return value that makes the syscall fail with `EPERM`.
+const REJECT: i32 = 0;
+
+/// Judges one attempt at `hook`.
+#[inline(always)]
+pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
+    let v6 = matches!(hook, Hook::Connect6 | Hook::Sendmsg6);
+    let mut d = addr::from_sock_addr(ctx, v6);
+    // What the packets will carry (mapped already unwrapped: the kernel sends IPv4).
+    let (wire, wire_family) = (d.addr, d.family);
+    let dec = decide::decide(&mut d, decide::generation());
+    report::count(hook, dec.region, dec.verdict);
+    if dec.verdict == Verdict::Deny {
+        report::event(hook, &d, &dec);
+        return REJECT;
+    }
+    // Let the packet-level backstop skip re-judging this socket's packets.
+    // SAFETY: valid context pointer for a sock_addr program.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let cached = SockVerdict {
+        generation: dec.generation,
+        dst_addr: wire,
+        region: dec.region,
+        verdict: dec.verdict as u8,
+        family: wire_family,
+        _pad: [0; 2],
+    };
+    let _ = EGRESSD_SOCKETS_V1.insert(cookie, cached, 0);
+    if dec.verdict == Verdict::Audit {
+        report::event(hook, &d, &dec);
+    }
+    PROCEED
+}
