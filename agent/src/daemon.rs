@@ -43,6 +43,8 @@ struct AgentStop {
     host: events::Host,
     agent: Agent,
     counters: Vec<CounterRow>,
+    flows: Vec<stats::FlowRow>,
+    reloads: Reloads,
     lost: AllLoss,
     /// Connection events handed to the sink (written or failed).
     connection_events: u64,
@@ -82,7 +84,9 @@ pub fn host_name() -> String {
 
 /// Runs the agent: `config_path` is loaded and validated exactly like `egressd check`;
 /// `cgroup_override` replaces the config's `cgroup` (default: the cgroup2 root, the whole
-/// host). Returns when SIGINT or SIGTERM arrives and the programs are detached.
+/// host). SIGHUP reloads the file: a valid policy is installed atomically (the next
+/// generation), an invalid one is logged and reported and changes nothing. Returns when SIGINT
+/// or SIGTERM arrives and the programs are detached.
 pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = config::load(config_path)?;
     let policy = Arc::new(policy::compile(&cfg));
@@ -93,6 +97,7 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     // Install handlers before attaching, so a signal during load is not lost.
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
 
     let mut enforcer = Enforcer::load(policy.clone(), &cgroup)?;
     let readers = enforcer.take_readers()?;
@@ -104,7 +109,7 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     sink.emit(&AgentStart {
         timestamp: events::rfc3339(clock::unix_now_ns()),
         kind: "agent_start",
-        host: events::Host { name: host.clone() },
+        host: events::Host { name: host.clone(), labels: Default::default() },
         agent: agent.clone(),
         policy: summary(&cfg, &policy, enforcer.generation()),
         cgroup: cgroup.display().to_string(),
@@ -117,7 +122,21 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
         "enforcing"
     );
 
-    let enricher = Enricher::new(host.clone(), policy.clone());
+    // Events name regions by the generation that judged them: keep the recent policies.
+    let seq = Arc::new(events::Sequencer::new(events::Context {
+        host: events::Host {
+            name: host.clone(),
+            labels: Default::default(),
+        },
+        agent: events::AgentInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            ephemeral_id: events::ephemeral_id(),
+        },
+    }));
+    let mut enrichers = Enrichers::default();
+    enrichers.insert(enforcer.generation(), Enricher::new(seq.clone(), policy.clone()));
+    let mut policy = policy;
+    let mut reloads = Reloads::default();
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
     // (which owns the RingBuf) is dropped.
     let mut ring =
@@ -129,9 +148,44 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
         tokio::select! {
             _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); break; }
+            _ = sighup.recv() => {
+                // Events of the old generation still in the ring buffer are named by it.
+                delivered += drain(ring.get_mut(), &enrichers, &mut sink, &mut undecodable);
+                match reload(config_path, &mut enforcer) {
+                    Ok((cfg, new)) => {
+                        reloads.ok += 1;
+                        let generation = enforcer.generation();
+                        tracing::info!(generation, digest = %new.digest, "policy reloaded");
+                        sink.emit(&PolicyLoaded {
+                            timestamp: events::rfc3339(clock::unix_now_ns()),
+                            kind: "policy_loaded",
+                            host: events::Host { name: host.clone(), labels: Default::default() },
+                            policy: summary(&cfg, &new, generation),
+                        });
+                        enrichers.insert(generation, Enricher::new(seq.clone(), new.clone()));
+                        policy = new;
+                    }
+                    Err(e) => {
+                        reloads.failed += 1;
+                        tracing::error!(
+                            error = format!("{e:#}"),
+                            generation = enforcer.generation(),
+                            "reload failed; the previous policy stays in force"
+                        );
+                        sink.emit(&ReloadFailed {
+                            timestamp: events::rfc3339(clock::unix_now_ns()),
+                            kind: "reload_failed",
+                            host: events::Host { name: host.clone(), labels: Default::default() },
+                            error: format!("{e:#}"),
+                            generation_in_force: enforcer.generation(),
+                        });
+                    }
+                }
+                sink.flush();
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                delivered += drain(guard.get_inner_mut(), &enricher, &mut sink, &mut undecodable);
+                delivered += drain(guard.get_inner_mut(), &enrichers, &mut sink, &mut undecodable);
                 guard.clear_ready();
             }
         }
@@ -139,13 +193,15 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     drop(enforcer);
     tracing::info!("programs detached");
     // Events submitted before the detach are still in the ring buffer.
-    delivered += drain(ring.get_mut(), &enricher, &mut sink, &mut undecodable);
+    delivered += drain(ring.get_mut(), &enrichers, &mut sink, &mut undecodable);
     let stop = AgentStop {
         timestamp: events::rfc3339(clock::unix_now_ns()),
         kind: "agent_stop",
-        host: events::Host { name: host },
+        host: events::Host { name: host, labels: Default::default() },
         agent,
         counters: stats::counters(&readers.counters, &policy)?,
+        flows: stats::flows(&readers.flows, &policy)?,
+        reloads,
         lost: AllLoss {
             kernel: stats::loss(&readers.loss)?,
             sink_write_failed: sink.failed(),
@@ -158,9 +214,70 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     Ok(())
 }
 
+/// Validates and installs the policy file again; on any error nothing changes.
+fn reload(
+    config_path: &Path,
+    enforcer: &mut Enforcer,
+) -> anyhow::Result<(config::Config, Arc<Policy>)> {
+    let cfg = config::load(config_path)?;
+    let new = Arc::new(policy::compile(&cfg));
+    enforcer.install(new.clone())?;
+    Ok((cfg, new))
+}
+
+/// Enrichers of the most recent generations, so an event is named by the policy that judged
+/// it.
+#[derive(Default)]
+struct Enrichers(std::collections::BTreeMap<u64, Enricher>);
+
+impl Enrichers {
+    /// Keeps the four most recent generations.
+    fn insert(&mut self, generation: u64, e: Enricher) {
+        self.0.insert(generation, e);
+        while self.0.len() > 4 {
+            self.0.pop_first();
+        }
+    }
+
+    /// The enricher of `generation`, or the newest one for an unknown generation.
+    fn get(&self, generation: u64) -> Option<&Enricher> {
+        self.0.get(&generation).or_else(|| self.0.values().next_back())
+    }
+}
+
+/// Reload outcomes, reported in `agent_stop`.
+#[derive(Serialize, Default)]
+struct Reloads {
+    ok: u64,
+    failed: u64,
+}
+
+/// Lifecycle record: a reload installed a new policy.
+#[derive(Serialize)]
+struct PolicyLoaded<'a> {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    host: events::Host,
+    policy: PolicySummary<'a>,
+}
+
+/// Lifecycle record: a reload was refused; the generation in force is unchanged.
+#[derive(Serialize)]
+struct ReloadFailed {
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    host: events::Host,
+    error: String,
+    generation_in_force: u64,
+}
+
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    enricher: &Enricher,
+    enrichers: &Enrichers,
     sink: &mut JsonLines<std::io::BufWriter<std::io::Stdout>>,
     undecodable: &mut u64,
 ) -> u64 {
@@ -168,7 +285,9 @@ fn drain(
     while let Some(item) = ring.next() {
         match events::decode(&item) {
             Some(ev) => {
-                sink.emit(&enricher.enrich(&ev));
+                if let Some(enricher) = enrichers.get(ev.generation) {
+                    sink.emit(&enricher.enrich(&ev));
+                }
                 n += 1;
             }
             None => {

@@ -1,5 +1,6 @@
 //! Kernel counters: attempts by (hook, region, verdict) and events lost in the kernel.
 use aya::maps::{MapData, PerCpuArray};
+use egressd_common::{FLOW_SLOTS, FlowCounter, flow_index};
 use egressd_common::{COUNTER_SLOTS, HOOK_SLOTS, MAX_REGIONS, VERDICT_COUNT, counter_index, loss};
 use serde::Serialize;
 
@@ -45,6 +46,52 @@ pub fn counters(
                     region: region_label(policy, region),
                     verdict: ["allow", "deny", "audit"][verdict as usize],
                     count,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Packets and bytes for one (direction, region, verdict), summed over CPUs.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FlowRow {
+    /// `"egress"` or `"ingress"`.
+    pub direction: &'static str,
+    /// Region of the remote address, as in [`CounterRow::region`].
+    pub region: String,
+    /// Verdict for the remote address (on ingress: what egress to it would get).
+    pub verdict: &'static str,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes from the IP header on (link layer excluded).
+    pub bytes: u64,
+}
+
+/// Reads all non-zero packet/byte counters.
+pub fn flows(
+    map: &PerCpuArray<MapData, FlowCounter>,
+    policy: &Policy,
+) -> anyhow::Result<Vec<FlowRow>> {
+    let mut rows = Vec::new();
+    for (dir, name) in [(0u32, "egress"), (1, "ingress")] {
+        for region in 0..MAX_REGIONS {
+            for verdict in 0..VERDICT_COUNT {
+                let idx = flow_index(dir, region, verdict);
+                debug_assert!(idx < FLOW_SLOTS);
+                let (packets, bytes) = map
+                    .get(&idx, 0)?
+                    .iter()
+                    .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+                if packets == 0 {
+                    continue;
+                }
+                rows.push(FlowRow {
+                    direction: name,
+                    region: region_label(policy, region),
+                    verdict: ["allow", "deny", "audit"][verdict as usize],
+                    packets,
+                    bytes,
                 });
             }
         }

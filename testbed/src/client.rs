@@ -2,17 +2,30 @@
 //! and prints one JSON result per attempt on stdout.
 //!
 //! Usage (argv after the dispatching binary's own sub-command):
-//! `--cgroup DIR --netns NAME [--repeat N] PROBE...` where PROBE is `KIND://ADDR:PORT`:
+//! `--cgroup DIR --netns NAME [--repeat N] [--fork] PROBE...` where PROBE is
+//! `KIND://ADDR:PORT`:
 //! - `tcp`: TCP `connect()`;
-//! - `udp`: connected UDP: `connect()`, `send()`, wait up to 3 s for the echo;
-//! - `udp-sendto`: unconnected UDP `sendto()` with the destination, wait for the echo.
+//! - `udp`: connected UDP: `connect()`, `send()`, wait for the echo;
+//! - `udp-sendto`: unconnected UDP `sendto()` with the destination, wait for the echo;
+//! - `tcp-fastopen`: TCP Fast Open, `sendto(MSG_FASTOPEN)` without `connect()`, wait for
+//!   the echo;
+//! - `uring-tcp`: `IORING_OP_CONNECT` through io_uring;
+//! - `uring-sendmsg`: `IORING_OP_SENDMSG` with a destination on an unconnected UDP socket,
+//!   wait for the echo;
+//! - `icmp`: ICMP (v4) or ICMPv6 echo request on a raw socket, wait for the reply (PORT is
+//!   ignored);
+//! - `rawip`: a raw IP datagram with protocol number PORT (no reply expected);
+//! - `tcp-hold`: connect, exchange one byte (result `#1`), then wait for a line on stdin and
+//!   exchange another byte on the same connection (result `#2`).
 //!
-//! IPv6 addresses are bracketed (`tcp://[2001:db8:2::2]:8080`); an IPv4-mapped address
+//! `--fork` makes the probes run in a child forked after joining the cgroup. IPv6
+//! addresses are bracketed (`tcp://[2001:db8:2::2]:8080`); an IPv4-mapped address
 //! (`[::ffff:198.18.2.2]`) goes through an AF_INET6 socket.
 use std::{
     fs,
-    io::{self, Write as _},
+    io::{self, BufRead as _, Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::Duration,
 };
 
@@ -24,11 +37,12 @@ use crate::Netns;
 /// Result of one attempt.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProbeResult {
-    /// The probe as given.
+    /// The probe as given (`#1`/`#2` appended for the stages of `tcp-hold`).
     pub probe: String,
-    /// The attempt succeeded (TCP connected; UDP got its echo back).
+    /// The attempt succeeded (connected; got the echo or reply back; datagram sent).
     pub ok: bool,
-    /// `errno` of the failing call, if any (1 = EPERM, 101 = ENETUNREACH).
+    /// `errno` of the failing call, if any (1 = EPERM, 11 = EAGAIN: timed out, 101 =
+    /// ENETUNREACH).
     pub errno: Option<i32>,
     /// Which step failed and how.
     pub error: Option<String>,
@@ -50,6 +64,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     let mut cgroup = None;
     let mut netns = None;
     let mut repeat = 1u32;
+    let mut fork = false;
     let mut probes = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -57,6 +72,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             "--cgroup" => cgroup = it.next().cloned(),
             "--netns" => netns = it.next().cloned(),
             "--repeat" => repeat = it.next().context("--repeat N")?.parse()?,
+            "--fork" => fork = true,
             p if p.contains("://") => probes.push(p.to_owned()),
             other => bail!("unexpected argument {other:?}"),
         }
@@ -73,14 +89,47 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         handle.enter_current_thread()?;
         std::mem::forget(handle);
     }
-    let mut out = io::stdout().lock();
-    for _ in 0..repeat {
-        for p in &probes {
-            let r = attempt(p);
-            serde_json::to_writer(&mut out, &r)?;
-            out.write_all(b"\n")?;
+    if fork {
+        io::stdout().flush()?;
+        // SAFETY: single-threaded process; the child only runs the probes and exits.
+        match unsafe { libc::fork() } {
+            -1 => return Err(io::Error::last_os_error()).context("fork"),
+            0 => {
+                let code = i32::from(probe_all(&probes, repeat).is_err());
+                // SAFETY: leave the child without running the parent's exit handlers twice.
+                unsafe { libc::_exit(code) };
+            }
+            child => {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                    bail!("forked probe failed: status {status}");
+                }
+                return Ok(());
+            }
         }
     }
+    probe_all(&probes, repeat)
+}
+
+fn probe_all(probes: &[String], repeat: u32) -> anyhow::Result<()> {
+    for _ in 0..repeat {
+        for p in probes {
+            if let Some(addr) = p.strip_prefix("tcp-hold://") {
+                hold(p, addr)?;
+            } else {
+                emit(&attempt(p))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn emit(r: &ProbeResult) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, r)?;
+    out.write_all(b"\n")?;
     out.flush()?;
     Ok(())
 }
@@ -94,6 +143,12 @@ fn fail(probe: &str, step: &str, e: &io::Error) -> ProbeResult {
     }
 }
 
+fn ok(probe: &str) -> ProbeResult {
+    ProbeResult { probe: probe.to_owned(), ok: true, errno: None, error: None }
+}
+
+type Step = Result<(), (&'static str, io::Error)>;
+
 /// Makes one attempt; never panics.
 pub fn attempt(probe: &str) -> ProbeResult {
     let Some((kind, addr)) = probe.split_once("://") else {
@@ -105,44 +160,90 @@ pub fn attempt(probe: &str) -> ProbeResult {
     };
     let timeout = Duration::from_secs(3);
     let res = match kind {
-        "tcp" => TcpStream::connect_timeout(&addr, timeout)
-            .map(drop)
-            .map_err(|e| ("connect", e)),
+        "tcp" => TcpStream::connect_timeout(&addr, timeout).map(drop).map_err(|e| ("connect", e)),
         "udp" | "udp-sendto" => udp(kind == "udp", addr, timeout),
-        _ => {
-            return fail(
-                probe,
-                "parse",
-                &io::Error::other(format!("unknown kind {kind}")),
-            );
-        }
+        "tcp-fastopen" => fastopen(addr, timeout),
+        "uring-tcp" => uring_connect(addr),
+        "uring-sendmsg" => uring_sendmsg(addr, timeout),
+        "icmp" => icmp_echo(addr, timeout),
+        "rawip" => raw_ip(addr),
+        _ => return fail(probe, "parse", &io::Error::other(format!("unknown kind {kind}"))),
     };
     match res {
-        Ok(()) => ProbeResult {
-            probe: probe.to_owned(),
-            ok: true,
-            errno: None,
-            error: None,
-        },
+        Ok(()) => ok(probe),
         Err((step, e)) => fail(probe, step, &e),
     }
 }
 
-fn udp(
-    connected: bool,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<(), (&'static str, io::Error)> {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
+fn last_err<T>(step: &'static str) -> Result<T, (&'static str, io::Error)> {
+    Err((step, io::Error::last_os_error()))
+}
+
+/// A socket of `family`, `ty`, `proto`, owned.
+fn socket(addr: &SocketAddr, ty: i32, proto: i32) -> Result<OwnedFd, (&'static str, io::Error)> {
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain syscall; the fd is owned on success.
+    let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return last_err("socket");
     }
-    .parse()
-    .map_err(|e| ("bind", io::Error::other(e)))?;
+    // SAFETY: fd is a fresh, valid descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `sockaddr_storage` and length for `addr`.
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut ss).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut ss).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn set_rcv_timeout(fd: &OwnedFd, timeout: Duration) -> Step {
+    let tv = libc::timeval { tv_sec: timeout.as_secs() as i64, tv_usec: 0 };
+    // SAFETY: valid fd and option value.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as u32,
+        )
+    };
+    if r != 0 { last_err("setsockopt") } else { Ok(()) }
+}
+
+fn udp(connected: bool, addr: SocketAddr, timeout: Duration) -> Step {
+    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .map_err(|e| ("bind", io::Error::other(e)))?;
     let sock = UdpSocket::bind(bind).map_err(|e| ("bind", e))?;
-    sock.set_read_timeout(Some(timeout))
-        .map_err(|e| ("setsockopt", e))?;
+    sock.set_read_timeout(Some(timeout)).map_err(|e| ("setsockopt", e))?;
     let msg = b"egressd-probe";
     if connected {
         sock.connect(addr).map_err(|e| ("connect", e))?;
@@ -156,4 +257,172 @@ fn udp(
         return Err(("recv", io::Error::other("echo mismatch")));
     }
     Ok(())
+}
+
+fn fastopen(addr: SocketAddr, timeout: Duration) -> Step {
+    let fd = socket(&addr, libc::SOCK_STREAM, 0)?;
+    set_rcv_timeout(&fd, timeout)?;
+    let (ss, len) = sockaddr(&addr);
+    let msg = b"tfo";
+    // SAFETY: valid fd, buffer and address.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            libc::MSG_FASTOPEN,
+            (&raw const ss).cast(),
+            len,
+        )
+    };
+    if n < 0 {
+        return last_err("sendto(MSG_FASTOPEN)");
+    }
+    let mut stream = TcpStream::from(fd);
+    let mut buf = [0u8; 3];
+    stream.read_exact(&mut buf).map_err(|e| ("recv", e))
+}
+
+fn uring_connect(addr: SocketAddr) -> Step {
+    let fd = socket(&addr, libc::SOCK_STREAM, 0)?;
+    let (ss, len) = sockaddr(&addr);
+    let op = io_uring::opcode::Connect::new(
+        io_uring::types::Fd(fd.as_raw_fd()),
+        (&raw const ss).cast(),
+        len,
+    )
+    .build();
+    uring_submit(op, "io_uring connect").map(drop)
+}
+
+fn uring_sendmsg(addr: SocketAddr, timeout: Duration) -> Step {
+    let fd = socket(&addr, libc::SOCK_DGRAM, 0)?;
+    set_rcv_timeout(&fd, timeout)?;
+    let (mut ss, len) = sockaddr(&addr);
+    let mut msg = *b"egressd-probe";
+    let mut iov = libc::iovec { iov_base: msg.as_mut_ptr().cast(), iov_len: msg.len() };
+    // SAFETY: all-zero msghdr is valid; fields set below point at live locals.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_name = (&raw mut ss).cast();
+    hdr.msg_namelen = len;
+    hdr.msg_iov = &raw mut iov;
+    hdr.msg_iovlen = 1;
+    let op = io_uring::opcode::SendMsg::new(io_uring::types::Fd(fd.as_raw_fd()), &raw const hdr)
+        .build();
+    uring_submit(op, "io_uring sendmsg")?;
+    let mut buf = [0u8; 64];
+    // SAFETY: valid fd and buffer.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return last_err("recv");
+    }
+    Ok(())
+}
+
+/// Submits one SQE and waits for its CQE; a negative result is the errno.
+fn uring_submit(op: io_uring::squeue::Entry, step: &'static str) -> Result<i32, (&'static str, io::Error)> {
+    let mut ring = io_uring::IoUring::new(4).map_err(|e| ("io_uring_setup", e))?;
+    // SAFETY: the buffers the entry points at outlive the wait below.
+    unsafe { ring.submission().push(&op) }.map_err(|e| (step, io::Error::other(e)))?;
+    ring.submit_and_wait(1).map_err(|e| (step, e))?;
+    let cqe = ring.completion().next().ok_or((step, io::Error::other("no completion")))?;
+    let r = cqe.result();
+    if r < 0 {
+        return Err((step, io::Error::from_raw_os_error(-r)));
+    }
+    Ok(r)
+}
+
+fn icmp_echo(addr: SocketAddr, timeout: Duration) -> Step {
+    let v4 = addr.is_ipv4();
+    let proto = if v4 { libc::IPPROTO_ICMP } else { libc::IPPROTO_ICMPV6 };
+    let fd = socket(&addr, libc::SOCK_RAW, proto)?;
+    set_rcv_timeout(&fd, timeout)?;
+    let id = (std::process::id() & 0xffff) as u16;
+    // type, code, checksum, id, sequence; the kernel computes the ICMPv6 checksum.
+    let mut pkt = [if v4 { 8 } else { 128 }, 0, 0, 0, 0, 0, 0, 1, b'e', b'g'];
+    pkt[4..6].copy_from_slice(&id.to_be_bytes());
+    if v4 {
+        let sum = checksum(&pkt);
+        pkt[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    let (ss, len) = sockaddr(&SocketAddr::new(addr.ip(), 0));
+    // SAFETY: valid fd, buffer and address.
+    let n = unsafe {
+        libc::sendto(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0, (&raw const ss).cast(), len)
+    };
+    if n < 0 {
+        return last_err("sendto");
+    }
+    let mut buf = [0u8; 1500];
+    for _ in 0..16 {
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return last_err("recv");
+        }
+        // IPv4 raw sockets deliver the IP header; ICMPv6 ones do not.
+        let icmp = if v4 { &buf[usize::from(buf[0] & 0x0f) * 4..n as usize] } else { &buf[..n as usize] };
+        let reply = if v4 { 0 } else { 129 };
+        if icmp.len() >= 6 && icmp[0] == reply && icmp[4..6] == id.to_be_bytes() {
+            return Ok(());
+        }
+    }
+    Err(("recv", io::Error::other("no echo reply among 16 packets")))
+}
+
+/// RFC 1071 Internet checksum.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn raw_ip(addr: SocketAddr) -> Step {
+    let fd = socket(&addr, libc::SOCK_RAW, i32::from(addr.port()))?;
+    let (ss, len) = sockaddr(&SocketAddr::new(addr.ip(), 0));
+    let payload = b"egressd-raw";
+    // SAFETY: valid fd, buffer and address.
+    let n = unsafe {
+        libc::sendto(fd.as_raw_fd(), payload.as_ptr().cast(), payload.len(), 0, (&raw const ss).cast(), len)
+    };
+    if n < 0 {
+        return last_err("sendto");
+    }
+    Ok(())
+}
+
+/// `tcp-hold`: two exchanges on one connection with a pause in between (a policy change
+/// happens in the pause). Results `#1` and `#2`.
+fn hold(probe: &str, addr: &str) -> anyhow::Result<()> {
+    let first = format!("{probe}#1");
+    let second = format!("{probe}#2");
+    let addr: SocketAddr = addr.parse().with_context(|| format!("bad address in {probe}"))?;
+    let timeout = Duration::from_secs(3);
+    let mut s = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            emit(&fail(&first, "connect", &e))?;
+            return emit(&fail(&second, "connect", &e));
+        }
+    };
+    s.set_read_timeout(Some(timeout))?;
+    let exchange = |s: &mut TcpStream, b: u8| -> Step {
+        s.write_all(&[b]).map_err(|e| ("send", e))?;
+        let mut got = [0u8; 1];
+        s.read_exact(&mut got).map_err(|e| ("recv", e))?;
+        if got[0] != b { Err(("recv", io::Error::other("echo mismatch"))) } else { Ok(()) }
+    };
+    emit(&match exchange(&mut s, b'a') {
+        Ok(()) => ok(&first),
+        Err((step, e)) => fail(&first, step, &e),
+    })?;
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    emit(&match exchange(&mut s, b'b') {
+        Ok(()) => ok(&second),
+        Err((step, e)) => fail(&second, step, &e),
+    })
 }

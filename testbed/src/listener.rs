@@ -1,7 +1,8 @@
-//! TCP and UDP listeners inside a test host namespace: TCP accepts and closes, UDP echoes.
+//! TCP and UDP listeners inside a test host namespace: both echo what they receive (TCP
+//! connections stay open until the client closes them).
 //! Dual-stack (`[::]`), so one listener serves IPv4 and IPv6.
 use std::{
-    io::ErrorKind,
+    io::{ErrorKind, Read as _, Write as _},
     net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
     sync::{
         Arc,
@@ -52,14 +53,19 @@ impl Listener {
                 }
             };
             let mut buf = [0u8; 2048];
+            let mut conns: Vec<std::net::TcpStream> = Vec::new();
             while !stop2.load(Ordering::Relaxed) {
-                match tcp.accept() {
-                    Ok(_) => {
-                        served2.fetch_add(1, Ordering::Relaxed);
+                if let Ok((c, _)) = tcp.accept() {
+                    served2.fetch_add(1, Ordering::Relaxed);
+                    if c.set_nonblocking(true).is_ok() {
+                        conns.push(c);
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(_) => {}
                 }
+                conns.retain_mut(|c| match c.read(&mut buf) {
+                    Ok(0) => false,
+                    Ok(n) => c.write_all(&buf[..n]).is_ok(),
+                    Err(e) => e.kind() == ErrorKind::WouldBlock,
+                });
                 if let Ok((n, from)) = udp.recv_from(&mut buf) {
                     served2.fetch_add(1, Ordering::Relaxed);
                     let _ = udp.send_to(&buf[..n], from);
