@@ -109,7 +109,10 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     sink.emit(&AgentStart {
         timestamp: events::rfc3339(clock::unix_now_ns()),
         kind: "agent_start",
-        host: events::Host { name: host.clone(), labels: Default::default() },
+        host: events::Host {
+            name: host.clone(),
+            labels: Default::default(),
+        },
         agent: agent.clone(),
         policy: summary(&cfg, &policy, enforcer.generation()),
         cgroup: cgroup.display().to_string(),
@@ -134,7 +137,10 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
         },
     }));
     let mut enrichers = Enrichers::default();
-    enrichers.insert(enforcer.generation(), Enricher::new(seq.clone(), policy.clone()));
+    enrichers.insert(
+        enforcer.generation(),
+        Enricher::new(seq.clone(), policy.clone()),
+    );
     let mut policy = policy;
     let mut reloads = Reloads::default();
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
@@ -197,7 +203,10 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     let stop = AgentStop {
         timestamp: events::rfc3339(clock::unix_now_ns()),
         kind: "agent_stop",
-        host: events::Host { name: host, labels: Default::default() },
+        host: events::Host {
+            name: host,
+            labels: Default::default(),
+        },
         agent,
         counters: stats::counters(&readers.counters, &policy)?,
         flows: stats::flows(&readers.flows, &policy)?,
@@ -241,7 +250,9 @@ impl Enrichers {
 
     /// The enricher of `generation`, or the newest one for an unknown generation.
     fn get(&self, generation: u64) -> Option<&Enricher> {
-        self.0.get(&generation).or_else(|| self.0.values().next_back())
+        self.0
+            .get(&generation)
+            .or_else(|| self.0.values().next_back())
     }
 }
 

@@ -16,3 +16,4 @@ pub mod policy;
 pub mod privileges;
 pub mod sink;
 pub mod stats;
+pub mod testrun;

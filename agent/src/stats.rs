@@ -1,7 +1,7 @@
 //! Kernel counters: attempts by (hook, region, verdict) and events lost in the kernel.
 use aya::maps::{MapData, PerCpuArray};
-use egressd_common::{FLOW_SLOTS, FlowCounter, flow_index};
 use egressd_common::{COUNTER_SLOTS, HOOK_SLOTS, MAX_REGIONS, VERDICT_COUNT, counter_index, loss};
+use egressd_common::{FLOW_SLOTS, FlowCounter, flow_index};
 use serde::Serialize;
 
 use crate::{events::hook_name, policy::Policy};

@@ -1,556 +1,67 @@
-//! Tier 3: the real eBPF programs in the real kernel, attached to a cgroup the test creates,
-//! judging real sockets of a probe process that runs in the test bed's client namespace.
-//! Needs root; fails (never skips) without it.
+//! Tier 2 and 3: the real eBPF programs in the real kernel. Tier 3 tests attach them to a
+//! cgroup the test creates and judge real sockets of a probe process in the test bed's
+//! client namespace (see `testbed/`); the differential test runs the packet program with
+//! `BPF_PROG_TEST_RUN`. Needs root; fails (never skips) without it.
 //!
-//! Run: `cargo test -p egressd --test kernel`.
-use std::{
-    io::{BufRead as _, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+//! Run: `cargo test -p egressd --test kernel`. The binary doubles as the probe client
+//! (argv[1] == `__egressd_probe`), so the probe runs the same code in every test.
+mod kernel {
+    pub mod differential;
+    pub mod enforce;
+    pub mod harness;
+    pub mod paths;
+}
 
-use egressd_testbed::{EU_V4, EU_V6, PORT, Testbed, US_V4, US_V6, client::ProbeResult};
-use libtest_mimic::{Arguments, Failed, Trial};
-use serde_json::Value;
-
-const PROBE_ARG: &str = "__egressd_probe";
-const EPERM: i32 = 1;
+use kernel::{differential, enforce, harness, paths};
+use libtest_mimic::{Arguments, Trial};
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some(PROBE_ARG) {
+    if argv.get(1).map(String::as_str) == Some(harness::PROBE_ARG) {
         std::process::exit(egressd_testbed::client::main(&argv[2..]));
     }
     let args = Arguments::from_args();
     let tests = vec![
-        Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce_ipv4),
-        Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce_ipv6),
-        Trial::test("ipv4_mapped_ipv6_is_judged_as_ipv4", mapped),
-        Trial::test("unconnected_udp_sendto_is_denied", unconnected_udp),
-        Trial::test("destination_in_no_region_is_denied", unknown_region),
-        Trial::test("loopback_is_always_allowed", loopback),
-        Trial::test("audit_lets_through_and_reports", audit),
-        Trial::test("counters_equal_attempts", counters),
-        Trial::test("event_json_fields", event_fields),
-        Trial::test("unprivileged_run_says_what_is_missing", unprivileged),
+        Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
+        Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce::enforce_ipv6),
+        Trial::test("ipv4_mapped_ipv6_is_judged_as_ipv4", enforce::mapped),
+        Trial::test("unconnected_udp_sendto_is_denied", enforce::unconnected_udp),
+        Trial::test(
+            "destination_in_no_region_is_denied",
+            enforce::unknown_region,
+        ),
+        Trial::test("loopback_is_always_allowed", enforce::loopback),
+        Trial::test("audit_lets_through_and_reports", enforce::audit),
+        Trial::test("counters_equal_attempts", enforce::counters),
+        Trial::test("event_json_fields", enforce::event_fields),
+        Trial::test(
+            "unprivileged_run_says_what_is_missing",
+            enforce::unprivileged,
+        ),
+        Trial::test("path_tcp_fast_open", paths::tcp_fast_open),
+        Trial::test("path_io_uring_connect_and_sendmsg", paths::io_uring),
+        Trial::test("path_raw_icmp_and_icmpv6", paths::raw_icmp),
+        Trial::test("path_raw_ip_protocol", paths::raw_ip),
+        Trial::test("path_nat64_judged_by_embedded_ipv4", paths::nat64),
+        Trial::test(
+            "path_established_flow_cut_on_policy_change",
+            paths::established_cut,
+        ),
+        Trial::test(
+            "path_established_flow_kept_when_configured",
+            paths::established_keep,
+        ),
+        Trial::test("path_forked_child_in_own_netns", paths::forked_child),
+        Trial::test("path_audit_mode_reports_every_path", paths::audit_paths),
+        Trial::test("flow_bytes_and_packets_per_region", paths::flow_bytes),
+        Trial::test(
+            "reload_invalid_policy_changes_nothing",
+            paths::invalid_reload,
+        ),
+        Trial::test(
+            "differential_kernel_vs_reference_model",
+            differential::differential,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
-}
-
-fn require_root() -> Result<(), Failed> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(
-            "these tests load eBPF programs and create namespaces: run them as root \
-                    (they are never skipped)"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
-/// A running `egressd run` attached to the test bed's cgroup.
-struct Agent {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<Value>,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Agent {
-    fn start(tb: &Testbed, mode: &str) -> Result<Self, Failed> {
-        let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-test-")));
-        std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
-        let cfg = dir.0.join("policy.toml");
-        std::fs::write(&cfg, egressd_testbed::POLICY.replace("{mode}", mode))
-            .map_err(|e| format!("writing policy: {e}"))?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_egressd"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .arg("--cgroup")
-            .arg(tb.cgroup.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawning egressd: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut agent = Agent {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            match agent.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(l) => {
-                    let v: Value =
-                        serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?;
-                    let started = v["type"] == "agent_start";
-                    agent.seen.push(v);
-                    if started {
-                        return Ok(agent);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(st)) = agent.child.try_wait() {
-                        return Err(format!("egressd exited before attaching: {st}").into());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err("egressd closed stdout before attaching".into());
-                }
-            }
-        }
-        Err("egressd did not attach within 30 s".into())
-    }
-
-    /// SIGTERM, wait, and return every JSON record it wrote (start, events, stop).
-    fn stop(mut self) -> Result<Vec<Value>, Failed> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().map_err(|e| e.to_string())? {
-                if !st.success() {
-                    return Err(format!("egressd exited with {st}").into());
-                }
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return Err("egressd did not stop within 20 s of SIGTERM".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.seen
-                .push(serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?);
-        }
-        Ok(std::mem::take(&mut self.seen))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs the probe client in the test bed's client namespace and cgroup.
-fn probe(tb: &Testbed, repeat: u32, probes: &[String]) -> Result<Vec<ProbeResult>, Failed> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = Command::new(exe)
-        .arg(PROBE_ARG)
-        .arg("--cgroup")
-        .arg(tb.cgroup.path())
-        .args(["--netns", tb.client.name(), "--repeat", &repeat.to_string()])
-        .args(probes)
-        .output()
-        .map_err(|e| format!("spawning probe: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("probe failed: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).map_err(|e| format!("bad probe output {l}: {e}").into()))
-        .collect()
-}
-
-fn tcp(host: &str) -> String {
-    if host.contains(':') {
-        format!("tcp://[{host}]:{PORT}")
-    } else {
-        format!("tcp://{host}:{PORT}")
-    }
-}
-fn udp(host: &str) -> String {
-    tcp(host).replacen("tcp", "udp", 1)
-}
-fn sendto(host: &str) -> String {
-    tcp(host).replacen("tcp", "udp-sendto", 1)
-}
-
-fn expect_ok(r: &ProbeResult) -> Result<(), Failed> {
-    if r.ok {
-        Ok(())
-    } else {
-        Err(format!("{} should succeed: {:?}", r.probe, r.error).into())
-    }
-}
-fn expect_eperm(r: &ProbeResult) -> Result<(), Failed> {
-    if !r.ok && r.errno == Some(EPERM) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} should fail with EPERM, got ok={} {:?}",
-            r.probe, r.ok, r.error
-        )
-        .into())
-    }
-}
-
-fn connections(records: &[Value]) -> Vec<&Value> {
-    records
-        .iter()
-        .filter(|r| r["type"] == "connection")
-        .collect()
-}
-
-fn stop_record(records: &[Value]) -> Result<&Value, Failed> {
-    records
-        .iter()
-        .find(|r| r["type"] == "agent_stop")
-        .ok_or_else(|| "no agent_stop record".into())
-}
-
-/// Sum of counters matching (hook, region, verdict).
-fn counter(stop: &Value, hook: &str, region: &str, verdict: &str) -> u64 {
-    stop["counters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["hook"] == hook && c["region"] == region && c["verdict"] == verdict)
-        .map(|c| c["count"].as_u64().unwrap_or(0))
-        .sum()
-}
-
-fn check_family(v4: bool) -> Result<(), Failed> {
-    require_root()?;
-    let tb = Testbed::new().map_err(|e| format!("testbed: {e:#}"))?;
-    let agent = Agent::start(&tb, "enforce")?;
-    let (eu, us) = if v4 { (EU_V4, US_V4) } else { (EU_V6, US_V6) };
-    let r = probe(&tb, 1, &[tcp(eu), tcp(us), udp(eu), udp(us)])?;
-    expect_ok(&r[0])?;
-    expect_eperm(&r[1])?;
-    expect_ok(&r[2])?;
-    expect_eperm(&r[3])?;
-    let recs = agent.stop()?;
-    let ev = connections(&recs);
-    let hook = if v4 {
-        "cgroup/connect4"
-    } else {
-        "cgroup/connect6"
-    };
-    if ev.len() != 2 {
-        return Err(format!("expected 2 deny events, got {ev:#?}").into());
-    }
-    for (e, transport) in ev.iter().zip(["tcp", "udp"]) {
-        assert_field(e, "/verdict", "deny")?;
-        assert_field(e, "/hook", hook)?;
-        assert_field(e, "/destination/ip", us)?;
-        assert_field(e, "/destination/region", "us")?;
-        assert_field(e, "/network/transport", transport)?;
-    }
-    // The listener in "us" must never have seen a thing.
-    let (_, served_us, _) = tb.served();
-    if served_us != 0 {
-        return Err(format!("the us host served {served_us} connections: a leak").into());
-    }
-    Ok(())
-}
-
-fn assert_field(v: &Value, ptr: &str, want: &str) -> Result<(), Failed> {
-    match v.pointer(ptr) {
-        Some(Value::String(s)) if s == want => Ok(()),
-        Some(Value::Number(n)) if n.to_string() == want => Ok(()),
-        Some(Value::Bool(b)) if b.to_string() == want => Ok(()),
-        other => Err(format!("{ptr}: want {want:?}, got {other:?} in {v}").into()),
-    }
-}
-
-fn enforce_ipv4() -> Result<(), Failed> {
-    check_family(true)
-}
-
-fn enforce_ipv6() -> Result<(), Failed> {
-    check_family(false)
-}
-
-fn mapped() -> Result<(), Failed> {
-    require_root()?;
-    let tb = Testbed::new().map_err(|e| format!("testbed: {e:#}"))?;
-    let agent = Agent::start(&tb, "enforce")?;
-    let mapped_us = format!("::ffff:{US_V4}");
-    let mapped_eu = format!("::ffff:{EU_V4}");
-    let r = probe(
-        &tb,
-        1,
-        &[
-            tcp(&mapped_us),
-            tcp(&mapped_eu),
-            udp(&mapped_us),
-            sendto(&mapped_us),
-        ],
-    )?;
-    expect_eperm(&r[0])?;
-    expect_ok(&r[1])?;
-    expect_eperm(&r[2])?;
-    expect_eperm(&r[3])?;
-    let recs = agent.stop()?;
-    let ev = connections(&recs);
-    if ev.len() != 3 {
-        return Err(format!("expected 3 deny events, got {ev:#?}").into());
-    }
-    // connect() on an AF_INET6 socket runs connect6 with the mapped address; an unconnected
-    // sendto() to a mapped address is handed to the IPv4 UDP stack, which runs sendmsg4.
-    for (e, hook, mapped) in [
-        (ev[0], "cgroup/connect6", "true"),
-        (ev[1], "cgroup/connect6", "true"),
-        (ev[2], "cgroup/sendmsg4", "false"),
-    ] {
-        assert_field(e, "/destination/ip", US_V4)?;
-        assert_field(e, "/destination/mapped", mapped)?;
-        assert_field(e, "/destination/region", "us")?;
-        assert_field(e, "/network/type", "ipv4")?;
-        assert_field(e, "/hook", hook)?;
-    }
-    Ok(())
-}
-
-fn unconnected_udp() -> Result<(), Failed> {
-    require_root()?;
-    let tb = Testbed::new().map_err(|e| format!("testbed: {e:#}"))?;
-    let agent = Agent::start(&tb, "enforce")?;
-    let r = probe(
-        &tb,
-        1,
-        &[sendto(EU_V4), sendto(US_V4), sendto(EU_V6), sendto(US_V6)],
-    )?;
-    expect_ok(&r[0])?;
-    expect_eperm(&r[1])?;
-    expect_ok(&r[2])?;
-    expect_eperm(&r[3])?;
-    let recs = agent.stop()?;
-    let hooks: Vec<_> = connections(&recs)
-        .iter()
-        .map(|e| e["hook"].clone())
-        .collect();
-    if hooks != ["cgroup/sendmsg4", "cgroup/sendmsg6"] {
-        return Err(format!("expected sendmsg4 and sendmsg6 events, got {hooks:?}").into());
-    }
-    if tb.served().1 != 0 {
-        return Err("a datagram reached the us host".into());
-    }
-    Ok(())
-}
-
-fn unknown_region() -> Result<(), Failed> {
-    require_root()?;
-    let tb = Testbed::new().map_err(|e| format!("testbed: {e:#}"))?;
-    // Without egressd this address is unroutable from the client (ENETUNREACH); with it the
-    // attempt must be refused before routing (EPERM).
-    let before = probe(&tb, 1, &[tcp("198.18.3.3")])?;
-    if before[0].errno == Some(EPERM) {
-        return Err("EPERM before egressd started: the test cannot tell the cases apart".into());
-    }
-    let agent = Agent::start(&tb, "enforce")?;
-    let r = probe(&tb, 1, &[tcp("198.18.3.3"), tcp("2001:db8:3::3")])?;
-    expect_eperm(&r[0])?;
-    expect_eperm(&r[1])?;
-    let recs = agent.stop()?;
-    for e in connections(&recs) {
-        assert_field(e, "/destination/region", "unknown")?;
-        assert_field(e, "/verdict", "deny")?;
-    }
-    if connections(&recs).len() != 2 {
-        return Err("expected 2 events".into());
-    }
-    Ok(())
-}
-
-fn loopback() -> Result<(), Failed> {
-    require_root()?;
-    let tb = Testbed::new().map_err(|e| format!("testbed: {e:#}"))?;
-    let agent = Agent::start(&tb, "enforce")?;
-    let r = probe(
-        &tb,
-        1,
-        &[
-            tcp("127.0.0.1"),
-            tcp("::1"),
-            udp("127.0.0.1"),
-            tcp("::ffff:127.0.0.1"),
-        ],
-    )?;
-    for x in &r {
-        expect_ok(x)?;
-    }
-    let recs = agent.stop()?;
-    if !connections(&recs).is_empty() {
-        return Err("loopback attempts produced events".into());
-    }
-    let stop = stop_record(&recs)?;
-    let local = counter(stop, "cgroup/connect4", "local", "allow")
-        + counter(stop, "cgroup/connect6", "local", "allow");
-    if local != 4 {
-        return Err(format!("expected 4 local allows, got {local}: {stop}").into());
-    }
-    Ok(())
-}
-
-fn audit() -> Result<(), Failed> {
-    require_root()?;
-    let tb = Testbed::new().map_err(|e| format!("testbed: {e:#}"))?;
-    let agent = Agent::start(&tb, "audit")?;
-    let r = probe(&tb, 1, &[tcp(US_V4), udp(US_V6), sendto(US_V4), tcp(EU_V4)])?;
-    for x in &r {
-        expect_ok(x)?;
-    }
-    let recs = agent.stop()?;
-    let ev = connections(&recs);
-    if ev.len() != 3 {
-        return Err(format!("expected 3 audit events, got {ev:#?}").into());
-    }
-    for e in &ev {
-        assert_field(e, "/verdict", "audit")?;
-        assert_field(e, "/policy/mode", "audit")?;
-        assert_field(e, "/destination/region", "us")?;
-    }
-    if tb.served().1 < 3 {
-        return Err(format!(
-            "audit mode should let 3 attempts reach us, served {:?}",
-            tb.served()
-        )
-        .into());
-    }
-    Ok(())
-}
-
-fn counters() -> Result<(), Failed> {
-    require_root()?;
-    let tb = Testbed::new().map_err(|e| format!("testbed: {e:#}"))?;
-    let agent = Agent::start(&tb, "enforce")?;
-    let n = 25;
-    let r = probe(&tb, n, &[tcp(EU_V4), tcp(US_V4), tcp(US_V6), sendto(US_V4)])?;
-    if r.len() != 4 * n as usize {
-        return Err("probe did not make every attempt".into());
-    }
-    let recs = agent.stop()?;
-    let stop = stop_record(&recs)?;
-    let n = u64::from(n);
-    for (hook, region, verdict) in [
-        ("cgroup/connect4", "eu", "allow"),
-        ("cgroup/connect4", "us", "deny"),
-        ("cgroup/connect6", "us", "deny"),
-        ("cgroup/sendmsg4", "us", "deny"),
-    ] {
-        let got = counter(stop, hook, region, verdict);
-        if got != n {
-            return Err(format!("{hook} {region} {verdict}: {got} != {n} attempts: {stop}").into());
-        }
-    }
-    let events = connections(&recs).len() as u64;
-    let lost = stop["lost"]["ringbuf_full"].as_u64().unwrap_or(u64::MAX);
-    if events + lost != 3 * n || stop["connection_events"].as_u64() != Some(events) {
-        return Err(format!("events {events} + lost {lost} != {} denials", 3 * n).into());
-    }
-    Ok(())
-}
-
-fn event_fields() -> Result<(), Failed> {
-    require_root()?;
-    let tb = Testbed::new().map_err(|e| format!("testbed: {e:#}"))?;
-    let agent = Agent::start(&tb, "enforce")?;
-    let before = time_now();
-    let r = probe(&tb, 1, &[tcp(US_V4)])?;
-    expect_eperm(&r[0])?;
-    let recs = agent.stop()?;
-    let ev = connections(&recs);
-    let e = ev.first().ok_or("no event")?;
-    let ts = e["@timestamp"].as_str().ok_or("no @timestamp")?;
-    // RFC 3339, UTC, nanoseconds: 2026-11-29T09:30:00.123456789Z
-    let ok_shape = ts.len() == 30
-        && ts.ends_with('Z')
-        && ts.as_bytes()[10] == b'T'
-        && ts.as_bytes()[19] == b'.';
-    if !ok_shape || ts[..19] < before[..19] {
-        return Err(format!("timestamp {ts} (test started {before})").into());
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    assert_field(e, "/host/name", host.trim())?;
-    assert_field(e, "/destination/port", &PORT.to_string())?;
-    assert_field(e, "/network/transport", "tcp")?;
-    assert_field(e, "/network/iana_number", "6")?;
-    assert_field(e, "/user/id", "0")?;
-    assert_field(e, "/policy/generation", "1")?;
-    let pid = e
-        .pointer("/process/pid")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let comm = e
-        .pointer("/process/name")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if pid == 0 || comm.is_empty() {
-        return Err(format!("process fields missing: {e}").into());
-    }
-    // The probe is this test binary re-executed: its comm is a prefix of the file name.
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if !name.starts_with(comm) {
-        return Err(format!("process.name {comm} is not the probe ({name})").into());
-    }
-    Ok(())
-}
-
-fn time_now() -> String {
-    let out = Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%S"])
-        .output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn unprivileged() -> Result<(), Failed> {
-    require_root()?;
-    let tb = Testbed::new().map_err(|e| format!("testbed: {e:#}"))?;
-    let dir = std::env::temp_dir().join(egressd_testbed::unique("egressd-test-"));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let cfg = dir.join("policy.toml");
-    std::fs::write(&cfg, egressd_testbed::POLICY.replace("{mode}", "enforce"))
-        .map_err(|e| e.to_string())?;
-    let _guard = TempDir(dir);
-    // Drop to nobody with no capabilities (util-linux setpriv).
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(env!("CARGO_BIN_EXE_egressd"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .arg("--cgroup")
-        .arg(tb.cgroup.path())
-        .output()
-        .map_err(|e| format!("setpriv: {e}"))?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    if out.status.success()
-        || !err.contains("insufficient privileges")
-        || !err.contains("run it as root")
-    {
-        return Err(format!("expected a privileges error, got {}: {err}", out.status).into());
-    }
-    Ok(())
 }

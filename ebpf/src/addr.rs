@@ -103,6 +103,19 @@ pub fn from_skb(ctx: &SkBuffContext, remote_is_dst: bool) -> Option<Dest> {
         let off = if remote_is_dst { 24 } else { 8 };
         addr = ctx.load(off).ok()?;
         let port = l4_port(ctx, protocol, 40, remote_is_dst);
+        // Judged as the socket hooks judge it, so one model describes every hook.
+        if addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+            let v4 = [addr[12], addr[13], addr[14], addr[15]];
+            addr = [0; 16];
+            addr[..4].copy_from_slice(&v4);
+            return Some(Dest {
+                family: family::INET,
+                mapped: unwrap::MAPPED,
+                protocol,
+                addr,
+                port,
+            });
+        }
         return Some(Dest {
             family: family::INET6,
             mapped: unwrap::NONE,

@@ -28,6 +28,15 @@ pub fn generation() -> u64 {
 #[inline(always)]
 pub fn decide(d: &mut Dest, generation: u64) -> Decision {
     let set = set_of(generation);
+    // Local before NAT64: a NAT64 address always goes to the translator, even one that
+    // embeds 127.0.0.1, so only the region of the embedded address can allow it.
+    if addr::is_local(d) {
+        return Decision {
+            generation,
+            region: REGION_LOCAL,
+            verdict: Verdict::Allow,
+        };
+    }
     if d.family == family::INET6 {
         let key = Key::new(128, d.addr);
         let nat64 = if set == 0 {
@@ -42,13 +51,6 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
             d.family = family::INET;
             d.mapped = unwrap::NAT64;
         }
-    }
-    if addr::is_local(d) {
-        return Decision {
-            generation,
-            region: REGION_LOCAL,
-            verdict: Verdict::Allow,
-        };
     }
     let audit = EGRESSD_SETTINGS_V1
         .get(set as u32)

@@ -144,7 +144,12 @@ fn fail(probe: &str, step: &str, e: &io::Error) -> ProbeResult {
 }
 
 fn ok(probe: &str) -> ProbeResult {
-    ProbeResult { probe: probe.to_owned(), ok: true, errno: None, error: None }
+    ProbeResult {
+        probe: probe.to_owned(),
+        ok: true,
+        errno: None,
+        error: None,
+    }
 }
 
 type Step = Result<(), (&'static str, io::Error)>;
@@ -160,14 +165,22 @@ pub fn attempt(probe: &str) -> ProbeResult {
     };
     let timeout = Duration::from_secs(3);
     let res = match kind {
-        "tcp" => TcpStream::connect_timeout(&addr, timeout).map(drop).map_err(|e| ("connect", e)),
+        "tcp" => TcpStream::connect_timeout(&addr, timeout)
+            .map(drop)
+            .map_err(|e| ("connect", e)),
         "udp" | "udp-sendto" => udp(kind == "udp", addr, timeout),
         "tcp-fastopen" => fastopen(addr, timeout),
         "uring-tcp" => uring_connect(addr),
         "uring-sendmsg" => uring_sendmsg(addr, timeout),
         "icmp" => icmp_echo(addr, timeout),
         "rawip" => raw_ip(addr),
-        _ => return fail(probe, "parse", &io::Error::other(format!("unknown kind {kind}"))),
+        _ => {
+            return fail(
+                probe,
+                "parse",
+                &io::Error::other(format!("unknown kind {kind}")),
+            );
+        }
     };
     match res {
         Ok(()) => ok(probe),
@@ -181,7 +194,11 @@ fn last_err<T>(step: &'static str) -> Result<T, (&'static str, io::Error)> {
 
 /// A socket of `family`, `ty`, `proto`, owned.
 fn socket(addr: &SocketAddr, ty: i32, proto: i32) -> Result<OwnedFd, (&'static str, io::Error)> {
-    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: plain syscall; the fd is owned on success.
     let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, proto) };
     if fd < 0 {
@@ -200,7 +217,9 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as u16,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_in fits in sockaddr_storage.
@@ -212,7 +231,9 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as u16,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: 0,
             };
             // SAFETY: sockaddr_in6 fits in sockaddr_storage.
@@ -224,7 +245,10 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 }
 
 fn set_rcv_timeout(fd: &OwnedFd, timeout: Duration) -> Step {
-    let tv = libc::timeval { tv_sec: timeout.as_secs() as i64, tv_usec: 0 };
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as i64,
+        tv_usec: 0,
+    };
     // SAFETY: valid fd and option value.
     let r = unsafe {
         libc::setsockopt(
@@ -235,15 +259,24 @@ fn set_rcv_timeout(fd: &OwnedFd, timeout: Duration) -> Step {
             size_of::<libc::timeval>() as u32,
         )
     };
-    if r != 0 { last_err("setsockopt") } else { Ok(()) }
+    if r != 0 {
+        last_err("setsockopt")
+    } else {
+        Ok(())
+    }
 }
 
 fn udp(connected: bool, addr: SocketAddr, timeout: Duration) -> Step {
-    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-        .parse()
-        .map_err(|e| ("bind", io::Error::other(e)))?;
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .map_err(|e| ("bind", io::Error::other(e)))?;
     let sock = UdpSocket::bind(bind).map_err(|e| ("bind", e))?;
-    sock.set_read_timeout(Some(timeout)).map_err(|e| ("setsockopt", e))?;
+    sock.set_read_timeout(Some(timeout))
+        .map_err(|e| ("setsockopt", e))?;
     let msg = b"egressd-probe";
     if connected {
         sock.connect(addr).map_err(|e| ("connect", e))?;
@@ -300,15 +333,18 @@ fn uring_sendmsg(addr: SocketAddr, timeout: Duration) -> Step {
     set_rcv_timeout(&fd, timeout)?;
     let (mut ss, len) = sockaddr(&addr);
     let mut msg = *b"egressd-probe";
-    let mut iov = libc::iovec { iov_base: msg.as_mut_ptr().cast(), iov_len: msg.len() };
+    let mut iov = libc::iovec {
+        iov_base: msg.as_mut_ptr().cast(),
+        iov_len: msg.len(),
+    };
     // SAFETY: all-zero msghdr is valid; fields set below point at live locals.
     let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
     hdr.msg_name = (&raw mut ss).cast();
     hdr.msg_namelen = len;
     hdr.msg_iov = &raw mut iov;
     hdr.msg_iovlen = 1;
-    let op = io_uring::opcode::SendMsg::new(io_uring::types::Fd(fd.as_raw_fd()), &raw const hdr)
-        .build();
+    let op =
+        io_uring::opcode::SendMsg::new(io_uring::types::Fd(fd.as_raw_fd()), &raw const hdr).build();
     uring_submit(op, "io_uring sendmsg")?;
     let mut buf = [0u8; 64];
     // SAFETY: valid fd and buffer.
@@ -320,12 +356,18 @@ fn uring_sendmsg(addr: SocketAddr, timeout: Duration) -> Step {
 }
 
 /// Submits one SQE and waits for its CQE; a negative result is the errno.
-fn uring_submit(op: io_uring::squeue::Entry, step: &'static str) -> Result<i32, (&'static str, io::Error)> {
+fn uring_submit(
+    op: io_uring::squeue::Entry,
+    step: &'static str,
+) -> Result<i32, (&'static str, io::Error)> {
     let mut ring = io_uring::IoUring::new(4).map_err(|e| ("io_uring_setup", e))?;
     // SAFETY: the buffers the entry points at outlive the wait below.
     unsafe { ring.submission().push(&op) }.map_err(|e| (step, io::Error::other(e)))?;
     ring.submit_and_wait(1).map_err(|e| (step, e))?;
-    let cqe = ring.completion().next().ok_or((step, io::Error::other("no completion")))?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or((step, io::Error::other("no completion")))?;
     let r = cqe.result();
     if r < 0 {
         return Err((step, io::Error::from_raw_os_error(-r)));
@@ -335,7 +377,11 @@ fn uring_submit(op: io_uring::squeue::Entry, step: &'static str) -> Result<i32, 
 
 fn icmp_echo(addr: SocketAddr, timeout: Duration) -> Step {
     let v4 = addr.is_ipv4();
-    let proto = if v4 { libc::IPPROTO_ICMP } else { libc::IPPROTO_ICMPV6 };
+    let proto = if v4 {
+        libc::IPPROTO_ICMP
+    } else {
+        libc::IPPROTO_ICMPV6
+    };
     let fd = socket(&addr, libc::SOCK_RAW, proto)?;
     set_rcv_timeout(&fd, timeout)?;
     let id = (std::process::id() & 0xffff) as u16;
@@ -349,7 +395,14 @@ fn icmp_echo(addr: SocketAddr, timeout: Duration) -> Step {
     let (ss, len) = sockaddr(&SocketAddr::new(addr.ip(), 0));
     // SAFETY: valid fd, buffer and address.
     let n = unsafe {
-        libc::sendto(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0, (&raw const ss).cast(), len)
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&raw const ss).cast(),
+            len,
+        )
     };
     if n < 0 {
         return last_err("sendto");
@@ -362,7 +415,11 @@ fn icmp_echo(addr: SocketAddr, timeout: Duration) -> Step {
             return last_err("recv");
         }
         // IPv4 raw sockets deliver the IP header; ICMPv6 ones do not.
-        let icmp = if v4 { &buf[usize::from(buf[0] & 0x0f) * 4..n as usize] } else { &buf[..n as usize] };
+        let icmp = if v4 {
+            &buf[usize::from(buf[0] & 0x0f) * 4..n as usize]
+        } else {
+            &buf[..n as usize]
+        };
         let reply = if v4 { 0 } else { 129 };
         if icmp.len() >= 6 && icmp[0] == reply && icmp[4..6] == id.to_be_bytes() {
             return Ok(());
@@ -373,7 +430,10 @@ fn icmp_echo(addr: SocketAddr, timeout: Duration) -> Step {
 
 /// RFC 1071 Internet checksum.
 fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -386,7 +446,14 @@ fn raw_ip(addr: SocketAddr) -> Step {
     let payload = b"egressd-raw";
     // SAFETY: valid fd, buffer and address.
     let n = unsafe {
-        libc::sendto(fd.as_raw_fd(), payload.as_ptr().cast(), payload.len(), 0, (&raw const ss).cast(), len)
+        libc::sendto(
+            fd.as_raw_fd(),
+            payload.as_ptr().cast(),
+            payload.len(),
+            0,
+            (&raw const ss).cast(),
+            len,
+        )
     };
     if n < 0 {
         return last_err("sendto");
@@ -399,7 +466,9 @@ fn raw_ip(addr: SocketAddr) -> Step {
 fn hold(probe: &str, addr: &str) -> anyhow::Result<()> {
     let first = format!("{probe}#1");
     let second = format!("{probe}#2");
-    let addr: SocketAddr = addr.parse().with_context(|| format!("bad address in {probe}"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("bad address in {probe}"))?;
     let timeout = Duration::from_secs(3);
     let mut s = match TcpStream::connect_timeout(&addr, timeout) {
         Ok(s) => s,
@@ -413,7 +482,11 @@ fn hold(probe: &str, addr: &str) -> anyhow::Result<()> {
         s.write_all(&[b]).map_err(|e| ("send", e))?;
         let mut got = [0u8; 1];
         s.read_exact(&mut got).map_err(|e| ("recv", e))?;
-        if got[0] != b { Err(("recv", io::Error::other("echo mismatch"))) } else { Ok(()) }
+        if got[0] != b {
+            Err(("recv", io::Error::other("echo mismatch")))
+        } else {
+            Ok(())
+        }
     };
     emit(&match exchange(&mut s, b'a') {
         Ok(()) => ok(&first),

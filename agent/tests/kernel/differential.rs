@@ -1,0 +1,214 @@
+//! Differential test: the kernel's verdict (the `cgroup_skb/egress` program run with
+//! `BPF_PROG_TEST_RUN` on crafted packets) against the userspace reference model
+//! ([`egressd::policy::Policy::verdict`]) of the same policy, over random policies and
+//! destinations. Zero disagreements allowed.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd as _, BorrowedFd},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use egressd::{
+    config::{Config, Established, Mode, Region, WELL_KNOWN_NAT64},
+    loader::Enforcer,
+    policy::{self, Policy},
+    testrun,
+};
+use egressd_common::{Verdict, programs};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use libtest_mimic::Failed;
+
+use super::harness::require_root;
+
+const POLICIES: usize = 100;
+const DESTINATIONS: usize = 1000;
+
+pub fn differential() -> Result<(), Failed> {
+    require_root()?;
+    let seed = std::env::var("EGRESSD_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x0e9e55d);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut enforcer = Enforcer::open(4096).map_err(|e| format!("{e:#}"))?;
+    let raw = enforcer
+        .program_fd(programs::SKB_EGRESS)
+        .map_err(|e| format!("{e:#}"))?
+        .as_raw_fd();
+    let (mut cases, mut disagreements) = (0u64, Vec::new());
+    for p in 0..POLICIES {
+        let cfg = random_config(&mut rng);
+        let policy = Arc::new(policy::compile(&cfg));
+        enforcer
+            .install(policy.clone())
+            .map_err(|e| format!("policy {p}: {e:#}"))?;
+        for _ in 0..DESTINATIONS {
+            let dst = random_destination(&mut rng, &policy);
+            // SAFETY: the fd belongs to `enforcer`, alive for the whole loop.
+            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+            let frame = testrun::udp_frame(dst, 443, 0);
+            let out = testrun::run(fd, &frame, 1).map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))?;
+            let want = u32::from(policy.verdict(dst) != Verdict::Deny);
+            cases += 1;
+            if out.retval != want && disagreements.len() < 20 {
+                disagreements.push(format!(
+                    "seed {seed:#x} policy {p} ({:?}, allow {:?}): {dst} kernel {} model {want} (region {})",
+                    policy.mode,
+                    policy.allowed,
+                    out.retval,
+                    policy.region_name(policy.region_of(dst))
+                ));
+            }
+        }
+    }
+    println!(
+        "differential: {cases} cases, {} disagreements (seed {seed:#x})",
+        disagreements.len()
+    );
+    if !disagreements.is_empty() {
+        return Err(disagreements.join("\n").into());
+    }
+    // Exact counting: one skb-egress decision per case.
+    let readers = enforcer.take_readers().map_err(|e| format!("{e:#}"))?;
+    let last = Policy::clone(&policy::compile(&random_config(&mut rng)));
+    let counted: u64 = egressd::stats::counters(&readers.counters, &last)
+        .map_err(|e| format!("{e:#}"))?
+        .iter()
+        .filter(|c| c.hook == "cgroup_skb/egress")
+        .map(|c| c.count)
+        .sum();
+    if counted != cases {
+        return Err(format!("counted {counted} decisions for {cases} cases").into());
+    }
+    Ok(())
+}
+
+/// Prefix lengths worth testing: the extremes, byte and nibble boundaries, odd ones.
+const V4_LENS: [u8; 12] = [0, 1, 7, 8, 12, 16, 19, 24, 28, 30, 31, 32];
+const V6_LENS: [u8; 13] = [0, 1, 16, 32, 33, 48, 56, 64, 96, 100, 120, 127, 128];
+
+fn random_v4(rng: &mut fastrand::Rng) -> Ipv4Addr {
+    // Mostly inside 198.18.0.0/15 so prefixes nest and overlap; sometimes anywhere.
+    if rng.u8(..4) == 0 {
+        Ipv4Addr::from(rng.u32(..))
+    } else {
+        Ipv4Addr::from(0xC612_0000 | rng.u32(..0x2_0000))
+    }
+}
+
+fn random_v6(rng: &mut fastrand::Rng) -> Ipv6Addr {
+    if rng.u8(..4) == 0 {
+        Ipv6Addr::from(rng.u128(..))
+    } else {
+        // 2001:db8::/32 with a dense low part.
+        Ipv6Addr::from(
+            (0x2001_0db8u128 << 96)
+                | (u128::from(rng.u16(..8)) << 80)
+                | u128::from(rng.u32(..0x100)),
+        )
+    }
+}
+
+fn random_config(rng: &mut fastrand::Rng) -> Config {
+    let n = rng.usize(1..=6);
+    let mut seen = std::collections::HashSet::new();
+    let mut regions = Vec::new();
+    for i in 0..n {
+        let mut prefixes = Vec::new();
+        for _ in 0..rng.usize(1..=12) {
+            let net = if rng.bool() {
+                let len = V4_LENS[rng.usize(..V4_LENS.len())];
+                let n = Ipv4Network::new(random_v4(rng), len).expect("len <= 32");
+                IpNetwork::V4(Ipv4Network::new(n.network(), len).expect("len <= 32"))
+            } else {
+                let len = V6_LENS[rng.usize(..V6_LENS.len())];
+                let n = Ipv6Network::new(random_v6(rng), len).expect("len <= 128");
+                IpNetwork::V6(Ipv6Network::new(n.network(), len).expect("len <= 128"))
+            };
+            // A prefix belongs to one region; mapped-form IPv6 prefixes are rejected by config.
+            if let IpNetwork::V6(v6) = net
+                && v6.network().to_ipv4_mapped().is_some()
+            {
+                continue;
+            }
+            if seen.insert(net) {
+                prefixes.push(net);
+            }
+        }
+        if prefixes.is_empty() {
+            prefixes.push(IpNetwork::V4(
+                Ipv4Network::new(Ipv4Addr::new(198, 19, 255, i as u8), 32).expect("32"),
+            ));
+            seen.insert(prefixes[0]);
+        }
+        regions.push(Region {
+            name: format!("r{i}"),
+            description: None,
+            prefixes,
+        });
+    }
+    let allowlist = regions
+        .iter()
+        .filter(|_| rng.bool())
+        .map(|r| r.name.clone())
+        .collect();
+    let mut nat64 = vec![WELL_KNOWN_NAT64];
+    if rng.bool() {
+        nat64.push(
+            Ipv6Network::new(Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, 0), 96).expect("96"),
+        );
+    }
+    Config {
+        path: PathBuf::from("random.toml"),
+        mode: if rng.u8(..4) == 0 {
+            Mode::Audit
+        } else {
+            Mode::Enforce
+        },
+        allowlist,
+        cgroup: None,
+        established: Established::Cut,
+        nat64,
+        regions,
+    }
+}
+
+/// A destination inside a policy prefix, mapped, NAT64-embedded, local, or random.
+fn random_destination(rng: &mut fastrand::Rng, p: &Policy) -> IpAddr {
+    let inside_v4 = |rng: &mut fastrand::Rng| -> Ipv4Addr {
+        match p.v4.get(rng.usize(..p.v4.len().max(1))) {
+            Some((n, _)) => {
+                let host = rng.u32(..) & u32::MAX.checked_shr(u32::from(n.prefix())).unwrap_or(0);
+                Ipv4Addr::from(u32::from(n.network()) | host)
+            }
+            None => random_v4(rng),
+        }
+    };
+    match rng.u8(..10) {
+        0..=2 => IpAddr::V4(inside_v4(rng)),
+        3..=4 => match p.v6.get(rng.usize(..p.v6.len().max(1))) {
+            Some((n, _)) => {
+                let host = rng.u128(..) & u128::MAX.checked_shr(u32::from(n.prefix())).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | host))
+            }
+            None => IpAddr::V6(random_v6(rng)),
+        },
+        5 => IpAddr::V6(inside_v4(rng).to_ipv6_mapped()),
+        6 => {
+            let nat = p.nat64[rng.usize(..p.nat64.len())];
+            IpAddr::V6(Ipv6Addr::from(
+                u128::from(nat.network()) | u128::from(u32::from(inside_v4(rng))),
+            ))
+        }
+        7 => [
+            IpAddr::V4(Ipv4Addr::new(127, rng.u8(..), rng.u8(..), rng.u8(..))),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped()),
+        ][rng.usize(..5)],
+        8 => IpAddr::V4(random_v4(rng)),
+        _ => IpAddr::V6(random_v6(rng)),
+    }
+}

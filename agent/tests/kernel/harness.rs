@@ -1,0 +1,355 @@
+//! Shared harness: a running `egressd run`, the probe client, and JSON helpers.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use egressd_testbed::{PORT, Testbed, client::ProbeResult};
+use libtest_mimic::Failed;
+use serde_json::Value;
+
+/// argv[1] that turns the test binary into the probe client.
+pub const PROBE_ARG: &str = "__egressd_probe";
+/// `EPERM`: what a denied socket call returns.
+pub const EPERM: i32 = 1;
+/// `EAGAIN`: a receive timed out (a dropped packet).
+pub const EAGAIN: i32 = 11;
+/// `ENETUNREACH`: no route (the destination was allowed but leads nowhere).
+pub const ENETUNREACH: i32 = 101;
+
+/// Fails unless running as root: these tests are never skipped.
+pub fn require_root() -> Result<(), Failed> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(
+            "these tests load eBPF programs and create namespaces: run them as root \
+                    (they are never skipped)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// A fresh test bed or a test failure.
+pub fn testbed() -> Result<Testbed, Failed> {
+    Testbed::new().map_err(|e| format!("testbed: {e:#}").into())
+}
+
+/// The test bed policy with `mode` substituted.
+pub fn policy(mode: &str) -> String {
+    egressd_testbed::POLICY.replace("{mode}", mode)
+}
+
+/// A running `egressd run` attached to the test bed's cgroup.
+pub struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<Value>,
+    config: PathBuf,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Agent {
+    /// Starts `egressd run` with the test bed policy in `mode`.
+    pub fn start(tb: &Testbed, mode: &str) -> Result<Self, Failed> {
+        Self::start_with(tb, &policy(mode))
+    }
+
+    /// Starts `egressd run` with policy text `text`, attached to the test bed's cgroup, and
+    /// waits for its `agent_start` record.
+    pub fn start_with(tb: &Testbed, text: &str) -> Result<Self, Failed> {
+        let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-test-")));
+        std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
+        let cfg = dir.0.join("policy.toml");
+        std::fs::write(&cfg, text).map_err(|e| format!("writing policy: {e}"))?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_egressd"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .arg("--cgroup")
+            .arg(tb.cgroup.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning egressd: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut agent = Agent {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            config: cfg,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match agent.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => {
+                    let v: Value =
+                        serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?;
+                    let started = v["type"] == "agent_start";
+                    agent.seen.push(v);
+                    if started {
+                        return Ok(agent);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(st)) = agent.child.try_wait() {
+                        return Err(format!("egressd exited before attaching: {st}").into());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("egressd closed stdout before attaching".into());
+                }
+            }
+        }
+        Err("egressd did not attach within 30 s".into())
+    }
+
+    /// Rewrites the policy file with `text`, sends SIGHUP and returns the record that answers
+    /// it (`policy_loaded` or `reload_failed`).
+    pub fn reload(&mut self, text: &str) -> Result<Value, Failed> {
+        std::fs::write(&self.config, text).map_err(|e| format!("writing policy: {e}"))?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                let v: Value =
+                    serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?;
+                let answer = v["type"] == "policy_loaded" || v["type"] == "reload_failed";
+                self.seen.push(v.clone());
+                if answer {
+                    return Ok(v);
+                }
+            }
+        }
+        Err("no answer to SIGHUP within 20 s".into())
+    }
+
+    /// SIGTERM, wait, and return every JSON record it wrote (start, events, stop).
+    pub fn stop(mut self) -> Result<Vec<Value>, Failed> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().map_err(|e| e.to_string())? {
+                if !st.success() {
+                    return Err(format!("egressd exited with {st}").into());
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return Err("egressd did not stop within 20 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen
+                .push(serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?);
+        }
+        Ok(std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the probe client in the test bed's client namespace and cgroup.
+pub fn probe(tb: &Testbed, repeat: u32, probes: &[String]) -> Result<Vec<ProbeResult>, Failed> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .arg(PROBE_ARG)
+        .arg("--cgroup")
+        .arg(tb.cgroup.path())
+        .args(["--netns", tb.client.name(), "--repeat", &repeat.to_string()])
+        .args(probes)
+        .output()
+        .map_err(|e| format!("spawning probe: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("probe failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("bad probe output {l}: {e}").into()))
+        .collect()
+}
+
+pub fn tcp(host: &str) -> String {
+    if host.contains(':') {
+        format!("tcp://[{host}]:{PORT}")
+    } else {
+        format!("tcp://{host}:{PORT}")
+    }
+}
+pub fn udp(host: &str) -> String {
+    tcp(host).replacen("tcp", "udp", 1)
+}
+pub fn sendto(host: &str) -> String {
+    tcp(host).replacen("tcp", "udp-sendto", 1)
+}
+
+pub fn expect_ok(r: &ProbeResult) -> Result<(), Failed> {
+    if r.ok {
+        Ok(())
+    } else {
+        Err(format!("{} should succeed: {:?}", r.probe, r.error).into())
+    }
+}
+pub fn expect_eperm(r: &ProbeResult) -> Result<(), Failed> {
+    if !r.ok && r.errno == Some(EPERM) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} should fail with EPERM, got ok={} {:?}",
+            r.probe, r.ok, r.error
+        )
+        .into())
+    }
+}
+
+pub fn connections(records: &[Value]) -> Vec<&Value> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "connection")
+        .collect()
+}
+
+pub fn stop_record(records: &[Value]) -> Result<&Value, Failed> {
+    records
+        .iter()
+        .find(|r| r["type"] == "agent_stop")
+        .ok_or_else(|| "no agent_stop record".into())
+}
+
+/// Sum of counters matching (hook, region, verdict).
+pub fn counter(stop: &Value, hook: &str, region: &str, verdict: &str) -> u64 {
+    stop["counters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["hook"] == hook && c["region"] == region && c["verdict"] == verdict)
+        .map(|c| c["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A probe string `KIND://HOST:PORT` (IPv6 hosts bracketed).
+pub fn url(kind: &str, host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("{kind}://[{host}]:{port}")
+    } else {
+        format!("{kind}://{host}:{port}")
+    }
+}
+
+/// Fails unless the attempt failed with `errno`.
+pub fn expect_errno(r: &ProbeResult, errno: i32) -> Result<(), Failed> {
+    if !r.ok && r.errno == Some(errno) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} should fail with errno {errno}, got ok={} {:?}",
+            r.probe, r.ok, r.error
+        )
+        .into())
+    }
+}
+
+/// Fails unless JSON pointer `ptr` of `v` renders as `want`.
+pub fn assert_field(v: &Value, ptr: &str, want: &str) -> Result<(), Failed> {
+    match v.pointer(ptr) {
+        Some(Value::String(s)) if s == want => Ok(()),
+        Some(Value::Number(n)) if n.to_string() == want => Ok(()),
+        Some(Value::Bool(b)) if b.to_string() == want => Ok(()),
+        other => Err(format!("{ptr}: want {want:?}, got {other:?} in {v}").into()),
+    }
+}
+
+/// Sum of packets and bytes of the flow counters matching (direction, region, verdict).
+pub fn flow(stop: &Value, direction: &str, region: &str, verdict: &str) -> (u64, u64) {
+    stop["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["direction"] == direction && c["region"] == region && c["verdict"] == verdict)
+        .fold((0, 0), |(p, b), c| {
+            (
+                p + c["packets"].as_u64().unwrap_or(0),
+                b + c["bytes"].as_u64().unwrap_or(0),
+            )
+        })
+}
+
+/// A probe process left running (for `tcp-hold`): results are read line by line.
+pub struct LiveProbe {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl LiveProbe {
+    /// Starts the probe client with `probes` in the test bed's client namespace and cgroup.
+    pub fn start(tb: &Testbed, probes: &[String]) -> Result<Self, Failed> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .arg(PROBE_ARG)
+            .arg("--cgroup")
+            .arg(tb.cgroup.path())
+            .args(["--netns", tb.client.name()])
+            .args(probes)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning probe: {e}"))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// The next result line.
+    pub fn next(&mut self) -> Result<ProbeResult, Failed> {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        serde_json::from_str(&line).map_err(|e| format!("bad probe output {line:?}: {e}").into())
+    }
+
+    /// Lets a waiting `tcp-hold` go on.
+    pub fn resume(&mut self) -> Result<(), Failed> {
+        self.stdin.write_all(b"go\n").map_err(|e| e.to_string())?;
+        self.stdin.flush().map_err(|e| e.to_string().into())
+    }
+}
+
+impl Drop for LiveProbe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

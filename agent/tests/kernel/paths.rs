@@ -1,0 +1,347 @@
+//! Every egress path out of the host, each one a test that fails if the path leaks, and
+//! the packet-level backstop's flow accounting.
+use egressd_testbed::{EU_V4, EU_V6, PORT, US_V4, US_V6};
+use libtest_mimic::Failed;
+use serde_json::Value;
+
+use super::harness::*;
+
+/// Hooks of the connection events, in order.
+fn hooks(recs: &[Value]) -> Vec<String> {
+    connections(recs)
+        .iter()
+        .map(|e| e["hook"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+fn expect_hooks(recs: &[Value], want: &[&str]) -> Result<(), Failed> {
+    let got = hooks(recs);
+    if got != want {
+        return Err(format!("event hooks {got:?}, want {want:?}").into());
+    }
+    Ok(())
+}
+
+fn no_leak(tb: &egressd_testbed::Testbed) -> Result<(), Failed> {
+    let (_, us, _) = tb.served();
+    if us != 0 {
+        return Err(format!("the us host served {us} connections/datagrams: a leak").into());
+    }
+    Ok(())
+}
+
+pub fn tcp_fast_open() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "enforce")?;
+    let r = probe(
+        &tb,
+        1,
+        &[
+            url("tcp-fastopen", EU_V4, PORT),
+            url("tcp-fastopen", US_V4, PORT),
+            url("tcp-fastopen", US_V6, PORT),
+        ],
+    )?;
+    expect_ok(&r[0])?;
+    expect_eperm(&r[1])?;
+    expect_eperm(&r[2])?;
+    let recs = agent.stop()?;
+    expect_hooks(&recs, &["cgroup/connect4", "cgroup/connect6"])?;
+    no_leak(&tb)
+}
+
+pub fn io_uring() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "enforce")?;
+    let r = probe(
+        &tb,
+        1,
+        &[
+            url("uring-tcp", EU_V4, PORT),
+            url("uring-tcp", US_V4, PORT),
+            url("uring-tcp", US_V6, PORT),
+            url("uring-sendmsg", EU_V4, PORT),
+            url("uring-sendmsg", US_V4, PORT),
+            url("uring-sendmsg", US_V6, PORT),
+        ],
+    )?;
+    expect_ok(&r[0])?;
+    expect_eperm(&r[1])?;
+    expect_eperm(&r[2])?;
+    expect_ok(&r[3])?;
+    expect_eperm(&r[4])?;
+    expect_eperm(&r[5])?;
+    let recs = agent.stop()?;
+    expect_hooks(
+        &recs,
+        &[
+            "cgroup/connect4",
+            "cgroup/connect6",
+            "cgroup/sendmsg4",
+            "cgroup/sendmsg6",
+        ],
+    )?;
+    no_leak(&tb)
+}
+
+pub fn raw_icmp() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "enforce")?;
+    let r = probe(
+        &tb,
+        1,
+        &[
+            url("icmp", EU_V4, 0),
+            url("icmp", EU_V6, 0),
+            url("icmp", US_V4, 0),
+            url("icmp", US_V6, 0),
+        ],
+    )?;
+    expect_ok(&r[0])?;
+    expect_ok(&r[1])?;
+    // No socket hook sees raw sockets: the packet-level backstop drops the echo request.
+    for x in &r[2..] {
+        if x.ok {
+            return Err(format!("{} got a reply from the us host: a leak", x.probe).into());
+        }
+    }
+    let recs = agent.stop()?;
+    expect_hooks(&recs, &["cgroup_skb/egress", "cgroup_skb/egress"])?;
+    let ev = connections(&recs);
+    assert_field(ev[0], "/network/transport", "icmp")?;
+    assert_field(ev[0], "/destination/ip", US_V4)?;
+    assert_field(ev[1], "/network/transport", "ipv6-icmp")?;
+    assert_field(ev[1], "/destination/ip", US_V6)?;
+    Ok(())
+}
+
+pub fn raw_ip() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "enforce")?;
+    // Protocol 253 is reserved for experimentation (RFC 3692).
+    let r = probe(
+        &tb,
+        1,
+        &[
+            url("rawip", EU_V4, 253),
+            url("rawip", US_V4, 253),
+            url("rawip", US_V6, 253),
+        ],
+    )?;
+    expect_ok(&r[0])?;
+    expect_eperm(&r[1])?;
+    expect_eperm(&r[2])?;
+    let recs = agent.stop()?;
+    expect_hooks(&recs, &["cgroup_skb/egress", "cgroup_skb/egress"])?;
+    assert_field(connections(&recs)[0], "/network/iana_number", "253")?;
+    Ok(())
+}
+
+pub fn nat64() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let text = policy("enforce").replace(
+        "allowlist = [\"eu\"]",
+        "allowlist = [\"eu\"]\nnat64_prefixes = [\"2001:db8:64::/96\"]",
+    );
+    let agent = Agent::start_with(&tb, &text)?;
+    let r = probe(
+        &tb,
+        1,
+        &[
+            url("tcp", &format!("64:ff9b::{US_V4}"), PORT),
+            url("tcp", &format!("64:ff9b::{EU_V4}"), PORT),
+            url("tcp", &format!("2001:db8:64::{US_V4}"), PORT),
+            url("udp-sendto", &format!("64:ff9b::{US_V4}"), PORT),
+        ],
+    )?;
+    expect_eperm(&r[0])?;
+    // Allowed (eu) but there is no NAT64 gateway in the test bed: no route.
+    expect_errno(&r[1], ENETUNREACH)?;
+    expect_eperm(&r[2])?;
+    expect_eperm(&r[3])?;
+    let recs = agent.stop()?;
+    expect_hooks(
+        &recs,
+        &["cgroup/connect6", "cgroup/connect6", "cgroup/sendmsg6"],
+    )?;
+    for e in connections(&recs) {
+        assert_field(e, "/destination/ip", US_V4)?;
+        assert_field(e, "/destination/region", "us")?;
+    }
+    Ok(())
+}
+
+fn established(keep: bool) -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let mut agent = Agent::start(&tb, "enforce")?;
+    let mut live = LiveProbe::start(&tb, &[url("tcp-hold", EU_V4, PORT)])?;
+    expect_ok(&live.next()?)?;
+    // eu leaves the allowlist while the connection is open.
+    let mut next = policy("enforce").replace("allowlist = [\"eu\"]", "allowlist = []");
+    if keep {
+        next = format!("established = \"keep\"\n{next}");
+    }
+    let answer = agent.reload(&next)?;
+    assert_field(&answer, "/type", "policy_loaded")?;
+    assert_field(&answer, "/policy/generation", "2")?;
+    live.resume()?;
+    let second = live.next()?;
+    // A new connection is refused either way.
+    let fresh = probe(&tb, 1, &[url("tcp", EU_V4, PORT)])?;
+    expect_eperm(&fresh[0])?;
+    let recs = agent.stop()?;
+    if keep {
+        expect_ok(&second)?;
+        expect_hooks(&recs, &["cgroup/connect4"])?;
+    } else {
+        // The data segment is dropped at egress: the echo never comes.
+        expect_errno(&second, EAGAIN)?;
+        expect_hooks(&recs, &["cgroup_skb/egress", "cgroup/connect4"])?;
+        let e = connections(&recs)[0];
+        assert_field(e, "/destination/region", "eu")?;
+        assert_field(e, "/verdict", "deny")?;
+        assert_field(e, "/policy/generation", "2")?;
+    }
+    Ok(())
+}
+
+pub fn established_cut() -> Result<(), Failed> {
+    established(false)
+}
+
+pub fn established_keep() -> Result<(), Failed> {
+    established(true)
+}
+
+pub fn forked_child() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "enforce")?;
+    // The probe joins the cgroup and the client netns, then forks; the child connects.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(exe)
+        .arg(PROBE_ARG)
+        .arg("--cgroup")
+        .arg(tb.cgroup.path())
+        .args(["--netns", tb.client.name(), "--fork"])
+        .args([
+            url("tcp", US_V4, PORT),
+            url("tcp", EU_V4, PORT),
+            url("udp-sendto", US_V6, PORT),
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let r: Vec<egressd_testbed::client::ProbeResult> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("probe output: {e}"))?;
+    if r.len() != 3 {
+        return Err(format!("forked probe: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    expect_eperm(&r[0])?;
+    expect_ok(&r[1])?;
+    expect_eperm(&r[2])?;
+    let recs = agent.stop()?;
+    expect_hooks(&recs, &["cgroup/connect4", "cgroup/sendmsg6"])?;
+    no_leak(&tb)
+}
+
+pub fn audit_paths() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "audit")?;
+    let r = probe(
+        &tb,
+        1,
+        &[
+            url("icmp", US_V4, 0),
+            url("rawip", US_V6, 253),
+            url("tcp-fastopen", US_V4, PORT),
+            url("uring-tcp", US_V6, PORT),
+            url("uring-sendmsg", US_V4, PORT),
+        ],
+    )?;
+    for x in &r {
+        expect_ok(x)?;
+    }
+    let recs = agent.stop()?;
+    expect_hooks(
+        &recs,
+        &[
+            "cgroup_skb/egress",
+            "cgroup_skb/egress",
+            "cgroup/connect4",
+            "cgroup/connect6",
+            "cgroup/sendmsg4",
+        ],
+    )?;
+    for e in connections(&recs) {
+        assert_field(e, "/verdict", "audit")?;
+        assert_field(e, "/destination/region", "us")?;
+    }
+    Ok(())
+}
+
+pub fn flow_bytes() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "enforce")?;
+    let n = 20u32;
+    // Connected UDP: one 13-byte datagram out, its echo back. IPv4 header 20 + UDP 8.
+    let r = probe(&tb, n, &[url("udp", EU_V4, PORT), url("udp", US_V4, PORT)])?;
+    for pair in r.chunks(2) {
+        expect_ok(&pair[0])?;
+        expect_eperm(&pair[1])?;
+    }
+    let recs = agent.stop()?;
+    let stop = stop_record(&recs)?;
+    let n = u64::from(n);
+    let per = 20 + 8 + 13;
+    let out = flow(stop, "egress", "eu", "allow");
+    let back = flow(stop, "ingress", "eu", "allow");
+    if out != (n, n * per) || back != (n, n * per) {
+        return Err(format!(
+            "flows to/from eu: egress {out:?}, ingress {back:?}, want ({n}, {}) each: {}",
+            n * per,
+            stop["flows"]
+        )
+        .into());
+    }
+    // Denied at connect(): not a single packet to us.
+    let denied = flow(stop, "egress", "us", "deny");
+    let allowed = flow(stop, "egress", "us", "allow");
+    if denied.0 + allowed.0 != 0 {
+        return Err(format!("packets to us were counted: {}", stop["flows"]).into());
+    }
+    Ok(())
+}
+
+pub fn invalid_reload() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let mut agent = Agent::start(&tb, "enforce")?;
+    let answer = agent
+        .reload("allowlist = [\"eu\", \"us\"]\n[regions.eu]\nprefixes = [\"198.18.1.1/24\"]\n")?;
+    assert_field(&answer, "/type", "reload_failed")?;
+    assert_field(&answer, "/generation_in_force", "1")?;
+    let err = answer["error"].as_str().unwrap_or("");
+    if !err.contains(":1:") || !err.contains("allowlist") {
+        return Err(format!("reload error does not locate the problem: {err}").into());
+    }
+    // The previous policy is still in force.
+    let r = probe(&tb, 1, &[url("tcp", US_V4, PORT), url("tcp", EU_V4, PORT)])?;
+    expect_eperm(&r[0])?;
+    expect_ok(&r[1])?;
+    let recs = agent.stop()?;
+    let stop = stop_record(&recs)?;
+    assert_field(stop, "/reloads/failed", "1")?;
+    assert_field(stop, "/reloads/ok", "0")?;
+    Ok(())
+}
