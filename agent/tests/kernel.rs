@@ -40,6 +40,7 @@ fn main() {
         ),
         Trial::test("path_tcp_fast_open", paths::tcp_fast_open),
         Trial::test("path_io_uring_connect_and_sendmsg", paths::io_uring),
+        Trial::test("path_udp_sendmmsg", paths::sendmmsg),
         Trial::test("path_raw_icmp_and_icmpv6", paths::raw_icmp),
         Trial::test("path_raw_ip_protocol", paths::raw_ip),
         Trial::test("path_nat64_judged_by_embedded_ipv4", paths::nat64),

@@ -9,6 +9,8 @@
 //! - `udp-sendto`: unconnected UDP `sendto()` with the destination, wait for the echo;
 //! - `tcp-fastopen`: TCP Fast Open, `sendto(MSG_FASTOPEN)` without `connect()`, wait for
 //!   the echo;
+//! - `udp-sendmmsg`: unconnected UDP `sendmmsg()` of two datagrams to the destination, wait
+//!   for an echo;
 //! - `uring-tcp`: `IORING_OP_CONNECT` through io_uring;
 //! - `uring-sendmsg`: `IORING_OP_SENDMSG` with a destination on an unconnected UDP socket,
 //!   wait for the echo;
@@ -170,6 +172,7 @@ pub fn attempt(probe: &str) -> ProbeResult {
             .map_err(|e| ("connect", e)),
         "udp" | "udp-sendto" => udp(kind == "udp", addr, timeout),
         "tcp-fastopen" => fastopen(addr, timeout),
+        "udp-sendmmsg" => sendmmsg(addr, timeout),
         "uring-tcp" => uring_connect(addr),
         "uring-sendmsg" => uring_sendmsg(addr, timeout),
         "icmp" => icmp_echo(addr, timeout),
@@ -314,6 +317,36 @@ fn fastopen(addr: SocketAddr, timeout: Duration) -> Step {
     let mut stream = TcpStream::from(fd);
     let mut buf = [0u8; 3];
     stream.read_exact(&mut buf).map_err(|e| ("recv", e))
+}
+
+fn sendmmsg(addr: SocketAddr, timeout: Duration) -> Step {
+    let fd = socket(&addr, libc::SOCK_DGRAM, 0)?;
+    set_rcv_timeout(&fd, timeout)?;
+    let (mut ss, len) = sockaddr(&addr);
+    let mut bufs = [*b"egressd-mmsg1", *b"egressd-mmsg2"];
+    let mut iovs = bufs.each_mut().map(|b| libc::iovec {
+        iov_base: b.as_mut_ptr().cast(),
+        iov_len: b.len(),
+    });
+    // SAFETY: all-zero mmsghdr is valid; the pointers set below refer to live locals.
+    let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
+    for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+        m.msg_hdr.msg_name = (&raw mut ss).cast();
+        m.msg_hdr.msg_namelen = len;
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: valid fd and message array.
+    let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), 2, 0) };
+    if n < 0 {
+        return last_err("sendmmsg");
+    }
+    let mut buf = [0u8; 64];
+    // SAFETY: valid fd and buffer.
+    if unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) } < 0 {
+        return last_err("recv");
+    }
+    Ok(())
 }
 
 fn uring_connect(addr: SocketAddr) -> Step {

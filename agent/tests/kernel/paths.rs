@@ -51,6 +51,30 @@ pub fn tcp_fast_open() -> Result<(), Failed> {
     no_leak(&tb)
 }
 
+pub fn sendmmsg() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "enforce")?;
+    let r = probe(
+        &tb,
+        1,
+        &[
+            url("udp-sendmmsg", EU_V4, PORT),
+            url("udp-sendmmsg", US_V4, PORT),
+            url("udp-sendmmsg", EU_V6, PORT),
+            url("udp-sendmmsg", US_V6, PORT),
+        ],
+    )?;
+    expect_ok(&r[0])?;
+    expect_eperm(&r[1])?;
+    expect_ok(&r[2])?;
+    expect_eperm(&r[3])?;
+    let recs = agent.stop()?;
+    // sendmmsg stops at the first refused datagram: one event each.
+    expect_hooks(&recs, &["cgroup/sendmsg4", "cgroup/sendmsg6"])?;
+    no_leak(&tb)
+}
+
 pub fn io_uring() -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
