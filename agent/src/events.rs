@@ -1,19 +1,37 @@
-//! Ring buffer records -> typed, enriched events.
+//! Ring buffer records -> typed, enriched records that sinks format and deliver.
 //!
 //! The kernel writes [`egressd_common::Event`] (96 bytes, see that type for byte order);
 //! [`decode`] copies one out of a ring-buffer item and [`Enricher::enrich`] turns it into a
-//! [`ConnectionEvent`] with wall-clock time, host name and region name. Field names follow the
-//! Elastic Common Schema (ECS 8.x) where it has one (`@timestamp`, `host.name`,
-//! `process.pid`, `destination.ip`, ...).
+//! [`ConnectionEvent`]: wall-clock time, an event id unique per host, host name and labels,
+//! the agent, process details read from `/proc` at event time ([`procinfo`]), user and group
+//! names, cgroup path with the systemd unit and container id it shows, region name, rule,
+//! mode, policy generation and digest, and the kernel's suppression count.
+//!
+//! Lifecycle records ([`Lifecycle`]: agent start and stop, policy loaded, heartbeat) share
+//! the same [`Header`], so every record a host emits has one `id` and one `sequence` number
+//! from the same counter: a gap in `sequence` at the SIEM is a lost record.
+//!
+//! Field names of the native JSON form ([`crate::formats::json`]) follow the Elastic Common
+//! Schema (ECS 8.x) where it has one (`@timestamp`, `host.name`, `process.pid`,
+//! `destination.ip`, ...). The other formats map these records in [`crate::formats`].
+pub mod procinfo;
+
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use egressd_common::{Event, Hook, Verdict, family};
 use serde::Serialize;
 
-use crate::policy::Policy;
+use crate::{
+    policy::Policy,
+    stats::{CounterRow, Loss},
+};
 
 /// Copies an [`Event`] out of a ring-buffer item; `None` if the item is too short (a
 /// layout mismatch between kernel object and daemon, which would be a build error).
@@ -25,60 +43,155 @@ pub fn decode(item: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) })
 }
 
-/// One denied or audited connection attempt, as sinks receive it.
+/// Fields every record carries, first in the native JSON object.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ConnectionEvent {
+pub struct Header {
     /// RFC 3339 UTC time with nanoseconds, e.g. `2026-11-29T09:30:00.123456789Z`.
     #[serde(rename = "@timestamp")]
     pub timestamp: String,
-    /// Always `"connection"` (lifecycle records use other types).
+    /// Record type: `"connection"`, `"agent_start"`, `"agent_stop"`, `"policy_loaded"` or
+    /// `"heartbeat"`.
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// Event id, unique per host: `{agent.ephemeral_id}-{sequence}`.
+    pub id: String,
+    /// Position of this record in the agent run's stream, from 1, without gaps: the SIEM can
+    /// detect a lost record by a missing number.
+    pub sequence: u64,
+    /// Observing host.
+    pub host: Host,
+    /// This agent.
+    pub agent: AgentInfo,
+    /// Same time as `timestamp`, nanoseconds since the Unix epoch (for formats that want
+    /// numbers; not serialized).
+    #[serde(skip)]
+    pub unix_ns: i128,
+}
+
+/// `host.*`.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Host {
+    /// Kernel host name (`uname -n`).
+    pub name: String,
+    /// Operator-defined labels from the config's `[host] labels` (site, role, environment,
+    /// ...), sorted by key; omitted when empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `agent.*`.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct AgentInfo {
+    /// egressd version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// Random id of this agent run (16 lowercase hex digits), new at every start; prefix of
+    /// every event id (ECS `agent.ephemeral_id`).
+    pub ephemeral_id: String,
+}
+
+/// One denied or audited connection attempt, as sinks receive it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConnectionEvent {
+    /// Time, type `"connection"`, id, sequence, host and agent.
+    #[serde(flatten)]
+    pub header: Header,
     /// `"deny"` (the caller got EPERM) or `"audit"` (let through, would have been denied).
     pub verdict: &'static str,
     /// Kernel hook that judged it, e.g. `"cgroup/connect4"`.
     pub hook: &'static str,
-    /// Observing host.
-    pub host: Host,
     /// Calling process.
     pub process: Process,
-    /// Calling user.
-    pub user: Id,
-    /// Calling group.
-    pub group: Id,
+    /// Calling user (real uid).
+    pub user: Named,
+    /// Calling group (real gid).
+    pub group: Named,
     /// cgroup v2 of the caller.
-    pub cgroup: Id,
+    pub cgroup: Cgroup,
+    /// Container the caller runs in, when its cgroup path shows one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
     /// Address family and transport.
     pub network: Network,
     /// Where the connection was going.
     pub destination: Destination,
     /// Policy that judged it.
     pub policy: PolicyRef,
-}
-
-/// `host.*`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Host {
-    /// Kernel host name (`uname -n`).
-    pub name: String,
+    /// Rule that decided.
+    pub rule: Rule,
+    /// Events for the same (process, destination, verdict) that the kernel suppressed since
+    /// the previous one it emitted (flood control; the counters still count them).
+    pub suppressed: u32,
 }
 
 /// `process.*`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct Process {
     /// Thread-group id.
     pub pid: u32,
-    /// Task name (`comm`, at most 15 bytes).
+    /// Task name (`comm`, at most 15 bytes), from the kernel.
     pub name: String,
     /// Calling thread.
     pub thread: Id,
+    /// Parent process, from `/proc/PID/stat`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
+    /// Executable path, from the `/proc/PID/exe` link (may end in ` (deleted)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    /// Arguments joined by spaces, from `/proc/PID/cmdline`; at most
+    /// [`procinfo::MAX_CMDLINE`] bytes, longer ones are cut and end in `...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_line: Option<String>,
+    /// True when the process had exited before `/proc` could be read at event time: only the
+    /// kernel's fields (pid, thread, name, user, group, cgroup id) are then known.
+    pub exited: bool,
 }
 
-/// A numeric id (`user.id`, `group.id`, `process.thread.id`, `cgroup.id`).
+/// `process.parent.*`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Parent {
+    /// Parent process id.
+    pub pid: u32,
+}
+
+/// A numeric id (`process.thread.id`).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct Id {
     /// The id.
     pub id: u64,
+}
+
+/// A numeric id with its name when the host's user database knows it (`user.*`, `group.*`).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Named {
+    /// Numeric id.
+    pub id: u64,
+    /// Name from the system's user/group database (NSS), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `cgroup.*` (no ECS equivalent).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Cgroup {
+    /// cgroup v2 id (inode number of its directory), from the kernel.
+    pub id: u64,
+    /// Path below the cgroup2 mount, e.g. `/system.slice/nginx.service`, from
+    /// `/proc/PID/cgroup` (absent when the process had exited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Deepest systemd unit (`*.service` or `*.scope`) in `path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
+}
+
+/// `container.*`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Container {
+    /// 64 hex digit container id found in the cgroup path.
+    pub id: String,
+    /// `docker`, `containerd`, `cri-o`, `podman` or `unknown`, from the path's naming.
+    pub runtime: &'static str,
 }
 
 /// `network.*`.
@@ -113,82 +226,365 @@ pub struct PolicyRef {
     pub mode: &'static str,
     /// Generation counter of the loaded policy.
     pub generation: u64,
-    /// Digest of the loaded policy.
+    /// Digest of the loaded policy (16 hex digits, see [`crate::policy::Policy::digest`]).
     pub digest: String,
 }
 
-/// Adds host and policy context to kernel events.
+/// `rule.*`: what in the policy decided.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Rule {
+    /// Rule id from the kernel; 0 means the region allowlist decided.
+    pub id: u32,
+    /// `"allowlist"` for id 0, else `"rule-{id}"`.
+    pub name: String,
+}
+
+/// Static context of an agent run: what every record repeats.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Host name and labels.
+    pub host: Host,
+    /// Version and ephemeral id.
+    pub agent: AgentInfo,
+}
+
+/// Hands out event ids and sequence numbers (shared by the event reader and the lifecycle
+/// records; lock-free).
+#[derive(Debug)]
+pub struct Sequencer {
+    ctx: Context,
+    next: AtomicU64,
+}
+
+impl Sequencer {
+    /// A sequencer whose first record gets sequence 1.
+    pub fn new(ctx: Context) -> Self {
+        Self {
+            ctx,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// The static context.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// A header for a new record of type `kind` at `unix_ns` (nanoseconds since the epoch),
+    /// with the next sequence number.
+    pub fn header(&self, kind: &'static str, unix_ns: i128) -> Header {
+        let sequence = self.next.fetch_add(1, Ordering::Relaxed);
+        Header {
+            timestamp: rfc3339(unix_ns),
+            kind,
+            id: format!("{}-{sequence}", self.ctx.agent.ephemeral_id),
+            sequence,
+            host: self.ctx.host.clone(),
+            agent: self.ctx.agent.clone(),
+            unix_ns,
+        }
+    }
+}
+
+/// A random 64-bit id as 16 lowercase hex digits, from `getrandom(2)` (falls back to time
+/// and pid if that fails, which only happens on kernels older than 3.17).
+pub fn ephemeral_id() -> String {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 8 {
+        let t = crate::clock::unix_now_ns() as u64 ^ (u64::from(std::process::id()) << 32);
+        b = t.to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Adds host, process and policy context to kernel events.
 pub struct Enricher {
-    host: String,
+    seq: Arc<Sequencer>,
     policy: Arc<Policy>,
+    procs: std::sync::Mutex<procinfo::Cache>,
 }
 
 impl Enricher {
-    /// `host` is the host name to report; `policy` resolves region ids to names.
-    pub fn new(host: String, policy: Arc<Policy>) -> Self {
-        Self { host, policy }
+    /// `seq` numbers the records and carries host and agent; `policy` resolves region ids.
+    /// Process details are read from `/proc`.
+    pub fn new(seq: Arc<Sequencer>, policy: Arc<Policy>) -> Self {
+        Self::with_proc_root(seq, policy, "/proc".into())
     }
 
-    /// Builds the sink-facing event from a kernel record.
+    /// Like [`Self::new`] with another procfs root (tests).
+    pub fn with_proc_root(
+        seq: Arc<Sequencer>,
+        policy: Arc<Policy>,
+        proc_root: std::path::PathBuf,
+    ) -> Self {
+        Self {
+            seq,
+            policy,
+            procs: std::sync::Mutex::new(procinfo::Cache::new(proc_root)),
+        }
+    }
+
+    /// Builds the sink-facing event from a kernel record, reading `/proc/PID` now.
     pub fn enrich(&self, ev: &Event) -> ConnectionEvent {
-        let ip = if ev.family == family::INET {
-            IpAddr::V4(Ipv4Addr::new(
-                ev.dst_addr[0],
-                ev.dst_addr[1],
-                ev.dst_addr[2],
-                ev.dst_addr[3],
-            ))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(ev.dst_addr))
+        let (info, user, group) = {
+            let mut procs = self
+                .procs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                procs.process(ev.pid),
+                procs.user_name(ev.uid),
+                procs.group_name(ev.gid),
+            )
         };
-        let verdict = Verdict::from_u8(ev.verdict);
-        ConnectionEvent {
-            timestamp: rfc3339(crate::clock::boot_to_unix_ns(ev.boot_ns)),
-            kind: "connection",
-            verdict: match verdict {
-                Some(Verdict::Deny) => "deny",
-                Some(Verdict::Audit) => "audit",
-                Some(Verdict::Allow) => "allow",
-                None => "invalid",
+        build(
+            &self.seq,
+            &self.policy,
+            ev,
+            crate::clock::boot_to_unix_ns(ev.boot_ns),
+            info.as_deref(),
+            user,
+            group,
+        )
+    }
+}
+
+/// Pure assembly of a [`ConnectionEvent`] (no I/O): `info` is what `/proc` said, `None`
+/// when the process had exited.
+pub fn build(
+    seq: &Sequencer,
+    policy: &Policy,
+    ev: &Event,
+    unix_ns: i128,
+    info: Option<&procinfo::ProcInfo>,
+    user: Option<String>,
+    group: Option<String>,
+) -> ConnectionEvent {
+    let ip = if ev.family == family::INET {
+        IpAddr::V4(Ipv4Addr::new(
+            ev.dst_addr[0],
+            ev.dst_addr[1],
+            ev.dst_addr[2],
+            ev.dst_addr[3],
+        ))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(ev.dst_addr))
+    };
+    let verdict = Verdict::from_u8(ev.verdict);
+    let cgroup_path = info.and_then(|i| i.cgroup.clone());
+    ConnectionEvent {
+        header: seq.header("connection", unix_ns),
+        verdict: match verdict {
+            Some(Verdict::Deny) => "deny",
+            Some(Verdict::Audit) => "audit",
+            Some(Verdict::Allow) => "allow",
+            None => "invalid",
+        },
+        hook: hook_name(ev.hook),
+        process: Process {
+            pid: ev.pid,
+            name: comm(&ev.comm),
+            thread: Id {
+                id: u64::from(ev.tid),
             },
-            hook: hook_name(ev.hook),
-            host: Host {
-                name: self.host.clone(),
+            parent: info.and_then(|i| i.ppid).map(|pid| Parent { pid }),
+            executable: info.and_then(|i| i.exe.clone()),
+            command_line: info.and_then(|i| i.command_line.clone()),
+            exited: info.is_none(),
+        },
+        user: Named {
+            id: u64::from(ev.uid),
+            name: user,
+        },
+        group: Named {
+            id: u64::from(ev.gid),
+            name: group,
+        },
+        container: cgroup_path.as_deref().and_then(procinfo::container),
+        cgroup: Cgroup {
+            id: ev.cgroup_id,
+            systemd_unit: cgroup_path.as_deref().and_then(procinfo::systemd_unit),
+            path: cgroup_path,
+        },
+        network: Network {
+            kind: if ip.is_ipv4() { "ipv4" } else { "ipv6" },
+            transport: transport(ev.protocol),
+            iana_number: ev.protocol,
+        },
+        destination: Destination {
+            ip,
+            port: ev.dst_port,
+            region: policy.region_name(ev.region).to_owned(),
+            mapped: ev.mapped != 0,
+        },
+        policy: PolicyRef {
+            mode: if verdict == Some(Verdict::Audit) {
+                "audit"
+            } else {
+                "enforce"
             },
-            process: Process {
-                pid: ev.pid,
-                name: comm(&ev.comm),
-                thread: Id {
-                    id: u64::from(ev.tid),
-                },
+            generation: ev.generation,
+            digest: policy.digest.clone(),
+        },
+        rule: Rule {
+            id: ev.rule,
+            name: if ev.rule == 0 {
+                "allowlist".into()
+            } else {
+                format!("rule-{}", ev.rule)
             },
-            user: Id {
-                id: u64::from(ev.uid),
-            },
-            group: Id {
-                id: u64::from(ev.gid),
-            },
-            cgroup: Id { id: ev.cgroup_id },
-            network: Network {
-                kind: if ip.is_ipv4() { "ipv4" } else { "ipv6" },
-                transport: transport(ev.protocol),
-                iana_number: ev.protocol,
-            },
-            destination: Destination {
-                ip,
-                port: ev.dst_port,
-                region: self.policy.region_name(ev.region).to_owned(),
-                mapped: ev.mapped != 0,
-            },
-            policy: PolicyRef {
-                mode: if verdict == Some(Verdict::Audit) {
-                    "audit"
-                } else {
-                    "enforce"
-                },
-                generation: ev.generation,
-                digest: self.policy.digest.clone(),
-            },
+        },
+        suppressed: ev.suppressed,
+    }
+}
+
+/// Summary of the loaded policy (in `agent_start` and `policy_loaded`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PolicySummary {
+    /// Config file it was read from.
+    pub file: String,
+    /// `"enforce"` or `"audit"`.
+    pub mode: String,
+    /// Policy digest.
+    pub digest: String,
+    /// Generation in the kernel.
+    pub generation: u64,
+    /// Configured regions.
+    pub regions: usize,
+    /// IPv4 prefixes.
+    pub prefixes_v4: usize,
+    /// IPv6 prefixes.
+    pub prefixes_v6: usize,
+    /// Allowlisted region names.
+    pub allowlist: Vec<String>,
+}
+
+/// Delivery counters of one sink (see [`crate::pipeline`] for their exact meaning).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct SinkCounters {
+    /// Records written to the destination (for TCP and TLS: acknowledged by the peer's TCP).
+    pub delivered: u64,
+    /// Records waiting in memory now.
+    pub queued: u64,
+    /// Records waiting in the on-disk spool now.
+    pub spooled: u64,
+    /// Records dropped because the in-memory queue was full and there is no spool (or the
+    /// spool could not be written).
+    pub dropped_queue_full: u64,
+    /// Records dropped because the spool had reached its size limit.
+    pub dropped_spool_full: u64,
+    /// Records dropped because the destination refused them for good (too large for a
+    /// datagram, unwritable file).
+    pub dropped_failed: u64,
+    /// Connection (or open) attempts that failed.
+    pub retries: u64,
+    /// Whether the sink is connected (or open) now.
+    pub up: bool,
+}
+
+impl SinkCounters {
+    /// All drops of this sink.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_queue_full + self.dropped_spool_full + self.dropped_failed
+    }
+}
+
+/// Losses by stage: kernel, decoding, and each sink (`lost` in `agent_stop` and heartbeats).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct LossReport {
+    /// Kernel-side losses (`ringbuf_full`).
+    #[serde(flatten)]
+    pub kernel: Loss,
+    /// Records dropped by all sinks together (sum of their `dropped_*`).
+    pub sink_write_failed: u64,
+    /// Ring-buffer records too short to decode.
+    pub undecodable: u64,
+    /// Per-sink counters, by sink name.
+    pub sinks: BTreeMap<String, SinkCounters>,
+}
+
+impl LossReport {
+    /// Every record lost anywhere.
+    pub fn total(&self) -> u64 {
+        self.kernel.ringbuf_full + self.sink_write_failed + self.undecodable
+    }
+}
+
+/// Counters carried by `agent_stop` and `heartbeat`.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Counters {
+    /// Kernel counters by (hook, region, verdict).
+    pub counters: Vec<CounterRow>,
+    /// Losses.
+    pub lost: LossReport,
+    /// Connection events decoded and handed to the sinks so far.
+    pub connection_events: u64,
+    /// Seconds since the agent started.
+    pub uptime_secs: u64,
+}
+
+/// Body of a lifecycle record.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum LifecycleBody {
+    /// `agent_start`: enforcement began.
+    Start {
+        /// Loaded policy.
+        policy: PolicySummary,
+        /// cgroup v2 directory the programs are attached to.
+        cgroup: String,
+        /// Names of the configured sinks.
+        sinks: Vec<String>,
+    },
+    /// `policy_loaded`: a policy is in the kernel.
+    PolicyLoaded {
+        /// Loaded policy.
+        policy: PolicySummary,
+    },
+    /// `heartbeat`: periodic counters, so silence can be told from absence.
+    Heartbeat {
+        /// Counters so far.
+        #[serde(flatten)]
+        counters: Counters,
+        /// Configured heartbeat interval in seconds.
+        interval_secs: u64,
+    },
+    /// `agent_stop`: programs detached; final counters.
+    Stop {
+        /// Final counters.
+        #[serde(flatten)]
+        counters: Counters,
+    },
+}
+
+/// A lifecycle record.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Lifecycle {
+    /// Time, type, id, sequence, host and agent.
+    #[serde(flatten)]
+    pub header: Header,
+    /// What happened.
+    #[serde(flatten)]
+    pub body: LifecycleBody,
+}
+
+/// Anything that goes to the sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A denied or audited connection attempt.
+    Connection(Box<ConnectionEvent>),
+    /// Agent start/stop, policy loaded, heartbeat.
+    Lifecycle(Box<Lifecycle>),
+}
+
+impl Record {
+    /// The common fields.
+    pub fn header(&self) -> &Header {
+        match self {
+            Record::Connection(c) => &c.header,
+            Record::Lifecycle(l) => &l.header,
         }
     }
 }
@@ -234,6 +630,248 @@ pub fn rfc3339(unix_ns: i128) -> String {
     t.format(&fmt).unwrap_or_default()
 }
 
+/// Sample records for format tests and documentation: fixed times, ids and values.
+pub mod sample {
+    use super::*;
+
+    /// The [`Context`] of the samples: host `storage-eu-1` with labels.
+    pub fn context() -> Context {
+        Context {
+            host: Host {
+                name: "storage-eu-1".into(),
+                labels: BTreeMap::from([
+                    ("environment".to_string(), "prod".to_string()),
+                    ("role".to_string(), "storage".to_string()),
+                    ("site".to_string(), "fra1".to_string()),
+                ]),
+            },
+            agent: AgentInfo {
+                version: "0.1.0".into(),
+                ephemeral_id: "5f3c9a0e7d21b468".into(),
+            },
+        }
+    }
+
+    /// 2026-11-29T09:42:54.018030447Z.
+    pub const T0: i128 = 1_795_945_374_018_030_447;
+
+    fn header(kind: &'static str, sequence: u64, unix_ns: i128) -> Header {
+        let ctx = context();
+        Header {
+            timestamp: rfc3339(unix_ns),
+            kind,
+            id: format!("{}-{sequence}", ctx.agent.ephemeral_id),
+            sequence,
+            host: ctx.host,
+            agent: ctx.agent,
+            unix_ns,
+        }
+    }
+
+    /// A TCP IPv4 denial by `curl` in a docker container under a systemd scope, with
+    /// characters that formats must escape in its command line.
+    pub fn deny() -> ConnectionEvent {
+        ConnectionEvent {
+            header: header("connection", 7, T0),
+            verdict: "deny",
+            hook: "cgroup/connect4",
+            process: Process {
+                pid: 21210,
+                name: "curl".into(),
+                thread: Id { id: 21210 },
+                parent: Some(Parent { pid: 21200 }),
+                executable: Some("/usr/bin/curl".into()),
+                command_line: Some(
+                    "curl -H x=1|2 -d 'a\nb' \\path\\ \"http://198.18.2.2:8080/\"".into(),
+                ),
+                exited: false,
+            },
+            user: Named {
+                id: 1000,
+                name: Some("alice".into()),
+            },
+            group: Named {
+                id: 1000,
+                name: Some("alice".into()),
+            },
+            cgroup: Cgroup {
+                id: 614,
+                path: Some(format!("/system.slice/docker-{}.scope", "ab12".repeat(16))),
+                systemd_unit: Some(format!("docker-{}.scope", "ab12".repeat(16))),
+            },
+            container: Some(Container {
+                id: "ab12".repeat(16),
+                runtime: "docker",
+            }),
+            network: Network {
+                kind: "ipv4",
+                transport: "tcp".into(),
+                iana_number: 6,
+            },
+            destination: Destination {
+                ip: IpAddr::V4(Ipv4Addr::new(198, 18, 2, 2)),
+                port: 8080,
+                region: "us".into(),
+                mapped: false,
+            },
+            policy: PolicyRef {
+                mode: "enforce",
+                generation: 1,
+                digest: "3fb60c46ec413f16".into(),
+            },
+            rule: Rule {
+                id: 0,
+                name: "allowlist".into(),
+            },
+            suppressed: 3,
+        }
+    }
+
+    /// A UDP IPv6 audit event of a process that had exited before `/proc` was read.
+    pub fn audit_exited() -> ConnectionEvent {
+        ConnectionEvent {
+            header: header("connection", 8, T0 + 1_500_000),
+            verdict: "audit",
+            hook: "cgroup/sendmsg6",
+            process: Process {
+                pid: 4242,
+                name: "dig|x=y".into(),
+                thread: Id { id: 4243 },
+                parent: None,
+                executable: None,
+                command_line: None,
+                exited: true,
+            },
+            user: Named { id: 0, name: None },
+            group: Named { id: 0, name: None },
+            cgroup: Cgroup {
+                id: 99,
+                path: None,
+                systemd_unit: None,
+            },
+            container: None,
+            network: Network {
+                kind: "ipv6",
+                transport: "udp".into(),
+                iana_number: 17,
+            },
+            destination: Destination {
+                ip: "2001:db8:2::2"
+                    .parse()
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                port: 53,
+                region: "unknown".into(),
+                mapped: false,
+            },
+            policy: PolicyRef {
+                mode: "audit",
+                generation: 2,
+                digest: "0123456789abcdef".into(),
+            },
+            rule: Rule {
+                id: 0,
+                name: "allowlist".into(),
+            },
+            suppressed: 0,
+        }
+    }
+
+    fn summary() -> PolicySummary {
+        PolicySummary {
+            file: "/etc/egressd/policy.toml".into(),
+            mode: "enforce".into(),
+            digest: "3fb60c46ec413f16".into(),
+            generation: 1,
+            regions: 2,
+            prefixes_v4: 2,
+            prefixes_v6: 2,
+            allowlist: vec!["eu".into()],
+        }
+    }
+
+    fn counters() -> Counters {
+        Counters {
+            counters: vec![
+                CounterRow {
+                    hook: "cgroup/connect4",
+                    region: "eu".into(),
+                    verdict: "allow",
+                    count: 25,
+                },
+                CounterRow {
+                    hook: "cgroup/connect4",
+                    region: "us".into(),
+                    verdict: "deny",
+                    count: 4,
+                },
+            ],
+            lost: LossReport {
+                kernel: Loss { ringbuf_full: 0 },
+                sink_write_failed: 2,
+                undecodable: 0,
+                sinks: BTreeMap::from([(
+                    "siem".to_string(),
+                    SinkCounters {
+                        delivered: 27,
+                        queued: 0,
+                        spooled: 1,
+                        dropped_queue_full: 0,
+                        dropped_spool_full: 2,
+                        dropped_failed: 0,
+                        retries: 3,
+                        up: false,
+                    },
+                )]),
+            },
+            connection_events: 4,
+            uptime_secs: 60,
+        }
+    }
+
+    /// One record of each lifecycle type: start, policy loaded, heartbeat, stop.
+    pub fn lifecycle() -> Vec<Lifecycle> {
+        vec![
+            Lifecycle {
+                header: header("agent_start", 1, T0 - 60_000_000_000),
+                body: LifecycleBody::Start {
+                    policy: summary(),
+                    cgroup: "/sys/fs/cgroup".into(),
+                    sinks: vec!["stdout".into(), "siem".into()],
+                },
+            },
+            Lifecycle {
+                header: header("policy_loaded", 2, T0 - 60_000_000_000),
+                body: LifecycleBody::PolicyLoaded { policy: summary() },
+            },
+            Lifecycle {
+                header: header("heartbeat", 9, T0 + 1_000_000_000),
+                body: LifecycleBody::Heartbeat {
+                    counters: counters(),
+                    interval_secs: 60,
+                },
+            },
+            Lifecycle {
+                header: header("agent_stop", 10, T0 + 2_000_000_000),
+                body: LifecycleBody::Stop {
+                    counters: counters(),
+                },
+            },
+        ]
+    }
+
+    /// Every sample record, connection events first.
+    pub fn records() -> Vec<(&'static str, Record)> {
+        let mut v = vec![
+            ("deny", Record::Connection(Box::new(deny()))),
+            ("audit_exited", Record::Connection(Box::new(audit_exited()))),
+        ];
+        for l in lifecycle() {
+            v.push((l.header.kind, Record::Lifecycle(Box::new(l))));
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +883,7 @@ mod tests {
             "2026-11-30T09:30:00.123456789Z"
         );
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(sample::T0), "2026-11-29T09:42:54.018030447Z");
     }
 
     #[test]
@@ -259,5 +898,108 @@ mod tests {
     fn decode_rejects_short_items() {
         assert!(decode(&[0u8; 10]).is_none());
         assert!(decode(&[0u8; 96]).is_some());
+    }
+
+    fn kernel_event() -> Event {
+        let mut ev: Event = decode(&[0u8; 96]).expect("zeroed event decodes");
+        ev.pid = 77;
+        ev.tid = 78;
+        ev.uid = 1000;
+        ev.gid = 100;
+        ev.cgroup_id = 5;
+        ev.generation = 3;
+        ev.region = 2;
+        ev.suppressed = 9;
+        ev.rule = 4;
+        ev.dst_port = 443;
+        ev.family = family::INET6;
+        ev.protocol = 17;
+        ev.verdict = Verdict::Audit as u8;
+        ev.hook = Hook::Sendmsg6 as u8;
+        ev.dst_addr = "2001:db8:2::2".parse::<Ipv6Addr>().expect("valid").octets();
+        ev.comm[..3].copy_from_slice(b"dig");
+        ev
+    }
+
+    fn policy() -> Policy {
+        let cfg = crate::config::parse(
+            std::path::Path::new("t.toml"),
+            "allowlist = [\"eu\"]\n[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n\
+             [regions.us]\nprefixes = [\"2001:db8:2::/48\"]\n",
+        )
+        .expect("valid");
+        crate::policy::compile(&cfg)
+    }
+
+    #[test]
+    fn build_maps_every_kernel_field() {
+        let seq = Sequencer::new(sample::context());
+        let p = policy();
+        let info = procinfo::ProcInfo {
+            start_time: 1,
+            ppid: Some(1),
+            exe: Some("/usr/bin/dig".into()),
+            command_line: Some("dig @x".into()),
+            cgroup: Some("/system.slice/bind.service".into()),
+        };
+        let ev = build(
+            &seq,
+            &p,
+            &kernel_event(),
+            sample::T0,
+            Some(&info),
+            Some("bob".into()),
+            None,
+        );
+        assert_eq!(ev.header.sequence, 1);
+        assert_eq!(ev.header.id, "5f3c9a0e7d21b468-1");
+        assert_eq!((ev.verdict, ev.hook), ("audit", "cgroup/sendmsg6"));
+        assert_eq!(ev.policy.mode, "audit");
+        assert_eq!(ev.policy.generation, 3);
+        assert_eq!(ev.policy.digest, p.digest);
+        assert_eq!(ev.destination.region, "us");
+        assert_eq!(ev.destination.ip.to_string(), "2001:db8:2::2");
+        assert_eq!(ev.network.kind, "ipv6");
+        assert_eq!(ev.network.transport, "udp");
+        assert_eq!(ev.rule.id, 4);
+        assert_eq!(ev.rule.name, "rule-4");
+        assert_eq!(ev.suppressed, 9);
+        assert_eq!(ev.user.name.as_deref(), Some("bob"));
+        assert_eq!(ev.group.name, None);
+        assert_eq!(ev.process.parent, Some(Parent { pid: 1 }));
+        assert_eq!(ev.cgroup.systemd_unit.as_deref(), Some("bind.service"));
+        assert!(!ev.process.exited);
+        let gone = build(&seq, &p, &kernel_event(), 0, None, None, None);
+        assert_eq!(gone.header.sequence, 2);
+        assert!(gone.process.exited && gone.process.executable.is_none());
+        assert_eq!(gone.process.name, "dig");
+    }
+
+    #[test]
+    fn ephemeral_ids_are_hex_and_differ() {
+        let a = ephemeral_id();
+        let b = ephemeral_id();
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn enricher_reads_this_process() {
+        let seq = Arc::new(Sequencer::new(sample::context()));
+        let e = Enricher::new(seq, Arc::new(policy()));
+        let mut ev = kernel_event();
+        ev.pid = std::process::id();
+        // SAFETY: getuid has no preconditions.
+        ev.uid = unsafe { libc::getuid() };
+        let out = e.enrich(&ev);
+        assert!(!out.process.exited, "{out:?}");
+        assert!(out.process.executable.is_some());
+        assert!(out.process.command_line.is_some());
+        assert!(out.process.parent.is_some());
+        assert!(out.cgroup.path.is_some(), "{out:?}");
+        if ev.uid == 0 {
+            assert_eq!(out.user.name.as_deref(), Some("root"));
+        }
     }
 }

@@ -3,14 +3,15 @@
 //!
 //! Pipeline: [`config`] (TOML files with located errors) -> [`policy`] (pure compilation into
 //! map contents, also the reference model) -> [`loader`] (maps, programs, cgroup attach) ->
-//! [`events`] (ring buffer -> typed, enriched events) -> [`sink`] (JSON lines), with
-//! [`stats`] reading the kernel counters.
+//! [`events`] (ring buffer -> typed, enriched records) -> [`formats`] (native JSON, ECS, OCSF,
+//! CEF) -> [`sink`], with [`stats`] reading the kernel counters.
 pub mod cgroup;
 pub mod check;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod formats;
 pub mod loader;
 pub mod policy;
 pub mod privileges;

@@ -1,0 +1,388 @@
+//! ArcSight Common Event Format, version 0 (`CEF:0`), after the "Implementing ArcSight CEF"
+//! standard (revision 25):
+//!
+//! `CEF:0|egressd|egressd|VERSION|SIGNATURE|NAME|SEVERITY|EXTENSION`
+//!
+//! Escaping (see [`header`] and [`value`]): in header fields a pipe becomes `\|` and a
+//! backslash `\\` (line breaks, not allowed there, become spaces); in extension values an
+//! equals sign becomes `\=`, a backslash `\\`, a line feed `\n` and a carriage return `\r`
+//! (pipes stay as they are). Keys are fixed ASCII names.
+//!
+//! Connection events:
+//!
+//! | header | deny | audit |
+//! | --- | --- | --- |
+//! | Signature ID | `connection-deny` | `connection-audit` |
+//! | Name | `Egress connection denied` | `Egress connection would be denied (audit)` |
+//! | Severity | 5 | 3 |
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `rt` | event time, ms since the epoch |
+//! | `externalId` | event id; `egressdSeq` its sequence number |
+//! | `cat` | `egress/connection` |
+//! | `act` | `deny` or `would-deny` |
+//! | `deviceDirection` | `1` (outbound) |
+//! | `proto` | `TCP`, `UDP`, ... |
+//! | `dst` / `c6a3` + `c6a3Label=Destination IPv6 Address` | destination (IPv4 / IPv6) |
+//! | `dpt` | destination port |
+//! | `dvchost`, `shost` | host name |
+//! | `spid`, `sproc`, `suid`, `suser` | process id, task name, uid, user name |
+//! | `msg` | [`super::message`] |
+//! | `cs1`..`cs6` (labelled) | `region`, `policyDigest`, `mode`, `cgroupPath`, `containerId`, `commandLine` |
+//! | `cn1`..`cn3` (labelled) | `suppressed`, `policyGeneration`, `ruleId` |
+//! | `egressdHook`, `egressdExe`, `egressdPpid`, `egressdUnit`, `egressdExited`, `egressdLabels` | vendor keys: hook, executable, parent pid, systemd unit, process gone, `k:v,k:v` host labels |
+//!
+//! Lifecycle records: Signature IDs `agent-start`, `agent-stop`, `policy-loaded`,
+//! `heartbeat`; severity 3 (start, stop, policy), 1 (heartbeat), 7 when losses were counted;
+//! keys `rt`, `externalId`, `egressdSeq`, `dvchost`, `msg`, `cs1`=`policyDigest`,
+//! `cs2`=`agentEphemeralId`, `cn1`=`connectionEvents`, `cn2`=`lostEvents`.
+use std::fmt::Write as _;
+
+use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
+
+/// Escapes a header field: `\` -> `\\`, `|` -> `\|`, CR/LF -> space.
+pub fn header(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '|' => out.push_str("\\|"),
+            '\r' | '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes an extension value: `\` -> `\\`, `=` -> `\=`, LF -> `\n`, CR -> `\r`.
+pub fn value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '=' => out.push_str("\\="),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Builds `key=value` pairs separated by single spaces.
+struct Ext(String);
+
+impl Ext {
+    fn kv(&mut self, key: &str, v: impl std::fmt::Display) -> &mut Self {
+        if !self.0.is_empty() {
+            self.0.push(' ');
+        }
+        let _ = write!(self.0, "{key}={}", value(&v.to_string()));
+        self
+    }
+
+    fn opt(&mut self, key: &str, v: Option<impl std::fmt::Display>) -> &mut Self {
+        if let Some(v) = v {
+            self.kv(key, v);
+        }
+        self
+    }
+
+    fn labelled(&mut self, key: &str, label: &str, v: Option<impl std::fmt::Display>) -> &mut Self {
+        if let Some(v) = v {
+            self.kv(&format!("{key}Label"), label);
+            self.kv(key, v);
+        }
+        self
+    }
+}
+
+fn line(h: &Header, signature: &str, name: &str, severity: u8, ext: &Ext) -> String {
+    format!(
+        "CEF:0|egressd|egressd|{}|{}|{}|{severity}|{}",
+        header(&h.agent.version),
+        header(signature),
+        header(name),
+        ext.0
+    )
+}
+
+/// Renders one record as a CEF line (no newline).
+pub fn render(record: &Record) -> String {
+    match record {
+        Record::Connection(c) => connection(c),
+        Record::Lifecycle(l) => lifecycle(l),
+    }
+}
+
+fn connection(ev: &ConnectionEvent) -> String {
+    let h = &ev.header;
+    let deny = ev.verdict != "audit";
+    let mut e = Ext(String::new());
+    e.kv("rt", super::unix_ms(h.unix_ns))
+        .kv("externalId", &h.id)
+        .kv("egressdSeq", h.sequence)
+        .kv("cat", "egress/connection")
+        .kv("act", if deny { "deny" } else { "would-deny" })
+        .kv("deviceDirection", 1)
+        .kv("proto", ev.network.transport.to_uppercase());
+    match ev.destination.ip {
+        std::net::IpAddr::V4(ip) => {
+            e.kv("dst", ip);
+        }
+        std::net::IpAddr::V6(ip) => {
+            e.labelled("c6a3", "Destination IPv6 Address", Some(ip));
+        }
+    }
+    let labels: Vec<String> = h
+        .host
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect();
+    e.kv("dpt", ev.destination.port)
+        .kv("dvchost", &h.host.name)
+        .kv("shost", &h.host.name)
+        .kv("spid", ev.process.pid)
+        .kv("sproc", &ev.process.name)
+        .kv("suid", ev.user.id)
+        .opt("suser", ev.user.name.as_ref())
+        .kv("msg", super::message(ev))
+        .labelled("cs1", "region", Some(&ev.destination.region))
+        .labelled("cs2", "policyDigest", Some(&ev.policy.digest))
+        .labelled("cs3", "mode", Some(ev.policy.mode))
+        .labelled("cs4", "cgroupPath", ev.cgroup.path.as_ref())
+        .labelled("cs5", "containerId", ev.container.as_ref().map(|c| &c.id))
+        .labelled("cs6", "commandLine", ev.process.command_line.as_ref())
+        .labelled("cn1", "suppressed", Some(ev.suppressed))
+        .labelled("cn2", "policyGeneration", Some(ev.policy.generation))
+        .labelled("cn3", "ruleId", Some(ev.rule.id))
+        .kv("egressdHook", ev.hook)
+        .opt("egressdExe", ev.process.executable.as_ref())
+        .opt("egressdPpid", ev.process.parent.as_ref().map(|p| p.pid))
+        .opt("egressdUnit", ev.cgroup.systemd_unit.as_ref())
+        .kv("egressdExited", ev.process.exited);
+    if !labels.is_empty() {
+        e.kv("egressdLabels", labels.join(","));
+    }
+    if deny {
+        line(h, "connection-deny", "Egress connection denied", 5, &e)
+    } else {
+        line(
+            h,
+            "connection-audit",
+            "Egress connection would be denied (audit)",
+            3,
+            &e,
+        )
+    }
+}
+
+fn lifecycle(l: &Lifecycle) -> String {
+    let h = &l.header;
+    let mut e = Ext(String::new());
+    e.kv("rt", super::unix_ms(h.unix_ns))
+        .kv("externalId", &h.id)
+        .kv("egressdSeq", h.sequence)
+        .kv("cat", "egress/lifecycle")
+        .kv("dvchost", &h.host.name);
+    let (signature, name, severity, msg) = match &l.body {
+        LifecycleBody::Start { policy, cgroup, .. } => {
+            e.labelled("cs1", "policyDigest", Some(&policy.digest));
+            (
+                "agent-start",
+                "egressd started",
+                3,
+                format!(
+                    "egressd started: policy {} ({}) attached to {cgroup}",
+                    policy.digest, policy.mode
+                ),
+            )
+        }
+        LifecycleBody::PolicyLoaded { policy } => {
+            e.labelled("cs1", "policyDigest", Some(&policy.digest));
+            (
+                "policy-loaded",
+                "Policy loaded",
+                3,
+                format!(
+                    "policy {} loaded (generation {}, mode {})",
+                    policy.digest, policy.generation, policy.mode
+                ),
+            )
+        }
+        LifecycleBody::Heartbeat { counters, .. } => {
+            let lost = counters.lost.total();
+            e.labelled("cn1", "connectionEvents", Some(counters.connection_events))
+                .labelled("cn2", "lostEvents", Some(lost));
+            (
+                "heartbeat",
+                "egressd heartbeat",
+                if lost > 0 { 7 } else { 1 },
+                format!(
+                    "egressd alive: {} connection events, {lost} lost",
+                    counters.connection_events
+                ),
+            )
+        }
+        LifecycleBody::Stop { counters } => {
+            let lost = counters.lost.total();
+            e.labelled("cn1", "connectionEvents", Some(counters.connection_events))
+                .labelled("cn2", "lostEvents", Some(lost));
+            (
+                "agent-stop",
+                "egressd stopped",
+                if lost > 0 { 7 } else { 3 },
+                format!(
+                    "egressd stopped: programs detached, {} connection events, {lost} lost",
+                    counters.connection_events
+                ),
+            )
+        }
+    };
+    e.labelled("cs2", "agentEphemeralId", Some(&h.agent.ephemeral_id))
+        .kv("msg", msg);
+    line(h, signature, name, severity, &e)
+}
+
+/// A parsed CEF line: the 7 header fields and the extension's (key, value) pairs, unescaped.
+pub type Parsed = (Vec<String>, Vec<(String, String)>);
+
+/// Splits a CEF line into its 7 unescaped header fields and unescaped extension pairs
+/// (a reference parser for tests: a value runs until the next ` key=`).
+pub fn parse(line: &str) -> Option<Parsed> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line.chars();
+    while fields.len() < 7 {
+        match chars.next()? {
+            '\\' => cur.push(chars.next()?),
+            '|' => fields.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    let ext: String = chars.collect();
+    // Split at unescaped '=': the key is the last word before it.
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut key = String::new();
+    let mut val = String::new();
+    let mut it = ext.chars().peekable();
+    let mut in_key = true;
+    while let Some(c) = it.next() {
+        if in_key {
+            if c == '=' {
+                in_key = false;
+            } else {
+                key.push(c);
+            }
+            continue;
+        }
+        match c {
+            '\\' => match it.next()? {
+                'n' => val.push('\n'),
+                'r' => val.push('\r'),
+                o => val.push(o),
+            },
+            '=' => {
+                // `val` ends with " newkey": move the last word to the next key.
+                let split = val.rfind(' ')?;
+                let next_key = val[split + 1..].to_owned();
+                val.truncate(split);
+                pairs.push((std::mem::take(&mut key), std::mem::take(&mut val)));
+                key = next_key;
+            }
+            c => val.push(c),
+        }
+    }
+    if !key.is_empty() {
+        pairs.push((key, val));
+    }
+    Some((fields, pairs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::sample;
+
+    #[test]
+    fn escaping_rules() {
+        assert_eq!(header(r"a|b\c"), r"a\|b\\c");
+        assert_eq!(header("x\ny=z"), "x y=z");
+        assert_eq!(value(r"a=b\c|d"), r"a\=b\\c|d");
+        assert_eq!(value("l1\nl2\r"), r"l1\nl2\r");
+    }
+
+    fn get<'a>(pairs: &'a [(String, String)], k: &str) -> Option<&'a str> {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn deny_round_trips_through_a_parser() {
+        let ev = sample::deny();
+        let line = render(&Record::Connection(Box::new(ev.clone())));
+        let (h, pairs) = parse(&line).expect("parses");
+        assert_eq!(
+            h,
+            [
+                "CEF:0",
+                "egressd",
+                "egressd",
+                "0.1.0",
+                "connection-deny",
+                "Egress connection denied",
+                "5"
+            ]
+        );
+        assert_eq!(get(&pairs, "act"), Some("deny"));
+        assert_eq!(get(&pairs, "dst"), Some("198.18.2.2"));
+        assert_eq!(get(&pairs, "dpt"), Some("8080"));
+        assert_eq!(get(&pairs, "rt"), Some("1795945374018"));
+        assert_eq!(get(&pairs, "cs6"), ev.process.command_line.as_deref());
+        assert_eq!(get(&pairs, "cs6Label"), Some("commandLine"));
+        assert_eq!(get(&pairs, "cn1"), Some("3"));
+        assert_eq!(
+            get(&pairs, "egressdLabels"),
+            Some("environment:prod,role:storage,site:fra1")
+        );
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn audit_ipv6_and_pipes_in_names() {
+        let line = render(&Record::Connection(Box::new(sample::audit_exited())));
+        let (h, pairs) = parse(&line).expect("parses");
+        assert_eq!(h[4], "connection-audit");
+        assert_eq!(h[6], "3");
+        assert_eq!(get(&pairs, "act"), Some("would-deny"));
+        assert_eq!(get(&pairs, "c6a3"), Some("2001:db8:2::2"));
+        assert_eq!(get(&pairs, "c6a3Label"), Some("Destination IPv6 Address"));
+        assert_eq!(get(&pairs, "sproc"), Some("dig|x=y"));
+        assert_eq!(get(&pairs, "dst"), None);
+        assert_eq!(get(&pairs, "egressdExited"), Some("true"));
+    }
+
+    #[test]
+    fn lifecycle_signatures_and_loss_severity() {
+        let sigs: Vec<(String, String)> = sample::lifecycle()
+            .into_iter()
+            .map(|l| {
+                let (h, _) = parse(&render(&Record::Lifecycle(Box::new(l)))).expect("parses");
+                (h[4].clone(), h[6].clone())
+            })
+            .collect();
+        assert_eq!(
+            sigs,
+            [
+                ("agent-start".to_string(), "3".to_string()),
+                ("policy-loaded".to_string(), "3".to_string()),
+                ("heartbeat".to_string(), "7".to_string()),
+                ("agent-stop".to_string(), "7".to_string()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! Elastic Common Schema documents, ECS version 8.11 (`ecs.version: "8.11.0"`).
+//!
+//! Connection events (categorization per the ECS "Using the categorization fields" guide:
+//! a deny or allow decision is *not* an outcome, so `event.outcome` is never set):
+//!
+//! | ECS field | value |
+//! | --- | --- |
+//! | `event.kind` | `event` |
+//! | `event.category` | `["network"]` |
+//! | `event.type` | `["connection", "denied"]` (deny) or `["connection", "allowed"]` (audit) |
+//! | `event.action` | `deny` or `would-deny` (audit: let through, would have been denied) |
+//! | `event.id`, `event.sequence` | event id, sequence |
+//! | `event.dataset`, `event.module`, `event.provider` | `egressd.connection`, `egressd`, kernel hook |
+//! | `event.reason`, `message` | why, in words ([`super::message`]) |
+//! | `event.severity` | 5 deny, 3 audit |
+//! | `network.direction` | `egress` |
+//! | `network.type`, `.transport`, `.iana_number` | `ipv4`/`ipv6`, `tcp`/`udp`, number as text |
+//! | `source.address`, `source.user.*` | the host name and the calling user (the source address is not known at `connect()` time) |
+//! | `destination.ip`, `.address`, `.port` | destination as judged |
+//! | `process.pid`, `.name`, `.executable`, `.command_line`, `.parent.pid`, `.thread.id`, `.user.*` | calling process |
+//! | `user.id`, `user.name`, `group.id`, `group.name` | real uid/gid (ids as text) |
+//! | `host.name`, `host.hostname`, `labels.*` | host name, configured labels |
+//! | `container.id`, `container.runtime` | when the cgroup path shows one |
+//! | `rule.id`, `rule.name`, `rule.ruleset`, `rule.version` | rule id, `allowlist`, policy digest, policy generation |
+//! | `observer.hostname`, `.type`, `.vendor`, `.product`, `.version` | host name, `firewall`, `egressd` |
+//! | `agent.type`, `.name`, `.version`, `.ephemeral_id` | `egressd`, host name, version, run id |
+//! | `egressd.*` | no ECS equivalent: `verdict`, `hook`, `region`, `mapped`, `mode`, `suppressed`, `policy.{digest,generation}`, `cgroup.{id,path,systemd_unit}`, `process_exited` |
+//!
+//! Lifecycle records: `agent_start` is `event.kind: event`, `category: [process]`,
+//! `type: [start]`; `agent_stop` the same with `type: [end]`; `policy_loaded` is
+//! `category: [configuration]`, `type: [change]`; `heartbeat` is `event.kind: metric` without
+//! category (none fits). `event.action` is the record type with `-` (`agent-start`, ...);
+//! counters and losses go to `egressd.counters`, `egressd.lost`, `egressd.connection_events`.
+use serde_json::{Map, Value, json};
+
+use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
+
+/// The pinned ECS version.
+pub const ECS_VERSION: &str = "8.11.0";
+
+/// Renders one record as an ECS JSON document (no newline).
+pub fn render(record: &Record) -> Vec<u8> {
+    let v = match record {
+        Record::Connection(c) => connection(c),
+        Record::Lifecycle(l) => lifecycle(l),
+    };
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn labels(h: &Header) -> Value {
+    Value::Object(
+        h.host
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+/// Fields every document has.
+fn common(h: &Header) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("@timestamp".into(), json!(h.timestamp));
+    m.insert("ecs".into(), json!({ "version": ECS_VERSION }));
+    m.insert(
+        "host".into(),
+        json!({ "name": h.host.name, "hostname": h.host.name }),
+    );
+    if !h.host.labels.is_empty() {
+        m.insert("labels".into(), labels(h));
+    }
+    m.insert(
+        "agent".into(),
+        json!({
+            "type": "egressd",
+            "name": h.host.name,
+            "version": h.agent.version,
+            "ephemeral_id": h.agent.ephemeral_id,
+        }),
+    );
+    m.insert(
+        "observer".into(),
+        json!({
+            "hostname": h.host.name,
+            "type": "firewall",
+            "vendor": "egressd",
+            "product": "egressd",
+            "version": h.agent.version,
+        }),
+    );
+    m
+}
+
+/// Drops `null` members so absent optional fields are absent, not `null`.
+fn prune(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, prune(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn named(id: u64, name: &Option<String>) -> Value {
+    json!({ "id": id.to_string(), "name": name })
+}
+
+fn connection(ev: &ConnectionEvent) -> Value {
+    let h = &ev.header;
+    let deny = ev.verdict != "audit";
+    let mut m = common(h);
+    let message = super::message(ev);
+    m.insert("message".into(), json!(message));
+    m.insert(
+        "event".into(),
+        json!({
+            "id": h.id,
+            "sequence": h.sequence,
+            "kind": "event",
+            "category": ["network"],
+            "type": ["connection", if deny { "denied" } else { "allowed" }],
+            "action": if deny { "deny" } else { "would-deny" },
+            "dataset": "egressd.connection",
+            "module": "egressd",
+            "provider": ev.hook,
+            "severity": if deny { 5 } else { 3 },
+            "reason": format!(
+                "destination region {} is not allowlisted{}",
+                ev.destination.region,
+                if deny { "" } else { " (audit mode: let through)" }
+            ),
+        }),
+    );
+    m.insert(
+        "network".into(),
+        json!({
+            "direction": "egress",
+            "type": ev.network.kind,
+            "transport": ev.network.transport,
+            "iana_number": ev.network.iana_number.to_string(),
+        }),
+    );
+    m.insert(
+        "source".into(),
+        json!({ "address": h.host.name, "user": named(ev.user.id, &ev.user.name) }),
+    );
+    m.insert(
+        "destination".into(),
+        json!({
+            "ip": ev.destination.ip,
+            "address": ev.destination.ip.to_string(),
+            "port": ev.destination.port,
+        }),
+    );
+    m.insert(
+        "process".into(),
+        json!({
+            "pid": ev.process.pid,
+            "name": ev.process.name,
+            "executable": ev.process.executable,
+            "command_line": ev.process.command_line,
+            "parent": ev.process.parent.as_ref().map(|p| json!({ "pid": p.pid })),
+            "thread": { "id": ev.process.thread.id },
+            "user": named(ev.user.id, &ev.user.name),
+        }),
+    );
+    m.insert("user".into(), named(ev.user.id, &ev.user.name));
+    m.insert("group".into(), named(ev.group.id, &ev.group.name));
+    if let Some(c) = &ev.container {
+        m.insert(
+            "container".into(),
+            json!({ "id": c.id, "runtime": c.runtime }),
+        );
+    }
+    m.insert(
+        "rule".into(),
+        json!({
+            "id": ev.rule.id.to_string(),
+            "name": ev.rule.name,
+            "ruleset": ev.policy.digest,
+            "version": ev.policy.generation.to_string(),
+        }),
+    );
+    m.insert(
+        "egressd".into(),
+        json!({
+            "verdict": ev.verdict,
+            "hook": ev.hook,
+            "region": ev.destination.region,
+            "mapped": ev.destination.mapped,
+            "mode": ev.policy.mode,
+            "suppressed": ev.suppressed,
+            "policy": { "digest": ev.policy.digest, "generation": ev.policy.generation },
+            "cgroup": {
+                "id": ev.cgroup.id,
+                "path": ev.cgroup.path,
+                "systemd_unit": ev.cgroup.systemd_unit,
+            },
+            "process_exited": ev.process.exited,
+        }),
+    );
+    prune(Value::Object(m))
+}
+
+fn lifecycle(l: &Lifecycle) -> Value {
+    let h = &l.header;
+    let mut m = common(h);
+    let action = h.kind.replace('_', "-");
+    let mut event = json!({
+        "id": h.id,
+        "sequence": h.sequence,
+        "kind": "event",
+        "action": action,
+        "dataset": "egressd.lifecycle",
+        "module": "egressd",
+    });
+    let mut extra = Map::new();
+    let message = match &l.body {
+        LifecycleBody::Start {
+            policy,
+            cgroup,
+            sinks,
+        } => {
+            event["category"] = json!(["process"]);
+            event["type"] = json!(["start"]);
+            extra.insert("policy".into(), json!(policy));
+            extra.insert("cgroup".into(), json!({ "path": cgroup }));
+            extra.insert("sinks".into(), json!(sinks));
+            format!(
+                "egressd started: policy {} ({}) attached to {cgroup}",
+                policy.digest, policy.mode
+            )
+        }
+        LifecycleBody::PolicyLoaded { policy } => {
+            event["category"] = json!(["configuration"]);
+            event["type"] = json!(["change"]);
+            extra.insert("policy".into(), json!(policy));
+            format!(
+                "policy {} loaded (generation {}, mode {})",
+                policy.digest, policy.generation, policy.mode
+            )
+        }
+        LifecycleBody::Heartbeat {
+            counters,
+            interval_secs,
+        } => {
+            event["kind"] = json!("metric");
+            extra.insert("counters".into(), json!(counters.counters));
+            extra.insert("lost".into(), json!(counters.lost));
+            extra.insert(
+                "connection_events".into(),
+                json!(counters.connection_events),
+            );
+            extra.insert("uptime_secs".into(), json!(counters.uptime_secs));
+            extra.insert("interval_secs".into(), json!(interval_secs));
+            format!(
+                "egressd alive: {} connection events, {} lost",
+                counters.connection_events,
+                counters.lost.total()
+            )
+        }
+        LifecycleBody::Stop { counters } => {
+            event["category"] = json!(["process"]);
+            event["type"] = json!(["end"]);
+            extra.insert("counters".into(), json!(counters.counters));
+            extra.insert("lost".into(), json!(counters.lost));
+            extra.insert(
+                "connection_events".into(),
+                json!(counters.connection_events),
+            );
+            extra.insert("uptime_secs".into(), json!(counters.uptime_secs));
+            format!(
+                "egressd stopped: programs detached, {} connection events, {} lost",
+                counters.connection_events,
+                counters.lost.total()
+            )
+        }
+    };
+    m.insert("message".into(), json!(message));
+    m.insert("event".into(), event);
+    m.insert("egressd".into(), Value::Object(extra));
+    prune(Value::Object(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::sample;
+
+    fn doc(r: &Record) -> Value {
+        serde_json::from_slice(&render(r)).expect("valid JSON")
+    }
+
+    #[test]
+    fn deny_categorization() {
+        let d = doc(&Record::Connection(Box::new(sample::deny())));
+        assert_eq!(d["event"]["kind"], "event");
+        assert_eq!(d["event"]["category"], json!(["network"]));
+        assert_eq!(d["event"]["type"], json!(["connection", "denied"]));
+        assert_eq!(d["event"]["action"], "deny");
+        assert_eq!(d["network"]["direction"], "egress");
+        assert!(d["event"].get("outcome").is_none());
+        assert_eq!(d["destination"]["ip"], "198.18.2.2");
+        assert_eq!(d["process"]["parent"]["pid"], 21200);
+        assert_eq!(d["user"]["id"], "1000");
+        assert_eq!(d["labels"]["site"], "fra1");
+        assert_eq!(d["container"]["runtime"], "docker");
+        assert_eq!(d["rule"]["ruleset"], "3fb60c46ec413f16");
+        assert_eq!(d["observer"]["vendor"], "egressd");
+    }
+
+    #[test]
+    fn audit_says_would_deny_and_omits_unknowns() {
+        let d = doc(&Record::Connection(Box::new(sample::audit_exited())));
+        assert_eq!(d["event"]["type"], json!(["connection", "allowed"]));
+        assert_eq!(d["event"]["action"], "would-deny");
+        assert!(d["event"].get("outcome").is_none());
+        assert!(d["process"].get("executable").is_none());
+        assert!(d["user"].get("name").is_none());
+        assert_eq!(d["egressd"]["process_exited"], true);
+        assert!(d.get("container").is_none());
+    }
+
+    #[test]
+    fn lifecycle_kinds() {
+        let kinds: Vec<(String, Value)> = sample::lifecycle()
+            .into_iter()
+            .map(|l| {
+                let d = doc(&Record::Lifecycle(Box::new(l)));
+                (
+                    d["event"]["action"].as_str().unwrap_or("").to_owned(),
+                    d["event"]["kind"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("agent-start".to_string(), json!("event")),
+                ("policy-loaded".to_string(), json!("event")),
+                ("heartbeat".to_string(), json!("metric")),
+                ("agent-stop".to_string(), json!("event")),
+            ]
+        );
+    }
+}

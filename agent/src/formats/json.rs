@@ -1,0 +1,49 @@
+//! Native JSON lines (the default format): the [`crate::events`] records serialized as they
+//! are, one object per line (RFC 8259, UTF-8).
+//!
+//! Connection event fields (ECS names where ECS has one):
+//!
+//! | field | meaning |
+//! | --- | --- |
+//! | `@timestamp` | kernel time of the attempt, RFC 3339 UTC, nanoseconds |
+//! | `type` | `connection` (lifecycle records: `agent_start`, `policy_loaded`, `heartbeat`, `agent_stop`) |
+//! | `id`, `sequence` | event id unique per host (`{agent.ephemeral_id}-{sequence}`), gap-free sequence |
+//! | `verdict` | `deny` (caller got EPERM) or `audit` (let through, would have been denied) |
+//! | `hook` | kernel hook, e.g. `cgroup/connect4` |
+//! | `host.name`, `host.labels` | host name, configured labels |
+//! | `agent.version`, `agent.ephemeral_id` | agent version, random id of this run |
+//! | `process.pid`, `.name`, `.thread.id` | from the kernel |
+//! | `process.parent.pid`, `.executable`, `.command_line` | from `/proc` at event time |
+//! | `process.exited` | true when the process had exited before `/proc` could be read |
+//! | `user.id`, `user.name`, `group.id`, `group.name` | real uid/gid and their names |
+//! | `cgroup.id`, `.path`, `.systemd_unit` | cgroup v2 id, path, deepest unit in the path |
+//! | `container.id`, `.runtime` | when the cgroup path shows a container |
+//! | `network.type`, `.transport`, `.iana_number` | `ipv4`/`ipv6`, `tcp`/`udp`, protocol number |
+//! | `destination.ip`, `.port`, `.region`, `.mapped` | destination as judged, its region |
+//! | `policy.mode`, `.generation`, `.digest` | the policy that judged it |
+//! | `rule.id`, `rule.name` | deciding rule; 0 / `allowlist` for the region allowlist |
+//! | `suppressed` | repeats the kernel suppressed since the previous event of this flow |
+//!
+//! Lifecycle records carry the same header (`@timestamp` ... `agent`) plus: `agent_start`:
+//! `policy` (file, mode, digest, generation, regions, prefix counts, allowlist), `cgroup`,
+//! `sinks`; `policy_loaded`: `policy`; `heartbeat` and `agent_stop`: `counters` (by hook,
+//! region, verdict), `lost` (`ringbuf_full`, `sink_write_failed`, `undecodable`, `sinks` with
+//! per-sink counters), `connection_events`, `uptime_secs`; `heartbeat` also `interval_secs`.
+use crate::events::Record;
+
+/// Serializes `record` as one JSON object (no newline).
+pub fn render(record: &Record) -> Vec<u8> {
+    let res = match record {
+        Record::Connection(c) => serde_json::to_vec(c),
+        Record::Lifecycle(l) => serde_json::to_vec(l),
+    };
+    // These types only hold strings, numbers, maps with string keys and IP addresses: their
+    // serialization cannot fail.
+    res.unwrap_or_else(|e| {
+        format!(
+            "{{\"type\":\"serialization_error\",\"error\":{:?}}}",
+            e.to_string()
+        )
+        .into_bytes()
+    })
+}
