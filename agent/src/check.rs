@@ -17,7 +17,7 @@ const MAX_NESTED_WARNINGS: usize = 10;
 /// ```text
 /// config:    configs/example.toml
 /// mode:      enforce (connections outside the allowlist fail with EPERM)
-/// digest:    3fb60c46ec413f16
+/// digest:    f042da125f5b1a59
 /// regions:   2
 ///   id  region  allowed  ipv4  ipv6  description
 ///    1  eu      yes         1     1  EU datacenters

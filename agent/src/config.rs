@@ -93,11 +93,73 @@ impl fmt::Display for Mode {
     }
 }
 
+/// What a rule or the default does to a matching destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Deny (or, in audit mode, report). Sorted first: at a full tie deny beats allow.
+    Deny,
+    /// Allow.
+    Allow,
+}
+
+impl Action {
+    /// `"deny"` or `"allow"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Allow => "allow",
+        }
+    }
+}
+
+/// What a rule applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A CIDR prefix (`to = [...]`).
+    Prefix(IpNetwork),
+    /// Every prefix of a region (`regions = [...]`).
+    Region(String),
+}
+
+/// One `[[rules]]` entry: allow or deny a set of destinations, optionally for one protocol
+/// and a port range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// 1-based id in load order (main file first, then drop-ins in name order); events
+    /// carry it.
+    pub id: u32,
+    /// `name`, or `rules[i]` / `FILE:rules[i]` when absent.
+    pub name: String,
+    /// `action`.
+    pub action: Action,
+    /// `to` prefixes and `regions`, in file order; non-empty.
+    pub targets: Vec<Target>,
+    /// `protocol` as an IANA protocol number; `None` for any protocol.
+    pub protocol: Option<u8>,
+    /// `ports` as an inclusive range (host byte order); `None` for any port.
+    pub ports: Option<(u16, u16)>,
+    /// `mode`; `None` inherits the region's, then the policy's.
+    pub mode: Option<Mode>,
+    /// Where it was defined: `FILE:LINE`.
+    pub origin: String,
+}
+
+impl Rule {
+    /// A rule that names a protocol or ports beats a rule without either at the same prefix.
+    pub fn is_specific(&self) -> bool {
+        self.protocol.is_some() || self.ports.is_some()
+    }
+}
+
 /// One `[regions.NAME]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Region {
     /// Region name, matches `[a-z0-9][a-z0-9_-]{0,62}` and is never `unknown`.
     pub name: String,
+    /// `mode` of this region's denials; `None` inherits the policy's.
+    pub mode: Option<Mode>,
+    /// Where it was defined: `FILE:LINE`.
+    pub origin: String,
     /// Free text for operators; not used by the policy.
     pub description: Option<String>,
     /// Prefixes in file order, non-empty, without duplicates, normalized: host bits are zero
@@ -126,9 +188,17 @@ pub struct Config {
     /// NAT64 prefixes (each a /96): [`WELL_KNOWN_NAT64`] first, then `nat64_prefixes` in file
     /// order. An IPv6 destination inside one is judged by its last 32 bits as IPv4.
     pub nat64: Vec<Ipv6Network>,
-    /// `regions`, in file order; at most [`MAX_CONFIG_REGIONS`]. The position `i` becomes
-    /// region id `i + 1` in [`crate::policy::compile`].
+    /// `default`: what happens to a destination in no region and under no rule;
+    /// [`Action::Deny`] when absent.
+    pub default: Action,
+    /// `regions` of the main file then of the drop-in files, in file order; at most
+    /// [`MAX_CONFIG_REGIONS`]. The position `i` becomes region id `i + 1` in
+    /// [`crate::policy::compile`].
     pub regions: Vec<Region>,
+    /// `[[rules]]` of the main file then of the drop-in files, in file order.
+    pub rules: Vec<Rule>,
+    /// Drop-in files that were read, in the order they were applied.
+    pub drop_ins: Vec<PathBuf>,
 }
 
 /// Why a configuration file was rejected, with its location.
@@ -167,42 +237,172 @@ impl ConfigError {
     }
 }
 
-/// Read and validate the configuration file at `path`.
+/// Read and validate the configuration at `path` plus its drop-in directory.
+///
+/// The drop-in directory is `drop_in_dir` (relative paths are relative to the main file's
+/// directory), by default `policy.d` beside the main file when that directory exists. Every
+/// `*.toml` file in it is read in file-name order; each may define `[regions.NAME]`,
+/// `[[rules]]` and `allowlist` entries (added to the main file's), nothing else. A region
+/// defined in two files is an error naming both.
 ///
 /// # Errors
-/// A [`ConfigError`] with line 0 and an empty field if the file cannot be read (or is not
-/// UTF-8), otherwise whatever [`parse`] reports.
+/// A [`ConfigError`] with line 0 and an empty field if a file cannot be read (or is not
+/// UTF-8), otherwise whatever [`parse_set`] reports.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: 0,
-        column: 0,
-        field: String::new(),
-        message: format!("cannot read configuration: {e}"),
-    })?;
-    parse(path, &text)
+    load_all(path).map(|(cfg, _)| cfg)
 }
 
-/// Validate the configuration text `text`; `path` is only used to label errors and is stored
-/// in [`Config::path`].
+/// Reads and validates the configuration like [`load`], returning the output settings too.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_all(path: &Path) -> Result<(Config, Output), ConfigError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| ConfigError {
+            file: p.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read configuration: {e}"),
+        })
+    };
+    let text = read(path)?;
+    let ctx = Ctx { path, text: &text };
+    let raw: RawConfig = toml::from_str(&text).map_err(|e| ctx.toml_error(&e))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (dir, explicit) = match &raw.drop_in_dir {
+        Some(d) => (base.join(d.get_ref()), Some(d)),
+        None => (base.join("policy.d"), None),
+    };
+    let mut drop_ins = Vec::new();
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect();
+            files.sort();
+            for f in files {
+                let t = read(&f)?;
+                drop_ins.push((f, t));
+            }
+        }
+        Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            let span = explicit.map_or(0..0, |d| d.span());
+            return Err(ctx.err(
+                span,
+                "drop_in_dir",
+                format!("cannot read drop-in directory {}: {e}", dir.display()),
+            ));
+        }
+    }
+    parse_set_all(path, &text, &drop_ins)
+}
+
+/// Validate the configuration text `text` alone (no drop-ins); `path` labels errors and is
+/// stored in [`Config::path`].
+///
+/// # Errors
+/// As [`parse_set`].
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    parse_set(path, text, &[])
+}
+
+/// Validate a main file and drop-in files `(path, text)` as one policy.
 ///
 /// Prefixes are `ADDRESS/LEN` with a decimal LEN (0-32 for IPv4, 0-128 for IPv6); a bare
 /// address without `/LEN` is accepted as a /32 (IPv4) or /128 (IPv6).
 ///
 /// # Errors
-/// The first problem in file order: TOML syntax, duplicate keys (including a region defined
-/// twice), unknown fields, wrong types, a bad `mode`, a missing `allowlist`, a malformed
-/// prefix, a prefix with host bits set, an IPv4-mapped IPv6 prefix, a region without prefixes,
-/// the same prefix twice in a region or in two regions, a bad or reserved region name, more
-/// than [`MAX_CONFIG_REGIONS`] regions, an allowlist entry that names no region or repeats one,
-/// a relative or empty `cgroup`.
-pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+/// The first problem (main file first, then drop-ins in order; by line inside a file): TOML
+/// syntax, duplicate keys (including a region defined twice), unknown fields, wrong types, a
+/// bad `mode`/`default`/`established`, a missing `allowlist`, a malformed prefix, a prefix
+/// with host bits set, an IPv4-mapped IPv6 prefix, a region without prefixes, the same prefix
+/// twice in a region or in two regions, a bad or reserved region name, a region defined in
+/// two files, more than [`MAX_CONFIG_REGIONS`] regions, an allowlist entry that names no
+/// region or repeats one, a relative or empty `cgroup`, a rule without destinations or with a
+/// bad action, protocol or port range, a rule naming an unknown region; for the output
+/// settings: wrong types, unknown fields, a bad sink `type`, `format`, `transport`,
+/// `facility` or `address`, a missing `path` (file) or `address` (syslog), TLS options on a
+/// non-TLS sink, `cert` without `key` or the reverse, relative paths, duplicate sink names, a
+/// `queue` or `retry_max_ms` below 1, negative numbers, bad label names or values.
+pub fn parse_set(
+    path: &Path,
+    text: &str,
+    drop_ins: &[(PathBuf, String)],
+) -> Result<Config, ConfigError> {
+    parse_set_all(path, text, drop_ins).map(|(cfg, _)| cfg)
+}
+
+/// Like [`parse`], also returning the agent's [`Output`] settings (`heartbeat_secs`,
+/// `[host]`, `[[sinks]]`), which [`parse`] validates too but does not return.
+///
+/// # Errors
+/// As [`parse_set`].
+pub fn parse_all(path: &Path, text: &str) -> Result<(Config, Output), ConfigError> {
+    parse_set_all(path, text, &[])
+}
+
+/// [`parse_set`] returning the [`Output`] settings too.
+///
+/// # Errors
+/// As [`parse_set`].
+pub fn parse_set_all(
+    path: &Path,
+    text: &str,
+    drop_ins: &[(PathBuf, String)],
+) -> Result<(Config, Output), ConfigError> {
     let ctx = Ctx { path, text };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => return Err(ctx.toml_error(&e)),
     };
-    ctx.validate(raw)
+    let mut docs = vec![Doc {
+        ctx: Ctx { path, text },
+        allowlist: &raw.allowlist,
+        regions: &raw.regions,
+        rules: &raw.rules,
+    }];
+    let mut extra: Vec<RawDropIn> = Vec::with_capacity(drop_ins.len());
+    for (p, t) in drop_ins {
+        let c = Ctx { path: p, text: t };
+        extra.push(toml::from_str(t).map_err(|e| c.drop_in_error(&e))?);
+    }
+    for ((p, t), d) in drop_ins.iter().zip(&extra) {
+        docs.push(Doc {
+            ctx: Ctx { path: p, text: t },
+            allowlist: &d.allowlist,
+            regions: &d.regions,
+            rules: &d.rules,
+        });
+    }
+    let mut errors = Vec::new();
+    let output = ctx.output(&raw, &mut errors);
+    match ctx.validate(&raw, &docs) {
+        Err(e) => errors.push(e),
+        Ok(mut cfg) if errors.is_empty() => {
+            cfg.drop_ins = drop_ins.iter().map(|(p, _)| p.clone()).collect();
+            return Ok((cfg, output));
+        }
+        Ok(_) => {}
+    }
+    let order = |e: &ConfigError| {
+        let di = docs.iter().position(|d| d.ctx.path == e.file).unwrap_or(0);
+        (di, e.line, e.column)
+    };
+    Err(errors
+        .into_iter()
+        .min_by_key(order)
+        .unwrap_or_else(|| ctx.err(0..0, "", "invalid configuration")))
+}
+
+/// One file's share of the policy.
+struct Doc<'a> {
+    ctx: Ctx<'a>,
+    allowlist: &'a [Spanned<String>],
+    regions: &'a BTreeMap<Spanned<String>, Spanned<RawRegion>>,
+    rules: &'a [Spanned<RawRule>],
 }
 
 // --- Raw schema: what serde sees, with spans for error locations. ---
@@ -216,9 +416,69 @@ struct RawConfig {
     cgroup: Option<Spanned<String>>,
     established: Option<Spanned<String>>,
     nat64_prefixes: Option<Vec<Spanned<String>>>,
+    default: Option<Spanned<String>>,
+    drop_in_dir: Option<Spanned<String>>,
     // Without toml's `preserve_order` this loses file order; key spans restore it.
     #[serde(default)]
     regions: BTreeMap<Spanned<String>, Spanned<RawRegion>>,
+    #[serde(default)]
+    rules: Vec<Spanned<RawRule>>,
+    // Agent output settings (see [`Output`]); validated by `Ctx::output`.
+    heartbeat_secs: Option<Spanned<i64>>,
+    host: Option<Spanned<RawHost>>,
+    sinks: Option<Vec<Spanned<RawSink>>>,
+}
+
+/// A drop-in file: regions, rules and allowlist additions only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDropIn {
+    #[serde(default)]
+    allowlist: Vec<Spanned<String>>,
+    #[serde(default)]
+    regions: BTreeMap<Spanned<String>, Spanned<RawRegion>>,
+    #[serde(default)]
+    rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    labels: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<Spanned<String>>,
+    action: Spanned<String>,
+    to: Option<Vec<Spanned<String>>>,
+    regions: Option<Vec<Spanned<String>>>,
+    protocol: Option<Spanned<toml::Value>>,
+    ports: Option<Spanned<toml::Value>>,
+    mode: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    name: Option<Spanned<String>>,
+    #[serde(rename = "type")]
+    kind: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    transport: Option<Spanned<String>>,
+    address: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
+    ca: Option<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    facility: Option<Spanned<String>>,
+    app_name: Option<Spanned<String>>,
+    queue: Option<Spanned<i64>>,
+    spool: Option<Spanned<String>>,
+    spool_max_bytes: Option<Spanned<i64>>,
+    retry_max_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +487,7 @@ struct RawRegion {
     // Optional so a missing list gets the same "no prefixes" error as an empty one.
     prefixes: Option<Spanned<Vec<Spanned<String>>>>,
     description: Option<String>,
+    mode: Option<Spanned<String>>,
 }
 
 struct Ctx<'a> {
@@ -239,6 +500,7 @@ struct Seen {
     region: usize,
     field: String,
     line: usize,
+    file: PathBuf,
 }
 
 impl Ctx<'_> {
@@ -256,6 +518,27 @@ impl Ctx<'_> {
             field: field.into(),
             message: message.into(),
         }
+    }
+
+    /// A drop-in's parse error; main-file-only fields get a clear message.
+    fn drop_in_error(&self, e: &toml::de::Error) -> ConfigError {
+        let mut err = self.toml_error(e);
+        if let Some(field) = backticked(e.message(), "unknown field `")
+            && [
+                "mode",
+                "cgroup",
+                "established",
+                "nat64_prefixes",
+                "default",
+                "drop_in_dir",
+            ]
+            .contains(&field)
+        {
+            err.message = format!(
+                "`{field}` may only be set in the main configuration file, not in a drop-in"
+            );
+        }
+        err
     }
 
     fn line_of(&self, offset: usize) -> usize {
@@ -316,7 +599,7 @@ impl Ctx<'_> {
         self.err(span, field, message)
     }
 
-    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+    fn validate(&self, raw: &RawConfig, docs: &[Doc<'_>]) -> Result<Config, ConfigError> {
         let mut errors: Vec<ConfigError> = Vec::new();
 
         let mode = match &raw.mode {
@@ -392,20 +675,55 @@ impl Ctx<'_> {
             }
         }
 
-        let mut entries: Vec<(&Spanned<String>, &Spanned<RawRegion>)> =
-            raw.regions.iter().collect();
-        entries.sort_by_key(|(k, _)| k.span().start);
+        let default = match &raw.default {
+            None => Action::Deny,
+            Some(d) => match d.get_ref().as_str() {
+                "deny" => Action::Deny,
+                "allow" => Action::Allow,
+                other => {
+                    errors.push(self.err(
+                        d.span(),
+                        "default",
+                        format!("invalid default `{other}`: expected `deny` or `allow`"),
+                    ));
+                    Action::Deny
+                }
+            },
+        };
 
-        let mut regions = Vec::with_capacity(entries.len());
+        // Regions of every file, each file in its own order.
+        let mut entries: Vec<(usize, &Spanned<String>, &Spanned<RawRegion>)> = Vec::new();
+        for (di, doc) in docs.iter().enumerate() {
+            let mut mine: Vec<_> = doc.regions.iter().map(|(k, v)| (di, k, v)).collect();
+            mine.sort_by_key(|(_, k, _)| k.span().start);
+            entries.extend(mine);
+        }
+        let mut regions: Vec<Region> = Vec::with_capacity(entries.len());
         let mut seen: HashMap<IpNetwork, Seen> = HashMap::new();
-        for (index, (key, table)) in entries.iter().enumerate() {
+        let mut defined: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (index, (di, key, table)) in entries.iter().enumerate() {
+            let doc = &docs[*di];
             let name = key.get_ref();
             let rfield = join("regions", name);
+            let kline = doc.ctx.line_of(key.span().start);
+            if let Some((d0, l0)) = defined.get(name.as_str()) {
+                errors.push(doc.ctx.err(
+                    key.span(),
+                    rfield.clone(),
+                    format!(
+                        "duplicate region `{name}` (first defined in {}:{l0}); a region may be \
+                         defined in one file only",
+                        docs[*d0].ctx.path.display()
+                    ),
+                ));
+                continue;
+            }
+            defined.insert(name, (*di, kline));
             if let Err(msg) = check_region_name(name) {
-                errors.push(self.err(key.span(), rfield.clone(), msg));
+                errors.push(doc.ctx.err(key.span(), rfield.clone(), msg));
             }
             if index == MAX_CONFIG_REGIONS {
-                errors.push(self.err(
+                errors.push(doc.ctx.err(
                     key.span(),
                     rfield.clone(),
                     format!(
@@ -416,6 +734,13 @@ impl Ctx<'_> {
                     ),
                 ));
             }
+            let mode = table.get_ref().mode.as_ref().and_then(|m| {
+                parse_mode(m.get_ref())
+                    .map_err(|msg| {
+                        errors.push(doc.ctx.err(m.span(), format!("{rfield}.mode"), msg))
+                    })
+                    .ok()
+            });
             let pfield = format!("{rfield}.prefixes");
             let mut prefixes = Vec::new();
             match &table.get_ref().prefixes {
@@ -425,28 +750,32 @@ impl Ctx<'_> {
                         let net = match parse_prefix(p.get_ref()) {
                             Ok(net) => net,
                             Err(msg) => {
-                                errors.push(self.err(p.span(), field, msg));
+                                errors.push(doc.ctx.err(p.span(), field, msg));
                                 continue;
                             }
                         };
-                        let line = self.line_of(p.span().start);
+                        let line = doc.ctx.line_of(p.span().start);
                         if let Some(first) = seen.get(&net) {
+                            let at = if first.file.as_path() == doc.ctx.path {
+                                format!("line {}", first.line)
+                            } else {
+                                format!("{}:{}", first.file.display(), first.line)
+                            };
                             let msg = if first.region == index {
                                 format!(
                                     "prefix {net} is listed twice in region `{name}` \
-                                     (first as {} on line {})",
-                                    first.field, first.line
+                                     (first as {} on {at})",
+                                    first.field
                                 )
                             } else {
                                 format!(
-                                    "prefix {net} is in two regions: `{}` ({} on line {}) and `{name}`; \
-                                     a prefix may belong to one region only",
-                                    entries[first.region].0.get_ref(),
-                                    first.field,
-                                    first.line
+                                    "prefix {net} is in two regions: `{}` ({} on {at}) and \
+                                     `{name}`; a prefix may belong to one region only",
+                                    entries[first.region].1.get_ref(),
+                                    first.field
                                 )
                             };
-                            errors.push(self.err(p.span(), field, msg));
+                            errors.push(doc.ctx.err(p.span(), field, msg));
                             continue;
                         }
                         seen.insert(
@@ -455,17 +784,18 @@ impl Ctx<'_> {
                                 region: index,
                                 field,
                                 line,
+                                file: doc.ctx.path.to_path_buf(),
                             },
                         );
                         prefixes.push(net);
                     }
                 }
-                Some(list) => errors.push(self.err(
+                Some(list) => errors.push(doc.ctx.err(
                     list.span(),
                     pfield,
                     format!("region `{name}` has no prefixes"),
                 )),
-                None => errors.push(self.err(
+                None => errors.push(doc.ctx.err(
                     key.span(),
                     pfield,
                     format!("region `{name}` has no prefixes (add `prefixes = [\"CIDR\", ...]`)"),
@@ -473,41 +803,48 @@ impl Ctx<'_> {
             }
             regions.push(Region {
                 name: name.clone(),
+                mode,
+                origin: format!("{}:{kline}", doc.ctx.path.display()),
                 description: table.get_ref().description.clone(),
                 prefixes,
             });
         }
 
-        let mut allowlist: Vec<String> = Vec::with_capacity(raw.allowlist.len());
-        for (i, entry) in raw.allowlist.iter().enumerate() {
-            let name = entry.get_ref();
-            let field = format!("allowlist[{i}]");
-            if let Some(j) = allowlist.iter().position(|a| a == name) {
-                errors.push(self.err(
-                    entry.span(),
-                    field,
-                    format!("duplicate allowlist entry `{name}` (already allowlist[{j}])"),
-                ));
-            } else if !regions.iter().any(|r| &r.name == name) {
-                let msg = if name == UNKNOWN_REGION_NAME {
-                    format!(
-                        "`{UNKNOWN_REGION_NAME}` is reserved for destinations in no region and cannot be allowlisted"
-                    )
-                } else if regions.is_empty() {
-                    format!("unknown region `{name}` (no regions are defined)")
-                } else {
-                    let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
-                    format!("unknown region `{name}` (defined: {})", names.join(", "))
-                };
-                errors.push(self.err(entry.span(), field, msg));
+        let mut allowlist: Vec<String> = Vec::new();
+        for doc in docs {
+            for (i, entry) in doc.allowlist.iter().enumerate() {
+                let name = entry.get_ref();
+                let field = format!("allowlist[{i}]");
+                if allowlist.iter().any(|a| a == name) {
+                    errors.push(doc.ctx.err(
+                        entry.span(),
+                        field,
+                        format!("duplicate allowlist entry `{name}` (already listed)"),
+                    ));
+                } else if let Some(msg) = unknown_region(name, &regions) {
+                    errors.push(doc.ctx.err(entry.span(), field, msg));
+                }
+                allowlist.push(name.clone());
             }
-            // Kept even when wrong so positions stay aligned with the file for "allowlist[j]";
-            // any error above means this list is never returned.
-            allowlist.push(name.clone());
         }
 
-        // Report the earliest problem so fixing top to bottom works.
-        if let Some(first) = errors.into_iter().min_by_key(|e| (e.line, e.column)) {
+        let mut rules = Vec::new();
+        for doc in docs {
+            for (i, r) in doc.rules.iter().enumerate() {
+                let id = u32::try_from(rules.len() + 1).unwrap_or(u32::MAX);
+                match doc.ctx.rule(id, i, r, &regions) {
+                    Ok(rule) => rules.push(rule),
+                    Err(e) => errors.extend(e),
+                }
+            }
+        }
+
+        // Report the earliest problem (main file first) so fixing top to bottom works.
+        let order = |e: &ConfigError| {
+            let di = docs.iter().position(|d| d.ctx.path == e.file).unwrap_or(0);
+            (di, e.line, e.column)
+        };
+        if let Some(first) = errors.into_iter().min_by_key(order) {
             return Err(first);
         }
         Ok(Config {
@@ -517,9 +854,680 @@ impl Ctx<'_> {
             cgroup,
             established,
             nat64,
+            default,
             regions,
+            rules,
+            drop_ins: Vec::new(),
         })
     }
+
+    /// Validates one `[[rules]]` entry (`index` within its file).
+    fn rule(
+        &self,
+        id: u32,
+        index: usize,
+        raw: &Spanned<RawRule>,
+        regions: &[Region],
+    ) -> Result<Rule, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let field = format!("rules[{index}]");
+        let r = raw.get_ref();
+        let action = match r.action.get_ref().as_str() {
+            "allow" => Action::Allow,
+            "deny" => Action::Deny,
+            other => {
+                errors.push(self.err(
+                    r.action.span(),
+                    format!("{field}.action"),
+                    format!("invalid action `{other}`: expected `allow` or `deny`"),
+                ));
+                Action::Deny
+            }
+        };
+        let mut targets = Vec::new();
+        for (i, t) in r.to.iter().flatten().enumerate() {
+            match parse_prefix(t.get_ref()) {
+                Ok(net) => targets.push(Target::Prefix(net)),
+                Err(msg) => errors.push(self.err(t.span(), format!("{field}.to[{i}]"), msg)),
+            }
+        }
+        for (i, t) in r.regions.iter().flatten().enumerate() {
+            match unknown_region(t.get_ref(), regions) {
+                None => targets.push(Target::Region(t.get_ref().clone())),
+                Some(msg) => errors.push(self.err(t.span(), format!("{field}.regions[{i}]"), msg)),
+            }
+        }
+        if r.to.iter().flatten().count() + r.regions.iter().flatten().count() == 0 {
+            errors.push(self.err(
+                raw.span(),
+                field.clone(),
+                "a rule needs destinations: `to = [\"CIDR\", ...]` and/or `regions = [...]` \
+                 (use to = [\"0.0.0.0/0\", \"::/0\"] for everywhere)",
+            ));
+        }
+        let protocol = r.protocol.as_ref().and_then(|p| {
+            parse_protocol(p.get_ref())
+                .map_err(|m| errors.push(self.err(p.span(), format!("{field}.protocol"), m)))
+                .ok()
+        });
+        let ports = r.ports.as_ref().and_then(|p| {
+            let res = parse_ports(p.get_ref()).and_then(|range| match protocol {
+                Some(6 | 17 | 132) => Ok(range),
+                _ => Err("ports need `protocol = \"tcp\"`, `\"udp\"` or `\"sctp\"`".to_owned()),
+            });
+            res.map_err(|m| errors.push(self.err(p.span(), format!("{field}.ports"), m)))
+                .ok()
+        });
+        let mode = r.mode.as_ref().and_then(|m| {
+            parse_mode(m.get_ref())
+                .map_err(|msg| errors.push(self.err(m.span(), format!("{field}.mode"), msg)))
+                .ok()
+        });
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let line = self.line_of(raw.span().start);
+        let origin = format!("{}:{line}", self.path.display());
+        let name = r
+            .name
+            .as_ref()
+            .map_or_else(|| format!("rule at {origin}"), |n| n.get_ref().clone());
+        Ok(Rule {
+            id,
+            name,
+            action,
+            targets,
+            protocol,
+            ports,
+            mode,
+            origin,
+        })
+    }
+}
+
+/// `None` if `name` is a defined region, else why not.
+fn unknown_region(name: &str, regions: &[Region]) -> Option<String> {
+    if regions.iter().any(|r| r.name == name) {
+        return None;
+    }
+    Some(if name == UNKNOWN_REGION_NAME {
+        format!(
+            "`{UNKNOWN_REGION_NAME}` is reserved for destinations in no region and cannot be allowlisted"
+        )
+    } else if regions.is_empty() {
+        format!("unknown region `{name}` (no regions are defined)")
+    } else {
+        let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+        format!("unknown region `{name}` (defined: {})", names.join(", "))
+    })
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "enforce" => Ok(Mode::Enforce),
+        "audit" => Ok(Mode::Audit),
+        other => Err(format!(
+            "invalid mode `{other}`: expected `enforce` or `audit`"
+        )),
+    }
+}
+
+/// `tcp`, `udp`, `icmp`, `ipv6-icmp` (or `icmpv6`), `sctp`, or a number 0-255 (IANA).
+fn parse_protocol(v: &toml::Value) -> Result<u8, String> {
+    match v {
+        toml::Value::String(s) => match s.as_str() {
+            "tcp" => Ok(6),
+            "udp" => Ok(17),
+            "icmp" => Ok(1),
+            "ipv6-icmp" | "icmpv6" => Ok(58),
+            "sctp" => Ok(132),
+            other => Err(format!(
+                "unknown protocol `{other}`: use tcp, udp, icmp, ipv6-icmp, sctp or a number 0-255"
+            )),
+        },
+        toml::Value::Integer(n) => {
+            u8::try_from(*n).map_err(|_| format!("protocol {n} is not in 0-255"))
+        }
+        _ => Err("protocol must be a name or a number".into()),
+    }
+}
+
+/// `25`, `"25"` or `"1000-2000"` (inclusive).
+fn parse_ports(v: &toml::Value) -> Result<(u16, u16), String> {
+    let port = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("invalid port `{s}`: use 0-65535"))
+    };
+    match v {
+        toml::Value::Integer(n) => {
+            let p = u16::try_from(*n).map_err(|_| format!("invalid port {n}: use 0-65535"))?;
+            Ok((p, p))
+        }
+        toml::Value::String(s) => {
+            let (lo, hi) = match s.split_once('-') {
+                Some((a, b)) => (port(a)?, port(b)?),
+                None => {
+                    let p = port(s)?;
+                    (p, p)
+                }
+            };
+            if lo > hi {
+                return Err(format!("invalid port range `{s}`: start above end"));
+            }
+            Ok((lo, hi))
+        }
+        _ => Err("ports must be a number or a string like \"1000-2000\"".into()),
+    }
+}
+
+/// Default `heartbeat_secs`.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 60;
+/// Default per-sink in-memory queue, in records.
+pub const DEFAULT_QUEUE: usize = 10_000;
+/// Default spool size limit per sink, in bytes (64 MiB).
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
+/// Default longest wait between reconnection attempts, in milliseconds.
+pub const DEFAULT_RETRY_MAX_MS: u64 = 30_000;
+/// Directory under which syslog sinks spool by default (`{dir}/{sink name}`).
+pub const DEFAULT_SPOOL_ROOT: &str = "/var/lib/egressd/spool";
+
+/// Where and how the agent reports: host labels, heartbeat and sinks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    /// `[host] labels`: key/value pairs added to every record (`host.labels`).
+    pub host_labels: BTreeMap<String, String>,
+    /// `heartbeat_secs`: interval of the `heartbeat` record in seconds, 0 disables it;
+    /// [`DEFAULT_HEARTBEAT_SECS`] when absent.
+    pub heartbeat_secs: u64,
+    /// `[[sinks]]` in file order; one stdout sink with the native JSON format when absent.
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Self {
+            host_labels: BTreeMap::new(),
+            heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
+            sinks: vec![SinkConfig::stdout()],
+        }
+    }
+}
+
+/// One `[[sinks]]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// `name`: unique among the sinks; names its counters and its spool directory. Default:
+    /// the type (`stdout`, `file`, `syslog`).
+    pub name: String,
+    /// `type` and its options.
+    pub kind: SinkKind,
+    /// `format`: `json` (default), `ecs`, `ocsf` or `cef`.
+    pub format: crate::formats::Format,
+    /// `queue`: in-memory queue in records ([`DEFAULT_QUEUE`]).
+    pub queue: usize,
+    /// On-disk spool used while the sink is down or slow; `None` disables it.
+    pub spool: Option<SpoolConfig>,
+    /// `retry_max_ms`: longest wait between reconnection attempts ([`DEFAULT_RETRY_MAX_MS`]);
+    /// waits start at 100 ms and double.
+    pub retry_max_ms: u64,
+}
+
+impl SinkConfig {
+    /// The default sink: native JSON lines on stdout, no spool.
+    pub fn stdout() -> Self {
+        Self {
+            name: "stdout".into(),
+            kind: SinkKind::Stdout,
+            format: crate::formats::Format::Json,
+            queue: DEFAULT_QUEUE,
+            spool: None,
+            retry_max_ms: DEFAULT_RETRY_MAX_MS,
+        }
+    }
+}
+
+/// What a sink writes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkKind {
+    /// `type = "stdout"`: one record per line on standard output.
+    Stdout,
+    /// `type = "file"`: one record per line appended to `path`, reopened on SIGUSR1.
+    File {
+        /// `path`: absolute file path.
+        path: PathBuf,
+    },
+    /// `type = "syslog"`: RFC 5424 messages.
+    Syslog(SyslogConfig),
+}
+
+/// Options of a syslog sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyslogConfig {
+    /// `transport`: `udp` (RFC 5426), `tcp` (RFC 6587 octet counting, default) or `tls`
+    /// (RFC 5425).
+    pub transport: SyslogTransport,
+    /// `address`: `HOST:PORT` (IPv6 as `[ADDR]:PORT`), resolved at each connection attempt.
+    pub address: String,
+    /// `server_name`: name the TLS server certificate must carry; default: the host part of
+    /// `address`.
+    pub server_name: Option<String>,
+    /// `ca`: PEM file of the CA certificates that may sign the server's certificate;
+    /// default: the system's (`/etc/ssl/certs/ca-certificates.crt`).
+    pub ca: Option<PathBuf>,
+    /// `cert` and `key`: PEM client certificate chain and private key, for servers that
+    /// require client authentication.
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+    /// `facility`: syslog facility code (0-23); name in the file (`daemon` default, `local0`
+    /// ... `local7`, `auth`, `authpriv`, `security`, `user`, ...).
+    pub facility: u8,
+    /// `app_name`: APP-NAME field (`egressd` default; 1-48 printable ASCII characters).
+    pub app_name: String,
+}
+
+/// Syslog transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyslogTransport {
+    /// One message per datagram; no delivery guarantee.
+    Udp,
+    /// Octet-counted messages on a TCP stream.
+    Tcp,
+    /// Octet-counted messages on a TLS stream.
+    Tls,
+}
+
+/// A sink's on-disk spool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// `spool`: directory (created if missing); default for syslog sinks
+    /// `{DEFAULT_SPOOL_ROOT}/{name}`.
+    pub dir: PathBuf,
+    /// `spool_max_bytes`: size limit ([`DEFAULT_SPOOL_MAX_BYTES`]); 0 disables the spool.
+    pub max_bytes: u64,
+}
+
+/// Syslog facility names (RFC 5424 section 6.2.1) and their codes.
+const FACILITIES: [(&str, u8); 24] = [
+    ("kern", 0),
+    ("user", 1),
+    ("mail", 2),
+    ("daemon", 3),
+    ("auth", 4),
+    ("syslog", 5),
+    ("lpr", 6),
+    ("news", 7),
+    ("uucp", 8),
+    ("cron", 9),
+    ("authpriv", 10),
+    ("ftp", 11),
+    ("ntp", 12),
+    ("security", 13),
+    ("console", 14),
+    ("solaris-cron", 15),
+    ("local0", 16),
+    ("local1", 17),
+    ("local2", 18),
+    ("local3", 19),
+    ("local4", 20),
+    ("local5", 21),
+    ("local6", 22),
+    ("local7", 23),
+];
+
+impl Ctx<'_> {
+    /// Validates the output settings of `raw`, pushing errors; returns what is valid.
+    fn output(&self, raw: &RawConfig, errors: &mut Vec<ConfigError>) -> Output {
+        let mut out = Output::default();
+        if let Some(h) = &raw.heartbeat_secs {
+            match u64::try_from(*h.get_ref()) {
+                Ok(v) => out.heartbeat_secs = v,
+                Err(_) => errors.push(self.err(
+                    h.span(),
+                    "heartbeat_secs",
+                    "heartbeat_secs must be 0 (off) or a number of seconds",
+                )),
+            }
+        }
+        if let Some(labels) = raw.host.as_ref().and_then(|h| h.get_ref().labels.as_ref()) {
+            for (k, v) in labels {
+                let key = k.get_ref();
+                let field = join("host.labels", key);
+                let key_ok = !key.is_empty()
+                    && key.len() <= 64
+                    && key
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c));
+                if !key_ok {
+                    errors.push(self.err(
+                        k.span(),
+                        field,
+                        format!(
+                            "invalid label name `{key}`: use 1-64 characters from a-z, A-Z, \
+                             0-9, `_`, `.` and `-`"
+                        ),
+                    ));
+                } else if v.get_ref().len() > 256 || v.get_ref().chars().any(char::is_control) {
+                    errors.push(self.err(
+                        v.span(),
+                        field,
+                        "label values are at most 256 bytes, without control characters",
+                    ));
+                } else {
+                    out.host_labels.insert(key.clone(), v.get_ref().clone());
+                }
+            }
+        }
+        if let Some(sinks) = &raw.sinks {
+            out.sinks.clear();
+            for (i, s) in sinks.iter().enumerate() {
+                if let Some(sink) = self.sink(i, s, errors) {
+                    if let Some(first) = out.sinks.iter().position(|o| o.name == sink.name) {
+                        errors.push(self.err(
+                            s.span(),
+                            format!("sinks[{i}].name"),
+                            format!(
+                                "duplicate sink name `{}` (also sinks[{first}]); give each sink \
+                                 its own `name`",
+                                sink.name
+                            ),
+                        ));
+                    }
+                    out.sinks.push(sink);
+                }
+            }
+        }
+        out
+    }
+
+    fn sink(
+        &self,
+        i: usize,
+        s: &Spanned<RawSink>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<SinkConfig> {
+        let raw = s.get_ref();
+        let f = |name: &str| format!("sinks[{i}].{name}");
+        let before = errors.len();
+        let abs_path = |v: &Spanned<String>, name: &str, errors: &mut Vec<ConfigError>| {
+            let p = PathBuf::from(v.get_ref());
+            if !p.is_absolute() {
+                errors.push(self.err(
+                    v.span(),
+                    f(name),
+                    format!("`{name}` must be an absolute path, got `{}`", v.get_ref()),
+                ));
+            }
+            p
+        };
+        let Some(kind_s) = &raw.kind else {
+            errors.push(self.err(
+                s.span(),
+                f("type"),
+                "missing field `type`: `stdout`, `file` or `syslog`",
+            ));
+            return None;
+        };
+        let format = match &raw.format {
+            None => crate::formats::Format::Json,
+            Some(v) => crate::formats::Format::from_name(v.get_ref()).unwrap_or_else(|| {
+                errors.push(self.err(
+                    v.span(),
+                    f("format"),
+                    format!(
+                        "unknown format `{}`: expected `json`, `ecs`, `ocsf` or `cef`",
+                        v.get_ref()
+                    ),
+                ));
+                crate::formats::Format::Json
+            }),
+        };
+        let only_for = |opt: &Option<Spanned<String>>,
+                        name: &str,
+                        what: &str,
+                        errors: &mut Vec<ConfigError>| {
+            if let Some(v) = opt {
+                errors.push(self.err(
+                    v.span(),
+                    f(name),
+                    format!("`{name}` only applies to {what}"),
+                ));
+            }
+        };
+        let kind = match kind_s.get_ref().as_str() {
+            "stdout" => {
+                only_for(&raw.path, "path", "file sinks", errors);
+                SinkKind::Stdout
+            }
+            "file" => match &raw.path {
+                Some(p) => SinkKind::File {
+                    path: abs_path(p, "path", errors),
+                },
+                None => {
+                    errors.push(self.err(
+                        s.span(),
+                        f("path"),
+                        "a file sink needs `path` (absolute)",
+                    ));
+                    return None;
+                }
+            },
+            "syslog" => {
+                only_for(&raw.path, "path", "file sinks", errors);
+                let transport = match raw.transport.as_ref().map(|t| (t, t.get_ref().as_str())) {
+                    None | Some((_, "tcp")) => SyslogTransport::Tcp,
+                    Some((_, "udp")) => SyslogTransport::Udp,
+                    Some((_, "tls")) => SyslogTransport::Tls,
+                    Some((t, other)) => {
+                        errors.push(self.err(
+                            t.span(),
+                            f("transport"),
+                            format!("unknown transport `{other}`: expected `udp`, `tcp` or `tls`"),
+                        ));
+                        SyslogTransport::Tcp
+                    }
+                };
+                let Some(address) = &raw.address else {
+                    errors.push(self.err(
+                        s.span(),
+                        f("address"),
+                        "a syslog sink needs `address = \"HOST:PORT\"`",
+                    ));
+                    return None;
+                };
+                if host_port(address.get_ref()).is_none() {
+                    errors.push(self.err(
+                        address.span(),
+                        f("address"),
+                        format!(
+                            "invalid address `{}`: expected HOST:PORT, e.g. \
+                             `siem.example.com:6514` or `[2001:db8::1]:514`",
+                            address.get_ref()
+                        ),
+                    ));
+                }
+                if transport != SyslogTransport::Tls {
+                    for (opt, name) in [
+                        (&raw.ca, "ca"),
+                        (&raw.cert, "cert"),
+                        (&raw.key, "key"),
+                        (&raw.server_name, "server_name"),
+                    ] {
+                        only_for(opt, name, "`transport = \"tls\"`", errors);
+                    }
+                }
+                let client_auth = match (&raw.cert, &raw.key) {
+                    (Some(c), Some(k)) => {
+                        Some((abs_path(c, "cert", errors), abs_path(k, "key", errors)))
+                    }
+                    (Some(c), None) => {
+                        errors.push(self.err(c.span(), f("cert"), "`cert` needs `key`"));
+                        None
+                    }
+                    (None, Some(k)) => {
+                        errors.push(self.err(k.span(), f("key"), "`key` needs `cert`"));
+                        None
+                    }
+                    (None, None) => None,
+                };
+                let facility = match &raw.facility {
+                    None => 3,
+                    Some(v) => FACILITIES
+                        .iter()
+                        .find(|(n, _)| *n == v.get_ref())
+                        .map(|(_, c)| *c)
+                        .unwrap_or_else(|| {
+                            errors.push(self.err(
+                                v.span(),
+                                f("facility"),
+                                format!(
+                                    "unknown facility `{}`: expected one of {}",
+                                    v.get_ref(),
+                                    FACILITIES.map(|(n, _)| n).join(", ")
+                                ),
+                            ));
+                            3
+                        }),
+                };
+                let app_name = match &raw.app_name {
+                    None => "egressd".to_string(),
+                    Some(v) => {
+                        let a = v.get_ref();
+                        if a.is_empty()
+                            || a.len() > 48
+                            || !a.bytes().all(|c| (33..=126).contains(&c))
+                        {
+                            errors.push(self.err(
+                                v.span(),
+                                f("app_name"),
+                                "app_name must be 1-48 printable ASCII characters without spaces \
+                                 (RFC 5424 APP-NAME)",
+                            ));
+                        }
+                        a.clone()
+                    }
+                };
+                SinkKind::Syslog(SyslogConfig {
+                    transport,
+                    address: address.get_ref().clone(),
+                    server_name: raw.server_name.as_ref().map(|v| v.get_ref().clone()),
+                    ca: raw.ca.as_ref().map(|v| abs_path(v, "ca", errors)),
+                    client_auth,
+                    facility,
+                    app_name,
+                })
+            }
+            other => {
+                errors.push(self.err(
+                    kind_s.span(),
+                    f("type"),
+                    format!("unknown sink type `{other}`: expected `stdout`, `file` or `syslog`"),
+                ));
+                return None;
+            }
+        };
+        if !matches!(kind, SinkKind::Syslog(_)) {
+            for (opt, name) in [
+                (&raw.transport, "transport"),
+                (&raw.address, "address"),
+                (&raw.ca, "ca"),
+                (&raw.cert, "cert"),
+                (&raw.key, "key"),
+                (&raw.server_name, "server_name"),
+                (&raw.facility, "facility"),
+                (&raw.app_name, "app_name"),
+            ] {
+                only_for(opt, name, "syslog sinks", errors);
+            }
+        }
+        let name = match &raw.name {
+            Some(n) => {
+                let ok = !n.get_ref().is_empty()
+                    && n.get_ref().len() <= 63
+                    && n.get_ref()
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+                if !ok {
+                    errors.push(self.err(
+                        n.span(),
+                        f("name"),
+                        "sink names are 1-63 characters from a-z, A-Z, 0-9, `_` and `-`",
+                    ));
+                }
+                n.get_ref().clone()
+            }
+            None => kind_s.get_ref().clone(),
+        };
+        let positive = |v: &Option<Spanned<i64>>,
+                        name: &str,
+                        min: i64,
+                        default: u64,
+                        errors: &mut Vec<ConfigError>|
+         -> u64 {
+            match v {
+                None => default,
+                Some(n) if *n.get_ref() >= min => u64::try_from(*n.get_ref()).unwrap_or(default),
+                Some(n) => {
+                    errors.push(self.err(
+                        n.span(),
+                        f(name),
+                        format!("`{name}` must be at least {min}"),
+                    ));
+                    default
+                }
+            }
+        };
+        let queue = positive(&raw.queue, "queue", 1, DEFAULT_QUEUE as u64, errors);
+        let retry_max_ms = positive(
+            &raw.retry_max_ms,
+            "retry_max_ms",
+            1,
+            DEFAULT_RETRY_MAX_MS,
+            errors,
+        );
+        let max_bytes = positive(
+            &raw.spool_max_bytes,
+            "spool_max_bytes",
+            0,
+            DEFAULT_SPOOL_MAX_BYTES,
+            errors,
+        );
+        let spool_dir = match &raw.spool {
+            Some(d) => Some(abs_path(d, "spool", errors)),
+            None if matches!(kind, SinkKind::Syslog(_)) => {
+                Some(Path::new(DEFAULT_SPOOL_ROOT).join(&name))
+            }
+            None => None,
+        };
+        if errors.len() > before {
+            return None;
+        }
+        Some(SinkConfig {
+            name,
+            kind,
+            format,
+            queue: usize::try_from(queue).unwrap_or(DEFAULT_QUEUE),
+            spool: spool_dir
+                .filter(|_| max_bytes > 0)
+                .map(|dir| SpoolConfig { dir, max_bytes }),
+            retry_max_ms,
+        })
+    }
+}
+
+/// Splits `HOST:PORT` / `[V6]:PORT`; `None` when malformed.
+pub fn host_port(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    if let Some(h) = host.strip_prefix('[') {
+        let h = h.strip_suffix(']')?;
+        h.parse::<Ipv6Addr>().ok()?;
+        return Some((h.to_owned(), port));
+    }
+    // A bare IPv6 address must be bracketed.
+    if host.is_empty() || host.contains([':', '[', ']', ' ', '/']) {
+        return None;
+    }
+    Some((host.to_owned(), port))
 }
 
 /// `[a-z0-9][a-z0-9_-]{0,62}`, and not the reserved name.
@@ -1118,7 +2126,7 @@ mod tests {
             &text,
             3,
             "allowlist[1]",
-            "duplicate allowlist entry `eu` (already allowlist[0])",
+            "duplicate allowlist entry `eu` (already listed)",
         );
     }
 
@@ -1364,5 +2372,351 @@ mod tests {
             "nat64_prefixes[0]",
             "must be an IPv6 /96",
         );
+    }
+
+    #[test]
+    fn config_rules_parse() {
+        let c = p(concat!(
+            "allowlist = [\"eu\"]\n",
+            "default = \"allow\"\n",
+            "[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\nmode = \"audit\"\n",
+            "[[rules]]\nname = \"ntp\"\naction = \"allow\"\nregions = [\"eu\"]\nprotocol = \"udp\"\nports = 123\n",
+            "[[rules]]\naction = \"deny\"\nto = [\"0.0.0.0/0\", \"::/0\"]\nprotocol = \"tcp\"\nports = \"25-26\"\nmode = \"audit\"\n",
+        ))
+        .expect("valid");
+        assert_eq!(c.default, Action::Allow);
+        assert_eq!(c.regions[0].mode, Some(Mode::Audit));
+        assert_eq!(c.rules.len(), 2);
+        assert_eq!(c.rules[0].name, "ntp");
+        assert_eq!(
+            (c.rules[0].protocol, c.rules[0].ports),
+            (Some(17), Some((123, 123)))
+        );
+        assert_eq!(c.rules[0].targets, vec![Target::Region("eu".into())]);
+        assert_eq!(
+            (c.rules[1].id, c.rules[1].ports, c.rules[1].mode),
+            (2, Some((25, 26)), Some(Mode::Audit))
+        );
+        assert_eq!(c.rules[1].name, "rule at test.toml:12");
+    }
+
+    #[test]
+    fn config_rule_errors() {
+        let base = "allowlist = []\n[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n[[rules]]\n";
+        fails(
+            &format!("{base}action = \"drop\"\nto = [\"10.0.0.0/8\"]\n"),
+            5,
+            "rules[0].action",
+            "expected `allow` or `deny`",
+        );
+        fails(
+            &format!("{base}action = \"deny\"\n"),
+            4,
+            "rules[0]",
+            "a rule needs destinations",
+        );
+        fails(
+            &format!("{base}action = \"deny\"\nregions = [\"mars\"]\n"),
+            6,
+            "rules[0].regions[0]",
+            "unknown region `mars`",
+        );
+        fails(
+            &format!("{base}action = \"deny\"\nto = [\"10.0.0.1/8\"]\n"),
+            6,
+            "rules[0].to[0]",
+            "host bits",
+        );
+        fails(
+            &format!("{base}action = \"deny\"\nto = [\"10.0.0.0/8\"]\nports = 25\n"),
+            7,
+            "rules[0].ports",
+            "ports need",
+        );
+        fails(
+            &format!(
+                "{base}action = \"deny\"\nto = [\"10.0.0.0/8\"]\nprotocol = \"tcp\"\nports = \"30-20\"\n"
+            ),
+            8,
+            "rules[0].ports",
+            "start above end",
+        );
+        fails(
+            &format!("{base}action = \"deny\"\nto = [\"10.0.0.0/8\"]\nprotocol = \"gre\"\n"),
+            7,
+            "rules[0].protocol",
+            "unknown protocol",
+        );
+        fails(
+            &format!("{base}action = \"deny\"\nto = [\"10.0.0.0/8\"]\nmode = \"loud\"\n"),
+            7,
+            "rules[0].mode",
+            "invalid mode",
+        );
+        fails(
+            "allowlist = []\ndefault = \"maybe\"\n",
+            2,
+            "default",
+            "expected `deny` or `allow`",
+        );
+    }
+
+    #[test]
+    fn config_drop_ins_merge_and_conflict() {
+        let main = Path::new("/etc/egressd/egressd.toml");
+        let text = "allowlist = [\"eu\"]\n[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n";
+        let a = (
+            PathBuf::from("/etc/egressd/policy.d/10-ntp.toml"),
+            "allowlist = [\"ntp\"]\n[regions.ntp]\nprefixes = [\"198.18.9.0/24\"]\n[[rules]]\naction = \"deny\"\nregions = [\"eu\"]\nprotocol = \"tcp\"\nports = 25\n".to_owned(),
+        );
+        let c = parse_set(main, text, std::slice::from_ref(&a)).expect("valid");
+        assert_eq!(c.allowlist, ["eu", "ntp"]);
+        assert_eq!(c.regions.len(), 2);
+        assert_eq!(c.rules[0].origin, "/etc/egressd/policy.d/10-ntp.toml:4");
+        // The same region in two files.
+        let b = (
+            PathBuf::from("/etc/egressd/policy.d/20-dup.toml"),
+            "[regions.ntp]\nprefixes = [\"198.18.8.0/24\"]\n".to_owned(),
+        );
+        let e = parse_set(main, text, &[a.clone(), b.clone()]).expect_err("conflict");
+        assert_eq!((e.file.as_path(), e.line), (b.0.as_path(), 1));
+        assert!(
+            e.message.contains(
+                "duplicate region `ntp` (first defined in /etc/egressd/policy.d/10-ntp.toml:2)"
+            ),
+            "{e}"
+        );
+        // The same prefix in two files' regions.
+        let c2 = (
+            PathBuf::from("/etc/egressd/policy.d/30-x.toml"),
+            "[regions.x]\nprefixes = [\"198.18.1.0/24\"]\n".to_owned(),
+        );
+        let e = parse_set(main, text, &[c2]).expect_err("conflict");
+        assert!(e.message.contains("/etc/egressd/egressd.toml:3"), "{e}");
+        // Main-file-only settings in a drop-in.
+        let d = (
+            PathBuf::from("/etc/egressd/policy.d/40-mode.toml"),
+            "mode = \"audit\"\n".to_owned(),
+        );
+        let e = parse_set(main, text, &[d]).expect_err("main only");
+        assert!(
+            e.message
+                .contains("only be set in the main configuration file"),
+            "{e}"
+        );
+        // An allowlist entry naming a region of another drop-in is fine; an unknown one is not.
+        let f = (
+            PathBuf::from("/etc/egressd/policy.d/50-al.toml"),
+            "allowlist = [\"mars\"]\n".to_owned(),
+        );
+        let e = parse_set(main, text, &[f]).expect_err("unknown");
+        assert_eq!((e.line, e.field.as_str()), (1, "allowlist[0]"));
+    }
+
+    #[test]
+    fn config_load_reads_the_drop_in_directory() {
+        let dir = std::env::temp_dir().join(format!("egressd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("policy.d")).expect("mkdir");
+        std::fs::write(dir.join("egressd.toml"), "allowlist = [\"eu\"]\n").expect("write");
+        std::fs::write(
+            dir.join("policy.d/eu.toml"),
+            "[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n",
+        )
+        .expect("write");
+        std::fs::write(dir.join("policy.d/ignored.txt"), "not toml").expect("write");
+        let c = load(&dir.join("egressd.toml")).expect("valid");
+        assert_eq!(c.regions[0].name, "eu");
+        assert_eq!(c.drop_ins, vec![dir.join("policy.d/eu.toml")]);
+        std::fs::write(
+            dir.join("egressd.toml"),
+            "allowlist = [\"eu\"]\ndrop_in_dir = \"nowhere\"\n",
+        )
+        .expect("write");
+        let e = load(&dir.join("egressd.toml")).expect_err("missing dir");
+        assert_eq!((e.line, e.field.as_str()), (2, "drop_in_dir"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn out(text: &str) -> Output {
+        parse_all(Path::new("test.toml"), text)
+            .map(|(_, o)| o)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn config_output_defaults() {
+        let o = out("allowlist = []\n");
+        assert_eq!(o, Output::default());
+        assert_eq!(o.sinks, vec![SinkConfig::stdout()]);
+        assert_eq!(o.heartbeat_secs, 60);
+    }
+
+    #[test]
+    fn config_output_full() {
+        let text = "allowlist = []\nheartbeat_secs = 0\n\
+                    [host]\nlabels = { site = \"fra1\", role = \"storage\" }\n\
+                    [[sinks]]\ntype = \"stdout\"\n\
+                    [[sinks]]\nname = \"archive\"\ntype = \"file\"\npath = \"/var/log/e.json\"\nformat = \"ecs\"\n\
+                    [[sinks]]\nname = \"siem\"\ntype = \"syslog\"\ntransport = \"tls\"\n\
+                    address = \"siem.example.com:6514\"\nformat = \"cef\"\nca = \"/etc/ca.pem\"\n\
+                    cert = \"/etc/c.pem\"\nkey = \"/etc/k.pem\"\nfacility = \"local4\"\nqueue = 5\n\
+                    spool_max_bytes = 1000\nretry_max_ms = 1000\n\
+                    [[sinks]]\nname = \"udp\"\ntype = \"syslog\"\ntransport = \"udp\"\n\
+                    address = \"[2001:db8::1]:514\"\nspool_max_bytes = 0\n";
+        let o = out(text);
+        assert_eq!(o.heartbeat_secs, 0);
+        assert_eq!(o.host_labels.get("site").map(String::as_str), Some("fra1"));
+        let names: Vec<&str> = o.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["stdout", "archive", "siem", "udp"]);
+        assert_eq!(o.sinks[1].format, crate::formats::Format::Ecs);
+        assert!(o.sinks[1].spool.is_none());
+        let SinkKind::Syslog(s) = &o.sinks[2].kind else {
+            panic!("syslog expected")
+        };
+        assert_eq!(s.transport, SyslogTransport::Tls);
+        assert_eq!(s.facility, 20);
+        assert_eq!(
+            s.client_auth,
+            Some((PathBuf::from("/etc/c.pem"), PathBuf::from("/etc/k.pem")))
+        );
+        assert_eq!(o.sinks[2].queue, 5);
+        assert_eq!(
+            o.sinks[2].spool,
+            Some(SpoolConfig {
+                dir: PathBuf::from("/var/lib/egressd/spool/siem"),
+                max_bytes: 1000
+            })
+        );
+        assert!(
+            o.sinks[3].spool.is_none(),
+            "spool_max_bytes = 0 disables it"
+        );
+        assert_eq!(
+            host_port("[2001:db8::1]:514"),
+            Some(("2001:db8::1".into(), 514))
+        );
+        assert_eq!(
+            host_port("a.example:6514"),
+            Some(("a.example".into(), 6514))
+        );
+        for bad in ["x", "x:0", "x:65536", ":514", "2001:db8::1:514", "[x]:1"] {
+            assert_eq!(host_port(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_output_errors() {
+        let base = "allowlist = []\n";
+        fails(
+            &format!("{base}heartbeat_secs = -1\n"),
+            2,
+            "heartbeat_secs",
+            "0 (off)",
+        );
+        fails(
+            &format!("{base}[host]\nlabels = {{ \"bad key\" = \"x\" }}\n"),
+            3,
+            "host.labels.\"bad key\"",
+            "invalid label name",
+        );
+        fails(
+            &format!("{base}[host]\nlabel = 1\n"),
+            3,
+            "host.label",
+            "unknown field",
+        );
+        let sink = |body: &str| format!("{base}[[sinks]]\n{body}");
+        fails(
+            &sink("type = \"kafka\"\n"),
+            3,
+            "sinks[0].type",
+            "unknown sink type",
+        );
+        fails(
+            &sink("name = \"x\"\n"),
+            2,
+            "sinks[0].type",
+            "missing field `type`",
+        );
+        fails(
+            &sink("type = \"stdout\"\nformat = \"xml\"\n"),
+            4,
+            "sinks[0].format",
+            "unknown format",
+        );
+        fails(
+            &sink("type = \"file\"\n"),
+            2,
+            "sinks[0].path",
+            "needs `path`",
+        );
+        fails(
+            &sink("type = \"file\"\npath = \"rel.log\"\n"),
+            4,
+            "sinks[0].path",
+            "absolute",
+        );
+        fails(
+            &sink("type = \"syslog\"\n"),
+            2,
+            "sinks[0].address",
+            "needs `address",
+        );
+        fails(
+            &sink("type = \"syslog\"\naddress = \"host\"\n"),
+            4,
+            "sinks[0].address",
+            "invalid address",
+        );
+        fails(
+            &sink("type = \"syslog\"\naddress = \"h:1\"\ntransport = \"quic\"\n"),
+            5,
+            "sinks[0].transport",
+            "unknown transport",
+        );
+        fails(
+            &sink("type = \"syslog\"\naddress = \"h:1\"\nca = \"/ca.pem\"\n"),
+            5,
+            "sinks[0].ca",
+            "only applies to `transport = \"tls\"`",
+        );
+        fails(
+            &sink("type = \"syslog\"\naddress = \"h:1\"\ntransport = \"tls\"\ncert = \"/c.pem\"\n"),
+            6,
+            "sinks[0].cert",
+            "needs `key`",
+        );
+        fails(
+            &sink("type = \"syslog\"\naddress = \"h:1\"\nfacility = \"local9\"\n"),
+            5,
+            "sinks[0].facility",
+            "unknown facility",
+        );
+        fails(
+            &sink("type = \"stdout\"\naddress = \"h:1\"\n"),
+            4,
+            "sinks[0].address",
+            "only applies to syslog",
+        );
+        fails(
+            &sink("type = \"stdout\"\nqueue = 0\n"),
+            4,
+            "sinks[0].queue",
+            "at least 1",
+        );
+        fails(
+            &sink("type = \"stdout\"\nbogus = 1\n"),
+            4,
+            "sinks[0].bogus",
+            "unknown field",
+        );
+        fails(
+            &format!("{base}[[sinks]]\ntype = \"stdout\"\n[[sinks]]\ntype = \"stdout\"\n"),
+            4,
+            "sinks[1].name",
+            "duplicate sink name `stdout`",
+        );
+        // `parse` (and so `egressd check`) reports output errors too.
+        assert!(p(&sink("type = \"kafka\"\n")).is_err());
     }
 }

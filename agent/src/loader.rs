@@ -16,8 +16,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError},
 };
 use egressd_common::{
-    DEFAULT_MAX_PREFIXES, FlowCounter, GlobalPolicy, MAX_REGIONS, RegionPolicy, maps,
-    mode as kmode, programs, set_of,
+    DEFAULT_MAX_PREFIXES, Entry, FlowCounter, GlobalPolicy, maps, mode as kmode, programs, set_of,
 };
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
@@ -80,7 +79,7 @@ impl Enforcer {
     pub fn load(policy: Arc<Policy>, cgroup: &Path) -> anyhow::Result<Self> {
         crate::privileges::check()?;
         crate::cgroup::validate(cgroup)?;
-        let mut e = Self::open(policy.v4.len().max(policy.v6.len()))?;
+        let mut e = Self::open(policy.lpm_v4.len().max(policy.lpm_v6.len()))?;
         e.install(policy)?;
         e.attach(cgroup)?;
         Ok(e)
@@ -159,13 +158,19 @@ impl Enforcer {
     /// Errors (a map update failing, more prefixes than the tries hold) leave the policy in
     /// force unchanged.
     pub fn install(&mut self, policy: Arc<Policy>) -> anyhow::Result<u64> {
+        if !policy.problems.is_empty() {
+            bail!(
+                "the policy cannot be loaded: {}",
+                policy.problems.join("; ")
+            );
+        }
         let max = self.max_prefixes as usize;
-        if policy.v4.len() > max || policy.v6.len() > max {
+        if policy.lpm_v4.len() > max || policy.lpm_v6.len() > max {
             bail!(
                 "the policy has {} IPv4 and {} IPv6 prefixes but the maps hold {max} per \
                  family; restart egressd to load it",
-                policy.v4.len(),
-                policy.v6.len()
+                policy.lpm_v4.len(),
+                policy.lpm_v6.len()
             );
         }
         let next = self.generation + 1;
@@ -237,28 +242,28 @@ fn fill_set(
     {
         let name = maps::PREFIXES_V4[set];
         let mut trie: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
-        let keep: HashSet<Ipv4Network> = new.v4.iter().map(|(n, _)| *n).collect();
-        for (net, _) in old.map_or(&[][..], |p| &p.v4) {
+        let keep: HashSet<Ipv4Network> = new.lpm_v4.iter().map(|(n, _)| *n).collect();
+        for (net, _) in old.map_or(&[][..], |p| &p.lpm_v4) {
             if !keep.contains(net) {
                 let _ = trie.remove(&key4(net));
             }
         }
-        for (net, region) in &new.v4 {
-            trie.insert(&key4(net), region, 0)
+        for (net, entry) in &new.lpm_v4 {
+            trie.insert(&key4(net), entry, 0)
                 .with_context(|| format!("inserting {net} into {name}"))?;
         }
     }
     {
         let name = maps::PREFIXES_V6[set];
         let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
-        let keep: HashSet<Ipv6Network> = new.v6.iter().map(|(n, _)| *n).collect();
-        for (net, _) in old.map_or(&[][..], |p| &p.v6) {
+        let keep: HashSet<Ipv6Network> = new.lpm_v6.iter().map(|(n, _)| *n).collect();
+        for (net, _) in old.map_or(&[][..], |p| &p.lpm_v6) {
             if !keep.contains(net) {
                 let _ = trie.remove(&key6(net));
             }
         }
-        for (net, region) in &new.v6 {
-            trie.insert(&key6(net), region, 0)
+        for (net, entry) in &new.lpm_v6 {
+            trie.insert(&key6(net), entry, 0)
                 .with_context(|| format!("inserting {net} into {name}"))?;
         }
     }
@@ -275,20 +280,18 @@ fn fill_set(
                 .with_context(|| format!("inserting {net} into {name}"))?;
         }
     }
-    let mut regions: Array<_, RegionPolicy> = Array::try_from(map(ebpf, maps::REGIONS[set])?)?;
-    for id in 0..MAX_REGIONS {
-        let allowed = new.allowed.get(id as usize).copied().unwrap_or(false);
-        let value = RegionPolicy {
-            allowed: u8::from(allowed),
-            _pad: [0; 7],
-        };
-        regions
-            .set(id, value, 0)
-            .with_context(|| format!("setting region {id} in {}", maps::REGIONS[set]))?;
+    let name = maps::ENTRIES[set];
+    let mut entries: Array<_, Entry> = Array::try_from(map(ebpf, name)?)?;
+    for (id, e) in new.entries.iter().enumerate() {
+        let id = u32::try_from(id)?;
+        entries
+            .set(id, *e, 0)
+            .with_context(|| format!("setting entry {id} in {name}"))?;
     }
     let mut settings: Array<_, GlobalPolicy> = Array::try_from(map(ebpf, maps::SETTINGS)?)?;
     let value = GlobalPolicy {
         generation,
+        // Informational: the entries carry the effective mode of every decision.
         mode: match new.mode {
             Mode::Enforce => kmode::ENFORCE,
             Mode::Audit => kmode::AUDIT,

@@ -3,15 +3,30 @@
 //! [`Policy::verdict`]) that tests compare the eBPF programs against.
 //!
 //! Pure: no I/O, no kernel. [`compile`] is infallible because [`crate::config::parse`] already
-//! rejected everything that could make it fail.
+//! rejected everything that could make it fail, except limits only compilation sees (port
+//! rules per prefix, distinct decision tables), which land in [`Policy::problems`]; the loader
+//! refuses a policy with problems.
+//!
+//! # Precedence (documented in README.md, tested here and against the kernel)
+//! Candidates for a destination are its region memberships (portless: allow if the region is
+//! allowlisted, else deny) and the rules whose destinations contain it (specific if they
+//! name a protocol or ports, and then only if those match). The candidate with the longest
+//! prefix wins; at equal prefix a specific rule beats a portless one; at a full tie an
+//! enforcing deny beats an auditing deny, which beats an allow. No candidate: the policy
+//! `default`. A deny in audit mode (rule, else region, else policy `mode`) lets the
+//! connection through and reports it.
+
+mod entries;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use egressd_common::{REGION_UNKNOWN, Verdict};
+use egressd_common::{Entry, REGION_UNKNOWN, Verdict};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use crate::config::{Config, Established, Mode, UNKNOWN_REGION_NAME, mask_u32, mask_u128};
+use crate::config::{
+    Action, Config, Established, Mode, Rule, Target, UNKNOWN_REGION_NAME, mask_u32, mask_u128,
+};
 
 /// A compiled policy: what the loader writes into the maps.
 ///
@@ -38,6 +53,23 @@ pub struct Policy {
     pub nat64: Vec<Ipv6Network>,
     /// [`Config::established`].
     pub established: Established,
+    /// [`Config::default`].
+    pub default: Action,
+    /// Region modes by region id (`None`: the policy's).
+    pub region_modes: Vec<Option<Mode>>,
+    /// [`Config::rules`].
+    pub rules: Vec<Rule>,
+    /// Decision tables by entry id (value of the kernel's entries map); entry 0 decides
+    /// destinations that no prefix covers.
+    pub entries: Vec<Entry>,
+    /// IPv4 LPM trie contents: (prefix, entry id), sorted by (network, prefix length); the
+    /// region prefixes and every prefix a rule names.
+    pub lpm_v4: Vec<(Ipv4Network, u32)>,
+    /// IPv6 counterpart of `lpm_v4`.
+    pub lpm_v6: Vec<(Ipv6Network, u32)>,
+    /// Limits this policy exceeds (empty for a loadable policy), e.g. more than
+    /// [`egressd_common::MAX_PORT_RULES`] port rules covering one prefix.
+    pub problems: Vec<String>,
     /// 16 lowercase hex digits: FNV-1a 64 of the canonical policy text (see [`compile`]).
     /// Stable across Rust versions and platforms (std's `DefaultHasher` is not), so it can be
     /// logged and compared between hosts and releases.
@@ -78,6 +110,24 @@ pub fn compile(cfg: &Config) -> Policy {
     for n in &cfg.nat64 {
         let _ = writeln!(canonical, "nat64 {n}");
     }
+    let _ = writeln!(canonical, "default {}", cfg.default.as_str());
+    for r in &cfg.regions {
+        if let Some(m) = r.mode {
+            let _ = writeln!(canonical, "region-mode {} {m}", r.name);
+        }
+    }
+    for r in &cfg.rules {
+        let _ = writeln!(
+            canonical,
+            "rule {} {} {:?} {:?} {:?} {:?}",
+            r.id,
+            r.action.as_str(),
+            r.protocol,
+            r.ports,
+            r.mode,
+            r.targets
+        );
+    }
     for (id, (name, allow)) in regions.iter().zip(&allowed).enumerate() {
         let verdict = if *allow { "allow" } else { "deny" };
         let _ = writeln!(canonical, "region {id} {name} {verdict}");
@@ -89,7 +139,10 @@ pub fn compile(cfg: &Config) -> Policy {
         let _ = writeln!(canonical, "v6 {n} {id}");
     }
 
-    Policy {
+    let region_modes: Vec<Option<Mode>> = std::iter::once(None)
+        .chain(cfg.regions.iter().map(|r| r.mode))
+        .collect();
+    let mut policy = Policy {
         mode: cfg.mode,
         regions,
         allowed,
@@ -97,8 +150,17 @@ pub fn compile(cfg: &Config) -> Policy {
         v6,
         nat64: cfg.nat64.clone(),
         established: cfg.established,
+        default: cfg.default,
+        region_modes,
+        rules: cfg.rules.clone(),
+        entries: Vec::new(),
+        lpm_v4: Vec::new(),
+        lpm_v6: Vec::new(),
+        problems: Vec::new(),
         digest: format!("{:016x}", fnv1a64(canonical.as_bytes())),
-    }
+    };
+    entries::build(&mut policy);
+    policy
 }
 
 /// FNV-1a, 64-bit (<http://www.isthe.com/chongo/tech/comp/fnv/>): tiny, dependency-free and
@@ -138,23 +200,141 @@ impl Policy {
         }
     }
 
-    /// What the kernel decides for a connection to `ip`: loopback (127.0.0.0/8, `::1`,
-    /// `::ffff:127.x.y.z`) and unspecified (`0.0.0.0`, `::`, `::ffff:0.0.0.0`) destinations
-    /// are [`Verdict::Allow`]; so is a destination in an allowlisted region. Anything else is
-    /// [`Verdict::Deny`] in enforce mode and [`Verdict::Audit`] in audit mode.
+    /// What the kernel decides for a connection to `ip` with no protocol or port (rules that
+    /// name a protocol or ports do not apply): see [`Policy::decide`].
     pub fn verdict(&self, ip: IpAddr) -> Verdict {
-        let ip = ip.to_canonical();
-        if ip.is_loopback() || ip.is_unspecified() {
-            return Verdict::Allow;
+        self.decide(ip, 0, 0).verdict
+    }
+
+    /// The reference model of the kernel's decision for `ip`, IP protocol `protocol` (IANA
+    /// number, 0 for none) and destination port `port` (host byte order, 0 for none).
+    ///
+    /// Loopback (127.0.0.0/8, `::1`, `::ffff:127.x.y.z`) and unspecified (`0.0.0.0`, `::`,
+    /// `::ffff:0.0.0.0`) destinations are allowed; otherwise the precedence of the module
+    /// documentation applies, evaluated directly over the configuration (not over the
+    /// compiled tables the kernel uses), so tests can compare the two.
+    pub fn decide(&self, ip: IpAddr, protocol: u8, port: u16) -> Decision {
+        let canonical = ip.to_canonical();
+        if canonical.is_loopback() || canonical.is_unspecified() {
+            let local = egressd_common::REGION_LOCAL;
+            return Decision {
+                region: local,
+                verdict: Verdict::Allow,
+                rule: 0,
+            };
         }
-        let region = self.region_of(ip) as usize;
-        if self.allowed.get(region).copied().unwrap_or(false) {
-            return Verdict::Allow;
+        let addr = self.judged_addr(ip);
+        let region = self.region_of(addr);
+        // (prefix length, specific, rank, rule id preference) of the best candidate so far.
+        let mut best: Option<((u8, bool, u8, u32), Action, bool, u32)> = None;
+        let mut offer = |len: u8, specific: bool, action: Action, audit: bool, rule: u32| {
+            let rank = match (action, audit) {
+                (Action::Deny, false) => 2,
+                (Action::Deny, true) => 1,
+                (Action::Allow, _) => 0,
+            };
+            // Lower rule ids first, region membership (0) last.
+            let pref = if rule == 0 { 0 } else { u32::MAX - rule };
+            let key = (len, specific, rank, pref);
+            if best.as_ref().is_none_or(|(k, ..)| key > *k) {
+                best = Some((key, action, audit, rule));
+            }
+        };
+        // Region memberships: every region prefix containing the address.
+        for (len, id) in self.memberships(addr) {
+            let allow = self.allowed.get(id as usize).copied().unwrap_or(false);
+            let action = if allow { Action::Allow } else { Action::Deny };
+            offer(len, false, action, self.audit_of(None, Some(id)), 0);
         }
-        match self.mode {
-            Mode::Enforce => Verdict::Deny,
-            Mode::Audit => Verdict::Audit,
+        for r in &self.rules {
+            if r.is_specific() {
+                let proto_ok = r.protocol.is_none_or(|p| p == protocol);
+                let port_ok = r.ports.is_none_or(|(lo, hi)| lo <= port && port <= hi);
+                if !(proto_ok && port_ok) {
+                    continue;
+                }
+            }
+            for t in &r.targets {
+                match t {
+                    Target::Prefix(net) => {
+                        if net.contains(addr) {
+                            offer(
+                                net.prefix(),
+                                r.is_specific(),
+                                r.action,
+                                self.audit_of(r.mode, None),
+                                r.id,
+                            );
+                        }
+                    }
+                    Target::Region(name) => {
+                        let Some(id) = self.regions.iter().position(|n| n == name) else {
+                            continue;
+                        };
+                        let id = id as u32;
+                        for (len, rid) in self.memberships(addr) {
+                            if rid == id {
+                                let audit = self.audit_of(r.mode, Some(id));
+                                offer(len, r.is_specific(), r.action, audit, r.id);
+                            }
+                        }
+                    }
+                }
+            }
         }
+        let (action, audit, rule) = match best {
+            Some((_, a, audit, rule)) => (a, audit, rule),
+            None => (self.default, self.mode == Mode::Audit, 0),
+        };
+        let verdict = match (action, audit) {
+            (Action::Allow, _) => Verdict::Allow,
+            (Action::Deny, true) => Verdict::Audit,
+            (Action::Deny, false) => Verdict::Deny,
+        };
+        Decision {
+            region,
+            verdict,
+            rule,
+        }
+    }
+
+    /// Whether a deny is reported as audit: the rule's mode, else the region's, else the
+    /// policy's.
+    pub(crate) fn audit_of(&self, rule: Option<Mode>, region: Option<u32>) -> bool {
+        let region_mode =
+            region.and_then(|id| self.region_modes.get(id as usize).copied().flatten());
+        rule.or(region_mode).unwrap_or(self.mode) == Mode::Audit
+    }
+
+    /// (prefix length, region id) of every region prefix that contains `addr` (already
+    /// judged: IPv4-mapped and NAT64 unwrapped).
+    fn memberships(&self, addr: IpAddr) -> Vec<(u8, u32)> {
+        match addr {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                (0..=32u8)
+                    .filter_map(|len| {
+                        exact_v4(&self.v4, a & mask_u32(len), len).map(|id| (len, id))
+                    })
+                    .collect()
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                (0..=128u8)
+                    .filter_map(|len| {
+                        exact_v6(&self.v6, a & mask_u128(len), len).map(|id| (len, id))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Name of rule `id`, `None` for 0 (allowlist or default) or an unknown id.
+    pub fn rule_name(&self, id: u32) -> Option<&str> {
+        self.rules
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.name.as_str())
     }
 
     /// Name of region `id`; `"unknown"` for [`REGION_UNKNOWN`] and for ids out of range.
@@ -163,6 +343,17 @@ impl Policy {
             .get(id as usize)
             .map_or(UNKNOWN_REGION_NAME, String::as_str)
     }
+}
+
+/// What the model (or the kernel) decides for one destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Region id reported (of the longest region prefix containing the destination).
+    pub region: u32,
+    /// Allow, Deny or Audit.
+    pub verdict: Verdict,
+    /// Rule that decided; 0 for the allowlist or the default.
+    pub rule: u32,
 }
 
 /// Region id of the exact entry `network/len` in a table sorted by (network, length).
@@ -397,7 +588,7 @@ mod tests {
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(
             policy(include_str!("../../configs/example.toml")).digest,
-            "3fb60c46ec413f16"
+            "f042da125f5b1a59"
         );
         // Cosmetic changes keep the digest.
         let cosmetic = policy(
@@ -436,6 +627,8 @@ mod tests {
         // 100k /32s and 100k /64s in 1000 regions (built directly: parse is not under test).
         let regions: Vec<Region> = (0..1000u32)
             .map(|r| Region {
+                mode: None,
+                origin: String::new(),
                 name: format!("r{r}"),
                 description: None,
                 prefixes: (0..100u32)
@@ -464,7 +657,10 @@ mod tests {
             cgroup: None,
             established: Established::Cut,
             nat64: vec![crate::config::WELL_KNOWN_NAT64],
+            default: Action::Deny,
             regions,
+            rules: Vec::new(),
+            drop_ins: Vec::new(),
         };
         let p = compile(&cfg);
         assert_eq!((p.v4.len(), p.v6.len()), (100_000, 100_000));
@@ -497,5 +693,124 @@ mod tests {
         assert_eq!(p.verdict(ip("64:ff9b::198.18.2.2")), Verdict::Deny);
         assert_eq!(p.verdict(ip("2001:db8:64::198.18.1.9")), Verdict::Allow);
         assert_eq!(p.verdict(ip("2001:db8:64::1:198.18.1.9")), Verdict::Deny);
+    }
+
+    fn rules_policy() -> Policy {
+        let text = concat!(
+            "allowlist = [\"eu\"]\n",
+            "[regions.eu]\nprefixes = [\"198.18.0.0/16\"]\n",
+            "[regions.us]\nprefixes = [\"198.18.2.0/24\"]\nmode = \"audit\"\n",
+            "[regions.ntp]\nprefixes = [\"198.18.9.9/32\"]\n",
+            "[[rules]]\nname = \"ntp\"\naction = \"allow\"\nregions = [\"ntp\"]\nprotocol = \"udp\"\nports = 123\n",
+            "[[rules]]\nname = \"no-smtp\"\naction = \"deny\"\nto = [\"0.0.0.0/0\"]\nprotocol = \"tcp\"\nports = 25\n",
+            "[[rules]]\nname = \"smtp-relay\"\naction = \"allow\"\nto = [\"198.18.1.25/32\"]\n",
+            "[[rules]]\nname = \"tie\"\naction = \"allow\"\nto = [\"198.18.3.0/24\"]\nprotocol = \"tcp\"\nports = \"1-1000\"\n",
+            "[[rules]]\nname = \"tie-deny\"\naction = \"deny\"\nto = [\"198.18.3.0/24\"]\nprotocol = \"tcp\"\nports = 22\nmode = \"audit\"\n",
+            "[[rules]]\nname = \"tie-deny-enforce\"\naction = \"deny\"\nto = [\"198.18.3.0/24\"]\nprotocol = \"tcp\"\nports = 22\n",
+        );
+        compile(&crate::config::parse(std::path::Path::new("t.toml"), text).expect("valid"))
+    }
+
+    #[test]
+    fn policy_precedence() {
+        let p = rules_policy();
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        let d = |a: &str, proto: u8, port: u16| p.decide(ip(a), proto, port);
+        // Region allowlist.
+        assert_eq!(d("198.18.1.1", 6, 443).verdict, Verdict::Allow);
+        // A port rule at a shorter prefix (/0) loses to nothing longer that is portless? No:
+        // eu's /16 is portless and longer than /0, so eu wins for tcp/25.
+        assert_eq!(d("198.18.1.1", 6, 25).verdict, Verdict::Allow);
+        // Outside any region the /0 port rule applies to tcp/25 only; the default denies rest.
+        assert_eq!(d("203.0.113.1", 6, 25).rule, p.rules[1].id);
+        assert_eq!(d("203.0.113.1", 6, 25).verdict, Verdict::Deny);
+        assert_eq!(d("203.0.113.1", 6, 443).rule, 0);
+        // The most specific prefix wins: the /32 relay is portless allow.
+        assert_eq!(d("198.18.1.25", 6, 25).verdict, Verdict::Allow);
+        assert_eq!(d("198.18.1.25", 6, 25).rule, 3);
+        // Region mode audit: us denials are reported, not enforced.
+        assert_eq!(d("198.18.2.2", 6, 443).verdict, Verdict::Audit);
+        // ntp: udp/123 allowed, anything else at that /32 denied (ntp is not allowlisted).
+        assert_eq!(d("198.18.9.9", 17, 123).verdict, Verdict::Allow);
+        assert_eq!(d("198.18.9.9", 17, 124).verdict, Verdict::Deny);
+        assert_eq!(d("198.18.9.9", 6, 123).verdict, Verdict::Deny);
+        // At equal prefix a port rule beats the portless region decision (eu allows /16,
+        // but 198.18.3.0/24 only has port rules: for ports 1-1000 they decide, else eu).
+        assert_eq!(d("198.18.3.3", 6, 80).verdict, Verdict::Allow);
+        assert_eq!(d("198.18.3.3", 6, 2000).verdict, Verdict::Allow);
+        // Full tie: enforcing deny beats auditing deny beats allow.
+        assert_eq!(d("198.18.3.3", 6, 22).verdict, Verdict::Deny);
+        assert_eq!(d("198.18.3.3", 6, 22).rule, 6);
+    }
+
+    #[test]
+    fn policy_entries_mirror_the_model() {
+        // The compiled tables, evaluated as the kernel does, agree with the model.
+        let p = rules_policy();
+        let kernel = |a: &str, proto: u8, port: u16| {
+            let addr = match ip(a) {
+                IpAddr::V4(v) => v,
+                IpAddr::V6(_) => unreachable!(),
+            };
+            let id = (0..=32u8)
+                .rev()
+                .find_map(|len| exact_v4(&p.lpm_v4, u32::from(addr) & mask_u32(len), len))
+                .unwrap_or(0);
+            let e = p.entries[id as usize];
+            let r = e.rules[..e.n_rules as usize].iter().find(|r| {
+                (r.protocol == 0 || r.protocol == proto) && r.port_lo <= port && port <= r.port_hi
+            });
+            let (act, audit) =
+                r.map_or((e.default_action, e.default_audit), |r| (r.action, r.audit));
+            match (act, audit) {
+                (1, _) => Verdict::Allow,
+                (_, 0) => Verdict::Deny,
+                _ => Verdict::Audit,
+            }
+        };
+        for a in [
+            "198.18.1.1",
+            "203.0.113.1",
+            "198.18.1.25",
+            "198.18.2.2",
+            "198.18.9.9",
+            "198.18.3.3",
+            "10.0.0.1",
+        ] {
+            for (proto, port) in [
+                (6, 25),
+                (6, 443),
+                (17, 123),
+                (17, 124),
+                (6, 22),
+                (6, 80),
+                (6, 2000),
+                (1, 0),
+            ] {
+                assert_eq!(
+                    kernel(a, proto, port),
+                    p.decide(ip(a), proto, port).verdict,
+                    "{a} {proto}/{port}"
+                );
+            }
+        }
+        // Identical tables are shared: far fewer entries than prefixes.
+        assert!(p.entries.len() <= p.lpm_v4.len() + 1);
+    }
+
+    #[test]
+    fn policy_too_many_port_rules_is_a_problem() {
+        let mut text = String::from("allowlist = []\n");
+        for port in 1..=17 {
+            text.push_str(&format!("[[rules]]\naction = \"allow\"\nto = [\"10.0.0.0/8\"]\nprotocol = \"tcp\"\nports = {port}\n"));
+        }
+        let p =
+            compile(&crate::config::parse(std::path::Path::new("t.toml"), &text).expect("valid"));
+        assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+        assert!(
+            p.problems[0].contains("17 port rules apply to 10.0.0.0/8"),
+            "{:?}",
+            p.problems
+        );
     }
 }

@@ -78,6 +78,14 @@ pub fn run(prog: BorrowedFd<'_>, packet: &[u8], repeat: u32) -> std::io::Result<
 /// `dst`:`port` with `payload` bytes of zeros. Checksums are left zero (the programs do not
 /// read them). An IPv4-mapped `dst` is sent as an IPv6 packet to that address.
 pub fn udp_frame(dst: IpAddr, port: u16, payload: usize) -> Vec<u8> {
+    frame(dst, 17, port, payload)
+}
+
+/// As [`udp_frame`] with IP protocol `protocol` in the IP header. The 8 bytes after the IP
+/// header are laid out as a UDP header (source port, destination port `port`, length,
+/// checksum), which is also where TCP keeps its ports; for other protocols the program
+/// reads no port.
+pub fn frame(dst: IpAddr, protocol: u8, port: u16, payload: usize) -> Vec<u8> {
     let mut f = vec![0u8; 12];
     let udp_len = 8 + payload;
     match dst {
@@ -86,7 +94,7 @@ pub fn udp_frame(dst: IpAddr, port: u16, payload: usize) -> Vec<u8> {
             let total = u16::try_from(20 + udp_len).unwrap_or(u16::MAX);
             f.extend_from_slice(&[0x45, 0]);
             f.extend_from_slice(&total.to_be_bytes());
-            f.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+            f.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol, 0, 0]);
             f.extend_from_slice(&[198, 18, 0, 1]);
             f.extend_from_slice(&d.octets());
         }
@@ -94,7 +102,7 @@ pub fn udp_frame(dst: IpAddr, port: u16, payload: usize) -> Vec<u8> {
             f.extend_from_slice(&0x86DDu16.to_be_bytes());
             f.extend_from_slice(&[0x60, 0, 0, 0]);
             f.extend_from_slice(&u16::try_from(udp_len).unwrap_or(u16::MAX).to_be_bytes());
-            f.extend_from_slice(&[17, 64]);
+            f.extend_from_slice(&[protocol, 64]);
             f.extend_from_slice(&std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets());
             f.extend_from_slice(&d.octets());
         }

@@ -20,17 +20,17 @@
 /// decision, so every decision sees one whole policy, never a mix.
 pub mod maps {
     /// `BPF_MAP_TYPE_LPM_TRIE` per set: key prefix length (`u32`) + 4 address bytes (network
-    /// byte order), value `u32` region id.
+    /// byte order), value `u32` entry id (index into `ENTRIES`).
     pub const PREFIXES_V4: [&str; 2] = ["EGRESSD_PREFIXES_V4_A_V1", "EGRESSD_PREFIXES_V4_B_V1"];
     /// `BPF_MAP_TYPE_LPM_TRIE` per set: key prefix length + 16 address bytes, value `u32`
-    /// region id.
+    /// entry id.
     pub const PREFIXES_V6: [&str; 2] = ["EGRESSD_PREFIXES_V6_A_V1", "EGRESSD_PREFIXES_V6_B_V1"];
     /// `BPF_MAP_TYPE_LPM_TRIE` per set: NAT64 /96 prefixes (key as in `PREFIXES_V6`), value
     /// `u32` 1. A destination inside one is judged by its last 4 bytes as IPv4 (RFC 6052).
     pub const NAT64: [&str; 2] = ["EGRESSD_NAT64_A_V1", "EGRESSD_NAT64_B_V1"];
-    /// `BPF_MAP_TYPE_ARRAY` per set of [`crate::RegionPolicy`], indexed by region id
-    /// (`0..MAX_REGIONS`).
-    pub const REGIONS: [&str; 2] = ["EGRESSD_REGIONS_A_V1", "EGRESSD_REGIONS_B_V1"];
+    /// `BPF_MAP_TYPE_ARRAY` per set of [`crate::Entry`] (decision tables), indexed by the
+    /// entry id the LPM tries return; entry 0 decides destinations no prefix covers.
+    pub const ENTRIES: [&str; 2] = ["EGRESSD_ENTRIES_A_V1", "EGRESSD_ENTRIES_B_V1"];
     /// `BPF_MAP_TYPE_ARRAY` of two [`crate::GlobalPolicy`], index = set.
     pub const SETTINGS: &str = "EGRESSD_SETTINGS_V1";
     /// `BPF_MAP_TYPE_ARRAY` with one `u64` at index 0: the generation in force (0 = no
@@ -195,14 +195,60 @@ pub mod mode {
     pub const AUDIT: u8 = 1;
 }
 
-/// Per-region policy, value of [`maps::REGIONS`].
+/// Port rules an [`Entry`] holds at most (after inheriting those of covering prefixes).
+pub const MAX_PORT_RULES: usize = 16;
+
+/// Entries of [`maps::ENTRIES`] per set.
+pub const MAX_ENTRIES: u32 = 16384;
+
+/// Action codes of [`PortRule::action`] and [`Entry::default_action`].
+pub mod action {
+    /// Deny (or report, when the rule is in audit mode).
+    pub const DENY: u8 = 0;
+    /// Allow.
+    pub const ALLOW: u8 = 1;
+}
+
+/// A protocol/port rule inside an [`Entry`]. 12 bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RegionPolicy {
-    /// 1 if the region is on the allowlist, 0 otherwise.
-    pub allowed: u8,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRule {
+    /// First port of the range, host byte order.
+    pub port_lo: u16,
+    /// Last port of the range (inclusive), host byte order.
+    pub port_hi: u16,
+    /// IANA protocol number; 0 matches any protocol.
+    pub protocol: u8,
+    /// [`action`] code.
+    pub action: u8,
+    /// 1: a deny is reported as audit and let through.
+    pub audit: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// Rule id for events.
+    pub rule: u32,
+}
+
+/// The decision table of one prefix, value of [`maps::ENTRIES`]. The kernel tries `rules`
+/// in order (first match wins: userspace orders them by precedence, see
+/// `agent/src/policy.rs`), then falls back to the default. 208 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// Region id reported for destinations judged by this entry.
+    pub region: u32,
+    /// Rule id of the default decision (0: the region allowlist or the policy default).
+    pub default_rule: u32,
+    /// [`action`] code when no port rule matches.
+    pub default_action: u8,
+    /// 1: a default deny is reported as audit and let through.
+    pub default_audit: u8,
+    /// Number of valid `rules`, at most [`MAX_PORT_RULES`].
+    pub n_rules: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 5],
+    /// Port rules, `n_rules` valid, the rest zero.
+    pub rules: [PortRule; MAX_PORT_RULES],
 }
 
 /// Per-set policy settings, value of [`maps::SETTINGS`].
@@ -336,7 +382,7 @@ pub struct Event {
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain `#[repr(C)]` data with explicit padding and no invalid bit patterns.
-    unsafe impl aya::Pod for super::RegionPolicy {}
+    unsafe impl aya::Pod for super::Entry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::GlobalPolicy {}
     // SAFETY: as above.
@@ -349,5 +395,6 @@ mod user {
 
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(core::mem::size_of::<GlobalPolicy>() == 16);
-const _: () = assert!(core::mem::size_of::<RegionPolicy>() == 8);
+const _: () = assert!(core::mem::size_of::<Entry>() == 208);
+const _: () = assert!(core::mem::size_of::<PortRule>() == 12);
 const _: () = assert!(core::mem::size_of::<SockVerdict>() == 32);

@@ -1,6 +1,8 @@
 //! The verdict for one destination under the policy generation in force.
 use aya_ebpf::maps::lpm_trie::Key;
-use egressd_common::{REGION_LOCAL, REGION_UNKNOWN, Verdict, family, mode, set_of, unwrap};
+use egressd_common::{
+    MAX_PORT_RULES, REGION_LOCAL, REGION_UNKNOWN, Verdict, action, family, set_of, unwrap,
+};
 
 use crate::{
     addr::{self, Dest},
@@ -15,6 +17,8 @@ pub struct Decision {
     pub region: u32,
     /// Allow, Deny or Audit.
     pub verdict: Verdict,
+    /// Id of the rule that decided, 0 for the allowlist or the default.
+    pub rule: u32,
 }
 
 /// The generation in force (0 before the first policy: then set A, all zero, denies).
@@ -35,6 +39,7 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
             generation,
             region: REGION_LOCAL,
             verdict: Verdict::Allow,
+            rule: 0,
         };
     }
     if d.family == family::INET6 {
@@ -52,31 +57,55 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
             d.mapped = unwrap::NAT64;
         }
     }
-    let audit = EGRESSD_SETTINGS_V1
-        .get(set as u32)
-        .is_some_and(|s| s.mode == mode::AUDIT);
-    let region = lookup(d, set);
-    let regions = if set == 0 {
-        &EGRESSD_REGIONS_A_V1
+    let entry_id = lookup(d, set);
+    let table = if set == 0 {
+        &EGRESSD_ENTRIES_A_V1
     } else {
-        &EGRESSD_REGIONS_B_V1
+        &EGRESSD_ENTRIES_B_V1
     };
-    let allowed = regions.get(region).is_some_and(|r| r.allowed != 0);
-    let verdict = if allowed {
+    // Entry 0 always exists (array map); a missing one means a corrupt id: fail closed.
+    let Some(e) = table.get(entry_id).or_else(|| table.get(0)) else {
+        return Decision {
+            generation,
+            region: REGION_UNKNOWN,
+            verdict: Verdict::Deny,
+            rule: 0,
+        };
+    };
+    let (mut act, mut audit, mut rule) = (e.default_action, e.default_audit, e.default_rule);
+    let n = e.n_rules as usize;
+    // Bounded by MAX_PORT_RULES for the verifier; rules are in precedence order.
+    for i in 0..MAX_PORT_RULES {
+        if i >= n {
+            break;
+        }
+        let r = &e.rules[i];
+        if (r.protocol == 0 || r.protocol == d.protocol)
+            && r.port_lo <= d.port
+            && d.port <= r.port_hi
+        {
+            act = r.action;
+            audit = r.audit;
+            rule = r.rule;
+            break;
+        }
+    }
+    let verdict = if act == action::ALLOW {
         Verdict::Allow
-    } else if audit {
+    } else if audit != 0 {
         Verdict::Audit
     } else {
         Verdict::Deny
     };
     Decision {
         generation,
-        region,
+        region: e.region,
         verdict,
+        rule,
     }
 }
 
-/// Longest-prefix match in set `set`; [`REGION_UNKNOWN`] when no prefix covers `d`.
+/// Longest-prefix match in set `set`: the entry id, 0 when no prefix covers `d`.
 #[inline(always)]
 fn lookup(d: &Dest, set: usize) -> u32 {
     let hit = if d.family == family::INET {
@@ -94,5 +123,5 @@ fn lookup(d: &Dest, set: usize) -> u32 {
             EGRESSD_PREFIXES_V6_B_V1.get(&key)
         }
     };
-    hit.copied().unwrap_or(REGION_UNKNOWN)
+    hit.copied().unwrap_or(0)
 }

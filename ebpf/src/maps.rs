@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egressd_common::{
-    COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, FLOW_SLOTS, FlowCounter, GlobalPolicy,
-    MAX_NAT64, MAX_REGIONS, RegionPolicy, SOCKET_CACHE_ENTRIES, SockVerdict, loss,
+    COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, FLOW_SLOTS, FlowCounter,
+    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, SOCKET_CACHE_ENTRIES, SockVerdict, loss,
 };
 
 /// IPv4 prefix (network byte order) -> region id, set A.
@@ -35,12 +35,12 @@ pub static EGRESSD_NAT64_A_V1: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entrie
 #[map]
 pub static EGRESSD_NAT64_B_V1: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_NAT64, 0);
 
-/// Region id -> allowlisted or not, set A.
+/// Entry id -> decision table, set A.
 #[map]
-pub static EGRESSD_REGIONS_A_V1: Array<RegionPolicy> = Array::with_max_entries(MAX_REGIONS, 0);
+pub static EGRESSD_ENTRIES_A_V1: Array<Entry> = Array::with_max_entries(MAX_ENTRIES, 0);
 /// As above, set B.
 #[map]
-pub static EGRESSD_REGIONS_B_V1: Array<RegionPolicy> = Array::with_max_entries(MAX_REGIONS, 0);
+pub static EGRESSD_ENTRIES_B_V1: Array<Entry> = Array::with_max_entries(MAX_ENTRIES, 0);
 
 /// Settings of set A (index 0) and B (index 1).
 #[map]

@@ -77,7 +77,7 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision) {
         gid: (uid_gid >> 32) as u32,
         region: dec.region,
         suppressed: 0,
-        rule: 0,
+        rule: dec.rule,
         dst_port: d.port,
         family: d.family,
         protocol: d.protocol,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use egressd::{
-    config::{Config, Established, Mode, Region, WELL_KNOWN_NAT64},
+    config::{Action, Config, Established, Mode, Region, Rule, Target, WELL_KNOWN_NAT64},
     loader::Enforcer,
     policy::{self, Policy},
     testrun,
@@ -22,6 +22,17 @@ use libtest_mimic::Failed;
 use super::harness::require_root;
 
 const POLICIES: usize = 100;
+/// Destination ports: the usual suspects, and `None` for a random one.
+const PORTS: [Option<u16>; 8] = [
+    Some(0),
+    Some(22),
+    Some(25),
+    Some(53),
+    Some(443),
+    Some(8080),
+    Some(65535),
+    None,
+];
 const DESTINATIONS: usize = 1000;
 
 pub fn differential() -> Result<(), Failed> {
@@ -40,24 +51,36 @@ pub fn differential() -> Result<(), Failed> {
     for p in 0..POLICIES {
         let cfg = random_config(&mut rng);
         let policy = Arc::new(policy::compile(&cfg));
+        if !policy.problems.is_empty() {
+            return Err(format!("random policy {p} is not loadable: {:?}", policy.problems).into());
+        }
         enforcer
             .install(policy.clone())
             .map_err(|e| format!("policy {p}: {e:#}"))?;
         for _ in 0..DESTINATIONS {
             let dst = random_destination(&mut rng, &policy);
+            let protocol = [6u8, 17, 17, 6, 1, 58][rng.usize(..6)];
+            let port = if matches!(protocol, 6 | 17) {
+                PORTS[rng.usize(..PORTS.len())].unwrap_or_else(|| rng.u16(..))
+            } else {
+                0
+            };
             // SAFETY: the fd belongs to `enforcer`, alive for the whole loop.
             let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-            let frame = testrun::udp_frame(dst, 443, 0);
+            let frame = testrun::frame(dst, protocol, port, 0);
             let out = testrun::run(fd, &frame, 1).map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))?;
-            let want = u32::from(policy.verdict(dst) != Verdict::Deny);
+            let want = u32::from(policy.decide(dst, protocol, port).verdict != Verdict::Deny);
             cases += 1;
             if out.retval != want && disagreements.len() < 20 {
                 disagreements.push(format!(
-                    "seed {seed:#x} policy {p} ({:?}, allow {:?}): {dst} kernel {} model {want} (region {})",
+                    "seed {seed:#x} policy {p} ({:?}, allow {:?}, default {:?}, rules {:?}): \
+                     {dst} proto {protocol} port {port}: kernel {} model {want} ({:?})",
                     policy.mode,
                     policy.allowed,
+                    policy.default,
+                    policy.rules,
                     out.retval,
-                    policy.region_name(policy.region_of(dst))
+                    policy.decide(dst, protocol, port)
                 ));
             }
         }
@@ -142,9 +165,12 @@ fn random_config(rng: &mut fastrand::Rng) -> Config {
             ));
             seen.insert(prefixes[0]);
         }
+        let mode = [None, None, Some(Mode::Audit), Some(Mode::Enforce)][rng.usize(..4)];
         regions.push(Region {
             name: format!("r{i}"),
             description: None,
+            mode,
+            origin: String::new(),
             prefixes,
         });
     }
@@ -159,6 +185,51 @@ fn random_config(rng: &mut fastrand::Rng) -> Config {
             Ipv6Network::new(Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, 0), 96).expect("96"),
         );
     }
+    let mut rules = Vec::new();
+    for id in 1..=rng.u32(..5) {
+        let mut targets = Vec::new();
+        for _ in 0..rng.usize(1..=3) {
+            if rng.bool() {
+                let r = &regions[rng.usize(..regions.len())];
+                targets.push(Target::Region(r.name.clone()));
+            } else if rng.bool() {
+                let len = V4_LENS[rng.usize(..V4_LENS.len())];
+                let n = Ipv4Network::new(random_v4(rng), len).expect("len <= 32");
+                let n = Ipv4Network::new(n.network(), len).expect("ok");
+                targets.push(Target::Prefix(IpNetwork::V4(n)));
+            } else {
+                let len = V6_LENS[rng.usize(..V6_LENS.len())];
+                let n = Ipv6Network::new(random_v6(rng), len).expect("len <= 128");
+                let n = Ipv6Network::new(n.network(), len).expect("ok");
+                targets.push(Target::Prefix(IpNetwork::V6(n)));
+            }
+        }
+        let protocol = [None, Some(6), Some(17), Some(1)][rng.usize(..4)];
+        let ports = match protocol {
+            Some(6 | 17) => [
+                None,
+                Some((25, 25)),
+                Some((443, 443)),
+                Some((1, 1024)),
+                Some((8000, 8100)),
+            ][rng.usize(..5)],
+            _ => None,
+        };
+        rules.push(Rule {
+            id,
+            name: format!("rule{id}"),
+            action: if rng.bool() {
+                Action::Allow
+            } else {
+                Action::Deny
+            },
+            targets,
+            protocol,
+            ports,
+            mode: [None, None, Some(Mode::Audit), Some(Mode::Enforce)][rng.usize(..4)],
+            origin: String::new(),
+        });
+    }
     Config {
         path: PathBuf::from("random.toml"),
         mode: if rng.u8(..4) == 0 {
@@ -170,7 +241,14 @@ fn random_config(rng: &mut fastrand::Rng) -> Config {
         cgroup: None,
         established: Established::Cut,
         nat64,
+        default: if rng.u8(..4) == 0 {
+            Action::Allow
+        } else {
+            Action::Deny
+        },
         regions,
+        rules,
+        drop_ins: Vec::new(),
     }
 }
 

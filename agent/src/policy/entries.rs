@@ -1,0 +1,233 @@
+//! Flattening of region memberships and rules into one decision table ([`Entry`]) per
+//! prefix, so the kernel needs one LPM lookup and one array lookup per decision.
+//!
+//! Each prefix's table holds its own protocol/port rules (in precedence order) and, when it
+//! has no portless decision of its own, those of the nearest covering prefix, ending with a
+//! default: the prefix's own portless decision, else the covering prefix's. Identical tables
+//! are shared, so a region with a million prefixes and no rules costs one entry.
+use std::collections::HashMap;
+
+use egressd_common::{Entry, MAX_ENTRIES, MAX_PORT_RULES, PortRule, REGION_UNKNOWN, action};
+use ipnetwork::IpNetwork;
+
+use super::Policy;
+use crate::config::{Action, Target};
+
+/// Precedence of a candidate at one prefix: (rank, preference); larger wins. Rank: enforcing
+/// deny 2, auditing deny 1, allow 0. Preference: lower rule ids first, region membership last.
+type Key = (u8, u32);
+
+fn key(action: Action, audit: bool, rule: u32) -> Key {
+    let rank = match (action, audit) {
+        (Action::Deny, false) => 2,
+        (Action::Deny, true) => 1,
+        (Action::Allow, _) => 0,
+    };
+    (rank, if rule == 0 { 0 } else { u32::MAX - rule })
+}
+
+fn code(action: Action) -> u8 {
+    match action {
+        Action::Allow => action::ALLOW,
+        Action::Deny => action::DENY,
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Portless {
+    key: Key,
+    action: u8,
+    audit: u8,
+    rule: u32,
+}
+
+#[derive(Default)]
+struct Node {
+    region: Option<u32>,
+    portless: Option<Portless>,
+    port: Vec<(Key, PortRule)>,
+}
+
+impl Node {
+    fn offer(&mut self, action: Action, audit: bool, rule: u32) {
+        let c = Portless {
+            key: key(action, audit, rule),
+            action: code(action),
+            audit: u8::from(audit),
+            rule,
+        };
+        if self.portless.is_none_or(|p| c.key > p.key) {
+            self.portless = Some(c);
+        }
+    }
+}
+
+/// What a prefix resolves to, inherited by the prefixes it contains.
+#[derive(Clone)]
+struct Resolved {
+    region: u32,
+    rules: Vec<PortRule>,
+    default: Portless,
+}
+
+/// Fills `p.entries`, `p.lpm_v4`, `p.lpm_v6` and `p.problems` from the other fields.
+pub(super) fn build(p: &mut Policy) {
+    let mut nodes: HashMap<IpNetwork, Node> = HashMap::with_capacity(p.v4.len() + p.v6.len());
+    let members =
+        p.v4.iter()
+            .map(|(n, id)| (IpNetwork::V4(*n), *id))
+            .chain(p.v6.iter().map(|(n, id)| (IpNetwork::V6(*n), *id)));
+    for (net, id) in members {
+        let allow = p.allowed.get(id as usize).copied().unwrap_or(false);
+        let action = if allow { Action::Allow } else { Action::Deny };
+        let audit = p.audit_of(None, Some(id));
+        let node = nodes.entry(net).or_default();
+        node.region = Some(id);
+        node.offer(action, audit, 0);
+    }
+    for r in &p.rules {
+        let mut apply = |net: IpNetwork, audit: bool| {
+            let node = nodes.entry(net).or_default();
+            if r.is_specific() {
+                let (lo, hi) = r.ports.unwrap_or((0, u16::MAX));
+                let rule = PortRule {
+                    port_lo: lo,
+                    port_hi: hi,
+                    protocol: r.protocol.unwrap_or(0),
+                    action: code(r.action),
+                    audit: u8::from(audit),
+                    _pad: 0,
+                    rule: r.id,
+                };
+                node.port.push((key(r.action, audit, r.id), rule));
+            } else {
+                node.offer(r.action, audit, r.id);
+            }
+        };
+        for t in &r.targets {
+            match t {
+                Target::Prefix(net) => apply(*net, p.audit_of(r.mode, None)),
+                Target::Region(name) => {
+                    let Some(id) = p.regions.iter().position(|n| n == name) else {
+                        continue;
+                    };
+                    let id = id as u32;
+                    let audit = p.audit_of(r.mode, Some(id));
+                    for (n, _) in p.v4.iter().filter(|(_, rid)| *rid == id) {
+                        apply(IpNetwork::V4(*n), audit);
+                    }
+                    for (n, _) in p.v6.iter().filter(|(_, rid)| *rid == id) {
+                        apply(IpNetwork::V6(*n), audit);
+                    }
+                }
+            }
+        }
+    }
+
+    let default_audit = p.audit_of(None, None);
+    let root = Resolved {
+        region: REGION_UNKNOWN,
+        rules: Vec::new(),
+        default: Portless {
+            key: key(p.default, default_audit, 0),
+            action: code(p.default),
+            audit: u8::from(default_audit),
+            rule: 0,
+        },
+    };
+    let mut table = Table::default();
+    table.id(entry(&root, &mut p.problems, None));
+
+    let mut nets: Vec<IpNetwork> = nodes.keys().copied().collect();
+    nets.sort_unstable_by_key(|n| match n {
+        IpNetwork::V4(v) => (0u8, u128::from(u32::from(v.network())), v.prefix()),
+        IpNetwork::V6(v) => (1u8, u128::from(v.network()), v.prefix()),
+    });
+    let mut stack: Vec<(IpNetwork, Resolved)> = Vec::new();
+    let (mut lpm_v4, mut lpm_v6) = (Vec::new(), Vec::new());
+    for net in nets {
+        while let Some((top, _)) = stack.last() {
+            let same_family = top.is_ipv4() == net.is_ipv4();
+            if same_family && top.prefix() <= net.prefix() && top.contains(net.network()) {
+                break;
+            }
+            stack.pop();
+        }
+        let parent = stack.last().map_or(&root, |(_, r)| r);
+        let Some(node) = nodes.get_mut(&net) else {
+            continue;
+        };
+        node.port.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut rules: Vec<PortRule> = node.port.iter().map(|(_, r)| *r).collect();
+        let default = match node.portless {
+            Some(own) => own,
+            None => {
+                rules.extend_from_slice(&parent.rules);
+                parent.default
+            }
+        };
+        let resolved = Resolved {
+            region: node.region.unwrap_or(parent.region),
+            rules,
+            default,
+        };
+        let id = table.id(entry(&resolved, &mut p.problems, Some(net)));
+        match net {
+            IpNetwork::V4(v) => lpm_v4.push((v, id)),
+            IpNetwork::V6(v) => lpm_v6.push((v, id)),
+        }
+        stack.push((net, resolved));
+    }
+    if table.entries.len() > MAX_ENTRIES as usize {
+        p.problems.push(format!(
+            "the policy needs {} distinct decision tables, the kernel map holds {MAX_ENTRIES}; \
+             use fewer distinct rule combinations",
+            table.entries.len()
+        ));
+    }
+    p.entries = table.entries;
+    p.lpm_v4 = lpm_v4;
+    p.lpm_v6 = lpm_v6;
+}
+
+fn entry(r: &Resolved, problems: &mut Vec<String>, net: Option<IpNetwork>) -> Entry {
+    if r.rules.len() > MAX_PORT_RULES && problems.len() < 10 {
+        problems.push(format!(
+            "{} port rules apply to {} (its own and those of covering prefixes), at most \
+             {MAX_PORT_RULES} are supported",
+            r.rules.len(),
+            net.map_or_else(|| "the default".to_owned(), |n| n.to_string())
+        ));
+    }
+    let mut e = Entry {
+        region: r.region,
+        default_rule: r.default.rule,
+        default_action: r.default.action,
+        default_audit: r.default.audit,
+        n_rules: u8::try_from(r.rules.len().min(MAX_PORT_RULES)).unwrap_or(0),
+        ..Default::default()
+    };
+    for (slot, rule) in e.rules.iter_mut().zip(&r.rules) {
+        *slot = *rule;
+    }
+    e
+}
+
+/// Deduplicating entry table.
+#[derive(Default)]
+struct Table {
+    entries: Vec<Entry>,
+    ids: HashMap<Entry, u32>,
+}
+
+impl Table {
+    fn id(&mut self, e: Entry) -> u32 {
+        if let Some(id) = self.ids.get(&e) {
+            return *id;
+        }
+        let id = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+        self.entries.push(e);
+        self.ids.insert(e, id);
+        id
+    }
+}
