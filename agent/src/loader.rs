@@ -7,7 +7,13 @@
 //! attached only after the first policy is installed, so no connection is ever judged by a
 //! half-loaded policy. Dropping the [`Enforcer`] detaches the programs (the links are file
 //! descriptors it owns).
-use std::{collections::HashSet, fs::File, os::fd::AsFd as _, path::Path, sync::Arc};
+use std::{
+    collections::HashSet,
+    fs::File,
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+    path::Path,
+    sync::Arc,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -239,32 +245,54 @@ fn fill_set(
     new: &Policy,
     generation: u64,
 ) -> anyhow::Result<()> {
+    let fd4 = trie_fd(ebpf, maps::PREFIXES_V4[set])?;
+    let fd6 = trie_fd(ebpf, maps::PREFIXES_V6[set])?;
     {
         let name = maps::PREFIXES_V4[set];
         let mut trie: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
         let keep: HashSet<Ipv4Network> = new.lpm_v4.iter().map(|(n, _)| *n).collect();
-        for (net, _) in old.map_or(&[][..], |p| &p.lpm_v4) {
-            if !keep.contains(net) {
-                let _ = trie.remove(&key4(net));
+        let stale: Vec<Key<[u8; 4]>> = old
+            .map_or(&[][..], |p| &p.lpm_v4)
+            .iter()
+            .filter(|(n, _)| !keep.contains(n))
+            .map(|(n, _)| key4(n))
+            .collect();
+        if !delete_batch(fd4, &stale) {
+            for k in &stale {
+                let _ = trie.remove(k);
             }
         }
-        for (net, entry) in &new.lpm_v4 {
-            trie.insert(&key4(net), entry, 0)
-                .with_context(|| format!("inserting {net} into {name}"))?;
+        let keys: Vec<Key<[u8; 4]>> = new.lpm_v4.iter().map(|(n, _)| key4(n)).collect();
+        let values: Vec<u32> = new.lpm_v4.iter().map(|(_, e)| *e).collect();
+        if !update_batch(fd4, &keys, &values).with_context(|| format!("filling {name}"))? {
+            for (net, entry) in &new.lpm_v4 {
+                trie.insert(&key4(net), entry, 0)
+                    .with_context(|| format!("inserting {net} into {name}"))?;
+            }
         }
     }
     {
         let name = maps::PREFIXES_V6[set];
         let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
         let keep: HashSet<Ipv6Network> = new.lpm_v6.iter().map(|(n, _)| *n).collect();
-        for (net, _) in old.map_or(&[][..], |p| &p.lpm_v6) {
-            if !keep.contains(net) {
-                let _ = trie.remove(&key6(net));
+        let stale: Vec<Key<[u8; 16]>> = old
+            .map_or(&[][..], |p| &p.lpm_v6)
+            .iter()
+            .filter(|(n, _)| !keep.contains(n))
+            .map(|(n, _)| key6(n))
+            .collect();
+        if !delete_batch(fd6, &stale) {
+            for k in &stale {
+                let _ = trie.remove(k);
             }
         }
-        for (net, entry) in &new.lpm_v6 {
-            trie.insert(&key6(net), entry, 0)
-                .with_context(|| format!("inserting {net} into {name}"))?;
+        let keys: Vec<Key<[u8; 16]>> = new.lpm_v6.iter().map(|(n, _)| key6(n)).collect();
+        let values: Vec<u32> = new.lpm_v6.iter().map(|(_, e)| *e).collect();
+        if !update_batch(fd6, &keys, &values).with_context(|| format!("filling {name}"))? {
+            for (net, entry) in &new.lpm_v6 {
+                trie.insert(&key6(net), entry, 0)
+                    .with_context(|| format!("inserting {net} into {name}"))?;
+            }
         }
     }
     {
@@ -301,6 +329,109 @@ fn fill_set(
     };
     settings.set(u32::try_from(set)?, value, 0)?;
     Ok(())
+}
+
+/// Raw descriptor of LPM trie `name`, valid while `ebpf` lives.
+fn trie_fd(ebpf: &Ebpf, name: &str) -> anyhow::Result<RawFd> {
+    match ebpf.map(name) {
+        Some(aya::maps::Map::LpmTrie(data)) => Ok(data.fd().as_fd().as_raw_fd()),
+        _ => bail!("map {name} missing from the eBPF object or not an LPM trie"),
+    }
+}
+
+/// `BPF_MAP_DELETE_BATCH` of `keys`; false when it did not delete them all (the caller then
+/// deletes one by one, ignoring keys already gone).
+fn delete_batch<K: Copy>(fd: RawFd, keys: &[K]) -> bool {
+    if keys.is_empty() {
+        return true;
+    }
+    let Ok(count) = u32::try_from(keys.len()) else {
+        return false;
+    };
+    let Ok(map_fd) = u32::try_from(fd) else {
+        return false;
+    };
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: 0,
+        count,
+        map_fd,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: as in `update_batch`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_DELETE_BATCH,
+            &raw mut attr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    r == 0 && attr.count == count
+}
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// `BPF_MAP_UPDATE_BATCH` (`include/uapi/linux/bpf.h`): one syscall for all elements,
+/// several times faster than one `BPF_MAP_UPDATE_ELEM` each for a large policy. Returns
+/// `Ok(false)` when the kernel does not support batch updates for this map type (then the
+/// caller inserts one by one), an error when it failed part way.
+fn update_batch<K: Copy, V: Copy>(fd: RawFd, keys: &[K], values: &[V]) -> anyhow::Result<bool> {
+    if keys.is_empty() {
+        return Ok(true);
+    }
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: u32::try_from(keys.len().min(values.len()))?,
+        map_fd: u32::try_from(fd)?,
+        elem_flags: 0,
+        flags: 0,
+    };
+    let want = attr.count;
+    // SAFETY: `attr` is a valid bpf_attr prefix; keys and values outlive the call and hold
+    // `count` elements of the map's key and value sizes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &raw mut attr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    let unsupported = matches!(
+        err.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+    );
+    if unsupported && attr.count == 0 {
+        return Ok(false);
+    }
+    Err(anyhow!(
+        "BPF_MAP_UPDATE_BATCH stored {} of {want} elements: {err}",
+        attr.count
+    ))
 }
 
 fn key4(net: &Ipv4Network) -> Key<[u8; 4]> {

@@ -72,6 +72,9 @@ struct Resolved {
 
 /// Fills `p.entries`, `p.lpm_v4`, `p.lpm_v6` and `p.problems` from the other fields.
 pub(super) fn build(p: &mut Policy) {
+    if p.rules.is_empty() {
+        return build_regions_only(p);
+    }
     let mut nodes: HashMap<IpNetwork, Node> = HashMap::with_capacity(p.v4.len() + p.v6.len());
     let members =
         p.v4.iter()
@@ -188,6 +191,32 @@ pub(super) fn build(p: &mut Policy) {
     p.entries = table.entries;
     p.lpm_v4 = lpm_v4;
     p.lpm_v6 = lpm_v6;
+}
+
+/// Without rules every prefix has its own portless decision (its region's), so its table
+/// depends on its region alone: one entry per region, no tree walk.
+fn build_regions_only(p: &mut Policy) {
+    let default_audit = p.audit_of(None, None);
+    let mut entries = vec![Entry {
+        region: REGION_UNKNOWN,
+        default_action: code(p.default),
+        default_audit: u8::from(default_audit),
+        ..Default::default()
+    }];
+    for id in 1..p.regions.len() {
+        let id = id as u32;
+        let allow = p.allowed.get(id as usize).copied().unwrap_or(false);
+        entries.push(Entry {
+            region: id,
+            default_action: code(if allow { Action::Allow } else { Action::Deny }),
+            default_audit: u8::from(p.audit_of(None, Some(id))),
+            ..Default::default()
+        });
+    }
+    // Entry id == region id.
+    p.lpm_v4 = p.v4.clone();
+    p.lpm_v6 = p.v6.clone();
+    p.entries = entries;
 }
 
 fn entry(r: &Resolved, problems: &mut Vec<String>, net: Option<IpNetwork>) -> Entry {
