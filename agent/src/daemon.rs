@@ -1,11 +1,17 @@
-//! `egressd run`: load the policy, attach, stream events until SIGINT/SIGTERM, detach.
+//! `egressd run`: start the sinks, load the policy, attach, stream events until SIGINT or
+//! SIGTERM, detach, report the final counters.
+//!
+//! Records, in order: `policy_loaded` (the policy in the kernel), `agent_start`, then
+//! `connection` events as the kernel reports them, `heartbeat` every `heartbeat_secs`,
+//! `policy_loaded` or `reload_failed` after each SIGHUP, and `agent_stop` with the final
+//! counters. Signals: SIGHUP reloads the policy, SIGUSR1 reopens file sinks (logrotate).
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use serde::Serialize;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -13,67 +19,18 @@ use tokio::{
 
 use crate::{
     cgroup, clock, config,
-    events::{self, Enricher},
+    events::{
+        self, AgentInfo, Context, Counters, Enricher, Lifecycle, LifecycleBody, LossReport,
+        PolicySummary, Record, Sequencer,
+    },
     loader::Enforcer,
+    pipeline::Pipeline,
     policy::{self, Policy},
-    sink::JsonLines,
-    stats::{self, CounterRow, Loss},
+    stats,
 };
 
-/// Lifecycle record written to the event stream when enforcement starts.
-#[derive(Serialize)]
-struct AgentStart<'a> {
-    #[serde(rename = "@timestamp")]
-    timestamp: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    host: events::Host,
-    agent: Agent,
-    policy: PolicySummary<'a>,
-    cgroup: String,
-}
-
-/// Lifecycle record written after the programs are detached: final counters.
-#[derive(Serialize)]
-struct AgentStop {
-    #[serde(rename = "@timestamp")]
-    timestamp: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    host: events::Host,
-    agent: Agent,
-    counters: Vec<CounterRow>,
-    flows: Vec<stats::FlowRow>,
-    reloads: Reloads,
-    lost: AllLoss,
-    /// Connection events handed to the sink (written or failed).
-    connection_events: u64,
-}
-
-#[derive(Serialize)]
-struct AllLoss {
-    #[serde(flatten)]
-    kernel: Loss,
-    sink_write_failed: u64,
-    undecodable: u64,
-}
-
-#[derive(Serialize, Clone)]
-struct Agent {
-    version: &'static str,
-}
-
-#[derive(Serialize)]
-struct PolicySummary<'a> {
-    file: String,
-    mode: String,
-    digest: &'a str,
-    generation: u64,
-    regions: usize,
-    prefixes_v4: usize,
-    prefixes_v6: usize,
-    allowlist: &'a [String],
-}
+/// How long the sinks get at exit to deliver what is queued before it is spooled.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
 /// Reads the host name from the UTS namespace (`/proc/sys/kernel/hostname`).
 pub fn host_name() -> String {
@@ -82,13 +39,24 @@ pub fn host_name() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Reload outcomes, reported in `agent_stop` and heartbeats as `reloads`.
+#[derive(serde::Serialize, Default)]
+struct Reloads {
+    ok: u64,
+    failed: u64,
+}
+
 /// Runs the agent: `config_path` is loaded and validated exactly like `egressd check`;
 /// `cgroup_override` replaces the config's `cgroup` (default: the cgroup2 root, the whole
 /// host). SIGHUP reloads the file: a valid policy is installed atomically (the next
 /// generation), an invalid one is logged and reported and changes nothing. Returns when SIGINT
 /// or SIGTERM arrives and the programs are detached.
+///
+/// # Errors
+/// Invalid configuration, a sink that cannot start (unreadable TLS files, unusable spool
+/// directory), and everything [`Enforcer::load`] reports.
 pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow::Result<()> {
-    let cfg = config::load(config_path)?;
+    let (cfg, output) = config::load_all(config_path)?;
     let policy = Arc::new(policy::compile(&cfg));
     let cgroup = match cgroup_override.or_else(|| cfg.cgroup.clone()) {
         Some(p) => p,
@@ -98,44 +66,63 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
 
-    let mut enforcer = Enforcer::load(policy.clone(), &cgroup)?;
-    let readers = enforcer.take_readers()?;
     let host = host_name();
-    let agent = Agent {
-        version: env!("CARGO_PKG_VERSION"),
+    // Sinks first: a sink that cannot work fails the start before anything is attached.
+    let pipeline = Pipeline::start(&output.sinks, &host)?;
+    let started = Instant::now();
+    let mut enforcer = Enforcer::load(policy.clone(), &cgroup)?;
+    let crate::loader::Readers {
+        events: ring_map,
+        counters: counter_map,
+        flows: flow_map,
+        loss: loss_map,
+    } = enforcer.take_readers()?;
+    let maps = KernelMaps {
+        counters: counter_map,
+        flows: flow_map,
+        loss: loss_map,
     };
-    let mut sink = JsonLines::stdout();
-    sink.emit(&AgentStart {
-        timestamp: events::rfc3339(clock::unix_now_ns()),
-        kind: "agent_start",
+    let seq = Arc::new(Sequencer::new(Context {
         host: events::Host {
             name: host.clone(),
-            labels: Default::default(),
+            labels: output.host_labels.clone(),
         },
-        agent: agent.clone(),
-        policy: summary(&cfg, &policy, enforcer.generation()),
-        cgroup: cgroup.display().to_string(),
-    });
-    sink.flush();
-    tracing::info!(
-        cgroup = %cgroup.display(),
-        mode = %policy.mode,
-        digest = %policy.digest,
-        "enforcing"
-    );
-
-    // Events name regions by the generation that judged them: keep the recent policies.
-    let seq = Arc::new(events::Sequencer::new(events::Context {
-        host: events::Host {
-            name: host.clone(),
-            labels: Default::default(),
-        },
-        agent: events::AgentInfo {
+        agent: AgentInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             ephemeral_id: events::ephemeral_id(),
         },
     }));
+    let lifecycle = |body: LifecycleBody, kind: &'static str| {
+        Record::Lifecycle(Box::new(Lifecycle {
+            header: seq.header(kind, clock::unix_now_ns()),
+            body,
+        }))
+    };
+    pipeline.submit(&lifecycle(
+        LifecycleBody::PolicyLoaded {
+            policy: summary(&cfg, &policy, enforcer.generation()),
+        },
+        "policy_loaded",
+    ));
+    pipeline.submit(&lifecycle(
+        LifecycleBody::Start {
+            policy: summary(&cfg, &policy, enforcer.generation()),
+            cgroup: cgroup.display().to_string(),
+            sinks: pipeline.names(),
+        },
+        "agent_start",
+    ));
+    tracing::info!(
+        cgroup = %cgroup.display(),
+        mode = %policy.mode,
+        digest = %policy.digest,
+        sinks = ?pipeline.names(),
+        "enforcing"
+    );
+
+    // Events name regions by the generation that judged them: keep the recent policies.
     let mut enrichers = Enrichers::default();
     enrichers.insert(
         enforcer.generation(),
@@ -146,28 +133,73 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
     // (which owns the RingBuf) is dropped.
     let mut ring =
-        unsafe { AsyncFd::register_with_interest(readers.events, tokio::io::Interest::READABLE) }
+        unsafe { AsyncFd::register_with_interest(ring_map, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("registering the ring buffer with the reactor: {e}"))?;
     let mut undecodable = 0u64;
     let mut delivered = 0u64;
+    // A disabled heartbeat still needs a timer for select!: one that never fires in practice.
+    let period = match output.heartbeat_secs {
+        0 => Duration::from_secs(u64::from(u32::MAX)),
+        s => Duration::from_secs(s),
+    };
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let counters = |readers: &KernelMaps,
+                    policy: &Policy,
+                    pipeline: &Pipeline,
+                    reloads: &Reloads,
+                    delivered: u64,
+                    undecodable: u64|
+     -> anyhow::Result<Counters> {
+        let sinks = pipeline.counters();
+        let mut extra = serde_json::Map::new();
+        extra.insert(
+            "flows".into(),
+            serde_json::to_value(stats::flows(&readers.flows, policy)?)?,
+        );
+        extra.insert("reloads".into(), serde_json::to_value(reloads)?);
+        Ok(Counters {
+            counters: stats::counters(&readers.counters, policy)?,
+            lost: LossReport {
+                kernel: stats::loss(&readers.loss)?,
+                sink_write_failed: sinks.values().map(events::SinkCounters::dropped).sum(),
+                undecodable,
+                sinks,
+            },
+            connection_events: delivered,
+            uptime_secs: started.elapsed().as_secs(),
+            extra,
+        })
+    };
     loop {
         tokio::select! {
             _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); break; }
+            _ = sigusr1.recv() => {
+                tracing::info!("SIGUSR1: reopening sinks");
+                pipeline.reopen();
+            }
+            _ = heartbeat.tick(), if output.heartbeat_secs > 0 => {
+                match counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable) {
+                    Ok(c) => pipeline.submit(&lifecycle(
+                        LifecycleBody::Heartbeat { counters: c, interval_secs: output.heartbeat_secs },
+                        "heartbeat",
+                    )),
+                    Err(e) => tracing::error!(error = format!("{e:#}"), "reading counters for the heartbeat"),
+                }
+            }
             _ = sighup.recv() => {
                 // Events of the old generation still in the ring buffer are named by it.
-                delivered += drain(ring.get_mut(), &enrichers, &mut sink, &mut undecodable);
+                delivered += drain(ring.get_mut(), &enrichers, &pipeline, &mut undecodable);
                 match reload(config_path, &mut enforcer) {
                     Ok((cfg, new)) => {
                         reloads.ok += 1;
                         let generation = enforcer.generation();
                         tracing::info!(generation, digest = %new.digest, "policy reloaded");
-                        sink.emit(&PolicyLoaded {
-                            timestamp: events::rfc3339(clock::unix_now_ns()),
-                            kind: "policy_loaded",
-                            host: events::Host { name: host.clone(), labels: Default::default() },
-                            policy: summary(&cfg, &new, generation),
-                        });
+                        pipeline.submit(&lifecycle(
+                            LifecycleBody::PolicyLoaded { policy: summary(&cfg, &new, generation) },
+                            "policy_loaded",
+                        ));
                         enrichers.insert(generation, Enricher::new(seq.clone(), new.clone()));
                         policy = new;
                     }
@@ -178,20 +210,19 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
                             generation = enforcer.generation(),
                             "reload failed; the previous policy stays in force"
                         );
-                        sink.emit(&ReloadFailed {
-                            timestamp: events::rfc3339(clock::unix_now_ns()),
-                            kind: "reload_failed",
-                            host: events::Host { name: host.clone(), labels: Default::default() },
-                            error: format!("{e:#}"),
-                            generation_in_force: enforcer.generation(),
-                        });
+                        pipeline.submit(&lifecycle(
+                            LifecycleBody::ReloadFailed {
+                                error: format!("{e:#}"),
+                                generation_in_force: enforcer.generation(),
+                            },
+                            "reload_failed",
+                        ));
                     }
                 }
-                sink.flush();
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                delivered += drain(guard.get_inner_mut(), &enrichers, &mut sink, &mut undecodable);
+                delivered += drain(guard.get_inner_mut(), &enrichers, &pipeline, &mut undecodable);
                 guard.clear_ready();
             }
         }
@@ -199,28 +230,30 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     drop(enforcer);
     tracing::info!("programs detached");
     // Events submitted before the detach are still in the ring buffer.
-    delivered += drain(ring.get_mut(), &enrichers, &mut sink, &mut undecodable);
-    let stop = AgentStop {
-        timestamp: events::rfc3339(clock::unix_now_ns()),
-        kind: "agent_stop",
-        host: events::Host {
-            name: host,
-            labels: Default::default(),
-        },
-        agent,
-        counters: stats::counters(&readers.counters, &policy)?,
-        flows: stats::flows(&readers.flows, &policy)?,
-        reloads,
-        lost: AllLoss {
-            kernel: stats::loss(&readers.loss)?,
-            sink_write_failed: sink.failed(),
-            undecodable,
-        },
-        connection_events: delivered,
-    };
-    sink.emit(&stop);
-    sink.flush();
+    delivered += drain(ring.get_mut(), &enrichers, &pipeline, &mut undecodable);
+    let stop = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable)?;
+    pipeline.submit(&lifecycle(
+        LifecycleBody::Stop { counters: stop },
+        "agent_stop",
+    ));
+    let fin = pipeline.shutdown(SHUTDOWN_FLUSH);
+    for (name, c) in &fin {
+        tracing::info!(
+            sink = %name,
+            delivered = c.delivered,
+            spooled = c.spooled,
+            dropped = c.dropped(),
+            "sink closed"
+        );
+    }
     Ok(())
+}
+
+/// The counter maps, kept readable after the programs are detached.
+struct KernelMaps {
+    counters: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+    flows: aya::maps::PerCpuArray<aya::maps::MapData, egressd_common::FlowCounter>,
+    loss: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
 }
 
 /// Validates and installs the policy file again; on any error nothing changes.
@@ -256,40 +289,12 @@ impl Enrichers {
     }
 }
 
-/// Reload outcomes, reported in `agent_stop`.
-#[derive(Serialize, Default)]
-struct Reloads {
-    ok: u64,
-    failed: u64,
-}
-
-/// Lifecycle record: a reload installed a new policy.
-#[derive(Serialize)]
-struct PolicyLoaded<'a> {
-    #[serde(rename = "@timestamp")]
-    timestamp: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    host: events::Host,
-    policy: PolicySummary<'a>,
-}
-
-/// Lifecycle record: a reload was refused; the generation in force is unchanged.
-#[derive(Serialize)]
-struct ReloadFailed {
-    #[serde(rename = "@timestamp")]
-    timestamp: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    host: events::Host,
-    error: String,
-    generation_in_force: u64,
-}
-
+/// Reads every record in the ring buffer and hands the enriched events to the sinks; returns
+/// how many it decoded.
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     enrichers: &Enrichers,
-    sink: &mut JsonLines<std::io::BufWriter<std::io::Stdout>>,
+    pipeline: &Pipeline,
     undecodable: &mut u64,
 ) -> u64 {
     let mut n = 0;
@@ -297,7 +302,7 @@ fn drain(
         match events::decode(&item) {
             Some(ev) => {
                 if let Some(enricher) = enrichers.get(ev.generation) {
-                    sink.emit(&enricher.enrich(&ev));
+                    pipeline.submit(&Record::Connection(Box::new(enricher.enrich(&ev))));
                 }
                 n += 1;
             }
@@ -307,19 +312,18 @@ fn drain(
             }
         }
     }
-    sink.flush();
     n
 }
 
-fn summary<'a>(cfg: &'a config::Config, policy: &'a Policy, generation: u64) -> PolicySummary<'a> {
+fn summary(cfg: &config::Config, policy: &Policy, generation: u64) -> PolicySummary {
     PolicySummary {
         file: cfg.path.display().to_string(),
         mode: policy.mode.to_string(),
-        digest: &policy.digest,
+        digest: policy.digest.clone(),
         generation,
         regions: policy.regions.len() - 1,
         prefixes_v4: policy.v4.len(),
         prefixes_v6: policy.v6.len(),
-        allowlist: &cfg.allowlist,
+        allowlist: cfg.allowlist.clone(),
     }
 }

@@ -482,12 +482,18 @@ pub struct SinkCounters {
     pub retries: u64,
     /// Whether the sink is connected (or open) now.
     pub up: bool,
+    /// Records neither delivered nor spooled when the agent stopped (sinks without a spool
+    /// whose destination was down at exit).
+    pub dropped_at_exit: u64,
 }
 
 impl SinkCounters {
     /// All drops of this sink.
     pub fn dropped(&self) -> u64 {
-        self.dropped_queue_full + self.dropped_spool_full + self.dropped_failed
+        self.dropped_queue_full
+            + self.dropped_spool_full
+            + self.dropped_failed
+            + self.dropped_at_exit
     }
 }
 
@@ -523,6 +529,10 @@ pub struct Counters {
     pub connection_events: u64,
     /// Seconds since the agent started.
     pub uptime_secs: u64,
+    /// Further kernel statistics by name, serialized at this level (e.g. `flows`: packet
+    /// and byte counters, `reloads`: reload outcomes), as the daemon collects them.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Body of a lifecycle record.
@@ -550,6 +560,13 @@ pub enum LifecycleBody {
         counters: Counters,
         /// Configured heartbeat interval in seconds.
         interval_secs: u64,
+    },
+    /// `reload_failed`: a reload (SIGHUP) was refused; the policy in force is unchanged.
+    ReloadFailed {
+        /// Why, with the file location for configuration errors.
+        error: String,
+        /// Generation still in force.
+        generation_in_force: u64,
     },
     /// `agent_stop`: programs detached; final counters.
     Stop {
@@ -820,15 +837,21 @@ pub mod sample {
                         dropped_failed: 0,
                         retries: 3,
                         up: false,
+                        dropped_at_exit: 0,
                     },
                 )]),
             },
             connection_events: 4,
             uptime_secs: 60,
+            extra: serde_json::Map::from_iter([(
+                "reloads".to_string(),
+                serde_json::json!({ "ok": 1, "failed": 1 }),
+            )]),
         }
     }
 
-    /// One record of each lifecycle type: start, policy loaded, heartbeat, stop.
+    /// One record of each lifecycle type: start, policy loaded, heartbeat, stop, reload
+    /// failed.
     pub fn lifecycle() -> Vec<Lifecycle> {
         vec![
             Lifecycle {
@@ -854,6 +877,15 @@ pub mod sample {
                 header: header("agent_stop", 10, T0 + 2_000_000_000),
                 body: LifecycleBody::Stop {
                     counters: counters(),
+                },
+            },
+            Lifecycle {
+                header: header("reload_failed", 11, T0 + 3_000_000_000),
+                body: LifecycleBody::ReloadFailed {
+                    error: "/etc/egressd/policy.toml:3:17: allowlist[1]: unknown region `mars` \
+                            (defined: eu, us)"
+                        .into(),
+                    generation_in_force: 1,
                 },
             },
         ]

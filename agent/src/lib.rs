@@ -4,7 +4,8 @@
 //! Pipeline: [`config`] (TOML files with located errors) -> [`policy`] (pure compilation into
 //! map contents, also the reference model) -> [`loader`] (maps, programs, cgroup attach) ->
 //! [`events`] (ring buffer -> typed, enriched records) -> [`formats`] (native JSON, ECS, OCSF,
-//! CEF) -> [`sink`], with [`stats`] reading the kernel counters.
+//! CEF) -> [`pipeline`] (queues, spool, loss counters) -> [`sinks`], with [`stats`]
+//! reading the kernel counters.
 pub mod cgroup;
 pub mod check;
 pub mod clock;
@@ -13,8 +14,9 @@ pub mod daemon;
 pub mod events;
 pub mod formats;
 pub mod loader;
+pub mod pipeline;
 pub mod policy;
 pub mod privileges;
-pub mod sink;
+pub mod sinks;
 pub mod stats;
 pub mod testrun;

@@ -8,8 +8,17 @@ use anyhow::bail;
 use crate::sh;
 
 /// Debian packages: LLVM 22 for bpf-linker, iproute2 for the test bed, util-linux for
-/// `setpriv` (unprivileged test), procps for `sysctl`, bpftool for inspection.
-const PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "util-linux", "procps", "bpftool"];
+/// `setpriv` (unprivileged test) and `nsenter`, procps for `sysctl`, bpftool for inspection,
+/// rsyslog and its OpenSSL TLS driver for the sink tests' real receiver.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "util-linux",
+    "procps",
+    "bpftool",
+    "rsyslog",
+    "rsyslog-openssl",
+];
 /// bpf-linker release that supports LLVM 22 (feature `llvm-22`).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -34,9 +34,10 @@
 //! | `egressdHook`, `egressdExe`, `egressdPpid`, `egressdUnit`, `egressdExited`, `egressdLabels` | vendor keys: hook, executable, parent pid, systemd unit, process gone, `k:v,k:v` host labels |
 //!
 //! Lifecycle records: Signature IDs `agent-start`, `agent-stop`, `policy-loaded`,
-//! `heartbeat`; severity 3 (start, stop, policy), 1 (heartbeat), 7 when losses were counted;
-//! keys `rt`, `externalId`, `egressdSeq`, `dvchost`, `msg`, `cs1`=`policyDigest`,
-//! `cs2`=`agentEphemeralId`, `cn1`=`connectionEvents`, `cn2`=`lostEvents`.
+//! `heartbeat`, `reload-failed`; severity 3 (start, stop, policy), 1 (heartbeat), 7 when
+//! losses were counted or a reload failed; keys `rt`, `externalId`, `egressdSeq`, `dvchost`,
+//! `msg`, `cs1`=`policyDigest`, `cs2`=`agentEphemeralId`, `cn1`=`connectionEvents`,
+//! `cn2`=`lostEvents`, `cn3`=`generationInForce`.
 use std::fmt::Write as _;
 
 use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
@@ -226,6 +227,20 @@ fn lifecycle(l: &Lifecycle) -> String {
                 ),
             )
         }
+        LifecycleBody::ReloadFailed {
+            error,
+            generation_in_force,
+        } => {
+            e.labelled("cn3", "generationInForce", Some(generation_in_force));
+            (
+                "reload-failed",
+                "Policy reload failed",
+                7,
+                format!(
+                    "policy reload failed, generation {generation_in_force} stays in force: {error}"
+                ),
+            )
+        }
         LifecycleBody::Stop { counters } => {
             let lost = counters.lost.total();
             e.labelled("cn1", "connectionEvents", Some(counters.connection_events))
@@ -382,6 +397,7 @@ mod tests {
                 ("policy-loaded".to_string(), "3".to_string()),
                 ("heartbeat".to_string(), "7".to_string()),
                 ("agent-stop".to_string(), "7".to_string()),
+                ("reload-failed".to_string(), "7".to_string()),
             ]
         );
     }

@@ -29,7 +29,9 @@
 //! Lifecycle records: `agent_start` is `event.kind: event`, `category: [process]`,
 //! `type: [start]`; `agent_stop` the same with `type: [end]`; `policy_loaded` is
 //! `category: [configuration]`, `type: [change]`; `heartbeat` is `event.kind: metric` without
-//! category (none fits). `event.action` is the record type with `-` (`agent-start`, ...);
+//! category (none fits); `reload_failed` is `category: [configuration]`, `type: [change]`,
+//! `event.outcome: failure` (the reload itself failed) with the error in `event.reason`.
+//! `event.action` is the record type with `-` (`agent-start`, ...);
 //! counters and losses go to `egressd.counters`, `egressd.lost`, `egressd.connection_events`.
 use serde_json::{Map, Value, json};
 
@@ -255,11 +257,26 @@ fn lifecycle(l: &Lifecycle) -> Value {
                 json!(counters.connection_events),
             );
             extra.insert("uptime_secs".into(), json!(counters.uptime_secs));
+            extra.extend(counters.extra.clone());
             extra.insert("interval_secs".into(), json!(interval_secs));
             format!(
                 "egressd alive: {} connection events, {} lost",
                 counters.connection_events,
                 counters.lost.total()
+            )
+        }
+        LifecycleBody::ReloadFailed {
+            error,
+            generation_in_force,
+        } => {
+            event["category"] = json!(["configuration"]);
+            event["type"] = json!(["change"]);
+            // Here the event itself (a reload) failed: that is what event.outcome is for.
+            event["outcome"] = json!("failure");
+            event["reason"] = json!(error);
+            extra.insert("generation_in_force".into(), json!(generation_in_force));
+            format!(
+                "policy reload failed, generation {generation_in_force} stays in force: {error}"
             )
         }
         LifecycleBody::Stop { counters } => {
@@ -272,6 +289,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
                 json!(counters.connection_events),
             );
             extra.insert("uptime_secs".into(), json!(counters.uptime_secs));
+            extra.extend(counters.extra.clone());
             format!(
                 "egressd stopped: programs detached, {} connection events, {} lost",
                 counters.connection_events,
@@ -343,6 +361,7 @@ mod tests {
                 ("policy-loaded".to_string(), json!("event")),
                 ("heartbeat".to_string(), json!("metric")),
                 ("agent-stop".to_string(), json!("event")),
+                ("reload-failed".to_string(), json!("event")),
             ]
         );
     }

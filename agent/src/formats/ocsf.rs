@@ -26,7 +26,9 @@
 //! Lifecycle records are class **Application Lifecycle** (`class_uid` 6002, category 6
 //! "Application Activity"): `agent_start` is activity 3 `Start`, `agent_stop` 4 `Stop`,
 //! `policy_loaded` and `heartbeat` are 99 `Other` with `activity_name` `Policy Loaded` /
-//! `Heartbeat`; `app` names egressd; counters and losses go to `unmapped.egressd`.
+//! `Heartbeat`, and `reload_failed` 99 `Reload Failed` with `status_id` 2 `Failure` and the
+//! error in `status_detail`; `app` names egressd; counters and losses go to
+//! `unmapped.egressd`.
 use serde_json::{Map, Value, json};
 
 use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
@@ -205,10 +207,12 @@ fn lifecycle(l: &Lifecycle) -> Value {
         LifecycleBody::Stop { .. } => (4, "Stop"),
         LifecycleBody::PolicyLoaded { .. } => (99, "Policy Loaded"),
         LifecycleBody::Heartbeat { .. } => (99, "Heartbeat"),
+        LifecycleBody::ReloadFailed { .. } => (99, "Reload Failed"),
     };
     let mut extra = Map::new();
     extra.insert("type".into(), json!(h.kind));
     extra.insert("host_labels".into(), labels(h));
+    let mut failure = None;
     let (message, lost) = match &l.body {
         LifecycleBody::Start {
             policy,
@@ -251,6 +255,19 @@ fn lifecycle(l: &Lifecycle) -> Value {
                 counters.lost.total(),
             )
         }
+        LifecycleBody::ReloadFailed {
+            error,
+            generation_in_force,
+        } => {
+            extra.insert("generation_in_force".into(), json!(generation_in_force));
+            failure = Some(error.clone());
+            (
+                format!(
+                    "policy reload failed, generation {generation_in_force} stays in force: {error}"
+                ),
+                0,
+            )
+        }
         LifecycleBody::Stop { counters } => {
             extra.insert("counters".into(), json!(counters));
             (
@@ -263,10 +280,17 @@ fn lifecycle(l: &Lifecycle) -> Value {
             )
         }
     };
-    let (severity_id, severity) = if lost > 0 {
+    let (severity_id, severity) = if failure.is_some() {
+        (4, "High")
+    } else if lost > 0 {
         (3, "Medium")
     } else {
         (1, "Informational")
+    };
+    let (status_id, status) = if failure.is_some() {
+        (2, "Failure")
+    } else {
+        (1, "Success")
     };
     prune(json!({
         "class_uid": 6002,
@@ -280,8 +304,9 @@ fn lifecycle(l: &Lifecycle) -> Value {
         "time": super::unix_ms(h.unix_ns),
         "severity_id": severity_id,
         "severity": severity,
-        "status_id": 1,
-        "status": "Success",
+        "status_id": status_id,
+        "status": status,
+        "status_detail": failure,
         "message": message,
         "metadata": metadata(h, &["host"]),
         "app": product(h),
@@ -357,6 +382,7 @@ mod tests {
                 (json!(99), json!("Policy Loaded")),
                 (json!(99), json!("Heartbeat")),
                 (json!(4), json!("Stop")),
+                (json!(99), json!("Reload Failed")),
             ]
         );
     }

@@ -1,0 +1,422 @@
+//! A sink's bounded on-disk queue of frames, oldest first.
+//!
+//! Layout of the spool directory: segment files `{id:020}.seg` (ids increase; a segment holds
+//! at most [`SEGMENT_BYTES`]) of frames `[length: u32 little-endian][bytes]`, and a `head`
+//! file `"{segment id} {byte offset}\n"` naming the next frame to deliver, written at most
+//! once a second, when a segment is finished, and at exit. After a crash the frames since the
+//! last `head` write are delivered again (duplicates, never losses); a frame cut short by the
+//! crash at the end of the last segment is dropped.
+//!
+//! [`Spool::prepend`] puts frames *before* everything else (records that were in flight when
+//! the agent stopped), so delivery after a restart stays in the original order.
+use std::{
+    collections::VecDeque,
+    fs,
+    io::{self, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
+    path::{Path, PathBuf},
+};
+
+/// Segment size at which a new segment is started.
+pub const SEGMENT_BYTES: u64 = 4 << 20;
+/// Id of the first segment of an empty spool; lower ids are left for [`Spool::prepend`].
+const FIRST_ID: u64 = 1 << 40;
+/// Frame length prefix.
+const LEN_BYTES: u64 = 4;
+
+/// An open spool directory.
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// Segment ids, oldest first.
+    segs: VecDeque<u64>,
+    /// Reader on `segs[0]` and its offset.
+    reader: Option<(BufReader<fs::File>, u64)>,
+    /// Offset in `segs[0]` where reading starts (from `head`).
+    head_offset: u64,
+    /// Appender on the last segment and its size.
+    writer: Option<(fs::File, u64)>,
+    /// Unread bytes (prefixes included) and frames.
+    bytes: u64,
+    records: u64,
+    head_dirty: bool,
+}
+
+fn seg_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+/// Counts the complete frames of `path` from `offset`; returns (frames, bytes, end of the last
+/// complete frame).
+fn scan(path: &Path, offset: u64) -> io::Result<(u64, u64, u64)> {
+    let mut r = BufReader::new(fs::File::open(path)?);
+    r.seek(SeekFrom::Start(offset))?;
+    let len = fs::metadata(path)?.len();
+    let (mut n, mut pos) = (0, offset);
+    let mut buf = [0u8; 4];
+    while pos + LEN_BYTES <= len {
+        r.read_exact(&mut buf)?;
+        let flen = u64::from(u32::from_le_bytes(buf));
+        if pos + LEN_BYTES + flen > len {
+            break;
+        }
+        r.seek_relative(i64::try_from(flen).map_err(io::Error::other)?)?;
+        pos += LEN_BYTES + flen;
+        n += 1;
+    }
+    Ok((n, pos - offset, pos))
+}
+
+impl Spool {
+    /// Opens (creating) the spool in `dir` with a size limit of `max_bytes`, recovering what
+    /// a previous run left there.
+    ///
+    /// # Errors
+    /// The directory cannot be created or read, a segment cannot be read or repaired.
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let mut ids: Vec<u64> = fs::read_dir(dir)?
+            .filter_map(|e| {
+                let name = e.ok()?.file_name();
+                name.to_str()?.strip_suffix(".seg")?.parse().ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let (head_id, head_off) = fs::read_to_string(dir.join("head"))
+            .ok()
+            .and_then(|s| {
+                let (a, b) = s.trim().split_once(' ')?;
+                Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
+            })
+            .unwrap_or((0, 0));
+        // Segments before the head are fully delivered.
+        for id in ids.iter().filter(|id| **id < head_id) {
+            fs::remove_file(seg_path(dir, *id))?;
+        }
+        ids.retain(|id| *id >= head_id);
+        let mut s = Self {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            segs: ids.iter().copied().collect(),
+            reader: None,
+            head_offset: if ids.first() == Some(&head_id) {
+                head_off
+            } else {
+                0
+            },
+            writer: None,
+            bytes: 0,
+            records: 0,
+            head_dirty: false,
+        };
+        let last = ids.len().saturating_sub(1);
+        for (i, id) in ids.iter().enumerate() {
+            let path = seg_path(dir, *id);
+            let from = if i == 0 { s.head_offset } else { 0 };
+            let (n, b, end) = scan(&path, from)?;
+            s.records += n;
+            s.bytes += b;
+            if i == last && end < fs::metadata(&path)?.len() {
+                // A frame cut short by a crash.
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(end)?;
+            }
+        }
+        Ok(s)
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> u64 {
+        self.records
+    }
+
+    /// No frame waiting.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Bytes waiting (length prefixes included).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Appends a frame; `Ok(false)` when it does not fit under the size limit (the caller
+    /// counts it as dropped).
+    ///
+    /// # Errors
+    /// Disk errors.
+    pub fn append(&mut self, frame: &[u8]) -> io::Result<bool> {
+        let need = LEN_BYTES + frame.len() as u64;
+        if self.bytes + need > self.max_bytes {
+            return Ok(false);
+        }
+        let rotate = match &self.writer {
+            None => true,
+            Some((_, size)) => *size >= SEGMENT_BYTES,
+        };
+        if rotate {
+            let id = self.segs.back().map_or(FIRST_ID, |l| l + 1);
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(seg_path(&self.dir, id))?;
+            let size = f.metadata()?.len();
+            if self.segs.back() != Some(&id) {
+                self.segs.push_back(id);
+            }
+            self.writer = Some((f, size));
+        }
+        let mut buf = Vec::with_capacity(need as usize);
+        buf.extend_from_slice(
+            &u32::try_from(frame.len())
+                .map_err(io::Error::other)?
+                .to_le_bytes(),
+        );
+        buf.extend_from_slice(frame);
+        if let Some((f, size)) = self.writer.as_mut() {
+            f.write_all(&buf)?;
+            *size += need;
+        }
+        self.bytes += need;
+        self.records += 1;
+        Ok(true)
+    }
+
+    /// Takes the oldest frame.
+    ///
+    /// # Errors
+    /// Disk errors (the frame stays in the spool).
+    pub fn pop(&mut self) -> io::Result<Option<Vec<u8>>> {
+        while self.records > 0 {
+            let Some(&id) = self.segs.front() else {
+                return Ok(None);
+            };
+            if self.reader.is_none() {
+                let mut f = fs::File::open(seg_path(&self.dir, id))?;
+                f.seek(SeekFrom::Start(self.head_offset))?;
+                self.reader = Some((BufReader::new(f), self.head_offset));
+            }
+            let Some((r, off)) = self.reader.as_mut() else {
+                continue;
+            };
+            let mut len = [0u8; 4];
+            match r.read_exact(&mut len) {
+                Ok(()) => {
+                    let n = u32::from_le_bytes(len) as usize;
+                    let mut frame = vec![0u8; n];
+                    r.read_exact(&mut frame)?;
+                    *off += LEN_BYTES + n as u64;
+                    self.head_offset = *off;
+                    self.bytes = self.bytes.saturating_sub(LEN_BYTES + n as u64);
+                    self.records -= 1;
+                    self.head_dirty = true;
+                    return Ok(Some(frame));
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    if self.segs.len() == 1 {
+                        // The writer's segment: nothing more yet (should not happen while
+                        // records > 0).
+                        return Ok(None);
+                    }
+                    // Finished segment: delete it and go on with the next.
+                    self.reader = None;
+                    self.segs.pop_front();
+                    self.head_offset = 0;
+                    fs::remove_file(seg_path(&self.dir, id))?;
+                    self.head_dirty = true;
+                    self.sync()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Puts `frames` (oldest first) before everything in the spool, ignoring the size limit
+    /// (they were accepted before).
+    ///
+    /// # Errors
+    /// Disk errors.
+    pub fn prepend(&mut self, frames: &[Vec<u8>]) -> io::Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for f in frames {
+            buf.extend_from_slice(
+                &u32::try_from(f.len())
+                    .map_err(io::Error::other)?
+                    .to_le_bytes(),
+            );
+            buf.extend_from_slice(f);
+        }
+        let added = buf.len() as u64;
+        let id = match self.segs.front().copied() {
+            Some(front) => {
+                // Move the unread rest of the front segment behind the new frames, so the
+                // head is at offset 0 of the new front segment.
+                let path = seg_path(&self.dir, front);
+                let mut f = fs::File::open(&path)?;
+                f.seek(SeekFrom::Start(self.head_offset))?;
+                f.read_to_end(&mut buf)?;
+                self.reader = None;
+                if self.segs.len() == 1 {
+                    self.writer = None;
+                }
+                let id = front - 1;
+                let tmp = self.dir.join("prepend.tmp");
+                fs::write(&tmp, &buf)?;
+                fs::rename(&tmp, seg_path(&self.dir, id))?;
+                fs::remove_file(&path)?;
+                self.segs.pop_front();
+                id
+            }
+            None => {
+                let tmp = self.dir.join("prepend.tmp");
+                fs::write(&tmp, &buf)?;
+                fs::rename(&tmp, seg_path(&self.dir, FIRST_ID))?;
+                FIRST_ID
+            }
+        };
+        self.segs.push_front(id);
+        self.head_offset = 0;
+        self.bytes += added;
+        self.records += frames.len() as u64;
+        self.head_dirty = true;
+        self.sync()
+    }
+
+    /// Writes the `head` file if it changed (atomically: temporary file + rename) and syncs
+    /// the segments to disk.
+    ///
+    /// # Errors
+    /// Disk errors.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if !self.head_dirty {
+            return Ok(());
+        }
+        if let Some((f, _)) = &self.writer {
+            f.sync_data()?;
+        }
+        let id = self.segs.front().copied().unwrap_or(0);
+        let tmp = self.dir.join("head.tmp");
+        fs::write(&tmp, format!("{id} {}\n", self.head_offset))?;
+        fs::rename(&tmp, self.dir.join("head"))?;
+        self.head_dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("egressd-spool-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn frame(i: usize) -> Vec<u8> {
+        format!("frame-{i}-{}", "x".repeat(i % 7)).into_bytes()
+    }
+
+    #[test]
+    fn fifo_across_segments_and_reopen() {
+        let d = dir("fifo");
+        let mut s = Spool::open(&d, 1 << 30).expect("open");
+        // Large frames so several segments are used.
+        let big = |i: usize| {
+            let mut f = frame(i);
+            f.resize(300_000, b'.');
+            f
+        };
+        for i in 0..40 {
+            assert!(s.append(&big(i)).expect("append"));
+        }
+        assert_eq!(s.len(), 40);
+        for i in 0..15 {
+            assert_eq!(s.pop().expect("pop"), Some(big(i)));
+        }
+        s.sync().expect("sync");
+        drop(s);
+        let mut s = Spool::open(&d, 1 << 30).expect("reopen");
+        assert_eq!(s.len(), 25);
+        for i in 15..40 {
+            assert_eq!(s.pop().expect("pop"), Some(big(i)), "frame {i}");
+        }
+        assert_eq!(s.pop().expect("pop"), None);
+        assert!(s.is_empty());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn size_limit() {
+        let d = dir("limit");
+        let mut s = Spool::open(&d, 100).expect("open");
+        assert!(s.append(&[0u8; 40]).expect("append"));
+        assert!(s.append(&[1u8; 40]).expect("append"));
+        assert!(!s.append(&[2u8; 40]).expect("append"), "over the limit");
+        assert_eq!(s.bytes(), 88);
+        assert_eq!(s.pop().expect("pop"), Some(vec![0u8; 40]));
+        assert!(s.append(&[3u8; 40]).expect("append"), "room again");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn prepend_keeps_order_and_survives_reopen() {
+        let d = dir("prepend");
+        let mut s = Spool::open(&d, 1 << 20).expect("open");
+        for i in 0..10 {
+            s.append(&frame(i)).expect("append");
+        }
+        for i in 0..3 {
+            assert_eq!(s.pop().expect("pop"), Some(frame(i)));
+        }
+        s.prepend(&[frame(100), frame(101)]).expect("prepend");
+        s.append(&frame(10)).expect("append");
+        s.sync().expect("sync");
+        drop(s);
+        let mut s = Spool::open(&d, 1 << 20).expect("reopen");
+        let mut got = Vec::new();
+        while let Some(f) = s.pop().expect("pop") {
+            got.push(f);
+        }
+        let mut want = vec![frame(100), frame(101)];
+        want.extend((3..11).map(frame));
+        assert_eq!(got, want);
+        // Prepend into an empty spool.
+        s.prepend(&[frame(7)]).expect("prepend");
+        assert_eq!(s.pop().expect("pop"), Some(frame(7)));
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn truncated_tail_is_dropped() {
+        let d = dir("torn");
+        let mut s = Spool::open(&d, 1 << 20).expect("open");
+        s.append(&frame(1)).expect("append");
+        s.append(&frame(2)).expect("append");
+        drop(s);
+        let seg = fs::read_dir(&d)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .expect("segment")
+            .path();
+        let len = fs::metadata(&seg).expect("stat").len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("open")
+            .set_len(len - 3)
+            .expect("truncate");
+        let mut s = Spool::open(&d, 1 << 20).expect("reopen");
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.pop().expect("pop"), Some(frame(1)));
+        s.append(&frame(3)).expect("append");
+        assert_eq!(s.pop().expect("pop"), Some(frame(3)));
+        let _ = fs::remove_dir_all(&d);
+    }
+}

@@ -1,0 +1,189 @@
+//! Sinks: where formatted records go. One file per destination kind:
+//!
+//! | sink | module | framing |
+//! | --- | --- | --- |
+//! | stdout | [`stdout`] | one record per line (`\n`) |
+//! | file | [`file`] | one record per line, appended; reopened on SIGUSR1 (logrotate) |
+//! | syslog over UDP | [`syslog`] | RFC 5424 message, one per datagram (RFC 5426) |
+//! | syslog over TCP | [`syslog`] | RFC 5424 message with RFC 6587 octet counting (`LEN SP MSG`) |
+//! | syslog over TLS | [`syslog`], [`tls`] | as TCP, inside TLS (RFC 5425), rustls with CA and client certificate options |
+//!
+//! A sink is an [`Encoder`] (format + framing, applied on the reader thread so the spool
+//! stores wire-ready frames) and a [`Transport`] (blocking I/O, driven by the sink's own
+//! worker thread in [`crate::pipeline`], which adds the queue, spool, retries and counters).
+pub mod file;
+pub mod stdout;
+pub mod syslog;
+pub mod tls;
+
+use std::io;
+
+use crate::{
+    config::{SinkConfig, SinkKind, SyslogTransport},
+    events::Record,
+    formats::Format,
+};
+
+/// Why a frame could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// The destination is unavailable (connection refused or lost, disk error): close,
+    /// back off, reopen, send the frame again.
+    Retry(io::Error),
+    /// This frame can never be sent (larger than a datagram): drop it and go on.
+    Reject(io::Error),
+}
+
+/// Blocking I/O to one destination. Implementations never panic; the pipeline worker owns
+/// the transport and calls it from one thread.
+pub trait Transport: Send {
+    /// Opens the destination: connects (and handshakes), or opens the file. An error means
+    /// "down, try again later".
+    fn open(&mut self) -> io::Result<()>;
+    /// Whether [`Self::open`] succeeded and nothing failed since.
+    fn is_open(&self) -> bool;
+    /// Writes one frame; returns how many bytes it put on the wire (the TLS record overhead
+    /// included), used with [`Self::unacked`] to tell which frames the peer has received.
+    fn send(&mut self, frame: &[u8]) -> Result<u64, SendError>;
+    /// Pushes out buffered bytes (stdout, files); called when the queue runs empty.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Bytes written and not yet acknowledged by the peer (`SIOCOUTQ` for TCP streams); 0
+    /// for destinations without acknowledgements.
+    fn unacked(&self) -> u64 {
+        0
+    }
+    /// Checks, before writing, that the connection is still usable: a stream whose peer has
+    /// closed it must be reopened *before* a frame is written into it and lost.
+    fn check(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Closes (TLS close_notify, TCP shutdown, file close). The next send needs `open`.
+    fn close(&mut self);
+    /// Whether sends are acknowledged through [`Self::unacked`] (TCP, TLS).
+    fn acknowledges(&self) -> bool {
+        false
+    }
+}
+
+/// How records become frames.
+#[derive(Clone, Debug)]
+pub enum Framing {
+    /// Record + `\n`.
+    Line,
+    /// RFC 5424 message; `octet_counting` prefixes `LEN SP` (RFC 6587 section 3.4.1).
+    Syslog {
+        /// Header fields.
+        header: syslog::HeaderFields,
+        /// TCP and TLS: true; UDP: false.
+        octet_counting: bool,
+    },
+}
+
+/// Format and framing of one sink.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    /// Record format.
+    pub format: Format,
+    /// Framing.
+    pub framing: Framing,
+}
+
+impl Encoder {
+    /// The encoder a sink config asks for; `host` is the HOSTNAME of syslog messages.
+    pub fn for_sink(cfg: &SinkConfig, host: &str) -> Self {
+        let framing = match &cfg.kind {
+            SinkKind::Stdout | SinkKind::File { .. } => Framing::Line,
+            SinkKind::Syslog(s) => Framing::Syslog {
+                header: syslog::HeaderFields {
+                    facility: s.facility,
+                    hostname: syslog::printable(host, 255),
+                    app_name: s.app_name.clone(),
+                    procid: std::process::id().to_string(),
+                },
+                octet_counting: s.transport != SyslogTransport::Udp,
+            },
+        };
+        Self {
+            format: cfg.format,
+            framing,
+        }
+    }
+
+    /// One frame, ready for [`Transport::send`].
+    pub fn encode(&self, record: &Record) -> Vec<u8> {
+        let body = self.format.render(record);
+        match &self.framing {
+            Framing::Line => {
+                let mut v = body;
+                v.push(b'\n');
+                v
+            }
+            Framing::Syslog {
+                header,
+                octet_counting,
+            } => {
+                let msg = syslog::message(header, record, &body);
+                if *octet_counting {
+                    let mut v = format!("{} ", msg.len()).into_bytes();
+                    v.extend_from_slice(&msg);
+                    v
+                } else {
+                    msg
+                }
+            }
+        }
+    }
+}
+
+/// Creates the transport a sink config asks for. Only reads local files (TLS certificates
+/// and keys); connecting happens later, in [`Transport::open`].
+///
+/// # Errors
+/// Unreadable or invalid CA, certificate or key files.
+pub fn transport(cfg: &SinkConfig) -> anyhow::Result<Box<dyn Transport>> {
+    Ok(match &cfg.kind {
+        SinkKind::Stdout => Box::new(stdout::Stdout::new()),
+        SinkKind::File { path } => Box::new(file::File::new(path.clone())),
+        SinkKind::Syslog(s) => match s.transport {
+            SyslogTransport::Udp => Box::new(syslog::Udp::new(s.address.clone())),
+            SyslogTransport::Tcp => Box::new(syslog::Tcp::new(s.address.clone())),
+            SyslogTransport::Tls => Box::new(tls::Tls::new(s)?),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::sample;
+
+    #[test]
+    fn line_and_octet_counted_frames() {
+        let rec = Record::Connection(Box::new(sample::deny()));
+        let mut cfg = crate::config::SinkConfig::stdout();
+        let line = Encoder::for_sink(&cfg, "h").encode(&rec);
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        cfg.kind = SinkKind::Syslog(crate::config::SyslogConfig {
+            transport: SyslogTransport::Tcp,
+            address: "127.0.0.1:514".into(),
+            server_name: None,
+            ca: None,
+            client_auth: None,
+            facility: 3,
+            app_name: "egressd".into(),
+        });
+        cfg.format = Format::Cef;
+        let frame = Encoder::for_sink(&cfg, "storage-eu-1").encode(&rec);
+        let text = String::from_utf8(frame).expect("UTF-8");
+        let (len, msg) = text.split_once(' ').expect("LEN SP MSG");
+        assert_eq!(len.parse::<usize>().expect("number"), msg.len());
+        assert!(
+            msg.starts_with("<28>1 2026-11-29T09:42:54.018030Z storage-eu-1 egressd "),
+            "{msg}"
+        );
+        assert!(msg.contains(" connection - CEF:0|egressd|"), "{msg}");
+    }
+}

@@ -1,0 +1,784 @@
+//! Real receivers: a real rsyslogd (Debian's `rsyslog` with `rsyslog-openssl`), started by
+//! the test inside a network namespace it creates, listening on that namespace's loopback with
+//! plain TCP (RFC 6587 octet counting), TLS (RFC 5425; `ossl` stream driver, client
+//! certificates required) and UDP inputs. Certificates are made by the test (rcgen).
+//!
+//! - `syslog_receives_every_record_once`: the pipeline delivers 300 records to TCP (native
+//!   JSON), TLS (OCSF) and UDP (CEF); rsyslog's own RFC 5424 parse of each message is checked,
+//!   and each TCP/TLS record arrives exactly once, in order, and parses.
+//! - `syslog_outage_loses_nothing`: rsyslog is stopped for several seconds while records keep
+//!   coming; they are spooled and, after it restarts, all arrive exactly once and in order.
+//! - `daemon_end_to_end`: the real `egressd run` (inside rsyslog's namespace) judges a probe
+//!   in the test bed's cgroup; every record it prints on stdout arrives once at rsyslog over
+//!   TCP (OCSF) and TLS (CEF), with enrichment and the loss counters.
+//!
+//! Needs root, `rsyslogd` and its `lmnsd_ossl` module (`cargo xtask setup` installs them);
+//! fails, never skips, without them. rsyslogd and the namespaces are removed on every exit
+//! path (guards).
+//!
+//! Run: `cargo test -p egressd --test sinks`.
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::{BufRead as _, BufReader},
+    net::{IpAddr, Ipv4Addr, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use egressd::{
+    config::{SinkConfig, SinkKind, SpoolConfig, SyslogConfig, SyslogTransport},
+    events::{Record, sample},
+    formats::{Format, cef},
+    pipeline::Pipeline,
+};
+use egressd_testbed::{Netns, PORT, Testbed, US_V4, US_V6};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::Value;
+
+const PROBE_ARG: &str = "__egressd_linger_probe";
+const TCP_PORT: u16 = 10514;
+const TLS_PORT: u16 = 10515;
+const UDP_PORT: u16 = 10516;
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(PROBE_ARG) {
+        // The probe, then linger so the agent finds this process in /proc.
+        let code = egressd_testbed::client::main(&argv[2..]);
+        std::thread::sleep(Duration::from_secs(2));
+        std::process::exit(code);
+    }
+    let args = Arguments::from_args();
+    let tests = vec![
+        Trial::test("syslog_receives_every_record_once", every_record_once),
+        Trial::test("syslog_outage_loses_nothing", outage),
+        Trial::test("daemon_end_to_end", daemon_end_to_end),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
+
+fn prerequisites() -> Result<(), Failed> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(
+            "these tests create namespaces and run rsyslogd: run them as root \
+                    (they are never skipped)"
+                .into(),
+        );
+    }
+    let ok = Command::new("rsyslogd")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        return Err("rsyslogd not found: install rsyslog (cargo xtask setup)".into());
+    }
+    let ossl = ["/usr/lib/x86_64-linux-gnu/rsyslog", "/usr/lib/rsyslog"]
+        .iter()
+        .any(|d| Path::new(d).join("lmnsd_ossl.so").exists());
+    if !ossl {
+        return Err(
+            "rsyslog's TLS driver lmnsd_ossl.so is missing: install rsyslog-openssl \
+                    (cargo xtask setup)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn err(e: impl std::fmt::Display) -> Failed {
+    e.to_string().into()
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self, Failed> {
+        let p = std::env::temp_dir().join(egressd_testbed::unique("egressd-sinks-"));
+        fs::create_dir_all(&p).map_err(err)?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Test PKI: a CA, a server certificate for 127.0.0.1/localhost, a client certificate.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn pki(dir: &Path) -> Result<Pki, Failed> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "egressd test CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let leaf = |cn: &str, usage: ExtendedKeyUsagePurpose| -> Result<(String, String), Failed> {
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).map_err(err)?;
+        p.subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![usage];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().map_err(err)?;
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).map_err(err)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (scert, skey) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (ccert, ckey) = leaf("egressd-client", ExtendedKeyUsagePurpose::ClientAuth)?;
+    let p = Pki {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    };
+    for (path, text) in [
+        (&p.ca, ca_cert.pem()),
+        (&p.server_cert, scert),
+        (&p.server_key, skey),
+        (&p.client_cert, ccert),
+        (&p.client_key, ckey),
+    ] {
+        fs::write(path, text).map_err(err)?;
+    }
+    Ok(p)
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (threads it spawns stay there).
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Failed> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || -> Result<T, String> {
+        let file = fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        // SAFETY: a valid namespace fd; setns only changes this thread's namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns: {}", std::io::Error::last_os_error()));
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| Failed::from("thread in namespace panicked"))?
+    .map_err(Failed::from)
+}
+
+/// rsyslogd in its own network namespace; stopped (and the namespace deleted) on drop.
+struct Rsyslog {
+    ns: Netns,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Rsyslog {
+    fn new(dir: &Path, pki: &Pki) -> Result<Self, Failed> {
+        let ns = Netns::create(&egressd_testbed::unique("egr")).map_err(err)?;
+        let d = dir.display();
+        let conf = format!(
+            r#"global(workDirectory="{d}" maxMessageSize="64k")
+module(load="imtcp" maxSessions="100")
+module(load="imudp")
+template(name="rec" type="string" string="{{\"host\":\"%hostname:::json%\",\"app\":\"%app-name:::json%\",\"procid\":\"%procid:::json%\",\"msgid\":\"%msgid:::json%\",\"pri\":\"%pri%\",\"msg\":\"%msg:::json%\"}}\n")
+ruleset(name="tcp") {{ action(type="omfile" file="{d}/tcp.log" template="rec") }}
+ruleset(name="tls") {{ action(type="omfile" file="{d}/tls.log" template="rec") }}
+ruleset(name="udp") {{ action(type="omfile" file="{d}/udp.log" template="rec") }}
+input(type="imtcp" port="{TCP_PORT}" address="127.0.0.1" ruleset="tcp")
+input(type="imtcp" port="{TLS_PORT}" address="127.0.0.1" ruleset="tls" streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="x509/certvalid" streamDriver.CAFile="{ca}" streamDriver.CertFile="{cert}" streamDriver.KeyFile="{key}")
+input(type="imudp" port="{UDP_PORT}" address="127.0.0.1" ruleset="udp")
+"#,
+            ca = pki.ca.display(),
+            cert = pki.server_cert.display(),
+            key = pki.server_key.display(),
+        );
+        fs::write(dir.join("rsyslog.conf"), conf).map_err(err)?;
+        let mut r = Self {
+            ns,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        r.start()?;
+        Ok(r)
+    }
+
+    fn ns(&self) -> &str {
+        self.ns.name()
+    }
+
+    fn start(&mut self) -> Result<(), Failed> {
+        // nsenter (util-linux) changes only the network namespace (`ip netns exec` would also
+        // remount /sys).
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns.name()))
+            .args(["rsyslogd", "-n", "-f"])
+            .arg(self.dir.join("rsyslog.conf"))
+            .arg("-i")
+            .arg(self.dir.join("rsyslogd.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(self.dir.join("rsyslogd.stderr")).map_err(err)?)
+            .spawn()
+            .map_err(|e| format!("starting rsyslogd: {e}"))?;
+        self.child = Some(child);
+        // Ready when both TCP listeners accept.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let ready = in_ns(self.ns.name(), || {
+                [TCP_PORT, TLS_PORT].iter().all(|p| {
+                    TcpStream::connect_timeout(
+                        &(Ipv4Addr::LOCALHOST, *p).into(),
+                        Duration::from_millis(200),
+                    )
+                    .is_ok()
+                })
+            })?;
+            if ready {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                let log = fs::read_to_string(self.dir.join("rsyslogd.stderr")).unwrap_or_default();
+                return Err(format!("rsyslogd exited ({st}): {log}").into());
+            }
+            if Instant::now() > deadline {
+                return Err("rsyslogd did not listen within 15 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child (nsenter execs rsyslogd: same pid).
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Parsed lines of `{input}.log`.
+    fn lines(&self, input: &str) -> Result<Vec<Value>, Failed> {
+        let text = fs::read_to_string(self.dir.join(format!("{input}.log"))).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).map_err(|e| format!("rsyslog line {l}: {e}").into()))
+            .collect()
+    }
+
+    /// Waits until `{input}.log` has at least `n` lines (or `done` says so).
+    fn wait(
+        &self,
+        input: &str,
+        secs: u64,
+        mut done: impl FnMut(&[Value]) -> bool,
+    ) -> Result<Vec<Value>, Failed> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let lines = self.lines(input)?;
+            if done(&lines) {
+                return Ok(lines);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{input}: only {} lines after {secs} s: {:?}",
+                    lines.len(),
+                    lines.last()
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn syslog_sink(
+    name: &str,
+    transport: SyslogTransport,
+    port: u16,
+    format: Format,
+    pki: &Pki,
+    spool: Option<&Path>,
+) -> SinkConfig {
+    let tls = transport == SyslogTransport::Tls;
+    SinkConfig {
+        name: name.into(),
+        kind: SinkKind::Syslog(SyslogConfig {
+            transport,
+            address: format!("127.0.0.1:{port}"),
+            server_name: None,
+            ca: tls.then(|| pki.ca.clone()),
+            client_auth: tls.then(|| (pki.client_cert.clone(), pki.client_key.clone())),
+            facility: 16,
+            app_name: "egressd".into(),
+        }),
+        format,
+        queue: 10_000,
+        spool: spool.map(|d| SpoolConfig {
+            dir: d.join(name),
+            max_bytes: 64 << 20,
+        }),
+        retry_max_ms: 200,
+    }
+}
+
+fn rec(seq: u64) -> Record {
+    let mut ev = sample::deny();
+    ev.header.sequence = seq;
+    ev.header.id = format!("{}-{seq}", ev.header.agent.ephemeral_id);
+    Record::Connection(Box::new(ev))
+}
+
+/// The sequence number a received message carries, per format.
+fn seq_of(line: &Value, format: Format) -> Result<u64, Failed> {
+    let msg = line["msg"].as_str().ok_or("no msg")?;
+    let bad = || Failed::from(format!("unparsable {format:?} message: {msg}"));
+    match format {
+        Format::Cef => {
+            let (_, pairs) = cef::parse(msg).ok_or_else(bad)?;
+            pairs
+                .iter()
+                .find(|(k, _)| k == "egressdSeq")
+                .and_then(|(_, v)| v.parse().ok())
+                .ok_or_else(bad)
+        }
+        Format::Ocsf => {
+            let v: Value = serde_json::from_str(msg).map_err(|_| bad())?;
+            v["metadata"]["sequence"].as_u64().ok_or_else(bad)
+        }
+        Format::Json | Format::Ecs => {
+            let v: Value = serde_json::from_str(msg).map_err(|_| bad())?;
+            v["sequence"]
+                .as_u64()
+                .or_else(|| v["event"]["sequence"].as_u64())
+                .ok_or_else(bad)
+        }
+    }
+}
+
+/// Every line parsed, its RFC 5424 header as rsyslog understood it, and the sequence numbers.
+fn check_lines(lines: &[Value], format: Format) -> Result<Vec<u64>, Failed> {
+    let mut seqs = Vec::new();
+    for l in lines {
+        if l["app"] != "egressd" || l["msgid"] != "connection" || l["host"] != "egressd-test" {
+            return Err(format!("RFC 5424 header not parsed as sent: {l}").into());
+        }
+        // local0 (16) * 8 + warning (4)
+        if l["pri"] != "132" {
+            return Err(format!("PRI: {l}").into());
+        }
+        if l["procid"] != std::process::id().to_string() {
+            return Err(format!("PROCID: {l}").into());
+        }
+        seqs.push(seq_of(l, format)?);
+    }
+    Ok(seqs)
+}
+
+fn every_record_once() -> Result<(), Failed> {
+    prerequisites()?;
+    let dir = TempDir::new()?;
+    let pki = pki(&dir.0)?;
+    let rs = Rsyslog::new(&dir.0, &pki)?;
+    let sinks = vec![
+        syslog_sink(
+            "tcp",
+            SyslogTransport::Tcp,
+            TCP_PORT,
+            Format::Json,
+            &pki,
+            None,
+        ),
+        syslog_sink(
+            "tls",
+            SyslogTransport::Tls,
+            TLS_PORT,
+            Format::Ocsf,
+            &pki,
+            None,
+        ),
+        syslog_sink(
+            "udp",
+            SyslogTransport::Udp,
+            UDP_PORT,
+            Format::Cef,
+            &pki,
+            None,
+        ),
+    ];
+    let p = in_ns(rs.ns(), move || Pipeline::start(&sinks, "egressd-test"))?.map_err(err)?;
+    let n = 300u64;
+    for i in 1..=n {
+        p.submit(&rec(i));
+        if i % 50 == 0 {
+            // Paced so the UDP receiver keeps up (UDP has no flow control).
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if !p.flush(Duration::from_secs(20)) {
+        return Err(format!("not flushed: {:?}", p.counters()).into());
+    }
+    let want: Vec<u64> = (1..=n).collect();
+    for (input, format) in [("tcp", Format::Json), ("tls", Format::Ocsf)] {
+        let lines = rs.wait(input, 20, |l| l.len() as u64 >= n)?;
+        // Give a duplicate the chance to show up.
+        std::thread::sleep(Duration::from_millis(200));
+        let lines = rs
+            .lines(input)
+            .map(|l| if l.len() > lines.len() { l } else { lines })?;
+        let got = check_lines(&lines, format)?;
+        if got != want {
+            return Err(format!("{input}: sequence numbers differ from 1..={n}: {got:?}").into());
+        }
+    }
+    // UDP: no delivery guarantee, but what arrives parses, once, in order.
+    let lines = rs.wait("udp", 10, |l| !l.is_empty())?;
+    let got = check_lines(&lines, Format::Cef)?;
+    if got.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!("udp: out of order or duplicated: {got:?}").into());
+    }
+    let c = p.shutdown(Duration::from_secs(5));
+    for name in ["tcp", "tls", "udp"] {
+        if c[name].delivered != n || c[name].dropped() != 0 {
+            return Err(format!("{name}: counters {:?}", c[name]).into());
+        }
+    }
+    Ok(())
+}
+
+fn outage() -> Result<(), Failed> {
+    prerequisites()?;
+    let dir = TempDir::new()?;
+    let pki = pki(&dir.0)?;
+    let mut rs = Rsyslog::new(&dir.0, &pki)?;
+    let spool = dir.0.join("spool");
+    let sinks = vec![
+        syslog_sink(
+            "tcp",
+            SyslogTransport::Tcp,
+            TCP_PORT,
+            Format::Json,
+            &pki,
+            Some(&spool),
+        ),
+        syslog_sink(
+            "tls",
+            SyslogTransport::Tls,
+            TLS_PORT,
+            Format::Cef,
+            &pki,
+            Some(&spool),
+        ),
+    ];
+    let p = in_ns(rs.ns(), move || Pipeline::start(&sinks, "egressd-test"))?.map_err(err)?;
+    for i in 1..=100 {
+        p.submit(&rec(i));
+    }
+    for input in ["tcp", "tls"] {
+        rs.wait(input, 20, |l| l.len() >= 100)?;
+    }
+    rs.stop();
+    let down_at = Instant::now();
+    // Records keep coming while the receiver is down.
+    for batch in 0..10u64 {
+        for i in 0..20 {
+            p.submit(&rec(101 + batch * 20 + i));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let c = p.counters();
+    if c.values().any(|s| s.up || s.spooled == 0) {
+        return Err(format!("sinks should be down and spooling: {c:?}").into());
+    }
+    // An outage of several seconds.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(down_at.elapsed()));
+    rs.start()?;
+    for i in 301..=320 {
+        p.submit(&rec(i));
+    }
+    if !p.flush(Duration::from_secs(30)) {
+        return Err(format!("not flushed after the restart: {:?}", p.counters()).into());
+    }
+    let want: Vec<u64> = (1..=320).collect();
+    for (input, format) in [("tcp", Format::Json), ("tls", Format::Cef)] {
+        rs.wait(input, 20, |l| l.len() >= 320)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let got = check_lines(&rs.lines(input)?, format)?;
+        if got != want {
+            let seen: BTreeSet<u64> = got.iter().copied().collect();
+            let missing: Vec<u64> = want.iter().filter(|s| !seen.contains(s)).copied().collect();
+            return Err(format!(
+                "{input}: {} lines, missing {missing:?}, order/duplicates: {got:?}",
+                got.len()
+            )
+            .into());
+        }
+    }
+    let c = p.shutdown(Duration::from_secs(5));
+    for (name, s) in &c {
+        if s.delivered != 320 || s.dropped() != 0 || s.retries == 0 || s.spooled != 0 {
+            return Err(format!("{name}: counters {s:?}").into());
+        }
+    }
+    Ok(())
+}
+
+fn daemon_end_to_end() -> Result<(), Failed> {
+    prerequisites()?;
+    let dir = TempDir::new()?;
+    let pki = pki(&dir.0)?;
+    let rs = Rsyslog::new(&dir.0, &pki)?;
+    let tb = Testbed::new().map_err(|e| format!("testbed: {e:#}"))?;
+    let cfg = dir.0.join("egressd.toml");
+    let policy = egressd_testbed::POLICY.replace("{mode}", "enforce");
+    fs::write(
+        &cfg,
+        format!(
+            r#"heartbeat_secs = 1
+{policy}
+[host]
+labels = {{ site = "test", role = "e2e" }}
+
+[[sinks]]
+type = "stdout"
+
+[[sinks]]
+name = "siem-tcp"
+type = "syslog"
+transport = "tcp"
+address = "127.0.0.1:{TCP_PORT}"
+format = "ocsf"
+spool = "{spool}/tcp"
+retry_max_ms = 200
+
+[[sinks]]
+name = "siem-tls"
+type = "syslog"
+transport = "tls"
+address = "127.0.0.1:{TLS_PORT}"
+format = "cef"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+spool = "{spool}/tls"
+retry_max_ms = 200
+"#,
+            spool = dir.0.join("spool").display(),
+            ca = pki.ca.display(),
+            cert = pki.client_cert.display(),
+            key = pki.client_key.display(),
+        ),
+    )
+    .map_err(err)?;
+    // nsenter, not `ip netns exec`: the latter remounts /sys, hiding the test cgroup.
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", rs.ns()))
+        .arg(env!("CARGO_BIN_EXE_egressd"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--cgroup")
+        .arg(tb.cgroup.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawning egressd: {e}"))?;
+    let guard = KillOnDrop(child.id());
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut records: Vec<Value> = Vec::new();
+    let recv_until = |records: &mut Vec<Value>, kind: &str, secs: u64| -> Result<(), Failed> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                let v: Value = serde_json::from_str(&l).map_err(|e| format!("{l}: {e}"))?;
+                let hit = v["type"] == kind;
+                records.push(v);
+                if hit {
+                    return Ok(());
+                }
+            }
+        }
+        Err(format!("no {kind} record within {secs} s").into())
+    };
+    recv_until(&mut records, "agent_start", 30)?;
+    // Denied attempts by a process that stays alive long enough to be read from /proc.
+    let exe = std::env::current_exe().map_err(err)?;
+    let out = Command::new(&exe)
+        .arg(PROBE_ARG)
+        .arg("--cgroup")
+        .arg(tb.cgroup.path())
+        .args(["--netns", tb.client.name(), "--repeat", "3"])
+        .arg(format!("tcp://{US_V4}:{PORT}"))
+        .arg(format!("udp-sendto://[{US_V6}]:{PORT}"))
+        .output()
+        .map_err(|e| format!("probe: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("probe failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    recv_until(&mut records, "heartbeat", 10)?;
+    // SAFETY: signalling our own child (nsenter execs egressd: same pid).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    recv_until(&mut records, "agent_stop", 30)?;
+    let status = child.wait().map_err(err)?;
+    // Reaped: its pid may be reused, so the guard must not signal it any more.
+    std::mem::forget(guard);
+    if !status.success() {
+        return Err(format!("egressd exited with {status}").into());
+    }
+
+    // stdout: what the agent emitted.
+    let conns: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "connection")
+        .collect();
+    if conns.is_empty() {
+        return Err("no connection events".into());
+    }
+    let mut live = 0;
+    for e in &conns {
+        if e["verdict"] != "deny" || e["host"]["labels"]["site"] != "test" {
+            return Err(format!("event fields: {e}").into());
+        }
+        if e["user"]["name"] != "root"
+            || e["cgroup"]["path"].is_null() && e["process"]["exited"] == false
+        {
+            return Err(format!("enrichment: {e}").into());
+        }
+        if e["process"]["exited"] == false {
+            live += 1;
+            let cmd = e["process"]["command_line"].as_str().unwrap_or("");
+            if !cmd.contains(PROBE_ARG) || e["process"]["executable"].is_null() {
+                return Err(format!("process details: {e}").into());
+            }
+        }
+    }
+    if live == 0 {
+        return Err(format!("no event was enriched from /proc: {conns:?}").into());
+    }
+    let ids: Vec<String> = records
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let seqs: Vec<u64> = records
+        .iter()
+        .filter_map(|r| r["sequence"].as_u64())
+        .collect();
+    if seqs != (1..=records.len() as u64).collect::<Vec<_>>() {
+        return Err(format!("stdout sequence has gaps: {seqs:?}").into());
+    }
+    let stop = records.last().ok_or("no records")?;
+    let sinks = &stop["lost"]["sinks"];
+    for name in ["stdout", "siem-tcp", "siem-tls"] {
+        let s = &sinks[name];
+        if s.is_null()
+            || [
+                "dropped_queue_full",
+                "dropped_spool_full",
+                "dropped_failed",
+                "dropped_at_exit",
+            ]
+            .iter()
+            .any(|k| s[k] != 0)
+        {
+            return Err(format!("sink {name} counters in agent_stop: {stop}").into());
+        }
+    }
+    if stop["lost"]["sink_write_failed"] != 0 || stop["connection_events"] != conns.len() {
+        return Err(format!("agent_stop counters: {stop}").into());
+    }
+
+    // rsyslog: every record exactly once on both inputs.
+    let n = records.len();
+    let tcp = rs.wait("tcp", 20, |l| l.len() >= n)?;
+    let tls = rs.wait("tls", 20, |l| l.len() >= n)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (tcp, tls) = (
+        rs.lines("tcp").unwrap_or(tcp),
+        rs.lines("tls").unwrap_or(tls),
+    );
+    let mut tcp_ids = Vec::new();
+    for l in &tcp {
+        let v: Value = serde_json::from_str(l["msg"].as_str().unwrap_or(""))
+            .map_err(|e| format!("OCSF message {l}: {e}"))?;
+        if v["metadata"]["uid"].is_null() || l["app"] != "egressd" {
+            return Err(format!("OCSF record: {l}").into());
+        }
+        if l["msgid"] == "connection"
+            && (v["class_uid"] != 4001 || v["activity_id"] != 5 || v["action_id"] != 2)
+        {
+            return Err(format!("OCSF connection mapping: {v}").into());
+        }
+        tcp_ids.push(v["metadata"]["uid"].as_str().unwrap_or("").to_owned());
+    }
+    let mut tls_ids = Vec::new();
+    for l in &tls {
+        let msg = l["msg"].as_str().unwrap_or("");
+        let (h, pairs) = cef::parse(msg).ok_or_else(|| format!("CEF: {msg}"))?;
+        if h[0] != "CEF:0" || h[1] != "egressd" {
+            return Err(format!("CEF header: {msg}").into());
+        }
+        let id = pairs
+            .iter()
+            .find(|(k, _)| k == "externalId")
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| format!("CEF without externalId: {msg}"))?;
+        tls_ids.push(id);
+    }
+    for (name, got) in [("tcp", &tcp_ids), ("tls", &tls_ids)] {
+        if *got != ids {
+            return Err(format!(
+                "{name}: received ids differ from stdout's\n  stdout: {ids:?}\n  {name}: {got:?}"
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// SIGKILLs a process on drop unless it has exited.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; harmless if it is gone.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
