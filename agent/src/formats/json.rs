@@ -6,7 +6,7 @@
 //! | field | meaning |
 //! | --- | --- |
 //! | `@timestamp` | kernel time of the attempt, RFC 3339 UTC, nanoseconds |
-//! | `type` | `connection` (lifecycle records: `agent_start`, `policy_loaded`, `heartbeat`, `agent_stop`) |
+//! | `type` | `connection` (lifecycle records: `policy_loaded`, `agent_start`, `heartbeat`, `reload_failed`, `agent_stop`) |
 //! | `id`, `sequence` | event id unique per host (`{agent.ephemeral_id}-{sequence}`), gap-free sequence |
 //! | `verdict` | `deny` (caller got EPERM) or `audit` (let through, would have been denied) |
 //! | `hook` | kernel hook, e.g. `cgroup/connect4` |
@@ -28,7 +28,9 @@
 //! `policy` (file, mode, digest, generation, regions, prefix counts, allowlist), `cgroup`,
 //! `sinks`; `policy_loaded`: `policy`; `heartbeat` and `agent_stop`: `counters` (by hook,
 //! region, verdict), `lost` (`ringbuf_full`, `sink_write_failed`, `undecodable`, `sinks` with
-//! per-sink counters), `connection_events`, `uptime_secs`; `heartbeat` also `interval_secs`.
+//! per-sink counters), `connection_events`, `uptime_secs`, and the daemon's extra kernel
+//! statistics (`flows`, `reloads`); `heartbeat` also `interval_secs`; `reload_failed`:
+//! `error`, `generation_in_force`.
 use crate::events::Record;
 
 /// Serializes `record` as one JSON object (no newline).

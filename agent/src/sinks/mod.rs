@@ -160,6 +160,20 @@ mod tests {
     use crate::events::sample;
 
     #[test]
+    fn sinks_example_config_is_valid() {
+        let (_, out) = crate::config::parse_all(
+            std::path::Path::new("configs/sinks.toml"),
+            include_str!("../../../configs/sinks.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = out.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["stdout", "archive", "siem"]);
+        assert_eq!(out.host_labels.len(), 3);
+        assert_eq!(out.sinks[2].format, Format::Cef);
+        assert!(out.sinks[2].spool.is_some());
+    }
+
+    #[test]
     fn line_and_octet_counted_frames() {
         let rec = Record::Connection(Box::new(sample::deny()));
         let mut cfg = crate::config::SinkConfig::stdout();
