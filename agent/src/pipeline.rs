@@ -241,8 +241,8 @@ impl Pipeline {
         }
     }
 
-    /// Asks file sinks to close and reopen their file (SIGUSR1, after logrotate moved it);
-    /// other sinks reconnect.
+    /// Asks file (and stdout) sinks to flush, close and reopen their file (SIGUSR1, after
+    /// logrotate moved it). Network sinks keep their connections.
     pub fn reopen(&self) {
         for s in &self.sinks {
             s.shared.reopen.store(true, Ordering::Relaxed);
@@ -441,13 +441,20 @@ impl Worker {
         let mut last_sync = Instant::now();
         let mut logged_down = false;
         let deadline = loop {
-            if self.shared.reopen.swap(false, Ordering::Relaxed) && self.transport.is_open() {
-                self.settle();
-                let _ = self.transport.flush();
-                // Unacknowledged frames are sent again after reopening.
-                self.fail(None, &std::io::Error::other("reopen requested (SIGUSR1)"));
-                self.shared.c.retries.fetch_sub(1, Ordering::Relaxed);
+            // Reopen (SIGUSR1) applies to files and stdout; network sinks keep their
+            // connection (closing it would resend unacknowledged frames: duplicates).
+            if self.shared.reopen.swap(false, Ordering::Relaxed)
+                && self.transport.is_open()
+                && !self.transport.acknowledges()
+            {
+                if let Err(e) = self.transport.flush() {
+                    tracing::warn!(sink = %self.name(), error = %e, "flush before reopening failed");
+                }
+                self.transport.close();
+                self.shared.c.up.store(false, Ordering::Relaxed);
+                tracing::info!(sink = %self.name(), "reopening");
                 next_attempt = Instant::now();
+                continue;
             }
             self.settle();
             let (queued, deadline) = {
@@ -831,6 +838,41 @@ mod tests {
         });
         assert!(slow.lock().expect("lock").received.len() < 200);
         drop(p);
+    }
+
+    #[test]
+    fn flood_keeps_memory_bounded_and_counts_every_drop() {
+        let (down, t1) = fake(false);
+        let (up, t2) = fake(true);
+        let p = Pipeline::with_transports(
+            vec![
+                (cfg("down", 1000), t1, None),
+                (cfg("up", 100_000), t2, None),
+            ],
+            "h",
+        )
+        .expect("start");
+        let n = 20_000;
+        for i in 1..=n {
+            p.submit(&rec(i));
+        }
+        let c = p.counters();
+        assert_eq!(
+            c["down"].queued, 1000,
+            "the queue never grows past its bound"
+        );
+        assert_eq!(c["down"].dropped_queue_full, n - 1000);
+        wait_for("the healthy sink", || {
+            up.lock().expect("lock").received.len() == n as usize
+        });
+        let c = p.shutdown(Duration::from_millis(50));
+        assert_eq!(
+            c["down"].dropped(),
+            n,
+            "every record of the dead sink is counted"
+        );
+        assert_eq!((c["up"].delivered, c["up"].dropped()), (n, 0));
+        assert!(down.lock().expect("lock").received.is_empty());
     }
 
     #[test]
