@@ -32,6 +32,56 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print what the policy decides for destinations, and why: region and matching prefix,
+    /// mode, verdict. Computed by the code that fills the kernel maps. Needs no privileges.
+    Explain {
+        /// Policy file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print one JSON object per destination (JSON lines) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Destinations: ADDR, ADDR:PORT or [IPv6]:PORT, optionally followed by /tcp or
+        /// /udp (e.g. 198.18.1.2:443/tcp, [2001:db8::1]:53/udp).
+        #[arg(value_name = "ADDR[:PORT][/PROTO]", required = true)]
+        destinations: Vec<String>,
+    },
+    /// Region files from cloud providers' published IP ranges.
+    Regions {
+        #[command(subcommand)]
+        command: RegionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegionsCommand {
+    /// Build `[regions.NAME]` tables from AWS, Google Cloud, Azure and Oracle range files and
+    /// RFC 8805 geofeeds, mapping provider regions and countries to policy regions.
+    /// Deterministic; conflicts are errors. Writes to stdout unless --output is given.
+    Import {
+        /// Mapping file (TOML): policy region -> provider regions / ISO 3166 codes, per
+        /// format; see configs/import/eu-mapping.toml.
+        #[arg(short, long, value_name = "FILE")]
+        mapping: PathBuf,
+        /// Format of every SOURCE; default: detected per file from its content.
+        #[arg(short, long, value_enum)]
+        format: Option<egressd::import::Format>,
+        /// Write here (atomically: a temporary file in the same directory, then renamed)
+        /// instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Start the output with `allowlist = [...]` naming these imported regions, making
+        /// it a complete policy file; repeat or separate with commas.
+        #[arg(long, value_name = "REGION", value_delimiter = ',')]
+        allowlist: Option<Vec<String>>,
+        /// Accept prefixes with host bits set (10.0.0.1/24) as their network (10.0.0.0/24)
+        /// instead of rejecting them.
+        #[arg(long)]
+        mask_host_bits: bool,
+        /// Provider range files (JSON) or geofeeds (CSV).
+        #[arg(value_name = "SOURCE", required = true)]
+        sources: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +99,29 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(egressd::daemon::run(&config, cgroup))),
         Command::Check { config } => check(&config),
+        Command::Explain {
+            config,
+            json,
+            destinations,
+        } => explain(&config, json, &destinations),
+        Command::Regions {
+            command:
+                RegionsCommand::Import {
+                    mapping,
+                    format,
+                    output,
+                    allowlist,
+                    mask_host_bits,
+                    sources,
+                },
+        } => regions_import(
+            &mapping,
+            format,
+            output.as_deref(),
+            allowlist,
+            mask_host_bits,
+            &sources,
+        ),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,5 +139,79 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         eprintln!("egressd: warning: {}: {w}", path.display());
     }
     print!("{}", egressd::check::summary(&cfg, &policy));
+    Ok(())
+}
+
+fn explain(path: &std::path::Path, json: bool, destinations: &[String]) -> anyhow::Result<()> {
+    let parsed: Vec<egressd::explain::Destination> = destinations
+        .iter()
+        .map(|d| egressd::explain::parse_destination(d))
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let cfg = egressd::config::load(path)?;
+    let policy = egressd::policy::compile(&cfg);
+    let mut out = String::new();
+    for (i, d) in parsed.into_iter().enumerate() {
+        let e = egressd::explain::explain(&policy, d);
+        if json {
+            out.push_str(&e.to_json().to_string());
+            out.push('\n');
+        } else {
+            if i > 0 {
+                out.push('\n');
+            }
+            out.push_str(&e.to_text());
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn regions_import(
+    mapping: &std::path::Path,
+    format: Option<egressd::import::Format>,
+    output: Option<&std::path::Path>,
+    allowlist: Option<Vec<String>>,
+    mask_host_bits: bool,
+    sources: &[PathBuf],
+) -> anyhow::Result<()> {
+    use egressd::import;
+    let mapping = import::mapping::load(mapping)?;
+    let options = import::Options {
+        format,
+        mask_host_bits,
+    };
+    let imported = import::import(&mapping, sources, &options)?;
+    for w in &imported.warnings {
+        eprintln!("egressd: warning: {w}");
+    }
+    let complete = allowlist.is_some();
+    let text = import::render(&imported, &import::RenderOptions { allowlist })
+        .map_err(|m| anyhow::anyhow!("--allowlist: {m}"))?;
+    import::validate_output(
+        output.unwrap_or(std::path::Path::new("<stdout>")),
+        &text,
+        complete,
+    )?;
+    for (name, r) in &imported.regions {
+        let v4 = r.prefixes.iter().filter(|p| p.is_ipv4()).count();
+        eprintln!(
+            "egressd: region {name}: {} prefixes ({v4} IPv4, {} IPv6)",
+            r.prefixes.len(),
+            r.prefixes.len() - v4
+        );
+    }
+    let skipped: usize = imported.unmapped_keys.values().sum();
+    if skipped > 0 {
+        eprintln!(
+            "egressd: skipped {skipped} entries of {} provider regions/countries the mapping does \
+             not name",
+            imported.unmapped_keys.len()
+        );
+    }
+    match output {
+        None => print!("{text}"),
+        Some(path) => import::write_atomically(path, &text)?,
+    }
     Ok(())
 }

@@ -1,0 +1,1082 @@
+//! `egressd explain --config FILE ADDR[:PORT][/PROTO]`: what the policy decides for one
+//! destination, and why.
+//!
+//! The answer is computed by the code that fills the kernel maps and models the kernel's
+//! decision: [`crate::policy::compile`], then [`Policy::judged_addr`] (IPv4-mapped and NAT64
+//! addresses become the IPv4 address they carry), [`Policy::region_of`] (longest-prefix
+//! match) and [`Policy::decide`] (region allowlist, rules, default, in the documented
+//! precedence), which gives the verdict and the deciding rule. What the kernel does not
+//! report — the matching prefix, which target of the rule matched, whose mode applied — is
+//! found here by a linear scan ([`matching_prefix`]) and checked against
+//! [`Policy::region_of`] / [`Policy::decide`].
+//!
+//! Without `/PROTO` the destination is judged with no protocol (IANA 0) and without `:PORT`
+//! with port 0, as [`Policy::verdict`] does: rules that name a protocol or ports do not
+//! match then, and the output says so when the policy has such rules.
+
+use std::fmt::{self, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use egressd_common::{REGION_LOCAL, REGION_UNKNOWN, Verdict};
+use ipnetwork::{IpNetwork, Ipv6Network};
+use serde_json::json;
+
+use crate::config::{Action, LOCAL_REGION_NAME, Mode, Rule, Target};
+use crate::policy::Policy;
+
+/// Transport protocol of an explained destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// TCP (`connect()`).
+    Tcp,
+    /// UDP (connected or `sendto()`/`sendmsg()`).
+    Udp,
+}
+
+impl Proto {
+    /// `"tcp"` or `"udp"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+
+    /// IANA protocol number: 6 (TCP) or 17 (UDP).
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+/// A destination as given on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Destination {
+    /// The address, exactly as written (an IPv4-mapped address stays IPv6 here).
+    pub ip: IpAddr,
+    /// Destination port, 1-65535, when given.
+    pub port: Option<u16>,
+    /// Protocol, when given.
+    pub proto: Option<Proto>,
+}
+
+impl fmt::Display for Destination {
+    /// `ADDR`, `ADDR:PORT`, `[V6]:PORT`, each optionally followed by `/PROTO`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.ip, self.port) {
+            (IpAddr::V6(a), Some(p)) => write!(f, "[{a}]:{p}")?,
+            (a, Some(p)) => write!(f, "{a}:{p}")?,
+            (a, None) => write!(f, "{a}")?,
+        }
+        if let Some(proto) = self.proto {
+            write!(f, "/{}", proto.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// Parse a destination argument:
+///
+/// | form | example |
+/// | --- | --- |
+/// | IPv4 | `198.18.1.2`, `198.18.1.2:443`, `198.18.1.2/udp`, `198.18.1.2:53/udp` |
+/// | IPv6 | `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:443`, `[2001:db8::1]:443/tcp` |
+///
+/// An IPv6 address with a port must be in brackets (`2001:db8::1:443` is the address
+/// `2001:db8::1:443`). The port is decimal 1-65535; the protocol is `tcp` or `udp` (any
+/// case). Zone ids (`fe80::1%eth0`), prefixes (`10.0.0.0/8`) and host names are rejected.
+///
+/// # Errors
+/// A message saying what is wrong with `s`.
+pub fn parse_destination(s: &str) -> Result<Destination, String> {
+    const FORMS: &str = "expected ADDR, ADDR:PORT or [IPv6]:PORT, optionally followed by \
+                         /tcp or /udp";
+    if s.is_empty() {
+        return Err(format!("empty destination: {FORMS}"));
+    }
+    let (rest, proto) = match s.rsplit_once('/') {
+        Some((rest, p)) => {
+            let proto = match p.to_ascii_lowercase().as_str() {
+                "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                _ if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                    return Err(format!(
+                        "`{s}` looks like a prefix: explain takes one address, e.g. {rest}"
+                    ));
+                }
+                _ => return Err(format!("unknown protocol `{p}` in `{s}`: use tcp or udp")),
+            };
+            (rest, Some(proto))
+        }
+        None => (s, None),
+    };
+    if rest.contains('%') {
+        return Err(format!(
+            "`{s}`: zone ids are not supported; give the address without `%zone`"
+        ));
+    }
+    let port = |p: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+            _ => Err(format!("invalid port `{p}` in `{s}`: expected 1-65535")),
+        }
+    };
+    let (ip, port) = if let Some(inner) = rest.strip_prefix('[') {
+        let Some((addr, after)) = inner.split_once(']') else {
+            return Err(format!("missing `]` in `{s}`"));
+        };
+        let ip: Ipv6Addr = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` in `{s}` is not an IPv6 address ({FORMS})"))?;
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(p) => Some(port(p)?),
+                None => return Err(format!("unexpected `{after}` after `]` in `{s}` ({FORMS})")),
+            },
+        };
+        (IpAddr::V6(ip), port)
+    } else if let Ok(ip) = rest.parse::<IpAddr>() {
+        (ip, None)
+    } else if let Some((addr, p)) = rest.split_once(':')
+        && !p.contains(':')
+    {
+        let ip: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` in `{s}` is not an IPv4 address ({FORMS})"))?;
+        (IpAddr::V4(ip), Some(port(p)?))
+    } else {
+        return Err(format!("`{rest}` is not an IP address ({FORMS})"));
+    };
+    Ok(Destination { ip, port, proto })
+}
+
+/// How the address looked up differs from the address given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Translation {
+    /// Looked up as given.
+    None,
+    /// `::ffff:a.b.c.d`, judged as `a.b.c.d`.
+    Ipv4Mapped,
+    /// Inside this NAT64 /96 (RFC 6052), judged as the IPv4 address in its last 32 bits.
+    Nat64(Ipv6Network),
+}
+
+/// What decided the verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Loopback destination: always allowed, counted under region `local`.
+    Loopback,
+    /// Unspecified destination (`0.0.0.0`, `::`): always allowed, counted under `local`.
+    Unspecified,
+    /// The destination's region is on the allowlist (no rule took precedence).
+    Allowlisted,
+    /// The destination's region is not on the allowlist (no rule took precedence).
+    NotAllowlisted,
+    /// A rule decided ([`Explanation::rule`]).
+    Rule,
+    /// No region prefix and no rule contains the destination: the policy's `default`.
+    Default,
+}
+
+impl Reason {
+    /// Stable code used in the JSON output: `loopback`, `unspecified`, `allowlisted`,
+    /// `not_allowlisted`, `rule`, `default`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Loopback => "loopback",
+            Reason::Unspecified => "unspecified",
+            Reason::Allowlisted => "allowlisted",
+            Reason::NotAllowlisted => "not_allowlisted",
+            Reason::Rule => "rule",
+            Reason::Default => "default",
+        }
+    }
+}
+
+/// Whose `mode` applies to a denial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModeFrom {
+    /// The policy's `mode`.
+    Policy,
+    /// The `mode` of this region.
+    Region(String),
+    /// The `mode` of the deciding rule.
+    Rule,
+}
+
+impl ModeFrom {
+    /// `policy`, `region` or `rule`.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            ModeFrom::Policy => "policy",
+            ModeFrom::Region(_) => "region",
+            ModeFrom::Rule => "rule",
+        }
+    }
+}
+
+/// The rule that decided, and what of it matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatchedRule {
+    /// [`Rule::id`].
+    pub id: u32,
+    /// [`Rule::name`].
+    pub name: String,
+    /// [`Rule::action`].
+    pub action: Action,
+    /// [`Rule::origin`]: `FILE:LINE`.
+    pub origin: String,
+    /// `tcp port 25`, `udp ports 1000-2000`, `any protocol, any port`.
+    pub scope: String,
+    /// The longest of the rule's destinations containing the judged address: a prefix of
+    /// `to`, or a prefix of a region of `regions`.
+    pub prefix: Option<IpNetwork>,
+    /// The region through which it matched, for a `regions = [...]` target.
+    pub via_region: Option<String>,
+}
+
+/// The policy's answer for one destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// What was asked.
+    pub destination: Destination,
+    /// [`Policy::judged_addr`] of the destination: the address the kernel looks up.
+    pub judged: IpAddr,
+    /// How `judged` was derived from the destination.
+    pub translation: Translation,
+    /// Region id reported in events: [`REGION_LOCAL`] for loopback/unspecified,
+    /// [`REGION_UNKNOWN`] for no region, else [`Policy::region_of`].
+    pub region_id: u32,
+    /// Region name (`local`, `unknown` or a configured region).
+    pub region: String,
+    /// The longest region prefix that contains the judged address (none for `local` and
+    /// `unknown`).
+    pub prefix: Option<IpNetwork>,
+    /// Whether the region is on the allowlist (true for `local`).
+    pub allowlisted: bool,
+    /// The deciding rule, if a rule decided.
+    pub rule: Option<MatchedRule>,
+    /// The mode that applies to a denial of this destination (for an allowed destination:
+    /// the mode a denial would have had).
+    pub mode: Mode,
+    /// Whose mode that is.
+    pub mode_from: ModeFrom,
+    /// [`Policy::decide`]'s verdict.
+    pub verdict: Verdict,
+    /// What decided.
+    pub reason: Reason,
+    /// The allowlist, by name, for messages.
+    pub allowlist: Vec<String>,
+    /// The policy's `default`, for messages.
+    pub default: Action,
+    /// Whether the policy has rules that name a protocol or ports (so that protocol and port
+    /// matter).
+    pub has_specific_rules: bool,
+}
+
+/// The longest region prefix of `policy` that contains `ip` (after [`Policy::judged_addr`]),
+/// with its region id. A linear scan: fine for one address, not for a data path.
+pub fn matching_prefix(policy: &Policy, ip: IpAddr) -> Option<(IpNetwork, u32)> {
+    match policy.judged_addr(ip) {
+        IpAddr::V4(a) => policy
+            .v4
+            .iter()
+            .filter(|(n, _)| n.contains(a))
+            .max_by_key(|(n, _)| n.prefix())
+            .map(|(n, id)| (IpNetwork::V4(*n), *id)),
+        IpAddr::V6(a) => policy
+            .v6
+            .iter()
+            .filter(|(n, _)| n.contains(a))
+            .max_by_key(|(n, _)| n.prefix())
+            .map(|(n, id)| (IpNetwork::V6(*n), *id)),
+    }
+}
+
+/// The longest prefix of region `id` that contains the judged address `addr`.
+fn region_prefix(policy: &Policy, id: u32, addr: IpAddr) -> Option<IpNetwork> {
+    let v4 = policy
+        .v4
+        .iter()
+        .filter(|(_, r)| *r == id)
+        .map(|(n, _)| IpNetwork::V4(*n));
+    let v6 = policy
+        .v6
+        .iter()
+        .filter(|(_, r)| *r == id)
+        .map(|(n, _)| IpNetwork::V6(*n));
+    v4.chain(v6)
+        .filter(|n| n.contains(addr))
+        .max_by_key(IpNetwork::prefix)
+}
+
+fn rule_scope(r: &Rule) -> String {
+    let proto = match r.protocol {
+        None => "any protocol".to_string(),
+        Some(6) => "tcp".to_string(),
+        Some(17) => "udp".to_string(),
+        Some(n) => format!("protocol {n}"),
+    };
+    let ports = match r.ports {
+        None => "any port".to_string(),
+        Some((lo, hi)) if lo == hi => format!("port {lo}"),
+        Some((lo, hi)) => format!("ports {lo}-{hi}"),
+    };
+    match (r.protocol, r.ports) {
+        (Some(_), Some(_)) => format!("{proto} {ports}"),
+        _ => format!("{proto}, {ports}"),
+    }
+}
+
+/// Explain what `policy` decides for `destination`.
+pub fn explain(policy: &Policy, destination: Destination) -> Explanation {
+    let ip = destination.ip;
+    let judged = policy.judged_addr(ip);
+    let translation = match (ip, ip.to_canonical(), judged) {
+        (IpAddr::V6(_), IpAddr::V4(_), _) => Translation::Ipv4Mapped,
+        (IpAddr::V6(a), _, IpAddr::V4(_)) => policy
+            .nat64
+            .iter()
+            .find(|n| n.contains(a))
+            .map_or(Translation::None, |n| Translation::Nat64(*n)),
+        _ => Translation::None,
+    };
+    let decision = policy.decide(
+        ip,
+        destination.proto.map_or(0, Proto::number),
+        destination.port.unwrap_or(0),
+    );
+    let allowlist: Vec<String> = policy
+        .regions
+        .iter()
+        .zip(&policy.allowed)
+        .filter(|(_, a)| **a)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut e = Explanation {
+        destination,
+        judged,
+        translation,
+        region_id: decision.region,
+        region: LOCAL_REGION_NAME.to_string(),
+        prefix: None,
+        allowlisted: true,
+        rule: None,
+        mode: policy.mode,
+        mode_from: ModeFrom::Policy,
+        verdict: decision.verdict,
+        reason: Reason::Loopback,
+        allowlist,
+        default: policy.default,
+        has_specific_rules: policy.rules.iter().any(Rule::is_specific),
+    };
+    let canonical = ip.to_canonical();
+    if canonical.is_loopback() || canonical.is_unspecified() {
+        e.region_id = REGION_LOCAL;
+        if canonical.is_unspecified() {
+            e.reason = Reason::Unspecified;
+        }
+        return e;
+    }
+    let region_id = policy.region_of(ip);
+    e.region_id = region_id;
+    e.region = policy.region_name(region_id).to_string();
+    // The scan must agree with the lookup the kernel model does; if it ever did not, report
+    // no prefix rather than a wrong one.
+    e.prefix = matching_prefix(policy, ip)
+        .filter(|(_, id)| *id == region_id)
+        .map(|(n, _)| n);
+    e.allowlisted = policy
+        .allowed
+        .get(region_id as usize)
+        .copied()
+        .unwrap_or(false);
+    let region_mode = |id: u32| {
+        policy
+            .region_modes
+            .get(id as usize)
+            .copied()
+            .flatten()
+            .map(|m| (m, ModeFrom::Region(policy.region_name(id).to_string())))
+    };
+    let policy_mode = (policy.mode, ModeFrom::Policy);
+    let rule = (decision.rule != 0)
+        .then(|| policy.rules.iter().find(|r| r.id == decision.rule))
+        .flatten();
+    let (mode, from) = if let Some(r) = rule {
+        // The longest target of the rule containing the address decided.
+        let mut best: Option<(IpNetwork, Option<u32>)> = None;
+        for t in &r.targets {
+            let found = match t {
+                Target::Prefix(n) => n.contains(judged).then_some((*n, None)),
+                Target::Region(name) => {
+                    policy
+                        .regions
+                        .iter()
+                        .position(|x| x == name)
+                        .and_then(|id| {
+                            let id = id as u32;
+                            region_prefix(policy, id, judged).map(|n| (n, Some(id)))
+                        })
+                }
+            };
+            if let Some(f) = found
+                && best.is_none_or(|(b, _)| f.0.prefix() > b.prefix())
+            {
+                best = Some(f);
+            }
+        }
+        let via = best.and_then(|(_, id)| id);
+        e.rule = Some(MatchedRule {
+            id: r.id,
+            name: r.name.clone(),
+            action: r.action,
+            origin: r.origin.clone(),
+            scope: rule_scope(r),
+            prefix: best.map(|(n, _)| n),
+            via_region: via.map(|id| policy.region_name(id).to_string()),
+        });
+        e.reason = Reason::Rule;
+        match r.mode {
+            Some(m) => (m, ModeFrom::Rule),
+            None => via.and_then(region_mode).unwrap_or(policy_mode),
+        }
+    } else if region_id != REGION_UNKNOWN {
+        e.reason = if e.allowlisted {
+            Reason::Allowlisted
+        } else {
+            Reason::NotAllowlisted
+        };
+        region_mode(region_id).unwrap_or(policy_mode)
+    } else {
+        e.reason = Reason::Default;
+        policy_mode
+    };
+    e.mode = mode;
+    e.mode_from = from;
+    e
+}
+
+/// `"allow"`, `"deny"` or `"audit"`, as in events.
+pub const fn verdict_str(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Deny => "deny",
+        Verdict::Audit => "audit",
+    }
+}
+
+impl Explanation {
+    /// One paragraph: why the verdict is what it is.
+    pub fn why(&self) -> String {
+        let mut s = match self.translation {
+            Translation::None => String::new(),
+            Translation::Ipv4Mapped => format!(
+                "{} is IPv4-mapped and is judged as the IPv4 address {}; ",
+                self.destination.ip, self.judged
+            ),
+            Translation::Nat64(n) => format!(
+                "{} is inside the NAT64 prefix {n} and is judged as the IPv4 address it \
+                 carries, {}; ",
+                self.destination.ip, self.judged
+            ),
+        };
+        let allow = if self.allowlist.is_empty() {
+            "the allowlist is empty".to_string()
+        } else {
+            format!("allowlist: {}", self.allowlist.join(", "))
+        };
+        let _ = match self.reason {
+            Reason::Loopback => write!(
+                s,
+                "loopback destinations are always allowed (counted under region `local`)"
+            ),
+            Reason::Unspecified => write!(
+                s,
+                "unspecified destinations are always allowed (counted under region `local`)"
+            ),
+            Reason::Allowlisted => write!(s, "region `{}` is on the allowlist", self.region),
+            Reason::NotAllowlisted => write!(
+                s,
+                "region `{}` is not on the allowlist ({allow})",
+                self.region
+            ),
+            Reason::Rule => match &self.rule {
+                Some(r) => {
+                    let via = match (&r.via_region, r.prefix) {
+                        (Some(reg), Some(p)) => format!(" via region `{reg}` ({p})"),
+                        (None, Some(p)) => format!(" via {p}"),
+                        _ => String::new(),
+                    };
+                    write!(
+                        s,
+                        "rule `{}` ({} {}, {}) matches{via} and takes precedence (longest \
+                         prefix, then a rule naming a protocol or port, then deny over allow)",
+                        r.name,
+                        r.action.as_str(),
+                        r.scope,
+                        r.origin
+                    )
+                }
+                None => write!(s, "a rule decided"),
+            },
+            Reason::Default => write!(
+                s,
+                "no region and no rule contains the address, so the policy default `{}` applies",
+                self.default.as_str()
+            ),
+        };
+        let _ = match self.verdict {
+            Verdict::Allow => Ok(()),
+            Verdict::Deny => write!(
+                s,
+                "; in enforce mode ({}) the connection fails with EPERM and is reported",
+                self.mode_source()
+            ),
+            Verdict::Audit => write!(
+                s,
+                "; in audit mode ({}) the connection goes through and is reported",
+                self.mode_source()
+            ),
+        };
+        s
+    }
+
+    fn mode_source(&self) -> String {
+        match &self.mode_from {
+            ModeFrom::Policy => "the policy's".to_string(),
+            ModeFrom::Region(r) => format!("region `{r}`'s"),
+            ModeFrom::Rule => "the rule's".to_string(),
+        }
+    }
+
+    /// A note about protocol and port, when they matter or were ignored; `None` otherwise.
+    pub fn note(&self) -> Option<String> {
+        let given = self.destination.port.is_some() || self.destination.proto.is_some();
+        if self.reason == Reason::Loopback || self.reason == Reason::Unspecified {
+            return None;
+        }
+        if self.has_specific_rules {
+            let mut missing = Vec::new();
+            if self.destination.proto.is_none() {
+                missing.push("/tcp or /udp");
+            }
+            if self.destination.port.is_none() {
+                missing.push(":PORT");
+            }
+            (!missing.is_empty()).then(|| {
+                format!(
+                    "judged without {}; rules that name a protocol or ports match only when \
+                     those are given",
+                    missing.join(" and ")
+                )
+            })
+        } else if given {
+            Some(
+                "port and protocol do not change the verdict: no rule of this policy names a \
+                 protocol or ports"
+                    .to_string(),
+            )
+        } else {
+            None
+        }
+    }
+
+    /// Human-readable, several lines, ending in a newline:
+    ///
+    /// ```text
+    /// destination: 198.18.2.2:443/tcp
+    /// judged as:   198.18.2.2
+    /// region:      us (id 2), prefix 198.18.2.0/24
+    /// mode:        enforce (policy)
+    /// verdict:     deny
+    /// why:         region `us` is not on the allowlist (allowlist: eu); in enforce mode ...
+    /// ```
+    ///
+    /// A `rule:` line follows `region:` when a rule decided, and a `note:` line ends the
+    /// output when protocol and port were ignored or could matter ([`Explanation::note`]).
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "destination: {}", self.destination);
+        let _ = writeln!(s, "judged as:   {}", self.judged);
+        let region = match self.prefix {
+            Some(p) => format!("{} (id {}), prefix {p}", self.region, self.region_id),
+            None if self.region_id == REGION_UNKNOWN => {
+                format!("{} (id {}), no prefix matches", self.region, self.region_id)
+            }
+            None => format!("{} (id {})", self.region, self.region_id),
+        };
+        let _ = writeln!(s, "region:      {region}");
+        if let Some(r) = &self.rule {
+            let _ = writeln!(
+                s,
+                "rule:        {} (id {}): {} {}, {}",
+                r.name,
+                r.id,
+                r.action.as_str(),
+                r.scope,
+                r.origin
+            );
+        }
+        let from = match &self.mode_from {
+            ModeFrom::Policy => "policy".to_string(),
+            ModeFrom::Region(r) => format!("region `{r}`"),
+            ModeFrom::Rule => "rule".to_string(),
+        };
+        let _ = writeln!(s, "mode:        {} ({from})", self.mode);
+        let _ = writeln!(s, "verdict:     {}", verdict_str(self.verdict));
+        let _ = writeln!(s, "why:         {}", self.why());
+        if let Some(n) = self.note() {
+            let _ = writeln!(s, "note:        {n}");
+        }
+        s
+    }
+
+    /// One JSON object:
+    ///
+    /// ```json
+    /// {"destination":{"ip":"::ffff:198.18.1.2","port":443,"protocol":"tcp"},
+    ///  "judged_ip":"198.18.1.2","translation":"ipv4_mapped","nat64_prefix":null,
+    ///  "region":{"id":1,"name":"eu","prefix":"198.18.1.0/24","allowlisted":true},
+    ///  "rule":null,"mode":"enforce","mode_from":"policy","verdict":"allow",
+    ///  "reason":"allowlisted","why":"...","note":null}
+    /// ```
+    ///
+    /// `port`, `protocol`, `prefix`, `nat64_prefix`, `rule` and `note` are `null` when
+    /// absent; `translation` is `"none"`, `"ipv4_mapped"` or `"nat64"`; `rule` is
+    /// `{"id","name","action","scope","origin","prefix","via_region"}`; `mode_from` is
+    /// [`ModeFrom::as_str`]; `reason` is [`Reason::as_str`].
+    pub fn to_json(&self) -> serde_json::Value {
+        let (translation, nat64) = match self.translation {
+            Translation::None => ("none", None),
+            Translation::Ipv4Mapped => ("ipv4_mapped", None),
+            Translation::Nat64(n) => ("nat64", Some(n.to_string())),
+        };
+        let rule = self.rule.as_ref().map(|r| {
+            json!({
+                "id": r.id,
+                "name": r.name,
+                "action": r.action.as_str(),
+                "scope": r.scope,
+                "origin": r.origin,
+                "prefix": r.prefix.map(|p| p.to_string()),
+                "via_region": r.via_region,
+            })
+        });
+        json!({
+            "destination": {
+                "ip": self.destination.ip.to_string(),
+                "port": self.destination.port,
+                "protocol": self.destination.proto.map(Proto::as_str),
+            },
+            "judged_ip": self.judged.to_string(),
+            "translation": translation,
+            "nat64_prefix": nat64,
+            "region": {
+                "id": self.region_id,
+                "name": self.region,
+                "prefix": self.prefix.map(|p| p.to_string()),
+                "allowlisted": self.allowlisted,
+            },
+            "rule": rule,
+            "mode": self.mode.as_str(),
+            "mode_from": self.mode_from.as_str(),
+            "verdict": verdict_str(self.verdict),
+            "reason": self.reason.as_str(),
+            "why": self.why(),
+            "note": self.note(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::parse;
+    use crate::policy::compile;
+
+    fn example() -> Policy {
+        compile(
+            &parse(
+                Path::new("configs/example.toml"),
+                include_str!("../../configs/example.toml"),
+            )
+            .expect("valid example"),
+        )
+    }
+
+    fn d(s: &str) -> Destination {
+        parse_destination(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn explain_parse_forms() {
+        let v4: IpAddr = "198.18.1.2".parse().expect("ip");
+        let v6: IpAddr = "2001:db8::1".parse().expect("ip");
+        for (s, ip, port, proto) in [
+            ("198.18.1.2", v4, None, None),
+            ("198.18.1.2:443", v4, Some(443), None),
+            ("198.18.1.2/udp", v4, None, Some(Proto::Udp)),
+            ("198.18.1.2:53/UDP", v4, Some(53), Some(Proto::Udp)),
+            ("2001:db8::1", v6, None, None),
+            ("2001:db8::1/tcp", v6, None, Some(Proto::Tcp)),
+            ("[2001:db8::1]", v6, None, None),
+            ("[2001:db8::1]:443", v6, Some(443), None),
+            ("[2001:db8::1]:443/tcp", v6, Some(443), Some(Proto::Tcp)),
+            ("[2001:db8::1]/udp", v6, None, Some(Proto::Udp)),
+            ("198.18.1.2:65535", v4, Some(65535), None),
+        ] {
+            assert_eq!(d(s), Destination { ip, port, proto }, "{s}");
+        }
+        // Without brackets a trailing group is part of the IPv6 address.
+        assert_eq!(
+            d("2001:db8::1:443").ip,
+            "2001:db8::1:443".parse::<IpAddr>().expect("ip")
+        );
+        assert_eq!(
+            d("::ffff:198.18.1.2").ip,
+            "::ffff:198.18.1.2".parse::<IpAddr>().expect("ip")
+        );
+    }
+
+    #[test]
+    fn explain_parse_errors() {
+        for (s, msg) in [
+            ("", "empty destination"),
+            ("198.18.1.0/24", "looks like a prefix"),
+            ("198.18.1.2/icmp", "unknown protocol `icmp`"),
+            ("198.18.1.2:0", "invalid port `0`"),
+            ("198.18.1.2:65536", "invalid port `65536`"),
+            ("198.18.1.2:+80", "invalid port `+80`"),
+            ("198.18.1.2:", "invalid port ``"),
+            ("[2001:db8::1", "missing `]`"),
+            ("[198.18.1.2]:80", "not an IPv6 address"),
+            ("[2001:db8::1]443", "unexpected `443`"),
+            ("fe80::1%eth0", "zone ids"),
+            ("example.com:443", "not an IPv4 address"),
+            ("example.com", "not an IP address"),
+            ("198.18.1", "not an IP address"),
+            ("1.2.3.4/", "unknown protocol ``"),
+        ] {
+            let e = parse_destination(s).expect_err(s);
+            assert!(e.contains(msg), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn explain_display_round_trips() {
+        for s in [
+            "198.18.1.2",
+            "198.18.1.2:443/tcp",
+            "[2001:db8::1]:53/udp",
+            "2001:db8::1",
+        ] {
+            assert_eq!(d(s).to_string(), s);
+        }
+    }
+
+    const NOTE_NO_RULES: &str = "note:        port and protocol do not change the verdict: no \
+                                 rule of this policy names a protocol or ports\n";
+
+    #[test]
+    fn explain_example_allowed() {
+        let e = explain(&example(), d("198.18.1.2:443/tcp"));
+        assert_eq!(
+            e.to_text(),
+            format!(
+                "destination: 198.18.1.2:443/tcp\n\
+                 judged as:   198.18.1.2\n\
+                 region:      eu (id 1), prefix 198.18.1.0/24\n\
+                 mode:        enforce (policy)\n\
+                 verdict:     allow\n\
+                 why:         region `eu` is on the allowlist\n\
+                 {NOTE_NO_RULES}"
+            )
+        );
+        assert_eq!(
+            e.to_json(),
+            json!({
+                "destination": {"ip": "198.18.1.2", "port": 443, "protocol": "tcp"},
+                "judged_ip": "198.18.1.2",
+                "translation": "none",
+                "nat64_prefix": null,
+                "region": {"id": 1, "name": "eu", "prefix": "198.18.1.0/24", "allowlisted": true},
+                "rule": null,
+                "mode": "enforce",
+                "mode_from": "policy",
+                "verdict": "allow",
+                "reason": "allowlisted",
+                "why": "region `eu` is on the allowlist",
+                "note": "port and protocol do not change the verdict: no rule of this policy \
+                         names a protocol or ports",
+            })
+        );
+    }
+
+    #[test]
+    fn explain_example_denied_v6() {
+        let e = explain(&example(), d("[2001:db8:2::2]:443/tcp"));
+        assert_eq!(
+            e.to_text(),
+            format!(
+                "destination: [2001:db8:2::2]:443/tcp\n\
+                 judged as:   2001:db8:2::2\n\
+                 region:      us (id 2), prefix 2001:db8:2::/48\n\
+                 mode:        enforce (policy)\n\
+                 verdict:     deny\n\
+                 why:         region `us` is not on the allowlist (allowlist: eu); in enforce \
+                 mode (the policy's) the connection fails with EPERM and is reported\n\
+                 {NOTE_NO_RULES}"
+            )
+        );
+        assert_eq!(e.reason, Reason::NotAllowlisted);
+        assert_eq!(e.to_json()["region"]["prefix"], "2001:db8:2::/48");
+    }
+
+    #[test]
+    fn explain_example_unknown_loopback_mapped_nat64() {
+        let p = example();
+        let e = explain(&p, d("192.0.2.1"));
+        assert_eq!(
+            e.to_text(),
+            "destination: 192.0.2.1\n\
+             judged as:   192.0.2.1\n\
+             region:      unknown (id 0), no prefix matches\n\
+             mode:        enforce (policy)\n\
+             verdict:     deny\n\
+             why:         no region and no rule contains the address, so the policy default \
+             `deny` applies; in enforce mode (the policy's) the connection fails with EPERM and \
+             is reported\n"
+        );
+        assert_eq!(e.to_json()["reason"], "default");
+        assert_eq!(e.to_json()["region"]["prefix"], serde_json::Value::Null);
+
+        for (s, reason) in [
+            ("127.0.0.1", Reason::Loopback),
+            ("[::1]:22", Reason::Loopback),
+            ("::ffff:127.0.0.1", Reason::Loopback),
+            ("0.0.0.0", Reason::Unspecified),
+            ("::", Reason::Unspecified),
+        ] {
+            let e = explain(&p, d(s));
+            assert_eq!((e.reason, e.verdict), (reason, Verdict::Allow), "{s}");
+            assert_eq!((e.region.as_str(), e.region_id), ("local", REGION_LOCAL));
+            assert!(
+                e.to_text().contains("region:      local (id 1023)\n"),
+                "{s}"
+            );
+            assert_eq!(e.note(), None);
+        }
+
+        let e = explain(&p, d("[::ffff:198.18.2.2]:80"));
+        assert_eq!(e.translation, Translation::Ipv4Mapped);
+        assert_eq!(e.judged, "198.18.2.2".parse::<IpAddr>().expect("ip"));
+        assert_eq!((e.region.as_str(), e.verdict), ("us", Verdict::Deny));
+        assert!(
+            e.to_text().contains(
+                "why:         ::ffff:198.18.2.2 is IPv4-mapped and is judged as the IPv4 \
+                 address 198.18.2.2; region `us` is not on the allowlist"
+            ),
+            "{}",
+            e.to_text()
+        );
+        assert_eq!(e.to_json()["translation"], "ipv4_mapped");
+
+        let e = explain(&p, d("64:ff9b::198.18.1.2"));
+        assert_eq!(
+            e.translation,
+            Translation::Nat64("64:ff9b::/96".parse().expect("net"))
+        );
+        assert_eq!((e.region.as_str(), e.verdict), ("eu", Verdict::Allow));
+        assert_eq!(e.prefix, Some("198.18.1.0/24".parse().expect("net")));
+        let j = e.to_json();
+        assert_eq!(
+            (j["translation"].as_str(), j["nat64_prefix"].as_str()),
+            (Some("nat64"), Some("64:ff9b::/96"))
+        );
+        assert!(e.why().starts_with(
+            "64:ff9b::c612:102 is inside the NAT64 prefix 64:ff9b::/96 and is judged as the \
+             IPv4 address it carries, 198.18.1.2; region `eu` is on the allowlist"
+        ));
+    }
+
+    fn policy(text: &str) -> Policy {
+        compile(&parse(Path::new("t.toml"), text).expect("valid"))
+    }
+
+    #[test]
+    fn explain_audit_nested_and_agrees_with_policy() {
+        let p = policy(
+            r#"
+            mode = "audit"
+            allowlist = ["a"]
+            [regions.a]
+            prefixes = ["10.0.0.0/8", "2001:db8::/32"]
+            [regions.b]
+            prefixes = ["10.1.0.0/16", "2001:db8:1::/48"]
+            [regions.c]
+            prefixes = ["10.1.2.0/24"]
+            mode = "enforce"
+        "#,
+        );
+        let e = explain(&p, d("10.1.3.3"));
+        assert_eq!(e.prefix, Some("10.1.0.0/16".parse().expect("net")));
+        assert_eq!((e.region.as_str(), e.verdict), ("b", Verdict::Audit));
+        assert!(e.why().ends_with(
+            "(allowlist: a); in audit mode (the policy's) the connection goes through and is \
+             reported"
+        ));
+        let e = explain(&p, d("10.1.2.3"));
+        assert_eq!((e.region.as_str(), e.verdict), ("c", Verdict::Deny));
+        assert_eq!(
+            (e.mode, e.mode_from.clone()),
+            (Mode::Enforce, ModeFrom::Region("c".into()))
+        );
+        assert!(e.to_text().contains("mode:        enforce (region `c`)\n"));
+        for (s, region, prefix) in [
+            ("10.1.3.3", "b", Some("10.1.0.0/16")),
+            ("10.2.0.1", "a", Some("10.0.0.0/8")),
+            ("11.0.0.1", "unknown", None),
+            ("2001:db8:1::9", "b", Some("2001:db8:1::/48")),
+            ("2001:db8:2::9", "a", Some("2001:db8::/32")),
+        ] {
+            let e = explain(&p, d(s));
+            assert_eq!(e.region, region, "{s}");
+            assert_eq!(e.prefix.map(|n| n.to_string()).as_deref(), prefix, "{s}");
+            assert_eq!(e.verdict, p.verdict(e.destination.ip), "{s}");
+            assert_eq!(e.region_id, p.region_of(e.destination.ip), "{s}");
+        }
+        let p = policy("allowlist = []\n[regions.x]\nprefixes = [\"10.0.0.0/8\"]\n");
+        assert!(
+            explain(&p, d("10.0.0.1"))
+                .why()
+                .contains("(the allowlist is empty)")
+        );
+        let p = policy("allowlist = []\ndefault = \"allow\"\n");
+        let e = explain(&p, d("10.0.0.1"));
+        assert_eq!((e.reason, e.verdict), (Reason::Default, Verdict::Allow));
+        assert_eq!(
+            e.why(),
+            "no region and no rule contains the address, so the policy default `allow` applies"
+        );
+    }
+
+    const RULES: &str = r#"
+        allowlist = ["eu"]
+        [regions.eu]
+        prefixes = ["198.18.1.0/24"]
+        [regions.ntp]
+        prefixes = ["198.18.9.0/24"]
+        [regions.us]
+        prefixes = ["198.18.2.0/24"]
+        mode = "audit"
+        [[rules]]
+        name = "ntp"
+        action = "allow"
+        regions = ["ntp"]
+        protocol = "udp"
+        ports = 123
+        [[rules]]
+        name = "no-smtp"
+        action = "deny"
+        to = ["0.0.0.0/0"]
+        protocol = "tcp"
+        ports = "25-26"
+        [[rules]]
+        name = "us-web"
+        action = "deny"
+        regions = ["us"]
+        protocol = "tcp"
+        ports = 443
+    "#;
+
+    #[test]
+    fn explain_rules() {
+        let p = policy(RULES);
+        let e = explain(&p, d("198.18.9.1:123/udp"));
+        assert_eq!((e.reason, e.verdict), (Reason::Rule, Verdict::Allow));
+        let r = e.rule.clone().expect("rule");
+        assert_eq!(
+            (r.name.as_str(), r.scope.as_str(), r.origin.as_str()),
+            ("ntp", "udp port 123", "t.toml:10")
+        );
+        assert_eq!(r.via_region.as_deref(), Some("ntp"));
+        assert_eq!(
+            e.to_text(),
+            "destination: 198.18.9.1:123/udp\n\
+             judged as:   198.18.9.1\n\
+             region:      ntp (id 2), prefix 198.18.9.0/24\n\
+             rule:        ntp (id 1): allow udp port 123, t.toml:10\n\
+             mode:        enforce (policy)\n\
+             verdict:     allow\n\
+             why:         rule `ntp` (allow udp port 123, t.toml:10) matches via region `ntp` \
+             (198.18.9.0/24) and takes precedence (longest prefix, then a rule naming a protocol \
+             or port, then deny over allow)\n"
+        );
+        // Same address, other port: the region (not allowlisted) decides.
+        let e = explain(&p, d("198.18.9.1:124/udp"));
+        assert_eq!(
+            (e.reason, e.verdict),
+            (Reason::NotAllowlisted, Verdict::Deny)
+        );
+        // A deny rule inside the allowlisted region: the /24 membership is longer than the
+        // rule's /0, so the region wins.
+        let e = explain(&p, d("198.18.1.7:25/tcp"));
+        assert_eq!((e.reason, e.verdict), (Reason::Allowlisted, Verdict::Allow));
+        // Outside every region, the /0 rule decides.
+        let e = explain(&p, d("192.0.2.1:25/tcp"));
+        assert_eq!((e.reason, e.verdict), (Reason::Rule, Verdict::Deny));
+        let j = e.to_json();
+        assert_eq!(j["rule"]["name"], "no-smtp");
+        assert_eq!(j["rule"]["prefix"], "0.0.0.0/0");
+        assert_eq!(j["rule"]["via_region"], serde_json::Value::Null);
+        assert_eq!(j["rule"]["scope"], "tcp ports 25-26");
+        // The us region is in audit mode; the rule has none, so the region's applies.
+        let e = explain(&p, d("198.18.2.2:443/tcp"));
+        assert_eq!((e.reason, e.verdict), (Reason::Rule, Verdict::Audit));
+        assert_eq!(e.mode_from, ModeFrom::Region("us".into()));
+        assert!(e.why().ends_with(
+            "; in audit mode (region `us`'s) the connection goes through and is reported"
+        ));
+        // Without protocol and port the specific rules cannot match, and the note says so.
+        let e = explain(&p, d("198.18.9.1"));
+        assert_eq!(
+            (e.reason, e.verdict),
+            (Reason::NotAllowlisted, Verdict::Deny)
+        );
+        assert_eq!(
+            e.note().as_deref(),
+            Some(
+                "judged without /tcp or /udp and :PORT; rules that name a protocol or ports \
+                 match only when those are given"
+            )
+        );
+        // Every case agrees with the reference model.
+        for s in [
+            "198.18.9.1:123/udp",
+            "198.18.9.1:123/tcp",
+            "198.18.2.2:443/tcp",
+            "198.18.2.2:443/udp",
+            "192.0.2.1:26/tcp",
+            "[::ffff:192.0.2.1]:25/tcp",
+        ] {
+            let e = explain(&p, d(s));
+            let dd = e.destination;
+            let want = p.decide(
+                dd.ip,
+                dd.proto.map_or(0, Proto::number),
+                dd.port.unwrap_or(0),
+            );
+            assert_eq!(
+                (e.verdict, e.region_id, e.rule.as_ref().map_or(0, |r| r.id)),
+                (want.verdict, want.region, want.rule),
+                "{s}"
+            );
+        }
+    }
+}

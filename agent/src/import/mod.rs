@@ -1,0 +1,1070 @@
+//! `egressd regions import`: turn the address-range files that cloud and hosting providers
+//! publish into `[regions.NAME]` tables for a policy file.
+//!
+//! Inputs ([`Format`]):
+//! - AWS `ip-ranges.json` ([`aws`]): `prefixes[].ip_prefix`, `ipv6_prefixes[].ipv6_prefix`,
+//!   keyed by `region` (`eu-west-1`, `GLOBAL`, ...);
+//! - Google Cloud `cloud.json` ([`gcp`]): `prefixes[].ipv4Prefix` / `ipv6Prefix`, keyed by
+//!   `scope` (`europe-west1`, `global`, ...);
+//! - Azure service tags `ServiceTags_Public_*.json` ([`azure`]):
+//!   `values[].properties.addressPrefixes[]`, keyed by `properties.region` (`westeurope`, ...;
+//!   empty for global tags);
+//! - Oracle Cloud `public_ip_ranges.json` ([`oracle`]): `regions[].cidrs[].cidr`, keyed by
+//!   `regions[].region` (`eu-frankfurt-1`, ...);
+//! - RFC 8805 geofeeds ([`geofeed`]): CSV lines `prefix,country,subdivision,city,postal`,
+//!   keyed by the ISO 3166-2 subdivision (`DE-HE`) if the mapping names it, else by the
+//!   ISO 3166-1 alpha-2 country (`DE`).
+//!
+//! A [`Mapping`] file says which provider key lands in which policy region (see
+//! [`mapping`]). The result ([`Imported`], rendered by [`render`]) is TOML in the schema of
+//! [`crate::config`]: one `[regions.NAME]` table per policy region, which works as a drop-in
+//! file (`policy.d/NAME.toml`) or pasted into a policy file. With `allowlist` set, [`render`]
+//! adds an `allowlist = [...]` line: the output is then also a complete policy that
+//! `egressd check` accepts (and, as a drop-in, adds its regions to the main allowlist).
+//!
+//! # Rules
+//! - Every entry's prefix must be a network address: a prefix with host bits set
+//!   (`10.0.0.1/24`) is an error, unless [`Options::mask_host_bits`] is set, which masks it
+//!   (`10.0.0.0/24`) and counts it in a warning. IPv4 and IPv6 prefixes are accepted in any
+//!   list of any format (some files mix them). IPv4-mapped IPv6 prefixes (`::ffff:0:0/96`
+//!   and inside) are an error, as in the policy.
+//! - An entry whose key is empty (Azure's global service tags, geofeed lines without a
+//!   country) carries no location: it is skipped and counted, whatever the mapping says.
+//! - An entry whose key the mapping does not name goes to the mapping's `unmapped_region` if
+//!   there is one, and is skipped otherwise.
+//! - Prefixes are deduplicated: the same prefix published several times (AWS lists a prefix
+//!   once per service, Azure once per service tag) appears once. Prefixes are **not
+//!   aggregated**: every output line is a prefix exactly as a provider published it, so it
+//!   can be traced back, and nested prefixes are kept.
+//! - **Conflicts are errors, never resolved silently.** The same prefix with keys that lead
+//!   to two different policy regions, or to a region and to "skipped", is an error that names
+//!   both places. So is a skipped entry (with a location) whose prefix lies strictly inside an
+//!   emitted prefix: dropping it would make the longest-prefix match judge its addresses as
+//!   the enclosing region, although the provider says they are elsewhere. Map its key, or set
+//!   `unmapped_region` in the mapping.
+//! - Output order is deterministic: regions by name; within a region IPv4 before IPv6, each
+//!   sorted by (network address, prefix length).
+//!
+//! Errors ([`ImportError`]) name the file, the 1-based line and column where the format has
+//! them, and the field (`prefixes[12].ip_prefix`, `ip_prefix` of a geofeed line).
+
+pub mod aws;
+pub mod azure;
+pub mod gcp;
+pub mod geofeed;
+pub mod mapping;
+pub mod oracle;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::{self, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+
+pub use mapping::Mapping;
+
+/// The provider file formats [`import`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Format {
+    /// AWS `ip-ranges.json`.
+    Aws,
+    /// Google Cloud `cloud.json`.
+    Gcp,
+    /// Azure service tags JSON.
+    Azure,
+    /// Oracle Cloud `public_ip_ranges.json`.
+    Oracle,
+    /// RFC 8805 geofeed CSV.
+    Geofeed,
+}
+
+impl Format {
+    /// All formats, in the order of the mapping file's sections.
+    pub const ALL: [Format; 5] = [
+        Format::Aws,
+        Format::Gcp,
+        Format::Azure,
+        Format::Oracle,
+        Format::Geofeed,
+    ];
+
+    /// The name used on the command line and as the mapping file's section:
+    /// `aws`, `gcp`, `azure`, `oracle`, `geofeed`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Format::Aws => "aws",
+            Format::Gcp => "gcp",
+            Format::Azure => "azure",
+            Format::Oracle => "oracle",
+            Format::Geofeed => "geofeed",
+        }
+    }
+
+    /// What a key of this format is, for messages: `region`, `scope`, `country`.
+    pub const fn key_kind(self) -> &'static str {
+        match self {
+            Format::Aws | Format::Azure | Format::Oracle => "region",
+            Format::Gcp => "scope",
+            Format::Geofeed => "country",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Guess the format of a provider file from its content: a file that does not start with
+/// `{` (after whitespace and a UTF-8 byte order mark) is a geofeed; a JSON file is recognized
+/// by the keys only its provider uses (`ip_prefix`/`ipv6_prefix`: AWS;
+/// `ipv4Prefix`/`ipv6Prefix`: Google Cloud; `addressPrefixes`: Azure; `cidrs`: Oracle).
+/// Returns `None` when no key or more than one provider's keys are found.
+pub fn detect_format(text: &str) -> Option<Format> {
+    let t = text.trim_start_matches('\u{feff}').trim_start();
+    if !t.starts_with('{') {
+        return Some(Format::Geofeed);
+    }
+    let found: Vec<Format> = [
+        (Format::Aws, &["\"ip_prefix\"", "\"ipv6_prefix\""][..]),
+        (Format::Gcp, &["\"ipv4Prefix\"", "\"ipv6Prefix\""][..]),
+        (Format::Azure, &["\"addressPrefixes\""][..]),
+        (Format::Oracle, &["\"cidrs\""][..]),
+    ]
+    .into_iter()
+    .filter(|(_, keys)| keys.iter().any(|k| t.contains(k)))
+    .map(|(f, _)| f)
+    .collect();
+    match found.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    }
+}
+
+/// Why an import failed, with its location.
+///
+/// Display: `{file}:{line}:{column}: {field}: {message}`, like
+/// [`crate::config::ConfigError`]; `:{line}:{column}` is omitted when `line` is 0 (I/O
+/// errors, or a position the format cannot give), `{field}: ` when `field` is empty.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ImportError {
+    /// The provider file, the mapping file or the output file.
+    pub file: PathBuf,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// 1-based column (characters for text we located ourselves, bytes for JSON syntax
+    /// errors, as serde_json counts), 0 when unknown.
+    pub column: usize,
+    /// Path of the offending field in the file (`prefixes[12].ip_prefix`,
+    /// `values[3].properties.addressPrefixes[0]`, `aws.eu[2]`, `ip_prefix`), or empty.
+    pub field: String,
+    /// What is wrong and, where possible, how to fix it.
+    pub message: String,
+}
+
+impl ImportError {
+    fn render(&self) -> String {
+        let mut s = self.file.display().to_string();
+        if self.line != 0 {
+            let _ = write!(s, ":{}:{}", self.line, self.column);
+        }
+        s.push_str(": ");
+        if !self.field.is_empty() {
+            s.push_str(&self.field);
+            s.push_str(": ");
+        }
+        s.push_str(&self.message);
+        s
+    }
+
+    /// An error about the whole file `file` (no position, no field).
+    pub fn file(file: &Path, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A provider file's text with its path, as the format readers see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Source<'a> {
+    /// Path used to label errors.
+    pub path: &'a Path,
+    /// The whole file.
+    pub text: &'a str,
+}
+
+impl<'a> Source<'a> {
+    /// Byte offset of `s` in the text (of its opening quote when it is a JSON string), if `s`
+    /// is a slice of the text (a string serde_json borrowed from the input rather than
+    /// unescaped into a copy).
+    pub fn offset_of(&self, s: &str) -> Option<usize> {
+        // A copy lives elsewhere on the heap, so only a borrowed slice is inside the text.
+        let start = self.text.as_ptr() as usize;
+        let p = s.as_ptr() as usize;
+        if p < start || p + s.len() > start + self.text.len() {
+            return None;
+        }
+        // Point at the opening quote, as the policy's errors do.
+        let o = p - start;
+        Some(if o > 0 && self.text.as_bytes()[o - 1] == b'"' {
+            o - 1
+        } else {
+            o
+        })
+    }
+
+    /// An error at byte `offset` (line and column 0 when `None`).
+    pub fn err_at(
+        &self,
+        offset: Option<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ImportError {
+        let (line, column) = offset.map_or((0, 0), |o| line_col(self.text, o));
+        ImportError {
+            file: self.path.to_path_buf(),
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Deserialize the whole text as JSON into `T`, turning serde_json's error into a located
+    /// [`ImportError`] whose field is the path serde was in (`prefixes[3].region`).
+    ///
+    /// # Errors
+    /// JSON syntax errors, missing fields and wrong types, with serde_json's line and column.
+    pub fn json<T: serde::Deserialize<'a>>(&self, format: Format) -> Result<T, ImportError> {
+        let mut de = serde_json::Deserializer::from_str(self.text);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.inner();
+            let mut message = inner.to_string();
+            let suffix = format!(" at line {} column {}", inner.line(), inner.column());
+            if let Some(stripped) = message.strip_suffix(&suffix) {
+                message = stripped.to_string();
+            }
+            ImportError {
+                file: self.path.to_path_buf(),
+                line: inner.line(),
+                column: inner.column(),
+                field: if field == "." { String::new() } else { field },
+                message: format!("not a valid {format} range file: {message}"),
+            }
+        })
+    }
+}
+
+/// A JSON string that stays borrowed from the input when it has no escapes, so that
+/// [`Source::offset_of`] can locate it. (serde's own `Cow<str>` is only borrowed as a direct
+/// `#[serde(borrow)]` field, not inside a `Vec`.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsonStr<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for JsonStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = JsonStr<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visitor(std::marker::PhantomData))
+    }
+}
+
+/// One published prefix, as a format reader returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// The prefix text as published (`3.4.12.4/32`).
+    pub text: Cow<'a, str>,
+    /// The provider's location key: region, scope or ISO 3166-1 country; may be empty (no
+    /// location).
+    pub key: Cow<'a, str>,
+    /// Geofeed only: the ISO 3166-2 subdivision (`DE-HE`), tried before `key`.
+    pub subdivision: Option<Cow<'a, str>>,
+    /// Byte offset of the prefix text in the file, `None` when unknown.
+    pub offset: Option<usize>,
+    /// Where the prefix is in the file's structure (see [`ImportError::field`]).
+    pub field: String,
+    /// For messages: the containing record when it has a name (Azure: the service tag).
+    pub context: Option<Cow<'a, str>>,
+}
+
+/// What a format reader returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    /// Every entry, in file order.
+    pub entries: Vec<Entry<'a>>,
+    /// The file's own version stamp (AWS `createDate`, Azure `changeNumber`, ...), when it
+    /// has one; copied into the output's header.
+    pub version: Option<String>,
+}
+
+/// Parse `src` as `format`.
+///
+/// # Errors
+/// See the format modules: syntax, missing fields and wrong types, located.
+pub fn parse_source<'a>(src: &Source<'a>, format: Format) -> Result<Parsed<'a>, ImportError> {
+    match format {
+        Format::Aws => aws::read(src),
+        Format::Gcp => gcp::read(src),
+        Format::Azure => azure::read(src),
+        Format::Oracle => oracle::read(src),
+        Format::Geofeed => geofeed::read(src),
+    }
+}
+
+/// Options of [`import`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Read every source as this format; `None` detects each file's format
+    /// ([`detect_format`]).
+    pub format: Option<Format>,
+    /// Mask host bits (`10.0.0.1/24` becomes `10.0.0.0/24`) instead of rejecting them.
+    pub mask_host_bits: bool,
+}
+
+/// What [`import`] read from one source file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSummary {
+    /// The file as given.
+    pub path: PathBuf,
+    /// Its format, given or detected.
+    pub format: Format,
+    /// [`Parsed::version`].
+    pub version: Option<String>,
+    /// Entries read (before deduplication).
+    pub entries: usize,
+    /// Entries that went to a policy region (before deduplication).
+    pub mapped: usize,
+    /// Entries skipped because their key is not in the mapping (and there is no
+    /// `unmapped_region`).
+    pub unmapped: usize,
+    /// Entries skipped because their key is empty (no location).
+    pub no_location: usize,
+    /// Entries whose host bits were masked ([`Options::mask_host_bits`]).
+    pub masked: usize,
+}
+
+/// One policy region of the result.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportedRegion {
+    /// Distinct prefixes: IPv4 first, then IPv6, each sorted by (network, length).
+    pub prefixes: Vec<IpNetwork>,
+    /// Entries (before deduplication) per (format, provider key) that landed here; a key
+    /// sent here by `unmapped_region` is counted too.
+    pub from: BTreeMap<(Format, String), usize>,
+}
+
+/// The result of [`import`]: policy regions by name, plus what was read and skipped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// The mapping file.
+    pub mapping: PathBuf,
+    /// Policy regions by name (sorted); a region of the mapping that received no prefix is
+    /// absent (the policy rejects empty regions).
+    pub regions: BTreeMap<String, ImportedRegion>,
+    /// One per source, in command-line order.
+    pub sources: Vec<SourceSummary>,
+    /// Skipped keys (not in the mapping), with their entry counts, per format.
+    pub unmapped_keys: BTreeMap<(Format, String), usize>,
+    /// Things worth an operator's attention that are not errors: provider regions of the
+    /// mapping that matched nothing in files of their format (geofeed countries are not
+    /// reported: country lists are meant to be exhaustive), masked host bits, mapped regions
+    /// that received no prefix.
+    pub warnings: Vec<String>,
+}
+
+/// Where a prefix was claimed first, for conflict messages.
+#[derive(Clone, Debug)]
+struct Claim {
+    /// Index into the mapping's region names, or [`SKIP`].
+    region: usize,
+    source: usize,
+    offset: Option<usize>,
+    field: String,
+    key: String,
+    context: Option<String>,
+}
+
+const SKIP: usize = usize::MAX;
+
+/// Read every file in `sources` and map its prefixes into policy regions with `mapping`.
+///
+/// # Errors
+/// A source that cannot be read, is not UTF-8, has an unknown format or a bad entry; a format
+/// the mapping has no section for (unless it has `unmapped_region`); a conflict (see the
+/// module documentation). The first error in command-line and file order.
+pub fn import(
+    mapping: &Mapping,
+    sources: &[PathBuf],
+    options: &Options,
+) -> Result<Imported, ImportError> {
+    let mut texts = Vec::with_capacity(sources.len());
+    for path in sources {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ImportError::file(path, format!("cannot read range file: {e}")))?;
+        texts.push((path.clone(), text));
+    }
+    import_texts(mapping, &texts, options)
+}
+
+/// [`import`] on texts already in memory: `(path used in messages, file content)`.
+///
+/// # Errors
+/// As [`import`], without the I/O errors.
+pub fn import_texts(
+    mapping: &Mapping,
+    sources: &[(PathBuf, String)],
+    options: &Options,
+) -> Result<Imported, ImportError> {
+    let srcs: Vec<Source<'_>> = sources
+        .iter()
+        .map(|(p, t)| Source { path: p, text: t })
+        .collect();
+    let mut claims: HashMap<IpNetwork, Claim> = HashMap::new();
+    let mut out = Imported {
+        mapping: mapping.path.clone(),
+        ..Imported::default()
+    };
+    let mut per_region: Vec<ImportedRegion> =
+        vec![ImportedRegion::default(); mapping.regions.len()];
+    let mut used_keys: HashSet<(Format, String)> = HashSet::new();
+    let mut formats_seen: HashSet<Format> = HashSet::new();
+
+    for (si, src) in srcs.iter().enumerate() {
+        let format = match options.format {
+            Some(f) => f,
+            None => detect_format(src.text).ok_or_else(|| {
+                ImportError::file(
+                    src.path,
+                    "cannot tell the format of this file (AWS, Google Cloud, Azure and Oracle \
+                     JSON are recognized by their keys, anything else is read as a geofeed); \
+                     pass --format",
+                )
+            })?,
+        };
+        formats_seen.insert(format);
+        if !mapping.has_section(format) && mapping.unmapped_region.is_none() {
+            return Err(ImportError::file(
+                src.path,
+                format!(
+                    "the mapping {} has no [{format}] section, so nothing in this {format} file \
+                     would be imported (add the section, or set `unmapped_region`)",
+                    mapping.path.display()
+                ),
+            ));
+        }
+        let parsed = parse_source(src, format)?;
+        let mut summary = SourceSummary {
+            path: src.path.to_path_buf(),
+            format,
+            version: parsed.version.clone(),
+            entries: parsed.entries.len(),
+            mapped: 0,
+            unmapped: 0,
+            no_location: 0,
+            masked: 0,
+        };
+        for e in &parsed.entries {
+            let (net, masked) = parse_prefix(&e.text, options.mask_host_bits)
+                .map_err(|msg| src.err_at(e.offset, e.field.clone(), with_context(msg, e)))?;
+            summary.masked += usize::from(masked);
+            if e.key.is_empty() {
+                summary.no_location += 1;
+                continue;
+            }
+            let hit = mapping.lookup(format, &e.key, e.subdivision.as_deref());
+            let (region, key) = match hit {
+                Some((region, key)) => {
+                    used_keys.insert((format, key.to_string()));
+                    (region, key.to_string())
+                }
+                None => match mapping.unmapped_index() {
+                    Some(r) => (r, e.key.to_string()),
+                    None => {
+                        *out.unmapped_keys
+                            .entry((format, e.key.to_string()))
+                            .or_default() += 1;
+                        (SKIP, e.key.to_string())
+                    }
+                },
+            };
+            if region == SKIP {
+                summary.unmapped += 1;
+            } else {
+                summary.mapped += 1;
+                *per_region[region]
+                    .from
+                    .entry((format, key.clone()))
+                    .or_default() += 1;
+            }
+            match claims.get(&net) {
+                None => {
+                    claims.insert(
+                        net,
+                        Claim {
+                            region,
+                            source: si,
+                            offset: e.offset,
+                            field: e.field.clone(),
+                            key,
+                            context: e.context.as_ref().map(|c| c.to_string()),
+                        },
+                    );
+                }
+                Some(first) if first.region == region => {}
+                Some(first) => {
+                    let fsrc = &srcs[first.source];
+                    let first_at = fsrc.err_at(first.offset, first.field.clone(), "");
+                    let first_fmt = &out_format(&out, &summary, first.source);
+                    return Err(src.err_at(
+                        e.offset,
+                        e.field.clone(),
+                        with_context(
+                            format!(
+                                "prefix {net} is {} here, but {} at {}{}; a prefix may belong \
+                                 to one policy region only: fix the mapping (or the file)",
+                                describe(mapping, format, &e.key, region),
+                                describe(mapping, *first_fmt, &first.key, first.region),
+                                location(&first_at),
+                                first
+                                    .context
+                                    .as_ref()
+                                    .map(|c| format!(" (in `{c}`)"))
+                                    .unwrap_or_default(),
+                            ),
+                            e,
+                        ),
+                    ));
+                }
+            }
+        }
+        if summary.masked > 0 {
+            out.warnings.push(format!(
+                "{}: masked the host bits of {} prefixes (--mask-host-bits)",
+                src.path.display(),
+                summary.masked
+            ));
+        }
+        out.sources.push(summary);
+    }
+
+    // Emitted prefixes, per region.
+    let mut v4: HashMap<(u32, u8), usize> = HashMap::new();
+    let mut v6: HashMap<(u128, u8), usize> = HashMap::new();
+    let (mut lens4, mut lens6) = ([false; 33], [false; 129]);
+    for (net, c) in &claims {
+        if c.region == SKIP {
+            continue;
+        }
+        per_region[c.region].prefixes.push(*net);
+        match net {
+            IpNetwork::V4(n) => {
+                v4.insert((u32::from(n.network()), n.prefix()), c.region);
+                lens4[usize::from(n.prefix())] = true;
+            }
+            IpNetwork::V6(n) => {
+                v6.insert((u128::from(n.network()), n.prefix()), c.region);
+                lens6[usize::from(n.prefix())] = true;
+            }
+        }
+    }
+
+    // A skipped prefix inside an emitted one would be judged as the enclosing region.
+    let mut nested: Vec<(&Claim, IpNetwork, IpNetwork)> = Vec::new();
+    for (net, c) in &claims {
+        if c.region != SKIP {
+            continue;
+        }
+        let parent = match net {
+            IpNetwork::V4(n) => {
+                let a = u32::from(n.network());
+                (0..n.prefix())
+                    .rev()
+                    .filter(|l| lens4[usize::from(*l)])
+                    .find_map(|l| {
+                        let p = a & mask_u32(l);
+                        v4.contains_key(&(p, l)).then(|| {
+                            IpNetwork::V4(Ipv4Network::new(Ipv4Addr::from(p), l).unwrap_or(*n))
+                        })
+                    })
+            }
+            IpNetwork::V6(n) => {
+                let a = u128::from(n.network());
+                (0..n.prefix())
+                    .rev()
+                    .filter(|l| lens6[usize::from(*l)])
+                    .find_map(|l| {
+                        let p = a & mask_u128(l);
+                        v6.contains_key(&(p, l)).then(|| {
+                            IpNetwork::V6(Ipv6Network::new(Ipv6Addr::from(p), l).unwrap_or(*n))
+                        })
+                    })
+            }
+        };
+        if let Some(p) = parent {
+            nested.push((c, *net, p));
+        }
+    }
+    if let Some((c, net, parent)) = nested
+        .iter()
+        .min_by_key(|(c, n, _)| (c.source, c.offset, c.field.clone(), sort_key(n)))
+        && let Some(pc) = claims.get(parent)
+    {
+        let src = &srcs[c.source];
+        let psrc = &srcs[pc.source];
+        let pat = psrc.err_at(pc.offset, pc.field.clone(), "");
+        let fmt = out.sources[c.source].format;
+        let pfmt = out.sources[pc.source].format;
+        let more = nested.len() - 1;
+        return Err(src.err_at(
+            c.offset,
+            c.field.clone(),
+            format!(
+                "prefix {net} ({fmt} {} `{}`, not in the mapping) lies inside {parent} ({}, at \
+                 {}): skipping it would judge its addresses as `{}`; map `{}` in [{fmt}] or set \
+                 `unmapped_region` in the mapping{}",
+                fmt.key_kind(),
+                c.key,
+                describe(mapping, pfmt, &pc.key, pc.region),
+                location(&pat),
+                mapping.regions[pc.region],
+                c.key,
+                if more > 0 {
+                    format!(" ({more} more prefixes like this)")
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+    }
+
+    for (name, mut r) in mapping.regions.iter().zip(per_region) {
+        if r.prefixes.is_empty() {
+            if mapping.unmapped_region.as_deref() != Some(name.as_str()) {
+                out.warnings.push(format!(
+                    "policy region `{name}` received no prefix from these files; it is left out \
+                     (the policy rejects empty regions)"
+                ));
+            }
+            continue;
+        }
+        r.prefixes.sort_unstable_by_key(sort_key);
+        out.regions.insert(name.clone(), r);
+    }
+    // Country lists are exhaustive on purpose (every EU member state), so an unused country
+    // is normal; an unused provider region is more likely a typo.
+    for (format, key, line) in mapping.keys() {
+        if format != Format::Geofeed
+            && formats_seen.contains(&format)
+            && !used_keys.contains(&(format, key.to_string()))
+        {
+            out.warnings.push(format!(
+                "{}:{line}: [{format}] {} `{key}` matched no entry in the {format} files (a \
+                 typo, or a {} the provider no longer publishes?)",
+                mapping.path.display(),
+                format.key_kind(),
+                format.key_kind()
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn out_format(out: &Imported, current: &SourceSummary, source: usize) -> Format {
+    out.sources.get(source).map_or(current.format, |s| s.format)
+}
+
+fn with_context(msg: String, e: &Entry<'_>) -> String {
+    match &e.context {
+        Some(c) => format!("{msg} (in `{c}`)"),
+        None => msg,
+    }
+}
+
+fn location(e: &ImportError) -> String {
+    let mut s = e.file.display().to_string();
+    if e.line != 0 {
+        let _ = write!(s, ":{}:{}", e.line, e.column);
+    }
+    if !e.field.is_empty() {
+        let _ = write!(s, " {}", e.field);
+    }
+    s
+}
+
+fn describe(mapping: &Mapping, format: Format, key: &str, region: usize) -> String {
+    let kind = format.key_kind();
+    if region == SKIP {
+        format!("in {format} {kind} `{key}`, which the mapping does not map (skipped)")
+    } else {
+        format!(
+            "in {format} {kind} `{key}`, mapped to `{}`",
+            mapping.regions[region]
+        )
+    }
+}
+
+/// Sort key of the output: IPv4 before IPv6, then network address, then length.
+fn sort_key(n: &IpNetwork) -> (u8, u128, u8) {
+    match n {
+        IpNetwork::V4(n) => (4, u128::from(u32::from(n.network())), n.prefix()),
+        IpNetwork::V6(n) => (6, u128::from(n.network()), n.prefix()),
+    }
+}
+
+/// Parse `ADDR/LEN` (or a bare address: /32, /128) strictly, as the policy does: no netmask
+/// notation, no shortened IPv4 forms, no IPv4-mapped IPv6 prefixes. Returns the network and
+/// whether host bits were masked (only when `mask` is set; otherwise they are an error).
+///
+/// # Errors
+/// A message naming the prefix and the problem.
+pub fn parse_prefix(s: &str, mask: bool) -> Result<(IpNetwork, bool), String> {
+    let (addr_s, len_s) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr_s
+        .parse()
+        .map_err(|_| format!("malformed prefix `{s}`: `{addr_s}` is not an IP address"))?;
+    let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len_s {
+        None => max,
+        Some(l) => match l.parse::<u8>() {
+            Ok(n) if n <= max && !l.starts_with('+') => n,
+            _ => {
+                return Err(format!(
+                    "malformed prefix `{s}`: prefix length `{l}` is not a number 0-{max}"
+                ));
+            }
+        },
+    };
+    let net = match addr {
+        IpAddr::V4(a) => {
+            let n = Ipv4Addr::from(u32::from(a) & mask_u32(len));
+            IpNetwork::V4(Ipv4Network::new(n, len).map_err(|e| e.to_string())?)
+        }
+        IpAddr::V6(a) => {
+            let n = Ipv6Addr::from(u128::from(a) & mask_u128(len));
+            if len >= 96 && (u128::from(n) >> 32) == 0xffff {
+                return Err(format!(
+                    "IPv4-mapped prefix `{s}`: the policy judges mapped destinations as IPv4 and \
+                     rejects such prefixes"
+                ));
+            }
+            IpNetwork::V6(Ipv6Network::new(n, len).map_err(|e| e.to_string())?)
+        }
+    };
+    if net.ip() != addr {
+        if mask {
+            return Ok((net, true));
+        }
+        return Err(format!(
+            "host bits set in `{s}`: the network would be {net} (pass --mask-host-bits to \
+             accept such prefixes as their network)"
+        ));
+    }
+    Ok((net, false))
+}
+
+fn mask_u32(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+fn mask_u128(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    }
+}
+
+/// 1-based (line, column) of byte `offset` in `text`; the column counts characters.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
+    (line, text[line_start..offset].chars().count() + 1)
+}
+
+/// How [`render`] writes the result.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// When `Some`, start with `allowlist = [...]` so that the output is a complete policy
+    /// (every name must be an imported region); when `None`, write only `[regions.*]`
+    /// tables, to be pasted into a policy.
+    pub allowlist: Option<Vec<String>>,
+}
+
+/// The result as TOML: a comment header (mapping, sources with their version stamps,
+/// counts), then one `[regions.NAME]` table per region with a `description` and the
+/// `prefixes`, one per line, in [`Imported::regions`] order. Deterministic: the same inputs
+/// give the same bytes.
+///
+/// # Errors
+/// An allowlist entry that names no imported region (message only; the caller labels it).
+pub fn render(imported: &Imported, options: &RenderOptions) -> Result<String, String> {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Generated by `egressd regions import`. Do not edit: change the mapping and run it \
+         again.\n# Use it as a drop-in (policy.d/NAME.toml) or paste the tables into a policy."
+    );
+    let _ = writeln!(s, "# mapping: {}", imported.mapping.display());
+    for src in &imported.sources {
+        let _ = writeln!(
+            s,
+            "# source:  {} ({}{}): {} entries, {} mapped, {} unmapped, {} without location",
+            src.path.display(),
+            src.format,
+            src.version
+                .as_ref()
+                .map(|v| format!(", {v}"))
+                .unwrap_or_default(),
+            src.entries,
+            src.mapped,
+            src.unmapped,
+            src.no_location
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# Prefixes are deduplicated, not aggregated: each is a prefix as a provider published \
+         it.\n# Order: IPv4 then IPv6, by network address, then length."
+    );
+    if let Some(allow) = &options.allowlist {
+        for a in allow {
+            if !imported.regions.contains_key(a) {
+                let names: Vec<&str> = imported.regions.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "allowlist entry `{a}` is not an imported region (imported: {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ));
+            }
+        }
+        let quoted: Vec<String> = allow.iter().map(|a| toml_string(a)).collect();
+        let _ = writeln!(s, "\nallowlist = [{}]", quoted.join(", "));
+    }
+    for (name, r) in &imported.regions {
+        let v4 = r.prefixes.iter().filter(|p| p.is_ipv4()).count();
+        let v6 = r.prefixes.len() - v4;
+        let mut formats: Vec<&str> = r.from.keys().map(|(f, _)| f.as_str()).collect();
+        formats.dedup();
+        let _ = writeln!(s, "\n[regions.{name}]");
+        let _ = writeln!(
+            s,
+            "description = {}",
+            toml_string(&format!(
+                "imported from {}: {} IPv4 and {v6} IPv6 prefixes",
+                formats.join(", "),
+                v4
+            ))
+        );
+        for ((f, key), n) in &r.from {
+            let _ = writeln!(s, "# {f} {} {key}: {n} entries", f.key_kind());
+        }
+        let _ = writeln!(s, "prefixes = [");
+        for p in &r.prefixes {
+            let _ = writeln!(s, "    \"{p}\",");
+        }
+        let _ = writeln!(s, "]");
+    }
+    Ok(s)
+}
+
+/// Check that `text` (output of [`render`]) is what the policy accepts, with
+/// [`crate::config`]'s own parser: when `complete` (rendered with an allowlist) as a policy
+/// file ([`crate::config::parse`]); otherwise as a drop-in file (`policy.d/*.toml`) of a main
+/// file that is just `allowlist = []` ([`crate::config::parse_set`]), which is also what the
+/// tables are when pasted into a policy. Returns the parsed configuration.
+///
+/// # Errors
+/// The [`crate::config::ConfigError`] as an [`ImportError`] labelled `label`; an error here is
+/// a bug in the import, which is why it is checked before anything is written.
+pub fn validate_output(
+    label: &Path,
+    text: &str,
+    complete: bool,
+) -> Result<crate::config::Config, ImportError> {
+    let res = if complete {
+        crate::config::parse(label, text)
+    } else {
+        crate::config::parse_set(
+            Path::new("(main policy)"),
+            "allowlist = []\n",
+            &[(label.to_path_buf(), text.to_string())],
+        )
+    };
+    res.map_err(|e| ImportError {
+        file: e.file,
+        line: e.line,
+        column: e.column,
+        field: e.field,
+        message: format!(
+            "the generated regions are not a valid policy: {}",
+            e.message
+        ),
+    })
+}
+
+/// Write `text` to `path` atomically: into a temporary file in the same directory, flushed
+/// to disk, then renamed over `path`, so a reader (or an agent watching the file) never sees
+/// half a file.
+///
+/// # Errors
+/// Creating, writing, syncing or renaming the file, labelled with `path`.
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), ImportError> {
+    use std::io::Write as _;
+    let name = path
+        .file_name()
+        .ok_or_else(|| ImportError::file(path, "not a file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let io = |e: std::io::Error| ImportError::file(path, format!("cannot write output: {e}"));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map_err(io)
+}
+
+/// A TOML basic string (names and descriptions here are plain ASCII without quotes, but
+/// escape anyway).
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_parse_prefix() {
+        assert_eq!(
+            parse_prefix("10.0.0.0/8", false),
+            Ok(("10.0.0.0/8".parse().expect("net"), false))
+        );
+        assert_eq!(
+            parse_prefix("2001:db8::1", false),
+            Ok(("2001:db8::1/128".parse().expect("net"), false))
+        );
+        let e = parse_prefix("10.0.0.1/8", false).expect_err("host bits");
+        assert!(e.contains("network would be 10.0.0.0/8"), "{e}");
+        assert_eq!(
+            parse_prefix("10.0.0.1/8", true),
+            Ok(("10.0.0.0/8".parse().expect("net"), true))
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "10.0.0/8",
+            "",
+            "x",
+            "::/129",
+            "10.0.0.0/255.0.0.0",
+        ] {
+            assert!(parse_prefix(bad, true).is_err(), "{bad}");
+        }
+        assert!(parse_prefix("::ffff:10.0.0.0/104", true).is_err());
+    }
+
+    #[test]
+    fn import_detect_format() {
+        assert_eq!(
+            detect_format("{\"prefixes\":[{\"ip_prefix\":\"1.0.0.0/8\"}]}"),
+            Some(Format::Aws)
+        );
+        assert_eq!(
+            detect_format(" \n{\"prefixes\":[{\"ipv6Prefix\":\"::/0\"}]}"),
+            Some(Format::Gcp)
+        );
+        assert_eq!(
+            detect_format("{\"values\":[{\"properties\":{\"addressPrefixes\":[]}}]}"),
+            Some(Format::Azure)
+        );
+        assert_eq!(
+            detect_format("{\"regions\":[{\"cidrs\":[]}]}"),
+            Some(Format::Oracle)
+        );
+        assert_eq!(
+            detect_format("# c\n1.0.0.0/8,DE,,,\n"),
+            Some(Format::Geofeed)
+        );
+        assert_eq!(detect_format("{}"), None);
+        assert_eq!(
+            detect_format("{\"ip_prefix\":1, \"cidrs\":2}"),
+            None,
+            "ambiguous"
+        );
+    }
+
+    #[test]
+    fn import_line_col() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("é\né", 4), (2, 1));
+    }
+
+    #[test]
+    fn import_toml_string() {
+        assert_eq!(toml_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}

@@ -1,0 +1,944 @@
+//! `egressd regions import` on the real provider files in `shared/data/cloud-ip-ranges` (next
+//! to the repository, as in CI), checked against what this test reads from the same files
+//! independently with serde_json, and on small synthetic inputs for every error path.
+//!
+//! Also the `egressd regions import` and `egressd explain` command lines, end to end.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use egressd::import::{self, Format, Imported, Mapping, Options, RenderOptions};
+use egressd::policy::{Policy, compile};
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The shared data directory, beside the repository.
+fn data_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cloud-ip-ranges");
+    assert!(
+        dir.join("aws-ip-ranges.json").is_file(),
+        "the provider range files are missing: expected them in {} (the `shared/` directory \
+         beside the repository checkout, as CI lays it out)",
+        dir.display()
+    );
+    dir
+}
+
+fn read(name: &str) -> (PathBuf, String) {
+    let path = data_dir().join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    (path, text)
+}
+
+fn eu_mapping() -> Mapping {
+    import::mapping::load(&repo().join("configs/import/eu-mapping.toml")).expect("eu mapping")
+}
+
+/// Keys of `[format].eu` in the EU mapping, read as plain TOML (not through the importer).
+fn eu_keys(format: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(repo().join("configs/import/eu-mapping.toml"))
+        .expect("read mapping");
+    let v: toml::Value = toml::from_str(&text).expect("mapping is TOML");
+    v[format]["eu"]
+        .as_array()
+        .expect("eu list")
+        .iter()
+        .map(|k| k.as_str().expect("string").to_string())
+        .collect()
+}
+
+/// (prefix, key) of every entry, read from the file with serde_json / plain string splitting.
+fn independent_entries(name: &str) -> Vec<(IpNetwork, String)> {
+    let (_, text) = read(name);
+    let net = |s: &str| -> IpNetwork {
+        let n: IpNetwork = s.parse().unwrap_or_else(|e| panic!("{name}: {s}: {e}"));
+        assert_eq!(n.ip(), n.network(), "{name}: {s} has host bits");
+        n
+    };
+    let s = |v: &Value| v.as_str().expect("string").to_string();
+    let mut out = Vec::new();
+    if name.ends_with(".json") {
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        if name.starts_with("aws") {
+            for p in v["prefixes"].as_array().expect("prefixes") {
+                out.push((net(p["ip_prefix"].as_str().expect("ip")), s(&p["region"])));
+            }
+            for p in v["ipv6_prefixes"].as_array().expect("ipv6_prefixes") {
+                out.push((net(p["ipv6_prefix"].as_str().expect("ip")), s(&p["region"])));
+            }
+        } else if name.starts_with("google") {
+            for p in v["prefixes"].as_array().expect("prefixes") {
+                let t = p["ipv4Prefix"]
+                    .as_str()
+                    .or_else(|| p["ipv6Prefix"].as_str())
+                    .expect("prefix");
+                out.push((net(t), s(&p["scope"])));
+            }
+        } else if name.contains("azure") {
+            for t in v["values"].as_array().expect("values") {
+                let region = s(&t["properties"]["region"]);
+                for p in t["properties"]["addressPrefixes"]
+                    .as_array()
+                    .expect("prefixes")
+                {
+                    out.push((net(p.as_str().expect("str")), region.clone()));
+                }
+            }
+        } else {
+            for r in v["regions"].as_array().expect("regions") {
+                for c in r["cidrs"].as_array().expect("cidrs") {
+                    out.push((net(c["cidr"].as_str().expect("str")), s(&r["region"])));
+                }
+            }
+        }
+    } else {
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            out.push((net(f[0]), f[1].to_ascii_uppercase()));
+        }
+    }
+    assert!(!out.is_empty(), "{name}: no entries");
+    out
+}
+
+fn run_import(mapping: &Mapping, names: &[&str]) -> Imported {
+    let texts: Vec<(PathBuf, String)> = names.iter().map(|n| read(n)).collect();
+    import::import_texts(mapping, &texts, &Options::default())
+        .unwrap_or_else(|e| panic!("import of {names:?} failed: {e}"))
+}
+
+/// A policy with the imported regions. Built from a small stub parsed by the real parser,
+/// whose prefixes are then replaced (parsing every prefix is checked separately, and is slow
+/// for large files in a debug build).
+fn policy_of(imported: &Imported, allow: &[&str]) -> Policy {
+    let quoted: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
+    let mut text = format!("allowlist = [{}]\n", quoted.join(", "));
+    for (name, r) in &imported.regions {
+        text.push_str(&format!(
+            "[regions.{name}]\nprefixes = [\"{}\"]\n",
+            r.prefixes[0]
+        ));
+    }
+    let mut cfg = egressd::config::parse(Path::new("stub.toml"), &text).expect("stub parses");
+    for (region, (name, r)) in cfg.regions.iter_mut().zip(&imported.regions) {
+        assert_eq!(&region.name, name);
+        region.prefixes = r.prefixes.clone();
+    }
+    compile(&cfg)
+}
+
+const FILES: [(&str, Format, &str); 6] = [
+    ("aws-ip-ranges.json", Format::Aws, "aws"),
+    ("google-cloud-ip-ranges.json", Format::Gcp, "gcp"),
+    ("microsoft-azure-ip-ranges.json", Format::Azure, "azure"),
+    ("oracle-cloud-ip-ranges.json", Format::Oracle, "oracle"),
+    ("digitalocean.csv", Format::Geofeed, "geofeed"),
+    ("linode.txt", Format::Geofeed, "geofeed"),
+];
+
+/// Per file: the `eu` prefixes equal the distinct prefixes whose key is in the mapping's eu
+/// list (computed here from the source), per family; the output parses as a policy and
+/// compiles; sampled addresses land where the source says.
+#[test]
+fn import_real_files_match_source_counts() {
+    let mapping = eu_mapping();
+    for (name, format, section) in FILES {
+        let (path, text) = read(name);
+        assert_eq!(import::detect_format(&text), Some(format), "{name}");
+        let keys = eu_keys(section);
+        let entries = independent_entries(name);
+        let expected: BTreeSet<IpNetwork> = entries
+            .iter()
+            .filter(|(_, k)| keys.contains(k))
+            .map(|(n, _)| *n)
+            .collect();
+        let (ev4, ev6) = (
+            expected.iter().filter(|n| n.is_ipv4()).count(),
+            expected.iter().filter(|n| n.is_ipv6()).count(),
+        );
+        assert!(!expected.is_empty(), "{name}: no EU prefix in the source?");
+
+        let imported = run_import(&mapping, &[name]);
+        let eu = &imported.regions["eu"];
+        assert_eq!(imported.regions.len(), 1, "{name}");
+        let got: BTreeSet<IpNetwork> = eu.prefixes.iter().copied().collect();
+        assert_eq!(got.len(), eu.prefixes.len(), "{name}: duplicates in output");
+        let (gv4, gv6) = (
+            got.iter().filter(|n| n.is_ipv4()).count(),
+            got.iter().filter(|n| n.is_ipv6()).count(),
+        );
+        eprintln!("{name}: eu {gv4} IPv4 + {gv6} IPv6 (source: {ev4} + {ev6})");
+        assert_eq!((gv4, gv6), (ev4, ev6), "{name}: prefix counts per family");
+        assert_eq!(got, expected, "{name}: prefix sets");
+        let s = &imported.sources[0];
+        assert_eq!(s.entries, entries.len(), "{name}");
+        assert_eq!(
+            s.mapped,
+            entries.iter().filter(|(_, k)| keys.contains(k)).count(),
+            "{name}"
+        );
+        assert_eq!(
+            s.no_location,
+            entries.iter().filter(|(_, k)| k.is_empty()).count(),
+            "{name}"
+        );
+        assert_eq!(s.mapped + s.unmapped + s.no_location, s.entries, "{name}");
+
+        // The rendered file is a valid policy with `--allowlist eu`; without, it is the same
+        // minus that line (valid as a drop-in: see the render and CLI tests). Parsed once here
+        // (parsing is slow on large files in a debug build).
+        let complete = import::render(
+            &imported,
+            &RenderOptions {
+                allowlist: Some(vec!["eu".into()]),
+            },
+        )
+        .expect("render");
+        let cfg = egressd::config::parse(&path, &complete).expect("complete output parses");
+        assert_eq!(cfg.regions.len(), 1);
+        assert_eq!(cfg.regions[0].name, "eu");
+        assert_eq!(cfg.regions[0].prefixes, eu.prefixes, "{name}: file order");
+        let fragment = import::render(&imported, &RenderOptions::default()).expect("render");
+        assert_eq!(
+            complete.replacen("allowlist = [\"eu\"]\n\n", "", 1),
+            fragment,
+            "the fragment is the complete file without its allowlist line"
+        );
+        let policy = compile(&cfg);
+        assert_eq!(policy.regions, ["unknown", "eu"]);
+        assert_eq!((policy.v4.len(), policy.v6.len()), (ev4, ev6));
+
+        // Lookups: the first and last address of every 7th entry. Those of an EU entry are
+        // in eu. Those of another located entry are in eu exactly when an EU prefix contains
+        // them (an EU prefix may be more specific than a non-EU one; the reverse, a non-EU
+        // prefix inside an EU one, would have been refused by the import).
+        let in_eu = |a: IpAddr| {
+            let max = if a.is_ipv4() { 32 } else { 128 };
+            (0..=max).any(|len| {
+                IpNetwork::new(a, len)
+                    .and_then(|n| IpNetwork::new(n.network(), len))
+                    .is_ok_and(|n| expected.contains(&n))
+            })
+        };
+        let mut checked = 0;
+        for (n, k) in entries.iter().step_by(7) {
+            for a in [n.network(), n.broadcast()] {
+                let want = if keys.contains(k) || (!k.is_empty() && in_eu(a)) {
+                    "eu"
+                } else if k.is_empty() {
+                    continue; // no location: either
+                } else {
+                    "unknown"
+                };
+                assert_eq!(
+                    policy.region_name(policy.region_of(a)),
+                    want,
+                    "{name}: {n} ({k}) {a}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 20, "{name}");
+    }
+}
+
+/// Known prefixes from the files, looked up in the combined import of all six files.
+#[test]
+fn import_all_files_known_lookups() {
+    let names: Vec<&str> = FILES.iter().map(|(n, _, _)| *n).collect();
+    let imported = run_import(&eu_mapping(), &names);
+    let p = policy_of(&imported, &["eu"]);
+    let region = |a: &str| -> String {
+        let ip: IpAddr = a.parse().expect("ip");
+        p.region_name(p.region_of(ip)).to_string()
+    };
+    for (addr, want, what) in [
+        ("3.4.12.4", "eu", "AWS eu-west-1 3.4.12.4/32"),
+        ("35.180.0.1", "eu", "AWS eu-west-3 35.180.0.0/16"),
+        ("3.5.140.1", "unknown", "AWS ap-northeast-2 3.5.140.0/22"),
+        ("15.230.221.7", "unknown", "AWS us-east-1 15.230.221.0/24"),
+        (
+            "52.93.153.170",
+            "unknown",
+            "AWS eu-west-2 (London) is not EU",
+        ),
+        ("34.35.0.1", "unknown", "Google africa-south1 34.35.0.0/16"),
+        ("129.80.0.1", "unknown", "Oracle us-ashburn-1 129.80.0.0/16"),
+        ("5.101.96.1", "eu", "DigitalOcean NL 5.101.96.0/21"),
+        ("24.144.64.1", "unknown", "DigitalOcean US 24.144.64.0/22"),
+        ("2a01:7e01::1", "eu", "Linode DE 2a01:7e01::/32"),
+        ("2a01:7e00::1", "unknown", "Linode GB 2a01:7e00::/32"),
+        ("2600:3c07::1", "eu", "Linode FR 2600:3c07::/32"),
+    ] {
+        assert_eq!(region(addr), want, "{what}");
+    }
+    // One per provider from the files themselves: the first EU entry of each.
+    for (name, _, section) in FILES {
+        let keys = eu_keys(section);
+        let (n, k) = independent_entries(name)
+            .into_iter()
+            .find(|(_, k)| keys.contains(k))
+            .expect("an EU entry");
+        assert_eq!(
+            p.region_name(p.region_of(n.network())),
+            "eu",
+            "{name}: {n} ({k})"
+        );
+    }
+    // Nothing was lost by combining: the union of the per-file results.
+    let mut union: BTreeSet<IpNetwork> = BTreeSet::new();
+    for name in &names {
+        union.extend(
+            run_import(&eu_mapping(), &[name]).regions["eu"]
+                .prefixes
+                .clone(),
+        );
+    }
+    let combined: BTreeSet<IpNetwork> = imported.regions["eu"].prefixes.iter().copied().collect();
+    assert_eq!(combined, union);
+    eprintln!("all files: eu {} prefixes", combined.len());
+}
+
+/// With `unmapped_region`, every located prefix of the files is kept, and a lookup of any
+/// published prefix gives the region of the longest source prefix that contains it
+/// (computed here independently).
+#[test]
+fn import_unmapped_region_keeps_source_lpm() {
+    let text = format!(
+        "unmapped_region = \"elsewhere\"\n{}",
+        std::fs::read_to_string(repo().join("configs/import/eu-mapping.toml")).expect("read")
+    );
+    let mapping = Mapping::parse(Path::new("all.toml"), &text).expect("mapping");
+    for (name, _, section) in FILES {
+        let keys = eu_keys(section);
+        let entries = independent_entries(name);
+        let imported = run_import(&mapping, &[name]);
+        let p = policy_of(&imported, &["eu"]);
+        // Source LPM: (network, len) -> policy region.
+        let mut table: HashMap<IpNetwork, &str> = HashMap::new();
+        for (n, k) in &entries {
+            if !k.is_empty() {
+                let r = if keys.contains(k) { "eu" } else { "elsewhere" };
+                assert!(
+                    table.insert(*n, r).is_none_or(|old| old == r),
+                    "{name}: {n} in two policy regions"
+                );
+            }
+        }
+        let total: usize = imported.regions.values().map(|r| r.prefixes.len()).sum();
+        assert_eq!(total, table.len(), "{name}: every located prefix once");
+        let lpm = |a: IpAddr| -> &str {
+            let max = if a.is_ipv4() { 32 } else { 128 };
+            (0..=max)
+                .rev()
+                .find_map(|len| {
+                    let n = IpNetwork::new(a, len).ok()?;
+                    let n = IpNetwork::new(n.network(), len).ok()?;
+                    table.get(&n).copied()
+                })
+                .unwrap_or("unknown")
+        };
+        for (n, _) in entries.iter().step_by(3) {
+            for a in [n.network(), n.broadcast()] {
+                assert_eq!(p.region_name(p.region_of(a)), lpm(a), "{name}: {n} {a}");
+            }
+        }
+    }
+}
+
+#[test]
+fn import_is_deterministic() {
+    let mapping = eu_mapping();
+    let a = run_import(&mapping, &["oracle-cloud-ip-ranges.json", "linode.txt"]);
+    let b = run_import(&mapping, &["oracle-cloud-ip-ranges.json", "linode.txt"]);
+    let c = run_import(&mapping, &["linode.txt", "oracle-cloud-ip-ranges.json"]);
+    let ra = import::render(&a, &RenderOptions::default()).expect("render");
+    assert_eq!(
+        ra,
+        import::render(&b, &RenderOptions::default()).expect("render")
+    );
+    assert_eq!(a.regions, c.regions, "source order does not matter");
+    // Sorted: IPv4 then IPv6, by address then length.
+    let eu = &a.regions["eu"].prefixes;
+    let keys: Vec<(bool, u128, u8)> = eu
+        .iter()
+        .map(|n| match n {
+            IpNetwork::V4(n) => (false, u128::from(u32::from(n.network())), n.prefix()),
+            IpNetwork::V6(n) => (true, u128::from(n.network()), n.prefix()),
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(keys, sorted);
+}
+
+/// The largest file, timed (the bound is loose so a debug build on a busy CI host passes;
+/// `egressd regions import` in release is what the README quotes).
+#[test]
+fn import_largest_file_is_fast() {
+    let mapping = eu_mapping();
+    let texts = vec![
+        read("microsoft-azure-ip-ranges.json"),
+        read("aws-ip-ranges.json"),
+    ];
+    for t in texts {
+        let start = Instant::now();
+        let imported =
+            import::import_texts(&mapping, std::slice::from_ref(&t), &Options::default())
+                .expect("import");
+        let text = import::render(&imported, &RenderOptions::default()).expect("render");
+        let took = start.elapsed();
+        eprintln!(
+            "{}: import + render {:?} ({} bytes out)",
+            t.0.display(),
+            took,
+            text.len()
+        );
+        assert!(took.as_secs() < 20, "{took:?}");
+    }
+}
+
+// --- Synthetic inputs: rules and errors. ---
+
+fn mapping(text: &str) -> Mapping {
+    Mapping::parse(Path::new("m.toml"), text).expect("valid mapping")
+}
+
+fn try_import(m: &Mapping, files: &[(&str, &str)], mask: bool) -> Result<Imported, String> {
+    let texts: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+        .collect();
+    import::import_texts(
+        m,
+        &texts,
+        &Options {
+            format: None,
+            mask_host_bits: mask,
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+const AWS_MAP: &str = "[aws]\neu = [\"eu-west-1\"]\nus = [\"us-east-1\"]\n";
+
+fn aws(entries: &[(&str, &str)]) -> String {
+    let list: Vec<String> = entries
+        .iter()
+        .map(|(p, r)| format!("  {{\"ip_prefix\": \"{p}\", \"region\": \"{r}\"}}"))
+        .collect();
+    format!("{{\"prefixes\": [\n{}\n]}}\n", list.join(",\n"))
+}
+
+#[test]
+fn import_same_prefix_two_regions_is_an_error() {
+    let m = mapping(AWS_MAP);
+    let e = try_import(
+        &m,
+        &[(
+            "a.json",
+            &aws(&[("10.0.0.0/8", "eu-west-1"), ("10.0.0.0/8", "us-east-1")]),
+        )],
+        false,
+    )
+    .expect_err("conflict");
+    assert_eq!(
+        e,
+        "a.json:3:17: prefixes[1].ip_prefix: prefix 10.0.0.0/8 is in aws region `us-east-1`, \
+         mapped to `us` here, but in aws region `eu-west-1`, mapped to `eu` at a.json:2:17 \
+         prefixes[0].ip_prefix; a prefix may belong to one policy region only: fix the mapping \
+         (or the file)"
+    );
+    // Across files, and between a mapped and a skipped key.
+    let e = try_import(
+        &m,
+        &[
+            ("a.json", &aws(&[("10.0.0.0/8", "eu-west-1")])),
+            ("b.json", &aws(&[("10.0.0.0/8", "ap-south-1")])),
+        ],
+        false,
+    )
+    .expect_err("conflict");
+    assert!(
+        e.starts_with("b.json:2:17: prefixes[0].ip_prefix: prefix 10.0.0.0/8 is in aws region `ap-south-1`, which the mapping does not map (skipped) here, but in aws region `eu-west-1`, mapped to `eu` at a.json:2:17"),
+        "{e}"
+    );
+    // The same prefix twice in one region, or in two keys of one region: deduplicated.
+    let m2 = mapping("[aws]\neu = [\"eu-west-1\", \"eu-west-3\"]\n");
+    let ok = try_import(
+        &m2,
+        &[(
+            "a.json",
+            &aws(&[
+                ("10.0.0.0/8", "eu-west-1"),
+                ("10.0.0.0/8", "eu-west-1"),
+                ("10.0.0.0/8", "eu-west-3"),
+            ]),
+        )],
+        false,
+    )
+    .expect("duplicates are fine");
+    assert_eq!(ok.regions["eu"].prefixes.len(), 1);
+    assert_eq!(ok.sources[0].mapped, 3);
+}
+
+#[test]
+fn import_skipped_prefix_inside_mapped_is_an_error() {
+    let m = mapping(AWS_MAP);
+    let e = try_import(
+        &m,
+        &[(
+            "a.json",
+            &aws(&[("10.0.0.0/8", "eu-west-1"), ("10.1.0.0/16", "ap-south-1")]),
+        )],
+        false,
+    )
+    .expect_err("nested");
+    assert!(
+        e.starts_with(
+            "a.json:3:17: prefixes[1].ip_prefix: prefix 10.1.0.0/16 (aws region `ap-south-1`, \
+             not in the mapping) lies inside 10.0.0.0/8 (in aws region `eu-west-1`, mapped to \
+             `eu`, at a.json:2:17 prefixes[0].ip_prefix): skipping it would judge its addresses \
+             as `eu`"
+        ),
+        "{e}"
+    );
+    // Mapped inside skipped is fine (the outer range is unknown, i.e. not allowlisted), and
+    // with unmapped_region everything is kept.
+    let ok = try_import(
+        &m,
+        &[(
+            "a.json",
+            &aws(&[("10.0.0.0/8", "ap-south-1"), ("10.1.0.0/16", "eu-west-1")]),
+        )],
+        false,
+    )
+    .expect("eu inside skipped");
+    assert_eq!(ok.regions.len(), 1);
+    let m3 = mapping(&format!("unmapped_region = \"rest\"\n{AWS_MAP}"));
+    let ok = try_import(
+        &m3,
+        &[(
+            "a.json",
+            &aws(&[("10.0.0.0/8", "eu-west-1"), ("10.1.0.0/16", "ap-south-1")]),
+        )],
+        false,
+    )
+    .expect("kept in rest");
+    assert_eq!(
+        ok.regions["rest"].prefixes,
+        ["10.1.0.0/16".parse::<IpNetwork>().expect("net")]
+    );
+    assert!(!ok.warnings.iter().any(|w| w.contains("`rest`")));
+}
+
+#[test]
+fn import_no_location_entries_are_skipped_even_inside_mapped() {
+    let m = mapping("[azure]\neu = [\"westeurope\"]\n");
+    let text = r#"{"values": [
+ {"name": "AzureCloud.westeurope", "properties": {"region": "westeurope", "addressPrefixes": ["20.0.0.0/16"]}},
+ {"name": "Storage", "properties": {"region": "", "addressPrefixes": ["20.0.1.0/24", "20.0.0.0/16", "30.0.0.0/8"]}}
+]}"#;
+    let ok = try_import(&m, &[("z.json", text)], false).expect("global tags are skipped");
+    assert_eq!(
+        ok.regions["eu"].prefixes,
+        ["20.0.0.0/16".parse::<IpNetwork>().expect("net")]
+    );
+    assert_eq!(ok.sources[0].no_location, 3);
+}
+
+#[test]
+fn import_host_bits_and_bad_prefixes_are_located() {
+    let m = mapping(AWS_MAP);
+    let e = try_import(
+        &m,
+        &[("a.json", &aws(&[("10.0.0.1/8", "eu-west-1")]))],
+        false,
+    )
+    .expect_err("host bits");
+    assert_eq!(
+        e,
+        "a.json:2:17: prefixes[0].ip_prefix: host bits set in `10.0.0.1/8`: the network would \
+         be 10.0.0.0/8 (pass --mask-host-bits to accept such prefixes as their network)"
+    );
+    let ok = try_import(
+        &m,
+        &[("a.json", &aws(&[("10.0.0.1/8", "eu-west-1")]))],
+        true,
+    )
+    .expect("masked");
+    assert_eq!(ok.sources[0].masked, 1);
+    assert_eq!(
+        ok.warnings[0],
+        "a.json: masked the host bits of 1 prefixes (--mask-host-bits)"
+    );
+    assert_eq!(
+        ok.warnings[1],
+        "policy region `us` received no prefix from these files; it is left out (the policy \
+         rejects empty regions)"
+    );
+
+    let gm = mapping("[geofeed]\neu = [\"DE\"]\n");
+    let e = try_import(
+        &gm,
+        &[(
+            "g.csv",
+            "# feed\n1.0.0.0/8,DE,,,\n\n1.2.3.0/33,DE,DE-BE,Berlin,\n",
+        )],
+        false,
+    )
+    .expect_err("bad length");
+    assert_eq!(
+        e,
+        "g.csv:4:1: ip_prefix: malformed prefix `1.2.3.0/33`: prefix length `33` is not a \
+         number 0-32"
+    );
+    let az = mapping("[azure]\neu = [\"westeurope\"]\n");
+    let e = try_import(
+        &az,
+        &[(
+            "z.json",
+            "{\"values\": [{\"name\": \"T.westeurope\", \"properties\": {\"region\": \
+             \"westeurope\",\n \"addressPrefixes\": [\"::ffff:1.2.3.0/120\"]}}]}",
+        )],
+        false,
+    )
+    .expect_err("mapped prefix");
+    assert!(
+        e.starts_with("z.json:2:22: values[0].properties.addressPrefixes[0]: IPv4-mapped"),
+        "{e}"
+    );
+    assert!(e.ends_with("(in `T.westeurope`)"), "{e}");
+    // JSON syntax and schema errors carry serde_json's position and the field path.
+    let e = try_import(
+        &m,
+        &[(
+            "a.json",
+            "{\"prefixes\": [\n  {\"ip_prefix\": \"1.0.0.0/8\",}\n]}",
+        )],
+        false,
+    )
+    .expect_err("syntax");
+    assert!(e.starts_with("a.json:2:"), "{e}");
+    let e = try_import(
+        &m,
+        &[(
+            "a.json",
+            "{\"prefixes\": [\n  {\"ip_prefix\": \"1.0.0.0/8\", \"region\": 5}\n]}",
+        )],
+        false,
+    )
+    .expect_err("type");
+    assert!(
+        e.starts_with("a.json:2:")
+            && e.contains(
+                ": prefixes[0].region: not a valid aws range file: invalid type: integer `5`"
+            ),
+        "{e}"
+    );
+}
+
+#[test]
+fn import_mixed_families_and_subdivisions() {
+    // An IPv6 prefix in AWS's IPv4 list is accepted; a geofeed subdivision beats its country.
+    let m = mapping(
+        "[aws]\neu = [\"eu-west-1\"]\n[geofeed]\neu = [\"DE\"]\nus-west = [\"US-CA\"]\nus = [\"US\"]\n",
+    );
+    let ok = try_import(
+        &m,
+        &[
+            ("a.json", &aws(&[("2a05:d000::/25", "eu-west-1")])),
+            (
+                "g.csv",
+                "1.0.0.0/24,us,us-ca,,\n2.0.0.0/24,US,US-NY\n3.0.0.0/24,de\n4.0.0.0/24,,\n",
+            ),
+        ],
+        false,
+    )
+    .expect("valid");
+    let names: BTreeMap<&str, Vec<String>> = ok
+        .regions
+        .iter()
+        .map(|(k, r)| {
+            (
+                k.as_str(),
+                r.prefixes.iter().map(|p| p.to_string()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        BTreeMap::from([
+            ("eu", vec!["3.0.0.0/24".into(), "2a05:d000::/25".into()]),
+            ("us", vec!["2.0.0.0/24".into()]),
+            ("us-west", vec!["1.0.0.0/24".into()]),
+        ])
+    );
+    assert_eq!(ok.sources[1].no_location, 1);
+}
+
+#[test]
+fn import_missing_section_and_unused_keys() {
+    let m = mapping("[gcp]\neu = [\"europe-west1\", \"europe-west99\"]\n");
+    let e = try_import(
+        &m,
+        &[("a.json", &aws(&[("10.0.0.0/8", "eu-west-1")]))],
+        false,
+    )
+    .expect_err("no [aws]");
+    assert!(
+        e.starts_with("a.json: the mapping m.toml has no [aws] section"),
+        "{e}"
+    );
+    let gcp = r#"{"prefixes": [{"ipv4Prefix": "34.0.0.0/16", "scope": "europe-west1"}]}"#;
+    let ok = try_import(&m, &[("g.json", gcp)], false).expect("valid");
+    assert_eq!(
+        ok.warnings,
+        [
+            "m.toml:2: [gcp] scope `europe-west99` matched no entry in the gcp files (a typo, or a \
+          scope the provider no longer publishes?)"
+        ]
+    );
+    let e = try_import(&m, &[("x.json", "{\"nothing\": 1}")], false).expect_err("unknown");
+    assert!(e.contains("cannot tell the format"), "{e}");
+}
+
+#[test]
+fn import_render_shape() {
+    let m = mapping(AWS_MAP);
+    let ok = try_import(
+        &m,
+        &[(
+            "a.json",
+            &aws(&[
+                ("2001:db8::/32", "us-east-1"),
+                ("10.1.0.0/16", "eu-west-1"),
+                ("10.0.0.0/8", "eu-west-1"),
+                ("9.0.0.0/8", "us-east-1"),
+            ]),
+        )],
+        false,
+    )
+    .expect("valid");
+    let text = import::render(
+        &ok,
+        &RenderOptions {
+            allowlist: Some(vec!["eu".into()]),
+        },
+    )
+    .expect("render");
+    let body = text
+        .split_once("\nallowlist")
+        .map(|(_, b)| format!("allowlist{b}"))
+        .expect("allowlist line");
+    assert_eq!(
+        body,
+        "allowlist = [\"eu\"]\n\
+         \n\
+         [regions.eu]\n\
+         description = \"imported from aws: 2 IPv4 and 0 IPv6 prefixes\"\n\
+         # aws region eu-west-1: 2 entries\n\
+         prefixes = [\n    \"10.0.0.0/8\",\n    \"10.1.0.0/16\",\n]\n\
+         \n\
+         [regions.us]\n\
+         description = \"imported from aws: 1 IPv4 and 1 IPv6 prefixes\"\n\
+         # aws region us-east-1: 2 entries\n\
+         prefixes = [\n    \"9.0.0.0/8\",\n    \"2001:db8::/32\",\n]\n"
+    );
+    assert!(text.starts_with("# Generated by `egressd regions import`"));
+    import::validate_output(Path::new("out.toml"), &text, true).expect("valid policy");
+    let fragment = import::render(&ok, &RenderOptions::default()).expect("render");
+    assert!(!fragment.contains("allowlist"));
+    let cfg = import::validate_output(Path::new("policy.d/x.toml"), &fragment, false)
+        .expect("valid drop-in");
+    assert_eq!(cfg.regions.len(), 2);
+    let e = import::render(
+        &ok,
+        &RenderOptions {
+            allowlist: Some(vec!["asia".into()]),
+        },
+    )
+    .expect_err("unknown region");
+    assert_eq!(
+        e,
+        "allowlist entry `asia` is not an imported region (imported: eu, us)"
+    );
+}
+
+// --- The command line. ---
+
+fn egressd(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run egressd");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_regions_import_writes_a_checkable_policy() {
+    let dir = std::env::temp_dir().join(format!("egressd-import-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policy.d")).expect("tmp dir");
+    let s = |p: &Path| p.to_str().expect("utf-8").to_string();
+    let oracle = s(&data_dir().join("oracle-cloud-ip-ranges.json"));
+    let gcp = s(&data_dir().join("google-cloud-ip-ranges.json"));
+
+    // A drop-in beside a main policy that allowlists eu.
+    let main = dir.join("policy.toml");
+    std::fs::write(&main, "allowlist = [\"eu\"]\n").expect("write main");
+    let drop_in = dir.join("policy.d/eu-regions.toml");
+    let (ok, stdout, stderr) = egressd(&[
+        "regions",
+        "import",
+        "--mapping",
+        "configs/import/eu-mapping.toml",
+        "--output",
+        &s(&drop_in),
+        &oracle,
+        &gcp,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("egressd: region eu: 316 prefixes"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = egressd(&["check", "--config", &s(&main)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("prefixes:  305 IPv4, 11 IPv6"), "{stdout}");
+    // `explain` on it: an Oracle eu-frankfurt-1 address, and one in no region.
+    let (ok, stdout, stderr) = egressd(&[
+        "explain",
+        "--config",
+        &s(&main),
+        "--json",
+        "89.168.64.1:443/tcp",
+        "[2001:db8::1]:53/udp",
+    ]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0]["region"]["name"], "eu", "{stdout}");
+    assert_eq!(lines[0]["region"]["prefix"], "89.168.64.0/18", "{stdout}");
+    assert_eq!(lines[0]["verdict"], "allow");
+    assert_eq!(lines[1]["region"]["name"], "unknown");
+    assert_eq!(lines[1]["verdict"], "deny");
+    assert_eq!(lines[1]["destination"]["protocol"], "udp");
+
+    // A complete policy on stdout with --allowlist: the same bytes plus the allowlist line.
+    let (ok, stdout, stderr) = egressd(&[
+        "regions",
+        "import",
+        "--mapping",
+        "configs/import/eu-mapping.toml",
+        "--allowlist",
+        "eu",
+        &oracle,
+        &gcp,
+    ]);
+    assert!(ok, "{stderr}");
+    let fragment = std::fs::read_to_string(&drop_in).expect("read drop-in");
+    assert_eq!(
+        stdout.replacen("allowlist = [\"eu\"]\n\n", "", 1),
+        fragment.replace(&s(&drop_in), "<stdout>")
+    );
+    // (Not beside policy.d/, whose drop-in would define `eu` a second time.)
+    std::fs::create_dir_all(dir.join("standalone")).expect("mkdir");
+    let complete = dir.join("standalone/complete.toml");
+    std::fs::write(&complete, &stdout).expect("write");
+    let (ok, _, stderr) = egressd(&["check", "--config", &s(&complete)]);
+    assert!(ok, "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Errors: located, exit status 1, nothing written.
+    let (ok, stdout, stderr) = egressd(&[
+        "regions",
+        "import",
+        "--mapping",
+        "configs/example.toml",
+        &oracle,
+    ]);
+    assert!(!ok);
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.starts_with("egressd: error: configs/example.toml:")
+            && stderr.contains(": unknown field `"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = egressd(&[
+        "regions",
+        "import",
+        "--mapping",
+        "configs/import/eu-mapping.toml",
+        "--allowlist",
+        "asia",
+        &oracle,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--allowlist: allowlist entry `asia`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn cli_explain_text_and_errors() {
+    let (ok, stdout, stderr) = egressd(&[
+        "explain",
+        "--config",
+        "configs/example.toml",
+        "198.18.2.2:8080/tcp",
+        "::ffff:198.18.1.2",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout,
+        "destination: 198.18.2.2:8080/tcp\n\
+         judged as:   198.18.2.2\n\
+         region:      us (id 2), prefix 198.18.2.0/24\n\
+         mode:        enforce (policy)\n\
+         verdict:     deny\n\
+         why:         region `us` is not on the allowlist (allowlist: eu); in enforce mode (the \
+         policy's) the connection fails with EPERM and is reported\n\
+         note:        port and protocol do not change the verdict: no rule of this policy names \
+         a protocol or ports\n\
+         \n\
+         destination: ::ffff:198.18.1.2\n\
+         judged as:   198.18.1.2\n\
+         region:      eu (id 1), prefix 198.18.1.0/24\n\
+         mode:        enforce (policy)\n\
+         verdict:     allow\n\
+         why:         ::ffff:198.18.1.2 is IPv4-mapped and is judged as the IPv4 address \
+         198.18.1.2; region `eu` is on the allowlist\n"
+    );
+    let (ok, _, stderr) = egressd(&[
+        "explain",
+        "--config",
+        "configs/example.toml",
+        "198.18.1.0/24",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("looks like a prefix"), "{stderr}");
+}
