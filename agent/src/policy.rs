@@ -226,7 +226,7 @@ impl Policy {
         let addr = self.judged_addr(ip);
         let region = self.region_of(addr);
         // (prefix length, specific, rank, rule id preference) of the best candidate so far.
-        let mut best: Option<((u8, bool, u8, u32), Action, bool, u32)> = None;
+        let mut best: Option<(Rank, Action, bool, u32)> = None;
         let mut offer = |len: u8, specific: bool, action: Action, audit: bool, rule: u32| {
             let rank = match (action, audit) {
                 (Action::Deny, false) => 2,
@@ -344,6 +344,10 @@ impl Policy {
             .map_or(UNKNOWN_REGION_NAME, String::as_str)
     }
 }
+
+/// Precedence of a candidate: (prefix length, specific, action rank, rule preference);
+/// larger wins.
+type Rank = (u8, bool, u8, u32);
 
 /// What the model (or the kernel) decides for one destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,9 +10,10 @@ mod kernel {
     pub mod enforce;
     pub mod harness;
     pub mod paths;
+    pub mod reload;
 }
 
-use kernel::{differential, enforce, harness, paths};
+use kernel::{differential, enforce, harness, paths, reload};
 use libtest_mimic::{Arguments, Trial};
 
 fn main() {
@@ -62,6 +63,11 @@ fn main() {
         Trial::test(
             "differential_kernel_vs_reference_model",
             differential::differential,
+        ),
+        Trial::test("rules_port_and_region_end_to_end", reload::rules_end_to_end),
+        Trial::test(
+            "reload_100_times_under_load_zero_misjudged",
+            reload::reload_under_load,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();

@@ -20,7 +20,8 @@
 //! - `tcp-hold`: connect, exchange one byte (result `#1`), then wait for a line on stdin and
 //!   exchange another byte on the same connection (result `#2`).
 //!
-//! `--fork` makes the probes run in a child forked after joining the cgroup. IPv6
+//! `--fork` makes the probes run in a child forked after joining the cgroup; `--for-ms N`
+//! repeats the probe list until N milliseconds have passed (at most 100,000 rounds). IPv6
 //! addresses are bracketed (`tcp://[2001:db8:2::2]:8080`); an IPv4-mapped address
 //! (`[::ffff:198.18.2.2]`) goes through an AF_INET6 socket.
 use std::{
@@ -48,6 +49,24 @@ pub struct ProbeResult {
     pub errno: Option<i32>,
     /// Which step failed and how.
     pub error: Option<String>,
+    /// `CLOCK_MONOTONIC` nanoseconds just before the attempt (system-wide, so comparable
+    /// with the test's own clock).
+    #[serde(default)]
+    pub t0_ns: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds just after the attempt.
+    #[serde(default)]
+    pub t1_ns: u64,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Entry point; returns the process exit code (0 when every attempt was *made*, whatever
@@ -67,6 +86,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     let mut netns = None;
     let mut repeat = 1u32;
     let mut fork = false;
+    let mut for_ms = None;
     let mut probes = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -75,6 +95,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             "--netns" => netns = it.next().cloned(),
             "--repeat" => repeat = it.next().context("--repeat N")?.parse()?,
             "--fork" => fork = true,
+            "--for-ms" => for_ms = Some(it.next().context("--for-ms N")?.parse::<u64>()?),
             p if p.contains("://") => probes.push(p.to_owned()),
             other => bail!("unexpected argument {other:?}"),
         }
@@ -112,6 +133,16 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(ms) = for_ms {
+        let end = monotonic_ns() + ms * 1_000_000;
+        for _ in 0..100_000 {
+            if monotonic_ns() >= end {
+                break;
+            }
+            probe_all(&probes, 1)?;
+        }
+        return Ok(());
+    }
     probe_all(&probes, repeat)
 }
 
@@ -121,7 +152,13 @@ fn probe_all(probes: &[String], repeat: u32) -> anyhow::Result<()> {
             if let Some(addr) = p.strip_prefix("tcp-hold://") {
                 hold(p, addr)?;
             } else {
-                emit(&attempt(p))?;
+                let t0_ns = monotonic_ns();
+                let r = attempt(p);
+                emit(&ProbeResult {
+                    t0_ns,
+                    t1_ns: monotonic_ns(),
+                    ..r
+                })?;
             }
         }
     }
@@ -142,6 +179,8 @@ fn fail(probe: &str, step: &str, e: &io::Error) -> ProbeResult {
         ok: false,
         errno: e.raw_os_error(),
         error: Some(format!("{step}: {e}")),
+        t0_ns: 0,
+        t1_ns: 0,
     }
 }
 
@@ -151,6 +190,8 @@ fn ok(probe: &str) -> ProbeResult {
         ok: true,
         errno: None,
         error: None,
+        t0_ns: 0,
+        t1_ns: 0,
     }
 }
 

@@ -160,7 +160,7 @@ pub(super) fn build(p: &mut Policy) {
         let Some(node) = nodes.get_mut(&net) else {
             continue;
         };
-        node.port.sort_by(|a, b| b.0.cmp(&a.0));
+        node.port.sort_by_key(|r| std::cmp::Reverse(r.0));
         let mut rules: Vec<PortRule> = node.port.iter().map(|(_, r)| *r).collect();
         let default = match node.portless {
             Some(own) => own,

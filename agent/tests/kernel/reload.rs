@@ -1,0 +1,183 @@
+//! Policy as config management pushes it: rules end to end, and reloads under load.
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use egressd_testbed::{
+    EU_V4, PORT, US_V4,
+    client::{ProbeResult, monotonic_ns},
+};
+use libtest_mimic::Failed;
+
+use super::harness::*;
+
+/// Policy A allowlists eu, policy B allowlists us; both define both regions.
+fn ab(allow: &str) -> String {
+    format!(
+        "allowlist = [\"{allow}\"]\n[regions.eu]\nprefixes = [\"198.18.1.0/24\", \
+         \"2001:db8:1::/48\"]\n[regions.us]\nprefixes = [\"198.18.2.0/24\", \"2001:db8:2::/48\"]\n"
+    )
+}
+
+/// 100 reloads (A, B, A, ... with an invalid file every fourth time) while a probe connects
+/// to eu and us in a loop. Every attempt must get the verdict of a generation that was in
+/// force during it; every deny event must be one its generation's policy makes.
+pub fn reload_under_load() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let mut agent = Agent::start_with(&tb, &ab("eu"))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let child = Command::new(exe)
+        .arg(PROBE_ARG)
+        .arg("--cgroup")
+        .arg(tb.cgroup.path())
+        .args(["--netns", tb.client.name(), "--for-ms", "6000"])
+        .args([url("tcp", EU_V4, PORT), url("tcp", US_V4, PORT)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let reader = std::thread::spawn(move || child.wait_with_output());
+    std::thread::sleep(Duration::from_millis(200));
+    // (sent, answered) monotonic ns of each successful reload, in generation order.
+    let mut windows: Vec<(u64, u64)> = Vec::new();
+    let (mut ok, mut failed) = (0, 0);
+    for i in 0..100 {
+        let text = if i % 4 == 3 {
+            "allowlist = [\"eu\"]\n[regions.eu]\nprefixes = [\"198.18.1.1/24\"]\n".to_owned()
+        } else if (ok % 2) == 0 {
+            ab("us")
+        } else {
+            ab("eu")
+        };
+        let sent = monotonic_ns();
+        let answer = agent.reload(&text)?;
+        let answered = monotonic_ns();
+        if answer["type"] == "policy_loaded" {
+            ok += 1;
+            windows.push((sent, answered));
+            assert_field(&answer, "/policy/generation", &(ok + 1).to_string())?;
+        } else {
+            failed += 1;
+            assert_field(&answer, "/generation_in_force", &(ok + 1).to_string())?;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let out = reader
+        .join()
+        .map_err(|_| "probe thread panicked")?
+        .map_err(|e| e.to_string())?;
+    let results: Vec<ProbeResult> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("probe output: {e}"))?;
+    let recs = agent.stop()?;
+    if (ok, failed) != (75, 25) {
+        return Err(format!("{ok} reloads succeeded and {failed} failed, want 75 and 25").into());
+    }
+    // Generation g (1-based) allowlists eu when odd, us when even.
+    let allows_eu = |g: usize| g % 2 == 1;
+    let g_min = |t: u64| 1 + windows.iter().filter(|(_, a)| *a <= t).count();
+    let g_max = |t: u64| 1 + windows.iter().filter(|(s, _)| *s <= t).count();
+    let (mut misjudged, mut ambiguous) = (Vec::new(), 0usize);
+    for r in &results {
+        let eu = r.probe.contains(EU_V4);
+        let (lo, hi) = (g_min(r.t0_ns), g_max(r.t1_ns));
+        if hi > lo {
+            ambiguous += 1;
+        }
+        // Allowed iff the destination's region is allowlisted in some possible generation
+        // (denied iff denied in some possible generation).
+        let possible_ok = (lo..=hi).any(|g| allows_eu(g) == eu);
+        let possible_denied = (lo..=hi).any(|g| allows_eu(g) != eu);
+        // A connection allowed at connect() whose destination is denied before its handshake
+        // completes is cut (`established = "cut"`): it times out instead of failing with EPERM.
+        let refused = r.errno == Some(EPERM)
+            || (hi > lo && r.error.as_deref().is_some_and(|e| e.contains("timed out")));
+        let good = if r.ok {
+            possible_ok
+        } else {
+            possible_denied && refused
+        };
+        if !good && misjudged.len() < 10 {
+            misjudged.push(format!("{r:?} in generations {lo}..={hi}"));
+        }
+    }
+    println!(
+        "reload under load: {} attempts, {ambiguous} across a switch, {} misjudged, {ok} reloads, {failed} refused",
+        results.len(),
+        misjudged.len()
+    );
+    if !misjudged.is_empty() {
+        return Err(misjudged.join("\n").into());
+    }
+    if results.len() < 300 || ambiguous * 2 > results.len() {
+        return Err(format!(
+            "too few decisive attempts: {} with {ambiguous} ambiguous",
+            results.len()
+        )
+        .into());
+    }
+    // Every deny event is one its generation makes.
+    for e in connections(&recs) {
+        let g = e["policy"]["generation"].as_u64().unwrap_or(0) as usize;
+        let eu = e["destination"]["ip"] == EU_V4;
+        if e["verdict"] != "deny" || allows_eu(g) == eu {
+            return Err(format!("event inconsistent with generation {g}: {e}").into());
+        }
+    }
+    Ok(())
+}
+
+/// Rules end to end: a port rule lets one service of a denied region through, another
+/// denies one port of an allowed region, in enforce and audit mode.
+pub fn rules_end_to_end() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let text = format!(
+        "{}\n[[rules]]\nname = \"us-dns\"\naction = \"allow\"\nregions = [\"us\"]\nprotocol = \"udp\"\nports = {PORT}\n\
+         \n[[rules]]\nname = \"no-eu-tcp\"\naction = \"deny\"\nregions = [\"eu\"]\nprotocol = \"tcp\"\nports = \"8000-8100\"\n",
+        ab("eu")
+    );
+    let agent = Agent::start_with(&tb, &text)?;
+    let r = probe(
+        &tb,
+        1,
+        &[
+            url("udp", US_V4, PORT),
+            url("tcp", US_V4, PORT),
+            url("tcp", EU_V4, PORT),
+            url("udp", EU_V4, PORT),
+        ],
+    )?;
+    expect_ok(&r[0])?;
+    expect_eperm(&r[1])?;
+    expect_eperm(&r[2])?;
+    expect_ok(&r[3])?;
+    let recs = agent.stop()?;
+    let ev = connections(&recs);
+    if ev.len() != 2 {
+        return Err(format!("expected 2 deny events: {ev:?}").into());
+    }
+    assert_field(ev[0], "/destination/region", "us")?;
+    assert_field(ev[1], "/destination/region", "eu")?;
+    assert_field(ev[1], "/rule/id", "2")?;
+    // Audit on the rule: reported, let through.
+    let tb = testbed()?;
+    let agent = Agent::start_with(
+        &tb,
+        &text.replace(
+            "ports = \"8000-8100\"",
+            "ports = \"8000-8100\"\nmode = \"audit\"",
+        ),
+    )?;
+    let r = probe(&tb, 1, &[url("tcp", EU_V4, PORT), url("tcp", US_V4, PORT)])?;
+    expect_ok(&r[0])?;
+    expect_eperm(&r[1])?;
+    let recs = agent.stop()?;
+    let ev = connections(&recs);
+    assert_field(ev[0], "/verdict", "audit")?;
+    assert_field(ev[1], "/verdict", "deny")?;
+    Ok(())
+}
