@@ -45,6 +45,9 @@ pub const WELL_KNOWN_NAT64: Ipv6Network =
         None => panic!("valid prefix"),
     };
 
+/// Default event suppression window, in milliseconds.
+pub const DEFAULT_SUPPRESS_WINDOW_MS: u32 = 1000;
+
 /// What happens to a connection that was allowed when it was opened and whose destination is
 /// no longer allowed after a policy change (field `established`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -191,6 +194,10 @@ pub struct Config {
     /// `default`: what happens to a destination in no region and under no rule;
     /// [`Action::Deny`] when absent.
     pub default: Action,
+    /// `suppress_window_ms`: at most one event per (process, destination, verdict) per
+    /// window, in milliseconds; the next event carries the number suppressed. 0 disables it;
+    /// [`DEFAULT_SUPPRESS_WINDOW_MS`] when absent. Counters are exact either way.
+    pub suppress_window_ms: u32,
     /// `regions` of the main file then of the drop-in files, in file order; at most
     /// [`MAX_CONFIG_REGIONS`]. The position `i` becomes region id `i + 1` in
     /// [`crate::policy::compile`].
@@ -418,6 +425,7 @@ struct RawConfig {
     nat64_prefixes: Option<Vec<Spanned<String>>>,
     default: Option<Spanned<String>>,
     drop_in_dir: Option<Spanned<String>>,
+    suppress_window_ms: Option<Spanned<i64>>,
     // Without toml's `preserve_order` this loses file order; key spans restore it.
     #[serde(default)]
     regions: BTreeMap<Spanned<String>, Spanned<RawRegion>>,
@@ -691,6 +699,21 @@ impl Ctx<'_> {
             },
         };
 
+        let suppress_window_ms = match &raw.suppress_window_ms {
+            None => DEFAULT_SUPPRESS_WINDOW_MS,
+            Some(w) => u32::try_from(*w.get_ref())
+                .ok()
+                .filter(|v| *v <= 3_600_000)
+                .unwrap_or_else(|| {
+                    errors.push(self.err(
+                        w.span(),
+                        "suppress_window_ms",
+                        format!("invalid window {}: use 0 (off) to 3600000 ms", w.get_ref()),
+                    ));
+                    0
+                }),
+        };
+
         // Regions of every file, each file in its own order.
         let mut entries: Vec<(usize, &Spanned<String>, &Spanned<RawRegion>)> = Vec::new();
         for (di, doc) in docs.iter().enumerate() {
@@ -855,6 +878,7 @@ impl Ctx<'_> {
             established,
             nat64,
             default,
+            suppress_window_ms,
             regions,
             rules,
             drop_ins: Vec::new(),

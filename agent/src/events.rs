@@ -823,7 +823,10 @@ pub mod sample {
                 },
             ],
             lost: LossReport {
-                kernel: Loss { ringbuf_full: 0 },
+                kernel: Loss {
+                    ringbuf_full: 0,
+                    suppressed: 0,
+                },
                 sink_write_failed: 2,
                 undecodable: 0,
                 sinks: BTreeMap::from([(

@@ -325,7 +325,8 @@ fn fill_set(
             Mode::Audit => kmode::AUDIT,
         },
         cut_established: u8::from(new.established == Established::Cut),
-        _pad: [0; 6],
+        _pad: [0; 2],
+        suppress_ms: new.suppress_window_ms,
     };
     settings.set(u32::try_from(set)?, value, 0)?;
     Ok(())

@@ -55,6 +55,8 @@ pub struct Policy {
     pub established: Established,
     /// [`Config::default`].
     pub default: Action,
+    /// [`Config::suppress_window_ms`].
+    pub suppress_window_ms: u32,
     /// Region modes by region id (`None`: the policy's).
     pub region_modes: Vec<Option<Mode>>,
     /// [`Config::rules`].
@@ -151,6 +153,7 @@ pub fn compile(cfg: &Config) -> Policy {
         nat64: cfg.nat64.clone(),
         established: cfg.established,
         default: cfg.default,
+        suppress_window_ms: cfg.suppress_window_ms,
         region_modes,
         rules: cfg.rules.clone(),
         entries: Vec::new(),
@@ -662,6 +665,7 @@ mod tests {
             established: Established::Cut,
             nat64: vec![crate::config::WELL_KNOWN_NAT64],
             default: Action::Deny,
+            suppress_window_ms: 0,
             regions,
             rules: Vec::new(),
             drop_ins: Vec::new(),

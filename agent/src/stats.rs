@@ -19,11 +19,14 @@ pub struct CounterRow {
     pub count: u64,
 }
 
-/// Events lost before reaching a sink, by stage.
+/// Kernel-side event accounting.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Loss {
-    /// Ring buffer full when the kernel tried to write an event.
+    /// Events lost: the ring buffer was full when the kernel tried to write one.
     pub ringbuf_full: u64,
+    /// Events held back by flood suppression (not lost: each later event of the same
+    /// process, destination and verdict carries the count in `suppressed`).
+    pub suppressed: u64,
 }
 
 /// Reads all non-zero counters. One lookup per slot, summing the per-CPU values.
@@ -103,6 +106,7 @@ pub fn flows(
 pub fn loss(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<Loss> {
     Ok(Loss {
         ringbuf_full: map.get(&loss::RINGBUF_FULL, 0)?.iter().sum(),
+        suppressed: map.get(&loss::SUPPRESSED, 0)?.iter().sum(),
     })
 }
 

@@ -65,6 +65,7 @@ fn main() {
             differential::differential,
         ),
         Trial::test("rules_port_and_region_end_to_end", reload::rules_end_to_end),
+        Trial::test("flood_100k_denials_suppressed_and_counted", paths::flood),
         Trial::test(
             "reload_100_times_under_load_zero_misjudged",
             reload::reload_under_load,

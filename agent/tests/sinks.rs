@@ -391,6 +391,7 @@ fn seq_of(line: &Value, format: Format) -> Result<u64, Failed> {
 /// Every line parsed, its RFC 5424 header as rsyslog understood it, and the sequence numbers.
 fn check_lines(lines: &[Value], format: Format) -> Result<Vec<u64>, Failed> {
     let mut seqs = Vec::new();
+    let pid = std::process::id().to_string();
     for l in lines {
         if l["app"] != "egressd" || l["msgid"] != "connection" || l["host"] != "egressd-test" {
             return Err(format!("RFC 5424 header not parsed as sent: {l}").into());
@@ -399,7 +400,7 @@ fn check_lines(lines: &[Value], format: Format) -> Result<Vec<u64>, Failed> {
         if l["pri"] != "132" {
             return Err(format!("PRI: {l}").into());
         }
-        if l["procid"] != std::process::id().to_string() {
+        if l["procid"].as_str() != Some(pid.as_str()) {
             return Err(format!("PROCID: {l}").into());
         }
         seqs.push(seq_of(l, format)?);

@@ -42,6 +42,9 @@ pub mod maps {
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of [`crate::FlowCounter`], indexed by
     /// [`crate::flow_index`].
     pub const FLOWS: &str = "EGRESSD_FLOWS_V1";
+    /// `BPF_MAP_TYPE_LRU_HASH`: [`crate::SuppressKey`] -> [`crate::SuppressState`], event
+    /// flood control.
+    pub const SUPPRESS: &str = "EGRESSD_SUPPRESS_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::counter_index`].
     pub const COUNTERS: &str = "EGRESSD_COUNTERS_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::loss`] constants.
@@ -183,6 +186,10 @@ pub const COUNTER_SLOTS: u32 = HOOK_SLOTS * MAX_REGIONS * VERDICT_COUNT;
 pub mod loss {
     /// Events that could not be reserved in the ring buffer because it was full.
     pub const RINGBUF_FULL: u32 = 0;
+    /// Events not emitted because an event for the same (process, destination, verdict) was
+    /// emitted less than the suppression window ago (not a loss: the next event carries the
+    /// count, and the decision counters are exact regardless).
+    pub const SUPPRESSED: u32 = 1;
     /// Number of entries of the loss map.
     pub const SLOTS: u32 = 4;
 }
@@ -263,8 +270,45 @@ pub struct GlobalPolicy {
     /// 0: they keep their verdict until closed.
     pub cut_established: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Event suppression window in milliseconds: at most one event per (process,
+    /// destination, verdict) per window; 0 disables suppression.
+    pub suppress_ms: u32,
 }
+
+/// Key of [`maps::SUPPRESS`]: one (process, destination, verdict). 28 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SuppressKey {
+    /// Thread-group id.
+    pub pid: u32,
+    /// Destination, as in [`Event::dst_addr`].
+    pub dst_addr: [u8; 16],
+    /// Destination port, host byte order.
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// [`Verdict`] code.
+    pub verdict: u8,
+    /// Address family ([`family`]).
+    pub family: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`maps::SUPPRESS`]. 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SuppressState {
+    /// `bpf_ktime_get_boot_ns()` of the last emitted event.
+    pub last_ns: u64,
+    /// Events suppressed since then (atomically added to and taken).
+    pub suppressed: u64,
+}
+
+/// Entries of [`maps::SUPPRESS`] (LRU: an evicted key only means its next event is not
+/// suppressed; its count is then lost from the event stream but not from the counters).
+pub const SUPPRESS_ENTRIES: u32 = 16384;
 
 /// Cached verdict of one socket for one destination, value of [`maps::SOCKETS`]. 32 bytes.
 #[repr(C)]
@@ -391,6 +435,10 @@ mod user {
     unsafe impl aya::Pod for super::SockVerdict {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowCounter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SuppressKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SuppressState {}
 }
 
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
@@ -398,3 +446,5 @@ const _: () = assert!(core::mem::size_of::<GlobalPolicy>() == 16);
 const _: () = assert!(core::mem::size_of::<Entry>() == 208);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 12);
 const _: () = assert!(core::mem::size_of::<SockVerdict>() == 32);
+const _: () = assert!(core::mem::size_of::<SuppressKey>() == 28);
+const _: () = assert!(core::mem::size_of::<SuppressState>() == 16);

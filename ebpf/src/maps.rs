@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use egressd_common::{
     COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, FLOW_SLOTS, FlowCounter,
-    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, SOCKET_CACHE_ENTRIES, SockVerdict, loss,
+    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, SOCKET_CACHE_ENTRIES, SUPPRESS_ENTRIES, SockVerdict,
+    SuppressKey, SuppressState, loss,
 };
 
 /// IPv4 prefix (network byte order) -> region id, set A.
@@ -63,6 +64,11 @@ pub static EGRESSD_COUNTERS_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries
 #[map]
 pub static EGRESSD_FLOWS_V1: PerCpuArray<FlowCounter> =
     PerCpuArray::with_max_entries(FLOW_SLOTS, 0);
+
+/// Last event time and suppressed count per (process, destination, verdict).
+#[map]
+pub static EGRESSD_SUPPRESS_V1: LruHashMap<SuppressKey, SuppressState> =
+    LruHashMap::with_max_entries(SUPPRESS_ENTRIES, 0);
 
 /// Events lost in the kernel, per CPU, by cause.
 #[map]

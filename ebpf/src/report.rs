@@ -1,5 +1,5 @@
 //! Counters and events.
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_xadd, atomic_xchg};
 
 use aya_ebpf::{
     helpers::{
@@ -8,12 +8,17 @@ use aya_ebpf::{
     },
     maps::PerCpuArray,
 };
-use egressd_common::{Event, Hook, Verdict, counter_index, flow_index, loss};
+use egressd_common::{
+    Event, Hook, SuppressKey, SuppressState, Verdict, counter_index, flow_index, loss,
+};
 
 use crate::{
     addr::Dest,
     decide::Decision,
-    maps::{EGRESSD_COUNTERS_V1, EGRESSD_EVENTS_V1, EGRESSD_FLOWS_V1, EGRESSD_LOSS_V1},
+    maps::{
+        EGRESSD_COUNTERS_V1, EGRESSD_EVENTS_V1, EGRESSD_FLOWS_V1, EGRESSD_LOSS_V1,
+        EGRESSD_SETTINGS_V1, EGRESSD_SUPPRESS_V1,
+    },
 };
 
 /// Adds `n` to a per-CPU `u64` through `p`. Atomic because cgroup programs run with
@@ -54,20 +59,74 @@ pub fn flow(direction: u32, region: u32, verdict: Verdict, bytes: u32) {
     }
 }
 
+/// Flood control: `None` when an event for the same (process, destination, verdict) was
+/// emitted less than the window ago (the caller then counts it as suppressed), else the
+/// number suppressed since that event, which the new event carries.
+#[inline(always)]
+fn suppress(pid_tgid: u64, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
+    let set = egressd_common::set_of(dec.generation) as u32;
+    let window_ms = EGRESSD_SETTINGS_V1.get(set).map_or(0, |s| s.suppress_ms);
+    if window_ms == 0 {
+        return Some(0);
+    }
+    let key = SuppressKey {
+        pid: (pid_tgid >> 32) as u32,
+        dst_addr: d.addr,
+        dst_port: d.port,
+        protocol: d.protocol,
+        verdict: dec.verdict as u8,
+        family: d.family,
+        _pad: [0; 3],
+    };
+    let window = u64::from(window_ms) * 1_000_000;
+    match EGRESSD_SUPPRESS_V1.get_ptr_mut(&key) {
+        Some(state) => {
+            // SAFETY: valid map value for the program's duration; fields are 8-byte aligned.
+            unsafe {
+                if now.wrapping_sub((*state).last_ns) < window {
+                    add(&raw mut (*state).suppressed, 1);
+                    return None;
+                }
+                (*state).last_ns = now;
+                Some(atomic_xchg::<u64, { AtomicOrdering::Relaxed }>(
+                    &raw mut (*state).suppressed,
+                    0,
+                ))
+            }
+        }
+        None => {
+            let _ = EGRESSD_SUPPRESS_V1.insert(
+                &key,
+                &SuppressState {
+                    last_ns: now,
+                    suppressed: 0,
+                },
+                0,
+            );
+            Some(0)
+        }
+    }
+}
+
 /// Writes one [`Event`]; a full ring buffer is counted in [`loss::RINGBUF_FULL`], never
 /// waited on. Process fields are those of the current task, which at a packet hook can be
 /// another task (softirq): best effort there.
 #[inline(always)]
 pub fn event(hook: Hook, d: &Dest, dec: &Decision) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let Some(suppressed) = suppress(pid_tgid, d, dec, now) else {
+        bump(&EGRESSD_LOSS_V1, loss::SUPPRESSED);
+        return;
+    };
     let Some(mut entry) = EGRESSD_EVENTS_V1.reserve::<Event>(0) else {
         bump(&EGRESSD_LOSS_V1, loss::RINGBUF_FULL);
         return;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     entry.write(Event {
-        // SAFETY: helpers without preconditions.
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        boot_ns: now,
         // SAFETY: as above.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         generation: dec.generation,
@@ -76,7 +135,7 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision) {
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         region: dec.region,
-        suppressed: 0,
+        suppressed: u32::try_from(suppressed).unwrap_or(u32::MAX),
         rule: dec.rule,
         dst_port: d.port,
         family: d.family,

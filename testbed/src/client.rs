@@ -20,6 +20,7 @@
 //! - `tcp-hold`: connect, exchange one byte (result `#1`), then wait for a line on stdin and
 //!   exchange another byte on the same connection (result `#2`).
 //!
+//! `PROBE*N` repeats one probe N times in a row, `pause://MS` sleeps (no result line).
 //! `--fork` makes the probes run in a child forked after joining the cgroup; `--for-ms N`
 //! repeats the probe list until N milliseconds have passed (at most 100,000 rounds). IPv6
 //! addresses are bracketed (`tcp://[2001:db8:2::2]:8080`); an IPv4-mapped address
@@ -151,14 +152,23 @@ fn probe_all(probes: &[String], repeat: u32) -> anyhow::Result<()> {
         for p in probes {
             if let Some(addr) = p.strip_prefix("tcp-hold://") {
                 hold(p, addr)?;
+            } else if let Some(ms) = p.strip_prefix("pause://") {
+                std::thread::sleep(Duration::from_millis(ms.parse().context("pause://MS")?));
             } else {
-                let t0_ns = monotonic_ns();
-                let r = attempt(p);
-                emit(&ProbeResult {
-                    t0_ns,
-                    t1_ns: monotonic_ns(),
-                    ..r
-                })?;
+                // `PROBE*N` repeats one probe N times in a row.
+                let (p, times) = match p.rsplit_once('*') {
+                    Some((p, n)) => (p, n.parse::<u32>().context("PROBE*N")?),
+                    None => (p.as_str(), 1),
+                };
+                for _ in 0..times {
+                    let t0_ns = monotonic_ns();
+                    let r = attempt(p);
+                    emit(&ProbeResult {
+                        t0_ns,
+                        t1_ns: monotonic_ns(),
+                        ..r
+                    })?;
+                }
             }
         }
     }

@@ -39,8 +39,11 @@ pub const US_V6: &str = "2001:db8:2::2";
 pub const PORT: u16 = 8080;
 
 /// Policy matching the topology: eu allowlisted, us not. `{mode}` is substituted.
+/// Event suppression is off so tests can count one event per attempt; the flood test turns
+/// it on.
 pub const POLICY: &str = r#"
 mode = "{mode}"
+suppress_window_ms = 0
 allowlist = ["eu"]
 
 [regions.eu]

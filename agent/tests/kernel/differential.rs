@@ -246,6 +246,7 @@ fn random_config(rng: &mut fastrand::Rng) -> Config {
         } else {
             Action::Deny
         },
+        suppress_window_ms: 0,
         regions,
         rules,
         drop_ins: Vec::new(),

@@ -122,6 +122,11 @@ impl Agent {
         Err("egressd did not attach within 30 s".into())
     }
 
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Rewrites the policy file with `text`, sends SIGHUP and returns the record that answers
     /// it (`policy_loaded` or `reload_failed`).
     pub fn reload(&mut self, text: &str) -> Result<Value, Failed> {

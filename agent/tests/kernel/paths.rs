@@ -369,3 +369,86 @@ pub fn invalid_reload() -> Result<(), Failed> {
     assert_field(stop, "/reloads/ok", "0")?;
     Ok(())
 }
+
+/// 100,000 denials in a tight loop: exact counters, kernel-side suppression adding up, and
+/// bounded daemon memory.
+pub fn flood() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let text = policy("enforce").replace("suppress_window_ms = 0", "suppress_window_ms = 200");
+    let agent = Agent::start_with(&tb, &text)?;
+    let n: u64 = 100_000;
+    // One process, one destination: after the first event of each 200 ms window the rest
+    // are suppressed in the kernel.
+    // A last denial after the window, from the same process, flushes the count of the
+    // final window into an event.
+    let dst = url("udp-sendto", US_V4, PORT);
+    let r = probe(&tb, 1, &[format!("{dst}*{n}"), "pause://300".into(), dst])?;
+    if r.len() as u64 != n + 1 || r.iter().any(|x| x.errno != Some(EPERM)) {
+        let bad = r.iter().find(|x| x.errno != Some(EPERM));
+        return Err(format!("{} results; not refused with EPERM: {bad:?}", r.len()).into());
+    }
+    let rss_kib = agent_rss_kib(&agent);
+    let recs = agent.stop()?;
+    let stop = stop_record(&recs)?;
+    let total = n + 1;
+    let counted = counter(stop, "cgroup/sendmsg4", "us", "deny");
+    if counted != total {
+        return Err(format!("counter {counted} != {total} attempts").into());
+    }
+    let ev = connections(&recs);
+    let carried: u64 = ev
+        .iter()
+        .map(|e| {
+            e["event"]["suppressed"]
+                .as_u64()
+                .or_else(|| e["suppressed"].as_u64())
+                .unwrap_or(0)
+        })
+        .sum();
+    let lost = stop["lost"]["kernel"]["ringbuf_full"]
+        .as_u64()
+        .or_else(|| stop["lost"]["ringbuf_full"].as_u64())
+        .unwrap_or(u64::MAX);
+    let suppressed = stop["lost"]["kernel"]["suppressed"]
+        .as_u64()
+        .or_else(|| stop["lost"]["suppressed"].as_u64())
+        .unwrap_or(u64::MAX);
+    println!(
+        "flood: {total} denials, {} events carrying {carried} suppressed, {suppressed} suppressed in the kernel, {lost} lost, agent RSS {rss_kib} KiB",
+        ev.len()
+    );
+    if ev.len() as u64 + suppressed + lost != total {
+        return Err(format!(
+            "events {} + suppressed {suppressed} + lost {lost} != {total}",
+            ev.len()
+        )
+        .into());
+    }
+    if carried != suppressed {
+        return Err(
+            format!("events carry {carried} suppressed, the kernel counted {suppressed}").into(),
+        );
+    }
+    if ev.len() > 1000 {
+        return Err(format!(
+            "{} events for one destination: suppression did not work",
+            ev.len()
+        )
+        .into());
+    }
+    if rss_kib > 256 * 1024 {
+        return Err(format!("agent RSS {rss_kib} KiB after the flood").into());
+    }
+    Ok(())
+}
+
+fn agent_rss_kib(agent: &Agent) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

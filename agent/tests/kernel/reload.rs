@@ -15,7 +15,7 @@ use super::harness::*;
 /// Policy A allowlists eu, policy B allowlists us; both define both regions.
 fn ab(allow: &str) -> String {
     format!(
-        "allowlist = [\"{allow}\"]\n[regions.eu]\nprefixes = [\"198.18.1.0/24\", \
+        "suppress_window_ms = 0\nallowlist = [\"{allow}\"]\n[regions.eu]\nprefixes = [\"198.18.1.0/24\", \
          \"2001:db8:1::/48\"]\n[regions.us]\nprefixes = [\"198.18.2.0/24\", \"2001:db8:2::/48\"]\n"
     )
 }
