@@ -101,7 +101,58 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
     } else {
         let _ = writeln!(out, "allowlist: {}", cfg.allowlist.join(", "));
     }
+    // Lines that only appear when the policy uses the feature, so a simple file stays short.
+    if !cfg.rules.is_empty() {
+        let _ = writeln!(out, "rules:     {}", cfg.rules.len());
+        for r in &cfg.rules {
+            let proto = r
+                .protocol
+                .map_or_else(|| "any".to_owned(), |p| p.to_string());
+            let ports = r.ports.map_or_else(
+                || "any".to_owned(),
+                |(lo, hi)| {
+                    if lo == hi {
+                        lo.to_string()
+                    } else {
+                        format!("{lo}-{hi}")
+                    }
+                },
+            );
+            let mode = r
+                .mode
+                .map_or("", |m| if m == Mode::Audit { " (audit)" } else { "" });
+            let _ = writeln!(
+                out,
+                "  {:>3}  {} {} protocol {proto} ports {ports}, {} destination(s){mode}  [{}]",
+                r.id,
+                r.name,
+                r.action.as_str(),
+                r.targets.len(),
+                r.origin
+            );
+        }
+    }
+    if cfg.default != crate::config::Action::Deny {
+        let _ = writeln!(
+            out,
+            "default:   {} (destinations in no region)",
+            cfg.default.as_str()
+        );
+    }
+    if !cfg.drop_ins.is_empty() {
+        let files: Vec<String> = cfg
+            .drop_ins
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let _ = writeln!(out, "drop-ins:  {}", files.join(", "));
+    }
     out
+}
+
+/// Limits the compiled policy exceeds: the loader refuses it, so `check` must fail too.
+pub fn errors(policy: &Policy) -> &[String] {
+    &policy.problems
 }
 
 /// Things that are valid but probably not what the operator meant, one sentence each, in a

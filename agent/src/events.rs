@@ -235,7 +235,8 @@ pub struct PolicyRef {
 pub struct Rule {
     /// Rule id from the kernel; 0 means the region allowlist decided.
     pub id: u32,
-    /// `"allowlist"` for id 0, else `"rule-{id}"`.
+    /// `"allowlist"` for id 0, else the rule's `name` (`"rule-{id}"` if the policy that
+    /// judged is no longer known).
     pub name: String,
 }
 
@@ -430,10 +431,13 @@ pub fn build(
         },
         rule: Rule {
             id: ev.rule,
+            // The policy's rule name; "allowlist" for region allowlist and default decisions.
             name: if ev.rule == 0 {
                 "allowlist".into()
             } else {
-                format!("rule-{}", ev.rule)
+                policy
+                    .rule_name(ev.rule)
+                    .map_or_else(|| format!("rule-{}", ev.rule), str::to_owned)
             },
         },
         suppressed: ev.suppressed,

@@ -135,6 +135,9 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = egressd::config::load(path)?;
     let policy = egressd::policy::compile(&cfg);
+    if let Some(first) = egressd::check::errors(&policy).first() {
+        anyhow::bail!("{}: {first}", path.display());
+    }
     for w in egressd::check::warnings(&cfg, &policy) {
         eprintln!("egressd: warning: {}: {w}", path.display());
     }

@@ -75,5 +75,28 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         args.extend(extra.iter().cloned());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    sh::cargo(&args)
+    // cargo prints one "test result:" line per test binary, the last ones often for binaries
+    // without tests; add them up so the run ends with one line that says what ran.
+    let (status, summary) = sh::cargo_tee(&args, |line, sum: &mut (u64, u64, u64)| {
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |key: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(key))
+                    .and_then(|n| n.trim().rsplit(' ').next().and_then(|n| n.parse().ok()))
+                    .unwrap_or(0)
+            };
+            sum.0 += num(" passed");
+            sum.1 += num(" failed");
+            sum.2 += num(" ignored");
+        }
+    })?;
+    let (passed, failed, skipped) = summary;
+    println!("egressd tests: {passed} passed, {failed} failed, {skipped} skipped");
+    if !status.success() || failed > 0 {
+        anyhow::bail!("tests failed ({status})");
+    }
+    if passed == 0 {
+        anyhow::bail!("no test ran");
+    }
+    Ok(())
 }

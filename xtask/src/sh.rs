@@ -37,6 +37,31 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     run(Command::new(cargo).args(args).current_dir(root()))
 }
 
+/// Runs `cargo ARGS` in the workspace root, echoing its stdout line by line while folding
+/// each line into `acc` with `f`; returns the exit status and the accumulator.
+pub fn cargo_tee<A: Default>(
+    args: &[&str],
+    mut f: impl FnMut(&str, &mut A),
+) -> anyhow::Result<(std::process::ExitStatus, A)> {
+    use std::io::{BufRead as _, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(root())
+        .env("PATH", path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("spawning cargo")?;
+    let mut acc = A::default();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            f(&line, &mut acc);
+        }
+    }
+    Ok((child.wait()?, acc))
+}
+
 /// Captured stdout of a successful run, else `None`.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let o = cmd.env("PATH", path()).output().ok()?;
