@@ -507,8 +507,10 @@ struct Ctx<'a> {
 struct Seen {
     region: usize,
     field: String,
-    line: usize,
-    file: PathBuf,
+    /// Byte offset in `doc`'s text; the line is computed only for an error message (doing
+    /// it for every prefix would make large files quadratic).
+    offset: usize,
+    doc: usize,
 }
 
 impl Ctx<'_> {
@@ -777,12 +779,13 @@ impl Ctx<'_> {
                                 continue;
                             }
                         };
-                        let line = doc.ctx.line_of(p.span().start);
                         if let Some(first) = seen.get(&net) {
-                            let at = if first.file.as_path() == doc.ctx.path {
-                                format!("line {}", first.line)
+                            let fdoc = &docs[first.doc];
+                            let fline = fdoc.ctx.line_of(first.offset);
+                            let at = if first.doc == *di {
+                                format!("line {fline}")
                             } else {
-                                format!("{}:{}", first.file.display(), first.line)
+                                format!("{}:{fline}", fdoc.ctx.path.display())
                             };
                             let msg = if first.region == index {
                                 format!(
@@ -806,8 +809,8 @@ impl Ctx<'_> {
                             Seen {
                                 region: index,
                                 field,
-                                line,
-                                file: doc.ctx.path.to_path_buf(),
+                                offset: p.span().start,
+                                doc: *di,
                             },
                         );
                         prefixes.push(net);
