@@ -1557,8 +1557,9 @@ pub fn host_port(address: &str) -> Option<(String, u16)> {
     Some((host.to_owned(), port))
 }
 
-/// `[a-z0-9][a-z0-9_-]{0,62}`, and not the reserved name.
-fn check_region_name(name: &str) -> Result<(), String> {
+/// The region name rule: `[a-z0-9][a-z0-9_-]{0,62}`, and not a reserved name (`unknown`,
+/// `local`). Errors: why the name is not acceptable.
+pub fn check_region_name(name: &str) -> Result<(), String> {
     let b = name.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= 63

@@ -102,7 +102,7 @@ impl Mapping {
         let mut names: Vec<String> = Vec::new();
         let mut unmapped_region = None;
         if let Some(u) = &raw.unmapped_region {
-            match check_region_name(u.get_ref()) {
+            match crate::config::check_region_name(u.get_ref()) {
                 Ok(()) => {
                     names.push(u.get_ref().clone());
                     unmapped_region = Some(u.get_ref().clone());
@@ -127,7 +127,7 @@ impl Mapping {
             for (region, keys) in regions {
                 let rname = region.get_ref();
                 let rfield = format!("{format}.{rname}");
-                if let Err(m) = check_region_name(rname) {
+                if let Err(m) = crate::config::check_region_name(rname) {
                     errors.push(at(region.span().start, rfield.clone(), m));
                     continue;
                 }
@@ -252,27 +252,6 @@ impl Mapping {
     }
 }
 
-/// The policy's region name rule (see [`crate::config`]): `[a-z0-9][a-z0-9_-]{0,62}`, not
-/// `unknown` or `local`.
-fn check_region_name(name: &str) -> Result<(), String> {
-    let b = name.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= 63
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-');
-    if !ok {
-        return Err(format!(
-            "invalid policy region name `{name}`: use 1-63 characters from a-z, 0-9, `_` and \
-             `-`, starting with a letter or digit"
-        ));
-    }
-    if name == crate::config::UNKNOWN_REGION_NAME || name == crate::config::LOCAL_REGION_NAME {
-        return Err(format!("policy region name `{name}` is reserved"));
-    }
-    Ok(())
-}
-
 fn check_key(format: Format, key: &str) -> Result<(), String> {
     if format == Format::Geofeed {
         let b = key.as_bytes();
@@ -357,12 +336,7 @@ mod tests {
             "aws.eu[1]",
             "already mapped",
         );
-        fails(
-            "[aws]\nEU = [\"a\"]\n",
-            2,
-            "aws.EU",
-            "invalid policy region",
-        );
+        fails("[aws]\nEU = [\"a\"]\n", 2, "aws.EU", "invalid region name");
         fails("[aws]\nlocal = [\"a\"]\n", 2, "aws.local", "reserved");
         fails("[aws]\neu = [\"\"]\n", 2, "aws.eu[0]", "invalid aws region");
         fails(
@@ -377,7 +351,7 @@ mod tests {
             "unmapped_region = \"Other\"\n[aws]\neu = [\"a\"]\n",
             1,
             "unmapped_region",
-            "invalid policy region",
+            "invalid region name",
         );
         let e = p("").expect_err("empty");
         assert!(e.message.contains("maps nothing"), "{e}");
