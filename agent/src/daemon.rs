@@ -56,9 +56,46 @@ struct Reloads {
 /// Invalid configuration, a sink that cannot start (unreadable TLS files, unusable spool
 /// directory), and everything [`Enforcer::load`] reports.
 pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow::Result<()> {
+    run_with(
+        config_path,
+        RunOptions {
+            cgroup: cgroup_override,
+            ..RunOptions::default()
+        },
+    )
+    .await
+}
+
+/// Options of `egressd run` beyond the policy file.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Replaces the config's `cgroup` (default: the cgroup2 root, the whole host).
+    pub cgroup: Option<PathBuf>,
+    /// Pin maps and links here (a directory on a bpffs) and adopt what is pinned there;
+    /// enforcement then survives the process. `None`: nothing is pinned and the programs
+    /// are detached at exit.
+    pub pin_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics (`/metrics`) and health (`/healthz`) on this address.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Reload when the main file or a drop-in file changes on disk (debounced), as on SIGHUP.
+    pub watch: bool,
+}
+
+/// How often pinned enforcement is checked for tampering.
+const TAMPER_CHECK: Duration = Duration::from_millis(250);
+
+/// Runs the agent like [`run`] with `opts`: with `opts.pin_dir`, maps and links are pinned
+/// and adopted ([`Enforcer::load_pinned`]), SIGTERM leaves enforcement in place, and the
+/// pinned state is checked every 250 ms and repaired if someone detached, replaced or
+/// changed it (logged and reported as a `tamper_repaired` record); with `opts.metrics`, a
+/// Prometheus endpoint runs; with `opts.watch`, file changes reload like SIGHUP.
+///
+/// # Errors
+/// As [`run`]; the metrics address cannot be bound; the watch cannot be set up.
+pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     let (cfg, output) = config::load_all(config_path)?;
     let policy = Arc::new(policy::compile(&cfg));
-    let cgroup = match cgroup_override.or_else(|| cfg.cgroup.clone()) {
+    let cgroup = match opts.cgroup.clone().or_else(|| cfg.cgroup.clone()) {
         Some(p) => p,
         None => cgroup::cgroup2_root()?,
     };
@@ -72,7 +109,37 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
     // Sinks first: a sink that cannot work fails the start before anything is attached.
     let pipeline = Pipeline::start(&output.sinks, &host)?;
     let started = Instant::now();
-    let mut enforcer = Enforcer::load(policy.clone(), &cgroup)?;
+    let pin_dir = opts.pin_dir.as_ref().map(crate::pin::PinDir::new);
+    let mut enforcer = match &pin_dir {
+        Some(dir) => {
+            let (e, adoption) = Enforcer::load_pinned(policy.clone(), &cgroup, dir)?;
+            tracing::info!(
+                pin_dir = %dir.root.display(),
+                adopted = adoption.adopted,
+                previous_generation = adoption.previous_generation,
+                generation = e.generation(),
+                "pinned enforcement"
+            );
+            e
+        }
+        None => Enforcer::load(policy.clone(), &cgroup)?,
+    };
+    let mut watcher = if opts.watch {
+        Some(crate::watch::ConfigWatcher::new(config_path)?)
+    } else {
+        None
+    };
+    let (metrics_tx, mut metrics_rx) =
+        tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<crate::metrics::Snapshot>>(16);
+    if let Some(addr) = opts.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
+        tokio::spawn(crate::metrics::serve(listener, metrics_tx.clone()));
+    }
+    let mut tamper = tokio::time::interval(TAMPER_CHECK);
+    tamper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let crate::loader::Readers {
         events: ring_map,
         counters: counter_map,
@@ -171,7 +238,9 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
             extra,
         })
     };
+    let mut tamper_repairs = 0u64;
     loop {
+        let mut reload_now = false;
         tokio::select! {
             _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); break; }
@@ -188,7 +257,65 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
                     Err(e) => tracing::error!(error = format!("{e:#}"), "reading counters for the heartbeat"),
                 }
             }
-            _ = sighup.recv() => {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("polling the ring buffer")?;
+                delivered += drain(guard.get_inner_mut(), &enrichers, &pipeline, &mut undecodable);
+                guard.clear_ready();
+            }
+            _ = sighup.recv() => { reload_now = true; }
+            Some(()) = async {
+                match watcher.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!("configuration changed on disk: reloading");
+                reload_now = true;
+            }
+            Some(reply) = metrics_rx.recv() => {
+                delivered += drain(ring.get_mut(), &enrichers, &pipeline, &mut undecodable);
+                let snap = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable)
+                    .map(|c| crate::metrics::Snapshot {
+                        counters: c,
+                        generation: enforcer.generation(),
+                        prefixes_v4: policy.v4.len(),
+                        prefixes_v6: policy.v6.len(),
+                        reloads_ok: reloads.ok,
+                        reloads_failed: reloads.failed,
+                        hooks: enforcer.hook_states(),
+                        tamper_repairs,
+                    });
+                match snap {
+                    Ok(s) => { let _ = reply.send(s); }
+                    Err(e) => tracing::error!(error = format!("{e:#}"), "reading counters for /metrics"),
+                }
+            }
+            _ = tamper.tick(), if pin_dir.is_some() => {
+                match enforcer.verify_and_repair() {
+                    Ok(repairs) if repairs.is_empty() => {}
+                    Ok(repairs) => {
+                        tamper_repairs += repairs.len() as u64;
+                        for r in &repairs {
+                            tracing::warn!(repair = %r, "tampering detected and repaired");
+                        }
+                        pipeline.submit(&lifecycle(
+                            LifecycleBody::TamperRepaired {
+                                repairs,
+                                generation_in_force: enforcer.generation(),
+                            },
+                            "tamper_repaired",
+                        ));
+                    }
+                    Err(e) => tracing::error!(error = format!("{e:#}"), "checking pinned enforcement"),
+                }
+            }
+        }
+        if reload_now {
+            // Watch a drop-in directory that appeared before reading it, so no change is missed.
+            if let Some(w) = watcher.as_mut() {
+                w.refresh();
+            }
+            {
                 // Events of the old generation still in the ring buffer are named by it.
                 delivered += drain(ring.get_mut(), &enrichers, &pipeline, &mut undecodable);
                 match reload(config_path, &mut enforcer) {
@@ -197,7 +324,9 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
                         let generation = enforcer.generation();
                         tracing::info!(generation, digest = %new.digest, "policy reloaded");
                         pipeline.submit(&lifecycle(
-                            LifecycleBody::PolicyLoaded { policy: summary(&cfg, &new, generation) },
+                            LifecycleBody::PolicyLoaded {
+                                policy: summary(&cfg, &new, generation),
+                            },
                             "policy_loaded",
                         ));
                         enrichers.insert(generation, Enricher::new(seq.clone(), new.clone()));
@@ -220,15 +349,17 @@ pub async fn run(config_path: &Path, cgroup_override: Option<PathBuf>) -> anyhow
                     }
                 }
             }
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("polling the ring buffer")?;
-                delivered += drain(guard.get_inner_mut(), &enrichers, &pipeline, &mut undecodable);
-                guard.clear_ready();
-            }
         }
     }
+    let pinned = enforcer.pin_dir().is_some();
     drop(enforcer);
-    tracing::info!("programs detached");
+    if pinned {
+        tracing::info!(
+            "exiting; the pinned programs stay attached (`egressd detach` removes them)"
+        );
+    } else {
+        tracing::info!("programs detached");
+    }
     // Events submitted before the detach are still in the ring buffer.
     delivered += drain(ring.get_mut(), &enrichers, &pipeline, &mut undecodable);
     let stop = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable)?;

@@ -572,6 +572,14 @@ pub enum LifecycleBody {
         /// Generation still in force.
         generation_in_force: u64,
     },
+    /// `tamper_repaired`: pinned enforcement was found detached, replaced or changed behind
+    /// egressd's back, and restored.
+    TamperRepaired {
+        /// What was wrong and what was done, one line per repair.
+        repairs: Vec<String>,
+        /// Generation in force after the repair.
+        generation_in_force: u64,
+    },
     /// `agent_stop`: programs detached; final counters.
     Stop {
         /// Final counters.

@@ -6,12 +6,18 @@
 //! write. A failure while filling leaves the published policy untouched. Programs are
 //! attached only after the first policy is installed, so no connection is ever judged by a
 //! half-loaded policy. Dropping the [`Enforcer`] detaches the programs (the links are file
-//! descriptors it owns).
+//! descriptors it owns), unless it was loaded with a pin directory ([`Enforcer::load_pinned`]):
+//! then maps and links are pinned on a bpffs and stay in force after the process exits, and
+//! the next `load_pinned` on the same directory adopts them (same maps, the policy generation
+//! continues, each link's program replaced atomically with `BPF_LINK_UPDATE`).
 use std::{
     collections::HashSet,
     fs::File,
-    os::fd::{AsFd as _, AsRawFd as _, RawFd},
-    path::Path,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, RawFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -19,7 +25,10 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+        links::FdLink,
+    },
 };
 use egressd_common::{
     DEFAULT_MAX_PREFIXES, Entry, FlowCounter, GlobalPolicy, maps, mode as kmode, programs, set_of,
@@ -28,6 +37,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::{
     config::{Established, Mode},
+    pin::PinDir,
     policy::Policy,
 };
 
@@ -63,6 +73,25 @@ pub struct Enforcer {
     /// Policy held by each set (index = set), to clear stale prefixes on the next install.
     sets: [Option<Arc<Policy>>; 2],
     max_prefixes: u32,
+    /// Pinned mode: the pin directory, the cgroup, and what is known about each set.
+    pins: Option<Pins>,
+}
+
+/// Pinned-mode state of an [`Enforcer`].
+struct Pins {
+    dir: PinDir,
+    cgroup: PathBuf,
+    /// Sets whose contents this process did not write (adopted): cleared before filling.
+    unknown: [bool; 2],
+}
+
+/// How [`Enforcer::load_pinned`] came to enforce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Adoption {
+    /// True when pinned links of an earlier egressd were adopted (no detach, no gap).
+    pub adopted: bool,
+    /// Generation that was in force before this process installed its policy (0: none).
+    pub previous_generation: u64,
 }
 
 /// Maps that outlive the programs, so events and counters can still be read after detaching.
@@ -95,6 +124,13 @@ impl Enforcer {
     /// them with `BPF_PROG_TEST_RUN`). The LPM tries hold at least `prefixes` entries each
     /// (and at least [`DEFAULT_MAX_PREFIXES`]); a later policy may not exceed that.
     pub fn open(prefixes: usize) -> anyhow::Result<Self> {
+        Self::open_in(prefixes, None)
+    }
+
+    /// Loads like [`Enforcer::open`]; with `pins`, every `EGRESSD_*` map is backed by its pin
+    /// under `DIR/maps` (an existing pin is reused, with its contents; a missing one is
+    /// created and pinned).
+    fn open_in(prefixes: usize, pins: Option<&PinDir>) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             return Err(anyhow!(
                 "this egressd binary was built without its eBPF programs (AYA_BUILD_SKIP); \
@@ -109,7 +145,29 @@ impl Enforcer {
         for name in maps::PREFIXES_V4.iter().chain(&maps::PREFIXES_V6) {
             loader.map_max_entries(name, max);
         }
+        let mut max = max;
+        let pinned: Vec<(String, PathBuf)> = match pins {
+            Some(dir) => pinned_maps(dir)?,
+            None => Vec::new(),
+        };
+        for (name, path) in &pinned {
+            if maps::PREFIXES_V4[0] == name {
+                max = aya::maps::MapInfo::from_pin(path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .max_entries();
+            }
+            loader.map_pin_path(name, path.as_path());
+        }
         let mut ebpf = loader.load(OBJECT).map_err(explain_load)?;
+        if let Some(dir) = pins {
+            for (name, m) in ebpf.maps() {
+                let path = dir.map(name);
+                if name.starts_with("EGRESSD_") && !path.exists() {
+                    m.pin(&path)
+                        .with_context(|| format!("pinning {name} at {}", path.display()))?;
+                }
+            }
+        }
         for (name, hook) in SOCK_HOOKS {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().map_err(|e| explain_program(hook, e))?;
@@ -123,7 +181,279 @@ impl Enforcer {
             generation: 0,
             sets: [None, None],
             max_prefixes: max,
+            pins: None,
         })
+    }
+
+    /// Like [`Enforcer::load`], but pins maps and links under `dir` (mounting bpffs at
+    /// `/sys/fs/bpf` when needed) and adopts what an earlier egressd pinned there: the
+    /// pinned maps are reused (counters continue), the policy generation continues from the
+    /// pinned one (`policy` is installed as the next generation into the idle set), and each
+    /// pinned link gets the newly loaded program with one atomic `BPF_LINK_UPDATE`, so no
+    /// connection is ever judged by no program. Dropping the result leaves enforcement in
+    /// place; [`PinDir::remove_all`] (`egressd detach`) ends it.
+    ///
+    /// # Errors
+    /// As [`Enforcer::load`]; pins of another layout version; pins whose map shape differs
+    /// from this build's; links pinned for another cgroup.
+    pub fn load_pinned(
+        policy: Arc<Policy>,
+        cgroup: &Path,
+        dir: &PinDir,
+    ) -> anyhow::Result<(Self, Adoption)> {
+        crate::privileges::check()?;
+        crate::cgroup::validate(cgroup)?;
+        dir.prepare()?;
+        dir.check_layout()?;
+        let cgroup_id = std::fs::metadata(cgroup)
+            .with_context(|| format!("reading {}", cgroup.display()))?
+            .ino();
+        for (prog, _) in crate::pin::LINKS {
+            let path = dir.link(prog);
+            if !path.exists() {
+                continue;
+            }
+            let fd = crate::pin::obj_get(&path)?;
+            let st = crate::pin::link_state(fd.as_fd())?;
+            if st.cgroup_id != 0 && st.cgroup_id != cgroup_id {
+                bail!(
+                    "{} is attached to another cgroup (id {}) than {} (id {cgroup_id}); run \
+                     `egressd detach --pin-dir {}` first or use another --pin-dir",
+                    path.display(),
+                    st.cgroup_id,
+                    cgroup.display(),
+                    dir.root.display()
+                );
+            }
+        }
+        let mut e = Self::open_in(policy.lpm_v4.len().max(policy.lpm_v6.len()), Some(dir))?;
+        let generation: Array<_, u64> = Array::try_from(map(&mut e.ebpf, maps::GENERATION)?)?;
+        let previous = generation.get(&0, 0).unwrap_or(0);
+        e.generation = previous;
+        let adopted = dir.has_links();
+        e.pins = Some(Pins {
+            dir: dir.clone(),
+            cgroup: cgroup.to_path_buf(),
+            unknown: [previous > 0; 2],
+        });
+        e.install(policy)?;
+        e.attach(cgroup)?;
+        Ok((
+            e,
+            Adoption {
+                adopted,
+                previous_generation: previous,
+            },
+        ))
+    }
+
+    /// Attach state per hook, as (hook name, attached). Unpinned, the links are
+    /// descriptors this process owns, so every hook is attached once [`Enforcer::attach`]
+    /// returned; pinned, each pinned link is asked whether it is attached to the cgroup and
+    /// runs this process's program.
+    pub fn hook_states(&self) -> Vec<(&'static str, bool)> {
+        let hooks = SOCK_HOOKS
+            .iter()
+            .map(|(n, h)| (*n, *h))
+            .chain(SKB_HOOKS.iter().map(|(n, h, _)| (*n, *h)));
+        let Some(pins) = &self.pins else {
+            return hooks.map(|(_, h)| (h, self.generation > 0)).collect();
+        };
+        let cgroup_id = std::fs::metadata(&pins.cgroup).map_or(0, |m| m.ino());
+        hooks
+            .map(|(name, hook)| {
+                let ok = crate::pin::obj_get(&pins.dir.link(name))
+                    .and_then(|fd| crate::pin::link_state(fd.as_fd()))
+                    .is_ok_and(|st| {
+                        st.cgroup_id == cgroup_id
+                            && self.program_id(name).is_ok_and(|id| id == st.program_id)
+                    });
+                (hook, ok)
+            })
+            .collect()
+    }
+
+    /// The pin directory, in pinned mode.
+    pub fn pin_dir(&self) -> Option<&PinDir> {
+        self.pins.as_ref().map(|p| &p.dir)
+    }
+
+    /// Program id of hook program `name` (for tamper checks: what each link must run).
+    pub fn program_id(&self, name: &str) -> anyhow::Result<u32> {
+        let prog = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?;
+        Ok(prog.info()?.id())
+    }
+
+    /// In pinned mode, checks every pinned link: the pin exists, is attached to our cgroup
+    /// and runs our program. A link found missing, detached or replaced is restored (the
+    /// program re-attached and pinned again, or swapped back with `BPF_LINK_UPDATE`); the
+    /// published generation and the active set's settings are rewritten if they changed.
+    /// Returns one line per repair (empty: nothing was wrong).
+    ///
+    /// # Errors
+    /// A repair failed.
+    pub fn verify_and_repair(&mut self) -> anyhow::Result<Vec<String>> {
+        let Some(pins) = &self.pins else {
+            return Ok(Vec::new());
+        };
+        let dir = pins.dir.clone();
+        let cgroup = pins.cgroup.clone();
+        let cgroup_id = std::fs::metadata(&cgroup)?.ino();
+        let mut repairs = Vec::new();
+        let cg =
+            File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for (name, hook) in SOCK_HOOKS
+            .iter()
+            .map(|(n, h)| (*n, *h))
+            .chain(SKB_HOOKS.iter().map(|(n, h, _)| (*n, *h)))
+        {
+            let want = self.program_id(name)?;
+            let path = dir.link(name);
+            let state = crate::pin::obj_get(&path)
+                .and_then(|fd| Ok((crate::pin::link_state(fd.as_fd())?, fd)));
+            match state {
+                Ok((st, fd)) if st.cgroup_id == cgroup_id && st.program_id == want => {
+                    drop(fd);
+                }
+                Ok((st, fd)) if st.cgroup_id == cgroup_id => {
+                    let prog = self.program_fd(name)?;
+                    crate::pin::link_update(fd.as_fd(), prog)?;
+                    repairs.push(format!(
+                        "{hook}: link ran program {} instead of {want}; restored",
+                        st.program_id
+                    ));
+                }
+                other => {
+                    let why = match &other {
+                        Ok(_) => "link detached from the cgroup".to_owned(),
+                        Err(_) => "link pin missing".to_owned(),
+                    };
+                    if path.exists() {
+                        std::fs::remove_file(&path)
+                            .with_context(|| format!("removing {}", path.display()))?;
+                    }
+                    self.attach_one(name, hook, &cg, &path)?;
+                    repairs.push(format!("{hook}: {why}; re-attached"));
+                }
+            }
+        }
+        let mut generation: Array<_, u64> =
+            Array::try_from(map(&mut self.ebpf, maps::GENERATION)?)?;
+        let published = generation.get(&0, 0)?;
+        if published != self.generation {
+            generation.set(0, self.generation, 0)?;
+            repairs.push(format!(
+                "policy generation was changed to {published}; restored {}",
+                self.generation
+            ));
+        }
+        let set = set_of(self.generation);
+        if let Some(policy) = self.sets[set].clone()
+            && !self.set_matches(set, &policy)?
+        {
+            fill_set(&mut self.ebpf, set, None, &policy, self.generation)?;
+            clear_stale(&mut self.ebpf, set, &policy)?;
+            repairs.push(format!(
+                "policy maps of generation {} were changed; restored",
+                self.generation
+            ));
+        }
+        Ok(repairs)
+    }
+
+    /// Whether set `set` holds exactly `policy` (tries, entries in use, settings).
+    fn set_matches(&mut self, set: usize, policy: &Policy) -> anyhow::Result<bool> {
+        let trie4: LpmTrie<_, [u8; 4], u32> =
+            LpmTrie::try_from(map(&mut self.ebpf, maps::PREFIXES_V4[set])?)?;
+        let mut n = 0usize;
+        let want4: std::collections::HashMap<(u32, [u8; 4]), u32> = policy
+            .lpm_v4
+            .iter()
+            .map(|(net, e)| ((u32::from(net.prefix()), net.network().octets()), *e))
+            .collect();
+        for item in trie4.iter() {
+            let (k, v) = item?;
+            n += 1;
+            if want4.get(&(k.prefix_len(), k.data())) != Some(&v) {
+                return Ok(false);
+            }
+        }
+        if n != want4.len() {
+            return Ok(false);
+        }
+        let trie6: LpmTrie<_, [u8; 16], u32> =
+            LpmTrie::try_from(map(&mut self.ebpf, maps::PREFIXES_V6[set])?)?;
+        let want6: std::collections::HashMap<(u32, [u8; 16]), u32> = policy
+            .lpm_v6
+            .iter()
+            .map(|(net, e)| ((u32::from(net.prefix()), net.network().octets()), *e))
+            .collect();
+        let mut n = 0usize;
+        for item in trie6.iter() {
+            let (k, v) = item?;
+            n += 1;
+            if want6.get(&(k.prefix_len(), k.data())) != Some(&v) {
+                return Ok(false);
+            }
+        }
+        if n != want6.len() {
+            return Ok(false);
+        }
+        let entries: Array<_, Entry> = Array::try_from(map(&mut self.ebpf, maps::ENTRIES[set])?)?;
+        for (id, e) in policy.entries.iter().enumerate() {
+            if entries.get(&u32::try_from(id)?, 0)? != *e {
+                return Ok(false);
+            }
+        }
+        let settings: Array<_, GlobalPolicy> =
+            Array::try_from(map(&mut self.ebpf, maps::SETTINGS)?)?;
+        Ok(settings.get(&u32::try_from(set)?, 0)?.generation == self.generation)
+    }
+
+    /// Attaches hook program `name` to `cg` anew and pins its link at `path`.
+    fn attach_one(&mut self, name: &str, hook: &str, cg: &File, path: &Path) -> anyhow::Result<()> {
+        if let Some((_, _, kind)) = SKB_HOOKS.iter().find(|(n, _, _)| *n == name) {
+            let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(cg, *kind, CgroupAttachMode::Single)
+                .map_err(|e| explain_program(hook, e))?;
+            let link: FdLink = prog.take_link(id)?.try_into()?;
+            link.pin(path)
+                .with_context(|| format!("pinning {hook} at {}", path.display()))?;
+        } else {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(cg, CgroupAttachMode::Single)
+                .map_err(|e| explain_program(hook, e))?;
+            let link: FdLink = prog.take_link(id)?.try_into()?;
+            link.pin(path)
+                .with_context(|| format!("pinning {hook} at {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Records generation, digest and cgroup in the pinned state (pinned mode only).
+    fn write_state(&self, policy: &Policy) -> anyhow::Result<()> {
+        let Some(pins) = &self.pins else {
+            return Ok(());
+        };
+        let state = crate::pin::PinnedState {
+            cgroup: pins.cgroup.display().to_string(),
+            generation: self.generation,
+            digest: policy.digest.clone(),
+            mode: policy.mode.to_string(),
+            regions: policy.regions.clone(),
+            prefixes_v4: policy.v4.len(),
+            prefixes_v6: policy.v6.len(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            updated_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        pins.dir.write_state(&state)
     }
 
     /// Attaches every hook to `cgroup` through bpf_links, so programs of other tools on the
@@ -134,6 +464,34 @@ impl Enforcer {
         }
         let cg =
             File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        if let Some(dir) = self.pins.as_ref().map(|p| p.dir.clone()) {
+            for (name, hook) in SOCK_HOOKS
+                .iter()
+                .map(|(n, h)| (*n, *h))
+                .chain(SKB_HOOKS.iter().map(|(n, h, _)| (*n, *h)))
+            {
+                let path = dir.link(name);
+                let adopted = crate::pin::obj_get(&path)
+                    .and_then(|fd| Ok((crate::pin::link_state(fd.as_fd())?, fd)));
+                match adopted {
+                    Ok((st, fd)) if st.cgroup_id != 0 => {
+                        let prog = self.program_fd(name)?;
+                        crate::pin::link_update(fd.as_fd(), prog)
+                            .with_context(|| format!("adopting {}", path.display()))?;
+                        tracing::info!(hook, link = st.link_id, "adopted pinned link");
+                    }
+                    _ => {
+                        if path.exists() {
+                            std::fs::remove_file(&path)
+                                .with_context(|| format!("removing {}", path.display()))?;
+                        }
+                        self.attach_one(name, hook, &cg, &path)?;
+                        tracing::info!(hook, cgroup = %cgroup.display(), pin = %path.display(), "attached and pinned");
+                    }
+                }
+            }
+            return Ok(());
+        }
         // With bpf_link (Linux >= 5.7, what aya uses) cgroup attachments always coexist with
         // other programs, and the kernel rejects any flag: pass the default.
         for (name, hook) in SOCK_HOOKS {
@@ -182,14 +540,24 @@ impl Enforcer {
         let next = self.generation + 1;
         let set = set_of(next);
         let old = self.sets[set].take();
+        if let Some(pins) = &mut self.pins
+            && pins.unknown[set]
+        {
+            // Adopted: this set holds what an earlier process wrote.
+            clear_set(&mut self.ebpf, set)?;
+            pins.unknown[set] = false;
+        }
         fill_set(&mut self.ebpf, set, old.as_deref(), &policy, next)?;
         let mut generation: Array<_, u64> =
             Array::try_from(map(&mut self.ebpf, maps::GENERATION)?)?;
         generation
             .set(0, next, 0)
             .context("publishing the policy generation")?;
-        self.sets[set] = Some(policy);
         self.generation = next;
+        if let Err(e) = self.write_state(&policy) {
+            tracing::warn!(error = format!("{e:#}"), "writing the pinned state");
+        }
+        self.sets[set] = Some(policy);
         Ok(next)
     }
 
@@ -220,6 +588,115 @@ impl Enforcer {
             loss: PerCpuArray::try_from(take(maps::LOSS)?)?,
         })
     }
+}
+
+/// Existing map pins under `DIR/maps` as (name, path), after checking that each has the
+/// shape this build expects (map type, key and value sizes).
+fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.maps_dir()) else {
+        return Ok(out);
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("EGRESSD_") {
+            continue;
+        }
+        let path = e.path();
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        if let Some((key, value)) = expected_shape(&name)
+            && (info.key_size(), info.value_size()) != (key, value)
+        {
+            bail!(
+                "pinned map {} has key/value sizes {}/{} but this egressd expects \
+                 {key}/{value}: it was pinned with another layout; refusing to adopt it \
+                 (`egressd detach --pin-dir {}` removes it)",
+                path.display(),
+                info.key_size(),
+                info.value_size(),
+                dir.root.display()
+            );
+        }
+        out.push((name, path));
+    }
+    Ok(out)
+}
+
+/// (key size, value size) in bytes of the maps this build knows.
+fn expected_shape(name: &str) -> Option<(u32, u32)> {
+    let size = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    if maps::PREFIXES_V4.contains(&name) {
+        Some((8, 4))
+    } else if maps::PREFIXES_V6.contains(&name) || maps::NAT64.contains(&name) {
+        Some((20, 4))
+    } else if maps::ENTRIES.contains(&name) {
+        Some((4, size(size_of::<Entry>())))
+    } else if name == maps::SETTINGS {
+        Some((4, size(size_of::<GlobalPolicy>())))
+    } else if name == maps::GENERATION || name == maps::COUNTERS || name == maps::LOSS {
+        Some((4, 8))
+    } else if name == maps::FLOWS {
+        Some((4, size(size_of::<FlowCounter>())))
+    } else if name == maps::SOCKETS {
+        Some((8, size(size_of::<egressd_common::SockVerdict>())))
+    } else {
+        None
+    }
+}
+
+/// Empties the LPM tries of set `set` (an adopted set whose contents are unknown).
+fn clear_set(ebpf: &mut Ebpf, set: usize) -> anyhow::Result<()> {
+    {
+        let trie: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V4[set])?)?;
+        let keys: Vec<Key<[u8; 4]>> = trie.keys().collect::<Result<_, _>>()?;
+        let mut trie = trie;
+        for k in &keys {
+            let _ = trie.remove(k);
+        }
+    }
+    for name in [maps::PREFIXES_V6[set], maps::NAT64[set]] {
+        let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
+        let keys: Vec<Key<[u8; 16]>> = trie.keys().collect::<Result<_, _>>()?;
+        for k in &keys {
+            let _ = trie.remove(k);
+        }
+    }
+    Ok(())
+}
+
+/// Removes from set `set` every prefix `policy` does not hold (after a repair).
+fn clear_stale(ebpf: &mut Ebpf, set: usize, policy: &Policy) -> anyhow::Result<()> {
+    let keep4: HashSet<(u32, [u8; 4])> = policy
+        .lpm_v4
+        .iter()
+        .map(|(n, _)| (u32::from(n.prefix()), n.network().octets()))
+        .collect();
+    let mut trie: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(map(ebpf, maps::PREFIXES_V4[set])?)?;
+    let stale: Vec<Key<[u8; 4]>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep4.contains(&(k.prefix_len(), k.data())))
+        .collect();
+    for k in &stale {
+        let _ = trie.remove(k);
+    }
+    let keep6: HashSet<(u32, [u8; 16])> = policy
+        .lpm_v6
+        .iter()
+        .map(|(n, _)| (u32::from(n.prefix()), n.network().octets()))
+        .collect();
+    let mut trie: LpmTrie<_, [u8; 16], u32> =
+        LpmTrie::try_from(map(ebpf, maps::PREFIXES_V6[set])?)?;
+    let stale: Vec<Key<[u8; 16]>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep6.contains(&(k.prefix_len(), k.data())))
+        .collect();
+    for k in &stale {
+        let _ = trie.remove(k);
+    }
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>

@@ -24,6 +24,39 @@ enum Command {
         /// cgroup2 root, i.e. the whole host).
         #[arg(long, value_name = "DIR")]
         cgroup: Option<PathBuf>,
+        /// Pin maps and links under this bpffs directory (bare `--pin-dir`:
+        /// /sys/fs/bpf/egressd; bpffs is mounted at /sys/fs/bpf if needed) and adopt what is
+        /// pinned there: enforcement then survives restarts and SIGTERM, counters and the
+        /// policy generation continue, and tampering is detected and repaired. Without it,
+        /// nothing is pinned and the programs are detached at exit.
+        #[arg(long, value_name = "DIR", num_args = 0..=1,
+              default_missing_value = egressd::pin::DEFAULT_PIN_DIR)]
+        pin_dir: Option<PathBuf>,
+        /// Serve Prometheus metrics on http://ADDR/metrics and health on /healthz
+        /// (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// Also reload when the policy file or a drop-in file changes on disk (debounced;
+        /// the same as SIGHUP).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Show pinned enforcement: hooks and whether they are attached, policy generation and
+    /// digest, counters. Reads the pins, so it works whether or not the daemon runs.
+    Status {
+        /// Pin directory given to `run --pin-dir`.
+        #[arg(long, value_name = "DIR", default_value = egressd::pin::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove everything `run --pin-dir` pinned: detach the hooks (also from a running
+    /// daemon) and unpin the maps. Enforcement ends.
+    Detach {
+        /// Pin directory given to `run --pin-dir`.
+        #[arg(long, value_name = "DIR", default_value = egressd::pin::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
     },
     /// Validate the policy exactly as `run` would load it and print a summary; exits 1
     /// with `file:line:column: field: message` on bad input. Needs no privileges.
@@ -93,11 +126,51 @@ fn main() -> ExitCode {
         )
         .init();
     let res = match cli.command {
-        Command::Run { config, cgroup } => tokio::runtime::Builder::new_current_thread()
+        Command::Run {
+            config,
+            cgroup,
+            pin_dir,
+            metrics,
+            watch,
+        } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(egressd::daemon::run(&config, cgroup))),
+            .and_then(|rt| {
+                rt.block_on(egressd::daemon::run_with(
+                    &config,
+                    egressd::daemon::RunOptions {
+                        cgroup,
+                        pin_dir,
+                        metrics,
+                        watch,
+                    },
+                ))
+            }),
+        Command::Status { pin_dir, json } => egressd::status::status(&pin_dir).map(|s| {
+            if json {
+                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+            } else {
+                print!("{}", s.to_text());
+            }
+        }),
+        Command::Detach { pin_dir } => {
+            let dir = egressd::pin::PinDir::new(&pin_dir);
+            if dir.exists() {
+                dir.remove_all().map(|removed| {
+                    eprintln!(
+                        "egressd: detached; removed {} pins under {}",
+                        removed.len(),
+                        pin_dir.display()
+                    );
+                })
+            } else {
+                Err(anyhow::anyhow!(
+                    "nothing is pinned under {}",
+                    pin_dir.display()
+                ))
+            }
+        }
         Command::Check { config } => check(&config),
         Command::Explain {
             config,

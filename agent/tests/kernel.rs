@@ -8,12 +8,13 @@
 mod kernel {
     pub mod differential;
     pub mod enforce;
+    pub mod fleet;
     pub mod harness;
     pub mod paths;
     pub mod reload;
 }
 
-use kernel::{differential, enforce, harness, paths, reload};
+use kernel::{differential, enforce, fleet, harness, paths, reload};
 use libtest_mimic::{Arguments, Trial};
 
 fn main() {
@@ -69,6 +70,20 @@ fn main() {
         Trial::test(
             "reload_100_times_under_load_zero_misjudged",
             reload::reload_under_load,
+        ),
+        Trial::test("fleet_pinned_restart_kill9_no_gap", fleet::pinned_restart),
+        Trial::test(
+            "fleet_pins_of_other_layout_refused",
+            fleet::pinned_other_layout_refused,
+        ),
+        Trial::test("fleet_tamper_detected_and_repaired", fleet::tamper_repaired),
+        Trial::test(
+            "fleet_metrics_equal_counters",
+            fleet::metrics_equal_counters,
+        ),
+        Trial::test(
+            "fleet_watch_reloads_on_file_change",
+            fleet::watch_reloads_on_change,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();

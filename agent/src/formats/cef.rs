@@ -241,6 +241,21 @@ fn lifecycle(l: &Lifecycle) -> String {
                 ),
             )
         }
+        LifecycleBody::TamperRepaired {
+            repairs,
+            generation_in_force,
+        } => {
+            e.labelled("cn3", "generationInForce", Some(generation_in_force));
+            (
+                "tamper-repaired",
+                "Pinned enforcement tampered with and restored",
+                8,
+                format!(
+                    "pinned enforcement was tampered with and restored: {}",
+                    repairs.join("; ")
+                ),
+            )
+        }
         LifecycleBody::Stop { counters } => {
             let lost = counters.lost.total();
             e.labelled("cn1", "connectionEvents", Some(counters.connection_events))

@@ -279,6 +279,19 @@ fn lifecycle(l: &Lifecycle) -> Value {
                 "policy reload failed, generation {generation_in_force} stays in force: {error}"
             )
         }
+        LifecycleBody::TamperRepaired {
+            repairs,
+            generation_in_force,
+        } => {
+            event["category"] = json!(["configuration"]);
+            event["type"] = json!(["change"]);
+            extra.insert("generation_in_force".into(), json!(generation_in_force));
+            extra.insert("repairs".into(), json!(repairs));
+            format!(
+                "pinned enforcement was tampered with and restored: {}",
+                repairs.join("; ")
+            )
+        }
         LifecycleBody::Stop { counters } => {
             event["category"] = json!(["process"]);
             event["type"] = json!(["end"]);

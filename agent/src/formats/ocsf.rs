@@ -208,6 +208,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
         LifecycleBody::PolicyLoaded { .. } => (99, "Policy Loaded"),
         LifecycleBody::Heartbeat { .. } => (99, "Heartbeat"),
         LifecycleBody::ReloadFailed { .. } => (99, "Reload Failed"),
+        LifecycleBody::TamperRepaired { .. } => (99, "Tamper Repaired"),
     };
     let mut extra = Map::new();
     extra.insert("type".into(), json!(h.kind));
@@ -264,6 +265,20 @@ fn lifecycle(l: &Lifecycle) -> Value {
             (
                 format!(
                     "policy reload failed, generation {generation_in_force} stays in force: {error}"
+                ),
+                0,
+            )
+        }
+        LifecycleBody::TamperRepaired {
+            repairs,
+            generation_in_force,
+        } => {
+            extra.insert("generation_in_force".into(), json!(generation_in_force));
+            extra.insert("repairs".into(), json!(repairs));
+            (
+                format!(
+                    "pinned enforcement was tampered with and restored: {}",
+                    repairs.join("; ")
                 ),
                 0,
             )

@@ -67,7 +67,7 @@ pub fn severity(record: &Record) -> u8 {
             }
         }
         Record::Lifecycle(l) => match &l.body {
-            LifecycleBody::ReloadFailed { .. } => 3,
+            LifecycleBody::ReloadFailed { .. } | LifecycleBody::TamperRepaired { .. } => 3,
             LifecycleBody::Stop { counters } if counters.lost.total() > 0 => 4,
             LifecycleBody::Heartbeat { counters, .. } if counters.lost.total() > 0 => 4,
             LifecycleBody::Heartbeat { .. } => 6,

@@ -1,0 +1,357 @@
+//! Prometheus endpoint (`/metrics`, text exposition format 0.0.4 via prometheus-client) and
+//! health endpoint (`/healthz`), served on the address given to `egressd run --metrics`.
+//!
+//! Every scrape asks the daemon loop for a [`Snapshot`] read from the kernel counter maps at
+//! that moment, so the numbers equal what `egressd status`, heartbeats and `agent_stop`
+//! report. Metrics (all prefixed `egressd_`):
+//!
+//! | metric | labels | source |
+//! | --- | --- | --- |
+//! | `connections_total` | hook, region, verdict | kernel decision counters |
+//! | `flow_packets_total`, `flow_bytes_total` | direction, region, verdict | kernel packet counters (bytes from the IP header) |
+//! | `events_total` | stage, sink, outcome | `ringbuf`/`emitted`, `kernel`/`suppressed` (deny+audit attempts the kernel did not report as separate events), `kernel`/`lost` (ring buffer full), `decode`/`lost`, `sink`/`delivered`, `sink`/`dropped_*` per sink |
+//! | `sink_queued`, `sink_up` | sink | pipeline |
+//! | `policy_generation` | | generation in force |
+//! | `policy_prefixes` | family (`ipv4`, `ipv6`) | prefixes loaded |
+//! | `reloads_total` | outcome (`ok`, `failed`) | SIGHUP and file-change reloads |
+//! | `hook_attached` | hook | 1 attached and running egressd's program, else 0 |
+//! | `tamper_repairs_total` | | repairs of pinned enforcement |
+//! | `build_info` | version | |
+//!
+//! `/healthz` answers `200 ok` when the daemon loop answers and every hook is attached,
+//! else `503` with the reason.
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot},
+};
+
+use crate::events::Counters;
+
+/// What one scrape reports, read by the daemon loop.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Kernel counters, loss and sink counters, as in heartbeats.
+    pub counters: Counters,
+    /// Policy generation in force.
+    pub generation: u64,
+    /// IPv4 prefixes of the policy in force.
+    pub prefixes_v4: usize,
+    /// IPv6 prefixes of the policy in force.
+    pub prefixes_v6: usize,
+    /// Reloads that installed a policy.
+    pub reloads_ok: u64,
+    /// Reloads refused (the previous policy stayed).
+    pub reloads_failed: u64,
+    /// (hook, attached) per hook.
+    pub hooks: Vec<(&'static str, bool)>,
+    /// Repairs of tampered pinned enforcement so far.
+    pub tamper_repairs: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnLabels {
+    hook: String,
+    region: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    direction: String,
+    region: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    stage: String,
+    sink: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct One {
+    name: String,
+}
+
+/// Renders `s` in the Prometheus text format.
+///
+/// # Errors
+/// Only a formatting error of the encoder.
+pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
+    let mut reg = Registry::with_prefix("egressd");
+    let conns = Family::<ConnLabels, Counter>::default();
+    reg.register(
+        "connections",
+        "Connection attempts judged by the kernel, by hook, region and verdict",
+        conns.clone(),
+    );
+    for r in &s.counters.counters {
+        conns
+            .get_or_create(&ConnLabels {
+                hook: r.hook.into(),
+                region: r.region.clone(),
+                verdict: r.verdict.into(),
+            })
+            .inc_by(r.count);
+    }
+    let packets = Family::<FlowLabels, Counter>::default();
+    let bytes = Family::<FlowLabels, Counter>::default();
+    reg.register(
+        "flow_packets",
+        "Packets by direction, remote region and verdict (cgroup_skb hooks)",
+        packets.clone(),
+    );
+    reg.register(
+        "flow_bytes",
+        "Bytes from the IP header on, by direction, remote region and verdict",
+        bytes.clone(),
+    );
+    if let Some(rows) = s.counters.extra.get("flows").and_then(|v| v.as_array()) {
+        for r in rows {
+            let l = FlowLabels {
+                direction: r["direction"].as_str().unwrap_or_default().into(),
+                region: r["region"].as_str().unwrap_or_default().into(),
+                verdict: r["verdict"].as_str().unwrap_or_default().into(),
+            };
+            packets
+                .get_or_create(&l)
+                .inc_by(r["packets"].as_u64().unwrap_or(0));
+            bytes
+                .get_or_create(&l)
+                .inc_by(r["bytes"].as_u64().unwrap_or(0));
+        }
+    }
+    let events = Family::<EventLabels, Counter>::default();
+    reg.register(
+        "events",
+        "Connection events by pipeline stage, sink and outcome",
+        events.clone(),
+    );
+    let ev = |stage: &str, sink: &str, outcome: &str, n: u64| {
+        events
+            .get_or_create(&EventLabels {
+                stage: stage.into(),
+                sink: sink.into(),
+                outcome: outcome.into(),
+            })
+            .inc_by(n);
+    };
+    let lost = &s.counters.lost;
+    let reportable: u64 = s
+        .counters
+        .counters
+        .iter()
+        .filter(|r| r.verdict != "allow")
+        .map(|r| r.count)
+        .sum();
+    ev("ringbuf", "", "emitted", s.counters.connection_events);
+    ev("kernel", "", "lost", lost.kernel.ringbuf_full);
+    ev(
+        "kernel",
+        "",
+        "suppressed",
+        reportable.saturating_sub(s.counters.connection_events + lost.kernel.ringbuf_full),
+    );
+    ev("decode", "", "lost", lost.undecodable);
+    let queued = Family::<One, Gauge>::default();
+    let up = Family::<One, Gauge>::default();
+    reg.register(
+        "sink_queued",
+        "Records waiting in a sink's queue",
+        queued.clone(),
+    );
+    reg.register(
+        "sink_up",
+        "1 when the sink's destination is reachable",
+        up.clone(),
+    );
+    for (name, c) in &lost.sinks {
+        ev("sink", name, "delivered", c.delivered);
+        ev("sink", name, "spooled", c.spooled);
+        ev("sink", name, "dropped_queue_full", c.dropped_queue_full);
+        ev("sink", name, "dropped_spool_full", c.dropped_spool_full);
+        ev("sink", name, "dropped_failed", c.dropped_failed);
+        ev("sink", name, "dropped_at_exit", c.dropped_at_exit);
+        let one = One { name: name.clone() };
+        queued
+            .get_or_create(&one)
+            .set(i64::try_from(c.queued).unwrap_or(i64::MAX));
+        up.get_or_create(&one).set(i64::from(c.up));
+    }
+    let generation = Gauge::<i64>::default();
+    generation.set(i64::try_from(s.generation).unwrap_or(i64::MAX));
+    reg.register(
+        "policy_generation",
+        "Policy generation in force",
+        generation,
+    );
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Family_ {
+        family: String,
+    }
+    let prefixes = Family::<Family_, Gauge>::default();
+    reg.register(
+        "policy_prefixes",
+        "Prefixes of the policy in force, by address family",
+        prefixes.clone(),
+    );
+    for (f, n) in [("ipv4", s.prefixes_v4), ("ipv6", s.prefixes_v6)] {
+        prefixes
+            .get_or_create(&Family_ { family: f.into() })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Outcome {
+        outcome: String,
+    }
+    let reloads = Family::<Outcome, Counter>::default();
+    reg.register("reloads", "Policy reloads by outcome", reloads.clone());
+    for (o, n) in [("ok", s.reloads_ok), ("failed", s.reloads_failed)] {
+        reloads
+            .get_or_create(&Outcome { outcome: o.into() })
+            .inc_by(n);
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct HookL {
+        hook: String,
+    }
+    let attached = Family::<HookL, Gauge>::default();
+    reg.register(
+        "hook_attached",
+        "1 when the hook is attached and runs egressd's program",
+        attached.clone(),
+    );
+    for (h, a) in &s.hooks {
+        attached
+            .get_or_create(&HookL { hook: (*h).into() })
+            .set(i64::from(*a));
+    }
+    let repairs = Counter::<u64>::default();
+    repairs.inc_by(s.tamper_repairs);
+    reg.register(
+        "tamper_repairs",
+        "Repairs of pinned enforcement changed behind egressd's back",
+        repairs,
+    );
+    reg.register(
+        "build",
+        "egressd build",
+        Info::new(vec![(
+            "version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        )]),
+    );
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg)?;
+    Ok(out)
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until the daemon loop goes away. Each
+/// request asks the loop for a [`Snapshot`] through `ask` (5 s timeout).
+pub async fn serve(listener: TcpListener, ask: mpsc::Sender<oneshot::Sender<Snapshot>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let ask = ask.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, ask).await {
+                tracing::debug!(error = %e, "metrics request");
+            }
+        });
+    }
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    ask: mpsc::Sender<oneshot::Sender<Snapshot>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let head = String::from_utf8_lossy(&buf);
+    let path = head.split_whitespace().nth(1).unwrap_or("");
+    let (status, ctype, body) = match path {
+        "/metrics" => match snapshot(&ask).await {
+            Some(s) => match render(&s) {
+                Ok(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+                Err(_) => (
+                    "500 Internal Server Error",
+                    "text/plain",
+                    "encoding\n".into(),
+                ),
+            },
+            None => (
+                "503 Service Unavailable",
+                "text/plain",
+                "the daemon did not answer\n".into(),
+            ),
+        },
+        "/healthz" => match snapshot(&ask).await {
+            Some(s) => {
+                let down: Vec<&str> = s
+                    .hooks
+                    .iter()
+                    .filter(|(_, a)| !a)
+                    .map(|(h, _)| *h)
+                    .collect();
+                if down.is_empty() && s.generation > 0 {
+                    ("200 OK", "text/plain", "ok\n".into())
+                } else {
+                    (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        format!("not attached: {}\n", down.join(", ")),
+                    )
+                }
+            }
+            None => (
+                "503 Service Unavailable",
+                "text/plain",
+                "the daemon did not answer\n".into(),
+            ),
+        },
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics or /healthz\n".into(),
+        ),
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(resp.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+async fn snapshot(ask: &mpsc::Sender<oneshot::Sender<Snapshot>>) -> Option<Snapshot> {
+    let (tx, rx) = oneshot::channel();
+    ask.send(tx).await.ok()?;
+    tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .ok()?
+        .ok()
+}

@@ -1,0 +1,425 @@
+//! Every bpffs and filesystem path egressd pins to, and the small pinned state record.
+//!
+//! Layout of a pin directory (default [`DEFAULT_PIN_DIR`]):
+//!
+//! ```text
+//! DIR/maps/EGRESSD_*_V1          every map of the eBPF object, pinned by its name
+//! DIR/links/connect4 ...         one bpf_link per hook (connect4, connect6, sendmsg4,
+//!                                sendmsg6, skb_egress, skb_ingress)
+//! DIR/EGRESSD_STATE_V1           BPF_MAP_TYPE_ARRAY, 1 entry of STATE_BYTES: the
+//!                                [`PinnedState`] as NUL-padded JSON
+//! ```
+//!
+//! Pins outlive the daemon: the hooks stay attached and keep judging with the pinned maps
+//! until `egressd detach` removes them. The `_V1` suffix of the map names is the layout
+//! version ([`egressd_common::maps`]); pins of another version are refused.
+use std::{
+    ffi::CString,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+/// Default pin directory (on the bpffs mounted at [`BPFFS_ROOT`]).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/egressd";
+/// Where bpffs is mounted when no bpffs is found above the pin directory.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Name of the pinned state map.
+pub const STATE_MAP: &str = "EGRESSD_STATE_V1";
+/// Value size of [`STATE_MAP`] in bytes.
+pub const STATE_BYTES: usize = 4096;
+/// Layout version of the pins this build writes and adopts (the `_V1` suffix).
+pub const LAYOUT_VERSION: &str = "V1";
+
+/// Hook link names under `DIR/links/`, by program name.
+pub const LINKS: [(&str, &str); 6] = [
+    (egressd_common::programs::CONNECT4, "connect4"),
+    (egressd_common::programs::CONNECT6, "connect6"),
+    (egressd_common::programs::SENDMSG4, "sendmsg4"),
+    (egressd_common::programs::SENDMSG6, "sendmsg6"),
+    (egressd_common::programs::SKB_EGRESS, "skb_egress"),
+    (egressd_common::programs::SKB_INGRESS, "skb_ingress"),
+];
+
+/// A pin directory and the paths inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinDir {
+    /// The directory, e.g. `/sys/fs/bpf/egressd`.
+    pub root: PathBuf,
+}
+
+/// What egressd records next to its pins, for `egressd status` and for adoption checks.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinnedState {
+    /// cgroup v2 directory the links attach to.
+    pub cgroup: String,
+    /// Policy generation last published (also in the generation map).
+    pub generation: u64,
+    /// Policy digest of that generation (`policy.digest`).
+    pub digest: String,
+    /// `enforce` or `audit`.
+    pub mode: String,
+    /// Region names by id (index = region id; 0 is `unknown`), to name counters.
+    pub regions: Vec<String>,
+    /// Prefixes loaded, IPv4 and IPv6.
+    pub prefixes_v4: usize,
+    /// See `prefixes_v4`.
+    pub prefixes_v6: usize,
+    /// egressd version that wrote this record.
+    pub version: String,
+    /// Unix time in seconds of the last write.
+    pub updated_unix: u64,
+}
+
+impl PinDir {
+    /// The pin directory `root` (not created yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// `DIR/maps`.
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    /// `DIR/maps/NAME`: the pin of map `name`.
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    /// `DIR/links`.
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    /// `DIR/links/HOOK` for a program name of [`LINKS`].
+    pub fn link(&self, program: &str) -> PathBuf {
+        let short = LINKS
+            .iter()
+            .find(|(p, _)| *p == program)
+            .map_or(program, |(_, s)| s);
+        self.links_dir().join(short)
+    }
+
+    /// `DIR/EGRESSD_STATE_V1`.
+    pub fn state(&self) -> PathBuf {
+        self.root.join(STATE_MAP)
+    }
+
+    /// True when any link pin exists (enforcement is pinned here).
+    pub fn has_links(&self) -> bool {
+        LINKS.iter().any(|(p, _)| self.link(p).exists())
+    }
+
+    /// True when the directory holds anything egressd pins.
+    pub fn exists(&self) -> bool {
+        self.state().exists() || self.has_links() || self.maps_dir().exists()
+    }
+
+    /// Makes sure the directory exists on a bpffs, mounting bpffs at [`BPFFS_ROOT`] when the
+    /// directory lies under it and nothing is mounted there.
+    ///
+    /// # Errors
+    /// The directory is not on a bpffs (and cannot be put on one), or cannot be created.
+    pub fn prepare(&self) -> anyhow::Result<()> {
+        let root = Path::new(BPFFS_ROOT);
+        if self.root.starts_with(root) && !is_bpffs(root) {
+            std::fs::create_dir_all(root).with_context(|| format!("creating {BPFFS_ROOT}"))?;
+            mount_bpffs(root)?;
+        }
+        std::fs::create_dir_all(self.maps_dir())
+            .with_context(|| format!("creating {}", self.maps_dir().display()))?;
+        std::fs::create_dir_all(self.links_dir())
+            .with_context(|| format!("creating {}", self.links_dir().display()))?;
+        if !is_bpffs(&self.root) {
+            bail!(
+                "pin directory {} is not on a BPF filesystem; use a directory under a bpffs \
+                 mount (`mount -t bpf bpf /sys/fs/bpf`)",
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses pins of another layout version: any `EGRESSD_*` pin whose name does not end
+    /// in `_V1`.
+    ///
+    /// # Errors
+    /// Names the offending pin and says to run `egressd detach` with the version that wrote
+    /// it.
+    pub fn check_layout(&self) -> anyhow::Result<()> {
+        for dir in [self.maps_dir(), self.root.clone()] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("EGRESSD_") && !name.ends_with(&format!("_{LAYOUT_VERSION}")) {
+                    bail!(
+                        "{} was pinned with another map layout than this egressd's \
+                         ({LAYOUT_VERSION}); refusing to adopt it. Detach it with the egressd \
+                         that pinned it (`egressd detach --pin-dir {}`), then start again",
+                        dir.join(&name).display(),
+                        self.root.display()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the pinned state record.
+    ///
+    /// # Errors
+    /// No state pin, or it does not hold a valid record.
+    pub fn read_state(&self) -> anyhow::Result<PinnedState> {
+        let path = self.state();
+        let fd = obj_get(&path)?;
+        let mut value = vec![0u8; STATE_BYTES];
+        let key = 0u32;
+        let mut attr = [0u64; 4];
+        attr[0] = u64::try_from(fd.as_raw_fd())?;
+        attr[1] = (&raw const key) as u64;
+        attr[2] = value.as_mut_ptr() as u64;
+        sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).context("reading the pinned state")?;
+        let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
+        serde_json::from_slice(&value[..end])
+            .with_context(|| format!("decoding the pinned state in {}", path.display()))
+    }
+
+    /// Writes the pinned state record, creating the state map on first use.
+    ///
+    /// # Errors
+    /// The record is larger than [`STATE_BYTES`] (it then drops region names), or a `bpf(2)`
+    /// call fails.
+    pub fn write_state(&self, state: &PinnedState) -> anyhow::Result<()> {
+        let path = self.state();
+        let fd = match obj_get(&path) {
+            Ok(fd) => fd,
+            Err(_) => {
+                let fd = create_state_map()?;
+                obj_pin(&fd, &path)?;
+                fd
+            }
+        };
+        let mut text = serde_json::to_vec(state)?;
+        if text.len() >= STATE_BYTES {
+            let mut short = state.clone();
+            short.regions.clear();
+            text = serde_json::to_vec(&short)?;
+        }
+        if text.len() >= STATE_BYTES {
+            bail!("the pinned state record is larger than {STATE_BYTES} bytes");
+        }
+        text.resize(STATE_BYTES, 0);
+        let key = 0u32;
+        let mut attr = [0u64; 4];
+        attr[0] = u64::try_from(fd.as_raw_fd())?;
+        attr[1] = (&raw const key) as u64;
+        attr[2] = text.as_ptr() as u64;
+        sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("writing the pinned state")?;
+        Ok(())
+    }
+
+    /// Removes everything pinned here: forcibly detaches each pinned link
+    /// (`BPF_LINK_DETACH`, so a running daemon's descriptors do not keep it attached),
+    /// unpins links, maps and the state, and removes the directories. Returns the paths
+    /// removed.
+    ///
+    /// # Errors
+    /// A pin that cannot be removed (the rest are still tried).
+    pub fn remove_all(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        let mut errors = Vec::new();
+        for (prog, _) in LINKS {
+            let path = self.link(prog);
+            if !path.exists() {
+                continue;
+            }
+            if let Ok(fd) = obj_get(&path) {
+                let mut attr = [0u64; 1];
+                attr[0] = u64::try_from(fd.as_raw_fd()).unwrap_or(0);
+                if let Err(e) = sys_bpf(BPF_LINK_DETACH, &mut attr) {
+                    tracing::warn!(link = %path.display(), error = %e, "BPF_LINK_DETACH");
+                }
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) => errors.push(format!("{}: {e}", path.display())),
+            }
+        }
+        let maps = std::fs::read_dir(self.maps_dir())
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for path in maps.into_iter().chain([self.state()]) {
+            if !path.exists() {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) => errors.push(format!("{}: {e}", path.display())),
+            }
+        }
+        for dir in [self.links_dir(), self.maps_dir(), self.root.clone()] {
+            if dir.exists()
+                && let Err(e) = std::fs::remove_dir(&dir)
+            {
+                errors.push(format!("{}: {e}", dir.display()));
+            }
+        }
+        if errors.is_empty() {
+            Ok(removed)
+        } else {
+            Err(anyhow!("could not remove: {}", errors.join("; ")))
+        }
+    }
+}
+
+/// Whether `path` is on a BPF filesystem (`statfs(2)` magic).
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct; `c` is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
+    r == 0 && st.f_type == BPF_FS_MAGIC
+}
+
+/// `mount -t bpf bpf PATH`.
+fn mount_bpffs(path: &Path) -> anyhow::Result<()> {
+    let target = CString::new(path.as_os_str().as_bytes())?;
+    let fs = c"bpf";
+    // SAFETY: all pointers are valid C strings; data is null.
+    let r = unsafe {
+        libc::mount(
+            fs.as_ptr(),
+            target.as_ptr(),
+            fs.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mounting bpffs at {}", path.display()));
+    }
+    tracing::info!(path = %path.display(), "mounted bpffs");
+    Ok(())
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+/// `BPF_LINK_UPDATE`: replace the program of a link atomically.
+pub(crate) const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// `bpf(cmd, attr, sizeof attr)` with `attr` as an array of u64 words (zero-padded).
+pub(crate) fn sys_bpf<const N: usize>(
+    cmd: libc::c_long,
+    attr: &mut [u64; N],
+) -> anyhow::Result<i64> {
+    // SAFETY: `attr` is a zero-padded bpf_attr prefix of the command's layout; pointers in
+    // it are valid for the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), N * 8) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("bpf(cmd {cmd})"));
+    }
+    Ok(r)
+}
+
+/// `BPF_OBJ_GET` of a pin.
+pub fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut attr = [0u64; 2];
+    attr[0] = c.as_ptr() as u64;
+    let fd =
+        sys_bpf(BPF_OBJ_GET, &mut attr).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: the kernel returned a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) })
+}
+
+fn obj_pin(fd: &OwnedFd, path: &Path) -> anyhow::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut attr = [0u64; 2];
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = u64::try_from(fd.as_fd().as_raw_fd())?;
+    sys_bpf(BPF_OBJ_PIN, &mut attr).with_context(|| format!("pinning {}", path.display()))?;
+    Ok(())
+}
+
+fn create_state_map() -> anyhow::Result<OwnedFd> {
+    // map_type (ARRAY = 2), key_size, value_size, max_entries, map_flags, inner_map_fd,
+    // numa_node (u32 each), then map_name[16] at byte 28.
+    let mut bytes = [0u8; 128];
+    let words: [u32; 4] = [2, 4, u32::try_from(STATE_BYTES)?, 1];
+    for (i, w) in words.iter().enumerate() {
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let name = b"EGRESSD_STATE";
+    bytes[28..28 + name.len()].copy_from_slice(name);
+    let mut attr = [0u64; 16];
+    for (i, chunk) in bytes.chunks_exact(8).enumerate() {
+        attr[i] = u64::from_ne_bytes(chunk.try_into()?);
+    }
+    let fd = sys_bpf(BPF_MAP_CREATE, &mut attr).context("creating the state map")?;
+    // SAFETY: the kernel returned a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) })
+}
+
+/// What the kernel says about a link: `bpf_link_info` for a cgroup link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LinkState {
+    /// Link id.
+    pub link_id: u32,
+    /// Program id the link runs.
+    pub program_id: u32,
+    /// cgroup id (inode) it is attached to; 0 once detached (`BPF_LINK_DETACH`).
+    pub cgroup_id: u64,
+}
+
+/// Reads `bpf_link_info` of a link descriptor.
+///
+/// # Errors
+/// The descriptor is not a link.
+pub fn link_state(fd: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<LinkState> {
+    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union { struct { u64 cgroup_id;
+    // u32 attach_type; } cgroup; ... } } padded to 8 bytes.
+    let mut info = [0u64; 8];
+    let mut attr = [0u64; 2];
+    attr[0] = u64::try_from(fd.as_raw_fd())? | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
+    Ok(LinkState {
+        link_id: (info[0] >> 32) as u32,
+        program_id: (info[1] & 0xffff_ffff) as u32,
+        cgroup_id: info[2],
+    })
+}
+
+/// Atomically replaces the program of link `link` with `program` (`BPF_LINK_UPDATE`).
+///
+/// # Errors
+/// The kernel refused (different attach type, or not a link).
+pub fn link_update(
+    link: std::os::fd::BorrowedFd<'_>,
+    program: std::os::fd::BorrowedFd<'_>,
+) -> anyhow::Result<()> {
+    // link_fd u32, new_prog_fd u32, flags u32, old_prog_fd u32.
+    let mut attr = [0u64; 2];
+    attr[0] = u64::try_from(link.as_raw_fd())? | (u64::try_from(program.as_raw_fd())? << 32);
+    sys_bpf(BPF_LINK_UPDATE, &mut attr).context("BPF_LINK_UPDATE")?;
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! `egressd status`: what pinned enforcement is doing, read from the pins alone (so it
+//! works whether or not the daemon runs): each hook's link and whether it is attached, the
+//! published policy generation and its digest (from the pinned state record, see
+//! [`crate::pin`]), and the kernel counters.
+use std::os::fd::AsFd as _;
+
+use anyhow::Context as _;
+use aya::maps::{Array, Map, MapData, PerCpuArray};
+use egressd_common::{COUNTER_SLOTS, HOOK_SLOTS, MAX_REGIONS, VERDICT_COUNT, counter_index, maps};
+use serde::Serialize;
+
+use crate::pin::{LINKS, LinkState, PinDir, PinnedState};
+
+/// One hook's pinned link.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookStatus {
+    /// Hook name, e.g. `connect4`.
+    pub hook: &'static str,
+    /// The link pin exists.
+    pub pinned: bool,
+    /// The link is attached to a cgroup (not detached with `BPF_LINK_DETACH`).
+    pub attached: bool,
+    /// Kernel's view of the link (ids, cgroup id), when pinned.
+    pub link: Option<LinkState>,
+}
+
+/// One non-zero counter.
+#[derive(Debug, Clone, Serialize)]
+pub struct CounterStatus {
+    /// Hook, e.g. `cgroup/connect4`.
+    pub hook: &'static str,
+    /// Region name (from the pinned state), `local`, or `region#ID` if unknown.
+    pub region: String,
+    /// `allow`, `deny` or `audit`.
+    pub verdict: &'static str,
+    /// Attempts since the maps were first pinned.
+    pub count: u64,
+}
+
+/// Everything `egressd status` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The pin directory.
+    pub pin_dir: String,
+    /// Hooks.
+    pub hooks: Vec<HookStatus>,
+    /// Generation published in the generation map (what the kernel uses).
+    pub generation: u64,
+    /// The state record the daemon wrote at its last install (digest, cgroup, ...).
+    pub state: Option<PinnedState>,
+    /// Non-zero decision counters.
+    pub counters: Vec<CounterStatus>,
+}
+
+/// Reads the pins under `dir`.
+///
+/// # Errors
+/// Nothing is pinned there, or a pinned map cannot be read (needs root / CAP_BPF).
+pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
+    let pins = PinDir::new(dir);
+    if !pins.exists() {
+        anyhow::bail!(
+            "nothing is pinned under {} (is egressd running with --pin-dir?)",
+            dir.display()
+        );
+    }
+    let hooks = LINKS
+        .iter()
+        .map(|(prog, short)| {
+            let link = crate::pin::obj_get(&pins.link(prog))
+                .and_then(|fd| crate::pin::link_state(fd.as_fd()))
+                .ok();
+            HookStatus {
+                hook: short,
+                pinned: pins.link(prog).exists(),
+                attached: link.is_some_and(|l| l.cgroup_id != 0),
+                link,
+            }
+        })
+        .collect();
+    let state = pins.read_state().ok();
+    let open = |name: &str| {
+        MapData::from_pin(pins.map(name)).with_context(|| format!("opening pinned map {name}"))
+    };
+    let generation: Array<_, u64> = Array::try_from(Map::Array(open(maps::GENERATION)?))?;
+    let generation = generation.get(&0, 0)?;
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(maps::COUNTERS)?))?;
+    let names = state
+        .as_ref()
+        .map(|s| s.regions.clone())
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for hook in 0..HOOK_SLOTS {
+        for region in 0..MAX_REGIONS {
+            for verdict in 0..VERDICT_COUNT {
+                let idx = counter_index(hook, region, verdict);
+                debug_assert!(idx < COUNTER_SLOTS);
+                let count: u64 = counters.get(&idx, 0)?.iter().sum();
+                if count == 0 {
+                    continue;
+                }
+                let region = if region == egressd_common::REGION_LOCAL {
+                    crate::config::LOCAL_REGION_NAME.to_owned()
+                } else {
+                    names
+                        .get(region as usize)
+                        .cloned()
+                        .unwrap_or_else(|| format!("region#{region}"))
+                };
+                rows.push(CounterStatus {
+                    hook: crate::events::hook_name(u8::try_from(hook)?),
+                    region,
+                    verdict: ["allow", "deny", "audit"][verdict as usize],
+                    count,
+                });
+            }
+        }
+    }
+    Ok(Status {
+        pin_dir: dir.display().to_string(),
+        hooks,
+        generation,
+        state,
+        counters: rows,
+    })
+}
+
+impl Status {
+    /// Human-readable rendering, one fact per line.
+    pub fn to_text(&self) -> String {
+        let mut s = format!("pin directory: {}\n", self.pin_dir);
+        if let Some(st) = &self.state {
+            s.push_str(&format!(
+                "cgroup: {}\npolicy: generation {} digest {} mode {} ({} IPv4, {} IPv6 \
+                 prefixes), written by egressd {}\n",
+                st.cgroup,
+                st.generation,
+                st.digest,
+                st.mode,
+                st.prefixes_v4,
+                st.prefixes_v6,
+                st.version
+            ));
+        }
+        s.push_str(&format!(
+            "generation in force: {}\nhooks:\n",
+            self.generation
+        ));
+        for h in &self.hooks {
+            let what = match (h.pinned, h.attached) {
+                (false, _) => "not pinned".to_owned(),
+                (true, false) => "pinned but DETACHED".to_owned(),
+                (true, true) => h.link.map_or_else(String::new, |l| {
+                    format!(
+                        "attached (link {}, program {}, cgroup id {})",
+                        l.link_id, l.program_id, l.cgroup_id
+                    )
+                }),
+            };
+            s.push_str(&format!("  {:<12} {what}\n", h.hook));
+        }
+        s.push_str("counters:\n");
+        for c in &self.counters {
+            s.push_str(&format!(
+                "  {:<18} {:<12} {:<6} {}\n",
+                c.hook, c.region, c.verdict, c.count
+            ));
+        }
+        s
+    }
+}

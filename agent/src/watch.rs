@@ -1,0 +1,176 @@
+//! Reload on file change: watches the main policy file and its drop-in directory.
+//!
+//! Directories are watched, not files, so every way a file gets replaced is seen: editors
+//! that write a temporary file and rename it over the original (vim, emacs), config
+//! management that does the same (Ansible's `template`, Puppet's `file`), plain rewrites,
+//! `rm`, and a drop-in directory that appears later. Events are debounced
+//! ([`DEBOUNCE`]) so a burst of writes gives one reload. Only the main file and `*.toml`
+//! files in the drop-in directory count; editor swap and backup files are ignored.
+//!
+//! A change leads to exactly what SIGHUP does (see `daemon`): a valid set of files is
+//! installed atomically, an invalid one changes nothing and is reported with
+//! `reload_failed`.
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use notify_debouncer_full::{
+    DebounceEventResult, Debouncer, RecommendedCache, new_debouncer,
+    notify::{RecommendedWatcher, RecursiveMode},
+};
+use tokio::sync::mpsc;
+
+/// Quiet time after the last change before a reload, in milliseconds.
+pub const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// A running watch; [`ConfigWatcher::changed`] resolves once per debounced change.
+pub struct ConfigWatcher {
+    debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
+    rx: mpsc::UnboundedReceiver<()>,
+    main: PathBuf,
+    watched: Vec<PathBuf>,
+}
+
+impl ConfigWatcher {
+    /// Watches `main` (its directory) and its drop-in directory (`drop_in_dir` from the
+    /// file, or `policy.d` beside it) if it exists.
+    ///
+    /// # Errors
+    /// inotify cannot be set up (e.g. `fs.inotify.max_user_instances` reached) or the main
+    /// file's directory cannot be watched.
+    pub fn new(main: &Path) -> anyhow::Result<Self> {
+        let main =
+            std::path::absolute(main).with_context(|| format!("resolving {}", main.display()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let filter_main = main.clone();
+        let debouncer = new_debouncer(DEBOUNCE, None, move |res: DebounceEventResult| {
+            let Ok(events) = res else {
+                return;
+            };
+            let dropins = drop_in_dir(&filter_main);
+            let relevant = events.iter().any(|e| {
+                e.paths
+                    .iter()
+                    .any(|p| is_relevant(p, &filter_main, dropins.as_deref()))
+            });
+            if relevant {
+                let _ = tx.send(());
+            }
+        })
+        .context("setting up the file watch (inotify)")?;
+        let mut w = Self {
+            debouncer,
+            rx,
+            main,
+            watched: Vec::new(),
+        };
+        let parent = w.main.parent().unwrap_or(Path::new("/")).to_path_buf();
+        w.debouncer
+            .watch(&parent, RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", parent.display()))?;
+        w.watched.push(parent);
+        w.refresh();
+        Ok(w)
+    }
+
+    /// Adds a watch on the drop-in directory if it exists now and is not watched yet (call
+    /// after each reload: the directory or `drop_in_dir` may have changed).
+    pub fn refresh(&mut self) {
+        let Some(dir) = drop_in_dir(&self.main) else {
+            return;
+        };
+        if self.watched.contains(&dir) || !dir.is_dir() {
+            return;
+        }
+        match self.debouncer.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "watching the drop-in directory");
+                self.watched.push(dir);
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch"),
+        }
+    }
+
+    /// Resolves at the next debounced change (`None` if the watch thread is gone).
+    pub async fn changed(&mut self) -> Option<()> {
+        let r = self.rx.recv().await;
+        // Coalesce changes that queued up meanwhile.
+        while self.rx.try_recv().is_ok() {}
+        r
+    }
+}
+
+/// The drop-in directory of `main`: `drop_in_dir` read from the file (relative to its
+/// directory), else `policy.d` beside it. `None` when the file cannot be read or parsed
+/// (the reload will report that).
+pub fn drop_in_dir(main: &Path) -> Option<PathBuf> {
+    let base = main.parent().unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(main).ok()?;
+    let value: toml::Table = toml::from_str(&text).ok()?;
+    Some(match value.get("drop_in_dir").and_then(|v| v.as_str()) {
+        Some(d) => base.join(d),
+        None => base.join("policy.d"),
+    })
+}
+
+/// Whether a change of `path` can change the loaded configuration.
+fn is_relevant(path: &Path, main: &Path, dropins: Option<&Path>) -> bool {
+    if path == main {
+        return true;
+    }
+    let Some(dir) = dropins else {
+        return false;
+    };
+    if path == dir {
+        return true;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    path.parent() == Some(dir)
+        && path.extension().is_some_and(|x| x == "toml")
+        && !name.starts_with('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relevant_paths() {
+        let main = Path::new("/etc/egressd/policy.toml");
+        let d = Path::new("/etc/egressd/policy.d");
+        assert!(is_relevant(main, main, Some(d)));
+        assert!(is_relevant(
+            Path::new("/etc/egressd/policy.d/a.toml"),
+            main,
+            Some(d)
+        ));
+        assert!(is_relevant(d, main, Some(d)));
+        assert!(!is_relevant(
+            Path::new("/etc/egressd/.policy.toml.swp"),
+            main,
+            Some(d)
+        ));
+        assert!(!is_relevant(
+            Path::new("/etc/egressd/policy.toml~"),
+            main,
+            Some(d)
+        ));
+        assert!(!is_relevant(
+            Path::new("/etc/egressd/policy.d/.a.toml.swp"),
+            main,
+            Some(d)
+        ));
+        assert!(!is_relevant(
+            Path::new("/etc/egressd/policy.d/a.toml.bak"),
+            main,
+            Some(d)
+        ));
+        assert!(!is_relevant(
+            Path::new("/etc/egressd/other.toml"),
+            main,
+            Some(d)
+        ));
+    }
+}

@@ -1,0 +1,541 @@
+//! Running on a fleet: pinned enforcement that survives `kill -9` and restarts, `status`
+//! and `detach`, tamper repair (with bpftool), the Prometheus endpoint, and reload on file
+//! change.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use egressd_testbed::{EU_V4, PORT, Testbed, US_V4, client::ProbeResult};
+use libtest_mimic::Failed;
+use serde_json::Value;
+
+use super::harness::*;
+
+/// A unique pin directory under /sys/fs/bpf; everything pinned there is removed on drop.
+struct Pins(PathBuf);
+
+impl Pins {
+    fn new() -> Self {
+        Self(Path::new("/sys/fs/bpf").join(egressd_testbed::unique("egressd-test-")))
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let dir = egressd::pin::PinDir::new(&self.0);
+        if dir.exists() {
+            let _ = dir.remove_all();
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `egressd run` with extra arguments; its stdout records are collected.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<Value>,
+}
+
+impl Daemon {
+    fn start(tb: &Testbed, config: &Path, extra: &[&str]) -> Result<Self, Failed> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_egressd"))
+            .args(["run", "--config"])
+            .arg(config)
+            .arg("--cgroup")
+            .arg(tb.cgroup.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning egressd: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = Self {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        };
+        d.wait_for("agent_start", Duration::from_secs(30))?;
+        Ok(d)
+    }
+
+    /// Waits for the next record of type `kind` and returns it.
+    fn wait_for(&mut self, kind: &str, within: Duration) -> Result<Value, Failed> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(l) => {
+                    let v: Value =
+                        serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?;
+                    self.seen.push(v.clone());
+                    if v["type"] == kind {
+                        return Ok(v);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(st)) = self.child.try_wait() {
+                        return Err(format!("egressd exited ({st}) waiting for {kind}").into());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(format!("egressd closed stdout waiting for {kind}").into());
+                }
+            }
+        }
+        Err(format!("no {kind} record within {within:?}").into())
+    }
+
+    fn kill9(mut self) -> Result<(), Failed> {
+        self.child.kill().map_err(|e| e.to_string())?;
+        self.child.wait().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn sigterm(mut self) -> Result<Vec<Value>, Failed> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let st = self.child.wait().map_err(|e| e.to_string())?;
+        if !st.success() {
+            return Err(format!("egressd exited with {st}").into());
+        }
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(1)) {
+            self.seen
+                .push(serde_json::from_str(&l).map_err(|e| format!("{l}: {e}"))?);
+        }
+        Ok(std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn egressd(args: &[&str]) -> Result<String, Failed> {
+    let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "egressd {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn status(pins: &Pins) -> Result<Value, Failed> {
+    let dir = pins.0.to_string_lossy().into_owned();
+    let text = egressd(&["status", "--json", "--pin-dir", &dir])?;
+    serde_json::from_str(&text).map_err(|e| format!("status JSON {text}: {e}").into())
+}
+
+fn status_count(st: &Value, hook: &str, region: &str, verdict: &str) -> u64 {
+    st["counters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["hook"] == hook && c["region"] == region && c["verdict"] == verdict)
+        .map(|c| c["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn write_config(dir: &TempDir, text: &str) -> Result<PathBuf, Failed> {
+    let cfg = dir.0.join("policy.toml");
+    std::fs::write(&cfg, text).map_err(|e| format!("writing policy: {e}"))?;
+    Ok(cfg)
+}
+
+fn tempdir() -> Result<TempDir, Failed> {
+    let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-fleet-")));
+    std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
+    Ok(dir)
+}
+
+fn probe_us_denied(tb: &Testbed) -> Result<(), Failed> {
+    let r = probe(tb, 1, &[tcp(US_V4), tcp(EU_V4)])?;
+    expect_eperm(&r[0])?;
+    expect_ok(&r[1])
+}
+
+/// kill -9: denied stays denied. Restart: adopts the pins, a connection loop across the
+/// restart sees no leak and no false deny, the generation and counters continue. SIGTERM
+/// leaves enforcement in place; `detach` ends it.
+pub fn pinned_restart() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = write_config(&dir, &policy("enforce"))?;
+    let pins = Pins::new();
+    let pin_arg = pins.0.to_string_lossy().into_owned();
+    let d = Daemon::start(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    probe_us_denied(&tb)?;
+    let st1 = status(&pins)?;
+    if st1["generation"] != 1 || st1["hooks"].as_array().map_or(0, |h| h.len()) != 6 {
+        return Err(format!("status after start: {st1}").into());
+    }
+    if st1["hooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|h| h["attached"] != true)
+    {
+        return Err(format!("a hook is not attached: {st1}").into());
+    }
+    let deny1 = status_count(&st1, "cgroup/connect4", "us", "deny");
+    if deny1 != 1 {
+        return Err(format!("want 1 deny counted, status says {deny1}: {st1}").into());
+    }
+    d.kill9()?;
+    // No daemon: still enforced, still counted.
+    probe_us_denied(&tb)?;
+    let st2 = status(&pins)?;
+    if status_count(&st2, "cgroup/connect4", "us", "deny") != 2 {
+        return Err(format!("counters after kill -9: {st2}").into());
+    }
+    // A loop across the restart.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let looper = Command::new(exe)
+        .arg(PROBE_ARG)
+        .arg("--cgroup")
+        .arg(tb.cgroup.path())
+        .args(["--netns", tb.client.name(), "--for-ms", "3000"])
+        .args([tcp(US_V4), tcp(EU_V4)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let reader = std::thread::spawn(move || looper.wait_with_output());
+    std::thread::sleep(Duration::from_millis(300));
+    let d = Daemon::start(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    let out = reader
+        .join()
+        .map_err(|_| "probe thread panicked")?
+        .map_err(|e| e.to_string())?;
+    let results: Vec<ProbeResult> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("probe output: {e}"))?;
+    let us = tcp(US_V4);
+    let leaks = results.iter().filter(|r| r.probe == us && r.ok).count();
+    let wrong = results
+        .iter()
+        .filter(|r| r.probe == us && !r.ok && r.errno != Some(EPERM))
+        .count();
+    let eu_failed = results.iter().filter(|r| r.probe != us && !r.ok).count();
+    let attempts = results.iter().filter(|r| r.probe == us).count() as u64;
+    if leaks + wrong + eu_failed > 0 || attempts < 10 {
+        return Err(format!(
+            "across the restart: {leaks} leaks, {wrong} other errors, {eu_failed} eu failures \
+             in {} attempts",
+            results.len()
+        )
+        .into());
+    }
+    let st3 = status(&pins)?;
+    if st3["generation"] != 2 {
+        return Err(format!("the adopting daemon should publish generation 2: {st3}").into());
+    }
+    let deny3 = status_count(&st3, "cgroup/connect4", "us", "deny");
+    if deny3 != 2 + attempts {
+        return Err(format!(
+            "counters must continue: want {} denies (2 before + {attempts}), got {deny3}",
+            2 + attempts
+        )
+        .into());
+    }
+    // SIGTERM with pins: enforcement stays.
+    let recs = d.sigterm()?;
+    if !recs.iter().any(|r| r["type"] == "agent_stop") {
+        return Err("no agent_stop".into());
+    }
+    probe_us_denied(&tb)?;
+    egressd(&["detach", "--pin-dir", &pin_arg])?;
+    if pins.0.exists() {
+        return Err(format!("{} still exists after detach", pins.0.display()).into());
+    }
+    let r = probe(&tb, 1, &[tcp(US_V4)])?;
+    expect_ok(&r[0])
+}
+
+/// Layout check: a pin of another layout version is refused with a clear error.
+pub fn pinned_other_layout_refused() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = write_config(&dir, &policy("enforce"))?;
+    let pins = Pins::new();
+    let maps = pins.0.join("maps");
+    // bpffs: create the directories, then pin some map under a V0 name with bpftool.
+    std::fs::create_dir_all(&maps).map_err(|e| e.to_string())?;
+    let st = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(maps.join("EGRESSD_COUNTERS_V0"))
+        .args([
+            "type", "array", "key", "4", "value", "8", "entries", "1", "name", "old",
+        ])
+        .status()
+        .map_err(|e| format!("bpftool: {e}"))?;
+    if !st.success() {
+        return Err("bpftool map create failed".into());
+    }
+    let pin_arg = pins.0.to_string_lossy().into_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--cgroup")
+        .arg(tb.cgroup.path())
+        .args(["--pin-dir", &pin_arg])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !err.contains("another map layout") {
+        return Err(format!("want a layout refusal, got {}: {err}", out.status).into());
+    }
+    Ok(())
+}
+
+/// Detach a pinned link and reset the policy generation with bpftool: egressd notices
+/// within a second, restores both, and reports `tamper_repaired`.
+pub fn tamper_repaired() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = write_config(&dir, &policy("enforce"))?;
+    let pins = Pins::new();
+    let pin_arg = pins.0.to_string_lossy().into_owned();
+    let mut d = Daemon::start(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    probe_us_denied(&tb)?;
+    let bpftool = |args: &[&str]| -> Result<(), Failed> {
+        let out = Command::new("bpftool")
+            .args(args)
+            .output()
+            .map_err(|e| format!("bpftool: {e}"))?;
+        if !out.status.success() {
+            return Err(
+                format!("bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into(),
+            );
+        }
+        Ok(())
+    };
+    let link = pins.0.join("links/connect4").to_string_lossy().into_owned();
+    let t0 = Instant::now();
+    bpftool(&["link", "detach", "pinned", &link])?;
+    let rec = d.wait_for("tamper_repaired", Duration::from_secs(1))?;
+    let took = t0.elapsed();
+    if !rec["repairs"].to_string().contains("connect4") {
+        return Err(format!("repair record does not name connect4: {rec}").into());
+    }
+    probe_us_denied(&tb)?;
+    // Generation 0 means "no policy: allow everything".
+    let genmap = pins
+        .0
+        .join("maps/EGRESSD_GENERATION_V1")
+        .to_string_lossy()
+        .into_owned();
+    let mut cmd = vec![
+        "map", "update", "pinned", &genmap, "key", "0", "0", "0", "0", "value",
+    ];
+    cmd.extend(["0"; 8]);
+    bpftool(&cmd)?;
+    let rec = d.wait_for("tamper_repaired", Duration::from_secs(1))?;
+    if !rec["repairs"].to_string().contains("generation") {
+        return Err(format!("repair record does not name the generation: {rec}").into());
+    }
+    probe_us_denied(&tb)?;
+    eprintln!("link detach noticed and repaired in {took:?}");
+    Ok(())
+}
+
+fn free_port() -> Result<u16, Failed> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn http_get(port: u16, path: &str) -> Result<(u16, String), Failed> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad HTTP response {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((code, body))
+}
+
+/// Value of the sample `name{labels}` in a Prometheus text body (labels in any order).
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines().find_map(|l| {
+        let (head, value) = l.rsplit_once(' ')?;
+        let (n, rest) = head.split_once('{').unwrap_or((head, "}"));
+        if n != name {
+            return None;
+        }
+        let set = rest.trim_end_matches('}');
+        let ok = labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        if ok { value.parse().ok() } else { None }
+    })
+}
+
+/// Scrape /metrics after a known number of attempts: the connection counters equal them
+/// and equal the kernel counters in `agent_stop`; /healthz is 200.
+pub fn metrics_equal_counters() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = write_config(&dir, &policy("enforce"))?;
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start(&tb, &cfg, &["--metrics", &addr])?;
+    let n = 7;
+    let r = probe(&tb, n, &[tcp(US_V4), tcp(EU_V4), udp(US_V4)])?;
+    if r.iter().filter(|x| x.ok).count() != n as usize {
+        return Err(format!("want {n} successes: {r:?}").into());
+    }
+    let (code, health) = http_get(port, "/healthz")?;
+    if code != 200 {
+        return Err(format!("/healthz: {code} {health}").into());
+    }
+    let (code, body) = http_get(port, "/metrics")?;
+    if code != 200 {
+        return Err(format!("/metrics: {code} {body}").into());
+    }
+    let conn = |hook: &str, region: &str, verdict: &str| {
+        sample(
+            &body,
+            "egressd_connections_total",
+            &[("hook", hook), ("region", region), ("verdict", verdict)],
+        )
+        .unwrap_or(0.0) as u64
+    };
+    let want = [
+        ("cgroup/connect4", "us", "deny", u64::from(n) * 2),
+        ("cgroup/connect4", "eu", "allow", u64::from(n)),
+    ];
+    for (h, reg, v, w) in want {
+        if conn(h, reg, v) != w {
+            return Err(format!(
+                "{h} {reg} {v}: metrics say {}, want {w}\n{body}",
+                conn(h, reg, v)
+            )
+            .into());
+        }
+    }
+    for (name, labels, w) in [
+        ("egressd_policy_generation", vec![], 1.0),
+        ("egressd_policy_prefixes", vec![("family", "ipv4")], 2.0),
+        (
+            "egressd_hook_attached",
+            vec![("hook", "cgroup/connect4")],
+            1.0,
+        ),
+        ("egressd_reloads_total", vec![("outcome", "ok")], 0.0),
+        (
+            "egressd_build_info",
+            vec![("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        ),
+    ] {
+        if sample(&body, name, &labels) != Some(w) {
+            return Err(format!("{name}{labels:?}: want {w}\n{body}").into());
+        }
+    }
+    let emitted = sample(
+        &body,
+        "egressd_events_total",
+        &[("stage", "ringbuf"), ("outcome", "emitted")],
+    )
+    .unwrap_or(-1.0);
+    let suppressed = sample(
+        &body,
+        "egressd_events_total",
+        &[("stage", "kernel"), ("outcome", "suppressed")],
+    )
+    .unwrap_or(-1.0);
+    if emitted + suppressed != f64::from(n * 2) || emitted < 1.0 {
+        return Err(format!(
+            "events: {emitted} emitted + {suppressed} suppressed != {}\n{body}",
+            n * 2
+        )
+        .into());
+    }
+    let recs = d.sigterm()?;
+    let stop = stop_record(&recs)?;
+    for (h, reg, v, w) in want {
+        if counter(stop, h, reg, v) != w {
+            return Err(format!("agent_stop disagrees for {h} {reg} {v}: {stop}").into());
+        }
+    }
+    Ok(())
+}
+
+/// `--watch`: replacing the policy file (rename over it, as editors and Ansible do) reloads
+/// it; an invalid replacement changes nothing and is reported with `reload_failed`; a new
+/// drop-in file reloads too.
+pub fn watch_reloads_on_change() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let base = "[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n[regions.us]\nprefixes = [\"198.18.2.0/24\"]\n";
+    let cfg = write_config(&dir, &format!("allowlist = [\"eu\"]\n{base}"))?;
+    let mut d = Daemon::start(&tb, &cfg, &["--watch"])?;
+    probe_us_denied(&tb)?;
+    let replace = |text: &str| -> Result<(), Failed> {
+        let tmp = dir.0.join(".policy.toml.tmp");
+        std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &cfg).map_err(|e| e.to_string().into())
+    };
+    replace(&format!("allowlist = [\"eu\", \"us\"]\n{base}"))?;
+    let rec = d.wait_for("policy_loaded", Duration::from_secs(5))?;
+    assert_field(&rec, "/policy/generation", "2")?;
+    let r = probe(&tb, 1, &[tcp(US_V4)])?;
+    expect_ok(&r[0])?;
+    // Invalid: host bits set. Nothing changes.
+    replace("allowlist = [\"eu\"]\n[regions.eu]\nprefixes = [\"198.18.1.1/24\"]\n")?;
+    let rec = d.wait_for("reload_failed", Duration::from_secs(5))?;
+    assert_field(&rec, "/generation_in_force", "2")?;
+    let r = probe(&tb, 1, &[tcp(US_V4)])?;
+    expect_ok(&r[0])?;
+    // Back to eu only, then a drop-in that allowlists us.
+    replace(&format!("allowlist = [\"eu\"]\n{base}"))?;
+    let rec = d.wait_for("policy_loaded", Duration::from_secs(5))?;
+    assert_field(&rec, "/policy/generation", "3")?;
+    probe_us_denied(&tb)?;
+    let dropins = dir.0.join("policy.d");
+    std::fs::create_dir_all(&dropins).map_err(|e| e.to_string())?;
+    let rec = d.wait_for("policy_loaded", Duration::from_secs(5))?;
+    assert_field(&rec, "/policy/generation", "4")?;
+    std::fs::write(dropins.join("us.toml"), "allowlist = [\"us\"]\n").map_err(|e| e.to_string())?;
+    let rec = d.wait_for("policy_loaded", Duration::from_secs(5))?;
+    assert_field(&rec, "/policy/generation", "5")?;
+    let r = probe(&tb, 1, &[tcp(US_V4)])?;
+    expect_ok(&r[0])?;
+    let _ = PORT;
+    d.sigterm()?;
+    Ok(())
+}
