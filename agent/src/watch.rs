@@ -117,6 +117,10 @@ fn is_relevant(path: &Path, main: &Path, dropins: Option<&Path>) -> bool {
     if path == main {
         return true;
     }
+    // Kubernetes ConfigMap and Secret volumes swap a `..data` symlink atomically.
+    if path.file_name().is_some_and(|n| n == "..data") {
+        return true;
+    }
     let Some(dir) = dropins else {
         return false;
     };
