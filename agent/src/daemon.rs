@@ -5,6 +5,8 @@
 //! `connection` events as the kernel reports them, `heartbeat` every `heartbeat_secs`,
 //! `policy_loaded` or `reload_failed` after each SIGHUP, and `agent_stop` with the final
 //! counters. Signals: SIGHUP reloads the policy, SIGUSR1 reopens file sinks (logrotate).
+//! With a pin directory ([`RunOptions::pin_dir`]) the programs stay attached at exit and a
+//! `tamper_repaired` record reports repairs of pinned state; see [`run_with`].
 use std::{
     path::{Path, PathBuf},
     sync::Arc,

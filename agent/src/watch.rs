@@ -3,7 +3,8 @@
 //! Directories are watched, not files, so every way a file gets replaced is seen: editors
 //! that write a temporary file and rename it over the original (vim, emacs), config
 //! management that does the same (Ansible's `template`, Puppet's `file`), plain rewrites,
-//! `rm`, and a drop-in directory that appears later. Events are debounced
+//! `rm`, a drop-in directory that appears later, and the `..data` symlink swap of a
+//! Kubernetes ConfigMap volume. Events are debounced
 //! ([`DEBOUNCE`]) so a burst of writes gives one reload. Only the main file and `*.toml`
 //! files in the drop-in directory count; editor swap and backup files are ignored.
 //!
@@ -176,5 +177,6 @@ mod tests {
             main,
             Some(d)
         ));
+        assert!(is_relevant(Path::new("/etc/egressd/..data"), main, Some(d)));
     }
 }

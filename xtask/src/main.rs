@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's automation. Every command that needs the eBPF toolchain runs
 //! [`setup::ensure`] first, so each works on a fresh machine (as root).
 mod demo;
+mod package;
 mod setup;
 mod sh;
 
@@ -29,6 +30,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package (cargo-deb: binary, systemd unit, example policy) and check
+    /// it by installing it into a throwaway root (`dpkg -x`); prints the .deb's path.
+    Package,
     /// Internal: the probe client the demo runs inside the sandbox.
     #[command(hide = true)]
     Probe {
@@ -46,6 +50,7 @@ fn main() -> std::process::ExitCode {
             .and_then(|()| build())
             .and_then(|()| demo::run()),
         Cmd::Test { args } => setup::ensure().and_then(|()| test(&args)),
+        Cmd::Package => setup::ensure().and_then(|()| package::run().map(|_| ())),
         Cmd::Probe { args } => {
             return std::process::ExitCode::from(egressd_testbed::client::main(&args) as u8);
         }

@@ -79,7 +79,25 @@ pub fn ensure() -> anyhow::Result<()> {
             "llvm-22",
         ]))?;
     }
-    Ok(())
+    ensure_cargo_deb()
+}
+
+/// cargo-deb release `cargo xtask package` uses.
+const CARGO_DEB_VERSION: &str = "3";
+
+/// Installs cargo-deb (for `cargo xtask package`) if `cargo deb` is missing.
+pub fn ensure_cargo_deb() -> anyhow::Result<()> {
+    if sh::output(Command::new("cargo").args(["deb", "--version"])).is_some() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-deb {CARGO_DEB_VERSION} (a minute or two)");
+    sh::run(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        &format!("^{CARGO_DEB_VERSION}"),
+    ]))
 }
 
 /// Effective uid is 0.
