@@ -83,7 +83,16 @@ struct Pins {
     cgroup: PathBuf,
     /// Sets whose contents this process did not write (adopted): cleared before filling.
     unknown: [bool; 2],
+    /// Calls of [`Enforcer::verify_and_repair`] so far (large policies are compared with
+    /// the maps only every [`LARGE_CHECK_EVERY`] calls).
+    checks: u64,
 }
+
+/// Policies with more prefixes than this are compared with the maps less often, since the
+/// comparison reads every trie entry.
+const LARGE_POLICY: usize = 100_000;
+/// See [`Pins::checks`].
+const LARGE_CHECK_EVERY: u64 = 40;
 
 /// How [`Enforcer::load_pinned`] came to enforce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -235,6 +244,7 @@ impl Enforcer {
             dir: dir.clone(),
             cgroup: cgroup.to_path_buf(),
             unknown: [previous > 0; 2],
+            checks: 0,
         });
         e.install(policy)?;
         e.attach(cgroup)?;
@@ -290,7 +300,9 @@ impl Enforcer {
     /// In pinned mode, checks every pinned link: the pin exists, is attached to our cgroup
     /// and runs our program. A link found missing, detached or replaced is restored (the
     /// program re-attached and pinned again, or swapped back with `BPF_LINK_UPDATE`); the
-    /// published generation and the active set's settings are rewritten if they changed.
+    /// published generation is rewritten if it changed, and the active set is refilled if
+    /// its tries, entries or settings differ from the policy (for policies of more than
+    /// 100,000 prefixes this comparison runs every 40th call only).
     /// Returns one line per repair (empty: nothing was wrong).
     ///
     /// # Errors
@@ -351,7 +363,13 @@ impl Enforcer {
             ));
         }
         let set = set_of(self.generation);
+        let checks = self.pins.as_mut().map_or(0, |p| {
+            p.checks += 1;
+            p.checks
+        });
         if let Some(policy) = self.sets[set].clone()
+            && (policy.lpm_v4.len() + policy.lpm_v6.len() <= LARGE_POLICY
+                || checks.is_multiple_of(LARGE_CHECK_EVERY))
             && !self.set_matches(set, &policy)?
         {
             fill_set(&mut self.ebpf, set, None, &policy, self.generation)?;

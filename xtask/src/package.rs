@@ -73,9 +73,13 @@ fn check_root(deb: &Path, root: &Path) -> anyhow::Result<()> {
     }
     for (file, mode) in FILES {
         let p = root.join(file);
-        let meta = std::fs::metadata(&p).with_context(|| format!("{file} missing from {}", deb.display()))?;
+        let meta = std::fs::metadata(&p)
+            .with_context(|| format!("{file} missing from {}", deb.display()))?;
         if meta.permissions().mode() & 0o777 != *mode {
-            bail!("{file}: mode {:o}, want {mode:o}", meta.permissions().mode() & 0o777);
+            bail!(
+                "{file}: mode {:o}, want {mode:o}",
+                meta.permissions().mode() & 0o777
+            );
         }
     }
     let bin = root.join("usr/bin/egressd");
