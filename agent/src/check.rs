@@ -105,9 +105,17 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
     if !cfg.rules.is_empty() {
         let _ = writeln!(out, "rules:     {}", cfg.rules.len());
         for r in &cfg.rules {
-            let proto = r
-                .protocol
-                .map_or_else(|| "any".to_owned(), |p| p.to_string());
+            let proto = r.protocol.map_or_else(
+                || "any".to_owned(),
+                |p| match p {
+                    1 => "icmp".to_owned(),
+                    6 => "tcp".to_owned(),
+                    17 => "udp".to_owned(),
+                    58 => "ipv6-icmp".to_owned(),
+                    132 => "sctp".to_owned(),
+                    n => n.to_string(),
+                },
+            );
             let ports = r.ports.map_or_else(
                 || "any".to_owned(),
                 |(lo, hi)| {
@@ -132,10 +140,10 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
             );
         }
     }
-    if cfg.default != crate::config::Action::Deny {
+    if !cfg.rules.is_empty() || cfg.default != crate::config::Action::Deny {
         let _ = writeln!(
             out,
-            "default:   {} (destinations in no region)",
+            "default:   {} (destinations in no region and under no rule)",
             cfg.default.as_str()
         );
     }
@@ -270,6 +278,12 @@ fn nested_warning(
     pid: u32,
     outcome: &str,
 ) -> String {
+    // The inner region's own mode decides what "not allowed" means there.
+    let outcome = match policy.region_modes.get(id as usize).copied().flatten() {
+        Some(Mode::Audit) => "reported (region in audit mode)",
+        Some(Mode::Enforce) => "denied",
+        None => outcome,
+    };
     format!(
         "{inner} (region `{}`, not allowlisted) lies inside {outer} (region `{}`, allowlisted): \
          connections to it will be {outcome} because the longest prefix wins",

@@ -152,6 +152,16 @@ impl Rule {
     pub fn is_specific(&self) -> bool {
         self.protocol.is_some() || self.ports.is_some()
     }
+
+    /// How specific the rule is at its prefix: 2 with ports, 1 with a protocol only, 0
+    /// otherwise. At equal prefix the more specific rule wins.
+    pub fn specificity(&self) -> u8 {
+        if self.ports.is_some() {
+            2
+        } else {
+            u8::from(self.protocol.is_some())
+        }
+    }
 }
 
 /// One `[regions.NAME]` table.
@@ -284,11 +294,27 @@ pub fn load_all(path: &Path) -> Result<(Config, Output), ConfigError> {
     let mut drop_ins = Vec::new();
     match std::fs::read_dir(&dir) {
         Ok(entries) => {
+            // Every `*.toml` not starting with a dot; a name that cannot be read as a file
+            // (a dangling link, a directory) is an error, never silently skipped.
             let mut files: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .filter(|p| {
+                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                    name.is_some_and(|n| n.ends_with(".toml") && !n.starts_with('.'))
+                })
                 .collect();
             files.sort();
+            if let Some(bad) = files.iter().find(|p| !p.is_file()) {
+                return Err(ConfigError {
+                    file: bad.clone(),
+                    line: 0,
+                    column: 0,
+                    field: String::new(),
+                    message: "drop-in is not a readable regular file (a dangling link or a \
+                              directory?)"
+                        .into(),
+                });
+            }
             for f in files {
                 let t = read(&f)?;
                 drop_ins.push((f, t));
@@ -2552,9 +2578,16 @@ mod tests {
         )
         .expect("write");
         std::fs::write(dir.join("policy.d/ignored.txt"), "not toml").expect("write");
+        std::fs::write(dir.join("policy.d/.editor-swap.toml"), "not toml").expect("write");
         let c = load(&dir.join("egressd.toml")).expect("valid");
         assert_eq!(c.regions[0].name, "eu");
         assert_eq!(c.drop_ins, vec![dir.join("policy.d/eu.toml")]);
+        // A dangling link named *.toml is an error, not a silent skip.
+        std::os::unix::fs::symlink(dir.join("nowhere.toml"), dir.join("policy.d/zz.toml"))
+            .expect("symlink");
+        let e = load(&dir.join("egressd.toml")).expect_err("dangling");
+        assert_eq!(e.file, dir.join("policy.d/zz.toml"));
+        std::fs::remove_file(dir.join("policy.d/zz.toml")).expect("rm");
         std::fs::write(
             dir.join("egressd.toml"),
             "allowlist = [\"eu\"]\ndrop_in_dir = \"nowhere\"\n",

@@ -235,7 +235,7 @@ pub struct PolicyRef {
 pub struct Rule {
     /// Rule id from the kernel; 0 means the region allowlist decided.
     pub id: u32,
-    /// `"allowlist"` for id 0, else the rule's `name` (`"rule-{id}"` if the policy that
+    /// `"allowlist"` for id 0, `"default"` for the policy default, else the rule's `name` (`"rule-{id}"` if the policy that
     /// judged is no longer known).
     pub name: String,
 }
@@ -434,6 +434,8 @@ pub fn build(
             // The policy's rule name; "allowlist" for region allowlist and default decisions.
             name: if ev.rule == 0 {
                 "allowlist".into()
+            } else if ev.rule == egressd_common::RULE_DEFAULT {
+                "default".into()
             } else {
                 policy
                     .rule_name(ev.rule)

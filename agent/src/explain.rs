@@ -1074,7 +1074,15 @@ mod tests {
             );
             assert_eq!(
                 (e.verdict, e.region_id, e.rule.as_ref().map_or(0, |r| r.id)),
-                (want.verdict, want.region, want.rule),
+                (
+                    want.verdict,
+                    want.region,
+                    if want.rule == egressd_common::RULE_DEFAULT {
+                        0
+                    } else {
+                        want.rule
+                    }
+                ),
                 "{s}"
             );
         }

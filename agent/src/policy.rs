@@ -11,7 +11,8 @@
 //! Candidates for a destination are its region memberships (portless: allow if the region is
 //! allowlisted, else deny) and the rules whose destinations contain it (specific if they
 //! name a protocol or ports, and then only if those match). The candidate with the longest
-//! prefix wins; at equal prefix a specific rule beats a portless one; at a full tie an
+//! prefix wins; at equal prefix a rule with ports beats one with a protocol only, which beats
+//! one with neither (and region membership); at a full tie an
 //! enforcing deny beats an auditing deny, which beats an allow. No candidate: the policy
 //! `default`. A deny in audit mode (rule, else region, else policy `mode`) lets the
 //! connection through and reports it.
@@ -230,7 +231,7 @@ impl Policy {
         let region = self.region_of(addr);
         // (prefix length, specific, rank, rule id preference) of the best candidate so far.
         let mut best: Option<(Rank, Action, bool, u32)> = None;
-        let mut offer = |len: u8, specific: bool, action: Action, audit: bool, rule: u32| {
+        let mut offer = |len: u8, specific: u8, action: Action, audit: bool, rule: u32| {
             let rank = match (action, audit) {
                 (Action::Deny, false) => 2,
                 (Action::Deny, true) => 1,
@@ -247,7 +248,7 @@ impl Policy {
         for (len, id) in self.memberships(addr) {
             let allow = self.allowed.get(id as usize).copied().unwrap_or(false);
             let action = if allow { Action::Allow } else { Action::Deny };
-            offer(len, false, action, self.audit_of(None, Some(id)), 0);
+            offer(len, 0, action, self.audit_of(None, Some(id)), 0);
         }
         for r in &self.rules {
             if r.is_specific() {
@@ -263,7 +264,7 @@ impl Policy {
                         if net.contains(addr) {
                             offer(
                                 net.prefix(),
-                                r.is_specific(),
+                                r.specificity(),
                                 r.action,
                                 self.audit_of(r.mode, None),
                                 r.id,
@@ -278,7 +279,7 @@ impl Policy {
                         for (len, rid) in self.memberships(addr) {
                             if rid == id {
                                 let audit = self.audit_of(r.mode, Some(id));
-                                offer(len, r.is_specific(), r.action, audit, r.id);
+                                offer(len, r.specificity(), r.action, audit, r.id);
                             }
                         }
                     }
@@ -287,7 +288,11 @@ impl Policy {
         }
         let (action, audit, rule) = match best {
             Some((_, a, audit, rule)) => (a, audit, rule),
-            None => (self.default, self.mode == Mode::Audit, 0),
+            None => (
+                self.default,
+                self.mode == Mode::Audit,
+                egressd_common::RULE_DEFAULT,
+            ),
         };
         let verdict = match (action, audit) {
             (Action::Allow, _) => Verdict::Allow,
@@ -348,9 +353,9 @@ impl Policy {
     }
 }
 
-/// Precedence of a candidate: (prefix length, specific, action rank, rule preference);
+/// Precedence of a candidate: (prefix length, specificity, action rank, rule preference);
 /// larger wins.
-type Rank = (u8, bool, u8, u32);
+type Rank = (u8, u8, u8, u32);
 
 /// What the model (or the kernel) decides for one destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -732,7 +737,7 @@ mod tests {
         // Outside any region the /0 port rule applies to tcp/25 only; the default denies rest.
         assert_eq!(d("203.0.113.1", 6, 25).rule, p.rules[1].id);
         assert_eq!(d("203.0.113.1", 6, 25).verdict, Verdict::Deny);
-        assert_eq!(d("203.0.113.1", 6, 443).rule, 0);
+        assert_eq!(d("203.0.113.1", 6, 443).rule, egressd_common::RULE_DEFAULT);
         // The most specific prefix wins: the /32 relay is portless allow.
         assert_eq!(d("198.18.1.25", 6, 25).verdict, Verdict::Allow);
         assert_eq!(d("198.18.1.25", 6, 25).rule, 3);
@@ -819,6 +824,25 @@ mod tests {
             p.problems[0].contains("17 port rules apply to 10.0.0.0/8"),
             "{:?}",
             p.problems
+        );
+    }
+
+    #[test]
+    fn policy_ports_beat_protocol_only_beat_portless() {
+        let text = concat!(
+            "allowlist = []\ndefault = \"allow\"\n",
+            "[[rules]]\naction = \"deny\"\nto = [\"0.0.0.0/0\"]\nprotocol = \"udp\"\n",
+            "[[rules]]\naction = \"allow\"\nto = [\"0.0.0.0/0\"]\nprotocol = \"udp\"\nports = 53\n",
+            "[[rules]]\naction = \"deny\"\nto = [\"0.0.0.0/0\"]\n",
+        );
+        let p =
+            compile(&crate::config::parse(std::path::Path::new("t.toml"), text).expect("valid"));
+        assert_eq!(p.decide(ip("203.0.113.1"), 17, 53).verdict, Verdict::Allow);
+        assert_eq!(p.decide(ip("203.0.113.1"), 17, 54).rule, 1);
+        assert_eq!(p.decide(ip("203.0.113.1"), 6, 53).rule, 3);
+        assert_eq!(
+            p.decide(ip("2001:db8::1"), 6, 53).rule,
+            egressd_common::RULE_DEFAULT
         );
     }
 }

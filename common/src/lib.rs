@@ -202,6 +202,10 @@ pub mod mode {
     pub const AUDIT: u8 = 1;
 }
 
+/// Rule id reported when the policy `default` decided (no region, no rule); 0 means the
+/// region allowlist decided.
+pub const RULE_DEFAULT: u32 = u32::MAX;
+
 /// Port rules an [`Entry`] holds at most (after inheriting those of covering prefixes).
 pub const MAX_PORT_RULES: usize = 16;
 

@@ -34,7 +34,7 @@ pub fn run() -> anyhow::Result<()> {
         tb.us.name()
     );
     let config = sh::root().join("configs/example.toml");
-    let bin = sh::root().join("target/release/egressd");
+    let bin = sh::target_dir().join("release/egressd");
     println!(
         "== {} run --config {} --cgroup {}",
         bin.display(),

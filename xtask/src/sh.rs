@@ -8,6 +8,11 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target` in the workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
 /// `PATH` with `~/.cargo/bin` (bpf-linker) and LLVM 22's bin directory in front.
 pub fn path() -> String {
     let home = std::env::var("CARGO_HOME")

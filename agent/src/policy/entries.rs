@@ -7,23 +7,31 @@
 //! are shared, so a region with a million prefixes and no rules costs one entry.
 use std::collections::HashMap;
 
-use egressd_common::{Entry, MAX_ENTRIES, MAX_PORT_RULES, PortRule, REGION_UNKNOWN, action};
+use egressd_common::{
+    Entry, MAX_ENTRIES, MAX_PORT_RULES, PortRule, REGION_UNKNOWN, RULE_DEFAULT, action,
+};
 use ipnetwork::IpNetwork;
 
 use super::Policy;
 use crate::config::{Action, Target};
 
-/// Precedence of a candidate at one prefix: (rank, preference); larger wins. Rank: enforcing
-/// deny 2, auditing deny 1, allow 0. Preference: lower rule ids first, region membership last.
-type Key = (u8, u32);
+/// Precedence of a candidate at one prefix: (specificity, rank, preference); larger wins.
+/// Specificity: ports 2, protocol only 1, neither 0. Rank: enforcing deny 2, auditing deny
+/// 1, allow 0. Preference: lower rule ids first, region membership and default last.
+type Key = (u8, u8, u32);
 
-fn key(action: Action, audit: bool, rule: u32) -> Key {
+fn key(specificity: u8, action: Action, audit: bool, rule: u32) -> Key {
     let rank = match (action, audit) {
         (Action::Deny, false) => 2,
         (Action::Deny, true) => 1,
         (Action::Allow, _) => 0,
     };
-    (rank, if rule == 0 { 0 } else { u32::MAX - rule })
+    let pref = if rule == 0 || rule == RULE_DEFAULT {
+        0
+    } else {
+        u32::MAX - rule
+    };
+    (specificity, rank, pref)
 }
 
 fn code(action: Action) -> u8 {
@@ -51,7 +59,7 @@ struct Node {
 impl Node {
     fn offer(&mut self, action: Action, audit: bool, rule: u32) {
         let c = Portless {
-            key: key(action, audit, rule),
+            key: key(0, action, audit, rule),
             action: code(action),
             audit: u8::from(audit),
             rule,
@@ -102,7 +110,8 @@ pub(super) fn build(p: &mut Policy) {
                     _pad: 0,
                     rule: r.id,
                 };
-                node.port.push((key(r.action, audit, r.id), rule));
+                node.port
+                    .push((key(r.specificity(), r.action, audit, r.id), rule));
             } else {
                 node.offer(r.action, audit, r.id);
             }
@@ -132,10 +141,10 @@ pub(super) fn build(p: &mut Policy) {
         region: REGION_UNKNOWN,
         rules: Vec::new(),
         default: Portless {
-            key: key(p.default, default_audit, 0),
+            key: key(0, p.default, default_audit, RULE_DEFAULT),
             action: code(p.default),
             audit: u8::from(default_audit),
-            rule: 0,
+            rule: RULE_DEFAULT,
         },
     };
     let mut table = Table::default();
@@ -199,6 +208,7 @@ fn build_regions_only(p: &mut Policy) {
     let default_audit = p.audit_of(None, None);
     let mut entries = vec![Entry {
         region: REGION_UNKNOWN,
+        default_rule: RULE_DEFAULT,
         default_action: code(p.default),
         default_audit: u8::from(default_audit),
         ..Default::default()
