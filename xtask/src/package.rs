@@ -109,3 +109,37 @@ fn check_root(deb: &Path, root: &Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every file the check expects is an asset of `[package.metadata.deb]`, and every asset
+    /// source exists, so `cargo xtask package` cannot drift from the manifest.
+    #[test]
+    fn assets_match_the_manifest() {
+        let root = crate::sh::root();
+        let manifest = std::fs::read_to_string(root.join("agent/Cargo.toml")).expect("manifest");
+        let deb = manifest
+            .split_once("[package.metadata.deb]")
+            .expect("agent/Cargo.toml has [package.metadata.deb]")
+            .1;
+        for (file, mode) in super::FILES {
+            let dest = if *file == "usr/bin/egressd" {
+                "usr/bin/"
+            } else {
+                file
+            };
+            let line = deb
+                .lines()
+                .find(|l| l.contains(&format!("\"{dest}\"")))
+                .unwrap_or_else(|| panic!("{file} is not an asset"));
+            assert!(
+                line.contains(&format!("\"{mode:o}\"")),
+                "{file}: mode in {line}"
+            );
+            let src = line.split('"').nth(1).expect("asset source");
+            if src != "target/release/egressd" {
+                assert!(root.join("agent").join(src).is_file(), "{src} missing");
+            }
+        }
+    }
+}
