@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egressd_testbed::{EU_V4, PORT, Testbed, US_V4, client::ProbeResult};
+use egressd_testbed::{EU_V4, Testbed, US_V4, client::ProbeResult};
 use libtest_mimic::Failed;
 use serde_json::Value;
 
@@ -535,7 +535,6 @@ pub fn watch_reloads_on_change() -> Result<(), Failed> {
     assert_field(&rec, "/policy/generation", "5")?;
     let r = probe(&tb, 1, &[tcp(US_V4)])?;
     expect_ok(&r[0])?;
-    let _ = PORT;
     d.sigterm()?;
     Ok(())
 }
