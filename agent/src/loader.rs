@@ -548,9 +548,15 @@ impl Enforcer {
         }
         let max = self.max_prefixes as usize;
         if policy.lpm_v4.len() > max || policy.lpm_v6.len() > max {
+            let how = if self.pins.is_some() {
+                "the maps are pinned, so a restart keeps their size: run `egressd detach` \
+                 and start again (enforcement pauses in between)"
+            } else {
+                "restart egressd to load it"
+            };
             bail!(
                 "the policy has {} IPv4 and {} IPv6 prefixes but the maps hold {max} per \
-                 family; restart egressd to load it",
+                 family; {how}",
                 policy.lpm_v4.len(),
                 policy.lpm_v6.len()
             );
