@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's automation. Every command that needs the eBPF toolchain runs
 //! [`setup::ensure`] first, so each works on a fresh machine (as root).
+mod bench;
 mod demo;
 mod package;
 mod setup;
@@ -30,6 +31,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark egressd against nftables, ipset, iptables and no filter; writes
+    /// docs/benchmarks.md and docs/benchmarks-connect.svg (root; about 10 minutes).
+    Bench(bench::Args),
     /// Build the Debian package (cargo-deb: binary, systemd unit, example policy) and check
     /// it by installing it into a throwaway root (`dpkg -x`); prints the .deb's path.
     Package,
@@ -51,6 +55,7 @@ fn main() -> std::process::ExitCode {
             .and_then(|()| demo::run()),
         Cmd::Test { args } => setup::ensure().and_then(|()| test(&args)),
         Cmd::Package => setup::ensure().and_then(|()| package::run().map(|_| ())),
+        Cmd::Bench(args) => bench::run(args),
         Cmd::Probe { args } => {
             return std::process::ExitCode::from(egressd_testbed::client::main(&args) as u8);
         }

@@ -18,6 +18,10 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "rsyslog",
     "rsyslog-openssl",
+    // Contenders of `cargo xtask bench`.
+    "nftables",
+    "iptables",
+    "ipset",
 ];
 /// bpf-linker release that supports LLVM 22 (feature `llvm-22`).
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,315 @@
+//! Destination lookup in isolation: tiny `cgroup_skb` programs, assembled here, that do only
+//! the lookup of the packet's destination, so `BPF_PROG_TEST_RUN` times one lookup and
+//! nothing else:
+//!
+//! - `trivial`: `r0 = 1; exit` (the test-run overhead that the other figures subtract);
+//! - `lpm4` / `lpm6`: one `bpf_map_lookup_elem` in a `BPF_MAP_TYPE_LPM_TRIE` holding the same
+//!   prefixes as egressd's tries (what egressd does per decision today);
+//! - `dir24`: the DIR-24-8 multibit table (Gupta, Lin, McKeown 1998) that the benchmark report
+//!   proposes as the replacement for IPv4: a 2^24-entry first-level table indexed by the top
+//!   24 bits, whose entry is either a region id or the index of a 256-entry second-level
+//!   chunk for prefixes longer than /24. Both levels are mmapable array maps of 4 KiB pages
+//!   filled from userspace with one `memcpy`, so a lookup is at most two array lookups and
+//!   loading costs no per-prefix syscall.
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    time::Instant,
+};
+
+use ipnetwork::{Ipv4Network, Ipv6Network};
+
+use crate::rawbpf::{self, F_MMAPABLE, F_NO_PREALLOC, Insn, MAP_ARRAY, MAP_LPM_TRIE, asm::*};
+
+/// `bpf_map_lookup_elem`.
+const MAP_LOOKUP: i32 = 1;
+/// `bpf_skb_load_bytes`.
+const SKB_LOAD_BYTES: i32 = 26;
+/// Offsets of the destination address from the IP header (what a `cgroup_skb` program sees).
+const V4_DST: i32 = 16;
+const V6_DST: i32 = 24;
+/// Bytes per array element (one page) in the DIR-24-8 maps.
+const PAGE: usize = 4096;
+/// First-level entries per page (`u32`).
+const T24_PER_PAGE: usize = PAGE / 4;
+/// Second-level entries per page (`u16`).
+const T8_PER_PAGE: usize = PAGE / 2;
+/// First-level entry flag: the low 31 bits are a chunk index, not a region id.
+const CHUNK: u32 = 1 << 31;
+
+/// `r0 = 1; exit`.
+pub fn trivial() -> io::Result<OwnedFd> {
+    rawbpf::prog_load_skb("bench_trivial", &[mov_imm(0, 1), exit()])
+}
+
+/// Loads `len` destination bytes from `off` into the stack at `fp - len`, and leaves the
+/// `BPF_PROG_TEST_RUN` context in r6. Jumps to the common exit on failure (the caller
+/// patches the returned instruction index).
+fn load_dst(off: i32, len: i32) -> Vec<Insn> {
+    vec![
+        mov_reg(6, 1),
+        mov_reg(1, 6),
+        mov_imm(2, off),
+        mov_reg(3, 10),
+        add_imm(3, -len),
+        mov_imm(4, len),
+        call(SKB_LOAD_BYTES),
+    ]
+}
+
+/// A bare LPM trie with `entries` for one family: (prefix length, address bytes, region).
+pub struct Trie {
+    map: OwnedFd,
+    /// Time to create and fill it with one update per prefix.
+    pub fill_ns: u64,
+    addr_len: usize,
+}
+
+impl Trie {
+    /// Creates the trie and inserts every prefix.
+    pub fn new(addr_len: usize, entries: &[(u8, Vec<u8>, u32)]) -> io::Result<Self> {
+        let t = Instant::now();
+        let key_size = 4 + addr_len;
+        let max = u32::try_from(entries.len().max(1)).map_err(io::Error::other)?;
+        let map = rawbpf::map_create(
+            MAP_LPM_TRIE,
+            u32::try_from(key_size).map_err(io::Error::other)?,
+            4,
+            max,
+            F_NO_PREALLOC,
+        )?;
+        let mut key = vec![0u8; key_size];
+        for (len, addr, region) in entries {
+            key[..4].copy_from_slice(&u32::from(*len).to_ne_bytes());
+            key[4..].copy_from_slice(addr);
+            rawbpf::map_update(map.as_fd(), &key, &region.to_ne_bytes())?;
+        }
+        Ok(Self {
+            map,
+            fill_ns: u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            addr_len,
+        })
+    }
+
+    /// A program doing one lookup of the packet's destination in this trie.
+    pub fn program(&self) -> io::Result<OwnedFd> {
+        let (off, len, name) = if self.addr_len == 4 {
+            (V4_DST, 4, "bench_lpm4")
+        } else {
+            (V6_DST, 16, "bench_lpm6")
+        };
+        let key = -(len + 4);
+        let key_off = i16::try_from(key).map_err(io::Error::other)?;
+        let mut p = load_dst(off, len);
+        // 7: on error go to the exit (index 16 relative to here: patched below).
+        p.push(jne_imm(0, 0, 8));
+        p.push(st_w(10, key_off, len * 8));
+        p.extend(ld_map_fd(1, self.map.as_raw_fd()));
+        p.push(mov_reg(2, 10));
+        p.push(add_imm(2, key));
+        p.push(call(MAP_LOOKUP));
+        p.push(jeq_imm(0, 0, 1));
+        p.push(ldx_w(0, 0, 0));
+        p.push(mov_imm(0, 1));
+        p.push(exit());
+        debug_assert_eq!(p.len(), 18);
+        rawbpf::prog_load_skb(name, &p)
+    }
+}
+
+/// The DIR-24-8 table for IPv4, compiled in userspace and copied into two mmapable arrays.
+pub struct Dir24 {
+    tbl24: OwnedFd,
+    tbl8: OwnedFd,
+    /// Userspace compile time (painting the prefixes into the tables).
+    pub compile_ns: u64,
+    /// Map creation plus copy into the kernel.
+    pub load_ns: u64,
+    /// Second-level chunks (one per /24 holding a longer prefix).
+    pub chunks: usize,
+    /// Kernel memory of both tables in bytes.
+    pub bytes: u64,
+}
+
+impl Dir24 {
+    /// Compiles `prefixes` (longest match wins for nested prefixes), checks the tables
+    /// against `expect` (address, region id from egressd's reference model), and loads them.
+    pub fn new(prefixes: &[(Ipv4Network, u32)], expect: &[(Ipv4Addr, u32)]) -> io::Result<Self> {
+        let t = Instant::now();
+        let mut sorted: Vec<_> = prefixes.to_vec();
+        sorted.sort_by_key(|(n, _)| n.prefix());
+        let mut t24 = vec![0u32; 1 << 24];
+        let mut t8: Vec<u16> = Vec::new();
+        for (net, region) in &sorted {
+            let base = u32::from(net.network());
+            let len = u32::from(net.prefix());
+            if len <= 24 {
+                let first = (base >> 8) as usize;
+                let count = 1usize << (24 - len);
+                for e in &mut t24[first..first + count] {
+                    *e = *region;
+                }
+            } else {
+                let i24 = (base >> 8) as usize;
+                if t24[i24] & CHUNK == 0 {
+                    let chunk = t8.len() / 256;
+                    let inherited = u16::try_from(t24[i24]).map_err(io::Error::other)?;
+                    t8.extend(std::iter::repeat_n(inherited, 256));
+                    t24[i24] = CHUNK | u32::try_from(chunk).map_err(io::Error::other)?;
+                }
+                let chunk = (t24[i24] & !CHUNK) as usize;
+                let first = chunk * 256 + (base & 0xff) as usize;
+                let count = 1usize << (32 - len);
+                let region = u16::try_from(*region).map_err(io::Error::other)?;
+                for e in &mut t8[first..first + count] {
+                    *e = region;
+                }
+            }
+        }
+        let compile_ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        for (a, want) in expect {
+            let ip = u32::from(*a);
+            let e = t24[(ip >> 8) as usize];
+            let got = if e & CHUNK == 0 {
+                e
+            } else {
+                u32::from(t8[((e & !CHUNK) as usize) * 256 + (ip & 0xff) as usize])
+            };
+            if got != *want {
+                return Err(io::Error::other(format!(
+                    "DIR-24-8 table gives region {got} for {a}, the reference model {want}"
+                )));
+            }
+        }
+        let chunks = t8.len() / 256;
+        let t = Instant::now();
+        let t24_bytes: Vec<u8> = t24.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let t8_bytes: Vec<u8> = t8.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let tbl24 = mmap_array(&t24_bytes)?;
+        let tbl8 = mmap_array(&t8_bytes)?;
+        let load_ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let pages = |b: usize| b.div_ceil(PAGE).max(1) as u64 * PAGE as u64;
+        Ok(Self {
+            tbl24,
+            tbl8,
+            compile_ns,
+            load_ns,
+            chunks,
+            bytes: pages(t24_bytes.len()) + pages(t8_bytes.len()),
+        })
+    }
+
+    /// The lookup program: at most two array lookups.
+    pub fn program(&self) -> io::Result<OwnedFd> {
+        let mut p = load_dst(V4_DST, 4);
+        p.push(jne_imm(0, 0, 38)); // 7 -> 46
+        p.push(ldx_w(7, 10, -4)); // 8: destination, network order
+        p.push(be32(7)); // 9: host order
+        p.push(mov_reg(8, 7));
+        p.push(rsh_imm(8, 18)); // 11: first-level page = ip >> 8 >> 10
+        p.push(stx_w(10, -8, 8));
+        p.extend(ld_map_fd(1, self.tbl24.as_raw_fd())); // 13-14
+        p.push(mov_reg(2, 10));
+        p.push(add_imm(2, -8));
+        p.push(call(MAP_LOOKUP)); // 17
+        p.push(jeq_imm(0, 0, 27)); // 18 -> 46
+        p.push(mov_reg(9, 7));
+        p.push(rsh_imm(9, 8));
+        p.push(and_imm(9, (T24_PER_PAGE - 1) as i32));
+        p.push(lsh_imm(9, 2));
+        p.push(add_reg(0, 9)); // 23
+        p.push(ldx_w(1, 0, 0)); // 24: first-level entry
+        p.push(mov_reg(2, 1));
+        p.push(rsh_imm(2, 31));
+        p.push(jeq_imm(2, 0, 18)); // 27 -> 46: a region id, done
+        p.push(and_imm(1, 0x7fff_ffff));
+        p.push(lsh_imm(1, 8));
+        p.push(mov_reg(3, 7));
+        p.push(and_imm(3, 0xff));
+        p.push(or_reg(1, 3)); // 32: second-level index
+        p.push(mov_reg(8, 1));
+        p.push(rsh_imm(1, 11)); // 34: page of 2048 u16
+        p.push(stx_w(10, -12, 1));
+        p.extend(ld_map_fd(1, self.tbl8.as_raw_fd())); // 36-37
+        p.push(mov_reg(2, 10));
+        p.push(add_imm(2, -12));
+        p.push(call(MAP_LOOKUP)); // 40
+        p.push(jeq_imm(0, 0, 4)); // 41 -> 46
+        p.push(and_imm(8, (T8_PER_PAGE - 1) as i32));
+        p.push(lsh_imm(8, 1));
+        p.push(add_reg(0, 8));
+        p.push(ldx_h(0, 0, 0)); // 45
+        p.push(mov_imm(0, 1)); // 46
+        p.push(exit());
+        debug_assert_eq!(p.len(), 48);
+        rawbpf::prog_load_skb("bench_dir24", &p)
+    }
+}
+
+/// An array map of 4 KiB pages holding `bytes` (zero-padded), filled through `mmap`.
+fn mmap_array(bytes: &[u8]) -> io::Result<OwnedFd> {
+    let pages = bytes.len().div_ceil(PAGE).max(1);
+    let map = rawbpf::map_create(
+        MAP_ARRAY,
+        4,
+        PAGE as u32,
+        u32::try_from(pages).map_err(io::Error::other)?,
+        F_MMAPABLE,
+    )?;
+    let len = pages * PAGE;
+    // SAFETY: mapping a BPF_F_MMAPABLE array of exactly `len` bytes, shared, then copying
+    // into it within bounds and unmapping; nothing else aliases the mapping.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.as_raw_fd(),
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.cast::<u8>(), bytes.len());
+        libc::munmap(p, len);
+    }
+    Ok(map)
+}
+
+/// Trie entries of IPv4 prefixes.
+pub fn entries_v4(v4: &[(Ipv4Network, u32)]) -> Vec<(u8, Vec<u8>, u32)> {
+    v4.iter()
+        .map(|(n, r)| (n.prefix(), n.network().octets().to_vec(), *r))
+        .collect()
+}
+
+/// Trie entries of IPv6 prefixes.
+pub fn entries_v6(v6: &[(Ipv6Network, u32)]) -> Vec<(u8, Vec<u8>, u32)> {
+    v6.iter()
+        .map(|(n, r)| (n.prefix(), n.network().octets().to_vec(), *r))
+        .collect()
+}
+
+/// A random address inside a random prefix of `v4` (`rng` seeded by the caller).
+pub fn sample_v4(rng: &mut fastrand::Rng, v4: &[(Ipv4Network, u32)]) -> Option<Ipv4Addr> {
+    let (n, _) = v4.get(rng.usize(..v4.len().max(1)))?;
+    let host = if n.prefix() == 32 {
+        0
+    } else {
+        rng.u32(..) & (u32::MAX >> n.prefix())
+    };
+    Some(Ipv4Addr::from(u32::from(n.network()) | host))
+}
+
+/// A random address inside a random prefix of `v6`.
+pub fn sample_v6(rng: &mut fastrand::Rng, v6: &[(Ipv6Network, u32)]) -> Option<Ipv6Addr> {
+    let (n, _) = v6.get(rng.usize(..v6.len().max(1)))?;
+    let host = if n.prefix() == 128 {
+        0
+    } else {
+        rng.u128(..) & (u128::MAX >> n.prefix())
+    };
+    Some(Ipv6Addr::from(u128::from(n.network()) | host))
+}

@@ -1,0 +1,528 @@
+//! `cargo xtask bench`: egressd side by side with nftables, ipset + iptables, plain iptables
+//! and no filter at all, measured in one run on this machine; writes `docs/benchmarks.md` and
+//! `docs/benchmarks-connect.svg`.
+//!
+//! Everything runs in the test bed (client namespace in a cgroup, "eu" host namespace), so
+//! nothing outside is filtered. Measurements, each in its own module:
+//! - [`connect`]: connect() rate and latency vs N for every contender ([`egressd`], [`nft`],
+//!   [`ipset`], [`iptables`], no filter), interleaved with the no-filter baseline, plus the
+//!   per-call cost of egressd's hooks from BPF run-time statistics;
+//! - the `bench_kernel` example (egressd's library): skb program test runs, policy load and
+//!   reload, map memory, and the destination lookup alone (LPM trie vs DIR-24-8);
+//! - [`nft`], [`ipset`], [`iptables`]: their load and reload times for the same sets;
+//! - [`events`]: denials per second from the kernel to the daemon's JSON sink, with losses;
+//! - [`memory`]: the real daemon's resident and map memory, and its start-up time, vs N.
+mod connect;
+mod daemon;
+mod egressd;
+mod events;
+mod ipset;
+mod iptables;
+mod machine;
+mod memory;
+mod netns;
+mod nft;
+mod plot;
+mod prefixes;
+mod report;
+mod stats;
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use egressd_testbed::{Cgroup, Testbed, unique};
+use serde_json::Value;
+
+pub use connect::Bed;
+
+use crate::sh;
+
+/// `cargo xtask bench` options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Fast smoke run: N up to 10k, 2 repetitions, short measurements (about a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Internal: the connect worker inside namespace NETNS.
+    #[arg(long, hide = true, value_name = "NETNS")]
+    worker: Option<String>,
+}
+
+/// A contender of the connect() benchmark that can be switched on and off between
+/// measurements without reloading its prefixes.
+pub trait Filter {
+    /// Name in the report.
+    fn name(&self) -> &'static str;
+    /// Makes it judge the worker's connections.
+    fn enable(&mut self, bed: &Bed) -> anyhow::Result<()>;
+    /// Stops it judging them.
+    fn disable(&mut self, bed: &Bed) -> anyhow::Result<()>;
+}
+
+/// How much to measure.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Quick smoke run.
+    pub quick: bool,
+    /// Prefix counts.
+    pub ns: Vec<usize>,
+    /// Rounds of the connect benchmark (each measures every contender once per family).
+    pub reps: usize,
+    /// Length of one connect measurement.
+    pub millis: u64,
+    /// Warm-up before each.
+    pub warm_ms: u64,
+    /// Distinct destinations of the first-packet and lookup timings.
+    pub first_runs: usize,
+    /// Load/reload repetitions for the firewalls and egressd.
+    pub load_reps: usize,
+    /// Event floods and their length.
+    pub floods: usize,
+    /// Length of one flood.
+    pub flood_ms: u64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                quick,
+                ns: vec![0, 1_000, 10_000],
+                reps: 2,
+                millis: 200,
+                warm_ms: 50,
+                first_runs: 2_000,
+                load_reps: 2,
+                floods: 1,
+                flood_ms: 500,
+            }
+        } else {
+            Self {
+                quick,
+                ns: vec![0, 1_000, 10_000, 100_000, 1_000_000],
+                reps: 5,
+                millis: 800,
+                warm_ms: 100,
+                first_runs: 20_000,
+                load_reps: 3,
+                floods: 3,
+                flood_ms: 1_000,
+            }
+        }
+    }
+}
+
+/// IP family of a connect measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 (`connect4`).
+    V4,
+    /// IPv6 (`connect6`).
+    V6,
+}
+
+impl Family {
+    /// `IPv4` / `IPv6`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+    fn host(self) -> IpAddr {
+        match self {
+            Self::V4 => egressd_testbed::EU_V4.parse().expect("valid address"),
+            Self::V6 => egressd_testbed::EU_V6.parse().expect("valid address"),
+        }
+    }
+}
+
+/// One connect measurement.
+#[derive(Clone, Debug)]
+pub struct ConnectCell {
+    /// N.
+    pub n: usize,
+    /// Family.
+    pub family: Family,
+    /// Contender name.
+    pub contender: String,
+    /// Round.
+    pub rep: usize,
+    /// The measurement.
+    pub sample: connect::Sample,
+}
+
+/// BPF run-time statistics of egressd's programs over one stats-enabled connect run.
+#[derive(Clone, Debug)]
+pub struct HookCost {
+    /// N.
+    pub n: usize,
+    /// Family.
+    pub family: Family,
+    /// (program, ns per run, runs) for connect4/6 and the skb programs.
+    pub programs: Vec<(String, f64, u64)>,
+    /// The connect run it was taken over (stats on).
+    pub sample: connect::Sample,
+}
+
+/// Load or reload times of one tool at one N.
+#[derive(Clone, Debug)]
+pub struct ToolLoad {
+    /// N.
+    pub n: usize,
+    /// `nft -f`, `ipset restore`, `iptables-restore`.
+    pub tool: String,
+    /// `load` or `reload`.
+    pub kind: &'static str,
+    /// Wall times in ns, `ip netns exec` overhead subtracted.
+    pub ns: Vec<f64>,
+}
+
+/// Everything measured in one run.
+pub struct Results {
+    /// The plan.
+    pub plan: Plan,
+    /// Machine description.
+    pub machine: machine::Machine,
+    /// Load average at the start and at the end.
+    pub load: ((f64, f64, f64), (f64, f64, f64)),
+    /// Start (RFC 3339-ish UTC).
+    pub started: String,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Unique and disjoint real prefixes per family, and the files.
+    pub real: ((usize, usize), (usize, usize), Vec<String>),
+    /// (N, label, source, v4, v6) of each set.
+    pub sets: Vec<(usize, String, String, usize, usize)>,
+    /// connect() measurements.
+    pub connect: Vec<ConnectCell>,
+    /// egressd hook costs.
+    pub hooks: Vec<HookCost>,
+    /// `bench_kernel` measurement per N, and its memory once attached.
+    pub kernel: Vec<(usize, Value, Value)>,
+    /// Firewall load/reload times.
+    pub tools: Vec<ToolLoad>,
+    /// `ip netns exec true`, subtracted from the tool times.
+    pub netns_overhead_ns: f64,
+    /// Event floods.
+    pub floods: Vec<events::Flood>,
+    /// Real daemon starts.
+    pub daemon: Vec<memory::DaemonRun>,
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| sh::root().join("target"))
+}
+
+fn utc_now() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Entry point.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(ns) = args.worker {
+        return connect::worker_main(&ns);
+    }
+    if !crate::setup::is_root() {
+        bail!(
+            "the benchmark creates namespaces, loads eBPF programs and firewall rules: run it as root"
+        );
+    }
+    crate::setup::ensure()?;
+    // Release builds: the daemon, the kernel-side tool, and this tool for the connect worker.
+    sh::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "egressd",
+        "--bins",
+        "--example",
+        "bench_kernel",
+        "-p",
+        "xtask",
+    ])?;
+    let plan = Plan::new(args.quick);
+    let t = Instant::now();
+    let results = measure(plan, t)?;
+    let docs = sh::root().join("docs");
+    std::fs::create_dir_all(&docs)?;
+    let svg = docs.join("benchmarks-connect.svg");
+    plot::connect(&results, &svg)?;
+    let md = report::markdown(&results);
+    std::fs::write(docs.join("benchmarks.md"), md)?;
+    eprintln!(
+        "bench: wrote docs/benchmarks.md and docs/benchmarks-connect.svg in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Deletes a directory tree on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn measure(plan: Plan, t0: Instant) -> anyhow::Result<Results> {
+    let target = target_dir();
+    let kernel_bin = target.join("release/examples/bench_kernel");
+    let egressd_bin = target.join("release/egressd");
+    let machine = machine::Machine::describe();
+    let load_start = machine::loadavg();
+    let started = utc_now();
+    let work = TempDir(std::env::temp_dir().join(unique("egressd-bench-")));
+    std::fs::create_dir_all(&work.0)?;
+
+    let data = prefixes::data_dir();
+    let real = prefixes::Real::load(&data)?;
+    eprintln!(
+        "bench: {} unique real prefixes, {} disjoint (IPv4 {}, IPv6 {})",
+        real.unique.0 + real.unique.1,
+        real.leaves().0 + real.leaves().1,
+        real.leaves().0,
+        real.leaves().1
+    );
+
+    let tb = Testbed::new().context("creating the test bed")?;
+    let plain = Cgroup::create(&unique("egressd-bench-plain-"))?;
+    let idle = Cgroup::create(&unique("egressd-bench-idle-"))?;
+    let _server = connect::Server::start(&tb.eu)?;
+    let worker = connect::Worker::spawn(&target.join("release/xtask"), tb.client.name())?;
+    worker.move_to(plain.path())?;
+    let mut bed = Bed {
+        ns: tb.client.name().to_owned(),
+        filtered: tb.cgroup.path().to_owned(),
+        plain: plain.path().to_owned(),
+        worker,
+    };
+    let overhead = netns::overhead(&bed.ns);
+    let mut r = Results {
+        plan: plan.clone(),
+        machine,
+        load: (load_start, load_start),
+        started,
+        elapsed: Duration::ZERO,
+        real: (real.unique, real.leaves(), real.files.clone()),
+        sets: Vec::new(),
+        connect: Vec::new(),
+        hooks: Vec::new(),
+        kernel: Vec::new(),
+        tools: Vec::new(),
+        netns_overhead_ns: overhead,
+        floods: Vec::new(),
+        daemon: Vec::new(),
+    };
+    let mut daemon_sets = Vec::new();
+    for &n in &plan.ns {
+        let set = real.set(n);
+        let (v4, v6) = set.total();
+        r.sets
+            .push((n, set.label.clone(), set.source.clone(), v4, v6));
+        let dir = work.0.join(&set.label);
+        std::fs::create_dir_all(&dir)?;
+        let set_file = dir.join("set.txt");
+        set.write_set_file(&set_file)?;
+        let toml = dir.join("policy.toml");
+        std::fs::write(&toml, set.toml())?;
+        daemon_sets.push((n, toml));
+        eprintln!(
+            "bench: N = {} ({v4} IPv4 + {v6} IPv6 prefixes), {:.0} s in",
+            set.label,
+            t0.elapsed().as_secs_f64()
+        );
+        per_n(
+            &plan,
+            &mut r,
+            &mut bed,
+            &set,
+            &dir,
+            &set_file,
+            &kernel_bin,
+            overhead,
+        )?;
+    }
+
+    eprintln!(
+        "bench: event throughput, {:.0} s in",
+        t0.elapsed().as_secs_f64()
+    );
+    let config = events::policy(&work.0, &egressd_bin)?;
+    for i in 0..plan.floods {
+        let out = work.0.join(format!("events-{i}.jsonl"));
+        r.floods.push(events::flood(
+            &mut bed,
+            &egressd_bin,
+            &config,
+            &out,
+            plan.flood_ms,
+        )?);
+    }
+
+    eprintln!(
+        "bench: daemon memory, {:.0} s in",
+        t0.elapsed().as_secs_f64()
+    );
+    for (n, toml) in daemon_sets {
+        let timeout = Duration::from_secs(180);
+        let out = work.0.join(format!("daemon-{n}.jsonl"));
+        r.daemon.push(memory::daemon_run(
+            n,
+            &egressd_bin,
+            &toml,
+            idle.path(),
+            &out,
+            timeout,
+        )?);
+    }
+    r.load.1 = machine::loadavg();
+    r.elapsed = t0.elapsed();
+    if let Ok(dump) = serde_json::to_string(&report::dump(&r)) {
+        let _ = std::fs::write(target.join("bench-results.json"), dump);
+    }
+    Ok(r)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn per_n(
+    plan: &Plan,
+    r: &mut Results,
+    bed: &mut Bed,
+    set: &prefixes::PrefixSet,
+    dir: &Path,
+    set_file: &Path,
+    kernel_bin: &Path,
+    overhead: f64,
+) -> anyhow::Result<()> {
+    let n = set.n;
+    let filtered = bed.filtered.clone();
+    let mut eg = egressd::Egressd::start(
+        &egressd::Options {
+            bin: kernel_bin,
+            set: set_file,
+            cgroup: &filtered,
+            reps: plan.load_reps,
+            first_runs: plan.first_runs,
+            proto: true,
+        },
+        Duration::from_secs(600),
+    )?;
+    r.kernel.push((n, eg.measured.clone(), eg.attached.clone()));
+    let net = |t: f64| (t - overhead).max(0.0);
+    let mut nft = nft::Nft::prepare(&bed.ns, dir, set)?;
+    let mut nft_load = vec![net(nft.load()?)];
+    let mut ips = ipset::Ipset::prepare(&bed.ns, dir, set)?;
+    let mut ips_load = vec![net(ips.load()?)];
+    let mut ipt = if n <= iptables::MAX_N {
+        let mut i = iptables::Iptables::prepare(&bed.ns, dir, set)?;
+        let t = i.load()?;
+        Some((i, vec![(t - 2.0 * overhead).max(0.0)]))
+    } else {
+        None
+    };
+
+    let mut none = connect::NoFilter;
+    for rep in 0..plan.reps {
+        for family in [Family::V4, Family::V6] {
+            let mut order: Vec<&mut dyn Filter> = vec![&mut none, &mut eg, &mut nft, &mut ips];
+            if let Some((i, _)) = ipt.as_mut() {
+                order.push(i);
+            }
+            let k = order.len();
+            order.rotate_left((rep * 2 + usize::from(family == Family::V6)) % k);
+            for f in order {
+                let s = connect::measure(bed, f, family.host(), plan.warm_ms, plan.millis)?;
+                r.connect.push(ConnectCell {
+                    n,
+                    family,
+                    contender: f.name().to_owned(),
+                    rep,
+                    sample: s,
+                });
+            }
+        }
+    }
+    // Hook costs: one extra egressd run per family with BPF statistics on.
+    for family in [Family::V4, Family::V6] {
+        eg.stats_enabled(true)?;
+        let before = eg.stats()?;
+        let s = connect::measure(bed, &mut eg, family.host(), 0, plan.millis);
+        let after = eg.stats();
+        eg.stats_enabled(false)?;
+        let (s, after) = (s?, after?);
+        let programs = [
+            "egressd_connect4",
+            "egressd_connect6",
+            "egressd_skb_egress",
+            "egressd_skb_ingress",
+        ]
+        .iter()
+        .map(|p| {
+            let d = |k: &str| {
+                after[p][k]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(before[p][k].as_u64().unwrap_or(0))
+            };
+            let (t, c) = (d("run_time_ns"), d("run_cnt"));
+            ((*p).to_owned(), t as f64 / c.max(1) as f64, c)
+        })
+        .collect();
+        r.hooks.push(HookCost {
+            n,
+            family,
+            programs,
+            sample: s,
+        });
+    }
+    drop(eg);
+
+    // Firewall load and reload times.
+    let reps = if n >= 1_000_000 {
+        plan.load_reps.min(2)
+    } else {
+        plan.load_reps
+    };
+    let mut nft_reload = Vec::new();
+    let mut ips_reload = Vec::new();
+    for i in 0..reps {
+        if i > 0 {
+            nft_load.push(net(nft.load()?));
+            ips_load.push(net(ips.load()?));
+            if let Some((t, v)) = ipt.as_mut() {
+                let x = t.load()?;
+                v.push((x - 2.0 * overhead).max(0.0));
+            }
+        }
+        nft_reload.push(net(nft.reload()?));
+        ips_reload.push(net(ips.reload()?));
+    }
+    let mut push = |tool: &str, kind, ns| {
+        r.tools.push(ToolLoad {
+            n,
+            tool: tool.to_owned(),
+            kind,
+            ns,
+        })
+    };
+    push("nft -f", "load", nft_load);
+    push("nft -f", "reload", nft_reload);
+    push("ipset restore", "load", ips_load);
+    push("ipset restore", "reload", ips_reload);
+    if let Some((_, v)) = ipt {
+        push("iptables-restore", "load", v);
+    }
+    Ok(())
+}
