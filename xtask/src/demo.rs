@@ -89,7 +89,27 @@ pub fn run() -> anyhow::Result<()> {
                     c["count"]
                 );
             }
-            println!("   events lost: {}", v["lost"]);
+            println!(
+                "   {:<18} {:<8} {:<6} {:>7} {:>9}",
+                "direction", "region", "verdict", "packets", "bytes"
+            );
+            for f in v["flows"].as_array().into_iter().flatten() {
+                println!(
+                    "   {:<18} {:<8} {:<6} {:>7} {:>9}",
+                    f["direction"].as_str().unwrap_or(""),
+                    f["region"].as_str().unwrap_or(""),
+                    f["verdict"].as_str().unwrap_or(""),
+                    f["packets"],
+                    f["bytes"]
+                );
+            }
+            let lost = &v["lost"];
+            println!(
+                "   events: lost in the kernel {}, suppressed as repeats {} (a repeat of the same \
+                 process, destination and verdict within suppress_window_ms is counted above, \
+                 and the next event carries the count)",
+                lost["ringbuf_full"], lost["suppressed"]
+            );
         }
     }
     println!("== sandbox removed; the rest of the machine was never filtered");
