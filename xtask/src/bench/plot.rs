@@ -61,18 +61,19 @@ pub fn connect(r: &Results, path: &Path) -> anyhow::Result<()> {
                 series.push((name, color, pts));
             }
         }
+        // Log scale: plain iptables grows by an order of magnitude and would flatten the rest.
         let (ylo, yhi) = if ratio {
-            ((ymin * 0.95).min(0.9), (ymax * 1.05).max(1.2))
+            ((ymin * 0.95).min(0.9), (ymax * 1.1).max(1.2))
         } else {
-            (0.0, (ymax * 1.1).max(1.0))
+            ((ymin * 0.9).max(0.1), (ymax * 1.1).max(1.0))
         };
         let caption = format!(
             "{}: {}",
             family.name(),
             if ratio {
-                "ratio to no filter"
+                "ratio to no filter, log scale"
             } else {
-                "µs per connect (socket+connect+close)"
+                "µs per connect (socket+connect+close), log scale"
             }
         );
         let mut chart = ChartBuilder::on(panel)
@@ -80,7 +81,7 @@ pub fn connect(r: &Results, path: &Path) -> anyhow::Result<()> {
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(-0.3f64..(labels.len() as f64 - 0.7), ylo..yhi)
+            .build_cartesian_2d(-0.3f64..(labels.len() as f64 - 0.7), (ylo..yhi).log_scale())
             .map_err(|e| anyhow!("{e}"))?;
         let labels2 = labels.clone();
         chart

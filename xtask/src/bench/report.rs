@@ -173,7 +173,9 @@ pub fn markdown(r: &Results) -> String {
     // Machine.
     let m = &r.machine;
     let (l0, l1) = r.load;
-    let busy = l0.0.max(l1.0) > 0.5 * m.cores as f64;
+    // The end-of-run figure includes the benchmark's own worker and listener: judge by the
+    // load before it started.
+    let busy = l0.0 > 0.5 * m.cores as f64;
     let _ = writeln!(
         s,
         "## Machine\n\n| | |\n| --- | --- |\n| CPU | {} ({} cores, hypervisor: {}) |\n\
@@ -196,14 +198,17 @@ pub fn markdown(r: &Results) -> String {
         s,
         "{}\n",
         if busy {
-            "The machine was **busy** during this run (load average above half the core count: \
-             other work was running). Absolute times are inflated and noisy; compare the \
-             ratios to the no-filter baseline, which was measured interleaved with every \
-             contender in the same rounds."
+            "The machine was **busy** when this run started (1-minute load average above half \
+             the core count: other work was running; the end-of-run figure also counts the \
+             benchmark's own worker and listener). Absolute times are inflated and noisy; \
+             compare the ratios to the no-filter baseline, which was measured interleaved \
+             with every contender in the same rounds."
         } else {
-            "The machine was otherwise idle during this run (load average below half the core \
-             count). Ratios to the no-filter baseline, measured interleaved with every \
-             contender, remain the figures to compare."
+            "The machine was otherwise idle when this run started (1-minute load average \
+             below half the core count; the end-of-run figure counts the benchmark's own \
+             worker and listener, and other work may have started meanwhile). Ratios to the \
+             no-filter baseline, measured interleaved with every contender, remain the \
+             figures to compare."
         }
     );
 
