@@ -83,11 +83,13 @@ pub fn ensure() -> anyhow::Result<()> {
             "llvm-22",
         ]))?;
     }
-    ensure_cargo_deb()
+    // cargo-deb is installed by `cargo xtask package` itself: tests and the demo do not
+    // need it.
+    Ok(())
 }
 
-/// cargo-deb release `cargo xtask package` uses.
-const CARGO_DEB_VERSION: &str = "3";
+/// cargo-deb release `cargo xtask package` uses (pinned: a newer one may need a newer rustc).
+const CARGO_DEB_VERSION: &str = "=3.8.0";
 
 /// Installs cargo-deb (for `cargo xtask package`) if `cargo deb` is missing.
 pub fn ensure_cargo_deb() -> anyhow::Result<()> {
@@ -100,7 +102,7 @@ pub fn ensure_cargo_deb() -> anyhow::Result<()> {
         "cargo-deb",
         "--locked",
         "--version",
-        &format!("^{CARGO_DEB_VERSION}"),
+        CARGO_DEB_VERSION,
     ]))
 }
 
