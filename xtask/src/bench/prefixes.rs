@@ -235,8 +235,8 @@ impl Real {
                     "all {total} disjoint real prefixes, {} of them split into halves",
                     n - total
                 ),
-                split_v4(&self.v4, n4, &mut rng),
-                split_v6(&self.v6, n6, &mut rng),
+                split(&self.v4, n4, &mut rng, halves_v4),
+                split(&self.v6, n6, &mut rng, halves_v6),
             )
         } else {
             (
@@ -292,12 +292,13 @@ fn sample<T: Clone>(v: &[T], n: usize, rng: &mut fastrand::Rng) -> Vec<T> {
 }
 
 /// All of `v`, with prefixes split into halves (in random order, repeatedly if needed) until
-/// there are `n`.
-fn split_v4(
-    v: &[(Ipv4Network, String)],
+/// there are `n`. `halves` gives the two halves of a prefix, `None` for a host prefix.
+fn split<N: Copy>(
+    v: &[(N, String)],
     n: usize,
     rng: &mut fastrand::Rng,
-) -> Vec<(Ipv4Network, String)> {
+    halves: impl Fn(N) -> Option<(N, N)>,
+) -> Vec<(N, String)> {
     let mut cur = v.to_vec();
     while cur.len() < n {
         let mut idx: Vec<usize> = (0..cur.len()).collect();
@@ -308,24 +309,19 @@ fn split_v4(
             if need == 0 {
                 break;
             }
-            if cur[i].0.prefix() < 32 {
+            if halves(cur[i].0).is_some() {
                 split[i] = true;
                 need -= 1;
             }
         }
         let mut next = Vec::with_capacity(n);
         for (i, (net, r)) in cur.into_iter().enumerate() {
-            if split[i] {
-                let len = net.prefix() + 1;
-                let lo = u32::from(net.network());
-                let hi = lo | (1u32 << (32 - u32::from(len)));
-                next.push((
-                    Ipv4Network::new(Ipv4Addr::from(lo), len).expect("valid"),
-                    r.clone(),
-                ));
-                next.push((Ipv4Network::new(Ipv4Addr::from(hi), len).expect("valid"), r));
-            } else {
-                next.push((net, r));
+            match halves(net).filter(|_| split[i]) {
+                Some((lo, hi)) => {
+                    next.push((lo, r.clone()));
+                    next.push((hi, r));
+                }
+                None => next.push((net, r)),
             }
         }
         cur = next;
@@ -333,45 +329,26 @@ fn split_v4(
     cur
 }
 
-/// IPv6 counterpart of [`split_v4`].
-fn split_v6(
-    v: &[(Ipv6Network, String)],
-    n: usize,
-    rng: &mut fastrand::Rng,
-) -> Vec<(Ipv6Network, String)> {
-    let mut cur = v.to_vec();
-    while cur.len() < n {
-        let mut idx: Vec<usize> = (0..cur.len()).collect();
-        rng.shuffle(&mut idx);
-        let mut split = vec![false; cur.len()];
-        let mut need = n - cur.len();
-        for i in idx {
-            if need == 0 {
-                break;
-            }
-            if cur[i].0.prefix() < 128 {
-                split[i] = true;
-                need -= 1;
-            }
-        }
-        let mut next = Vec::with_capacity(n);
-        for (i, (net, r)) in cur.into_iter().enumerate() {
-            if split[i] {
-                let len = net.prefix() + 1;
-                let lo = u128::from(net.network());
-                let hi = lo | (1u128 << (128 - u32::from(len)));
-                next.push((
-                    Ipv6Network::new(Ipv6Addr::from(lo), len).expect("valid"),
-                    r.clone(),
-                ));
-                next.push((Ipv6Network::new(Ipv6Addr::from(hi), len).expect("valid"), r));
-            } else {
-                next.push((net, r));
-            }
-        }
-        cur = next;
-    }
-    cur
+/// The two halves of an IPv4 prefix shorter than /32.
+fn halves_v4(net: Ipv4Network) -> Option<(Ipv4Network, Ipv4Network)> {
+    let len = net.prefix().checked_add(1).filter(|l| *l <= 32)?;
+    let lo = u32::from(net.network());
+    let hi = lo | (1u32 << (32 - u32::from(len)));
+    Some((
+        Ipv4Network::new(Ipv4Addr::from(lo), len).ok()?,
+        Ipv4Network::new(Ipv4Addr::from(hi), len).ok()?,
+    ))
+}
+
+/// The two halves of an IPv6 prefix shorter than /128.
+fn halves_v6(net: Ipv6Network) -> Option<(Ipv6Network, Ipv6Network)> {
+    let len = net.prefix().checked_add(1).filter(|l| *l <= 128)?;
+    let lo = u128::from(net.network());
+    let hi = lo | (1u128 << (128 - u32::from(len)));
+    Some((
+        Ipv6Network::new(Ipv6Addr::from(lo), len).ok()?,
+        Ipv6Network::new(Ipv6Addr::from(hi), len).ok()?,
+    ))
 }
 
 /// Inserts `[start, end]` into `taken` unless it overlaps an interval already there.
