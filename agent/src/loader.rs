@@ -663,7 +663,7 @@ fn expected_shape(name: &str) -> Option<(u32, u32)> {
     } else if name == maps::FLOWS {
         Some((4, size(size_of::<FlowCounter>())))
     } else if name == maps::SOCKETS {
-        Some((8, size(size_of::<egressd_common::SockVerdict>())))
+        Some((4, size(size_of::<egressd_common::SockVerdict>())))
     } else {
         None
     }
@@ -953,7 +953,7 @@ fn explain_load(e: EbpfError) -> anyhow::Error {
             } else if name.starts_with("EGRESSD_PREFIXES") || name.starts_with("EGRESSD_NAT64") {
                 "BPF_MAP_TYPE_LPM_TRIE (Linux >= 4.11)"
             } else if name == maps::SOCKETS {
-                "BPF_MAP_TYPE_LRU_HASH (Linux >= 4.10)"
+                "BPF_MAP_TYPE_SK_STORAGE (Linux >= 5.2) or BTF for maps"
             } else {
                 "BPF maps (CONFIG_BPF_SYSCALL)"
             };

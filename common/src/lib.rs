@@ -36,8 +36,9 @@ pub mod maps {
     /// `BPF_MAP_TYPE_ARRAY` with one `u64` at index 0: the generation in force (0 = no
     /// policy yet: everything is allowed and counted).
     pub const GENERATION: &str = "EGRESSD_GENERATION_V1";
-    /// `BPF_MAP_TYPE_LRU_HASH`: socket cookie (`u64`) -> [`crate::SockVerdict`], the verdict
-    /// cache of the packet-level backstop.
+    /// `BPF_MAP_TYPE_SK_STORAGE` (a BTF map; key `i32` socket fd from userspace) ->
+    /// [`crate::SockVerdict`]: the verdict cache of the packet-level backstop, stored on each
+    /// socket and freed with it.
     pub const SOCKETS: &str = "EGRESSD_SOCKETS_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of [`crate::FlowCounter`], indexed by
     /// [`crate::flow_index`].
@@ -78,10 +79,6 @@ pub const fn set_of(generation: u64) -> usize {
 
 /// Maximum number of NAT64 prefixes per set.
 pub const MAX_NAT64: u32 = 64;
-
-/// Entries of the socket verdict cache ([`maps::SOCKETS`]); least recently used entries are
-/// evicted, which only costs a re-judgement.
-pub const SOCKET_CACHE_ENTRIES: u32 = 65536;
 
 /// Region ids are indices into [`maps::REGIONS`]. Id 0 is reserved for "in no region".
 pub const REGION_UNKNOWN: u32 = 0;

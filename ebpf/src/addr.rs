@@ -1,5 +1,7 @@
 //! Destination addresses: extraction from socket hooks and packets, unwrapping, and
 //! classification.
+use core::{mem::size_of, ptr};
+
 use aya_ebpf::programs::{SkBuffContext, SockAddrContext};
 use egressd_common::{family, unwrap};
 
@@ -83,10 +85,12 @@ pub fn from_skb(ctx: &SkBuffContext, remote_is_dst: bool) -> Option<Dest> {
     let proto = u16::from_be(ctx.skb.protocol() as u16);
     let mut addr = [0u8; 16];
     if proto == ETH_P_IP {
-        let vihl: u8 = ctx.load(0).ok()?;
-        let protocol: u8 = ctx.load(9).ok()?;
+        // Two bytes, not one: LLVM turns a one-byte bound `data + 1 <= end` into
+        // `data < end`, which the verifier does not read as a bound.
+        let [vihl, _]: [u8; 2] = read(ctx, 0)?;
+        let protocol: u8 = read(ctx, 9)?;
         let off = if remote_is_dst { 16 } else { 12 };
-        let a: [u8; 4] = ctx.load(off).ok()?;
+        let a: [u8; 4] = read(ctx, off)?;
         addr[..4].copy_from_slice(&a);
         let l4 = usize::from(vihl & 0x0f) * 4;
         let port = l4_port(ctx, protocol, l4, remote_is_dst);
@@ -99,9 +103,9 @@ pub fn from_skb(ctx: &SkBuffContext, remote_is_dst: bool) -> Option<Dest> {
         });
     }
     if proto == ETH_P_IPV6 {
-        let protocol: u8 = ctx.load(6).ok()?;
+        let protocol: u8 = read(ctx, 6)?;
         let off = if remote_is_dst { 24 } else { 8 };
-        addr = ctx.load(off).ok()?;
+        addr = read(ctx, off)?;
         let port = l4_port(ctx, protocol, 40, remote_is_dst);
         // Judged as the socket hooks judge it, so one model describes every hook.
         if addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
@@ -133,7 +137,26 @@ fn l4_port(ctx: &SkBuffContext, protocol: u8, l4: usize, dst: bool) -> u16 {
         return 0;
     }
     let off = if dst { l4 + 2 } else { l4 };
-    ctx.load::<u16>(off).map(u16::from_be).unwrap_or(0)
+    read::<u16>(ctx, off).map(u16::from_be).unwrap_or(0)
+}
+
+/// Reads a `T` at byte `off` of the packet (0 = the IP header): straight from the linear
+/// data when it holds those bytes (direct packet access: no helper call), else with
+/// `bpf_skb_load_bytes` (a header in a paged fragment). `None` past the end of the packet.
+#[inline(always)]
+fn read<T: Copy>(ctx: &SkBuffContext, off: usize) -> Option<T> {
+    // SAFETY: valid context pointer for a cgroup_skb program.
+    let (data, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    if data + off + size_of::<T>() <= end {
+        // SAFETY: bounds checked against `data_end` just above (the verifier checks it too).
+        return Some(unsafe { ptr::read_unaligned((data + off) as *const T) });
+    }
+    ctx.load(off).ok()
 }
 
 /// Loopback (127.0.0.0/8, ::1) or unspecified (0.0.0.0, ::): always allowed, never leaves the

@@ -7,6 +7,7 @@
 #![feature(core_intrinsics)]
 
 mod addr;
+mod cache;
 mod decide;
 mod maps;
 mod report;

@@ -2,13 +2,14 @@
 //! constants in `egressd_common::maps` (the loader fails with "map not found" otherwise).
 //! Policy maps come in sets A and B, see `egressd_common::maps`.
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egressd_common::{
     COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, FLOW_SLOTS, FlowCounter,
-    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, SOCKET_CACHE_ENTRIES, SUPPRESS_ENTRIES, SockVerdict,
-    SuppressKey, SuppressState, loss,
+    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, SUPPRESS_ENTRIES, SockVerdict, SuppressKey,
+    SuppressState, loss,
 };
 
 /// IPv4 prefix (network byte order) -> region id, set A.
@@ -51,10 +52,10 @@ pub static EGRESSD_SETTINGS_V1: Array<GlobalPolicy> = Array::with_max_entries(2,
 #[map]
 pub static EGRESSD_GENERATION_V1: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Socket cookie -> cached verdict for the packet-level backstop.
-#[map]
-pub static EGRESSD_SOCKETS_V1: LruHashMap<u64, SockVerdict> =
-    LruHashMap::with_max_entries(SOCKET_CACHE_ENTRIES, 0);
+/// Socket -> cached verdict for the packet-level backstop (socket-local storage, see
+/// `cache`). A BTF map: the kernel requires BTF key and value types for this map type.
+#[btf_map]
+pub static EGRESSD_SOCKETS_V1: SkStorage<SockVerdict> = SkStorage::new();
 
 /// (hook, region, verdict) -> decisions, per CPU.
 #[map]

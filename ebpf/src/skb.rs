@@ -1,15 +1,13 @@
 //! Packet-level hooks: the egress backstop and byte accounting in both directions.
 //!
 //! Egress judges what the socket hooks did not (raw sockets, ICMP, sockets opened before the
-//! agent, flows judged under an older generation). Per packet, the fast path is one LRU hash
-//! lookup by socket cookie: a cached verdict for the same destination and generation (or any
-//! earlier allow, with `established = keep`) is reused.
-use aya_ebpf::{
-    EbpfContext as _, helpers::generated::bpf_get_socket_cookie, programs::SkBuffContext,
-};
+//! agent, flows judged under an older generation). Per packet, the fast path is the verdict
+//! cached on the packet's socket ([`cache`]): one for the same destination and generation
+//! (or any earlier allow, with `established = keep`) is reused.
+use aya_ebpf::{bindings::bpf_sock, programs::SkBuffContext};
 use egressd_common::{Hook, SockVerdict, Verdict, direction};
 
-use crate::{addr, decide, maps::EGRESSD_SOCKETS_V1, report};
+use crate::{addr, cache, decide, report};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -22,9 +20,9 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     };
     let len = ctx.len();
     let generation = decide::generation();
-    // SAFETY: valid context pointer for a cgroup_skb program.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(c) = cached(cookie)
+    let sk = socket(ctx);
+    if !sk.is_null()
+        && let Some(c) = cache::get(sk)
         && c.dst_addr == d.addr
         && c.family == d.family
     {
@@ -48,7 +46,9 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         family: wire_family,
         _pad: [0; 2],
     };
-    let _ = EGRESSD_SOCKETS_V1.insert(cookie, cached, 0);
+    if !sk.is_null() {
+        cache::put(sk, cached);
+    }
     // One event per (socket, destination, generation): later packets hit the cache.
     if dec.verdict != Verdict::Allow {
         report::event(Hook::SkbEgress, &d, &dec);
@@ -68,11 +68,12 @@ fn cut_established(generation: u64) -> bool {
         .is_none_or(|s| s.cut_established != 0)
 }
 
-/// Copy of the cache entry of `cookie` (a copy: another CPU may update it meanwhile).
+/// The packet's socket (`skb->sk`), null for packets without one (forwarded, some
+/// replies sent by the kernel itself).
 #[inline(always)]
-fn cached(cookie: u64) -> Option<SockVerdict> {
-    // SAFETY: the pointer is valid for the duration of the program (RCU).
-    EGRESSD_SOCKETS_V1.get_ptr(&cookie).map(|p| unsafe { *p })
+fn socket(ctx: &SkBuffContext) -> *mut bpf_sock {
+    // SAFETY: valid context pointer for a cgroup_skb program.
+    unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }
 }
 
 /// `cgroup_skb/ingress`: counts bytes by the region of the sender; never drops.
@@ -82,9 +83,9 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
         return PASS;
     };
     let len = ctx.len();
-    // SAFETY: valid context pointer for a cgroup_skb program.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(c) = cached(cookie)
+    let sk = socket(ctx);
+    if !sk.is_null()
+        && let Some(c) = cache::get(sk)
         && c.dst_addr == d.addr
         && c.family == d.family
     {

@@ -1,10 +1,8 @@
 //! Socket-address hooks: connect4/6, sendmsg4/6.
-use aya_ebpf::{
-    EbpfContext as _, helpers::generated::bpf_get_socket_cookie, programs::SockAddrContext,
-};
+use aya_ebpf::programs::SockAddrContext;
 use egressd_common::{Hook, SockVerdict, Verdict};
 
-use crate::{addr, decide, maps::EGRESSD_SOCKETS_V1, report};
+use crate::{addr, cache, decide, report};
 
 /// Return value that lets the syscall proceed.
 const PROCEED: i32 = 1;
@@ -25,8 +23,8 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
         return REJECT;
     }
     // Let the packet-level backstop skip re-judging this socket's packets.
-    // SAFETY: valid context pointer for a sock_addr program.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the kernel passes a valid `bpf_sock_addr`; its `sk` is the calling socket.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
     let cached = SockVerdict {
         generation: dec.generation,
         dst_addr: wire,
@@ -35,7 +33,7 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
         family: wire_family,
         _pad: [0; 2],
     };
-    let _ = EGRESSD_SOCKETS_V1.insert(cookie, cached, 0);
+    cache::put(sk, cached);
     if dec.verdict == Verdict::Audit {
         report::event(hook, &d, &dec);
     }

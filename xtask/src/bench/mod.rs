@@ -47,6 +47,10 @@ pub struct Args {
     /// Fast smoke run: N up to 10k, 2 repetitions, short measurements (about a minute).
     #[arg(long)]
     quick: bool,
+    /// Measure only these prefix counts (comma-separated, e.g. `0,1000000`) instead of the
+    /// plan's; the report then says which were left out.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    ns: Vec<usize>,
     /// Internal: the connect worker inside namespace NETNS.
     #[arg(long, hide = true, value_name = "NETNS")]
     worker: Option<String>,
@@ -68,6 +72,8 @@ pub trait Filter {
 pub struct Plan {
     /// Quick smoke run.
     pub quick: bool,
+    /// `ns` was chosen with `--ns` (a partial run).
+    pub custom_ns: bool,
     /// Prefix counts.
     pub ns: Vec<usize>,
     /// Rounds of the connect benchmark (each measures every contender once per family).
@@ -91,6 +97,7 @@ impl Plan {
         if quick {
             Self {
                 quick,
+                custom_ns: false,
                 ns: vec![0, 1_000, 10_000],
                 reps: 2,
                 millis: 200,
@@ -103,6 +110,7 @@ impl Plan {
         } else {
             Self {
                 quick,
+                custom_ns: false,
                 ns: vec![0, 1_000, 10_000, 100_000, 1_000_000],
                 reps: 5,
                 millis: 800,
@@ -251,7 +259,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "-p",
         "xtask",
     ])?;
-    let plan = Plan::new(args.quick);
+    let mut plan = Plan::new(args.quick);
+    if !args.ns.is_empty() {
+        plan.ns = args.ns.clone();
+        plan.custom_ns = true;
+    }
     let t = Instant::now();
     let results = measure(plan, t)?;
     let docs = sh::root().join("docs");
