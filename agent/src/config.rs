@@ -69,6 +69,37 @@ impl Established {
     }
 }
 
+/// How the kernel finds the longest prefix covering an IPv4 destination (field
+/// `ipv4_lookup`). Both give the same decisions; they differ in speed and kernel memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ipv4Lookup {
+    /// [`Ipv4Lookup::Table`] when the policy egressd starts with has at least
+    /// [`AUTO_TABLE_MIN_PREFIXES`] IPv4 prefixes, else [`Ipv4Lookup::Trie`] (default).
+    #[default]
+    Auto,
+    /// The kernel's LPM trie: about 35 bytes per prefix; a lookup visits one node per
+    /// distinguishing bit (hundreds of ns to a few us at 100k-1M prefixes).
+    Trie,
+    /// A DIR-24-8 table ([`crate::policy::table`]): at most two array reads per lookup
+    /// whatever the number of prefixes, for 64 MiB per policy set (two sets) plus 1 KiB per
+    /// /24 holding a longer prefix.
+    Table,
+}
+
+impl Ipv4Lookup {
+    /// `"auto"`, `"trie"` or `"table"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Trie => "trie",
+            Self::Table => "table",
+        }
+    }
+}
+
+/// IPv4 prefixes from which `ipv4_lookup = "auto"` picks the table.
+pub const AUTO_TABLE_MIN_PREFIXES: usize = 65_536;
+
 /// What happens to a connection whose destination is in no allowlisted region.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -198,6 +229,10 @@ pub struct Config {
     /// `established`: what a policy change does to flows opened under the old policy;
     /// [`Established::Cut`] when absent.
     pub established: Established,
+    /// `ipv4_lookup`: the IPv4 lookup structure; [`Ipv4Lookup::Auto`] when absent. Read when
+    /// egressd starts (it sizes the kernel maps); a reload that changes it takes effect at
+    /// the next start.
+    pub ipv4_lookup: Ipv4Lookup,
     /// NAT64 prefixes (each a /96): [`WELL_KNOWN_NAT64`] first, then `nat64_prefixes` in file
     /// order. An IPv6 destination inside one is judged by its last 32 bits as IPv4.
     pub nat64: Vec<Ipv6Network>,
@@ -448,6 +483,7 @@ struct RawConfig {
     allowlist: Vec<Spanned<String>>,
     cgroup: Option<Spanned<String>>,
     established: Option<Spanned<String>>,
+    ipv4_lookup: Option<Spanned<String>>,
     nat64_prefixes: Option<Vec<Spanned<String>>>,
     default: Option<Spanned<String>>,
     drop_in_dir: Option<Spanned<String>>,
@@ -564,6 +600,7 @@ impl Ctx<'_> {
                 "mode",
                 "cgroup",
                 "established",
+                "ipv4_lookup",
                 "nat64_prefixes",
                 "default",
                 "drop_in_dir",
@@ -681,6 +718,23 @@ impl Ctx<'_> {
                         format!("invalid value `{other}`: expected `cut` or `keep`"),
                     ));
                     Established::Cut
+                }
+            },
+        };
+
+        let ipv4_lookup = match &raw.ipv4_lookup {
+            None => Ipv4Lookup::Auto,
+            Some(e) => match e.get_ref().as_str() {
+                "auto" => Ipv4Lookup::Auto,
+                "trie" => Ipv4Lookup::Trie,
+                "table" => Ipv4Lookup::Table,
+                other => {
+                    errors.push(self.err(
+                        e.span(),
+                        "ipv4_lookup",
+                        format!("invalid value `{other}`: expected `auto`, `trie` or `table`"),
+                    ));
+                    Ipv4Lookup::Auto
                 }
             },
         };
@@ -905,6 +959,7 @@ impl Ctx<'_> {
             allowlist,
             cgroup,
             established,
+            ipv4_lookup,
             nat64,
             default,
             suppress_window_ms,
@@ -2391,6 +2446,27 @@ mod tests {
     }
 
     #[test]
+    fn config_ipv4_lookup() {
+        let base = "allowlist = []\n";
+        assert_eq!(p(base).expect("defaults").ipv4_lookup, Ipv4Lookup::Auto);
+        for (v, want) in [
+            ("auto", Ipv4Lookup::Auto),
+            ("trie", Ipv4Lookup::Trie),
+            ("table", Ipv4Lookup::Table),
+        ] {
+            let c = p(&format!("{base}ipv4_lookup = \"{v}\"\n")).expect("valid");
+            assert_eq!(c.ipv4_lookup, want);
+            assert_eq!(want.as_str(), v);
+        }
+        fails(
+            &format!("{base}ipv4_lookup = \"hash\"\n"),
+            2,
+            "ipv4_lookup",
+            "expected `auto`, `trie` or `table`",
+        );
+    }
+
+    #[test]
     fn config_established_and_nat64() {
         let base = "allowlist = []\n";
         let c = p(base).expect("defaults");
@@ -2558,6 +2634,12 @@ mod tests {
                 .contains("only be set in the main configuration file"),
             "{e}"
         );
+        let d = (
+            PathBuf::from("/etc/egressd/policy.d/41-lookup.toml"),
+            "ipv4_lookup = \"table\"\n".to_owned(),
+        );
+        let e = parse_set(main, text, &[d]).expect_err("main only");
+        assert!(e.message.contains("`ipv4_lookup` may only be set"), "{e}");
         // An allowlist entry naming a region of another drop-in is fine; an unknown one is not.
         let f = (
             PathBuf::from("/etc/egressd/policy.d/50-al.toml"),

@@ -171,13 +171,13 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     };
     pipeline.submit(&lifecycle(
         LifecycleBody::PolicyLoaded {
-            policy: summary(&cfg, &policy, enforcer.generation()),
+            policy: summary(&cfg, &policy, &enforcer),
         },
         "policy_loaded",
     ));
     pipeline.submit(&lifecycle(
         LifecycleBody::Start {
-            policy: summary(&cfg, &policy, enforcer.generation()),
+            policy: summary(&cfg, &policy, &enforcer),
             cgroup: cgroup.display().to_string(),
             sinks: pipeline.names(),
         },
@@ -187,6 +187,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         cgroup = %cgroup.display(),
         mode = %policy.mode,
         digest = %policy.digest,
+        ipv4_lookup = enforcer.ipv4_lookup(),
         sinks = ?pipeline.names(),
         "enforcing"
     );
@@ -324,10 +325,15 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                     Ok((cfg, new)) => {
                         reloads.ok += 1;
                         let generation = enforcer.generation();
-                        tracing::info!(generation, digest = %new.digest, "policy reloaded");
+                        tracing::info!(
+                            generation,
+                            digest = %new.digest,
+                            ipv4_lookup = enforcer.ipv4_lookup(),
+                            "policy reloaded"
+                        );
                         pipeline.submit(&lifecycle(
                             LifecycleBody::PolicyLoaded {
-                                policy: summary(&cfg, &new, generation),
+                                policy: summary(&cfg, &new, &enforcer),
                             },
                             "policy_loaded",
                         ));
@@ -448,12 +454,13 @@ fn drain(
     n
 }
 
-fn summary(cfg: &config::Config, policy: &Policy, generation: u64) -> PolicySummary {
+fn summary(cfg: &config::Config, policy: &Policy, enforcer: &Enforcer) -> PolicySummary {
     PolicySummary {
         file: cfg.path.display().to_string(),
         mode: policy.mode.to_string(),
         digest: policy.digest.clone(),
-        generation,
+        generation: enforcer.generation(),
+        ipv4_lookup: enforcer.ipv4_lookup().to_owned(),
         regions: policy.regions.len() - 1,
         prefixes_v4: policy.v4.len(),
         prefixes_v6: policy.v6.len(),

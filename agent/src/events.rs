@@ -457,6 +457,9 @@ pub struct PolicySummary {
     pub digest: String,
     /// Generation in the kernel.
     pub generation: u64,
+    /// How the kernel looks up IPv4 destinations of this generation: `"table"` (DIR-24-8)
+    /// or `"trie"` (LPM trie); see the `ipv4_lookup` setting.
+    pub ipv4_lookup: String,
     /// Configured regions.
     pub regions: usize,
     /// IPv4 prefixes.
@@ -813,6 +816,7 @@ pub mod sample {
             mode: "enforce".into(),
             digest: "3fb60c46ec413f16".into(),
             generation: 1,
+            ipv4_lookup: "trie".into(),
             regions: 2,
             prefixes_v4: 2,
             prefixes_v6: 2,

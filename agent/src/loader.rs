@@ -10,6 +10,8 @@
 //! then maps and links are pinned on a bpffs and stay in force after the process exits, and
 //! the next `load_pinned` on the same directory adopts them (same maps, the policy generation
 //! continues, each link's program replaced atomically with `BPF_LINK_UPDATE`).
+mod table;
+
 use std::{
     collections::HashSet,
     fs::File,
@@ -35,10 +37,11 @@ use egressd_common::{
 };
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
+pub use self::table::Capacity;
 use crate::{
     config::{Established, Mode},
     pin::PinDir,
-    policy::Policy,
+    policy::{Policy, table::Table4},
 };
 
 /// The eBPF object built by `build.rs` (empty when the build skipped it).
@@ -72,7 +75,14 @@ pub struct Enforcer {
     generation: u64,
     /// Policy held by each set (index = set), to clear stale prefixes on the next install.
     sets: [Option<Arc<Policy>>; 2],
+    /// Whether each set's IPv4 trie holds the prefixes of `sets` (false when the set uses
+    /// the table: its trie is then empty).
+    v4_in_trie: [bool; 2],
+    /// Sets left half-filled by a failed install: their tries are emptied before the next.
+    dirty: [bool; 2],
     max_prefixes: u32,
+    /// Second-level chunks of each set's IPv4 table; `None`: no table.
+    table_chunks: Option<usize>,
     /// Pinned mode: the pin directory, the cgroup, and what is known about each set.
     pins: Option<Pins>,
 }
@@ -123,7 +133,7 @@ impl Enforcer {
     pub fn load(policy: Arc<Policy>, cgroup: &Path) -> anyhow::Result<Self> {
         crate::privileges::check()?;
         crate::cgroup::validate(cgroup)?;
-        let mut e = Self::open(policy.lpm_v4.len().max(policy.lpm_v6.len()))?;
+        let mut e = Self::open_with(Capacity::for_policy(&policy))?;
         e.install(policy)?;
         e.attach(cgroup)?;
         Ok(e)
@@ -133,13 +143,20 @@ impl Enforcer {
     /// them with `BPF_PROG_TEST_RUN`). The LPM tries hold at least `prefixes` entries each
     /// (and at least [`DEFAULT_MAX_PREFIXES`]); a later policy may not exceed that.
     pub fn open(prefixes: usize) -> anyhow::Result<Self> {
-        Self::open_in(prefixes, None)
+        Self::open_in(Capacity::tries(prefixes), None)
+    }
+
+    /// Loads like [`Enforcer::open`] with the map sizes of `cap` (an IPv4 table when
+    /// `cap.table_chunks` is set: 64 MiB per set plus 1 KiB per chunk, see
+    /// [`Capacity::table_bytes`]).
+    pub fn open_with(cap: Capacity) -> anyhow::Result<Self> {
+        Self::open_in(cap, None)
     }
 
     /// Loads like [`Enforcer::open`]; with `pins`, every `EGRESSD_*` map is backed by its pin
     /// under `DIR/maps` (an existing pin is reused, with its contents; a missing one is
     /// created and pinned).
-    fn open_in(prefixes: usize, pins: Option<&PinDir>) -> anyhow::Result<Self> {
+    fn open_in(cap: Capacity, pins: Option<&PinDir>) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             return Err(anyhow!(
                 "this egressd binary was built without its eBPF programs (AYA_BUILD_SKIP); \
@@ -147,13 +164,14 @@ impl Enforcer {
             ));
         }
         crate::privileges::check()?;
-        let max = u32::try_from(prefixes)
+        let max = u32::try_from(cap.prefixes)
             .unwrap_or(u32::MAX)
             .max(DEFAULT_MAX_PREFIXES);
         let mut loader = EbpfLoader::new();
         for name in maps::PREFIXES_V4.iter().chain(&maps::PREFIXES_V6) {
             loader.map_max_entries(name, max);
         }
+        table::size_maps(&mut loader, cap);
         let mut max = max;
         let pinned: Vec<(String, PathBuf)> = match pins {
             Some(dir) => pinned_maps(dir)?,
@@ -185,11 +203,20 @@ impl Enforcer {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
             prog.load().map_err(|e| explain_program(hook, e))?;
         }
+        let table_chunks = table::loaded_chunks(&ebpf)?;
+        if cap.table_chunks.is_some() && table_chunks.is_none() {
+            tracing::warn!(
+                "the pinned IPv4 table maps were created without a table; IPv4 lookups use                  the LPM trie until `egressd detach` and a new start"
+            );
+        }
         Ok(Self {
             ebpf,
             generation: 0,
             sets: [None, None],
+            v4_in_trie: [false; 2],
+            dirty: [false; 2],
             max_prefixes: max,
+            table_chunks,
             pins: None,
         })
     }
@@ -235,7 +262,7 @@ impl Enforcer {
                 );
             }
         }
-        let mut e = Self::open_in(policy.lpm_v4.len().max(policy.lpm_v6.len()), Some(dir))?;
+        let mut e = Self::open_in(Capacity::for_policy(&policy), Some(dir))?;
         let generation: Array<_, u64> = Array::try_from(map(&mut e.ebpf, maps::GENERATION)?)?;
         let previous = generation.get(&0, 0).unwrap_or(0);
         e.generation = previous;
@@ -372,8 +399,17 @@ impl Enforcer {
                 || checks.is_multiple_of(LARGE_CHECK_EVERY))
             && !self.set_matches(set, &policy)?
         {
-            fill_set(&mut self.ebpf, set, None, &policy, self.generation)?;
-            clear_stale(&mut self.ebpf, set, &policy)?;
+            let used_table = fill_set(
+                &mut self.ebpf,
+                set,
+                None,
+                None,
+                &policy,
+                self.generation,
+                self.table_chunks,
+            )?;
+            clear_stale(&mut self.ebpf, set, &policy, used_table)?;
+            self.v4_in_trie[set] = !used_table;
             repairs.push(format!(
                 "policy maps of generation {} were changed; restored",
                 self.generation
@@ -384,11 +420,26 @@ impl Enforcer {
 
     /// Whether set `set` holds exactly `policy` (tries, entries in use, settings).
     fn set_matches(&mut self, set: usize, policy: &Policy) -> anyhow::Result<bool> {
+        let settings: Array<_, GlobalPolicy> =
+            Array::try_from(map(&mut self.ebpf, maps::SETTINGS)?)?;
+        let uses_table = settings.get(&u32::try_from(set)?, 0)?.v4_table != 0;
+        let want_v4: &[(Ipv4Network, u32)] = if uses_table {
+            let Some(t) = compile_table(policy, self.table_chunks) else {
+                return Ok(false);
+            };
+            if !table::holds(&self.ebpf, maps::TABLE24[set], t.t24_bytes())?
+                || !table::holds(&self.ebpf, maps::TABLE8[set], t.t8_bytes())?
+            {
+                return Ok(false);
+            }
+            &[]
+        } else {
+            &policy.lpm_v4
+        };
         let trie4: LpmTrie<_, [u8; 4], u32> =
             LpmTrie::try_from(map(&mut self.ebpf, maps::PREFIXES_V4[set])?)?;
         let mut n = 0usize;
-        let want4: std::collections::HashMap<(u32, [u8; 4]), u32> = policy
-            .lpm_v4
+        let want4: std::collections::HashMap<(u32, [u8; 4]), u32> = want_v4
             .iter()
             .map(|(net, e)| ((u32::from(net.prefix()), net.network().octets()), *e))
             .collect();
@@ -534,6 +585,17 @@ impl Enforcer {
         self.generation
     }
 
+    /// How IPv4 destinations are looked up under the generation in force: `"table"` or
+    /// `"trie"` (also before the first install).
+    pub fn ipv4_lookup(&self) -> &'static str {
+        let set = set_of(self.generation);
+        if self.sets[set].is_some() && !self.v4_in_trie[set] {
+            "table"
+        } else {
+            "trie"
+        }
+    }
+
     /// Installs `policy` as generation `generation() + 1`: fills the idle set (removing the
     /// prefixes it held), then publishes the generation. Returns the new generation.
     ///
@@ -564,14 +626,36 @@ impl Enforcer {
         let next = self.generation + 1;
         let set = set_of(next);
         let old = self.sets[set].take();
-        if let Some(pins) = &mut self.pins
-            && pins.unknown[set]
-        {
-            // Adopted: this set holds what an earlier process wrote.
+        let unknown = self.pins.as_ref().is_some_and(|p| p.unknown[set]) || self.dirty[set];
+        if unknown {
+            // This set holds what an earlier process, or a failed fill, wrote.
             clear_set(&mut self.ebpf, set)?;
-            pins.unknown[set] = false;
+            if let Some(pins) = &mut self.pins {
+                pins.unknown[set] = false;
+            }
+            self.dirty[set] = false;
+            self.v4_in_trie[set] = false;
         }
-        fill_set(&mut self.ebpf, set, old.as_deref(), &policy, next)?;
+        // After a clear there is nothing stale to remove.
+        let old = old.filter(|_| !unknown);
+        let old_v4 = old.as_deref().filter(|_| self.v4_in_trie[set]);
+        let filled = fill_set(
+            &mut self.ebpf,
+            set,
+            old.as_deref(),
+            old_v4,
+            &policy,
+            next,
+            self.table_chunks,
+        );
+        let used_table = match filled {
+            Ok(t) => t,
+            Err(e) => {
+                self.dirty[set] = true;
+                return Err(e);
+            }
+        };
+        self.v4_in_trie[set] = !used_table;
         let mut generation: Array<_, u64> =
             Array::try_from(map(&mut self.ebpf, maps::GENERATION)?)?;
         generation
@@ -664,6 +748,8 @@ fn expected_shape(name: &str) -> Option<(u32, u32)> {
         Some((4, size(size_of::<FlowCounter>())))
     } else if name == maps::SOCKETS {
         Some((4, size(size_of::<egressd_common::SockVerdict>())))
+    } else if maps::TABLE24.contains(&name) || maps::TABLE8.contains(&name) {
+        Some((4, size(egressd_common::table::PAGE_BYTES)))
     } else {
         None
     }
@@ -689,10 +775,11 @@ fn clear_set(ebpf: &mut Ebpf, set: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes from set `set` every prefix `policy` does not hold (after a repair).
-fn clear_stale(ebpf: &mut Ebpf, set: usize, policy: &Policy) -> anyhow::Result<()> {
-    let keep4: HashSet<(u32, [u8; 4])> = policy
-        .lpm_v4
+/// Removes from set `set` every prefix `policy` does not hold (after a repair); with
+/// `table`, every IPv4 prefix (the table serves IPv4).
+fn clear_stale(ebpf: &mut Ebpf, set: usize, policy: &Policy, table: bool) -> anyhow::Result<()> {
+    let v4: &[(Ipv4Network, u32)] = if table { &[] } else { &policy.lpm_v4 };
+    let keep4: HashSet<(u32, [u8; 4])> = v4
         .iter()
         .map(|(n, _)| (u32::from(n.prefix()), n.network().octets()))
         .collect();
@@ -738,21 +825,49 @@ fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::
         .with_context(|| format!("map {name} missing from the eBPF object"))
 }
 
-/// Makes set `set` hold exactly `new` for generation `generation`; `old` is what it held.
+/// The IPv4 table of `policy` when the maps have one and it fits, else `None` (logged: IPv4
+/// is then looked up in the trie, as fast as the trie is).
+fn compile_table(policy: &Policy, chunks: Option<usize>) -> Option<Table4> {
+    let capacity = chunks?;
+    match Table4::compile(&policy.lpm_v4) {
+        Ok(t) if t.chunks() <= capacity => Some(t),
+        Ok(t) => {
+            tracing::warn!(
+                chunks = t.chunks(),
+                capacity,
+                "the policy needs more IPv4 table chunks than the maps hold; IPv4 lookups of \
+                 this generation use the LPM trie (restart egressd to size the table anew)"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "IPv4 table not usable; IPv4 lookups use the LPM trie");
+            None
+        }
+    }
+}
+
+/// Makes set `set` hold exactly `new` for generation `generation`: `old` is what its maps
+/// hold, `old_v4` what its IPv4 trie holds (`None` when empty), `chunks` the table capacity.
+/// Returns whether IPv4 is looked up in the table (its trie is then left empty).
 fn fill_set(
     ebpf: &mut Ebpf,
     set: usize,
     old: Option<&Policy>,
+    old_v4: Option<&Policy>,
     new: &Policy,
     generation: u64,
-) -> anyhow::Result<()> {
+    chunks: Option<usize>,
+) -> anyhow::Result<bool> {
     let fd4 = trie_fd(ebpf, maps::PREFIXES_V4[set])?;
     let fd6 = trie_fd(ebpf, maps::PREFIXES_V6[set])?;
+    let table = compile_table(new, chunks);
     {
         let name = maps::PREFIXES_V4[set];
         let mut trie: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
-        let keep: HashSet<Ipv4Network> = new.lpm_v4.iter().map(|(n, _)| *n).collect();
-        let stale: Vec<Key<[u8; 4]>> = old
+        let want: &[(Ipv4Network, u32)] = if table.is_some() { &[] } else { &new.lpm_v4 };
+        let keep: HashSet<Ipv4Network> = want.iter().map(|(n, _)| *n).collect();
+        let stale: Vec<Key<[u8; 4]>> = old_v4
             .map_or(&[][..], |p| &p.lpm_v4)
             .iter()
             .filter(|(n, _)| !keep.contains(n))
@@ -763,14 +878,18 @@ fn fill_set(
                 let _ = trie.remove(k);
             }
         }
-        let keys: Vec<Key<[u8; 4]>> = new.lpm_v4.iter().map(|(n, _)| key4(n)).collect();
-        let values: Vec<u32> = new.lpm_v4.iter().map(|(_, e)| *e).collect();
+        let keys: Vec<Key<[u8; 4]>> = want.iter().map(|(n, _)| key4(n)).collect();
+        let values: Vec<u32> = want.iter().map(|(_, e)| *e).collect();
         if !update_batch(fd4, &keys, &values).with_context(|| format!("filling {name}"))? {
-            for (net, entry) in &new.lpm_v4 {
+            for (net, entry) in want {
                 trie.insert(&key4(net), entry, 0)
                     .with_context(|| format!("inserting {net} into {name}"))?;
             }
         }
+    }
+    if let Some(t) = &table {
+        table::write(ebpf, maps::TABLE24[set], t.t24_bytes())?;
+        table::write(ebpf, maps::TABLE8[set], t.t8_bytes())?;
     }
     {
         let name = maps::PREFIXES_V6[set];
@@ -826,11 +945,12 @@ fn fill_set(
             Mode::Audit => kmode::AUDIT,
         },
         cut_established: u8::from(new.established == Established::Cut),
-        _pad: [0; 2],
+        v4_table: u8::from(table.is_some()),
+        _pad: 0,
         suppress_ms: new.suppress_window_ms,
     };
     settings.set(u32::try_from(set)?, value, 0)?;
-    Ok(())
+    Ok(table.is_some())
 }
 
 /// Raw descriptor of LPM trie `name`, valid while `ebpf` lives.

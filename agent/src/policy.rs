@@ -18,6 +18,7 @@
 //! connection through and reports it.
 
 mod entries;
+pub mod table;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -26,7 +27,8 @@ use egressd_common::{Entry, REGION_UNKNOWN, Verdict};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::config::{
-    Action, Config, Established, Mode, Rule, Target, UNKNOWN_REGION_NAME, mask_u32, mask_u128,
+    Action, Config, Established, Ipv4Lookup, Mode, Rule, Target, UNKNOWN_REGION_NAME, mask_u32,
+    mask_u128,
 };
 
 /// A compiled policy: what the loader writes into the maps.
@@ -54,6 +56,8 @@ pub struct Policy {
     pub nat64: Vec<Ipv6Network>,
     /// [`Config::established`].
     pub established: Established,
+    /// [`Config::ipv4_lookup`].
+    pub ipv4_lookup: Ipv4Lookup,
     /// [`Config::default`].
     pub default: Action,
     /// [`Config::suppress_window_ms`].
@@ -153,6 +157,7 @@ pub fn compile(cfg: &Config) -> Policy {
         v6,
         nat64: cfg.nat64.clone(),
         established: cfg.established,
+        ipv4_lookup: cfg.ipv4_lookup,
         default: cfg.default,
         suppress_window_ms: cfg.suppress_window_ms,
         region_modes,
@@ -668,6 +673,7 @@ mod tests {
             allowlist: vec!["r7".into()],
             cgroup: None,
             established: Established::Cut,
+            ipv4_lookup: crate::config::Ipv4Lookup::Auto,
             nat64: vec![crate::config::WELL_KNOWN_NAT64],
             default: Action::Deny,
             suppress_window_ms: 0,

@@ -26,6 +26,10 @@ fn main() {
     let tests = vec![
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
         Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce::enforce_ipv6),
+        Trial::test(
+            "enforce_ipv4_with_table_lookup",
+            enforce::enforce_ipv4_table,
+        ),
         Trial::test("ipv4_mapped_ipv6_is_judged_as_ipv4", enforce::mapped),
         Trial::test("unconnected_udp_sendto_is_denied", enforce::unconnected_udp),
         Trial::test(

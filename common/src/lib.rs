@@ -25,6 +25,16 @@ pub mod maps {
     /// `BPF_MAP_TYPE_LPM_TRIE` per set: key prefix length + 16 address bytes, value `u32`
     /// entry id.
     pub const PREFIXES_V6: [&str; 2] = ["EGRESSD_PREFIXES_V6_A_V1", "EGRESSD_PREFIXES_V6_B_V1"];
+    /// IPv4 lookup table, first level (DIR-24-8: Gupta, Lin, McKeown, "Routing lookups in
+    /// hardware at memory access speeds", INFOCOM 1998), per set: `BPF_MAP_TYPE_ARRAY` with
+    /// `BPF_F_MMAPABLE` of [`crate::table::Page24`] pages, [`crate::table::PAGES24`] of them
+    /// when the table is in use (1 otherwise). Entry `a >> 8` (address `a` in host byte order)
+    /// is an entry id, or [`crate::table::CHUNK`] | the index of a 256-entry chunk of
+    /// `TABLE8` for /24s holding a longer prefix. Written by userspace through `mmap`.
+    pub const TABLE24: [&str; 2] = ["EGRESSD_TABLE24_A_V1", "EGRESSD_TABLE24_B_V1"];
+    /// IPv4 lookup table, second level, per set: `BPF_MAP_TYPE_ARRAY` with `BPF_F_MMAPABLE`
+    /// of [`crate::table::Page8`] pages; entry `chunk * 256 + (a & 0xff)` is an entry id.
+    pub const TABLE8: [&str; 2] = ["EGRESSD_TABLE8_A_V1", "EGRESSD_TABLE8_B_V1"];
     /// `BPF_MAP_TYPE_LPM_TRIE` per set: NAT64 /96 prefixes (key as in `PREFIXES_V6`), value
     /// `u32` 1. A destination inside one is judged by its last 4 bytes as IPv4 (RFC 6052).
     pub const NAT64: [&str; 2] = ["EGRESSD_NAT64_A_V1", "EGRESSD_NAT64_B_V1"];
@@ -206,8 +216,34 @@ pub const RULE_DEFAULT: u32 = u32::MAX;
 /// Port rules an [`Entry`] holds at most (after inheriting those of covering prefixes).
 pub const MAX_PORT_RULES: usize = 16;
 
-/// Entries of [`maps::ENTRIES`] per set.
+/// Entries of [`maps::ENTRIES`] per set (entry ids fit the `u16` of [`table::Page8`]).
 pub const MAX_ENTRIES: u32 = 16384;
+
+/// Layout of the IPv4 lookup table ([`maps::TABLE24`], [`maps::TABLE8`]). Both levels are
+/// arrays of 4 KiB pages so that one map element is one page: few elements, and userspace can
+/// fill them with one `memcpy` through `mmap` instead of a syscall per entry.
+pub mod table {
+    /// Bytes per map element.
+    pub const PAGE_BYTES: usize = 4096;
+    /// First-level entries per page.
+    pub const PER_PAGE24: usize = PAGE_BYTES / 4;
+    /// Second-level entries per page.
+    pub const PER_PAGE8: usize = PAGE_BYTES / 2;
+    /// First-level pages of a table in use: 2^24 entries (64 MiB).
+    pub const PAGES24: u32 = (1 << 24) / PER_PAGE24 as u32;
+    /// First-level flag: the low 31 bits are a chunk index, not an entry id.
+    pub const CHUNK: u32 = 1 << 31;
+    /// Entries of one second-level chunk (the last 8 bits of the address).
+    pub const CHUNK_ENTRIES: usize = 256;
+    /// Chunks per second-level page.
+    pub const CHUNKS_PER_PAGE8: usize = PER_PAGE8 / CHUNK_ENTRIES;
+    /// Most chunks a table may have (keeps `chunk << 8` within 31 bits).
+    pub const MAX_CHUNKS: u32 = 1 << 23;
+    /// One first-level page: entry ids or [`CHUNK`] | chunk index.
+    pub type Page24 = [u32; PER_PAGE24];
+    /// One second-level page: entry ids.
+    pub type Page8 = [u16; PER_PAGE8];
+}
 
 /// Action codes of [`PortRule::action`] and [`Entry::default_action`].
 pub mod action {
@@ -270,8 +306,11 @@ pub struct GlobalPolicy {
     /// 1: flows judged under an older generation are re-judged and cut if now denied;
     /// 0: they keep their verdict until closed.
     pub cut_established: u8,
+    /// 1: IPv4 destinations are looked up in this set's table ([`maps::TABLE24`]); 0: in
+    /// its LPM trie ([`maps::PREFIXES_V4`]).
+    pub v4_table: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
     /// Event suppression window in milliseconds: at most one event per (process,
     /// destination, verdict) per window; 0 disables suppression.
     pub suppress_ms: u32,

@@ -1,7 +1,9 @@
 //! The verdict for one destination under the policy generation in force.
 use aya_ebpf::maps::lpm_trie::Key;
 use egressd_common::{
-    MAX_PORT_RULES, REGION_LOCAL, REGION_UNKNOWN, Verdict, action, family, set_of, unwrap,
+    MAX_PORT_RULES, REGION_LOCAL, REGION_UNKNOWN, Verdict, action, family, set_of,
+    table::{CHUNK, CHUNK_ENTRIES, PER_PAGE8, PER_PAGE24},
+    unwrap,
 };
 
 use crate::{
@@ -108,6 +110,13 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
 /// Longest-prefix match in set `set`: the entry id, 0 when no prefix covers `d`.
 #[inline(always)]
 fn lookup(d: &Dest, set: usize) -> u32 {
+    if d.family == family::INET
+        && EGRESSD_SETTINGS_V1
+            .get(set as u32)
+            .is_some_and(|s| s.v4_table != 0)
+    {
+        return table4(d, set);
+    }
     let hit = if d.family == family::INET {
         let key = Key::new(32, [d.addr[0], d.addr[1], d.addr[2], d.addr[3]]);
         if set == 0 {
@@ -124,4 +133,30 @@ fn lookup(d: &Dest, set: usize) -> u32 {
         }
     };
     hit.copied().unwrap_or(0)
+}
+
+/// IPv4 lookup in set `set`'s table: at most two array reads, whatever the number of
+/// prefixes (layout in `egressd_common::table`). A missing page (a table smaller than the
+/// flag promises) reads as entry 0, the default decision.
+#[inline(always)]
+fn table4(d: &Dest, set: usize) -> u32 {
+    let a = u32::from_be_bytes([d.addr[0], d.addr[1], d.addr[2], d.addr[3]]);
+    let (t24, t8) = if set == 0 {
+        (&EGRESSD_TABLE24_A_V1, &EGRESSD_TABLE8_A_V1)
+    } else {
+        (&EGRESSD_TABLE24_B_V1, &EGRESSD_TABLE8_B_V1)
+    };
+    let i24 = a >> 8;
+    let Some(page) = t24.get(i24 / PER_PAGE24 as u32) else {
+        return 0;
+    };
+    let e = page[(i24 as usize) % PER_PAGE24];
+    if e & CHUNK == 0 {
+        return e;
+    }
+    let i8 = (e & !CHUNK) as usize * CHUNK_ENTRIES + (a & 0xff) as usize;
+    let Some(page) = t8.get((i8 / PER_PAGE8) as u32) else {
+        return 0;
+    };
+    u32::from(page[i8 % PER_PAGE8])
 }

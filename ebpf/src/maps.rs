@@ -10,7 +10,11 @@ use egressd_common::{
     COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, FLOW_SLOTS, FlowCounter,
     GlobalPolicy, MAX_ENTRIES, MAX_NAT64, SUPPRESS_ENTRIES, SockVerdict, SuppressKey,
     SuppressState, loss,
+    table::{Page8, Page24},
 };
+
+/// `BPF_F_MMAPABLE` (`include/uapi/linux/bpf.h`): userspace fills the tables by `mmap`.
+const MMAPABLE: u32 = 1 << 10;
 
 /// IPv4 prefix (network byte order) -> region id, set A.
 #[map]
@@ -29,6 +33,20 @@ pub static EGRESSD_PREFIXES_V6_A_V1: LpmTrie<[u8; 16], u32> =
 #[map]
 pub static EGRESSD_PREFIXES_V6_B_V1: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
+
+/// IPv4 table, first level, set A (one page until the loader sizes it; see
+/// `egressd_common::maps::TABLE24`).
+#[map]
+pub static EGRESSD_TABLE24_A_V1: Array<Page24> = Array::with_max_entries(1, MMAPABLE);
+/// As above, set B.
+#[map]
+pub static EGRESSD_TABLE24_B_V1: Array<Page24> = Array::with_max_entries(1, MMAPABLE);
+/// IPv4 table, second level, set A.
+#[map]
+pub static EGRESSD_TABLE8_A_V1: Array<Page8> = Array::with_max_entries(1, MMAPABLE);
+/// As above, set B.
+#[map]
+pub static EGRESSD_TABLE8_B_V1: Array<Page8> = Array::with_max_entries(1, MMAPABLE);
 
 /// NAT64 /96 prefixes, set A.
 #[map]

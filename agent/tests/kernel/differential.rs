@@ -1,7 +1,8 @@
 //! Differential test: the kernel's verdict (the `cgroup_skb/egress` program run with
 //! `BPF_PROG_TEST_RUN` on crafted packets) against the userspace reference model
 //! ([`egressd::policy::Policy::verdict`]) of the same policy, over random policies and
-//! destinations. Zero disagreements allowed.
+//! destinations, with IPv4 looked up in the LPM trie and, in a second enforcer, in the
+//! DIR-24-8 table. Zero disagreements allowed.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, BorrowedFd},
@@ -10,8 +11,10 @@ use std::{
 };
 
 use egressd::{
-    config::{Action, Config, Established, Mode, Region, Rule, Target, WELL_KNOWN_NAT64},
-    loader::Enforcer,
+    config::{
+        Action, Config, Established, Ipv4Lookup, Mode, Region, Rule, Target, WELL_KNOWN_NAT64,
+    },
+    loader::{Capacity, Enforcer},
     policy::{self, Policy},
     testrun,
 };
@@ -43,7 +46,16 @@ pub fn differential() -> Result<(), Failed> {
         .unwrap_or(0x0e9e55d);
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut enforcer = Enforcer::open(4096).map_err(|e| format!("{e:#}"))?;
+    let mut tabled = Enforcer::open_with(Capacity {
+        prefixes: 4096,
+        table_chunks: Some(4096),
+    })
+    .map_err(|e| format!("{e:#}"))?;
     let raw = enforcer
+        .program_fd(programs::SKB_EGRESS)
+        .map_err(|e| format!("{e:#}"))?
+        .as_raw_fd();
+    let raw_tabled = tabled
         .program_fd(programs::SKB_EGRESS)
         .map_err(|e| format!("{e:#}"))?
         .as_raw_fd();
@@ -57,6 +69,9 @@ pub fn differential() -> Result<(), Failed> {
         enforcer
             .install(policy.clone())
             .map_err(|e| format!("policy {p}: {e:#}"))?;
+        tabled
+            .install(policy.clone())
+            .map_err(|e| format!("policy {p} (table): {e:#}"))?;
         for _ in 0..DESTINATIONS {
             let dst = random_destination(&mut rng, &policy);
             let protocol = [6u8, 17, 17, 6, 1, 58][rng.usize(..6)];
@@ -65,23 +80,27 @@ pub fn differential() -> Result<(), Failed> {
             } else {
                 0
             };
-            // SAFETY: the fd belongs to `enforcer`, alive for the whole loop.
-            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
             let frame = testrun::frame(dst, protocol, port, 0);
-            let out = testrun::run(fd, &frame, 1).map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))?;
             let want = u32::from(policy.decide(dst, protocol, port).verdict != Verdict::Deny);
             cases += 1;
-            if out.retval != want && disagreements.len() < 20 {
-                disagreements.push(format!(
-                    "seed {seed:#x} policy {p} ({:?}, allow {:?}, default {:?}, rules {:?}): \
-                     {dst} proto {protocol} port {port}: kernel {} model {want} ({:?})",
-                    policy.mode,
-                    policy.allowed,
-                    policy.default,
-                    policy.rules,
-                    out.retval,
-                    policy.decide(dst, protocol, port)
-                ));
+            for (lookup, raw) in [("trie", raw), ("table", raw_tabled)] {
+                // SAFETY: the fd belongs to an enforcer alive for the whole loop.
+                let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+                let out =
+                    testrun::run(fd, &frame, 1).map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))?;
+                if out.retval != want && disagreements.len() < 20 {
+                    disagreements.push(format!(
+                        "seed {seed:#x} policy {p} ({:?}, allow {:?}, default {:?}, rules \
+                         {:?}), IPv4 {lookup}: {dst} proto {protocol} port {port}: kernel {} \
+                         model {want} ({:?})",
+                        policy.mode,
+                        policy.allowed,
+                        policy.default,
+                        policy.rules,
+                        out.retval,
+                        policy.decide(dst, protocol, port)
+                    ));
+                }
             }
         }
     }
@@ -240,6 +259,7 @@ fn random_config(rng: &mut fastrand::Rng) -> Config {
         allowlist,
         cgroup: None,
         established: Established::Cut,
+        ipv4_lookup: Ipv4Lookup::Auto,
         nat64,
         default: if rng.u8(..4) == 0 {
             Action::Allow

@@ -10,8 +10,36 @@ fn check_family(v4: bool) -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
+    check_verdicts(&tb, agent, v4)
+}
+
+/// `ipv4_lookup = "table"`: the same verdicts and events as with the trie, the allowed host
+/// in a /25 (a second-level chunk of the table) and the denied one in a /24 (first level).
+pub fn enforce_ipv4_table() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let text = format!(
+        "ipv4_lookup = \"table\"\n{}",
+        policy("enforce").replace("198.18.1.0/24", "198.18.1.0/25")
+    );
+    let agent = Agent::start_with(&tb, &text)?;
+    let start = agent
+        .records()
+        .iter()
+        .find(|r| r["type"] == "agent_start")
+        .cloned();
+    let lookup = start.as_ref().map(|r| r["policy"]["ipv4_lookup"].clone());
+    if lookup != Some(Value::from("table")) {
+        return Err(format!("agent_start says ipv4_lookup {lookup:?}, not \"table\"").into());
+    }
+    check_verdicts(&tb, agent, true)
+}
+
+/// TCP and connected UDP to the allowed and the denied host of one family: verdicts, deny
+/// events, and nothing served by the denied host.
+fn check_verdicts(tb: &egressd_testbed::Testbed, agent: Agent, v4: bool) -> Result<(), Failed> {
     let (eu, us) = if v4 { (EU_V4, US_V4) } else { (EU_V6, US_V6) };
-    let r = probe(&tb, 1, &[tcp(eu), tcp(us), udp(eu), udp(us)])?;
+    let r = probe(tb, 1, &[tcp(eu), tcp(us), udp(eu), udp(us)])?;
     expect_ok(&r[0])?;
     expect_eperm(&r[1])?;
     expect_ok(&r[2])?;

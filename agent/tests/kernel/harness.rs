@@ -122,6 +122,11 @@ impl Agent {
         Err("egressd did not attach within 30 s".into())
     }
 
+    /// The records read so far (at least up to `agent_start`).
+    pub fn records(&self) -> &[Value] {
+        &self.seen
+    }
+
     /// The daemon's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
