@@ -5,12 +5,18 @@
 //! - `trivial`: `r0 = 1; exit` (the test-run overhead that the other figures subtract);
 //! - `lpm4` / `lpm6`: one `bpf_map_lookup_elem` in a `BPF_MAP_TYPE_LPM_TRIE` holding the same
 //!   prefixes as egressd's tries (what egressd does per decision today);
-//! - `dir24`: the DIR-24-8 multibit table (Gupta, Lin, McKeown 1998) that the benchmark report
-//!   proposes as the replacement for IPv4: a 2^24-entry first-level table indexed by the top
-//!   24 bits, whose entry is either a region id or the index of a 256-entry second-level
-//!   chunk for prefixes longer than /24. Both levels are mmapable array maps of 4 KiB pages
-//!   filled from userspace with one `memcpy`, so a lookup is at most two array lookups and
-//!   loading costs no per-prefix syscall.
+//! - `dir24`: egressd's IPv4 table (DIR-24-8, Gupta, Lin, McKeown 1998; compiled by
+//!   [`Table4::compile`], what egressd loads with `ipv4_lookup = "table"` or, by default, from
+//!   65,536 IPv4 prefixes): a 2^24-entry first-level table indexed by the top 24 bits, whose
+//!   entry is either an id or the index of a 256-entry second-level chunk for prefixes longer
+//!   than /24. Both levels are mmapable array maps of 4 KiB pages filled from userspace with
+//!   one `memcpy`, so a lookup is at most two array lookups.
+//!
+//! Each structure is timed two ways: one test run per destination (`repeat = 1`: a single
+//! lookup with everything cold, test-run overhead included, see [`trivial`]), and a *stream*:
+//! a program that looks up [`BATCH`] destinations per run from an array of [`STREAM`] distinct
+//! destinations, advancing a cursor each run, so a repeated run walks every destination once
+//! (the kernel's throughput benchmarks for the LPM trie measure it so, with random keys).
 use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr},
@@ -18,6 +24,7 @@ use std::{
     time::Instant,
 };
 
+use egressd::policy::table::Table4;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::rawbpf::{self, F_MMAPABLE, F_NO_PREALLOC, Insn, MAP_ARRAY, MAP_LPM_TRIE, asm::*};
@@ -35,8 +42,6 @@ const PAGE: usize = 4096;
 const T24_PER_PAGE: usize = PAGE / 4;
 /// Second-level entries per page (`u16`).
 const T8_PER_PAGE: usize = PAGE / 2;
-/// First-level entry flag: the low 31 bits are a chunk index, not a region id.
-const CHUNK: u32 = 1 << 31;
 
 /// `r0 = 1; exit`.
 pub fn trivial() -> io::Result<OwnedFd> {
@@ -133,61 +138,26 @@ pub struct Dir24 {
 }
 
 impl Dir24 {
-    /// Compiles `prefixes` (longest match wins for nested prefixes), checks the tables
-    /// against `expect` (address, region id from egressd's reference model), and loads them.
+    /// Compiles `prefixes` with egressd's table compiler ([`Table4::compile`], the product's
+    /// IPv4 lookup), checks it against `expect` (address, region id from egressd's reference
+    /// model), and loads it into two mmapable arrays as egressd does.
     pub fn new(prefixes: &[(Ipv4Network, u32)], expect: &[(Ipv4Addr, u32)]) -> io::Result<Self> {
         let t = Instant::now();
-        let mut sorted: Vec<_> = prefixes.to_vec();
-        sorted.sort_by_key(|(n, _)| n.prefix());
-        let mut t24 = vec![0u32; 1 << 24];
-        let mut t8: Vec<u16> = Vec::new();
-        for (net, region) in &sorted {
-            let base = u32::from(net.network());
-            let len = u32::from(net.prefix());
-            if len <= 24 {
-                let first = (base >> 8) as usize;
-                let count = 1usize << (24 - len);
-                for e in &mut t24[first..first + count] {
-                    *e = *region;
-                }
-            } else {
-                let i24 = (base >> 8) as usize;
-                if t24[i24] & CHUNK == 0 {
-                    let chunk = t8.len() / 256;
-                    let inherited = u16::try_from(t24[i24]).map_err(io::Error::other)?;
-                    t8.extend(std::iter::repeat_n(inherited, 256));
-                    t24[i24] = CHUNK | u32::try_from(chunk).map_err(io::Error::other)?;
-                }
-                let chunk = (t24[i24] & !CHUNK) as usize;
-                let first = chunk * 256 + (base & 0xff) as usize;
-                let count = 1usize << (32 - len);
-                let region = u16::try_from(*region).map_err(io::Error::other)?;
-                for e in &mut t8[first..first + count] {
-                    *e = region;
-                }
-            }
-        }
+        let table = Table4::compile(prefixes).map_err(io::Error::other)?;
         let compile_ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
         for (a, want) in expect {
-            let ip = u32::from(*a);
-            let e = t24[(ip >> 8) as usize];
-            let got = if e & CHUNK == 0 {
-                e
-            } else {
-                u32::from(t8[((e & !CHUNK) as usize) * 256 + (ip & 0xff) as usize])
-            };
+            let got = table.lookup(*a);
             if got != *want {
                 return Err(io::Error::other(format!(
-                    "DIR-24-8 table gives region {got} for {a}, the reference model {want}"
+                    "the IPv4 table gives region {got} for {a}, the reference model {want}"
                 )));
             }
         }
-        let chunks = t8.len() / 256;
+        let (t24, t8) = (table.t24_bytes(), table.t8_bytes());
+        let chunks = table.chunks();
         let t = Instant::now();
-        let t24_bytes: Vec<u8> = t24.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        let t8_bytes: Vec<u8> = t8.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        let tbl24 = mmap_array(&t24_bytes)?;
-        let tbl8 = mmap_array(&t8_bytes)?;
+        let tbl24 = mmap_array(t24)?;
+        let tbl8 = mmap_array(t8)?;
         let load_ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let pages = |b: usize| b.div_ceil(PAGE).max(1) as u64 * PAGE as u64;
         Ok(Self {
@@ -196,7 +166,7 @@ impl Dir24 {
             compile_ns,
             load_ns,
             chunks,
-            bytes: pages(t24_bytes.len()) + pages(t8_bytes.len()),
+            bytes: pages(t24.len()) + pages(t8.len()),
         })
     }
 
@@ -312,4 +282,196 @@ pub fn sample_v6(rng: &mut fastrand::Rng, v6: &[(Ipv6Network, u32)]) -> Option<I
         rng.u128(..) & (u128::MAX >> n.prefix())
     };
     Some(Ipv6Addr::from(u128::from(n.network()) | host))
+}
+
+/// Destinations looked up per run of a stream program.
+pub const BATCH: i32 = 64;
+/// Distinct destinations of a stream (a power of two).
+pub const STREAM: u32 = 1 << 18;
+
+/// What a stream program looks up.
+pub enum Stream<'a> {
+    /// Only reads the destinations (the loop's own cost, subtracted from the others).
+    Empty,
+    /// An LPM trie (`addr_len` 4 or 16).
+    Trie(&'a Trie),
+    /// The IPv4 table.
+    Table(&'a Dir24),
+}
+
+/// Instructions with forward jumps to labels, patched by [`Asm::finish`].
+struct Asm {
+    p: Vec<Insn>,
+    /// (instruction index, label).
+    jumps: Vec<(usize, &'static str)>,
+    labels: Vec<(&'static str, usize)>,
+}
+
+impl Asm {
+    fn new() -> Self {
+        Self {
+            p: Vec::new(),
+            jumps: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+    fn push(&mut self, i: Insn) {
+        self.p.push(i);
+    }
+    fn extend(&mut self, i: impl IntoIterator<Item = Insn>) {
+        self.p.extend(i);
+    }
+    /// A jump instruction whose offset is the distance to `label`.
+    fn jump(&mut self, i: Insn, label: &'static str) {
+        self.jumps.push((self.p.len(), label));
+        self.p.push(i);
+    }
+    fn label(&mut self, label: &'static str) {
+        self.labels.push((label, self.p.len()));
+    }
+    fn finish(mut self) -> io::Result<Vec<Insn>> {
+        for (at, label) in &self.jumps {
+            let Some((_, to)) = self.labels.iter().find(|(l, _)| l == label) else {
+                return Err(io::Error::other(format!("no label {label}")));
+            };
+            let off = i16::try_from(*to as i64 - *at as i64 - 1).map_err(io::Error::other)?;
+            self.p[*at].set_off(off);
+        }
+        Ok(self.p)
+    }
+}
+
+/// Destinations of a stream and its cursor.
+pub struct StreamMaps {
+    dsts: OwnedFd,
+    cursor: OwnedFd,
+    addr_len: usize,
+}
+
+impl StreamMaps {
+    /// An array of [`STREAM`] destinations (network byte order, `addr_len` bytes each),
+    /// cycled from `addrs`.
+    pub fn new(addr_len: usize, addrs: &[Vec<u8>]) -> io::Result<Self> {
+        if addrs.is_empty() {
+            return Err(io::Error::other("no destinations"));
+        }
+        let dsts = rawbpf::map_create(
+            MAP_ARRAY,
+            4,
+            u32::try_from(addr_len).map_err(io::Error::other)?,
+            STREAM,
+            0,
+        )?;
+        for i in 0..STREAM {
+            let a = &addrs[i as usize % addrs.len()];
+            rawbpf::map_update(dsts.as_fd(), &i.to_ne_bytes(), a)?;
+        }
+        let cursor = rawbpf::map_create(MAP_ARRAY, 4, 4, 1, 0)?;
+        Ok(Self {
+            dsts,
+            cursor,
+            addr_len,
+        })
+    }
+
+    /// The stream program for `what`: per run, [`BATCH`] lookups of the next destinations.
+    pub fn program(&self, what: &Stream<'_>) -> io::Result<OwnedFd> {
+        let mut a = Asm::new();
+        // r8 = cursor; cursor = (cursor + BATCH) % STREAM.
+        a.extend(ld_map_fd(1, self.cursor.as_raw_fd()));
+        a.push(st_w(10, -4, 0));
+        a.push(mov_reg(2, 10));
+        a.push(add_imm(2, -4));
+        a.push(call(MAP_LOOKUP));
+        a.jump(jeq_imm(0, 0, 0), "exit");
+        a.push(ldx_w(8, 0, 0));
+        a.push(mov_reg(1, 8));
+        a.push(add_imm(1, BATCH));
+        a.push(and_imm(1, (STREAM - 1) as i32));
+        a.push(stx_w(0, 0, 1));
+        a.push(mov_imm(7, 0));
+        a.label("loop");
+        a.jump(jge_imm(7, BATCH, 0), "exit");
+        // r0 = &dsts[(r8 + r7) % STREAM]
+        a.push(mov_reg(1, 8));
+        a.push(add_reg(1, 7));
+        a.push(and_imm(1, (STREAM - 1) as i32));
+        a.push(stx_w(10, -8, 1));
+        a.extend(ld_map_fd(1, self.dsts.as_raw_fd()));
+        a.push(mov_reg(2, 10));
+        a.push(add_imm(2, -8));
+        a.push(call(MAP_LOOKUP));
+        a.jump(jeq_imm(0, 0, 0), "exit");
+        match what {
+            Stream::Empty => {
+                a.push(ldx_w(1, 0, 0));
+            }
+            Stream::Trie(t) => {
+                if t.addr_len != self.addr_len {
+                    return Err(io::Error::other("trie and destinations differ in family"));
+                }
+                // Key at fp-40: prefix length, then the address.
+                let len = i32::try_from(self.addr_len * 8).map_err(io::Error::other)?;
+                a.push(st_w(10, -40, len));
+                for w in 0..(self.addr_len / 4) as i16 {
+                    a.push(ldx_w(1, 0, 4 * w));
+                    a.push(stx_w(10, -36 + 4 * w, 1));
+                }
+                a.extend(ld_map_fd(1, t.map.as_raw_fd()));
+                a.push(mov_reg(2, 10));
+                a.push(add_imm(2, -40));
+                a.push(call(MAP_LOOKUP));
+                a.jump(jeq_imm(0, 0, 0), "next");
+                a.push(ldx_w(1, 0, 0));
+            }
+            Stream::Table(d) => {
+                if self.addr_len != 4 {
+                    return Err(io::Error::other("the table is IPv4 only"));
+                }
+                a.push(ldx_w(9, 0, 0));
+                a.push(be32(9));
+                a.push(mov_reg(1, 9));
+                a.push(rsh_imm(1, 18));
+                a.push(stx_w(10, -12, 1));
+                a.extend(ld_map_fd(1, d.tbl24.as_raw_fd()));
+                a.push(mov_reg(2, 10));
+                a.push(add_imm(2, -12));
+                a.push(call(MAP_LOOKUP));
+                a.jump(jeq_imm(0, 0, 0), "next");
+                a.push(mov_reg(1, 9));
+                a.push(rsh_imm(1, 8));
+                a.push(and_imm(1, (T24_PER_PAGE - 1) as i32));
+                a.push(lsh_imm(1, 2));
+                a.push(add_reg(0, 1));
+                a.push(ldx_w(1, 0, 0));
+                a.push(mov_reg(2, 1));
+                a.push(rsh_imm(2, 31));
+                a.jump(jeq_imm(2, 0, 0), "next");
+                a.push(and_imm(1, 0x7fff_ffff));
+                a.push(lsh_imm(1, 8));
+                a.push(mov_reg(3, 9));
+                a.push(and_imm(3, 0xff));
+                a.push(or_reg(1, 3));
+                a.push(mov_reg(9, 1));
+                a.push(rsh_imm(1, 11));
+                a.push(stx_w(10, -12, 1));
+                a.extend(ld_map_fd(1, d.tbl8.as_raw_fd()));
+                a.push(mov_reg(2, 10));
+                a.push(add_imm(2, -12));
+                a.push(call(MAP_LOOKUP));
+                a.jump(jeq_imm(0, 0, 0), "next");
+                a.push(and_imm(9, (T8_PER_PAGE - 1) as i32));
+                a.push(lsh_imm(9, 1));
+                a.push(add_reg(0, 9));
+                a.push(ldx_h(1, 0, 0));
+            }
+        }
+        a.label("next");
+        a.push(add_imm(7, 1));
+        a.jump(ja(0), "loop");
+        a.label("exit");
+        a.push(mov_imm(0, 1));
+        a.push(exit());
+        rawbpf::prog_load_skb("bench_stream", &a.finish()?)
+    }
 }

@@ -34,7 +34,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use egressd::{
     config::Config,
-    loader::Enforcer,
+    loader::{Capacity, Enforcer},
     policy::{self, Policy},
     testrun,
 };
@@ -220,6 +220,50 @@ fn lookup_timings(
     Ok(json!({ "cold": summary(&mut cold), "warm": summary(&mut hot) }))
 }
 
+/// Stream timing of `prog` (see `lookup`): the kernel's average ns per run of
+/// `STREAM / BATCH` runs (one pass over the destinations), `SAMPLES` times.
+fn stream_timing(prog: BorrowedFd<'_>, frame: &[u8]) -> anyhow::Result<Vec<u64>> {
+    let repeat = lookup::STREAM / lookup::BATCH as u32;
+    // One unmeasured pass first, so every sample starts from the same state.
+    testrun::run(prog, frame, repeat)?;
+    repeated(prog, frame, repeat)
+}
+
+/// Stream timings of the tries and the table, with the empty loop of each family.
+fn streams(
+    policy: &Policy,
+    trie4: &lookup::Trie,
+    trie6: &lookup::Trie,
+    table: &lookup::Dir24,
+) -> anyhow::Result<Value> {
+    let mut rng = fastrand::Rng::with_seed(11);
+    let n = lookup::STREAM as usize;
+    let a4: Vec<Vec<u8>> = (0..n)
+        .filter_map(|_| lookup::sample_v4(&mut rng, &policy.v4))
+        .map(|a| a.octets().to_vec())
+        .collect();
+    let a6: Vec<Vec<u8>> = (0..n)
+        .filter_map(|_| lookup::sample_v6(&mut rng, &policy.v6))
+        .map(|a| a.octets().to_vec())
+        .collect();
+    let frame = testrun::udp_frame(IpAddr::V4(HOST_V4), 443, 0);
+    let m4 = lookup::StreamMaps::new(4, &a4)?;
+    let m6 = lookup::StreamMaps::new(16, &a6)?;
+    let time = |m: &lookup::StreamMaps, s: lookup::Stream<'_>| -> anyhow::Result<Vec<u64>> {
+        let prog = m.program(&s)?;
+        stream_timing(prog.as_fd(), &frame)
+    };
+    Ok(json!({
+        "batch": lookup::BATCH,
+        "distinct": lookup::STREAM,
+        "empty_v4": time(&m4, lookup::Stream::Empty)?,
+        "empty_v6": time(&m6, lookup::Stream::Empty)?,
+        "lpm4": time(&m4, lookup::Stream::Trie(trie4))?,
+        "lpm6": time(&m6, lookup::Stream::Trie(trie6))?,
+        "dir24": time(&m4, lookup::Stream::Table(table))?,
+    }))
+}
+
 fn proto(policy: &Policy, first_runs: usize) -> anyhow::Result<Value> {
     let mut rng = fastrand::Rng::with_seed(7);
     let f4 = frames_v4(policy, &mut rng, first_runs);
@@ -232,18 +276,18 @@ fn proto(policy: &Policy, first_runs: usize) -> anyhow::Result<Value> {
         "trivial_v4": lookup_timings(trivial.as_fd(), &plain4, &warm4)?,
         "trivial_v6": lookup_timings(trivial.as_fd(), &f6, &warm6)?,
     });
+    let trie4 = lookup::Trie::new(4, &lookup::entries_v4(&policy.v4))?;
     {
-        let trie = lookup::Trie::new(4, &lookup::entries_v4(&policy.v4))?;
-        let prog = trie.program()?;
+        let prog = trie4.program()?;
         let mut v = lookup_timings(prog.as_fd(), &plain4, &warm4)?;
-        v["fill_ns"] = json!(trie.fill_ns);
+        v["fill_ns"] = json!(trie4.fill_ns);
         out["lpm4"] = v;
     }
+    let trie6 = lookup::Trie::new(16, &lookup::entries_v6(&policy.v6))?;
     {
-        let trie = lookup::Trie::new(16, &lookup::entries_v6(&policy.v6))?;
-        let prog = trie.program()?;
+        let prog = trie6.program()?;
         let mut v = lookup_timings(prog.as_fd(), &f6, &warm6)?;
-        v["fill_ns"] = json!(trie.fill_ns);
+        v["fill_ns"] = json!(trie6.fill_ns);
         out["lpm6"] = v;
     }
     {
@@ -261,14 +305,18 @@ fn proto(policy: &Policy, first_runs: usize) -> anyhow::Result<Value> {
         v["chunks"] = json!(dir.chunks);
         v["bytes"] = json!(dir.bytes);
         out["dir24"] = v;
+        out["stream"] = streams(policy, &trie4, &trie6, &dir)?;
     }
     Ok(out)
 }
 
 fn memory() -> Value {
     let (rss, hwm) = rawbpf::own_rss_kib();
-    let (maps, tries) = rawbpf::own_map_memory().unwrap_or((0, 0));
-    json!({ "rss_kib": rss, "hwm_kib": hwm, "maps_bytes": maps, "tries_bytes": tries })
+    let (maps, tries, tables) = rawbpf::own_map_memory().unwrap_or((0, 0, 0));
+    json!({
+        "rss_kib": rss, "hwm_kib": hwm, "maps_bytes": maps, "tries_bytes": tries,
+        "tables_bytes": tables,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -285,7 +333,8 @@ fn main() -> anyhow::Result<()> {
         let p = Arc::new(policy::compile(&cfg));
         compile.push(ns(t));
         let t = Instant::now();
-        let mut e = Enforcer::open(p.v4.len().max(p.v6.len()))?;
+        // What the daemon does: tries, plus the IPv4 table from 65,536 IPv4 prefixes.
+        let mut e = Enforcer::open_with(Capacity::for_policy(&p))?;
         open.push(ns(t));
         let t = Instant::now();
         e.install(p.clone())?;
@@ -299,6 +348,11 @@ fn main() -> anyhow::Result<()> {
     let (Some(mut enforcer), Some(policy)) = (main_enforcer, policy) else {
         bail!("no load");
     };
+    out["ipv4_lookup"] = json!(if Capacity::for_policy(&policy).table_chunks.is_some() {
+        "table"
+    } else {
+        "trie"
+    });
     out["prefixes_v4"] = json!(policy.v4.len());
     out["prefixes_v6"] = json!(policy.v6.len());
     out["regions"] = json!(policy.regions.len() - 1);

@@ -110,7 +110,8 @@ struct ProgLoadAttr {
 /// error carries the verifier log.
 pub fn prog_load_skb(name: &str, insns: &[Insn]) -> io::Result<OwnedFd> {
     let license = c"GPL";
-    let mut log = vec![0u8; 1 << 16];
+    // Large enough for the log of a verified loop (level 1 logs every state).
+    let mut log = vec![0u8; 1 << 24];
     let mut prog_name = [0u8; 16];
     for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
         *d = s;
@@ -183,9 +184,10 @@ pub fn prog_stats(prog: BorrowedFd<'_>, expect_name: &str) -> io::Result<RunStat
 }
 
 /// Kernel memory of the BPF maps this process holds open, from `memlock:` in
-/// `/proc/self/fdinfo/*`: (all maps, LPM tries only), in bytes.
-pub fn own_map_memory() -> io::Result<(u64, u64)> {
-    let (mut all, mut tries) = (0u64, 0u64);
+/// `/proc/self/fdinfo/*`: (all maps, LPM tries only, page arrays only: egressd's IPv4
+/// tables), in bytes.
+pub fn own_map_memory() -> io::Result<(u64, u64, u64)> {
+    let (mut all, mut tries, mut tables) = (0u64, 0u64, 0u64);
     for entry in std::fs::read_dir("/proc/self/fdinfo")? {
         let Ok(text) = std::fs::read_to_string(entry?.path()) else {
             continue;
@@ -202,8 +204,11 @@ pub fn own_map_memory() -> io::Result<(u64, u64)> {
         if kind == u64::from(MAP_LPM_TRIE) {
             tries += memlock;
         }
+        if kind == u64::from(MAP_ARRAY) && field("value_size:") == Some(4096) {
+            tables += memlock;
+        }
     }
-    Ok((all, tries))
+    Ok((all, tries, tables))
 }
 
 /// `VmRSS` and `VmHWM` of this process in KiB.
@@ -226,6 +231,13 @@ pub struct Insn {
     regs: u8,
     off: i16,
     imm: i32,
+}
+
+impl Insn {
+    /// Sets the jump (or memory) offset, for jumps patched once their target is known.
+    pub fn set_off(&mut self, off: i16) {
+        self.off = off;
+    }
 }
 
 /// A tiny assembler for the few instruction forms the benchmark programs use.
@@ -319,6 +331,14 @@ pub mod asm {
     /// `if dst != imm goto +off`.
     pub fn jne_imm(dst: u8, imm: i32, off: i16) -> Insn {
         insn(JMP | 0x50 | K, dst, 0, off, imm)
+    }
+    /// `if dst >= imm goto +off` (unsigned).
+    pub fn jge_imm(dst: u8, imm: i32, off: i16) -> Insn {
+        insn(JMP | 0x30 | K, dst, 0, off, imm)
+    }
+    /// `goto +off`.
+    pub fn ja(off: i16) -> Insn {
+        insn(JMP, 0, 0, off, 0)
     }
     /// `exit`.
     pub fn exit() -> Insn {
