@@ -23,6 +23,15 @@ pub struct Decision {
     pub rule: u32,
 }
 
+/// The `cut_established` setting of the set serving `generation` (true when unreadable:
+/// re-judging is the safe side).
+#[inline(always)]
+pub fn cut_established(generation: u64) -> bool {
+    EGRESSD_SETTINGS_V1
+        .get(set_of(generation) as u32)
+        .is_none_or(|s| s.cut_established != 0)
+}
+
 /// The generation in force (0 before the first policy: then set A, all zero, denies).
 #[inline(always)]
 pub fn generation() -> u64 {

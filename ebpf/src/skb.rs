@@ -4,12 +4,13 @@
 //! agent, flows judged under an older generation). Per packet, the fast path is the verdict
 //! cached on the packet's socket ([`cache`]): one for the same destination and generation
 //! (or any earlier allow, with `established = keep`) is reused.
-use aya_ebpf::{bindings::bpf_sock, programs::SkBuffContext};
+use aya_ebpf::{bindings::bpf_sock, helpers::generated::bpf_tcp_sock, programs::SkBuffContext};
 use egressd_common::{Hook, SockVerdict, Verdict, direction};
 
 use crate::{addr, cache, decide, report};
 
 const PASS: i32 = 1;
+const IPPROTO_TCP: u8 = 6;
 const DROP: i32 = 0;
 
 /// `cgroup_skb/egress`.
@@ -27,7 +28,8 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         && c.family == d.family
     {
         let fresh = c.generation == generation;
-        let kept = !fresh && c.verdict != Verdict::Deny as u8 && !cut_established(generation);
+        let kept =
+            !fresh && c.verdict != Verdict::Deny as u8 && !decide::cut_established(generation);
         if fresh || kept {
             let verdict = Verdict::from_u8(c.verdict).unwrap_or(Verdict::Deny);
             report::flow(direction::EGRESS, c.region, verdict, len);
@@ -46,7 +48,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         family: wire_family,
         _pad: [0; 2],
     };
-    if !sk.is_null() {
+    if !sk.is_null() && worth_caching(sk, &d, &dec) {
         cache::put(sk, cached);
     }
     // One event per (socket, destination, generation): later packets hit the cache.
@@ -60,12 +62,29 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     }
 }
 
-/// The set's `cut_established` for `generation`.
+/// Whether to cache `dec` on `sk`: always, except for an allowed TCP connection under
+/// `established = cut` that has sent no data and at most its handshake (SYN, ACK, and a
+/// FIN or RST): a short connection then costs a few decisions instead of the allocation of
+/// socket storage, and a connection that carries data is cached from its first data
+/// segment on. `segs_out` and `data_segs_out` are the socket's own counts
+/// (`struct bpf_tcp_sock`), this segment included.
 #[inline(always)]
-fn cut_established(generation: u64) -> bool {
-    crate::maps::EGRESSD_SETTINGS_V1
-        .get(egressd_common::set_of(generation) as u32)
-        .is_none_or(|s| s.cut_established != 0)
+fn worth_caching(sk: *mut bpf_sock, d: &addr::Dest, dec: &decide::Decision) -> bool {
+    if dec.verdict != Verdict::Allow
+        || d.protocol != IPPROTO_TCP
+        || !decide::cut_established(dec.generation)
+    {
+        return true;
+    }
+    // SAFETY: `sk` is the packet's socket (not null); the helper returns null for anything
+    // but a full TCP socket.
+    let tp = unsafe { bpf_tcp_sock(sk) };
+    if tp.is_null() {
+        return false;
+    }
+    // SAFETY: non-null result of `bpf_tcp_sock`, valid for the program's duration.
+    let (segs, data) = unsafe { ((*tp).segs_out, (*tp).data_segs_out) };
+    data > 0 || segs > 3
 }
 
 /// The packet's socket (`skb->sk`), null for packets without one (forwarded, some

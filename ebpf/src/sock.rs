@@ -22,7 +22,14 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
         report::event(hook, &d, &dec);
         return REJECT;
     }
-    // Let the packet-level backstop skip re-judging this socket's packets.
+    // Remember the verdict on the socket only where it must be remembered: an audit verdict
+    // (so the packets do not report it again) or `established = keep` (the verdict outlives
+    // a reload). An allow under `cut` is derived again by the packet hook, which caches it
+    // once the connection carries data: creating socket storage costs more than the few
+    // handshake decisions it would save (see `cache`).
+    if dec.verdict == Verdict::Allow && decide::cut_established(dec.generation) {
+        return PROCEED;
+    }
     // SAFETY: the kernel passes a valid `bpf_sock_addr`; its `sk` is the calling socket.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
     let cached = SockVerdict {

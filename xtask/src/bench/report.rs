@@ -580,18 +580,20 @@ fn why(s: &mut String, r: &Results, ns: &[usize], top: usize) {
         let (_, _, hit0) = hit(k0, "v4");
         let _ = writeln!(
             s,
-            "- **The connect hook.** Per call, connect4 costs {} at N = {} and {} at N = {} \
-             (BPF statistics, during the connect benchmark, where every connect goes to the \
-             same destination, so the lookup is warm). Most of it is creating the socket's \
-             verdict storage (`bpf_sk_storage_get` with `BPF_SK_STORAGE_GET_F_CREATE`: the \
-             kernel allocates the socket's storage and the element, charged to the socket), \
-             the price of letting every later packet of that socket through in tens of ns. \
-             The skb program's first packet shows the same: {} net at N = {} (decision plus \
-             storage creation) against {} for a packet of a judged socket. In this benchmark \
-             every connection is empty (connect, then RST), so that one-off cost is never \
-             amortised; it is what keeps egressd above the 3 % target. Avoiding it would take \
-             a preallocated verdict cache (for example an array indexed by socket cookie, \
-             validated by a sequence number) instead of per-socket storage.",
+            "- **The connect hook and the handshake.** Per call, connect4 costs {} at N = {} \
+             and {} at N = {} (BPF statistics, during the connect benchmark, where every \
+             connect goes to the same destination, so the lookup is warm). For an allowed TCP \
+             connection under `established = \"cut\"` (the default) egressd does not create \
+             the socket's verdict storage at connect: the packet hook judges the handshake \
+             packets again and caches the verdict from the first data segment on, because \
+             creating socket storage (`bpf_sk_storage_get` with \
+             `BPF_SK_STORAGE_GET_F_CREATE`: two allocations charged to the socket) costs more \
+             than those few decisions. The skb program's first packet of a UDP socket, which \
+             does create it, shows the price: {} net at N = {} (decision plus storage) \
+             against {} for a packet of a judged socket. The connections of this benchmark \
+             carry no data (connect, then RST), so each of their packets is judged (skb \
+             egress and ingress per packet in the table below); with `established = \"keep\"` \
+             or an audit verdict the verdict is stored at connect instead.",
             hook(r, ns[0], Family::V4, "egressd_connect4").map_or("–".into(), |h| dur(h.0)),
             label(ns[0]),
             hook(r, top, Family::V4, "egressd_connect4").map_or("–".into(), |h| dur(h.0)),
