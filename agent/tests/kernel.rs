@@ -12,9 +12,10 @@ mod kernel {
     pub mod harness;
     pub mod paths;
     pub mod reload;
+    pub mod table;
 }
 
-use kernel::{differential, enforce, fleet, harness, paths, reload};
+use kernel::{differential, enforce, fleet, harness, paths, reload, table};
 use libtest_mimic::{Arguments, Trial};
 
 fn main() {
@@ -68,6 +69,10 @@ fn main() {
         Trial::test(
             "differential_kernel_vs_reference_model",
             differential::differential,
+        ),
+        Trial::test(
+            "table_outgrown_on_reload_falls_back_to_trie",
+            table::capacity_fallback,
         ),
         Trial::test("rules_port_and_region_end_to_end", reload::rules_end_to_end),
         Trial::test("flood_100k_denials_suppressed_and_counted", paths::flood),

@@ -1,0 +1,116 @@
+//! The IPv4 table's room: a reload whose table needs more second-level chunks than the maps
+//! were sized for falls back to the LPM trie for that generation, and a later policy that
+//! fits goes back to the table, in both sets of the double buffer, with no stale prefix of
+//! an earlier generation surviving in either structure. Verdicts of the `cgroup_skb/egress`
+//! program (`BPF_PROG_TEST_RUN`) are compared with the reference model after every install.
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsRawFd as _, BorrowedFd},
+    path::Path,
+    sync::Arc,
+};
+
+use egressd::{
+    config,
+    loader::{Capacity, Enforcer},
+    policy::{self, Policy},
+    testrun,
+};
+use egressd_common::{Verdict, programs, table::CHUNKS_PER_PAGE8};
+use ipnetwork::Ipv4Network;
+use libtest_mimic::Failed;
+
+use super::harness::require_root;
+
+/// /28s in distinct /24s of 10.0.0.0/8 per install: each needs one chunk. The maps get one
+/// second-level page, so the table holds `CHUNKS_PER_PAGE8` (8) chunks: the larger policies
+/// fall back to the trie. Sets alternate A, B, A, ...: each set goes table -> trie -> table
+/// or the reverse.
+const LONG: [usize; 8] = [4, 5, 20, 30, 3, 25, 40, 6];
+
+pub fn capacity_fallback() -> Result<(), Failed> {
+    require_root()?;
+    let mut e = Enforcer::open_with(Capacity {
+        prefixes: 4096,
+        table_chunks: Some(1),
+    })
+    .map_err(|e| format!("{e:#}"))?;
+    let raw = e
+        .program_fd(programs::SKB_EGRESS)
+        .map_err(|e| format!("{e:#}"))?
+        .as_raw_fd();
+    let mut rng = fastrand::Rng::with_seed(0x7ab1e);
+    // Every /28 any policy held: destinations are drawn from all of them.
+    let mut seen: Vec<Ipv4Network> = Vec::new();
+    let mut cases = 0usize;
+    for (i, n) in LONG.into_iter().enumerate() {
+        let longs: Vec<Ipv4Network> = (0..n)
+            .map(|_| {
+                let a = 0x0a00_0000 | (rng.u32(..0x0010_0000) << 4);
+                Ipv4Network::new(Ipv4Addr::from(a), 28).expect("valid")
+            })
+            .collect();
+        seen.extend(&longs);
+        let policy = Arc::new(policy_with(&longs)?);
+        e.install(policy.clone())
+            .map_err(|err| format!("install {i}: {err:#}"))?;
+        let want = if n <= CHUNKS_PER_PAGE8 {
+            "table"
+        } else {
+            "trie"
+        };
+        if e.ipv4_lookup() != want {
+            return Err(format!(
+                "install {i} ({n} chunks needed, {CHUNKS_PER_PAGE8} held): lookup {}, want {want}",
+                e.ipv4_lookup()
+            )
+            .into());
+        }
+        // SAFETY: the fd belongs to `e`, alive for the whole test.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        for _ in 0..400 {
+            let dst = match rng.u8(..3) {
+                0 => {
+                    let net = seen[rng.usize(..seen.len())];
+                    Ipv4Addr::from(u32::from(net.network()) | rng.u32(..16))
+                }
+                1 => Ipv4Addr::from(0x0a00_0000 | rng.u32(..0x0100_0000)),
+                _ => Ipv4Addr::from(0xc612_0100 | rng.u32(..0x100)),
+            };
+            let frame = testrun::frame(IpAddr::V4(dst), 6, 443, 0);
+            let out = testrun::run(fd, &frame, 1).map_err(|e| format!("test run: {e}"))?;
+            let model = policy.decide(IpAddr::V4(dst), 6, 443);
+            let want = u32::from(model.verdict != Verdict::Deny);
+            if out.retval != want {
+                return Err(format!(
+                    "install {i} ({}): {dst}: kernel {} model {want} ({model:?})",
+                    e.ipv4_lookup(),
+                    out.retval
+                )
+                .into());
+            }
+            cases += 1;
+        }
+    }
+    println!("table capacity fallback: {cases} cases, 0 disagreements");
+    Ok(())
+}
+
+/// Allowlisted region `inner` holding `longs`, inside the denied region `outer`
+/// (10.0.0.0/8), and the allowlisted test host's /24.
+fn policy_with(longs: &[Ipv4Network]) -> Result<Policy, Failed> {
+    let list: Vec<String> = longs.iter().map(|n| format!("\"{n}\"")).collect();
+    let text = format!(
+        "ipv4_lookup = \"table\"\nallowlist = [\"inner\", \"eu\"]\n\
+         [regions.outer]\nprefixes = [\"10.0.0.0/8\"]\n\
+         [regions.inner]\nprefixes = [{}]\n\
+         [regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n",
+        list.join(", ")
+    );
+    let cfg = config::parse(Path::new("table.toml"), &text).map_err(|e| format!("{e}"))?;
+    let p = policy::compile(&cfg);
+    if !p.problems.is_empty() {
+        return Err(format!("policy problems: {:?}", p.problems).into());
+    }
+    Ok(p)
+}
