@@ -326,6 +326,13 @@ impl Asm {
         self.jumps.push((self.p.len(), label));
         self.p.push(i);
     }
+    /// `r0 = bpf_map_lookup_elem(map, fp + key_off)`, the key already on the stack.
+    fn map_lookup(&mut self, map: &OwnedFd, key_off: i32) {
+        self.extend(ld_map_fd(1, map.as_raw_fd()));
+        self.push(mov_reg(2, 10));
+        self.push(add_imm(2, key_off));
+        self.push(call(MAP_LOOKUP));
+    }
     fn label(&mut self, label: &'static str) {
         self.labels.push((label, self.p.len()));
     }
@@ -378,11 +385,8 @@ impl StreamMaps {
     pub fn program(&self, what: &Stream<'_>) -> io::Result<OwnedFd> {
         let mut a = Asm::new();
         // r8 = cursor; cursor = (cursor + BATCH) % STREAM.
-        a.extend(ld_map_fd(1, self.cursor.as_raw_fd()));
         a.push(st_w(10, -4, 0));
-        a.push(mov_reg(2, 10));
-        a.push(add_imm(2, -4));
-        a.push(call(MAP_LOOKUP));
+        a.map_lookup(&self.cursor, -4);
         a.jump(jeq_imm(0, 0, 0), "exit");
         a.push(ldx_w(8, 0, 0));
         a.push(mov_reg(1, 8));
@@ -397,10 +401,7 @@ impl StreamMaps {
         a.push(add_reg(1, 7));
         a.push(and_imm(1, (STREAM - 1) as i32));
         a.push(stx_w(10, -8, 1));
-        a.extend(ld_map_fd(1, self.dsts.as_raw_fd()));
-        a.push(mov_reg(2, 10));
-        a.push(add_imm(2, -8));
-        a.push(call(MAP_LOOKUP));
+        a.map_lookup(&self.dsts, -8);
         a.jump(jeq_imm(0, 0, 0), "exit");
         match what {
             Stream::Empty => {
@@ -417,10 +418,7 @@ impl StreamMaps {
                     a.push(ldx_w(1, 0, 4 * w));
                     a.push(stx_w(10, -36 + 4 * w, 1));
                 }
-                a.extend(ld_map_fd(1, t.map.as_raw_fd()));
-                a.push(mov_reg(2, 10));
-                a.push(add_imm(2, -40));
-                a.push(call(MAP_LOOKUP));
+                a.map_lookup(&t.map, -40);
                 a.jump(jeq_imm(0, 0, 0), "next");
                 a.push(ldx_w(1, 0, 0));
             }
@@ -433,10 +431,7 @@ impl StreamMaps {
                 a.push(mov_reg(1, 9));
                 a.push(rsh_imm(1, 18));
                 a.push(stx_w(10, -12, 1));
-                a.extend(ld_map_fd(1, d.tbl24.as_raw_fd()));
-                a.push(mov_reg(2, 10));
-                a.push(add_imm(2, -12));
-                a.push(call(MAP_LOOKUP));
+                a.map_lookup(&d.tbl24, -12);
                 a.jump(jeq_imm(0, 0, 0), "next");
                 a.push(mov_reg(1, 9));
                 a.push(rsh_imm(1, 8));
@@ -455,10 +450,7 @@ impl StreamMaps {
                 a.push(mov_reg(9, 1));
                 a.push(rsh_imm(1, 11));
                 a.push(stx_w(10, -12, 1));
-                a.extend(ld_map_fd(1, d.tbl8.as_raw_fd()));
-                a.push(mov_reg(2, 10));
-                a.push(add_imm(2, -12));
-                a.push(call(MAP_LOOKUP));
+                a.map_lookup(&d.tbl8, -12);
                 a.jump(jeq_imm(0, 0, 0), "next");
                 a.push(and_imm(9, (T8_PER_PAGE - 1) as i32));
                 a.push(lsh_imm(9, 1));
