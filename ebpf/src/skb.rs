@@ -38,8 +38,13 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     }
     let (wire, wire_family) = (d.addr, d.family);
     let dec = decide::decide(&mut d, generation);
-    report::count(Hook::SkbEgress, dec.region, dec.verdict);
     report::flow(direction::EGRESS, dec.region, dec.verdict, len);
+    // A handshake packet confirms what connect() decided and counted: neither counted
+    // again nor cached (see `handshake`).
+    if !sk.is_null() && handshake(sk, &d, &dec) {
+        return PASS;
+    }
+    report::count(Hook::SkbEgress, dec.region, dec.verdict);
     let cached = SockVerdict {
         generation,
         dst_addr: wire,
@@ -48,7 +53,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         family: wire_family,
         _pad: [0; 2],
     };
-    if !sk.is_null() && worth_caching(sk, &d, &dec) {
+    if !sk.is_null() {
         cache::put(sk, cached);
     }
     // One event per (socket, destination, generation): later packets hit the cache.
@@ -62,19 +67,19 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     }
 }
 
-/// Whether to cache `dec` on `sk`: always, except for an allowed TCP connection under
-/// `established = cut` that has sent no data and at most its handshake (SYN, ACK, and a
-/// FIN or RST): a short connection then costs a few decisions instead of the allocation of
-/// socket storage, and a connection that carries data is cached from its first data
-/// segment on. `segs_out` and `data_segs_out` are the socket's own counts
+/// Whether this packet is the handshake of an allowed TCP connection under `established =
+/// cut`: a full TCP socket that has sent no data and at most its handshake (SYN, ACK, and a
+/// FIN or RST). Its verdict is not cached: creating socket storage costs more than the few
+/// decisions a short connection needs, and a connection that carries data is cached from
+/// its first data segment on. `segs_out` and `data_segs_out` are the socket's own counts
 /// (`struct bpf_tcp_sock`), this segment included.
 #[inline(always)]
-fn worth_caching(sk: *mut bpf_sock, d: &addr::Dest, dec: &decide::Decision) -> bool {
+fn handshake(sk: *mut bpf_sock, d: &addr::Dest, dec: &decide::Decision) -> bool {
     if dec.verdict != Verdict::Allow
         || d.protocol != IPPROTO_TCP
         || !decide::cut_established(dec.generation)
     {
-        return true;
+        return false;
     }
     // SAFETY: `sk` is the packet's socket (not null); the helper returns null for anything
     // but a full TCP socket.
@@ -84,7 +89,7 @@ fn worth_caching(sk: *mut bpf_sock, d: &addr::Dest, dec: &decide::Decision) -> b
     }
     // SAFETY: non-null result of `bpf_tcp_sock`, valid for the program's duration.
     let (segs, data) = unsafe { ((*tp).segs_out, (*tp).data_segs_out) };
-    data > 0 || segs > 3
+    data == 0 && segs <= 3
 }
 
 /// The packet's socket (`skb->sk`), null for packets without one (forwarded, some
