@@ -98,8 +98,8 @@ struct Pins {
     checks: u64,
 }
 
-/// Policies with more prefixes than this are compared with the maps less often, since the
-/// comparison reads every trie entry.
+/// Policies with more prefixes than this, or whose IPv4 is in the table, are compared with
+/// the maps less often, since the comparison reads every trie entry or the whole table.
 const LARGE_POLICY: usize = 100_000;
 /// See [`Pins::checks`].
 const LARGE_CHECK_EVERY: u64 = 40;
@@ -394,9 +394,13 @@ impl Enforcer {
             p.checks += 1;
             p.checks
         });
+        // Comparing a table means compiling it again and reading its 64 MiB: as rare as a
+        // large trie.
+        let large = |p: &Policy| {
+            p.lpm_v4.len() + p.lpm_v6.len() > LARGE_POLICY || !self.v4_in_trie[set]
+        };
         if let Some(policy) = self.sets[set].clone()
-            && (policy.lpm_v4.len() + policy.lpm_v6.len() <= LARGE_POLICY
-                || checks.is_multiple_of(LARGE_CHECK_EVERY))
+            && (!large(&policy) || checks.is_multiple_of(LARGE_CHECK_EVERY))
             && !self.set_matches(set, &policy)?
         {
             let used_table = fill_set(
