@@ -95,17 +95,18 @@ const TAMPER_CHECK: Duration = Duration::from_millis(250);
 /// # Errors
 /// As [`run`]; the metrics address cannot be bound; the watch cannot be set up.
 pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
+    // Handlers first: a SIGHUP (`systemctl reload`) or SIGUSR1 (logrotate) while a large
+    // policy loads must not kill the daemon (their default action); they are served once
+    // the loop runs, and a SIGTERM then stops it at once.
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
+    let stop = StopSignal::install()?;
     let (cfg, output) = config::load_all(config_path)?;
     let policy = Arc::new(policy::compile(&cfg));
     let cgroup = match opts.cgroup.clone().or_else(|| cfg.cgroup.clone()) {
         Some(p) => p,
         None => cgroup::cgroup2_root()?,
     };
-    // Install handlers before attaching, so a signal during load is not lost.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
 
     let host = host_name();
     // Sinks first: a sink that cannot work fails the start before anything is attached.
@@ -243,10 +244,15 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     };
     let mut tamper_repairs = 0u64;
     loop {
+        // Checked before anything else, so that no amount of other work (reloads, events)
+        // delays a stop by more than the step in progress.
+        if let Some(name) = stop.received() {
+            tracing::info!("{name}: detaching");
+            break;
+        }
         let mut reload_now = false;
         tokio::select! {
-            _ = sigint.recv() => { tracing::info!("SIGINT: detaching"); break; }
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching"); break; }
+            () = stop.wait() => continue,
             _ = sigusr1.recv() => {
                 tracing::info!("SIGUSR1: reopening sinks");
                 pipeline.reopen();
@@ -465,5 +471,46 @@ fn summary(cfg: &config::Config, policy: &Policy, enforcer: &Enforcer) -> Policy
         prefixes_v4: policy.v4.len(),
         prefixes_v6: policy.v6.len(),
         allowlist: cfg.allowlist.clone(),
+    }
+}
+
+/// SIGINT and SIGTERM, seen by a task of their own so that the main loop can check for them
+/// before any other work.
+struct StopSignal {
+    /// 0: none yet; 1: SIGINT; 2: SIGTERM.
+    received: Arc<std::sync::atomic::AtomicU8>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl StopSignal {
+    fn install() -> anyhow::Result<Self> {
+        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let received = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (r, n) = (received.clone(), notify.clone());
+        tokio::spawn(async move {
+            let which = tokio::select! {
+                _ = sigint.recv() => 1,
+                _ = sigterm.recv() => 2,
+            };
+            r.store(which, std::sync::atomic::Ordering::SeqCst);
+            n.notify_one();
+        });
+        Ok(Self { received, notify })
+    }
+
+    /// The signal's name once one arrived.
+    fn received(&self) -> Option<&'static str> {
+        match self.received.load(std::sync::atomic::Ordering::SeqCst) {
+            1 => Some("SIGINT"),
+            2 => Some("SIGTERM"),
+            _ => None,
+        }
+    }
+
+    /// Resolves when a stop signal arrives (at once if one already did).
+    async fn wait(&self) {
+        self.notify.notified().await;
     }
 }

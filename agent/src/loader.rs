@@ -396,9 +396,8 @@ impl Enforcer {
         });
         // Comparing a table means compiling it again and reading its 64 MiB: as rare as a
         // large trie.
-        let large = |p: &Policy| {
-            p.lpm_v4.len() + p.lpm_v6.len() > LARGE_POLICY || !self.v4_in_trie[set]
-        };
+        let large =
+            |p: &Policy| p.lpm_v4.len() + p.lpm_v6.len() > LARGE_POLICY || !self.v4_in_trie[set];
         if let Some(policy) = self.sets[set].clone()
             && (!large(&policy) || checks.is_multiple_of(LARGE_CHECK_EVERY))
             && !self.set_matches(set, &policy)?

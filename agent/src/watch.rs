@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use notify_debouncer_full::{
     DebounceEventResult, Debouncer, RecommendedCache, new_debouncer,
-    notify::{RecommendedWatcher, RecursiveMode},
+    notify::{
+        EventKind, RecommendedWatcher, RecursiveMode,
+        event::{AccessKind, AccessMode, ModifyKind},
+    },
 };
 use tokio::sync::mpsc;
 
@@ -49,9 +52,10 @@ impl ConfigWatcher {
             };
             let dropins = drop_in_dir(&filter_main);
             let relevant = events.iter().any(|e| {
-                e.paths
-                    .iter()
-                    .any(|p| is_relevant(p, &filter_main, dropins.as_deref()))
+                changes(&e.kind)
+                    && e.paths
+                        .iter()
+                        .any(|p| is_relevant(p, &filter_main, dropins.as_deref()))
             });
             if relevant {
                 let _ = tx.send(());
@@ -113,6 +117,19 @@ pub fn drop_in_dir(main: &Path) -> Option<PathBuf> {
     })
 }
 
+/// Whether an event of `kind` can change what a file holds: creation, removal, renaming,
+/// writes, and a close after writing. Opens, reads and closes after reading (inotify
+/// `IN_OPEN`, `IN_ACCESS`, `IN_CLOSE_NOWRITE`) do not: the daemon reads the files itself
+/// on every reload, and counting that as a change would reload forever.
+fn changes(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(m) => !matches!(m, ModifyKind::Metadata(_)),
+        EventKind::Access(a) => matches!(a, AccessKind::Close(AccessMode::Write)),
+        EventKind::Any | EventKind::Other => false,
+    }
+}
+
 /// Whether a change of `path` can change the loaded configuration.
 fn is_relevant(path: &Path, main: &Path, dropins: Option<&Path>) -> bool {
     if path == main {
@@ -140,6 +157,26 @@ fn is_relevant(path: &Path, main: &Path, dropins: Option<&Path>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_are_not_changes() {
+        use notify_debouncer_full::notify::event::{CreateKind, DataChange, RemoveKind};
+        assert!(!changes(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes(&EventKind::Access(AccessKind::Read)));
+        assert!(!changes(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(changes(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(changes(&EventKind::Create(CreateKind::File)));
+        assert!(changes(&EventKind::Remove(RemoveKind::File)));
+    }
 
     #[test]
     fn relevant_paths() {

@@ -87,6 +87,10 @@ fn main() {
         ),
         Trial::test("fleet_tamper_detected_and_repaired", fleet::tamper_repaired),
         Trial::test(
+            "fleet_signals_during_start_do_not_kill",
+            fleet::signals_during_start,
+        ),
+        Trial::test(
             "fleet_metrics_equal_counters",
             fleet::metrics_equal_counters,
         ),

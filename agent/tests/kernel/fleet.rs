@@ -43,6 +43,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(tb: &Testbed, config: &Path, extra: &[&str]) -> Result<Self, Failed> {
+        let mut d = Self::spawn(tb, config, extra)?;
+        d.wait_for("agent_start", Duration::from_secs(30))?;
+        Ok(d)
+    }
+
+    /// Starts `egressd run` without waiting for it to attach.
+    fn spawn(tb: &Testbed, config: &Path, extra: &[&str]) -> Result<Self, Failed> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_egressd"))
             .args(["run", "--config"])
             .arg(config)
@@ -61,13 +68,36 @@ impl Daemon {
                 }
             }
         });
-        let mut d = Self {
+        Ok(Self {
             child,
             lines: rx,
             seen: Vec::new(),
-        };
-        d.wait_for("agent_start", Duration::from_secs(30))?;
-        Ok(d)
+        })
+    }
+
+    /// Sends `sig` to the daemon.
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits until the daemon catches `sig` (its bit in `SigCgt` of /proc/PID/status).
+    fn catches(&self, sig: i32, within: Duration) -> Result<(), Failed> {
+        let deadline = Instant::now() + within;
+        let path = format!("/proc/{}/status", self.child.id());
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let caught = text
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0);
+            if caught & (1 << (sig - 1)) != 0 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Err(format!("egressd did not install a handler for signal {sig} within {within:?}").into())
     }
 
     /// Waits for the next record of type `kind` and returns it.
@@ -496,7 +526,8 @@ pub fn metrics_equal_counters() -> Result<(), Failed> {
 
 /// `--watch`: replacing the policy file (rename over it, as editors and Ansible do) reloads
 /// it; an invalid replacement changes nothing and is reported with `reload_failed`; a new
-/// drop-in file reloads too.
+/// drop-in file reloads too. Nothing else reloads: not the daemon's own reads of the files,
+/// nor anyone else's.
 pub fn watch_reloads_on_change() -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
@@ -505,6 +536,23 @@ pub fn watch_reloads_on_change() -> Result<(), Failed> {
     let cfg = write_config(&dir, &format!("allowlist = [\"eu\"]\n{base}"))?;
     let mut d = Daemon::start(&tb, &cfg, &["--watch"])?;
     probe_us_denied(&tb)?;
+    // Reads are not changes (inotify reports opens and reads too).
+    let no_reload = |d: &mut Daemon, why: &str| -> Result<(), Failed> {
+        match d.wait_for("policy_loaded", Duration::from_millis(1500)) {
+            Ok(rec) => Err(format!("reloaded {why}: {rec}").into()),
+            // Only a quiet timeout is the answer wanted, not an exited daemon.
+            Err(e)
+                if e.message()
+                    .is_some_and(|m| m.starts_with("no policy_loaded")) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    };
+    no_reload(&mut d, "without a change")?;
+    std::fs::read_to_string(&cfg).map_err(|e| e.to_string())?;
+    no_reload(&mut d, "after a read of the file")?;
     let replace = |text: &str| -> Result<(), Failed> {
         let tmp = dir.0.join(".policy.toml.tmp");
         std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
@@ -513,6 +561,8 @@ pub fn watch_reloads_on_change() -> Result<(), Failed> {
     replace(&format!("allowlist = [\"eu\", \"us\"]\n{base}"))?;
     let rec = d.wait_for("policy_loaded", Duration::from_secs(5))?;
     assert_field(&rec, "/policy/generation", "2")?;
+    // One change, one reload: the reload's own read of the file does not start another.
+    no_reload(&mut d, "a second time after one change")?;
     let r = probe(&tb, 1, &[tcp(US_V4)])?;
     expect_ok(&r[0])?;
     // Invalid: host bits set. Nothing changes.
@@ -536,5 +586,57 @@ pub fn watch_reloads_on_change() -> Result<(), Failed> {
     let r = probe(&tb, 1, &[tcp(US_V4)])?;
     expect_ok(&r[0])?;
     d.sigterm()?;
+    Ok(())
+}
+
+/// Signals while a large policy loads: SIGHUP (`systemctl reload`) and SIGUSR1 (logrotate)
+/// must not kill the daemon, whose handlers are installed before it reads the policy; the
+/// SIGHUP is served once it runs (a reload). A SIGTERM during load stops it cleanly.
+pub fn signals_during_start() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    // 100,000 /24s in 11.0.0.0/8 and up: start-up takes long enough to signal into it.
+    let mut text = String::from(
+        "allowlist = [\"eu\"]\n[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n\
+         [regions.big]\nprefixes = [",
+    );
+    for i in 0..100_000u32 {
+        text.push_str(&format!(
+            "\"{}/24\",",
+            std::net::Ipv4Addr::from(0x0b00_0000 + (i << 8))
+        ));
+    }
+    text.push_str("]\n");
+    let cfg = write_config(&dir, &text)?;
+    let t0 = Instant::now();
+    let mut d = Daemon::spawn(&tb, &cfg, &[])?;
+    d.catches(libc::SIGHUP, Duration::from_secs(10))?;
+    d.catches(libc::SIGUSR1, Duration::from_secs(1))?;
+    let handlers = t0.elapsed();
+    d.signal(libc::SIGHUP);
+    d.signal(libc::SIGUSR1);
+    d.wait_for("agent_start", Duration::from_secs(60))?;
+    let started = t0.elapsed();
+    // Reading and compiling the policy is most of the start-up: handlers installed after
+    // it would show up late in it.
+    if handlers * 2 > started {
+        return Err(format!(
+            "signal handlers appeared {handlers:?} after spawn, agent_start at {started:?}: \
+             a signal during the policy load would kill the daemon"
+        )
+        .into());
+    }
+    let rec = d.wait_for("policy_loaded", Duration::from_secs(60))?;
+    assert_field(&rec, "/policy/generation", "2")?;
+    probe_us_denied(&tb)?;
+    d.sigterm()?;
+    // SIGTERM while loading: attach, then detach at once, with a clean exit and agent_stop.
+    let d = Daemon::spawn(&tb, &cfg, &[])?;
+    d.catches(libc::SIGTERM, Duration::from_secs(10))?;
+    let recs = d.sigterm()?;
+    if !recs.iter().any(|r| r["type"] == "agent_stop") {
+        return Err(format!("no agent_stop after a SIGTERM during start-up: {recs:?}").into());
+    }
     Ok(())
 }
