@@ -23,6 +23,7 @@ const MAX_NESTED_WARNINGS: usize = 10;
 ///    1  eu      yes         1     1  EU datacenters
 ///    2  us      no          1     1  US datacenters
 /// prefixes:  2 IPv4, 2 IPv6
+/// lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)
 /// allowlist: eu
 /// ```
 ///
@@ -95,6 +96,20 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
         "prefixes:  {} IPv4, {} IPv6",
         policy.v4.len(),
         policy.v6.len()
+    );
+    // What `run` would size the maps for (pinned maps keep the size of their first start).
+    let cap = crate::loader::Capacity::for_policy(policy);
+    let how = match cap.table_chunks {
+        Some(_) => format!(
+            "IPv4 in the DIR-24-8 table, {:.0} MiB of kernel memory for both policy sets",
+            cap.table_bytes() as f64 / f64::from(1 << 20)
+        ),
+        None => "IPv4 in the LPM trie".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "lookup:    {how} (ipv4_lookup = {})",
+        policy.ipv4_lookup.as_str()
     );
     if cfg.allowlist.is_empty() {
         let _ = writeln!(out, "allowlist: (empty)");
@@ -321,6 +336,7 @@ mod tests {
                 1  eu      yes         1     1  EU datacenters\n   \
                 2  us      no          1     1  US datacenters\n\
              prefixes:  2 IPv4, 2 IPv6\n\
+             lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\n\
              allowlist: eu\n",
             policy.digest
         );
@@ -348,6 +364,7 @@ mod tests {
                 1  a-rather-long-region-name  no          1     0\n   \
                 2  b                          no          0     1\n\
              prefixes:  1 IPv4, 1 IPv6\n\
+             lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\n\
              allowlist: (empty)\n",
             policy.digest
         );
@@ -359,11 +376,31 @@ mod tests {
     }
 
     #[test]
+    fn check_summary_names_the_table_and_its_memory() {
+        let (cfg, policy) = both(
+            "t.toml",
+            "ipv4_lookup = \"table\"\nallowlist = []\n[regions.a]\nprefixes = [\"10.0.0.0/25\"]\n",
+        );
+        let s = summary(&cfg, &policy);
+        // 2 x (64 MiB + (1 needed + 4096 spare chunks) x 512 B rounded up to 4 KiB pages).
+        assert!(
+            s.contains(
+                "lookup:    IPv4 in the DIR-24-8 table, 132 MiB of kernel memory for both \
+                 policy sets (ipv4_lookup = table)\n"
+            ),
+            "{s}"
+        );
+    }
+
+    #[test]
     fn check_summary_no_regions() {
         let (cfg, policy) = both("t.toml", "allowlist = []\n");
         let s = summary(&cfg, &policy);
         assert!(
-            s.contains("regions:   0\nprefixes:  0 IPv4, 0 IPv6\nallowlist: (empty)\n"),
+            s.contains(
+                "regions:   0\nprefixes:  0 IPv4, 0 IPv6\n\
+                 lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\nallowlist: (empty)\n"
+            ),
             "{s}"
         );
         assert_eq!(

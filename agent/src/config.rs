@@ -81,7 +81,7 @@ pub enum Ipv4Lookup {
     /// distinguishing bit (hundreds of ns to a few us at 100k-1M prefixes).
     Trie,
     /// A DIR-24-8 table ([`crate::policy::table`]): at most two array reads per lookup
-    /// whatever the number of prefixes, for 64 MiB per policy set (two sets) plus 1 KiB per
+    /// whatever the number of prefixes, for 64 MiB per policy set (two sets) plus 512 bytes per
     /// /24 holding a longer prefix.
     Table,
 }
@@ -309,6 +309,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// # Errors
 /// As [`load`].
 pub fn load_all(path: &Path) -> Result<(Config, Output), ConfigError> {
+    load_all_in(path, None)
+}
+
+/// Reads and validates the configuration like [`load`], with the drop-in files of
+/// `drop_ins` instead of those `path` names (or finds beside itself), when given: to check a
+/// copy of the main file kept elsewhere (config management validates a temporary file)
+/// together with the drop-ins it will be used with.
+///
+/// # Errors
+/// As [`load`]; `drop_ins` cannot be read.
+pub fn load_with_drop_ins(path: &Path, drop_ins: &Path) -> Result<Config, ConfigError> {
+    load_all_in(path, Some(drop_ins)).map(|(cfg, _)| cfg)
+}
+
+fn load_all_in(path: &Path, dir_override: Option<&Path>) -> Result<(Config, Output), ConfigError> {
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|e| ConfigError {
             file: p.to_path_buf(),
@@ -322,9 +337,10 @@ pub fn load_all(path: &Path) -> Result<(Config, Output), ConfigError> {
     let ctx = Ctx { path, text: &text };
     let raw: RawConfig = toml::from_str(&text).map_err(|e| ctx.toml_error(&e))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let (dir, explicit) = match &raw.drop_in_dir {
-        Some(d) => (base.join(d.get_ref()), Some(d)),
-        None => (base.join("policy.d"), None),
+    let (dir, explicit) = match (dir_override, &raw.drop_in_dir) {
+        (Some(d), _) => (d.to_path_buf(), None),
+        (None, Some(d)) => (base.join(d.get_ref()), Some(d)),
+        (None, None) => (base.join("policy.d"), None),
     };
     let mut drop_ins = Vec::new();
     match std::fs::read_dir(&dir) {
@@ -355,7 +371,19 @@ pub fn load_all(path: &Path) -> Result<(Config, Output), ConfigError> {
                 drop_ins.push((f, t));
             }
         }
-        Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e)
+            if explicit.is_none()
+                && dir_override.is_none()
+                && e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if explicit.is_none() => {
+            return Err(ConfigError {
+                file: dir.clone(),
+                line: 0,
+                column: 0,
+                field: String::new(),
+                message: format!("cannot read drop-in directory: {e}"),
+            });
+        }
         Err(e) => {
             let span = explicit.map_or(0..0, |d| d.span());
             return Err(ctx.err(
@@ -2677,6 +2705,17 @@ mod tests {
         .expect("write");
         let e = load(&dir.join("egressd.toml")).expect_err("missing dir");
         assert_eq!((e.line, e.field.as_str()), (2, "drop_in_dir"));
+        // A copy of the main file elsewhere (Ansible's `validate` temporary file), checked
+        // with the drop-in directory it will run with; the override wins over `drop_in_dir`.
+        let copy = std::env::temp_dir().join(format!("egressd-cfg-copy-{}", std::process::id()));
+        std::fs::write(&copy, "allowlist = [\"eu\"]\ndrop_in_dir = \"nowhere\"\n").expect("write");
+        load(&copy).expect_err("no drop-ins beside the copy");
+        let c = load_with_drop_ins(&copy, &dir.join("policy.d")).expect("valid");
+        assert_eq!(c.regions[0].name, "eu");
+        let e = load_with_drop_ins(&copy, &dir.join("absent")).expect_err("absent");
+        assert_eq!(e.file, dir.join("absent"));
+        assert!(e.message.contains("cannot read drop-in directory"), "{e}");
+        let _ = std::fs::remove_file(&copy);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

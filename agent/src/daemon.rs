@@ -243,6 +243,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         })
     };
     let mut tamper_repairs = 0u64;
+    let start_lookup = policy.ipv4_lookup;
     loop {
         // Checked before anything else, so that no amount of other work (reloads, events)
         // delays a stop by more than the step in progress.
@@ -331,6 +332,15 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                     Ok((cfg, new)) => {
                         reloads.ok += 1;
                         let generation = enforcer.generation();
+                        if new.ipv4_lookup != start_lookup {
+                            tracing::warn!(
+                                configured = new.ipv4_lookup.as_str(),
+                                at_start = start_lookup.as_str(),
+                                "ipv4_lookup changed: it sizes the kernel maps, so it takes \
+                                 effect at the next start (with --pin-dir: after `egressd \
+                                 detach`)"
+                            );
+                        }
                         tracing::info!(
                             generation,
                             digest = %new.digest,

@@ -147,7 +147,7 @@ impl Enforcer {
     }
 
     /// Loads like [`Enforcer::open`] with the map sizes of `cap` (an IPv4 table when
-    /// `cap.table_chunks` is set: 64 MiB per set plus 1 KiB per chunk, see
+    /// `cap.table_chunks` is set: 64 MiB per set plus 512 bytes per chunk, see
     /// [`Capacity::table_bytes`]).
     pub fn open_with(cap: Capacity) -> anyhow::Result<Self> {
         Self::open_in(cap, None)
@@ -206,7 +206,9 @@ impl Enforcer {
         let table_chunks = table::loaded_chunks(&ebpf)?;
         if cap.table_chunks.is_some() && table_chunks.is_none() {
             tracing::warn!(
-                "the pinned IPv4 table maps were created without a table; IPv4 lookups use                  the LPM trie until `egressd detach` and a new start"
+                "the pinned IPv4 table maps were created without a table (the maps of the \
+                 first pinned start are kept across restarts); IPv4 lookups use the LPM trie \
+                 until `egressd detach` and a new start"
             );
         }
         Ok(Self {
@@ -402,6 +404,7 @@ impl Enforcer {
             && (!large(&policy) || checks.is_multiple_of(LARGE_CHECK_EVERY))
             && !self.set_matches(set, &policy)?
         {
+            let table = compile_table(&policy, self.table_chunks);
             let used_table = fill_set(
                 &mut self.ebpf,
                 set,
@@ -409,7 +412,7 @@ impl Enforcer {
                 None,
                 &policy,
                 self.generation,
-                self.table_chunks,
+                table.as_ref(),
             )?;
             clear_stale(&mut self.ebpf, set, &policy, used_table)?;
             self.v4_in_trie[set] = !used_table;
@@ -612,7 +615,14 @@ impl Enforcer {
             );
         }
         let max = self.max_prefixes as usize;
-        if policy.lpm_v4.len() > max || policy.lpm_v6.len() > max {
+        // With the table, the IPv4 trie stays empty: only the table's room limits IPv4.
+        let table = compile_table(&policy, self.table_chunks);
+        let v4_in_trie = if table.is_some() {
+            0
+        } else {
+            policy.lpm_v4.len()
+        };
+        if v4_in_trie > max || policy.lpm_v6.len() > max {
             let how = if self.pins.is_some() {
                 "the maps are pinned, so a restart keeps their size: run `egressd detach` \
                  and start again (enforcement pauses in between)"
@@ -649,7 +659,7 @@ impl Enforcer {
             old_v4,
             &policy,
             next,
-            self.table_chunks,
+            table.as_ref(),
         );
         let used_table = match filled {
             Ok(t) => t,
@@ -851,8 +861,9 @@ fn compile_table(policy: &Policy, chunks: Option<usize>) -> Option<Table4> {
 }
 
 /// Makes set `set` hold exactly `new` for generation `generation`: `old` is what its maps
-/// hold, `old_v4` what its IPv4 trie holds (`None` when empty), `chunks` the table capacity.
-/// Returns whether IPv4 is looked up in the table (its trie is then left empty).
+/// hold, `old_v4` what its IPv4 trie holds (`None` when empty), `table` the compiled IPv4
+/// table of `new` when IPv4 is to be looked up in it (its trie is then left empty).
+/// Returns whether the table is used.
 fn fill_set(
     ebpf: &mut Ebpf,
     set: usize,
@@ -860,11 +871,10 @@ fn fill_set(
     old_v4: Option<&Policy>,
     new: &Policy,
     generation: u64,
-    chunks: Option<usize>,
+    table: Option<&Table4>,
 ) -> anyhow::Result<bool> {
     let fd4 = trie_fd(ebpf, maps::PREFIXES_V4[set])?;
     let fd6 = trie_fd(ebpf, maps::PREFIXES_V6[set])?;
-    let table = compile_table(new, chunks);
     {
         let name = maps::PREFIXES_V4[set];
         let mut trie: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
@@ -890,7 +900,7 @@ fn fill_set(
             }
         }
     }
-    if let Some(t) = &table {
+    if let Some(t) = table {
         table::write(ebpf, maps::TABLE24[set], t.t24_bytes())?;
         table::write(ebpf, maps::TABLE8[set], t.t8_bytes())?;
     }

@@ -64,6 +64,11 @@ enum Command {
         /// Policy file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Read the drop-in files from DIR instead of the file's own drop-in directory: to
+        /// check a copy kept elsewhere (Ansible's `validate` gets a temporary file) with the
+        /// drop-ins it will run with, e.g. `--drop-in-dir /etc/egressd/policy.d`.
+        #[arg(long, value_name = "DIR")]
+        drop_in_dir: Option<PathBuf>,
     },
     /// Print what the policy decides for destinations, and why: region and matching prefix,
     /// mode, verdict. Computed by the code that fills the kernel maps. Needs no privileges.
@@ -173,7 +178,10 @@ fn main() -> ExitCode {
                 ))
             }
         }
-        Command::Check { config } => check(&config),
+        Command::Check {
+            config,
+            drop_in_dir,
+        } => check(&config, drop_in_dir.as_deref()),
         Command::Explain {
             config,
             json,
@@ -207,8 +215,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let cfg = egressd::config::load(path)?;
+fn check(path: &std::path::Path, drop_ins: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cfg = match drop_ins {
+        Some(dir) => egressd::config::load_with_drop_ins(path, dir)?,
+        None => egressd::config::load(path)?,
+    };
     let policy = egressd::policy::compile(&cfg);
     if let Some(first) = egressd::check::errors(&policy).first() {
         anyhow::bail!("{}: {first}", path.display());

@@ -942,3 +942,26 @@ fn cli_explain_text_and_errors() {
     assert!(!ok);
     assert!(stderr.contains("looks like a prefix"), "{stderr}");
 }
+
+/// An empty or truncated source (what a failed download leaves) is an error naming the
+/// file, for every format, not an import without those regions.
+#[test]
+fn import_empty_source_is_an_error() {
+    let mapping = eu_mapping();
+    for (name, text) in [
+        ("empty.txt", ""),
+        ("aws.json", "{\"prefixes\": [], \"ipv6_prefixes\": []}"),
+    ] {
+        let texts = vec![(PathBuf::from(name), text.to_owned())];
+        let options = Options {
+            format: name.ends_with(".json").then_some(Format::Aws),
+            ..Options::default()
+        };
+        let e = import::import_texts(&mapping, &texts, &options).expect_err("empty source");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(name) && msg.contains("no prefixes"),
+            "{msg}"
+        );
+    }
+}

@@ -480,6 +480,17 @@ pub fn import_texts(
             ));
         }
         let parsed = parse_source(src, format)?;
+        // An empty file is what a failed download leaves; importing it would write a
+        // policy without those regions.
+        if parsed.entries.is_empty() {
+            return Err(ImportError::file(
+                src.path,
+                format!(
+                    "no prefixes in this {format} file (empty or truncated?); nothing was \
+                     written"
+                ),
+            ));
+        }
         let mut summary = SourceSummary {
             path: src.path.to_path_buf(),
             format,

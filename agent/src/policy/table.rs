@@ -4,7 +4,7 @@
 //! The kernel's LPM trie walks about one node per distinguishing bit, a dependent cache miss
 //! each once it outgrows the caches (~2.7 us at 1M prefixes, docs/benchmarks.md). The table
 //! answers any IPv4 longest-prefix match in at most two array reads, at a fixed 64 MiB for
-//! the first level plus 1 KiB per /24 that holds a longer prefix. The layout is
+//! the first level plus 512 bytes per /24 that holds a longer prefix. The layout is
 //! `egressd_common::table`.
 use egressd_common::table::{CHUNK, CHUNK_ENTRIES, MAX_CHUNKS, PAGE_BYTES};
 use ipnetwork::Ipv4Network;
