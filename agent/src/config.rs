@@ -623,7 +623,10 @@ impl Ctx<'_> {
     /// A drop-in's parse error; main-file-only fields get a clear message.
     fn drop_in_error(&self, e: &toml::de::Error) -> ConfigError {
         let mut err = self.toml_error(e);
+        // Only a top-level key is a main-file setting; the same name inside a table is just
+        // an unknown field there.
         if let Some(field) = backticked(e.message(), "unknown field `")
+            && !err.field.contains('.')
             && [
                 "mode",
                 "cgroup",
@@ -649,7 +652,7 @@ impl Ctx<'_> {
     /// Turn a toml error (syntax or serde) into a located error with a field path.
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let span = e.span().unwrap_or(0..0);
-        let message = e.message().to_string();
+        let message = plain_types(e.message());
         match DeTable::parse(self.text) {
             // The document parses: serde rejected it; the span locates the field in the tree.
             Ok(root) => {
@@ -657,9 +660,10 @@ impl Ctx<'_> {
                 if let Some(missing) = backticked(&message, "missing field `") {
                     field = join(&field, missing);
                     if missing == "allowlist" {
+                        // A top-level key: whatever table the span falls in is not its path.
                         return self.err(
                             span,
-                            field,
+                            "allowlist",
                             "missing field `allowlist` (list the allowed regions; \
                              `allowlist = []` allows nothing but loopback)",
                         );
@@ -1799,6 +1803,22 @@ fn join(parent: &str, key: &str) -> String {
     }
 }
 
+/// serde's type names (`i64`, `i128`, `u32`, ...) in a message, said as an operator would.
+fn plain_types(message: &str) -> String {
+    let mut m = message.to_owned();
+    for t in ["i128", "i64", "i32", "u64", "u32", "u16", "u8"] {
+        m = m.replace(&format!("expected {t}"), "expected an integer");
+        m = m.replace(&format!(" as {t},"), ",");
+    }
+    // serde says "invalid type: integer `N`, expected an integer" for N out of range.
+    if let Some(n) = backticked(&m, "invalid type: integer `")
+        && m.ends_with("expected an integer")
+    {
+        return format!("integer {n} is out of range");
+    }
+    m
+}
+
 /// The name between backticks after `prefix` in serde messages like "missing field `x`".
 fn backticked<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
     message.strip_prefix(prefix)?.split('`').next()
@@ -2474,6 +2494,28 @@ mod tests {
     }
 
     #[test]
+    fn config_errors_speak_plainly() {
+        fails(
+            "[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n",
+            1,
+            "allowlist",
+            "missing field `allowlist`",
+        );
+        fails(
+            "allowlist = []\nsuppress_window_ms = \"1000\"\n",
+            2,
+            "suppress_window_ms",
+            "invalid type: string \"1000\", expected an integer",
+        );
+        fails(
+            "allowlist = []\nsuppress_window_ms = 100000000000000000000\n",
+            2,
+            "suppress_window_ms",
+            "integer 100000000000000000000 is out of range",
+        );
+    }
+
+    #[test]
     fn config_ipv4_lookup() {
         let base = "allowlist = []\n";
         assert_eq!(p(base).expect("defaults").ipv4_lookup, Ipv4Lookup::Auto);
@@ -2668,6 +2710,13 @@ mod tests {
         );
         let e = parse_set(main, text, &[d]).expect_err("main only");
         assert!(e.message.contains("`ipv4_lookup` may only be set"), "{e}");
+        let d = (
+            PathBuf::from("/etc/egressd/policy.d/42-nested.toml"),
+            "[regions.x]\nprefixes = [\"10.9.0.0/16\"]\nipv4_lookup = \"table\"\n".to_owned(),
+        );
+        let e = parse_set(main, text, &[d]).expect_err("unknown region field");
+        assert_eq!(e.field, "regions.x.ipv4_lookup", "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
         // An allowlist entry naming a region of another drop-in is fine; an unknown one is not.
         let f = (
             PathBuf::from("/etc/egressd/policy.d/50-al.toml"),
