@@ -10,8 +10,9 @@ use egressd_common::{Hook, SockVerdict, Verdict, direction};
 use crate::{addr, cache, decide, report};
 
 const PASS: i32 = 1;
-const IPPROTO_TCP: u8 = 6;
 const DROP: i32 = 0;
+/// `IPPROTO_TCP` (`include/uapi/linux/in.h`).
+const IPPROTO_TCP: u8 = 6;
 
 /// `cgroup_skb/egress`.
 #[inline(always)]
