@@ -11,6 +11,7 @@
 //! A sink is an [`Encoder`] (format + framing, applied on the reader thread so the spool
 //! stores wire-ready frames) and a [`Transport`] (blocking I/O, driven by the sink's own
 //! worker thread in [`crate::pipeline`], which adds the queue, spool, retries and counters).
+pub mod buffered;
 pub mod file;
 pub mod stdout;
 pub mod syslog;

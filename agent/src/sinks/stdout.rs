@@ -1,19 +1,20 @@
 //! Standard output: frames are written through a buffer and flushed whenever the sink's
 //! queue runs empty, so a burst costs one `write(2)` per buffer, and a quiet stream is never
 //! held back.
-use std::io::{self, Write as _};
+use std::io;
 
-use super::{SendError, Transport};
+use super::buffered::{Buffered, Opener};
 
 /// The process's standard output.
-pub struct Stdout {
-    out: Option<io::BufWriter<io::Stdout>>,
-}
+pub type Stdout = Buffered<Std>;
+
+/// Opens the process's standard output.
+pub struct Std;
 
 impl Stdout {
     /// Not yet open.
     pub fn new() -> Self {
-        Self { out: None }
+        Self::with_opener(Std)
     }
 }
 
@@ -23,35 +24,11 @@ impl Default for Stdout {
     }
 }
 
-impl Transport for Stdout {
-    fn open(&mut self) -> io::Result<()> {
-        self.out = Some(io::BufWriter::with_capacity(64 << 10, io::stdout()));
-        Ok(())
-    }
+impl Opener for Std {
+    type Writer = io::Stdout;
+    const WHAT: &'static str = "stdout";
 
-    fn is_open(&self) -> bool {
-        self.out.is_some()
-    }
-
-    fn send(&mut self, frame: &[u8]) -> Result<u64, SendError> {
-        let out = self
-            .out
-            .as_mut()
-            .ok_or_else(|| SendError::Retry(io::Error::other("stdout not open")))?;
-        out.write_all(frame).map_err(SendError::Retry)?;
-        Ok(frame.len() as u64)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self.out.as_mut() {
-            Some(o) => o.flush(),
-            None => Ok(()),
-        }
-    }
-
-    fn close(&mut self) {
-        if let Some(mut o) = self.out.take() {
-            let _ = o.flush();
-        }
+    fn open(&mut self) -> io::Result<io::Stdout> {
+        Ok(io::stdout())
     }
 }
