@@ -16,7 +16,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{Entry, Format, ImportError, Parsed, Source};
+use super::{Format, ImportError, Parsed, Source, dated_version};
 
 #[derive(Deserialize)]
 struct File<'a> {
@@ -55,31 +55,13 @@ pub fn read<'a>(src: &Source<'a>) -> Result<Parsed<'a>, ImportError> {
     let file: File<'a> = src.json(Format::Aws)?;
     let mut entries = Vec::with_capacity(file.prefixes.len() + file.ipv6_prefixes.len());
     for (i, p) in file.prefixes.into_iter().enumerate() {
-        entries.push(Entry {
-            offset: src.offset_of(&p.ip_prefix),
-            text: p.ip_prefix,
-            key: p.region,
-            subdivision: None,
-            field: format!("prefixes[{i}].ip_prefix"),
-            context: None,
-        });
+        entries.push(src.entry(p.ip_prefix, p.region, format!("prefixes[{i}].ip_prefix")));
     }
     for (i, p) in file.ipv6_prefixes.into_iter().enumerate() {
-        entries.push(Entry {
-            offset: src.offset_of(&p.ipv6_prefix),
-            text: p.ipv6_prefix,
-            key: p.region,
-            subdivision: None,
-            field: format!("ipv6_prefixes[{i}].ipv6_prefix"),
-            context: None,
-        });
+        let field = format!("ipv6_prefixes[{i}].ipv6_prefix");
+        entries.push(src.entry(p.ipv6_prefix, p.region, field));
     }
-    let version = match (file.create_date, file.sync_token) {
-        (Some(d), Some(t)) => Some(format!("createDate {d}, syncToken {t}")),
-        (Some(d), None) => Some(format!("createDate {d}")),
-        (None, Some(t)) => Some(format!("syncToken {t}")),
-        (None, None) => None,
-    };
+    let version = dated_version("createDate", file.create_date, file.sync_token);
     Ok(Parsed { entries, version })
 }
 

@@ -16,7 +16,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{Entry, Format, ImportError, Parsed, Source};
+use super::{Format, ImportError, Parsed, Source, dated_version};
 
 #[derive(Deserialize)]
 struct File<'a> {
@@ -64,21 +64,9 @@ pub fn read<'a>(src: &Source<'a>) -> Result<Parsed<'a>, ImportError> {
                 ));
             }
         };
-        entries.push(Entry {
-            offset: src.offset_of(&text),
-            text,
-            key: p.scope,
-            subdivision: None,
-            field: format!("prefixes[{i}].{name}"),
-            context: None,
-        });
+        entries.push(src.entry(text, p.scope, format!("prefixes[{i}].{name}")));
     }
-    let version = match (file.creation_time, file.sync_token) {
-        (Some(d), Some(t)) => Some(format!("creationTime {d}, syncToken {t}")),
-        (Some(d), None) => Some(format!("creationTime {d}")),
-        (None, Some(t)) => Some(format!("syncToken {t}")),
-        (None, None) => None,
-    };
+    let version = dated_version("creationTime", file.creation_time, file.sync_token);
     Ok(Parsed { entries, version })
 }
 

@@ -203,6 +203,20 @@ pub struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
+    /// An entry of a JSON range file: the prefix `text` (a string borrowed from this
+    /// source, located by [`Self::offset_of`]) with its location `key`, at `field`; no
+    /// subdivision, no containing record.
+    pub fn entry(&self, text: Cow<'a, str>, key: Cow<'a, str>, field: String) -> Entry<'a> {
+        Entry {
+            offset: self.offset_of(&text),
+            text,
+            key,
+            subdivision: None,
+            field,
+            context: None,
+        }
+    }
+
     /// Byte offset of `s` in the text (of its opening quote when it is a JSON string), if `s`
     /// is a slice of the text (a string serde_json borrowed from the input rather than
     /// unescaped into a copy).
@@ -312,6 +326,21 @@ pub struct Entry<'a> {
     pub field: String,
     /// For messages: the containing record when it has a name (Azure: the service tag).
     pub context: Option<Cow<'a, str>>,
+}
+
+/// The version line of a file stamped with a date (`date_name`: the provider's key for it)
+/// and a sync token, as AWS and Google Cloud publish them.
+pub fn dated_version(
+    date_name: &str,
+    date: Option<Cow<'_, str>>,
+    token: Option<Cow<'_, str>>,
+) -> Option<String> {
+    match (date, token) {
+        (Some(d), Some(t)) => Some(format!("{date_name} {d}, syncToken {t}")),
+        (Some(d), None) => Some(format!("{date_name} {d}")),
+        (None, Some(t)) => Some(format!("syncToken {t}")),
+        (None, None) => None,
+    }
 }
 
 /// What a format reader returns.

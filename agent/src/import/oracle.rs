@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{Entry, Format, ImportError, Parsed, Source};
+use super::{Format, ImportError, Parsed, Source};
 
 #[derive(Deserialize)]
 struct File<'a> {
@@ -48,14 +48,8 @@ pub fn read<'a>(src: &Source<'a>) -> Result<Parsed<'a>, ImportError> {
     let mut entries = Vec::new();
     for (i, r) in file.regions.into_iter().enumerate() {
         for (j, c) in r.cidrs.into_iter().enumerate() {
-            entries.push(Entry {
-                offset: src.offset_of(&c.cidr),
-                text: c.cidr,
-                key: r.region.clone(),
-                subdivision: None,
-                field: format!("regions[{i}].cidrs[{j}].cidr"),
-                context: None,
-            });
+            let field = format!("regions[{i}].cidrs[{j}].cidr");
+            entries.push(src.entry(c.cidr, r.region.clone(), field));
         }
     }
     let version = file
