@@ -78,12 +78,14 @@ pub struct Enforcer {
     /// Whether each set's IPv4 trie holds the prefixes of `sets` (false when the set uses
     /// the table: its trie is then empty).
     v4_in_trie: [bool; 2],
-    /// Sets left half-filled by a failed install: their tries are emptied before the next.
-    dirty: [bool; 2],
+    /// Sets whose contents this process did not write completely (adopted from an earlier
+    /// process, or left half-filled by a failed install): their tries are emptied before
+    /// the next fill.
+    unknown: [bool; 2],
     max_prefixes: u32,
     /// Second-level chunks of each set's IPv4 table; `None`: no table.
     table_chunks: Option<usize>,
-    /// Pinned mode: the pin directory, the cgroup, and what is known about each set.
+    /// Pinned mode: the pin directory and the cgroup.
     pins: Option<Pins>,
 }
 
@@ -91,8 +93,6 @@ pub struct Enforcer {
 struct Pins {
     dir: PinDir,
     cgroup: PathBuf,
-    /// Sets whose contents this process did not write (adopted): cleared before filling.
-    unknown: [bool; 2],
     /// Calls of [`Enforcer::verify_and_repair`] so far (large policies are compared with
     /// the maps only every [`LARGE_CHECK_EVERY`] calls).
     checks: u64,
@@ -216,7 +216,7 @@ impl Enforcer {
             generation: 0,
             sets: [None, None],
             v4_in_trie: [false; 2],
-            dirty: [false; 2],
+            unknown: [false; 2],
             max_prefixes: max,
             table_chunks,
             pins: None,
@@ -269,10 +269,10 @@ impl Enforcer {
         let previous = generation.get(&0, 0).unwrap_or(0);
         e.generation = previous;
         let adopted = dir.has_links();
+        e.unknown = [previous > 0; 2];
         e.pins = Some(Pins {
             dir: dir.clone(),
             cgroup: cgroup.to_path_buf(),
-            unknown: [previous > 0; 2],
             checks: 0,
         });
         e.install(policy)?;
@@ -639,14 +639,11 @@ impl Enforcer {
         let next = self.generation + 1;
         let set = set_of(next);
         let old = self.sets[set].take();
-        let unknown = self.pins.as_ref().is_some_and(|p| p.unknown[set]) || self.dirty[set];
+        let unknown = self.unknown[set];
         if unknown {
             // This set holds what an earlier process, or a failed fill, wrote.
             clear_set(&mut self.ebpf, set)?;
-            if let Some(pins) = &mut self.pins {
-                pins.unknown[set] = false;
-            }
-            self.dirty[set] = false;
+            self.unknown[set] = false;
             self.v4_in_trie[set] = false;
         }
         // After a clear there is nothing stale to remove.
@@ -664,7 +661,7 @@ impl Enforcer {
         let used_table = match filled {
             Ok(t) => t,
             Err(e) => {
-                self.dirty[set] = true;
+                self.unknown[set] = true;
                 return Err(e);
             }
         };
