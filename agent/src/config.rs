@@ -253,41 +253,9 @@ pub struct Config {
     pub drop_ins: Vec<PathBuf>,
 }
 
-/// Why a configuration file was rejected, with its location.
-///
-/// Display: `{file}:{line}:{column}: {field}: {message}`; `:{line}:{column}` is omitted when
-/// `line` is 0 (the file could not be read), `{field}: ` when `field` is empty.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}", self.render())]
-pub struct ConfigError {
-    /// The configuration file.
-    pub file: PathBuf,
-    /// 1-based line, 0 when the error is not about a position (I/O error).
-    pub line: usize,
-    /// 1-based column in characters (not bytes), 0 when `line` is 0.
-    pub column: usize,
-    /// Dotted path of the offending field (`mode`, `allowlist[0]`, `regions.us.prefixes[1]`),
-    /// empty when the error is about the whole file.
-    pub field: String,
-    /// What is wrong and, where possible, how to fix it.
-    pub message: String,
-}
-
-impl ConfigError {
-    fn render(&self) -> String {
-        let mut s = self.file.display().to_string();
-        if self.line != 0 {
-            s.push_str(&format!(":{}:{}", self.line, self.column));
-        }
-        s.push_str(": ");
-        if !self.field.is_empty() {
-            s.push_str(&self.field);
-            s.push_str(": ");
-        }
-        s.push_str(&self.message);
-        s
-    }
-}
+/// Why a configuration file was rejected, with its location (column in characters); the
+/// same type as [`crate::import::ImportError`].
+pub type ConfigError = crate::located::LocatedError;
 
 /// Read and validate the configuration at `path` plus its drop-in directory.
 ///
@@ -325,13 +293,8 @@ pub fn load_with_drop_ins(path: &Path, drop_ins: &Path) -> Result<Config, Config
 
 fn load_all_in(path: &Path, dir_override: Option<&Path>) -> Result<(Config, Output), ConfigError> {
     let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|e| ConfigError {
-            file: p.to_path_buf(),
-            line: 0,
-            column: 0,
-            field: String::new(),
-            message: format!("cannot read configuration: {e}"),
-        })
+        std::fs::read_to_string(p)
+            .map_err(|e| ConfigError::file(p, format!("cannot read configuration: {e}")))
     };
     let text = read(path)?;
     let ctx = Ctx { path, text: &text };
@@ -356,15 +319,10 @@ fn load_all_in(path: &Path, dir_override: Option<&Path>) -> Result<(Config, Outp
                 .collect();
             files.sort();
             if let Some(bad) = files.iter().find(|p| !p.is_file()) {
-                return Err(ConfigError {
-                    file: bad.clone(),
-                    line: 0,
-                    column: 0,
-                    field: String::new(),
-                    message: "drop-in is not a readable regular file (a dangling link or a \
-                              directory?)"
-                        .into(),
-                });
+                return Err(ConfigError::file(
+                    bad,
+                    "drop-in is not a readable regular file (a dangling link or a directory?)",
+                ));
             }
             for f in files {
                 let t = read(&f)?;
@@ -376,13 +334,10 @@ fn load_all_in(path: &Path, dir_override: Option<&Path>) -> Result<(Config, Outp
                 && dir_override.is_none()
                 && e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) if explicit.is_none() => {
-            return Err(ConfigError {
-                file: dir.clone(),
-                line: 0,
-                column: 0,
-                field: String::new(),
-                message: format!("cannot read drop-in directory: {e}"),
-            });
+            return Err(ConfigError::file(
+                &dir,
+                format!("cannot read drop-in directory: {e}"),
+            ));
         }
         Err(e) => {
             let span = explicit.map_or(0..0, |d| d.span());

@@ -16,6 +16,7 @@ pub mod explain;
 pub mod formats;
 pub mod import;
 pub mod loader;
+pub mod located;
 pub mod metrics;
 pub mod pin;
 pub mod pipeline;

@@ -144,54 +144,9 @@ pub fn detect_format(text: &str) -> Option<Format> {
     }
 }
 
-/// Why an import failed, with its location.
-///
-/// Display: `{file}:{line}:{column}: {field}: {message}`, like
-/// [`crate::config::ConfigError`]; `:{line}:{column}` is omitted when `line` is 0 (I/O
-/// errors, or a position the format cannot give), `{field}: ` when `field` is empty.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}", self.render())]
-pub struct ImportError {
-    /// The provider file, the mapping file or the output file.
-    pub file: PathBuf,
-    /// 1-based line, 0 when unknown.
-    pub line: usize,
-    /// 1-based column (characters for text we located ourselves, bytes for JSON syntax
-    /// errors, as serde_json counts), 0 when unknown.
-    pub column: usize,
-    /// Path of the offending field in the file (`prefixes[12].ip_prefix`,
-    /// `values[3].properties.addressPrefixes[0]`, `aws.eu[2]`, `ip_prefix`), or empty.
-    pub field: String,
-    /// What is wrong and, where possible, how to fix it.
-    pub message: String,
-}
-
-impl ImportError {
-    fn render(&self) -> String {
-        let mut s = self.file.display().to_string();
-        if self.line != 0 {
-            let _ = write!(s, ":{}:{}", self.line, self.column);
-        }
-        s.push_str(": ");
-        if !self.field.is_empty() {
-            s.push_str(&self.field);
-            s.push_str(": ");
-        }
-        s.push_str(&self.message);
-        s
-    }
-
-    /// An error about the whole file `file` (no position, no field).
-    pub fn file(file: &Path, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            line: 0,
-            column: 0,
-            field: String::new(),
-            message: message.into(),
-        }
-    }
-}
+/// Why an import failed, with its location (the same type as
+/// [`crate::config::ConfigError`]).
+pub type ImportError = crate::located::LocatedError;
 
 /// A provider file's text with its path, as the format readers see it.
 #[derive(Clone, Copy, Debug)]
