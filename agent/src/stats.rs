@@ -29,10 +29,19 @@ pub struct Loss {
     pub suppressed: u64,
 }
 
-/// Reads all non-zero counters. One lookup per slot, summing the per-CPU values.
+/// Reads all non-zero counters. One lookup per slot, summing the per-CPU values; regions
+/// are named by `policy`.
 pub fn counters(
     map: &PerCpuArray<MapData, u64>,
     policy: &Policy,
+) -> anyhow::Result<Vec<CounterRow>> {
+    counters_named(map, |region| region_label(policy, region))
+}
+
+/// As [`counters`], with regions named by `label` (region id to name).
+pub fn counters_named(
+    map: &PerCpuArray<MapData, u64>,
+    label: impl Fn(u32) -> String,
 ) -> anyhow::Result<Vec<CounterRow>> {
     let mut rows = Vec::new();
     for hook in 0..HOOK_SLOTS {
@@ -46,7 +55,7 @@ pub fn counters(
                 }
                 rows.push(CounterRow {
                     hook: hook_name(u8::try_from(hook)?),
-                    region: region_label(policy, region),
+                    region: label(region),
                     verdict: ["allow", "deny", "audit"][verdict as usize],
                     count,
                 });

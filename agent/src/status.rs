@@ -6,7 +6,7 @@ use std::os::fd::AsFd as _;
 
 use anyhow::Context as _;
 use aya::maps::{Array, Map, MapData, PerCpuArray};
-use egressd_common::{COUNTER_SLOTS, HOOK_SLOTS, MAX_REGIONS, VERDICT_COUNT, counter_index, maps};
+use egressd_common::maps;
 use serde::Serialize;
 
 use crate::pin::{LINKS, LinkState, PinDir, PinnedState};
@@ -24,19 +24,6 @@ pub struct HookStatus {
     pub link: Option<LinkState>,
 }
 
-/// One non-zero counter.
-#[derive(Debug, Clone, Serialize)]
-pub struct CounterStatus {
-    /// Hook, e.g. `cgroup/connect4`.
-    pub hook: &'static str,
-    /// Region name (from the pinned state), `local`, or `region#ID` if unknown.
-    pub region: String,
-    /// `allow`, `deny` or `audit`.
-    pub verdict: &'static str,
-    /// Attempts since the maps were first pinned.
-    pub count: u64,
-}
-
 /// Everything `egressd status` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -49,7 +36,7 @@ pub struct Status {
     /// The state record the daemon wrote at its last install (digest, cgroup, ...).
     pub state: Option<PinnedState>,
     /// Non-zero decision counters.
-    pub counters: Vec<CounterStatus>,
+    pub counters: Vec<crate::stats::CounterRow>,
 }
 
 /// Reads the pins under `dir`.
@@ -90,33 +77,17 @@ pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
         .as_ref()
         .map(|s| s.regions.clone())
         .unwrap_or_default();
-    let mut rows = Vec::new();
-    for hook in 0..HOOK_SLOTS {
-        for region in 0..MAX_REGIONS {
-            for verdict in 0..VERDICT_COUNT {
-                let idx = counter_index(hook, region, verdict);
-                debug_assert!(idx < COUNTER_SLOTS);
-                let count: u64 = counters.get(&idx, 0)?.iter().sum();
-                if count == 0 {
-                    continue;
-                }
-                let region = if region == egressd_common::REGION_LOCAL {
-                    crate::config::LOCAL_REGION_NAME.to_owned()
-                } else {
-                    names
-                        .get(region as usize)
-                        .cloned()
-                        .unwrap_or_else(|| format!("region#{region}"))
-                };
-                rows.push(CounterStatus {
-                    hook: crate::events::hook_name(u8::try_from(hook)?),
-                    region,
-                    verdict: ["allow", "deny", "audit"][verdict as usize],
-                    count,
-                });
-            }
+    // Names from the pinned state; `region#ID` for ids it does not know.
+    let rows = crate::stats::counters_named(&counters, |region| {
+        if region == egressd_common::REGION_LOCAL {
+            crate::config::LOCAL_REGION_NAME.to_owned()
+        } else {
+            names
+                .get(region as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("region#{region}"))
         }
-    }
+    })?;
     Ok(Status {
         pin_dir: dir.display().to_string(),
         hooks,
