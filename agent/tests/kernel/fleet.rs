@@ -2,10 +2,9 @@
 //! and `detach`, tamper repair (with bpftool), the Prometheus endpoint, and reload on file
 //! change.
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -31,126 +30,6 @@ impl Drop for Pins {
             let _ = dir.remove_all();
         }
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `egressd run` with extra arguments; its stdout records are collected.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<Value>,
-}
-
-impl Daemon {
-    fn start(tb: &Testbed, config: &Path, extra: &[&str]) -> Result<Self, Failed> {
-        let mut d = Self::spawn(tb, config, extra)?;
-        d.wait_for("agent_start", Duration::from_secs(30))?;
-        Ok(d)
-    }
-
-    /// Starts `egressd run` without waiting for it to attach.
-    fn spawn(tb: &Testbed, config: &Path, extra: &[&str]) -> Result<Self, Failed> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_egressd"))
-            .args(["run", "--config"])
-            .arg(config)
-            .arg("--cgroup")
-            .arg(tb.cgroup.path())
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawning egressd: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Self {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        })
-    }
-
-    /// Sends `sig` to the daemon.
-    fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    /// Waits until the daemon catches `sig` (its bit in `SigCgt` of /proc/PID/status).
-    fn catches(&self, sig: i32, within: Duration) -> Result<(), Failed> {
-        let deadline = Instant::now() + within;
-        let path = format!("/proc/{}/status", self.child.id());
-        while Instant::now() < deadline {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let caught = text
-                .lines()
-                .find_map(|l| l.strip_prefix("SigCgt:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                .unwrap_or(0);
-            if caught & (1 << (sig - 1)) != 0 {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        Err(format!("egressd did not install a handler for signal {sig} within {within:?}").into())
-    }
-
-    /// Waits for the next record of type `kind` and returns it.
-    fn wait_for(&mut self, kind: &str, within: Duration) -> Result<Value, Failed> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(50)) {
-                Ok(l) => {
-                    let v: Value =
-                        serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?;
-                    self.seen.push(v.clone());
-                    if v["type"] == kind {
-                        return Ok(v);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(st)) = self.child.try_wait() {
-                        return Err(format!("egressd exited ({st}) waiting for {kind}").into());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(format!("egressd closed stdout waiting for {kind}").into());
-                }
-            }
-        }
-        Err(format!("no {kind} record within {within:?}").into())
-    }
-
-    fn kill9(mut self) -> Result<(), Failed> {
-        self.child.kill().map_err(|e| e.to_string())?;
-        self.child.wait().map_err(|e| e.to_string())?;
-        Ok(())
-    }
-
-    fn sigterm(mut self) -> Result<Vec<Value>, Failed> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let st = self.child.wait().map_err(|e| e.to_string())?;
-        if !st.success() {
-            return Err(format!("egressd exited with {st}").into());
-        }
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(1)) {
-            self.seen
-                .push(serde_json::from_str(&l).map_err(|e| format!("{l}: {e}"))?);
-        }
-        Ok(std::mem::take(&mut self.seen))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -213,7 +92,7 @@ pub fn pinned_restart() -> Result<(), Failed> {
     let cfg = write_config(&dir, &policy("enforce"))?;
     let pins = Pins::new();
     let pin_arg = pins.0.to_string_lossy().into_owned();
-    let d = Daemon::start(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    let d = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
     probe_us_denied(&tb)?;
     let st1 = status(&pins)?;
     if st1["generation"] != 1 || st1["hooks"].as_array().map_or(0, |h| h.len()) != 6 {
@@ -251,7 +130,7 @@ pub fn pinned_restart() -> Result<(), Failed> {
         .map_err(|e| e.to_string())?;
     let reader = std::thread::spawn(move || looper.wait_with_output());
     std::thread::sleep(Duration::from_millis(300));
-    let d = Daemon::start(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    let d = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
     let out = reader
         .join()
         .map_err(|_| "probe thread panicked")?
@@ -290,7 +169,7 @@ pub fn pinned_restart() -> Result<(), Failed> {
         .into());
     }
     // SIGTERM with pins: enforcement stays.
-    let recs = d.sigterm()?;
+    let recs = d.stop()?;
     if !recs.iter().any(|r| r["type"] == "agent_stop") {
         return Err("no agent_stop".into());
     }
@@ -349,7 +228,7 @@ pub fn tamper_repaired() -> Result<(), Failed> {
     let cfg = write_config(&dir, &policy("enforce"))?;
     let pins = Pins::new();
     let pin_arg = pins.0.to_string_lossy().into_owned();
-    let mut d = Daemon::start(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    let mut d = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
     probe_us_denied(&tb)?;
     let bpftool = |args: &[&str]| -> Result<(), Failed> {
         let out = Command::new("bpftool")
@@ -441,7 +320,7 @@ pub fn metrics_equal_counters() -> Result<(), Failed> {
     let cfg = write_config(&dir, &policy("enforce"))?;
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
-    let d = Daemon::start(&tb, &cfg, &["--metrics", &addr])?;
+    let d = Agent::start_at(&tb, &cfg, &["--metrics", &addr])?;
     let n = 7;
     let r = probe(&tb, n, &[tcp(US_V4), tcp(EU_V4), udp(US_V4)])?;
     if r.iter().filter(|x| x.ok).count() != n as usize {
@@ -514,7 +393,7 @@ pub fn metrics_equal_counters() -> Result<(), Failed> {
         )
         .into());
     }
-    let recs = d.sigterm()?;
+    let recs = d.stop()?;
     let stop = stop_record(&recs)?;
     for (h, reg, v, w) in want {
         if counter(stop, h, reg, v) != w {
@@ -534,10 +413,10 @@ pub fn watch_reloads_on_change() -> Result<(), Failed> {
     let dir = tempdir()?;
     let base = "[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n[regions.us]\nprefixes = [\"198.18.2.0/24\"]\n";
     let cfg = write_config(&dir, &format!("allowlist = [\"eu\"]\n{base}"))?;
-    let mut d = Daemon::start(&tb, &cfg, &["--watch"])?;
+    let mut d = Agent::start_at(&tb, &cfg, &["--watch"])?;
     probe_us_denied(&tb)?;
     // Reads are not changes (inotify reports opens and reads too).
-    let no_reload = |d: &mut Daemon, why: &str| -> Result<(), Failed> {
+    let no_reload = |d: &mut Agent, why: &str| -> Result<(), Failed> {
         match d.wait_for("policy_loaded", Duration::from_millis(1500)) {
             Ok(rec) => Err(format!("reloaded {why}: {rec}").into()),
             // Only a quiet timeout is the answer wanted, not an exited daemon.
@@ -585,7 +464,7 @@ pub fn watch_reloads_on_change() -> Result<(), Failed> {
     assert_field(&rec, "/policy/generation", "5")?;
     let r = probe(&tb, 1, &[tcp(US_V4)])?;
     expect_ok(&r[0])?;
-    d.sigterm()?;
+    d.stop()?;
     Ok(())
 }
 
@@ -610,7 +489,7 @@ pub fn signals_during_start() -> Result<(), Failed> {
     text.push_str("]\n");
     let cfg = write_config(&dir, &text)?;
     let t0 = Instant::now();
-    let mut d = Daemon::spawn(&tb, &cfg, &[])?;
+    let mut d = Agent::spawn(&tb, &cfg, &[])?;
     d.catches(libc::SIGHUP, Duration::from_secs(10))?;
     d.catches(libc::SIGUSR1, Duration::from_secs(1))?;
     let handlers = t0.elapsed();
@@ -630,11 +509,11 @@ pub fn signals_during_start() -> Result<(), Failed> {
     let rec = d.wait_for("policy_loaded", Duration::from_secs(60))?;
     assert_field(&rec, "/policy/generation", "2")?;
     probe_us_denied(&tb)?;
-    d.sigterm()?;
+    d.stop()?;
     // SIGTERM while loading: attach, then detach at once, with a clean exit and agent_stop.
-    let d = Daemon::spawn(&tb, &cfg, &[])?;
+    let d = Agent::spawn(&tb, &cfg, &[])?;
     d.catches(libc::SIGTERM, Duration::from_secs(10))?;
-    let recs = d.sigterm()?;
+    let recs = d.stop()?;
     if !recs.iter().any(|r| r["type"] == "agent_stop") {
         return Err(format!("no agent_stop after a SIGTERM during start-up: {recs:?}").into());
     }

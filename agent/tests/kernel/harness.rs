@@ -1,7 +1,7 @@
 //! Shared harness: a running `egressd run`, the probe client, and JSON helpers.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -49,7 +49,8 @@ pub struct Agent {
     lines: mpsc::Receiver<String>,
     seen: Vec<Value>,
     config: PathBuf,
-    _dir: TempDir,
+    /// The temporary directory of a policy written by [`Agent::start_with`].
+    _dir: Option<TempDir>,
 }
 
 pub struct TempDir(pub PathBuf);
@@ -73,11 +74,28 @@ impl Agent {
         std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
         let cfg = dir.0.join("policy.toml");
         std::fs::write(&cfg, text).map_err(|e| format!("writing policy: {e}"))?;
+        let mut agent = Self::spawn(tb, &cfg, &[])?;
+        agent._dir = Some(dir);
+        agent.wait_for("agent_start", Duration::from_secs(30))?;
+        Ok(agent)
+    }
+
+    /// Starts `egressd run --config config` with `extra` arguments, attached to the test
+    /// bed's cgroup, and waits for its `agent_start` record.
+    pub fn start_at(tb: &Testbed, config: &Path, extra: &[&str]) -> Result<Self, Failed> {
+        let mut agent = Self::spawn(tb, config, extra)?;
+        agent.wait_for("agent_start", Duration::from_secs(30))?;
+        Ok(agent)
+    }
+
+    /// As [`Agent::start_at`], without waiting for it to attach.
+    pub fn spawn(tb: &Testbed, config: &Path, extra: &[&str]) -> Result<Self, Failed> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_egressd"))
             .args(["run", "--config"])
-            .arg(&cfg)
+            .arg(config)
             .arg("--cgroup")
             .arg(tb.cgroup.path())
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("spawning egressd: {e}"))?;
@@ -90,36 +108,71 @@ impl Agent {
                 }
             }
         });
-        let mut agent = Agent {
+        Ok(Agent {
             child,
             lines: rx,
             seen: Vec::new(),
-            config: cfg,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
+            config: config.to_path_buf(),
+            _dir: None,
+        })
+    }
+
+    /// Waits for the next record of type `kind` and returns it.
+    pub fn wait_for(&mut self, kind: &str, within: Duration) -> Result<Value, Failed> {
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            match agent.lines.recv_timeout(Duration::from_millis(100)) {
+            match self.lines.recv_timeout(Duration::from_millis(50)) {
                 Ok(l) => {
                     let v: Value =
                         serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?;
-                    let started = v["type"] == "agent_start";
-                    agent.seen.push(v);
-                    if started {
-                        return Ok(agent);
+                    self.seen.push(v.clone());
+                    if v["type"] == kind {
+                        return Ok(v);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(st)) = agent.child.try_wait() {
-                        return Err(format!("egressd exited before attaching: {st}").into());
+                    if let Ok(Some(st)) = self.child.try_wait() {
+                        return Err(format!("egressd exited ({st}) waiting for {kind}").into());
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err("egressd closed stdout before attaching".into());
+                    return Err(format!("egressd closed stdout waiting for {kind}").into());
                 }
             }
         }
-        Err("egressd did not attach within 30 s".into())
+        Err(format!("no {kind} record within {within:?}").into())
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits until the daemon catches `sig` (its bit in `SigCgt` of /proc/PID/status).
+    pub fn catches(&self, sig: i32, within: Duration) -> Result<(), Failed> {
+        let deadline = Instant::now() + within;
+        let path = format!("/proc/{}/status", self.child.id());
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let caught = text
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0);
+            if caught & (1 << (sig - 1)) != 0 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Err(format!("egressd did not install a handler for signal {sig} within {within:?}").into())
+    }
+
+    /// SIGKILL and wait: nothing of the daemon's own shutdown runs.
+    pub fn kill9(mut self) -> Result<(), Failed> {
+        self.child.kill().map_err(|e| e.to_string())?;
+        self.child.wait().map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     /// The records read so far (at least up to `agent_start`).
