@@ -4,11 +4,11 @@
 use std::{
     io::{Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use egressd_testbed::{EU_V4, Testbed, US_V4, client::ProbeResult};
+use egressd_testbed::{EU_V4, Testbed, US_V4};
 use libtest_mimic::Failed;
 use serde_json::Value;
 
@@ -54,16 +54,6 @@ fn status(pins: &Pins) -> Result<Value, Failed> {
     serde_json::from_str(&text).map_err(|e| format!("status JSON {text}: {e}").into())
 }
 
-fn status_count(st: &Value, hook: &str, region: &str, verdict: &str) -> u64 {
-    st["counters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["hook"] == hook && c["region"] == region && c["verdict"] == verdict)
-        .map(|c| c["count"].as_u64().unwrap_or(0))
-        .sum()
-}
-
 fn write_config(dir: &TempDir, text: &str) -> Result<PathBuf, Failed> {
     let cfg = dir.0.join("policy.toml");
     std::fs::write(&cfg, text).map_err(|e| format!("writing policy: {e}"))?;
@@ -106,7 +96,7 @@ pub fn pinned_restart() -> Result<(), Failed> {
     {
         return Err(format!("a hook is not attached: {st1}").into());
     }
-    let deny1 = status_count(&st1, "cgroup/connect4", "us", "deny");
+    let deny1 = counter(&st1, "cgroup/connect4", "us", "deny");
     if deny1 != 1 {
         return Err(format!("want 1 deny counted, status says {deny1}: {st1}").into());
     }
@@ -114,32 +104,14 @@ pub fn pinned_restart() -> Result<(), Failed> {
     // No daemon: still enforced, still counted.
     probe_us_denied(&tb)?;
     let st2 = status(&pins)?;
-    if status_count(&st2, "cgroup/connect4", "us", "deny") != 2 {
+    if counter(&st2, "cgroup/connect4", "us", "deny") != 2 {
         return Err(format!("counters after kill -9: {st2}").into());
     }
     // A loop across the restart.
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let looper = Command::new(exe)
-        .arg(PROBE_ARG)
-        .arg("--cgroup")
-        .arg(tb.cgroup.path())
-        .args(["--netns", tb.client.name(), "--for-ms", "3000"])
-        .args([tcp(US_V4), tcp(EU_V4)])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let reader = std::thread::spawn(move || looper.wait_with_output());
+    let looper = ProbeLoop::start(&tb, 3000, &[tcp(US_V4), tcp(EU_V4)])?;
     std::thread::sleep(Duration::from_millis(300));
     let d = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
-    let out = reader
-        .join()
-        .map_err(|_| "probe thread panicked")?
-        .map_err(|e| e.to_string())?;
-    let results: Vec<ProbeResult> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("probe output: {e}"))?;
+    let results = looper.finish()?;
     let us = tcp(US_V4);
     let leaks = results.iter().filter(|r| r.probe == us && r.ok).count();
     let wrong = results
@@ -160,7 +132,7 @@ pub fn pinned_restart() -> Result<(), Failed> {
     if st3["generation"] != 2 {
         return Err(format!("the adopting daemon should publish generation 2: {st3}").into());
     }
-    let deny3 = status_count(&st3, "cgroup/connect4", "us", "deny");
+    let deny3 = counter(&st3, "cgroup/connect4", "us", "deny");
     if deny3 != 2 + attempts {
         return Err(format!(
             "counters must continue: want {} denies (2 before + {attempts}), got {deny3}",

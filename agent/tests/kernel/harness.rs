@@ -239,6 +239,45 @@ impl Drop for Agent {
     }
 }
 
+/// Probe results as the probe client prints them, one JSON object per line.
+pub fn parse_probe_output(stdout: &[u8]) -> Result<Vec<ProbeResult>, Failed> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("probe output: {e}").into())
+}
+
+/// The probe client repeating `probes` for `for_ms` milliseconds in the background.
+pub struct ProbeLoop(std::thread::JoinHandle<std::io::Result<std::process::Output>>);
+
+impl ProbeLoop {
+    /// Starts the loop in the test bed's client namespace and cgroup.
+    pub fn start(tb: &Testbed, for_ms: u64, probes: &[String]) -> Result<Self, Failed> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let child = Command::new(exe)
+            .arg(PROBE_ARG)
+            .arg("--cgroup")
+            .arg(tb.cgroup.path())
+            .args(["--netns", tb.client.name(), "--for-ms", &for_ms.to_string()])
+            .args(probes)
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        Ok(Self(std::thread::spawn(move || child.wait_with_output())))
+    }
+
+    /// Waits for the loop to end and returns every result, in order.
+    pub fn finish(self) -> Result<Vec<ProbeResult>, Failed> {
+        let out = self
+            .0
+            .join()
+            .map_err(|_| "probe thread panicked")?
+            .map_err(|e| e.to_string())?;
+        parse_probe_output(&out.stdout)
+    }
+}
+
 /// Runs the probe client in the test bed's client namespace and cgroup.
 pub fn probe(tb: &Testbed, repeat: u32, probes: &[String]) -> Result<Vec<ProbeResult>, Failed> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;

@@ -261,11 +261,7 @@ pub fn forked_child() -> Result<(), Failed> {
         ])
         .output()
         .map_err(|e| e.to_string())?;
-    let r: Vec<egressd_testbed::client::ProbeResult> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("probe output: {e}"))?;
+    let r = parse_probe_output(&out.stdout)?;
     if r.len() != 3 {
         return Err(format!("forked probe: {}", String::from_utf8_lossy(&out.stderr)).into());
     }

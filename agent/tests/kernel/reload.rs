@@ -1,13 +1,7 @@
 //! Policy as config management pushes it: rules end to end, and reloads under load.
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
-use egressd_testbed::{
-    EU_V4, PORT, US_V4,
-    client::{ProbeResult, monotonic_ns},
-};
+use egressd_testbed::{EU_V4, PORT, US_V4, client::monotonic_ns};
 use libtest_mimic::Failed;
 
 use super::harness::*;
@@ -27,17 +21,11 @@ pub fn reload_under_load() -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
     let mut agent = Agent::start_with(&tb, &ab("eu"))?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let child = Command::new(exe)
-        .arg(PROBE_ARG)
-        .arg("--cgroup")
-        .arg(tb.cgroup.path())
-        .args(["--netns", tb.client.name(), "--for-ms", "6000"])
-        .args([url("tcp", EU_V4, PORT), url("tcp", US_V4, PORT)])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let reader = std::thread::spawn(move || child.wait_with_output());
+    let looper = ProbeLoop::start(
+        &tb,
+        6000,
+        &[url("tcp", EU_V4, PORT), url("tcp", US_V4, PORT)],
+    )?;
     std::thread::sleep(Duration::from_millis(200));
     // (sent, answered) monotonic ns of each successful reload, in generation order.
     let mut windows: Vec<(u64, u64)> = Vec::new();
@@ -63,15 +51,7 @@ pub fn reload_under_load() -> Result<(), Failed> {
         }
         std::thread::sleep(Duration::from_millis(30));
     }
-    let out = reader
-        .join()
-        .map_err(|_| "probe thread panicked")?
-        .map_err(|e| e.to_string())?;
-    let results: Vec<ProbeResult> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("probe output: {e}"))?;
+    let results = looper.finish()?;
     let recs = agent.stop()?;
     if (ok, failed) != (75, 25) {
         return Err(format!("{ok} reloads succeeded and {failed} failed, want 75 and 25").into());
