@@ -593,6 +593,43 @@ pub enum LifecycleBody {
     },
 }
 
+impl LifecycleBody {
+    /// The one-line human-readable summary every format carries (ECS `message`, OCSF
+    /// `message`, CEF `msg`).
+    pub fn message(&self) -> String {
+        match self {
+            Self::Start { policy, cgroup, .. } => format!(
+                "egressd started: policy {} ({}) attached to {cgroup}",
+                policy.digest, policy.mode
+            ),
+            Self::PolicyLoaded { policy } => format!(
+                "policy {} loaded (generation {}, mode {})",
+                policy.digest, policy.generation, policy.mode
+            ),
+            Self::Heartbeat { counters, .. } => format!(
+                "egressd alive: {} connection events, {} lost",
+                counters.connection_events,
+                counters.lost.total()
+            ),
+            Self::ReloadFailed {
+                error,
+                generation_in_force,
+            } => format!(
+                "policy reload failed, generation {generation_in_force} stays in force: {error}"
+            ),
+            Self::TamperRepaired { repairs, .. } => format!(
+                "pinned enforcement was tampered with and restored: {}",
+                repairs.join("; ")
+            ),
+            Self::Stop { counters } => format!(
+                "egressd stopped: programs detached, {} connection events, {} lost",
+                counters.connection_events,
+                counters.lost.total()
+            ),
+        }
+    }
+}
+
 /// A lifecycle record.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Lifecycle {

@@ -188,30 +188,14 @@ fn lifecycle(l: &Lifecycle) -> String {
         .kv("egressdSeq", h.sequence)
         .kv("cat", "egress/lifecycle")
         .kv("dvchost", &h.host.name);
-    let (signature, name, severity, msg) = match &l.body {
-        LifecycleBody::Start { policy, cgroup, .. } => {
+    let (signature, name, severity) = match &l.body {
+        LifecycleBody::Start { policy, .. } => {
             e.labelled("cs1", "policyDigest", Some(&policy.digest));
-            (
-                "agent-start",
-                "egressd started",
-                3,
-                format!(
-                    "egressd started: policy {} ({}) attached to {cgroup}",
-                    policy.digest, policy.mode
-                ),
-            )
+            ("agent-start", "egressd started", 3)
         }
         LifecycleBody::PolicyLoaded { policy } => {
             e.labelled("cs1", "policyDigest", Some(&policy.digest));
-            (
-                "policy-loaded",
-                "Policy loaded",
-                3,
-                format!(
-                    "policy {} loaded (generation {}, mode {})",
-                    policy.digest, policy.generation, policy.mode
-                ),
-            )
+            ("policy-loaded", "Policy loaded", 3)
         }
         LifecycleBody::Heartbeat { counters, .. } => {
             let lost = counters.lost.total();
@@ -221,39 +205,24 @@ fn lifecycle(l: &Lifecycle) -> String {
                 "heartbeat",
                 "egressd heartbeat",
                 if lost > 0 { 7 } else { 1 },
-                format!(
-                    "egressd alive: {} connection events, {lost} lost",
-                    counters.connection_events
-                ),
             )
         }
         LifecycleBody::ReloadFailed {
-            error,
             generation_in_force,
+            ..
         } => {
             e.labelled("cn3", "generationInForce", Some(generation_in_force));
-            (
-                "reload-failed",
-                "Policy reload failed",
-                7,
-                format!(
-                    "policy reload failed, generation {generation_in_force} stays in force: {error}"
-                ),
-            )
+            ("reload-failed", "Policy reload failed", 7)
         }
         LifecycleBody::TamperRepaired {
-            repairs,
             generation_in_force,
+            ..
         } => {
             e.labelled("cn3", "generationInForce", Some(generation_in_force));
             (
                 "tamper-repaired",
                 "Pinned enforcement tampered with and restored",
                 8,
-                format!(
-                    "pinned enforcement was tampered with and restored: {}",
-                    repairs.join("; ")
-                ),
             )
         }
         LifecycleBody::Stop { counters } => {
@@ -264,13 +233,10 @@ fn lifecycle(l: &Lifecycle) -> String {
                 "agent-stop",
                 "egressd stopped",
                 if lost > 0 { 7 } else { 3 },
-                format!(
-                    "egressd stopped: programs detached, {} connection events, {lost} lost",
-                    counters.connection_events
-                ),
             )
         }
     };
+    let msg = l.body.message();
     e.labelled("cs2", "agentEphemeralId", Some(&h.agent.ephemeral_id))
         .kv("msg", msg);
     line(h, signature, name, severity, &e)

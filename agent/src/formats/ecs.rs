@@ -220,7 +220,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
         "module": "egressd",
     });
     let mut extra = Map::new();
-    let message = match &l.body {
+    match &l.body {
         LifecycleBody::Start {
             policy,
             cgroup,
@@ -231,19 +231,11 @@ fn lifecycle(l: &Lifecycle) -> Value {
             extra.insert("policy".into(), json!(policy));
             extra.insert("cgroup".into(), json!({ "path": cgroup }));
             extra.insert("sinks".into(), json!(sinks));
-            format!(
-                "egressd started: policy {} ({}) attached to {cgroup}",
-                policy.digest, policy.mode
-            )
         }
         LifecycleBody::PolicyLoaded { policy } => {
             event["category"] = json!(["configuration"]);
             event["type"] = json!(["change"]);
             extra.insert("policy".into(), json!(policy));
-            format!(
-                "policy {} loaded (generation {}, mode {})",
-                policy.digest, policy.generation, policy.mode
-            )
         }
         LifecycleBody::Heartbeat {
             counters,
@@ -259,11 +251,6 @@ fn lifecycle(l: &Lifecycle) -> Value {
             extra.insert("uptime_secs".into(), json!(counters.uptime_secs));
             extra.extend(counters.extra.clone());
             extra.insert("interval_secs".into(), json!(interval_secs));
-            format!(
-                "egressd alive: {} connection events, {} lost",
-                counters.connection_events,
-                counters.lost.total()
-            )
         }
         LifecycleBody::ReloadFailed {
             error,
@@ -275,9 +262,6 @@ fn lifecycle(l: &Lifecycle) -> Value {
             event["outcome"] = json!("failure");
             event["reason"] = json!(error);
             extra.insert("generation_in_force".into(), json!(generation_in_force));
-            format!(
-                "policy reload failed, generation {generation_in_force} stays in force: {error}"
-            )
         }
         LifecycleBody::TamperRepaired {
             repairs,
@@ -287,10 +271,6 @@ fn lifecycle(l: &Lifecycle) -> Value {
             event["type"] = json!(["change"]);
             extra.insert("generation_in_force".into(), json!(generation_in_force));
             extra.insert("repairs".into(), json!(repairs));
-            format!(
-                "pinned enforcement was tampered with and restored: {}",
-                repairs.join("; ")
-            )
         }
         LifecycleBody::Stop { counters } => {
             event["category"] = json!(["process"]);
@@ -303,13 +283,9 @@ fn lifecycle(l: &Lifecycle) -> Value {
             );
             extra.insert("uptime_secs".into(), json!(counters.uptime_secs));
             extra.extend(counters.extra.clone());
-            format!(
-                "egressd stopped: programs detached, {} connection events, {} lost",
-                counters.connection_events,
-                counters.lost.total()
-            )
         }
     };
+    let message = l.body.message();
     m.insert("message".into(), json!(message));
     m.insert("event".into(), event);
     m.insert("egressd".into(), Value::Object(extra));

@@ -214,7 +214,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
     extra.insert("type".into(), json!(h.kind));
     extra.insert("host_labels".into(), labels(h));
     let mut failure = None;
-    let (message, lost) = match &l.body {
+    let lost = match &l.body {
         LifecycleBody::Start {
             policy,
             cgroup,
@@ -223,23 +223,11 @@ fn lifecycle(l: &Lifecycle) -> Value {
             extra.insert("policy".into(), json!(policy));
             extra.insert("cgroup".into(), json!(cgroup));
             extra.insert("sinks".into(), json!(sinks));
-            (
-                format!(
-                    "egressd started: policy {} ({}) attached to {cgroup}",
-                    policy.digest, policy.mode
-                ),
-                0,
-            )
+            0
         }
         LifecycleBody::PolicyLoaded { policy } => {
             extra.insert("policy".into(), json!(policy));
-            (
-                format!(
-                    "policy {} loaded (generation {}, mode {})",
-                    policy.digest, policy.generation, policy.mode
-                ),
-                0,
-            )
+            0
         }
         LifecycleBody::Heartbeat {
             counters,
@@ -247,14 +235,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
         } => {
             extra.insert("counters".into(), json!(counters));
             extra.insert("interval_secs".into(), json!(interval_secs));
-            (
-                format!(
-                    "egressd alive: {} connection events, {} lost",
-                    counters.connection_events,
-                    counters.lost.total()
-                ),
-                counters.lost.total(),
-            )
+            counters.lost.total()
         }
         LifecycleBody::ReloadFailed {
             error,
@@ -262,12 +243,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
         } => {
             extra.insert("generation_in_force".into(), json!(generation_in_force));
             failure = Some(error.clone());
-            (
-                format!(
-                    "policy reload failed, generation {generation_in_force} stays in force: {error}"
-                ),
-                0,
-            )
+            0
         }
         LifecycleBody::TamperRepaired {
             repairs,
@@ -275,26 +251,14 @@ fn lifecycle(l: &Lifecycle) -> Value {
         } => {
             extra.insert("generation_in_force".into(), json!(generation_in_force));
             extra.insert("repairs".into(), json!(repairs));
-            (
-                format!(
-                    "pinned enforcement was tampered with and restored: {}",
-                    repairs.join("; ")
-                ),
-                0,
-            )
+            0
         }
         LifecycleBody::Stop { counters } => {
             extra.insert("counters".into(), json!(counters));
-            (
-                format!(
-                    "egressd stopped: programs detached, {} connection events, {} lost",
-                    counters.connection_events,
-                    counters.lost.total()
-                ),
-                counters.lost.total(),
-            )
+            counters.lost.total()
         }
     };
+    let message = l.body.message();
     let (severity_id, severity) = if failure.is_some() {
         (4, "High")
     } else if lost > 0 {
