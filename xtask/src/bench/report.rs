@@ -669,47 +669,38 @@ fn connect_tables(s: &mut String, r: &Results, ns: &[usize]) {
     );
     for fam in FAMILIES {
         let _ = writeln!(s, "### {}\n", fam.name());
-        let _ = writeln!(
-            s,
-            "| N | {} |\n| --- |{}",
-            CONTENDERS.join(" | "),
-            " ---: |".repeat(CONTENDERS.len())
-        );
-        for &n in ns {
-            let mut row = format!("| {} |", label(n));
-            for c in CONTENDERS {
-                match (cost_spread(r, n, fam, c), ratio_spread(r, n, fam, c)) {
-                    (Some(x), Some(q)) if c != "none" => {
-                        let _ = write!(row, " {}<br>{} |", x.show(dur), q.show(ratio));
-                    }
-                    (Some(x), _) => {
-                        let _ = write!(row, " {}<br>{:.0}/s |", x.show(dur), 1e9 / x.median);
-                    }
-                    _ => row.push_str(" – |"),
+        contender_table(s, ns, |n, c| {
+            match (cost_spread(r, n, fam, c), ratio_spread(r, n, fam, c)) {
+                (Some(x), Some(q)) if c != "none" => {
+                    format!("{}<br>{}", x.show(dur), q.show(ratio))
                 }
+                (Some(x), _) => format!("{}<br>{:.0}/s", x.show(dur), 1e9 / x.median),
+                _ => "–".into(),
             }
-            let _ = writeln!(s, "{row}");
-        }
+        });
         let _ = writeln!(s, "\nconnect() latency p50 / p99 (median over rounds):\n");
-        let _ = writeln!(
-            s,
-            "| N | {} |\n| --- |{}",
-            CONTENDERS.join(" | "),
-            " ---: |".repeat(CONTENDERS.len())
-        );
-        for &n in ns {
-            let mut row = format!("| {} |", label(n));
-            for c in CONTENDERS {
-                match latency(r, n, fam, c) {
-                    Some((p50, p99)) => {
-                        let _ = write!(row, " {} / {} |", dur(p50.median), dur(p99.median));
-                    }
-                    None => row.push_str(" – |"),
-                }
-            }
-            let _ = writeln!(s, "{row}");
-        }
+        contender_table(s, ns, |n, c| match latency(r, n, fam, c) {
+            Some((p50, p99)) => format!("{} / {}", dur(p50.median), dur(p99.median)),
+            None => "–".into(),
+        });
         s.push('\n');
+    }
+}
+
+/// A table with a row per N and a column per contender, cells from `cell(n, contender)`.
+fn contender_table(s: &mut String, ns: &[usize], cell: impl Fn(usize, &str) -> String) {
+    let _ = writeln!(
+        s,
+        "| N | {} |\n| --- |{}",
+        CONTENDERS.join(" | "),
+        " ---: |".repeat(CONTENDERS.len())
+    );
+    for &n in ns {
+        let mut row = format!("| {} |", label(n));
+        for c in CONTENDERS {
+            let _ = write!(row, " {} |", cell(n, c));
+        }
+        let _ = writeln!(s, "{row}");
     }
 }
 
