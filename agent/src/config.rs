@@ -1081,7 +1081,17 @@ fn parse_protocol(v: &toml::Value) -> Result<u8, String> {
             )),
         },
         toml::Value::Integer(n) => {
-            u8::try_from(*n).map_err(|_| format!("protocol {n} is not in 0-255"))
+            let p = u8::try_from(*n).map_err(|_| format!("protocol {n} is not in 0-255"))?;
+            match p {
+                // The packet hook walks past these to the upper-layer header (RFC 8200
+                // section 4), so a rule naming one would never match anything.
+                0 | 43 | 44 | 51 | 60 => Err(format!(
+                    "protocol {p} is an IPv6 extension header or IPsec AH, never the \
+                     upper-layer protocol egressd judges (omit `protocol` to match any \
+                     protocol)"
+                )),
+                _ => Ok(p),
+            }
         }
         _ => Err("protocol must be a name or a number".into()),
     }
@@ -2602,6 +2612,15 @@ mod tests {
             "rules[0].protocol",
             "unknown protocol",
         );
+        // 0 would read as "any protocol" in a naive kernel table: never accepted.
+        for p in [0, 43, 44, 51, 60] {
+            fails(
+                &format!("{base}action = \"allow\"\nto = [\"10.0.0.0/8\"]\nprotocol = {p}\n"),
+                7,
+                "rules[0].protocol",
+                "never the upper-layer protocol",
+            );
+        }
         fails(
             &format!("{base}action = \"deny\"\nto = [\"10.0.0.0/8\"]\nmode = \"loud\"\n"),
             7,

@@ -163,11 +163,13 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         counters: counter_map,
         flows: flow_map,
         loss: loss_map,
+        failsafe: failsafe_map,
     } = enforcer.take_readers()?;
     let maps = KernelMaps {
         counters: counter_map,
         flows: flow_map,
         loss: loss_map,
+        failsafe: failsafe_map,
     };
     let seq = Arc::new(Sequencer::new(Context {
         host: events::Host {
@@ -245,6 +247,16 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             serde_json::to_value(stats::flows(&readers.flows, policy)?)?,
         );
         extra.insert("reloads".into(), serde_json::to_value(reloads)?);
+        // Denials the kernel made because it could not judge (see `egressd_common::failsafe`).
+        extra.insert(
+            "fail_closed".into(),
+            serde_json::Value::Object(
+                stats::fail_closed(&readers.failsafe)?
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into()))
+                    .collect(),
+            ),
+        );
         Ok(Counters {
             counters: stats::counters(&readers.counters, policy)?,
             lost: LossReport {
@@ -426,6 +438,7 @@ struct KernelMaps {
     counters: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     flows: aya::maps::PerCpuArray<aya::maps::MapData, egressd_common::FlowCounter>,
     loss: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+    failsafe: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
 }
 
 /// Validates and installs the policy file again; on any error nothing changes.

@@ -152,6 +152,22 @@ pub struct Process {
     pub attribution: &'static str,
 }
 
+/// What a [`egressd_common::failsafe`] reason means, `None` for 0 (the policy decided).
+pub fn failsafe_reason(code: u8) -> Option<&'static str> {
+    use egressd_common::failsafe as f;
+    Some(match u32::from(code) {
+        f::NONE => return None,
+        f::UNPARSEABLE => "headers the kernel could not read",
+        f::CHAIN_TOO_LONG => "too many IPv6 extension headers or IPv4 options",
+        f::BAD_ENTRY => "corrupt policy map (entry id out of range)",
+        f::NO_PAGE => "corrupt policy map (IPv4 table page missing)",
+        f::LOCAL_MISROUTED => "loopback destination leaving through another interface",
+        f::ROUTE_TOO_LONG => "routing header or source route with too many addresses",
+        f::ROUTE_HOP_RULES => "routing hop in a region with protocol/port rules",
+        _ => "unknown reason",
+    })
+}
+
 /// Name of an [`egressd_common::attribution`] code.
 pub fn attribution_name(code: u8) -> &'static str {
     match code {
@@ -449,7 +465,9 @@ pub fn build(
         rule: Rule {
             id: ev.rule,
             // The policy's rule name; "allowlist" for region allowlist and default decisions.
-            name: if ev.rule == 0 {
+            name: if let Some(why) = failsafe_reason(ev.reason) {
+                format!("fail-closed: {why}")
+            } else if ev.rule == 0 {
                 "allowlist".into()
             } else if ev.rule == egressd_common::RULE_DEFAULT {
                 "default".into()

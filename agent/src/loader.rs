@@ -100,6 +100,8 @@ pub struct Readers {
     pub flows: PerCpuArray<MapData, FlowCounter>,
     /// Per-CPU kernel-side event loss, see [`egressd_common::loss`].
     pub loss: PerCpuArray<MapData, u64>,
+    /// Per-CPU fail-closed denials, see [`egressd_common::failsafe`].
+    pub failsafe: PerCpuArray<MapData, u64>,
 }
 
 impl Enforcer {
@@ -646,6 +648,7 @@ impl Enforcer {
             counters: PerCpuArray::try_from(take(maps::COUNTERS)?)?,
             flows: PerCpuArray::try_from(take(maps::FLOWS)?)?,
             loss: PerCpuArray::try_from(take(maps::LOSS)?)?,
+            failsafe: PerCpuArray::try_from(take(maps::FAILSAFE)?)?,
         })
     }
 }
@@ -668,6 +671,14 @@ fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>> {
         if let Some((key, value)) = expected_shape(&name)
             && (info.key_size(), info.value_size()) != (key, value)
         {
+            // Per-socket caches hold nothing that must survive: an older build's is replaced
+            // (its sockets are judged again) instead of refusing the upgrade.
+            if name == maps::SOCKETS || name == maps::OWNERS {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing the old cache pin {}", path.display()))?;
+                tracing::info!(pin = %path.display(), "replacing a per-socket cache of another shape");
+                continue;
+            }
             bail!(
                 "pinned map {} has key/value sizes {}/{} but this egressd expects \
                  {key}/{value}: it was pinned with another layout; refusing to adopt it \
@@ -694,12 +705,18 @@ fn expected_shape(name: &str) -> Option<(u32, u32)> {
         Some((4, size(size_of::<Entry>())))
     } else if name == maps::SETTINGS {
         Some((4, size(size_of::<GlobalPolicy>())))
-    } else if name == maps::GENERATION || name == maps::COUNTERS || name == maps::LOSS {
+    } else if name == maps::GENERATION
+        || name == maps::COUNTERS
+        || name == maps::LOSS
+        || name == maps::FAILSAFE
+    {
         Some((4, 8))
     } else if name == maps::FLOWS {
         Some((4, size(size_of::<FlowCounter>())))
     } else if name == maps::SOCKETS {
         Some((4, size(size_of::<egressd_common::SockVerdict>())))
+    } else if name == maps::OWNERS {
+        Some((4, size(size_of::<egressd_common::SockOwner>())))
     } else if maps::TABLE24.contains(&name) || maps::TABLE8.contains(&name) {
         Some((4, size(egressd_common::table::PAGE_BYTES)))
     } else {
@@ -985,11 +1002,16 @@ fn update_batch<K: Copy, V: Copy>(fd: RawFd, keys: &[K], values: &[V]) -> anyhow
         return Ok(true);
     }
     let err = std::io::Error::last_os_error();
-    let unsupported = matches!(
-        err.raw_os_error(),
-        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
-    );
-    if unsupported && attr.count == 0 {
+    // ENOTSUPP (524, kernel-internal) and EOPNOTSUPP: the map type has no batch operation
+    // (LPM tries before 5.x), so nothing was stored and `count` was never written back (it
+    // still holds what was asked). EINVAL: an old kernel without the command; it stored
+    // nothing only if it says so.
+    let unsupported = match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP | 524) => true,
+        Some(libc::EINVAL) => attr.count == 0,
+        _ => false,
+    };
+    if unsupported {
         return Ok(false);
     }
     Err(anyhow!(
@@ -1014,7 +1036,7 @@ fn explain_load(e: EbpfError) -> anyhow::Error {
                 "BPF_MAP_TYPE_RINGBUF (Linux >= 5.8)"
             } else if name.starts_with("EGRESSD_PREFIXES") || name.starts_with("EGRESSD_NAT64") {
                 "BPF_MAP_TYPE_LPM_TRIE (Linux >= 4.11)"
-            } else if name == maps::SOCKETS {
+            } else if name == maps::SOCKETS || name == maps::OWNERS {
                 "BPF_MAP_TYPE_SK_STORAGE (Linux >= 5.2) or BTF for maps"
             } else {
                 "BPF maps (CONFIG_BPF_SYSCALL)"
@@ -1047,7 +1069,7 @@ fn explain_program(hook: &Hook, e: LoadError) -> anyhow::Error {
             let why = crate::coverage::verifier_reason(&verifier_log.to_string());
             format!(
                 "the kernel ({kernel}) rejected program {} for {}: {why}. This kernel lacks \
-                 something the program needs; `egressd check --kernel` shows what this kernel \
+                 something the program needs; `egressd coverage` shows what this kernel \
                  offers, and the README lists the kernels egressd is tested on. Please report \
                  it with the verifier log below",
                 hook.program, hook.name

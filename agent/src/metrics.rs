@@ -16,6 +16,7 @@
 //! | `reloads_total` | outcome (`ok`, `failed`) | SIGHUP and file-change reloads |
 //! | `hook_attached` | hook | 1 attached and running egressd's program, else 0 |
 //! | `tamper_repairs_total` | | repairs of pinned enforcement |
+//! | `fail_closed_total` | reason | denials the kernel made because it could not judge a packet or its maps safely (`unparseable`, `chain_too_long`, `bad_entry`, `no_page`, `local_misrouted`, `route_too_long`, `route_hop_rules`) |
 //! | `coverage` | path, status (`enforced`, `not_covered`, `unknown`) | 1 for each egress path's status on this kernel (see `egressd coverage`) |
 //! | `build_info` | version | |
 //!
@@ -237,6 +238,30 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         attached
             .get_or_create(&HookL { hook: (*h).into() })
             .set(i64::from(*a));
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct ReasonL {
+        reason: String,
+    }
+    let fail_closed = Family::<ReasonL, Counter>::default();
+    reg.register(
+        "fail_closed",
+        "Denials the kernel made because it could not judge safely, by reason",
+        fail_closed.clone(),
+    );
+    if let Some(rows) = s
+        .counters
+        .extra
+        .get("fail_closed")
+        .and_then(|v| v.as_object())
+    {
+        for (reason, n) in rows {
+            fail_closed
+                .get_or_create(&ReasonL {
+                    reason: reason.clone(),
+                })
+                .inc_by(n.as_u64().unwrap_or(0));
+        }
     }
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
     struct CoverageL {

@@ -321,7 +321,7 @@ impl Policy {
 
     /// (prefix length, region id) of every region prefix that contains `addr` (already
     /// judged: IPv4-mapped and NAT64 unwrapped).
-    fn memberships(&self, addr: IpAddr) -> Vec<(u8, u32)> {
+    pub fn memberships(&self, addr: IpAddr) -> Vec<(u8, u32)> {
         match addr {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
@@ -776,9 +776,9 @@ mod tests {
                 .find_map(|len| exact_v4(&p.lpm_v4, u32::from(addr) & mask_u32(len), len))
                 .unwrap_or(0);
             let e = p.entries[id as usize];
-            let r = e.rules[..e.n_rules as usize].iter().find(|r| {
-                (r.protocol == 0 || r.protocol == proto) && r.port_lo <= port && port <= r.port_hi
-            });
+            let r = e.rules[..e.n_rules as usize]
+                .iter()
+                .find(|r| r.matches(proto, port));
             let (act, audit) =
                 r.map_or((e.default_action, e.default_audit), |r| (r.action, r.audit));
             match (act, audit) {

@@ -119,6 +119,29 @@ pub fn loss(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<Loss> {
     })
 }
 
+/// Fail-closed denials by reason (non-zero only), as (reason name, count); names are
+/// [`egressd_common::failsafe`] codes in snake case.
+pub fn fail_closed(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<Vec<(String, u64)>> {
+    use egressd_common::failsafe as f;
+    let names = [
+        (f::UNPARSEABLE, "unparseable"),
+        (f::CHAIN_TOO_LONG, "chain_too_long"),
+        (f::BAD_ENTRY, "bad_entry"),
+        (f::NO_PAGE, "no_page"),
+        (f::LOCAL_MISROUTED, "local_misrouted"),
+        (f::ROUTE_TOO_LONG, "route_too_long"),
+        (f::ROUTE_HOP_RULES, "route_hop_rules"),
+    ];
+    let mut out = Vec::new();
+    for (code, name) in names {
+        let n: u64 = map.get(&code, 0)?.iter().sum();
+        if n > 0 {
+            out.push((name.to_owned(), n));
+        }
+    }
+    Ok(out)
+}
+
 /// Region name for a counter slot, including the reserved ids.
 pub fn region_label(policy: &Policy, region: u32) -> String {
     if region == egressd_common::REGION_LOCAL {

@@ -86,25 +86,78 @@ pub fn udp_frame(dst: IpAddr, port: u16, payload: usize) -> Vec<u8> {
 /// checksum), which is also where TCP keeps its ports; for other protocols the program
 /// reads no port.
 pub fn frame(dst: IpAddr, protocol: u8, port: u16, payload: usize) -> Vec<u8> {
+    shaped_frame(dst, protocol, port, payload, &Shape::default())
+}
+
+/// What sits between the fixed IP header and the upper-layer header of a crafted packet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// IPv4 option bytes (padded with end-of-list to a multiple of 4; at most 40).
+    pub v4_options: Vec<u8>,
+    /// IPv4 fragment offset in 8-byte units (non-zero: a later fragment).
+    pub v4_fragment_offset: u16,
+    /// IPv6 extension headers in order, as (header type, bytes after its first two); the
+    /// builder fills in the next-header and length bytes and pads to the header's unit
+    /// (8 bytes; 4 for AH, RFC 4302).
+    pub v6_ext: Vec<(u8, Vec<u8>)>,
+}
+
+/// As [`frame`], with IPv4 options, a fragment offset or IPv6 extension headers (`shape`).
+pub fn shaped_frame(
+    dst: IpAddr,
+    protocol: u8,
+    port: u16,
+    payload: usize,
+    shape: &Shape,
+) -> Vec<u8> {
     let mut f = vec![0u8; 12];
     let udp_len = 8 + payload;
     match dst {
         IpAddr::V4(d) => {
+            let mut opts = shape.v4_options.clone();
+            opts.resize(opts.len().div_ceil(4) * 4, 0);
             f.extend_from_slice(&0x0800u16.to_be_bytes());
-            let total = u16::try_from(20 + udp_len).unwrap_or(u16::MAX);
-            f.extend_from_slice(&[0x45, 0]);
+            let ihl = 20 + opts.len();
+            let total = u16::try_from(ihl + udp_len).unwrap_or(u16::MAX);
+            f.extend_from_slice(&[0x40 | u8::try_from(ihl / 4).unwrap_or(15), 0]);
             f.extend_from_slice(&total.to_be_bytes());
-            f.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol, 0, 0]);
+            f.extend_from_slice(&[0, 0]);
+            f.extend_from_slice(&(shape.v4_fragment_offset & 0x1fff).to_be_bytes());
+            f.extend_from_slice(&[64, protocol, 0, 0]);
             f.extend_from_slice(&[198, 18, 0, 1]);
             f.extend_from_slice(&d.octets());
+            f.extend_from_slice(&opts);
         }
         IpAddr::V6(d) => {
+            let mut ext = Vec::new();
+            let types: Vec<u8> = shape.v6_ext.iter().map(|(t, _)| *t).collect();
+            for (i, (kind, body)) in shape.v6_ext.iter().enumerate() {
+                let next = types.get(i + 1).copied().unwrap_or(protocol);
+                let unit = if *kind == 51 { 4 } else { 8 };
+                let mut h = vec![next, 0];
+                h.extend_from_slice(body);
+                h.resize((h.len().max(8)).div_ceil(unit) * unit, 0);
+                let len = if *kind == 51 {
+                    h.len() / 4 - 2
+                } else if *kind == 44 {
+                    0
+                } else {
+                    h.len() / 8 - 1
+                };
+                h[1] = u8::try_from(len).unwrap_or(u8::MAX);
+                ext.extend_from_slice(&h);
+            }
             f.extend_from_slice(&0x86DDu16.to_be_bytes());
             f.extend_from_slice(&[0x60, 0, 0, 0]);
-            f.extend_from_slice(&u16::try_from(udp_len).unwrap_or(u16::MAX).to_be_bytes());
-            f.extend_from_slice(&[protocol, 64]);
+            f.extend_from_slice(
+                &u16::try_from(ext.len() + udp_len)
+                    .unwrap_or(u16::MAX)
+                    .to_be_bytes(),
+            );
+            f.extend_from_slice(&[types.first().copied().unwrap_or(protocol), 64]);
             f.extend_from_slice(&std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets());
             f.extend_from_slice(&d.octets());
+            f.extend_from_slice(&ext);
         }
     }
     f.extend_from_slice(&40000u16.to_be_bytes());

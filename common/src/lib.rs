@@ -64,6 +64,9 @@ pub mod maps {
     pub const COUNTERS: &str = "EGRESSD_COUNTERS_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::loss`] constants.
     pub const LOSS: &str = "EGRESSD_LOSS_V1";
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::failsafe`] reasons: packets
+    /// and attempts denied because the kernel could not judge them safely.
+    pub const FAILSAFE: &str = "EGRESSD_FAILSAFE_V1";
     /// `BPF_MAP_TYPE_RINGBUF` of [`crate::Event`] records.
     pub const EVENTS: &str = "EGRESSD_EVENTS_V1";
 }
@@ -208,6 +211,42 @@ pub mod loss {
     pub const SLOTS: u32 = 4;
 }
 
+/// Reasons the kernel denied without the policy's say, because it could not judge safely
+/// ("fail closed"): indices of [`maps::FAILSAFE`] and values of [`Event::reason`] (0 there
+/// means the policy decided).
+pub mod failsafe {
+    /// The policy decided (no doubt).
+    pub const NONE: u32 = 0;
+    /// A packet whose IP header (or an IPv6 extension header, or the transport header's
+    /// ports) could not be read.
+    pub const UNPARSEABLE: u32 = 1;
+    /// An IPv6 extension header chain longer than [`crate::MAX_EXT_HEADERS`], or an IPv4
+    /// option list longer than the bound.
+    pub const CHAIN_TOO_LONG: u32 = 2;
+    /// An LPM trie returned an entry id outside the decision table.
+    pub const BAD_ENTRY: u32 = 3;
+    /// The IPv4 table pointed at a page the map does not have.
+    pub const NO_PAGE: u32 = 4;
+    /// A loopback or unspecified destination in a packet that leaves through another
+    /// interface (a raw socket whose header names another address than it is sent to).
+    pub const LOCAL_MISROUTED: u32 = 5;
+    /// A routing header or IPv4 source route naming more addresses than
+    /// [`crate::MAX_ROUTE_ADDRS`].
+    pub const ROUTE_TOO_LONG: u32 = 6;
+    /// A routing header or source route hop whose prefix has protocol/port rules: hops are
+    /// judged by their prefix's default decision only, so such a hop is denied.
+    pub const ROUTE_HOP_RULES: u32 = 7;
+    /// Number of entries of [`crate::maps::FAILSAFE`].
+    pub const SLOTS: u32 = 8;
+}
+
+/// IPv6 extension headers the packet hook walks before it gives up (and denies, see
+/// [`failsafe::CHAIN_TOO_LONG`]).
+pub const MAX_EXT_HEADERS: usize = 8;
+/// Addresses of a routing header or IPv4 source route the packet hook judges besides the
+/// header's destination (more: denied, see [`failsafe::ROUTE_TOO_LONG`]).
+pub const MAX_ROUTE_ADDRS: usize = 4;
+
 /// Policy mode codes of [`GlobalPolicy::mode`].
 pub mod mode {
     /// Not-allowlisted destinations are denied with `EPERM`.
@@ -268,16 +307,30 @@ pub struct PortRule {
     pub port_lo: u16,
     /// Last port of the range (inclusive), host byte order.
     pub port_hi: u16,
-    /// IANA protocol number; 0 matches any protocol.
+    /// IANA protocol number the rule matches (see `any_protocol`): 0 is IANA's HOPOPT,
+    /// never "any".
     pub protocol: u8,
     /// [`action`] code.
     pub action: u8,
     /// 1: a deny is reported as audit and let through.
     pub audit: u8,
-    /// Explicit padding, always zero.
-    pub _pad: u8,
+    /// 1: the rule matches every protocol (`protocol` is then 0 and ignored); 0: only
+    /// `protocol`.
+    pub any_protocol: u8,
     /// Rule id for events.
     pub rule: u32,
+}
+
+impl PortRule {
+    /// Whether the rule applies to IP protocol `protocol` and port `port` (host byte order;
+    /// 0 for protocols without ports). The one definition the kernel, the compiler and
+    /// the reference model share.
+    #[inline(always)]
+    pub const fn matches(&self, protocol: u8, port: u16) -> bool {
+        (self.any_protocol != 0 || self.protocol == protocol)
+            && self.port_lo <= port
+            && port <= self.port_hi
+    }
 }
 
 /// The decision table of one prefix, value of [`maps::ENTRIES`]. The kernel tries `rules`
@@ -357,7 +410,8 @@ pub struct SuppressState {
 /// suppressed; its count is then lost from the event stream but not from the counters).
 pub const SUPPRESS_ENTRIES: u32 = 16384;
 
-/// Cached verdict of one socket for one destination, value of [`maps::SOCKETS`]. 32 bytes.
+/// Cached verdict of one socket for one (destination, protocol, port), value of
+/// [`maps::SOCKETS`]. A packet reuses it only when all three match. 40 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockVerdict {
@@ -371,8 +425,16 @@ pub struct SockVerdict {
     pub verdict: u8,
     /// Address family of `dst_addr` ([`family`]).
     pub family: u8,
+    /// IP protocol number judged.
+    pub protocol: u8,
+    /// 1: cached for a connection (a TCP connection or a connected UDP socket, judged at
+    /// connect or at a TCP segment): only such an allow outlives a reload under
+    /// `established = "keep"`.
+    pub flow: u8,
+    /// Destination port judged, host byte order (0 without ports).
+    pub dst_port: u16,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 /// Packets and bytes (IP header included, link layer excluded: `skb->len` at the cgroup
@@ -465,8 +527,10 @@ pub struct Event {
     /// [`attribution`] code: where `pid`, `tid`, `uid`, `gid`, `comm` and `cgroup_id` come
     /// from.
     pub attribution: u8,
+    /// [`failsafe`] reason when the kernel denied without the policy's say, else 0.
+    pub reason: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 3],
     /// Destination address in network byte order; IPv4 uses the first 4 bytes, rest zero.
     pub dst_addr: [u8; 16],
     /// Task name, NUL-padded (see `attribution`).
@@ -532,7 +596,7 @@ const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(core::mem::size_of::<GlobalPolicy>() == 16);
 const _: () = assert!(core::mem::size_of::<Entry>() == 208);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 12);
-const _: () = assert!(core::mem::size_of::<SockVerdict>() == 32);
+const _: () = assert!(core::mem::size_of::<SockVerdict>() == 40);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
 const _: () = assert!(core::mem::size_of::<SuppressKey>() == 28);
 const _: () = assert!(core::mem::size_of::<SuppressState>() == 16);

@@ -2,8 +2,11 @@
 //! classification.
 use core::{mem::size_of, ptr};
 
-use aya_ebpf::programs::{SkBuffContext, SockAddrContext};
-use egressd_common::{family, unwrap};
+use aya_ebpf::{
+    helpers::generated::bpf_skb_load_bytes,
+    programs::{SkBuffContext, SockAddrContext},
+};
+use egressd_common::{MAX_EXT_HEADERS, MAX_ROUTE_ADDRS, failsafe, family, unwrap};
 
 /// A destination as judged.
 #[derive(Clone, Copy)]
@@ -73,71 +76,289 @@ pub fn from_sock_addr(ctx: &SockAddrContext, v6: bool) -> Dest {
 /// `ETH_P_IP` and `ETH_P_IPV6` (`include/uapi/linux/if_ether.h`).
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
+/// Upper-layer protocols whose first 4 bytes are source and destination port (RFC 9293,
+/// RFC 768, RFC 9260, RFC 3828): TCP, UDP, SCTP, UDP-Lite.
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_UDPLITE: u8 = 136;
+/// IPv6 extension headers (RFC 8200 section 4; AH: RFC 4302).
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+/// IPv4 options (RFC 791): end of list, no-op, loose and strict source route.
+const IPOPT_END: u8 = 0;
+const IPOPT_NOOP: u8 = 1;
+const IPOPT_LSRR: u8 = 131;
+const IPOPT_SSRR: u8 = 137;
+/// Size of the IPv4 option area at most (RFC 791: IHL 15 = 60 bytes of header).
+const MAX_IPV4_OPTION_BYTES: usize = 40;
+/// Offsets inside the header walks are masked with this (they never legitimately exceed
+/// it): every path through a loop body then leaves the same offset range behind, so the
+/// verifier can prune equivalent states instead of exploring each combination.
+const OFF_MASK: usize = 0x7ff;
 
-/// Reads the remote address of a packet at a cgroup_skb hook (data starts at the IP header):
-/// the destination on egress (`remote_is_dst`), the source on ingress. `None` for non-IP
-/// packets or truncated headers. The port is read for TCP and UDP (IPv6 extension headers
-/// are not walked: the port is then 0, the address is still judged).
+/// A packet as the packet hooks judge it.
+pub struct Packet {
+    /// The remote address (destination on egress, source on ingress), protocol and port.
+    pub dest: Dest,
+    /// Further addresses an egress packet is sent to: a routing header's segments (IPv6) or
+    /// a source route's hops (IPv4), each judged like `dest` (same family).
+    pub route: [[u8; 16]; MAX_ROUTE_ADDRS],
+    /// Valid entries of `route`.
+    pub n_route: usize,
+    /// Family of the IP header (and of `route`), whatever `dest` was unwrapped to.
+    pub header_family: u8,
+    /// A [`failsafe`] reason when the headers could not be read safely: the packet is then
+    /// denied whatever `dest` says.
+    pub doubt: u32,
+}
+
+/// Reads a packet at a cgroup_skb hook (data starts at the IP header): the destination on
+/// egress (`egress`), the source on ingress; the upper-layer protocol and port behind IPv4
+/// options and IPv6 extension headers, exactly as the socket hooks would see them. `None`
+/// for non-IP packets.
 #[inline(always)]
-pub fn from_skb(ctx: &SkBuffContext, remote_is_dst: bool) -> Option<Dest> {
+pub fn from_skb(ctx: &SkBuffContext, egress: bool) -> Option<Packet> {
     let proto = u16::from_be(ctx.skb.protocol() as u16);
-    let mut addr = [0u8; 16];
-    if proto == ETH_P_IP {
-        // Two bytes, not one: LLVM turns a one-byte bound `data + 1 <= end` into
-        // `data < end`, which the verifier does not read as a bound.
-        let [vihl, _]: [u8; 2] = read(ctx, 0)?;
-        let protocol: u8 = read(ctx, 9)?;
-        let off = if remote_is_dst { 16 } else { 12 };
-        let a: [u8; 4] = read(ctx, off)?;
-        addr[..4].copy_from_slice(&a);
-        let l4 = usize::from(vihl & 0x0f) * 4;
-        let port = l4_port(ctx, protocol, l4, remote_is_dst);
-        return Some(Dest {
+    let mut p = Packet {
+        dest: Dest {
             family: family::INET,
             mapped: unwrap::NONE,
-            protocol,
-            addr,
-            port,
-        });
+            protocol: 0,
+            addr: [0; 16],
+            port: 0,
+        },
+        route: [[0; 16]; MAX_ROUTE_ADDRS],
+        n_route: 0,
+        header_family: family::INET,
+        doubt: failsafe::NONE,
+    };
+    if proto == ETH_P_IP {
+        p.doubt = match ipv4(ctx, egress, &mut p) {
+            Ok(()) => failsafe::NONE,
+            Err(reason) => reason,
+        };
+        return Some(p);
     }
     if proto == ETH_P_IPV6 {
-        let protocol: u8 = read(ctx, 6)?;
-        let off = if remote_is_dst { 24 } else { 8 };
-        addr = read(ctx, off)?;
-        let port = l4_port(ctx, protocol, 40, remote_is_dst);
+        p.dest.family = family::INET6;
+        p.header_family = family::INET6;
+        p.doubt = match ipv6(ctx, egress, &mut p) {
+            Ok(()) => failsafe::NONE,
+            Err(reason) => reason,
+        };
         // Judged as the socket hooks judge it, so one model describes every hook.
-        if addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
-            let v4 = [addr[12], addr[13], addr[14], addr[15]];
-            addr = [0; 16];
-            addr[..4].copy_from_slice(&v4);
-            return Some(Dest {
-                family: family::INET,
-                mapped: unwrap::MAPPED,
-                protocol,
-                addr,
-                port,
-            });
+        let a = p.dest.addr;
+        if a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+            p.dest.addr = [0; 16];
+            p.dest.addr[..4].copy_from_slice(&[a[12], a[13], a[14], a[15]]);
+            p.dest.family = family::INET;
+            p.dest.mapped = unwrap::MAPPED;
         }
-        return Some(Dest {
-            family: family::INET6,
-            mapped: unwrap::NONE,
-            protocol,
-            addr,
-            port,
-        });
+        return Some(p);
     }
     None
 }
 
 #[inline(always)]
-fn l4_port(ctx: &SkBuffContext, protocol: u8, l4: usize, dst: bool) -> u16 {
-    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
-        return 0;
+fn ipv4(ctx: &SkBuffContext, egress: bool, p: &mut Packet) -> Result<(), u32> {
+    // Two bytes, not one: LLVM turns a one-byte bound `data + 1 <= end` into `data < end`,
+    // which the verifier does not read as a bound.
+    let [vihl, _]: [u8; 2] = read(ctx, 0).ok_or(failsafe::UNPARSEABLE)?;
+    let [protocol, _]: [u8; 2] = read(ctx, 9).ok_or(failsafe::UNPARSEABLE)?;
+    let frag: u16 = read::<u16>(ctx, 6)
+        .map(u16::from_be)
+        .ok_or(failsafe::UNPARSEABLE)?;
+    let a: [u8; 4] = read(ctx, if egress { 16 } else { 12 }).ok_or(failsafe::UNPARSEABLE)?;
+    p.dest.addr[..4].copy_from_slice(&a);
+    p.dest.protocol = protocol;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if ihl < 20 {
+        return Err(failsafe::UNPARSEABLE);
     }
-    let off = if dst { l4 + 2 } else { l4 };
-    read::<u16>(ctx, off).map(u16::from_be).unwrap_or(0)
+    if egress && ihl > 20 {
+        ipv4_options(ctx, ihl, p)?;
+    }
+    // A later fragment carries no ports: judged by protocol alone (port 0).
+    if frag & 0x1fff != 0 {
+        return Ok(());
+    }
+    let mut l4 = ihl;
+    if protocol == NEXTHDR_AUTH {
+        // Judged by what AH protects, as for IPv6 (RFC 4302 section 2.2: length in 4-byte
+        // units, minus 2).
+        let [nh, len]: [u8; 2] = read(ctx, ihl).ok_or(failsafe::UNPARSEABLE)?;
+        p.dest.protocol = nh;
+        l4 += (usize::from(len) + 2) * 4;
+    }
+    p.dest.port = port(ctx, p.dest.protocol, l4, egress)?;
+    Ok(())
+}
+
+/// Collects the hops of a loose or strict source route (RFC 791 section 3.1) into
+/// `p.route`. The option area (at most 40 bytes) is copied to the stack once and scanned at
+/// fixed positions, which the verifier checks cheaply.
+#[inline(always)]
+fn ipv4_options(ctx: &SkBuffContext, ihl: usize, p: &mut Packet) -> Result<(), u32> {
+    let optlen = ihl - 20;
+    if optlen == 0 || optlen > MAX_IPV4_OPTION_BYTES {
+        return Err(failsafe::UNPARSEABLE);
+    }
+    let mut buf = [0u8; MAX_IPV4_OPTION_BYTES];
+    // SAFETY: valid context; `buf` holds at least `optlen` (1..=40) bytes.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            20,
+            buf.as_mut_ptr().cast(),
+            optlen as u32,
+        )
+    };
+    if ret != 0 {
+        return Err(failsafe::UNPARSEABLE);
+    }
+    // Bytes of the current option still to skip; where the source route starts.
+    let mut skip = 0usize;
+    let mut route: Option<(usize, usize)> = None;
+    for i in 0..MAX_IPV4_OPTION_BYTES {
+        if i >= optlen {
+            break;
+        }
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        let kind = buf[i];
+        if kind == IPOPT_END {
+            break;
+        }
+        if kind == IPOPT_NOOP {
+            continue;
+        }
+        if i + 1 >= MAX_IPV4_OPTION_BYTES {
+            return Err(failsafe::UNPARSEABLE);
+        }
+        let len = usize::from(buf[i + 1]);
+        if len < 2 || i + len > optlen {
+            return Err(failsafe::UNPARSEABLE);
+        }
+        if kind == IPOPT_LSRR || kind == IPOPT_SSRR {
+            if route.is_some() {
+                return Err(failsafe::UNPARSEABLE);
+            }
+            route = Some((i, len));
+        }
+        skip = len - 1;
+    }
+    let Some((at, len)) = route else {
+        return Ok(());
+    };
+    let hops = len.saturating_sub(3) / 4;
+    if hops > MAX_ROUTE_ADDRS {
+        return Err(failsafe::ROUTE_TOO_LONG);
+    }
+    for i in 0..MAX_ROUTE_ADDRS {
+        if i >= hops {
+            break;
+        }
+        let a: [u8; 4] = load(ctx, 20 + at + 3 + 4 * i).ok_or(failsafe::UNPARSEABLE)?;
+        p.route[i][..4].copy_from_slice(&a);
+    }
+    p.n_route = hops;
+    Ok(())
+}
+
+#[inline(always)]
+fn ipv6(ctx: &SkBuffContext, egress: bool, p: &mut Packet) -> Result<(), u32> {
+    let [mut next, _]: [u8; 2] = read(ctx, 6).ok_or(failsafe::UNPARSEABLE)?;
+    p.dest.addr = read(ctx, if egress { 24 } else { 8 }).ok_or(failsafe::UNPARSEABLE)?;
+    let mut off = 40usize;
+    let mut first_fragment = true;
+    // Walk the extension headers (RFC 8200 section 4.1) to the upper-layer header.
+    // One more round than headers: the last one finds the upper-layer header.
+    for _ in 0..=MAX_EXT_HEADERS {
+        off &= OFF_MASK;
+        let ext = next == NEXTHDR_HOP
+            || next == NEXTHDR_DEST
+            || next == NEXTHDR_ROUTING
+            || next == NEXTHDR_FRAGMENT
+            || next == NEXTHDR_AUTH;
+        if ext {
+            // Every extension header starts with (next header, length).
+            let [nh, len]: [u8; 2] = load(ctx, off).ok_or(failsafe::UNPARSEABLE)?;
+            let len = usize::from(len);
+            if next == NEXTHDR_FRAGMENT {
+                let frag: u16 = load::<u16>(ctx, off + 2)
+                    .map(u16::from_be)
+                    .ok_or(failsafe::UNPARSEABLE)?;
+                // Any later fragment in the chain means no upper-layer header here.
+                first_fragment &= frag & 0xfff8 == 0;
+                off += 8;
+            } else if next == NEXTHDR_AUTH {
+                off += (len + 2) * 4;
+            } else {
+                if next == NEXTHDR_ROUTING && egress {
+                    routing_header(ctx, off, len, p)?;
+                }
+                off += (len + 1) * 8;
+            }
+            next = nh;
+        } else {
+            p.dest.protocol = next;
+            if first_fragment {
+                p.dest.port = port(ctx, next, off, egress)?;
+            }
+            return Ok(());
+        }
+    }
+    p.dest.protocol = next;
+    Err(failsafe::CHAIN_TOO_LONG)
+}
+
+/// Collects the addresses of an IPv6 routing header (RFC 8200 section 4.4: type 2, RFC 6275;
+/// type 4, the segment routing header of RFC 8754) into `p.route`. Other types (0 is
+/// deprecated and refused by Linux; 3 is compressed) cannot be read: fail closed.
+#[inline(always)]
+fn routing_header(ctx: &SkBuffContext, off: usize, len: usize, p: &mut Packet) -> Result<(), u32> {
+    let [kind, _]: [u8; 2] = load(ctx, off + 2).ok_or(failsafe::UNPARSEABLE)?;
+    let n = match kind {
+        0 | 2 => len / 2,
+        4 => {
+            let [last_entry, _]: [u8; 2] = load(ctx, off + 4).ok_or(failsafe::UNPARSEABLE)?;
+            usize::from(last_entry) + 1
+        }
+        _ => return Err(failsafe::UNPARSEABLE),
+    };
+    if n > MAX_ROUTE_ADDRS {
+        return Err(failsafe::ROUTE_TOO_LONG);
+    }
+    for i in 0..MAX_ROUTE_ADDRS {
+        if i >= n {
+            break;
+        }
+        p.route[i] = load(ctx, off + 8 + 16 * i).ok_or(failsafe::UNPARSEABLE)?;
+    }
+    p.n_route = n;
+    Ok(())
+}
+
+/// The remote port of an upper-layer header at `l4` (0 for protocols without ports).
+#[inline(always)]
+fn port(ctx: &SkBuffContext, protocol: u8, l4: usize, egress: bool) -> Result<u16, u32> {
+    if protocol != IPPROTO_TCP
+        && protocol != IPPROTO_UDP
+        && protocol != IPPROTO_SCTP
+        && protocol != IPPROTO_UDPLITE
+    {
+        return Ok(0);
+    }
+    let off = (if egress { l4 + 2 } else { l4 }) & OFF_MASK;
+    load::<u16>(ctx, off)
+        .map(u16::from_be)
+        .ok_or(failsafe::UNPARSEABLE)
 }
 
 /// Reads a `T` at byte `off` of the packet (0 = the IP header): straight from the linear
@@ -157,6 +378,13 @@ fn read<T: Copy>(ctx: &SkBuffContext, off: usize) -> Option<T> {
         return Some(unsafe { ptr::read_unaligned((data + off) as *const T) });
     }
     ctx.load(off).ok()
+}
+
+/// Reads a `T` at byte `off` with `bpf_skb_load_bytes` only: one path for the verifier, for
+/// the header walks (the fixed headers use [`read`]).
+#[inline(always)]
+fn load<T: Copy>(ctx: &SkBuffContext, off: usize) -> Option<T> {
+    ctx.load(off & OFF_MASK).ok()
 }
 
 /// Loopback (127.0.0.0/8, ::1) or unspecified (0.0.0.0, ::): always allowed, never leaves the

@@ -1,7 +1,8 @@
 //! The verdict for one destination under the policy generation in force.
 use aya_ebpf::maps::lpm_trie::Key;
 use egressd_common::{
-    MAX_PORT_RULES, REGION_LOCAL, REGION_UNKNOWN, Verdict, action, family, set_of,
+    MAX_ENTRIES, MAX_PORT_RULES, REGION_LOCAL, REGION_UNKNOWN, Verdict, action, failsafe, family,
+    set_of,
     table::{CHUNK, CHUNK_ENTRIES, PER_PAGE8, PER_PAGE24},
     unwrap,
 };
@@ -21,6 +22,24 @@ pub struct Decision {
     pub verdict: Verdict,
     /// Id of the rule that decided, 0 for the allowlist or the default.
     pub rule: u32,
+    /// [`failsafe`] reason when the kernel denied because it could not judge, else 0.
+    pub reason: u32,
+}
+
+impl Decision {
+    /// A denial the policy did not make: the kernel could not judge safely (`reason`, a
+    /// [`failsafe`] code, is counted and reported).
+    #[inline(always)]
+    pub fn fail_closed(generation: u64, reason: u32) -> Self {
+        crate::report::failsafe(reason);
+        Decision {
+            generation,
+            region: REGION_UNKNOWN,
+            verdict: Verdict::Deny,
+            rule: 0,
+            reason,
+        }
+    }
 }
 
 /// The `cut_established` setting of the set serving `generation` (true when unreadable:
@@ -51,6 +70,7 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
             region: REGION_LOCAL,
             verdict: Verdict::Allow,
             rule: 0,
+            reason: failsafe::NONE,
         };
     }
     if d.family == family::INET6 {
@@ -68,20 +88,19 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
             d.mapped = unwrap::NAT64;
         }
     }
-    let entry_id = lookup(d, set);
+    let entry_id = match lookup(d, set) {
+        Ok(id) => id,
+        Err(reason) => return Decision::fail_closed(generation, reason),
+    };
     let table = if set == 0 {
         &EGRESSD_ENTRIES_A_V1
     } else {
         &EGRESSD_ENTRIES_B_V1
     };
-    // Entry 0 always exists (array map); a missing one means a corrupt id: fail closed.
-    let Some(e) = table.get(entry_id).or_else(|| table.get(0)) else {
-        return Decision {
-            generation,
-            region: REGION_UNKNOWN,
-            verdict: Verdict::Deny,
-            rule: 0,
-        };
+    // An id outside the table is a corrupt map, never "the default": fail closed.
+    let e = match table.get(entry_id) {
+        Some(e) if entry_id < MAX_ENTRIES => e,
+        _ => return Decision::fail_closed(generation, failsafe::BAD_ENTRY),
     };
     let (mut act, mut audit, mut rule) = (e.default_action, e.default_audit, e.default_rule);
     let n = e.n_rules as usize;
@@ -91,10 +110,7 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
             break;
         }
         let r = &e.rules[i];
-        if (r.protocol == 0 || r.protocol == d.protocol)
-            && r.port_lo <= d.port
-            && d.port <= r.port_hi
-        {
+        if r.matches(d.protocol, d.port) {
             act = r.action;
             audit = r.audit;
             rule = r.rule;
@@ -113,12 +129,51 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
         region: e.region,
         verdict,
         rule,
+        reason: failsafe::NONE,
     }
 }
 
-/// Longest-prefix match in set `set`: the entry id, 0 when no prefix covers `d`.
+/// The verdict for an intermediate hop of a routing header or source route: the default
+/// decision of its prefix, or a fail-closed deny when the prefix has protocol/port rules
+/// (the hop's traffic is not judged rule by rule: strict, and cheap for the verifier).
 #[inline(always)]
-fn lookup(d: &Dest, set: usize) -> u32 {
+pub fn hop(d: &Dest, generation: u64) -> Decision {
+    let set = set_of(generation);
+    let entry_id = match lookup(d, set) {
+        Ok(id) => id,
+        Err(reason) => return Decision::fail_closed(generation, reason),
+    };
+    let table = if set == 0 {
+        &EGRESSD_ENTRIES_A_V1
+    } else {
+        &EGRESSD_ENTRIES_B_V1
+    };
+    let Some(e) = table.get(entry_id) else {
+        return Decision::fail_closed(generation, failsafe::BAD_ENTRY);
+    };
+    if e.n_rules != 0 {
+        return Decision::fail_closed(generation, failsafe::ROUTE_HOP_RULES);
+    }
+    let verdict = if e.default_action == action::ALLOW {
+        Verdict::Allow
+    } else if e.default_audit != 0 {
+        Verdict::Audit
+    } else {
+        Verdict::Deny
+    };
+    Decision {
+        generation,
+        region: e.region,
+        verdict,
+        rule: e.default_rule,
+        reason: failsafe::NONE,
+    }
+}
+
+/// Longest-prefix match in set `set`: the entry id, 0 when no prefix covers `d`; a
+/// [`failsafe`] reason when the maps are inconsistent.
+#[inline(always)]
+fn lookup(d: &Dest, set: usize) -> Result<u32, u32> {
     if d.family == family::INET
         && EGRESSD_SETTINGS_V1
             .get(set as u32)
@@ -141,14 +196,14 @@ fn lookup(d: &Dest, set: usize) -> u32 {
             EGRESSD_PREFIXES_V6_B_V1.get(&key)
         }
     };
-    hit.copied().unwrap_or(0)
+    Ok(hit.copied().unwrap_or(0))
 }
 
 /// IPv4 lookup in set `set`'s table: at most two array reads, whatever the number of
 /// prefixes (layout in `egressd_common::table`). A missing page (a table smaller than the
-/// flag promises) reads as entry 0, the default decision.
+/// flag promises) is [`failsafe::NO_PAGE`], never the default decision.
 #[inline(always)]
-fn table4(d: &Dest, set: usize) -> u32 {
+fn table4(d: &Dest, set: usize) -> Result<u32, u32> {
     let a = u32::from_be_bytes([d.addr[0], d.addr[1], d.addr[2], d.addr[3]]);
     let (t24, t8) = if set == 0 {
         (&EGRESSD_TABLE24_A_V1, &EGRESSD_TABLE8_A_V1)
@@ -157,15 +212,15 @@ fn table4(d: &Dest, set: usize) -> u32 {
     };
     let i24 = a >> 8;
     let Some(page) = t24.get(i24 / PER_PAGE24 as u32) else {
-        return 0;
+        return Err(failsafe::NO_PAGE);
     };
     let e = page[(i24 as usize) % PER_PAGE24];
     if e & CHUNK == 0 {
-        return e;
+        return Ok(e);
     }
     let i8 = (e & !CHUNK) as usize * CHUNK_ENTRIES + (a & 0xff) as usize;
     let Some(page) = t8.get((i8 / PER_PAGE8) as u32) else {
-        return 0;
+        return Err(failsafe::NO_PAGE);
     };
-    u32::from(page[i8 % PER_PAGE8])
+    Ok(u32::from(page[i8 % PER_PAGE8]))
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use egressd_common::{
     COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, FLOW_SLOTS, FlowCounter,
     GlobalPolicy, MAX_ENTRIES, MAX_NAT64, SUPPRESS_ENTRIES, SockOwner, SockVerdict, SuppressKey,
-    SuppressState, loss,
+    SuppressState, failsafe, loss,
     table::{Page8, Page24},
 };
 
@@ -92,6 +92,11 @@ pub static EGRESSD_FLOWS_V1: PerCpuArray<FlowCounter> =
 #[map]
 pub static EGRESSD_SUPPRESS_V1: LruHashMap<SuppressKey, SuppressState> =
     LruHashMap::with_max_entries(SUPPRESS_ENTRIES, 0);
+
+/// Fail-closed denials, per CPU, by `egressd_common::failsafe` reason.
+#[map]
+pub static EGRESSD_FAILSAFE_V1: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(failsafe::SLOTS, 0);
 
 /// Events lost in the kernel, per CPU, by cause.
 #[map]

@@ -13,8 +13,8 @@ use crate::{
     addr::Dest,
     decide::Decision,
     maps::{
-        EGRESSD_COUNTERS_V1, EGRESSD_EVENTS_V1, EGRESSD_FLOWS_V1, EGRESSD_LOSS_V1,
-        EGRESSD_SETTINGS_V1, EGRESSD_SUPPRESS_V1,
+        EGRESSD_COUNTERS_V1, EGRESSD_EVENTS_V1, EGRESSD_FAILSAFE_V1, EGRESSD_FLOWS_V1,
+        EGRESSD_LOSS_V1, EGRESSD_SETTINGS_V1, EGRESSD_SUPPRESS_V1,
     },
     owner::Who,
 };
@@ -44,6 +44,13 @@ pub fn count(hook: Hook, region: u32, verdict: Verdict) {
         &EGRESSD_COUNTERS_V1,
         counter_index(hook as u32, region, verdict as u32),
     );
+}
+
+/// One denial the kernel made because it could not judge (`reason`, a
+/// [`egressd_common::failsafe`] code).
+#[inline(always)]
+pub fn failsafe(reason: u32) {
+    bump(&EGRESSD_FAILSAFE_V1, reason);
 }
 
 /// One packet of `bytes` bytes in `direction`.
@@ -143,7 +150,8 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who) {
         hook: hook as u8,
         mapped: d.mapped,
         attribution: who.attribution,
-        _pad: [0; 4],
+        reason: dec.reason as u8,
+        _pad: [0; 3],
         dst_addr: d.addr,
         comm: o.comm,
     });

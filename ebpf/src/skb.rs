@@ -5,7 +5,7 @@
 //! cached on the packet's socket ([`cache`]): one for the same destination and generation
 //! (or any earlier allow, with `established = keep`) is reused.
 use aya_ebpf::{bindings::bpf_sock, helpers::generated::bpf_tcp_sock, programs::SkBuffContext};
-use egressd_common::{Hook, SockVerdict, Verdict, direction};
+use egressd_common::{Hook, MAX_ROUTE_ADDRS, SockVerdict, Verdict, direction, failsafe};
 
 use crate::{addr, cache, decide, owner, report};
 
@@ -14,23 +14,38 @@ const DROP: i32 = 0;
 /// `IPPROTO_TCP` (`include/uapi/linux/in.h`).
 const IPPROTO_TCP: u8 = 6;
 
+/// `ifindex` of the loopback device in every network namespace (`LOOPBACK_IFINDEX`,
+/// `include/net/net_namespace.h`).
+const LOOPBACK_IFINDEX: u32 = 1;
+
 /// `cgroup_skb/egress`.
 #[inline(always)]
 pub fn egress(ctx: &SkBuffContext) -> i32 {
-    let Some(mut d) = addr::from_skb(ctx, true) else {
+    let Some(mut p) = addr::from_skb(ctx, true) else {
         return PASS;
     };
+    let d = &mut p.dest;
     let len = ctx.len();
     let generation = decide::generation();
     let sk = socket(ctx);
-    if !sk.is_null()
+    if p.doubt == failsafe::NONE
+        && p.n_route == 0
+        && !sk.is_null()
         && let Some(c) = cache::get(sk)
         && c.dst_addr == d.addr
         && c.family == d.family
+        && c.protocol == d.protocol
+        && c.dst_port == d.port
     {
         let fresh = c.generation == generation;
-        let kept =
-            !fresh && c.verdict != Verdict::Deny as u8 && !decide::cut_established(generation);
+        // Under `keep`, only an allow given to a connection outlives a reload: an audit
+        // verdict is judged again (a reload to enforce must stop it), and so is anything
+        // of a socket without connections (raw, ping), which would otherwise keep an allow
+        // for a destination forever.
+        let kept = !fresh
+            && c.flow != 0
+            && c.verdict == Verdict::Allow as u8
+            && !decide::cut_established(generation);
         if fresh || kept {
             let verdict = Verdict::from_u8(c.verdict).unwrap_or(Verdict::Deny);
             report::flow(direction::EGRESS, c.region, verdict, len);
@@ -38,34 +53,83 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         }
     }
     let (wire, wire_family) = (d.addr, d.family);
-    let dec = decide::decide(&mut d, generation);
+    let dec = judge(ctx, &mut p, generation);
+    let d = &p.dest;
     report::flow(direction::EGRESS, dec.region, dec.verdict, len);
     // A handshake packet confirms what connect() decided and counted: neither counted
     // again nor cached (see `handshake`).
-    if !sk.is_null() && handshake(sk, &d, &dec) {
+    if !sk.is_null() && dec.reason == failsafe::NONE && p.n_route == 0 && handshake(sk, d, &dec) {
         return PASS;
     }
     report::count(Hook::SkbEgress, dec.region, dec.verdict);
-    let cached = SockVerdict {
-        generation,
-        dst_addr: wire,
-        region: dec.region,
-        verdict: dec.verdict as u8,
-        family: wire_family,
-        _pad: [0; 2],
-    };
-    if !sk.is_null() {
+    if !sk.is_null() && dec.reason == failsafe::NONE && p.n_route == 0 {
+        let cached = SockVerdict {
+            generation,
+            dst_addr: wire,
+            region: dec.region,
+            verdict: dec.verdict as u8,
+            family: wire_family,
+            protocol: d.protocol,
+            flow: u8::from(d.protocol == IPPROTO_TCP && is_tcp(sk)),
+            dst_port: d.port,
+            _pad: [0; 6],
+        };
         cache::put(sk, cached);
     }
     // One event per (socket, destination, generation): later packets hit the cache.
     if dec.verdict != Verdict::Allow {
-        report::event(Hook::SkbEgress, &d, &dec, &owner::of_packet(ctx, sk));
+        report::event(Hook::SkbEgress, d, &dec, &owner::of_packet(ctx, sk));
     }
     if dec.verdict == Verdict::Deny {
         DROP
     } else {
         PASS
     }
+}
+
+/// The verdict for every address `p` is sent to: its destination and each hop of a routing
+/// header or source route (the most severe wins: deny, then audit, then allow), or a
+/// fail-closed deny when the headers were doubtful or a local destination leaves through
+/// another device than loopback.
+#[inline(always)]
+fn judge(ctx: &SkBuffContext, p: &mut addr::Packet, generation: u64) -> decide::Decision {
+    if p.doubt != failsafe::NONE {
+        return decide::Decision::fail_closed(generation, p.doubt);
+    }
+    // SAFETY: valid context pointer for a cgroup_skb program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if addr::is_local(&p.dest) && ifindex != LOOPBACK_IFINDEX {
+        return decide::Decision::fail_closed(generation, failsafe::LOCAL_MISROUTED);
+    }
+    let mut dec = decide::decide(&mut p.dest, generation);
+    for i in 0..MAX_ROUTE_ADDRS {
+        if i >= p.n_route || dec.verdict == Verdict::Deny {
+            break;
+        }
+        let mut hop = p.dest;
+        hop.addr = p.route[i];
+        hop.family = p.header_family;
+        hop.mapped = egressd_common::unwrap::NONE;
+        let h = if addr::is_local(&hop) {
+            decide::Decision::fail_closed(generation, failsafe::LOCAL_MISROUTED)
+        } else {
+            decide::hop(&hop, generation)
+        };
+        if h.verdict == Verdict::Deny
+            || (h.verdict == Verdict::Audit && dec.verdict == Verdict::Allow)
+        {
+            p.dest = hop;
+            dec = h;
+        }
+    }
+    dec
+}
+
+/// Whether `sk` is a full TCP socket.
+#[inline(always)]
+fn is_tcp(sk: *mut bpf_sock) -> bool {
+    // SAFETY: `sk` is the packet's socket (not null); the helper checks its type.
+    !unsafe { bpf_tcp_sock(sk) }.is_null()
 }
 
 /// Whether this packet is the handshake of an allowed TCP connection under `established =
@@ -104,9 +168,14 @@ fn socket(ctx: &SkBuffContext) -> *mut bpf_sock {
 /// `cgroup_skb/ingress`: counts bytes by the region of the sender; never drops.
 #[inline(always)]
 pub fn ingress(ctx: &SkBuffContext) -> i32 {
-    let Some(mut d) = addr::from_skb(ctx, false) else {
+    // Ingress only counts: a packet it cannot read is not counted.
+    let Some(p) = addr::from_skb(ctx, false) else {
         return PASS;
     };
+    if p.doubt != failsafe::NONE {
+        return PASS;
+    }
+    let mut d = p.dest;
     let len = ctx.len();
     let sk = socket(ctx);
     if !sk.is_null()

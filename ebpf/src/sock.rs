@@ -46,7 +46,11 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
         region: dec.region,
         verdict: dec.verdict as u8,
         family: wire_family,
-        _pad: [0; 2],
+        protocol: d.protocol,
+        // connect() makes a connection (TCP, or a connected UDP socket); sendmsg does not.
+        flow: u8::from(matches!(hook, Hook::Connect4 | Hook::Connect6)),
+        dst_port: d.port,
+        _pad: [0; 6],
     };
     cache::put(sk, cached);
     if dec.verdict == Verdict::Audit {

@@ -107,7 +107,7 @@ pub(super) fn build(p: &mut Policy) {
                     protocol: r.protocol.unwrap_or(0),
                     action: code(r.action),
                     audit: u8::from(audit),
-                    _pad: 0,
+                    any_protocol: u8::from(r.protocol.is_none()),
                     rule: r.id,
                 };
                 node.port

@@ -74,14 +74,16 @@ pub fn differential() -> Result<(), Failed> {
             .map_err(|e| format!("policy {p} (table): {e:#}"))?;
         for _ in 0..DESTINATIONS {
             let dst = random_destination(&mut rng, &policy);
-            let protocol = [6u8, 17, 17, 6, 1, 58][rng.usize(..6)];
-            let port = if matches!(protocol, 6 | 17) {
+            let protocol = random_protocol(&mut rng);
+            let port = if matches!(protocol, 6 | 17 | 132 | 136) {
                 PORTS[rng.usize(..PORTS.len())].unwrap_or_else(|| rng.u16(..))
             } else {
                 0
             };
-            let frame = testrun::frame(dst, protocol, port, 0);
-            let want = u32::from(policy.decide(dst, protocol, port).verdict != Verdict::Deny);
+            let (shape, hops) = random_shape(&mut rng, &policy, dst);
+            let frame = testrun::shaped_frame(dst, protocol, port, 0, &shape);
+            let want =
+                u32::from(expected(&policy, dst, protocol, port, &shape, &hops) != Verdict::Deny);
             cases += 1;
             for (lookup, raw) in [("trie", raw), ("table", raw_tabled)] {
                 // SAFETY: the fd belongs to an enforcer alive for the whole loop.
@@ -91,8 +93,8 @@ pub fn differential() -> Result<(), Failed> {
                 if out.retval != want && disagreements.len() < 20 {
                     disagreements.push(format!(
                         "seed {seed:#x} policy {p} ({:?}, allow {:?}, default {:?}, rules \
-                         {:?}), IPv4 {lookup}: {dst} proto {protocol} port {port}: kernel {} \
-                         model {want} ({:?})",
+                         {:?}), IPv4 {lookup}: {dst} proto {protocol} port {port} shape \
+                         {shape:?}: kernel {} model {want} ({:?})",
                         policy.mode,
                         policy.allowed,
                         policy.default,
@@ -223,9 +225,17 @@ fn random_config(rng: &mut fastrand::Rng) -> Config {
                 targets.push(Target::Prefix(IpNetwork::V6(n)));
             }
         }
-        let protocol = [None, Some(6), Some(17), Some(1)][rng.usize(..4)];
+        let protocol = [
+            None,
+            Some(6),
+            Some(17),
+            Some(1),
+            Some(58),
+            Some(132),
+            Some(random_protocol(rng)),
+        ][rng.usize(..7)];
         let ports = match protocol {
-            Some(6 | 17) => [
+            Some(6 | 17 | 132) => [
                 None,
                 Some((25, 25)),
                 Some((443, 443)),
@@ -310,4 +320,142 @@ fn random_destination(rng: &mut fastrand::Rng, p: &Policy) -> IpAddr {
         8 => IpAddr::V4(random_v4(rng)),
         _ => IpAddr::V6(random_v6(rng)),
     }
+}
+
+/// An upper-layer protocol number: the common ones, SCTP, and any other number that is not
+/// an IPv6 extension header or AH (a packet's fixed header never names those as its
+/// upper layer: the walk goes past them).
+fn random_protocol(rng: &mut fastrand::Rng) -> u8 {
+    match rng.u8(..8) {
+        0..=5 => [6u8, 17, 1, 58, 132, 136][rng.usize(..6)],
+        _ => loop {
+            let p = rng.u8(..);
+            if !matches!(p, 0 | 43 | 44 | 51 | 60) {
+                break p;
+            }
+        },
+    }
+}
+
+/// A header shape for a packet to `dst`: IPv4 options (some with a loose source route) or
+/// a later fragment, or a chain of IPv6 extension headers (up to and past
+/// [`egressd_common::MAX_EXT_HEADERS`], in any order, some with a type-2 routing header);
+/// with the route's hops.
+fn random_shape(rng: &mut fastrand::Rng, p: &Policy, dst: IpAddr) -> (testrun::Shape, Vec<IpAddr>) {
+    let mut shape = testrun::Shape::default();
+    let mut hops = Vec::new();
+    if rng.u8(..3) == 0 {
+        return (shape, hops);
+    }
+    let hop_ok = |a: IpAddr| {
+        !a.is_loopback()
+            && !a.is_unspecified()
+            && !matches!(a, IpAddr::V6(v) if v.to_ipv4_mapped().is_some() || p.nat64.iter().any(|n| n.contains(v)))
+    };
+    match dst {
+        IpAddr::V4(_) => match rng.u8(..5) {
+            0 => shape.v4_options = vec![1, 1, 1, 1],
+            1 => shape.v4_options = vec![148, 4, 0, 0],
+            2 => shape.v4_options = vec![7, 7, 4, 0, 0, 0, 0, 1],
+            3 => shape.v4_fragment_offset = rng.u16(1..0x1fff),
+            _ => {
+                let n = rng.usize(1..=2);
+                let mut o = vec![1, 131, u8::try_from(3 + 4 * n).unwrap_or(0), 4];
+                for _ in 0..n {
+                    let h = loop {
+                        let h = random_v4(rng);
+                        if hop_ok(IpAddr::V4(h)) {
+                            break h;
+                        }
+                    };
+                    o.extend_from_slice(&h.octets());
+                    hops.push(IpAddr::V4(h));
+                }
+                shape.v4_options = o;
+            }
+        },
+        IpAddr::V6(_) => {
+            let n = rng.usize(1..=egressd_common::MAX_EXT_HEADERS + 2);
+            let mut routed = false;
+            for _ in 0..n {
+                let kind = [0u8, 60, 44, 51, 43][rng.usize(..5)];
+                let body = match kind {
+                    44 => {
+                        let offset = if rng.bool() {
+                            0
+                        } else {
+                            rng.u16(1..0x1fff) << 3
+                        };
+                        let mut b = offset.to_be_bytes().to_vec();
+                        b.extend_from_slice(&[0; 4]);
+                        b
+                    }
+                    43 if !routed => {
+                        routed = true;
+                        let h = loop {
+                            let h = random_v6(rng);
+                            if hop_ok(IpAddr::V6(h)) {
+                                break h;
+                            }
+                        };
+                        hops.push(IpAddr::V6(h));
+                        // Type 2 (RFC 6275), segments left 1, reserved, one address.
+                        let mut b = vec![2, 1, 0, 0, 0, 0];
+                        b.extend_from_slice(&h.octets());
+                        b
+                    }
+                    43 => continue,
+                    _ => vec![0; 6 + 8 * rng.usize(..2)],
+                };
+                shape.v6_ext.push((kind, body));
+            }
+        }
+    }
+    (shape, hops)
+}
+
+/// The reference model of the packet hook for a shaped packet: a chain longer than the
+/// walk's bound is denied; a later fragment is judged without its port; every hop of a
+/// route must be allowed, each judged by its prefix's decision for all traffic (a hop
+/// covered by a rule with a protocol or ports is denied: fail closed).
+fn expected(
+    p: &Policy,
+    dst: IpAddr,
+    protocol: u8,
+    port: u16,
+    shape: &testrun::Shape,
+    hops: &[IpAddr],
+) -> Verdict {
+    if shape.v6_ext.len() > egressd_common::MAX_EXT_HEADERS && matches!(dst, IpAddr::V6(_)) {
+        return Verdict::Deny;
+    }
+    let later_fragment = shape.v4_fragment_offset != 0
+        || shape
+            .v6_ext
+            .iter()
+            .any(|(k, b)| *k == 44 && u16::from_be_bytes([b[0], b[1]]) & 0xfff8 != 0);
+    let port = if later_fragment { 0 } else { port };
+    let mut v = p.decide(dst, protocol, port).verdict;
+    for &h in hops {
+        if v == Verdict::Deny {
+            break;
+        }
+        // A rule with a protocol or ports that can decide for the hop makes its decision
+        // depend on the traffic: the kernel then denies the hop.
+        let covered = p.rules.iter().any(|r| {
+            r.is_specific()
+                && p.decide(h, r.protocol.unwrap_or(6), r.ports.map_or(0, |(lo, _)| lo))
+                    .rule
+                    == r.id
+        });
+        let hv = if covered {
+            Verdict::Deny
+        } else {
+            p.decide(h, 0, 0).verdict
+        };
+        if hv == Verdict::Deny || (hv == Verdict::Audit && v == Verdict::Allow) {
+            v = hv;
+        }
+    }
+    v
 }
