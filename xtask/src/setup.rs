@@ -26,6 +26,18 @@ const PACKAGES: &[&str] = &[
 /// bpf-linker release that supports LLVM 22 (feature `llvm-22`).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Debian packages `cargo xtask vm-test` needs besides [`PACKAGES`]: QEMU, busybox-static
+/// (the guest's shell and init), cpio (the initramfs), kmod (`depmod` indexes an unpacked
+/// kernel's modules) and xz-utils (6.12's modules are `.ko.xz`). Only that command installs
+/// them.
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+];
+
 /// Installs whatever is missing; quick when everything is there.
 pub fn ensure() -> anyhow::Result<()> {
     ensure_packages(PACKAGES)?;
@@ -66,6 +78,11 @@ pub fn ensure() -> anyhow::Result<()> {
     // cargo-deb is installed by `cargo xtask package` itself: tests and the demo do not
     // need it.
     Ok(())
+}
+
+/// Installs the Debian packages of `cargo xtask vm-test` that are missing.
+pub fn ensure_vm() -> anyhow::Result<()> {
+    ensure_packages(VM_PACKAGES)
 }
 
 /// Installs those of `packages` that are not installed (apt-get, as root).
