@@ -113,6 +113,21 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     let pipeline = Pipeline::start(&output.sinks, &host)?;
     let started = Instant::now();
     let pin_dir = opts.pin_dir.as_ref().map(crate::pin::PinDir::new);
+    let coverage = crate::coverage::probe();
+    for p in coverage
+        .paths
+        .iter()
+        .filter(|p| p.status != crate::coverage::Status::Enforced)
+    {
+        tracing::warn!(
+            path = p.path,
+            status = p.status.label(),
+            kernel = %coverage.kernel,
+            "egress path not enforced on this kernel: {} ({})",
+            p.what,
+            p.note
+        );
+    }
     let mut enforcer = match &pin_dir {
         Some(dir) => {
             let (e, adoption) = Enforcer::load_pinned(policy.clone(), &cgroup, dir)?;
@@ -181,6 +196,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             policy: summary(&cfg, &policy, &enforcer),
             cgroup: cgroup.display().to_string(),
             sinks: pipeline.names(),
+            coverage: coverage.summary(),
         },
         "agent_start",
     ));
@@ -294,6 +310,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                         reloads_failed: reloads.failed,
                         hooks: enforcer.hook_states(),
                         tamper_repairs,
+                        coverage: coverage.paths.iter().map(|p| (p.path, p.status.label())).collect(),
                     });
                 match snap {
                     Ok(s) => { let _ = reply.send(s); }

@@ -145,6 +145,21 @@ pub struct Process {
     /// True when the process had exited before `/proc` could be read at event time: only the
     /// kernel's fields (pid, thread, name, user, group, cgroup id) are then known.
     pub exited: bool,
+    /// Whose process fields these are: `"task"` (the task that made the call, read in the
+    /// socket hook), `"socket_owner"` (the task that created the socket, recorded when it
+    /// was created; a packet hook's event), or `"socket_uid"` (a socket older than egressd:
+    /// only `user.id` and `cgroup.id` are known, pid 0).
+    pub attribution: &'static str,
+}
+
+/// Name of an [`egressd_common::attribution`] code.
+pub fn attribution_name(code: u8) -> &'static str {
+    match code {
+        egressd_common::attribution::TASK => "task",
+        egressd_common::attribution::SOCKET_OWNER => "socket_owner",
+        egressd_common::attribution::SOCKET_UID => "socket_uid",
+        _ => "invalid",
+    }
 }
 
 /// `process.parent.*`.
@@ -335,7 +350,8 @@ impl Enricher {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             (
-                procs.process(ev.pid),
+                // pid 0: the kernel could not name the process (see `attribution`).
+                (ev.pid != 0).then(|| procs.process(ev.pid)).flatten(),
                 procs.user_name(ev.uid),
                 procs.group_name(ev.gid),
             )
@@ -393,7 +409,8 @@ pub fn build(
             parent: info.and_then(|i| i.ppid).map(|pid| Parent { pid }),
             executable: info.and_then(|i| i.exe.clone()),
             command_line: info.and_then(|i| i.command_line.clone()),
-            exited: info.is_none(),
+            exited: info.is_none() && ev.pid != 0,
+            attribution: attribution_name(ev.attribution),
         },
         user: Named {
             id: u64::from(ev.uid),
@@ -556,6 +573,8 @@ pub enum LifecycleBody {
         cgroup: String,
         /// Names of the configured sinks.
         sinks: Vec<String>,
+        /// Which egress paths this kernel lets egressd enforce ([`crate::coverage`]).
+        coverage: crate::coverage::Summary,
     },
     /// `policy_loaded`: a policy is in the kernel.
     PolicyLoaded {
@@ -756,6 +775,7 @@ pub mod sample {
                     "curl -H x=1|2 -d 'a\nb' \\path\\ \"http://198.18.2.2:8080/\"".into(),
                 ),
                 exited: false,
+                attribution: "task",
             },
             user: Named {
                 id: 1000,
@@ -812,6 +832,7 @@ pub mod sample {
                 executable: None,
                 command_line: None,
                 exited: true,
+                attribution: "socket_owner",
             },
             user: Named { id: 0, name: None },
             group: Named { id: 0, name: None },
@@ -918,6 +939,12 @@ pub mod sample {
                     policy: summary(),
                     cgroup: "/sys/fs/cgroup".into(),
                     sinks: vec!["stdout".into(), "siem".into()],
+                    coverage: crate::coverage::Summary {
+                        kernel: "6.1.0-41-cloud-amd64".into(),
+                        enforced: vec!["tcp", "udp", "raw_ip", "established"],
+                        not_covered: vec!["packet_socket"],
+                        unknown: vec![],
+                    },
                 },
             },
             Lifecycle {

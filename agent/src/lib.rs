@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod coverage;
 pub mod daemon;
 pub mod events;
 pub mod explain;

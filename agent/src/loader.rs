@@ -10,6 +10,7 @@
 //! then maps and links are pinned on a bpffs and stay in force after the process exits, and
 //! the next `load_pinned` on the same directory adopts them (same maps, the policy generation
 //! continues, each link's program replaced atomically with `BPF_LINK_UPDATE`).
+pub mod hooks;
 mod table;
 
 use std::{
@@ -27,16 +28,14 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
-        links::FdLink,
-    },
+    programs::ProgramError,
 };
 use egressd_common::{
-    DEFAULT_MAX_PREFIXES, Entry, FlowCounter, GlobalPolicy, maps, mode as kmode, programs, set_of,
+    DEFAULT_MAX_PREFIXES, Entry, FlowCounter, GlobalPolicy, maps, mode as kmode, set_of,
 };
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
+use self::hooks::{HOOKS, Hook, LoadError};
 pub use self::table::Capacity;
 use crate::{
     config::{Established, Mode},
@@ -46,28 +45,6 @@ use crate::{
 
 /// The eBPF object built by `build.rs` (empty when the build skipped it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egressd-ebpf"));
-
-/// Socket-address hooks: (program name, hook name).
-const SOCK_HOOKS: [(&str, &str); 4] = [
-    (programs::CONNECT4, "cgroup/connect4"),
-    (programs::CONNECT6, "cgroup/connect6"),
-    (programs::SENDMSG4, "cgroup/sendmsg4"),
-    (programs::SENDMSG6, "cgroup/sendmsg6"),
-];
-
-/// Packet hooks: (program name, hook name, attach type).
-const SKB_HOOKS: [(&str, &str, CgroupSkbAttachType); 2] = [
-    (
-        programs::SKB_EGRESS,
-        "cgroup_skb/egress",
-        CgroupSkbAttachType::Egress,
-    ),
-    (
-        programs::SKB_INGRESS,
-        "cgroup_skb/ingress",
-        CgroupSkbAttachType::Ingress,
-    ),
-];
 
 /// Loaded programs and their maps.
 pub struct Enforcer {
@@ -195,13 +172,8 @@ impl Enforcer {
                 }
             }
         }
-        for (name, hook) in SOCK_HOOKS {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| explain_program(hook, e))?;
-        }
-        for (name, hook, _) in SKB_HOOKS {
-            let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| explain_program(hook, e))?;
+        for hook in &HOOKS {
+            hook.load(&mut ebpf).map_err(|e| explain_program(hook, e))?;
         }
         let table_chunks = table::loaded_chunks(&ebpf)?;
         if cap.table_chunks.is_some() && table_chunks.is_none() {
@@ -246,8 +218,8 @@ impl Enforcer {
         let cgroup_id = std::fs::metadata(cgroup)
             .with_context(|| format!("reading {}", cgroup.display()))?
             .ino();
-        for (prog, _) in crate::pin::LINKS {
-            let path = dir.link(prog);
+        for hook in &HOOKS {
+            let path = dir.link(hook.program);
             if !path.exists() {
                 continue;
             }
@@ -291,10 +263,7 @@ impl Enforcer {
     /// returned; pinned, each pinned link is asked whether it is attached to the cgroup and
     /// runs this process's program.
     pub fn hook_states(&self) -> Vec<(&'static str, bool)> {
-        let hooks = SOCK_HOOKS
-            .iter()
-            .map(|(n, h)| (*n, *h))
-            .chain(SKB_HOOKS.iter().map(|(n, h, _)| (*n, *h)));
+        let hooks = HOOKS.iter().map(|h| (h.program, h.name));
         let Some(pins) = &self.pins else {
             return hooks.map(|(_, h)| (h, self.generation > 0)).collect();
         };
@@ -346,11 +315,8 @@ impl Enforcer {
         let mut repairs = Vec::new();
         let cg =
             File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-        for (name, hook) in SOCK_HOOKS
-            .iter()
-            .map(|(n, h)| (*n, *h))
-            .chain(SKB_HOOKS.iter().map(|(n, h, _)| (*n, *h)))
-        {
+        for spec in &HOOKS {
+            let (name, hook) = (spec.program, spec.name);
             let want = self.program_id(name)?;
             let path = dir.link(name);
             let state = crate::pin::obj_get(&path)
@@ -376,7 +342,7 @@ impl Enforcer {
                         std::fs::remove_file(&path)
                             .with_context(|| format!("removing {}", path.display()))?;
                     }
-                    self.attach_one(name, hook, &cg, &path)?;
+                    self.attach_one(spec, &cg, &path)?;
                     repairs.push(format!("{hook}: {why}; re-attached"));
                 }
             }
@@ -489,24 +455,13 @@ impl Enforcer {
     }
 
     /// Attaches hook program `name` to `cg` anew and pins its link at `path`.
-    fn attach_one(&mut self, name: &str, hook: &str, cg: &File, path: &Path) -> anyhow::Result<()> {
-        if let Some((_, _, kind)) = SKB_HOOKS.iter().find(|(n, _, _)| *n == name) {
-            let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
-            let id = prog
-                .attach(cg, *kind, CgroupAttachMode::Single)
-                .map_err(|e| explain_program(hook, e))?;
-            let link: FdLink = prog.take_link(id)?.try_into()?;
-            link.pin(path)
-                .with_context(|| format!("pinning {hook} at {}", path.display()))?;
-        } else {
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let id = prog
-                .attach(cg, CgroupAttachMode::Single)
-                .map_err(|e| explain_program(hook, e))?;
-            let link: FdLink = prog.take_link(id)?.try_into()?;
-            link.pin(path)
-                .with_context(|| format!("pinning {hook} at {}", path.display()))?;
-        }
+    fn attach_one(&mut self, hook: &Hook, cg: &File, path: &Path) -> anyhow::Result<()> {
+        let link = hook
+            .attach(&mut self.ebpf, cg, true)
+            .map_err(|e| explain_program(hook, e))?
+            .context("the attached link was not returned")?;
+        link.pin(path)
+            .with_context(|| format!("pinning {} at {}", hook.name, path.display()))?;
         Ok(())
     }
 
@@ -540,11 +495,8 @@ impl Enforcer {
         let cg =
             File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         if let Some(dir) = self.pins.as_ref().map(|p| p.dir.clone()) {
-            for (name, hook) in SOCK_HOOKS
-                .iter()
-                .map(|(n, h)| (*n, *h))
-                .chain(SKB_HOOKS.iter().map(|(n, h, _)| (*n, *h)))
-            {
+            for spec in &HOOKS {
+                let (name, hook) = (spec.program, spec.name);
                 let path = dir.link(name);
                 let adopted = crate::pin::obj_get(&path)
                     .and_then(|fd| Ok((crate::pin::link_state(fd.as_fd())?, fd)));
@@ -560,28 +512,18 @@ impl Enforcer {
                             std::fs::remove_file(&path)
                                 .with_context(|| format!("removing {}", path.display()))?;
                         }
-                        self.attach_one(name, hook, &cg, &path)?;
+                        self.attach_one(spec, &cg, &path)?;
                         tracing::info!(hook, cgroup = %cgroup.display(), pin = %path.display(), "attached and pinned");
                     }
                 }
             }
             return Ok(());
         }
-        // With bpf_link (Linux >= 5.7, what aya uses) cgroup attachments always coexist with
-        // other programs, and the kernel rejects any flag: pass the default.
-        for (name, hook) in SOCK_HOOKS {
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            prog.attach(&cg, CgroupAttachMode::Single)
+        for hook in &HOOKS {
+            hook.attach(&mut self.ebpf, &cg, false)
                 .map_err(|e| explain_program(hook, e))
-                .with_context(|| format!("attaching {hook} to {}", cgroup.display()))?;
-            tracing::info!(hook, cgroup = %cgroup.display(), "attached");
-        }
-        for (name, hook, kind) in SKB_HOOKS {
-            let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
-            prog.attach(&cg, kind, CgroupAttachMode::Single)
-                .map_err(|e| explain_program(hook, e))
-                .with_context(|| format!("attaching {hook} to {}", cgroup.display()))?;
-            tracing::info!(hook, cgroup = %cgroup.display(), "attached");
+                .with_context(|| format!("attaching {} to {}", hook.name, cgroup.display()))?;
+            tracing::info!(hook = hook.name, cgroup = %cgroup.display(), "attached");
         }
         Ok(())
     }
@@ -818,16 +760,6 @@ fn clear_stale(ebpf: &mut Ebpf, set: usize, policy: &Policy, table: bool) -> any
         let _ = trie.remove(k);
     }
     Ok(())
-}
-
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-{
-    ebpf.program_mut(name)
-        .with_context(|| format!("program {name} missing from the eBPF object"))?
-        .try_into()
-        .with_context(|| format!("program {name} has an unexpected type"))
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
@@ -1101,20 +1033,34 @@ fn explain_load(e: EbpfError) -> anyhow::Error {
     }
 }
 
-/// Adds what a program load/attach failure means: the verifier log is part of `e`'s text.
-fn explain_program(hook: &str, e: ProgramError) -> anyhow::Error {
+/// Adds what a program load/attach failure means, for an operator: the program and hook,
+/// what the kernel lacks (read from the verifier log, which stays part of the message), the
+/// running kernel, and what to do.
+fn explain_program(hook: &Hook, e: LoadError) -> anyhow::Error {
+    let e = match e {
+        LoadError::Object(e) => return e.context(format!("{}: broken eBPF object", hook.name)),
+        LoadError::Kernel(e) => e,
+    };
+    let kernel = crate::coverage::kernel_release();
     let hint = match &e {
-        ProgramError::LoadError { .. } => format!(
-            "the kernel rejected the {hook} program (verifier log above); this needs \
-             CONFIG_CGROUP_BPF and Linux >= 5.8"
-        ),
-        ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EINVAL) => {
+        ProgramError::LoadError { verifier_log, .. } => {
+            let why = crate::coverage::verifier_reason(&verifier_log.to_string());
             format!(
-                "{hook}: the kernel refused the attachment (EINVAL): it lacks this attach \
-                 type (CONFIG_CGROUP_BPF, Linux >= 5.7 for links) or the cgroup is not v2"
+                "the kernel ({kernel}) rejected program {} for {}: {why}. This kernel lacks \
+                 something the program needs; `egressd check --kernel` shows what this kernel \
+                 offers, and the README lists the kernels egressd is tested on. Please report \
+                 it with the verifier log below",
+                hook.program, hook.name
             )
         }
-        _ => format!("{hook} failed"),
+        ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EINVAL) => {
+            format!(
+                "{}: the kernel ({kernel}) refused the attachment (EINVAL): it lacks this \
+                 attach type or cgroup bpf_links (CONFIG_CGROUP_BPF), or the cgroup is not v2",
+                hook.name
+            )
+        }
+        _ => format!("{} ({}) failed on kernel {kernel}", hook.name, hook.program),
     };
     anyhow::Error::new(e).context(hint)
 }

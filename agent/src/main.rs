@@ -41,6 +41,14 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Probe the running kernel and print which egress paths egressd enforces on it (the
+    /// same report `agent_start`, `status` and /metrics carry). Probing needs CAP_BPF; without
+    /// it the answers are "unknown".
+    Coverage {
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show pinned enforcement: hooks and whether they are attached, policy generation and
     /// digest, counters. Reads the pins, so it works whether or not the daemon runs.
     Status {
@@ -154,6 +162,15 @@ fn main() -> ExitCode {
                     },
                 ))
             }),
+        Command::Coverage { json } => {
+            let c = egressd::coverage::probe();
+            if json {
+                println!("{}", serde_json::to_string(&c).unwrap_or_default());
+            } else {
+                print!("{}", c.table());
+            }
+            Ok(())
+        }
         Command::Status { pin_dir, json } => egressd::status::status(&pin_dir).map(|s| {
             if json {
                 println!("{}", serde_json::to_string(&s).unwrap_or_default());

@@ -16,6 +16,7 @@
 //! | `reloads_total` | outcome (`ok`, `failed`) | SIGHUP and file-change reloads |
 //! | `hook_attached` | hook | 1 attached and running egressd's program, else 0 |
 //! | `tamper_repairs_total` | | repairs of pinned enforcement |
+//! | `coverage` | path, status (`enforced`, `not_covered`, `unknown`) | 1 for each egress path's status on this kernel (see `egressd coverage`) |
 //! | `build_info` | version | |
 //!
 //! `/healthz` answers `200 ok` when the daemon loop answers and every hook is attached,
@@ -54,6 +55,8 @@ pub struct Snapshot {
     pub hooks: Vec<(&'static str, bool)>,
     /// Repairs of tampered pinned enforcement so far.
     pub tamper_repairs: u64,
+    /// (path, status label) per egress path, from the start's coverage probe.
+    pub coverage: Vec<(&'static str, &'static str)>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -234,6 +237,25 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         attached
             .get_or_create(&HookL { hook: (*h).into() })
             .set(i64::from(*a));
+    }
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct CoverageL {
+        path: String,
+        status: String,
+    }
+    let coverage = Family::<CoverageL, Gauge>::default();
+    reg.register(
+        "coverage",
+        "1 for the status of each egress path on this kernel",
+        coverage.clone(),
+    );
+    for (path, status) in &s.coverage {
+        coverage
+            .get_or_create(&CoverageL {
+                path: (*path).into(),
+                status: (*status).into(),
+            })
+            .set(1);
     }
     let repairs = Counter::<u64>::default();
     repairs.inc_by(s.tamper_repairs);

@@ -38,16 +38,6 @@ pub const STATE_BYTES: usize = 4096;
 /// Layout version of the pins this build writes and adopts (the `_V1` suffix).
 pub const LAYOUT_VERSION: &str = "V1";
 
-/// Hook link names under `DIR/links/`, by program name.
-pub const LINKS: [(&str, &str); 6] = [
-    (egressd_common::programs::CONNECT4, "connect4"),
-    (egressd_common::programs::CONNECT6, "connect6"),
-    (egressd_common::programs::SENDMSG4, "sendmsg4"),
-    (egressd_common::programs::SENDMSG6, "sendmsg6"),
-    (egressd_common::programs::SKB_EGRESS, "skb_egress"),
-    (egressd_common::programs::SKB_INGRESS, "skb_ingress"),
-];
-
 /// A pin directory and the paths inside it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinDir {
@@ -99,12 +89,10 @@ impl PinDir {
         self.root.join("links")
     }
 
-    /// `DIR/links/HOOK` for a program name of [`LINKS`].
+    /// `DIR/links/PIN` for a hook program name (`PIN` from
+    /// [`crate::loader::hooks::HOOKS`]).
     pub fn link(&self, program: &str) -> PathBuf {
-        let short = LINKS
-            .iter()
-            .find(|(p, _)| *p == program)
-            .map_or(program, |(_, s)| s);
+        let short = crate::loader::hooks::by_program(program).map_or(program, |h| h.pin);
         self.links_dir().join(short)
     }
 
@@ -115,7 +103,9 @@ impl PinDir {
 
     /// True when any link pin exists (enforcement is pinned here).
     pub fn has_links(&self) -> bool {
-        LINKS.iter().any(|(p, _)| self.link(p).exists())
+        crate::loader::hooks::HOOKS
+            .iter()
+            .any(|h| self.link(h.program).exists())
     }
 
     /// True when the directory holds anything egressd pins.
@@ -238,8 +228,8 @@ impl PinDir {
     pub fn remove_all(&self) -> anyhow::Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
         let mut errors = Vec::new();
-        for (prog, _) in LINKS {
-            let path = self.link(prog);
+        for hook in &crate::loader::hooks::HOOKS {
+            let path = self.link(hook.program);
             if !path.exists() {
                 continue;
             }

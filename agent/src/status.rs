@@ -9,7 +9,10 @@ use aya::maps::{Array, Map, MapData, PerCpuArray};
 use egressd_common::maps;
 use serde::Serialize;
 
-use crate::pin::{LINKS, LinkState, PinDir, PinnedState};
+use crate::{
+    loader::hooks::HOOKS,
+    pin::{LinkState, PinDir, PinnedState},
+};
 
 /// One hook's pinned link.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +40,8 @@ pub struct Status {
     pub state: Option<PinnedState>,
     /// Non-zero decision counters.
     pub counters: Vec<crate::stats::CounterRow>,
+    /// Which egress paths this kernel lets egressd enforce (probed now).
+    pub coverage: crate::coverage::Summary,
 }
 
 /// Reads the pins under `dir`.
@@ -51,15 +56,15 @@ pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
             dir.display()
         );
     }
-    let hooks = LINKS
+    let hooks = HOOKS
         .iter()
-        .map(|(prog, short)| {
-            let link = crate::pin::obj_get(&pins.link(prog))
+        .map(|h| {
+            let link = crate::pin::obj_get(&pins.link(h.program))
                 .and_then(|fd| crate::pin::link_state(fd.as_fd()))
                 .ok();
             HookStatus {
-                hook: short,
-                pinned: pins.link(prog).exists(),
+                hook: h.pin,
+                pinned: pins.link(h.program).exists(),
                 attached: link.is_some_and(|l| l.cgroup_id != 0),
                 link,
             }
@@ -94,6 +99,7 @@ pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
         generation,
         state,
         counters: rows,
+        coverage: crate::coverage::probe().summary(),
     })
 }
 
@@ -114,6 +120,22 @@ impl Status {
                 st.version
             ));
         }
+        let c = &self.coverage;
+        s.push_str(&format!(
+            "kernel {}: enforced: {}; not covered: {}{}\n",
+            c.kernel,
+            c.enforced.join(", "),
+            if c.not_covered.is_empty() {
+                "none".to_owned()
+            } else {
+                c.not_covered.join(", ")
+            },
+            if c.unknown.is_empty() {
+                String::new()
+            } else {
+                format!("; unknown: {}", c.unknown.join(", "))
+            },
+        ));
         s.push_str(&format!(
             "generation in force: {}\nhooks:\n",
             self.generation

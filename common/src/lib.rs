@@ -50,6 +50,10 @@ pub mod maps {
     /// [`crate::SockVerdict`]: the verdict cache of the packet-level backstop, stored on each
     /// socket and freed with it.
     pub const SOCKETS: &str = "EGRESSD_SOCKETS_V1";
+    /// `BPF_MAP_TYPE_SK_STORAGE` (a BTF map) -> [`crate::SockOwner`]: the task that created
+    /// each socket of the enforced cgroup, recorded by [`crate::programs::SOCK_CREATE`] so
+    /// the packet hook can name the owner of a packet it judges.
+    pub const OWNERS: &str = "EGRESSD_OWNERS_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of [`crate::FlowCounter`], indexed by
     /// [`crate::flow_index`].
     pub const FLOWS: &str = "EGRESSD_FLOWS_V1";
@@ -79,6 +83,9 @@ pub mod programs {
     pub const SKB_EGRESS: &str = "egressd_skb_egress";
     /// `cgroup_skb/ingress`: ingress byte accounting (never drops).
     pub const SKB_INGRESS: &str = "egressd_skb_ingress";
+    /// `cgroup/sock_create`: records the creating task on every AF_INET/AF_INET6 socket
+    /// ([`crate::maps::OWNERS`]); never refuses.
+    pub const SOCK_CREATE: &str = "egressd_sock_create";
 }
 
 /// Policy set (0 = A, 1 = B) that serves generation `generation`.
@@ -455,12 +462,50 @@ pub struct Event {
     /// How the judged address was derived from the socket's: [`unwrap::NONE`],
     /// [`unwrap::MAPPED`] (`::ffff:a.b.c.d`) or [`unwrap::NAT64`].
     pub mapped: u8,
+    /// [`attribution`] code: where `pid`, `tid`, `uid`, `gid`, `comm` and `cgroup_id` come
+    /// from.
+    pub attribution: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 4],
     /// Destination address in network byte order; IPv4 uses the first 4 bytes, rest zero.
     pub dst_addr: [u8; 16],
-    /// `bpf_get_current_comm()`: task name, NUL-padded.
+    /// Task name, NUL-padded (see `attribution`).
     pub comm: [u8; 16],
+}
+
+/// Codes of [`Event::attribution`]: whose process fields an event carries. A packet hook
+/// (`cgroup_skb`) often runs in another task's context (softirq, a kernel worker, a process
+/// that received the socket over a UNIX socket), so it never reads the current task.
+pub mod attribution {
+    /// The task that made the call, read in the socket hook it called (connect, sendmsg).
+    pub const TASK: u8 = 0;
+    /// The task that created the socket, recorded by `cgroup/sock_create` (see
+    /// [`crate::SockOwner`]); at a packet hook.
+    pub const SOCKET_OWNER: u8 = 1;
+    /// The socket was created before egressd attached (or has no storage): only the socket's
+    /// owner uid (`bpf_get_socket_uid`) and cgroup (`bpf_skb_cgroup_id`) are known; pid,
+    /// tid, gid and comm are zero.
+    pub const SOCKET_UID: u8 = 2;
+}
+
+/// The task that created a socket, value of [`maps::OWNERS`]. 48 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOwner {
+    /// cgroup v2 id of the creating task.
+    pub cgroup_id: u64,
+    /// Thread-group id (process id).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Task name, NUL-padded.
+    pub comm: [u8; 16],
+    /// `bpf_ktime_get_boot_ns()` at creation (tells a recycled pid from the creator).
+    pub created_ns: u64,
 }
 
 #[cfg(feature = "user")]
@@ -474,6 +519,8 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockVerdict {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockOwner {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowCounter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SuppressKey {}
@@ -486,5 +533,6 @@ const _: () = assert!(core::mem::size_of::<GlobalPolicy>() == 16);
 const _: () = assert!(core::mem::size_of::<Entry>() == 208);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 12);
 const _: () = assert!(core::mem::size_of::<SockVerdict>() == 32);
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
 const _: () = assert!(core::mem::size_of::<SuppressKey>() == 28);
 const _: () = assert!(core::mem::size_of::<SuppressState>() == 16);

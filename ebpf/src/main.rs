@@ -10,13 +10,14 @@ mod addr;
 mod cache;
 mod decide;
 mod maps;
+mod owner;
 mod report;
 mod skb;
 mod sock;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext, SockContext},
 };
 use egressd_common::Hook;
 
@@ -43,6 +44,14 @@ pub fn egressd_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn egressd_sendmsg6(ctx: SockAddrContext) -> i32 {
     sock::judge(&ctx, Hook::Sendmsg6)
+}
+
+/// `cgroup/sock_create`: records the creating task on each AF_INET/AF_INET6 socket, for the
+/// packet hook's events. Always lets the socket be created.
+#[cgroup_sock(sock_create)]
+pub fn egressd_sock_create(ctx: SockContext) -> i32 {
+    owner::record(ctx.sock);
+    1
 }
 
 /// `cgroup_skb/egress`: packet-level backstop and egress accounting.

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use egressd_common::{
     COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, FLOW_SLOTS, FlowCounter,
-    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, SUPPRESS_ENTRIES, SockVerdict, SuppressKey,
+    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, SUPPRESS_ENTRIES, SockOwner, SockVerdict, SuppressKey,
     SuppressState, loss,
     table::{Page8, Page24},
 };
@@ -74,6 +74,10 @@ pub static EGRESSD_GENERATION_V1: Array<u64> = Array::with_max_entries(1, 0);
 /// `cache`). A BTF map: the kernel requires BTF key and value types for this map type.
 #[btf_map]
 pub static EGRESSD_SOCKETS_V1: SkStorage<SockVerdict> = SkStorage::new();
+
+/// Socket -> the task that created it (see `owner`). A BTF map, like the one above.
+#[btf_map]
+pub static EGRESSD_OWNERS_V1: SkStorage<SockOwner> = SkStorage::new();
 
 /// (hook, region, verdict) -> decisions, per CPU.
 #[map]

@@ -1,13 +1,10 @@
 //! Counters and events.
-use core::intrinsics::{AtomicOrdering, atomic_xadd, atomic_xchg};
-
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
-    },
-    maps::PerCpuArray,
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr,
 };
+
+use aya_ebpf::{helpers::generated::bpf_ktime_get_boot_ns, maps::PerCpuArray};
 use egressd_common::{
     Event, Hook, SuppressKey, SuppressState, Verdict, counter_index, flow_index, loss,
 };
@@ -19,12 +16,14 @@ use crate::{
         EGRESSD_COUNTERS_V1, EGRESSD_EVENTS_V1, EGRESSD_FLOWS_V1, EGRESSD_LOSS_V1,
         EGRESSD_SETTINGS_V1, EGRESSD_SUPPRESS_V1,
     },
+    owner::Who,
 };
 
 /// Adds `n` to a per-CPU `u64` through `p`. Atomic because cgroup programs run with
 /// migration, not preemption, disabled: two tasks on one CPU could interleave the update.
-/// BPF has a 64-bit atomic add (BPF_ATOMIC | BPF_ADD) but core's AtomicU64 is not offered for
-/// this target, so this uses the intrinsic it is built on.
+/// The result is unused, so LLVM emits the plain `BPF_XADD` that every supported kernel
+/// accepts (fetch atomics, whose result is used, need 5.12: never use one here). core's
+/// AtomicU64 is not offered for this target, so this uses the intrinsic it is built on.
 #[inline(always)]
 fn add(p: *mut u64, n: u64) {
     // SAFETY: `p` is a valid, aligned per-CPU slot for the program's lifetime.
@@ -63,14 +62,14 @@ pub fn flow(direction: u32, region: u32, verdict: Verdict, bytes: u32) {
 /// emitted less than the window ago (the caller then counts it as suppressed), else the
 /// number suppressed since that event, which the new event carries.
 #[inline(always)]
-fn suppress(pid_tgid: u64, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
+fn suppress(pid: u32, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
     let set = egressd_common::set_of(dec.generation) as u32;
     let window_ms = EGRESSD_SETTINGS_V1.get(set).map_or(0, |s| s.suppress_ms);
     if window_ms == 0 {
         return Some(0);
     }
     let key = SuppressKey {
-        pid: (pid_tgid >> 32) as u32,
+        pid,
         dst_addr: d.addr,
         dst_port: d.port,
         protocol: d.protocol,
@@ -88,10 +87,13 @@ fn suppress(pid_tgid: u64, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
                     return None;
                 }
                 (*state).last_ns = now;
-                Some(atomic_xchg::<u64, { AtomicOrdering::Relaxed }>(
-                    &raw mut (*state).suppressed,
-                    0,
-                ))
+                // Take the count without a fetch atomic: subtract what was read; increments
+                // that land in between stay for the next event.
+                let n = ptr::read_volatile(&raw const (*state).suppressed);
+                if n != 0 {
+                    add(&raw mut (*state).suppressed, n.wrapping_neg());
+                }
+                Some(n)
             }
         }
         None => {
@@ -108,15 +110,14 @@ fn suppress(pid_tgid: u64, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
     }
 }
 
-/// Writes one [`Event`]; a full ring buffer is counted in [`loss::RINGBUF_FULL`], never
-/// waited on. Process fields are those of the current task, which at a packet hook can be
-/// another task (softirq): best effort there.
+/// Writes one [`Event`] with the process fields of `who`; a full ring buffer is counted in
+/// [`loss::RINGBUF_FULL`], never waited on.
 #[inline(always)]
-pub fn event(hook: Hook, d: &Dest, dec: &Decision) {
-    let pid_tgid = bpf_get_current_pid_tgid();
+pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let Some(suppressed) = suppress(pid_tgid, d, dec, now) else {
+    let o = &who.owner;
+    let Some(suppressed) = suppress(o.pid, d, dec, now) else {
         bump(&EGRESSD_LOSS_V1, loss::SUPPRESSED);
         return;
     };
@@ -124,16 +125,14 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision) {
         bump(&EGRESSD_LOSS_V1, loss::RINGBUF_FULL);
         return;
     };
-    let uid_gid = bpf_get_current_uid_gid();
     entry.write(Event {
         boot_ns: now,
-        // SAFETY: as above.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id: o.cgroup_id,
         generation: dec.generation,
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
+        pid: o.pid,
+        tid: o.tid,
+        uid: o.uid,
+        gid: o.gid,
         region: dec.region,
         suppressed: u32::try_from(suppressed).unwrap_or(u32::MAX),
         rule: dec.rule,
@@ -143,9 +142,10 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision) {
         verdict: dec.verdict as u8,
         hook: hook as u8,
         mapped: d.mapped,
-        _pad: [0; 5],
+        attribution: who.attribution,
+        _pad: [0; 4],
         dst_addr: d.addr,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: o.comm,
     });
     entry.submit(0);
 }

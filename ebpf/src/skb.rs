@@ -7,7 +7,7 @@
 use aya_ebpf::{bindings::bpf_sock, helpers::generated::bpf_tcp_sock, programs::SkBuffContext};
 use egressd_common::{Hook, SockVerdict, Verdict, direction};
 
-use crate::{addr, cache, decide, report};
+use crate::{addr, cache, decide, owner, report};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -59,7 +59,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     }
     // One event per (socket, destination, generation): later packets hit the cache.
     if dec.verdict != Verdict::Allow {
-        report::event(Hook::SkbEgress, &d, &dec);
+        report::event(Hook::SkbEgress, &d, &dec, &owner::of_packet(ctx, sk));
     }
     if dec.verdict == Verdict::Deny {
         DROP

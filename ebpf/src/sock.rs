@@ -2,7 +2,11 @@
 use aya_ebpf::programs::SockAddrContext;
 use egressd_common::{Hook, SockVerdict, Verdict};
 
-use crate::{addr, cache, decide, report};
+use crate::{
+    addr, cache, decide,
+    owner::{self, Who},
+    report,
+};
 
 /// Return value that lets the syscall proceed.
 const PROCEED: i32 = 1;
@@ -18,8 +22,12 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let (wire, wire_family) = (d.addr, d.family);
     let dec = decide::decide(&mut d, decide::generation());
     report::count(hook, dec.region, dec.verdict);
+    let who = || Who {
+        attribution: egressd_common::attribution::TASK,
+        owner: owner::current(),
+    };
     if dec.verdict == Verdict::Deny {
-        report::event(hook, &d, &dec);
+        report::event(hook, &d, &dec, &who());
         return REJECT;
     }
     // Remember the verdict on the socket only where it must be remembered: an audit verdict
@@ -42,7 +50,7 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
     };
     cache::put(sk, cached);
     if dec.verdict == Verdict::Audit {
-        report::event(hook, &d, &dec);
+        report::event(hook, &d, &dec, &who());
     }
     PROCEED
 }

@@ -163,7 +163,8 @@ fn connection(ev: &ConnectionEvent) -> String {
         .opt("egressdExe", ev.process.executable.as_ref())
         .opt("egressdPpid", ev.process.parent.as_ref().map(|p| p.pid))
         .opt("egressdUnit", ev.cgroup.systemd_unit.as_ref())
-        .kv("egressdExited", ev.process.exited);
+        .kv("egressdExited", ev.process.exited)
+        .kv("egressdAttribution", ev.process.attribution);
     if !labels.is_empty() {
         e.kv("egressdLabels", labels.join(","));
     }
@@ -189,8 +190,17 @@ fn lifecycle(l: &Lifecycle) -> String {
         .kv("cat", "egress/lifecycle")
         .kv("dvchost", &h.host.name);
     let (signature, name, severity) = match &l.body {
-        LifecycleBody::Start { policy, .. } => {
-            e.labelled("cs1", "policyDigest", Some(&policy.digest));
+        LifecycleBody::Start {
+            policy, coverage, ..
+        } => {
+            e.labelled("cs1", "policyDigest", Some(&policy.digest))
+                .labelled("cs3", "kernel", Some(&coverage.kernel))
+                .labelled("cs4", "enforcedPaths", Some(coverage.enforced.join(",")))
+                .labelled(
+                    "cs5",
+                    "notCoveredPaths",
+                    Some(coverage.not_covered.join(",")),
+                );
             ("agent-start", "egressd started", 3)
         }
         LifecycleBody::PolicyLoaded { policy } => {

@@ -24,7 +24,7 @@
 //! | `rule.id`, `rule.name`, `rule.ruleset`, `rule.version` | rule id, `allowlist`, policy digest, policy generation |
 //! | `observer.hostname`, `.type`, `.vendor`, `.product`, `.version` | host name, `firewall`, `egressd` |
 //! | `agent.type`, `.name`, `.version`, `.ephemeral_id` | `egressd`, host name, version, run id |
-//! | `egressd.*` | no ECS equivalent: `verdict`, `hook`, `region`, `mapped`, `mode`, `suppressed`, `policy.{digest,generation}`, `cgroup.{id,path,systemd_unit}`, `process_exited` |
+//! | `egressd.*` | no ECS equivalent: `verdict`, `hook`, `region`, `mapped`, `mode`, `suppressed`, `policy.{digest,generation}`, `cgroup.{id,path,systemd_unit}`, `process_exited`, `process_attribution` |
 //!
 //! Lifecycle records: `agent_start` is `event.kind: event`, `category: [process]`,
 //! `type: [start]`; `agent_stop` the same with `type: [end]`; `policy_loaded` is
@@ -202,6 +202,7 @@ fn connection(ev: &ConnectionEvent) -> Value {
                 "systemd_unit": ev.cgroup.systemd_unit,
             },
             "process_exited": ev.process.exited,
+            "process_attribution": ev.process.attribution,
         }),
     );
     prune(Value::Object(m))
@@ -225,12 +226,14 @@ fn lifecycle(l: &Lifecycle) -> Value {
             policy,
             cgroup,
             sinks,
+            coverage,
         } => {
             event["category"] = json!(["process"]);
             event["type"] = json!(["start"]);
             extra.insert("policy".into(), json!(policy));
             extra.insert("cgroup".into(), json!({ "path": cgroup }));
             extra.insert("sinks".into(), json!(sinks));
+            extra.insert("coverage".into(), json!(coverage));
         }
         LifecycleBody::PolicyLoaded { policy } => {
             event["category"] = json!(["configuration"]);

@@ -283,6 +283,7 @@ pub fn event_fields() -> Result<(), Failed> {
     assert_field(e, "/network/transport", "tcp")?;
     assert_field(e, "/network/iana_number", "6")?;
     assert_field(e, "/user/id", "0")?;
+    assert_field(e, "/process/attribution", "task")?;
     assert_field(e, "/policy/generation", "1")?;
     let pid = e
         .pointer("/process/pid")

@@ -85,7 +85,9 @@ pub fn pinned_restart() -> Result<(), Failed> {
     let d = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
     probe_us_denied(&tb)?;
     let st1 = status(&pins)?;
-    if st1["generation"] != 1 || st1["hooks"].as_array().map_or(0, |h| h.len()) != 6 {
+    if st1["generation"] != 1
+        || st1["hooks"].as_array().map_or(0, |h| h.len()) != egressd::loader::hooks::HOOKS.len()
+    {
         return Err(format!("status after start: {st1}").into());
     }
     if st1["hooks"]

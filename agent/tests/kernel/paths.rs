@@ -139,6 +139,27 @@ pub fn raw_icmp() -> Result<(), Failed> {
     assert_field(ev[0], "/destination/ip", US_V4)?;
     assert_field(ev[1], "/network/transport", "ipv6-icmp")?;
     assert_field(ev[1], "/destination/ip", US_V6)?;
+    // The packet hook names the socket's creator (recorded at cgroup/sock_create), not
+    // whatever task the packet hook ran in: the probe is this binary, running as root.
+    let comm: String = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+        .chars()
+        .take(15)
+        .collect();
+    for e in &ev[..2] {
+        assert_field(e, "/process/attribution", "socket_owner")?;
+        assert_field(e, "/process/name", &comm)?;
+        assert_field(e, "/user/id", "0")?;
+        if e.pointer("/process/pid")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+            == 0
+        {
+            return Err(format!("no pid in {e}").into());
+        }
+    }
     Ok(())
 }
 

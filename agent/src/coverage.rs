@@ -1,0 +1,499 @@
+//! What the running kernel lets egressd enforce: feature probes (program types, map types,
+//! helpers per program type, the BPF LSM) and the coverage report built from them, one row
+//! per egress path. `egressd coverage` prints it, `agent_start` and `status` carry it, and
+//! `/metrics` exposes it as `egressd_coverage`.
+//!
+//! Everything is decided by probing the kernel (as libbpf's `libbpf_probe_bpf_helper` does,
+//! through `aya::sys`), never by its version number. Probes load tiny programs, so they need
+//! CAP_BPF (root); without it the report says which answers are unknown.
+use std::fmt::Write as _;
+
+use aya::{
+    maps::MapType,
+    programs::ProgramType,
+    sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
+};
+use serde::Serialize;
+
+/// Result of one probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    /// The kernel offers it.
+    Yes,
+    /// The kernel does not offer it.
+    No,
+    /// The probe could not run (no privileges, or an unexpected error).
+    Unknown,
+}
+
+impl Probe {
+    fn of<E>(r: Result<bool, E>) -> Self {
+        match r {
+            Ok(true) => Self::Yes,
+            Ok(false) => Self::No,
+            Err(_) => Self::Unknown,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Yes => "yes",
+            Self::No => "no",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// One named probe and its answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Feature {
+    /// What was probed, e.g. `helper bpf_sk_storage_get in cgroup_sock`.
+    pub name: String,
+    /// The answer.
+    pub probe: Probe,
+    /// Whether egressd cannot start without it.
+    pub required: bool,
+}
+
+/// How one egress path is covered on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Judged, denied or reported as the policy says.
+    Enforced,
+    /// Nothing egressd loads sees this path on this kernel.
+    NotCovered,
+    /// The probes could not tell (run as root).
+    Unknown,
+}
+
+impl Status {
+    /// `enforced`, `not_covered` or `unknown` (metrics label, README table).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Enforced => "enforced",
+            Self::NotCovered => "not_covered",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// One row of the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PathCoverage {
+    /// Stable short name of the path (metrics label), e.g. `udp`.
+    pub path: &'static str,
+    /// What a process does to take this path.
+    pub what: &'static str,
+    /// Coverage on this kernel.
+    pub status: Status,
+    /// The hooks that judge it (empty when none).
+    pub hooks: &'static str,
+    /// Why, in a few words (which probe decided).
+    pub note: String,
+}
+
+/// The coverage report of the running kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Coverage {
+    /// `uname -r` of the running kernel.
+    pub kernel: String,
+    /// One row per egress path.
+    pub paths: Vec<PathCoverage>,
+    /// Every probe that decided a row.
+    pub features: Vec<Feature>,
+}
+
+/// Program types whose helpers are probed, with their names in messages.
+const PROGRAM_TYPES: [(ProgramType, &str); 3] = [
+    (ProgramType::CgroupSockAddr, "cgroup_sock_addr"),
+    (ProgramType::CgroupSock, "cgroup_sock"),
+    (ProgramType::CgroupSkb, "cgroup_skb"),
+];
+
+/// Helpers the programs call, per program type (see `ebpf/src`): all are required.
+const HELPERS: [(ProgramType, BpfHelper, &str); 16] = [
+    (
+        ProgramType::CgroupSockAddr,
+        BpfHelper::BPF_FUNC_get_current_pid_tgid,
+        "bpf_get_current_pid_tgid",
+    ),
+    (
+        ProgramType::CgroupSockAddr,
+        BpfHelper::BPF_FUNC_get_current_uid_gid,
+        "bpf_get_current_uid_gid",
+    ),
+    (
+        ProgramType::CgroupSockAddr,
+        BpfHelper::BPF_FUNC_get_current_comm,
+        "bpf_get_current_comm",
+    ),
+    (
+        ProgramType::CgroupSockAddr,
+        BpfHelper::BPF_FUNC_get_current_cgroup_id,
+        "bpf_get_current_cgroup_id",
+    ),
+    (
+        ProgramType::CgroupSockAddr,
+        BpfHelper::BPF_FUNC_sk_storage_get,
+        "bpf_sk_storage_get",
+    ),
+    (
+        ProgramType::CgroupSockAddr,
+        BpfHelper::BPF_FUNC_ringbuf_reserve,
+        "bpf_ringbuf_reserve",
+    ),
+    (
+        ProgramType::CgroupSockAddr,
+        BpfHelper::BPF_FUNC_ktime_get_boot_ns,
+        "bpf_ktime_get_boot_ns",
+    ),
+    (
+        ProgramType::CgroupSock,
+        BpfHelper::BPF_FUNC_sk_storage_get,
+        "bpf_sk_storage_get",
+    ),
+    (
+        ProgramType::CgroupSock,
+        BpfHelper::BPF_FUNC_get_current_pid_tgid,
+        "bpf_get_current_pid_tgid",
+    ),
+    (
+        ProgramType::CgroupSock,
+        BpfHelper::BPF_FUNC_get_current_comm,
+        "bpf_get_current_comm",
+    ),
+    (
+        ProgramType::CgroupSkb,
+        BpfHelper::BPF_FUNC_sk_storage_get,
+        "bpf_sk_storage_get",
+    ),
+    (
+        ProgramType::CgroupSkb,
+        BpfHelper::BPF_FUNC_tcp_sock,
+        "bpf_tcp_sock",
+    ),
+    (
+        ProgramType::CgroupSkb,
+        BpfHelper::BPF_FUNC_get_socket_uid,
+        "bpf_get_socket_uid",
+    ),
+    (
+        ProgramType::CgroupSkb,
+        BpfHelper::BPF_FUNC_skb_cgroup_id,
+        "bpf_skb_cgroup_id",
+    ),
+    (
+        ProgramType::CgroupSkb,
+        BpfHelper::BPF_FUNC_skb_load_bytes,
+        "bpf_skb_load_bytes",
+    ),
+    (
+        ProgramType::CgroupSkb,
+        BpfHelper::BPF_FUNC_ringbuf_reserve,
+        "bpf_ringbuf_reserve",
+    ),
+];
+
+/// Map types the object creates: all are required.
+const MAPS: [(MapType, &str); 6] = [
+    (MapType::LpmTrie, "lpm_trie"),
+    (MapType::RingBuf, "ringbuf"),
+    (MapType::SkStorage, "sk_storage"),
+    (MapType::PerCpuArray, "percpu_array"),
+    (MapType::LruHash, "lru_hash"),
+    (MapType::Array, "array"),
+];
+
+fn type_name(t: ProgramType) -> &'static str {
+    PROGRAM_TYPES
+        .iter()
+        .find(|(p, _)| *p == t)
+        .map_or("?", |(_, n)| n)
+}
+
+/// Whether the BPF LSM is active (`bpf` in `/sys/kernel/security/lsm`); `Unknown` when
+/// securityfs is not mounted or not readable.
+pub fn bpf_lsm_active() -> Probe {
+    match std::fs::read_to_string("/sys/kernel/security/lsm") {
+        Ok(list) => {
+            if list.trim().split(',').any(|l| l == "bpf") {
+                Probe::Yes
+            } else {
+                Probe::No
+            }
+        }
+        Err(_) => Probe::Unknown,
+    }
+}
+
+/// Probes the running kernel and builds the report.
+pub fn probe() -> Coverage {
+    let mut features = Vec::new();
+    for (t, name) in PROGRAM_TYPES {
+        features.push(Feature {
+            name: format!("program type {name}"),
+            probe: Probe::of(is_program_supported(t)),
+            required: true,
+        });
+    }
+    for (t, name) in MAPS {
+        features.push(Feature {
+            name: format!("map type {name}"),
+            probe: Probe::of(is_map_supported(t)),
+            required: true,
+        });
+    }
+    for (t, helper, name) in HELPERS {
+        features.push(Feature {
+            name: format!("helper {name} in {}", type_name(t)),
+            probe: Probe::of(is_helper_supported(t, helper)),
+            required: true,
+        });
+    }
+    // Not used: the packet hook reads the socket's recorded owner instead (see
+    // `ebpf/src/owner.rs`). Shown so the report explains why that design is needed.
+    features.push(Feature {
+        name: "helper bpf_get_current_pid_tgid in cgroup_skb (not used)".into(),
+        probe: Probe::of(is_helper_supported(
+            ProgramType::CgroupSkb,
+            BpfHelper::BPF_FUNC_get_current_pid_tgid,
+        )),
+        required: false,
+    });
+    features.push(Feature {
+        name: "BPF LSM active".into(),
+        probe: bpf_lsm_active(),
+        required: false,
+    });
+    report(kernel_release(), features)
+}
+
+/// Builds the rows from probe answers (pure; unit-tested).
+pub fn report(kernel: String, features: Vec<Feature>) -> Coverage {
+    let required: Vec<&Feature> = features.iter().filter(|f| f.required).collect();
+    let missing: Vec<&str> = required
+        .iter()
+        .filter(|f| f.probe == Probe::No)
+        .map(|f| f.name.as_str())
+        .collect();
+    let unknown = required.iter().any(|f| f.probe == Probe::Unknown);
+    let base = if !missing.is_empty() {
+        (
+            Status::NotCovered,
+            format!("egressd cannot load: missing {}", missing.join(", ")),
+        )
+    } else if unknown {
+        (
+            Status::Unknown,
+            "probes need CAP_BPF: run as root".to_owned(),
+        )
+    } else {
+        (Status::Enforced, String::new())
+    };
+    let with = |note: &str| {
+        if base.0 == Status::Enforced {
+            note.to_owned()
+        } else {
+            base.1.clone()
+        }
+    };
+    let paths = vec![
+        PathCoverage {
+            path: "tcp",
+            what: "TCP connect() (also TCP Fast Open sendto/sendmsg, io_uring connect)",
+            status: base.0,
+            hooks: "cgroup/connect4, cgroup/connect6, cgroup_skb/egress",
+            note: with("refused with EPERM at connect()"),
+        },
+        PathCoverage {
+            path: "udp",
+            what: "UDP connect() then send, sendto/sendmsg/sendmmsg, io_uring",
+            status: base.0,
+            hooks: "cgroup/connect4, cgroup/connect6, cgroup/sendmsg4, cgroup/sendmsg6, \
+                    cgroup_skb/egress",
+            note: with("refused with EPERM at the send"),
+        },
+        PathCoverage {
+            path: "raw_ip",
+            what: "raw IP and ICMP/ICMPv6 (ping) sockets, SCTP and other IP protocols",
+            status: base.0,
+            hooks: "cgroup_skb/egress",
+            note: with("packets dropped by the packet hook (the send fails with EPERM)"),
+        },
+        PathCoverage {
+            path: "established",
+            what: "flows opened before egressd started or before a policy change",
+            status: base.0,
+            hooks: "cgroup_skb/egress",
+            note: with("re-judged at their next packet (established = \"cut\")"),
+        },
+        PathCoverage {
+            path: "packet_socket",
+            what: "AF_PACKET sockets (frames built by the process, needs CAP_NET_RAW)",
+            status: Status::NotCovered,
+            hooks: "",
+            note: "no egressd hook sees frames of packet sockets yet; keep CAP_NET_RAW \
+                   from workloads"
+                .into(),
+        },
+    ];
+    Coverage {
+        kernel,
+        paths,
+        features,
+    }
+}
+
+/// The report in a few fields, for `agent_start` (every format) and `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// `uname -r` of the running kernel.
+    pub kernel: String,
+    /// Paths (see [`PathCoverage::path`]) judged as the policy says.
+    pub enforced: Vec<&'static str>,
+    /// Paths nothing egressd loads sees on this kernel.
+    pub not_covered: Vec<&'static str>,
+    /// Paths the probes could not decide.
+    pub unknown: Vec<&'static str>,
+}
+
+impl Coverage {
+    /// The compact form.
+    pub fn summary(&self) -> Summary {
+        let with = |st: Status| {
+            self.paths
+                .iter()
+                .filter(|p| p.status == st)
+                .map(|p| p.path)
+                .collect()
+        };
+        Summary {
+            kernel: self.kernel.clone(),
+            enforced: with(Status::Enforced),
+            not_covered: with(Status::NotCovered),
+            unknown: with(Status::Unknown),
+        }
+    }
+
+    /// The report as a text table (for `egressd coverage`).
+    pub fn table(&self) -> String {
+        let mut out = format!("kernel {}\n\n", self.kernel);
+        let _ = writeln!(out, "{:<14} {:<12} HOW", "PATH", "STATUS");
+        for p in &self.paths {
+            let _ = writeln!(out, "{:<14} {:<12} {}", p.path, p.status.label(), p.what);
+            if !p.hooks.is_empty() {
+                let _ = writeln!(out, "{:<27} hooks: {}", "", p.hooks);
+            }
+            if !p.note.is_empty() {
+                let _ = writeln!(out, "{:<27} {}", "", p.note);
+            }
+        }
+        let _ = writeln!(out, "\nprobes:");
+        for f in &self.features {
+            let _ = writeln!(
+                out,
+                "  {:<8} {}{}",
+                f.probe.label(),
+                f.name,
+                if f.required { "" } else { " (optional)" }
+            );
+        }
+        out
+    }
+}
+
+/// `uname -r`, or `unknown`.
+pub fn kernel_release() -> String {
+    // SAFETY: `uname` fills the zeroed struct it is given.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    // SAFETY: the kernel NUL-terminates `release`.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// What a verifier log says the kernel lacks, in an operator's words (the log itself stays
+/// in the error).
+pub fn verifier_reason(log: &str) -> String {
+    for line in log.lines() {
+        for marker in ["program of this type cannot use helper ", "unknown func "] {
+            if let Some(rest) = line.split(marker).nth(1) {
+                let helper = rest.split('#').next().unwrap_or(rest).trim();
+                return format!("this program type may not call helper {helper} on this kernel");
+            }
+        }
+        if line.contains("uses reserved fields") {
+            return format!("an instruction this kernel does not know ({})", line.trim());
+        }
+        if line.contains("invalid bpf_context access") {
+            return format!(
+                "a context field this kernel does not offer ({})",
+                line.trim()
+            );
+        }
+    }
+    "see the verifier log".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feature(name: &str, probe: Probe) -> Feature {
+        Feature {
+            name: name.into(),
+            probe,
+            required: true,
+        }
+    }
+
+    #[test]
+    fn all_present_enforces_socket_paths_not_packet_sockets() {
+        let c = report("6.1.0".into(), vec![feature("a", Probe::Yes)]);
+        let status = |p: &str| c.paths.iter().find(|r| r.path == p).map(|r| r.status);
+        assert_eq!(status("tcp"), Some(Status::Enforced));
+        assert_eq!(status("raw_ip"), Some(Status::Enforced));
+        assert_eq!(status("packet_socket"), Some(Status::NotCovered));
+    }
+
+    #[test]
+    fn a_missing_required_feature_is_named() {
+        let c = report(
+            "5.4.0".into(),
+            vec![
+                feature("map type ringbuf", Probe::No),
+                feature("b", Probe::Yes),
+            ],
+        );
+        assert_eq!(c.paths[0].status, Status::NotCovered);
+        assert!(
+            c.paths[0].note.contains("map type ringbuf"),
+            "{}",
+            c.paths[0].note
+        );
+    }
+
+    #[test]
+    fn unprivileged_probes_are_unknown() {
+        let c = report("6.1.0".into(), vec![feature("a", Probe::Unknown)]);
+        assert_eq!(c.paths[0].status, Status::Unknown);
+    }
+
+    #[test]
+    fn verifier_reasons() {
+        assert_eq!(
+            verifier_reason(
+                "0: (85) call bpf_get_current_pid_tgid#14\nprogram of this type cannot use helper bpf_get_current_pid_tgid#14\n"
+            ),
+            "this program type may not call helper bpf_get_current_pid_tgid on this kernel"
+        );
+        assert!(verifier_reason("BPF_STX uses reserved fields").contains("instruction"));
+        assert_eq!(verifier_reason("whatever"), "see the verifier log");
+    }
+}
