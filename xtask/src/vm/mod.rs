@@ -269,11 +269,7 @@ fn print_table(vm_dir: &Path, rows: &[Row]) {
                         what.clone()
                     }
                     Outcome::Timeout => "no exit marker within the timeout".to_owned(),
-                    Outcome::Exit(_) => r
-                        .result_line
-                        .as_deref()
-                        .map(|l| l.trim_start_matches("test result:").trim().to_owned())
-                        .unwrap_or_default(),
+                    Outcome::Exit(_) => r.result_line.clone().unwrap_or_default(),
                 },
             ),
             Err(e) => (

@@ -83,7 +83,7 @@ pub struct Report {
     pub ready: Option<Duration>,
     /// Every `egressd-vm:` line the guest printed (without the prefix).
     pub markers: Vec<String>,
-    /// The guest command's closing `test result:` line, if it printed one.
+    /// The test binary's closing summary (see [`test_summary`]), if it printed one.
     pub result_line: Option<String>,
 }
 
@@ -112,15 +112,16 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
         fs::File::create(b.log).with_context(|| format!("creating {}", b.log.display()))?;
     writeln!(log, "# {cmd:?}")?;
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .context("spawning qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+    let mut child = Qemu(
+        cmd.spawn()
+            .context("spawning qemu-system-x86_64 (Debian package qemu-system-x86)")?,
+    );
     let (tx, rx) = mpsc::channel::<String>();
-    if let Some(out) = child.stdout.take() {
+    if let Some(out) = child.0.stdout.take() {
         let tx = tx.clone();
         std::thread::spawn(move || forward(out, "", &tx));
     }
-    if let Some(err) = child.stderr.take() {
+    if let Some(err) = child.0.stderr.take() {
         let tx = tx.clone();
         std::thread::spawn(move || forward(err, "qemu: ", &tx));
     }
@@ -161,8 +162,8 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
                     }
                     report.markers.push(marker);
                 }
-                if line.trim_start().starts_with("test result:") {
-                    report.result_line = Some(line.trim().to_owned());
+                if let Some(summary) = test_summary(&line) {
+                    report.result_line = Some(summary);
                 }
                 if crash.is_none()
                     && !line.contains("traps:")
@@ -180,7 +181,7 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    let status = finish(&mut child);
+    let status = child.finish();
     report.wall = start.elapsed();
     report.outcome = if let Some(c) = crash {
         Outcome::Crash(c)
@@ -220,6 +221,33 @@ fn forward(from: impl std::io::Read, prefix: &str, tx: &mpsc::Sender<String>) {
     }
 }
 
+/// The summary in a libtest-style closing line: `ok. 34 passed; 0 failed; ...` from
+/// `test result: ok. 34 passed; ...`, or the same made from the `suite` record of
+/// `--format json`.
+fn test_summary(line: &str) -> Option<String> {
+    let line = line.trim();
+    if let Some(rest) = line.strip_prefix("test result:") {
+        return Some(rest.trim().to_owned());
+    }
+    if !line.starts_with('{') {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let event = v["event"].as_str()?;
+    if v["type"] != "suite" || event == "started" {
+        return None;
+    }
+    let n = |key: &str| v[key].as_u64().unwrap_or(0);
+    Some(format!(
+        "{event}. {} passed; {} failed; {} ignored; {} filtered out; finished in {:.2}s",
+        n("passed"),
+        n("failed"),
+        n("ignored"),
+        n("filtered_out"),
+        v["exec_time"].as_f64().unwrap_or(0.0)
+    ))
+}
+
 /// `text` without terminal escape sequences (the firmware clears the screen) and control
 /// characters other than tabs.
 fn plain(text: &str) -> String {
@@ -242,16 +270,31 @@ fn plain(text: &str) -> String {
     out
 }
 
-/// Kills QEMU unless it has ended, reaps it and describes how it ended.
-fn finish(child: &mut Child) -> String {
-    match child.try_wait() {
-        Ok(Some(st)) => format!("qemu exited: {st}"),
-        _ => {
-            let _ = child.kill();
-            match child.wait() {
-                Ok(st) => format!("qemu killed: {st}"),
-                Err(e) => format!("qemu: {e}"),
+/// The QEMU process: killed and reaped on drop, so no path out of [`boot`] leaves it
+/// running.
+struct Qemu(Child);
+
+impl Qemu {
+    /// Kills QEMU unless it has ended, reaps it and describes how it ended.
+    fn finish(&mut self) -> String {
+        match self.0.try_wait() {
+            Ok(Some(st)) => format!("qemu exited: {st}"),
+            _ => {
+                let _ = self.0.kill();
+                match self.0.wait() {
+                    Ok(st) => format!("qemu killed: {st}"),
+                    Err(e) => format!("qemu: {e}"),
+                }
             }
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }
@@ -288,7 +331,27 @@ pub fn log_path(vm_dir: &Path, name: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::plain;
+    use super::{plain, test_summary};
+
+    #[test]
+    fn summary_from_pretty_and_json_closing_lines() {
+        assert_eq!(
+            test_summary("test result: FAILED. 2 passed; 1 failed; 0 ignored").as_deref(),
+            Some("FAILED. 2 passed; 1 failed; 0 ignored")
+        );
+        assert_eq!(
+            test_summary(
+                r#"{ "type": "suite", "event": "ok", "passed": 34, "failed": 0, "ignored": 0, "measured": 0, "filtered_out": 0, "exec_time": 271.63211455 }"#
+            )
+            .as_deref(),
+            Some("ok. 34 passed; 0 failed; 0 ignored; 0 filtered out; finished in 271.63s")
+        );
+        assert_eq!(
+            test_summary(r#"{ "type": "suite", "event": "started", "test_count": 34 }"#),
+            None
+        );
+        assert_eq!(test_summary("running 34 tests"), None);
+    }
 
     #[test]
     fn escape_sequences_and_controls_are_dropped() {
