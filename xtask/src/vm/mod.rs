@@ -142,10 +142,15 @@ fn boot_one(
     fs::create_dir_all(&dir)?;
     let initrd = initramfs::build_for_kernel(&dir, common, unpacked)?;
     let accel = *accel.get_or_insert_with(|| {
-        if qemu::probe_kvm(&unpacked.vmlinuz, &initrd, &dir.join("kvm-probe.log")) {
-            Accel::Kvm
-        } else {
-            Accel::Tcg
+        match qemu::probe_kvm(&unpacked.vmlinuz, &initrd, &dir.join("kvm-probe.log")) {
+            Ok(()) => {
+                eprintln!("xtask: vm-test: KVM works here; using it");
+                Accel::Kvm
+            }
+            Err(why) => {
+                eprintln!("xtask: vm-test: KVM does not work here ({why}); using TCG");
+                Accel::Tcg
+            }
         }
     });
     let log = qemu::log_path(vm_dir, kernel.name);

@@ -301,16 +301,14 @@ impl Drop for Qemu {
 
 /// Whether KVM really runs a guest here: `/dev/kvm` opens and `initrd` boots to its
 /// probe marker within a few seconds (inside these machines `/dev/kvm` exists but QEMU
-/// aborts on an MSR with `-cpu max`, and a guest with another CPU model hangs).
-pub fn probe_kvm(vmlinuz: &Path, initrd: &Path, log: &Path) -> bool {
-    if fs::OpenOptions::new()
+/// aborts on an MSR with `-cpu max`, and a guest with another CPU model hangs). `Err`
+/// says why not.
+pub fn probe_kvm(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<(), String> {
+    fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .is_err()
-    {
-        return false;
-    }
+        .map_err(|e| format!("/dev/kvm: {e}"))?;
     let b = Boot {
         label: "kvm-probe",
         vmlinuz,
@@ -321,7 +319,17 @@ pub fn probe_kvm(vmlinuz: &Path, initrd: &Path, log: &Path) -> bool {
         timeout: Duration::from_secs(20),
         echo: false,
     };
-    boot(&b).is_ok_and(|r| r.markers.iter().any(|m| m == "probe ok"))
+    let report = boot(&b).map_err(|e| format!("{e:#}"))?;
+    if report.markers.iter().any(|m| m == "probe ok") {
+        Ok(())
+    } else {
+        let how = match report.outcome {
+            Outcome::NoMarker(how) => how,
+            Outcome::Timeout => "no marker within 20 s".to_owned(),
+            other => format!("{other:?}"),
+        };
+        Err(format!("{how}; log {}", log.display()))
+    }
 }
 
 /// The log path of kernel `name` under `vm_dir`.
