@@ -10,8 +10,13 @@
 //! `vm-test: N passed, N failed` (N counts kernels). Each kernel's console is echoed
 //! with its name and kept in `target/vm/<kernel>/console.log`.
 //!
-//! `EGRESSD_VM_ACCEL=kvm|tcg|auto` (default `auto`: KVM when a probe boot shows it works,
-//! else TCG).
+//! `--exec -- CMD...` runs another command in the guest instead (`sh -c 'lsmod'`,
+//! `bpftool feature probe kernel`, ...). `EGRESSD_VM_ACCEL=kvm|tcg|auto` (default `auto`:
+//! KVM when a probe boot shows it works, else TCG).
+//!
+//! Measured here (TCG, 2 host cores): a kernel reaches `/init` in 2-4 s; the whole kernel
+//! suite (34 tests, 2 test threads) takes 1.5-2.5 minutes per kernel, 4.5 minutes with
+//! `--test-threads=1`.
 mod initramfs;
 mod kernels;
 mod qemu;
@@ -80,6 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
             .map(|n| kernels::by_name(n))
             .collect::<anyhow::Result<_>>()?
     };
+    let mut accel = accel_override()?;
     setup::ensure()?;
     setup::ensure_vm()?;
     let vm_dir = sh::target_dir().join("vm");
@@ -109,7 +115,6 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
         common.display(),
         mib(&common)
     );
-    let mut accel = accel_override()?;
     let mut rows = Vec::new();
     for (kernel, unpacked) in selected.iter().copied().zip(&unpacked) {
         let report = boot_one(
