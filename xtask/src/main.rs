@@ -5,6 +5,7 @@ mod demo;
 mod package;
 mod setup;
 mod sh;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,10 @@ enum Cmd {
     /// Build the Debian package (cargo-deb: binary, systemd unit, example policy) and check
     /// it by installing it into a throwaway root (`dpkg -x`); prints the .deb's path.
     Package,
+    /// Run the kernel tests inside Debian's cloud kernels (5.10, 6.1, 6.12) under QEMU, one
+    /// after the other; prints a table and `vm-test: N passed, N failed` (N counts kernels).
+    /// Root; about 10 minutes per kernel under TCG.
+    VmTest(vm::Args),
     /// Internal: the probe client the demo runs inside the sandbox.
     #[command(hide = true)]
     Probe {
@@ -56,6 +61,12 @@ fn main() -> std::process::ExitCode {
         Cmd::Test { args } => setup::ensure().and_then(|()| test(&args)),
         Cmd::Package => setup::ensure().and_then(|()| package::run().map(|_| ())),
         Cmd::Bench(args) => bench::run(args),
+        // The summary line is the last one printed: a failed kernel is only the exit code.
+        Cmd::VmTest(args) => match vm::run(args) {
+            Ok(true) => return std::process::ExitCode::SUCCESS,
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Cmd::Probe { args } => {
             return std::process::ExitCode::from(egressd_testbed::client::main(&args) as u8);
         }

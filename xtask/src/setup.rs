@@ -26,29 +26,21 @@ const PACKAGES: &[&str] = &[
 /// bpf-linker release that supports LLVM 22 (feature `llvm-22`).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Debian packages `cargo xtask vm-test` needs besides [`PACKAGES`]: QEMU, busybox-static
+/// (the guest's shell and init), cpio (the initramfs), kmod (`depmod` indexes an unpacked
+/// kernel's modules) and xz-utils (6.12's modules are `.ko.xz`). Only that command installs
+/// them.
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+];
+
 /// Installs whatever is missing; quick when everything is there.
 pub fn ensure() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !sh::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_some_and(|s| s.contains("install ok installed"))
-        })
-        .collect();
-    if !missing.is_empty() {
-        if !is_root() {
-            bail!("missing Debian packages {missing:?}; run as root so they can be installed");
-        }
-        eprintln!("xtask: installing {missing:?}");
-        sh::run(Command::new("apt-get").args(["update", "-qq"]))?;
-        sh::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
+    ensure_packages(PACKAGES)?;
     let has_src = sh::output(Command::new("rustup").args([
         "component",
         "list",
@@ -86,6 +78,37 @@ pub fn ensure() -> anyhow::Result<()> {
     // cargo-deb is installed by `cargo xtask package` itself: tests and the demo do not
     // need it.
     Ok(())
+}
+
+/// Installs the Debian packages of `cargo xtask vm-test` that are missing.
+pub fn ensure_vm() -> anyhow::Result<()> {
+    ensure_packages(VM_PACKAGES)
+}
+
+/// Installs those of `packages` that are not installed (apt-get, as root).
+fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !sh::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian packages {missing:?}; run as root so they can be installed");
+    }
+    eprintln!("xtask: installing {missing:?}");
+    sh::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    sh::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// cargo-deb release `cargo xtask package` uses (pinned: a newer one may need a newer rustc).
