@@ -97,9 +97,12 @@ const TAMPER_CHECK: Duration = Duration::from_millis(250);
 pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     // Handlers first: a SIGHUP (`systemctl reload`) or SIGUSR1 (logrotate) while a large
     // policy loads must not kill the daemon (their default action); they are served once
-    // the loop runs, and a SIGTERM then stops it at once.
+    // the loop runs, and a SIGTERM then stops it at once. The `egressd` binary blocked the
+    // two before `main` (crate::signals); what arrived since is delivered to the handlers
+    // now.
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
+    crate::signals::unblock_early();
     let stop = StopSignal::install()?;
     let (cfg, output) = config::load_all(config_path)?;
     let policy = Arc::new(policy::compile(&cfg));

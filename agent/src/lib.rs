@@ -22,6 +22,7 @@ pub mod pin;
 pub mod pipeline;
 pub mod policy;
 pub mod privileges;
+pub mod signals;
 pub mod sinks;
 pub mod stats;
 pub mod status;

@@ -442,7 +442,8 @@ pub fn watch_reloads_on_change() -> Result<(), Failed> {
 
 /// Signals while a large policy loads: SIGHUP (`systemctl reload`) and SIGUSR1 (logrotate)
 /// must not kill the daemon, whose handlers are installed before it reads the policy; the
-/// SIGHUP is served once it runs (a reload). A SIGTERM during load stops it cleanly.
+/// SIGHUP is served once it runs (a reload). A SIGTERM during load stops it cleanly. Then
+/// 1,000 SIGHUPs at exec ([`sighup_at_exec`]): none kills it.
 pub fn signals_during_start() -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
@@ -488,6 +489,74 @@ pub fn signals_during_start() -> Result<(), Failed> {
     let recs = d.stop()?;
     if !recs.iter().any(|r| r["type"] == "agent_stop") {
         return Err(format!("no agent_stop after a SIGTERM during start-up: {recs:?}").into());
+    }
+    let small = write_config(&dir, &policy("enforce"))?;
+    sighup_at_exec(&tb, &small, 1000)
+}
+
+/// `tries` times: spawn `egressd run`, SIGHUP it as soon as its code runs, and check that
+/// the signal is served (caught, no longer pending) while the process lives; then kill it.
+///
+/// "As soon as its code runs" is when the Rust runtime has set SIGPIPE to ignored, which it
+/// does just before `main` (the earliest moment a process can be told apart from the
+/// `execve` that started it; a signal before that meets the default action of any
+/// program). A quarter of the tries signal at that moment, the rest 0-3 ms later, across
+/// argument parsing, logging and runtime set-up and the installation of the handlers.
+fn sighup_at_exec(tb: &Testbed, cfg: &Path, tries: u32) -> Result<(), Failed> {
+    let mut rng = fastrand::Rng::with_seed(14);
+    let t0 = Instant::now();
+    let mut before_handler = 0u32;
+    for i in 0..tries {
+        let mut d = Agent::spawn(tb, cfg, &[])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d.signals().is_ignored(libc::SIGPIPE) {
+            if let Some(st) = d.exited() {
+                return Err(format!("try {i}: egressd exited ({st}) before main").into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("try {i}: egressd did not reach main within 10 s").into());
+            }
+            std::hint::spin_loop();
+        }
+        if i % 4 != 0 {
+            std::thread::sleep(Duration::from_micros(rng.u64(0..3000)));
+        }
+        let handled_already = d.signals().caught(libc::SIGHUP);
+        d.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = d.exited() {
+                return Err(format!(
+                    "try {i}: a SIGHUP sent {} the handler was installed killed egressd ({st})",
+                    if handled_already { "after" } else { "before" }
+                )
+                .into());
+            }
+            let s = d.signals();
+            if s.caught(libc::SIGHUP) && !s.is_pending(libc::SIGHUP) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("try {i}: SIGHUP not served within 10 s: {s:?}").into());
+            }
+            std::hint::spin_loop();
+        }
+        if !handled_already {
+            before_handler += 1;
+        }
+        d.kill9()?;
+    }
+    eprintln!(
+        "SIGHUP at exec: {tries} of {tries} survived ({before_handler} sent before the handler \
+         was installed) in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    if before_handler == 0 {
+        return Err(
+            "no SIGHUP arrived before the handler was installed: the loop did not \
+                    test the start-up window"
+                .into(),
+        );
     }
     Ok(())
 }
