@@ -18,6 +18,7 @@ pub mod import;
 pub mod loader;
 pub mod located;
 pub mod metrics;
+pub mod notify;
 pub mod pin;
 pub mod pipeline;
 pub mod policy;

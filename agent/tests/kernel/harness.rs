@@ -90,12 +90,23 @@ impl Agent {
 
     /// As [`Agent::start_at`], without waiting for it to attach.
     pub fn spawn(tb: &Testbed, config: &Path, extra: &[&str]) -> Result<Self, Failed> {
+        Self::spawn_with_env(tb, config, extra, &[])
+    }
+
+    /// As [`Agent::spawn`], with `env` added to its environment.
+    pub fn spawn_with_env(
+        tb: &Testbed,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self, Failed> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_egressd"))
             .args(["run", "--config"])
             .arg(config)
             .arg("--cgroup")
             .arg(tb.cgroup.path())
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("spawning egressd: {e}"))?;
