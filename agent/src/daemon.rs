@@ -5,6 +5,8 @@
 //! `connection` events as the kernel reports them, `heartbeat` every `heartbeat_secs`,
 //! `policy_loaded` or `reload_failed` after each SIGHUP, and `agent_stop` with the final
 //! counters. Signals: SIGHUP reloads the policy, SIGUSR1 reopens file sinks (logrotate).
+//! Under systemd (`Type=notify`) it reports readiness, reloads, watchdog pings and the stop
+//! ([`crate::notify`]).
 //! With a pin directory ([`RunOptions::pin_dir`]) the programs stay attached at exit and a
 //! `tamper_repaired` record reports repairs of pinned state; see [`run_with`].
 use std::{
@@ -90,17 +92,24 @@ const TAMPER_CHECK: Duration = Duration::from_millis(250);
 /// and adopted ([`Enforcer::load_pinned`]), SIGTERM leaves enforcement in place, and the
 /// pinned state is checked every 250 ms and repaired if someone detached, replaced or
 /// changed it (logged and reported as a `tamper_repaired` record); with `opts.metrics`, a
-/// Prometheus endpoint runs; with `opts.watch`, file changes reload like SIGHUP.
+/// Prometheus endpoint runs; with `opts.watch`, file changes reload like SIGHUP. With
+/// `NOTIFY_SOCKET` set (systemd `Type=notify`), `READY=1` follows the attach of every hook
+/// with the policy in force, `RELOADING=1`/`READY=1` frame each reload, `WATCHDOG=1` goes
+/// out every half `WATCHDOG_USEC` from the main loop, and `STOPPING=1` begins the stop.
 ///
 /// # Errors
 /// As [`run`]; the metrics address cannot be bound; the watch cannot be set up.
 pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     // Handlers first: a SIGHUP (`systemctl reload`) or SIGUSR1 (logrotate) while a large
     // policy loads must not kill the daemon (their default action); they are served once
-    // the loop runs, and a SIGTERM then stops it at once.
+    // the loop runs, and a SIGTERM then stops it at once. The `egressd` binary blocked the
+    // two before `main` (crate::signals); what arrived since is delivered to the handlers
+    // now.
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
+    crate::signals::unblock_early();
     let stop = StopSignal::install()?;
+    let notifier = crate::notify::Notifier::from_env();
     let (cfg, output) = config::load_all(config_path)?;
     let policy = Arc::new(policy::compile(&cfg));
     let cgroup = match opts.cgroup.clone().or_else(|| cfg.cgroup.clone()) {
@@ -210,6 +219,13 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         sinks = ?pipeline.names(),
         "enforcing"
     );
+    // Every hook is attached with the policy in force, and nothing of the start can fail
+    // any more: `systemctl start` may return.
+    notifier.ready(&status(&enforcer, &policy));
+    let watchdog_period = notifier.watchdog_interval();
+    let mut watchdog =
+        tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(u64::from(u32::MAX))));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // Events name regions by the generation that judged them: keep the recent policies.
     let mut enrichers = Enrichers::default();
@@ -277,11 +293,13 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         // delays a stop by more than the step in progress.
         if let Some(name) = stop.received() {
             tracing::info!("{name}: detaching");
+            notifier.stopping(&format!("stopping ({name})"));
             break;
         }
         let mut reload_now = false;
         tokio::select! {
             () = stop.wait() => continue,
+            _ = watchdog.tick(), if watchdog_period.is_some() => notifier.watchdog(),
             _ = sigusr1.recv() => {
                 tracing::info!("SIGUSR1: reopening sinks");
                 pipeline.reopen();
@@ -355,6 +373,10 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 w.refresh();
             }
             {
+                notifier.reloading(&format!(
+                    "reloading; generation {} in force",
+                    enforcer.generation()
+                ));
                 // Events of the old generation still in the ring buffer are named by it.
                 delivered += drain(ring.get_mut(), &enrichers, &pipeline, &mut undecodable);
                 match reload(config_path, &mut enforcer) {
@@ -384,6 +406,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                         ));
                         enrichers.insert(generation, Enricher::new(seq.clone(), new.clone()));
                         policy = new;
+                        notifier.ready(&status(&enforcer, &policy));
                     }
                     Err(e) => {
                         reloads.failed += 1;
@@ -398,6 +421,11 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                                 generation_in_force: enforcer.generation(),
                             },
                             "reload_failed",
+                        ));
+                        let error = format!("{e:#}").replace('\n', " ");
+                        notifier.ready(&format!(
+                            "{}; the last reload failed: {error}",
+                            status(&enforcer, &policy)
                         ));
                     }
                 }
@@ -498,6 +526,17 @@ fn drain(
         }
     }
     n
+}
+
+/// The service manager's `STATUS=` for the policy in force.
+fn status(enforcer: &Enforcer, policy: &Policy) -> String {
+    crate::notify::policy_status(
+        enforcer.generation(),
+        &policy.digest,
+        &policy.mode.to_string(),
+        policy.v4.len(),
+        policy.v6.len(),
+    )
 }
 
 fn summary(cfg: &config::Config, policy: &Policy, enforcer: &Enforcer) -> PolicySummary {

@@ -130,8 +130,24 @@ enum RegionsCommand {
     },
 }
 
+/// Blocks SIGHUP and SIGUSR1 before `main` runs: a constructor in `.init_array`, which the
+/// C runtime calls before `main` (and so before the Rust runtime's own set-up). `run`
+/// unblocks them once its handlers are installed, the other subcommands at once; see
+/// [`egressd::signals`].
+extern "C" fn block_early_signals() {
+    egressd::signals::block_early();
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static BLOCK_EARLY_SIGNALS: extern "C" fn() = block_early_signals;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // Only the daemon has handlers for them: elsewhere their default action stands.
+        egressd::signals::unblock_early();
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // No colour codes in files and journald.

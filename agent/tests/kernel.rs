@@ -98,6 +98,10 @@ fn main() {
             "fleet_watch_reloads_on_file_change",
             fleet::watch_reloads_on_change,
         ),
+        Trial::test(
+            "fleet_systemd_notify_ready_after_attach",
+            fleet::systemd_notify,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }

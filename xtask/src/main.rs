@@ -84,12 +84,76 @@ fn build() -> anyhow::Result<()> {
     sh::cargo(&["build", "--release", "-p", "egressd"])
 }
 
+/// What the test binaries reported, added up over all of them.
+#[derive(Default)]
+struct TestSummary {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+    /// (name, reason) of each skipped (ignored) test.
+    skips: Vec<(String, String)>,
+}
+
+impl TestSummary {
+    /// Folds one line of `cargo test`'s stdout in.
+    fn line(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |key: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(key))
+                    .and_then(|n| n.trim().rsplit(' ').next().and_then(|n| n.parse().ok()))
+                    .unwrap_or(0)
+            };
+            self.passed += num(" passed");
+            self.failed += num(" failed");
+            self.skipped += num(" ignored");
+        } else if let Some((name, outcome)) = line
+            .strip_prefix("test ")
+            .and_then(|t| t.split_once(" ... "))
+            && let Some(reason) = outcome.trim().strip_prefix("ignored")
+        {
+            // libtest: `ignored, REASON`; libtest-mimic: `ignored (REASON)`.
+            let reason = reason
+                .trim_start_matches(',')
+                .trim()
+                .trim_start_matches('(')
+                .trim_end_matches(')');
+            let reason = if reason.is_empty() {
+                "no reason given"
+            } else {
+                reason
+            };
+            self.skips.push((name.trim().to_owned(), reason.to_owned()));
+        }
+    }
+
+    /// One line per reason: `skipped N: REASON: NAME, NAME`.
+    fn skip_lines(&self) -> Vec<String> {
+        let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (name, reason) in &self.skips {
+            match reasons.iter_mut().find(|(r, _)| r == reason) {
+                Some((_, names)) => names.push(name),
+                None => reasons.push((reason, vec![name])),
+            }
+        }
+        reasons
+            .into_iter()
+            .map(|(reason, names)| {
+                format!("skipped {}: {reason}: {}", names.len(), names.join(", "))
+            })
+            .collect()
+    }
+}
+
 fn test(extra: &[String]) -> anyhow::Result<()> {
+    // --no-fail-fast: every test binary runs even after one failed, so one failure never
+    // hides others.
     let mut args = vec![
         "test".to_owned(),
         "--workspace".into(),
         "--exclude".into(),
         "egressd-ebpf".into(),
+        "--no-fail-fast".into(),
     ];
     if !extra.is_empty() {
         args.push("--".into());
@@ -98,26 +162,50 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // cargo prints one "test result:" line per test binary, the last ones often for binaries
     // without tests; add them up so the run ends with one line that says what ran.
-    let (status, summary) = sh::cargo_tee(&args, |line, sum: &mut (u64, u64, u64)| {
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let num = |key: &str| -> u64 {
-                rest.split(';')
-                    .find_map(|part| part.trim().strip_suffix(key))
-                    .and_then(|n| n.trim().rsplit(' ').next().and_then(|n| n.parse().ok()))
-                    .unwrap_or(0)
-            };
-            sum.0 += num(" passed");
-            sum.1 += num(" failed");
-            sum.2 += num(" ignored");
-        }
-    })?;
-    let (passed, failed, skipped) = summary;
-    println!("egressd tests: {passed} passed, {failed} failed, {skipped} skipped");
-    if !status.success() || failed > 0 {
+    let (status, sum) = sh::cargo_tee(&args, |line, sum: &mut TestSummary| sum.line(line))?;
+    for line in sum.skip_lines() {
+        println!("{line}");
+    }
+    println!(
+        "egressd tests: {} passed, {} failed, {} skipped",
+        sum.passed, sum.failed, sum.skipped
+    );
+    if !status.success() || sum.failed > 0 {
         anyhow::bail!("tests failed ({status})");
     }
-    if passed == 0 {
+    if sum.passed == 0 {
         anyhow::bail!("no test ran");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestSummary;
+
+    /// libtest's and libtest-mimic's lines are both counted, skips with their reasons.
+    #[test]
+    fn summary_adds_up_both_harnesses() {
+        let mut s = TestSummary::default();
+        for line in [
+            "test a ... ok",
+            "test b ... ignored, needs a network",
+            "test provider_files::c ... ignored (EGRESSD_PROVIDER_DATA not set)",
+            "test d ... ignored",
+            "test result: ok. 1 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "test result: FAILED. 14 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.10s",
+        ] {
+            s.line(line);
+        }
+        assert_eq!((s.passed, s.failed, s.skipped), (15, 2, 3));
+        s.line("test e ... ignored, needs a network");
+        assert_eq!(
+            s.skip_lines(),
+            [
+                "skipped 2: needs a network: b, e",
+                "skipped 1: EGRESSD_PROVIDER_DATA not set: provider_files::c",
+                "skipped 1: no reason given: d",
+            ]
+        );
+    }
 }

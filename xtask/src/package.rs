@@ -89,6 +89,8 @@ fn check_root(deb: &Path, root: &Path) -> anyhow::Result<()> {
     }
     let unit = std::fs::read_to_string(root.join("lib/systemd/system/egressd.service"))?;
     for want in [
+        "Type=notify\n",
+        "WatchdogSec=",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "CapabilityBoundingSet=",
         "NoNewPrivileges=yes",

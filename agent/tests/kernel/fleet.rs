@@ -442,17 +442,13 @@ pub fn watch_reloads_on_change() -> Result<(), Failed> {
     Ok(())
 }
 
-/// Signals while a large policy loads: SIGHUP (`systemctl reload`) and SIGUSR1 (logrotate)
-/// must not kill the daemon, whose handlers are installed before it reads the policy; the
-/// SIGHUP is served once it runs (a reload). A SIGTERM during load stops it cleanly.
-pub fn signals_during_start() -> Result<(), Failed> {
-    require_root()?;
-    let tb = testbed()?;
-    let dir = tempdir()?;
-    // 100,000 /24s in 11.0.0.0/8 and up: start-up takes long enough to signal into it.
+/// The test bed's eu region allowlisted, us not, and a region of 100,000 /24s in 11.0.0.0/8
+/// and up: start-up takes long enough (seconds in a debug build) to signal into it, or to
+/// see what happens before the attach.
+fn large_policy() -> String {
     let mut text = String::from(
         "allowlist = [\"eu\"]\n[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n\
-         [regions.big]\nprefixes = [",
+         [regions.us]\nprefixes = [\"198.18.2.0/24\"]\n[regions.big]\nprefixes = [",
     );
     for i in 0..100_000u32 {
         text.push_str(&format!(
@@ -461,7 +457,18 @@ pub fn signals_during_start() -> Result<(), Failed> {
         ));
     }
     text.push_str("]\n");
-    let cfg = write_config(&dir, &text)?;
+    text
+}
+
+/// Signals while a large policy loads: SIGHUP (`systemctl reload`) and SIGUSR1 (logrotate)
+/// must not kill the daemon, whose handlers are installed before it reads the policy; the
+/// SIGHUP is served once it runs (a reload). A SIGTERM during load stops it cleanly. Then
+/// 1,000 SIGHUPs at exec ([`sighup_at_exec`]): none kills it.
+pub fn signals_during_start() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = write_config(&dir, &large_policy())?;
     let t0 = Instant::now();
     let mut d = Agent::spawn(&tb, &cfg, &[])?;
     d.catches(libc::SIGHUP, Duration::from_secs(10))?;
@@ -490,6 +497,234 @@ pub fn signals_during_start() -> Result<(), Failed> {
     let recs = d.stop()?;
     if !recs.iter().any(|r| r["type"] == "agent_stop") {
         return Err(format!("no agent_stop after a SIGTERM during start-up: {recs:?}").into());
+    }
+    let small = write_config(&dir, &policy("enforce"))?;
+    sighup_at_exec(&tb, &small, 1000)
+}
+
+/// `tries` times: spawn `egressd run`, SIGHUP it as soon as its code runs, and check that
+/// the signal is served (caught, no longer pending) while the process lives; then kill it.
+///
+/// "As soon as its code runs" is when the Rust runtime has set SIGPIPE to ignored, which it
+/// does just before `main` (the earliest moment a process can be told apart from the
+/// `execve` that started it; a signal before that meets the default action of any
+/// program). A quarter of the tries signal at that moment, the rest 0-3 ms later, across
+/// argument parsing, logging and runtime set-up and the installation of the handlers.
+fn sighup_at_exec(tb: &Testbed, cfg: &Path, tries: u32) -> Result<(), Failed> {
+    let mut rng = fastrand::Rng::with_seed(14);
+    let t0 = Instant::now();
+    let mut before_handler = 0u32;
+    for i in 0..tries {
+        let mut d = Agent::spawn(tb, cfg, &[])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d.signals().is_ignored(libc::SIGPIPE) {
+            if let Some(st) = d.exited() {
+                return Err(format!("try {i}: egressd exited ({st}) before main").into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("try {i}: egressd did not reach main within 10 s").into());
+            }
+            std::hint::spin_loop();
+        }
+        if i % 4 != 0 {
+            std::thread::sleep(Duration::from_micros(rng.u64(0..3000)));
+        }
+        let handled_already = d.signals().caught(libc::SIGHUP);
+        d.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = d.exited() {
+                return Err(format!(
+                    "try {i}: a SIGHUP sent {} the handler was installed killed egressd ({st})",
+                    if handled_already { "after" } else { "before" }
+                )
+                .into());
+            }
+            let s = d.signals();
+            if s.caught(libc::SIGHUP) && !s.is_pending(libc::SIGHUP) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("try {i}: SIGHUP not served within 10 s: {s:?}").into());
+            }
+            std::hint::spin_loop();
+        }
+        if !handled_already {
+            before_handler += 1;
+        }
+        d.kill9()?;
+    }
+    eprintln!(
+        "SIGHUP at exec: {tries} of {tries} survived ({before_handler} sent before the handler \
+         was installed) in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    if before_handler == 0 {
+        return Err(
+            "no SIGHUP arrived before the handler was installed: the loop did not \
+                    test the start-up window"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// A service manager's notification socket (`NOTIFY_SOCKET`): a unix datagram socket in a
+/// temporary directory; each datagram is one `sd_notify` message of `KEY=VALUE` lines.
+struct NotifySocket {
+    sock: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(dir: &TempDir) -> Result<Self, Failed> {
+        let path = dir.0.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path)
+            .map_err(|e| format!("binding {}: {e}", path.display()))?;
+        Ok(Self { sock, path })
+    }
+
+    /// The next message, or `None` if none came within `within`.
+    fn next(&self, within: Duration) -> Result<Option<Vec<String>>, Failed> {
+        self.sock
+            .set_read_timeout(Some(within.max(Duration::from_millis(1))))
+            .map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4096];
+        match self.sock.recv(&mut buf) {
+            Ok(n) => Ok(Some(
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .map(str::to_owned)
+                    .collect(),
+            )),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(format!("reading {}: {e}", self.path.display()).into()),
+        }
+    }
+
+    /// Messages other than watchdog pings, up to and including the first that holds `line`;
+    /// the number of pings among them is returned too.
+    fn until(&self, line: &str, within: Duration) -> Result<(Vec<Vec<String>>, u32), Failed> {
+        let deadline = Instant::now() + within;
+        let (mut seen, mut pings) = (Vec::new(), 0);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some(msg) = self.next(left)? else { break };
+            if msg == ["WATCHDOG=1"] {
+                pings += 1;
+                continue;
+            }
+            let done = msg.iter().any(|l| l == line);
+            seen.push(msg);
+            if done {
+                return Ok((seen, pings));
+            }
+        }
+        Err(format!("no {line} within {within:?}; got {seen:?}").into())
+    }
+}
+
+/// The value of `KEY=` in a message.
+fn field<'a>(msg: &'a [String], key: &str) -> Option<&'a str> {
+    msg.iter()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+/// systemd's readiness protocol, read from a `NOTIFY_SOCKET` the test binds (no systemd runs
+/// here). With the large policy, `READY=1` is the first message and comes only once the
+/// hooks judge: the us host is refused the moment it is read. `STATUS=` names generation 1
+/// and the digest of `policy_loaded`. `WATCHDOG=1` comes every half `WATCHDOG_USEC`. A
+/// SIGHUP gives `RELOADING=1` with `MONOTONIC_USEC=`, then `READY=1` with generation 2; an
+/// invalid reload the same, with the failure in `STATUS=` and generation 2 still in force.
+/// SIGTERM gives `STOPPING=1`.
+pub fn systemd_notify() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = write_config(&dir, &large_policy())?;
+    let socket = NotifySocket::bind(&dir)?;
+    let t0 = Instant::now();
+    let mut d = Agent::spawn_with_env(
+        &tb,
+        &cfg,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", socket.path.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("400000")),
+        ],
+    )?;
+    let (msgs, _) = socket.until("READY=1", Duration::from_secs(60))?;
+    probe_us_denied(&tb)?;
+    let ready_after = t0.elapsed();
+    if msgs.len() != 1 {
+        return Err(format!("messages before READY=1: {msgs:?}").into());
+    }
+    let rec = d.wait_for("agent_start", Duration::from_secs(5))?;
+    let digest = rec["policy"]["digest"]
+        .as_str()
+        .ok_or("agent_start without policy.digest")?;
+    let status = field(&msgs[0], "STATUS").ok_or("READY=1 without STATUS=")?;
+    if !status.contains("generation 1,") || !status.contains(digest) {
+        return Err(format!("STATUS= {status:?} does not name generation 1 and {digest}").into());
+    }
+    // Watchdog: every 200 ms; at least 4 in a second (the first one at once).
+    let t = Instant::now();
+    let mut pings = 0;
+    while t.elapsed() < Duration::from_secs(1) {
+        match socket.next(Duration::from_millis(1100).saturating_sub(t.elapsed()))? {
+            Some(m) if m == ["WATCHDOG=1"] => pings += 1,
+            Some(m) => return Err(format!("unexpected message {m:?}").into()),
+            None => break,
+        }
+    }
+    if !(4..=7).contains(&pings) {
+        return Err(format!("{pings} WATCHDOG=1 in 1 s with WATCHDOG_USEC=400000").into());
+    }
+
+    // A reload, valid, then invalid.
+    let small = "allowlist = [\"eu\", \"us\"]\n[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n\
+                 [regions.us]\nprefixes = [\"198.18.2.0/24\"]\n";
+    let rec = d.reload(small)?;
+    assert_field(&rec, "/type", "policy_loaded")?;
+    let digest = rec["policy"]["digest"].as_str().ok_or("no digest")?;
+    let (msgs, _) = socket.until("READY=1", Duration::from_secs(10))?;
+    reload_frame(&msgs)?;
+    let status = field(&msgs[1], "STATUS").ok_or("READY=1 without STATUS=")?;
+    if !status.contains("generation 2,") || !status.contains(digest) {
+        return Err(format!("STATUS= {status:?} does not name generation 2 and {digest}").into());
+    }
+    let rec = d.reload("allowlist = [\"mars\"]\n")?;
+    assert_field(&rec, "/type", "reload_failed")?;
+    let (msgs, _) = socket.until("READY=1", Duration::from_secs(10))?;
+    reload_frame(&msgs)?;
+    let status = field(&msgs[1], "STATUS").ok_or("READY=1 without STATUS=")?;
+    if !status.contains("generation 2,") || !status.contains("reload failed") {
+        return Err(format!("STATUS= {status:?} after an invalid reload").into());
+    }
+
+    d.stop()?;
+    let (msgs, _) = socket.until("STOPPING=1", Duration::from_secs(5))?;
+    if msgs.len() != 1 {
+        return Err(format!("messages before STOPPING=1: {msgs:?}").into());
+    }
+    eprintln!("systemd notify: READY=1 {ready_after:?} after spawn, us denied then");
+    Ok(())
+}
+
+/// A reload's messages: `RELOADING=1` with `MONOTONIC_USEC=`, then `READY=1`.
+fn reload_frame(msgs: &[Vec<String>]) -> Result<(), Failed> {
+    let ok = msgs.len() == 2
+        && msgs[0].iter().any(|l| l == "RELOADING=1")
+        && field(&msgs[0], "MONOTONIC_USEC").is_some_and(|v| v.parse::<u64>().is_ok())
+        && msgs[1].iter().any(|l| l == "READY=1");
+    if !ok {
+        return Err(format!("a reload sent {msgs:?}").into());
     }
     Ok(())
 }

@@ -90,12 +90,23 @@ impl Agent {
 
     /// As [`Agent::start_at`], without waiting for it to attach.
     pub fn spawn(tb: &Testbed, config: &Path, extra: &[&str]) -> Result<Self, Failed> {
+        Self::spawn_with_env(tb, config, extra, &[])
+    }
+
+    /// As [`Agent::spawn`], with `env` added to its environment.
+    pub fn spawn_with_env(
+        tb: &Testbed,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self, Failed> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_egressd"))
             .args(["run", "--config"])
             .arg(config)
             .arg("--cgroup")
             .arg(tb.cgroup.path())
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("spawning egressd: {e}"))?;
@@ -152,20 +163,23 @@ impl Agent {
     /// Waits until the daemon catches `sig` (its bit in `SigCgt` of /proc/PID/status).
     pub fn catches(&self, sig: i32, within: Duration) -> Result<(), Failed> {
         let deadline = Instant::now() + within;
-        let path = format!("/proc/{}/status", self.child.id());
         while Instant::now() < deadline {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let caught = text
-                .lines()
-                .find_map(|l| l.strip_prefix("SigCgt:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                .unwrap_or(0);
-            if caught & (1 << (sig - 1)) != 0 {
+            if self.signals().caught(sig) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(2));
         }
         Err(format!("egressd did not install a handler for signal {sig} within {within:?}").into())
+    }
+
+    /// The daemon's signal masks now (all empty once it is gone).
+    pub fn signals(&self) -> SignalState {
+        SignalState::of(self.child.id())
+    }
+
+    /// Its exit status, if it has exited (reaped here).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// SIGKILL and wait: nothing of the daemon's own shutdown runs.
@@ -236,6 +250,60 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A process's signal masks, from `/proc/PID/status` (bit `sig - 1` of each).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SignalState {
+    /// `SigPnd | ShdPnd`: pending for a thread or the process.
+    pub pending: u64,
+    /// `SigBlk`: blocked (by the main thread).
+    pub blocked: u64,
+    /// `SigIgn`: ignored.
+    pub ignored: u64,
+    /// `SigCgt`: caught by a handler.
+    pub caught: u64,
+}
+
+impl SignalState {
+    /// Reads them for `pid`; all zero if it cannot be read.
+    pub fn of(pid: u32) -> Self {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let mut s = Self::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let v = u64::from_str_radix(value.trim(), 16).unwrap_or(0);
+            match key {
+                "SigPnd" | "ShdPnd" => s.pending |= v,
+                "SigBlk" => s.blocked = v,
+                "SigIgn" => s.ignored = v,
+                "SigCgt" => s.caught = v,
+                _ => {}
+            }
+        }
+        s
+    }
+
+    fn bit(sig: i32) -> u64 {
+        1 << (sig - 1)
+    }
+
+    /// `sig` is pending.
+    pub fn is_pending(&self, sig: i32) -> bool {
+        self.pending & Self::bit(sig) != 0
+    }
+
+    /// `sig` is ignored.
+    pub fn is_ignored(&self, sig: i32) -> bool {
+        self.ignored & Self::bit(sig) != 0
+    }
+
+    /// `sig` has a handler.
+    pub fn caught(&self, sig: i32) -> bool {
+        self.caught & Self::bit(sig) != 0
     }
 }
 

@@ -202,8 +202,9 @@ pub struct Results {
     pub started: String,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Unique and disjoint real prefixes per family, and the files.
-    pub real: ((usize, usize), (usize, usize), Vec<String>),
+    /// Unique and disjoint real prefixes per family, the files, and where they were read
+    /// ([`prefixes::DataDir::describe`]).
+    pub real: ((usize, usize), (usize, usize), Vec<String>, String),
     /// (N, label, source, v4, v6) of each set.
     pub sets: Vec<(usize, String, String, usize, usize)>,
     /// connect() measurements.
@@ -298,8 +299,8 @@ fn measure(plan: Plan, t0: Instant) -> anyhow::Result<Results> {
     let work = TempDir(std::env::temp_dir().join(unique("egressd-bench-")));
     std::fs::create_dir_all(&work.0)?;
 
-    let data = prefixes::data_dir();
-    let real = prefixes::Real::load(&data)?;
+    let data = prefixes::DataDir::find();
+    let real = prefixes::Real::load(&data.path)?;
     eprintln!(
         "bench: {} unique real prefixes, {} disjoint (IPv4 {}, IPv6 {})",
         real.unique.0 + real.unique.1,
@@ -327,7 +328,12 @@ fn measure(plan: Plan, t0: Instant) -> anyhow::Result<Results> {
         load: (load_start, load_start),
         started,
         elapsed: Duration::ZERO,
-        real: (real.unique, real.leaves(), real.files.clone()),
+        real: (
+            real.unique,
+            real.leaves(),
+            real.files.clone(),
+            data.describe(),
+        ),
         sets: Vec::new(),
         connect: Vec::new(),
         hooks: Vec::new(),

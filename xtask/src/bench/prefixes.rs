@@ -1,6 +1,9 @@
 //! The prefix sets every contender loads: N = 0, 1k, 10k, 100k from the real provider files
-//! in `shared/data/cloud-ip-ranges`, 1M synthetic; IPv4 and IPv6 in the proportion of the
-//! real data.
+//! (the directory named by `EGRESSD_PROVIDER_DATA`, which CI and the published figures point
+//! at `../shared/data/cloud-ip-ranges`), 1M synthetic; IPv4 and IPv6 in the proportion of the
+//! real data. Without that variable the provider part falls back to the project's small
+//! fixtures (`agent/tests/data/providers`), so every set above a few dozen prefixes is
+//! synthetic, and the run says so.
 //!
 //! nftables interval sets refuse overlapping elements, so every set is made of disjoint
 //! prefixes: from the real files the *leaves* (prefixes that contain no other listed prefix)
@@ -48,9 +51,49 @@ pub struct Real {
     pub files: Vec<String>,
 }
 
-/// `shared/data/cloud-ip-ranges` beside the repository (CI clones it there too).
-pub fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cloud-ip-ranges")
+/// The variable naming the directory of the providers' full files (the import tests read it
+/// too).
+pub const DATA_ENV: &str = "EGRESSD_PROVIDER_DATA";
+
+/// Where the provider files come from.
+pub struct DataDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// The providers' full files (`EGRESSD_PROVIDER_DATA`), rather than the fixtures.
+    pub full: bool,
+}
+
+impl DataDir {
+    /// The directory named by `EGRESSD_PROVIDER_DATA`, else the project's fixtures (with a
+    /// message saying so on stderr).
+    pub fn find() -> Self {
+        if let Some(dir) = std::env::var_os(DATA_ENV).filter(|d| !d.is_empty()) {
+            return Self {
+                path: PathBuf::from(dir),
+                full: true,
+            };
+        }
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/data/providers");
+        eprintln!(
+            "bench: {DATA_ENV} is not set: the prefix sets use the small fixtures in \
+             agent/tests/data/providers, so sets above a few dozen prefixes are synthetic; set \
+             it to the providers' files (e.g. ../shared/data/cloud-ip-ranges) for the \
+             published figures"
+        );
+        Self { path, full: false }
+    }
+
+    /// How the report names it.
+    pub fn describe(&self) -> String {
+        if self.full {
+            format!("the real provider files in `{}`", self.path.display())
+        } else {
+            format!(
+                "the project's small fixtures in `agent/tests/data/providers` (`{DATA_ENV}` was \
+                 not set; sets larger than four times their disjoint prefixes are synthetic)"
+            )
+        }
+    }
 }
 
 /// Label of N: `0`, `1k`, `10k`, `100k`, `1M`.
@@ -454,5 +497,31 @@ impl PrefixSet {
             s.push_str("]\n");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the providers' files the bench runs on the fixtures: they load, and every
+    /// size of the plan gets a set of exactly N prefixes (plus the test host's two).
+    #[test]
+    fn fixtures_give_every_set() -> anyhow::Result<()> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/data/providers");
+        let real = Real::load(&dir)?;
+        let (l4, l6) = real.leaves();
+        assert!(l4 > 10 && l6 > 3, "{l4} + {l6}");
+        for n in [0, 10, 100, 1000, 10_000] {
+            let set = real.set(n);
+            assert_eq!(
+                set.v4.len() + set.v6.len(),
+                n + 2,
+                "N = {n}: {}",
+                set.source
+            );
+        }
+        assert!(real.set(10_000).source.starts_with("synthetic"));
+        Ok(())
     }
 }

@@ -244,11 +244,11 @@ pub fn markdown(r: &Results) -> String {
     );
 
     // Method.
-    let ((u4, u6), (l4, l6), files) = &r.real;
+    let ((u4, u6), (l4, l6), files, from) = &r.real;
     let _ = writeln!(
         s,
         "## What was measured, and how\n\n\
-         - **Prefix sets.** From the real provider files in `shared/data/cloud-ip-ranges` \
+         - **Prefix sets.** From {} \
            ({}): {} unique prefixes ({} IPv4, {} IPv6). nftables interval sets refuse \
            overlapping elements, so every set is made of disjoint prefixes: the *leaves* \
            (prefixes containing no other listed prefix), {} IPv4 + {} IPv6. Every contender \
@@ -308,6 +308,7 @@ pub fn markdown(r: &Results) -> String {
          - **Memory.** RSS of the process holding the policy and kernel map memory (sum of \
            `memlock` in `/proc/PID/fdinfo` of its map descriptors), for the `bench_kernel` \
            process at every N and for the real daemon where it can load the policy file.\n",
+        from,
         files.join(", "),
         count((u4 + u6) as f64),
         count(*u4 as f64),
