@@ -34,6 +34,10 @@ fn main() {
         Trial::test("ipv4_mapped_ipv6_is_judged_as_ipv4", enforce::mapped),
         Trial::test("unconnected_udp_sendto_is_denied", enforce::unconnected_udp),
         Trial::test(
+            "name_lookup_udp_connect_is_not_an_attempt",
+            enforce::lookup_is_not_an_attempt,
+        ),
+        Trial::test(
             "destination_in_no_region_is_denied",
             enforce::unknown_region,
         ),

@@ -421,6 +421,8 @@ pub struct SockVerdict {
     pub dst_addr: [u8; 16],
     /// Region id of `dst_addr`.
     pub region: u32,
+    /// Id of the rule that decided (as in [`Event::rule`]).
+    pub rule: u32,
     /// [`Verdict`] code.
     pub verdict: u8,
     /// Address family of `dst_addr` ([`family`]).
@@ -433,8 +435,12 @@ pub struct SockVerdict {
     pub flow: u8,
     /// Destination port judged, host byte order (0 without ports).
     pub dst_port: u16,
-    /// Explicit padding, always zero.
-    pub _pad: [u8; 6],
+    /// 0: a deny or audit verdict given at a UDP `connect()`, which sends nothing, so it was
+    /// neither counted nor reported: the packet hook does both at the first datagram. 1:
+    /// counted and reported.
+    pub reported: u8,
+    /// [`unwrap`] code of the judged address (what the socket named), for the event.
+    pub mapped: u8,
 }
 
 /// Packets and bytes (IP header included, link layer excluded: `skb->len` at the cgroup

@@ -100,14 +100,32 @@ const MAX_IPV4_OPTION_BYTES: usize = 40;
 /// verifier can prune equivalent states instead of exploring each combination.
 const OFF_MASK: usize = 0x7ff;
 
+/// Per-CPU scratch space of one packet's walk ([`crate::maps::EGRESSD_SCRATCH_V1`]).
+#[repr(C)]
+pub struct Scratch {
+    /// The IPv4 option area.
+    pub options: [u8; 64],
+    /// Further addresses an egress packet is sent to: a routing header's segments (IPv6) or
+    /// a source route's hops (IPv4), each judged like the destination (IPv4 in bytes 0..4);
+    /// [`Packet::n_route`] of them are valid.
+    pub route: [[u8; 16]; MAX_ROUTE_ADDRS],
+}
+
+/// This CPU's scratch slot. Valid for the program's duration; nothing else uses this CPU's
+/// slot meanwhile (cgroup programs run with migration disabled, one at a time per CPU).
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: see above.
+    crate::maps::EGRESSD_SCRATCH_V1
+        .get_ptr_mut(0)
+        .map(|p| unsafe { &mut *p })
+}
+
 /// A packet as the packet hooks judge it.
 pub struct Packet {
     /// The remote address (destination on egress, source on ingress), protocol and port.
     pub dest: Dest,
-    /// Further addresses an egress packet is sent to: a routing header's segments (IPv6) or
-    /// a source route's hops (IPv4), each judged like `dest` (same family).
-    pub route: [[u8; 16]; MAX_ROUTE_ADDRS],
-    /// Valid entries of `route`.
+    /// Valid entries of [`Scratch::route`].
     pub n_route: usize,
     /// Family of the IP header (and of `route`), whatever `dest` was unwrapped to.
     pub header_family: u8,
@@ -131,7 +149,6 @@ pub fn from_skb(ctx: &SkBuffContext, egress: bool) -> Option<Packet> {
             addr: [0; 16],
             port: 0,
         },
-        route: [[0; 16]; MAX_ROUTE_ADDRS],
         n_route: 0,
         header_family: family::INET,
         doubt: failsafe::NONE,
@@ -199,7 +216,7 @@ fn ipv4(ctx: &SkBuffContext, egress: bool, p: &mut Packet) -> Result<(), u32> {
 }
 
 /// Collects the hops of a loose or strict source route (RFC 791 section 3.1) into
-/// `p.route`. The option area (at most 40 bytes) is copied to the stack once and scanned at
+/// [`Scratch::route`]. The option area (at most 40 bytes) is copied to scratch space once and scanned at
 /// fixed positions, which the verifier checks cheaply.
 #[inline(always)]
 fn ipv4_options(ctx: &SkBuffContext, ihl: usize, p: &mut Packet) -> Result<(), u32> {
@@ -207,16 +224,22 @@ fn ipv4_options(ctx: &SkBuffContext, ihl: usize, p: &mut Packet) -> Result<(), u
     if optlen == 0 || optlen > MAX_IPV4_OPTION_BYTES {
         return Err(failsafe::UNPARSEABLE);
     }
-    let mut buf = [0u8; MAX_IPV4_OPTION_BYTES];
-    // SAFETY: valid context; `buf` holds at least `optlen` (1..=40) bytes.
+    let Some(scratch) = scratch() else {
+        return Err(failsafe::UNPARSEABLE);
+    };
+    // 1..=64 by construction, which older verifiers (5.10) see even when the compiler moved
+    // the check above to another register.
+    let n = ((optlen - 1) & 63) + 1;
+    // SAFETY: valid context; `options` holds 64 bytes, `n` is at most 64.
     let ret = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb.cast(),
             20,
-            buf.as_mut_ptr().cast(),
-            optlen as u32,
+            scratch.options.as_mut_ptr().cast(),
+            n as u32,
         )
     };
+    let buf = &scratch.options;
     if ret != 0 {
         return Err(failsafe::UNPARSEABLE);
     }
@@ -265,7 +288,8 @@ fn ipv4_options(ctx: &SkBuffContext, ihl: usize, p: &mut Packet) -> Result<(), u
             break;
         }
         let a: [u8; 4] = load(ctx, 20 + at + 3 + 4 * i).ok_or(failsafe::UNPARSEABLE)?;
-        p.route[i][..4].copy_from_slice(&a);
+        scratch.route[i] = [0; 16];
+        scratch.route[i][..4].copy_from_slice(&a);
     }
     p.n_route = hops;
     Ok(())
@@ -319,7 +343,7 @@ fn ipv6(ctx: &SkBuffContext, egress: bool, p: &mut Packet) -> Result<(), u32> {
 }
 
 /// Collects the addresses of an IPv6 routing header (RFC 8200 section 4.4: type 2, RFC 6275;
-/// type 4, the segment routing header of RFC 8754) into `p.route`. Other types (0 is
+/// type 4, the segment routing header of RFC 8754) into [`Scratch::route`]. Other types (0 is
 /// deprecated and refused by Linux; 3 is compressed) cannot be read: fail closed.
 #[inline(always)]
 fn routing_header(ctx: &SkBuffContext, off: usize, len: usize, p: &mut Packet) -> Result<(), u32> {
@@ -335,11 +359,14 @@ fn routing_header(ctx: &SkBuffContext, off: usize, len: usize, p: &mut Packet) -
     if n > MAX_ROUTE_ADDRS {
         return Err(failsafe::ROUTE_TOO_LONG);
     }
+    let Some(scratch) = scratch() else {
+        return Err(failsafe::UNPARSEABLE);
+    };
     for i in 0..MAX_ROUTE_ADDRS {
         if i >= n {
             break;
         }
-        p.route[i] = load(ctx, off + 8 + 16 * i).ok_or(failsafe::UNPARSEABLE)?;
+        scratch.route[i] = load(ctx, off + 8 + 16 * i).ok_or(failsafe::UNPARSEABLE)?;
     }
     p.n_route = n;
     Ok(())

@@ -98,6 +98,11 @@ pub static EGRESSD_SUPPRESS_V1: LruHashMap<SuppressKey, SuppressState> =
 pub static EGRESSD_FAILSAFE_V1: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(failsafe::SLOTS, 0);
 
+/// Scratch space of the packet hook, per CPU: the BPF stack (512 bytes) has no room for it.
+#[map]
+pub static EGRESSD_SCRATCH_V1: PerCpuArray<crate::addr::Scratch> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Events lost in the kernel, per CPU, by cause.
 #[map]
 pub static EGRESSD_LOSS_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::SLOTS, 0);

@@ -5,7 +5,9 @@
 //! cached on the packet's socket ([`cache`]): one for the same destination and generation
 //! (or any earlier allow, with `established = keep`) is reused.
 use aya_ebpf::{bindings::bpf_sock, helpers::generated::bpf_tcp_sock, programs::SkBuffContext};
-use egressd_common::{Hook, MAX_ROUTE_ADDRS, SockVerdict, Verdict, direction, failsafe};
+use egressd_common::{
+    Hook, MAX_ROUTE_ADDRS, SockVerdict, Verdict, direction, failsafe, family, unwrap,
+};
 
 use crate::{addr, cache, decide, owner, report};
 
@@ -49,6 +51,29 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
         if fresh || kept {
             let verdict = Verdict::from_u8(c.verdict).unwrap_or(Verdict::Deny);
             report::flow(direction::EGRESS, c.region, verdict, len);
+            if verdict != Verdict::Allow && c.reported == 0 {
+                // Judged at a UDP connect(), which sent nothing: this first datagram is the
+                // attempt, counted and reported here, once.
+                report::count(Hook::SkbEgress, c.region, verdict);
+                let dec = decide::Decision {
+                    generation: c.generation,
+                    region: c.region,
+                    verdict,
+                    rule: c.rule,
+                    reason: failsafe::NONE,
+                };
+                // Reported as connect() named it: mapped, or NAT64 unwrapped.
+                let mut named = *d;
+                named.mapped = c.mapped;
+                if c.mapped == unwrap::NAT64 {
+                    named.addr = [0; 16];
+                    named.addr[..4]
+                        .copy_from_slice(&[d.addr[12], d.addr[13], d.addr[14], d.addr[15]]);
+                    named.family = family::INET;
+                }
+                report::event(Hook::SkbEgress, &named, &dec, &owner::of_packet(ctx, sk));
+                cache::put(sk, SockVerdict { reported: 1, ..c });
+            }
             return if verdict == Verdict::Deny { DROP } else { PASS };
         }
     }
@@ -67,12 +92,14 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
             generation,
             dst_addr: wire,
             region: dec.region,
+            rule: dec.rule,
             verdict: dec.verdict as u8,
             family: wire_family,
             protocol: d.protocol,
             flow: u8::from(d.protocol == IPPROTO_TCP && is_tcp(sk)),
             dst_port: d.port,
-            _pad: [0; 6],
+            reported: 1,
+            mapped: d.mapped,
         };
         cache::put(sk, cached);
     }
@@ -102,12 +129,18 @@ fn judge(ctx: &SkBuffContext, p: &mut addr::Packet, generation: u64) -> decide::
         return decide::Decision::fail_closed(generation, failsafe::LOCAL_MISROUTED);
     }
     let mut dec = decide::decide(&mut p.dest, generation);
+    if p.n_route == 0 {
+        return dec;
+    }
+    let Some(scratch) = addr::scratch() else {
+        return decide::Decision::fail_closed(generation, failsafe::UNPARSEABLE);
+    };
     for i in 0..MAX_ROUTE_ADDRS {
         if i >= p.n_route || dec.verdict == Verdict::Deny {
             break;
         }
         let mut hop = p.dest;
-        hop.addr = p.route[i];
+        hop.addr = scratch.route[i];
         hop.family = p.header_family;
         hop.mapped = egressd_common::unwrap::NONE;
         let h = if addr::is_local(&hop) {

@@ -13,6 +13,34 @@ const PROCEED: i32 = 1;
 /// Return value that makes the syscall fail with `EPERM`.
 const REJECT: i32 = 0;
 
+/// `IPPROTO_UDP` (`include/uapi/linux/in.h`).
+const IPPROTO_UDP: u8 = 17;
+
+/// The cache entry for verdict `dec` on destination `wire` (as the packets carry it).
+#[inline(always)]
+fn cached(
+    d: &addr::Dest,
+    wire: [u8; 16],
+    family: u8,
+    dec: &decide::Decision,
+    flow: u8,
+    reported: u8,
+) -> SockVerdict {
+    SockVerdict {
+        generation: dec.generation,
+        dst_addr: wire,
+        region: dec.region,
+        rule: dec.rule,
+        verdict: dec.verdict as u8,
+        family,
+        protocol: d.protocol,
+        flow,
+        dst_port: d.port,
+        reported,
+        mapped: d.mapped,
+    }
+}
+
 /// Judges one attempt at `hook`.
 #[inline(always)]
 pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
@@ -21,6 +49,18 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // What the packets will carry (mapped already unwrapped: the kernel sends IPv4).
     let (wire, wire_family) = (d.addr, d.family);
     let dec = decide::decide(&mut d, decide::generation());
+    // SAFETY: the kernel passes a valid `bpf_sock_addr`; its `sk` is the calling socket.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    let connect = matches!(hook, Hook::Connect4 | Hook::Connect6);
+    if connect && d.protocol == IPPROTO_UDP {
+        // A UDP connect() sends nothing (glibc's getaddrinfo connects a UDP socket to each
+        // address it sorts, RFC 6724): not an attempt. The socket carries the verdict; the
+        // packet hook refuses, counts and reports the first datagram.
+        if dec.verdict != Verdict::Allow || !decide::cut_established(dec.generation) {
+            cache::put(sk, cached(&d, wire, wire_family, &dec, 1, 0));
+        }
+        return PROCEED;
+    }
     report::count(hook, dec.region, dec.verdict);
     let who = || Who {
         attribution: egressd_common::attribution::TASK,
@@ -38,21 +78,11 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
     if dec.verdict == Verdict::Allow && decide::cut_established(dec.generation) {
         return PROCEED;
     }
-    // SAFETY: the kernel passes a valid `bpf_sock_addr`; its `sk` is the calling socket.
-    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
-    let cached = SockVerdict {
-        generation: dec.generation,
-        dst_addr: wire,
-        region: dec.region,
-        verdict: dec.verdict as u8,
-        family: wire_family,
-        protocol: d.protocol,
-        // connect() makes a connection (TCP, or a connected UDP socket); sendmsg does not.
-        flow: u8::from(matches!(hook, Hook::Connect4 | Hook::Connect6)),
-        dst_port: d.port,
-        _pad: [0; 6],
-    };
-    cache::put(sk, cached);
+    // connect() makes a connection (TCP here); sendmsg does not.
+    cache::put(
+        sk,
+        cached(&d, wire, wire_family, &dec, u8::from(connect), 1),
+    );
     if dec.verdict == Verdict::Audit {
         report::event(hook, &d, &dec, &who());
     }

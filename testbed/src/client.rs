@@ -222,6 +222,16 @@ pub fn attempt(probe: &str) -> ProbeResult {
             .map(drop)
             .map_err(|e| ("connect", e)),
         "udp" | "udp-sendto" => udp(kind == "udp", addr, timeout),
+        // What glibc's getaddrinfo does to sort addresses (RFC 6724): connect a UDP socket,
+        // read its source address, close it; nothing is sent.
+        "udp-connect" => std::net::UdpSocket::bind(if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        })
+        .map_err(|e| ("bind", e))
+        .and_then(|s| s.connect(addr).map_err(|e| ("connect", e)).map(|()| s))
+        .and_then(|s| s.local_addr().map(drop).map_err(|e| ("getsockname", e))),
         "tcp-fastopen" => fastopen(addr, timeout),
         "udp-sendmmsg" => sendmmsg(addr, timeout),
         "uring-tcp" => uring_connect(addr),

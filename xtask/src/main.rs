@@ -26,8 +26,13 @@ enum Cmd {
     /// Run egressd on configs/example.toml inside a sandbox (namespaces + a cgroup), drive
     /// allowed and denied connections, and show the events and counters.
     Demo,
-    /// Run the whole test suite: unit tests, and the privileged kernel tests (needs root).
+    /// Run the whole test suite: unit tests, the privileged kernel tests on this kernel, and
+    /// the kernel tests again inside VMs booting Debian's 5.10, 6.1 and 6.12 kernels (root).
     Test {
+        /// Skip the VM part (the kernel tests inside Debian's 5.10, 6.1 and 6.12 kernels
+        /// under QEMU, about 6 minutes): the native suite only.
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments passed to `cargo test` after `--`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -58,13 +63,13 @@ fn main() -> std::process::ExitCode {
         Cmd::Demo => setup::ensure()
             .and_then(|()| build())
             .and_then(|()| demo::run()),
-        Cmd::Test { args } => setup::ensure().and_then(|()| test(&args)),
+        Cmd::Test { no_vm, args } => setup::ensure().and_then(|()| test(&args, !no_vm)),
         Cmd::Package => setup::ensure().and_then(|()| package::run().map(|_| ())),
         Cmd::Bench(args) => bench::run(args),
         // The summary line is the last one printed: a failed kernel is only the exit code.
         Cmd::VmTest(args) => match vm::run(args) {
-            Ok(true) => return std::process::ExitCode::SUCCESS,
-            Ok(false) => return std::process::ExitCode::FAILURE,
+            Ok(r) if r.iter().all(|k| k.ok) => return std::process::ExitCode::SUCCESS,
+            Ok(_) => return std::process::ExitCode::FAILURE,
             Err(e) => Err(e),
         },
         Cmd::Probe { args } => {
@@ -145,7 +150,11 @@ impl TestSummary {
     }
 }
 
-fn test(extra: &[String]) -> anyhow::Result<()> {
+/// Seconds one kernel's boot and kernel tests may take in `cargo xtask test` (each takes
+/// 1.5-2.5 minutes under TCG here).
+const VM_TIMEOUT_SECS: u64 = 900;
+
+fn test(extra: &[String], vms: bool) -> anyhow::Result<()> {
     // --no-fail-fast: every test binary runs even after one failed, so one failure never
     // hides others.
     let mut args = vec![
@@ -162,7 +171,36 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // cargo prints one "test result:" line per test binary, the last ones often for binaries
     // without tests; add them up so the run ends with one line that says what ran.
-    let (status, sum) = sh::cargo_tee(&args, |line, sum: &mut TestSummary| sum.line(line))?;
+    let (status, mut sum) = sh::cargo_tee(&args, |line, sum: &mut TestSummary| sum.line(line))?;
+    // The kernel tests again, inside VMs booting the Debian kernels users run. After a
+    // native failure too: one failure never hides another.
+    let mut vm_failed = false;
+    if vms {
+        match vm::run(vm::Args::all(VM_TIMEOUT_SECS)) {
+            Ok(kernels) => {
+                for k in kernels {
+                    match &k.result_line {
+                        Some(line) => sum.line(&format!("test result: {line}")),
+                        // A kernel that crashed or timed out before its summary.
+                        None => sum.failed += 1,
+                    }
+                    println!(
+                        "kernel {}: {}",
+                        k.name,
+                        k.result_line
+                            .as_deref()
+                            .unwrap_or("no test summary (see above)")
+                    );
+                    vm_failed |= !k.ok;
+                }
+            }
+            Err(e) => {
+                eprintln!("xtask: vm-test could not run: {e:#}");
+                vm_failed = true;
+                sum.failed += 1;
+            }
+        }
+    }
     for line in sum.skip_lines() {
         println!("{line}");
     }
@@ -170,7 +208,7 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         "egressd tests: {} passed, {} failed, {} skipped",
         sum.passed, sum.failed, sum.skipped
     );
-    if !status.success() || sum.failed > 0 {
+    if !status.success() || sum.failed > 0 || vm_failed {
         anyhow::bail!("tests failed ({status})");
     }
     if sum.passed == 0 {

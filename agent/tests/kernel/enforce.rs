@@ -54,7 +54,9 @@ fn check_verdicts(tb: &egressd_testbed::Testbed, agent: Agent, v4: bool) -> Resu
     if ev.len() != 2 {
         return Err(format!("expected 2 deny events, got {ev:#?}").into());
     }
-    for (e, transport) in ev.iter().zip(["tcp", "udp"]) {
+    // TCP is refused at connect(), which sends a SYN; a UDP connect() sends nothing, so
+    // the first datagram is refused, by the packet hook.
+    for (e, (transport, hook)) in ev.iter().zip([("tcp", hook), ("udp", "cgroup_skb/egress")]) {
         assert_field(e, "/verdict", "deny")?;
         assert_field(e, "/hook", hook)?;
         assert_field(e, "/destination/ip", us)?;
@@ -102,18 +104,73 @@ pub fn mapped() -> Result<(), Failed> {
     if ev.len() != 3 {
         return Err(format!("expected 3 deny events, got {ev:#?}").into());
     }
-    // connect() on an AF_INET6 socket runs connect6 with the mapped address; an unconnected
-    // sendto() to a mapped address is handed to the IPv4 UDP stack, which runs sendmsg4.
-    for (e, hook, mapped) in [
-        (ev[0], "cgroup/connect6", "true"),
-        (ev[1], "cgroup/connect6", "true"),
-        (ev[2], "cgroup/sendmsg4", "false"),
-    ] {
+    // connect() on an AF_INET6 socket runs connect6 with the mapped address: TCP is refused
+    // there. A UDP connect() sends nothing; its send() on a mapped destination is handed to
+    // the IPv4 UDP stack with the address, which runs sendmsg4 and refuses it there, as it
+    // refuses an unconnected sendto(). The two datagrams' events may come in either order.
+    let mut hooks: Vec<&str> = ev.iter().filter_map(|e| e["hook"].as_str()).collect();
+    hooks.sort_unstable();
+    if hooks != ["cgroup/connect6", "cgroup/sendmsg4", "cgroup/sendmsg4"] {
+        return Err(format!("hooks {hooks:?}, want connect6 and twice sendmsg4").into());
+    }
+    for e in &ev {
+        let (hook, mapped) = if e["hook"] == "cgroup/connect6" {
+            ("cgroup/connect6", "true")
+        } else {
+            ("cgroup/sendmsg4", "false")
+        };
         assert_field(e, "/destination/ip", US_V4)?;
         assert_field(e, "/destination/mapped", mapped)?;
         assert_field(e, "/destination/region", "us")?;
         assert_field(e, "/network/type", "ipv4")?;
         assert_field(e, "/hook", hook)?;
+    }
+    Ok(())
+}
+
+/// A name lookup is not an attempt: glibc's getaddrinfo connects a UDP socket to each
+/// candidate address to sort them (RFC 6724) and sends nothing. Such connects to denied
+/// destinations (IPv4, IPv6, IPv4-mapped) give no event and leave every counter at zero;
+/// a datagram on such a socket is refused with EPERM and reported once, by the packet hook.
+pub fn lookup_is_not_an_attempt() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "enforce")?;
+    let mapped_us = format!("::ffff:{US_V4}");
+    let lookups: Vec<String> = [US_V4, US_V6, mapped_us.as_str(), EU_V4]
+        .iter()
+        .map(|h| udp(h).replacen("udp", "udp-connect", 1))
+        .collect();
+    for r in probe(&tb, 1, &lookups)? {
+        expect_ok(&r)?;
+    }
+    let quiet = agent.stop()?;
+    if !connections(&quiet).is_empty() {
+        return Err(format!("a lookup produced events: {:#?}", connections(&quiet)).into());
+    }
+    let stop = stop_record(&quiet)?;
+    if stop["counters"].as_array().is_some_and(|c| !c.is_empty()) {
+        return Err(format!("a lookup moved counters: {}", stop["counters"]).into());
+    }
+    let agent = Agent::start(&tb, "enforce")?;
+    let r = probe(&tb, 1, &[udp(US_V4), udp(US_V6)])?;
+    expect_eperm(&r[0])?;
+    expect_eperm(&r[1])?;
+    let recs = agent.stop()?;
+    let ev = connections(&recs);
+    if ev.len() != 2 {
+        return Err(format!("want one event per refused datagram, got {ev:#?}").into());
+    }
+    for e in &ev {
+        assert_field(e, "/hook", "cgroup_skb/egress")?;
+        assert_field(e, "/verdict", "deny")?;
+        assert_field(e, "/destination/region", "us")?;
+        assert_field(e, "/process/attribution", "socket_owner")?;
+    }
+    let stop = stop_record(&recs)?;
+    let denied = counter(stop, "cgroup_skb/egress", "us", "deny");
+    if denied != 2 {
+        return Err(format!("want 2 denied datagrams counted, got {denied}: {stop}").into());
     }
     Ok(())
 }
@@ -191,10 +248,16 @@ pub fn loopback() -> Result<(), Failed> {
         return Err("loopback attempts produced events".into());
     }
     let stop = stop_record(&recs)?;
+    // Three TCP connect()s; the UDP datagrams (the probe's and the echo it sends back over
+    // loopback) are judged by the packet hook: a UDP connect() sends nothing.
     let local = counter(stop, "cgroup/connect4", "local", "allow")
         + counter(stop, "cgroup/connect6", "local", "allow");
-    if local != 4 {
-        return Err(format!("expected 4 local allows, got {local}: {stop}").into());
+    let udp = counter(stop, "cgroup_skb/egress", "local", "allow");
+    if local != 3 || udp == 0 {
+        return Err(format!(
+            "expected 3 local connects and UDP packets, got {local} and {udp}: {stop}"
+        )
+        .into());
     }
     Ok(())
 }

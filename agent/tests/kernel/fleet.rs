@@ -316,8 +316,10 @@ pub fn metrics_equal_counters() -> Result<(), Failed> {
         )
         .unwrap_or(0.0) as u64
     };
+    // TCP is judged at connect(); connected UDP at its first datagram.
     let want = [
-        ("cgroup/connect4", "us", "deny", u64::from(n) * 2),
+        ("cgroup/connect4", "us", "deny", u64::from(n)),
+        ("cgroup_skb/egress", "us", "deny", u64::from(n)),
         ("cgroup/connect4", "eu", "allow", u64::from(n)),
     ];
     for (h, reg, v, w) in want {

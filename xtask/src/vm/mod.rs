@@ -74,9 +74,31 @@ impl Row {
     }
 }
 
-/// Runs the command; `Ok(false)` when a kernel failed (the summary line is printed
-/// last either way), `Err` when nothing could be run.
-pub fn run(args: Args) -> anyhow::Result<bool> {
+/// One kernel's outcome, for callers that add it to their own summary.
+pub struct KernelResult {
+    /// Kernel name (`5.10`, ...).
+    pub name: &'static str,
+    /// The guest's command exited 0.
+    pub ok: bool,
+    /// The test binary's closing summary without the `test result:` prefix, if any.
+    pub result_line: Option<String>,
+}
+
+impl Args {
+    /// Every kernel, the whole kernel test suite, the default timeout (`cargo xtask test`).
+    pub fn all(timeout: u64) -> Self {
+        Self {
+            kernels: Vec::new(),
+            timeout,
+            exec: false,
+            args: Vec::new(),
+        }
+    }
+}
+
+/// Runs the command and prints the table and the `vm-test:` summary line; one
+/// [`KernelResult`] per kernel. `Err` when nothing could be run.
+pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
     let selected: Vec<&'static kernels::Kernel> = if args.kernels.is_empty() {
         kernels::KERNELS.iter().collect()
     } else {
@@ -131,7 +153,14 @@ pub fn run(args: Args) -> anyhow::Result<bool> {
     print_table(&vm_dir, &rows);
     let passed = rows.iter().filter(|r| r.passed()).count();
     println!("vm-test: {passed} passed, {} failed", rows.len() - passed);
-    Ok(passed == rows.len())
+    Ok(rows
+        .iter()
+        .map(|r| KernelResult {
+            name: r.kernel.name,
+            ok: r.passed(),
+            result_line: r.report.as_ref().ok().and_then(|x| x.result_line.clone()),
+        })
+        .collect())
 }
 
 /// Builds `kernel`'s initramfs and boots it.
