@@ -28,7 +28,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::ProgramError,
+    programs::{ProgramError, links::FdLink},
 };
 use egressd_common::{
     DEFAULT_MAX_PREFIXES, Entry, FlowCounter, GlobalPolicy, maps, mode as kmode, set_of,
@@ -64,6 +64,10 @@ pub struct Enforcer {
     table_chunks: Option<usize>,
     /// Pinned mode: the pin directory and the cgroup.
     pins: Option<Pins>,
+    /// Unpinned mode: the link of each attached hook (index into [`HOOKS`]), owned here so
+    /// health and tamper checks can ask the kernel whether it is still attached; dropping
+    /// them detaches.
+    links: Vec<(usize, FdLink)>,
 }
 
 /// Pinned-mode state of an [`Enforcer`].
@@ -194,6 +198,7 @@ impl Enforcer {
             max_prefixes: max,
             table_chunks,
             pins: None,
+            links: Vec::new(),
         })
     }
 
@@ -267,7 +272,23 @@ impl Enforcer {
     pub fn hook_states(&self) -> Vec<(&'static str, bool)> {
         let hooks = HOOKS.iter().map(|h| (h.program, h.name));
         let Some(pins) = &self.pins else {
-            return hooks.map(|(_, h)| (h, self.generation > 0)).collect();
+            // Ask the kernel: a link detached behind egressd's back (`bpftool link detach`)
+            // still exists but is attached to no cgroup.
+            return HOOKS
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let attached = self.links.iter().any(|(j, l)| {
+                        *j == i
+                            && l.info()
+                                .map_err(anyhow::Error::from)
+                                .and_then(|info| crate::pin::link_by_id(info.id()))
+                                .and_then(|fd| crate::pin::link_state(fd.as_fd()))
+                                .is_ok_and(|st| st.cgroup_id != 0)
+                    });
+                    (h.name, attached)
+                })
+                .collect();
         };
         let cgroup_id = std::fs::metadata(&pins.cgroup).map_or(0, |m| m.ino());
         hooks
@@ -521,10 +542,13 @@ impl Enforcer {
             }
             return Ok(());
         }
-        for hook in &HOOKS {
-            hook.attach(&mut self.ebpf, &cg, false)
+        for (i, hook) in HOOKS.iter().enumerate() {
+            let link = hook
+                .attach(&mut self.ebpf, &cg, true)
                 .map_err(|e| explain_program(hook, e))
-                .with_context(|| format!("attaching {} to {}", hook.name, cgroup.display()))?;
+                .with_context(|| format!("attaching {} to {}", hook.name, cgroup.display()))?
+                .context("the attached link was not returned")?;
+            self.links.push((i, link));
             tracing::info!(hook = hook.name, cgroup = %cgroup.display(), "attached");
         }
         Ok(())

@@ -313,6 +313,8 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 /// `BPF_LINK_UPDATE`: replace the program of a link atomically.
 pub(crate) const BPF_LINK_UPDATE: libc::c_long = 29;
+/// `BPF_LINK_GET_FD_BY_ID` (`include/uapi/linux/bpf.h`).
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_LINK_DETACH: libc::c_long = 34;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
@@ -337,6 +339,20 @@ pub fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
     attr[0] = c.as_ptr() as u64;
     let fd =
         sys_bpf(BPF_OBJ_GET, &mut attr).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: the kernel returned a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) })
+}
+
+/// A new descriptor for the BPF link with id `id` (`BPF_LINK_GET_FD_BY_ID`).
+///
+/// # Errors
+/// No such link (it was destroyed), or no CAP_SYS_ADMIN.
+pub fn link_by_id(id: u32) -> anyhow::Result<OwnedFd> {
+    // union bpf_attr { ... struct { u32 start_id / link_id; u32 next_id; u32 open_flags; } }
+    let mut attr = [0u64; 2];
+    attr[0] = u64::from(id);
+    let fd = sys_bpf(BPF_LINK_GET_FD_BY_ID, &mut attr)
+        .with_context(|| format!("opening BPF link {id}"))?;
     // SAFETY: the kernel returned a new descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) })
 }

@@ -95,6 +95,10 @@ fn main() {
             fleet::signals_during_start,
         ),
         Trial::test(
+            "fleet_health_sees_detached_links_without_pins",
+            fleet::health_without_pins,
+        ),
+        Trial::test(
             "fleet_metrics_equal_counters",
             fleet::metrics_equal_counters,
         ),

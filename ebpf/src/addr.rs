@@ -227,9 +227,14 @@ fn ipv4_options(ctx: &SkBuffContext, ihl: usize, p: &mut Packet) -> Result<(), u
     let Some(scratch) = scratch() else {
         return Err(failsafe::UNPARSEABLE);
     };
-    // 1..=64 by construction, which older verifiers (5.10) see even when the compiler moved
-    // the check above to another register.
-    let n = ((optlen - 1) & 63) + 1;
+    // Read back through memory so the compiler cannot merge this bound with the check
+    // above (which it may keep on another register): older verifiers (5.10, 6.1) only
+    // believe a bound tested on the very register passed to the helper.
+    // SAFETY: reading a live local.
+    let n = unsafe { core::ptr::read_volatile(&optlen) };
+    if n == 0 || n > 64 {
+        return Err(failsafe::UNPARSEABLE);
+    }
     // SAFETY: valid context; `options` holds 64 bytes, `n` is at most 64.
     let ret = unsafe {
         bpf_skb_load_bytes(

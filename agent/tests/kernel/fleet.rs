@@ -730,3 +730,57 @@ fn reload_frame(msgs: &[Vec<String>]) -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// Without `--pin-dir`, links detached behind egressd's back (`bpftool link detach`) are
+/// seen: `/healthz` answers 503 naming them and `egressd_hook_attached` drops to 0.
+pub fn health_without_pins() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = write_config(&dir, &policy("enforce"))?;
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let d = Agent::start_at(&tb, &cfg, &["--metrics", &addr])?;
+    let (code, _) = http_get(port, "/healthz")?;
+    if code != 200 {
+        return Err(format!("/healthz before: {code}").into());
+    }
+    // Every link attached to the test cgroup (its id is the directory's inode).
+    let cgroup_id = std::fs::metadata(tb.cgroup.path())
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .map_err(|e| e.to_string())?;
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .map_err(|e| format!("bpftool: {e}"))?;
+    let links: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let ids: Vec<u64> = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["cgroup_id"].as_u64() == Some(cgroup_id))
+        .filter_map(|l| l["id"].as_u64())
+        .collect();
+    if ids.len() != egressd::loader::hooks::HOOKS.len() {
+        return Err(format!("want one link per hook on the cgroup, found {ids:?}").into());
+    }
+    for id in &ids {
+        let st = Command::new("bpftool")
+            .args(["link", "detach", "id", &id.to_string()])
+            .status()
+            .map_err(|e| format!("bpftool: {e}"))?;
+        if !st.success() {
+            return Err(format!("bpftool link detach id {id} failed").into());
+        }
+    }
+    let (code, body) = http_get(port, "/healthz")?;
+    if code != 503 || !body.contains("cgroup/connect4") {
+        return Err(format!("/healthz after detaching: {code} {body}").into());
+    }
+    let (_, metrics) = http_get(port, "/metrics")?;
+    if !metrics.contains("egressd_hook_attached{hook=\"cgroup/connect4\"} 0") {
+        return Err(format!("hook_attached not 0 after detaching:\n{metrics}").into());
+    }
+    d.stop()?;
+    Ok(())
+}
