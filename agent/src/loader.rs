@@ -11,6 +11,7 @@
 //! the next `load_pinned` on the same directory adopts them (same maps, the policy generation
 //! continues, each link's program replaced atomically with `BPF_LINK_UPDATE`).
 pub mod hooks;
+mod quiesce;
 mod table;
 
 use std::{
@@ -68,6 +69,9 @@ pub struct Enforcer {
     /// health and tamper checks can ask the kernel whether it is still attached; dropping
     /// them detaches.
     links: Vec<(usize, FdLink)>,
+    /// Waits out programs still reading the idle set before it is rewritten (see
+    /// `quiesce`).
+    quiescer: quiesce::Quiescer,
 }
 
 /// Pinned-mode state of an [`Enforcer`].
@@ -199,6 +203,7 @@ impl Enforcer {
             table_chunks,
             pins: None,
             links: Vec::new(),
+            quiescer: quiesce::Quiescer::new()?,
         })
     }
 
@@ -243,12 +248,16 @@ impl Enforcer {
                 );
             }
         }
+        // Any map pinned before this start may hold what an earlier process wrote, also one
+        // that failed before publishing a generation (a half-filled set): both sets are
+        // emptied before they are filled.
+        let had_pins = !pinned_maps(dir)?.is_empty();
         let mut e = Self::open_in(Capacity::for_policy(&policy), Some(dir))?;
         let generation: Array<_, u64> = Array::try_from(map(&mut e.ebpf, maps::GENERATION)?)?;
         let previous = generation.get(&0, 0).unwrap_or(0);
         e.generation = previous;
         let adopted = dir.has_links();
-        e.unknown = [previous > 0; 2];
+        e.unknown = [had_pins || previous > 0; 2];
         e.pins = Some(Pins {
             dir: dir.clone(),
             cgroup: cgroup.to_path_buf(),
@@ -472,9 +481,30 @@ impl Enforcer {
                 return Ok(false);
             }
         }
+        let nat64: LpmTrie<_, [u8; 16], u32> =
+            LpmTrie::try_from(map(&mut self.ebpf, maps::NAT64[set])?)?;
+        let want_nat64: HashSet<(u32, [u8; 16])> = policy
+            .nat64
+            .iter()
+            .map(|n| (u32::from(n.prefix()), n.network().octets()))
+            .collect();
+        let mut n = 0usize;
+        for item in nat64.iter() {
+            let (k, _) = item?;
+            n += 1;
+            if !want_nat64.contains(&(k.prefix_len(), k.data())) {
+                return Ok(false);
+            }
+        }
+        if n != want_nat64.len() {
+            return Ok(false);
+        }
+        // Every setting, not only the generation: mode, cut_established, v4_table and the
+        // suppression window change what the kernel does too.
         let settings: Array<_, GlobalPolicy> =
             Array::try_from(map(&mut self.ebpf, maps::SETTINGS)?)?;
-        Ok(settings.get(&u32::try_from(set)?, 0)?.generation == self.generation)
+        Ok(settings.get(&u32::try_from(set)?, 0)?
+            == settings_of(policy, self.generation, uses_table))
     }
 
     /// Attaches hook program `name` to `cg` anew and pins its link at `path`.
@@ -606,6 +636,9 @@ impl Enforcer {
         }
         let next = self.generation + 1;
         let set = set_of(next);
+        // The idle set last served generation `next - 2`: no program may still read it
+        // when it is rewritten (A, B, A reloads in quick succession).
+        self.quiescer.wait()?;
         let old = self.sets[set].take();
         let unknown = self.unknown[set];
         if unknown {
@@ -800,7 +833,37 @@ fn clear_stale(ebpf: &mut Ebpf, set: usize, policy: &Policy, table: bool) -> any
     for k in &stale {
         let _ = trie.remove(k);
     }
+    let keep_nat64: HashSet<(u32, [u8; 16])> = policy
+        .nat64
+        .iter()
+        .map(|n| (u32::from(n.prefix()), n.network().octets()))
+        .collect();
+    let mut nat64: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, maps::NAT64[set])?)?;
+    let stale: Vec<Key<[u8; 16]>> = nat64
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep_nat64.contains(&(k.prefix_len(), k.data())))
+        .collect();
+    for k in &stale {
+        let _ = nat64.remove(k);
+    }
     Ok(())
+}
+
+/// The settings value of a set that serves `policy` as `generation`.
+fn settings_of(policy: &Policy, generation: u64, v4_table: bool) -> GlobalPolicy {
+    GlobalPolicy {
+        generation,
+        // Informational: the entries carry the effective mode of every decision.
+        mode: match policy.mode {
+            Mode::Enforce => kmode::ENFORCE,
+            Mode::Audit => kmode::AUDIT,
+        },
+        cut_established: u8::from(policy.established == Established::Cut),
+        v4_table: u8::from(v4_table),
+        _pad: 0,
+        suppress_ms: policy.suppress_window_ms,
+    }
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
@@ -920,18 +983,7 @@ fn fill_set(
             .with_context(|| format!("setting entry {id} in {name}"))?;
     }
     let mut settings: Array<_, GlobalPolicy> = Array::try_from(map(ebpf, maps::SETTINGS)?)?;
-    let value = GlobalPolicy {
-        generation,
-        // Informational: the entries carry the effective mode of every decision.
-        mode: match new.mode {
-            Mode::Enforce => kmode::ENFORCE,
-            Mode::Audit => kmode::AUDIT,
-        },
-        cut_established: u8::from(new.established == Established::Cut),
-        v4_table: u8::from(table.is_some()),
-        _pad: 0,
-        suppress_ms: new.suppress_window_ms,
-    };
+    let value = settings_of(new, generation, table.is_some());
     settings.set(u32::try_from(set)?, value, 0)?;
     Ok(table.is_some())
 }

@@ -227,14 +227,11 @@ fn ipv4_options(ctx: &SkBuffContext, ihl: usize, p: &mut Packet) -> Result<(), u
     let Some(scratch) = scratch() else {
         return Err(failsafe::UNPARSEABLE);
     };
-    // Read back through memory so the compiler cannot merge this bound with the check
-    // above (which it may keep on another register): older verifiers (5.10, 6.1) only
-    // believe a bound tested on the very register passed to the helper.
+    // 1..=64 by masking, which every verifier follows (5.10 cannot represent "not 0" from
+    // a test). Read back through memory first, so the compiler, which knows `optlen` is
+    // 1..=40, cannot fold the masking away; for 1..=40 it changes nothing.
     // SAFETY: reading a live local.
-    let n = unsafe { core::ptr::read_volatile(&optlen) };
-    if n == 0 || n > 64 {
-        return Err(failsafe::UNPARSEABLE);
-    }
+    let n = ((unsafe { core::ptr::read_volatile(&optlen) } - 1) & 63) + 1;
     // SAFETY: valid context; `options` holds 64 bytes, `n` is at most 64.
     let ret = unsafe {
         bpf_skb_load_bytes(

@@ -241,6 +241,49 @@ pub fn tamper_repaired() -> Result<(), Failed> {
         return Err(format!("repair record does not name the generation: {rec}").into());
     }
     probe_us_denied(&tb)?;
+    // Settings and the NAT64 trie of the set in force (generation 1: set B, index 1) are
+    // compared too: switching the set to audit mode, or adding a NAT64 prefix, is undone.
+    let settings = pins
+        .0
+        .join("maps/EGRESSD_SETTINGS_V1")
+        .to_string_lossy()
+        .into_owned();
+    let mut cmd = vec![
+        "map", "update", "pinned", &settings, "key", "1", "0", "0", "0", "value",
+    ];
+    // generation 1, mode audit, cut 0, v4_table 0, pad, suppress_ms 0.
+    cmd.extend(["1", "0", "0", "0", "0", "0", "0", "0", "1", "0", "0", "0"]);
+    cmd.extend(["0"; 4]);
+    bpftool(&cmd)?;
+    let rec = d.wait_for("tamper_repaired", Duration::from_secs(2))?;
+    if !rec["repairs"].to_string().contains("policy maps") {
+        return Err(format!("settings change not repaired as a map change: {rec}").into());
+    }
+    let nat64 = pins
+        .0
+        .join("maps/EGRESSD_NAT64_B_V1")
+        .to_string_lossy()
+        .into_owned();
+    // 2001:db8:2::/96 (a us prefix) as a NAT64 prefix would judge us addresses by the IPv4
+    // inside them.
+    let mut cmd = vec![
+        "map", "update", "pinned", &nat64, "key", "96", "0", "0", "0",
+    ];
+    cmd.extend(["0x20", "0x01", "0x0d", "0xb8", "0", "2"]);
+    cmd.extend(["0"; 10]);
+    cmd.extend(["value", "1", "0", "0", "0"]);
+    bpftool(&cmd)?;
+    let rec = d.wait_for("tamper_repaired", Duration::from_secs(2))?;
+    if !rec["repairs"].to_string().contains("policy maps") {
+        return Err(format!("NAT64 change not repaired: {rec}").into());
+    }
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned", &nat64])
+        .output()
+        .map_err(|e| format!("bpftool: {e}"))?;
+    if String::from_utf8_lossy(&out.stdout).contains("\"0xb8\"") {
+        return Err("the forged NAT64 prefix is still in the map".into());
+    }
     eprintln!("link detach noticed and repaired in {took:?}");
     Ok(())
 }
