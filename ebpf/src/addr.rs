@@ -95,6 +95,9 @@ const IPOPT_LSRR: u8 = 131;
 const IPOPT_SSRR: u8 = 137;
 /// Size of the IPv4 option area at most (RFC 791: IHL 15 = 60 bytes of header).
 const MAX_IPV4_OPTION_BYTES: usize = 40;
+/// Options (NOOPs included) the IPv4 walk reads before it gives up and denies (real packets
+/// carry one or two).
+const MAX_IPV4_OPTIONS: usize = 12;
 /// Offsets inside the header walks are masked with this (they never legitimately exceed
 /// it): every path through a loop body then leaves the same offset range behind, so the
 /// verifier can prune equivalent states instead of exploring each combination.
@@ -109,6 +112,32 @@ pub struct Scratch {
     /// a source route's hops (IPv4), each judged like the destination (IPv4 in bytes 0..4);
     /// [`Packet::n_route`] of them are valid.
     pub route: [[u8; 16]; MAX_ROUTE_ADDRS],
+    /// Valid entries of `route`.
+    pub n_route: u64,
+    /// The header walks' offset (or the IPv4 option walk's), kept here between rounds.
+    pub walk: u64,
+    /// 1: a Fragment header with a non-zero offset was seen (no upper-layer header here).
+    pub later_fragment: u64,
+    /// Start and length of the IPv4 source route option (length 0: none).
+    pub route_at: u64,
+    /// See `route_at`.
+    pub route_len: u64,
+}
+
+/// Writes `v` to scratch memory, where the verifier does not track values.
+#[inline(always)]
+fn put(slot: &mut u64, v: u64) {
+    // SAFETY: a valid, aligned field of this CPU's scratch slot.
+    unsafe { core::ptr::write_volatile(slot, v) }
+}
+
+/// Reads scratch memory back. The verifier sees an unknown value, so the states of every
+/// path through a walk's round look alike and are pruned, instead of each combination of
+/// header types being explored on its own (which older verifiers, 5.10, cannot finish).
+#[inline(always)]
+fn get(slot: &u64) -> u64 {
+    // SAFETY: as in `put`.
+    unsafe { core::ptr::read_volatile(slot) }
 }
 
 /// This CPU's scratch slot. Valid for the program's duration; nothing else uses this CPU's
@@ -125,7 +154,7 @@ pub fn scratch() -> Option<&'static mut Scratch> {
 pub struct Packet {
     /// The remote address (destination on egress, source on ingress), protocol and port.
     pub dest: Dest,
-    /// Valid entries of [`Scratch::route`].
+    /// Valid entries of [`Scratch::route`] (0..=MAX_ROUTE_ADDRS).
     pub n_route: usize,
     /// Family of the IP header (and of `route`), whatever `dest` was unwrapped to.
     pub header_family: u8,
@@ -153,20 +182,30 @@ pub fn from_skb(ctx: &SkBuffContext, egress: bool) -> Option<Packet> {
         header_family: family::INET,
         doubt: failsafe::NONE,
     };
+    if proto != ETH_P_IP && proto != ETH_P_IPV6 {
+        return None;
+    }
+    let Some(sc) = scratch() else {
+        p.doubt = failsafe::UNPARSEABLE;
+        return Some(p);
+    };
+    put(&mut sc.n_route, 0);
     if proto == ETH_P_IP {
-        p.doubt = match ipv4(ctx, egress, &mut p) {
+        p.doubt = match ipv4(ctx, egress, &mut p, sc) {
             Ok(()) => failsafe::NONE,
             Err(reason) => reason,
         };
+        p.n_route = (get(&sc.n_route) as usize) & 7;
         return Some(p);
     }
-    if proto == ETH_P_IPV6 {
+    {
         p.dest.family = family::INET6;
         p.header_family = family::INET6;
-        p.doubt = match ipv6(ctx, egress, &mut p) {
+        p.doubt = match ipv6(ctx, egress, &mut p, sc) {
             Ok(()) => failsafe::NONE,
             Err(reason) => reason,
         };
+        p.n_route = (get(&sc.n_route) as usize) & 7;
         // Judged as the socket hooks judge it, so one model describes every hook.
         let a = p.dest.addr;
         if a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
@@ -175,13 +214,12 @@ pub fn from_skb(ctx: &SkBuffContext, egress: bool) -> Option<Packet> {
             p.dest.family = family::INET;
             p.dest.mapped = unwrap::MAPPED;
         }
-        return Some(p);
+        Some(p)
     }
-    None
 }
 
 #[inline(always)]
-fn ipv4(ctx: &SkBuffContext, egress: bool, p: &mut Packet) -> Result<(), u32> {
+fn ipv4(ctx: &SkBuffContext, egress: bool, p: &mut Packet, sc: &mut Scratch) -> Result<(), u32> {
     // Two bytes, not one: LLVM turns a one-byte bound `data + 1 <= end` into `data < end`,
     // which the verifier does not read as a bound.
     let [vihl, _]: [u8; 2] = read(ctx, 0).ok_or(failsafe::UNPARSEABLE)?;
@@ -197,7 +235,7 @@ fn ipv4(ctx: &SkBuffContext, egress: bool, p: &mut Packet) -> Result<(), u32> {
         return Err(failsafe::UNPARSEABLE);
     }
     if egress && ihl > 20 {
-        ipv4_options(ctx, ihl, p)?;
+        ipv4_options(ctx, ihl, sc)?;
     }
     // A later fragment carries no ports: judged by protocol alone (port 0).
     if frag & 0x1fff != 0 {
@@ -219,14 +257,11 @@ fn ipv4(ctx: &SkBuffContext, egress: bool, p: &mut Packet) -> Result<(), u32> {
 /// [`Scratch::route`]. The option area (at most 40 bytes) is copied to scratch space once and scanned at
 /// fixed positions, which the verifier checks cheaply.
 #[inline(always)]
-fn ipv4_options(ctx: &SkBuffContext, ihl: usize, p: &mut Packet) -> Result<(), u32> {
+fn ipv4_options(ctx: &SkBuffContext, ihl: usize, sc: &mut Scratch) -> Result<(), u32> {
     let optlen = ihl - 20;
     if optlen == 0 || optlen > MAX_IPV4_OPTION_BYTES {
         return Err(failsafe::UNPARSEABLE);
     }
-    let Some(scratch) = scratch() else {
-        return Err(failsafe::UNPARSEABLE);
-    };
     // 1..=64 by masking, which every verifier follows (5.10 cannot represent "not 0" from
     // a test). Read back through memory first, so the compiler, which knows `optlen` is
     // 1..=40, cannot fold the masking away; for 1..=40 it changes nothing.
@@ -237,50 +272,55 @@ fn ipv4_options(ctx: &SkBuffContext, ihl: usize, p: &mut Packet) -> Result<(), u
         bpf_skb_load_bytes(
             ctx.skb.skb.cast(),
             20,
-            scratch.options.as_mut_ptr().cast(),
+            sc.options.as_mut_ptr().cast(),
             n as u32,
         )
     };
-    let buf = &scratch.options;
     if ret != 0 {
         return Err(failsafe::UNPARSEABLE);
     }
-    // Bytes of the current option still to skip; where the source route starts.
-    let mut skip = 0usize;
-    let mut route: Option<(usize, usize)> = None;
-    for i in 0..MAX_IPV4_OPTION_BYTES {
-        if i >= optlen {
+    // Option by option (RFC 791 section 3.1: type, length, data; END and NOOP are one
+    // byte), at most MAX_IPV4_OPTIONS of them.
+    put(&mut sc.walk, 0);
+    put(&mut sc.route_len, 0);
+    let mut done = false;
+    for _ in 0..MAX_IPV4_OPTIONS {
+        let at = (get(&sc.walk) as usize) & 63;
+        if at >= optlen {
+            done = true;
             break;
         }
-        if skip > 0 {
-            skip -= 1;
-            continue;
-        }
-        let kind = buf[i];
+        let kind = sc.options[at];
         if kind == IPOPT_END {
+            done = true;
             break;
         }
         if kind == IPOPT_NOOP {
+            put(&mut sc.walk, (at + 1) as u64);
             continue;
         }
-        if i + 1 >= MAX_IPV4_OPTION_BYTES {
-            return Err(failsafe::UNPARSEABLE);
-        }
-        let len = usize::from(buf[i + 1]);
-        if len < 2 || i + len > optlen {
+        let len = usize::from(sc.options[(at + 1) & 63]);
+        if len < 2 || at + len > optlen {
             return Err(failsafe::UNPARSEABLE);
         }
         if kind == IPOPT_LSRR || kind == IPOPT_SSRR {
-            if route.is_some() {
+            if get(&sc.route_len) != 0 {
                 return Err(failsafe::UNPARSEABLE);
             }
-            route = Some((i, len));
+            put(&mut sc.route_at, at as u64);
+            put(&mut sc.route_len, len as u64);
         }
-        skip = len - 1;
+        put(&mut sc.walk, (at + len) as u64);
     }
-    let Some((at, len)) = route else {
+    let at = (get(&sc.walk) as usize) & 63;
+    if !done && at < optlen && sc.options[at] != IPOPT_END {
+        return Err(failsafe::CHAIN_TOO_LONG);
+    }
+    let len = (get(&sc.route_len) as usize) & 63;
+    if len == 0 {
         return Ok(());
-    };
+    }
+    let at = (get(&sc.route_at) as usize) & 63;
     let hops = len.saturating_sub(3) / 4;
     if hops > MAX_ROUTE_ADDRS {
         return Err(failsafe::ROUTE_TOO_LONG);
@@ -290,65 +330,82 @@ fn ipv4_options(ctx: &SkBuffContext, ihl: usize, p: &mut Packet) -> Result<(), u
             break;
         }
         let a: [u8; 4] = load(ctx, 20 + at + 3 + 4 * i).ok_or(failsafe::UNPARSEABLE)?;
-        scratch.route[i] = [0; 16];
-        scratch.route[i][..4].copy_from_slice(&a);
+        sc.route[i] = [0; 16];
+        sc.route[i][..4].copy_from_slice(&a);
     }
-    p.n_route = hops;
+    put(&mut sc.n_route, hops as u64);
     Ok(())
 }
 
 #[inline(always)]
-fn ipv6(ctx: &SkBuffContext, egress: bool, p: &mut Packet) -> Result<(), u32> {
+fn ipv6(ctx: &SkBuffContext, egress: bool, p: &mut Packet, sc: &mut Scratch) -> Result<(), u32> {
     let [mut next, _]: [u8; 2] = read(ctx, 6).ok_or(failsafe::UNPARSEABLE)?;
     p.dest.addr = read(ctx, if egress { 24 } else { 8 }).ok_or(failsafe::UNPARSEABLE)?;
-    let mut off = 40usize;
-    let mut first_fragment = true;
-    // Walk the extension headers (RFC 8200 section 4.1) to the upper-layer header.
-    // One more round than headers: the last one finds the upper-layer header.
+    if !is_ext(next) {
+        p.dest.protocol = next;
+        p.dest.port = port(ctx, next, 40, egress)?;
+        return Ok(());
+    }
+    put(&mut sc.walk, 40);
+    put(&mut sc.later_fragment, 0);
+    // Walk the extension headers (RFC 8200 section 4.1) to the upper-layer header. One
+    // more round than headers: the last one finds the upper-layer header.
     for _ in 0..=MAX_EXT_HEADERS {
-        off &= OFF_MASK;
-        let ext = next == NEXTHDR_HOP
-            || next == NEXTHDR_DEST
-            || next == NEXTHDR_ROUTING
-            || next == NEXTHDR_FRAGMENT
-            || next == NEXTHDR_AUTH;
-        if ext {
-            // Every extension header starts with (next header, length).
-            let [nh, len]: [u8; 2] = load(ctx, off).ok_or(failsafe::UNPARSEABLE)?;
-            let len = usize::from(len);
-            if next == NEXTHDR_FRAGMENT {
-                let frag: u16 = load::<u16>(ctx, off + 2)
-                    .map(u16::from_be)
-                    .ok_or(failsafe::UNPARSEABLE)?;
-                // Any later fragment in the chain means no upper-layer header here.
-                first_fragment &= frag & 0xfff8 == 0;
-                off += 8;
-            } else if next == NEXTHDR_AUTH {
-                off += (len + 2) * 4;
-            } else {
-                if next == NEXTHDR_ROUTING && egress {
-                    routing_header(ctx, off, len, p)?;
-                }
-                off += (len + 1) * 8;
-            }
-            next = nh;
-        } else {
+        let off = (get(&sc.walk) as usize) & OFF_MASK;
+        if !is_ext(next) {
             p.dest.protocol = next;
-            if first_fragment {
+            // Any later fragment in the chain means no upper-layer header here.
+            if get(&sc.later_fragment) == 0 {
                 p.dest.port = port(ctx, next, off, egress)?;
             }
             return Ok(());
         }
+        // Every extension header starts with (next header, length).
+        let [nh, len]: [u8; 2] = load(ctx, off).ok_or(failsafe::UNPARSEABLE)?;
+        let len = usize::from(len);
+        let step = if next == NEXTHDR_FRAGMENT {
+            let frag: u16 = load::<u16>(ctx, off + 2)
+                .map(u16::from_be)
+                .ok_or(failsafe::UNPARSEABLE)?;
+            if frag & 0xfff8 != 0 {
+                put(&mut sc.later_fragment, 1);
+            }
+            8
+        } else if next == NEXTHDR_AUTH {
+            (len + 2) * 4
+        } else {
+            if next == NEXTHDR_ROUTING && egress {
+                routing_header(ctx, off, len, sc)?;
+            }
+            (len + 1) * 8
+        };
+        put(&mut sc.walk, (off + step) as u64);
+        next = nh;
     }
     p.dest.protocol = next;
     Err(failsafe::CHAIN_TOO_LONG)
+}
+
+/// An IPv6 extension header the walk goes past.
+#[inline(always)]
+fn is_ext(next: u8) -> bool {
+    next == NEXTHDR_HOP
+        || next == NEXTHDR_DEST
+        || next == NEXTHDR_ROUTING
+        || next == NEXTHDR_FRAGMENT
+        || next == NEXTHDR_AUTH
 }
 
 /// Collects the addresses of an IPv6 routing header (RFC 8200 section 4.4: type 2, RFC 6275;
 /// type 4, the segment routing header of RFC 8754) into [`Scratch::route`]. Other types (0 is
 /// deprecated and refused by Linux; 3 is compressed) cannot be read: fail closed.
 #[inline(always)]
-fn routing_header(ctx: &SkBuffContext, off: usize, len: usize, p: &mut Packet) -> Result<(), u32> {
+fn routing_header(
+    ctx: &SkBuffContext,
+    off: usize,
+    len: usize,
+    sc: &mut Scratch,
+) -> Result<(), u32> {
     let [kind, _]: [u8; 2] = load(ctx, off + 2).ok_or(failsafe::UNPARSEABLE)?;
     let n = match kind {
         0 | 2 => len / 2,
@@ -361,16 +418,17 @@ fn routing_header(ctx: &SkBuffContext, off: usize, len: usize, p: &mut Packet) -
     if n > MAX_ROUTE_ADDRS {
         return Err(failsafe::ROUTE_TOO_LONG);
     }
-    let Some(scratch) = scratch() else {
+    if get(&sc.n_route) != 0 {
+        // A second routing header: which addresses count is not worth guessing.
         return Err(failsafe::UNPARSEABLE);
-    };
+    }
     for i in 0..MAX_ROUTE_ADDRS {
         if i >= n {
             break;
         }
-        scratch.route[i] = load(ctx, off + 8 + 16 * i).ok_or(failsafe::UNPARSEABLE)?;
+        sc.route[i] = load(ctx, off + 8 + 16 * i).ok_or(failsafe::UNPARSEABLE)?;
     }
-    p.n_route = n;
+    put(&mut sc.n_route, n as u64);
     Ok(())
 }
 
