@@ -69,6 +69,8 @@ pub struct Enforcer {
     /// health and tamper checks can ask the kernel whether it is still attached; dropping
     /// them detaches.
     links: Vec<(usize, FdLink)>,
+    /// The cgroup the hooks are attached to (set by [`Enforcer::attach`]).
+    cgroup: Option<PathBuf>,
     /// Waits out programs still reading the idle set before it is rewritten (see
     /// `quiesce`).
     quiescer: quiesce::Quiescer,
@@ -203,6 +205,7 @@ impl Enforcer {
             table_chunks,
             pins: None,
             links: Vec::new(),
+            cgroup: None,
             quiescer: quiesce::Quiescer::new()?,
         })
     }
@@ -281,19 +284,16 @@ impl Enforcer {
     pub fn hook_states(&self) -> Vec<(&'static str, bool)> {
         let hooks = HOOKS.iter().map(|h| (h.program, h.name));
         let Some(pins) = &self.pins else {
-            // Ask the kernel: a link detached behind egressd's back (`bpftool link detach`)
-            // still exists but is attached to no cgroup.
+            // Ask the kernel which programs run at each hook of the cgroup: a link detached
+            // behind egressd's back (`bpftool link detach`) still exists but runs nowhere.
+            let cg = self.cgroup.as_ref().and_then(|p| File::open(p).ok());
             return HOOKS
                 .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    let attached = self.links.iter().any(|(j, l)| {
-                        *j == i
-                            && l.info()
-                                .map_err(anyhow::Error::from)
-                                .and_then(|info| crate::pin::link_by_id(info.id()))
-                                .and_then(|fd| crate::pin::link_state(fd.as_fd()))
-                                .is_ok_and(|st| st.cgroup_id != 0)
+                .map(|h| {
+                    let attached = cg.as_ref().is_some_and(|cg| {
+                        let want = self.program_id(h.program).ok();
+                        crate::pin::attached_programs(cg.as_fd(), h.attach_type)
+                            .is_ok_and(|ids| want.is_some_and(|w| ids.contains(&w)))
                     });
                     (h.name, attached)
                 })
@@ -581,6 +581,7 @@ impl Enforcer {
             self.links.push((i, link));
             tracing::info!(hook = hook.name, cgroup = %cgroup.display(), "attached");
         }
+        self.cgroup = Some(cgroup.to_path_buf());
         Ok(())
     }
 

@@ -313,8 +313,8 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 /// `BPF_LINK_UPDATE`: replace the program of a link atomically.
 pub(crate) const BPF_LINK_UPDATE: libc::c_long = 29;
-/// `BPF_LINK_GET_FD_BY_ID` (`include/uapi/linux/bpf.h`).
-const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+/// `BPF_PROG_QUERY` (`include/uapi/linux/bpf.h`).
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_DETACH: libc::c_long = 34;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
@@ -343,18 +343,22 @@ pub fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) })
 }
 
-/// A new descriptor for the BPF link with id `id` (`BPF_LINK_GET_FD_BY_ID`).
+/// Ids of the programs attached to cgroup `cgroup` at `attach_type` (`BPF_PROG_QUERY`;
+/// needs CAP_NET_ADMIN, which egressd keeps, not CAP_SYS_ADMIN). At most 64 are listed.
 ///
 /// # Errors
-/// No such link (it was destroyed), or no CAP_SYS_ADMIN.
-pub fn link_by_id(id: u32) -> anyhow::Result<OwnedFd> {
-    // union bpf_attr { ... struct { u32 start_id / link_id; u32 next_id; u32 open_flags; } }
-    let mut attr = [0u64; 2];
-    attr[0] = u64::from(id);
-    let fd = sys_bpf(BPF_LINK_GET_FD_BY_ID, &mut attr)
-        .with_context(|| format!("opening BPF link {id}"))?;
-    // SAFETY: the kernel returned a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) })
+/// The query fails (not a cgroup, no privileges).
+pub fn attached_programs(cgroup: std::os::fd::BorrowedFd<'_>, attach_type: u32) -> anyhow::Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    // struct { u32 target_fd; u32 attach_type; u32 query_flags; u32 attach_flags;
+    //          u64 prog_ids; u32 prog_cnt; }
+    let mut attr = [0u64; 4];
+    attr[0] = u64::try_from(cgroup.as_raw_fd())? | (u64::from(attach_type) << 32);
+    attr[2] = ids.as_mut_ptr() as u64;
+    attr[3] = ids.len() as u64;
+    sys_bpf(BPF_PROG_QUERY, &mut attr).context("BPF_PROG_QUERY")?;
+    let n = usize::try_from(attr[3] & 0xffff_ffff)?.min(ids.len());
+    Ok(ids[..n].to_vec())
 }
 
 fn obj_pin(fd: &OwnedFd, path: &Path) -> anyhow::Result<()> {

@@ -88,19 +88,9 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
             d.mapped = unwrap::NAT64;
         }
     }
-    let entry_id = match lookup(d, set) {
-        Ok(id) => id,
+    let e = match entry(d, set) {
+        Ok(e) => e,
         Err(reason) => return Decision::fail_closed(generation, reason),
-    };
-    let table = if set == 0 {
-        &EGRESSD_ENTRIES_A_V1
-    } else {
-        &EGRESSD_ENTRIES_B_V1
-    };
-    // An id outside the table is a corrupt map, never "the default": fail closed.
-    let e = match table.get(entry_id) {
-        Some(e) if entry_id < MAX_ENTRIES => e,
-        _ => return Decision::fail_closed(generation, failsafe::BAD_ENTRY),
     };
     let (mut act, mut audit, mut rule) = (e.default_action, e.default_audit, e.default_rule);
     let n = e.n_rules as usize;
@@ -117,13 +107,7 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
             break;
         }
     }
-    let verdict = if act == action::ALLOW {
-        Verdict::Allow
-    } else if audit != 0 {
-        Verdict::Audit
-    } else {
-        Verdict::Deny
-    };
+    let verdict = verdict_of(act, audit);
     Decision {
         generation,
         region: e.region,
@@ -138,35 +122,47 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
 /// (the hop's traffic is not judged rule by rule: strict, and cheap for the verifier).
 #[inline(always)]
 pub fn hop(d: &Dest, generation: u64) -> Decision {
-    let set = set_of(generation);
-    let entry_id = match lookup(d, set) {
-        Ok(id) => id,
+    let e = match entry(d, set_of(generation)) {
+        Ok(e) => e,
         Err(reason) => return Decision::fail_closed(generation, reason),
     };
+    if e.n_rules != 0 {
+        return Decision::fail_closed(generation, failsafe::ROUTE_HOP_RULES);
+    }
+    Decision {
+        generation,
+        region: e.region,
+        verdict: verdict_of(e.default_action, e.default_audit),
+        rule: e.default_rule,
+        reason: failsafe::NONE,
+    }
+}
+
+/// The decision table of `d`'s longest prefix in set `set`; a [`failsafe`] reason when the
+/// maps are inconsistent (an id outside the table is a corrupt map, never "the default").
+#[inline(always)]
+fn entry(d: &Dest, set: usize) -> Result<&'static egressd_common::Entry, u32> {
+    let id = lookup(d, set)?;
     let table = if set == 0 {
         &EGRESSD_ENTRIES_A_V1
     } else {
         &EGRESSD_ENTRIES_B_V1
     };
-    let Some(e) = table.get(entry_id) else {
-        return Decision::fail_closed(generation, failsafe::BAD_ENTRY);
-    };
-    if e.n_rules != 0 {
-        return Decision::fail_closed(generation, failsafe::ROUTE_HOP_RULES);
+    match table.get(id) {
+        Some(e) if id < MAX_ENTRIES => Ok(e),
+        _ => Err(failsafe::BAD_ENTRY),
     }
-    let verdict = if e.default_action == action::ALLOW {
+}
+
+/// The verdict of an [`action`] code and its audit flag.
+#[inline(always)]
+fn verdict_of(act: u8, audit: u8) -> Verdict {
+    if act == action::ALLOW {
         Verdict::Allow
-    } else if e.default_audit != 0 {
+    } else if audit != 0 {
         Verdict::Audit
     } else {
         Verdict::Deny
-    };
-    Decision {
-        generation,
-        region: e.region,
-        verdict,
-        rule: e.default_rule,
-        reason: failsafe::NONE,
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Hook {
     pub pin: &'static str,
     /// Program and attach type.
     pub kind: Kind,
+    /// `enum bpf_attach_type` value (`include/uapi/linux/bpf.h`), for `BPF_PROG_QUERY`.
+    pub attach_type: u32,
 }
 
 /// Every hook, in attach order: `sock_create` first, so sockets created while the others
@@ -49,42 +51,49 @@ pub const HOOKS: [Hook; 7] = [
         name: "cgroup/sock_create",
         pin: "sock_create",
         kind: Kind::Sock,
+        attach_type: 2,
     },
     Hook {
         program: programs::CONNECT4,
         name: "cgroup/connect4",
         pin: "connect4",
         kind: Kind::SockAddr,
+        attach_type: 10,
     },
     Hook {
         program: programs::CONNECT6,
         name: "cgroup/connect6",
         pin: "connect6",
         kind: Kind::SockAddr,
+        attach_type: 11,
     },
     Hook {
         program: programs::SENDMSG4,
         name: "cgroup/sendmsg4",
         pin: "sendmsg4",
         kind: Kind::SockAddr,
+        attach_type: 14,
     },
     Hook {
         program: programs::SENDMSG6,
         name: "cgroup/sendmsg6",
         pin: "sendmsg6",
         kind: Kind::SockAddr,
+        attach_type: 15,
     },
     Hook {
         program: programs::SKB_EGRESS,
         name: "cgroup_skb/egress",
         pin: "skb_egress",
         kind: Kind::SkbEgress,
+        attach_type: 1,
     },
     Hook {
         program: programs::SKB_INGRESS,
         name: "cgroup_skb/ingress",
         pin: "skb_ingress",
         kind: Kind::SkbIngress,
+        attach_type: 0,
     },
 ];
 
