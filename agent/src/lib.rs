@@ -23,6 +23,7 @@ pub mod pin;
 pub mod pipeline;
 pub mod policy;
 pub mod privileges;
+pub mod safefs;
 pub mod sinks;
 pub mod stats;
 pub mod status;

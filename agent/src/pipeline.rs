@@ -895,7 +895,10 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let path = dir.join("events.log");
         let mut c = cfg("file", 100);
-        c.kind = crate::config::SinkKind::File { path: path.clone() };
+        c.kind = crate::config::SinkKind::File {
+            path: path.clone(),
+            mode: crate::safefs::FILE_MODE,
+        };
         let p = Pipeline::with_transports(vec![(c, Box::new(File::new(path.clone())), None)], "h")
             .expect("start");
         p.submit(&rec(1));

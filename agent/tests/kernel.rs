@@ -12,10 +12,11 @@ mod kernel {
     pub mod harness;
     pub mod paths;
     pub mod reload;
+    pub mod security;
     pub mod table;
 }
 
-use kernel::{differential, enforce, fleet, harness, paths, reload, table};
+use kernel::{differential, enforce, fleet, harness, paths, reload, security, table};
 use libtest_mimic::{Arguments, Trial};
 
 fn main() {
@@ -97,6 +98,14 @@ fn main() {
         Trial::test(
             "fleet_watch_reloads_on_file_change",
             fleet::watch_reloads_on_change,
+        ),
+        Trial::test(
+            "security_sink_and_spool_links_of_a_user",
+            security::sink_and_spool_links_of_a_user,
+        ),
+        Trial::test(
+            "security_watch_refuses_a_writable_drop_in_dir",
+            security::watch_refuses_a_writable_drop_in_dir,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();

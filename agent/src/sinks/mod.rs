@@ -139,14 +139,20 @@ impl Encoder {
 }
 
 /// Creates the transport a sink config asks for. Only reads local files (TLS certificates
-/// and keys); connecting happens later, in [`Transport::open`].
+/// and keys) and opens a file sink's file once to check it; connecting happens later, in
+/// [`Transport::open`].
 ///
 /// # Errors
-/// Unreadable or invalid CA, certificate or key files.
+/// Unreadable or invalid CA, certificate or key files; a file sink's path that
+/// [`crate::safefs`] refuses (a link, a directory others can write, a file others own).
 pub fn transport(cfg: &SinkConfig) -> anyhow::Result<Box<dyn Transport>> {
     Ok(match &cfg.kind {
         SinkKind::Stdout => Box::new(stdout::Stdout::new()),
-        SinkKind::File { path } => Box::new(file::File::new(path.clone())),
+        SinkKind::File { path, mode } => {
+            // Refuse an untrusted path at start, not at the first record.
+            crate::safefs::open_append(path, *mode)?;
+            Box::new(file::File::with_mode(path.clone(), *mode))
+        }
         SinkKind::Syslog(s) => match s.transport {
             SyslogTransport::Udp => Box::new(syslog::Udp::new(s.address.clone())),
             SyslogTransport::Tcp => Box::new(syslog::Tcp::new(s.address.clone())),

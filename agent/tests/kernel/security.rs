@@ -1,0 +1,176 @@
+//! Issue 22's reproductions against the real binary: an unprivileged user (nobody, through
+//! util-linux `setpriv`) prepares what the attack needs, root's `egressd run` must not be
+//! turned against the host. Each test failed against the daemon before the fix.
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use egressd_testbed::{EU_V4, US_V4};
+use libtest_mimic::Failed;
+
+use super::harness::{Agent, TempDir, expect_eperm, expect_ok, probe, require_root, tcp, testbed};
+
+/// Runs `args` as nobody (uid/gid 65534, no groups, no capabilities).
+pub fn as_nobody(args: &[&str]) -> Result<(), Failed> {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .args(args)
+        .output()
+        .map_err(|e| format!("setpriv: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{args:?} as nobody failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn tempdir() -> Result<TempDir, Failed> {
+    let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-sec-")));
+    std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
+    chmod(&dir.0, 0o755)?;
+    Ok(dir)
+}
+
+fn chmod(p: &Path, mode: u32) -> Result<(), Failed> {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", p.display()).into())
+}
+
+/// A directory nobody owns (the user's own, or a group-writable log directory).
+fn users_dir(parent: &Path, name: &str) -> Result<PathBuf, Failed> {
+    let d = parent.join(name);
+    std::fs::create_dir(&d).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&d, Some(65534), Some(65534)).map_err(|e| e.to_string())?;
+    Ok(d)
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `egressd run` with `config`, expected to refuse to start within 15 s; returns its stderr.
+fn refused_start(cgroup: &Path, config: &Path) -> Result<String, Failed> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--cgroup")
+        .arg(cgroup)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("egressd started with an untrusted path (still running after 15 s)".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        return Err(format!("egressd started with an untrusted path: {err}").into());
+    }
+    Ok(err)
+}
+
+/// Item 1: a file sink and a spool under directories nobody owns, where nobody planted links
+/// to a root-only file (standing in for /etc/ld.so.preload): egressd refuses to start,
+/// naming the path and the owner, and the file is untouched. Before: root appended event
+/// lines (with the denied command line) to it, or truncated it through a segment link.
+pub fn sink_and_spool_links_of_a_user() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let victim = dir.0.join("ld.so.preload");
+    std::fs::write(&victim, "root's\n").map_err(|e| e.to_string())?;
+    let logs = users_dir(&dir.0, "logs")?;
+    as_nobody(&["ln", "-s", &s(&victim), &s(&logs.join("events.log"))])?;
+    let base = egressd_testbed::POLICY.replace("{mode}", "enforce");
+    let cfg = dir.0.join("policy.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}\n[[sinks]]\ntype = \"file\"\npath = \"{}\"\n",
+            s(&logs.join("events.log"))
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let err = refused_start(tb.cgroup.path(), &cfg)?;
+    if !err.contains(&s(&logs)) || !err.contains("owned by uid 65534") {
+        return Err(format!("the refusal should name {} and its owner: {err}", s(&logs)).into());
+    }
+    // The spool: a segment name linked to the victim (a torn-frame repair truncated it).
+    let spool = users_dir(&dir.0, "spool")?;
+    as_nobody(&[
+        "ln",
+        "-s",
+        &s(&victim),
+        &s(&spool.join("00000001099511627776.seg")),
+    ])?;
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}\n[[sinks]]\ntype = \"syslog\"\naddress = \"127.0.0.1:9\"\nspool = \"{}\"\n",
+            s(&spool)
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let err = refused_start(tb.cgroup.path(), &cfg)?;
+    if !err.contains(&s(&spool)) || !err.contains("owned by uid 65534") {
+        return Err(format!("the refusal should name {}: {err}", s(&spool)).into());
+    }
+    let now = std::fs::read_to_string(&victim).map_err(|e| e.to_string())?;
+    if now != "root's\n" {
+        return Err(format!("the root-only file was changed: {now:?}").into());
+    }
+    Ok(())
+}
+
+/// Item 3: `--watch` on a policy whose drop-in directory a user can write: the user's
+/// drop-in allowlisting `us` is refused (`reload_failed` naming the directory and why) and
+/// us stays denied. Before: the user's allow rule was loaded.
+pub fn watch_refuses_a_writable_drop_in_dir() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = dir.0.join("policy.toml");
+    std::fs::write(&cfg, egressd_testbed::POLICY.replace("{mode}", "enforce"))
+        .map_err(|e| e.to_string())?;
+    let dropins = dir.0.join("policy.d");
+    std::fs::create_dir(&dropins).map_err(|e| e.to_string())?;
+    let mut d = Agent::start_at(&tb, &cfg, &["--watch"])?;
+    chmod(&dropins, 0o777)?;
+    as_nobody(&[
+        "sh",
+        "-c",
+        &format!(
+            "echo 'allowlist = [\"us\"]' > {}/allow-us.toml",
+            s(&dropins)
+        ),
+    ])?;
+    let rec = d.wait_for("reload_failed", Duration::from_secs(10))?;
+    let error = rec["error"].as_str().unwrap_or_default();
+    if !error.contains(&s(&dropins)) || !error.contains("writable by others") {
+        return Err(format!("reload_failed should name {}: {rec}", s(&dropins)).into());
+    }
+    let r = probe(&tb, 1, &[tcp(US_V4), tcp(EU_V4)])?;
+    expect_eperm(&r[0])?;
+    expect_ok(&r[1])?;
+    d.stop()?;
+    Ok(())
+}
