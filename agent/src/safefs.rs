@@ -311,6 +311,46 @@ impl TrustedDir {
         walk(path, false, true).map(|(d, _)| d)
     }
 
+    /// The directory's descriptor.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd as _;
+        self.fd.as_fd()
+    }
+
+    /// Opens the directory `name` in this one (`O_NOFOLLOW`: a link is refused) and checks
+    /// it as the directory that holds files.
+    ///
+    /// # Errors
+    /// Missing (`NotFound`), a link, not a directory, or it fails the checks.
+    pub fn subdir(&self, name: &OsStr) -> io::Result<TrustedDir> {
+        let p = self.name_path(name);
+        let c = cstr(name)?;
+        let fd = openat(
+            self.fd.as_raw_fd(),
+            &c,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP | libc::ENOTDIR) => refused(&p, "not a directory (a symbolic link?)"),
+            _ => at(&p, e),
+        })?;
+        check_dir(&p, fd.as_raw_fd(), &fstat(fd.as_raw_fd())?, true)?;
+        Ok(TrustedDir { fd, path: p })
+    }
+
+    /// Removes the empty directory `name` in this one.
+    ///
+    /// # Errors
+    /// As `unlinkat(2)` with `AT_REMOVEDIR`.
+    pub fn remove_dir(&self, name: &OsStr) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: valid C string relative to our directory.
+        cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) })
+            .map(|_| ())
+            .map_err(|e| at(&self.name_path(name), e))
+    }
+
     /// The directory's path as it was resolved (links followed).
     pub fn path(&self) -> &Path {
         &self.path

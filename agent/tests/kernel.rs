@@ -107,6 +107,15 @@ fn main() {
             "security_watch_refuses_a_writable_drop_in_dir",
             security::watch_refuses_a_writable_drop_in_dir,
         ),
+        Trial::test(
+            "security_pin_dir_made_by_a_user_is_refused",
+            security::pin_dir_made_by_a_user_is_refused,
+        ),
+        Trial::test(
+            "security_detach_follows_no_maps_link",
+            security::detach_follows_no_maps_link,
+        ),
+        Trial::test("security_bpffs_mounted_0700", security::bpffs_mounted_0700),
     ];
     libtest_mimic::run(&args, tests).exit();
 }

@@ -174,3 +174,192 @@ pub fn watch_refuses_a_writable_drop_in_dir() -> Result<(), Failed> {
     d.stop()?;
     Ok(())
 }
+
+/// A private bpffs instance mounted by the test (default mode 1777, as the kernel makes
+/// it and as egressd used to mount /sys/fs/bpf), unmounted on drop.
+struct Bpffs(TempDir, PathBuf);
+
+impl Bpffs {
+    fn new() -> Result<Self, Failed> {
+        let dir = tempdir()?;
+        let mnt = dir.0.join("bpffs");
+        std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&mnt)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !st.success() {
+            return Err(format!("mount -t bpf {}: {st}", mnt.display()).into());
+        }
+        Ok(Self(dir, mnt))
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.1).status();
+    }
+}
+
+fn egressd(args: &[&str]) -> Result<(bool, String), Failed> {
+    let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Item 2: a user who creates the pin directory first (bpffs writable by all) would own
+/// the pins and could unlink the link pins, ending enforcement for good after a restart:
+/// egressd refuses the directory, naming it and its owner.
+pub fn pin_dir_made_by_a_user_is_refused() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let fs = Bpffs::new()?;
+    let pins = fs.1.join("egressd");
+    as_nobody(&["mkdir", &s(&pins)])?;
+    let cfg = fs.0.0.join("policy.toml");
+    std::fs::write(&cfg, egressd_testbed::POLICY.replace("{mode}", "enforce"))
+        .map_err(|e| e.to_string())?;
+    let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .arg("--cgroup")
+        .arg(tb.cgroup.path())
+        .arg("--pin-dir")
+        .arg(&pins)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut child = out;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if std::time::Instant::now() > deadline {
+            // It attached: a pin it made there is the user's to remove.
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = egressd(&["detach", "--pin-dir", &s(&pins)]);
+            return Err(
+                format!("egressd pinned into {}, a directory nobody owns", s(&pins)).into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !err.contains(&s(&pins)) || !err.contains("owned by uid 65534") {
+        return Err(format!("expected a refusal naming {}: {err}", s(&pins)).into());
+    }
+    Ok(())
+}
+
+/// Item 2: `egressd detach` on a pin directory whose `maps` is a symbolic link to another
+/// directory (made by root, or by a user in a pin directory the user made) deletes nothing
+/// there. Before: every file of the directory it pointed to was deleted.
+pub fn detach_follows_no_maps_link() -> Result<(), Failed> {
+    require_root()?;
+    let fs = Bpffs::new()?;
+    let victim = fs.0.0.join("victim");
+    std::fs::create_dir(&victim).map_err(|e| e.to_string())?;
+    for f in ["passwd", "shadow"] {
+        std::fs::write(victim.join(f), "keep\n").map_err(|e| e.to_string())?;
+    }
+    // A pin directory root made, with a `maps` link in it.
+    let own = fs.1.join("own");
+    std::fs::create_dir(&own).map_err(|e| e.to_string())?;
+    chmod(&own, 0o700)?;
+    std::os::unix::fs::symlink(&victim, own.join("maps")).map_err(|e| e.to_string())?;
+    let (_, err_own) = egressd(&["detach", "--pin-dir", &s(&own)])?;
+    // A pin directory a user made.
+    let users = fs.1.join("users");
+    as_nobody(&["mkdir", &s(&users)])?;
+    as_nobody(&["ln", "-s", &s(&victim), &s(&users.join("maps"))])?;
+    let (ok, err_users) = egressd(&["detach", "--pin-dir", &s(&users)])?;
+    for f in ["passwd", "shadow"] {
+        if !victim.join(f).exists() {
+            return Err(format!(
+                "detach deleted {} through a `maps` link: {err_own} / {err_users}",
+                s(&victim.join(f))
+            )
+            .into());
+        }
+    }
+    if ok || !err_users.contains("owned by uid 65534") {
+        return Err(format!("detach of a user's directory should be refused: {err_users}").into());
+    }
+    if !err_own.contains("maps") {
+        return Err(format!("the `maps` link should be reported: {err_own}").into());
+    }
+    Ok(())
+}
+
+/// Item 2: when egressd mounts bpffs itself (here in a mount namespace of its own where
+/// /sys/fs/bpf is not mounted), it mounts it with mode 0700, and its pin directory is 0700.
+/// Before: the kernel's default 1777 (the kernel adds the sticky bit to any mode).
+pub fn bpffs_mounted_0700() -> Result<(), Failed> {
+    use std::io::BufRead as _;
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = dir.0.join("policy.toml");
+    std::fs::write(&cfg, egressd_testbed::POLICY.replace("{mode}", "enforce"))
+        .map_err(|e| e.to_string())?;
+    let script = format!(
+        "umount -l /sys/fs/bpf 2>/dev/null; exec {} run --config {} --cgroup {} \
+         --pin-dir /sys/fs/bpf/egressd-sec",
+        env!("CARGO_BIN_EXE_egressd"),
+        s(&cfg),
+        s(tb.cgroup.path())
+    );
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let pid = child.id();
+    let res = (|| -> Result<(), Failed> {
+        loop {
+            let l = rx
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|_| "no agent_start within 30 s")?;
+            if l.contains("\"agent_start\"") {
+                break;
+            }
+        }
+        let mode = |p: &str| -> Result<u32, Failed> {
+            std::fs::metadata(format!("/proc/{pid}/root{p}"))
+                .map(|m| m.permissions().mode() & 0o7777)
+                .map_err(|e| format!("{p}: {e}").into())
+        };
+        let (top, pins) = (mode("/sys/fs/bpf")?, mode("/sys/fs/bpf/egressd-sec")?);
+        // bpffs always sets the sticky bit on its root (bpf_fill_super).
+        if (top & 0o777, pins) != (0o700, 0o700) {
+            return Err(format!(
+                "bpffs mounted with mode {top:04o} and pin directory {pins:04o}; want 0700"
+            )
+            .into());
+        }
+        Ok(())
+    })();
+    // SAFETY: signalling our own child; its bpffs (and pins) go with its mount namespace.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    res
+}
