@@ -24,6 +24,9 @@ fn main() {
     if argv.get(1).map(String::as_str) == Some(harness::PROBE_ARG) {
         std::process::exit(egressd_testbed::client::main(&argv[2..]));
     }
+    if argv.get(1).map(String::as_str) == Some(security::HOLD_ARG) {
+        std::process::exit(security::hold_main(&argv[2..]));
+    }
     let args = Arguments::from_args();
     let tests = vec![
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
@@ -116,6 +119,10 @@ fn main() {
             security::detach_follows_no_maps_link,
         ),
         Trial::test("security_bpffs_mounted_0700", security::bpffs_mounted_0700),
+        Trial::test(
+            "security_metrics_connection_flood",
+            security::metrics_connection_flood,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }

@@ -35,17 +35,43 @@ pub enum SendError {
     Reject(io::Error),
 }
 
+/// When a sink must give up whatever it is doing: set by the pipeline at shutdown and
+/// consulted by network transports between slices of at most 100 ms of every blocking
+/// read or write, so a write to a receiver that trickles cannot outlast the shutdown.
+#[derive(Debug, Default)]
+pub struct Stop(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl Stop {
+    /// Asks for everything to be over by `at`.
+    pub fn set(&self, at: std::time::Instant) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(at);
+    }
+
+    /// The stop deadline, once set.
+    pub fn get(&self) -> Option<std::time::Instant> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Blocking I/O to one destination. Implementations never panic; the pipeline worker owns
 /// the transport and calls it from one thread.
 pub trait Transport: Send {
-    /// Opens the destination: connects (and handshakes), or opens the file. An error means
-    /// "down, try again later".
-    fn open(&mut self) -> io::Result<()>;
+    /// Opens the destination: connects (and handshakes), or opens the file, giving up at
+    /// `deadline`. An error means "down, try again later".
+    fn open(&mut self, deadline: std::time::Instant) -> io::Result<()>;
     /// Whether [`Self::open`] succeeded and nothing failed since.
     fn is_open(&self) -> bool;
-    /// Writes one frame; returns how many bytes it put on the wire (the TLS record overhead
-    /// included), used with [`Self::unacked`] to tell which frames the peer has received.
-    fn send(&mut self, frame: &[u8]) -> Result<u64, SendError>;
+    /// Writes one frame by `deadline` (a network peer that has not taken it by then is down:
+    /// [`SendError::Retry`]); returns how many bytes it put on the wire (the TLS record
+    /// overhead included), used with [`Self::unacked`] to tell which frames the peer has
+    /// received.
+    fn send(&mut self, frame: &[u8], deadline: std::time::Instant) -> Result<u64, SendError>;
     /// Pushes out buffered bytes (stdout, files); called when the queue runs empty.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -66,6 +92,8 @@ pub trait Transport: Send {
     fn acknowledges(&self) -> bool {
         false
     }
+    /// Gives the transport the pipeline's [`Stop`]: blocking I/O ends once it is due.
+    fn set_stop(&mut self, _stop: std::sync::Arc<Stop>) {}
 }
 
 /// How records become frames.

@@ -9,12 +9,14 @@
 //!
 //! The TLS I/O is driven by hand over a blocking socket so each frame's ciphertext length is
 //! known: with `SIOCOUTQ` on the socket that tells which frames the server's TCP acknowledged
-//! (see [`super::syslog`]).
+//! (see [`super::syslog`]). The handshake and every write have deadlines (see
+//! [`super::syslog::Deadline`]); the close_notify at close gets 200 ms.
 use std::{
     io::{self, Write as _},
     net::TcpStream,
     path::Path,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -24,8 +26,8 @@ use rustls::{
 };
 
 use super::{
-    SendError, Transport,
-    syslog::{Peek, connect, peek, unacked_bytes},
+    SendError, Stop, Transport,
+    syslog::{Deadline, Peek, SEND_TIMEOUT, connect, peek, unacked_bytes},
 };
 use crate::config::SyslogConfig;
 
@@ -83,6 +85,7 @@ pub struct Tls {
     name: ServerName<'static>,
     config: Arc<ClientConfig>,
     conn: Option<(ClientConnection, TcpStream)>,
+    stop: Arc<Stop>,
 }
 
 impl Tls {
@@ -104,6 +107,7 @@ impl Tls {
             name,
             config: Arc::new(client_config(cfg)?),
             conn: None,
+            stop: Arc::default(),
         })
     }
 }
@@ -112,25 +116,44 @@ fn tls_err(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// Writes everything rustls has queued; returns the bytes written.
-fn push(conn: &mut ClientConnection, sock: &mut TcpStream) -> io::Result<u64> {
+/// How long the close_notify alert may take at close.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Writes everything rustls has queued, by `deadline` (or `stop`); returns the bytes
+/// written.
+fn push(
+    conn: &mut ClientConnection,
+    sock: &TcpStream,
+    deadline: Instant,
+    stop: Option<&Stop>,
+) -> io::Result<u64> {
     let mut n = 0;
+    let mut w = Deadline {
+        sock,
+        deadline,
+        stop,
+    };
     while conn.wants_write() {
-        n += conn.write_tls(sock)? as u64;
+        n += conn.write_tls(&mut w)? as u64;
     }
     Ok(n)
 }
 
 impl Transport for Tls {
-    fn open(&mut self) -> io::Result<()> {
-        let mut sock = connect(&self.address)?;
-        sock.set_read_timeout(Some(super::syslog::WRITE_TIMEOUT))?;
+    fn open(&mut self, deadline: Instant) -> io::Result<()> {
+        let sock = connect(&self.address, deadline)?;
         let mut conn =
             ClientConnection::new(self.config.clone(), self.name.clone()).map_err(tls_err)?;
+        // The whole handshake by the deadline: a server that trickles its answer is down.
+        let mut io = Deadline {
+            sock: &sock,
+            deadline,
+            stop: Some(&self.stop),
+        };
         while conn.is_handshaking() {
-            conn.complete_io(&mut sock)?;
+            conn.complete_io(&mut io)?;
         }
-        push(&mut conn, &mut sock)?;
+        push(&mut conn, &sock, deadline, Some(&self.stop))?;
         self.conn = Some((conn, sock));
         Ok(())
     }
@@ -139,13 +162,13 @@ impl Transport for Tls {
         self.conn.is_some()
     }
 
-    fn send(&mut self, frame: &[u8]) -> Result<u64, SendError> {
+    fn send(&mut self, frame: &[u8], deadline: Instant) -> Result<u64, SendError> {
         let (conn, sock) = self
             .conn
             .as_mut()
             .ok_or_else(|| SendError::Retry(io::Error::other("not connected")))?;
         conn.writer().write_all(frame).map_err(SendError::Retry)?;
-        push(conn, sock).map_err(SendError::Retry)
+        push(conn, sock, deadline, Some(&self.stop)).map_err(SendError::Retry)
     }
 
     fn unacked(&self) -> u64 {
@@ -178,20 +201,24 @@ impl Transport for Tls {
                         break;
                     }
                 }
-                push(conn, sock).map(|_| ())
+                push(conn, sock, Instant::now() + SEND_TIMEOUT, Some(&self.stop)).map(|_| ())
             }
         }
     }
 
     fn close(&mut self) {
-        if let Some((mut conn, mut sock)) = self.conn.take() {
+        if let Some((mut conn, sock)) = self.conn.take() {
             conn.send_close_notify();
-            let _ = push(&mut conn, &mut sock);
+            let _ = push(&mut conn, &sock, Instant::now() + CLOSE_TIMEOUT, None);
             let _ = sock.shutdown(std::net::Shutdown::Both);
         }
     }
 
     fn acknowledges(&self) -> bool {
         true
+    }
+
+    fn set_stop(&mut self, stop: Arc<Stop>) {
+        self.stop = stop;
     }
 }

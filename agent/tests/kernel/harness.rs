@@ -90,7 +90,26 @@ impl Agent {
 
     /// As [`Agent::start_at`], without waiting for it to attach.
     pub fn spawn(tb: &Testbed, config: &Path, extra: &[&str]) -> Result<Self, Failed> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        Self::spawn_under(tb, config, extra, &[])
+    }
+
+    /// As [`Agent::spawn`], run under the command `wrapper` (e.g. `prlimit --nofile=1024`);
+    /// the wrapper must exec egressd, so the child's pid is the daemon's.
+    pub fn spawn_under(
+        tb: &Testbed,
+        config: &Path,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Result<Self, Failed> {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_egressd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_egressd")),
+        };
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(config)
             .arg("--cgroup")

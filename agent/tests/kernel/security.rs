@@ -363,3 +363,112 @@ pub fn bpffs_mounted_0700() -> Result<(), Failed> {
     let _ = child.wait();
     res
 }
+
+/// argv[1] that turns the test binary into a client holding connections open.
+pub const HOLD_ARG: &str = "__egressd_hold";
+
+/// `HOLD_ARG ADDR COUNT SECS`: opens up to COUNT TCP connections to ADDR within 3 s
+/// (raising its own descriptor limit to the hard limit), sends nothing, keeps them SECS
+/// seconds after that.
+pub fn hold_main(args: &[String]) -> i32 {
+    let (Some(addr), Some(count), Some(secs)) = (
+        args.first(),
+        args.get(1).and_then(|c| c.parse::<usize>().ok()),
+        args.get(2).and_then(|c| c.parse::<u64>().ok()),
+    ) else {
+        eprintln!("usage: {HOLD_ARG} ADDR COUNT SECS");
+        return 2;
+    };
+    let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+        return 2;
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut l) == 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const l);
+        }
+    }
+    let mut held = Vec::new();
+    let t0 = std::time::Instant::now();
+    while held.len() < count && t0.elapsed() < Duration::from_secs(3) {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(c) => held.push(c),
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    println!("{}", held.len());
+    std::thread::sleep(Duration::from_secs(secs));
+    0
+}
+
+/// Items 7 and 4's consequence: nobody holds 2,000 connections to `/metrics` open against
+/// a daemon with the usual 1,024 descriptors. The daemon keeps far fewer descriptors than
+/// that, `/healthz` answers, and a reload (which opens the policy files) works. Before: the
+/// connections took every descriptor; `/healthz` went silent and the reload failed.
+pub fn metrics_connection_flood() -> Result<(), Failed> {
+    use std::io::{Read as _, Write as _};
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = dir.0.join("policy.toml");
+    let text = egressd_testbed::POLICY.replace("{mode}", "enforce");
+    std::fs::write(&cfg, &text).map_err(|e| e.to_string())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut d = Agent::spawn_under(
+        &tb,
+        &cfg,
+        &["--metrics", &addr],
+        &["prlimit", "--nofile=1024:1024"],
+    )?;
+    d.wait_for("agent_start", Duration::from_secs(30))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let holder = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(exe)
+        .args([HOLD_ARG, &addr, "2000", "8"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(4));
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .map_err(|e| e.to_string())?
+        .count();
+    let health = (|| -> std::io::Result<String> {
+        let mut c = std::net::TcpStream::connect_timeout(
+            &addr.parse().map_err(std::io::Error::other)?,
+            Duration::from_secs(2),
+        )?;
+        c.set_read_timeout(Some(Duration::from_secs(3)))?;
+        c.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+        let mut s = String::new();
+        c.read_to_string(&mut s)?;
+        Ok(s)
+    })();
+    let reload = d.reload(&text)?;
+    let out = holder.wait_with_output().map_err(|e| e.to_string())?;
+    let held = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    d.stop()?;
+    if fds > 300 {
+        return Err(format!("the daemon holds {fds} descriptors ({held} connections held)").into());
+    }
+    match &health {
+        Ok(h) if h.starts_with("HTTP/1.1 200") => {}
+        other => return Err(format!("/healthz during the flood: {other:?}").into()),
+    }
+    if reload["type"] != "policy_loaded" {
+        return Err(format!("reload during the flood: {reload}").into());
+    }
+    Ok(())
+}
