@@ -169,6 +169,19 @@ pub struct Pipeline {
     sinks: Vec<Sink>,
 }
 
+/// Sinks checked and opened by [`Pipeline::prepare`], their threads not started yet.
+pub struct Prepared(Vec<(SinkConfig, Box<dyn Transport>, Option<Spool>)>);
+
+impl Prepared {
+    /// Starts one worker thread per sink. `host` is the syslog HOSTNAME.
+    ///
+    /// # Errors
+    /// A thread cannot be spawned.
+    pub fn start(self, host: &str) -> anyhow::Result<Pipeline> {
+        Pipeline::with_transports(self.0, host)
+    }
+}
+
 impl Pipeline {
     /// Starts one worker per sink config. `host` is the syslog HOSTNAME.
     ///
@@ -176,6 +189,16 @@ impl Pipeline {
     /// A sink that cannot work at all: unreadable TLS files, a spool directory that cannot be
     /// created or read. A destination that is merely down is not an error (it is retried).
     pub fn start(configs: &[SinkConfig], host: &str) -> anyhow::Result<Self> {
+        Self::prepare(configs)?.start(host)
+    }
+
+    /// Checks and opens what every sink needs (TLS files, spool directories, file sink
+    /// paths) without starting any thread: the daemon does this before attaching, and
+    /// starts the threads after dropping its privileges ([`Prepared::start`]).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn prepare(configs: &[SinkConfig]) -> anyhow::Result<Prepared> {
         let mut prepared = Vec::new();
         for cfg in configs {
             let transport =
@@ -190,13 +213,9 @@ impl Pipeline {
                 })?),
                 None => None,
             };
-            prepared.push((cfg, transport, spool));
+            prepared.push((cfg.clone(), transport, spool));
         }
-        let mut sinks = Vec::new();
-        for (cfg, transport, spool) in prepared {
-            sinks.push(Self::spawn(cfg, host, transport, spool)?);
-        }
-        Ok(Self { sinks })
+        Ok(Prepared(prepared))
     }
 
     /// Starts one sink with a given transport (tests use this to inject transports).

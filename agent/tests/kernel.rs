@@ -123,6 +123,10 @@ fn main() {
             "security_metrics_connection_flood",
             security::metrics_connection_flood,
         ),
+        Trial::test(
+            "security_privileges_dropped_after_attach",
+            security::privileges_dropped_after_attach,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }

@@ -165,6 +165,12 @@ fn pki(dir: &Path) -> Result<Pki, Failed> {
     ] {
         fs::write(path, text).map_err(err)?;
     }
+    // egressd refuses a client key others can read.
+    fs::set_permissions(
+        &p.client_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(err)?;
     Ok(p)
 }
 

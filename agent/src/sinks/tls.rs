@@ -37,8 +37,12 @@ pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Builds the rustls client configuration of a TLS sink.
 ///
 /// # Errors
-/// A CA, certificate or key file that cannot be read or holds no usable PEM item.
+/// A CA, certificate or key file that cannot be read or holds no usable PEM item; a key
+/// file others can read ([`check_key_mode`]).
 pub fn client_config(cfg: &SyslogConfig) -> anyhow::Result<ClientConfig> {
+    if let Some((_, key)) = &cfg.client_auth {
+        check_key_mode(key)?;
+    }
     let ca = cfg
         .ca
         .as_deref()
@@ -77,6 +81,33 @@ pub fn client_config(cfg: &SyslogConfig) -> anyhow::Result<ClientConfig> {
                 .context("client certificate and key do not match")?
         }
     })
+}
+
+/// Refuses a private key file that others could read or change: any access for others, or
+/// for a group other than root's (like ssh with its keys; Debian's `ssl-cert` group
+/// convention needs `chgrp root` or mode 0600 here).
+///
+/// # Errors
+/// The key cannot be examined, or its mode or group lets others in (the error names the
+/// file, its mode and the fix).
+pub fn check_key_mode(key: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(key).with_context(|| format!("private key {}", key.display()))?;
+    let mode = m.mode() & 0o7777;
+    if mode & 0o007 != 0 || (mode & 0o070 != 0 && m.gid() != 0) {
+        anyhow::bail!(
+            "private key {} is accessible by {} (mode {mode:04o}, group {}): refusing to use \
+             it; chmod 0600 it (or 0640 with group root)",
+            key.display(),
+            if mode & 0o007 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+            m.gid()
+        );
+    }
+    Ok(())
 }
 
 /// A TLS syslog connection.
@@ -220,5 +251,47 @@ impl Transport for Tls {
 
     fn set_stop(&mut self, stop: Arc<Stop>) {
         self.stop = stop;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// Issue 22 item 9: a client key readable by others (0644) is refused, naming it;
+    /// 0600 and 0640 with group root pass the check.
+    #[test]
+    fn world_readable_client_key_is_refused() {
+        let t = crate::safefs::tests::Tmp::new("tls-key");
+        let key = t.0.join("client.key");
+        std::fs::write(&key, "not a key").expect("write");
+        let cfg = SyslogConfig {
+            transport: crate::config::SyslogTransport::Tls,
+            address: "127.0.0.1:6514".into(),
+            server_name: None,
+            ca: Some(t.0.join("no-ca.pem")),
+            client_auth: Some((t.0.join("client.pem"), key.clone())),
+            facility: 3,
+            app_name: "egressd".into(),
+        };
+        for (mode, refused) in [(0o644, true), (0o604, true), (0o600, false)] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = client_config(&cfg)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert_eq!(e.contains("refusing to use it"), refused, "{mode:o}: {e}");
+            if refused {
+                assert!(e.contains(&key.display().to_string()), "{e}");
+            }
+        }
+        if crate::safefs::euid() == 0 {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+            std::os::unix::fs::chown(&key, None, Some(0)).expect("chgrp");
+            check_key_mode(&key).expect("0640 root:root");
+            std::os::unix::fs::chown(&key, None, Some(65534)).expect("chgrp");
+            check_key_mode(&key).expect_err("0640 with another group");
+        }
     }
 }

@@ -472,3 +472,130 @@ pub fn metrics_connection_flood() -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// The capability sets, `no_new_privs` and seccomp mode of every thread of `pid`.
+fn thread_privileges(pid: u32) -> Result<Vec<String>, Failed> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())? {
+        let t = t.map_err(|e| e.to_string())?;
+        let status = std::fs::read_to_string(t.path().join("status")).map_err(|e| e.to_string())?;
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        out.push(format!(
+            "CapEff={} CapPrm={} CapInh={} CapBnd={} CapAmb={} NoNewPrivs={} Seccomp={}",
+            field("CapEff:"),
+            field("CapPrm:"),
+            field("CapInh:"),
+            field("CapBnd:"),
+            field("CapAmb:"),
+            field("NoNewPrivs:"),
+            field("Seccomp:")
+        ));
+    }
+    Ok(out)
+}
+
+/// Item 9: after attaching, every thread of the daemon keeps only CAP_BPF, CAP_NET_ADMIN
+/// and CAP_SYS_PTRACE (in the bounding set too), has no_new_privs and a seccomp filter;
+/// and what the daemon still does works with that: enriching an event of nobody's process
+/// (`/proc/PID/exe`), a SIGHUP reload, repairing a link `bpftool` detached, reopening a
+/// file sink on SIGUSR1. Before: every capability, no no_new_privs, no seccomp.
+pub fn privileges_dropped_after_attach() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let fs = Bpffs::new()?;
+    let pins = fs.1.join("egressd");
+    let logs = fs.0.0.join("logs");
+    std::fs::create_dir(&logs).map_err(|e| e.to_string())?;
+    let log = logs.join("events.log");
+    let base = egressd_testbed::POLICY.replace("{mode}", "enforce");
+    let text = format!(
+        "{base}\n[[sinks]]\ntype = \"stdout\"\n[[sinks]]\nname = \"file\"\ntype = \"file\"\npath = \"{}\"\n",
+        s(&log)
+    );
+    let cfg = fs.0.0.join("policy.toml");
+    std::fs::write(&cfg, &text).map_err(|e| e.to_string())?;
+    let mut d = Agent::start_at(&tb, &cfg, &["--pin-dir", &s(&pins)])?;
+    let res = (|| -> Result<(), Failed> {
+        // Enrichment of another user's process that lingers after its denial.
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let out = Command::new(exe)
+            .arg(super::harness::PROBE_ARG)
+            .arg("--cgroup")
+            .arg(tb.cgroup.path())
+            .args(["--netns", tb.client.name(), "--uid", "65534"])
+            .args([tcp(US_V4), "pause://2000".to_owned()])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("probe: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        let ev = d.wait_for("connection", Duration::from_secs(10))?;
+        if ev["user"]["id"] != 65534 || ev["process"]["executable"].as_str().is_none() {
+            return Err(format!("nobody's process was not enriched (/proc/PID/exe): {ev}").into());
+        }
+        // A reload.
+        let rec = d.reload(&text.replace("allowlist = [\"eu\"]", "allowlist = [\"eu\"]\n"))?;
+        if rec["type"] != "policy_loaded" {
+            return Err(format!("reload: {rec}").into());
+        }
+        // Tamper repair.
+        let link = s(&pins.join("links/connect4"));
+        let st = Command::new("bpftool")
+            .args(["link", "detach", "pinned", &link])
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !st.success() {
+            return Err(format!("bpftool link detach: {st}").into());
+        }
+        let rec = d.wait_for("tamper_repaired", Duration::from_secs(5))?;
+        let r = probe(&tb, 1, &[tcp(US_V4)])?;
+        expect_eperm(&r[0]).map_err(|e| format!("after repair {rec}: {e:?}"))?;
+        // logrotate: move the file, SIGUSR1, a record lands in a new file.
+        std::fs::rename(&log, logs.join("events.log.1")).map_err(|e| e.to_string())?;
+        d.signal(libc::SIGUSR1);
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = probe(&tb, 1, &[tcp(US_V4)])?;
+        d.wait_for("connection", Duration::from_secs(5))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"connection\"")) {
+            if std::time::Instant::now() > deadline {
+                return Err("the file sink did not reopen after SIGUSR1".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let threads = thread_privileges(d.pid())?;
+        // CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_BPF (CAP_SYS_ADMIN on kernels without
+        // CAP_BPF), bounded by what the test itself may have.
+        let own = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .unwrap_or(u64::MAX);
+        let keep = format!("{:016x}", egressd::privileges::keep_mask() & own);
+        let want = format!(
+            "CapEff={keep} CapPrm={keep} CapInh=0000000000000000 CapBnd={keep} \
+             CapAmb=0000000000000000 NoNewPrivs=1 Seccomp=2"
+        );
+        if threads.iter().any(|t| *t != want) {
+            return Err(format!("want every thread {want}, got {threads:#?}").into());
+        }
+        Ok(())
+    })();
+    let stopped = d.stop();
+    let detached = egressd(&["detach", "--pin-dir", &s(&pins)])?;
+    res?;
+    stopped?;
+    if !detached.0 {
+        return Err(format!("detach: {}", detached.1).into());
+    }
+    Ok(())
+}
