@@ -548,6 +548,8 @@ struct RawSink {
     facility: Option<Spanned<String>>,
     app_name: Option<Spanned<String>>,
     queue: Option<Spanned<i64>>,
+    queue_bytes: Option<Spanned<i64>>,
+    max_message_bytes: Option<Spanned<i64>>,
     spool: Option<Spanned<String>>,
     spool_max_bytes: Option<Spanned<i64>>,
     retry_max_ms: Option<Spanned<i64>>,
@@ -1139,6 +1141,10 @@ fn parse_ports(v: &toml::Value) -> Result<(u16, u16), String> {
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 60;
 /// Default per-sink in-memory queue, in records.
 pub const DEFAULT_QUEUE: usize = 10_000;
+/// Default per-sink in-memory queue, in bytes (16 MiB).
+pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
+/// Default longest message of a syslog sink, in bytes (rsyslog's default `maxMessageSize`).
+pub const DEFAULT_SYSLOG_MESSAGE_BYTES: usize = 8 << 10;
 /// Default spool size limit per sink, in bytes (64 MiB).
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
 /// Default longest wait between reconnection attempts, in milliseconds.
@@ -1180,6 +1186,15 @@ pub struct SinkConfig {
     pub format: crate::formats::Format,
     /// `queue`: in-memory queue in records ([`DEFAULT_QUEUE`]).
     pub queue: usize,
+    /// `queue_bytes`: in-memory queue in bytes ([`DEFAULT_QUEUE_BYTES`]); whichever of
+    /// `queue` and `queue_bytes` is reached first makes the queue full.
+    pub queue_bytes: usize,
+    /// `max_message_bytes`: longest record the destination takes (for syslog, the RFC 5424
+    /// message with its header; for lines, with the newline); a longer one is truncated so
+    /// it stays parseable, marked and counted ([`crate::formats::bound`]). 0: no limit.
+    /// Default [`DEFAULT_SYSLOG_MESSAGE_BYTES`] for syslog sinks, 0 for others; at least
+    /// [`crate::formats::bound::MIN_MESSAGE_BYTES`] when set.
+    pub max_message_bytes: usize,
     /// On-disk spool used while the sink is down or slow; `None` disables it.
     pub spool: Option<SpoolConfig>,
     /// `retry_max_ms`: longest wait between reconnection attempts ([`DEFAULT_RETRY_MAX_MS`]);
@@ -1195,6 +1210,8 @@ impl SinkConfig {
             kind: SinkKind::Stdout,
             format: crate::formats::Format::Json,
             queue: DEFAULT_QUEUE,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            max_message_bytes: 0,
             spool: None,
             retry_max_ms: DEFAULT_RETRY_MAX_MS,
         }
@@ -1616,6 +1633,27 @@ impl Ctx<'_> {
             }
         };
         let queue = positive(&raw.queue, "queue", 1, DEFAULT_QUEUE as u64, errors);
+        let queue_bytes = positive(
+            &raw.queue_bytes,
+            "queue_bytes",
+            64 << 10,
+            DEFAULT_QUEUE_BYTES as u64,
+            errors,
+        );
+        let default_message = match kind {
+            SinkKind::Syslog(_) => DEFAULT_SYSLOG_MESSAGE_BYTES as u64,
+            _ => 0,
+        };
+        let max_message_bytes = match &raw.max_message_bytes {
+            Some(v) if *v.get_ref() == 0 => 0,
+            other => positive(
+                other,
+                "max_message_bytes",
+                crate::formats::bound::MIN_MESSAGE_BYTES as i64,
+                default_message,
+                errors,
+            ),
+        };
         let retry_max_ms = positive(
             &raw.retry_max_ms,
             "retry_max_ms",
@@ -1645,6 +1683,8 @@ impl Ctx<'_> {
             kind,
             format,
             queue: usize::try_from(queue).unwrap_or(DEFAULT_QUEUE),
+            queue_bytes: usize::try_from(queue_bytes).unwrap_or(DEFAULT_QUEUE_BYTES),
+            max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(0),
             spool: spool_dir
                 .filter(|_| max_bytes > 0)
                 .map(|dir| SpoolConfig { dir, max_bytes }),

@@ -259,6 +259,11 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             serde_json::to_value(stats::flows(&readers.flows, policy)?)?,
         );
         extra.insert("reloads".into(), serde_json::to_value(reloads)?);
+        // Records each sink cut to its max_message_bytes (not losses: they were delivered).
+        extra.insert(
+            "truncated".into(),
+            serde_json::to_value(pipeline.truncated())?,
+        );
         Ok(Counters {
             counters: stats::counters(&readers.counters, policy)?,
             lost: LossReport {

@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | `connections_total` | hook, region, verdict | kernel decision counters |
 //! | `flow_packets_total`, `flow_bytes_total` | direction, region, verdict | kernel packet counters (bytes from the IP header) |
-//! | `events_total` | stage, sink, outcome | `ringbuf`/`emitted`, `kernel`/`suppressed` (deny+audit attempts the kernel did not report as separate events), `kernel`/`lost` (ring buffer full), `decode`/`lost`, `sink`/`delivered`, `sink`/`dropped_*` per sink |
+//! | `events_total` | stage, sink, outcome | `ringbuf`/`emitted`, `kernel`/`suppressed` (deny+audit attempts the kernel did not report as separate events), `kernel`/`lost` (ring buffer full), `decode`/`lost`, `sink`/`delivered`, `sink`/`dropped_*`, `sink`/`truncated` (cut to `max_message_bytes`) per sink |
 //! | `sink_queued`, `sink_up` | sink | pipeline |
 //! | `policy_generation` | | generation in force |
 //! | `policy_prefixes` | family (`ipv4`, `ipv6`) | prefixes loaded |
@@ -188,6 +188,14 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         ev("sink", name, "dropped_spool_full", c.dropped_spool_full);
         ev("sink", name, "dropped_failed", c.dropped_failed);
         ev("sink", name, "dropped_at_exit", c.dropped_at_exit);
+        let truncated = s
+            .counters
+            .extra
+            .get("truncated")
+            .and_then(|t| t.get(name))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        ev("sink", name, "truncated", truncated);
         let one = One { name: name.clone() };
         queued
             .get_or_create(&one)

@@ -76,6 +76,7 @@ struct Atomics {
     dropped_failed: AtomicU64,
     dropped_at_exit: AtomicU64,
     retries: AtomicU64,
+    truncated: AtomicU64,
     spooled: AtomicU64,
     /// Frames in flight or waiting to be sent again.
     held: AtomicU64,
@@ -84,6 +85,8 @@ struct Atomics {
 
 struct Queue {
     memory: VecDeque<Vec<u8>>,
+    /// Bytes of the frames in `memory`.
+    bytes: usize,
     /// Set by shutdown: deliver until this instant, then stop.
     deadline: Option<Instant>,
 }
@@ -92,6 +95,8 @@ struct Queue {
 struct Shared {
     name: String,
     capacity: usize,
+    /// Byte bound of the memory queue.
+    capacity_bytes: usize,
     /// The on-disk spool. Lock order: `spool` before `queue`, so that moving the memory
     /// queue to the spool (by the worker, or by the submitter when the queue is full) and
     /// taking the next frame never reorder frames.
@@ -122,7 +127,11 @@ impl Shared {
     /// Moves the whole memory queue (then `extra`) to the spool, in order, counting what
     /// does not fit. `spool` is this sink's spool, locked.
     fn spill_into(&self, spool: &mut Spool, extra: Option<Vec<u8>>) {
-        let frames: Vec<Vec<u8>> = self.lock().memory.drain(..).collect();
+        let frames: Vec<Vec<u8>> = {
+            let mut q = self.lock();
+            q.bytes = 0;
+            q.memory.drain(..).collect()
+        };
         for f in frames.iter().chain(extra.as_ref()) {
             match spool.append(f) {
                 Ok(true) => {}
@@ -248,9 +257,11 @@ impl Pipeline {
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
             capacity: cfg.queue.max(1),
+            capacity_bytes: cfg.queue_bytes.max(1),
             spool: spool.map(Mutex::new),
             queue: Mutex::new(Queue {
                 memory: VecDeque::new(),
+                bytes: 0,
                 deadline: None,
             }),
             wake: Condvar::new(),
@@ -291,9 +302,18 @@ impl Pipeline {
     /// when the spool is full too; a sink without a spool drops it (counted).
     pub fn submit(&self, record: &Record) {
         for s in &self.sinks {
-            let frame = s.encoder.encode(record);
+            let encoded = s.encoder.encode_counted(record);
+            if encoded.truncated {
+                let n = s.shared.c.truncated.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(sink = %s.shared.name, truncated = n + 1, max = s.encoder.max_bytes, "records longer than the sink's max_message_bytes: truncated");
+                }
+            }
+            let frame = encoded.frame;
             let mut q = s.shared.lock();
-            if q.memory.len() >= s.shared.capacity {
+            if q.memory.len() >= s.shared.capacity
+                || (q.bytes + frame.len() > s.shared.capacity_bytes && !q.memory.is_empty())
+            {
                 drop(q);
                 if let Some(mut spool) = s.shared.lock_spool() {
                     s.shared.spill_into(&mut spool, Some(frame));
@@ -309,6 +329,7 @@ impl Pipeline {
                 }
                 continue;
             }
+            q.bytes += frame.len();
             q.memory.push_back(frame);
             drop(q);
             s.shared.wake.notify_one();
@@ -322,6 +343,20 @@ impl Pipeline {
             s.shared.reopen.store(true, Ordering::Relaxed);
             s.shared.wake.notify_one();
         }
+    }
+
+    /// Records each sink truncated to its `max_message_bytes`, by name (reported with the
+    /// counters as `truncated`, and on /metrics).
+    pub fn truncated(&self) -> BTreeMap<String, u64> {
+        self.sinks
+            .iter()
+            .map(|s| {
+                (
+                    s.shared.name.clone(),
+                    s.shared.c.truncated.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// Counters of every sink, by name.
@@ -518,7 +553,12 @@ impl Worker {
                 }
             }
         }
-        let f = self.shared.lock().memory.pop_front();
+        let f = {
+            let mut q = self.shared.lock();
+            let f = q.memory.pop_front();
+            q.bytes -= f.as_ref().map_or(0, Vec::len);
+            f
+        };
         drop(spool);
         f.map(|f| (Source::Memory, f))
     }
@@ -546,14 +586,16 @@ impl Worker {
                 continue;
             }
             self.settle();
-            let (queued, deadline) = {
+            let (queued, bytes, deadline) = {
                 let q = self.shared.lock();
-                (q.memory.len(), q.deadline)
+                (q.memory.len(), q.bytes, q.deadline)
             };
             let up = self.transport.is_open();
             if self.shared.spool.is_some()
                 && queued > 0
-                && (!up || queued >= self.shared.capacity / 2)
+                && (!up
+                    || queued >= self.shared.capacity / 2
+                    || bytes >= self.shared.capacity_bytes / 2)
             {
                 self.spill();
             }
@@ -676,7 +718,11 @@ impl Worker {
         self.shared.c.up.store(false, Ordering::Relaxed);
         let shared = self.shared.clone();
         let mut spool = shared.lock_spool();
-        let memory: Vec<Vec<u8>> = self.shared.lock().memory.drain(..).collect();
+        let memory: Vec<Vec<u8>> = {
+            let mut q = self.shared.lock();
+            q.bytes = 0;
+            q.memory.drain(..).collect()
+        };
         match spool.as_mut() {
             Some(spool) => {
                 let mut ok = spool.prepend(&left);
@@ -752,7 +798,7 @@ mod tests {
                 self.1 = false;
                 return Err(SendError::Retry(io::Error::from(io::ErrorKind::BrokenPipe)));
             }
-            if frame.len() > 100_000 {
+            if frame.windows(8).any(|w| w == b"REJECTME") {
                 return Err(SendError::Reject(io::Error::other("too large")));
             }
             f.received.push(frame.to_vec());
@@ -978,7 +1024,7 @@ mod tests {
         let (f, t) = fake(true);
         let p = Pipeline::with_transports(vec![(cfg("s", 100), t, None)], "h").expect("start");
         let mut big = sample::deny();
-        big.process.command_line = Some("x".repeat(200_000));
+        big.process.command_line = Some("REJECTME".into());
         p.submit(&rec(1));
         p.submit(&Record::Connection(Box::new(big)));
         p.submit(&rec(3));
@@ -1110,5 +1156,35 @@ mod tests {
         assert_eq!(c["s"].dropped(), 0, "{c:?}");
         assert_eq!(c["s"].delivered + c["s"].spooled, n, "{c:?}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 22 item 6: records of a workload that fills its command line with control
+    /// characters (six bytes each once escaped) queue for a dead sink: the memory queue is
+    /// bounded in bytes as well as records, and each frame stays small (fields capped after
+    /// escaping). Before: 47 KB command lines made 282 KB frames and a 10,000-record queue
+    /// held gigabytes.
+    #[test]
+    fn queue_is_bounded_in_bytes() {
+        let (_f, t) = fake(false);
+        let mut c = cfg("s", 10_000);
+        c.queue_bytes = 1 << 20;
+        let p = Pipeline::with_transports(vec![(c, t, None)], "h").expect("start");
+        let mut ev = sample::deny();
+        ev.process.command_line = Some("\u{1b}".repeat(47_000));
+        let n = 2_000u64;
+        for i in 1..=n {
+            ev.header.sequence = i;
+            p.submit(&Record::Connection(Box::new(ev.clone())));
+        }
+        let (bytes, frames, largest) = {
+            let q = p.sinks[0].shared.lock();
+            let largest = q.memory.iter().map(Vec::len).max().unwrap_or(0);
+            (q.bytes, q.memory.len() as u64, largest)
+        };
+        assert!(bytes <= 1 << 20, "{bytes} bytes queued");
+        assert!(largest < 8 << 10, "a frame of {largest} bytes");
+        let c = p.counters();
+        assert_eq!(frames + c["s"].dropped_queue_full, n, "{c:?}");
+        drop(p);
     }
 }

@@ -117,6 +117,18 @@ pub struct Encoder {
     pub format: Format,
     /// Framing.
     pub framing: Framing,
+    /// Longest message (syslog: the RFC 5424 message; lines: the record and its newline);
+    /// 0: no limit. See [`crate::formats::bound`].
+    pub max_bytes: usize,
+}
+
+/// One encoded frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    /// Ready for [`Transport::send`].
+    pub frame: Vec<u8>,
+    /// The record was longer than [`Encoder::max_bytes`] and was truncated.
+    pub truncated: bool,
 }
 
 impl Encoder {
@@ -137,13 +149,35 @@ impl Encoder {
         Self {
             format: cfg.format,
             framing,
+            max_bytes: cfg.max_message_bytes,
         }
     }
 
     /// One frame, ready for [`Transport::send`].
     pub fn encode(&self, record: &Record) -> Vec<u8> {
-        let body = self.format.render(record);
-        match &self.framing {
+        self.encode_counted(record).frame
+    }
+
+    /// One frame, and whether the record had to be truncated to fit [`Self::max_bytes`].
+    /// Workload-controlled fields are capped first, whatever the limit
+    /// ([`crate::formats::bound::cap_record`]).
+    pub fn encode_counted(&self, record: &Record) -> Encoded {
+        let capped = crate::formats::bound::cap_record(record);
+        let record = capped.as_ref().unwrap_or(record);
+        let mut body = self.format.render(record);
+        let mut truncated = false;
+        let overhead = match &self.framing {
+            Framing::Line => 1,
+            Framing::Syslog { header, .. } => syslog::message(header, record, b"").len(),
+        };
+        if self.max_bytes > 0 && body.len() + overhead > self.max_bytes {
+            let room = self.max_bytes.saturating_sub(overhead);
+            if let Some(b) = crate::formats::bound::fit(self.format, &body, room) {
+                body = b;
+                truncated = true;
+            }
+        }
+        let frame = match &self.framing {
             Framing::Line => {
                 let mut v = body;
                 v.push(b'\n');
@@ -162,7 +196,8 @@ impl Encoder {
                     msg
                 }
             }
-        }
+        };
+        Encoded { frame, truncated }
     }
 }
 
@@ -234,5 +269,26 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains(" connection - CEF:0|egressd|"), "{msg}");
+    }
+
+    #[test]
+    fn message_and_queue_limits_from_the_config() {
+        let text = |extra: &str| {
+            format!(
+                "allowlist = []\n[[sinks]]\ntype = \"syslog\"\naddress = \"127.0.0.1:514\"\n{extra}\n\
+                 [[sinks]]\ntype = \"file\"\npath = \"/var/log/e.json\"\n"
+            )
+        };
+        let p = std::path::Path::new("t.toml");
+        let (_, out) = crate::config::parse_all(p, &text("")).expect("valid");
+        assert_eq!(out.sinks[0].max_message_bytes, 8192);
+        assert_eq!(out.sinks[1].max_message_bytes, 0);
+        assert_eq!(out.sinks[0].queue_bytes, crate::config::DEFAULT_QUEUE_BYTES);
+        let (_, out) = crate::config::parse_all(p, &text("max_message_bytes = 0")).expect("0");
+        assert_eq!(out.sinks[0].max_message_bytes, 0);
+        let e = crate::config::parse_all(p, &text("max_message_bytes = 100")).expect_err("small");
+        assert!(e.to_string().contains("at least 1024"), "{e}");
+        let e = crate::config::parse_all(p, &text("queue_bytes = 10")).expect_err("small");
+        assert!(e.to_string().contains("queue_bytes"), "{e}");
     }
 }
