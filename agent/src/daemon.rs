@@ -154,16 +154,15 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     }
     // Attached, listening: keep only what reloads, tamper repair and /proc enrichment use,
     // before any other thread exists and before the first hostile input is parsed.
-    if crate::safefs::euid() == 0 {
-        let d = crate::privileges::drop_after_attach().context("dropping privileges")?;
-        tracing::info!(
-            kept = ?d.kept,
-            bounding_set = d.bounding,
-            no_new_privs = true,
-            seccomp = d.seccomp,
-            "privileges dropped"
-        );
-    }
+    // (Also when not root: a service user with ambient capabilities drops them too.)
+    let d = crate::privileges::drop_after_attach().context("dropping privileges")?;
+    tracing::info!(
+        kept = ?d.kept,
+        bounding_set = d.bounding,
+        no_new_privs = true,
+        seccomp = d.seccomp,
+        "privileges dropped"
+    );
     let pipeline = sinks.start(&host)?;
     let mut watcher = if opts.watch {
         Some(crate::watch::ConfigWatcher::new(config_path)?)

@@ -382,17 +382,22 @@ pub async fn serve(listener: TcpListener, ask: mpsc::Sender<oneshot::Sender<Snap
             conns: conns.clone(),
         };
         let ask = ask.clone();
-        // Under the lock until it is listed, so it cannot say it is answering before then.
-        let mut c = conns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let task = tokio::spawn(async move {
             if let Err(e) = handle(stream, ask, &slot).await {
                 tracing::debug!(error = %e, "metrics request");
             }
             drop(slot);
         });
-        c.waiting.push_back((next_id, task.abort_handle()));
+        // The daemon's runtime runs one thread: the task cannot have started yet (on another
+        // runtime a task already answering would at worst be replaced, never leaked: its
+        // slot's drop removes the entry).
+        if !task.is_finished() {
+            conns
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .waiting
+                .push_back((next_id, task.abort_handle()));
+        }
     }
 }
 
