@@ -265,9 +265,14 @@ pub type ConfigError = crate::located::LocatedError;
 /// `[[rules]]` and `allowlist` entries (added to the main file's), nothing else. A region
 /// defined in two files is an error naming both.
 ///
+/// Run as root, the files and the drop-in directory must be trusted as
+/// [`crate::safefs`] says: owned by root, not writable by group or others, in directories
+/// that are not either (links only when root owns them); anything else is refused, naming
+/// the file and what is wrong, on `--watch` and SIGHUP reloads too.
+///
 /// # Errors
 /// A [`ConfigError`] with line 0 and an empty field if a file cannot be read (or is not
-/// UTF-8), otherwise whatever [`parse_set`] reports.
+/// UTF-8) or is not trusted, otherwise whatever [`parse_set`] reports.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     load_all(path).map(|(cfg, _)| cfg)
 }
@@ -292,9 +297,16 @@ pub fn load_with_drop_ins(path: &Path, drop_ins: &Path) -> Result<Config, Config
 }
 
 fn load_all_in(path: &Path, dir_override: Option<&Path>) -> Result<(Config, Output), ConfigError> {
+    // As root, a policy file (or drop-in) others could have written is refused, like
+    // sshd's StrictModes: see `crate::safefs`.
+    let strict = crate::safefs::euid() == 0;
     let read = |p: &Path| {
-        std::fs::read_to_string(p)
-            .map_err(|e| ConfigError::file(p, format!("cannot read configuration: {e}")))
+        if strict {
+            crate::safefs::read_trusted(p)
+        } else {
+            std::fs::read_to_string(p)
+        }
+        .map_err(|e| ConfigError::file(p, format!("cannot read configuration: {e}")))
     };
     let text = read(path)?;
     let ctx = Ctx { path, text: &text };
@@ -308,6 +320,12 @@ fn load_all_in(path: &Path, dir_override: Option<&Path>) -> Result<(Config, Outp
     let mut drop_ins = Vec::new();
     match std::fs::read_dir(&dir) {
         Ok(entries) => {
+            if strict && let Err(e) = crate::safefs::check_trusted_dir(&dir) {
+                return Err(ConfigError::file(
+                    &dir,
+                    format!("untrusted drop-in directory: {e}"),
+                ));
+            }
             // Every `*.toml` not starting with a dot; a name that cannot be read as a file
             // (a dangling link, a directory) is an error, never silently skipped.
             let mut files: Vec<PathBuf> = entries
@@ -520,6 +538,7 @@ struct RawSink {
     kind: Option<Spanned<String>>,
     format: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
     transport: Option<Spanned<String>>,
     address: Option<Spanned<String>>,
     server_name: Option<Spanned<String>>,
@@ -529,6 +548,8 @@ struct RawSink {
     facility: Option<Spanned<String>>,
     app_name: Option<Spanned<String>>,
     queue: Option<Spanned<i64>>,
+    queue_bytes: Option<Spanned<i64>>,
+    max_message_bytes: Option<Spanned<i64>>,
     spool: Option<Spanned<String>>,
     spool_max_bytes: Option<Spanned<i64>>,
     retry_max_ms: Option<Spanned<i64>>,
@@ -1130,6 +1151,10 @@ fn parse_ports(v: &toml::Value) -> Result<(u16, u16), String> {
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 60;
 /// Default per-sink in-memory queue, in records.
 pub const DEFAULT_QUEUE: usize = 10_000;
+/// Default per-sink in-memory queue, in bytes (16 MiB).
+pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
+/// Default longest message of a syslog sink, in bytes (rsyslog's default `maxMessageSize`).
+pub const DEFAULT_SYSLOG_MESSAGE_BYTES: usize = 8 << 10;
 /// Default spool size limit per sink, in bytes (64 MiB).
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
 /// Default longest wait between reconnection attempts, in milliseconds.
@@ -1171,6 +1196,15 @@ pub struct SinkConfig {
     pub format: crate::formats::Format,
     /// `queue`: in-memory queue in records ([`DEFAULT_QUEUE`]).
     pub queue: usize,
+    /// `queue_bytes`: in-memory queue in bytes ([`DEFAULT_QUEUE_BYTES`]); whichever of
+    /// `queue` and `queue_bytes` is reached first makes the queue full.
+    pub queue_bytes: usize,
+    /// `max_message_bytes`: longest record the destination takes (for syslog, the RFC 5424
+    /// message with its header; for lines, with the newline); a longer one is truncated so
+    /// it stays parseable, marked and counted ([`crate::formats::bound`]). 0: no limit.
+    /// Default [`DEFAULT_SYSLOG_MESSAGE_BYTES`] for syslog sinks, 0 for others; at least
+    /// [`crate::formats::bound::MIN_MESSAGE_BYTES`] when set.
+    pub max_message_bytes: usize,
     /// On-disk spool used while the sink is down or slow; `None` disables it.
     pub spool: Option<SpoolConfig>,
     /// `retry_max_ms`: longest wait between reconnection attempts ([`DEFAULT_RETRY_MAX_MS`]);
@@ -1186,6 +1220,8 @@ impl SinkConfig {
             kind: SinkKind::Stdout,
             format: crate::formats::Format::Json,
             queue: DEFAULT_QUEUE,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            max_message_bytes: 0,
             spool: None,
             retry_max_ms: DEFAULT_RETRY_MAX_MS,
         }
@@ -1201,6 +1237,10 @@ pub enum SinkKind {
     File {
         /// `path`: absolute file path.
         path: PathBuf,
+        /// `mode`: octal permission bits the file is created with (`"0640"`);
+        /// [`crate::safefs::FILE_MODE`] (0600) when absent. Never writable by group or
+        /// others.
+        mode: u32,
     },
     /// `type = "syslog"`: RFC 5424 messages.
     Syslog(SyslogConfig),
@@ -1401,11 +1441,31 @@ impl Ctx<'_> {
         let kind = match kind_s.get_ref().as_str() {
             "stdout" => {
                 only_for(&raw.path, "path", "file sinks", errors);
+                only_for(&raw.mode, "mode", "file sinks", errors);
                 SinkKind::Stdout
             }
             "file" => match &raw.path {
                 Some(p) => SinkKind::File {
                     path: abs_path(p, "path", errors),
+                    mode: match &raw.mode {
+                        None => crate::safefs::FILE_MODE,
+                        Some(m) => match u32::from_str_radix(m.get_ref(), 8) {
+                            Ok(v) if v <= 0o777 && v & 0o022 == 0 && v & 0o600 == 0o600 => v,
+                            _ => {
+                                errors.push(self.err(
+                                    m.span(),
+                                    f("mode"),
+                                    format!(
+                                        "`mode` must be octal permission bits that let the \
+                                         owner read and write and nobody else write, such as \
+                                         \"0600\" or \"0640\", got `{}`",
+                                        m.get_ref()
+                                    ),
+                                ));
+                                crate::safefs::FILE_MODE
+                            }
+                        },
+                    },
                 },
                 None => {
                     errors.push(self.err(
@@ -1418,6 +1478,7 @@ impl Ctx<'_> {
             },
             "syslog" => {
                 only_for(&raw.path, "path", "file sinks", errors);
+                only_for(&raw.mode, "mode", "file sinks", errors);
                 let transport = match raw.transport.as_ref().map(|t| (t, t.get_ref().as_str())) {
                     None | Some((_, "tcp")) => SyslogTransport::Tcp,
                     Some((_, "udp")) => SyslogTransport::Udp,
@@ -1582,6 +1643,27 @@ impl Ctx<'_> {
             }
         };
         let queue = positive(&raw.queue, "queue", 1, DEFAULT_QUEUE as u64, errors);
+        let queue_bytes = positive(
+            &raw.queue_bytes,
+            "queue_bytes",
+            64 << 10,
+            DEFAULT_QUEUE_BYTES as u64,
+            errors,
+        );
+        let default_message = match kind {
+            SinkKind::Syslog(_) => DEFAULT_SYSLOG_MESSAGE_BYTES as u64,
+            _ => 0,
+        };
+        let max_message_bytes = match &raw.max_message_bytes {
+            Some(v) if *v.get_ref() == 0 => 0,
+            other => positive(
+                other,
+                "max_message_bytes",
+                crate::formats::bound::MIN_MESSAGE_BYTES as i64,
+                default_message,
+                errors,
+            ),
+        };
         let retry_max_ms = positive(
             &raw.retry_max_ms,
             "retry_max_ms",
@@ -1611,6 +1693,8 @@ impl Ctx<'_> {
             kind,
             format,
             queue: usize::try_from(queue).unwrap_or(DEFAULT_QUEUE),
+            queue_bytes: usize::try_from(queue_bytes).unwrap_or(DEFAULT_QUEUE_BYTES),
+            max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(0),
             spool: spool_dir
                 .filter(|_| max_bytes > 0)
                 .map(|dir| SpoolConfig { dir, max_bytes }),
@@ -2025,11 +2109,12 @@ mod tests {
 
     #[test]
     fn config_load_reads_file() {
-        let path =
-            std::env::temp_dir().join(format!("egressd-config-test-{}.toml", std::process::id()));
+        // In a directory of its own: as root, a policy directly in /tmp (writable by
+        // others) is refused.
+        let t = crate::safefs::tests::Tmp::new("config");
+        let path = t.0.join("egressd.toml");
         std::fs::write(&path, EXAMPLE).expect("write temp file");
         let c = load(&path);
-        let _ = std::fs::remove_file(&path);
         assert_eq!(c.expect("valid").path, path);
     }
 
@@ -2730,7 +2815,10 @@ mod tests {
         assert_eq!((e.line, e.field.as_str()), (2, "drop_in_dir"));
         // A copy of the main file elsewhere (Ansible's `validate` temporary file), checked
         // with the drop-in directory it will run with; the override wins over `drop_in_dir`.
-        let copy = std::env::temp_dir().join(format!("egressd-cfg-copy-{}", std::process::id()));
+        let copy_dir =
+            std::env::temp_dir().join(format!("egressd-cfg-copy-{}", std::process::id()));
+        std::fs::create_dir_all(&copy_dir).expect("mkdir");
+        let copy = copy_dir.join("policy.toml");
         std::fs::write(&copy, "allowlist = [\"eu\"]\ndrop_in_dir = \"nowhere\"\n").expect("write");
         load(&copy).expect_err("no drop-ins beside the copy");
         let c = load_with_drop_ins(&copy, &dir.join("policy.d")).expect("valid");
@@ -2738,8 +2826,51 @@ mod tests {
         let e = load_with_drop_ins(&copy, &dir.join("absent")).expect_err("absent");
         assert_eq!(e.file, dir.join("absent"));
         assert!(e.message.contains("cannot read drop-in directory"), "{e}");
-        let _ = std::fs::remove_file(&copy);
+        let _ = std::fs::remove_dir_all(&copy_dir);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 22 item 3: as root, a drop-in directory (or policy file) an unprivileged user
+    /// can write is refused, naming it, instead of loading the user's allow rule; so is a
+    /// file the user owns.
+    #[test]
+    fn config_untrusted_policy_files_are_refused_as_root() {
+        use crate::safefs::tests::{Tmp, as_nobody, root};
+        use std::os::unix::fs::PermissionsExt as _;
+        if !root() {
+            eprintln!("not root: egressd trusts any policy file when it is not root");
+            return;
+        }
+        let t = Tmp::new("policy");
+        std::fs::set_permissions(&t.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let main = t.0.join("policy.toml");
+        std::fs::write(
+            &main,
+            "allowlist = []\n[regions.us]\nprefixes = [\"198.18.2.0/24\"]\n",
+        )
+        .expect("write");
+        let d = t.0.join("policy.d");
+        std::fs::create_dir(&d).expect("mkdir");
+        load(&main).expect("trusted files");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let evil = d.join("evil.toml");
+        as_nobody(&[
+            "sh",
+            "-c",
+            &format!("echo 'allowlist = [\"us\"]' > {}", evil.display()),
+        ]);
+        let e = load(&main).expect_err("world-writable policy.d");
+        assert_eq!(e.file, d);
+        assert!(e.message.contains("writable by others"), "{e}");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let e = load(&main).expect_err("a drop-in nobody owns");
+        assert_eq!(e.file, evil);
+        assert!(e.message.contains("owned by uid 65534"), "{e}");
+        std::fs::remove_file(&evil).expect("rm");
+        std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o646)).expect("chmod");
+        let e = load(&main).expect_err("world-writable main file");
+        assert_eq!(e.file, main);
+        assert!(e.message.contains("0646"), "{e}");
     }
 
     fn out(text: &str) -> Output {

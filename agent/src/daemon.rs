@@ -119,7 +119,8 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
 
     let host = host_name();
     // Sinks first: a sink that cannot work fails the start before anything is attached.
-    let pipeline = Pipeline::start(&output.sinks, &host)?;
+    // Their threads start after the privileges are dropped (capabilities are per thread).
+    let sinks = Pipeline::prepare(&output.sinks)?;
     let started = Instant::now();
     let pin_dir = opts.pin_dir.as_ref().map(crate::pin::PinDir::new);
     let coverage = crate::coverage::probe();
@@ -151,11 +152,6 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         }
         None => Enforcer::load(policy.clone(), &cgroup)?,
     };
-    let mut watcher = if opts.watch {
-        Some(crate::watch::ConfigWatcher::new(config_path)?)
-    } else {
-        None
-    };
     let (metrics_tx, mut metrics_rx) =
         tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<crate::metrics::Snapshot>>(16);
     if let Some(addr) = opts.metrics {
@@ -165,6 +161,23 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         tracing::info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
         tokio::spawn(crate::metrics::serve(listener, metrics_tx.clone()));
     }
+    // Attached, listening: keep only what reloads, tamper repair and /proc enrichment use,
+    // before any other thread exists and before the first hostile input is parsed.
+    // (Also when not root: a service user with ambient capabilities drops them too.)
+    let d = crate::privileges::drop_after_attach().context("dropping privileges")?;
+    tracing::info!(
+        kept = ?d.kept,
+        bounding_set = d.bounding,
+        no_new_privs = true,
+        seccomp = d.seccomp,
+        "privileges dropped"
+    );
+    let pipeline = sinks.start(&host)?;
+    let mut watcher = if opts.watch {
+        Some(crate::watch::ConfigWatcher::new(config_path)?)
+    } else {
+        None
+    };
     let mut tamper = tokio::time::interval(TAMPER_CHECK);
     tamper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let crate::loader::Readers {
@@ -272,6 +285,11 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                     .map(|(k, v)| (k, v.into()))
                     .collect(),
             ),
+        );
+        // Records each sink cut to its max_message_bytes (not losses: they were delivered).
+        extra.insert(
+            "truncated".into(),
+            serde_json::to_value(pipeline.truncated())?,
         );
         Ok(Counters {
             counters: stats::counters(&readers.counters, policy)?,

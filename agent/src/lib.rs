@@ -24,6 +24,7 @@ pub mod pin;
 pub mod pipeline;
 pub mod policy;
 pub mod privileges;
+pub mod safefs;
 pub mod signals;
 pub mod sinks;
 pub mod stats;

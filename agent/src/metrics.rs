@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | `connections_total` | hook, region, verdict | kernel decision counters |
 //! | `flow_packets_total`, `flow_bytes_total` | direction, region, verdict | kernel packet counters (bytes from the IP header) |
-//! | `events_total` | stage, sink, outcome | `ringbuf`/`emitted`, `kernel`/`suppressed` (deny+audit attempts the kernel did not report as separate events), `kernel`/`lost` (ring buffer full), `decode`/`lost`, `sink`/`delivered`, `sink`/`dropped_*` per sink |
+//! | `events_total` | stage, sink, outcome | `ringbuf`/`emitted`, `kernel`/`suppressed` (deny+audit attempts the kernel did not report as separate events), `kernel`/`lost` (ring buffer full), `decode`/`lost`, `sink`/`delivered`, `sink`/`dropped_*`, `sink`/`truncated` (cut to `max_message_bytes`) per sink |
 //! | `sink_queued`, `sink_up` | sink | pipeline |
 //! | `policy_generation` | | generation in force |
 //! | `policy_prefixes` | family (`ipv4`, `ipv6`) | prefixes loaded |
@@ -22,6 +22,10 @@
 //!
 //! `/healthz` answers `200 ok` when the daemon loop answers and every hook is attached,
 //! else `503` with the reason.
+//!
+//! Connections: at most [`MAX_CONNECTIONS`] at once (at the cap a new one replaces the
+//! oldest that has not sent its request, or is closed), 5 s to send the request head (8 KiB
+//! at most) and 5 s to take the answer.
 use std::time::Duration;
 
 use prometheus_client::{
@@ -185,6 +189,14 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         ev("sink", name, "dropped_spool_full", c.dropped_spool_full);
         ev("sink", name, "dropped_failed", c.dropped_failed);
         ev("sink", name, "dropped_at_exit", c.dropped_at_exit);
+        let truncated = s
+            .counters
+            .extra
+            .get("truncated")
+            .and_then(|t| t.get(name))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        ev("sink", name, "truncated", truncated);
         let one = One { name: name.clone() };
         queued
             .get_or_create(&one)
@@ -302,26 +314,122 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
+/// Connections served at once. Descriptors stay bounded whatever clients do: at the cap, a
+/// new connection replaces the oldest one that has not sent its request yet (a client
+/// holding a connection open cannot crowd out a scrape or `/healthz`), or is closed at once
+/// when every connection is being answered.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client gets to send its request head.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client gets to take the response.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections open now, and those still waiting for their request (oldest first).
+#[derive(Default)]
+struct Conns {
+    open: usize,
+    waiting: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+}
+
+/// Counts a connection while it lives (also when its task is aborted).
+struct Slot {
+    id: u64,
+    conns: std::sync::Arc<std::sync::Mutex<Conns>>,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The request arrived: no longer a candidate for replacement.
+    fn answering(&self) {
+        self.lock().waiting.retain(|(id, _)| *id != self.id);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.lock();
+        c.open = c.open.saturating_sub(1);
+        c.waiting.retain(|(id, _)| *id != self.id);
+    }
+}
+
 /// Serves `/metrics` and `/healthz` on `listener` until the daemon loop goes away. Each
-/// request asks the loop for a [`Snapshot`] through `ask` (5 s timeout).
+/// request asks the loop for a [`Snapshot`] through `ask` (5 s timeout). At most
+/// [`MAX_CONNECTIONS`] connections are served at once (see there); each has
+/// [`READ_TIMEOUT`] for its request and [`WRITE_TIMEOUT`] for the response.
 pub async fn serve(listener: TcpListener, ask: mpsc::Sender<oneshot::Sender<Snapshot>>) {
+    let conns = std::sync::Arc::new(std::sync::Mutex::new(Conns::default()));
+    let mut next_id = 0u64;
+    let mut refused = 0u64;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        {
+            let mut c = conns
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // An aborted task frees its slot when the runtime drops it, a moment later:
+            // never go past twice the cap meanwhile.
+            let evicted = if c.open >= MAX_CONNECTIONS && c.open < 2 * MAX_CONNECTIONS {
+                c.waiting.pop_front().map(|(_, h)| h.abort()).is_some()
+            } else {
+                false
+            };
+            if c.open >= MAX_CONNECTIONS && !evicted {
+                drop(c);
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        refused,
+                        max = MAX_CONNECTIONS,
+                        "metrics: too many connections at once; closing new ones"
+                    );
+                }
+                drop(stream);
+                continue;
+            }
+            c.open += 1;
+        }
+        next_id += 1;
+        let slot = Slot {
+            id: next_id,
+            conns: conns.clone(),
         };
         let ask = ask.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, ask).await {
+        let task = tokio::spawn(async move {
+            if let Err(e) = handle(stream, ask, &slot).await {
                 tracing::debug!(error = %e, "metrics request");
             }
+            drop(slot);
         });
+        // The daemon's runtime runs one thread: the task cannot have started yet (on another
+        // runtime a task already answering would at worst be replaced, never leaked: its
+        // slot's drop removes the entry).
+        if !task.is_finished() {
+            conns
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .waiting
+                .push_back((next_id, task.abort_handle()));
+        }
     }
 }
 
 async fn handle(
     mut stream: TcpStream,
     ask: mpsc::Sender<oneshot::Sender<Snapshot>>,
+    slot: &Slot,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let read = async {
@@ -335,9 +443,10 @@ async fn handle(
         }
         Ok::<_, std::io::Error>(())
     };
-    tokio::time::timeout(Duration::from_secs(5), read)
+    tokio::time::timeout(READ_TIMEOUT, read)
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    slot.answering();
     let head = String::from_utf8_lossy(&buf);
     let path = head.split_whitespace().nth(1).unwrap_or("");
     let (status, ctype, body) = match path {
@@ -390,8 +499,12 @@ async fn handle(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(resp.as_bytes()).await?;
-    stream.shutdown().await
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(resp.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 async fn snapshot(ask: &mpsc::Sender<oneshot::Sender<Snapshot>>) -> Option<Snapshot> {

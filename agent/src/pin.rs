@@ -14,7 +14,7 @@
 //! until `egressd detach` removes them. The `_V1` suffix of the map names is the layout
 //! version ([`egressd_common::maps`]); pins of another version are refused.
 use std::{
-    ffi::CString,
+    ffi::{CString, OsStr},
     os::{
         fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
@@ -113,26 +113,41 @@ impl PinDir {
         self.state().exists() || self.has_links() || self.maps_dir().exists()
     }
 
-    /// Makes sure the directory exists on a bpffs, mounting bpffs at [`BPFFS_ROOT`] when the
-    /// directory lies under it and nothing is mounted there.
+    /// Makes sure the directory exists on a bpffs and is egressd's own, mounting bpffs at
+    /// [`BPFFS_ROOT`] (mode 0700) when the directory lies under it and nothing is mounted
+    /// there. A pin directory (and its `maps`, `links`) that egressd creates gets mode 0700;
+    /// an existing one is accepted only when it is on a bpffs, owned by root and writable by
+    /// nobody else, with the same for the directories above it (a sticky bpffs root such as
+    /// a default-mode `/sys/fs/bpf` aside; see [`crate::safefs`]): pins in a directory a user
+    /// created first would be the user's to remove.
     ///
     /// # Errors
-    /// The directory is not on a bpffs (and cannot be put on one), or cannot be created.
+    /// The directory is not on a bpffs (and cannot be put on one), cannot be created, or is
+    /// not trusted (the error names it and why).
     pub fn prepare(&self) -> anyhow::Result<()> {
         let root = Path::new(BPFFS_ROOT);
         if self.root.starts_with(root) && !is_bpffs(root) {
             std::fs::create_dir_all(root).with_context(|| format!("creating {BPFFS_ROOT}"))?;
             mount_bpffs(root)?;
         }
-        std::fs::create_dir_all(self.maps_dir())
-            .with_context(|| format!("creating {}", self.maps_dir().display()))?;
-        std::fs::create_dir_all(self.links_dir())
-            .with_context(|| format!("creating {}", self.links_dir().display()))?;
-        if !is_bpffs(&self.root) {
+        let dir = crate::safefs::TrustedDir::create(&self.root)
+            .with_context(|| format!("pin directory {}", self.root.display()))?;
+        if !is_bpffs_fd(dir.fd()) {
             bail!(
                 "pin directory {} is not on a BPF filesystem; use a directory under a bpffs \
-                 mount (`mount -t bpf bpf /sys/fs/bpf`)",
+                 mount (`mount -t bpf -o mode=0700 bpf /sys/fs/bpf`)",
                 self.root.display()
+            );
+        }
+        for sub in [self.maps_dir(), self.links_dir()] {
+            crate::safefs::TrustedDir::create(&sub)
+                .with_context(|| format!("pin directory {}", sub.display()))?;
+        }
+        if is_world_writable(root) {
+            tracing::warn!(
+                path = BPFFS_ROOT,
+                "bpffs is writable by every user (mode 1777): other users can pin objects \
+                 there; egressd's own pin directory is 0700"
             );
         }
         Ok(())
@@ -223,46 +238,93 @@ impl PinDir {
     /// unpins links, maps and the state, and removes the directories. Returns the paths
     /// removed.
     ///
+    /// Only bpffs pins are removed, through directory descriptors: the pin directory must be
+    /// one egressd could have made (see [`Self::prepare`]), `maps` and `links` are opened
+    /// with `O_NOFOLLOW` and must be on a bpffs, and each name in them is removed with
+    /// `unlinkat` (a link there is removed, never followed). A `maps` that is a symbolic
+    /// link, or a directory on another filesystem, is left alone and reported.
+    ///
     /// # Errors
-    /// A pin that cannot be removed (the rest are still tried).
+    /// The pin directory is not trusted or not on a bpffs; a pin that cannot be removed (the
+    /// rest are still tried).
     pub fn remove_all(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let root = crate::safefs::TrustedDir::open(&self.root)
+            .with_context(|| format!("pin directory {}", self.root.display()))?;
+        if !is_bpffs_fd(root.fd()) {
+            bail!(
+                "{} is not on a BPF filesystem: refusing to remove anything there",
+                self.root.display()
+            );
+        }
         let mut removed = Vec::new();
         let mut errors = Vec::new();
-        for hook in &crate::loader::hooks::HOOKS {
-            let path = self.link(hook.program);
-            if !path.exists() {
-                continue;
+        let sub = |name: &str, errors: &mut Vec<String>| match root.subdir(OsStr::new(name)) {
+            Ok(d) if is_bpffs_fd(d.fd()) => Some(d),
+            Ok(d) => {
+                errors.push(format!("{}: not on a BPF filesystem", d.path().display()));
+                None
             }
-            if let Ok(fd) = obj_get(&path) {
-                let mut attr = [0u64; 1];
-                attr[0] = u64::try_from(fd.as_raw_fd()).unwrap_or(0);
-                if let Err(e) = sys_bpf(BPF_LINK_DETACH, &mut attr) {
-                    tracing::warn!(link = %path.display(), error = %e, "BPF_LINK_DETACH");
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                errors.push(e.to_string());
+                None
+            }
+        };
+        let links = sub("links", &mut errors);
+        if let Some(links) = &links {
+            for hook in &crate::loader::hooks::HOOKS {
+                let path = self.link(hook.program);
+                let Some(name) = path.file_name() else {
+                    continue;
+                };
+                match links.lstat(name) {
+                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                        let by_fd =
+                            PathBuf::from(format!("/proc/self/fd/{}", links.fd().as_raw_fd()))
+                                .join(name);
+                        if let Ok(fd) = obj_get(&by_fd) {
+                            let mut attr = [0u64; 1];
+                            attr[0] = u64::try_from(fd.as_raw_fd()).unwrap_or(0);
+                            if let Err(e) = sys_bpf(BPF_LINK_DETACH, &mut attr) {
+                                tracing::warn!(link = %path.display(), error = %e, "BPF_LINK_DETACH");
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => continue,
+                }
+                match links.remove(name) {
+                    Ok(()) => removed.push(path),
+                    Err(e) => errors.push(e.to_string()),
                 }
             }
-            match std::fs::remove_file(&path) {
-                Ok(()) => removed.push(path),
-                Err(e) => errors.push(format!("{}: {e}", path.display())),
+        }
+        let maps = sub("maps", &mut errors);
+        if let Some(maps) = &maps {
+            for name in maps.entries().unwrap_or_default() {
+                match maps.remove(&name) {
+                    Ok(()) => removed.push(self.maps_dir().join(&name)),
+                    Err(e) => errors.push(e.to_string()),
+                }
             }
         }
-        let maps = std::fs::read_dir(self.maps_dir())
-            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
-            .unwrap_or_default();
-        for path in maps.into_iter().chain([self.state()]) {
-            if !path.exists() {
-                continue;
-            }
-            match std::fs::remove_file(&path) {
-                Ok(()) => removed.push(path),
-                Err(e) => errors.push(format!("{}: {e}", path.display())),
-            }
+        match root.remove(OsStr::new(STATE_MAP)) {
+            Ok(()) => removed.push(self.state()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(e.to_string()),
         }
-        for dir in [self.links_dir(), self.maps_dir(), self.root.clone()] {
-            if dir.exists()
-                && let Err(e) = std::fs::remove_dir(&dir)
+        for (dir, name) in [(&links, "links"), (&maps, "maps")] {
+            if dir.is_some()
+                && let Err(e) = root.remove_dir(OsStr::new(name))
             {
-                errors.push(format!("{}: {e}", dir.display()));
+                errors.push(e.to_string());
             }
+        }
+        drop(root);
+        if errors.is_empty()
+            && let Err(e) = std::fs::remove_dir(&self.root)
+        {
+            errors.push(format!("{}: {e}", self.root.display()));
         }
         if errors.is_empty() {
             Ok(removed)
@@ -270,6 +332,20 @@ impl PinDir {
             Err(anyhow!("could not remove: {}", errors.join("; ")))
         }
     }
+}
+
+/// Whether the descriptor `fd` is on a BPF filesystem (`fstatfs(2)` magic).
+fn is_bpffs_fd(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    // SAFETY: fstatfs writes into the zeroed struct; `fd` is open.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let r = unsafe { libc::fstatfs(fd.as_raw_fd(), &raw mut st) };
+    r == 0 && st.f_type == BPF_FS_MAGIC
+}
+
+fn is_world_writable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o002 != 0)
 }
 
 /// Whether `path` is on a BPF filesystem (`statfs(2)` magic).
@@ -284,25 +360,28 @@ pub fn is_bpffs(path: &Path) -> bool {
     r == 0 && st.f_type == BPF_FS_MAGIC
 }
 
-/// `mount -t bpf bpf PATH`.
+/// `mount -t bpf -o mode=0700,nosuid,nodev,noexec bpf PATH`.
 fn mount_bpffs(path: &Path) -> anyhow::Result<()> {
     let target = CString::new(path.as_os_str().as_bytes())?;
     let fs = c"bpf";
-    // SAFETY: all pointers are valid C strings; data is null.
+    // Only root may create pins at the top (the kernel's default is 1777), as systemd
+    // mounts it.
+    let data = c"mode=0700";
+    // SAFETY: all pointers are valid C strings.
     let r = unsafe {
         libc::mount(
             fs.as_ptr(),
             target.as_ptr(),
             fs.as_ptr(),
-            0,
-            std::ptr::null(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data.as_ptr().cast(),
         )
     };
     if r != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("mounting bpffs at {}", path.display()));
     }
-    tracing::info!(path = %path.display(), "mounted bpffs");
+    tracing::info!(path = %path.display(), mode = "0700", "mounted bpffs");
     Ok(())
 }
 
@@ -348,7 +427,10 @@ pub fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
 ///
 /// # Errors
 /// The query fails (not a cgroup, no privileges).
-pub fn attached_programs(cgroup: std::os::fd::BorrowedFd<'_>, attach_type: u32) -> anyhow::Result<Vec<u32>> {
+pub fn attached_programs(
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    attach_type: u32,
+) -> anyhow::Result<Vec<u32>> {
     let mut ids = [0u32; 64];
     // struct { u32 target_fd; u32 attach_type; u32 query_flags; u32 attach_flags;
     //          u64 prog_ids; u32 prog_cnt; }

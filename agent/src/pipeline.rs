@@ -46,7 +46,10 @@ use std::{
 use crate::{
     config::SinkConfig,
     events::{Record, SinkCounters},
-    sinks::{self, Encoder, SendError, Transport},
+    sinks::{
+        self, Encoder, SendError, Transport,
+        syslog::{OPEN_TIMEOUT, SEND_TIMEOUT},
+    },
 };
 
 use spool::Spool;
@@ -59,6 +62,11 @@ const IDLE_CHECK: Duration = Duration::from_millis(50);
 const ACK_POLL: Duration = Duration::from_millis(10);
 /// How often the spool's head is persisted.
 const SPOOL_SYNC: Duration = Duration::from_secs(1);
+/// A frame written this long ago and still not acknowledged by the peer's TCP means the peer
+/// stopped reading: the connection counts as down.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for a worker past its deadline before leaving it behind.
+const JOIN_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Atomics {
@@ -68,6 +76,7 @@ struct Atomics {
     dropped_failed: AtomicU64,
     dropped_at_exit: AtomicU64,
     retries: AtomicU64,
+    truncated: AtomicU64,
     spooled: AtomicU64,
     /// Frames in flight or waiting to be sent again.
     held: AtomicU64,
@@ -76,6 +85,8 @@ struct Atomics {
 
 struct Queue {
     memory: VecDeque<Vec<u8>>,
+    /// Bytes of the frames in `memory`.
+    bytes: usize,
     /// Set by shutdown: deliver until this instant, then stop.
     deadline: Option<Instant>,
 }
@@ -84,15 +95,59 @@ struct Queue {
 struct Shared {
     name: String,
     capacity: usize,
+    /// Byte bound of the memory queue.
+    capacity_bytes: usize,
+    /// The on-disk spool. Lock order: `spool` before `queue`, so that moving the memory
+    /// queue to the spool (by the worker, or by the submitter when the queue is full) and
+    /// taking the next frame never reorder frames.
+    spool: Option<Mutex<Spool>>,
     queue: Mutex<Queue>,
     wake: Condvar,
     reopen: AtomicBool,
+    /// Shared with the transport: blocking I/O in progress ends at the shutdown deadline.
+    stop: Arc<sinks::Stop>,
     c: Atomics,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_spool(&self) -> Option<MutexGuard<'_, Spool>> {
+        self.spool
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn set_spooled(&self, spool: &Spool) {
+        self.c.spooled.store(spool.len(), Ordering::Relaxed);
+    }
+
+    /// Moves the whole memory queue (then `extra`) to the spool, in order, counting what
+    /// does not fit. `spool` is this sink's spool, locked.
+    fn spill_into(&self, spool: &mut Spool, extra: Option<Vec<u8>>) {
+        let frames: Vec<Vec<u8>> = {
+            let mut q = self.lock();
+            q.bytes = 0;
+            q.memory.drain(..).collect()
+        };
+        for f in frames.iter().chain(extra.as_ref()) {
+            match spool.append(f) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let n = self.c.dropped_spool_full.fetch_add(1, Ordering::Relaxed);
+                    if n.is_power_of_two() {
+                        tracing::warn!(sink = %self.name, dropped = n + 1, "spool full: dropping records");
+                    }
+                }
+                Err(e) => {
+                    self.c.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(sink = %self.name, error = %e, "spool write failed: record dropped");
+                }
+            }
+        }
+        self.set_spooled(spool);
     }
 
     fn counters(&self) -> SinkCounters {
@@ -123,6 +178,19 @@ pub struct Pipeline {
     sinks: Vec<Sink>,
 }
 
+/// Sinks checked and opened by [`Pipeline::prepare`], their threads not started yet.
+pub struct Prepared(Vec<(SinkConfig, Box<dyn Transport>, Option<Spool>)>);
+
+impl Prepared {
+    /// Starts one worker thread per sink. `host` is the syslog HOSTNAME.
+    ///
+    /// # Errors
+    /// A thread cannot be spawned.
+    pub fn start(self, host: &str) -> anyhow::Result<Pipeline> {
+        Pipeline::with_transports(self.0, host)
+    }
+}
+
 impl Pipeline {
     /// Starts one worker per sink config. `host` is the syslog HOSTNAME.
     ///
@@ -130,6 +198,16 @@ impl Pipeline {
     /// A sink that cannot work at all: unreadable TLS files, a spool directory that cannot be
     /// created or read. A destination that is merely down is not an error (it is retried).
     pub fn start(configs: &[SinkConfig], host: &str) -> anyhow::Result<Self> {
+        Self::prepare(configs)?.start(host)
+    }
+
+    /// Checks and opens what every sink needs (TLS files, spool directories, file sink
+    /// paths) without starting any thread: the daemon does this before attaching, and
+    /// starts the threads after dropping its privileges ([`Prepared::start`]).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn prepare(configs: &[SinkConfig]) -> anyhow::Result<Prepared> {
         let mut prepared = Vec::new();
         for cfg in configs {
             let transport =
@@ -144,13 +222,9 @@ impl Pipeline {
                 })?),
                 None => None,
             };
-            prepared.push((cfg, transport, spool));
+            prepared.push((cfg.clone(), transport, spool));
         }
-        let mut sinks = Vec::new();
-        for (cfg, transport, spool) in prepared {
-            sinks.push(Self::spawn(cfg, host, transport, spool)?);
-        }
-        Ok(Self { sinks })
+        Ok(Prepared(prepared))
     }
 
     /// Starts one sink with a given transport (tests use this to inject transports).
@@ -174,27 +248,33 @@ impl Pipeline {
         transport: Box<dyn Transport>,
         spool: Option<Spool>,
     ) -> anyhow::Result<Sink> {
+        if let Some(s) = &spool
+            && !s.is_empty()
+        {
+            tracing::info!(sink = %cfg.name, frames = s.len(), "delivering frames spooled by a previous run first");
+        }
+        let spooled = spool.as_ref().map_or(0, Spool::len);
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
             capacity: cfg.queue.max(1),
+            capacity_bytes: cfg.queue_bytes.max(1),
+            spool: spool.map(Mutex::new),
             queue: Mutex::new(Queue {
                 memory: VecDeque::new(),
+                bytes: 0,
                 deadline: None,
             }),
             wake: Condvar::new(),
             reopen: AtomicBool::new(false),
+            stop: Arc::default(),
             c: Atomics::default(),
         });
-        if let Some(s) = &spool {
-            shared.c.spooled.store(s.len(), Ordering::Relaxed);
-            if !s.is_empty() {
-                tracing::info!(sink = %cfg.name, frames = s.len(), "delivering frames spooled by a previous run first");
-            }
-        }
+        let mut transport = transport;
+        transport.set_stop(shared.stop.clone());
+        shared.c.spooled.store(spooled, Ordering::Relaxed);
         let worker = Worker {
             shared: shared.clone(),
             transport,
-            spool,
             retry_max: Duration::from_millis(cfg.retry_max_ms.max(1)),
             retry: VecDeque::new(),
             inflight: VecDeque::new(),
@@ -216,15 +296,29 @@ impl Pipeline {
         self.sinks.iter().map(|s| s.shared.name.clone()).collect()
     }
 
-    /// Hands `record` to every sink without blocking on any of them. A sink whose memory
-    /// queue is full drops it (counted) — with a spool that only happens when the disk cannot
-    /// keep up.
+    /// Hands `record` to every sink without waiting for any destination. A sink whose
+    /// memory queue is full moves it to its spool right here (its worker may be stuck in a
+    /// write to a slow receiver until the write's deadline), so records are dropped only
+    /// when the spool is full too; a sink without a spool drops it (counted).
     pub fn submit(&self, record: &Record) {
         for s in &self.sinks {
-            let frame = s.encoder.encode(record);
+            let encoded = s.encoder.encode_counted(record);
+            if encoded.truncated {
+                let n = s.shared.c.truncated.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(sink = %s.shared.name, truncated = n + 1, max = s.encoder.max_bytes, "records longer than the sink's max_message_bytes: truncated");
+                }
+            }
+            let frame = encoded.frame;
             let mut q = s.shared.lock();
-            if q.memory.len() >= s.shared.capacity {
+            if q.memory.len() >= s.shared.capacity
+                || (q.bytes + frame.len() > s.shared.capacity_bytes && !q.memory.is_empty())
+            {
                 drop(q);
+                if let Some(mut spool) = s.shared.lock_spool() {
+                    s.shared.spill_into(&mut spool, Some(frame));
+                    continue;
+                }
                 let n = s
                     .shared
                     .c
@@ -235,6 +329,7 @@ impl Pipeline {
                 }
                 continue;
             }
+            q.bytes += frame.len();
             q.memory.push_back(frame);
             drop(q);
             s.shared.wake.notify_one();
@@ -248,6 +343,20 @@ impl Pipeline {
             s.shared.reopen.store(true, Ordering::Relaxed);
             s.shared.wake.notify_one();
         }
+    }
+
+    /// Records each sink truncated to its `max_message_bytes`, by name (reported with the
+    /// counters as `truncated`, and on /metrics).
+    pub fn truncated(&self) -> BTreeMap<String, u64> {
+        self.sinks
+            .iter()
+            .map(|s| {
+                (
+                    s.shared.name.clone(),
+                    s.shared.c.truncated.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// Counters of every sink, by name.
@@ -283,16 +392,31 @@ impl Pipeline {
         let deadline = Instant::now() + timeout;
         for s in &self.sinks {
             s.shared.lock().deadline = Some(deadline);
+            s.shared.stop.set(deadline);
             s.shared.wake.notify_one();
         }
+        self.join(deadline + JOIN_GRACE);
+        self.counters()
+    }
+
+    /// Joins the workers, leaving behind (logged) any still busy at `until`, so an exit is
+    /// never held up by a destination, whatever it does.
+    fn join(&mut self, until: Instant) {
         for s in &mut self.sinks {
-            if let Some(h) = s.worker.take()
-                && h.join().is_err()
-            {
+            let Some(h) = s.worker.take() else {
+                continue;
+            };
+            while !h.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !h.is_finished() {
+                tracing::error!(sink = %s.shared.name, "sink worker still busy at the exit deadline: leaving it");
+                continue;
+            }
+            if h.join().is_err() {
                 tracing::error!(sink = %s.shared.name, "sink worker panicked");
             }
         }
-        self.counters()
     }
 }
 
@@ -302,13 +426,19 @@ impl Drop for Pipeline {
         let now = Instant::now();
         for s in &self.sinks {
             s.shared.lock().deadline = Some(now);
+            s.shared.stop.set(now);
             s.shared.wake.notify_one();
         }
-        for s in &mut self.sinks {
-            if let Some(h) = s.worker.take() {
-                let _ = h.join();
-            }
-        }
+        self.join(now + JOIN_GRACE);
+    }
+}
+
+/// `by`, or the shutdown deadline when that comes first (an operation started at shutdown
+/// still gets a moment).
+fn op_deadline(by: Instant, shutdown: Option<Instant>) -> Instant {
+    match shutdown {
+        Some(d) => by.min(d.max(Instant::now() + Duration::from_millis(100))),
+        None => by,
     }
 }
 
@@ -322,12 +452,12 @@ enum Source {
 struct Worker {
     shared: Arc<Shared>,
     transport: Box<dyn Transport>,
-    spool: Option<Spool>,
     retry_max: Duration,
     /// Frames to send again before anything else (oldest first).
     retry: VecDeque<Vec<u8>>,
-    /// Frames written but not yet acknowledged: (end offset in the stream, frame).
-    inflight: VecDeque<(u64, Vec<u8>)>,
+    /// Frames written but not yet acknowledged: (end offset in the stream, when written,
+    /// frame).
+    inflight: VecDeque<(u64, Instant, Vec<u8>)>,
     /// Bytes written on the current connection.
     written: u64,
 }
@@ -337,52 +467,45 @@ impl Worker {
         &self.shared.name
     }
 
-    fn set_spooled(&self) {
-        let n = self.spool.as_ref().map_or(0, Spool::len);
-        self.shared.c.spooled.store(n, Ordering::Relaxed);
-    }
-
     /// Moves the whole memory queue to the spool (in order).
     fn spill(&mut self) {
-        let Some(spool) = self.spool.as_mut() else {
-            return;
-        };
-        let frames: Vec<Vec<u8>> = self.shared.lock().memory.drain(..).collect();
-        for f in &frames {
-            match spool.append(f) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let n = self
-                        .shared
-                        .c
-                        .dropped_spool_full
-                        .fetch_add(1, Ordering::Relaxed);
-                    if n.is_power_of_two() {
-                        tracing::warn!(sink = %self.shared.name, dropped = n + 1, "spool full: dropping records");
-                    }
-                }
-                Err(e) => {
-                    self.shared
-                        .c
-                        .dropped_queue_full
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(sink = %self.shared.name, error = %e, "spool write failed: record dropped");
-                }
-            }
+        if let Some(mut spool) = self.shared.lock_spool() {
+            self.shared.spill_into(&mut spool, None);
         }
-        self.set_spooled();
     }
 
-    /// Counts acknowledged in-flight frames as delivered.
+    /// Counts acknowledged in-flight frames as delivered. A frame unacknowledged for
+    /// [`ACK_TIMEOUT`] means the peer stopped reading: the connection fails (its frames are
+    /// sent again later).
     fn settle(&mut self) {
         self.publish_held();
         if self.inflight.is_empty() {
             return;
         }
         let acked = self.written.saturating_sub(self.transport.unacked());
-        while self.inflight.front().is_some_and(|(end, _)| *end <= acked) {
+        while self
+            .inflight
+            .front()
+            .is_some_and(|(end, _, _)| *end <= acked)
+        {
             self.inflight.pop_front();
             self.shared.c.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        if self
+            .inflight
+            .front()
+            .is_some_and(|(_, at, _)| at.elapsed() >= ACK_TIMEOUT)
+        {
+            self.fail(
+                None,
+                &std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the receiver acknowledged nothing for {} s",
+                        ACK_TIMEOUT.as_secs()
+                    ),
+                ),
+            );
         }
         self.publish_held();
     }
@@ -402,7 +525,7 @@ impl Worker {
         if let Some(f) = frame {
             self.retry.push_front(f);
         }
-        while let Some((_, f)) = self.inflight.pop_back() {
+        while let Some((_, _, f)) = self.inflight.pop_back() {
             self.retry.push_front(f);
         }
         self.written = 0;
@@ -412,12 +535,15 @@ impl Worker {
         if let Some(f) = self.retry.pop_front() {
             return Some((Source::Retry, f));
         }
-        if let Some(spool) = self.spool.as_mut()
+        // The spool's lock is held while the memory queue is read, so a spill by the
+        // submitter cannot slip older frames behind a newer one taken here.
+        let mut spool = self.shared.lock_spool();
+        if let Some(spool) = spool.as_mut()
             && !spool.is_empty()
         {
             match spool.pop() {
                 Ok(Some(f)) => {
-                    self.set_spooled();
+                    self.shared.set_spooled(spool);
                     return Some((Source::Spool, f));
                 }
                 Ok(None) => {}
@@ -427,11 +553,14 @@ impl Worker {
                 }
             }
         }
-        self.shared
-            .lock()
-            .memory
-            .pop_front()
-            .map(|f| (Source::Memory, f))
+        let f = {
+            let mut q = self.shared.lock();
+            let f = q.memory.pop_front();
+            q.bytes -= f.as_ref().map_or(0, Vec::len);
+            f
+        };
+        drop(spool);
+        f.map(|f| (Source::Memory, f))
     }
 
     fn run(mut self) {
@@ -457,16 +586,21 @@ impl Worker {
                 continue;
             }
             self.settle();
-            let (queued, deadline) = {
+            let (queued, bytes, deadline) = {
                 let q = self.shared.lock();
-                (q.memory.len(), q.deadline)
+                (q.memory.len(), q.bytes, q.deadline)
             };
             let up = self.transport.is_open();
-            if self.spool.is_some() && queued > 0 && (!up || queued >= self.shared.capacity / 2) {
+            if self.shared.spool.is_some()
+                && queued > 0
+                && (!up
+                    || queued >= self.shared.capacity / 2
+                    || bytes >= self.shared.capacity_bytes / 2)
+            {
                 self.spill();
             }
             if last_sync.elapsed() >= SPOOL_SYNC {
-                if let Some(s) = self.spool.as_mut()
+                if let Some(mut s) = self.shared.lock_spool()
                     && let Err(e) = s.sync()
                 {
                     tracing::error!(sink = %self.shared.name, error = %e, "spool sync failed");
@@ -476,7 +610,7 @@ impl Worker {
             if let Some(d) = deadline {
                 let empty = self.retry.is_empty()
                     && self.inflight.is_empty()
-                    && self.spool.as_ref().is_none_or(Spool::is_empty)
+                    && self.shared.lock_spool().is_none_or(|s| s.is_empty())
                     && self.shared.lock().memory.is_empty();
                 if empty || Instant::now() >= d {
                     break d;
@@ -485,7 +619,10 @@ impl Worker {
             if !up {
                 let now = Instant::now();
                 if now >= next_attempt {
-                    match self.transport.open() {
+                    match self
+                        .transport
+                        .open(op_deadline(now + OPEN_TIMEOUT, deadline))
+                    {
                         Ok(()) => {
                             self.shared.c.up.store(true, Ordering::Relaxed);
                             self.written = 0;
@@ -541,12 +678,13 @@ impl Worker {
                 next_attempt = Instant::now();
                 continue;
             }
-            match self.transport.send(&frame) {
+            let send_by = op_deadline(Instant::now() + SEND_TIMEOUT, deadline);
+            match self.transport.send(&frame, send_by) {
                 Ok(n) => {
                     last_write = Instant::now();
                     self.written += n;
                     if self.transport.acknowledges() {
-                        self.inflight.push_back((self.written, frame));
+                        self.inflight.push_back((self.written, last_write, frame));
                     } else {
                         self.shared.c.delivered.fetch_add(1, Ordering::Relaxed);
                     }
@@ -574,12 +712,18 @@ impl Worker {
             self.settle();
         }
         self.settle();
-        let mut left: Vec<Vec<u8>> = self.inflight.drain(..).map(|(_, f)| f).collect();
+        let mut left: Vec<Vec<u8>> = self.inflight.drain(..).map(|(_, _, f)| f).collect();
         left.extend(self.retry.drain(..));
-        let memory: Vec<Vec<u8>> = self.shared.lock().memory.drain(..).collect();
         self.transport.close();
         self.shared.c.up.store(false, Ordering::Relaxed);
-        match self.spool.as_mut() {
+        let shared = self.shared.clone();
+        let mut spool = shared.lock_spool();
+        let memory: Vec<Vec<u8>> = {
+            let mut q = self.shared.lock();
+            q.bytes = 0;
+            q.memory.drain(..).collect()
+        };
+        match spool.as_mut() {
             Some(spool) => {
                 let mut ok = spool.prepend(&left);
                 for f in &memory {
@@ -602,7 +746,7 @@ impl Worker {
                 if !spool.is_empty() {
                     tracing::warn!(sink = %self.shared.name, frames = spool.len(), "undelivered records kept in the spool for the next run");
                 }
-                self.set_spooled();
+                self.shared.set_spooled(spool);
             }
             None => {
                 let n = (left.len() + memory.len()) as u64;
@@ -635,7 +779,7 @@ mod tests {
     struct FakeTransport(Arc<Mutex<Fake>>, bool);
 
     impl Transport for FakeTransport {
-        fn open(&mut self) -> io::Result<()> {
+        fn open(&mut self, _deadline: Instant) -> io::Result<()> {
             if self.0.lock().expect("lock").up {
                 self.1 = true;
                 Ok(())
@@ -646,7 +790,7 @@ mod tests {
         fn is_open(&self) -> bool {
             self.1
         }
-        fn send(&mut self, frame: &[u8]) -> Result<u64, SendError> {
+        fn send(&mut self, frame: &[u8], _deadline: Instant) -> Result<u64, SendError> {
             let delay = self.0.lock().expect("lock").delay;
             std::thread::sleep(delay);
             let mut f = self.0.lock().expect("lock");
@@ -654,7 +798,7 @@ mod tests {
                 self.1 = false;
                 return Err(SendError::Retry(io::Error::from(io::ErrorKind::BrokenPipe)));
             }
-            if frame.len() > 100_000 {
+            if frame.windows(8).any(|w| w == b"REJECTME") {
                 return Err(SendError::Reject(io::Error::other("too large")));
             }
             f.received.push(frame.to_vec());
@@ -880,7 +1024,7 @@ mod tests {
         let (f, t) = fake(true);
         let p = Pipeline::with_transports(vec![(cfg("s", 100), t, None)], "h").expect("start");
         let mut big = sample::deny();
-        big.process.command_line = Some("x".repeat(200_000));
+        big.process.command_line = Some("REJECTME".into());
         p.submit(&rec(1));
         p.submit(&Record::Connection(Box::new(big)));
         p.submit(&rec(3));
@@ -895,7 +1039,10 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let path = dir.join("events.log");
         let mut c = cfg("file", 100);
-        c.kind = crate::config::SinkKind::File { path: path.clone() };
+        c.kind = crate::config::SinkKind::File {
+            path: path.clone(),
+            mode: crate::safefs::FILE_MODE,
+        };
         let p = Pipeline::with_transports(vec![(c, Box::new(File::new(path.clone())), None)], "h")
             .expect("start");
         p.submit(&rec(1));
@@ -931,5 +1078,113 @@ mod tests {
         assert_eq!(p.names(), ["s"]);
         drop(p);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A receiver that accepts and then reads one byte every 4 s, never closing.
+    fn trickler() -> (String, Arc<AtomicBool>) {
+        use std::os::fd::AsRawFd as _;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let small: libc::c_int = 4096;
+        // SAFETY: setsockopt reads one int.
+        unsafe {
+            libc::setsockopt(
+                l.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const small).cast(),
+                4,
+            )
+        };
+        let addr = l.local_addr().expect("addr").to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 1];
+                    while !st.load(Ordering::Relaxed) {
+                        if io::Read::read(&mut c, &mut b).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_secs(4));
+                    }
+                });
+            }
+        });
+        (addr, stop)
+    }
+
+    /// Issue 22 item 8: a syslog receiver that trickles one byte every 4 s counts as down
+    /// once a frame misses its write deadline; records go to the spool while it has room
+    /// (none dropped), and shutdown returns within its deadline plus a few seconds whatever
+    /// the receiver does. Before: the worker sat in one write for minutes, the memory queue
+    /// filled and records were dropped, and shutdown waited for the write.
+    #[test]
+    fn trickling_receiver_spools_and_shutdown_is_bounded() {
+        let (addr, stop) = trickler();
+        let dir = tmp("trickle");
+        let spool = Spool::open(&dir, 1 << 30).expect("spool");
+        let transport = Box::new(crate::sinks::syslog::Tcp::new(addr));
+        let p = Pipeline::with_transports(vec![(cfg("s", 1000), transport, Some(spool))], "h")
+            .expect("start");
+        let mut big = sample::deny();
+        big.process.command_line = Some("x".repeat(1500));
+        let n = 20_000u64;
+        for i in 1..=n {
+            big.header.sequence = i;
+            p.submit(&Record::Connection(Box::new(big.clone())));
+        }
+        let c = p.counters();
+        assert_eq!(
+            c["s"].dropped(),
+            0,
+            "dropped while the spool had room: {c:?}"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t0 = Instant::now();
+        std::thread::spawn(move || {
+            let _ = tx.send(p.shutdown(Duration::from_secs(1)));
+        });
+        let c = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("shutdown did not return within 15 s");
+        let took = t0.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+        assert_eq!(c["s"].dropped(), 0, "{c:?}");
+        assert_eq!(c["s"].delivered + c["s"].spooled, n, "{c:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 22 item 6: records of a workload that fills its command line with control
+    /// characters (six bytes each once escaped) queue for a dead sink: the memory queue is
+    /// bounded in bytes as well as records, and each frame stays small (fields capped after
+    /// escaping). Before: 47 KB command lines made 282 KB frames and a 10,000-record queue
+    /// held gigabytes.
+    #[test]
+    fn queue_is_bounded_in_bytes() {
+        let (_f, t) = fake(false);
+        let mut c = cfg("s", 10_000);
+        c.queue_bytes = 1 << 20;
+        let p = Pipeline::with_transports(vec![(c, t, None)], "h").expect("start");
+        let mut ev = sample::deny();
+        ev.process.command_line = Some("\u{1b}".repeat(47_000));
+        let n = 2_000u64;
+        for i in 1..=n {
+            ev.header.sequence = i;
+            p.submit(&Record::Connection(Box::new(ev.clone())));
+        }
+        let (bytes, frames, largest) = {
+            let q = p.sinks[0].shared.lock();
+            let largest = q.memory.iter().map(Vec::len).max().unwrap_or(0);
+            (q.bytes, q.memory.len() as u64, largest)
+        };
+        assert!(bytes <= 1 << 20, "{bytes} bytes queued");
+        assert!(largest < 8 << 10, "a frame of {largest} bytes");
+        let c = p.counters();
+        assert_eq!(frames + c["s"].dropped_queue_full, n, "{c:?}");
+        drop(p);
     }
 }

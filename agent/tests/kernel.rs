@@ -12,16 +12,20 @@ mod kernel {
     pub mod harness;
     pub mod paths;
     pub mod reload;
+    pub mod security;
     pub mod table;
 }
 
-use kernel::{differential, enforce, fleet, harness, paths, reload, table};
+use kernel::{differential, enforce, fleet, harness, paths, reload, security, table};
 use libtest_mimic::{Arguments, Trial};
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(harness::PROBE_ARG) {
         std::process::exit(egressd_testbed::client::main(&argv[2..]));
+    }
+    if argv.get(1).map(String::as_str) == Some(security::HOLD_ARG) {
+        std::process::exit(security::hold_main(&argv[2..]));
     }
     let args = Arguments::from_args();
     let tests = vec![
@@ -109,6 +113,31 @@ fn main() {
         Trial::test(
             "fleet_systemd_notify_ready_after_attach",
             fleet::systemd_notify,
+        ),
+        Trial::test(
+            "security_sink_and_spool_links_of_a_user",
+            security::sink_and_spool_links_of_a_user,
+        ),
+        Trial::test(
+            "security_watch_refuses_a_writable_drop_in_dir",
+            security::watch_refuses_a_writable_drop_in_dir,
+        ),
+        Trial::test(
+            "security_pin_dir_made_by_a_user_is_refused",
+            security::pin_dir_made_by_a_user_is_refused,
+        ),
+        Trial::test(
+            "security_detach_follows_no_maps_link",
+            security::detach_follows_no_maps_link,
+        ),
+        Trial::test("security_bpffs_mounted_0700", security::bpffs_mounted_0700),
+        Trial::test(
+            "security_metrics_connection_flood",
+            security::metrics_connection_flood,
+        ),
+        Trial::test(
+            "security_privileges_dropped_after_attach",
+            security::privileges_dropped_after_attach,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();

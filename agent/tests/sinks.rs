@@ -57,6 +57,10 @@ fn main() {
         Trial::test("syslog_receives_every_record_once", every_record_once),
         Trial::test("syslog_outage_loses_nothing", outage),
         Trial::test("daemon_end_to_end", daemon_end_to_end),
+        Trial::test(
+            "syslog_oversized_records_arrive_parseable_and_counted",
+            oversized_records,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -165,6 +169,12 @@ fn pki(dir: &Path) -> Result<Pki, Failed> {
     ] {
         fs::write(path, text).map_err(err)?;
     }
+    // egressd refuses a client key others can read.
+    fs::set_permissions(
+        &p.client_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(err)?;
     Ok(p)
 }
 
@@ -193,10 +203,15 @@ struct Rsyslog {
 
 impl Rsyslog {
     fn new(dir: &Path, pki: &Pki) -> Result<Self, Failed> {
+        Self::with_max_message(dir, pki, "64k")
+    }
+
+    /// With rsyslog's `maxMessageSize` set to `max` (rsyslog cuts longer messages).
+    fn with_max_message(dir: &Path, pki: &Pki, max: &str) -> Result<Self, Failed> {
         let ns = Netns::create(&egressd_testbed::unique("egr")).map_err(err)?;
         let d = dir.display();
         let conf = format!(
-            r#"global(workDirectory="{d}" maxMessageSize="64k")
+            r#"global(workDirectory="{d}" maxMessageSize="{max}")
 module(load="imtcp" maxSessions="100")
 module(load="imudp")
 template(name="rec" type="string" string="{{\"host\":\"%hostname:::json%\",\"app\":\"%app-name:::json%\",\"procid\":\"%procid:::json%\",\"msgid\":\"%msgid:::json%\",\"pri\":\"%pri%\",\"msg\":\"%msg:::json%\"}}\n")
@@ -346,6 +361,8 @@ fn syslog_sink(
         }),
         format,
         queue: 10_000,
+        queue_bytes: egressd::config::DEFAULT_QUEUE_BYTES,
+        max_message_bytes: egressd::config::DEFAULT_SYSLOG_MESSAGE_BYTES,
         spool: spool.map(|d| SpoolConfig {
             dir: d.join(name),
             max_bytes: 64 << 20,
@@ -782,4 +799,79 @@ impl Drop for KillOnDrop {
         // SAFETY: signalling our own child; harmless if it is gone.
         unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
     }
+}
+
+/// Issue 22 item 6: records longer than what the receiver takes (rsyslog's
+/// `maxMessageSize`, here 2k, with the sinks' `max_message_bytes` = 2048) arrive whole:
+/// truncated by egressd so they still parse, marked (`truncated_from_bytes`,
+/// `egressdTruncatedFromBytes`) and counted; CEF carries no raw control character. Before:
+/// rsyslog cut them mid-record (unparseable JSON) and egressd counted them delivered.
+fn oversized_records() -> Result<(), Failed> {
+    use egressd::events::{LifecycleBody, Record as R};
+    prerequisites()?;
+    let dir = TempDir::new()?;
+    let pki = pki(&dir.0)?;
+    let rs = Rsyslog::with_max_message(&dir.0, &pki, "2k")?;
+    let mut sinks = vec![
+        syslog_sink(
+            "tcp",
+            SyslogTransport::Tcp,
+            TCP_PORT,
+            Format::Json,
+            &pki,
+            None,
+        ),
+        syslog_sink(
+            "tls",
+            SyslogTransport::Tls,
+            TLS_PORT,
+            Format::Cef,
+            &pki,
+            None,
+        ),
+    ];
+    for s in &mut sinks {
+        s.max_message_bytes = 2048;
+    }
+    let p = in_ns(rs.ns(), move || Pipeline::start(&sinks, "egressd-test"))?.map_err(err)?;
+    // A connection event with a long command line full of escape sequences.
+    let mut ev = sample::deny();
+    ev.header.sequence = 1;
+    ev.process.command_line = Some("curl \u{1b}[2J\u{85}\u{2028}".repeat(300));
+    p.submit(&R::Connection(Box::new(ev)));
+    // An agent_stop with many counter rows.
+    let mut stop = sample::lifecycle()
+        .into_iter()
+        .find(|l| l.header.kind == "agent_stop")
+        .ok_or("no agent_stop sample")?;
+    if let LifecycleBody::Stop { counters } = &mut stop.body {
+        let rows = counters.counters.clone();
+        for _ in 0..100 {
+            counters.counters.extend(rows.iter().cloned());
+        }
+    }
+    p.submit(&R::Lifecycle(Box::new(stop)));
+    if !p.flush(Duration::from_secs(20)) {
+        return Err(format!("not flushed: {:?}", p.counters()).into());
+    }
+    let truncated = p.truncated();
+    let tcp = rs.wait("tcp", 20, |l| l.len() >= 2)?;
+    for l in &tcp {
+        let msg = l["msg"].as_str().unwrap_or_default();
+        let v: Value = serde_json::from_str(msg)
+            .map_err(|e| format!("JSON cut by the receiver ({e}): {msg}"))?;
+        if v["truncated_from_bytes"].as_u64().is_none_or(|n| n <= 2048) {
+            return Err(format!("not marked as truncated: {msg}").into());
+        }
+    }
+    let tls = rs.wait("tls", 20, |l| !l.is_empty())?;
+    let msg = tls[0]["msg"].as_str().unwrap_or_default();
+    if !msg.contains(" egressdTruncatedFromBytes=") || msg.chars().any(|c| c.is_control()) {
+        return Err(format!("CEF not truncated cleanly: {msg:?}").into());
+    }
+    if truncated.get("tcp") != Some(&2) || truncated.get("tls") != Some(&1) {
+        return Err(format!("truncations counted: {truncated:?}").into());
+    }
+    drop(p);
+    Ok(())
 }

@@ -21,7 +21,9 @@
 //!   exchange another byte on the same connection (result `#2`).
 //!
 //! `PROBE*N` repeats one probe N times in a row, `pause://MS` sleeps (no result line).
-//! `--fork` makes the probes run in a child forked after joining the cgroup; `--for-ms N`
+//! `--uid N` runs the probes as user and group N (no groups, no capabilities) after joining
+//! the cgroup and network namespace. `--fork` makes the probes run in a child forked after
+//! joining the cgroup; `--for-ms N`
 //! repeats the probe list until N milliseconds have passed (at most 100,000 rounds). IPv6
 //! addresses are bracketed (`tcp://[2001:db8:2::2]:8080`); an IPv4-mapped address
 //! (`[::ffff:198.18.2.2]`) goes through an AF_INET6 socket.
@@ -88,6 +90,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     let mut repeat = 1u32;
     let mut fork = false;
     let mut for_ms = None;
+    let mut uid = None;
     let mut probes = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -97,6 +100,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             "--repeat" => repeat = it.next().context("--repeat N")?.parse()?,
             "--fork" => fork = true,
             "--for-ms" => for_ms = Some(it.next().context("--for-ms N")?.parse::<u64>()?),
+            "--uid" => uid = Some(it.next().context("--uid N")?.parse::<u32>()?),
             p if p.contains("://") => probes.push(p.to_owned()),
             other => bail!("unexpected argument {other:?}"),
         }
@@ -112,6 +116,18 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         let handle = Netns::existing(&ns);
         handle.enter_current_thread()?;
         std::mem::forget(handle);
+    }
+    if let Some(id) = uid {
+        // An unprivileged user from here on (uid = gid = N, no groups, no capabilities).
+        // SAFETY: plain system calls on our own credentials.
+        let ok = unsafe {
+            libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setresgid(id, id, id) == 0
+                && libc::setresuid(id, id, id) == 0
+        };
+        if !ok {
+            return Err(io::Error::last_os_error()).context("dropping to --uid");
+        }
     }
     if fork {
         io::stdout().flush()?;

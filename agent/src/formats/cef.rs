@@ -4,9 +4,10 @@
 //! `CEF:0|egressd|egressd|VERSION|SIGNATURE|NAME|SEVERITY|EXTENSION`
 //!
 //! Escaping (see [`header`] and [`value`]): in header fields a pipe becomes `\|` and a
-//! backslash `\\` (line breaks, not allowed there, become spaces); in extension values an
-//! equals sign becomes `\=`, a backslash `\\`, a line feed `\n` and a carriage return `\r`
-//! (pipes stay as they are). Keys are fixed ASCII names.
+//! backslash `\\` (control characters, not allowed there, become spaces); in extension
+//! values an equals sign becomes `\=`, a backslash `\\`, a line feed `\n`, a carriage return
+//! `\r`, and every other control character (C0 including ESC, DEL, C1 including U+0085, and
+//! U+2028/U+2029) `\uXXXX` (pipes stay as they are). Keys are fixed ASCII names.
 //!
 //! Connection events:
 //!
@@ -42,21 +43,25 @@ use std::fmt::Write as _;
 
 use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
 
-/// Escapes a header field: `\` -> `\\`, `|` -> `\|`, CR/LF -> space.
+/// Escapes a header field: `\` -> `\\`, `|` -> `\|`, control characters (C0, DEL, C1,
+/// U+2028, U+2029; line breaks included) -> space.
 pub fn header(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
             '|' => out.push_str("\\|"),
-            '\r' | '\n' => out.push(' '),
+            c if super::bound::is_control(c) => out.push(' '),
             c => out.push(c),
         }
     }
     out
 }
 
-/// Escapes an extension value: `\` -> `\\`, `=` -> `\=`, LF -> `\n`, CR -> `\r`.
+/// Escapes an extension value: `\` -> `\\`, `=` -> `\=`, LF -> `\n`, CR -> `\r`, and
+/// every other control character (C0 such as ESC, DEL, C1 such as U+0085, U+2028, U+2029)
+/// -> `\uXXXX` (four uppercase hex digits), so no raw terminal escape sequence or line
+/// separator reaches a log viewer.
 pub fn value(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -65,6 +70,9 @@ pub fn value(s: &str) -> String {
             '=' => out.push_str("\\="),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
+            c if super::bound::is_control(c) => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
             c => out.push(c),
         }
     }
@@ -390,6 +398,28 @@ mod tests {
                 ("agent-stop".to_string(), "7".to_string()),
                 ("reload-failed".to_string(), "7".to_string()),
             ]
+        );
+    }
+
+    /// Issue 22 item 6: every control character is escaped in extension values (raw ESC
+    /// sequences, U+2028 and U+0085 passed through before) and replaced in the header.
+    #[test]
+    fn every_control_character_is_escaped() {
+        let nasty = "a\u{1b}[31mb\u{7}c\u{7f}d\u{85}e\u{9b}f\u{2028}g\u{2029}h\u{0}i\tj";
+        let v = value(nasty);
+        assert!(!v.chars().any(crate::formats::bound::is_control), "{v:?}");
+        assert_eq!(
+            v,
+            "a\\u001B[31mb\\u0007c\\u007Fd\\u0085e\\u009Bf\\u2028g\\u2029h\\u0000i\\u0009j"
+        );
+        assert_eq!(value("x\ny\rz=\\"), "x\\ny\\rz\\=\\\\");
+        assert_eq!(header("a\u{1b}b\u{2028}|"), "a b \\|");
+        let mut ev = sample::deny();
+        ev.process.command_line = Some(nasty.into());
+        let line = render(&Record::Connection(Box::new(ev)));
+        assert!(
+            !line.chars().any(crate::formats::bound::is_control),
+            "{line:?}"
         );
     }
 }

@@ -12,6 +12,7 @@
 //! Every format renders every record type (connection events and lifecycle records). Their
 //! field mappings are documented in each module and pinned by the golden files in
 //! `agent/src/formats/golden/` (regenerate with `EGRESSD_BLESS=1 cargo test formats`).
+pub mod bound;
 pub mod cef;
 pub mod ecs;
 pub mod json;

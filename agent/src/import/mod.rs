@@ -939,32 +939,18 @@ pub fn validate_output(
     })
 }
 
-/// Write `text` to `path` atomically: into a temporary file in the same directory, flushed
-/// to disk, then renamed over `path`, so a reader (or an agent watching the file) never sees
-/// half a file.
+/// Write `text` to `path` atomically: into a temporary file with an unpredictable name,
+/// created in the same directory with `O_EXCL | O_NOFOLLOW` and mode 0644, flushed to disk,
+/// then renamed over `path` inside that directory, so a reader (or an agent watching the
+/// file) never sees half a file and no link is followed ([`crate::safefs::write_atomically`];
+/// as root the directory must be owned by root and not writable by others).
 ///
 /// # Errors
-/// Creating, writing, syncing or renaming the file, labelled with `path`.
+/// Creating, writing, syncing or renaming the file, or an untrusted directory (as root),
+/// labelled with `path`.
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), ImportError> {
-    use std::io::Write as _;
-    let name = path
-        .file_name()
-        .ok_or_else(|| ImportError::file(path, "not a file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let io = |e: std::io::Error| ImportError::file(path, format!("cannot write output: {e}"));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(io)
+    crate::safefs::write_atomically(path, text.as_bytes(), 0o644)
+        .map_err(|e| ImportError::file(path, format!("cannot write output: {e}")))
 }
 
 /// A TOML basic string (names and descriptions here are plain ASCII without quotes, but

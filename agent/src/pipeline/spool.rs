@@ -9,12 +9,22 @@
 //!
 //! [`Spool::prepend`] puts frames *before* everything else (records that were in flight when
 //! the agent stopped), so delivery after a restart stays in the original order.
+//!
+//! The directory is opened once through [`crate::safefs`] (created 0700; it and its parents
+//! owned by root and not writable by others) and every file in it is opened relative to it
+//! with `O_NOFOLLOW`: segments are created 0600; `head` and prepended segments are written
+//! as fresh `O_EXCL` temporary files (random names) renamed inside the directory. A name that looks like a segment but is not
+//! a regular file owned by root and writable by nobody else (a link, a file another user
+//! planted) is never read: it is renamed to `rejected-NAME` and reported.
 use std::{
     collections::VecDeque,
+    ffi::{OsStr, OsString},
     fs,
     io::{self, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
-    path::{Path, PathBuf},
+    path::Path,
 };
+
+use crate::safefs::{FILE_MODE, TrustedDir};
 
 /// Segment size at which a new segment is started.
 pub const SEGMENT_BYTES: u64 = 4 << 20;
@@ -22,10 +32,12 @@ pub const SEGMENT_BYTES: u64 = 4 << 20;
 const FIRST_ID: u64 = 1 << 40;
 /// Frame length prefix.
 const LEN_BYTES: u64 = 4;
+/// Largest frame a segment may claim to hold (a larger length prefix means a damaged file).
+const MAX_FRAME: u64 = 64 << 20;
 
 /// An open spool directory.
 pub struct Spool {
-    dir: PathBuf,
+    dir: TrustedDir,
     max_bytes: u64,
     /// Segment ids, oldest first.
     segs: VecDeque<u64>,
@@ -41,22 +53,22 @@ pub struct Spool {
     head_dirty: bool,
 }
 
-fn seg_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{id:020}.seg"))
+fn seg_name(id: u64) -> OsString {
+    OsString::from(format!("{id:020}.seg"))
 }
 
-/// Counts the complete frames of `path` from `offset`; returns (frames, bytes, end of the last
+/// Counts the complete frames of `f` from `offset`; returns (frames, bytes, end of the last
 /// complete frame).
-fn scan(path: &Path, offset: u64) -> io::Result<(u64, u64, u64)> {
-    let mut r = BufReader::new(fs::File::open(path)?);
+fn scan(f: fs::File, offset: u64) -> io::Result<(u64, u64, u64)> {
+    let len = f.metadata()?.len();
+    let mut r = BufReader::new(f);
     r.seek(SeekFrom::Start(offset))?;
-    let len = fs::metadata(path)?.len();
     let (mut n, mut pos) = (0, offset);
     let mut buf = [0u8; 4];
     while pos + LEN_BYTES <= len {
         r.read_exact(&mut buf)?;
         let flen = u64::from(u32::from_le_bytes(buf));
-        if pos + LEN_BYTES + flen > len {
+        if flen > MAX_FRAME || pos + LEN_BYTES + flen > len {
             break;
         }
         r.seek_relative(i64::try_from(flen).map_err(io::Error::other)?)?;
@@ -66,23 +78,60 @@ fn scan(path: &Path, offset: u64) -> io::Result<(u64, u64, u64)> {
     Ok((n, pos - offset, pos))
 }
 
+/// Writes `data` as `name` in `dir` atomically (a fresh `O_EXCL` temporary, renamed).
+fn replace(dir: &TrustedDir, name: &str, data: &[u8]) -> io::Result<()> {
+    dir.replace(OsStr::new(name), data, FILE_MODE)
+}
+
 impl Spool {
     /// Opens (creating) the spool in `dir` with a size limit of `max_bytes`, recovering what
     /// a previous run left there.
     ///
     /// # Errors
-    /// The directory cannot be created or read, a segment cannot be read or repaired.
+    /// The directory cannot be created or read, or fails the ownership and mode checks of
+    /// [`crate::safefs`]; a segment cannot be read or repaired.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        let mut ids: Vec<u64> = fs::read_dir(dir)?
-            .filter_map(|e| {
-                let name = e.ok()?.file_name();
-                name.to_str()?.strip_suffix(".seg")?.parse().ok()
-            })
-            .collect();
+        let tdir = TrustedDir::create(dir)?;
+        let mut ids: Vec<u64> = Vec::new();
+        for name in tdir.entries()? {
+            if name.as_encoded_bytes().starts_with(b".") {
+                // A temporary file left by a crash (only the name goes; links are not
+                // followed).
+                if name.to_string_lossy().contains(".tmp") {
+                    let _ = tdir.remove(&name);
+                }
+                continue;
+            }
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            match tdir.check_entry(&name) {
+                Ok(()) => ids.push(id),
+                Err(e) => {
+                    let mut aside = OsString::from("rejected-");
+                    aside.push(&name);
+                    tracing::error!(error = %e, set_aside_as = %aside.to_string_lossy(), "spool segment is not egressd's own: never delivered");
+                    tdir.rename(&name, &aside)?;
+                }
+            }
+        }
         ids.sort_unstable();
-        let (head_id, head_off) = fs::read_to_string(dir.join("head"))
-            .ok()
+        let head = match tdir.read(OsStr::new("head")) {
+            Ok(mut f) => {
+                let mut s = String::new();
+                f.read_to_string(&mut s).ok().map(|_| s)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::error!(error = %e, "spool head ignored: delivering from the oldest segment");
+                None
+            }
+        };
+        let (head_id, head_off) = head
             .and_then(|s| {
                 let (a, b) = s.trim().split_once(' ')?;
                 Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
@@ -90,11 +139,11 @@ impl Spool {
             .unwrap_or((0, 0));
         // Segments before the head are fully delivered.
         for id in ids.iter().filter(|id| **id < head_id) {
-            fs::remove_file(seg_path(dir, *id))?;
+            tdir.remove(&seg_name(*id))?;
         }
         ids.retain(|id| *id >= head_id);
         let mut s = Self {
-            dir: dir.to_path_buf(),
+            dir: tdir,
             max_bytes,
             segs: ids.iter().copied().collect(),
             reader: None,
@@ -110,17 +159,15 @@ impl Spool {
         };
         let last = ids.len().saturating_sub(1);
         for (i, id) in ids.iter().enumerate() {
-            let path = seg_path(dir, *id);
             let from = if i == 0 { s.head_offset } else { 0 };
-            let (n, b, end) = scan(&path, from)?;
+            let f = s.dir.read(&seg_name(*id))?;
+            let len = f.metadata()?.len();
+            let (n, b, end) = scan(f, from)?;
             s.records += n;
             s.bytes += b;
-            if i == last && end < fs::metadata(&path)?.len() {
+            if i == last && end < len {
                 // A frame cut short by a crash.
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
-                    .set_len(end)?;
+                s.dir.write(&seg_name(*id))?.set_len(end)?;
             }
         }
         Ok(s)
@@ -157,10 +204,7 @@ impl Spool {
         };
         if rotate {
             let id = self.segs.back().map_or(FIRST_ID, |l| l + 1);
-            let f = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(seg_path(&self.dir, id))?;
+            let f = self.dir.append(&seg_name(id), FILE_MODE)?;
             let size = f.metadata()?.len();
             if self.segs.back() != Some(&id) {
                 self.segs.push_back(id);
@@ -193,7 +237,7 @@ impl Spool {
                 return Ok(None);
             };
             if self.reader.is_none() {
-                let mut f = fs::File::open(seg_path(&self.dir, id))?;
+                let mut f = self.dir.read(&seg_name(id))?;
                 f.seek(SeekFrom::Start(self.head_offset))?;
                 self.reader = Some((BufReader::new(f), self.head_offset));
             }
@@ -204,6 +248,12 @@ impl Spool {
             match r.read_exact(&mut len) {
                 Ok(()) => {
                     let n = u32::from_le_bytes(len) as usize;
+                    if n as u64 > MAX_FRAME {
+                        return Err(io::Error::other(format!(
+                            "spool segment {}: damaged frame length {n}",
+                            id
+                        )));
+                    }
                     let mut frame = vec![0u8; n];
                     r.read_exact(&mut frame)?;
                     *off += LEN_BYTES + n as u64;
@@ -223,7 +273,7 @@ impl Spool {
                     self.reader = None;
                     self.segs.pop_front();
                     self.head_offset = 0;
-                    fs::remove_file(seg_path(&self.dir, id))?;
+                    self.dir.remove(&seg_name(id))?;
                     self.head_dirty = true;
                     self.sync()?;
                 }
@@ -256,8 +306,7 @@ impl Spool {
             Some(front) => {
                 // Move the unread rest of the front segment behind the new frames, so the
                 // head is at offset 0 of the new front segment.
-                let path = seg_path(&self.dir, front);
-                let mut f = fs::File::open(&path)?;
+                let mut f = self.dir.read(&seg_name(front))?;
                 f.seek(SeekFrom::Start(self.head_offset))?;
                 f.read_to_end(&mut buf)?;
                 self.reader = None;
@@ -265,17 +314,13 @@ impl Spool {
                     self.writer = None;
                 }
                 let id = front - 1;
-                let tmp = self.dir.join("prepend.tmp");
-                fs::write(&tmp, &buf)?;
-                fs::rename(&tmp, seg_path(&self.dir, id))?;
-                fs::remove_file(&path)?;
+                self.dir.replace(&seg_name(id), &buf, FILE_MODE)?;
+                self.dir.remove(&seg_name(front))?;
                 self.segs.pop_front();
                 id
             }
             None => {
-                let tmp = self.dir.join("prepend.tmp");
-                fs::write(&tmp, &buf)?;
-                fs::rename(&tmp, seg_path(&self.dir, FIRST_ID))?;
+                self.dir.replace(&seg_name(FIRST_ID), &buf, FILE_MODE)?;
                 FIRST_ID
             }
         };
@@ -287,8 +332,8 @@ impl Spool {
         self.sync()
     }
 
-    /// Writes the `head` file if it changed (atomically: temporary file + rename) and syncs
-    /// the segments to disk.
+    /// Writes the `head` file if it changed (atomically: a fresh temporary file renamed
+    /// inside the directory) and syncs the segments to disk.
     ///
     /// # Errors
     /// Disk errors.
@@ -300,9 +345,11 @@ impl Spool {
             f.sync_data()?;
         }
         let id = self.segs.front().copied().unwrap_or(0);
-        let tmp = self.dir.join("head.tmp");
-        fs::write(&tmp, format!("{id} {}\n", self.head_offset))?;
-        fs::rename(&tmp, self.dir.join("head"))?;
+        replace(
+            &self.dir,
+            "head",
+            format!("{id} {}\n", self.head_offset).as_bytes(),
+        )?;
         self.head_dirty = false;
         Ok(())
     }
@@ -311,6 +358,7 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("egressd-spool-{name}-{}", std::process::id()));
@@ -418,5 +466,86 @@ mod tests {
         s.append(&frame(3)).expect("append");
         assert_eq!(s.pop().expect("pop"), Some(frame(3)));
         let _ = fs::remove_dir_all(&d);
+    }
+
+    /// Issue 22 item 1: a spool directory an unprivileged user can write is refused before
+    /// anything in it is read, truncated or delivered.
+    #[test]
+    fn spool_in_a_directory_others_own_is_refused() {
+        use crate::safefs::tests::{Tmp, as_nobody, root};
+        use std::os::unix::fs::PermissionsExt as _;
+        if !root() {
+            eprintln!("not root: the other-user case needs root");
+            return;
+        }
+        let t = Tmp::new("spool-nobody");
+        std::fs::set_permissions(&t.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let victim = t.0.join("victim");
+        fs::write(&victim, "root's file\n").expect("write");
+        let spool = t.0.join("spool");
+        fs::create_dir(&spool).expect("mkdir");
+        std::os::unix::fs::chown(&spool, Some(65534), Some(65534)).expect("chown");
+        let seg = spool.join(format!("{FIRST_ID:020}.seg"));
+        let v = victim.display().to_string();
+        as_nobody(&["ln", "-s", &v, &seg.display().to_string()]);
+        as_nobody(&[
+            "ln",
+            "-s",
+            &v,
+            &spool.join("head.tmp").display().to_string(),
+        ]);
+        let e = Spool::open(&spool, 1 << 20).err().expect("refused");
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        assert_eq!(fs::read_to_string(&victim).expect("read"), "root's file\n");
+    }
+
+    /// Defense in depth: even in a directory root owns, a segment that is a link (dangling
+    /// or not) or a file someone else owns is set aside, never read, truncated or
+    /// delivered, and the spool still opens.
+    #[test]
+    fn foreign_segments_are_set_aside() {
+        use crate::safefs::tests::{Tmp, root};
+        let t = Tmp::new("spool-forged");
+        let victim = t.0.join("victim");
+        fs::write(&victim, "root's file, 1234567\n").expect("write");
+        let d = t.0.join("spool");
+        let mut s = Spool::open(&d, 1 << 20).expect("open");
+        s.append(b"own-1").expect("append");
+        s.sync().expect("sync");
+        drop(s);
+        // A link to a root file with a segment name (would be truncated by the torn-frame
+        // repair), and a dangling one.
+        std::os::unix::fs::symlink(&victim, d.join(format!("{:020}.seg", FIRST_ID + 1)))
+            .expect("symlink");
+        std::os::unix::fs::symlink(
+            t.0.join("nowhere"),
+            d.join(format!("{:020}.seg", FIRST_ID + 2)),
+        )
+        .expect("symlink");
+        if root() {
+            // A forged segment another user owns, holding an "agent_stop".
+            let forged = d.join(format!("{:020}.seg", FIRST_ID + 3));
+            let frame = b"{\"type\":\"agent_stop\"}";
+            let mut bytes = (frame.len() as u32).to_le_bytes().to_vec();
+            bytes.extend_from_slice(frame);
+            fs::write(&forged, bytes).expect("write");
+            std::os::unix::fs::chown(&forged, Some(65534), Some(65534)).expect("chown");
+        }
+        let mut s = Spool::open(&d, 1 << 20).expect("the spool still opens");
+        let mut got = Vec::new();
+        while let Some(f) = s.pop().expect("pop") {
+            got.push(f);
+        }
+        assert_eq!(got, vec![b"own-1".to_vec()], "only egressd's own frames");
+        assert_eq!(
+            fs::read_to_string(&victim).expect("read"),
+            "root's file, 1234567\n"
+        );
+        let aside = fs::read_dir(&d)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("rejected-"))
+            .count();
+        assert_eq!(aside, if root() { 3 } else { 2 });
     }
 }

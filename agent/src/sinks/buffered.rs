@@ -1,7 +1,10 @@
 //! What the line-oriented local sinks (stdout, files) share: frames go through a 64 KiB
 //! buffer, flushed when the sink's queue runs empty (one `write(2)` per burst, a quiet stream
 //! never held back) and on close; only how the writer is opened differs.
-use std::io::{self, BufWriter, Write};
+use std::{
+    io::{self, BufWriter, Write},
+    time::Instant,
+};
 
 use super::{SendError, Transport};
 
@@ -32,7 +35,7 @@ impl<O: Opener> Buffered<O> {
 }
 
 impl<O: Opener> Transport for Buffered<O> {
-    fn open(&mut self) -> io::Result<()> {
+    fn open(&mut self, _deadline: Instant) -> io::Result<()> {
         let w = self.opener.open()?;
         self.out = Some(BufWriter::with_capacity(64 << 10, w));
         Ok(())
@@ -42,7 +45,7 @@ impl<O: Opener> Transport for Buffered<O> {
         self.out.is_some()
     }
 
-    fn send(&mut self, frame: &[u8]) -> Result<u64, SendError> {
+    fn send(&mut self, frame: &[u8], _deadline: Instant) -> Result<u64, SendError> {
         let out = self
             .out
             .as_mut()

@@ -35,17 +35,43 @@ pub enum SendError {
     Reject(io::Error),
 }
 
+/// When a sink must give up whatever it is doing: set by the pipeline at shutdown and
+/// consulted by network transports between slices of at most 100 ms of every blocking
+/// read or write, so a write to a receiver that trickles cannot outlast the shutdown.
+#[derive(Debug, Default)]
+pub struct Stop(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl Stop {
+    /// Asks for everything to be over by `at`.
+    pub fn set(&self, at: std::time::Instant) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(at);
+    }
+
+    /// The stop deadline, once set.
+    pub fn get(&self) -> Option<std::time::Instant> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Blocking I/O to one destination. Implementations never panic; the pipeline worker owns
 /// the transport and calls it from one thread.
 pub trait Transport: Send {
-    /// Opens the destination: connects (and handshakes), or opens the file. An error means
-    /// "down, try again later".
-    fn open(&mut self) -> io::Result<()>;
+    /// Opens the destination: connects (and handshakes), or opens the file, giving up at
+    /// `deadline`. An error means "down, try again later".
+    fn open(&mut self, deadline: std::time::Instant) -> io::Result<()>;
     /// Whether [`Self::open`] succeeded and nothing failed since.
     fn is_open(&self) -> bool;
-    /// Writes one frame; returns how many bytes it put on the wire (the TLS record overhead
-    /// included), used with [`Self::unacked`] to tell which frames the peer has received.
-    fn send(&mut self, frame: &[u8]) -> Result<u64, SendError>;
+    /// Writes one frame by `deadline` (a network peer that has not taken it by then is down:
+    /// [`SendError::Retry`]); returns how many bytes it put on the wire (the TLS record
+    /// overhead included), used with [`Self::unacked`] to tell which frames the peer has
+    /// received.
+    fn send(&mut self, frame: &[u8], deadline: std::time::Instant) -> Result<u64, SendError>;
     /// Pushes out buffered bytes (stdout, files); called when the queue runs empty.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -66,6 +92,8 @@ pub trait Transport: Send {
     fn acknowledges(&self) -> bool {
         false
     }
+    /// Gives the transport the pipeline's [`Stop`]: blocking I/O ends once it is due.
+    fn set_stop(&mut self, _stop: std::sync::Arc<Stop>) {}
 }
 
 /// How records become frames.
@@ -89,6 +117,18 @@ pub struct Encoder {
     pub format: Format,
     /// Framing.
     pub framing: Framing,
+    /// Longest message (syslog: the RFC 5424 message; lines: the record and its newline);
+    /// 0: no limit. See [`crate::formats::bound`].
+    pub max_bytes: usize,
+}
+
+/// One encoded frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    /// Ready for [`Transport::send`].
+    pub frame: Vec<u8>,
+    /// The record was longer than [`Encoder::max_bytes`] and was truncated.
+    pub truncated: bool,
 }
 
 impl Encoder {
@@ -109,13 +149,35 @@ impl Encoder {
         Self {
             format: cfg.format,
             framing,
+            max_bytes: cfg.max_message_bytes,
         }
     }
 
     /// One frame, ready for [`Transport::send`].
     pub fn encode(&self, record: &Record) -> Vec<u8> {
-        let body = self.format.render(record);
-        match &self.framing {
+        self.encode_counted(record).frame
+    }
+
+    /// One frame, and whether the record had to be truncated to fit [`Self::max_bytes`].
+    /// Workload-controlled fields are capped first, whatever the limit
+    /// ([`crate::formats::bound::cap_record`]).
+    pub fn encode_counted(&self, record: &Record) -> Encoded {
+        let capped = crate::formats::bound::cap_record(record);
+        let record = capped.as_ref().unwrap_or(record);
+        let mut body = self.format.render(record);
+        let mut truncated = false;
+        let overhead = match &self.framing {
+            Framing::Line => 1,
+            Framing::Syslog { header, .. } => syslog::message(header, record, b"").len(),
+        };
+        if self.max_bytes > 0 && body.len() + overhead > self.max_bytes {
+            let room = self.max_bytes.saturating_sub(overhead);
+            if let Some(b) = crate::formats::bound::fit(self.format, &body, room) {
+                body = b;
+                truncated = true;
+            }
+        }
+        let frame = match &self.framing {
             Framing::Line => {
                 let mut v = body;
                 v.push(b'\n');
@@ -134,19 +196,26 @@ impl Encoder {
                     msg
                 }
             }
-        }
+        };
+        Encoded { frame, truncated }
     }
 }
 
 /// Creates the transport a sink config asks for. Only reads local files (TLS certificates
-/// and keys); connecting happens later, in [`Transport::open`].
+/// and keys) and opens a file sink's file once to check it; connecting happens later, in
+/// [`Transport::open`].
 ///
 /// # Errors
-/// Unreadable or invalid CA, certificate or key files.
+/// Unreadable or invalid CA, certificate or key files; a file sink's path that
+/// [`crate::safefs`] refuses (a link, a directory others can write, a file others own).
 pub fn transport(cfg: &SinkConfig) -> anyhow::Result<Box<dyn Transport>> {
     Ok(match &cfg.kind {
         SinkKind::Stdout => Box::new(stdout::Stdout::new()),
-        SinkKind::File { path } => Box::new(file::File::new(path.clone())),
+        SinkKind::File { path, mode } => {
+            // Refuse an untrusted path at start, not at the first record.
+            crate::safefs::open_append(path, *mode)?;
+            Box::new(file::File::with_mode(path.clone(), *mode))
+        }
         SinkKind::Syslog(s) => match s.transport {
             SyslogTransport::Udp => Box::new(syslog::Udp::new(s.address.clone())),
             SyslogTransport::Tcp => Box::new(syslog::Tcp::new(s.address.clone())),
@@ -200,5 +269,26 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains(" connection - CEF:0|egressd|"), "{msg}");
+    }
+
+    #[test]
+    fn message_and_queue_limits_from_the_config() {
+        let text = |extra: &str| {
+            format!(
+                "allowlist = []\n[[sinks]]\ntype = \"syslog\"\naddress = \"127.0.0.1:514\"\n{extra}\n\
+                 [[sinks]]\ntype = \"file\"\npath = \"/var/log/e.json\"\n"
+            )
+        };
+        let p = std::path::Path::new("t.toml");
+        let (_, out) = crate::config::parse_all(p, &text("")).expect("valid");
+        assert_eq!(out.sinks[0].max_message_bytes, 8192);
+        assert_eq!(out.sinks[1].max_message_bytes, 0);
+        assert_eq!(out.sinks[0].queue_bytes, crate::config::DEFAULT_QUEUE_BYTES);
+        let (_, out) = crate::config::parse_all(p, &text("max_message_bytes = 0")).expect("0");
+        assert_eq!(out.sinks[0].max_message_bytes, 0);
+        let e = crate::config::parse_all(p, &text("max_message_bytes = 100")).expect_err("small");
+        assert!(e.to_string().contains("at least 1024"), "{e}");
+        let e = crate::config::parse_all(p, &text("queue_bytes = 10")).expect_err("small");
+        assert!(e.to_string().contains("queue_bytes"), "{e}");
     }
 }

@@ -15,22 +15,30 @@
 //! receiver that restarted closed it), and frames stay "in flight" until the kernel reports
 //! their bytes acknowledged by the peer's TCP (`SIOCOUTQ`); if the connection fails first they
 //! are sent again on the next one. Loss is then limited to data the receiver acknowledged and
-//! did not process before dying. UDP has no acknowledgement: a datagram sent while the
-//! receiver is down is lost (only local send errors are retried).
+//! did not process before dying. Every write has a deadline (the pipeline gives each frame
+//! [`SEND_TIMEOUT`]; the socket's timeout is set to the time left before each call), so a
+//! receiver that stops reading or trickles counts as down: the connection is closed and
+//! what was not acknowledged is sent again later, from the spool. UDP has no
+//! acknowledgement: a datagram sent while the receiver is down is lost (only local send
+//! errors are retried).
 use std::{
     io::{self, Write as _},
     net::{SocketAddr, TcpStream, ToSocketAddrs as _, UdpSocket},
     os::fd::AsRawFd as _,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use super::{SendError, Transport};
+use super::{SendError, Stop, Transport};
 use crate::events::{LifecycleBody, Record};
 
 /// Connect timeout per address.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Write timeout: a receiver that stops reading for this long is treated as down.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a receiver gets to take one whole frame (the pipeline's send deadline): one that
+/// stops reading, or trickles (a byte every few seconds), is treated as down when a frame
+/// is not written by then, however much each single write progressed.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a connection (TCP connect, TLS handshake) gets to open.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Fixed header fields of a sink's messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,13 +112,22 @@ pub fn message(h: &HeaderFields, record: &Record, body: &[u8]) -> Vec<u8> {
 }
 
 /// Resolves `HOST:PORT` (each attempt, so DNS changes are followed) and connects to the first
-/// address that answers.
-pub fn connect(address: &str) -> io::Result<TcpStream> {
+/// address that answers, giving up at `deadline`.
+///
+/// # Errors
+/// No address answered before `deadline` (`TimedOut` once it passed).
+pub fn connect(address: &str, deadline: Instant) -> io::Result<TcpStream> {
     let mut last = io::Error::other(format!("{address}: no address"));
     for addr in address.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{address}: no connection before the deadline"),
+            ));
+        }
+        match TcpStream::connect_timeout(&addr, left.min(CONNECT_TIMEOUT)) {
             Ok(s) => {
-                s.set_write_timeout(Some(WRITE_TIMEOUT))?;
                 s.set_nodelay(true)?;
                 return Ok(s);
             }
@@ -118,6 +135,91 @@ pub fn connect(address: &str) -> io::Result<TcpStream> {
         }
     }
     Err(last)
+}
+
+/// The error of a write or read that did not finish by its deadline.
+pub fn timed_out(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "{what} did not finish before its deadline: the receiver is not reading (or too slowly)"
+        ),
+    )
+}
+
+/// Longest single blocking call of a [`Deadline`] socket, so a [`Stop`] is noticed soon.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// A socket whose reads and writes give up at a deadline (or at the pipeline's [`Stop`]),
+/// whatever each single call progressed: calls block at most [`SLICE`] at a time.
+pub struct Deadline<'a> {
+    /// The socket.
+    pub sock: &'a TcpStream,
+    /// When the whole operation must be done.
+    pub deadline: Instant,
+    /// The pipeline's stop, if any.
+    pub stop: Option<&'a Stop>,
+}
+
+impl Deadline<'_> {
+    /// Runs `op` with the socket's timeout set to at most [`SLICE`], again while it times
+    /// out and time is left.
+    fn run(
+        &mut self,
+        what: &str,
+        op: impl Fn(&TcpStream, Duration) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        loop {
+            // Read each time: the stop may be set while this call waits.
+            let until = match self.stop.and_then(Stop::get) {
+                Some(s) => s.min(self.deadline),
+                None => self.deadline,
+            };
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out(what));
+            }
+            match op(self.sock, left.min(SLICE)) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                r => return r,
+            }
+        }
+    }
+}
+
+impl io::Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.run("a write", |s, t| {
+            s.set_write_timeout(Some(t))?;
+            let mut s = s;
+            s.write(buf)
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl io::Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // `Fn` cannot hand out `buf` mutably: read through a raw pointer's length instead.
+        let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+        self.run("a read", |s, t| {
+            s.set_read_timeout(Some(t))?;
+            // SAFETY: `ptr`/`len` describe `buf`, borrowed mutably for this whole call and
+            // used by no one else meanwhile.
+            let b = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+            let mut s = s;
+            io::Read::read(&mut s, b)
+        })
+    }
 }
 
 /// Bytes in the socket's send queue not yet acknowledged by the peer (`SIOCOUTQ`, see
@@ -173,6 +275,7 @@ pub fn peek(s: &TcpStream) -> io::Result<Peek> {
 pub struct Tcp {
     address: String,
     stream: Option<TcpStream>,
+    stop: std::sync::Arc<Stop>,
 }
 
 impl Tcp {
@@ -181,13 +284,14 @@ impl Tcp {
         Self {
             address,
             stream: None,
+            stop: std::sync::Arc::default(),
         }
     }
 }
 
 impl Transport for Tcp {
-    fn open(&mut self) -> io::Result<()> {
-        self.stream = Some(connect(&self.address)?);
+    fn open(&mut self, deadline: Instant) -> io::Result<()> {
+        self.stream = Some(connect(&self.address, deadline)?);
         Ok(())
     }
 
@@ -195,12 +299,18 @@ impl Transport for Tcp {
         self.stream.is_some()
     }
 
-    fn send(&mut self, frame: &[u8]) -> Result<u64, SendError> {
-        let s = self
+    fn send(&mut self, frame: &[u8], deadline: Instant) -> Result<u64, SendError> {
+        let sock = self
             .stream
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| SendError::Retry(io::Error::other("not connected")))?;
-        s.write_all(frame).map_err(SendError::Retry)?;
+        Deadline {
+            sock,
+            deadline,
+            stop: Some(&self.stop),
+        }
+        .write_all(frame)
+        .map_err(SendError::Retry)?;
         Ok(frame.len() as u64)
     }
 
@@ -228,6 +338,10 @@ impl Transport for Tcp {
     fn acknowledges(&self) -> bool {
         true
     }
+
+    fn set_stop(&mut self, stop: std::sync::Arc<Stop>) {
+        self.stop = stop;
+    }
 }
 
 /// Syslog over UDP, one message per datagram.
@@ -247,7 +361,7 @@ impl Udp {
 }
 
 impl Transport for Udp {
-    fn open(&mut self) -> io::Result<()> {
+    fn open(&mut self, _deadline: Instant) -> io::Result<()> {
         let addr: SocketAddr = self
             .address
             .to_socket_addrs()?
@@ -260,7 +374,7 @@ impl Transport for Udp {
         };
         let s = UdpSocket::bind(bind)?;
         s.connect(addr)?;
-        s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        s.set_write_timeout(Some(SEND_TIMEOUT))?;
         self.sock = Some(s);
         Ok(())
     }
@@ -269,7 +383,7 @@ impl Transport for Udp {
         self.sock.is_some()
     }
 
-    fn send(&mut self, frame: &[u8]) -> Result<u64, SendError> {
+    fn send(&mut self, frame: &[u8], _deadline: Instant) -> Result<u64, SendError> {
         let s = self
             .sock
             .as_ref()

@@ -9,12 +9,14 @@
 //!
 //! The TLS I/O is driven by hand over a blocking socket so each frame's ciphertext length is
 //! known: with `SIOCOUTQ` on the socket that tells which frames the server's TCP acknowledged
-//! (see [`super::syslog`]).
+//! (see [`super::syslog`]). The handshake and every write have deadlines (see
+//! [`super::syslog::Deadline`]); the close_notify at close gets 200 ms.
 use std::{
     io::{self, Write as _},
     net::TcpStream,
     path::Path,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -24,8 +26,8 @@ use rustls::{
 };
 
 use super::{
-    SendError, Transport,
-    syslog::{Peek, connect, peek, unacked_bytes},
+    SendError, Stop, Transport,
+    syslog::{Deadline, Peek, SEND_TIMEOUT, connect, peek, unacked_bytes},
 };
 use crate::config::SyslogConfig;
 
@@ -35,8 +37,12 @@ pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Builds the rustls client configuration of a TLS sink.
 ///
 /// # Errors
-/// A CA, certificate or key file that cannot be read or holds no usable PEM item.
+/// A CA, certificate or key file that cannot be read or holds no usable PEM item; a key
+/// file others can read ([`check_key_mode`]).
 pub fn client_config(cfg: &SyslogConfig) -> anyhow::Result<ClientConfig> {
+    if let Some((_, key)) = &cfg.client_auth {
+        check_key_mode(key)?;
+    }
     let ca = cfg
         .ca
         .as_deref()
@@ -77,12 +83,40 @@ pub fn client_config(cfg: &SyslogConfig) -> anyhow::Result<ClientConfig> {
     })
 }
 
+/// Refuses a private key file that others could read or change: any access for others, or
+/// for a group other than root's (like ssh with its keys; Debian's `ssl-cert` group
+/// convention needs `chgrp root` or mode 0600 here).
+///
+/// # Errors
+/// The key cannot be examined, or its mode or group lets others in (the error names the
+/// file, its mode and the fix).
+pub fn check_key_mode(key: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(key).with_context(|| format!("private key {}", key.display()))?;
+    let mode = m.mode() & 0o7777;
+    if mode & 0o007 != 0 || (mode & 0o070 != 0 && m.gid() != 0) {
+        anyhow::bail!(
+            "private key {} is accessible by {} (mode {mode:04o}, group {}): refusing to use \
+             it; chmod 0600 it (or 0640 with group root)",
+            key.display(),
+            if mode & 0o007 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+            m.gid()
+        );
+    }
+    Ok(())
+}
+
 /// A TLS syslog connection.
 pub struct Tls {
     address: String,
     name: ServerName<'static>,
     config: Arc<ClientConfig>,
     conn: Option<(ClientConnection, TcpStream)>,
+    stop: Arc<Stop>,
 }
 
 impl Tls {
@@ -104,6 +138,7 @@ impl Tls {
             name,
             config: Arc::new(client_config(cfg)?),
             conn: None,
+            stop: Arc::default(),
         })
     }
 }
@@ -112,25 +147,44 @@ fn tls_err(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// Writes everything rustls has queued; returns the bytes written.
-fn push(conn: &mut ClientConnection, sock: &mut TcpStream) -> io::Result<u64> {
+/// How long the close_notify alert may take at close.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Writes everything rustls has queued, by `deadline` (or `stop`); returns the bytes
+/// written.
+fn push(
+    conn: &mut ClientConnection,
+    sock: &TcpStream,
+    deadline: Instant,
+    stop: Option<&Stop>,
+) -> io::Result<u64> {
     let mut n = 0;
+    let mut w = Deadline {
+        sock,
+        deadline,
+        stop,
+    };
     while conn.wants_write() {
-        n += conn.write_tls(sock)? as u64;
+        n += conn.write_tls(&mut w)? as u64;
     }
     Ok(n)
 }
 
 impl Transport for Tls {
-    fn open(&mut self) -> io::Result<()> {
-        let mut sock = connect(&self.address)?;
-        sock.set_read_timeout(Some(super::syslog::WRITE_TIMEOUT))?;
+    fn open(&mut self, deadline: Instant) -> io::Result<()> {
+        let sock = connect(&self.address, deadline)?;
         let mut conn =
             ClientConnection::new(self.config.clone(), self.name.clone()).map_err(tls_err)?;
+        // The whole handshake by the deadline: a server that trickles its answer is down.
+        let mut io = Deadline {
+            sock: &sock,
+            deadline,
+            stop: Some(&self.stop),
+        };
         while conn.is_handshaking() {
-            conn.complete_io(&mut sock)?;
+            conn.complete_io(&mut io)?;
         }
-        push(&mut conn, &mut sock)?;
+        push(&mut conn, &sock, deadline, Some(&self.stop))?;
         self.conn = Some((conn, sock));
         Ok(())
     }
@@ -139,13 +193,13 @@ impl Transport for Tls {
         self.conn.is_some()
     }
 
-    fn send(&mut self, frame: &[u8]) -> Result<u64, SendError> {
+    fn send(&mut self, frame: &[u8], deadline: Instant) -> Result<u64, SendError> {
         let (conn, sock) = self
             .conn
             .as_mut()
             .ok_or_else(|| SendError::Retry(io::Error::other("not connected")))?;
         conn.writer().write_all(frame).map_err(SendError::Retry)?;
-        push(conn, sock).map_err(SendError::Retry)
+        push(conn, sock, deadline, Some(&self.stop)).map_err(SendError::Retry)
     }
 
     fn unacked(&self) -> u64 {
@@ -178,20 +232,66 @@ impl Transport for Tls {
                         break;
                     }
                 }
-                push(conn, sock).map(|_| ())
+                push(conn, sock, Instant::now() + SEND_TIMEOUT, Some(&self.stop)).map(|_| ())
             }
         }
     }
 
     fn close(&mut self) {
-        if let Some((mut conn, mut sock)) = self.conn.take() {
+        if let Some((mut conn, sock)) = self.conn.take() {
             conn.send_close_notify();
-            let _ = push(&mut conn, &mut sock);
+            let _ = push(&mut conn, &sock, Instant::now() + CLOSE_TIMEOUT, None);
             let _ = sock.shutdown(std::net::Shutdown::Both);
         }
     }
 
     fn acknowledges(&self) -> bool {
         true
+    }
+
+    fn set_stop(&mut self, stop: Arc<Stop>) {
+        self.stop = stop;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// Issue 22 item 9: a client key readable by others (0644) is refused, naming it;
+    /// 0600 and 0640 with group root pass the check.
+    #[test]
+    fn world_readable_client_key_is_refused() {
+        let t = crate::safefs::tests::Tmp::new("tls-key");
+        let key = t.0.join("client.key");
+        std::fs::write(&key, "not a key").expect("write");
+        let cfg = SyslogConfig {
+            transport: crate::config::SyslogTransport::Tls,
+            address: "127.0.0.1:6514".into(),
+            server_name: None,
+            ca: Some(t.0.join("no-ca.pem")),
+            client_auth: Some((t.0.join("client.pem"), key.clone())),
+            facility: 3,
+            app_name: "egressd".into(),
+        };
+        for (mode, refused) in [(0o644, true), (0o604, true), (0o600, false)] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = client_config(&cfg)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert_eq!(e.contains("refusing to use it"), refused, "{mode:o}: {e}");
+            if refused {
+                assert!(e.contains(&key.display().to_string()), "{e}");
+            }
+        }
+        if crate::safefs::euid() == 0 {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+            std::os::unix::fs::chown(&key, None, Some(0)).expect("chgrp");
+            check_key_mode(&key).expect("0640 root:root");
+            std::os::unix::fs::chown(&key, None, Some(65534)).expect("chgrp");
+            check_key_mode(&key).expect_err("0640 with another group");
+        }
     }
 }

@@ -90,7 +90,7 @@ impl Agent {
 
     /// As [`Agent::start_at`], without waiting for it to attach.
     pub fn spawn(tb: &Testbed, config: &Path, extra: &[&str]) -> Result<Self, Failed> {
-        Self::spawn_with_env(tb, config, extra, &[])
+        Self::spawn_full(tb, config, extra, &[], &[])
     }
 
     /// As [`Agent::spawn`], with `env` added to its environment.
@@ -100,7 +100,37 @@ impl Agent {
         extra: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Result<Self, Failed> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        Self::spawn_full(tb, config, extra, &[], env)
+    }
+
+    /// As [`Agent::spawn`], run under the command `wrapper` (e.g. `prlimit --nofile=1024`);
+    /// the wrapper must exec egressd, so the child's pid is the daemon's.
+    pub fn spawn_under(
+        tb: &Testbed,
+        config: &Path,
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Result<Self, Failed> {
+        Self::spawn_full(tb, config, extra, wrapper, &[])
+    }
+
+    /// As [`Agent::spawn`], under `wrapper` (may be empty) with `env` added.
+    fn spawn_full(
+        tb: &Testbed,
+        config: &Path,
+        extra: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self, Failed> {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_egressd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_egressd")),
+        };
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(config)
             .arg("--cgroup")
