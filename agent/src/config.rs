@@ -1098,7 +1098,7 @@ fn parse_protocol(v: &toml::Value) -> Result<u8, String> {
             "ipv6-icmp" | "icmpv6" => Ok(58),
             "sctp" => Ok(132),
             other => Err(format!(
-                "unknown protocol `{other}`: use tcp, udp, icmp, ipv6-icmp, sctp or a number 0-255"
+                "unknown protocol `{other}`: use tcp, udp, icmp, ipv6-icmp, sctp or an IANA protocol number (unquoted)"
             )),
         },
         toml::Value::Integer(n) => {

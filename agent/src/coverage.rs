@@ -213,10 +213,24 @@ fn type_name(t: ProgramType) -> &'static str {
         .map_or("?", |(_, n)| n)
 }
 
-/// Whether the BPF LSM is active (`bpf` in `/sys/kernel/security/lsm`); `Unknown` when
-/// securityfs is not mounted or not readable.
+/// Whether the BPF LSM is active (`bpf` in `/sys/kernel/security/lsm`). As root, securityfs
+/// is mounted first where nothing is (as systemd does at boot); `Unknown` when it cannot be
+/// read.
 pub fn bpf_lsm_active() -> Probe {
-    match std::fs::read_to_string("/sys/kernel/security/lsm") {
+    const LSM: &str = "/sys/kernel/security/lsm";
+    if !std::path::Path::new(LSM).exists() {
+        // SAFETY: plain mount(2) of a pseudo filesystem with static, NUL-terminated strings.
+        unsafe {
+            libc::mount(
+                c"securityfs".as_ptr(),
+                c"/sys/kernel/security".as_ptr(),
+                c"securityfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+        };
+    }
+    match std::fs::read_to_string(LSM) {
         Ok(list) => {
             if list.trim().split(',').any(|l| l == "bpf") {
                 Probe::Yes
@@ -255,7 +269,7 @@ pub fn probe() -> Coverage {
     // Not used: the packet hook reads the socket's recorded owner instead (see
     // `ebpf/src/owner.rs`). Shown so the report explains why that design is needed.
     features.push(Feature {
-        name: "helper bpf_get_current_pid_tgid in cgroup_skb (not used)".into(),
+        name: "helper bpf_get_current_pid_tgid in cgroup_skb, not used".into(),
         probe: Probe::of(is_helper_supported(
             ProgramType::CgroupSkb,
             BpfHelper::BPF_FUNC_get_current_pid_tgid,
@@ -320,7 +334,10 @@ pub fn report(kernel: String, features: Vec<Feature>) -> Coverage {
             what: "raw IP and ICMP/ICMPv6 (ping) sockets, SCTP and other IP protocols",
             status: base.0,
             hooks: "cgroup_skb/egress",
-            note: with("packets dropped by the packet hook (the send fails with EPERM)"),
+            note: with(
+                "packets dropped by the packet hook (the send fails with EPERM; an ICMPv6 \
+                 ping socket's send reports success, the echo is still dropped)",
+            ),
         },
         PathCoverage {
             path: "established",

@@ -157,7 +157,9 @@ pub fn failsafe_reason(code: u8) -> Option<&'static str> {
     use egressd_common::failsafe as f;
     Some(match u32::from(code) {
         f::NONE => return None,
-        f::UNPARSEABLE => "headers the kernel could not read",
+        f::UNPARSEABLE => {
+            "headers egressd cannot read or does not walk (e.g. a routing header of type 0 or 3, a truncated header)"
+        }
         f::CHAIN_TOO_LONG => "too many IPv6 extension headers or IPv4 options",
         f::BAD_ENTRY => "corrupt policy map (entry id out of range)",
         f::NO_PAGE => "corrupt policy map (IPv4 table page missing)",

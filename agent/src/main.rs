@@ -180,11 +180,13 @@ fn main() -> ExitCode {
             }),
         Command::Coverage { json } => {
             let c = egressd::coverage::probe();
-            if json {
-                println!("{}", serde_json::to_string(&c).unwrap_or_default());
+            let text = if json {
+                format!("{}\n", serde_json::to_string(&c).unwrap_or_default())
             } else {
-                print!("{}", c.table());
-            }
+                c.table()
+            };
+            // A closed pipe (`| head`) ends the output, not the process with a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             Ok(())
         }
         Command::Status { pin_dir, json } => egressd::status::status(&pin_dir).map(|s| {
