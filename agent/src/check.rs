@@ -217,6 +217,22 @@ pub fn warnings(cfg: &Config, policy: &Policy) -> Vec<String> {
         }
     }
 
+    // A NAT64 prefix overlapping a region: those addresses are judged by the IPv4 address
+    // they end in (RFC 6052), not by the region (intended for a translator inside one's own
+    // space; a surprise anywhere else).
+    for (net, id) in &policy.v6 {
+        for n64 in &policy.nat64 {
+            if net.prefix() > 0 && (n64.contains(net.network()) || net.contains(n64.network())) {
+                out.push(format!(
+                    "region `{}` prefix {net} overlaps NAT64 prefix {n64}: destinations in \
+                     {n64} are judged by the IPv4 address they end in, not as `{}`",
+                    policy.region_name(*id),
+                    policy.region_name(*id)
+                ));
+            }
+        }
+    }
+
     // The nearest enclosing prefix is what a lookup would fall back to without this one.
     let mut nested: Vec<String> = Vec::new();
     let mut lens4 = [false; 33];
@@ -372,6 +388,20 @@ mod tests {
         assert_eq!(
             warnings(&cfg, &policy),
             ["the allowlist is empty: every connection except to loopback will be reported"]
+        );
+    }
+
+    #[test]
+    fn check_warns_of_a_nat64_prefix_inside_a_region() {
+        let (cfg, policy) = both(
+            "t.toml",
+            "allowlist = [\"eu\"]\nnat64_prefixes = [\"2001:db8:2::/96\"]\n[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n[regions.us]\nprefixes = [\"2001:db8:2::/48\"]\n",
+        );
+        let w = warnings(&cfg, &policy);
+        assert!(
+            w.iter()
+                .any(|l| l.contains("overlaps NAT64 prefix 2001:db8:2::/96")),
+            "{w:?}"
         );
     }
 
