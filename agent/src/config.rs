@@ -296,7 +296,49 @@ pub fn load_with_drop_ins(path: &Path, drop_ins: &Path) -> Result<Config, Config
     load_all_in(path, Some(drop_ins)).map(|(cfg, _)| cfg)
 }
 
+/// The text of a policy set exactly as it was read: the main file and every drop-in file, in
+/// the order they are applied. [`parse_set_all`] of it gives the same [`Config`] as the
+/// [`load`] that read it; `egressd run` keeps it as the last good policy
+/// ([`crate::lastgood`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sources {
+    /// The main file's path, as given.
+    pub main: PathBuf,
+    /// The main file's text.
+    pub text: String,
+    /// Each drop-in file's path and text, in name order.
+    pub drop_ins: Vec<(PathBuf, String)>,
+}
+
+impl Sources {
+    /// Validates the set as [`load_all`] does (the same [`parse_set_all`]).
+    ///
+    /// # Errors
+    /// As [`parse_set`].
+    pub fn parse(&self) -> Result<(Config, Output), ConfigError> {
+        parse_set_all(&self.main, &self.text, &self.drop_ins)
+    }
+}
+
+/// Reads and validates the configuration like [`load_all`], returning the text of every file
+/// it read too.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_sources(path: &Path) -> Result<(Config, Output, Sources), ConfigError> {
+    let sources = read_sources(path, None)?;
+    let (cfg, output) = sources.parse()?;
+    Ok((cfg, output, sources))
+}
+
 fn load_all_in(path: &Path, dir_override: Option<&Path>) -> Result<(Config, Output), ConfigError> {
+    read_sources(path, dir_override)?.parse()
+}
+
+/// Reads the main file and its drop-ins (the directory named by `dir_override`, else by the
+/// main file's `drop_in_dir`, else `policy.d` beside it if it exists), checking as root that
+/// they are trusted. Only the main file's TOML syntax and `drop_in_dir` are looked at.
+fn read_sources(path: &Path, dir_override: Option<&Path>) -> Result<Sources, ConfigError> {
     // As root, a policy file (or drop-in) others could have written is refused, like
     // sshd's StrictModes: see `crate::safefs`.
     let strict = crate::safefs::euid() == 0;
@@ -366,7 +408,11 @@ fn load_all_in(path: &Path, dir_override: Option<&Path>) -> Result<(Config, Outp
             ));
         }
     }
-    parse_set_all(path, &text, &drop_ins)
+    Ok(Sources {
+        main: path.to_path_buf(),
+        text,
+        drop_ins,
+    })
 }
 
 /// Validate the configuration text `text` alone (no drop-ins); `path` labels errors and is

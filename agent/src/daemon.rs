@@ -24,9 +24,10 @@ use tokio::{
 use crate::{
     cgroup, clock, config,
     events::{
-        self, AgentInfo, Context, Counters, Enricher, Lifecycle, LifecycleBody, LossReport,
-        PolicySummary, Record, Sequencer,
+        self, AgentInfo, Context, Counters, Enricher, LastGoodRef, Lifecycle, LifecycleBody,
+        LossReport, PolicySummary, Record, Sequencer,
     },
+    lastgood::StateDir,
     loader::Enforcer,
     pipeline::Pipeline,
     policy::{self, Policy},
@@ -83,6 +84,11 @@ pub struct RunOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// Reload when the main file or a drop-in file changes on disk (debounced), as on SIGHUP.
     pub watch: bool,
+    /// Keep every policy put in force here as the last good one ([`crate::lastgood`]), and
+    /// fall back to it at start when the policy on disk is invalid. `None`: nothing is kept
+    /// and an invalid policy at start fails the start. (`egressd run` defaults to
+    /// [`crate::lastgood::DEFAULT_STATE_DIR`].)
+    pub state_dir: Option<PathBuf>,
 }
 
 /// How often pinned enforcement is checked for tampering.
@@ -110,8 +116,19 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     crate::signals::unblock_early();
     let stop = StopSignal::install()?;
     let notifier = crate::notify::Notifier::from_env();
-    let (cfg, output) = config::load_all(config_path)?;
-    let policy = Arc::new(policy::compile(&cfg));
+    let state = opts.state_dir.as_ref().map(StateDir::new);
+    // The files on disk, validated; if they are invalid, the last good policy (validated the
+    // same way), and the daemon runs degraded until a reload of a valid set.
+    let (candidate, mut fallback) = match Candidate::read(config_path) {
+        Ok(c) => (c, None),
+        Err(e) => fall_back(config_path, state.as_ref(), e)?,
+    };
+    let Candidate {
+        cfg,
+        output,
+        policy,
+        sources,
+    } = candidate;
     let cgroup = match opts.cgroup.clone().or_else(|| cfg.cgroup.clone()) {
         Some(p) => p,
         None => cgroup::cgroup2_root()?,
@@ -140,7 +157,12 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     }
     let mut enforcer = match &pin_dir {
         Some(dir) => {
-            let (e, adoption) = Enforcer::load_pinned(policy.clone(), &cgroup, dir)?;
+            let (e, adoption) =
+                put_in_force(&policy, &sources, config_path, state.as_ref(), |p| {
+                    let (e, adoption) = Enforcer::load_pinned(p, &cgroup, dir)?;
+                    let generation = e.generation();
+                    Ok(((e, adoption), generation))
+                })?;
             tracing::info!(
                 pin_dir = %dir.root.display(),
                 adopted = adoption.adopted,
@@ -150,7 +172,11 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             );
             e
         }
-        None => Enforcer::load(policy.clone(), &cgroup)?,
+        None => put_in_force(&policy, &sources, config_path, state.as_ref(), |p| {
+            let e = Enforcer::load(p, &cgroup)?;
+            let generation = e.generation();
+            Ok((e, generation))
+        })?,
     };
     let (metrics_tx, mut metrics_rx) =
         tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<crate::metrics::Snapshot>>(16);
@@ -209,6 +235,16 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             body,
         }))
     };
+    if let Some(f) = &fallback {
+        pipeline.submit(&lifecycle(
+            LifecycleBody::PolicyFallback {
+                error: f.error.clone(),
+                policy: summary(&cfg, &policy, &enforcer),
+                last_good: f.last_good.clone(),
+            },
+            "policy_fallback",
+        ));
+    }
     pipeline.submit(&lifecycle(
         LifecycleBody::PolicyLoaded {
             policy: summary(&cfg, &policy, &enforcer),
@@ -234,7 +270,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     );
     // Every hook is attached with the policy in force, and nothing of the start can fail
     // any more: `systemctl start` may return.
-    notifier.ready(&status(&enforcer, &policy));
+    notifier.ready(&degraded(status(&enforcer, &policy), fallback.as_ref()));
     let watchdog_period = notifier.watchdog_interval();
     let mut watchdog =
         tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(u64::from(u32::MAX))));
@@ -359,6 +395,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                         hooks: enforcer.hook_states(),
                         tamper_repairs,
                         coverage: coverage.paths.iter().map(|p| (p.path, p.status.label())).collect(),
+                        policy_fallback: fallback.as_ref().map(Fallback::reason),
                     });
                 match snap {
                     Ok(s) => { let _ = reply.send(s); }
@@ -397,9 +434,19 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 ));
                 // Events of the old generation still in the ring buffer are named by it.
                 delivered += drain(ring.get_mut(), &enrichers, &pipeline, &mut undecodable);
-                match reload(config_path, &mut enforcer) {
-                    Ok((cfg, new)) => {
+                match reload(config_path, state.as_ref(), &mut enforcer) {
+                    Ok(Candidate {
+                        cfg, policy: new, ..
+                    }) => {
                         reloads.ok += 1;
+                        if let Some(f) = fallback.take() {
+                            tracing::info!(
+                                digest = %new.digest,
+                                "a valid policy is in force again: the fallback to the last \
+                                 good policy {} is over",
+                                f.last_good.digest
+                            );
+                        }
                         let generation = enforcer.generation();
                         if new.ipv4_lookup != start_lookup {
                             tracing::warn!(
@@ -441,9 +488,12 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                             "reload_failed",
                         ));
                         let error = format!("{e:#}").replace('\n', " ");
-                        notifier.ready(&format!(
-                            "{}; the last reload failed: {error}",
-                            status(&enforcer, &policy)
+                        notifier.ready(&degraded(
+                            format!(
+                                "{}; the last reload failed: {error}",
+                                status(&enforcer, &policy)
+                            ),
+                            fallback.as_ref(),
                         ));
                     }
                 }
@@ -487,15 +537,161 @@ struct KernelMaps {
     failsafe: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
 }
 
-/// Validates and installs the policy file again; on any error nothing changes.
+/// A policy set read from disk and validated, compiled but not yet in force.
+struct Candidate {
+    cfg: config::Config,
+    output: config::Output,
+    policy: Arc<Policy>,
+    /// The text of every file, kept as the last good policy once it is in force.
+    sources: config::Sources,
+}
+
+impl Candidate {
+    /// Reads and validates the main file and its drop-ins, exactly as `egressd check` does:
+    /// the one validation of the start and of every reload.
+    fn read(config_path: &Path) -> Result<Self, config::ConfigError> {
+        let (cfg, output, sources) = config::load_sources(config_path)?;
+        let policy = Arc::new(policy::compile(&cfg));
+        Ok(Self {
+            cfg,
+            output,
+            policy,
+            sources,
+        })
+    }
+}
+
+/// Why the daemon runs on its last good policy instead of the files on disk.
+struct Fallback {
+    /// The error of the files on disk.
+    error: String,
+    /// The last good policy in force.
+    last_good: LastGoodRef,
+}
+
+impl Fallback {
+    /// One line for `/healthz` and the service manager.
+    fn reason(&self) -> String {
+        format!(
+            "the policy on disk is invalid ({}); enforcing the last good policy {} kept at {}",
+            self.error.replace('\n', " "),
+            self.last_good.digest,
+            self.last_good.saved_at
+        )
+    }
+}
+
+/// `status` with the fallback's reason, while there is one.
+fn degraded(status: String, fallback: Option<&Fallback>) -> String {
+    match fallback {
+        Some(f) => format!("DEGRADED: {}; {status}", f.reason()),
+        None => status,
+    }
+}
+
+/// The files on disk are invalid at start (`error`): the last good policy kept in `state`
+/// for `config_path`, validated like a normal load, or `error` when there is none.
+fn fall_back(
+    config_path: &Path,
+    state: Option<&StateDir>,
+    error: config::ConfigError,
+) -> anyhow::Result<(Candidate, Option<Fallback>)> {
+    let Some(state) = state else {
+        return Err(error.into());
+    };
+    let restored = match state.restore(config_path) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            tracing::error!(
+                state = %state.file().display(),
+                "the policy on disk is invalid and no last good policy was kept for it"
+            );
+            return Err(error.into());
+        }
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "{error}; the last good policy cannot be used either: {e:#}"
+            ));
+        }
+    };
+    let message = error.to_string();
+    tracing::error!(
+        error = %message,
+        file = %error.file.display(),
+        line = error.line,
+        field = %error.field,
+        last_good_digest = %restored.record.digest,
+        last_good_generation = restored.record.generation,
+        last_good_saved_at = %restored.record.saved_at,
+        state = %state.file().display(),
+        "THE POLICY ON DISK IS INVALID: enforcing the last good policy instead, until a \
+         reload (SIGHUP, --watch) of a valid set"
+    );
+    let fallback = Fallback {
+        error: message,
+        last_good: LastGoodRef {
+            digest: restored.record.digest.clone(),
+            generation: restored.record.generation,
+            saved_at: restored.record.saved_at.clone(),
+            file: state.file().display().to_string(),
+        },
+    };
+    Ok((
+        Candidate {
+            cfg: restored.cfg,
+            output: restored.output,
+            policy: restored.policy,
+            sources: restored.record.sources,
+        },
+        Some(fallback),
+    ))
+}
+
+/// Puts a validated policy in force, at start and on every reload: `install` writes it into
+/// the kernel (a new [`Enforcer`] at start, the idle policy set on reload) and returns the
+/// generation it is in force as; then the set is kept in `state` as the last good policy.
+/// Failing to keep it is logged, never fatal: enforcement matters more.
+///
+/// # Errors
+/// Whatever `install` reports; nothing is kept then.
+fn put_in_force<T>(
+    policy: &Arc<Policy>,
+    sources: &config::Sources,
+    config_path: &Path,
+    state: Option<&StateDir>,
+    install: impl FnOnce(Arc<Policy>) -> anyhow::Result<(T, u64)>,
+) -> anyhow::Result<T> {
+    let (installed, generation) = install(policy.clone())?;
+    if let Some(state) = state {
+        match state.save(config_path, sources, &policy.digest, generation) {
+            Ok(()) => tracing::debug!(
+                state = %state.file().display(),
+                generation,
+                "kept as the last good policy"
+            ),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot keep the policy in force as the last good one; a start on an \
+                 invalid file will not be able to fall back to it"
+            ),
+        }
+    }
+    Ok(installed)
+}
+
+/// Validates and installs the policy files again, and keeps them as the last good policy;
+/// on any error nothing changes.
 fn reload(
     config_path: &Path,
+    state: Option<&StateDir>,
     enforcer: &mut Enforcer,
-) -> anyhow::Result<(config::Config, Arc<Policy>)> {
-    let cfg = config::load(config_path)?;
-    let new = Arc::new(policy::compile(&cfg));
-    enforcer.install(new.clone())?;
-    Ok((cfg, new))
+) -> anyhow::Result<Candidate> {
+    let cand = Candidate::read(config_path)?;
+    put_in_force(&cand.policy, &cand.sources, config_path, state, |p| {
+        enforcer.install(p)?;
+        Ok(((), enforcer.generation()))
+    })?;
+    Ok(cand)
 }
 
 /// Enrichers of the most recent generations, so an event is named by the policy that judged

@@ -581,6 +581,19 @@ pub struct Counters {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Where a fallback policy came from: the record kept in the state directory.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LastGoodRef {
+    /// Digest of the kept policy.
+    pub digest: String,
+    /// The generation it was in force as when it was kept.
+    pub generation: u64,
+    /// When it was kept, RFC 3339 UTC.
+    pub saved_at: String,
+    /// The record's path.
+    pub file: String,
+}
+
 /// Body of a lifecycle record.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
@@ -615,6 +628,17 @@ pub enum LifecycleBody {
         error: String,
         /// Generation still in force.
         generation_in_force: u64,
+    },
+    /// `policy_fallback`: at start, the policy on disk was invalid; egressd enforces the last
+    /// good policy it kept ([`crate::lastgood`]) instead, and stays degraded until a reload
+    /// of a valid set.
+    PolicyFallback {
+        /// Why the files on disk were refused (`file:line:column: field: message`).
+        error: String,
+        /// The last good policy, now in force.
+        policy: PolicySummary,
+        /// When and as which generation the last good policy was kept.
+        last_good: LastGoodRef,
     },
     /// `tamper_repaired`: pinned enforcement was found detached, replaced or changed behind
     /// egressd's back, and restored.
@@ -655,6 +679,11 @@ impl LifecycleBody {
                 generation_in_force,
             } => format!(
                 "policy reload failed, generation {generation_in_force} stays in force: {error}"
+            ),
+            Self::PolicyFallback { error, policy, .. } => format!(
+                "the policy on disk is invalid; the last good policy {} is in force as \
+                 generation {}: {error}",
+                policy.digest, policy.generation
             ),
             Self::TamperRepaired { repairs, .. } => format!(
                 "pinned enforcement was tampered with and restored: {}",
@@ -991,6 +1020,21 @@ pub mod sample {
                             (defined: eu, us)"
                         .into(),
                     generation_in_force: 1,
+                },
+            },
+            Lifecycle {
+                header: header("policy_fallback", 12, T0 + 4_000_000_000),
+                body: LifecycleBody::PolicyFallback {
+                    error: "/etc/egressd/policy.d/team-b.toml:2:1: regions.eu: region `eu` is \
+                            already defined at /etc/egressd/policy.toml:9"
+                        .into(),
+                    policy: summary(),
+                    last_good: LastGoodRef {
+                        digest: summary().digest,
+                        generation: 4,
+                        saved_at: "2026-11-28T17:03:11.402114790Z".into(),
+                        file: "/var/lib/egressd/last-good/policy.json".into(),
+                    },
                 },
             },
         ]

@@ -16,6 +16,7 @@ pub mod events;
 pub mod explain;
 pub mod formats;
 pub mod import;
+pub mod lastgood;
 pub mod loader;
 pub mod located;
 pub mod metrics;

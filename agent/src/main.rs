@@ -40,6 +40,14 @@ enum Command {
         /// the same as SIGHUP).
         #[arg(long)]
         watch: bool,
+        /// Keep the last policy put in force (the text of the main file and every drop-in,
+        /// its digest and generation) in DIR/policy.json (root's, 0700; written atomically).
+        /// When the policy on disk is invalid at start, egressd enforces that last good
+        /// policy instead, reports it (`policy_fallback` record, `egressd_policy_fallback 1`,
+        /// `/healthz` "degraded"), and leaves that state at the first reload (SIGHUP,
+        /// --watch) of a valid set; with no last good policy it refuses to start.
+        #[arg(long, value_name = "DIR", default_value = egressd::lastgood::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Probe the running kernel and print which egress paths egressd enforces on it (the
     /// same report `agent_start`, `status` and /metrics carry). Probing needs CAP_BPF; without
@@ -163,6 +171,7 @@ fn main() -> ExitCode {
             pin_dir,
             metrics,
             watch,
+            state_dir,
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -175,6 +184,7 @@ fn main() -> ExitCode {
                         pin_dir,
                         metrics,
                         watch,
+                        state_dir: Some(state_dir),
                     },
                 ))
             }),

@@ -20,8 +20,13 @@
 //! | `coverage` | path, status (`enforced`, `not_covered`, `unknown`) | 1 for each egress path's status on this kernel (see `egressd coverage`) |
 //! | `build_info` | version | |
 //!
+//! | `policy_fallback` | | 1 while the last good policy is in force because the policy on disk was invalid at start ([`crate::lastgood`]), else 0 |
+//!
 //! `/healthz` answers `200 ok` when the daemon loop answers and every hook is attached,
-//! else `503` with the reason.
+//! else `503` with the reason. While the last good policy is in force instead of an invalid
+//! policy on disk, it answers `200` with a body starting `degraded: policy fallback:` and
+//! the reason: egressd enforces, so a liveness probe must not restart it (the restart would
+//! fall back again), but a check reading the body sees it.
 //!
 //! Connections: at most [`MAX_CONNECTIONS`] at once (at the cap a new one replaces the
 //! oldest that has not sent its request, or is closed), 5 s to send the request head (8 KiB
@@ -62,6 +67,9 @@ pub struct Snapshot {
     pub tamper_repairs: u64,
     /// (path, status label) per egress path, from the start's coverage probe.
     pub coverage: Vec<(&'static str, &'static str)>,
+    /// While egressd enforces its last good policy because the policy on disk was invalid at
+    /// start ([`crate::lastgood`]): why, in one line. `None` once a valid set was loaded.
+    pub policy_fallback: Option<String>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -294,6 +302,13 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
             })
             .set(1);
     }
+    let fallback = Gauge::<i64>::default();
+    fallback.set(i64::from(s.policy_fallback.is_some()));
+    reg.register(
+        "policy_fallback",
+        "1 while the last good policy is in force because the policy on disk is invalid",
+        fallback,
+    );
     let repairs = Counter::<u64>::default();
     repairs.inc_by(s.tamper_repairs);
     reg.register(
@@ -474,7 +489,16 @@ async fn handle(
                     .map(|(h, _)| *h)
                     .collect();
                 if down.is_empty() && s.generation > 0 {
-                    ("200 OK", "text/plain", "ok\n".into())
+                    match &s.policy_fallback {
+                        // Enforcing, so healthy for a liveness probe (a restart would come
+                        // back the same way), but the body says what is wrong.
+                        Some(why) => (
+                            "200 OK",
+                            "text/plain",
+                            format!("degraded: policy fallback: {why}\n"),
+                        ),
+                        None => ("200 OK", "text/plain", "ok\n".into()),
+                    }
                 } else {
                     (
                         "503 Service Unavailable",

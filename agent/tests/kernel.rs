@@ -10,13 +10,14 @@ mod kernel {
     pub mod enforce;
     pub mod fleet;
     pub mod harness;
+    pub mod lastgood;
     pub mod paths;
     pub mod reload;
     pub mod security;
     pub mod table;
 }
 
-use kernel::{differential, enforce, fleet, harness, paths, reload, security, table};
+use kernel::{differential, enforce, fleet, harness, lastgood, paths, reload, security, table};
 use libtest_mimic::{Arguments, Trial};
 
 fn main() {
@@ -113,6 +114,18 @@ fn main() {
         Trial::test(
             "fleet_systemd_notify_ready_after_attach",
             fleet::systemd_notify,
+        ),
+        Trial::test(
+            "lastgood_fallback_on_invalid_policy_at_start",
+            lastgood::fallback_on_invalid_policy_at_start,
+        ),
+        Trial::test(
+            "lastgood_kept_policy_is_the_last_installed",
+            lastgood::kept_policy_is_the_last_installed,
+        ),
+        Trial::test(
+            "lastgood_no_kept_policy_refuses_to_start",
+            lastgood::no_kept_policy_refuses_to_start,
         ),
         Trial::test(
             "security_sink_and_spool_links_of_a_user",

@@ -35,10 +35,12 @@
 //! | `egressdHook`, `egressdExe`, `egressdPpid`, `egressdUnit`, `egressdExited`, `egressdLabels` | vendor keys: hook, executable, parent pid, systemd unit, process gone, `k:v,k:v` host labels |
 //!
 //! Lifecycle records: Signature IDs `agent-start`, `agent-stop`, `policy-loaded`,
-//! `heartbeat`, `reload-failed`; severity 3 (start, stop, policy), 1 (heartbeat), 7 when
-//! losses were counted or a reload failed; keys `rt`, `externalId`, `egressdSeq`, `dvchost`,
-//! `msg`, `cs1`=`policyDigest`, `cs2`=`agentEphemeralId`, `cn1`=`connectionEvents`,
-//! `cn2`=`lostEvents`, `cn3`=`generationInForce`.
+//! `heartbeat`, `reload-failed`, `policy-fallback`, `tamper-repaired`; severity 3 (start,
+//! stop, policy), 1 (heartbeat), 7 when losses were counted or a reload failed, 8 for a
+//! policy fallback (the policy on disk is invalid; the last good one is in force) and a
+//! tamper repair; keys `rt`, `externalId`, `egressdSeq`, `dvchost`, `msg`,
+//! `cs1`=`policyDigest`, `cs2`=`agentEphemeralId`, `cs3`=`lastGoodSavedAt` (fallback),
+//! `cn1`=`connectionEvents`, `cn2`=`lostEvents`, `cn3`=`generationInForce`.
 use std::fmt::Write as _;
 
 use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
@@ -232,6 +234,18 @@ fn lifecycle(l: &Lifecycle) -> String {
             e.labelled("cn3", "generationInForce", Some(generation_in_force));
             ("reload-failed", "Policy reload failed", 7)
         }
+        LifecycleBody::PolicyFallback {
+            policy, last_good, ..
+        } => {
+            e.labelled("cs1", "policyDigest", Some(&policy.digest))
+                .labelled("cn3", "generationInForce", Some(policy.generation))
+                .labelled("cs3", "lastGoodSavedAt", Some(&last_good.saved_at));
+            (
+                "policy-fallback",
+                "Invalid policy on disk: last good policy in force",
+                8,
+            )
+        }
         LifecycleBody::TamperRepaired {
             generation_in_force,
             ..
@@ -397,6 +411,7 @@ mod tests {
                 ("heartbeat".to_string(), "7".to_string()),
                 ("agent-stop".to_string(), "7".to_string()),
                 ("reload-failed".to_string(), "7".to_string()),
+                ("policy-fallback".to_string(), "8".to_string()),
             ]
         );
     }

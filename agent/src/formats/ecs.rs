@@ -30,7 +30,9 @@
 //! `type: [start]`; `agent_stop` the same with `type: [end]`; `policy_loaded` is
 //! `category: [configuration]`, `type: [change]`; `heartbeat` is `event.kind: metric` without
 //! category (none fits); `reload_failed` is `category: [configuration]`, `type: [change]`,
-//! `event.outcome: failure` (the reload itself failed) with the error in `event.reason`.
+//! `event.outcome: failure` (the reload itself failed) with the error in `event.reason`;
+//! `policy_fallback` the same, with the policy in force in `egressd.policy` and where it was
+//! kept in `egressd.last_good`.
 //! `event.action` is the record type with `-` (`agent-start`, ...);
 //! counters and losses go to `egressd.counters`, `egressd.lost`, `egressd.connection_events`.
 use serde_json::{Map, Value, json};
@@ -266,6 +268,19 @@ fn lifecycle(l: &Lifecycle) -> Value {
             event["reason"] = json!(error);
             extra.insert("generation_in_force".into(), json!(generation_in_force));
         }
+        LifecycleBody::PolicyFallback {
+            error,
+            policy,
+            last_good,
+        } => {
+            event["category"] = json!(["configuration"]);
+            event["type"] = json!(["change"]);
+            // Loading the policy on disk failed; the last good one is in force.
+            event["outcome"] = json!("failure");
+            event["reason"] = json!(error);
+            extra.insert("policy".into(), json!(policy));
+            extra.insert("last_good".into(), json!(last_good));
+        }
         LifecycleBody::TamperRepaired {
             repairs,
             generation_in_force,
@@ -354,6 +369,7 @@ mod tests {
                 ("heartbeat".to_string(), json!("metric")),
                 ("agent-stop".to_string(), json!("event")),
                 ("reload-failed".to_string(), json!("event")),
+                ("policy-fallback".to_string(), json!("event")),
             ]
         );
     }

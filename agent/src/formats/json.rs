@@ -6,7 +6,7 @@
 //! | field | meaning |
 //! | --- | --- |
 //! | `@timestamp` | kernel time of the attempt, RFC 3339 UTC, nanoseconds |
-//! | `type` | `connection` (lifecycle records: `policy_loaded`, `agent_start`, `heartbeat`, `reload_failed`, `agent_stop`) |
+//! | `type` | `connection` (lifecycle records: `policy_loaded`, `agent_start`, `heartbeat`, `reload_failed`, `policy_fallback`, `tamper_repaired`, `agent_stop`) |
 //! | `id`, `sequence` | event id unique per host (`{agent.ephemeral_id}-{sequence}`), gap-free sequence |
 //! | `verdict` | `deny` (caller got EPERM) or `audit` (let through, would have been denied) |
 //! | `hook` | kernel hook, e.g. `cgroup/connect4` |
@@ -31,7 +31,9 @@
 //! region, verdict), `lost` (`ringbuf_full`, `sink_write_failed`, `undecodable`, `sinks` with
 //! per-sink counters), `connection_events`, `uptime_secs`, and the daemon's extra kernel
 //! statistics (`flows`, `reloads`); `heartbeat` also `interval_secs`; `reload_failed`:
-//! `error`, `generation_in_force`.
+//! `error`, `generation_in_force`; `policy_fallback`: `error` (why the files on disk were
+//! refused), `policy` (the last good policy now in force), `last_good` (`digest`,
+//! `generation`, `saved_at`, `file`).
 use crate::events::Record;
 
 /// Serializes `record` as one JSON object (no newline).

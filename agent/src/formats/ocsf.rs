@@ -27,7 +27,8 @@
 //! "Application Activity"): `agent_start` is activity 3 `Start`, `agent_stop` 4 `Stop`,
 //! `policy_loaded` and `heartbeat` are 99 `Other` with `activity_name` `Policy Loaded` /
 //! `Heartbeat`, and `reload_failed` 99 `Reload Failed` with `status_id` 2 `Failure` and the
-//! error in `status_detail`; `app` names egressd; counters and losses go to
+//! error in `status_detail` (`policy_fallback` likewise: 99 `Policy Fallback`, `Failure`, the
+//! policy in force and `last_good` under `unmapped.egressd`); `app` names egressd; counters and losses go to
 //! `unmapped.egressd`.
 use serde_json::{Map, Value, json};
 
@@ -209,6 +210,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
         LifecycleBody::PolicyLoaded { .. } => (99, "Policy Loaded"),
         LifecycleBody::Heartbeat { .. } => (99, "Heartbeat"),
         LifecycleBody::ReloadFailed { .. } => (99, "Reload Failed"),
+        LifecycleBody::PolicyFallback { .. } => (99, "Policy Fallback"),
         LifecycleBody::TamperRepaired { .. } => (99, "Tamper Repaired"),
     };
     let mut extra = Map::new();
@@ -245,6 +247,16 @@ fn lifecycle(l: &Lifecycle) -> Value {
             generation_in_force,
         } => {
             extra.insert("generation_in_force".into(), json!(generation_in_force));
+            failure = Some(error.clone());
+            0
+        }
+        LifecycleBody::PolicyFallback {
+            error,
+            policy,
+            last_good,
+        } => {
+            extra.insert("policy".into(), json!(policy));
+            extra.insert("last_good".into(), json!(last_good));
             failure = Some(error.clone());
             0
         }
@@ -365,6 +377,7 @@ mod tests {
                 (json!(99), json!("Heartbeat")),
                 (json!(4), json!("Stop")),
                 (json!(99), json!("Reload Failed")),
+                (json!(99), json!("Policy Fallback")),
             ]
         );
     }

@@ -7,7 +7,8 @@
 //! enterprise number to name SD-IDs with), and MSG is the formatted record as MSG-ANY (no BOM;
 //! the JSON formats escape control characters, CEF escapes line breaks).
 //!
-//! Severity: a denial is 4 (warning), an audit event 5 (notice), `reload_failed` 3 (error),
+//! Severity: a denial is 4 (warning), an audit event 5 (notice), `reload_failed`,
+//! `policy_fallback` and `tamper_repaired` 3 (error),
 //! `agent_stop` and `heartbeat` 4 when they count lost records, else 5 (start, stop, policy)
 //! or 6 (heartbeat, informational).
 //!
@@ -75,7 +76,9 @@ pub fn severity(record: &Record) -> u8 {
             }
         }
         Record::Lifecycle(l) => match &l.body {
-            LifecycleBody::ReloadFailed { .. } | LifecycleBody::TamperRepaired { .. } => 3,
+            LifecycleBody::ReloadFailed { .. }
+            | LifecycleBody::PolicyFallback { .. }
+            | LifecycleBody::TamperRepaired { .. } => 3,
             LifecycleBody::Stop { counters } if counters.lost.total() > 0 => 4,
             LifecycleBody::Heartbeat { counters, .. } if counters.lost.total() > 0 => 4,
             LifecycleBody::Heartbeat { .. } => 6,
@@ -426,8 +429,9 @@ mod tests {
             .into_iter()
             .map(|l| severity(&Record::Lifecycle(Box::new(l))))
             .collect();
-        // start, policy loaded, heartbeat with losses, stop with losses, reload failed
-        assert_eq!(sev, [5, 5, 4, 4, 3]);
+        // start, policy loaded, heartbeat with losses, stop with losses, reload failed,
+        // policy fallback
+        assert_eq!(sev, [5, 5, 4, 4, 3, 3]);
         assert_eq!(printable("", 3), "-");
         assert_eq!(printable("abcdef", 3), "abc");
     }

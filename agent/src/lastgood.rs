@@ -1,0 +1,253 @@
+//! The last good policy: what `egressd run` falls back to when the policy on disk is invalid
+//! at start, so that one bad file never leaves a host without enforcement.
+//!
+//! Every time the daemon puts a policy in force (at start and on each successful reload), it
+//! writes the text of the main file and of every drop-in exactly as it read them
+//! ([`crate::config::Sources`]), with the policy's digest and generation, to
+//! `STATE_DIR/policy.json` ([`DEFAULT_STATE_DIR`] unless `run --state-dir` says otherwise).
+//! The directory is checked and created as [`crate::safefs`] says (owned by root, not
+//! writable by others, created 0700), and the file is written atomically (a temporary file,
+//! synced, renamed over the old one) with mode 0600.
+//!
+//! At start, when the files on disk fail validation, [`StateDir::restore`] reads that record
+//! back and validates its text through the same [`crate::config::parse_set_all`] as a normal
+//! load; the compiled policy must have the digest that was saved. A record saved for another
+//! `--config` path is not used.
+use std::{
+    ffi::OsStr,
+    io,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    config::{self, Config, Output, Sources},
+    policy::{self, Policy},
+    safefs::{FILE_MODE, TrustedDir},
+};
+
+/// Where the last good policy is kept by default.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/egressd/last-good";
+
+/// The file in the state directory.
+const FILE: &str = "policy.json";
+
+/// Version of the record's layout; a record of another version is not used.
+const FORMAT: u32 = 1;
+
+/// The record kept in the state directory.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastGood {
+    /// Layout version ([`FORMAT`]).
+    pub format: u32,
+    /// The `--config` path it was loaded for (absolute).
+    pub config: PathBuf,
+    /// The policy's digest ([`Policy::digest`]).
+    pub digest: String,
+    /// The generation it was installed as.
+    pub generation: u64,
+    /// When it was installed, RFC 3339 UTC.
+    pub saved_at: String,
+    /// The text of every file, as read.
+    pub sources: Sources,
+}
+
+/// A policy set restored from the state directory, validated and compiled.
+#[derive(Debug)]
+pub struct Restored {
+    /// The validated configuration.
+    pub cfg: Config,
+    /// Its output settings (sinks, heartbeat, host labels).
+    pub output: Output,
+    /// The compiled policy; its digest is the one saved.
+    pub policy: Arc<Policy>,
+    /// The record it came from.
+    pub record: LastGood,
+}
+
+/// The state directory (`run --state-dir`).
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory at `path` (nothing is touched yet).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The path of the record.
+    pub fn file(&self) -> PathBuf {
+        self.path.join(FILE)
+    }
+
+    /// Keeps `sources` (whose compiled policy has `digest`, installed as `generation`) as the
+    /// last good policy for `config`: the directory is created (0700) if missing and the
+    /// record replaced atomically.
+    ///
+    /// # Errors
+    /// The directory fails the [`crate::safefs`] checks or cannot be created; a disk error.
+    pub fn save(
+        &self,
+        config: &Path,
+        sources: &Sources,
+        digest: &str,
+        generation: u64,
+    ) -> anyhow::Result<()> {
+        let record = LastGood {
+            format: FORMAT,
+            config: absolute(config),
+            digest: digest.to_owned(),
+            generation,
+            saved_at: crate::events::rfc3339(crate::clock::unix_now_ns()),
+            sources: sources.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&record).context("serializing the policy")?;
+        let dir = TrustedDir::create(&self.path)
+            .with_context(|| format!("state directory {}", self.path.display()))?;
+        dir.replace(OsStr::new(FILE), &json, FILE_MODE)
+            .and_then(|()| dir.sync())
+            .with_context(|| format!("writing {}", self.file().display()))?;
+        Ok(())
+    }
+
+    /// Reads the record, if there is one.
+    ///
+    /// # Errors
+    /// The directory or file fails the [`crate::safefs`] checks, cannot be read or parsed.
+    pub fn load(&self) -> anyhow::Result<Option<LastGood>> {
+        let dir = match TrustedDir::open(&self.path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("state directory {}", self.path.display()));
+            }
+        };
+        let file = match dir.read(OsStr::new(FILE)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.file().display())),
+        };
+        let record: LastGood = serde_json::from_reader(io::BufReader::new(file))
+            .with_context(|| format!("parsing {}", self.file().display()))?;
+        Ok(Some(record))
+    }
+
+    /// The last good policy for `config`, validated like a normal load and compiled:
+    /// `Ok(None)` when there is none for this path.
+    ///
+    /// # Errors
+    /// The record cannot be read, has another layout version, no longer validates, or
+    /// compiles to another digest than the one saved.
+    pub fn restore(&self, config: &Path) -> anyhow::Result<Option<Restored>> {
+        let Some(record) = self.load()? else {
+            return Ok(None);
+        };
+        if record.config != absolute(config) {
+            tracing::warn!(
+                state = %self.file().display(),
+                saved_for = %record.config.display(),
+                "the last good policy was kept for another --config path: not used"
+            );
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            record.format == FORMAT,
+            "{}: layout version {} (this egressd reads {FORMAT})",
+            self.file().display(),
+            record.format
+        );
+        let (cfg, output) = config::Sources::parse(&record.sources)
+            .with_context(|| format!("{}: the kept policy", self.file().display()))?;
+        let policy = Arc::new(policy::compile(&cfg));
+        anyhow::ensure!(
+            policy.digest == record.digest,
+            "{}: the kept policy compiles to digest {}, not the {} it was saved with",
+            self.file().display(),
+            policy.digest,
+            record.digest
+        );
+        Ok(Some(Restored {
+            cfg,
+            output,
+            policy,
+            record,
+        }))
+    }
+}
+
+/// `path` made absolute against the working directory (unchanged if that fails).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::safefs::tests::Tmp;
+
+    const GOOD: &str = "allowlist = [\"eu\"]\n[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n";
+
+    fn sources(main: &Path, text: &str) -> Sources {
+        Sources {
+            main: main.to_path_buf(),
+            text: text.into(),
+            drop_ins: vec![(
+                main.with_file_name("policy.d/us.toml"),
+                "[regions.us]\nprefixes = [\"198.18.2.0/24\"]\n".into(),
+            )],
+        }
+    }
+
+    #[test]
+    fn saves_and_restores_the_same_policy() {
+        let t = Tmp::new("lastgood");
+        let state = StateDir::new(t.0.join("state/last-good"));
+        let main = t.0.join("policy.toml");
+        assert!(state.restore(&main).expect("nothing kept").is_none());
+        let src = sources(&main, GOOD);
+        let (cfg, _) = src.parse().expect("valid");
+        let digest = policy::compile(&cfg).digest;
+        state.save(&main, &src, &digest, 7).expect("saved");
+        let r = state.restore(&main).expect("restores").expect("kept");
+        assert_eq!(r.policy.digest, digest);
+        assert_eq!(r.record.generation, 7);
+        assert_eq!(r.record.sources, src);
+        assert_eq!(r.cfg.regions.len(), 2);
+        // Another --config path: not used.
+        assert!(
+            state
+                .restore(&t.0.join("other.toml"))
+                .expect("reads")
+                .is_none()
+        );
+        // Created 0700, the record 0600.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0)
+        };
+        assert_eq!(mode(&state.path), 0o700);
+        assert_eq!(mode(&state.file()), 0o600);
+    }
+
+    #[test]
+    fn a_tampered_record_is_refused() {
+        let t = Tmp::new("lastgood-bad");
+        let state = StateDir::new(t.0.join("last-good"));
+        let main = t.0.join("policy.toml");
+        let src = sources(&main, GOOD);
+        state.save(&main, &src, "0000", 1).expect("saved");
+        let e = state.restore(&main).expect_err("digest differs");
+        assert!(format!("{e:#}").contains("digest"), "{e:#}");
+        let bad = sources(&main, "allowlist = [\"mars\"]\n");
+        state.save(&main, &bad, "0000", 1).expect("saved");
+        let e = state.restore(&main).expect_err("invalid");
+        assert!(format!("{e:#}").contains("mars"), "{e:#}");
+    }
+}
