@@ -46,7 +46,8 @@ enum Command {
         /// policy instead, reports it (`policy_fallback` record, `egressd_policy_fallback 1`,
         /// `/healthz` "degraded"), and leaves that state at the first reload (SIGHUP,
         /// --watch) of a valid set; with no last good policy it refuses to start.
-        #[arg(long, value_name = "DIR", default_value = egressd::lastgood::DEFAULT_STATE_DIR)]
+        #[arg(long, value_name = "DIR", env = "EGRESSD_STATE_DIR",
+              default_value = egressd::lastgood::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
     /// Probe the running kernel and print which egress paths egressd enforces on it (the

@@ -29,6 +29,11 @@ fn main() {
         std::process::exit(security::hold_main(&argv[2..]));
     }
     let args = Arguments::from_args();
+    // Every daemon a test starts keeps its last good policy in a directory of this run, not
+    // in the host's /var/lib/egressd (tests that name --state-dir override it).
+    let state = std::env::temp_dir().join(format!("egressd-test-state-{}", std::process::id()));
+    // SAFETY: set before any test thread or child starts.
+    unsafe { std::env::set_var("EGRESSD_STATE_DIR", &state) };
     let tests = vec![
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
         Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce::enforce_ipv6),
@@ -153,5 +158,7 @@ fn main() {
             security::privileges_dropped_after_attach,
         ),
     ];
-    libtest_mimic::run(&args, tests).exit();
+    let conclusion = libtest_mimic::run(&args, tests);
+    let _ = std::fs::remove_dir_all(&state);
+    conclusion.exit();
 }
