@@ -27,8 +27,11 @@ use crate::sh;
 
 /// Programs the kernel tests and the test bed run by name (`Command::new`): iproute2's `ip`
 /// (namespaces, veths), `sysctl` (run through `ip netns exec`), util-linux's `setpriv`
-/// (the unprivileged test) and `nsenter`, `bpftool` (fleet tests), coreutils' `date`.
-pub const TOOLS: &[&str] = &["ip", "sysctl", "setpriv", "nsenter", "bpftool", "date"];
+/// (the unprivileged test), `nsenter` and `prlimit` (the descriptor-limit security test),
+/// `bpftool` (fleet tests), coreutils' `date`.
+pub const TOOLS: &[&str] = &[
+    "ip", "sysctl", "setpriv", "nsenter", "prlimit", "bpftool", "date",
+];
 
 /// Kernel modules the tests need (the cloud kernels build them as modules): `veth` for the
 /// test bed, `sctp` for SCTP tests.
