@@ -205,7 +205,7 @@ fn test(extra: &[String], vms: bool) -> anyhow::Result<()> {
         println!("{line}");
     }
     println!(
-        "egressd tests: {} passed, {} failed, {} skipped",
+        "egressd: {} passed, {} failed, {} skipped",
         sum.passed, sum.failed, sum.skipped
     );
     if !status.success() || sum.failed > 0 || vm_failed {
