@@ -185,20 +185,27 @@ pub fn from_skb(ctx: &SkBuffContext, egress: bool) -> Option<Packet> {
     if proto != ETH_P_IP && proto != ETH_P_IPV6 {
         return None;
     }
+    let Some(sc) = scratch() else {
+        p.doubt = failsafe::UNPARSEABLE;
+        return Some(p);
+    };
+    put(&mut sc.n_route, 0);
     if proto == ETH_P_IP {
-        p.doubt = match ipv4(ctx, egress, &mut p) {
+        p.doubt = match ipv4(ctx, egress, &mut p, sc) {
             Ok(()) => failsafe::NONE,
             Err(reason) => reason,
         };
+        p.n_route = (get(&sc.n_route) as usize) & 7;
         return Some(p);
     }
     {
         p.dest.family = family::INET6;
         p.header_family = family::INET6;
-        p.doubt = match ipv6(ctx, egress, &mut p) {
+        p.doubt = match ipv6(ctx, egress, &mut p, sc) {
             Ok(()) => failsafe::NONE,
             Err(reason) => reason,
         };
+        p.n_route = (get(&sc.n_route) as usize) & 7;
         // Judged as the socket hooks judge it, so one model describes every hook.
         let a = p.dest.addr;
         if a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
@@ -212,7 +219,7 @@ pub fn from_skb(ctx: &SkBuffContext, egress: bool) -> Option<Packet> {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &SkBuffContext, egress: bool, p: &mut Packet) -> Result<(), u32> {
+fn ipv4(ctx: &SkBuffContext, egress: bool, p: &mut Packet, sc: &mut Scratch) -> Result<(), u32> {
     // Two bytes, not one: LLVM turns a one-byte bound `data + 1 <= end` into `data < end`,
     // which the verifier does not read as a bound.
     let [vihl, _]: [u8; 2] = read(ctx, 0).ok_or(failsafe::UNPARSEABLE)?;
@@ -228,12 +235,7 @@ fn ipv4(ctx: &SkBuffContext, egress: bool, p: &mut Packet) -> Result<(), u32> {
         return Err(failsafe::UNPARSEABLE);
     }
     if egress && ihl > 20 {
-        // Only packets with options touch the scratch space.
-        let sc = scratch().ok_or(failsafe::UNPARSEABLE)?;
-        put(&mut sc.n_route, 0);
-        let walked = ipv4_options(ctx, ihl, sc);
-        p.n_route = (get(&sc.n_route) as usize) & 7;
-        walked?;
+        ipv4_options(ctx, ihl, sc)?;
     }
     // A later fragment carries no ports: judged by protocol alone (port 0).
     if frag & 0x1fff != 0 {
@@ -336,31 +338,14 @@ fn ipv4_options(ctx: &SkBuffContext, ihl: usize, sc: &mut Scratch) -> Result<(),
 }
 
 #[inline(always)]
-fn ipv6(ctx: &SkBuffContext, egress: bool, p: &mut Packet) -> Result<(), u32> {
-    let [next, _]: [u8; 2] = read(ctx, 6).ok_or(failsafe::UNPARSEABLE)?;
+fn ipv6(ctx: &SkBuffContext, egress: bool, p: &mut Packet, sc: &mut Scratch) -> Result<(), u32> {
+    let [mut next, _]: [u8; 2] = read(ctx, 6).ok_or(failsafe::UNPARSEABLE)?;
     p.dest.addr = read(ctx, if egress { 24 } else { 8 }).ok_or(failsafe::UNPARSEABLE)?;
     if !is_ext(next) {
         p.dest.protocol = next;
         p.dest.port = port(ctx, next, 40, egress)?;
         return Ok(());
     }
-    // Only packets with extension headers touch the scratch space.
-    let sc = scratch().ok_or(failsafe::UNPARSEABLE)?;
-    put(&mut sc.n_route, 0);
-    let walked = ipv6_ext(ctx, egress, p, sc, next);
-    p.n_route = (get(&sc.n_route) as usize) & 7;
-    walked
-}
-
-/// The extension-header walk of [`ipv6`], from first header `next` at offset 40.
-#[inline(always)]
-fn ipv6_ext(
-    ctx: &SkBuffContext,
-    egress: bool,
-    p: &mut Packet,
-    sc: &mut Scratch,
-    mut next: u8,
-) -> Result<(), u32> {
     put(&mut sc.walk, 40);
     put(&mut sc.later_fragment, 0);
     // Walk the extension headers (RFC 8200 section 4.1) to the upper-layer header. One
