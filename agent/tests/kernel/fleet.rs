@@ -2,7 +2,6 @@
 //! and `detach`, tamper repair (with bpftool), the Prometheus endpoint, and reload on file
 //! change.
 use std::{
-    io::{Read as _, Write as _},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -286,30 +285,6 @@ pub fn tamper_repaired() -> Result<(), Failed> {
     }
     eprintln!("link detach noticed and repaired in {took:?}");
     Ok(())
-}
-
-fn free_port() -> Result<u16, Failed> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-fn http_get(port: u16, path: &str) -> Result<(u16, String), Failed> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad HTTP response {text:?}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    Ok((code, body))
 }
 
 /// Value of the sample `name{labels}` in a Prometheus text body (labels in any order).

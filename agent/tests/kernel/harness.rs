@@ -553,3 +553,33 @@ impl Drop for LiveProbe {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> Result<u16, Failed> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// `GET path` from 127.0.0.1:`port` (HTTP/1.1, the server closes): status code and body.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String), Failed> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    std::io::Write::write_fmt(
+        &mut s,
+        format_args!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut s, &mut text).map_err(|e| e.to_string())?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad HTTP response {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((code, body))
+}
