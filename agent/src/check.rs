@@ -120,17 +120,9 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
     if !cfg.rules.is_empty() {
         let _ = writeln!(out, "rules:     {}", cfg.rules.len());
         for r in &cfg.rules {
-            let proto = r.protocol.map_or_else(
-                || "any".to_owned(),
-                |p| match p {
-                    1 => "icmp".to_owned(),
-                    6 => "tcp".to_owned(),
-                    17 => "udp".to_owned(),
-                    58 => "ipv6-icmp".to_owned(),
-                    132 => "sctp".to_owned(),
-                    n => n.to_string(),
-                },
-            );
+            let proto = r
+                .protocol
+                .map_or_else(|| "any".to_owned(), crate::protocol::name);
             let ports = r.ports.map_or_else(
                 || "any".to_owned(),
                 |(lo, hi)| {

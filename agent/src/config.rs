@@ -1074,8 +1074,11 @@ impl Ctx<'_> {
         });
         let ports = r.ports.as_ref().and_then(|p| {
             let res = parse_ports(p.get_ref()).and_then(|range| match protocol {
-                Some(6 | 17 | 132) => Ok(range),
-                _ => Err("ports need `protocol = \"tcp\"`, `\"udp\"` or `\"sctp\"`".to_owned()),
+                Some(n) if crate::protocol::has_ports(n) => Ok(range),
+                _ => Err(
+                    "ports need `protocol = \"tcp\"`, `\"udp\"`, `\"sctp\"` or `\"udplite\"`"
+                        .to_owned(),
+                ),
             });
             res.map_err(|m| errors.push(self.err(p.span(), format!("{field}.ports"), m)))
                 .ok()
@@ -1134,19 +1137,15 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     }
 }
 
-/// `tcp`, `udp`, `icmp`, `ipv6-icmp` (or `icmpv6`), `sctp`, or a number 0-255 (IANA).
+/// A name of [`crate::protocol::NAMES`] or a number 0-255 (IANA).
 fn parse_protocol(v: &toml::Value) -> Result<u8, String> {
     match v {
-        toml::Value::String(s) => match s.as_str() {
-            "tcp" => Ok(6),
-            "udp" => Ok(17),
-            "icmp" => Ok(1),
-            "ipv6-icmp" | "icmpv6" => Ok(58),
-            "sctp" => Ok(132),
-            other => Err(format!(
-                "unknown protocol `{other}`: use tcp, udp, icmp, ipv6-icmp, sctp or an IANA protocol number (unquoted)"
-            )),
-        },
+        toml::Value::String(s) => crate::protocol::by_name(s).ok_or_else(|| {
+            format!(
+                "unknown protocol `{s}`: use {} or an IANA protocol number (unquoted)",
+                crate::protocol::names_list()
+            )
+        }),
         toml::Value::Integer(n) => {
             let p = u8::try_from(*n).map_err(|_| format!("protocol {n} is not in 0-255"))?;
             match p {

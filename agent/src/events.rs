@@ -446,7 +446,7 @@ pub fn build(
         },
         network: Network {
             kind: if ip.is_ipv4() { "ipv4" } else { "ipv6" },
-            transport: transport(ev.protocol),
+            transport: crate::protocol::name(ev.protocol),
             iana_number: ev.protocol,
         },
         destination: Destination {
@@ -738,18 +738,6 @@ pub fn hook_name(code: u8) -> &'static str {
         Some(Hook::SkbEgress) => "cgroup_skb/egress",
         Some(Hook::SkbIngress) => "cgroup_skb/ingress",
         None => "unknown",
-    }
-}
-
-/// `tcp`/`udp`/`icmp`/`ipv6-icmp`, else the number.
-fn transport(proto: u8) -> String {
-    match proto {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "ipv6-icmp".into(),
-        132 => "sctp".into(),
-        n => n.to_string(),
     }
 }
 

@@ -24,30 +24,29 @@ use serde_json::json;
 use crate::config::{Action, LOCAL_REGION_NAME, Mode, Rule, Target};
 use crate::policy::Policy;
 
-/// Transport protocol of an explained destination.
+/// Protocol of an explained destination: an IANA protocol number (`include/uapi/linux/in.h`),
+/// named as in [`crate::protocol::NAMES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
-    /// TCP (`connect()`).
-    Tcp,
-    /// UDP (connected or `sendto()`/`sendmsg()`).
-    Udp,
-}
+pub struct Proto(pub u8);
 
 impl Proto {
-    /// `"tcp"` or `"udp"`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
+    /// TCP (`connect()`).
+    pub const TCP: Proto = Proto(6);
+    /// UDP (connected or `sendto()`/`sendmsg()`).
+    pub const UDP: Proto = Proto(17);
+
+    /// The protocol's keyword (`tcp`, `sctp`, ...) or `proto-N` for numbers without one;
+    /// [`parse_destination`] reads either back.
+    pub fn as_str(self) -> String {
+        match crate::protocol::by_name(&crate::protocol::name(self.0)) {
+            Some(_) => crate::protocol::name(self.0),
+            None => format!("proto-{}", self.0),
         }
     }
 
-    /// IANA protocol number: 6 (TCP) or 17 (UDP).
+    /// IANA protocol number.
     pub const fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-        }
+        self.0
     }
 }
 
@@ -83,30 +82,48 @@ impl fmt::Display for Destination {
 /// | --- | --- |
 /// | IPv4 | `198.18.1.2`, `198.18.1.2:443`, `198.18.1.2/udp`, `198.18.1.2:53/udp` |
 /// | IPv6 | `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:443`, `[2001:db8::1]:443/tcp` |
+/// | other protocols | `198.18.1.2:5000/sctp`, `2001:db8::1/ipv6-icmp`, `198.18.1.2/proto-47` |
 ///
 /// An IPv6 address with a port must be in brackets (`2001:db8::1:443` is the address
-/// `2001:db8::1:443`). The port is decimal 1-65535; the protocol is `tcp` or `udp` (any
-/// case). Zone ids (`fe80::1%eth0`), prefixes (`10.0.0.0/8`) and host names are rejected.
+/// `2001:db8::1:443`). The port is decimal 1-65535; the protocol is a name of
+/// [`crate::protocol::NAMES`] (any case) or `proto-N` for IANA number N, so every protocol a
+/// policy accepts can be explained; a port with a protocol that has none is refused. Zone ids (`fe80::1%eth0`), prefixes (`10.0.0.0/8`) and host names are rejected.
 ///
 /// # Errors
 /// A message saying what is wrong with `s`.
 pub fn parse_destination(s: &str) -> Result<Destination, String> {
     const FORMS: &str = "expected ADDR, ADDR:PORT or [IPv6]:PORT, optionally followed by \
-                         /tcp or /udp";
+                         /PROTO (tcp, udp, sctp, icmp, ... or proto-N)";
     if s.is_empty() {
         return Err(format!("empty destination: {FORMS}"));
     }
     let (rest, proto) = match s.rsplit_once('/') {
         Some((rest, p)) => {
-            let proto = match p.to_ascii_lowercase().as_str() {
-                "tcp" => Proto::Tcp,
-                "udp" => Proto::Udp,
-                _ if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                    return Err(format!(
-                        "`{s}` looks like a prefix: explain takes one address, e.g. {rest}"
-                    ));
+            let numbered = p
+                .get(..6)
+                .filter(|h| h.eq_ignore_ascii_case("proto-"))
+                .map(|_| &p[6..]);
+            let proto = if let Some(n) = crate::protocol::by_name(p) {
+                Proto(n)
+            } else if let Some(n) = numbered {
+                match n.parse::<u8>() {
+                    Ok(num) if num.to_string() == n => Proto(num),
+                    _ => {
+                        return Err(format!(
+                            "invalid protocol number `{n}` in `{s}`: expected proto-0 to proto-255"
+                        ));
+                    }
                 }
-                _ => return Err(format!("unknown protocol `{p}` in `{s}`: use tcp or udp")),
+            } else if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "`{s}` looks like a prefix: explain takes one address, e.g. {rest} \
+                     (for IANA protocol {p} write {rest}/proto-{p})"
+                ));
+            } else {
+                return Err(format!(
+                    "unknown protocol `{p}` in `{s}`: use {} or proto-N (IANA number)",
+                    crate::protocol::names_list()
+                ));
             };
             (rest, Some(proto))
         }
@@ -150,6 +167,15 @@ pub fn parse_destination(s: &str) -> Result<Destination, String> {
     } else {
         return Err(format!("`{rest}` is not an IP address ({FORMS})"));
     };
+    if let (Some(p), Some(proto)) = (port, proto)
+        && !crate::protocol::has_ports(proto.0)
+    {
+        return Err(format!(
+            "`{s}`: protocol {} has no ports (the kernel judges it with port 0); give the \
+             address without `:{p}`",
+            proto.as_str()
+        ));
+    }
     Ok(Destination { ip, port, proto })
 }
 
@@ -316,8 +342,9 @@ fn region_prefix(policy: &Policy, id: u32, addr: IpAddr) -> Option<IpNetwork> {
 fn rule_scope(r: &Rule) -> String {
     let proto = match r.protocol {
         None => "any protocol".to_string(),
-        Some(6) => "tcp".to_string(),
-        Some(17) => "udp".to_string(),
+        Some(n) if crate::protocol::by_name(&crate::protocol::name(n)).is_some() => {
+            crate::protocol::name(n)
+        }
         Some(n) => format!("protocol {n}"),
     };
     let ports = match r.ports {
@@ -562,7 +589,7 @@ impl Explanation {
         if self.has_specific_rules {
             let mut missing = Vec::new();
             if self.destination.proto.is_none() {
-                missing.push("/tcp or /udp");
+                missing.push("/PROTO");
             }
             if self.destination.port.is_none() {
                 missing.push(":PORT");
@@ -638,7 +665,8 @@ impl Explanation {
     /// One JSON object:
     ///
     /// ```json
-    /// {"destination":{"ip":"::ffff:198.18.1.2","port":443,"protocol":"tcp"},
+    /// {"destination":{"ip":"::ffff:198.18.1.2","port":443,"protocol":"tcp",
+    ///  "protocol_number":6},
     ///  "judged_ip":"198.18.1.2","translation":"ipv4_mapped","nat64_prefix":null,
     ///  "region":{"id":1,"name":"eu","prefix":"198.18.1.0/24","allowlisted":true},
     ///  "rule":null,"mode":"enforce","mode_from":"policy","verdict":"allow",
@@ -671,6 +699,7 @@ impl Explanation {
                 "ip": self.destination.ip.to_string(),
                 "port": self.destination.port,
                 "protocol": self.destination.proto.map(Proto::as_str),
+                "protocol_number": self.destination.proto.map(Proto::number),
             },
             "judged_ip": self.judged.to_string(),
             "translation": translation,
@@ -721,14 +750,19 @@ mod tests {
         for (s, ip, port, proto) in [
             ("198.18.1.2", v4, None, None),
             ("198.18.1.2:443", v4, Some(443), None),
-            ("198.18.1.2/udp", v4, None, Some(Proto::Udp)),
-            ("198.18.1.2:53/UDP", v4, Some(53), Some(Proto::Udp)),
+            ("198.18.1.2/udp", v4, None, Some(Proto::UDP)),
+            ("198.18.1.2:53/UDP", v4, Some(53), Some(Proto::UDP)),
             ("2001:db8::1", v6, None, None),
-            ("2001:db8::1/tcp", v6, None, Some(Proto::Tcp)),
+            ("2001:db8::1/tcp", v6, None, Some(Proto::TCP)),
             ("[2001:db8::1]", v6, None, None),
             ("[2001:db8::1]:443", v6, Some(443), None),
-            ("[2001:db8::1]:443/tcp", v6, Some(443), Some(Proto::Tcp)),
-            ("[2001:db8::1]/udp", v6, None, Some(Proto::Udp)),
+            ("[2001:db8::1]:443/tcp", v6, Some(443), Some(Proto::TCP)),
+            ("[2001:db8::1]/udp", v6, None, Some(Proto::UDP)),
+            ("198.18.1.2:5000/SCTP", v4, Some(5000), Some(Proto(132))),
+            ("198.18.1.2/icmp", v4, None, Some(Proto(1))),
+            ("2001:db8::1/icmpv6", v6, None, Some(Proto(58))),
+            ("198.18.1.2/proto-47", v4, None, Some(Proto(47))),
+            ("198.18.1.2:9/udplite", v4, Some(9), Some(Proto(136))),
             ("198.18.1.2:65535", v4, Some(65535), None),
         ] {
             assert_eq!(d(s), Destination { ip, port, proto }, "{s}");
@@ -749,7 +783,12 @@ mod tests {
         for (s, msg) in [
             ("", "empty destination"),
             ("198.18.1.0/24", "looks like a prefix"),
-            ("198.18.1.2/icmp", "unknown protocol `icmp`"),
+            ("198.18.1.2/gre", "unknown protocol `gre`"),
+            ("198.18.1.2/47", "write 198.18.1.2/proto-47"),
+            ("198.18.1.2/proto-256", "invalid protocol number `256`"),
+            ("198.18.1.2/proto-047", "invalid protocol number `047`"),
+            ("198.18.1.2:80/icmp", "protocol icmp has no ports"),
+            ("[2001:db8::1]:1/proto-47", "protocol proto-47 has no ports"),
             ("198.18.1.2:0", "invalid port `0`"),
             ("198.18.1.2:65536", "invalid port `65536`"),
             ("198.18.1.2:+80", "invalid port `+80`"),
@@ -801,7 +840,7 @@ mod tests {
         assert_eq!(
             e.to_json(),
             json!({
-                "destination": {"ip": "198.18.1.2", "port": 443, "protocol": "tcp"},
+                "destination": {"ip": "198.18.1.2", "port": 443, "protocol": "tcp", "protocol_number": 6},
                 "judged_ip": "198.18.1.2",
                 "translation": "none",
                 "nat64_prefix": null,
@@ -1052,7 +1091,7 @@ mod tests {
         assert_eq!(
             e.note().as_deref(),
             Some(
-                "judged without /tcp or /udp and :PORT; rules that name a protocol or ports \
+                "judged without /PROTO and :PORT; rules that name a protocol or ports \
                  match only when those are given"
             )
         );

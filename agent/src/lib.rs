@@ -25,6 +25,7 @@ pub mod pin;
 pub mod pipeline;
 pub mod policy;
 pub mod privileges;
+pub mod protocol;
 pub mod safefs;
 pub mod signals;
 pub mod sinks;

@@ -96,8 +96,9 @@ enum Command {
         /// Print one JSON object per destination (JSON lines) instead of text.
         #[arg(long)]
         json: bool,
-        /// Destinations: ADDR, ADDR:PORT or [IPv6]:PORT, optionally followed by /tcp or
-        /// /udp (e.g. 198.18.1.2:443/tcp, [2001:db8::1]:53/udp).
+        /// Destinations: ADDR, ADDR:PORT or [IPv6]:PORT, optionally followed by /PROTO: a
+        /// protocol name (tcp, udp, sctp, udplite, icmp, ipv6-icmp) or proto-N for IANA
+        /// number N (e.g. 198.18.1.2:443/tcp, [2001:db8::1]:53/udp, 198.18.1.2/proto-47).
         #[arg(value_name = "ADDR[:PORT][/PROTO]", required = true)]
         destinations: Vec<String>,
     },
