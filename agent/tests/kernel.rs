@@ -65,6 +65,7 @@ fn main() {
         Trial::test("path_raw_icmp_and_icmpv6", paths::raw_icmp),
         Trial::test("path_raw_ip_protocol", paths::raw_ip),
         Trial::test("path_nat64_judged_by_embedded_ipv4", paths::nat64),
+        Trial::ignorable_test("path_sctp_association_judged_by_packet_hook", paths::sctp),
         Trial::test(
             "path_established_flow_cut_on_policy_change",
             paths::established_cut,

@@ -254,6 +254,7 @@ pub fn attempt(probe: &str) -> ProbeResult {
         "uring-sendmsg" => uring_sendmsg(addr, timeout),
         "icmp" => icmp_echo(addr, timeout),
         "rawip" => raw_ip(addr),
+        "sctp" => sctp_associate(addr, Duration::from_secs(2)),
         _ => {
             return fail(
                 probe,
@@ -567,6 +568,56 @@ fn raw_ip(addr: SocketAddr) -> Step {
     };
     if n < 0 {
         return last_err("sendto");
+    }
+    Ok(())
+}
+
+/// `sctp`: a one-to-one SCTP socket (RFC 6458 section 4) establishes an association with
+/// `addr` within `timeout`. A dropped INIT is retransmitted, never reported to the socket,
+/// so a denied association shows as `ETIMEDOUT` here.
+fn sctp_associate(addr: SocketAddr, timeout: Duration) -> Step {
+    let fd = socket(
+        &addr,
+        libc::SOCK_STREAM | libc::SOCK_NONBLOCK,
+        libc::IPPROTO_SCTP,
+    )?;
+    let (ss, len) = sockaddr(&addr);
+    // SAFETY: valid fd and address.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), (&raw const ss).cast(), len) };
+    if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+        return last_err("connect");
+    }
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd.
+    match unsafe { libc::poll(&raw mut pfd, 1, ms) } {
+        n if n < 0 => return last_err("poll"),
+        0 => {
+            return Err(("connect", io::Error::from_raw_os_error(libc::ETIMEDOUT)));
+        }
+        _ => {}
+    }
+    let mut err: libc::c_int = 0;
+    let mut elen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid fd; err and elen are valid out-parameters.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut err).cast(),
+            &raw mut elen,
+        )
+    };
+    if r < 0 {
+        return last_err("getsockopt");
+    }
+    if err != 0 {
+        return Err(("connect", io::Error::from_raw_os_error(err)));
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! TCP and UDP listeners inside a test host namespace: both echo what they receive (TCP
-//! connections stay open until the client closes them).
+//! connections stay open until the client closes them). Where the kernel has SCTP, an SCTP
+//! listener on the same port accepts associations (and closes them).
 //! Dual-stack (`[::]`), so one listener serves IPv4 and IPv6.
 use std::{
     io::{ErrorKind, Read as _, Write as _},
@@ -40,9 +41,9 @@ impl Listener {
                 let udp = UdpSocket::bind(addr).context("bind udp")?;
                 tcp.set_nonblocking(true)?;
                 udp.set_read_timeout(Some(Duration::from_millis(5)))?;
-                Ok((tcp, udp))
+                Ok((tcp, udp, sctp_listener(addr)))
             });
-            let (tcp, udp) = match bound {
+            let (tcp, udp, sctp) = match bound {
                 Ok(s) => {
                     let _ = tx.send(Ok(()));
                     s
@@ -66,6 +67,10 @@ impl Listener {
                     Ok(n) => c.write_all(&buf[..n]).is_ok(),
                     Err(e) => e.kind() == ErrorKind::WouldBlock,
                 });
+                if let Some(Ok((a, _))) = sctp.as_ref().map(TcpListener::accept) {
+                    served2.fetch_add(1, Ordering::Relaxed);
+                    drop(a);
+                }
                 if let Ok((n, from)) = udp.recv_from(&mut buf) {
                     served2.fetch_add(1, Ordering::Relaxed);
                     let _ = udp.send_to(&buf[..n], from);
@@ -87,6 +92,41 @@ impl Listener {
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
     }
+}
+
+/// A non-blocking one-to-one SCTP socket listening on `addr`, or `None` where the kernel has
+/// no SCTP. Held as a [`TcpListener`] only for its `accept`, which is the same `accept4(2)`
+/// for any connection-oriented socket.
+fn sctp_listener(addr: SocketAddr) -> Option<TcpListener> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain syscall; the fd is owned on success.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET6,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_SCTP,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a fresh, valid descriptor, owned from here on.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let SocketAddr::V6(a) = addr else {
+        return None;
+    };
+    // SAFETY: all-zero is a valid sockaddr_in6.
+    let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sin6.sin6_family = libc::AF_INET6 as u16;
+    sin6.sin6_port = a.port().to_be();
+    let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: valid fd and address.
+    let ok = unsafe {
+        libc::bind(owned.as_raw_fd(), (&raw const sin6).cast(), len) == 0
+            && libc::listen(owned.as_raw_fd(), 64) == 0
+    };
+    ok.then(|| TcpListener::from(owned))
 }
 
 impl Drop for Listener {

@@ -471,3 +471,87 @@ fn agent_rss_kib(agent: &Agent) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Why SCTP tests cannot run on this kernel, or `None` when they can: SCTP is a module
+/// (`sctp.ko`) the VM images load; this machine's own kernel may have none.
+pub fn sctp_missing() -> Option<String> {
+    // SAFETY: plain syscall; the fd is closed right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP) };
+    if fd < 0 {
+        return Some(format!(
+            "the kernel has no SCTP ({}); the VM runs (cargo xtask vm-test) load sctp.ko",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd is valid and ours.
+    unsafe { libc::close(fd) };
+    None
+}
+
+/// SCTP never reaches the socket hooks (its connect path runs no `cgroup/connect4|6`), so
+/// the packet hook judges every INIT: a denied association gets nowhere (the INIT is dropped
+/// and retransmitted, the probe times out), a rule naming `sctp` and a port lets exactly that
+/// port through, and the events name the protocol and port.
+pub fn sctp() -> Result<libtest_mimic::Completion, Failed> {
+    use libtest_mimic::Completion;
+    require_root()?;
+    if let Some(why) = sctp_missing() {
+        return Ok(Completion::ignored_with(why));
+    }
+    let tb = testbed()?;
+    let other = PORT + 1;
+    let text = policy("enforce").replace(
+        "[regions.us]",
+        &format!(
+            "[[rules]]\nname = \"sctp-to-us\"\naction = \"allow\"\nregions = [\"us\"]\n\
+             protocol = \"sctp\"\nports = {PORT}\n\n[regions.us]"
+        ),
+    );
+    let agent = Agent::start_with(&tb, &text)?;
+    let r = probe(
+        &tb,
+        1,
+        &[
+            url("sctp", EU_V4, PORT),
+            url("sctp", US_V4, PORT),
+            url("sctp", US_V4, other),
+            url("sctp", US_V6, other),
+            url("tcp", US_V4, PORT),
+        ],
+    )?;
+    expect_ok(&r[0])?;
+    expect_ok(&r[1])?;
+    // ETIMEDOUT, not ECONNREFUSED: the us host (no listener on `other`) would answer an
+    // INIT that reached it with an ABORT.
+    expect_errno(&r[2], libc::ETIMEDOUT)?;
+    expect_errno(&r[3], libc::ETIMEDOUT)?;
+    expect_eperm(&r[4])?;
+    let (eu, us, _) = tb.served();
+    if (eu, us) != (1, 1) {
+        return Err(format!("served eu={eu} us={us}, want 1 and 1 (one association each)").into());
+    }
+    let recs = agent.stop()?;
+    let sctp: Vec<&Value> = connections(&recs)
+        .into_iter()
+        .filter(|e| e["network"]["transport"] == "sctp")
+        .collect();
+    for (host, port) in [(US_V4, other), (US_V6, other)] {
+        let e = sctp
+            .iter()
+            .find(|e| e["destination"]["ip"] == host)
+            .ok_or_else(|| format!("no sctp event for {host}: {sctp:?}"))?;
+        assert_field(e, "/hook", "cgroup_skb/egress")?;
+        assert_field(e, "/verdict", "deny")?;
+        assert_field(e, "/destination/port", &port.to_string())?;
+        assert_field(e, "/network/iana_number", "132")?;
+    }
+    if let Some(e) = sctp.iter().find(|e| e["destination"]["port"] == PORT) {
+        return Err(format!("the allowed sctp port was reported: {e}").into());
+    }
+    let stop = stop_record(&recs)?;
+    let denied = counter(stop, "cgroup_skb/egress", "us", "deny");
+    if denied < 2 {
+        return Err(format!("cgroup_skb/egress us deny = {denied}, want >= 2").into());
+    }
+    Ok(Completion::Completed)
+}
