@@ -798,9 +798,24 @@ impl Ctx<'_> {
             let field = format!("nat64_prefixes[{i}]");
             match parse_prefix(p.get_ref()) {
                 Ok(IpNetwork::V6(n)) if n.prefix() == 96 && n.network() == n.ip() => {
-                    if !nat64.contains(&n) {
-                        nat64.push(n);
+                    if nat64.contains(&n) {
+                        continue;
                     }
+                    // The kernel's NAT64 map holds MAX_NAT64 prefixes, the well-known one
+                    // included: a longer list would pass here and fail to load.
+                    if nat64.len() >= egressd_common::MAX_NAT64 as usize {
+                        errors.push(self.err(
+                            p.span(),
+                            field,
+                            format!(
+                                "too many NAT64 prefixes: at most {} besides the well-known \
+                                 64:ff9b::/96",
+                                egressd_common::MAX_NAT64 - 1
+                            ),
+                        ));
+                        break;
+                    }
+                    nat64.push(n);
                 }
                 Ok(IpNetwork::V6(n)) if n.prefix() == 96 => errors.push(self.err(
                     p.span(),
@@ -2628,6 +2643,27 @@ mod tests {
             2,
             "ipv4_lookup",
             "expected `auto`, `trie` or `table`",
+        );
+    }
+
+    #[test]
+    fn config_nat64_limit_is_the_kernel_map_size() {
+        let base = "allowlist = []\n";
+        let list = |n: u32| {
+            (0..n)
+                .map(|i| format!("\"2001:db8:{i:x}::/96\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let max = egressd_common::MAX_NAT64 - 1;
+        let c = p(&format!("{base}nat64_prefixes = [{}]\n", list(max))).expect("fits");
+        assert_eq!(c.nat64.len(), egressd_common::MAX_NAT64 as usize);
+        let e =
+            p(&format!("{base}nat64_prefixes = [{}]\n", list(max + 1))).expect_err("one too many");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("nat64_prefixes[{max}]")) && text.contains("too many NAT64"),
+            "{text}"
         );
     }
 
