@@ -254,10 +254,32 @@ impl Enforcer {
         // Any map pinned before this start may hold what an earlier process wrote, also one
         // that failed before publishing a generation (a half-filled set): both sets are
         // emptied before they are filled.
-        let had_pins = !pinned_maps(dir)?.is_empty();
+        let pinned = pinned_maps(dir)?;
+        let had_pins = !pinned.is_empty();
+        let is_pinned = |name: &str| pinned.iter().any(|(n, _)| n == name);
+        // Cached socket verdicts carry the generation they were judged under. A generation
+        // map recreated under a surviving cache would count from 1 again and make old
+        // verdicts look current: the cache goes with it (its sockets are judged again).
+        if is_pinned(maps::SOCKETS) && !is_pinned(maps::GENERATION) {
+            let path = dir.map(maps::SOCKETS);
+            std::fs::remove_file(&path).with_context(|| {
+                format!(
+                    "removing the verdict cache pin {} (its generation map is gone)",
+                    path.display()
+                )
+            })?;
+            tracing::warn!(
+                pin_dir = %dir.root.display(),
+                "the pinned generation map was missing: dropped the pinned verdict cache, \
+                 every socket is judged again"
+            );
+        }
         let mut e = Self::open_in(Capacity::for_policy(&policy), Some(dir))?;
         let generation: Array<_, u64> = Array::try_from(map(&mut e.ebpf, maps::GENERATION)?)?;
-        let previous = generation.get(&0, 0).unwrap_or(0);
+        // Generations only grow: continue from the larger of the map's value and the one the
+        // pinned state recorded (the map may have been recreated or rewritten).
+        let recorded = dir.read_state().map_or(0, |s| s.generation);
+        let previous = generation.get(&0, 0).unwrap_or(0).max(recorded);
         e.generation = previous;
         let adopted = dir.has_links();
         e.unknown = [had_pins || previous > 0; 2];

@@ -102,6 +102,10 @@ fn main() {
         ),
         Trial::test("fleet_tamper_detected_and_repaired", fleet::tamper_repaired),
         Trial::test(
+            "fleet_pinned_leftovers_never_decide",
+            fleet::pinned_leftovers_never_decide,
+        ),
+        Trial::test(
             "fleet_signals_during_start_do_not_kill",
             fleet::signals_during_start,
         ),

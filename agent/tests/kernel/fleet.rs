@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::net::Ipv4Addr;
+
 use egressd_testbed::{EU_V4, Testbed, US_V4};
 use libtest_mimic::Failed;
 use serde_json::Value;
@@ -799,6 +801,79 @@ pub fn health_without_pins() -> Result<(), Failed> {
     if !metrics.contains("egressd_hook_attached{hook=\"cgroup/connect4\"} 0") {
         return Err(format!("hook_attached not 0 after detaching:\n{metrics}").into());
     }
+    d.stop()?;
+    Ok(())
+}
+
+/// Id of the map pinned at `path`.
+fn pinned_map_id(path: &Path) -> Result<u32, Failed> {
+    aya::maps::MapInfo::from_pin(path)
+        .map(|i| i.id())
+        .map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+/// What a crashed or failed start leaves behind never decides: a prefix left in the idle
+/// set (as a start that failed after filling it would leave) is gone once an adopting start
+/// fills that set; a generation map removed between runs does not make generations repeat
+/// (they continue from the pinned state) and the per-socket verdict cache, whose entries
+/// carry generations, is replaced instead of being trusted.
+pub fn pinned_leftovers_never_decide() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = write_config(&dir, &policy("enforce"))?;
+    let pins = Pins::new();
+    let pin_arg = pins.0.to_string_lossy().into_owned();
+    let d = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    probe_us_denied(&tb)?;
+    d.kill9()?;
+    // Generation 1 is served by set B; the next start fills set A. Leave in A what a failed
+    // start would: the us host's address mapped to what eu's prefix maps to in B.
+    let map_path = |name: &str| pins.0.join("maps").join(name);
+    let b = aya::maps::MapData::from_pin(map_path("EGRESSD_PREFIXES_V4_B_V1"))
+        .map_err(|e| format!("set B: {e}"))?;
+    let b: aya::maps::LpmTrie<_, [u8; 4], u32> =
+        aya::maps::LpmTrie::try_from(aya::maps::Map::LpmTrie(b)).map_err(|e| e.to_string())?;
+    let eu_id = b
+        .get(&aya::maps::lpm_trie::Key::new(24, [198, 18, 1, 0]), 0)
+        .map_err(|e| format!("eu prefix in set B: {e}"))?;
+    let a = aya::maps::MapData::from_pin(map_path("EGRESSD_PREFIXES_V4_A_V1"))
+        .map_err(|e| format!("set A: {e}"))?;
+    let mut a: aya::maps::LpmTrie<_, [u8; 4], u32> =
+        aya::maps::LpmTrie::try_from(aya::maps::Map::LpmTrie(a)).map_err(|e| e.to_string())?;
+    let us_host: Ipv4Addr = US_V4.parse().map_err(|e| format!("{e}"))?;
+    a.insert(
+        &aya::maps::lpm_trie::Key::new(32, us_host.octets()),
+        eu_id,
+        0,
+    )
+    .map_err(|e| format!("planting a stale prefix in set A: {e}"))?;
+    let mut d = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    if status(&pins)?["generation"] != 2 {
+        return Err("the adopting start should publish generation 2 (set A)".into());
+    }
+    probe_us_denied(&tb)?;
+    // The tamper check (first run at start) would remove the stale prefix too, but only
+    // after it decided for a while: the set must be clean before it is published.
+    if let Ok(rec) = d.wait_for("tamper_repaired", Duration::from_millis(1500)) {
+        return Err(format!("the adopted set still held the stale prefix: {rec}").into());
+    }
+    d.stop()?;
+
+    // The generation map is removed between runs: the next start continues from the
+    // generation the pinned state recorded, and the verdict cache, whose entries carry
+    // generations, is replaced rather than trusted.
+    let cache_before = pinned_map_id(&map_path("EGRESSD_SOCKETS_V1"))?;
+    std::fs::remove_file(map_path("EGRESSD_GENERATION_V1")).map_err(|e| e.to_string())?;
+    let d = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    let st = status(&pins)?;
+    if st["generation"] != 3 {
+        return Err(format!("generation after the map was recreated: {st}, want 3").into());
+    }
+    if pinned_map_id(&map_path("EGRESSD_SOCKETS_V1"))? == cache_before {
+        return Err("the verdict cache outlived its generation map".into());
+    }
+    probe_us_denied(&tb)?;
     d.stop()?;
     Ok(())
 }
