@@ -23,3 +23,8 @@ pub fn boot_to_unix_ns(boot_ns: u64) -> i128 {
 pub fn unix_now_ns() -> i128 {
     now_ns(libc::CLOCK_REALTIME)
 }
+
+/// Current CLOCK_BOOTTIME, nanoseconds (the clock of kernel event timestamps).
+pub fn boot_now_ns() -> u64 {
+    u64::try_from(now_ns(libc::CLOCK_BOOTTIME)).unwrap_or(0)
+}

@@ -36,6 +36,9 @@ use crate::{
 
 /// How long the sinks get at exit to deliver what is queued before it is spooled.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+/// Longest the enrichment thread gets at exit to finish its queue (the rest is sent
+/// without `/proc` details).
+const ENRICH_FLUSH: Duration = Duration::from_secs(2);
 
 /// Reads the host name from the UTS namespace (`/proc/sys/kernel/hostname`).
 pub fn host_name() -> String {
@@ -277,11 +280,14 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // Events name regions by the generation that judged them: keep the recent policies.
+    // /proc enrichment runs on a thread of its own, so that no process can stall this loop.
+    let cgroup_root = crate::cgroup::cgroup2_root().ok();
+    let new_enricher = |policy: &Arc<Policy>| {
+        Arc::new(Enricher::new(seq.clone(), policy.clone()).with_cgroup_root(cgroup_root.clone()))
+    };
+    let mut worker = events::worker::Worker::start().context("starting the enrichment thread")?;
     let mut enrichers = Enrichers::default();
-    enrichers.insert(
-        enforcer.generation(),
-        Enricher::new(seq.clone(), policy.clone()),
-    );
+    enrichers.insert(enforcer.generation(), new_enricher(&policy));
     let mut policy = policy;
     let mut reloads = Reloads::default();
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
@@ -303,7 +309,8 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                     pipeline: &Pipeline,
                     reloads: &Reloads,
                     delivered: u64,
-                    undecodable: u64|
+                    undecodable: u64,
+                    enrich_skipped: u64|
      -> anyhow::Result<Counters> {
         let sinks = pipeline.counters();
         let mut extra = serde_json::Map::new();
@@ -323,6 +330,8 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             ),
         );
         // Records each sink cut to its max_message_bytes (not losses: they were delivered).
+        // Events sent without /proc details because enrichment stalled (not losses).
+        extra.insert("enrichment_skipped".into(), enrich_skipped.into());
         extra.insert(
             "truncated".into(),
             serde_json::to_value(pipeline.truncated())?,
@@ -359,7 +368,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 pipeline.reopen();
             }
             _ = heartbeat.tick(), if output.heartbeat_secs > 0 => {
-                match counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable) {
+                match counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped()) {
                     Ok(c) => pipeline.submit(&lifecycle(
                         LifecycleBody::Heartbeat { counters: c, interval_secs: output.heartbeat_secs },
                         "heartbeat",
@@ -369,9 +378,10 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                delivered += drain(guard.get_inner_mut(), &enrichers, &pipeline, &mut undecodable);
+                delivered += drain(guard.get_inner_mut(), &enrichers, &worker, &pipeline, &mut undecodable);
                 guard.clear_ready();
             }
+            Some(ev) = worker.next() => pipeline.submit(&Record::Connection(Box::new(ev))),
             _ = sighup.recv() => { reload_now = true; }
             Some(()) = async {
                 match watcher.as_mut() {
@@ -383,8 +393,8 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 reload_now = true;
             }
             Some(reply) = metrics_rx.recv() => {
-                delivered += drain(ring.get_mut(), &enrichers, &pipeline, &mut undecodable);
-                let snap = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable)
+                delivered += drain(ring.get_mut(), &enrichers, &worker, &pipeline, &mut undecodable);
+                let snap = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped())
                     .map(|c| crate::metrics::Snapshot {
                         counters: c,
                         generation: enforcer.generation(),
@@ -433,7 +443,13 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                     enforcer.generation()
                 ));
                 // Events of the old generation still in the ring buffer are named by it.
-                delivered += drain(ring.get_mut(), &enrichers, &pipeline, &mut undecodable);
+                delivered += drain(
+                    ring.get_mut(),
+                    &enrichers,
+                    &worker,
+                    &pipeline,
+                    &mut undecodable,
+                );
                 match reload(config_path, state.as_ref(), &mut enforcer) {
                     Ok(Candidate {
                         cfg, policy: new, ..
@@ -469,7 +485,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                             },
                             "policy_loaded",
                         ));
-                        enrichers.insert(generation, Enricher::new(seq.clone(), new.clone()));
+                        enrichers.insert(generation, new_enricher(&new));
                         policy = new;
                         notifier.ready(&status(&enforcer, &policy));
                     }
@@ -509,9 +525,27 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     } else {
         tracing::info!("programs detached");
     }
-    // Events submitted before the detach are still in the ring buffer.
-    delivered += drain(ring.get_mut(), &enrichers, &pipeline, &mut undecodable);
-    let stop = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable)?;
+    // Events submitted before the detach are still in the ring buffer, and the enrichment
+    // thread may still hold some.
+    delivered += drain(
+        ring.get_mut(),
+        &enrichers,
+        &worker,
+        &pipeline,
+        &mut undecodable,
+    );
+    for ev in worker.finish(ENRICH_FLUSH) {
+        pipeline.submit(&Record::Connection(Box::new(ev)));
+    }
+    let stop = counters(
+        &maps,
+        &policy,
+        &pipeline,
+        &reloads,
+        delivered,
+        undecodable,
+        worker.skipped(),
+    )?;
     pipeline.submit(&lifecycle(
         LifecycleBody::Stop { counters: stop },
         "agent_stop",
@@ -697,11 +731,11 @@ fn reload(
 /// Enrichers of the most recent generations, so an event is named by the policy that judged
 /// it.
 #[derive(Default)]
-struct Enrichers(std::collections::BTreeMap<u64, Enricher>);
+struct Enrichers(std::collections::BTreeMap<u64, Arc<Enricher>>);
 
 impl Enrichers {
     /// Keeps the four most recent generations.
-    fn insert(&mut self, generation: u64, e: Enricher) {
+    fn insert(&mut self, generation: u64, e: Arc<Enricher>) {
         self.0.insert(generation, e);
         while self.0.len() > 4 {
             self.0.pop_first();
@@ -709,18 +743,20 @@ impl Enrichers {
     }
 
     /// The enricher of `generation`, or the newest one for an unknown generation.
-    fn get(&self, generation: u64) -> Option<&Enricher> {
+    fn get(&self, generation: u64) -> Option<&Arc<Enricher>> {
         self.0
             .get(&generation)
             .or_else(|| self.0.values().next_back())
     }
 }
 
-/// Reads every record in the ring buffer and hands the enriched events to the sinks; returns
-/// how many it decoded.
+/// Reads every record in the ring buffer and queues it for enrichment (events the
+/// enrichment thread cannot take now go to the sinks at once, without `/proc` details);
+/// returns how many it decoded.
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     enrichers: &Enrichers,
+    worker: &events::worker::Worker,
     pipeline: &Pipeline,
     undecodable: &mut u64,
 ) -> u64 {
@@ -728,8 +764,10 @@ fn drain(
     while let Some(item) = ring.next() {
         match events::decode(&item) {
             Some(ev) => {
-                if let Some(enricher) = enrichers.get(ev.generation) {
-                    pipeline.submit(&Record::Connection(Box::new(enricher.enrich(&ev))));
+                if let Some(enricher) = enrichers.get(ev.generation)
+                    && let Some(now) = worker.push(enricher, ev)
+                {
+                    pipeline.submit(&Record::Connection(Box::new(now)));
                 }
                 n += 1;
             }

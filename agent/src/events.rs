@@ -15,6 +15,7 @@
 //! Schema (ECS 8.x) where it has one (`@timestamp`, `host.name`, `process.pid`,
 //! `destination.ip`, ...). The other formats map these records in [`crate::formats`].
 pub mod procinfo;
+pub mod worker;
 
 use std::{
     collections::BTreeMap,
@@ -145,6 +146,11 @@ pub struct Process {
     /// True when the process had exited before `/proc` could be read at event time: only the
     /// kernel's fields (pid, thread, name, user, group, cgroup id) are then known.
     pub exited: bool,
+    /// Where `parent`, `executable`, `command_line` and the cgroup path come from
+    /// ([`procinfo::Details::label`]): `verified` (read from `/proc` and consistent with
+    /// the kernel's record), `exited`, `mismatch` (the pid now runs another program: withheld),
+    /// `skipped` (enrichment stalled), `none` (no pid).
+    pub details: &'static str,
     /// Whose process fields these are: `"task"` (the task that made the call, read in the
     /// socket hook), `"socket_owner"` (the task that created the socket, recorded when it
     /// was created; a packet hook's event), or `"socket_uid"` (a socket older than egressd:
@@ -360,43 +366,84 @@ impl Enricher {
         }
     }
 
-    /// Builds the sink-facing event from a kernel record, reading `/proc/PID` now.
+    /// Checks process cgroups against the cgroup v2 hierarchy at `root` (ids, and which
+    /// names a container id or unit may come from; see [`procinfo::trusted_prefix`]).
+    #[must_use]
+    pub fn with_cgroup_root(self, root: Option<std::path::PathBuf>) -> Self {
+        let procs = self
+            .procs
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .with_cgroup_root(root);
+        Self {
+            procs: std::sync::Mutex::new(procs),
+            ..self
+        }
+    }
+
+    /// Builds the sink-facing event from a kernel record, reading `/proc/PID` now (bounded:
+    /// one `stat`, and on a cache miss `status`, `exe`, at most [`procinfo::MAX_CMDLINE`]
+    /// bytes of `cmdline` and `cgroup`), and reporting it only where it agrees with the
+    /// kernel's record ([`procinfo::Cache::lookup`]).
     pub fn enrich(&self, ev: &Event) -> ConnectionEvent {
-        let (info, user, group) = {
+        let name = comm(&ev.comm);
+        let claim = procinfo::Claim {
+            pid: ev.pid,
+            comm: &name,
+            uid: ev.uid,
+            cgroup_id: ev.cgroup_id,
+            boot_ns: ev.boot_ns,
+        };
+        let (details, user, group) = {
             let mut procs = self
                 .procs
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             (
-                // pid 0: the kernel could not name the process (see `attribution`).
-                (ev.pid != 0).then(|| procs.process(ev.pid)).flatten(),
+                procs.lookup(&claim),
                 procs.user_name(ev.uid),
                 procs.group_name(ev.gid),
             )
         };
+        self.assemble(ev, &details, user, group)
+    }
+
+    /// As [`Self::enrich`] without reading `/proc` or the user databases: the kernel's fields
+    /// only, `process.details = "skipped"` (enrichment stalled; see [`worker`]).
+    pub fn skip(&self, ev: &Event) -> ConnectionEvent {
+        self.assemble(ev, &procinfo::Details::Skipped, None, None)
+    }
+
+    fn assemble(
+        &self,
+        ev: &Event,
+        details: &procinfo::Details,
+        user: Option<String>,
+        group: Option<String>,
+    ) -> ConnectionEvent {
         build(
             &self.seq,
             &self.policy,
             ev,
             crate::clock::boot_to_unix_ns(ev.boot_ns),
-            info.as_deref(),
+            details,
             user,
             group,
         )
     }
 }
 
-/// Pure assembly of a [`ConnectionEvent`] (no I/O): `info` is what `/proc` said, `None`
-/// when the process had exited.
+/// Pure assembly of a [`ConnectionEvent`] (no I/O): `details` is what `/proc` said.
 pub fn build(
     seq: &Sequencer,
     policy: &Policy,
     ev: &Event,
     unix_ns: i128,
-    info: Option<&procinfo::ProcInfo>,
+    details: &procinfo::Details,
     user: Option<String>,
     group: Option<String>,
 ) -> ConnectionEvent {
+    let info = details.info();
     let ip = if ev.family == family::INET {
         IpAddr::V4(Ipv4Addr::new(
             ev.dst_addr[0],
@@ -409,6 +456,7 @@ pub fn build(
     };
     let verdict = Verdict::from_u8(ev.verdict);
     let cgroup_path = info.and_then(|i| i.cgroup.clone());
+    let trusted = info.and_then(|i| i.trusted_cgroup.as_deref());
     ConnectionEvent {
         header: seq.header("connection", unix_ns),
         verdict: match verdict {
@@ -427,7 +475,8 @@ pub fn build(
             parent: info.and_then(|i| i.ppid).map(|pid| Parent { pid }),
             executable: info.and_then(|i| i.exe.clone()),
             command_line: info.and_then(|i| i.command_line.clone()),
-            exited: info.is_none() && ev.pid != 0,
+            exited: *details == procinfo::Details::Exited,
+            details: details.label(),
             attribution: attribution_name(ev.attribution),
         },
         user: Named {
@@ -438,10 +487,10 @@ pub fn build(
             id: u64::from(ev.gid),
             name: group,
         },
-        container: cgroup_path.as_deref().and_then(procinfo::container),
+        container: trusted.and_then(procinfo::container),
         cgroup: Cgroup {
             id: ev.cgroup_id,
-            systemd_unit: cgroup_path.as_deref().and_then(procinfo::systemd_unit),
+            systemd_unit: trusted.and_then(procinfo::systemd_unit),
             path: cgroup_path,
         },
         network: Network {
@@ -812,6 +861,7 @@ pub mod sample {
                     "curl -H x=1|2 -d 'a\nb' \\path\\ \"http://198.18.2.2:8080/\"".into(),
                 ),
                 exited: false,
+                details: "verified",
                 attribution: "task",
             },
             user: Named {
@@ -869,6 +919,7 @@ pub mod sample {
                 executable: None,
                 command_line: None,
                 exited: true,
+                details: "exited",
                 attribution: "socket_owner",
             },
             user: Named { id: 0, name: None },
@@ -1042,7 +1093,7 @@ pub mod sample {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1069,7 +1120,7 @@ mod tests {
         assert!(decode(&[0u8; 96]).is_some());
     }
 
-    fn kernel_event() -> Event {
+    pub(crate) fn kernel_event() -> Event {
         let mut ev: Event = decode(&[0u8; 96]).expect("zeroed event decodes");
         ev.pid = 77;
         ev.tid = 78;
@@ -1106,17 +1157,21 @@ mod tests {
         let p = policy();
         let info = procinfo::ProcInfo {
             start_time: 1,
+            comm: "dig".into(),
             ppid: Some(1),
+            uid: Some(0),
             exe: Some("/usr/bin/dig".into()),
             command_line: Some("dig @x".into()),
-            cgroup: Some("/system.slice/bind.service".into()),
+            cgroup: Some("/system.slice/bind.service/x".into()),
+            trusted_cgroup: Some("/system.slice/bind.service".into()),
+            cgroup_id: None,
         };
         let ev = build(
             &seq,
             &p,
             &kernel_event(),
             sample::T0,
-            Some(&info),
+            &procinfo::Details::Verified(Arc::new(info)),
             Some("bob".into()),
             None,
         );
@@ -1138,9 +1193,34 @@ mod tests {
         assert_eq!(ev.process.parent, Some(Parent { pid: 1 }));
         assert_eq!(ev.cgroup.systemd_unit.as_deref(), Some("bind.service"));
         assert!(!ev.process.exited);
-        let gone = build(&seq, &p, &kernel_event(), 0, None, None, None);
+        assert_eq!(ev.process.details, "verified");
+        assert_eq!(
+            ev.cgroup.path.as_deref(),
+            Some("/system.slice/bind.service/x")
+        );
+        let gone = build(
+            &seq,
+            &p,
+            &kernel_event(),
+            0,
+            &procinfo::Details::Exited,
+            None,
+            None,
+        );
         assert_eq!(gone.header.sequence, 2);
         assert!(gone.process.exited && gone.process.executable.is_none());
+        assert_eq!(gone.process.details, "exited");
+        let other = build(
+            &seq,
+            &p,
+            &kernel_event(),
+            0,
+            &procinfo::Details::Mismatch("name"),
+            None,
+            None,
+        );
+        assert!(!other.process.exited && other.process.command_line.is_none());
+        assert_eq!(other.process.details, "mismatch");
         assert_eq!(gone.process.name, "dig");
     }
 
@@ -1156,13 +1236,21 @@ mod tests {
     #[test]
     fn enricher_reads_this_process() {
         let seq = Arc::new(Sequencer::new(sample::context()));
-        let e = Enricher::new(seq, Arc::new(policy()));
+        let e = Enricher::new(seq, Arc::new(policy()))
+            .with_cgroup_root(crate::cgroup::cgroup2_root().ok());
         let mut ev = kernel_event();
         ev.pid = std::process::id();
         // SAFETY: getuid has no preconditions.
         ev.uid = unsafe { libc::getuid() };
+        let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+        let me = procinfo::parse_stat(&stat).expect("parse");
+        ev.comm = [0; 16];
+        ev.comm[..me.comm.len()].copy_from_slice(me.comm.as_bytes());
+        ev.cgroup_id = 0;
+        ev.boot_ns = crate::clock::boot_now_ns();
         let out = e.enrich(&ev);
         assert!(!out.process.exited, "{out:?}");
+        assert_eq!(out.process.details, "verified", "{out:?}");
         assert!(out.process.executable.is_some());
         assert!(out.process.command_line.is_some());
         assert!(out.process.parent.is_some());

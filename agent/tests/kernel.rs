@@ -162,6 +162,14 @@ fn main() {
             "security_privileges_dropped_after_attach",
             security::privileges_dropped_after_attach,
         ),
+        Trial::test(
+            "security_attribution_follows_exec",
+            security::attribution_follows_exec,
+        ),
+        Trial::test(
+            "security_container_id_not_from_a_delegated_cgroup",
+            security::container_id_not_from_a_delegated_cgroup,
+        ),
     ];
     let conclusion = libtest_mimic::run(&args, tests);
     let _ = std::fs::remove_dir_all(&state);

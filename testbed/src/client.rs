@@ -91,6 +91,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     let mut fork = false;
     let mut for_ms = None;
     let mut uid = None;
+    let mut then_exec = None;
+    let mut linger_ms = 0u64;
     let mut probes = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -101,6 +103,11 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             "--fork" => fork = true,
             "--for-ms" => for_ms = Some(it.next().context("--for-ms N")?.parse::<u64>()?),
             "--uid" => uid = Some(it.next().context("--uid N")?.parse::<u32>()?),
+            // After the probes, execve PATH with this same command line minus this option
+            // (the same process, another program name): tests of attribution across exec.
+            "--then-exec" => then_exec = Some(it.next().context("--then-exec PATH")?.clone()),
+            // Stay alive this long after the probes (so /proc can still be read).
+            "--linger-ms" => linger_ms = it.next().context("--linger-ms N")?.parse()?,
             p if p.contains("://") => probes.push(p.to_owned()),
             other => bail!("unexpected argument {other:?}"),
         }
@@ -160,7 +167,30 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    probe_all(&probes, repeat)
+    probe_all(&probes, repeat)?;
+    if let Some(path) = then_exec {
+        io::stdout().flush()?;
+        let mut argv: Vec<std::ffi::CString> = vec![std::ffi::CString::new(path.as_str())?];
+        let marker = std::env::args().nth(1).context("no probe marker in argv")?;
+        argv.push(std::ffi::CString::new(marker)?);
+        let mut skip = false;
+        for a in args {
+            if skip {
+                skip = false;
+            } else if a == "--then-exec" {
+                skip = true;
+            } else {
+                argv.push(std::ffi::CString::new(a.as_str())?);
+            }
+        }
+        let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        // SAFETY: NUL-terminated strings and a NULL-terminated array that outlive the call.
+        unsafe { libc::execv(argv[0].as_ptr(), ptrs.as_ptr()) };
+        return Err(io::Error::last_os_error()).with_context(|| format!("execv {path}"));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(linger_ms));
+    Ok(())
 }
 
 fn probe_all(probes: &[String], repeat: u32) -> anyhow::Result<()> {

@@ -1,20 +1,31 @@
-//! Process, user and cgroup details read from `/proc` at event time (best effort).
+//! Process, user and cgroup details read from `/proc` at event time (best effort), checked
+//! against what the kernel reported.
 //!
-//! Sources (see `proc(5)`): `/proc/PID/stat` (parent pid, start time: field 22, after the
-//! parenthesized command name, which may itself contain spaces and parentheses),
-//! `/proc/PID/exe` (executable link), `/proc/PID/cmdline` (NUL-separated arguments),
-//! `/proc/PID/cgroup` (the cgroup v2 line is `0::PATH`). User and group names come from the
-//! system's databases through NSS (`getpwuid_r(3)`, `getgrgid_r(3)`).
+//! Sources (see `proc(5)`): `/proc/PID/stat` (command name, parent pid, start time: field 22,
+//! after the parenthesized command name, which may itself contain spaces and parentheses),
+//! `/proc/PID/status` (`Uid:`, real uid first), `/proc/PID/exe` (executable link),
+//! `/proc/PID/cmdline` (NUL-separated arguments, read only up to [`MAX_CMDLINE`] bytes: the
+//! kernel copies them out of the process's memory, which takes long for huge argument
+//! lists), `/proc/PID/cgroup` (the cgroup v2 line is `0::PATH`). User and group names come
+//! from the system's databases through NSS (`getpwuid_r(3)`, `getgrgid_r(3)`).
 //!
 //! A process can exit between the kernel event and this read (a denied `connect()` returns
-//! at once, and short-lived tools exit right after): then [`Cache::process`] returns `None`
-//! and the event says `process.exited: true`. A pid reused by a new process in that window
-//! cannot be told apart; the start time in the cache key at least keeps stale cache entries
-//! from being served.
+//! at once, and short-lived tools exit right after), and its pid can be reused, or it can
+//! `execve` another program. So what `/proc` says is reported only when it agrees with the
+//! kernel's own record of the event ([`Claim`]): the command name, the real uid, the cgroup
+//! id, and a start time no later than the event. Otherwise the event carries the kernel's
+//! fields only and says why ([`Details`]). Not detectable this way: an `execve` of a program
+//! with the same 15-byte name, same uid and cgroup after the event.
+//!
+//! Container ids and systemd units are taken only from the part of the cgroup path that
+//! root alone could have named ([`trusted_prefix`]): below a delegated cgroup (owned by a
+//! user, or writable by others) a workload chooses its own names, e.g. `docker-ID.scope`.
 use std::{
     collections::HashMap,
     ffi::CStr,
     fs,
+    io::Read as _,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -32,8 +43,12 @@ pub struct ProcInfo {
     /// Start time in clock ticks since boot (`stat` field 22); identifies the process
     /// together with its pid.
     pub start_time: u64,
+    /// Command name (`stat` field 2, at most 15 bytes); changes with `execve`.
+    pub comm: String,
     /// Parent pid (`stat` field 4).
     pub ppid: Option<u32>,
+    /// Real uid (first field of `status`'s `Uid:` line).
+    pub uid: Option<u32>,
     /// Target of `/proc/PID/exe`.
     pub exe: Option<String>,
     /// Arguments joined by spaces (lossy UTF-8), at most [`MAX_CMDLINE`] bytes; `None` when
@@ -41,20 +56,130 @@ pub struct ProcInfo {
     pub command_line: Option<String>,
     /// cgroup v2 path (`0::PATH` line of `/proc/PID/cgroup`).
     pub cgroup: Option<String>,
+    /// The leading part of `cgroup` that root alone could have named ([`trusted_prefix`]);
+    /// container ids and systemd units are read from it. `None` when it cannot be checked.
+    pub trusted_cgroup: Option<String>,
+    /// Inode number of the cgroup directory, which is the kernel's cgroup id
+    /// (`bpf_get_current_cgroup_id`); `None` when it cannot be read.
+    pub cgroup_id: Option<u64>,
 }
 
-/// Parses `/proc/PID/stat`: returns (ppid, start time).
-pub fn parse_stat(stat: &str) -> Option<(u32, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+/// The fields of `/proc/PID/stat` egressd uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// Command name (between the first `(` and the last `)`).
+    pub comm: String,
+    /// Parent pid (field 4).
+    pub ppid: u32,
+    /// Start time in clock ticks since boot (field 22).
+    pub start_time: u64,
+}
+
+/// Parses `/proc/PID/stat`.
+pub fn parse_stat(stat: &str) -> Option<Stat> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let fields: Vec<&str> = stat[close + 1..].split_ascii_whitespace().collect();
     // After the name: state is field 3, ppid field 4, starttime field 22.
     let ppid = fields.get(1)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((ppid, start))
+    let start_time = fields.get(19)?.parse().ok()?;
+    Some(Stat {
+        comm,
+        ppid,
+        start_time,
+    })
 }
 
-/// Joins NUL-separated `cmdline` bytes with spaces, bounded by [`MAX_CMDLINE`].
-pub fn join_cmdline(raw: &[u8]) -> Option<String> {
+/// The real uid from `/proc/PID/status` text (`Uid:\tREAL\tEFFECTIVE\t...`).
+pub fn parse_status_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// What the kernel recorded about the process of one event, to check `/proc` against.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    /// Thread-group id (0: unknown).
+    pub pid: u32,
+    /// Command name at the time of the record.
+    pub comm: &'a str,
+    /// Real uid.
+    pub uid: u32,
+    /// cgroup v2 id (0: unknown).
+    pub cgroup_id: u64,
+    /// When the kernel made the record, `CLOCK_BOOTTIME` nanoseconds.
+    pub boot_ns: u64,
+}
+
+/// How an event's process details were obtained: `process.details` in every format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Details {
+    /// Read from `/proc` and consistent with the kernel's record.
+    Verified(Arc<ProcInfo>),
+    /// The process had exited before `/proc` could be read.
+    Exited,
+    /// `/proc/PID` now describes another program (the pid was reused, or the process ran
+    /// `execve`, or changed uid or cgroup): its details are withheld. The field that
+    /// disagreed.
+    Mismatch(&'static str),
+    /// Not read: the event waited too long behind a stalled read (see
+    /// [`crate::events::worker`]).
+    Skipped,
+    /// The kernel did not name a process (pid 0).
+    NoProcess,
+}
+
+impl Details {
+    /// `verified`, `exited`, `mismatch`, `skipped` or `none`.
+    pub const fn label(&self) -> &'static str {
+        match self {
+            Self::Verified(_) => "verified",
+            Self::Exited => "exited",
+            Self::Mismatch(_) => "mismatch",
+            Self::Skipped => "skipped",
+            Self::NoProcess => "none",
+        }
+    }
+
+    /// The details, when verified.
+    pub fn info(&self) -> Option<&ProcInfo> {
+        match self {
+            Self::Verified(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+/// The leading components of cgroup `path` that only root could have created: each one's
+/// parent directory under `cgroup_root` is owned by root and writable by nobody else. A
+/// delegated subtree (systemd `Delegate=yes`, a rootless container manager) is owned by its
+/// user, who names what is below it. `None` when `cgroup_root` cannot be read.
+pub fn trusted_prefix(cgroup_root: &Path, path: &str) -> Option<String> {
+    let mut dir = cgroup_root.to_path_buf();
+    let mut out = String::new();
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        let meta = fs::symlink_metadata(&dir).ok()?;
+        let others_write = meta.mode() & 0o002 != 0;
+        let group_write = meta.mode() & 0o020 != 0 && meta.gid() != 0;
+        if meta.uid() != 0 || others_write || group_write {
+            break;
+        }
+        out.push('/');
+        out.push_str(c);
+        dir.push(c);
+    }
+    Some(if out.is_empty() { "/".to_owned() } else { out })
+}
+
+/// Joins NUL-separated `cmdline` bytes with spaces, bounded by [`MAX_CMDLINE`]; `cut` says
+/// that `raw` is the start of a longer list (it then ends in `...`).
+pub fn join_cmdline(raw: &[u8], cut: bool) -> Option<String> {
     let args: Vec<String> = raw
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
@@ -64,6 +189,9 @@ pub fn join_cmdline(raw: &[u8]) -> Option<String> {
         return None;
     }
     let mut s = args.join(" ");
+    if cut && s.len() <= MAX_CMDLINE {
+        s.push_str("...");
+    }
     if s.len() > MAX_CMDLINE {
         let mut cut = MAX_CMDLINE - 3;
         while !s.is_char_boundary(cut) {
@@ -84,7 +212,8 @@ pub fn parse_cgroup(text: &str) -> Option<String> {
 }
 
 /// Deepest systemd unit in a cgroup path: the last component ending in `.service` or
-/// `.scope` (`/user.slice/user-1000.slice/session-3.scope` -> `session-3.scope`).
+/// `.scope` (`/user.slice/user-1000.slice/session-3.scope` -> `session-3.scope`). Give it a
+/// [`trusted_prefix`].
 pub fn systemd_unit(path: &str) -> Option<String> {
     path.split('/')
         .rev()
@@ -96,9 +225,11 @@ pub fn systemd_unit(path: &str) -> Option<String> {
 /// digits): `docker-ID.scope` and `/docker/ID` (Docker), `cri-containerd-ID.scope` and
 /// `/kubepods/.../ID` (containerd), `crio-ID.scope` (CRI-O), `libpod-ID.scope` (Podman).
 /// `crio-conmon-ID.scope` is the monitor process, not the container, and is ignored.
+/// The outermost match wins: a process can only create cgroups below its own, so a
+/// container cannot pose as another by naming a child cgroup. Give it a [`trusted_prefix`].
 pub fn container(path: &str) -> Option<super::Container> {
     let comps: Vec<&str> = path.split('/').collect();
-    for (i, c) in comps.iter().enumerate().rev() {
+    for (i, c) in comps.iter().enumerate() {
         let base = c.strip_suffix(".scope").unwrap_or(c);
         let (runtime, id) = if let Some(id) = base.strip_prefix("docker-") {
             ("docker", id)
@@ -131,41 +262,83 @@ pub fn container(path: &str) -> Option<super::Container> {
     None
 }
 
-/// Caches of process details (by pid + start time) and of user and group names.
+/// Caches of process details (by pid, start time and command name) and of user and group
+/// names.
 pub struct Cache {
     root: PathBuf,
+    cgroup_root: Option<PathBuf>,
+    ns_per_tick: u64,
     procs: HashMap<u32, Arc<ProcInfo>>,
     users: HashMap<u32, Option<String>>,
     groups: HashMap<u32, Option<String>>,
 }
 
 impl Cache {
-    /// A cache reading `root` (normally `/proc`).
+    /// A cache reading `root` (normally `/proc`); cgroup checks are off until
+    /// [`Self::with_cgroup_root`].
     pub fn new(root: PathBuf) -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
         Self {
             root,
+            cgroup_root: None,
+            ns_per_tick: 1_000_000_000 / hz.max(1),
             procs: HashMap::new(),
             users: HashMap::new(),
             groups: HashMap::new(),
         }
     }
 
-    /// Details of `pid` now, or `None` if it has exited (or `/proc` is unreadable).
-    /// One `stat` read per call; the rest is read again only for a new start time.
-    pub fn process(&mut self, pid: u32) -> Option<Arc<ProcInfo>> {
-        let dir = self.root.join(pid.to_string());
-        let (ppid, start_time) = parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)?;
-        if let Some(hit) = self.procs.get(&pid)
-            && hit.start_time == start_time
-        {
-            return Some(hit.clone());
+    /// Checks cgroup ids and container/unit names against the cgroup v2 hierarchy mounted at
+    /// `root` (normally `/sys/fs/cgroup`).
+    #[must_use]
+    pub fn with_cgroup_root(mut self, root: Option<PathBuf>) -> Self {
+        self.cgroup_root = root;
+        self
+    }
+
+    /// The details of `claim.pid` now, if `/proc` agrees with the kernel's record. One
+    /// `stat` read per call; the rest is read again only for a new start time or name.
+    pub fn lookup(&mut self, claim: &Claim<'_>) -> Details {
+        if claim.pid == 0 {
+            return Details::NoProcess;
         }
-        let info = Arc::new(read_details(&dir, ppid, start_time)?);
-        if self.procs.len() >= CACHE_CAP {
-            self.procs.clear();
+        let dir = self.root.join(claim.pid.to_string());
+        let Some(stat) = fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|t| parse_stat(&t))
+        else {
+            return Details::Exited;
+        };
+        // One tick of slack: the start time is rounded down to clock ticks.
+        let started_ns = stat.start_time.saturating_mul(self.ns_per_tick);
+        if started_ns > claim.boot_ns.saturating_add(self.ns_per_tick) {
+            return Details::Mismatch("start_time");
         }
-        self.procs.insert(pid, info.clone());
-        Some(info)
+        if stat.comm != claim.comm {
+            return Details::Mismatch("name");
+        }
+        let info = match self.procs.get(&claim.pid) {
+            Some(hit) if hit.start_time == stat.start_time && hit.comm == stat.comm => hit.clone(),
+            _ => {
+                let Some(info) = self.read_details(&dir, stat) else {
+                    return Details::Exited;
+                };
+                let info = Arc::new(info);
+                if self.procs.len() >= CACHE_CAP {
+                    self.procs.clear();
+                }
+                self.procs.insert(claim.pid, info.clone());
+                info
+            }
+        };
+        if info.uid.is_some_and(|u| u != claim.uid) {
+            return Details::Mismatch("uid");
+        }
+        if claim.cgroup_id != 0 && info.cgroup_id.is_some_and(|id| id != claim.cgroup_id) {
+            return Details::Mismatch("cgroup");
+        }
+        Details::Verified(info)
     }
 
     /// User name of `uid`, cached (also when unknown).
@@ -189,23 +362,50 @@ impl Cache {
             .or_insert_with(|| group_name(gid))
             .clone()
     }
-}
 
-/// Reads exe, cmdline and cgroup; `None` if the process vanished meanwhile (its cmdline and
-/// cgroup files then fail to read).
-fn read_details(dir: &Path, ppid: u32, start_time: u64) -> Option<ProcInfo> {
-    let exe = fs::read_link(dir.join("exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    let cmdline = fs::read(dir.join("cmdline")).ok()?;
-    let cgroup = fs::read_to_string(dir.join("cgroup")).ok()?;
-    Some(ProcInfo {
-        start_time,
-        ppid: Some(ppid),
-        exe,
-        command_line: join_cmdline(&cmdline),
-        cgroup: parse_cgroup(&cgroup),
-    })
+    /// Reads uid, exe, cmdline (at most [`MAX_CMDLINE`] bytes) and cgroup; `None` if the
+    /// process vanished meanwhile (its status, cmdline or cgroup file then fails to read).
+    fn read_details(&self, dir: &Path, stat: Stat) -> Option<ProcInfo> {
+        let uid = parse_status_uid(&fs::read_to_string(dir.join("status")).ok()?);
+        let exe = fs::read_link(dir.join("exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        let mut cmdline = Vec::with_capacity(256);
+        fs::File::open(dir.join("cmdline"))
+            .ok()?
+            .take(MAX_CMDLINE as u64 + 1)
+            .read_to_end(&mut cmdline)
+            .ok()?;
+        let cut = cmdline.len() > MAX_CMDLINE;
+        cmdline.truncate(MAX_CMDLINE);
+        let mut cgroup = String::new();
+        fs::File::open(dir.join("cgroup"))
+            .ok()?
+            .take(64 * 1024)
+            .read_to_string(&mut cgroup)
+            .ok()?;
+        let cgroup = parse_cgroup(&cgroup);
+        let (trusted_cgroup, cgroup_id) = match (&self.cgroup_root, &cgroup) {
+            (Some(root), Some(path)) => (
+                trusted_prefix(root, path),
+                fs::metadata(root.join(path.trim_start_matches('/')))
+                    .ok()
+                    .map(|m| m.ino()),
+            ),
+            _ => (None, None),
+        };
+        Some(ProcInfo {
+            start_time: stat.start_time,
+            comm: stat.comm,
+            ppid: Some(stat.ppid),
+            uid,
+            exe,
+            command_line: join_cmdline(&cmdline, cut),
+            cgroup,
+            trusted_cgroup,
+            cgroup_id,
+        })
+    }
 }
 
 /// Retries a `get*_r` call with a growing buffer while it reports `ERANGE`.
@@ -273,24 +473,37 @@ mod tests {
     fn stat_with_tricky_name() {
         let stat = "123 (a) b (c)) S 45 123 123 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 \
                     98765 1000 100 18446744073709551615";
-        assert_eq!(parse_stat(stat), Some((45, 98765)));
+        assert_eq!(
+            parse_stat(stat),
+            Some(Stat {
+                comm: "a) b (c)".into(),
+                ppid: 45,
+                start_time: 98765
+            })
+        );
         assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(
+            parse_status_uid("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t5\n"),
+            Some(1000)
+        );
+        assert_eq!(parse_status_uid("Name:\tx\n"), None);
     }
 
     #[test]
     fn cmdline_joined_and_bounded() {
         assert_eq!(
-            join_cmdline(b"curl\0-s\0http://x/\0").as_deref(),
+            join_cmdline(b"curl\0-s\0http://x/\0", false).as_deref(),
             Some("curl -s http://x/")
         );
-        assert_eq!(join_cmdline(b""), None);
+        assert_eq!(join_cmdline(b"", false), None);
+        assert_eq!(join_cmdline(b"a\0b", true).as_deref(), Some("a b..."));
         let long = vec![b'a'; MAX_CMDLINE * 2];
-        let s = join_cmdline(&long).expect("non-empty");
+        let s = join_cmdline(&long, false).expect("non-empty");
         assert_eq!(s.len(), MAX_CMDLINE);
         assert!(s.ends_with("..."));
         let mut multi = "é".repeat(MAX_CMDLINE).into_bytes();
         multi.push(0);
-        let s = join_cmdline(&multi).expect("non-empty");
+        let s = join_cmdline(&multi, false).expect("non-empty");
         assert!(s.len() <= MAX_CMDLINE && s.ends_with("..."));
     }
 
@@ -344,6 +557,46 @@ mod tests {
         assert_eq!(container(&format!("/x/crio-conmon-{id}.scope")), None);
         assert_eq!(container("/system.slice/nginx.service"), None);
         assert_eq!(container(&format!("/docker/{}", &id[..63])), None);
+        // A container naming a child cgroup like another container stays itself.
+        let other = "fedcba9876543210".repeat(4);
+        let c = container(&format!(
+            "/system.slice/docker-{id}.scope/docker-{other}.scope"
+        ))
+        .expect("outer");
+        assert_eq!(c.id, id);
+    }
+
+    #[test]
+    fn trusted_prefix_stops_at_a_delegated_cgroup() {
+        use std::os::unix::fs::{PermissionsExt as _, chown};
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to chown");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("egressd-cg-{}", std::process::id()));
+        let deleg = root.join("user.slice/user@1000.service");
+        fs::create_dir_all(deleg.join("app.slice")).expect("mkdir");
+        for d in [&root, &root.join("user.slice"), &deleg] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        chown(&deleg, Some(1000), Some(1000)).expect("chown");
+        let id = "0123456789abcdef".repeat(4);
+        let path = format!("/user.slice/user@1000.service/app.slice/docker-{id}.scope");
+        let t = trusted_prefix(&root, &path).expect("readable");
+        assert_eq!(t, "/user.slice/user@1000.service");
+        assert_eq!(systemd_unit(&t).as_deref(), Some("user@1000.service"));
+        assert_eq!(container(&t), None);
+        // A directory others may write is no better.
+        chown(&deleg, Some(0), Some(0)).expect("chown");
+        fs::set_permissions(&deleg, fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert_eq!(
+            trusted_prefix(&root, &path).as_deref(),
+            Some("/user.slice/user@1000.service")
+        );
+        fs::set_permissions(&deleg, fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(trusted_prefix(&root, &path).as_deref(), Some(path.as_str()));
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]
@@ -351,36 +604,76 @@ mod tests {
         let root = std::env::temp_dir().join(format!("egressd-proc-{}", std::process::id()));
         let dir = root.join("42");
         fs::create_dir_all(&dir).expect("mkdir");
+        let stat = |comm: &str, start: u64| {
+            fs::write(
+                dir.join("stat"),
+                format!("42 ({comm}) S 7 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 {start} 0"),
+            )
+            .expect("write");
+        };
+        stat("x", 555);
         fs::write(
-            dir.join("stat"),
-            "42 (x) S 7 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 555 0",
+            dir.join("status"),
+            "Name:\tx\nUid:\t1000\t1000\t1000\t1000\n",
         )
         .expect("write");
         fs::write(dir.join("cmdline"), b"x\0--flag\0").expect("write");
         fs::write(dir.join("cgroup"), "0::/system.slice/x.service\n").expect("write");
         let mut c = Cache::new(root.clone());
-        let info = c.process(42).expect("present");
+        let tick = c.ns_per_tick;
+        let claim = Claim {
+            pid: 42,
+            comm: "x",
+            uid: 1000,
+            cgroup_id: 0,
+            boot_ns: 600 * tick,
+        };
+        let d = c.lookup(&claim);
+        let info = d.info().expect("verified");
         assert_eq!(info.ppid, Some(7));
         assert_eq!(info.start_time, 555);
+        assert_eq!(info.uid, Some(1000));
         assert_eq!(info.exe, None);
         assert_eq!(info.command_line.as_deref(), Some("x --flag"));
         assert_eq!(info.cgroup.as_deref(), Some("/system.slice/x.service"));
-        // Served from the cache while the start time matches; re-read when it changes.
+        // Served from the cache while start time and name match.
         fs::write(dir.join("cmdline"), b"y\0").expect("write");
         assert_eq!(
-            c.process(42).expect("present").command_line.as_deref(),
+            c.lookup(&claim)
+                .info()
+                .and_then(|i| i.command_line.clone())
+                .as_deref(),
             Some("x --flag")
         );
-        fs::write(
-            dir.join("stat"),
-            "42 (y) S 7 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 556 0",
-        )
-        .expect("write");
+        // Another uid than the kernel recorded: withheld.
         assert_eq!(
-            c.process(42).expect("present").command_line.as_deref(),
+            c.lookup(&Claim { uid: 0, ..claim }),
+            Details::Mismatch("uid")
+        );
+        // execve since the event: another name now.
+        stat("y", 555);
+        assert_eq!(c.lookup(&claim), Details::Mismatch("name"));
+        // The pid was reused by a process that started after the event.
+        stat("x", 700);
+        assert_eq!(c.lookup(&claim), Details::Mismatch("start_time"));
+        // Re-read when the start time changes and it is consistent.
+        stat("x", 556);
+        assert_eq!(
+            c.lookup(&claim)
+                .info()
+                .and_then(|i| i.command_line.clone())
+                .as_deref(),
             Some("y")
         );
-        assert!(c.process(43).is_none());
+        // Arguments longer than MAX_CMDLINE: only the start is read.
+        stat("x", 557);
+        let mut long = vec![b'a'; 3 * MAX_CMDLINE];
+        long.push(0);
+        fs::write(dir.join("cmdline"), &long).expect("write");
+        let cl = c.lookup(&claim).info().and_then(|i| i.command_line.clone());
+        assert!(cl.is_some_and(|l| l.len() == MAX_CMDLINE && l.ends_with("...")));
+        assert_eq!(c.lookup(&Claim { pid: 43, ..claim }), Details::Exited);
+        assert_eq!(c.lookup(&Claim { pid: 0, ..claim }), Details::NoProcess);
         let _ = fs::remove_dir_all(&root);
     }
 

@@ -32,7 +32,7 @@
 //! | `msg` | [`super::message`] |
 //! | `cs1`..`cs6` (labelled) | `region`, `policyDigest`, `mode`, `cgroupPath`, `containerId`, `commandLine` |
 //! | `cn1`..`cn3` (labelled) | `suppressed`, `policyGeneration`, `ruleId` |
-//! | `egressdHook`, `egressdExe`, `egressdPpid`, `egressdUnit`, `egressdExited`, `egressdLabels` | vendor keys: hook, executable, parent pid, systemd unit, process gone, `k:v,k:v` host labels |
+//! | `egressdHook`, `egressdExe`, `egressdPpid`, `egressdUnit`, `egressdExited`, `egressdProcessDetails`, `egressdLabels` | vendor keys: hook, executable, parent pid, systemd unit, process gone, `process.details`, `k:v,k:v` host labels |
 //!
 //! Lifecycle records: Signature IDs `agent-start`, `agent-stop`, `policy-loaded`,
 //! `heartbeat`, `reload-failed`, `policy-fallback`, `tamper-repaired`; severity 3 (start,
@@ -174,6 +174,7 @@ fn connection(ev: &ConnectionEvent) -> String {
         .opt("egressdPpid", ev.process.parent.as_ref().map(|p| p.pid))
         .opt("egressdUnit", ev.cgroup.systemd_unit.as_ref())
         .kv("egressdExited", ev.process.exited)
+        .kv("egressdProcessDetails", ev.process.details)
         .kv("egressdAttribution", ev.process.attribution);
     if !labels.is_empty() {
         e.kv("egressdLabels", labels.join(","));

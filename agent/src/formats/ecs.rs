@@ -24,7 +24,7 @@
 //! | `rule.id`, `rule.name`, `rule.ruleset`, `rule.version` | rule id, `allowlist`, policy digest, policy generation |
 //! | `observer.hostname`, `.type`, `.vendor`, `.product`, `.version` | host name, `firewall`, `egressd` |
 //! | `agent.type`, `.name`, `.version`, `.ephemeral_id` | `egressd`, host name, version, run id |
-//! | `egressd.*` | no ECS equivalent: `verdict`, `hook`, `region`, `mapped`, `mode`, `suppressed`, `policy.{digest,generation}`, `cgroup.{id,path,systemd_unit}`, `process_exited`, `process_attribution` |
+//! | `egressd.*` | no ECS equivalent: `verdict`, `hook`, `region`, `mapped`, `mode`, `suppressed`, `policy.{digest,generation}`, `cgroup.{id,path,systemd_unit}`, `process_exited`, `process_details`, `process_attribution` |
 //!
 //! Lifecycle records: `agent_start` is `event.kind: event`, `category: [process]`,
 //! `type: [start]`; `agent_stop` the same with `type: [end]`; `policy_loaded` is
@@ -204,6 +204,7 @@ fn connection(ev: &ConnectionEvent) -> Value {
                 "systemd_unit": ev.cgroup.systemd_unit,
             },
             "process_exited": ev.process.exited,
+            "process_details": ev.process.details,
             "process_attribution": ev.process.attribution,
         }),
     );

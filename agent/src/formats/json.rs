@@ -15,6 +15,7 @@
 //! | `process.pid`, `.name`, `.thread.id` | from the kernel |
 //! | `process.parent.pid`, `.executable`, `.command_line` | from `/proc` at event time |
 //! | `process.exited` | true when the process had exited before `/proc` could be read |
+//! | `process.details` | where parent, executable, command line and cgroup path come from: `verified` (`/proc`, consistent with the kernel's comm, uid, cgroup id and a start before the event), `exited`, `mismatch` (the pid now runs another program: withheld), `skipped` (enrichment stalled), `none` (no pid) |
 //! | `process.attribution` | whose process fields: `task` (the caller, at a socket hook), `socket_owner` (the socket's creator, at the packet hook), `socket_uid` (a socket older than egressd: pid 0, only `user.id` and `cgroup.id`) |
 //! | `user.id`, `user.name`, `group.id`, `group.name` | real uid/gid and their names |
 //! | `cgroup.id`, `.path`, `.systemd_unit` | cgroup v2 id, path, deepest unit in the path |

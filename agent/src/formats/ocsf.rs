@@ -21,7 +21,7 @@
 //! `actor.user.{uid, name}`, `firewall_rule.{uid, name, version}` (rule id, `allowlist`,
 //! policy generation), `container.uid` when known, and `unmapped.egressd` for what OCSF has
 //! no attribute for (verdict, hook, region, mapped, mode, policy digest and generation,
-//! cgroup id/path/unit, container runtime, host labels, process_exited, process_attribution).
+//! cgroup id/path/unit, container runtime, host labels, process_exited, process_details, process_attribution).
 //!
 //! Lifecycle records are class **Application Lifecycle** (`class_uid` 6002, category 6
 //! "Application Activity"): `agent_start` is activity 3 `Start`, `agent_stop` 4 `Stop`,
@@ -195,6 +195,7 @@ fn connection(ev: &ConnectionEvent) -> Value {
             "container_runtime": ev.container.as_ref().map(|c| c.runtime),
             "host_labels": labels(h),
             "process_exited": ev.process.exited,
+            "process_details": ev.process.details,
             "process_attribution": ev.process.attribution,
             "group": { "gid": ev.group.id.to_string(), "name": ev.group.name },
         }}),

@@ -599,3 +599,127 @@ pub fn privileges_dropped_after_attach() -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// Runs the probe client (as root) in cgroup `cgroup` of the test bed with `extra`
+/// arguments and `probes`; returns its result lines.
+fn probe_in(
+    tb: &egressd_testbed::Testbed,
+    cgroup: &Path,
+    extra: &[&str],
+    probes: &[String],
+) -> Result<Vec<egressd_testbed::client::ProbeResult>, Failed> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .arg(super::harness::PROBE_ARG)
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args(["--netns", tb.client.name()])
+        .args(extra)
+        .args(probes)
+        .output()
+        .map_err(|e| format!("spawning probe: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("probe failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    super::harness::parse_probe_output(&out.stdout)
+}
+
+/// A process that `execve`s another program after a denied attempt: each event shows the
+/// program that made it, never the other one's command line (the process cache once
+/// survived `execve`, and `/proc` read late described the new program).
+pub fn attribution_follows_exec() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "enforce")?;
+    let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-exec-")));
+    std::fs::create_dir_all(&dir.0).map_err(|e| e.to_string())?;
+    let link = dir.0.join("execd-probe");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(&exe, &link).map_err(|e| e.to_string())?;
+    let link_arg = link.to_string_lossy().into_owned();
+    let r = probe_in(
+        &tb,
+        tb.cgroup.path(),
+        &["--then-exec", &link_arg, "--linger-ms", "1500"],
+        &[tcp(US_V4)],
+    )?;
+    if r.len() != 2 {
+        return Err(format!("want one result per program, got {r:?}").into());
+    }
+    expect_eperm(&r[0])?;
+    expect_eperm(&r[1])?;
+    let recs = agent.stop()?;
+    let events: Vec<&serde_json::Value> = super::harness::connections(&recs);
+    if events.len() != 2 || events[0]["process"]["pid"] != events[1]["process"]["pid"] {
+        return Err(format!("want two events of one pid: {events:?}").into());
+    }
+    let first_name = events[0]["process"]["name"].as_str().unwrap_or("");
+    let second_name = events[1]["process"]["name"].as_str().unwrap_or("");
+    if second_name != "execd-probe" || first_name == second_name {
+        return Err(format!("names {first_name:?}, {second_name:?}").into());
+    }
+    for e in &events {
+        let name = e["process"]["name"].as_str().unwrap_or("");
+        let cmd = e["process"]["command_line"].as_str().unwrap_or("");
+        let details = e["process"]["details"].as_str().unwrap_or("");
+        let names_link = cmd.contains("execd-probe");
+        if (name == "execd-probe") != names_link && !cmd.is_empty() {
+            return Err(format!("{name} reported with another program's command line: {e}").into());
+        }
+        if !["verified", "mismatch", "exited"].contains(&details) {
+            return Err(format!("details {details:?}: {e}").into());
+        }
+    }
+    // The second program lingers: it is read, and verified.
+    if events[1]["process"]["details"] != "verified" {
+        return Err(format!("the living program was not verified: {}", events[1]).into());
+    }
+    Ok(())
+}
+
+/// A container id comes only from cgroup names root chose: a workload given a delegated
+/// cgroup (owned by it) that names a child `docker-ID.scope` is not reported as that
+/// container; the same name made by root is.
+pub fn container_id_not_from_a_delegated_cgroup() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "enforce")?;
+    let id = "0123456789abcdef".repeat(4);
+    let forged = "fedcba9876543210".repeat(4);
+    let trusted = tb.cgroup.path().join(format!("docker-{id}.scope"));
+    let deleg = tb.cgroup.path().join("delegated");
+    let inside = deleg.join(format!("docker-{forged}.scope"));
+    for d in [&trusted, &inside] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    std::os::unix::fs::chown(&deleg, Some(65534), Some(65534)).map_err(|e| e.to_string())?;
+    let cleanup = || {
+        let _ = std::fs::remove_dir(&inside);
+        let _ = std::fs::remove_dir(&deleg);
+        let _ = std::fs::remove_dir(&trusted);
+    };
+    let run = || -> Result<Vec<serde_json::Value>, Failed> {
+        for cg in [&trusted, &inside] {
+            let r = probe_in(&tb, cg, &["--linger-ms", "1000"], &[tcp(US_V4)])?;
+            expect_eperm(&r[0])?;
+        }
+        let recs = agent.stop()?;
+        Ok(super::harness::connections(&recs)
+            .into_iter()
+            .cloned()
+            .collect())
+    };
+    let events = run();
+    cleanup();
+    let events = events?;
+    if events.len() != 2 {
+        return Err(format!("want 2 events, got {events:?}").into());
+    }
+    if events[0]["container"]["id"] != id.as_str() {
+        return Err(format!("root's docker scope not reported: {}", events[0]).into());
+    }
+    if !events[1]["container"].is_null() {
+        return Err(format!("a forged container id was reported: {}", events[1]).into());
+    }
+    Ok(())
+}

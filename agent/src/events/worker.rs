@@ -1,0 +1,295 @@
+//! Enrichment off the daemon's control path.
+//!
+//! Reading `/proc/PID` can block: the kernel copies `cmdline` out of the process's memory
+//! under its mmap lock, and a workload controls both. So the main loop (signals, reloads,
+//! `/healthz`, `/metrics`, tamper checks, the watchdog) only decodes ring buffer records
+//! and queues them; one thread of its own reads `/proc` and hands the finished events back
+//! in order. Time is bounded, and nothing is dropped:
+//! - an event that waited longer than [`DEADLINE`] in the queue is sent without `/proc`
+//!   details (`process.details = "skipped"`);
+//! - while the thread has been stuck on one event for longer than [`STALL`], or the queue
+//!   holds [`QUEUE_CAP`] events, new events are built at once the same way;
+//! - at shutdown, what the thread has not finished within the given time, the event it is
+//!   stuck on included, is built the same way too (the stuck read is abandoned with the
+//!   thread).
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Condvar, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::{ConnectionEvent, Enricher, Event};
+
+/// Longest an event waits in the queue for its `/proc` details.
+pub const DEADLINE: Duration = Duration::from_secs(2);
+/// Longest the thread may spend on one event before new events bypass it.
+pub const STALL: Duration = Duration::from_millis(500);
+/// Events queued at most (each is a 100-byte record plus an `Arc`).
+pub const QUEUE_CAP: usize = 65_536;
+
+struct Job {
+    enricher: Arc<Enricher>,
+    event: Event,
+    queued: Instant,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Job>>,
+    ready: Condvar,
+    /// Milliseconds since `epoch` + 1 at which the thread took its current event; 0 when idle.
+    busy_since: AtomicU64,
+    /// The event the thread is on. Whoever takes it out delivers it: the thread when done,
+    /// or [`Worker::finish`] when the thread is stuck (then the thread's result is dropped).
+    current: Mutex<Option<(Arc<Enricher>, Event)>>,
+    closed: AtomicBool,
+    epoch: Instant,
+    /// Events built without `/proc` details, for any of the reasons above.
+    skipped: AtomicU64,
+}
+
+impl Shared {
+    fn stalled(&self) -> bool {
+        match self.busy_since.load(Ordering::Acquire) {
+            0 => false,
+            t => {
+                let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                now.saturating_sub(t - 1) > u64::try_from(STALL.as_millis()).unwrap_or(0)
+            }
+        }
+    }
+}
+
+/// The enrichment thread and the channel of its finished events.
+pub struct Worker {
+    shared: Arc<Shared>,
+    done: tokio::sync::mpsc::UnboundedReceiver<ConnectionEvent>,
+}
+
+impl Worker {
+    /// Starts the thread.
+    ///
+    /// # Errors
+    /// The thread cannot be spawned.
+    pub fn start() -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            busy_since: AtomicU64::new(0),
+            current: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            epoch: Instant::now(),
+            skipped: AtomicU64::new(0),
+        });
+        let (tx, done) = tokio::sync::mpsc::unbounded_channel();
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("egressd-enrich".into())
+            .spawn(move || run(&s, &tx))?;
+        Ok(Self { shared, done })
+    }
+
+    /// Queues `event` for enrichment by `enricher`; returns it built at once without
+    /// `/proc` details when the thread is stalled or the queue is full (submit that one
+    /// now; queued ones come out of [`Self::next`]).
+    pub fn push(&self, enricher: &Arc<Enricher>, event: Event) -> Option<ConnectionEvent> {
+        let mut q = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if q.len() >= QUEUE_CAP || self.shared.stalled() {
+            drop(q);
+            self.shared.skipped.fetch_add(1, Ordering::Relaxed);
+            return Some(enricher.skip(&event));
+        }
+        q.push_back(Job {
+            enricher: enricher.clone(),
+            event,
+            queued: Instant::now(),
+        });
+        drop(q);
+        self.shared.ready.notify_one();
+        None
+    }
+
+    /// The next finished event (cancel-safe, for `select!`).
+    pub async fn next(&mut self) -> Option<ConnectionEvent> {
+        self.done.recv().await
+    }
+
+    /// Events sent without `/proc` details (`process.details = "skipped"`) since the
+    /// start: the thread was stalled, the queue full, or an event waited past [`DEADLINE`].
+    pub fn skipped(&self) -> u64 {
+        self.shared.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Stops the thread: waits up to `within` for it to finish the queue, then builds what
+    /// is left without `/proc` details. Returns every event not yet taken from
+    /// [`Self::next`], in queue order.
+    pub fn finish(&mut self, within: Duration) -> Vec<ConnectionEvent> {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.ready.notify_all();
+        let until = Instant::now() + within;
+        let mut out = Vec::new();
+        loop {
+            while let Ok(e) = self.done.try_recv() {
+                out.push(e);
+            }
+            let idle = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+                && self.shared.busy_since.load(Ordering::Acquire) == 0;
+            if idle || Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        while let Ok(e) = self.done.try_recv() {
+            out.push(e);
+        }
+        // The event the thread is stuck on (its read is abandoned with the thread), then
+        // the queue behind it.
+        let stuck = self
+            .shared
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        while let Ok(e) = self.done.try_recv() {
+            out.push(e);
+        }
+        let skip = |enricher: &Enricher, event: &Event| {
+            self.shared.skipped.fetch_add(1, Ordering::Relaxed);
+            enricher.skip(event)
+        };
+        out.extend(stuck.map(|(enricher, event)| skip(&enricher, &event)));
+        let rest: Vec<Job> = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        out.extend(rest.iter().map(|j| skip(&j.enricher, &j.event)));
+        out
+    }
+}
+
+fn run(s: &Shared, tx: &tokio::sync::mpsc::UnboundedSender<ConnectionEvent>) {
+    loop {
+        let job = {
+            let mut q = s.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if let Some(j) = q.pop_front() {
+                    // Marked busy while the queue lock is held, so `finish` never sees the
+                    // queue empty and the thread idle while a job is in hand.
+                    let now = u64::try_from(s.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    s.busy_since.store(now + 1, Ordering::Release);
+                    *s.current.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some((j.enricher.clone(), j.event));
+                    break j;
+                }
+                if s.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                q = s.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        let event = if job.queued.elapsed() > DEADLINE {
+            s.skipped.fetch_add(1, Ordering::Relaxed);
+            job.enricher.skip(&job.event)
+        } else {
+            job.enricher.enrich(&job.event)
+        };
+        let mine = s
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .is_some();
+        // Sent while `current` is already empty: `finish` reads the channel after taking
+        // `current`, so it sees this event exactly once either way.
+        let sent = if mine { tx.send(event).is_ok() } else { false };
+        s.busy_since.store(0, Ordering::Release);
+        if !sent {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Sequencer, sample};
+
+    fn enricher(proc_root: std::path::PathBuf) -> Arc<Enricher> {
+        let cfg = crate::config::parse(
+            std::path::Path::new("t.toml"),
+            "allowlist = []\n[regions.us]\nprefixes = [\"198.18.2.0/24\"]\n",
+        )
+        .expect("valid");
+        Arc::new(Enricher::with_proc_root(
+            Arc::new(Sequencer::new(sample::context())),
+            Arc::new(crate::policy::compile(&cfg)),
+            proc_root,
+        ))
+    }
+
+    fn event(pid: u32) -> Event {
+        Event {
+            pid,
+            ..crate::events::tests::kernel_event()
+        }
+    }
+
+    #[tokio::test]
+    async fn events_come_back_in_order_and_finish_flushes() {
+        let e = enricher("/nonexistent-proc".into());
+        let mut w = Worker::start().expect("thread");
+        for pid in 1..=3 {
+            assert!(w.push(&e, event(pid)).is_none());
+        }
+        let first = w.next().await.expect("event");
+        assert_eq!((first.process.pid, first.process.details), (1, "exited"));
+        let rest = w.finish(Duration::from_secs(2));
+        let pids: Vec<u32> = rest.iter().map(|e| e.process.pid).collect();
+        assert_eq!(pids, vec![2, 3]);
+    }
+
+    /// A `/proc` read that never returns (a FIFO named `stat` without a writer) stalls the
+    /// thread; events then bypass it, and `finish` returns in bounded time with every event.
+    #[tokio::test]
+    async fn a_stalled_read_never_holds_events_back() {
+        let root = std::env::temp_dir().join(format!("egressd-stall-{}", std::process::id()));
+        let dir = root.join("77");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let fifo =
+            std::ffi::CString::new(dir.join("stat").to_string_lossy().as_bytes()).expect("path");
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = enricher(root.clone());
+        let mut w = Worker::start().expect("thread");
+        assert!(w.push(&e, event(77)).is_none());
+        assert!(w.push(&e, event(5)).is_none());
+        std::thread::sleep(STALL + Duration::from_millis(200));
+        let bypass = w.push(&e, event(6)).expect("built at once while stalled");
+        assert_eq!((bypass.process.pid, bypass.process.details), (6, "skipped"));
+        assert_eq!(w.skipped(), 1);
+        let t = Instant::now();
+        let rest = w.finish(Duration::from_millis(300));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // The stuck event and the one queued behind it are delivered, without details.
+        let pids: Vec<(u32, &str)> = rest
+            .iter()
+            .map(|e| (e.process.pid, e.process.details))
+            .collect();
+        assert_eq!(pids, vec![(77, "skipped"), (5, "skipped")]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
