@@ -1992,13 +1992,22 @@ fn field_from_text(text: &str, offset: usize) -> (String, Option<usize>) {
     let mut current = String::new();
     // (line number, path defined on that line), in file order.
     let mut defined: Vec<(usize, String)> = Vec::new();
+    // Elements seen per array of tables (`[[rules]]`): each is its own table, `rules[N]`.
+    let mut elements: HashMap<String, usize> = HashMap::new();
     let mut pos = 0;
     for (number, line) in (1..).zip(text.split_inclusive('\n')) {
         let t = line.trim();
         if let Some(h) = t.strip_prefix('[') {
+            let array = h.starts_with('[');
             let h = h.trim_start_matches('[');
-            let h = h.split(']').next().unwrap_or_default();
-            header = dotted(h);
+            let h = dotted(h.split(']').next().unwrap_or_default());
+            header = if array {
+                let n = elements.entry(h.clone()).or_insert(0);
+                *n += 1;
+                format!("{h}[{}]", *n - 1)
+            } else {
+                h
+            };
             current = header.clone();
             defined.push((number, current.clone()));
         } else if let Some((k, _)) = t.split_once('=') {
@@ -2345,6 +2354,15 @@ mod tests {
             2,
             "allowlist",
             "duplicate key `allowlist`",
+        );
+        // In the second element of an array of tables: that element's field and line.
+        let text = "allowlist = []\n[[rules]]\naction = \"allow\"\nto = [\"10.0.0.0/8\"]\n\
+                    [[rules]]\naction = \"deny\"\nto = [\"10.1.0.0/16\"]\naction = \"allow\"\n";
+        fails(
+            text,
+            8,
+            "rules[1].action",
+            "duplicate key `action` (first defined on line 6)",
         );
     }
 
