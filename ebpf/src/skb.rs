@@ -86,8 +86,14 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     if !sk.is_null() && dec.reason == failsafe::NONE && p.n_route == 0 && handshake(sk, d, &dec) {
         return PASS;
     }
-    report::count(Hook::SkbEgress, dec.region, dec.verdict);
-    if !sk.is_null() && dec.reason == failsafe::NONE && p.n_route == 0 {
+    let judged = !sk.is_null() && dec.reason == failsafe::NONE && p.n_route == 0;
+    let tcp_flow = judged && d.protocol == IPPROTO_TCP && is_tcp(sk);
+    // An allowed segment of a full TCP socket belongs to a connection connect() judged and
+    // counted (or one older than egressd): confirmed, cached, not counted again.
+    if !(tcp_flow && dec.verdict == Verdict::Allow) {
+        report::count(Hook::SkbEgress, dec.region, dec.verdict);
+    }
+    if judged {
         let cached = SockVerdict {
             generation,
             dst_addr: wire,
@@ -96,7 +102,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
             verdict: dec.verdict as u8,
             family: wire_family,
             protocol: d.protocol,
-            flow: u8::from(d.protocol == IPPROTO_TCP && is_tcp(sk)),
+            flow: u8::from(tcp_flow),
             dst_port: d.port,
             reported: 1,
             mapped: d.mapped,

@@ -268,6 +268,16 @@ pub fn attempt(probe: &str) -> ProbeResult {
             .map(drop)
             .map_err(|e| ("connect", e)),
         "udp" | "udp-sendto" => udp(kind == "udp", addr, timeout),
+        // A connection that carries data: one echoed exchange.
+        "tcp-echo" => TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| ("connect", e))
+            .and_then(|mut c| {
+                c.set_read_timeout(Some(timeout))
+                    .map_err(|e| ("setsockopt", e))?;
+                c.write_all(b"egressd").map_err(|e| ("write", e))?;
+                let mut buf = [0u8; 7];
+                c.read_exact(&mut buf).map_err(|e| ("read", e))
+            }),
         // What glibc's getaddrinfo does to sort addresses (RFC 6724): connect a UDP socket,
         // read its source address, close it; nothing is sent.
         "udp-connect" => std::net::UdpSocket::bind(if addr.is_ipv4() {

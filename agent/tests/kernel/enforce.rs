@@ -295,9 +295,19 @@ pub fn counters() -> Result<(), Failed> {
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let n = 25;
-    let r = probe(&tb, n, &[tcp(EU_V4), tcp(US_V4), tcp(US_V6), sendto(US_V4)])?;
-    if r.len() != 4 * n as usize {
-        return Err("probe did not make every attempt".into());
+    let r = probe(
+        &tb,
+        n,
+        &[
+            tcp(EU_V4),
+            tcp(US_V4),
+            tcp(US_V6),
+            sendto(US_V4),
+            url("tcp-echo", EU_V6, PORT),
+        ],
+    )?;
+    if r.len() != 5 * n as usize || r.iter().any(|r| r.probe.contains(EU_V6) && !r.ok) {
+        return Err(format!("probe did not make every attempt: {r:?}").into());
     }
     let recs = agent.stop()?;
     let stop = stop_record(&recs)?;
@@ -307,11 +317,18 @@ pub fn counters() -> Result<(), Failed> {
         ("cgroup/connect4", "us", "deny"),
         ("cgroup/connect6", "us", "deny"),
         ("cgroup/sendmsg4", "us", "deny"),
+        // Connections that carry data are counted once, at connect(): the packet hook
+        // confirms them without counting them again.
+        ("cgroup/connect6", "eu", "allow"),
     ] {
         let got = counter(stop, hook, region, verdict);
         if got != n {
             return Err(format!("{hook} {region} {verdict}: {got} != {n} attempts: {stop}").into());
         }
+    }
+    let again = counter(stop, "cgroup_skb/egress", "eu", "allow");
+    if again != 0 {
+        return Err(format!("{again} allowed connections counted again at the packet hook").into());
     }
     let events = connections(&recs).len() as u64;
     let lost = stop["lost"]["ringbuf_full"].as_u64().unwrap_or(u64::MAX);
