@@ -24,8 +24,8 @@ use tokio::{
 use crate::{
     cgroup, clock, config,
     events::{
-        self, AgentInfo, Context, Counters, Enricher, LastGoodRef, Lifecycle, LifecycleBody,
-        LossReport, PolicySummary, Record, Sequencer,
+        self, AgentInfo, ConnectionEvent, Context, Counters, Enricher, LastGoodRef, Lifecycle,
+        LifecycleBody, LossReport, PolicySummary, Record, Sequencer,
     },
     lastgood::StateDir,
     loader::Enforcer,
@@ -378,10 +378,10 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                delivered += drain(guard.get_inner_mut(), &enrichers, &worker, &pipeline, &mut undecodable);
+                delivered += drain(guard.get_inner_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
                 guard.clear_ready();
             }
-            Some(ev) = worker.next() => pipeline.submit(&Record::Connection(Box::new(ev))),
+            Some(ev) = worker.next() => submit_connection(&seq, &pipeline, ev),
             _ = sighup.recv() => { reload_now = true; }
             Some(()) = async {
                 match watcher.as_mut() {
@@ -393,7 +393,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 reload_now = true;
             }
             Some(reply) = metrics_rx.recv() => {
-                delivered += drain(ring.get_mut(), &enrichers, &worker, &pipeline, &mut undecodable);
+                delivered += drain(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
                 let snap = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped())
                     .map(|c| crate::metrics::Snapshot {
                         counters: c,
@@ -447,6 +447,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                     ring.get_mut(),
                     &enrichers,
                     &worker,
+                    &seq,
                     &pipeline,
                     &mut undecodable,
                 );
@@ -531,11 +532,12 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         ring.get_mut(),
         &enrichers,
         &worker,
+        &seq,
         &pipeline,
         &mut undecodable,
     );
     for ev in worker.finish(ENRICH_FLUSH) {
-        pipeline.submit(&Record::Connection(Box::new(ev)));
+        submit_connection(&seq, &pipeline, ev);
     }
     let stop = counters(
         &maps,
@@ -757,6 +759,7 @@ fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     enrichers: &Enrichers,
     worker: &events::worker::Worker,
+    seq: &Sequencer,
     pipeline: &Pipeline,
     undecodable: &mut u64,
 ) -> u64 {
@@ -767,7 +770,7 @@ fn drain(
                 if let Some(enricher) = enrichers.get(ev.generation)
                     && let Some(now) = worker.push(enricher, ev)
                 {
-                    pipeline.submit(&Record::Connection(Box::new(now)));
+                    submit_connection(seq, pipeline, now);
                 }
                 n += 1;
             }
@@ -778,6 +781,12 @@ fn drain(
         }
     }
     n
+}
+
+/// Numbers a connection event (in the order the sinks receive records) and submits it.
+fn submit_connection(seq: &Sequencer, pipeline: &Pipeline, mut ev: ConnectionEvent) {
+    seq.number(&mut ev.header);
+    pipeline.submit(&Record::Connection(Box::new(ev)));
 }
 
 /// The service manager's `STATUS=` for the policy in force.

@@ -313,16 +313,31 @@ impl Sequencer {
     /// A header for a new record of type `kind` at `unix_ns` (nanoseconds since the epoch),
     /// with the next sequence number.
     pub fn header(&self, kind: &'static str, unix_ns: i128) -> Header {
-        let sequence = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut h = self.unnumbered(kind, unix_ns);
+        self.number(&mut h);
+        h
+    }
+
+    /// As [`Self::header`] without a sequence number yet (0, empty id): for records built
+    /// off the daemon's main task, numbered by [`Self::number`] when they are submitted, so
+    /// that sequence numbers follow the order in which the sinks receive records.
+    pub fn unnumbered(&self, kind: &'static str, unix_ns: i128) -> Header {
         Header {
             timestamp: rfc3339(unix_ns),
             kind,
-            id: format!("{}-{sequence}", self.ctx.agent.ephemeral_id),
-            sequence,
+            id: String::new(),
+            sequence: 0,
             host: self.ctx.host.clone(),
             agent: self.ctx.agent.clone(),
             unix_ns,
         }
+    }
+
+    /// Gives `header` the next sequence number and its id.
+    pub fn number(&self, header: &mut Header) {
+        let sequence = self.next.fetch_add(1, Ordering::Relaxed);
+        header.sequence = sequence;
+        header.id = format!("{}-{sequence}", self.ctx.agent.ephemeral_id);
     }
 }
 
@@ -381,7 +396,8 @@ impl Enricher {
         }
     }
 
-    /// Builds the sink-facing event from a kernel record, reading `/proc/PID` now (bounded:
+    /// Builds the sink-facing event from a kernel record, unnumbered (give it its sequence
+    /// number with [`Sequencer::number`] when submitting it), reading `/proc/PID` now (bounded:
     /// one `stat`, and on a cache miss `status`, `exe`, at most [`procinfo::MAX_CMDLINE`]
     /// bytes of `cmdline` and `cgroup`), and reporting it only where it agrees with the
     /// kernel's record ([`procinfo::Cache::lookup`]).
@@ -422,10 +438,10 @@ impl Enricher {
         group: Option<String>,
     ) -> ConnectionEvent {
         build(
-            &self.seq,
+            self.seq
+                .unnumbered("connection", crate::clock::boot_to_unix_ns(ev.boot_ns)),
             &self.policy,
             ev,
-            crate::clock::boot_to_unix_ns(ev.boot_ns),
             details,
             user,
             group,
@@ -433,12 +449,12 @@ impl Enricher {
     }
 }
 
-/// Pure assembly of a [`ConnectionEvent`] (no I/O): `details` is what `/proc` said.
+/// Pure assembly of a [`ConnectionEvent`] (no I/O) under `header`: `details` is what
+/// `/proc` said.
 pub fn build(
-    seq: &Sequencer,
+    header: Header,
     policy: &Policy,
     ev: &Event,
-    unix_ns: i128,
     details: &procinfo::Details,
     user: Option<String>,
     group: Option<String>,
@@ -458,7 +474,7 @@ pub fn build(
     let cgroup_path = info.and_then(|i| i.cgroup.clone());
     let trusted = info.and_then(|i| i.trusted_cgroup.as_deref());
     ConnectionEvent {
-        header: seq.header("connection", unix_ns),
+        header,
         verdict: match verdict {
             Some(Verdict::Deny) => "deny",
             Some(Verdict::Audit) => "audit",
@@ -1167,10 +1183,9 @@ pub(crate) mod tests {
             cgroup_id: None,
         };
         let ev = build(
-            &seq,
+            seq.header("connection", sample::T0),
             &p,
             &kernel_event(),
-            sample::T0,
             &procinfo::Details::Verified(Arc::new(info)),
             Some("bob".into()),
             None,
@@ -1199,10 +1214,9 @@ pub(crate) mod tests {
             Some("/system.slice/bind.service/x")
         );
         let gone = build(
-            &seq,
+            seq.header("connection", 0),
             &p,
             &kernel_event(),
-            0,
             &procinfo::Details::Exited,
             None,
             None,
@@ -1211,10 +1225,9 @@ pub(crate) mod tests {
         assert!(gone.process.exited && gone.process.executable.is_none());
         assert_eq!(gone.process.details, "exited");
         let other = build(
-            &seq,
+            seq.header("connection", 0),
             &p,
             &kernel_event(),
-            0,
             &procinfo::Details::Mismatch("name"),
             None,
             None,

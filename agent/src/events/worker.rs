@@ -155,15 +155,19 @@ impl Worker {
         }
         // The event the thread is stuck on (its read is abandoned with the thread), then
         // the queue behind it.
-        let stuck = self
-            .shared
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        while let Ok(e) = self.done.try_recv() {
-            out.push(e);
-        }
+        // Under the lock the thread sends under: its event is either in the channel already
+        // or still in `current` (and then never sent).
+        let stuck = {
+            let mut current = self
+                .shared
+                .current
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            while let Ok(e) = self.done.try_recv() {
+                out.push(e);
+            }
+            current.take()
+        };
         let skip = |enricher: &Enricher, event: &Event| {
             self.shared.skipped.fetch_add(1, Ordering::Relaxed);
             enricher.skip(event)
@@ -207,15 +211,12 @@ fn run(s: &Shared, tx: &tokio::sync::mpsc::UnboundedSender<ConnectionEvent>) {
         } else {
             job.enricher.enrich(&job.event)
         };
-        let mine = s
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .is_some();
-        // Sent while `current` is already empty: `finish` reads the channel after taking
-        // `current`, so it sees this event exactly once either way.
-        let sent = if mine { tx.send(event).is_ok() } else { false };
+        // Sent under the `current` lock, so `finish` sees this event exactly once: in the
+        // channel, or (when it took `current` first) built by itself.
+        let sent = {
+            let mut current = s.current.lock().unwrap_or_else(PoisonError::into_inner);
+            current.take().is_some() && tx.send(event).is_ok()
+        };
         s.busy_since.store(0, Ordering::Release);
         if !sent {
             return;

@@ -662,7 +662,11 @@ pub fn attribution_follows_exec() -> Result<(), Failed> {
         let name = e["process"]["name"].as_str().unwrap_or("");
         let cmd = e["process"]["command_line"].as_str().unwrap_or("");
         let details = e["process"]["details"].as_str().unwrap_or("");
-        let names_link = cmd.contains("execd-probe");
+        // argv[0] names the program (the first one's arguments name the second).
+        let names_link = cmd
+            .split(' ')
+            .next()
+            .is_some_and(|a| a.ends_with("execd-probe"));
         if (name == "execd-probe") != names_link && !cmd.is_empty() {
             return Err(format!("{name} reported with another program's command line: {e}").into());
         }
