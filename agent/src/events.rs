@@ -596,6 +596,12 @@ pub struct SinkCounters {
     /// Records neither delivered nor spooled when the agent stopped (sinks without a spool
     /// whose destination was down at exit).
     pub dropped_at_exit: u64,
+    /// Damaged places of the spool set aside since the start (`damaged-*` files in the
+    /// spool directory): a frame with an impossible length or a wrong checksum and the
+    /// rest of its segment, or an unreadable segment. Their records are lost.
+    pub spool_damaged: u64,
+    /// Bytes of those places.
+    pub spool_damaged_bytes: u64,
 }
 
 impl SinkCounters {
@@ -1021,6 +1027,8 @@ pub mod sample {
                         retries: 3,
                         up: false,
                         dropped_at_exit: 0,
+                        spool_damaged: 0,
+                        spool_damaged_bytes: 0,
                     },
                 )]),
             },

@@ -197,6 +197,8 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         ev("sink", name, "dropped_spool_full", c.dropped_spool_full);
         ev("sink", name, "dropped_failed", c.dropped_failed);
         ev("sink", name, "dropped_at_exit", c.dropped_at_exit);
+        // Damaged places of the spool set aside (their records are lost; count unknown).
+        ev("sink", name, "spool_damaged", c.spool_damaged);
         let truncated = s
             .counters
             .extra

@@ -78,6 +78,8 @@ struct Atomics {
     retries: AtomicU64,
     truncated: AtomicU64,
     spooled: AtomicU64,
+    spool_damaged: AtomicU64,
+    spool_damaged_bytes: AtomicU64,
     /// Frames in flight or waiting to be sent again.
     held: AtomicU64,
     up: AtomicBool,
@@ -122,6 +124,9 @@ impl Shared {
 
     fn set_spooled(&self, spool: &Spool) {
         self.c.spooled.store(spool.len(), Ordering::Relaxed);
+        let d = spool.damaged();
+        self.c.spool_damaged.store(d.regions, Ordering::Relaxed);
+        self.c.spool_damaged_bytes.store(d.bytes, Ordering::Relaxed);
     }
 
     /// Moves the whole memory queue (then `extra`) to the spool, in order, counting what
@@ -163,6 +168,8 @@ impl Shared {
             retries: c.retries.load(Ordering::Relaxed),
             up: c.up.load(Ordering::Relaxed),
             dropped_at_exit: c.dropped_at_exit.load(Ordering::Relaxed),
+            spool_damaged: c.spool_damaged.load(Ordering::Relaxed),
+            spool_damaged_bytes: c.spool_damaged_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -253,7 +260,6 @@ impl Pipeline {
         {
             tracing::info!(sink = %cfg.name, frames = s.len(), "delivering frames spooled by a previous run first");
         }
-        let spooled = spool.as_ref().map_or(0, Spool::len);
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
             capacity: cfg.queue.max(1),
@@ -271,7 +277,9 @@ impl Pipeline {
         });
         let mut transport = transport;
         transport.set_stop(shared.stop.clone());
-        shared.c.spooled.store(spooled, Ordering::Relaxed);
+        if let Some(s) = &shared.spool {
+            shared.set_spooled(&s.lock().unwrap_or_else(PoisonError::into_inner));
+        }
         let worker = Worker {
             shared: shared.clone(),
             transport,
@@ -548,8 +556,8 @@ impl Worker {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::error!(sink = %self.shared.name, error = %e, "reading the spool failed");
-                    return None;
+                    // The spool's directory itself fails: new records still flow.
+                    tracing::error!(sink = %self.shared.name, error = %e, "reading the spool failed: delivering from memory");
                 }
             }
         }
@@ -908,8 +916,8 @@ mod tests {
         let dir = tmp("full");
         let (_f, t) = fake(false);
         let frame_len = Encoder::for_sink(&cfg("s", 1), "h").encode(&rec(1)).len() as u64;
-        // Room for exactly 5 frames (with their 4-byte length prefixes).
-        let spool = Spool::open(&dir, 5 * (frame_len + 4)).expect("spool");
+        // Room for exactly 5 frames (with their 4-byte length and 4-byte checksum).
+        let spool = Spool::open(&dir, 5 * (frame_len + 8)).expect("spool");
         let p =
             Pipeline::with_transports(vec![(cfg("s", 1000), t, Some(spool))], "h").expect("start");
         for i in 1..=8 {
@@ -958,6 +966,46 @@ mod tests {
             seqs(&f.lock().expect("lock").received),
             (1..=21).collect::<Vec<_>>()
         );
+        drop(p);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 13 item 4: a spool damaged while the agent was down (a frame's bytes changed)
+    /// delivers every intact frame and the new records, and counts what it set aside.
+    #[test]
+    fn damaged_spool_does_not_stop_delivery() {
+        let dir = tmp("damaged");
+        let (_f, t) = fake(false);
+        let spool = Spool::open(&dir, 1 << 20).expect("spool");
+        let p =
+            Pipeline::with_transports(vec![(cfg("s", 1000), t, Some(spool))], "h").expect("start");
+        for i in 1..=20 {
+            p.submit(&rec(i));
+        }
+        assert_eq!(p.shutdown(Duration::from_millis(50))["s"].spooled, 20);
+        // Flip the last byte of the first segment: record 20's checksum no longer matches.
+        let seg = std::fs::read_dir(&dir)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .expect("segment");
+        let mut bytes = std::fs::read(&seg).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        std::fs::write(&seg, &bytes).expect("write");
+        let (f, t) = fake(true);
+        let spool = Spool::open(&dir, 1 << 20).expect("spool");
+        let p = Pipeline::with_transports(vec![(cfg("s", 1000), t, Some(spool))], "h")
+            .expect("restart");
+        p.submit(&rec(21));
+        assert!(p.flush(Duration::from_secs(10)));
+        let mut want: Vec<u64> = (1..=19).collect();
+        want.push(21);
+        assert_eq!(seqs(&f.lock().expect("lock").received), want);
+        let c = p.counters();
+        assert_eq!(c["s"].spool_damaged, 1);
+        assert!(c["s"].spool_damaged_bytes > 0);
         drop(p);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,11 +1,18 @@
 //! A sink's bounded on-disk queue of frames, oldest first.
 //!
 //! Layout of the spool directory: segment files `{id:020}.seg` (ids increase; a segment holds
-//! at most [`SEGMENT_BYTES`]) of frames `[length: u32 little-endian][bytes]`, and a `head`
-//! file `"{segment id} {byte offset}\n"` naming the next frame to deliver, written at most
-//! once a second, when a segment is finished, and at exit. After a crash the frames since the
-//! last `head` write are delivered again (duplicates, never losses); a frame cut short by the
-//! crash at the end of the last segment is dropped.
+//! at most [`SEGMENT_BYTES`]) that start with [`MAGIC`] and hold frames `[length: u32
+//! little-endian][CRC-32 (ISO-HDLC, as zlib) of the bytes: u32 little-endian][bytes]`, and
+//! a `head` file `"{segment id} {byte offset}\n"` naming the next frame to deliver, written
+//! at most once a second, when a segment is finished, and at exit. After a crash the frames
+//! since the last `head` write are delivered again (duplicates, never losses); a frame cut
+//! short by the crash at the end of the last segment is dropped. Segments of egressd
+//! versions before the checksum (no [`MAGIC`], frames `[length][bytes]`) are still read.
+//!
+//! Damage never stops delivery: a frame whose length is impossible or whose checksum does
+//! not match, and a segment that cannot be read, are set aside with what follows them in
+//! that segment as `damaged-{segment}-{offset}` (0600, for an operator to look at), logged
+//! and counted ([`Spool::damaged`]); delivery goes on with the next segment.
 //!
 //! [`Spool::prepend`] puts frames *before* everything else (records that were in flight when
 //! the agent stopped), so delivery after a restart stays in the original order.
@@ -34,13 +41,53 @@ const FIRST_ID: u64 = 1 << 40;
 const LEN_BYTES: u64 = 4;
 /// Largest frame a segment may claim to hold (a larger length prefix means a damaged file).
 const MAX_FRAME: u64 = 64 << 20;
+/// First bytes of a segment with checksummed frames.
+pub const MAGIC: &[u8; 8] = b"egrspl2\n";
+/// Checksum bytes after the length prefix (segments with [`MAGIC`]).
+const CRC_BYTES: u64 = 4;
+
+/// What was set aside as damaged since the spool was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// Damaged places set aside (a frame and the rest of its segment, or a whole segment).
+    pub regions: u64,
+    /// Frames those places were counted to hold when the spool was opened or written.
+    pub frames: u64,
+    /// Bytes set aside.
+    pub bytes: u64,
+}
+
+/// One segment file: its id, frame format, and the unread frames and bytes it holds.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    id: u64,
+    /// Frames carry a checksum (the file starts with [`MAGIC`]).
+    checked: bool,
+    frames: u64,
+    bytes: u64,
+}
+
+impl Seg {
+    const fn prefix(&self) -> u64 {
+        if self.checked {
+            LEN_BYTES + CRC_BYTES
+        } else {
+            LEN_BYTES
+        }
+    }
+
+    /// Offset of the first frame.
+    const fn start(&self) -> u64 {
+        if self.checked { MAGIC.len() as u64 } else { 0 }
+    }
+}
 
 /// An open spool directory.
 pub struct Spool {
     dir: TrustedDir,
     max_bytes: u64,
-    /// Segment ids, oldest first.
-    segs: VecDeque<u64>,
+    /// Segments, oldest first.
+    segs: VecDeque<Seg>,
     /// Reader on `segs[0]` and its offset.
     reader: Option<(BufReader<fs::File>, u64)>,
     /// Offset in `segs[0]` where reading starts (from `head`).
@@ -51,31 +98,60 @@ pub struct Spool {
     bytes: u64,
     records: u64,
     head_dirty: bool,
+    damage: Damage,
 }
 
 fn seg_name(id: u64) -> OsString {
     OsString::from(format!("{id:020}.seg"))
 }
 
-/// Counts the complete frames of `f` from `offset`; returns (frames, bytes, end of the last
-/// complete frame).
-fn scan(f: fs::File, offset: u64) -> io::Result<(u64, u64, u64)> {
+/// Counts the complete frames of `f` (frames with a `prefix`-byte header) from `offset`;
+/// returns (frames, bytes, end of the last complete frame).
+fn scan(f: fs::File, offset: u64, prefix: u64) -> io::Result<(u64, u64, u64)> {
     let len = f.metadata()?.len();
     let mut r = BufReader::new(f);
     r.seek(SeekFrom::Start(offset))?;
     let (mut n, mut pos) = (0, offset);
     let mut buf = [0u8; 4];
-    while pos + LEN_BYTES <= len {
+    while pos + prefix <= len {
         r.read_exact(&mut buf)?;
         let flen = u64::from(u32::from_le_bytes(buf));
-        if flen > MAX_FRAME || pos + LEN_BYTES + flen > len {
+        if flen > MAX_FRAME || pos + prefix + flen > len {
             break;
         }
-        r.seek_relative(i64::try_from(flen).map_err(io::Error::other)?)?;
-        pos += LEN_BYTES + flen;
+        r.seek_relative(i64::try_from(prefix - LEN_BYTES + flen).map_err(io::Error::other)?)?;
+        pos += prefix + flen;
         n += 1;
     }
     Ok((n, pos - offset, pos))
+}
+
+/// Whether the segment file `f` starts with [`MAGIC`] (checksummed frames).
+fn is_checked(f: &mut fs::File) -> io::Result<bool> {
+    let mut m = [0u8; 8];
+    let mut got = 0;
+    while got < m.len() {
+        match f.read(&mut m[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    f.seek(SeekFrom::Start(0))?;
+    Ok(got == m.len() && &m == MAGIC)
+}
+
+/// `[len][crc][frame]` for each frame.
+fn encode(frames: &[&[u8]], out: &mut Vec<u8>) -> io::Result<()> {
+    for f in frames {
+        out.extend_from_slice(
+            &u32::try_from(f.len())
+                .map_err(io::Error::other)?
+                .to_le_bytes(),
+        );
+        out.extend_from_slice(&crc32fast::hash(f).to_le_bytes());
+        out.extend_from_slice(f);
+    }
+    Ok(())
 }
 
 /// Writes `data` as `name` in `dir` atomically (a fresh `O_EXCL` temporary, renamed).
@@ -145,30 +221,54 @@ impl Spool {
         let mut s = Self {
             dir: tdir,
             max_bytes,
-            segs: ids.iter().copied().collect(),
+            segs: VecDeque::new(),
             reader: None,
-            head_offset: if ids.first() == Some(&head_id) {
-                head_off
-            } else {
-                0
-            },
+            head_offset: 0,
             writer: None,
             bytes: 0,
             records: 0,
             head_dirty: false,
+            damage: Damage::default(),
         };
         let last = ids.len().saturating_sub(1);
-        for (i, id) in ids.iter().enumerate() {
-            let from = if i == 0 { s.head_offset } else { 0 };
-            let f = s.dir.read(&seg_name(*id))?;
+        for (i, &id) in ids.iter().enumerate() {
+            let mut f = match s.dir.read(&seg_name(id)) {
+                Ok(f) => f,
+                Err(e) => {
+                    s.set_aside_whole(id, &e)?;
+                    continue;
+                }
+            };
+            let checked = is_checked(&mut f)?;
+            let mut seg = Seg {
+                id,
+                checked,
+                frames: 0,
+                bytes: 0,
+            };
+            let from = if id == head_id {
+                head_off.max(seg.start())
+            } else {
+                seg.start()
+            };
+            if s.segs.is_empty() {
+                s.head_offset = from;
+            }
             let len = f.metadata()?.len();
-            let (n, b, end) = scan(f, from)?;
+            let (n, b, end) = scan(f, from, seg.prefix())?;
+            if end < len {
+                let torn = i == last && s.torn_frame_at(id, end, len, seg.prefix());
+                if !torn {
+                    // Not a frame cut short by a crash at the end: damage.
+                    s.set_aside_tail(id, end)?;
+                }
+                s.dir.write(&seg_name(id))?.set_len(end)?;
+            }
+            seg.frames = n;
+            seg.bytes = b;
             s.records += n;
             s.bytes += b;
-            if i == last && end < len {
-                // A frame cut short by a crash.
-                s.dir.write(&seg_name(*id))?.set_len(end)?;
-            }
+            s.segs.push_back(seg);
         }
         Ok(s)
     }
@@ -183,104 +283,238 @@ impl Spool {
         self.records == 0
     }
 
-    /// Bytes waiting (length prefixes included).
+    /// Bytes waiting (frame headers included).
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// What was set aside as damaged since the spool was opened.
+    pub fn damaged(&self) -> Damage {
+        self.damage
     }
 
     /// Appends a frame; `Ok(false)` when it does not fit under the size limit (the caller
     /// counts it as dropped).
     ///
     /// # Errors
-    /// Disk errors.
+    /// Disk errors (a full disk included; nothing is counted as spooled then).
     pub fn append(&mut self, frame: &[u8]) -> io::Result<bool> {
-        let need = LEN_BYTES + frame.len() as u64;
+        let need = LEN_BYTES + CRC_BYTES + frame.len() as u64;
         if self.bytes + need > self.max_bytes {
             return Ok(false);
         }
-        let rotate = match &self.writer {
-            None => true,
-            Some((_, size)) => *size >= SEGMENT_BYTES,
+        let rotate = match (&self.writer, self.segs.back()) {
+            (None, _) | (_, None) => true,
+            (Some((_, size)), Some(last)) => *size >= SEGMENT_BYTES || !last.checked,
         };
         if rotate {
-            let id = self.segs.back().map_or(FIRST_ID, |l| l + 1);
-            let f = self.dir.append(&seg_name(id), FILE_MODE)?;
-            let size = f.metadata()?.len();
-            if self.segs.back() != Some(&id) {
-                self.segs.push_back(id);
+            let id = self.segs.back().map_or(FIRST_ID, |l| l.id + 1);
+            let mut f = self.dir.append(&seg_name(id), FILE_MODE)?;
+            if let Err(e) = f.set_len(0).and_then(|()| f.write_all(MAGIC)) {
+                // A full disk: no half-made segment stays behind.
+                drop(f);
+                let _ = self.dir.remove(&seg_name(id));
+                return Err(e);
             }
-            self.writer = Some((f, size));
+            if self.segs.is_empty() {
+                self.reader = None;
+                self.head_offset = MAGIC.len() as u64;
+            }
+            self.segs.push_back(Seg {
+                id,
+                checked: true,
+                frames: 0,
+                bytes: 0,
+            });
+            self.writer = Some((f, MAGIC.len() as u64));
         }
-        let mut buf = Vec::with_capacity(need as usize);
-        buf.extend_from_slice(
-            &u32::try_from(frame.len())
-                .map_err(io::Error::other)?
-                .to_le_bytes(),
-        );
-        buf.extend_from_slice(frame);
+        let mut buf = Vec::with_capacity(usize::try_from(need).unwrap_or(0));
+        encode(&[frame], &mut buf)?;
         if let Some((f, size)) = self.writer.as_mut() {
-            f.write_all(&buf)?;
+            if let Err(e) = f.write_all(&buf) {
+                // A partial frame (full disk): cut it off so the segment stays readable,
+                // and write the next frame to a new segment.
+                let _ = f.set_len(*size);
+                self.writer = None;
+                return Err(e);
+            }
             *size += need;
+        }
+        if let Some(last) = self.segs.back_mut() {
+            last.frames += 1;
+            last.bytes += need;
         }
         self.bytes += need;
         self.records += 1;
         Ok(true)
     }
 
-    /// Takes the oldest frame.
+    /// Takes the oldest frame. A damaged frame (impossible length, wrong checksum) and the
+    /// rest of its segment, or a segment that cannot be read, are set aside and counted
+    /// ([`Self::damaged`]); the next intact frame is returned.
     ///
     /// # Errors
-    /// Disk errors (the frame stays in the spool).
+    /// The damaged part cannot be set aside (the directory itself fails).
     pub fn pop(&mut self) -> io::Result<Option<Vec<u8>>> {
-        while self.records > 0 {
-            let Some(&id) = self.segs.front() else {
+        loop {
+            let Some(&seg) = self.segs.front() else {
                 return Ok(None);
             };
-            if self.reader.is_none() {
-                let mut f = self.dir.read(&seg_name(id))?;
-                f.seek(SeekFrom::Start(self.head_offset))?;
-                self.reader = Some((BufReader::new(f), self.head_offset));
-            }
-            let Some((r, off)) = self.reader.as_mut() else {
+            if seg.frames == 0 {
+                if self.segs.len() == 1 && self.writer.is_some() {
+                    // The segment being written: nothing more yet.
+                    return Ok(None);
+                }
+                // Finished (or no longer written, e.g. after a full disk: its space is
+                // freed for new segments).
+                // Finished segment: delete it and go on with the next.
+                self.reader = None;
+                self.segs.pop_front();
+                self.head_offset = self.segs.front().map_or(0, Seg::start);
+                self.dir.remove(&seg_name(seg.id))?;
+                self.head_dirty = true;
+                self.sync()?;
                 continue;
-            };
-            let mut len = [0u8; 4];
-            match r.read_exact(&mut len) {
-                Ok(()) => {
-                    let n = u32::from_le_bytes(len) as usize;
-                    if n as u64 > MAX_FRAME {
-                        return Err(io::Error::other(format!(
-                            "spool segment {}: damaged frame length {n}",
-                            id
-                        )));
+            }
+            match self.read_frame(seg) {
+                Ok(frame) => {
+                    let used = seg.prefix() + frame.len() as u64;
+                    if let Some(front) = self.segs.front_mut() {
+                        front.frames -= 1;
+                        front.bytes = front.bytes.saturating_sub(used);
                     }
-                    let mut frame = vec![0u8; n];
-                    r.read_exact(&mut frame)?;
-                    *off += LEN_BYTES + n as u64;
-                    self.head_offset = *off;
-                    self.bytes = self.bytes.saturating_sub(LEN_BYTES + n as u64);
+                    self.head_offset += used;
+                    self.bytes = self.bytes.saturating_sub(used);
                     self.records -= 1;
                     self.head_dirty = true;
                     return Ok(Some(frame));
                 }
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    if self.segs.len() == 1 {
-                        // The writer's segment: nothing more yet (should not happen while
-                        // records > 0).
-                        return Ok(None);
-                    }
-                    // Finished segment: delete it and go on with the next.
-                    self.reader = None;
-                    self.segs.pop_front();
-                    self.head_offset = 0;
-                    self.dir.remove(&seg_name(id))?;
-                    self.head_dirty = true;
-                    self.sync()?;
-                }
-                Err(e) => return Err(e),
+                Err(why) => self.set_aside_rest(seg, &why)?,
             }
         }
-        Ok(None)
+    }
+
+    /// Reads the frame at the head of `seg`; `Err` says what is damaged.
+    fn read_frame(&mut self, seg: Seg) -> Result<Vec<u8>, String> {
+        if self.reader.is_none() {
+            let mut f = self
+                .dir
+                .read(&seg_name(seg.id))
+                .map_err(|e| format!("cannot open: {e}"))?;
+            f.seek(SeekFrom::Start(self.head_offset))
+                .map_err(|e| format!("cannot seek: {e}"))?;
+            self.reader = Some((BufReader::new(f), self.head_offset));
+        }
+        let Some((r, off)) = self.reader.as_mut() else {
+            return Err("no reader".into());
+        };
+        let mut head = [0u8; 8];
+        let head = &mut head[..usize::try_from(seg.prefix()).unwrap_or(4)];
+        r.read_exact(head)
+            .map_err(|e| format!("frame header at {off}: {e}"))?;
+        let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        if u64::from(n) > MAX_FRAME {
+            return Err(format!("impossible frame length {n} at {off}"));
+        }
+        let mut frame = vec![0u8; n as usize];
+        r.read_exact(&mut frame)
+            .map_err(|e| format!("frame of {n} bytes at {off}: {e}"))?;
+        if seg.checked {
+            let want = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            if crc32fast::hash(&frame) != want {
+                return Err(format!("checksum mismatch in the frame at {off}"));
+            }
+        }
+        *off += seg.prefix() + u64::from(n);
+        Ok(frame)
+    }
+
+    /// Sets the rest of the front segment `seg` (from the head) aside as damaged, and goes
+    /// on with the next segment.
+    fn set_aside_rest(&mut self, seg: Seg, why: &str) -> io::Result<()> {
+        self.reader = None;
+        let name = format!("damaged-{:020}-{}", seg.id, self.head_offset);
+        let copied = self.dir.read(&seg_name(seg.id)).and_then(|mut f| {
+            f.seek(SeekFrom::Start(self.head_offset))?;
+            let mut rest = Vec::new();
+            f.take(SEGMENT_BYTES + MAX_FRAME).read_to_end(&mut rest)?;
+            self.dir.replace(OsStr::new(&name), &rest, FILE_MODE)?;
+            Ok(rest.len() as u64)
+        });
+        let bytes = match copied {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(segment = seg.id, error = %e, "could not keep a copy of the damaged part");
+                seg.bytes
+            }
+        };
+        tracing::error!(
+            segment = seg.id,
+            offset = self.head_offset,
+            frames = seg.frames,
+            bytes,
+            set_aside_as = %name,
+            "spool damaged ({why}): set aside, delivery goes on"
+        );
+        self.account_damage(seg, bytes);
+        if self.segs.len() == 1 {
+            // The segment being written: later frames go to a new one.
+            self.writer = None;
+        }
+        self.segs.pop_front();
+        self.dir.remove(&seg_name(seg.id))?;
+        self.head_offset = self.segs.front().map_or(0, Seg::start);
+        self.head_dirty = true;
+        self.sync()
+    }
+
+    /// Whether the bytes from `end` to `len` of segment `id` are the start of one frame
+    /// whose write a crash cut short (a plausible length that runs past the end).
+    fn torn_frame_at(&self, id: u64, end: u64, len: u64, prefix: u64) -> bool {
+        if len - end < LEN_BYTES {
+            return true;
+        }
+        let Ok(mut f) = self.dir.read(&seg_name(id)) else {
+            return false;
+        };
+        let mut b = [0u8; 4];
+        if f.seek(SeekFrom::Start(end)).is_err() || f.read_exact(&mut b).is_err() {
+            return false;
+        }
+        let flen = u64::from(u32::from_le_bytes(b));
+        flen <= MAX_FRAME && end + prefix + flen > len
+    }
+
+    /// Keeps a copy of segment `id` from `offset` on as damaged and counts it (at open; the
+    /// caller cuts the segment there).
+    fn set_aside_tail(&mut self, id: u64, offset: u64) -> io::Result<()> {
+        let name = format!("damaged-{id:020}-{offset}");
+        let mut f = self.dir.read(&seg_name(id))?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut rest = Vec::new();
+        f.take(SEGMENT_BYTES + MAX_FRAME).read_to_end(&mut rest)?;
+        self.dir.replace(OsStr::new(&name), &rest, FILE_MODE)?;
+        tracing::error!(segment = id, offset, bytes = rest.len(), set_aside_as = %name, "spool damaged (unreadable frames): set aside, delivery goes on");
+        self.damage.regions += 1;
+        self.damage.bytes += rest.len() as u64;
+        Ok(())
+    }
+
+    /// Sets a whole segment that cannot be read aside (at open).
+    fn set_aside_whole(&mut self, id: u64, e: &io::Error) -> io::Result<()> {
+        let name = format!("damaged-{id:020}-0");
+        tracing::error!(segment = id, error = %e, set_aside_as = %name, "spool segment unreadable: set aside, delivery goes on");
+        self.dir.rename(&seg_name(id), OsStr::new(&name))?;
+        self.damage.regions += 1;
+        Ok(())
+    }
+
+    fn account_damage(&mut self, seg: Seg, bytes: u64) {
+        self.damage.regions += 1;
+        self.damage.frames += seg.frames;
+        self.damage.bytes += bytes;
+        self.records = self.records.saturating_sub(seg.frames);
+        self.bytes = self.bytes.saturating_sub(seg.bytes);
     }
 
     /// Puts `frames` (oldest first) before everything in the spool, ignoring the size limit
@@ -292,40 +526,51 @@ impl Spool {
         if frames.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::new();
-        for f in frames {
-            buf.extend_from_slice(
-                &u32::try_from(f.len())
-                    .map_err(io::Error::other)?
-                    .to_le_bytes(),
-            );
-            buf.extend_from_slice(f);
-        }
-        let added = buf.len() as u64;
-        let id = match self.segs.front().copied() {
-            Some(front) => {
-                // Move the unread rest of the front segment behind the new frames, so the
-                // head is at offset 0 of the new front segment.
-                let mut f = self.dir.read(&seg_name(front))?;
-                f.seek(SeekFrom::Start(self.head_offset))?;
-                f.read_to_end(&mut buf)?;
-                self.reader = None;
+        let mut buf = MAGIC.to_vec();
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        encode(&refs, &mut buf)?;
+        let added = (buf.len() - MAGIC.len()) as u64;
+        let mut seg = Seg {
+            id: FIRST_ID,
+            checked: true,
+            frames: frames.len() as u64,
+            bytes: added,
+        };
+        if let Some(front) = self.segs.front().copied() {
+            // Move the unread rest of the front segment behind the new frames (as frames
+            // of the new segment's format), so the head is at the start of the new front
+            // segment.
+            self.reader = None;
+            let mut moved = 0u64;
+            while self
+                .segs
+                .front()
+                .is_some_and(|s| s.id == front.id && s.frames > 0)
+            {
+                let Some(f) = self.pop()? else { break };
+                encode(&[&f], &mut buf)?;
+                moved += 1;
+            }
+            // pop() may have finished and removed the front segment; what is left of it
+            // (if anything) is taken over by the new one.
+            let rest = (buf.len() - MAGIC.len()) as u64 - added;
+            self.records += moved;
+            self.bytes += rest;
+            seg.frames += moved;
+            seg.bytes += rest;
+            seg.id = front.id - 1;
+            if self.segs.front().is_some_and(|s| s.id == front.id) {
                 if self.segs.len() == 1 {
                     self.writer = None;
                 }
-                let id = front - 1;
-                self.dir.replace(&seg_name(id), &buf, FILE_MODE)?;
-                self.dir.remove(&seg_name(front))?;
+                self.dir.remove(&seg_name(front.id))?;
                 self.segs.pop_front();
-                id
             }
-            None => {
-                self.dir.replace(&seg_name(FIRST_ID), &buf, FILE_MODE)?;
-                FIRST_ID
-            }
-        };
-        self.segs.push_front(id);
-        self.head_offset = 0;
+        }
+        self.dir.replace(&seg_name(seg.id), &buf, FILE_MODE)?;
+        self.segs.push_front(seg);
+        self.reader = None;
+        self.head_offset = seg.start();
         self.bytes += added;
         self.records += frames.len() as u64;
         self.head_dirty = true;
@@ -344,7 +589,7 @@ impl Spool {
         if let Some((f, _)) = &self.writer {
             f.sync_data()?;
         }
-        let id = self.segs.front().copied().unwrap_or(0);
+        let id = self.segs.front().map_or(0, |s| s.id);
         replace(
             &self.dir,
             "head",
@@ -403,10 +648,11 @@ mod tests {
     fn size_limit() {
         let d = dir("limit");
         let mut s = Spool::open(&d, 100).expect("open");
+        // Each frame: 40 bytes, a 4-byte length and a 4-byte checksum.
         assert!(s.append(&[0u8; 40]).expect("append"));
         assert!(s.append(&[1u8; 40]).expect("append"));
         assert!(!s.append(&[2u8; 40]).expect("append"), "over the limit");
-        assert_eq!(s.bytes(), 88);
+        assert_eq!(s.bytes(), 96);
         assert_eq!(s.pop().expect("pop"), Some(vec![0u8; 40]));
         assert!(s.append(&[3u8; 40]).expect("append"), "room again");
         let _ = fs::remove_dir_all(&d);
@@ -547,5 +793,172 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with("rejected-"))
             .count();
         assert_eq!(aside, if root() { 3 } else { 2 });
+    }
+
+    fn segments(d: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(d)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn damaged_files(d: &Path) -> Vec<PathBuf> {
+        fs::read_dir(d)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("damaged-"))
+            })
+            .collect()
+    }
+
+    /// Issue 13 item 4: a frame whose bytes changed on disk is found by its checksum; it
+    /// and the rest of its segment are set aside (0600) and counted, and every intact frame
+    /// before and after it is delivered, new ones too.
+    #[test]
+    fn damaged_frame_is_set_aside_and_delivery_goes_on() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = dir("damaged");
+        let mut s = Spool::open(&d, 1 << 30).expect("open");
+        let big = |i: usize| {
+            let mut f = frame(i);
+            f.resize(1 << 20, b'.');
+            f
+        };
+        // Five frames of 1 MiB per 4 MiB segment: frames 0-3 in the first, 4-7 in the second.
+        for i in 0..8 {
+            assert!(s.append(&big(i)).expect("append"));
+        }
+        drop(s);
+        let segs = segments(&d);
+        assert!(segs.len() >= 2, "{segs:?}");
+        // Flip a byte inside frame 1 of the first segment.
+        let mut bytes = fs::read(&segs[0]).expect("read");
+        let at = MAGIC.len() + 2 * 8 + (1 << 20) + 100;
+        bytes[at] ^= 0xff;
+        fs::write(&segs[0], &bytes).expect("write");
+        let mut s = Spool::open(&d, 1 << 30).expect("reopen");
+        assert_eq!(s.pop().expect("pop"), Some(big(0)));
+        let mut got = Vec::new();
+        while let Some(f) = s.pop().expect("pop") {
+            got.push(f);
+        }
+        let first_of_second = got.first().cloned().expect("later frames");
+        assert!(got.len() >= 4 && got.len() < 7, "{}", got.len());
+        assert_eq!(first_of_second[..8], big(8 - got.len())[..8]);
+        let dmg = s.damaged();
+        assert_eq!((dmg.regions, dmg.frames), (1, 7 - got.len() as u64));
+        assert!(dmg.bytes > 1 << 20);
+        let kept = damaged_files(&d);
+        assert_eq!(kept.len(), 1);
+        let mode = fs::metadata(&kept[0]).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // New records flow.
+        s.append(b"after").expect("append");
+        assert_eq!(s.pop().expect("pop"), Some(b"after".to_vec()));
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// An impossible length in the middle of a finished segment (not a torn last frame) is
+    /// set aside at open, with what follows it; the next segment is delivered.
+    #[test]
+    fn garbage_segment_tail_is_set_aside_at_open() {
+        let d = dir("garbage");
+        let mut s = Spool::open(&d, 1 << 30).expect("open");
+        for i in 0..6 {
+            let mut f = frame(i);
+            f.resize(1 << 20, b'.');
+            assert!(s.append(&f).expect("append"));
+        }
+        drop(s);
+        let segs = segments(&d);
+        let mut bytes = fs::read(&segs[0]).expect("read");
+        let second = MAGIC.len() + 8 + (1 << 20);
+        bytes[second..second + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        fs::write(&segs[0], &bytes).expect("write");
+        let mut s = Spool::open(&d, 1 << 30).expect("reopen");
+        assert_eq!(s.damaged().regions, 1);
+        let mut n = 0;
+        while let Some(f) = s.pop().expect("pop") {
+            assert!(f.starts_with(b"frame-"));
+            n += 1;
+        }
+        assert_eq!(n, 1 + 6 - 4, "frame 0, then the second segment");
+        assert_eq!(damaged_files(&d).len(), 1);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// Segments written before frames had a checksum are still delivered.
+    #[test]
+    fn unchecked_segments_of_older_versions_are_read() {
+        let d = dir("v1");
+        fs::create_dir_all(&d).expect("mkdir");
+        let mut v1 = Vec::new();
+        for f in [b"old-1".as_slice(), b"old-2"] {
+            v1.extend_from_slice(&(f.len() as u32).to_le_bytes());
+            v1.extend_from_slice(f);
+        }
+        fs::write(d.join(format!("{FIRST_ID:020}.seg")), &v1).expect("write");
+        let mut s = Spool::open(&d, 1 << 20).expect("open");
+        assert_eq!(s.len(), 2);
+        s.append(b"new-3").expect("append");
+        s.prepend(&[b"in-flight".to_vec()]).expect("prepend");
+        let mut got = Vec::new();
+        while let Some(f) = s.pop().expect("pop") {
+            got.push(String::from_utf8(f).expect("utf8"));
+        }
+        assert_eq!(got, ["in-flight", "old-1", "old-2", "new-3"]);
+        assert_eq!(s.damaged(), Damage::default());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// A full disk: the append fails, the segment keeps only whole frames, everything
+    /// written is delivered, and appends work again once there is room.
+    #[test]
+    fn full_disk_keeps_whole_frames() {
+        use crate::safefs::tests::root;
+        if !root() {
+            eprintln!("not root: mounting a small tmpfs needs root");
+            return;
+        }
+        let base = dir("enospc");
+        fs::create_dir_all(&base).expect("mkdir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
+            .arg(&base)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("cannot mount a tmpfs here");
+            return;
+        }
+        let d = base.join("spool");
+        let mut s = Spool::open(&d, 1 << 30).expect("open");
+        let mut written = 0;
+        let err = loop {
+            match s.append(&[b'x'; 3000]) {
+                Ok(_) => written += 1,
+                Err(e) => break e,
+            }
+            assert!(written < 100, "the tmpfs never filled");
+        };
+        assert!(err.raw_os_error() == Some(libc::ENOSPC), "{err}");
+        let mut n = 0;
+        while let Some(f) = s.pop().expect("pop") {
+            assert_eq!(f.len(), 3000);
+            n += 1;
+        }
+        assert_eq!(n, written);
+        assert!(s.append(b"room again").expect("append"));
+        assert_eq!(s.pop().expect("pop"), Some(b"room again".to_vec()));
+        drop(s);
+        let _ = std::process::Command::new("umount").arg(&base).status();
+        let _ = fs::remove_dir_all(&base);
     }
 }
