@@ -54,9 +54,12 @@ fn ansible_bin() -> Result<PathBuf, String> {
     }
 }
 
+/// One test, given the directory of the ansible tools.
+type RoleTest = fn(&Path);
+
 fn main() {
     let args = Arguments::from_args();
-    let tests: [(&str, fn(&Path)); 9] = [
+    let tests: [(&str, RoleTest); 9] = [
         (
             "role_rejects_bad_drop_ins_and_changes_nothing",
             role_rejects_bad_drop_ins_and_changes_nothing,
@@ -212,15 +215,15 @@ impl Host {
         if let (Some(all), Value::Object(vars)) = (all.as_object_mut(), vars) {
             all.extend(vars);
         }
+        // The role and the later tasks in one section: handlers notified by the role run
+        // only at its end (or not at all when a task fails first).
         let mut play = String::from(
             "- name: Role under test\n  hosts: localhost\n  connection: local\n  \
-             gather_facts: false\n  roles:\n    - role: egressd\n",
+             gather_facts: false\n  tasks:\n    - name: The role\n      \
+             ansible.builtin.import_role:\n        name: egressd\n",
         );
-        if !after.is_empty() {
-            play.push_str("  post_tasks:\n");
-            for t in after {
-                play.push_str(&format!("    - {t}\n"));
-            }
+        for t in after {
+            play.push_str(&format!("    - {t}\n"));
         }
         let file = self.base.join("work/play.yml");
         std::fs::write(&file, play).expect("write the playbook");
@@ -360,7 +363,11 @@ impl Host {
         let before = (self.snapshot(), self.reloads());
         let r = self.role(vars, &[]);
         assert!(r.ok, "the repeated run failed:\n{}", r.output);
-        assert_eq!(r.changed, 0, "the repeated run changed something:\n{}", r.output);
+        assert_eq!(
+            r.changed, 0,
+            "the repeated run changed something:\n{}",
+            r.output
+        );
         assert_eq!((self.snapshot(), self.reloads()), before);
     }
 }
@@ -391,7 +398,11 @@ fn role_rejects_bad_drop_ins_and_changes_nothing(bin: &Path) {
             !msg.contains(".source") && !msg.contains("egressd-stage"),
             "the error names a temporary file: {msg}"
         );
-        assert_eq!(h.snapshot(), before, "a drop-in that {what} changed the disk");
+        assert_eq!(
+            h.snapshot(),
+            before,
+            "a drop-in that {what} changed the disk"
+        );
         assert_eq!(h.reloads(), 1, "a drop-in that {what} was reloaded");
         h.assert_valid(what);
     }
@@ -417,7 +428,10 @@ fn role_removing_a_bad_drop_in_repairs(bin: &Path) {
     let vars = json!({"egressd_drop_ins": {"team": {"state": "absent"}}});
     let r = h.role(vars.clone(), &[]);
     assert!(r.ok, "removing the bad drop-in failed:\n{}", r.output);
-    assert!(!h.etc().join("policy.d/team.toml").exists(), "the drop-in is still there");
+    assert!(
+        !h.etc().join("policy.d/team.toml").exists(),
+        "the drop-in is still there"
+    );
     h.assert_valid("after the removal");
     assert_eq!(h.reloads(), 2, "the repair was reloaded");
     h.assert_idempotent(vars);
@@ -437,7 +451,9 @@ fn role_fixes_drop_in_and_main_file_in_one_run(bin: &Path) {
     assert!(r.ok, "fixing drop-in and main file failed:\n{}", r.output);
     h.assert_valid("after the fix");
     assert_eq!(
-        std::fs::read_to_string(h.etc().join("policy.d/team.toml")).ok().as_deref(),
+        std::fs::read_to_string(h.etc().join("policy.d/team.toml"))
+            .ok()
+            .as_deref(),
         Some(NTP)
     );
     assert_eq!(h.reloads(), 2);
@@ -449,7 +465,10 @@ fn role_fixes_drop_in_and_main_file_in_one_run(bin: &Path) {
 fn role_allowlisting_a_new_drop_in_region_converges(bin: &Path) {
     let h = Host::new("converge", bin);
     h.install_good();
-    h.put_drop_in("other-team", "[regions.backup]\nprefixes = [\"198.18.8.0/24\"]\n");
+    h.put_drop_in(
+        "other-team",
+        "[regions.backup]\nprefixes = [\"198.18.8.0/24\"]\n",
+    );
     let vars = json!({
         "egressd_drop_ins": {"ntp": NTP},
         "egressd_allowlist": ["eu", "ntp", "backup"],
@@ -459,7 +478,10 @@ fn role_allowlisting_a_new_drop_in_region_converges(bin: &Path) {
     h.assert_valid("after the run");
     assert!(h.etc().join("policy.d/other-team.toml").exists());
     let main = std::fs::read_to_string(h.etc().join("policy.toml")).expect("main file");
-    assert!(main.contains("allowlist = [\"eu\", \"ntp\", \"backup\"]"), "{main}");
+    assert!(
+        main.contains("allowlist = [\"eu\", \"ntp\", \"backup\"]"),
+        "{main}"
+    );
     assert_eq!(h.reloads(), 2);
     h.assert_idempotent(vars);
 }
@@ -475,11 +497,18 @@ fn role_reload_survives_a_later_failure(bin: &Path) {
         &["name: A later task fails\n      ansible.builtin.fail:\n        msg: later failure"],
     );
     assert!(!r.ok, "the later task did not fail:\n{}", r.output);
-    assert!(r.failure_text().contains("later failure"), "{}", r.failure_text());
+    assert!(
+        r.failure_text().contains("later failure"),
+        "{}",
+        r.failure_text()
+    );
     h.assert_valid("after the run");
     // Reloaded, or still marked pending for the next run: never lost.
     if h.reloads() == 1 {
-        assert!(h.marker().exists(), "the change was neither reloaded nor marked pending");
+        assert!(
+            h.marker().exists(),
+            "the change was neither reloaded nor marked pending"
+        );
         let r = h.role(vars.clone(), &[]);
         assert!(r.ok, "{}", r.output);
     }
@@ -504,7 +533,10 @@ fn role_failed_reload_is_retried_by_the_next_run(bin: &Path) {
             .contains("\"us\""),
         "the policy was not installed"
     );
-    assert!(h.marker().exists(), "no reload is marked pending after a failed one");
+    assert!(
+        h.marker().exists(),
+        "no reload is marked pending after a failed one"
+    );
     assert_eq!(h.reloads(), 1);
     let r = h.role(vars.clone(), &[]);
     assert!(r.ok, "the next run failed:\n{}", r.output);
@@ -520,8 +552,15 @@ fn role_check_mode_validates(bin: &Path) {
     h.install_good();
     let before = h.snapshot();
     for (what, text) in BAD_DROP_INS {
-        let r = h.role(json!({"egressd_drop_ins": {"team": text}}), &["--check", "--diff"]);
-        assert!(!r.ok, "--check accepted a drop-in that {what}:\n{}", r.output);
+        let r = h.role(
+            json!({"egressd_drop_ins": {"team": text}}),
+            &["--check", "--diff"],
+        );
+        assert!(
+            !r.ok,
+            "--check accepted a drop-in that {what}:\n{}",
+            r.output
+        );
         assert!(
             r.failure_text()
                 .contains(&h.etc().join("policy.d/team.toml").display().to_string()),
@@ -529,8 +568,15 @@ fn role_check_mode_validates(bin: &Path) {
             r.failure_text()
         );
     }
-    let r = h.role(json!({"egressd_allowlist": ["mars"]}), &["--check", "--diff"]);
-    assert!(!r.ok, "--check accepted an unknown allowlisted region:\n{}", r.output);
+    let r = h.role(
+        json!({"egressd_allowlist": ["mars"]}),
+        &["--check", "--diff"],
+    );
+    assert!(
+        !r.ok,
+        "--check accepted an unknown allowlisted region:\n{}",
+        r.output
+    );
     let r = h.role(
         json!({"egressd_drop_ins": {"ntp": NTP}, "egressd_allowlist": ["eu", "ntp"]}),
         &["--check", "--diff"],
@@ -552,12 +598,20 @@ fn role_check_mode_validates(bin: &Path) {
 fn example_playbook_audits_and_refuses_to_enforce(bin: &Path) {
     let h = Host::new("site", bin);
     let inventory = h.base.join("work/hosts.ini");
-    std::fs::write(&inventory, "[eu_storage]\nlocalhost ansible_connection=local\n")
-        .expect("write the inventory");
+    std::fs::write(
+        &inventory,
+        "[eu_storage]\nlocalhost ansible_connection=local\n",
+    )
+    .expect("write the inventory");
     let site = ansible_dir().join("site.yml");
     // The playbook's own policy variables; the test's root, binary and reload only.
     let mut vars = h.base_vars();
-    for key in ["egressd_mode", "egressd_allowlist", "egressd_regions", "egressd_drop_ins"] {
+    for key in [
+        "egressd_mode",
+        "egressd_allowlist",
+        "egressd_regions",
+        "egressd_drop_ins",
+    ] {
         vars.as_object_mut().map(|v| v.remove(key));
     }
     // Root already: no sudo.
@@ -565,7 +619,10 @@ fn example_playbook_audits_and_refuses_to_enforce(bin: &Path) {
     let r = h.playbook(&site, &inventory.display().to_string(), &vars, &[]);
     assert!(r.ok, "the example playbook failed:\n{}", r.output);
     let main = std::fs::read_to_string(h.etc().join("policy.toml")).expect("main file");
-    assert!(main.contains("mode = \"audit\""), "not in audit mode:\n{main}");
+    assert!(
+        main.contains("mode = \"audit\""),
+        "not in audit mode:\n{main}"
+    );
     h.assert_valid("the example");
     let before = h.snapshot();
     vars["egressd_mode"] = json!("enforce");
@@ -602,5 +659,8 @@ fn ansible_lint_production_profile(bin: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "ansible-lint failed:\n{text}");
-    assert!(text.contains("Profile 'production' was required, and it passed"), "{text}");
+    assert!(
+        text.contains("Profile 'production' was required, and it passed"),
+        "{text}"
+    );
 }
