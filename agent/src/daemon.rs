@@ -588,9 +588,7 @@ impl Fallback {
             self.last_good.saved_at
         )
     }
-}
 
-impl Fallback {
     /// What the pinned state records of it, for `egressd status`.
     fn pinned(&self) -> crate::pin::PinnedFallback {
         let mut error = self.error.replace('\n', " ");
