@@ -110,11 +110,27 @@ pub fn ensure_ansible() -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    // Debian's own interpreter (with python3-venv), not whatever python3 comes first in PATH.
-    let python = if std::path::Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
+    // The distribution's own interpreter (with python3-venv), not whatever python3 comes
+    // first in PATH; ansible-core 2.19 needs Python 3.11 or later (Ubuntu 22.04's python3 is
+    // 3.10: its python3.11 package then).
+    let Some(python) = [
+        "/usr/bin/python3",
+        "/usr/bin/python3.13",
+        "/usr/bin/python3.12",
+        "/usr/bin/python3.11",
+    ]
+    .into_iter()
+    .find(|p| {
+        sh::output(Command::new(p).args([
+            "-c",
+            "import sys, venv; sys.exit(sys.version_info < (3, 11))",
+        ]))
+        .is_some()
+    }) else {
+        bail!(
+            "ansible-core {ANSIBLE_CORE_VERSION} needs Python 3.11 or later with venv (Debian \
+             12 and Ubuntu 24.04 have it as python3; on Ubuntu 22.04 install python3.11-venv)"
+        );
     };
     eprintln!(
         "xtask: installing ansible-core {ANSIBLE_CORE_VERSION} and ansible-lint \
