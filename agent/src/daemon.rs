@@ -181,6 +181,15 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             Ok((e, generation))
         })?,
     };
+    // `egressd status` reads the pins: say there that this is the last good policy.
+    if let Some(f) = &fallback
+        && let Err(e) = enforcer.set_fallback(Some(f.pinned()))
+    {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot record the fallback in the pinned state"
+        );
+    }
     let (metrics_tx, mut metrics_rx) =
         tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<crate::metrics::Snapshot>>(16);
     if let Some(addr) = opts.metrics {
@@ -614,6 +623,26 @@ impl Fallback {
             self.last_good.digest,
             self.last_good.saved_at
         )
+    }
+
+    /// What the pinned state records of it, for `egressd status`.
+    fn pinned(&self) -> crate::pin::PinnedFallback {
+        let mut error = self.error.replace('\n', " ");
+        if error.len() > crate::pin::FALLBACK_ERROR_BYTES {
+            let mut end = crate::pin::FALLBACK_ERROR_BYTES - 3;
+            while !error.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.truncate(end);
+            error.push_str("...");
+        }
+        crate::pin::PinnedFallback {
+            error,
+            last_good_digest: self.last_good.digest.clone(),
+            last_good_generation: self.last_good.generation,
+            last_good_saved_at: self.last_good.saved_at.clone(),
+            last_good_file: self.last_good.file.clone(),
+        }
     }
 }
 

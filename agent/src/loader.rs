@@ -80,6 +80,8 @@ pub struct Enforcer {
 struct Pins {
     dir: PinDir,
     cgroup: PathBuf,
+    /// Recorded in the pinned state until the next install ([`Enforcer::set_fallback`]).
+    fallback: Option<crate::pin::PinnedFallback>,
     /// Calls of [`Enforcer::verify_and_repair`] so far (large policies are compared with
     /// the maps only every [`LARGE_CHECK_EVERY`] calls).
     checks: u64,
@@ -286,6 +288,7 @@ impl Enforcer {
         e.pins = Some(Pins {
             dir: dir.clone(),
             cgroup: cgroup.to_path_buf(),
+            fallback: None,
             checks: 0,
         });
         e.install(policy)?;
@@ -557,8 +560,29 @@ impl Enforcer {
             updated_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            fallback: pins.fallback.clone(),
         };
         pins.dir.write_state(&state)
+    }
+
+    /// Records in the pinned state (for `egressd status`) that the policy in force is the
+    /// last good one, kept because the files on disk were invalid; `None`: it is not. The
+    /// next [`Enforcer::install`] clears it. Unpinned: nothing to record.
+    ///
+    /// # Errors
+    /// Writing the pinned state fails.
+    pub fn set_fallback(
+        &mut self,
+        fallback: Option<crate::pin::PinnedFallback>,
+    ) -> anyhow::Result<()> {
+        let Some(pins) = self.pins.as_mut() else {
+            return Ok(());
+        };
+        pins.fallback = fallback;
+        match self.sets[set_of(self.generation)].clone() {
+            Some(policy) => self.write_state(&policy),
+            None => Ok(()),
+        }
     }
 
     /// Attaches every hook to `cgroup` through bpf_links, so programs of other tools on the
@@ -696,6 +720,10 @@ impl Enforcer {
             .set(0, next, 0)
             .context("publishing the policy generation")?;
         self.generation = next;
+        // A policy installed from the files on disk: no fallback any more.
+        if let Some(pins) = self.pins.as_mut() {
+            pins.fallback = None;
+        }
         if let Err(e) = self.write_state(&policy) {
             tracing::warn!(error = format!("{e:#}"), "writing the pinned state");
         }

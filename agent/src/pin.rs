@@ -66,7 +66,30 @@ pub struct PinnedState {
     pub version: String,
     /// Unix time in seconds of the last write.
     pub updated_unix: u64,
+    /// Set while the policy in force is the last good one because the files on disk were
+    /// invalid when the daemon started ([`crate::lastgood`]); cleared by the next install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<PinnedFallback>,
 }
+
+/// Why the pinned policy is the last good one instead of the files on disk.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinnedFallback {
+    /// The error of the files on disk (`file:line:column: field: message`), at most
+    /// [`FALLBACK_ERROR_BYTES`] bytes.
+    pub error: String,
+    /// Digest of the last good policy (the one in force).
+    pub last_good_digest: String,
+    /// The generation it was in force as when it was kept.
+    pub last_good_generation: u64,
+    /// When it was kept, RFC 3339 UTC.
+    pub last_good_saved_at: String,
+    /// The record it was read from (`STATE_DIR/policy.json`).
+    pub last_good_file: String,
+}
+
+/// Longest [`PinnedFallback::error`] kept in the state record (which holds [`STATE_BYTES`]).
+pub const FALLBACK_ERROR_BYTES: usize = 1024;
 
 impl PinDir {
     /// The pin directory `root` (not created yet).

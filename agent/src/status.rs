@@ -1,7 +1,9 @@
 //! `egressd status`: what pinned enforcement is doing, read from the pins alone (so it
 //! works whether or not the daemon runs): each hook's link and whether it is attached, the
 //! published policy generation and its digest (from the pinned state record, see
-//! [`crate::pin`]), and the kernel counters.
+//! [`crate::pin`]), whether that policy is the last good one the daemon fell back to because
+//! the files on disk were invalid (the record's `fallback`, with the error and the kept
+//! policy's digest and generation), and the kernel counters.
 use std::os::fd::AsFd as _;
 
 use anyhow::Context as _;
@@ -119,6 +121,18 @@ impl Status {
                 st.prefixes_v6,
                 st.version
             ));
+            if let Some(f) = &st.fallback {
+                s.push_str(&format!(
+                    "POLICY FALLBACK: the policy on disk was invalid when egressd started: {}\n\
+                     \x20 enforcing the last good policy instead: digest {}, kept as generation {} \
+                     at {} ({}); a reload of a valid set ends this\n",
+                    f.error,
+                    f.last_good_digest,
+                    f.last_good_generation,
+                    f.last_good_saved_at,
+                    f.last_good_file
+                ));
+            }
         }
         let c = &self.coverage;
         s.push_str(&format!(
@@ -161,5 +175,78 @@ impl Status {
             ));
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pin::PinnedFallback;
+
+    fn status(fallback: Option<PinnedFallback>) -> Status {
+        Status {
+            pin_dir: "/sys/fs/bpf/egressd".into(),
+            hooks: Vec::new(),
+            generation: 3,
+            state: Some(PinnedState {
+                cgroup: "/sys/fs/cgroup".into(),
+                generation: 3,
+                digest: "27503b605b2868cd".into(),
+                mode: "enforce".into(),
+                fallback,
+                ..PinnedState::default()
+            }),
+            counters: Vec::new(),
+            coverage: crate::coverage::Summary {
+                kernel: "6.18.0".into(),
+                enforced: vec!["tcp"],
+                not_covered: Vec::new(),
+                unknown: Vec::new(),
+            },
+        }
+    }
+
+    /// The fallback is said, with the error and the kept policy; without one, nothing.
+    #[test]
+    fn status_text_names_the_fallback() {
+        let text = status(Some(PinnedFallback {
+            error: "policy.d/team.toml:1:10: regions.eu: duplicate region `eu`".into(),
+            last_good_digest: "27503b605b2868cd".into(),
+            last_good_generation: 2,
+            last_good_saved_at: "2026-11-30T22:00:00Z".into(),
+            last_good_file: "/var/lib/egressd/last-good/policy.json".into(),
+        }))
+        .to_text();
+        assert!(
+            text.contains(
+                "POLICY FALLBACK: the policy on disk was invalid when egressd started: \
+                 policy.d/team.toml:1:10: regions.eu: duplicate region `eu`\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  enforcing the last good policy instead: digest 27503b605b2868cd, kept as \
+                 generation 2 at 2026-11-30T22:00:00Z (/var/lib/egressd/last-good/policy.json)"
+            ),
+            "{text}"
+        );
+        assert!(!status(None).to_text().contains("FALLBACK"));
+    }
+
+    /// The record round-trips through the pinned state's JSON; a record written before the
+    /// field existed reads as no fallback.
+    #[test]
+    fn pinned_state_fallback_round_trips() {
+        let st = status(Some(PinnedFallback::default()))
+            .state
+            .expect("state");
+        let json = serde_json::to_string(&st).expect("serializes");
+        let back: PinnedState = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, st);
+        let old = serde_json::to_string(&PinnedState::default()).expect("serializes");
+        assert!(!old.contains("fallback"), "{old}");
+        let back: PinnedState = serde_json::from_str(&old).expect("parses");
+        assert!(back.fallback.is_none());
     }
 }

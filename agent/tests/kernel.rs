@@ -134,6 +134,10 @@ fn main() {
             lastgood::kept_policy_is_the_last_installed,
         ),
         Trial::test(
+            "lastgood_status_shows_the_fallback",
+            lastgood::status_shows_the_fallback,
+        ),
+        Trial::test(
             "lastgood_no_kept_policy_refuses_to_start",
             lastgood::no_kept_policy_refuses_to_start,
         ),

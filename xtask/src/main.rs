@@ -18,8 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building and testing need (apt packages, rust-src, bpf-linker);
-    /// idempotent.
+    /// Install what building and testing need (apt packages, rust-src, bpf-linker,
+    /// ansible-core and ansible-lint for the role tests); idempotent.
     Setup,
     /// Build egressd (release) with its eBPF programs.
     Build,
@@ -58,12 +58,14 @@ enum Cmd {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
-        Cmd::Setup => setup::ensure(),
+        Cmd::Setup => setup::ensure().and_then(|()| setup::ensure_ansible()),
         Cmd::Build => setup::ensure().and_then(|()| build()),
         Cmd::Demo => setup::ensure()
             .and_then(|()| build())
             .and_then(|()| demo::run()),
-        Cmd::Test { no_vm, args } => setup::ensure().and_then(|()| test(&args, !no_vm)),
+        Cmd::Test { no_vm, args } => setup::ensure()
+            .and_then(|()| setup::ensure_ansible())
+            .and_then(|()| test(&args, !no_vm)),
         Cmd::Package => setup::ensure().and_then(|()| package::run().map(|_| ())),
         Cmd::Bench(args) => bench::run(args),
         // The summary line is the last one printed: a failed kernel is only the exit code.

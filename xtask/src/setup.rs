@@ -9,7 +9,8 @@ use crate::sh;
 
 /// Debian packages: LLVM 22 for bpf-linker, iproute2 for the test bed, util-linux for
 /// `setpriv` (unprivileged test) and `nsenter`, procps for `sysctl`, bpftool for inspection,
-/// rsyslog and its OpenSSL TLS driver for the sink tests' real receiver.
+/// rsyslog and its OpenSSL TLS driver for the sink tests' real receiver, python3-venv for
+/// [`ensure_ansible`].
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "iproute2",
@@ -18,6 +19,8 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "rsyslog",
     "rsyslog-openssl",
+    // A virtual environment for ansible-core and ansible-lint (the role tests).
+    "python3-venv",
     // Contenders of `cargo xtask bench`.
     "nftables",
     "iptables",
@@ -78,6 +81,74 @@ pub fn ensure() -> anyhow::Result<()> {
     // cargo-deb is installed by `cargo xtask package` itself: tests and the demo do not
     // need it.
     Ok(())
+}
+
+/// ansible-core release the role tests (`agent/tests/ansible.rs`) run: the 2.19 series the
+/// role is written for.
+const ANSIBLE_CORE_VERSION: &str = "2.19.14";
+/// ansible-lint release that checks the role (production profile).
+const ANSIBLE_LINT_VERSION: &str = "26.10.1";
+
+/// Installs ansible-core and ansible-lint from PyPI into `TARGET/ansible/venv` (where the
+/// role tests look for them) unless those versions are there; quick when they are.
+///
+/// # Errors
+/// The virtual environment cannot be made (python3-venv missing) or pip fails (no PyPI).
+pub fn ensure_ansible() -> anyhow::Result<()> {
+    let venv = sh::target_dir().join("ansible/venv");
+    let bin = venv.join("bin");
+    let has = |tool: &str, version: &str| {
+        sh::output(
+            Command::new(bin.join(tool))
+                .arg("--version")
+                .env("NO_COLOR", "1"),
+        )
+        .is_some_and(|v| v.contains(version))
+    };
+    if has("ansible-playbook", &format!("core {ANSIBLE_CORE_VERSION}"))
+        && has("ansible-lint", ANSIBLE_LINT_VERSION)
+    {
+        return Ok(());
+    }
+    // The distribution's own interpreter (with python3-venv), not whatever python3 comes
+    // first in PATH; ansible-core 2.19 needs Python 3.11 or later (Ubuntu 22.04's python3 is
+    // 3.10: its python3.11 package then).
+    let Some(python) = [
+        "/usr/bin/python3",
+        "/usr/bin/python3.13",
+        "/usr/bin/python3.12",
+        "/usr/bin/python3.11",
+    ]
+    .into_iter()
+    .find(|p| {
+        sh::output(Command::new(p).args([
+            "-c",
+            "import sys, venv; sys.exit(sys.version_info < (3, 11))",
+        ]))
+        .is_some()
+    }) else {
+        bail!(
+            "ansible-core {ANSIBLE_CORE_VERSION} needs Python 3.11 or later with venv (Debian \
+             12 and Ubuntu 24.04 have it as python3; on Ubuntu 22.04 install python3.11-venv)"
+        );
+    };
+    eprintln!(
+        "xtask: installing ansible-core {ANSIBLE_CORE_VERSION} and ansible-lint \
+         {ANSIBLE_LINT_VERSION} into {} (a minute)",
+        venv.display()
+    );
+    sh::run(
+        Command::new(python)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
+    sh::run(Command::new(bin.join("pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("ansible-core=={ANSIBLE_CORE_VERSION}"),
+        &format!("ansible-lint=={ANSIBLE_LINT_VERSION}"),
+    ]))
 }
 
 /// Installs the Debian packages of `cargo xtask vm-test` that are missing.

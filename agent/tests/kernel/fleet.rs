@@ -15,25 +15,6 @@ use serde_json::Value;
 
 use super::harness::*;
 
-/// A unique pin directory under /sys/fs/bpf; everything pinned there is removed on drop.
-struct Pins(PathBuf);
-
-impl Pins {
-    fn new() -> Self {
-        Self(Path::new("/sys/fs/bpf").join(egressd_testbed::unique("egressd-test-")))
-    }
-}
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let dir = egressd::pin::PinDir::new(&self.0);
-        if dir.exists() {
-            let _ = dir.remove_all();
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn egressd(args: &[&str]) -> Result<String, Failed> {
     let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
         .args(args)

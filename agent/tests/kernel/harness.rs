@@ -583,3 +583,22 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String), Failed> {
         .to_owned();
     Ok((code, body))
 }
+
+/// A unique pin directory under /sys/fs/bpf; everything pinned there is removed on drop.
+pub struct Pins(pub PathBuf);
+
+impl Pins {
+    pub fn new() -> Self {
+        Self(Path::new("/sys/fs/bpf").join(egressd_testbed::unique("egressd-test-")))
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let dir = egressd::pin::PinDir::new(&self.0);
+        if dir.exists() {
+            let _ = dir.remove_all();
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -199,6 +199,100 @@ pub fn kept_policy_is_the_last_installed() -> Result<(), Failed> {
     Ok(())
 }
 
+/// `egressd status` of pinned enforcement says when the policy in force is the last good
+/// one: start pinned on a valid policy, stop, add a drop-in that redefines `eu`, start
+/// again: `status` (text and JSON) names the error, the kept policy's digest and the
+/// generation it was kept as; after the fix and SIGHUP it no longer does.
+pub fn status_shows_the_fallback() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let pins = Pins::new();
+    let cfg = dir.0.join("policy.toml");
+    let good = policy("enforce");
+    std::fs::write(&cfg, &good).map_err(|e| e.to_string())?;
+    let state_arg = dir.0.join("last-good").to_string_lossy().into_owned();
+    let pin_arg = pins.0.to_string_lossy().into_owned();
+    let args = ["--state-dir", &state_arg, "--pin-dir", &pin_arg];
+    let status = || -> Result<(Value, String), Failed> {
+        let run = |json: bool| -> Result<String, Failed> {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
+            cmd.args(["status", "--pin-dir", &pin_arg]);
+            if json {
+                cmd.arg("--json");
+            }
+            let out = cmd.output().map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                return Err(format!("egressd status: {}: {err}", out.status).into());
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let json = run(true)?;
+        let json = serde_json::from_str(&json).map_err(|e| format!("status JSON {json}: {e}"))?;
+        Ok((json, run(false)?))
+    };
+
+    let first = Agent::start_at(&tb, &cfg, &args)?;
+    let recs = first.stop()?;
+    let digest = of_type(&recs, "policy_loaded")
+        .first()
+        .and_then(|r| r["policy"]["digest"].as_str())
+        .ok_or("no policy_loaded digest")?
+        .to_owned();
+    let (json, text) = status()?;
+    if !json["state"]["fallback"].is_null() || text.contains("FALLBACK") {
+        return Err(format!("a fallback before any: {json}\n{text}").into());
+    }
+
+    let d = dir.0.join("policy.d");
+    std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+    std::fs::write(
+        d.join("team-b.toml"),
+        "[regions.eu]\nprefixes = [\"198.18.2.0/24\"]\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let mut agent = Agent::start_at(&tb, &cfg, &args)?;
+    let (json, text) = status()?;
+    let fb = &json["state"]["fallback"];
+    let error = fb["error"].as_str().unwrap_or("");
+    if !error.contains("team-b.toml:1") || !error.contains("regions.eu") {
+        return Err(format!("status does not name the bad file and field: {json}").into());
+    }
+    if fb["last_good_digest"] != digest.as_str()
+        || fb["last_good_generation"] != 1
+        || json["state"]["digest"] != digest.as_str()
+        || json["state"]["generation"] != 2
+    {
+        return Err(format!("status: not last good policy {digest} (generation 1): {json}").into());
+    }
+    for want in [
+        "POLICY FALLBACK: the policy on disk was invalid",
+        "team-b.toml:1",
+        &format!("enforcing the last good policy instead: digest {digest}, kept as generation 1"),
+    ] {
+        if !text.contains(want) {
+            return Err(format!("status text does not say {want:?}:\n{text}").into());
+        }
+    }
+    expect_us_denied_eu_allowed(&tb, "while falling back")?;
+
+    std::fs::remove_dir_all(&d).map_err(|e| e.to_string())?;
+    let answer = agent.reload(&good)?;
+    if answer["type"] != "policy_loaded" {
+        return Err(format!("reload of the fixed set: {answer}").into());
+    }
+    let (json, text) = status()?;
+    if !json["state"]["fallback"].is_null() || text.contains("FALLBACK") {
+        return Err(format!("status still says fallback after the fix: {json}\n{text}").into());
+    }
+    if json["state"]["generation"] != 3 {
+        return Err(format!("status after the fix: {json}").into());
+    }
+    agent.stop()?;
+    Ok(())
+}
+
 /// With no last good policy (an empty state directory) and an invalid file, `egressd run`
 /// exits 1 naming the file, line and field, and says no last good policy was kept.
 pub fn no_kept_policy_refuses_to_start() -> Result<(), Failed> {
