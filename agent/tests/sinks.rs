@@ -371,8 +371,14 @@ fn syslog_sink(
     }
 }
 
+/// Record `seq`: the sample denial, every tenth one the non-ASCII sample (`Zürich`), which
+/// goes as RFC 5424 MSG-UTF8 (with the BOM).
 fn rec(seq: u64) -> Record {
-    let mut ev = sample::deny();
+    let mut ev = if seq.is_multiple_of(10) {
+        sample::deny_utf8()
+    } else {
+        sample::deny()
+    };
     ev.header.sequence = seq;
     ev.header.id = format!("{}-{seq}", ev.header.agent.ephemeral_id);
     Record::Connection(Box::new(ev))
@@ -381,6 +387,8 @@ fn rec(seq: u64) -> Record {
 /// The sequence number a received message carries, per format.
 fn seq_of(line: &Value, format: Format) -> Result<u64, Failed> {
     let msg = line["msg"].as_str().ok_or("no msg")?;
+    // rsyslog keeps the BOM of a MSG-UTF8 in `%msg%`: a reader skips it.
+    let msg = msg.strip_prefix('\u{feff}').unwrap_or(msg);
     let bad = || Failed::from(format!("unparsable {format:?} message: {msg}"));
     match format {
         Format::Cef => {
@@ -419,6 +427,12 @@ fn check_lines(lines: &[Value], format: Format) -> Result<Vec<u64>, Failed> {
         }
         if l["procid"].as_str() != Some(pid.as_str()) {
             return Err(format!("PROCID: {l}").into());
+        }
+        // Non-ASCII records arrive whole, after the BOM; ASCII ones without it.
+        let msg = l["msg"].as_str().unwrap_or_default();
+        let utf8 = msg.contains("Zürich");
+        if utf8 != msg.starts_with('\u{feff}') {
+            return Err(format!("MSG encoding (BOM iff non-ASCII, text intact): {l}").into());
         }
         seqs.push(seq_of(l, format)?);
     }
@@ -858,6 +872,13 @@ fn oversized_records() -> Result<(), Failed> {
     let tcp = rs.wait("tcp", 20, |l| l.len() >= 2)?;
     for l in &tcp {
         let msg = l["msg"].as_str().unwrap_or_default();
+        // U+0085 and U+2028 are not ASCII: the MSG is MSG-UTF8, and rsyslog keeps its BOM
+        // (within rsyslog's 2k, which counts it).
+        let body = msg.strip_prefix('\u{feff}').unwrap_or(msg);
+        if body.is_ascii() == (body.len() < msg.len()) {
+            return Err(format!("MSG encoding (BOM iff non-ASCII): {msg:?}").into());
+        }
+        let msg = body;
         let v: Value = serde_json::from_str(msg)
             .map_err(|e| format!("JSON cut by the receiver ({e}): {msg}"))?;
         if v["truncated_from_bytes"].as_u64().is_none_or(|n| n <= 2048) {
