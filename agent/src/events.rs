@@ -50,8 +50,8 @@ pub struct Header {
     /// RFC 3339 UTC time with nanoseconds, e.g. `2026-11-29T09:30:00.123456789Z`.
     #[serde(rename = "@timestamp")]
     pub timestamp: String,
-    /// Record type: `"connection"`, `"agent_start"`, `"agent_stop"`, `"policy_loaded"` or
-    /// `"heartbeat"`.
+    /// Record type: `"connection"`, `"agent_start"`, `"agent_stop"`, `"policy_loaded"`,
+    /// `"heartbeat"`, `"reload_failed"`, `"policy_fallback"` or `"tamper_repaired"`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Event id, unique per host: `{agent.ephemeral_id}-{sequence}`.
