@@ -39,6 +39,12 @@ use egressd_testbed::{Netns, PORT, Testbed, US_V4, US_V6};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 
+// The validation suite's checkers (tests/schemas.rs), applied to what a real run sends.
+#[path = "schemas/cef.rs"]
+mod cef_strict;
+#[path = "schemas/ocsf.rs"]
+mod ocsf_schema;
+
 const PROBE_ARG: &str = "__egressd_linger_probe";
 const TCP_PORT: u16 = 10514;
 const TLS_PORT: u16 = 10515;
@@ -767,9 +773,20 @@ retry_max_ms = 200
         rs.lines("tls").unwrap_or(tls),
     );
     let mut tcp_ids = Vec::new();
+    // With the official schema at hand (EGRESSD_SCHEMAS), every record of the real run must
+    // be valid OCSF 1.3.0; every CEF line passes the strict dictionary check regardless.
+    let schema = match std::env::var_os("EGRESSD_SCHEMAS").filter(|d| !d.is_empty()) {
+        Some(d) => Some(ocsf_schema::Schema::load(std::path::Path::new(&d))?),
+        None => None,
+    };
     for l in &tcp {
         let v: Value = serde_json::from_str(l["msg"].as_str().unwrap_or(""))
             .map_err(|e| format!("OCSF message {l}: {e}"))?;
+        if let Some(errs) = schema.as_ref().map(|s| s.check(&v))
+            && !errs.is_empty()
+        {
+            return Err(format!("not valid OCSF 1.3.0: {errs:?}\n  {v}").into());
+        }
         if v["metadata"]["uid"].is_null() || l["app"] != "egressd" {
             return Err(format!("OCSF record: {l}").into());
         }
@@ -784,6 +801,13 @@ retry_max_ms = 200
     for l in &tls {
         let msg = l["msg"].as_str().unwrap_or("");
         let (h, pairs) = cef::parse(msg).ok_or_else(|| format!("CEF: {msg}"))?;
+        let errs = match cef_strict::parse(msg) {
+            Ok((_, strict)) => cef_strict::check(&strict),
+            Err(e) => vec![e],
+        };
+        if !errs.is_empty() {
+            return Err(format!("CEF dictionary check: {errs:?}\n  {msg}").into());
+        }
         if h[0] != "CEF:0" || h[1] != "egressd" {
             return Err(format!("CEF header: {msg}").into());
         }
