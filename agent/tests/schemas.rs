@@ -7,8 +7,8 @@
 //! - `ecs::*`: the ECS 8.11 field list ([`ecs`]),
 //! - `cef::*`: the CEF key dictionary with an exact round trip of every value that carries
 //!   text from the record, through the strict parser in [`cef`],
-//! - `rfc5424::*`: every format as the syslog sinks frame it (octet counting, and truncated
-//!   to a small `max_message_bytes`), against the ABNF of RFC 5424 ([`rfc5424`]),
+//! - `rfc5424::*`: every format as the syslog sinks frame it (TCP/TLS octet counting, and a
+//!   UDP datagram cut to 600 bytes), against the ABNF of RFC 5424 ([`rfc5424`]),
 //! - `self_check::*`: each validator rejects a record with a planted fault, so a pass means
 //!   something.
 //!
@@ -160,18 +160,24 @@ fn header_fields() -> syslog::HeaderFields {
     }
 }
 
-/// One record in format `f` as a TCP syslog sink frames it (with `max_bytes`), checked.
+/// One record in format `f` as a syslog sink frames it, checked: with `max_bytes` 0 as TCP
+/// and TLS send it (RFC 6587 octet counting), else as one UDP datagram cut to `max_bytes`.
 fn rfc5424_test(f: Format, r: &Record, max_bytes: usize) -> Result<(), Failed> {
+    let octet_counting = max_bytes == 0;
     let enc = Encoder {
         format: f,
         framing: Framing::Syslog {
             header: header_fields(),
-            octet_counting: true,
+            octet_counting,
         },
         max_bytes,
     };
     let encoded = enc.encode_counted(r);
-    let m = rfc5424::unframe(&encoded.frame)?;
+    let m = if octet_counting {
+        rfc5424::unframe(&encoded.frame)?
+    } else {
+        &encoded.frame[..]
+    };
     let shown = String::from_utf8_lossy(m).into_owned();
     let p = rfc5424::parse(m).map_err(|e| format!("{e}\n  in {shown}"))?;
     let mut errs = Vec::new();
@@ -389,7 +395,7 @@ fn main() {
             ));
             let r = rec.clone();
             tests.push(Trial::test(
-                format!("rfc5424::{}::{name}::truncated", f.as_str()),
+                format!("rfc5424::{}::{name}::udp_600", f.as_str()),
                 move || rfc5424_test(f, &r, 600),
             ));
         }
