@@ -3,8 +3,9 @@
 //! of every object inside (recursively, counting profile attributes only for the profiles in
 //! `metadata.profiles`), nothing outside the schema except under `unmapped` (type `object`),
 //! attribute types (base types through `types`), enum values and their sibling captions
-//! (free text allowed only for 99 `Other`), `type_uid` = `class_uid` * 100 + `activity_id`,
-//! `category_uid` of the class's category and `metadata.version` of the schema.
+//! (free text allowed only for 99 `Other`), no deprecated attribute, `type_uid` =
+//! `class_uid` * 100 + `activity_id`, `category_uid` of the class's category and
+//! `metadata.version` of the schema.
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
@@ -142,6 +143,12 @@ impl Cx<'_> {
                 errs.push(format!("{here}: not an attribute of the schema here"));
                 continue;
             };
+            if !def["deprecated"].is_null() {
+                errs.push(format!(
+                    "{here}: deprecated in the schema: {}",
+                    def["deprecated"]
+                ));
+            }
             if let Some(p) = def["profile"].as_str()
                 && !self.profiles.contains(p)
             {
