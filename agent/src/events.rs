@@ -50,8 +50,8 @@ pub struct Header {
     /// RFC 3339 UTC time with nanoseconds, e.g. `2026-11-29T09:30:00.123456789Z`.
     #[serde(rename = "@timestamp")]
     pub timestamp: String,
-    /// Record type: `"connection"`, `"agent_start"`, `"agent_stop"`, `"policy_loaded"` or
-    /// `"heartbeat"`.
+    /// Record type: `"connection"`, `"agent_start"`, `"agent_stop"`, `"policy_loaded"`,
+    /// `"heartbeat"`, `"reload_failed"`, `"policy_fallback"` or `"tamper_repaired"`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Event id, unique per host: `{agent.ephemeral_id}-{sequence}`.
@@ -978,6 +978,34 @@ pub mod sample {
         }
     }
 
+    /// A TCP IPv6 denial by a process whose name and command line are not ASCII (`Zürich`,
+    /// CJK, an emoji) and carry a terminal escape: what RFC 5424's UTF-8 MSG (with its byte
+    /// order mark) and every format's escaping must carry intact.
+    pub fn deny_utf8() -> ConnectionEvent {
+        let mut ev = deny();
+        ev.header = header("connection", 13, T0 + 5_000_000_000);
+        ev.hook = "cgroup/connect6";
+        ev.process.name = "Zürich".into();
+        ev.process.executable = Some("/opt/städte/Zürich".into());
+        ev.process.command_line = Some("Zürich --ort 東京 --tag 🚀 \u{1b}[31m=red".into());
+        ev.user.name = Some("jürgen".into());
+        ev.network.kind = "ipv6";
+        ev.destination.ip = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x2));
+        ev.destination.port = 443;
+        ev.container = None;
+        ev.cgroup = Cgroup {
+            id: 700,
+            path: Some("/system.slice/zürich.service".into()),
+            systemd_unit: Some("zürich.service".into()),
+        };
+        ev.suppressed = 0;
+        ev.rule = Rule {
+            id: 2,
+            name: "no-üs".into(),
+        };
+        ev
+    }
+
     fn summary() -> PolicySummary {
         PolicySummary {
             file: "/etc/egressd/policy.toml".into(),
@@ -1042,7 +1070,7 @@ pub mod sample {
     }
 
     /// One record of each lifecycle type: start, policy loaded, heartbeat, stop, reload
-    /// failed.
+    /// failed, policy fallback, tamper repaired.
     pub fn lifecycle() -> Vec<Lifecycle> {
         vec![
             Lifecycle {
@@ -1100,6 +1128,16 @@ pub mod sample {
                     },
                 },
             },
+            Lifecycle {
+                header: header("tamper_repaired", 14, T0 + 6_000_000_000),
+                body: LifecycleBody::TamperRepaired {
+                    repairs: vec![
+                        "cgroup/connect4 detached from /sys/fs/cgroup: attached again".into(),
+                        "policy map replaced: generation 1 loaded again".into(),
+                    ],
+                    generation_in_force: 1,
+                },
+            },
         ]
     }
 
@@ -1108,6 +1146,7 @@ pub mod sample {
         let mut v = vec![
             ("deny", Record::Connection(Box::new(deny()))),
             ("audit_exited", Record::Connection(Box::new(audit_exited()))),
+            ("deny_utf8", Record::Connection(Box::new(deny_utf8()))),
         ];
         for l in lifecycle() {
             v.push((l.header.kind, Record::Lifecycle(Box::new(l))));

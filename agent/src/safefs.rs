@@ -351,6 +351,36 @@ impl TrustedDir {
             .map_err(|e| at(&self.name_path(name), e))
     }
 
+    /// Takes every permission bit beyond `mode` off this directory (`fchmod` on a descriptor
+    /// of it; never adds one). For directories an older version or an operator made with a
+    /// wider mode (0755 under the usual umask): what egressd keeps in them is root's alone.
+    /// Returns whether the mode changed.
+    ///
+    /// # Errors
+    /// As `openat(2)` of `.` and `fchmod(2)`.
+    pub fn restrict(&self, mode: u32) -> io::Result<bool> {
+        let c = cstr(OsStr::new("."))?;
+        let fd = openat(
+            self.fd.as_raw_fd(),
+            &c,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|e| at(&self.path, e))?;
+        restrict_fd(&self.path, File::from(fd), mode)
+    }
+
+    /// Takes every permission bit beyond `mode` off the file `name` in this directory
+    /// (opened with `O_NOFOLLOW` and checked like [`Self::read`]; never adds one). Returns
+    /// whether the mode changed.
+    ///
+    /// # Errors
+    /// As [`Self::read`]; `fchmod(2)`.
+    pub fn restrict_file(&self, name: &OsStr, mode: u32) -> io::Result<bool> {
+        let f = self.open_checked(name, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+        restrict_fd(&self.name_path(name), f, mode)
+    }
+
     /// The directory's path as it was resolved (links followed).
     pub fn path(&self) -> &Path {
         &self.path
@@ -540,14 +570,32 @@ fn fastrand_u64() -> u64 {
     }
 }
 
+/// `fchmod`s `f` to `mode` when it has a permission bit `mode` lacks (set-id and sticky bits
+/// included); logs the change.
+fn restrict_fd(path: &Path, f: File, mode: u32) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let now = f.metadata().map_err(|e| at(path, e))?.permissions().mode() & 0o7777;
+    if now & !mode == 0 {
+        return Ok(false);
+    }
+    let new = now & mode;
+    f.set_permissions(std::fs::Permissions::from_mode(new))
+        .map_err(|e| at(path, e))?;
+    tracing::info!(path = %path.display(), was = %format!("{now:04o}"), now = %format!("{new:04o}"), "mode narrowed");
+    Ok(true)
+}
+
 /// Opens the existing file `path` for appending (creating it with `mode` if missing) in a
-/// [`TrustedDir`]: what a file sink writes to.
+/// [`TrustedDir`]: what a file sink writes to. An existing file with permission bits beyond
+/// `mode` (one logrotate's `create 0644` made) is narrowed to `mode`, never widened.
 ///
 /// # Errors
 /// The directory or the file fails the checks (the error names it and why).
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
     let (dir, name) = split(path)?;
-    TrustedDir::open(dir)?.append(name, mode)
+    let f = TrustedDir::open(dir)?.append(name, mode)?;
+    restrict_fd(path, f.try_clone().map_err(|e| at(path, e))?, mode)?;
+    Ok(f)
 }
 
 fn split(path: &Path) -> io::Result<(&Path, &OsStr)> {
@@ -674,6 +722,15 @@ pub(crate) mod tests {
         let f = open_append(&ok.join("events.log"), FILE_MODE).expect("a private directory");
         let mode = f.metadata().expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "created with the explicit mode");
+        // A file someone made 0644 (logrotate's `create`) is narrowed to the sink's mode.
+        std::fs::set_permissions(
+            ok.join("events.log"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        let f = open_append(&ok.join("events.log"), 0o640).expect("reopen");
+        let mode = f.metadata().expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o640, "narrowed, never widened");
         // Group- and world-writable holding directories.
         for m in [0o775, 0o777, 0o1777] {
             let d = t.0.join(format!("w{m:o}"));

@@ -39,6 +39,12 @@ use egressd_testbed::{Netns, PORT, Testbed, US_V4, US_V6};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 
+// The validation suite's checkers (tests/schemas.rs), applied to what a real run sends.
+#[path = "schemas/cef.rs"]
+mod cef_strict;
+#[path = "schemas/ocsf.rs"]
+mod ocsf_schema;
+
 const PROBE_ARG: &str = "__egressd_linger_probe";
 const TCP_PORT: u16 = 10514;
 const TLS_PORT: u16 = 10515;
@@ -371,8 +377,14 @@ fn syslog_sink(
     }
 }
 
+/// Record `seq`: the sample denial, every tenth one the non-ASCII sample (`Zürich`), which
+/// goes as RFC 5424 MSG-UTF8 (with the BOM).
 fn rec(seq: u64) -> Record {
-    let mut ev = sample::deny();
+    let mut ev = if seq.is_multiple_of(10) {
+        sample::deny_utf8()
+    } else {
+        sample::deny()
+    };
     ev.header.sequence = seq;
     ev.header.id = format!("{}-{seq}", ev.header.agent.ephemeral_id);
     Record::Connection(Box::new(ev))
@@ -381,6 +393,8 @@ fn rec(seq: u64) -> Record {
 /// The sequence number a received message carries, per format.
 fn seq_of(line: &Value, format: Format) -> Result<u64, Failed> {
     let msg = line["msg"].as_str().ok_or("no msg")?;
+    // rsyslog keeps the BOM of a MSG-UTF8 in `%msg%`: a reader skips it.
+    let msg = msg.strip_prefix('\u{feff}').unwrap_or(msg);
     let bad = || Failed::from(format!("unparsable {format:?} message: {msg}"));
     match format {
         Format::Cef => {
@@ -419,6 +433,12 @@ fn check_lines(lines: &[Value], format: Format) -> Result<Vec<u64>, Failed> {
         }
         if l["procid"].as_str() != Some(pid.as_str()) {
             return Err(format!("PROCID: {l}").into());
+        }
+        // Non-ASCII records arrive whole, after the BOM; ASCII ones without it.
+        let msg = l["msg"].as_str().unwrap_or_default();
+        let utf8 = msg.contains("Zürich");
+        if utf8 != msg.starts_with('\u{feff}') {
+            return Err(format!("MSG encoding (BOM iff non-ASCII, text intact): {l}").into());
         }
         seqs.push(seq_of(l, format)?);
     }
@@ -753,9 +773,20 @@ retry_max_ms = 200
         rs.lines("tls").unwrap_or(tls),
     );
     let mut tcp_ids = Vec::new();
+    // With the official schema at hand (EGRESSD_SCHEMAS), every record of the real run must
+    // be valid OCSF 1.3.0; every CEF line passes the strict dictionary check regardless.
+    let schema = match std::env::var_os("EGRESSD_SCHEMAS").filter(|d| !d.is_empty()) {
+        Some(d) => Some(ocsf_schema::Schema::load(std::path::Path::new(&d))?),
+        None => None,
+    };
     for l in &tcp {
         let v: Value = serde_json::from_str(l["msg"].as_str().unwrap_or(""))
             .map_err(|e| format!("OCSF message {l}: {e}"))?;
+        if let Some(errs) = schema.as_ref().map(|s| s.check(&v))
+            && !errs.is_empty()
+        {
+            return Err(format!("not valid OCSF 1.3.0: {errs:?}\n  {v}").into());
+        }
         if v["metadata"]["uid"].is_null() || l["app"] != "egressd" {
             return Err(format!("OCSF record: {l}").into());
         }
@@ -770,6 +801,13 @@ retry_max_ms = 200
     for l in &tls {
         let msg = l["msg"].as_str().unwrap_or("");
         let (h, pairs) = cef::parse(msg).ok_or_else(|| format!("CEF: {msg}"))?;
+        let errs = match cef_strict::parse(msg) {
+            Ok((_, strict)) => cef_strict::check(&strict),
+            Err(e) => vec![e],
+        };
+        if !errs.is_empty() {
+            return Err(format!("CEF dictionary check: {errs:?}\n  {msg}").into());
+        }
         if h[0] != "CEF:0" || h[1] != "egressd" {
             return Err(format!("CEF header: {msg}").into());
         }
@@ -858,6 +896,13 @@ fn oversized_records() -> Result<(), Failed> {
     let tcp = rs.wait("tcp", 20, |l| l.len() >= 2)?;
     for l in &tcp {
         let msg = l["msg"].as_str().unwrap_or_default();
+        // U+0085 and U+2028 are not ASCII: the MSG is MSG-UTF8, and rsyslog keeps its BOM
+        // (within rsyslog's 2k, which counts it).
+        let body = msg.strip_prefix('\u{feff}').unwrap_or(msg);
+        if body.is_ascii() == (body.len() < msg.len()) {
+            return Err(format!("MSG encoding (BOM iff non-ASCII): {msg:?}").into());
+        }
+        let msg = body;
         let v: Value = serde_json::from_str(msg)
             .map_err(|e| format!("JSON cut by the receiver ({e}): {msg}"))?;
         if v["truncated_from_bytes"].as_u64().is_none_or(|n| n <= 2048) {

@@ -413,6 +413,7 @@ mod tests {
                 ("agent-stop".to_string(), "7".to_string()),
                 ("reload-failed".to_string(), "7".to_string()),
                 ("policy-fallback".to_string(), "8".to_string()),
+                ("tamper-repaired".to_string(), "8".to_string()),
             ]
         );
     }

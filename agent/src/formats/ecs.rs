@@ -371,6 +371,7 @@ mod tests {
                 ("agent-stop".to_string(), json!("event")),
                 ("reload-failed".to_string(), json!("event")),
                 ("policy-fallback".to_string(), json!("event")),
+                ("tamper-repaired".to_string(), json!("event")),
             ]
         );
     }

@@ -10,8 +10,10 @@
 //! | `cef` | [`cef`] | ArcSight Common Event Format version 0 (CEF:0) lines |
 //!
 //! Every format renders every record type (connection events and lifecycle records). Their
-//! field mappings are documented in each module and pinned by the golden files in
-//! `agent/src/formats/golden/` (regenerate with `EGRESSD_BLESS=1 cargo test formats`).
+//! field mappings are documented in each module and illustrated by the golden files in
+//! `agent/src/formats/golden/` (regenerate with `EGRESSD_BLESS=1 cargo test formats`); the
+//! rule is the validation suite `agent/tests/schemas.rs`, which checks every sample record
+//! in every format against OCSF 1.3.0, ECS 8.11, the CEF key dictionary and RFC 5424.
 pub mod bound;
 pub mod cef;
 pub mod ecs;

@@ -19,17 +19,23 @@
 //! protocol_ver_id (4 or 6), direction_id 2, direction Outbound}`, `actor.process.{pid, tid,
 //! name, cmd_line, file.{path, name}, parent_process.pid, user.{uid, name}}`,
 //! `actor.user.{uid, name}`, `firewall_rule.{uid, name, version}` (rule id, `allowlist`,
-//! policy generation), `container.uid` when known, and `unmapped.egressd` for what OCSF has
-//! no attribute for (verdict, hook, region, mapped, mode, policy digest and generation,
-//! cgroup id/path/unit, container runtime, host labels, process_exited, process_details, process_attribution).
+//! policy generation), `actor.process.container.{uid, runtime}` when known (profile
+//! `container`; OCSF has no top-level `container` in Network Activity), and
+//! `unmapped.egressd` for what OCSF has no attribute for (verdict, hook, region, mapped,
+//! mode, policy digest and generation, cgroup id/path/unit, host labels, process_exited,
+//! process_details, process_attribution). `device` is the observing host: `hostname`,
+//! `name`, and the required `type_id` 1 `Server`.
 //!
 //! Lifecycle records are class **Application Lifecycle** (`class_uid` 6002, category 6
 //! "Application Activity"): `agent_start` is activity 3 `Start`, `agent_stop` 4 `Stop`,
 //! `policy_loaded` and `heartbeat` are 99 `Other` with `activity_name` `Policy Loaded` /
 //! `Heartbeat`, and `reload_failed` 99 `Reload Failed` with `status_id` 2 `Failure` and the
 //! error in `status_detail` (`policy_fallback` likewise: 99 `Policy Fallback`, `Failure`, the
-//! policy in force and `last_good` under `unmapped.egressd`); `app` names egressd; counters and losses go to
-//! `unmapped.egressd`.
+//! policy in force and `last_good` under `unmapped.egressd`; `tamper_repaired` 99 `Tamper
+//! Repaired`). For activity 99 `type_uid` is 600299 with the schema's caption `type_name`
+//! `Application Lifecycle: Other`; the specific action is in `activity_name` (free text for
+//! `Other`, per the schema), `metadata.log_name` and `unmapped.egressd.type` (the record
+//! type). `app` names egressd; counters and losses go to `unmapped.egressd`.
 use serde_json::{Map, Value, json};
 
 use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
@@ -61,8 +67,10 @@ fn metadata(h: &Header, profiles: &[&str]) -> Value {
     })
 }
 
+/// The observing host: `type_id` is required in `device`; 1 `Server` (egressd runs on
+/// datacenter hosts; the schema's enum has no better fit for a VM or bare metal alike).
 fn device(h: &Header) -> Value {
-    json!({ "hostname": h.host.name, "name": h.host.name })
+    json!({ "hostname": h.host.name, "name": h.host.name, "type_id": 1, "type": "Server" })
 }
 
 fn labels(h: &Header) -> Value {
@@ -162,6 +170,7 @@ fn connection(ev: &ConnectionEvent) -> Value {
                 })),
                 "parent_process": ev.process.parent.as_ref().map(|p| json!({ "pid": p.pid })),
                 "user": user,
+                "container": ev.container.as_ref().map(|c| json!({ "uid": c.id, "runtime": c.runtime })),
             },
             "user": user,
         }),
@@ -174,9 +183,6 @@ fn connection(ev: &ConnectionEvent) -> Value {
             "version": ev.policy.generation.to_string(),
         }),
     );
-    if let Some(c) = &ev.container {
-        m.insert("container".into(), json!({ "uid": c.id }));
-    }
     m.insert(
         "unmapped".into(),
         json!({ "egressd": {
@@ -192,7 +198,6 @@ fn connection(ev: &ConnectionEvent) -> Value {
                 "path": ev.cgroup.path,
                 "systemd_unit": ev.cgroup.systemd_unit,
             },
-            "container_runtime": ev.container.as_ref().map(|c| c.runtime),
             "host_labels": labels(h),
             "process_exited": ev.process.exited,
             "process_details": ev.process.details,
@@ -213,6 +218,13 @@ fn lifecycle(l: &Lifecycle) -> Value {
         LifecycleBody::ReloadFailed { .. } => (99, "Reload Failed"),
         LifecycleBody::PolicyFallback { .. } => (99, "Policy Fallback"),
         LifecycleBody::TamperRepaired { .. } => (99, "Tamper Repaired"),
+    };
+    // The caption of `type_uid` is the schema's: `Other` for 99, whose `activity_name`
+    // carries egressd's own term (the schema: "a data source specific value").
+    let type_caption = if activity_id == 99 {
+        "Other"
+    } else {
+        activity_name
     };
     let mut extra = Map::new();
     extra.insert("type".into(), json!(h.kind));
@@ -295,7 +307,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
         "activity_id": activity_id,
         "activity_name": activity_name,
         "type_uid": 600200 + activity_id,
-        "type_name": format!("Application Lifecycle: {activity_name}"),
+        "type_name": format!("Application Lifecycle: {type_caption}"),
         "time": super::unix_ms(h.unix_ns),
         "severity_id": severity_id,
         "severity": severity,
@@ -361,6 +373,27 @@ mod tests {
     }
 
     #[test]
+    fn other_activities_use_the_schema_caption() {
+        for l in sample::lifecycle() {
+            let d = doc(&Record::Lifecycle(Box::new(l)));
+            let want = match d["activity_id"].as_i64() {
+                Some(99) => "Application Lifecycle: Other".to_owned(),
+                _ => format!(
+                    "Application Lifecycle: {}",
+                    d["activity_name"].as_str().unwrap_or("")
+                ),
+            };
+            assert_eq!(d["type_name"], want, "{d}");
+            assert_eq!(d["device"]["type_id"], 1);
+            assert_eq!(d["unmapped"]["egressd"]["type"], d["metadata"]["log_name"]);
+        }
+        let d = doc(&Record::Connection(Box::new(sample::deny())));
+        assert_eq!(d["device"]["type"], "Server");
+        assert!(d.get("container").is_none());
+        assert_eq!(d["actor"]["process"]["container"]["runtime"], "docker");
+    }
+
+    #[test]
     fn lifecycle_classes() {
         let ids: Vec<(Value, Value)> = sample::lifecycle()
             .into_iter()
@@ -379,6 +412,7 @@ mod tests {
                 (json!(4), json!("Stop")),
                 (json!(99), json!("Reload Failed")),
                 (json!(99), json!("Policy Fallback")),
+                (json!(99), json!("Tamper Repaired")),
             ]
         );
     }

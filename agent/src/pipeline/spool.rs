@@ -20,7 +20,10 @@
 //! The directory is opened once through [`crate::safefs`] (created 0700; it and its parents
 //! owned by root and not writable by others) and every file in it is opened relative to it
 //! with `O_NOFOLLOW`: segments are created 0600; `head` and prepended segments are written
-//! as fresh `O_EXCL` temporary files (random names) renamed inside the directory. A name that looks like a segment but is not
+//! as fresh `O_EXCL` temporary files (random names) renamed inside the directory. The modes
+//! are explicit, so no umask widens them, and a spool an older version or an operator left
+//! wider (a 0755 directory, 0644 segments) is narrowed to 0700 and 0600 when opened: the
+//! records (command lines, user names) are root's alone. A name that looks like a segment but is not
 //! a regular file owned by root and writable by nobody else (a link, a file another user
 //! planted) is never read: it is renamed to `rejected-NAME` and reported.
 use std::{
@@ -31,7 +34,7 @@ use std::{
     path::Path,
 };
 
-use crate::safefs::{FILE_MODE, TrustedDir};
+use crate::safefs::{DIR_MODE, FILE_MODE, TrustedDir};
 
 /// Segment size at which a new segment is started.
 pub const SEGMENT_BYTES: u64 = 4 << 20;
@@ -168,6 +171,7 @@ impl Spool {
     /// [`crate::safefs`]; a segment cannot be read or repaired.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
         let tdir = TrustedDir::create(dir)?;
+        tdir.restrict(DIR_MODE)?;
         let mut ids: Vec<u64> = Vec::new();
         for name in tdir.entries()? {
             if name.as_encoded_bytes().starts_with(b".") {
@@ -185,8 +189,11 @@ impl Spool {
             else {
                 continue;
             };
-            match tdir.check_entry(&name) {
-                Ok(()) => ids.push(id),
+            match tdir
+                .check_entry(&name)
+                .and_then(|()| tdir.restrict_file(&name, FILE_MODE))
+            {
+                Ok(_) => ids.push(id),
                 Err(e) => {
                     let mut aside = OsString::from("rejected-");
                     aside.push(&name);
@@ -196,6 +203,11 @@ impl Spool {
             }
         }
         ids.sort_unstable();
+        if let Err(e) = tdir.restrict_file(OsStr::new("head"), FILE_MODE)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::error!(error = %e, "spool head: mode not narrowed");
+        }
         let head = match tdir.read(OsStr::new("head")) {
             Ok(mut f) => {
                 let mut s = String::new();
@@ -712,6 +724,73 @@ mod tests {
         s.append(&frame(3)).expect("append");
         assert_eq!(s.pop().expect("pop"), Some(frame(3)));
         let _ = fs::remove_dir_all(&d);
+    }
+
+    /// Issue 18: records at rest are root's alone whatever the umask. A spool created under
+    /// umask 022 is 0700 (its new parents too) with 0600 segments and head, which another
+    /// user cannot read; one an older version left 0755 with 0644 files is narrowed to
+    /// 0700/0600 when opened, and its records are still delivered.
+    #[test]
+    fn spool_is_private_whatever_the_umask() {
+        use crate::safefs::tests::{Tmp, root};
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| fs::symlink_metadata(p).expect("stat").permissions().mode() & 0o7777;
+        let t = Tmp::new("spool-umask");
+        std::fs::set_permissions(&t.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // SAFETY: umask has no preconditions; restored below (022 is the usual one anyway).
+        let old = unsafe { libc::umask(0o022) };
+        let d = t.0.join("new/spool");
+        let opened = Spool::open(&d, 1 << 20).and_then(|mut s| {
+            s.append(b"denied: alice's command line")?;
+            s.pop()?;
+            s.append(b"second")?;
+            s.sync()
+        });
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        opened.expect("spool");
+        assert_eq!(mode(&t.0.join("new")), 0o700, "a new parent");
+        assert_eq!(mode(&d), 0o700);
+        let files: Vec<std::path::PathBuf> = fs::read_dir(&d)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        assert!(files.iter().any(|f| f.ends_with("head")), "{files:?}");
+        assert!(
+            files
+                .iter()
+                .any(|f| f.extension().is_some_and(|x| x == "seg"))
+        );
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+        if root() {
+            let seg = files
+                .iter()
+                .find(|f| f.extension().is_some_and(|x| x == "seg"))
+                .expect("segment");
+            let out = std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+                .arg(seg)
+                .output()
+                .expect("setpriv");
+            assert!(
+                !out.status.success() && out.stdout.is_empty(),
+                "nobody read the spool"
+            );
+        }
+        // What an older version left: 0755 and 0644.
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).expect("chmod");
+        for f in &files {
+            fs::set_permissions(f, fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        let mut s = Spool::open(&d, 1 << 20).expect("reopen");
+        assert_eq!(mode(&d), 0o700);
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "narrowed: {}", f.display());
+        }
+        assert_eq!(s.pop().expect("pop"), Some(b"second".to_vec()));
     }
 
     /// Issue 22 item 1: a spool directory an unprivileged user can write is refused before

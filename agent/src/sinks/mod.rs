@@ -168,7 +168,10 @@ impl Encoder {
         let mut truncated = false;
         let overhead = match &self.framing {
             Framing::Line => 1,
-            Framing::Syslog { header, .. } => syslog::message(header, record, b"").len(),
+            // The BOM a non-ASCII body takes counts against the limit too.
+            Framing::Syslog { header, .. } => {
+                syslog::message(header, record, b"").len() + syslog::bom_len(&body)
+            }
         };
         if self.max_bytes > 0 && body.len() + overhead > self.max_bytes {
             let room = self.max_bytes.saturating_sub(overhead);

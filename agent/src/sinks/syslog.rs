@@ -4,8 +4,16 @@
 //! `facility * 8 + severity`, TIMESTAMP is the record's time in UTC with microseconds (RFC 5424
 //! allows at most 6 fractional digits), PROCID is the agent's pid, MSGID the record type
 //! (`connection`, `agent_start`, ...), STRUCTURED-DATA is empty (`-`: egressd has no IANA
-//! enterprise number to name SD-IDs with), and MSG is the formatted record as MSG-ANY (no BOM;
-//! the JSON formats escape control characters, CEF escapes line breaks).
+//! enterprise number to name SD-IDs with), and MSG is the formatted record (the JSON formats
+//! escape control characters, CEF escapes line breaks).
+//!
+//! MSG encoding (RFC 5424 section 6.4): a record holding any non-ASCII character (a process
+//! named `Zürich`) is UTF-8 and goes as MSG-UTF8, i.e. after the byte order mark `EF BB BF`
+//! the RFC requires there; an all-ASCII record (almost all of them) goes as MSG-ANY, without
+//! it. Not always adding the BOM keeps the usual message byte for byte what receivers and
+//! CEF parsers read today: rsyslog, for one, keeps the BOM in `%msg%` (checked by
+//! `agent/tests/sinks.rs`), and a parser that anchors at `CEF:` or hands MSG to a JSON parser
+//! must skip it. Receivers that read non-ASCII records should strip a leading BOM.
 //!
 //! Severity: a denial is 4 (warning), an audit event 5 (notice), `reload_failed`,
 //! `policy_fallback` and `tamper_repaired` 3 (error),
@@ -97,7 +105,16 @@ pub fn timestamp(unix_ns: i128) -> String {
     t.format(&fmt).unwrap_or_else(|_| "-".into())
 }
 
-/// The RFC 5424 message (without transport framing) carrying `body`.
+/// The UTF-8 byte order mark that starts a MSG-UTF8 (RFC 5424 section 6.4).
+pub const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Octets [`message`] adds before `body` beyond the header: [`BOM`] when `body` is not ASCII.
+pub fn bom_len(body: &[u8]) -> usize {
+    if body.is_ascii() { 0 } else { BOM.len() }
+}
+
+/// The RFC 5424 message (without transport framing) carrying `body`, which starts with
+/// [`BOM`] when `body` holds non-ASCII UTF-8 (see the module docs).
 pub fn message(h: &HeaderFields, record: &Record, body: &[u8]) -> Vec<u8> {
     let header = record.header();
     let pri = u16::from(h.facility) * 8 + u16::from(severity(record));
@@ -110,6 +127,9 @@ pub fn message(h: &HeaderFields, record: &Record, body: &[u8]) -> Vec<u8> {
         printable(header.kind, 32)
     )
     .into_bytes();
+    if bom_len(body) > 0 {
+        v.extend_from_slice(BOM);
+    }
     v.extend_from_slice(body);
     v
 }
@@ -430,8 +450,15 @@ mod tests {
             .map(|l| severity(&Record::Lifecycle(Box::new(l))))
             .collect();
         // start, policy loaded, heartbeat with losses, stop with losses, reload failed,
-        // policy fallback
-        assert_eq!(sev, [5, 5, 4, 4, 3, 3]);
+        // policy fallback, tamper repaired
+        assert_eq!(sev, [5, 5, 4, 4, 3, 3, 3]);
+        let utf8 = message(&h, &deny, "{\"n\":\"Zürich\"}".as_bytes());
+        let at = utf8.len() - "{\"n\":\"Zürich\"}".len();
+        assert_eq!(
+            &utf8[at - 5..at],
+            b"- \xEF\xBB\xBF",
+            "BOM right after the SP"
+        );
         assert_eq!(printable("", 3), "-");
         assert_eq!(printable("abcdef", 3), "abc");
     }
