@@ -959,16 +959,10 @@ fn mask_u128(len: u8) -> u128 {
     }
 }
 
-/// 1-based (line, column) of byte `offset` in `text`; the column counts characters.
+/// 1-based (line, column) of byte `offset` in `text`; the column counts characters. For one
+/// error; [`crate::located::LineIndex`] locates many.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
-    (line, text[line_start..offset].chars().count() + 1)
+    crate::located::line_col(text, offset)
 }
 
 /// How [`render`] writes the result.
