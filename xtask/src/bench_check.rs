@@ -185,16 +185,26 @@ fn verdict(points: &[Point], unit: &str) -> (bool, String) {
     let growth = per(last) / per(first);
     let linear = growth <= 3.0;
     let text = format!(
-        "From {} to {} {unit}s ({}x the input) the time grew {:.1}x, memory {:.1}x: time per \
+        "From {} to {} {} ({}x the input) the time grew {:.1}x, memory {:.1}x: time per \
          {unit} x{growth:.2}, {}.",
         first.size,
         last.size,
+        plural(unit),
         last.size / first.size.max(1),
         last.time.as_secs_f64() / first.time.as_secs_f64(),
         last.max_rss_kib as f64 / first.max_rss_kib.max(1) as f64,
         if linear { "linear" } else { "NOT linear" }
     );
     (linear, text)
+}
+
+/// `prefix` -> `prefixes`, `rule` -> `rules`.
+fn plural(unit: &str) -> String {
+    if unit.ends_with('x') {
+        format!("{unit}es")
+    } else {
+        format!("{unit}s")
+    }
 }
 
 /// Fastest of three runs of `egressd check --config path`, with the largest peak RSS.
