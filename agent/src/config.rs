@@ -14,7 +14,7 @@
 //! [`crate::policy::compile`] is infallible. Every error carries the file, a 1-based line and
 //! column and the dotted path of the offending field (`regions.us.prefixes[1]`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
@@ -24,6 +24,8 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
+
+use crate::located::LineIndex;
 
 /// Name reserved for "in no region" ([`egressd_common::REGION_UNKNOWN`]); events use it, so no
 /// configured region may take it.
@@ -351,7 +353,7 @@ fn read_sources(path: &Path, dir_override: Option<&Path>) -> Result<Sources, Con
         .map_err(|e| ConfigError::file(p, format!("cannot read configuration: {e}")))
     };
     let text = read(path)?;
-    let ctx = Ctx { path, text: &text };
+    let ctx = Ctx::new(path, &text);
     let raw: RawConfig = toml::from_str(&text).map_err(|e| ctx.toml_error(&e))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let (dir, explicit) = match (dir_override, &raw.drop_in_dir) {
@@ -468,25 +470,25 @@ pub fn parse_set_all(
     text: &str,
     drop_ins: &[(PathBuf, String)],
 ) -> Result<(Config, Output), ConfigError> {
-    let ctx = Ctx { path, text };
+    let ctx = Ctx::new(path, text);
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => return Err(ctx.toml_error(&e)),
     };
     let mut docs = vec![Doc {
-        ctx: Ctx { path, text },
+        ctx: Ctx::new(path, text),
         allowlist: &raw.allowlist,
         regions: &raw.regions,
         rules: &raw.rules,
     }];
     let mut extra: Vec<RawDropIn> = Vec::with_capacity(drop_ins.len());
     for (p, t) in drop_ins {
-        let c = Ctx { path: p, text: t };
+        let c = Ctx::new(p, t);
         extra.push(toml::from_str(t).map_err(|e| c.drop_in_error(&e))?);
     }
     for ((p, t), d) in drop_ins.iter().zip(&extra) {
         docs.push(Doc {
-            ctx: Ctx { path: p, text: t },
+            ctx: Ctx::new(p, t),
             allowlist: &d.allowlist,
             regions: &d.regions,
             rules: &d.rules,
@@ -613,6 +615,8 @@ struct RawRegion {
 struct Ctx<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Built at the first located error, rule or region, then shared by all of them.
+    lines: std::cell::OnceCell<LineIndex>,
 }
 
 /// Where a prefix was first seen, for duplicate messages.
@@ -625,14 +629,29 @@ struct Seen {
     doc: usize,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn new(path: &'a Path, text: &'a str) -> Self {
+        Self {
+            path,
+            text,
+            lines: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// 1-based (line, column in characters) of byte `offset`.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        self.lines
+            .get_or_init(|| LineIndex::new(self.text))
+            .line_col(self.text, offset)
+    }
+
     fn err(
         &self,
         span: Range<usize>,
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> ConfigError {
-        let (line, column) = line_col(self.text, span.start);
+        let (line, column) = self.line_col(span.start);
         ConfigError {
             file: self.path.to_path_buf(),
             line,
@@ -668,7 +687,7 @@ impl Ctx<'_> {
     }
 
     fn line_of(&self, offset: usize) -> usize {
-        line_col(self.text, offset).0
+        self.line_col(offset).0
     }
 
     /// Turn a toml error (syntax or serde) into a located error with a field path.
@@ -985,18 +1004,20 @@ impl Ctx<'_> {
             });
         }
 
+        let known = Known::new(&regions);
         let mut allowlist: Vec<String> = Vec::new();
+        let mut listed: HashSet<&str> = HashSet::new();
         for doc in docs {
             for (i, entry) in doc.allowlist.iter().enumerate() {
                 let name = entry.get_ref();
                 let field = format!("allowlist[{i}]");
-                if allowlist.iter().any(|a| a == name) {
+                if !listed.insert(name.as_str()) {
                     errors.push(doc.ctx.err(
                         entry.span(),
                         field,
                         format!("duplicate allowlist entry `{name}` (already listed)"),
                     ));
-                } else if let Some(msg) = unknown_region(name, &regions) {
+                } else if let Some(msg) = unknown_region(name, &known) {
                     errors.push(doc.ctx.err(entry.span(), field, msg));
                 }
                 allowlist.push(name.clone());
@@ -1007,7 +1028,7 @@ impl Ctx<'_> {
         for doc in docs {
             for (i, r) in doc.rules.iter().enumerate() {
                 let id = u32::try_from(rules.len() + 1).unwrap_or(u32::MAX);
-                match doc.ctx.rule(id, i, r, &regions) {
+                match doc.ctx.rule(id, i, r, &known) {
                     Ok(rule) => rules.push(rule),
                     Err(e) => errors.extend(e),
                 }
@@ -1044,7 +1065,7 @@ impl Ctx<'_> {
         id: u32,
         index: usize,
         raw: &Spanned<RawRule>,
-        regions: &[Region],
+        regions: &Known<'_>,
     ) -> Result<Rule, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let field = format!("rules[{index}]");
@@ -1125,20 +1146,48 @@ impl Ctx<'_> {
     }
 }
 
+/// The defined region names, for lookups by name (a set: checking every allowlist entry and
+/// rule against a list made validation quadratic) and for messages.
+struct Known<'a> {
+    names: HashSet<&'a str>,
+    /// `a, b, c` (the first [`Known::LISTED`] names in order, then how many more).
+    listing: String,
+}
+
+impl<'a> Known<'a> {
+    /// Names listed in an "unknown region" message.
+    const LISTED: usize = 20;
+
+    fn new(regions: &'a [Region]) -> Self {
+        let mut listing = regions
+            .iter()
+            .take(Self::LISTED)
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if regions.len() > Self::LISTED {
+            listing.push_str(&format!(" and {} more", regions.len() - Self::LISTED));
+        }
+        Self {
+            names: regions.iter().map(|r| r.name.as_str()).collect(),
+            listing,
+        }
+    }
+}
+
 /// `None` if `name` is a defined region, else why not.
-fn unknown_region(name: &str, regions: &[Region]) -> Option<String> {
-    if regions.iter().any(|r| r.name == name) {
+fn unknown_region(name: &str, regions: &Known<'_>) -> Option<String> {
+    if regions.names.contains(name) {
         return None;
     }
     Some(if name == UNKNOWN_REGION_NAME {
         format!(
             "`{UNKNOWN_REGION_NAME}` is reserved for destinations in no region and cannot be allowlisted"
         )
-    } else if regions.is_empty() {
+    } else if regions.names.is_empty() {
         format!("unknown region `{name}` (no regions are defined)")
     } else {
-        let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
-        format!("unknown region `{name}` (defined: {})", names.join(", "))
+        format!("unknown region `{name}` (defined: {})", regions.listing)
     })
 }
 
@@ -1883,15 +1932,9 @@ pub(crate) fn mask_u128(len: u8) -> u128 {
 }
 
 /// 1-based (line, column) of byte `offset`; the column counts characters.
+#[cfg(test)]
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
-    (line, text[line_start..offset].chars().count() + 1)
+    crate::located::line_col(text, offset)
 }
 
 /// `parent.key`, quoting `key` when it is not a bare TOML key.
@@ -2399,6 +2442,35 @@ mod tests {
             region("eu", "\"10.0.0.0/8\"")
         );
         fails(&text, 1, "allowlist[0]", "reserved");
+    }
+
+    #[test]
+    fn config_many_errors_are_located_and_listings_bounded() {
+        // 25 regions: the message lists 20 and counts the rest; every unknown and duplicate
+        // allowlist entry on one long line is located by column (the first is reported).
+        let mut text = String::from("allowlist = [");
+        for i in 0..2000 {
+            text.push_str(&format!("\"r{}\", ", i % 1000));
+        }
+        text.push_str("\"é\", \"x\"]\n");
+        for i in 0..25 {
+            text.push_str(&region(&format!("r{i}"), &format!("\"10.{i}.0.0/16\"")));
+        }
+        let e = fails(
+            &text,
+            1,
+            "allowlist[25]",
+            "unknown region `r25` (defined: r0, r1",
+        );
+        assert!(e.message.ends_with(", r19 and 5 more)"), "{}", e.message);
+        assert_eq!(e.column, 14 + 10 * 6 + 15 * 7);
+        // Duplicates: the first repeated entry is named.
+        let text = format!(
+            "allowlist = [\"a\", \"b\", \"a\"]\n{}{}",
+            region("a", "\"10.0.0.0/8\""),
+            region("b", "\"11.0.0.0/8\"")
+        );
+        fails(&text, 1, "allowlist[2]", "duplicate allowlist entry `a`");
     }
 
     #[test]

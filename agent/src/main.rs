@@ -321,13 +321,15 @@ fn regions_import(
     for w in &imported.warnings {
         eprintln!("egressd: warning: {w}");
     }
-    let complete = allowlist.is_some();
-    let text = import::render(&imported, &import::RenderOptions { allowlist })
-        .map_err(|m| anyhow::anyhow!("--allowlist: {m}"))?;
-    import::validate_output(
+    let options = import::RenderOptions { allowlist };
+    let text =
+        import::render(&imported, &options).map_err(|m| anyhow::anyhow!("--allowlist: {m}"))?;
+    // Written only if it reads back as exactly the regions meant, and nothing else.
+    import::verify_output(
         output.unwrap_or(std::path::Path::new("<stdout>")),
         &text,
-        complete,
+        &imported,
+        options.allowlist.as_deref(),
     )?;
     for (name, r) in &imported.regions {
         let v4 = r.prefixes.iter().filter(|p| p.is_ipv4()).count();

@@ -834,6 +834,82 @@ mod tests {
     }
 
     #[test]
+    fn policy_port_rules_naming_a_region_are_counted_not_copied_past_the_limit() {
+        // 300 prefixes and 40 port rules naming their region: the count is exact, the
+        // problem names the first prefixes, and only KEEP rules per prefix were built.
+        let mut text = String::from("allowlist = []\n[regions.big]\nprefixes = [");
+        for i in 0..300 {
+            text.push_str(&format!("\"10.{}.{}.0/24\",", i / 256, i % 256));
+        }
+        text.push_str("]\n[regions.small]\nprefixes = [\"192.0.2.0/24\"]\n");
+        for port in 1..=40 {
+            text.push_str(&format!(
+                "[[rules]]\naction = \"deny\"\nregions = [\"big\"]\nprotocol = \"tcp\"\nports = {port}\n"
+            ));
+        }
+        // Inherited past the limit: a rule-only prefix inside one with 20 port rules.
+        for port in 1..=20 {
+            text.push_str(&format!(
+                "[[rules]]\naction = \"deny\"\nto = [\"172.16.0.0/12\"]\nprotocol = \"udp\"\nports = {port}\n"
+            ));
+        }
+        text.push_str(
+            "[[rules]]\naction = \"allow\"\nto = [\"172.16.1.0/24\"]\nprotocol = \"udp\"\nports = 53\n",
+        );
+        let p =
+            compile(&crate::config::parse(std::path::Path::new("t.toml"), &text).expect("valid"));
+        assert_eq!(p.problems.len(), 10, "{:?}", p.problems);
+        assert!(
+            p.problems[0].starts_with("40 port rules apply to 10.0.0.0/24 "),
+            "{:?}",
+            p.problems
+        );
+        let p2 = {
+            let t = text.replacen("regions = [\"big\"]", "regions = [\"small\"]", 40);
+            compile(&crate::config::parse(std::path::Path::new("t.toml"), &t).expect("valid"))
+        };
+        assert!(
+            p2.problems
+                .iter()
+                .any(|m| m.starts_with("40 port rules apply to 192.0.2.0/24 ")),
+            "{:?}",
+            p2.problems
+        );
+        assert!(
+            p2.problems
+                .iter()
+                .any(|m| m.starts_with("20 port rules apply to 172.16.0.0/12 ")),
+            "{:?}",
+            p2.problems
+        );
+        assert!(
+            p2.problems
+                .iter()
+                .any(|m| m.starts_with("21 port rules apply to 172.16.1.0/24 ")),
+            "{:?}",
+            p2.problems
+        );
+        for e in p.entries.iter().chain(&p2.entries) {
+            assert!(usize::from(e.n_rules) <= egressd_common::MAX_PORT_RULES);
+        }
+        // At the limit exactly, no problem, and the tables still agree with the model.
+        let mut ok = String::from(
+            "allowlist = [\"big\"]\n[regions.big]\nprefixes = [\"10.0.0.0/24\", \"10.0.1.0/24\"]\n",
+        );
+        for port in 1..=16 {
+            ok.push_str(&format!(
+                "[[rules]]\naction = \"deny\"\nregions = [\"big\"]\nprotocol = \"tcp\"\nports = {port}\n"
+            ));
+        }
+        let p = compile(&crate::config::parse(std::path::Path::new("t.toml"), &ok).expect("valid"));
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        assert_eq!(p.decide(ip("10.0.1.1"), 6, 16).verdict, Verdict::Deny);
+        assert_eq!(p.decide(ip("10.0.1.1"), 6, 17).verdict, Verdict::Allow);
+        let id = exact_v4(&p.lpm_v4, u32::from(Ipv4Addr::new(10, 0, 1, 0)), 24).expect("entry");
+        assert_eq!(p.entries[id as usize].n_rules, 16);
+    }
+
+    #[test]
     fn policy_ports_beat_protocol_only_beat_portless() {
         let text = concat!(
             "allowlist = []\ndefault = \"allow\"\n",

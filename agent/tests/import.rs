@@ -91,7 +91,7 @@ fn skip_reason() -> String {
 fn main() {
     let args = Arguments::from_args();
     // Tests on synthetic inputs and the command line.
-    let plain: [(&str, fn()); 9] = [
+    let plain: [(&str, fn()); 13] = [
         (
             "import_same_prefix_two_regions_is_an_error",
             import_same_prefix_two_regions_is_an_error,
@@ -121,6 +121,22 @@ fn main() {
         (
             "import_empty_source_is_an_error",
             import_empty_source_is_an_error,
+        ),
+        (
+            "import_hostile_provider_text_is_refused",
+            import_hostile_provider_text_is_refused,
+        ),
+        (
+            "import_readback_refuses_what_was_not_written",
+            import_readback_refuses_what_was_not_written,
+        ),
+        (
+            "import_hostile_text_past_the_checks_stays_in_comments",
+            import_hostile_text_past_the_checks_stays_in_comments,
+        ),
+        (
+            "cli_hostile_provider_files_change_nothing",
+            cli_hostile_provider_files_change_nothing,
         ),
     ];
     // Tests on a directory of provider files: the fixtures, and the full files.
@@ -1147,4 +1163,326 @@ fn import_empty_source_is_an_error() {
             "{msg}"
         );
     }
+}
+
+// --- Hostile provider files (issue #23): provider text never leaves its comment. ---
+
+fn hostile(name: &str) -> (String, String) {
+    let path = format!("agent/tests/data/hostile/{name}");
+    let text = std::fs::read_to_string(repo().join(&path)).expect("hostile fixture");
+    (path, text)
+}
+
+/// Every provider string that used to be copied into the output (version stamps, keys kept
+/// by `unmapped_region`, geofeed fields) is checked against what the format allows: the
+/// files of `tests/data/hostile` are refused, naming file, line and field.
+fn import_hostile_provider_text_is_refused() {
+    let m = mapping(
+        "unmapped_region = \"elsewhere\"\n[aws]\neu = [\"eu-west-1\"]\n\
+         [gcp]\neu = [\"europe-west1\"]\n[azure]\neu = [\"westeurope\"]\n\
+         [oracle]\neu = [\"eu-frankfurt-1\"]\n[geofeed]\neu = [\"NL\"]\n",
+    );
+    for (name, line, field, says) in [
+        (
+            "aws-createdate-rules.json",
+            3,
+            "createDate",
+            "`createDate` is `2025-07-24-20-23-14\\u{a}[[rules]]",
+        ),
+        (
+            "aws-synctoken-default.json",
+            2,
+            "syncToken",
+            "`syncToken` is `1\\u{a}default",
+        ),
+        (
+            "aws-region-rules.json",
+            11,
+            "prefixes[1].region",
+            "`x\\u{a}[[rules]]",
+        ),
+        (
+            "gcp-creationtime-rules.json",
+            3,
+            "creationTime",
+            "not a date or token",
+        ),
+        (
+            "azure-cloud-bel.json",
+            3,
+            "cloud",
+            "`cloud` is `Public\\u{7}`",
+        ),
+        (
+            "oracle-timestamp-rules.json",
+            2,
+            "last_updated_timestamp",
+            "not a date or token",
+        ),
+        (
+            "geofeed-country-mode.csv",
+            3,
+            "alpha2code",
+            "`XX\\u{a}mode = \"audit\"\\u{a}#` is not an ISO 3166-1",
+        ),
+        (
+            "geofeed-subdivision-newline.csv",
+            1,
+            "region",
+            "is not an ISO 3166-2 subdivision",
+        ),
+    ] {
+        let (path, text) = hostile(name);
+        let e = try_import(&m, &[(&path, &text)], false).expect_err(name);
+        assert!(
+            e.starts_with(&format!("{path}:{line}:")) && e.contains(&format!(": {field}: ")),
+            "{name}: {e}"
+        );
+        assert!(e.contains(says), "{name}: {e}");
+        assert!(!e.contains('\n') && !e.contains('\u{7}'), "{name}: {e:?}");
+    }
+    // The same stamps and keys without the payload are fine.
+    let (path, text) = hostile("aws-createdate-rules.json");
+    let clean = text.replace(
+        "\\n[[rules]] action = \\\"allow\\\" to = [\\\"0.0.0.0/0\\\", \\\"::/0\\\"]",
+        "",
+    );
+    assert_ne!(clean, text);
+    let ok = try_import(&m, &[(&path, &clean)], false).expect("clean AWS file");
+    assert_eq!(
+        ok.sources[0].version.as_deref(),
+        Some("createDate 2025-07-24-20-23-14, syncToken 1753388594")
+    );
+}
+
+/// The import re-reads its output and refuses anything in it that it did not mean to write:
+/// a rule, a region `mode`, a setting, another prefix or region.
+fn import_readback_refuses_what_was_not_written() {
+    let m = mapping(AWS_MAP);
+    let ok = try_import(
+        &m,
+        &[(
+            "a.json",
+            &aws(&[("10.0.0.0/8", "eu-west-1"), ("9.0.0.0/8", "us-east-1")]),
+        )],
+        false,
+    )
+    .expect("valid");
+    let allow = ["eu".to_string()];
+    let complete = import::render(
+        &ok,
+        &RenderOptions {
+            allowlist: Some(allow.to_vec()),
+        },
+    )
+    .expect("render");
+    let fragment = import::render(&ok, &RenderOptions::default()).expect("render");
+    let out = Path::new("out.toml");
+    import::verify_output(out, &complete, &ok, Some(&allow)).expect("as written");
+    import::verify_output(out, &fragment, &ok, None).expect("as written");
+    let rule = "\n[[rules]]\naction = \"allow\"\nto = [\"0.0.0.0/0\", \"::/0\"]\n";
+    let header_end = "# Order: IPv4 then IPv6, by network address, then length.\n";
+    for (what, text, allowlist, says) in [
+        (
+            "a rule",
+            format!("{complete}{rule}"),
+            Some(&allow[..]),
+            "1 rules",
+        ),
+        (
+            "a rule in a drop-in",
+            format!("{fragment}{rule}"),
+            None,
+            "1 rules",
+        ),
+        (
+            "default = allow",
+            complete.replacen(header_end, &format!("{header_end}default = \"allow\"\n"), 1),
+            Some(&allow[..]),
+            "a policy setting",
+        ),
+        (
+            "mode = audit",
+            complete.replacen(header_end, &format!("{header_end}mode = \"audit\"\n"), 1),
+            Some(&allow[..]),
+            "a policy setting",
+        ),
+        (
+            "a sink",
+            complete.replacen(header_end, &format!("{header_end}heartbeat_secs = 7\n"), 1),
+            Some(&allow[..]),
+            "an output setting",
+        ),
+        (
+            "a region mode",
+            fragment.replacen("[regions.eu]\n", "[regions.eu]\nmode = \"audit\"\n", 1),
+            None,
+            "region `eu` sets `mode`",
+        ),
+        (
+            "another prefix",
+            fragment.replacen("\"10.0.0.0/8\",", "\"10.0.0.0/8\", \"8.8.8.0/24\",", 1),
+            None,
+            "region `eu` with 2 prefixes",
+        ),
+        (
+            "another region",
+            format!("{fragment}\n[regions.x]\nprefixes = [\"8.8.8.0/24\"]\n"),
+            None,
+            "extra region `x`",
+        ),
+        (
+            "another allowlist",
+            complete.replacen("allowlist = [\"eu\"]", "allowlist = [\"eu\", \"us\"]", 1),
+            Some(&allow[..]),
+            "allowlist",
+        ),
+    ] {
+        assert_ne!(text, complete, "{what}");
+        let e = import::verify_output(out, &text, &ok, allowlist)
+            .expect_err(what)
+            .to_string();
+        assert!(
+            e.contains("does not read back as what the import meant to write") && e.contains(says),
+            "{what}: {e}"
+        );
+    }
+}
+
+/// An import result carrying hostile text (as if it had got past the readers' checks, and a
+/// source file name with a newline) renders it inside comments: the output reads back as
+/// written, and `egressd check` and `explain` on it still deny.
+fn import_hostile_text_past_the_checks_stays_in_comments() {
+    let m = mapping(AWS_MAP);
+    let mut ok = try_import(
+        &m,
+        &[("a.json", &aws(&[("10.0.0.0/8", "eu-west-1")]))],
+        false,
+    )
+    .expect("valid");
+    let inject =
+        "\n[[rules]] action = \"allow\" to = [\"0.0.0.0/0\", \"::/0\"]\ndefault = \"allow\"\n#";
+    ok.sources[0].version = Some(format!("createDate 1{inject}\u{7}"));
+    ok.sources[0].path = PathBuf::from(format!("a{inject}.json"));
+    ok.mapping = PathBuf::from(format!("m{inject}.toml"));
+    let eu = ok.regions.get_mut("eu").expect("eu");
+    let n = eu
+        .from
+        .remove(&(Format::Aws, "eu-west-1".to_string()))
+        .expect("key");
+    eu.from.insert((Format::Aws, format!("eu{inject}")), n);
+    let allow = vec!["eu".to_string()];
+    let text = import::render(
+        &ok,
+        &RenderOptions {
+            allowlist: Some(allow.clone()),
+        },
+    )
+    .expect("render");
+    assert!(
+        text.contains("\\u{a}[[rules]]") && text.contains("\\u{7}"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .all(|l| !l.starts_with("[[rules]]") && !l.starts_with("default"))
+    );
+    import::verify_output(Path::new("out.toml"), &text, &ok, Some(&allow)).expect("as written");
+    let dir = std::env::temp_dir().join(format!("egressd-import-inert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, &text).expect("write");
+    let p = policy.to_str().expect("utf-8");
+    assert_still_denies(p);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `egressd check` accepts `policy` and `explain` denies 8.8.8.8:443/tcp and
+/// [2001:4860::8888]:443/tcp under it.
+fn assert_still_denies(policy: &str) {
+    let (ok, stdout, stderr) = egressd(&["check", "--config", policy]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("rules:") || !stdout.is_empty(), "{stdout}");
+    let (ok, stdout, stderr) = egressd(&[
+        "explain",
+        "--config",
+        policy,
+        "--json",
+        "8.8.8.8:443/tcp",
+        "[2001:4860::8888]:443/tcp",
+    ]);
+    assert!(ok, "{stderr}");
+    for l in stdout.lines() {
+        let v: Value = serde_json::from_str(l).expect("JSON line");
+        assert_eq!(v["verdict"], "deny", "{stdout}");
+    }
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+}
+
+/// End to end: `egressd regions import` on the hostile files fails, located, and writes
+/// nothing; a source file name holding a newline and a rule stays in its comment, and
+/// `check` and `explain 8.8.8.8:443/tcp` on the output still deny.
+fn cli_hostile_provider_files_change_nothing() {
+    let dir = std::env::temp_dir().join(format!("egressd-import-hostile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let s = |p: &Path| p.to_str().expect("utf-8").to_string();
+    let map = dir.join("map.toml");
+    std::fs::write(
+        &map,
+        "unmapped_region = \"elsewhere\"\n[aws]\neu = [\"eu-west-1\"]\n[geofeed]\neu = [\"NL\"]\n",
+    )
+    .expect("write mapping");
+    let out = dir.join("out.toml");
+    for (name, field) in [
+        ("aws-createdate-rules.json", "createDate"),
+        ("geofeed-country-mode.csv", "alpha2code"),
+        ("azure-cloud-bel.json", "cloud"),
+    ] {
+        let src = repo().join("agent/tests/data/hostile").join(name);
+        let (ok, stdout, stderr) = egressd(&[
+            "regions",
+            "import",
+            "--mapping",
+            &s(&map),
+            "--allowlist",
+            "eu",
+            "--output",
+            &s(&out),
+            &s(&src),
+        ]);
+        assert!(!ok, "{name}: {stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        assert!(
+            stderr.contains(&format!("{name}:")) && stderr.contains(&format!(": {field}: ")),
+            "{name}: {stderr}"
+        );
+        assert!(!out.exists(), "{name}: output written");
+    }
+    // A file name is command-line text, not provider text, but lands in a comment as well.
+    let (_, text) = hostile("aws-createdate-rules.json");
+    let clean = text.replace(
+        "\\n[[rules]] action = \\\"allow\\\" to = [\\\"0.0.0.0/0\\\", \\\"::/0\\\"]",
+        "",
+    );
+    let odd = dir
+        .join("a\n[[rules]]\naction = \"allow\"\nto = [\"8.8.8.8\"]\ndefault = \"allow\"\n#.json");
+    std::fs::write(&odd, clean).expect("write source");
+    let (ok, _, stderr) = egressd(&[
+        "regions",
+        "import",
+        "--mapping",
+        &s(&map),
+        "--allowlist",
+        "eu",
+        "--output",
+        &s(&out),
+        &s(&odd),
+    ]);
+    assert!(ok, "{stderr}");
+    let written = std::fs::read_to_string(&out).expect("output");
+    assert!(written.contains("\\u{a}[[rules]]"), "{written}");
+    assert_still_denies(&s(&out));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's automation. Every command that needs the eBPF toolchain runs
 //! [`setup::ensure`] first, so each works on a fresh machine (as root).
 mod bench;
+mod bench_check;
 mod demo;
+mod fuzz;
 mod package;
 mod setup;
 mod sh;
@@ -40,6 +42,14 @@ enum Cmd {
     /// Benchmark egressd against nftables, ipset, iptables and no filter; writes
     /// docs/benchmarks.md and docs/benchmarks-connect.svg (root; about 10 minutes).
     Bench(bench::Args),
+    /// Time and peak memory of `egressd check` on generated policies of growing size (1k to
+    /// 1M prefixes, 10 to 10,000 rules); writes docs/benchmarks-check.md and fails when a
+    /// series does not grow linearly (no privileges; a few minutes, `--quick` seconds).
+    BenchCheck(bench_check::Args),
+    /// Run every cargo-fuzz target of fuzz/ (nightly, libFuzzer) for a bounded time from
+    /// its seeds; prints one line per target and `fuzz: N passed, N failed` (CI: 20 s each;
+    /// `--seconds 3600 TARGET` for a longer hunt).
+    Fuzz(fuzz::Args),
     /// Build the Debian package (cargo-deb: binary, systemd unit, example policy) and check
     /// it by installing it into a throwaway root (`dpkg -x`); prints the .deb's path.
     Package,
@@ -68,6 +78,8 @@ fn main() -> std::process::ExitCode {
             .and_then(|()| test(&args, !no_vm)),
         Cmd::Package => setup::ensure().and_then(|()| package::run().map(|_| ())),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::BenchCheck(args) => bench_check::run(args),
+        Cmd::Fuzz(args) => setup::ensure().and_then(|()| fuzz::run(args)),
         // The summary line is the last one printed: a failed kernel is only the exit code.
         Cmd::VmTest(args) => match vm::run(args) {
             Ok(r) if r.iter().all(|k| k.ok) => return std::process::ExitCode::SUCCESS,

@@ -78,6 +78,7 @@ pub fn ensure() -> anyhow::Result<()> {
             "llvm-22",
         ]))?;
     }
+    ensure_cargo_fuzz()?;
     // cargo-deb is installed by `cargo xtask package` itself: tests and the demo do not
     // need it.
     Ok(())
@@ -154,6 +155,25 @@ pub fn ensure_ansible() -> anyhow::Result<()> {
 /// Installs the Debian packages of `cargo xtask vm-test` that are missing.
 pub fn ensure_vm() -> anyhow::Result<()> {
     ensure_packages(VM_PACKAGES)
+}
+
+/// cargo-fuzz release `cargo xtask fuzz` drives (libFuzzer via the nightly toolchain).
+const CARGO_FUZZ_VERSION: &str = "0.12.0";
+
+/// Installs cargo-fuzz [`CARGO_FUZZ_VERSION`] unless that version is there.
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let have = sh::output(Command::new("cargo").args(["fuzz", "--version"]));
+    if !have.is_some_and(|v| v.contains(CARGO_FUZZ_VERSION)) {
+        eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+        sh::run(Command::new("cargo").args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))?;
+    }
+    Ok(())
 }
 
 /// Installs those of `packages` that are not installed (apt-get, as root).

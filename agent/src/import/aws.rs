@@ -61,7 +61,11 @@ pub fn read<'a>(src: &Source<'a>) -> Result<Parsed<'a>, ImportError> {
         let field = format!("ipv6_prefixes[{i}].ipv6_prefix");
         entries.push(src.entry(p.ipv6_prefix, p.region, field));
     }
-    let version = dated_version("createDate", file.create_date, file.sync_token);
+    let version = dated_version(
+        "createDate",
+        src.stamp(Format::Aws, "createDate", file.create_date)?,
+        src.stamp(Format::Aws, "syncToken", file.sync_token)?,
+    );
     Ok(Parsed { entries, version })
 }
 

@@ -66,7 +66,8 @@ pub fn read<'a>(src: &Source<'a>) -> Result<Parsed<'a>, ImportError> {
             });
         }
     }
-    let version = match (file.cloud, file.change_number) {
+    let cloud = src.stamp(Format::Azure, "cloud", file.cloud)?;
+    let version = match (cloud, file.change_number) {
         (Some(c), Some(n)) => Some(format!("cloud {c}, changeNumber {n}")),
         (None, Some(n)) => Some(format!("changeNumber {n}")),
         (Some(c), None) => Some(format!("cloud {c}")),

@@ -66,7 +66,11 @@ pub fn read<'a>(src: &Source<'a>) -> Result<Parsed<'a>, ImportError> {
         };
         entries.push(src.entry(text, p.scope, format!("prefixes[{i}].{name}")));
     }
-    let version = dated_version("creationTime", file.creation_time, file.sync_token);
+    let version = dated_version(
+        "creationTime",
+        src.stamp(Format::Gcp, "creationTime", file.creation_time)?,
+        src.stamp(Format::Gcp, "syncToken", file.sync_token)?,
+    );
     Ok(Parsed { entries, version })
 }
 

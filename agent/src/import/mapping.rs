@@ -28,13 +28,14 @@
 //! A key listed twice (in one region or in two) is an error, as are unknown sections or keys.
 //! Errors carry the file, line, column and field (`aws.eu[2]`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Format, ImportError, line_col};
+use super::{Format, ImportError};
+use crate::located::LineIndex;
 
 /// A validated mapping file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,8 +84,10 @@ impl Mapping {
     /// mapping that names no key at all (and has no `unmapped_region`). The first in file
     /// order.
     pub fn parse(path: &Path, text: &str) -> Result<Mapping, ImportError> {
+        // Built once: locating every key from the start of the text was quadratic.
+        let lines = LineIndex::new(text);
         let at = |offset: usize, field: String, message: String| {
-            let (line, column) = line_col(text, offset);
+            let (line, column) = lines.line_col(text, offset);
             ImportError {
                 file: path.to_path_buf(),
                 line,
@@ -100,11 +103,13 @@ impl Mapping {
 
         let mut errors: Vec<ImportError> = Vec::new();
         let mut names: Vec<String> = Vec::new();
+        let mut named: HashSet<String> = HashSet::new();
         let mut unmapped_region = None;
         if let Some(u) = &raw.unmapped_region {
             match crate::config::check_region_name(u.get_ref()) {
                 Ok(()) => {
                     names.push(u.get_ref().clone());
+                    named.insert(u.get_ref().clone());
                     unmapped_region = Some(u.get_ref().clone());
                 }
                 Err(m) => errors.push(at(u.span().start, "unmapped_region".into(), m)),
@@ -131,13 +136,13 @@ impl Mapping {
                     errors.push(at(region.span().start, rfield.clone(), m));
                     continue;
                 }
-                if !names.contains(rname) {
+                if named.insert(rname.clone()) {
                     names.push(rname.clone());
                 }
                 for (i, key) in keys.iter().enumerate() {
                     let field = format!("{rfield}[{i}]");
                     let k = key.get_ref();
-                    let (line, _) = line_col(text, key.span().start);
+                    let (line, _) = lines.line_col(text, key.span().start);
                     if let Err(m) = check_key(format, k) {
                         errors.push(at(key.span().start, field, m));
                         continue;

@@ -45,6 +45,13 @@
 //! - Output order is deterministic: regions by name; within a region IPv4 before IPv6, each
 //!   sorted by (network address, prefix length).
 //!
+//! # Provider text
+//! Provider files come from the internet. Nothing a provider wrote reaches the output
+//! unchecked: version stamps are checked by [`Source::stamp`], location keys by the format's
+//! alphabet (region names, ISO 3166 codes) before they are matched, comments escape control
+//! characters, and [`verify_output`] reads the output back and requires exactly the regions
+//! and prefixes the import meant to write, and nothing else.
+//!
 //! Errors ([`ImportError`]) name the file, the 1-based line and column where the format has
 //! them, and the field (`prefixes[12].ip_prefix`, `ip_prefix` of a geofeed line).
 
@@ -208,6 +215,40 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// Check a version stamp the provider publishes (`createDate`, `syncToken`, `cloud`, ...)
+    /// before it is copied into the output's header: 1-64 characters from `A-Z a-z 0-9 . _ :
+    /// + -`, which every provider's dates, tokens and cloud names fit. Anything else (a
+    /// newline that would end the comment, a control character, a quote) is refused rather
+    /// than copied. `name` is the provider's field name, for the error.
+    ///
+    /// # Errors
+    /// A stamp outside that alphabet or too long, located at the value (or, when it had
+    /// escapes, at its key).
+    pub fn stamp(
+        &self,
+        format: Format,
+        name: &str,
+        value: Option<Cow<'a, str>>,
+    ) -> Result<Option<Cow<'a, str>>, ImportError> {
+        let Some(v) = value else { return Ok(None) };
+        if is_token(&v, 64) {
+            return Ok(Some(v));
+        }
+        let offset = self
+            .offset_of(&v)
+            .or_else(|| self.text.find(&format!("\"{name}\"")));
+        Err(self.err_at(
+            offset,
+            name,
+            format!(
+                "not a valid {format} range file: `{name}` is {}, not a date or token (1-64 \
+                 characters from A-Z, a-z, 0-9, `.`, `_`, `:`, `+`, `-`); refusing to copy it \
+                 into the generated policy",
+                printable(&v)
+            ),
+        ))
+    }
+
     /// Deserialize the whole text as JSON into `T`, turning serde_json's error into a located
     /// [`ImportError`] whose field is the path serde was in (`prefixes[3].region`).
     ///
@@ -281,6 +322,114 @@ pub struct Entry<'a> {
     pub field: String,
     /// For messages: the containing record when it has a name (Azure: the service tag).
     pub context: Option<Cow<'a, str>>,
+}
+
+/// Whether `s` is 1-`max` characters from `A-Z a-z 0-9 . _ : + -`: what the providers' dates,
+/// tokens and region keys are made of, and nothing that can end a TOML comment or string.
+pub fn is_token(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'+' | b'-'))
+}
+
+/// `s` quoted for a message, with control characters and non-ASCII escaped and cut at 80
+/// characters, so that hostile provider text cannot rewrite the terminal either.
+pub fn printable(s: &str) -> String {
+    let mut out = String::from("`");
+    for (i, c) in s.chars().enumerate() {
+        if i == 80 {
+            out.push_str("...");
+            break;
+        }
+        if c.is_ascii_graphic() || c == ' ' {
+            out.push(c);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        }
+    }
+    out.push('`');
+    out
+}
+
+/// Check an entry's location key as the format publishes it, before it is matched or copied
+/// anywhere: empty (no location), or for the JSON formats a region or scope name (1-64
+/// characters from `A-Z a-z 0-9 . _ -`); for geofeeds an ISO 3166-1 alpha-2 country (two
+/// letters, any case) and an ISO 3166-2 subdivision (`CC-` and 1-3 letters or digits).
+/// Returns the field of the offending key (`prefixes[3].region`, `alpha2code`) and the
+/// message.
+fn check_entry_key(format: Format, e: &Entry<'_>) -> Result<(), (String, String)> {
+    let sibling = |name: &str| match e.field.rsplit_once('.') {
+        Some((parent, _)) => format!("{parent}.{name}"),
+        None => name.to_string(),
+    };
+    let bad = |field: String, what: &str, value: &str| {
+        Err((
+            field,
+            format!(
+                "{} is not {what}; refusing the file (a provider key is matched against the \
+                 mapping and may be copied into the generated policy)",
+                printable(value)
+            ),
+        ))
+    };
+    if format == Format::Geofeed {
+        let letters = |s: &[u8]| s.len() == 2 && s.iter().all(u8::is_ascii_alphabetic);
+        let k = e.key.as_bytes();
+        if !k.is_empty() && !letters(k) {
+            return bad(
+                "alpha2code".into(),
+                "an ISO 3166-1 alpha-2 country code (RFC 8805)",
+                &e.key,
+            );
+        }
+        if let Some(sub) = &e.subdivision {
+            let b = sub.as_bytes();
+            let ok = (4..=6).contains(&b.len())
+                && letters(&b[..2])
+                && b[2] == b'-'
+                && b[3..].iter().all(u8::is_ascii_alphanumeric);
+            if !ok {
+                return bad(
+                    "region".into(),
+                    "an ISO 3166-2 subdivision code such as `DE-HE` (RFC 8805)",
+                    sub,
+                );
+            }
+        }
+        return Ok(());
+    }
+    if e.key.is_empty() || (is_token(&e.key, 64) && !e.key.contains([':', '+'])) {
+        return Ok(());
+    }
+    let name = match format {
+        Format::Aws | Format::Oracle => "region",
+        Format::Gcp => "scope",
+        Format::Azure => "properties.region",
+        Format::Geofeed => "alpha2code",
+    };
+    let field = match format {
+        // values[i].properties.addressPrefixes[j] -> values[i].properties.region
+        Format::Azure => e
+            .field
+            .split_once(".properties")
+            .map_or_else(|| name.to_string(), |(p, _)| format!("{p}.{name}")),
+        // regions[i].cidrs[j].cidr -> regions[i].region
+        Format::Oracle => e
+            .field
+            .split_once(".cidrs")
+            .map_or_else(|| name.to_string(), |(p, _)| format!("{p}.{name}")),
+        _ => sibling(name),
+    };
+    bad(
+        field,
+        &format!(
+            "a {} name as {format} files have them (1-64 characters from A-Z, a-z, 0-9, `.`, \
+             `_`, `-`)",
+            format.key_kind()
+        ),
+        &e.key,
+    )
 }
 
 /// The version line of a file stamped with a date (`date_name`: the provider's key for it)
@@ -489,6 +638,13 @@ pub fn import_texts(
             let (net, masked) = parse_prefix(&e.text, options.mask_host_bits)
                 .map_err(|msg| src.err_at(e.offset, e.field.clone(), with_context(msg, e)))?;
             summary.masked += usize::from(masked);
+            check_entry_key(format, e).map_err(|(field, msg)| {
+                src.err_at(
+                    e.offset,
+                    field,
+                    with_context(format!("not a valid {format} range file: {msg}"), e),
+                )
+            })?;
             if e.key.is_empty() {
                 summary.no_location += 1;
                 continue;
@@ -803,16 +959,10 @@ fn mask_u128(len: u8) -> u128 {
     }
 }
 
-/// 1-based (line, column) of byte `offset` in `text`; the column counts characters.
+/// 1-based (line, column) of byte `offset` in `text`; the column counts characters. For one
+/// error; [`crate::located::LineIndex`] locates many.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
-    (line, text[line_start..offset].chars().count() + 1)
+    crate::located::line_col(text, offset)
 }
 
 /// How [`render`] writes the result.
@@ -838,16 +988,20 @@ pub fn render(imported: &Imported, options: &RenderOptions) -> Result<String, St
         "# Generated by `egressd regions import`. Do not edit: change the mapping and run it \
          again.\n# Use it as a drop-in (policy.d/NAME.toml) or paste the tables into a policy."
     );
-    let _ = writeln!(s, "# mapping: {}", imported.mapping.display());
+    let _ = writeln!(
+        s,
+        "# mapping: {}",
+        comment(&imported.mapping.display().to_string())
+    );
     for src in &imported.sources {
         let _ = writeln!(
             s,
             "# source:  {} ({}{}): {} entries, {} mapped, {} unmapped, {} without location",
-            src.path.display(),
+            comment(&src.path.display().to_string()),
             src.format,
             src.version
                 .as_ref()
-                .map(|v| format!(", {v}"))
+                .map(|v| format!(", {}", comment(v)))
                 .unwrap_or_default(),
             src.entries,
             src.mapped,
@@ -878,22 +1032,10 @@ pub fn render(imported: &Imported, options: &RenderOptions) -> Result<String, St
         let _ = writeln!(s, "\nallowlist = [{}]", quoted.join(", "));
     }
     for (name, r) in &imported.regions {
-        let v4 = r.prefixes.iter().filter(|p| p.is_ipv4()).count();
-        let v6 = r.prefixes.len() - v4;
-        let mut formats: Vec<&str> = r.from.keys().map(|(f, _)| f.as_str()).collect();
-        formats.dedup();
         let _ = writeln!(s, "\n[regions.{name}]");
-        let _ = writeln!(
-            s,
-            "description = {}",
-            toml_string(&format!(
-                "imported from {}: {} IPv4 and {v6} IPv6 prefixes",
-                formats.join(", "),
-                v4
-            ))
-        );
+        let _ = writeln!(s, "description = {}", toml_string(&description(r)));
         for ((f, key), n) in &r.from {
-            let _ = writeln!(s, "# {f} {} {key}: {n} entries", f.key_kind());
+            let _ = writeln!(s, "# {f} {} {}: {n} entries", f.key_kind(), comment(key));
         }
         let _ = writeln!(s, "prefixes = [");
         for p in &r.prefixes {
@@ -939,6 +1081,150 @@ pub fn validate_output(
     })
 }
 
+/// The `description` [`render`] writes for a region: its formats and prefix counts.
+fn description(r: &ImportedRegion) -> String {
+    let v4 = r.prefixes.iter().filter(|p| p.is_ipv4()).count();
+    let v6 = r.prefixes.len() - v4;
+    let mut formats: Vec<&str> = r.from.keys().map(|(f, _)| f.as_str()).collect();
+    formats.dedup();
+    format!(
+        "imported from {}: {v4} IPv4 and {v6} IPv6 prefixes",
+        formats.join(", ")
+    )
+}
+
+/// Check that `text` (the output of [`render`] for `imported`, with `allowlist` as in
+/// [`RenderOptions::allowlist`]) reads back, with [`crate::config`]'s own parser as in
+/// [`validate_output`], as exactly what the import meant to write: the regions of
+/// `imported` in order, each with exactly its prefixes in order and its description, no
+/// region `mode`, no rule, the allowlist given (or none), and every other policy and output
+/// setting at its default, as the same file without the regions would read. Whatever
+/// provider text slipped into the output, it cannot have changed what the policy means.
+/// Returns the parsed configuration.
+///
+/// # Errors
+/// As [`validate_output`]; and, labelled `label` (with the place where the read-back
+/// policy has it), the first difference: a region missing, extra or with other prefixes, a
+/// region `mode` or `description` the import did not write, a rule, another allowlist, a
+/// setting. Either is a bug in the import, or provider text that got past its checks.
+pub fn verify_output(
+    label: &Path,
+    text: &str,
+    imported: &Imported,
+    allowlist: Option<&[String]>,
+) -> Result<crate::config::Config, ImportError> {
+    let main = Path::new("(main policy)");
+    let parse = |t: &str| {
+        let res = match allowlist {
+            Some(_) => crate::config::parse_all(label, t),
+            None => {
+                let drop_ins: Vec<(PathBuf, String)> = if t.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![(label.to_path_buf(), t.to_string())]
+                };
+                crate::config::parse_set_all(main, "allowlist = []\n", &drop_ins)
+            }
+        };
+        res.map_err(|e| ImportError {
+            message: format!(
+                "the generated regions are not a valid policy: {}",
+                e.message
+            ),
+            ..e
+        })
+    };
+    let (cfg, output) = parse(text)?;
+    // The same file without regions: every setting at its default.
+    let (base, base_output) = parse(if allowlist.is_some() {
+        "allowlist = []\n"
+    } else {
+        ""
+    })?;
+    let fail = |origin: &str, what: String| {
+        let (file, line) = origin
+            .rsplit_once(':')
+            .and_then(|(f, l)| Some((PathBuf::from(f), l.parse::<usize>().ok()?)))
+            .unwrap_or_else(|| (label.to_path_buf(), 0));
+        ImportError {
+            file,
+            line,
+            column: usize::from(line != 0),
+            field: String::new(),
+            message: format!(
+                "the generated policy does not read back as what the import meant to write: \
+                 {what}; nothing was written (a bug in the import, or provider text that got \
+                 past its checks)"
+            ),
+        }
+    };
+    let mut want = imported.regions.iter();
+    for r in &cfg.regions {
+        let Some((name, w)) = want.next() else {
+            return Err(fail(&r.origin, format!("extra region `{}`", r.name)));
+        };
+        if &r.name != name || r.prefixes != w.prefixes {
+            return Err(fail(
+                &r.origin,
+                format!(
+                    "region `{}` with {} prefixes where `{name}` with {} was written",
+                    r.name,
+                    r.prefixes.len(),
+                    w.prefixes.len()
+                ),
+            ));
+        }
+        if r.mode.is_some() {
+            return Err(fail(&r.origin, format!("region `{name}` sets `mode`")));
+        }
+        if r.description.as_deref() != Some(description(w).as_str()) {
+            return Err(fail(
+                &r.origin,
+                format!("region `{name}` has another description"),
+            ));
+        }
+    }
+    if let Some((name, _)) = want.next() {
+        return Err(fail("", format!("region `{name}` is missing")));
+    }
+    if let Some(rule) = cfg.rules.first() {
+        return Err(fail(
+            &rule.origin,
+            format!(
+                "{} rules (`{}`), the import writes none",
+                cfg.rules.len(),
+                rule.name
+            ),
+        ));
+    }
+    if cfg.allowlist != allowlist.unwrap_or_default() {
+        return Err(fail(
+            "",
+            format!(
+                "allowlist {:?}, not {:?}",
+                cfg.allowlist,
+                allowlist.unwrap_or_default()
+            ),
+        ));
+    }
+    let rest = crate::config::Config {
+        regions: base.regions.clone(),
+        allowlist: base.allowlist.clone(),
+        drop_ins: base.drop_ins.clone(),
+        ..cfg.clone()
+    };
+    if rest != base {
+        return Err(fail("", "a policy setting other than regions".to_string()));
+    }
+    if output != base_output {
+        return Err(fail(
+            "",
+            "an output setting (host, heartbeat, sinks)".to_string(),
+        ));
+    }
+    Ok(cfg)
+}
+
 /// Write `text` to `path` atomically: into a temporary file with an unpredictable name,
 /// created in the same directory with `O_EXCL | O_NOFOLLOW` and mode 0644, flushed to disk,
 /// then renamed over `path` inside that directory, so a reader (or an agent watching the
@@ -951,6 +1237,25 @@ pub fn validate_output(
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), ImportError> {
     crate::safefs::write_atomically(path, text.as_bytes(), 0o644)
         .map_err(|e| ImportError::file(path, format!("cannot write output: {e}")))
+}
+
+/// Text for a `#` comment line: control characters (a newline would end the comment and
+/// start TOML of the text's choosing) are written as `\u{..}`. Provider text is validated
+/// before it gets here ([`Source::stamp`], [`check_entry_key`]); this is the second wall, and
+/// also covers the file names given on the command line.
+fn comment(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// A TOML basic string (names and descriptions here are plain ASCII without quotes, but

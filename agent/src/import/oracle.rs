@@ -52,8 +52,12 @@ pub fn read<'a>(src: &Source<'a>) -> Result<Parsed<'a>, ImportError> {
             entries.push(src.entry(c.cidr, r.region.clone(), field));
         }
     }
-    let version = file
-        .last_updated_timestamp
+    let version = src
+        .stamp(
+            Format::Oracle,
+            "last_updated_timestamp",
+            file.last_updated_timestamp,
+        )?
         .map(|t| format!("last_updated_timestamp {t}"));
     Ok(Parsed { entries, version })
 }

@@ -56,6 +56,10 @@ struct Node {
     port: Vec<(Key, PortRule)>,
 }
 
+/// Port rules kept per prefix: one more than the kernel holds, enough to know the limit is
+/// exceeded; the rest are only counted, so memory stays linear in the input.
+const KEEP: usize = MAX_PORT_RULES + 1;
+
 impl Node {
     fn offer(&mut self, action: Action, audit: bool, rule: u32) {
         let c = Portless {
@@ -74,7 +78,10 @@ impl Node {
 #[derive(Clone)]
 struct Resolved {
     region: u32,
+    /// The first [`KEEP`] port rules in precedence order.
     rules: Vec<PortRule>,
+    /// How many port rules apply in all (more than `rules.len()` only past the limit).
+    count: usize,
     default: Portless,
 }
 
@@ -96,6 +103,22 @@ pub(super) fn build(p: &mut Policy) {
         node.region = Some(id);
         node.offer(action, audit, 0);
     }
+    // A port rule naming a region lands on every prefix of the region. Past the limit the
+    // policy is refused anyway, so only the first KEEP such rules per region are copied and
+    // the others counted: rules x prefixes would be quadratic in time and memory.
+    let ids: HashMap<&str, u32> = (0u32..)
+        .zip(&p.regions)
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let mut members: Vec<Vec<IpNetwork>> = vec![Vec::new(); p.regions.len()];
+    for (n, id) in &p.v4 {
+        members[*id as usize].push(IpNetwork::V4(*n));
+    }
+    for (n, id) in &p.v6 {
+        members[*id as usize].push(IpNetwork::V6(*n));
+    }
+    let mut copied = vec![0usize; p.regions.len()];
+    let mut uncopied = vec![0usize; p.regions.len()];
     for r in &p.rules {
         let mut apply = |net: IpNetwork, audit: bool| {
             let node = nodes.entry(net).or_default();
@@ -120,16 +143,20 @@ pub(super) fn build(p: &mut Policy) {
             match t {
                 Target::Prefix(net) => apply(*net, p.audit_of(r.mode, None)),
                 Target::Region(name) => {
-                    let Some(id) = p.regions.iter().position(|n| n == name) else {
+                    let Some(&id) = ids.get(name.as_str()) else {
                         continue;
                     };
-                    let id = id as u32;
-                    let audit = p.audit_of(r.mode, Some(id));
-                    for (n, _) in p.v4.iter().filter(|(_, rid)| *rid == id) {
-                        apply(IpNetwork::V4(*n), audit);
+                    let i = id as usize;
+                    if r.is_specific() {
+                        if copied[i] >= KEEP {
+                            uncopied[i] += 1;
+                            continue;
+                        }
+                        copied[i] += 1;
                     }
-                    for (n, _) in p.v6.iter().filter(|(_, rid)| *rid == id) {
-                        apply(IpNetwork::V6(*n), audit);
+                    let audit = p.audit_of(r.mode, Some(id));
+                    for n in &members[i] {
+                        apply(*n, audit);
                     }
                 }
             }
@@ -140,6 +167,7 @@ pub(super) fn build(p: &mut Policy) {
     let root = Resolved {
         region: REGION_UNKNOWN,
         rules: Vec::new(),
+        count: 0,
         default: Portless {
             key: key(0, p.default, default_audit, RULE_DEFAULT),
             action: code(p.default),
@@ -170,17 +198,22 @@ pub(super) fn build(p: &mut Policy) {
             continue;
         };
         node.port.sort_by_key(|r| std::cmp::Reverse(r.0));
-        let mut rules: Vec<PortRule> = node.port.iter().map(|(_, r)| *r).collect();
+        let mut rules: Vec<PortRule> = node.port.iter().take(KEEP).map(|(_, r)| *r).collect();
+        // Region rules reach only the region's own prefixes (a prefix is in one region).
+        let mut count = node.port.len() + node.region.map_or(0, |id| uncopied[id as usize]);
         let default = match node.portless {
             Some(own) => own,
             None => {
-                rules.extend_from_slice(&parent.rules);
+                let room = KEEP.saturating_sub(rules.len());
+                rules.extend(parent.rules.iter().take(room));
+                count += parent.count;
                 parent.default
             }
         };
         let resolved = Resolved {
             region: node.region.unwrap_or(parent.region),
             rules,
+            count,
             default,
         };
         let id = table.id(entry(&resolved, &mut p.problems, Some(net)));
@@ -230,11 +263,11 @@ fn build_regions_only(p: &mut Policy) {
 }
 
 fn entry(r: &Resolved, problems: &mut Vec<String>, net: Option<IpNetwork>) -> Entry {
-    if r.rules.len() > MAX_PORT_RULES && problems.len() < 10 {
+    if r.count > MAX_PORT_RULES && problems.len() < 10 {
         problems.push(format!(
             "{} port rules apply to {} (its own and those of covering prefixes), at most \
              {MAX_PORT_RULES} are supported",
-            r.rules.len(),
+            r.count,
             net.map_or_else(|| "the default".to_owned(), |n| n.to_string())
         ));
     }
