@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod events;
 pub mod explain;
 pub mod formats;
+pub mod ids;
 pub mod import;
 pub mod lastgood;
 pub mod loader;

@@ -89,6 +89,10 @@ fn main() {
             table::capacity_fallback,
         ),
         Trial::test("rules_port_and_region_end_to_end", reload::rules_end_to_end),
+        Trial::test(
+            "reload_reordered_regions_keep_counter_labels",
+            reload::stable_ids_across_reorder_and_restart,
+        ),
         Trial::test("flood_100k_denials_suppressed_and_counted", paths::flood),
         Trial::test(
             "reload_100_times_under_load_zero_misjudged",

@@ -17,20 +17,18 @@ use crate::config::{Action, Target};
 
 /// Precedence of a candidate at one prefix: (specificity, rank, preference); larger wins.
 /// Specificity: ports 2, protocol only 1, neither 0. Rank: enforcing deny 2, auditing deny
-/// 1, allow 0. Preference: lower rule ids first, region membership and default last.
+/// 1, allow 0. Preference: earlier rules (by position in the files, not by id) first, region
+/// membership and default last.
 type Key = (u8, u8, u32);
 
-fn key(specificity: u8, action: Action, audit: bool, rule: u32) -> Key {
+/// `order`: the rule's 1-based position in the files; 0 for region membership and default.
+fn key(specificity: u8, action: Action, audit: bool, order: u32) -> Key {
     let rank = match (action, audit) {
         (Action::Deny, false) => 2,
         (Action::Deny, true) => 1,
         (Action::Allow, _) => 0,
     };
-    let pref = if rule == 0 || rule == RULE_DEFAULT {
-        0
-    } else {
-        u32::MAX - rule
-    };
+    let pref = if order == 0 { 0 } else { u32::MAX - order };
     (specificity, rank, pref)
 }
 
@@ -57,9 +55,9 @@ struct Node {
 }
 
 impl Node {
-    fn offer(&mut self, action: Action, audit: bool, rule: u32) {
+    fn offer(&mut self, action: Action, audit: bool, rule: u32, order: u32) {
         let c = Portless {
-            key: key(0, action, audit, rule),
+            key: key(0, action, audit, order),
             action: code(action),
             audit: u8::from(audit),
             rule,
@@ -94,9 +92,9 @@ pub(super) fn build(p: &mut Policy) {
         let audit = p.audit_of(None, Some(id));
         let node = nodes.entry(net).or_default();
         node.region = Some(id);
-        node.offer(action, audit, 0);
+        node.offer(action, audit, 0, 0);
     }
-    for r in &p.rules {
+    for (order, r) in (1u32..).zip(&p.rules) {
         let mut apply = |net: IpNetwork, audit: bool| {
             let node = nodes.entry(net).or_default();
             if r.is_specific() {
@@ -111,9 +109,9 @@ pub(super) fn build(p: &mut Policy) {
                     rule: r.id,
                 };
                 node.port
-                    .push((key(r.specificity(), r.action, audit, r.id), rule));
+                    .push((key(r.specificity(), r.action, audit, order), rule));
             } else {
-                node.offer(r.action, audit, r.id);
+                node.offer(r.action, audit, r.id, order);
             }
         };
         for t in &r.targets {
@@ -141,7 +139,7 @@ pub(super) fn build(p: &mut Policy) {
         region: REGION_UNKNOWN,
         rules: Vec::new(),
         default: Portless {
-            key: key(0, p.default, default_audit, RULE_DEFAULT),
+            key: key(0, p.default, default_audit, 0),
             action: code(p.default),
             audit: u8::from(default_audit),
             rule: RULE_DEFAULT,
@@ -223,7 +221,8 @@ fn build_regions_only(p: &mut Policy) {
             ..Default::default()
         });
     }
-    // Entry id == region id.
+    // Entry id == region id (an id no region of this policy has gets an entry nothing
+    // points to).
     p.lpm_v4 = p.v4.clone();
     p.lpm_v6 = p.v6.clone();
     p.entries = entries;

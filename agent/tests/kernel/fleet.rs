@@ -14,10 +14,11 @@ use serde_json::Value;
 use super::harness::*;
 
 /// A unique pin directory under /sys/fs/bpf; everything pinned there is removed on drop.
-struct Pins(PathBuf);
+pub struct Pins(pub PathBuf);
 
 impl Pins {
-    fn new() -> Self {
+    /// A fresh name; nothing is created yet.
+    pub fn new() -> Self {
         Self(Path::new("/sys/fs/bpf").join(egressd_testbed::unique("egressd-test-")))
     }
 }
@@ -32,7 +33,8 @@ impl Drop for Pins {
     }
 }
 
-fn egressd(args: &[&str]) -> Result<String, Failed> {
+/// Runs `egressd ARGS` to completion; its stdout, or a failure with its stderr.
+pub fn egressd(args: &[&str]) -> Result<String, Failed> {
     let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
         .args(args)
         .output()
@@ -47,19 +49,22 @@ fn egressd(args: &[&str]) -> Result<String, Failed> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn status(pins: &Pins) -> Result<Value, Failed> {
+/// `egressd status --json` of `pins`.
+pub fn status(pins: &Pins) -> Result<Value, Failed> {
     let dir = pins.0.to_string_lossy().into_owned();
     let text = egressd(&["status", "--json", "--pin-dir", &dir])?;
     serde_json::from_str(&text).map_err(|e| format!("status JSON {text}: {e}").into())
 }
 
-fn write_config(dir: &TempDir, text: &str) -> Result<PathBuf, Failed> {
+/// Writes `text` as `policy.toml` in `dir`.
+pub fn write_config(dir: &TempDir, text: &str) -> Result<PathBuf, Failed> {
     let cfg = dir.0.join("policy.toml");
     std::fs::write(&cfg, text).map_err(|e| format!("writing policy: {e}"))?;
     Ok(cfg)
 }
 
-fn tempdir() -> Result<TempDir, Failed> {
+/// A fresh temporary directory, removed on drop.
+pub fn tempdir() -> Result<TempDir, Failed> {
     let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-fleet-")));
     std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
     Ok(dir)
@@ -288,7 +293,7 @@ pub fn tamper_repaired() -> Result<(), Failed> {
 }
 
 /// Value of the sample `name{labels}` in a Prometheus text body (labels in any order).
-fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     body.lines().find_map(|l| {
         let (head, value) = l.rsplit_once(' ')?;
         let (n, rest) = head.split_once('{').unwrap_or((head, "}"));
