@@ -90,6 +90,9 @@ pub struct RunOptions {
     /// and an invalid policy at start fails the start. (`egressd run` defaults to
     /// [`crate::lastgood::DEFAULT_STATE_DIR`].)
     pub state_dir: Option<PathBuf>,
+    /// Directory of the per-cgroup locks ([`crate::instance`]); `None`:
+    /// [`crate::instance::DEFAULT_RUN_DIR`].
+    pub run_dir: Option<PathBuf>,
 }
 
 /// How often pinned enforcement is checked for tampering.
@@ -129,6 +132,15 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         None => cgroup::cgroup2_root()?,
     };
     let pin_dir = opts.pin_dir.as_ref().map(crate::pin::PinDir::new);
+    // One daemon per cgroup: held until this function returns (or the process dies).
+    crate::privileges::check()?;
+    crate::cgroup::validate(&cgroup)?;
+    let run_dir = opts
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::instance::DEFAULT_RUN_DIR));
+    let claim = crate::instance::claim(&cgroup, pin_dir.as_ref(), &run_dir, config_path)?;
+    tracing::debug!(lock = %claim.path.display(), "cgroup claimed");
     // Region and rule ids by name, as earlier runs on this cgroup gave them (crate::ids).
     let mut ids = Ids::open(state.as_ref(), pin_dir.as_ref(), &cgroup);
     let candidate = Candidate::new(parsed, &ids.table)?;
@@ -521,6 +533,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         "agent_stop",
     ));
     let fin = pipeline.shutdown(SHUTDOWN_FLUSH);
+    drop(claim);
     for (name, c) in &fin {
         tracing::info!(
             sink = %name,

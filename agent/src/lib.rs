@@ -17,6 +17,7 @@ pub mod explain;
 pub mod formats;
 pub mod ids;
 pub mod import;
+pub mod instance;
 pub mod lastgood;
 pub mod loader;
 pub mod located;

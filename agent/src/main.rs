@@ -49,6 +49,12 @@ enum Command {
         #[arg(long, value_name = "DIR", env = "EGRESSD_STATE_DIR",
               default_value = egressd::lastgood::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Directory of the per-cgroup locks (root's, 0700): `DIR/<cgroup id>.lock` is
+        /// held while egressd runs, so a second `egressd run` on the same cgroup refuses to
+        /// start and names the first (pid, pin directory).
+        #[arg(long, value_name = "DIR", env = "EGRESSD_RUN_DIR",
+              default_value = egressd::instance::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
     },
     /// Probe the running kernel and print which egress paths egressd enforces on it (the
     /// same report `agent_start`, `status` and /metrics carry). Probing needs CAP_BPF; without
@@ -173,6 +179,7 @@ fn main() -> ExitCode {
             metrics,
             watch,
             state_dir,
+            run_dir,
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -186,6 +193,7 @@ fn main() -> ExitCode {
                         metrics,
                         watch,
                         state_dir: Some(state_dir),
+                        run_dir: Some(run_dir),
                     },
                 ))
             }),

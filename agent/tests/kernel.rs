@@ -34,6 +34,10 @@ fn main() {
     let state = std::env::temp_dir().join(format!("egressd-test-state-{}", std::process::id()));
     // SAFETY: set before any test thread or child starts.
     unsafe { std::env::set_var("EGRESSD_STATE_DIR", &state) };
+    // Their per-cgroup locks too (one file per test cgroup), not in the host's /run/egressd.
+    let run = std::env::temp_dir().join(format!("egressd-test-run-{}", std::process::id()));
+    // SAFETY: as above.
+    unsafe { std::env::set_var("EGRESSD_RUN_DIR", &run) };
     let tests = vec![
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
         Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce::enforce_ipv6),
@@ -105,6 +109,10 @@ fn main() {
         ),
         Trial::test("fleet_tamper_detected_and_repaired", fleet::tamper_repaired),
         Trial::test(
+            "fleet_second_daemon_on_a_cgroup_refused",
+            fleet::second_daemon_refused,
+        ),
+        Trial::test(
             "fleet_signals_during_start_do_not_kill",
             fleet::signals_during_start,
         ),
@@ -164,5 +172,6 @@ fn main() {
     ];
     let conclusion = libtest_mimic::run(&args, tests);
     let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_dir_all(&run);
     conclusion.exit();
 }
