@@ -143,6 +143,22 @@ enum RegionsCommand {
         #[arg(value_name = "SOURCE", required = true)]
         sources: Vec<PathBuf>,
     },
+    /// Download the providers' published range files that the mapping names (AWS, Google
+    /// Cloud, Oracle, Azure service tags, geofeeds; URLs in its [fetch] section) into DIR,
+    /// with conditional requests (ETag, Last-Modified). Each file must parse, hold
+    /// prefixes and be no older than the one on disk; on any failure nothing is written
+    /// and the exit status is 1. Then run `regions import` on the files.
+    Fetch {
+        /// Mapping file (TOML), as for `import`.
+        #[arg(short, long, value_name = "FILE")]
+        mapping: PathBuf,
+        /// Directory of the files (root's, created 0700 if missing).
+        #[arg(short, long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Time limit of each download, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        timeout: u64,
+    },
 }
 
 /// Blocks SIGHUP and SIGUSR1 before `main` runs: a constructor in `.init_array`, which the
@@ -259,6 +275,14 @@ fn main() -> ExitCode {
             mask_host_bits,
             &sources,
         ),
+        Command::Regions {
+            command:
+                RegionsCommand::Fetch {
+                    mapping,
+                    dir,
+                    timeout,
+                },
+        } => regions_fetch(&mapping, &dir, timeout),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -355,6 +379,28 @@ fn regions_import(
     match output {
         None => print!("{text}"),
         Some(path) => import::write_atomically(path, &text)?,
+    }
+    Ok(())
+}
+
+fn regions_fetch(
+    mapping: &std::path::Path,
+    dir: &std::path::Path,
+    timeout: u64,
+) -> anyhow::Result<()> {
+    use egressd::import;
+    let mapping = import::mapping::load(mapping)?;
+    let options = import::fetch::Options {
+        timeout: std::time::Duration::from_secs(timeout),
+    };
+    for o in import::fetch::fetch(&mapping, dir, &options)? {
+        println!(
+            "{}: {} {}{}",
+            o.format,
+            o.status.replace('_', " "),
+            o.file.display(),
+            o.version.map(|v| format!(" ({v})")).unwrap_or_default()
+        );
     }
     Ok(())
 }
