@@ -16,10 +16,11 @@ struct Served {
     status: u16,
     body: Vec<u8>,
     etag: Option<String>,
+    last_modified: Option<String>,
 }
 
-/// One request the server saw: (path, `If-None-Match`).
-type Seen = (String, Option<String>);
+/// One request the server saw: (path, `If-None-Match`, `If-Modified-Since`).
+type Seen = (String, Option<String>, Option<String>);
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 (one request per connection), stopped on drop.
 struct Server {
@@ -68,6 +69,20 @@ impl Server {
                 status,
                 body: body.to_vec(),
                 etag: etag.map(str::to_owned),
+                last_modified: None,
+            },
+        );
+    }
+
+    /// Serves `path` with a `Last-Modified` date and no `ETag`.
+    fn set_dated(&self, path: &str, body: &[u8], date: &str) {
+        self.routes.lock().expect("routes").insert(
+            path.to_owned(),
+            Served {
+                status: 200,
+                body: body.to_vec(),
+                etag: None,
+                last_modified: Some(date.to_owned()),
             },
         );
     }
@@ -97,24 +112,31 @@ fn serve(
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    let mut inm = None;
+    let (mut inm, mut ims) = (None, None);
     for _ in 0..100 {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("if-none-match")
-        {
-            inm = Some(v.trim().to_owned());
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("if-none-match") {
+                inm = Some(v.trim().to_owned());
+            } else if k.eq_ignore_ascii_case("if-modified-since") {
+                ims = Some(v.trim().to_owned());
+            }
         }
     }
-    seen.lock().expect("seen").push((path.clone(), inm.clone()));
+    seen.lock()
+        .expect("seen")
+        .push((path.clone(), inm.clone(), ims.clone()));
     let served = routes.lock().expect("routes").get(&path).cloned();
-    let (status, body, etag) = match served {
-        Some(s) if s.etag.is_some() && s.etag == inm => (304, Vec::new(), s.etag),
-        Some(s) => (s.status, s.body, s.etag),
-        None => (404, b"not found".to_vec(), None),
+    let (status, body, etag, lm) = match served {
+        Some(s) if s.etag.is_some() && s.etag == inm => (304, Vec::new(), s.etag, None),
+        Some(s) if s.last_modified.is_some() && s.last_modified == ims => {
+            (304, Vec::new(), None, s.last_modified)
+        }
+        Some(s) => (s.status, s.body, s.etag, s.last_modified),
+        None => (404, b"not found".to_vec(), None, None),
     };
     let mut head = format!(
         "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -122,6 +144,9 @@ fn serve(
     );
     if let Some(e) = etag {
         head.push_str(&format!("ETag: {e}\r\n"));
+    }
+    if let Some(d) = lm {
+        head.push_str(&format!("Last-Modified: {d}\r\n"));
     }
     head.push_str("\r\n");
     c.write_all(head.as_bytes())?;
@@ -228,7 +253,8 @@ fn fetch_end_to_end_conditional_checked_all_or_nothing() {
     server.set("/gcp.json", 200, &gcp, Some("\"gcp-1\""));
     server.set("/oracle.json", 200, &oracle, Some("\"oracle-1\""));
     server.set("/azure.json", 200, &azure, Some("\"azure-1\""));
-    server.set("/feeds/geofeed.csv", 200, &geofeed, None);
+    let date = "Mon, 24 Nov 2025 10:00:00 GMT";
+    server.set_dated("/feeds/geofeed.csv", &geofeed, date);
     let m = mapping.to_string_lossy().into_owned();
     let d = dir.to_string_lossy().into_owned();
     let fetch = || egressd(&["regions", "fetch", "--mapping", &m, "--dir", &d]);
@@ -263,12 +289,15 @@ fn fetch_end_to_end_conditional_checked_all_or_nothing() {
             .expect("meta JSON");
     assert_eq!(meta["etag"], "\"aws-1\"");
     assert!(
-        server.seen().iter().all(|(_, inm)| inm.is_none()),
+        server
+            .seen()
+            .iter()
+            .all(|(_, inm, ims)| inm.is_none() && ims.is_none()),
         "a first fetch has nothing to be conditional on"
     );
 
-    // Second fetch: conditional; 304 for those with an ETag, the same bytes for the
-    // geofeed; nothing rewritten.
+    // Second fetch: conditional (If-None-Match, or If-Modified-Since for the geofeed that
+    // has only a date): 304 for each; nothing rewritten.
     let before = snapshot(&dir);
     std::thread::sleep(Duration::from_millis(20));
     let out = fetch();
@@ -279,14 +308,18 @@ fn fetch_end_to_end_conditional_checked_all_or_nothing() {
         "gcp: not modified",
         "oracle: not modified",
         "azure: not modified",
-        "geofeed: unchanged",
+        "geofeed: not modified",
     ] {
         assert!(stdout.contains(line), "missing `{line}`: {stdout}");
     }
     let seen = server.seen();
     assert!(
-        seen.contains(&("/aws.json".into(), Some("\"aws-1\"".into()))),
+        seen.contains(&("/aws.json".into(), Some("\"aws-1\"".into()), None)),
         "If-None-Match not sent: {seen:?}"
+    );
+    assert!(
+        seen.contains(&("/feeds/geofeed.csv".into(), None, Some(date.into()))),
+        "If-Modified-Since not sent: {seen:?}"
     );
     assert_eq!(snapshot(&dir), before, "a 304 must not touch the files");
 
@@ -336,7 +369,9 @@ fn fetch_end_to_end_conditional_checked_all_or_nothing() {
         }
     }
 
-    // All good again: only gcp changes.
+    // All good again: gcp changes; aws comes with a new ETag but the same bytes (the file
+    // stays, the new ETag is kept for the next request).
+    server.set("/aws.json", 200, &aws, Some("\"aws-2\""));
     let out = fetch();
     assert!(
         out.status.success(),
@@ -345,9 +380,20 @@ fn fetch_end_to_end_conditional_checked_all_or_nothing() {
     );
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("gcp: updated") && stdout.contains("aws: not modified"),
+        stdout.contains("gcp: updated")
+            && stdout.contains("aws: unchanged")
+            && stdout.contains("oracle: not modified"),
         "{stdout}"
     );
+    assert_eq!(
+        snapshot(&dir)["aws-ip-ranges.json"],
+        before["aws-ip-ranges.json"],
+        "the same bytes must not be rewritten"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(".aws-ip-ranges.json.http")).expect("meta"))
+            .expect("meta JSON");
+    assert_eq!(meta["etag"], "\"aws-2\"");
     assert_eq!(
         std::fs::read(dir.join("gcp-cloud.json")).expect("gcp"),
         newer_gcp.as_bytes()

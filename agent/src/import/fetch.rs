@@ -201,8 +201,10 @@ fn stamp(format: Format, text: &str) -> Result<Option<(&'static str, Stamp)>, St
 /// A downloaded file that passed its checks, not yet written.
 struct Fetched {
     name: String,
+    /// New contents; `None`: the file stays.
     body: Option<Vec<u8>>,
-    meta: Meta,
+    /// The record to keep beside it; `None`: the one there stays.
+    meta: Option<Meta>,
 }
 
 /// Downloads every source of `mapping` into `dir` (created 0700 if missing, checked as
@@ -254,7 +256,9 @@ pub fn fetch(mapping: &Mapping, dir: &Path, options: &Options) -> anyhow::Result
         if let Some(body) = &f.body {
             tdir.replace(OsStr::new(&f.name), body, 0o644)
                 .with_context(|| format!("writing {}", dir.join(&f.name).display()))?;
-            let meta = serde_json::to_vec_pretty(&f.meta)?;
+        }
+        if let Some(meta) = &f.meta {
+            let meta = serde_json::to_vec_pretty(meta)?;
             let mname = meta_name(&f.name);
             tdir.replace(OsStr::new(&mname), &meta, 0o644)
                 .with_context(|| format!("writing {}", dir.join(&mname).display()))?;
@@ -343,7 +347,7 @@ fn fetch_one(
             Fetched {
                 name: name.to_owned(),
                 body: None,
-                meta: new_meta,
+                meta: None,
             },
         ));
     }
@@ -379,13 +383,14 @@ fn fetch_one(
     }
     let version = new_stamp.map(|(n, s)| format!("{n} {s}"));
     if old.as_deref() == Some(body.as_slice()) {
-        // The same bytes: keep the file, remember the validators for the next request.
+        // The same bytes: keep the file, remember new validators for the next request.
+        let changed = meta.as_ref() != Some(&new_meta);
         return Ok((
             outcome("unchanged", version),
             Fetched {
                 name: name.to_owned(),
                 body: None,
-                meta: new_meta,
+                meta: changed.then_some(new_meta),
             },
         ));
     }
@@ -394,7 +399,7 @@ fn fetch_one(
         Fetched {
             name: name.to_owned(),
             body: Some(body),
-            meta: new_meta,
+            meta: Some(new_meta),
         },
     ))
 }
