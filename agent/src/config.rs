@@ -161,8 +161,9 @@ pub enum Target {
 /// and a port range.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
-    /// 1-based id in load order (main file first, then drop-ins in name order); events
-    /// carry it.
+    /// 1-based position in load order (main file first, then drop-ins in name order),
+    /// which is also its precedence among rules. The id events carry is assigned by name
+    /// ([`crate::ids`]); a policy compiled with [`crate::policy::compile`] uses the position.
     pub id: u32,
     /// `name`, or `rules[i]` / `FILE:rules[i]` when absent.
     pub name: String,

@@ -27,6 +27,7 @@ use crate::{
         self, AgentInfo, ConnectionEvent, Context, Counters, Enricher, LastGoodRef, Lifecycle,
         LifecycleBody, LossReport, PolicySummary, Record, Sequencer,
     },
+    ids::IdTable,
     lastgood::StateDir,
     loader::Enforcer,
     pipeline::Pipeline,
@@ -92,6 +93,9 @@ pub struct RunOptions {
     /// and an invalid policy at start fails the start. (`egressd run` defaults to
     /// [`crate::lastgood::DEFAULT_STATE_DIR`].)
     pub state_dir: Option<PathBuf>,
+    /// Directory of the per-cgroup locks ([`crate::instance`]); `None`:
+    /// [`crate::instance::DEFAULT_RUN_DIR`].
+    pub run_dir: Option<PathBuf>,
 }
 
 /// How often pinned enforcement is checked for tampering.
@@ -122,27 +126,33 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     let state = opts.state_dir.as_ref().map(StateDir::new);
     // The files on disk, validated; if they are invalid, the last good policy (validated the
     // same way), and the daemon runs degraded until a reload of a valid set.
-    let (candidate, mut fallback) = match Candidate::read(config_path) {
-        Ok(c) => (c, None),
+    let (parsed, mut fallback) = match config::load_sources(config_path) {
+        Ok(p) => (p, None),
         Err(e) => fall_back(config_path, state.as_ref(), e)?,
     };
-    let Candidate {
-        cfg,
-        output,
-        policy,
-        sources,
-    } = candidate;
-    let cgroup = match opts.cgroup.clone().or_else(|| cfg.cgroup.clone()) {
+    let cgroup = match opts.cgroup.clone().or_else(|| parsed.0.cgroup.clone()) {
         Some(p) => p,
         None => cgroup::cgroup2_root()?,
     };
+    let pin_dir = opts.pin_dir.as_ref().map(crate::pin::PinDir::new);
+    // One daemon per cgroup: held until this function returns (or the process dies).
+    crate::privileges::check()?;
+    crate::cgroup::validate(&cgroup)?;
+    let run_dir = opts
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::instance::DEFAULT_RUN_DIR));
+    let claim = crate::instance::claim(&cgroup, pin_dir.as_ref(), &run_dir, config_path)?;
+    tracing::debug!(lock = %claim.path.display(), "cgroup claimed");
+    // Region and rule ids by name, as earlier runs on this cgroup gave them (crate::ids).
+    let mut ids = Ids::open(state.as_ref(), pin_dir.as_ref(), &cgroup);
+    let candidate = Candidate::new(parsed, &ids.table)?;
 
     let host = host_name();
     // Sinks first: a sink that cannot work fails the start before anything is attached.
     // Their threads start after the privileges are dropped (capabilities are per thread).
-    let sinks = Pipeline::prepare(&output.sinks)?;
+    let sinks = Pipeline::prepare(&candidate.output.sinks)?;
     let started = Instant::now();
-    let pin_dir = opts.pin_dir.as_ref().map(crate::pin::PinDir::new);
     let coverage = crate::coverage::probe();
     for p in coverage
         .paths
@@ -161,7 +171,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     let mut enforcer = match &pin_dir {
         Some(dir) => {
             let (e, adoption) =
-                put_in_force(&policy, &sources, config_path, state.as_ref(), |p| {
+                put_in_force(&candidate, config_path, state.as_ref(), &mut ids, |p| {
                     let (e, adoption) = Enforcer::load_pinned(p, &cgroup, dir)?;
                     let generation = e.generation();
                     Ok(((e, adoption), generation))
@@ -175,7 +185,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             );
             e
         }
-        None => put_in_force(&policy, &sources, config_path, state.as_ref(), |p| {
+        None => put_in_force(&candidate, config_path, state.as_ref(), &mut ids, |p| {
             let e = Enforcer::load(p, &cgroup)?;
             let generation = e.generation();
             Ok((e, generation))
@@ -190,6 +200,12 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             "cannot record the fallback in the pinned state"
         );
     }
+    let Candidate {
+        cfg,
+        output,
+        policy,
+        ..
+    } = candidate;
     let (metrics_tx, mut metrics_rx) =
         tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<crate::metrics::Snapshot>>(16);
     if let Some(addr) = opts.metrics {
@@ -460,7 +476,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                     &pipeline,
                     &mut undecodable,
                 );
-                match reload(config_path, state.as_ref(), &mut enforcer) {
+                match reload(config_path, state.as_ref(), &mut ids, &mut enforcer) {
                     Ok(Candidate {
                         cfg, policy: new, ..
                     }) => {
@@ -562,6 +578,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         "agent_stop",
     ));
     let fin = pipeline.shutdown(SHUTDOWN_FLUSH);
+    drop(claim);
     for (name, c) in &fin {
         tracing::info!(
             sink = %name,
@@ -589,22 +606,89 @@ struct Candidate {
     policy: Arc<Policy>,
     /// The text of every file, kept as the last good policy once it is in force.
     sources: config::Sources,
+    /// Its region and rule ids; the id table once it is in force.
+    ids: crate::ids::Assignment,
 }
 
 impl Candidate {
-    /// Reads and validates the main file and its drop-ins, exactly as `egressd check` does:
-    /// the one validation of the start and of every reload.
-    fn read(config_path: &Path) -> Result<Self, config::ConfigError> {
-        let (cfg, output, sources) = config::load_sources(config_path)?;
-        let policy = Arc::new(policy::compile(&cfg));
+    /// Reads and validates the main file and its drop-ins, exactly as `egressd check` does
+    /// (the one validation of the start and of every reload), and compiles them with the ids
+    /// `ids` gives their names.
+    fn read(config_path: &Path, ids: &IdTable) -> anyhow::Result<Self> {
+        Self::new(config::load_sources(config_path)?, ids)
+    }
+
+    /// Compiles a validated set with the ids `ids` gives its names.
+    fn new(
+        (cfg, output, sources): (config::Config, config::Output, config::Sources),
+        ids: &IdTable,
+    ) -> anyhow::Result<Self> {
+        let assignment = ids.assign(&cfg)?;
+        let policy = Arc::new(policy::compile_with(&cfg, &assignment));
         Ok(Self {
             cfg,
             output,
             policy,
             sources,
+            ids: assignment,
         })
     }
 }
+
+/// The id table of the enforced cgroup, and where it is kept.
+struct Ids {
+    table: IdTable,
+    /// The state directory it is saved in after each policy is put in force.
+    state: Option<PathBuf>,
+    cgroup: PathBuf,
+}
+
+impl Ids {
+    /// The table kept in `state` for `cgroup`, with the names of the pinned state record in
+    /// `pins` taking precedence (they name the counters in the pinned maps). An unreadable
+    /// table is logged and replaced by what the pins say, else a fresh one.
+    fn open(state: Option<&StateDir>, pins: Option<&crate::pin::PinDir>, cgroup: &Path) -> Self {
+        let mut table = match state.map(|s| IdTable::load(&s.path, cgroup)) {
+            Some(Ok(Some(t))) => t,
+            Some(Ok(None)) | None => IdTable::default(),
+            Some(Err(e)) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "the kept region and rule ids cannot be used; ids start afresh (counters of \
+                     pinned maps keep the names the pinned state gives them)"
+                );
+                IdTable::default()
+            }
+        };
+        if let Some(pinned) = pins
+            .filter(|p| p.state().exists())
+            .and_then(|p| p.read_state().ok())
+        {
+            table.reconcile(&pinned.regions);
+        }
+        Self {
+            table,
+            state: state.map(|s| s.path.clone()),
+            cgroup: cgroup.to_path_buf(),
+        }
+    }
+
+    /// `a` is in force: it becomes the table, which is kept (failing to keep it is logged).
+    fn commit(&mut self, a: &crate::ids::Assignment) {
+        self.table.commit(a);
+        if let Some(dir) = &self.state
+            && let Err(e) = self.table.save(dir, &self.cgroup)
+        {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot keep the region and rule ids; after a restart, new names may get other ids"
+            );
+        }
+    }
+}
+
+/// A validated set: configuration, output settings and the text of every file.
+type Parsed = (config::Config, config::Output, config::Sources);
 
 /// Why the daemon runs on its last good policy instead of the files on disk.
 struct Fallback {
@@ -660,7 +744,7 @@ fn fall_back(
     config_path: &Path,
     state: Option<&StateDir>,
     error: config::ConfigError,
-) -> anyhow::Result<(Candidate, Option<Fallback>)> {
+) -> anyhow::Result<(Parsed, Option<Fallback>)> {
     let Some(state) = state else {
         return Err(error.into());
     };
@@ -702,33 +786,30 @@ fn fall_back(
         },
     };
     Ok((
-        Candidate {
-            cfg: restored.cfg,
-            output: restored.output,
-            policy: restored.policy,
-            sources: restored.record.sources,
-        },
+        (restored.cfg, restored.output, restored.record.sources),
         Some(fallback),
     ))
 }
 
 /// Puts a validated policy in force, at start and on every reload: `install` writes it into
 /// the kernel (a new [`Enforcer`] at start, the idle policy set on reload) and returns the
-/// generation it is in force as; then the set is kept in `state` as the last good policy.
-/// Failing to keep it is logged, never fatal: enforcement matters more.
+/// generation it is in force as; then its ids become the id table and the set is kept in
+/// `state` as the last good policy. Failing to keep either is logged, never fatal:
+/// enforcement matters more.
 ///
 /// # Errors
 /// Whatever `install` reports; nothing is kept then.
 fn put_in_force<T>(
-    policy: &Arc<Policy>,
-    sources: &config::Sources,
+    cand: &Candidate,
     config_path: &Path,
     state: Option<&StateDir>,
+    ids: &mut Ids,
     install: impl FnOnce(Arc<Policy>) -> anyhow::Result<(T, u64)>,
 ) -> anyhow::Result<T> {
-    let (installed, generation) = install(policy.clone())?;
+    let (installed, generation) = install(cand.policy.clone())?;
+    ids.commit(&cand.ids);
     if let Some(state) = state {
-        match state.save(config_path, sources, &policy.digest, generation) {
+        match state.save(config_path, &cand.sources, &cand.policy.digest, generation) {
             Ok(()) => tracing::debug!(
                 state = %state.file().display(),
                 generation,
@@ -749,10 +830,11 @@ fn put_in_force<T>(
 fn reload(
     config_path: &Path,
     state: Option<&StateDir>,
+    ids: &mut Ids,
     enforcer: &mut Enforcer,
 ) -> anyhow::Result<Candidate> {
-    let cand = Candidate::read(config_path)?;
-    put_in_force(&cand.policy, &cand.sources, config_path, state, |p| {
+    let cand = Candidate::read(config_path, &ids.table)?;
+    put_in_force(&cand, config_path, state, ids, |p| {
         enforcer.install(p)?;
         Ok(((), enforcer.generation()))
     })?;
@@ -836,7 +918,7 @@ fn summary(cfg: &config::Config, policy: &Policy, enforcer: &Enforcer) -> Policy
         digest: policy.digest.clone(),
         generation: enforcer.generation(),
         ipv4_lookup: enforcer.ipv4_lookup().to_owned(),
-        regions: policy.regions.len() - 1,
+        regions: policy.region_count(),
         prefixes_v4: policy.v4.len(),
         prefixes_v6: policy.v6.len(),
         allowlist: cfg.allowlist.clone(),

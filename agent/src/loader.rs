@@ -74,6 +74,9 @@ pub struct Enforcer {
     /// Waits out programs still reading the idle set before it is rewritten (see
     /// `quiesce`).
     quiescer: quiesce::Quiescer,
+    /// Descriptors of the counter maps ([`maps::COUNTERS`], [`maps::FLOWS`]), kept after
+    /// [`Enforcer::take_readers`] so an install can zero a reclaimed region id's slots.
+    counter_fds: [std::os::fd::OwnedFd; 2],
 }
 
 /// Pinned-mode state of an [`Enforcer`].
@@ -190,6 +193,13 @@ impl Enforcer {
             hook.load(&mut ebpf).map_err(|e| explain_program(hook, e))?;
         }
         let table_chunks = table::loaded_chunks(&ebpf)?;
+        let dup = |name: &str| -> anyhow::Result<std::os::fd::OwnedFd> {
+            match ebpf.map(name) {
+                Some(aya::maps::Map::PerCpuArray(m)) => Ok(m.fd().as_fd().try_clone_to_owned()?),
+                _ => bail!("map {name} missing from the eBPF object"),
+            }
+        };
+        let counter_fds = [dup(maps::COUNTERS)?, dup(maps::FLOWS)?];
         if cap.table_chunks.is_some() && table_chunks.is_none() {
             tracing::warn!(
                 "the pinned IPv4 table maps were created without a table (the maps of the \
@@ -209,6 +219,7 @@ impl Enforcer {
             links: Vec::new(),
             cgroup: None,
             quiescer: quiesce::Quiescer::new()?,
+            counter_fds,
         })
     }
 
@@ -553,7 +564,7 @@ impl Enforcer {
             generation: self.generation,
             digest: policy.digest.clone(),
             mode: policy.mode.to_string(),
-            regions: policy.regions.clone(),
+            regions: policy.region_labels(),
             prefixes_v4: policy.v4.len(),
             prefixes_v6: policy.v6.len(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -714,6 +725,12 @@ impl Enforcer {
             }
         };
         self.v4_in_trie[set] = !used_table;
+        // A region id taken over from a removed region starts from zero (see crate::ids);
+        // no generation in force counts under it.
+        if let Err(e) = self.reset_regions(&policy.reset_regions) {
+            self.unknown[set] = true;
+            return Err(e.context("zeroing the counters of a reclaimed region id"));
+        }
         let mut generation: Array<_, u64> =
             Array::try_from(map(&mut self.ebpf, maps::GENERATION)?)?;
         generation
@@ -729,6 +746,40 @@ impl Enforcer {
         }
         self.sets[set] = Some(policy);
         Ok(next)
+    }
+
+    /// Zeroes every counter slot (all hooks, directions and verdicts, every CPU) of the
+    /// region ids `ids`.
+    fn reset_regions(&self, ids: &[u32]) -> anyhow::Result<()> {
+        use egressd_common::{HOOK_SLOTS, VERDICT_COUNT, counter_index, flow_index};
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        let open = |fd: &std::os::fd::OwnedFd| -> anyhow::Result<aya::maps::Map> {
+            Ok(aya::maps::Map::PerCpuArray(MapData::from_fd(
+                fd.try_clone()?,
+            )?))
+        };
+        let mut counters: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(open(&self.counter_fds[0])?)?;
+        let mut flows: PerCpuArray<MapData, FlowCounter> =
+            PerCpuArray::try_from(open(&self.counter_fds[1])?)?;
+        for &id in ids {
+            for verdict in 0..VERDICT_COUNT {
+                for hook in 0..HOOK_SLOTS {
+                    let zero = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?;
+                    counters.set(counter_index(hook, id, verdict), zero, 0)?;
+                }
+                for direction in 0..2 {
+                    let zero =
+                        aya::maps::PerCpuValues::try_from(vec![FlowCounter::default(); cpus])?;
+                    flows.set(flow_index(direction, id, verdict), zero, 0)?;
+                }
+            }
+            tracing::info!(region = id, "region id reclaimed: its counters were zeroed");
+        }
+        Ok(())
     }
 
     /// A loaded program by name, e.g. to run it with `BPF_PROG_TEST_RUN`.

@@ -49,6 +49,12 @@ enum Command {
         #[arg(long, value_name = "DIR", env = "EGRESSD_STATE_DIR",
               default_value = egressd::lastgood::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Directory of the per-cgroup locks (root's, 0700): `DIR/<cgroup id>.lock` is
+        /// held while egressd runs, so a second `egressd run` on the same cgroup refuses to
+        /// start and names the first (pid, pin directory).
+        #[arg(long, value_name = "DIR", env = "EGRESSD_RUN_DIR",
+              default_value = egressd::instance::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
     },
     /// Probe the running kernel and print which egress paths egressd enforces on it (the
     /// same report `agent_start`, `status` and /metrics carry). Probing needs CAP_BPF; without
@@ -138,6 +144,22 @@ enum RegionsCommand {
         #[arg(value_name = "SOURCE", required = true)]
         sources: Vec<PathBuf>,
     },
+    /// Download the providers' published range files that the mapping names (AWS, Google
+    /// Cloud, Oracle, Azure service tags, geofeeds; URLs in its [fetch] section) into DIR,
+    /// with conditional requests (ETag, Last-Modified). Each file must parse, hold
+    /// prefixes and be no older than the one on disk; on any failure nothing is written
+    /// and the exit status is 1. Then run `regions import` on the files.
+    Fetch {
+        /// Mapping file (TOML), as for `import`.
+        #[arg(short, long, value_name = "FILE")]
+        mapping: PathBuf,
+        /// Directory of the files (root's, created 0700 if missing).
+        #[arg(short, long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Time limit of each download, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        timeout: u64,
+    },
 }
 
 /// Blocks SIGHUP and SIGUSR1 before `main` runs: a constructor in `.init_array`, which the
@@ -174,6 +196,7 @@ fn main() -> ExitCode {
             metrics,
             watch,
             state_dir,
+            run_dir,
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -187,6 +210,7 @@ fn main() -> ExitCode {
                         metrics,
                         watch,
                         state_dir: Some(state_dir),
+                        run_dir: Some(run_dir),
                     },
                 ))
             }),
@@ -252,6 +276,14 @@ fn main() -> ExitCode {
             mask_host_bits,
             &sources,
         ),
+        Command::Regions {
+            command:
+                RegionsCommand::Fetch {
+                    mapping,
+                    dir,
+                    timeout,
+                },
+        } => regions_fetch(&mapping, &dir, timeout),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -350,6 +382,28 @@ fn regions_import(
     match output {
         None => print!("{text}"),
         Some(path) => import::write_atomically(path, &text)?,
+    }
+    Ok(())
+}
+
+fn regions_fetch(
+    mapping: &std::path::Path,
+    dir: &std::path::Path,
+    timeout: u64,
+) -> anyhow::Result<()> {
+    use egressd::import;
+    let mapping = import::mapping::load(mapping)?;
+    let options = import::fetch::Options {
+        timeout: std::time::Duration::from_secs(timeout),
+    };
+    for o in import::fetch::fetch(&mapping, dir, &options)? {
+        println!(
+            "{}: {} {}{}",
+            o.format,
+            o.status.replace('_', " "),
+            o.file.display(),
+            o.version.map(|v| format!(" ({v})")).unwrap_or_default()
+        );
     }
     Ok(())
 }

@@ -42,8 +42,9 @@ use crate::config::{
 pub struct Policy {
     /// [`Config::mode`].
     pub mode: Mode,
-    /// Region names indexed by region id; id 0 ([`REGION_UNKNOWN`]) is `"unknown"`, the
-    /// configured regions follow in file order (first region = id 1).
+    /// Region names indexed by region id; id 0 ([`REGION_UNKNOWN`]) is `"unknown"`. With
+    /// [`compile`] the configured regions follow in file order (first region = id 1); with
+    /// [`compile_with`] they sit at their assigned ids and unused ids hold `""`.
     pub regions: Vec<String>,
     /// Whether each region id is on the allowlist (value of the regions map); `allowed[0]`
     /// is always false.
@@ -64,8 +65,17 @@ pub struct Policy {
     pub suppress_window_ms: u32,
     /// Region modes by region id (`None`: the policy's).
     pub region_modes: Vec<Option<Mode>>,
-    /// [`Config::rules`].
+    /// [`Config::rules`] in precedence (file) order, each with the id events carry
+    /// ([`Rule::id`] replaced by the assigned id, see [`compile_with`]).
     pub rules: Vec<Rule>,
+    /// Names of region ids that earlier policies of this daemon used and this one does not
+    /// ([`crate::ids`]): counters under them keep their label.
+    pub retired_regions: std::collections::BTreeMap<u32, String>,
+    /// Names of rule ids that earlier policies used and this one does not.
+    pub retired_rules: std::collections::BTreeMap<u32, String>,
+    /// Region ids taken over from a removed region: the loader zeroes their counters before
+    /// it publishes this policy.
+    pub reset_regions: Vec<u32>,
     /// Decision tables by entry id (value of the kernel's entries map); entry 0 decides
     /// destinations that no prefix covers.
     pub entries: Vec<Entry>,
@@ -83,26 +93,43 @@ pub struct Policy {
     pub digest: String,
 }
 
-/// Compile `cfg` into map contents.
+/// Compile `cfg` into map contents, with ids in file order
+/// ([`crate::ids::IdTable::positional`]): what `check`, `explain` and the tests use.
 ///
-/// Region ids follow file order. The digest covers what the kernel sees and nothing
-/// cosmetic: the mode, each region's id, name and allowlist flag, and the sorted
-/// (prefix, region id) entries. Descriptions, comments, prefix order inside a region and
-/// the order of the allowlist do not change it; reordering regions does (ids change).
+/// The digest covers what the kernel sees and nothing cosmetic: the mode, each region's
+/// position, name and allowlist flag, the rules in order, and the sorted (prefix, region
+/// position) entries. Descriptions, comments, prefix order inside a region and the order of
+/// the allowlist do not change it; reordering regions does. It never depends on the ids a
+/// daemon assigned ([`compile_with`]), so `check` and `run` agree on it.
 pub fn compile(cfg: &Config) -> Policy {
-    let mut regions = Vec::with_capacity(cfg.regions.len() + 1);
-    let mut allowed = Vec::with_capacity(cfg.regions.len() + 1);
-    regions.push(UNKNOWN_REGION_NAME.to_string());
-    allowed.push(false);
+    compile_with(cfg, &crate::ids::IdTable::positional(cfg))
+}
+
+/// Compile `cfg` with the region and rule ids of `ids` (from [`crate::ids::IdTable::assign`]
+/// for `cfg`): what the daemon installs, so that counters and events keep their names across
+/// reloads. Region ids may then have gaps: `regions[id]` is `""` for an id this policy does
+/// not use (its name, if it had one, is in `retired_regions`). Precedence among rules is
+/// their order in `cfg`, whatever their ids.
+pub fn compile_with(cfg: &Config, ids: &crate::ids::Assignment) -> Policy {
+    debug_assert_eq!(ids.region_ids.len(), cfg.regions.len());
+    debug_assert_eq!(ids.rule_ids.len(), cfg.rules.len());
+    let len = ids.region_ids.iter().max().map_or(1, |m| *m as usize + 1);
+    let mut regions = vec![String::new(); len];
+    let mut allowed = vec![false; len];
+    let mut region_modes: Vec<Option<Mode>> = vec![None; len];
+    regions[0] = UNKNOWN_REGION_NAME.to_string();
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
-    for (id, region) in (1u32..).zip(&cfg.regions) {
-        regions.push(region.name.clone());
-        allowed.push(cfg.allowlist.contains(&region.name));
+    for (pos, region) in (1u32..).zip(&cfg.regions) {
+        let id = ids.region_ids[pos as usize - 1];
+        regions[id as usize] = region.name.clone();
+        allowed[id as usize] = cfg.allowlist.contains(&region.name);
+        region_modes[id as usize] = region.mode;
         for prefix in &region.prefixes {
+            // Positions first, for the digest; ids once it is computed.
             match prefix {
-                IpNetwork::V4(n) => v4.push((*n, id)),
-                IpNetwork::V6(n) => v6.push((*n, id)),
+                IpNetwork::V4(n) => v4.push((*n, pos)),
+                IpNetwork::V6(n) => v6.push((*n, pos)),
             }
         }
     }
@@ -123,11 +150,10 @@ pub fn compile(cfg: &Config) -> Policy {
             let _ = writeln!(canonical, "region-mode {} {m}", r.name);
         }
     }
-    for r in &cfg.rules {
+    for (pos, r) in (1u32..).zip(&cfg.rules) {
         let _ = writeln!(
             canonical,
-            "rule {} {} {:?} {:?} {:?} {:?}",
-            r.id,
+            "rule {pos} {} {:?} {:?} {:?} {:?}",
             r.action.as_str(),
             r.protocol,
             r.ports,
@@ -135,9 +161,14 @@ pub fn compile(cfg: &Config) -> Policy {
             r.targets
         );
     }
-    for (id, (name, allow)) in regions.iter().zip(&allowed).enumerate() {
-        let verdict = if *allow { "allow" } else { "deny" };
-        let _ = writeln!(canonical, "region {id} {name} {verdict}");
+    let _ = writeln!(canonical, "region 0 {UNKNOWN_REGION_NAME} deny");
+    for (pos, r) in (1u32..).zip(&cfg.regions) {
+        let verdict = if cfg.allowlist.contains(&r.name) {
+            "allow"
+        } else {
+            "deny"
+        };
+        let _ = writeln!(canonical, "region {pos} {} {verdict}", r.name);
     }
     for (n, id) in &v4 {
         let _ = writeln!(canonical, "v4 {n} {id}");
@@ -146,8 +177,21 @@ pub fn compile(cfg: &Config) -> Policy {
         let _ = writeln!(canonical, "v6 {n} {id}");
     }
 
-    let region_modes: Vec<Option<Mode>> = std::iter::once(None)
-        .chain(cfg.regions.iter().map(|r| r.mode))
+    // Positions to ids: the order is that of the prefixes, which are distinct.
+    for (_, id) in v4.iter_mut() {
+        *id = ids.region_ids[*id as usize - 1];
+    }
+    for (_, id) in v6.iter_mut() {
+        *id = ids.region_ids[*id as usize - 1];
+    }
+    let rules = cfg
+        .rules
+        .iter()
+        .zip(&ids.rule_ids)
+        .map(|(r, id)| Rule {
+            id: *id,
+            ..r.clone()
+        })
         .collect();
     let mut policy = Policy {
         mode: cfg.mode,
@@ -161,7 +205,10 @@ pub fn compile(cfg: &Config) -> Policy {
         default: cfg.default,
         suppress_window_ms: cfg.suppress_window_ms,
         region_modes,
-        rules: cfg.rules.clone(),
+        rules,
+        retired_regions: ids.retired_regions.clone(),
+        retired_rules: ids.retired_rules.clone(),
+        reset_regions: ids.reset_regions.clone(),
         entries: Vec::new(),
         lpm_v4: Vec::new(),
         lpm_v6: Vec::new(),
@@ -236,26 +283,28 @@ impl Policy {
         let region = self.region_of(addr);
         // (prefix length, specific, rank, rule id preference) of the best candidate so far.
         let mut best: Option<(Rank, Action, bool, u32)> = None;
-        let mut offer = |len: u8, specific: u8, action: Action, audit: bool, rule: u32| {
-            let rank = match (action, audit) {
-                (Action::Deny, false) => 2,
-                (Action::Deny, true) => 1,
-                (Action::Allow, _) => 0,
+        // `order`: the rule's 1-based position in the files, 0 for region membership.
+        let mut offer =
+            |len: u8, specific: u8, action: Action, audit: bool, rule: u32, order: u32| {
+                let rank = match (action, audit) {
+                    (Action::Deny, false) => 2,
+                    (Action::Deny, true) => 1,
+                    (Action::Allow, _) => 0,
+                };
+                // Earlier rules first, region membership (0) last.
+                let pref = if order == 0 { 0 } else { u32::MAX - order };
+                let key = (len, specific, rank, pref);
+                if best.as_ref().is_none_or(|(k, ..)| key > *k) {
+                    best = Some((key, action, audit, rule));
+                }
             };
-            // Lower rule ids first, region membership (0) last.
-            let pref = if rule == 0 { 0 } else { u32::MAX - rule };
-            let key = (len, specific, rank, pref);
-            if best.as_ref().is_none_or(|(k, ..)| key > *k) {
-                best = Some((key, action, audit, rule));
-            }
-        };
         // Region memberships: every region prefix containing the address.
         for (len, id) in self.memberships(addr) {
             let allow = self.allowed.get(id as usize).copied().unwrap_or(false);
             let action = if allow { Action::Allow } else { Action::Deny };
-            offer(len, 0, action, self.audit_of(None, Some(id)), 0);
+            offer(len, 0, action, self.audit_of(None, Some(id)), 0, 0);
         }
-        for r in &self.rules {
+        for (order, r) in (1u32..).zip(&self.rules) {
             if r.is_specific() {
                 let proto_ok = r.protocol.is_none_or(|p| p == protocol);
                 let port_ok = r.ports.is_none_or(|(lo, hi)| lo <= port && port <= hi);
@@ -273,6 +322,7 @@ impl Policy {
                                 r.action,
                                 self.audit_of(r.mode, None),
                                 r.id,
+                                order,
                             );
                         }
                     }
@@ -284,7 +334,7 @@ impl Policy {
                         for (len, rid) in self.memberships(addr) {
                             if rid == id {
                                 let audit = self.audit_of(r.mode, Some(id));
-                                offer(len, r.specificity(), r.action, audit, r.id);
+                                offer(len, r.specificity(), r.action, audit, r.id, order);
                             }
                         }
                     }
@@ -343,22 +393,60 @@ impl Policy {
     }
 
     /// Name of rule `id`, `None` for 0 (allowlist or default) or an unknown id.
+    /// Also names rules of earlier policies (`retired_rules`).
     pub fn rule_name(&self, id: u32) -> Option<&str> {
         self.rules
             .iter()
             .find(|r| r.id == id)
             .map(|r| r.name.as_str())
+            .or_else(|| self.retired_rules.get(&id).map(String::as_str))
     }
 
-    /// Name of region `id`; `"unknown"` for [`REGION_UNKNOWN`] and for ids out of range.
+    /// Name of region `id`, also of a region earlier policies had (`retired_regions`);
+    /// `"unknown"` for [`REGION_UNKNOWN`] and for ids without a name.
     pub fn region_name(&self, id: u32) -> &str {
+        match self.regions.get(id as usize) {
+            Some(n) if !n.is_empty() => n,
+            _ => self
+                .retired_regions
+                .get(&id)
+                .map_or(UNKNOWN_REGION_NAME, String::as_str),
+        }
+    }
+
+    /// Number of configured regions (ids with a name in this policy, "unknown" aside).
+    pub fn region_count(&self) -> usize {
         self.regions
-            .get(id as usize)
-            .map_or(UNKNOWN_REGION_NAME, String::as_str)
+            .iter()
+            .skip(1)
+            .filter(|n| !n.is_empty())
+            .count()
+    }
+
+    /// Every region name by id (index = id, `""` for ids without a name), retired names
+    /// included: what names the counters.
+    pub fn region_labels(&self) -> Vec<String> {
+        let len = self
+            .retired_regions
+            .keys()
+            .next_back()
+            .map_or(0, |m| *m as usize + 1)
+            .max(self.regions.len());
+        (0..len)
+            .map(|id| match self.regions.get(id) {
+                Some(n) if !n.is_empty() => n.clone(),
+                _ => self
+                    .retired_regions
+                    .get(&(id as u32))
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .collect()
     }
 }
 
-/// Precedence of a candidate: (prefix length, specificity, action rank, rule preference);
+/// Precedence of a candidate: (prefix length, specificity, action rank, rule preference by
+/// position);
 /// larger wins.
 type Rank = (u8, u8, u8, u32);
 
@@ -714,20 +802,21 @@ mod tests {
         assert_eq!(p.verdict(ip("2001:db8:64::1:198.18.1.9")), Verdict::Deny);
     }
 
+    const RULES_TEXT: &str = concat!(
+        "allowlist = [\"eu\"]\n",
+        "[regions.eu]\nprefixes = [\"198.18.0.0/16\"]\n",
+        "[regions.us]\nprefixes = [\"198.18.2.0/24\"]\nmode = \"audit\"\n",
+        "[regions.ntp]\nprefixes = [\"198.18.9.9/32\"]\n",
+        "[[rules]]\nname = \"ntp\"\naction = \"allow\"\nregions = [\"ntp\"]\nprotocol = \"udp\"\nports = 123\n",
+        "[[rules]]\nname = \"no-smtp\"\naction = \"deny\"\nto = [\"0.0.0.0/0\"]\nprotocol = \"tcp\"\nports = 25\n",
+        "[[rules]]\nname = \"smtp-relay\"\naction = \"allow\"\nto = [\"198.18.1.25/32\"]\n",
+        "[[rules]]\nname = \"tie\"\naction = \"allow\"\nto = [\"198.18.3.0/24\"]\nprotocol = \"tcp\"\nports = \"1-1000\"\n",
+        "[[rules]]\nname = \"tie-deny\"\naction = \"deny\"\nto = [\"198.18.3.0/24\"]\nprotocol = \"tcp\"\nports = 22\nmode = \"audit\"\n",
+        "[[rules]]\nname = \"tie-deny-enforce\"\naction = \"deny\"\nto = [\"198.18.3.0/24\"]\nprotocol = \"tcp\"\nports = 22\n",
+    );
+
     fn rules_policy() -> Policy {
-        let text = concat!(
-            "allowlist = [\"eu\"]\n",
-            "[regions.eu]\nprefixes = [\"198.18.0.0/16\"]\n",
-            "[regions.us]\nprefixes = [\"198.18.2.0/24\"]\nmode = \"audit\"\n",
-            "[regions.ntp]\nprefixes = [\"198.18.9.9/32\"]\n",
-            "[[rules]]\nname = \"ntp\"\naction = \"allow\"\nregions = [\"ntp\"]\nprotocol = \"udp\"\nports = 123\n",
-            "[[rules]]\nname = \"no-smtp\"\naction = \"deny\"\nto = [\"0.0.0.0/0\"]\nprotocol = \"tcp\"\nports = 25\n",
-            "[[rules]]\nname = \"smtp-relay\"\naction = \"allow\"\nto = [\"198.18.1.25/32\"]\n",
-            "[[rules]]\nname = \"tie\"\naction = \"allow\"\nto = [\"198.18.3.0/24\"]\nprotocol = \"tcp\"\nports = \"1-1000\"\n",
-            "[[rules]]\nname = \"tie-deny\"\naction = \"deny\"\nto = [\"198.18.3.0/24\"]\nprotocol = \"tcp\"\nports = 22\nmode = \"audit\"\n",
-            "[[rules]]\nname = \"tie-deny-enforce\"\naction = \"deny\"\nto = [\"198.18.3.0/24\"]\nprotocol = \"tcp\"\nports = 22\n",
-        );
-        compile(&crate::config::parse(std::path::Path::new("t.toml"), text).expect("valid"))
+        compile(&crate::config::parse(std::path::Path::new("t.toml"), RULES_TEXT).expect("valid"))
     }
 
     #[test]
@@ -760,6 +849,87 @@ mod tests {
         // Full tie: enforcing deny beats auditing deny beats allow.
         assert_eq!(d("198.18.3.3", 6, 22).verdict, Verdict::Deny);
         assert_eq!(d("198.18.3.3", 6, 22).rule, 6);
+    }
+
+    #[test]
+    fn policy_stable_ids_change_labels_not_decisions() {
+        // Ids from a table that saw other names first: regions and rules sit at other ids
+        // (with gaps), but the verdicts, the precedence (file order) and the digest are
+        // those of the positional compile.
+        let base = rules_policy();
+        let cfg = crate::config::parse(
+            Path::new("t.toml"),
+            concat!(
+                "allowlist = []\n[regions.old]\nprefixes = [\"192.0.2.0/24\"]\n",
+                "[regions.us]\nprefixes = [\"192.0.3.0/24\"]\n",
+                "[[rules]]\nname = \"tie-deny\"\naction = \"deny\"\nto = [\"192.0.2.0/24\"]\n",
+            ),
+        )
+        .expect("valid");
+        let mut table = crate::ids::IdTable::default();
+        let first = table.assign(&cfg).expect("ids");
+        table.commit(&first);
+        let rules_cfg = crate::config::parse(Path::new("t.toml"), RULES_TEXT).expect("valid");
+        let a = table.assign(&rules_cfg).expect("ids");
+        let p = compile_with(&rules_cfg, &a);
+        assert_eq!(p.digest, base.digest);
+        assert_eq!(p.region_name(2), "us");
+        assert_eq!(p.region_name(1), "old", "a removed region keeps its label");
+        assert_eq!(p.region_count(), 3);
+        assert_eq!(p.region_labels()[..4], ["unknown", "old", "us", "eu"]);
+        assert_eq!(p.rule_name(1), Some("tie-deny"));
+        for a in [
+            "198.18.1.1",
+            "203.0.113.1",
+            "198.18.1.25",
+            "198.18.2.2",
+            "198.18.3.3",
+        ] {
+            for (proto, port) in [(6, 25), (6, 443), (17, 123), (6, 22), (6, 80)] {
+                let (d, b) = (
+                    p.decide(ip(a), proto, port),
+                    base.decide(ip(a), proto, port),
+                );
+                assert_eq!(d.verdict, b.verdict, "{a} {proto}/{port}");
+                assert_eq!(
+                    p.rule_name(d.rule),
+                    base.rule_name(b.rule),
+                    "{a} {proto}/{port}"
+                );
+                assert_eq!(
+                    p.region_name(d.region),
+                    base.region_name(b.region),
+                    "{a} {proto}/{port}"
+                );
+            }
+        }
+        // `tie-deny` has id 1 now, below every other rule's, yet `smtp-relay` and `tie` keep
+        // the precedence of their place in the file (checked through the names above).
+        assert_eq!(p.rules[4].id, 1);
+        // The kernel's tables name the same regions and rules.
+        let e = &p.entries[exact_v4(&p.lpm_v4, u32::from(Ipv4Addr::new(198, 18, 2, 0)), 24)
+            .expect("us prefix") as usize];
+        assert_eq!(p.region_name(e.region), "us");
+        // Two rules tied on everything: the first in the file decides, whatever the ids.
+        let two = |names: [&str; 2]| {
+            let mut t = String::from("allowlist = []\n");
+            for n in names {
+                t.push_str(&format!(
+                    "[[rules]]\nname = \"{n}\"\naction = \"deny\"\nto = [\"192.0.2.0/24\"]\n"
+                ));
+            }
+            crate::config::parse(Path::new("t.toml"), &t).expect("valid")
+        };
+        let mut t = crate::ids::IdTable::default();
+        let seen = t.assign(&two(["a", "b"])).expect("ids");
+        t.commit(&seen);
+        let swapped = two(["b", "a"]);
+        let p = compile_with(&swapped, &t.assign(&swapped).expect("ids"));
+        let d = p.decide(ip("192.0.2.1"), 6, 80);
+        assert_eq!((d.rule, p.rule_name(d.rule)), (2, Some("b")));
+        let e = p.entries[exact_v4(&p.lpm_v4, u32::from(Ipv4Addr::new(192, 0, 2, 0)), 24)
+            .expect("rule prefix") as usize];
+        assert_eq!(e.default_rule, 2);
     }
 
     #[test]

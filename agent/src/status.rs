@@ -91,6 +91,7 @@ pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
         } else {
             names
                 .get(region as usize)
+                .filter(|n| !n.is_empty())
                 .cloned()
                 .unwrap_or_else(|| format!("region#{region}"))
         }

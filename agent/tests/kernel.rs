@@ -34,6 +34,10 @@ fn main() {
     let state = std::env::temp_dir().join(format!("egressd-test-state-{}", std::process::id()));
     // SAFETY: set before any test thread or child starts.
     unsafe { std::env::set_var("EGRESSD_STATE_DIR", &state) };
+    // Their per-cgroup locks too (one file per test cgroup), not in the host's /run/egressd.
+    let run = std::env::temp_dir().join(format!("egressd-test-run-{}", std::process::id()));
+    // SAFETY: as above.
+    unsafe { std::env::set_var("EGRESSD_RUN_DIR", &run) };
     let tests = vec![
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
         Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce::enforce_ipv6),
@@ -90,6 +94,10 @@ fn main() {
             table::capacity_fallback,
         ),
         Trial::test("rules_port_and_region_end_to_end", reload::rules_end_to_end),
+        Trial::test(
+            "reload_reordered_regions_keep_counter_labels",
+            reload::stable_ids_across_reorder_and_restart,
+        ),
         Trial::test("flood_100k_denials_suppressed_and_counted", paths::flood),
         Trial::test(
             "reload_100_times_under_load_zero_misjudged",
@@ -104,6 +112,10 @@ fn main() {
         Trial::test(
             "fleet_pinned_leftovers_never_decide",
             fleet::pinned_leftovers_never_decide,
+        ),
+        Trial::test(
+            "fleet_second_daemon_on_a_cgroup_refused",
+            fleet::second_daemon_refused,
         ),
         Trial::test(
             "fleet_signals_during_start_do_not_kill",
@@ -177,5 +189,6 @@ fn main() {
     ];
     let conclusion = libtest_mimic::run(&args, tests);
     let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_dir_all(&run);
     conclusion.exit();
 }

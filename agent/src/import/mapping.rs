@@ -27,6 +27,18 @@
 //!
 //! A key listed twice (in one region or in two) is an error, as are unknown sections or keys.
 //! Errors carry the file, line, column and field (`aws.eu[2]`).
+//!
+//! An optional `[fetch]` section says where `egressd regions fetch` downloads the files from
+//! ([`FetchUrls`]): `aws`, `gcp`, `oracle` default to the providers' official URLs; `azure`
+//! has no default (Microsoft publishes the service tags under a new URL every week), and
+//! `geofeed` lists RFC 8805 feed URLs. A URL must be `https://`, or `http://` to a loopback
+//! address (a local mirror, the tests).
+//!
+//! ```toml
+//! [fetch]
+//! azure = "https://download.microsoft.com/download/.../ServiceTags_Public_20250707.json"
+//! geofeed = ["https://noc.example.net/geofeed.csv"]
+//! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -50,6 +62,94 @@ pub struct Mapping {
     pub unmapped_region: Option<String>,
     /// Per format: provider key -> (index into `regions`, 1-based line in the file).
     sections: BTreeMap<Format, HashMap<String, (usize, usize)>>,
+    /// The `[fetch]` section.
+    pub fetch: FetchUrls,
+}
+
+/// AWS `ip-ranges.json`, the official URL.
+pub const AWS_URL: &str = "https://ip-ranges.amazonaws.com/ip-ranges.json";
+/// Google Cloud `cloud.json`, the official URL.
+pub const GCP_URL: &str = "https://www.gstatic.com/ipranges/cloud.json";
+/// Oracle Cloud `public_ip_ranges.json`, the official URL.
+pub const ORACLE_URL: &str = "https://docs.oracle.com/en-us/iaas/tools/public_ip_ranges.json";
+
+/// A URL of the `[fetch]` section with the line it is on (0: a default).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchUrl {
+    /// The URL.
+    pub url: String,
+    /// 1-based line in the mapping file; 0 for a built-in default.
+    pub line: usize,
+}
+
+/// The `[fetch]` section of a mapping: where each provider's file is downloaded from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FetchUrls {
+    /// `aws`, else [`AWS_URL`].
+    pub aws: Option<FetchUrl>,
+    /// `gcp`, else [`GCP_URL`].
+    pub gcp: Option<FetchUrl>,
+    /// `oracle`, else [`ORACLE_URL`].
+    pub oracle: Option<FetchUrl>,
+    /// `azure`; no default.
+    pub azure: Option<FetchUrl>,
+    /// `geofeed`: RFC 8805 feeds.
+    pub geofeed: Vec<FetchUrl>,
+}
+
+impl FetchUrls {
+    /// The URL `format`'s file is fetched from, if any (the default when not configured).
+    pub fn url(&self, format: Format) -> Option<FetchUrl> {
+        let default = |u: &str| {
+            Some(FetchUrl {
+                url: u.to_owned(),
+                line: 0,
+            })
+        };
+        match format {
+            Format::Aws => self.aws.clone().or_else(|| default(AWS_URL)),
+            Format::Gcp => self.gcp.clone().or_else(|| default(GCP_URL)),
+            Format::Oracle => self.oracle.clone().or_else(|| default(ORACLE_URL)),
+            Format::Azure => self.azure.clone(),
+            Format::Geofeed => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFetch {
+    aws: Option<Spanned<String>>,
+    gcp: Option<Spanned<String>>,
+    oracle: Option<Spanned<String>>,
+    azure: Option<Spanned<String>>,
+    geofeed: Option<Vec<Spanned<String>>>,
+}
+
+/// Why `url` cannot be fetched from, if it cannot: not `https://`, or `http://` to other
+/// than a loopback address; no host.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| format!("not a valid URL `{url}`: {e}"))?;
+    let host = uri.host().ok_or_else(|| format!("`{url}` names no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let h = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback =
+                h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{url}` is plain http: ranges that decide where hosts may connect must \
+                     come over https (http is accepted for loopback mirrors only)"
+                ))
+            }
+        }
+        _ => Err(format!("`{url}`: the scheme must be https")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -61,6 +161,7 @@ struct RawMapping {
     azure: Option<RawSection>,
     oracle: Option<RawSection>,
     geofeed: Option<RawSection>,
+    fetch: Option<RawFetch>,
 }
 
 type RawSection = BTreeMap<Spanned<String>, Vec<Spanned<String>>>;
@@ -164,6 +265,34 @@ impl Mapping {
                 }
             }
         }
+        let mut fetch = FetchUrls::default();
+        if let Some(f) = &raw.fetch {
+            let mut one = |v: &Spanned<String>, field: String| {
+                let (line, _) = lines.line_col(text, v.span().start);
+                match check_url(v.get_ref()) {
+                    Ok(()) => Some(FetchUrl {
+                        url: v.get_ref().clone(),
+                        line,
+                    }),
+                    Err(m) => {
+                        errors.push(at(v.span().start, field, m));
+                        None
+                    }
+                }
+            };
+            fetch.aws = f.aws.as_ref().and_then(|v| one(v, "fetch.aws".into()));
+            fetch.gcp = f.gcp.as_ref().and_then(|v| one(v, "fetch.gcp".into()));
+            fetch.oracle = f
+                .oracle
+                .as_ref()
+                .and_then(|v| one(v, "fetch.oracle".into()));
+            fetch.azure = f.azure.as_ref().and_then(|v| one(v, "fetch.azure".into()));
+            for (i, v) in f.geofeed.iter().flatten().enumerate() {
+                if let Some(u) = one(v, format!("fetch.geofeed[{i}]")) {
+                    fetch.geofeed.push(u);
+                }
+            }
+        }
         if let Some(first) = errors.into_iter().min_by_key(|e| (e.line, e.column)) {
             return Err(first);
         }
@@ -197,6 +326,7 @@ impl Mapping {
             regions: names,
             unmapped_region,
             sections,
+            fetch,
         })
     }
 

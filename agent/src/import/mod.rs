@@ -57,6 +57,7 @@
 
 pub mod aws;
 pub mod azure;
+pub mod fetch;
 pub mod gcp;
 pub mod geofeed;
 pub mod mapping;

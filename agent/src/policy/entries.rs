@@ -17,20 +17,18 @@ use crate::config::{Action, Target};
 
 /// Precedence of a candidate at one prefix: (specificity, rank, preference); larger wins.
 /// Specificity: ports 2, protocol only 1, neither 0. Rank: enforcing deny 2, auditing deny
-/// 1, allow 0. Preference: lower rule ids first, region membership and default last.
+/// 1, allow 0. Preference: earlier rules (by position in the files, not by id) first, region
+/// membership and default last.
 type Key = (u8, u8, u32);
 
-fn key(specificity: u8, action: Action, audit: bool, rule: u32) -> Key {
+/// `order`: the rule's 1-based position in the files; 0 for region membership and default.
+fn key(specificity: u8, action: Action, audit: bool, order: u32) -> Key {
     let rank = match (action, audit) {
         (Action::Deny, false) => 2,
         (Action::Deny, true) => 1,
         (Action::Allow, _) => 0,
     };
-    let pref = if rule == 0 || rule == RULE_DEFAULT {
-        0
-    } else {
-        u32::MAX - rule
-    };
+    let pref = if order == 0 { 0 } else { u32::MAX - order };
     (specificity, rank, pref)
 }
 
@@ -61,9 +59,9 @@ struct Node {
 const KEEP: usize = MAX_PORT_RULES + 1;
 
 impl Node {
-    fn offer(&mut self, action: Action, audit: bool, rule: u32) {
+    fn offer(&mut self, action: Action, audit: bool, rule: u32, order: u32) {
         let c = Portless {
-            key: key(0, action, audit, rule),
+            key: key(0, action, audit, order),
             action: code(action),
             audit: u8::from(audit),
             rule,
@@ -101,7 +99,7 @@ pub(super) fn build(p: &mut Policy) {
         let audit = p.audit_of(None, Some(id));
         let node = nodes.entry(net).or_default();
         node.region = Some(id);
-        node.offer(action, audit, 0);
+        node.offer(action, audit, 0, 0);
     }
     // A port rule naming a region lands on every prefix of the region. Past the limit the
     // policy is refused anyway, so only the first KEEP such rules per region are copied and
@@ -119,7 +117,7 @@ pub(super) fn build(p: &mut Policy) {
     }
     let mut copied = vec![0usize; p.regions.len()];
     let mut uncopied = vec![0usize; p.regions.len()];
-    for r in &p.rules {
+    for (order, r) in (1u32..).zip(&p.rules) {
         let mut apply = |net: IpNetwork, audit: bool| {
             let node = nodes.entry(net).or_default();
             if r.is_specific() {
@@ -134,9 +132,9 @@ pub(super) fn build(p: &mut Policy) {
                     rule: r.id,
                 };
                 node.port
-                    .push((key(r.specificity(), r.action, audit, r.id), rule));
+                    .push((key(r.specificity(), r.action, audit, order), rule));
             } else {
-                node.offer(r.action, audit, r.id);
+                node.offer(r.action, audit, r.id, order);
             }
         };
         for t in &r.targets {
@@ -169,7 +167,7 @@ pub(super) fn build(p: &mut Policy) {
         rules: Vec::new(),
         count: 0,
         default: Portless {
-            key: key(0, p.default, default_audit, RULE_DEFAULT),
+            key: key(0, p.default, default_audit, 0),
             action: code(p.default),
             audit: u8::from(default_audit),
             rule: RULE_DEFAULT,
@@ -256,7 +254,8 @@ fn build_regions_only(p: &mut Policy) {
             ..Default::default()
         });
     }
-    // Entry id == region id.
+    // Entry id == region id (an id no region of this policy has gets an entry nothing
+    // points to).
     p.lpm_v4 = p.v4.clone();
     p.lpm_v6 = p.v6.clone();
     p.entries = entries;

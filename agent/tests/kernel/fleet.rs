@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use super::harness::*;
 
-fn egressd(args: &[&str]) -> Result<String, Failed> {
+/// Runs `egressd ARGS` to completion; its stdout, or a failure with its stderr.
+pub fn egressd(args: &[&str]) -> Result<String, Failed> {
     let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
         .args(args)
         .output()
@@ -30,19 +31,22 @@ fn egressd(args: &[&str]) -> Result<String, Failed> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn status(pins: &Pins) -> Result<Value, Failed> {
+/// `egressd status --json` of `pins`.
+pub fn status(pins: &Pins) -> Result<Value, Failed> {
     let dir = pins.0.to_string_lossy().into_owned();
     let text = egressd(&["status", "--json", "--pin-dir", &dir])?;
     serde_json::from_str(&text).map_err(|e| format!("status JSON {text}: {e}").into())
 }
 
-fn write_config(dir: &TempDir, text: &str) -> Result<PathBuf, Failed> {
+/// Writes `text` as `policy.toml` in `dir`.
+pub fn write_config(dir: &TempDir, text: &str) -> Result<PathBuf, Failed> {
     let cfg = dir.0.join("policy.toml");
     std::fs::write(&cfg, text).map_err(|e| format!("writing policy: {e}"))?;
     Ok(cfg)
 }
 
-fn tempdir() -> Result<TempDir, Failed> {
+/// A fresh temporary directory, removed on drop.
+pub fn tempdir() -> Result<TempDir, Failed> {
     let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-fleet-")));
     std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
     Ok(dir)
@@ -271,7 +275,7 @@ pub fn tamper_repaired() -> Result<(), Failed> {
 }
 
 /// Value of the sample `name{labels}` in a Prometheus text body (labels in any order).
-fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     body.lines().find_map(|l| {
         let (head, value) = l.rsplit_once(' ')?;
         let (n, rest) = head.split_once('{').unwrap_or((head, "}"));
@@ -856,5 +860,133 @@ pub fn pinned_leftovers_never_decide() -> Result<(), Failed> {
     }
     probe_us_denied(&tb)?;
     d.stop()?;
+    Ok(())
+}
+
+/// Runs `egressd run` on the test bed's cgroup with `extra` and `env`, expecting it to refuse
+/// to start: its stderr, or a failure if it ran (it is killed after 20 s) or exited 0.
+fn refused_start(
+    tb: &Testbed,
+    cfg: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<String, Failed> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(["run", "--config"])
+        .arg(cfg)
+        .arg("--cgroup")
+        .arg(tb.cgroup.path())
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawning egressd: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("a second egressd on the same cgroup kept running".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    if status.success() {
+        return Err(format!("a second egressd on the same cgroup exited 0: {err}").into());
+    }
+    Ok(err)
+}
+
+/// egressd programs attached to the test bed's cgroup at `cgroup/connect4`.
+fn egressd_programs_at_connect4(tb: &Testbed) -> Result<usize, Failed> {
+    let cg = std::fs::File::open(tb.cgroup.path()).map_err(|e| e.to_string())?;
+    let hook = egressd::loader::hooks::HOOKS
+        .iter()
+        .find(|h| h.name == "cgroup/connect4")
+        .ok_or("no connect4 hook")?;
+    let ids = egressd::pin::attached_programs(std::os::fd::AsFd::as_fd(&cg), hook.attach_type)
+        .map_err(|e| format!("{e:#}"))?;
+    Ok(aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| ids.contains(&p.id()))
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("egressd_")))
+        .count())
+}
+
+/// One daemon per cgroup: a second `egressd run` on a cgroup one enforces refuses to start
+/// and names the first (pid, pin directory) through the lock; with another run directory
+/// (no common lock) it still refuses, because egressd programs are attached; pinned links
+/// of a daemon that is gone are adopted through the same pin directory and refused through
+/// another one. Exactly one egressd program stays attached per hook throughout.
+pub fn second_daemon_refused() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = write_config(&dir, &policy("enforce"))?;
+    let other_run = dir.0.join("run");
+    let other_run_s = other_run.to_string_lossy().into_owned();
+    let mut first = Agent::start_at(&tb, &cfg, &[])?;
+    let err = refused_start(&tb, &cfg, &[], &[])?;
+    let pid = format!("pid {}", first.pid());
+    if !err.contains("another egressd already enforces") || !err.contains(&pid) {
+        return Err(format!("the refusal must name the other daemon ({pid}): {err}").into());
+    }
+    if !err.contains("pin dir none") {
+        return Err(format!("the refusal must name the other's pin directory: {err}").into());
+    }
+    let err = refused_start(&tb, &cfg, &[], &[("EGRESSD_RUN_DIR", &other_run_s)])?;
+    if !err.contains("egressd programs are already attached") || !err.contains("egressd_connect") {
+        return Err(
+            format!("without the lock, the attached programs must refuse it: {err}").into(),
+        );
+    }
+    if egressd_programs_at_connect4(&tb)? != 1 {
+        return Err("the refused daemons attached something".into());
+    }
+    probe_us_denied(&tb)?;
+    if first.exited().is_some() {
+        return Err("the first daemon died".into());
+    }
+    first.stop()?;
+    // Pinned: kill -9 leaves the links; the same pin directory adopts them, another one is
+    // refused (by the lock while the adopter runs, by the attached programs once it is gone).
+    let pins = Pins::new();
+    let pin_arg = pins.0.to_string_lossy().into_owned();
+    let other_pins = Pins::new();
+    let other_arg = other_pins.0.to_string_lossy().into_owned();
+    Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?.kill9()?;
+    let adopter = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    let err = refused_start(&tb, &cfg, &["--pin-dir", &other_arg], &[])?;
+    if !err.contains(&format!("pin dir {pin_arg}"))
+        || !err.contains(&format!("pid {}", adopter.pid()))
+    {
+        return Err(format!("the refusal must name the adopter and its pin dir: {err}").into());
+    }
+    adopter.stop()?;
+    let err = refused_start(&tb, &cfg, &["--pin-dir", &other_arg], &[])?;
+    if !err.contains("egressd programs are already attached") {
+        return Err(format!("pinned links of another pin dir must refuse it: {err}").into());
+    }
+    if egressd_programs_at_connect4(&tb)? != 1 {
+        return Err("more than one egressd program at connect4".into());
+    }
+    probe_us_denied(&tb)?;
+    // The same pin directory still adopts.
+    let again = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    probe_us_denied(&tb)?;
+    again.stop()?;
+    egressd(&["detach", "--pin-dir", &pin_arg])?;
+    if egressd_programs_at_connect4(&tb)? != 0 {
+        return Err("programs left after detach".into());
+    }
+    // Nothing attached, the lock free: a start on the cgroup works again.
+    Agent::start_at(&tb, &cfg, &[])?.stop()?;
     Ok(())
 }

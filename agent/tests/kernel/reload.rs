@@ -4,6 +4,7 @@ use std::time::Duration;
 use egressd_testbed::{EU_V4, PORT, US_V4, client::monotonic_ns};
 use libtest_mimic::Failed;
 
+use super::fleet::{egressd, sample, status, tempdir, write_config};
 use super::harness::*;
 
 /// Policy A allowlists eu, policy B allowlists us; both define both regions.
@@ -162,5 +163,157 @@ pub fn rules_end_to_end() -> Result<(), Failed> {
     let ev = connections(&recs);
     assert_field(ev[0], "/verdict", "audit")?;
     assert_field(ev[1], "/verdict", "deny")?;
+    Ok(())
+}
+
+/// Region and rule ids are stable by name: traffic to eu (allowed) and us (denied), then a
+/// reload that puts a new region first and swaps eu and us, more traffic, then a restart on
+/// the pins with yet another order. Every counter keeps its label and its count (metrics,
+/// `agent_stop`, `egressd status`), events name the right region and rule, and the new
+/// region inherits nothing.
+pub fn stable_ids_across_reorder_and_restart() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let region = |name: &str, v4: &str, v6: &str| {
+        format!("[regions.{name}]\nprefixes = [\"{v4}\", \"{v6}\"]\n")
+    };
+    let eu = region("eu", "198.18.1.0/24", "2001:db8:1::/48");
+    let us = region("us", "198.18.2.0/24", "2001:db8:2::/48");
+    let asia = region("asia", "198.18.3.0/24", "2001:db8:3::/48");
+    // A named rule, so the events carry a rule id: UDP to us is denied by it.
+    let rule = |name: &str, region: &str| {
+        format!(
+            "[[rules]]\nname = \"{name}\"\naction = \"deny\"\nregions = [\"{region}\"]\nprotocol = \"udp\"\n"
+        )
+    };
+    let head = "suppress_window_ms = 0\nallowlist = [\"eu\"]\n";
+    let cfg = write_config(&dir, &format!("{head}{eu}{us}{}", rule("no-us-udp", "us")))?;
+    let pins = Pins::new();
+    let pin_arg = pins.0.to_string_lossy().into_owned();
+    let state = dir.0.join("state");
+    let state_arg = state.to_string_lossy().into_owned();
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let args = [
+        "--pin-dir",
+        pin_arg.as_str(),
+        "--state-dir",
+        state_arg.as_str(),
+        "--metrics",
+        addr.as_str(),
+    ];
+    let mut d = Agent::start_at(&tb, &cfg, &args)?;
+    let round = |n: u32| -> Result<(), Failed> {
+        let r = probe(&tb, n, &[tcp(EU_V4), tcp(US_V4), sendto(US_V4)])?;
+        for x in &r {
+            if x.probe.contains(EU_V4) {
+                expect_ok(x)?;
+            } else {
+                expect_eperm(x)?;
+            }
+        }
+        Ok(())
+    };
+    round(3)?;
+    // Reordered, one added (first, so positional ids would have moved every counter), and
+    // another rule before the named one (whose position, not id, changes).
+    let answer = d.reload(&format!(
+        "{head}{asia}{us}{eu}{}{}",
+        rule("asia-udp", "asia"),
+        rule("no-us-udp", "us")
+    ))?;
+    assert_field(&answer, "/type", "policy_loaded")?;
+    round(2)?;
+    let (code, body) = http_get(port, "/metrics")?;
+    if code != 200 {
+        return Err(format!("/metrics: {code} {body}").into());
+    }
+    let conn = |body: &str, hook: &str, region: &str, verdict: &str| {
+        sample(
+            body,
+            "egressd_connections_total",
+            &[("hook", hook), ("region", region), ("verdict", verdict)],
+        )
+        .unwrap_or(0.0) as u64
+    };
+    for (h, r, v, want) in [
+        ("cgroup/connect4", "eu", "allow", 5),
+        ("cgroup/connect4", "us", "deny", 5),
+        ("cgroup/sendmsg4", "us", "deny", 5),
+        ("cgroup/connect4", "asia", "deny", 0),
+        ("cgroup/connect4", "asia", "allow", 0),
+        ("cgroup/connect4", "us", "allow", 0),
+        ("cgroup/connect4", "eu", "deny", 0),
+    ] {
+        let got = conn(&body, h, r, v);
+        if got != want {
+            return Err(
+                format!("after the reload, {h} {r} {v}: {got}, want {want}\n{body}").into(),
+            );
+        }
+    }
+    // Stop (the pins stay) and start again on yet another order: the ids come back from the
+    // state directory and the pinned state, the counters from the pinned maps.
+    let recs = d.stop()?;
+    let events = connections(&recs);
+    let udp: Vec<_> = events
+        .iter()
+        .filter(|e| e["destination"]["ip"] == US_V4 && e["network"]["transport"] == "udp")
+        .collect();
+    if udp.len() != 5
+        || udp
+            .iter()
+            .any(|e| e["destination"]["region"] != "us" || e["rule"]["name"] != "no-us-udp")
+    {
+        return Err(
+            format!("UDP events to us must name region us and rule no-us-udp: {udp:?}").into(),
+        );
+    }
+    let ids: Vec<_> = udp.iter().map(|e| e["rule"]["id"].clone()).collect();
+    if ids.iter().any(|i| *i != ids[0] || i.is_null()) {
+        return Err(format!("the rule kept its name but not its id: {ids:?}").into());
+    }
+    std::fs::write(
+        &cfg,
+        format!("{head}{eu}{asia}{us}{}", rule("no-us-udp", "us")),
+    )
+    .map_err(|e| e.to_string())?;
+    let d = Agent::start_at(&tb, &cfg, &args)?;
+    round(1)?;
+    let st = status(&pins)?;
+    let recs = d.stop()?;
+    let stop = stop_record(&recs)?;
+    for (h, r, v, want) in [
+        ("cgroup/connect4", "eu", "allow", 6),
+        ("cgroup/connect4", "us", "deny", 6),
+        ("cgroup/sendmsg4", "us", "deny", 6),
+        ("cgroup/connect4", "asia", "deny", 0),
+    ] {
+        for (what, got) in [
+            ("agent_stop", counter(stop, h, r, v)),
+            ("status", counter(&st, h, r, v)),
+        ] {
+            if got != want {
+                return Err(format!(
+                    "after the restart, {what} {h} {r} {v}: {got}, want {want}\n{stop}"
+                )
+                .into());
+            }
+        }
+    }
+    let udp_ids: Vec<_> = connections(&recs)
+        .iter()
+        .filter(|e| e["network"]["transport"] == "udp")
+        .map(|e| e["rule"]["id"].clone())
+        .collect();
+    if udp_ids != [ids[0].clone()] {
+        return Err(format!(
+            "after the restart the rule has id {udp_ids:?}, before {}",
+            ids[0]
+        )
+        .into());
+    }
+    egressd(&["detach", "--pin-dir", &pin_arg])?;
     Ok(())
 }
