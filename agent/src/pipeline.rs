@@ -549,11 +549,11 @@ impl Worker {
         if let Some(spool) = spool.as_mut()
             && !spool.is_empty()
         {
-            match spool.pop() {
-                Ok(Some(f)) => {
-                    self.shared.set_spooled(spool);
-                    return Some((Source::Spool, f));
-                }
+            let popped = spool.pop();
+            // Also after damage was set aside and nothing was left to return.
+            self.shared.set_spooled(spool);
+            match popped {
+                Ok(Some(f)) => return Some((Source::Spool, f)),
                 Ok(None) => {}
                 Err(e) => {
                     // The spool's directory itself fails: new records still flow.
@@ -999,7 +999,7 @@ mod tests {
         let p = Pipeline::with_transports(vec![(cfg("s", 1000), t, Some(spool))], "h")
             .expect("restart");
         p.submit(&rec(21));
-        assert!(p.flush(Duration::from_secs(10)));
+        assert!(p.flush(Duration::from_secs(10)), "{:?}", p.counters());
         let mut want: Vec<u64> = (1..=19).collect();
         want.push(21);
         assert_eq!(seqs(&f.lock().expect("lock").received), want);
