@@ -69,6 +69,54 @@ impl Established {
     }
 }
 
+/// What happens to sockets that put frames on the wire past the INET socket hooks
+/// (AF_PACKET, AF_XDP) created or used by tasks under the enforced cgroup (field
+/// `packet_sockets`). Needs the BPF LSM (see `egressd coverage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketSockets {
+    /// Creating one, or sending on one, fails with `EPERM`; reported (default in enforce
+    /// mode).
+    Deny,
+    /// Allowed and reported (default in audit mode).
+    Audit,
+    /// Allowed, counted, not reported.
+    Allow,
+}
+
+impl PacketSockets {
+    /// `"deny"`, `"audit"` or `"allow"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Audit => "audit",
+            Self::Allow => "allow",
+        }
+    }
+
+    /// The kernel verdict it stands for.
+    pub const fn verdict(self) -> egressd_common::Verdict {
+        match self {
+            Self::Deny => egressd_common::Verdict::Deny,
+            Self::Audit => egressd_common::Verdict::Audit,
+            Self::Allow => egressd_common::Verdict::Allow,
+        }
+    }
+
+    /// The default for policy mode `mode`.
+    pub const fn default_for(mode: Mode) -> Self {
+        match mode {
+            Mode::Enforce => Self::Deny,
+            Mode::Audit => Self::Audit,
+        }
+    }
+}
+
+impl std::fmt::Display for PacketSockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How the kernel finds the longest prefix covering an IPv4 destination (field
 /// `ipv4_lookup`). Both give the same decisions; they differ in speed and kernel memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -229,6 +277,9 @@ pub struct Config {
     /// `established`: what a policy change does to flows opened under the old policy;
     /// [`Established::Cut`] when absent.
     pub established: Established,
+    /// `packet_sockets`: AF_PACKET/AF_XDP sockets of the enforced cgroup; when absent,
+    /// [`PacketSockets::default_for`] the mode.
+    pub packet_sockets: PacketSockets,
     /// `ipv4_lookup`: the IPv4 lookup structure; [`Ipv4Lookup::Auto`] when absent. Read when
     /// egressd starts (it sizes the kernel maps); a reload that changes it takes effect at
     /// the next start.
@@ -530,6 +581,7 @@ struct RawConfig {
     allowlist: Vec<Spanned<String>>,
     cgroup: Option<Spanned<String>>,
     established: Option<Spanned<String>>,
+    packet_sockets: Option<Spanned<String>>,
     ipv4_lookup: Option<Spanned<String>>,
     nat64_prefixes: Option<Vec<Spanned<String>>>,
     default: Option<Spanned<String>>,
@@ -653,6 +705,7 @@ impl Ctx<'_> {
                 "mode",
                 "cgroup",
                 "established",
+                "packet_sockets",
                 "ipv4_lookup",
                 "nat64_prefixes",
                 "default",
@@ -772,6 +825,23 @@ impl Ctx<'_> {
                         format!("invalid value `{other}`: expected `cut` or `keep`"),
                     ));
                     Established::Cut
+                }
+            },
+        };
+
+        let packet_sockets = match &raw.packet_sockets {
+            None => PacketSockets::default_for(mode),
+            Some(e) => match e.get_ref().as_str() {
+                "deny" => PacketSockets::Deny,
+                "audit" => PacketSockets::Audit,
+                "allow" => PacketSockets::Allow,
+                other => {
+                    errors.push(self.err(
+                        e.span(),
+                        "packet_sockets",
+                        format!("invalid value `{other}`: expected `deny`, `audit` or `allow`"),
+                    ));
+                    PacketSockets::default_for(mode)
                 }
             },
         };
@@ -1013,6 +1083,7 @@ impl Ctx<'_> {
             allowlist,
             cgroup,
             established,
+            packet_sockets,
             ipv4_lookup,
             nat64,
             default,

@@ -141,20 +141,6 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     let started = Instant::now();
     let pin_dir = opts.pin_dir.as_ref().map(crate::pin::PinDir::new);
     let coverage = crate::coverage::probe();
-    for p in coverage
-        .paths
-        .iter()
-        .filter(|p| p.status != crate::coverage::Status::Enforced)
-    {
-        tracing::warn!(
-            path = p.path,
-            status = p.status.label(),
-            kernel = %coverage.kernel,
-            "egress path not enforced on this kernel: {} ({})",
-            p.what,
-            p.note
-        );
-    }
     let mut enforcer = match &pin_dir {
         Some(dir) => {
             let (e, adoption) =
@@ -178,6 +164,22 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             Ok((e, generation))
         })?,
     };
+    // What actually attached decides the LSM rows (a probe can say yes and a load still fail).
+    let coverage = coverage.with_lsm(enforcer.lsm_coverage(), policy.packet_sockets);
+    for p in coverage
+        .paths
+        .iter()
+        .filter(|p| p.status != crate::coverage::Status::Enforced)
+    {
+        tracing::warn!(
+            path = p.path,
+            status = p.status.label(),
+            kernel = %coverage.kernel,
+            "egress path not enforced on this kernel: {} ({})",
+            p.what,
+            p.note
+        );
+    }
     let (metrics_tx, mut metrics_rx) =
         tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<crate::metrics::Snapshot>>(16);
     if let Some(addr) = opts.metrics {

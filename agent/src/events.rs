@@ -112,7 +112,9 @@ pub struct ConnectionEvent {
     pub container: Option<Container>,
     /// Address family and transport.
     pub network: Network,
-    /// Where the connection was going.
+    /// Where the connection was going (absent for a packet socket, which has no IP
+    /// destination).
+    #[serde(skip_serializing_if = "Destination::is_absent")]
     pub destination: Destination,
     /// Policy that judged it.
     pub policy: PolicyRef,
@@ -230,26 +232,42 @@ pub struct Container {
 /// `network.*`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Network {
-    /// `"ipv4"` or `"ipv6"` (of the destination as judged).
+    /// `"ipv4"` or `"ipv6"` (of the destination as judged); `"packet"` (AF_PACKET) or
+    /// `"xdp"` (AF_XDP) for a packet socket, which has no IP destination.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// `"tcp"`, `"udp"`, or the protocol number as text.
+    /// `"tcp"`, `"udp"`, or the protocol number as text; for a packet socket its type
+    /// (`"raw"`, `"dgram"`, `"packet"`).
     pub transport: String,
-    /// IANA protocol number.
-    pub iana_number: u8,
+    /// IANA protocol number (absent for a packet socket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iana_number: Option<u8>,
+    /// The protocol a packet socket was opened for (an EtherType such as 2048 for IPv4;
+    /// 0 = none yet, 3 = every protocol); absent for IP destinations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ethertype: Option<u16>,
 }
 
 /// `destination.*`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Destination {
     /// Destination address; an IPv4-mapped IPv6 destination is shown as its IPv4 address.
-    pub ip: IpAddr,
+    /// Absent for a packet socket (the frame's addresses are the process's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
     /// Destination port (0 for protocols without ports).
     pub port: u16,
     /// Policy region of `ip`, or `"unknown"`.
     pub region: String,
     /// True when an AF_INET6 socket named it as `::ffff:a.b.c.d`.
     pub mapped: bool,
+}
+
+impl Destination {
+    /// True for a packet socket's event: no IP destination.
+    pub fn is_absent(&self) -> bool {
+        self.ip.is_none()
+    }
 }
 
 /// The policy in force.
@@ -397,6 +415,11 @@ pub fn build(
     user: Option<String>,
     group: Option<String>,
 ) -> ConnectionEvent {
+    let packet = match ev.family {
+        family::PACKET => Some("packet"),
+        family::XDP => Some("xdp"),
+        _ => None,
+    };
     let ip = if ev.family == family::INET {
         IpAddr::V4(Ipv4Addr::new(
             ev.dst_addr[0],
@@ -445,12 +468,21 @@ pub fn build(
             path: cgroup_path,
         },
         network: Network {
-            kind: if ip.is_ipv4() { "ipv4" } else { "ipv6" },
-            transport: transport(ev.protocol),
-            iana_number: ev.protocol,
+            kind: match packet {
+                Some(k) => k,
+                None if ip.is_ipv4() => "ipv4",
+                None => "ipv6",
+            },
+            transport: if packet.is_some() {
+                socket_type(ev.protocol)
+            } else {
+                transport(ev.protocol)
+            },
+            iana_number: packet.is_none().then_some(ev.protocol),
+            ethertype: packet.map(|_| ev.dst_port),
         },
         destination: Destination {
-            ip,
+            ip: packet.is_none().then_some(ip),
             port: ev.dst_port,
             region: policy.region_name(ev.region).to_owned(),
             mapped: ev.mapped != 0,
@@ -469,6 +501,8 @@ pub fn build(
             // The policy's rule name; "allowlist" for region allowlist and default decisions.
             name: if let Some(why) = failsafe_reason(ev.reason) {
                 format!("fail-closed: {why}")
+            } else if packet.is_some() {
+                "packet_sockets".into()
             } else if ev.rule == 0 {
                 "allowlist".into()
             } else if ev.rule == egressd_common::RULE_DEFAULT {
@@ -737,7 +771,20 @@ pub fn hook_name(code: u8) -> &'static str {
         Some(Hook::Sendmsg6) => "cgroup/sendmsg6",
         Some(Hook::SkbEgress) => "cgroup_skb/egress",
         Some(Hook::SkbIngress) => "cgroup_skb/ingress",
+        Some(Hook::LsmSocketCreate) => "lsm/socket_create",
+        Some(Hook::LsmSocketSendmsg) => "lsm/socket_sendmsg",
         None => "unknown",
+    }
+}
+
+/// Socket type of a packet socket (`include/linux/net.h`), else the number.
+fn socket_type(kind: u8) -> String {
+    match kind {
+        1 => "stream".into(),
+        2 => "dgram".into(),
+        3 => "raw".into(),
+        10 => "packet".into(),
+        n => n.to_string(),
     }
 }
 
@@ -846,10 +893,11 @@ pub mod sample {
             network: Network {
                 kind: "ipv4",
                 transport: "tcp".into(),
-                iana_number: 6,
+                iana_number: Some(6),
+                ethertype: None,
             },
             destination: Destination {
-                ip: IpAddr::V4(Ipv4Addr::new(198, 18, 2, 2)),
+                ip: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 2, 2))),
                 port: 8080,
                 region: "us".into(),
                 mapped: false,
@@ -894,12 +942,15 @@ pub mod sample {
             network: Network {
                 kind: "ipv6",
                 transport: "udp".into(),
-                iana_number: 17,
+                iana_number: Some(17),
+                ethertype: None,
             },
             destination: Destination {
-                ip: "2001:db8:2::2"
-                    .parse()
-                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                ip: Some(
+                    "2001:db8:2::2"
+                        .parse()
+                        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                ),
                 port: 53,
                 region: "unknown".into(),
                 mapped: false,
@@ -1139,7 +1190,7 @@ mod tests {
         assert_eq!(ev.policy.generation, 3);
         assert_eq!(ev.policy.digest, p.digest);
         assert_eq!(ev.destination.region, "us");
-        assert_eq!(ev.destination.ip.to_string(), "2001:db8:2::2");
+        assert_eq!(ev.destination.ip.map(|i| i.to_string()).as_deref(), Some("2001:db8:2::2"));
         assert_eq!(ev.network.kind, "ipv6");
         assert_eq!(ev.network.transport, "udp");
         assert_eq!(ev.rule.id, 4);

@@ -56,6 +56,8 @@ pub struct Policy {
     pub nat64: Vec<Ipv6Network>,
     /// [`Config::established`].
     pub established: Established,
+    /// [`Config::packet_sockets`].
+    pub packet_sockets: crate::config::PacketSockets,
     /// [`Config::ipv4_lookup`].
     pub ipv4_lookup: Ipv4Lookup,
     /// [`Config::default`].
@@ -118,6 +120,11 @@ pub fn compile(cfg: &Config) -> Policy {
         let _ = writeln!(canonical, "nat64 {n}");
     }
     let _ = writeln!(canonical, "default {}", cfg.default.as_str());
+    // Only when it is not the mode's default, so digests of earlier policies stay as they
+    // were (the default follows from the mode, which is digested).
+    if cfg.packet_sockets != crate::config::PacketSockets::default_for(cfg.mode) {
+        let _ = writeln!(canonical, "packet-sockets {}", cfg.packet_sockets);
+    }
     for r in &cfg.regions {
         if let Some(m) = r.mode {
             let _ = writeln!(canonical, "region-mode {} {m}", r.name);
@@ -157,6 +164,7 @@ pub fn compile(cfg: &Config) -> Policy {
         v6,
         nat64: cfg.nat64.clone(),
         established: cfg.established,
+        packet_sockets: cfg.packet_sockets,
         ipv4_lookup: cfg.ipv4_lookup,
         default: cfg.default,
         suppress_window_ms: cfg.suppress_window_ms,
@@ -673,6 +681,7 @@ mod tests {
             allowlist: vec!["r7".into()],
             cgroup: None,
             established: Established::Cut,
+            packet_sockets: crate::config::PacketSockets::Deny,
             ipv4_lookup: crate::config::Ipv4Lookup::Auto,
             nat64: vec![crate::config::WELL_KNOWN_NAT64],
             default: Action::Deny,

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, CgroupArray, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egressd_common::{
     COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, FLOW_SLOTS, FlowCounter,
@@ -110,3 +110,7 @@ pub static EGRESSD_LOSS_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries(los
 /// Deny/audit events for the daemon.
 #[map]
 pub static EGRESSD_EVENTS_V1: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Slot 0: the enforced cgroup, for the LSM programs (see `lsm`).
+#[map]
+pub static EGRESSD_LSM_CGROUP_V1: CgroupArray = CgroupArray::with_max_entries(1, 0);

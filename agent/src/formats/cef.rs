@@ -139,12 +139,13 @@ fn connection(ev: &ConnectionEvent) -> String {
         .kv("deviceDirection", 1)
         .kv("proto", ev.network.transport.to_uppercase());
     match ev.destination.ip {
-        std::net::IpAddr::V4(ip) => {
+        Some(std::net::IpAddr::V4(ip)) => {
             e.kv("dst", ip);
         }
-        std::net::IpAddr::V6(ip) => {
+        Some(std::net::IpAddr::V6(ip)) => {
             e.labelled("c6a3", "Destination IPv6 Address", Some(ip));
         }
+        None => {}
     }
     let labels: Vec<String> = h
         .host

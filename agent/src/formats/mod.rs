@@ -73,14 +73,27 @@ pub fn message(ev: &ConnectionEvent) -> String {
         Some(n) => format!("user {n}"),
         None => format!("uid {}", ev.user.id),
     };
-    let dest = match ev.destination.ip {
-        std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", ev.destination.port),
-        std::net::IpAddr::V4(ip) => format!("{ip}:{}", ev.destination.port),
+    let what = match ev.destination.ip {
+        Some(ip) => {
+            let dest = match ip {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", ev.destination.port),
+                std::net::IpAddr::V4(ip) => format!("{ip}:{}", ev.destination.port),
+            };
+            format!(
+                "{} connection to {dest} (region {}, not allowlisted) by {} (pid {}, {who})",
+                ev.network.transport, ev.destination.region, ev.process.name, ev.process.pid
+            )
+        }
+        None => format!(
+            "{} {} socket at {} ({}) by {} (pid {}, {who})",
+            ev.network.kind,
+            ev.network.transport,
+            ev.hook,
+            why(ev),
+            ev.process.name,
+            ev.process.pid
+        ),
     };
-    let what = format!(
-        "{} connection to {dest} (region {}, not allowlisted) by {} (pid {}, {who})",
-        ev.network.transport, ev.destination.region, ev.process.name, ev.process.pid
-    );
     let repeats = if ev.suppressed > 0 {
         format!("; {} similar attempts suppressed before it", ev.suppressed)
     } else {
@@ -167,5 +180,18 @@ mod tests {
     fn ms() {
         assert_eq!(unix_ms(sample::T0), 1_795_945_374_018);
         assert_eq!(unix_ms(-1), -1);
+    }
+}
+
+/// Why an event's attempt was denied or reported, in words: the destination's region, or
+/// the `packet_sockets` setting for a packet socket.
+pub fn why(ev: &ConnectionEvent) -> String {
+    if ev.destination.ip.is_some() {
+        format!(
+            "destination region {} is not allowlisted",
+            ev.destination.region
+        )
+    } else {
+        "packet sockets are not allowed (policy packet_sockets)".into()
     }
 }

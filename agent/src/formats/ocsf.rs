@@ -135,16 +135,22 @@ fn connection(ev: &ConnectionEvent) -> Value {
     m.insert("metadata".into(), metadata(h, &profiles));
     m.insert("device".into(), device(h));
     m.insert("src_endpoint".into(), json!({ "hostname": h.host.name }));
-    m.insert(
-        "dst_endpoint".into(),
-        json!({ "ip": ev.destination.ip, "port": ev.destination.port }),
-    );
+    if let Some(ip) = ev.destination.ip {
+        m.insert(
+            "dst_endpoint".into(),
+            json!({ "ip": ip, "port": ev.destination.port }),
+        );
+    }
     m.insert(
         "connection_info".into(),
         json!({
             "protocol_name": ev.network.transport,
             "protocol_num": ev.network.iana_number,
-            "protocol_ver_id": if ev.network.kind == "ipv4" { 4 } else { 6 },
+            "protocol_ver_id": match ev.network.kind {
+                "ipv4" => json!(4),
+                "ipv6" => json!(6),
+                _ => json!(null),
+            },
             "direction_id": 2,
             "direction": "Outbound",
         }),

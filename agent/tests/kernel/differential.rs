@@ -269,6 +269,7 @@ fn random_config(rng: &mut fastrand::Rng) -> Config {
         allowlist,
         cgroup: None,
         established: Established::Cut,
+        packet_sockets: egressd::config::PacketSockets::Deny,
         ipv4_lookup: Ipv4Lookup::Auto,
         nat64,
         default: if rng.u8(..4) == 0 {
