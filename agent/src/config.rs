@@ -280,6 +280,11 @@ pub struct Config {
     /// `packet_sockets`: AF_PACKET/AF_XDP sockets of the enforced cgroup; when absent,
     /// [`PacketSockets::default_for`] the mode.
     pub packet_sockets: PacketSockets,
+    /// `packet_socket_open` then `packet_socket_send`: absolute paths of executables that
+    /// may create packet sockets whatever `packet_sockets` says, and whether they may also
+    /// send on them (true: `packet_socket_send`). Identified in the kernel by the (device,
+    /// inode) the path resolves to when the policy is installed.
+    pub packet_exes: Vec<(PathBuf, bool)>,
     /// `ipv4_lookup`: the IPv4 lookup structure; [`Ipv4Lookup::Auto`] when absent. Read when
     /// egressd starts (it sizes the kernel maps); a reload that changes it takes effect at
     /// the next start.
@@ -582,6 +587,8 @@ struct RawConfig {
     cgroup: Option<Spanned<String>>,
     established: Option<Spanned<String>>,
     packet_sockets: Option<Spanned<String>>,
+    packet_socket_open: Option<Vec<Spanned<String>>>,
+    packet_socket_send: Option<Vec<Spanned<String>>>,
     ipv4_lookup: Option<Spanned<String>>,
     nat64_prefixes: Option<Vec<Spanned<String>>>,
     default: Option<Spanned<String>>,
@@ -706,6 +713,8 @@ impl Ctx<'_> {
                 "cgroup",
                 "established",
                 "packet_sockets",
+                "packet_socket_open",
+                "packet_socket_send",
                 "ipv4_lookup",
                 "nat64_prefixes",
                 "default",
@@ -845,6 +854,44 @@ impl Ctx<'_> {
                 }
             },
         };
+
+        let mut packet_exes: Vec<(PathBuf, bool)> = Vec::new();
+        for (field, list, send) in [
+            ("packet_socket_open", &raw.packet_socket_open, false),
+            ("packet_socket_send", &raw.packet_socket_send, true),
+        ] {
+            for (i, p) in list.iter().flatten().enumerate() {
+                let path = PathBuf::from(p.get_ref());
+                let field = format!("{field}[{i}]");
+                if !path.is_absolute() {
+                    errors.push(self.err(
+                        p.span(),
+                        &field,
+                        format!("must be an absolute path to an executable, got `{}`", p.get_ref()),
+                    ));
+                } else if packet_exes.iter().any(|(q, _)| *q == path) {
+                    errors.push(self.err(
+                        p.span(),
+                        &field,
+                        format!(
+                            "`{}` is listed twice (packet_socket_send already lets it open)",
+                            p.get_ref()
+                        ),
+                    ));
+                } else if packet_exes.len() >= egressd_common::MAX_PACKET_EXES as usize {
+                    errors.push(self.err(
+                        p.span(),
+                        &field,
+                        format!(
+                            "at most {} executables may use packet sockets",
+                            egressd_common::MAX_PACKET_EXES
+                        ),
+                    ));
+                } else {
+                    packet_exes.push((path, send));
+                }
+            }
+        }
 
         let ipv4_lookup = match &raw.ipv4_lookup {
             None => Ipv4Lookup::Auto,
@@ -1084,6 +1131,7 @@ impl Ctx<'_> {
             cgroup,
             established,
             packet_sockets,
+            packet_exes,
             ipv4_lookup,
             nat64,
             default,

@@ -160,14 +160,16 @@ pub fn failsafe_reason(code: u8) -> Option<&'static str> {
     Some(match u32::from(code) {
         f::NONE => return None,
         f::UNPARSEABLE => {
-            "headers egressd cannot read or does not walk (e.g. a routing header of type 0 or 3, a truncated header)"
+            "headers egressd cannot read or does not walk (e.g. a routing header of type 0 or 3, a truncated header), or a kernel structure an LSM hook could not read"
         }
         f::CHAIN_TOO_LONG => "too many IPv6 extension headers or IPv4 options",
         f::BAD_ENTRY => "corrupt policy map (entry id out of range)",
         f::NO_PAGE => "corrupt policy map (IPv4 table page missing)",
         f::LOCAL_MISROUTED => "loopback destination leaving through another interface",
         f::ROUTE_TOO_LONG => "routing header or source route with too many addresses",
-        f::ROUTE_HOP_RULES => "routing hop in a region with protocol/port rules",
+        f::ROUTE_HOP_RULES => {
+            "routing hop (or raw socket next hop) in a region with protocol/port rules"
+        }
         _ => "unknown reason",
     })
 }

@@ -77,6 +77,8 @@ pub struct Enforcer {
     quiescer: quiesce::Quiescer,
     /// State of the optional LSM hooks.
     lsm: LsmState,
+    /// What [`maps::PACKET_EXES`] must hold (tamper checks compare it).
+    exes: std::collections::HashMap<egressd_common::ExeKey, u8>,
 }
 
 /// Whether the LSM hooks (packet sockets, raw next hops) run, and why not.
@@ -215,7 +217,17 @@ impl Enforcer {
                 Ok(()) => {}
                 // Optional: the socket hooks enforce without them (see `LsmState`).
                 Err(e) if !hook.on_cgroup() => {
-                    let e = explain_program(hook, e);
+                    let e = match e {
+                        LoadError::Kernel(ProgramError::LoadError { io_error, verifier_log })
+                            if verifier_log.to_string().trim().is_empty() =>
+                        {
+                            anyhow!(
+                                "the kernel refused to load it before verification ({io_error}): \
+                                 it offers no BPF LSM programs to egressd"
+                            )
+                        }
+                        e => explain_program(hook, e),
+                    };
                     tracing::warn!(hook = hook.name, error = format!("{e:#}"), "LSM program not loaded");
                     lsm.loaded = false;
                     lsm.reason.get_or_insert(format!("{} did not load: {e:#}", hook.name));
@@ -244,6 +256,7 @@ impl Enforcer {
             cgroup: None,
             quiescer: quiesce::Quiescer::new()?,
             lsm,
+            exes: std::collections::HashMap::new(),
         })
     }
 
@@ -450,6 +463,13 @@ impl Enforcer {
                 "policy generation was changed to {published}; restored {}",
                 self.generation
             ));
+        }
+        let exes: aya::maps::HashMap<_, egressd_common::ExeKey, u8> =
+            aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::PACKET_EXES)?)?;
+        let held: std::collections::HashMap<_, _> = exes.iter().filter_map(Result::ok).collect();
+        if held != self.exes {
+            write_exes(&mut self.ebpf, &self.exes)?;
+            repairs.push("executables allowed to use packet sockets were changed; restored".into());
         }
         let set = set_of(self.generation);
         let checks = self.pins.as_mut().map_or(0, |p| {
@@ -831,6 +851,8 @@ impl Enforcer {
             }
         };
         self.v4_in_trie[set] = !used_table;
+        self.exes = packet_exes(&policy);
+        write_exes(&mut self.ebpf, &self.exes)?;
         let mut generation: Array<_, u64> =
             Array::try_from(map(&mut self.ebpf, maps::GENERATION)?)?;
         generation
@@ -1010,6 +1032,60 @@ fn clear_stale(ebpf: &mut Ebpf, set: usize, policy: &Policy, table: bool) -> any
         .collect();
     for k in &stale {
         let _ = nat64.remove(k);
+    }
+    Ok(())
+}
+
+/// The (device, inode) grants of `policy`'s packet-socket executables, as the kernel names
+/// them (`inode->i_sb->s_dev` is `major << 20 | minor`). A path that does not resolve is
+/// logged and left out: a binary installed later needs a reload.
+fn packet_exes(policy: &Policy) -> std::collections::HashMap<egressd_common::ExeKey, u8> {
+    let mut out = std::collections::HashMap::new();
+    for (path, send) in &policy.packet_exes {
+        match std::fs::metadata(path) {
+            Ok(m) => {
+                let dev = m.dev();
+                let key = egressd_common::ExeKey {
+                    dev: (libc::major(dev) << 20) | libc::minor(dev),
+                    _pad: 0,
+                    ino: m.ino(),
+                };
+                let grant = if *send {
+                    egressd_common::exe::SEND
+                } else {
+                    egressd_common::exe::OPEN
+                };
+                let g = out.entry(key).or_insert(grant);
+                *g = (*g).max(grant);
+            }
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "executable allowed to use packet sockets not found; left out until a reload"
+            ),
+        }
+    }
+    out
+}
+
+/// Makes [`maps::PACKET_EXES`] hold exactly `want`.
+fn write_exes(
+    ebpf: &mut Ebpf,
+    want: &std::collections::HashMap<egressd_common::ExeKey, u8>,
+) -> anyhow::Result<()> {
+    let mut exes: aya::maps::HashMap<_, egressd_common::ExeKey, u8> =
+        aya::maps::HashMap::try_from(map(ebpf, maps::PACKET_EXES)?)?;
+    let stale: Vec<egressd_common::ExeKey> = exes
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(k))
+        .collect();
+    for k in &stale {
+        let _ = exes.remove(k);
+    }
+    for (k, v) in want {
+        exes.insert(k, v, 0)
+            .context("writing the executables allowed to use packet sockets")?;
     }
     Ok(())
 }

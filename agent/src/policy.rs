@@ -58,6 +58,8 @@ pub struct Policy {
     pub established: Established,
     /// [`Config::packet_sockets`].
     pub packet_sockets: crate::config::PacketSockets,
+    /// [`Config::packet_exes`].
+    pub packet_exes: Vec<(std::path::PathBuf, bool)>,
     /// [`Config::ipv4_lookup`].
     pub ipv4_lookup: Ipv4Lookup,
     /// [`Config::default`].
@@ -125,6 +127,10 @@ pub fn compile(cfg: &Config) -> Policy {
     if cfg.packet_sockets != crate::config::PacketSockets::default_for(cfg.mode) {
         let _ = writeln!(canonical, "packet-sockets {}", cfg.packet_sockets);
     }
+    for (path, send) in &cfg.packet_exes {
+        let grant = if *send { "send" } else { "open" };
+        let _ = writeln!(canonical, "packet-exe {grant} {}", path.display());
+    }
     for r in &cfg.regions {
         if let Some(m) = r.mode {
             let _ = writeln!(canonical, "region-mode {} {m}", r.name);
@@ -165,6 +171,7 @@ pub fn compile(cfg: &Config) -> Policy {
         nat64: cfg.nat64.clone(),
         established: cfg.established,
         packet_sockets: cfg.packet_sockets,
+        packet_exes: cfg.packet_exes.clone(),
         ipv4_lookup: cfg.ipv4_lookup,
         default: cfg.default,
         suppress_window_ms: cfg.suppress_window_ms,
@@ -682,6 +689,7 @@ mod tests {
             cgroup: None,
             established: Established::Cut,
             packet_sockets: crate::config::PacketSockets::Deny,
+            packet_exes: Vec::new(),
             ipv4_lookup: crate::config::Ipv4Lookup::Auto,
             nat64: vec![crate::config::WELL_KNOWN_NAT64],
             default: Action::Deny,

@@ -43,6 +43,10 @@ fn main() {
             "lsm_packet_sockets_audit_and_allow",
             lsm::packet_sockets_audit_and_allow,
         ),
+        Trial::test(
+            "lsm_packet_socket_executables",
+            lsm::packet_socket_executables,
+        ),
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
         Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce::enforce_ipv6),
         Trial::test(

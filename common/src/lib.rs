@@ -73,6 +73,35 @@ pub mod maps {
     /// as a cgroup directory descriptor). The LSM programs, which run for every task of the
     /// host, act only for tasks under it (`bpf_current_task_under_cgroup`).
     pub const LSM_CGROUP: &str = "EGRESSD_LSM_CGROUP_V1";
+    /// `BPF_MAP_TYPE_HASH`: [`crate::ExeKey`] -> `u8` [`crate::exe`] grant: executables
+    /// that may use packet sockets despite `packet_sockets` (policy
+    /// `packet_socket_open`/`packet_socket_send`).
+    pub const PACKET_EXES: &str = "EGRESSD_PACKET_EXES_V1";
+}
+
+/// Most executables [`maps::PACKET_EXES`] holds.
+pub const MAX_PACKET_EXES: u32 = 64;
+
+/// Grants of [`maps::PACKET_EXES`].
+pub mod exe {
+    /// May create packet sockets (receive, e.g. a capture tool); sends are judged.
+    pub const OPEN: u8 = 1;
+    /// May create packet sockets and send on them (e.g. a DHCP client).
+    pub const SEND: u8 = 2;
+}
+
+/// An executable file as the kernel names it: the (device, inode) of `task->mm->exe_file`,
+/// key of [`maps::PACKET_EXES`]. Not its path (a task can exec through any link or bind
+/// mount) and never its `comm` (which the task sets itself). 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExeKey {
+    /// `inode->i_sb->s_dev`, the kernel's encoding (`major << 20 | minor`).
+    pub dev: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    /// `inode->i_ino`.
+    pub ino: u64,
 }
 
 /// Name of the read-only global ([`KernelOffsets`]) that userspace sets before loading.
@@ -520,7 +549,7 @@ pub mod family {
 /// by userspace from its BTF (`/sys/kernel/btf/vmlinux`) and set as a read-only global
 /// ([`KERNEL_OFFSETS`]) before the programs load: no offset is compiled in. Offsets are in
 /// bytes from the start of the named structure. `valid` is 0 when any could not be found
-/// (the LSM programs are then not attached). 24 bytes.
+/// (the LSM programs are then not attached). 36 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -549,6 +578,18 @@ pub struct KernelOffsets {
     pub msg_name: u16,
     /// `struct msghdr`: `int msg_namelen`.
     pub msg_namelen: u16,
+    /// `struct task_struct`: `struct mm_struct *mm`.
+    pub task_mm: u16,
+    /// `struct mm_struct`: `struct file *exe_file`.
+    pub mm_exe_file: u16,
+    /// `struct file`: `struct inode *f_inode`.
+    pub file_inode: u16,
+    /// `struct inode`: `unsigned long i_ino`.
+    pub inode_ino: u16,
+    /// `struct inode`: `struct super_block *i_sb`.
+    pub inode_sb: u16,
+    /// `struct super_block`: `dev_t s_dev`.
+    pub sb_dev: u16,
 }
 
 /// One denied or audited attempt, as written to [`maps::EVENTS`]. 96 bytes, no implicit
@@ -665,6 +706,8 @@ mod user {
     unsafe impl aya::Pod for super::SuppressState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExeKey {}
 }
 
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
@@ -675,4 +718,5 @@ const _: () = assert!(core::mem::size_of::<SockVerdict>() == 40);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
 const _: () = assert!(core::mem::size_of::<SuppressKey>() == 28);
 const _: () = assert!(core::mem::size_of::<SuppressState>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36);
+const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);

@@ -10,15 +10,19 @@
 //! BTF ([`KernelOffsets`]); a failed read denies (fail closed, [`failsafe::UNPARSEABLE`]).
 use core::ptr;
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::LsmContext};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
+    programs::LsmContext,
+};
 use egressd_common::{
-    Hook, KernelOffsets, REGION_UNKNOWN, Verdict, attribution, failsafe, family, set_of, unwrap,
+    ExeKey, Hook, KernelOffsets, REGION_UNKNOWN, Verdict, attribution, exe, failsafe, family,
+    set_of, unwrap,
 };
 
 use crate::{
     addr::Dest,
     decide::{self, Decision},
-    maps::{EGRESSD_LSM_CGROUP_V1, EGRESSD_SETTINGS_V1},
+    maps::{EGRESSD_LSM_CGROUP_V1, EGRESSD_PACKET_EXES_V1, EGRESSD_SETTINGS_V1},
     owner::{self, Who},
     report,
 };
@@ -39,6 +43,12 @@ static EGRESSD_KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     _pad: 0,
     msg_name: 0,
     msg_namelen: 0,
+    task_mm: 0,
+    mm_exe_file: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    sb_dev: 0,
 };
 
 /// `-EPERM`.
@@ -99,11 +109,42 @@ fn conclude(hook: Hook, d: &Dest, dec: &Decision) -> i32 {
     if dec.verdict == Verdict::Deny { EPERM } else { 0 }
 }
 
-/// A packet socket (`fam`, socket type `kind`, protocol argument `proto`) created or used
-/// by a task under the enforced cgroup.
+/// The grant ([`exe`]) of the current task's executable in [`EGRESSD_PACKET_EXES_V1`], 0
+/// for none: the (device, inode) of `current->mm->exe_file`, which the task cannot choose
+/// short of executing another file. A kernel thread (no `mm`) or a failed read has none.
 #[inline(always)]
-fn packet_socket(hook: Hook, fam: u8, kind: u8, proto: u16) -> i32 {
+fn exe_grant(off: &KernelOffsets) -> u8 {
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() } as usize;
+    let key = (|| -> Result<ExeKey, ()> {
+        let mm = read::<usize>(task, off.task_mm)?;
+        let file = read::<usize>(mm, off.mm_exe_file)?;
+        let inode = read::<usize>(file, off.file_inode)?;
+        let ino = read::<u64>(inode, off.inode_ino)?;
+        let sb = read::<usize>(inode, off.inode_sb)?;
+        let dev = read::<u32>(sb, off.sb_dev)?;
+        Ok(ExeKey { dev, _pad: 0, ino })
+    })();
+    match key {
+        // SAFETY: a read-only lookup of a plain value.
+        Ok(k) => unsafe { EGRESSD_PACKET_EXES_V1.get(&k) }.copied().unwrap_or(0),
+        Err(()) => 0,
+    }
+}
+
+/// A packet socket (`fam`, socket type `kind`, protocol argument `proto`) created or used
+/// by a task under the enforced cgroup; `need` is the [`exe`] grant that lets its
+/// executable through whatever `packet_sockets` says.
+#[inline(always)]
+fn packet_socket(hook: Hook, fam: u8, kind: u8, proto: u16, need: u8) -> i32 {
     let generation = decide::generation();
+    let mut verdict = packet_setting(generation);
+    if verdict != Verdict::Allow {
+        let off = offsets();
+        if off.valid != 0 && exe_grant(&off) >= need {
+            verdict = Verdict::Allow;
+        }
+    }
     let d = Dest {
         family: fam,
         mapped: unwrap::NONE,
@@ -114,7 +155,7 @@ fn packet_socket(hook: Hook, fam: u8, kind: u8, proto: u16) -> i32 {
     let dec = Decision {
         generation,
         region: REGION_UNKNOWN,
-        verdict: packet_setting(generation),
+        verdict,
         rule: 0,
         reason: failsafe::NONE,
     };
@@ -164,6 +205,7 @@ pub fn socket_create(ctx: &LsmContext) -> i32 {
                 fam,
                 (kind & 0xf) as u8,
                 u16::from_be(proto as u16),
+                exe::OPEN,
             )
         }
         Err(()) => unreadable(Hook::LsmSocketCreate, fam),
@@ -197,7 +239,7 @@ pub fn socket_sendmsg(ctx: &LsmContext) -> i32 {
             Ok(true) => {
                 let kind = read::<i16>(sock, off.socket_type).unwrap_or(0);
                 let proto = read::<u16>(sk, off.sk_protocol).unwrap_or(0);
-                packet_socket(hook, fam, kind as u8, u16::from_be(proto))
+                packet_socket(hook, fam, kind as u8, u16::from_be(proto), exe::SEND)
             }
             Err(()) => unreadable(hook, fam),
         };

@@ -45,6 +45,12 @@ fn of(btf: &Btf) -> anyhow::Result<KernelOffsets> {
         _pad: 0,
         msg_name: byte("msghdr", "msg_name")?,
         msg_namelen: byte("msghdr", "msg_namelen")?,
+        task_mm: byte("task_struct", "mm")?,
+        mm_exe_file: byte("mm_struct", "exe_file")?,
+        file_inode: byte("file", "f_inode")?,
+        inode_ino: byte("inode", "i_ino")?,
+        inode_sb: byte("inode", "i_sb")?,
+        sb_dev: byte("super_block", "s_dev")?,
     })
 }
 

@@ -235,3 +235,83 @@ pub fn packet_sockets_audit_and_allow() -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// Runs the probe client from executable `exe` (a copy of this test binary, or itself).
+fn probe_as(
+    exe: &std::path::Path,
+    tb: &Testbed,
+    probes: &[String],
+) -> Result<Vec<egressd_testbed::client::ProbeResult>, Failed> {
+    let out = Command::new(exe)
+        .arg(super::harness::PROBE_ARG)
+        .arg("--cgroup")
+        .arg(tb.cgroup.path())
+        .args(["--netns", tb.client.name()])
+        .args(probes)
+        .output()
+        .map_err(|e| format!("spawning probe {}: {e}", exe.display()))?;
+    if !out.status.success() {
+        return Err(format!("probe failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    super::harness::parse_probe_output(&out.stdout)
+}
+
+/// The executable allowlist: `packet_socket_open` lets the listed executable (identified by
+/// device and inode, not by name) create packet sockets but not send; a byte-identical copy
+/// at another path is refused at `socket()`; `packet_socket_send` lets it send too.
+pub fn packet_socket_executables() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = super::harness::TempDir(
+        std::env::temp_dir().join(egressd_testbed::unique("egressd-exe-")),
+    );
+    std::fs::create_dir_all(&dir.0).map_err(|e| e.to_string())?;
+    let copy = dir.0.join("kernel-copy");
+    std::fs::copy(&me, &copy).map_err(|e| format!("copying the test binary: {e}"))?;
+    let with = |key: &str| {
+        policy("enforce").replace(
+            "suppress_window_ms = 0",
+            &format!("suppress_window_ms = 0\n{key} = [{:?}]", me.display().to_string()),
+        )
+    };
+    let agent = Agent::start_with(&tb, &with("packet_socket_open"))?;
+    if !lsm_in_force(&agent)? {
+        return not_covered(&tb, agent);
+    }
+    let before = tb.served().1;
+    let dgram = format!("packet-dgram://{US_V4}:{PORT}");
+    let listed = probe_as(&me, &tb, std::slice::from_ref(&dgram))?;
+    let copied = probe_as(&copy, &tb, std::slice::from_ref(&dgram))?;
+    expect_eperm(&listed[0])?;
+    if !listed[0].error.as_deref().is_some_and(|e| e.starts_with("sendto")) {
+        return Err(format!("the listed executable should open and fail at sendto: {:?}", listed[0]).into());
+    }
+    expect_eperm(&copied[0])?;
+    if !copied[0].error.as_deref().is_some_and(|e| e.starts_with("socket")) {
+        return Err(format!("the copy should be refused at socket(): {:?}", copied[0]).into());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    if tb.served().1 != before {
+        return Err("a frame of an open-only executable reached us".into());
+    }
+    let recs = agent.stop()?;
+    let ev = connections(&recs);
+    let hooks: Vec<&str> = ev.iter().filter_map(|e| e["hook"].as_str()).collect();
+    // The listed executable's send, then the copy's socket().
+    if hooks != ["lsm/socket_sendmsg", "lsm/socket_create"] {
+        return Err(format!("events: {ev:#?}").into());
+    }
+
+    let agent = Agent::start_with(&tb, &with("packet_socket_send"))?;
+    let ok = probe_as(&me, &tb, std::slice::from_ref(&dgram))?;
+    expect_ok(&ok[0])?;
+    let got = served_us(&tb, before + 1);
+    if got < before + 1 {
+        return Err(format!("a send-allowed executable's frame should arrive, served {got}").into());
+    }
+    let copied = probe_as(&copy, &tb, std::slice::from_ref(&dgram))?;
+    expect_eperm(&copied[0])?;
+    agent.stop()?;
+    Ok(())
+}
