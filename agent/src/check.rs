@@ -133,7 +133,11 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
             .packet_exes
             .iter()
             .map(|(p, send)| {
-                format!("{} ({})", p.display(), if *send { "open, send" } else { "open" })
+                format!(
+                    "{} ({})",
+                    p.display(),
+                    if *send { "open, send" } else { "open" }
+                )
             })
             .collect();
         let _ = writeln!(out, "  may use: {}", list.join(", "));

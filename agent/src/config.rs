@@ -867,7 +867,10 @@ impl Ctx<'_> {
                     errors.push(self.err(
                         p.span(),
                         &field,
-                        format!("must be an absolute path to an executable, got `{}`", p.get_ref()),
+                        format!(
+                            "must be an absolute path to an executable, got `{}`",
+                            p.get_ref()
+                        ),
                     ));
                 } else if packet_exes.iter().any(|(q, _)| *q == path) {
                     errors.push(self.err(
@@ -2748,6 +2751,50 @@ mod tests {
             2,
             "ipv4_lookup",
             "expected `auto`, `trie` or `table`",
+        );
+    }
+
+    #[test]
+    fn config_packet_sockets() {
+        let base = "allowlist = []\n";
+        assert_eq!(
+            p(base).expect("defaults").packet_sockets,
+            PacketSockets::Deny
+        );
+        let c = p(&format!("mode = \"audit\"\n{base}")).expect("audit");
+        assert_eq!(c.packet_sockets, PacketSockets::Audit);
+        let c = p(&format!(
+            "{base}packet_sockets = \"allow\"\npacket_socket_open = [\"/usr/bin/tcpdump\"]\n\
+             packet_socket_send = [\"/usr/sbin/dhclient\"]\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.packet_sockets, PacketSockets::Allow);
+        assert_eq!(
+            c.packet_exes,
+            vec![
+                (PathBuf::from("/usr/bin/tcpdump"), false),
+                (PathBuf::from("/usr/sbin/dhclient"), true)
+            ]
+        );
+        fails(
+            &format!("{base}packet_sockets = \"block\"\n"),
+            2,
+            "packet_sockets",
+            "expected `deny`, `audit` or `allow`",
+        );
+        fails(
+            &format!("{base}packet_socket_open = [\"tcpdump\"]\n"),
+            2,
+            "packet_socket_open[0]",
+            "absolute path",
+        );
+        fails(
+            &format!(
+                "{base}packet_socket_open = [\"/usr/bin/x\"]\npacket_socket_send = [\"/usr/bin/x\"]\n"
+            ),
+            3,
+            "packet_socket_send[0]",
+            "listed twice",
         );
     }
 

@@ -376,7 +376,11 @@ pub fn report(kernel: String, features: Vec<Feature>) -> Coverage {
     ];
     let lsm_missing: Vec<&str> = [LSM_ACTIVE, LSM_PROGRAM, LSM_OFFSETS]
         .into_iter()
-        .filter(|n| !features.iter().any(|f| f.name == *n && f.probe == Probe::Yes))
+        .filter(|n| {
+            !features
+                .iter()
+                .any(|f| f.name == *n && f.probe == Probe::Yes)
+        })
         .collect();
     let lsm = if base.0 != Status::Enforced {
         Err((base.0, base.1.clone()))
@@ -447,9 +451,7 @@ fn lsm_rows(
                 what: raw_what,
                 status,
                 hooks: "",
-                note: format!(
-                    "{why}; only the header's destination is judged (cgroup_skb/egress)"
-                ),
+                note: format!("{why}; only the header's destination is judged (cgroup_skb/egress)"),
             },
         ],
     }
@@ -596,8 +598,15 @@ mod tests {
         assert_eq!(status("raw_ip"), Some(Status::Enforced));
         assert_eq!(status("packet_socket"), Some(Status::NotCovered));
         assert_eq!(status("raw_next_hop"), Some(Status::NotCovered));
-        let note = &c.paths.iter().find(|r| r.path == "packet_socket").map(|r| r.note.clone());
-        assert!(note.as_ref().is_some_and(|n| n.contains("BPF LSM active")), "{note:?}");
+        let note = &c
+            .paths
+            .iter()
+            .find(|r| r.path == "packet_socket")
+            .map(|r| r.note.clone());
+        assert!(
+            note.as_ref().is_some_and(|n| n.contains("BPF LSM active")),
+            "{note:?}"
+        );
     }
 
     #[test]

@@ -970,6 +970,61 @@ pub mod sample {
         }
     }
 
+    /// A packet socket refused at `lsm/socket_create` (no IP destination).
+    pub fn packet_deny() -> ConnectionEvent {
+        ConnectionEvent {
+            header: header("connection", 9, T0 + 2_000_000),
+            verdict: "deny",
+            hook: "lsm/socket_create",
+            process: Process {
+                pid: 5150,
+                name: "scapy".into(),
+                thread: Id { id: 5150 },
+                parent: Some(Parent { pid: 5100 }),
+                executable: Some("/usr/bin/python3.11".into()),
+                command_line: Some("python3 send.py".into()),
+                exited: false,
+                attribution: "task",
+            },
+            user: Named {
+                id: 0,
+                name: Some("root".into()),
+            },
+            group: Named {
+                id: 0,
+                name: Some("root".into()),
+            },
+            cgroup: Cgroup {
+                id: 614,
+                path: Some("/system.slice/app.service".into()),
+                systemd_unit: Some("app.service".into()),
+            },
+            container: None,
+            network: Network {
+                kind: "packet",
+                transport: "dgram".into(),
+                iana_number: None,
+                ethertype: Some(0x0800),
+            },
+            destination: Destination {
+                ip: None,
+                port: 0,
+                region: "unknown".into(),
+                mapped: false,
+            },
+            policy: PolicyRef {
+                mode: "enforce",
+                generation: 1,
+                digest: "3fb60c46ec413f16".into(),
+            },
+            rule: Rule {
+                id: 0,
+                name: "packet_sockets".into(),
+            },
+            suppressed: 0,
+        }
+    }
+
     fn summary() -> PolicySummary {
         PolicySummary {
             file: "/etc/egressd/policy.toml".into(),
@@ -1098,6 +1153,7 @@ pub mod sample {
         let mut v = vec![
             ("deny", Record::Connection(Box::new(deny()))),
             ("audit_exited", Record::Connection(Box::new(audit_exited()))),
+            ("packet_deny", Record::Connection(Box::new(packet_deny()))),
         ];
         for l in lifecycle() {
             v.push((l.header.kind, Record::Lifecycle(Box::new(l))));
@@ -1166,6 +1222,30 @@ mod tests {
     }
 
     #[test]
+    fn build_packet_socket_event() {
+        let seq = Sequencer::new(sample::context());
+        let mut ev = kernel_event();
+        ev.family = family::PACKET;
+        ev.protocol = 3;
+        ev.dst_port = 0x0800;
+        ev.dst_addr = [0; 16];
+        ev.region = 0;
+        ev.rule = 0;
+        ev.verdict = Verdict::Deny as u8;
+        ev.hook = Hook::LsmSocketCreate as u8;
+        let c = build(&seq, &policy(), &ev, 0, None, None, None);
+        assert_eq!(c.hook, "lsm/socket_create");
+        assert_eq!(c.network.kind, "packet");
+        assert_eq!(c.network.transport, "raw");
+        assert_eq!(c.network.ethertype, Some(0x0800));
+        assert_eq!(c.network.iana_number, None);
+        assert!(c.destination.is_absent());
+        assert_eq!(c.rule.name, "packet_sockets");
+        let json = serde_json::to_value(&c).expect("serializes");
+        assert!(json.get("destination").is_none(), "{json}");
+    }
+
+    #[test]
     fn build_maps_every_kernel_field() {
         let seq = Sequencer::new(sample::context());
         let p = policy();
@@ -1192,7 +1272,10 @@ mod tests {
         assert_eq!(ev.policy.generation, 3);
         assert_eq!(ev.policy.digest, p.digest);
         assert_eq!(ev.destination.region, "us");
-        assert_eq!(ev.destination.ip.map(|i| i.to_string()).as_deref(), Some("2001:db8:2::2"));
+        assert_eq!(
+            ev.destination.ip.map(|i| i.to_string()).as_deref(),
+            Some("2001:db8:2::2")
+        );
         assert_eq!(ev.network.kind, "ipv6");
         assert_eq!(ev.network.transport, "udp");
         assert_eq!(ev.rule.id, 4);

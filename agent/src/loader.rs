@@ -177,7 +177,10 @@ impl Enforcer {
         // them the programs load (all zero, `valid` 0) but are not attached.
         let (offsets, offsets_error) = match offsets::kernel_offsets() {
             Ok(o) => (o, None),
-            Err(e) => (egressd_common::KernelOffsets::default(), Some(format!("{e:#}"))),
+            Err(e) => (
+                egressd_common::KernelOffsets::default(),
+                Some(format!("{e:#}")),
+            ),
         };
         loader.override_global(egressd_common::KERNEL_OFFSETS, &offsets, true);
         for name in maps::PREFIXES_V4.iter().chain(&maps::PREFIXES_V6) {
@@ -212,15 +215,17 @@ impl Enforcer {
             attached: false,
             reason: offsets_error.map(|e| format!("kernel structure offsets unknown: {e}")),
         };
+        let mut btf = None;
         for hook in &HOOKS {
-            match hook.load(&mut ebpf) {
+            match hook.load(&mut ebpf, &mut btf) {
                 Ok(()) => {}
                 // Optional: the socket hooks enforce without them (see `LsmState`).
                 Err(e) if !hook.on_cgroup() => {
                     let e = match e {
-                        LoadError::Kernel(ProgramError::LoadError { io_error, verifier_log })
-                            if verifier_log.to_string().trim().is_empty() =>
-                        {
+                        LoadError::Kernel(ProgramError::LoadError {
+                            io_error,
+                            verifier_log,
+                        }) if verifier_log.to_string().trim().is_empty() => {
                             anyhow!(
                                 "the kernel refused to load it before verification ({io_error}): \
                                  it offers no BPF LSM programs to egressd"
@@ -228,9 +233,14 @@ impl Enforcer {
                         }
                         e => explain_program(hook, e),
                     };
-                    tracing::warn!(hook = hook.name, error = format!("{e:#}"), "LSM program not loaded");
+                    tracing::warn!(
+                        hook = hook.name,
+                        error = format!("{e:#}"),
+                        "LSM program not loaded"
+                    );
                     lsm.loaded = false;
-                    lsm.reason.get_or_insert(format!("{} did not load: {e:#}", hook.name));
+                    lsm.reason
+                        .get_or_insert(format!("{} did not load: {e:#}", hook.name));
                 }
                 Err(e) => return Err(explain_program(hook, e)),
             }
@@ -348,8 +358,7 @@ impl Enforcer {
                         // A global link: it runs this program for as long as it exists.
                         let want = self.program_id(h.program).ok();
                         let ok = self.links.iter().any(|(j, l)| {
-                            *j == i
-                                && l.info().is_ok_and(|info| Some(info.program_id()) == want)
+                            *j == i && l.info().is_ok_and(|info| Some(info.program_id()) == want)
                         });
                         return (h.name, ok);
                     }
@@ -733,7 +742,11 @@ impl Enforcer {
 
     /// Records that LSM hook `hook` could not attach (the others enforce on).
     fn lsm_failed(&mut self, hook: &Hook, e: &anyhow::Error) {
-        tracing::warn!(hook = hook.name, error = format!("{e:#}"), "LSM hook not attached");
+        tracing::warn!(
+            hook = hook.name,
+            error = format!("{e:#}"),
+            "LSM hook not attached"
+        );
         self.lsm
             .reason
             .get_or_insert(format!("{} did not attach: {e:#}", hook.name));

@@ -106,7 +106,11 @@ fn conclude(hook: Hook, d: &Dest, dec: &Decision) -> i32 {
         };
         report::event(hook, d, dec, &who);
     }
-    if dec.verdict == Verdict::Deny { EPERM } else { 0 }
+    if dec.verdict == Verdict::Deny {
+        EPERM
+    } else {
+        0
+    }
 }
 
 /// The grant ([`exe`]) of the current task's executable in [`EGRESSD_PACKET_EXES_V1`], 0
@@ -127,7 +131,9 @@ fn exe_grant(off: &KernelOffsets) -> u8 {
     })();
     match key {
         // SAFETY: a read-only lookup of a plain value.
-        Ok(k) => unsafe { EGRESSD_PACKET_EXES_V1.get(&k) }.copied().unwrap_or(0),
+        Ok(k) => unsafe { EGRESSD_PACKET_EXES_V1.get(&k) }
+            .copied()
+            .unwrap_or(0),
         Err(()) => 0,
     }
 }

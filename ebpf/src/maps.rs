@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, CgroupArray, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egressd_common::{
-    COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, ExeKey, MAX_PACKET_EXES, EVENTS_BYTES, Entry, FLOW_SLOTS, FlowCounter,
-    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, SUPPRESS_ENTRIES, SockOwner, SockVerdict, SuppressKey,
-    SuppressState, failsafe, loss,
+    COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, ExeKey, FLOW_SLOTS, FlowCounter,
+    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, MAX_PACKET_EXES, SUPPRESS_ENTRIES, SockOwner,
+    SockVerdict, SuppressKey, SuppressState, failsafe, loss,
     table::{Page8, Page24},
 };
 

@@ -235,7 +235,10 @@ pub fn attempt(probe: &str) -> ProbeResult {
     };
     if kind == "hdrincl" {
         let parsed = addr.split_once('/').and_then(|(hop, dst)| {
-            Some((hop.parse::<std::net::SocketAddrV4>().ok()?, dst.parse().ok()?))
+            Some((
+                hop.parse::<std::net::SocketAddrV4>().ok()?,
+                dst.parse().ok()?,
+            ))
         });
         let Some((hop, dst)) = parsed else {
             return fail(probe, "parse", &io::Error::other("NEXTHOP:PORT/HEADERDST"));

@@ -50,7 +50,10 @@ fn interface_for(dst: Ipv4Addr) -> Result<(u32, Ipv4Addr), (&'static str, io::Er
     }
     // SAFETY: the list from getifaddrs.
     unsafe { libc::freeifaddrs(ifap) };
-    found.ok_or(("interface", io::Error::other(format!("no interface on {dst}/24"))))
+    found.ok_or((
+        "interface",
+        io::Error::other(format!("no interface on {dst}/24")),
+    ))
 }
 
 /// The Internet checksum (RFC 1071) of `b`.
@@ -98,7 +101,11 @@ fn socket(family: i32, ty: i32, proto: i32) -> Result<OwnedFd, (&'static str, io
 /// datagram to `dst` on an AF_PACKET socket.
 pub fn packet(dst: SocketAddrV4, raw: bool) -> Step {
     let (ifindex, src) = interface_for(*dst.ip())?;
-    let ty = if raw { libc::SOCK_RAW } else { libc::SOCK_DGRAM };
+    let ty = if raw {
+        libc::SOCK_RAW
+    } else {
+        libc::SOCK_DGRAM
+    };
     let fd = socket(libc::AF_PACKET, ty, i32::from(ETH_P_IP.to_be()))?;
     let mut frame = Vec::new();
     if raw {

@@ -153,8 +153,10 @@ fn connection(ev: &ConnectionEvent) -> String {
         .iter()
         .map(|(k, v)| format!("{k}:{v}"))
         .collect();
-    e.kv("dpt", ev.destination.port)
-        .kv("dvchost", &h.host.name)
+    if ev.destination.ip.is_some() {
+        e.kv("dpt", ev.destination.port);
+    }
+    e.kv("dvchost", &h.host.name)
         .kv("shost", &h.host.name)
         .kv("spid", ev.process.pid)
         .kv("sproc", &ev.process.name)

@@ -111,6 +111,19 @@ pub fn unix_ms(unix_ns: i128) -> i64 {
     i64::try_from(unix_ns.div_euclid(1_000_000)).unwrap_or(0)
 }
 
+/// Why an event's attempt was denied or reported, in words: the destination's region, or
+/// the `packet_sockets` setting for a packet socket.
+pub fn why(ev: &ConnectionEvent) -> String {
+    if ev.destination.ip.is_some() {
+        format!(
+            "destination region {} is not allowlisted",
+            ev.destination.region
+        )
+    } else {
+        "packet sockets are not allowed by policy packet_sockets".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,18 +193,5 @@ mod tests {
     fn ms() {
         assert_eq!(unix_ms(sample::T0), 1_795_945_374_018);
         assert_eq!(unix_ms(-1), -1);
-    }
-}
-
-/// Why an event's attempt was denied or reported, in words: the destination's region, or
-/// the `packet_sockets` setting for a packet socket.
-pub fn why(ev: &ConnectionEvent) -> String {
-    if ev.destination.ip.is_some() {
-        format!(
-            "destination region {} is not allowlisted",
-            ev.destination.region
-        )
-    } else {
-        "packet sockets are not allowed (policy packet_sockets)".into()
     }
 }

@@ -4,8 +4,7 @@ use std::fs::File;
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf,
-    Btf,
+    Btf, Ebpf,
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Lsm,
         ProgramError, links::FdLink,
@@ -143,8 +142,9 @@ impl Hook {
         self.kind != Kind::Lsm
     }
 
-    /// Loads the program into the kernel (the verifier runs here).
-    pub fn load(&self, ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    /// Loads the program into the kernel (the verifier runs here). `btf` caches the
+    /// kernel's BTF for the LSM hooks (read at the first that needs it).
+    pub fn load(&self, ebpf: &mut Ebpf, btf: &mut Option<Btf>) -> Result<(), LoadError> {
         let res = match self.kind {
             Kind::SockAddr => program::<CgroupSockAddr>(ebpf, self.program)
                 .map_err(LoadError::Object)?
@@ -156,11 +156,15 @@ impl Hook {
                 .map_err(LoadError::Object)?
                 .load(),
             Kind::Lsm => {
-                let btf = Btf::from_sys_fs()
-                    .map_err(|e| LoadError::Kernel(ProgramError::Btf(e)))?;
+                let btf = match btf {
+                    Some(b) => b,
+                    None => btf.insert(
+                        Btf::from_sys_fs().map_err(|e| LoadError::Kernel(ProgramError::Btf(e)))?,
+                    ),
+                };
                 program::<Lsm>(ebpf, self.program)
                     .map_err(LoadError::Object)?
-                    .load(self.lsm_hook(), &btf)
+                    .load(self.lsm_hook(), btf)
             }
         };
         res.map_err(LoadError::Kernel)

@@ -5,7 +5,7 @@
 //! hard-coded per kernel version; a kernel whose structures lack a field gets no LSM
 //! programs, and the coverage report says why.
 use anyhow::{Context as _, anyhow, bail};
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use egressd_common::KernelOffsets;
 
 /// Where the kernel publishes its own BTF.
@@ -17,8 +17,36 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// No kernel BTF (`CONFIG_DEBUG_INFO_BTF`), or a structure or field is not found (named in
 /// the error).
 pub fn kernel_offsets() -> anyhow::Result<KernelOffsets> {
-    let btf = Btf::from_file(VMLINUX_BTF).map_err(|e| anyhow!("reading {VMLINUX_BTF}: {e}"))?;
-    of(&btf)
+    // Once per process: the coverage probe and the loader both ask.
+    static ONCE: std::sync::OnceLock<Result<KernelOffsets, String>> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let btf = open().map_err(|e| format!("{e:#}"))?;
+        of(&btf).map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// The kernel's BTF, mapped rather than parsed up front (btf-rs' cached backend indexes all
+/// of its ~100,000 types first: half a second natively, many seconds under emulation). Kernels
+/// before 6.15 cannot map `/sys/kernel/btf/vmlinux`; its bytes are then copied into a memfd,
+/// which can.
+fn open() -> anyhow::Result<Btf> {
+    if let Ok(btf) = Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap) {
+        return Ok(btf);
+    }
+    let bytes = std::fs::read(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
+    // SAFETY: plain syscall with a static NUL-terminated name; the fd is owned below.
+    let fd = unsafe { libc::memfd_create(c"egressd-btf".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("memfd_create");
+    }
+    // SAFETY: a fresh descriptor we own.
+    let mut file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    std::io::Write::write_all(&mut file, &bytes).context("copying the kernel BTF")?;
+    let path = format!("/proc/self/fd/{fd}");
+    Btf::from_file_with_backend(&path, Backend::Mmap)
+        .map_err(|e| anyhow!("reading {VMLINUX_BTF} (copied): {e}"))
 }
 
 /// As [`kernel_offsets`] for a parsed BTF.

@@ -35,8 +35,12 @@ fn coverage_status(path: &str) -> Result<String, Failed> {
         .args(["coverage", "--json"])
         .output()
         .map_err(|e| format!("egressd coverage: {e}"))?;
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("coverage --json: {e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "coverage --json: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
     v["paths"]
         .as_array()
         .into_iter()
@@ -263,16 +267,18 @@ pub fn packet_socket_executables() -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = super::harness::TempDir(
-        std::env::temp_dir().join(egressd_testbed::unique("egressd-exe-")),
-    );
+    let dir =
+        super::harness::TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-exe-")));
     std::fs::create_dir_all(&dir.0).map_err(|e| e.to_string())?;
     let copy = dir.0.join("kernel-copy");
     std::fs::copy(&me, &copy).map_err(|e| format!("copying the test binary: {e}"))?;
     let with = |key: &str| {
         policy("enforce").replace(
             "suppress_window_ms = 0",
-            &format!("suppress_window_ms = 0\n{key} = [{:?}]", me.display().to_string()),
+            &format!(
+                "suppress_window_ms = 0\n{key} = [{:?}]",
+                me.display().to_string()
+            ),
         )
     };
     let agent = Agent::start_with(&tb, &with("packet_socket_open"))?;
@@ -284,11 +290,23 @@ pub fn packet_socket_executables() -> Result<(), Failed> {
     let listed = probe_as(&me, &tb, std::slice::from_ref(&dgram))?;
     let copied = probe_as(&copy, &tb, std::slice::from_ref(&dgram))?;
     expect_eperm(&listed[0])?;
-    if !listed[0].error.as_deref().is_some_and(|e| e.starts_with("sendto")) {
-        return Err(format!("the listed executable should open and fail at sendto: {:?}", listed[0]).into());
+    if !listed[0]
+        .error
+        .as_deref()
+        .is_some_and(|e| e.starts_with("sendto"))
+    {
+        return Err(format!(
+            "the listed executable should open and fail at sendto: {:?}",
+            listed[0]
+        )
+        .into());
     }
     expect_eperm(&copied[0])?;
-    if !copied[0].error.as_deref().is_some_and(|e| e.starts_with("socket")) {
+    if !copied[0]
+        .error
+        .as_deref()
+        .is_some_and(|e| e.starts_with("socket"))
+    {
         return Err(format!("the copy should be refused at socket(): {:?}", copied[0]).into());
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -308,7 +326,9 @@ pub fn packet_socket_executables() -> Result<(), Failed> {
     expect_ok(&ok[0])?;
     let got = served_us(&tb, before + 1);
     if got < before + 1 {
-        return Err(format!("a send-allowed executable's frame should arrive, served {got}").into());
+        return Err(
+            format!("a send-allowed executable's frame should arrive, served {got}").into(),
+        );
     }
     let copied = probe_as(&copy, &tb, std::slice::from_ref(&dgram))?;
     expect_eperm(&copied[0])?;
