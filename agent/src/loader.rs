@@ -768,6 +768,16 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Why the LSM programs did not load (`None`: they passed the verifier), whether or not
+    /// the BPF LSM is active.
+    pub fn lsm_load_error(&self) -> Option<&str> {
+        if self.lsm.loaded {
+            None
+        } else {
+            Some(self.lsm.reason.as_deref().unwrap_or("not loaded"))
+        }
+    }
+
     /// Whether the LSM hooks judge (packet sockets, raw next hops), else why not.
     pub fn lsm_coverage(&self) -> Result<(), String> {
         if self.lsm.attached {

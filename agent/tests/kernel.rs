@@ -47,6 +47,8 @@ fn main() {
             "lsm_packet_socket_executables",
             lsm::packet_socket_executables,
         ),
+        Trial::test("lsm_pinned_links", lsm::pinned_lsm_links),
+        Trial::test("lsm_programs_verify", lsm::lsm_programs_verify),
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
         Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce::enforce_ipv6),
         Trial::test(

@@ -335,3 +335,101 @@ pub fn packet_socket_executables() -> Result<(), Failed> {
     agent.stop()?;
     Ok(())
 }
+
+/// Pinned LSM links: pinned under `DIR/links`, shown by `status`, kept after `kill -9`
+/// (packet sockets still refused with no daemon), replaced by the next pinned start (tracing
+/// links have no BPF_LINK_UPDATE), re-attached when removed behind egressd's back (a
+/// `tamper_repaired` record), and gone after `egressd detach`.
+pub fn pinned_lsm_links() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = super::harness::TempDir(
+        std::env::temp_dir().join(egressd_testbed::unique("egressd-lsmpin-")),
+    );
+    std::fs::create_dir_all(&dir.0).map_err(|e| e.to_string())?;
+    let cfg = dir.0.join("policy.toml");
+    std::fs::write(&cfg, policy("enforce")).map_err(|e| e.to_string())?;
+    let pins = std::path::Path::new("/sys/fs/bpf").join(egressd_testbed::unique("egressd-lsm-"));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let dir = egressd::pin::PinDir::new(&self.0);
+            if dir.exists() {
+                let _ = dir.remove_all();
+            }
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(pins.clone());
+    let pin_arg = pins.display().to_string();
+    let agent = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    let links = pins.join("links");
+    let lsm_pins = ["lsm_socket_create", "lsm_socket_sendmsg"];
+    if !lsm_in_force(&agent)? {
+        // Nothing of the LSM is pinned where it does not run.
+        for p in lsm_pins {
+            if links.join(p).exists() {
+                return Err(format!("{p} pinned though the LSM hooks do not run").into());
+            }
+        }
+        agent.kill9()?;
+        let _ = Command::new(env!("CARGO_BIN_EXE_egressd"))
+            .args(["detach", "--pin-dir", &pin_arg])
+            .output();
+        return Ok(());
+    }
+    for p in lsm_pins {
+        if !links.join(p).exists() {
+            return Err(format!("{p} not pinned under {}", links.display()).into());
+        }
+    }
+    let dgram = vec![format!("packet-dgram://{US_V4}:{PORT}")];
+    agent.kill9()?;
+    expect_eperm(&probe(&tb, 1, &dgram)?[0])?;
+    // A new start adopts: the LSM links are replaced, enforcement never stops.
+    let mut agent = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    expect_eperm(&probe(&tb, 1, &dgram)?[0])?;
+    std::fs::remove_file(links.join("lsm_socket_create")).map_err(|e| e.to_string())?;
+    let rec = agent.wait_for("tamper_repaired", Duration::from_secs(10))?;
+    if !rec.to_string().contains("lsm/socket_create") {
+        return Err(format!("tamper record does not name the LSM hook: {rec}").into());
+    }
+    if !links.join("lsm_socket_create").exists() {
+        return Err("the LSM link was not pinned again".into());
+    }
+    expect_eperm(&probe(&tb, 1, &dgram)?[0])?;
+    agent.stop()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(["detach", "--pin-dir", &pin_arg])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("detach: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    // Detached: nothing judges packet sockets any more.
+    let before = tb.served().1;
+    expect_ok(&probe(&tb, 1, &dgram)?[0])?;
+    if served_us(&tb, before + 1) < before + 1 {
+        return Err("after detach the frame should arrive".into());
+    }
+    Ok(())
+}
+
+/// The LSM programs pass this kernel's verifier wherever it offers LSM programs at all
+/// (aya's probe loads a trivial one), also where the BPF LSM is not active (5.10): a
+/// kernel booted with `lsm=...,bpf` gets them.
+pub fn lsm_programs_verify() -> Result<(), Failed> {
+    require_root()?;
+    let offered = aya::sys::is_program_supported(aya::programs::ProgramType::Lsm(
+        aya::programs::LsmAttachType::Mac,
+    ));
+    let e = egressd::loader::Enforcer::open(0).map_err(|e| format!("{e:#}"))?;
+    match (offered, e.lsm_load_error()) {
+        (Ok(true), None) => Ok(()),
+        (Ok(true), Some(why)) => Err(format!("LSM programs rejected: {why}").into()),
+        // The kernel refuses LSM programs to anyone (this project's 6.18 machines): the
+        // refusal must be the kernel's, before any verification.
+        (_, Some(why)) if why.contains("before verification") => Ok(()),
+        (o, why) => Err(format!("probe {o:?}, load {why:?}").into()),
+    }
+}
