@@ -242,8 +242,20 @@ pub fn bpf_lsm_active() -> Probe {
     }
 }
 
-/// Probes the running kernel and builds the report.
+/// Probes the running kernel and builds the report, with every probe (for `egressd
+/// coverage`, `status` and `check`).
 pub fn probe() -> Coverage {
+    probe_with(true)
+}
+
+/// As [`probe`], for the daemon's start: without the LSM program-type probe, which loads a
+/// program and attaches it to an LSM hook (a trampoline update, slow on some machines); the
+/// daemon learns the same by loading and attaching its own ([`Coverage::with_lsm`]).
+pub fn probe_for_start() -> Coverage {
+    probe_with(false)
+}
+
+fn probe_with(lsm_program: bool) -> Coverage {
     let mut features = Vec::new();
     for (t, name) in PROGRAM_TYPES {
         features.push(Feature {
@@ -281,11 +293,13 @@ pub fn probe() -> Coverage {
         probe: bpf_lsm_active(),
         required: false,
     });
-    features.push(Feature {
-        name: LSM_PROGRAM.into(),
-        probe: Probe::of(is_program_supported(ProgramType::Lsm(LsmAttachType::Mac))),
-        required: false,
-    });
+    if lsm_program {
+        features.push(Feature {
+            name: LSM_PROGRAM.into(),
+            probe: Probe::of(is_program_supported(ProgramType::Lsm(LsmAttachType::Mac))),
+            required: false,
+        });
+    }
     features.push(Feature {
         name: LSM_OFFSETS.into(),
         probe: match crate::loader::offsets::kernel_offsets() {

@@ -140,7 +140,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     let sinks = Pipeline::prepare(&output.sinks)?;
     let started = Instant::now();
     let pin_dir = opts.pin_dir.as_ref().map(crate::pin::PinDir::new);
-    let coverage = crate::coverage::probe();
+    let coverage = crate::coverage::probe_for_start();
     let mut enforcer = match &pin_dir {
         Some(dir) => {
             let (e, adoption) =
