@@ -733,10 +733,17 @@ impl Enforcer {
         if self.lsm.reason.is_some() {
             return Ok(());
         }
-        let mut slot: aya::maps::CgroupArray<_> =
-            aya::maps::CgroupArray::try_from(map(&mut self.ebpf, maps::LSM_CGROUP)?)?;
-        slot.set(0, cg.as_raw_fd(), 0)
-            .context("writing the enforced cgroup for the LSM programs")?;
+        // Not fatal either: without the cgroup the LSM hooks stay detached.
+        let set = map(&mut self.ebpf, maps::LSM_CGROUP).and_then(|m| {
+            let mut slot: aya::maps::CgroupArray<_> = aya::maps::CgroupArray::try_from(m)?;
+            slot.set(0, cg.as_raw_fd(), 0)?;
+            Ok(())
+        });
+        if let Err(e) = set {
+            self.lsm.reason = Some(format!(
+                "writing the enforced cgroup for the LSM programs failed: {e:#}"
+            ));
+        }
         Ok(())
     }
 
