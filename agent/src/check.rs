@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{Config, Mode, mask_u32, mask_u128};
+use crate::config::{Config, Mode, PacketSockets, mask_u32, mask_u128};
 use crate::policy::{Policy, exact_v4, exact_v6};
 
 /// How many "prefix of a non-allowlisted region inside an allowlisted one" warnings to list
@@ -25,6 +25,7 @@ const MAX_NESTED_WARNINGS: usize = 10;
 /// prefixes:  2 IPv4, 2 IPv6
 /// lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)
 /// allowlist: eu
+/// packets:   packet_sockets = deny (AF_PACKET/AF_XDP sockets of the cgroup refused with EPERM; needs the BPF LSM)
 /// ```
 ///
 /// Warnings are not included; print [`warnings`] separately.
@@ -115,6 +116,31 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
         let _ = writeln!(out, "allowlist: (empty)");
     } else {
         let _ = writeln!(out, "allowlist: {}", cfg.allowlist.join(", "));
+    }
+    let packets = match policy.packet_sockets {
+        PacketSockets::Deny => "refused with EPERM",
+        PacketSockets::Audit => "let through and reported",
+        PacketSockets::Allow => "let through",
+    };
+    let _ = writeln!(
+        out,
+        "packets:   packet_sockets = {} (AF_PACKET/AF_XDP sockets of the cgroup {packets}; \
+         needs the BPF LSM)",
+        policy.packet_sockets
+    );
+    if !policy.packet_exes.is_empty() {
+        let list: Vec<String> = policy
+            .packet_exes
+            .iter()
+            .map(|(p, send)| {
+                format!(
+                    "{} ({})",
+                    p.display(),
+                    if *send { "open, send" } else { "open" }
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  may use: {}", list.join(", "));
     }
     // Lines that only appear when the policy uses the feature, so a simple file stays short.
     if !cfg.rules.is_empty() {
@@ -345,7 +371,9 @@ mod tests {
                 2  us      no          1     1  US datacenters\n\
              prefixes:  2 IPv4, 2 IPv6\n\
              lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\n\
-             allowlist: eu\n",
+             allowlist: eu\n\
+             packets:   packet_sockets = deny (AF_PACKET/AF_XDP sockets of the cgroup refused \
+             with EPERM; needs the BPF LSM)\n",
             policy.digest
         );
         assert_eq!(summary(&cfg, &policy), expected);
@@ -373,7 +401,9 @@ mod tests {
                 2  b                          no          0     1\n\
              prefixes:  1 IPv4, 1 IPv6\n\
              lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\n\
-             allowlist: (empty)\n",
+             allowlist: (empty)\n\
+             packets:   packet_sockets = audit (AF_PACKET/AF_XDP sockets of the cgroup let \
+             through and reported; needs the BPF LSM)\n",
             policy.digest
         );
         assert_eq!(summary(&cfg, &policy), expected);

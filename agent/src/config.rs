@@ -71,6 +71,54 @@ impl Established {
     }
 }
 
+/// What happens to sockets that put frames on the wire past the INET socket hooks
+/// (AF_PACKET, AF_XDP) created or used by tasks under the enforced cgroup (field
+/// `packet_sockets`). Needs the BPF LSM (see `egressd coverage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketSockets {
+    /// Creating one, or sending on one, fails with `EPERM`; reported (default in enforce
+    /// mode).
+    Deny,
+    /// Allowed and reported (default in audit mode).
+    Audit,
+    /// Allowed, counted, not reported.
+    Allow,
+}
+
+impl PacketSockets {
+    /// `"deny"`, `"audit"` or `"allow"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Audit => "audit",
+            Self::Allow => "allow",
+        }
+    }
+
+    /// The kernel verdict it stands for.
+    pub const fn verdict(self) -> egressd_common::Verdict {
+        match self {
+            Self::Deny => egressd_common::Verdict::Deny,
+            Self::Audit => egressd_common::Verdict::Audit,
+            Self::Allow => egressd_common::Verdict::Allow,
+        }
+    }
+
+    /// The default for policy mode `mode`.
+    pub const fn default_for(mode: Mode) -> Self {
+        match mode {
+            Mode::Enforce => Self::Deny,
+            Mode::Audit => Self::Audit,
+        }
+    }
+}
+
+impl std::fmt::Display for PacketSockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How the kernel finds the longest prefix covering an IPv4 destination (field
 /// `ipv4_lookup`). Both give the same decisions; they differ in speed and kernel memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -232,6 +280,14 @@ pub struct Config {
     /// `established`: what a policy change does to flows opened under the old policy;
     /// [`Established::Cut`] when absent.
     pub established: Established,
+    /// `packet_sockets`: AF_PACKET/AF_XDP sockets of the enforced cgroup; when absent,
+    /// [`PacketSockets::default_for`] the mode.
+    pub packet_sockets: PacketSockets,
+    /// `packet_socket_open` then `packet_socket_send`: absolute paths of executables that
+    /// may create packet sockets whatever `packet_sockets` says, and whether they may also
+    /// send on them (true: `packet_socket_send`). Identified in the kernel by the (device,
+    /// inode) the path resolves to when the policy is installed.
+    pub packet_exes: Vec<(PathBuf, bool)>,
     /// `ipv4_lookup`: the IPv4 lookup structure; [`Ipv4Lookup::Auto`] when absent. Read when
     /// egressd starts (it sizes the kernel maps); a reload that changes it takes effect at
     /// the next start.
@@ -533,6 +589,9 @@ struct RawConfig {
     allowlist: Vec<Spanned<String>>,
     cgroup: Option<Spanned<String>>,
     established: Option<Spanned<String>>,
+    packet_sockets: Option<Spanned<String>>,
+    packet_socket_open: Option<Vec<Spanned<String>>>,
+    packet_socket_send: Option<Vec<Spanned<String>>>,
     ipv4_lookup: Option<Spanned<String>>,
     nat64_prefixes: Option<Vec<Spanned<String>>>,
     default: Option<Spanned<String>>,
@@ -673,6 +732,9 @@ impl<'a> Ctx<'a> {
                 "mode",
                 "cgroup",
                 "established",
+                "packet_sockets",
+                "packet_socket_open",
+                "packet_socket_send",
                 "ipv4_lookup",
                 "nat64_prefixes",
                 "default",
@@ -795,6 +857,64 @@ impl<'a> Ctx<'a> {
                 }
             },
         };
+
+        let packet_sockets = match &raw.packet_sockets {
+            None => PacketSockets::default_for(mode),
+            Some(e) => match e.get_ref().as_str() {
+                "deny" => PacketSockets::Deny,
+                "audit" => PacketSockets::Audit,
+                "allow" => PacketSockets::Allow,
+                other => {
+                    errors.push(self.err(
+                        e.span(),
+                        "packet_sockets",
+                        format!("invalid value `{other}`: expected `deny`, `audit` or `allow`"),
+                    ));
+                    PacketSockets::default_for(mode)
+                }
+            },
+        };
+
+        let mut packet_exes: Vec<(PathBuf, bool)> = Vec::new();
+        for (field, list, send) in [
+            ("packet_socket_open", &raw.packet_socket_open, false),
+            ("packet_socket_send", &raw.packet_socket_send, true),
+        ] {
+            for (i, p) in list.iter().flatten().enumerate() {
+                let path = PathBuf::from(p.get_ref());
+                let field = format!("{field}[{i}]");
+                if !path.is_absolute() {
+                    errors.push(self.err(
+                        p.span(),
+                        &field,
+                        format!(
+                            "must be an absolute path to an executable, got `{}`",
+                            p.get_ref()
+                        ),
+                    ));
+                } else if packet_exes.iter().any(|(q, _)| *q == path) {
+                    errors.push(self.err(
+                        p.span(),
+                        &field,
+                        format!(
+                            "`{}` is listed twice (packet_socket_send already lets it open)",
+                            p.get_ref()
+                        ),
+                    ));
+                } else if packet_exes.len() >= egressd_common::MAX_PACKET_EXES as usize {
+                    errors.push(self.err(
+                        p.span(),
+                        &field,
+                        format!(
+                            "at most {} executables may use packet sockets",
+                            egressd_common::MAX_PACKET_EXES
+                        ),
+                    ));
+                } else {
+                    packet_exes.push((path, send));
+                }
+            }
+        }
 
         let ipv4_lookup = match &raw.ipv4_lookup {
             None => Ipv4Lookup::Auto,
@@ -1050,6 +1170,8 @@ impl<'a> Ctx<'a> {
             allowlist,
             cgroup,
             established,
+            packet_sockets,
+            packet_exes,
             ipv4_lookup,
             nat64,
             default,
@@ -2755,6 +2877,50 @@ mod tests {
         assert!(
             text.contains(&format!("nat64_prefixes[{max}]")) && text.contains("too many NAT64"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn config_packet_sockets() {
+        let base = "allowlist = []\n";
+        assert_eq!(
+            p(base).expect("defaults").packet_sockets,
+            PacketSockets::Deny
+        );
+        let c = p(&format!("mode = \"audit\"\n{base}")).expect("audit");
+        assert_eq!(c.packet_sockets, PacketSockets::Audit);
+        let c = p(&format!(
+            "{base}packet_sockets = \"allow\"\npacket_socket_open = [\"/usr/bin/tcpdump\"]\n\
+             packet_socket_send = [\"/usr/sbin/dhclient\"]\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.packet_sockets, PacketSockets::Allow);
+        assert_eq!(
+            c.packet_exes,
+            vec![
+                (PathBuf::from("/usr/bin/tcpdump"), false),
+                (PathBuf::from("/usr/sbin/dhclient"), true)
+            ]
+        );
+        fails(
+            &format!("{base}packet_sockets = \"block\"\n"),
+            2,
+            "packet_sockets",
+            "expected `deny`, `audit` or `allow`",
+        );
+        fails(
+            &format!("{base}packet_socket_open = [\"tcpdump\"]\n"),
+            2,
+            "packet_socket_open[0]",
+            "absolute path",
+        );
+        fails(
+            &format!(
+                "{base}packet_socket_open = [\"/usr/bin/x\"]\npacket_socket_send = [\"/usr/bin/x\"]\n"
+            ),
+            3,
+            "packet_socket_send[0]",
+            "listed twice",
         );
     }
 

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use aya::{
     maps::MapType,
-    programs::ProgramType,
+    programs::{LsmAttachType, ProgramType},
     sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
 };
 use serde::Serialize;
@@ -242,8 +242,20 @@ pub fn bpf_lsm_active() -> Probe {
     }
 }
 
-/// Probes the running kernel and builds the report.
+/// Probes the running kernel and builds the report, with every probe (for `egressd
+/// coverage`, `status` and `check`).
 pub fn probe() -> Coverage {
+    probe_with(true)
+}
+
+/// As [`probe`], for the daemon's start: without the LSM program-type probe, which loads a
+/// program and attaches it to an LSM hook (a trampoline update, slow on some machines); the
+/// daemon learns the same by loading and attaching its own ([`Coverage::with_lsm`]).
+pub fn probe_for_start() -> Coverage {
+    probe_with(false)
+}
+
+fn probe_with(lsm_program: bool) -> Coverage {
     let mut features = Vec::new();
     for (t, name) in PROGRAM_TYPES {
         features.push(Feature {
@@ -277,12 +289,41 @@ pub fn probe() -> Coverage {
         required: false,
     });
     features.push(Feature {
-        name: "BPF LSM active".into(),
+        name: LSM_ACTIVE.into(),
         probe: bpf_lsm_active(),
+        required: false,
+    });
+    if lsm_program {
+        features.push(Feature {
+            name: LSM_PROGRAM.into(),
+            probe: Probe::of(is_program_supported(ProgramType::Lsm(LsmAttachType::Mac))),
+            required: false,
+        });
+    }
+    features.push(Feature {
+        name: LSM_OFFSETS.into(),
+        probe: match crate::loader::offsets::kernel_offsets() {
+            Ok(_) => Probe::Yes,
+            Err(_) if !std::path::Path::new(crate::loader::offsets::VMLINUX_BTF).exists() => {
+                Probe::No
+            }
+            Err(e) => {
+                tracing::debug!(error = format!("{e:#}"), "kernel structure offsets");
+                Probe::No
+            }
+        },
         required: false,
     });
     report(kernel_release(), features)
 }
+
+/// Probe names the LSM rows depend on.
+const LSM_ACTIVE: &str = "BPF LSM active";
+const LSM_PROGRAM: &str = "program type lsm";
+const LSM_OFFSETS: &str = "kernel BTF with the socket and message fields the LSM hooks read";
+/// Hooks of the LSM rows.
+const LSM_HOOKS: &str = "lsm/socket_create, lsm/socket_sendmsg";
+const RAW_HOOKS: &str = "lsm/socket_sendmsg, cgroup_skb/egress";
 
 /// Builds the rows from probe answers (pure; unit-tested).
 pub fn report(kernel: String, features: Vec<Feature>) -> Coverage {
@@ -346,20 +387,113 @@ pub fn report(kernel: String, features: Vec<Feature>) -> Coverage {
             hooks: "cgroup_skb/egress",
             note: with("re-judged at their next packet (established = \"cut\")"),
         },
-        PathCoverage {
-            path: "packet_socket",
-            what: "AF_PACKET sockets (frames built by the process, needs CAP_NET_RAW)",
-            status: Status::NotCovered,
-            hooks: "",
-            note: "no egressd hook sees frames of packet sockets yet; keep CAP_NET_RAW \
-                   from workloads"
-                .into(),
-        },
     ];
+    let lsm_missing: Vec<&str> = [LSM_ACTIVE, LSM_PROGRAM, LSM_OFFSETS]
+        .into_iter()
+        .filter(|n| {
+            !features
+                .iter()
+                .any(|f| f.name == *n && f.probe == Probe::Yes)
+        })
+        .collect();
+    let lsm = if base.0 != Status::Enforced {
+        Err((base.0, base.1.clone()))
+    } else if lsm_missing.is_empty() {
+        Ok(())
+    } else {
+        Err((
+            Status::NotCovered,
+            format!("needs the BPF LSM; missing: {}", lsm_missing.join(", ")),
+        ))
+    };
+    let mut paths = paths;
+    paths.extend(lsm_rows(lsm, None));
     Coverage {
         kernel,
         paths,
         features,
+    }
+}
+
+/// The rows the LSM hooks decide: `Ok` when they judge (with the `packet_sockets` setting
+/// when known), else the status and why not.
+fn lsm_rows(
+    lsm: Result<(), (Status, String)>,
+    setting: Option<crate::config::PacketSockets>,
+) -> [PathCoverage; 2] {
+    let packet_what = "AF_PACKET and AF_XDP sockets (frames built by the process; \
+                       CAP_NET_RAW), also SOCK_PACKET and PACKET_TX_RING";
+    let raw_what = "raw IP sockets writing their own header (IP_HDRINCL, IPPROTO_RAW) sent \
+                    to another next hop than the header names";
+    match lsm {
+        Ok(()) => [
+            PathCoverage {
+                path: "packet_socket",
+                what: packet_what,
+                status: Status::Enforced,
+                hooks: LSM_HOOKS,
+                note: match setting {
+                    Some(s) => format!(
+                        "packet_sockets = \"{s}\": socket() and each send judged for tasks \
+                         of the enforced cgroup"
+                    ),
+                    None => "socket() and each send get the policy's packet_sockets \
+                             (deny: EPERM)"
+                        .into(),
+                },
+            },
+            PathCoverage {
+                path: "raw_next_hop",
+                what: raw_what,
+                status: Status::Enforced,
+                hooks: RAW_HOOKS,
+                note: "the sendto (or connected) address is judged at the send, the header \
+                       by the packet hook"
+                    .into(),
+            },
+        ],
+        Err((status, why)) => [
+            PathCoverage {
+                path: "packet_socket",
+                what: packet_what,
+                status,
+                hooks: "",
+                note: format!("{why}; keep CAP_NET_RAW from workloads"),
+            },
+            PathCoverage {
+                path: "raw_next_hop",
+                what: raw_what,
+                status,
+                hooks: "",
+                note: format!("{why}; only the header's destination is judged (cgroup_skb/egress)"),
+            },
+        ],
+    }
+}
+
+impl Coverage {
+    /// Replaces the LSM rows by what the daemon found when it attached: `lsm` is
+    /// `Enforcer::lsm_coverage` (why the hooks do not run), `setting` the policy's
+    /// `packet_sockets`.
+    pub fn with_lsm(
+        mut self,
+        lsm: Result<(), String>,
+        setting: crate::config::PacketSockets,
+    ) -> Self {
+        let base_ok = self
+            .paths
+            .iter()
+            .find(|p| p.path == "tcp")
+            .is_some_and(|p| p.status == Status::Enforced);
+        let lsm = if base_ok {
+            lsm.map_err(|why| (Status::NotCovered, why))
+        } else {
+            return self;
+        };
+        self.paths
+            .retain(|p| p.path != "packet_socket" && p.path != "raw_next_hop");
+        self.paths.extend(lsm_rows(lsm, Some(setting)));
+        self
     }
 }
 
@@ -477,6 +611,50 @@ mod tests {
         assert_eq!(status("tcp"), Some(Status::Enforced));
         assert_eq!(status("raw_ip"), Some(Status::Enforced));
         assert_eq!(status("packet_socket"), Some(Status::NotCovered));
+        assert_eq!(status("raw_next_hop"), Some(Status::NotCovered));
+        let note = &c
+            .paths
+            .iter()
+            .find(|r| r.path == "packet_socket")
+            .map(|r| r.note.clone());
+        assert!(
+            note.as_ref().is_some_and(|n| n.contains("BPF LSM active")),
+            "{note:?}"
+        );
+    }
+
+    #[test]
+    fn lsm_probes_enforce_packet_sockets() {
+        let c = report(
+            "6.1.0".into(),
+            vec![
+                feature("a", Probe::Yes),
+                Feature {
+                    name: LSM_ACTIVE.into(),
+                    probe: Probe::Yes,
+                    required: false,
+                },
+                Feature {
+                    name: LSM_PROGRAM.into(),
+                    probe: Probe::Yes,
+                    required: false,
+                },
+                Feature {
+                    name: LSM_OFFSETS.into(),
+                    probe: Probe::Yes,
+                    required: false,
+                },
+            ],
+        );
+        let status = |c: &Coverage, p: &str| c.paths.iter().find(|r| r.path == p).map(|r| r.status);
+        assert_eq!(status(&c, "packet_socket"), Some(Status::Enforced));
+        // What the daemon found overrides the probes.
+        let c = c.with_lsm(
+            Err("the BPF LSM is not active".into()),
+            crate::config::PacketSockets::Deny,
+        );
+        assert_eq!(status(&c, "packet_socket"), Some(Status::NotCovered));
+        assert_eq!(status(&c, "raw_next_hop"), Some(Status::NotCovered));
     }
 
     #[test]

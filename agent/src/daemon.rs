@@ -153,21 +153,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     // Their threads start after the privileges are dropped (capabilities are per thread).
     let sinks = Pipeline::prepare(&candidate.output.sinks)?;
     let started = Instant::now();
-    let coverage = crate::coverage::probe();
-    for p in coverage
-        .paths
-        .iter()
-        .filter(|p| p.status != crate::coverage::Status::Enforced)
-    {
-        tracing::warn!(
-            path = p.path,
-            status = p.status.label(),
-            kernel = %coverage.kernel,
-            "egress path not enforced on this kernel: {} ({})",
-            p.what,
-            p.note
-        );
-    }
+    let coverage = crate::coverage::probe_for_start();
     let mut enforcer = match &pin_dir {
         Some(dir) => {
             let (e, adoption) =
@@ -206,6 +192,22 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         policy,
         ..
     } = candidate;
+    // What actually attached decides the LSM rows (a probe can say yes and a load still fail).
+    let coverage = coverage.with_lsm(enforcer.lsm_coverage(), policy.packet_sockets);
+    for p in coverage
+        .paths
+        .iter()
+        .filter(|p| p.status != crate::coverage::Status::Enforced)
+    {
+        tracing::warn!(
+            path = p.path,
+            status = p.status.label(),
+            kernel = %coverage.kernel,
+            "egress path not enforced on this kernel: {} ({})",
+            p.what,
+            p.note
+        );
+    }
     let (metrics_tx, mut metrics_rx) =
         tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<crate::metrics::Snapshot>>(16);
     if let Some(addr) = opts.metrics {

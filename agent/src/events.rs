@@ -113,7 +113,9 @@ pub struct ConnectionEvent {
     pub container: Option<Container>,
     /// Address family and transport.
     pub network: Network,
-    /// Where the connection was going.
+    /// Where the connection was going (absent for a packet socket, which has no IP
+    /// destination).
+    #[serde(skip_serializing_if = "Destination::is_absent")]
     pub destination: Destination,
     /// Policy that judged it.
     pub policy: PolicyRef,
@@ -164,14 +166,16 @@ pub fn failsafe_reason(code: u8) -> Option<&'static str> {
     Some(match u32::from(code) {
         f::NONE => return None,
         f::UNPARSEABLE => {
-            "headers egressd cannot read or does not walk (e.g. a routing header of type 0 or 3, a truncated header)"
+            "headers egressd cannot read or does not walk (e.g. a routing header of type 0 or 3, a truncated header), or a kernel structure an LSM hook could not read"
         }
         f::CHAIN_TOO_LONG => "too many IPv6 extension headers or IPv4 options",
         f::BAD_ENTRY => "corrupt policy map (entry id out of range)",
         f::NO_PAGE => "corrupt policy map (IPv4 table page missing)",
         f::LOCAL_MISROUTED => "loopback destination leaving through another interface",
         f::ROUTE_TOO_LONG => "routing header or source route with too many addresses",
-        f::ROUTE_HOP_RULES => "routing hop in a region with protocol/port rules",
+        f::ROUTE_HOP_RULES => {
+            "routing hop (or raw socket next hop) in a region with protocol/port rules"
+        }
         _ => "unknown reason",
     })
 }
@@ -236,26 +240,42 @@ pub struct Container {
 /// `network.*`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Network {
-    /// `"ipv4"` or `"ipv6"` (of the destination as judged).
+    /// `"ipv4"` or `"ipv6"` (of the destination as judged); `"packet"` (AF_PACKET) or
+    /// `"xdp"` (AF_XDP) for a packet socket, which has no IP destination.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// `"tcp"`, `"udp"`, or the protocol number as text.
+    /// `"tcp"`, `"udp"`, or the protocol number as text; for a packet socket its type
+    /// (`"raw"`, `"dgram"`, `"packet"`).
     pub transport: String,
-    /// IANA protocol number.
-    pub iana_number: u8,
+    /// IANA protocol number (absent for a packet socket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iana_number: Option<u8>,
+    /// The protocol a packet socket was opened for (an EtherType such as 2048 for IPv4;
+    /// 0 = none yet, 3 = every protocol); absent for IP destinations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ethertype: Option<u16>,
 }
 
 /// `destination.*`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Destination {
     /// Destination address; an IPv4-mapped IPv6 destination is shown as its IPv4 address.
-    pub ip: IpAddr,
+    /// Absent for a packet socket (the frame's addresses are the process's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
     /// Destination port (0 for protocols without ports).
     pub port: u16,
     /// Policy region of `ip`, or `"unknown"`.
     pub region: String,
     /// True when an AF_INET6 socket named it as `::ffff:a.b.c.d`.
     pub mapped: bool,
+}
+
+impl Destination {
+    /// True for a packet socket's event: no IP destination.
+    pub fn is_absent(&self) -> bool {
+        self.ip.is_none()
+    }
 }
 
 /// The policy in force.
@@ -460,6 +480,11 @@ pub fn build(
     group: Option<String>,
 ) -> ConnectionEvent {
     let info = details.info();
+    let packet = match ev.family {
+        family::PACKET => Some("packet"),
+        family::XDP => Some("xdp"),
+        _ => None,
+    };
     let ip = if ev.family == family::INET {
         IpAddr::V4(Ipv4Addr::new(
             ev.dst_addr[0],
@@ -510,12 +535,21 @@ pub fn build(
             path: cgroup_path,
         },
         network: Network {
-            kind: if ip.is_ipv4() { "ipv4" } else { "ipv6" },
-            transport: crate::protocol::name(ev.protocol),
-            iana_number: ev.protocol,
+            kind: match packet {
+                Some(k) => k,
+                None if ip.is_ipv4() => "ipv4",
+                None => "ipv6",
+            },
+            transport: if packet.is_some() {
+                socket_type(ev.protocol)
+            } else {
+                crate::protocol::name(ev.protocol)
+            },
+            iana_number: packet.is_none().then_some(ev.protocol),
+            ethertype: packet.map(|_| ev.dst_port),
         },
         destination: Destination {
-            ip,
+            ip: packet.is_none().then_some(ip),
             port: ev.dst_port,
             region: policy.region_name(ev.region).to_owned(),
             mapped: ev.mapped != 0,
@@ -534,6 +568,8 @@ pub fn build(
             // The policy's rule name; "allowlist" for region allowlist and default decisions.
             name: if let Some(why) = failsafe_reason(ev.reason) {
                 format!("fail-closed: {why}")
+            } else if packet.is_some() {
+                "packet_sockets".into()
             } else if ev.rule == 0 {
                 "allowlist".into()
             } else if ev.rule == egressd_common::RULE_DEFAULT {
@@ -808,7 +844,20 @@ pub fn hook_name(code: u8) -> &'static str {
         Some(Hook::Sendmsg6) => "cgroup/sendmsg6",
         Some(Hook::SkbEgress) => "cgroup_skb/egress",
         Some(Hook::SkbIngress) => "cgroup_skb/ingress",
+        Some(Hook::LsmSocketCreate) => "lsm/socket_create",
+        Some(Hook::LsmSocketSendmsg) => "lsm/socket_sendmsg",
         None => "unknown",
+    }
+}
+
+/// Socket type of a packet socket (`include/linux/net.h`), else the number.
+fn socket_type(kind: u8) -> String {
+    match kind {
+        1 => "stream".into(),
+        2 => "dgram".into(),
+        3 => "raw".into(),
+        10 => "packet".into(),
+        n => n.to_string(),
     }
 }
 
@@ -906,10 +955,11 @@ pub mod sample {
             network: Network {
                 kind: "ipv4",
                 transport: "tcp".into(),
-                iana_number: 6,
+                iana_number: Some(6),
+                ethertype: None,
             },
             destination: Destination {
-                ip: IpAddr::V4(Ipv4Addr::new(198, 18, 2, 2)),
+                ip: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 2, 2))),
                 port: 8080,
                 region: "us".into(),
                 mapped: false,
@@ -955,12 +1005,15 @@ pub mod sample {
             network: Network {
                 kind: "ipv6",
                 transport: "udp".into(),
-                iana_number: 17,
+                iana_number: Some(17),
+                ethertype: None,
             },
             destination: Destination {
-                ip: "2001:db8:2::2"
-                    .parse()
-                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                ip: Some(
+                    "2001:db8:2::2"
+                        .parse()
+                        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                ),
                 port: 53,
                 region: "unknown".into(),
                 mapped: false,
@@ -990,7 +1043,7 @@ pub mod sample {
         ev.process.command_line = Some("Zürich --ort 東京 --tag 🚀 \u{1b}[31m=red".into());
         ev.user.name = Some("jürgen".into());
         ev.network.kind = "ipv6";
-        ev.destination.ip = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x2));
+        ev.destination.ip = Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x2)));
         ev.destination.port = 443;
         ev.container = None;
         ev.cgroup = Cgroup {
@@ -1004,6 +1057,62 @@ pub mod sample {
             name: "no-üs".into(),
         };
         ev
+    }
+
+    /// A packet socket refused at `lsm/socket_create` (no IP destination).
+    pub fn packet_deny() -> ConnectionEvent {
+        ConnectionEvent {
+            header: header("connection", 9, T0 + 2_000_000),
+            verdict: "deny",
+            hook: "lsm/socket_create",
+            process: Process {
+                pid: 5150,
+                name: "scapy".into(),
+                thread: Id { id: 5150 },
+                parent: Some(Parent { pid: 5100 }),
+                executable: Some("/usr/bin/python3.11".into()),
+                command_line: Some("python3 send.py".into()),
+                exited: false,
+                details: "verified",
+                attribution: "task",
+            },
+            user: Named {
+                id: 0,
+                name: Some("root".into()),
+            },
+            group: Named {
+                id: 0,
+                name: Some("root".into()),
+            },
+            cgroup: Cgroup {
+                id: 614,
+                path: Some("/system.slice/app.service".into()),
+                systemd_unit: Some("app.service".into()),
+            },
+            container: None,
+            network: Network {
+                kind: "packet",
+                transport: "dgram".into(),
+                iana_number: None,
+                ethertype: Some(0x0800),
+            },
+            destination: Destination {
+                ip: None,
+                port: 0,
+                region: "unknown".into(),
+                mapped: false,
+            },
+            policy: PolicyRef {
+                mode: "enforce",
+                generation: 1,
+                digest: "3fb60c46ec413f16".into(),
+            },
+            rule: Rule {
+                id: 0,
+                name: "packet_sockets".into(),
+            },
+            suppressed: 0,
+        }
     }
 
     fn summary() -> PolicySummary {
@@ -1147,6 +1256,7 @@ pub mod sample {
             ("deny", Record::Connection(Box::new(deny()))),
             ("audit_exited", Record::Connection(Box::new(audit_exited()))),
             ("deny_utf8", Record::Connection(Box::new(deny_utf8()))),
+            ("packet_deny", Record::Connection(Box::new(packet_deny()))),
         ];
         for l in lifecycle() {
             v.push((l.header.kind, Record::Lifecycle(Box::new(l))));
@@ -1215,6 +1325,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn build_packet_socket_event() {
+        let seq = Sequencer::new(sample::context());
+        let mut ev = kernel_event();
+        ev.family = family::PACKET;
+        ev.protocol = 3;
+        ev.dst_port = 0x0800;
+        ev.dst_addr = [0; 16];
+        ev.region = 0;
+        ev.rule = 0;
+        ev.verdict = Verdict::Deny as u8;
+        ev.hook = Hook::LsmSocketCreate as u8;
+        let c = build(
+            seq.header("connection", 0),
+            &policy(),
+            &ev,
+            &procinfo::Details::Exited,
+            None,
+            None,
+        );
+        assert_eq!(c.hook, "lsm/socket_create");
+        assert_eq!(c.network.kind, "packet");
+        assert_eq!(c.network.transport, "raw");
+        assert_eq!(c.network.ethertype, Some(0x0800));
+        assert_eq!(c.network.iana_number, None);
+        assert!(c.destination.is_absent());
+        assert_eq!(c.rule.name, "packet_sockets");
+        let json = serde_json::to_value(&c).expect("serializes");
+        assert!(json.get("destination").is_none(), "{json}");
+    }
+
+    #[test]
     fn build_maps_every_kernel_field() {
         let seq = Sequencer::new(sample::context());
         let p = policy();
@@ -1244,7 +1385,10 @@ pub(crate) mod tests {
         assert_eq!(ev.policy.generation, 3);
         assert_eq!(ev.policy.digest, p.digest);
         assert_eq!(ev.destination.region, "us");
-        assert_eq!(ev.destination.ip.to_string(), "2001:db8:2::2");
+        assert_eq!(
+            ev.destination.ip.map(|i| i.to_string()).as_deref(),
+            Some("2001:db8:2::2")
+        );
         assert_eq!(ev.network.kind, "ipv6");
         assert_eq!(ev.network.transport, "udp");
         assert_eq!(ev.rule.id, 4);

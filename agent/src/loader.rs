@@ -11,6 +11,7 @@
 //! the next `load_pinned` on the same directory adopts them (same maps, the policy generation
 //! continues, each link's program replaced atomically with `BPF_LINK_UPDATE`).
 pub mod hooks;
+pub mod offsets;
 mod quiesce;
 mod table;
 
@@ -36,7 +37,7 @@ use egressd_common::{
 };
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
-use self::hooks::{HOOKS, Hook, LoadError};
+use self::hooks::{HOOKS, Hook, LoadError, by_program};
 pub use self::table::Capacity;
 use crate::{
     config::{Established, Mode},
@@ -77,6 +78,21 @@ pub struct Enforcer {
     /// Descriptors of the counter maps ([`maps::COUNTERS`], [`maps::FLOWS`]), kept after
     /// [`Enforcer::take_readers`] so an install can zero a reclaimed region id's slots.
     counter_fds: [std::os::fd::OwnedFd; 2],
+    /// State of the optional LSM hooks.
+    lsm: LsmState,
+    /// What [`maps::PACKET_EXES`] must hold (tamper checks compare it).
+    exes: std::collections::HashMap<egressd_common::ExeKey, u8>,
+}
+
+/// Whether the LSM hooks (packet sockets, raw next hops) run, and why not.
+#[derive(Clone, Debug, Default)]
+struct LsmState {
+    /// Loaded into the kernel (verifier passed).
+    loaded: bool,
+    /// Attached: both LSM hooks judge.
+    attached: bool,
+    /// Why they do not run (`None` while they do, or before `attach`).
+    reason: Option<String>,
 }
 
 /// Pinned-mode state of an [`Enforcer`].
@@ -162,6 +178,16 @@ impl Enforcer {
             .unwrap_or(u32::MAX)
             .max(DEFAULT_MAX_PREFIXES);
         let mut loader = EbpfLoader::new();
+        // The LSM programs read kernel structures at offsets from the kernel's BTF; without
+        // them the programs load (all zero, `valid` 0) but are not attached.
+        let (offsets, offsets_error) = match offsets::kernel_offsets() {
+            Ok(o) => (o, None),
+            Err(e) => (
+                egressd_common::KernelOffsets::default(),
+                Some(format!("{e:#}")),
+            ),
+        };
+        loader.override_global(egressd_common::KERNEL_OFFSETS, &offsets, true);
         for name in maps::PREFIXES_V4.iter().chain(&maps::PREFIXES_V6) {
             loader.map_max_entries(name, max);
         }
@@ -189,8 +215,40 @@ impl Enforcer {
                 }
             }
         }
+        let mut lsm = LsmState {
+            loaded: offsets_error.is_none(),
+            attached: false,
+            reason: offsets_error.map(|e| format!("kernel structure offsets unknown: {e}")),
+        };
+        let mut btf = None;
         for hook in &HOOKS {
-            hook.load(&mut ebpf).map_err(|e| explain_program(hook, e))?;
+            match hook.load(&mut ebpf, &mut btf) {
+                Ok(()) => {}
+                // Optional: the socket hooks enforce without them (see `LsmState`).
+                Err(e) if !hook.on_cgroup() => {
+                    let e = match e {
+                        LoadError::Kernel(ProgramError::LoadError {
+                            io_error,
+                            verifier_log,
+                        }) if verifier_log.to_string().trim().is_empty() => {
+                            anyhow!(
+                                "the kernel refused to load it before verification ({io_error}): \
+                                 it offers no BPF LSM programs to egressd"
+                            )
+                        }
+                        e => explain_program(hook, e),
+                    };
+                    tracing::warn!(
+                        hook = hook.name,
+                        error = format!("{e:#}"),
+                        "LSM program not loaded"
+                    );
+                    lsm.loaded = false;
+                    lsm.reason
+                        .get_or_insert(format!("{} did not load: {e:#}", hook.name));
+                }
+                Err(e) => return Err(explain_program(hook, e)),
+            }
         }
         let table_chunks = table::loaded_chunks(&ebpf)?;
         let dup = |name: &str| -> anyhow::Result<std::os::fd::OwnedFd> {
@@ -220,6 +278,8 @@ impl Enforcer {
             cgroup: None,
             quiescer: quiesce::Quiescer::new()?,
             counter_fds,
+            lsm,
+            exes: std::collections::HashMap::new(),
         })
     }
 
@@ -246,7 +306,7 @@ impl Enforcer {
         let cgroup_id = std::fs::metadata(cgroup)
             .with_context(|| format!("reading {}", cgroup.display()))?
             .ino();
-        for hook in &HOOKS {
+        for hook in HOOKS.iter().filter(|h| h.on_cgroup()) {
             let path = dir.link(hook.program);
             if !path.exists() {
                 continue;
@@ -318,14 +378,26 @@ impl Enforcer {
     /// returned; pinned, each pinned link is asked whether it is attached to the cgroup and
     /// runs this process's program.
     pub fn hook_states(&self) -> Vec<(&'static str, bool)> {
-        let hooks = HOOKS.iter().map(|h| (h.program, h.name));
+        // The LSM hooks count once they run; where they cannot, coverage says so instead.
+        let in_force = |h: &&Hook| h.on_cgroup() || self.lsm.attached;
+        let hooks = HOOKS.iter().filter(in_force).map(|h| (h.program, h.name));
         let Some(pins) = &self.pins else {
             // Ask the kernel which programs run at each hook of the cgroup: a link detached
             // behind egressd's back (`bpftool link detach`) still exists but runs nowhere.
             let cg = self.cgroup.as_ref().and_then(|p| File::open(p).ok());
             return HOOKS
                 .iter()
-                .map(|h| {
+                .enumerate()
+                .filter(|(_, h)| in_force(h))
+                .map(|(i, h)| {
+                    if !h.on_cgroup() {
+                        // A global link: it runs this program for as long as it exists.
+                        let want = self.program_id(h.program).ok();
+                        let ok = self.links.iter().any(|(j, l)| {
+                            *j == i && l.info().is_ok_and(|info| Some(info.program_id()) == want)
+                        });
+                        return (h.name, ok);
+                    }
                     let attached = cg.as_ref().is_some_and(|cg| {
                         let want = self.program_id(h.program).ok();
                         crate::pin::attached_programs(cg.as_fd(), h.attach_type)
@@ -338,10 +410,11 @@ impl Enforcer {
         let cgroup_id = std::fs::metadata(&pins.cgroup).map_or(0, |m| m.ino());
         hooks
             .map(|(name, hook)| {
+                let global = by_program(name).is_some_and(|h| !h.on_cgroup());
                 let ok = crate::pin::obj_get(&pins.dir.link(name))
                     .and_then(|fd| crate::pin::link_state(fd.as_fd()))
                     .is_ok_and(|st| {
-                        st.cgroup_id == cgroup_id
+                        (global || st.cgroup_id == cgroup_id)
                             && self.program_id(name).is_ok_and(|id| id == st.program_id)
                     });
                 (hook, ok)
@@ -385,10 +458,21 @@ impl Enforcer {
             File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         for spec in &HOOKS {
             let (name, hook) = (spec.program, spec.name);
+            if !spec.on_cgroup() && !self.lsm.attached {
+                continue;
+            }
             let want = self.program_id(name)?;
             let path = dir.link(name);
             let state = crate::pin::obj_get(&path)
                 .and_then(|fd| Ok((crate::pin::link_state(fd.as_fd())?, fd)));
+            if !spec.on_cgroup() {
+                // A global LSM link cannot be updated in place: attach anew, then re-pin.
+                if !state.is_ok_and(|(st, _)| st.program_id == want) {
+                    self.replace_global(spec, &cg, &path)?;
+                    repairs.push(format!("{hook}: link missing or replaced; re-attached"));
+                }
+                continue;
+            }
             match state {
                 Ok((st, fd)) if st.cgroup_id == cgroup_id && st.program_id == want => {
                     drop(fd);
@@ -424,6 +508,13 @@ impl Enforcer {
                 "policy generation was changed to {published}; restored {}",
                 self.generation
             ));
+        }
+        let exes: aya::maps::HashMap<_, egressd_common::ExeKey, u8> =
+            aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::PACKET_EXES)?)?;
+        let held: std::collections::HashMap<_, _> = exes.iter().filter_map(Result::ok).collect();
+        if held != self.exes {
+            write_exes(&mut self.ebpf, &self.exes)?;
+            repairs.push("executables allowed to use packet sockets were changed; restored".into());
         }
         let set = set_of(self.generation);
         let checks = self.pins.as_mut().map_or(0, |p| {
@@ -605,9 +696,20 @@ impl Enforcer {
         let cg =
             File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         if let Some(dir) = self.pins.as_ref().map(|p| p.dir.clone()) {
+            self.lsm_prepare(&cg)?;
             for spec in &HOOKS {
                 let (name, hook) = (spec.program, spec.name);
                 let path = dir.link(name);
+                if !spec.on_cgroup() {
+                    if self.lsm.reason.is_none() {
+                        // No BPF_LINK_UPDATE for tracing links: the new one runs before the
+                        // old pin goes, so there is no moment without either.
+                        if let Err(e) = self.replace_global(spec, &cg, &path) {
+                            self.lsm_failed(spec, &e);
+                        }
+                    }
+                    continue;
+                }
                 let adopted = crate::pin::obj_get(&path)
                     .and_then(|fd| Ok((crate::pin::link_state(fd.as_fd())?, fd)));
                 match adopted {
@@ -627,9 +729,25 @@ impl Enforcer {
                     }
                 }
             }
+            self.lsm.attached = self.lsm.reason.is_none();
             return Ok(());
         }
+        self.lsm_prepare(&cg)?;
         for (i, hook) in HOOKS.iter().enumerate() {
+            if !hook.on_cgroup() {
+                if self.lsm.reason.is_some() {
+                    continue;
+                }
+                match hook.attach(&mut self.ebpf, &cg, true) {
+                    Ok(Some(link)) => {
+                        self.links.push((i, link));
+                        tracing::info!(hook = hook.name, "attached (BPF LSM)");
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.lsm_failed(hook, &explain_program(hook, e)),
+                }
+                continue;
+            }
             let link = hook
                 .attach(&mut self.ebpf, &cg, true)
                 .map_err(|e| explain_program(hook, e))
@@ -639,7 +757,102 @@ impl Enforcer {
             tracing::info!(hook = hook.name, cgroup = %cgroup.display(), "attached");
         }
         self.cgroup = Some(cgroup.to_path_buf());
+        if self.lsm.reason.is_some() {
+            // Half of the LSM cover is no cover to report: drop what did attach.
+            self.links.retain(|(i, _)| HOOKS[*i].on_cgroup());
+        }
+        self.lsm.attached = self.lsm.reason.is_none();
         Ok(())
+    }
+
+    /// Decides whether the LSM hooks can run (loaded, BPF LSM active) and, if so, points
+    /// them at the enforced cgroup `cg`. Records the reason when they cannot.
+    fn lsm_prepare(&mut self, cg: &File) -> anyhow::Result<()> {
+        if self.lsm.reason.is_none() && !self.lsm.loaded {
+            self.lsm.reason = Some("the LSM programs did not load".into());
+        }
+        if self.lsm.reason.is_none() {
+            match crate::coverage::bpf_lsm_active() {
+                crate::coverage::Probe::Yes => {}
+                crate::coverage::Probe::No => {
+                    self.lsm.reason = Some(
+                        "the BPF LSM is not active (`bpf` missing from /sys/kernel/security/lsm; \
+                         boot with lsm=...,bpf)"
+                            .into(),
+                    );
+                }
+                crate::coverage::Probe::Unknown => {
+                    self.lsm.reason =
+                        Some("cannot read /sys/kernel/security/lsm (securityfs)".into());
+                }
+            }
+        }
+        if self.lsm.reason.is_some() {
+            return Ok(());
+        }
+        // Not fatal either: without the cgroup the LSM hooks stay detached.
+        let set = map(&mut self.ebpf, maps::LSM_CGROUP).and_then(|m| {
+            let mut slot: aya::maps::CgroupArray<_> = aya::maps::CgroupArray::try_from(m)?;
+            slot.set(0, cg.as_raw_fd(), 0)?;
+            Ok(())
+        });
+        if let Err(e) = set {
+            self.lsm.reason = Some(format!(
+                "writing the enforced cgroup for the LSM programs failed: {e:#}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records that LSM hook `hook` could not attach (the others enforce on).
+    fn lsm_failed(&mut self, hook: &Hook, e: &anyhow::Error) {
+        tracing::warn!(
+            hook = hook.name,
+            error = format!("{e:#}"),
+            "LSM hook not attached"
+        );
+        self.lsm
+            .reason
+            .get_or_insert(format!("{} did not attach: {e:#}", hook.name));
+    }
+
+    /// Attaches global hook `hook` anew and pins its link at `path` in place of what is
+    /// there (the old link is released once its pin is gone and nobody holds it).
+    fn replace_global(&mut self, hook: &Hook, cg: &File, path: &Path) -> anyhow::Result<()> {
+        let link = hook
+            .attach(&mut self.ebpf, cg, true)
+            .map_err(|e| explain_program(hook, e))?
+            .context("the attached link was not returned")?;
+        if path.exists() {
+            std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        link.pin(path)
+            .with_context(|| format!("pinning {} at {}", hook.name, path.display()))?;
+        tracing::info!(hook = hook.name, pin = %path.display(), "attached and pinned (BPF LSM)");
+        Ok(())
+    }
+
+    /// Why the LSM programs did not load (`None`: they passed the verifier), whether or not
+    /// the BPF LSM is active.
+    pub fn lsm_load_error(&self) -> Option<&str> {
+        if self.lsm.loaded {
+            None
+        } else {
+            Some(self.lsm.reason.as_deref().unwrap_or("not loaded"))
+        }
+    }
+
+    /// Whether the LSM hooks judge (packet sockets, raw next hops), else why not.
+    pub fn lsm_coverage(&self) -> Result<(), String> {
+        if self.lsm.attached {
+            Ok(())
+        } else {
+            Err(self
+                .lsm
+                .reason
+                .clone()
+                .unwrap_or_else(|| "the LSM programs are not attached".into()))
+        }
     }
 
     /// Policy generation in force (0 before the first install).
@@ -731,6 +944,8 @@ impl Enforcer {
             self.unknown[set] = true;
             return Err(e.context("zeroing the counters of a reclaimed region id"));
         }
+        self.exes = packet_exes(&policy);
+        write_exes(&mut self.ebpf, &self.exes)?;
         let mut generation: Array<_, u64> =
             Array::try_from(map(&mut self.ebpf, maps::GENERATION)?)?;
         generation
@@ -952,6 +1167,60 @@ fn clear_stale(ebpf: &mut Ebpf, set: usize, policy: &Policy, table: bool) -> any
     Ok(())
 }
 
+/// The (device, inode) grants of `policy`'s packet-socket executables, as the kernel names
+/// them (`inode->i_sb->s_dev` is `major << 20 | minor`). A path that does not resolve is
+/// logged and left out: a binary installed later needs a reload.
+fn packet_exes(policy: &Policy) -> std::collections::HashMap<egressd_common::ExeKey, u8> {
+    let mut out = std::collections::HashMap::new();
+    for (path, send) in &policy.packet_exes {
+        match std::fs::metadata(path) {
+            Ok(m) => {
+                let dev = m.dev();
+                let key = egressd_common::ExeKey {
+                    dev: (libc::major(dev) << 20) | libc::minor(dev),
+                    _pad: 0,
+                    ino: m.ino(),
+                };
+                let grant = if *send {
+                    egressd_common::exe::SEND
+                } else {
+                    egressd_common::exe::OPEN
+                };
+                let g = out.entry(key).or_insert(grant);
+                *g = (*g).max(grant);
+            }
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "executable allowed to use packet sockets not found; left out until a reload"
+            ),
+        }
+    }
+    out
+}
+
+/// Makes [`maps::PACKET_EXES`] hold exactly `want`.
+fn write_exes(
+    ebpf: &mut Ebpf,
+    want: &std::collections::HashMap<egressd_common::ExeKey, u8>,
+) -> anyhow::Result<()> {
+    let mut exes: aya::maps::HashMap<_, egressd_common::ExeKey, u8> =
+        aya::maps::HashMap::try_from(map(ebpf, maps::PACKET_EXES)?)?;
+    let stale: Vec<egressd_common::ExeKey> = exes
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(k))
+        .collect();
+    for k in &stale {
+        let _ = exes.remove(k);
+    }
+    for (k, v) in want {
+        exes.insert(k, v, 0)
+            .context("writing the executables allowed to use packet sockets")?;
+    }
+    Ok(())
+}
+
 /// The settings value of a set that serves `policy` as `generation`.
 fn settings_of(policy: &Policy, generation: u64, v4_table: bool) -> GlobalPolicy {
     GlobalPolicy {
@@ -963,7 +1232,7 @@ fn settings_of(policy: &Policy, generation: u64, v4_table: bool) -> GlobalPolicy
         },
         cut_established: u8::from(policy.established == Established::Cut),
         v4_table: u8::from(v4_table),
-        _pad: 0,
+        packet_sockets: policy.packet_sockets.verdict() as u8,
         suppress_ms: policy.suppress_window_ms,
     }
 }

@@ -307,6 +307,21 @@ fn check(path: &std::path::Path, drop_ins: Option<&std::path::Path>) -> anyhow::
         eprintln!("egressd: warning: {}: {w}", path.display());
     }
     print!("{}", egressd::check::summary(&cfg, &policy));
+    // What this machine's kernel covers of it (probes need root; unknown otherwise).
+    let coverage = egressd::coverage::probe();
+    for p in coverage
+        .paths
+        .iter()
+        .filter(|p| p.path == "packet_socket" || p.path == "raw_next_hop")
+    {
+        println!(
+            "coverage:  {} {} on this kernel ({}): {}",
+            p.path,
+            p.status.label(),
+            coverage.kernel,
+            p.note
+        );
+    }
     Ok(())
 }
 

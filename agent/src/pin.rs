@@ -302,6 +302,9 @@ impl PinDir {
                     continue;
                 };
                 match links.lstat(name) {
+                    // A global LSM link has no BPF_LINK_DETACH on older kernels; it ends
+                    // when its pin (its only holder) is removed below.
+                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG && !hook.on_cgroup() => {}
                     Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
                         let by_fd =
                             PathBuf::from(format!("/proc/self/fd/{}", links.fd().as_raw_fd()))

@@ -57,6 +57,10 @@ pub struct Policy {
     pub nat64: Vec<Ipv6Network>,
     /// [`Config::established`].
     pub established: Established,
+    /// [`Config::packet_sockets`].
+    pub packet_sockets: crate::config::PacketSockets,
+    /// [`Config::packet_exes`].
+    pub packet_exes: Vec<(std::path::PathBuf, bool)>,
     /// [`Config::ipv4_lookup`].
     pub ipv4_lookup: Ipv4Lookup,
     /// [`Config::default`].
@@ -145,6 +149,15 @@ pub fn compile_with(cfg: &Config, ids: &crate::ids::Assignment) -> Policy {
         let _ = writeln!(canonical, "nat64 {n}");
     }
     let _ = writeln!(canonical, "default {}", cfg.default.as_str());
+    // Only when it is not the mode's default, so digests of earlier policies stay as they
+    // were (the default follows from the mode, which is digested).
+    if cfg.packet_sockets != crate::config::PacketSockets::default_for(cfg.mode) {
+        let _ = writeln!(canonical, "packet-sockets {}", cfg.packet_sockets);
+    }
+    for (path, send) in &cfg.packet_exes {
+        let grant = if *send { "send" } else { "open" };
+        let _ = writeln!(canonical, "packet-exe {grant} {}", path.display());
+    }
     for r in &cfg.regions {
         if let Some(m) = r.mode {
             let _ = writeln!(canonical, "region-mode {} {m}", r.name);
@@ -201,6 +214,8 @@ pub fn compile_with(cfg: &Config, ids: &crate::ids::Assignment) -> Policy {
         v6,
         nat64: cfg.nat64.clone(),
         established: cfg.established,
+        packet_sockets: cfg.packet_sockets,
+        packet_exes: cfg.packet_exes.clone(),
         ipv4_lookup: cfg.ipv4_lookup,
         default: cfg.default,
         suppress_window_ms: cfg.suppress_window_ms,
@@ -761,6 +776,8 @@ mod tests {
             allowlist: vec!["r7".into()],
             cgroup: None,
             established: Established::Cut,
+            packet_sockets: crate::config::PacketSockets::Deny,
+            packet_exes: Vec::new(),
             ipv4_lookup: crate::config::Ipv4Lookup::Auto,
             nat64: vec![crate::config::WELL_KNOWN_NAT64],
             default: Action::Deny,

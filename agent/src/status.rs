@@ -58,8 +58,11 @@ pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
             dir.display()
         );
     }
+    // The global LSM hooks belong to the enforcement only where they were pinned (where
+    // the BPF LSM runs them).
     let hooks = HOOKS
         .iter()
+        .filter(|h| h.on_cgroup() || pins.link(h.program).exists())
         .map(|h| {
             let link = crate::pin::obj_get(&pins.link(h.program))
                 .and_then(|fd| crate::pin::link_state(fd.as_fd()))

@@ -11,13 +11,16 @@ mod kernel {
     pub mod fleet;
     pub mod harness;
     pub mod lastgood;
+    pub mod lsm;
     pub mod paths;
     pub mod reload;
     pub mod security;
     pub mod table;
 }
 
-use kernel::{differential, enforce, fleet, harness, lastgood, paths, reload, security, table};
+use kernel::{
+    differential, enforce, fleet, harness, lastgood, lsm, paths, reload, security, table,
+};
 use libtest_mimic::{Arguments, Trial};
 
 fn main() {
@@ -39,6 +42,17 @@ fn main() {
     // SAFETY: as above.
     unsafe { std::env::set_var("EGRESSD_RUN_DIR", &run) };
     let tests = vec![
+        Trial::test("lsm_packet_sockets_denied", lsm::packet_sockets_denied),
+        Trial::test(
+            "lsm_packet_sockets_audit_and_allow",
+            lsm::packet_sockets_audit_and_allow,
+        ),
+        Trial::test(
+            "lsm_packet_socket_executables",
+            lsm::packet_socket_executables,
+        ),
+        Trial::test("lsm_pinned_links", lsm::pinned_lsm_links),
+        Trial::test("lsm_programs_verify", lsm::lsm_programs_verify),
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
         Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce::enforce_ipv6),
         Trial::test(

@@ -103,7 +103,9 @@ fn cef_expected(r: &Record) -> Vec<(&'static str, String)> {
             v.push(("sproc", c.process.name.clone()));
             v.push(("spid", c.process.pid.to_string()));
             v.push(("suid", c.user.id.to_string()));
-            v.push(("dpt", c.destination.port.to_string()));
+            if c.destination.ip.is_some() {
+                v.push(("dpt", c.destination.port.to_string()));
+            }
             v.push(("cs1", c.destination.region.clone()));
             v.push(("cs2", c.policy.digest.clone()));
             v.push(("egressdHook", c.hook.to_owned()));
@@ -121,8 +123,9 @@ fn cef_expected(r: &Record) -> Vec<(&'static str, String)> {
                 }
             }
             match c.destination.ip {
-                std::net::IpAddr::V4(ip) => v.push(("dst", ip.to_string())),
-                std::net::IpAddr::V6(ip) => v.push(("c6a3", ip.to_string())),
+                Some(std::net::IpAddr::V4(ip)) => v.push(("dst", ip.to_string())),
+                Some(std::net::IpAddr::V6(ip)) => v.push(("c6a3", ip.to_string())),
+                None => {}
             }
         }
         Record::Lifecycle(l) => v.push(("msg", l.body.message())),

@@ -69,7 +69,43 @@ pub mod maps {
     pub const FAILSAFE: &str = "EGRESSD_FAILSAFE_V1";
     /// `BPF_MAP_TYPE_RINGBUF` of [`crate::Event`] records.
     pub const EVENTS: &str = "EGRESSD_EVENTS_V1";
+    /// `BPF_MAP_TYPE_CGROUP_ARRAY` with one slot: the enforced cgroup (written by userspace
+    /// as a cgroup directory descriptor). The LSM programs, which run for every task of the
+    /// host, act only for tasks under it (`bpf_current_task_under_cgroup`).
+    pub const LSM_CGROUP: &str = "EGRESSD_LSM_CGROUP_V1";
+    /// `BPF_MAP_TYPE_HASH`: [`crate::ExeKey`] -> `u8` [`crate::exe`] grant: executables
+    /// that may use packet sockets despite `packet_sockets` (policy
+    /// `packet_socket_open`/`packet_socket_send`).
+    pub const PACKET_EXES: &str = "EGRESSD_PACKET_EXES_V1";
 }
+
+/// Most executables [`maps::PACKET_EXES`] holds.
+pub const MAX_PACKET_EXES: u32 = 64;
+
+/// Grants of [`maps::PACKET_EXES`].
+pub mod exe {
+    /// May create packet sockets (receive, e.g. a capture tool); sends are judged.
+    pub const OPEN: u8 = 1;
+    /// May create packet sockets and send on them (e.g. a DHCP client).
+    pub const SEND: u8 = 2;
+}
+
+/// An executable file as the kernel names it: the (device, inode) of `task->mm->exe_file`,
+/// key of [`maps::PACKET_EXES`]. Not its path (a task can exec through any link or bind
+/// mount) and never its `comm` (which the task sets itself). 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExeKey {
+    /// `inode->i_sb->s_dev`, the kernel's encoding (`major << 20 | minor`).
+    pub dev: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    /// `inode->i_ino`.
+    pub ino: u64,
+}
+
+/// Name of the read-only global ([`KernelOffsets`]) that userspace sets before loading.
+pub const KERNEL_OFFSETS: &str = "EGRESSD_KERNEL_OFFSETS";
 
 /// Program (function) names in the eBPF object, one per hook.
 pub mod programs {
@@ -89,6 +125,12 @@ pub mod programs {
     /// `cgroup/sock_create`: records the creating task on every AF_INET/AF_INET6 socket
     /// ([`crate::maps::OWNERS`]); never refuses.
     pub const SOCK_CREATE: &str = "egressd_sock_create";
+    /// `lsm/socket_create`: creation of sockets that put frames on the wire past the INET
+    /// hooks (AF_PACKET, AF_XDP) by tasks under the enforced cgroup.
+    pub const LSM_SOCKET_CREATE: &str = "egressd_lsm_socket_create";
+    /// `lsm/socket_sendmsg`: sends on AF_PACKET/AF_XDP sockets, and the next hop of raw IP
+    /// sockets that write their own IP header (`IP_HDRINCL`, `IPPROTO_RAW`).
+    pub const LSM_SOCKET_SENDMSG: &str = "egressd_lsm_socket_sendmsg";
 }
 
 /// Policy set (0 = A, 1 = B) that serves generation `generation`.
@@ -158,6 +200,10 @@ pub enum Hook {
     SkbEgress = 4,
     /// See [`programs::SKB_INGRESS`].
     SkbIngress = 5,
+    /// See [`programs::LSM_SOCKET_CREATE`].
+    LsmSocketCreate = 6,
+    /// See [`programs::LSM_SOCKET_SENDMSG`].
+    LsmSocketSendmsg = 7,
 }
 
 /// Number of hook slots reserved in the counter layout (room for later hooks without a
@@ -182,6 +228,8 @@ impl Hook {
             3 => Some(Self::Sendmsg6),
             4 => Some(Self::SkbEgress),
             5 => Some(Self::SkbIngress),
+            6 => Some(Self::LsmSocketCreate),
+            7 => Some(Self::LsmSocketSendmsg),
             _ => None,
         }
     }
@@ -218,7 +266,8 @@ pub mod failsafe {
     /// The policy decided (no doubt).
     pub const NONE: u32 = 0;
     /// A packet whose IP header (or an IPv6 extension header, or the transport header's
-    /// ports) could not be read.
+    /// ports) could not be read; or a kernel structure an LSM hook reads (socket, message,
+    /// destination address, the enforced cgroup) could not be read.
     pub const UNPARSEABLE: u32 = 1;
     /// An IPv6 extension header chain longer than [`crate::MAX_EXT_HEADERS`], or an IPv4
     /// option list longer than the bound.
@@ -369,8 +418,10 @@ pub struct GlobalPolicy {
     /// 1: IPv4 destinations are looked up in this set's table ([`maps::TABLE24`]); 0: in
     /// its LPM trie ([`maps::PREFIXES_V4`]).
     pub v4_table: u8,
-    /// Explicit padding, always zero.
-    pub _pad: u8,
+    /// [`Verdict`] code for sockets that bypass the INET hooks (AF_PACKET, AF_XDP) created
+    /// or used by tasks under the enforced cgroup (policy field `packet_sockets`). 0 (allow)
+    /// in a set filled by an egressd older than the LSM programs, which never read it.
+    pub packet_sockets: u8,
     /// Event suppression window in milliseconds: at most one event per (process,
     /// destination, verdict) per window; 0 disables suppression.
     pub suppress_ms: u32,
@@ -488,10 +539,67 @@ pub mod family {
     pub const INET: u8 = 2;
     /// `AF_INET6`.
     pub const INET6: u8 = 10;
+    /// `AF_PACKET`: frames built by the process (link layer and up).
+    pub const PACKET: u8 = 17;
+    /// `AF_XDP`: frames handed to a driver's queue from a user-space ring.
+    pub const XDP: u8 = 44;
+}
+
+/// Where the fields the LSM programs read lie in the running kernel's structures, computed
+/// by userspace from its BTF (`/sys/kernel/btf/vmlinux`) and set as a read-only global
+/// ([`KERNEL_OFFSETS`]) before the programs load: no offset is compiled in. Offsets are in
+/// bytes from the start of the named structure. `valid` is 0 when any could not be found
+/// (the LSM programs are then not attached). 36 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// 1 when every offset below was found.
+    pub valid: u32,
+    /// `struct socket`: `short type`.
+    pub socket_type: u16,
+    /// `struct socket`: `struct sock *sk`.
+    pub socket_sk: u16,
+    /// `struct sock_common` (at the start of `struct sock`): `unsigned short skc_family`.
+    pub skc_family: u16,
+    /// `struct sock_common`: `__be32 skc_daddr` (the connected IPv4 address).
+    pub skc_daddr: u16,
+    /// `struct sock_common`: `struct in6_addr skc_v6_daddr`.
+    pub skc_v6_daddr: u16,
+    /// `struct sock`: `u16 sk_protocol`.
+    pub sk_protocol: u16,
+    /// `struct inet_sock` (which starts with `struct sock`): byte holding the header-include
+    /// flag (`hdrincl` bit field before 6.6, bit `INET_FLAGS_HDRINCL` of `inet_flags` since).
+    pub hdrincl_byte: u16,
+    /// Mask of that flag within its byte.
+    pub hdrincl_mask: u8,
+    /// Explicit padding, always zero.
+    pub _pad: u8,
+    /// `struct msghdr`: `void *msg_name`.
+    pub msg_name: u16,
+    /// `struct msghdr`: `int msg_namelen`.
+    pub msg_namelen: u16,
+    /// `struct task_struct`: `struct mm_struct *mm`.
+    pub task_mm: u16,
+    /// `struct mm_struct`: `struct file *exe_file`.
+    pub mm_exe_file: u16,
+    /// `struct file`: `struct inode *f_inode`.
+    pub file_inode: u16,
+    /// `struct inode`: `unsigned long i_ino`.
+    pub inode_ino: u16,
+    /// `struct inode`: `struct super_block *i_sb`.
+    pub inode_sb: u16,
+    /// `struct super_block`: `dev_t s_dev`.
+    pub sb_dev: u16,
 }
 
 /// One denied or audited attempt, as written to [`maps::EVENTS`]. 96 bytes, no implicit
 /// padding.
+///
+/// A packet-socket event (`family` [`family::PACKET`] or [`family::XDP`], from the LSM
+/// hooks) has no IP destination: `protocol` is the socket type (`SOCK_DGRAM` 2, `SOCK_RAW`
+/// 3, `SOCK_PACKET` 10; 0 when unknown), `dst_port` the protocol argument the socket was
+/// created with, in host byte order (an EtherType for AF_PACKET; 0 when unknown),
+/// `dst_addr` is zero and `region` is [`REGION_UNKNOWN`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -596,6 +704,10 @@ mod user {
     unsafe impl aya::Pod for super::SuppressKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SuppressState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExeKey {}
 }
 
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
@@ -606,3 +718,5 @@ const _: () = assert!(core::mem::size_of::<SockVerdict>() == 40);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
 const _: () = assert!(core::mem::size_of::<SuppressKey>() == 28);
 const _: () = assert!(core::mem::size_of::<SuppressState>() == 16);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36);
+const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);

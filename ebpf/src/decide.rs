@@ -73,21 +73,7 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
             reason: failsafe::NONE,
         };
     }
-    if d.family == family::INET6 {
-        let key = Key::new(128, d.addr);
-        let nat64 = if set == 0 {
-            EGRESSD_NAT64_A_V1.get(&key)
-        } else {
-            EGRESSD_NAT64_B_V1.get(&key)
-        };
-        if nat64.is_some() {
-            let v4 = [d.addr[12], d.addr[13], d.addr[14], d.addr[15]];
-            d.addr = [0; 16];
-            d.addr[..4].copy_from_slice(&v4);
-            d.family = family::INET;
-            d.mapped = unwrap::NAT64;
-        }
-    }
+    unwrap_nat64(d, set);
     let e = match entry(d, set) {
         Ok(e) => e,
         Err(reason) => return Decision::fail_closed(generation, reason),
@@ -115,6 +101,48 @@ pub fn decide(d: &mut Dest, generation: u64) -> Decision {
         rule,
         reason: failsafe::NONE,
     }
+}
+
+/// Unwraps a NAT64 destination of set `set` in place (RFC 6052: the IPv4 address is the
+/// last 4 bytes of a /96).
+#[inline(always)]
+fn unwrap_nat64(d: &mut Dest, set: usize) {
+    if d.family != family::INET6 {
+        return;
+    }
+    let key = Key::new(128, d.addr);
+    let nat64 = if set == 0 {
+        EGRESSD_NAT64_A_V1.get(&key)
+    } else {
+        EGRESSD_NAT64_B_V1.get(&key)
+    };
+    if nat64.is_some() {
+        let v4 = [d.addr[12], d.addr[13], d.addr[14], d.addr[15]];
+        d.addr = [0; 16];
+        d.addr[..4].copy_from_slice(&v4);
+        d.family = family::INET;
+        d.mapped = unwrap::NAT64;
+    }
+}
+
+/// The verdict for the next hop of a raw socket that writes its own IP header (the address
+/// the kernel routes by, which the header need not name): local and unspecified addresses
+/// are allowed, NAT64 addresses unwrapped, anything else judged as a routing-header hop
+/// ([`hop`]): the prefix's decision for all traffic, since the header's protocol and ports
+/// are the packet hook's to judge.
+#[inline(always)]
+pub fn next_hop(d: &mut Dest, generation: u64) -> Decision {
+    if addr::is_local(d) {
+        return Decision {
+            generation,
+            region: REGION_LOCAL,
+            verdict: Verdict::Allow,
+            rule: 0,
+            reason: failsafe::NONE,
+        };
+    }
+    unwrap_nat64(d, set_of(generation));
+    hop(d, generation)
 }
 
 /// The verdict for an intermediate hop of a routing header or source route: the default

@@ -9,6 +9,7 @@
 mod addr;
 mod cache;
 mod decide;
+mod lsm;
 mod maps;
 mod owner;
 mod report;
@@ -16,8 +17,8 @@ mod skb;
 mod sock;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext, SockContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, lsm},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext},
 };
 use egressd_common::Hook;
 
@@ -64,6 +65,20 @@ pub fn egressd_skb_egress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(ingress)]
 pub fn egressd_skb_ingress(ctx: SkBuffContext) -> i32 {
     skb::ingress(&ctx)
+}
+
+/// `lsm/socket_create`: AF_PACKET and AF_XDP sockets created by tasks under the enforced
+/// cgroup get the policy's `packet_sockets` verdict (`-EPERM` when denied).
+#[lsm(hook = "socket_create")]
+pub fn egressd_lsm_socket_create(ctx: LsmContext) -> i32 {
+    lsm::socket_create(&ctx)
+}
+
+/// `lsm/socket_sendmsg`: sends on AF_PACKET/AF_XDP sockets (also those created before
+/// egressd or passed in), and the next hop of raw IP sockets that write their own header.
+#[lsm(hook = "socket_sendmsg")]
+pub fn egressd_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
+    lsm::socket_sendmsg(&ctx)
 }
 
 #[cfg(not(test))]

@@ -4,12 +4,12 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, CgroupArray, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egressd_common::{
-    COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, FLOW_SLOTS, FlowCounter,
-    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, SUPPRESS_ENTRIES, SockOwner, SockVerdict, SuppressKey,
-    SuppressState, failsafe, loss,
+    COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, ExeKey, FLOW_SLOTS, FlowCounter,
+    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, MAX_PACKET_EXES, SUPPRESS_ENTRIES, SockOwner,
+    SockVerdict, SuppressKey, SuppressState, failsafe, loss,
     table::{Page8, Page24},
 };
 
@@ -110,3 +110,12 @@ pub static EGRESSD_LOSS_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries(los
 /// Deny/audit events for the daemon.
 #[map]
 pub static EGRESSD_EVENTS_V1: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Slot 0: the enforced cgroup, for the LSM programs (see `lsm`).
+#[map]
+pub static EGRESSD_LSM_CGROUP_V1: CgroupArray = CgroupArray::with_max_entries(1, 0);
+
+/// Executables that may use packet sockets despite `packet_sockets` (see `lsm`).
+#[map]
+pub static EGRESSD_PACKET_EXES_V1: HashMap<ExeKey, u8> =
+    HashMap::with_max_entries(MAX_PACKET_EXES, 0);

@@ -17,6 +17,11 @@
 //! - `icmp`: ICMP (v4) or ICMPv6 echo request on a raw socket, wait for the reply (PORT is
 //!   ignored);
 //! - `rawip`: a raw IP datagram with protocol number PORT (no reply expected);
+//! - `packet-dgram`, `packet-raw`: a hand-built IPv4/UDP datagram to ADDR:PORT (IPv4 only)
+//!   on an AF_PACKET `SOCK_DGRAM` or `SOCK_RAW` socket, out of the interface on ADDR's /24
+//!   (no reply expected; see [`crate::frames`]);
+//! - `hdrincl://NEXTHOP:PORT/HEADERDST`: an `IPPROTO_RAW` socket sends a UDP datagram whose
+//!   own IPv4 header names HEADERDST, with `sendto(NEXTHOP)` (no reply expected);
 //! - `tcp-hold`: connect, exchange one byte (result `#1`), then wait for a line on stdin and
 //!   exchange another byte on the same connection (result `#2`).
 //!
@@ -258,6 +263,21 @@ pub fn attempt(probe: &str) -> ProbeResult {
     let Some((kind, addr)) = probe.split_once("://") else {
         return fail(probe, "parse", &io::Error::other("missing ://"));
     };
+    if kind == "hdrincl" {
+        let parsed = addr.split_once('/').and_then(|(hop, dst)| {
+            Some((
+                hop.parse::<std::net::SocketAddrV4>().ok()?,
+                dst.parse().ok()?,
+            ))
+        });
+        let Some((hop, dst)) = parsed else {
+            return fail(probe, "parse", &io::Error::other("NEXTHOP:PORT/HEADERDST"));
+        };
+        return match crate::frames::hdrincl(hop, dst) {
+            Ok(()) => ok(probe),
+            Err((step, e)) => fail(probe, step, &e),
+        };
+    }
     let addr: SocketAddr = match addr.parse() {
         Ok(a) => a,
         Err(e) => return fail(probe, "parse", &io::Error::other(e)),
@@ -295,6 +315,10 @@ pub fn attempt(probe: &str) -> ProbeResult {
         "icmp" => icmp_echo(addr, timeout),
         "rawip" => raw_ip(addr),
         "sctp" => sctp_associate(addr, Duration::from_secs(2)),
+        "packet-dgram" | "packet-raw" => match addr {
+            SocketAddr::V4(a) => crate::frames::packet(a, kind == "packet-raw"),
+            SocketAddr::V6(_) => Err(("parse", io::Error::other("IPv4 only"))),
+        },
         _ => {
             return fail(
                 probe,

@@ -139,12 +139,13 @@ fn connection(ev: &ConnectionEvent) -> String {
         .kv("deviceDirection", 1)
         .kv("proto", ev.network.transport.to_uppercase());
     match ev.destination.ip {
-        std::net::IpAddr::V4(ip) => {
+        Some(std::net::IpAddr::V4(ip)) => {
             e.kv("dst", ip);
         }
-        std::net::IpAddr::V6(ip) => {
+        Some(std::net::IpAddr::V6(ip)) => {
             e.labelled("c6a3", "Destination IPv6 Address", Some(ip));
         }
+        None => {}
     }
     let labels: Vec<String> = h
         .host
@@ -152,8 +153,10 @@ fn connection(ev: &ConnectionEvent) -> String {
         .iter()
         .map(|(k, v)| format!("{k}:{v}"))
         .collect();
-    e.kv("dpt", ev.destination.port)
-        .kv("dvchost", &h.host.name)
+    if ev.destination.ip.is_some() {
+        e.kv("dpt", ev.destination.port);
+    }
+    e.kv("dvchost", &h.host.name)
         .kv("shost", &h.host.name)
         .kv("spid", ev.process.pid)
         .kv("sproc", &ev.process.name)

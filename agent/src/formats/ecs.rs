@@ -132,8 +132,8 @@ fn connection(ev: &ConnectionEvent) -> Value {
             "provider": ev.hook,
             "severity": if deny { 5 } else { 3 },
             "reason": format!(
-                "destination region {} is not allowlisted{}",
-                ev.destination.region,
+                "{}{}",
+                super::why(ev),
                 if deny { "" } else { " (audit mode: let through)" }
             ),
         }),
@@ -144,21 +144,23 @@ fn connection(ev: &ConnectionEvent) -> Value {
             "direction": "egress",
             "type": ev.network.kind,
             "transport": ev.network.transport,
-            "iana_number": ev.network.iana_number.to_string(),
+            "iana_number": ev.network.iana_number.map(|n| n.to_string()),
         }),
     );
     m.insert(
         "source".into(),
         json!({ "address": h.host.name, "user": named(ev.user.id, &ev.user.name) }),
     );
-    m.insert(
-        "destination".into(),
-        json!({
-            "ip": ev.destination.ip,
-            "address": ev.destination.ip.to_string(),
-            "port": ev.destination.port,
-        }),
-    );
+    if let Some(ip) = ev.destination.ip {
+        m.insert(
+            "destination".into(),
+            json!({
+                "ip": ip,
+                "address": ip.to_string(),
+                "port": ev.destination.port,
+            }),
+        );
+    }
     m.insert(
         "process".into(),
         json!({

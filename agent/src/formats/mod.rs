@@ -75,14 +75,27 @@ pub fn message(ev: &ConnectionEvent) -> String {
         Some(n) => format!("user {n}"),
         None => format!("uid {}", ev.user.id),
     };
-    let dest = match ev.destination.ip {
-        std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", ev.destination.port),
-        std::net::IpAddr::V4(ip) => format!("{ip}:{}", ev.destination.port),
+    let what = match ev.destination.ip {
+        Some(ip) => {
+            let dest = match ip {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", ev.destination.port),
+                std::net::IpAddr::V4(ip) => format!("{ip}:{}", ev.destination.port),
+            };
+            format!(
+                "{} connection to {dest} (region {}, not allowlisted) by {} (pid {}, {who})",
+                ev.network.transport, ev.destination.region, ev.process.name, ev.process.pid
+            )
+        }
+        None => format!(
+            "{} {} socket at {} ({}) by {} (pid {}, {who})",
+            ev.network.kind,
+            ev.network.transport,
+            ev.hook,
+            why(ev),
+            ev.process.name,
+            ev.process.pid
+        ),
     };
-    let what = format!(
-        "{} connection to {dest} (region {}, not allowlisted) by {} (pid {}, {who})",
-        ev.network.transport, ev.destination.region, ev.process.name, ev.process.pid
-    );
     let repeats = if ev.suppressed > 0 {
         format!("; {} similar attempts suppressed before it", ev.suppressed)
     } else {
@@ -98,6 +111,19 @@ pub fn message(ev: &ConnectionEvent) -> String {
 /// Milliseconds since the Unix epoch (OCSF `time`, CEF `rt`).
 pub fn unix_ms(unix_ns: i128) -> i64 {
     i64::try_from(unix_ns.div_euclid(1_000_000)).unwrap_or(0)
+}
+
+/// Why an event's attempt was denied or reported, in words: the destination's region, or
+/// the `packet_sockets` setting for a packet socket.
+pub fn why(ev: &ConnectionEvent) -> String {
+    if ev.destination.ip.is_some() {
+        format!(
+            "destination region {} is not allowlisted",
+            ev.destination.region
+        )
+    } else {
+        "packet sockets are not allowed by policy packet_sockets".into()
+    }
 }
 
 #[cfg(test)]

@@ -143,16 +143,24 @@ fn connection(ev: &ConnectionEvent) -> Value {
     m.insert("metadata".into(), metadata(h, &profiles));
     m.insert("device".into(), device(h));
     m.insert("src_endpoint".into(), json!({ "hostname": h.host.name }));
-    m.insert(
-        "dst_endpoint".into(),
-        json!({ "ip": ev.destination.ip, "port": ev.destination.port }),
-    );
+    // Network Activity requires dst_endpoint, with at least one of its identifying
+    // attributes: a packet or XDP socket refused at creation has no IP destination yet, so
+    // the endpoint is named for what it is.
+    let dst = match ev.destination.ip {
+        Some(ip) => json!({ "ip": ip, "port": ev.destination.port }),
+        None => json!({ "name": format!("{} socket (no IP destination)", ev.network.kind) }),
+    };
+    m.insert("dst_endpoint".into(), dst);
     m.insert(
         "connection_info".into(),
         json!({
             "protocol_name": ev.network.transport,
             "protocol_num": ev.network.iana_number,
-            "protocol_ver_id": if ev.network.kind == "ipv4" { 4 } else { 6 },
+            "protocol_ver_id": match ev.network.kind {
+                "ipv4" => json!(4),
+                "ipv6" => json!(6),
+                _ => json!(null),
+            },
             "direction_id": 2,
             "direction": "Outbound",
         }),

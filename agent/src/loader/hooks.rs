@@ -4,10 +4,10 @@ use std::fs::File;
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf,
+    Btf, Ebpf,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
-        links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Lsm,
+        ProgramError, links::FdLink,
     },
 };
 use egressd_common::programs;
@@ -25,6 +25,11 @@ pub enum Kind {
     /// `BPF_PROG_TYPE_CGROUP_SOCK` (the attach type, `sock_create`, is in the program's ELF
     /// section).
     Sock,
+    /// `BPF_PROG_TYPE_LSM`, `BPF_LSM_MAC`: a global program on the LSM hook named after
+    /// `lsm/` in [`Hook::name`], attached with a tracing link (not to the cgroup; the
+    /// program tests the task's cgroup itself). Optional: where it cannot load or the BPF
+    /// LSM is not active, the other hooks still enforce and coverage says what is missing.
+    Lsm,
 }
 
 /// One hook: the program that serves it, its name as operators know it, and the name of
@@ -44,8 +49,8 @@ pub struct Hook {
 }
 
 /// Every hook, in attach order: `sock_create` first, so sockets created while the others
-/// attach already have their owner recorded.
-pub const HOOKS: [Hook; 7] = [
+/// attach already have their owner recorded; the optional LSM hooks last.
+pub const HOOKS: [Hook; 9] = [
     Hook {
         program: programs::SOCK_CREATE,
         name: "cgroup/sock_create",
@@ -95,6 +100,20 @@ pub const HOOKS: [Hook; 7] = [
         kind: Kind::SkbIngress,
         attach_type: 0,
     },
+    Hook {
+        program: programs::LSM_SOCKET_CREATE,
+        name: "lsm/socket_create",
+        pin: "lsm_socket_create",
+        kind: Kind::Lsm,
+        attach_type: 27,
+    },
+    Hook {
+        program: programs::LSM_SOCKET_SENDMSG,
+        name: "lsm/socket_sendmsg",
+        pin: "lsm_socket_sendmsg",
+        kind: Kind::Lsm,
+        attach_type: 27,
+    },
 ];
 
 /// The hook served by program `program`.
@@ -113,8 +132,19 @@ where
 }
 
 impl Hook {
-    /// Loads the program into the kernel (the verifier runs here).
-    pub fn load(&self, ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    /// The LSM hook name (`socket_create`) of a [`Kind::Lsm`] hook; empty for others.
+    pub fn lsm_hook(&self) -> &'static str {
+        self.name.strip_prefix("lsm/").unwrap_or("")
+    }
+
+    /// Whether the hook is attached to the cgroup (false for the global LSM programs).
+    pub fn on_cgroup(&self) -> bool {
+        self.kind != Kind::Lsm
+    }
+
+    /// Loads the program into the kernel (the verifier runs here). `btf` caches the
+    /// kernel's BTF for the LSM hooks (read at the first that needs it).
+    pub fn load(&self, ebpf: &mut Ebpf, btf: &mut Option<Btf>) -> Result<(), LoadError> {
         let res = match self.kind {
             Kind::SockAddr => program::<CgroupSockAddr>(ebpf, self.program)
                 .map_err(LoadError::Object)?
@@ -125,11 +155,22 @@ impl Hook {
             Kind::Sock => program::<CgroupSock>(ebpf, self.program)
                 .map_err(LoadError::Object)?
                 .load(),
+            Kind::Lsm => {
+                let btf = match btf {
+                    Some(b) => b,
+                    None => btf.insert(
+                        Btf::from_sys_fs().map_err(|e| LoadError::Kernel(ProgramError::Btf(e)))?,
+                    ),
+                };
+                program::<Lsm>(ebpf, self.program)
+                    .map_err(LoadError::Object)?
+                    .load(self.lsm_hook(), btf)
+            }
         };
         res.map_err(LoadError::Kernel)
     }
 
-    /// Attaches the loaded program to `cg`; the link is owned by the program (dropped with
+    /// Attaches the loaded program to `cg` (an LSM program globally); the link is owned by the program (dropped with
     /// the [`Ebpf`]), or taken out and returned as an [`FdLink`] when `take` is set (to pin
     /// it).
     pub fn attach(
@@ -170,6 +211,17 @@ impl Hook {
                 let id = p.attach(cg, mode).map_err(LoadError::Kernel)?;
                 if take {
                     Some(p.take_link(id).map_err(LoadError::Kernel)?.try_into())
+                } else {
+                    None
+                }
+            }
+            Kind::Lsm => {
+                let p = program::<Lsm>(ebpf, self.program).map_err(LoadError::Object)?;
+                let id = p.attach().map_err(LoadError::Kernel)?;
+                if take {
+                    Some(Ok(FdLink::from(
+                        p.take_link(id).map_err(LoadError::Kernel)?,
+                    )))
                 } else {
                     None
                 }

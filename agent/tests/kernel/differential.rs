@@ -269,6 +269,8 @@ fn random_config(rng: &mut fastrand::Rng) -> Config {
         allowlist,
         cgroup: None,
         established: Established::Cut,
+        packet_sockets: egressd::config::PacketSockets::Deny,
+        packet_exes: Vec::new(),
         ipv4_lookup: Ipv4Lookup::Auto,
         nat64,
         default: if rng.u8(..4) == 0 {

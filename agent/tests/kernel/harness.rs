@@ -43,6 +43,11 @@ pub fn policy(mode: &str) -> String {
     egressd_testbed::POLICY.replace("{mode}", mode)
 }
 
+/// How long a start may take: loading and verifying every program, plus attaching the BPF
+/// LSM programs (a trampoline update each) where the LSM runs, takes 20-30 s in a VM under
+/// TCG on a busy machine (about a second natively).
+pub const START_WITHIN: Duration = Duration::from_secs(60);
+
 /// A running `egressd run` attached to the test bed's cgroup.
 pub struct Agent {
     child: Child,
@@ -76,7 +81,7 @@ impl Agent {
         std::fs::write(&cfg, text).map_err(|e| format!("writing policy: {e}"))?;
         let mut agent = Self::spawn(tb, &cfg, &[])?;
         agent._dir = Some(dir);
-        agent.wait_for("agent_start", Duration::from_secs(30))?;
+        agent.wait_for("agent_start", START_WITHIN)?;
         Ok(agent)
     }
 
@@ -84,7 +89,7 @@ impl Agent {
     /// bed's cgroup, and waits for its `agent_start` record.
     pub fn start_at(tb: &Testbed, config: &Path, extra: &[&str]) -> Result<Self, Failed> {
         let mut agent = Self::spawn(tb, config, extra)?;
-        agent.wait_for("agent_start", Duration::from_secs(30))?;
+        agent.wait_for("agent_start", START_WITHIN)?;
         Ok(agent)
     }
 

@@ -426,7 +426,7 @@ pub fn metrics_connection_flood() -> Result<(), Failed> {
         &["--metrics", &addr],
         &["prlimit", "--nofile=1024:1024"],
     )?;
-    d.wait_for("agent_start", Duration::from_secs(30))?;
+    d.wait_for("agent_start", super::harness::START_WITHIN)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let holder = Command::new("setpriv")
         .args([

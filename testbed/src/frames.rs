@@ -1,0 +1,175 @@
+//! Probes that build their own frames or IP headers, past the INET socket hooks: AF_PACKET
+//! sockets (`SOCK_DGRAM`: IPv4 header and up; `SOCK_RAW`: Ethernet header too) and a raw
+//! IPv4 socket with `IP_HDRINCL` whose header names another destination than `sendto`.
+//! Frames go out of the client namespace's interface on the destination's subnet, to the
+//! Ethernet broadcast address (the host on the link takes an IP datagram addressed to it
+//! whatever the link-layer destination), so no neighbour lookup is needed.
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+type Step = Result<(), (&'static str, io::Error)>;
+
+fn last_err<T>(step: &'static str) -> Result<T, (&'static str, io::Error)> {
+    Err((step, io::Error::last_os_error()))
+}
+
+/// `ETH_P_IP`.
+const ETH_P_IP: u16 = 0x0800;
+
+/// The interface (index, IPv4 address) whose /24 holds `dst`.
+fn interface_for(dst: Ipv4Addr) -> Result<(u32, Ipv4Addr), (&'static str, io::Error)> {
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `ifap` with a list we free below.
+    if unsafe { libc::getifaddrs(&raw mut ifap) } != 0 {
+        return last_err("getifaddrs");
+    }
+    let mut found = None;
+    let mut p = ifap;
+    while !p.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*p };
+        p = ifa.ifa_next;
+        if ifa.ifa_addr.is_null()
+            // SAFETY: non-null sockaddr of the node.
+            || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET
+        {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+        let a = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        if a.octets()[..3] == dst.octets()[..3] {
+            // SAFETY: the name is a NUL-terminated string of the node.
+            let idx = unsafe { libc::if_nametoindex(ifa.ifa_name) };
+            found = Some((idx, a));
+            break;
+        }
+    }
+    // SAFETY: the list from getifaddrs.
+    unsafe { libc::freeifaddrs(ifap) };
+    found.ok_or((
+        "interface",
+        io::Error::other(format!("no interface on {dst}/24")),
+    ))
+}
+
+/// The Internet checksum (RFC 1071) of `b`.
+fn checksum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4/UDP datagram from `src` to `dst` (UDP checksum 0: none, RFC 768).
+fn ipv4_udp(src: Ipv4Addr, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut p = Vec::with_capacity(total);
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.ip().octets());
+    let c = checksum(&p);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&40000u16.to_be_bytes());
+    p.extend_from_slice(&dst.port().to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+fn socket(family: i32, ty: i32, proto: i32) -> Result<OwnedFd, (&'static str, io::Error)> {
+    // SAFETY: plain syscall; the fd is owned on success.
+    let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return last_err("socket");
+    }
+    // SAFETY: a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `packet-dgram` (`raw` false) and `packet-raw` (`raw` true): a hand-built IPv4/UDP
+/// datagram to `dst` on an AF_PACKET socket.
+pub fn packet(dst: SocketAddrV4, raw: bool) -> Step {
+    let (ifindex, src) = interface_for(*dst.ip())?;
+    let ty = if raw {
+        libc::SOCK_RAW
+    } else {
+        libc::SOCK_DGRAM
+    };
+    let fd = socket(libc::AF_PACKET, ty, i32::from(ETH_P_IP.to_be()))?;
+    let mut frame = Vec::new();
+    if raw {
+        frame.extend_from_slice(&[0xff; 6]);
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+        frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    }
+    frame.extend_from_slice(&ipv4_udp(src, dst, b"egressd-packet"));
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut ll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    ll.sll_family = libc::AF_PACKET as u16;
+    ll.sll_protocol = ETH_P_IP.to_be();
+    ll.sll_ifindex = ifindex as i32;
+    ll.sll_halen = 6;
+    ll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    // SAFETY: valid fd, buffer and address.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&raw const ll).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if n < 0 {
+        return last_err("sendto");
+    }
+    Ok(())
+}
+
+/// `hdrincl`: an `IPPROTO_RAW` socket (the process writes the IPv4 header) sends a UDP
+/// datagram whose header names `header_dst` with `sendto(next_hop)`: the kernel routes by
+/// `next_hop`.
+pub fn hdrincl(next_hop: SocketAddrV4, header_dst: Ipv4Addr) -> Step {
+    let (_, src) = interface_for(*next_hop.ip())?;
+    let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+    let dgram = ipv4_udp(
+        src,
+        SocketAddrV4::new(header_dst, next_hop.port()),
+        b"egressd-hdrincl",
+    );
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(next_hop.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: valid fd, buffer and address.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            dgram.as_ptr().cast(),
+            dgram.len(),
+            0,
+            (&raw const sin).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if n < 0 {
+        return last_err("sendto");
+    }
+    Ok(())
+}
