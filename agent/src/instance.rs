@@ -150,7 +150,8 @@ fn foreign_programs(
         })
         .unwrap_or_default();
     let mut attached = Vec::new();
-    for h in &HOOKS {
+    // LSM programs are global, not attached to the cgroup: nothing to ask it about them.
+    for h in HOOKS.iter().filter(|h| h.on_cgroup()) {
         for id in crate::pin::attached_programs(cg.as_fd(), h.attach_type)
             .with_context(|| format!("querying the programs attached to {}", cgroup.display()))?
         {
