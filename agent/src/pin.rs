@@ -295,6 +295,8 @@ impl PinDir {
             }
         };
         let links = sub("links", &mut errors);
+        // Ids of the global LSM links, to wait below until the kernel has released them.
+        let mut global_ids = Vec::new();
         if let Some(links) = &links {
             for hook in &crate::loader::hooks::HOOKS {
                 let path = self.link(hook.program);
@@ -304,7 +306,14 @@ impl PinDir {
                 match links.lstat(name) {
                     // A global LSM link has no BPF_LINK_DETACH on older kernels; it ends
                     // when its pin (its only holder) is removed below.
-                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG && !hook.on_cgroup() => {}
+                    Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG && !hook.on_cgroup() => {
+                        let by_fd =
+                            PathBuf::from(format!("/proc/self/fd/{}", links.fd().as_raw_fd()))
+                                .join(name);
+                        if let Ok(st) = obj_get(&by_fd).and_then(|fd| link_state(fd.as_fd())) {
+                            global_ids.push(st.link_id);
+                        }
+                    }
                     Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
                         let by_fd =
                             PathBuf::from(format!("/proc/self/fd/{}", links.fd().as_raw_fd()))
@@ -325,6 +334,20 @@ impl PinDir {
                     Err(e) => errors.push(e.to_string()),
                 }
             }
+        }
+        // The kernel frees a link whose last reference went away asynchronously (a deferred
+        // work item, then an RCU grace period for the trampoline): wait, bounded, so that
+        // enforcement has ended when `detach` returns.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while global_ids.iter().any(|id| link_exists(*id)) {
+            if std::time::Instant::now() > deadline {
+                errors.push(format!(
+                    "LSM links {global_ids:?} still exist 10 s after their pins were removed \
+                     (another process holds them?)"
+                ));
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let maps = sub("maps", &mut errors);
         if let Some(maps) = &maps {
@@ -422,6 +445,22 @@ pub(crate) const BPF_LINK_UPDATE: libc::c_long = 29;
 /// `BPF_PROG_QUERY` (`include/uapi/linux/bpf.h`).
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+
+/// Whether link `id` still exists (`BPF_LINK_GET_FD_BY_ID` finds it).
+fn link_exists(id: u32) -> bool {
+    let mut attr = [u64::from(id)];
+    match sys_bpf(BPF_LINK_GET_FD_BY_ID, &mut attr) {
+        Ok(fd) => {
+            if let Ok(fd) = i32::try_from(fd) {
+                // SAFETY: the kernel returned a new descriptor we own; closed at once.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 /// `bpf(cmd, attr, sizeof attr)` with `attr` as an array of u64 words (zero-padded).
