@@ -321,9 +321,19 @@ impl Cache {
         let info = match self.procs.get(&claim.pid) {
             Some(hit) if hit.start_time == stat.start_time && hit.comm == stat.comm => hit.clone(),
             _ => {
-                let Some(info) = self.read_details(&dir, stat) else {
+                let Some(info) = self.read_details(&dir, stat.clone()) else {
                     return Details::Exited;
                 };
+                // An execve between the stat read and the cmdline read would pair this
+                // name with the new program's details: read stat again.
+                match fs::read_to_string(dir.join("stat"))
+                    .ok()
+                    .and_then(|t| parse_stat(&t))
+                {
+                    Some(again) if again == stat => {}
+                    Some(_) => return Details::Mismatch("name"),
+                    None => return Details::Exited,
+                }
                 let info = Arc::new(info);
                 if self.procs.len() >= CACHE_CAP {
                     self.procs.clear();

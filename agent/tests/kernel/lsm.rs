@@ -406,9 +406,16 @@ pub fn pinned_lsm_links() -> Result<(), Failed> {
     if !out.status.success() {
         return Err(format!("detach: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
-    // Detached: nothing judges packet sockets any more.
+    // Detached: nothing judges packet sockets any more. The kernel frees an LSM link's
+    // trampoline asynchronously (slow under TCG), so allow it some time.
     let before = tb.served().1;
-    expect_ok(&probe(&tb, 1, &dgram)?[0])?;
+    let t0 = std::time::Instant::now();
+    let mut r = probe(&tb, 1, &dgram)?;
+    while !r[0].ok && t0.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        r = probe(&tb, 1, &dgram)?;
+    }
+    expect_ok(&r[0])?;
     if served_us(&tb, before + 1) < before + 1 {
         return Err("after detach the frame should arrive".into());
     }
