@@ -338,8 +338,17 @@ impl PinDir {
         // The kernel frees a link whose last reference went away asynchronously (a deferred
         // work item, then an RCU grace period for the trampoline): wait, bounded, so that
         // enforcement has ended when `detach` returns.
+        // Polled sparingly, backing off: the release patches the hook's trampoline, and
+        // every bpf() call runs the BPF LSM's own `bpf` hook, whose code shares the page
+        // being patched (on 6.1 under QEMU's TCG a 20 ms poll met the patch window and
+        // livelocked the vCPU).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while global_ids.iter().any(|id| link_exists(*id)) {
+        let mut pause = std::time::Duration::from_millis(100);
+        while !global_ids.is_empty() {
+            std::thread::sleep(pause);
+            if !global_ids.iter().any(|id| link_exists(*id)) {
+                break;
+            }
             if std::time::Instant::now() > deadline {
                 errors.push(format!(
                     "LSM links {global_ids:?} still exist 10 s after their pins were removed \
@@ -347,7 +356,7 @@ impl PinDir {
                 ));
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            pause = (pause * 2).min(std::time::Duration::from_secs(1));
         }
         let maps = sub("maps", &mut errors);
         if let Some(maps) = &maps {

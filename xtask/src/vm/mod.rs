@@ -49,6 +49,10 @@ pub struct Args {
     /// verdict.
     #[arg(long)]
     exec: bool,
+    /// Extra kernel command line for the guest (e.g. `--append loglevel=7` to see the
+    /// registers and call trace of a soft lockup or oops, which `quiet` hides).
+    #[arg(long, value_name = "ARGS", default_value = "")]
+    append: String,
     /// Arguments for the kernel test binary (libtest-mimic: a name filter, `--skip NAME`,
     /// `--exact`, `--list`, `--test-threads N`), or the command of `--exec`.
     #[arg(last = true)]
@@ -91,6 +95,7 @@ impl Args {
             kernels: Vec::new(),
             timeout,
             exec: false,
+            append: String::new(),
             args: Vec::new(),
         }
     }
@@ -146,6 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
             &common,
             &mut accel,
             Duration::from_secs(args.timeout),
+            &args.append,
         )
         .map_err(|e| format!("{e:#}"));
         rows.push(Row { kernel, report });
@@ -171,6 +177,7 @@ fn boot_one(
     common: &Path,
     accel: &mut Option<Accel>,
     timeout: Duration,
+    append: &str,
 ) -> anyhow::Result<qemu::Report> {
     let dir = vm_dir.join(kernel.name);
     fs::create_dir_all(&dir)?;
@@ -200,11 +207,12 @@ fn boot_one(
         label: kernel.name,
         vmlinuz: &unpacked.vmlinuz,
         initrd: &initrd,
-        append: "",
+        append,
         accel,
         log: &log,
         timeout,
         echo: true,
+        cpus: std::env::var("EGRESSD_VM_CPUS").ok().and_then(|v| v.parse().ok()).unwrap_or(2),
     })
 }
 

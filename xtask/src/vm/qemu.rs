@@ -28,7 +28,7 @@ const CRASH: &[&str] = &[
     "general protection fault",
 ];
 /// How long to keep reading after a crash line (for the trace) before killing QEMU.
-const CRASH_GRACE: Duration = Duration::from_secs(5);
+const CRASH_GRACE: Duration = Duration::from_secs(30);
 /// How long QEMU may take to exit after the exit marker (the guest powers off).
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
 
@@ -57,6 +57,8 @@ pub struct Boot<'a> {
     pub timeout: Duration,
     /// Echo the console to the terminal.
     pub echo: bool,
+    /// Virtual CPUs.
+    pub cpus: u32,
 }
 
 /// How a boot ended.
@@ -94,9 +96,12 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
         Accel::Kvm => "kvm",
         Accel::Tcg => "tcg,thread=multi",
     };
-    let append = format!("console=ttyS0 panic=-1 noapic quiet {}", b.append);
+    // `loglevel=5` after `quiet`: warnings reach the console, so a soft lockup or an oops
+    // comes with its registers and call trace (printed at the default level, 4).
+    let append = format!("console=ttyS0 panic=-1 noapic quiet loglevel=5 {}", b.append);
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", accel, "-cpu", "max", "-smp", "2", "-m", "2048"])
+    let smp = b.cpus.to_string();
+    cmd.args(["-accel", accel, "-cpu", "max", "-smp", &smp, "-m", "2048"])
         // No NIC: the tests build their own networks, and its boot ROM only costs time.
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
@@ -318,6 +323,7 @@ pub fn probe_kvm(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<(), String
         log,
         timeout: Duration::from_secs(20),
         echo: false,
+        cpus: 1,
     };
     let report = boot(&b).map_err(|e| format!("{e:#}"))?;
     if report.markers.iter().any(|m| m == "probe ok") {
