@@ -53,6 +53,9 @@ pub struct Args {
     /// registers and call trace of a soft lockup or oops, which `quiet` hides).
     #[arg(long, value_name = "ARGS", default_value = "")]
     append: String,
+    /// Virtual CPUs of the guest.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    cpus: u32,
     /// Arguments for the kernel test binary (libtest-mimic: a name filter, `--skip NAME`,
     /// `--exact`, `--list`, `--test-threads N`), or the command of `--exec`.
     #[arg(last = true)]
@@ -96,6 +99,7 @@ impl Args {
             timeout,
             exec: false,
             append: String::new(),
+            cpus: 2,
             args: Vec::new(),
         }
     }
@@ -144,16 +148,8 @@ pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
     );
     let mut rows = Vec::new();
     for (kernel, unpacked) in selected.iter().copied().zip(&unpacked) {
-        let report = boot_one(
-            &vm_dir,
-            kernel,
-            unpacked,
-            &common,
-            &mut accel,
-            Duration::from_secs(args.timeout),
-            &args.append,
-        )
-        .map_err(|e| format!("{e:#}"));
+        let report = boot_one(&vm_dir, kernel, unpacked, &common, &mut accel, &args)
+            .map_err(|e| format!("{e:#}"));
         rows.push(Row { kernel, report });
     }
     print_table(&vm_dir, &rows);
@@ -176,8 +172,7 @@ fn boot_one(
     unpacked: &kernels::Unpacked,
     common: &Path,
     accel: &mut Option<Accel>,
-    timeout: Duration,
-    append: &str,
+    args: &Args,
 ) -> anyhow::Result<qemu::Report> {
     let dir = vm_dir.join(kernel.name);
     fs::create_dir_all(&dir)?;
@@ -207,12 +202,12 @@ fn boot_one(
         label: kernel.name,
         vmlinuz: &unpacked.vmlinuz,
         initrd: &initrd,
-        append,
+        append: &args.append,
         accel,
         log: &log,
-        timeout,
+        timeout: Duration::from_secs(args.timeout),
         echo: true,
-        cpus: std::env::var("EGRESSD_VM_CPUS").ok().and_then(|v| v.parse().ok()).unwrap_or(2),
+        cpus: args.cpus,
     })
 }
 

@@ -98,7 +98,10 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
     };
     // `loglevel=5` after `quiet`: warnings reach the console, so a soft lockup or an oops
     // comes with its registers and call trace (printed at the default level, 4).
-    let append = format!("console=ttyS0 panic=-1 noapic quiet loglevel=5 {}", b.append);
+    let append = format!(
+        "console=ttyS0 panic=-1 noapic quiet loglevel=5 {}",
+        b.append
+    );
     let mut cmd = Command::new("qemu-system-x86_64");
     let smp = b.cpus.to_string();
     cmd.args(["-accel", accel, "-cpu", "max", "-smp", &smp, "-m", "2048"])
