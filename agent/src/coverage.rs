@@ -443,7 +443,10 @@ pub fn report(kernel: String, features: Vec<Feature>) -> Coverage {
     let tc_ready = base.0 == Status::Enforced
         && features
             .iter()
-            .filter(|f| f.name == TC_PROGRAM || f.name.ends_with("in sched_cls (tc/egress)"))
+            .any(|f| f.name == TC_PROGRAM && f.probe == Probe::Yes)
+        && features
+            .iter()
+            .filter(|f| f.name.ends_with("in sched_cls (tc/egress)"))
             .all(|f| f.probe == Probe::Yes);
     let fallback = lsm.is_err() && tc_ready;
     paths.extend(lsm_rows(lsm, None));
@@ -748,6 +751,62 @@ mod tests {
         );
         assert_eq!(status(&c, "packet_socket"), Some(Status::NotCovered));
         assert_eq!(status(&c, "raw_next_hop"), Some(Status::NotCovered));
+    }
+
+    #[test]
+    fn tc_fallback_makes_packet_sockets_partial() {
+        let tc = |probe| Feature {
+            name: TC_PROGRAM.into(),
+            probe,
+            required: false,
+        };
+        let status = |c: &Coverage, p: &str| c.paths.iter().find(|r| r.path == p).map(|r| r.status);
+        let c = report(
+            "5.10.0".into(),
+            vec![feature("a", Probe::Yes), tc(Probe::Yes)],
+        );
+        assert_eq!(status(&c, "packet_socket"), Some(Status::Partial));
+        assert_eq!(status(&c, "raw_next_hop"), Some(Status::NotCovered));
+        let row = c
+            .paths
+            .iter()
+            .find(|r| r.path == "packet_socket")
+            .map(|r| r.note.clone());
+        assert!(
+            row.as_ref()
+                .is_some_and(|n| n.contains("PACKET_QDISC_BYPASS") && n.contains("AF_XDP")),
+            "{row:?}"
+        );
+        assert_eq!(c.summary().partial, vec!["packet_socket"]);
+        // Without sched_cls there is no fallback.
+        let c = report(
+            "5.10.0".into(),
+            vec![feature("a", Probe::Yes), tc(Probe::No)],
+        );
+        assert_eq!(status(&c, "packet_socket"), Some(Status::NotCovered));
+        // What the daemon found decides: a fallback that failed is not covered, with why.
+        let c = c.with_tc(Some(Err("no interface".into())), None);
+        assert_eq!(status(&c, "packet_socket"), Some(Status::NotCovered));
+        let c = c.with_tc(
+            Some(Ok("via tcx".into())),
+            Some(crate::config::PacketSockets::Audit),
+        );
+        assert_eq!(status(&c, "packet_socket"), Some(Status::Partial));
+        // Where the LSM hooks judge, the fallback is not started and changes nothing.
+        let c = report(
+            "6.1.0".into(),
+            [LSM_ACTIVE, LSM_PROGRAM, LSM_OFFSETS]
+                .into_iter()
+                .map(|n| Feature {
+                    name: n.into(),
+                    probe: Probe::Yes,
+                    required: false,
+                })
+                .chain([feature("a", Probe::Yes), tc(Probe::Yes)])
+                .collect(),
+        )
+        .with_tc(None, None);
+        assert_eq!(status(&c, "packet_socket"), Some(Status::Enforced));
     }
 
     #[test]

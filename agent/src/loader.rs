@@ -384,10 +384,8 @@ impl Enforcer {
     pub fn hook_states(&self) -> Vec<(&'static str, bool)> {
         let mut states = self.cgroup_and_lsm_states();
         if let Some(tc) = self.tc.coverage() {
-            states.push((
-                "tc/egress",
-                tc.is_ok() && self.tc.interfaces().next().is_some(),
-            ));
+            // In force once started without error, also with no interface to attach to yet.
+            states.push(("tc/egress", tc.is_ok()));
         }
         states
     }

@@ -210,7 +210,10 @@ impl TcCover {
         for (i, name) in ifaces {
             let known = self.attached.get(&i) == Some(&name);
             match self.ensure(ebpf, &name, i, !known) {
-                Ok(false) => {}
+                Ok(false) => {
+                    // Already attached (a renamed interface keeps its ifindex).
+                    self.attached.insert(i, name);
+                }
                 Ok(true) => {
                     changes.push(format!(
                         "{} {name} (ifindex {i}) via {}",
@@ -346,11 +349,6 @@ impl TcCover {
                     .join(", ")
             )),
         })
-    }
-
-    /// Interfaces attached, as (name, attached), for health and `/metrics`.
-    pub fn interfaces(&self) -> impl Iterator<Item = &str> {
-        self.attached.values().map(String::as_str)
     }
 }
 
