@@ -597,7 +597,8 @@ pub struct Summary {
     pub kernel: String,
     /// Paths (see [`PathCoverage::path`]) judged as the policy says.
     pub enforced: Vec<&'static str>,
-    /// Paths judged in part (see the report's note).
+    /// Paths judged in part (see the report's note); left out of records when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub partial: Vec<&'static str>,
     /// Paths nothing egressd loads sees on this kernel.
     pub not_covered: Vec<&'static str>,
