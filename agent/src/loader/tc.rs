@@ -6,7 +6,9 @@
 //! daemon every few seconds). It prefers TCX links (Linux 6.6), found by trying one; where
 //! the kernel refuses them it adds the `clsact` qdisc and a `cls_bpf` filter over netlink.
 //!
-//! Filters of this instance have one (priority, handle) derived from its cgroup
+//! It goes first in the chain (TCX: `BPF_F_BEFORE`; netlink: a low priority), as a
+//! program or filter that passes a frame ends the chain. Filters of this instance have one
+//! (priority, handle) derived from its cgroup
 //! ([`filter_priority`]), so several egressd instances (one per cgroup) share an interface
 //! without touching each other's filters, and an instance can find and replace its own
 //! after a crash or a restart. Pinned mode: TCX links are pinned under `DIR/tc/IFINDEX`;
@@ -33,8 +35,9 @@ use egressd_common::{maps, programs};
 /// `LOOPBACK_IFINDEX` (`include/net/net_namespace.h`): loopback is interface 1 in every
 /// network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
-/// Handle of this instance's netlink filter at its priority.
-const FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
+/// Handle of this instance's netlink filter at its priority (`0xe9d5:1`, unlikely to be
+/// another tool's: the kernel's `EEXIST` for it is taken as "already attached").
+const FILTER_HANDLE: TcHandle = TcHandle::new(0xe9d5, 1);
 
 /// How the program is attached to the interfaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,14 +76,15 @@ pub struct TcCover {
 }
 
 /// Netlink filter priority of the instance enforcing `cgroup`: stable across restarts, in
-/// `0xc000..=0xfffe` (below the kernel's automatic choices for other filters), FNV-1a of
-/// the path.
+/// `1..=0x3fff` (FNV-1a of the path). Lower runs first: before filters whose priority the
+/// kernel chose (`0xc000` and down), so one that ends classification with `TC_ACT_OK`
+/// cannot skip this one (which returns `TC_ACT_UNSPEC` for every frame it does not drop).
 pub fn filter_priority(cgroup: &Path) -> u16 {
     let mut h: u32 = 0x811c_9dc5;
     for b in cgroup.as_os_str().as_encoded_bytes() {
         h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
     }
-    0xc000 | ((h % 0x3fff) as u16)
+    1 + (h % 0x3fff) as u16
 }
 
 /// Interfaces of the calling thread's network namespace but loopback, as (ifindex, name).
@@ -252,7 +256,8 @@ impl TcCover {
             match prog.attach_with_options(
                 name,
                 TcAttachType::Egress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
+                // First, so a program before it that returns TCX_PASS cannot skip it.
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
             ) {
                 Ok(id) => {
                     self.attach = Some(Attach::Tcx);
