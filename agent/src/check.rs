@@ -25,7 +25,7 @@ const MAX_NESTED_WARNINGS: usize = 10;
 /// prefixes:  2 IPv4, 2 IPv6
 /// lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)
 /// allowlist: eu
-/// packets:   packet_sockets = deny (AF_PACKET/AF_XDP sockets of the cgroup refused with EPERM; needs the BPF LSM)
+/// packets:   packet_sockets = deny (AF_PACKET/AF_XDP sockets of the cgroup refused with EPERM; BPF LSM, else per frame at tc/egress)
 /// ```
 ///
 /// Warnings are not included; print [`warnings`] separately.
@@ -125,7 +125,7 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
     let _ = writeln!(
         out,
         "packets:   packet_sockets = {} (AF_PACKET/AF_XDP sockets of the cgroup {packets}; \
-         needs the BPF LSM)",
+         BPF LSM, else per frame at tc/egress)",
         policy.packet_sockets
     );
     if !policy.packet_exes.is_empty() {
@@ -373,7 +373,7 @@ mod tests {
              lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\n\
              allowlist: eu\n\
              packets:   packet_sockets = deny (AF_PACKET/AF_XDP sockets of the cgroup refused \
-             with EPERM; needs the BPF LSM)\n",
+             with EPERM; BPF LSM, else per frame at tc/egress)\n",
             policy.digest
         );
         assert_eq!(summary(&cfg, &policy), expected);
@@ -403,7 +403,7 @@ mod tests {
              lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\n\
              allowlist: (empty)\n\
              packets:   packet_sockets = audit (AF_PACKET/AF_XDP sockets of the cgroup let \
-             through and reported; needs the BPF LSM)\n",
+             through and reported; BPF LSM, else per frame at tc/egress)\n",
             policy.digest
         );
         assert_eq!(summary(&cfg, &policy), expected);

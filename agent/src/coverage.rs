@@ -62,6 +62,8 @@ pub struct Feature {
 pub enum Status {
     /// Judged, denied or reported as the policy says.
     Enforced,
+    /// Part of the path is judged, part is not (the note says which).
+    Partial,
     /// Nothing egressd loads sees this path on this kernel.
     NotCovered,
     /// The probes could not tell (run as root).
@@ -69,10 +71,11 @@ pub enum Status {
 }
 
 impl Status {
-    /// `enforced`, `not_covered` or `unknown` (metrics label, README table).
+    /// `enforced`, `partial`, `not_covered` or `unknown` (metrics label, README table).
     pub fn label(self) -> &'static str {
         match self {
             Self::Enforced => "enforced",
+            Self::Partial => "partial",
             Self::NotCovered => "not_covered",
             Self::Unknown => "unknown",
         }
@@ -301,6 +304,18 @@ fn probe_with(lsm_program: bool) -> Coverage {
         });
     }
     features.push(Feature {
+        name: TC_PROGRAM.into(),
+        probe: Probe::of(is_program_supported(ProgramType::SchedClassifier)),
+        required: false,
+    });
+    for (helper, name) in TC_HELPERS {
+        features.push(Feature {
+            name: format!("helper {name} in sched_cls (tc/egress)"),
+            probe: Probe::of(is_helper_supported(ProgramType::SchedClassifier, helper)),
+            required: false,
+        });
+    }
+    features.push(Feature {
         name: LSM_OFFSETS.into(),
         probe: match crate::loader::offsets::kernel_offsets() {
             Ok(_) => Probe::Yes,
@@ -321,6 +336,24 @@ fn probe_with(lsm_program: bool) -> Coverage {
 const LSM_ACTIVE: &str = "BPF LSM active";
 const LSM_PROGRAM: &str = "program type lsm";
 const LSM_OFFSETS: &str = "kernel BTF with the socket and message fields the LSM hooks read";
+/// Probe name of the `tc/egress` program type.
+const TC_PROGRAM: &str = "program type sched_cls (tc/egress)";
+/// Helpers `tc/egress` calls (see `ebpf/src/tc.rs`), probed in `sched_cls`.
+const TC_HELPERS: [(BpfHelper, &str); 5] = [
+    (BpfHelper::BPF_FUNC_sk_fullsock, "bpf_sk_fullsock"),
+    (BpfHelper::BPF_FUNC_skb_under_cgroup, "bpf_skb_under_cgroup"),
+    (BpfHelper::BPF_FUNC_get_socket_uid, "bpf_get_socket_uid"),
+    (BpfHelper::BPF_FUNC_skb_cgroup_id, "bpf_skb_cgroup_id"),
+    (BpfHelper::BPF_FUNC_ringbuf_reserve, "bpf_ringbuf_reserve"),
+];
+/// Hook of the packet-socket fallback.
+const TC_HOOK: &str = "tc/egress";
+/// What the fallback leaves out, for the `packet_socket` note.
+const TC_GAPS: &str = "not covered: sends with PACKET_QDISC_BYPASS and AF_XDP (they skip \
+                       the queueing layer), frames leaving through devices of another network \
+                       namespace (containers), and socket() itself; packet_socket_open/\
+                       packet_socket_send do not apply (no task at tc: listed executables' \
+                       frames get packet_sockets too)";
 /// Hooks of the LSM rows.
 const LSM_HOOKS: &str = "lsm/socket_create, lsm/socket_sendmsg";
 const RAW_HOOKS: &str = "lsm/socket_sendmsg, cgroup_skb/egress";
@@ -407,12 +440,30 @@ pub fn report(kernel: String, features: Vec<Feature>) -> Coverage {
         ))
     };
     let mut paths = paths;
+    let tc_ready = base.0 == Status::Enforced
+        && features
+            .iter()
+            .any(|f| f.name == TC_PROGRAM && f.probe == Probe::Yes)
+        && features
+            .iter()
+            .filter(|f| f.name.ends_with("in sched_cls (tc/egress)"))
+            .all(|f| f.probe == Probe::Yes);
+    let fallback = lsm.is_err() && tc_ready;
     paths.extend(lsm_rows(lsm, None));
-    Coverage {
+    let mut c = Coverage {
         kernel,
         paths,
         features,
+    };
+    if fallback {
+        c = c.with_tc(
+            Some(Ok(
+                "on every interface of egressd's network namespace".into()
+            )),
+            None,
+        );
     }
+    c
 }
 
 /// The rows the LSM hooks decide: `Ok` when they judge (with the `packet_sockets` setting
@@ -497,6 +548,48 @@ impl Coverage {
     }
 }
 
+impl Coverage {
+    /// Replaces the `packet_socket` row by what the `tc/egress` fallback does: `tc` is
+    /// `Enforcer::tc_coverage` (`None`: not started, the LSM hooks judge; `Ok`: where it is
+    /// attached; `Err`: why it does not judge), `setting` the policy's `packet_sockets`
+    /// when known.
+    pub fn with_tc(
+        mut self,
+        tc: Option<Result<String, String>>,
+        setting: Option<crate::config::PacketSockets>,
+    ) -> Self {
+        let Some(tc) = tc else {
+            return self;
+        };
+        let Some(row) = self.paths.iter_mut().find(|p| p.path == "packet_socket") else {
+            return self;
+        };
+        if row.status == Status::Enforced || row.status == Status::Unknown {
+            return self;
+        }
+        let lsm_why = row.note.clone();
+        match tc {
+            Ok(at) => {
+                row.status = Status::Partial;
+                row.hooks = TC_HOOK;
+                let setting = setting.map_or_else(
+                    || "packet_sockets (deny: dropped)".to_owned(),
+                    |s| format!("packet_sockets = \"{s}\""),
+                );
+                row.note = format!(
+                    "each frame of a non-INET socket created under the enforced cgroup that \
+                     goes through an interface's queueing layer gets {setting} at tc/egress, \
+                     {at}; {TC_GAPS}. (LSM hooks: {lsm_why})"
+                );
+            }
+            Err(why) => {
+                row.note = format!("{lsm_why}; tc/egress fallback: {why}");
+            }
+        }
+        self
+    }
+}
+
 /// The report in a few fields, for `agent_start` (every format) and `status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
@@ -504,6 +597,9 @@ pub struct Summary {
     pub kernel: String,
     /// Paths (see [`PathCoverage::path`]) judged as the policy says.
     pub enforced: Vec<&'static str>,
+    /// Paths judged in part (see the report's note); left out of records when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partial: Vec<&'static str>,
     /// Paths nothing egressd loads sees on this kernel.
     pub not_covered: Vec<&'static str>,
     /// Paths the probes could not decide.
@@ -523,6 +619,7 @@ impl Coverage {
         Summary {
             kernel: self.kernel.clone(),
             enforced: with(Status::Enforced),
+            partial: with(Status::Partial),
             not_covered: with(Status::NotCovered),
             unknown: with(Status::Unknown),
         }
@@ -655,6 +752,62 @@ mod tests {
         );
         assert_eq!(status(&c, "packet_socket"), Some(Status::NotCovered));
         assert_eq!(status(&c, "raw_next_hop"), Some(Status::NotCovered));
+    }
+
+    #[test]
+    fn tc_fallback_makes_packet_sockets_partial() {
+        let tc = |probe| Feature {
+            name: TC_PROGRAM.into(),
+            probe,
+            required: false,
+        };
+        let status = |c: &Coverage, p: &str| c.paths.iter().find(|r| r.path == p).map(|r| r.status);
+        let c = report(
+            "5.10.0".into(),
+            vec![feature("a", Probe::Yes), tc(Probe::Yes)],
+        );
+        assert_eq!(status(&c, "packet_socket"), Some(Status::Partial));
+        assert_eq!(status(&c, "raw_next_hop"), Some(Status::NotCovered));
+        let row = c
+            .paths
+            .iter()
+            .find(|r| r.path == "packet_socket")
+            .map(|r| r.note.clone());
+        assert!(
+            row.as_ref()
+                .is_some_and(|n| n.contains("PACKET_QDISC_BYPASS") && n.contains("AF_XDP")),
+            "{row:?}"
+        );
+        assert_eq!(c.summary().partial, vec!["packet_socket"]);
+        // Without sched_cls there is no fallback.
+        let c = report(
+            "5.10.0".into(),
+            vec![feature("a", Probe::Yes), tc(Probe::No)],
+        );
+        assert_eq!(status(&c, "packet_socket"), Some(Status::NotCovered));
+        // What the daemon found decides: a fallback that failed is not covered, with why.
+        let c = c.with_tc(Some(Err("no interface".into())), None);
+        assert_eq!(status(&c, "packet_socket"), Some(Status::NotCovered));
+        let c = c.with_tc(
+            Some(Ok("via tcx".into())),
+            Some(crate::config::PacketSockets::Audit),
+        );
+        assert_eq!(status(&c, "packet_socket"), Some(Status::Partial));
+        // Where the LSM hooks judge, the fallback is not started and changes nothing.
+        let c = report(
+            "6.1.0".into(),
+            [LSM_ACTIVE, LSM_PROGRAM, LSM_OFFSETS]
+                .into_iter()
+                .map(|n| Feature {
+                    name: n.into(),
+                    probe: Probe::Yes,
+                    required: false,
+                })
+                .chain([feature("a", Probe::Yes), tc(Probe::Yes)])
+                .collect(),
+        )
+        .with_tc(None, None);
+        assert_eq!(status(&c, "packet_socket"), Some(Status::Enforced));
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct RunOptions {
 
 /// How often pinned enforcement is checked for tampering.
 const TAMPER_CHECK: Duration = Duration::from_millis(250);
+/// How often the interfaces are listed again for the `tc/egress` fallback (new interfaces,
+/// removed attachments), where it runs.
+const TC_RESCAN: Duration = Duration::from_secs(2);
 
 /// Runs the agent like [`run`] with `opts`: with `opts.pin_dir`, maps and links are pinned
 /// and adopted ([`Enforcer::load_pinned`]), SIGTERM leaves enforcement in place, and the
@@ -193,7 +196,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         ..
     } = candidate;
     // What actually attached decides the LSM rows (a probe can say yes and a load still fail).
-    let coverage = coverage.with_lsm(enforcer.lsm_coverage(), policy.packet_sockets);
+    let coverage = coverage
+        .with_lsm(enforcer.lsm_coverage(), policy.packet_sockets)
+        .with_tc(enforcer.tc_coverage(), Some(policy.packet_sockets));
     for p in coverage
         .paths
         .iter()
@@ -236,6 +241,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     };
     let mut tamper = tokio::time::interval(TAMPER_CHECK);
     tamper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tc_rescan = tokio::time::interval(TC_RESCAN);
+    tc_rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let tc_started = enforcer.tc_coverage().is_some();
     let crate::loader::Readers {
         events: ring_map,
         counters: counter_map,
@@ -437,6 +445,27 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 match snap {
                     Ok(s) => { let _ = reply.send(s); }
                     Err(e) => tracing::error!(error = format!("{e:#}"), "reading counters for /metrics"),
+                }
+            }
+            _ = tc_rescan.tick(), if tc_started => {
+                let changes = enforcer.tc_rescan();
+                let repairs: Vec<String> = changes
+                    .iter()
+                    .filter(|c| c.contains("missing"))
+                    .map(|c| format!("tc/egress: {c}"))
+                    .collect();
+                for c in &changes {
+                    tracing::info!(change = %c, "tc/egress interfaces");
+                }
+                if !repairs.is_empty() {
+                    tamper_repairs += repairs.len() as u64;
+                    pipeline.submit(&lifecycle(
+                        LifecycleBody::TamperRepaired {
+                            repairs,
+                            generation_in_force: enforcer.generation(),
+                        },
+                        "tamper_repaired",
+                    ));
                 }
             }
             _ = tamper.tick(), if pin_dir.is_some() => {

@@ -241,7 +241,8 @@ pub struct Container {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Network {
     /// `"ipv4"` or `"ipv6"` (of the destination as judged); `"packet"` (AF_PACKET) or
-    /// `"xdp"` (AF_XDP) for a packet socket, which has no IP destination.
+    /// `"xdp"` (AF_XDP) for a packet socket, which has no IP destination; `"other"` for a
+    /// frame of another non-INET socket family (`tc/egress`) or an unreadable socket.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// `"tcp"`, `"udp"`, or the protocol number as text; for a packet socket its type
@@ -483,7 +484,9 @@ pub fn build(
     let packet = match ev.family {
         family::PACKET => Some("packet"),
         family::XDP => Some("xdp"),
-        _ => None,
+        family::INET | family::INET6 => None,
+        // A frame of another non-INET socket family, judged at `tc/egress`.
+        _ => Some("other"),
     };
     let ip = if ev.family == family::INET {
         IpAddr::V4(Ipv4Addr::new(
@@ -846,6 +849,7 @@ pub fn hook_name(code: u8) -> &'static str {
         Some(Hook::SkbIngress) => "cgroup_skb/ingress",
         Some(Hook::LsmSocketCreate) => "lsm/socket_create",
         Some(Hook::LsmSocketSendmsg) => "lsm/socket_sendmsg",
+        Some(Hook::TcEgress) => "tc/egress",
         None => "unknown",
     }
 }
@@ -1191,6 +1195,7 @@ pub mod sample {
                     coverage: crate::coverage::Summary {
                         kernel: "6.1.0-41-cloud-amd64".into(),
                         enforced: vec!["tcp", "udp", "raw_ip", "established"],
+                        partial: vec![],
                         not_covered: vec!["packet_socket"],
                         unknown: vec![],
                     },

@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod offsets;
 mod quiesce;
 mod table;
+pub mod tc;
 
 use std::{
     collections::HashSet,
@@ -82,6 +83,8 @@ pub struct Enforcer {
     lsm: LsmState,
     /// What [`maps::PACKET_EXES`] must hold (tamper checks compare it).
     exes: std::collections::HashMap<egressd_common::ExeKey, u8>,
+    /// The `tc/egress` fallback for packet sockets, started where the LSM hooks do not run.
+    tc: tc::TcCover,
 }
 
 /// Whether the LSM hooks (packet sockets, raw next hops) run, and why not.
@@ -280,6 +283,7 @@ impl Enforcer {
             counter_fds,
             lsm,
             exes: std::collections::HashMap::new(),
+            tc: tc::TcCover::default(),
         })
     }
 
@@ -378,6 +382,15 @@ impl Enforcer {
     /// returned; pinned, each pinned link is asked whether it is attached to the cgroup and
     /// runs this process's program.
     pub fn hook_states(&self) -> Vec<(&'static str, bool)> {
+        let mut states = self.cgroup_and_lsm_states();
+        if let Some(tc) = self.tc.coverage() {
+            // In force once started without error, also with no interface to attach to yet.
+            states.push(("tc/egress", tc.is_ok()));
+        }
+        states
+    }
+
+    fn cgroup_and_lsm_states(&self) -> Vec<(&'static str, bool)> {
         // The LSM hooks count once they run; where they cannot, coverage says so instead.
         let in_force = |h: &&Hook| h.on_cgroup() || self.lsm.attached;
         let hooks = HOOKS.iter().filter(in_force).map(|h| (h.program, h.name));
@@ -730,6 +743,9 @@ impl Enforcer {
                 }
             }
             self.lsm.attached = self.lsm.reason.is_none();
+            if !self.lsm.attached {
+                self.tc.start(&mut self.ebpf, &cg, cgroup, Some(&dir.root));
+            }
             return Ok(());
         }
         self.lsm_prepare(&cg)?;
@@ -762,7 +778,23 @@ impl Enforcer {
             self.links.retain(|(i, _)| HOOKS[*i].on_cgroup());
         }
         self.lsm.attached = self.lsm.reason.is_none();
+        if !self.lsm.attached {
+            self.tc.start(&mut self.ebpf, &cg, cgroup, None);
+        }
         Ok(())
+    }
+
+    /// The `tc/egress` fallback: `None` where it was not started (the LSM hooks judge
+    /// packet sockets), `Ok` with where it is attached, `Err` with why it does not judge.
+    pub fn tc_coverage(&self) -> Option<Result<String, String>> {
+        self.tc.coverage()
+    }
+
+    /// Attaches `tc/egress` to interfaces that appeared since the last call (and again
+    /// where its attachment was removed); one line per change. Nothing where it was not
+    /// started.
+    pub fn tc_rescan(&mut self) -> Vec<String> {
+        self.tc.rescan(&mut self.ebpf)
     }
 
     /// Decides whether the LSM hooks can run (loaded, BPF LSM active) and, if so, points
@@ -1062,6 +1094,18 @@ fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>> {
                 info.value_size(),
                 dir.root.display()
             );
+        }
+        // An older build reserved fewer hook slots: its counters cannot count the newer
+        // hooks, so the map is replaced (decision counters start again from zero).
+        if name == maps::COUNTERS && info.max_entries() != egressd_common::COUNTER_SLOTS {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the old counter pin {}", path.display()))?;
+            tracing::warn!(
+                pin = %path.display(),
+                "the pinned decision counters have another number of hook slots: replaced, \
+                 they start again from zero"
+            );
+            continue;
         }
         out.push((name, path));
     }

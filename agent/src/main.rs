@@ -235,13 +235,26 @@ fn main() -> ExitCode {
         Command::Detach { pin_dir } => {
             let dir = egressd::pin::PinDir::new(&pin_dir);
             if dir.exists() {
-                dir.remove_all().map(|removed| {
-                    eprintln!(
-                        "egressd: detached; removed {} pins under {}",
-                        removed.len(),
-                        pin_dir.display()
-                    );
-                })
+                // The tc/egress fallback first: its TCX pins live under DIR/tc, its netlink
+                // filters (kernels without TCX) on the interfaces of this network namespace.
+                let cgroup = dir
+                    .read_state()
+                    .ok()
+                    .map(|s| std::path::PathBuf::from(s.cgroup));
+                egressd::loader::tc::detach(&dir.root, cgroup.as_deref())
+                    .and_then(|tc| dir.remove_all().map(|removed| (removed, tc)))
+                    .map(|(removed, tc)| {
+                        eprintln!(
+                            "egressd: detached; removed {} pins under {}{}",
+                            removed.len(),
+                            pin_dir.display(),
+                            if tc.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" and {}", tc.join(", "))
+                            }
+                        );
+                    })
             } else {
                 Err(anyhow::anyhow!(
                     "nothing is pinned under {}",

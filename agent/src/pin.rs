@@ -6,6 +6,8 @@
 //! DIR/maps/EGRESSD_*_V1          every map of the eBPF object, pinned by its name
 //! DIR/links/connect4 ...         one bpf_link per hook (connect4, connect6, sendmsg4,
 //!                                sendmsg6, skb_egress, skb_ingress)
+//! DIR/tc/IFINDEX                 the tc/egress TCX link of each interface, where that
+//!                                fallback runs (see `loader::tc`)
 //! DIR/EGRESSD_STATE_V1           BPF_MAP_TYPE_ARRAY, 1 entry of STATE_BYTES: the
 //!                                [`PinnedState`] as NUL-padded JSON
 //! ```

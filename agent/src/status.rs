@@ -140,7 +140,7 @@ impl Status {
         }
         let c = &self.coverage;
         s.push_str(&format!(
-            "kernel {}: enforced: {}; not covered: {}{}\n",
+            "kernel {}: enforced: {}; not covered: {}{}{}\n",
             c.kernel,
             c.enforced.join(", "),
             if c.not_covered.is_empty() {
@@ -152,6 +152,11 @@ impl Status {
                 String::new()
             } else {
                 format!("; unknown: {}", c.unknown.join(", "))
+            },
+            if c.partial.is_empty() {
+                String::new()
+            } else {
+                format!("; partial: {}", c.partial.join(", "))
             },
         ));
         s.push_str(&format!(
@@ -204,6 +209,7 @@ mod tests {
             coverage: crate::coverage::Summary {
                 kernel: "6.18.0".into(),
                 enforced: vec!["tcp"],
+                partial: Vec::new(),
                 not_covered: Vec::new(),
                 unknown: Vec::new(),
             },

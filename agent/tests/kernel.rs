@@ -16,10 +16,11 @@ mod kernel {
     pub mod reload;
     pub mod security;
     pub mod table;
+    pub mod tc;
 }
 
 use kernel::{
-    differential, enforce, fleet, harness, lastgood, lsm, paths, reload, security, table,
+    differential, enforce, fleet, harness, lastgood, lsm, paths, reload, security, table, tc,
 };
 use libtest_mimic::{Arguments, Trial};
 
@@ -53,6 +54,12 @@ fn main() {
         ),
         Trial::test("lsm_pinned_links", lsm::pinned_lsm_links),
         Trial::test("lsm_programs_verify", lsm::lsm_programs_verify),
+        Trial::test("tc_packet_frames_denied", tc::tc_packet_frames_denied),
+        Trial::test(
+            "tc_packet_frames_audit_and_allow",
+            tc::tc_packet_frames_audit_and_allow,
+        ),
+        Trial::test("tc_pinned_and_detach", tc::tc_pinned_and_detach),
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
         Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce::enforce_ipv6),
         Trial::test(

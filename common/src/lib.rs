@@ -131,6 +131,10 @@ pub mod programs {
     /// `lsm/socket_sendmsg`: sends on AF_PACKET/AF_XDP sockets, and the next hop of raw IP
     /// sockets that write their own IP header (`IP_HDRINCL`, `IPPROTO_RAW`).
     pub const LSM_SOCKET_SENDMSG: &str = "egressd_lsm_socket_sendmsg";
+    /// `tc/egress`: frames of non-INET sockets (AF_PACKET) created under the enforced cgroup,
+    /// on the interfaces of egressd's network namespace; loaded only where the LSM hooks do
+    /// not run.
+    pub const TC_EGRESS: &str = "egressd_tc_egress";
 }
 
 /// Policy set (0 = A, 1 = B) that serves generation `generation`.
@@ -204,11 +208,13 @@ pub enum Hook {
     LsmSocketCreate = 6,
     /// See [`programs::LSM_SOCKET_SENDMSG`].
     LsmSocketSendmsg = 7,
+    /// See [`programs::TC_EGRESS`].
+    TcEgress = 8,
 }
 
 /// Number of hook slots reserved in the counter layout (room for later hooks without a
 /// layout change).
-pub const HOOK_SLOTS: u32 = 8;
+pub const HOOK_SLOTS: u32 = 12;
 
 impl Hook {
     /// All hooks this build knows, in code order.
@@ -230,6 +236,7 @@ impl Hook {
             5 => Some(Self::SkbIngress),
             6 => Some(Self::LsmSocketCreate),
             7 => Some(Self::LsmSocketSendmsg),
+            8 => Some(Self::TcEgress),
             _ => None,
         }
     }

@@ -85,7 +85,7 @@ fn in_cgroup() -> Result<bool, ()> {
 
 /// The `packet_sockets` verdict under the generation in force (allow before any policy).
 #[inline(always)]
-fn packet_setting(generation: u64) -> Verdict {
+pub(crate) fn packet_setting(generation: u64) -> Verdict {
     if generation == 0 {
         return Verdict::Allow;
     }

@@ -15,10 +15,11 @@ mod owner;
 mod report;
 mod skb;
 mod sock;
+mod tc;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, lsm},
-    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, classifier, lsm},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, TcContext},
 };
 use egressd_common::Hook;
 
@@ -79,6 +80,13 @@ pub fn egressd_lsm_socket_create(ctx: LsmContext) -> i32 {
 #[lsm(hook = "socket_sendmsg")]
 pub fn egressd_lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
     lsm::socket_sendmsg(&ctx)
+}
+
+/// `tc/egress` (clsact egress or TCX): frames of non-INET sockets created under the
+/// enforced cgroup, where the LSM hooks do not run (see [`tc`]).
+#[classifier]
+pub fn egressd_tc_egress(ctx: TcContext) -> i32 {
+    tc::egress(&ctx)
 }
 
 #[cfg(not(test))]

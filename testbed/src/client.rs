@@ -19,7 +19,8 @@
 //! - `rawip`: a raw IP datagram with protocol number PORT (no reply expected);
 //! - `packet-dgram`, `packet-raw`: a hand-built IPv4/UDP datagram to ADDR:PORT (IPv4 only)
 //!   on an AF_PACKET `SOCK_DGRAM` or `SOCK_RAW` socket, out of the interface on ADDR's /24
-//!   (no reply expected; see [`crate::frames`]);
+//!   (no reply expected; see [`crate::frames`]); `packet-bypass`: as `packet-raw` with
+//!   `PACKET_QDISC_BYPASS` set (the frame skips the device's queueing layer);
 //! - `hdrincl://NEXTHOP:PORT/HEADERDST`: an `IPPROTO_RAW` socket sends a UDP datagram whose
 //!   own IPv4 header names HEADERDST, with `sendto(NEXTHOP)` (no reply expected);
 //! - `tcp-hold`: connect, exchange one byte (result `#1`), then wait for a line on stdin and
@@ -315,8 +316,10 @@ pub fn attempt(probe: &str) -> ProbeResult {
         "icmp" => icmp_echo(addr, timeout),
         "rawip" => raw_ip(addr),
         "sctp" => sctp_associate(addr, Duration::from_secs(2)),
-        "packet-dgram" | "packet-raw" => match addr {
-            SocketAddr::V4(a) => crate::frames::packet(a, kind == "packet-raw"),
+        "packet-dgram" | "packet-raw" | "packet-bypass" => match addr {
+            SocketAddr::V4(a) => {
+                crate::frames::packet_with(a, kind != "packet-dgram", kind == "packet-bypass")
+            }
             SocketAddr::V6(_) => Err(("parse", io::Error::other("IPv4 only"))),
         },
         _ => {

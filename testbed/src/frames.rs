@@ -100,6 +100,12 @@ fn socket(family: i32, ty: i32, proto: i32) -> Result<OwnedFd, (&'static str, io
 /// `packet-dgram` (`raw` false) and `packet-raw` (`raw` true): a hand-built IPv4/UDP
 /// datagram to `dst` on an AF_PACKET socket.
 pub fn packet(dst: SocketAddrV4, raw: bool) -> Step {
+    packet_with(dst, raw, false)
+}
+
+/// As [`packet`]; with `bypass`, `PACKET_QDISC_BYPASS` is set first (`packet-bypass`): the
+/// kernel hands the frame to the driver without the queueing layer (`dev_direct_xmit`).
+pub fn packet_with(dst: SocketAddrV4, raw: bool, bypass: bool) -> Step {
     let (ifindex, src) = interface_for(*dst.ip())?;
     let ty = if raw {
         libc::SOCK_RAW
@@ -107,6 +113,22 @@ pub fn packet(dst: SocketAddrV4, raw: bool) -> Step {
         libc::SOCK_DGRAM
     };
     let fd = socket(libc::AF_PACKET, ty, i32::from(ETH_P_IP.to_be()))?;
+    if bypass {
+        let one: libc::c_int = 1;
+        // SAFETY: valid fd and option buffer.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        if r != 0 {
+            return last_err("setsockopt(PACKET_QDISC_BYPASS)");
+        }
+    }
     let mut frame = Vec::new();
     if raw {
         frame.extend_from_slice(&[0xff; 6]);

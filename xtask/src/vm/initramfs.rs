@@ -28,14 +28,16 @@ use crate::sh;
 /// Programs the kernel tests and the test bed run by name (`Command::new`): iproute2's `ip`
 /// (namespaces, veths), `sysctl` (run through `ip netns exec`), util-linux's `setpriv`
 /// (the unprivileged test), `nsenter` and `prlimit` (the descriptor-limit security test),
-/// `bpftool` (fleet tests), coreutils' `date`.
+/// `bpftool` (fleet tests), coreutils' `date`, iproute2's `tc` (tc/egress tests).
 pub const TOOLS: &[&str] = &[
-    "ip", "sysctl", "setpriv", "nsenter", "prlimit", "bpftool", "date",
+    "ip", "sysctl", "setpriv", "nsenter", "prlimit", "bpftool", "date", "tc",
 ];
 
 /// Kernel modules the tests need (the cloud kernels build them as modules): `veth` for the
-/// test bed, `sctp` for SCTP tests.
-pub const MODULES: &[&str] = &["veth", "sctp"];
+/// test bed, `sctp` for SCTP tests, `sch_ingress` (the `clsact` qdisc) and `cls_bpf` for
+/// the tc/egress fallback on kernels without TCX links (the guest has no `modprobe` to load
+/// them on demand).
+pub const MODULES: &[&str] = &["veth", "sctp", "sch_ingress", "cls_bpf"];
 
 /// Directories the guest's `PATH` searches, in order (busybox applets come last).
 const PATH_DIRS: &[&str] = &[
