@@ -372,6 +372,7 @@ fn syslog_sink(
         spool: spool.map(|d| SpoolConfig {
             dir: d.join(name),
             max_bytes: 64 << 20,
+            fsync: egressd::pipeline::spool::Fsync::Batch,
         }),
         retry_max_ms: 200,
     }
