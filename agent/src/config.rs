@@ -1946,13 +1946,11 @@ impl Ctx<'_> {
             queue: usize::try_from(queue).unwrap_or(DEFAULT_QUEUE),
             queue_bytes: usize::try_from(queue_bytes).unwrap_or(DEFAULT_QUEUE_BYTES),
             max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(0),
-            spool: spool_dir
-                .filter(|_| max_bytes > 0)
-                .map(|dir| SpoolConfig {
-                    dir,
-                    max_bytes,
-                    fsync,
-                }),
+            spool: spool_dir.filter(|_| max_bytes > 0).map(|dir| SpoolConfig {
+                dir,
+                max_bytes,
+                fsync,
+            }),
             retry_max_ms,
         })
     }

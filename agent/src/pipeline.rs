@@ -81,9 +81,15 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const IDLE_CHECK: Duration = Duration::from_millis(50);
 /// How often in-flight frames are checked for acknowledgement while the queue is empty.
 const ACK_POLL: Duration = Duration::from_millis(10);
-/// How often the spool's head is persisted (and the spool synced, `spool_fsync =
-/// "interval"`).
+/// How often the spool is synced with `spool_fsync = "interval"` (and with its head).
 const SPOOL_SYNC: Duration = Duration::from_secs(1);
+/// How often the spool's committed head is persisted: after a crash, frames committed since
+/// are sent again (duplicates).
+const HEAD_SYNC: Duration = Duration::from_millis(200);
+/// A frame the peer's TCP acknowledged is committed once the connection has stayed healthy
+/// (no reset, no close) this long after: a receiver that exits with bytes its kernel took
+/// but it never read resets the connection, and those frames are sent again.
+const COMMIT_GRACE: Duration = Duration::from_secs(1);
 /// A frame written this long ago and still not acknowledged by the peer's TCP means the peer
 /// stopped reading: the connection counts as down.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,7 +159,9 @@ impl Shared {
     }
 
     fn set_spooled(&self, spool: &Spool) {
-        self.c.spooled.store(spool.unacknowledged(), Ordering::Relaxed);
+        self.c
+            .spooled
+            .store(spool.unacknowledged(), Ordering::Relaxed);
         let d = spool.damaged();
         self.c.spool_damaged.store(d.regions, Ordering::Relaxed);
         self.c.spool_damaged_bytes.store(d.bytes, Ordering::Relaxed);
@@ -347,7 +355,11 @@ impl Pipeline {
     /// when that queue is full the record is dropped (counted).
     pub fn submit(&self, record: &Record) {
         for wal in [true, false] {
-            for s in self.sinks.iter().filter(|s| s.shared.spool.is_some() == wal) {
+            for s in self
+                .sinks
+                .iter()
+                .filter(|s| s.shared.spool.is_some() == wal)
+            {
                 self.submit_to(s, record);
             }
         }
@@ -376,7 +388,11 @@ impl Pipeline {
                     return;
                 }
                 Ok(false) => {
-                    let n = s.shared.c.dropped_spool_full.fetch_add(1, Ordering::Relaxed);
+                    let n = s
+                        .shared
+                        .c
+                        .dropped_spool_full
+                        .fetch_add(1, Ordering::Relaxed);
                     if n.is_power_of_two() {
                         tracing::warn!(sink = %s.shared.name, dropped = n + 1, "spool full: dropping records");
                     }
@@ -518,12 +534,25 @@ fn op_deadline(by: Instant, shutdown: Option<Instant>) -> Instant {
 
 /// A frame the worker holds: in flight, or to be sent again.
 struct Held {
+    /// The bytes; emptied once a frame read from the spool is sent (the spool has them).
     frame: Vec<u8>,
-    /// Read from the spool: committed there once acknowledged.
+    /// Read from the spool: committed there once acknowledged, read from it again after a
+    /// lost connection.
     wal: bool,
     /// Refused by the destination for good ([`SendError::Reject`]): not sent again, only
     /// committed in its turn.
     rejected: bool,
+}
+
+/// A frame written to the destination.
+struct Flight {
+    /// Its end offset in the connection's stream.
+    end: u64,
+    /// When it was written.
+    at: Instant,
+    /// When the peer's TCP was seen to have acknowledged it.
+    acked: Option<Instant>,
+    held: Held,
 }
 
 struct Worker {
@@ -532,9 +561,8 @@ struct Worker {
     retry_max: Duration,
     /// Frames to send again before anything else (oldest first).
     retry: VecDeque<Held>,
-    /// Frames written but not yet acknowledged: (end offset in the stream, when written,
-    /// frame).
-    inflight: VecDeque<(u64, Instant, Held)>,
+    /// Frames written and not committed yet, in order.
+    inflight: VecDeque<Flight>,
     /// Bytes written on the current connection.
     written: u64,
     /// `written` at the last successful flush (destinations without acknowledgements).
@@ -552,32 +580,49 @@ impl Worker {
         self.shared.spool.is_some() || self.transport.acknowledges()
     }
 
-    /// Counts acknowledged in-flight frames as delivered and commits them in the spool. A
-    /// frame unacknowledged for [`ACK_TIMEOUT`] means the peer stopped reading: the
-    /// connection fails (its frames are sent again later).
+    /// Commits acknowledged frames (counted as delivered; committed in the spool): on TCP
+    /// and TLS once the peer's TCP acknowledged their bytes and the connection is still
+    /// healthy [`COMMIT_GRACE`] later; elsewhere once written (and flushed). A frame
+    /// unacknowledged for [`ACK_TIMEOUT`] means the peer stopped reading: the connection
+    /// fails (its frames are sent again later).
     fn settle(&mut self) {
         self.publish_held();
         if self.inflight.is_empty() {
             return;
         }
-        let acked = if self.transport.acknowledges() {
+        let acks = self.transport.acknowledges();
+        let acked = if acks {
             self.written.saturating_sub(self.transport.unacked())
         } else {
             self.flushed
         };
-        let mut commit = 0;
-        while self
-            .inflight
-            .front()
-            .is_some_and(|(end, _, _)| *end <= acked)
-        {
-            let Some((_, _, h)) = self.inflight.pop_front() else {
+        let now = Instant::now();
+        for f in &mut self.inflight {
+            if f.end > acked {
                 break;
-            };
-            if !h.rejected {
+            }
+            f.acked.get_or_insert(now);
+        }
+        let grace = if acks { COMMIT_GRACE } else { Duration::ZERO };
+        let due = self
+            .inflight
+            .iter()
+            .take_while(|f| f.acked.is_some_and(|a| now.duration_since(a) >= grace))
+            .count();
+        if due > 0
+            && acks
+            && let Err(e) = self.transport.check()
+        {
+            // Reset or closed since: what it acknowledged may never have been read.
+            self.fail(None, &e);
+            return;
+        }
+        let mut commit = 0;
+        for f in self.inflight.drain(..due) {
+            if !f.held.rejected {
                 self.shared.c.delivered.fetch_add(1, Ordering::Relaxed);
             }
-            commit += u64::from(h.wal);
+            commit += u64::from(f.held.wal);
         }
         if commit > 0
             && let Some(mut spool) = self.shared.lock_spool()
@@ -590,7 +635,7 @@ impl Worker {
         if self
             .inflight
             .front()
-            .is_some_and(|(_, at, h)| !h.rejected && at.elapsed() >= ACK_TIMEOUT)
+            .is_some_and(|f| f.acked.is_none() && !f.held.rejected && f.at.elapsed() >= ACK_TIMEOUT)
         {
             self.fail(
                 None,
@@ -611,18 +656,25 @@ impl Worker {
         self.shared.c.held.store(held, Ordering::Relaxed);
     }
 
-    /// The connection failed: close it and queue the unacknowledged frames (and `frame`, if
-    /// one was being sent) for sending again first.
+    /// The connection failed: close it and send the uncommitted frames again first: the
+    /// spool's from the spool (its read cursor goes back to the committed head), the others
+    /// (and `frame`, if one was being sent) from memory.
     fn fail(&mut self, frame: Option<Held>, err: &std::io::Error) {
         tracing::warn!(sink = %self.name(), error = %err, "sink connection lost; retrying");
         self.transport.close();
         self.shared.c.up.store(false, Ordering::Relaxed);
         self.shared.c.retries.fetch_add(1, Ordering::Relaxed);
-        if let Some(f) = frame {
+        if let Some(f) = frame.filter(|f| !f.wal) {
             self.retry.push_front(f);
         }
-        while let Some((_, _, f)) = self.inflight.pop_back() {
-            self.retry.push_front(f);
+        while let Some(f) = self.inflight.pop_back() {
+            if !f.held.wal && !f.held.rejected {
+                self.retry.push_front(f.held);
+            }
+        }
+        if let Some(mut spool) = self.shared.lock_spool() {
+            spool.rewind();
+            self.shared.set_spooled(&spool);
         }
         self.written = 0;
         self.flushed = 0;
@@ -720,6 +772,7 @@ impl Worker {
         let mut next_attempt = Instant::now();
         let mut last_write = Instant::now();
         let mut last_sync = Instant::now();
+        let mut last_head = Instant::now();
         let mut logged_down = false;
         let deadline = loop {
             // Reopen (SIGUSR1) applies to files and stdout; network sinks keep their
@@ -752,6 +805,14 @@ impl Worker {
                     tracing::error!(sink = %self.shared.name, error = %e, "spool sync failed");
                 }
                 last_sync = Instant::now();
+                last_head = last_sync;
+            } else if last_head.elapsed() >= HEAD_SYNC {
+                if let Some(mut s) = self.shared.lock_spool()
+                    && let Err(e) = s.sync_head()
+                {
+                    tracing::error!(sink = %self.shared.name, error = %e, "spool head write failed");
+                }
+                last_head = Instant::now();
             }
             if let Some(d) = deadline {
                 let empty = self.retry.is_empty()
@@ -830,11 +891,6 @@ impl Worker {
                 }
                 continue;
             };
-            if held.rejected {
-                // Sent before a lost connection and refused: committed in its turn.
-                self.inflight.push_back((self.written, Instant::now(), held));
-                continue;
-            }
             if last_write.elapsed() >= IDLE_CHECK
                 && let Err(e) = self.transport.check()
             {
@@ -848,7 +904,17 @@ impl Worker {
                     last_write = Instant::now();
                     self.written += n;
                     if self.tracks() {
-                        self.inflight.push_back((self.written, last_write, held));
+                        let mut held = held;
+                        if held.wal {
+                            // Sent again from the spool if need be.
+                            held.frame = Vec::new();
+                        }
+                        self.inflight.push_back(Flight {
+                            end: self.written,
+                            at: last_write,
+                            acked: None,
+                            held,
+                        });
                     } else {
                         self.shared.c.delivered.fetch_add(1, Ordering::Relaxed);
                     }
@@ -861,14 +927,17 @@ impl Worker {
                     self.shared.c.dropped_failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(sink = %self.name(), error = %e, bytes = held.frame.len(), "record rejected by the destination: dropped");
                     if held.wal {
-                        self.inflight.push_back((
-                            self.written,
-                            Instant::now(),
-                            Held {
+                        // Committed in its turn.
+                        self.inflight.push_back(Flight {
+                            end: self.written,
+                            at: Instant::now(),
+                            acked: None,
+                            held: Held {
+                                frame: Vec::new(),
                                 rejected: true,
                                 ..held
                             },
-                        ));
+                        });
                     }
                 }
             }
@@ -888,9 +957,10 @@ impl Worker {
             self.settle();
         }
         self.settle();
+        // Acknowledged but within the grace: kept for the next run (duplicates at worst).
         let mut left: Vec<Vec<u8>> = Vec::new();
         let mut in_spool = 0u64;
-        for (_, _, h) in self.inflight.drain(..) {
+        for h in self.inflight.drain(..).map(|f| f.held) {
             if h.wal {
                 in_spool += 1;
             } else if !h.rejected {
@@ -1064,8 +1134,11 @@ mod tests {
         for i in 51..=150 {
             p.submit(&rec(i));
         }
-        wait_for("spooling", || p.counters()["s"].spooled > 0);
-        assert!(!p.counters()["s"].up);
+        // Every frame is spooled at submit (the write-ahead log); the worker finds it down.
+        wait_for("spooling while down", || {
+            let c = p.counters();
+            c["s"].spooled > 0 && !c["s"].up
+        });
         f.lock().expect("lock").up = true;
         for i in 151..=160 {
             p.submit(&rec(i));
@@ -1418,5 +1491,59 @@ mod tests {
         let c = p.counters();
         assert_eq!(frames + c["s"].dropped_queue_full, n, "{c:?}");
         drop(p);
+    }
+}
+#[cfg(test)]
+mod wal_tests {
+    use super::*;
+    use crate::events::sample;
+
+    /// Over a real TCP connection: frames are committed (the spool's head persisted past
+    /// them) about [`COMMIT_GRACE`] after the peer's TCP acknowledged them, without any
+    /// shutdown, so a `kill -9` then would not send them again.
+    #[test]
+    fn acknowledged_frames_are_committed_while_running() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c, &mut std::io::sink());
+                });
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("egressd-wal-commit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = SinkConfig {
+            name: "s".into(),
+            ..SinkConfig::stdout()
+        };
+        let p = Pipeline::with_transports(
+            vec![(
+                cfg,
+                Box::new(crate::sinks::syslog::Tcp::new(addr)),
+                Some(Spool::open(&dir, 1 << 20).expect("spool")),
+            )],
+            "h",
+        )
+        .expect("start");
+        for i in 1..=100 {
+            let mut ev = sample::deny();
+            ev.header.sequence = i;
+            p.submit(&Record::Connection(Box::new(ev)));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.counters()["s"].delivered < 100 {
+            assert!(Instant::now() < deadline, "{:?}", p.counters());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(HEAD_SYNC * 3);
+        // What a restart after `kill -9` now would find.
+        let again = Spool::open(&dir, 1 << 20).expect("reopen");
+        assert_eq!(again.len(), 0, "committed frames would be sent again");
+        drop(again);
+        drop(p);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
