@@ -1206,7 +1206,13 @@ fn crash_at_random_moments() -> Result<(), Failed> {
         if printed + live >= RECORDS {
             break;
         }
-        match rng.u8(0..3) {
+        // The receiver stops, then egressd is killed during that outage; then at random.
+        let action = match kills + outages {
+            0 => 1,
+            1 => 0,
+            _ => rng.u8(0..3),
+        };
+        match action {
             0 => {
                 if let Some(old) = d.take() {
                     printed += old.count("connection");
