@@ -87,8 +87,9 @@ const SPOOL_SYNC: Duration = Duration::from_secs(1);
 /// are sent again (duplicates).
 const HEAD_SYNC: Duration = Duration::from_millis(200);
 /// A frame the peer's TCP acknowledged is committed once the connection has stayed healthy
-/// (no reset, no close) this long after: a receiver that exits with bytes its kernel took
-/// but it never read resets the connection, and those frames are sent again.
+/// this long after, or at an orderly close (FIN): a receiver that exits with bytes its
+/// kernel took but it never read resets the connection (RST), and those frames are sent
+/// again.
 const COMMIT_GRACE: Duration = Duration::from_secs(1);
 /// A frame written this long ago and still not acknowledged by the peer's TCP means the peer
 /// stopped reading: the connection counts as down.
@@ -617,21 +618,7 @@ impl Worker {
             self.fail(None, &e);
             return;
         }
-        let mut commit = 0;
-        for f in self.inflight.drain(..due) {
-            if !f.held.rejected {
-                self.shared.c.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            commit += u64::from(f.held.wal);
-        }
-        if commit > 0
-            && let Some(mut spool) = self.shared.lock_spool()
-        {
-            if let Err(e) = spool.commit(commit) {
-                tracing::error!(sink = %self.shared.name, error = %e, "spool commit failed (delivered records may be sent again)");
-            }
-            self.shared.set_spooled(&spool);
-        }
+        self.commit_front(due);
         if self
             .inflight
             .front()
@@ -651,6 +638,25 @@ impl Worker {
         self.publish_held();
     }
 
+    /// Counts the `n` oldest in-flight frames as delivered and commits them in the spool.
+    fn commit_front(&mut self, n: usize) {
+        let mut commit = 0;
+        for f in self.inflight.drain(..n) {
+            if !f.held.rejected {
+                self.shared.c.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            commit += u64::from(f.held.wal);
+        }
+        if commit > 0
+            && let Some(mut spool) = self.shared.lock_spool()
+        {
+            if let Err(e) = spool.commit(commit) {
+                tracing::error!(sink = %self.shared.name, error = %e, "spool commit failed (delivered records may be sent again)");
+            }
+            self.shared.set_spooled(&spool);
+        }
+    }
+
     fn publish_held(&self) {
         let held = (self.inflight.len() + self.retry.len()) as u64;
         self.shared.c.held.store(held, Ordering::Relaxed);
@@ -661,6 +667,14 @@ impl Worker {
     /// (and `frame`, if one was being sent) from memory.
     fn fail(&mut self, frame: Option<Held>, err: &std::io::Error) {
         tracing::warn!(sink = %self.name(), error = %err, "sink connection lost; retrying");
+        if err.kind() == std::io::ErrorKind::ConnectionAborted && self.transport.acknowledges() {
+            // An orderly close (FIN; TLS close_notify): the receiver read every byte its TCP
+            // acknowledged, as a receiver closing with unread bytes resets the connection
+            // instead (RFC 2525, what Linux does).
+            let acked = self.written.saturating_sub(self.transport.unacked());
+            let n = self.inflight.iter().take_while(|f| f.end <= acked).count();
+            self.commit_front(n);
+        }
         self.transport.close();
         self.shared.c.up.store(false, Ordering::Relaxed);
         self.shared.c.retries.fetch_add(1, Ordering::Relaxed);
