@@ -1075,12 +1075,11 @@ fn received_ids(rs: &Rsyslog) -> Result<std::collections::BTreeMap<String, usize
     Ok(ids)
 }
 
+/// Ids not received, and ids received more than once with their counts.
+type Delivery = (Vec<String>, Vec<(String, usize)>);
+
 /// Waits until rsyslog has every id of `want`; returns (missing, duplicates received).
-fn wait_received(
-    rs: &Rsyslog,
-    want: &BTreeSet<String>,
-    secs: u64,
-) -> Result<(Vec<String>, Vec<(String, usize)>), Failed> {
+fn wait_received(rs: &Rsyslog, want: &BTreeSet<String>, secs: u64) -> Result<Delivery, Failed> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let got = received_ids(rs)?;
