@@ -10,8 +10,9 @@
 //! Layout of the spool directory: segment files `{id:020}.seg` (ids increase; a segment holds
 //! at most [`SEGMENT_BYTES`]) that start with [`MAGIC`] and hold frames `[length: u32
 //! little-endian][CRC-32 (ISO-HDLC, as zlib) of the bytes: u32 little-endian][bytes]`, and
-//! a `head` file `"{segment id} {byte offset}\n"` naming the committed head, written at most
-//! once a second, when a segment is finished, and at exit. A frame cut short by a crash at
+//! a `head` file `"{segment id} {byte offset}\n"` naming the committed head, written when
+//! the pipeline asks ([`Spool::sync_head`], every 200 ms), when a segment is finished, and at
+//! exit. A frame cut short by a crash at
 //! the end of the last segment is dropped (its write never completed, so it was never sent).
 //! Segments of egressd versions before the checksum (no [`MAGIC`], frames `[length][bytes]`)
 //! are still read, and so are the low-numbered segments older versions wrote at exit.
