@@ -24,11 +24,11 @@
 //!
 //! - TCP and TLS: the peer's TCP acknowledged every byte of the frame (the frame's end
 //!   offset in the stream is at most the bytes written minus `SIOCOUTQ`, the bytes the
-//!   kernel still holds unacknowledged), and the connection was still healthy
-//!   a second (`COMMIT_GRACE`) later or was closed in order (FIN). Syslog over TCP/TLS (RFC 6587, RFC
-//!   5425) has no application acknowledgement; a receiver that exits with bytes its kernel
-//!   acknowledged but it never read resets the connection (RST, RFC 2525), and those frames
-//!   are sent again. A receiver that read the bytes and died before storing them loses
+//!   kernel still holds unacknowledged), and the connection was still healthy a second
+//!   (`COMMIT_GRACE`) later or was closed in order (FIN). Syslog over TCP/TLS (RFC 6587,
+//!   RFC 5425) has no application acknowledgement; a receiver that exits with bytes its
+//!   kernel acknowledged but it never read resets the connection (RST, RFC 2525), and those
+//!   frames are sent again. A receiver that read the bytes and died before storing them loses
 //!   them, and nothing in the protocol can tell (RELP could).
 //! - UDP: `send(2)` succeeded (there is nothing more to know).
 //! - Files and stdout: written and flushed out of the sink's buffer (`write(2)` done).
