@@ -142,6 +142,8 @@ pub struct Spool {
     reader: Option<BufReader<fs::File>>,
     /// Frames read and not committed, oldest first: (segment id, bytes with the prefix).
     pending: VecDeque<(u64, u64)>,
+    /// Their bytes.
+    pending_bytes: u64,
     /// Appender on the last segment and its size.
     writer: Option<(fs::File, u64)>,
     /// Everything before this (segment id, offset) is synced to disk.
@@ -288,6 +290,7 @@ impl Spool {
             read_off: 0,
             reader: None,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             writer: None,
             // What is on disk now is as durable as it gets; new frames go to a new segment.
             synced_to: (ids.last().map_or(0, |l| l + 1), 0),
@@ -359,10 +362,16 @@ impl Spool {
         self.records + self.pending()
     }
 
-    /// Bytes on disk not committed (frame headers included): what counts against the size
-    /// limit.
+    /// Bytes on disk not committed (frame headers included).
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bytes waiting to be read: what counts against the size limit. Frames read and not
+    /// committed yet (in flight, about a second's worth on a healthy connection) come on
+    /// top, so a fast sink never drops records because of its acknowledgement lag.
+    pub fn waiting_bytes(&self) -> u64 {
+        self.bytes.saturating_sub(self.pending_bytes)
     }
 
     /// What was set aside as damaged since the spool was opened.
@@ -371,13 +380,14 @@ impl Spool {
     }
 
     /// Appends a frame; `Ok(false)` when it does not fit under the size limit (the caller
-    /// counts it as dropped). One `write(2)`; see [`Self::unsynced`] for `fdatasync`.
+    /// counts it as dropped; see [`Self::waiting_bytes`]). One `write(2)`; see
+    /// [`Self::unsynced`] for `fdatasync`.
     ///
     /// # Errors
     /// Disk errors (a full disk included; nothing is counted as spooled then).
     pub fn append(&mut self, frame: &[u8]) -> io::Result<bool> {
         let need = LEN_BYTES + CRC_BYTES + frame.len() as u64;
-        if self.bytes + need > self.max_bytes {
+        if self.waiting_bytes() + need > self.max_bytes {
             return Ok(false);
         }
         let rotate = match (&self.writer, self.segs.back()) {
@@ -473,6 +483,7 @@ impl Spool {
                     self.read_off += used;
                     self.records -= 1;
                     self.pending.push_back((seg.id, used));
+                    self.pending_bytes += used;
                     self.last_durable = at < self.synced_to;
                     return Ok(Some(frame));
                 }
@@ -486,6 +497,7 @@ impl Spool {
     pub fn rewind(&mut self) {
         self.records += self.pending();
         self.pending.clear();
+        self.pending_bytes = 0;
         for s in &mut self.segs {
             s.unread = s.frames;
             s.unread_bytes = s.bytes;
@@ -535,6 +547,7 @@ impl Spool {
             let Some((id, used)) = self.pending.pop_front() else {
                 break;
             };
+            self.pending_bytes = self.pending_bytes.saturating_sub(used);
             // Segments left with nothing uncommitted (one a previous run finished, or one
             // whose unread rest was set aside) go first, so the frame's segment is in front.
             self.drop_finished()?;
@@ -803,12 +816,12 @@ mod tests {
         assert!(!s.append(&[2u8; 40]).expect("append"), "over the limit");
         assert_eq!(s.bytes(), 96);
         assert_eq!(s.pop().expect("pop"), Some(vec![0u8; 40]));
-        assert!(
-            !s.append(&[3u8; 40]).expect("append"),
-            "read, not committed"
-        );
-        s.commit(1).expect("commit");
+        // Read (in flight) frames do not count: room again before the commit.
         assert!(s.append(&[3u8; 40]).expect("append"), "room again");
+        assert_eq!((s.bytes(), s.waiting_bytes()), (144, 96));
+        assert!(!s.append(&[4u8; 40]).expect("append"), "over the limit");
+        s.commit(1).expect("commit");
+        assert_eq!((s.bytes(), s.waiting_bytes()), (96, 96));
         let _ = fs::remove_dir_all(&d);
     }
 
