@@ -3389,6 +3389,12 @@ mod tests {
             "unknown facility",
         );
         fails(
+            &sink("type = \"syslog\"\naddress = \"h:1\"\nspool_fsync = \"sometimes\"\n"),
+            5,
+            "sinks[0].spool_fsync",
+            "expected \"batch\" or \"interval\"",
+        );
+        fails(
             &sink("type = \"stdout\"\naddress = \"h:1\"\n"),
             4,
             "sinks[0].address",
