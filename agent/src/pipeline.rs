@@ -102,6 +102,9 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames sent to a destination without acknowledgements (files, stdout) before its buffer
 /// is flushed so they can be committed.
 const FLUSH_EVERY: usize = 256;
+/// Frames (and bytes) read from the spool at once.
+const READ_BATCH: usize = 256;
+const READ_BATCH_BYTES: usize = 1 << 20;
 /// How long shutdown waits for a worker past its deadline before leaving it behind.
 const JOIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -336,6 +339,8 @@ impl Pipeline {
             retry_max: Duration::from_millis(cfg.retry_max_ms.max(1)),
             retry: VecDeque::new(),
             inflight: VecDeque::new(),
+            marked: 0,
+            batch: VecDeque::new(),
             written: 0,
             flushed: 0,
         };
@@ -569,6 +574,10 @@ struct Worker {
     retry: VecDeque<Held>,
     /// Frames written and not committed yet, in order.
     inflight: VecDeque<Flight>,
+    /// How many of the first `inflight` are known acknowledged (`acked` set).
+    marked: usize,
+    /// Frames read from the spool and not sent yet (pending there).
+    batch: VecDeque<Held>,
     /// Bytes written on the current connection.
     written: u64,
     /// `written` at the last successful flush (destinations without acknowledgements).
@@ -603,11 +612,12 @@ impl Worker {
             self.flushed
         };
         let now = Instant::now();
-        for f in &mut self.inflight {
+        for f in self.inflight.iter_mut().skip(self.marked) {
             if f.end > acked {
                 break;
             }
-            f.acked.get_or_insert(now);
+            f.acked = Some(now);
+            self.marked += 1;
         }
         let grace = if acks { COMMIT_GRACE } else { Duration::ZERO };
         let due = self
@@ -645,6 +655,7 @@ impl Worker {
 
     /// Counts the `n` oldest in-flight frames as delivered and commits them in the spool.
     fn commit_front(&mut self, n: usize) {
+        self.marked = self.marked.saturating_sub(n);
         let mut commit = 0;
         for f in self.inflight.drain(..n) {
             if !f.held.rejected {
@@ -663,7 +674,7 @@ impl Worker {
     }
 
     fn publish_held(&self) {
-        let held = (self.inflight.len() + self.retry.len()) as u64;
+        let held = (self.inflight.len() + self.retry.len() + self.batch.len()) as u64;
         self.shared.c.held.store(held, Ordering::Relaxed);
     }
 
@@ -691,6 +702,9 @@ impl Worker {
                 self.retry.push_front(f.held);
             }
         }
+        self.marked = 0;
+        // Read from the spool again after the rewind below.
+        self.batch.clear();
         if let Some(mut spool) = self.shared.lock_spool() {
             spool.rewind();
             self.shared.set_spooled(&spool);
@@ -729,33 +743,50 @@ impl Worker {
         if let Some(f) = self.retry.pop_front() {
             return Some(f);
         }
+        if let Some(f) = self.batch.pop_front() {
+            return Some(f);
+        }
         // The spool's lock is held while the memory queue is read, so a spill cannot slip
         // older frames behind a newer one taken here.
         let mut spool = self.shared.lock_spool();
         if let Some(sp) = spool.as_mut()
             && !sp.is_empty()
         {
-            let popped = sp.pop();
+            // A batch per lock: the submitter appending meanwhile waits less.
+            let mut bytes = 0;
+            let mut failed = None;
+            while self.batch.len() < READ_BATCH && bytes < READ_BATCH_BYTES {
+                match sp.pop() {
+                    Ok(Some(frame)) => {
+                        bytes += frame.len();
+                        self.batch.push_back(Held {
+                            frame,
+                            wal: true,
+                            rejected: false,
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
             // Also after damage was set aside and nothing was left to return.
             self.shared.set_spooled(sp);
+            // Frames are read in the order they were appended: the last one's durability
+            // is the batch's.
             let durable = sp.durable();
             drop(spool);
-            match popped {
-                Ok(Some(frame)) => {
-                    if !durable && self.shared.fsync == Fsync::Batch {
-                        self.make_durable();
-                    }
-                    return Some(Held {
-                        frame,
-                        wal: true,
-                        rejected: false,
-                    });
+            if let Some(e) = failed {
+                // The spool's directory itself fails: new records still flow.
+                tracing::error!(sink = %self.shared.name, error = %e, "reading the spool failed: delivering from memory");
+            }
+            if let Some(f) = self.batch.pop_front() {
+                if !durable && self.shared.fsync == Fsync::Batch {
+                    self.make_durable();
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    // The spool's directory itself fails: new records still flow.
-                    tracing::error!(sink = %self.shared.name, error = %e, "reading the spool failed: delivering from memory");
-                }
+                return Some(f);
             }
             spool = self.shared.lock_spool();
         }
@@ -835,6 +866,7 @@ impl Worker {
             }
             if let Some(d) = deadline {
                 let empty = self.retry.is_empty()
+                    && self.batch.is_empty()
                     && self.inflight.is_empty()
                     && self.shared.lock_spool().is_none_or(|s| s.is_empty())
                     && self.shared.lock().memory.is_empty();
@@ -986,6 +1018,7 @@ impl Worker {
                 left.push(h.frame);
             }
         }
+        in_spool += self.batch.drain(..).count() as u64;
         for h in self.retry.drain(..) {
             if h.wal {
                 in_spool += 1;
