@@ -11,6 +11,12 @@
 //! - `daemon_end_to_end`: the real `egressd run` (inside rsyslog's namespace) judges a probe
 //!   in the test bed's cgroup; every record it prints on stdout arrives once at rsyslog over
 //!   TCP (OCSF) and TLS (CEF), with enrichment and the loss counters.
+//! - `syslog_crash_during_outage_loses_nothing` (issue 13 item 3): rsyslog stops, five denials
+//!   follow a second apart, egressd is killed with `kill -9`, both start again: every record
+//!   egressd printed arrives.
+//! - `syslog_crash_at_random_moments_loses_nothing`: 10,000 denials while egressd is killed
+//!   at random moments and rsyslog stops and starts: every record arrives at least once
+//!   (duplicates by `id` counted and printed; `EGRESSD_CRASH_SEED` repeats a run).
 //!
 //! Needs root, `rsyslogd` and its `lmnsd_ossl` module (`cargo xtask setup` installs them);
 //! fails, never skips, without them. rsyslogd and the namespaces are removed on every exit
