@@ -660,6 +660,7 @@ struct RawSink {
     max_message_bytes: Option<Spanned<i64>>,
     spool: Option<Spanned<String>>,
     spool_max_bytes: Option<Spanned<i64>>,
+    spool_fsync: Option<Spanned<String>>,
     retry_max_ms: Option<Spanned<i64>>,
 }
 
@@ -1521,6 +1522,9 @@ pub struct SpoolConfig {
     pub dir: PathBuf,
     /// `spool_max_bytes`: size limit ([`DEFAULT_SPOOL_MAX_BYTES`]); 0 disables the spool.
     pub max_bytes: u64,
+    /// `spool_fsync`: `"batch"` (default) or `"interval"`; see
+    /// [`crate::pipeline::spool::Fsync`].
+    pub fsync: crate::pipeline::spool::Fsync,
 }
 
 /// Syslog facility names (RFC 5424 section 6.2.1) and their codes.
@@ -1910,6 +1914,21 @@ impl Ctx<'_> {
             DEFAULT_SPOOL_MAX_BYTES,
             errors,
         );
+        let fsync = match &raw.spool_fsync {
+            None => crate::pipeline::spool::Fsync::default(),
+            Some(v) => match v.get_ref().as_str() {
+                "batch" => crate::pipeline::spool::Fsync::Batch,
+                "interval" => crate::pipeline::spool::Fsync::Interval,
+                other => {
+                    errors.push(self.err(
+                        v.span(),
+                        f("spool_fsync"),
+                        format!("`{other}`: expected \"batch\" or \"interval\""),
+                    ));
+                    crate::pipeline::spool::Fsync::default()
+                }
+            },
+        };
         let spool_dir = match &raw.spool {
             Some(d) => Some(abs_path(d, "spool", errors)),
             None if matches!(kind, SinkKind::Syslog(_)) => {
@@ -1927,9 +1946,11 @@ impl Ctx<'_> {
             queue: usize::try_from(queue).unwrap_or(DEFAULT_QUEUE),
             queue_bytes: usize::try_from(queue_bytes).unwrap_or(DEFAULT_QUEUE_BYTES),
             max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(0),
-            spool: spool_dir
-                .filter(|_| max_bytes > 0)
-                .map(|dir| SpoolConfig { dir, max_bytes }),
+            spool: spool_dir.filter(|_| max_bytes > 0).map(|dir| SpoolConfig {
+                dir,
+                max_bytes,
+                fsync,
+            }),
             retry_max_ms,
         })
     }
@@ -3234,7 +3255,7 @@ mod tests {
                     [[sinks]]\nname = \"siem\"\ntype = \"syslog\"\ntransport = \"tls\"\n\
                     address = \"siem.example.com:6514\"\nformat = \"cef\"\nca = \"/etc/ca.pem\"\n\
                     cert = \"/etc/c.pem\"\nkey = \"/etc/k.pem\"\nfacility = \"local4\"\nqueue = 5\n\
-                    spool_max_bytes = 1000\nretry_max_ms = 1000\n\
+                    spool_max_bytes = 1000\nspool_fsync = \"interval\"\nretry_max_ms = 1000\n\
                     [[sinks]]\nname = \"udp\"\ntype = \"syslog\"\ntransport = \"udp\"\n\
                     address = \"[2001:db8::1]:514\"\nspool_max_bytes = 0\n";
         let o = out(text);
@@ -3258,7 +3279,8 @@ mod tests {
             o.sinks[2].spool,
             Some(SpoolConfig {
                 dir: PathBuf::from("/var/lib/egressd/spool/siem"),
-                max_bytes: 1000
+                max_bytes: 1000,
+                fsync: crate::pipeline::spool::Fsync::Interval,
             })
         );
         assert!(
@@ -3365,6 +3387,12 @@ mod tests {
             5,
             "sinks[0].facility",
             "unknown facility",
+        );
+        fails(
+            &sink("type = \"syslog\"\naddress = \"h:1\"\nspool_fsync = \"sometimes\"\n"),
+            5,
+            "sinks[0].spool_fsync",
+            "expected \"batch\" or \"interval\"",
         );
         fails(
             &sink("type = \"stdout\"\naddress = \"h:1\"\n"),

@@ -614,11 +614,12 @@ pub struct PolicySummary {
 /// Delivery counters of one sink (see [`crate::pipeline`] for their exact meaning).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
 pub struct SinkCounters {
-    /// Records written to the destination (for TCP and TLS: acknowledged by the peer's TCP).
+    /// Records the destination acknowledged (for TCP and TLS: the peer's TCP, see
+    /// [`crate::pipeline`]).
     pub delivered: u64,
     /// Records waiting in memory now.
     pub queued: u64,
-    /// Records waiting in the on-disk spool now.
+    /// Records in the on-disk spool not acknowledged yet (waiting or in flight) now.
     pub spooled: u64,
     /// Records dropped because the in-memory queue was full and there is no spool (or the
     /// spool could not be written).

@@ -11,6 +11,8 @@
 //!   reload, map memory, and the destination lookup alone (LPM trie vs DIR-24-8);
 //! - [`nft`], [`ipset`], [`iptables`]: their load and reload times for the same sets;
 //! - [`events`]: denials per second from the kernel to the daemon's JSON sink, with losses;
+//! - [`spool`]: records per second through a syslog TCP sink with and without its spool as
+//!   write-ahead log (the `bench_spool` example);
 //! - [`memory`]: the real daemon's resident and map memory, and its start-up time, vs N.
 mod connect;
 mod daemon;
@@ -25,6 +27,7 @@ mod nft;
 mod plot;
 mod prefixes;
 mod report;
+mod spool;
 mod stats;
 
 use std::{
@@ -221,6 +224,8 @@ pub struct Results {
     pub floods: Vec<events::Flood>,
     /// Real daemon starts.
     pub daemon: Vec<memory::DaemonRun>,
+    /// Sink throughput with and without the write-ahead log, per round.
+    pub spool: Vec<spool::Variant>,
 }
 
 fn target_dir() -> PathBuf {
@@ -257,6 +262,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--bins",
         "--example",
         "bench_kernel",
+        "--example",
+        "bench_spool",
         "-p",
         "xtask",
     ])?;
@@ -342,6 +349,7 @@ fn measure(plan: Plan, t0: Instant) -> anyhow::Result<Results> {
         netns_overhead_ns: overhead,
         floods: Vec::new(),
         daemon: Vec::new(),
+        spool: Vec::new(),
     };
     let mut daemon_sets = Vec::new();
     for &n in &plan.ns {
@@ -388,6 +396,17 @@ fn measure(plan: Plan, t0: Instant) -> anyhow::Result<Results> {
             plan.flood_ms,
         )?);
     }
+
+    eprintln!(
+        "bench: sink write-ahead log, {:.0} s in",
+        t0.elapsed().as_secs_f64()
+    );
+    let rounds = if plan.floods > 1 { 3 } else { 1 };
+    r.spool = spool::measure(
+        &target.join("release/examples/bench_spool"),
+        &target.join("bench-spool"),
+        rounds,
+    )?;
 
     eprintln!(
         "bench: daemon memory, {:.0} s in",

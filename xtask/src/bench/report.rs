@@ -152,6 +152,7 @@ pub fn dump(r: &Results) -> Value {
         "kernel": r.kernel.iter().map(|(n, v, a)| json!({"n": n, "measured": v, "attached": a})).collect::<Vec<_>>(),
         "tools": r.tools.iter().map(|t| json!({"n": t.n, "tool": t.tool, "kind": t.kind, "ns": t.ns})).collect::<Vec<_>>(),
         "floods": r.floods.iter().map(super::events::to_json).collect::<Vec<_>>(),
+        "spool": r.spool.iter().map(|v| v.raw.clone()).collect::<Vec<_>>(),
         "daemon": r.daemon.iter().map(|d| json!({
             "n": d.n, "started": d.started, "start_ns": d.start_ns, "rss_kib": d.rss_kib,
             "hwm_kib": d.hwm_kib, "maps_bytes": d.maps_bytes, "timeout_s": d.timeout_s,
@@ -344,6 +345,7 @@ pub fn markdown(r: &Results) -> String {
     lookup_table(&mut s, r, &ns);
     load_tables(&mut s, r, &ns);
     events_table(&mut s, r);
+    super::spool::table(&mut s, r);
     memory_tables(&mut s, r, &ns);
     s
 }
