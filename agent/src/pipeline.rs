@@ -176,6 +176,9 @@ impl Shared {
 
 struct Sink {
     encoder: Encoder,
+    /// This sink's hash chain ([`crate::audit::chain`]): records are linked in the order
+    /// they are submitted, which is their sequence order.
+    chain: Mutex<crate::audit::chain::Chain>,
     shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
 }
@@ -294,6 +297,7 @@ impl Pipeline {
             .map_err(|e| anyhow::anyhow!("sink `{}`: spawning its thread: {e}", cfg.name))?;
         Ok(Sink {
             encoder: Encoder::for_sink(cfg, host),
+            chain: Mutex::new(crate::audit::chain::Chain::new()),
             shared,
             worker: Some(handle),
         })
@@ -310,7 +314,10 @@ impl Pipeline {
     /// when the spool is full too; a sink without a spool drops it (counted).
     pub fn submit(&self, record: &Record) {
         for s in &self.sinks {
-            let encoded = s.encoder.encode_counted(record);
+            let encoded = s.encoder.encode_sealed(
+                record,
+                &mut s.chain.lock().unwrap_or_else(PoisonError::into_inner),
+            );
             if encoded.truncated {
                 let n = s.shared.c.truncated.fetch_add(1, Ordering::Relaxed);
                 if n.is_power_of_two() {

@@ -40,7 +40,9 @@
 //! policy fallback (the policy on disk is invalid; the last good one is in force) and a
 //! tamper repair; keys `rt`, `externalId`, `egressdSeq`, `dvchost`, `msg`,
 //! `cs1`=`policyDigest`, `cs2`=`agentEphemeralId`, `cs3`=`lastGoodSavedAt` (fallback),
-//! `cn1`=`connectionEvents`, `cn2`=`lostEvents`, `cn3`=`generationInForce`.
+//! `cn1`=`connectionEvents`, `cn2`=`lostEvents`, `cn3`=`generationInForce` (`intervalSecs`
+//! in a heartbeat). Sinks append the hash chain link as `egressdChain`
+//! ([`crate::audit::chain`]).
 use std::fmt::Write as _;
 
 use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
@@ -221,10 +223,14 @@ fn lifecycle(l: &Lifecycle) -> String {
             e.labelled("cs1", "policyDigest", Some(&policy.digest));
             ("policy-loaded", "Policy loaded", 3)
         }
-        LifecycleBody::Heartbeat { counters, .. } => {
+        LifecycleBody::Heartbeat {
+            counters,
+            interval_secs,
+        } => {
             let lost = counters.lost.total();
             e.labelled("cn1", "connectionEvents", Some(counters.connection_events))
-                .labelled("cn2", "lostEvents", Some(lost));
+                .labelled("cn2", "lostEvents", Some(lost))
+                .labelled("cn3", "intervalSecs", Some(interval_secs));
             (
                 "heartbeat",
                 "egressd heartbeat",

@@ -1,0 +1,770 @@
+//! `egressd audit verify`: from exported records to a verdict on continuous enforcement.
+//!
+//! Records ([`super::read::Entry`]) are grouped by host and agent run. For each run:
+//! - **Order and completeness**: sequence numbers must run from 1 without a hole; a number
+//!   seen twice with different content is a fork (a record inserted or replaced); the same
+//!   record twice is a duplicate (reported, harmless); a record that comes after a higher
+//!   sequence number of its run in the input is out of order (unless `any_order`).
+//! - **Chain**: each record's link must equal `link(previous link, canonical bytes)`
+//!   ([`super::chain`]); the first mismatch locates an edited, inserted or replaced record.
+//! - **Enforcement**: from `agent_start` to `agent_stop`, lifecycle records (heartbeats
+//!   and the others) no further apart than the gap bound: `max_gap`, or else
+//!   max(2 x `interval_secs`, `interval_secs` + 5 s) of the run's heartbeats. A run with no
+//!   `agent_stop` is fine only while the window ends within the bound of its last record
+//!   (it is still running at `to`); without `to` every run must have stopped.
+//! - **Policy**: the digest, generation and mode in force over time; an interval in audit
+//!   mode, or with another digest than `expect_digest`, is not enforcement.
+//! - **Events**: tamper repairs (enforcement was broken until repaired) fail; reload
+//!   failures, fallbacks and losses by stage are reported.
+//!
+//! The window (`from`..`to`, else from the first run's start to the last run's end) must
+//! be covered without a gap by the runs' enforcement intervals, host by host.
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{
+    chain,
+    read::{Entry, Facts},
+};
+
+/// What to check.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Window start, nanoseconds since the Unix epoch (default: the first run's start).
+    pub from: Option<i128>,
+    /// Window end (default: the last run's end, and every run must have stopped).
+    pub to: Option<i128>,
+    /// The policy digest that must be in force throughout.
+    pub expect_digest: Option<String>,
+    /// Longest allowed silence between two lifecycle records of a run, nanoseconds
+    /// (default from the heartbeat interval, see the module docs).
+    pub max_gap: Option<i128>,
+    /// Accept records of a run in any order (an export sorted by time, say).
+    pub any_order: bool,
+    /// Key of an HMAC chain (`hmac-sha256:` links).
+    pub key: Option<Vec<u8>>,
+    /// Only these hosts (all when empty).
+    pub hosts: Vec<String>,
+}
+
+/// One thing found.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Finding {
+    /// What: `sequence_gap`, `fork`, `duplicate`, `out_of_order`, `chain_broken`,
+    /// `chain_missing`, `chain_unverified`, `no_start`, `no_stop`, `heartbeat_gap`,
+    /// `window_gap`, `no_heartbeat`, `tamper_repaired`, `reload_failed`, `policy_fallback`,
+    /// `digest_mismatch`, `audit_mode`, `lost`, `unreadable`.
+    pub kind: &'static str,
+    /// Whether it makes continuous enforcement unprovable.
+    pub fails: bool,
+    /// Where in the input (`file:line`), when one record is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// Sequence number concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    /// In words.
+    pub message: String,
+}
+
+/// A stretch of time, RFC 3339 ends.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Interval {
+    /// Start.
+    pub from: String,
+    /// End.
+    pub to: String,
+    /// Length in seconds.
+    pub secs: f64,
+}
+
+/// The policy in force over an interval.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PolicySpan {
+    /// When.
+    #[serde(flatten)]
+    pub interval: Interval,
+    /// Policy digest.
+    pub digest: Option<String>,
+    /// Generation.
+    pub generation: Option<u64>,
+    /// `enforce` or `audit`.
+    pub mode: Option<String>,
+}
+
+/// One agent run of a host.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunReport {
+    /// `agent.ephemeral_id`.
+    pub run: String,
+    /// Formats its records came in.
+    pub formats: Vec<&'static str>,
+    /// Records read (duplicates included).
+    pub records: usize,
+    /// Highest sequence number.
+    pub last_sequence: u64,
+    /// Whether its links are keyed (HMAC).
+    pub keyed: bool,
+    /// Enforcement proven by its records: from `agent_start` to `agent_stop` (or the last
+    /// record), cut where records were further apart than the gap bound.
+    pub enforcement: Vec<Interval>,
+    /// The gap bound used, seconds.
+    pub max_gap_secs: f64,
+    /// Policies in force.
+    pub policies: Vec<PolicySpan>,
+    /// The kernel's coverage report from `agent_start` (`enforced`, `not_covered`, ...).
+    pub coverage: BTreeMap<String, String>,
+    /// Losses by stage at its last heartbeat or `agent_stop`.
+    pub lost: BTreeMap<String, u64>,
+    /// Kernel counters summed over hooks at its last heartbeat or `agent_stop`, as
+    /// `region/verdict`.
+    pub flows: BTreeMap<String, u64>,
+    /// What was found.
+    pub findings: Vec<Finding>,
+}
+
+/// One host.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HostReport {
+    /// `host.name`.
+    pub host: String,
+    /// The window checked.
+    pub window: Interval,
+    /// Its runs, by start time.
+    pub runs: Vec<RunReport>,
+    /// Parts of the window no run's enforcement covers, and other host-wide findings.
+    pub findings: Vec<Finding>,
+    /// Continuous enforcement over the window is proven.
+    pub proven: bool,
+}
+
+/// The whole verdict.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    /// Hosts, by name.
+    pub hosts: Vec<HostReport>,
+    /// Lines that hold no egressd record.
+    pub other_lines: usize,
+    /// Lines that look like records and cannot be read.
+    pub findings: Vec<Finding>,
+    /// Every host proven (and at least one record read).
+    pub proven: bool,
+}
+
+fn interval(from: i128, to: i128) -> Interval {
+    Interval {
+        from: crate::events::rfc3339(from),
+        to: crate::events::rfc3339(to),
+        secs: secs(to - from),
+    }
+}
+
+fn secs(ns: i128) -> f64 {
+    // Display only: f64 holds the nanoseconds of any realistic span exactly enough.
+    #[expect(clippy::cast_precision_loss, reason = "seconds for display")]
+    let s = ns as f64 / 1e9;
+    s
+}
+
+fn at(e: &Entry) -> Option<String> {
+    Some(format!("{}:{}", e.file, e.line))
+}
+
+fn finding(kind: &'static str, fails: bool, e: Option<&Entry>, message: String) -> Finding {
+    Finding {
+        kind,
+        fails,
+        at: e.and_then(at),
+        sequence: e.map(|e| e.sequence),
+        message,
+    }
+}
+
+/// Checks `entries` (in input order) and `unreadable` lines against `opts`.
+pub fn verify(
+    entries: Vec<Entry>,
+    other_lines: usize,
+    unreadable: Vec<Finding>,
+    opts: &Options,
+) -> Report {
+    // host -> run -> entries in input order
+    let mut hosts: BTreeMap<String, BTreeMap<String, Vec<Entry>>> = BTreeMap::new();
+    for e in entries {
+        if !opts.hosts.is_empty() && !opts.hosts.contains(&e.host) {
+            continue;
+        }
+        hosts
+            .entry(e.host.clone())
+            .or_default()
+            .entry(e.run.clone())
+            .or_default()
+            .push(e);
+    }
+    let mut out = Vec::new();
+    for (host, runs) in hosts {
+        out.push(check_host(host, runs, opts));
+    }
+    let proven =
+        !out.is_empty() && out.iter().all(|h| h.proven) && unreadable.iter().all(|f| !f.fails);
+    Report {
+        hosts: out,
+        other_lines,
+        findings: unreadable,
+        proven,
+    }
+}
+
+/// A run's checked facts before the window is applied.
+struct Run {
+    report: RunReport,
+    /// Covered spans, ns.
+    spans: Vec<(i128, i128)>,
+    start: i128,
+    end: i128,
+    stopped: bool,
+}
+
+fn check_host(host: String, runs: BTreeMap<String, Vec<Entry>>, opts: &Options) -> HostReport {
+    let mut checked: Vec<Run> = runs
+        .into_iter()
+        .map(|(run, entries)| check_run(run, entries, opts))
+        .collect();
+    checked.sort_by_key(|r| r.start);
+    let mut findings = Vec::new();
+    let from = opts
+        .from
+        .unwrap_or_else(|| checked.first().map_or(0, |r| r.start));
+    let to = opts
+        .to
+        .unwrap_or_else(|| checked.iter().map(|r| r.end).max().unwrap_or(from));
+    // Runs that must have stopped: all without a window end; else those that fell silent
+    // longer than their bound before it.
+    for r in &mut checked {
+        if r.stopped {
+            continue;
+        }
+        let bound = (r.report.max_gap_secs * 1e9) as i128;
+        let silent = opts.to.is_none_or(|t| t - r.end > bound);
+        if silent {
+            r.report.findings.push(finding(
+                "no_stop",
+                true,
+                None,
+                format!(
+                    "no agent_stop: the run's last record (sequence {}) is from {}; it was \
+                     killed or crashed, or the tail of its stream is missing",
+                    r.report.last_sequence,
+                    crate::events::rfc3339(r.end)
+                ),
+            ));
+        } else if let Some(t) = opts.to {
+            // Still running at the window's end: covered up to it.
+            if let Some(last) = r.spans.last_mut() {
+                last.1 = last.1.max(t);
+            }
+        }
+    }
+    // Window coverage.
+    let mut spans: Vec<(i128, i128)> = checked.iter().flat_map(|r| r.spans.clone()).collect();
+    spans.sort_unstable();
+    let mut cursor = from;
+    for (a, b) in spans {
+        if b <= cursor {
+            continue;
+        }
+        if a > cursor && cursor < to {
+            let end = a.min(to);
+            findings.push(finding(
+                "window_gap",
+                true,
+                None,
+                format!(
+                    "no enforcement proven from {} to {} ({:.3} s)",
+                    crate::events::rfc3339(cursor),
+                    crate::events::rfc3339(end),
+                    secs(end - cursor)
+                ),
+            ));
+        }
+        cursor = cursor.max(b);
+    }
+    if cursor < to {
+        findings.push(finding(
+            "window_gap",
+            true,
+            None,
+            format!(
+                "no enforcement proven from {} to the window's end {} ({:.3} s)",
+                crate::events::rfc3339(cursor),
+                crate::events::rfc3339(to),
+                secs(to - cursor)
+            ),
+        ));
+    }
+    let runs: Vec<RunReport> = checked.into_iter().map(|r| r.report).collect();
+    let proven = !runs.is_empty()
+        && findings.iter().all(|f| !f.fails)
+        && runs.iter().all(|r| r.findings.iter().all(|f| !f.fails));
+    HostReport {
+        host,
+        window: interval(from, to),
+        runs,
+        findings,
+        proven,
+    }
+}
+
+fn check_run(run: String, entries: Vec<Entry>, opts: &Options) -> Run {
+    let mut findings = Vec::new();
+    // Input order.
+    let mut highest: Option<&Entry> = None;
+    for e in &entries {
+        match highest {
+            Some(h) if e.sequence < h.sequence && !opts.any_order => findings.push(finding(
+                "out_of_order",
+                true,
+                Some(e),
+                format!(
+                    "sequence {} comes after sequence {} ({}:{}): records were reordered",
+                    e.sequence, h.sequence, h.file, h.line
+                ),
+            )),
+            Some(h) if e.sequence <= h.sequence => {}
+            _ => highest = Some(e),
+        }
+    }
+    let records = entries.len();
+    let mut formats: Vec<&'static str> = entries.iter().map(|e| e.format.as_str()).collect();
+    formats.sort_unstable();
+    formats.dedup();
+    // By sequence; the same sequence twice is a duplicate or a fork.
+    let mut by_seq: BTreeMap<u64, Entry> = BTreeMap::new();
+    for e in entries {
+        match by_seq.get(&e.sequence) {
+            None => {
+                by_seq.insert(e.sequence, e);
+            }
+            Some(first) if first.canonical == e.canonical && first.link == e.link => {
+                findings.push(finding(
+                    "duplicate",
+                    false,
+                    Some(&e),
+                    format!(
+                        "sequence {} again (as at {}:{}): delivered twice",
+                        e.sequence, first.file, first.line
+                    ),
+                ));
+            }
+            Some(first) => {
+                findings.push(finding(
+                    "fork",
+                    true,
+                    Some(&e),
+                    format!(
+                        "sequence {} twice with different content (also at {}:{}): a record was \
+                         inserted or replaced",
+                        e.sequence, first.file, first.line
+                    ),
+                ));
+            }
+        }
+    }
+    // Holes, and the chain.
+    let mut expected = 1u64;
+    let mut prev: Option<[u8; chain::LINK_BYTES]> = Some([0; chain::LINK_BYTES]);
+    let mut keyed = false;
+    for (seq, e) in &by_seq {
+        if *seq != expected {
+            findings.push(finding(
+                "sequence_gap",
+                true,
+                Some(e),
+                if expected + 1 == *seq {
+                    format!(
+                        "sequence {expected} is missing (before {}:{})",
+                        e.file, e.line
+                    )
+                } else {
+                    format!(
+                        "sequences {expected} to {} are missing (before {}:{})",
+                        seq - 1,
+                        e.file,
+                        e.line
+                    )
+                },
+            ));
+            prev = None;
+        }
+        expected = seq + 1;
+        let Some((is_keyed, got)) = e.link.as_deref().and_then(chain::parse_link) else {
+            findings.push(finding(
+                "chain_missing",
+                true,
+                Some(e),
+                format!("sequence {seq} has no valid chain link"),
+            ));
+            prev = None;
+            continue;
+        };
+        keyed |= is_keyed;
+        if is_keyed && opts.key.is_none() {
+            prev = Some(got);
+            continue;
+        }
+        if let Some(p) = prev {
+            let key = if is_keyed { opts.key.as_deref() } else { None };
+            if chain::link(&p, &e.canonical, key) != got {
+                findings.push(finding(
+                    "chain_broken",
+                    true,
+                    Some(e),
+                    format!(
+                        "the link of sequence {seq} does not follow from sequence {}: this record \
+                         (or the link of the one before) was edited, or a record was inserted or \
+                         replaced",
+                        seq - 1
+                    ),
+                ));
+            }
+        }
+        prev = Some(got);
+    }
+    if keyed && opts.key.is_none() {
+        findings.push(finding(
+            "chain_unverified",
+            true,
+            None,
+            "the links are keyed (HMAC-SHA-256) and no key was given: records cannot be \
+             checked for edits"
+                .into(),
+        ));
+    }
+    // Lifecycle, in sequence order.
+    let lifecycle: Vec<&Entry> = by_seq.values().filter(|e| e.kind != "connection").collect();
+    let start_rec = lifecycle.iter().find(|e| e.kind == "agent_start");
+    let stop_rec = lifecycle.iter().find(|e| e.kind == "agent_stop");
+    let first_t = by_seq.values().map(|e| e.time_ns).min().unwrap_or(0);
+    let start = start_rec.map_or(first_t, |e| e.time_ns);
+    if start_rec.is_none() {
+        findings.push(finding(
+            "no_start",
+            true,
+            None,
+            "no agent_start record: when enforcement began is unknown".into(),
+        ));
+    }
+    let interval_secs = lifecycle
+        .iter()
+        .find_map(|e| e.facts.interval_secs)
+        .filter(|s| *s > 0);
+    let max_gap = opts.max_gap.or_else(|| {
+        interval_secs.map(|s| {
+            let s = i128::from(s) * 1_000_000_000;
+            (2 * s).max(s + 5_000_000_000)
+        })
+    });
+    if max_gap.is_none() {
+        findings.push(finding(
+            "no_heartbeat",
+            true,
+            None,
+            "no heartbeat with an interval and no max gap given: silence cannot be told from \
+             absence"
+                .into(),
+        ));
+    }
+    let bound = max_gap.unwrap_or(0);
+    // Evidence of a running agent: lifecycle records from the start on.
+    let evidence: Vec<&Entry> = lifecycle
+        .iter()
+        .copied()
+        .filter(|e| e.time_ns >= start)
+        .collect();
+    let mut spans = Vec::new();
+    let mut span_start = start;
+    let mut last = start;
+    for e in &evidence {
+        if e.time_ns - last > bound {
+            findings.push(finding(
+                "heartbeat_gap",
+                true,
+                Some(e),
+                format!(
+                    "no record for {:.3} s before this one (from {}; bound {:.3} s)",
+                    secs(e.time_ns - last),
+                    crate::events::rfc3339(last),
+                    secs(bound)
+                ),
+            ));
+            spans.push((span_start, last));
+            span_start = e.time_ns;
+        }
+        last = last.max(e.time_ns);
+    }
+    let end = stop_rec.map_or(last, |e| e.time_ns.max(last));
+    spans.push((span_start, end));
+    // Policies in force, and events.
+    let mut policies: Vec<PolicySpan> = Vec::new();
+    let mut current: Option<(i128, Facts)> = None;
+    let mut lost = BTreeMap::new();
+    let mut flows = BTreeMap::new();
+    let mut coverage = BTreeMap::new();
+    let close = |policies: &mut Vec<PolicySpan>, cur: &Option<(i128, Facts)>, t: i128| {
+        if let Some((from, f)) = cur {
+            policies.push(PolicySpan {
+                interval: interval(*from, t),
+                digest: f.digest.clone(),
+                generation: f.generation,
+                mode: f.mode.clone(),
+            });
+        }
+    };
+    for e in &lifecycle {
+        match e.kind.as_str() {
+            "agent_start" | "policy_loaded" | "policy_fallback" => {
+                let same = current.as_ref().is_some_and(|(_, f)| {
+                    f.digest == e.facts.digest
+                        && (e.facts.generation.is_none() || f.generation == e.facts.generation)
+                });
+                if !same {
+                    close(&mut policies, &current, e.time_ns);
+                    let mut f = e.facts.clone();
+                    if f.mode.is_none() {
+                        f.mode = current.as_ref().and_then(|(_, c)| c.mode.clone());
+                    }
+                    current = Some((e.time_ns.max(start), f));
+                } else if let Some((_, f)) = current.as_mut()
+                    && f.mode.is_none()
+                {
+                    f.mode = e.facts.mode.clone();
+                }
+                if e.kind == "agent_start" {
+                    coverage = e.facts.coverage.clone();
+                }
+                if e.kind == "policy_fallback" {
+                    findings.push(finding(
+                        "policy_fallback",
+                        false,
+                        Some(e),
+                        format!(
+                            "the policy on disk was invalid; the last good policy is in force: {}",
+                            e.facts.detail.as_deref().unwrap_or("(reason not carried)")
+                        ),
+                    ));
+                }
+            }
+            "reload_failed" => findings.push(finding(
+                "reload_failed",
+                false,
+                Some(e),
+                format!(
+                    "a reload was refused at {} (generation {} stays in force): {}",
+                    crate::events::rfc3339(e.time_ns),
+                    e.facts
+                        .generation
+                        .map_or_else(|| "?".to_owned(), |g| g.to_string()),
+                    e.facts.detail.as_deref().unwrap_or("(reason not carried)")
+                ),
+            )),
+            "tamper_repaired" => findings.push(finding(
+                "tamper_repaired",
+                true,
+                Some(e),
+                format!(
+                    "enforcement was tampered with and restored at {}: {}",
+                    crate::events::rfc3339(e.time_ns),
+                    e.facts.detail.as_deref().unwrap_or("(details not carried)")
+                ),
+            )),
+            "heartbeat" | "agent_stop" => {
+                if !e.facts.lost.is_empty() {
+                    lost = e.facts.lost.clone();
+                }
+                if !e.facts.counters.is_empty() {
+                    flows = e
+                        .facts
+                        .counters
+                        .iter()
+                        .map(|((r, v), n)| (format!("{r}/{v}"), *n))
+                        .collect();
+                }
+            }
+            _ => {}
+        }
+    }
+    close(&mut policies, &current, end);
+    for p in &policies {
+        if p.mode.as_deref() == Some("audit") {
+            findings.push(finding(
+                "audit_mode",
+                true,
+                None,
+                format!(
+                    "policy {} was in audit mode from {} to {}: reported, not enforced",
+                    p.digest.as_deref().unwrap_or("?"),
+                    p.interval.from,
+                    p.interval.to
+                ),
+            ));
+        }
+        if let Some(want) = &opts.expect_digest
+            && p.digest.as_ref() != Some(want)
+        {
+            findings.push(finding(
+                "digest_mismatch",
+                true,
+                None,
+                format!(
+                    "policy {} was in force from {} to {}, not the expected {want}",
+                    p.digest.as_deref().unwrap_or("(unknown)"),
+                    p.interval.from,
+                    p.interval.to
+                ),
+            ));
+        }
+    }
+    let total: u64 = lost.values().sum();
+    if total > 0 {
+        findings.push(finding(
+            "lost",
+            false,
+            None,
+            format!(
+                "{total} records lost by the agent: {}",
+                lost.iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let enforcement = spans.iter().map(|(a, b)| interval(*a, *b)).collect();
+    Run {
+        report: RunReport {
+            run,
+            formats,
+            records,
+            last_sequence: by_seq.keys().next_back().copied().unwrap_or(0),
+            keyed,
+            enforcement,
+            max_gap_secs: secs(bound),
+            policies,
+            coverage,
+            lost,
+            flows,
+            findings,
+        },
+        spans,
+        start,
+        end,
+        stopped: stop_rec.is_some(),
+    }
+}
+
+/// The report for people.
+pub fn text(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for h in &r.hosts {
+        let _ = writeln!(
+            s,
+            "host {}: {} (window {} to {})",
+            h.host,
+            if h.proven {
+                "continuous enforcement PROVEN"
+            } else {
+                "continuous enforcement NOT PROVEN"
+            },
+            h.window.from,
+            h.window.to
+        );
+        for run in &h.runs {
+            let _ = writeln!(
+                s,
+                "  run {} ({} records, sequence 1..{}, {}{})",
+                run.run,
+                run.records,
+                run.last_sequence,
+                run.formats.join("+"),
+                if run.keyed { ", keyed chain" } else { "" }
+            );
+            for i in &run.enforcement {
+                let _ = writeln!(s, "    enforced {} to {} ({:.3} s)", i.from, i.to, i.secs);
+            }
+            for p in &run.policies {
+                let _ = writeln!(
+                    s,
+                    "    policy {} generation {} mode {} from {} to {}",
+                    p.digest.as_deref().unwrap_or("?"),
+                    p.generation.map_or_else(|| "?".into(), |g| g.to_string()),
+                    p.mode.as_deref().unwrap_or("?"),
+                    p.interval.from,
+                    p.interval.to
+                );
+            }
+            if !run.coverage.is_empty() {
+                let c: Vec<String> = run
+                    .coverage
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let _ = writeln!(s, "    kernel coverage: {}", c.join(" "));
+            }
+            if !run.flows.is_empty() {
+                let c: Vec<String> = run.flows.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                let _ = writeln!(s, "    flows: {}", c.join(", "));
+            }
+            let l: Vec<String> = run.lost.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(
+                s,
+                "    lost: {}",
+                if l.is_empty() {
+                    "(not reported)".into()
+                } else {
+                    l.join(", ")
+                }
+            );
+            for f in &run.findings {
+                line(&mut s, "    ", f);
+            }
+        }
+        for f in &h.findings {
+            line(&mut s, "  ", f);
+        }
+    }
+    for f in &r.findings {
+        line(&mut s, "", f);
+    }
+    if r.other_lines > 0 {
+        let _ = writeln!(
+            s,
+            "{} lines without an egressd record skipped",
+            r.other_lines
+        );
+    }
+    let _ = writeln!(
+        s,
+        "verdict: {}",
+        if r.proven {
+            "continuous enforcement proven"
+        } else {
+            "continuous enforcement NOT proven"
+        }
+    );
+    s
+}
+
+fn line(s: &mut String, indent: &str, f: &Finding) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        s,
+        "{indent}{} {}{}: {}",
+        if f.fails { "FAIL" } else { "note" },
+        f.kind,
+        f.at.as_deref()
+            .map_or_else(String::new, |a| format!(" at {a}")),
+        f.message
+    );
+}
