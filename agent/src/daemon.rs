@@ -152,6 +152,12 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     // Sinks first: a sink that cannot work fails the start before anything is attached.
     // Their threads start after the privileges are dropped (capabilities are per thread).
     let sinks = Pipeline::prepare(&candidate.output.sinks)?;
+    let chain_key = candidate
+        .output
+        .chain_key_file
+        .as_deref()
+        .map(crate::audit::chain::load_key)
+        .transpose()?;
     let started = Instant::now();
     let coverage = crate::coverage::probe_for_start();
     let mut enforcer = match &pin_dir {
@@ -229,6 +235,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         "privileges dropped"
     );
     let pipeline = sinks.start(&host)?;
+    if let Some(key) = &chain_key {
+        pipeline.key_chains(key);
+    }
     let mut watcher = if opts.watch {
         Some(crate::watch::ConfigWatcher::new(config_path)?)
     } else {

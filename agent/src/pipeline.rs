@@ -303,6 +303,15 @@ impl Pipeline {
         })
     }
 
+    /// Keys every sink's hash chain with `key` (HMAC-SHA-256, [`crate::audit::chain`]);
+    /// call before the first [`Self::submit`].
+    pub fn key_chains(&self, key: &Arc<[u8]>) {
+        for s in &self.sinks {
+            *s.chain.lock().unwrap_or_else(PoisonError::into_inner) =
+                crate::audit::chain::Chain::keyed(key.clone());
+        }
+    }
+
     /// Names of the sinks, in config order.
     pub fn names(&self) -> Vec<String> {
         self.sinks.iter().map(|s| s.shared.name.clone()).collect()

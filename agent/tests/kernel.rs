@@ -127,6 +127,7 @@ fn main() {
             "audit_verify_kill9_adoption_and_tamper",
             audit::kill9_adoption_and_tamper,
         ),
+        Trial::test("audit_verify_keyed_chain", audit::keyed_chain),
         Trial::test(
             "fleet_pins_of_other_layout_refused",
             fleet::pinned_other_layout_refused,

@@ -131,6 +131,43 @@ impl Chain {
     }
 }
 
+/// Shortest key accepted from a key file, in bytes.
+pub const MIN_KEY_BYTES: usize = 16;
+
+/// Reads the chain key: the bytes of `path`, as they are. The file must be root's (or
+/// this user's), a regular file, not a link, and readable by its owner only.
+///
+/// # Errors
+/// The file is missing, fails those checks, or holds fewer than [`MIN_KEY_BYTES`] bytes;
+/// the message names it.
+pub fn load_key(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<[u8]>> {
+    use std::{io::Read, os::unix::fs::MetadataExt};
+    let what =
+        |e: &dyn std::fmt::Display| anyhow::anyhow!("chain_key_file {}: {e}", path.display());
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(what(&"not a file path"));
+    };
+    let mut f = crate::safefs::TrustedDir::open(dir)
+        .and_then(|d| d.read(name))
+        .map_err(|e| what(&e))?;
+    let mode = f.metadata().map_err(|e| what(&e))?.mode();
+    if mode & 0o077 != 0 {
+        return Err(what(&format!(
+            "mode {:04o}: a secret must be readable by its owner only (chmod 0600)",
+            mode & 0o7777
+        )));
+    }
+    let mut key = Vec::new();
+    f.read_to_end(&mut key).map_err(|e| what(&e))?;
+    if key.len() < MIN_KEY_BYTES {
+        return Err(what(&format!(
+            "{} bytes: a key needs at least {MIN_KEY_BYTES} (e.g. head -c 32 /dev/urandom)",
+            key.len()
+        )));
+    }
+    Ok(key.into())
+}
+
 /// `link(prev, canonical)` as the module docs define it.
 pub fn link(prev: &[u8; LINK_BYTES], canonical: &[u8], key: Option<&[u8]>) -> [u8; LINK_BYTES] {
     match key {
@@ -290,6 +327,30 @@ mod tests {
         assert!(keyed);
         assert_ne!(bytes, link(&[0; 32], b"one", None));
         assert_eq!(bytes, link(&[0; 32], b"one", Some(b"secret")));
+    }
+
+    #[test]
+    fn key_files_are_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("egressd-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let path = dir.join("chain.key");
+        std::fs::write(&path, [7u8; 32]).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(&*load_key(&path).expect("valid"), &[7u8; 32]);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let e = load_key(&path).expect_err("group-readable").to_string();
+        assert!(e.contains("chain.key") && e.contains("0640"), "{e}");
+        std::fs::write(&path, b"short").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let e = load_key(&path).expect_err("short").to_string();
+        assert!(e.contains("5 bytes"), "{e}");
+        let e = load_key(&dir.join("missing"))
+            .expect_err("missing")
+            .to_string();
+        assert!(e.contains("missing"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

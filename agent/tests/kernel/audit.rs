@@ -268,3 +268,49 @@ pub fn kill9_adoption_and_tamper() -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// `chain_key_file`: the daemon's links are HMAC-SHA-256; verify proves the run only with
+/// the key, and a wrong key breaks the chain.
+pub fn keyed_chain() -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let key = dir.0.join("chain.key");
+    std::fs::write(&key, b"0123456789abcdef-egressd-test").map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    let text = format!("chain_key_file = \"{}\"\n{}", key.display(), config(&dir.0));
+    let cfg = write_config(&dir, &text)?;
+    let mut d = Agent::start_at(&tb, &cfg, &[])?;
+    d.wait_for("heartbeat", Duration::from_secs(5))?;
+    d.stop()?;
+    let wrong = dir.0.join("wrong.key");
+    std::fs::write(&wrong, b"another key of enough bytes").map_err(|e| e.to_string())?;
+    let key_arg = key.to_string_lossy().into_owned();
+    let wrong_arg = wrong.to_string_lossy().into_owned();
+    for f in FORMATS {
+        let path = dir.0.join(format!("{f}.log"));
+        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        if !text.contains("hmac-sha256:") || text.contains("\"sha256:") {
+            return Err(format!("{f}: links are not keyed: {text}").into());
+        }
+        let (ok, report) = verify(&[&path], &["--key-file", &key_arg])?;
+        if !ok {
+            return Err(format!("{f}: not proven with the key: {report}").into());
+        }
+        let (ok, report) = verify(&[&path], &[])?;
+        if ok
+            || !failures(&report)
+                .iter()
+                .any(|(k, _)| k == "chain_unverified")
+        {
+            return Err(format!("{f}: without the key: {report}").into());
+        }
+        let (ok, report) = verify(&[&path], &["--key-file", &wrong_arg])?;
+        if ok || !failures(&report).iter().any(|(k, _)| k == "chain_broken") {
+            return Err(format!("{f}: with a wrong key: {report}").into());
+        }
+    }
+    Ok(())
+}
