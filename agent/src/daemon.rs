@@ -160,6 +160,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         .transpose()?;
     let started = Instant::now();
     let coverage = crate::coverage::probe_for_start();
+    let mut adopted = None;
     let mut enforcer = match &pin_dir {
         Some(dir) => {
             let (e, adoption) =
@@ -175,6 +176,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 generation = e.generation(),
                 "pinned enforcement"
             );
+            adopted = adoption.adopted.then_some(events::Adopted {
+                previous_generation: adoption.previous_generation,
+            });
             e
         }
         None => put_in_force(&candidate, config_path, state.as_ref(), &mut ids, |p| {
@@ -296,6 +300,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             cgroup: cgroup.display().to_string(),
             sinks: pipeline.names(),
             coverage: coverage.summary(),
+            adopted,
         },
         "agent_start",
     ));

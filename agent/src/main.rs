@@ -149,6 +149,12 @@ enum AuditCommand {
         /// then not reported.
         #[arg(long)]
         any_order: bool,
+        /// Count the time between a run that ended without agent_stop (kill -9, crash) and
+        /// the next run as enforced when that run adopted the pinned enforcement with the
+        /// generation the first had in force: the kernel kept enforcing, though no record
+        /// covers that time.
+        #[arg(long)]
+        trust_adoption: bool,
         /// Key file of an HMAC chain (`hmac-sha256:` links): its bytes are the key.
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
@@ -313,6 +319,7 @@ fn main() -> ExitCode {
                     expect_digest,
                     max_gap,
                     any_order,
+                    trust_adoption,
                     key_file,
                     host,
                     json,
@@ -355,6 +362,7 @@ fn main() -> ExitCode {
                     any_order,
                     key,
                     hosts: host,
+                    trust_adoption,
                 })
             })();
             match opts.and_then(|o| egressd::audit::verify_files(&files, &o)) {

@@ -931,7 +931,11 @@ mod tests {
     fn spool_full_drops_and_counts() {
         let dir = tmp("full");
         let (_f, t) = fake(false);
-        let frame_len = Encoder::for_sink(&cfg("s", 1), "h").encode(&rec(1)).len() as u64;
+        // As submitted: with the hash chain link (of fixed length).
+        let frame_len = Encoder::for_sink(&cfg("s", 1), "h")
+            .encode_sealed(&rec(1), &mut crate::audit::chain::Chain::new())
+            .frame
+            .len() as u64;
         // Room for exactly 5 frames (with their 4-byte length and 4-byte checksum).
         let spool = Spool::open(&dir, 5 * (frame_len + 8)).expect("spool");
         let p =

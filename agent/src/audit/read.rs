@@ -60,6 +60,8 @@ pub struct Facts {
     pub coverage: BTreeMap<String, String>,
     /// Reload error, tamper repairs or fallback error, in words.
     pub detail: Option<String>,
+    /// `agent_start` of a run that adopted pinned enforcement: the generation then in force.
+    pub adopted: Option<u64>,
 }
 
 /// Reads one line; `Ok(None)` for a line that holds no egressd record (blank, or some
@@ -154,6 +156,9 @@ fn facts(body: &Value, counters: &Value) -> Facts {
             .and_then(Value::as_str)
             .map(str::to_owned),
         interval_secs: body.get("interval_secs").and_then(Value::as_u64),
+        adopted: body
+            .pointer("/adopted/previous_generation")
+            .and_then(Value::as_u64),
         ..Facts::default()
     };
     if let Some(lost) = counters.get("lost").and_then(Value::as_object) {
@@ -334,6 +339,7 @@ fn parse_cef(file: &str, line: usize, text: &str) -> Result<Entry, String> {
         e.facts.digest = labelled("policyDigest").map(str::to_owned);
         e.facts.generation = num("generationInForce");
         e.facts.interval_secs = num("intervalSecs");
+        e.facts.adopted = num("adoptedGeneration");
         if let Some(n) = num("lostEvents") {
             e.facts.lost.insert("total".into(), n);
         }
@@ -454,6 +460,7 @@ mod tests {
                 );
             }
             assert_eq!(start.mode.as_deref(), Some("enforce"), "{f:?}");
+            assert_eq!(start.adopted, Some(1), "{f:?}");
             let loaded = read("policy_loaded");
             assert_eq!(
                 (loaded.mode.as_deref(), loaded.generation),

@@ -9,7 +9,8 @@
 //!   ([`super::chain`]); the first mismatch locates an edited, inserted or replaced record.
 //! - **Enforcement**: from `agent_start` to `agent_stop`, lifecycle records (heartbeats
 //!   and the others) no further apart than the gap bound: `max_gap`, or else
-//!   max(2 x `interval_secs`, `interval_secs` + 5 s) of the run's heartbeats. A run with no
+//!   max(2 x `interval_secs`, `interval_secs` + 5 s) of the run's heartbeats (of the
+//!   host's other runs for a run without one). A run with no
 //!   `agent_stop` is fine only while the window ends within the bound of its last record
 //!   (it is still running at `to`); without `to` every run must have stopped.
 //! - **Policy**: the digest, generation and mode in force over time; an interval in audit
@@ -46,6 +47,10 @@ pub struct Options {
     pub key: Option<Vec<u8>>,
     /// Only these hosts (all when empty).
     pub hosts: Vec<String>,
+    /// Count the time between a run that ended without `agent_stop` and the next run's
+    /// start as enforced when that run adopted the pinned enforcement with the generation
+    /// the first run had in force (the kernel kept enforcing; no record covers that time).
+    pub trust_adoption: bool,
 }
 
 /// One thing found.
@@ -54,7 +59,7 @@ pub struct Finding {
     /// What: `sequence_gap`, `fork`, `duplicate`, `out_of_order`, `chain_broken`,
     /// `chain_missing`, `chain_unverified`, `no_start`, `no_stop`, `heartbeat_gap`,
     /// `window_gap`, `no_heartbeat`, `tamper_repaired`, `reload_failed`, `policy_fallback`,
-    /// `digest_mismatch`, `audit_mode`, `lost`, `unreadable`.
+    /// `digest_mismatch`, `audit_mode`, `lost`, `adoption`, `unreadable`.
     pub kind: &'static str,
     /// Whether it makes continuous enforcement unprovable.
     pub fails: bool,
@@ -104,6 +109,10 @@ pub struct RunReport {
     pub records: usize,
     /// Highest sequence number.
     pub last_sequence: u64,
+    /// The generation in force at its `agent_start` that it adopted from an earlier run's
+    /// pins, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopted_generation: Option<u64>,
     /// Whether its links are keyed (HMAC).
     pub keyed: bool,
     /// Enforcement proven by its records: from `agent_start` to `agent_stop` (or the last
@@ -223,12 +232,22 @@ struct Run {
     start: i128,
     end: i128,
     stopped: bool,
+    /// The generation in force at its last policy record.
+    last_generation: Option<u64>,
+    /// The next run adopted its pinned enforcement, and `trust_adoption` bridges the gap.
+    bridged: bool,
 }
 
 fn check_host(host: String, runs: BTreeMap<String, Vec<Entry>>, opts: &Options) -> HostReport {
+    // A run too short to have a heartbeat in the export (a kill -9 right after the start)
+    // takes the host's interval from its other runs.
+    let host_interval = runs
+        .values()
+        .flatten()
+        .find_map(|e| e.facts.interval_secs.filter(|s| *s > 0));
     let mut checked: Vec<Run> = runs
         .into_iter()
-        .map(|(run, entries)| check_run(run, entries, opts))
+        .map(|(run, entries)| check_run(run, entries, host_interval, opts))
         .collect();
     checked.sort_by_key(|r| r.start);
     let mut findings = Vec::new();
@@ -238,10 +257,72 @@ fn check_host(host: String, runs: BTreeMap<String, Vec<Entry>>, opts: &Options) 
     let to = opts
         .to
         .unwrap_or_else(|| checked.iter().map(|r| r.end).max().unwrap_or(from));
+    // A run that adopted the pins of a run that ended without a stop.
+    for i in 1..checked.len() {
+        let (before, after) = checked.split_at_mut(i);
+        let (prev, next) = (&mut before[i - 1], &mut after[0]);
+        let Some(g) = next.report.adopted_generation else {
+            continue;
+        };
+        if prev.stopped {
+            continue;
+        }
+        let same = prev.last_generation == Some(g);
+        let bridged = same && opts.trust_adoption;
+        next.report.findings.push(finding(
+            "adoption",
+            false,
+            None,
+            format!(
+                "adopted the pinned enforcement left by run {} (generation {g}{}): the kernel \
+                 kept enforcing from that run's last record at {} to this start at {} \
+                 ({:.3} s), which no record covers{}",
+                prev.report.run,
+                if same {
+                    String::new()
+                } else {
+                    format!(
+                        ", but that run had generation {} in force: the pins changed between",
+                        prev.last_generation
+                            .map_or_else(|| "?".into(), |x| x.to_string())
+                    )
+                },
+                crate::events::rfc3339(prev.end),
+                crate::events::rfc3339(next.start),
+                secs(next.start - prev.end),
+                if bridged {
+                    "; counted as enforced (--trust-adoption)"
+                } else {
+                    ""
+                }
+            ),
+        ));
+        if bridged {
+            prev.bridged = true;
+            let to = next.start;
+            if let Some(last) = prev.spans.last_mut() {
+                last.1 = last.1.max(to);
+            }
+        }
+    }
     // Runs that must have stopped: all without a window end; else those that fell silent
     // longer than their bound before it.
     for r in &mut checked {
         if r.stopped {
+            continue;
+        }
+        if r.bridged {
+            r.report.findings.push(finding(
+                "no_stop",
+                false,
+                None,
+                format!(
+                    "no agent_stop after sequence {} at {}: killed or crashed; the next run \
+                     adopted its enforcement",
+                    r.report.last_sequence,
+                    crate::events::rfc3339(r.end)
+                ),
+            ));
             continue;
         }
         let bound = (r.report.max_gap_secs * 1e9) as i128;
@@ -315,7 +396,7 @@ fn check_host(host: String, runs: BTreeMap<String, Vec<Entry>>, opts: &Options) 
     }
 }
 
-fn check_run(run: String, entries: Vec<Entry>, opts: &Options) -> Run {
+fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts: &Options) -> Run {
     let mut findings = Vec::new();
     // Input order.
     let mut highest: Option<&Entry> = None;
@@ -457,7 +538,8 @@ fn check_run(run: String, entries: Vec<Entry>, opts: &Options) -> Run {
     let interval_secs = lifecycle
         .iter()
         .find_map(|e| e.facts.interval_secs)
-        .filter(|s| *s > 0);
+        .filter(|s| *s > 0)
+        .or(host_interval);
     let max_gap = opts.max_gap.or_else(|| {
         interval_secs.map(|s| {
             let s = i128::from(s) * 1_000_000_000;
@@ -510,6 +592,7 @@ fn check_run(run: String, entries: Vec<Entry>, opts: &Options) -> Run {
     let mut lost = BTreeMap::new();
     let mut flows = BTreeMap::new();
     let mut coverage = BTreeMap::new();
+    let mut adopted_generation = None;
     let close = |policies: &mut Vec<PolicySpan>, cur: &Option<(i128, Facts)>, t: i128| {
         if let Some((from, f)) = cur {
             policies.push(PolicySpan {
@@ -541,6 +624,7 @@ fn check_run(run: String, entries: Vec<Entry>, opts: &Options) -> Run {
                 }
                 if e.kind == "agent_start" {
                     coverage = e.facts.coverage.clone();
+                    adopted_generation = e.facts.adopted;
                 }
                 if e.kind == "policy_fallback" {
                     findings.push(finding(
@@ -593,6 +677,7 @@ fn check_run(run: String, entries: Vec<Entry>, opts: &Options) -> Run {
             _ => {}
         }
     }
+    let last_generation = current.as_ref().and_then(|(_, f)| f.generation);
     close(&mut policies, &current, end);
     for p in &policies {
         if p.mode.as_deref() == Some("audit") {
@@ -647,6 +732,7 @@ fn check_run(run: String, entries: Vec<Entry>, opts: &Options) -> Run {
             formats,
             records,
             last_sequence: by_seq.keys().next_back().copied().unwrap_or(0),
+            adopted_generation,
             keyed,
             enforcement,
             max_gap_secs: secs(bound),
@@ -660,6 +746,8 @@ fn check_run(run: String, entries: Vec<Entry>, opts: &Options) -> Run {
         start,
         end,
         stopped: stop_rec.is_some(),
+        last_generation,
+        bridged: false,
     }
 }
 
@@ -1033,6 +1121,43 @@ mod tests {
             ..Options::default()
         };
         assert_eq!(check(&hosts, &only).hosts.len(), 1);
+    }
+
+    #[test]
+    fn adoption_after_a_kill_is_reported_and_can_be_trusted() {
+        let f = Format::Ocsf;
+        // The sample agent_start adopted generation 1, the generation of the samples.
+        let mut lines = stream(
+            f,
+            "h",
+            "r1",
+            0,
+            &[("policy_loaded", 0), ("agent_start", 0), ("heartbeat", 10)],
+        );
+        lines.extend(stream(f, "h", "r2", 14 * S, CLEAN));
+        let r = check(&lines, &Options::default());
+        assert_eq!(
+            kinds(&r),
+            [("no_stop", None), ("window_gap", None)],
+            "{}",
+            text(&r)
+        );
+        let note = &r.hosts[0].runs[1].findings;
+        assert!(
+            note.iter()
+                .any(|x| x.kind == "adoption" && x.message.contains("r1") && !x.fails),
+            "{note:?}"
+        );
+        let trust = Options {
+            trust_adoption: true,
+            ..Options::default()
+        };
+        let r = check(&lines, &trust);
+        assert!(r.proven, "{}", text(&r));
+        // Without a kill there is nothing to adopt from; a clean stop before stays a gap.
+        let mut stopped = stream(f, "h", "r1", 0, CLEAN);
+        stopped.extend(stream(f, "h", "r2", 40 * S, CLEAN));
+        assert!(!check(&stopped, &trust).proven);
     }
 
     #[test]

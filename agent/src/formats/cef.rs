@@ -41,7 +41,7 @@
 //! tamper repair; keys `rt`, `externalId`, `egressdSeq`, `dvchost`, `msg`,
 //! `cs1`=`policyDigest`, `cs2`=`agentEphemeralId`, `cs3`=`lastGoodSavedAt` (fallback),
 //! `cn1`=`connectionEvents`, `cn2`=`lostEvents`, `cn3`=`generationInForce` (`intervalSecs`
-//! in a heartbeat). Sinks append the hash chain link as `egressdChain`
+//! in a heartbeat, `adoptedGeneration` in an `agent_start` that adopted pinned enforcement). Sinks append the hash chain link as `egressdChain`
 //! ([`crate::audit::chain`]).
 use std::fmt::Write as _;
 
@@ -207,8 +207,14 @@ fn lifecycle(l: &Lifecycle) -> String {
         .kv("dvchost", &h.host.name);
     let (signature, name, severity) = match &l.body {
         LifecycleBody::Start {
-            policy, coverage, ..
+            policy,
+            coverage,
+            adopted,
+            ..
         } => {
+            if let Some(a) = adopted {
+                e.labelled("cn3", "adoptedGeneration", Some(a.previous_generation));
+            }
             e.labelled("cs1", "policyDigest", Some(&policy.digest))
                 .labelled("cs3", "kernel", Some(&coverage.kernel))
                 .labelled("cs4", "enforcedPaths", Some(coverage.enforced.join(",")))

@@ -225,7 +225,8 @@ fn edit(line: &str) -> String {
 }
 
 /// `kill -9` and a restart that adopts the pins, then a tamper (`bpftool link detach`):
-/// verify shows the first run without a stop, the gap until the second, and the repair.
+/// verify shows the first run without a stop, the gap until the second, the adoption and
+/// the repair; `--trust-adoption` bridges the gap, the repair still fails the verdict.
 pub fn kill9_adoption_and_tamper() -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
@@ -264,6 +265,21 @@ pub fn kill9_adoption_and_tamper() -> Result<(), Failed> {
             || kinds.contains(&"sequence_gap")
         {
             return Err(format!("{f}: {runs} runs, failures {got:?}").into());
+        }
+        let second = &report["hosts"][0]["runs"][1];
+        let noted = second["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x["kind"] == "adoption");
+        if !noted || second["adopted_generation"] != 1 {
+            return Err(format!("{f}: the adoption is not reported: {second}").into());
+        }
+        // Trusting the adoption bridges the kill; the tamper still fails the verdict.
+        let (ok, report) = verify(&[&path], &["--trust-adoption"])?;
+        let got = failures(&report);
+        if ok || got.iter().any(|(k, _)| k != "tamper_repaired") {
+            return Err(format!("{f}: with --trust-adoption: {got:?}").into());
         }
     }
     Ok(())
