@@ -19,7 +19,10 @@
 //!   failures, fallbacks and losses by stage are reported.
 //!
 //! The window (`from`..`to`, else from the first run's start to the last run's end) must
-//! be covered without a gap by the runs' enforcement intervals, host by host.
+//! be covered without a gap by the runs' enforcement intervals, host by host; runs wholly
+//! outside it are left out. A run already running at `from` may be exported from the
+//! middle, as long as the input holds at least one of its records from before `from`: the
+//! chain is anchored there, so a record deleted inside the window still leaves a hole.
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -59,7 +62,7 @@ pub struct Finding {
     /// What: `sequence_gap`, `fork`, `duplicate`, `out_of_order`, `chain_broken`,
     /// `chain_missing`, `chain_unverified`, `no_start`, `no_stop`, `heartbeat_gap`,
     /// `window_gap`, `no_heartbeat`, `tamper_repaired`, `reload_failed`, `policy_fallback`,
-    /// `digest_mismatch`, `audit_mode`, `lost`, `adoption`, `unreadable`.
+    /// `digest_mismatch`, `audit_mode`, `lost`, `adoption`, `before_window`, `unreadable`.
     pub kind: &'static str,
     /// Whether it makes continuous enforcement unprovable.
     pub fails: bool,
@@ -257,6 +260,8 @@ fn check_host(host: String, runs: BTreeMap<String, Vec<Entry>>, opts: &Options) 
     let to = opts
         .to
         .unwrap_or_else(|| checked.iter().map(|r| r.end).max().unwrap_or(from));
+    // Runs wholly outside the window are not the auditor's question.
+    checked.retain(|r| r.end >= from && r.start <= to);
     // A run that adopted the pins of a run that ended without a stop.
     for i in 1..checked.len() {
         let (before, after) = checked.split_at_mut(i);
@@ -451,9 +456,30 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
             }
         }
     }
+    // A run already running at the window's start: the input may begin after its first
+    // records, provided it holds one from before the window (the chain is anchored there,
+    // and a record deleted inside the window still leaves a hole).
+    let first = by_seq.values().next();
+    let joined = opts
+        .from
+        .zip(first)
+        .filter(|(from, e)| e.sequence > 1 && e.time_ns < *from)
+        .map(|(_, e)| e.sequence);
+    if let Some(seq) = joined {
+        findings.push(finding(
+            "before_window",
+            false,
+            first,
+            format!(
+                "the run was already running: its records before sequence {seq} (before the \
+                 window) are not in the input; the chain is checked from there"
+            ),
+        ));
+    }
     // Holes, and the chain.
-    let mut expected = 1u64;
-    let mut prev: Option<[u8; chain::LINK_BYTES]> = Some([0; chain::LINK_BYTES]);
+    let mut expected = joined.unwrap_or(1);
+    let mut prev: Option<[u8; chain::LINK_BYTES]> =
+        joined.map_or(Some([0; chain::LINK_BYTES]), |_| None);
     let mut keyed = false;
     for (seq, e) in &by_seq {
         if *seq != expected {
@@ -527,7 +553,7 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
     let stop_rec = lifecycle.iter().find(|e| e.kind == "agent_stop");
     let first_t = by_seq.values().map(|e| e.time_ns).min().unwrap_or(0);
     let start = start_rec.map_or(first_t, |e| e.time_ns);
-    if start_rec.is_none() {
+    if start_rec.is_none() && joined.is_none() {
         findings.push(finding(
             "no_start",
             true,
@@ -1158,6 +1184,42 @@ mod tests {
         let mut stopped = stream(f, "h", "r1", 0, CLEAN);
         stopped.extend(stream(f, "h", "r2", 40 * S, CLEAN));
         assert!(!check(&stopped, &trust).proven);
+    }
+
+    #[test]
+    fn a_window_may_start_inside_a_run() {
+        let f = Format::Cef;
+        let lines = stream(f, "h", "r", 0, CLEAN);
+        let from = |s: i128| Options {
+            from: Some(s * S),
+            ..Options::default()
+        };
+        // Exported from the heartbeat at 10 s on, for a window from 15 s.
+        let r = check(&lines[2..], &from(15));
+        assert!(r.proven, "{}", text(&r));
+        assert!(
+            r.hosts[0].runs[0]
+                .findings
+                .iter()
+                .any(|x| x.kind == "before_window")
+        );
+        // A record deleted inside the window is still a hole.
+        let mut d = lines[2..].to_vec();
+        d.remove(2);
+        assert_eq!(kinds(&check(&d, &from(15)))[0].0, "sequence_gap");
+        // An export that starts inside the window proves nothing before its first record.
+        let r = check(&lines[4..], &from(15));
+        let k: Vec<&str> = kinds(&r).iter().map(|x| x.0).collect();
+        assert!(
+            k.contains(&"sequence_gap") && k.contains(&"no_start"),
+            "{k:?}"
+        );
+        // Runs wholly outside the window are left out.
+        let mut two = stream(f, "h", "old", -100 * S, CLEAN);
+        two.extend(lines.clone());
+        let r = check(&two, &from(0));
+        assert_eq!(r.hosts[0].runs.len(), 1);
+        assert!(r.proven, "{}", text(&r));
     }
 
     #[test]
