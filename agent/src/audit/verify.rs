@@ -4,7 +4,8 @@
 //! - **Order and completeness**: sequence numbers must run from 1 without a hole; a number
 //!   seen twice with different content is a fork (a record inserted or replaced); the same
 //!   record twice is a duplicate (reported, harmless); a record that comes after a higher
-//!   sequence number of its run in the input is out of order (unless `any_order`).
+//!   sequence number of its run in the same file is out of order (unless `any_order`).
+//!   A run's records in different formats are checked apart (each format has its chain).
 //! - **Chain**: each record's link must equal `link(previous link, canonical bytes)`
 //!   ([`super::chain`]); the first mismatch locates an edited, inserted or replaced record.
 //! - **Enforcement**: from `agent_start` to `agent_stop`, lifecycle records (heartbeats
@@ -106,7 +107,8 @@ pub struct PolicySpan {
 pub struct RunReport {
     /// `agent.ephemeral_id`.
     pub run: String,
-    /// Formats its records came in.
+    /// The format of its records (a run's records in several formats are reported once per
+    /// format: each has its own chain).
     pub formats: Vec<&'static str>,
     /// Records read (duplicates included).
     pub records: usize,
@@ -200,8 +202,8 @@ pub fn verify(
     unreadable: Vec<Finding>,
     opts: &Options,
 ) -> Report {
-    // host -> run -> entries in input order
-    let mut hosts: BTreeMap<String, BTreeMap<String, Vec<Entry>>> = BTreeMap::new();
+    // host -> (run, format) -> entries in input order; each format has its own chain.
+    let mut hosts: BTreeMap<String, BTreeMap<(String, &'static str), Vec<Entry>>> = BTreeMap::new();
     for e in entries {
         if !opts.hosts.is_empty() && !opts.hosts.contains(&e.host) {
             continue;
@@ -209,7 +211,7 @@ pub fn verify(
         hosts
             .entry(e.host.clone())
             .or_default()
-            .entry(e.run.clone())
+            .entry((e.run.clone(), e.format.as_str()))
             .or_default()
             .push(e);
     }
@@ -241,7 +243,11 @@ struct Run {
     bridged: bool,
 }
 
-fn check_host(host: String, runs: BTreeMap<String, Vec<Entry>>, opts: &Options) -> HostReport {
+fn check_host(
+    host: String,
+    runs: BTreeMap<(String, &'static str), Vec<Entry>>,
+    opts: &Options,
+) -> HostReport {
     // A run too short to have a heartbeat in the export (a kill -9 right after the start)
     // takes the host's interval from its other runs.
     let host_interval = runs
@@ -250,7 +256,7 @@ fn check_host(host: String, runs: BTreeMap<String, Vec<Entry>>, opts: &Options) 
         .find_map(|e| e.facts.interval_secs.filter(|s| *s > 0));
     let mut checked: Vec<Run> = runs
         .into_iter()
-        .map(|(run, entries)| check_run(run, entries, host_interval, opts))
+        .map(|((run, _), entries)| check_run(run, entries, host_interval, opts))
         .collect();
     checked.sort_by_key(|r| r.start);
     let mut findings = Vec::new();
@@ -264,8 +270,15 @@ fn check_host(host: String, runs: BTreeMap<String, Vec<Entry>>, opts: &Options) 
     checked.retain(|r| r.end >= from && r.start <= to);
     // A run that adopted the pins of a run that ended without a stop.
     for i in 1..checked.len() {
+        // The run before it in the same format.
+        let Some(j) = (0..i)
+            .rev()
+            .find(|j| checked[*j].report.formats == checked[i].report.formats)
+        else {
+            continue;
+        };
         let (before, after) = checked.split_at_mut(i);
-        let (prev, next) = (&mut before[i - 1], &mut after[0]);
+        let (prev, next) = (&mut before[j], &mut after[0]);
         let Some(g) = next.report.adopted_generation else {
             continue;
         };
@@ -403,10 +416,10 @@ fn check_host(host: String, runs: BTreeMap<String, Vec<Entry>>, opts: &Options) 
 
 fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts: &Options) -> Run {
     let mut findings = Vec::new();
-    // Input order.
-    let mut highest: Option<&Entry> = None;
+    // Input order, file by file (files may be copies from several sinks).
+    let mut highest: BTreeMap<&str, &Entry> = BTreeMap::new();
     for e in &entries {
-        match highest {
+        match highest.get(e.file.as_str()).copied() {
             Some(h) if e.sequence < h.sequence && !opts.any_order => findings.push(finding(
                 "out_of_order",
                 true,
@@ -417,7 +430,9 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
                 ),
             )),
             Some(h) if e.sequence <= h.sequence => {}
-            _ => highest = Some(e),
+            _ => {
+                highest.insert(e.file.as_str(), e);
+            }
         }
     }
     let records = entries.len();
@@ -1220,6 +1235,33 @@ mod tests {
         let r = check(&two, &from(0));
         assert_eq!(r.hosts[0].runs.len(), 1);
         assert!(r.proven, "{}", text(&r));
+    }
+
+    #[test]
+    fn copies_in_several_files_and_formats() {
+        let json = stream(Format::Json, "h", "r", 0, CLEAN);
+        let cef = stream(Format::Cef, "h", "r", 0, CLEAN);
+        let read = |name: &str, lines: &[String]| -> Vec<Entry> {
+            lines
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| parse_line(name, i + 1, l).expect("readable"))
+                .collect()
+        };
+        // Two sinks' files of one run, in two formats and twice the same: all proven.
+        let mut entries = read("a.json", &json);
+        entries.extend(read("b.cef", &cef));
+        entries.extend(read("c.json", &json));
+        let r = verify(entries, 0, Vec::new(), &Options::default());
+        assert!(r.proven, "{}", text(&r));
+        assert_eq!(r.hosts[0].runs.len(), 2);
+        // Reordered inside one file: found there.
+        let mut swapped = json.clone();
+        swapped.swap(1, 2);
+        let mut entries = read("a.json", &json);
+        entries.extend(read("c.json", &swapped));
+        let r = verify(entries, 0, Vec::new(), &Options::default());
+        assert_eq!(kinds(&r), [("out_of_order", Some("c.json:3".into()))]);
     }
 
     #[test]
