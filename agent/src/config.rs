@@ -604,6 +604,7 @@ struct RawConfig {
     rules: Vec<Spanned<RawRule>>,
     // Agent output settings (see [`Output`]); validated by `Ctx::output`.
     heartbeat_secs: Option<Spanned<i64>>,
+    chain_key_file: Option<Spanned<String>>,
     host: Option<Spanned<RawHost>>,
     sinks: Option<Vec<Spanned<RawSink>>>,
 }
@@ -1403,6 +1404,10 @@ pub struct Output {
     /// `heartbeat_secs`: interval of the `heartbeat` record in seconds, 0 disables it;
     /// [`DEFAULT_HEARTBEAT_SECS`] when absent.
     pub heartbeat_secs: u64,
+    /// `chain_key_file`: absolute path of the secret that keys the records' hash chain
+    /// (HMAC-SHA-256, [`crate::audit::chain`]), read once at start; unkeyed SHA-256 when
+    /// absent.
+    pub chain_key_file: Option<PathBuf>,
     /// `[[sinks]]` in file order; one stdout sink with the native JSON format when absent.
     pub sinks: Vec<SinkConfig>,
 }
@@ -1412,6 +1417,7 @@ impl Default for Output {
         Self {
             host_labels: BTreeMap::new(),
             heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
+            chain_key_file: None,
             sinks: vec![SinkConfig::stdout()],
         }
     }
@@ -1567,6 +1573,21 @@ impl Ctx<'_> {
                     "heartbeat_secs",
                     "heartbeat_secs must be 0 (off) or a number of seconds",
                 )),
+            }
+        }
+        if let Some(k) = &raw.chain_key_file {
+            let p = PathBuf::from(k.get_ref());
+            if p.is_absolute() {
+                out.chain_key_file = Some(p);
+            } else {
+                errors.push(self.err(
+                    k.span(),
+                    "chain_key_file",
+                    format!(
+                        "`chain_key_file` must be an absolute path, got `{}`",
+                        k.get_ref()
+                    ),
+                ));
             }
         }
         if let Some(labels) = raw.host.as_ref().and_then(|h| h.get_ref().labels.as_ref()) {
@@ -3260,6 +3281,22 @@ mod tests {
                     address = \"[2001:db8::1]:514\"\nspool_max_bytes = 0\n";
         let o = out(text);
         assert_eq!(o.heartbeat_secs, 0);
+        assert_eq!(o.chain_key_file, None);
+        let keyed = out("allowlist = []\nchain_key_file = \"/etc/egressd/chain.key\"\n");
+        assert_eq!(
+            keyed.chain_key_file.as_deref(),
+            Some(Path::new("/etc/egressd/chain.key"))
+        );
+        let e = parse_all(
+            Path::new("t.toml"),
+            "allowlist = []\nchain_key_file = \"k\"\n",
+        )
+        .expect_err("relative");
+        assert!(
+            e.to_string()
+                .contains("t.toml:2:18: chain_key_file: `chain_key_file` must be an absolute"),
+            "{e}"
+        );
         assert_eq!(o.host_labels.get("site").map(String::as_str), Some("fra1"));
         let names: Vec<&str> = o.sinks.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["stdout", "archive", "siem", "udp"]);

@@ -155,8 +155,15 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     // Sinks first: a sink that cannot work fails the start before anything is attached.
     // Their threads start after the privileges are dropped (capabilities are per thread).
     let sinks = Pipeline::prepare(&candidate.output.sinks)?;
+    let chain_key = candidate
+        .output
+        .chain_key_file
+        .as_deref()
+        .map(crate::audit::chain::load_key)
+        .transpose()?;
     let started = Instant::now();
     let coverage = crate::coverage::probe_for_start();
+    let mut adopted = None;
     let mut enforcer = match &pin_dir {
         Some(dir) => {
             let (e, adoption) =
@@ -172,6 +179,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 generation = e.generation(),
                 "pinned enforcement"
             );
+            adopted = adoption.adopted.then_some(events::Adopted {
+                previous_generation: adoption.previous_generation,
+            });
             e
         }
         None => put_in_force(&candidate, config_path, state.as_ref(), &mut ids, |p| {
@@ -234,6 +244,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         "privileges dropped"
     );
     let pipeline = sinks.start(&host)?;
+    if let Some(key) = &chain_key {
+        pipeline.key_chains(key);
+    }
     let mut watcher = if opts.watch {
         Some(crate::watch::ConfigWatcher::new(config_path)?)
     } else {
@@ -295,6 +308,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             cgroup: cgroup.display().to_string(),
             sinks: pipeline.names(),
             coverage: coverage.summary(),
+            adopted,
         },
         "agent_start",
     ));

@@ -705,6 +705,14 @@ pub struct LastGoodRef {
     pub file: String,
 }
 
+/// What an `agent_start` adopted: the links an earlier egressd pinned were still attached,
+/// so the kernel kept enforcing while no daemon ran.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Adopted {
+    /// The policy generation in force when this run adopted the pins.
+    pub previous_generation: u64,
+}
+
 /// Body of a lifecycle record.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
@@ -719,6 +727,10 @@ pub enum LifecycleBody {
         sinks: Vec<String>,
         /// Which egress paths this kernel lets egressd enforce ([`crate::coverage`]).
         coverage: crate::coverage::Summary,
+        /// Pinned enforcement of an earlier run that this run adopted without detaching it
+        /// (`run --pin-dir`); absent when nothing was adopted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        adopted: Option<Adopted>,
     },
     /// `policy_loaded`: a policy is in the kernel.
     PolicyLoaded {
@@ -1200,6 +1212,9 @@ pub mod sample {
                         not_covered: vec!["packet_socket"],
                         unknown: vec![],
                     },
+                    adopted: Some(Adopted {
+                        previous_generation: 1,
+                    }),
                 },
             },
             Lifecycle {

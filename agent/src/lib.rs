@@ -6,6 +6,7 @@
 //! [`events`] (ring buffer -> typed, enriched records) -> [`formats`] (native JSON, ECS, OCSF,
 //! CEF) -> [`pipeline`] (queues, spool, loss counters) -> [`sinks`], with [`stats`]
 //! reading the kernel counters.
+pub mod audit;
 pub mod cgroup;
 pub mod check;
 pub mod clock;

@@ -108,10 +108,62 @@ enum Command {
         #[arg(value_name = "ADDR[:PORT][/PROTO]", required = true)]
         destinations: Vec<String>,
     },
+    /// Audit exported records: prove continuous enforcement from what the SIEM stored.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Region files from cloud providers' published IP ranges.
     Regions {
         #[command(subcommand)]
         command: RegionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Read exported records (JSON lines in the native, ECS or OCSF format, CEF lines, each
+    /// alone or behind a syslog header), check their sequence numbers and hash chain, and
+    /// report per host and agent run the enforcement intervals, policies in force, gaps,
+    /// tamper repairs, reload failures, losses and flow totals. Exit status 0 only when
+    /// continuous enforcement over the window is proven for every host, 1 otherwise.
+    Verify {
+        /// Files of exported records (`-`: standard input), in the order they were stored.
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+        /// Window start (RFC 3339); default: the first run's agent_start.
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// Window end (RFC 3339): runs may still be running then. Default: the last run's
+        /// end, and every run must have ended with agent_stop.
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// The policy digest that must be in force throughout the window.
+        #[arg(long, value_name = "DIGEST")]
+        expect_digest: Option<String>,
+        /// Longest allowed silence between two lifecycle records of a run, in seconds;
+        /// default: max(2 x heartbeat interval, heartbeat interval + 5).
+        #[arg(long, value_name = "SECS")]
+        max_gap: Option<f64>,
+        /// Accept a run's records in any order (an export sorted by time): reordering is
+        /// then not reported.
+        #[arg(long)]
+        any_order: bool,
+        /// Count the time between a run that ended without agent_stop (kill -9, crash) and
+        /// the next run as enforced when that run adopted the pinned enforcement with the
+        /// generation the first had in force: the kernel kept enforcing, though no record
+        /// covers that time.
+        #[arg(long)]
+        trust_adoption: bool,
+        /// Key file of an HMAC chain (`hmac-sha256:` links): its bytes are the key.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// Only this host (repeat for several); default: every host in the input.
+        #[arg(long, value_name = "NAME")]
+        host: Vec<String>,
+        /// Print the report as one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -271,6 +323,78 @@ fn main() -> ExitCode {
             json,
             destinations,
         } => explain(&config, json, &destinations),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    files,
+                    from,
+                    to,
+                    expect_digest,
+                    max_gap,
+                    any_order,
+                    trust_adoption,
+                    key_file,
+                    host,
+                    json,
+                },
+        } => {
+            let opts = (|| {
+                let time = |s: Option<String>, what: &str| {
+                    s.map(|s| {
+                        time::OffsetDateTime::parse(
+                            &s,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .map(time::OffsetDateTime::unix_timestamp_nanos)
+                        .map_err(|e| anyhow::anyhow!("--{what} `{s}`: not an RFC 3339 time: {e}"))
+                    })
+                    .transpose()
+                };
+                let max_gap = match max_gap {
+                    Some(s) if !(s.is_finite() && s > 0.0) => {
+                        anyhow::bail!("--max-gap {s}: must be a positive number of seconds")
+                    }
+                    #[expect(
+                        clippy::cast_possible_truncation,
+                        reason = "checked positive; saturates"
+                    )]
+                    Some(s) => Some((s * 1e9) as i128),
+                    None => None,
+                };
+                let key = key_file
+                    .map(|p| {
+                        std::fs::read(&p)
+                            .map_err(|e| anyhow::anyhow!("--key-file {}: {e}", p.display()))
+                    })
+                    .transpose()?;
+                Ok(egressd::audit::verify::Options {
+                    from: time(from, "from")?,
+                    to: time(to, "to")?,
+                    expect_digest,
+                    max_gap,
+                    any_order,
+                    key,
+                    hosts: host,
+                    trust_adoption,
+                })
+            })();
+            match opts.and_then(|o| egressd::audit::verify_files(&files, &o)) {
+                Ok(report) => {
+                    let text = if json {
+                        format!("{}\n", serde_json::to_string(&report).unwrap_or_default())
+                    } else {
+                        egressd::audit::verify::text(&report)
+                    };
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+                    return if report.proven {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    };
+                }
+                Err(e) => Err(e),
+            }
+        }
         Command::Regions {
             command:
                 RegionsCommand::Import {

@@ -227,6 +227,9 @@ impl Shared {
 
 struct Sink {
     encoder: Encoder,
+    /// This sink's hash chain ([`crate::audit::chain`]): records are linked in the order
+    /// they are submitted, which is their sequence order.
+    chain: Mutex<crate::audit::chain::Chain>,
     shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
 }
@@ -350,9 +353,19 @@ impl Pipeline {
             .map_err(|e| anyhow::anyhow!("sink `{}`: spawning its thread: {e}", cfg.name))?;
         Ok(Sink {
             encoder: Encoder::for_sink(cfg, host),
+            chain: Mutex::new(crate::audit::chain::Chain::new()),
             shared,
             worker: Some(handle),
         })
+    }
+
+    /// Keys every sink's hash chain with `key` (HMAC-SHA-256, [`crate::audit::chain`]);
+    /// call before the first [`Self::submit`].
+    pub fn key_chains(&self, key: &Arc<[u8]>) {
+        for s in &self.sinks {
+            *s.chain.lock().unwrap_or_else(PoisonError::into_inner) =
+                crate::audit::chain::Chain::keyed(key.clone());
+        }
     }
 
     /// Names of the sinks, in config order.
@@ -377,7 +390,10 @@ impl Pipeline {
     }
 
     fn submit_to(&self, s: &Sink, record: &Record) {
-        let encoded = s.encoder.encode_counted(record);
+        let encoded = s.encoder.encode_sealed(
+            record,
+            &mut s.chain.lock().unwrap_or_else(PoisonError::into_inner),
+        );
         if encoded.truncated {
             let n = s.shared.c.truncated.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
@@ -1223,7 +1239,11 @@ mod tests {
     fn spool_full_drops_and_counts() {
         let dir = tmp("full");
         let (_f, t) = fake(false);
-        let frame_len = Encoder::for_sink(&cfg("s", 1), "h").encode(&rec(1)).len() as u64;
+        // As submitted: with the hash chain link (of fixed length).
+        let frame_len = Encoder::for_sink(&cfg("s", 1), "h")
+            .encode_sealed(&rec(1), &mut crate::audit::chain::Chain::new())
+            .frame
+            .len() as u64;
         // Room for exactly 5 frames (with their 4-byte length and 4-byte checksum).
         let spool = Spool::open(&dir, 5 * (frame_len + 8)).expect("spool");
         let p =

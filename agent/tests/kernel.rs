@@ -6,6 +6,7 @@
 //! Run: `cargo test -p egressd --test kernel`. The binary doubles as the probe client
 //! (argv[1] == `__egressd_probe`), so the probe runs the same code in every test.
 mod kernel {
+    pub mod audit;
     pub mod differential;
     pub mod enforce;
     pub mod fleet;
@@ -20,7 +21,7 @@ mod kernel {
 }
 
 use kernel::{
-    differential, enforce, fleet, harness, lastgood, lsm, paths, reload, security, table, tc,
+    audit, differential, enforce, fleet, harness, lastgood, lsm, paths, reload, security, table, tc,
 };
 use libtest_mimic::{Arguments, Trial};
 
@@ -125,6 +126,15 @@ fn main() {
             reload::reload_under_load,
         ),
         Trial::test("fleet_pinned_restart_kill9_no_gap", fleet::pinned_restart),
+        Trial::test(
+            "audit_verify_clean_run_and_damage",
+            audit::clean_run_and_damage,
+        ),
+        Trial::test(
+            "audit_verify_kill9_adoption_and_tamper",
+            audit::kill9_adoption_and_tamper,
+        ),
+        Trial::test("audit_verify_keyed_chain", audit::keyed_chain),
         Trial::test(
             "fleet_pins_of_other_layout_refused",
             fleet::pinned_other_layout_refused,

@@ -62,8 +62,13 @@ fn ecs_schema() -> Option<&'static Result<ecs::Schema, String>> {
     Some(S.get_or_init(|| ecs::Schema::load(&dir)))
 }
 
+/// `r` in format `f` as a sink sends it: with its hash chain link (the chain's first).
+fn sealed(f: Format, r: &Record) -> Vec<u8> {
+    egressd::audit::chain::Chain::new().seal(f, &f.render(r))
+}
+
 fn doc(f: Format, r: &Record) -> Value {
-    serde_json::from_slice(&f.render(r)).expect("the format renders JSON")
+    serde_json::from_slice(&sealed(f, r)).expect("the format renders JSON")
 }
 
 fn verdict(errs: Vec<String>, what: &str) -> Result<(), Failed> {
@@ -134,7 +139,7 @@ fn cef_expected(r: &Record) -> Vec<(&'static str, String)> {
 }
 
 fn cef_test(r: &Record) -> Result<(), Failed> {
-    let line = formats::cef::render(r);
+    let line = String::from_utf8(sealed(Format::Cef, r)).expect("UTF-8");
     let (header, pairs) = cef::parse(&line).map_err(|e| format!("{e}\n  in {line}"))?;
     let mut errs = cef::check(&pairs);
     let h = r.header();
@@ -175,7 +180,7 @@ fn rfc5424_test(f: Format, r: &Record, max_bytes: usize) -> Result<(), Failed> {
         },
         max_bytes,
     };
-    let encoded = enc.encode_counted(r);
+    let encoded = enc.encode_sealed(r, &mut egressd::audit::chain::Chain::new());
     let m = if octet_counting {
         rfc5424::unframe(&encoded.frame)?
     } else {
@@ -202,10 +207,10 @@ fn rfc5424_test(f: Format, r: &Record, max_bytes: usize) -> Result<(), Failed> {
     if encoded.truncated && m.len() > max_bytes {
         errs.push(format!("{} octets, the limit is {max_bytes}", m.len()));
     }
-    if max_bytes == 0 && p.msg != f.render(r).as_slice() {
+    if max_bytes == 0 && p.msg != sealed(f, r).as_slice() {
         errs.push("MSG is not the rendered record".into());
     }
-    if !encoded.truncated && p.msg != f.render(r).as_slice() {
+    if !encoded.truncated && p.msg != sealed(f, r).as_slice() {
         errs.push("MSG differs from the rendered record though not truncated".into());
     }
     verdict(errs, &shown)

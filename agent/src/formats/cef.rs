@@ -40,7 +40,9 @@
 //! policy fallback (the policy on disk is invalid; the last good one is in force) and a
 //! tamper repair; keys `rt`, `externalId`, `egressdSeq`, `dvchost`, `msg`,
 //! `cs1`=`policyDigest`, `cs2`=`agentEphemeralId`, `cs3`=`lastGoodSavedAt` (fallback),
-//! `cn1`=`connectionEvents`, `cn2`=`lostEvents`, `cn3`=`generationInForce`.
+//! `cn1`=`connectionEvents`, `cn2`=`lostEvents`, `cn3`=`generationInForce` (`intervalSecs`
+//! in a heartbeat, `adoptedGeneration` in an `agent_start` that adopted pinned enforcement). Sinks append the hash chain link as `egressdChain`
+//! ([`crate::audit::chain`]).
 use std::fmt::Write as _;
 
 use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
@@ -205,8 +207,14 @@ fn lifecycle(l: &Lifecycle) -> String {
         .kv("dvchost", &h.host.name);
     let (signature, name, severity) = match &l.body {
         LifecycleBody::Start {
-            policy, coverage, ..
+            policy,
+            coverage,
+            adopted,
+            ..
         } => {
+            if let Some(a) = adopted {
+                e.labelled("cn3", "adoptedGeneration", Some(a.previous_generation));
+            }
             e.labelled("cs1", "policyDigest", Some(&policy.digest))
                 .labelled("cs3", "kernel", Some(&coverage.kernel))
                 .labelled("cs4", "enforcedPaths", Some(coverage.enforced.join(",")))
@@ -221,10 +229,14 @@ fn lifecycle(l: &Lifecycle) -> String {
             e.labelled("cs1", "policyDigest", Some(&policy.digest));
             ("policy-loaded", "Policy loaded", 3)
         }
-        LifecycleBody::Heartbeat { counters, .. } => {
+        LifecycleBody::Heartbeat {
+            counters,
+            interval_secs,
+        } => {
             let lost = counters.lost.total();
             e.labelled("cn1", "connectionEvents", Some(counters.connection_events))
-                .labelled("cn2", "lostEvents", Some(lost));
+                .labelled("cn2", "lostEvents", Some(lost))
+                .labelled("cn3", "intervalSecs", Some(interval_secs));
             (
                 "heartbeat",
                 "egressd heartbeat",

@@ -34,7 +34,9 @@
 //! `policy_fallback` the same, with the policy in force in `egressd.policy` and where it was
 //! kept in `egressd.last_good`.
 //! `event.action` is the record type with `-` (`agent-start`, ...);
-//! counters and losses go to `egressd.counters`, `egressd.lost`, `egressd.connection_events`.
+//! counters and losses go to `egressd.counters`, `egressd.lost`, `egressd.connection_events`;
+//! an adoption of pinned enforcement to `egressd.adopted`. Sinks put the hash chain link in
+//! `event.hash` ([`crate::audit::chain`]).
 use serde_json::{Map, Value, json};
 
 use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
@@ -232,8 +234,12 @@ fn lifecycle(l: &Lifecycle) -> Value {
             cgroup,
             sinks,
             coverage,
+            adopted,
         } => {
             event["category"] = json!(["process"]);
+            if let Some(a) = adopted {
+                extra.insert("adopted".into(), json!(a));
+            }
             event["type"] = json!(["start"]);
             extra.insert("policy".into(), json!(policy));
             extra.insert("cgroup".into(), json!({ "path": cgroup }));

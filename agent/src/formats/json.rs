@@ -28,13 +28,16 @@
 //!
 //! Lifecycle records carry the same header (`@timestamp` ... `agent`) plus: `agent_start`:
 //! `policy` (file, mode, digest, generation, regions, prefix counts, allowlist), `cgroup`,
-//! `sinks`; `policy_loaded`: `policy`; `heartbeat` and `agent_stop`: `counters` (by hook,
+//! `sinks`, `coverage`, and `adopted` (`previous_generation`) when it adopted pinned
+//! enforcement; `policy_loaded`: `policy`; `heartbeat` and `agent_stop`: `counters` (by hook,
 //! region, verdict), `lost` (`ringbuf_full`, `sink_write_failed`, `undecodable`, `sinks` with
 //! per-sink counters), `connection_events`, `uptime_secs`, and the daemon's extra kernel
 //! statistics (`flows`, `reloads`); `heartbeat` also `interval_secs`; `reload_failed`:
 //! `error`, `generation_in_force`; `policy_fallback`: `error` (why the files on disk were
 //! refused), `policy` (the last good policy now in force), `last_good` (`digest`,
 //! `generation`, `saved_at`, `file`).
+//!
+//! Every record a sink sends ends with `chain`, its hash chain link ([`crate::audit::chain`]).
 use crate::events::Record;
 
 /// Serializes `record` as one JSON object (no newline).

@@ -135,7 +135,8 @@ mod tests {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/formats/golden")
     }
 
-    /// Every format x every sample record against `golden/{format}/{sample}.txt`.
+    /// Every format x every sample record, sealed as the first record of a hash chain
+    /// ([`crate::audit::chain`]), against `golden/{format}/{sample}.txt`.
     /// `EGRESSD_BLESS=1` rewrites the files instead (review the diff).
     #[test]
     fn formats_match_golden_files() {
@@ -144,7 +145,9 @@ mod tests {
         for f in Format::ALL {
             let dir = golden_dir().join(f.as_str());
             for (name, rec) in sample::records() {
-                let got = String::from_utf8(f.render(&rec)).expect("UTF-8");
+                // As a sink sends it: with the link of a chain's first record.
+                let sealed = crate::audit::chain::Chain::new().seal(f, &f.render(&rec));
+                let got = String::from_utf8(sealed).expect("UTF-8");
                 assert!(!got.contains('\n'), "{f:?} {name}: raw newline in {got}");
                 let path = dir.join(format!("{name}.txt"));
                 if bless {

@@ -35,7 +35,9 @@
 //! Repaired`). For activity 99 `type_uid` is 600299 with the schema's caption `type_name`
 //! `Application Lifecycle: Other`; the specific action is in `activity_name` (free text for
 //! `Other`, per the schema), `metadata.log_name` and `unmapped.egressd.type` (the record
-//! type). `app` names egressd; counters and losses go to `unmapped.egressd`.
+//! type). `app` names egressd; counters and losses go to `unmapped.egressd`, and so do an
+//! adoption of pinned enforcement (`adopted`) and, from the sinks, the hash chain link
+//! (`chain`, [`crate::audit::chain`]).
 use serde_json::{Map, Value, json};
 
 use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
@@ -244,7 +246,11 @@ fn lifecycle(l: &Lifecycle) -> Value {
             cgroup,
             sinks,
             coverage,
+            adopted,
         } => {
+            if let Some(a) = adopted {
+                extra.insert("adopted".into(), json!(a));
+            }
             extra.insert("policy".into(), json!(policy));
             extra.insert("cgroup".into(), json!(cgroup));
             extra.insert("sinks".into(), json!(sinks));

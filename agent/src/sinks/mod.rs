@@ -162,23 +162,50 @@ impl Encoder {
     /// Workload-controlled fields are capped first, whatever the limit
     /// ([`crate::formats::bound::cap_record`]).
     pub fn encode_counted(&self, record: &Record) -> Encoded {
+        self.encode_with(record, None)
+    }
+
+    /// As [`Self::encode_counted`], with the next link of `chain` added to the record
+    /// ([`crate::audit::chain`]); the size bound leaves room for it.
+    pub fn encode_sealed(
+        &self,
+        record: &Record,
+        chain: &mut crate::audit::chain::Chain,
+    ) -> Encoded {
+        self.encode_with(record, Some(chain))
+    }
+
+    fn encode_with(
+        &self,
+        record: &Record,
+        chain: Option<&mut crate::audit::chain::Chain>,
+    ) -> Encoded {
         let capped = crate::formats::bound::cap_record(record);
         let record = capped.as_ref().unwrap_or(record);
         let mut body = self.format.render(record);
         let mut truncated = false;
-        let overhead = match &self.framing {
-            Framing::Line => 1,
-            // The BOM a non-ASCII body takes counts against the limit too.
-            Framing::Syslog { header, .. } => {
-                syslog::message(header, record, b"").len() + syslog::bom_len(&body)
-            }
+        let link = if chain.is_some() {
+            crate::audit::chain::MAX_OVERHEAD
+        } else {
+            0
         };
+        let overhead = link
+            + match &self.framing {
+                Framing::Line => 1,
+                // The BOM a non-ASCII body takes counts against the limit too.
+                Framing::Syslog { header, .. } => {
+                    syslog::message(header, record, b"").len() + syslog::bom_len(&body)
+                }
+            };
         if self.max_bytes > 0 && body.len() + overhead > self.max_bytes {
             let room = self.max_bytes.saturating_sub(overhead);
             if let Some(b) = crate::formats::bound::fit(self.format, &body, room) {
                 body = b;
                 truncated = true;
             }
+        }
+        if let Some(c) = chain {
+            body = c.seal(self.format, &body);
         }
         let frame = match &self.framing {
             Framing::Line => {

@@ -1,0 +1,442 @@
+//! The hash chain that makes a sink's record stream tamper-evident.
+//!
+//! Every record a sink receives carries a *link*: `link(n) = SHA-256(link(n-1) || C(n))`,
+//! where `link(0)` is 32 zero bytes, `link(n-1)` the 32 raw bytes of the previous record's
+//! link, and `C(n)` the canonical bytes of record `n` (below). With a key
+//! ([`Chain::keyed`]), `link(n) = HMAC-SHA-256(key, link(n-1) || C(n))`. The link is
+//! written as `sha256:` (or `hmac-sha256:`) and 64 lowercase hex digits.
+//!
+//! The chain follows the order in which [`crate::pipeline::Pipeline::submit`] receives
+//! records, which is the order of their `sequence` numbers; it starts again at every agent
+//! run (the run's first record, `sequence` 1, links to 32 zero bytes). It is computed per
+//! sink over the record as that sink renders it, so every format carries a link it can be
+//! checked with alone, and a frame that waits in the spool keeps its link.
+//!
+//! Where the link is, and what the canonical bytes `C(n)` are:
+//!
+//! | format | link field | `C(n)` |
+//! | --- | --- | --- |
+//! | `json` | `chain` (top level) | RFC 8785 (JCS) serialization of the record's JSON object without `chain` |
+//! | `ecs` | `event.hash` | JCS of the document without `event.hash` |
+//! | `ocsf` | `unmapped.egressd.chain` | JCS of the event without `unmapped.egressd.chain` |
+//! | `cef` | `egressdChain` (last extension) | the UTF-8 bytes of the CEF text from `CEF:0|` up to, not including, ` egressdChain=` |
+//!
+//! In RFC 5424 messages the link is inside MSG (the format's own field), after the header
+//! and the optional UTF-8 byte order mark; the syslog header itself is not covered.
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::formats::Format;
+
+/// Bytes of a link.
+pub const LINK_BYTES: usize = 32;
+/// Prefix of an unkeyed link.
+pub const SHA256: &str = "sha256:";
+/// Prefix of a keyed link.
+pub const HMAC_SHA256: &str = "hmac-sha256:";
+/// The CEF extension key of the link.
+pub const CEF_KEY: &str = "egressdChain";
+/// Most bytes the link adds to a rendered record (the sinks' size bound reserves them).
+pub const MAX_OVERHEAD: usize = 128;
+
+/// The running state of one sink's chain.
+#[derive(Clone)]
+pub struct Chain {
+    prev: [u8; LINK_BYTES],
+    key: Option<std::sync::Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("Chain")
+            .field("prev", &hex(&self.prev))
+            .field("keyed", &self.key.is_some())
+            .finish()
+    }
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Chain {
+    /// An unkeyed (SHA-256) chain at its start.
+    pub fn new() -> Self {
+        Self {
+            prev: [0; LINK_BYTES],
+            key: None,
+        }
+    }
+
+    /// A keyed (HMAC-SHA-256) chain at its start.
+    pub fn keyed(key: std::sync::Arc<[u8]>) -> Self {
+        Self {
+            prev: [0; LINK_BYTES],
+            key: Some(key),
+        }
+    }
+
+    /// The link of the next record, whose canonical bytes are `canonical`, as text; the
+    /// chain moves on to it.
+    pub fn advance(&mut self, canonical: &[u8]) -> String {
+        let next = link(&self.prev, canonical, self.key.as_deref());
+        self.prev = next;
+        let prefix = if self.key.is_some() {
+            HMAC_SHA256
+        } else {
+            SHA256
+        };
+        format!("{prefix}{}", hex(&next))
+    }
+
+    /// Renders the record `body` (in `format`, without a link) with the next link added
+    /// where the module docs say; a JSON body that does not parse (which the formats never
+    /// produce) is returned unchanged and the chain does not move.
+    pub fn seal(&mut self, format: Format, body: &[u8]) -> Vec<u8> {
+        match format {
+            Format::Cef => {
+                let link = self.advance(body);
+                let mut v = body.to_vec();
+                v.extend_from_slice(format!(" {CEF_KEY}={link}").as_bytes());
+                v
+            }
+            Format::Json | Format::Ecs | Format::Ocsf => {
+                let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+                    return body.to_vec();
+                };
+                let Ok(canonical) = canonical_json(&value) else {
+                    return body.to_vec();
+                };
+                let link = self.advance(&canonical);
+                if format == Format::Json {
+                    // The native object keeps its field order: the link is appended.
+                    let mut v = body.to_vec();
+                    if v.last() == Some(&b'}') {
+                        v.pop();
+                        let sep = if v.last() == Some(&b'{') { "" } else { "," };
+                        v.extend_from_slice(format!("{sep}\"chain\":\"{link}\"}}").as_bytes());
+                    }
+                    return v;
+                }
+                if let Some(slot) = insert_path(&mut value, json_path(format)) {
+                    *slot = Value::String(link);
+                }
+                serde_json::to_vec(&value).unwrap_or_else(|_| body.to_vec())
+            }
+        }
+    }
+}
+
+/// Shortest key accepted from a key file, in bytes.
+pub const MIN_KEY_BYTES: usize = 16;
+
+/// Reads the chain key: the bytes of `path`, as they are. The file must be root's (or
+/// this user's), a regular file, not a link, and readable by its owner only.
+///
+/// # Errors
+/// The file is missing, fails those checks, or holds fewer than [`MIN_KEY_BYTES`] bytes;
+/// the message names it.
+pub fn load_key(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<[u8]>> {
+    use std::{io::Read, os::unix::fs::MetadataExt};
+    let what =
+        |e: &dyn std::fmt::Display| anyhow::anyhow!("chain_key_file {}: {e}", path.display());
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(what(&"not a file path"));
+    };
+    let mut f = crate::safefs::TrustedDir::open(dir)
+        .and_then(|d| d.read(name))
+        .map_err(|e| what(&e))?;
+    let mode = f.metadata().map_err(|e| what(&e))?.mode();
+    if mode & 0o077 != 0 {
+        return Err(what(&format!(
+            "mode {:04o}: a secret must be readable by its owner only (chmod 0600)",
+            mode & 0o7777
+        )));
+    }
+    let mut key = Vec::new();
+    f.read_to_end(&mut key).map_err(|e| what(&e))?;
+    if key.len() < MIN_KEY_BYTES {
+        return Err(what(&format!(
+            "{} bytes: a key needs at least {MIN_KEY_BYTES} (e.g. head -c 32 /dev/urandom)",
+            key.len()
+        )));
+    }
+    Ok(key.into())
+}
+
+/// `link(prev, canonical)` as the module docs define it.
+pub fn link(prev: &[u8; LINK_BYTES], canonical: &[u8], key: Option<&[u8]>) -> [u8; LINK_BYTES] {
+    match key {
+        Some(k) => {
+            // HMAC accepts keys of any length.
+            let Ok(mut m) = Hmac::<Sha256>::new_from_slice(k) else {
+                return [0; LINK_BYTES];
+            };
+            m.update(prev);
+            m.update(canonical);
+            m.finalize().into_bytes().into()
+        }
+        None => {
+            let mut h = Sha256::new();
+            h.update(prev);
+            h.update(canonical);
+            h.finalize().into()
+        }
+    }
+}
+
+/// A link's text, split: whether it is keyed, and its 32 bytes; `None` when it is neither
+/// `sha256:` nor `hmac-sha256:` with 64 lowercase hex digits.
+pub fn parse_link(text: &str) -> Option<(bool, [u8; LINK_BYTES])> {
+    let (keyed, digits) = if let Some(d) = text.strip_prefix(SHA256) {
+        (false, d)
+    } else {
+        (true, text.strip_prefix(HMAC_SHA256)?)
+    };
+    if digits.len() != 2 * LINK_BYTES
+        || !digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let mut out = [0u8; LINK_BYTES];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some((keyed, out))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Where a JSON format keeps the link.
+pub fn json_path(format: Format) -> &'static [&'static str] {
+    match format {
+        Format::Ecs => &["event", "hash"],
+        Format::Ocsf => &["unmapped", "egressd", "chain"],
+        Format::Json | Format::Cef => &["chain"],
+    }
+}
+
+/// The slot at `path`, creating objects on the way (a non-object on the way: `None`).
+fn insert_path<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    let (last, parents) = path.split_last()?;
+    let mut cur = v;
+    for p in parents {
+        cur = cur
+            .as_object_mut()?
+            .entry((*p).to_owned())
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    }
+    Some(
+        cur.as_object_mut()?
+            .entry((*last).to_owned())
+            .or_insert(Value::Null),
+    )
+}
+
+/// Takes the link out of a JSON record of `format`: returns its text (if it was there and a
+/// string) and leaves `v` as it was before sealing (objects the removal leaves empty are
+/// removed too).
+pub fn take_json_link(format: Format, v: &mut Value) -> Option<String> {
+    fn take(v: &mut Value, path: &[&str]) -> Option<Value> {
+        let obj = v.as_object_mut()?;
+        match path {
+            [] => None,
+            [last] => obj.remove(*last),
+            [first, rest @ ..] => {
+                let child = obj.get_mut(*first)?;
+                let got = take(child, rest);
+                if child.as_object().is_some_and(serde_json::Map::is_empty) {
+                    obj.remove(*first);
+                }
+                got
+            }
+        }
+    }
+    match take(v, json_path(format))? {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Splits a CEF text (from `CEF:0|`) into its canonical bytes and its link, `None` for the
+/// link when the text has no `egressdChain` extension (then all of it is canonical).
+pub fn split_cef(text: &str) -> (&str, Option<&str>) {
+    let marker = format!(" {CEF_KEY}=");
+    // Values escape `=` as `\=`, so the marker cannot occur inside one.
+    match text.rfind(&marker) {
+        Some(i) => (&text[..i], Some(&text[i + marker.len()..])),
+        None => (text, None),
+    }
+}
+
+/// The canonical bytes (RFC 8785, JCS) of a parsed JSON record whose link was taken out.
+///
+/// Records without floating-point numbers and with ASCII keys only (all of egressd's)
+/// take serde_json's compact output, which is JCS for them (keys sorted by bytes, the same
+/// escapes) and an order of magnitude faster; anything else goes through the JCS crate.
+/// The test `fast_canonical_is_jcs` holds the two together.
+///
+/// # Errors
+/// A value JCS cannot represent (a non-finite number cannot come from parsed JSON).
+pub fn canonical_json(v: &Value) -> serde_json::Result<Vec<u8>> {
+    fn plain(v: &Value) -> bool {
+        match v {
+            Value::Number(n) => !n.is_f64(),
+            Value::Array(a) => a.iter().all(plain),
+            Value::Object(m) => m.iter().all(|(k, x)| k.is_ascii() && plain(x)),
+            Value::Null | Value::Bool(_) | Value::String(_) => true,
+        }
+    }
+    if plain(v) {
+        serde_json::to_vec(v)
+    } else {
+        serde_json_canonicalizer::to_vec(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_follow_the_definition() {
+        let mut c = Chain::new();
+        let l1 = c.advance(b"one");
+        let mut h = Sha256::new();
+        h.update([0u8; 32]);
+        h.update(b"one");
+        let want: [u8; 32] = h.finalize().into();
+        assert_eq!(l1, format!("sha256:{}", hex(&want)));
+        let l2 = c.advance(b"two");
+        let mut h = Sha256::new();
+        h.update(want);
+        h.update(b"two");
+        let want2: [u8; 32] = h.finalize().into();
+        assert_eq!(l2, format!("sha256:{}", hex(&want2)));
+        assert_eq!(parse_link(&l2), Some((false, want2)));
+        // Known answer (Python: hashlib.sha256(bytes(32) + b"abc").hexdigest()).
+        assert_eq!(
+            hex(&link(&[0; 32], b"abc", None)),
+            "365aa7d8f7f9402c4b9434502b4cc89ddb09fe50d7cd95b493b834c62d5a5370"
+        );
+    }
+
+    #[test]
+    fn keyed_links_differ_and_say_so() {
+        let key: std::sync::Arc<[u8]> = std::sync::Arc::from(&b"secret"[..]);
+        let mut k = Chain::keyed(key);
+        let l = k.advance(b"one");
+        assert!(l.starts_with(HMAC_SHA256), "{l}");
+        let (keyed, bytes) = parse_link(&l).expect("parses");
+        assert!(keyed);
+        assert_ne!(bytes, link(&[0; 32], b"one", None));
+        assert_eq!(bytes, link(&[0; 32], b"one", Some(b"secret")));
+    }
+
+    #[test]
+    fn key_files_are_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("egressd-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let path = dir.join("chain.key");
+        std::fs::write(&path, [7u8; 32]).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(&*load_key(&path).expect("valid"), &[7u8; 32]);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let e = load_key(&path).expect_err("group-readable").to_string();
+        assert!(e.contains("chain.key") && e.contains("0640"), "{e}");
+        std::fs::write(&path, b"short").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let e = load_key(&path).expect_err("short").to_string();
+        assert!(e.contains("5 bytes"), "{e}");
+        let e = load_key(&dir.join("missing"))
+            .expect_err("missing")
+            .to_string();
+        assert!(e.contains("missing"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// serde_json's output is JCS for egressd's records (sorted keys, as long as no
+    /// dependency turns on serde_json's `preserve_order`; the same string escapes), and
+    /// other values take the JCS crate.
+    #[test]
+    fn fast_canonical_is_jcs() {
+        use crate::events::sample;
+        for (name, rec) in sample::records() {
+            for f in [Format::Json, Format::Ecs, Format::Ocsf] {
+                let v: Value = serde_json::from_slice(&f.render(&rec)).expect("JSON");
+                assert_eq!(
+                    canonical_json(&v).expect("canonical"),
+                    serde_json_canonicalizer::to_vec(&v).expect("JCS"),
+                    "{f:?} {name}"
+                );
+            }
+        }
+        let odd: Value = serde_json::from_str(
+            r#"{"b":"\u0001\u001f\u007f\u2028/\"\\é😀","a":[1,-2,18446744073709551615],"é":1.5e21,"\uffff":0,"😀":0}"#,
+        )
+        .expect("JSON");
+        assert_eq!(
+            canonical_json(&odd).expect("canonical"),
+            serde_json_canonicalizer::to_vec(&odd).expect("JCS")
+        );
+        let plain: Value =
+            serde_json::from_str(r#"{"z":"\u0001\u001f\u007f\u2028/\"\\é😀\n","a":[1,-2]}"#)
+                .expect("JSON");
+        assert_eq!(
+            serde_json::to_vec(&plain).expect("JSON"),
+            serde_json_canonicalizer::to_vec(&plain).expect("JCS")
+        );
+    }
+
+    #[test]
+    fn bad_links_are_refused() {
+        assert_eq!(parse_link("sha256:abc"), None);
+        assert_eq!(parse_link(&format!("md5:{}", "0".repeat(64))), None);
+        assert_eq!(parse_link(&format!("sha256:{}", "A".repeat(64))), None);
+    }
+
+    #[test]
+    fn every_format_round_trips_its_canonical_bytes() {
+        use crate::events::sample;
+        for (name, rec) in sample::records() {
+            for f in Format::ALL {
+                let body = f.render(&rec);
+                let mut c = Chain::new();
+                let sealed = c.seal(f, &body);
+                let (canonical, got) = match f {
+                    Format::Cef => {
+                        let text = std::str::from_utf8(&sealed).expect("UTF-8");
+                        let (c, l) = split_cef(text);
+                        (c.as_bytes().to_vec(), l.map(str::to_owned))
+                    }
+                    _ => {
+                        let mut v: Value = serde_json::from_slice(&sealed).expect("JSON");
+                        let l = take_json_link(f, &mut v);
+                        (canonical_json(&v).expect("JCS"), l)
+                    }
+                };
+                let want = hex(&link(&[0; 32], &canonical, None));
+                assert_eq!(got, Some(format!("sha256:{want}")), "{f:?} {name}");
+                if f == Format::Json {
+                    // The native object keeps its order, the link comes last.
+                    assert!(sealed.starts_with(&body[..body.len() - 1]), "{name}");
+                }
+            }
+        }
+    }
+}
