@@ -15,6 +15,7 @@ mod owner;
 mod report;
 mod skb;
 mod sock;
+mod summary;
 
 use aya_ebpf::{
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, lsm},
