@@ -549,7 +549,7 @@ pub struct SummaryControl {
     pub _pad: u32,
 }
 
-/// Value of [`maps::SUMMARIES`]. 272 bytes.
+/// Value of [`maps::SUMMARIES`]. 296 bytes.
 ///
 /// `count` only grows (atomic adds): userspace reports the difference since its previous
 /// drain, so no attempt is counted twice or lost between a read and a reset. The other
@@ -578,6 +578,9 @@ pub struct SummaryState {
     pub seen: [u64; SUMMARY_SEEN_WORDS],
     /// The first destinations of the interval with a new `seen` bit.
     pub samples: [SummarySample; SUMMARY_SAMPLES],
+    /// The destination being aggregated, written first and read back by the kernel (see
+    /// `ebpf/src/summary.rs`); not a sample.
+    pub pending: SummarySample,
 }
 
 /// Cached verdict of one socket for one (destination, protocol, port), value of
@@ -848,4 +851,4 @@ const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<SummaryKey>() == 24);
 const _: () = assert!(core::mem::size_of::<SummarySample>() == 24);
 const _: () = assert!(core::mem::size_of::<SummaryControl>() == 16);
-const _: () = assert!(core::mem::size_of::<SummaryState>() == 272);
+const _: () = assert!(core::mem::size_of::<SummaryState>() == 296);

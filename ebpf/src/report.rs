@@ -119,12 +119,17 @@ fn suppress(pid: u32, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
 }
 
 /// Writes one [`Event`] with the process fields of `who`, or aggregates the attempt into the
-/// summary of its (cgroup, hook, region, verdict, rule) when the ring buffer is full or the
-/// key has written its record budget for the interval (see `summary`). Never waits; an
-/// attempt neither written nor aggregated (summary table full) is counted in
+/// summary of its (cgroup, hook, region, verdict, rule) when the ring buffer is full or, with
+/// `budgeted`, when the key has written its record budget for the interval (see `summary`).
+/// Never waits; an attempt neither written nor aggregated (summary table full) is counted in
 /// [`loss::RINGBUF_FULL`].
+///
+/// `budgeted` is false at the packet hook: its paths into here are so many that 5.10's
+/// verifier cannot walk the budget check on each within its 1M instruction limit (it
+/// reports once per socket, destination and generation anyway), so it aggregates only when
+/// the ring buffer is full.
 #[inline(always)]
-pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who) {
+pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who, budgeted: bool) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let o = &who.owner;
@@ -140,16 +145,26 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who) {
         verdict: dec.verdict as u8,
         _pad: [0; 6],
     };
-    let (epoch, budget) = summary::control();
-    let state = summary::state(&key);
-    if let Some(s) = state {
-        summary::roll(s, epoch);
-        if summary::over_budget(s, budget) {
-            summary::aggregate(s, d, 1 + suppressed, now);
-            return;
+    let mut state = None;
+    let mut over = false;
+    if budgeted {
+        let (epoch, budget) = summary::control();
+        state = summary::state(&key);
+        if let Some(s) = state {
+            summary::roll(s, epoch);
+            over = summary::over_budget(s, budget);
         }
     }
-    let Some(mut entry) = EGRESSD_EVENTS_V1.reserve::<Event>(0) else {
+    let reserved = if over {
+        None
+    } else {
+        EGRESSD_EVENTS_V1.reserve::<Event>(0)
+    };
+    let Some(mut entry) = reserved else {
+        // One place aggregates (not one per reason), so the verifier walks it once per path.
+        if !budgeted {
+            state = summary::state(&key);
+        }
         match state {
             Some(s) => summary::aggregate(s, d, 1 + suppressed, now),
             None => bump(&EGRESSD_LOSS_V1, loss::RINGBUF_FULL),

@@ -332,6 +332,7 @@ mod tests {
             _pad: 0,
             seen: [0; SUMMARY_SEEN_WORDS],
             samples: [SummarySample::default(); SUMMARY_SAMPLES],
+            pending: SummarySample::default(),
         };
         let k = SummaryKey::default();
         assert_eq!(Taken::of(k, &s, 10), None);
