@@ -191,7 +191,9 @@ fn flood_once(
         *kernel.entry(key).or_insert(0) += c["count"].as_u64().unwrap_or(0);
     }
     let lost = stop["lost"]["ringbuf_full"].as_u64().unwrap_or(u64::MAX);
-    let dropped = stop["lost"]["sink_write_failed"].as_u64().unwrap_or(u64::MAX);
+    let dropped = stop["lost"]["sink_write_failed"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
     let suppressed = stop["lost"]["suppressed"].as_u64().unwrap_or(0);
     let connections = recs.iter().filter(|r| r["type"] == "connection").count();
     let line = format!(
