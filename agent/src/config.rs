@@ -306,8 +306,9 @@ pub struct Config {
     pub suppress_window_ms: u32,
     /// `summary_after`: `connection` records per (cgroup, hook, region, verdict, rule) and
     /// second; the kernel aggregates that key's further attempts of the second into one
-    /// `connection_summary` (it also aggregates whenever the ring buffer is full). 0: no
-    /// budget; [`egressd_common::DEFAULT_SUMMARY_AFTER`] when absent.
+    /// `connection_summary` (it also aggregates whenever the ring buffer is full; the packet
+    /// hook `cgroup_skb/egress` only then). 0: no budget;
+    /// [`egressd_common::DEFAULT_SUMMARY_AFTER`] when absent.
     pub summary_after: u32,
     /// `regions` of the main file then of the drop-in files, in file order; at most
     /// [`MAX_CONFIG_REGIONS`]. The position `i` becomes region id `i + 1` in
