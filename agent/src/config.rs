@@ -49,6 +49,8 @@ pub const WELL_KNOWN_NAT64: Ipv6Network =
 
 /// Default event suppression window, in milliseconds.
 pub const DEFAULT_SUPPRESS_WINDOW_MS: u32 = 1000;
+/// Largest `summary_after` accepted (records per key and second).
+pub const MAX_SUMMARY_AFTER: u32 = 1_000_000;
 
 /// What happens to a connection that was allowed when it was opened and whose destination is
 /// no longer allowed after a policy change (field `established`).
@@ -302,6 +304,12 @@ pub struct Config {
     /// window, in milliseconds; the next event carries the number suppressed. 0 disables it;
     /// [`DEFAULT_SUPPRESS_WINDOW_MS`] when absent. Counters are exact either way.
     pub suppress_window_ms: u32,
+    /// `summary_after`: `connection` records per (cgroup, hook, region, verdict, rule) and
+    /// second; the kernel aggregates that key's further attempts of the second into one
+    /// `connection_summary` (it also aggregates whenever the ring buffer is full; the packet
+    /// hook `cgroup_skb/egress` only then). 0: no budget;
+    /// [`egressd_common::DEFAULT_SUMMARY_AFTER`] when absent.
+    pub summary_after: u32,
     /// `regions` of the main file then of the drop-in files, in file order; at most
     /// [`MAX_CONFIG_REGIONS`]. The position `i` becomes region id `i + 1` in
     /// [`crate::policy::compile`].
@@ -597,6 +605,7 @@ struct RawConfig {
     default: Option<Spanned<String>>,
     drop_in_dir: Option<Spanned<String>>,
     suppress_window_ms: Option<Spanned<i64>>,
+    summary_after: Option<Spanned<i64>>,
     // Without toml's `preserve_order` this loses file order; key spans restore it.
     #[serde(default)]
     regions: BTreeMap<Spanned<String>, Spanned<RawRegion>>,
@@ -1007,6 +1016,25 @@ impl<'a> Ctx<'a> {
                 }),
         };
 
+        let summary_after = match &raw.summary_after {
+            None => egressd_common::DEFAULT_SUMMARY_AFTER,
+            Some(w) => u32::try_from(*w.get_ref())
+                .ok()
+                .filter(|v| *v <= MAX_SUMMARY_AFTER)
+                .unwrap_or_else(|| {
+                    errors.push(self.err(
+                        w.span(),
+                        "summary_after",
+                        format!(
+                            "invalid record budget {}: use 0 (none) to {MAX_SUMMARY_AFTER} \
+                             records per second",
+                            w.get_ref()
+                        ),
+                    ));
+                    0
+                }),
+        };
+
         // Regions of every file, each file in its own order.
         let mut entries: Vec<(usize, &Spanned<String>, &Spanned<RawRegion>)> = Vec::new();
         for (di, doc) in docs.iter().enumerate() {
@@ -1178,6 +1206,7 @@ impl<'a> Ctx<'a> {
             nat64,
             default,
             suppress_window_ms,
+            summary_after,
             regions,
             rules,
             drop_ins: Vec::new(),
@@ -2877,6 +2906,26 @@ mod tests {
             2,
             "suppress_window_ms",
             "integer 100000000000000000000 is out of range",
+        );
+    }
+
+    #[test]
+    fn config_summary_after() {
+        let c = p("allowlist = []\n").expect("valid");
+        assert_eq!(c.summary_after, egressd_common::DEFAULT_SUMMARY_AFTER);
+        let c = p("allowlist = []\nsummary_after = 0\n").expect("valid");
+        assert_eq!(c.summary_after, 0);
+        fails(
+            "allowlist = []\nsummary_after = -1\n",
+            2,
+            "summary_after",
+            "invalid record budget -1",
+        );
+        fails(
+            "allowlist = []\nsummary_after = 1000001\n",
+            2,
+            "summary_after",
+            "invalid record budget 1000001",
         );
     }
 

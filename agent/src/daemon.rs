@@ -103,6 +103,9 @@ const TAMPER_CHECK: Duration = Duration::from_millis(250);
 /// How often the interfaces are listed again for the `tc/egress` fallback (new interfaces,
 /// removed attachments), where it runs.
 const TC_RESCAN: Duration = Duration::from_secs(2);
+/// How often the kernel's summaries are drained into `connection_summary` records: the
+/// interval of a summary and of the `summary_after` record budget.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the agent like [`run`] with `opts`: with `opts.pin_dir`, maps and links are pinned
 /// and adopted ([`Enforcer::load_pinned`]), SIGTERM leaves enforcement in place, and the
@@ -263,7 +266,13 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         flows: flow_map,
         loss: loss_map,
         failsafe: failsafe_map,
+        summaries: summary_map,
+        summary_control,
     } = enforcer.take_readers()?;
+    let mut summaries = events::summary::Drainer::new(summary_map, summary_control)
+        .context("reading the summary table")?;
+    let mut summary_tick = tokio::time::interval(SUMMARY_INTERVAL);
+    summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let maps = KernelMaps {
         counters: counter_map,
         flows: flow_map,
@@ -359,7 +368,8 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                     reloads: &Reloads,
                     delivered: u64,
                     undecodable: u64,
-                    enrich_skipped: u64|
+                    enrich_skipped: u64,
+                    summaries: &events::summary::Drainer|
      -> anyhow::Result<Counters> {
         let sinks = pipeline.counters();
         let mut extra = serde_json::Map::new();
@@ -381,6 +391,11 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         // Records each sink cut to its max_message_bytes (not losses: they were delivered).
         // Events sent without /proc details because enrichment stalled (not losses).
         extra.insert("enrichment_skipped".into(), enrich_skipped.into());
+        // Attempts the kernel aggregated into `connection_summary` records, and those records.
+        extra.insert(
+            "summaries".into(),
+            serde_json::json!({ "records": summaries.records, "attempts": summaries.attempts }),
+        );
         extra.insert(
             "truncated".into(),
             serde_json::to_value(pipeline.truncated())?,
@@ -417,7 +432,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 pipeline.reopen();
             }
             _ = heartbeat.tick(), if output.heartbeat_secs > 0 => {
-                match counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped()) {
+                match counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped(), &summaries) {
                     Ok(c) => pipeline.submit(&lifecycle(
                         LifecycleBody::Heartbeat { counters: c, interval_secs: output.heartbeat_secs },
                         "heartbeat",
@@ -431,6 +446,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 guard.clear_ready();
             }
             Some(ev) = worker.next() => submit_connection(&seq, &pipeline, ev),
+            _ = summary_tick.tick() => submit_summaries(&mut summaries, &policy, &seq, &pipeline),
             _ = sighup.recv() => { reload_now = true; }
             Some(()) = async {
                 match watcher.as_mut() {
@@ -443,7 +459,8 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             }
             Some(reply) = metrics_rx.recv() => {
                 delivered += drain(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
-                let snap = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped())
+                submit_summaries(&mut summaries, &policy, &seq, &pipeline);
+                let snap = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped(), &summaries)
                     .map(|c| crate::metrics::Snapshot {
                         counters: c,
                         generation: enforcer.generation(),
@@ -609,6 +626,8 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     for ev in worker.finish(ENRICH_FLUSH) {
         submit_connection(&seq, &pipeline, ev);
     }
+    // Detached (or left to the pins): what the kernel aggregated since the last interval.
+    submit_summaries(&mut summaries, &policy, &seq, &pipeline);
     let stop = counters(
         &maps,
         &policy,
@@ -617,6 +636,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         delivered,
         undecodable,
         worker.skipped(),
+        &summaries,
     )?;
     pipeline.submit(&lifecycle(
         LifecycleBody::Stop { counters: stop },
@@ -937,6 +957,26 @@ fn drain(
         }
     }
     n
+}
+
+/// Drains the kernel's summaries ([`events::summary`]) into `connection_summary` records
+/// and starts the next interval with the policy's record budget.
+fn submit_summaries(
+    drainer: &mut events::summary::Drainer,
+    policy: &Policy,
+    seq: &Sequencer,
+    pipeline: &Pipeline,
+) {
+    match drainer.drain(policy.summary_after) {
+        Ok(taken) => {
+            for t in &taken {
+                let header = seq.header("connection_summary", clock::boot_to_unix_ns(t.last_ns));
+                let s = events::summary::build(header, policy, t, clock::boot_to_unix_ns);
+                pipeline.submit(&Record::Summary(Box::new(s)));
+            }
+        }
+        Err(e) => tracing::error!(error = format!("{e:#}"), "draining the kernel's summaries"),
+    }
 }
 
 /// Numbers a connection event (in the order the sinks receive records) and submits it.

@@ -15,6 +15,7 @@
 //! Schema (ECS 8.x) where it has one (`@timestamp`, `host.name`, `process.pid`,
 //! `destination.ip`, ...). The other formats map these records in [`crate::formats`].
 pub mod procinfo;
+pub mod summary;
 pub mod worker;
 
 use std::{
@@ -569,21 +570,29 @@ pub fn build(
         rule: Rule {
             id: ev.rule,
             // The policy's rule name; "allowlist" for region allowlist and default decisions.
-            name: if let Some(why) = failsafe_reason(ev.reason) {
-                format!("fail-closed: {why}")
-            } else if packet.is_some() {
-                "packet_sockets".into()
-            } else if ev.rule == 0 {
-                "allowlist".into()
-            } else if ev.rule == egressd_common::RULE_DEFAULT {
-                "default".into()
-            } else {
-                policy
-                    .rule_name(ev.rule)
-                    .map_or_else(|| format!("rule-{}", ev.rule), str::to_owned)
+            name: match failsafe_reason(ev.reason) {
+                Some(why) => format!("fail-closed: {why}"),
+                None => rule_label(policy, ev.rule, packet.is_some()),
             },
         },
         suppressed: ev.suppressed,
+    }
+}
+
+/// What decided, in words: `packet_sockets` for a packet socket, `allowlist` for rule 0,
+/// `default` for the policy default, else the rule's name (`rule-{id}` if the policy no
+/// longer knows it).
+pub fn rule_label(policy: &Policy, rule: u32, packet: bool) -> String {
+    if packet {
+        "packet_sockets".into()
+    } else if rule == 0 {
+        "allowlist".into()
+    } else if rule == egressd_common::RULE_DEFAULT {
+        "default".into()
+    } else {
+        policy
+            .rule_name(rule)
+            .map_or_else(|| format!("rule-{rule}"), str::to_owned)
     }
 }
 
@@ -839,6 +848,8 @@ pub enum Record {
     Connection(Box<ConnectionEvent>),
     /// Agent start/stop, policy loaded, heartbeat.
     Lifecycle(Box<Lifecycle>),
+    /// Attempts the kernel aggregated ([`summary`]).
+    Summary(Box<summary::SummaryEvent>),
 }
 
 impl Record {
@@ -847,6 +858,7 @@ impl Record {
         match self {
             Record::Connection(c) => &c.header,
             Record::Lifecycle(l) => &l.header,
+            Record::Summary(s) => &s.header,
         }
     }
 }
@@ -1271,6 +1283,43 @@ pub mod sample {
         ]
     }
 
+    /// A flood of unconnected UDP to 254 addresses of region `us`, aggregated by the kernel.
+    pub fn flood_summary() -> summary::SummaryEvent {
+        summary::SummaryEvent {
+            header: header("connection_summary", 15, T0 + 1_000_000_000),
+            verdict: "deny",
+            hook: "cgroup/sendmsg4",
+            cgroup: Cgroup {
+                id: 614,
+                path: None,
+                systemd_unit: None,
+            },
+            destination: summary::SummaryDestination {
+                region: "us".into(),
+                distinct: 254,
+                samples: (1..=4u8)
+                    .map(|last| summary::Sample {
+                        ip: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 2, last))),
+                        port: 40_000 + u16::from(last),
+                        transport: "udp".into(),
+                    })
+                    .collect(),
+            },
+            policy: summary::SummaryPolicy {
+                mode: "enforce",
+                digest: "3fb60c46ec413f16".into(),
+            },
+            rule: Rule {
+                id: 0,
+                name: "allowlist".into(),
+            },
+            count: 883_412,
+            start: rfc3339(T0 + 12_500_000),
+            end: rfc3339(T0 + 1_000_000_000),
+            start_ns: T0 + 12_500_000,
+        }
+    }
+
     /// Every sample record, connection events first.
     pub fn records() -> Vec<(&'static str, Record)> {
         let mut v = vec![
@@ -1278,6 +1327,10 @@ pub mod sample {
             ("audit_exited", Record::Connection(Box::new(audit_exited()))),
             ("deny_utf8", Record::Connection(Box::new(deny_utf8()))),
             ("packet_deny", Record::Connection(Box::new(packet_deny()))),
+            (
+                "connection_summary",
+                Record::Summary(Box::new(flood_summary())),
+            ),
         ];
         for l in lifecycle() {
             v.push((l.header.kind, Record::Lifecycle(Box::new(l))));

@@ -136,6 +136,11 @@ pub struct Readers {
     pub loss: PerCpuArray<MapData, u64>,
     /// Per-CPU fail-closed denials, see [`egressd_common::failsafe`].
     pub failsafe: PerCpuArray<MapData, u64>,
+    /// Aggregated attempts ([`maps::SUMMARIES`]).
+    pub summaries:
+        aya::maps::HashMap<MapData, egressd_common::SummaryKey, egressd_common::SummaryState>,
+    /// Summary interval and record budget ([`maps::SUMMARY_CONTROL`]).
+    pub summary_control: Array<MapData, egressd_common::SummaryControl>,
 }
 
 impl Enforcer {
@@ -1055,6 +1060,8 @@ impl Enforcer {
             flows: PerCpuArray::try_from(take(maps::FLOWS)?)?,
             loss: PerCpuArray::try_from(take(maps::LOSS)?)?,
             failsafe: PerCpuArray::try_from(take(maps::FAILSAFE)?)?,
+            summaries: aya::maps::HashMap::try_from(take(maps::SUMMARIES)?)?,
+            summary_control: Array::try_from(take(maps::SUMMARY_CONTROL)?)?,
         })
     }
 }
@@ -1129,6 +1136,15 @@ fn expected_shape(name: &str) -> Option<(u32, u32)> {
         || name == maps::FAILSAFE
     {
         Some((4, 8))
+    } else if name == maps::SUMMARIES {
+        Some((
+            size(size_of::<egressd_common::SummaryKey>()),
+            size(size_of::<egressd_common::SummaryState>()),
+        ))
+    } else if name == maps::SUMMARY_CONTROL {
+        Some((4, size(size_of::<egressd_common::SummaryControl>())))
+    } else if name == maps::SUMMARY_ZERO {
+        Some((4, size(size_of::<egressd_common::SummaryState>())))
     } else if name == maps::FLOWS {
         Some((4, size(size_of::<FlowCounter>())))
     } else if name == maps::SOCKETS {

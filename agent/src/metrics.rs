@@ -9,7 +9,8 @@
 //! | --- | --- | --- |
 //! | `connections_total` | hook, region, verdict | kernel decision counters |
 //! | `flow_packets_total`, `flow_bytes_total` | direction, region, verdict | kernel packet counters (bytes from the IP header) |
-//! | `events_total` | stage, sink, outcome | `ringbuf`/`emitted`, `kernel`/`suppressed` (deny+audit attempts the kernel did not report as separate events), `kernel`/`lost` (ring buffer full), `decode`/`lost`, `sink`/`delivered`, `sink`/`dropped_*`, `sink`/`truncated` (cut to `max_message_bytes`) per sink |
+//! | `events_total` | stage, sink, outcome | `ringbuf`/`emitted`, `kernel`/`summarized` (deny+audit attempts the kernel aggregated into `connection_summary` records), `kernel`/`suppressed` (deny+audit attempts the kernel did not report as separate events nor summarize: held back by `suppress_window_ms`), `kernel`/`lost` (ring buffer and summary table full), `decode`/`lost`, `sink`/`delivered`, `sink`/`dropped_*`, `sink`/`truncated` (cut to `max_message_bytes`) per sink |
+//! | `summaries_total` | | `connection_summary` records made |
 //! | `sink_queued`, `sink_up` | sink | pipeline |
 //! | `policy_generation` | | generation in force |
 //! | `policy_prefixes` | family (`ipv4`, `ipv6`) | prefixes loaded |
@@ -169,13 +170,30 @@ pub fn render(s: &Snapshot) -> Result<String, std::fmt::Error> {
         .filter(|r| r.verdict != "allow")
         .map(|r| r.count)
         .sum();
+    let summaries = s.counters.extra.get("summaries");
+    let summary_field = |k: &str| {
+        summaries
+            .and_then(|v| v.get(k))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let summarized = summary_field("attempts");
     ev("ringbuf", "", "emitted", s.counters.connection_events);
     ev("kernel", "", "lost", lost.kernel.ringbuf_full);
+    ev("kernel", "", "summarized", summarized);
     ev(
         "kernel",
         "",
         "suppressed",
-        reportable.saturating_sub(s.counters.connection_events + lost.kernel.ringbuf_full),
+        reportable
+            .saturating_sub(s.counters.connection_events + lost.kernel.ringbuf_full + summarized),
+    );
+    let summary_records = Counter::<u64>::default();
+    summary_records.inc_by(summary_field("records"));
+    reg.register(
+        "summaries",
+        "connection_summary records made (attempts the kernel aggregated: events_total{stage=\"kernel\",outcome=\"summarized\"})",
+        summary_records,
     );
     ev("decode", "", "lost", lost.undecodable);
     let queued = Family::<One, Gauge>::default();

@@ -67,6 +67,8 @@ pub struct Policy {
     pub default: Action,
     /// [`Config::suppress_window_ms`].
     pub suppress_window_ms: u32,
+    /// [`Config::summary_after`].
+    pub summary_after: u32,
     /// Region modes by region id (`None`: the policy's).
     pub region_modes: Vec<Option<Mode>>,
     /// [`Config::rules`] in precedence (file) order, each with the id events carry
@@ -219,6 +221,7 @@ pub fn compile_with(cfg: &Config, ids: &crate::ids::Assignment) -> Policy {
         ipv4_lookup: cfg.ipv4_lookup,
         default: cfg.default,
         suppress_window_ms: cfg.suppress_window_ms,
+        summary_after: cfg.summary_after,
         region_modes,
         rules,
         retired_regions: ids.retired_regions.clone(),
@@ -782,6 +785,7 @@ mod tests {
             nat64: vec![crate::config::WELL_KNOWN_NAT64],
             default: Action::Deny,
             suppress_window_ms: 0,
+            summary_after: 0,
             regions,
             rules: Vec::new(),
             drop_ins: Vec::new(),

@@ -16,12 +16,14 @@ mod kernel {
     pub mod paths;
     pub mod reload;
     pub mod security;
+    pub mod summary;
     pub mod table;
     pub mod tc;
 }
 
 use kernel::{
-    audit, differential, enforce, fleet, harness, lastgood, lsm, paths, reload, security, table, tc,
+    audit, differential, enforce, fleet, harness, lastgood, lsm, paths, reload, security, summary,
+    table, tc,
 };
 use libtest_mimic::{Arguments, Trial};
 
@@ -32,6 +34,9 @@ fn main() {
     }
     if argv.get(1).map(String::as_str) == Some(security::HOLD_ARG) {
         std::process::exit(security::hold_main(&argv[2..]));
+    }
+    if argv.get(1).map(String::as_str) == Some(summary::FLOOD_ARG) {
+        std::process::exit(summary::flood_main(&argv[2..]));
     }
     let args = Arguments::from_args();
     // Every daemon a test starts keeps its last good policy in a directory of this run, not
@@ -121,6 +126,14 @@ fn main() {
             reload::stable_ids_across_reorder_and_restart,
         ),
         Trial::test("flood_100k_denials_suppressed_and_counted", paths::flood),
+        Trial::test(
+            "flood_distinct_destinations_all_accounted",
+            summary::flood_invariant_unsuppressed,
+        ),
+        Trial::test(
+            "flood_distinct_destinations_all_accounted_suppressed",
+            summary::flood_invariant_suppressed,
+        ),
         Trial::test(
             "reload_100_times_under_load_zero_misjudged",
             reload::reload_under_load,

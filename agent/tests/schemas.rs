@@ -134,6 +134,14 @@ fn cef_expected(r: &Record) -> Vec<(&'static str, String)> {
             }
         }
         Record::Lifecycle(l) => v.push(("msg", l.body.message())),
+        Record::Summary(s) => {
+            v.push(("msg", formats::summary_message(s)));
+            v.push(("cnt", s.count.to_string()));
+            v.push(("start", formats::unix_ms(s.start_ns).to_string()));
+            v.push(("end", formats::unix_ms(h.unix_ns).to_string()));
+            v.push(("cs1", s.destination.region.clone()));
+            v.push(("egressdHook", s.hook.to_owned()));
+        }
     }
     v
 }

@@ -60,6 +60,17 @@ pub mod maps {
     /// `BPF_MAP_TYPE_LRU_HASH`: [`crate::SuppressKey`] -> [`crate::SuppressState`], event
     /// flood control.
     pub const SUPPRESS: &str = "EGRESSD_SUPPRESS_V1";
+    /// `BPF_MAP_TYPE_HASH` (preallocated, no LRU: an entry is never evicted by the
+    /// kernel): [`crate::SummaryKey`] -> [`crate::SummaryState`], attempts the kernel
+    /// aggregated instead of writing one record each (ring buffer full, or the key over its
+    /// record budget). Userspace drains it every interval.
+    pub const SUMMARIES: &str = "EGRESSD_SUMMARIES_V1";
+    /// `BPF_MAP_TYPE_ARRAY` with one [`crate::SummaryControl`], written by userspace only:
+    /// the current summary interval and the record budget per key and interval.
+    pub const SUMMARY_CONTROL: &str = "EGRESSD_SUMMARY_CONTROL_V1";
+    /// `BPF_MAP_TYPE_ARRAY` with one zeroed [`crate::SummaryState`], never written: the value
+    /// the kernel inserts a new summary key with (too large for the BPF stack).
+    pub const SUMMARY_ZERO: &str = "EGRESSD_SUMMARY_ZERO_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::counter_index`].
     pub const COUNTERS: &str = "EGRESSD_COUNTERS_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::loss`] constants.
@@ -256,7 +267,9 @@ pub const COUNTER_SLOTS: u32 = HOOK_SLOTS * MAX_REGIONS * VERDICT_COUNT;
 
 /// Indices of [`maps::LOSS`].
 pub mod loss {
-    /// Events that could not be reserved in the ring buffer because it was full.
+    /// Events that could not be reserved in the ring buffer because it was full, and could
+    /// not be aggregated into a summary either (the summary table [`crate::maps::SUMMARIES`]
+    /// was full): attempts no record or summary accounts for.
     pub const RINGBUF_FULL: u32 = 0;
     /// Events not emitted because an event for the same (process, destination, verdict) was
     /// emitted less than the suppression window ago (not a loss: the next event carries the
@@ -467,6 +480,115 @@ pub struct SuppressState {
 /// Entries of [`maps::SUPPRESS`] (LRU: an evicted key only means its next event is not
 /// suppressed; its count is then lost from the event stream but not from the counters).
 pub const SUPPRESS_ENTRIES: u32 = 16384;
+
+/// Key of [`maps::SUMMARIES`]: one (cgroup, hook, region, verdict, rule). 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SummaryKey {
+    /// cgroup v2 id, as in [`Event::cgroup_id`].
+    pub cgroup_id: u64,
+    /// Region id, as in [`Event::region`].
+    pub region: u32,
+    /// Rule id, as in [`Event::rule`].
+    pub rule: u32,
+    /// [`Hook`] code.
+    pub hook: u8,
+    /// [`Verdict`] code.
+    pub verdict: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 6],
+}
+
+/// One destination a summary saw, in [`SummaryState::samples`]. 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SummarySample {
+    /// Destination address, as in [`Event::dst_addr`].
+    pub dst_addr: [u8; 16],
+    /// Destination port, host byte order (the first one seen with this address).
+    pub dst_port: u16,
+    /// Address family ([`family`]).
+    pub family: u8,
+    /// IP protocol number (for a packet socket its type, as in [`Event::protocol`]).
+    pub protocol: u8,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+}
+
+/// Sample destinations a summary keeps per interval.
+pub const SUMMARY_SAMPLES: usize = 4;
+/// 64-bit words of [`SummaryState::seen`] (a 1,024-bit linear-counting bitmap).
+pub const SUMMARY_SEEN_WORDS: usize = 16;
+/// Entries of [`maps::SUMMARIES`]. When it is full, a new key cannot be aggregated: its
+/// attempts are written as records while the ring buffer has room and counted in
+/// [`loss::RINGBUF_FULL`] when it has not.
+pub const SUMMARY_ENTRIES: u32 = 4096;
+/// Default record budget per summary key and interval (policy `summary_after`): past it,
+/// the key's attempts are aggregated even while the ring buffer has room.
+pub const DEFAULT_SUMMARY_AFTER: u32 = 1000;
+
+/// Index of a destination address in [`SummaryState::seen`]: murmur3's 32-bit finalizer
+/// over the folded address, low 10 bits. The one definition kernel and tests share.
+#[inline(always)]
+pub fn seen_bit(addr: &[u8; 16]) -> u32 {
+    let w = |i: usize| u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let mut h = w(0) ^ w(4).rotate_left(7) ^ w(8).rotate_left(13) ^ w(12).rotate_left(19);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h & (SUMMARY_SEEN_WORDS as u32 * 64 - 1)
+}
+
+/// Value of [`maps::SUMMARY_CONTROL`]. 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SummaryControl {
+    /// Current interval number; userspace adds 1 each time it drains the summaries. A
+    /// summary whose [`SummaryState::epoch`] differs starts its per-interval fields anew.
+    pub epoch: u64,
+    /// Records per key and interval the kernel writes before it aggregates the key's
+    /// further attempts (policy `summary_after`); 0: no budget (aggregate only when the ring
+    /// buffer is full).
+    pub records_per_key: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+}
+
+/// Value of [`maps::SUMMARIES`]. 296 bytes.
+///
+/// `count` only grows (atomic adds): userspace reports the difference since its previous
+/// drain, so no attempt is counted twice or lost between a read and a reset. The other
+/// fields describe the interval `epoch` and are written without atomics (a race between
+/// CPUs can lose a bit of `seen` or a sample, never a count).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SummaryState {
+    /// Attempts aggregated under this key since the entry was made (each aggregated record
+    /// adds `1 + suppressed`, the attempts it stood for).
+    pub count: u64,
+    /// Records written for this key in interval `epoch` (the budget).
+    pub records: u64,
+    /// Interval the fields below describe ([`SummaryControl::epoch`]).
+    pub epoch: u64,
+    /// `bpf_ktime_get_boot_ns()` of the first aggregated attempt of the interval (0: none).
+    pub first_ns: u64,
+    /// `bpf_ktime_get_boot_ns()` of the last aggregated attempt.
+    pub last_ns: u64,
+    /// Valid entries of `samples`.
+    pub sampled: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    /// Destination addresses aggregated in the interval, one bit each at [`seen_bit`]
+    /// (linear counting: userspace estimates the distinct count from the zero bits).
+    pub seen: [u64; SUMMARY_SEEN_WORDS],
+    /// The first destinations of the interval with a new `seen` bit.
+    pub samples: [SummarySample; SUMMARY_SAMPLES],
+    /// The destination being aggregated, written first and read back by the kernel (see
+    /// `ebpf/src/summary.rs`); not a sample.
+    pub pending: SummarySample,
+}
 
 /// Cached verdict of one socket for one (destination, protocol, port), value of
 /// [`maps::SOCKETS`]. A packet reuses it only when all three match. 40 bytes.
@@ -715,6 +837,12 @@ mod user {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ExeKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SummaryKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SummaryState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SummaryControl {}
 }
 
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
@@ -727,3 +855,7 @@ const _: () = assert!(core::mem::size_of::<SuppressKey>() == 28);
 const _: () = assert!(core::mem::size_of::<SuppressState>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36);
 const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
+const _: () = assert!(core::mem::size_of::<SummaryKey>() == 24);
+const _: () = assert!(core::mem::size_of::<SummarySample>() == 24);
+const _: () = assert!(core::mem::size_of::<SummaryControl>() == 16);
+const _: () = assert!(core::mem::size_of::<SummaryState>() == 296);

@@ -104,7 +104,7 @@ fn conclude(hook: Hook, d: &Dest, dec: &Decision) -> i32 {
             attribution: attribution::TASK,
             owner: owner::current(),
         };
-        report::event(hook, d, dec, &who);
+        report::event(hook, d, dec, &who, true);
     }
     if dec.verdict == Verdict::Deny {
         EPERM

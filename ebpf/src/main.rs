@@ -15,6 +15,7 @@ mod owner;
 mod report;
 mod skb;
 mod sock;
+mod summary;
 mod tc;
 
 use aya_ebpf::{

@@ -8,8 +8,9 @@ use aya_ebpf::{
 };
 use egressd_common::{
     COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, ExeKey, FLOW_SLOTS, FlowCounter,
-    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, MAX_PACKET_EXES, SUPPRESS_ENTRIES, SockOwner,
-    SockVerdict, SuppressKey, SuppressState, failsafe, loss,
+    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, MAX_PACKET_EXES, SUMMARY_ENTRIES, SUPPRESS_ENTRIES,
+    SockOwner, SockVerdict, SummaryControl, SummaryKey, SummaryState, SuppressKey, SuppressState,
+    failsafe, loss,
     table::{Page8, Page24},
 };
 
@@ -92,6 +93,19 @@ pub static EGRESSD_FLOWS_V1: PerCpuArray<FlowCounter> =
 #[map]
 pub static EGRESSD_SUPPRESS_V1: LruHashMap<SuppressKey, SuppressState> =
     LruHashMap::with_max_entries(SUPPRESS_ENTRIES, 0);
+
+/// Aggregated attempts per (cgroup, hook, region, verdict, rule) (see `report`).
+#[map]
+pub static EGRESSD_SUMMARIES_V1: HashMap<SummaryKey, SummaryState> =
+    HashMap::with_max_entries(SUMMARY_ENTRIES, 0);
+
+/// Slot 0: summary interval and record budget, written by userspace.
+#[map]
+pub static EGRESSD_SUMMARY_CONTROL_V1: Array<SummaryControl> = Array::with_max_entries(1, 0);
+
+/// Slot 0: a zeroed summary, the value a new key is inserted with.
+#[map]
+pub static EGRESSD_SUMMARY_ZERO_V1: Array<SummaryState> = Array::with_max_entries(1, 0);
 
 /// Fail-closed denials, per CPU, by `egressd_common::failsafe` reason.
 #[map]

@@ -6,7 +6,7 @@ use core::{
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_boot_ns, maps::PerCpuArray};
 use egressd_common::{
-    Event, Hook, SuppressKey, SuppressState, Verdict, counter_index, flow_index, loss,
+    Event, Hook, SummaryKey, SuppressKey, SuppressState, Verdict, counter_index, flow_index, loss,
 };
 
 use crate::{
@@ -17,6 +17,7 @@ use crate::{
         EGRESSD_LOSS_V1, EGRESSD_SETTINGS_V1, EGRESSD_SUPPRESS_V1,
     },
     owner::Who,
+    summary,
 };
 
 /// Adds `n` to a per-CPU `u64` through `p`. Atomic because cgroup programs run with
@@ -25,7 +26,7 @@ use crate::{
 /// accepts (fetch atomics, whose result is used, need 5.12: never use one here). core's
 /// AtomicU64 is not offered for this target, so this uses the intrinsic it is built on.
 #[inline(always)]
-fn add(p: *mut u64, n: u64) {
+pub fn add(p: *mut u64, n: u64) {
     // SAFETY: `p` is a valid, aligned per-CPU slot for the program's lifetime.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n) };
 }
@@ -117,10 +118,18 @@ fn suppress(pid: u32, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
     }
 }
 
-/// Writes one [`Event`] with the process fields of `who`; a full ring buffer is counted in
-/// [`loss::RINGBUF_FULL`], never waited on.
+/// Writes one [`Event`] with the process fields of `who`, or aggregates the attempt into the
+/// summary of its (cgroup, hook, region, verdict, rule) when the ring buffer is full or, with
+/// `budgeted`, when the key has written its record budget for the interval (see `summary`).
+/// Never waits; an attempt neither written nor aggregated (summary table full) is counted in
+/// [`loss::RINGBUF_FULL`].
+///
+/// `budgeted` is false at the packet hook: its paths into here are so many that 5.10's
+/// verifier cannot walk the budget check on each within its 1M instruction limit (it
+/// reports once per socket, destination and generation anyway), so it aggregates only when
+/// the ring buffer is full.
 #[inline(always)]
-pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who) {
+pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who, budgeted: bool) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let o = &who.owner;
@@ -128,10 +137,43 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who) {
         bump(&EGRESSD_LOSS_V1, loss::SUPPRESSED);
         return;
     };
-    let Some(mut entry) = EGRESSD_EVENTS_V1.reserve::<Event>(0) else {
-        bump(&EGRESSD_LOSS_V1, loss::RINGBUF_FULL);
+    let key = SummaryKey {
+        cgroup_id: o.cgroup_id,
+        region: dec.region,
+        rule: dec.rule,
+        hook: hook as u8,
+        verdict: dec.verdict as u8,
+        _pad: [0; 6],
+    };
+    let mut state = None;
+    let mut over = false;
+    if budgeted {
+        let (epoch, budget) = summary::control();
+        state = summary::state(&key);
+        if let Some(s) = state {
+            summary::roll(s, epoch);
+            over = summary::over_budget(s, budget);
+        }
+    }
+    let reserved = if over {
+        None
+    } else {
+        EGRESSD_EVENTS_V1.reserve::<Event>(0)
+    };
+    let Some(mut entry) = reserved else {
+        // One place aggregates (not one per reason), so the verifier walks it once per path.
+        if !budgeted {
+            state = summary::state(&key);
+        }
+        match state {
+            Some(s) => summary::aggregate(s, d, 1 + suppressed, now),
+            None => bump(&EGRESSD_LOSS_V1, loss::RINGBUF_FULL),
+        }
         return;
     };
+    if let Some(s) = state {
+        summary::recorded(s);
+    }
     entry.write(Event {
         boot_ns: now,
         cgroup_id: o.cgroup_id,

@@ -71,7 +71,13 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
                         .copy_from_slice(&[d.addr[12], d.addr[13], d.addr[14], d.addr[15]]);
                     named.family = family::INET;
                 }
-                report::event(Hook::SkbEgress, &named, &dec, &owner::of_packet(ctx, sk));
+                report::event(
+                    Hook::SkbEgress,
+                    &named,
+                    &dec,
+                    &owner::of_packet(ctx, sk),
+                    false,
+                );
                 cache::put(sk, SockVerdict { reported: 1, ..c });
             }
             return if verdict == Verdict::Deny { DROP } else { PASS };
@@ -111,7 +117,7 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     }
     // One event per (socket, destination, generation): later packets hit the cache.
     if dec.verdict != Verdict::Allow {
-        report::event(Hook::SkbEgress, d, &dec, &owner::of_packet(ctx, sk));
+        report::event(Hook::SkbEgress, d, &dec, &owner::of_packet(ctx, sk), false);
     }
     if dec.verdict == Verdict::Deny {
         DROP

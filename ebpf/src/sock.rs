@@ -67,7 +67,7 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
         owner: owner::current(),
     };
     if dec.verdict == Verdict::Deny {
-        report::event(hook, &d, &dec, &who());
+        report::event(hook, &d, &dec, &who(), true);
         return REJECT;
     }
     // Remember the verdict on the socket only where it must be remembered: an audit verdict
@@ -84,7 +84,7 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
         cached(&d, wire, wire_family, &dec, u8::from(connect), 1),
     );
     if dec.verdict == Verdict::Audit {
-        report::event(hook, &d, &dec, &who());
+        report::event(hook, &d, &dec, &who(), true);
     }
     PROCEED
 }

@@ -96,7 +96,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
                 ..SockOwner::default()
             },
         };
-        report::event(Hook::TcEgress, &d, &dec, &who);
+        report::event(Hook::TcEgress, &d, &dec, &who, false);
     }
     if verdict == Verdict::Deny { SHOT } else { NEXT }
 }

@@ -217,7 +217,7 @@ fn native(v: &Value) -> Result<Entry, String> {
         str_at(v, "/type")?,
         rfc3339_ns(str_at(v, "/@timestamp")?)?,
     );
-    if e.kind != "connection" {
+    if !e.kind.starts_with("connection") {
         e.facts = facts(v, v);
     }
     Ok(e)
@@ -225,8 +225,11 @@ fn native(v: &Value) -> Result<Entry, String> {
 
 fn ecs(v: &Value) -> Result<Entry, String> {
     let dataset = str_at(v, "/event/dataset")?;
-    let kind = if dataset == "egressd.connection" {
-        "connection".to_owned()
+    let kind = if let Some(flow) = dataset
+        .strip_prefix("egressd.")
+        .filter(|k| matches!(*k, "connection" | "connection_summary"))
+    {
+        flow.to_owned()
     } else {
         str_at(v, "/event/action")?.replace('-', "_")
     };
@@ -238,7 +241,7 @@ fn ecs(v: &Value) -> Result<Entry, String> {
         &kind,
         rfc3339_ns(str_at(v, "/@timestamp")?)?,
     );
-    if kind != "connection" {
+    if !kind.starts_with("connection") {
         let body = v.get("egressd").cloned().unwrap_or(Value::Null);
         e.facts = facts(&body, &body);
         if kind == "reload_failed" {
@@ -270,7 +273,7 @@ fn ocsf(v: &Value) -> Result<Entry, String> {
         kind,
         i128::from(ms) * 1_000_000,
     );
-    if kind != "connection" {
+    if !kind.starts_with("connection") {
         let body = v
             .pointer("/unmapped/egressd")
             .cloned()
@@ -311,7 +314,9 @@ fn parse_cef(file: &str, line: usize, text: &str) -> Result<Entry, String> {
         .map(|(r, _)| r)
         .ok_or("`externalId` is not RUN-SEQUENCE")?;
     let signature = header.get(4).ok_or("no CEF signature id")?;
-    let kind = if signature.starts_with("connection-") {
+    let kind = if signature.starts_with("connection-summary-") {
+        "connection_summary".to_owned()
+    } else if signature.starts_with("connection-") {
         "connection".to_owned()
     } else {
         signature.replace('-', "_")
@@ -334,7 +339,7 @@ fn parse_cef(file: &str, line: usize, text: &str) -> Result<Entry, String> {
     e.line = line;
     e.link = link.map(str::to_owned);
     e.canonical = canonical.as_bytes().to_vec();
-    if kind != "connection" {
+    if !kind.starts_with("connection") {
         let num = |label: &str| labelled(label).and_then(|v| v.parse::<u64>().ok());
         e.facts.digest = labelled("policyDigest").map(str::to_owned);
         e.facts.generation = num("generationInForce");

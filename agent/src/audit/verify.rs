@@ -563,7 +563,7 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
         ));
     }
     // Lifecycle, in sequence order.
-    let lifecycle: Vec<&Entry> = by_seq.values().filter(|e| e.kind != "connection").collect();
+    let lifecycle: Vec<&Entry> = by_seq.values().filter(|e| !e.kind.starts_with("connection")).collect();
     let start_rec = lifecycle.iter().find(|e| e.kind == "agent_start");
     let stop_rec = lifecycle.iter().find(|e| e.kind == "agent_stop");
     let first_t = by_seq.values().map(|e| e.time_ns).min().unwrap_or(0);
@@ -934,6 +934,7 @@ mod tests {
                 let h = match &mut rec {
                     Record::Connection(c) => &mut c.header,
                     Record::Lifecycle(l) => &mut l.header,
+                    Record::Summary(s) => &mut s.header,
                 };
                 h.sequence = seq;
                 h.agent.ephemeral_id = run.into();

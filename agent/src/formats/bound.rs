@@ -96,7 +96,7 @@ pub fn cap_event(ev: &ConnectionEvent) -> Option<ConnectionEvent> {
 pub fn cap_record(record: &Record) -> Option<Record> {
     match record {
         Record::Connection(c) => cap_event(c).map(|e| Record::Connection(Box::new(e))),
-        Record::Lifecycle(_) => None,
+        Record::Lifecycle(_) | Record::Summary(_) => None,
     }
 }
 

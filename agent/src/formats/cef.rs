@@ -34,6 +34,15 @@
 //! | `cn1`..`cn3` (labelled) | `suppressed`, `policyGeneration`, `ruleId` |
 //! | `egressdHook`, `egressdExe`, `egressdPpid`, `egressdUnit`, `egressdExited`, `egressdProcessDetails`, `egressdLabels` | vendor keys: hook, executable, parent pid, systemd unit, process gone, `process.details`, `k:v,k:v` host labels |
 //!
+//! `connection_summary` records (attempts the kernel aggregated): Signature ID
+//! `connection-summary-deny` (severity 5) or `connection-summary-audit` (3); keys `rt` and
+//! `end` (the last aggregated attempt), `start` (the first), `cnt` (the attempts, CEF's
+//! baseEventCount), `externalId`, `egressdSeq`, `cat` `egress/connection_summary`, `act`,
+//! `deviceDirection`, `dst`/`c6a3` (the first sample), `dvchost`, `shost`, `msg`,
+//! `cs1`=`region`, `cs2`=`policyDigest`, `cs3`=`mode`, `cs4`=`sampleDestinations`
+//! (`udp/198.18.2.1:40001,...`), `cn1`=`distinctDestinations`, `cn2`=`cgroupId`,
+//! `cn3`=`ruleId`, `egressdHook`.
+//!
 //! Lifecycle records: Signature IDs `agent-start`, `agent-stop`, `policy-loaded`,
 //! `heartbeat`, `reload-failed`, `policy-fallback`, `tamper-repaired`; severity 3 (start,
 //! stop, policy), 1 (heartbeat), 7 when losses were counted or a reload failed, 8 for a
@@ -45,7 +54,9 @@
 //! ([`crate::audit::chain`]).
 use std::fmt::Write as _;
 
-use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
+use crate::events::{
+    ConnectionEvent, Header, Lifecycle, LifecycleBody, Record, summary::SummaryEvent,
+};
 
 /// Escapes a header field: `\` -> `\\`, `|` -> `\|`, control characters (C0, DEL, C1,
 /// U+2028, U+2029; line breaks included) -> space.
@@ -126,6 +137,70 @@ pub fn render(record: &Record) -> String {
     match record {
         Record::Connection(c) => connection(c),
         Record::Lifecycle(l) => lifecycle(l),
+        Record::Summary(s) => summary(s),
+    }
+}
+
+/// A `connection_summary` (see the module docs).
+fn summary(s: &SummaryEvent) -> String {
+    let h = &s.header;
+    let deny = s.verdict != "audit";
+    let mut e = Ext(String::new());
+    e.kv("rt", super::unix_ms(h.unix_ns))
+        .kv("start", super::unix_ms(s.start_ns))
+        .kv("end", super::unix_ms(h.unix_ns))
+        .kv("cnt", s.count)
+        .kv("externalId", &h.id)
+        .kv("egressdSeq", h.sequence)
+        .kv("cat", "egress/connection_summary")
+        .kv("act", if deny { "deny" } else { "would-deny" })
+        .kv("deviceDirection", 1);
+    match s.destination.samples.first().and_then(|x| x.ip) {
+        Some(std::net::IpAddr::V4(ip)) => {
+            e.kv("dst", ip);
+        }
+        Some(std::net::IpAddr::V6(ip)) => {
+            e.labelled("c6a3", "Destination IPv6 Address", Some(ip));
+        }
+        None => {}
+    }
+    let samples: Vec<String> = s
+        .destination
+        .samples
+        .iter()
+        .map(|x| match x.ip {
+            Some(std::net::IpAddr::V6(ip)) => format!("{}/[{ip}]:{}", x.transport, x.port),
+            Some(ip) => format!("{}/{ip}:{}", x.transport, x.port),
+            None => x.transport.clone(),
+        })
+        .collect();
+    e.kv("dvchost", &h.host.name)
+        .kv("shost", &h.host.name)
+        .kv("msg", super::summary_message(s))
+        .labelled("cs1", "region", Some(&s.destination.region))
+        .labelled("cs2", "policyDigest", Some(&s.policy.digest))
+        .labelled("cs3", "mode", Some(s.policy.mode))
+        .labelled("cs4", "sampleDestinations", Some(samples.join(",")))
+        .labelled("cn1", "distinctDestinations", Some(s.destination.distinct))
+        .labelled("cn2", "cgroupId", Some(s.cgroup.id))
+        .labelled("cn3", "ruleId", Some(s.rule.id))
+        .kv("egressdHook", s.hook);
+    if deny {
+        line(
+            h,
+            "connection-summary-deny",
+            "Egress connections denied (summary)",
+            5,
+            &e,
+        )
+    } else {
+        line(
+            h,
+            "connection-summary-audit",
+            "Egress connections would be denied (audit summary)",
+            3,
+            &e,
+        )
     }
 }
 

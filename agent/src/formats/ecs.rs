@@ -26,6 +26,13 @@
 //! | `agent.type`, `.name`, `.version`, `.ephemeral_id` | `egressd`, host name, version, run id |
 //! | `egressd.*` | no ECS equivalent: `verdict`, `hook`, `region`, `mapped`, `mode`, `suppressed`, `policy.{digest,generation}`, `cgroup.{id,path,systemd_unit}`, `process_exited`, `process_details`, `process_attribution` |
 //!
+//! `connection_summary` records (attempts the kernel aggregated) keep the categorization of
+//! a connection event (`event.kind: event`, `category: [network]`, `type: [connection,
+//! denied]` or `allowed`, `event.action` `deny`/`would-deny`), with `event.dataset`
+//! `egressd.connection_summary`, `event.start`/`.end`/`.duration` (ns) for the interval,
+//! `related.ip` for the sample destinations, and `egressd.{count, distinct_destinations,
+//! samples, verdict, hook, region, mode, policy.digest, cgroup.id}` (ECS has no count).
+//!
 //! Lifecycle records: `agent_start` is `event.kind: event`, `category: [process]`,
 //! `type: [start]`; `agent_stop` the same with `type: [end]`; `policy_loaded` is
 //! `category: [configuration]`, `type: [change]`; `heartbeat` is `event.kind: metric` without
@@ -39,7 +46,9 @@
 //! `event.hash` ([`crate::audit::chain`]).
 use serde_json::{Map, Value, json};
 
-use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
+use crate::events::{
+    ConnectionEvent, Header, Lifecycle, LifecycleBody, Record, summary::SummaryEvent,
+};
 
 /// The pinned ECS version.
 pub const ECS_VERSION: &str = "8.11.0";
@@ -49,6 +58,7 @@ pub fn render(record: &Record) -> Vec<u8> {
     let v = match record {
         Record::Connection(c) => connection(c),
         Record::Lifecycle(l) => lifecycle(l),
+        Record::Summary(s) => summary(s),
     };
     serde_json::to_vec(&v).unwrap_or_default()
 }
@@ -210,6 +220,74 @@ fn connection(ev: &ConnectionEvent) -> Value {
             "process_exited": ev.process.exited,
             "process_details": ev.process.details,
             "process_attribution": ev.process.attribution,
+        }),
+    );
+    prune(Value::Object(m))
+}
+
+/// A `connection_summary`: the categorization of a connection event (the summary stands for
+/// that many denied attempts, so rules on denied connections see it), `event.start`,
+/// `.end`, `.duration` (ns), the sample destinations in `related.ip`, and what ECS has no
+/// field for (the count above all) under `egressd`.
+fn summary(s: &SummaryEvent) -> Value {
+    let h = &s.header;
+    let deny = s.verdict != "audit";
+    let mut m = common(h);
+    m.insert("message".into(), json!(super::summary_message(s)));
+    let duration = u64::try_from(h.unix_ns - s.start_ns).unwrap_or(0);
+    m.insert(
+        "event".into(),
+        json!({
+            "id": h.id,
+            "sequence": h.sequence,
+            "kind": "event",
+            "category": ["network"],
+            "type": ["connection", if deny { "denied" } else { "allowed" }],
+            "action": if deny { "deny" } else { "would-deny" },
+            "dataset": "egressd.connection_summary",
+            "module": "egressd",
+            "provider": s.hook,
+            "severity": if deny { 5 } else { 3 },
+            "start": s.start,
+            "end": s.end,
+            "duration": duration,
+            "reason": format!(
+                "destination region {} is not allowlisted{}",
+                s.destination.region,
+                if deny { "" } else { " (audit mode: let through)" }
+            ),
+        }),
+    );
+    m.insert("network".into(), json!({ "direction": "egress" }));
+    let ips: Vec<String> = s
+        .destination
+        .samples
+        .iter()
+        .filter_map(|x| x.ip.map(|ip| ip.to_string()))
+        .collect();
+    if !ips.is_empty() {
+        m.insert("related".into(), json!({ "ip": ips }));
+    }
+    m.insert(
+        "rule".into(),
+        json!({
+            "id": s.rule.id.to_string(),
+            "name": s.rule.name,
+            "ruleset": s.policy.digest,
+        }),
+    );
+    m.insert(
+        "egressd".into(),
+        json!({
+            "verdict": s.verdict,
+            "hook": s.hook,
+            "region": s.destination.region,
+            "mode": s.policy.mode,
+            "count": s.count,
+            "distinct_destinations": s.destination.distinct,
+            "samples": s.destination.samples,
+            "policy": { "digest": s.policy.digest },
+            "cgroup": { "id": s.cgroup.id },
         }),
     );
     prune(Value::Object(m))

@@ -45,6 +45,7 @@ pub fn render(record: &Record) -> Vec<u8> {
     let res = match record {
         Record::Connection(c) => serde_json::to_vec(c),
         Record::Lifecycle(l) => serde_json::to_vec(l),
+        Record::Summary(s) => serde_json::to_vec(s),
     };
     // These types only hold strings, numbers, maps with string keys and IP addresses: their
     // serialization cannot fail.

@@ -20,7 +20,7 @@ pub mod ecs;
 pub mod json;
 pub mod ocsf;
 
-use crate::events::{ConnectionEvent, Record};
+use crate::events::{ConnectionEvent, Record, summary::SummaryEvent};
 
 /// A configured output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -105,6 +105,29 @@ pub fn message(ev: &ConnectionEvent) -> String {
         format!("would have denied {what} (audit mode: let through){repeats}")
     } else {
         format!("denied {what}{repeats}")
+    }
+}
+
+/// One-sentence description of a `connection_summary` shared by the formats' message
+/// fields, e.g. `denied 883412 attempts to 254 destinations (region us, not allowlisted) at
+/// cgroup/sendmsg4 from cgroup 614 from 2026-...Z to 2026-...Z (aggregated by the kernel)`.
+pub fn summary_message(s: &SummaryEvent) -> String {
+    let what = format!(
+        "{} attempts to {} destination{} (region {}, not allowlisted) at {} from cgroup {} \
+         from {} to {} (aggregated by the kernel)",
+        s.count,
+        s.destination.distinct,
+        if s.destination.distinct == 1 { "" } else { "s" },
+        s.destination.region,
+        s.hook,
+        s.cgroup.id,
+        s.start,
+        s.end
+    );
+    if s.verdict == "audit" {
+        format!("would have denied {what} (audit mode: let through)")
+    } else {
+        format!("denied {what}")
     }
 }
 

@@ -26,6 +26,14 @@
 //! process_details, process_attribution). `device` is the observing host: `hostname`,
 //! `name`, and the required `type_id` 1 `Server`.
 //!
+//! `connection_summary` records (attempts the kernel aggregated) are Network Activity too,
+//! with the same activity, action, disposition and severity as a connection event of their
+//! verdict, the base event's `count` (the attempts), `start_time` and `end_time` (ms, the
+//! first and last aggregated attempt), `dst_endpoint.name` `N destinations in region R` with
+//! the first sample's `ip` and `port`, every sample address in `observables` (type 2 `IP
+//! Address`), and `unmapped.egressd.{type, verdict, hook, region, mode,
+//! distinct_destinations, samples, policy.digest, cgroup.id, labels}`.
+//!
 //! Lifecycle records are class **Application Lifecycle** (`class_uid` 6002, category 6
 //! "Application Activity"): `agent_start` is activity 3 `Start`, `agent_stop` 4 `Stop`,
 //! `policy_loaded` and `heartbeat` are 99 `Other` with `activity_name` `Policy Loaded` /
@@ -40,7 +48,9 @@
 //! (`chain`, [`crate::audit::chain`]).
 use serde_json::{Map, Value, json};
 
-use crate::events::{ConnectionEvent, Header, Lifecycle, LifecycleBody, Record};
+use crate::events::{
+    ConnectionEvent, Header, Lifecycle, LifecycleBody, Record, summary::SummaryEvent,
+};
 
 /// The pinned OCSF schema release.
 pub const OCSF_VERSION: &str = "1.3.0";
@@ -50,6 +60,7 @@ pub fn render(record: &Record) -> Vec<u8> {
     let v = match record {
         Record::Connection(c) => connection(c),
         Record::Lifecycle(l) => lifecycle(l),
+        Record::Summary(s) => summary(s),
     };
     serde_json::to_vec(&v).unwrap_or_default()
 }
@@ -213,6 +224,105 @@ fn connection(ev: &ConnectionEvent) -> Value {
             "process_details": ev.process.details,
             "process_attribution": ev.process.attribution,
             "group": { "gid": ev.group.id.to_string(), "name": ev.group.name },
+        }}),
+    );
+    prune(Value::Object(m))
+}
+
+/// A `connection_summary`: Network Activity like a connection event, with the base event's
+/// `count`, `start_time` and `end_time`, `dst_endpoint` naming the region and the number of
+/// destinations (and the first sample's address), and every sample in `observables`.
+fn summary(s: &SummaryEvent) -> Value {
+    let h = &s.header;
+    let deny = s.verdict != "audit";
+    let (activity_id, activity_name) = if deny {
+        (5, "Refuse")
+    } else if s.hook.contains("sendmsg") {
+        (6, "Traffic")
+    } else {
+        (1, "Open")
+    };
+    let mut m = Map::new();
+    m.insert("class_uid".into(), json!(4001));
+    m.insert("class_name".into(), json!("Network Activity"));
+    m.insert("category_uid".into(), json!(4));
+    m.insert("category_name".into(), json!("Network Activity"));
+    m.insert("activity_id".into(), json!(activity_id));
+    m.insert("activity_name".into(), json!(activity_name));
+    m.insert("type_uid".into(), json!(400100 + activity_id));
+    m.insert(
+        "type_name".into(),
+        json!(format!("Network Activity: {activity_name}")),
+    );
+    m.insert("time".into(), json!(super::unix_ms(h.unix_ns)));
+    m.insert("start_time".into(), json!(super::unix_ms(s.start_ns)));
+    m.insert("end_time".into(), json!(super::unix_ms(h.unix_ns)));
+    m.insert("count".into(), json!(s.count));
+    m.insert("severity_id".into(), json!(if deny { 3 } else { 2 }));
+    m.insert(
+        "severity".into(),
+        json!(if deny { "Medium" } else { "Low" }),
+    );
+    m.insert("action_id".into(), json!(if deny { 2 } else { 1 }));
+    m.insert(
+        "action".into(),
+        json!(if deny { "Denied" } else { "Allowed" }),
+    );
+    m.insert("disposition_id".into(), json!(if deny { 2 } else { 1 }));
+    m.insert(
+        "disposition".into(),
+        json!(if deny { "Blocked" } else { "Allowed" }),
+    );
+    m.insert("message".into(), json!(super::summary_message(s)));
+    m.insert(
+        "metadata".into(),
+        metadata(h, &["host", "security_control"]),
+    );
+    m.insert("device".into(), device(h));
+    m.insert("src_endpoint".into(), json!({ "hostname": h.host.name }));
+    let first = s.destination.samples.first();
+    m.insert(
+        "dst_endpoint".into(),
+        json!({
+            "name": format!(
+                "{} destinations in region {}",
+                s.destination.distinct, s.destination.region
+            ),
+            "ip": first.and_then(|x| x.ip),
+            "port": first.filter(|x| x.ip.is_some()).map(|x| x.port),
+        }),
+    );
+    let observables: Vec<Value> = s
+        .destination
+        .samples
+        .iter()
+        .filter_map(|x| x.ip)
+        .map(|ip| json!({ "name": "dst_endpoint.ip", "type_id": 2, "type": "IP Address", "value": ip.to_string() }))
+        .collect();
+    if !observables.is_empty() {
+        m.insert("observables".into(), json!(observables));
+    }
+    m.insert(
+        "connection_info".into(),
+        json!({ "direction_id": 2, "direction": "Outbound" }),
+    );
+    m.insert(
+        "firewall_rule".into(),
+        json!({ "uid": s.rule.id.to_string(), "name": s.rule.name }),
+    );
+    m.insert(
+        "unmapped".into(),
+        json!({ "egressd": {
+            "type": h.kind,
+            "verdict": s.verdict,
+            "hook": s.hook,
+            "region": s.destination.region,
+            "mode": s.policy.mode,
+            "distinct_destinations": s.destination.distinct,
+            "samples": s.destination.samples,
+            "policy": { "digest": s.policy.digest },
+            "cgroup": { "id": s.cgroup.id },
+            "labels": labels(h),
         }}),
     );
     prune(Value::Object(m))

@@ -15,7 +15,8 @@
 //! `agent/tests/sinks.rs`), and a parser that anchors at `CEF:` or hands MSG to a JSON parser
 //! must skip it. Receivers that read non-ASCII records should strip a leading BOM.
 //!
-//! Severity: a denial is 4 (warning), an audit event 5 (notice), `reload_failed`,
+//! Severity: a denial (or a `connection_summary` of denials) is 4 (warning), an audit event
+//! (or summary) 5 (notice), `reload_failed`,
 //! `policy_fallback` and `tamper_repaired` 3 (error),
 //! `agent_stop` and `heartbeat` 4 when they count lost records, else 5 (start, stop, policy)
 //! or 6 (heartbeat, informational).
@@ -78,6 +79,13 @@ pub fn severity(record: &Record) -> u8 {
     match record {
         Record::Connection(c) => {
             if c.verdict == "audit" {
+                5
+            } else {
+                4
+            }
+        }
+        Record::Summary(s) => {
+            if s.verdict == "audit" {
                 5
             } else {
                 4

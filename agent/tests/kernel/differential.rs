@@ -279,6 +279,7 @@ fn random_config(rng: &mut fastrand::Rng) -> Config {
             Action::Deny
         },
         suppress_window_ms: 0,
+        summary_after: 0,
         regions,
         rules,
         drop_ins: Vec::new(),

@@ -4,7 +4,9 @@
 //! The worker, in the filtered cgroup, makes denied `connect()`s as fast as it can to the
 //! test bed's "us" region, cycling through 254 destination addresses (so per-destination
 //! event suppression, where the daemon has it, applies as little as it can). Every attempt is
-//! one event unless suppressed or lost.
+//! one event unless suppressed or lost, or counted in a `connection_summary` (attempts the
+//! kernel aggregated when the ring buffer was full or the key had written its record budget
+//! for the second): records plus summaries must account for every counted denial.
 use std::{
     net::IpAddr,
     path::Path,
@@ -33,6 +35,13 @@ pub struct Flood {
     pub suppressed: u64,
     /// Deny counter of the connect hooks in `agent_stop` (exact whatever was lost).
     pub counted: u64,
+    /// `connection_summary` records written (attempts the kernel aggregated).
+    pub summaries: u64,
+    /// Attempts those summaries count.
+    pub summarized: u64,
+    /// `counted` minus what the records account for (each `connection` record `1 +
+    /// suppressed`, each summary its `count`): 0 when nothing went unreported.
+    pub unaccounted: i64,
 }
 
 /// The policy for the flood: the test bed's, with event suppression off when the daemon
@@ -95,6 +104,10 @@ pub fn flood(
                 f.delivered += 1;
                 f.suppressed += r["suppressed"].as_u64().unwrap_or(0);
             }
+            Some("connection_summary") => {
+                f.summaries += 1;
+                f.summarized += r["count"].as_u64().unwrap_or(0);
+            }
             Some("agent_stop") => {
                 f.ringbuf_full = r["lost"]["ringbuf_full"].as_u64().unwrap_or(0);
                 f.suppressed += r["lost"]["suppressed"].as_u64().unwrap_or(0);
@@ -115,6 +128,8 @@ pub fn flood(
         }
     }
     f.sink_rate = f.delivered as f64 / end.as_secs_f64().max(1e-3);
+    // Suppression is off (see `policy`): `suppressed` is 0 unless the daemon lacks the setting.
+    f.unaccounted = f.counted as i64 - (f.delivered + f.suppressed + f.summarized) as i64;
     Ok(f)
 }
 
@@ -123,6 +138,7 @@ pub fn to_json(f: &Flood) -> Value {
     serde_json::json!({
         "attempts": f.attempts, "attempt_rate": f.attempt_rate, "delivered": f.delivered,
         "sink_rate": f.sink_rate, "ringbuf_full": f.ringbuf_full, "suppressed": f.suppressed,
-        "counted": f.counted,
+        "counted": f.counted, "summaries": f.summaries, "summarized": f.summarized,
+        "unaccounted": f.unaccounted,
     })
 }

@@ -884,17 +884,20 @@ fn events_table(s: &mut String, r: &Results) {
          One line per flood. *Attempts/s*: denied connect()s the worker made (each one event \
          in the kernel). *Sink/s*: `connection` records the daemon wrote, per second from the \
          start of the flood until it stopped writing. *Lost*: `lost.ringbuf_full` of \
-         `agent_stop` (events the kernel could not queue); *suppressed*: events folded by the \
-         daemon's per-destination suppression, if any. The deny counters stay exact.\n"
+         `agent_stop` (events the kernel could neither queue nor aggregate); *suppressed*: \
+         events folded by the daemon's per-destination suppression, if any; *summarized*: \
+         attempts counted by `connection_summary` records (and how many records); \
+         *unaccounted*: counted denials minus records (1 + suppressed each) minus summarized \
+         attempts, 0 when nothing went unreported. The deny counters stay exact.\n"
     );
     let _ = writeln!(
         s,
-        "| flood | attempts | attempts/s | records written | sink/s | lost (ring buffer full) | suppressed | counted denials |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| flood | attempts | attempts/s | records written | sink/s | lost (ring buffer full) | suppressed | summarized (summaries) | counted denials | unaccounted |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for (i, fl) in r.floods.iter().enumerate() {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} ({:.1} %) | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} ({:.1} %) | {} | {} ({}) | {} | {} |",
             i + 1,
             count(fl.attempts as f64),
             count(fl.attempt_rate),
@@ -903,7 +906,10 @@ fn events_table(s: &mut String, r: &Results) {
             count(fl.ringbuf_full as f64),
             100.0 * fl.ringbuf_full as f64 / fl.attempts.max(1) as f64,
             count(fl.suppressed as f64),
-            count(fl.counted as f64)
+            count(fl.summarized as f64),
+            fl.summaries,
+            count(fl.counted as f64),
+            fl.unaccounted
         );
     }
     if !r.floods.is_empty() {
