@@ -563,7 +563,10 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
         ));
     }
     // Lifecycle, in sequence order.
-    let lifecycle: Vec<&Entry> = by_seq.values().filter(|e| !e.kind.starts_with("connection")).collect();
+    let lifecycle: Vec<&Entry> = by_seq
+        .values()
+        .filter(|e| !e.kind.starts_with("connection"))
+        .collect();
     let start_rec = lifecycle.iter().find(|e| e.kind == "agent_start");
     let stop_rec = lifecycle.iter().find(|e| e.kind == "agent_stop");
     let first_t = by_seq.values().map(|e| e.time_ns).min().unwrap_or(0);

@@ -255,6 +255,21 @@ impl Agent {
         Err("no answer to SIGHUP within 20 s".into())
     }
 
+    /// Reads the records it writes until none has come for `quiet` (its backlog written),
+    /// or `max` has passed.
+    pub fn wait_quiet(&mut self, quiet: Duration, max: Duration) -> Result<(), Failed> {
+        let deadline = Instant::now() + max;
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(quiet) {
+                Ok(l) => self
+                    .seen
+                    .push(serde_json::from_str(&l).map_err(|e| format!("bad JSON {l}: {e}"))?),
+                Err(_) => return Ok(()),
+            }
+        }
+        Err(format!("egressd still writing records after {max:?}").into())
+    }
+
     /// SIGTERM, wait, and return every JSON record it wrote (start, events, stop).
     pub fn stop(mut self) -> Result<Vec<Value>, Failed> {
         // SAFETY: signalling our own child.

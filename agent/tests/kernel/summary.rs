@@ -146,7 +146,7 @@ fn flood_once(
         "{}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n",
         policy("enforce").replace("suppress_window_ms = 0", settings)
     );
-    let agent = Agent::start_with(&tb, &text)?;
+    let mut agent = Agent::start_with(&tb, &text)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = std::process::Command::new(exe)
         .arg(FLOOD_ARG)
@@ -172,8 +172,9 @@ fn flood_once(
     }
     if !budget {
         // Without a budget every attempt the ring buffer takes is a record: let the daemon
-        // write the backlog before the stop (a VM writes a few thousand records a second).
-        std::thread::sleep(Duration::from_secs(3));
+        // write the backlog before the stop, which may take 20 s (a VM, or a loaded machine,
+        // writes a few thousand records a second).
+        agent.wait_quiet(Duration::from_secs(2), Duration::from_secs(300))?;
     }
     let recs = agent.stop()?;
     let stop = stop_record(&recs)?;
