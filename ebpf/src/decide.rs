@@ -4,6 +4,7 @@ use egressd_common::{
     MAX_ENTRIES, MAX_PORT_RULES, REGION_LOCAL, REGION_UNKNOWN, Verdict, action, failsafe, family,
     set_of,
     table::{CHUNK, CHUNK_ENTRIES, PER_PAGE8, PER_PAGE24},
+    table6::{IN_USE, SEARCH_STEPS},
     unwrap,
 };
 
@@ -213,6 +214,9 @@ fn lookup(d: &Dest, set: usize) -> Result<u32, u32> {
             EGRESSD_PREFIXES_V4_B_V1.get(&key)
         }
     } else {
+        if let Some(id) = table6(d, set)? {
+            return Ok(id);
+        }
         let key = Key::new(128, d.addr);
         if set == 0 {
             EGRESSD_PREFIXES_V6_A_V1.get(&key)
@@ -247,4 +251,50 @@ fn table4(d: &Dest, set: usize) -> Result<u32, u32> {
         return Err(failsafe::NO_PAGE);
     };
     Ok(u32::from(page[i8 % PER_PAGE8]))
+}
+
+/// IPv6 lookup in set `set`'s range table: `None` when the set does not use it (IPv6 is then
+/// in the LPM trie). A binary search over the range starts of the destination's /16: one
+/// index read, then [`SEARCH_STEPS`] steps of at most one array read each (layout in
+/// `egressd_common::table6`). A missing element is [`failsafe::NO_PAGE`], never the default
+/// decision.
+#[inline(always)]
+fn table6(d: &Dest, set: usize) -> Result<Option<u32>, u32> {
+    let (index, ranges) = if set == 0 {
+        (&EGRESSD_TABLE6_INDEX_A_V1, &EGRESSD_TABLE6_RANGES_A_V1)
+    } else {
+        (&EGRESSD_TABLE6_INDEX_B_V1, &EGRESSD_TABLE6_RANGES_B_V1)
+    };
+    if index.get(IN_USE).is_none_or(|f| *f != 1) {
+        return Ok(None);
+    }
+    let a = &d.addr;
+    let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let Some(bucket) = index.get(1 + (hi >> 48) as u32) else {
+        return Err(failsafe::NO_PAGE);
+    };
+    // Range `base` starts before the /16 (or is the one at `::`), so at or before the
+    // address; ranges from `end` on start in a later /16.
+    let mut base = *bucket as u32;
+    let end = (*bucket >> 32) as u32;
+    // Binary lifting: the last range below `end` starting at or before the address, found by
+    // trying steps of 2^21 down to 1.
+    let mut step = 1u32 << (SEARCH_STEPS - 1);
+    for _ in 0..SEARCH_STEPS {
+        let probe = base + step;
+        if probe < end {
+            let Some(r) = ranges.get(probe) else {
+                return Err(failsafe::NO_PAGE);
+            };
+            if r.hi < hi || (r.hi == hi && r.lo <= lo) {
+                base = probe;
+            }
+        }
+        step >>= 1;
+    }
+    match ranges.get(base) {
+        Some(r) => Ok(Some(r.id)),
+        None => Err(failsafe::NO_PAGE),
+    }
 }

@@ -33,6 +33,7 @@ pub fn capacity_fallback() -> Result<(), Failed> {
     let mut e = Enforcer::open_with(Capacity {
         prefixes: 4096,
         table_chunks: Some(1),
+        table6_ranges: None,
     })
     .map_err(|e| format!("{e:#}"))?;
     let raw = e
