@@ -69,6 +69,8 @@ pub struct Enforcer {
     v6_in_trie: [bool; 2],
     /// Ranges each set's IPv6 table holds; `None`: no table.
     table6_ranges: Option<usize>,
+    /// Why the kernel refused the programs with the IPv6 table (they were loaded without).
+    table6_refused: Option<String>,
     /// Pinned mode: the pin directory and the cgroup.
     pins: Option<Pins>,
     /// Unpinned mode: the link of each attached hook (index into [`HOOKS`]), owned here so
@@ -172,6 +174,32 @@ impl Enforcer {
     /// under `DIR/maps` (an existing pin is reused, with its contents; a missing one is
     /// created and pinned).
     fn open_in(cap: Capacity, pins: Option<&PinDir>) -> anyhow::Result<Self> {
+        match Self::open_once(cap, pins) {
+            // Probing the kernel: a verifier that cannot take the IPv6 range search (its
+            // budget) refuses the programs; without the table the verifier drops that code.
+            Err(e) if cap.table6_ranges.is_some() && format!("{e:#}").contains("verifier") => {
+                let why = format!("{e:#}");
+                tracing::warn!(
+                    error = why,
+                    "the kernel's verifier refused the programs with the IPv6 range table; \
+                     IPv6 lookups use the LPM trie"
+                );
+                let mut me = Self::open_once(
+                    Capacity {
+                        table6_ranges: None,
+                        ..cap
+                    },
+                    pins,
+                )?;
+                me.table6_refused = Some(why);
+                Ok(me)
+            }
+            other => other,
+        }
+    }
+
+    /// One attempt of [`Enforcer::open_in`].
+    fn open_once(cap: Capacity, pins: Option<&PinDir>) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             return Err(anyhow!(
                 "this egressd binary was built without its eBPF programs (AYA_BUILD_SKIP); \
@@ -193,6 +221,8 @@ impl Enforcer {
             ),
         };
         loader.override_global(egressd_common::KERNEL_OFFSETS, &offsets, true);
+        let table6_enabled = u32::from(cap.table6_ranges.is_some());
+        loader.override_global(egressd_common::TABLE6_ENABLED, &table6_enabled, true);
         for name in maps::PREFIXES_V4.iter().chain(&maps::PREFIXES_V6) {
             loader.map_max_entries(name, max);
         }
@@ -256,7 +286,8 @@ impl Enforcer {
             }
         }
         let table_chunks = table::loaded_chunks(&ebpf)?;
-        let table6_ranges = table::loaded_ranges(&ebpf)?;
+        // Pinned maps may hold a table that these programs, loaded without it, never read.
+        let table6_ranges = table::loaded_ranges(&ebpf)?.filter(|_| table6_enabled == 1);
         let dup = |name: &str| -> anyhow::Result<std::os::fd::OwnedFd> {
             match ebpf.map(name) {
                 Some(aya::maps::Map::PerCpuArray(m)) => Ok(m.fd().as_fd().try_clone_to_owned()?),
@@ -286,6 +317,7 @@ impl Enforcer {
             table_chunks,
             v6_in_trie: [false; 2],
             table6_ranges,
+            table6_refused: None,
             pins: None,
             links: Vec::new(),
             cgroup: None,
@@ -911,6 +943,13 @@ impl Enforcer {
         } else {
             "trie"
         }
+    }
+
+    /// Why the kernel's verifier refused the programs with the IPv6 range table, when the
+    /// map sizes asked for one (the programs were then loaded without it: IPv6 is looked up
+    /// in the LPM trie); `None` otherwise.
+    pub fn table6_refused(&self) -> Option<&str> {
+        self.table6_refused.as_deref()
     }
 
     /// Installs `policy` as generation `generation() + 1`: fills the idle set (removing the

@@ -118,6 +118,12 @@ pub struct ExeKey {
 /// Name of the read-only global ([`KernelOffsets`]) that userspace sets before loading.
 pub const KERNEL_OFFSETS: &str = "EGRESSD_KERNEL_OFFSETS";
 
+/// Name of the read-only global (`u32`) that userspace sets before loading: 1 when the
+/// programs may look IPv6 up in the range table ([`table6`]), 0 when the maps have none (the
+/// verifier then drops that code, so a kernel whose verifier cannot take it still loads the
+/// programs, with IPv6 in the LPM trie).
+pub const TABLE6_ENABLED: &str = "EGRESSD_TABLE6_ENABLED";
+
 /// Program (function) names in the eBPF object, one per hook.
 pub mod programs {
     /// `cgroup/connect4`: `connect()` on AF_INET sockets (TCP, connected UDP).

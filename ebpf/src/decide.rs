@@ -214,7 +214,11 @@ fn lookup(d: &Dest, set: usize) -> Result<u32, u32> {
             EGRESSD_PREFIXES_V4_B_V1.get(&key)
         }
     } else {
-        if let Some(id) = table6(d, set)? {
+        // SAFETY: a read of a read-only global that the loader sets; volatile so that the
+        // compiler keeps the branch, which the verifier resolves from the frozen value.
+        if unsafe { core::ptr::read_volatile(&EGRESSD_TABLE6_ENABLED) } != 0
+            && let Some(id) = table6(d, set)?
+        {
             return Ok(id);
         }
         let key = Key::new(128, d.addr);
@@ -252,6 +256,11 @@ fn table4(d: &Dest, set: usize) -> Result<u32, u32> {
     };
     Ok(u32::from(page[i8 % PER_PAGE8]))
 }
+
+/// 1 when the maps hold an IPv6 range table (`egressd_common::TABLE6_ENABLED`, set by the
+/// loader before the programs load).
+#[unsafe(no_mangle)]
+static EGRESSD_TABLE6_ENABLED: u32 = 0;
 
 /// [`egressd_table6_lookup`] result bit: the set does not use the table.
 const TABLE6_UNUSED: u64 = 1 << 32;

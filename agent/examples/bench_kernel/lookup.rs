@@ -393,12 +393,12 @@ const R6_KEY: i32 = -12;
 
 /// Labels of the search steps (the assembler's labels are static strings).
 const R6_STEPS: [&str; 22] = [
-    "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "s12", "s13",
-    "s14", "s15", "s16", "s17", "s18", "s19", "s20", "s21",
+    "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "s12", "s13", "s14",
+    "s15", "s16", "s17", "s18", "s19", "s20", "s21",
 ];
 const R6_TAKE: [&str; 22] = [
-    "t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11", "t12", "t13",
-    "t14", "t15", "t16", "t17", "t18", "t19", "t20", "t21",
+    "t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11", "t12", "t13", "t14",
+    "t15", "t16", "t17", "t18", "t19", "t20", "t21",
 ];
 
 /// The range table lookup of the destination at r0 (16 bytes, network order), as the

@@ -130,6 +130,10 @@ pub fn capacity_fallback6() -> Result<(), Failed> {
         table6_ranges: Some(RANGES6),
     })
     .map_err(|e| format!("{e:#}"))?;
+    if let Some(why) = e.table6_refused() {
+        println!("table6 capacity fallback: skipped, this kernel refused the table ({why})");
+        return Ok(());
+    }
     let raw = e
         .program_fd(programs::SKB_EGRESS)
         .map_err(|e| format!("{e:#}"))?
