@@ -155,7 +155,7 @@ pub const AUTO_TABLE_MIN_PREFIXES: usize = 65_536;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Ipv6Lookup {
     /// [`Ipv6Lookup::Table`] when the policy egressd starts with has at least
-    /// [`AUTO_TABLE6_MIN_PREFIXES`] IPv6 prefixes (after merging), else
+    /// [`AUTO_TABLE6_MIN_PREFIXES`] IPv6 prefixes (counted before merging), else
     /// [`Ipv6Lookup::Trie`] (default).
     #[default]
     Auto,
@@ -179,7 +179,7 @@ impl Ipv6Lookup {
     }
 }
 
-/// IPv6 prefixes (after merging) from which `ipv6_lookup = "auto"` picks the table.
+/// IPv6 prefixes (counted before merging) from which `ipv6_lookup = "auto"` picks the table.
 pub const AUTO_TABLE6_MIN_PREFIXES: usize = 1024;
 
 /// What happens to a connection whose destination is in no allowlisted region.

@@ -58,12 +58,13 @@ impl Capacity {
         let table = match policy.ipv4_lookup {
             Ipv4Lookup::Trie => false,
             Ipv4Lookup::Table => true,
-            Ipv4Lookup::Auto => policy.lpm_v4.len() >= AUTO_TABLE_MIN_PREFIXES,
+            // Counted before merging: what the policy lists, as before merging existed.
+            Ipv4Lookup::Auto => policy.lpm_unmerged[0] >= AUTO_TABLE_MIN_PREFIXES,
         };
         let table6 = match policy.ipv6_lookup {
             Ipv6Lookup::Trie => false,
             Ipv6Lookup::Table => true,
-            Ipv6Lookup::Auto => policy.lpm_v6.len() >= AUTO_TABLE6_MIN_PREFIXES,
+            Ipv6Lookup::Auto => policy.lpm_unmerged[1] >= AUTO_TABLE6_MIN_PREFIXES,
         };
         Self {
             table6_ranges: table6.then(|| {
