@@ -194,6 +194,14 @@ impl Enforcer {
                 me.table6_refused = Some(why);
                 Ok(me)
             }
+            Ok(mut me) if cap.table6_ranges.is_some() && !egressd_common::TABLE6_IN_PROGRAMS => {
+                me.table6_refused = Some(
+                    "the programs of this build do not look IPv6 up in the range table \
+                     (egressd_common::TABLE6_IN_PROGRAMS)"
+                        .to_owned(),
+                );
+                Ok(me)
+            }
             other => other,
         }
     }
@@ -221,8 +229,8 @@ impl Enforcer {
             ),
         };
         loader.override_global(egressd_common::KERNEL_OFFSETS, &offsets, true);
-        let table6_enabled = u32::from(cap.table6_ranges.is_some());
-        loader.override_global(egressd_common::TABLE6_ENABLED, &table6_enabled, true);
+        let table6_enabled =
+            u32::from(egressd_common::TABLE6_IN_PROGRAMS && cap.table6_ranges.is_some());
         for name in maps::PREFIXES_V4.iter().chain(&maps::PREFIXES_V6) {
             loader.map_max_entries(name, max);
         }

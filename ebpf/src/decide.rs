@@ -214,11 +214,9 @@ fn lookup(d: &Dest, set: usize) -> Result<u32, u32> {
             EGRESSD_PREFIXES_V4_B_V1.get(&key)
         }
     } else {
-        // SAFETY: a read of a read-only global that the loader sets; volatile so that the
-        // compiler keeps the branch, which the verifier resolves from the frozen value.
-        if unsafe { core::ptr::read_volatile(&EGRESSD_TABLE6_ENABLED) } != 0
-            && let Some(id) = table6(d, set)?
-        {
+        // The range table is not looked up yet: with this branch, `cgroup_skb/egress` goes
+        // past the 1M-instruction budget of the 6.1 and 5.10 verifiers (see `table6`).
+        if TABLE6_IN_PROGRAMS && let Some(id) = table6(d, set)? {
             return Ok(id);
         }
         let key = Key::new(128, d.addr);
@@ -257,10 +255,10 @@ fn table4(d: &Dest, set: usize) -> Result<u32, u32> {
     Ok(u32::from(page[i8 % PER_PAGE8]))
 }
 
-/// 1 when the maps hold an IPv6 range table (`egressd_common::TABLE6_ENABLED`, set by the
-/// loader before the programs load).
-#[unsafe(no_mangle)]
-static EGRESSD_TABLE6_ENABLED: u32 = 0;
+/// Whether the programs look IPv6 up in the range table; off until the verifiers of 6.1 and
+/// 5.10 take `cgroup_skb/egress` with it (the userspace side holds the same switch,
+/// `egressd_common::TABLE6_IN_PROGRAMS`).
+const TABLE6_IN_PROGRAMS: bool = egressd_common::TABLE6_IN_PROGRAMS;
 
 /// [`egressd_table6_lookup`] result bit: the set does not use the table.
 const TABLE6_UNUSED: u64 = 1 << 32;

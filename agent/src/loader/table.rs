@@ -61,11 +61,13 @@ impl Capacity {
             // Counted before merging: what the policy lists, as before merging existed.
             Ipv4Lookup::Auto => policy.lpm_unmerged[0] >= AUTO_TABLE_MIN_PREFIXES,
         };
-        let table6 = match policy.ipv6_lookup {
-            Ipv6Lookup::Trie => false,
-            Ipv6Lookup::Table => true,
-            Ipv6Lookup::Auto => policy.lpm_unmerged[1] >= AUTO_TABLE6_MIN_PREFIXES,
-        };
+        // Without the search in the programs (`TABLE6_IN_PROGRAMS`) there is no table to size.
+        let table6 = egressd_common::TABLE6_IN_PROGRAMS
+            && match policy.ipv6_lookup {
+                Ipv6Lookup::Trie => false,
+                Ipv6Lookup::Table => true,
+                Ipv6Lookup::Auto => policy.lpm_unmerged[1] >= AUTO_TABLE6_MIN_PREFIXES,
+            };
         Self {
             table6_ranges: table6.then(|| {
                 let need = 2 * policy.lpm_v6.len() + 1;
