@@ -577,8 +577,10 @@ fn why(s: &mut String, r: &Results, ns: &[usize], top: usize) {
              apply) egressd's range table (the address space cut into disjoint ranges of one \
              decision each, sorted; one index element per /16 gives the ranges starting in \
              it, binary-searched in at most 22 steps of one array read) costs {} → {}, the \
-             trie {} the target at N = {}; egressd picks the range table from 1,024 IPv6 \
-             prefixes (`ipv6_lookup = \"auto\"`), for 512 KiB per set plus 24 bytes per range.",
+             trie {} the target at N = {}; egressd will pick the range table from 1,024 IPv6 \
+             prefixes (`ipv6_lookup = \"auto\"`), for 512 KiB per set plus 24 bytes per \
+             range, once its programs contain the search (`TABLE6_IN_PROGRAMS`, off: the 6.1 \
+             and 5.10 verifiers refuse it).",
             dur(stream_net(k0, "lpm4", "v4")),
             label(ns[0]),
             dur(stream_net(kt, "lpm4", "v4")),
