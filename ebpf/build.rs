@@ -1,8 +1,10 @@
-//! Fails early, with a clear message, when bpf-linker is missing; and rebuilds the object
-//! when bpf-linker changes.
+//! Fails early, with a clear message, when bpf-linker is missing; rebuilds the object when
+//! bpf-linker changes; and has the linker export the global functions the verifier checks
+//! once for all callers (bpf-linker makes every other symbol internal).
 use which::which;
 
 fn main() {
+    println!("cargo:rustc-link-arg=--export=egressd_table6_lookup");
     match which("bpf-linker") {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
         Err(e) => panic!(

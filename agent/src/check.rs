@@ -24,6 +24,8 @@ const MAX_NESTED_WARNINGS: usize = 10;
 ///    2  us      no          1     1  US datacenters
 /// prefixes:  2 IPv4, 2 IPv6
 /// lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)
+///            IPv6 in the LPM trie (ipv6_lookup = auto)
+/// kernel:    2 IPv4, 2 IPv6 prefixes (0.0 % fewer than the 2, 2 before joining adjacent and nested prefixes that decide the same)
 /// allowlist: eu
 /// packets:   packet_sockets = deny (AF_PACKET/AF_XDP sockets of the cgroup refused with EPERM; BPF LSM, else per frame at tc/egress)
 /// ```
@@ -111,6 +113,27 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
         out,
         "lookup:    {how} (ipv4_lookup = {})",
         policy.ipv4_lookup.as_str()
+    );
+    let how6 = match cap.table6_ranges {
+        Some(_) => format!(
+            "IPv6 in the range table, {:.1} MiB of kernel memory for both policy sets",
+            cap.table6_bytes() as f64 / f64::from(1 << 20)
+        ),
+        None => "IPv6 in the LPM trie".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "           {how6} (ipv6_lookup = {})",
+        policy.ipv6_lookup.as_str()
+    );
+    let [u4, u6] = policy.lpm_unmerged;
+    let _ = writeln!(
+        out,
+        "kernel:    {} IPv4, {} IPv6 prefixes ({:.1} % fewer than the {u4}, {u6} before joining \
+         adjacent and nested prefixes that decide the same)",
+        policy.lpm_v4.len(),
+        policy.lpm_v6.len(),
+        percent_fewer(u4 + u6, policy.lpm_v4.len() + policy.lpm_v6.len()),
     );
     if cfg.allowlist.is_empty() {
         let _ = writeln!(out, "allowlist: (empty)");
@@ -341,6 +364,15 @@ fn nested_warning(
     )
 }
 
+/// How many percent fewer `after` is than `before` (0 when `before` is 0).
+pub fn percent_fewer(before: usize, after: usize) -> f64 {
+    if before == 0 {
+        0.0
+    } else {
+        100.0 * (before.saturating_sub(after)) as f64 / before as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -370,7 +402,10 @@ mod tests {
                 1  eu      yes         1     1  EU datacenters\n   \
                 2  us      no          1     1  US datacenters\n\
              prefixes:  2 IPv4, 2 IPv6\n\
-             lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\n\
+             lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\n           \
+             IPv6 in the LPM trie (ipv6_lookup = auto)\n\
+             kernel:    2 IPv4, 2 IPv6 prefixes (0.0 % fewer than the 2, 2 before joining \
+             adjacent and nested prefixes that decide the same)\n\
              allowlist: eu\n\
              packets:   packet_sockets = deny (AF_PACKET/AF_XDP sockets of the cgroup refused \
              with EPERM; BPF LSM, else per frame at tc/egress)\n",
@@ -400,7 +435,10 @@ mod tests {
                 1  a-rather-long-region-name  no          1     0\n   \
                 2  b                          no          0     1\n\
              prefixes:  1 IPv4, 1 IPv6\n\
-             lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\n\
+             lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\n           \
+             IPv6 in the LPM trie (ipv6_lookup = auto)\n\
+             kernel:    1 IPv4, 1 IPv6 prefixes (0.0 % fewer than the 1, 1 before joining \
+             adjacent and nested prefixes that decide the same)\n\
              allowlist: (empty)\n\
              packets:   packet_sockets = audit (AF_PACKET/AF_XDP sockets of the cgroup let \
              through and reported; BPF LSM, else per frame at tc/egress)\n",
@@ -445,13 +483,41 @@ mod tests {
     }
 
     #[test]
+    fn check_summary_names_the_ipv6_table_and_the_merging() {
+        let (cfg, policy) = both(
+            "t.toml",
+            "ipv6_lookup = \"table\"\nallowlist = []\n[regions.a]\nprefixes = [\
+             \"2001:db8::/33\", \"2001:db8:8000::/33\", \"2001:db8:1::/48\", \
+             \"10.0.0.0/25\", \"10.0.0.128/25\"]\n",
+        );
+        let s = summary(&cfg, &policy);
+        // 2 x (512 KiB + 8 B index and (3 + 4096 spare) x 24 B of ranges, in whole pages).
+        let lookup6 = if egressd_common::TABLE6_IN_PROGRAMS {
+            "IPv6 in the range table, 1.2 MiB of kernel memory for both policy sets"
+        } else {
+            "IPv6 in the LPM trie"
+        };
+        assert!(
+            s.contains(&format!(
+                "           {lookup6} (ipv6_lookup = table)\n\
+                 kernel:    1 IPv4, 1 IPv6 prefixes (60.0 % fewer than the 2, 3 before \
+                 joining adjacent and nested prefixes that decide the same)\n"
+            )),
+            "{s}"
+        );
+    }
+
+    #[test]
     fn check_summary_no_regions() {
         let (cfg, policy) = both("t.toml", "allowlist = []\n");
         let s = summary(&cfg, &policy);
         assert!(
             s.contains(
                 "regions:   0\nprefixes:  0 IPv4, 0 IPv6\n\
-                 lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\nallowlist: (empty)\n"
+                 lookup:    IPv4 in the LPM trie (ipv4_lookup = auto)\n           \
+                 IPv6 in the LPM trie (ipv6_lookup = auto)\n\
+                 kernel:    0 IPv4, 0 IPv6 prefixes (0.0 % fewer than the 0, 0 before joining \
+                 adjacent and nested prefixes that decide the same)\nallowlist: (empty)\n"
             ),
             "{s}"
         );

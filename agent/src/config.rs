@@ -152,6 +152,38 @@ impl Ipv4Lookup {
 /// IPv4 prefixes from which `ipv4_lookup = "auto"` picks the table.
 pub const AUTO_TABLE_MIN_PREFIXES: usize = 65_536;
 
+/// How the kernel finds the longest prefix covering an IPv6 destination (field
+/// `ipv6_lookup`). Both give the same decisions; they differ in speed and kernel memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ipv6Lookup {
+    /// [`Ipv6Lookup::Table`] when the policy egressd starts with has at least
+    /// [`AUTO_TABLE6_MIN_PREFIXES`] IPv6 prefixes (counted before merging), else
+    /// [`Ipv6Lookup::Trie`] (default).
+    #[default]
+    Auto,
+    /// The kernel's LPM trie: about 50 bytes per prefix; a lookup visits one node per
+    /// distinguishing bit.
+    Trie,
+    /// Sorted disjoint ranges binary-searched within the destination's /16
+    /// ([`crate::policy::table6`]): a 512 KiB index per policy set (two sets) plus 24 bytes
+    /// per range (at most two per prefix plus one).
+    Table,
+}
+
+impl Ipv6Lookup {
+    /// `"auto"`, `"trie"` or `"table"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Trie => "trie",
+            Self::Table => "table",
+        }
+    }
+}
+
+/// IPv6 prefixes (counted before merging) from which `ipv6_lookup = "auto"` picks the table.
+pub const AUTO_TABLE6_MIN_PREFIXES: usize = 1024;
+
 /// What happens to a connection whose destination is in no allowlisted region.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -294,6 +326,9 @@ pub struct Config {
     /// egressd starts (it sizes the kernel maps); a reload that changes it takes effect at
     /// the next start.
     pub ipv4_lookup: Ipv4Lookup,
+    /// `ipv6_lookup`: the IPv6 lookup structure; [`Ipv6Lookup::Auto`] when absent. Read, like
+    /// `ipv4_lookup`, when egressd starts.
+    pub ipv6_lookup: Ipv6Lookup,
     /// NAT64 prefixes (each a /96): [`WELL_KNOWN_NAT64`] first, then `nat64_prefixes` in file
     /// order. An IPv6 destination inside one is judged by its last 32 bits as IPv4.
     pub nat64: Vec<Ipv6Network>,
@@ -601,6 +636,7 @@ struct RawConfig {
     packet_socket_open: Option<Vec<Spanned<String>>>,
     packet_socket_send: Option<Vec<Spanned<String>>>,
     ipv4_lookup: Option<Spanned<String>>,
+    ipv6_lookup: Option<Spanned<String>>,
     nat64_prefixes: Option<Vec<Spanned<String>>>,
     default: Option<Spanned<String>>,
     drop_in_dir: Option<Spanned<String>>,
@@ -747,6 +783,7 @@ impl<'a> Ctx<'a> {
                 "packet_socket_open",
                 "packet_socket_send",
                 "ipv4_lookup",
+                "ipv6_lookup",
                 "nat64_prefixes",
                 "default",
                 "drop_in_dir",
@@ -940,6 +977,22 @@ impl<'a> Ctx<'a> {
                         format!("invalid value `{other}`: expected `auto`, `trie` or `table`"),
                     ));
                     Ipv4Lookup::Auto
+                }
+            },
+        };
+        let ipv6_lookup = match &raw.ipv6_lookup {
+            None => Ipv6Lookup::Auto,
+            Some(e) => match e.get_ref().as_str() {
+                "auto" => Ipv6Lookup::Auto,
+                "trie" => Ipv6Lookup::Trie,
+                "table" => Ipv6Lookup::Table,
+                other => {
+                    errors.push(self.err(
+                        e.span(),
+                        "ipv6_lookup",
+                        format!("invalid value `{other}`: expected `auto`, `trie` or `table`"),
+                    ));
+                    Ipv6Lookup::Auto
                 }
             },
         };
@@ -1203,6 +1256,7 @@ impl<'a> Ctx<'a> {
             packet_sockets,
             packet_exes,
             ipv4_lookup,
+            ipv6_lookup,
             nat64,
             default,
             suppress_window_ms,
@@ -2940,6 +2994,8 @@ mod tests {
         ] {
             let c = p(&format!("{base}ipv4_lookup = \"{v}\"\n")).expect("valid");
             assert_eq!(c.ipv4_lookup, want);
+            let c = p(&format!("{base}ipv6_lookup = \"{v}\"\n")).expect("valid");
+            assert_eq!(c.ipv6_lookup.as_str(), want.as_str());
             assert_eq!(want.as_str(), v);
         }
         fails(

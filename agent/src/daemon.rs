@@ -326,6 +326,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         mode = %policy.mode,
         digest = %policy.digest,
         ipv4_lookup = enforcer.ipv4_lookup(),
+        ipv6_lookup = enforcer.ipv6_lookup(),
+        kernel_prefixes = ?[policy.lpm_v4.len(), policy.lpm_v6.len()],
+        merged_from = ?policy.lpm_unmerged,
         sinks = ?pipeline.names(),
         "enforcing"
     );
@@ -565,6 +568,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                             generation,
                             digest = %new.digest,
                             ipv4_lookup = enforcer.ipv4_lookup(),
+                            ipv6_lookup = enforcer.ipv6_lookup(),
+                            kernel_prefixes = ?[new.lpm_v4.len(), new.lpm_v6.len()],
+                            merged_from = ?new.lpm_unmerged,
                             "policy reloaded"
                         );
                         pipeline.submit(&lifecycle(

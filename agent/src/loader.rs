@@ -43,7 +43,7 @@ pub use self::table::Capacity;
 use crate::{
     config::{Established, Mode},
     pin::PinDir,
-    policy::{Policy, table::Table4},
+    policy::{Policy, table::Table4, table6::Table6},
 };
 
 /// The eBPF object built by `build.rs` (empty when the build skipped it).
@@ -65,6 +65,13 @@ pub struct Enforcer {
     max_prefixes: u32,
     /// Second-level chunks of each set's IPv4 table; `None`: no table.
     table_chunks: Option<usize>,
+    /// Whether each set's IPv6 trie holds the prefixes of `sets` (false when the set uses
+    /// the IPv6 table).
+    v6_in_trie: [bool; 2],
+    /// Ranges each set's IPv6 table holds; `None`: no table.
+    table6_ranges: Option<usize>,
+    /// Why the kernel refused the programs with the IPv6 table (they were loaded without).
+    table6_refused: Option<String>,
     /// Pinned mode: the pin directory and the cgroup.
     pins: Option<Pins>,
     /// Unpinned mode: the link of each attached hook (index into [`HOOKS`]), owned here so
@@ -175,6 +182,40 @@ impl Enforcer {
     /// under `DIR/maps` (an existing pin is reused, with its contents; a missing one is
     /// created and pinned).
     fn open_in(cap: Capacity, pins: Option<&PinDir>) -> anyhow::Result<Self> {
+        match Self::open_once(cap, pins) {
+            // Probing the kernel: a verifier that cannot take the IPv6 range search (its
+            // budget) refuses the programs; without the table the verifier drops that code.
+            Err(e) if cap.table6_ranges.is_some() && format!("{e:#}").contains("verifier") => {
+                let why = format!("{e:#}");
+                tracing::warn!(
+                    error = why,
+                    "the kernel's verifier refused the programs with the IPv6 range table; \
+                     IPv6 lookups use the LPM trie"
+                );
+                let mut me = Self::open_once(
+                    Capacity {
+                        table6_ranges: None,
+                        ..cap
+                    },
+                    pins,
+                )?;
+                me.table6_refused = Some(why);
+                Ok(me)
+            }
+            Ok(mut me) if cap.table6_ranges.is_some() && !egressd_common::TABLE6_IN_PROGRAMS => {
+                me.table6_refused = Some(
+                    "the programs of this build do not look IPv6 up in the range table \
+                     (egressd_common::TABLE6_IN_PROGRAMS)"
+                        .to_owned(),
+                );
+                Ok(me)
+            }
+            other => other,
+        }
+    }
+
+    /// One attempt of [`Enforcer::open_in`].
+    fn open_once(cap: Capacity, pins: Option<&PinDir>) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             return Err(anyhow!(
                 "this egressd binary was built without its eBPF programs (AYA_BUILD_SKIP); \
@@ -196,6 +237,8 @@ impl Enforcer {
             ),
         };
         loader.override_global(egressd_common::KERNEL_OFFSETS, &offsets, true);
+        let table6_enabled =
+            u32::from(egressd_common::TABLE6_IN_PROGRAMS && cap.table6_ranges.is_some());
         for name in maps::PREFIXES_V4.iter().chain(&maps::PREFIXES_V6) {
             loader.map_max_entries(name, max);
         }
@@ -259,6 +302,8 @@ impl Enforcer {
             }
         }
         let table_chunks = table::loaded_chunks(&ebpf)?;
+        // Pinned maps may hold a table that these programs, loaded without it, never read.
+        let table6_ranges = table::loaded_ranges(&ebpf)?.filter(|_| table6_enabled == 1);
         let dup = |name: &str| -> anyhow::Result<std::os::fd::OwnedFd> {
             match ebpf.map(name) {
                 Some(aya::maps::Map::PerCpuArray(m)) => Ok(m.fd().as_fd().try_clone_to_owned()?),
@@ -273,6 +318,11 @@ impl Enforcer {
                  until `egressd detach` and a new start"
             );
         }
+        if cap.table6_ranges.is_some() && table6_ranges.is_none() {
+            tracing::warn!(
+                "the pinned IPv6 table maps were created without a table; IPv6 lookups use                  the LPM trie until `egressd detach` and a new start"
+            );
+        }
         Ok(Self {
             ebpf,
             generation: 0,
@@ -281,6 +331,9 @@ impl Enforcer {
             unknown: [false; 2],
             max_prefixes: max,
             table_chunks,
+            v6_in_trie: [false; 2],
+            table6_ranges,
+            table6_refused: None,
             pins: None,
             links: Vec::new(),
             cgroup: None,
@@ -541,24 +594,29 @@ impl Enforcer {
         });
         // Comparing a table means compiling it again and reading its 64 MiB: as rare as a
         // large trie.
-        let large =
-            |p: &Policy| p.lpm_v4.len() + p.lpm_v6.len() > LARGE_POLICY || !self.v4_in_trie[set];
+        let large = |p: &Policy| {
+            p.lpm_v4.len() + p.lpm_v6.len() > LARGE_POLICY
+                || !self.v4_in_trie[set]
+                || !self.v6_in_trie[set]
+        };
         if let Some(policy) = self.sets[set].clone()
             && (!large(&policy) || checks.is_multiple_of(LARGE_CHECK_EVERY))
             && !self.set_matches(set, &policy)?
         {
             let table = compile_table(&policy, self.table_chunks);
-            let used_table = fill_set(
+            let table6 = compile_table6(&policy, self.table6_ranges);
+            let (used_table, used_table6) = fill_set(
                 &mut self.ebpf,
                 set,
-                None,
-                None,
+                Stale::default(),
                 &policy,
                 self.generation,
                 table.as_ref(),
+                table6.as_ref(),
             )?;
-            clear_stale(&mut self.ebpf, set, &policy, used_table)?;
+            clear_stale(&mut self.ebpf, set, &policy, used_table, used_table6)?;
             self.v4_in_trie[set] = !used_table;
+            self.v6_in_trie[set] = !used_table6;
             repairs.push(format!(
                 "policy maps of generation {} were changed; restored",
                 self.generation
@@ -602,10 +660,23 @@ impl Enforcer {
         if n != want4.len() {
             return Ok(false);
         }
+        let uses_table6 = table::holds(&self.ebpf, maps::TABLE6_INDEX[set], &1u64.to_ne_bytes())?;
+        let want_v6: &[(Ipv6Network, u32)] = if uses_table6 {
+            let Some(t) = compile_table6(policy, self.table6_ranges) else {
+                return Ok(false);
+            };
+            if !table::holds(&self.ebpf, maps::TABLE6_INDEX[set], t.index_bytes())?
+                || !table::holds(&self.ebpf, maps::TABLE6_RANGES[set], t.ranges_bytes())?
+            {
+                return Ok(false);
+            }
+            &[]
+        } else {
+            &policy.lpm_v6
+        };
         let trie6: LpmTrie<_, [u8; 16], u32> =
             LpmTrie::try_from(map(&mut self.ebpf, maps::PREFIXES_V6[set])?)?;
-        let want6: std::collections::HashMap<(u32, [u8; 16]), u32> = policy
-            .lpm_v6
+        let want6: std::collections::HashMap<(u32, [u8; 16]), u32> = want_v6
             .iter()
             .map(|(net, e)| ((u32::from(net.prefix()), net.network().octets()), *e))
             .collect();
@@ -908,6 +979,24 @@ impl Enforcer {
         }
     }
 
+    /// How IPv6 destinations are looked up under the generation in force: `"table"` or
+    /// `"trie"` (also before the first install).
+    pub fn ipv6_lookup(&self) -> &'static str {
+        let set = set_of(self.generation);
+        if self.sets[set].is_some() && !self.v6_in_trie[set] {
+            "table"
+        } else {
+            "trie"
+        }
+    }
+
+    /// Why the kernel's verifier refused the programs with the IPv6 range table, when the
+    /// map sizes asked for one (the programs were then loaded without it: IPv6 is looked up
+    /// in the LPM trie); `None` otherwise.
+    pub fn table6_refused(&self) -> Option<&str> {
+        self.table6_refused.as_deref()
+    }
+
     /// Installs `policy` as generation `generation() + 1`: fills the idle set (removing the
     /// prefixes it held), then publishes the generation. Returns the new generation.
     ///
@@ -923,12 +1012,18 @@ impl Enforcer {
         let max = self.max_prefixes as usize;
         // With the table, the IPv4 trie stays empty: only the table's room limits IPv4.
         let table = compile_table(&policy, self.table_chunks);
+        let table6 = compile_table6(&policy, self.table6_ranges);
         let v4_in_trie = if table.is_some() {
             0
         } else {
             policy.lpm_v4.len()
         };
-        if v4_in_trie > max || policy.lpm_v6.len() > max {
+        let v6_in_trie = if table6.is_some() {
+            0
+        } else {
+            policy.lpm_v6.len()
+        };
+        if v4_in_trie > max || v6_in_trie > max {
             let how = if self.pins.is_some() {
                 "the maps are pinned, so a restart keeps their size: run `egressd detach` \
                  and start again (enforcement pauses in between)"
@@ -954,20 +1049,25 @@ impl Enforcer {
             clear_set(&mut self.ebpf, set)?;
             self.unknown[set] = false;
             self.v4_in_trie[set] = false;
+            self.v6_in_trie[set] = false;
         }
         // After a clear there is nothing stale to remove.
         let old = old.filter(|_| !unknown);
-        let old_v4 = old.as_deref().filter(|_| self.v4_in_trie[set]);
+        let stale = Stale {
+            old: old.as_deref(),
+            v4: old.as_deref().filter(|_| self.v4_in_trie[set]),
+            v6: old.as_deref().filter(|_| self.v6_in_trie[set]),
+        };
         let filled = fill_set(
             &mut self.ebpf,
             set,
-            old.as_deref(),
-            old_v4,
+            stale,
             &policy,
             next,
             table.as_ref(),
+            table6.as_ref(),
         );
-        let used_table = match filled {
+        let (used_table, used_table6) = match filled {
             Ok(t) => t,
             Err(e) => {
                 self.unknown[set] = true;
@@ -975,6 +1075,7 @@ impl Enforcer {
             }
         };
         self.v4_in_trie[set] = !used_table;
+        self.v6_in_trie[set] = !used_table6;
         // A region id taken over from a removed region starts from zero (see crate::ids);
         // no generation in force counts under it.
         if let Err(e) = self.reset_regions(&policy.reset_regions) {
@@ -1180,7 +1281,13 @@ fn clear_set(ebpf: &mut Ebpf, set: usize) -> anyhow::Result<()> {
 
 /// Removes from set `set` every prefix `policy` does not hold (after a repair); with
 /// `table`, every IPv4 prefix (the table serves IPv4).
-fn clear_stale(ebpf: &mut Ebpf, set: usize, policy: &Policy, table: bool) -> anyhow::Result<()> {
+fn clear_stale(
+    ebpf: &mut Ebpf,
+    set: usize,
+    policy: &Policy,
+    table: bool,
+    table6: bool,
+) -> anyhow::Result<()> {
     let v4: &[(Ipv4Network, u32)] = if table { &[] } else { &policy.lpm_v4 };
     let keep4: HashSet<(u32, [u8; 4])> = v4
         .iter()
@@ -1195,8 +1302,8 @@ fn clear_stale(ebpf: &mut Ebpf, set: usize, policy: &Policy, table: bool) -> any
     for k in &stale {
         let _ = trie.remove(k);
     }
-    let keep6: HashSet<(u32, [u8; 16])> = policy
-        .lpm_v6
+    let v6: &[(Ipv6Network, u32)] = if table6 { &[] } else { &policy.lpm_v6 };
+    let keep6: HashSet<(u32, [u8; 16])> = v6
         .iter()
         .map(|(n, _)| (u32::from(n.prefix()), n.network().octets()))
         .collect();
@@ -1324,19 +1431,53 @@ fn compile_table(policy: &Policy, chunks: Option<usize>) -> Option<Table4> {
     }
 }
 
-/// Makes set `set` hold exactly `new` for generation `generation`: `old` is what its maps
-/// hold, `old_v4` what its IPv4 trie holds (`None` when empty), `table` the compiled IPv4
-/// table of `new` when IPv4 is to be looked up in it (its trie is then left empty).
-/// Returns whether the table is used.
+/// The IPv6 table of `policy` when the maps have one and it fits, else `None` (logged: IPv6
+/// is then looked up in the trie).
+fn compile_table6(policy: &Policy, boundaries: Option<usize>) -> Option<Table6> {
+    let capacity = boundaries?;
+    match Table6::compile(&policy.lpm_v6) {
+        Ok(t) if t.len() <= capacity => Some(t),
+        Ok(t) => {
+            tracing::warn!(
+                ranges = t.len(),
+                capacity,
+                "the policy makes more IPv6 ranges than the table maps hold; IPv6 lookups of \
+                 this generation use the LPM trie (restart egressd to size the table anew)"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "IPv6 table not usable; IPv6 lookups use the LPM trie");
+            None
+        }
+    }
+}
+
+/// What a set's maps hold before a fill, so that only stale prefixes are deleted.
+#[derive(Clone, Copy, Default)]
+struct Stale<'a> {
+    /// The policy the set held (`None`: nothing, or unknown and cleared).
+    old: Option<&'a Policy>,
+    /// The same when its IPv4 trie holds its prefixes (`None` when empty).
+    v4: Option<&'a Policy>,
+    /// The same when its IPv6 trie holds its prefixes.
+    v6: Option<&'a Policy>,
+}
+
+/// Makes set `set` hold exactly `new` for generation `generation`: `stale` says what its
+/// maps hold; `table` and `table6` are the compiled IPv4 and IPv6 tables of `new` when that
+/// family is to be looked up in its table (its trie is then left empty).
+/// Returns whether each table is used.
 fn fill_set(
     ebpf: &mut Ebpf,
     set: usize,
-    old: Option<&Policy>,
-    old_v4: Option<&Policy>,
+    stale: Stale<'_>,
     new: &Policy,
     generation: u64,
     table: Option<&Table4>,
-) -> anyhow::Result<bool> {
+    table6: Option<&Table6>,
+) -> anyhow::Result<(bool, bool)> {
+    let (old, old_v4, old_v6) = (stale.old, stale.v4, stale.v6);
     let fd4 = trie_fd(ebpf, maps::PREFIXES_V4[set])?;
     let fd6 = trie_fd(ebpf, maps::PREFIXES_V6[set])?;
     {
@@ -1371,8 +1512,9 @@ fn fill_set(
     {
         let name = maps::PREFIXES_V6[set];
         let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
-        let keep: HashSet<Ipv6Network> = new.lpm_v6.iter().map(|(n, _)| *n).collect();
-        let stale: Vec<Key<[u8; 16]>> = old
+        let want: &[(Ipv6Network, u32)] = if table6.is_some() { &[] } else { &new.lpm_v6 };
+        let keep: HashSet<Ipv6Network> = want.iter().map(|(n, _)| *n).collect();
+        let stale: Vec<Key<[u8; 16]>> = old_v6
             .map_or(&[][..], |p| &p.lpm_v6)
             .iter()
             .filter(|(n, _)| !keep.contains(n))
@@ -1383,14 +1525,22 @@ fn fill_set(
                 let _ = trie.remove(k);
             }
         }
-        let keys: Vec<Key<[u8; 16]>> = new.lpm_v6.iter().map(|(n, _)| key6(n)).collect();
-        let values: Vec<u32> = new.lpm_v6.iter().map(|(_, e)| *e).collect();
+        let keys: Vec<Key<[u8; 16]>> = want.iter().map(|(n, _)| key6(n)).collect();
+        let values: Vec<u32> = want.iter().map(|(_, e)| *e).collect();
         if !update_batch(fd6, &keys, &values).with_context(|| format!("filling {name}"))? {
-            for (net, entry) in &new.lpm_v6 {
+            for (net, entry) in want {
                 trie.insert(&key6(net), entry, 0)
                     .with_context(|| format!("inserting {net} into {name}"))?;
             }
         }
+    }
+    // The index last: its first word switches the set to the table.
+    match table6 {
+        Some(t) => {
+            table::write(ebpf, maps::TABLE6_RANGES[set], t.ranges_bytes())?;
+            table::write(ebpf, maps::TABLE6_INDEX[set], t.index_bytes())?;
+        }
+        None => table::write(ebpf, maps::TABLE6_INDEX[set], &0u64.to_ne_bytes())?,
     }
     {
         let name = maps::NAT64[set];
@@ -1416,7 +1566,7 @@ fn fill_set(
     let mut settings: Array<_, GlobalPolicy> = Array::try_from(map(ebpf, maps::SETTINGS)?)?;
     let value = settings_of(new, generation, table.is_some());
     settings.set(u32::try_from(set)?, value, 0)?;
-    Ok(table.is_some())
+    Ok((table.is_some(), table6.is_some()))
 }
 
 /// Raw descriptor of LPM trie `name`, valid while `ebpf` lives.

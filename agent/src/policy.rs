@@ -18,7 +18,9 @@
 //! connection through and reports it.
 
 mod entries;
+pub mod merge;
 pub mod table;
+pub mod table6;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -63,6 +65,8 @@ pub struct Policy {
     pub packet_exes: Vec<(std::path::PathBuf, bool)>,
     /// [`Config::ipv4_lookup`].
     pub ipv4_lookup: Ipv4Lookup,
+    /// [`Config::ipv6_lookup`].
+    pub ipv6_lookup: crate::config::Ipv6Lookup,
     /// [`Config::default`].
     pub default: Action,
     /// [`Config::suppress_window_ms`].
@@ -90,6 +94,9 @@ pub struct Policy {
     pub lpm_v4: Vec<(Ipv4Network, u32)>,
     /// IPv6 counterpart of `lpm_v4`.
     pub lpm_v6: Vec<(Ipv6Network, u32)>,
+    /// IPv4 and IPv6 (prefix, entry id) pairs before [`merge`] joined those that decide the
+    /// same (`lpm_v4` and `lpm_v6` hold what is left).
+    pub lpm_unmerged: [usize; 2],
     /// Limits this policy exceeds (empty for a loadable policy), e.g. more than
     /// [`egressd_common::MAX_PORT_RULES`] port rules covering one prefix.
     pub problems: Vec<String>,
@@ -219,6 +226,7 @@ pub fn compile_with(cfg: &Config, ids: &crate::ids::Assignment) -> Policy {
         packet_sockets: cfg.packet_sockets,
         packet_exes: cfg.packet_exes.clone(),
         ipv4_lookup: cfg.ipv4_lookup,
+        ipv6_lookup: cfg.ipv6_lookup,
         default: cfg.default,
         suppress_window_ms: cfg.suppress_window_ms,
         summary_after: cfg.summary_after,
@@ -230,6 +238,7 @@ pub fn compile_with(cfg: &Config, ids: &crate::ids::Assignment) -> Policy {
         entries: Vec::new(),
         lpm_v4: Vec::new(),
         lpm_v6: Vec::new(),
+        lpm_unmerged: [0, 0],
         problems: Vec::new(),
         digest: format!("{:016x}", fnv1a64(canonical.as_bytes())),
     };
@@ -782,6 +791,7 @@ mod tests {
             packet_sockets: crate::config::PacketSockets::Deny,
             packet_exes: Vec::new(),
             ipv4_lookup: crate::config::Ipv4Lookup::Auto,
+            ipv6_lookup: crate::config::Ipv6Lookup::Auto,
             nat64: vec![crate::config::WELL_KNOWN_NAT64],
             default: Action::Deny,
             suppress_window_ms: 0,
@@ -1096,7 +1106,10 @@ mod tests {
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         assert_eq!(p.decide(ip("10.0.1.1"), 6, 16).verdict, Verdict::Deny);
         assert_eq!(p.decide(ip("10.0.1.1"), 6, 17).verdict, Verdict::Allow);
-        let id = exact_v4(&p.lpm_v4, u32::from(Ipv4Addr::new(10, 0, 1, 0)), 24).expect("entry");
+        // The two /24s decide the same: merged into their /23.
+        assert_eq!(p.lpm_v4.len(), 1);
+        assert_eq!(p.lpm_unmerged, [2, 0]);
+        let id = lpm_v4(&p.lpm_v4, Ipv4Addr::new(10, 0, 1, 1));
         assert_eq!(p.entries[id as usize].n_rules, 16);
     }
 

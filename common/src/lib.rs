@@ -35,6 +35,17 @@ pub mod maps {
     /// IPv4 lookup table, second level, per set: `BPF_MAP_TYPE_ARRAY` with `BPF_F_MMAPABLE`
     /// of [`crate::table::Page8`] pages; entry `chunk * 256 + (a & 0xff)` is an entry id.
     pub const TABLE8: [&str; 2] = ["EGRESSD_TABLE8_A_V1", "EGRESSD_TABLE8_B_V1"];
+    /// IPv6 lookup table, per set: `BPF_MAP_TYPE_ARRAY` with `BPF_F_MMAPABLE` of `u64`,
+    /// [`crate::table6::INDEX_ENTRIES`] of them when the table is in use (1 otherwise).
+    /// Element [`crate::table6::IN_USE`] is 1 when the set looks IPv6 up in the table (0: in
+    /// its LPM trie); element `1 + b` describes the /16 bucket `b`: the low 32 bits are the
+    /// index of the last range starting before it, the high 32 bits one past the index of
+    /// its last range (see [`crate::table6`]).
+    pub const TABLE6_INDEX: [&str; 2] = ["EGRESSD_TABLE6_INDEX_A_V1", "EGRESSD_TABLE6_INDEX_B_V1"];
+    /// IPv6 lookup table, per set: `BPF_MAP_TYPE_ARRAY` with `BPF_F_MMAPABLE` of
+    /// [`crate::table6::Range6`], ascending by first address; range 0 starts at `::`.
+    pub const TABLE6_RANGES: [&str; 2] =
+        ["EGRESSD_TABLE6_RANGES_A_V1", "EGRESSD_TABLE6_RANGES_B_V1"];
     /// `BPF_MAP_TYPE_LPM_TRIE` per set: NAT64 /96 prefixes (key as in `PREFIXES_V6`), value
     /// `u32` 1. A destination inside one is judged by its last 4 bytes as IPv4 (RFC 6052).
     pub const NAT64: [&str; 2] = ["EGRESSD_NAT64_A_V1", "EGRESSD_NAT64_B_V1"];
@@ -117,6 +128,12 @@ pub struct ExeKey {
 
 /// Name of the read-only global ([`KernelOffsets`]) that userspace sets before loading.
 pub const KERNEL_OFFSETS: &str = "EGRESSD_KERNEL_OFFSETS";
+
+/// Whether the kernel programs look IPv6 up in the range table ([`table6`]). Off: with the
+/// search in `cgroup_skb/egress` the verifiers of 6.1 and 5.10 exceed their budget of 1M
+/// instructions (6.12 and 6.18 take it; the differential test passes there with it on).
+/// While off, the loader never fills a range table and IPv6 stays in the LPM trie.
+pub const TABLE6_IN_PROGRAMS: bool = false;
 
 /// Program (function) names in the eBPF object, one per hook.
 pub mod programs {
@@ -358,6 +375,38 @@ pub mod table {
     pub type Page24 = [u32; PER_PAGE24];
     /// One second-level page: entry ids.
     pub type Page8 = [u16; PER_PAGE8];
+}
+
+/// Layout of the IPv6 lookup table ([`maps::TABLE6_INDEX`], [`maps::TABLE6_RANGES`]): the
+/// address space cut into disjoint ranges, each deciding one entry id, found by a binary
+/// search over the range starts of the destination's /16. One map element per bucket and
+/// per range (not pages): the kernel then reads them by key at a constant offset, so the
+/// verifier need not track the search indices precisely and prunes the search's paths.
+/// Filled through `mmap` like [`table`].
+pub mod table6 {
+    /// Index element that is 1 when the set uses the table.
+    pub const IN_USE: u32 = 0;
+    /// Index elements: the flag, then one per /16 bucket.
+    pub const INDEX_ENTRIES: u32 = 1 + (1 << 16);
+    /// Most ranges a table may hold (2^21).
+    pub const MAX_RANGES: usize = 1 << 21;
+    /// Steps of the kernel's binary search: log2([`MAX_RANGES`]) + 1.
+    pub const SEARCH_STEPS: u32 = 22;
+
+    /// One range: its first address (host byte order, in two halves) and its entry id.
+    /// 24 bytes.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Range6 {
+        /// High 64 bits of the first address.
+        pub hi: u64,
+        /// Low 64 bits of the first address.
+        pub lo: u64,
+        /// Entry id of every address from here to the next range's first.
+        pub id: u32,
+        /// Explicit padding, always zero.
+        pub _pad: u32,
+    }
 }
 
 /// Action codes of [`PortRule::action`] and [`Entry::default_action`].

@@ -4,6 +4,7 @@ use egressd_common::{
     MAX_ENTRIES, MAX_PORT_RULES, REGION_LOCAL, REGION_UNKNOWN, Verdict, action, failsafe, family,
     set_of,
     table::{CHUNK, CHUNK_ENTRIES, PER_PAGE8, PER_PAGE24},
+    table6::{IN_USE, SEARCH_STEPS},
     unwrap,
 };
 
@@ -213,6 +214,11 @@ fn lookup(d: &Dest, set: usize) -> Result<u32, u32> {
             EGRESSD_PREFIXES_V4_B_V1.get(&key)
         }
     } else {
+        // The range table is not looked up yet: with this branch, `cgroup_skb/egress` goes
+        // past the 1M-instruction budget of the 6.1 and 5.10 verifiers (see `table6`).
+        if TABLE6_IN_PROGRAMS && let Some(id) = table6(d, set)? {
+            return Ok(id);
+        }
         let key = Key::new(128, d.addr);
         if set == 0 {
             EGRESSD_PREFIXES_V6_A_V1.get(&key)
@@ -247,4 +253,78 @@ fn table4(d: &Dest, set: usize) -> Result<u32, u32> {
         return Err(failsafe::NO_PAGE);
     };
     Ok(u32::from(page[i8 % PER_PAGE8]))
+}
+
+/// Whether the programs look IPv6 up in the range table; off until the verifiers of 6.1 and
+/// 5.10 take `cgroup_skb/egress` with it (the userspace side holds the same switch,
+/// `egressd_common::TABLE6_IN_PROGRAMS`).
+const TABLE6_IN_PROGRAMS: bool = egressd_common::TABLE6_IN_PROGRAMS;
+
+/// [`egressd_table6_lookup`] result bit: the set does not use the table.
+const TABLE6_UNUSED: u64 = 1 << 32;
+/// [`egressd_table6_lookup`] result bit: an element is missing ([`failsafe::NO_PAGE`]).
+const TABLE6_NO_PAGE: u64 = 1 << 33;
+
+/// IPv6 lookup in set `set`'s range table: `None` when the set does not use it (IPv6 is then
+/// in the LPM trie); a missing element is [`failsafe::NO_PAGE`], never the default decision.
+#[inline(always)]
+fn table6(d: &Dest, set: usize) -> Result<Option<u32>, u32> {
+    let a = &d.addr;
+    let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let r = egressd_table6_lookup(set as u64, hi, lo);
+    if r & TABLE6_NO_PAGE != 0 {
+        Err(failsafe::NO_PAGE)
+    } else if r & TABLE6_UNUSED != 0 {
+        Ok(None)
+    } else {
+        Ok(Some(r as u32))
+    }
+}
+
+/// The range-table search for address `hi`:`lo` (host byte order halves) in set `set`: the
+/// entry id, or [`TABLE6_UNUSED`] / [`TABLE6_NO_PAGE`]. A binary search over the range
+/// starts of the destination's /16: one index read, then [`SEARCH_STEPS`] steps of at most
+/// one array read each (layout in `egressd_common::table6`).
+///
+/// A global function (exported by the linker, see `build.rs`, so its BTF linkage is global):
+/// the verifier checks it once, on its own, instead of again on every path of every program
+/// that reaches it, where its 22 steps would exceed 5.10's budget of 1M instructions.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn egressd_table6_lookup(set: u64, hi: u64, lo: u64) -> u64 {
+    let (index, ranges) = if set == 0 {
+        (&EGRESSD_TABLE6_INDEX_A_V1, &EGRESSD_TABLE6_RANGES_A_V1)
+    } else {
+        (&EGRESSD_TABLE6_INDEX_B_V1, &EGRESSD_TABLE6_RANGES_B_V1)
+    };
+    if index.get(IN_USE).is_none_or(|f| *f != 1) {
+        return TABLE6_UNUSED;
+    }
+    let Some(bucket) = index.get(1 + (hi >> 48) as u32) else {
+        return TABLE6_NO_PAGE;
+    };
+    // Range `base` starts before the /16 (or is the one at `::`), so at or before the
+    // address; ranges from `end` on start in a later /16.
+    let mut base = *bucket as u32;
+    let end = (*bucket >> 32) as u32;
+    // Binary lifting: the last range below `end` starting at or before the address, found by
+    // trying steps of 2^21 down to 1.
+    let mut step = 1u32 << (SEARCH_STEPS - 1);
+    for _ in 0..SEARCH_STEPS {
+        let probe = base + step;
+        if probe < end {
+            let Some(r) = ranges.get(probe) else {
+                return TABLE6_NO_PAGE;
+            };
+            if r.hi < hi || (r.hi == hi && r.lo <= lo) {
+                base = probe;
+            }
+        }
+        step >>= 1;
+    }
+    match ranges.get(base) {
+        Some(r) => u64::from(r.id),
+        None => TABLE6_NO_PAGE,
+    }
 }

@@ -12,6 +12,7 @@ use egressd_common::{
     SockOwner, SockVerdict, SummaryControl, SummaryKey, SummaryState, SuppressKey, SuppressState,
     failsafe, loss,
     table::{Page8, Page24},
+    table6::Range6,
 };
 
 /// `BPF_F_MMAPABLE` (`include/uapi/linux/bpf.h`): userspace fills the tables by `mmap`.
@@ -48,6 +49,20 @@ pub static EGRESSD_TABLE8_A_V1: Array<Page8> = Array::with_max_entries(1, MMAPAB
 /// As above, set B.
 #[map]
 pub static EGRESSD_TABLE8_B_V1: Array<Page8> = Array::with_max_entries(1, MMAPABLE);
+
+/// IPv6 table, bucket index, set A (one element, 0 = not in use, until the loader sizes
+/// it; see `egressd_common::maps::TABLE6_INDEX`).
+#[map]
+pub static EGRESSD_TABLE6_INDEX_A_V1: Array<u64> = Array::with_max_entries(1, MMAPABLE);
+/// As above, set B.
+#[map]
+pub static EGRESSD_TABLE6_INDEX_B_V1: Array<u64> = Array::with_max_entries(1, MMAPABLE);
+/// IPv6 table, ranges, set A.
+#[map]
+pub static EGRESSD_TABLE6_RANGES_A_V1: Array<Range6> = Array::with_max_entries(1, MMAPABLE);
+/// As above, set B.
+#[map]
+pub static EGRESSD_TABLE6_RANGES_B_V1: Array<Range6> = Array::with_max_entries(1, MMAPABLE);
 
 /// NAT64 /96 prefixes, set A.
 #[map]

@@ -10,7 +10,12 @@
 //!   65,536 IPv4 prefixes): a 2^24-entry first-level table indexed by the top 24 bits, whose
 //!   entry is either an id or the index of a 256-entry second-level chunk for prefixes longer
 //!   than /24. Both levels are mmapable array maps of 4 KiB pages filled from userspace with
-//!   one `memcpy`, so a lookup is at most two array lookups.
+//!   one `memcpy`, so a lookup is at most two array lookups;
+//! - `range6`: egressd's IPv6 range table ([`Table6::compile`], what egressd loads with
+//!   `ipv6_lookup = "table"` or, by default, from 1,024 IPv6 prefixes): one index element
+//!   per /16, then a binary search (binary lifting, 22 steps, one array read per step that
+//!   falls inside the /16's ranges) over the sorted disjoint ranges, as `ebpf/src/decide.rs`
+//!   does it (stream only).
 //!
 //! Each structure is timed two ways: one test run per destination (`repeat = 1`: a single
 //! lookup with everything cold, test-run overhead included, see [`trivial`]), and a *stream*:
@@ -24,7 +29,7 @@ use std::{
     time::Instant,
 };
 
-use egressd::policy::table::Table4;
+use egressd::policy::{table::Table4, table6::Table6};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::rawbpf::{self, F_MMAPABLE, F_NO_PREALLOC, Insn, MAP_ARRAY, MAP_LPM_TRIE, asm::*};
@@ -248,6 +253,82 @@ fn mmap_array(bytes: &[u8]) -> io::Result<OwnedFd> {
     Ok(map)
 }
 
+/// egressd's IPv6 range table, compiled in userspace and copied into two mmapable arrays
+/// (index and ranges) laid out as the product's maps.
+pub struct Range6 {
+    index: OwnedFd,
+    ranges: OwnedFd,
+    /// Userspace compile time.
+    pub compile_ns: u64,
+    /// Map creation plus copy into the kernel.
+    pub load_ns: u64,
+    /// Ranges in the table.
+    pub len: usize,
+    /// Kernel memory of both maps in bytes.
+    pub bytes: u64,
+}
+
+impl Range6 {
+    /// Compiles `prefixes` with [`Table6::compile`], checks it against `expect` (address,
+    /// region id from egressd's reference model), and loads it as egressd does.
+    pub fn new(prefixes: &[(Ipv6Network, u32)], expect: &[(Ipv6Addr, u32)]) -> io::Result<Self> {
+        let t = Instant::now();
+        let table = Table6::compile(prefixes).map_err(io::Error::other)?;
+        let compile_ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        for (a, want) in expect {
+            let got = table.lookup(*a);
+            if got != *want {
+                return Err(io::Error::other(format!(
+                    "the IPv6 table gives region {got} for {a}, the reference model {want}"
+                )));
+            }
+        }
+        let t = Instant::now();
+        let index = mmap_elements(table.index_bytes(), 8)?;
+        let ranges = mmap_elements(table.ranges_bytes(), 24)?;
+        let load_ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let pages = |b: usize| b.div_ceil(PAGE).max(1) as u64 * PAGE as u64;
+        Ok(Self {
+            index,
+            ranges,
+            compile_ns,
+            load_ns,
+            len: table.len(),
+            bytes: pages(table.index_bytes().len()) + pages(table.ranges_bytes().len()),
+        })
+    }
+}
+
+/// An mmapable array of `value_size`-byte elements holding `bytes`, filled through `mmap`.
+fn mmap_elements(bytes: &[u8], value_size: usize) -> io::Result<OwnedFd> {
+    let n = (bytes.len() / value_size).max(1);
+    let map = rawbpf::map_create(
+        MAP_ARRAY,
+        4,
+        u32::try_from(value_size).map_err(io::Error::other)?,
+        u32::try_from(n).map_err(io::Error::other)?,
+        F_MMAPABLE,
+    )?;
+    let len = (n * value_size).next_multiple_of(PAGE);
+    // SAFETY: as in `mmap_array`: a shared mapping of the whole array, written within bounds.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.as_raw_fd(),
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.cast::<u8>(), bytes.len());
+        libc::munmap(p, len);
+    }
+    Ok(map)
+}
+
 /// Trie entries of IPv4 prefixes.
 pub fn entries_v4(v4: &[(Ipv4Network, u32)]) -> Vec<(u8, Vec<u8>, u32)> {
     v4.iter()
@@ -297,6 +378,84 @@ pub enum Stream<'a> {
     Trie(&'a Trie),
     /// The IPv4 table.
     Table(&'a Dir24),
+    /// The IPv6 range table.
+    Range6(&'a Range6),
+}
+
+/// Stack slots of the range search: the address halves (host order), the search's base and
+/// end, the probe, and the 4-byte map key.
+const R6_HI: i16 = -24;
+const R6_LO: i16 = -32;
+const R6_BASE: i16 = -40;
+const R6_END: i16 = -48;
+const R6_PROBE: i16 = -56;
+const R6_KEY: i32 = -12;
+
+/// Labels of the search steps (the assembler's labels are static strings).
+const R6_STEPS: [&str; 22] = [
+    "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "s12", "s13", "s14",
+    "s15", "s16", "s17", "s18", "s19", "s20", "s21",
+];
+const R6_TAKE: [&str; 22] = [
+    "t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11", "t12", "t13", "t14",
+    "t15", "t16", "t17", "t18", "t19", "t20", "t21",
+];
+
+/// The range table lookup of the destination at r0 (16 bytes, network order), as the
+/// product's kernel code does it; jumps to "next" when done.
+fn range6_lookup(a: &mut Asm, t: &Range6) {
+    let key = i16::try_from(R6_KEY).unwrap_or(-12);
+    a.push(ldx_dw(1, 0, 0));
+    a.push(be64(1));
+    a.push(stx_dw(10, R6_HI, 1));
+    a.push(ldx_dw(1, 0, 8));
+    a.push(be64(1));
+    a.push(stx_dw(10, R6_LO, 1));
+    // The set's flag, then the /16's index element.
+    a.push(st_w(10, key, 0));
+    a.map_lookup(&t.index, R6_KEY);
+    a.jump(jeq_imm(0, 0, 0), "next");
+    a.push(ldx_dw(1, 0, 0));
+    a.jump(jne_imm(1, 1, 0), "next");
+    a.push(ldx_dw(1, 10, R6_HI));
+    a.push(rsh_imm(1, 48));
+    a.push(add_imm(1, 1));
+    a.push(stx_w(10, key, 1));
+    a.map_lookup(&t.index, R6_KEY);
+    a.jump(jeq_imm(0, 0, 0), "next");
+    a.push(ldx_dw(1, 0, 0));
+    a.push(mov_reg(2, 1));
+    a.push(lsh_imm(1, 32));
+    a.push(rsh_imm(1, 32));
+    a.push(stx_dw(10, R6_BASE, 1));
+    a.push(rsh_imm(2, 32));
+    a.push(stx_dw(10, R6_END, 2));
+    for s in (0..22usize).rev() {
+        a.push(ldx_dw(1, 10, R6_BASE));
+        a.push(add_imm(1, 1 << s));
+        a.push(ldx_dw(2, 10, R6_END));
+        a.jump(jge_reg(1, 2, 0), R6_STEPS[s]);
+        a.push(stx_dw(10, R6_PROBE, 1));
+        a.push(stx_w(10, key, 1));
+        a.map_lookup(&t.ranges, R6_KEY);
+        a.jump(jeq_imm(0, 0, 0), "next");
+        a.push(ldx_dw(1, 0, 0));
+        a.push(ldx_dw(2, 10, R6_HI));
+        a.jump(jgt_reg(1, 2, 0), R6_STEPS[s]);
+        a.jump(jgt_reg(2, 1, 0), R6_TAKE[s]);
+        a.push(ldx_dw(1, 0, 8));
+        a.push(ldx_dw(2, 10, R6_LO));
+        a.jump(jgt_reg(1, 2, 0), R6_STEPS[s]);
+        a.label(R6_TAKE[s]);
+        a.push(ldx_dw(1, 10, R6_PROBE));
+        a.push(stx_dw(10, R6_BASE, 1));
+        a.label(R6_STEPS[s]);
+    }
+    a.push(ldx_dw(1, 10, R6_BASE));
+    a.push(stx_w(10, key, 1));
+    a.map_lookup(&t.ranges, R6_KEY);
+    a.jump(jeq_imm(0, 0, 0), "next");
+    a.push(ldx_w(1, 0, 16));
 }
 
 /// Instructions with forward jumps to labels, patched by [`Asm::finish`].
@@ -456,6 +615,12 @@ impl StreamMaps {
                 a.push(lsh_imm(9, 1));
                 a.push(add_reg(0, 9));
                 a.push(ldx_h(1, 0, 0));
+            }
+            Stream::Range6(t) => {
+                if self.addr_len != 16 {
+                    return Err(io::Error::other("the range table is IPv6 only"));
+                }
+                range6_lookup(&mut a, t);
             }
         }
         a.label("next");

@@ -12,8 +12,8 @@
 //!    an already-judged socket (one run of a large `repeat`, the kernel's average) and the
 //!    first-packet path (one run per distinct destination, `repeat = 1`), each beside the
 //!    same measurement of a trivial program so the test-run overhead can be subtracted;
-//! 3. with `--proto`, times one destination lookup alone in a bare LPM trie and in the
-//!    DIR-24-8 table proposed to replace it for IPv4 (module `lookup`);
+//! 3. with `--proto`, times one destination lookup alone in a bare LPM trie, in egressd's
+//!    DIR-24-8 table for IPv4 and in its range table for IPv6 (module `lookup`);
 //!
 //! and prints all of it as one JSON line. With `--cgroup` it then attaches egressd to `DIR`,
 //! prints `{"ready":true}`, and serves commands on stdin, one per line: `stats-on` /
@@ -249,6 +249,7 @@ fn streams(
     trie4: &lookup::Trie,
     trie6: &lookup::Trie,
     table: &lookup::Dir24,
+    range6: &lookup::Range6,
 ) -> anyhow::Result<Value> {
     let mut rng = fastrand::Rng::with_seed(11);
     let n = lookup::STREAM as usize;
@@ -275,6 +276,7 @@ fn streams(
         "lpm4": time(&m4, lookup::Stream::Trie(trie4))?,
         "lpm6": time(&m6, lookup::Stream::Trie(trie6))?,
         "dir24": time(&m4, lookup::Stream::Table(table))?,
+        "range6": time(&m6, lookup::Stream::Range6(range6))?,
     }))
 }
 
@@ -319,7 +321,20 @@ fn proto(policy: &Policy, first_runs: usize) -> anyhow::Result<Value> {
         v["chunks"] = json!(dir.chunks);
         v["bytes"] = json!(dir.bytes);
         out["dir24"] = v;
-        out["stream"] = streams(policy, &trie4, &trie6, &dir)?;
+        let mut rng = fastrand::Rng::with_seed(12);
+        let expect6: Vec<(Ipv6Addr, u32)> = (0..2000)
+            .filter_map(|_| lookup::sample_v6(&mut rng, &policy.v6))
+            .chain([HOST_V6])
+            .map(|a| (a, policy.region_of(IpAddr::V6(a))))
+            .collect();
+        let r6 = lookup::Range6::new(&policy.v6, &expect6)?;
+        out["range6"] = json!({
+            "compile_ns": r6.compile_ns,
+            "load_ns": r6.load_ns,
+            "ranges": r6.len,
+            "bytes": r6.bytes,
+        });
+        out["stream"] = streams(policy, &trie4, &trie6, &dir, &r6)?;
     }
     Ok(out)
 }
@@ -367,6 +382,12 @@ fn main() -> anyhow::Result<()> {
     } else {
         "trie"
     });
+    out["ipv6_lookup"] = json!(if Capacity::for_policy(&policy).table6_ranges.is_some() {
+        "table"
+    } else {
+        "trie"
+    });
+    out["kernel_prefixes"] = json!([policy.lpm_v4.len(), policy.lpm_v6.len()]);
     out["prefixes_v4"] = json!(policy.v4.len());
     out["prefixes_v6"] = json!(policy.v6.len());
     out["regions"] = json!(policy.regions.len() - 1);

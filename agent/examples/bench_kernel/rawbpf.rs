@@ -255,6 +255,7 @@ pub mod asm {
     const MEM: u8 = 0x60;
     const W: u8 = 0x00;
     const H: u8 = 0x08;
+    const DW: u8 = 0x18;
 
     fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
         Insn {
@@ -311,6 +312,26 @@ pub mod asm {
     /// `dst = *(u32 *)(src + off)`.
     pub fn ldx_w(dst: u8, src: u8, off: i16) -> Insn {
         insn(LDX | MEM | W, dst, src, off, 0)
+    }
+    /// `*(u64 *)(dst + off) = src`.
+    pub fn stx_dw(dst: u8, off: i16, src: u8) -> Insn {
+        insn(STX | MEM | DW, dst, src, off, 0)
+    }
+    /// `dst = *(u64 *)(src + off)`.
+    pub fn ldx_dw(dst: u8, src: u8, off: i16) -> Insn {
+        insn(LDX | MEM | DW, dst, src, off, 0)
+    }
+    /// `dst = htobe64(dst)`.
+    pub fn be64(dst: u8) -> Insn {
+        insn(ALU | 0xd0 | X, dst, 0, 0, 64)
+    }
+    /// `if dst > src goto +off` (unsigned, 64 bits).
+    pub fn jgt_reg(dst: u8, src: u8, off: i16) -> Insn {
+        insn(JMP | 0x20 | X, dst, src, off, 0)
+    }
+    /// `if dst >= src goto +off` (unsigned, 64 bits).
+    pub fn jge_reg(dst: u8, src: u8, off: i16) -> Insn {
+        insn(JMP | 0x30 | X, dst, src, off, 0)
     }
     /// `dst = *(u16 *)(src + off)`.
     pub fn ldx_h(dst: u8, src: u8, off: i16) -> Insn {

@@ -10,12 +10,13 @@ use aya::Ebpf;
 use egressd_common::{
     maps,
     table::{CHUNKS_PER_PAGE8, MAX_CHUNKS, PAGE_BYTES, PAGES24},
+    table6::{INDEX_ENTRIES, MAX_RANGES},
 };
 use ipnetwork::Ipv4Network;
 
 use crate::{
-    config::{AUTO_TABLE_MIN_PREFIXES, Ipv4Lookup},
-    policy::{Policy, table::pages8},
+    config::{AUTO_TABLE_MIN_PREFIXES, AUTO_TABLE6_MIN_PREFIXES, Ipv4Lookup, Ipv6Lookup},
+    policy::{Policy, table::pages8, table6::set_bytes},
 };
 
 /// Second-level chunks a table gets beyond what the first policy needs (2 MiB per set), so
@@ -32,6 +33,9 @@ pub struct Capacity {
     /// Second-level chunks of the IPv4 table of each set; `None`: no table, IPv4 is looked
     /// up in the trie.
     pub table_chunks: Option<usize>,
+    /// Ranges the IPv6 table of each set holds; `None`: no table, IPv6 is looked up in the
+    /// trie.
+    pub table6_ranges: Option<usize>,
 }
 
 impl Capacity {
@@ -40,20 +44,35 @@ impl Capacity {
         Self {
             prefixes,
             table_chunks: None,
+            table6_ranges: None,
         }
     }
 
     /// What `policy` asks for: its prefix counts, and a table when its `ipv4_lookup` says so
     /// (or, for `auto`, when it has at least [`AUTO_TABLE_MIN_PREFIXES`] IPv4 prefixes),
     /// with a quarter more chunks than it needs plus 4096 (2 MiB) so that it can grow on
-    /// reload.
+    /// reload. Likewise an IPv6 table when `ipv6_lookup` says so (for `auto`, from
+    /// [`AUTO_TABLE6_MIN_PREFIXES`] IPv6 prefixes), with room for a quarter more ranges than
+    /// the policy can make (two per prefix plus one) plus 4096.
     pub fn for_policy(policy: &Policy) -> Self {
         let table = match policy.ipv4_lookup {
             Ipv4Lookup::Trie => false,
             Ipv4Lookup::Table => true,
-            Ipv4Lookup::Auto => policy.lpm_v4.len() >= AUTO_TABLE_MIN_PREFIXES,
+            // Counted before merging: what the policy lists, as before merging existed.
+            Ipv4Lookup::Auto => policy.lpm_unmerged[0] >= AUTO_TABLE_MIN_PREFIXES,
         };
+        // Without the search in the programs (`TABLE6_IN_PROGRAMS`) there is no table to size.
+        let table6 = egressd_common::TABLE6_IN_PROGRAMS
+            && match policy.ipv6_lookup {
+                Ipv6Lookup::Trie => false,
+                Ipv6Lookup::Table => true,
+                Ipv6Lookup::Auto => policy.lpm_unmerged[1] >= AUTO_TABLE6_MIN_PREFIXES,
+            };
         Self {
+            table6_ranges: table6.then(|| {
+                let need = 2 * policy.lpm_v6.len() + 1;
+                (need + need / 4 + MIN_CHUNKS).min(MAX_RANGES)
+            }),
             prefixes: policy.lpm_v4.len().max(policy.lpm_v6.len()),
             table_chunks: table.then(|| {
                 let need = chunks_needed(&policy.lpm_v4);
@@ -66,6 +85,11 @@ impl Capacity {
     pub fn table_bytes(&self) -> usize {
         self.table_chunks
             .map_or(0, |c| 2 * (PAGES24 as usize + pages8(c)) * PAGE_BYTES)
+    }
+
+    /// Kernel memory of the IPv6 tables of both sets in bytes (0 without a table).
+    pub fn table6_bytes(&self) -> usize {
+        self.table6_ranges.map_or(0, |b| 2 * set_bytes(b))
     }
 }
 
@@ -88,6 +112,33 @@ pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, cap: Capacity) {
             loader.map_max_entries(maps::TABLE8[set], pages);
         }
     }
+    if let Some(b) = cap.table6_ranges {
+        let ranges = u32::try_from(b).unwrap_or(u32::MAX);
+        for set in 0..2 {
+            loader.map_max_entries(maps::TABLE6_INDEX[set], INDEX_ENTRIES);
+            loader.map_max_entries(maps::TABLE6_RANGES[set], ranges);
+        }
+    }
+}
+
+/// Array map `name`'s element count.
+fn elements(ebpf: &Ebpf, name: &str) -> anyhow::Result<usize> {
+    match ebpf.map(name) {
+        Some(aya::maps::Map::Array(data)) => Ok(data.info()?.max_entries() as usize),
+        _ => bail!("map {name} missing from the eBPF object or not an array"),
+    }
+}
+
+/// The IPv6 table ranges the loaded maps hold (`None`: no table), read from the maps.
+pub fn loaded_ranges(ebpf: &Ebpf) -> anyhow::Result<Option<usize>> {
+    for set in 0..2 {
+        if elements(ebpf, maps::TABLE6_INDEX[set])? < INDEX_ENTRIES as usize {
+            return Ok(None);
+        }
+    }
+    let a = elements(ebpf, maps::TABLE6_RANGES[0])?;
+    let b = elements(ebpf, maps::TABLE6_RANGES[1])?;
+    Ok(Some(a.min(b)))
 }
 
 /// The table chunks the loaded maps hold (`None`: no table), read from the maps themselves
@@ -118,7 +169,11 @@ impl Mapping {
         let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
             bail!("map {name} missing from the eBPF object or not an array");
         };
-        let len = data.info()?.max_entries() as usize * PAGE_BYTES;
+        // The kernel lays the elements out every `value_size` rounded up to 8 bytes, and
+        // maps whole pages.
+        let info = data.info()?;
+        let len = (info.max_entries() as usize * (info.value_size() as usize).next_multiple_of(8))
+            .next_multiple_of(PAGE_BYTES);
         let prot = if write {
             libc::PROT_READ | libc::PROT_WRITE
         } else {

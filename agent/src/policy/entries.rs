@@ -83,11 +83,20 @@ struct Resolved {
     default: Portless,
 }
 
-/// Fills `p.entries`, `p.lpm_v4`, `p.lpm_v6` and `p.problems` from the other fields.
+/// Fills `p.entries`, `p.lpm_v4`, `p.lpm_v6` (merged, see [`super::merge`]),
+/// `p.lpm_unmerged` and `p.problems` from the other fields.
 pub(super) fn build(p: &mut Policy) {
     if p.rules.is_empty() {
-        return build_regions_only(p);
+        build_regions_only(p);
+    } else {
+        build_with_rules(p);
     }
+    p.lpm_unmerged = [p.lpm_v4.len(), p.lpm_v6.len()];
+    p.lpm_v4 = super::merge::merge_v4(&p.lpm_v4);
+    p.lpm_v6 = super::merge::merge_v6(&p.lpm_v6);
+}
+
+fn build_with_rules(p: &mut Policy) {
     let mut nodes: HashMap<IpNetwork, Node> = HashMap::with_capacity(p.v4.len() + p.v6.len());
     let members =
         p.v4.iter()

@@ -1,8 +1,8 @@
 //! Differential test: the kernel's verdict (the `cgroup_skb/egress` program run with
 //! `BPF_PROG_TEST_RUN` on crafted packets) against the userspace reference model
 //! ([`egressd::policy::Policy::verdict`]) of the same policy, over random policies and
-//! destinations, with IPv4 looked up in the LPM trie and, in a second enforcer, in the
-//! DIR-24-8 table. Zero disagreements allowed.
+//! destinations, with IPv4 and IPv6 looked up in the LPM tries and, in a second enforcer, in
+//! the DIR-24-8 table (IPv4) and the range table (IPv6). Zero disagreements allowed.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, BorrowedFd},
@@ -12,7 +12,8 @@ use std::{
 
 use egressd::{
     config::{
-        Action, Config, Established, Ipv4Lookup, Mode, Region, Rule, Target, WELL_KNOWN_NAT64,
+        Action, Config, Established, Ipv4Lookup, Ipv6Lookup, Mode, Region, Rule, Target,
+        WELL_KNOWN_NAT64,
     },
     loader::{Capacity, Enforcer},
     policy::{self, Policy},
@@ -49,6 +50,7 @@ pub fn differential() -> Result<(), Failed> {
     let mut tabled = Enforcer::open_with(Capacity {
         prefixes: 4096,
         table_chunks: Some(4096),
+        table6_ranges: Some(8192),
     })
     .map_err(|e| format!("{e:#}"))?;
     let raw = enforcer
@@ -72,6 +74,22 @@ pub fn differential() -> Result<(), Failed> {
         tabled
             .install(policy.clone())
             .map_err(|e| format!("policy {p} (table): {e:#}"))?;
+        let used = [
+            enforcer.ipv4_lookup(),
+            enforcer.ipv6_lookup(),
+            tabled.ipv4_lookup(),
+            tabled.ipv6_lookup(),
+        ];
+        // A kernel whose verifier cannot take the IPv6 range search loads the programs
+        // without it (see `Enforcer::table6_refused`).
+        let v6 = if tabled.table6_refused().is_some() {
+            "trie"
+        } else {
+            "table"
+        };
+        if used != ["trie", "trie", "table", v6] {
+            return Err(format!("policy {p}: lookups used {used:?}").into());
+        }
         for _ in 0..DESTINATIONS {
             let dst = random_destination(&mut rng, &policy);
             let protocol = random_protocol(&mut rng);
@@ -85,7 +103,7 @@ pub fn differential() -> Result<(), Failed> {
             let want =
                 u32::from(expected(&policy, dst, protocol, port, &shape, &hops) != Verdict::Deny);
             cases += 1;
-            for (lookup, raw) in [("trie", raw), ("table", raw_tabled)] {
+            for (lookup, raw) in [("tries", raw), ("tables", raw_tabled)] {
                 // SAFETY: the fd belongs to an enforcer alive for the whole loop.
                 let fd = unsafe { BorrowedFd::borrow_raw(raw) };
                 let out =
@@ -93,7 +111,7 @@ pub fn differential() -> Result<(), Failed> {
                 if out.retval != want && disagreements.len() < 20 {
                     disagreements.push(format!(
                         "seed {seed:#x} policy {p} ({:?}, allow {:?}, default {:?}, rules \
-                         {:?}), IPv4 {lookup}: {dst} proto {protocol} port {port} shape \
+                         {:?}), {lookup}: {dst} proto {protocol} port {port} shape \
                          {shape:?}: kernel {} model {want} ({:?})",
                         policy.mode,
                         policy.allowed,
@@ -107,8 +125,13 @@ pub fn differential() -> Result<(), Failed> {
         }
     }
     println!(
-        "differential: {cases} cases, {} disagreements (seed {seed:#x})",
-        disagreements.len()
+        "differential: {cases} cases, {} disagreements (seed {seed:#x}); IPv6 range table: {}",
+        disagreements.len(),
+        tabled
+            .table6_refused()
+            .map_or("used".to_owned(), |e| format!(
+                "refused by this kernel ({e})"
+            ))
     );
     if !disagreements.is_empty() {
         return Err(disagreements.join("\n").into());
@@ -272,6 +295,7 @@ fn random_config(rng: &mut fastrand::Rng) -> Config {
         packet_sockets: egressd::config::PacketSockets::Deny,
         packet_exes: Vec::new(),
         ipv4_lookup: Ipv4Lookup::Auto,
+        ipv6_lookup: Ipv6Lookup::Auto,
         nat64,
         default: if rng.u8(..4) == 0 {
             Action::Allow
@@ -291,7 +315,9 @@ fn random_destination(rng: &mut fastrand::Rng, p: &Policy) -> IpAddr {
     let inside_v4 = |rng: &mut fastrand::Rng| -> Ipv4Addr {
         match p.v4.get(rng.usize(..p.v4.len().max(1))) {
             Some((n, _)) => {
-                let host = rng.u32(..) & u32::MAX.checked_shr(u32::from(n.prefix())).unwrap_or(0);
+                let mask = u32::MAX.checked_shr(u32::from(n.prefix())).unwrap_or(0);
+                // The first and the last address of a prefix are range edges of the tables.
+                let host = [0, mask, rng.u32(..) & mask][rng.usize(..3)];
                 Ipv4Addr::from(u32::from(n.network()) | host)
             }
             None => random_v4(rng),
@@ -301,7 +327,8 @@ fn random_destination(rng: &mut fastrand::Rng, p: &Policy) -> IpAddr {
         0..=2 => IpAddr::V4(inside_v4(rng)),
         3..=4 => match p.v6.get(rng.usize(..p.v6.len().max(1))) {
             Some((n, _)) => {
-                let host = rng.u128(..) & u128::MAX.checked_shr(u32::from(n.prefix())).unwrap_or(0);
+                let mask = u128::MAX.checked_shr(u32::from(n.prefix())).unwrap_or(0);
+                let host = [0, mask, rng.u128(..) & mask][rng.usize(..3)];
                 IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | host))
             }
             None => IpAddr::V6(random_v6(rng)),

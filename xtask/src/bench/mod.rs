@@ -54,6 +54,12 @@ pub struct Args {
     /// plan's; the report then says which were left out.
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     ns: Vec<usize>,
+    /// Only the destination lookups alone (LPM tries, IPv4 table, IPv6 range table, side by
+    /// side in one `bench_kernel` run per N): prints a table and writes
+    /// `target/bench-lookup.json`; no connect, firewall, event or daemon runs, and
+    /// `docs/benchmarks.md` is left as it is.
+    #[arg(long)]
+    lookup_only: bool,
     /// Internal: the connect worker inside namespace NETNS.
     #[arg(long, hide = true, value_name = "NETNS")]
     worker: Option<String>,
@@ -274,6 +280,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         plan.custom_ns = true;
     }
     let t = Instant::now();
+    if args.lookup_only {
+        return lookups(&plan);
+    }
     let results = measure(plan, t)?;
     let docs = sh::root().join("docs");
     std::fs::create_dir_all(&docs)?;
@@ -285,6 +294,73 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "bench: wrote docs/benchmarks.md and docs/benchmarks-connect.svg in {:.0} s",
         t.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `--lookup-only`: `bench_kernel --proto` (without attaching) per N of `plan`, and the net
+/// per-lookup stream figures of each structure.
+fn lookups(plan: &Plan) -> anyhow::Result<()> {
+    let target = target_dir();
+    let kernel_bin = target.join("release/examples/bench_kernel");
+    let work = TempDir(std::env::temp_dir().join(unique("egressd-bench-")));
+    std::fs::create_dir_all(&work.0)?;
+    let real = prefixes::Real::load(&prefixes::DataDir::find().path)?;
+    let load_start = machine::loadavg();
+    let mut all = Vec::new();
+    println!(
+        "| N | IPv4 / IPv6 prefixes | egressd's lookups v4 / v6 | stream: table v4 / trie v4 / range table v6 / trie v6 | range table: ranges, memory, compile + copy |\n| --- | ---: | --- | ---: | ---: |"
+    );
+    for &n in &plan.ns {
+        let set = real.set(n);
+        let (v4, v6) = set.total();
+        let file = work.0.join(format!("set-{n}.txt"));
+        set.write_set_file(&file)?;
+        let out = std::process::Command::new(&kernel_bin)
+            .arg("--set")
+            .arg(&file)
+            .args(["--reps", "1", "--first-runs", "2000", "--proto"])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", kernel_bin.display()))?;
+        if !out.status.success() {
+            bail!("bench_kernel failed for N = {n}: {}", out.status);
+        }
+        let k: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let st = &k["proto"]["stream"];
+        let med = |v: &serde_json::Value| {
+            let mut x: Vec<f64> = v
+                .as_array()
+                .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+                .unwrap_or_default();
+            x.sort_by(f64::total_cmp);
+            x.get(x.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let batch = st["batch"].as_f64().unwrap_or(1.0).max(1.0);
+        let net = |w: &str, fam: &str| (med(&st[w]) - med(&st[&format!("empty_{fam}")])) / batch;
+        let r6 = &k["proto"]["range6"];
+        let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| {} | {v4} / {v6} | {} / {} | {:.0} ns / {:.0} ns / {:.0} ns / {:.0} ns | {}, {:.1} MiB, {:.1} ms + {:.1} ms |",
+            set.label,
+            k["ipv4_lookup"].as_str().unwrap_or("?"),
+            k["ipv6_lookup"].as_str().unwrap_or("?"),
+            net("dir24", "v4"),
+            net("lpm4", "v4"),
+            net("range6", "v6"),
+            net("lpm6", "v6"),
+            num(&r6["ranges"]),
+            num(&r6["bytes"]) / f64::from(1 << 20),
+            num(&r6["compile_ns"]) / 1e6,
+            num(&r6["load_ns"]) / 1e6,
+        );
+        all.push(serde_json::json!({ "n": n, "kernel": k }));
+    }
+    let load_end = machine::loadavg();
+    println!("load average at start / end: {load_start:?} / {load_end:?}");
+    std::fs::write(
+        target.join("bench-lookup.json"),
+        serde_json::to_string(&all)?,
+    )?;
     Ok(())
 }
 

@@ -110,6 +110,11 @@ fn v4_lookup(k: &Value) -> &str {
     k["ipv4_lookup"].as_str().unwrap_or("trie")
 }
 
+/// The IPv6 lookup egressd used at this N (`"table"` or `"trie"`).
+fn v6_lookup(k: &Value) -> &str {
+    k["ipv6_lookup"].as_str().unwrap_or("trie")
+}
+
 /// egressd load time (compile + install) samples in ns.
 fn load_ns(k: &Value) -> Vec<f64> {
     let c = arr(&k["load"]["compile_ns"]);
@@ -417,10 +422,11 @@ fn targets(s: &mut String, r: &Results, ns: &[usize], top: usize) {
     }
     // 2. Lookup under 100 ns at 1M.
     if let Some(k) = kernel(r, top) {
-        let (t4, l4, l6) = (
+        let (t4, l4, l6, r6) = (
             stream_net(k, "dir24", "v4"),
             stream_net(k, "lpm4", "v4"),
             stream_net(k, "lpm6", "v6"),
+            stream_net(k, "range6", "v6"),
         );
         let (_, c4) = lookup_net(k, "dir24", "v4", "cold");
         let (_, cl4) = lookup_net(k, "lpm4", "v4", "cold");
@@ -431,20 +437,28 @@ fn targets(s: &mut String, r: &Results, ns: &[usize], top: usize) {
         } else {
             "the LPM trie"
         };
+        let used6 = if v6_lookup(k) == "table" {
+            "the range table"
+        } else {
+            "the LPM trie"
+        };
         let _ = writeln!(
             s,
             "| one destination lookup under 100 ns at {} prefixes | IPv4: {} (egressd's \
-             DIR-24-8 table; the LPM trie: {}); IPv6: {} (LPM trie) | per lookup in a stream \
-             of distinct destinations, net of the loop: IPv4 table {}, IPv4 trie {}, IPv6 trie \
-             {}. A single lookup with cold caches (one test run each, net of the test-run \
-             overhead): table {}, IPv4 trie {}, IPv6 trie {}. egressd used {} for IPv4 at this \
-             N; whole connect4 program per call (bpf stats): {}. |",
+             DIR-24-8 table; the LPM trie: {}); IPv6: {} (egressd's range table; the LPM \
+             trie: {}) | per lookup in a stream of distinct destinations, net of the loop: \
+             IPv4 table {}, IPv4 trie {}, IPv6 range table {}, IPv6 trie {}. A single lookup \
+             with cold caches (one test run each, net of the test-run overhead): table {}, \
+             IPv4 trie {}, IPv6 trie {}. egressd used {} for IPv4 and {used6} for IPv6 at \
+             this N; whole connect4 program per call (bpf stats): {}. |",
             label(top),
             pm(t4 < 100.0),
             pm(l4 < 100.0),
+            pm(r6 < 100.0),
             pm(l6 < 100.0),
             dur(t4),
             dur(l4),
+            dur(r6),
             dur(l6),
             dur(c4),
             dur(cl4),
@@ -561,10 +575,14 @@ fn why(s: &mut String, r: &Results, ns: &[usize], top: usize) {
              per chunk; below that the trie is about as fast and far smaller. A single lookup \
              with everything cold (one test run) costs more at N = {}: table {}, trie {}; the \
              table's first level spans 16,384 pages, so a cold lookup also misses the TLB (a \
-             two-dimensional page walk under KVM). IPv6 stays on the trie, {} the target at \
-             N = {}: a 2^24 table does not apply to 128-bit addresses; a hash map per prefix \
-             length searched by binary search on lengths (Waldvogel et al., SIGCOMM 1997) or \
-             a multibit trie with 16-bit strides would be the next step.",
+             two-dimensional page walk under KVM). For IPv6 (where a 2^24 table does not \
+             apply) egressd's range table (the address space cut into disjoint ranges of one \
+             decision each, sorted; one index element per /16 gives the ranges starting in \
+             it, binary-searched in at most 22 steps of one array read) costs {} → {}, the \
+             trie {} the target at N = {}; egressd will pick the range table from 1,024 IPv6 \
+             prefixes (`ipv6_lookup = \"auto\"`), for 512 KiB per set plus 24 bytes per \
+             range, once its programs contain the search (`TABLE6_IN_PROGRAMS`, off: the 6.1 \
+             and 5.10 verifiers refuse it).",
             dur(stream_net(k0, "lpm4", "v4")),
             label(ns[0]),
             dur(stream_net(kt, "lpm4", "v4")),
@@ -576,6 +594,8 @@ fn why(s: &mut String, r: &Results, ns: &[usize], top: usize) {
             label(top),
             dur(c4),
             dur(cl4),
+            dur(stream_net(k0, "range6", "v6")),
+            dur(stream_net(kt, "range6", "v6")),
             if l6 < 100.0 {
                 "within".to_owned()
             } else {
@@ -786,11 +806,12 @@ fn testrun_table(s: &mut String, r: &Results, ns: &[usize]) {
 fn lookup_table(s: &mut String, r: &Results, ns: &[usize]) {
     let _ = writeln!(
         s,
-        "## One destination lookup alone: LPM trie vs egressd's IPv4 table\n\n\
+        "## One destination lookup alone: LPM trie vs egressd's tables\n\n\
          Hand-assembled `cgroup_skb` programs that only do the lookup, over maps holding the \
-         set: a bare LPM trie per family, and the IPv4 table as egressd compiles it (checked \
-         against egressd's reference model, `Policy::region_of`, on 2000 destinations before \
-         timing). *Stream*: a program looks up 64 destinations per run from an array of \
+         set: a bare LPM trie per family, the IPv4 table and the IPv6 range table as egressd \
+         compiles them (each checked against egressd's reference model, `Policy::region_of`, \
+         on 2000 destinations before timing; the range search is assembled step for step as \
+         `ebpf/src/decide.rs` does it). *Stream*: a program looks up 64 destinations per run from an array of \
          262,144 distinct destinations drawn from the set, advancing a cursor each run; a \
          repeated run (4096 runs: every destination once) gives the kernel's mean per run; \
          per lookup = (median of 9 − the same loop without a lookup) / 64. *Cold*: one test \
@@ -799,7 +820,7 @@ fn lookup_table(s: &mut String, r: &Results, ns: &[usize]) {
     );
     let _ = writeln!(
         s,
-        "| N | egressd's IPv4 lookup | stream: table v4 / trie v4 / trie v6 | cold: table v4 / trie v4 / trie v6 | warm: table v4 / trie v4 / trie v6 | trie fill v4 + v6 | table compile + copy | table memory (chunks) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| N | egressd's IPv4 / IPv6 lookup | stream: table v4 / trie v4 / range table v6 / trie v6 | cold: table v4 / trie v4 / trie v6 | warm: table v4 / trie v4 / trie v6 | trie fill v4 + v6 | table compile + copy | table memory (chunks) | range table v6: compile + copy, memory (ranges) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for &n in ns {
         let Some(k) = kernel(r, n) else { continue };
@@ -811,11 +832,13 @@ fn lookup_table(s: &mut String, r: &Results, ns: &[usize]) {
         let p = &k["proto"];
         let _ = writeln!(
             s,
-            "| {} | {} | {} / {} / {} | {} | {} | {} | {} + {} | {} ({}) |",
+            "| {} | {} / {} | {} / {} / {} / {} | {} | {} | {} | {} + {} | {} ({}) | {} + {}, {} ({}) |",
             label(n),
             v4_lookup(k),
+            v6_lookup(k),
             dur(stream_net(k, "dir24", "v4")),
             dur(stream_net(k, "lpm4", "v4")),
+            dur(stream_net(k, "range6", "v6")),
             dur(stream_net(k, "lpm6", "v6")),
             three("cold"),
             three("warm"),
@@ -823,7 +846,11 @@ fn lookup_table(s: &mut String, r: &Results, ns: &[usize]) {
             dur(f(&p["dir24"]["compile_ns"])),
             dur(f(&p["dir24"]["load_ns"])),
             bytes(f(&p["dir24"]["bytes"])),
-            count(f(&p["dir24"]["chunks"]))
+            count(f(&p["dir24"]["chunks"])),
+            dur(f(&p["range6"]["compile_ns"])),
+            dur(f(&p["range6"]["load_ns"])),
+            bytes(f(&p["range6"]["bytes"])),
+            count(f(&p["range6"]["ranges"]))
         );
     }
     s.push('\n');
