@@ -1661,6 +1661,11 @@ impl Ctx<'_> {
         if let Some(k) = &raw.chain_key_file {
             let p = PathBuf::from(k.get_ref());
             if p.is_absolute() {
+                // Read now, as `run` will: `check` (config management's validator) and a
+                // reload must refuse a key the next start would refuse.
+                if let Err(e) = crate::audit::chain::load_key(&p) {
+                    errors.push(self.err(k.span(), "chain_key_file", format!("{e:#}")));
+                }
                 out.chain_key_file = Some(p);
             } else {
                 errors.push(self.err(
@@ -3387,10 +3392,44 @@ mod tests {
         let o = out(text);
         assert_eq!(o.heartbeat_secs, 0);
         assert_eq!(o.chain_key_file, None);
-        let keyed = out("allowlist = []\nchain_key_file = \"/etc/egressd/chain.key\"\n");
-        assert_eq!(
-            keyed.chain_key_file.as_deref(),
-            Some(Path::new("/etc/egressd/chain.key"))
+        let dir = std::env::temp_dir().join(format!("egressd-cfg-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = dir.join("chain.key");
+        std::fs::write(&key, [7u8; 32]).expect("key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        let keyed = out(&format!(
+            "allowlist = []\nchain_key_file = \"{}\"\n",
+            key.display()
+        ));
+        assert_eq!(keyed.chain_key_file.as_deref(), Some(key.as_path()));
+        // What `run` would refuse, `check` and a reload refuse, located.
+        for (bytes, mode, says) in [
+            (32, 0o644, "readable by its owner only"),
+            (8, 0o600, "8 bytes"),
+        ] {
+            std::fs::write(&key, vec![7u8; bytes]).expect("key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .expect("chmod");
+            let e = parse_all(
+                Path::new("t.toml"),
+                &format!("allowlist = []\nchain_key_file = \"{}\"\n", key.display()),
+            )
+            .expect_err("bad key");
+            assert!(
+                e.to_string().contains("t.toml:2:18: chain_key_file: ")
+                    && e.to_string().contains(says),
+                "{e}"
+            );
+        }
+        let e = parse_all(
+            Path::new("t.toml"),
+            "allowlist = []\nchain_key_file = \"/nonexistent/k\"\n",
+        )
+        .expect_err("missing");
+        assert!(
+            e.to_string().contains("t.toml:2:18: chain_key_file: "),
+            "{e}"
         );
         let e = parse_all(
             Path::new("t.toml"),

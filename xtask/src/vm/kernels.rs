@@ -27,6 +27,14 @@ pub struct Kernel {
     pub package: &'static str,
     /// Exact package version.
     pub version: &'static str,
+    /// Run its vCPUs on one host thread under TCG (`-accel tcg,thread=single`). Kernels whose
+    /// BPF LSM is active patch the `bpf_lsm_*` stubs each time an LSM link comes or goes,
+    /// while the other vCPU runs them; QEMU 7.2's multi-threaded TCG then executed a stale
+    /// breakpoint (6.1: a soft lockup at `bpf_lsm_bpf+0`; 6.12: `Oops: int3` at
+    /// `bpf_lsm_socket_create+5`, where memory held the restored `nop`). Single-threaded
+    /// TCG switches vCPUs between translation blocks, so the patch is coherent; it is
+    /// slower.
+    pub tcg_single: bool,
 }
 
 /// The kernels egressd is proven on: one per Debian release its users run, each pinned to
@@ -49,6 +57,7 @@ pub const KERNELS: &[Kernel] = &[
         suite: "bullseye",
         package: "linux-image-5.10.0-32-cloud-amd64-unsigned",
         version: "5.10.223-1",
+        tcg_single: false,
     },
     Kernel {
         name: "6.1",
@@ -56,6 +65,7 @@ pub const KERNELS: &[Kernel] = &[
         suite: "bookworm",
         package: "linux-image-6.1.0-50-cloud-amd64-unsigned",
         version: "6.1.176-1",
+        tcg_single: true,
     },
     Kernel {
         name: "6.12",
@@ -63,6 +73,7 @@ pub const KERNELS: &[Kernel] = &[
         suite: "trixie",
         package: "linux-image-6.12.117+deb13-cloud-amd64-unsigned",
         version: "6.12.117-1",
+        tcg_single: true,
     },
 ];
 

@@ -56,6 +56,9 @@ pub struct Args {
     /// Virtual CPUs of the guest.
     #[arg(long, value_name = "N", default_value_t = 2)]
     cpus: u32,
+    /// TCG threading: `auto` (each kernel's `tcg_single`), `single` or `multi`.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "single", "multi"])]
+    tcg_threads: String,
     /// Arguments for the kernel test binary (libtest-mimic: a name filter, `--skip NAME`,
     /// `--exact`, `--list`, `--test-threads N`), or the command of `--exec`.
     #[arg(last = true)]
@@ -100,6 +103,7 @@ impl Args {
             exec: false,
             append: String::new(),
             cpus: 2,
+            tcg_threads: "auto".to_owned(),
             args: Vec::new(),
         }
     }
@@ -208,6 +212,11 @@ fn boot_one(
         timeout: Duration::from_secs(args.timeout),
         echo: true,
         cpus: args.cpus,
+        tcg_single: match args.tcg_threads.as_str() {
+            "single" => true,
+            "multi" => false,
+            _ => kernel.tcg_single,
+        },
     })
 }
 

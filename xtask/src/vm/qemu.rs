@@ -59,6 +59,8 @@ pub struct Boot<'a> {
     pub echo: bool,
     /// Virtual CPUs.
     pub cpus: u32,
+    /// Under TCG, run every vCPU on one host thread (see [`super::kernels::Kernel::tcg_single`]).
+    pub tcg_single: bool,
 }
 
 /// How a boot ended.
@@ -94,6 +96,7 @@ pub struct Report {
 pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
     let accel = match b.accel {
         Accel::Kvm => "kvm",
+        Accel::Tcg if b.tcg_single => "tcg,thread=single",
         Accel::Tcg => "tcg,thread=multi",
     };
     // `loglevel=5` after `quiet`: warnings reach the console, so a soft lockup or an oops
@@ -327,6 +330,7 @@ pub fn probe_kvm(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<(), String
         timeout: Duration::from_secs(20),
         echo: false,
         cpus: 1,
+        tcg_single: false,
     };
     let report = boot(&b).map_err(|e| format!("{e:#}"))?;
     if report.markers.iter().any(|m| m == "probe ok") {
