@@ -231,6 +231,11 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Run { .. }) {
         // Only the daemon has handlers for them: elsewhere their default action stands.
         egressd::signals::unblock_early();
+        // A report piped into `head` ends quietly, as other tools do, instead of a panic
+        // on EPIPE (Rust ignores SIGPIPE). The daemon keeps ignoring it: a closed stdout
+        // sink is an error it counts, not a reason to stop enforcing.
+        // SAFETY: restoring a default disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
