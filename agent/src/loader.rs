@@ -525,6 +525,16 @@ impl Enforcer {
         let cgroup = pins.cgroup.clone();
         let cgroup_id = std::fs::metadata(&cgroup)?.ino();
         let mut repairs = Vec::new();
+        // `egressd detach` (or `rm -r`) while this daemon runs: the links below are gone
+        // with their directory. Make it again so they can be pinned anew.
+        if !dir.links_dir().is_dir() {
+            dir.prepare()
+                .context("re-creating the removed pin directory")?;
+            repairs.push(format!(
+                "pin directory {} was removed; re-created",
+                dir.links_dir().display()
+            ));
+        }
         let cg =
             File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         for spec in &HOOKS {

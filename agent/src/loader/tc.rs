@@ -197,6 +197,14 @@ impl TcCover {
                 return changes;
             }
         };
+        // `egressd detach` while this daemon runs removes `DIR/tc` with its pins; the pin
+        // directory itself is re-created by the tamper check.
+        if let Some(dir) = &self.pins
+            && !dir.is_dir()
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            tracing::warn!(error = %e, dir = %dir.display(), "tc/egress: re-creating the pin directory");
+        }
         let gone: Vec<u32> = self
             .attached
             .keys()

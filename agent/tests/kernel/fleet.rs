@@ -273,6 +273,31 @@ pub fn tamper_repaired() -> Result<(), Failed> {
     if String::from_utf8_lossy(&out.stdout).contains("\"0xb8\"") {
         return Err("the forged NAT64 prefix is still in the map".into());
     }
+    // `egressd detach` while the daemon runs removes every pin and detaches every link:
+    // the daemon puts enforcement back and says so (before, it logged an error every
+    // 250 ms and the SIEM saw nothing while traffic flowed).
+    // (Where LSM links exist, detach waits for their release, which the running daemon
+    // prevents: it then fails after 10 s, saying so; the repair is what is checked.)
+    let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(["detach", "--pin-dir", &pin_arg])
+        .output()
+        .map_err(|e| format!("egressd detach: {e}"))?;
+    eprintln!("detach: {}", String::from_utf8_lossy(&out.stderr).trim());
+    // The tamper check may run mid-detach (single pins gone) before the directory is.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rec = d.wait_for("tamper_repaired", Duration::from_secs(3))?;
+        if rec["repairs"].to_string().contains("pin directory") {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("detach while running not repaired: {rec}").into());
+        }
+    }
+    probe_us_denied(&tb)?;
+    if !pins.0.join("links/connect4").exists() {
+        return Err("the links were not pinned again after detach".into());
+    }
     eprintln!("link detach noticed and repaired in {took:?}");
     Ok(())
 }
