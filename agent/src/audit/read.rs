@@ -56,7 +56,7 @@ pub struct Facts {
     pub lost: BTreeMap<String, u64>,
     /// Kernel counters summed over hooks: (region, verdict) -> count, cumulative.
     pub counters: BTreeMap<(String, String), u64>,
-    /// Coverage of the kernel (`agent_start`): `enforced` and `not_covered` paths, `kernel`.
+    /// Coverage of the kernel (`agent_start`): `enforced`, `partial` and `not_covered` paths, `kernel`.
     pub coverage: BTreeMap<String, String>,
     /// Reload error, tamper repairs or fallback error, in words.
     pub detail: Option<String>,
@@ -90,6 +90,14 @@ pub fn parse_line(file: &str, line: usize, text: &str) -> Result<Option<Entry>, 
     } else {
         return Ok(None);
     };
+    // serde_json keeps the last of two equal keys, a SIEM may keep the first: a record
+    // with `"verdict":"allow","verdict":"deny"` would verify while it reads as allowed.
+    if let Err(e) = serde::de::DeserializeSeed::deserialize(
+        NoDuplicateKeys,
+        &mut serde_json::Deserializer::from_str(&text[i..]),
+    ) {
+        return Err(format!("not a record as egressd writes it: {e}"));
+    }
     let link = chain::take_json_link(format, &mut v);
     let canonical = chain::canonical_json(&v).map_err(|e| format!("canonical form: {e}"))?;
     let mut e = match format {
@@ -102,6 +110,55 @@ pub fn parse_line(file: &str, line: usize, text: &str) -> Result<Option<Entry>, 
     e.link = link;
     e.canonical = canonical;
     Ok(Some(e))
+}
+
+/// Walks a JSON text and fails on an object with two equal keys (at any depth).
+struct NoDuplicateKeys;
+
+impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicateKeys {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        while a.next_element_seed(NoDuplicateKeys)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(k) = m.next_key::<String>()? {
+            if !seen.insert(k.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
+            }
+            m.next_value_seed(NoDuplicateKeys)?;
+        }
+        Ok(())
+    }
 }
 
 fn str_at<'a>(v: &'a Value, ptr: &str) -> Result<&'a str, String> {
@@ -183,7 +240,7 @@ fn facts(body: &Value, counters: &Value) -> Facts {
         }
     }
     if let Some(c) = body.get("coverage") {
-        for k in ["enforced", "not_covered", "unknown"] {
+        for k in ["enforced", "partial", "not_covered", "unknown"] {
             if let Some(a) = c.get(k).and_then(Value::as_array) {
                 let list: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
                 f.coverage.insert(k.to_owned(), list.join(","));
@@ -486,6 +543,13 @@ mod tests {
         assert_eq!(parse_line("f", 1, "kernel: eth0 up"), Ok(None));
         assert_eq!(parse_line("f", 1, "{\"a\":1}"), Ok(None));
         let e = parse_line("f", 1, "{\"type\":\"heartbeat\",\"sequence\":1}").expect_err("bad");
+        let dup = parse_line(
+            "f",
+            1,
+            "{\"type\":\"connection\",\"sequence\":1,\"verdict\":\"allow\",\"verdict\":\"deny\"}",
+        )
+        .expect_err("duplicate key");
+        assert!(dup.contains("duplicate key `verdict`"), "{dup}");
         assert!(e.contains("host.name"), "{e}");
     }
 }
