@@ -65,7 +65,9 @@ pub const KERNELS: &[Kernel] = &[
         suite: "bookworm",
         package: "linux-image-6.1.0-50-cloud-amd64-unsigned",
         version: "6.1.176-1",
-        tcg_single: true,
+        // Single-threaded, its suite outgrew the boot timeout; its livelock was met only
+        // by a 20 ms bpf() poll during the patch, which `detach` no longer does.
+        tcg_single: false,
     },
     Kernel {
         name: "6.12",
