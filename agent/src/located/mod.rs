@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod toml;
+
 /// Why a file was rejected, with its location.
 ///
 /// Display: `{file}:{line}:{column}: {field}: {message}`; `:{line}:{column}` is omitted when
