@@ -27,6 +27,7 @@ pub mod notify;
 pub mod pin;
 pub mod pipeline;
 pub mod policy;
+pub mod prefix;
 pub mod privileges;
 pub mod protocol;
 pub mod safefs;

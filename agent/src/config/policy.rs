@@ -2,10 +2,10 @@
 //! their validation ([`Config`]). Uses only [`crate::located`] and [`crate::protocol`].
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 use std::path::PathBuf;
 
-use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv6Network};
 use toml::Spanned;
 
 use super::{ConfigError, Ctx, Doc, RawConfig, RawRegion, RawRule};
@@ -990,76 +990,12 @@ pub fn check_region_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parse `ADDR/LEN` or a bare `ADDR` strictly (no netmasks, no shortened IPv4 forms).
+/// Parse `ADDR/LEN` or a bare `ADDR` strictly ([`crate::prefix::parse`]); host bits are an
+/// error here.
 fn parse_prefix(s: &str) -> Result<IpNetwork, String> {
-    const EXAMPLE: &str = "expected e.g. 198.18.1.0/24 or 2001:db8::/48";
-    let (addr_s, len_s) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let addr: IpAddr = addr_s.parse().map_err(|_| {
-        format!("malformed prefix `{s}`: `{addr_s}` is not an IP address ({EXAMPLE})")
-    })?;
-    let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
-    let len = match len_s {
-        None => max,
-        Some(l) => {
-            if l.is_empty() || l.len() > 3 || !l.bytes().all(|c| c.is_ascii_digit()) {
-                return Err(format!(
-                    "malformed prefix `{s}`: prefix length `{l}` is not a number 0-{max} ({EXAMPLE})"
-                ));
-            }
-            match l.parse::<u8>() {
-                Ok(n) if n <= max => n,
-                _ => {
-                    return Err(format!(
-                        "malformed prefix `{s}`: prefix length /{l} is out of range for {} (0-{max})",
-                        if addr.is_ipv4() { "IPv4" } else { "IPv6" }
-                    ));
-                }
-            }
-        }
-    };
-    let net = match addr {
-        IpAddr::V4(a) => {
-            let network = Ipv4Addr::from(u32::from(a) & mask_u32(len));
-            IpNetwork::V4(Ipv4Network::new(network, len).map_err(|e| e.to_string())?)
-        }
-        IpAddr::V6(a) => {
-            let network = Ipv6Addr::from(u128::from(a) & mask_u128(len));
-            if len >= 96 && (u128::from(network) >> 32) == 0xffff {
-                let v4 = Ipv4Addr::from((u128::from(network) & 0xffff_ffff) as u32);
-                return Err(format!(
-                    "IPv4-mapped prefix `{s}` would never match: mapped destinations are judged \
-                     as IPv4, write {v4}/{} instead",
-                    len - 96
-                ));
-            }
-            IpNetwork::V6(Ipv6Network::new(network, len).map_err(|e| e.to_string())?)
-        }
-    };
-    if net.ip() != addr {
-        return Err(format!(
-            "host bits set in `{s}`: the network would be {net}; write that (or fix the length)"
-        ));
-    }
-    Ok(net)
+    crate::prefix::parse(s, false)
+        .map(|(net, _)| net)
+        .map_err(|e| e.policy_message())
 }
 
-/// IPv4 netmask of `len` leading ones (`len` <= 32).
-pub(crate) fn mask_u32(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len))
-    }
-}
-
-/// IPv6 netmask of `len` leading ones (`len` <= 128).
-pub(crate) fn mask_u128(len: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(len))
-    }
-}
+pub(crate) use crate::prefix::{mask_u32, mask_u128};

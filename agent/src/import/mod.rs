@@ -66,10 +66,12 @@ pub mod oracle;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{self, Write as _};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+
+use crate::prefix::{mask_u32, mask_u128};
 
 pub use mapping::Mapping;
 
@@ -890,74 +892,14 @@ fn sort_key(n: &IpNetwork) -> (u8, u128, u8) {
     }
 }
 
-/// Parse `ADDR/LEN` (or a bare address: /32, /128) strictly, as the policy does: no netmask
-/// notation, no shortened IPv4 forms, no IPv4-mapped IPv6 prefixes. Returns the network and
-/// whether host bits were masked (only when `mask` is set; otherwise they are an error).
+/// Parse `ADDR/LEN` (or a bare address: /32, /128) strictly, as the policy does
+/// ([`crate::prefix::parse`]). Returns the network and whether host bits were masked (only
+/// when `mask` is set; otherwise they are an error).
 ///
 /// # Errors
 /// A message naming the prefix and the problem.
 pub fn parse_prefix(s: &str, mask: bool) -> Result<(IpNetwork, bool), String> {
-    let (addr_s, len_s) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let addr: IpAddr = addr_s
-        .parse()
-        .map_err(|_| format!("malformed prefix `{s}`: `{addr_s}` is not an IP address"))?;
-    let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
-    let len = match len_s {
-        None => max,
-        Some(l) => match l.parse::<u8>() {
-            Ok(n) if n <= max && !l.starts_with('+') => n,
-            _ => {
-                return Err(format!(
-                    "malformed prefix `{s}`: prefix length `{l}` is not a number 0-{max}"
-                ));
-            }
-        },
-    };
-    let net = match addr {
-        IpAddr::V4(a) => {
-            let n = Ipv4Addr::from(u32::from(a) & mask_u32(len));
-            IpNetwork::V4(Ipv4Network::new(n, len).map_err(|e| e.to_string())?)
-        }
-        IpAddr::V6(a) => {
-            let n = Ipv6Addr::from(u128::from(a) & mask_u128(len));
-            if len >= 96 && (u128::from(n) >> 32) == 0xffff {
-                return Err(format!(
-                    "IPv4-mapped prefix `{s}`: the policy judges mapped destinations as IPv4 and \
-                     rejects such prefixes"
-                ));
-            }
-            IpNetwork::V6(Ipv6Network::new(n, len).map_err(|e| e.to_string())?)
-        }
-    };
-    if net.ip() != addr {
-        if mask {
-            return Ok((net, true));
-        }
-        return Err(format!(
-            "host bits set in `{s}`: the network would be {net} (pass --mask-host-bits to \
-             accept such prefixes as their network)"
-        ));
-    }
-    Ok((net, false))
-}
-
-fn mask_u32(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len))
-    }
-}
-
-fn mask_u128(len: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(len))
-    }
+    crate::prefix::parse(s, mask).map_err(|e| e.import_message())
 }
 
 /// 1-based (line, column) of byte `offset` in `text`; the column counts characters. For one
