@@ -3,9 +3,13 @@
 //! an invalid file never gets this far ([`crate::config::ConfigError`]).
 
 use std::fmt::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::config::{Config, Mode, PacketSockets, mask_u32, mask_u128};
+use ipnetwork::{Ipv4Network, Ipv6Network};
+
+use crate::config::{Config, Mode, PacketSockets};
 use crate::policy::{Policy, exact_v4, exact_v6};
+use crate::prefix::{mask_u32, mask_u128};
 
 /// How many "prefix of a non-allowlisted region inside an allowlisted one" warnings to list
 /// before summarizing the rest in one line.
@@ -276,62 +280,12 @@ pub fn warnings(cfg: &Config, policy: &Policy) -> Vec<String> {
 
     // The nearest enclosing prefix is what a lookup would fall back to without this one.
     let mut nested: Vec<String> = Vec::new();
-    let mut lens4 = [false; 33];
-    for (n, _) in &policy.v4 {
-        lens4[usize::from(n.prefix())] = true;
-    }
-    for (n, id) in &policy.v4 {
-        if allowed(*id) {
-            continue;
-        }
-        let net = u32::from(n.network());
-        let parent = (0..n.prefix())
-            .rev()
-            .filter(|len| lens4[usize::from(*len)])
-            .find_map(|len| {
-                let p = net & mask_u32(len);
-                exact_v4(&policy.v4, p, len)
-                    .map(|pid| (format!("{}/{len}", std::net::Ipv4Addr::from(p)), pid))
-            });
-        if let Some((p, pid)) = parent.filter(|(_, pid)| allowed(*pid)) {
-            nested.push(nested_warning(
-                policy,
-                &n.to_string(),
-                *id,
-                &p,
-                pid,
-                outcome,
-            ));
-        }
-    }
-    let mut lens6 = [false; 129];
-    for (n, _) in &policy.v6 {
-        lens6[usize::from(n.prefix())] = true;
-    }
-    for (n, id) in &policy.v6 {
-        if allowed(*id) {
-            continue;
-        }
-        let net = u128::from(n.network());
-        let parent = (0..n.prefix())
-            .rev()
-            .filter(|len| lens6[usize::from(*len)])
-            .find_map(|len| {
-                let p = net & mask_u128(len);
-                exact_v6(&policy.v6, p, len)
-                    .map(|pid| (format!("{}/{len}", std::net::Ipv6Addr::from(p)), pid))
-            });
-        if let Some((p, pid)) = parent.filter(|(_, pid)| allowed(*pid)) {
-            nested.push(nested_warning(
-                policy,
-                &n.to_string(),
-                *id,
-                &p,
-                pid,
-                outcome,
-            ));
-        }
-    }
+    for_each_nested(&policy.v4, &allowed, |inner, id, outer, pid| {
+        nested.push(nested_warning(policy, inner, id, outer, pid, outcome));
+    });
+    for_each_nested(&policy.v6, &allowed, |inner, id, outer, pid| {
+        nested.push(nested_warning(policy, inner, id, outer, pid, outcome));
+    });
     let more = nested.len().saturating_sub(MAX_NESTED_WARNINGS);
     out.extend(nested.into_iter().take(MAX_NESTED_WARNINGS));
     if more > 0 {
@@ -340,6 +294,67 @@ pub fn warnings(cfg: &Config, policy: &Policy) -> Vec<String> {
         ));
     }
     out
+}
+
+/// An address family's LPM entries, for [`for_each_nested`].
+trait Family: Sized + std::fmt::Display {
+    /// Address bits (32 or 128).
+    const BITS: u8;
+    /// The network address as an integer, and the prefix length.
+    fn parts(&self) -> (u128, u8);
+    /// `ADDR/LEN` of `net` cut to `len` bits and its region id, when `entries` list exactly
+    /// that prefix.
+    fn listed(entries: &[(Self, u32)], net: u128, len: u8) -> Option<(String, u32)>;
+}
+
+impl Family for Ipv4Network {
+    const BITS: u8 = 32;
+    fn parts(&self) -> (u128, u8) {
+        (u128::from(u32::from(self.network())), self.prefix())
+    }
+    fn listed(entries: &[(Self, u32)], net: u128, len: u8) -> Option<(String, u32)> {
+        // `net` came from `parts`, so it fits in 32 bits.
+        let p = (net as u32) & mask_u32(len);
+        exact_v4(entries, p, len).map(|pid| (format!("{}/{len}", Ipv4Addr::from(p)), pid))
+    }
+}
+
+impl Family for Ipv6Network {
+    const BITS: u8 = 128;
+    fn parts(&self) -> (u128, u8) {
+        (u128::from(self.network()), self.prefix())
+    }
+    fn listed(entries: &[(Self, u32)], net: u128, len: u8) -> Option<(String, u32)> {
+        let p = net & mask_u128(len);
+        exact_v6(entries, p, len).map(|pid| (format!("{}/{len}", Ipv6Addr::from(p)), pid))
+    }
+}
+
+/// Calls `found(inner, id, outer, outer_id)` for every prefix of a region that is not
+/// allowed whose nearest enclosing listed prefix (what a lookup would fall back to without
+/// it) is of an allowed region, in `entries` order.
+fn for_each_nested<N: Family>(
+    entries: &[(N, u32)],
+    allowed: &impl Fn(u32) -> bool,
+    mut found: impl FnMut(&str, u32, &str, u32),
+) {
+    let mut lens = vec![false; usize::from(N::BITS) + 1];
+    for (n, _) in entries {
+        lens[usize::from(n.parts().1)] = true;
+    }
+    for (n, id) in entries {
+        if allowed(*id) {
+            continue;
+        }
+        let (net, len) = n.parts();
+        let parent = (0..len)
+            .rev()
+            .filter(|l| lens[usize::from(*l)])
+            .find_map(|l| N::listed(entries, net, l));
+        if let Some((p, pid)) = parent.filter(|(_, pid)| allowed(*pid)) {
+            found(&n.to_string(), *id, &p, pid);
+        }
+    }
 }
 
 fn nested_warning(
