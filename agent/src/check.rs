@@ -7,9 +7,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
+use crate::base::prefix::{mask_u32, mask_u128};
 use crate::config::{Config, Mode, PacketSockets};
 use crate::policy::{Policy, exact_v4, exact_v6};
-use crate::prefix::{mask_u32, mask_u128};
 
 /// How many "prefix of a non-allowlisted region inside an allowlisted one" warnings to list
 /// before summarizing the rest in one line.
@@ -175,7 +175,7 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
         for r in &cfg.rules {
             let proto = r
                 .protocol
-                .map_or_else(|| "any".to_owned(), crate::protocol::name);
+                .map_or_else(|| "any".to_owned(), crate::base::protocol::name);
             let ports = r.ports.map_or_else(
                 || "any".to_owned(),
                 |(lo, hi)| {

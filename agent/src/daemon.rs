@@ -22,7 +22,8 @@ use tokio::{
 };
 
 use crate::{
-    cgroup, clock, config,
+    base::clock,
+    cgroup, config,
     events::{
         self, AgentInfo, ConnectionEvent, Context, Counters, Enricher, LastGoodRef, Lifecycle,
         LifecycleBody, LossReport, PolicySummary, Record, Sequencer,

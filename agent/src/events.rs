@@ -370,7 +370,7 @@ pub fn ephemeral_id() -> String {
     // SAFETY: getrandom writes at most b.len() bytes into b.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     if n != 8 {
-        let t = crate::clock::unix_now_ns() as u64 ^ (u64::from(std::process::id()) << 32);
+        let t = crate::base::clock::unix_now_ns() as u64 ^ (u64::from(std::process::id()) << 32);
         b = t.to_le_bytes();
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -460,8 +460,10 @@ impl Enricher {
         group: Option<String>,
     ) -> ConnectionEvent {
         build(
-            self.seq
-                .unnumbered("connection", crate::clock::boot_to_unix_ns(ev.boot_ns)),
+            self.seq.unnumbered(
+                "connection",
+                crate::base::clock::boot_to_unix_ns(ev.boot_ns),
+            ),
             &self.policy,
             ev,
             details,
@@ -547,7 +549,7 @@ pub fn build(
             transport: if packet.is_some() {
                 socket_type(ev.protocol)
             } else {
-                crate::protocol::name(ev.protocol)
+                crate::base::protocol::name(ev.protocol)
             },
             iana_number: packet.is_none().then_some(ev.protocol),
             ethertype: packet.map(|_| ev.dst_port),
@@ -1525,7 +1527,7 @@ pub(crate) mod tests {
         ev.comm = [0; 16];
         ev.comm[..me.comm.len()].copy_from_slice(me.comm.as_bytes());
         ev.cgroup_id = 0;
-        ev.boot_ns = crate::clock::boot_now_ns();
+        ev.boot_ns = crate::base::clock::boot_now_ns();
         let out = e.enrich(&ev);
         assert!(!out.process.exited, "{out:?}");
         assert_eq!(out.process.details, "verified", "{out:?}");

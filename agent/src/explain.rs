@@ -25,7 +25,7 @@ use crate::config::{Action, LOCAL_REGION_NAME, Mode, Rule, Target};
 use crate::policy::Policy;
 
 /// Protocol of an explained destination: an IANA protocol number (`include/uapi/linux/in.h`),
-/// named as in [`crate::protocol::NAMES`].
+/// named as in [`crate::base::protocol::NAMES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Proto(pub u8);
 
@@ -38,8 +38,8 @@ impl Proto {
     /// The protocol's keyword (`tcp`, `sctp`, ...) or `proto-N` for numbers without one;
     /// [`parse_destination`] reads either back.
     pub fn as_str(self) -> String {
-        match crate::protocol::by_name(&crate::protocol::name(self.0)) {
-            Some(_) => crate::protocol::name(self.0),
+        match crate::base::protocol::by_name(&crate::base::protocol::name(self.0)) {
+            Some(_) => crate::base::protocol::name(self.0),
             None => format!("proto-{}", self.0),
         }
     }
@@ -86,7 +86,7 @@ impl fmt::Display for Destination {
 ///
 /// An IPv6 address with a port must be in brackets (`2001:db8::1:443` is the address
 /// `2001:db8::1:443`). The port is decimal 1-65535; the protocol is a name of
-/// [`crate::protocol::NAMES`] (any case) or `proto-N` for IANA number N, so every protocol a
+/// [`crate::base::protocol::NAMES`] (any case) or `proto-N` for IANA number N, so every protocol a
 /// policy accepts can be explained; a port with a protocol that has none is refused. Zone ids (`fe80::1%eth0`), prefixes (`10.0.0.0/8`) and host names are rejected.
 ///
 /// # Errors
@@ -103,7 +103,7 @@ pub fn parse_destination(s: &str) -> Result<Destination, String> {
                 .get(..6)
                 .filter(|h| h.eq_ignore_ascii_case("proto-"))
                 .map(|_| &p[6..]);
-            let proto = if let Some(n) = crate::protocol::by_name(p) {
+            let proto = if let Some(n) = crate::base::protocol::by_name(p) {
                 Proto(n)
             } else if let Some(n) = numbered {
                 match n.parse::<u8>() {
@@ -122,7 +122,7 @@ pub fn parse_destination(s: &str) -> Result<Destination, String> {
             } else {
                 return Err(format!(
                     "unknown protocol `{p}` in `{s}`: use {} or proto-N (IANA number)",
-                    crate::protocol::names_list()
+                    crate::base::protocol::names_list()
                 ));
             };
             (rest, Some(proto))
@@ -168,7 +168,7 @@ pub fn parse_destination(s: &str) -> Result<Destination, String> {
         return Err(format!("`{rest}` is not an IP address ({FORMS})"));
     };
     if let (Some(p), Some(proto)) = (port, proto)
-        && !crate::protocol::has_ports(proto.0)
+        && !crate::base::protocol::has_ports(proto.0)
     {
         return Err(format!(
             "`{s}`: protocol {} has no ports (the kernel judges it with port 0); give the \
@@ -342,8 +342,8 @@ fn region_prefix(policy: &Policy, id: u32, addr: IpAddr) -> Option<IpNetwork> {
 fn rule_scope(r: &Rule) -> String {
     let proto = match r.protocol {
         None => "any protocol".to_string(),
-        Some(n) if crate::protocol::by_name(&crate::protocol::name(n)).is_some() => {
-            crate::protocol::name(n)
+        Some(n) if crate::base::protocol::by_name(&crate::base::protocol::name(n)).is_some() => {
+            crate::base::protocol::name(n)
         }
         Some(n) => format!("protocol {n}"),
     };

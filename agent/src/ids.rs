@@ -32,8 +32,8 @@ use egressd_common::{MAX_REGIONS, REGION_LOCAL, RULE_DEFAULT};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    base::safefs::{FILE_MODE, TrustedDir},
     config::Config,
-    safefs::{FILE_MODE, TrustedDir},
 };
 
 /// Layout version of the saved table.
@@ -334,7 +334,7 @@ impl IdTable {
     /// it was kept for another cgroup).
     ///
     /// # Errors
-    /// The directory or file fails the [`crate::safefs`] checks, cannot be read or parsed,
+    /// The directory or file fails the [`crate::base::safefs`] checks, cannot be read or parsed,
     /// or has another layout version.
     pub fn load(state_dir: &Path, cgroup: &Path) -> anyhow::Result<Option<Self>> {
         let name = Self::file_name(cgroup);
@@ -383,7 +383,7 @@ impl IdTable {
     /// Keeps the table for `cgroup` in `state_dir` (created 0700 if missing), atomically.
     ///
     /// # Errors
-    /// The directory fails the [`crate::safefs`] checks or cannot be created; a disk error.
+    /// The directory fails the [`crate::base::safefs`] checks or cannot be created; a disk error.
     pub fn save(&self, state_dir: &Path, cgroup: &Path) -> anyhow::Result<()> {
         let name = Self::file_name(cgroup);
         let saved = Saved {
@@ -406,7 +406,7 @@ const _: () = assert!(MAX_REGION_ID == MAX_REGIONS - 2);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::safefs::tests::Tmp;
+    use crate::base::safefs::tests::Tmp;
 
     fn cfg(regions: &[&str], rules: &[&str]) -> Config {
         let mut text = String::from("allowlist = []\n");

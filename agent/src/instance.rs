@@ -6,7 +6,7 @@
 //!
 //! 1. A lock the kernel releases when its holder dies: `flock(LOCK_EX | LOCK_NB)` on
 //!    `RUN_DIR/<cgroup id>.lock` ([`DEFAULT_RUN_DIR`], `run --run-dir`), a file in a
-//!    root-owned directory opened as [`crate::safefs`] says. The holder writes its pid, pin
+//!    root-owned directory opened as [`crate::base::safefs`] says. The holder writes its pid, pin
 //!    directory, configuration and cgroup into it; the refusal quotes them. A `kill -9`, a
 //!    crash or an exit releases it, so a restart never waits for a stale lock.
 //! 2. The cgroup's attached programs (`BPF_PROG_QUERY` per hook): an egressd program
@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{loader::hooks::HOOKS, pin::PinDir, safefs::TrustedDir};
+use crate::{base::safefs::TrustedDir, loader::hooks::HOOKS, pin::PinDir};
 
 /// Where the per-cgroup locks live by default.
 pub const DEFAULT_RUN_DIR: &str = "/run/egressd";
@@ -62,7 +62,7 @@ pub fn claim(
     let name = format!("{cgroup_id}.lock");
     let path = run_dir.join(&name);
     let mut file = dir
-        .append(OsStr::new(&name), crate::safefs::FILE_MODE)
+        .append(OsStr::new(&name), crate::base::safefs::FILE_MODE)
         .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on a descriptor this function owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {

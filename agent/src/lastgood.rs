@@ -5,7 +5,7 @@
 //! writes the text of the main file and of every drop-in exactly as it read them
 //! ([`crate::config::Sources`]), with the policy's digest and generation, to
 //! `STATE_DIR/policy.json` ([`DEFAULT_STATE_DIR`] unless `run --state-dir` says otherwise).
-//! The directory is checked and created as [`crate::safefs`] says (owned by root, not
+//! The directory is checked and created as [`crate::base::safefs`] says (owned by root, not
 //! writable by others, created 0700), and the file is written atomically (a temporary file,
 //! synced, renamed over the old one) with mode 0600.
 //!
@@ -23,9 +23,9 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
+    base::safefs::{FILE_MODE, TrustedDir},
     config::{self, Config, Output, Sources},
     policy::{self, Policy},
-    safefs::{FILE_MODE, TrustedDir},
 };
 
 /// Where the last good policy is kept by default.
@@ -90,7 +90,7 @@ impl StateDir {
     /// record replaced atomically.
     ///
     /// # Errors
-    /// The directory fails the [`crate::safefs`] checks or cannot be created; a disk error.
+    /// The directory fails the [`crate::base::safefs`] checks or cannot be created; a disk error.
     pub fn save(
         &self,
         config: &Path,
@@ -103,7 +103,7 @@ impl StateDir {
             config: absolute(config),
             digest: digest.to_owned(),
             generation,
-            saved_at: crate::events::rfc3339(crate::clock::unix_now_ns()),
+            saved_at: crate::events::rfc3339(crate::base::clock::unix_now_ns()),
             sources: sources.clone(),
         };
         let json = serde_json::to_vec_pretty(&record).context("serializing the policy")?;
@@ -118,7 +118,7 @@ impl StateDir {
     /// Reads the record, if there is one.
     ///
     /// # Errors
-    /// The directory or file fails the [`crate::safefs`] checks, cannot be read or parsed.
+    /// The directory or file fails the [`crate::base::safefs`] checks, cannot be read or parsed.
     pub fn load(&self) -> anyhow::Result<Option<LastGood>> {
         let dir = match TrustedDir::open(&self.path) {
             Ok(d) => d,
@@ -188,7 +188,7 @@ fn absolute(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::safefs::tests::Tmp;
+    use crate::base::safefs::tests::Tmp;
 
     const GOOD: &str = "allowlist = [\"eu\"]\n[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n";
 

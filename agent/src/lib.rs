@@ -7,9 +7,9 @@
 //! CEF) -> [`pipeline`] (queues, spool, loss counters) -> [`sinks`], with [`stats`]
 //! reading the kernel counters.
 pub mod audit;
+pub mod base;
 pub mod cgroup;
 pub mod check;
-pub mod clock;
 pub mod config;
 pub mod coverage;
 pub mod daemon;
@@ -21,16 +21,12 @@ pub mod import;
 pub mod instance;
 pub mod lastgood;
 pub mod loader;
-pub mod located;
 pub mod metrics;
 pub mod notify;
 pub mod pin;
 pub mod pipeline;
 pub mod policy;
-pub mod prefix;
 pub mod privileges;
-pub mod protocol;
-pub mod safefs;
 pub mod signals;
 pub mod sinks;
 pub mod stats;

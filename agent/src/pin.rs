@@ -144,7 +144,7 @@ impl PinDir {
     /// there. A pin directory (and its `maps`, `links`) that egressd creates gets mode 0700;
     /// an existing one is accepted only when it is on a bpffs, owned by root and writable by
     /// nobody else, with the same for the directories above it (a sticky bpffs root such as
-    /// a default-mode `/sys/fs/bpf` aside; see [`crate::safefs`]): pins in a directory a user
+    /// a default-mode `/sys/fs/bpf` aside; see [`crate::base::safefs`]): pins in a directory a user
     /// created first would be the user's to remove.
     ///
     /// # Errors
@@ -156,7 +156,7 @@ impl PinDir {
             std::fs::create_dir_all(root).with_context(|| format!("creating {BPFFS_ROOT}"))?;
             mount_bpffs(root)?;
         }
-        let dir = crate::safefs::TrustedDir::create(&self.root)
+        let dir = crate::base::safefs::TrustedDir::create(&self.root)
             .with_context(|| format!("pin directory {}", self.root.display()))?;
         if !is_bpffs_fd(dir.fd()) {
             bail!(
@@ -166,7 +166,7 @@ impl PinDir {
             );
         }
         for sub in [self.maps_dir(), self.links_dir()] {
-            crate::safefs::TrustedDir::create(&sub)
+            crate::base::safefs::TrustedDir::create(&sub)
                 .with_context(|| format!("pin directory {}", sub.display()))?;
         }
         if is_world_writable(root) {
@@ -274,7 +274,7 @@ impl PinDir {
     /// The pin directory is not trusted or not on a bpffs; a pin that cannot be removed (the
     /// rest are still tried).
     pub fn remove_all(&self) -> anyhow::Result<Vec<PathBuf>> {
-        let root = crate::safefs::TrustedDir::open(&self.root)
+        let root = crate::base::safefs::TrustedDir::open(&self.root)
             .with_context(|| format!("pin directory {}", self.root.display()))?;
         if !is_bpffs_fd(root.fd()) {
             bail!(

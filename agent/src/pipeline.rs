@@ -1417,7 +1417,7 @@ mod tests {
         let mut c = cfg("file", 100);
         c.kind = crate::config::SinkKind::File {
             path: path.clone(),
-            mode: crate::safefs::FILE_MODE,
+            mode: crate::base::safefs::FILE_MODE,
         };
         let p = Pipeline::with_transports(vec![(c, Box::new(File::new(path.clone())), None)], "h")
             .expect("start");

@@ -147,7 +147,7 @@ pub fn load_key(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<[u8]>> 
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(what(&"not a file path"));
     };
-    let mut f = crate::safefs::TrustedDir::open(dir)
+    let mut f = crate::base::safefs::TrustedDir::open(dir)
         .and_then(|d| d.read(name))
         .map_err(|e| what(&e))?;
     let mode = f.metadata().map_err(|e| what(&e))?.mode();

@@ -17,7 +17,7 @@
 //! Layout: this module reads the files (main file, drop-ins, [`Sources`]) and holds the raw
 //! schema serde sees; [`policy`] validates what the policy says ([`Config`]), [`output`] what
 //! the agent's own output says ([`Output`]: sinks, host labels, heartbeat); the located-error
-//! machinery is [`crate::located`]. Uses only the base modules below it (`located`,
+//! machinery is [`crate::base::located`]. Uses only the base modules below it (`located`,
 //! `protocol`, `safefs`), never the policy compiler, the kernel or the event pipeline.
 
 use std::collections::BTreeMap;
@@ -28,8 +28,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeTable;
 
-use crate::located::LineIndex;
-use crate::located::toml::{backticked, field_from_text, join, locate, plain_types};
+use crate::base::located::LineIndex;
+use crate::base::located::toml::{backticked, field_from_text, join, locate, plain_types};
 
 pub mod output;
 pub mod policy;
@@ -41,7 +41,7 @@ pub use policy::*;
 
 /// Why a configuration file was rejected, with its location (column in characters); the
 /// same type as [`crate::import::ImportError`].
-pub type ConfigError = crate::located::LocatedError;
+pub type ConfigError = crate::base::located::LocatedError;
 
 /// Read and validate the configuration at `path` plus its drop-in directory.
 ///
@@ -52,7 +52,7 @@ pub type ConfigError = crate::located::LocatedError;
 /// defined in two files is an error naming both.
 ///
 /// Run as root, the files and the drop-in directory must be trusted as
-/// [`crate::safefs`] says: owned by root, not writable by group or others, in directories
+/// [`crate::base::safefs`] says: owned by root, not writable by group or others, in directories
 /// that are not either (links only when root owns them); anything else is refused, naming
 /// the file and what is wrong, on `--watch` and SIGHUP reloads too.
 ///
@@ -126,11 +126,11 @@ fn load_all_in(path: &Path, dir_override: Option<&Path>) -> Result<(Config, Outp
 /// they are trusted. Only the main file's TOML syntax and `drop_in_dir` are looked at.
 fn read_sources(path: &Path, dir_override: Option<&Path>) -> Result<Sources, ConfigError> {
     // As root, a policy file (or drop-in) others could have written is refused, like
-    // sshd's StrictModes: see `crate::safefs`.
-    let strict = crate::safefs::euid() == 0;
+    // sshd's StrictModes: see `crate::base::safefs`.
+    let strict = crate::base::safefs::euid() == 0;
     let read = |p: &Path| {
         if strict {
-            crate::safefs::read_trusted(p)
+            crate::base::safefs::read_trusted(p)
         } else {
             std::fs::read_to_string(p)
         }
@@ -148,7 +148,7 @@ fn read_sources(path: &Path, dir_override: Option<&Path>) -> Result<Sources, Con
     let mut drop_ins = Vec::new();
     match std::fs::read_dir(&dir) {
         Ok(entries) => {
-            if strict && let Err(e) = crate::safefs::check_trusted_dir(&dir) {
+            if strict && let Err(e) = crate::base::safefs::check_trusted_dir(&dir) {
                 return Err(ConfigError::file(
                     &dir,
                     format!("untrusted drop-in directory: {e}"),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::{ConfigError, Ctx, RawConfig, RawSink};
-use crate::located::toml::join;
+use crate::base::located::toml::join;
 
 /// Default `heartbeat_secs`.
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 60;
@@ -105,7 +105,7 @@ pub enum SinkKind {
         /// `path`: absolute file path.
         path: PathBuf,
         /// `mode`: octal permission bits the file is created with (`"0640"`);
-        /// [`crate::safefs::FILE_MODE`] (0600) when absent. Never writable by group or
+        /// [`crate::base::safefs::FILE_MODE`] (0600) when absent. Never writable by group or
         /// others.
         mode: u32,
     },
@@ -338,7 +338,7 @@ impl Ctx<'_> {
                 Some(p) => SinkKind::File {
                     path: abs_path(p, "path", errors),
                     mode: match &raw.mode {
-                        None => crate::safefs::FILE_MODE,
+                        None => crate::base::safefs::FILE_MODE,
                         Some(m) => match u32::from_str_radix(m.get_ref(), 8) {
                             Ok(v) if v <= 0o777 && v & 0o022 == 0 && v & 0o600 == 0o600 => v,
                             _ => {
@@ -352,7 +352,7 @@ impl Ctx<'_> {
                                         m.get_ref()
                                     ),
                                 ));
-                                crate::safefs::FILE_MODE
+                                crate::base::safefs::FILE_MODE
                             }
                         },
                     },

@@ -1,5 +1,5 @@
 //! The policy half of the configuration: modes, regions, rules and the lookup settings, and
-//! their validation ([`Config`]). Uses only [`crate::located`] and [`crate::protocol`].
+//! their validation ([`Config`]). Uses only [`crate::base::located`] and [`crate::base::protocol`].
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -9,7 +9,7 @@ use ipnetwork::{IpNetwork, Ipv6Network};
 use toml::Spanned;
 
 use super::{ConfigError, Ctx, Doc, RawConfig, RawRegion, RawRule};
-use crate::located::toml::join;
+use crate::base::located::toml::join;
 
 /// Name reserved for "in no region" ([`egressd_common::REGION_UNKNOWN`]); events use it, so no
 /// configured region may take it.
@@ -815,7 +815,7 @@ impl Ctx<'_> {
         });
         let ports = r.ports.as_ref().and_then(|p| {
             let res = parse_ports(p.get_ref()).and_then(|range| match protocol {
-                Some(n) if crate::protocol::has_ports(n) => Ok(range),
+                Some(n) if crate::base::protocol::has_ports(n) => Ok(range),
                 _ => Err(
                     "ports need `protocol = \"tcp\"`, `\"udp\"`, `\"sctp\"` or `\"udplite\"`"
                         .to_owned(),
@@ -906,13 +906,13 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     }
 }
 
-/// A name of [`crate::protocol::NAMES`] or a number 0-255 (IANA).
+/// A name of [`crate::base::protocol::NAMES`] or a number 0-255 (IANA).
 fn parse_protocol(v: &toml::Value) -> Result<u8, String> {
     match v {
-        toml::Value::String(s) => crate::protocol::by_name(s).ok_or_else(|| {
+        toml::Value::String(s) => crate::base::protocol::by_name(s).ok_or_else(|| {
             format!(
                 "unknown protocol `{s}`: use {} or an IANA protocol number (unquoted)",
-                crate::protocol::names_list()
+                crate::base::protocol::names_list()
             )
         }),
         toml::Value::Integer(n) => {
@@ -990,12 +990,12 @@ pub fn check_region_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parse `ADDR/LEN` or a bare `ADDR` strictly ([`crate::prefix::parse`]); host bits are an
+/// Parse `ADDR/LEN` or a bare `ADDR` strictly ([`crate::base::prefix::parse`]); host bits are an
 /// error here.
 fn parse_prefix(s: &str) -> Result<IpNetwork, String> {
-    crate::prefix::parse(s, false)
+    crate::base::prefix::parse(s, false)
         .map(|(net, _)| net)
         .map_err(|e| e.policy_message())
 }
 
-pub(crate) use crate::prefix::{mask_u32, mask_u128};
+pub(crate) use crate::base::prefix::{mask_u32, mask_u128};

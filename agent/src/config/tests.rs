@@ -135,7 +135,7 @@ fn config_load_missing_file() {
 fn config_load_reads_file() {
     // In a directory of its own: as root, a policy directly in /tmp (writable by
     // others) is refused.
-    let t = crate::safefs::tests::Tmp::new("config");
+    let t = crate::base::safefs::tests::Tmp::new("config");
     let path = t.0.join("egressd.toml");
     std::fs::write(&path, EXAMPLE).expect("write temp file");
     let c = load(&path);
@@ -984,7 +984,7 @@ fn config_load_reads_the_drop_in_directory() {
 /// file the user owns.
 #[test]
 fn config_untrusted_policy_files_are_refused_as_root() {
-    use crate::safefs::tests::{Tmp, as_nobody, root};
+    use crate::base::safefs::tests::{Tmp, as_nobody, root};
     use std::os::unix::fs::PermissionsExt as _;
     if !root() {
         eprintln!("not root: egressd trusts any policy file when it is not root");
@@ -1263,5 +1263,5 @@ fn config_output_errors() {
 
 /// 1-based (line, column) of byte `offset`; the column counts characters.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    crate::located::line_col(text, offset)
+    crate::base::located::line_col(text, offset)
 }

@@ -251,7 +251,7 @@ pub fn build(
                 transport: if packet {
                     super::socket_type(s.protocol)
                 } else {
-                    crate::protocol::name(s.protocol)
+                    crate::base::protocol::name(s.protocol)
                 },
             }
         })

@@ -14,7 +14,7 @@
 //!   hold at least one prefix, and carry a version stamp (AWS and Google Cloud `syncToken`,
 //!   Azure `changeNumber`, Oracle `last_updated_timestamp`) not older than the file on disk.
 //! - **All or nothing.** Every source is downloaded and checked first; only when all of them
-//!   pass are the new files written, each atomically ([`crate::safefs`]: a temporary file in
+//!   pass are the new files written, each atomically ([`crate::base::safefs`]: a temporary file in
 //!   the directory, synced, renamed over the old one). Any failure (network, HTTP status,
 //!   a check) writes nothing and is reported with the URL and file, and the command exits 1.
 //!
@@ -32,7 +32,7 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{Format, Mapping, Source, mapping::FetchUrl};
-use crate::safefs::TrustedDir;
+use crate::base::safefs::TrustedDir;
 
 /// Largest file accepted (Azure's service tags are about 10 MB).
 pub const MAX_BYTES: u64 = 256 << 20;
@@ -208,7 +208,7 @@ struct Fetched {
 }
 
 /// Downloads every source of `mapping` into `dir` (created 0700 if missing, checked as
-/// [`crate::safefs`] says), as the module documentation describes; returns one outcome per
+/// [`crate::base::safefs`] says), as the module documentation describes; returns one outcome per
 /// source, in the order of [`sources`].
 ///
 /// # Errors

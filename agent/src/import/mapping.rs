@@ -47,7 +47,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Format, ImportError};
-use crate::located::LineIndex;
+use crate::base::located::LineIndex;
 
 /// A validated mapping file.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -71,7 +71,7 @@ use std::path::{Path, PathBuf};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use crate::prefix::{mask_u32, mask_u128};
+use crate::base::prefix::{mask_u32, mask_u128};
 
 pub use mapping::Mapping;
 
@@ -156,7 +156,7 @@ pub fn detect_format(text: &str) -> Option<Format> {
 
 /// Why an import failed, with its location (the same type as
 /// [`crate::config::ConfigError`]).
-pub type ImportError = crate::located::LocatedError;
+pub type ImportError = crate::base::located::LocatedError;
 
 /// A provider file's text with its path, as the format readers see it.
 #[derive(Clone, Copy, Debug)]
@@ -893,19 +893,19 @@ fn sort_key(n: &IpNetwork) -> (u8, u128, u8) {
 }
 
 /// Parse `ADDR/LEN` (or a bare address: /32, /128) strictly, as the policy does
-/// ([`crate::prefix::parse`]). Returns the network and whether host bits were masked (only
+/// ([`crate::base::prefix::parse`]). Returns the network and whether host bits were masked (only
 /// when `mask` is set; otherwise they are an error).
 ///
 /// # Errors
 /// A message naming the prefix and the problem.
 pub fn parse_prefix(s: &str, mask: bool) -> Result<(IpNetwork, bool), String> {
-    crate::prefix::parse(s, mask).map_err(|e| e.import_message())
+    crate::base::prefix::parse(s, mask).map_err(|e| e.import_message())
 }
 
 /// 1-based (line, column) of byte `offset` in `text`; the column counts characters. For one
-/// error; [`crate::located::LineIndex`] locates many.
+/// error; [`crate::base::located::LineIndex`] locates many.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    crate::located::line_col(text, offset)
+    crate::base::located::line_col(text, offset)
 }
 
 /// How [`render`] writes the result.
@@ -1171,14 +1171,14 @@ pub fn verify_output(
 /// Write `text` to `path` atomically: into a temporary file with an unpredictable name,
 /// created in the same directory with `O_EXCL | O_NOFOLLOW` and mode 0644, flushed to disk,
 /// then renamed over `path` inside that directory, so a reader (or an agent watching the
-/// file) never sees half a file and no link is followed ([`crate::safefs::write_atomically`];
+/// file) never sees half a file and no link is followed ([`crate::base::safefs::write_atomically`];
 /// as root the directory must be owned by root and not writable by others).
 ///
 /// # Errors
 /// Creating, writing, syncing or renaming the file, or an untrusted directory (as root),
 /// labelled with `path`.
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), ImportError> {
-    crate::safefs::write_atomically(path, text.as_bytes(), 0o644)
+    crate::base::safefs::write_atomically(path, text.as_bytes(), 0o644)
         .map_err(|e| ImportError::file(path, format!("cannot write output: {e}")))
 }
 

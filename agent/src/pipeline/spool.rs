@@ -29,7 +29,7 @@
 //! that segment as `damaged-{segment}-{offset}` (0600, for an operator to look at), logged
 //! and counted ([`Spool::damaged`]); delivery goes on with the next segment.
 //!
-//! The directory is opened once through [`crate::safefs`] (created 0700; it and its parents
+//! The directory is opened once through [`crate::base::safefs`] (created 0700; it and its parents
 //! owned by root and not writable by others) and every file in it is opened relative to it
 //! with `O_NOFOLLOW`: segments are created 0600; `head` is written as a fresh `O_EXCL`
 //! temporary file (random name) renamed inside the directory. The modes are explicit, so no
@@ -46,7 +46,7 @@ use std::{
     path::Path,
 };
 
-use crate::safefs::{DIR_MODE, FILE_MODE, TrustedDir};
+use crate::base::safefs::{DIR_MODE, FILE_MODE, TrustedDir};
 
 /// Segment size at which a new segment is started.
 pub const SEGMENT_BYTES: u64 = 4 << 20;
@@ -219,7 +219,7 @@ impl Spool {
     ///
     /// # Errors
     /// The directory cannot be created or read, or fails the ownership and mode checks of
-    /// [`crate::safefs`]; a segment cannot be read or repaired.
+    /// [`crate::base::safefs`]; a segment cannot be read or repaired.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
         let tdir = TrustedDir::create(dir)?;
         tdir.restrict(DIR_MODE)?;
@@ -1004,7 +1004,7 @@ mod tests {
     /// 0700/0600 when opened, and its records are still delivered.
     #[test]
     fn spool_is_private_whatever_the_umask() {
-        use crate::safefs::tests::{Tmp, root};
+        use crate::base::safefs::tests::{Tmp, root};
         use std::os::unix::fs::PermissionsExt as _;
         let mode = |p: &Path| fs::symlink_metadata(p).expect("stat").permissions().mode() & 0o7777;
         let t = Tmp::new("spool-umask");
@@ -1070,7 +1070,7 @@ mod tests {
     /// anything in it is read, truncated or delivered.
     #[test]
     fn spool_in_a_directory_others_own_is_refused() {
-        use crate::safefs::tests::{Tmp, as_nobody, root};
+        use crate::base::safefs::tests::{Tmp, as_nobody, root};
         use std::os::unix::fs::PermissionsExt as _;
         if !root() {
             eprintln!("not root: the other-user case needs root");
@@ -1102,7 +1102,7 @@ mod tests {
     /// delivered, and the spool still opens.
     #[test]
     fn foreign_segments_are_set_aside() {
-        use crate::safefs::tests::{Tmp, root};
+        use crate::base::safefs::tests::{Tmp, root};
         let t = Tmp::new("spool-forged");
         let victim = t.0.join("victim");
         fs::write(&victim, "root's file, 1234567\n").expect("write");
@@ -1277,7 +1277,7 @@ mod tests {
     /// written is delivered, and appends work again once there is room.
     #[test]
     fn full_disk_keeps_whole_frames() {
-        use crate::safefs::tests::root;
+        use crate::base::safefs::tests::root;
         if !root() {
             eprintln!("not root: mounting a small tmpfs needs root");
             return;

@@ -3,7 +3,7 @@
 //! egressd)`); the sink finishes the record it is writing, flushes, closes and opens the path
 //! again, so no record is split across files or lost.
 //!
-//! Every open goes through [`crate::safefs`]: the directory must be owned by root and not
+//! Every open goes through [`crate::base::safefs`]: the directory must be owned by root and not
 //! writable by others (nor its ancestors, sticky ones like `/tmp` aside), and the file is
 //! opened relative to it with `O_NOFOLLOW`; a link, a file someone else owns or one others
 //! can write is refused, naming the path.
@@ -20,7 +20,7 @@ pub struct Path(PathBuf, u32);
 impl File {
     /// A sink for `path` (opened on first use), created with mode 0600 if missing.
     pub fn new(path: PathBuf) -> Self {
-        Self::with_mode(path, crate::safefs::FILE_MODE)
+        Self::with_mode(path, crate::base::safefs::FILE_MODE)
     }
 
     /// A sink for `path` (opened on first use), created with `mode` if missing.
@@ -34,6 +34,6 @@ impl Opener for Path {
     const WHAT: &'static str = "file";
 
     fn open(&mut self) -> io::Result<std::fs::File> {
-        crate::safefs::open_append(&self.0, self.1)
+        crate::base::safefs::open_append(&self.0, self.1)
     }
 }

@@ -237,13 +237,13 @@ impl Encoder {
 ///
 /// # Errors
 /// Unreadable or invalid CA, certificate or key files; a file sink's path that
-/// [`crate::safefs`] refuses (a link, a directory others can write, a file others own).
+/// [`crate::base::safefs`] refuses (a link, a directory others can write, a file others own).
 pub fn transport(cfg: &SinkConfig) -> anyhow::Result<Box<dyn Transport>> {
     Ok(match &cfg.kind {
         SinkKind::Stdout => Box::new(stdout::Stdout::new()),
         SinkKind::File { path, mode } => {
             // Refuse an untrusted path at start, not at the first record.
-            crate::safefs::open_append(path, *mode)?;
+            crate::base::safefs::open_append(path, *mode)?;
             Box::new(file::File::with_mode(path.clone(), *mode))
         }
         SinkKind::Syslog(s) => match s.transport {

@@ -263,7 +263,7 @@ mod tests {
     /// 0600 and 0640 with group root pass the check.
     #[test]
     fn world_readable_client_key_is_refused() {
-        let t = crate::safefs::tests::Tmp::new("tls-key");
+        let t = crate::base::safefs::tests::Tmp::new("tls-key");
         let key = t.0.join("client.key");
         std::fs::write(&key, "not a key").expect("write");
         let cfg = SyslogConfig {
@@ -286,7 +286,7 @@ mod tests {
                 assert!(e.contains(&key.display().to_string()), "{e}");
             }
         }
-        if crate::safefs::euid() == 0 {
+        if crate::base::safefs::euid() == 0 {
             std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
             std::os::unix::fs::chown(&key, None, Some(0)).expect("chgrp");
             check_key_mode(&key).expect("0640 root:root");
