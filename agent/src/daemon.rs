@@ -28,10 +28,10 @@ use crate::{
         self, AgentInfo, ConnectionEvent, Context, Counters, Enricher, LastGoodRef, Lifecycle,
         LifecycleBody, LossReport, PolicySummary, Record, Sequencer,
     },
-    ids::IdTable,
     lastgood::StateDir,
     loader::Enforcer,
     pipeline::Pipeline,
+    policy::ids::IdTable,
     policy::{self, Policy},
     stats,
 };
@@ -151,7 +151,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         .unwrap_or_else(|| PathBuf::from(crate::instance::DEFAULT_RUN_DIR));
     let claim = crate::instance::claim(&cgroup, pin_dir.as_ref(), &run_dir, config_path)?;
     tracing::debug!(lock = %claim.path.display(), "cgroup claimed");
-    // Region and rule ids by name, as earlier runs on this cgroup gave them (crate::ids).
+    // Region and rule ids by name, as earlier runs on this cgroup gave them (crate::policy::ids).
     let mut ids = Ids::open(state.as_ref(), pin_dir.as_ref(), &cgroup);
     let candidate = Candidate::new(parsed, &ids.table)?;
 
@@ -679,7 +679,7 @@ struct Candidate {
     /// The text of every file, kept as the last good policy once it is in force.
     sources: config::Sources,
     /// Its region and rule ids; the id table once it is in force.
-    ids: crate::ids::Assignment,
+    ids: crate::policy::ids::Assignment,
 }
 
 impl Candidate {
@@ -746,7 +746,7 @@ impl Ids {
     }
 
     /// `a` is in force: it becomes the table, which is kept (failing to keep it is logged).
-    fn commit(&mut self, a: &crate::ids::Assignment) {
+    fn commit(&mut self, a: &crate::policy::ids::Assignment) {
         self.table.commit(a);
         if let Some(dir) = &self.state
             && let Err(e) = self.table.save(dir, &self.cgroup)

@@ -1086,7 +1086,7 @@ impl Enforcer {
         };
         self.v4_in_trie[set] = !used_table;
         self.v6_in_trie[set] = !used_table6;
-        // A region id taken over from a removed region starts from zero (see crate::ids);
+        // A region id taken over from a removed region starts from zero (see crate::policy::ids);
         // no generation in force counts under it.
         if let Err(e) = self.reset_regions(&policy.reset_regions) {
             self.unknown[set] = true;

@@ -179,7 +179,7 @@ enum RegionsCommand {
         mapping: PathBuf,
         /// Format of every SOURCE; default: detected per file from its content.
         #[arg(short, long, value_enum)]
-        format: Option<egressd::import::Format>,
+        format: Option<egressd::policy::import::Format>,
         /// Write here (atomically: a temporary file in the same directory, then renamed)
         /// instead of stdout.
         #[arg(short, long, value_name = "FILE")]
@@ -468,16 +468,16 @@ fn check(path: &std::path::Path, drop_ins: Option<&std::path::Path>) -> anyhow::
 }
 
 fn explain(path: &std::path::Path, json: bool, destinations: &[String]) -> anyhow::Result<()> {
-    let parsed: Vec<egressd::explain::Destination> = destinations
+    let parsed: Vec<egressd::policy::explain::Destination> = destinations
         .iter()
-        .map(|d| egressd::explain::parse_destination(d))
+        .map(|d| egressd::policy::explain::parse_destination(d))
         .collect::<Result<_, _>>()
         .map_err(anyhow::Error::msg)?;
     let cfg = egressd::config::load(path)?;
     let policy = egressd::policy::compile(&cfg);
     let mut out = String::new();
     for (i, d) in parsed.into_iter().enumerate() {
-        let e = egressd::explain::explain(&policy, d);
+        let e = egressd::policy::explain::explain(&policy, d);
         if json {
             out.push_str(&e.to_json().to_string());
             out.push('\n');
@@ -494,13 +494,13 @@ fn explain(path: &std::path::Path, json: bool, destinations: &[String]) -> anyho
 
 fn regions_import(
     mapping: &std::path::Path,
-    format: Option<egressd::import::Format>,
+    format: Option<egressd::policy::import::Format>,
     output: Option<&std::path::Path>,
     allowlist: Option<Vec<String>>,
     mask_host_bits: bool,
     sources: &[PathBuf],
 ) -> anyhow::Result<()> {
-    use egressd::import;
+    use egressd::policy::import;
     let mapping = import::mapping::load(mapping)?;
     let options = import::Options {
         format,
@@ -548,7 +548,7 @@ fn regions_fetch(
     dir: &std::path::Path,
     timeout: u64,
 ) -> anyhow::Result<()> {
-    use egressd::import;
+    use egressd::policy::import;
     let mapping = import::mapping::load(mapping)?;
     let options = import::fetch::Options {
         timeout: std::time::Duration::from_secs(timeout),

@@ -59,7 +59,7 @@ pub struct PinnedState {
     /// `enforce` or `audit`.
     pub mode: String,
     /// Region names by id (index = region id; 0 is `unknown`, `""` for an id without a
-    /// name), those of removed regions included, to name counters (see [`crate::ids`]).
+    /// name), those of removed regions included, to name counters (see [`crate::policy::ids`]).
     pub regions: Vec<String>,
     /// Prefixes loaded, IPv4 and IPv6.
     pub prefixes_v4: usize,

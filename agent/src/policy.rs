@@ -18,6 +18,9 @@
 //! connection through and reports it.
 
 mod entries;
+pub mod explain;
+pub mod ids;
+pub mod import;
 pub mod merge;
 pub mod table;
 pub mod table6;
@@ -79,7 +82,7 @@ pub struct Policy {
     /// ([`Rule::id`] replaced by the assigned id, see [`compile_with`]).
     pub rules: Vec<Rule>,
     /// Names of region ids that earlier policies of this daemon used and this one does not
-    /// ([`crate::ids`]): counters under them keep their label.
+    /// ([`crate::policy::ids`]): counters under them keep their label.
     pub retired_regions: std::collections::BTreeMap<u32, String>,
     /// Names of rule ids that earlier policies used and this one does not.
     pub retired_rules: std::collections::BTreeMap<u32, String>,
@@ -107,7 +110,7 @@ pub struct Policy {
 }
 
 /// Compile `cfg` into map contents, with ids in file order
-/// ([`crate::ids::IdTable::positional`]): what `check`, `explain` and the tests use.
+/// ([`crate::policy::ids::IdTable::positional`]): what `check`, `explain` and the tests use.
 ///
 /// The digest covers what the kernel sees and nothing cosmetic: the mode, each region's
 /// position, name and allowlist flag, the rules in order, and the sorted (prefix, region
@@ -115,15 +118,15 @@ pub struct Policy {
 /// the allowlist do not change it; reordering regions does. It never depends on the ids a
 /// daemon assigned ([`compile_with`]), so `check` and `run` agree on it.
 pub fn compile(cfg: &Config) -> Policy {
-    compile_with(cfg, &crate::ids::IdTable::positional(cfg))
+    compile_with(cfg, &crate::policy::ids::IdTable::positional(cfg))
 }
 
-/// Compile `cfg` with the region and rule ids of `ids` (from [`crate::ids::IdTable::assign`]
+/// Compile `cfg` with the region and rule ids of `ids` (from [`crate::policy::ids::IdTable::assign`]
 /// for `cfg`): what the daemon installs, so that counters and events keep their names across
 /// reloads. Region ids may then have gaps: `regions[id]` is `""` for an id this policy does
 /// not use (its name, if it had one, is in `retired_regions`). Precedence among rules is
 /// their order in `cfg`, whatever their ids.
-pub fn compile_with(cfg: &Config, ids: &crate::ids::Assignment) -> Policy {
+pub fn compile_with(cfg: &Config, ids: &crate::policy::ids::Assignment) -> Policy {
     debug_assert_eq!(ids.region_ids.len(), cfg.regions.len());
     debug_assert_eq!(ids.rule_ids.len(), cfg.rules.len());
     let len = ids.region_ids.iter().max().map_or(1, |m| *m as usize + 1);
@@ -897,7 +900,7 @@ mod tests {
             ),
         )
         .expect("valid");
-        let mut table = crate::ids::IdTable::default();
+        let mut table = crate::policy::ids::IdTable::default();
         let first = table.assign(&cfg).expect("ids");
         table.commit(&first);
         let rules_cfg = crate::config::parse(Path::new("t.toml"), RULES_TEXT).expect("valid");
@@ -951,7 +954,7 @@ mod tests {
             }
             crate::config::parse(Path::new("t.toml"), &t).expect("valid")
         };
-        let mut t = crate::ids::IdTable::default();
+        let mut t = crate::policy::ids::IdTable::default();
         let seen = t.assign(&two(["a", "b"])).expect("ids");
         t.commit(&seen);
         let swapped = two(["b", "a"]);

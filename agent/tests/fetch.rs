@@ -273,8 +273,10 @@ fn fetch_end_to_end_conditional_checked_all_or_nothing() {
         assert!(stdout.contains(line), "missing `{line}`: {stdout}");
     }
     assert!(stdout.contains("syncToken 1753388594"), "{stdout}");
-    let geofeed_file =
-        egressd::import::fetch::file_name(egressd::import::Format::Geofeed, &geofeed_url);
+    let geofeed_file = egressd::policy::import::fetch::file_name(
+        egressd::policy::import::Format::Geofeed,
+        &geofeed_url,
+    );
     for (name, body) in [
         ("aws-ip-ranges.json", &aws),
         ("gcp-cloud.json", &gcp),

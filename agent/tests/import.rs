@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use egressd::import::{self, Format, Imported, Mapping, Options, RenderOptions};
+use egressd::policy::import::{self, Format, Imported, Mapping, Options, RenderOptions};
 use egressd::policy::{Policy, compile};
 use ipnetwork::IpNetwork;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};

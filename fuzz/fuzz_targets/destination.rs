@@ -17,8 +17,8 @@ fn policy() -> &'static Policy {
 }
 
 fuzz_target!(|s: &str| {
-    if let Ok(d) = egressd::explain::parse_destination(s) {
-        let e = egressd::explain::explain(policy(), d);
+    if let Ok(d) = egressd::policy::explain::parse_destination(s) {
+        let e = egressd::policy::explain::explain(policy(), d);
         let _ = e.to_text();
         let _ = e.to_json().to_string();
     }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use egressd::import::{self, Format, Mapping, Options, RenderOptions};
+use egressd::policy::import::{self, Format, Mapping, Options, RenderOptions};
 use libfuzzer_sys::fuzz_target;
 
 fn mapping() -> &'static Mapping {

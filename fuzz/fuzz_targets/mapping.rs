@@ -3,7 +3,7 @@
 #![no_main]
 use std::path::Path;
 
-use egressd::import::Mapping;
+use egressd::policy::import::Mapping;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

@@ -2,7 +2,7 @@
 #![no_main]
 use std::path::Path;
 
-use egressd::import::{Format, Source, parse_source};
+use egressd::policy::import::{Format, Source, parse_source};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {

@@ -1,5 +1,5 @@
 //! The one parser of IP prefixes (`ADDR/LEN` or a bare `ADDR`), used by the policy
-//! ([`crate::config`]) and by `egressd regions import` ([`crate::import`]), and the netmasks
+//! ([`crate::config`]) and by `egressd regions import` ([`crate::policy::import`]), and the netmasks
 //! both use. Strict: no netmask notation, no shortened IPv4 forms, a decimal length of at most
 //! three digits, no IPv4-mapped IPv6 prefixes (mapped destinations are judged as IPv4).
 //! Uses nothing else in the crate.

@@ -40,7 +40,7 @@ pub use output::*;
 pub use policy::*;
 
 /// Why a configuration file was rejected, with its location (column in characters); the
-/// same type as [`crate::import::ImportError`].
+/// same type as [`crate::policy::import::ImportError`].
 pub type ConfigError = crate::base::located::LocatedError;
 
 /// Read and validate the configuration at `path` plus its drop-in directory.

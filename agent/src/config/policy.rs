@@ -229,7 +229,7 @@ pub enum Target {
 pub struct Rule {
     /// 1-based position in load order (main file first, then drop-ins in name order),
     /// which is also its precedence among rules. The id events carry is assigned by name
-    /// ([`crate::ids`]); a policy compiled with [`crate::policy::compile`] uses the position.
+    /// ([`crate::policy::ids`]); a policy compiled with [`crate::policy::compile`] uses the position.
     pub id: u32,
     /// `name`, or `rules[i]` / `FILE:rules[i]` when absent.
     pub name: String,

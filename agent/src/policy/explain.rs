@@ -733,7 +733,7 @@ mod tests {
         compile(
             &parse(
                 Path::new("configs/example.toml"),
-                include_str!("../../configs/example.toml"),
+                include_str!("../../../configs/example.toml"),
             )
             .expect("valid example"),
         )

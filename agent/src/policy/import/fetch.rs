@@ -3,7 +3,7 @@
 //!
 //! What is fetched follows the mapping file ([`Mapping`]): the AWS, Google Cloud, Oracle and
 //! Azure files of the formats the mapping has a section for, from the URLs of its `[fetch]`
-//! section ([`crate::import::mapping::FetchUrls`]; official URLs by default, Azure's must be
+//! section ([`crate::policy::import::mapping::FetchUrls`]; official URLs by default, Azure's must be
 //! configured), and every geofeed URL listed there. Each goes to a fixed name in the
 //! directory ([`file_name`]).
 //!
