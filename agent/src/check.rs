@@ -105,7 +105,7 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
         policy.v6.len()
     );
     // What `run` would size the maps for (pinned maps keep the size of their first start).
-    let cap = crate::loader::Capacity::for_policy(policy);
+    let cap = crate::kernel::loader::Capacity::for_policy(policy);
     let how = match cap.table_chunks {
         Some(_) => format!(
             "IPv4 in the DIR-24-8 table, {:.0} MiB of kernel memory for both policy sets",

@@ -23,13 +23,14 @@ use tokio::{
 
 use crate::{
     base::clock,
-    cgroup, config,
+    config,
     events::{
         self, AgentInfo, ConnectionEvent, Context, Counters, Enricher, LastGoodRef, Lifecycle,
         LifecycleBody, LossReport, PolicySummary, Record, Sequencer,
     },
+    kernel::cgroup,
+    kernel::loader::Enforcer,
     lastgood::StateDir,
-    loader::Enforcer,
     pipeline::Pipeline,
     policy::ids::IdTable,
     policy::{self, Policy},
@@ -141,10 +142,10 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         Some(p) => p,
         None => cgroup::cgroup2_root()?,
     };
-    let pin_dir = opts.pin_dir.as_ref().map(crate::pin::PinDir::new);
+    let pin_dir = opts.pin_dir.as_ref().map(crate::kernel::pin::PinDir::new);
     // One daemon per cgroup: held until this function returns (or the process dies).
-    crate::privileges::check()?;
-    crate::cgroup::validate(&cgroup)?;
+    crate::kernel::privileges::check()?;
+    crate::kernel::cgroup::validate(&cgroup)?;
     let run_dir = opts
         .run_dir
         .clone()
@@ -166,7 +167,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         .map(crate::audit::chain::load_key)
         .transpose()?;
     let started = Instant::now();
-    let coverage = crate::coverage::probe_for_start();
+    let coverage = crate::kernel::coverage::probe_for_start();
     let mut adopted = None;
     let mut enforcer = match &pin_dir {
         Some(dir) => {
@@ -216,7 +217,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     for p in coverage
         .paths
         .iter()
-        .filter(|p| p.status != crate::coverage::Status::Enforced)
+        .filter(|p| p.status != crate::kernel::coverage::Status::Enforced)
     {
         tracing::warn!(
             path = p.path,
@@ -239,7 +240,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     // Attached, listening: keep only what reloads, tamper repair and /proc enrichment use,
     // before any other thread exists and before the first hostile input is parsed.
     // (Also when not root: a service user with ambient capabilities drops them too.)
-    let d = crate::privileges::drop_after_attach().context("dropping privileges")?;
+    let d = crate::kernel::privileges::drop_after_attach().context("dropping privileges")?;
     tracing::info!(
         kept = ?d.kept,
         bounding_set = d.bounding,
@@ -261,7 +262,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     let mut tc_rescan = tokio::time::interval(TC_RESCAN);
     tc_rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let tc_started = enforcer.tc_coverage().is_some();
-    let crate::loader::Readers {
+    let crate::kernel::loader::Readers {
         events: ring_map,
         counters: counter_map,
         flows: flow_map,
@@ -343,7 +344,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
 
     // Events name regions by the generation that judged them: keep the recent policies.
     // /proc enrichment runs on a thread of its own, so that no process can stall this loop.
-    let cgroup_root = crate::cgroup::cgroup2_root().ok();
+    let cgroup_root = crate::kernel::cgroup::cgroup2_root().ok();
     let new_enricher = |policy: &Arc<Policy>| {
         Arc::new(Enricher::new(seq.clone(), policy.clone()).with_cgroup_root(cgroup_root.clone()))
     };
@@ -719,7 +720,11 @@ impl Ids {
     /// The table kept in `state` for `cgroup`, with the names of the pinned state record in
     /// `pins` taking precedence (they name the counters in the pinned maps). An unreadable
     /// table is logged and replaced by what the pins say, else a fresh one.
-    fn open(state: Option<&StateDir>, pins: Option<&crate::pin::PinDir>, cgroup: &Path) -> Self {
+    fn open(
+        state: Option<&StateDir>,
+        pins: Option<&crate::kernel::pin::PinDir>,
+        cgroup: &Path,
+    ) -> Self {
         let mut table = match state.map(|s| IdTable::load(&s.path, cgroup)) {
             Some(Ok(Some(t))) => t,
             Some(Ok(None)) | None => IdTable::default(),
@@ -782,17 +787,17 @@ impl Fallback {
     }
 
     /// What the pinned state records of it, for `egressd status`.
-    fn pinned(&self) -> crate::pin::PinnedFallback {
+    fn pinned(&self) -> crate::kernel::pin::PinnedFallback {
         let mut error = self.error.replace('\n', " ");
-        if error.len() > crate::pin::FALLBACK_ERROR_BYTES {
-            let mut end = crate::pin::FALLBACK_ERROR_BYTES - 3;
+        if error.len() > crate::kernel::pin::FALLBACK_ERROR_BYTES {
+            let mut end = crate::kernel::pin::FALLBACK_ERROR_BYTES - 3;
             while !error.is_char_boundary(end) {
                 end -= 1;
             }
             error.truncate(end);
             error.push_str("...");
         }
-        crate::pin::PinnedFallback {
+        crate::kernel::pin::PinnedFallback {
             error,
             last_good_digest: self.last_good.digest.clone(),
             last_good_generation: self.last_good.generation,

@@ -736,8 +736,8 @@ pub enum LifecycleBody {
         cgroup: String,
         /// Names of the configured sinks.
         sinks: Vec<String>,
-        /// Which egress paths this kernel lets egressd enforce ([`crate::coverage`]).
-        coverage: crate::coverage::Summary,
+        /// Which egress paths this kernel lets egressd enforce ([`crate::kernel::coverage`]).
+        coverage: crate::kernel::coverage::Summary,
         /// Pinned enforcement of an earlier run that this run adopted without detaching it
         /// (`run --pin-dir`); absent when nothing was adopted.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -1219,7 +1219,7 @@ pub mod sample {
                     policy: summary(),
                     cgroup: "/sys/fs/cgroup".into(),
                     sinks: vec!["stdout".into(), "siem".into()],
-                    coverage: crate::coverage::Summary {
+                    coverage: crate::kernel::coverage::Summary {
                         kernel: "6.1.0-41-cloud-amd64".into(),
                         enforced: vec!["tcp", "udp", "raw_ip", "established"],
                         partial: vec![],
@@ -1517,7 +1517,7 @@ pub(crate) mod tests {
     fn enricher_reads_this_process() {
         let seq = Arc::new(Sequencer::new(sample::context()));
         let e = Enricher::new(seq, Arc::new(policy()))
-            .with_cgroup_root(crate::cgroup::cgroup2_root().ok());
+            .with_cgroup_root(crate::kernel::cgroup::cgroup2_root().ok());
         let mut ev = kernel_event();
         ev.pid = std::process::id();
         // SAFETY: getuid has no preconditions.

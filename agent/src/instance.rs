@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{base::safefs::TrustedDir, loader::hooks::HOOKS, pin::PinDir};
+use crate::{base::safefs::TrustedDir, kernel::loader::hooks::HOOKS, kernel::pin::PinDir};
 
 /// Where the per-cgroup locks live by default.
 pub const DEFAULT_RUN_DIR: &str = "/run/egressd";
@@ -141,8 +141,8 @@ fn foreign_programs(
             HOOKS
                 .iter()
                 .filter_map(|h| {
-                    let fd = crate::pin::obj_get(&dir.link(h.program)).ok()?;
-                    crate::pin::link_state(fd.as_fd())
+                    let fd = crate::kernel::pin::obj_get(&dir.link(h.program)).ok()?;
+                    crate::kernel::pin::link_state(fd.as_fd())
                         .ok()
                         .map(|s| s.program_id)
                 })
@@ -152,7 +152,7 @@ fn foreign_programs(
     let mut attached = Vec::new();
     // LSM programs are global, not attached to the cgroup: nothing to ask it about them.
     for h in HOOKS.iter().filter(|h| h.on_cgroup()) {
-        for id in crate::pin::attached_programs(cg.as_fd(), h.attach_type)
+        for id in crate::kernel::pin::attached_programs(cg.as_fd(), h.attach_type)
             .with_context(|| format!("querying the programs attached to {}", cgroup.display()))?
         {
             if !adoptable.contains(&id) {

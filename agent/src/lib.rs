@@ -8,25 +8,20 @@
 //! reading the kernel counters.
 pub mod audit;
 pub mod base;
-pub mod cgroup;
 pub mod check;
 pub mod config;
-pub mod coverage;
 pub mod daemon;
 pub mod events;
 pub mod formats;
 pub mod instance;
+pub mod kernel;
 pub mod lastgood;
-pub mod loader;
 pub mod metrics;
 pub mod notify;
-pub mod pin;
 pub mod pipeline;
 pub mod policy;
-pub mod privileges;
 pub mod signals;
 pub mod sinks;
 pub mod stats;
 pub mod status;
-pub mod testrun;
 pub mod watch;

@@ -30,7 +30,7 @@ enum Command {
         /// policy generation continue, and tampering is detected and repaired. Without it,
         /// nothing is pinned and the programs are detached at exit.
         #[arg(long, value_name = "DIR", num_args = 0..=1,
-              default_missing_value = egressd::pin::DEFAULT_PIN_DIR)]
+              default_missing_value = egressd::kernel::pin::DEFAULT_PIN_DIR)]
         pin_dir: Option<PathBuf>,
         /// Serve Prometheus metrics on http://ADDR/metrics and health on /healthz
         /// (e.g. 127.0.0.1:9464).
@@ -68,7 +68,7 @@ enum Command {
     /// digest, counters. Reads the pins, so it works whether or not the daemon runs.
     Status {
         /// Pin directory given to `run --pin-dir`.
-        #[arg(long, value_name = "DIR", default_value = egressd::pin::DEFAULT_PIN_DIR)]
+        #[arg(long, value_name = "DIR", default_value = egressd::kernel::pin::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -78,7 +78,7 @@ enum Command {
     /// daemon) and unpin the maps. Enforcement ends.
     Detach {
         /// Pin directory given to `run --pin-dir`.
-        #[arg(long, value_name = "DIR", default_value = egressd::pin::DEFAULT_PIN_DIR)]
+        #[arg(long, value_name = "DIR", default_value = egressd::kernel::pin::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
     /// Validate the policy exactly as `run` would load it and print a summary; exits 1
@@ -272,7 +272,7 @@ fn main() -> ExitCode {
                 ))
             }),
         Command::Coverage { json } => {
-            let c = egressd::coverage::probe();
+            let c = egressd::kernel::coverage::probe();
             let text = if json {
                 format!("{}\n", serde_json::to_string(&c).unwrap_or_default())
             } else {
@@ -290,7 +290,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Detach { pin_dir } => {
-            let dir = egressd::pin::PinDir::new(&pin_dir);
+            let dir = egressd::kernel::pin::PinDir::new(&pin_dir);
             if dir.exists() {
                 // The tc/egress fallback first: its TCX pins live under DIR/tc, its netlink
                 // filters (kernels without TCX) on the interfaces of this network namespace.
@@ -298,7 +298,7 @@ fn main() -> ExitCode {
                     .read_state()
                     .ok()
                     .map(|s| std::path::PathBuf::from(s.cgroup));
-                egressd::loader::tc::detach(&dir.root, cgroup.as_deref())
+                egressd::kernel::loader::tc::detach(&dir.root, cgroup.as_deref())
                     .and_then(|tc| dir.remove_all().map(|removed| (removed, tc)))
                     .map(|(removed, tc)| {
                         eprintln!(
@@ -450,7 +450,7 @@ fn check(path: &std::path::Path, drop_ins: Option<&std::path::Path>) -> anyhow::
     }
     print!("{}", egressd::check::summary(&cfg, &policy));
     // What this machine's kernel covers of it (probes need root; unknown otherwise).
-    let coverage = egressd::coverage::probe();
+    let coverage = egressd::kernel::coverage::probe();
     for p in coverage
         .paths
         .iter()

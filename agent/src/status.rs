@@ -1,7 +1,7 @@
 //! `egressd status`: what pinned enforcement is doing, read from the pins alone (so it
 //! works whether or not the daemon runs): each hook's link and whether it is attached, the
 //! published policy generation and its digest (from the pinned state record, see
-//! [`crate::pin`]), whether that policy is the last good one the daemon fell back to because
+//! [`crate::kernel::pin`]), whether that policy is the last good one the daemon fell back to because
 //! the files on disk were invalid (the record's `fallback`, with the error and the kept
 //! policy's digest and generation), and the kernel counters.
 use std::os::fd::AsFd as _;
@@ -12,8 +12,8 @@ use egressd_common::maps;
 use serde::Serialize;
 
 use crate::{
-    loader::hooks::HOOKS,
-    pin::{LinkState, PinDir, PinnedState},
+    kernel::loader::hooks::HOOKS,
+    kernel::pin::{LinkState, PinDir, PinnedState},
 };
 
 /// One hook's pinned link.
@@ -43,7 +43,7 @@ pub struct Status {
     /// Non-zero decision counters.
     pub counters: Vec<crate::stats::CounterRow>,
     /// Which egress paths this kernel lets egressd enforce (probed now).
-    pub coverage: crate::coverage::Summary,
+    pub coverage: crate::kernel::coverage::Summary,
 }
 
 /// Reads the pins under `dir`.
@@ -64,8 +64,8 @@ pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
         .iter()
         .filter(|h| h.on_cgroup() || pins.link(h.program).exists())
         .map(|h| {
-            let link = crate::pin::obj_get(&pins.link(h.program))
-                .and_then(|fd| crate::pin::link_state(fd.as_fd()))
+            let link = crate::kernel::pin::obj_get(&pins.link(h.program))
+                .and_then(|fd| crate::kernel::pin::link_state(fd.as_fd()))
                 .ok();
             HookStatus {
                 hook: h.pin,
@@ -105,7 +105,7 @@ pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
         generation,
         state,
         counters: rows,
-        coverage: crate::coverage::probe().summary(),
+        coverage: crate::kernel::coverage::probe().summary(),
     })
 }
 
@@ -190,7 +190,7 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pin::PinnedFallback;
+    use crate::kernel::pin::PinnedFallback;
 
     fn status(fallback: Option<PinnedFallback>) -> Status {
         Status {
@@ -206,7 +206,7 @@ mod tests {
                 ..PinnedState::default()
             }),
             counters: Vec::new(),
-            coverage: crate::coverage::Summary {
+            coverage: crate::kernel::coverage::Summary {
                 kernel: "6.18.0".into(),
                 enforced: vec!["tcp"],
                 partial: Vec::new(),

@@ -34,9 +34,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use egressd::{
     config::Config,
-    loader::{Capacity, Enforcer},
+    kernel::loader::{Capacity, Enforcer},
+    kernel::testrun,
     policy::{self, Policy},
-    testrun,
 };
 use egressd_common::programs;
 use ipnetwork::IpNetwork;

@@ -23,7 +23,7 @@
 //! The table lives in memory for the daemon's lifetime and, with a state directory, in
 //! `STATE_DIR/ids-<cgroup>.json` (one per enforced cgroup, written atomically after each
 //! policy is put in force, see [`IdTable::save`]). With `--pin-dir`, the pinned state record
-//! also names every id ([`crate::pin::PinnedState::regions`]); at start those names win over
+//! also names every id ([`crate::kernel::pin::PinnedState::regions`]); at start those names win over
 //! the file, since they describe the counters in the pinned maps ([`IdTable::reconcile`]).
 use std::{collections::BTreeMap, ffi::OsStr, io, path::Path};
 

@@ -15,9 +15,9 @@ use egressd::{
         Action, Config, Established, Ipv4Lookup, Ipv6Lookup, Mode, Region, Rule, Target,
         WELL_KNOWN_NAT64,
     },
-    loader::{Capacity, Enforcer},
+    kernel::loader::{Capacity, Enforcer},
+    kernel::testrun,
     policy::{self, Policy},
-    testrun,
 };
 use egressd_common::{Verdict, programs};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};

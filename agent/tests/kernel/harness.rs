@@ -615,7 +615,7 @@ impl Pins {
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        let dir = egressd::pin::PinDir::new(&self.0);
+        let dir = egressd::kernel::pin::PinDir::new(&self.0);
         if dir.exists() {
             let _ = dir.remove_all();
         }

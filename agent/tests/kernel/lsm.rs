@@ -59,7 +59,8 @@ pub fn coverage_status(path: &str) -> Result<String, Failed> {
 /// the not-covered branch must hold in full.
 pub fn lsm_in_force(agent: &Agent) -> Result<bool, Failed> {
     let enforced = start_lists(agent, "enforced", "packet_socket");
-    let listed = egressd::coverage::bpf_lsm_active() == egressd::coverage::Probe::Yes;
+    let listed =
+        egressd::kernel::coverage::bpf_lsm_active() == egressd::kernel::coverage::Probe::Yes;
     if enforced && !listed {
         return Err("agent_start says packet_socket is enforced without an active BPF LSM".into());
     }
@@ -94,7 +95,8 @@ pub fn served_us(tb: &Testbed, want: u64) -> u64 {
 fn not_covered(tb: &Testbed, agent: Agent) -> Result<(), Failed> {
     for path in ["packet_socket", "raw_next_hop"] {
         let st = coverage_status(path)?;
-        if st == "enforced" && egressd::coverage::bpf_lsm_active() != egressd::coverage::Probe::Yes
+        if st == "enforced"
+            && egressd::kernel::coverage::bpf_lsm_active() != egressd::kernel::coverage::Probe::Yes
         {
             return Err(format!("{path}: coverage says {st} without an active BPF LSM").into());
         }
@@ -357,7 +359,7 @@ pub fn pinned_lsm_links() -> Result<(), Failed> {
     struct Cleanup(std::path::PathBuf);
     impl Drop for Cleanup {
         fn drop(&mut self) {
-            let dir = egressd::pin::PinDir::new(&self.0);
+            let dir = egressd::kernel::pin::PinDir::new(&self.0);
             if dir.exists() {
                 let _ = dir.remove_all();
             }
@@ -434,7 +436,7 @@ pub fn lsm_programs_verify() -> Result<(), Failed> {
     let offered = aya::sys::is_program_supported(aya::programs::ProgramType::Lsm(
         aya::programs::LsmAttachType::Mac,
     ));
-    let e = egressd::loader::Enforcer::open(0).map_err(|e| format!("{e:#}"))?;
+    let e = egressd::kernel::loader::Enforcer::open(0).map_err(|e| format!("{e:#}"))?;
     match (offered, e.lsm_load_error()) {
         (Ok(true), None) => Ok(()),
         (Ok(true), Some(why)) => Err(format!("LSM programs rejected: {why}").into()),

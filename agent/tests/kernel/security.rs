@@ -580,7 +580,7 @@ pub fn privileges_dropped_after_attach() -> Result<(), Failed> {
                     .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             })
             .unwrap_or(u64::MAX);
-        let keep = format!("{:016x}", egressd::privileges::keep_mask() & own);
+        let keep = format!("{:016x}", egressd::kernel::privileges::keep_mask() & own);
         let want = format!(
             "CapEff={keep} CapPrm={keep} CapInh=0000000000000000 CapBnd={keep} \
              CapAmb=0000000000000000 NoNewPrivs=1 Seccomp=2"

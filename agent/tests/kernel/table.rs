@@ -13,9 +13,9 @@ use std::{
 
 use egressd::{
     config,
-    loader::{Capacity, Enforcer},
+    kernel::loader::{Capacity, Enforcer},
+    kernel::testrun,
     policy::{self, Policy, table6::Table6},
-    testrun,
 };
 use egressd_common::{Verdict, programs, table::CHUNKS_PER_PAGE8};
 use ipnetwork::{Ipv4Network, Ipv6Network};

@@ -273,7 +273,7 @@ pub fn markdown(r: &Results) -> String {
            and only the referencing rules are added/removed. The figure is wall time per \
            iteration (socket + connect + close); p50/p99 are of the `connect()` call alone.\n\
          - **Contenders.** *egressd*: the real programs and maps, loaded by \
-           `egressd::loader::Enforcer` (the `bench_kernel` example) with the map sizes the \
+           `egressd::kernel::loader::Enforcer` (the `bench_kernel` example) with the map sizes the \
            daemon picks for the policy (`ipv4_lookup = \"auto\"`: the LPM trie for IPv4 \
            below 65,536 IPv4 prefixes, the DIR-24-8 table from there), attached to the \
            cgroup (all six hooks: connect4/6, sendmsg4/6, cgroup_skb egress/ingress). *nftables*: one \

@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
 use anyhow::Context as _;
 
-use crate::pin::sys_bpf;
+use crate::kernel::pin::sys_bpf;
 
 /// `BPF_MAP_CREATE`, `BPF_MAP_UPDATE_ELEM` (`include/uapi/linux/bpf.h`).
 const BPF_MAP_CREATE: libc::c_long = 0;

@@ -380,7 +380,7 @@ fn os_error(e: &aya::programs::ProgramError) -> Option<i32> {
 fn verifier_log(e: &aya::programs::ProgramError) -> String {
     match e {
         aya::programs::ProgramError::LoadError { verifier_log, .. } => {
-            crate::coverage::verifier_reason(&verifier_log.to_string())
+            crate::kernel::coverage::verifier_reason(&verifier_log.to_string())
         }
         _ => String::new(),
     }

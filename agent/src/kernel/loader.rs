@@ -42,7 +42,7 @@ use self::hooks::{HOOKS, Hook, LoadError, by_program};
 pub use self::table::Capacity;
 use crate::{
     config::{Established, Mode},
-    pin::PinDir,
+    kernel::pin::PinDir,
     policy::{Policy, table::Table4, table6::Table6},
 };
 
@@ -110,7 +110,7 @@ struct Pins {
     dir: PinDir,
     cgroup: PathBuf,
     /// Recorded in the pinned state until the next install ([`Enforcer::set_fallback`]).
-    fallback: Option<crate::pin::PinnedFallback>,
+    fallback: Option<crate::kernel::pin::PinnedFallback>,
     /// Calls of [`Enforcer::verify_and_repair`] so far (large policies are compared with
     /// the maps only every [`LARGE_CHECK_EVERY`] calls).
     checks: u64,
@@ -156,8 +156,8 @@ impl Enforcer {
     /// Errors name what is missing: privileges, a kernel feature (map or program type), or
     /// the verifier's log when a program is rejected.
     pub fn load(policy: Arc<Policy>, cgroup: &Path) -> anyhow::Result<Self> {
-        crate::privileges::check()?;
-        crate::cgroup::validate(cgroup)?;
+        crate::kernel::privileges::check()?;
+        crate::kernel::cgroup::validate(cgroup)?;
         let mut e = Self::open_with(Capacity::for_policy(&policy))?;
         e.install(policy)?;
         e.attach(cgroup)?;
@@ -222,7 +222,7 @@ impl Enforcer {
                  rebuild it with the eBPF toolchain (`cargo xtask setup`)"
             ));
         }
-        crate::privileges::check()?;
+        crate::kernel::privileges::check()?;
         let max = u32::try_from(cap.prefixes)
             .unwrap_or(u32::MAX)
             .max(DEFAULT_MAX_PREFIXES);
@@ -361,8 +361,8 @@ impl Enforcer {
         cgroup: &Path,
         dir: &PinDir,
     ) -> anyhow::Result<(Self, Adoption)> {
-        crate::privileges::check()?;
-        crate::cgroup::validate(cgroup)?;
+        crate::kernel::privileges::check()?;
+        crate::kernel::cgroup::validate(cgroup)?;
         dir.prepare()?;
         dir.check_layout()?;
         let cgroup_id = std::fs::metadata(cgroup)
@@ -373,8 +373,8 @@ impl Enforcer {
             if !path.exists() {
                 continue;
             }
-            let fd = crate::pin::obj_get(&path)?;
-            let st = crate::pin::link_state(fd.as_fd())?;
+            let fd = crate::kernel::pin::obj_get(&path)?;
+            let st = crate::kernel::pin::link_state(fd.as_fd())?;
             if st.cgroup_id != 0 && st.cgroup_id != cgroup_id {
                 bail!(
                     "{} is attached to another cgroup (id {}) than {} (id {cgroup_id}); run \
@@ -471,7 +471,7 @@ impl Enforcer {
                     }
                     let attached = cg.as_ref().is_some_and(|cg| {
                         let want = self.program_id(h.program).ok();
-                        crate::pin::attached_programs(cg.as_fd(), h.attach_type)
+                        crate::kernel::pin::attached_programs(cg.as_fd(), h.attach_type)
                             .is_ok_and(|ids| want.is_some_and(|w| ids.contains(&w)))
                     });
                     (h.name, attached)
@@ -482,8 +482,8 @@ impl Enforcer {
         hooks
             .map(|(name, hook)| {
                 let global = by_program(name).is_some_and(|h| !h.on_cgroup());
-                let ok = crate::pin::obj_get(&pins.dir.link(name))
-                    .and_then(|fd| crate::pin::link_state(fd.as_fd()))
+                let ok = crate::kernel::pin::obj_get(&pins.dir.link(name))
+                    .and_then(|fd| crate::kernel::pin::link_state(fd.as_fd()))
                     .is_ok_and(|st| {
                         (global || st.cgroup_id == cgroup_id)
                             && self.program_id(name).is_ok_and(|id| id == st.program_id)
@@ -544,8 +544,8 @@ impl Enforcer {
             }
             let want = self.program_id(name)?;
             let path = dir.link(name);
-            let state = crate::pin::obj_get(&path)
-                .and_then(|fd| Ok((crate::pin::link_state(fd.as_fd())?, fd)));
+            let state = crate::kernel::pin::obj_get(&path)
+                .and_then(|fd| Ok((crate::kernel::pin::link_state(fd.as_fd())?, fd)));
             if !spec.on_cgroup() {
                 // A global LSM link cannot be updated in place: attach anew, then re-pin.
                 if !state.is_ok_and(|(st, _)| st.program_id == want) {
@@ -560,7 +560,7 @@ impl Enforcer {
                 }
                 Ok((st, fd)) if st.cgroup_id == cgroup_id => {
                     let prog = self.program_fd(name)?;
-                    crate::pin::link_update(fd.as_fd(), prog)?;
+                    crate::kernel::pin::link_update(fd.as_fd(), prog)?;
                     repairs.push(format!(
                         "{hook}: link ran program {} instead of {want}; restored",
                         st.program_id
@@ -749,7 +749,7 @@ impl Enforcer {
         let Some(pins) = &self.pins else {
             return Ok(());
         };
-        let state = crate::pin::PinnedState {
+        let state = crate::kernel::pin::PinnedState {
             cgroup: pins.cgroup.display().to_string(),
             generation: self.generation,
             digest: policy.digest.clone(),
@@ -774,7 +774,7 @@ impl Enforcer {
     /// Writing the pinned state fails.
     pub fn set_fallback(
         &mut self,
-        fallback: Option<crate::pin::PinnedFallback>,
+        fallback: Option<crate::kernel::pin::PinnedFallback>,
     ) -> anyhow::Result<()> {
         let Some(pins) = self.pins.as_mut() else {
             return Ok(());
@@ -809,12 +809,12 @@ impl Enforcer {
                     }
                     continue;
                 }
-                let adopted = crate::pin::obj_get(&path)
-                    .and_then(|fd| Ok((crate::pin::link_state(fd.as_fd())?, fd)));
+                let adopted = crate::kernel::pin::obj_get(&path)
+                    .and_then(|fd| Ok((crate::kernel::pin::link_state(fd.as_fd())?, fd)));
                 match adopted {
                     Ok((st, fd)) if st.cgroup_id != 0 => {
                         let prog = self.program_fd(name)?;
-                        crate::pin::link_update(fd.as_fd(), prog)
+                        crate::kernel::pin::link_update(fd.as_fd(), prog)
                             .with_context(|| format!("adopting {}", path.display()))?;
                         tracing::info!(hook, link = st.link_id, "adopted pinned link");
                     }
@@ -890,16 +890,16 @@ impl Enforcer {
             self.lsm.reason = Some("the LSM programs did not load".into());
         }
         if self.lsm.reason.is_none() {
-            match crate::coverage::bpf_lsm_active() {
-                crate::coverage::Probe::Yes => {}
-                crate::coverage::Probe::No => {
+            match crate::kernel::coverage::bpf_lsm_active() {
+                crate::kernel::coverage::Probe::Yes => {}
+                crate::kernel::coverage::Probe::No => {
                     self.lsm.reason = Some(
                         "the BPF LSM is not active (`bpf` missing from /sys/kernel/security/lsm; \
                          boot with lsm=...,bpf)"
                             .into(),
                     );
                 }
-                crate::coverage::Probe::Unknown => {
+                crate::kernel::coverage::Probe::Unknown => {
                     self.lsm.reason =
                         Some("cannot read /sys/kernel/security/lsm (securityfs)".into());
                 }
@@ -1730,10 +1730,10 @@ fn explain_program(hook: &Hook, e: LoadError) -> anyhow::Error {
         LoadError::Object(e) => return e.context(format!("{}: broken eBPF object", hook.name)),
         LoadError::Kernel(e) => e,
     };
-    let kernel = crate::coverage::kernel_release();
+    let kernel = crate::kernel::coverage::kernel_release();
     let hint = match &e {
         ProgramError::LoadError { verifier_log, .. } => {
-            let why = crate::coverage::verifier_reason(&verifier_log.to_string());
+            let why = crate::kernel::coverage::verifier_reason(&verifier_log.to_string());
             format!(
                 "the kernel ({kernel}) rejected program {} for {}: {why}. This kernel lacks \
                  something the program needs; `egressd coverage` shows what this kernel \

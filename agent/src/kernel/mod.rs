@@ -1,0 +1,15 @@
+//! The kernel layer: everything that talks to the kernel about the eBPF programs. Loading the
+//! object, filling and swapping the maps, attaching to the cgroup (and the tc/egress
+//! fallback) and explaining failures ([`loader`]); bpffs pins and the pinned state record
+//! ([`pin`]); `BPF_PROG_TEST_RUN` of the packet program ([`testrun`]); the feature probes and
+//! the coverage report ([`coverage`]); cgroup v2 paths ([`cgroup`]); capabilities
+//! ([`privileges`]).
+//!
+//! May use [`crate::base`], [`crate::config`] and [`crate::policy`] (what to load), never the
+//! event pipeline or the daemon above it.
+pub mod cgroup;
+pub mod coverage;
+pub mod loader;
+pub mod pin;
+pub mod privileges;
+pub mod testrun;
