@@ -27,13 +27,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use egressd::{
     config::{SinkConfig, SinkKind, SpoolConfig, SyslogConfig, SyslogTransport},
-    events::{Record, sample},
-    formats::Format,
-    pipeline::{
+    events::formats::Format,
+    events::pipeline::{
         Pipeline,
         spool::{Fsync, Spool},
     },
-    sinks,
+    events::sinks,
+    events::{Record, sample},
 };
 use serde_json::json;
 

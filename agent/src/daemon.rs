@@ -24,6 +24,8 @@ use tokio::{
 use crate::{
     base::clock,
     config,
+    events::pipeline::Pipeline,
+    events::stats,
     events::{
         self, AgentInfo, ConnectionEvent, Context, Counters, Enricher, LastGoodRef, Lifecycle,
         LifecycleBody, LossReport, PolicySummary, Record, Sequencer,
@@ -31,10 +33,8 @@ use crate::{
     kernel::cgroup,
     kernel::loader::Enforcer,
     lastgood::StateDir,
-    pipeline::Pipeline,
     policy::ids::IdTable,
     policy::{self, Policy},
-    stats,
 };
 
 /// How long the sinks get at exit to deliver what is queued before it is spooled.
@@ -164,7 +164,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         .output
         .chain_key_file
         .as_deref()
-        .map(crate::audit::chain::load_key)
+        .map(crate::events::audit::chain::load_key)
         .transpose()?;
     let started = Instant::now();
     let coverage = crate::kernel::coverage::probe_for_start();

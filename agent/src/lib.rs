@@ -6,22 +6,17 @@
 //! [`events`] (ring buffer -> typed, enriched records) -> [`formats`] (native JSON, ECS, OCSF,
 //! CEF) -> [`pipeline`] (queues, spool, loss counters) -> [`sinks`], with [`stats`]
 //! reading the kernel counters.
-pub mod audit;
 pub mod base;
 pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod events;
-pub mod formats;
 pub mod instance;
 pub mod kernel;
 pub mod lastgood;
 pub mod metrics;
 pub mod notify;
-pub mod pipeline;
 pub mod policy;
 pub mod signals;
-pub mod sinks;
-pub mod stats;
 pub mod status;
 pub mod watch;

@@ -372,7 +372,7 @@ fn main() -> ExitCode {
                             .map_err(|e| anyhow::anyhow!("--key-file {}: {e}", p.display()))
                     })
                     .transpose()?;
-                Ok(egressd::audit::verify::Options {
+                Ok(egressd::events::audit::verify::Options {
                     from: time(from, "from")?,
                     to: time(to, "to")?,
                     expect_digest,
@@ -383,12 +383,12 @@ fn main() -> ExitCode {
                     trust_adoption,
                 })
             })();
-            match opts.and_then(|o| egressd::audit::verify_files(&files, &o)) {
+            match opts.and_then(|o| egressd::events::audit::verify_files(&files, &o)) {
                 Ok(report) => {
                     let text = if json {
                         format!("{}\n", serde_json::to_string(&report).unwrap_or_default())
                     } else {
-                        egressd::audit::verify::text(&report)
+                        egressd::events::audit::verify::text(&report)
                     };
                     let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
                     return if report.proven {

@@ -41,7 +41,7 @@ pub struct Status {
     /// The state record the daemon wrote at its last install (digest, cgroup, ...).
     pub state: Option<PinnedState>,
     /// Non-zero decision counters.
-    pub counters: Vec<crate::stats::CounterRow>,
+    pub counters: Vec<crate::events::stats::CounterRow>,
     /// Which egress paths this kernel lets egressd enforce (probed now).
     pub coverage: crate::kernel::coverage::Summary,
 }
@@ -88,7 +88,7 @@ pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
         .map(|s| s.regions.clone())
         .unwrap_or_default();
     // Names from the pinned state; `region#ID` for ids it does not know.
-    let rows = crate::stats::counters_named(&counters, |region| {
+    let rows = crate::events::stats::counters_named(&counters, |region| {
         if region == egressd_common::REGION_LOCAL {
             crate::config::LOCAL_REGION_NAME.to_owned()
         } else {

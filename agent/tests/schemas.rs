@@ -27,9 +27,9 @@ mod rfc5424;
 use std::{path::PathBuf, sync::OnceLock};
 
 use egressd::{
+    events::formats::{self, Format},
+    events::sinks::{Encoder, Framing, syslog},
     events::{Record, sample},
-    formats::{self, Format},
-    sinks::{Encoder, Framing, syslog},
 };
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use serde_json::{Value, json};
@@ -64,7 +64,7 @@ fn ecs_schema() -> Option<&'static Result<ecs::Schema, String>> {
 
 /// `r` in format `f` as a sink sends it: with its hash chain link (the chain's first).
 fn sealed(f: Format, r: &Record) -> Vec<u8> {
-    egressd::audit::chain::Chain::new().seal(f, &f.render(r))
+    egressd::events::audit::chain::Chain::new().seal(f, &f.render(r))
 }
 
 fn doc(f: Format, r: &Record) -> Value {
@@ -188,7 +188,7 @@ fn rfc5424_test(f: Format, r: &Record, max_bytes: usize) -> Result<(), Failed> {
         },
         max_bytes,
     };
-    let encoded = enc.encode_sealed(r, &mut egressd::audit::chain::Chain::new());
+    let encoded = enc.encode_sealed(r, &mut egressd::events::audit::chain::Chain::new());
     let m = if octet_counting {
         rfc5424::unframe(&encoded.frame)?
     } else {

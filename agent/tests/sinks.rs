@@ -38,9 +38,9 @@ use std::{
 
 use egressd::{
     config::{SinkConfig, SinkKind, SpoolConfig, SyslogConfig, SyslogTransport},
+    events::formats::{Format, cef},
+    events::pipeline::Pipeline,
     events::{Record, sample},
-    formats::{Format, cef},
-    pipeline::Pipeline,
 };
 use egressd_testbed::{Netns, PORT, Testbed, US_V4, US_V6};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -388,7 +388,7 @@ fn syslog_sink(
         spool: spool.map(|d| SpoolConfig {
             dir: d.join(name),
             max_bytes: 64 << 20,
-            fsync: egressd::pipeline::spool::Fsync::Batch,
+            fsync: egressd::events::pipeline::spool::Fsync::Batch,
         }),
         retry_max_ms: 200,
     }

@@ -33,7 +33,7 @@ pub struct Output {
     /// [`DEFAULT_HEARTBEAT_SECS`] when absent.
     pub heartbeat_secs: u64,
     /// `chain_key_file`: absolute path of the secret that keys the records' hash chain
-    /// (HMAC-SHA-256, [`crate::audit::chain`]), read once at start; unkeyed SHA-256 when
+    /// (HMAC-SHA-256, [`crate::events::audit::chain`]), read once at start; unkeyed SHA-256 when
     /// absent.
     pub chain_key_file: Option<PathBuf>,
     /// `[[sinks]]` in file order; one stdout sink with the native JSON format when absent.
@@ -60,7 +60,7 @@ pub struct SinkConfig {
     /// `type` and its options.
     pub kind: SinkKind,
     /// `format`: `json` (default), `ecs`, `ocsf` or `cef`.
-    pub format: crate::formats::Format,
+    pub format: crate::events::formats::Format,
     /// `queue`: in-memory queue in records ([`DEFAULT_QUEUE`]).
     pub queue: usize,
     /// `queue_bytes`: in-memory queue in bytes ([`DEFAULT_QUEUE_BYTES`]); whichever of
@@ -68,9 +68,9 @@ pub struct SinkConfig {
     pub queue_bytes: usize,
     /// `max_message_bytes`: longest record the destination takes (for syslog, the RFC 5424
     /// message with its header; for lines, with the newline); a longer one is truncated so
-    /// it stays parseable, marked and counted ([`crate::formats::bound`]). 0: no limit.
+    /// it stays parseable, marked and counted ([`crate::events::formats::bound`]). 0: no limit.
     /// Default [`DEFAULT_SYSLOG_MESSAGE_BYTES`] for syslog sinks, 0 for others; at least
-    /// [`crate::formats::bound::MIN_MESSAGE_BYTES`] when set.
+    /// [`crate::events::formats::bound::MIN_MESSAGE_BYTES`] when set.
     pub max_message_bytes: usize,
     /// On-disk spool used while the sink is down or slow; `None` disables it.
     pub spool: Option<SpoolConfig>,
@@ -85,7 +85,7 @@ impl SinkConfig {
         Self {
             name: "stdout".into(),
             kind: SinkKind::Stdout,
-            format: crate::formats::Format::Json,
+            format: crate::events::formats::Format::Json,
             queue: DEFAULT_QUEUE,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             max_message_bytes: 0,
@@ -157,8 +157,8 @@ pub struct SpoolConfig {
     /// `spool_max_bytes`: size limit ([`DEFAULT_SPOOL_MAX_BYTES`]); 0 disables the spool.
     pub max_bytes: u64,
     /// `spool_fsync`: `"batch"` (default) or `"interval"`; see
-    /// [`crate::pipeline::spool::Fsync`].
-    pub fsync: crate::pipeline::spool::Fsync,
+    /// [`crate::events::pipeline::spool::Fsync`].
+    pub fsync: crate::events::pipeline::spool::Fsync,
 }
 
 /// Syslog facility names (RFC 5424 section 6.2.1) and their codes.
@@ -208,7 +208,7 @@ impl Ctx<'_> {
             if p.is_absolute() {
                 // Read now, as `run` will: `check` (config management's validator) and a
                 // reload must refuse a key the next start would refuse.
-                if let Err(e) = crate::audit::chain::load_key(&p) {
+                if let Err(e) = crate::events::audit::chain::load_key(&p) {
                     errors.push(self.err(k.span(), "chain_key_file", format!("{e:#}")));
                 }
                 out.chain_key_file = Some(p);
@@ -303,18 +303,20 @@ impl Ctx<'_> {
             return None;
         };
         let format = match &raw.format {
-            None => crate::formats::Format::Json,
-            Some(v) => crate::formats::Format::from_name(v.get_ref()).unwrap_or_else(|| {
-                errors.push(self.err(
-                    v.span(),
-                    f("format"),
-                    format!(
-                        "unknown format `{}`: expected `json`, `ecs`, `ocsf` or `cef`",
-                        v.get_ref()
-                    ),
-                ));
-                crate::formats::Format::Json
-            }),
+            None => crate::events::formats::Format::Json,
+            Some(v) => {
+                crate::events::formats::Format::from_name(v.get_ref()).unwrap_or_else(|| {
+                    errors.push(self.err(
+                        v.span(),
+                        f("format"),
+                        format!(
+                            "unknown format `{}`: expected `json`, `ecs`, `ocsf` or `cef`",
+                            v.get_ref()
+                        ),
+                    ));
+                    crate::events::formats::Format::Json
+                })
+            }
         };
         let only_for = |opt: &Option<Spanned<String>>,
                         name: &str,
@@ -549,7 +551,7 @@ impl Ctx<'_> {
             other => positive(
                 other,
                 "max_message_bytes",
-                crate::formats::bound::MIN_MESSAGE_BYTES as i64,
+                crate::events::formats::bound::MIN_MESSAGE_BYTES as i64,
                 default_message,
                 errors,
             ),
@@ -569,17 +571,17 @@ impl Ctx<'_> {
             errors,
         );
         let fsync = match &raw.spool_fsync {
-            None => crate::pipeline::spool::Fsync::default(),
+            None => crate::events::pipeline::spool::Fsync::default(),
             Some(v) => match v.get_ref().as_str() {
-                "batch" => crate::pipeline::spool::Fsync::Batch,
-                "interval" => crate::pipeline::spool::Fsync::Interval,
+                "batch" => crate::events::pipeline::spool::Fsync::Batch,
+                "interval" => crate::events::pipeline::spool::Fsync::Interval,
                 other => {
                     errors.push(self.err(
                         v.span(),
                         f("spool_fsync"),
                         format!("`{other}`: expected \"batch\" or \"interval\""),
                     ));
-                    crate::pipeline::spool::Fsync::default()
+                    crate::events::pipeline::spool::Fsync::default()
                 }
             },
         };

@@ -11,10 +11,15 @@
 //! the same [`Header`], so every record a host emits has one `id` and one `sequence` number
 //! from the same counter: a gap in `sequence` at the SIEM is a lost record.
 //!
-//! Field names of the native JSON form ([`crate::formats::json`]) follow the Elastic Common
+//! Field names of the native JSON form ([`crate::events::formats::json`]) follow the Elastic Common
 //! Schema (ECS 8.x) where it has one (`@timestamp`, `host.name`, `process.pid`,
-//! `destination.ip`, ...). The other formats map these records in [`crate::formats`].
+//! `destination.ip`, ...). The other formats map these records in [`crate::events::formats`].
+pub mod audit;
+pub mod formats;
+pub mod pipeline;
 pub mod procinfo;
+pub mod sinks;
+pub mod stats;
 pub mod summary;
 pub mod worker;
 
@@ -31,8 +36,8 @@ use egressd_common::{Event, Hook, Verdict, family};
 use serde::Serialize;
 
 use crate::{
+    events::stats::{CounterRow, Loss},
     policy::Policy,
-    stats::{CounterRow, Loss},
 };
 
 /// Copies an [`Event`] out of a ring-buffer item; `None` if the item is too short (a
@@ -622,11 +627,11 @@ pub struct PolicySummary {
     pub allowlist: Vec<String>,
 }
 
-/// Delivery counters of one sink (see [`crate::pipeline`] for their exact meaning).
+/// Delivery counters of one sink (see [`crate::events::pipeline`] for their exact meaning).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
 pub struct SinkCounters {
     /// Records the destination acknowledged (for TCP and TLS: the peer's TCP, see
-    /// [`crate::pipeline`]).
+    /// [`crate::events::pipeline`]).
     pub delivered: u64,
     /// Records waiting in memory now.
     pub queued: u64,

@@ -139,7 +139,7 @@ pub fn differential() -> Result<(), Failed> {
     // Exact counting: one skb-egress decision per case.
     let readers = enforcer.take_readers().map_err(|e| format!("{e:#}"))?;
     let last = Policy::clone(&policy::compile(&random_config(&mut rng)));
-    let counted: u64 = egressd::stats::counters(&readers.counters, &last)
+    let counted: u64 = egressd::events::stats::counters(&readers.counters, &last)
         .map_err(|e| format!("{e:#}"))?
         .iter()
         .filter(|c| c.hook == "cgroup_skb/egress")

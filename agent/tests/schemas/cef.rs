@@ -5,7 +5,7 @@
 //! `...Label`, values of the right type (integers, ms timestamps, IPv4 in `dst`, IPv6 in
 //! `c6aN`), and escapes limited to the standard's `\\`, `\=`, `\n`, `\r` in values (plus
 //! `\uXXXX`, egressd's documented escape of other control characters); no raw control
-//! character anywhere. The parser here is independent of `egressd::formats::cef::parse`.
+//! character anywhere. The parser here is independent of `egressd::events::formats::cef::parse`.
 
 /// The standard's extension dictionary: short (`CEF Key Name`) and full names.
 pub const DICTIONARY: &[&str] = &[

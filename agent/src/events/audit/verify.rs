@@ -905,9 +905,9 @@ fn line(s: &mut String, indent: &str, f: &Finding) {
 mod tests {
     use super::*;
     use crate::{
-        audit::{chain::Chain, read::parse_line},
+        events::audit::{chain::Chain, read::parse_line},
+        events::formats::Format,
         events::{Lifecycle, LifecycleBody, Record, sample},
-        formats::Format,
     };
 
     const S: i128 = 1_000_000_000;

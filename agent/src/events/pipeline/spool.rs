@@ -1,7 +1,7 @@
 //! A sink's bounded on-disk queue of frames, oldest first, and its write-ahead log.
 //!
 //! Every frame of a sink with a spool is appended here before it is sent
-//! ([`crate::pipeline`]); it stays until the destination has acknowledged it. Two positions
+//! ([`crate::events::pipeline`]); it stays until the destination has acknowledged it. Two positions
 //! move through the spool: the *read cursor* ([`Spool::pop`]: the next frame to send) and the
 //! *committed head* ([`Spool::commit`]: the oldest frame not yet known delivered). Only the
 //! committed head is persisted, so after a crash (`kill -9`, power loss) everything from it

@@ -45,7 +45,7 @@
 //! `Other`, per the schema), `metadata.log_name` and `unmapped.egressd.type` (the record
 //! type). `app` names egressd; counters and losses go to `unmapped.egressd`, and so do an
 //! adoption of pinned enforcement (`adopted`) and, from the sinks, the hash chain link
-//! (`chain`, [`crate::audit::chain`]).
+//! (`chain`, [`crate::events::audit::chain`]).
 use serde_json::{Map, Value, json};
 
 use crate::events::{

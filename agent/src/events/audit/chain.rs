@@ -6,7 +6,7 @@
 //! ([`Chain::keyed`]), `link(n) = HMAC-SHA-256(key, link(n-1) || C(n))`. The link is
 //! written as `sha256:` (or `hmac-sha256:`) and 64 lowercase hex digits.
 //!
-//! The chain follows the order in which [`crate::pipeline::Pipeline::submit`] receives
+//! The chain follows the order in which [`crate::events::pipeline::Pipeline::submit`] receives
 //! records, which is the order of their `sequence` numbers; it starts again at every agent
 //! run (the run's first record, `sequence` 1, links to 32 zero bytes). It is computed per
 //! sink over the record as that sink renders it, so every format carries a link it can be
@@ -27,7 +27,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::formats::Format;
+use crate::events::formats::Format;
 
 /// Bytes of a link.
 pub const LINK_BYTES: usize = 32;

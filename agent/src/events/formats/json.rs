@@ -37,7 +37,7 @@
 //! refused), `policy` (the last good policy now in force), `last_good` (`digest`,
 //! `generation`, `saved_at`, `file`).
 //!
-//! Every record a sink sends ends with `chain`, its hash chain link ([`crate::audit::chain`]).
+//! Every record a sink sends ends with `chain`, its hash chain link ([`crate::events::audit::chain`]).
 use crate::events::Record;
 
 /// Serializes `record` as one JSON object (no newline).

@@ -51,7 +51,7 @@
 //! `cs1`=`policyDigest`, `cs2`=`agentEphemeralId`, `cs3`=`lastGoodSavedAt` (fallback),
 //! `cn1`=`connectionEvents`, `cn2`=`lostEvents`, `cn3`=`generationInForce` (`intervalSecs`
 //! in a heartbeat, `adoptedGeneration` in an `agent_start` that adopted pinned enforcement). Sinks append the hash chain link as `egressdChain`
-//! ([`crate::audit::chain`]).
+//! ([`crate::events::audit::chain`]).
 use std::fmt::Write as _;
 
 use crate::events::{
@@ -514,7 +514,10 @@ mod tests {
     fn every_control_character_is_escaped() {
         let nasty = "a\u{1b}[31mb\u{7}c\u{7f}d\u{85}e\u{9b}f\u{2028}g\u{2029}h\u{0}i\tj";
         let v = value(nasty);
-        assert!(!v.chars().any(crate::formats::bound::is_control), "{v:?}");
+        assert!(
+            !v.chars().any(crate::events::formats::bound::is_control),
+            "{v:?}"
+        );
         assert_eq!(
             v,
             "a\\u001B[31mb\\u0007c\\u007Fd\\u0085e\\u009Bf\\u2028g\\u2029h\\u0000i\\u0009j"
@@ -525,7 +528,7 @@ mod tests {
         ev.process.command_line = Some(nasty.into());
         let line = render(&Record::Connection(Box::new(ev)));
         assert!(
-            !line.chars().any(crate::formats::bound::is_control),
+            !line.chars().any(crate::events::formats::bound::is_control),
             "{line:?}"
         );
     }

@@ -10,7 +10,7 @@
 //!
 //! A sink is an [`Encoder`] (format + framing, applied on the reader thread so the spool
 //! stores wire-ready frames) and a [`Transport`] (blocking I/O, driven by the sink's own
-//! worker thread in [`crate::pipeline`], which adds the queue, spool, retries and counters).
+//! worker thread in [`crate::events::pipeline`], which adds the queue, spool, retries and counters).
 pub mod buffered;
 pub mod file;
 pub mod stdout;
@@ -22,7 +22,7 @@ use std::io;
 use crate::{
     config::{SinkConfig, SinkKind, SyslogTransport},
     events::Record,
-    formats::Format,
+    events::formats::Format,
 };
 
 /// Why a frame could not be sent.
@@ -118,7 +118,7 @@ pub struct Encoder {
     /// Framing.
     pub framing: Framing,
     /// Longest message (syslog: the RFC 5424 message; lines: the record and its newline);
-    /// 0: no limit. See [`crate::formats::bound`].
+    /// 0: no limit. See [`crate::events::formats::bound`].
     pub max_bytes: usize,
 }
 
@@ -160,17 +160,17 @@ impl Encoder {
 
     /// One frame, and whether the record had to be truncated to fit [`Self::max_bytes`].
     /// Workload-controlled fields are capped first, whatever the limit
-    /// ([`crate::formats::bound::cap_record`]).
+    /// ([`crate::events::formats::bound::cap_record`]).
     pub fn encode_counted(&self, record: &Record) -> Encoded {
         self.encode_with(record, None)
     }
 
     /// As [`Self::encode_counted`], with the next link of `chain` added to the record
-    /// ([`crate::audit::chain`]); the size bound leaves room for it.
+    /// ([`crate::events::audit::chain`]); the size bound leaves room for it.
     pub fn encode_sealed(
         &self,
         record: &Record,
-        chain: &mut crate::audit::chain::Chain,
+        chain: &mut crate::events::audit::chain::Chain,
     ) -> Encoded {
         self.encode_with(record, Some(chain))
     }
@@ -178,14 +178,14 @@ impl Encoder {
     fn encode_with(
         &self,
         record: &Record,
-        chain: Option<&mut crate::audit::chain::Chain>,
+        chain: Option<&mut crate::events::audit::chain::Chain>,
     ) -> Encoded {
-        let capped = crate::formats::bound::cap_record(record);
+        let capped = crate::events::formats::bound::cap_record(record);
         let record = capped.as_ref().unwrap_or(record);
         let mut body = self.format.render(record);
         let mut truncated = false;
         let link = if chain.is_some() {
-            crate::audit::chain::MAX_OVERHEAD
+            crate::events::audit::chain::MAX_OVERHEAD
         } else {
             0
         };
@@ -199,7 +199,7 @@ impl Encoder {
             };
         if self.max_bytes > 0 && body.len() + overhead > self.max_bytes {
             let room = self.max_bytes.saturating_sub(overhead);
-            if let Some(b) = crate::formats::bound::fit(self.format, &body, room) {
+            if let Some(b) = crate::events::formats::bound::fit(self.format, &body, room) {
                 body = b;
                 truncated = true;
             }
@@ -263,7 +263,7 @@ mod tests {
     fn sinks_example_config_is_valid() {
         let (_, out) = crate::config::parse_all(
             std::path::Path::new("configs/sinks.toml"),
-            include_str!("../../../configs/sinks.toml"),
+            include_str!("../../../../configs/sinks.toml"),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let names: Vec<&str> = out.sinks.iter().map(|s| s.name.as_str()).collect();

@@ -13,8 +13,8 @@
 //!   is cut between key-value pairs or inside a value, never inside an escape sequence, and
 //!   ends with `egressdTruncatedFromBytes=N`. The pipeline counts each such record.
 use crate::{
+    events::formats::Format,
     events::{ConnectionEvent, Record},
-    formats::Format,
 };
 
 /// Longest escaped command line kept in a record, in bytes.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::chain;
-use crate::formats::{Format, cef};
+use crate::events::formats::{Format, cef};
 
 /// One record read back, with what verification needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -442,7 +442,7 @@ fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
 mod tests {
     use super::*;
     use crate::{
-        audit::chain::Chain,
+        events::audit::chain::Chain,
         events::{Record, sample},
     };
 

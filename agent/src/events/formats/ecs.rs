@@ -43,7 +43,7 @@
 //! `event.action` is the record type with `-` (`agent-start`, ...);
 //! counters and losses go to `egressd.counters`, `egressd.lost`, `egressd.connection_events`;
 //! an adoption of pinned enforcement to `egressd.adopted`. Sinks put the hash chain link in
-//! `event.hash` ([`crate::audit::chain`]).
+//! `event.hash` ([`crate::events::audit::chain`]).
 use serde_json::{Map, Value, json};
 
 use crate::events::{

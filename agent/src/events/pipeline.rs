@@ -71,11 +71,11 @@ use std::{
 
 use crate::{
     config::SinkConfig,
-    events::{Record, SinkCounters},
-    sinks::{
+    events::sinks::{
         self, Encoder, SendError, Transport,
         syslog::{OPEN_TIMEOUT, SEND_TIMEOUT},
     },
+    events::{Record, SinkCounters},
 };
 
 use spool::{Fsync, Spool};
@@ -227,9 +227,9 @@ impl Shared {
 
 struct Sink {
     encoder: Encoder,
-    /// This sink's hash chain ([`crate::audit::chain`]): records are linked in the order
+    /// This sink's hash chain ([`crate::events::audit::chain`]): records are linked in the order
     /// they are submitted, which is their sequence order.
-    chain: Mutex<crate::audit::chain::Chain>,
+    chain: Mutex<crate::events::audit::chain::Chain>,
     shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
 }
@@ -353,18 +353,18 @@ impl Pipeline {
             .map_err(|e| anyhow::anyhow!("sink `{}`: spawning its thread: {e}", cfg.name))?;
         Ok(Sink {
             encoder: Encoder::for_sink(cfg, host),
-            chain: Mutex::new(crate::audit::chain::Chain::new()),
+            chain: Mutex::new(crate::events::audit::chain::Chain::new()),
             shared,
             worker: Some(handle),
         })
     }
 
-    /// Keys every sink's hash chain with `key` (HMAC-SHA-256, [`crate::audit::chain`]);
+    /// Keys every sink's hash chain with `key` (HMAC-SHA-256, [`crate::events::audit::chain`]);
     /// call before the first [`Self::submit`].
     pub fn key_chains(&self, key: &Arc<[u8]>) {
         for s in &self.sinks {
             *s.chain.lock().unwrap_or_else(PoisonError::into_inner) =
-                crate::audit::chain::Chain::keyed(key.clone());
+                crate::events::audit::chain::Chain::keyed(key.clone());
         }
     }
 
@@ -1094,7 +1094,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::SpoolConfig, events::sample, sinks::file::File};
+    use crate::{config::SpoolConfig, events::sample, events::sinks::file::File};
     use std::{io, path::PathBuf};
 
     /// A destination that can be taken down and brought back.
@@ -1241,7 +1241,7 @@ mod tests {
         let (_f, t) = fake(false);
         // As submitted: with the hash chain link (of fixed length).
         let frame_len = Encoder::for_sink(&cfg("s", 1), "h")
-            .encode_sealed(&rec(1), &mut crate::audit::chain::Chain::new())
+            .encode_sealed(&rec(1), &mut crate::events::audit::chain::Chain::new())
             .frame
             .len() as u64;
         // Room for exactly 5 frames (with their 4-byte length and 4-byte checksum).
@@ -1503,7 +1503,7 @@ mod tests {
         let (addr, stop) = trickler();
         let dir = tmp("trickle");
         let spool = Spool::open(&dir, 1 << 30).expect("spool");
-        let transport = Box::new(crate::sinks::syslog::Tcp::new(addr));
+        let transport = Box::new(crate::events::sinks::syslog::Tcp::new(addr));
         let p = Pipeline::with_transports(vec![(cfg("s", 1000), transport, Some(spool))], "h")
             .expect("start");
         let mut big = sample::deny();
@@ -1594,7 +1594,7 @@ mod wal_tests {
         let p = Pipeline::with_transports(
             vec![(
                 cfg,
-                Box::new(crate::sinks::syslog::Tcp::new(addr)),
+                Box::new(crate::events::sinks::syslog::Tcp::new(addr)),
                 Some(Spool::open(&dir, 1 << 20).expect("spool")),
             )],
             "h",

@@ -155,11 +155,11 @@ mod tests {
     use crate::events::sample;
 
     fn golden_dir() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/formats/golden")
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/events/formats/golden")
     }
 
     /// Every format x every sample record, sealed as the first record of a hash chain
-    /// ([`crate::audit::chain`]), against `golden/{format}/{sample}.txt`.
+    /// ([`crate::events::audit::chain`]), against `golden/{format}/{sample}.txt`.
     /// `EGRESSD_BLESS=1` rewrites the files instead (review the diff).
     #[test]
     fn formats_match_golden_files() {
@@ -169,7 +169,7 @@ mod tests {
             let dir = golden_dir().join(f.as_str());
             for (name, rec) in sample::records() {
                 // As a sink sends it: with the link of a chain's first record.
-                let sealed = crate::audit::chain::Chain::new().seal(f, &f.render(&rec));
+                let sealed = crate::events::audit::chain::Chain::new().seal(f, &f.render(&rec));
                 let got = String::from_utf8(sealed).expect("UTF-8");
                 assert!(!got.contains('\n'), "{f:?} {name}: raw newline in {got}");
                 let path = dir.join(format!("{name}.txt"));
