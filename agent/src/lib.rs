@@ -7,16 +7,8 @@
 //! CEF) -> [`pipeline`] (queues, spool, loss counters) -> [`sinks`], with [`stats`]
 //! reading the kernel counters.
 pub mod base;
-pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod events;
-pub mod instance;
 pub mod kernel;
-pub mod lastgood;
-pub mod metrics;
-pub mod notify;
 pub mod policy;
-pub mod signals;
-pub mod status;
-pub mod watch;

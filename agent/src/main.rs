@@ -47,13 +47,13 @@ enum Command {
         /// `/healthz` "degraded"), and leaves that state at the first reload (SIGHUP,
         /// --watch) of a valid set; with no last good policy it refuses to start.
         #[arg(long, value_name = "DIR", env = "EGRESSD_STATE_DIR",
-              default_value = egressd::lastgood::DEFAULT_STATE_DIR)]
+              default_value = egressd::daemon::lastgood::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         /// Directory of the per-cgroup locks (root's, 0700): `DIR/<cgroup id>.lock` is
         /// held while egressd runs, so a second `egressd run` on the same cgroup refuses to
         /// start and names the first (pid, pin directory).
         #[arg(long, value_name = "DIR", env = "EGRESSD_RUN_DIR",
-              default_value = egressd::instance::DEFAULT_RUN_DIR)]
+              default_value = egressd::daemon::instance::DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
     /// Probe the running kernel and print which egress paths egressd enforces on it (the
@@ -217,9 +217,9 @@ enum RegionsCommand {
 /// Blocks SIGHUP and SIGUSR1 before `main` runs: a constructor in `.init_array`, which the
 /// C runtime calls before `main` (and so before the Rust runtime's own set-up). `run`
 /// unblocks them once its handlers are installed, the other subcommands at once; see
-/// [`egressd::signals`].
+/// [`egressd::daemon::signals`].
 extern "C" fn block_early_signals() {
-    egressd::signals::block_early();
+    egressd::daemon::signals::block_early();
 }
 
 #[used]
@@ -230,7 +230,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
         // Only the daemon has handlers for them: elsewhere their default action stands.
-        egressd::signals::unblock_early();
+        egressd::daemon::signals::unblock_early();
         // A report piped into `head` ends quietly, as other tools do, instead of a panic
         // on EPIPE (Rust ignores SIGPIPE). The daemon keeps ignoring it: a closed stdout
         // sink is an error it counts, not a reason to stop enforcing.
@@ -282,7 +282,7 @@ fn main() -> ExitCode {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             Ok(())
         }
-        Command::Status { pin_dir, json } => egressd::status::status(&pin_dir).map(|s| {
+        Command::Status { pin_dir, json } => egressd::daemon::status::status(&pin_dir).map(|s| {
             if json {
                 println!("{}", serde_json::to_string(&s).unwrap_or_default());
             } else {
@@ -442,13 +442,13 @@ fn check(path: &std::path::Path, drop_ins: Option<&std::path::Path>) -> anyhow::
         None => egressd::config::load(path)?,
     };
     let policy = egressd::policy::compile(&cfg);
-    if let Some(first) = egressd::check::errors(&policy).first() {
+    if let Some(first) = egressd::daemon::check::errors(&policy).first() {
         anyhow::bail!("{}: {first}", path.display());
     }
-    for w in egressd::check::warnings(&cfg, &policy) {
+    for w in egressd::daemon::check::warnings(&cfg, &policy) {
         eprintln!("egressd: warning: {}: {w}", path.display());
     }
-    print!("{}", egressd::check::summary(&cfg, &policy));
+    print!("{}", egressd::daemon::check::summary(&cfg, &policy));
     // What this machine's kernel covers of it (probes need root; unknown otherwise).
     let coverage = egressd::kernel::coverage::probe();
     for p in coverage

@@ -85,7 +85,7 @@ pub fn load_with_drop_ins(path: &Path, drop_ins: &Path) -> Result<Config, Config
 /// The text of a policy set exactly as it was read: the main file and every drop-in file, in
 /// the order they are applied. [`parse_set_all`] of it gives the same [`Config`] as the
 /// [`load`] that read it; `egressd run` keeps it as the last good policy
-/// ([`crate::lastgood`]).
+/// ([`crate::daemon::lastgood`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sources {
     /// The main file's path, as given.

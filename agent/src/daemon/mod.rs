@@ -6,9 +6,17 @@
 //! `policy_loaded` or `reload_failed` after each SIGHUP, and `agent_stop` with the final
 //! counters. Signals: SIGHUP reloads the policy, SIGUSR1 reopens file sinks (logrotate).
 //! Under systemd (`Type=notify`) it reports readiness, reloads, watchdog pings and the stop
-//! ([`crate::notify`]).
+//! ([`crate::daemon::notify`]).
 //! With a pin directory ([`RunOptions::pin_dir`]) the programs stay attached at exit and a
 //! `tamper_repaired` record reports repairs of pinned state; see [`run_with`].
+pub mod check;
+pub mod instance;
+pub mod lastgood;
+pub mod metrics;
+pub mod notify;
+pub mod signals;
+pub mod status;
+pub mod watch;
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
@@ -24,6 +32,7 @@ use tokio::{
 use crate::{
     base::clock,
     config,
+    daemon::lastgood::StateDir,
     events::pipeline::Pipeline,
     events::stats,
     events::{
@@ -32,7 +41,6 @@ use crate::{
     },
     kernel::cgroup,
     kernel::loader::Enforcer,
-    lastgood::StateDir,
     policy::ids::IdTable,
     policy::{self, Policy},
 };
@@ -90,13 +98,13 @@ pub struct RunOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// Reload when the main file or a drop-in file changes on disk (debounced), as on SIGHUP.
     pub watch: bool,
-    /// Keep every policy put in force here as the last good one ([`crate::lastgood`]), and
+    /// Keep every policy put in force here as the last good one ([`crate::daemon::lastgood`]), and
     /// fall back to it at start when the policy on disk is invalid. `None`: nothing is kept
     /// and an invalid policy at start fails the start. (`egressd run` defaults to
-    /// [`crate::lastgood::DEFAULT_STATE_DIR`].)
+    /// [`crate::daemon::lastgood::DEFAULT_STATE_DIR`].)
     pub state_dir: Option<PathBuf>,
-    /// Directory of the per-cgroup locks ([`crate::instance`]); `None`:
-    /// [`crate::instance::DEFAULT_RUN_DIR`].
+    /// Directory of the per-cgroup locks ([`crate::daemon::instance`]); `None`:
+    /// [`crate::daemon::instance::DEFAULT_RUN_DIR`].
     pub run_dir: Option<PathBuf>,
 }
 
@@ -124,13 +132,13 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     // Handlers first: a SIGHUP (`systemctl reload`) or SIGUSR1 (logrotate) while a large
     // policy loads must not kill the daemon (their default action); they are served once
     // the loop runs, and a SIGTERM then stops it at once. The `egressd` binary blocked the
-    // two before `main` (crate::signals); what arrived since is delivered to the handlers
+    // two before `main` (crate::daemon::signals); what arrived since is delivered to the handlers
     // now.
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
-    crate::signals::unblock_early();
+    crate::daemon::signals::unblock_early();
     let stop = StopSignal::install()?;
-    let notifier = crate::notify::Notifier::from_env();
+    let notifier = crate::daemon::notify::Notifier::from_env();
     let state = opts.state_dir.as_ref().map(StateDir::new);
     // The files on disk, validated; if they are invalid, the last good policy (validated the
     // same way), and the daemon runs degraded until a reload of a valid set.
@@ -149,8 +157,8 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     let run_dir = opts
         .run_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from(crate::instance::DEFAULT_RUN_DIR));
-    let claim = crate::instance::claim(&cgroup, pin_dir.as_ref(), &run_dir, config_path)?;
+        .unwrap_or_else(|| PathBuf::from(crate::daemon::instance::DEFAULT_RUN_DIR));
+    let claim = crate::daemon::instance::claim(&cgroup, pin_dir.as_ref(), &run_dir, config_path)?;
     tracing::debug!(lock = %claim.path.display(), "cgroup claimed");
     // Region and rule ids by name, as earlier runs on this cgroup gave them (crate::policy::ids).
     let mut ids = Ids::open(state.as_ref(), pin_dir.as_ref(), &cgroup);
@@ -228,14 +236,15 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             p.note
         );
     }
-    let (metrics_tx, mut metrics_rx) =
-        tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<crate::metrics::Snapshot>>(16);
+    let (metrics_tx, mut metrics_rx) = tokio::sync::mpsc::channel::<
+        tokio::sync::oneshot::Sender<crate::daemon::metrics::Snapshot>,
+    >(16);
     if let Some(addr) = opts.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics address {addr}"))?;
         tracing::info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
-        tokio::spawn(crate::metrics::serve(listener, metrics_tx.clone()));
+        tokio::spawn(crate::daemon::metrics::serve(listener, metrics_tx.clone()));
     }
     // Attached, listening: keep only what reloads, tamper repair and /proc enrichment use,
     // before any other thread exists and before the first hostile input is parsed.
@@ -253,7 +262,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         pipeline.key_chains(key);
     }
     let mut watcher = if opts.watch {
-        Some(crate::watch::ConfigWatcher::new(config_path)?)
+        Some(crate::daemon::watch::ConfigWatcher::new(config_path)?)
     } else {
         None
     };
@@ -466,7 +475,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 delivered += drain(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
                 submit_summaries(&mut summaries, &policy, &seq, &pipeline);
                 let snap = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped(), &summaries)
-                    .map(|c| crate::metrics::Snapshot {
+                    .map(|c| crate::daemon::metrics::Snapshot {
                         counters: c,
                         generation: enforcer.generation(),
                         prefixes_v4: policy.v4.len(),
@@ -999,7 +1008,7 @@ fn submit_connection(seq: &Sequencer, pipeline: &Pipeline, mut ev: ConnectionEve
 
 /// The service manager's `STATUS=` for the policy in force.
 fn status(enforcer: &Enforcer, policy: &Policy) -> String {
-    crate::notify::policy_status(
+    crate::daemon::notify::policy_status(
         enforcer.generation(),
         &policy.digest,
         &policy.mode.to_string(),

@@ -769,7 +769,7 @@ pub enum LifecycleBody {
         generation_in_force: u64,
     },
     /// `policy_fallback`: at start, the policy on disk was invalid; egressd enforces the last
-    /// good policy it kept ([`crate::lastgood`]) instead, and stays degraded until a reload
+    /// good policy it kept ([`crate::daemon::lastgood`]) instead, and stays degraded until a reload
     /// of a valid set.
     PolicyFallback {
         /// Why the files on disk were refused (`file:line:column: field: message`).

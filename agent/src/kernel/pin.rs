@@ -70,7 +70,7 @@ pub struct PinnedState {
     /// Unix time in seconds of the last write.
     pub updated_unix: u64,
     /// Set while the policy in force is the last good one because the files on disk were
-    /// invalid when the daemon started ([`crate::lastgood`]); cleared by the next install.
+    /// invalid when the daemon started ([`crate::daemon::lastgood`]); cleared by the next install.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<PinnedFallback>,
 }

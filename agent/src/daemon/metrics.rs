@@ -21,7 +21,7 @@
 //! | `coverage` | path, status (`enforced`, `partial`, `not_covered`, `unknown`) | 1 for each egress path's status on this kernel (see `egressd coverage`) |
 //! | `build_info` | version | |
 //!
-//! | `policy_fallback` | | 1 while the last good policy is in force because the policy on disk was invalid at start ([`crate::lastgood`]), else 0 |
+//! | `policy_fallback` | | 1 while the last good policy is in force because the policy on disk was invalid at start ([`crate::daemon::lastgood`]), else 0 |
 //!
 //! `/healthz` answers `200 ok` when the daemon loop answers and every hook is attached,
 //! else `503` with the reason. While the last good policy is in force instead of an invalid
@@ -69,7 +69,7 @@ pub struct Snapshot {
     /// (path, status label) per egress path, from the start's coverage probe.
     pub coverage: Vec<(&'static str, &'static str)>,
     /// While egressd enforces its last good policy because the policy on disk was invalid at
-    /// start ([`crate::lastgood`]): why, in one line. `None` once a valid set was loaded.
+    /// start ([`crate::daemon::lastgood`]): why, in one line. `None` once a valid set was loaded.
     pub policy_fallback: Option<String>,
 }
 

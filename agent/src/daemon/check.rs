@@ -406,7 +406,7 @@ mod tests {
     fn check_summary_example() {
         let (cfg, policy) = both(
             "configs/example.toml",
-            include_str!("../../configs/example.toml"),
+            include_str!("../../../configs/example.toml"),
         );
         let expected = format!(
             "config:    configs/example.toml\n\
