@@ -548,7 +548,7 @@ mod tests {
 
     #[test]
     fn policy_example_layout() {
-        let p = policy(include_str!("../../configs/example.toml"));
+        let p = policy(include_str!("../../../configs/example.toml"));
         assert_eq!(p.mode, Mode::Enforce);
         assert_eq!(p.regions, ["unknown", "eu", "us"]);
         assert_eq!(p.allowed, [false, true, false]);
@@ -573,7 +573,7 @@ mod tests {
 
     #[test]
     fn policy_example_verdicts() {
-        let p = policy(include_str!("../../configs/example.toml"));
+        let p = policy(include_str!("../../../configs/example.toml"));
         for (addr, region, verdict) in [
             ("198.18.1.2", 1, Verdict::Allow),
             ("2001:db8:1::2", 1, Verdict::Allow),
@@ -722,7 +722,7 @@ mod tests {
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(
-            policy(include_str!("../../configs/example.toml")).digest,
+            policy(include_str!("../../../configs/example.toml")).digest,
             "f042da125f5b1a59"
         );
         // Cosmetic changes keep the digest.
