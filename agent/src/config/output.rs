@@ -9,6 +9,93 @@ use toml::Spanned;
 use super::{ConfigError, Ctx, RawConfig, RawSink};
 use crate::base::located::toml::join;
 
+/// A configured output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Native JSON ([`crate::events::formats::json`]).
+    #[default]
+    Json,
+    /// Elastic Common Schema ([`crate::events::formats::ecs`]).
+    Ecs,
+    /// OCSF ([`crate::events::formats::ocsf`]).
+    Ocsf,
+    /// CEF ([`crate::events::formats::cef`]).
+    Cef,
+}
+
+impl Format {
+    /// Every format, in documentation order.
+    pub const ALL: [Format; 4] = [Format::Json, Format::Ecs, Format::Ocsf, Format::Cef];
+
+    /// The name used in the config file: `json`, `ecs`, `ocsf`, `cef`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Ecs => "ecs",
+            Format::Ocsf => "ocsf",
+            Format::Cef => "cef",
+        }
+    }
+
+    /// Parses a config name (exact, lowercase); `None` for anything else.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+}
+
+/// Smallest `max_message_bytes` a sink accepts (a record's fixed part must fit).
+pub const MIN_MESSAGE_BYTES: usize = 1024;
+
+/// When appended frames are forced to disk (`fdatasync(2)`); config key `spool_fsync`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fsync {
+    /// `"batch"`: before a frame is sent, the frames appended so far are synced (one
+    /// `fdatasync` covers every frame appended while the previous one ran). Survives power
+    /// loss and kernel crashes.
+    #[default]
+    Batch,
+    /// `"interval"`: synced once a second with the head. A process crash loses nothing; a
+    /// power loss or kernel crash can lose the last second of records.
+    Interval,
+}
+
+/// Shortest key accepted from a key file, in bytes.
+pub const MIN_KEY_BYTES: usize = 16;
+
+/// Reads the chain key: the bytes of `path`, as they are. The file must be root's (or
+/// this user's), a regular file, not a link, and readable by its owner only.
+///
+/// # Errors
+/// The file is missing, fails those checks, or holds fewer than [`MIN_KEY_BYTES`] bytes;
+/// the message names it.
+pub fn load_key(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<[u8]>> {
+    use std::{io::Read, os::unix::fs::MetadataExt};
+    let what =
+        |e: &dyn std::fmt::Display| anyhow::anyhow!("chain_key_file {}: {e}", path.display());
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(what(&"not a file path"));
+    };
+    let mut f = crate::base::safefs::TrustedDir::open(dir)
+        .and_then(|d| d.read(name))
+        .map_err(|e| what(&e))?;
+    let mode = f.metadata().map_err(|e| what(&e))?.mode();
+    if mode & 0o077 != 0 {
+        return Err(what(&format!(
+            "mode {:04o}: a secret must be readable by its owner only (chmod 0600)",
+            mode & 0o7777
+        )));
+    }
+    let mut key = Vec::new();
+    f.read_to_end(&mut key).map_err(|e| what(&e))?;
+    if key.len() < MIN_KEY_BYTES {
+        return Err(what(&format!(
+            "{} bytes: a key needs at least {MIN_KEY_BYTES} (e.g. head -c 32 /dev/urandom)",
+            key.len()
+        )));
+    }
+    Ok(key.into())
+}
+
 /// Default `heartbeat_secs`.
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 60;
 /// Default per-sink in-memory queue, in records.
@@ -60,7 +147,7 @@ pub struct SinkConfig {
     /// `type` and its options.
     pub kind: SinkKind,
     /// `format`: `json` (default), `ecs`, `ocsf` or `cef`.
-    pub format: crate::events::formats::Format,
+    pub format: Format,
     /// `queue`: in-memory queue in records ([`DEFAULT_QUEUE`]).
     pub queue: usize,
     /// `queue_bytes`: in-memory queue in bytes ([`DEFAULT_QUEUE_BYTES`]); whichever of
@@ -85,7 +172,7 @@ impl SinkConfig {
         Self {
             name: "stdout".into(),
             kind: SinkKind::Stdout,
-            format: crate::events::formats::Format::Json,
+            format: Format::Json,
             queue: DEFAULT_QUEUE,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             max_message_bytes: 0,
@@ -157,8 +244,8 @@ pub struct SpoolConfig {
     /// `spool_max_bytes`: size limit ([`DEFAULT_SPOOL_MAX_BYTES`]); 0 disables the spool.
     pub max_bytes: u64,
     /// `spool_fsync`: `"batch"` (default) or `"interval"`; see
-    /// [`crate::events::pipeline::spool::Fsync`].
-    pub fsync: crate::events::pipeline::spool::Fsync,
+    /// [`Fsync`].
+    pub fsync: Fsync,
 }
 
 /// Syslog facility names (RFC 5424 section 6.2.1) and their codes.
@@ -208,7 +295,7 @@ impl Ctx<'_> {
             if p.is_absolute() {
                 // Read now, as `run` will: `check` (config management's validator) and a
                 // reload must refuse a key the next start would refuse.
-                if let Err(e) = crate::events::audit::chain::load_key(&p) {
+                if let Err(e) = load_key(&p) {
                     errors.push(self.err(k.span(), "chain_key_file", format!("{e:#}")));
                 }
                 out.chain_key_file = Some(p);
@@ -303,20 +390,18 @@ impl Ctx<'_> {
             return None;
         };
         let format = match &raw.format {
-            None => crate::events::formats::Format::Json,
-            Some(v) => {
-                crate::events::formats::Format::from_name(v.get_ref()).unwrap_or_else(|| {
-                    errors.push(self.err(
-                        v.span(),
-                        f("format"),
-                        format!(
-                            "unknown format `{}`: expected `json`, `ecs`, `ocsf` or `cef`",
-                            v.get_ref()
-                        ),
-                    ));
-                    crate::events::formats::Format::Json
-                })
-            }
+            None => Format::Json,
+            Some(v) => Format::from_name(v.get_ref()).unwrap_or_else(|| {
+                errors.push(self.err(
+                    v.span(),
+                    f("format"),
+                    format!(
+                        "unknown format `{}`: expected `json`, `ecs`, `ocsf` or `cef`",
+                        v.get_ref()
+                    ),
+                ));
+                Format::Json
+            }),
         };
         let only_for = |opt: &Option<Spanned<String>>,
                         name: &str,
@@ -551,7 +636,7 @@ impl Ctx<'_> {
             other => positive(
                 other,
                 "max_message_bytes",
-                crate::events::formats::bound::MIN_MESSAGE_BYTES as i64,
+                MIN_MESSAGE_BYTES as i64,
                 default_message,
                 errors,
             ),
@@ -571,17 +656,17 @@ impl Ctx<'_> {
             errors,
         );
         let fsync = match &raw.spool_fsync {
-            None => crate::events::pipeline::spool::Fsync::default(),
+            None => Fsync::default(),
             Some(v) => match v.get_ref().as_str() {
-                "batch" => crate::events::pipeline::spool::Fsync::Batch,
-                "interval" => crate::events::pipeline::spool::Fsync::Interval,
+                "batch" => Fsync::Batch,
+                "interval" => Fsync::Interval,
                 other => {
                     errors.push(self.err(
                         v.span(),
                         f("spool_fsync"),
                         format!("`{other}`: expected \"batch\" or \"interval\""),
                     ));
-                    crate::events::pipeline::spool::Fsync::default()
+                    Fsync::default()
                 }
             },
         };

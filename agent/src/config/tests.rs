@@ -1102,7 +1102,7 @@ fn config_output_full() {
     assert_eq!(o.host_labels.get("site").map(String::as_str), Some("fra1"));
     let names: Vec<&str> = o.sinks.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["stdout", "archive", "siem", "udp"]);
-    assert_eq!(o.sinks[1].format, crate::events::formats::Format::Ecs);
+    assert_eq!(o.sinks[1].format, Format::Ecs);
     assert!(o.sinks[1].spool.is_none());
     let SinkKind::Syslog(s) = &o.sinks[2].kind else {
         panic!("syslog expected")
@@ -1119,7 +1119,7 @@ fn config_output_full() {
         Some(SpoolConfig {
             dir: PathBuf::from("/var/lib/egressd/spool/siem"),
             max_bytes: 1000,
-            fsync: crate::events::pipeline::spool::Fsync::Interval,
+            fsync: Fsync::Interval,
         })
     );
     assert!(

@@ -131,42 +131,7 @@ impl Chain {
     }
 }
 
-/// Shortest key accepted from a key file, in bytes.
-pub const MIN_KEY_BYTES: usize = 16;
-
-/// Reads the chain key: the bytes of `path`, as they are. The file must be root's (or
-/// this user's), a regular file, not a link, and readable by its owner only.
-///
-/// # Errors
-/// The file is missing, fails those checks, or holds fewer than [`MIN_KEY_BYTES`] bytes;
-/// the message names it.
-pub fn load_key(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<[u8]>> {
-    use std::{io::Read, os::unix::fs::MetadataExt};
-    let what =
-        |e: &dyn std::fmt::Display| anyhow::anyhow!("chain_key_file {}: {e}", path.display());
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(what(&"not a file path"));
-    };
-    let mut f = crate::base::safefs::TrustedDir::open(dir)
-        .and_then(|d| d.read(name))
-        .map_err(|e| what(&e))?;
-    let mode = f.metadata().map_err(|e| what(&e))?.mode();
-    if mode & 0o077 != 0 {
-        return Err(what(&format!(
-            "mode {:04o}: a secret must be readable by its owner only (chmod 0600)",
-            mode & 0o7777
-        )));
-    }
-    let mut key = Vec::new();
-    f.read_to_end(&mut key).map_err(|e| what(&e))?;
-    if key.len() < MIN_KEY_BYTES {
-        return Err(what(&format!(
-            "{} bytes: a key needs at least {MIN_KEY_BYTES} (e.g. head -c 32 /dev/urandom)",
-            key.len()
-        )));
-    }
-    Ok(key.into())
-}
+pub use crate::config::output::{MIN_KEY_BYTES, load_key};
 
 /// `link(prev, canonical)` as the module docs define it.
 pub fn link(prev: &[u8; LINK_BYTES], canonical: &[u8], key: Option<&[u8]>) -> [u8; LINK_BYTES] {

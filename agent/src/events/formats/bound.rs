@@ -25,8 +25,7 @@ pub const MAX_PATH: usize = 1024;
 pub const MAX_NAME: usize = 256;
 /// What a cut field ends with.
 const ELLIPSIS: &str = "...";
-/// Smallest `max_message_bytes` a sink accepts (a record's fixed part must fit).
-pub const MIN_MESSAGE_BYTES: usize = 1024;
+pub use crate::config::output::MIN_MESSAGE_BYTES;
 
 /// Whether `c` is a control character for the formats: C0, DEL, C1 (U+0085 included) and
 /// the Unicode line and paragraph separators U+2028 and U+2029.

@@ -11,7 +11,7 @@
 //!
 //! Every format renders every record type (connection events and lifecycle records). Their
 //! field mappings are documented in each module and illustrated by the golden files in
-//! `agent/src/formats/golden/` (regenerate with `EGRESSD_BLESS=1 cargo test formats`); the
+//! `agent/src/events/formats/golden/` (regenerate with `EGRESSD_BLESS=1 cargo test formats`); the
 //! rule is the validation suite `agent/tests/schemas.rs`, which checks every sample record
 //! in every format against OCSF 1.3.0, ECS 8.11, the CEF key dictionary and RFC 5424.
 pub mod bound;
@@ -22,39 +22,11 @@ pub mod ocsf;
 
 use crate::events::{ConnectionEvent, Record, summary::SummaryEvent};
 
-/// A configured output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Format {
-    /// Native JSON ([`json`]).
-    #[default]
-    Json,
-    /// Elastic Common Schema ([`ecs`]).
-    Ecs,
-    /// OCSF ([`ocsf`]).
-    Ocsf,
-    /// CEF ([`cef`]).
-    Cef,
-}
+pub use crate::config::output::Format;
 
+/// Rendering lives here, beside the formats; the enum and its names live in the
+/// configuration ([`crate::config::output`]), which must not depend on the formats.
 impl Format {
-    /// Every format, in documentation order.
-    pub const ALL: [Format; 4] = [Format::Json, Format::Ecs, Format::Ocsf, Format::Cef];
-
-    /// The name used in the config file: `json`, `ecs`, `ocsf`, `cef`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Format::Json => "json",
-            Format::Ecs => "ecs",
-            Format::Ocsf => "ocsf",
-            Format::Cef => "cef",
-        }
-    }
-
-    /// Parses a config name (exact, lowercase); `None` for anything else.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.as_str() == name)
-    }
-
     /// Renders one record: UTF-8 text without a trailing newline. JSON formats never contain
     /// a raw newline (serde_json escapes control characters); CEF escapes them as `\n`.
     pub fn render(self, record: &Record) -> Vec<u8> {

@@ -61,18 +61,7 @@ pub const MAGIC: &[u8; 8] = b"egrspl2\n";
 /// Checksum bytes after the length prefix (segments with [`MAGIC`]).
 const CRC_BYTES: u64 = 4;
 
-/// When appended frames are forced to disk (`fdatasync(2)`); config key `spool_fsync`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Fsync {
-    /// `"batch"`: before a frame is sent, the frames appended so far are synced (one
-    /// `fdatasync` covers every frame appended while the previous one ran). Survives power
-    /// loss and kernel crashes.
-    #[default]
-    Batch,
-    /// `"interval"`: synced once a second with the head. A process crash loses nothing; a
-    /// power loss or kernel crash can lose the last second of records.
-    Interval,
-}
+pub use crate::config::output::Fsync;
 
 /// What was set aside as damaged since the spool was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
