@@ -285,7 +285,7 @@ pub struct Region {
 /// A validated configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// The file it was read from, as given to [`load`] / [`parse`].
+    /// The file it was read from, as given to [`super::load`] / [`super::parse`].
     pub path: PathBuf,
     /// `mode`, [`Mode::Enforce`] when absent.
     pub mode: Mode,

@@ -9,6 +9,11 @@
 //! ([`crate::daemon::notify`]).
 //! With a pin directory ([`RunOptions::pin_dir`]) the programs stay attached at exit and a
 //! `tamper_repaired` record reports repairs of pinned state; see [`run_with`].
+//!
+//! The daemon layer, the top of the library: this run loop, [`lastgood`] (the fallback
+//! policy), [`watch`] (reload on file change), [`signals`], [`notify`] (systemd), [`metrics`]
+//! (`/metrics`, `/healthz`), [`status`], [`instance`] (one daemon per cgroup) and [`check`]
+//! (`egressd check`'s summary, which sizes the kernel maps). May use every layer below.
 pub mod check;
 pub mod instance;
 pub mod lastgood;

@@ -14,6 +14,13 @@
 //! Field names of the native JSON form ([`crate::events::formats::json`]) follow the Elastic Common
 //! Schema (ECS 8.x) where it has one (`@timestamp`, `host.name`, `process.pid`,
 //! `destination.ip`, ...). The other formats map these records in [`crate::events::formats`].
+//!
+//! The events layer: this module (decode and enrich), [`procinfo`] (`/proc`, NSS), [`summary`]
+//! (suppression summaries), [`worker`] (the ring-buffer reader), [`stats`] (the kernel
+//! counters, named), [`formats`] (one file per format, golden files), [`pipeline`] (per-sink
+//! queues, retries, the spool), [`sinks`] (one file per sink) and [`audit`] (the record chain,
+//! `egressd audit verify`). May use [`crate::kernel`], [`crate::policy`], [`crate::config`] and
+//! [`crate::base`], never [`crate::daemon`].
 pub mod audit;
 pub mod formats;
 pub mod pipeline;

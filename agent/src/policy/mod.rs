@@ -16,6 +16,12 @@
 //! enforcing deny beats an auditing deny, which beats an allow. No candidate: the policy
 //! `default`. A deny in audit mode (rule, else region, else policy `mode`) lets the
 //! connection through and reports it.
+//!
+//! The policy layer, above [`crate::config`] and [`crate::base`] only (no kernel, no events,
+//! so `explain`, the fuzz targets and the reference model run without privileges): this
+//! compiler with [`entries`] (per-prefix decision tables), [`merge`], [`table`] and
+//! [`table6`] (the lookup tables), [`ids`] (stable region and rule ids), [`explain`] and
+//! [`import`] (`egressd regions import`).
 
 mod entries;
 pub mod explain;
