@@ -11,10 +11,7 @@ use egressd_testbed::{Testbed, US_V4};
 use libtest_mimic::Failed;
 use serde_json::Value;
 
-use super::{
-    fleet::{tempdir, write_config},
-    harness::*,
-};
+use super::harness::*;
 
 const FORMATS: [&str; 4] = ["json", "ecs", "ocsf", "cef"];
 
@@ -143,7 +140,6 @@ fn run_daemon(tb: &Testbed, dir: &Path) -> Result<String, Failed> {
 /// coverage and the refused reload reported; deleting, editing, reordering, inserting a
 /// record or cutting the tail of the exported file each fail, located.
 pub fn clean_run_and_damage() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let digest = run_daemon(&tb, &dir.0)?;
@@ -228,7 +224,6 @@ fn edit(line: &str) -> String {
 /// verify shows the first run without a stop, the gap until the second, the adoption and
 /// the repair; `--trust-adoption` bridges the gap, the repair still fails the verdict.
 pub fn kill9_adoption_and_tamper() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = write_config(&dir, &config(&dir.0))?;
@@ -289,7 +284,6 @@ pub fn kill9_adoption_and_tamper() -> Result<(), Failed> {
 /// the key, and a wrong key breaks the chain.
 pub fn keyed_chain() -> Result<(), Failed> {
     use std::os::unix::fs::PermissionsExt;
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let key = dir.0.join("chain.key");

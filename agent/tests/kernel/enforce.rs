@@ -7,7 +7,6 @@ use std::process::Command;
 use super::harness::*;
 
 fn check_family(v4: bool) -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     check_verdicts(&tb, agent, v4)
@@ -16,7 +15,6 @@ fn check_family(v4: bool) -> Result<(), Failed> {
 /// `ipv4_lookup = "table"`: the same verdicts and events as with the trie, the allowed host
 /// in a /25 (a second-level chunk of the table) and the denied one in a /24 (first level).
 pub fn enforce_ipv4_table() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let text = format!(
         "ipv4_lookup = \"table\"\n{}",
@@ -80,7 +78,6 @@ pub fn enforce_ipv6() -> Result<(), Failed> {
 }
 
 pub fn mapped() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let mapped_us = format!("::ffff:{US_V4}");
@@ -133,7 +130,6 @@ pub fn mapped() -> Result<(), Failed> {
 /// destinations (IPv4, IPv6, IPv4-mapped) give no event and leave every counter at zero;
 /// a datagram on such a socket is refused with EPERM and reported once, by the packet hook.
 pub fn lookup_is_not_an_attempt() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let mapped_us = format!("::ffff:{US_V4}");
@@ -176,7 +172,6 @@ pub fn lookup_is_not_an_attempt() -> Result<(), Failed> {
 }
 
 pub fn unconnected_udp() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let r = probe(
@@ -203,7 +198,6 @@ pub fn unconnected_udp() -> Result<(), Failed> {
 }
 
 pub fn unknown_region() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     // Without egressd this address is unroutable from the client (ENETUNREACH); with it the
     // attempt must be refused before routing (EPERM).
@@ -227,7 +221,6 @@ pub fn unknown_region() -> Result<(), Failed> {
 }
 
 pub fn loopback() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let r = probe(
@@ -263,7 +256,6 @@ pub fn loopback() -> Result<(), Failed> {
 }
 
 pub fn audit() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "audit")?;
     let r = probe(&tb, 1, &[tcp(US_V4), udp(US_V6), sendto(US_V4), tcp(EU_V4)])?;
@@ -291,7 +283,6 @@ pub fn audit() -> Result<(), Failed> {
 }
 
 pub fn counters() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let n = 25;
@@ -339,7 +330,6 @@ pub fn counters() -> Result<(), Failed> {
 }
 
 pub fn event_fields() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let before = time_now();
@@ -394,7 +384,6 @@ fn time_now() -> String {
 }
 
 pub fn unprivileged() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = std::env::temp_dir().join(egressd_testbed::unique("egressd-test-"));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

@@ -38,20 +38,6 @@ pub fn status(pins: &Pins) -> Result<Value, Failed> {
     serde_json::from_str(&text).map_err(|e| format!("status JSON {text}: {e}").into())
 }
 
-/// Writes `text` as `policy.toml` in `dir`.
-pub fn write_config(dir: &TempDir, text: &str) -> Result<PathBuf, Failed> {
-    let cfg = dir.0.join("policy.toml");
-    std::fs::write(&cfg, text).map_err(|e| format!("writing policy: {e}"))?;
-    Ok(cfg)
-}
-
-/// A fresh temporary directory, removed on drop.
-pub fn tempdir() -> Result<TempDir, Failed> {
-    let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-fleet-")));
-    std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
-    Ok(dir)
-}
-
 fn probe_us_denied(tb: &Testbed) -> Result<(), Failed> {
     let r = probe(tb, 1, &[tcp(US_V4), tcp(EU_V4)])?;
     expect_eperm(&r[0])?;
@@ -62,7 +48,6 @@ fn probe_us_denied(tb: &Testbed) -> Result<(), Failed> {
 /// restart sees no leak and no false deny, the generation and counters continue. SIGTERM
 /// leaves enforcement in place; `detach` ends it.
 pub fn pinned_restart() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = write_config(&dir, &policy("enforce"))?;
@@ -147,7 +132,6 @@ pub fn pinned_restart() -> Result<(), Failed> {
 
 /// Layout check: a pin of another layout version is refused with a clear error.
 pub fn pinned_other_layout_refused() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = write_config(&dir, &policy("enforce"))?;
@@ -185,7 +169,6 @@ pub fn pinned_other_layout_refused() -> Result<(), Failed> {
 /// Detach a pinned link and reset the policy generation with bpftool: egressd notices
 /// within a second, restores both, and reports `tamper_repaired`.
 pub fn tamper_repaired() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = write_config(&dir, &policy("enforce"))?;
@@ -317,7 +300,6 @@ pub fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// Scrape /metrics after a known number of attempts: the connection counters equal them
 /// and equal the kernel counters in `agent_stop`; /healthz is 200.
 pub fn metrics_equal_counters() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = write_config(&dir, &policy("enforce"))?;
@@ -413,7 +395,6 @@ pub fn metrics_equal_counters() -> Result<(), Failed> {
 /// drop-in file reloads too. Nothing else reloads: not the daemon's own reads of the files,
 /// nor anyone else's.
 pub fn watch_reloads_on_change() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let base = "[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n[regions.us]\nprefixes = [\"198.18.2.0/24\"]\n";
@@ -496,7 +477,6 @@ fn large_policy() -> String {
 /// SIGHUP is served once it runs (a reload). A SIGTERM during load stops it cleanly. Then
 /// 1,000 SIGHUPs at exec ([`sighup_at_exec`]): none kills it.
 pub fn signals_during_start() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = write_config(&dir, &large_policy())?;
@@ -675,7 +655,6 @@ fn field<'a>(msg: &'a [String], key: &str) -> Option<&'a str> {
 /// invalid reload the same, with the failure in `STATUS=` and generation 2 still in force.
 /// SIGTERM gives `STOPPING=1`.
 pub fn systemd_notify() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = write_config(&dir, &large_policy())?;
@@ -763,7 +742,6 @@ fn reload_frame(msgs: &[Vec<String>]) -> Result<(), Failed> {
 /// Without `--pin-dir`, links detached behind egressd's back (`bpftool link detach`) are
 /// seen: `/healthz` answers 503 naming them and `egressd_hook_attached` drops to 0.
 pub fn health_without_pins() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = write_config(&dir, &policy("enforce"))?;
@@ -831,7 +809,6 @@ fn pinned_map_id(path: &Path) -> Result<u32, Failed> {
 /// (they continue from the pinned state) and the per-socket verdict cache, whose entries
 /// carry generations, is replaced instead of being trusted.
 pub fn pinned_leftovers_never_decide() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = write_config(&dir, &policy("enforce"))?;
@@ -955,7 +932,6 @@ fn egressd_programs_at_connect4(tb: &Testbed) -> Result<usize, Failed> {
 /// of a daemon that is gone are adopted through the same pin directory and refused through
 /// another one. Exactly one egressd program stays attached per hook throughout.
 pub fn second_daemon_refused() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = write_config(&dir, &policy("enforce"))?;

@@ -33,9 +33,30 @@ pub fn require_root() -> Result<(), Failed> {
     Ok(())
 }
 
-/// A fresh test bed or a test failure.
+/// A fresh test bed or a test failure; fails first unless running as root
+/// ([`require_root`]), so a test starts with this one call.
 pub fn testbed() -> Result<Testbed, Failed> {
+    require_root()?;
     Testbed::new().map_err(|e| format!("testbed: {e:#}").into())
+}
+
+/// A fresh temporary directory named `PREFIX` plus a unique suffix, removed on drop.
+pub fn temp_dir(prefix: &str) -> Result<TempDir, Failed> {
+    let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique(prefix)));
+    std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
+    Ok(dir)
+}
+
+/// A fresh temporary directory for a test's files, removed on drop.
+pub fn tempdir() -> Result<TempDir, Failed> {
+    temp_dir("egressd-test-")
+}
+
+/// Writes `text` as `policy.toml` in `dir`; its path.
+pub fn write_config(dir: &TempDir, text: &str) -> Result<PathBuf, Failed> {
+    let cfg = dir.0.join("policy.toml");
+    std::fs::write(&cfg, text).map_err(|e| format!("writing policy: {e}"))?;
+    Ok(cfg)
 }
 
 /// The test bed policy with `mode` substituted.

@@ -13,12 +13,6 @@ use serde_json::Value;
 
 use super::harness::*;
 
-fn tempdir() -> Result<TempDir, Failed> {
-    let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-lastgood-")));
-    std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
-    Ok(dir)
-}
-
 /// `egressd_policy_fallback` in a /metrics body.
 fn fallback_metric(port: u16) -> Result<Option<f64>, Failed> {
     let (code, body) = http_get(port, "/metrics")?;
@@ -48,7 +42,6 @@ fn of_type<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
 /// the bad file, line and field, `/healthz` is degraded and `egressd_policy_fallback` 1;
 /// fixing the file and SIGHUP clear all of it.
 pub fn fallback_on_invalid_policy_at_start() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let good = policy("enforce");
     let cases: Vec<(&str, String, Option<&str>, &str)> = vec![
@@ -157,7 +150,6 @@ pub fn fallback_on_invalid_policy_at_start() -> Result<(), Failed> {
 /// policy that allowlists us, reload an invalid file, stop, start on the invalid file: us is
 /// allowed (the reloaded policy), the record's digest is the reloaded one.
 pub fn kept_policy_is_the_last_installed() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = dir.0.join("policy.toml");
@@ -204,7 +196,6 @@ pub fn kept_policy_is_the_last_installed() -> Result<(), Failed> {
 /// again: `status` (text and JSON) names the error, the kept policy's digest and the
 /// generation it was kept as; after the fix and SIGHUP it no longer does.
 pub fn status_shows_the_fallback() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let pins = Pins::new();
@@ -296,7 +287,6 @@ pub fn status_shows_the_fallback() -> Result<(), Failed> {
 /// With no last good policy (an empty state directory) and an invalid file, `egressd run`
 /// exits 1 naming the file, line and field, and says no last good policy was kept.
 pub fn no_kept_policy_refuses_to_start() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = dir.0.join("policy.toml");

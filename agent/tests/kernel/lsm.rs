@@ -122,7 +122,6 @@ fn not_covered(tb: &Testbed, agent: Agent) -> Result<(), Failed> {
 /// fails with EPERM, an event names the LSM hook, the counters count it; the IP_HDRINCL
 /// datagram to a denied next hop is refused at sendto.
 pub fn packet_sockets_denied() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     if !lsm_in_force(&agent)? {
@@ -189,7 +188,6 @@ pub fn packet_sockets_denied() -> Result<(), Failed> {
 /// Audit mode (default `packet_sockets` audit): the frames arrive and each socket is
 /// reported; `packet_sockets = "allow"` in enforce mode: they arrive, nothing is reported.
 pub fn packet_sockets_audit_and_allow() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "audit")?;
     if !lsm_in_force(&agent)? {
@@ -270,7 +268,6 @@ fn probe_as(
 /// device and inode, not by name) create packet sockets but not send; a byte-identical copy
 /// at another path is refused at `socket()`; `packet_socket_send` lets it send too.
 pub fn packet_socket_executables() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir =
@@ -347,7 +344,6 @@ pub fn packet_socket_executables() -> Result<(), Failed> {
 /// links have no BPF_LINK_UPDATE), re-attached when removed behind egressd's back (a
 /// `tamper_repaired` record), and gone after `egressd detach`.
 pub fn pinned_lsm_links() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = super::harness::TempDir(
         std::env::temp_dir().join(egressd_testbed::unique("egressd-lsmpin-")),

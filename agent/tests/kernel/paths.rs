@@ -31,7 +31,6 @@ fn no_leak(tb: &egressd_testbed::Testbed) -> Result<(), Failed> {
 }
 
 pub fn tcp_fast_open() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let r = probe(
@@ -52,7 +51,6 @@ pub fn tcp_fast_open() -> Result<(), Failed> {
 }
 
 pub fn sendmmsg() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let r = probe(
@@ -76,7 +74,6 @@ pub fn sendmmsg() -> Result<(), Failed> {
 }
 
 pub fn io_uring() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let r = probe(
@@ -111,7 +108,6 @@ pub fn io_uring() -> Result<(), Failed> {
 }
 
 pub fn raw_icmp() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let r = probe(
@@ -164,7 +160,6 @@ pub fn raw_icmp() -> Result<(), Failed> {
 }
 
 pub fn raw_ip() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     // Protocol 253 is reserved for experimentation (RFC 3692).
@@ -187,7 +182,6 @@ pub fn raw_ip() -> Result<(), Failed> {
 }
 
 pub fn nat64() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let text = policy("enforce").replace(
         "allowlist = [\"eu\"]",
@@ -222,7 +216,6 @@ pub fn nat64() -> Result<(), Failed> {
 }
 
 fn established(keep: bool) -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let mut agent = Agent::start(&tb, "enforce")?;
     let mut live = LiveProbe::start(&tb, &[url("tcp-hold", EU_V4, PORT)])?;
@@ -265,7 +258,6 @@ pub fn established_keep() -> Result<(), Failed> {
 }
 
 pub fn forked_child() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     // The probe joins the cgroup and the client netns, then forks; the child connects.
@@ -295,7 +287,6 @@ pub fn forked_child() -> Result<(), Failed> {
 }
 
 pub fn audit_paths() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "audit")?;
     let r = probe(
@@ -331,7 +322,6 @@ pub fn audit_paths() -> Result<(), Failed> {
 }
 
 pub fn flow_bytes() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let n = 20u32;
@@ -367,7 +357,6 @@ pub fn flow_bytes() -> Result<(), Failed> {
 }
 
 pub fn invalid_reload() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let mut agent = Agent::start(&tb, "enforce")?;
     let answer = agent
@@ -392,7 +381,6 @@ pub fn invalid_reload() -> Result<(), Failed> {
 /// 100,000 denials in a tight loop: exact counters, kernel-side suppression adding up, and
 /// bounded daemon memory.
 pub fn flood() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let text = policy("enforce").replace("suppress_window_ms = 0", "suppress_window_ms = 200");
     let agent = Agent::start_with(&tb, &text)?;

@@ -4,7 +4,7 @@ use std::time::Duration;
 use egressd_testbed::{EU_V4, PORT, US_V4, client::monotonic_ns};
 use libtest_mimic::Failed;
 
-use super::fleet::{egressd, sample, status, tempdir, write_config};
+use super::fleet::{egressd, sample, status};
 use super::harness::*;
 
 /// Policy A allowlists eu, policy B allowlists us; both define both regions.
@@ -19,7 +19,6 @@ fn ab(allow: &str) -> String {
 /// to eu and us in a loop. Every attempt must get the verdict of a generation that was in
 /// force during it; every deny event must be one its generation's policy makes.
 pub fn reload_under_load() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let mut agent = Agent::start_with(&tb, &ab("eu"))?;
     let looper = ProbeLoop::start(
@@ -117,7 +116,6 @@ pub fn reload_under_load() -> Result<(), Failed> {
 /// Rules end to end: a port rule lets one service of a denied region through, another
 /// denies one port of an allowed region, in enforce and audit mode.
 pub fn rules_end_to_end() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let text = format!(
         "{}\n[[rules]]\nname = \"us-dns\"\naction = \"allow\"\nregions = [\"us\"]\nprotocol = \"udp\"\nports = {PORT}\n\
@@ -172,7 +170,6 @@ pub fn rules_end_to_end() -> Result<(), Failed> {
 /// `agent_stop`, `egressd status`), events name the right region and rule, and the new
 /// region inherits nothing.
 pub fn stable_ids_across_reorder_and_restart() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let region = |name: &str, v4: &str, v6: &str| {

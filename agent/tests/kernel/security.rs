@@ -11,7 +11,10 @@ use std::{
 use egressd_testbed::{EU_V4, US_V4};
 use libtest_mimic::Failed;
 
-use super::harness::{Agent, TempDir, expect_eperm, expect_ok, probe, require_root, tcp, testbed};
+use super::harness::{
+    Agent, TempDir, expect_eperm, expect_ok, policy, probe, require_root, tcp, temp_dir, testbed,
+    write_config,
+};
 
 /// Runs `args` as nobody (uid/gid 65534, no groups, no capabilities).
 pub fn as_nobody(args: &[&str]) -> Result<(), Failed> {
@@ -36,9 +39,9 @@ pub fn as_nobody(args: &[&str]) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A temporary directory others may enter (0755), as the directories these tests attack.
 fn tempdir() -> Result<TempDir, Failed> {
-    let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-sec-")));
-    std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
+    let dir = temp_dir("egressd-sec-")?;
     chmod(&dir.0, 0o755)?;
     Ok(dir)
 }
@@ -93,7 +96,6 @@ fn refused_start(cgroup: &Path, config: &Path) -> Result<String, Failed> {
 /// naming the path and the owner, and the file is untouched. Before: root appended event
 /// lines (with the denied command line) to it, or truncated it through a segment link.
 pub fn sink_and_spool_links_of_a_user() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let victim = dir.0.join("ld.so.preload");
@@ -145,12 +147,9 @@ pub fn sink_and_spool_links_of_a_user() -> Result<(), Failed> {
 /// drop-in allowlisting `us` is refused (`reload_failed` naming the directory and why) and
 /// us stays denied. Before: the user's allow rule was loaded.
 pub fn watch_refuses_a_writable_drop_in_dir() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
-    let cfg = dir.0.join("policy.toml");
-    std::fs::write(&cfg, egressd_testbed::POLICY.replace("{mode}", "enforce"))
-        .map_err(|e| e.to_string())?;
+    let cfg = write_config(&dir, &policy("enforce"))?;
     let dropins = dir.0.join("policy.d");
     std::fs::create_dir(&dropins).map_err(|e| e.to_string())?;
     let mut d = Agent::start_at(&tb, &cfg, &["--watch"])?;
@@ -217,7 +216,6 @@ fn egressd(args: &[&str]) -> Result<(bool, String), Failed> {
 /// the pins and could unlink the link pins, ending enforcement for good after a restart:
 /// egressd refuses the directory, naming it and its owner.
 pub fn pin_dir_made_by_a_user_is_refused() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let fs = Bpffs::new()?;
     let pins = fs.1.join("egressd");
@@ -303,12 +301,9 @@ pub fn detach_follows_no_maps_link() -> Result<(), Failed> {
 /// Before: the kernel's default 1777 (the kernel adds the sticky bit to any mode).
 pub fn bpffs_mounted_0700() -> Result<(), Failed> {
     use std::io::BufRead as _;
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
-    let cfg = dir.0.join("policy.toml");
-    std::fs::write(&cfg, egressd_testbed::POLICY.replace("{mode}", "enforce"))
-        .map_err(|e| e.to_string())?;
+    let cfg = write_config(&dir, &policy("enforce"))?;
     let script = format!(
         "umount -l /sys/fs/bpf 2>/dev/null; exec {} run --config {} --cgroup {} \
          --pin-dir /sys/fs/bpf/egressd-sec",
@@ -409,7 +404,6 @@ pub fn hold_main(args: &[String]) -> i32 {
 /// connections took every descriptor; `/healthz` went silent and the reload failed.
 pub fn metrics_connection_flood() -> Result<(), Failed> {
     use std::io::{Read as _, Write as _};
-    require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = dir.0.join("policy.toml");
@@ -506,7 +500,6 @@ fn thread_privileges(pid: u32) -> Result<Vec<String>, Failed> {
 /// (`/proc/PID/exe`), a SIGHUP reload, repairing a link `bpftool` detached, reopening a
 /// file sink on SIGUSR1. Before: every capability, no no_new_privs, no seccomp.
 pub fn privileges_dropped_after_attach() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let fs = Bpffs::new()?;
     let pins = fs.1.join("egressd");
@@ -628,7 +621,6 @@ fn probe_in(
 /// program that made it, never the other one's command line (the process cache once
 /// survived `execve`, and `/proc` read late described the new program).
 pub fn attribution_follows_exec() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-exec-")));
@@ -685,7 +677,6 @@ pub fn attribution_follows_exec() -> Result<(), Failed> {
 /// cgroup (owned by it) that names a child `docker-ID.scope` is not reported as that
 /// container; the same name made by root is.
 pub fn container_id_not_from_a_delegated_cgroup() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let agent = Agent::start(&tb, "enforce")?;
     let id = "0123456789abcdef".repeat(4);

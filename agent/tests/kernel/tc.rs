@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::{
     harness::{
         Agent, START_WITHIN, TempDir, assert_field, connections, counter, expect_eperm,
-        expect_errno, expect_ok, policy, probe, require_root, stop_record, testbed, udp,
+        expect_errno, expect_ok, policy, probe, stop_record, temp_dir, testbed, udp,
     },
     lsm::{coverage_status, lsm_in_force, packet_probes, served_us, start_lists},
 };
@@ -38,12 +38,6 @@ fn start_in_client(
     let mut agent = Agent::spawn_under(tb, &cfg, extra, &["nsenter", &net])?;
     agent.wait_for("agent_start", START_WITHIN)?;
     Ok(agent)
-}
-
-fn temp_dir(prefix: &str) -> Result<TempDir, Failed> {
-    let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique(prefix)));
-    std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
-    Ok(dir)
 }
 
 /// `sched_cls` programs the process `pid` holds (`prog_type: 3` in its descriptors'
@@ -104,7 +98,6 @@ fn check_event(e: &Value, verdict: &str) -> Result<(), Failed> {
 /// with `PACKET_QDISC_BYPASS` skips the queueing layer and arrives, as the coverage report
 /// says. With the LSM hooks in force: they refuse the sockets and no tc program is loaded.
 pub fn tc_packet_frames_denied() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = temp_dir("egressd-tc-")?;
     let agent = start_in_client(&tb, &dir, &policy("enforce"), &[])?;
@@ -178,7 +171,6 @@ pub fn tc_packet_frames_denied() -> Result<(), Failed> {
 /// `tc/egress`; `packet_sockets = "allow"`: they arrive, are counted, and nothing is
 /// reported. Without the LSM hooks only (with them, `lsm_packet_sockets_audit_and_allow`).
 pub fn tc_packet_frames_audit_and_allow() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = temp_dir("egressd-tc-")?;
     let agent = start_in_client(&tb, &dir, &policy("audit"), &[])?;
@@ -239,7 +231,6 @@ pub fn tc_packet_frames_audit_and_allow() -> Result<(), Failed> {
 /// `egressd detach` (run in the same namespace) removes the filters or links: the frame
 /// arrives again.
 pub fn tc_pinned_and_detach() -> Result<(), Failed> {
-    require_root()?;
     let tb = testbed()?;
     let dir = temp_dir("egressd-tcpin-")?;
     let pins = Path::new("/sys/fs/bpf").join(egressd_testbed::unique("egressd-tc-"));
