@@ -453,7 +453,7 @@ impl PortRule {
 
 /// The decision table of one prefix, value of [`maps::ENTRIES`]. The kernel tries `rules`
 /// in order (first match wins: userspace orders them by precedence, see
-/// `agent/src/policy.rs`), then falls back to the default. 208 bytes.
+/// `agent/src/policy/mod.rs`), then falls back to the default. 208 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Entry {
