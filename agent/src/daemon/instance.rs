@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{base::safefs::TrustedDir, kernel::loader::hooks::HOOKS, kernel::pin::PinDir};
+use crate::{base::safefs::TrustedDir, kernel::hooks::HOOKS, kernel::pin::PinDir};
 
 /// Where the per-cgroup locks live by default.
 pub const DEFAULT_RUN_DIR: &str = "/run/egressd";

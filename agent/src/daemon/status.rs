@@ -12,7 +12,7 @@ use egressd_common::maps;
 use serde::Serialize;
 
 use crate::{
-    kernel::loader::hooks::HOOKS,
+    kernel::hooks::HOOKS,
     kernel::pin::{LinkState, PinDir, PinnedState},
 };
 

@@ -317,11 +317,9 @@ fn probe_with(lsm_program: bool) -> Coverage {
     }
     features.push(Feature {
         name: LSM_OFFSETS.into(),
-        probe: match crate::kernel::loader::offsets::kernel_offsets() {
+        probe: match crate::kernel::offsets::kernel_offsets() {
             Ok(_) => Probe::Yes,
-            Err(_)
-                if !std::path::Path::new(crate::kernel::loader::offsets::VMLINUX_BTF).exists() =>
-            {
+            Err(_) if !std::path::Path::new(crate::kernel::offsets::VMLINUX_BTF).exists() => {
                 Probe::No
             }
             Err(e) => {

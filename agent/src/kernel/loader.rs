@@ -10,8 +10,6 @@
 //! then maps and links are pinned on a bpffs and stay in force after the process exits, and
 //! the next `load_pinned` on the same directory adopts them (same maps, the policy generation
 //! continues, each link's program replaced atomically with `BPF_LINK_UPDATE`).
-pub mod hooks;
-pub mod offsets;
 mod quiesce;
 mod table;
 pub mod tc;
@@ -38,8 +36,9 @@ use egressd_common::{
 };
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
-use self::hooks::{HOOKS, Hook, LoadError, by_program};
 pub use self::table::Capacity;
+use crate::kernel::hooks::{HOOKS, Hook, LoadError, by_program};
+use crate::kernel::offsets;
 use crate::{
     config::{Established, Mode},
     kernel::pin::PinDir,

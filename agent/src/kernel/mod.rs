@@ -1,7 +1,8 @@
 //! The kernel layer: everything that talks to the kernel about the eBPF programs. Loading the
 //! object, filling and swapping the maps, attaching to the cgroup (and the tc/egress
 //! fallback) and explaining failures ([`loader`]); bpffs pins and the pinned state record
-//! ([`pin`]); `BPF_PROG_TEST_RUN` of the packet program ([`testrun`]); the feature probes and
+//! ([`pin`]); the hook table ([`hooks`]) and BTF offsets ([`offsets`]) both use;
+//! `BPF_PROG_TEST_RUN` of the packet program ([`testrun`]); the feature probes and
 //! the coverage report ([`coverage`]); cgroup v2 paths ([`cgroup`]); capabilities
 //! ([`privileges`]).
 //!
@@ -9,7 +10,9 @@
 //! event pipeline or the daemon above it.
 pub mod cgroup;
 pub mod coverage;
+pub mod hooks;
 pub mod loader;
+pub mod offsets;
 pub mod pin;
 pub mod privileges;
 pub mod testrun;

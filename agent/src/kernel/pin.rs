@@ -116,9 +116,9 @@ impl PinDir {
     }
 
     /// `DIR/links/PIN` for a hook program name (`PIN` from
-    /// [`crate::kernel::loader::hooks::HOOKS`]).
+    /// [`crate::kernel::hooks::HOOKS`]).
     pub fn link(&self, program: &str) -> PathBuf {
-        let short = crate::kernel::loader::hooks::by_program(program).map_or(program, |h| h.pin);
+        let short = crate::kernel::hooks::by_program(program).map_or(program, |h| h.pin);
         self.links_dir().join(short)
     }
 
@@ -129,7 +129,7 @@ impl PinDir {
 
     /// True when any link pin exists (enforcement is pinned here).
     pub fn has_links(&self) -> bool {
-        crate::kernel::loader::hooks::HOOKS
+        crate::kernel::hooks::HOOKS
             .iter()
             .any(|h| self.link(h.program).exists())
     }
@@ -300,7 +300,7 @@ impl PinDir {
         // Ids of the global LSM links, to wait below until the kernel has released them.
         let mut global_ids = Vec::new();
         if let Some(links) = &links {
-            for hook in &crate::kernel::loader::hooks::HOOKS {
+            for hook in &crate::kernel::hooks::HOOKS {
                 let path = self.link(hook.program);
                 let Some(name) = path.file_name() else {
                     continue;

@@ -57,7 +57,7 @@ pub fn pinned_restart() -> Result<(), Failed> {
     probe_us_denied(&tb)?;
     let st1 = status(&pins)?;
     // Every cgroup hook, and the LSM hooks where they run.
-    let on_cgroup = egressd::kernel::loader::hooks::HOOKS
+    let on_cgroup = egressd::kernel::hooks::HOOKS
         .iter()
         .filter(|h| h.on_cgroup())
         .count();
@@ -768,7 +768,7 @@ pub fn health_without_pins() -> Result<(), Failed> {
         .filter(|l| l["cgroup_id"].as_u64() == Some(cgroup_id))
         .filter_map(|l| l["id"].as_u64())
         .collect();
-    let on_cgroup = egressd::kernel::loader::hooks::HOOKS
+    let on_cgroup = egressd::kernel::hooks::HOOKS
         .iter()
         .filter(|h| h.on_cgroup())
         .count();
@@ -912,7 +912,7 @@ fn refused_start(
 /// egressd programs attached to the test bed's cgroup at `cgroup/connect4`.
 fn egressd_programs_at_connect4(tb: &Testbed) -> Result<usize, Failed> {
     let cg = std::fs::File::open(tb.cgroup.path()).map_err(|e| e.to_string())?;
-    let hook = egressd::kernel::loader::hooks::HOOKS
+    let hook = egressd::kernel::hooks::HOOKS
         .iter()
         .find(|h| h.name == "cgroup/connect4")
         .ok_or("no connect4 hook")?;
