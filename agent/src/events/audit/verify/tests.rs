@@ -1,0 +1,393 @@
+//! Unit tests of [`super`] (verify).
+use super::*;
+use crate::{
+    events::audit::{chain::Chain, read::parse_line},
+    events::formats::Format,
+    events::{Lifecycle, LifecycleBody, Record, sample},
+};
+
+const S: i128 = 1_000_000_000;
+
+/// A run of `host`/`run` as `(kind, seconds after start)`, numbered from 1, rendered in
+/// `f` and chained as a sink does.
+fn stream(f: Format, host: &str, run: &str, t0: i128, plan: &[(&str, i128)]) -> Vec<String> {
+    let by_kind: BTreeMap<&str, Lifecycle> = sample::lifecycle()
+        .into_iter()
+        .map(|l| (l.header.kind, l))
+        .collect();
+    let mut chain = Chain::new();
+    plan.iter()
+        .enumerate()
+        .map(|(i, (kind, at))| {
+            let seq = i as u64 + 1;
+            let t = t0 + at * S;
+            let mut rec = if *kind == "connection" {
+                Record::Connection(Box::new(sample::deny()))
+            } else {
+                let mut l = by_kind[kind].clone();
+                if let LifecycleBody::Heartbeat { interval_secs, .. } = &mut l.body {
+                    *interval_secs = 10;
+                }
+                Record::Lifecycle(Box::new(l))
+            };
+            let h = match &mut rec {
+                Record::Connection(c) => &mut c.header,
+                Record::Lifecycle(l) => &mut l.header,
+                Record::Summary(s) => &mut s.header,
+            };
+            h.sequence = seq;
+            h.agent.ephemeral_id = run.into();
+            h.id = format!("{run}-{seq}");
+            h.host.name = host.into();
+            h.unix_ns = t;
+            h.timestamp = crate::events::rfc3339(t);
+            String::from_utf8(chain.seal(f, &f.render(&rec))).expect("UTF-8")
+        })
+        .collect()
+}
+
+const CLEAN: &[(&str, i128)] = &[
+    ("policy_loaded", 0),
+    ("agent_start", 0),
+    ("heartbeat", 10),
+    ("connection", 12),
+    ("heartbeat", 20),
+    ("reload_failed", 25),
+    ("heartbeat", 30),
+    ("agent_stop", 35),
+];
+
+fn check(lines: &[String], opts: &Options) -> Report {
+    let entries = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| parse_line("export", i + 1, l).expect("readable"))
+        .collect();
+    verify(entries, 0, Vec::new(), opts)
+}
+
+fn kinds(r: &Report) -> Vec<(&'static str, Option<String>)> {
+    r.hosts
+        .iter()
+        .flat_map(|h| {
+            h.runs
+                .iter()
+                .flat_map(|r| r.findings.iter())
+                .chain(h.findings.iter())
+        })
+        .filter(|f| f.fails)
+        .map(|f| (f.kind, f.at.clone()))
+        .collect()
+}
+
+#[test]
+fn a_clean_run_is_proven_in_every_format() {
+    for f in Format::ALL {
+        let r = check(&stream(f, "h1", "aaaa", 0, CLEAN), &Options::default());
+        assert!(r.proven, "{f:?}\n{}", text(&r));
+        let run = &r.hosts[0].runs[0];
+        assert_eq!(run.enforcement.len(), 1, "{f:?}");
+        assert!((run.enforcement[0].secs - 35.0).abs() < 1e-9, "{f:?}");
+        assert_eq!(run.policies[0].digest.as_deref(), Some("3fb60c46ec413f16"));
+        assert_eq!(run.policies[0].mode.as_deref(), Some("enforce"), "{f:?}");
+        assert!(
+            run.findings
+                .iter()
+                .any(|x| x.kind == "reload_failed" && !x.fails),
+            "{f:?}"
+        );
+        assert!(run.findings.iter().any(|x| x.kind == "lost"), "{f:?}");
+        if f != Format::Cef {
+            assert_eq!(run.flows.get("us/deny"), Some(&4), "{f:?}");
+        }
+    }
+}
+
+#[test]
+fn damage_is_found_and_located() {
+    for f in Format::ALL {
+        let lines = stream(f, "h1", "aaaa", 0, CLEAN);
+        let opts = Options::default();
+        // Deleted record.
+        let mut d = lines.clone();
+        d.remove(3);
+        let k = kinds(&check(&d, &opts));
+        assert!(
+            k.contains(&("sequence_gap", Some("export:4".into()))),
+            "{f:?} {k:?}"
+        );
+        // Edited record.
+        let mut d = lines.clone();
+        d[3] = d[3].replacen("8080", "8081", 1);
+        assert_ne!(d[3], lines[3]);
+        let k = kinds(&check(&d, &opts));
+        assert_eq!(k, [("chain_broken", Some("export:4".into()))], "{f:?}");
+        // Reordered records.
+        let mut d = lines.clone();
+        d.swap(3, 4);
+        let k = kinds(&check(&d, &opts));
+        assert_eq!(k, [("out_of_order", Some("export:5".into()))], "{f:?}");
+        let any = Options {
+            any_order: true,
+            ..Options::default()
+        };
+        assert!(check(&d, &any).proven, "{f:?}");
+        // Inserted record: a copy of another with the next run's numbering is a fork.
+        let mut d = lines.clone();
+        let other = stream(
+            f,
+            "h1",
+            "aaaa",
+            0,
+            &[("policy_loaded", 0), ("agent_start", 0), ("heartbeat", 11)],
+        );
+        d.insert(3, other[2].clone());
+        let k = kinds(&check(&d, &opts));
+        assert!(k.iter().any(|x| x.0 == "fork"), "{f:?} {k:?}");
+        // A duplicate is harmless.
+        let mut d = lines.clone();
+        d.insert(4, lines[3].clone());
+        assert!(check(&d, &opts).proven, "{f:?}");
+        // Cut tail.
+        let d = &lines[..lines.len() - 2];
+        let k = kinds(&check(d, &opts));
+        assert_eq!(k, [("no_stop", None)], "{f:?}");
+        // ... unless the window ends while it is still running.
+        let to = Options {
+            to: Some(32 * S),
+            ..Options::default()
+        };
+        assert!(check(d, &to).proven, "{f:?}");
+        // A link removed.
+        let mut d = lines.clone();
+        d[2] = match f {
+            Format::Cef => chain::split_cef(&d[2]).0.to_owned(),
+            _ => {
+                let mut v: serde_json::Value = serde_json::from_str(&d[2]).expect("JSON");
+                chain::take_json_link(f, &mut v);
+                v.to_string()
+            }
+        };
+        let k = kinds(&check(&d, &opts));
+        assert!(
+            k.contains(&("chain_missing", Some("export:3".into()))),
+            "{f:?} {k:?}"
+        );
+    }
+}
+
+#[test]
+fn silence_tamper_policy_and_windows() {
+    let f = Format::Json;
+    let opts = Options::default();
+    // 10 s heartbeats: the bound is 20 s, a 25 s silence is a gap.
+    let r = check(
+        &stream(
+            f,
+            "h",
+            "r",
+            0,
+            &[
+                ("policy_loaded", 0),
+                ("agent_start", 0),
+                ("heartbeat", 10),
+                ("heartbeat", 35),
+                ("agent_stop", 36),
+            ],
+        ),
+        &opts,
+    );
+    let k = kinds(&r);
+    assert_eq!(
+        k,
+        [
+            ("heartbeat_gap", Some("export:4".into())),
+            ("window_gap", None)
+        ],
+        "{}",
+        text(&r)
+    );
+    assert_eq!(r.hosts[0].runs[0].enforcement.len(), 2);
+    // Tamper repaired.
+    let r = check(
+        &stream(
+            f,
+            "h",
+            "r",
+            0,
+            &[
+                ("policy_loaded", 0),
+                ("agent_start", 0),
+                ("heartbeat", 1),
+                ("tamper_repaired", 5),
+                ("agent_stop", 6),
+            ],
+        ),
+        &opts,
+    );
+    assert_eq!(kinds(&r), [("tamper_repaired", Some("export:4".into()))]);
+    // Expected digest.
+    let lines = stream(f, "h", "r", 0, CLEAN);
+    let want = |d: &str| Options {
+        expect_digest: Some(d.into()),
+        ..Options::default()
+    };
+    assert!(check(&lines, &want("3fb60c46ec413f16")).proven);
+    assert_eq!(
+        kinds(&check(&lines, &want("0000000000000000")))[0].0,
+        "digest_mismatch"
+    );
+    // Two runs with a restart between them: the gap is the window's.
+    let mut two = stream(f, "h", "r1", 0, CLEAN);
+    two.extend(stream(f, "h", "r2", 40 * S, CLEAN));
+    let r = check(&two, &opts);
+    assert_eq!(kinds(&r), [("window_gap", None)], "{}", text(&r));
+    assert!(
+        r.hosts[0].findings[0].message.contains("5.000 s"),
+        "{}",
+        text(&r)
+    );
+    // Hosts are judged apart; a window start before any record is a gap.
+    let mut hosts = stream(f, "a", "r1", 0, CLEAN);
+    hosts.extend(stream(Format::Cef, "b", "r2", 0, CLEAN));
+    let r = check(&hosts, &opts);
+    assert!(r.proven && r.hosts.len() == 2, "{}", text(&r));
+    let early = Options {
+        from: Some(-S),
+        ..Options::default()
+    };
+    assert!(!check(&hosts, &early).proven);
+    let only = Options {
+        hosts: vec!["b".into()],
+        ..Options::default()
+    };
+    assert_eq!(check(&hosts, &only).hosts.len(), 1);
+}
+
+#[test]
+fn adoption_after_a_kill_is_reported_and_can_be_trusted() {
+    let f = Format::Ocsf;
+    // The sample agent_start adopted generation 1, the generation of the samples.
+    let mut lines = stream(
+        f,
+        "h",
+        "r1",
+        0,
+        &[("policy_loaded", 0), ("agent_start", 0), ("heartbeat", 10)],
+    );
+    lines.extend(stream(f, "h", "r2", 14 * S, CLEAN));
+    let r = check(&lines, &Options::default());
+    assert_eq!(
+        kinds(&r),
+        [("no_stop", None), ("window_gap", None)],
+        "{}",
+        text(&r)
+    );
+    let note = &r.hosts[0].runs[1].findings;
+    assert!(
+        note.iter()
+            .any(|x| x.kind == "adoption" && x.message.contains("r1") && !x.fails),
+        "{note:?}"
+    );
+    let trust = Options {
+        trust_adoption: true,
+        ..Options::default()
+    };
+    let r = check(&lines, &trust);
+    assert!(r.proven, "{}", text(&r));
+    // Without a kill there is nothing to adopt from; a clean stop before stays a gap.
+    let mut stopped = stream(f, "h", "r1", 0, CLEAN);
+    stopped.extend(stream(f, "h", "r2", 40 * S, CLEAN));
+    assert!(!check(&stopped, &trust).proven);
+}
+
+#[test]
+fn a_window_may_start_inside_a_run() {
+    let f = Format::Cef;
+    let lines = stream(f, "h", "r", 0, CLEAN);
+    let from = |s: i128| Options {
+        from: Some(s * S),
+        ..Options::default()
+    };
+    // Exported from the heartbeat at 10 s on, for a window from 15 s.
+    let r = check(&lines[2..], &from(15));
+    assert!(r.proven, "{}", text(&r));
+    assert!(
+        r.hosts[0].runs[0]
+            .findings
+            .iter()
+            .any(|x| x.kind == "before_window")
+    );
+    // A record deleted inside the window is still a hole.
+    let mut d = lines[2..].to_vec();
+    d.remove(2);
+    assert_eq!(kinds(&check(&d, &from(15)))[0].0, "sequence_gap");
+    // An export that starts inside the window proves nothing before its first record.
+    let r = check(&lines[4..], &from(15));
+    let k: Vec<&str> = kinds(&r).iter().map(|x| x.0).collect();
+    assert!(
+        k.contains(&"sequence_gap") && k.contains(&"no_start"),
+        "{k:?}"
+    );
+    // Runs wholly outside the window are left out.
+    let mut two = stream(f, "h", "old", -100 * S, CLEAN);
+    two.extend(lines.clone());
+    let r = check(&two, &from(0));
+    assert_eq!(r.hosts[0].runs.len(), 1);
+    assert!(r.proven, "{}", text(&r));
+}
+
+#[test]
+fn copies_in_several_files_and_formats() {
+    let json = stream(Format::Json, "h", "r", 0, CLEAN);
+    let cef = stream(Format::Cef, "h", "r", 0, CLEAN);
+    let read = |name: &str, lines: &[String]| -> Vec<Entry> {
+        lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| parse_line(name, i + 1, l).expect("readable"))
+            .collect()
+    };
+    // Two sinks' files of one run, in two formats and twice the same: all proven.
+    let mut entries = read("a.json", &json);
+    entries.extend(read("b.cef", &cef));
+    entries.extend(read("c.json", &json));
+    let r = verify(entries, 0, Vec::new(), &Options::default());
+    assert!(r.proven, "{}", text(&r));
+    assert_eq!(r.hosts[0].runs.len(), 2);
+    // Reordered inside one file: found there.
+    let mut swapped = json.clone();
+    swapped.swap(1, 2);
+    let mut entries = read("a.json", &json);
+    entries.extend(read("c.json", &swapped));
+    let r = verify(entries, 0, Vec::new(), &Options::default());
+    assert_eq!(kinds(&r), [("out_of_order", Some("c.json:3".into()))]);
+}
+
+#[test]
+fn keyed_chains_need_the_key() {
+    let key: std::sync::Arc<[u8]> = std::sync::Arc::from(&b"k3y"[..]);
+    let by_kind: BTreeMap<&str, Lifecycle> = sample::lifecycle()
+        .into_iter()
+        .map(|l| (l.header.kind, l))
+        .collect();
+    // Re-seal a clean stream with a keyed chain.
+    let plain = stream(Format::Cef, "h", "r", 0, CLEAN);
+    let mut c = Chain::keyed(key);
+    let lines: Vec<String> = plain
+        .iter()
+        .map(|l| {
+            let body = chain::split_cef(l).0;
+            String::from_utf8(c.seal(Format::Cef, body.as_bytes())).expect("UTF-8")
+        })
+        .collect();
+    assert!(!by_kind.is_empty());
+    let k = kinds(&check(&lines, &Options::default()));
+    assert_eq!(k, [("chain_unverified", None)]);
+    let with = |k: &[u8]| Options {
+        key: Some(k.to_vec()),
+        ..Options::default()
+    };
+    assert!(check(&lines, &with(b"k3y")).proven);
+    assert_eq!(kinds(&check(&lines, &with(b"wrong")))[0].0, "chain_broken");
+}
