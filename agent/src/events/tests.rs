@@ -1,0 +1,197 @@
+//! Unit tests of [`super`] (events).
+use super::*;
+
+#[test]
+fn formats_time_with_nanoseconds() {
+    assert_eq!(
+        rfc3339(1_796_031_000_123_456_789),
+        "2026-11-30T09:30:00.123456789Z"
+    );
+    assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+    assert_eq!(rfc3339(sample::T0), "2026-11-29T09:42:54.018030447Z");
+}
+
+#[test]
+fn comm_stops_at_nul() {
+    let mut raw = [0u8; 16];
+    raw[..4].copy_from_slice(b"curl");
+    assert_eq!(comm(&raw), "curl");
+    assert_eq!(comm(&[b'x'; 16]), "x".repeat(16));
+}
+
+#[test]
+fn decode_rejects_short_items() {
+    assert!(decode(&[0u8; 10]).is_none());
+    assert!(decode(&[0u8; 96]).is_some());
+}
+
+pub(crate) fn kernel_event() -> Event {
+    let mut ev: Event = decode(&[0u8; 96]).expect("zeroed event decodes");
+    ev.pid = 77;
+    ev.tid = 78;
+    ev.uid = 1000;
+    ev.gid = 100;
+    ev.cgroup_id = 5;
+    ev.generation = 3;
+    ev.region = 2;
+    ev.suppressed = 9;
+    ev.rule = 4;
+    ev.dst_port = 443;
+    ev.family = family::INET6;
+    ev.protocol = 17;
+    ev.verdict = Verdict::Audit as u8;
+    ev.hook = Hook::Sendmsg6 as u8;
+    ev.dst_addr = "2001:db8:2::2".parse::<Ipv6Addr>().expect("valid").octets();
+    ev.comm[..3].copy_from_slice(b"dig");
+    ev
+}
+
+fn policy() -> Policy {
+    let cfg = crate::config::parse(
+        std::path::Path::new("t.toml"),
+        "allowlist = [\"eu\"]\n[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n\
+             [regions.us]\nprefixes = [\"2001:db8:2::/48\"]\n",
+    )
+    .expect("valid");
+    crate::policy::compile(&cfg)
+}
+
+#[test]
+fn build_packet_socket_event() {
+    let seq = Sequencer::new(sample::context());
+    let mut ev = kernel_event();
+    ev.family = family::PACKET;
+    ev.protocol = 3;
+    ev.dst_port = 0x0800;
+    ev.dst_addr = [0; 16];
+    ev.region = 0;
+    ev.rule = 0;
+    ev.verdict = Verdict::Deny as u8;
+    ev.hook = Hook::LsmSocketCreate as u8;
+    let c = build(
+        seq.header("connection", 0),
+        &policy(),
+        &ev,
+        &procinfo::Details::Exited,
+        None,
+        None,
+    );
+    assert_eq!(c.hook, "lsm/socket_create");
+    assert_eq!(c.network.kind, "packet");
+    assert_eq!(c.network.transport, "raw");
+    assert_eq!(c.network.ethertype, Some(0x0800));
+    assert_eq!(c.network.iana_number, None);
+    assert!(c.destination.is_absent());
+    assert_eq!(c.rule.name, "packet_sockets");
+    let json = serde_json::to_value(&c).expect("serializes");
+    assert!(json.get("destination").is_none(), "{json}");
+}
+
+#[test]
+fn build_maps_every_kernel_field() {
+    let seq = Sequencer::new(sample::context());
+    let p = policy();
+    let info = procinfo::ProcInfo {
+        start_time: 1,
+        comm: "dig".into(),
+        ppid: Some(1),
+        uid: Some(0),
+        exe: Some("/usr/bin/dig".into()),
+        command_line: Some("dig @x".into()),
+        cgroup: Some("/system.slice/bind.service/x".into()),
+        trusted_cgroup: Some("/system.slice/bind.service".into()),
+        cgroup_id: None,
+    };
+    let ev = build(
+        seq.header("connection", sample::T0),
+        &p,
+        &kernel_event(),
+        &procinfo::Details::Verified(Arc::new(info)),
+        Some("bob".into()),
+        None,
+    );
+    assert_eq!(ev.header.sequence, 1);
+    assert_eq!(ev.header.id, "5f3c9a0e7d21b468-1");
+    assert_eq!((ev.verdict, ev.hook), ("audit", "cgroup/sendmsg6"));
+    assert_eq!(ev.policy.mode, "audit");
+    assert_eq!(ev.policy.generation, 3);
+    assert_eq!(ev.policy.digest, p.digest);
+    assert_eq!(ev.destination.region, "us");
+    assert_eq!(
+        ev.destination.ip.map(|i| i.to_string()).as_deref(),
+        Some("2001:db8:2::2")
+    );
+    assert_eq!(ev.network.kind, "ipv6");
+    assert_eq!(ev.network.transport, "udp");
+    assert_eq!(ev.rule.id, 4);
+    assert_eq!(ev.rule.name, "rule-4");
+    assert_eq!(ev.suppressed, 9);
+    assert_eq!(ev.user.name.as_deref(), Some("bob"));
+    assert_eq!(ev.group.name, None);
+    assert_eq!(ev.process.parent, Some(Parent { pid: 1 }));
+    assert_eq!(ev.cgroup.systemd_unit.as_deref(), Some("bind.service"));
+    assert!(!ev.process.exited);
+    assert_eq!(ev.process.details, "verified");
+    assert_eq!(
+        ev.cgroup.path.as_deref(),
+        Some("/system.slice/bind.service/x")
+    );
+    let gone = build(
+        seq.header("connection", 0),
+        &p,
+        &kernel_event(),
+        &procinfo::Details::Exited,
+        None,
+        None,
+    );
+    assert_eq!(gone.header.sequence, 2);
+    assert!(gone.process.exited && gone.process.executable.is_none());
+    assert_eq!(gone.process.details, "exited");
+    let other = build(
+        seq.header("connection", 0),
+        &p,
+        &kernel_event(),
+        &procinfo::Details::Mismatch("name"),
+        None,
+        None,
+    );
+    assert!(!other.process.exited && other.process.command_line.is_none());
+    assert_eq!(other.process.details, "mismatch");
+    assert_eq!(gone.process.name, "dig");
+}
+
+#[test]
+fn ephemeral_ids_are_hex_and_differ() {
+    let a = ephemeral_id();
+    let b = ephemeral_id();
+    assert_eq!(a.len(), 16);
+    assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(a, b);
+}
+
+#[test]
+fn enricher_reads_this_process() {
+    let seq = Arc::new(Sequencer::new(sample::context()));
+    let e = Enricher::new(seq, Arc::new(policy()))
+        .with_cgroup_root(crate::kernel::cgroup::cgroup2_root().ok());
+    let mut ev = kernel_event();
+    ev.pid = std::process::id();
+    // SAFETY: getuid has no preconditions.
+    ev.uid = unsafe { libc::getuid() };
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let me = procinfo::parse_stat(&stat).expect("parse");
+    ev.comm = [0; 16];
+    ev.comm[..me.comm.len()].copy_from_slice(me.comm.as_bytes());
+    ev.cgroup_id = 0;
+    ev.boot_ns = crate::base::clock::boot_now_ns();
+    let out = e.enrich(&ev);
+    assert!(!out.process.exited, "{out:?}");
+    assert_eq!(out.process.details, "verified", "{out:?}");
+    assert!(out.process.executable.is_some());
+    assert!(out.process.command_line.is_some());
+    assert!(out.process.parent.is_some());
+    assert!(out.cgroup.path.is_some(), "{out:?}");
+    if ev.uid == 0 {
+        assert_eq!(out.user.name.as_deref(), Some("root"));
+    }
+}
