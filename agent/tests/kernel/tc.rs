@@ -24,7 +24,7 @@ const ENOBUFS: i32 = 105;
 
 /// Starts `egressd run` with policy `text` (and `extra` arguments) inside the client
 /// namespace of `tb`; `dir` holds the policy file.
-fn start_in_client(
+pub fn start_in_client(
     tb: &Testbed,
     dir: &TempDir,
     text: &str,
@@ -40,7 +40,7 @@ fn start_in_client(
     Ok(agent)
 }
 
-fn temp_dir(prefix: &str) -> Result<TempDir, Failed> {
+pub fn temp_dir(prefix: &str) -> Result<TempDir, Failed> {
     let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique(prefix)));
     std::fs::create_dir_all(&dir.0).map_err(|e| format!("tempdir: {e}"))?;
     Ok(dir)
