@@ -13,6 +13,7 @@ mod kernel {
     pub mod harness;
     pub mod lastgood;
     pub mod lsm;
+    pub mod nexthop;
     pub mod paths;
     pub mod reload;
     pub mod security;
@@ -22,8 +23,8 @@ mod kernel {
 }
 
 use kernel::{
-    audit, differential, enforce, fleet, harness, lastgood, lsm, paths, reload, security, summary,
-    table, tc,
+    audit, differential, enforce, fleet, harness, lastgood, lsm, nexthop, paths, reload, security,
+    summary, table, tc,
 };
 use libtest_mimic::{Arguments, Trial};
 
@@ -66,6 +67,8 @@ fn main() {
             tc::tc_packet_frames_audit_and_allow,
         ),
         Trial::test("tc_pinned_and_detach", tc::tc_pinned_and_detach),
+        Trial::test("raw_next_hop_denied", nexthop::raw_next_hop_denied),
+        Trial::test("raw_next_hop_audit", nexthop::raw_next_hop_audit),
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
         Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce::enforce_ipv6),
         Trial::test(

@@ -322,8 +322,18 @@ pub mod failsafe {
     /// A routing header or source route hop whose prefix has protocol/port rules: hops are
     /// judged by their prefix's default decision only, so such a hop is denied.
     pub const ROUTE_HOP_RULES: u32 = 7;
+    /// A frame of a raw IP socket (`tc/egress`) leaving to another next hop than its
+    /// header's destination would be routed to (another device or link-layer address), or
+    /// whose header's destination is not routed out of that device at all (local,
+    /// unreachable, blackhole, no neighbour entry): the kernel routed it by the `sendto`
+    /// address, the packet hook judged the header.
+    pub const NEXT_HOP_MISMATCH: u32 = 8;
+    /// A frame of a raw IP socket (`tc/egress`) whose next hop the kernel's FIB helper
+    /// would not compute (`bpf_fib_lookup`: forwarding disabled on the device, an
+    /// unsupported route) or whose link-layer header could not be read.
+    pub const NEXT_HOP_UNVERIFIED: u32 = 9;
     /// Number of entries of [`crate::maps::FAILSAFE`].
-    pub const SLOTS: u32 = 8;
+    pub const SLOTS: u32 = 10;
 }
 
 /// IPv6 extension headers the packet hook walks before it gives up (and denies, see

@@ -11,6 +11,7 @@ mod cache;
 mod decide;
 mod lsm;
 mod maps;
+mod nexthop;
 mod owner;
 mod report;
 mod skb;

@@ -6,7 +6,7 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
+    bindings::{__sk_buff, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
@@ -73,6 +73,13 @@ pub fn record(sk: *mut bpf_sock) {
 /// the socket's uid and the packet's cgroup.
 #[inline(always)]
 pub fn of_packet(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Who {
+    of_skb(ctx.skb.skb, sk)
+}
+
+/// As [`of_packet`], for any packet program (`cgroup_skb`, `sched_cls`) given its
+/// `skb` and the packet's full socket `sk` (or null).
+#[inline(always)]
+pub fn of_skb(skb: *mut __sk_buff, sk: *mut bpf_sock) -> Who {
     if !sk.is_null() {
         // SAFETY: `sk` comes from the packet; the helper checks for a full socket.
         let p = unsafe { bpf_sk_storage_get(map(), sk.cast(), ptr::null_mut(), 0) };
@@ -84,13 +91,8 @@ pub fn of_packet(ctx: &SkBuffContext, sk: *mut bpf_sock) -> Who {
             };
         }
     }
-    // SAFETY: valid context pointer for a cgroup_skb program.
-    let (uid, cgroup_id) = unsafe {
-        (
-            bpf_get_socket_uid(ctx.skb.skb),
-            bpf_skb_cgroup_id(ctx.skb.skb),
-        )
-    };
+    // SAFETY: valid context pointer of a packet program.
+    let (uid, cgroup_id) = unsafe { (bpf_get_socket_uid(skb), bpf_skb_cgroup_id(skb)) };
     Who {
         attribution: attribution::SOCKET_UID,
         owner: SockOwner {

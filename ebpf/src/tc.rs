@@ -3,7 +3,8 @@
 //! A frame sent on an AF_PACKET socket carries that socket (`skb->sk`, set by
 //! `sock_alloc_send_skb`) down to the device's queueing layer, where this `sched_cls`
 //! program runs (clsact egress, or a TCX link). It judges frames whose socket is not an
-//! AF_INET/AF_INET6 one (those were judged by the cgroup hooks) and whose socket was created
+//! AF_INET/AF_INET6 one (those were judged by the cgroup hooks, which cannot see where a
+//! raw socket's frame goes: [`nexthop`] checks that) and whose socket was created
 //! under the enforced cgroup (`bpf_skb_under_cgroup` against [`EGRESSD_LSM_CGROUP_V1`]),
 //! with the policy's `packet_sockets`. There is no task context here: the executable
 //! allowlist cannot apply, and events carry the socket's uid and cgroup
@@ -22,6 +23,7 @@ use crate::{
     decide::{self, Decision},
     lsm::packet_setting,
     maps::EGRESSD_LSM_CGROUP_V1,
+    nexthop,
     owner::Who,
     report,
 };
@@ -44,7 +46,8 @@ pub fn egress(ctx: &TcContext) -> i32 {
     // SAFETY: the verifier allows `family` on any socket pointer of the context.
     let fam = unsafe { (*sk).family };
     if fam == u32::from(family::INET) || fam == u32::from(family::INET6) {
-        return NEXT;
+        // Judged by the cgroup hooks, but for where a raw socket's frame really goes.
+        return if nexthop::judge(ctx, sk) { NEXT } else { SHOT };
     }
     let fam = fam as u8;
     let generation = decide::generation();

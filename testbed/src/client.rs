@@ -23,6 +23,8 @@
 //!   `PACKET_QDISC_BYPASS` set (the frame skips the device's queueing layer);
 //! - `hdrincl://NEXTHOP:PORT/HEADERDST`: an `IPPROTO_RAW` socket sends a UDP datagram whose
 //!   own IPv4 header names HEADERDST, with `sendto(NEXTHOP)` (no reply expected);
+//! - `hdrincl6://[NEXTHOP]:PORT/HEADERDST`: the same with an AF_INET6 `IPPROTO_RAW` socket
+//!   and an IPv6 header;
 //! - `tcp-hold`: connect, exchange one byte (result `#1`), then wait for a line on stdin and
 //!   exchange another byte on the same connection (result `#2`).
 //!
@@ -275,6 +277,25 @@ pub fn attempt(probe: &str) -> ProbeResult {
             return fail(probe, "parse", &io::Error::other("NEXTHOP:PORT/HEADERDST"));
         };
         return match crate::frames::hdrincl(hop, dst) {
+            Ok(()) => ok(probe),
+            Err((step, e)) => fail(probe, step, &e),
+        };
+    }
+    if kind == "hdrincl6" {
+        let parsed = addr.rsplit_once('/').and_then(|(hop, dst)| {
+            Some((
+                hop.parse::<std::net::SocketAddrV6>().ok()?,
+                dst.parse().ok()?,
+            ))
+        });
+        let Some((hop, dst)) = parsed else {
+            return fail(
+                probe,
+                "parse",
+                &io::Error::other("[NEXTHOP]:PORT/HEADERDST"),
+            );
+        };
+        return match crate::frames::hdrincl6(hop, dst) {
             Ok(()) => ok(probe),
             Err((step, e)) => fail(probe, step, &e),
         };

@@ -6,7 +6,7 @@
 //! whatever the link-layer destination), so no neighbour lookup is needed.
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -188,6 +188,100 @@ pub fn hdrincl(next_hop: SocketAddrV4, header_dst: Ipv4Addr) -> Step {
             0,
             (&raw const sin).cast(),
             size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if n < 0 {
+        return last_err("sendto");
+    }
+    Ok(())
+}
+
+/// The client's IPv6 address on the /64 of `dst`.
+fn source6_for(dst: Ipv6Addr) -> Result<Ipv6Addr, (&'static str, io::Error)> {
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `ifap` with a list we free below.
+    if unsafe { libc::getifaddrs(&raw mut ifap) } != 0 {
+        return last_err("getifaddrs");
+    }
+    let mut found = None;
+    let mut p = ifap;
+    while !p.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*p };
+        p = ifa.ifa_next;
+        if ifa.ifa_addr.is_null()
+            // SAFETY: non-null sockaddr of the node.
+            || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET6
+        {
+            continue;
+        }
+        // SAFETY: an AF_INET6 address is a sockaddr_in6.
+        let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+        let a = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+        if a.octets()[..8] == dst.octets()[..8] {
+            found = Some(a);
+            break;
+        }
+    }
+    // SAFETY: the list from getifaddrs.
+    unsafe { libc::freeifaddrs(ifap) };
+    found.ok_or((
+        "interface",
+        io::Error::other(format!("no address on {dst}/64")),
+    ))
+}
+
+/// An IPv6/UDP datagram from `src` to `dst`:`port` (UDP checksum over the RFC 8200
+/// pseudo-header: mandatory in IPv6).
+fn ipv6_udp(src: Ipv6Addr, dst: Ipv6Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let ulen = (8 + payload.len()) as u16;
+    let mut udp = Vec::with_capacity(usize::from(ulen));
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&ulen.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&u32::from(ulen).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    pseudo.extend_from_slice(&udp);
+    let c = match checksum(&pseudo) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    let mut p = Vec::with_capacity(40 + udp.len());
+    p.extend_from_slice(&[0x60, 0, 0, 0]);
+    p.extend_from_slice(&ulen.to_be_bytes());
+    p.extend_from_slice(&[17, 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&udp);
+    p
+}
+
+/// `hdrincl6`: an AF_INET6 `IPPROTO_RAW` socket (the process writes the IPv6 header, as
+/// with `IPV6_HDRINCL`) sends a UDP datagram whose header names `header_dst` with
+/// `sendto(next_hop)`: the kernel routes by `next_hop`.
+pub fn hdrincl6(next_hop: SocketAddrV6, header_dst: Ipv6Addr) -> Step {
+    let src = source6_for(*next_hop.ip())?;
+    let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+    let dgram = ipv6_udp(src, header_dst, next_hop.port(), b"egressd-hdrincl");
+    // SAFETY: all-zero is a valid sockaddr_in6.
+    let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sin6.sin6_family = libc::AF_INET6 as u16;
+    sin6.sin6_addr.s6_addr = next_hop.ip().octets();
+    // SAFETY: valid fd, buffer and address.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            dgram.as_ptr().cast(),
+            dgram.len(),
+            0,
+            (&raw const sin6).cast(),
+            size_of::<libc::sockaddr_in6>() as u32,
         )
     };
     if n < 0 {

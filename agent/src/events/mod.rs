@@ -190,6 +190,12 @@ pub fn failsafe_reason(code: u8) -> Option<&'static str> {
         f::ROUTE_HOP_RULES => {
             "routing hop (or raw socket next hop) in a region with protocol/port rules"
         }
+        f::NEXT_HOP_MISMATCH => {
+            "raw socket frame leaving to another next hop than its header's destination"
+        }
+        f::NEXT_HOP_UNVERIFIED => {
+            "raw socket frame whose next hop the kernel could not compute (forwarding off on the interface?)"
+        }
         _ => "unknown reason",
     })
 }

@@ -131,6 +131,8 @@ pub fn fail_closed(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<Vec<(Strin
         (f::LOCAL_MISROUTED, "local_misrouted"),
         (f::ROUTE_TOO_LONG, "route_too_long"),
         (f::ROUTE_HOP_RULES, "route_hop_rules"),
+        (f::NEXT_HOP_MISMATCH, "next_hop_mismatch"),
+        (f::NEXT_HOP_UNVERIFIED, "next_hop_unverified"),
     ];
     let mut out = Vec::new();
     for (code, name) in names {

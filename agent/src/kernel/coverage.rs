@@ -339,8 +339,14 @@ const LSM_OFFSETS: &str = "kernel BTF with the socket and message fields the LSM
 /// Probe name of the `tc/egress` program type.
 const TC_PROGRAM: &str = "program type sched_cls (tc/egress)";
 /// Helpers `tc/egress` calls (see `ebpf/src/tc.rs`), probed in `sched_cls`.
-const TC_HELPERS: [(BpfHelper, &str); 5] = [
+const TC_HELPERS: [(BpfHelper, &str); 8] = [
     (BpfHelper::BPF_FUNC_sk_fullsock, "bpf_sk_fullsock"),
+    (BpfHelper::BPF_FUNC_fib_lookup, "bpf_fib_lookup"),
+    (
+        BpfHelper::BPF_FUNC_skb_load_bytes_relative,
+        "bpf_skb_load_bytes_relative",
+    ),
+    (BpfHelper::BPF_FUNC_sk_storage_get, "bpf_sk_storage_get"),
     (BpfHelper::BPF_FUNC_skb_under_cgroup, "bpf_skb_under_cgroup"),
     (BpfHelper::BPF_FUNC_get_socket_uid, "bpf_get_socket_uid"),
     (BpfHelper::BPF_FUNC_skb_cgroup_id, "bpf_skb_cgroup_id"),
@@ -354,6 +360,15 @@ const TC_GAPS: &str = "not covered: sends with PACKET_QDISC_BYPASS and AF_XDP (t
                        namespace (containers), and socket() itself; packet_socket_open/\
                        packet_socket_send do not apply (no task at tc: listed executables' \
                        frames get packet_sockets too)";
+/// What the fallback leaves out of `raw_next_hop`, and where it denies more than the LSM.
+const TC_RAW_GAPS: &str = "not covered: raw sockets sending through devices of another \
+                           network namespace (containers); denied besides (fail closed): \
+                           frames through a device with forwarding off (the kernel's FIB \
+                           helper answers only where forwarding is on), to IPv6 link-local \
+                           destinations, and where policy routing by mark or uid sends the \
+                           socket's traffic elsewhere than the FIB lookup (which has neither)";
+/// Hooks of `raw_next_hop` under the fallback.
+const TC_RAW_HOOKS: &str = "tc/egress, cgroup_skb/egress";
 /// Hooks of the LSM rows.
 const LSM_HOOKS: &str = "lsm/socket_create, lsm/socket_sendmsg";
 const RAW_HOOKS: &str = "lsm/socket_sendmsg, cgroup_skb/egress";
@@ -561,6 +576,25 @@ impl Coverage {
         let Some(tc) = tc else {
             return self;
         };
+        if let Some(row) = self.paths.iter_mut().find(|p| p.path == "raw_next_hop")
+            && row.status == Status::NotCovered
+        {
+            match &tc {
+                Ok(at) => {
+                    row.status = Status::Partial;
+                    row.hooks = TC_RAW_HOOKS;
+                    row.note = format!(
+                        "each frame of a raw IP socket created under the enforced cgroup must \
+                         leave through the device and to the neighbour its header's \
+                         destination is routed to (bpf_fib_lookup), else it is denied at \
+                         tc/egress, {at}; {TC_RAW_GAPS}"
+                    );
+                }
+                Err(why) => {
+                    row.note = format!("{}; tc/egress fallback: {why}", row.note);
+                }
+            }
+        }
         let Some(row) = self.paths.iter_mut().find(|p| p.path == "packet_socket") else {
             return self;
         };
@@ -767,7 +801,7 @@ mod tests {
             vec![feature("a", Probe::Yes), tc(Probe::Yes)],
         );
         assert_eq!(status(&c, "packet_socket"), Some(Status::Partial));
-        assert_eq!(status(&c, "raw_next_hop"), Some(Status::NotCovered));
+        assert_eq!(status(&c, "raw_next_hop"), Some(Status::Partial));
         let row = c
             .paths
             .iter()
@@ -778,21 +812,24 @@ mod tests {
                 .is_some_and(|n| n.contains("PACKET_QDISC_BYPASS") && n.contains("AF_XDP")),
             "{row:?}"
         );
-        assert_eq!(c.summary().partial, vec!["packet_socket"]);
+        assert_eq!(c.summary().partial, vec!["packet_socket", "raw_next_hop"]);
         // Without sched_cls there is no fallback.
         let c = report(
             "5.10.0".into(),
             vec![feature("a", Probe::Yes), tc(Probe::No)],
         );
         assert_eq!(status(&c, "packet_socket"), Some(Status::NotCovered));
+        assert_eq!(status(&c, "raw_next_hop"), Some(Status::NotCovered));
         // What the daemon found decides: a fallback that failed is not covered, with why.
         let c = c.with_tc(Some(Err("no interface".into())), None);
         assert_eq!(status(&c, "packet_socket"), Some(Status::NotCovered));
+        assert_eq!(status(&c, "raw_next_hop"), Some(Status::NotCovered));
         let c = c.with_tc(
             Some(Ok("via tcx".into())),
             Some(crate::config::PacketSockets::Audit),
         );
         assert_eq!(status(&c, "packet_socket"), Some(Status::Partial));
+        assert_eq!(status(&c, "raw_next_hop"), Some(Status::Partial));
         // Where the LSM hooks judge, the fallback is not started and changes nothing.
         let c = report(
             "6.1.0".into(),

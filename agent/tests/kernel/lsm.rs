@@ -89,7 +89,8 @@ pub fn served_us(tb: &Testbed, want: u64) -> u64 {
 }
 
 /// Where the BPF LSM is not active: the report, `agent_start` and the send show the gap.
-/// `packet_socket` may be `partial` (the `tc/egress` fallback, see `tc.rs`), which judges
+/// `packet_socket` and `raw_next_hop` may be `partial` (the `tc/egress` fallback, see
+/// `tc.rs` and `nexthop.rs`), which judges
 /// frames on the interfaces of the daemon's network namespace only: this daemon runs in
 /// the host's, the probe sends from the client namespace.
 fn not_covered(tb: &Testbed, agent: Agent) -> Result<(), Failed> {
@@ -100,7 +101,7 @@ fn not_covered(tb: &Testbed, agent: Agent) -> Result<(), Failed> {
         {
             return Err(format!("{path}: coverage says {st} without an active BPF LSM").into());
         }
-        let partial = path == "packet_socket" && start_lists(&agent, "partial", path);
+        let partial = start_lists(&agent, "partial", path);
         if !partial && !start_lists(&agent, "not_covered", path) {
             return Err(format!("agent_start.coverage.not_covered lacks {path}").into());
         }

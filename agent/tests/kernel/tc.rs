@@ -24,7 +24,7 @@ const ENOBUFS: i32 = 105;
 
 /// Starts `egressd run` with policy `text` (and `extra` arguments) inside the client
 /// namespace of `tb`; `dir` holds the policy file.
-fn start_in_client(
+pub fn start_in_client(
     tb: &Testbed,
     dir: &TempDir,
     text: &str,

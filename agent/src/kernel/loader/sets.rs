@@ -51,6 +51,17 @@ pub(super) fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>
             );
             continue;
         }
+        // An older build knew fewer fail-closed reasons: replaced likewise.
+        if name == maps::FAILSAFE && info.max_entries() != egressd_common::failsafe::SLOTS {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the old fail-closed pin {}", path.display()))?;
+            tracing::warn!(
+                pin = %path.display(),
+                "the pinned fail-closed counters have another number of reasons: replaced, \
+                 they start again from zero"
+            );
+            continue;
+        }
         out.push((name, path));
     }
     Ok(out)
