@@ -318,6 +318,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             sinks: pipeline.names(),
             coverage: coverage.summary(),
             adopted,
+            interval_secs: output.heartbeat_secs,
         },
         "agent_start",
     ));

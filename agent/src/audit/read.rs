@@ -49,7 +49,7 @@ pub struct Facts {
     pub generation: Option<u64>,
     /// Policy mode (`enforce`, `audit`), not in CEF.
     pub mode: Option<String>,
-    /// Heartbeat interval in seconds.
+    /// Heartbeat interval in seconds (`heartbeat`, and `agent_start` since it states it).
     pub interval_secs: Option<u64>,
     /// Losses by stage (`ringbuf_full`, `sink_write_failed`, `undecodable`; in CEF only
     /// `total`), cumulative since the run started.
@@ -522,6 +522,7 @@ mod tests {
                 );
             }
             assert_eq!(start.mode.as_deref(), Some("enforce"), "{f:?}");
+            assert_eq!(start.interval_secs, Some(60), "{f:?}");
             assert_eq!(start.adopted, Some(1), "{f:?}");
             let loaded = read("policy_loaded");
             assert_eq!(

@@ -61,7 +61,7 @@ pub struct Options {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Finding {
     /// What: `sequence_gap`, `fork`, `duplicate`, `out_of_order`, `chain_broken`,
-    /// `chain_missing`, `chain_unverified`, `no_start`, `no_stop`, `heartbeat_gap`,
+    /// `chain_missing`, `chain_unverified`, `key_mismatch`, `no_start`, `no_stop`, `heartbeat_gap`,
     /// `window_gap`, `no_heartbeat`, `tamper_repaired`, `reload_failed`, `policy_fallback`,
     /// `digest_mismatch`, `audit_mode`, `lost`, `adoption`, `before_window`, `unreadable`.
     pub kind: &'static str,
@@ -112,6 +112,8 @@ pub struct RunReport {
     pub formats: Vec<&'static str>,
     /// Records read (duplicates included).
     pub records: usize,
+    /// Records read more than once (identical copies), checked once.
+    pub duplicates: usize,
     /// Highest sequence number.
     pub last_sequence: u64,
     /// The generation in force at its `agent_start` that it adopted from an earlier run's
@@ -418,7 +420,18 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
     let mut findings = Vec::new();
     // Input order, file by file (files may be copies from several sinks).
     let mut highest: BTreeMap<&str, &Entry> = BTreeMap::new();
+    // A record seen before in the same file (the file given twice, overlapping exports
+    // joined) is a duplicate, counted below; its place says nothing about order.
+    let mut seen = std::collections::HashSet::new();
     for e in &entries {
+        if !seen.insert((
+            e.file.as_str(),
+            e.sequence,
+            e.link.as_deref(),
+            e.canonical.as_slice(),
+        )) {
+            continue;
+        }
         match highest.get(e.file.as_str()).copied() {
             Some(h) if e.sequence < h.sequence && !opts.any_order => findings.push(finding(
                 "out_of_order",
@@ -441,21 +454,21 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
     formats.dedup();
     // By sequence; the same sequence twice is a duplicate or a fork.
     let mut by_seq: BTreeMap<u64, Entry> = BTreeMap::new();
+    // Identical records (same host, run, sequence, link and content): counted, with the
+    // first one as an example.
+    let mut duplicates = 0;
+    let mut first_duplicate: Option<(Entry, String)> = None;
     for e in entries {
         match by_seq.get(&e.sequence) {
             None => {
                 by_seq.insert(e.sequence, e);
             }
             Some(first) if first.canonical == e.canonical && first.link == e.link => {
-                findings.push(finding(
-                    "duplicate",
-                    false,
-                    Some(&e),
-                    format!(
-                        "sequence {} again (as at {}:{}): delivered twice",
-                        e.sequence, first.file, first.line
-                    ),
-                ));
+                duplicates += 1;
+                if first_duplicate.is_none() {
+                    let also = format!("{}:{}", first.file, first.line);
+                    first_duplicate = Some((e, also));
+                }
             }
             Some(first) => {
                 findings.push(finding(
@@ -470,6 +483,19 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
                 ));
             }
         }
+    }
+    if let Some((e, also)) = &first_duplicate {
+        findings.push(finding(
+            "duplicate",
+            false,
+            Some(e),
+            format!(
+                "{duplicates} record(s) delivered more than once (copies from several sinks, \
+                 the same file given twice or overlapping exports; the first: sequence {} here \
+                 and at {also}); each is checked once",
+                e.sequence
+            ),
+        ));
     }
     // A run already running at the window's start: the input may begin after its first
     // records, provided it holds one from before the window (the chain is anchored there,
@@ -496,6 +522,8 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
     let mut prev: Option<[u8; chain::LINK_BYTES]> =
         joined.map_or(Some([0; chain::LINK_BYTES]), |_| None);
     let mut keyed = false;
+    // Keyed links checked with the key given: how many followed, and the breaks found.
+    let (mut keyed_ok, mut keyed_broken) = (0_usize, Vec::new());
     for (seq, e) in &by_seq {
         if *seq != expected {
             findings.push(finding(
@@ -536,7 +564,13 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
         }
         if let Some(p) = prev {
             let key = if is_keyed { opts.key.as_deref() } else { None };
-            if chain::link(&p, &e.canonical, key) != got {
+            let follows = chain::link(&p, &e.canonical, key) == got;
+            if is_keyed && follows {
+                keyed_ok += 1;
+            } else if is_keyed {
+                keyed_broken.push(findings.len());
+            }
+            if !follows {
                 findings.push(finding(
                     "chain_broken",
                     true,
@@ -551,6 +585,24 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
             }
         }
         prev = Some(got);
+    }
+    // Not one keyed link follows: the key is not the one the host used (an edit breaks
+    // one link, the links after it still follow). One finding instead of one per record.
+    if keyed_ok == 0 && !keyed_broken.is_empty() {
+        let n = keyed_broken.len();
+        for i in keyed_broken.into_iter().rev() {
+            findings.remove(i);
+        }
+        findings.push(finding(
+            "key_mismatch",
+            true,
+            None,
+            format!(
+                "none of the {n} keyed (HMAC-SHA-256) links checked follows with the key given: \
+                 it is not the chain key this host used for the run (records cannot be \
+                 checked for edits without the right one)"
+            ),
+        ));
     }
     if keyed && opts.key.is_none() {
         findings.push(finding(
@@ -775,6 +827,7 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
             run,
             formats,
             records,
+            duplicates,
             last_sequence: by_seq.keys().next_back().copied().unwrap_or(0),
             adopted_generation,
             keyed,
@@ -929,7 +982,9 @@ mod tests {
                     Record::Connection(Box::new(sample::deny()))
                 } else {
                     let mut l = by_kind[kind].clone();
-                    if let LifecycleBody::Heartbeat { interval_secs, .. } = &mut l.body {
+                    if let LifecycleBody::Heartbeat { interval_secs, .. }
+                    | LifecycleBody::Start { interval_secs, .. } = &mut l.body
+                    {
                         *interval_secs = 10;
                     }
                     Record::Lifecycle(Box::new(l))
@@ -1293,6 +1348,118 @@ mod tests {
             ..Options::default()
         };
         assert!(check(&lines, &with(b"k3y")).proven);
-        assert_eq!(kinds(&check(&lines, &with(b"wrong")))[0].0, "chain_broken");
+        // The wrong key: one finding that says so, not every record "edited".
+        let r = check(&lines, &with(b"wrong"));
+        assert_eq!(kinds(&r), [("key_mismatch", None)], "{}", text(&r));
+        assert!(text(&r).contains("not the chain key"), "{}", text(&r));
+        // With the right key, an edited record is still an edit, located.
+        let mut d = lines.clone();
+        d[3] = d[3].replacen("8080", "8081", 1);
+        assert_ne!(d[3], lines[3]);
+        assert_eq!(
+            kinds(&check(&d, &with(b"k3y"))),
+            [("chain_broken", Some("export:4".into()))]
+        );
+        // So is the first record of the run edited.
+        let mut d = lines.clone();
+        d[0] = d[0].replacen("3fb60c46ec413f16", "3fb60c46ec413f17", 1);
+        assert_ne!(d[0], lines[0]);
+        assert_eq!(
+            kinds(&check(&d, &with(b"k3y"))),
+            [("chain_broken", Some("export:1".into()))]
+        );
+    }
+
+    /// A run that ends before its first heartbeat is proven by the period its
+    /// `agent_start` states.
+    #[test]
+    fn a_run_shorter_than_its_heartbeat_period_is_proven() {
+        for f in Format::ALL {
+            let lines = stream(
+                f,
+                "h",
+                "r",
+                0,
+                &[
+                    ("policy_loaded", 0),
+                    ("agent_start", 0),
+                    ("connection", 2),
+                    ("agent_stop", 3),
+                ],
+            );
+            let r = check(&lines, &Options::default());
+            assert!(r.proven, "{f:?}\n{}", text(&r));
+            assert!(
+                (r.hosts[0].runs[0].max_gap_secs - 20.0).abs() < 1e-9,
+                "{f:?}"
+            );
+            // The period still bounds the silence: 25 s without a record is a gap.
+            let lines = stream(
+                f,
+                "h",
+                "r",
+                0,
+                &[("policy_loaded", 0), ("agent_start", 0), ("agent_stop", 25)],
+            );
+            let k = kinds(&check(&lines, &Options::default()));
+            assert!(k.iter().any(|x| x.0 == "heartbeat_gap"), "{f:?} {k:?}");
+        }
+    }
+
+    /// The same export given twice, or overlapping exports in one file: the copies are
+    /// duplicates (counted), not reordering; a different record under a seen number is not.
+    #[test]
+    fn the_same_export_twice_is_duplicates() {
+        for f in Format::ALL {
+            let lines = stream(f, "h", "r", 0, CLEAN);
+            let read = |name: &str, lines: &[String]| -> Vec<Entry> {
+                lines
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, l)| parse_line(name, i + 1, l).expect("readable"))
+                    .collect()
+            };
+            let mut twice = read("a.json", &lines);
+            twice.extend(read("a.json", &lines));
+            let r = verify(twice, 0, Vec::new(), &Options::default());
+            assert!(r.proven, "{f:?}\n{}", text(&r));
+            let run = &r.hosts[0].runs[0];
+            assert_eq!(run.duplicates, lines.len(), "{f:?}");
+            assert_eq!(
+                run.findings
+                    .iter()
+                    .filter(|x| x.kind == "duplicate")
+                    .count(),
+                1,
+                "{f:?}"
+            );
+            // Overlapping exports concatenated into one file.
+            let mut overlap = lines[..6].to_vec();
+            overlap.extend_from_slice(&lines[3..]);
+            let r = check(&overlap, &Options::default());
+            assert!(r.proven, "{f:?}\n{}", text(&r));
+            assert_eq!(r.hosts[0].runs[0].duplicates, 3, "{f:?}");
+            // A copy with one record replaced (same sequence, other link) is a fork.
+            let other = stream(
+                f,
+                "h",
+                "r",
+                0,
+                &[
+                    ("policy_loaded", 0),
+                    ("agent_start", 0),
+                    ("heartbeat", 10),
+                    ("heartbeat", 11),
+                ],
+            );
+            let mut forked = lines.clone();
+            forked.extend(lines[..3].iter().cloned());
+            forked.push(other[3].clone());
+            let k = kinds(&check(&forked, &Options::default()));
+            assert!(
+                k.contains(&("fork", Some("export:12".into()))),
+                "{f:?} {k:?}"
+            );
+        }
     }
 }
