@@ -20,6 +20,9 @@ pub struct Entry {
     pub file: String,
     /// Line number, from 1.
     pub line: usize,
+    /// Byte column of its frame in the line, from 1, when the line holds several frames (a
+    /// raw syslog TCP stream); 0 when the record is the line's only one.
+    pub column: usize,
     /// Its format.
     pub format: Format,
     /// `host.name` (CEF `dvchost`, OCSF `device.hostname`).
@@ -183,6 +186,7 @@ fn blank(format: Format, host: &str, run: &str, sequence: u64, kind: &str, t: i1
     Entry {
         file: String::new(),
         line: 0,
+        column: 0,
         format,
         host: host.to_owned(),
         run: run.to_owned(),

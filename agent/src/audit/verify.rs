@@ -63,7 +63,8 @@ pub struct Finding {
     /// What: `sequence_gap`, `fork`, `duplicate`, `out_of_order`, `chain_broken`,
     /// `chain_missing`, `chain_unverified`, `key_mismatch`, `no_start`, `no_stop`, `heartbeat_gap`,
     /// `window_gap`, `no_heartbeat`, `tamper_repaired`, `reload_failed`, `policy_fallback`,
-    /// `digest_mismatch`, `audit_mode`, `lost`, `adoption`, `before_window`, `unreadable`.
+    /// `digest_mismatch`, `audit_mode`, `lost`, `adoption`, `before_window`, `unreadable`,
+    /// `cut_frame`.
     pub kind: &'static str,
     /// Whether it makes continuous enforcement unprovable.
     pub fails: bool,
@@ -183,8 +184,18 @@ fn secs(ns: i128) -> f64 {
     s
 }
 
+/// Where a record was read: `FILE:LINE`, or `FILE:LINE:COLUMN` for one of several frames
+/// on a line.
+fn loc(e: &Entry) -> String {
+    if e.column > 0 {
+        format!("{}:{}:{}", e.file, e.line, e.column)
+    } else {
+        format!("{}:{}", e.file, e.line)
+    }
+}
+
 fn at(e: &Entry) -> Option<String> {
-    Some(format!("{}:{}", e.file, e.line))
+    Some(loc(e))
 }
 
 fn finding(kind: &'static str, fails: bool, e: Option<&Entry>, message: String) -> Finding {
@@ -438,8 +449,10 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
                 true,
                 Some(e),
                 format!(
-                    "sequence {} comes after sequence {} ({}:{}): records were reordered",
-                    e.sequence, h.sequence, h.file, h.line
+                    "sequence {} comes after sequence {} ({}): records were reordered",
+                    e.sequence,
+                    h.sequence,
+                    loc(h)
                 ),
             )),
             Some(h) if e.sequence <= h.sequence => {}
@@ -466,7 +479,7 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
             Some(first) if first.canonical == e.canonical && first.link == e.link => {
                 duplicates += 1;
                 if first_duplicate.is_none() {
-                    let also = format!("{}:{}", first.file, first.line);
+                    let also = loc(first);
                     first_duplicate = Some((e, also));
                 }
             }
@@ -476,9 +489,10 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
                     true,
                     Some(&e),
                     format!(
-                        "sequence {} twice with different content (also at {}:{}): a record was \
+                        "sequence {} twice with different content (also at {}): a record was \
                          inserted or replaced",
-                        e.sequence, first.file, first.line
+                        e.sequence,
+                        loc(first)
                     ),
                 ));
             }
@@ -531,16 +545,12 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
                 true,
                 Some(e),
                 if expected + 1 == *seq {
-                    format!(
-                        "sequence {expected} is missing (before {}:{})",
-                        e.file, e.line
-                    )
+                    format!("sequence {expected} is missing (before {})", loc(e))
                 } else {
                     format!(
-                        "sequences {expected} to {} are missing (before {}:{})",
+                        "sequences {expected} to {} are missing (before {})",
                         seq - 1,
-                        e.file,
-                        e.line
+                        loc(e)
                     )
                 },
             ));
@@ -955,7 +965,7 @@ fn line(s: &mut String, indent: &str, f: &Finding) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         audit::{chain::Chain, read::parse_line},
@@ -967,7 +977,13 @@ mod tests {
 
     /// A run of `host`/`run` as `(kind, seconds after start)`, numbered from 1, rendered in
     /// `f` and chained as a sink does.
-    fn stream(f: Format, host: &str, run: &str, t0: i128, plan: &[(&str, i128)]) -> Vec<String> {
+    pub(crate) fn stream(
+        f: Format,
+        host: &str,
+        run: &str,
+        t0: i128,
+        plan: &[(&str, i128)],
+    ) -> Vec<String> {
         let by_kind: BTreeMap<&str, Lifecycle> = sample::lifecycle()
             .into_iter()
             .map(|l| (l.header.kind, l))
@@ -1005,7 +1021,7 @@ mod tests {
             .collect()
     }
 
-    const CLEAN: &[(&str, i128)] = &[
+    pub(crate) const CLEAN: &[(&str, i128)] = &[
         ("policy_loaded", 0),
         ("agent_start", 0),
         ("heartbeat", 10),
