@@ -101,6 +101,9 @@ pub struct PolicySpan {
     pub generation: Option<u64>,
     /// `enforce` or `audit`.
     pub mode: Option<String>,
+    /// The interval in nanoseconds since the Unix epoch, to judge it against the window.
+    #[serde(skip)]
+    pub ns: (i128, i128),
 }
 
 /// One agent run of a host.
@@ -706,6 +709,7 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
                 digest: f.digest.clone(),
                 generation: f.generation,
                 mode: f.mode.clone(),
+                ns: (*from, t),
             });
         }
     };
@@ -785,7 +789,12 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
     }
     let last_generation = current.as_ref().and_then(|(_, f)| f.generation);
     close(&mut policies, &current, end);
-    for p in &policies {
+    // Only a policy in force inside the window is judged: a window per generation proves
+    // each with its own `expect_digest`.
+    let inside = |p: &&PolicySpan| {
+        opts.from.is_none_or(|f| p.ns.1 > f) && opts.to.is_none_or(|t| p.ns.0 < t)
+    };
+    for p in policies.iter().filter(inside) {
         if p.mode.as_deref() == Some("audit") {
             findings.push(finding(
                 "audit_mode",
@@ -996,6 +1005,14 @@ pub(crate) mod tests {
                 let t = t0 + at * S;
                 let mut rec = if *kind == "connection" {
                     Record::Connection(Box::new(sample::deny()))
+                } else if *kind == "policy_loaded2" {
+                    // A reload to another policy: generation 2, another digest.
+                    let mut l = by_kind["policy_loaded"].clone();
+                    if let LifecycleBody::PolicyLoaded { policy } = &mut l.body {
+                        policy.digest = "00000000000000b2".into();
+                        policy.generation = 2;
+                    }
+                    Record::Lifecycle(Box::new(l))
                 } else {
                     let mut l = by_kind[kind].clone();
                     if let LifecycleBody::Heartbeat { interval_secs, .. }
@@ -1237,6 +1254,55 @@ pub(crate) mod tests {
             ..Options::default()
         };
         assert_eq!(check(&hosts, &only).hosts.len(), 1);
+    }
+
+    /// A reload to another policy mid-run: each generation's window verifies with its own
+    /// expected digest, the whole window with neither.
+    #[test]
+    fn each_generation_proven_in_its_window() {
+        for f in Format::ALL {
+            let lines = stream(
+                f,
+                "h",
+                "r",
+                0,
+                &[
+                    ("policy_loaded", 0),
+                    ("agent_start", 0),
+                    ("heartbeat", 10),
+                    ("policy_loaded2", 15),
+                    ("heartbeat", 20),
+                    ("agent_stop", 25),
+                ],
+            );
+            let window = |from: i128, to: i128, digest: &str| Options {
+                from: Some(from * S),
+                to: Some(to * S),
+                expect_digest: Some(digest.into()),
+                ..Options::default()
+            };
+            let first = "3fb60c46ec413f16";
+            let second = "00000000000000b2";
+            let r = check(&lines, &window(0, 15, first));
+            assert!(r.proven, "{f:?}\n{}", text(&r));
+            let r = check(&lines, &window(15, 25, second));
+            assert!(r.proven, "{f:?}\n{}", text(&r));
+            assert_eq!(r.hosts[0].runs[0].policies.len(), 2, "{f:?}");
+            for (from, to, d) in [
+                (0, 15, second),
+                (15, 25, first),
+                (0, 25, first),
+                (14, 16, first),
+            ] {
+                let r = check(&lines, &window(from, to, d));
+                assert_eq!(
+                    kinds(&r).iter().map(|x| x.0).collect::<Vec<_>>(),
+                    ["digest_mismatch"],
+                    "{f:?} {from}..{to} {d}\n{}",
+                    text(&r)
+                );
+            }
+        }
     }
 
     #[test]
