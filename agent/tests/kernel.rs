@@ -152,6 +152,7 @@ fn main() {
             audit::kill9_adoption_and_tamper,
         ),
         Trial::test("audit_verify_keyed_chain", audit::keyed_chain),
+        Trial::test(audit::DAY_LIKE_TEST, audit::day_like_run),
         Trial::test(
             "fleet_pins_of_other_layout_refused",
             fleet::pinned_other_layout_refused,
