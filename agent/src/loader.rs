@@ -148,6 +148,8 @@ pub struct Readers {
         aya::maps::HashMap<MapData, egressd_common::SummaryKey, egressd_common::SummaryState>,
     /// Summary interval and record budget ([`maps::SUMMARY_CONTROL`]).
     pub summary_control: Array<MapData, egressd_common::SummaryControl>,
+    /// Attempts no record carries yet ([`maps::UNREPORTED`]).
+    pub unreported: Array<MapData, u64>,
 }
 
 impl Enforcer {
@@ -1173,6 +1175,7 @@ impl Enforcer {
             failsafe: PerCpuArray::try_from(take(maps::FAILSAFE)?)?,
             summaries: aya::maps::HashMap::try_from(take(maps::SUMMARIES)?)?,
             summary_control: Array::try_from(take(maps::SUMMARY_CONTROL)?)?,
+            unreported: Array::try_from(take(maps::UNREPORTED)?)?,
         })
     }
 }
@@ -1245,6 +1248,7 @@ fn expected_shape(name: &str) -> Option<(u32, u32)> {
         || name == maps::COUNTERS
         || name == maps::LOSS
         || name == maps::FAILSAFE
+        || name == maps::UNREPORTED
     {
         Some((4, 8))
     } else if name == maps::SUMMARIES {
