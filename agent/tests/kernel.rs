@@ -38,6 +38,9 @@ fn main() {
     if argv.get(1).map(String::as_str) == Some(summary::FLOOD_ARG) {
         std::process::exit(summary::flood_main(&argv[2..]));
     }
+    if argv.get(1).map(String::as_str) == Some(summary::CGROUPS_ARG) {
+        std::process::exit(summary::cgroups_main(&argv[2..]));
+    }
     let args = Arguments::from_args();
     // Every daemon a test starts keeps its last good policy in a directory of this run, not
     // in the host's /var/lib/egressd (tests that name --state-dir override it).
@@ -137,6 +140,10 @@ fn main() {
         Trial::test(
             "flood_distinct_destinations_all_accounted_suppressed",
             summary::flood_invariant_suppressed,
+        ),
+        Trial::test(
+            "flood_summary_table_full_all_accounted",
+            summary::summary_table_full,
         ),
         Trial::test(
             "reload_100_times_under_load_zero_misjudged",

@@ -67,8 +67,10 @@ pub fn flow(direction: u32, region: u32, verdict: Verdict, bytes: u32) {
     }
 }
 
-/// Adds `n` (wrapping) to slot `index` of [`EGRESSD_UNREPORTED_V1`].
-#[inline(always)]
+/// Adds `n` (wrapping) to slot `index` of [`EGRESSD_UNREPORTED_V1`]. A function of its own
+/// (a BPF-to-BPF call): inlined at its call sites it grew the socket_sendmsg LSM program's
+/// frame past 5.10's combined stack limit.
+#[inline(never)]
 fn unreported(index: u32, n: u64) {
     if let Some(p) = EGRESSD_UNREPORTED_V1.get_ptr_mut(index) {
         add(p, n);
@@ -77,11 +79,10 @@ fn unreported(index: u32, n: u64) {
 
 /// Flood control: `None` when an event for the same (process, destination, verdict) was
 /// emitted less than the window ago (the caller then counts it as suppressed), else the
-/// number suppressed since that event, which the new event carries. `slot`: the attempt's
-/// [`counter_index`], where the suppressed counts not yet carried are kept
-/// ([`unreported::PENDING`]).
+/// number suppressed since that event, which the new event carries. The suppressed counts
+/// not yet carried are kept by `hook`, region and verdict ([`unreported::PENDING`]).
 #[inline(always)]
-fn suppress(pid: u32, d: &Dest, dec: &Decision, now: u64, slot: u32) -> Option<u64> {
+fn suppress(hook: Hook, pid: u32, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
     let set = egressd_common::set_of(dec.generation) as u32;
     let window_ms = EGRESSD_SETTINGS_V1.get(set).map_or(0, |s| s.suppress_ms);
     if window_ms == 0 {
@@ -103,7 +104,11 @@ fn suppress(pid: u32, d: &Dest, dec: &Decision, now: u64, slot: u32) -> Option<u
             unsafe {
                 if now.wrapping_sub((*state).last_ns) < window {
                     add(&raw mut (*state).suppressed, 1);
-                    unreported(unreported::PENDING + slot, 1);
+                    unreported(
+                        unreported::PENDING
+                            + counter_index(hook as u32, dec.region, dec.verdict as u32),
+                        1,
+                    );
                     return None;
                 }
                 (*state).last_ns = now;
@@ -112,7 +117,11 @@ fn suppress(pid: u32, d: &Dest, dec: &Decision, now: u64, slot: u32) -> Option<u
                 let n = ptr::read_volatile(&raw const (*state).suppressed);
                 if n != 0 {
                     add(&raw mut (*state).suppressed, n.wrapping_neg());
-                    unreported(unreported::PENDING + slot, n.wrapping_neg());
+                    unreported(
+                        unreported::PENDING
+                            + counter_index(hook as u32, dec.region, dec.verdict as u32),
+                        n.wrapping_neg(),
+                    );
                 }
                 Some(n)
             }
@@ -147,8 +156,7 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who, budgeted: bool) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let o = &who.owner;
-    let slot = counter_index(hook as u32, dec.region, dec.verdict as u32);
-    let Some(suppressed) = suppress(o.pid, d, dec, now, slot) else {
+    let Some(suppressed) = suppress(hook, o.pid, d, dec, now) else {
         bump(&EGRESSD_LOSS_V1, loss::SUPPRESSED);
         return;
     };
@@ -183,7 +191,10 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who, budgeted: bool) {
         match state {
             Some(s) => summary::aggregate(s, d, 1 + suppressed, now),
             // Counted for userspace to report (exactly, by hook, region and verdict).
-            None => unreported(unreported::OVERFLOW + slot, 1 + suppressed),
+            None => unreported(
+                unreported::OVERFLOW + counter_index(hook as u32, dec.region, dec.verdict as u32),
+                1 + suppressed,
+            ),
         }
         return;
     };
