@@ -427,7 +427,7 @@ pub fn summary_table_full() -> Result<(), Failed> {
         "{}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n",
         policy("enforce")
     );
-    let agent = Agent::start_with(&tb, &text)?;
+    let mut agent = Agent::start_with(&tb, &text)?;
     let _children = Children(tb.cgroup.path().to_path_buf());
     let n = u64::from(egressd_common::SUMMARY_ENTRIES) + 100;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -448,6 +448,9 @@ pub fn summary_table_full() -> Result<(), Failed> {
     if attempts <= n || refused != attempts {
         return Err(format!("{refused} of {attempts} attempts refused with EPERM").into());
     }
+    // The ring buffer's backlog written before the stop (a VM writes a few thousand
+    // records a second).
+    agent.wait_quiet(Duration::from_secs(2), Duration::from_secs(300))?;
     let recs = agent.stop()?;
     let stop = stop_record(&recs)?;
     let (by, summaries, summarized) = accounted(&recs);
