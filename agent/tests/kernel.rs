@@ -39,6 +39,9 @@ fn main() {
     if argv.get(1).map(String::as_str) == Some(summary::FLOOD_ARG) {
         std::process::exit(summary::flood_main(&argv[2..]));
     }
+    if argv.get(1).map(String::as_str) == Some(summary::CGROUPS_ARG) {
+        std::process::exit(summary::cgroups_main(&argv[2..]));
+    }
     let args = Arguments::from_args();
     // Every daemon a test starts keeps its last good policy in a directory of this run, not
     // in the host's /var/lib/egressd (tests that name --state-dir override it).
@@ -142,6 +145,10 @@ fn main() {
             summary::flood_invariant_suppressed,
         ),
         Trial::test(
+            "flood_summary_table_full_all_accounted",
+            summary::summary_table_full,
+        ),
+        Trial::test(
             "reload_100_times_under_load_zero_misjudged",
             reload::reload_under_load,
         ),
@@ -155,6 +162,7 @@ fn main() {
             audit::kill9_adoption_and_tamper,
         ),
         Trial::test("audit_verify_keyed_chain", audit::keyed_chain),
+        Trial::test(audit::DAY_LIKE_TEST, audit::day_like_run),
         Trial::test(
             "fleet_pins_of_other_layout_refused",
             fleet::pinned_other_layout_refused,

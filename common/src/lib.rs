@@ -84,6 +84,10 @@ pub mod maps {
     pub const SUMMARY_ZERO: &str = "EGRESSD_SUMMARY_ZERO_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::counter_index`].
     pub const COUNTERS: &str = "EGRESSD_COUNTERS_V1";
+    /// `BPF_MAP_TYPE_ARRAY` of `u64` (shared, atomic adds), [`crate::unreported::SLOTS`]
+    /// entries: per (hook, region, verdict), attempts the kernel counted and no record or
+    /// summary carries yet. See [`crate::unreported`].
+    pub const UNREPORTED: &str = "EGRESSD_UNREPORTED_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::loss`] constants.
     pub const LOSS: &str = "EGRESSD_LOSS_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::failsafe`] reasons: packets
@@ -282,11 +286,31 @@ pub const fn counter_index(hook: u32, region: u32, verdict: u32) -> u32 {
 /// Number of entries of [`maps::COUNTERS`].
 pub const COUNTER_SLOTS: u32 = HOOK_SLOTS * MAX_REGIONS * VERDICT_COUNT;
 
+/// Indices of [`maps::UNREPORTED`]: what keeps the invariant "per (hook, region, verdict),
+/// `connection` records (each `1 + suppressed`) plus `connection_summary` counts equal the
+/// decision counters" exact where no record is written at the time.
+pub mod unreported {
+    use crate::COUNTER_SLOTS;
+
+    /// `PENDING + counter_index(..)`: suppressed attempts not yet carried by an event (+1
+    /// for each suppressed attempt, minus the count an event or summary takes; wrapping).
+    /// Userspace reports what is left when it detaches (a later event can no longer carry
+    /// it), including the counts of suppression entries the LRU evicted.
+    pub const PENDING: u32 = 0;
+    /// `OVERFLOW + counter_index(..)`: attempts that neither a record (ring buffer full) nor
+    /// a summary (summary table full) could take, with the suppressed count they carried.
+    /// Only grows; userspace reports the growth.
+    pub const OVERFLOW: u32 = COUNTER_SLOTS;
+    /// Entries of the map.
+    pub const SLOTS: u32 = 2 * COUNTER_SLOTS;
+}
+
 /// Indices of [`maps::LOSS`].
 pub mod loss {
     /// Events that could not be reserved in the ring buffer because it was full, and could
     /// not be aggregated into a summary either (the summary table [`crate::maps::SUMMARIES`]
-    /// was full): attempts no record or summary accounts for.
+    /// was full) nor counted in [`crate::maps::UNREPORTED`] (an older build's programs):
+    /// attempts no record or summary accounts for.
     pub const RINGBUF_FULL: u32 = 0;
     /// Events not emitted because an event for the same (process, destination, verdict) was
     /// emitted less than the suppression window ago (not a loss: the next event carries the
@@ -580,7 +604,7 @@ pub const SUMMARY_SAMPLES: usize = 4;
 pub const SUMMARY_SEEN_WORDS: usize = 16;
 /// Entries of [`maps::SUMMARIES`]. When it is full, a new key cannot be aggregated: its
 /// attempts are written as records while the ring buffer has room and counted in
-/// [`loss::RINGBUF_FULL`] when it has not.
+/// [`unreported::OVERFLOW`] (by hook, region and verdict) when it has not.
 pub const SUMMARY_ENTRIES: u32 = 4096;
 /// Default record budget per summary key and interval (policy `summary_after`): past it,
 /// the key's attempts are aggregated even while the ring buffer has room.

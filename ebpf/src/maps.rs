@@ -104,6 +104,12 @@ pub static EGRESSD_COUNTERS_V1: PerCpuArray<u64> = PerCpuArray::with_max_entries
 pub static EGRESSD_FLOWS_V1: PerCpuArray<FlowCounter> =
     PerCpuArray::with_max_entries(FLOW_SLOTS, 0);
 
+/// Per (hook, region, verdict): attempts counted and not (yet) carried by any record, see
+/// `egressd_common::unreported`.
+#[map]
+pub static EGRESSD_UNREPORTED_V1: Array<u64> =
+    Array::with_max_entries(egressd_common::unreported::SLOTS, 0);
+
 /// Last event time and suppressed count per (process, destination, verdict).
 #[map]
 pub static EGRESSD_SUPPRESS_V1: LruHashMap<SuppressKey, SuppressState> =

@@ -7,6 +7,7 @@ use core::{
 use aya_ebpf::{helpers::generated::bpf_ktime_get_boot_ns, maps::PerCpuArray};
 use egressd_common::{
     Event, Hook, SummaryKey, SuppressKey, SuppressState, Verdict, counter_index, flow_index, loss,
+    unreported,
 };
 
 use crate::{
@@ -14,7 +15,7 @@ use crate::{
     decide::Decision,
     maps::{
         EGRESSD_COUNTERS_V1, EGRESSD_EVENTS_V1, EGRESSD_FAILSAFE_V1, EGRESSD_FLOWS_V1,
-        EGRESSD_LOSS_V1, EGRESSD_SETTINGS_V1, EGRESSD_SUPPRESS_V1,
+        EGRESSD_LOSS_V1, EGRESSD_SETTINGS_V1, EGRESSD_SUPPRESS_V1, EGRESSD_UNREPORTED_V1,
     },
     owner::Who,
     summary,
@@ -66,11 +67,22 @@ pub fn flow(direction: u32, region: u32, verdict: Verdict, bytes: u32) {
     }
 }
 
+/// Adds `n` (wrapping) to slot `index` of [`EGRESSD_UNREPORTED_V1`]. A function of its own
+/// (a BPF-to-BPF call): inlined at its call sites it grew the socket_sendmsg LSM program's
+/// frame past 5.10's combined stack limit.
+#[inline(never)]
+fn unreported(index: u32, n: u64) {
+    if let Some(p) = EGRESSD_UNREPORTED_V1.get_ptr_mut(index) {
+        add(p, n);
+    }
+}
+
 /// Flood control: `None` when an event for the same (process, destination, verdict) was
 /// emitted less than the window ago (the caller then counts it as suppressed), else the
-/// number suppressed since that event, which the new event carries.
+/// number suppressed since that event, which the new event carries. The suppressed counts
+/// not yet carried are kept by `hook`, region and verdict ([`unreported::PENDING`]).
 #[inline(always)]
-fn suppress(pid: u32, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
+fn suppress(hook: Hook, pid: u32, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
     let set = egressd_common::set_of(dec.generation) as u32;
     let window_ms = EGRESSD_SETTINGS_V1.get(set).map_or(0, |s| s.suppress_ms);
     if window_ms == 0 {
@@ -92,6 +104,11 @@ fn suppress(pid: u32, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
             unsafe {
                 if now.wrapping_sub((*state).last_ns) < window {
                     add(&raw mut (*state).suppressed, 1);
+                    unreported(
+                        unreported::PENDING
+                            + counter_index(hook as u32, dec.region, dec.verdict as u32),
+                        1,
+                    );
                     return None;
                 }
                 (*state).last_ns = now;
@@ -100,6 +117,11 @@ fn suppress(pid: u32, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
                 let n = ptr::read_volatile(&raw const (*state).suppressed);
                 if n != 0 {
                     add(&raw mut (*state).suppressed, n.wrapping_neg());
+                    unreported(
+                        unreported::PENDING
+                            + counter_index(hook as u32, dec.region, dec.verdict as u32),
+                        n.wrapping_neg(),
+                    );
                 }
                 Some(n)
             }
@@ -121,8 +143,9 @@ fn suppress(pid: u32, d: &Dest, dec: &Decision, now: u64) -> Option<u64> {
 /// Writes one [`Event`] with the process fields of `who`, or aggregates the attempt into the
 /// summary of its (cgroup, hook, region, verdict, rule) when the ring buffer is full or, with
 /// `budgeted`, when the key has written its record budget for the interval (see `summary`).
-/// Never waits; an attempt neither written nor aggregated (summary table full) is counted in
-/// [`loss::RINGBUF_FULL`].
+/// Never waits; an attempt neither written nor aggregated (summary table full), with the
+/// suppressed count it carried, is counted in [`unreported::OVERFLOW`] for userspace to
+/// report.
 ///
 /// `budgeted` is false at the packet hook: its paths into here are so many that 5.10's
 /// verifier cannot walk the budget check on each within its 1M instruction limit (it
@@ -133,7 +156,7 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who, budgeted: bool) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let o = &who.owner;
-    let Some(suppressed) = suppress(o.pid, d, dec, now) else {
+    let Some(suppressed) = suppress(hook, o.pid, d, dec, now) else {
         bump(&EGRESSD_LOSS_V1, loss::SUPPRESSED);
         return;
     };
@@ -167,7 +190,11 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who, budgeted: bool) {
         }
         match state {
             Some(s) => summary::aggregate(s, d, 1 + suppressed, now),
-            None => bump(&EGRESSD_LOSS_V1, loss::RINGBUF_FULL),
+            // Counted for userspace to report (exactly, by hook, region and verdict).
+            None => unreported(
+                unreported::OVERFLOW + counter_index(hook as u32, dec.region, dec.verdict as u32),
+                1 + suppressed,
+            ),
         }
         return;
     };

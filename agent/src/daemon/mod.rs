@@ -286,9 +286,12 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         failsafe: failsafe_map,
         summaries: summary_map,
         summary_control,
+        unreported: unreported_map,
     } = enforcer.take_readers()?;
     let mut summaries = events::summary::Drainer::new(summary_map, summary_control)
         .context("reading the summary table")?;
+    let mut unreported = events::summary::Unreported::new(unreported_map)
+        .context("reading the unreported attempts")?;
     let mut summary_tick = tokio::time::interval(SUMMARY_INTERVAL);
     summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let maps = KernelMaps {
@@ -336,6 +339,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             sinks: pipeline.names(),
             coverage: coverage.summary(),
             adopted,
+            interval_secs: output.heartbeat_secs,
         },
         "agent_start",
     ));
@@ -652,6 +656,17 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     }
     // Detached (or left to the pins): what the kernel aggregated since the last interval.
     submit_summaries(&mut summaries, &policy, &seq, &pipeline);
+    // What no record carries: attempts neither the ring buffer nor the summary table took,
+    // and once detached the suppressed counts no later event can carry (left to the pins,
+    // the next run's events carry them).
+    submit_unreported(
+        &mut unreported,
+        !pinned,
+        &mut summaries,
+        &policy,
+        &seq,
+        &pipeline,
+    );
     let stop = counters(
         &maps,
         &policy,
@@ -758,6 +773,31 @@ fn submit_summaries(
             }
         }
         Err(e) => tracing::error!(error = format!("{e:#}"), "draining the kernel's summaries"),
+    }
+}
+
+/// Submits what the kernel counted and no record carries ([`events::summary::Unreported`])
+/// as `connection_summary` records, counted with the drainer's.
+fn submit_unreported(
+    unreported: &mut events::summary::Unreported,
+    pending: bool,
+    drainer: &mut events::summary::Drainer,
+    policy: &Policy,
+    seq: &Sequencer,
+    pipeline: &Pipeline,
+) {
+    match unreported.take(pending, clock::boot_now_ns()) {
+        Ok(taken) => {
+            for (t, why) in &taken {
+                let header = seq.header("connection_summary", clock::boot_to_unix_ns(t.last_ns));
+                let mut s = events::summary::build(header, policy, t, clock::boot_to_unix_ns);
+                (*why).clone_into(&mut s.rule.name);
+                drainer.records += 1;
+                drainer.attempts += t.count;
+                pipeline.submit(&Record::Summary(Box::new(s)));
+            }
+        }
+        Err(e) => tracing::error!(error = format!("{e:#}"), "reading the unreported attempts"),
     }
 }
 

@@ -761,6 +761,9 @@ pub enum LifecycleBody {
         /// (`run --pin-dir`); absent when nothing was adopted.
         #[serde(skip_serializing_if = "Option::is_none")]
         adopted: Option<Adopted>,
+        /// Configured heartbeat interval in seconds (0: no heartbeats), so a run that ends
+        /// before its first heartbeat can still be proven continuous.
+        interval_secs: u64,
     },
     /// `policy_loaded`: a policy is in the kernel.
     PolicyLoaded {

@@ -318,6 +318,7 @@ pub fn lifecycle() -> Vec<Lifecycle> {
                 adopted: Some(Adopted {
                     previous_generation: 1,
                 }),
+                interval_secs: 60,
             },
         },
         Lifecycle {

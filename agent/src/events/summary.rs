@@ -20,8 +20,8 @@ use std::{
 
 use aya::maps::{Array, MapData};
 use egressd_common::{
-    SUMMARY_SAMPLES, SUMMARY_SEEN_WORDS, SummaryControl, SummaryKey, SummarySample, SummaryState,
-    Verdict, family,
+    COUNTER_SLOTS, MAX_REGIONS, SUMMARY_SAMPLES, SUMMARY_SEEN_WORDS, SummaryControl, SummaryKey,
+    SummarySample, SummaryState, VERDICT_COUNT, Verdict, family, unreported,
 };
 use serde::Serialize;
 
@@ -214,6 +214,89 @@ impl Drainer {
             },
             0,
         )?;
+        Ok(out)
+    }
+}
+
+/// Attempts the kernel counted that no record carries yet
+/// ([`egressd_common::unreported`]): suppressed counts still pending (a later event of the
+/// same process, destination and verdict would carry them; not once the programs are
+/// detached, nor after the LRU evicted the entry) and attempts that neither the ring buffer
+/// nor the summary table could take. Read at the stop, when they become
+/// `connection_summary` records (cgroup id 0: the kernel keeps them by hook, region and
+/// verdict only; rule name [`WHY_SUPPRESSED`] or [`WHY_OVERFLOW`]).
+pub struct Unreported {
+    map: Array<MapData, u64>,
+    /// Overflow counts already there at the start (pins adopted from an earlier run, which
+    /// reported them), by counter index.
+    overflow_base: Vec<u64>,
+}
+
+/// Rule name of a summary of suppressed counts flushed at the stop.
+pub const WHY_SUPPRESSED: &str = "suppressed";
+/// Rule name of a summary of attempts neither the ring buffer nor the summary table took.
+pub const WHY_OVERFLOW: &str = "summary_table_full";
+
+impl Unreported {
+    /// Reads the overflow counts present now. Errors: map reads.
+    pub fn new(map: Array<MapData, u64>) -> anyhow::Result<Self> {
+        let mut overflow_base = Vec::with_capacity(COUNTER_SLOTS as usize);
+        for slot in 0..COUNTER_SLOTS {
+            overflow_base.push(map.get(&(unreported::OVERFLOW + slot), 0)?);
+        }
+        Ok(Self { map, overflow_base })
+    }
+
+    /// What no record carries, as summaries to report at `now_boot_ns` with the reason (a
+    /// rule name): overflow since [`Unreported::new`], and with `pending` (the programs
+    /// are detached, so no later event can carry them) the pending suppressed counts.
+    /// Errors: map reads.
+    pub fn take(
+        &mut self,
+        pending: bool,
+        now_boot_ns: u64,
+    ) -> anyhow::Result<Vec<(Taken, &'static str)>> {
+        let mut out = Vec::new();
+        for slot in 0..COUNTER_SLOTS {
+            let over = self
+                .map
+                .get(&(unreported::OVERFLOW + slot), 0)?
+                .wrapping_sub(self.overflow_base[slot as usize]);
+            let held = if pending {
+                self.map.get(&(unreported::PENDING + slot), 0)?
+            } else {
+                0
+            };
+            for (n, why) in [(held, WHY_SUPPRESSED), (over, WHY_OVERFLOW)] {
+                // A wrapped (negative) pending count would be a kernel bug: never report it.
+                if n == 0 || n > u64::MAX / 2 {
+                    continue;
+                }
+                let key = SummaryKey {
+                    cgroup_id: 0,
+                    region: (slot / VERDICT_COUNT) % MAX_REGIONS,
+                    rule: 0,
+                    hook: u8::try_from(slot / (MAX_REGIONS * VERDICT_COUNT)).unwrap_or(u8::MAX),
+                    verdict: u8::try_from(slot % VERDICT_COUNT).unwrap_or(u8::MAX),
+                    ..SummaryKey::default()
+                };
+                out.push((
+                    Taken {
+                        key,
+                        count: n,
+                        first_ns: now_boot_ns,
+                        last_ns: now_boot_ns,
+                        zero_bits: 64 * SUMMARY_SEEN_WORDS as u32,
+                        samples: Vec::new(),
+                    },
+                    why,
+                ));
+            }
+            if over != 0 {
+                self.overflow_base[slot as usize] =
+                    self.overflow_base[slot as usize].wrapping_add(over);
+            }
+        }
         Ok(out)
     }
 }

@@ -155,6 +155,8 @@ pub struct Readers {
         aya::maps::HashMap<MapData, egressd_common::SummaryKey, egressd_common::SummaryState>,
     /// Summary interval and record budget ([`maps::SUMMARY_CONTROL`]).
     pub summary_control: Array<MapData, egressd_common::SummaryControl>,
+    /// Attempts no record carries yet ([`maps::UNREPORTED`]).
+    pub unreported: Array<MapData, u64>,
 }
 
 impl Enforcer {
@@ -954,6 +956,7 @@ impl Enforcer {
             failsafe: PerCpuArray::try_from(take(maps::FAILSAFE)?)?,
             summaries: aya::maps::HashMap::try_from(take(maps::SUMMARIES)?)?,
             summary_control: Array::try_from(take(maps::SUMMARY_CONTROL)?)?,
+            unreported: Array::try_from(take(maps::UNREPORTED)?)?,
         })
     }
 }

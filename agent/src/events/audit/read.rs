@@ -20,6 +20,9 @@ pub struct Entry {
     pub file: String,
     /// Line number, from 1.
     pub line: usize,
+    /// Byte column of its frame in the line, from 1, when the line holds several frames (a
+    /// raw syslog TCP stream); 0 when the record is the line's only one.
+    pub column: usize,
     /// Its format.
     pub format: Format,
     /// `host.name` (CEF `dvchost`, OCSF `device.hostname`).
@@ -49,7 +52,7 @@ pub struct Facts {
     pub generation: Option<u64>,
     /// Policy mode (`enforce`, `audit`), not in CEF.
     pub mode: Option<String>,
-    /// Heartbeat interval in seconds.
+    /// Heartbeat interval in seconds (`heartbeat`, and `agent_start` since it states it).
     pub interval_secs: Option<u64>,
     /// Losses by stage (`ringbuf_full`, `sink_write_failed`, `undecodable`; in CEF only
     /// `total`), cumulative since the run started.
@@ -183,6 +186,7 @@ fn blank(format: Format, host: &str, run: &str, sequence: u64, kind: &str, t: i1
     Entry {
         file: String::new(),
         line: 0,
+        column: 0,
         format,
         host: host.to_owned(),
         run: run.to_owned(),
@@ -522,6 +526,7 @@ mod tests {
                 );
             }
             assert_eq!(start.mode.as_deref(), Some("enforce"), "{f:?}");
+            assert_eq!(start.interval_secs, Some(60), "{f:?}");
             assert_eq!(start.adopted, Some(1), "{f:?}");
             let loaded = read("policy_loaded");
             assert_eq!(

@@ -61,9 +61,10 @@ pub struct Options {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Finding {
     /// What: `sequence_gap`, `fork`, `duplicate`, `out_of_order`, `chain_broken`,
-    /// `chain_missing`, `chain_unverified`, `no_start`, `no_stop`, `heartbeat_gap`,
+    /// `chain_missing`, `chain_unverified`, `key_mismatch`, `no_start`, `no_stop`, `heartbeat_gap`,
     /// `window_gap`, `no_heartbeat`, `tamper_repaired`, `reload_failed`, `policy_fallback`,
-    /// `digest_mismatch`, `audit_mode`, `lost`, `adoption`, `before_window`, `unreadable`.
+    /// `digest_mismatch`, `audit_mode`, `lost`, `adoption`, `before_window`, `unreadable`,
+    /// `cut_frame`.
     pub kind: &'static str,
     /// Whether it makes continuous enforcement unprovable.
     pub fails: bool,
@@ -100,6 +101,9 @@ pub struct PolicySpan {
     pub generation: Option<u64>,
     /// `enforce` or `audit`.
     pub mode: Option<String>,
+    /// The interval in nanoseconds since the Unix epoch, to judge it against the window.
+    #[serde(skip)]
+    pub ns: (i128, i128),
 }
 
 /// One agent run of a host.
@@ -112,6 +116,8 @@ pub struct RunReport {
     pub formats: Vec<&'static str>,
     /// Records read (duplicates included).
     pub records: usize,
+    /// Records read more than once (identical copies), checked once.
+    pub duplicates: usize,
     /// Highest sequence number.
     pub last_sequence: u64,
     /// The generation in force at its `agent_start` that it adopted from an earlier run's
@@ -181,8 +187,18 @@ fn secs(ns: i128) -> f64 {
     s
 }
 
+/// Where a record was read: `FILE:LINE`, or `FILE:LINE:COLUMN` for one of several frames
+/// on a line.
+fn loc(e: &Entry) -> String {
+    if e.column > 0 {
+        format!("{}:{}:{}", e.file, e.line, e.column)
+    } else {
+        format!("{}:{}", e.file, e.line)
+    }
+}
+
 fn at(e: &Entry) -> Option<String> {
-    Some(format!("{}:{}", e.file, e.line))
+    Some(loc(e))
 }
 
 fn finding(kind: &'static str, fails: bool, e: Option<&Entry>, message: String) -> Finding {
@@ -418,15 +434,28 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
     let mut findings = Vec::new();
     // Input order, file by file (files may be copies from several sinks).
     let mut highest: BTreeMap<&str, &Entry> = BTreeMap::new();
+    // A record seen before in the same file (the file given twice, overlapping exports
+    // joined) is a duplicate, counted below; its place says nothing about order.
+    let mut seen = std::collections::HashSet::new();
     for e in &entries {
+        if !seen.insert((
+            e.file.as_str(),
+            e.sequence,
+            e.link.as_deref(),
+            e.canonical.as_slice(),
+        )) {
+            continue;
+        }
         match highest.get(e.file.as_str()).copied() {
             Some(h) if e.sequence < h.sequence && !opts.any_order => findings.push(finding(
                 "out_of_order",
                 true,
                 Some(e),
                 format!(
-                    "sequence {} comes after sequence {} ({}:{}): records were reordered",
-                    e.sequence, h.sequence, h.file, h.line
+                    "sequence {} comes after sequence {} ({}): records were reordered",
+                    e.sequence,
+                    h.sequence,
+                    loc(h)
                 ),
             )),
             Some(h) if e.sequence <= h.sequence => {}
@@ -441,21 +470,21 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
     formats.dedup();
     // By sequence; the same sequence twice is a duplicate or a fork.
     let mut by_seq: BTreeMap<u64, Entry> = BTreeMap::new();
+    // Identical records (same host, run, sequence, link and content): counted, with the
+    // first one as an example.
+    let mut duplicates = 0;
+    let mut first_duplicate: Option<(Entry, String)> = None;
     for e in entries {
         match by_seq.get(&e.sequence) {
             None => {
                 by_seq.insert(e.sequence, e);
             }
             Some(first) if first.canonical == e.canonical && first.link == e.link => {
-                findings.push(finding(
-                    "duplicate",
-                    false,
-                    Some(&e),
-                    format!(
-                        "sequence {} again (as at {}:{}): delivered twice",
-                        e.sequence, first.file, first.line
-                    ),
-                ));
+                duplicates += 1;
+                if first_duplicate.is_none() {
+                    let also = loc(first);
+                    first_duplicate = Some((e, also));
+                }
             }
             Some(first) => {
                 findings.push(finding(
@@ -463,13 +492,27 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
                     true,
                     Some(&e),
                     format!(
-                        "sequence {} twice with different content (also at {}:{}): a record was \
+                        "sequence {} twice with different content (also at {}): a record was \
                          inserted or replaced",
-                        e.sequence, first.file, first.line
+                        e.sequence,
+                        loc(first)
                     ),
                 ));
             }
         }
+    }
+    if let Some((e, also)) = &first_duplicate {
+        findings.push(finding(
+            "duplicate",
+            false,
+            Some(e),
+            format!(
+                "{duplicates} record(s) delivered more than once (copies from several sinks, \
+                 the same file given twice or overlapping exports; the first: sequence {} here \
+                 and at {also}); each is checked once",
+                e.sequence
+            ),
+        ));
     }
     // A run already running at the window's start: the input may begin after its first
     // records, provided it holds one from before the window (the chain is anchored there,
@@ -496,6 +539,8 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
     let mut prev: Option<[u8; chain::LINK_BYTES]> =
         joined.map_or(Some([0; chain::LINK_BYTES]), |_| None);
     let mut keyed = false;
+    // Keyed links checked with the key given: how many followed, and the breaks found.
+    let (mut keyed_ok, mut keyed_broken) = (0_usize, Vec::new());
     for (seq, e) in &by_seq {
         if *seq != expected {
             findings.push(finding(
@@ -503,16 +548,12 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
                 true,
                 Some(e),
                 if expected + 1 == *seq {
-                    format!(
-                        "sequence {expected} is missing (before {}:{})",
-                        e.file, e.line
-                    )
+                    format!("sequence {expected} is missing (before {})", loc(e))
                 } else {
                     format!(
-                        "sequences {expected} to {} are missing (before {}:{})",
+                        "sequences {expected} to {} are missing (before {})",
                         seq - 1,
-                        e.file,
-                        e.line
+                        loc(e)
                     )
                 },
             ));
@@ -536,7 +577,13 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
         }
         if let Some(p) = prev {
             let key = if is_keyed { opts.key.as_deref() } else { None };
-            if chain::link(&p, &e.canonical, key) != got {
+            let follows = chain::link(&p, &e.canonical, key) == got;
+            if is_keyed && follows {
+                keyed_ok += 1;
+            } else if is_keyed {
+                keyed_broken.push(findings.len());
+            }
+            if !follows {
                 findings.push(finding(
                     "chain_broken",
                     true,
@@ -551,6 +598,24 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
             }
         }
         prev = Some(got);
+    }
+    // Not one keyed link follows: the key is not the one the host used (an edit breaks
+    // one link, the links after it still follow). One finding instead of one per record.
+    if keyed_ok == 0 && !keyed_broken.is_empty() {
+        let n = keyed_broken.len();
+        for i in keyed_broken.into_iter().rev() {
+            findings.remove(i);
+        }
+        findings.push(finding(
+            "key_mismatch",
+            true,
+            None,
+            format!(
+                "none of the {n} keyed (HMAC-SHA-256) links checked follows with the key given: \
+                 it is not the chain key this host used for the run (records cannot be \
+                 checked for edits without the right one)"
+            ),
+        ));
     }
     if keyed && opts.key.is_none() {
         findings.push(finding(
@@ -644,6 +709,7 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
                 digest: f.digest.clone(),
                 generation: f.generation,
                 mode: f.mode.clone(),
+                ns: (*from, t),
             });
         }
     };
@@ -723,7 +789,12 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
     }
     let last_generation = current.as_ref().and_then(|(_, f)| f.generation);
     close(&mut policies, &current, end);
-    for p in &policies {
+    // Only a policy in force inside the window is judged: a window per generation proves
+    // each with its own `expect_digest`.
+    let inside = |p: &&PolicySpan| {
+        opts.from.is_none_or(|f| p.ns.1 > f) && opts.to.is_none_or(|t| p.ns.0 < t)
+    };
+    for p in policies.iter().filter(inside) {
         if p.mode.as_deref() == Some("audit") {
             findings.push(finding(
                 "audit_mode",
@@ -775,6 +846,7 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
             run,
             formats,
             records,
+            duplicates,
             last_sequence: by_seq.keys().next_back().copied().unwrap_or(0),
             adopted_generation,
             keyed,
@@ -902,4 +974,4 @@ fn line(s: &mut String, indent: &str, f: &Finding) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -49,8 +49,9 @@
 //! policy fallback (the policy on disk is invalid; the last good one is in force) and a
 //! tamper repair; keys `rt`, `externalId`, `egressdSeq`, `dvchost`, `msg`,
 //! `cs1`=`policyDigest`, `cs2`=`agentEphemeralId`, `cs3`=`lastGoodSavedAt` (fallback),
-//! `cn1`=`connectionEvents`, `cn2`=`lostEvents`, `cn3`=`generationInForce` (`intervalSecs`
-//! in a heartbeat, `adoptedGeneration` in an `agent_start` that adopted pinned enforcement). Sinks append the hash chain link as `egressdChain`
+//! `cn1`=`connectionEvents` (`intervalSecs`, the heartbeat period, in an `agent_start`),
+//! `cn2`=`lostEvents`, `cn3`=`generationInForce` (`intervalSecs` in a heartbeat,
+//! `adoptedGeneration` in an `agent_start` that adopted pinned enforcement). Sinks append the hash chain link as `egressdChain`
 //! ([`crate::events::audit::chain`]).
 use std::fmt::Write as _;
 
@@ -285,8 +286,10 @@ fn lifecycle(l: &Lifecycle) -> String {
             policy,
             coverage,
             adopted,
+            interval_secs,
             ..
         } => {
+            e.labelled("cn1", "intervalSecs", Some(interval_secs));
             if let Some(a) = adopted {
                 e.labelled("cn3", "adoptedGeneration", Some(a.previous_generation));
             }

@@ -42,7 +42,8 @@
 //! kept in `egressd.last_good`.
 //! `event.action` is the record type with `-` (`agent-start`, ...);
 //! counters and losses go to `egressd.counters`, `egressd.lost`, `egressd.connection_events`;
-//! an adoption of pinned enforcement to `egressd.adopted`. Sinks put the hash chain link in
+//! an adoption of pinned enforcement to `egressd.adopted`; the heartbeat period to
+//! `egressd.interval_secs` (`agent_start` and `heartbeat`). Sinks put the hash chain link in
 //! `event.hash` ([`crate::events::audit::chain`]).
 use serde_json::{Map, Value, json};
 
@@ -313,6 +314,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
             sinks,
             coverage,
             adopted,
+            interval_secs,
         } => {
             event["category"] = json!(["process"]);
             if let Some(a) = adopted {
@@ -323,6 +325,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
             extra.insert("cgroup".into(), json!({ "path": cgroup }));
             extra.insert("sinks".into(), json!(sinks));
             extra.insert("coverage".into(), json!(coverage));
+            extra.insert("interval_secs".into(), json!(interval_secs));
         }
         LifecycleBody::PolicyLoaded { policy } => {
             event["category"] = json!(["configuration"]);

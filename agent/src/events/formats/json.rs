@@ -28,8 +28,8 @@
 //!
 //! Lifecycle records carry the same header (`@timestamp` ... `agent`) plus: `agent_start`:
 //! `policy` (file, mode, digest, generation, regions, prefix counts, allowlist), `cgroup`,
-//! `sinks`, `coverage`, and `adopted` (`previous_generation`) when it adopted pinned
-//! enforcement; `policy_loaded`: `policy`; `heartbeat` and `agent_stop`: `counters` (by hook,
+//! `sinks`, `coverage`, `interval_secs` (the heartbeat period; 0: none), and `adopted`
+//! (`previous_generation`) when it adopted pinned enforcement; `policy_loaded`: `policy`; `heartbeat` and `agent_stop`: `counters` (by hook,
 //! region, verdict), `lost` (`ringbuf_full`, `sink_write_failed`, `undecodable`, `sinks` with
 //! per-sink counters), `connection_events`, `uptime_secs`, and the daemon's extra kernel
 //! statistics (`flows`, `reloads`); `heartbeat` also `interval_secs`; `reload_failed`:

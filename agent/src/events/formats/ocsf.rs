@@ -43,8 +43,8 @@
 //! Repaired`). For activity 99 `type_uid` is 600299 with the schema's caption `type_name`
 //! `Application Lifecycle: Other`; the specific action is in `activity_name` (free text for
 //! `Other`, per the schema), `metadata.log_name` and `unmapped.egressd.type` (the record
-//! type). `app` names egressd; counters and losses go to `unmapped.egressd`, and so do an
-//! adoption of pinned enforcement (`adopted`) and, from the sinks, the hash chain link
+//! type). `app` names egressd; counters and losses go to `unmapped.egressd`, and so do the
+//! heartbeat period (`interval_secs`, `agent_start` and `heartbeat`), an adoption of pinned enforcement (`adopted`) and, from the sinks, the hash chain link
 //! (`chain`, [`crate::events::audit::chain`]).
 use serde_json::{Map, Value, json};
 
@@ -357,6 +357,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
             sinks,
             coverage,
             adopted,
+            interval_secs,
         } => {
             if let Some(a) = adopted {
                 extra.insert("adopted".into(), json!(a));
@@ -365,6 +366,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
             extra.insert("cgroup".into(), json!(cgroup));
             extra.insert("sinks".into(), json!(sinks));
             extra.insert("coverage".into(), json!(coverage));
+            extra.insert("interval_secs".into(), json!(interval_secs));
             0
         }
         LifecycleBody::PolicyLoaded { policy } => {

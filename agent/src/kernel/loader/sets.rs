@@ -82,6 +82,7 @@ fn expected_shape(name: &str) -> Option<(u32, u32)> {
         || name == maps::COUNTERS
         || name == maps::LOSS
         || name == maps::FAILSAFE
+        || name == maps::UNREPORTED
     {
         Some((4, 8))
     } else if name == maps::SUMMARIES {

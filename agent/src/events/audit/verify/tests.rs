@@ -10,7 +10,13 @@ const S: i128 = 1_000_000_000;
 
 /// A run of `host`/`run` as `(kind, seconds after start)`, numbered from 1, rendered in
 /// `f` and chained as a sink does.
-fn stream(f: Format, host: &str, run: &str, t0: i128, plan: &[(&str, i128)]) -> Vec<String> {
+pub(crate) fn stream(
+    f: Format,
+    host: &str,
+    run: &str,
+    t0: i128,
+    plan: &[(&str, i128)],
+) -> Vec<String> {
     let by_kind: BTreeMap<&str, Lifecycle> = sample::lifecycle()
         .into_iter()
         .map(|l| (l.header.kind, l))
@@ -23,9 +29,19 @@ fn stream(f: Format, host: &str, run: &str, t0: i128, plan: &[(&str, i128)]) -> 
             let t = t0 + at * S;
             let mut rec = if *kind == "connection" {
                 Record::Connection(Box::new(sample::deny()))
+            } else if *kind == "policy_loaded2" {
+                // A reload to another policy: generation 2, another digest.
+                let mut l = by_kind["policy_loaded"].clone();
+                if let LifecycleBody::PolicyLoaded { policy } = &mut l.body {
+                    policy.digest = "00000000000000b2".into();
+                    policy.generation = 2;
+                }
+                Record::Lifecycle(Box::new(l))
             } else {
                 let mut l = by_kind[kind].clone();
-                if let LifecycleBody::Heartbeat { interval_secs, .. } = &mut l.body {
+                if let LifecycleBody::Heartbeat { interval_secs, .. }
+                | LifecycleBody::Start { interval_secs, .. } = &mut l.body
+                {
                     *interval_secs = 10;
                 }
                 Record::Lifecycle(Box::new(l))
@@ -46,7 +62,7 @@ fn stream(f: Format, host: &str, run: &str, t0: i128, plan: &[(&str, i128)]) -> 
         .collect()
 }
 
-const CLEAN: &[(&str, i128)] = &[
+pub(crate) const CLEAN: &[(&str, i128)] = &[
     ("policy_loaded", 0),
     ("agent_start", 0),
     ("heartbeat", 10),
@@ -264,6 +280,55 @@ fn silence_tamper_policy_and_windows() {
     assert_eq!(check(&hosts, &only).hosts.len(), 1);
 }
 
+/// A reload to another policy mid-run: each generation's window verifies with its own
+/// expected digest, the whole window with neither.
+#[test]
+fn each_generation_proven_in_its_window() {
+    for f in Format::ALL {
+        let lines = stream(
+            f,
+            "h",
+            "r",
+            0,
+            &[
+                ("policy_loaded", 0),
+                ("agent_start", 0),
+                ("heartbeat", 10),
+                ("policy_loaded2", 15),
+                ("heartbeat", 20),
+                ("agent_stop", 25),
+            ],
+        );
+        let window = |from: i128, to: i128, digest: &str| Options {
+            from: Some(from * S),
+            to: Some(to * S),
+            expect_digest: Some(digest.into()),
+            ..Options::default()
+        };
+        let first = "3fb60c46ec413f16";
+        let second = "00000000000000b2";
+        let r = check(&lines, &window(0, 15, first));
+        assert!(r.proven, "{f:?}\n{}", text(&r));
+        let r = check(&lines, &window(15, 25, second));
+        assert!(r.proven, "{f:?}\n{}", text(&r));
+        assert_eq!(r.hosts[0].runs[0].policies.len(), 2, "{f:?}");
+        for (from, to, d) in [
+            (0, 15, second),
+            (15, 25, first),
+            (0, 25, first),
+            (14, 16, first),
+        ] {
+            let r = check(&lines, &window(from, to, d));
+            assert_eq!(
+                kinds(&r).iter().map(|x| x.0).collect::<Vec<_>>(),
+                ["digest_mismatch"],
+                "{f:?} {from}..{to} {d}\n{}",
+                text(&r)
+            );
+        }
+    }
+}
+
 #[test]
 fn adoption_after_a_kill_is_reported_and_can_be_trusted() {
     let f = Format::Ocsf;
@@ -389,5 +454,117 @@ fn keyed_chains_need_the_key() {
         ..Options::default()
     };
     assert!(check(&lines, &with(b"k3y")).proven);
-    assert_eq!(kinds(&check(&lines, &with(b"wrong")))[0].0, "chain_broken");
+    // The wrong key: one finding that says so, not every record "edited".
+    let r = check(&lines, &with(b"wrong"));
+    assert_eq!(kinds(&r), [("key_mismatch", None)], "{}", text(&r));
+    assert!(text(&r).contains("not the chain key"), "{}", text(&r));
+    // With the right key, an edited record is still an edit, located.
+    let mut d = lines.clone();
+    d[3] = d[3].replacen("8080", "8081", 1);
+    assert_ne!(d[3], lines[3]);
+    assert_eq!(
+        kinds(&check(&d, &with(b"k3y"))),
+        [("chain_broken", Some("export:4".into()))]
+    );
+    // So is the first record of the run edited.
+    let mut d = lines.clone();
+    d[0] = d[0].replacen("3fb60c46ec413f16", "3fb60c46ec413f17", 1);
+    assert_ne!(d[0], lines[0]);
+    assert_eq!(
+        kinds(&check(&d, &with(b"k3y"))),
+        [("chain_broken", Some("export:1".into()))]
+    );
+}
+
+/// A run that ends before its first heartbeat is proven by the period its
+/// `agent_start` states.
+#[test]
+fn a_run_shorter_than_its_heartbeat_period_is_proven() {
+    for f in Format::ALL {
+        let lines = stream(
+            f,
+            "h",
+            "r",
+            0,
+            &[
+                ("policy_loaded", 0),
+                ("agent_start", 0),
+                ("connection", 2),
+                ("agent_stop", 3),
+            ],
+        );
+        let r = check(&lines, &Options::default());
+        assert!(r.proven, "{f:?}\n{}", text(&r));
+        assert!(
+            (r.hosts[0].runs[0].max_gap_secs - 20.0).abs() < 1e-9,
+            "{f:?}"
+        );
+        // The period still bounds the silence: 25 s without a record is a gap.
+        let lines = stream(
+            f,
+            "h",
+            "r",
+            0,
+            &[("policy_loaded", 0), ("agent_start", 0), ("agent_stop", 25)],
+        );
+        let k = kinds(&check(&lines, &Options::default()));
+        assert!(k.iter().any(|x| x.0 == "heartbeat_gap"), "{f:?} {k:?}");
+    }
+}
+
+/// The same export given twice, or overlapping exports in one file: the copies are
+/// duplicates (counted), not reordering; a different record under a seen number is not.
+#[test]
+fn the_same_export_twice_is_duplicates() {
+    for f in Format::ALL {
+        let lines = stream(f, "h", "r", 0, CLEAN);
+        let read = |name: &str, lines: &[String]| -> Vec<Entry> {
+            lines
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| parse_line(name, i + 1, l).expect("readable"))
+                .collect()
+        };
+        let mut twice = read("a.json", &lines);
+        twice.extend(read("a.json", &lines));
+        let r = verify(twice, 0, Vec::new(), &Options::default());
+        assert!(r.proven, "{f:?}\n{}", text(&r));
+        let run = &r.hosts[0].runs[0];
+        assert_eq!(run.duplicates, lines.len(), "{f:?}");
+        assert_eq!(
+            run.findings
+                .iter()
+                .filter(|x| x.kind == "duplicate")
+                .count(),
+            1,
+            "{f:?}"
+        );
+        // Overlapping exports concatenated into one file.
+        let mut overlap = lines[..6].to_vec();
+        overlap.extend_from_slice(&lines[3..]);
+        let r = check(&overlap, &Options::default());
+        assert!(r.proven, "{f:?}\n{}", text(&r));
+        assert_eq!(r.hosts[0].runs[0].duplicates, 3, "{f:?}");
+        // A copy with one record replaced (same sequence, other link) is a fork.
+        let other = stream(
+            f,
+            "h",
+            "r",
+            0,
+            &[
+                ("policy_loaded", 0),
+                ("agent_start", 0),
+                ("heartbeat", 10),
+                ("heartbeat", 11),
+            ],
+        );
+        let mut forked = lines.clone();
+        forked.extend(lines[..3].iter().cloned());
+        forked.push(other[3].clone());
+        let k = kinds(&check(&forked, &Options::default()));
+        assert!(
+            k.contains(&("fork", Some("export:12".into()))),
+            "{f:?} {k:?}"
+        );
+    }
 }
