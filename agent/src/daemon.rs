@@ -448,7 +448,11 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 delivered += drain(guard.get_inner_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
                 guard.clear_ready();
             }
-            Some(ev) = worker.next() => submit_connection(&seq, &pipeline, ev),
+            Some(batch) = worker.next() => {
+                for ev in batch {
+                    submit_connection(&seq, &pipeline, ev);
+                }
+            }
             _ = summary_tick.tick() => submit_summaries(&mut summaries, &policy, &seq, &pipeline),
             _ = sighup.recv() => { reload_now = true; }
             Some(()) = async {
