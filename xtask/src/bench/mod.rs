@@ -402,7 +402,13 @@ fn events_only(plan: &Plan, baseline: &Path, t0: Instant) -> anyhow::Result<()> 
         plain: plain.path().to_owned(),
         worker,
     };
-    let floods = floods(plan, &mut bed, &work.0, &target.join("release/egressd"), baseline)?;
+    let floods = floods(
+        plan,
+        &mut bed,
+        &work.0,
+        &target.join("release/egressd"),
+        baseline,
+    )?;
     let load_end = machine::loadavg();
     let mut section = String::new();
     report::events_table(&mut section, &floods, plan);
