@@ -976,6 +976,24 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
         }
         s.push('\n');
     }
+    let _ = writeln!(
+        s,
+        "Where the time goes (`perf record` of the daemons during these floods, 2026-12-01): \
+         before, the main thread parsed every rendered record back into a `serde_json::Value` \
+         and serialized it again for the canonical bytes of its chain link (JSON parsing, \
+         `BTreeMap` inserts and malloc/free were its top symbols), cloned every event to cap \
+         its fields, and woke the sink's thread (a futex call) for every record; the \
+         enrichment thread read `/proc/PID/stat` for every event and woke the main loop for \
+         every event. Now the native body's keys are sorted in place for the link (anything \
+         unusual takes the parsing path), an event is cloned only when a field needs \
+         capping, a stat read answers for every event of that process recorded before it, \
+         and threads wake once per batch. What limits now is the main thread: it reads the \
+         ring buffer and also renders, canonicalizes, hashes (SHA-256 over about 1.2 KB) and \
+         queues every record, so while it submits a batch the ring buffer fills and the \
+         kernel aggregates the rest into `connection_summary` records (counted, nothing \
+         unaccounted). The read-only figure is the bound for one reader on this machine as \
+         loaded.\n"
+    );
 }
 
 fn memory_tables(s: &mut String, r: &Results, ns: &[usize]) {
