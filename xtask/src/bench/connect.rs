@@ -127,6 +127,11 @@ impl Worker {
         self.command(addr, port, millis, MAX_DATAGRAMS, 2)
     }
 
+    /// Sends one datagram as [`Self::udp_flood`] does.
+    pub fn udp_once(&mut self, addr: IpAddr, port: u16) -> anyhow::Result<Sample> {
+        self.command(addr, port, 1000, 1, 2)
+    }
+
     fn command(
         &mut self,
         addr: IpAddr,

@@ -89,8 +89,12 @@ pub struct Flood {
     /// Attempts those summaries count.
     pub summarized: u64,
     /// `counted` minus what the records account for (each `connection` record `1 +
-    /// suppressed`, each summary its `count`): 0 when nothing went unreported.
+    /// suppressed`, each summary its `count`) and the records the sink reported dropping: 0
+    /// when nothing went unreported.
     pub unaccounted: i64,
+    /// Before the flood, one datagram on an idle daemon: from the send until its record is
+    /// in the file (polled every millisecond); `None` for [`Reader::RingOnly`].
+    pub latency: Option<Duration>,
 }
 
 /// The policy for the flood: the test bed's (event suppression off), no record budget, and
@@ -133,8 +137,12 @@ pub fn flood(
     )?
     .context("egressd did not start within 30 s")?;
     bed.worker.move_to(&bed.filtered)?;
-    let t0 = Instant::now();
     let target: IpAddr = egressd_testbed::US_V4.parse()?;
+    let latency = match reader {
+        Reader::RingOnly => None,
+        _ => Some(first_record(bed, target, out)?),
+    };
+    let t0 = Instant::now();
     let s = bed.worker.udp_flood(target, egressd_testbed::PORT, millis);
     bed.worker.move_to(&bed.plain)?;
     let s = s?;
@@ -166,6 +174,7 @@ pub fn flood(
         summaries: 0,
         summarized: 0,
         unaccounted: 0,
+        latency,
     };
     let mut read = 0;
     // Streamed: a flood writes gigabytes. Only the lines that need a field are parsed.
@@ -213,14 +222,33 @@ pub fn flood(
     }
     f.sink_rate = f.delivered as f64 / end.as_secs_f64().max(1e-3);
     // Suppression is off (see `policy`): `suppressed` is 0 unless the daemon lacks the setting.
-    f.unaccounted = f.counted as i64 - (f.delivered + f.suppressed + f.summarized) as i64;
+    // Records a sink dropped are losses reported in `lost.*`, not unaccounted ones.
+    f.unaccounted =
+        f.counted as i64 - (f.delivered + f.suppressed + f.summarized + f.sink_dropped) as i64;
     Ok(f)
+}
+
+/// Sends one datagram and times it until its `connection` record is in `out` (5 s at most).
+fn first_record(bed: &mut Bed, target: IpAddr, out: &Path) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    bed.worker.udp_once(target, egressd_testbed::PORT)?;
+    while t.elapsed() < Duration::from_secs(5) {
+        if std::fs::read_to_string(out)
+            .unwrap_or_default()
+            .contains("\"type\":\"connection\"")
+        {
+            return Ok(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    anyhow::bail!("the record of one denied datagram did not reach the file within 5 s")
 }
 
 /// `Value` summary of floods for the JSON dump.
 pub fn to_json(f: &Flood) -> Value {
     serde_json::json!({
         "reader": f.reader.key(), "sink_dropped": f.sink_dropped,
+        "latency_ms": f.latency.map(|l| l.as_secs_f64() * 1e3),
         "attempts": f.attempts, "attempt_rate": f.attempt_rate, "delivered": f.delivered,
         "sink_rate": f.sink_rate, "ringbuf_full": f.ringbuf_full, "suppressed": f.suppressed,
         "counted": f.counted, "summaries": f.summaries, "summarized": f.summarized,

@@ -922,12 +922,15 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          (this build with `EGRESSD_BENCH_RING_ONLY=1`: reads every ring-buffer record and \
          discards it, no enrichment, no sink: the limit), *{}* (main before the batched \
          pipeline, built by the bench from that commit) and *{}*.\n\n\
-         *Records/s*: `connection` records written to the file, per second from the start \
+         *First record*: before the flood, one denied datagram on the idle daemon, from the \
+         send until its record is in the file (the latency of a single event; nothing on the \
+         path waits for a timer). *Records/s*: `connection` records written to the file, per second from the start \
          of the flood until the file stopped growing (for the read-only reader: records read \
          per second of flood). *Ring buffer full*: attempts the kernel could not queue \
          (`connection_summary` counts them: *summarized*). *Sink dropped*: \
-         `lost.sink_write_failed` (memory queue full). *Unaccounted*: counted denials minus \
-         records minus summarized attempts, 0 when nothing went unreported.\n",
+         `lost.sink_write_failed`, records the sink's memory queue (10,000 records by default) could not take: losses, counted. *Unaccounted*: counted denials minus \
+         records, summarized attempts and records the sink dropped, 0 when nothing went \
+         unreported.\n",
         plan.flood_ms,
         Reader::RingOnly.name(),
         Reader::Baseline.name(),
@@ -935,13 +938,15 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
     );
     let _ = writeln!(
         s,
-        "| reader | attempts/s | records | records/s | ring buffer full | summarized (summaries) | sink dropped | counted denials | unaccounted |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| reader | first record | attempts/s | records | records/s | ring buffer full | summarized (summaries) | sink dropped | counted denials | unaccounted |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for fl in floods {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} ({:.1} %) | {} ({}) | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} ({:.1} %) | {} ({}) | {} | {} | {} |",
             fl.reader.name(),
+            fl.latency
+                .map_or("–".into(), |l| format!("{:.1} ms", l.as_secs_f64() * 1e3)),
             count(fl.attempt_rate),
             count(fl.delivered as f64),
             count(fl.sink_rate),
