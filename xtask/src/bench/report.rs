@@ -983,7 +983,7 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
     }
     let _ = writeln!(
         s,
-        "Where the time goes (`perf record` of the daemons during these floods, 2026-12-01): \
+        "Where the time goes (`perf record` of the daemons during floods of this benchmark, 2026-12-01): \
          before, the main thread parsed every rendered record back into a `serde_json::Value` \
          and serialized it again for the canonical bytes of its chain link (JSON parsing, \
          `BTreeMap` inserts and malloc/free were its top symbols), cloned every event to cap \
