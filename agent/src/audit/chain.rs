@@ -178,8 +178,8 @@ fn compact_value(b: &[u8], i: usize, out: &mut Vec<u8>, depth: usize) -> Option<
     match *b.get(i)? {
         b'{' => {
             // Members' canonical values go to `scratch`; then out in key order.
-            let mut scratch = Vec::new();
-            let mut members: Vec<(&[u8], std::ops::Range<usize>)> = Vec::new();
+            let mut scratch = Vec::with_capacity(b.len() - i);
+            let mut members: Vec<(&[u8], std::ops::Range<usize>)> = Vec::with_capacity(16);
             let mut j = i + 1;
             if b.get(j) == Some(&b'}') {
                 out.extend_from_slice(b"{}");
