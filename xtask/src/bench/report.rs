@@ -991,7 +991,8 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          enrichment thread read `/proc/PID/stat` for every event and woke the main loop for \
          every event. Now the native body's keys are sorted in place for the link (anything \
          unusual takes the parsing path), an event is cloned only when a field needs \
-         capping, a stat read answers for every event of that process recorded before it, \
+         capping, a record is rendered into a buffer sized for it at once (growing from 128 \
+         bytes cost four reallocations; allocation was the largest single item), a stat read answers for every event of that process recorded before it, \
          and threads wake once per batch. What limits now is the main thread: it reads the \
          ring buffer and also renders, canonicalizes, hashes (SHA-256 over about 1.2 KB) and \
          queues every record, so while it submits a batch the ring buffer fills and the \
