@@ -346,6 +346,7 @@ impl Pipeline {
             inflight: VecDeque::new(),
             marked: 0,
             batch: VecDeque::new(),
+            taken: VecDeque::new(),
             written: 0,
             flushed: 0,
         };
@@ -449,10 +450,15 @@ impl Pipeline {
             }
             return;
         }
+        let was_empty = q.memory.is_empty();
         q.bytes += frame.len();
         q.memory.push_back(frame);
         drop(q);
-        s.shared.wake.notify_one();
+        // The worker waits for frames only on an empty queue (deciding so under its lock):
+        // one wake-up per batch, not a futex call per record.
+        if was_empty {
+            s.shared.wake.notify_one();
+        }
     }
 
     /// Asks file (and stdout) sinks to flush, close and reopen their file (SIGUSR1, after

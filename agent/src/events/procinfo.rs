@@ -269,6 +269,11 @@ pub struct Cache {
     cgroup_root: Option<PathBuf>,
     ns_per_tick: u64,
     procs: HashMap<u32, Arc<ProcInfo>>,
+    /// The last `stat` read per pid, with the `CLOCK_BOOTTIME` (ns) at which the read began:
+    /// it answers for every event the kernel recorded before that instant.
+    stats: HashMap<u32, (u64, Stat)>,
+    /// `CLOCK_BOOTTIME` now, in ns (the clock of [`Claim::boot_ns`]).
+    clock: fn() -> u64,
     users: HashMap<u32, Option<String>>,
     groups: HashMap<u32, Option<String>>,
 }
@@ -284,6 +289,8 @@ impl Cache {
             cgroup_root: None,
             ns_per_tick: 1_000_000_000 / hz.max(1),
             procs: HashMap::new(),
+            stats: HashMap::new(),
+            clock: crate::base::clock::boot_now_ns,
             users: HashMap::new(),
             groups: HashMap::new(),
         }
@@ -298,17 +305,33 @@ impl Cache {
     }
 
     /// The details of `claim.pid` now, if `/proc` agrees with the kernel's record. One
-    /// `stat` read per call; the rest is read again only for a new start time or name.
+    /// `stat` read per call, unless a read of the same pid began after the kernel recorded
+    /// this event: that read answers for it too (the process it saw had started before the
+    /// event and was alive after it, so it is the one that made it; a name changed by an
+    /// `execve` since shows as for a fresh read). So a flood from one process costs one read
+    /// per ring-buffer batch. The rest is read again only for a new start time or name.
     pub fn lookup(&mut self, claim: &Claim<'_>) -> Details {
         if claim.pid == 0 {
             return Details::NoProcess;
         }
         let dir = self.root.join(claim.pid.to_string());
-        let Some(stat) = fs::read_to_string(dir.join("stat"))
-            .ok()
-            .and_then(|t| parse_stat(&t))
-        else {
-            return Details::Exited;
+        let stat = match self.stats.get(&claim.pid) {
+            Some((at, stat)) if claim.boot_ns <= *at => stat.clone(),
+            _ => {
+                let at = (self.clock)();
+                let Some(stat) = fs::read_to_string(dir.join("stat"))
+                    .ok()
+                    .and_then(|t| parse_stat(&t))
+                else {
+                    self.stats.remove(&claim.pid);
+                    return Details::Exited;
+                };
+                if self.stats.len() >= CACHE_CAP {
+                    self.stats.clear();
+                }
+                self.stats.insert(claim.pid, (at, stat.clone()));
+                stat
+            }
         };
         // One tick of slack: the start time is rounded down to clock ticks.
         let started_ns = stat.start_time.saturating_mul(self.ns_per_tick);
@@ -331,8 +354,14 @@ impl Cache {
                     .and_then(|t| parse_stat(&t))
                 {
                     Some(again) if again == stat => {}
-                    Some(_) => return Details::Mismatch("name"),
-                    None => return Details::Exited,
+                    Some(_) => {
+                        self.stats.remove(&claim.pid);
+                        return Details::Mismatch("name");
+                    }
+                    None => {
+                        self.stats.remove(&claim.pid);
+                        return Details::Exited;
+                    }
                 }
                 let info = Arc::new(info);
                 if self.procs.len() >= CACHE_CAP {
@@ -630,6 +659,8 @@ mod tests {
         fs::write(dir.join("cmdline"), b"x\0--flag\0").expect("write");
         fs::write(dir.join("cgroup"), "0::/system.slice/x.service\n").expect("write");
         let mut c = Cache::new(root.clone());
+        // Every read here began before the (made-up) event times: each lookup reads stat.
+        c.clock = || 0;
         let tick = c.ns_per_tick;
         let claim = Claim {
             pid: 42,
@@ -684,6 +715,65 @@ mod tests {
         assert!(cl.is_some_and(|l| l.len() == MAX_CMDLINE && l.ends_with("...")));
         assert_eq!(c.lookup(&Claim { pid: 43, ..claim }), Details::Exited);
         assert_eq!(c.lookup(&Claim { pid: 0, ..claim }), Details::NoProcess);
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    /// A `stat` read answers for the events recorded before it began, and only for those.
+    #[test]
+    fn stat_read_answers_for_earlier_events() {
+        let root = std::env::temp_dir().join(format!("egressd-proc-again-{}", std::process::id()));
+        let dir = root.join("42");
+        fs::create_dir_all(&dir).expect("mkdir");
+        let stat = |comm: &str| {
+            fs::write(
+                dir.join("stat"),
+                format!("42 ({comm}) S 7 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0"),
+            )
+            .expect("write");
+        };
+        stat("x");
+        fs::write(dir.join("status"), "Uid:\t1000\t1000\t1000\t1000\n").expect("write");
+        fs::write(dir.join("cmdline"), b"x\0").expect("write");
+        fs::write(dir.join("cgroup"), "0::/x.service\n").expect("write");
+        let mut c = Cache::new(root.clone());
+        // Reads begin at 10 s after boot; the process started one tick after boot.
+        c.clock = || 10 * S;
+        const S: u64 = 1_000_000_000;
+        let claim = Claim {
+            pid: 42,
+            comm: "x",
+            uid: 1000,
+            cgroup_id: 0,
+            boot_ns: 6 * S,
+        };
+        assert_eq!(c.lookup(&claim).label(), "verified");
+        // An execve after the read: an event recorded before it is still answered by it...
+        stat("y");
+        assert_eq!(
+            c.lookup(&Claim {
+                boot_ns: 9 * S,
+                ..claim
+            })
+            .label(),
+            "verified"
+        );
+        // ... one recorded after it is checked by a new read.
+        assert_eq!(
+            c.lookup(&Claim {
+                boot_ns: 11 * S,
+                ..claim
+            }),
+            Details::Mismatch("name")
+        );
+        // Gone: not answered by an older read.
+        fs::remove_dir_all(&dir).expect("rm");
+        assert_eq!(
+            c.lookup(&Claim {
+                boot_ns: 12 * S,
+                ..claim
+            }),
+            Details::Exited
+        );
         let _ = fs::remove_dir_all(&root);
     }
 

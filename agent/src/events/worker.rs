@@ -39,6 +39,9 @@ struct Job {
 struct Shared {
     queue: Mutex<VecDeque<Job>>,
     ready: Condvar,
+    /// Finished events not taken yet, in order. The thread signals the channel only when it
+    /// makes this non-empty: one wake-up of the main loop per batch, not per event.
+    finished: Mutex<Vec<ConnectionEvent>>,
     /// Milliseconds since `epoch` + 1 at which the thread took its current event; 0 when idle.
     busy_since: AtomicU64,
     /// The event the thread is on. Whoever takes it out delivers it: the thread when done,
@@ -62,10 +65,10 @@ impl Shared {
     }
 }
 
-/// The enrichment thread and the channel of its finished events.
+/// The enrichment thread and the signal of its finished events.
 pub struct Worker {
     shared: Arc<Shared>,
-    done: tokio::sync::mpsc::UnboundedReceiver<ConnectionEvent>,
+    done: tokio::sync::mpsc::UnboundedReceiver<()>,
 }
 
 impl Worker {
@@ -77,6 +80,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             ready: Condvar::new(),
+            finished: Mutex::new(Vec::new()),
             busy_since: AtomicU64::new(0),
             current: Mutex::new(None),
             closed: AtomicBool::new(false),
@@ -105,19 +109,36 @@ impl Worker {
             self.shared.skipped.fetch_add(1, Ordering::Relaxed);
             return Some(enricher.skip(&event));
         }
+        let was_empty = q.is_empty();
         q.push_back(Job {
             enricher: enricher.clone(),
             event,
             queued: Instant::now(),
         });
         drop(q);
-        self.shared.ready.notify_one();
+        // The thread waits only on an empty queue (deciding so under its lock).
+        if was_empty {
+            self.shared.ready.notify_one();
+        }
         None
     }
 
-    /// The next finished event (cancel-safe, for `select!`).
-    pub async fn next(&mut self) -> Option<ConnectionEvent> {
-        self.done.recv().await
+    /// The events finished since the last call, in order (cancel-safe, for `select!`);
+    /// `None` once the thread is gone.
+    pub async fn next(&mut self) -> Option<Vec<ConnectionEvent>> {
+        self.done.recv().await?;
+        while self.done.try_recv().is_ok() {}
+        Some(self.take_finished())
+    }
+
+    fn take_finished(&self) -> Vec<ConnectionEvent> {
+        std::mem::take(
+            &mut *self
+                .shared
+                .finished
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Events sent without `/proc` details (`process.details = "skipped"`) since the
@@ -135,9 +156,7 @@ impl Worker {
         let until = Instant::now() + within;
         let mut out = Vec::new();
         loop {
-            while let Ok(e) = self.done.try_recv() {
-                out.push(e);
-            }
+            out.append(&mut self.take_finished());
             let idle = self
                 .shared
                 .queue
@@ -150,9 +169,7 @@ impl Worker {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        while let Ok(e) = self.done.try_recv() {
-            out.push(e);
-        }
+        out.append(&mut self.take_finished());
         // The event the thread is stuck on (its read is abandoned with the thread), then
         // the queue behind it.
         // Under the lock the thread sends under: its event is either in the channel already
@@ -163,9 +180,7 @@ impl Worker {
                 .current
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            while let Ok(e) = self.done.try_recv() {
-                out.push(e);
-            }
+            out.append(&mut self.take_finished());
             current.take()
         };
         let skip = |enricher: &Enricher, event: &Event| {
@@ -185,7 +200,7 @@ impl Worker {
     }
 }
 
-fn run(s: &Shared, tx: &tokio::sync::mpsc::UnboundedSender<ConnectionEvent>) {
+fn run(s: &Shared, tx: &tokio::sync::mpsc::UnboundedSender<()>) {
     loop {
         let job = {
             let mut q = s.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -211,11 +226,15 @@ fn run(s: &Shared, tx: &tokio::sync::mpsc::UnboundedSender<ConnectionEvent>) {
         } else {
             job.enricher.enrich(&job.event)
         };
-        // Sent under the `current` lock, so `finish` sees this event exactly once: in the
-        // channel, or (when it took `current` first) built by itself.
+        // Handed over under the `current` lock, so `finish` sees this event exactly once:
+        // among the finished ones, or (when it took `current` first) built by itself.
         let sent = {
             let mut current = s.current.lock().unwrap_or_else(PoisonError::into_inner);
-            current.take().is_some() && tx.send(event).is_ok()
+            current.take().is_some() && {
+                let mut finished = s.finished.lock().unwrap_or_else(PoisonError::into_inner);
+                finished.push(event);
+                finished.len() > 1 || tx.send(()).is_ok()
+            }
         };
         s.busy_since.store(0, Ordering::Release);
         if !sent {
@@ -256,11 +275,14 @@ mod tests {
         for pid in 1..=3 {
             assert!(w.push(&e, event(pid)).is_none());
         }
-        let first = w.next().await.expect("event");
-        assert_eq!((first.process.pid, first.process.details), (1, "exited"));
+        let first = w.next().await.expect("events");
+        assert_eq!(
+            (first[0].process.pid, first[0].process.details),
+            (1, "exited")
+        );
         let rest = w.finish(Duration::from_secs(2));
-        let pids: Vec<u32> = rest.iter().map(|e| e.process.pid).collect();
-        assert_eq!(pids, vec![2, 3]);
+        let pids: Vec<u32> = first.iter().chain(&rest).map(|e| e.process.pid).collect();
+        assert_eq!(pids, vec![1, 2, 3]);
     }
 
     /// A `/proc` read that never returns (a FIFO named `stat` without a writer) stalls the

@@ -31,6 +31,8 @@ pub const PORT: u16 = 9100;
 
 /// Upper bound of iterations in one measurement.
 const MAX_ITERATIONS: u64 = 2_000_000;
+/// Upper bound of datagrams in one UDP flood.
+const MAX_DATAGRAMS: u64 = 50_000_000;
 
 /// The worker process: a child running `xtask bench --worker NETNS`.
 pub struct Worker {
@@ -115,11 +117,30 @@ impl Worker {
         millis: u64,
         rotate: bool,
     ) -> anyhow::Result<Sample> {
-        writeln!(
-            self.stdin,
-            "{addr} {port} {millis} {MAX_ITERATIONS} {}",
-            u8::from(rotate)
-        )?;
+        self.command(addr, port, millis, MAX_ITERATIONS, u8::from(rotate))
+    }
+
+    /// Sends one-byte UDP datagrams on one unconnected socket to `addr:port`, the last byte
+    /// of the address cycling through 1..=254, for `millis` (at most [`MAX_DATAGRAMS`]):
+    /// the fastest way to make denied attempts (`cgroup/sendmsg4`), one event each.
+    pub fn udp_flood(&mut self, addr: IpAddr, port: u16, millis: u64) -> anyhow::Result<Sample> {
+        self.command(addr, port, millis, MAX_DATAGRAMS, 2)
+    }
+
+    /// Sends one datagram as [`Self::udp_flood`] does.
+    pub fn udp_once(&mut self, addr: IpAddr, port: u16) -> anyhow::Result<Sample> {
+        self.command(addr, port, 1000, 1, 2)
+    }
+
+    fn command(
+        &mut self,
+        addr: IpAddr,
+        port: u16,
+        millis: u64,
+        max: u64,
+        mode: u8,
+    ) -> anyhow::Result<Sample> {
+        writeln!(self.stdin, "{addr} {port} {millis} {max} {mode}")?;
         self.stdin.flush()?;
         let mut line = String::new();
         self.stdout.read_line(&mut line)?;
@@ -313,7 +334,8 @@ impl Drop for Server {
 }
 
 /// Entry point of `xtask bench --worker NETNS`: enters the namespace, then answers one JSON
-/// line per command line `ADDR PORT MILLIS MAX ROTATE` on stdin.
+/// line per command line `ADDR PORT MILLIS MAX MODE` on stdin (MODE 0: connect loop, 1:
+/// connect loop over 254 addresses, 2: UDP flood over 254 addresses).
 pub fn worker_main(ns: &str) -> anyhow::Result<()> {
     let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
     // SAFETY: a valid namespace fd; the worker is single-threaded.
@@ -340,7 +362,11 @@ fn parse_and_run(line: &str) -> anyhow::Result<Value> {
     let port: u16 = it.next().context("port")?.parse()?;
     let millis: u64 = it.next().context("millis")?.parse()?;
     let max: u64 = it.next().context("max")?.parse()?;
-    let rotate = it.next() == Some("1");
+    let mode = it.next();
+    if mode == Some("2") {
+        return Ok(udp_loop(addr, port, Duration::from_millis(millis), max));
+    }
+    let rotate = mode == Some("1");
     Ok(connect_loop(
         addr,
         port,
@@ -459,5 +485,50 @@ fn connect_loop(addr: IpAddr, port: u16, dur: Duration, max: u64, rotate: bool) 
     json!({
         "attempts": attempts, "ok": ok, "elapsed_ns": elapsed.as_nanos() as f64,
         "p50": q(0.5), "p99": q(0.99), "errno": errno,
+    })
+}
+
+fn udp_loop(addr: IpAddr, port: u16, dur: Duration, max: u64) -> Value {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let addrs: Vec<_> = (0..254).map(|i| sockaddr(rotated(addr, i), port)).collect();
+    // SAFETY: plain socket call; the descriptor is owned (and closed) by `OwnedFd`.
+    let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return json!({ "error": format!("socket: {}", std::io::Error::last_os_error()) });
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (mut attempts, mut ok) = (0u64, 0u64);
+    let mut errno = None;
+    let start = Instant::now();
+    let deadline = start + dur;
+    while attempts < max && (attempts % 256 != 0 || Instant::now() < deadline) {
+        let (sa, len) = &addrs[(attempts % addrs.len() as u64) as usize];
+        attempts += 1;
+        // SAFETY: one byte from a live buffer to a valid socket address.
+        let r = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                b"x".as_ptr().cast(),
+                1,
+                0,
+                (&raw const *sa).cast(),
+                *len,
+            )
+        };
+        if r == 1 {
+            ok += 1;
+        } else {
+            errno.get_or_insert(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+        }
+    }
+    let elapsed = start.elapsed();
+    json!({
+        "attempts": attempts, "ok": ok, "elapsed_ns": elapsed.as_nanos() as f64,
+        "p50": null, "p99": null, "errno": errno,
     })
 }

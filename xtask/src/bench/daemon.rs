@@ -30,6 +30,20 @@ impl Daemon {
         out: &Path,
         timeout: Duration,
     ) -> anyhow::Result<Option<Self>> {
+        Self::start_with(bin, config, cgroup, (out, out), timeout, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables, stdout to `files.0` and the records
+    /// read from `files.1` (the file sink of the config; the same file for stdout).
+    pub fn start_with(
+        bin: &Path,
+        config: &Path,
+        cgroup: &Path,
+        files: (&Path, &Path),
+        timeout: Duration,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Option<Self>> {
+        let (stdout, out) = files;
         let t = Instant::now();
         let child = Command::new(bin)
             .args(["run", "--config"])
@@ -37,7 +51,8 @@ impl Daemon {
             .arg("--cgroup")
             .arg(cgroup)
             .env("EGRESSD_LOG", "warn")
-            .stdout(File::create(out)?)
+            .envs(envs.iter().copied())
+            .stdout(File::create(stdout)?)
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -47,7 +62,11 @@ impl Daemon {
             start_ns: 0.0,
         };
         while t.elapsed() < timeout {
-            if std::fs::read_to_string(out)?.contains("\"agent_start\"") {
+            // The file sink creates its file when it opens.
+            if std::fs::read_to_string(out)
+                .unwrap_or_default()
+                .contains("\"agent_start\"")
+            {
                 me.start_ns = t.elapsed().as_nanos() as f64;
                 return Ok(Some(me));
             }
@@ -64,15 +83,25 @@ impl Daemon {
         self.child.id()
     }
 
-    /// Lines written so far.
-    pub fn lines(&self) -> usize {
-        File::open(&self.out)
-            .map(|f| BufReader::new(f).lines().count())
-            .unwrap_or(0)
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        std::fs::metadata(&self.out).map_or(0, |m| m.len())
     }
 
     /// SIGTERM, wait (20 s at most), and return every JSON record written.
-    pub fn stop(mut self) -> anyhow::Result<Vec<Value>> {
+    pub fn stop(self) -> anyhow::Result<Vec<Value>> {
+        let out = self.out.clone();
+        self.stop_only()?;
+        let f = File::open(&out)?;
+        Ok(BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect())
+    }
+
+    /// SIGTERM and wait (20 s at most); the records stay in the file.
+    pub fn stop_only(mut self) -> anyhow::Result<()> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let t = Instant::now();
@@ -83,12 +112,7 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let f = File::open(&self.out)?;
-        Ok(BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str(&l).ok())
-            .collect())
+        Ok(())
     }
 }
 

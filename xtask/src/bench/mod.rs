@@ -60,6 +60,11 @@ pub struct Args {
     /// `docs/benchmarks.md` is left as it is.
     #[arg(long)]
     lookup_only: bool,
+    /// Only the event throughput (ring buffer to JSON file sink: read-only limit, the
+    /// baseline commit's daemon and this build's, in one run): rewrites that section of
+    /// `docs/benchmarks.md` and leaves the rest as it is.
+    #[arg(long)]
+    events_only: bool,
     /// Internal: the connect worker inside namespace NETNS.
     #[arg(long, hide = true, value_name = "NETNS")]
     worker: Option<String>,
@@ -127,8 +132,8 @@ impl Plan {
                 first_runs: 20_000,
                 load_reps: 3,
                 floods: 3,
-                // Issue #13: nothing unaccounted under a 10 s flood.
-                flood_ms: 10_000,
+                // At 500k records/s a 3 s flood writes about 2 GB of JSON.
+                flood_ms: 3_000,
             }
         }
     }
@@ -260,6 +265,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     crate::setup::ensure()?;
+    // The "before" daemon first: its build replaces target/release/egressd, which the build
+    // below puts back.
+    let baseline = baseline_daemon(&target_dir())?;
     // Release builds: the daemon, the kernel-side tool, and this tool for the connect worker.
     sh::cargo(&[
         "build",
@@ -283,7 +291,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.lookup_only {
         return lookups(&plan);
     }
-    let results = measure(plan, t)?;
+    if args.events_only {
+        return events_only(&plan, &baseline, t);
+    }
+    let results = measure(plan, &baseline, t)?;
     let docs = sh::root().join("docs");
     std::fs::create_dir_all(&docs)?;
     let svg = docs.join("benchmarks-connect.svg");
@@ -294,6 +305,134 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "bench: wrote docs/benchmarks.md and docs/benchmarks-connect.svg in {:.0} s",
         t.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The daemon of [`events::BASELINE`], built once into `target/bench-baseline/` from a
+/// temporary worktree (sharing this target directory, so only egressd's own crates build).
+fn baseline_daemon(target: &Path) -> anyhow::Result<PathBuf> {
+    let bin = target.join(format!("bench-baseline/egressd-{}", events::BASELINE));
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let tree = std::env::temp_dir().join(unique("egressd-baseline-"));
+    eprintln!(
+        "bench: building egressd {} in {}",
+        events::BASELINE,
+        tree.display()
+    );
+    let root = sh::root();
+    sh::run(
+        std::process::Command::new("git")
+            .current_dir(&root)
+            .args(["worktree", "add", "--detach"])
+            .arg(&tree)
+            .arg(events::BASELINE),
+    )?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = sh::run(
+        std::process::Command::new(cargo)
+            .current_dir(&tree)
+            .env("CARGO_TARGET_DIR", target)
+            .env("PATH", sh::path())
+            .args(["build", "--release", "-p", "egressd", "--bin", "egressd"]),
+    )
+    .and_then(|()| {
+        std::fs::create_dir_all(target.join("bench-baseline"))?;
+        std::fs::copy(target.join("release/egressd"), &bin)?;
+        Ok(())
+    });
+    let _ = std::process::Command::new("git")
+        .current_dir(&root)
+        .args(["worktree", "remove", "--force"])
+        .arg(&tree)
+        .status();
+    built.map(|()| bin)
+}
+
+/// The event floods: per round, each [`events::Reader`] once, in turn.
+fn floods(
+    plan: &Plan,
+    bed: &mut Bed,
+    work: &Path,
+    egressd_bin: &Path,
+    baseline: &Path,
+) -> anyhow::Result<Vec<events::Flood>> {
+    let out = work.join("events.jsonl");
+    let config = events::policy(work, &out)?;
+    let mut all = Vec::new();
+    for _ in 0..plan.floods {
+        for reader in events::Reader::ALL {
+            let bin = match reader {
+                events::Reader::Baseline => baseline,
+                _ => egressd_bin,
+            };
+            let f = events::flood(bed, bin, reader, &config, &out, plan.flood_ms)?;
+            eprintln!(
+                "bench: {}: {:.0} attempts/s, {:.0} records/s, ring buffer full {}, summarized {}, dropped by the sink {}, unaccounted {}",
+                reader.name(),
+                f.attempt_rate,
+                f.sink_rate,
+                f.ringbuf_full,
+                f.summarized,
+                f.sink_dropped,
+                f.unaccounted
+            );
+            all.push(f);
+        }
+    }
+    Ok(all)
+}
+
+/// `--events-only`: the test bed and the floods, then the event section of
+/// `docs/benchmarks.md` replaced.
+fn events_only(plan: &Plan, baseline: &Path, t0: Instant) -> anyhow::Result<()> {
+    let target = target_dir();
+    let load_start = machine::loadavg();
+    let started = utc_now();
+    let work = TempDir(std::env::temp_dir().join(unique("egressd-bench-")));
+    std::fs::create_dir_all(&work.0)?;
+    let tb = Testbed::new().context("creating the test bed")?;
+    let plain = Cgroup::create(&unique("egressd-bench-plain-"))?;
+    let worker = connect::Worker::spawn(&target.join("release/xtask"), tb.client.name())?;
+    worker.move_to(plain.path())?;
+    let mut bed = Bed {
+        ns: tb.client.name().to_owned(),
+        filtered: tb.cgroup.path().to_owned(),
+        plain: plain.path().to_owned(),
+        worker,
+    };
+    let floods = floods(
+        plan,
+        &mut bed,
+        &work.0,
+        &target.join("release/egressd"),
+        baseline,
+    )?;
+    let load_end = machine::loadavg();
+    let mut section = String::new();
+    report::events_table(&mut section, &floods, plan);
+    let _ = std::fmt::Write::write_fmt(
+        &mut section,
+        format_args!(
+            "This section was measured on its own (`cargo xtask bench --events-only`{}), on {started}, load average {:.1} at the start and {:.1} at the end (2 cores shared with other work), in {:.0} s.\n\n",
+            if plan.quick { " --quick" } else { "" },
+            load_start.0,
+            load_end.0,
+            t0.elapsed().as_secs_f64()
+        ),
+    );
+    print!("{section}");
+    let md_path = sh::root().join("docs/benchmarks.md");
+    let md = std::fs::read_to_string(&md_path)?;
+    let start = md
+        .find(report::EVENTS_HEADING)
+        .context("docs/benchmarks.md has no event throughput section")?;
+    let end = md[start + 3..]
+        .find("\n## ")
+        .map_or(md.len(), |i| start + 3 + i + 1);
+    std::fs::write(&md_path, format!("{}{section}{}", &md[..start], &md[end..]))?;
+    eprintln!("bench: rewrote the event throughput section of docs/benchmarks.md");
     Ok(())
 }
 
@@ -373,7 +512,7 @@ impl Drop for TempDir {
     }
 }
 
-fn measure(plan: Plan, t0: Instant) -> anyhow::Result<Results> {
+fn measure(plan: Plan, baseline: &Path, t0: Instant) -> anyhow::Result<Results> {
     let target = target_dir();
     let kernel_bin = target.join("release/examples/bench_kernel");
     let egressd_bin = target.join("release/egressd");
@@ -462,17 +601,7 @@ fn measure(plan: Plan, t0: Instant) -> anyhow::Result<Results> {
         "bench: event throughput, {:.0} s in",
         t0.elapsed().as_secs_f64()
     );
-    let config = events::policy(&work.0, &egressd_bin)?;
-    for i in 0..plan.floods {
-        let out = work.0.join(format!("events-{i}.jsonl"));
-        r.floods.push(events::flood(
-            &mut bed,
-            &egressd_bin,
-            &config,
-            &out,
-            plan.flood_ms,
-        )?);
-    }
+    r.floods = floods(&plan, &mut bed, &work.0, &egressd_bin, baseline)?;
 
     eprintln!(
         "bench: sink write-ahead log, {:.0} s in",

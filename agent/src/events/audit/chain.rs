@@ -104,29 +104,207 @@ impl Chain {
                 v.extend_from_slice(format!(" {CEF_KEY}={link}").as_bytes());
                 v
             }
-            Format::Json | Format::Ecs | Format::Ocsf => {
-                let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
-                    return body.to_vec();
-                };
-                let Ok(canonical) = canonical_json(&value) else {
-                    return body.to_vec();
+            Format::Json => {
+                // The hot path: the native body as serde_json wrote it, keys sorted in
+                // place; anything it does not vouch for goes the general way below.
+                let Some(canonical) = sorted_compact(body) else {
+                    return self.seal_parsed(format, body);
                 };
                 let link = self.advance(&canonical);
-                if format == Format::Json {
-                    // The native object keeps its field order: the link is appended.
-                    let mut v = body.to_vec();
-                    if v.last() == Some(&b'}') {
-                        v.pop();
-                        let sep = if v.last() == Some(&b'{') { "" } else { "," };
-                        v.extend_from_slice(format!("{sep}\"chain\":\"{link}\"}}").as_bytes());
-                    }
-                    return v;
-                }
-                if let Some(slot) = insert_path(&mut value, json_path(format)) {
-                    *slot = Value::String(link);
-                }
-                serde_json::to_vec(&value).unwrap_or_else(|_| body.to_vec())
+                append_link(body, &link)
             }
+            Format::Ecs | Format::Ocsf => self.seal_parsed(format, body),
+        }
+    }
+
+    /// [`Self::seal`] of a JSON format by parsing the body (any JSON text).
+    fn seal_parsed(&mut self, format: Format, body: &[u8]) -> Vec<u8> {
+        let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+            return body.to_vec();
+        };
+        let Ok(canonical) = canonical_json(&value) else {
+            return body.to_vec();
+        };
+        let link = self.advance(&canonical);
+        if format == Format::Json {
+            return append_link(body, &link);
+        }
+        if let Some(slot) = insert_path(&mut value, json_path(format)) {
+            *slot = Value::String(link);
+        }
+        serde_json::to_vec(&value).unwrap_or_else(|_| body.to_vec())
+    }
+}
+
+/// The native object keeps its field order: the link is appended as its last member.
+fn append_link(body: &[u8], link: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(body.len() + link.len() + 12);
+    v.extend_from_slice(body);
+    if v.last() == Some(&b'}') {
+        v.pop();
+        let sep: &[u8] = if v.last() == Some(&b'{') { b"" } else { b"," };
+        v.extend_from_slice(sep);
+        v.extend_from_slice(b"\"chain\":\"");
+        v.extend_from_slice(link.as_bytes());
+        v.extend_from_slice(b"\"}");
+    }
+    v
+}
+
+/// [`canonical_json`] of `body` without building a [`Value`]: `body` is compact JSON as
+/// serde_json writes it, and every object's members are put in key order, the rest copied
+/// as it is. `None` (use [`canonical_json`]) for anything where that copy might not be the
+/// canonical form: whitespace, a key with an escape or a non-ASCII character, a duplicate
+/// key, a number with a fraction or exponent, a string escape serde_json does not write,
+/// a raw control character, or text that is not one JSON value. Strings and integers as
+/// serde_json writes them are their own JCS form (the test `sorted_compact_is_canonical`
+/// holds this to [`canonical_json`]).
+pub fn sorted_compact(body: &[u8]) -> Option<Vec<u8>> {
+    // Copied strings must be text, as parsing would require.
+    std::str::from_utf8(body).ok()?;
+    let mut out = Vec::with_capacity(body.len());
+    let end = compact_value(body, 0, &mut out, 0)?;
+    (end == body.len()).then_some(out)
+}
+
+/// Deepest nesting [`sorted_compact`] follows (records are a few levels deep).
+const MAX_DEPTH: usize = 32;
+
+/// Writes the canonical form of the value at `b[i..]` to `out`; returns where it ends.
+fn compact_value(b: &[u8], i: usize, out: &mut Vec<u8>, depth: usize) -> Option<usize> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    match *b.get(i)? {
+        b'{' => {
+            // Members' canonical values go to `scratch`; then out in key order.
+            let mut scratch = Vec::with_capacity(b.len() - i);
+            let mut members: Vec<(&[u8], std::ops::Range<usize>)> = Vec::with_capacity(16);
+            let mut j = i + 1;
+            if b.get(j) == Some(&b'}') {
+                out.extend_from_slice(b"{}");
+                return Some(j + 1);
+            }
+            loop {
+                if b.get(j) != Some(&b'"') {
+                    return None;
+                }
+                let key_end = plain_key_end(b, j + 1)?;
+                let key = &b[j..=key_end];
+                if b.get(key_end + 1) != Some(&b':') {
+                    return None;
+                }
+                let start = scratch.len();
+                j = compact_value(b, key_end + 2, &mut scratch, depth + 1)?;
+                members.push((key, start..scratch.len()));
+                match b.get(j) {
+                    Some(b',') => j += 1,
+                    Some(b'}') => break,
+                    _ => return None,
+                }
+            }
+            members.sort_unstable_by(|x, y| x.0.cmp(y.0));
+            if members.windows(2).any(|w| w[0].0 == w[1].0) {
+                return None;
+            }
+            out.push(b'{');
+            for (n, (key, value)) in members.into_iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(key);
+                out.push(b':');
+                out.extend_from_slice(&scratch[value]);
+            }
+            out.push(b'}');
+            Some(j + 1)
+        }
+        b'[' => {
+            out.push(b'[');
+            let mut j = i + 1;
+            if b.get(j) == Some(&b']') {
+                out.push(b']');
+                return Some(j + 1);
+            }
+            loop {
+                j = compact_value(b, j, out, depth + 1)?;
+                match b.get(j) {
+                    Some(b',') => {
+                        out.push(b',');
+                        j += 1;
+                    }
+                    Some(b']') => {
+                        out.push(b']');
+                        return Some(j + 1);
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        b'"' => {
+            let end = string_end(b, i + 1)?;
+            out.extend_from_slice(&b[i..=end]);
+            Some(end + 1)
+        }
+        b'-' | b'0'..=b'9' => {
+            let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            let end = i + 1 + digits;
+            if b[i] == b'-' && digits == 0 {
+                return None;
+            }
+            if matches!(b.get(end), Some(b'.' | b'e' | b'E')) {
+                return None;
+            }
+            out.extend_from_slice(&b[i..end]);
+            Some(end)
+        }
+        _ => {
+            let lit: &[u8] = [&b"true"[..], b"false", b"null"]
+                .into_iter()
+                .find(|l| b[i..].starts_with(l))?;
+            out.extend_from_slice(lit);
+            Some(i + lit.len())
+        }
+    }
+}
+
+/// Index of the closing quote of a key starting at `i` (after its opening quote): printable
+/// ASCII without escapes only.
+fn plain_key_end(b: &[u8], i: usize) -> Option<usize> {
+    let n = b[i..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x7f).contains(&c))?;
+    (b[i + n] == b'"').then_some(i + n)
+}
+
+/// Index of the closing quote of a string starting at `i` (after its opening quote), if
+/// every escape in it is one serde_json writes (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, and
+/// `\u00xx` in lowercase hex for other control characters) and no control character is raw.
+fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        match *b.get(i)? {
+            b'"' => return Some(i),
+            b'\\' => {
+                match *b.get(i + 1)? {
+                    b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                    b'u' => {
+                        let hex = b.get(i + 2..i + 6)?;
+                        let lower = |c: &u8| c.is_ascii_digit() || (b'a'..=b'f').contains(c);
+                        if !hex.iter().all(lower) {
+                            return None;
+                        }
+                        let v = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+                        // serde_json writes these as short escapes.
+                        if v >= 0x20 || matches!(v, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d) {
+                            return None;
+                        }
+                        i += 6;
+                    }
+                    _ => return None,
+                }
+            }
+            c if c < 0x20 => return None,
+            _ => i += 1,
         }
     }
 }
@@ -338,6 +516,61 @@ mod tests {
     /// serde_json's output is JCS for egressd's records (sorted keys, as long as no
     /// dependency turns on serde_json's `preserve_order`; the same string escapes), and
     /// other values take the JCS crate.
+    #[test]
+    fn sorted_compact_is_canonical() {
+        use crate::events::sample;
+        let check = |body: &[u8]| {
+            let v: Value = serde_json::from_slice(body).expect("JSON");
+            let want = canonical_json(&v).expect("canonical");
+            if let Some(got) = sorted_compact(body) {
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&want)
+                );
+            }
+        };
+        for (name, rec) in sample::records() {
+            for f in [Format::Json, Format::Ecs, Format::Ocsf] {
+                let body = f.render(&rec);
+                assert!(sorted_compact(&body).is_some(), "{f:?} {name}");
+                check(&body);
+            }
+        }
+        // Every case serde_json writes specially, through serde_json's own output.
+        let odd = serde_json::json!({
+            "z": "\u{1}\u{8}\t\n\u{c}\r\u{1f}\u{7f}\u{2028}/\"\\é😀", "a": [1, -2, u64::MAX, i64::MIN, [], {}],
+            "m": {"b": null, "a": true, "c": false, "B": 0}, "": 0,
+        });
+        let body = serde_json::to_vec(&odd).expect("JSON");
+        assert!(sorted_compact(&body).is_some());
+        check(&body);
+        // Left to the general way.
+        for text in [
+            r#"{"a":1.5}"#,
+            r#"{"a":1e3}"#,
+            r#"{"é":1}"#,
+            r#"{"a\n":1}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"a": 1}"#,
+            r#"{"a":"\/"}"#,
+            r#"{"a":"\u00e9"}"#,
+            r#"{"a":"\u000A"}"#,
+            r#"{"a":"\u000a"}"#,
+            r#"{"a":1}x"#,
+            r#"{"a":tru}"#,
+            "{\"a\":\"\u{1}\"}",
+        ] {
+            assert_eq!(sorted_compact(text.as_bytes()), None, "{text}");
+        }
+        // The native format's link over the fast path equals the general one.
+        for (name, rec) in sample::records() {
+            let body = Format::Json.render(&rec);
+            let fast = Chain::new().seal(Format::Json, &body);
+            let slow = Chain::new().seal_parsed(Format::Json, &body);
+            assert_eq!(fast, slow, "{name}");
+        }
+    }
+
     #[test]
     fn fast_canonical_is_jcs() {
         use crate::events::sample;

@@ -45,8 +45,7 @@ pub fn escaped_len(c: char) -> usize {
 /// `s` cut so that its escaped form is at most `max` bytes (ending in `...`), or `None`
 /// when it fits as it is.
 pub fn cap(s: &str, max: usize) -> Option<String> {
-    let total: usize = s.chars().map(escaped_len).sum();
-    if total <= max {
+    if fits(s, max) {
         return None;
     }
     let room = max.saturating_sub(ELLIPSIS.len());
@@ -63,6 +62,12 @@ pub fn cap(s: &str, max: usize) -> Option<String> {
     Some(out)
 }
 
+/// Whether the escaped form of `s` takes at most `max` bytes (no char escapes to more than
+/// six bytes, so a short string is not even scanned).
+fn fits(s: &str, max: usize) -> bool {
+    s.len().saturating_mul(6) <= max || s.chars().map(escaped_len).sum::<usize>() <= max
+}
+
 fn cap_opt(v: &mut Option<String>, max: usize) -> bool {
     match v.as_deref().and_then(|s| cap(s, max)) {
         Some(c) => {
@@ -76,6 +81,18 @@ fn cap_opt(v: &mut Option<String>, max: usize) -> bool {
 /// The event with its workload-controlled strings capped (see the module docs), or `None`
 /// when every one fits.
 pub fn cap_event(ev: &ConnectionEvent) -> Option<ConnectionEvent> {
+    // Checked before cloning: nearly every event fits as it is.
+    let fit = |v: &Option<String>, max: usize| v.as_deref().is_none_or(|s| fits(s, max));
+    if fit(&ev.process.command_line, MAX_COMMAND_LINE)
+        && fit(&ev.process.executable, MAX_PATH)
+        && fit(&ev.cgroup.path, MAX_PATH)
+        && fit(&ev.cgroup.systemd_unit, MAX_NAME)
+        && fit(&ev.user.name, MAX_NAME)
+        && fit(&ev.group.name, MAX_NAME)
+        && fits(&ev.process.name, MAX_NAME)
+    {
+        return None;
+    }
     let mut e = ev.clone();
     let mut cut = false;
     cut |= cap_opt(&mut e.process.command_line, MAX_COMMAND_LINE);

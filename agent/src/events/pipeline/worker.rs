@@ -45,6 +45,10 @@ pub(super) struct Worker {
     pub(super) inflight: VecDeque<Flight>,
     /// How many of the first `inflight` are known acknowledged (`acked` set).
     pub(super) marked: usize,
+    /// Frames taken from the memory queue at once and not sent yet (oldest first): one
+    /// lock per batch, not per frame. Newer than `batch`, older than anything the spool or
+    /// the memory queue holds now.
+    pub(super) taken: VecDeque<Vec<u8>>,
     /// Frames read from the spool and not sent yet (pending there).
     pub(super) batch: VecDeque<Held>,
     /// Bytes written on the current connection.
@@ -143,7 +147,8 @@ impl Worker {
     }
 
     fn publish_held(&self) {
-        let held = (self.inflight.len() + self.retry.len() + self.batch.len()) as u64;
+        let held =
+            (self.inflight.len() + self.retry.len() + self.batch.len() + self.taken.len()) as u64;
         self.shared.c.held.store(held, Ordering::Relaxed);
     }
 
@@ -215,6 +220,13 @@ impl Worker {
         if let Some(f) = self.batch.pop_front() {
             return Some(f);
         }
+        if let Some(frame) = self.taken.pop_front() {
+            return Some(Held {
+                frame,
+                wal: false,
+                rejected: false,
+            });
+        }
         // The spool's lock is held while the memory queue is read, so a spill cannot slip
         // older frames behind a newer one taken here.
         let mut spool = self.shared.lock_spool();
@@ -263,6 +275,13 @@ impl Worker {
             let mut q = self.shared.lock();
             let f = q.memory.pop_front();
             q.bytes -= f.as_ref().map_or(0, Vec::len);
+            // The rest of a batch along (the spool is empty, so nothing older waits there).
+            let more = q.memory.len().min(READ_BATCH);
+            let q = &mut *q;
+            for g in q.memory.drain(..more) {
+                q.bytes -= g.len();
+                self.taken.push_back(g);
+            }
             f
         };
         drop(spool);
@@ -336,6 +355,7 @@ impl Worker {
             if let Some(d) = deadline {
                 let empty = self.retry.is_empty()
                     && self.batch.is_empty()
+                    && self.taken.is_empty()
                     && self.inflight.is_empty()
                     && self.shared.lock_spool().is_none_or(|s| s.is_empty())
                     && self.shared.lock().memory.is_empty();
@@ -495,6 +515,7 @@ impl Worker {
                 left.push(h.frame);
             }
         }
+        left.extend(self.taken.drain(..));
         self.publish_held();
         self.transport.close();
         self.shared.c.up.store(false, Ordering::Relaxed);
