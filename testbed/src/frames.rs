@@ -6,7 +6,7 @@
 //! whatever the link-layer destination), so no neighbour lookup is needed.
 use std::{
     io,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -19,12 +19,13 @@ fn last_err<T>(step: &'static str) -> Result<T, (&'static str, io::Error)> {
 /// `ETH_P_IP`.
 const ETH_P_IP: u16 = 0x0800;
 
-/// The interface (index, IPv4 address) whose /24 holds `dst`.
-fn interface_for(dst: Ipv4Addr) -> Result<(u32, Ipv4Addr), (&'static str, io::Error)> {
+/// The first interface address (interface index, address) for which `want` holds,
+/// from `getifaddrs(3)`.
+fn local_address(want: impl Fn(IpAddr) -> bool) -> Option<(u32, IpAddr)> {
     let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `ifap` with a list we free below.
     if unsafe { libc::getifaddrs(&raw mut ifap) } != 0 {
-        return last_err("getifaddrs");
+        return None;
     }
     let mut found = None;
     let mut p = ifap;
@@ -32,16 +33,24 @@ fn interface_for(dst: Ipv4Addr) -> Result<(u32, Ipv4Addr), (&'static str, io::Er
         // SAFETY: a node of the list getifaddrs returned.
         let ifa = unsafe { &*p };
         p = ifa.ifa_next;
-        if ifa.ifa_addr.is_null()
-            // SAFETY: non-null sockaddr of the node.
-            || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET
-        {
+        if ifa.ifa_addr.is_null() {
             continue;
         }
-        // SAFETY: an AF_INET address is a sockaddr_in.
-        let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-        let a = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-        if a.octets()[..3] == dst.octets()[..3] {
+        // SAFETY: non-null sockaddr of the node.
+        let a = match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+            libc::AF_INET => {
+                // SAFETY: an AF_INET address is a sockaddr_in.
+                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+            }
+            _ => continue,
+        };
+        if want(a) {
             // SAFETY: the name is a NUL-terminated string of the node.
             let idx = unsafe { libc::if_nametoindex(ifa.ifa_name) };
             found = Some((idx, a));
@@ -50,10 +59,18 @@ fn interface_for(dst: Ipv4Addr) -> Result<(u32, Ipv4Addr), (&'static str, io::Er
     }
     // SAFETY: the list from getifaddrs.
     unsafe { libc::freeifaddrs(ifap) };
-    found.ok_or((
-        "interface",
-        io::Error::other(format!("no interface on {dst}/24")),
-    ))
+    found
+}
+
+/// The interface (index, IPv4 address) whose /24 holds `dst`.
+fn interface_for(dst: Ipv4Addr) -> Result<(u32, Ipv4Addr), (&'static str, io::Error)> {
+    match local_address(|a| matches!(a, IpAddr::V4(a) if a.octets()[..3] == dst.octets()[..3])) {
+        Some((idx, IpAddr::V4(a))) => Ok((idx, a)),
+        _ => Err((
+            "interface",
+            io::Error::other(format!("no interface on {dst}/24")),
+        )),
+    }
 }
 
 /// The Internet checksum (RFC 1071) of `b`.
@@ -198,37 +215,13 @@ pub fn hdrincl(next_hop: SocketAddrV4, header_dst: Ipv4Addr) -> Step {
 
 /// The client's IPv6 address on the /64 of `dst`.
 fn source6_for(dst: Ipv6Addr) -> Result<Ipv6Addr, (&'static str, io::Error)> {
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `ifap` with a list we free below.
-    if unsafe { libc::getifaddrs(&raw mut ifap) } != 0 {
-        return last_err("getifaddrs");
+    match local_address(|a| matches!(a, IpAddr::V6(a) if a.octets()[..8] == dst.octets()[..8])) {
+        Some((_, IpAddr::V6(a))) => Ok(a),
+        _ => Err((
+            "interface",
+            io::Error::other(format!("no address on {dst}/64")),
+        )),
     }
-    let mut found = None;
-    let mut p = ifap;
-    while !p.is_null() {
-        // SAFETY: a node of the list getifaddrs returned.
-        let ifa = unsafe { &*p };
-        p = ifa.ifa_next;
-        if ifa.ifa_addr.is_null()
-            // SAFETY: non-null sockaddr of the node.
-            || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET6
-        {
-            continue;
-        }
-        // SAFETY: an AF_INET6 address is a sockaddr_in6.
-        let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
-        let a = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-        if a.octets()[..8] == dst.octets()[..8] {
-            found = Some(a);
-            break;
-        }
-    }
-    // SAFETY: the list from getifaddrs.
-    unsafe { libc::freeifaddrs(ifap) };
-    found.ok_or((
-        "interface",
-        io::Error::other(format!("no address on {dst}/64")),
-    ))
 }
 
 /// An IPv6/UDP datagram from `src` to `dst`:`port` (UDP checksum over the RFC 8200
