@@ -98,6 +98,10 @@ pub fn load_key(path: &std::path::Path) -> anyhow::Result<std::sync::Arc<[u8]>> 
 
 /// Default `heartbeat_secs`.
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 60;
+/// Largest `heartbeat_secs` (one hour). `egressd audit verify` bounds a run's silence by
+/// the period its `agent_start` states, so a longer one would let a killed daemon pass as
+/// enforcing for that long; verify caps a stated period at this value too.
+pub const MAX_HEARTBEAT_SECS: u64 = 3600;
 /// Default per-sink in-memory queue, in records.
 pub const DEFAULT_QUEUE: usize = 10_000;
 /// Default per-sink in-memory queue, in bytes (16 MiB).
@@ -282,11 +286,14 @@ impl Ctx<'_> {
         let mut out = Output::default();
         if let Some(h) = &raw.heartbeat_secs {
             match u64::try_from(*h.get_ref()) {
-                Ok(v) => out.heartbeat_secs = v,
-                Err(_) => errors.push(self.err(
+                Ok(v) if v <= MAX_HEARTBEAT_SECS => out.heartbeat_secs = v,
+                _ => errors.push(self.err(
                     h.span(),
                     "heartbeat_secs",
-                    "heartbeat_secs must be 0 (off) or a number of seconds",
+                    format!(
+                        "heartbeat_secs must be 0 (off) or a number of seconds up to \
+                         {MAX_HEARTBEAT_SECS}"
+                    ),
                 )),
             }
         }

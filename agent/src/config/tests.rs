@@ -1148,6 +1148,13 @@ fn config_output_errors() {
         "heartbeat_secs",
         "0 (off)",
     );
+    // A period past an hour would let `audit verify` accept that long a silence.
+    fails(
+        &format!("{base}heartbeat_secs = 3601\n"),
+        2,
+        "heartbeat_secs",
+        "up to 3600",
+    );
     fails(
         &format!("{base}[host]\nlabels = {{ \"bad key\" = \"x\" }}\n"),
         3,

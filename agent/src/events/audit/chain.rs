@@ -80,6 +80,12 @@ impl Chain {
         }
     }
 
+    /// An unkeyed chain continuing after the link `prev` (tests forge tails with it).
+    #[cfg(test)]
+    pub(crate) fn unkeyed_after(prev: [u8; LINK_BYTES]) -> Self {
+        Self { prev, key: None }
+    }
+
     /// The link of the next record, whose canonical bytes are `canonical`, as text; the
     /// chain moves on to it.
     pub fn advance(&mut self, canonical: &[u8]) -> String {

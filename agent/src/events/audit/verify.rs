@@ -541,6 +541,8 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
     let mut keyed = false;
     // Keyed links checked with the key given: how many followed, and the breaks found.
     let (mut keyed_ok, mut keyed_broken) = (0_usize, Vec::new());
+    // Unkeyed links where a key was given: (how many, the first).
+    let mut unkeyed: (usize, Option<&Entry>) = (0, None);
     for (seq, e) in &by_seq {
         if *seq != expected {
             findings.push(finding(
@@ -572,6 +574,14 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
         };
         keyed |= is_keyed;
         if is_keyed && opts.key.is_none() {
+            prev = Some(got);
+            continue;
+        }
+        // Anyone can compute a plain SHA-256 link: with a key, such a link proves nothing
+        // (a stream re-sealed, or a forged tail chained from the last keyed link).
+        if !is_keyed && opts.key.is_some() {
+            unkeyed.0 += 1;
+            unkeyed.1.get_or_insert(e);
             prev = Some(got);
             continue;
         }
@@ -617,6 +627,19 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
             ),
         ));
     }
+    if let (n, Some(first)) = unkeyed {
+        findings.push(finding(
+            "chain_unkeyed",
+            true,
+            Some(first),
+            format!(
+                "a chain key was given but {n} record(s) carry an unkeyed SHA-256 link, from \
+                 sequence {}: anyone can compute those, so they prove nothing (a stream \
+                 re-sealed without the key, or records forged after the keyed ones)",
+                first.sequence
+            ),
+        ));
+    }
     if keyed && opts.key.is_none() {
         findings.push(finding(
             "chain_unverified",
@@ -644,11 +667,14 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
             "no agent_start record: when enforcement began is unknown".into(),
         ));
     }
+    // A stated period above the configurable maximum cannot stretch the bound: a record
+    // claiming a year would let a killed run pass as enforced for a year.
     let interval_secs = lifecycle
         .iter()
         .find_map(|e| e.facts.interval_secs)
         .filter(|s| *s > 0)
-        .or(host_interval);
+        .or(host_interval)
+        .map(|s| s.min(crate::config::MAX_HEARTBEAT_SECS));
     let max_gap = opts.max_gap.or_else(|| {
         interval_secs.map(|s| {
             let s = i128::from(s) * 1_000_000_000;

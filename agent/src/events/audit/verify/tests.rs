@@ -476,6 +476,65 @@ fn keyed_chains_need_the_key() {
     );
 }
 
+/// With a key, an unkeyed SHA-256 link proves nothing: a keyed stream re-sealed without
+/// the key, or a keyed run with an unkeyed forged tail, fails (found by QA: both passed).
+#[test]
+fn a_key_rejects_unkeyed_links() {
+    let key: std::sync::Arc<[u8]> = std::sync::Arc::from(&b"k3y"[..]);
+    let plain = stream(Format::Cef, "h", "r", 0, CLEAN);
+    let with = Options {
+        key: Some(b"k3y".to_vec()),
+        ..Options::default()
+    };
+    // The whole stream unkeyed, checked with a key.
+    let r = check(&plain, &with);
+    assert!(!r.proven, "{}", text(&r));
+    assert_eq!(
+        kinds(&r),
+        [("chain_unkeyed", Some("export:1".into()))],
+        "{}",
+        text(&r)
+    );
+    // Keyed records, then an unkeyed tail chained from the last keyed link.
+    let mut keyed = Chain::keyed(key);
+    let mut tail = Chain::new();
+    let n = plain.len();
+    let mut lines = Vec::new();
+    for (i, l) in plain.iter().enumerate() {
+        let body = chain::split_cef(l).0;
+        let sealed = if i + 2 < n {
+            let out = keyed.seal(Format::Cef, body.as_bytes());
+            // The forger continues from the last keyed link (known from the stream).
+            let link = chain::split_cef(std::str::from_utf8(&out).expect("UTF-8"))
+                .1
+                .and_then(chain::parse_link)
+                .expect("link");
+            tail = Chain::unkeyed_after(link.1);
+            out
+        } else {
+            tail.seal(Format::Cef, body.as_bytes())
+        };
+        lines.push(String::from_utf8(sealed).expect("UTF-8"));
+    }
+    let r = check(&lines, &with);
+    assert!(!r.proven, "{}", text(&r));
+    assert!(
+        kinds(&r).contains(&("chain_unkeyed", Some(format!("export:{}", n - 1)))),
+        "{}",
+        text(&r)
+    );
+    // The same keyed stream, keyed throughout, still proves.
+    let mut c = Chain::keyed(std::sync::Arc::from(&b"k3y"[..]));
+    let all: Vec<String> = plain
+        .iter()
+        .map(|l| {
+            let body = chain::split_cef(l).0;
+            String::from_utf8(c.seal(Format::Cef, body.as_bytes())).expect("UTF-8")
+        })
+        .collect();
+    assert!(check(&all, &with).proven);
+}
+
 /// A run that ends before its first heartbeat is proven by the period its
 /// `agent_start` states.
 #[test]
