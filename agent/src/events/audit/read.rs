@@ -413,6 +413,7 @@ fn parse_cef(file: &str, line: usize, text: &str) -> Result<Entry, String> {
             ("kernel", "kernel"),
             ("enforcedPaths", "enforced"),
             ("notCoveredPaths", "not_covered"),
+            ("partialPaths", "partial"),
         ] {
             if let Some(v) = labelled(label) {
                 e.facts.coverage.insert(key.into(), v.to_owned());

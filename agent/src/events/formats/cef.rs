@@ -49,6 +49,7 @@
 //! policy fallback (the policy on disk is invalid; the last good one is in force) and a
 //! tamper repair; keys `rt`, `externalId`, `egressdSeq`, `dvchost`, `msg`,
 //! `cs1`=`policyDigest`, `cs2`=`agentEphemeralId`, `cs3`=`lastGoodSavedAt` (fallback),
+//! `cs6`=`partialPaths` (`agent_start`, when a path is covered in part),
 //! `cn1`=`connectionEvents` (`intervalSecs`, the heartbeat period, in an `agent_start`),
 //! `cn2`=`lostEvents`, `cn3`=`generationInForce` (`intervalSecs` in a heartbeat,
 //! `adoptedGeneration` in an `agent_start` that adopted pinned enforcement). Sinks append the hash chain link as `egressdChain`
@@ -300,6 +301,12 @@ fn lifecycle(l: &Lifecycle) -> String {
                     "cs5",
                     "notCoveredPaths",
                     Some(coverage.not_covered.join(",")),
+                )
+                // Only when some path is partial (the other formats leave it out then too).
+                .labelled(
+                    "cs6",
+                    "partialPaths",
+                    (!coverage.partial.is_empty()).then(|| coverage.partial.join(",")),
                 );
             ("agent-start", "egressd started", 3)
         }
@@ -472,6 +479,28 @@ mod tests {
             Some("environment:prod,role:storage,site:fra1")
         );
         assert!(!line.contains('\n'));
+    }
+
+    /// Partial coverage reaches the CEF `agent_start` (it was left out; found by QA).
+    #[test]
+    fn agent_start_names_partial_paths() {
+        let mut start = sample::lifecycle()
+            .into_iter()
+            .find(|l| l.header.kind == "agent_start")
+            .expect("sample agent_start");
+        let LifecycleBody::Start { coverage, .. } = &mut start.body else {
+            panic!("agent_start body");
+        };
+        assert_eq!(coverage.partial, Vec::<&str>::new());
+        let line = render(&Record::Lifecycle(Box::new(start.clone())));
+        assert!(!line.contains("partialPaths"), "{line}");
+        if let LifecycleBody::Start { coverage, .. } = &mut start.body {
+            coverage.partial = vec!["packet_socket", "raw_next_hop"];
+        }
+        let line = render(&Record::Lifecycle(Box::new(start)));
+        let (_, pairs) = parse(&line).expect("parses");
+        assert_eq!(get(&pairs, "cs6Label"), Some("partialPaths"));
+        assert_eq!(get(&pairs, "cs6"), Some("packet_socket,raw_next_hop"));
     }
 
     #[test]
