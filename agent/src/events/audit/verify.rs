@@ -220,8 +220,10 @@ pub fn verify(
 ) -> Report {
     // host -> (run, format) -> entries in input order; each format has its own chain.
     let mut hosts: BTreeMap<String, BTreeMap<(String, &'static str), Vec<Entry>>> = BTreeMap::new();
+    let mut seen_hosts = std::collections::BTreeSet::new();
     for e in entries {
         if !opts.hosts.is_empty() && !opts.hosts.contains(&e.host) {
+            seen_hosts.insert(e.host.clone());
             continue;
         }
         hosts
@@ -235,12 +237,35 @@ pub fn verify(
     for (host, runs) in hosts {
         out.push(check_host(host, runs, opts));
     }
+    let mut findings = unreadable;
+    // Nothing to judge proves nothing: say why, not only the verdict.
+    if out.is_empty() {
+        findings.push(finding(
+            "no_records",
+            true,
+            None,
+            if opts.hosts.is_empty() {
+                "no egressd record in the input".into()
+            } else {
+                let known: Vec<&str> = seen_hosts.iter().map(String::as_str).collect();
+                format!(
+                    "no record of host {} in the input (hosts found: {})",
+                    opts.hosts.join(", "),
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                )
+            },
+        ));
+    }
     let proven =
-        !out.is_empty() && out.iter().all(|h| h.proven) && unreadable.iter().all(|f| !f.fails);
+        !out.is_empty() && out.iter().all(|h| h.proven) && findings.iter().all(|f| !f.fails);
     Report {
         hosts: out,
         other_lines,
-        findings: unreadable,
+        findings,
         proven,
     }
 }

@@ -476,6 +476,27 @@ fn keyed_chains_need_the_key() {
     );
 }
 
+/// An empty input or a mistyped `--host` fails with a reason, not only the verdict
+/// (found by QA).
+#[test]
+fn nothing_to_judge_says_why() {
+    let r = check(&[], &Options::default());
+    assert!(!r.proven);
+    assert_eq!(r.findings.len(), 1);
+    assert_eq!(r.findings[0].kind, "no_records");
+    let lines = stream(Format::Json, "h", "r", 0, CLEAN);
+    let r = check(
+        &lines,
+        &Options {
+            hosts: vec!["nosuch".into()],
+            ..Options::default()
+        },
+    );
+    assert!(!r.proven);
+    assert_eq!(r.findings[0].kind, "no_records");
+    assert!(text(&r).contains("hosts found: h"), "{}", text(&r));
+}
+
 /// With a key, an unkeyed SHA-256 link proves nothing: a keyed stream re-sealed without
 /// the key, or a keyed run with an unkeyed forged tail, fails (found by QA: both passed).
 #[test]
