@@ -436,14 +436,16 @@ pub fn report(kernel: String, features: Vec<Feature>) -> Coverage {
             note: with("re-judged at their next packet (established = \"cut\")"),
         },
     ];
+    let lsm_state = |n: &str| features.iter().find(|f| f.name == n).map(|f| f.probe);
     let lsm_missing: Vec<&str> = [LSM_ACTIVE, LSM_PROGRAM, LSM_OFFSETS]
         .into_iter()
-        .filter(|n| {
-            !features
-                .iter()
-                .any(|f| f.name == *n && f.probe == Probe::Yes)
-        })
+        .filter(|n| lsm_state(n) != Some(Probe::Yes))
         .collect();
+    // "Missing" only where the probe said no; a refused test load (6.18 here: EPERM) is
+    // not the same answer and is named as such.
+    let (lsm_refused, lsm_absent): (Vec<&str>, Vec<&str>) = lsm_missing
+        .iter()
+        .partition(|n| lsm_state(n) == Some(Probe::Unknown));
     let lsm = if base.0 != Status::Enforced {
         Err((base.0, base.1.clone()))
     } else if lsm_missing.is_empty() {
@@ -451,7 +453,18 @@ pub fn report(kernel: String, features: Vec<Feature>) -> Coverage {
     } else {
         Err((
             Status::NotCovered,
-            format!("needs the BPF LSM; missing: {}", lsm_missing.join(", ")),
+            [
+                (!lsm_absent.is_empty()).then(|| format!("missing: {}", lsm_absent.join(", "))),
+                (!lsm_refused.is_empty()).then(|| {
+                    format!(
+                        "the kernel refused a test load of: {}",
+                        lsm_refused.join(", ")
+                    )
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .fold("needs the BPF LSM".to_owned(), |m, p| m + "; " + &p),
         ))
     };
     let mut paths = paths;
