@@ -43,6 +43,23 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
     };
     let _ = writeln!(out, "config:    {}", cfg.path.display());
     let _ = writeln!(out, "mode:      {mode}");
+    // Regions and rules with a mode of their own: an enforce policy whose region audits
+    // lets that region's connections through (found by QA: the line hid it).
+    let own = |m: Option<Mode>| m.filter(|m| *m != cfg.mode);
+    let name = |m: Mode| match m {
+        Mode::Enforce => "enforce",
+        Mode::Audit => "audit",
+    };
+    for r in &cfg.regions {
+        if let Some(m) = own(r.mode) {
+            let _ = writeln!(out, "           region {} in {} mode", r.name, name(m));
+        }
+    }
+    for r in &cfg.rules {
+        if let Some(m) = own(r.mode) {
+            let _ = writeln!(out, "           rule {} in {} mode", r.name, name(m));
+        }
+    }
     let _ = writeln!(out, "digest:    {}", policy.digest);
     let _ = writeln!(out, "regions:   {}", cfg.regions.len());
 
@@ -400,6 +417,23 @@ mod tests {
         let cfg = parse(Path::new(path), text).expect("valid config");
         let policy = compile(&cfg);
         (cfg, policy)
+    }
+
+    /// A region or rule whose mode differs from the policy's is named under `mode:`.
+    #[test]
+    fn summary_names_regions_and_rules_with_their_own_mode() {
+        let (cfg, policy) = both(
+            "p.toml",
+            "allowlist = [\"eu\"]\n\
+             [regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n\
+             [regions.us]\nprefixes = [\"198.18.2.0/24\"]\nmode = \"audit\"\n\
+             [[rules]]\nname = \"ntp\"\naction = \"deny\"\nto = [\"198.18.1.9/32\"]\n\
+             mode = \"audit\"\n",
+        );
+        let s = summary(&cfg, &policy);
+        assert!(s.contains("\n           region us in audit mode\n"), "{s}");
+        assert!(s.contains("\n           rule ntp in audit mode\n"), "{s}");
+        assert!(!s.contains("region eu"), "{s}");
     }
 
     #[test]
