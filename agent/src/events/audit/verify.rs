@@ -61,7 +61,8 @@ pub struct Options {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Finding {
     /// What: `sequence_gap`, `fork`, `duplicate`, `out_of_order`, `chain_broken`,
-    /// `chain_missing`, `chain_unverified`, `key_mismatch`, `no_start`, `no_stop`, `heartbeat_gap`,
+    /// `chain_missing`, `chain_unverified`, `chain_unkeyed`, `key_mismatch`, `no_records`,
+    /// `no_start`, `no_stop`, `heartbeat_gap`,
     /// `window_gap`, `no_heartbeat`, `tamper_repaired`, `reload_failed`, `policy_fallback`,
     /// `digest_mismatch`, `audit_mode`, `lost`, `adoption`, `before_window`, `unreadable`,
     /// `cut_frame`.
