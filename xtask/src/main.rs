@@ -205,6 +205,9 @@ fn test(extra: &[String], vms: bool) -> anyhow::Result<()> {
                             .as_deref()
                             .unwrap_or("no test summary (see above)")
                     );
+                    for kill in &k.oom_kills {
+                        println!("kernel {}: the guest's OOM killer ran: {kill}", k.name);
+                    }
                     vm_failed |= !k.ok;
                 }
             }

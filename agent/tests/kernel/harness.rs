@@ -11,6 +11,9 @@ use egressd_testbed::{PORT, Testbed, client::ProbeResult};
 use libtest_mimic::Failed;
 use serde_json::Value;
 
+/// How long [`Agent::stop`] waits for the daemon to exit after SIGTERM.
+const STOP_WITHIN: Duration = Duration::from_secs(60);
+
 /// argv[1] that turns the test binary into the probe client.
 pub const PROBE_ARG: &str = "__egressd_probe";
 /// `EPERM`: what a denied socket call returns.
@@ -295,7 +298,9 @@ impl Agent {
     pub fn stop(mut self) -> Result<Vec<Value>, Failed> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: a SIGTERM during start-up is served once the programs are attached,
+        // which under single-threaded TCG on a loaded machine took more than 20 s.
+        let deadline = Instant::now() + STOP_WITHIN;
         loop {
             if let Some(st) = self.child.try_wait().map_err(|e| e.to_string())? {
                 if !st.success() {
@@ -305,7 +310,9 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                return Err("egressd did not stop within 20 s of SIGTERM".into());
+                return Err(
+                    format!("egressd did not stop within {STOP_WITHIN:?} of SIGTERM").into(),
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

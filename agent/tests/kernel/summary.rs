@@ -15,7 +15,9 @@ use super::harness::{Agent, EPERM, policy, require_root, stop_record, testbed};
 /// (from 20000; `PORTS` 0: a new port each round, so destinations never repeat) for
 /// `MILLIS` ms (at most 50 M attempts). With `FLUSH_MS` > 0 it then waits that long and
 /// sends once more to every (address, port) it used, so that each suppression entry hands
-/// its count to a record or summary. Prints `attempts refused` (refused: EPERM).
+/// its count to a record or summary; with `FLUSH_MS` 0 it ends with three sends to
+/// 198.18.2.2:19999 back to back, so that a suppressed count is pending at the stop. Prints
+/// `attempts refused` (refused: EPERM).
 pub const FLOOD_ARG: &str = "__egressd_flood";
 
 /// Entry point of the flood child (see [`FLOOD_ARG`]).
@@ -94,6 +96,14 @@ pub fn flood_main(args: &[String]) -> i32 {
             for host in 2..=254u8 {
                 send(host, 20_000 + p as u16);
             }
+        }
+    } else {
+        // Leave a count pending whatever the machine's pace: a destination the flood never
+        // used, three times back to back (the first is reported, the two after it fall in
+        // any suppression window). A stalled VM can otherwise end the flood with every
+        // destination's window just expired, so that nothing is pending at the stop.
+        for _ in 0..3 {
+            send(2, 19_999);
         }
     }
     println!("{attempts} {refused}");

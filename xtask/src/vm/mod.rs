@@ -97,6 +97,8 @@ pub struct KernelResult {
     pub ok: bool,
     /// The test binary's closing summary without the `test result:` prefix, if any.
     pub result_line: Option<String>,
+    /// The guest's OOM-killer lines, if it killed anything.
+    pub oom_kills: Vec<String>,
 }
 
 impl Args {
@@ -168,6 +170,14 @@ pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
         rows.push(Row { kernel, report });
     }
     print_table(&vm_dir, &rows);
+    for row in &rows {
+        for kill in row.report.iter().flat_map(|r| &r.oom_kills) {
+            println!(
+                "kernel {}: the guest's OOM killer ran: {kill}",
+                row.kernel.name
+            );
+        }
+    }
     let passed = rows.iter().filter(|r| r.passed()).count();
     println!("vm-test: {passed} passed, {} failed", rows.len() - passed);
     Ok(rows
@@ -176,6 +186,11 @@ pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
             name: r.kernel.name,
             ok: r.passed(),
             result_line: r.report.as_ref().ok().and_then(|x| x.result_line.clone()),
+            oom_kills: r
+                .report
+                .as_ref()
+                .map(|x| x.oom_kills.clone())
+                .unwrap_or_default(),
         })
         .collect())
 }

@@ -89,7 +89,13 @@ pub struct Report {
     pub markers: Vec<String>,
     /// The test binary's closing summary (see [`test_summary`]), if it printed one.
     pub result_line: Option<String>,
+    /// The guest kernel's OOM-killer lines (`Out of memory: Killed process ...`): why a
+    /// test binary ended with `exit=137` and no summary.
+    pub oom_kills: Vec<String>,
 }
+
+/// Console text of the guest's OOM killer (printed at `KERN_ERR`, so `loglevel=5` shows it).
+const OOM: &str = "Out of memory: Killed process";
 
 /// Boots `b` and waits for its verdict. Errors are the host's own (QEMU cannot be spawned,
 /// the log cannot be written); a failing guest is an [`Outcome`].
@@ -107,7 +113,10 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
     );
     let mut cmd = Command::new("qemu-system-x86_64");
     let smp = b.cpus.to_string();
-    cmd.args(["-accel", accel, "-cpu", "max", "-smp", &smp, "-m", "2048"])
+    // 4 GiB: the flood tests hold tens of thousands of records as JSON values in the test
+    // binary while the daemon queues more; 2 GiB ended in the guest's OOM killer (CI, 5.10).
+    // TCG allocates guest memory on first touch, so the host pays only what is used.
+    cmd.args(["-accel", accel, "-cpu", "max", "-smp", &smp, "-m", "4096"])
         // No NIC: the tests build their own networks, and its boot ROM only costs time.
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
@@ -143,6 +152,7 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
         ready: None,
         markers: Vec::new(),
         result_line: None,
+        oom_kills: Vec::new(),
     };
     let mut exit: Option<i32> = None;
     let mut crash: Option<String> = None;
@@ -172,6 +182,9 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
                         deadline = Instant::now() + POWEROFF_GRACE;
                     }
                     report.markers.push(marker);
+                }
+                if let Some(pos) = line.find(OOM) {
+                    report.oom_kills.push(line[pos..].trim().to_owned());
                 }
                 if let Some(summary) = test_summary(&line) {
                     report.result_line = Some(summary);
