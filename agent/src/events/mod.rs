@@ -920,8 +920,52 @@ fn comm(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
+/// Appends the last `n` decimal digits of `v`, zero-padded.
+fn push_digits(out: &mut String, v: u64, n: u32) {
+    for i in (0..n).rev() {
+        out.push(char::from(b'0' + (v / 10u64.pow(i) % 10) as u8));
+    }
+}
+
 /// Formats Unix-epoch nanoseconds as RFC 3339 UTC with 9 fractional digits.
 pub fn rfc3339(unix_ns: i128) -> String {
+    // Every record carries one: written by hand for times from 1970 to 2554 (what fits
+    // in a u64; the formatter below parses its description on every call), the rest the
+    // general way.
+    if let Ok(ns) = u64::try_from(unix_ns) {
+        let (secs, nanos) = (ns / 1_000_000_000, ns % 1_000_000_000);
+        let (days, s) = (secs / 86_400, secs % 86_400);
+        // Civil date from days since 1970-01-01 (H. Hinnant's `civil_from_days`).
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + u64::from(month <= 2);
+        let mut text = String::with_capacity(30);
+        push_digits(&mut text, year, 4);
+        for (v, n, sep) in [
+            (month, 2, '-'),
+            (day, 2, '-'),
+            (s / 3600, 2, 'T'),
+            (s / 60 % 60, 2, ':'),
+            (s % 60, 2, ':'),
+            (nanos, 9, '.'),
+        ] {
+            text.push(sep);
+            push_digits(&mut text, v, n);
+        }
+        text.push('Z');
+        return text;
+    }
+    rfc3339_general(unix_ns)
+}
+
+/// [`rfc3339`] by the `time` crate's formatter, for any time.
+fn rfc3339_general(unix_ns: i128) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let fmt = time::macros::format_description!(

@@ -12,6 +12,23 @@ fn formats_time_with_nanoseconds() {
 }
 
 #[test]
+fn fast_time_formatting_is_the_general_one() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let ends = [
+        0,
+        1,
+        951_782_400 * 1_000_000_000,
+        i128::from(u64::MAX),
+        253_402_300_799_999_999_999,
+    ];
+    let random = (0..100_000).map(|_| i128::from(rng.u64(..)));
+    for ns in ends.into_iter().chain(random) {
+        assert_eq!(rfc3339(ns), rfc3339_general(ns), "{ns}");
+    }
+    assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
+}
+
+#[test]
 fn comm_stops_at_nul() {
     let mut raw = [0u8; 16];
     raw[..4].copy_from_slice(b"curl");

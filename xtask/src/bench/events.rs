@@ -3,7 +3,8 @@
 //! counters of `agent_stop`, for three readers of the same flood in one run:
 //! - [`Reader::RingOnly`]: this build with `EGRESSD_BENCH_RING_ONLY=1`, which reads every
 //!   ring-buffer record and discards it (no enrichment, no sinks): the limit;
-//! - [`Reader::Baseline`]: the daemon built from [`BASELINE`] (before the batched pipeline);
+//! - [`Reader::Baseline`]: the daemon built from [`BASELINE`] (main before the batched
+//!   ring-buffer reads and the canonical bytes written from the event);
 //! - [`Reader::Current`]: this build.
 //!
 //! The worker, in the filtered cgroup, sends one-byte UDP datagrams on one unconnected socket
@@ -23,8 +24,9 @@ use serde_json::Value;
 
 use super::{connect::Bed, daemon::Daemon};
 
-/// The commit the "before" figures are built from (main before the batched pipeline).
-pub const BASELINE: &str = "d14c1ec";
+/// The commit the "before" figures are built from (main of 2026-12-01 before the batched
+/// ring-buffer reads and the canonical bytes written from the event).
+pub const BASELINE: &str = "9647159";
 
 /// Who reads the ring buffer in a flood.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

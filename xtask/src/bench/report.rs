@@ -921,7 +921,8 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          ring buffer is full. Three readers of the same flood, in turn in every round: *{}* \
          (this build with `EGRESSD_BENCH_RING_ONLY=1`: reads every ring-buffer record and \
          discards it, no enrichment, no sink: the limit), *{}* (main before the batched \
-         pipeline, built by the bench from that commit) and *{}*.\n\n\
+         ring-buffer reads and the canonical bytes written from the event, built by the bench \
+         from that commit) and *{}*.\n\n\
          *First record*: before the flood, one denied datagram on the idle daemon, from the \
          send until its record is in the file (the latency of a single event; nothing on the \
          path waits for a timer). *Records/s*: `connection` records written to the file, per second from the start \
@@ -983,22 +984,29 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
     }
     let _ = writeln!(
         s,
-        "Where the time goes (`perf record` of the daemons during floods of this benchmark, 2026-12-01): \
-         before, the main thread parsed every rendered record back into a `serde_json::Value` \
-         and serialized it again for the canonical bytes of its chain link (JSON parsing, \
-         `BTreeMap` inserts and malloc/free were its top symbols), cloned every event to cap \
-         its fields, and woke the sink's thread (a futex call) for every record; the \
-         enrichment thread read `/proc/PID/stat` for every event and woke the main loop for \
-         every event. Now the native body's keys are sorted in place for the link (anything \
-         unusual takes the parsing path), an event is cloned only when a field needs \
-         capping, a record is rendered into a buffer sized for it at once (growing from 128 \
-         bytes cost four reallocations; allocation was the largest single item), a stat read answers for every event of that process recorded before it, \
-         and threads wake once per batch. What limits now is the main thread: it reads the \
-         ring buffer and also renders, canonicalizes, hashes (SHA-256 over about 1.2 KB) and \
-         queues every record, so while it submits a batch the ring buffer fills and the \
-         kernel aggregates the rest into `connection_summary` records (counted, nothing \
-         unaccounted). The read-only figure is the bound for one reader on this machine as \
-         loaded.\n"
+        "Where the time goes. *The limit*: the kernel wakes a ring-buffer reader for the \
+         first record after it caught up, so a reader that keeps up with a flood is woken, \
+         and the producer interrupted, for nearly every record: before, the read-only \
+         reader managed 350,000-565,000 records/s on this machine, limited by those \
+         wake-ups. Now a read that finds 64 records or more is followed by the next one 1 ms \
+         later (a quiet stream is still read at once): one wake-up per batch, and the \
+         read-only figure above. *The daemon*: `bench_pipeline` (the same path in-process \
+         from decoded events to the file sink, `cargo run --release -p egressd --example \
+         bench_pipeline`) counts about 7 µs of CPU per record over its three threads, \
+         against about 12 µs before, measured the same way (load average 7-9): the reader \
+         thread renders (serde_json, 12 % of the CPU), writes the canonical bytes of the \
+         chain link straight from the event (9 %; before, the rendered body was parsed \
+         again and its keys sorted: 17 %), hashes them (SHA-256 with SHA-NI, 5 %) and \
+         queues the record; the enrichment thread builds the event (14 %, mostly \
+         allocation of its strings) and the sink thread writes (13 %, with its wake-ups). \
+         In the daemon the reader thread does about three quarters of that and is on the \
+         CPU all through a flood (`perf record -a` of the floods above: the enrichment and \
+         sink threads are mostly idle), so the CPU it gets on a shared machine sets the \
+         rate; at 7 µs a record, 500,000 records/s would take 3.5 cores in any case. What \
+         is left: rendering and sealing on the sink threads (numbered in order by the \
+         reader, sealed in queue order by each sink's thread), fewer allocations per record \
+         (shared strings for the fields every record of a process repeats), and one \
+         escaping pass for both the body and its canonical bytes.\n"
     );
 }
 

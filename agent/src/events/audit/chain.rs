@@ -96,7 +96,10 @@ impl Chain {
         } else {
             SHA256
         };
-        format!("{prefix}{}", hex(&next))
+        let mut text = String::with_capacity(prefix.len() + 2 * LINK_BYTES);
+        text.push_str(prefix);
+        push_hex(&mut text, &next);
+        text
     }
 
     /// Renders the record `body` (in `format`, without a link) with the next link added
@@ -121,6 +124,23 @@ impl Chain {
             }
             Format::Ecs | Format::Ocsf => self.seal_parsed(format, body),
         }
+    }
+
+    /// [`Self::seal`] of a native JSON `body` whose canonical bytes the caller wrote
+    /// ([`crate::events::formats::json::canonical_connection`]): the link is appended in
+    /// place.
+    pub fn seal_json(&mut self, mut body: Vec<u8>, canonical: &[u8]) -> Vec<u8> {
+        let link = self.advance(canonical);
+        if body.last() == Some(&b'}') {
+            body.pop();
+            if body.last() != Some(&b'{') {
+                body.push(b',');
+            }
+            body.extend_from_slice(b"\"chain\":\"");
+            body.extend_from_slice(link.as_bytes());
+            body.extend_from_slice(b"\"}");
+        }
+        body
     }
 
     /// [`Self::seal`] of a JSON format by parsing the body (any JSON text).
@@ -168,61 +188,84 @@ fn append_link(body: &[u8], link: &str) -> Vec<u8> {
 pub fn sorted_compact(body: &[u8]) -> Option<Vec<u8>> {
     // Copied strings must be text, as parsing would require.
     std::str::from_utf8(body).ok()?;
-    let mut out = Vec::with_capacity(body.len());
-    let end = compact_value(body, 0, &mut out, 0)?;
+    // The output is the scratch space too (see `compact_value`): room for a copy of the
+    // largest object besides the canonical text.
+    let mut out = Vec::with_capacity(2 * body.len() + 16);
+    let mut members = Vec::with_capacity(64);
+    let end = compact_value(body, 0, &mut out, &mut members, 0)?;
     (end == body.len()).then_some(out)
 }
 
 /// Deepest nesting [`sorted_compact`] follows (records are a few levels deep).
 const MAX_DEPTH: usize = 32;
 
+/// One member of an object being sorted: its key (with quotes) as a range of the input,
+/// its canonical value as a range of the output.
+type Member = (std::ops::Range<usize>, std::ops::Range<usize>);
+
 /// Writes the canonical form of the value at `b[i..]` to `out`; returns where it ends.
-fn compact_value(b: &[u8], i: usize, out: &mut Vec<u8>, depth: usize) -> Option<usize> {
+/// An object's members are written in input order first, then copied after them in key
+/// order, and that copy moved back to where the object starts: no allocation per object.
+/// `members` is a stack shared by the levels (each level uses the part above its parent's).
+fn compact_value(
+    b: &[u8],
+    i: usize,
+    out: &mut Vec<u8>,
+    members: &mut Vec<Member>,
+    depth: usize,
+) -> Option<usize> {
     if depth > MAX_DEPTH {
         return None;
     }
     match *b.get(i)? {
         b'{' => {
-            // Members' canonical values go to `scratch`; then out in key order.
-            let mut scratch = Vec::with_capacity(b.len() - i);
-            let mut members: Vec<(&[u8], std::ops::Range<usize>)> = Vec::with_capacity(16);
             let mut j = i + 1;
             if b.get(j) == Some(&b'}') {
                 out.extend_from_slice(b"{}");
                 return Some(j + 1);
             }
+            let start = out.len();
+            let base = members.len();
             loop {
                 if b.get(j) != Some(&b'"') {
                     return None;
                 }
                 let key_end = plain_key_end(b, j + 1)?;
-                let key = &b[j..=key_end];
                 if b.get(key_end + 1) != Some(&b':') {
                     return None;
                 }
-                let start = scratch.len();
-                j = compact_value(b, key_end + 2, &mut scratch, depth + 1)?;
-                members.push((key, start..scratch.len()));
+                let value = out.len();
+                let next = compact_value(b, key_end + 2, out, members, depth + 1)?;
+                members.push((j..key_end + 1, value..out.len()));
+                j = next;
                 match b.get(j) {
                     Some(b',') => j += 1,
                     Some(b'}') => break,
                     _ => return None,
                 }
             }
-            members.sort_unstable_by(|x, y| x.0.cmp(y.0));
-            if members.windows(2).any(|w| w[0].0 == w[1].0) {
+            let own = &mut members[base..];
+            own.sort_unstable_by(|x, y| b[x.0.clone()].cmp(&b[y.0.clone()]));
+            if own
+                .windows(2)
+                .any(|w| b[w[0].0.clone()] == b[w[1].0.clone()])
+            {
                 return None;
             }
+            let sorted = out.len();
             out.push(b'{');
-            for (n, (key, value)) in members.into_iter().enumerate() {
+            for (n, (key, value)) in members.drain(base..).enumerate() {
                 if n > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(key);
+                out.extend_from_slice(&b[key]);
                 out.push(b':');
-                out.extend_from_slice(&scratch[value]);
+                out.extend_from_within(value);
             }
             out.push(b'}');
+            let len = out.len() - sorted;
+            out.copy_within(sorted.., start);
+            out.truncate(start + len);
             Some(j + 1)
         }
         b'[' => {
@@ -233,7 +276,7 @@ fn compact_value(b: &[u8], i: usize, out: &mut Vec<u8>, depth: usize) -> Option<
                 return Some(j + 1);
             }
             loop {
-                j = compact_value(b, j, out, depth + 1)?;
+                j = compact_value(b, j, out, members, depth + 1)?;
                 match b.get(j) {
                     Some(b',') => {
                         out.push(b',');
@@ -288,6 +331,11 @@ fn plain_key_end(b: &[u8], i: usize) -> Option<usize> {
 /// `\u00xx` in lowercase hex for other control characters) and no control character is raw.
 fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
     loop {
+        // Plain bytes first, in a tight loop: most of a record is.
+        i += b
+            .get(i..)?
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
         match *b.get(i)? {
             b'"' => return Some(i),
             b'\\' => {
@@ -362,11 +410,19 @@ pub fn parse_link(text: &str) -> Option<(bool, [u8; LINK_BYTES])> {
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    let mut s = String::with_capacity(2 * bytes.len());
+    push_hex(&mut s, bytes);
+    s
+}
+
+/// Appends the lowercase hex of `bytes` to `s` (a table lookup per digit: this runs for
+/// every record every sink sends).
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
 }
 
 /// Where a JSON format keeps the link.

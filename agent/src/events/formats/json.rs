@@ -38,7 +38,7 @@
 //! `generation`, `saved_at`, `file`).
 //!
 //! Every record a sink sends ends with `chain`, its hash chain link ([`crate::events::audit::chain`]).
-use crate::events::Record;
+use crate::events::{ConnectionEvent, Record};
 
 /// Bytes reserved for a rendered record (and its link and newline).
 const RECORD_BYTES: usize = 2048;
@@ -62,4 +62,266 @@ pub fn render(record: &Record) -> Vec<u8> {
         )
         .into_bytes()
     })
+}
+
+/// The canonical bytes of a connection record's hash chain link
+/// ([`crate::events::audit::chain`]: RFC 8785 of the object [`render`] writes, without
+/// `chain`), written straight from the event: its members in key order, strings and
+/// integers as serde_json writes them (their own JCS form). What
+/// [`crate::events::audit::chain::sorted_compact`] makes of the rendered body, without
+/// parsing it again (the test `canonical_is_sorted_compact` holds the two together). `None`
+/// for a host label key JCS would order differently or that needs escaping (then the body
+/// is parsed).
+pub fn canonical_connection(ev: &ConnectionEvent) -> Option<Vec<u8>> {
+    let plain = |k: &str| {
+        k.bytes()
+            .all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+    };
+    if !ev.header.host.labels.keys().all(|k| plain(k)) {
+        return None;
+    }
+    let mut o = Canonical(Vec::with_capacity(RECORD_BYTES));
+    let h = &ev.header;
+    o.open("@timestamp");
+    o.str(&h.timestamp);
+    o.key("agent");
+    o.open("ephemeral_id");
+    o.str(&h.agent.ephemeral_id);
+    o.key("version");
+    o.str(&h.agent.version);
+    o.close();
+    o.key("cgroup");
+    o.open("id");
+    o.num(ev.cgroup.id);
+    o.opt_str("path", ev.cgroup.path.as_deref());
+    o.opt_str("systemd_unit", ev.cgroup.systemd_unit.as_deref());
+    o.close();
+    if let Some(c) = &ev.container {
+        o.key("container");
+        o.open("id");
+        o.str(&c.id);
+        o.key("runtime");
+        o.str(c.runtime);
+        o.close();
+    }
+    if !ev.destination.is_absent() {
+        let d = &ev.destination;
+        o.key("destination");
+        o.0.push(b'{');
+        let mut first = true;
+        if let Some(ip) = d.ip {
+            o.0.extend_from_slice(b"\"ip\":");
+            o.value(&ip);
+            first = false;
+        }
+        if !first {
+            o.0.push(b',');
+        }
+        o.0.extend_from_slice(b"\"mapped\":");
+        o.value(&d.mapped);
+        o.key("port");
+        o.num(u64::from(d.port));
+        o.key("region");
+        o.str(&d.region);
+        o.close();
+    }
+    o.key("group");
+    named(&mut o, &ev.group);
+    o.key("hook");
+    o.str(ev.hook);
+    o.key("host");
+    if h.host.labels.is_empty() {
+        o.open("name");
+    } else {
+        o.open("labels");
+        o.value(&h.host.labels);
+        o.key("name");
+    }
+    o.str(&h.host.name);
+    o.close();
+    o.key("id");
+    o.str(&h.id);
+    o.key("network");
+    o.0.push(b'{');
+    let n = &ev.network;
+    if let Some(e) = n.ethertype {
+        o.0.extend_from_slice(b"\"ethertype\":");
+        o.num(u64::from(e));
+        o.0.push(b',');
+    }
+    if let Some(i) = n.iana_number {
+        o.0.extend_from_slice(b"\"iana_number\":");
+        o.num(u64::from(i));
+        o.0.push(b',');
+    }
+    o.0.extend_from_slice(b"\"transport\":");
+    o.str(&n.transport);
+    o.key("type");
+    o.str(n.kind);
+    o.close();
+    o.key("policy");
+    o.open("digest");
+    o.str(&ev.policy.digest);
+    o.key("generation");
+    o.num(ev.policy.generation);
+    o.key("mode");
+    o.str(ev.policy.mode);
+    o.close();
+    let p = &ev.process;
+    o.key("process");
+    o.open("attribution");
+    o.str(p.attribution);
+    o.opt_str("command_line", p.command_line.as_deref());
+    o.key("details");
+    o.str(p.details);
+    o.opt_str("executable", p.executable.as_deref());
+    o.key("exited");
+    o.value(&p.exited);
+    o.key("name");
+    o.str(&p.name);
+    if let Some(parent) = &p.parent {
+        o.key("parent");
+        o.open("pid");
+        o.num(u64::from(parent.pid));
+        o.close();
+    }
+    o.key("pid");
+    o.num(u64::from(p.pid));
+    o.key("thread");
+    o.open("id");
+    o.num(p.thread.id);
+    o.close();
+    o.close();
+    o.key("rule");
+    o.open("id");
+    o.num(u64::from(ev.rule.id));
+    o.key("name");
+    o.str(&ev.rule.name);
+    o.close();
+    o.key("sequence");
+    o.num(h.sequence);
+    o.key("suppressed");
+    o.num(u64::from(ev.suppressed));
+    o.key("type");
+    o.str(h.kind);
+    o.key("user");
+    named(&mut o, &ev.user);
+    o.key("verdict");
+    o.str(ev.verdict);
+    o.close();
+    Some(o.0)
+}
+
+fn named(o: &mut Canonical, n: &crate::events::Named) {
+    o.open("id");
+    o.num(n.id);
+    o.opt_str("name", n.name.as_deref());
+    o.close();
+}
+
+/// A JSON text written member by member (the caller gives the order).
+struct Canonical(Vec<u8>);
+
+impl Canonical {
+    /// `{"key":`
+    fn open(&mut self, key: &str) {
+        self.0.extend_from_slice(b"{\"");
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.extend_from_slice(b"\":");
+    }
+
+    /// `,"key":`
+    fn key(&mut self, key: &str) {
+        self.0.extend_from_slice(b",\"");
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.extend_from_slice(b"\":");
+    }
+
+    fn close(&mut self) {
+        self.0.push(b'}');
+    }
+
+    fn num(&mut self, n: u64) {
+        use std::io::Write as _;
+        let _ = write!(self.0, "{n}");
+    }
+
+    fn str(&mut self, s: &str) {
+        self.value(s);
+    }
+
+    fn opt_str(&mut self, key: &str, s: Option<&str>) {
+        if let Some(s) = s {
+            self.key(key);
+            self.str(s);
+        }
+    }
+
+    /// As serde_json writes it (strings, booleans, addresses, string maps).
+    fn value<T: serde::Serialize + ?Sized>(&mut self, v: &T) {
+        // Writing to a Vec cannot fail, and these values always serialize.
+        let _ = serde_json::to_writer(&mut self.0, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{audit::chain, formats::Format, sample};
+
+    /// Every shape a connection record takes: each sample, and the optional members
+    /// present and absent.
+    fn events() -> Vec<ConnectionEvent> {
+        let mut all: Vec<ConnectionEvent> = sample::records()
+            .into_iter()
+            .filter_map(|(_, r)| match r {
+                Record::Connection(c) => Some(*c),
+                _ => None,
+            })
+            .collect();
+        let mut bare = sample::deny();
+        bare.header.host.labels.clear();
+        bare.process.parent = None;
+        bare.process.executable = None;
+        bare.process.command_line = None;
+        bare.user.name = None;
+        bare.cgroup.path = None;
+        bare.cgroup.systemd_unit = None;
+        bare.network.iana_number = None;
+        bare.network.ethertype = Some(2048);
+        bare.header.host.name = "h\u{1}\"\\é".into();
+        all.push(bare);
+        let mut odd = sample::deny_utf8();
+        odd.header
+            .host
+            .labels
+            .insert("zz top".into(), "ü\u{7f}".into());
+        odd.header.host.labels.insert("A".into(), String::new());
+        odd.rule.name = "\u{2028}\t".into();
+        all.push(odd);
+        all
+    }
+
+    #[test]
+    fn canonical_is_sorted_compact() {
+        for ev in events() {
+            let body = render(&Record::Connection(Box::new(ev.clone())));
+            let want = chain::sorted_compact(&body).expect("canonical");
+            let got = canonical_connection(&ev).expect("written");
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want)
+            );
+            let mut a = chain::Chain::new();
+            let mut b = chain::Chain::new();
+            assert_eq!(a.seal_json(body.clone(), &got), b.seal(Format::Json, &body));
+        }
+        let mut ev = sample::deny();
+        ev.header.host.labels.insert("é".into(), "x".into());
+        assert_eq!(
+            canonical_connection(&ev),
+            None,
+            "a key JCS orders by UTF-16"
+        );
+    }
 }

@@ -205,7 +205,18 @@ impl Encoder {
             }
         }
         if let Some(c) = chain {
-            body = c.seal(self.format, &body);
+            // A connection record in the native format, as rendered: its canonical bytes
+            // are written from the event instead of parsing the body again.
+            let canonical = match (self.format, record) {
+                (Format::Json, Record::Connection(ev)) if !truncated => {
+                    crate::events::formats::json::canonical_connection(ev)
+                }
+                _ => None,
+            };
+            body = match canonical {
+                Some(canonical) => c.seal_json(body, &canonical),
+                None => c.seal(self.format, &body),
+            };
         }
         let frame = match &self.framing {
             Framing::Line => {

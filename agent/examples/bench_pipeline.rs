@@ -1,0 +1,165 @@
+//! The daemon's event path in-process, without the kernel: records per second and CPU time
+//! per record from decoded ring-buffer events to a JSON file sink.
+//!
+//! `bench_pipeline [--records N] [--out FILE]`
+//!
+//! `N` kernel events of this process (so `/proc` enrichment verifies them, as for a flood
+//! from one process) go the daemon's way: the enrichment thread ([`Worker`]), numbering
+//! ([`Sequencer::number`]) and [`Pipeline::submit`] to one file sink of native JSON lines
+//! (default `target/bench-pipeline.jsonl`), in batches of 256 as the ring-buffer reader
+//! takes them. Printed as one JSON line: `records_per_s` (first push until the sink has
+//! written everything), and `cpu_us_per_record` (user + system time of the whole process,
+//! all threads, per record: what a record costs whatever else runs on the machine).
+use std::{
+    future::Future as _,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use egressd::{
+    config::{SinkConfig, SinkKind},
+    events::{
+        self, Enricher, Sequencer, formats::Format, pipeline::Pipeline, sinks, worker::Worker,
+    },
+};
+
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut u) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+fn kernel_event(i: u64) -> egressd_common::Event {
+    let mut ev = events::decode(&[0u8; 96]).expect("a zeroed event decodes");
+    ev.boot_ns = egressd::base::clock::boot_now_ns();
+    ev.pid = std::process::id();
+    ev.tid = ev.pid;
+    // SAFETY: no preconditions.
+    ev.uid = unsafe { libc::getuid() };
+    // SAFETY: no preconditions.
+    ev.gid = unsafe { libc::getgid() };
+    ev.generation = 1;
+    ev.region = 0;
+    ev.dst_port = 9 + (i % 1000) as u16;
+    ev.family = egressd_common::family::INET;
+    ev.protocol = 17;
+    ev.verdict = egressd_common::Verdict::Deny as u8;
+    ev.hook = egressd_common::Hook::Sendmsg4 as u8;
+    ev.dst_addr[..4].copy_from_slice(&[198, 18, 2, 1 + (i % 254) as u8]);
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    let comm = comm.trim_end().as_bytes();
+    let n = comm.len().min(15);
+    ev.comm[..n].copy_from_slice(&comm[..n]);
+    ev
+}
+
+/// The enrichment thread's finished events if there are any now (one poll, no wait).
+fn ready(worker: &mut Worker) -> Option<Vec<events::ConnectionEvent>> {
+    let fut = std::pin::pin!(worker.next());
+    match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(b) => b,
+        std::task::Poll::Pending => None,
+    }
+}
+
+fn submit(seq: &Sequencer, pipeline: &Pipeline, mut ev: events::ConnectionEvent) {
+    seq.number(&mut ev.header);
+    pipeline.submit(&events::Record::Connection(Box::new(ev)));
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let mut records = 300_000u64;
+    let mut out = PathBuf::from("target/bench-pipeline.jsonl");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--records" => records = args.next().context("--records N")?.parse()?,
+            "--out" => out = args.next().context("--out FILE")?.into(),
+            _ => anyhow::bail!("usage: bench_pipeline [--records N] [--out FILE]"),
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+    let cfg = egressd::config::parse(
+        std::path::Path::new("bench.toml"),
+        "allowlist = []\n[regions.us]\nprefixes = [\"198.18.2.0/24\"]\n",
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policy = Arc::new(egressd::policy::compile(&cfg));
+    let seq = Arc::new(Sequencer::new(events::Context {
+        host: events::Host {
+            name: "bench".into(),
+            labels: Default::default(),
+        },
+        agent: events::AgentInfo {
+            version: "0.1.0".into(),
+            ephemeral_id: events::ephemeral_id(),
+        },
+    }));
+    let enricher = Arc::new(
+        Enricher::new(seq.clone(), policy)
+            .with_cgroup_root(egressd::kernel::cgroup::cgroup2_root().ok()),
+    );
+    let sink = SinkConfig {
+        name: "file".into(),
+        kind: SinkKind::File {
+            path: std::path::absolute(&out)?,
+            mode: 0o600,
+        },
+        format: Format::Json,
+        ..SinkConfig::stdout()
+    };
+    let transport = sinks::transport(&sink)?;
+    let pipeline = Pipeline::with_transports(vec![(sink, transport, None)], "bench")?;
+    let mut worker = Worker::start()?;
+    let evs: Vec<_> = (0..records).map(kernel_event).collect();
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    let mut done = 0u64;
+    for chunk in evs.chunks(256) {
+        for ev in chunk {
+            if let Some(now) = worker.push(&enricher, *ev) {
+                submit(&seq, &pipeline, now);
+                done += 1;
+            }
+        }
+        // What the enrichment thread finished meanwhile, as the main loop takes it.
+        while let Some(batch) = ready(&mut worker) {
+            done += batch.len() as u64;
+            for ev in batch {
+                submit(&seq, &pipeline, ev);
+            }
+        }
+    }
+    while done < records {
+        let batch = worker.next().await.context("enrichment thread gone")?;
+        done += batch.len() as u64;
+        for ev in batch {
+            submit(&seq, &pipeline, ev);
+        }
+    }
+    anyhow::ensure!(
+        pipeline.flush(Duration::from_secs(120)),
+        "the sink did not catch up"
+    );
+    let (cpu, wall) = (cpu_time() - cpu0, t0.elapsed());
+    let c = pipeline.shutdown(Duration::from_secs(5));
+    let lines = std::fs::read(&out)?.iter().filter(|b| **b == b'\n').count();
+    println!(
+        "{}",
+        serde_json::json!({
+            "records": records, "lines": lines, "dropped": c.values().map(|c| c.dropped()).sum::<u64>(),
+            "skipped": worker.skipped(),
+            "records_per_s": records as f64 / wall.as_secs_f64(),
+            "cpu_us_per_record": cpu.as_secs_f64() * 1e6 / records as f64,
+        })
+    );
+    let _ = std::fs::remove_file(&out);
+    Ok(())
+}
