@@ -113,19 +113,32 @@ impl Sources {
 /// # Errors
 /// As [`load`].
 pub fn load_sources(path: &Path) -> Result<(Config, Output, Sources), ConfigError> {
-    let sources = read_sources(path, None)?;
-    let (cfg, output) = sources.parse()?;
+    let (sources, main) = read_sources(path, None)?;
+    let (cfg, output) = parse_read(&sources, main)?;
     Ok((cfg, output, sources))
 }
 
 fn load_all_in(path: &Path, dir_override: Option<&Path>) -> Result<(Config, Output), ConfigError> {
-    read_sources(path, dir_override)?.parse()
+    let (sources, main) = read_sources(path, dir_override)?;
+    parse_read(&sources, main)
 }
+
+/// [`Sources::parse`] with the main file already deserialized by [`read_sources`] (its
+/// prefix lists are read once).
+fn parse_read(sources: &Sources, main: Parsed) -> Result<(Config, Output), ConfigError> {
+    parse_with(&sources.main, &sources.text, &sources.drop_ins, Some(main))
+}
+
+/// A main file's raw schema and its carved prefix lists.
+type Parsed = (RawConfig, prefixes::Carved);
 
 /// Reads the main file and its drop-ins (the directory named by `dir_override`, else by the
 /// main file's `drop_in_dir`, else `policy.d` beside it if it exists), checking as root that
 /// they are trusted. Only the main file's TOML syntax and `drop_in_dir` are looked at.
-fn read_sources(path: &Path, dir_override: Option<&Path>) -> Result<Sources, ConfigError> {
+fn read_sources(
+    path: &Path,
+    dir_override: Option<&Path>,
+) -> Result<(Sources, Parsed), ConfigError> {
     // As root, a policy file (or drop-in) others could have written is refused, like
     // sshd's StrictModes: see `crate::base::safefs`.
     let strict = crate::base::safefs::euid() == 0;
@@ -139,8 +152,8 @@ fn read_sources(path: &Path, dir_override: Option<&Path>) -> Result<Sources, Con
     };
     let text = read(path)?;
     let ctx = Ctx::new(path, &text);
-    let (raw, carved): (RawConfig, _) = parse_raw(&text, false).map_err(|e| ctx.toml_error(&e))?;
-    let ctx = ctx.with_cuts(carved.cuts);
+    let (raw, carved): (RawConfig, _) = parse_raw(&text, true).map_err(|e| ctx.toml_error(&e))?;
+    let ctx = ctx.with_cuts(carved.cuts.clone());
     let base = path.parent().unwrap_or(Path::new("."));
     let (dir, explicit) = match (dir_override, &raw.drop_in_dir) {
         (Some(d), _) => (d.to_path_buf(), None),
@@ -196,11 +209,12 @@ fn read_sources(path: &Path, dir_override: Option<&Path>) -> Result<Sources, Con
             ));
         }
     }
-    Ok(Sources {
+    let sources = Sources {
         main: path.to_path_buf(),
         text,
         drop_ins,
-    })
+    };
+    Ok((sources, (raw, carved)))
 }
 
 /// Validate the configuration text `text` alone (no drop-ins); `path` labels errors and is
@@ -256,8 +270,18 @@ pub fn parse_set_all(
     text: &str,
     drop_ins: &[(PathBuf, String)],
 ) -> Result<(Config, Output), ConfigError> {
+    parse_with(path, text, drop_ins, None)
+}
+
+/// [`parse_set_all`], with the main file deserialized already when `main` is given.
+fn parse_with(
+    path: &Path,
+    text: &str,
+    drop_ins: &[(PathBuf, String)],
+    main: Option<Parsed>,
+) -> Result<(Config, Output), ConfigError> {
     let ctx = Ctx::new(path, text);
-    let (raw, carved): (RawConfig, _) = match parse_raw(text, true) {
+    let (raw, carved): (RawConfig, _) = match main.map_or_else(|| parse_raw(text, true), Ok) {
         Ok(raw) => raw,
         Err(e) => return Err(ctx.toml_error(&e)),
     };

@@ -286,7 +286,7 @@ impl Fnv1a64 {
             buf[at..at + bytes.len()].copy_from_slice(bytes);
             at += bytes.len();
         };
-        let mut digits = |n: u32, put: &mut dyn FnMut(&[u8])| {
+        let digits = |n: u32, put: &mut dyn FnMut(&[u8])| {
             let mut d = [0u8; 10];
             let mut i = d.len();
             let mut n = n;
