@@ -442,6 +442,20 @@ impl TrustedDir {
     /// # Errors
     /// Disk errors; the temporary name exists and cannot be removed.
     pub fn replace(&self, name: &OsStr, data: &[u8], mode: u32) -> io::Result<()> {
+        self.replace_with(name, mode, &mut |f| f.write_all(data))
+    }
+
+    /// [`TrustedDir::replace`] with the contents written by `write` (buffered), so that a
+    /// large file need not be in memory first.
+    ///
+    /// # Errors
+    /// As [`TrustedDir::replace`]; whatever `write` returns.
+    pub fn replace_with(
+        &self,
+        name: &OsStr,
+        mode: u32,
+        write: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+    ) -> io::Result<()> {
         use std::io::Write as _;
         let mut tmp = OsString::from(".");
         tmp.push(name);
@@ -451,8 +465,11 @@ impl TrustedDir {
             fastrand_u64()
         ));
         let res = (|| {
-            let mut f = self.create_new(&tmp, mode)?;
-            f.write_all(data)?;
+            let f = self.create_new(&tmp, mode)?;
+            let mut w = io::BufWriter::with_capacity(1 << 16, f);
+            write(&mut w)?;
+            w.flush()?;
+            let f = w.into_inner().map_err(io::IntoInnerError::into_error)?;
             f.sync_all()?;
             self.rename(&tmp, name)
         })();

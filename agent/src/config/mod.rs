@@ -33,6 +33,7 @@ use crate::base::located::toml::{backticked, field_from_text, join, locate, plai
 
 pub mod output;
 pub mod policy;
+mod prefixes;
 #[cfg(test)]
 mod tests;
 
@@ -112,19 +113,32 @@ impl Sources {
 /// # Errors
 /// As [`load`].
 pub fn load_sources(path: &Path) -> Result<(Config, Output, Sources), ConfigError> {
-    let sources = read_sources(path, None)?;
-    let (cfg, output) = sources.parse()?;
+    let (sources, main) = read_sources(path, None)?;
+    let (cfg, output) = parse_read(&sources, main)?;
     Ok((cfg, output, sources))
 }
 
 fn load_all_in(path: &Path, dir_override: Option<&Path>) -> Result<(Config, Output), ConfigError> {
-    read_sources(path, dir_override)?.parse()
+    let (sources, main) = read_sources(path, dir_override)?;
+    parse_read(&sources, main)
 }
+
+/// [`Sources::parse`] with the main file already deserialized by [`read_sources`] (its
+/// prefix lists are read once).
+fn parse_read(sources: &Sources, main: Parsed) -> Result<(Config, Output), ConfigError> {
+    parse_with(&sources.main, &sources.text, &sources.drop_ins, Some(main))
+}
+
+/// A main file's raw schema and its carved prefix lists.
+type Parsed = (RawConfig, prefixes::Carved);
 
 /// Reads the main file and its drop-ins (the directory named by `dir_override`, else by the
 /// main file's `drop_in_dir`, else `policy.d` beside it if it exists), checking as root that
 /// they are trusted. Only the main file's TOML syntax and `drop_in_dir` are looked at.
-fn read_sources(path: &Path, dir_override: Option<&Path>) -> Result<Sources, ConfigError> {
+fn read_sources(
+    path: &Path,
+    dir_override: Option<&Path>,
+) -> Result<(Sources, Parsed), ConfigError> {
     // As root, a policy file (or drop-in) others could have written is refused, like
     // sshd's StrictModes: see `crate::base::safefs`.
     let strict = crate::base::safefs::euid() == 0;
@@ -138,7 +152,8 @@ fn read_sources(path: &Path, dir_override: Option<&Path>) -> Result<Sources, Con
     };
     let text = read(path)?;
     let ctx = Ctx::new(path, &text);
-    let raw: RawConfig = toml::from_str(&text).map_err(|e| ctx.toml_error(&e))?;
+    let (raw, carved): (RawConfig, _) = parse_raw(&text, true).map_err(|e| ctx.toml_error(&e))?;
+    let ctx = ctx.with_cuts(carved.cuts.clone());
     let base = path.parent().unwrap_or(Path::new("."));
     let (dir, explicit) = match (dir_override, &raw.drop_in_dir) {
         (Some(d), _) => (d.to_path_buf(), None),
@@ -194,11 +209,12 @@ fn read_sources(path: &Path, dir_override: Option<&Path>) -> Result<Sources, Con
             ));
         }
     }
-    Ok(Sources {
+    let sources = Sources {
         main: path.to_path_buf(),
         text,
         drop_ins,
-    })
+    };
+    Ok((sources, (raw, carved)))
 }
 
 /// Validate the configuration text `text` alone (no drop-ins); `path` labels errors and is
@@ -254,28 +270,42 @@ pub fn parse_set_all(
     text: &str,
     drop_ins: &[(PathBuf, String)],
 ) -> Result<(Config, Output), ConfigError> {
+    parse_with(path, text, drop_ins, None)
+}
+
+/// [`parse_set_all`], with the main file deserialized already when `main` is given.
+fn parse_with(
+    path: &Path,
+    text: &str,
+    drop_ins: &[(PathBuf, String)],
+    main: Option<Parsed>,
+) -> Result<(Config, Output), ConfigError> {
     let ctx = Ctx::new(path, text);
-    let raw: RawConfig = match toml::from_str(text) {
+    let (raw, carved): (RawConfig, _) = match main.map_or_else(|| parse_raw(text, true), Ok) {
         Ok(raw) => raw,
         Err(e) => return Err(ctx.toml_error(&e)),
     };
+    let ctx = ctx.with_cuts(carved.cuts.clone());
     let mut docs = vec![Doc {
-        ctx: Ctx::new(path, text),
+        ctx: Ctx::new(path, text).with_cuts(carved.cuts.clone()),
         allowlist: &raw.allowlist,
         regions: &raw.regions,
         rules: &raw.rules,
+        lists: std::cell::RefCell::new(carved),
     }];
-    let mut extra: Vec<RawDropIn> = Vec::with_capacity(drop_ins.len());
+    let mut extra: Vec<(RawDropIn, prefixes::Carved)> = Vec::with_capacity(drop_ins.len());
     for (p, t) in drop_ins {
         let c = Ctx::new(p, t);
-        extra.push(toml::from_str(t).map_err(|e| c.drop_in_error(&e))?);
+        extra.push(parse_raw(t, true).map_err(|e| c.drop_in_error(&e))?);
     }
-    for ((p, t), d) in drop_ins.iter().zip(&extra) {
+    for ((p, t), (d, carved)) in drop_ins.iter().zip(extra.iter_mut()) {
+        let carved = std::mem::take(carved);
         docs.push(Doc {
-            ctx: Ctx::new(p, t),
+            ctx: Ctx::new(p, t).with_cuts(carved.cuts.clone()),
             allowlist: &d.allowlist,
             regions: &d.regions,
             rules: &d.rules,
+            lists: std::cell::RefCell::new(carved),
         });
     }
     let mut errors = Vec::new();
@@ -304,6 +334,24 @@ struct Doc<'a> {
     allowlist: &'a [Spanned<String>],
     regions: &'a BTreeMap<Spanned<String>, Spanned<RawRegion>>,
     rules: &'a [Spanned<RawRule>],
+    /// Its prefix lists that toml did not read ([`prefixes::carve`]).
+    lists: std::cell::RefCell<prefixes::Carved>,
+}
+
+/// `text` deserialized, with its plain prefix lists read apart ([`prefixes::carve`]; with
+/// `parse` false they are only taken out). An error toml reports on the reduced text is
+/// replaced by what it says of the whole text, so messages and locations are those of the
+/// file as written.
+fn parse_raw<T: serde::de::DeserializeOwned>(
+    text: &str,
+    parse: bool,
+) -> Result<(T, prefixes::Carved), toml::de::Error> {
+    if let Some(carved) = prefixes::carve(text, parse)
+        && let Ok(raw) = toml::from_str(&carved.reduced)
+    {
+        return Ok((raw, carved));
+    }
+    toml::from_str(text).map(|raw| (raw, prefixes::Carved::default()))
 }
 
 // --- Raw schema: what serde sees, with spans for error locations. ---
@@ -408,6 +456,9 @@ struct Ctx<'a> {
     text: &'a str,
     /// Built at the first located error, rule or region, then shared by all of them.
     lines: std::cell::OnceCell<LineIndex>,
+    /// Where toml's text lacks the carved prefix lists ([`prefixes::Carved::cuts`]): spans
+    /// serde reports are offsets in that text.
+    cuts: Vec<(usize, usize)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -416,11 +467,28 @@ impl<'a> Ctx<'a> {
             path,
             text,
             lines: std::cell::OnceCell::new(),
+            cuts: Vec::new(),
         }
     }
 
-    /// 1-based (line, column in characters) of byte `offset`.
+    /// Spans of serde values are offsets in `text` without the lists `cuts` took out.
+    fn with_cuts(mut self, cuts: Vec<(usize, usize)>) -> Self {
+        self.cuts = cuts;
+        self
+    }
+
+    /// The offset in the file of offset `offset` in toml's text.
+    fn original(&self, offset: usize) -> usize {
+        prefixes::Carved::original(&self.cuts, offset)
+    }
+
+    /// 1-based (line, column in characters) of byte `offset` of toml's text.
     fn line_col(&self, offset: usize) -> (usize, usize) {
+        self.line_col_in_file(self.original(offset))
+    }
+
+    /// 1-based (line, column in characters) of byte `offset` of the file.
+    fn line_col_in_file(&self, offset: usize) -> (usize, usize) {
         self.lines
             .get_or_init(|| LineIndex::new(self.text))
             .line_col(self.text, offset)
@@ -432,7 +500,17 @@ impl<'a> Ctx<'a> {
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> ConfigError {
-        let (line, column) = self.line_col(span.start);
+        self.err_in_file(self.original(span.start), field, message)
+    }
+
+    /// [`Ctx::err`] at byte `offset` of the file.
+    fn err_in_file(
+        &self,
+        offset: usize,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column) = self.line_col_in_file(offset);
         ConfigError {
             file: self.path.to_path_buf(),
             line,

@@ -1,6 +1,6 @@
 //! The policy half of the configuration: modes, regions, rules and the lookup settings, and
 //! their validation ([`Config`]). Uses only [`crate::base::located`] and [`crate::base::protocol`].
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::net::Ipv6Addr;
 use std::path::PathBuf;
@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use ipnetwork::{IpNetwork, Ipv6Network};
 use toml::Spanned;
 
-use super::{ConfigError, Ctx, Doc, RawConfig, RawRegion, RawRule};
-use crate::base::located::toml::join;
+use super::{ConfigError, Ctx, Doc, RawConfig, RawRule};
 
 /// Name reserved for "in no region" ([`egressd_common::REGION_UNKNOWN`]); events use it, so no
 /// configured region may take it.
@@ -338,16 +337,6 @@ pub struct Config {
     /// Drop-in files that were read, in the order they were applied.
     pub drop_ins: Vec<PathBuf>,
 }
-/// Where a prefix was first seen, for duplicate messages.
-struct Seen {
-    region: usize,
-    field: String,
-    /// Byte offset in `doc`'s text; the line is computed only for an error message (doing
-    /// it for every prefix would make large files quadratic).
-    offset: usize,
-    doc: usize,
-}
-
 impl Ctx<'_> {
     pub(super) fn validate(
         &self,
@@ -585,125 +574,7 @@ impl Ctx<'_> {
                 }),
         };
 
-        // Regions of every file, each file in its own order.
-        let mut entries: Vec<(usize, &Spanned<String>, &Spanned<RawRegion>)> = Vec::new();
-        for (di, doc) in docs.iter().enumerate() {
-            let mut mine: Vec<_> = doc.regions.iter().map(|(k, v)| (di, k, v)).collect();
-            mine.sort_by_key(|(_, k, _)| k.span().start);
-            entries.extend(mine);
-        }
-        let mut regions: Vec<Region> = Vec::with_capacity(entries.len());
-        let mut seen: HashMap<IpNetwork, Seen> = HashMap::new();
-        let mut defined: HashMap<&str, (usize, usize)> = HashMap::new();
-        for (index, (di, key, table)) in entries.iter().enumerate() {
-            let doc = &docs[*di];
-            let name = key.get_ref();
-            let rfield = join("regions", name);
-            let kline = doc.ctx.line_of(key.span().start);
-            if let Some((d0, l0)) = defined.get(name.as_str()) {
-                errors.push(doc.ctx.err(
-                    key.span(),
-                    rfield.clone(),
-                    format!(
-                        "duplicate region `{name}` (first defined in {}:{l0}); a region may be \
-                         defined in one file only",
-                        docs[*d0].ctx.path.display()
-                    ),
-                ));
-                continue;
-            }
-            defined.insert(name, (*di, kline));
-            if let Err(msg) = check_region_name(name) {
-                errors.push(doc.ctx.err(key.span(), rfield.clone(), msg));
-            }
-            if index == MAX_CONFIG_REGIONS {
-                errors.push(doc.ctx.err(
-                    key.span(),
-                    rfield.clone(),
-                    format!(
-                        "too many regions: {} defined, at most {MAX_CONFIG_REGIONS} allowed \
-                         (two region ids are reserved for `{UNKNOWN_REGION_NAME}` and \
-                         `{LOCAL_REGION_NAME}`)",
-                        entries.len()
-                    ),
-                ));
-            }
-            let mode = table.get_ref().mode.as_ref().and_then(|m| {
-                parse_mode(m.get_ref())
-                    .map_err(|msg| {
-                        errors.push(doc.ctx.err(m.span(), format!("{rfield}.mode"), msg))
-                    })
-                    .ok()
-            });
-            let pfield = format!("{rfield}.prefixes");
-            let mut prefixes = Vec::new();
-            match &table.get_ref().prefixes {
-                Some(list) if !list.get_ref().is_empty() => {
-                    for (i, p) in list.get_ref().iter().enumerate() {
-                        let field = format!("{pfield}[{i}]");
-                        let net = match parse_prefix(p.get_ref()) {
-                            Ok(net) => net,
-                            Err(msg) => {
-                                errors.push(doc.ctx.err(p.span(), field, msg));
-                                continue;
-                            }
-                        };
-                        if let Some(first) = seen.get(&net) {
-                            let fdoc = &docs[first.doc];
-                            let fline = fdoc.ctx.line_of(first.offset);
-                            let at = if first.doc == *di {
-                                format!("line {fline}")
-                            } else {
-                                format!("{}:{fline}", fdoc.ctx.path.display())
-                            };
-                            let msg = if first.region == index {
-                                format!(
-                                    "prefix {net} is listed twice in region `{name}` \
-                                     (first as {} on {at})",
-                                    first.field
-                                )
-                            } else {
-                                format!(
-                                    "prefix {net} is in two regions: `{}` ({} on {at}) and \
-                                     `{name}`; a prefix may belong to one region only",
-                                    entries[first.region].1.get_ref(),
-                                    first.field
-                                )
-                            };
-                            errors.push(doc.ctx.err(p.span(), field, msg));
-                            continue;
-                        }
-                        seen.insert(
-                            net,
-                            Seen {
-                                region: index,
-                                field,
-                                offset: p.span().start,
-                                doc: *di,
-                            },
-                        );
-                        prefixes.push(net);
-                    }
-                }
-                Some(list) => errors.push(doc.ctx.err(
-                    list.span(),
-                    pfield,
-                    format!("region `{name}` has no prefixes"),
-                )),
-                None => errors.push(doc.ctx.err(
-                    key.span(),
-                    pfield,
-                    format!("region `{name}` has no prefixes (add `prefixes = [\"CIDR\", ...]`)"),
-                )),
-            }
-            regions.push(Region {
-                name: name.clone(),
-                mode,
-                origin: format!("{}:{kline}", doc.ctx.path.display()),
-                description: table.get_ref().description.clone(),
-                prefixes,
-            });
-        }
+        let regions = super::prefixes::regions(docs, &mut errors);
 
         let known = Known::new(&regions);
         let mut allowlist: Vec<String> = Vec::new();
@@ -896,7 +767,7 @@ fn unknown_region(name: &str, regions: &Known<'_>) -> Option<String> {
     })
 }
 
-fn parse_mode(s: &str) -> Result<Mode, String> {
+pub(super) fn parse_mode(s: &str) -> Result<Mode, String> {
     match s {
         "enforce" => Ok(Mode::Enforce),
         "audit" => Ok(Mode::Audit),
@@ -992,7 +863,7 @@ pub fn check_region_name(name: &str) -> Result<(), String> {
 
 /// Parse `ADDR/LEN` or a bare `ADDR` strictly ([`crate::base::prefix::parse`]); host bits are an
 /// error here.
-fn parse_prefix(s: &str) -> Result<IpNetwork, String> {
+pub(super) fn parse_prefix(s: &str) -> Result<IpNetwork, String> {
     crate::base::prefix::parse(s, false)
         .map(|(net, _)| net)
         .map_err(|e| e.policy_message())

@@ -98,20 +98,32 @@ impl StateDir {
         digest: &str,
         generation: u64,
     ) -> anyhow::Result<()> {
-        let record = LastGood {
+        // [`LastGood`] with the sources borrowed: the text of a large policy is tens of MB,
+        // written out as it is serialized rather than copied twice first.
+        #[derive(serde::Serialize)]
+        struct Record<'a> {
+            format: u32,
+            config: PathBuf,
+            digest: &'a str,
+            generation: u64,
+            saved_at: String,
+            sources: &'a Sources,
+        }
+        let record = Record {
             format: FORMAT,
             config: absolute(config),
-            digest: digest.to_owned(),
+            digest,
             generation,
             saved_at: crate::events::rfc3339(crate::base::clock::unix_now_ns()),
-            sources: sources.clone(),
+            sources,
         };
-        let json = serde_json::to_vec_pretty(&record).context("serializing the policy")?;
         let dir = TrustedDir::create(&self.path)
             .with_context(|| format!("state directory {}", self.path.display()))?;
-        dir.replace(OsStr::new(FILE), &json, FILE_MODE)
-            .and_then(|()| dir.sync())
-            .with_context(|| format!("writing {}", self.file().display()))?;
+        dir.replace_with(OsStr::new(FILE), FILE_MODE, &mut |w| {
+            serde_json::to_writer_pretty(w, &record).map_err(io::Error::other)
+        })
+        .and_then(|()| dir.sync())
+        .with_context(|| format!("writing {}", self.file().display()))?;
         Ok(())
     }
 

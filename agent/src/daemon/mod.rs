@@ -233,8 +233,13 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         cfg,
         output,
         policy,
+        sources,
         ..
     } = candidate;
+    // Kept on disk as the last good policy already; a partly moved `candidate` would hold
+    // the text until the daemon stops.
+    drop(sources);
+    release_freed_memory();
     // What actually attached decides the LSM rows (a probe can say yes and a load still fail).
     let coverage = coverage
         .with_lsm(enforcer.lsm_coverage(), policy.packet_sockets)
@@ -635,6 +640,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                         ));
                         enrichers.insert(generation, new_enricher(&new));
                         policy = new;
+                        release_freed_memory();
                         notifier.ready(&status(&enforcer, &policy));
                     }
                     Err(e) => {
@@ -845,6 +851,17 @@ fn submit_unreported(
             }
         }
         Err(e) => tracing::error!(error = format!("{e:#}"), "reading the unreported attempts"),
+    }
+}
+
+/// Hands the heap pages freed by parsing and compiling a policy back to the kernel: glibc
+/// keeps freed memory below the top of its heap mapped, so without this the resident size
+/// after a large policy stays near its peak.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no arguments beyond the padding to keep; only free memory is released.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -41,6 +41,12 @@ impl Candidate {
     ) -> anyhow::Result<Self> {
         let assignment = ids.assign(&cfg)?;
         let policy = Arc::new(policy::compile_with(&cfg, &assignment));
+        // The compiled policy holds the prefixes; the daemon reads the configuration's path
+        // and allowlist only (a million prefixes are 18 MB here).
+        let mut cfg = cfg;
+        for r in &mut cfg.regions {
+            r.prefixes = Vec::new();
+        }
         Ok(Self {
             cfg,
             output,

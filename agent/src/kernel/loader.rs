@@ -50,7 +50,7 @@ use crate::{
 use explain::{explain_load, explain_program};
 use sets::{
     Stale, clear_set, clear_stale, compile_table, compile_table6, fill_set, map, packet_exes,
-    pinned_maps, settings_of, write_exes,
+    pinned_maps, plan_table, settings_of, write_exes,
 };
 
 /// The eBPF object built by `build.rs` (empty when the build skipped it).
@@ -804,13 +804,9 @@ impl Enforcer {
         }
         let max = self.max_prefixes as usize;
         // With the table, the IPv4 trie stays empty: only the table's room limits IPv4.
-        let table = compile_table(&policy, self.table_chunks);
+        let table = plan_table(&policy, self.table_chunks);
         let table6 = compile_table6(&policy, self.table6_ranges);
-        let v4_in_trie = if table.is_some() {
-            0
-        } else {
-            policy.lpm_v4.len()
-        };
+        let v4_in_trie = if table { 0 } else { policy.lpm_v4.len() };
         let v6_in_trie = if table6.is_some() {
             0
         } else {
@@ -857,7 +853,7 @@ impl Enforcer {
             stale,
             &policy,
             next,
-            table.as_ref(),
+            table,
             table6.as_ref(),
         );
         let (used_table, used_table6) = match filled {

@@ -87,10 +87,14 @@ struct Resolved {
 /// `p.lpm_unmerged` and `p.problems` from the other fields.
 pub(super) fn build(p: &mut Policy) {
     if p.rules.is_empty() {
+        // Entry id == region id: the region prefixes as they are, merged.
         build_regions_only(p);
-    } else {
-        build_with_rules(p);
+        p.lpm_unmerged = [p.v4.len(), p.v6.len()];
+        p.lpm_v4 = super::merge::merge_v4(&p.v4);
+        p.lpm_v6 = super::merge::merge_v6(&p.v6);
+        return;
     }
+    build_with_rules(p);
     p.lpm_unmerged = [p.lpm_v4.len(), p.lpm_v6.len()];
     p.lpm_v4 = super::merge::merge_v4(&p.lpm_v4);
     p.lpm_v6 = super::merge::merge_v6(&p.lpm_v6);
@@ -264,9 +268,7 @@ fn build_regions_only(p: &mut Policy) {
         });
     }
     // Entry id == region id (an id no region of this policy has gets an entry nothing
-    // points to).
-    p.lpm_v4 = p.v4.clone();
-    p.lpm_v6 = p.v6.clone();
+    // points to); `build` fills the LPM contents from the region prefixes.
     p.entries = entries;
 }
 

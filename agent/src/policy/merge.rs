@@ -17,27 +17,84 @@
 /// entry id); the network is right-aligned in the `u128` (an IPv4 network is its `u32`).
 pub type Item = (u128, u8, u32);
 
+/// An address family's network type: `u32` for IPv4 (12-byte items for a million
+/// prefixes rather than 32), `u128` for IPv6.
+pub trait Bits:
+    Copy
+    + Ord
+    + std::ops::BitAnd<Output = Self>
+    + std::ops::BitOr<Output = Self>
+    + std::ops::Shl<u32, Output = Self>
+{
+    /// Width in bits.
+    const WIDTH: u8;
+    /// 0.
+    const ZERO: Self;
+    /// 1.
+    const ONE: Self;
+    /// `self >> n`, `None` when `n` is the width or more.
+    fn shr(self, n: u32) -> Option<Self>;
+}
+
+impl Bits for u32 {
+    const WIDTH: u8 = 32;
+    const ZERO: Self = 0;
+    const ONE: Self = 1;
+    fn shr(self, n: u32) -> Option<Self> {
+        self.checked_shr(n)
+    }
+}
+
+impl Bits for u128 {
+    const WIDTH: u8 = 128;
+    const ZERO: Self = 0;
+    const ONE: Self = 1;
+    fn shr(self, n: u32) -> Option<Self> {
+        self.checked_shr(n)
+    }
+}
+
 /// The prefixes of `items` (each prefix once, any order) merged by the rules of the module
 /// documentation, sorted by (network, length). Every address gets the same entry id from
 /// the result as from `items`.
 pub fn merge(items: Vec<Item>, width: u8) -> Vec<Item> {
     debug_assert!(width == 32 || width == 128);
-    let mut by_len: Vec<Vec<(u128, u32, bool)>> = vec![Vec::new(); usize::from(width) + 1];
+    if width == 32 {
+        let v4: Vec<(u32, u8, u32)> = items
+            .into_iter()
+            .map(|(n, l, id)| (u32::try_from(n).unwrap_or(u32::MAX), l, id))
+            .collect();
+        return merge_bits(v4)
+            .into_iter()
+            .map(|(n, l, id)| (u128::from(n), l, id))
+            .collect();
+    }
+    merge_bits(items)
+}
+
+/// [`merge`] for the family of `T`.
+pub fn merge_bits<T: Bits>(items: Vec<(T, u8, u32)>) -> Vec<(T, u8, u32)> {
+    let width = T::WIDTH;
+    let mut by_len: Vec<Vec<(T, u32, bool)>> = vec![Vec::new(); usize::from(width) + 1];
     for (net, len, id) in items {
         by_len[usize::from(len)].push((net, id, false));
     }
-    let mut out: Vec<Item> = Vec::new();
+    let mut out: Vec<(T, u8, u32)> = Vec::new();
     for len in (0..=width).rev() {
         let mut level = std::mem::take(&mut by_len[usize::from(len)]);
         // A prefix made of its two halves replaces the listed one: sort it first, keep it.
         level.sort_unstable_by_key(|&(net, _, merged)| (net, !merged));
         level.dedup_by_key(|e| e.0);
-        let bit = if len == 0 { 0 } else { 1u128 << (width - len) };
+        let bit = if len == 0 {
+            T::ZERO
+        } else {
+            T::ONE << u32::from(width - len)
+        };
         let mut i = 0;
         while i < level.len() {
             let (net, id, _) = level[i];
             if len > 0
-                && net & bit == 0
+                && net & bit == T::ZERO
                 && level
                     .get(i + 1)
                     .is_some_and(|&(next, nid, _)| next == net | bit && nid == id)
@@ -50,11 +107,13 @@ pub fn merge(items: Vec<Item>, width: u8) -> Vec<Item> {
             }
         }
     }
+    drop(by_len);
     out.sort_unstable_by_key(|&(net, len, _)| (net, len));
-    // Nesting: drop what its nearest kept cover already decides.
-    let mut stack: Vec<Item> = Vec::new();
-    let mut kept = Vec::with_capacity(out.len());
-    for (net, len, id) in out {
+    // Nesting: drop what its nearest kept cover already decides (in place).
+    let mut stack: Vec<(T, u8, u32)> = Vec::new();
+    let mut kept = 0;
+    for i in 0..out.len() {
+        let (net, len, id) = out[i];
         while let Some(&(top, top_len, _)) = stack.last() {
             if contains(top, top_len, net, width) {
                 break;
@@ -65,27 +124,30 @@ pub fn merge(items: Vec<Item>, width: u8) -> Vec<Item> {
             continue;
         }
         stack.push((net, len, id));
-        kept.push((net, len, id));
+        out[kept] = (net, len, id);
+        kept += 1;
     }
-    kept
+    out.truncate(kept);
+    out.shrink_to_fit();
+    out
 }
 
 /// Whether prefix `net`/`len` contains address `a` (`width`-bit family).
-fn contains(net: u128, len: u8, a: u128, width: u8) -> bool {
+fn contains<T: Bits>(net: T, len: u8, a: T, width: u8) -> bool {
     let host = u32::from(width - len);
-    a.checked_shr(host) == net.checked_shr(host) || host >= 128
+    a.shr(host) == net.shr(host) || host >= u32::from(width)
 }
 
 /// [`merge`] of IPv4 (prefix, entry id) pairs.
 pub fn merge_v4(v: &[(ipnetwork::Ipv4Network, u32)]) -> Vec<(ipnetwork::Ipv4Network, u32)> {
     let items = v
         .iter()
-        .map(|(n, id)| (u128::from(u32::from(n.network())), n.prefix(), *id))
+        .map(|(n, id)| (u32::from(n.network()), n.prefix(), *id))
         .collect();
-    merge(items, 32)
+    merge_bits(items)
         .into_iter()
         .filter_map(|(net, len, id)| {
-            let a = std::net::Ipv4Addr::from(u32::try_from(net).ok()?);
+            let a = std::net::Ipv4Addr::from(net);
             Some((ipnetwork::Ipv4Network::new(a, len).ok()?, id))
         })
         .collect()
@@ -97,7 +159,7 @@ pub fn merge_v6(v: &[(ipnetwork::Ipv6Network, u32)]) -> Vec<(ipnetwork::Ipv6Netw
         .iter()
         .map(|(n, id)| (u128::from(n.network()), n.prefix(), *id))
         .collect();
-    merge(items, 128)
+    merge_bits::<u128>(items)
         .into_iter()
         .filter_map(|(net, len, id)| {
             let n = ipnetwork::Ipv6Network::new(std::net::Ipv6Addr::from(net), len).ok()?;

@@ -158,7 +158,10 @@ pub fn compile_with(cfg: &Config, ids: &crate::policy::ids::Assignment) -> Polic
     v4.sort_unstable_by_key(|(n, id)| (u32::from(n.network()), n.prefix(), *id));
     v6.sort_unstable_by_key(|(n, id)| (u128::from(n.network()), n.prefix(), *id));
 
-    let mut canonical = format!(
+    // Hashed as it is written: the text of a large policy is tens of megabytes.
+    let mut canonical = Fnv1a64::default();
+    let _ = write!(
+        canonical,
         "egressd-policy-v1\nmode {}\nestablished {}\n",
         cfg.mode,
         cfg.established.as_str()
@@ -202,7 +205,7 @@ pub fn compile_with(cfg: &Config, ids: &crate::policy::ids::Assignment) -> Polic
         let _ = writeln!(canonical, "region {pos} {} {verdict}", r.name);
     }
     for (n, id) in &v4 {
-        let _ = writeln!(canonical, "v4 {n} {id}");
+        canonical.v4_line(n, *id);
     }
     for (n, id) in &v6 {
         let _ = writeln!(canonical, "v6 {n} {id}");
@@ -249,20 +252,83 @@ pub fn compile_with(cfg: &Config, ids: &crate::policy::ids::Assignment) -> Polic
         lpm_v6: Vec::new(),
         lpm_unmerged: [0, 0],
         problems: Vec::new(),
-        digest: format!("{:016x}", fnv1a64(canonical.as_bytes())),
+        digest: format!("{:016x}", canonical.0),
     };
     entries::build(&mut policy);
     policy
 }
 
-/// FNV-1a, 64-bit (<http://www.isthe.com/chongo/tech/comp/fnv/>): tiny, dependency-free and
-/// fixed by its specification. Not collision resistant; it identifies, it does not protect.
+/// FNV-1a, 64-bit (<http://www.isthe.com/chongo/tech/comp/fnv/>) of the text written to it:
+/// tiny, dependency-free and fixed by its specification. Not collision resistant; it
+/// identifies, it does not protect.
+struct Fnv1a64(u64);
+
+impl Default for Fnv1a64 {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a64 {
+    fn bytes(&mut self, bytes: &[u8]) {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        self.0 = bytes
+            .iter()
+            .fold(self.0, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
+    }
+
+    /// `v4 {net} {id}\n`, as `writeln!` writes it, without the formatting machinery (a
+    /// million of them in a large policy).
+    fn v4_line(&mut self, net: &Ipv4Network, id: u32) {
+        let mut buf = [0u8; 40];
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            buf[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        let digits = |n: u32, put: &mut dyn FnMut(&[u8])| {
+            let mut d = [0u8; 10];
+            let mut i = d.len();
+            let mut n = n;
+            loop {
+                i -= 1;
+                d[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            put(&d[i..]);
+        };
+        put(b"v4 ");
+        for (i, o) in net.network().octets().iter().enumerate() {
+            if i > 0 {
+                put(b".");
+            }
+            digits(u32::from(*o), &mut put);
+        }
+        put(b"/");
+        digits(u32::from(net.prefix()), &mut put);
+        put(b" ");
+        digits(id, &mut put);
+        put(b"\n");
+        self.bytes(&buf[..at]);
+    }
+}
+
+/// [`Fnv1a64`] of `bytes`.
+#[cfg(test)]
 fn fnv1a64(bytes: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes
-        .iter()
-        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
+    let mut h = Fnv1a64::default();
+    h.bytes(bytes);
+    h.0
+}
+
+impl std::fmt::Write for Fnv1a64 {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.bytes(s.as_bytes());
+        Ok(())
+    }
 }
 
 impl Policy {

@@ -7,6 +7,7 @@
 //! the first level plus 512 bytes per /24 that holds a longer prefix. The layout is
 //! `egressd_common::table`.
 use egressd_common::table::{CHUNK, CHUNK_ENTRIES, MAX_CHUNKS, PAGE_BYTES};
+
 use ipnetwork::Ipv4Network;
 
 /// A compiled table. `t24` has 2^24 entries; `t8` has `chunks() * 256`.
@@ -37,38 +38,13 @@ impl Table4 {
     /// # Errors
     /// [`TableError`] when the entries do not fit the layout.
     pub fn compile(entries: &[(Ipv4Network, u32)]) -> Result<Self, TableError> {
-        let mut sorted: Vec<&(Ipv4Network, u32)> = entries.iter().collect();
-        // Shorter prefixes first: longer ones paint over them.
-        sorted.sort_by_key(|(n, _)| n.prefix());
-        let mut t24 = vec![0u32; 1 << 24];
+        let mut t24: Vec<u32> = Vec::with_capacity(1 << 24);
         let mut t8: Vec<u16> = Vec::new();
-        for (net, id) in sorted {
-            let id16 = u16::try_from(*id).map_err(|_| TableError::EntryId(*id))?;
-            let base = u32::from(net.network());
-            let len = u32::from(net.prefix());
-            if len <= 24 {
-                let first = (base >> 8) as usize;
-                let count = 1usize << (24 - len);
-                // No chunk exists yet: every prefix up to /24 comes before the longer ones.
-                t24[first..first + count].fill(*id);
-                continue;
-            }
-            let i24 = (base >> 8) as usize;
-            if t24[i24] & CHUNK == 0 {
-                let chunk = t8.len() / CHUNK_ENTRIES;
-                if chunk >= MAX_CHUNKS as usize {
-                    return Err(TableError::Chunks(chunk + 1));
-                }
-                // The chunk inherits what covered the whole /24 (ids < 2^14 by now).
-                let inherited =
-                    u16::try_from(t24[i24]).map_err(|_| TableError::EntryId(t24[i24]))?;
-                t8.extend(std::iter::repeat_n(inherited, CHUNK_ENTRIES));
-                t24[i24] = CHUNK | chunk as u32;
-            }
-            let first = (t24[i24] & !CHUNK) as usize * CHUNK_ENTRIES + (base & 0xff) as usize;
-            let count = 1usize << (32 - len);
-            t8[first..first + count].fill(id16);
-        }
+        build(
+            entries,
+            &mut |id, n| t24.extend(std::iter::repeat_n(id, n)),
+            &mut |chunk| t8.extend_from_slice(chunk),
+        )?;
         Ok(Self { t24, t8 })
     }
 
@@ -98,6 +74,109 @@ impl Table4 {
     pub fn t8_bytes(&self) -> &[u8] {
         // SAFETY: as above, for `u16`.
         unsafe { std::slice::from_raw_parts(self.t8.as_ptr().cast(), self.t8.len() * 2) }
+    }
+}
+
+/// Builds the table of `entries` (prefix, entry id; each prefix once, any order; sorted by
+/// (network, length) costs no copy) front to back, without holding it: `t24(value, n)`
+/// receives the first level in order, `n` equal elements at a time, `t8(chunk)` each
+/// second-level chunk in order. A /24 gets a chunk when it holds more than one decision,
+/// numbered in address order. Returns the chunks.
+///
+/// # Errors
+/// [`TableError`] when the entries do not fit the layout (then the sinks got part of it).
+pub fn build(
+    entries: &[(Ipv4Network, u32)],
+    t24: &mut dyn FnMut(u32, usize),
+    t8: &mut dyn FnMut(&[u16]),
+) -> Result<usize, TableError> {
+    if let Some((_, id)) = entries.iter().find(|(_, id)| *id > u32::from(u16::MAX)) {
+        return Err(TableError::EntryId(*id));
+    }
+    let key = |(n, _): &(Ipv4Network, u32)| (u32::from(n.network()), n.prefix());
+    let sorted: Vec<(Ipv4Network, u32)>;
+    let entries = if entries.is_sorted_by_key(key) {
+        entries
+    } else {
+        let mut v = entries.to_vec();
+        v.sort_unstable_by_key(key);
+        sorted = v;
+        &sorted
+    };
+    let mut b = Builder {
+        t24,
+        t8,
+        block: [0; CHUNK_ENTRIES],
+        chunks: 0,
+    };
+    // Open prefixes, outermost first: (one past the last address, entry id).
+    let mut open: Vec<(u64, u32)> = Vec::new();
+    let mut pos = 0u64;
+    for (net, id) in entries {
+        let start = u64::from(u32::from(net.network()));
+        while let Some(&(end, _)) = open.last() {
+            if end > start {
+                break;
+            }
+            let id = open.last().map_or(0, |o| o.1);
+            b.segment(pos, end, id)?;
+            pos = pos.max(end);
+            open.pop();
+        }
+        b.segment(pos, start, open.last().map_or(0, |o| o.1))?;
+        pos = start;
+        open.push((start + (1u64 << (32 - u32::from(net.prefix()))), *id));
+    }
+    while let Some(&(end, id)) = open.last() {
+        b.segment(pos, end, id)?;
+        pos = pos.max(end);
+        open.pop();
+    }
+    b.segment(pos, 1 << 32, 0)?;
+    Ok(b.chunks)
+}
+
+/// [`build`]'s state: the /24 being assembled when a segment ends inside one.
+struct Builder<'a> {
+    t24: &'a mut dyn FnMut(u32, usize),
+    t8: &'a mut dyn FnMut(&[u16]),
+    /// Entry ids of the addresses of the current /24 (ids fit 16 bits, checked first).
+    block: [u16; CHUNK_ENTRIES],
+    chunks: usize,
+}
+
+impl Builder<'_> {
+    /// Addresses `start..end` (`end` exclusive, up to 2^32) read `id`; segments come in
+    /// address order without gaps.
+    fn segment(&mut self, start: u64, end: u64, id: u32) -> Result<(), TableError> {
+        let mut a = start;
+        while a < end {
+            if a & 0xff == 0 && end - a >= 256 {
+                let n = (end - a) >> 8;
+                (self.t24)(id, n as usize);
+                a += n << 8;
+                continue;
+            }
+            let block_end = (a | 0xff) + 1;
+            let upto = end.min(block_end);
+            // Ids were checked to fit 16 bits.
+            self.block[(a & 0xff) as usize..=((upto - 1) & 0xff) as usize].fill(id as u16);
+            a = upto;
+            if a == block_end {
+                let first = self.block[0];
+                if self.block.iter().all(|x| *x == first) {
+                    (self.t24)(u32::from(first), 1);
+                } else {
+                    if self.chunks >= MAX_CHUNKS as usize {
+                        return Err(TableError::Chunks(self.chunks + 1));
+                    }
+                    (self.t24)(CHUNK | self.chunks as u32, 1);
+                    (self.t8)(&self.block);
+                    self.chunks += 1;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -65,6 +65,13 @@ pub struct Args {
     /// `docs/benchmarks.md` and leaves the rest as it is.
     #[arg(long)]
     events_only: bool,
+    /// Only the daemon's start-up and memory (`egressd run` on each set's policy file, this
+    /// build and the daemon of the memory baseline commit alternately, 3 rounds; 1 with
+    /// `--quick`): rewrites that subsection and the daemon target rows of
+    /// `docs/benchmarks.md` and leaves the rest as it is. The policy files stay in
+    /// `target/bench-daemon/`.
+    #[arg(long)]
+    daemon_only: bool,
     /// Internal: the connect worker inside namespace NETNS.
     #[arg(long, hide = true, value_name = "NETNS")]
     worker: Option<String>,
@@ -267,7 +274,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     crate::setup::ensure()?;
     // The "before" daemon first: its build replaces target/release/egressd, which the build
     // below puts back.
-    let baseline = baseline_daemon(&target_dir())?;
+    let baseline = if args.lookup_only || args.daemon_only {
+        PathBuf::new()
+    } else {
+        baseline_daemon(&target_dir(), events::BASELINE)?
+    };
+    let daemon_baseline = if args.lookup_only || args.events_only {
+        None
+    } else {
+        Some(baseline_daemon(&target_dir(), memory::BASELINE)?)
+    };
     // Release builds: the daemon, the kernel-side tool, and this tool for the connect worker.
     sh::cargo(&[
         "build",
@@ -294,7 +310,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.events_only {
         return events_only(&plan, &baseline, t);
     }
-    let results = measure(plan, &baseline, t)?;
+    if args.daemon_only {
+        return daemon_only(&plan, daemon_baseline.as_deref(), t);
+    }
+    let results = measure(plan, &baseline, daemon_baseline.as_deref(), t)?;
     let docs = sh::root().join("docs");
     std::fs::create_dir_all(&docs)?;
     let svg = docs.join("benchmarks-connect.svg");
@@ -308,26 +327,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The daemon of [`events::BASELINE`], built once into `target/bench-baseline/` from a
-/// temporary worktree (sharing this target directory, so only egressd's own crates build).
-fn baseline_daemon(target: &Path) -> anyhow::Result<PathBuf> {
-    let bin = target.join(format!("bench-baseline/egressd-{}", events::BASELINE));
+/// The daemon of `commit`, built once into `target/bench-baseline/` from a temporary
+/// worktree (sharing this target directory, so only egressd's own crates build).
+fn baseline_daemon(target: &Path, commit: &str) -> anyhow::Result<PathBuf> {
+    let bin = target.join(format!("bench-baseline/egressd-{commit}"));
     if bin.exists() {
         return Ok(bin);
     }
     let tree = std::env::temp_dir().join(unique("egressd-baseline-"));
-    eprintln!(
-        "bench: building egressd {} in {}",
-        events::BASELINE,
-        tree.display()
-    );
+    eprintln!("bench: building egressd {commit} in {}", tree.display());
     let root = sh::root();
     sh::run(
         std::process::Command::new("git")
             .current_dir(&root)
             .args(["worktree", "add", "--detach"])
             .arg(&tree)
-            .arg(events::BASELINE),
+            .arg(commit),
     )?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let built = sh::run(
@@ -436,6 +451,74 @@ fn events_only(plan: &Plan, baseline: &Path, t0: Instant) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `--daemon-only`: the policy file of each N of `plan` (kept in `target/bench-daemon/`), the
+/// daemon of this build and of [`memory::BASELINE`] started alternately on each, then the
+/// daemon subsection and target rows of `docs/benchmarks.md` replaced.
+fn daemon_only(plan: &Plan, baseline: Option<&Path>, t0: Instant) -> anyhow::Result<()> {
+    let target = target_dir();
+    let files = target.join("bench-daemon");
+    std::fs::create_dir_all(&files)?;
+    let data = prefixes::DataDir::find();
+    let real = prefixes::Real::load(&data.path)?;
+    let mut sets = Vec::new();
+    for &n in &plan.ns {
+        let set = real.set(n);
+        let toml = files.join(format!("policy-{}.toml", set.label));
+        std::fs::write(&toml, set.toml())?;
+        sets.push((n, toml));
+    }
+    let load_start = machine::loadavg();
+    let started = utc_now();
+    let work = TempDir(std::env::temp_dir().join(unique("egressd-bench-")));
+    std::fs::create_dir_all(&work.0)?;
+    let idle = Cgroup::create(&unique("egressd-bench-idle-"))?;
+    let rounds = if plan.quick { 1 } else { 3 };
+    let runs = memory::runs(
+        &sets,
+        &target.join("release/egressd"),
+        baseline,
+        idle.path(),
+        &work.0,
+        rounds,
+    )?;
+    let load_end = machine::loadavg();
+    let mut section = String::new();
+    memory::section(&mut section, &runs);
+    let _ = std::fmt::Write::write_fmt(
+        &mut section,
+        format_args!(
+            "This subsection was measured on its own (`cargo xtask bench --daemon-only{}`, {} rounds, sets from {}), on {started}, load average {:.1} at the start and {:.1} at the end (2 cores shared with other work), in {:.0} s.\n\n",
+            if plan.custom_ns {
+                format!(
+                    " --ns {}",
+                    plan.ns
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            } else {
+                String::new()
+            },
+            rounds,
+            data.describe(),
+            load_start.0,
+            load_end.0,
+            t0.elapsed().as_secs_f64()
+        ),
+    );
+    let rows = memory::target_rows(&runs);
+    print!("{section}");
+    for row in &rows {
+        println!("{row}");
+    }
+    let md_path = sh::root().join("docs/benchmarks.md");
+    let md = std::fs::read_to_string(&md_path)?;
+    std::fs::write(&md_path, memory::patch_report(&md, &section, &rows)?)?;
+    eprintln!("bench: rewrote the daemon start-up and memory section of docs/benchmarks.md");
+    Ok(())
+}
+
 /// `--lookup-only`: `bench_kernel --proto` (without attaching) per N of `plan`, and the net
 /// per-lookup stream figures of each structure.
 fn lookups(plan: &Plan) -> anyhow::Result<()> {
@@ -512,7 +595,12 @@ impl Drop for TempDir {
     }
 }
 
-fn measure(plan: Plan, baseline: &Path, t0: Instant) -> anyhow::Result<Results> {
+fn measure(
+    plan: Plan,
+    baseline: &Path,
+    daemon_baseline: Option<&Path>,
+    t0: Instant,
+) -> anyhow::Result<Results> {
     let target = target_dir();
     let kernel_bin = target.join("release/examples/bench_kernel");
     let egressd_bin = target.join("release/egressd");
@@ -618,18 +706,15 @@ fn measure(plan: Plan, baseline: &Path, t0: Instant) -> anyhow::Result<Results> 
         "bench: daemon memory, {:.0} s in",
         t0.elapsed().as_secs_f64()
     );
-    for (n, toml) in daemon_sets {
-        let timeout = Duration::from_secs(180);
-        let out = work.0.join(format!("daemon-{n}.jsonl"));
-        r.daemon.push(memory::daemon_run(
-            n,
-            &egressd_bin,
-            &toml,
-            idle.path(),
-            &out,
-            timeout,
-        )?);
-    }
+    let rounds = if plan.quick { 1 } else { 3 };
+    r.daemon = memory::runs(
+        &daemon_sets,
+        &egressd_bin,
+        daemon_baseline,
+        idle.path(),
+        &work.0,
+        rounds,
+    )?;
     r.load.1 = machine::loadavg();
     r.elapsed = t0.elapsed();
     if let Ok(dump) = serde_json::to_string(&report::dump(&r)) {

@@ -159,7 +159,7 @@ pub fn dump(r: &Results) -> Value {
         "floods": r.floods.iter().map(super::events::to_json).collect::<Vec<_>>(),
         "spool": r.spool.iter().map(|v| v.raw.clone()).collect::<Vec<_>>(),
         "daemon": r.daemon.iter().map(|d| json!({
-            "n": d.n, "started": d.started, "start_ns": d.start_ns, "rss_kib": d.rss_kib,
+            "n": d.n, "build": d.build.name(), "started": d.started, "start_ns": d.start_ns, "rss_kib": d.rss_kib,
             "hwm_kib": d.hwm_kib, "maps_bytes": d.maps_bytes, "timeout_s": d.timeout_s,
         })).collect::<Vec<_>>(),
     })
@@ -512,13 +512,16 @@ fn targets(s: &mut String, r: &Results, ns: &[usize], top: usize) {
             nft.map_or("–".into(), dur),
             r.daemon
                 .iter()
-                .find(|d| d.n == top)
+                .find(|d| d.n == top && d.build == super::memory::Build::Current)
                 .map_or("–".into(), |d| if d.started {
                     dur(d.start_ns)
                 } else {
                     format!("not started after {:.0} s", d.timeout_s)
                 })
         );
+    }
+    for row in super::memory::target_rows(&r.daemon) {
+        let _ = writeln!(s, "{row}");
     }
     s.push('\n');
     why(s, r, ns, top);
@@ -665,7 +668,12 @@ fn why(s: &mut String, r: &Results, ns: &[usize], top: usize) {
             dur(l / total.max(1.0))
         );
     }
-    if let Some(d) = r.daemon.iter().max_by_key(|d| d.n) {
+    if let Some(d) = r
+        .daemon
+        .iter()
+        .filter(|d| d.build == super::memory::Build::Current)
+        .max_by_key(|d| d.n)
+    {
         let _ = writeln!(
             s,
             "- **The daemon's path.** `egressd run` with the {}-prefix policy file {}: TOML \
@@ -1045,37 +1053,7 @@ fn memory_tables(s: &mut String, r: &Results, ns: &[usize]) {
             bytes(lookup / total.max(1.0))
         );
     }
-    let _ = writeln!(s, "\n### Daemon start-up and memory\n");
-    let _ = writeln!(
-        s,
-        "The real `egressd run` with the set as a policy file (every region allowlisted), \
-         attached to an empty cgroup. Start-up is spawn to the `agent_start` record: config \
-         parse and validation, compile, program load and verification, map fill, attach.\n"
-    );
-    let _ = writeln!(
-        s,
-        "| N | start-up | RSS | peak RSS | kernel maps |\n| --- | ---: | ---: | ---: | ---: |"
-    );
-    for d in &r.daemon {
-        if d.started {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} |",
-                label(d.n),
-                dur(d.start_ns),
-                bytes(d.rss_kib as f64 * 1024.0),
-                bytes(d.hwm_kib as f64 * 1024.0),
-                bytes(d.maps_bytes as f64)
-            );
-        } else {
-            let _ = writeln!(
-                s,
-                "| {} | not started after {:.0} s (stopped) | – | – | – |",
-                label(d.n),
-                d.timeout_s
-            );
-        }
-    }
-    let _ = ns;
     s.push('\n');
+    super::memory::section(s, &r.daemon);
+    let _ = ns;
 }

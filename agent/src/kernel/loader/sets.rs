@@ -281,6 +281,30 @@ pub(super) fn compile_table(policy: &Policy, chunks: Option<usize>) -> Option<Ta
     }
 }
 
+/// Whether `policy`'s IPv4 table is to be used: the maps have one and it fits (else logged,
+/// as by [`compile_table`]); [`fill_set`] then compiles it straight into the maps.
+pub(super) fn plan_table(policy: &Policy, chunks: Option<usize>) -> bool {
+    let Some(capacity) = chunks else {
+        return false;
+    };
+    match table::chunks_of(&policy.lpm_v4) {
+        Ok(c) if c <= capacity => true,
+        Ok(c) => {
+            tracing::warn!(
+                chunks = c,
+                capacity,
+                "the policy needs more IPv4 table chunks than the maps hold; IPv4 lookups of \
+                 this generation use the LPM trie (restart egressd to size the table anew)"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "IPv4 table not usable; IPv4 lookups use the LPM trie");
+            false
+        }
+    }
+}
+
 /// The IPv6 table of `policy` when the maps have one and it fits, else `None` (logged: IPv6
 /// is then looked up in the trie).
 pub(super) fn compile_table6(policy: &Policy, boundaries: Option<usize>) -> Option<Table6> {
@@ -315,8 +339,9 @@ pub(super) struct Stale<'a> {
 }
 
 /// Makes set `set` hold exactly `new` for generation `generation`: `stale` says what its
-/// maps hold; `table` and `table6` are the compiled IPv4 and IPv6 tables of `new` when that
-/// family is to be looked up in its table (its trie is then left empty).
+/// maps hold; with `table`, IPv4 is looked up in its table (compiled here straight into the
+/// maps, [`plan_table`] said it fits) and `table6` is the compiled IPv6 table of `new` when
+/// IPv6 is looked up in its table (a family's trie is then left empty).
 /// Returns whether each table is used.
 pub(super) fn fill_set(
     ebpf: &mut Ebpf,
@@ -324,7 +349,7 @@ pub(super) fn fill_set(
     stale: Stale<'_>,
     new: &Policy,
     generation: u64,
-    table: Option<&Table4>,
+    table: bool,
     table6: Option<&Table6>,
 ) -> anyhow::Result<(bool, bool)> {
     let (old, old_v4, old_v6) = (stale.old, stale.v4, stale.v6);
@@ -333,14 +358,18 @@ pub(super) fn fill_set(
     {
         let name = maps::PREFIXES_V4[set];
         let mut trie: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
-        let want: &[(Ipv4Network, u32)] = if table.is_some() { &[] } else { &new.lpm_v4 };
-        let keep: HashSet<Ipv4Network> = want.iter().map(|(n, _)| *n).collect();
-        let stale: Vec<Key<[u8; 4]>> = old_v4
-            .map_or(&[][..], |p| &p.lpm_v4)
-            .iter()
-            .filter(|(n, _)| !keep.contains(n))
-            .map(|(n, _)| key4(n))
-            .collect();
+        let want: &[(Ipv4Network, u32)] = if table { &[] } else { &new.lpm_v4 };
+        let stale: Vec<Key<[u8; 4]>> = match old_v4 {
+            None => Vec::new(),
+            Some(p) => {
+                let keep: HashSet<Ipv4Network> = want.iter().map(|(n, _)| *n).collect();
+                p.lpm_v4
+                    .iter()
+                    .filter(|(n, _)| !keep.contains(n))
+                    .map(|(n, _)| key4(n))
+                    .collect()
+            }
+        };
         if !delete_batch(fd4, &stale) {
             for k in &stale {
                 let _ = trie.remove(k);
@@ -355,29 +384,57 @@ pub(super) fn fill_set(
             }
         }
     }
-    if let Some(t) = table {
-        table::write(ebpf, maps::TABLE24[set], t.t24_bytes())?;
-        table::write(ebpf, maps::TABLE8[set], t.t8_bytes())?;
-    }
     {
         let name = maps::PREFIXES_V6[set];
-        let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
         let want: &[(Ipv6Network, u32)] = if table6.is_some() { &[] } else { &new.lpm_v6 };
-        let keep: HashSet<Ipv6Network> = want.iter().map(|(n, _)| *n).collect();
-        let stale: Vec<Key<[u8; 16]>> = old_v6
-            .map_or(&[][..], |p| &p.lpm_v6)
-            .iter()
-            .filter(|(n, _)| !keep.contains(n))
-            .map(|(n, _)| key6(n))
-            .collect();
+        let stale: Vec<Key<[u8; 16]>> = match old_v6 {
+            None => Vec::new(),
+            Some(p) => {
+                let keep: HashSet<Ipv6Network> = want.iter().map(|(n, _)| *n).collect();
+                p.lpm_v6
+                    .iter()
+                    .filter(|(n, _)| !keep.contains(n))
+                    .map(|(n, _)| key6(n))
+                    .collect()
+            }
+        };
         if !delete_batch(fd6, &stale) {
+            let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
             for k in &stale {
                 let _ = trie.remove(k);
             }
         }
         let keys: Vec<Key<[u8; 16]>> = want.iter().map(|(n, _)| key6(n)).collect();
         let values: Vec<u32> = want.iter().map(|(_, e)| *e).collect();
-        if !update_batch(fd6, &keys, &values).with_context(|| format!("filling {name}"))? {
+        // The kernel fills the IPv6 trie while this thread writes the IPv4 table: each is
+        // about a third of the start-up with a million prefixes.
+        let started = std::time::Instant::now();
+        let shared: &Ebpf = ebpf;
+        let (batched, written) = std::thread::scope(|s| {
+            let trie = s.spawn(|| {
+                let r = update_batch(fd6, &keys, &values);
+                (r, started.elapsed())
+            });
+            let written = if table {
+                table::write_table4(shared, maps::TABLE24[set], maps::TABLE8[set], &new.lpm_v4)
+                    .map(Some)
+            } else {
+                Ok(None)
+            };
+            let table_took = started.elapsed();
+            (trie.join(), written.map(|c| (c, table_took)))
+        });
+        let (batched, trie_took) = batched.map_err(|_| anyhow!("filling {name} panicked"))?;
+        if let (Some(chunks), table_took) = written? {
+            tracing::debug!(chunks, ms = table_took.as_millis(), "IPv4 table written");
+        }
+        tracing::debug!(
+            prefixes = want.len(),
+            ms = trie_took.as_millis(),
+            "IPv6 trie filled"
+        );
+        if !batched.with_context(|| format!("filling {name}"))? {
+            let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
             for (net, entry) in want {
                 trie.insert(&key6(net), entry, 0)
                     .with_context(|| format!("inserting {net} into {name}"))?;
@@ -414,9 +471,9 @@ pub(super) fn fill_set(
             .with_context(|| format!("setting entry {id} in {name}"))?;
     }
     let mut settings: Array<_, GlobalPolicy> = Array::try_from(map(ebpf, maps::SETTINGS)?)?;
-    let value = settings_of(new, generation, table.is_some());
+    let value = settings_of(new, generation, table);
     settings.set(u32::try_from(set)?, value, 0)?;
-    Ok((table.is_some(), table6.is_some()))
+    Ok((table, table6.is_some()))
 }
 
 /// Raw descriptor of LPM trie `name`, valid while `ebpf` lives.

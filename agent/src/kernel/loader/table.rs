@@ -164,16 +164,33 @@ struct Mapping {
     len: usize,
 }
 
+/// Array map `name`'s descriptor and the bytes of its value area (whole pages).
+fn array(ebpf: &Ebpf, name: &str) -> anyhow::Result<(std::os::fd::RawFd, usize)> {
+    let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
+        bail!("map {name} missing from the eBPF object or not an array");
+    };
+    // The kernel lays the elements out every `value_size` rounded up to 8 bytes, and maps
+    // whole pages.
+    let info = data.info()?;
+    let len = (info.max_entries() as usize * (info.value_size() as usize).next_multiple_of(8))
+        .next_multiple_of(PAGE_BYTES);
+    Ok((data.fd().as_fd().as_raw_fd(), len))
+}
+
 impl Mapping {
     fn new(ebpf: &Ebpf, name: &str, write: bool) -> anyhow::Result<Self> {
-        let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
-            bail!("map {name} missing from the eBPF object or not an array");
-        };
-        // The kernel lays the elements out every `value_size` rounded up to 8 bytes, and
-        // maps whole pages.
-        let info = data.info()?;
-        let len = (info.max_entries() as usize * (info.value_size() as usize).next_multiple_of(8))
-            .next_multiple_of(PAGE_BYTES);
+        let (fd, len) = array(ebpf, name)?;
+        Self::window(fd, name, 0, len, write)
+    }
+
+    /// `len` bytes of the array's value area from byte `offset` (page aligned).
+    fn window(
+        fd: std::os::fd::RawFd,
+        name: &str,
+        offset: usize,
+        len: usize,
+        write: bool,
+    ) -> anyhow::Result<Self> {
         let prot = if write {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
@@ -187,8 +204,8 @@ impl Mapping {
                 len,
                 prot,
                 libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
+                fd,
+                libc::off_t::try_from(offset)?,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -204,6 +221,134 @@ impl Drop for Mapping {
         // SAFETY: unmaps exactly what `new` mapped.
         unsafe { libc::munmap(self.ptr, self.len) };
     }
+}
+
+/// Bytes of a map written at a time by [`Stream`]: the process maps (and so counts as
+/// resident) one window of each map, not the 64 MiB of a first level.
+const WINDOW: usize = 1 << 20;
+
+/// Writes an array map's value area front to back through a moving window.
+struct Stream<'a> {
+    name: &'a str,
+    fd: std::os::fd::RawFd,
+    len: usize,
+    window: Option<(Mapping, usize)>,
+    /// Bytes written.
+    pos: usize,
+    error: Option<anyhow::Error>,
+}
+
+impl<'a> Stream<'a> {
+    fn new(ebpf: &Ebpf, name: &'a str) -> anyhow::Result<Self> {
+        let (fd, len) = array(ebpf, name)?;
+        Ok(Self {
+            name,
+            fd,
+            len,
+            window: None,
+            pos: 0,
+            error: None,
+        })
+    }
+
+    /// The mapped bytes from the current position to the end of its window (mapping the
+    /// window first); `None` after an error.
+    fn room(&mut self) -> Option<&mut [u8]> {
+        if self.error.is_some() {
+            return None;
+        }
+        if self.pos >= self.len {
+            self.error = Some(anyhow::anyhow!(
+                "{} holds {} bytes, the table needs more",
+                self.name,
+                self.len
+            ));
+            return None;
+        }
+        let start = self.pos / WINDOW * WINDOW;
+        if self.window.as_ref().is_none_or(|(_, at)| *at != start) {
+            self.window = None;
+            let len = WINDOW.min(self.len - start);
+            match Mapping::window(self.fd, self.name, start, len, true) {
+                Ok(m) => self.window = Some((m, start)),
+                Err(e) => {
+                    self.error = Some(e);
+                    return None;
+                }
+            }
+        }
+        let (m, at) = self.window.as_ref()?;
+        let off = self.pos - at;
+        // SAFETY: `off < m.len` (the window holds `pos`); the mapping is writable, page
+        // aligned, and nothing else in the process refers to it.
+        Some(unsafe { std::slice::from_raw_parts_mut(m.ptr.cast::<u8>().add(off), m.len - off) })
+    }
+
+    /// Writes `n` copies of `value` (host byte order; the position is 4-byte aligned).
+    fn fill_u32(&mut self, value: u32, mut n: usize) {
+        while n > 0 {
+            let Some(room) = self.room() else { return };
+            let k = n.min(room.len() / 4);
+            for slot in room[..k * 4].chunks_exact_mut(4) {
+                slot.copy_from_slice(&value.to_ne_bytes());
+            }
+            self.pos += k * 4;
+            n -= k;
+        }
+    }
+
+    fn write(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let Some(room) = self.room() else { return };
+            let n = bytes.len().min(room.len());
+            room[..n].copy_from_slice(&bytes[..n]);
+            self.pos += n;
+            bytes = &bytes[n..];
+        }
+    }
+
+    fn finish(self) -> anyhow::Result<usize> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.pos),
+        }
+    }
+}
+
+/// Compiles `entries`' IPv4 table ([`crate::policy::table::build`]) straight into the maps
+/// `name24` and `name8`, one window at a time (no copy of the table in the process).
+/// Returns the chunks written.
+///
+/// # Errors
+/// A map is missing, cannot be mapped, or is too small; the entries do not fit a table.
+pub fn write_table4(
+    ebpf: &Ebpf,
+    name24: &str,
+    name8: &str,
+    entries: &[(Ipv4Network, u32)],
+) -> anyhow::Result<usize> {
+    let mut t24 = Stream::new(ebpf, name24)?;
+    let mut t8 = Stream::new(ebpf, name8)?;
+    let chunks =
+        crate::policy::table::build(entries, &mut |id, n| t24.fill_u32(id, n), &mut |chunk| {
+            // SAFETY: `u16` has no padding or invalid bit patterns; the length is in bytes.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(chunk.as_ptr().cast::<u8>(), chunk.len() * 2) };
+            t8.write(bytes);
+        })?;
+    t24.finish()?;
+    t8.finish()?;
+    Ok(chunks)
+}
+
+/// Chunks `entries`' IPv4 table needs ([`crate::policy::table::build`] with nothing kept).
+///
+/// # Errors
+/// The entries do not fit a table.
+pub fn chunks_of(
+    entries: &[(Ipv4Network, u32)],
+) -> Result<usize, crate::policy::table::TableError> {
+    crate::policy::table::build(entries, &mut |_, _| {}, &mut |_| {})
 }
 
 /// Copies `bytes` to the start of array map `name` (the rest is left as it is: the table

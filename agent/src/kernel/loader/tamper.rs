@@ -109,7 +109,7 @@ impl Enforcer {
             && (!large(&policy) || checks.is_multiple_of(LARGE_CHECK_EVERY))
             && !self.set_matches(set, &policy)?
         {
-            let table = compile_table(&policy, self.table_chunks);
+            let table = plan_table(&policy, self.table_chunks);
             let table6 = compile_table6(&policy, self.table6_ranges);
             let (used_table, used_table6) = fill_set(
                 &mut self.ebpf,
@@ -117,7 +117,7 @@ impl Enforcer {
                 Stale::default(),
                 &policy,
                 self.generation,
-                table.as_ref(),
+                table,
                 table6.as_ref(),
             )?;
             clear_stale(&mut self.ebpf, set, &policy, used_table, used_table6)?;
