@@ -263,31 +263,21 @@ pub(super) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut 
 /// is then looked up in the trie, as fast as the trie is).
 pub(super) fn compile_table(policy: &Policy, chunks: Option<usize>) -> Option<Table4> {
     let capacity = chunks?;
-    match Table4::compile(&policy.lpm_v4) {
-        Ok(t) if t.chunks() <= capacity => Some(t),
-        Ok(t) => {
-            tracing::warn!(
-                chunks = t.chunks(),
-                capacity,
-                "the policy needs more IPv4 table chunks than the maps hold; IPv4 lookups of \
-                 this generation use the LPM trie (restart egressd to size the table anew)"
-            );
-            None
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "IPv4 table not usable; IPv4 lookups use the LPM trie");
-            None
-        }
-    }
+    let t = Table4::compile(&policy.lpm_v4);
+    let fits = table_fits(t.as_ref().map(Table4::chunks), capacity);
+    t.ok().filter(|_| fits)
 }
 
 /// Whether `policy`'s IPv4 table is to be used: the maps have one and it fits (else logged,
 /// as by [`compile_table`]); [`fill_set`] then compiles it straight into the maps.
 pub(super) fn plan_table(policy: &Policy, chunks: Option<usize>) -> bool {
-    let Some(capacity) = chunks else {
-        return false;
-    };
-    match table::chunks_of(&policy.lpm_v4) {
+    chunks.is_some_and(|capacity| table_fits(table::chunks_of(&policy.lpm_v4), capacity))
+}
+
+/// Whether a table of `chunks` second-level chunks (or the error compiling it) fits maps of
+/// `capacity` chunks; logs why not.
+fn table_fits<E: std::fmt::Display>(chunks: Result<usize, E>, capacity: usize) -> bool {
+    match chunks {
         Ok(c) if c <= capacity => true,
         Ok(c) => {
             tracing::warn!(
