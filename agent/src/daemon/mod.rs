@@ -665,6 +665,8 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                             ),
                             fallback.as_ref(),
                         ));
+                        // A failed reload parsed and perhaps compiled a whole policy too.
+                        release_freed_memory();
                     }
                 }
             }
