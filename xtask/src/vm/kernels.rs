@@ -67,7 +67,7 @@ pub const KERNELS: &[Kernel] = &[
         version: "6.1.176-1",
         // Single-threaded since 2026-12-01: multi-threaded, the stale-breakpoint lockup at
         // `bpf_lsm_bpf+0` struck in three boots out of three that day (twice in a row with
-        // the retry). Single-threaded the suite took 969 s of the 1,200 s timeout on a
+        // the retry). Single-threaded the suite took 969 s of the then 1,200 s timeout on a
         // loaded machine, without a lockup.
         tcg_single: true,
     },
