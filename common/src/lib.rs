@@ -356,8 +356,12 @@ pub mod failsafe {
     /// would not compute (`bpf_fib_lookup`: forwarding disabled on the device, an
     /// unsupported route) or whose link-layer header could not be read.
     pub const NEXT_HOP_UNVERIFIED: u32 = 9;
+    /// A packet hook's header walk whose per-CPU scratch space was overwritten while it
+    /// ran, by the same hook running nested on that CPU (a softirq sending, or a task
+    /// preempting it): what it read there may be another packet's.
+    pub const SCRATCH_RACE: u32 = 10;
     /// Number of entries of [`crate::maps::FAILSAFE`].
-    pub const SLOTS: u32 = 10;
+    pub const SLOTS: u32 = 11;
 }
 
 /// IPv6 extension headers the packet hook walks before it gives up (and denies, see

@@ -122,6 +122,15 @@ pub struct Scratch {
     pub route_at: u64,
     /// See `route_at`.
     pub route_len: u64,
+    /// Walks started on this CPU (wrapping): the source of [`Scratch::token`].
+    pub walks: u64,
+    /// The walk that owns this slot: each [`from_skb`] takes the next value. A packet hook
+    /// that runs nested on this CPU (a softirq, or a task preempting a migration-disabled
+    /// program) takes a new one, so a walk finds out that its scratch data was overwritten
+    /// ([`owns`]) and fails closed instead of judging another packet's headers.
+    pub token: u64,
+    /// A packet between the two halves of `cgroup_skb/egress` (see `skb::Parked`).
+    pub parked: [u64; 3],
 }
 
 /// Writes `v` to scratch memory, where the verifier does not track values.
@@ -161,12 +170,52 @@ pub struct Packet {
     /// A [`failsafe`] reason when the headers could not be read safely: the packet is then
     /// denied whatever `dest` says.
     pub doubt: u32,
+    /// The walk's [`Scratch::token`] (see [`owns`]), where a caller knows it; else 0.
+    pub token: u64,
+}
+
+/// Starts a walk: takes this CPU's next token and marks the scratch slot as the walk's.
+/// `None` only if the slot is missing (the map lookup cannot fail for index 0).
+#[inline(always)]
+pub fn start_walk() -> Option<u64> {
+    let sc = scratch()?;
+    let token = get(&sc.walks).wrapping_add(1);
+    put(&mut sc.walks, token);
+    put(&mut sc.token, token);
+    Some(token)
+}
+
+/// Parks a packet (see `skb::Parked`) in this CPU's scratch slot.
+#[inline(always)]
+pub fn park(addr: [u64; 2], meta: u64) {
+    if let Some(sc) = scratch() {
+        put(&mut sc.parked[0], addr[0]);
+        put(&mut sc.parked[1], addr[1]);
+        put(&mut sc.parked[2], meta);
+    }
+}
+
+/// The packet [`park`]ed last on this CPU (zeros when the slot is missing): check [`owns`]
+/// after reading it.
+#[inline(always)]
+pub fn parked() -> [u64; 3] {
+    scratch().map_or([0; 3], |sc| {
+        [get(&sc.parked[0]), get(&sc.parked[1]), get(&sc.parked[2])]
+    })
+}
+
+/// Whether the walk with `token` still owns this CPU's scratch slot, so the
+/// [`Scratch::route`] addresses and counts read from it are its own.
+#[inline(always)]
+pub fn owns(token: u64) -> bool {
+    scratch().is_some_and(|sc| get(&sc.token) == token)
 }
 
 /// Reads a packet at a cgroup_skb hook (data starts at the IP header): the destination on
 /// egress (`egress`), the source on ingress; the upper-layer protocol and port behind IPv4
 /// options and IPv6 extension headers, exactly as the socket hooks would see them. `None`
-/// for non-IP packets.
+/// for non-IP packets. Call in a walk ([`start_walk`]), and check [`owns`] after the last
+/// use of the scratch slot; the result's `token` is 0.
 #[inline(always)]
 pub fn from_skb(ctx: &SkBuffContext, egress: bool) -> Option<Packet> {
     let proto = u16::from_be(ctx.skb.protocol() as u16);
@@ -181,6 +230,7 @@ pub fn from_skb(ctx: &SkBuffContext, egress: bool) -> Option<Packet> {
         n_route: 0,
         header_family: family::INET,
         doubt: failsafe::NONE,
+        token: 0,
     };
     if proto != ETH_P_IP && proto != ETH_P_IPV6 {
         return None;

@@ -196,6 +196,9 @@ pub fn failsafe_reason(code: u8) -> Option<&'static str> {
         f::NEXT_HOP_UNVERIFIED => {
             "raw socket frame whose next hop the kernel could not compute (forwarding off on the interface?)"
         }
+        f::SCRATCH_RACE => {
+            "packet hook interrupted by another packet's on the same CPU: its header walk could not be trusted"
+        }
         _ => "unknown reason",
     })
 }

@@ -133,6 +133,7 @@ pub fn fail_closed(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<Vec<(Strin
         (f::ROUTE_HOP_RULES, "route_hop_rules"),
         (f::NEXT_HOP_MISMATCH, "next_hop_mismatch"),
         (f::NEXT_HOP_UNVERIFIED, "next_hop_unverified"),
+        (f::SCRATCH_RACE, "scratch_race"),
     ];
     let mut out = Vec::new();
     for (code, name) in names {
