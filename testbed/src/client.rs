@@ -361,6 +361,23 @@ fn last_err<T>(step: &'static str) -> Result<T, (&'static str, io::Error)> {
     Err((step, io::Error::last_os_error()))
 }
 
+/// One `recv(2)` into `buf`, the byte count read. Retried on `EINTR`: after an io_uring
+/// submission, task work the kernel queues for this thread can interrupt a blocking
+/// receive before the reply (or the receive timeout) comes.
+fn recv(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize, (&'static str, io::Error)> {
+    loop {
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(("recv", e));
+        }
+    }
+}
+
 /// A socket of `family`, `ty`, `proto`, owned.
 fn socket(addr: &SocketAddr, ty: i32, proto: i32) -> Result<OwnedFd, (&'static str, io::Error)> {
     let family = if addr.is_ipv4() {
@@ -508,11 +525,7 @@ fn sendmmsg(addr: SocketAddr, timeout: Duration) -> Step {
         return last_err("sendmmsg");
     }
     let mut buf = [0u8; 64];
-    // SAFETY: valid fd and buffer.
-    if unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) } < 0 {
-        return last_err("recv");
-    }
-    Ok(())
+    recv(&fd, &mut buf).map(drop)
 }
 
 fn uring_connect(addr: SocketAddr) -> Step {
@@ -546,12 +559,7 @@ fn uring_sendmsg(addr: SocketAddr, timeout: Duration) -> Step {
         io_uring::opcode::SendMsg::new(io_uring::types::Fd(fd.as_raw_fd()), &raw const hdr).build();
     uring_submit(op, "io_uring sendmsg")?;
     let mut buf = [0u8; 64];
-    // SAFETY: valid fd and buffer.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return last_err("recv");
-    }
-    Ok(())
+    recv(&fd, &mut buf).map(drop)
 }
 
 /// Submits one SQE and waits for its CQE; a negative result is the errno.
@@ -608,16 +616,12 @@ fn icmp_echo(addr: SocketAddr, timeout: Duration) -> Step {
     }
     let mut buf = [0u8; 1500];
     for _ in 0..16 {
-        // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return last_err("recv");
-        }
+        let n = recv(&fd, &mut buf)?;
         // IPv4 raw sockets deliver the IP header; ICMPv6 ones do not.
         let icmp = if v4 {
-            &buf[usize::from(buf[0] & 0x0f) * 4..n as usize]
+            &buf[usize::from(buf[0] & 0x0f) * 4..n]
         } else {
-            &buf[..n as usize]
+            &buf[..n]
         };
         let reply = if v4 { 0 } else { 129 };
         if icmp.len() >= 6 && icmp[0] == reply && icmp[4..6] == id.to_be_bytes() {
