@@ -6,7 +6,8 @@
 //!
 //! Steps: fetch and unpack the kernels (cached under `target/vm/kernels/`), build the
 //! binaries (release: the guest runs under TCG, about 17x slower than the host), build the
-//! initramfs ([`initramfs`]), boot each kernel in turn ([`qemu`]) and print a table and
+//! initramfs ([`initramfs`]), boot the kernels ([`qemu`]; `--jobs` at a time, by default
+//! two where the host has two CPUs) and print a table and
 //! `vm-test: N passed, N failed` (N counts kernels). Each kernel's console is echoed
 //! with its name and kept in `target/vm/<kernel>/console.log`.
 //!
@@ -56,6 +57,11 @@ pub struct Args {
     /// Virtual CPUs of the guest.
     #[arg(long, value_name = "N", default_value_t = 2)]
     cpus: u32,
+    /// Kernels booted at the same time. Default: the host's CPU count, at most 2 (a
+    /// single-threaded TCG guest keeps one host CPU busy; the kernels take turns on the
+    /// rest).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
     /// TCG threading: `auto` (each kernel's `tcg_single`), `single` or `multi`.
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "single", "multi"])]
     tcg_threads: String,
@@ -110,6 +116,7 @@ impl Args {
             exec: false,
             append: String::new(),
             cpus: 2,
+            jobs: None,
             tcg_threads: "auto".to_owned(),
             args: Vec::new(),
         }
@@ -127,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
             .map(|n| kernels::by_name(n))
             .collect::<anyhow::Result<_>>()?
     };
-    let mut accel = accel_override()?;
+    let accel = accel_override()?;
     setup::ensure()?;
     setup::ensure_vm()?;
     let vm_dir = sh::target_dir().join("vm");
@@ -163,12 +170,36 @@ pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
         common.display(),
         mib(&common)
     );
-    let mut rows = Vec::new();
+    let mut prepared = Vec::new();
     for (kernel, unpacked) in selected.iter().copied().zip(&unpacked) {
-        let report = boot_one(&vm_dir, kernel, unpacked, &common, &mut accel, &args)
-            .map_err(|e| format!("{e:#}"));
-        rows.push(Row { kernel, report });
+        let dir = vm_dir.join(kernel.name);
+        fs::create_dir_all(&dir)?;
+        let initrd = initramfs::build_for_kernel(&dir, &common, unpacked)?;
+        prepared.push((kernel, unpacked, initrd));
     }
+    let accel = match (accel, prepared.first()) {
+        (Some(a), _) => a,
+        (None, Some((kernel, unpacked, initrd))) => {
+            let probe_log = vm_dir.join(kernel.name).join("kvm-probe.log");
+            match qemu::probe_kvm(&unpacked.vmlinuz, initrd, &probe_log) {
+                Ok(()) => {
+                    eprintln!("xtask: vm-test: KVM works here; using it");
+                    Accel::Kvm
+                }
+                Err(why) => {
+                    eprintln!("xtask: vm-test: KVM does not work here ({why}); using TCG");
+                    Accel::Tcg
+                }
+            }
+        }
+        (None, None) => bail!("no kernel selected"),
+    };
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(2)
+    });
+    let rows = boot_all(&vm_dir, &prepared, accel, &args, jobs.max(1));
     print_table(&vm_dir, &rows);
     for row in &rows {
         for kill in row.report.iter().flat_map(|r| &r.oom_kills) {
@@ -195,37 +226,58 @@ pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
         .collect())
 }
 
-/// Builds `kernel`'s initramfs and boots it.
+/// Boots each prepared kernel (kernel, unpacked files, initramfs), `jobs` at a time, in
+/// the order given; the rows come back in that order. Each guest's console is echoed with
+/// its kernel's name in front, so concurrent boots stay readable.
+fn boot_all(
+    vm_dir: &Path,
+    prepared: &[(&'static kernels::Kernel, &kernels::Unpacked, PathBuf)],
+    accel: Accel,
+    args: &Args,
+    jobs: usize,
+) -> Vec<Row> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(prepared.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((kernel, unpacked, initrd)) = prepared.get(i) else {
+                        break;
+                    };
+                    let report = boot_one(vm_dir, kernel, unpacked, initrd, accel, args)
+                        .map_err(|e| format!("{e:#}"));
+                    let row = Row { kernel, report };
+                    done.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((i, row));
+                }
+            });
+        }
+    });
+    let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, row)| row).collect()
+}
+
+/// Boots `kernel` from its initramfs `initrd`.
 fn boot_one(
     vm_dir: &Path,
     kernel: &kernels::Kernel,
     unpacked: &kernels::Unpacked,
-    common: &Path,
-    accel: &mut Option<Accel>,
+    initrd: &Path,
+    accel: Accel,
     args: &Args,
 ) -> anyhow::Result<qemu::Report> {
     let dir = vm_dir.join(kernel.name);
-    fs::create_dir_all(&dir)?;
-    let initrd = initramfs::build_for_kernel(&dir, common, unpacked)?;
-    let accel = *accel.get_or_insert_with(|| {
-        match qemu::probe_kvm(&unpacked.vmlinuz, &initrd, &dir.join("kvm-probe.log")) {
-            Ok(()) => {
-                eprintln!("xtask: vm-test: KVM works here; using it");
-                Accel::Kvm
-            }
-            Err(why) => {
-                eprintln!("xtask: vm-test: KVM does not work here ({why}); using TCG");
-                Accel::Tcg
-            }
-        }
-    });
     let log = qemu::log_path(vm_dir, kernel.name);
     eprintln!(
         "xtask: vm-test: booting {} ({} {}) with {accel:?}, initramfs {}; console log {}",
         kernel.name,
         kernel.package,
         kernel.version,
-        mib(&initrd),
+        mib(initrd),
         log.display()
     );
     let tcg_single = match args.tcg_threads.as_str() {
@@ -237,7 +289,7 @@ fn boot_one(
         qemu::boot(&qemu::Boot {
             label: kernel.name,
             vmlinuz: &unpacked.vmlinuz,
-            initrd: &initrd,
+            initrd,
             append: &args.append,
             accel,
             log: &log,
