@@ -5,6 +5,7 @@ use which::which;
 
 fn main() {
     println!("cargo:rustc-link-arg=--export=egressd_table6_lookup");
+    println!("cargo:rustc-link-arg=--export=egressd_lookup");
     println!("cargo:rustc-link-arg=--export=egressd_skb_parse");
     println!("cargo:rustc-link-arg=--export=egressd_skb_judge");
     match which("bpf-linker") {

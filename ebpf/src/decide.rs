@@ -195,36 +195,83 @@ fn verdict_of(act: u8, audit: u8) -> Verdict {
     }
 }
 
+/// [`egressd_lookup`] result bit: the maps are inconsistent; the low 32 bits are the
+/// [`failsafe`] reason.
+const LOOKUP_FAILED: u64 = 1 << 32;
+
 /// Longest-prefix match in set `set`: the entry id, 0 when no prefix covers `d`; a
-/// [`failsafe`] reason when the maps are inconsistent.
+/// [`failsafe`] reason when the maps are inconsistent. By the global function
+/// [`egressd_lookup`].
 #[inline(always)]
 fn lookup(d: &Dest, set: usize) -> Result<u32, u32> {
-    if d.family == family::INET
-        && EGRESSD_SETTINGS_V1
-            .get(set as u32)
-            .is_some_and(|s| s.v4_table != 0)
-    {
-        return table4(d, set);
-    }
-    let hit = if d.family == family::INET {
-        let key = Key::new(32, [d.addr[0], d.addr[1], d.addr[2], d.addr[3]]);
-        if set == 0 {
-            EGRESSD_PREFIXES_V4_A_V1.get(&key)
-        } else {
-            EGRESSD_PREFIXES_V4_B_V1.get(&key)
-        }
+    let a = &d.addr;
+    let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let r = egressd_lookup(set as u64, u64::from(d.family), hi, lo);
+    if r & LOOKUP_FAILED != 0 {
+        Err(r as u32)
     } else {
-        // The range table is not looked up yet: with this branch, `cgroup_skb/egress` goes
-        // past the 1M-instruction budget of the 6.1 and 5.10 verifiers (see `table6`).
-        if TABLE6_IN_PROGRAMS && let Some(id) = table6(d, set)? {
-            return Ok(id);
-        }
-        let key = Key::new(128, d.addr);
-        if set == 0 {
-            EGRESSD_PREFIXES_V6_A_V1.get(&key)
-        } else {
-            EGRESSD_PREFIXES_V6_B_V1.get(&key)
-        }
+        Ok(r as u32)
+    }
+}
+
+/// The longest-prefix match of [`lookup`] for the address `hi`:`lo` (bytes 0..8 and 8..16
+/// in network order, read as big-endian `u64`s; IPv4 in the first 4 bytes) of `family`
+/// ([`family::INET`] or [`family::INET6`]) in set `set` (0 or 1): the entry id, or
+/// [`LOOKUP_FAILED`] with a [`failsafe`] reason.
+///
+/// A global function (exported by the linker, see `build.rs`): the verifier checks its
+/// branches (IPv4 table or trie, IPv6 range table or trie) once, instead of at each of the
+/// up to five lookups of a packet (its destination and the hops of a routing header) in
+/// every combination, which the 6.1 verifier took minutes over under emulation.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn egressd_lookup(set: u64, family: u64, hi: u64, lo: u64) -> u64 {
+    let set = (set & 1) as usize;
+    let r = if family as u8 == family::INET {
+        longest_prefix4((hi >> 32) as u32, set)
+    } else {
+        longest_prefix6(hi, lo, set)
+    };
+    match r {
+        Ok(id) => u64::from(id),
+        Err(reason) => LOOKUP_FAILED | u64::from(reason),
+    }
+}
+
+/// IPv4 longest-prefix match of `a` (host byte order) in set `set`: the table or the trie.
+#[inline(always)]
+fn longest_prefix4(a: u32, set: usize) -> Result<u32, u32> {
+    if EGRESSD_SETTINGS_V1
+        .get(set as u32)
+        .is_some_and(|s| s.v4_table != 0)
+    {
+        return table4(a, set);
+    }
+    let key = Key::new(32, a.to_be_bytes());
+    let hit = if set == 0 {
+        EGRESSD_PREFIXES_V4_A_V1.get(&key)
+    } else {
+        EGRESSD_PREFIXES_V4_B_V1.get(&key)
+    };
+    Ok(hit.copied().unwrap_or(0))
+}
+
+/// IPv6 longest-prefix match of `hi`:`lo` (host byte order halves) in set `set`: the set's
+/// range table when it has one, else the trie.
+#[inline(always)]
+fn longest_prefix6(hi: u64, lo: u64, set: usize) -> Result<u32, u32> {
+    if TABLE6_IN_PROGRAMS && let Some(id) = table6(hi, lo, set)? {
+        return Ok(id);
+    }
+    let mut addr = [0u8; 16];
+    addr[..8].copy_from_slice(&hi.to_be_bytes());
+    addr[8..].copy_from_slice(&lo.to_be_bytes());
+    let key = Key::new(128, addr);
+    let hit = if set == 0 {
+        EGRESSD_PREFIXES_V6_A_V1.get(&key)
+    } else {
+        EGRESSD_PREFIXES_V6_B_V1.get(&key)
     };
     Ok(hit.copied().unwrap_or(0))
 }
@@ -233,8 +280,7 @@ fn lookup(d: &Dest, set: usize) -> Result<u32, u32> {
 /// prefixes (layout in `egressd_common::table`). A missing page (a table smaller than the
 /// flag promises) is [`failsafe::NO_PAGE`], never the default decision.
 #[inline(always)]
-fn table4(d: &Dest, set: usize) -> Result<u32, u32> {
-    let a = u32::from_be_bytes([d.addr[0], d.addr[1], d.addr[2], d.addr[3]]);
+fn table4(a: u32, set: usize) -> Result<u32, u32> {
     let (t24, t8) = if set == 0 {
         (&EGRESSD_TABLE24_A_V1, &EGRESSD_TABLE8_A_V1)
     } else {
@@ -255,9 +301,8 @@ fn table4(d: &Dest, set: usize) -> Result<u32, u32> {
     Ok(u32::from(page[i8 % PER_PAGE8]))
 }
 
-/// Whether the programs look IPv6 up in the range table; off until the verifiers of 6.1 and
-/// 5.10 take `cgroup_skb/egress` with it (the userspace side holds the same switch,
-/// `egressd_common::TABLE6_IN_PROGRAMS`).
+/// Whether the programs look IPv6 up in the range table (the userspace side holds the same
+/// switch, `egressd_common::TABLE6_IN_PROGRAMS`).
 const TABLE6_IN_PROGRAMS: bool = egressd_common::TABLE6_IN_PROGRAMS;
 
 /// [`egressd_table6_lookup`] result bit: the set does not use the table.
@@ -268,10 +313,7 @@ const TABLE6_NO_PAGE: u64 = 1 << 33;
 /// IPv6 lookup in set `set`'s range table: `None` when the set does not use it (IPv6 is then
 /// in the LPM trie); a missing element is [`failsafe::NO_PAGE`], never the default decision.
 #[inline(always)]
-fn table6(d: &Dest, set: usize) -> Result<Option<u32>, u32> {
-    let a = &d.addr;
-    let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
-    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+fn table6(hi: u64, lo: u64, set: usize) -> Result<Option<u32>, u32> {
     let r = egressd_table6_lookup(set as u64, hi, lo);
     if r & TABLE6_NO_PAGE != 0 {
         Err(failsafe::NO_PAGE)

@@ -235,7 +235,11 @@ impl Enforcer {
         let max = u32::try_from(cap.prefixes)
             .unwrap_or(u32::MAX)
             .max(DEFAULT_MAX_PREFIXES);
+        // Where start-up time goes (`EGRESSD_LOG=egressd::kernel::loader=debug`): under
+        // emulation, parsing the kernel's BTF and verifying programs take seconds.
+        let t = std::time::Instant::now();
         let mut loader = EbpfLoader::new();
+        tracing::debug!(ms = t.elapsed().as_millis(), "kernel BTF read (aya)");
         // The LSM programs read kernel structures at offsets from the kernel's BTF; without
         // them the programs load (all zero, `valid` 0) but are not attached.
         let (offsets, offsets_error) = match offsets::kernel_offsets() {
@@ -265,7 +269,9 @@ impl Enforcer {
             }
             loader.map_pin_path(name, path.as_path());
         }
+        let t = std::time::Instant::now();
         let mut ebpf = loader.load(OBJECT).map_err(explain_load)?;
+        tracing::debug!(ms = t.elapsed().as_millis(), "object loaded, maps created");
         if let Some(dir) = pins {
             for (name, m) in ebpf.maps() {
                 let path = dir.map(name);
@@ -282,7 +288,14 @@ impl Enforcer {
         };
         let mut btf = None;
         for hook in &HOOKS {
-            match hook.load(&mut ebpf, &mut btf) {
+            let t = std::time::Instant::now();
+            let loaded = hook.load(&mut ebpf, &mut btf);
+            tracing::debug!(
+                hook = hook.name,
+                ms = t.elapsed().as_millis(),
+                "program loaded (verified)"
+            );
+            match loaded {
                 Ok(()) => {}
                 // Optional: the socket hooks enforce without them (see `LsmState`).
                 Err(e) if !hook.on_cgroup() => {
