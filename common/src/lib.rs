@@ -133,11 +133,12 @@ pub struct ExeKey {
 /// Name of the read-only global ([`KernelOffsets`]) that userspace sets before loading.
 pub const KERNEL_OFFSETS: &str = "EGRESSD_KERNEL_OFFSETS";
 
-/// Whether the kernel programs look IPv6 up in the range table ([`table6`]). Off: with the
-/// search in `cgroup_skb/egress` the verifiers of 6.1 and 5.10 exceed their budget of 1M
-/// instructions (6.12 and 6.18 take it; the differential test passes there with it on).
-/// While off, the loader never fills a range table and IPv6 stays in the LPM trie.
-pub const TABLE6_IN_PROGRAMS: bool = false;
+/// Whether the kernel programs look IPv6 up in the range table ([`table6`]): the search is
+/// a global BPF function the verifier checks once (`egressd_table6_lookup`). It was off
+/// while `cgroup_skb/egress` was one piece, which the 5.10 and 6.1 verifiers could not take
+/// with the search in it (1M instructions); a build with it off never fills a range table
+/// and keeps IPv6 in the LPM trie.
+pub const TABLE6_IN_PROGRAMS: bool = true;
 
 /// Program (function) names in the eBPF object, one per hook.
 pub mod programs {

@@ -131,8 +131,7 @@ pub fn capacity_fallback6() -> Result<(), Failed> {
     })
     .map_err(|e| format!("{e:#}"))?;
     if let Some(why) = e.table6_refused() {
-        println!("table6 capacity fallback: skipped, this kernel refused the table ({why})");
-        return Ok(());
+        return Err(format!("this kernel refused the IPv6 range table: {why}").into());
     }
     let raw = e
         .program_fd(programs::SKB_EGRESS)
