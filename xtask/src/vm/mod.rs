@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long = "kernel", value_name = "NAME")]
     kernels: Vec<String>,
     /// Seconds one kernel's boot and tests may take before QEMU is killed.
-    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    #[arg(long, value_name = "SECS", default_value_t = 2700)]
     timeout: u64,
     /// Run the command after `--` in the guest instead of the kernel test binary (e.g.
     /// `--exec -- sh -c 'lsmod; bpftool feature probe kernel'`); its exit status is the
