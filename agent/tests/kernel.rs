@@ -145,6 +145,10 @@ fn main() {
             summary::flood_invariant_suppressed,
         ),
         Trial::test(
+            "flood_packet_hook_budgeted",
+            summary::flood_packet_hook_budgeted,
+        ),
+        Trial::test(
             "flood_summary_table_full_all_accounted",
             summary::summary_table_full,
         ),

@@ -147,10 +147,8 @@ fn suppress(hook: Hook, pid: u32, d: &Dest, dec: &Decision, now: u64) -> Option<
 /// suppressed count it carried, is counted in [`unreported::OVERFLOW`] for userspace to
 /// report.
 ///
-/// `budgeted` is false at the packet hook: its paths into here are so many that 5.10's
-/// verifier cannot walk the budget check on each within its 1M instruction limit (it
-/// reports once per socket, destination and generation anyway), so it aggregates only when
-/// the ring buffer is full.
+/// `budgeted` is false at `tc/egress` (its frames are reported once per socket and
+/// destination anyway), so it aggregates only when the ring buffer is full.
 #[inline(always)]
 pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who, budgeted: bool) {
     // SAFETY: helper without preconditions.

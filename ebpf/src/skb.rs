@@ -206,7 +206,7 @@ pub extern "C" fn egressd_skb_judge(
                     &named,
                     &dec,
                     &owner::of_packet(&ctx, sk),
-                    false,
+                    true,
                 );
                 cache::put(sk, SockVerdict { reported: 1, ..c });
             }
@@ -247,7 +247,7 @@ pub extern "C" fn egressd_skb_judge(
     }
     // One event per (socket, destination, generation): later packets hit the cache.
     if dec.verdict != Verdict::Allow {
-        report::event(Hook::SkbEgress, d, &dec, &owner::of_packet(&ctx, sk), false);
+        report::event(Hook::SkbEgress, d, &dec, &owner::of_packet(&ctx, sk), true);
     }
     if dec.verdict == Verdict::Deny {
         DROP

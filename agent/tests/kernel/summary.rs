@@ -16,7 +16,11 @@ use super::harness::{Agent, EPERM, policy, require_root, stop_record, testbed};
 /// `MILLIS` ms (at most 50 M attempts). With `FLUSH_MS` > 0 it then waits that long and
 /// sends once more to every (address, port) it used, so that each suppression entry hands
 /// its count to a record or summary; with `FLUSH_MS` 0 it ends with three sends to
-/// 198.18.2.2:19999 back to back, so that a suppressed count is pending at the stop. Prints
+/// 198.18.2.2:19999 back to back, so that a suppressed count is pending at the stop. A
+/// sixth argument `raw` sends from a raw `IPPROTO_UDP` socket instead (the datagram is a
+/// UDP header naming the port): no socket hook judges it, the packet hook does (and counts
+/// a repeat to the socket's last destination once, so the raw flood ends without the three
+/// sends). Prints
 /// `attempts refused` (refused: EPERM).
 pub const FLOOD_ARG: &str = "__egressd_flood";
 
@@ -45,8 +49,14 @@ pub fn flood_main(args: &[String]) -> i32 {
         eprintln!("entering {ns}: {e}");
         return 2;
     }
+    let raw = args.get(5).is_some_and(|a| a == "raw");
+    let (ty, proto) = if raw {
+        (libc::SOCK_RAW, libc::IPPROTO_UDP)
+    } else {
+        (libc::SOCK_DGRAM, 0)
+    };
     // SAFETY: plain socket call; the fd is closed at exit.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    let fd = unsafe { libc::socket(libc::AF_INET, ty, proto) };
     if fd < 0 {
         eprintln!("socket: {}", std::io::Error::last_os_error());
         return 2;
@@ -61,12 +71,20 @@ pub fn flood_main(args: &[String]) -> i32 {
             },
             sin_zero: [0; 8],
         };
+        // Raw: a UDP header (source port 9, the destination port, length 9, no checksum)
+        // and one byte; else the one byte.
+        let mut udp = [0u8; 9];
+        udp[1] = 9;
+        udp[2..4].copy_from_slice(&port.to_be_bytes());
+        udp[5] = 9;
+        udp[8] = b'x';
+        let payload: &[u8] = if raw { &udp } else { b"x" };
         // SAFETY: a valid socket and a sockaddr_in of the size given.
         let r = unsafe {
             libc::sendto(
                 fd,
-                b"x".as_ptr().cast(),
-                1,
+                payload.as_ptr().cast(),
+                payload.len(),
                 0,
                 (&raw const sa).cast(),
                 size_of::<libc::sockaddr_in>() as libc::socklen_t,
@@ -97,7 +115,7 @@ pub fn flood_main(args: &[String]) -> i32 {
                 send(host, 20_000 + p as u16);
             }
         }
-    } else {
+    } else if !raw {
         // Leave a count pending whatever the machine's pace: a destination the flood never
         // used, three times back to back (the first is reported, the two after it fall in
         // any suppression window). A stalled VM can otherwise end the flood with every
@@ -149,6 +167,19 @@ fn flood_once(
     flush_ms: u64,
     budget: bool,
 ) -> Result<String, Failed> {
+    flood_from(settings, millis, ports, flush_ms, budget, false)
+}
+
+/// [`flood_once`], from a raw socket with `raw` (see [`FLOOD_ARG`]): then the packet hook,
+/// `cgroup_skb/egress`, judges and reports each attempt.
+fn flood_from(
+    settings: &str,
+    millis: u64,
+    ports: u64,
+    flush_ms: u64,
+    budget: bool,
+    raw: bool,
+) -> Result<String, Failed> {
     let tb = testbed()?;
     // A queue that holds the whole flood: a slow reader of stdout (a VM) must not make the
     // sink drop records, which this test could not tell apart from records never made.
@@ -166,6 +197,7 @@ fn flood_once(
             &millis.to_string(),
             &ports.to_string(),
             &flush_ms.to_string(),
+            if raw { "raw" } else { "udp" },
         ])
         .output()
         .map_err(|e| format!("spawning the flood: {e}"))?;
@@ -220,11 +252,12 @@ fn flood_once(
     )
     .replace('\n', ", ");
     println!("{line}");
-    let us = (
-        "cgroup/sendmsg4".to_owned(),
-        "us".to_owned(),
-        "deny".to_owned(),
-    );
+    let hook = if raw {
+        "cgroup_skb/egress"
+    } else {
+        "cgroup/sendmsg4"
+    };
+    let us = (hook.to_owned(), "us".to_owned(), "deny".to_owned());
     if kernel.get(&us).copied() != Some(attempts) {
         return Err(format!(
             "{line}: kernel counted {:?}, not every attempt",
@@ -282,6 +315,27 @@ pub fn flood_invariant_unsuppressed() -> Result<(), Failed> {
         0,
         false,
     )?;
+    Ok(())
+}
+
+/// The packet hook's records have the same budget as the socket hooks': a raw socket
+/// floods distinct destinations (only `cgroup_skb/egress` judges it) for 2 s; at most
+/// `summary_after` (1,000) connection records per second reach the SIEM, the rest of each
+/// second arrives as `connection_summary` records, and the invariant holds.
+pub fn flood_packet_hook_budgeted() -> Result<(), Failed> {
+    require_root()?;
+    let line = flood_from("suppress_window_ms = 0", 2000, 0, 0, true, true)?;
+    let records: u64 = line
+        .split(" connection records")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("{line}: no record count"))?;
+    // One budget per second the flood touches (2 s, plus the seconds it starts and ends
+    // in).
+    if records > 4 * 1000 {
+        return Err(format!("{line}: more records than the budget lets through").into());
+    }
     Ok(())
 }
 
