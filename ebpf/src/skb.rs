@@ -10,10 +10,11 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use egressd_common::{
-    Hook, MAX_ROUTE_ADDRS, SockVerdict, Verdict, direction, failsafe, family, unwrap,
+    Hook, MAX_ROUTE_ADDRS, REGION_UNKNOWN, RouteState, SockVerdict, Verdict, direction, failsafe,
+    family, mode, set_of, unwrap,
 };
 
-use crate::{addr, cache, decide, owner, report};
+use crate::{addr, cache, decide, forced, maps::EGRESSD_SETTINGS_V1, owner, report};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -162,11 +163,15 @@ pub extern "C" fn egressd_skb_judge(
     let mut p = Parked::packet(hi, lo, meta, token);
     let sk = socket(&ctx);
     let generation = decide::generation();
+    // SAFETY: valid context pointer for a cgroup_skb program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let routes = forced::state();
     if p.doubt == failsafe::NONE
         && p.n_route == 0
         && !sk.is_null()
-        && let Some(c) = cache::get(sk)
+        && let Some(mut c) = cache::get(sk)
         && same_flow(&c, &p.dest)
+        && routed(&ctx, sk, &mut c, ifindex, &routes)
     {
         let fresh = c.generation == generation;
         // Under `keep`, only an allow given to a connection outlives a reload: an audit
@@ -214,7 +219,13 @@ pub extern "C" fn egressd_skb_judge(
         }
     }
     let (wire, wire_family) = (p.dest.addr, p.dest.family);
-    let dec = judge(&ctx, &mut p, generation);
+    let mut dec = judge(&ctx, &mut p, generation);
+    if !sk.is_null() && dec.reason == failsafe::NONE && dec.verdict != Verdict::Deny {
+        let reason = forced::check(&ctx, &wire, wire_family, ifindex, &routes);
+        if reason != failsafe::NONE {
+            dec = forced_decision(generation, reason);
+        }
+    }
     let d = &p.dest;
     report::flow(direction::EGRESS, dec.region, dec.verdict, ctx.len());
     // A handshake packet confirms what connect() decided and counted: neither counted
@@ -242,6 +253,8 @@ pub extern "C" fn egressd_skb_judge(
             dst_port: d.port,
             reported: 1,
             mapped: d.mapped,
+            ifindex,
+            routes: routes.epoch as u32,
         };
         cache::put(sk, cached);
     }
@@ -253,6 +266,50 @@ pub extern "C" fn egressd_skb_judge(
         DROP
     } else {
         PASS
+    }
+}
+
+/// Whether the cached verdict `c` may be reused for a packet leaving through `ifindex`: a
+/// deny needs no route; a verdict whose device and route epoch match was checked; anything
+/// else is checked now ([`forced::check`]) and, if it passes, `c` and the socket's cache
+/// record the device and epoch (a failure is judged afresh, and denied, by the slow path).
+#[inline(always)]
+fn routed(
+    ctx: &SkBuffContext,
+    sk: *mut bpf_sock,
+    c: &mut SockVerdict,
+    ifindex: u32,
+    routes: &RouteState,
+) -> bool {
+    let epoch = routes.epoch as u32;
+    if c.verdict == Verdict::Deny as u8 || (c.ifindex == ifindex && c.routes == epoch) {
+        return true;
+    }
+    if forced::check(ctx, &c.dst_addr, c.family, ifindex, routes) != failsafe::NONE {
+        return false;
+    }
+    c.ifindex = ifindex;
+    c.routes = epoch;
+    cache::put(sk, *c);
+    true
+}
+
+/// The decision for a packet that fails the next-hop check ([`forced::check`]): denied and
+/// counted as fail-closed, or, in audit mode, reported and let through.
+#[inline(always)]
+fn forced_decision(generation: u64, reason: u32) -> decide::Decision {
+    let audit = EGRESSD_SETTINGS_V1
+        .get(set_of(generation) as u32)
+        .is_some_and(|s| s.mode == mode::AUDIT);
+    if !audit {
+        return decide::Decision::fail_closed(generation, reason);
+    }
+    decide::Decision {
+        generation,
+        region: REGION_UNKNOWN,
+        verdict: Verdict::Audit,
+        rule: 0,
+        reason,
     }
 }
 

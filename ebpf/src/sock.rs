@@ -38,6 +38,9 @@ fn cached(
         dst_port: d.port,
         reported,
         mapped: d.mapped,
+        // Routing has not happened yet: the packet hook checks the device.
+        ifindex: 0,
+        routes: 0,
     }
 }
 
