@@ -75,6 +75,7 @@ fn main() {
         Trial::test("raw_next_hop_audit", nexthop::raw_next_hop_audit),
         Trial::test("forced_next_hop_denied", forced::forced_next_hop_denied),
         Trial::test("forced_next_hop_audit", forced::forced_next_hop_audit),
+        Trial::test("forced_next_hop_cost", forced::forced_next_hop_cost),
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
         Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce::enforce_ipv6),
         Trial::test(

@@ -128,7 +128,7 @@ pub const MAX_ROUTES: u32 = 65536;
 pub struct RouteState {
     /// Incremented by the daemon after every change of the mirror; 0: never filled (every
     /// packet the check applies to is denied, [`failsafe::NEXT_HOP_FORCED`]). Cached
-    /// verdicts record its low 32 bits ([`SockVerdict::routes`]), so a route change makes
+    /// verdicts record its low 32 bits ([`SockVerdict::route_check`]), so a route change makes
     /// every socket's next packet checked again.
     pub epoch: u64,
     /// IPv4 address (network byte order) of the daemon's probe socket, a UDP socket bound
@@ -754,11 +754,16 @@ pub struct SockVerdict {
     pub reported: u8,
     /// [`unwrap`] code of the judged address (what the socket named), for the event.
     pub mapped: u8,
-    /// Output device (ifindex) whose routes were checked for `dst_addr`; 0: not checked
-    /// (a verdict of the socket hooks, which run before routing).
-    pub ifindex: u32,
-    /// Low 32 bits of the [`RouteState::epoch`] the device's routes were checked under.
-    pub routes: u32,
+    /// The next-hop check this verdict passed: [`route_check`] of the output device and
+    /// the route epoch; 0: not checked (a verdict of the socket hooks, which run before
+    /// routing). One aligned `u64`, so the packet hook can update it in place atomically.
+    pub route_check: u64,
+}
+
+/// [`SockVerdict::route_check`] of device `ifindex` under route epoch `epoch` (its low 32
+/// bits, high half; the ifindex, low half).
+pub const fn route_check(ifindex: u32, epoch: u64) -> u64 {
+    (epoch << 32) | ifindex as u64
 }
 
 /// Packets and bytes (IP header included, link layer excluded: `skb->len` at the cgroup
@@ -990,6 +995,7 @@ const _: () = assert!(core::mem::size_of::<GlobalPolicy>() == 16);
 const _: () = assert!(core::mem::size_of::<Entry>() == 208);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 12);
 const _: () = assert!(core::mem::size_of::<SockVerdict>() == 48);
+const _: () = assert!(core::mem::offset_of!(SockVerdict, route_check) == 40);
 const _: () = assert!(core::mem::size_of::<RouteState>() == 16);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
 const _: () = assert!(core::mem::size_of::<SuppressKey>() == 28);

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use egressd_common::{
     Hook, MAX_ROUTE_ADDRS, REGION_UNKNOWN, RouteState, SockVerdict, Verdict, direction, failsafe,
-    family, mode, set_of, unwrap,
+    family, mode, route_check, set_of, unwrap,
 };
 
 use crate::{addr, cache, decide, forced, maps::EGRESSD_SETTINGS_V1, owner, report};
@@ -253,8 +253,7 @@ pub extern "C" fn egressd_skb_judge(
             dst_port: d.port,
             reported: 1,
             mapped: d.mapped,
-            ifindex,
-            routes: routes.epoch as u32,
+            route_check: route_check(ifindex, routes.epoch),
         };
         cache::put(sk, cached);
     }
@@ -270,9 +269,10 @@ pub extern "C" fn egressd_skb_judge(
 }
 
 /// Whether the cached verdict `c` may be reused for a packet leaving through `ifindex`: a
-/// deny needs no route; a verdict whose device and route epoch match was checked; anything
-/// else is checked now ([`forced::check`]) and, if it passes, `c` and the socket's cache
-/// record the device and epoch (a failure is judged afresh, and denied, by the slow path).
+/// deny needs no route; a verdict checked for this device and route epoch was; anything
+/// else is checked now ([`forced::check`]) and, if it passes, the socket's cache records
+/// the device and epoch (in place, one atomic store; a failure is judged afresh, and
+/// denied, by the slow path).
 #[inline(always)]
 fn routed(
     ctx: &SkBuffContext,
@@ -281,16 +281,15 @@ fn routed(
     ifindex: u32,
     routes: &RouteState,
 ) -> bool {
-    let epoch = routes.epoch as u32;
-    if c.verdict == Verdict::Deny as u8 || (c.ifindex == ifindex && c.routes == epoch) {
+    let check = route_check(ifindex, routes.epoch);
+    if c.verdict == Verdict::Deny as u8 || c.route_check == check {
         return true;
     }
     if forced::check(ctx, &c.dst_addr, c.family, ifindex, routes) != failsafe::NONE {
         return false;
     }
-    c.ifindex = ifindex;
-    c.routes = epoch;
-    cache::put(sk, *c);
+    c.route_check = check;
+    cache::set_route_check(sk, check);
     true
 }
 

@@ -39,8 +39,7 @@ fn cached(
         reported,
         mapped: d.mapped,
         // Routing has not happened yet: the packet hook checks the device.
-        ifindex: 0,
-        routes: 0,
+        route_check: 0,
     }
 }
 

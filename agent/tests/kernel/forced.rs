@@ -244,3 +244,57 @@ pub fn forced_next_hop_audit() -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// Measurement, not a check (run by name): BPF run-time statistics of `cgroup_skb/egress`
+/// over 2,000 fresh UDP sockets (each first packet misses the verdict cache), printed.
+pub fn forced_next_hop_cost() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = temp_dir("egressd-forced-")?;
+    let agent = start_in_client(&tb, &dir, &policy("enforce"), &[])?;
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").map_err(|e| e.to_string())?;
+    let stats = || -> (u64, u64) {
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "prog", "show", "name", "egressd_skb_egress"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut t = (0, 0);
+        for l in out.lines() {
+            for v in serde_json::Deserializer::from_str(l)
+                .into_iter::<Value>()
+                .flatten()
+            {
+                let progs = if v.is_array() {
+                    v.as_array().cloned().unwrap_or_default()
+                } else {
+                    vec![v]
+                };
+                for p in progs {
+                    t.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+                    t.1 += p["run_cnt"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+        t
+    };
+    for (label, p) in [
+        ("fresh sockets", format!("udp-sendto://{EU_V4}:{PORT}*2000")),
+        (
+            "fresh sockets, device-bound",
+            format!("dev-udp://{EU_V4}:{PORT}/veth-eu*2000"),
+        ),
+    ] {
+        let a = stats();
+        let _ = probe(&tb, 1, &[p])?;
+        let b = stats();
+        let (ns, n) = (b.0 - a.0, b.1 - a.1);
+        eprintln!(
+            "COST {label}: {n} runs, {} ns/run",
+            ns.checked_div(n).unwrap_or(0)
+        );
+    }
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    drop(agent);
+    Ok(())
+}
