@@ -7,6 +7,7 @@ fn main() {
     println!("cargo:rustc-link-arg=--export=egressd_table6_lookup");
     println!("cargo:rustc-link-arg=--export=egressd_skb_parse");
     println!("cargo:rustc-link-arg=--export=egressd_skb_judge");
+    println!("cargo:rustc-link-arg=--export=egressd_forced_check");
     match which("bpf-linker") {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
         Err(e) => panic!(

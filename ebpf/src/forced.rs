@@ -15,7 +15,7 @@
 //! namespace test: the daemon's probe socket ([`RouteState`]) is looked up with
 //! `bpf_sk_lookup_udp` in the namespace of the device the packet leaves by.
 use aya_ebpf::{
-    bindings::bpf_sock_tuple,
+    bindings::{__sk_buff, bpf_sock_tuple},
     helpers::generated::{bpf_sk_lookup_udp, bpf_sk_release},
     maps::lpm_trie::Key,
     programs::SkBuffContext,
@@ -49,17 +49,49 @@ pub fn state() -> RouteState {
 /// route of that device: [`failsafe::NONE`] when it does or the check does not apply, else
 /// [`failsafe::NEXT_HOP_FORCED`].
 #[inline(always)]
-pub fn check(ctx: &SkBuffContext, addr: &[u8; 16], fam: u8, ifindex: u32, st: &RouteState) -> u32 {
-    if ifindex == LOOPBACK_IFINDEX || ifindex == 0 || !unicast(addr, fam) {
-        return failsafe::NONE;
+pub fn check(ctx: &SkBuffContext, addr: &[u8; 16], fam: u8, ifindex: u32) -> u32 {
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    egressd_forced_check(
+        ctx.skb.skb,
+        hi,
+        lo,
+        (u64::from(fam) << 32) | u64::from(ifindex),
+    ) as u32
+}
+
+/// [`check`] for the destination `hi`:`lo` (host byte order halves; IPv4 in the top 4 bytes
+/// of `hi`), family and ifindex in `meta` (`family << 32 | ifindex`).
+///
+/// A global function (exported by the linker, see `build.rs`): the verifier checks it once,
+/// on its own, instead of on every path of `cgroup_skb/egress` that reaches it (twice
+/// inlined, the socket lookup and two tries took 5.10's verifier past its budget).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn egressd_forced_check(ctx: *mut __sk_buff, hi: u64, lo: u64, meta: u64) -> u64 {
+    let fam = (meta >> 32) as u8;
+    let ifindex = meta as u32;
+    let h = hi.to_be_bytes();
+    let l = lo.to_be_bytes();
+    let addr = [
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6],
+        l[7],
+    ];
+    if ifindex == LOOPBACK_IFINDEX || ifindex == 0 || !unicast(&addr, fam) {
+        return u64::from(failsafe::NONE);
     }
+    let st = state();
     if st.epoch == 0 {
         // Never filled: the daemon fills the mirror before it attaches, so this is a
         // recreated or tampered map. Fail closed.
-        return failsafe::NEXT_HOP_FORCED;
+        return u64::from(failsafe::NEXT_HOP_FORCED);
     }
-    if !own_namespace(ctx, st) {
-        return failsafe::NONE;
+    if !own_namespace(ctx, &st) {
+        return u64::from(failsafe::NONE);
     }
     let dev = ifindex.to_be_bytes();
     let hit = if fam == family::INET {
@@ -73,14 +105,14 @@ pub fn check(ctx: &SkBuffContext, addr: &[u8; 16], fam: u8, ifindex: u32, st: &R
     } else {
         let mut data = [0u8; 20];
         data[..4].copy_from_slice(&dev);
-        data[4..].copy_from_slice(addr);
+        data[4..].copy_from_slice(&addr);
         EGRESSD_ROUTES_V6_V1.get(&Key::new(160, data)).is_some()
     };
-    if hit {
+    u64::from(if hit {
         failsafe::NONE
     } else {
         failsafe::NEXT_HOP_FORCED
-    }
+    })
 }
 
 /// False for destinations sent to a link-layer group or on-link by definition: IPv4
@@ -96,7 +128,7 @@ fn unicast(a: &[u8; 16], fam: u8) -> bool {
 /// Whether the device the packet leaves by is in egressd's network namespace: the daemon's
 /// probe socket, bound to an address and port no other socket has, is found there.
 #[inline(always)]
-fn own_namespace(ctx: &SkBuffContext, st: &RouteState) -> bool {
+fn own_namespace(ctx: *mut __sk_buff, st: &RouteState) -> bool {
     let mut t = Tuple4 {
         saddr: st.probe_addr,
         daddr: st.probe_addr,
@@ -106,7 +138,7 @@ fn own_namespace(ctx: &SkBuffContext, st: &RouteState) -> bool {
     // SAFETY: valid context; `t` is the 12-byte IPv4 tuple the size says.
     let sk = unsafe {
         bpf_sk_lookup_udp(
-            ctx.skb.skb.cast(),
+            ctx.cast(),
             (&raw mut t).cast::<bpf_sock_tuple>(),
             core::mem::size_of::<Tuple4>() as u32,
             CURRENT_NETNS,

@@ -221,7 +221,7 @@ pub extern "C" fn egressd_skb_judge(
     let (wire, wire_family) = (p.dest.addr, p.dest.family);
     let mut dec = judge(&ctx, &mut p, generation);
     if !sk.is_null() && dec.reason == failsafe::NONE && dec.verdict != Verdict::Deny {
-        let reason = forced::check(&ctx, &wire, wire_family, ifindex, &routes);
+        let reason = forced::check(&ctx, &wire, wire_family, ifindex);
         if reason != failsafe::NONE {
             dec = forced_decision(generation, reason);
         }
@@ -285,7 +285,7 @@ fn routed(
     if c.verdict == Verdict::Deny as u8 || c.route_check == check {
         return true;
     }
-    if forced::check(ctx, &c.dst_addr, c.family, ifindex, routes) != failsafe::NONE {
+    if forced::check(ctx, &c.dst_addr, c.family, ifindex) != failsafe::NONE {
         return false;
     }
     c.route_check = check;
