@@ -10,8 +10,9 @@
 //!
 //! Updates: a new route is added at once (a packet sent through it right after the kernel
 //! installed it can come before the notification: a short window of false denials, fail
-//! closed); a removed route, a removed link, or lost notifications (`ENOBUFS`) cause a
-//! full dump compared with what the maps hold. Every change increments
+//! closed); a removed route, a link change (IPv4 flushes the routes of a device going down
+//! without a notification each), a removed address, or lost notifications (`ENOBUFS`)
+//! cause a full dump compared with what the maps hold. Every change increments
 //! [`RouteState::epoch`], which cached verdicts record, so the next packet of every socket
 //! is checked against the new routes.
 use std::{
@@ -37,10 +38,12 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-/// rtnetlink multicast groups (`RTNLGRP_LINK`, `RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE`,
-/// `include/uapi/linux/rtnetlink.h`).
+/// rtnetlink multicast groups (`RTNLGRP_LINK`, `RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV4_ROUTE`,
+/// `RTNLGRP_IPV6_IFADDR`, `RTNLGRP_IPV6_ROUTE`, `include/uapi/linux/rtnetlink.h`).
 const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
 const RTNLGRP_IPV6_ROUTE: u32 = 11;
 
 /// Address of the probe socket ([`RouteState::probe_addr`]): a loopback address nothing
@@ -243,7 +246,13 @@ impl RouteMirror {
     pub fn watch(mut self) -> anyhow::Result<std::thread::JoinHandle<()>> {
         let mut sock = Socket::new(NETLINK_ROUTE).context("opening an rtnetlink socket")?;
         sock.bind_auto()?;
-        for g in [RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE] {
+        for g in [
+            RTNLGRP_LINK,
+            RTNLGRP_IPV4_IFADDR,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_IFADDR,
+            RTNLGRP_IPV6_ROUTE,
+        ] {
             sock.add_membership(g)
                 .with_context(|| format!("joining rtnetlink group {g}"))?;
         }
@@ -509,11 +518,13 @@ fn parse_notifications(buf: &[u8]) -> (Vec<RouteKey>, bool) {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
                 adds.extend(route_keys(&r));
             }
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                adds.extend(vrf_keys(&l));
-            }
+            // IPv4 drops the routes of a device going down, or of an address removed, without
+            // a notification per route: a link change or a removed address means a dump.
             NetlinkPayload::InnerMessage(
-                RouteNetlinkMessage::DelRoute(_) | RouteNetlinkMessage::DelLink(_),
+                RouteNetlinkMessage::DelRoute(_)
+                | RouteNetlinkMessage::NewLink(_)
+                | RouteNetlinkMessage::DelLink(_)
+                | RouteNetlinkMessage::DelAddress(_),
             ) => return (adds, true),
             _ => {}
         }
