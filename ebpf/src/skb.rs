@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use egressd_common::{
-    Hook, MAX_ROUTE_ADDRS, REGION_UNKNOWN, RouteState, SockVerdict, Verdict, direction, failsafe,
-    family, mode, route_check, set_of, unwrap,
+    Hook, MAX_ROUTE_ADDRS, REGION_UNKNOWN, SockVerdict, Verdict, direction, failsafe, family, mode,
+    route_check, set_of, unwrap,
 };
 
 use crate::{addr, cache, decide, forced, maps::EGRESSD_SETTINGS_V1, owner, report};
@@ -165,13 +165,13 @@ pub extern "C" fn egressd_skb_judge(
     let generation = decide::generation();
     // SAFETY: valid context pointer for a cgroup_skb program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let routes = forced::state();
+    let routes = forced::epoch();
     if p.doubt == failsafe::NONE
         && p.n_route == 0
         && !sk.is_null()
         && let Some(mut c) = cache::get(sk)
         && same_flow(&c, &p.dest)
-        && routed(&ctx, sk, &mut c, ifindex, &routes)
+        && routed(skb, sk, &mut c, [hi, lo], ifindex, routes)
     {
         let fresh = c.generation == generation;
         // Under `keep`, only an allow given to a connection outlives a reload: an audit
@@ -221,7 +221,8 @@ pub extern "C" fn egressd_skb_judge(
     let (wire, wire_family) = (p.dest.addr, p.dest.family);
     let mut dec = judge(&ctx, &mut p, generation);
     if !sk.is_null() && dec.reason == failsafe::NONE && dec.verdict != Verdict::Deny {
-        let reason = forced::check(&ctx, &wire, wire_family, ifindex);
+        // The address on the wire, as parked (`judge` may have put a hop in `p.dest`).
+        let reason = forced::check(skb, hi, lo, wire_family, ifindex);
         if reason != failsafe::NONE {
             dec = forced_decision(generation, reason);
         }
@@ -253,7 +254,7 @@ pub extern "C" fn egressd_skb_judge(
             dst_port: d.port,
             reported: 1,
             mapped: d.mapped,
-            route_check: route_check(ifindex, routes.epoch),
+            route_check: route_check(ifindex, routes),
         };
         cache::put(sk, cached);
     }
@@ -268,24 +269,25 @@ pub extern "C" fn egressd_skb_judge(
     }
 }
 
-/// Whether the cached verdict `c` may be reused for a packet leaving through `ifindex`: a
-/// deny needs no route; a verdict checked for this device and route epoch was; anything
-/// else is checked now ([`forced::check`]) and, if it passes, the socket's cache records
-/// the device and epoch (in place, one atomic store; a failure is judged afresh, and
-/// denied, by the slow path).
+/// Whether the cached verdict `c` (for the address `addr`, as parked: [`Parked::addr`]) may
+/// be reused for a packet leaving through `ifindex`: a deny needs no route; a verdict
+/// checked for this device and route epoch `epoch` was; anything else is checked now
+/// ([`forced::check`]) and, if it passes, the socket's cache records the device and epoch
+/// (in place, one atomic store; a failure is judged afresh, and denied, by the slow path).
 #[inline(always)]
 fn routed(
-    ctx: &SkBuffContext,
+    skb: *mut __sk_buff,
     sk: *mut bpf_sock,
     c: &mut SockVerdict,
+    addr: [u64; 2],
     ifindex: u32,
-    routes: &RouteState,
+    epoch: u64,
 ) -> bool {
-    let check = route_check(ifindex, routes.epoch);
+    let check = route_check(ifindex, epoch);
     if c.verdict == Verdict::Deny as u8 || c.route_check == check {
         return true;
     }
-    if forced::check(ctx, &c.dst_addr, c.family, ifindex) != failsafe::NONE {
+    if forced::check(skb, addr[0], addr[1], c.family, ifindex) != failsafe::NONE {
         return false;
     }
     c.route_check = check;
