@@ -33,7 +33,9 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// judging's paths then add up instead of multiplying. In one piece, this program took about
 /// 780,000 of the 1,000,000 instructions the 5.10 and 6.1 verifiers allow, and most of a
 /// daemon's start-up there. Being siblings, the two functions' stack frames share the 512
-/// bytes of the BPF stack with this one's small frame, not with each other.
+/// bytes of the BPF stack with this one's small frame, not with each other; the judge's
+/// frame does with that of the next-hop check it calls ([`forced::check`]): 16 + 392 + 56
+/// bytes, exactly 512 on 5.10, whose verifier rounds each frame up to 32.
 #[inline(always)]
 pub fn egress(ctx: &SkBuffContext) -> i32 {
     let (hi, lo, meta, token) = match addr::start_walk() {
