@@ -10,6 +10,7 @@ mod kernel {
     pub mod differential;
     pub mod enforce;
     pub mod fleet;
+    pub mod forced;
     pub mod harness;
     pub mod lastgood;
     pub mod lsm;
@@ -23,8 +24,8 @@ mod kernel {
 }
 
 use kernel::{
-    audit, differential, enforce, fleet, harness, lastgood, lsm, nexthop, paths, reload, security,
-    summary, table, tc,
+    audit, differential, enforce, fleet, forced, harness, lastgood, lsm, nexthop, paths, reload,
+    security, summary, table, tc,
 };
 use libtest_mimic::{Arguments, Trial};
 
@@ -72,6 +73,9 @@ fn main() {
         Trial::test("tc_pinned_and_detach", tc::tc_pinned_and_detach),
         Trial::test("raw_next_hop_denied", nexthop::raw_next_hop_denied),
         Trial::test("raw_next_hop_audit", nexthop::raw_next_hop_audit),
+        Trial::test("forced_next_hop_denied", forced::forced_next_hop_denied),
+        Trial::test("forced_next_hop_audit", forced::forced_next_hop_audit),
+        Trial::test("forced_next_hop_cost", forced::forced_next_hop_cost),
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
         Trial::test("enforce_ipv6_tcp_and_connected_udp", enforce::enforce_ipv6),
         Trial::test(

@@ -103,6 +103,44 @@ pub mod maps {
     /// that may use packet sockets despite `packet_sockets` (policy
     /// `packet_socket_open`/`packet_socket_send`).
     pub const PACKET_EXES: &str = "EGRESSD_PACKET_EXES_V1";
+    /// `BPF_MAP_TYPE_LPM_TRIE` (`BPF_F_NO_PREALLOC`), at most [`crate::MAX_ROUTES`]: the
+    /// IPv4 routes of egressd's network namespace, all tables, by the device they leave
+    /// through. Key data: the output ifindex (4 bytes, network byte order), then the
+    /// destination prefix (4 bytes, network byte order); key prefix length 32 + the route's.
+    /// Value `u8` 1. Written by the daemon (`kernel::routes`), read by `cgroup_skb/egress`.
+    pub const ROUTES_V4: &str = "EGRESSD_ROUTES_V4_V1";
+    /// As [`ROUTES_V4`] for IPv6: key data ifindex (4 bytes) then 16 address bytes.
+    pub const ROUTES_V6: &str = "EGRESSD_ROUTES_V6_V1";
+    /// `BPF_MAP_TYPE_ARRAY` with one [`crate::RouteState`]: the route mirror's epoch and the
+    /// address of the daemon's probe socket.
+    pub const ROUTE_STATE: &str = "EGRESSD_ROUTE_STATE_V1";
+}
+
+/// Routes each of [`maps::ROUTES_V4`] and [`maps::ROUTES_V6`] holds at most (distinct
+/// (device, prefix) pairs; more are not mirrored, so traffic through them is denied as
+/// [`failsafe::NEXT_HOP_FORCED`], and the daemon logs it).
+pub const MAX_ROUTES: u32 = 65536;
+
+/// The route mirror's state, value of [`maps::ROUTE_STATE`] (written by userspace only).
+/// 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteState {
+    /// Incremented by the daemon after every change of the mirror; 0: never filled (every
+    /// packet the check applies to is denied, [`failsafe::NEXT_HOP_FORCED`]). Cached
+    /// verdicts record its low 32 bits ([`SockVerdict::route_check`]), so a route change makes
+    /// every socket's next packet checked again.
+    pub epoch: u64,
+    /// IPv4 address (network byte order) of the daemon's probe socket, a UDP socket bound
+    /// with `IP_FREEBIND` in egressd's network namespace. The packet hook finds it with
+    /// `bpf_sk_lookup_udp` in the namespace of the device a packet leaves by: found, that
+    /// device is one of egressd's, whose routes the mirror holds; not found, the packet is
+    /// another namespace's and the check does not apply.
+    pub probe_addr: [u8; 4],
+    /// Port of the probe socket, network byte order.
+    pub probe_port: u16,
+    /// Explicit padding, always zero.
+    pub _pad: u16,
 }
 
 /// Most executables [`maps::PACKET_EXES`] holds.
@@ -361,8 +399,15 @@ pub mod failsafe {
     /// ran, by the same hook running nested on that CPU (a softirq sending, or a task
     /// preempting it): what it read there may be another packet's.
     pub const SCRATCH_RACE: u32 = 10;
+    /// A packet of the enforced cgroup leaving through a device that has no route to its
+    /// destination in any routing table ([`crate::maps::ROUTES_V4`], [`crate::maps::ROUTES_V6`]):
+    /// the kernel's on-link fallback for a socket forced onto a device (`SO_BINDTODEVICE`,
+    /// `SO_BINDTOIFINDEX`, `IP_UNICAST_IF`, an `IP_PKTINFO` interface index), which sends to
+    /// whatever host answers for the address on that link. Also a packet judged before the
+    /// daemon filled the route mirror ([`crate::RouteState::epoch`] 0).
+    pub const NEXT_HOP_FORCED: u32 = 11;
     /// Number of entries of [`crate::maps::FAILSAFE`].
-    pub const SLOTS: u32 = 11;
+    pub const SLOTS: u32 = 12;
 }
 
 /// IPv6 extension headers the packet hook walks before it gives up (and denies, see
@@ -679,7 +724,8 @@ pub struct SummaryState {
 }
 
 /// Cached verdict of one socket for one (destination, protocol, port), value of
-/// [`maps::SOCKETS`]. A packet reuses it only when all three match. 40 bytes.
+/// [`maps::SOCKETS`]. A packet reuses it only when all three match; its next-hop check
+/// ([`failsafe::NEXT_HOP_FORCED`]) only for the same device and route epoch. 48 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockVerdict {
@@ -709,6 +755,16 @@ pub struct SockVerdict {
     pub reported: u8,
     /// [`unwrap`] code of the judged address (what the socket named), for the event.
     pub mapped: u8,
+    /// The next-hop check this verdict passed: [`route_check`] of the output device and
+    /// the route epoch; 0: not checked (a verdict of the socket hooks, which run before
+    /// routing). One aligned `u64`, so the packet hook can update it in place atomically.
+    pub route_check: u64,
+}
+
+/// [`SockVerdict::route_check`] of device `ifindex` under route epoch `epoch` (its low 32
+/// bits, high half; the ifindex, low half).
+pub const fn route_check(ifindex: u32, epoch: u64) -> u64 {
+    (epoch << 32) | ifindex as u64
 }
 
 /// Packets and bytes (IP header included, link layer excluded: `skb->len` at the cgroup
@@ -931,13 +987,17 @@ mod user {
     unsafe impl aya::Pod for super::SummaryState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SummaryControl {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RouteState {}
 }
 
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(core::mem::size_of::<GlobalPolicy>() == 16);
 const _: () = assert!(core::mem::size_of::<Entry>() == 208);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 12);
-const _: () = assert!(core::mem::size_of::<SockVerdict>() == 40);
+const _: () = assert!(core::mem::size_of::<SockVerdict>() == 48);
+const _: () = assert!(core::mem::offset_of!(SockVerdict, route_check) == 40);
+const _: () = assert!(core::mem::size_of::<RouteState>() == 16);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
 const _: () = assert!(core::mem::size_of::<SuppressKey>() == 28);
 const _: () = assert!(core::mem::size_of::<SuppressState>() == 16);

@@ -57,3 +57,21 @@ pub fn put(sk: *mut bpf_sock, v: SockVerdict) {
         )
     };
 }
+
+/// Records in place on `sk`'s cached verdict that it passed the next-hop check for
+/// `check` ([`SockVerdict::route_check`]): one aligned 8-byte store, which a reader on
+/// another CPU sees whole or not at all; the rest of the verdict is unchanged, so no reader
+/// can see a mix of two verdicts. Nothing when `sk` has no cached verdict.
+#[inline(always)]
+pub fn set_route_check(sk: *mut bpf_sock, check: u64) {
+    // SAFETY: as in `get`.
+    let p = unsafe { bpf_sk_storage_get(map(), sk.cast(), ptr::null_mut(), 0) };
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: a live element of value size; the field is 8-byte aligned (offset 40).
+    unsafe {
+        let f = &raw mut (*p.cast::<SockVerdict>()).route_check;
+        core::ptr::write_volatile(f, check);
+    }
+}

@@ -9,6 +9,7 @@
 mod addr;
 mod cache;
 mod decide;
+mod forced;
 mod lsm;
 mod maps;
 mod nexthop;

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use egressd_common::{
     COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, ExeKey, FLOW_SLOTS, FlowCounter,
-    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, MAX_PACKET_EXES, SUMMARY_ENTRIES, SUPPRESS_ENTRIES,
-    SockOwner, SockVerdict, SummaryControl, SummaryKey, SummaryState, SuppressKey, SuppressState,
-    failsafe, loss,
+    GlobalPolicy, MAX_ENTRIES, MAX_NAT64, MAX_PACKET_EXES, MAX_ROUTES, RouteState, SUMMARY_ENTRIES,
+    SUPPRESS_ENTRIES, SockOwner, SockVerdict, SummaryControl, SummaryKey, SummaryState,
+    SuppressKey, SuppressState, failsafe, loss,
     table::{Page8, Page24},
     table6::Range6,
 };
@@ -154,3 +154,14 @@ pub static EGRESSD_LSM_CGROUP_V1: CgroupArray = CgroupArray::with_max_entries(1,
 #[map]
 pub static EGRESSD_PACKET_EXES_V1: HashMap<ExeKey, u8> =
     HashMap::with_max_entries(MAX_PACKET_EXES, 0);
+
+/// (output ifindex, IPv4 prefix) of every route of egressd's network namespace (see
+/// `forced`; key layout in `egressd_common::maps::ROUTES_V4`).
+#[map]
+pub static EGRESSD_ROUTES_V4_V1: LpmTrie<[u8; 8], u8> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+/// As above for IPv6.
+#[map]
+pub static EGRESSD_ROUTES_V6_V1: LpmTrie<[u8; 20], u8> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+/// Slot 0: the route mirror's epoch and probe socket (see `forced`).
+#[map]
+pub static EGRESSD_ROUTE_STATE_V1: Array<RouteState> = Array::with_max_entries(1, 0);

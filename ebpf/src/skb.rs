@@ -10,10 +10,11 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use egressd_common::{
-    Hook, MAX_ROUTE_ADDRS, SockVerdict, Verdict, direction, failsafe, family, unwrap,
+    Hook, MAX_ROUTE_ADDRS, REGION_UNKNOWN, SockVerdict, Verdict, direction, failsafe, family, mode,
+    route_check, set_of, unwrap,
 };
 
-use crate::{addr, cache, decide, owner, report};
+use crate::{addr, cache, decide, forced, maps::EGRESSD_SETTINGS_V1, owner, report};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -32,7 +33,9 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// judging's paths then add up instead of multiplying. In one piece, this program took about
 /// 780,000 of the 1,000,000 instructions the 5.10 and 6.1 verifiers allow, and most of a
 /// daemon's start-up there. Being siblings, the two functions' stack frames share the 512
-/// bytes of the BPF stack with this one's small frame, not with each other.
+/// bytes of the BPF stack with this one's small frame, not with each other; the judge's
+/// frame does with that of the next-hop check it calls ([`forced::check`]): 16 + 392 + 56
+/// bytes, exactly 512 on 5.10, whose verifier rounds each frame up to 32.
 #[inline(always)]
 pub fn egress(ctx: &SkBuffContext) -> i32 {
     let (hi, lo, meta, token) = match addr::start_walk() {
@@ -162,11 +165,15 @@ pub extern "C" fn egressd_skb_judge(
     let mut p = Parked::packet(hi, lo, meta, token);
     let sk = socket(&ctx);
     let generation = decide::generation();
+    // SAFETY: valid context pointer for a cgroup_skb program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let routes = forced::epoch();
     if p.doubt == failsafe::NONE
         && p.n_route == 0
         && !sk.is_null()
-        && let Some(c) = cache::get(sk)
+        && let Some(mut c) = cache::get(sk)
         && same_flow(&c, &p.dest)
+        && routed(skb, sk, &mut c, [hi, lo], ifindex, routes)
     {
         let fresh = c.generation == generation;
         // Under `keep`, only an allow given to a connection outlives a reload: an audit
@@ -214,7 +221,14 @@ pub extern "C" fn egressd_skb_judge(
         }
     }
     let (wire, wire_family) = (p.dest.addr, p.dest.family);
-    let dec = judge(&ctx, &mut p, generation);
+    let mut dec = judge(&ctx, &mut p, generation);
+    if !sk.is_null() && dec.reason == failsafe::NONE && dec.verdict != Verdict::Deny {
+        // The address on the wire, as parked (`judge` may have put a hop in `p.dest`).
+        let reason = forced::check(skb, hi, lo, wire_family, ifindex);
+        if reason != failsafe::NONE {
+            dec = forced_decision(generation, reason);
+        }
+    }
     let d = &p.dest;
     report::flow(direction::EGRESS, dec.region, dec.verdict, ctx.len());
     // A handshake packet confirms what connect() decided and counted: neither counted
@@ -242,6 +256,7 @@ pub extern "C" fn egressd_skb_judge(
             dst_port: d.port,
             reported: 1,
             mapped: d.mapped,
+            route_check: route_check(ifindex, routes),
         };
         cache::put(sk, cached);
     }
@@ -253,6 +268,51 @@ pub extern "C" fn egressd_skb_judge(
         DROP
     } else {
         PASS
+    }
+}
+
+/// Whether the cached verdict `c` (for the address `addr`, as parked: [`Parked::addr`]) may
+/// be reused for a packet leaving through `ifindex`: a deny needs no route; a verdict
+/// checked for this device and route epoch `epoch` was; anything else is checked now
+/// ([`forced::check`]) and, if it passes, the socket's cache records the device and epoch
+/// (in place, one atomic store; a failure is judged afresh, and denied, by the slow path).
+#[inline(always)]
+fn routed(
+    skb: *mut __sk_buff,
+    sk: *mut bpf_sock,
+    c: &mut SockVerdict,
+    addr: [u64; 2],
+    ifindex: u32,
+    epoch: u64,
+) -> bool {
+    let check = route_check(ifindex, epoch);
+    if c.verdict == Verdict::Deny as u8 || c.route_check == check {
+        return true;
+    }
+    if forced::check(skb, addr[0], addr[1], c.family, ifindex) != failsafe::NONE {
+        return false;
+    }
+    c.route_check = check;
+    cache::set_route_check(sk, check);
+    true
+}
+
+/// The decision for a packet that fails the next-hop check ([`forced::check`]): denied and
+/// counted as fail-closed, or, in audit mode, reported and let through.
+#[inline(always)]
+fn forced_decision(generation: u64, reason: u32) -> decide::Decision {
+    let audit = EGRESSD_SETTINGS_V1
+        .get(set_of(generation) as u32)
+        .is_some_and(|s| s.mode == mode::AUDIT);
+    if !audit {
+        return decide::Decision::fail_closed(generation, reason);
+    }
+    decide::Decision {
+        generation,
+        region: REGION_UNKNOWN,
+        verdict: Verdict::Audit,
+        rule: 0,
+        reason,
     }
 }
 

@@ -38,6 +38,8 @@ fn cached(
         dst_port: d.port,
         reported,
         mapped: d.mapped,
+        // Routing has not happened yet: the packet hook checks the device.
+        route_check: 0,
     }
 }
 

@@ -25,6 +25,8 @@
 //!   own IPv4 header names HEADERDST, with `sendto(NEXTHOP)` (no reply expected);
 //! - `hdrincl6://[NEXTHOP]:PORT/HEADERDST`: the same with an AF_INET6 `IPPROTO_RAW` socket
 //!   and an IPv6 header;
+//! - `dev-udp`, `pktinfo-udp`, `unicastif-udp`, `dev-tcp`, `mark-udp` (`KIND://ADDR:PORT/ARG`):
+//!   a socket forced onto interface ARG (or marked ARG), see [`crate::forced`];
 //! - `tcp-hold`: connect, exchange one byte (result `#1`), then wait for a line on stdin and
 //!   exchange another byte on the same connection (result `#2`).
 //!
@@ -296,6 +298,15 @@ pub fn attempt(probe: &str) -> ProbeResult {
             );
         };
         return match crate::frames::hdrincl6(hop, dst) {
+            Ok(()) => ok(probe),
+            Err((step, e)) => fail(probe, step, &e),
+        };
+    }
+    if let Some((a, arg)) = addr.rsplit_once('/')
+        && let Ok(a) = a.parse::<SocketAddr>()
+        && let Some(r) = crate::forced::attempt(kind, a, arg)
+    {
+        return match r {
             Ok(()) => ok(probe),
             Err((step, e)) => fail(probe, step, &e),
         };

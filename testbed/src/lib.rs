@@ -13,6 +13,7 @@
 //! fails to block still goes nowhere else (ENETUNREACH). [`client`] is the probe that runs
 //! inside it; [`listener`] serves TCP and UDP in the host namespaces.
 pub mod client;
+pub mod forced;
 pub mod frames;
 pub mod listener;
 pub mod netns;

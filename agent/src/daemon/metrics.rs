@@ -17,7 +17,7 @@
 //! | `reloads_total` | outcome (`ok`, `failed`) | SIGHUP and file-change reloads |
 //! | `hook_attached` | hook | 1 attached and running egressd's program, else 0 |
 //! | `tamper_repairs_total` | | repairs of pinned enforcement |
-//! | `fail_closed_total` | reason | denials the kernel made because it could not judge a packet or its maps safely (`unparseable`, `chain_too_long`, `bad_entry`, `no_page`, `local_misrouted`, `route_too_long`, `route_hop_rules`, `next_hop_mismatch`, `next_hop_unverified`, `scratch_race`) |
+//! | `fail_closed_total` | reason | denials the kernel made because it could not judge a packet or its maps safely (`unparseable`, `chain_too_long`, `bad_entry`, `no_page`, `local_misrouted`, `route_too_long`, `route_hop_rules`, `next_hop_mismatch`, `next_hop_unverified`, `scratch_race`, `next_hop_forced`) |
 //! | `coverage` | path, status (`enforced`, `partial`, `not_covered`, `unknown`) | 1 for each egress path's status on this kernel (see `egressd coverage`) |
 //! | `build_info` | version | |
 //!

@@ -279,6 +279,10 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         seccomp = d.seccomp,
         "privileges dropped"
     );
+    // After the drop: the thread inherits the reduced capabilities and the seccomp filter.
+    enforcer
+        .watch_routes()
+        .context("starting the route mirror's rtnetlink listener")?;
     let pipeline = sinks.start(&host)?;
     if let Some(key) = &chain_key {
         pipeline.key_chains(key);

@@ -199,6 +199,9 @@ pub fn failsafe_reason(code: u8) -> Option<&'static str> {
         f::SCRATCH_RACE => {
             "packet hook interrupted by another packet's on the same CPU: its header walk could not be trusted"
         }
+        f::NEXT_HOP_FORCED => {
+            "next hop forced onto an interface with no route to the destination (socket bound to a device, IP_PKTINFO, IP_UNICAST_IF)"
+        }
         _ => "unknown reason",
     })
 }

@@ -134,6 +134,7 @@ pub fn fail_closed(map: &PerCpuArray<MapData, u64>) -> anyhow::Result<Vec<(Strin
         (f::NEXT_HOP_MISMATCH, "next_hop_mismatch"),
         (f::NEXT_HOP_UNVERIFIED, "next_hop_unverified"),
         (f::SCRATCH_RACE, "scratch_race"),
+        (f::NEXT_HOP_FORCED, "next_hop_forced"),
     ];
     let mut out = Vec::new();
     for (code, name) in names {

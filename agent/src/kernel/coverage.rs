@@ -116,7 +116,7 @@ const PROGRAM_TYPES: [(ProgramType, &str); 3] = [
 ];
 
 /// Helpers the programs call, per program type (see `ebpf/src`): all are required.
-const HELPERS: [(ProgramType, BpfHelper, &str); 16] = [
+const HELPERS: [(ProgramType, BpfHelper, &str); 17] = [
     (
         ProgramType::CgroupSockAddr,
         BpfHelper::BPF_FUNC_get_current_pid_tgid,
@@ -196,6 +196,11 @@ const HELPERS: [(ProgramType, BpfHelper, &str); 16] = [
         ProgramType::CgroupSkb,
         BpfHelper::BPF_FUNC_ringbuf_reserve,
         "bpf_ringbuf_reserve",
+    ),
+    (
+        ProgramType::CgroupSkb,
+        BpfHelper::BPF_FUNC_sk_lookup_udp,
+        "bpf_sk_lookup_udp",
     ),
 ];
 
@@ -367,6 +372,13 @@ const TC_RAW_GAPS: &str = "not covered: raw sockets sending through devices of a
                            helper answers only where forwarding is on), to IPv6 link-local \
                            destinations, and where policy routing by mark or uid sends the \
                            socket's traffic elsewhere than the FIB lookup (which has neither)";
+/// What the next-hop check of `forced_next_hop` covers and leaves out.
+const FORCED_GAPS: &str = "denied (fail-closed: next_hop_forced) when the device is in \
+                           egressd's network namespace and none of its routes, in any table, \
+                           covers the destination (the daemon mirrors them from rtnetlink); \
+                           not covered: devices of other network namespaces (containers), and \
+                           a route through the device in a table the socket's ip rules do not \
+                           reach (it counts)";
 /// Hooks of `raw_next_hop` under the fallback.
 const TC_RAW_HOOKS: &str = "tc/egress, cgroup_skb/egress";
 /// Hooks of the LSM rows.
@@ -434,6 +446,20 @@ pub fn report(kernel: String, features: Vec<Feature>) -> Coverage {
             status: base.0,
             hooks: "cgroup_skb/egress",
             note: with("re-judged at their next packet (established = \"cut\")"),
+        },
+        PathCoverage {
+            path: "forced_next_hop",
+            what: "a socket forced onto a device (SO_BINDTODEVICE, SO_BINDTOIFINDEX, \
+                   IP_UNICAST_IF/IPV6_UNICAST_IF, an IP_PKTINFO/IPV6_PKTINFO interface index) \
+                   sending to an allowed address the device has no route to: the kernel \
+                   assumes it is on that link and sends to whoever answers for it there",
+            status: if base.0 == Status::Enforced {
+                Status::Partial
+            } else {
+                base.0
+            },
+            hooks: "cgroup_skb/egress",
+            note: with(FORCED_GAPS),
         },
     ];
     let lsm_state = |n: &str| features.iter().find(|f| f.name == n).map(|f| f.probe);
@@ -756,6 +782,8 @@ mod tests {
         assert_eq!(status("raw_ip"), Some(Status::Enforced));
         assert_eq!(status("packet_socket"), Some(Status::NotCovered));
         assert_eq!(status("raw_next_hop"), Some(Status::NotCovered));
+        // Judged by cgroup_skb against the route mirror; other namespaces' devices are not.
+        assert_eq!(status("forced_next_hop"), Some(Status::Partial));
         let note = &c
             .paths
             .iter()
@@ -825,7 +853,10 @@ mod tests {
                 .is_some_and(|n| n.contains("PACKET_QDISC_BYPASS") && n.contains("AF_XDP")),
             "{row:?}"
         );
-        assert_eq!(c.summary().partial, vec!["packet_socket", "raw_next_hop"]);
+        assert_eq!(
+            c.summary().partial,
+            vec!["forced_next_hop", "packet_socket", "raw_next_hop"]
+        );
         // Without sched_cls there is no fallback.
         let c = report(
             "5.10.0".into(),

@@ -99,6 +99,9 @@ pub struct Enforcer {
     exes: std::collections::HashMap<egressd_common::ExeKey, u8>,
     /// The `tc/egress` fallback for packet sockets, started where the LSM hooks do not run.
     tc: tc::TcCover,
+    /// The route mirror, filled by [`Enforcer::attach`] before any hook runs and handed to
+    /// its own thread by [`Enforcer::watch_routes`].
+    routes: Option<crate::kernel::routes::RouteMirror>,
 }
 
 /// Whether the LSM hooks (packet sockets, raw next hops) run, and why not.
@@ -364,6 +367,7 @@ impl Enforcer {
             lsm,
             exes: std::collections::HashMap::new(),
             tc: tc::TcCover::default(),
+            routes: None,
         })
     }
 
@@ -590,6 +594,12 @@ impl Enforcer {
         }
         let cg =
             File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        // The next-hop check denies what the mirror does not route: filled before any hook
+        // is attached (or, adopting pins, before the new programs replace the old ones).
+        let mut routes = crate::kernel::routes::RouteMirror::open(&self.ebpf)?;
+        let n = routes.sync()?;
+        tracing::info!(routes = n, "route mirror filled");
+        self.routes = Some(routes);
         if let Some(dir) = self.pins.as_ref().map(|p| p.dir.clone()) {
             self.lsm_prepare(&cg)?;
             for spec in &HOOKS {
@@ -663,6 +673,20 @@ impl Enforcer {
         if !self.lsm.attached {
             self.tc.start(&mut self.ebpf, &cg, cgroup, None);
         }
+        Ok(())
+    }
+
+    /// Keeps the route mirror current from rtnetlink notifications on a thread of its own
+    /// (call after [`Enforcer::attach`], once; the thread runs until the process exits).
+    ///
+    /// # Errors
+    /// Not attached, or the netlink socket cannot be opened.
+    pub fn watch_routes(&mut self) -> anyhow::Result<()> {
+        let routes = self
+            .routes
+            .take()
+            .context("the route mirror was not filled")?;
+        routes.watch()?;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! ([`pin`]); the hook table ([`hooks`]) and BTF offsets ([`offsets`]) both use;
 //! `BPF_PROG_TEST_RUN` of the packet program ([`testrun`]); the feature probes and
 //! the coverage report ([`coverage`]); cgroup v2 paths ([`cgroup`]); capabilities
-//! ([`privileges`]).
+//! ([`privileges`]); the route mirror of the device-forced next-hop check ([`routes`]).
 //!
 //! May use [`crate::base`], [`crate::config`] and [`crate::policy`] (what to load), never the
 //! event pipeline or the daemon above it.
@@ -15,4 +15,5 @@ pub mod loader;
 pub mod offsets;
 pub mod pin;
 pub mod privileges;
+pub mod routes;
 pub mod testrun;
