@@ -162,8 +162,30 @@ pub extern "C" fn egressd_skb_judge(
     token: u64,
 ) -> i32 {
     let ctx = SkBuffContext::new(skb);
-    let mut p = Parked::packet(hi, lo, meta, token);
     let sk = socket(&ctx);
+    let (verdict, report) = settle(&ctx, sk, hi, lo, meta, token);
+    // One call site: the event's frame (its owner, keys) is on the stack once, which keeps
+    // the judge's frame small enough for 5.10's combined limit (512 bytes, each frame
+    // rounded up to 32) beside the lookup and next-hop functions it calls.
+    if let Some((d, dec)) = report {
+        report::event(Hook::SkbEgress, &d, &dec, &owner::of_packet(&ctx, sk), true);
+    }
+    verdict
+}
+
+/// The body of [`egressd_skb_judge`]: the program's verdict (1 pass, 0 drop) and the
+/// event to report, if any.
+#[inline(always)]
+fn settle(
+    ctx: &SkBuffContext,
+    sk: *mut bpf_sock,
+    hi: u64,
+    lo: u64,
+    meta: u64,
+    token: u64,
+) -> (i32, Option<(addr::Dest, decide::Decision)>) {
+    let skb = ctx.skb.skb;
+    let mut p = Parked::packet(hi, lo, meta, token);
     let generation = decide::generation();
     // SAFETY: valid context pointer for a cgroup_skb program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -187,6 +209,7 @@ pub extern "C" fn egressd_skb_judge(
         if fresh || kept {
             let verdict = Verdict::from_u8(c.verdict).unwrap_or(Verdict::Deny);
             report::flow(direction::EGRESS, c.region, verdict, ctx.len());
+            let ret = if verdict == Verdict::Deny { DROP } else { PASS };
             if verdict != Verdict::Allow && c.reported == 0 {
                 // Judged at a UDP connect(), which sent nothing: this first datagram is the
                 // attempt, counted and reported here, once.
@@ -208,20 +231,14 @@ pub extern "C" fn egressd_skb_judge(
                         .copy_from_slice(&[d.addr[12], d.addr[13], d.addr[14], d.addr[15]]);
                     named.family = family::INET;
                 }
-                report::event(
-                    Hook::SkbEgress,
-                    &named,
-                    &dec,
-                    &owner::of_packet(&ctx, sk),
-                    true,
-                );
                 cache::put(sk, SockVerdict { reported: 1, ..c });
+                return (ret, Some((named, dec)));
             }
-            return if verdict == Verdict::Deny { DROP } else { PASS };
+            return (ret, None);
         }
     }
     let (wire, wire_family) = (p.dest.addr, p.dest.family);
-    let mut dec = judge(&ctx, &mut p, generation);
+    let mut dec = judge(ctx, &mut p, generation);
     if !sk.is_null() && dec.reason == failsafe::NONE && dec.verdict != Verdict::Deny {
         // The address on the wire, as parked (`judge` may have put a hop in `p.dest`).
         let reason = forced::check(skb, hi, lo, wire_family, ifindex);
@@ -234,7 +251,7 @@ pub extern "C" fn egressd_skb_judge(
     // A handshake packet confirms what connect() decided and counted: neither counted
     // again nor cached (see `handshake`).
     if !sk.is_null() && dec.reason == failsafe::NONE && p.n_route == 0 && handshake(sk, d, &dec) {
-        return PASS;
+        return (PASS, None);
     }
     let judged = !sk.is_null() && dec.reason == failsafe::NONE && p.n_route == 0;
     let tcp_flow = judged && d.protocol == IPPROTO_TCP && is_tcp(sk);
@@ -260,15 +277,16 @@ pub extern "C" fn egressd_skb_judge(
         };
         cache::put(sk, cached);
     }
-    // One event per (socket, destination, generation): later packets hit the cache.
-    if dec.verdict != Verdict::Allow {
-        report::event(Hook::SkbEgress, d, &dec, &owner::of_packet(&ctx, sk), true);
-    }
-    if dec.verdict == Verdict::Deny {
+    let ret = if dec.verdict == Verdict::Deny {
         DROP
     } else {
         PASS
+    };
+    // One event per (socket, destination, generation): later packets hit the cache.
+    if dec.verdict != Verdict::Allow {
+        return (ret, Some((*d, dec)));
     }
+    (ret, None)
 }
 
 /// Whether the cached verdict `c` (for the address `addr`, as parked: [`Parked::addr`]) may
