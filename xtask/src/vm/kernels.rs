@@ -35,6 +35,9 @@ pub struct Kernel {
     /// TCG switches vCPUs between translation blocks, so the patch is coherent; it is
     /// slower.
     pub tcg_single: bool,
+    /// How long its whole suite runs relative to the others (higher: longer); `vm-test`
+    /// starts the longest first. 6.1's verifier makes its daemon start-ups the slowest.
+    pub suite_weight: u8,
 }
 
 /// The kernels egressd is proven on: one per Debian release its users run, each pinned to
@@ -58,6 +61,7 @@ pub const KERNELS: &[Kernel] = &[
         package: "linux-image-5.10.0-32-cloud-amd64-unsigned",
         version: "5.10.223-1",
         tcg_single: false,
+        suite_weight: 2,
     },
     Kernel {
         name: "6.1",
@@ -70,6 +74,7 @@ pub const KERNELS: &[Kernel] = &[
         // the retry). Single-threaded the suite took 969 s of the then 1,200 s timeout on a
         // loaded machine, without a lockup.
         tcg_single: true,
+        suite_weight: 3,
     },
     Kernel {
         name: "6.12",
@@ -78,6 +83,7 @@ pub const KERNELS: &[Kernel] = &[
         package: "linux-image-6.12.117+deb13-cloud-amd64-unsigned",
         version: "6.12.117-1",
         tcg_single: true,
+        suite_weight: 1,
     },
 ];
 
