@@ -406,7 +406,7 @@ fn socket(addr: &SocketAddr, ty: i32, proto: i32) -> Result<OwnedFd, (&'static s
 }
 
 /// `sockaddr_storage` and length for `addr`.
-fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub(crate) fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {

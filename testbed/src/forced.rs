@@ -113,7 +113,7 @@ fn mark(fd: i32, arg: &str) -> io::Result<()> {
 /// `sendmsg` with an interface index in `IP_PKTINFO` (or `IPV6_PKTINFO`).
 fn pktinfo(s: &UdpSocket, addr: SocketAddr, name: &str) -> Step {
     let i = ifindex(name).map_err(|e| ("if_nametoindex", e))?;
-    let (sa, sa_len): (libc::sockaddr_storage, libc::socklen_t) = sockaddr(addr);
+    let (sa, sa_len): (libc::sockaddr_storage, libc::socklen_t) = crate::client::sockaddr(&addr);
     let mut sa = sa;
     let mut iov = libc::iovec {
         iov_base: PAYLOAD.as_ptr().cast_mut().cast(),
@@ -167,41 +167,6 @@ fn bytes<T>(v: &T) -> Vec<u8> {
         .to_vec()
 }
 
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in.
-            unsafe { std::ptr::write((&raw mut ss).cast(), sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: as above.
-            unsafe { std::ptr::write((&raw mut ss).cast(), sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
-}
-
 /// `SO_BINDTODEVICE`, then a TCP connect with a 2 s timeout.
 fn dev_tcp(addr: SocketAddr, name: &str) -> Step {
     let fam = if addr.is_ipv4() {
@@ -222,7 +187,7 @@ fn dev_tcp(addr: SocketAddr, name: &str) -> Step {
         tv_usec: 0,
     };
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &t).map_err(|e| ("setsockopt", e))?;
-    let (sa, len) = sockaddr(addr);
+    let (sa, len) = crate::client::sockaddr(&addr);
     // SAFETY: valid descriptor and address of the length passed.
     if unsafe { libc::connect(fd, (&raw const sa).cast(), len) } != 0 {
         return Err(("connect", io::Error::last_os_error()));
