@@ -124,7 +124,7 @@ pub struct Scratch {
     pub route_len: u64,
     /// Walks started on this CPU (wrapping): the source of [`Scratch::token`].
     pub walks: u64,
-    /// The walk that owns this slot: each [`from_skb`] takes the next value. A packet hook
+    /// The walk that owns this slot: each [`start_walk`] takes the next value. A packet hook
     /// that runs nested on this CPU (a softirq, or a task preempting a migration-disabled
     /// program) takes a new one, so a walk finds out that its scratch data was overwritten
     /// ([`owns`]) and fails closed instead of judging another packet's headers.

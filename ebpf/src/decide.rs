@@ -223,7 +223,8 @@ fn lookup(d: &Dest, set: usize) -> Result<u32, u32> {
 /// A global function (exported by the linker, see `build.rs`): the verifier checks its
 /// branches (IPv4 table or trie, IPv6 range table or trie) once, instead of at each of the
 /// up to five lookups of a packet (its destination and the hops of a routing header) in
-/// every combination, which the 6.1 verifier took minutes over under emulation.
+/// every combination (in a 6.1 VM under emulation, `cgroup_skb/egress` had not passed the
+/// verifier after 57 s; with this function, 3.2 s).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn egressd_lookup(set: u64, family: u64, hi: u64, lo: u64) -> u64 {

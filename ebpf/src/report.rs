@@ -199,33 +199,28 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who, budgeted: bool) {
     if let Some(s) = state {
         summary::recorded(s);
     }
-    // Field by field into the ring buffer: an `Event` built on the stack first would cost
-    // its size in the BPF stack frame, which the packet hook's two halves share (512 bytes).
-    let e = entry.as_mut_ptr();
-    // SAFETY: `e` points to a reserved, exclusively owned `Event`-sized slot; every field
-    // is written before `submit`.
-    unsafe {
-        (&raw mut (*e).boot_ns).write(now);
-        (&raw mut (*e).cgroup_id).write(o.cgroup_id);
-        (&raw mut (*e).generation).write(dec.generation);
-        (&raw mut (*e).pid).write(o.pid);
-        (&raw mut (*e).tid).write(o.tid);
-        (&raw mut (*e).uid).write(o.uid);
-        (&raw mut (*e).gid).write(o.gid);
-        (&raw mut (*e).region).write(dec.region);
-        (&raw mut (*e).suppressed).write(u32::try_from(suppressed).unwrap_or(u32::MAX));
-        (&raw mut (*e).rule).write(dec.rule);
-        (&raw mut (*e).dst_port).write(d.port);
-        (&raw mut (*e).family).write(d.family);
-        (&raw mut (*e).protocol).write(d.protocol);
-        (&raw mut (*e).verdict).write(dec.verdict as u8);
-        (&raw mut (*e).hook).write(hook as u8);
-        (&raw mut (*e).mapped).write(d.mapped);
-        (&raw mut (*e).attribution).write(who.attribution);
-        (&raw mut (*e).reason).write(dec.reason as u8);
-        (&raw mut (*e)._pad).write([0; 3]);
-        (&raw mut (*e).dst_addr).write(d.addr);
-        (&raw mut (*e).comm).write(o.comm);
-    }
+    entry.write(Event {
+        boot_ns: now,
+        cgroup_id: o.cgroup_id,
+        generation: dec.generation,
+        pid: o.pid,
+        tid: o.tid,
+        uid: o.uid,
+        gid: o.gid,
+        region: dec.region,
+        suppressed: u32::try_from(suppressed).unwrap_or(u32::MAX),
+        rule: dec.rule,
+        dst_port: d.port,
+        family: d.family,
+        protocol: d.protocol,
+        verdict: dec.verdict as u8,
+        hook: hook as u8,
+        mapped: d.mapped,
+        attribution: who.attribution,
+        reason: dec.reason as u8,
+        _pad: [0; 3],
+        dst_addr: d.addr,
+        comm: o.comm,
+    });
     entry.submit(0);
 }
