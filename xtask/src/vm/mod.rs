@@ -233,7 +233,7 @@ pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
 /// Boots each prepared kernel (kernel, unpacked files, initramfs), `jobs` at a time, in
 /// the order of `order` (indices into `prepared`); the rows come back in `prepared`'s order.
 /// Each guest's console is echoed with its kernel's name in front, so concurrent boots stay
-/// readable. With more than one job, every guest runs single-threaded under TCG (unless
+/// readable. With guests side by side, every one runs single-threaded under TCG (unless
 /// `--tcg-threads multi`): a multi-threaded guest beside another took 1.2 host CPUs of 2
 /// and left the single-threaded one 0.66.
 fn boot_all(
@@ -244,6 +244,7 @@ fn boot_all(
     args: &Args,
     jobs: usize,
 ) -> Vec<Row> {
+    let shared = jobs.min(prepared.len()) > 1;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let done = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -255,7 +256,6 @@ fn boot_all(
                         break;
                     };
                     let (kernel, unpacked, initrd) = &prepared[i];
-                    let shared = jobs > 1;
                     let report = boot_one(vm_dir, kernel, unpacked, initrd, accel, args, shared)
                         .map_err(|e| format!("{e:#}"));
                     let row = Row { kernel, report };
