@@ -111,6 +111,8 @@ struct TestSummary {
     skipped: u64,
     /// (name, reason) of each skipped (ignored) test.
     skips: Vec<(String, String)>,
+    /// Names of the failed tests, `KERNEL: NAME` for those that failed in a VM.
+    failures: Vec<String>,
 }
 
 impl TestSummary {
@@ -126,6 +128,12 @@ impl TestSummary {
             self.passed += num(" passed");
             self.failed += num(" failed");
             self.skipped += num(" ignored");
+        } else if let Some((name, outcome)) = line
+            .strip_prefix("test ")
+            .and_then(|t| t.split_once(" ... "))
+            && outcome.trim() == "FAILED"
+        {
+            self.failures.push(name.trim().to_owned());
         } else if let Some((name, outcome)) = line
             .strip_prefix("test ")
             .and_then(|t| t.split_once(" ... "))
@@ -207,6 +215,20 @@ fn test(extra: &[String], vms: bool) -> anyhow::Result<()> {
                             .as_deref()
                             .unwrap_or("no test summary (see above)")
                     );
+                    // libtest's closing list names each failed test on a line of its own,
+                    // indented by four spaces.
+                    for line in &k.failures {
+                        if let Some(name) = line.strip_prefix("    ")
+                            && !name.is_empty()
+                            && !name.contains(char::is_whitespace)
+                            && !sum
+                                .failures
+                                .iter()
+                                .any(|f| f == &format!("{}: {name}", k.name))
+                        {
+                            sum.failures.push(format!("{}: {name}", k.name));
+                        }
+                    }
                     for kill in &k.oom_kills {
                         println!("kernel {}: the guest's OOM killer ran: {kill}", k.name);
                     }
@@ -222,6 +244,9 @@ fn test(extra: &[String], vms: bool) -> anyhow::Result<()> {
     }
     for line in sum.skip_lines() {
         println!("{line}");
+    }
+    for name in &sum.failures {
+        println!("failed: {name}");
     }
     println!(
         "egressd: {} passed, {} failed, {} skipped",
@@ -249,12 +274,14 @@ mod tests {
             "test b ... ignored, needs a network",
             "test provider_files::c ... ignored (EGRESSD_PROVIDER_DATA not set)",
             "test d ... ignored",
+            "test f ... FAILED",
             "test result: ok. 1 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.01s",
             "test result: FAILED. 14 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.10s",
         ] {
             s.line(line);
         }
         assert_eq!((s.passed, s.failed, s.skipped), (15, 2, 3));
+        assert_eq!(s.failures, ["f"]);
         s.line("test e ... ignored, needs a network");
         assert_eq!(
             s.skip_lines(),

@@ -105,6 +105,8 @@ pub struct KernelResult {
     pub result_line: Option<String>,
     /// The guest's OOM-killer lines, if it killed anything.
     pub oom_kills: Vec<String>,
+    /// The test binary's `failures:` block: failed tests and their messages.
+    pub failures: Vec<String>,
 }
 
 impl Args {
@@ -213,6 +215,12 @@ pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
             );
         }
     }
+    // Near the end of the output, where CI's excerpt of it looks.
+    for row in &rows {
+        for line in row.report.iter().flat_map(|r| &r.failures) {
+            println!("kernel {} failures: {line}", row.kernel.name);
+        }
+    }
     let passed = rows.iter().filter(|r| r.passed()).count();
     println!("vm-test: {passed} passed, {} failed", rows.len() - passed);
     Ok(rows
@@ -225,6 +233,11 @@ pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
                 .report
                 .as_ref()
                 .map(|x| x.oom_kills.clone())
+                .unwrap_or_default(),
+            failures: r
+                .report
+                .as_ref()
+                .map(|x| x.failures.clone())
                 .unwrap_or_default(),
         })
         .collect())

@@ -92,7 +92,14 @@ pub struct Report {
     /// The guest kernel's OOM-killer lines (`Out of memory: Killed process ...`): why a
     /// test binary ended with `exit=137` and no summary.
     pub oom_kills: Vec<String>,
+    /// The test binary's `failures:` block (each failed test's name and panic message),
+    /// at most [`FAILURE_LINES`] lines: what CI shows when a kernel fails.
+    pub failures: Vec<String>,
 }
+
+/// Lines of a kernel's `failures:` block kept for the closing summary; the console log
+/// has all of them.
+pub const FAILURE_LINES: usize = 60;
 
 /// Console text of the guest's OOM killer (printed at `KERN_ERR`, so `loglevel=5` shows it).
 const OOM: &str = "Out of memory: Killed process";
@@ -153,7 +160,9 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
         markers: Vec::new(),
         result_line: None,
         oom_kills: Vec::new(),
+        failures: Vec::new(),
     };
+    let mut in_failures = false;
     let mut exit: Option<i32> = None;
     let mut crash: Option<String> = None;
     let mut garbled: Option<String> = None;
@@ -188,6 +197,14 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
                 }
                 if let Some(summary) = test_summary(&line) {
                     report.result_line = Some(summary);
+                    in_failures = false;
+                } else if line.trim() == "failures:" {
+                    in_failures = true;
+                } else if in_failures
+                    && report.failures.len() < FAILURE_LINES
+                    && !line.trim().is_empty()
+                {
+                    report.failures.push(line.trim_end().to_owned());
                 }
                 if crash.is_none()
                     && !line.contains("traps:")
