@@ -537,7 +537,7 @@ pub fn day_like_run() -> Result<(), Failed> {
         .as_u64()
         .ok_or("agent_stop without sequence")?;
     // The spool empties at exit; give the capture a moment to write it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + patience(Duration::from_secs(10));
     while !capture.holds("agent-stop") && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -269,7 +269,7 @@ pub fn tamper_repaired() -> Result<(), Failed> {
     // The tamper check may run mid-detach (single pins gone, or the whole directory): any
     // repair counts, then the links must be attached and pinned again.
     d.wait_for("tamper_repaired", Duration::from_secs(5))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + patience(Duration::from_secs(10));
     while !pins.0.join("links/connect4").exists() {
         if Instant::now() > deadline {
             return Err("the links were not pinned again after detach".into());
@@ -527,7 +527,7 @@ fn sighup_at_exec(tb: &Testbed, cfg: &Path, tries: u32) -> Result<(), Failed> {
     let mut before_handler = 0u32;
     for i in 0..tries {
         let mut d = Agent::spawn(tb, cfg, &[])?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + patience(Duration::from_secs(10));
         while !d.signals().is_ignored(libc::SIGPIPE) {
             if let Some(st) = d.exited() {
                 return Err(format!("try {i}: egressd exited ({st}) before main").into());
@@ -542,7 +542,7 @@ fn sighup_at_exec(tb: &Testbed, cfg: &Path, tries: u32) -> Result<(), Failed> {
         }
         let handled_already = d.signals().caught(libc::SIGHUP);
         d.signal(libc::SIGHUP);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + patience(Duration::from_secs(10));
         loop {
             if let Some(st) = d.exited() {
                 return Err(format!(
@@ -623,7 +623,7 @@ impl NotifySocket {
     /// Messages other than watchdog pings, up to and including the first that holds `line`;
     /// the number of pings among them is returned too.
     fn until(&self, line: &str, within: Duration) -> Result<(Vec<Vec<String>>, u32), Failed> {
-        let deadline = Instant::now() + within;
+        let deadline = Instant::now() + patience(within);
         let (mut seen, mut pings) = (Vec::new(), 0);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             let Some(msg) = self.next(left)? else { break };
@@ -686,8 +686,8 @@ pub fn systemd_notify() -> Result<(), Failed> {
     // Watchdog: every 200 ms; at least 4 in a second (the first one at once).
     let t = Instant::now();
     let mut pings = 0;
-    while t.elapsed() < Duration::from_secs(1) {
-        match socket.next(Duration::from_millis(1100).saturating_sub(t.elapsed()))? {
+    while t.elapsed() < patience(Duration::from_secs(1)) {
+        match socket.next(patience(Duration::from_millis(1100)).saturating_sub(t.elapsed()))? {
             Some(m) if m == ["WATCHDOG=1"] => pings += 1,
             Some(m) => return Err(format!("unexpected message {m:?}").into()),
             None => break,
@@ -887,7 +887,7 @@ fn refused_start(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("spawning egressd: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + patience(Duration::from_secs(20));
     let status = loop {
         if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
             break st;

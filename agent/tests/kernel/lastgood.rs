@@ -323,7 +323,7 @@ fn run_to_exit(tb: &Testbed, cfg: &Path, state: &Path) -> Result<std::process::O
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("spawning egressd: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + patience(Duration::from_secs(20));
     while child.try_wait().map_err(|e| e.to_string())?.is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();

@@ -11,7 +11,7 @@ use libtest_mimic::Failed;
 use serde_json::Value;
 
 use super::harness::{
-    Agent, assert_field, connections, counter, expect_eperm, expect_ok, policy, probe,
+    Agent, assert_field, connections, counter, expect_eperm, expect_ok, patience, policy, probe,
     require_root, stop_record, testbed,
 };
 
@@ -414,7 +414,7 @@ pub fn pinned_lsm_links() -> Result<(), Failed> {
     let before = tb.served().1;
     let t0 = std::time::Instant::now();
     let mut r = probe(&tb, 1, &dgram)?;
-    while !r[0].ok && t0.elapsed() < std::time::Duration::from_secs(30) {
+    while !r[0].ok && t0.elapsed() < patience(std::time::Duration::from_secs(30)) {
         std::thread::sleep(std::time::Duration::from_millis(500));
         r = probe(&tb, 1, &dgram)?;
     }

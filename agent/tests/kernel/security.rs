@@ -12,8 +12,8 @@ use egressd_testbed::{EU_V4, US_V4};
 use libtest_mimic::Failed;
 
 use super::harness::{
-    Agent, TempDir, expect_eperm, expect_ok, policy, probe, require_root, tcp, temp_dir, testbed,
-    write_config,
+    Agent, TempDir, expect_eperm, expect_ok, patience, policy, probe, require_root, tcp, temp_dir,
+    testbed, write_config,
 };
 
 /// Runs `args` as nobody (uid/gid 65534, no groups, no capabilities).
@@ -74,7 +74,7 @@ fn refused_start(cgroup: &Path, config: &Path) -> Result<String, Failed> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + patience(Duration::from_secs(15));
     while child.try_wait().map_err(|e| e.to_string())?.is_none() {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
@@ -235,7 +235,7 @@ pub fn pin_dir_made_by_a_user_is_refused() -> Result<(), Failed> {
         .spawn()
         .map_err(|e| e.to_string())?;
     let mut child = out;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + patience(Duration::from_secs(15));
     while child.try_wait().map_err(|e| e.to_string())?.is_none() {
         if std::time::Instant::now() > deadline {
             // It attached: a pin it made there is the user's to remove.
@@ -332,7 +332,7 @@ pub fn bpffs_mounted_0700() -> Result<(), Failed> {
     let res = (|| -> Result<(), Failed> {
         loop {
             let l = rx
-                .recv_timeout(Duration::from_secs(30))
+                .recv_timeout(patience(Duration::from_secs(30)))
                 .map_err(|_| "no agent_start within 30 s")?;
             if l.contains("\"agent_start\"") {
                 break;
@@ -555,7 +555,7 @@ pub fn privileges_dropped_after_attach() -> Result<(), Failed> {
         std::thread::sleep(Duration::from_millis(300));
         let _ = probe(&tb, 1, &[tcp(US_V4)])?;
         d.wait_for("connection", Duration::from_secs(5))?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + patience(Duration::from_secs(5));
         while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"connection\"")) {
             if std::time::Instant::now() > deadline {
                 return Err("the file sink did not reopen after SIGUSR1".into());

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::{
     harness::{
         Agent, START_WITHIN, TempDir, assert_field, connections, counter, expect_eperm,
-        expect_errno, expect_ok, policy, probe, stop_record, temp_dir, testbed, udp,
+        expect_errno, expect_ok, patience, policy, probe, stop_record, temp_dir, testbed, udp,
     },
     lsm::{coverage_status, lsm_in_force, packet_probes, served_us, start_lists},
 };
@@ -286,7 +286,7 @@ pub fn tc_pinned_and_detach() -> Result<(), Failed> {
     ip(&["link", "set", b, "up"])?;
     let t0 = std::time::Instant::now();
     let mut attached = false;
-    while t0.elapsed() < Duration::from_secs(10) {
+    while t0.elapsed() < patience(Duration::from_secs(10)) {
         if sched_cls_attached_on(&tb, a) {
             attached = true;
             break;

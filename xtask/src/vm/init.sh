@@ -10,6 +10,9 @@
 # The host's tools (copied to the same paths) first; busybox applets for the rest.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/busybox
 export HOME=/root TMPDIR=/tmp TERM=dumb NO_COLOR=1 LANG=C.UTF-8
+# The kernel tests wait this many times longer for what must happen (harness::patience):
+# under TCG the guest is about 17 times slower, and two guests may share the host's CPUs.
+export EGRESSD_TEST_PATIENCE=4
 /bin/busybox mkdir -p /busybox
 /bin/busybox --install -s /busybox
 
