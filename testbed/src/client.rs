@@ -315,7 +315,7 @@ pub fn attempt(probe: &str) -> ProbeResult {
         Ok(a) => a,
         Err(e) => return fail(probe, "parse", &io::Error::other(e)),
     };
-    let timeout = Duration::from_secs(3);
+    let timeout = crate::patience(Duration::from_secs(3));
     let res = match kind {
         "tcp" => TcpStream::connect_timeout(&addr, timeout)
             .map(drop)
@@ -347,7 +347,7 @@ pub fn attempt(probe: &str) -> ProbeResult {
         "uring-sendmsg" => uring_sendmsg(addr, timeout),
         "icmp" => icmp_echo(addr, timeout),
         "rawip" => raw_ip(addr),
-        "sctp" => sctp_associate(addr, Duration::from_secs(2)),
+        "sctp" => sctp_associate(addr, crate::patience(Duration::from_secs(2))),
         "packet-dgram" | "packet-raw" | "packet-bypass" => match addr {
             SocketAddr::V4(a) => {
                 crate::frames::packet_with(a, kind != "packet-dgram", kind == "packet-bypass")
@@ -733,7 +733,7 @@ fn hold(probe: &str, addr: &str) -> anyhow::Result<()> {
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("bad address in {probe}"))?;
-    let timeout = Duration::from_secs(3);
+    let timeout = crate::patience(Duration::from_secs(3));
     let mut s = match TcpStream::connect_timeout(&addr, timeout) {
         Ok(s) => s,
         Err(e) => {

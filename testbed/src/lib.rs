@@ -57,6 +57,25 @@ prefixes = ["198.18.2.0/24", "2001:db8:2::/48"]
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// `within` stretched by `EGRESSD_TEST_PATIENCE` (a factor, default 1): the time a test
+/// (or the probe client, which inherits the variable) waits for something that must happen.
+/// The VM runs set it (`xtask/src/vm/init.sh`): under TCG a guest runs CPU-bound work about
+/// 17 times slower, and CI's machines are slower than ours, so a native budget such as "a
+/// detached link is repaired within 1 s" measures the emulator there. Only waits stretch; a
+/// test never passes because of it, it fails later. Rates (so many per second) are measured
+/// over real time.
+pub fn patience(within: std::time::Duration) -> std::time::Duration {
+    static FACTOR: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let factor = *FACTOR.get_or_init(|| {
+        std::env::var("EGRESSD_TEST_PATIENCE")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|f| f.is_finite() && *f >= 1.0)
+            .unwrap_or(1.0)
+    });
+    within.mul_f64(factor)
+}
+
 /// Returns a name unique to this process and call: `{prefix}{pid}x{n}` (short, so derived
 /// interface names stay under IFNAMSIZ).
 pub fn unique(prefix: &str) -> String {

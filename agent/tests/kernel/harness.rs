@@ -11,22 +11,7 @@ use egressd_testbed::{PORT, Testbed, client::ProbeResult};
 use libtest_mimic::Failed;
 use serde_json::Value;
 
-/// `within` stretched by `EGRESSD_TEST_PATIENCE` (a factor, default 1): the time a test
-/// waits for something that must happen. The VM runs set it (`xtask/src/vm/init.sh`): under
-/// TCG a guest runs CPU-bound work about 17 times slower, and CI's machines are slower than
-/// ours, so a native budget such as "a detached link is repaired within 1 s" measures the
-/// emulator there. Only waits stretch; a test never passes because of it, it fails later.
-pub fn patience(within: Duration) -> Duration {
-    static FACTOR: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let factor = *FACTOR.get_or_init(|| {
-        std::env::var("EGRESSD_TEST_PATIENCE")
-            .ok()
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|f| f.is_finite() && *f >= 1.0)
-            .unwrap_or(1.0)
-    });
-    within.mul_f64(factor)
-}
+pub use egressd_testbed::patience;
 
 /// How long [`Agent::stop`] waits for the daemon to exit after SIGTERM.
 const STOP_WITHIN: Duration = Duration::from_secs(60);

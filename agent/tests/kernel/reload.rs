@@ -21,9 +21,10 @@ fn ab(allow: &str) -> String {
 pub fn reload_under_load() -> Result<(), Failed> {
     let tb = testbed()?;
     let mut agent = Agent::start_with(&tb, &ab("eu"))?;
+    // The attempts go on while the 100 reloads run: about 6 s natively, longer in a VM.
     let looper = ProbeLoop::start(
         &tb,
-        6000,
+        patience(Duration::from_millis(6000)).as_millis() as u64,
         &[url("tcp", EU_V4, PORT), url("tcp", US_V4, PORT)],
     )?;
     std::thread::sleep(Duration::from_millis(200));
