@@ -14,8 +14,9 @@ fn hooks(recs: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// The records' hooks are `want`, in any order: each probe's record is judged on its own,
-/// and under a loaded 6.1 guest one came ahead of two earlier probes' (2026-12-01).
+/// The records' hooks are `want`, in any order: while the enrichment thread is stuck on one
+/// event for more than `worker::STALL` (500 ms; a loaded 6.1 guest, 2026-12-01), later
+/// events go to the sinks at once without `/proc` details, ahead of the queued ones.
 fn expect_hooks(recs: &[Value], want: &[&str]) -> Result<(), Failed> {
     let mut got = hooks(recs);
     got.sort();
