@@ -507,11 +507,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 delivered += n;
                 ring_rest = (n >= RING_BATCH).then(|| tokio::time::Instant::now() + RING_REST);
             }
-            Some(batch) = worker.next() => {
-                for ev in batch {
-                    submit_connection(&seq, &pipeline, ev);
-                }
-            }
+            Some(batch) = worker.next() => submit_connections(&seq, &pipeline, batch),
             _ = summary_tick.tick() => submit_summaries(&mut summaries, &policy, &seq, &pipeline),
             _ = sighup.recv() => { reload_now = true; }
             Some(()) = async {
@@ -875,6 +871,18 @@ fn release_freed_memory() {
 fn submit_connection(seq: &Sequencer, pipeline: &Pipeline, mut ev: ConnectionEvent) {
     seq.number(&mut ev.header);
     pipeline.submit(&Record::Connection(Box::new(ev)));
+}
+
+/// [`submit_connection`] of a batch of events, in order, as one batch for the sinks.
+fn submit_connections(seq: &Sequencer, pipeline: &Pipeline, batch: Vec<ConnectionEvent>) {
+    let records: Vec<Record> = batch
+        .into_iter()
+        .map(|mut ev| {
+            seq.number(&mut ev.header);
+            Record::Connection(Box::new(ev))
+        })
+        .collect();
+    pipeline.submit_all(&records);
 }
 
 /// The service manager's `STATUS=` for the policy in force.
