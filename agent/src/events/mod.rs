@@ -449,7 +449,13 @@ impl Enricher {
     /// bytes of `cmdline` and `cgroup`), and reporting it only where it agrees with the
     /// kernel's record ([`procinfo::Cache::lookup`]).
     pub fn enrich(&self, ev: &Event) -> ConnectionEvent {
-        let name = comm(&ev.comm);
+        let end = ev
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(ev.comm.len());
+        // Borrowed when it is UTF-8: no allocation for the comparison.
+        let name = String::from_utf8_lossy(&ev.comm[..end]);
         let claim = procinfo::Claim {
             pid: ev.pid,
             comm: &name,
