@@ -87,7 +87,7 @@ fn submit_all(seq: &Sequencer, pipeline: &Pipeline, batch: Vec<events::Connectio
 
 /// Events at most pushed and not yet back from the enrichment thread, and records at most
 /// in the sink's queue.
-const PACE: u64 = 8192;
+const PACE: u64 = 4096;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -133,6 +133,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let transport = sinks::transport(&sink)?;
     let pipeline = Pipeline::with_transports(vec![(sink, transport, None)], "bench")?;
+    // As the daemon sets it before it reads the ring buffer.
+    egressd::daemon::keep_heap_for_records();
     let mut worker = Worker::start()?;
     let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
     let evs: Vec<_> = (0..records)

@@ -240,6 +240,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     // the text until the daemon stops.
     drop(sources);
     release_freed_memory();
+    keep_heap_for_records();
     // What actually attached decides the LSM rows (a probe can say yes and a load still fail).
     let coverage = coverage
         .with_lsm(enforcer.lsm_coverage(), policy.packet_sockets)
@@ -864,6 +865,22 @@ fn release_freed_memory() {
     // SAFETY: no arguments beyond the padding to keep; only free memory is released.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Most free memory at the top of the heap kept for reuse instead of handed back.
+pub const HEAP_KEEP: usize = 8 << 20;
+
+/// Lets the heap keep up to [`HEAP_KEEP`] bytes of free memory at its top: a flood's frames
+/// are allocated by the ring-buffer reader and freed by the sinks' threads, and with glibc's
+/// default (128 KiB) the top went back to the kernel and was faulted in again over and over
+/// (about a tenth of the CPU per record, `bench_pipeline`). [`release_freed_memory`] still
+/// hands back everything after a policy load.
+pub fn keep_heap_for_records() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: sets one malloc parameter; no memory is touched.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_KEEP as libc::c_int);
     }
 }
 
