@@ -384,7 +384,13 @@ impl Sequencer {
     pub fn number(&self, header: &mut Header) {
         let sequence = self.next.fetch_add(1, Ordering::Relaxed);
         header.sequence = sequence;
-        header.id = format!("{}-{sequence}", self.ctx.agent.ephemeral_id);
+        // Every record gets one: without the formatting machinery.
+        let eid = &self.ctx.agent.ephemeral_id;
+        let mut id = String::with_capacity(eid.len() + 21);
+        id.push_str(eid);
+        id.push('-');
+        id.push_str(itoa::Buffer::new().format(sequence));
+        header.id = id;
     }
 }
 
