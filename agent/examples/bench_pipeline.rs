@@ -5,7 +5,7 @@
 //!
 //! `N` kernel events of this process (so `/proc` enrichment verifies them, as for a flood
 //! from one process) go the daemon's way: the enrichment thread ([`Worker`]), numbering
-//! ([`Sequencer::number`]) and [`Pipeline::submit`] to one file sink of native JSON lines
+//! ([`Sequencer::number`]) and [`Pipeline::submit_all`] to one file sink of native JSON lines
 //! (default `target/bench-pipeline.jsonl`), in batches of 256 as the ring-buffer reader
 //! takes them. Printed as one JSON line: `records_per_s` (first push until the sink has
 //! written everything), and `cpu_us_per_record` (user + system time of the whole process,
@@ -36,7 +36,7 @@ fn cpu_time() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-fn kernel_event(i: u64) -> egressd_common::Event {
+fn kernel_event(i: u64, comm: &str) -> egressd_common::Event {
     let mut ev = events::decode(&[0u8; 96]).expect("a zeroed event decodes");
     ev.boot_ns = egressd::base::clock::boot_now_ns();
     ev.pid = std::process::id();
@@ -53,8 +53,7 @@ fn kernel_event(i: u64) -> egressd_common::Event {
     ev.verdict = egressd_common::Verdict::Deny as u8;
     ev.hook = egressd_common::Hook::Sendmsg4 as u8;
     ev.dst_addr[..4].copy_from_slice(&[198, 18, 2, 1 + (i % 254) as u8]);
-    let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
-    let comm = comm.trim_end().as_bytes();
+    let comm = comm.as_bytes();
     let n = comm.len().min(15);
     ev.comm[..n].copy_from_slice(&comm[..n]);
     ev
@@ -73,6 +72,22 @@ fn submit(seq: &Sequencer, pipeline: &Pipeline, mut ev: events::ConnectionEvent)
     seq.number(&mut ev.header);
     pipeline.submit(&events::Record::Connection(Box::new(ev)));
 }
+
+/// A batch the enrichment thread finished, numbered and submitted as the daemon does.
+fn submit_all(seq: &Sequencer, pipeline: &Pipeline, batch: Vec<events::ConnectionEvent>) {
+    let records: Vec<_> = batch
+        .into_iter()
+        .map(|mut ev| {
+            seq.number(&mut ev.header);
+            events::Record::Connection(Box::new(ev))
+        })
+        .collect();
+    pipeline.submit_all(&records);
+}
+
+/// Events at most pushed and not yet back from the enrichment thread, and records at most
+/// in the sink's queue.
+const PACE: u64 = 4096;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -118,11 +133,18 @@ async fn main() -> anyhow::Result<()> {
     };
     let transport = sinks::transport(&sink)?;
     let pipeline = Pipeline::with_transports(vec![(sink, transport, None)], "bench")?;
+    // As the daemon sets it before it reads the ring buffer.
+    egressd::daemon::keep_heap_for_records();
     let mut worker = Worker::start()?;
-    let evs: Vec<_> = (0..records).map(kernel_event).collect();
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    let evs: Vec<_> = (0..records)
+        .map(|i| kernel_event(i, comm.trim_end()))
+        .collect();
     let (cpu0, t0) = (cpu_time(), Instant::now());
     let mut done = 0u64;
+    let mut pushed = 0u64;
     for chunk in evs.chunks(256) {
+        pushed += chunk.len() as u64;
         for ev in chunk {
             if let Some(now) = worker.push(&enricher, *ev) {
                 submit(&seq, &pipeline, now);
@@ -132,17 +154,25 @@ async fn main() -> anyhow::Result<()> {
         // What the enrichment thread finished meanwhile, as the main loop takes it.
         while let Some(batch) = ready(&mut worker) {
             done += batch.len() as u64;
-            for ev in batch {
-                submit(&seq, &pipeline, ev);
-            }
+            submit_all(&seq, &pipeline, batch);
+        }
+        // A reader does not outrun the pipeline: the kernel's producer is not infinitely
+        // fast, and events the enrichment thread cannot queue are built without `/proc`
+        // details (a cheaper path than the one measured here).
+        while pushed - done > PACE {
+            let batch = worker.next().await.context("enrichment thread gone")?;
+            done += batch.len() as u64;
+            submit_all(&seq, &pipeline, batch);
+        }
+        // Nor the sink (its memory queue would drop records, which then cost nothing).
+        while pipeline.counters().values().any(|c| c.queued > PACE) {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
     while done < records {
         let batch = worker.next().await.context("enrichment thread gone")?;
         done += batch.len() as u64;
-        for ev in batch {
-            submit(&seq, &pipeline, ev);
-        }
+        submit_all(&seq, &pipeline, batch);
     }
     anyhow::ensure!(
         pipeline.flush(Duration::from_secs(120)),

@@ -240,6 +240,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     // the text until the daemon stops.
     drop(sources);
     release_freed_memory();
+    keep_heap_for_records();
     // What actually attached decides the LSM rows (a probe can say yes and a load still fail).
     let coverage = coverage
         .with_lsm(enforcer.lsm_coverage(), policy.packet_sockets)
@@ -507,11 +508,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 delivered += n;
                 ring_rest = (n >= RING_BATCH).then(|| tokio::time::Instant::now() + RING_REST);
             }
-            Some(batch) = worker.next() => {
-                for ev in batch {
-                    submit_connection(&seq, &pipeline, ev);
-                }
-            }
+            Some(batch) = worker.next() => submit_connections(&seq, &pipeline, batch),
             _ = summary_tick.tick() => submit_summaries(&mut summaries, &policy, &seq, &pipeline),
             _ = sighup.recv() => { reload_now = true; }
             Some(()) = async {
@@ -871,10 +868,38 @@ fn release_freed_memory() {
     }
 }
 
+/// Most free memory at the top of the heap kept for reuse instead of handed back.
+pub const HEAP_KEEP: usize = 8 << 20;
+
+/// Lets the heap keep up to [`HEAP_KEEP`] bytes of free memory at its top: a flood's frames
+/// are allocated by the ring-buffer reader and freed by the sinks' threads, and with glibc's
+/// default (128 KiB) the top went back to the kernel and was faulted in again over and over
+/// (about a tenth of the CPU per record, `bench_pipeline`). [`release_freed_memory`] still
+/// hands back everything after a policy load.
+pub fn keep_heap_for_records() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: sets one malloc parameter; no memory is touched.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_KEEP as libc::c_int);
+    }
+}
+
 /// Numbers a connection event (in the order the sinks receive records) and submits it.
 fn submit_connection(seq: &Sequencer, pipeline: &Pipeline, mut ev: ConnectionEvent) {
     seq.number(&mut ev.header);
     pipeline.submit(&Record::Connection(Box::new(ev)));
+}
+
+/// [`submit_connection`] of a batch of events, in order, as one batch for the sinks.
+fn submit_connections(seq: &Sequencer, pipeline: &Pipeline, batch: Vec<ConnectionEvent>) {
+    let records: Vec<Record> = batch
+        .into_iter()
+        .map(|mut ev| {
+            seq.number(&mut ev.header);
+            Record::Connection(Box::new(ev))
+        })
+        .collect();
+    pipeline.submit_all(&records);
 }
 
 /// The service manager's `STATUS=` for the policy in force.

@@ -384,7 +384,13 @@ impl Sequencer {
     pub fn number(&self, header: &mut Header) {
         let sequence = self.next.fetch_add(1, Ordering::Relaxed);
         header.sequence = sequence;
-        header.id = format!("{}-{sequence}", self.ctx.agent.ephemeral_id);
+        // Every record gets one: without the formatting machinery.
+        let eid = &self.ctx.agent.ephemeral_id;
+        let mut id = String::with_capacity(eid.len() + 21);
+        id.push_str(eid);
+        id.push('-');
+        id.push_str(itoa::Buffer::new().format(sequence));
+        header.id = id;
     }
 }
 
@@ -449,7 +455,13 @@ impl Enricher {
     /// bytes of `cmdline` and `cgroup`), and reporting it only where it agrees with the
     /// kernel's record ([`procinfo::Cache::lookup`]).
     pub fn enrich(&self, ev: &Event) -> ConnectionEvent {
-        let name = comm(&ev.comm);
+        let end = ev
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(ev.comm.len());
+        // Borrowed when it is UTF-8: no allocation for the comparison.
+        let name = String::from_utf8_lossy(&ev.comm[..end]);
         let claim = procinfo::Claim {
             pid: ev.pid,
             comm: &name,

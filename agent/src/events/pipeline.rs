@@ -107,6 +107,9 @@ const FLUSH_EVERY: usize = 256;
 /// Frames (and bytes) read from the spool at once.
 const READ_BATCH: usize = 256;
 const READ_BATCH_BYTES: usize = 1 << 20;
+/// Records [`Pipeline::submit_all`] hands a sink at once: few enough that the sink's thread
+/// starts on them soon, enough that its wake-up is shared by many.
+pub const SUBMIT_CHUNK: usize = 64;
 /// How long shutdown waits for a worker past its deadline before leaving it behind.
 const JOIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -381,82 +384,126 @@ impl Pipeline {
     /// before any sink without one can show it. A sink without a spool queues it in memory;
     /// when that queue is full the record is dropped (counted).
     pub fn submit(&self, record: &Record) {
+        self.submit_all(std::slice::from_ref(record));
+    }
+
+    /// [`Self::submit`] of each of `records`, in order, in chunks of [`SUBMIT_CHUNK`]: every
+    /// sink encodes a chunk, then takes it with one lock of its queue and at most one
+    /// wake-up of its thread (a flood's records come in batches; a wake-up costs more than
+    /// a record). Sinks with a spool get each chunk before any sink without one.
+    pub fn submit_all(&self, records: &[Record]) {
+        for chunk in records.chunks(SUBMIT_CHUNK) {
+            self.submit_chunk(chunk);
+        }
+    }
+
+    fn submit_chunk(&self, records: &[Record]) {
         for wal in [true, false] {
             for s in self
                 .sinks
                 .iter()
                 .filter(|s| s.shared.spool.is_some() == wal)
             {
-                self.submit_to(s, record);
+                let frames = {
+                    let mut chain = s.chain.lock().unwrap_or_else(PoisonError::into_inner);
+                    records
+                        .iter()
+                        .map(|r| Self::encode(s, r, &mut chain))
+                        .collect()
+                };
+                Self::enqueue(s, frames);
             }
         }
     }
 
-    fn submit_to(&self, s: &Sink, record: &Record) {
-        let encoded = s.encoder.encode_sealed(
-            record,
-            &mut s.chain.lock().unwrap_or_else(PoisonError::into_inner),
-        );
+    /// `record` as `s` frames it, sealed with the next link of its chain.
+    fn encode(
+        s: &Sink,
+        record: &Record,
+        chain: &mut crate::events::audit::chain::Chain,
+    ) -> Vec<u8> {
+        let encoded = s.encoder.encode_sealed(record, chain);
         if encoded.truncated {
             let n = s.shared.c.truncated.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
                 tracing::warn!(sink = %s.shared.name, truncated = n + 1, max = s.encoder.max_bytes, "records longer than the sink's max_message_bytes: truncated");
             }
         }
-        let frame = encoded.frame;
+        encoded.frame
+    }
+
+    /// Appends `frames` (in order) to the spool of `s` if it has a working one, else (and
+    /// from the first failed append on) to its memory queue.
+    fn enqueue(s: &Sink, frames: Vec<Vec<u8>>) {
+        let mut rest = frames.into_iter().peekable();
         if let Some(mut spool) = s.shared.lock_spool()
             && !s.shared.spool_failing.load(Ordering::Relaxed)
         {
-            match spool.append(&frame) {
-                Ok(true) => {
-                    s.shared.set_spooled(&spool);
-                    drop(spool);
-                    // The worker decides to sleep holding the queue's lock: taking it here
-                    // means it either saw this frame or is waiting for the notification.
-                    drop(s.shared.lock());
-                    s.shared.wake.notify_one();
-                    return;
-                }
-                Ok(false) => {
-                    let n = s
-                        .shared
-                        .c
-                        .dropped_spool_full
-                        .fetch_add(1, Ordering::Relaxed);
-                    if n.is_power_of_two() {
-                        tracing::warn!(sink = %s.shared.name, dropped = n + 1, "spool full: dropping records");
+            let mut appended = false;
+            let mut full = 0;
+            while let Some(frame) = rest.peek() {
+                match spool.append(frame) {
+                    Ok(true) => appended = true,
+                    Ok(false) => full += 1,
+                    Err(e) => {
+                        // The worker retries the spool; until then the memory queue holds them.
+                        s.shared.spool_failing.store(true, Ordering::Relaxed);
+                        tracing::error!(sink = %s.shared.name, error = %e, "spool write failed: queueing records in memory (lost if egressd crashes)");
+                        break;
                     }
-                    return;
                 }
-                Err(e) => {
-                    // The worker retries the spool; until then the memory queue holds them.
-                    s.shared.spool_failing.store(true, Ordering::Relaxed);
-                    tracing::error!(sink = %s.shared.name, error = %e, "spool write failed: queueing records in memory (lost if egressd crashes)");
+                rest.next();
+            }
+            s.shared.set_spooled(&spool);
+            drop(spool);
+            if full > 0 {
+                let n = s
+                    .shared
+                    .c
+                    .dropped_spool_full
+                    .fetch_add(full, Ordering::Relaxed);
+                if (n..n + full).any(u64::is_power_of_two) {
+                    tracing::warn!(sink = %s.shared.name, dropped = n + full, "spool full: dropping records");
                 }
+            }
+            if appended {
+                // The worker decides to sleep holding the queue's lock: taking it here
+                // means it either saw these frames or is waiting for the notification.
+                drop(s.shared.lock());
+                s.shared.wake.notify_one();
+            }
+            if rest.peek().is_none() {
+                return;
             }
         }
         let mut q = s.shared.lock();
-        if q.memory.len() >= s.shared.capacity
-            || (q.bytes + frame.len() > s.shared.capacity_bytes && !q.memory.is_empty())
-        {
-            drop(q);
+        let was_empty = q.memory.is_empty();
+        let mut dropped = 0;
+        for frame in rest {
+            if q.memory.len() >= s.shared.capacity
+                || (q.bytes + frame.len() > s.shared.capacity_bytes && !q.memory.is_empty())
+            {
+                dropped += 1;
+                continue;
+            }
+            q.bytes += frame.len();
+            q.memory.push_back(frame);
+        }
+        let queued = !q.memory.is_empty();
+        drop(q);
+        if dropped > 0 {
             let n = s
                 .shared
                 .c
                 .dropped_queue_full
-                .fetch_add(1, Ordering::Relaxed);
-            if n.is_power_of_two() {
-                tracing::warn!(sink = %s.shared.name, dropped = n + 1, "sink queue full: dropping records");
+                .fetch_add(dropped, Ordering::Relaxed);
+            if (n..n + dropped).any(u64::is_power_of_two) {
+                tracing::warn!(sink = %s.shared.name, dropped = n + dropped, "sink queue full: dropping records");
             }
-            return;
         }
-        let was_empty = q.memory.is_empty();
-        q.bytes += frame.len();
-        q.memory.push_back(frame);
-        drop(q);
         // The worker waits for frames only on an empty queue (deciding so under its lock):
         // one wake-up per batch, not a futex call per record.
-        if was_empty {
+        if was_empty && queued {
             s.shared.wake.notify_one();
         }
     }

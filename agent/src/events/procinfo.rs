@@ -314,6 +314,20 @@ impl Cache {
         if claim.pid == 0 {
             return Details::NoProcess;
         }
+        // A flood's events nearly all end here: both reads cached, nothing copied.
+        if let Some((at, stat)) = self.stats.get(&claim.pid)
+            && claim.boot_ns <= *at
+        {
+            if let Some(m) = self.stat_mismatch(stat, claim) {
+                return m;
+            }
+            if let Some(hit) = self.procs.get(&claim.pid)
+                && hit.start_time == stat.start_time
+                && hit.comm == stat.comm
+            {
+                return verified(hit.clone(), claim);
+            }
+        }
         let dir = self.root.join(claim.pid.to_string());
         let stat = match self.stats.get(&claim.pid) {
             Some((at, stat)) if claim.boot_ns <= *at => stat.clone(),
@@ -333,13 +347,8 @@ impl Cache {
                 stat
             }
         };
-        // One tick of slack: the start time is rounded down to clock ticks.
-        let started_ns = stat.start_time.saturating_mul(self.ns_per_tick);
-        if started_ns > claim.boot_ns.saturating_add(self.ns_per_tick) {
-            return Details::Mismatch("start_time");
-        }
-        if stat.comm != claim.comm {
-            return Details::Mismatch("name");
+        if let Some(m) = self.stat_mismatch(&stat, claim) {
+            return m;
         }
         let info = match self.procs.get(&claim.pid) {
             Some(hit) if hit.start_time == stat.start_time && hit.comm == stat.comm => hit.clone(),
@@ -371,13 +380,17 @@ impl Cache {
                 info
             }
         };
-        if info.uid.is_some_and(|u| u != claim.uid) {
-            return Details::Mismatch("uid");
+        verified(info, claim)
+    }
+
+    /// Why `stat` cannot be the process that made `claim`'s event, if it cannot.
+    fn stat_mismatch(&self, stat: &Stat, claim: &Claim<'_>) -> Option<Details> {
+        // One tick of slack: the start time is rounded down to clock ticks.
+        let started_ns = stat.start_time.saturating_mul(self.ns_per_tick);
+        if started_ns > claim.boot_ns.saturating_add(self.ns_per_tick) {
+            return Some(Details::Mismatch("start_time"));
         }
-        if claim.cgroup_id != 0 && info.cgroup_id.is_some_and(|id| id != claim.cgroup_id) {
-            return Details::Mismatch("cgroup");
-        }
-        Details::Verified(info)
+        (stat.comm != claim.comm).then_some(Details::Mismatch("name"))
     }
 
     /// User name of `uid`, cached (also when unknown).
@@ -502,6 +515,17 @@ pub fn group_name(gid: u32) -> Option<String> {
         let name = unsafe { CStr::from_ptr(grp.gr_name) };
         Some(Ok(name.to_string_lossy().into_owned()))
     })
+}
+
+/// `info` as the details of `claim`'s process if its uid and cgroup agree with the kernel's.
+fn verified(info: Arc<ProcInfo>, claim: &Claim<'_>) -> Details {
+    if info.uid.is_some_and(|u| u != claim.uid) {
+        return Details::Mismatch("uid");
+    }
+    if claim.cgroup_id != 0 && info.cgroup_id.is_some_and(|id| id != claim.cgroup_id) {
+        return Details::Mismatch("cgroup");
+    }
+    Details::Verified(info)
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! counters of `agent_stop`, for three readers of the same flood in one run:
 //! - [`Reader::RingOnly`]: this build with `EGRESSD_BENCH_RING_ONLY=1`, which reads every
 //!   ring-buffer record and discards it (no enrichment, no sinks): the limit;
-//! - [`Reader::Baseline`]: the daemon built from [`BASELINE`] (main before the batched
-//!   ring-buffer reads and the canonical bytes written from the event);
+//! - [`Reader::Baseline`]: the daemon built from [`BASELINE`] (main before the hand-written
+//!   JSON record and the batched sink queue);
 //! - [`Reader::Current`]: this build.
 //!
 //! The worker, in the filtered cgroup, sends one-byte UDP datagrams on one unconnected socket
@@ -24,9 +24,9 @@ use serde_json::Value;
 
 use super::{connect::Bed, daemon::Daemon};
 
-/// The commit the "before" figures are built from (main of 2026-12-01 before the batched
-/// ring-buffer reads and the canonical bytes written from the event).
-pub const BASELINE: &str = "9647159";
+/// The commit the "before" figures are built from (main of 2026-12-01 18:00 UTC, before the
+/// hand-written JSON record and the batched sink queue).
+pub const BASELINE: &str = "30469fd";
 
 /// Who reads the ring buffer in a flood.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -928,9 +928,9 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          with no record budget the kernel aggregates into `connection_summary` only when the \
          ring buffer is full. Three readers of the same flood, in turn in every round: *{}* \
          (this build with `EGRESSD_BENCH_RING_ONLY=1`: reads every ring-buffer record and \
-         discards it, no enrichment, no sink: the limit), *{}* (main before the batched \
-         ring-buffer reads and the canonical bytes written from the event, built by the bench \
-         from that commit) and *{}*.\n\n\
+         discards it, no enrichment, no sink: the limit), *{}* (main of 2026-12-01 before \
+         the hand-written JSON record and the batched sink queue, built by the bench from \
+         that commit) and *{}*.\n\n\
          *First record*: before the flood, one denied datagram on the idle daemon, from the \
          send until its record is in the file (the latency of a single event; nothing on the \
          path waits for a timer). *Records/s*: `connection` records written to the file, per second from the start \
@@ -999,22 +999,28 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          wake-ups. Now a read that finds 64 records or more is followed by the next one 1 ms \
          later (a quiet stream is still read at once): one wake-up per batch, and the \
          read-only figure above. *The daemon*: `bench_pipeline` (the same path in-process \
-         from decoded events to the file sink, `cargo run --release -p egressd --example \
-         bench_pipeline`) counts about 7 µs of CPU per record over its three threads, \
-         against about 12 µs before, measured the same way (load average 7-9): the reader \
-         thread renders (serde_json, 12 % of the CPU), writes the canonical bytes of the \
-         chain link straight from the event (9 %; before, the rendered body was parsed \
-         again and its keys sorted: 17 %), hashes them (SHA-256 with SHA-NI, 5 %) and \
-         queues the record; the enrichment thread builds the event (14 %, mostly \
-         allocation of its strings) and the sink thread writes (13 %, with its wake-ups). \
-         In the daemon the reader thread does about three quarters of that and is on the \
-         CPU all through a flood (`perf record -a` of the floods above: the enrichment and \
-         sink threads are mostly idle), so the CPU it gets on a shared machine sets the \
-         rate; at 7 µs a record, 500,000 records/s would take 3.5 cores in any case. What \
-         is left: rendering and sealing on the sink threads (numbered in order by the \
-         reader, sealed in queue order by each sink's thread), fewer allocations per record \
-         (shared strings for the fields every record of a process repeats), and one \
-         escaping pass for both the body and its canonical bytes.\n"
+         from decoded events to the file sink, its reader paced to the pipeline so that \
+         every record takes the full `/proc` path, `cargo run --release -p egressd \
+         --example bench_pipeline`) counts 4.8-6.8 µs of CPU per record over its three \
+         threads, against 8.1-10.3 µs for main before (30469fd), measured the same way, \
+         alternately, at load averages 3-7 (about a third less; both rise with the load). \
+         `perf record` of it: the reader thread takes two thirds: it writes the record by \
+         hand (14 % of the CPU, a third of that allocating the frame and faulting its \
+         pages), its canonical bytes into a reused buffer (9 %), hashes them (SHA-256 with \
+         SHA-NI, 7 %), numbers the records, queues 64 at a time with one lock and wake-up \
+         (the futex calls: 6 %), and frees them (5 %); the enrichment thread (24 %) builds \
+         the event, mostly allocating and copying its fifteen strings (malloc: 10 %); the \
+         sink thread (11 %) writes 64 KiB per `write(2)` and sleeps and wakes. Before, \
+         serde_json rendering and writing the canonical bytes took 21 %, a wake-up of the \
+         sink per few records 10 %, and the heap's top, handed back to the kernel and \
+         faulted in again, another 10 %. The floor: at about 5 µs a record, 500,000 \
+         records/s would take 2.5 cores, and this machine has 2, one of them busy with \
+         the flood; issue #13's 500,000 is not within reach by trimming. What is left, \
+         largest first: strings shared per process (`Arc<str>` for the process, cgroup, \
+         host and policy fields: the event types every format reads change), frame buffers \
+         handed back by the sinks for reuse (no allocation, free and fault per record), and \
+         fewer wake-ups of the enrichment thread; the SHA-256 of about a kilobyte per \
+         record stays while every record carries its own link.\n"
     );
 }
 

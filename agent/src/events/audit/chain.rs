@@ -91,11 +91,7 @@ impl Chain {
     pub fn advance(&mut self, canonical: &[u8]) -> String {
         let next = link(&self.prev, canonical, self.key.as_deref());
         self.prev = next;
-        let prefix = if self.key.is_some() {
-            HMAC_SHA256
-        } else {
-            SHA256
-        };
+        let prefix = self.prefix();
         let mut text = String::with_capacity(prefix.len() + 2 * LINK_BYTES);
         text.push_str(prefix);
         push_hex(&mut text, &next);
@@ -130,17 +126,27 @@ impl Chain {
     /// ([`crate::events::formats::json::canonical_connection`]): the link is appended in
     /// place.
     pub fn seal_json(&mut self, mut body: Vec<u8>, canonical: &[u8]) -> Vec<u8> {
-        let link = self.advance(canonical);
+        let next = link(&self.prev, canonical, self.key.as_deref());
+        self.prev = next;
         if body.last() == Some(&b'}') {
             body.pop();
             if body.last() != Some(&b'{') {
                 body.push(b',');
             }
             body.extend_from_slice(b"\"chain\":\"");
-            body.extend_from_slice(link.as_bytes());
+            body.extend_from_slice(self.prefix().as_bytes());
+            push_hex_bytes(&mut body, &next);
             body.extend_from_slice(b"\"}");
         }
         body
+    }
+
+    fn prefix(&self) -> &'static str {
+        if self.key.is_some() {
+            HMAC_SHA256
+        } else {
+            SHA256
+        }
     }
 
     /// [`Self::seal`] of a JSON format by parsing the body (any JSON text).
@@ -422,6 +428,15 @@ fn push_hex(s: &mut String, bytes: &[u8]) {
     for b in bytes {
         s.push(char::from(DIGITS[usize::from(b >> 4)]));
         s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+}
+
+/// [`push_hex`] to bytes.
+fn push_hex_bytes(v: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        v.push(DIGITS[usize::from(b >> 4)]);
+        v.push(DIGITS[usize::from(b & 15)]);
     }
 }
 

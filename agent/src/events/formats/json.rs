@@ -40,6 +40,8 @@
 //! Every record a sink sends ends with `chain`, its hash chain link ([`crate::events::audit::chain`]).
 use crate::events::{ConnectionEvent, Record};
 
+pub mod write;
+
 /// Bytes reserved for a rendered record (and its link and newline).
 const RECORD_BYTES: usize = 2048;
 
@@ -48,7 +50,10 @@ pub fn render(record: &Record) -> Vec<u8> {
     // Room for a connection record at once (about 1.2 KB), instead of growing from 128 bytes.
     let mut out = Vec::with_capacity(RECORD_BYTES);
     let res = match record {
-        Record::Connection(c) => serde_json::to_writer(&mut out, c),
+        Record::Connection(c) => {
+            write::connection(&mut out, c);
+            Ok(())
+        }
         Record::Lifecycle(l) => serde_json::to_writer(&mut out, l),
         Record::Summary(s) => serde_json::to_writer(&mut out, s),
     }
@@ -73,14 +78,21 @@ pub fn render(record: &Record) -> Vec<u8> {
 /// for a host label key JCS would order differently or that needs escaping (then the body
 /// is parsed).
 pub fn canonical_connection(ev: &ConnectionEvent) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(RECORD_BYTES);
+    canonical_connection_into(ev, &mut out).then_some(out)
+}
+
+/// [`canonical_connection`] appended to `out` (a buffer the caller reuses); `false`, with
+/// `out` unchanged, where that returns `None`.
+pub fn canonical_connection_into(ev: &ConnectionEvent, out: &mut Vec<u8>) -> bool {
     let plain = |k: &str| {
         k.bytes()
             .all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
     };
     if !ev.header.host.labels.keys().all(|k| plain(k)) {
-        return None;
+        return false;
     }
-    let mut o = Canonical(Vec::with_capacity(RECORD_BYTES));
+    let mut o = Canonical(out);
     let h = &ev.header;
     o.open("@timestamp");
     o.str(&h.timestamp);
@@ -111,14 +123,14 @@ pub fn canonical_connection(ev: &ConnectionEvent) -> Option<Vec<u8>> {
         let mut first = true;
         if let Some(ip) = d.ip {
             o.0.extend_from_slice(b"\"ip\":");
-            o.value(&ip);
+            write::ip(o.0, &ip);
             first = false;
         }
         if !first {
             o.0.push(b',');
         }
         o.0.extend_from_slice(b"\"mapped\":");
-        o.value(&d.mapped);
+        write::bool(o.0, d.mapped);
         o.key("port");
         o.num(u64::from(d.port));
         o.key("region");
@@ -176,7 +188,7 @@ pub fn canonical_connection(ev: &ConnectionEvent) -> Option<Vec<u8>> {
     o.str(p.details);
     o.opt_str("executable", p.executable.as_deref());
     o.key("exited");
-    o.value(&p.exited);
+    write::bool(o.0, p.exited);
     o.key("name");
     o.str(&p.name);
     if let Some(parent) = &p.parent {
@@ -209,7 +221,7 @@ pub fn canonical_connection(ev: &ConnectionEvent) -> Option<Vec<u8>> {
     o.key("verdict");
     o.str(ev.verdict);
     o.close();
-    Some(o.0)
+    true
 }
 
 fn named(o: &mut Canonical, n: &crate::events::Named) {
@@ -220,9 +232,9 @@ fn named(o: &mut Canonical, n: &crate::events::Named) {
 }
 
 /// A JSON text written member by member (the caller gives the order).
-struct Canonical(Vec<u8>);
+struct Canonical<'a>(&'a mut Vec<u8>);
 
-impl Canonical {
+impl Canonical<'_> {
     /// `{"key":`
     fn open(&mut self, key: &str) {
         self.0.extend_from_slice(b"{\"");
@@ -242,12 +254,11 @@ impl Canonical {
     }
 
     fn num(&mut self, n: u64) {
-        use std::io::Write as _;
-        let _ = write!(self.0, "{n}");
+        write::num(self.0, n);
     }
 
     fn str(&mut self, s: &str) {
-        self.value(s);
+        write::str(self.0, s);
     }
 
     fn opt_str(&mut self, key: &str, s: Option<&str>) {
@@ -257,10 +268,10 @@ impl Canonical {
         }
     }
 
-    /// As serde_json writes it (strings, booleans, addresses, string maps).
+    /// As serde_json writes it (string maps).
     fn value<T: serde::Serialize + ?Sized>(&mut self, v: &T) {
         // Writing to a Vec cannot fail, and these values always serialize.
-        let _ = serde_json::to_writer(&mut self.0, v);
+        let _ = serde_json::to_writer(&mut *self.0, v);
     }
 }
 
@@ -300,6 +311,29 @@ mod tests {
         odd.rule.name = "\u{2028}\t".into();
         all.push(odd);
         all
+    }
+
+    /// The hand-written object is serde_json's, byte for byte, in every shape (escapes,
+    /// non-ASCII text, labels, IPv4 and IPv6, optional members present and absent).
+    #[test]
+    fn hand_written_is_serde_json() {
+        let mut shapes = events();
+        let mut v6 = sample::deny();
+        v6.destination.ip = Some("2001:db8::ffff:0:1".parse().expect("address"));
+        shapes.push(v6);
+        let mut packet = sample::deny();
+        packet.destination.ip = None;
+        packet.container = None;
+        shapes.push(packet);
+        for ev in shapes {
+            let want = serde_json::to_vec(&ev).expect("serializes");
+            let mut got = Vec::new();
+            write::connection(&mut got, &ev);
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want)
+            );
+        }
     }
 
     #[test]

@@ -140,6 +140,53 @@ fn full_queue_without_spool_drops_and_counts() {
     assert!(f.lock().expect("lock").received.is_empty());
 }
 
+/// `submit_all` over several chunks: each sink gets every record in order, its chain links
+/// them in that order, the spool sink's records are in its spool before the memory sink
+/// shows them, and a full memory queue counts exactly what it could not take.
+#[test]
+fn submit_all_keeps_order_chain_and_counts() {
+    let dir = tmp("batch");
+    let (wal_f, wal_t) = fake(true);
+    let (mem_f, mem_t) = fake(false);
+    let spool = Spool::open(&dir, 1 << 24).expect("spool");
+    let n = 3 * SUBMIT_CHUNK as u64 + 7;
+    let p = Pipeline::with_transports(
+        vec![
+            (cfg("mem", 100), mem_t, None),
+            (cfg("wal", 1000), wal_t, Some(spool)),
+        ],
+        "h",
+    )
+    .expect("start");
+    let records: Vec<Record> = (1..=n).map(rec).collect();
+    p.submit_all(&records);
+    let c = p.counters();
+    assert_eq!(
+        (c["mem"].queued, c["mem"].dropped_queue_full),
+        (100, n - 100)
+    );
+    wait_for("the spool sink", || {
+        wal_f.lock().expect("lock").received.len() == n as usize
+    });
+    let got = wal_f.lock().expect("lock").received.clone();
+    assert_eq!(seqs(&got), (1..=n).collect::<Vec<_>>());
+    // The same links as one record at a time.
+    let mut chain = crate::events::audit::chain::Chain::new();
+    let enc = Encoder::for_sink(&cfg("wal", 1), "h");
+    for (r, frame) in records.iter().zip(&got) {
+        assert_eq!(&enc.encode_sealed(r, &mut chain).frame, frame);
+    }
+    mem_f.lock().expect("lock").up = true;
+    assert!(p.flush(Duration::from_secs(10)), "{:?}", p.counters());
+    assert_eq!(
+        seqs(&mem_f.lock().expect("lock").received),
+        (1..=100).collect::<Vec<_>>()
+    );
+    let c = p.shutdown(Duration::from_secs(1));
+    assert_eq!((c["wal"].delivered, c["wal"].dropped()), (n, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn spool_full_drops_and_counts() {
     let dir = tmp("full");

@@ -207,15 +207,19 @@ impl Encoder {
         if let Some(c) = chain {
             // A connection record in the native format, as rendered: its canonical bytes
             // are written from the event instead of parsing the body again.
-            let canonical = match (self.format, record) {
+            body = match (self.format, record) {
                 (Format::Json, Record::Connection(ev)) if !truncated => {
-                    crate::events::formats::json::canonical_connection(ev)
+                    // Into a buffer this thread keeps: no allocation per record.
+                    CANONICAL.with_borrow_mut(|canonical| {
+                        canonical.clear();
+                        if crate::events::formats::json::canonical_connection_into(ev, canonical) {
+                            c.seal_json(body, canonical)
+                        } else {
+                            c.seal(self.format, &body)
+                        }
+                    })
                 }
-                _ => None,
-            };
-            body = match canonical {
-                Some(canonical) => c.seal_json(body, &canonical),
-                None => c.seal(self.format, &body),
+                _ => c.seal(self.format, &body),
             };
         }
         let frame = match &self.framing {
@@ -240,6 +244,11 @@ impl Encoder {
         };
         Encoded { frame, truncated }
     }
+}
+
+thread_local! {
+    /// The canonical bytes of the record being sealed ([`Encoder::encode_sealed`]).
+    static CANONICAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Creates the transport a sink config asks for. Only reads local files (TLS certificates
