@@ -456,15 +456,8 @@ impl Pipeline {
             }
             s.shared.set_spooled(&spool);
             drop(spool);
-            if full > 0 {
-                let n = s
-                    .shared
-                    .c
-                    .dropped_spool_full
-                    .fetch_add(full, Ordering::Relaxed);
-                if (n..n + full).any(u64::is_power_of_two) {
-                    tracing::warn!(sink = %s.shared.name, dropped = n + full, "spool full: dropping records");
-                }
+            if let Some(total) = count_dropped(&s.shared.c.dropped_spool_full, full) {
+                tracing::warn!(sink = %s.shared.name, dropped = total, "spool full: dropping records");
             }
             if appended {
                 // The worker decides to sleep holding the queue's lock: taking it here
@@ -491,15 +484,8 @@ impl Pipeline {
         }
         let queued = !q.memory.is_empty();
         drop(q);
-        if dropped > 0 {
-            let n = s
-                .shared
-                .c
-                .dropped_queue_full
-                .fetch_add(dropped, Ordering::Relaxed);
-            if (n..n + dropped).any(u64::is_power_of_two) {
-                tracing::warn!(sink = %s.shared.name, dropped = n + dropped, "sink queue full: dropping records");
-            }
+        if let Some(total) = count_dropped(&s.shared.c.dropped_queue_full, dropped) {
+            tracing::warn!(sink = %s.shared.name, dropped = total, "sink queue full: dropping records");
         }
         // The worker waits for frames only on an empty queue (deciding so under its lock):
         // one wake-up per batch, not a futex call per record.
@@ -603,6 +589,18 @@ impl Drop for Pipeline {
         }
         self.join(now + JOIN_GRACE);
     }
+}
+
+/// Adds `n` dropped records to `counter`; the new total when it passed a power of two (so
+/// a flood of drops warns about log2 times, not once per record), else `None`.
+fn count_dropped(counter: &std::sync::atomic::AtomicU64, n: u64) -> Option<u64> {
+    if n == 0 {
+        return None;
+    }
+    let before = counter.fetch_add(n, Ordering::Relaxed);
+    (before..before + n)
+        .any(u64::is_power_of_two)
+        .then_some(before + n)
 }
 
 #[cfg(test)]
