@@ -128,12 +128,8 @@ impl TestSummary {
             self.passed += num(" passed");
             self.failed += num(" failed");
             self.skipped += num(" ignored");
-        } else if let Some((name, outcome)) = line
-            .strip_prefix("test ")
-            .and_then(|t| t.split_once(" ... "))
-            && outcome.trim() == "FAILED"
-        {
-            self.failures.push(name.trim().to_owned());
+        } else if let Some(name) = vm::failed_test(line) {
+            self.failures.push(name.to_owned());
         } else if let Some((name, outcome)) = line
             .strip_prefix("test ")
             .and_then(|t| t.split_once(" ... "))
@@ -215,20 +211,8 @@ fn test(extra: &[String], vms: bool) -> anyhow::Result<()> {
                             .as_deref()
                             .unwrap_or("no test summary (see above)")
                     );
-                    // libtest's closing list names each failed test on a line of its own,
-                    // indented by four spaces.
-                    for line in &k.failures {
-                        if let Some(name) = line.strip_prefix("    ")
-                            && !name.is_empty()
-                            && !name.contains(char::is_whitespace)
-                            && !sum
-                                .failures
-                                .iter()
-                                .any(|f| f == &format!("{}: {name}", k.name))
-                        {
-                            sum.failures.push(format!("{}: {name}", k.name));
-                        }
-                    }
+                    sum.failures
+                        .extend(k.failed_tests.iter().map(|n| format!("{}: {n}", k.name)));
                     for kill in &k.oom_kills {
                         println!("kernel {}: the guest's OOM killer ran: {kill}", k.name);
                     }

@@ -22,6 +22,8 @@ mod initramfs;
 mod kernels;
 mod qemu;
 
+pub use qemu::failed_test;
+
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -105,8 +107,8 @@ pub struct KernelResult {
     pub result_line: Option<String>,
     /// The guest's OOM-killer lines, if it killed anything.
     pub oom_kills: Vec<String>,
-    /// The test binary's `failures:` block: failed tests and their messages.
-    pub failures: Vec<String>,
+    /// Names of the tests that failed.
+    pub failed_tests: Vec<String>,
 }
 
 impl Args {
@@ -234,10 +236,10 @@ pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
                 .as_ref()
                 .map(|x| x.oom_kills.clone())
                 .unwrap_or_default(),
-            failures: r
+            failed_tests: r
                 .report
                 .as_ref()
-                .map(|x| x.failures.clone())
+                .map(|x| x.failed_tests.clone())
                 .unwrap_or_default(),
         })
         .collect())

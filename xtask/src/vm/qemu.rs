@@ -95,6 +95,8 @@ pub struct Report {
     /// The test binary's `failures:` block (each failed test's name and panic message),
     /// at most [`FAILURE_LINES`] lines: what CI shows when a kernel fails.
     pub failures: Vec<String>,
+    /// Names of the tests libtest reported `FAILED` ([`failed_test`]).
+    pub failed_tests: Vec<String>,
 }
 
 /// Lines of a kernel's `failures:` block kept for the closing summary; the console log
@@ -161,6 +163,7 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
         result_line: None,
         oom_kills: Vec::new(),
         failures: Vec::new(),
+        failed_tests: Vec::new(),
     };
     let mut in_failures = false;
     let mut exit: Option<i32> = None;
@@ -194,6 +197,9 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
                 }
                 if let Some(pos) = line.find(OOM) {
                     report.oom_kills.push(line[pos..].trim().to_owned());
+                }
+                if let Some(name) = failed_test(&line) {
+                    report.failed_tests.push(name.to_owned());
                 }
                 if let Some(summary) = test_summary(&line) {
                     report.result_line = Some(summary);
@@ -260,6 +266,12 @@ fn forward(from: impl std::io::Read, prefix: &str, tx: &mpsc::Sender<String>) {
             }
         }
     }
+}
+
+/// The name in libtest's (and libtest-mimic's) `test NAME ... FAILED` line.
+pub fn failed_test(line: &str) -> Option<&str> {
+    let (name, outcome) = line.trim().strip_prefix("test ")?.split_once(" ... ")?;
+    (outcome.trim() == "FAILED").then(|| name.trim())
 }
 
 /// The summary in a libtest-style closing line: `ok. 34 passed; 0 failed; ...` from
