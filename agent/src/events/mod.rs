@@ -455,13 +455,8 @@ impl Enricher {
     /// bytes of `cmdline` and `cgroup`), and reporting it only where it agrees with the
     /// kernel's record ([`procinfo::Cache::lookup`]).
     pub fn enrich(&self, ev: &Event) -> ConnectionEvent {
-        let end = ev
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(ev.comm.len());
         // Borrowed when it is UTF-8: no allocation for the comparison.
-        let name = String::from_utf8_lossy(&ev.comm[..end]);
+        let name = comm(&ev.comm);
         let claim = procinfo::Claim {
             pid: ev.pid,
             comm: &name,
@@ -552,7 +547,7 @@ pub fn build(
         hook: hook_name(ev.hook),
         process: Process {
             pid: ev.pid,
-            name: comm(&ev.comm),
+            name: comm(&ev.comm).into_owned(),
             thread: Id {
                 id: u64::from(ev.tid),
             },
@@ -932,10 +927,10 @@ fn socket_type(kind: u8) -> String {
     }
 }
 
-/// NUL-terminated task name to text (lossy for non-UTF-8 bytes).
-fn comm(raw: &[u8; 16]) -> String {
+/// NUL-terminated task name to text (lossy for non-UTF-8 bytes; borrowed when it is UTF-8).
+fn comm(raw: &[u8; 16]) -> std::borrow::Cow<'_, str> {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+    String::from_utf8_lossy(&raw[..end])
 }
 
 /// Appends the last `n` decimal digits of `v`, zero-padded.

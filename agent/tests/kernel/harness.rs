@@ -270,7 +270,8 @@ impl Agent {
         std::fs::write(&self.config, text).map_err(|e| format!("writing policy: {e}"))?;
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
-        let deadline = Instant::now() + patience(Duration::from_secs(20));
+        let within = patience(Duration::from_secs(20));
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
                 let v: Value =
@@ -282,11 +283,7 @@ impl Agent {
                 }
             }
         }
-        Err(format!(
-            "no answer to SIGHUP within {:?}",
-            patience(Duration::from_secs(20))
-        )
-        .into())
+        Err(format!("no answer to SIGHUP within {within:?}").into())
     }
 
     /// Reads the records it writes until none has come for `quiet` (its backlog written),

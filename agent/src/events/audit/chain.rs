@@ -89,8 +89,7 @@ impl Chain {
     /// The link of the next record, whose canonical bytes are `canonical`, as text; the
     /// chain moves on to it.
     pub fn advance(&mut self, canonical: &[u8]) -> String {
-        let next = link(&self.prev, canonical, self.key.as_deref());
-        self.prev = next;
+        let next = self.step(canonical);
         let prefix = self.prefix();
         let mut text = String::with_capacity(prefix.len() + 2 * LINK_BYTES);
         text.push_str(prefix);
@@ -126,8 +125,7 @@ impl Chain {
     /// ([`crate::events::formats::json::canonical_connection`]): the link is appended in
     /// place.
     pub fn seal_json(&mut self, mut body: Vec<u8>, canonical: &[u8]) -> Vec<u8> {
-        let next = link(&self.prev, canonical, self.key.as_deref());
-        self.prev = next;
+        let next = self.step(canonical);
         if body.last() == Some(&b'}') {
             body.pop();
             if body.last() != Some(&b'{') {
@@ -139,6 +137,13 @@ impl Chain {
             body.extend_from_slice(b"\"}");
         }
         body
+    }
+
+    /// Moves the chain on to the link of the record whose canonical bytes are `canonical`;
+    /// that link.
+    fn step(&mut self, canonical: &[u8]) -> [u8; LINK_BYTES] {
+        self.prev = link(&self.prev, canonical, self.key.as_deref());
+        self.prev
     }
 
     fn prefix(&self) -> &'static str {
@@ -424,20 +429,20 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Appends the lowercase hex of `bytes` to `s` (a table lookup per digit: this runs for
 /// every record every sink sends).
 fn push_hex(s: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
+    s.extend(hex_digits(bytes).map(char::from));
 }
 
 /// [`push_hex`] to bytes.
 fn push_hex_bytes(v: &mut Vec<u8>, bytes: &[u8]) {
+    v.extend(hex_digits(bytes));
+}
+
+/// The lowercase hex digits of `bytes`, two per byte, high nibble first.
+fn hex_digits(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        v.push(DIGITS[usize::from(b >> 4)]);
-        v.push(DIGITS[usize::from(b & 15)]);
-    }
+    bytes
+        .iter()
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
 }
 
 /// Where a JSON format keeps the link.
