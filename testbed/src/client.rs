@@ -34,7 +34,8 @@
 //! `--uid N` runs the probes as user and group N (no groups, no capabilities) after joining
 //! the cgroup and network namespace. `--fork` makes the probes run in a child forked after
 //! joining the cgroup; `--for-ms N`
-//! repeats the probe list until N milliseconds have passed (at most 100,000 rounds). IPv6
+//! repeats the probe list until N milliseconds have passed (at most 100,000 rounds), and
+//! with `--until-eof` also stops once stdin is closed (the caller decides when to stop). IPv6
 //! addresses are bracketed (`tcp://[2001:db8:2::2]:8080`); an IPv4-mapped address
 //! (`[::ffff:198.18.2.2]`) goes through an AF_INET6 socket.
 use std::{
@@ -100,6 +101,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     let mut repeat = 1u32;
     let mut fork = false;
     let mut for_ms = None;
+    let mut until_eof = false;
     let mut uid = None;
     let mut then_exec = None;
     let mut linger_ms = 0u64;
@@ -112,6 +114,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             "--repeat" => repeat = it.next().context("--repeat N")?.parse()?,
             "--fork" => fork = true,
             "--for-ms" => for_ms = Some(it.next().context("--for-ms N")?.parse::<u64>()?),
+            "--until-eof" => until_eof = true,
             "--uid" => uid = Some(it.next().context("--uid N")?.parse::<u32>()?),
             // After the probes, execve PATH with this same command line minus this option
             // (the same process, another program name): tests of attribution across exec.
@@ -169,8 +172,16 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     }
     if let Some(ms) = for_ms {
         let end = monotonic_ns() + ms * 1_000_000;
+        let eof = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if until_eof {
+            let eof = eof.clone();
+            std::thread::spawn(move || {
+                let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+                eof.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
         for _ in 0..100_000 {
-            if monotonic_ns() >= end {
+            if monotonic_ns() >= end || eof.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
             }
             probe_all(&probes, 1)?;

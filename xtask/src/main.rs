@@ -113,11 +113,15 @@ struct TestSummary {
     skips: Vec<(String, String)>,
     /// Names of the failed tests, `KERNEL: NAME` for those that failed in a VM.
     failures: Vec<String>,
+    /// The native runs' `failures:` blocks (names and messages), repeated at the end where
+    /// CI's excerpt shows them.
+    native_failures: vm::FailuresBlock,
 }
 
 impl TestSummary {
     /// Folds one line of `cargo test`'s stdout in.
     fn line(&mut self, line: &str) {
+        self.native_failures.line(line);
         if let Some(rest) = line.strip_prefix("test result: ") {
             let num = |key: &str| -> u64 {
                 rest.split(';')
@@ -226,6 +230,9 @@ fn test(extra: &[String], vms: bool) -> anyhow::Result<()> {
             }
         }
     }
+    for line in &sum.native_failures.lines {
+        println!("native failures: {line}");
+    }
     for line in sum.skip_lines() {
         println!("{line}");
     }
@@ -259,6 +266,15 @@ mod tests {
             "test provider_files::c ... ignored (EGRESSD_PROVIDER_DATA not set)",
             "test d ... ignored",
             "test f ... FAILED",
+            "",
+            "failures:",
+            "",
+            "---- f ----",
+            "too few decisive attempts: 218",
+            "",
+            "failures:",
+            "    f",
+            "",
             "test result: ok. 1 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.01s",
             "test result: FAILED. 14 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.10s",
         ] {
@@ -266,6 +282,10 @@ mod tests {
         }
         assert_eq!((s.passed, s.failed, s.skipped), (15, 2, 3));
         assert_eq!(s.failures, ["f"]);
+        assert_eq!(
+            s.native_failures.lines,
+            ["---- f ----", "too few decisive attempts: 218", "    f"]
+        );
         s.line("test e ... ignored, needs a network");
         assert_eq!(
             s.skip_lines(),

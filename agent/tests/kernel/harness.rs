@@ -402,28 +402,47 @@ pub fn parse_probe_output(stdout: &[u8]) -> Result<Vec<ProbeResult>, Failed> {
 }
 
 /// The probe client repeating `probes` for `for_ms` milliseconds in the background.
-pub struct ProbeLoop(std::thread::JoinHandle<std::io::Result<std::process::Output>>);
+pub struct ProbeLoop {
+    run: std::thread::JoinHandle<std::io::Result<std::process::Output>>,
+    /// Closed by [`ProbeLoop::finish`]: the client's `--until-eof` stop signal.
+    stdin: Option<std::process::ChildStdin>,
+}
 
 impl ProbeLoop {
-    /// Starts the loop in the test bed's client namespace and cgroup.
-    pub fn start(tb: &Testbed, for_ms: u64, probes: &[String]) -> Result<Self, Failed> {
+    /// Starts the loop in the test bed's client namespace and cgroup; it runs `for_ms`
+    /// milliseconds, or until [`ProbeLoop::finish`] when `until_finish` is set (then
+    /// `for_ms` only bounds it).
+    pub fn start(
+        tb: &Testbed,
+        for_ms: u64,
+        until_finish: bool,
+        probes: &[String],
+    ) -> Result<Self, Failed> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let child = Command::new(exe)
+        let mut child = Command::new(exe)
             .arg(PROBE_ARG)
             .arg("--cgroup")
             .arg(tb.cgroup.path())
             .args(["--netns", tb.client.name(), "--for-ms", &for_ms.to_string()])
+            .args(until_finish.then_some("--until-eof"))
             .args(probes)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| e.to_string())?;
-        Ok(Self(std::thread::spawn(move || child.wait_with_output())))
+        let stdin = child.stdin.take();
+        Ok(Self {
+            run: std::thread::spawn(move || child.wait_with_output()),
+            stdin,
+        })
     }
 
-    /// Waits for the loop to end and returns every result, in order.
-    pub fn finish(self) -> Result<Vec<ProbeResult>, Failed> {
+    /// Stops the loop (when started `until_finish`), waits for it to end and returns every
+    /// result, in order.
+    pub fn finish(mut self) -> Result<Vec<ProbeResult>, Failed> {
+        drop(self.stdin.take());
         let out = self
-            .0
+            .run
             .join()
             .map_err(|_| "probe thread panicked")?
             .map_err(|e| e.to_string())?;

@@ -22,7 +22,7 @@ mod initramfs;
 mod kernels;
 mod qemu;
 
-pub use qemu::failed_test;
+pub use qemu::{FailuresBlock, failed_test};
 
 use std::{
     fs,

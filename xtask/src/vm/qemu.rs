@@ -165,7 +165,7 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
         failures: Vec::new(),
         failed_tests: Vec::new(),
     };
-    let mut in_failures = false;
+    let mut failures = FailuresBlock::default();
     let mut exit: Option<i32> = None;
     let mut crash: Option<String> = None;
     let mut garbled: Option<String> = None;
@@ -203,15 +203,8 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
                 }
                 if let Some(summary) = test_summary(&line) {
                     report.result_line = Some(summary);
-                    in_failures = false;
-                } else if line.trim() == "failures:" {
-                    in_failures = true;
-                } else if in_failures
-                    && report.failures.len() < FAILURE_LINES
-                    && !line.trim().is_empty()
-                {
-                    report.failures.push(line.trim_end().to_owned());
                 }
+                failures.line(&line);
                 if crash.is_none()
                     && !line.contains("traps:")
                     && let Some(pat) = CRASH.iter().find(|p| line.contains(*p))
@@ -230,6 +223,7 @@ pub fn boot(b: &Boot<'_>) -> anyhow::Result<Report> {
     }
     let status = child.finish();
     report.wall = start.elapsed();
+    report.failures = failures.lines;
     report.outcome = if let Some(c) = crash {
         Outcome::Crash(c)
     } else if let Some(g) = garbled {
@@ -264,6 +258,28 @@ fn forward(from: impl std::io::Read, prefix: &str, tx: &mpsc::Sender<String>) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Collects the lines of libtest's `failures:` blocks (each failed test's name and panic
+/// message), at most [`FAILURE_LINES`] of them: what CI shows when tests fail.
+#[derive(Default)]
+pub struct FailuresBlock {
+    inside: bool,
+    /// The lines kept, blank ones left out.
+    pub lines: Vec<String>,
+}
+
+impl FailuresBlock {
+    /// Folds one line of test output in; a `test result:` line ends a block.
+    pub fn line(&mut self, line: &str) {
+        if test_summary(line).is_some() {
+            self.inside = false;
+        } else if line.trim() == "failures:" {
+            self.inside = true;
+        } else if self.inside && self.lines.len() < FAILURE_LINES && !line.trim().is_empty() {
+            self.lines.push(line.trim_end().to_owned());
         }
     }
 }
