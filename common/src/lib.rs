@@ -65,6 +65,9 @@ pub mod maps {
     /// each socket of the enforced cgroup, recorded by [`crate::programs::SOCK_CREATE`] so
     /// the packet hook can name the owner of a packet it judges.
     pub const OWNERS: &str = "EGRESSD_OWNERS_V1";
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY` of the packet hooks' scratch space, one entry per nesting
+    /// level ([`crate::SCRATCH_SLOTS`]). Holds nothing between two runs of a program.
+    pub const SCRATCH: &str = "EGRESSD_SCRATCH_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of [`crate::FlowCounter`], indexed by
     /// [`crate::flow_index`].
     pub const FLOWS: &str = "EGRESSD_FLOWS_V1";
@@ -395,9 +398,9 @@ pub mod failsafe {
     /// would not compute (`bpf_fib_lookup`: forwarding disabled on the device, an
     /// unsupported route) or whose link-layer header could not be read.
     pub const NEXT_HOP_UNVERIFIED: u32 = 9;
-    /// A packet hook's header walk whose per-CPU scratch space was overwritten while it
-    /// ran, by the same hook running nested on that CPU (a softirq sending, or a task
-    /// preempting it): what it read there may be another packet's.
+    /// A packet hook's header walk whose per-CPU scratch slot was overwritten while it
+    /// ran, by another walk in the same slot (nesting deeper than the slots per CPU, or a
+    /// task preempting it): what it read there may be another packet's.
     pub const SCRATCH_RACE: u32 = 10;
     /// A packet of the enforced cgroup leaving through a device that has no route to its
     /// destination in any routing table ([`crate::maps::ROUTES_V4`], [`crate::maps::ROUTES_V6`]):
@@ -416,6 +419,15 @@ pub const MAX_EXT_HEADERS: usize = 8;
 /// Addresses of a routing header or IPv4 source route the packet hook judges besides the
 /// header's destination (more: denied, see [`failsafe::ROUTE_TOO_LONG`]).
 pub const MAX_ROUTE_ADDRS: usize = 4;
+/// Scratch slots per CPU of the packet hooks ([`maps::SCRATCH`]), one per nesting level: a
+/// walk of `cgroup_skb/egress` in a task can be interrupted by a softirq whose packet hooks
+/// walk another packet (an incoming one, or an ACK sent from there), which can be
+/// interrupted in turn. Only deeper nesting shares the last slot, where each walk's token
+/// catches it ([`failsafe::SCRATCH_RACE`]). A power of two: the slot is a token's low bits.
+pub const SCRATCH_SLOTS: u32 = 4;
+/// Size in bytes of one scratch slot (the eBPF crate's `addr::Scratch`, checked there at
+/// compile time): a pinned scratch map of another size is replaced.
+pub const SCRATCH_BYTES: u32 = 216;
 
 /// Policy mode codes of [`GlobalPolicy::mode`].
 pub mod mode {

@@ -122,16 +122,23 @@ pub struct Scratch {
     pub route_at: u64,
     /// See `route_at`.
     pub route_len: u64,
-    /// Walks started on this CPU (wrapping): the source of [`Scratch::token`].
+    /// Walks started in this slot (wrapping): the source of [`Scratch::token`].
     pub walks: u64,
-    /// The walk that owns this slot: each [`start_walk`] takes the next value. A packet hook
-    /// that runs nested on this CPU (a softirq, or a task preempting a migration-disabled
-    /// program) takes a new one, so a walk finds out that its scratch data was overwritten
-    /// ([`owns`]) and fails closed instead of judging another packet's headers.
+    /// The walk that owns this slot: each [`start_walk`] takes the next value (the walk
+    /// count shifted left by 2, the slot in the low bits). A walk that runs in the same slot
+    /// meanwhile (nesting deeper than [`egressd_common::SCRATCH_SLOTS`], or a task preempting a
+    /// migration-disabled program) takes a new one, so the first finds out that its scratch
+    /// data was overwritten ([`owns`]) and fails closed instead of judging another packet's
+    /// headers.
     pub token: u64,
+    /// Slot 0 only: the nesting level of the walks running on this CPU, the slot the next
+    /// walk takes ([`start_walk`], [`end_walk`]).
+    pub depth: u64,
     /// A packet between the two halves of `cgroup_skb/egress` (see `skb::Parked`).
     pub parked: [u64; 3],
 }
+
+const _: () = assert!(size_of::<Scratch>() == egressd_common::SCRATCH_BYTES as usize);
 
 /// Writes `v` to scratch memory, where the verifier does not track values.
 #[inline(always)]
@@ -149,13 +156,14 @@ fn get(slot: &u64) -> u64 {
     unsafe { core::ptr::read_volatile(slot) }
 }
 
-/// This CPU's scratch slot. Valid for the program's duration; nothing else uses this CPU's
-/// slot meanwhile (cgroup programs run with migration disabled, one at a time per CPU).
+/// This CPU's scratch slot of the walk with `token` (its low bits). Valid for the program's
+/// duration (cgroup programs run with migration disabled); a walk nested on this CPU uses
+/// another slot, and [`owns`] tells whether one used this one meanwhile.
 #[inline(always)]
-pub fn scratch() -> Option<&'static mut Scratch> {
+pub fn scratch(token: u64) -> Option<&'static mut Scratch> {
     // SAFETY: see above.
     crate::maps::EGRESSD_SCRATCH_V1
-        .get_ptr_mut(0)
+        .get_ptr_mut((token & u64::from(egressd_common::SCRATCH_SLOTS - 1)) as u32)
         .map(|p| unsafe { &mut *p })
 }
 
@@ -174,50 +182,69 @@ pub struct Packet {
     pub token: u64,
 }
 
-/// Starts a walk: takes this CPU's next token and marks the scratch slot as the walk's.
-/// `None` only if the slot is missing (the map lookup cannot fail for index 0).
+/// Starts a walk: takes the scratch slot of this CPU's nesting level and the slot's next
+/// token, and marks the slot as the walk's. `None` only if a slot is missing (the map
+/// lookups cannot fail for indexes below [`egressd_common::SCRATCH_SLOTS`]). Every walk started is ended
+/// with [`end_walk`].
 #[inline(always)]
 pub fn start_walk() -> Option<u64> {
-    let sc = scratch()?;
-    let token = get(&sc.walks).wrapping_add(1);
-    put(&mut sc.walks, token);
+    let base = scratch(0)?;
+    let depth = get(&base.depth);
+    put(&mut base.depth, depth.wrapping_add(1));
+    let slot = depth.min(u64::from(egressd_common::SCRATCH_SLOTS - 1));
+    let sc = scratch(slot)?;
+    let walks = get(&sc.walks).wrapping_add(1);
+    put(&mut sc.walks, walks);
+    let token = walks << 2 | slot;
     put(&mut sc.token, token);
     Some(token)
 }
 
-/// Parks a packet (see `skb::Parked`) in this CPU's scratch slot.
+/// Ends the walk with `token`: the nesting level goes back to its slot, the one it had when
+/// the walk started (so a nested walk that ended without this call costs no slot for long).
 #[inline(always)]
-pub fn park(addr: [u64; 2], meta: u64) {
-    if let Some(sc) = scratch() {
+pub fn end_walk(token: u64) {
+    if let Some(base) = scratch(0) {
+        put(
+            &mut base.depth,
+            token & u64::from(egressd_common::SCRATCH_SLOTS - 1),
+        );
+    }
+}
+
+/// Parks a packet (see `skb::Parked`) in the scratch slot of the walk with `token`.
+#[inline(always)]
+pub fn park(token: u64, addr: [u64; 2], meta: u64) {
+    if let Some(sc) = scratch(token) {
         put(&mut sc.parked[0], addr[0]);
         put(&mut sc.parked[1], addr[1]);
         put(&mut sc.parked[2], meta);
     }
 }
 
-/// The packet [`park`]ed last on this CPU (zeros when the slot is missing): check [`owns`]
-/// after reading it.
+/// The packet [`park`]ed last in the slot of the walk with `token` (zeros when the slot is
+/// missing): check [`owns`] after reading it.
 #[inline(always)]
-pub fn parked() -> [u64; 3] {
-    scratch().map_or([0; 3], |sc| {
+pub fn parked(token: u64) -> [u64; 3] {
+    scratch(token).map_or([0; 3], |sc| {
         [get(&sc.parked[0]), get(&sc.parked[1]), get(&sc.parked[2])]
     })
 }
 
-/// Whether the walk with `token` still owns this CPU's scratch slot, so the
-/// [`Scratch::route`] addresses and counts read from it are its own.
+/// Whether the walk with `token` still owns its scratch slot, so the [`Scratch::route`]
+/// addresses and counts read from it are its own.
 #[inline(always)]
 pub fn owns(token: u64) -> bool {
-    scratch().is_some_and(|sc| get(&sc.token) == token)
+    scratch(token).is_some_and(|sc| get(&sc.token) == token)
 }
 
 /// Reads a packet at a cgroup_skb hook (data starts at the IP header): the destination on
 /// egress (`egress`), the source on ingress; the upper-layer protocol and port behind IPv4
 /// options and IPv6 extension headers, exactly as the socket hooks would see them. `None`
-/// for non-IP packets. Call in a walk ([`start_walk`]), and check [`owns`] after the last
-/// use of the scratch slot; the result's `token` is 0.
+/// for non-IP packets. Call in the walk with `token` ([`start_walk`]), and check [`owns`]
+/// after the last use of its scratch slot; the result's `token` is 0.
 #[inline(always)]
-pub fn from_skb(ctx: &SkBuffContext, egress: bool) -> Option<Packet> {
+pub fn from_skb(ctx: &SkBuffContext, egress: bool, token: u64) -> Option<Packet> {
     let proto = u16::from_be(ctx.skb.protocol() as u16);
     let mut p = Packet {
         dest: Dest {
@@ -235,7 +262,7 @@ pub fn from_skb(ctx: &SkBuffContext, egress: bool) -> Option<Packet> {
     if proto != ETH_P_IP && proto != ETH_P_IPV6 {
         return None;
     }
-    let Some(sc) = scratch() else {
+    let Some(sc) = scratch(token) else {
         p.doubt = failsafe::UNPARSEABLE;
         return Some(p);
     };

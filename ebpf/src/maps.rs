@@ -133,10 +133,13 @@ pub static EGRESSD_SUMMARY_ZERO_V1: Array<SummaryState> = Array::with_max_entrie
 pub static EGRESSD_FAILSAFE_V1: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(failsafe::SLOTS, 0);
 
-/// Scratch space of the packet hook, per CPU: the BPF stack (512 bytes) has no room for it.
+/// Scratch space of the packet hooks, per CPU and nesting level
+/// ([`egressd_common::SCRATCH_SLOTS`]): the BPF stack (512 bytes) has no room for it. Holds
+/// nothing between programs: a pin of another shape (older builds had one slot) is
+/// replaced at start.
 #[map]
 pub static EGRESSD_SCRATCH_V1: PerCpuArray<crate::addr::Scratch> =
-    PerCpuArray::with_max_entries(1, 0);
+    PerCpuArray::with_max_entries(egressd_common::SCRATCH_SLOTS, 0);
 
 /// Events lost in the kernel, per CPU, by cause.
 #[map]

@@ -39,26 +39,38 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// 480 on 5.10, whose verifier rounds each frame up to 32.
 #[inline(always)]
 pub fn egress(ctx: &SkBuffContext) -> i32 {
-    let (hi, lo, meta, token) = match addr::start_walk() {
-        None => (0, 0, Parked::doubt(failsafe::UNPARSEABLE), 0),
-        Some(token) => {
-            let parsed = egressd_skb_parse(ctx.skb.skb);
-            // SAFETY: reading a live local (the compiler must not assume the result).
-            if unsafe { core::ptr::read_volatile(&parsed) } == 0 {
-                return PASS;
-            }
-            let [hi, lo, meta] = addr::parked();
-            // Read before the check, so a nested walk that overwrote them is caught.
-            if addr::owns(token) {
-                (hi, lo, meta, token)
-            } else {
-                (hi, lo, Parked::doubt(failsafe::SCRATCH_RACE), token)
-            }
-        }
+    let Some(token) = addr::start_walk() else {
+        // Without scratch space nothing can be read: fail closed.
+        let verdict = egressd_skb_judge(ctx.skb.skb, 0, 0, Parked::doubt(failsafe::UNPARSEABLE), 0);
+        return pass_or_drop(verdict);
     };
-    let verdict = egressd_skb_judge(ctx.skb.skb, hi, lo, meta, token);
-    // The verifier knows nothing of a global function's result, and the compiler, which
-    // does, would drop a check: read back through memory and mapped to PASS or DROP.
+    let verdict = egress_walk(ctx, token);
+    addr::end_walk(token);
+    pass_or_drop(verdict)
+}
+
+/// The body of [`egress`], in the walk with `token`: 1 to pass the packet, 0 to drop it.
+#[inline(always)]
+fn egress_walk(ctx: &SkBuffContext, token: u64) -> i32 {
+    let parsed = egressd_skb_parse(ctx.skb.skb, token);
+    // SAFETY: reading a live local (the compiler must not assume the result).
+    if unsafe { core::ptr::read_volatile(&parsed) } == 0 {
+        return PASS;
+    }
+    let [hi, lo, meta] = addr::parked(token);
+    // Read before the check, so a walk that overwrote them is caught.
+    let meta = if addr::owns(token) {
+        meta
+    } else {
+        Parked::doubt(failsafe::SCRATCH_RACE)
+    };
+    egressd_skb_judge(ctx.skb.skb, hi, lo, meta, token)
+}
+
+/// PASS or DROP for a global function's verdict. The verifier knows nothing of its result,
+/// and the compiler, which does, would drop a check: read back through memory.
+#[inline(always)]
+fn pass_or_drop(verdict: i32) -> i32 {
     // SAFETY: reading a live local.
     if unsafe { core::ptr::read_volatile(&verdict) } == DROP {
         DROP
@@ -67,17 +79,17 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     }
 }
 
-/// The header walk of `cgroup_skb/egress` ([`addr::from_skb`]), in the walk the caller
-/// started ([`addr::start_walk`]): 0 for a packet that is not IP, else 1 with the packet
-/// parked in this CPU's scratch slot ([`Parked`], [`addr::parked`]).
+/// The header walk of `cgroup_skb/egress` ([`addr::from_skb`]), in the walk with `token`
+/// the caller started ([`addr::start_walk`]): 0 for a packet that is not IP, else 1 with the
+/// packet parked in the walk's scratch slot ([`Parked`], [`addr::parked`]).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn egressd_skb_parse(skb: *mut __sk_buff) -> i32 {
+pub extern "C" fn egressd_skb_parse(skb: *mut __sk_buff, token: u64) -> i32 {
     let ctx = SkBuffContext::new(skb);
-    let Some(p) = addr::from_skb(&ctx, true) else {
+    let Some(p) = addr::from_skb(&ctx, true, token) else {
         return 0;
     };
-    addr::park(Parked::addr(&p.dest), Parked::meta(&p));
+    addr::park(token, Parked::addr(&p.dest), Parked::meta(&p));
     1
 }
 
@@ -353,7 +365,7 @@ fn judge(ctx: &SkBuffContext, p: &mut addr::Packet, generation: u64) -> decide::
     if p.n_route == 0 {
         return dec;
     }
-    let Some(scratch) = addr::scratch() else {
+    let Some(scratch) = addr::scratch(p.token) else {
         return decide::Decision::fail_closed(generation, failsafe::UNPARSEABLE);
     };
     if !addr::owns(p.token) {
@@ -433,11 +445,20 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     let Some(token) = addr::start_walk() else {
         return PASS;
     };
-    let Some(p) = addr::from_skb(ctx, false) else {
-        return PASS;
+    count_ingress(ctx, token);
+    addr::end_walk(token);
+    PASS
+}
+
+/// The body of [`ingress`], in the walk with `token`: counts the packet's bytes under its
+/// socket's cached verdict, else under the verdict its source would get.
+#[inline(always)]
+fn count_ingress(ctx: &SkBuffContext, token: u64) {
+    let Some(p) = addr::from_skb(ctx, false, token) else {
+        return;
     };
     if p.doubt != failsafe::NONE || !addr::owns(token) {
-        return PASS;
+        return;
     }
     let mut d = p.dest;
     let len = ctx.len();
@@ -449,9 +470,8 @@ pub fn ingress(ctx: &SkBuffContext) -> i32 {
     {
         let verdict = Verdict::from_u8(c.verdict).unwrap_or(Verdict::Deny);
         report::flow(direction::INGRESS, c.region, verdict, len);
-        return PASS;
+        return;
     }
     let dec = decide::decide(&mut d, decide::generation());
     report::flow(direction::INGRESS, dec.region, dec.verdict, len);
-    PASS
 }

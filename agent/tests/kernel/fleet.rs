@@ -83,6 +83,26 @@ pub fn pinned_restart() -> Result<(), Failed> {
     if counter(&st2, "cgroup/connect4", "us", "deny") != 2 {
         return Err(format!("counters after kill -9: {st2}").into());
     }
+    // An older build's scratch pin (one slot per CPU, a smaller value): the restart replaces
+    // it instead of refusing to adopt or running with one slot.
+    let scratch = pins.0.join("maps").join(egressd_common::maps::SCRATCH);
+    std::fs::remove_file(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let scratch = scratch.to_string_lossy().into_owned();
+    bpftool(&[
+        "map",
+        "create",
+        &scratch,
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        "208",
+        "entries",
+        "1",
+        "name",
+        "EGRESSD_SCRATC",
+    ])?;
     // A loop across the restart.
     let looper = ProbeLoop::start(&tb, 3000, false, &[tcp(US_V4), tcp(EU_V4)])?;
     std::thread::sleep(Duration::from_millis(300));
@@ -103,6 +123,13 @@ pub fn pinned_restart() -> Result<(), Failed> {
             results.len()
         )
         .into());
+    }
+    let shown = bpftool(&["-j", "map", "show", "pinned", &scratch])?;
+    let shown: serde_json::Value = serde_json::from_str(&shown).map_err(|e| e.to_string())?;
+    if shown["max_entries"] != egressd_common::SCRATCH_SLOTS
+        || shown["bytes_value"] != egressd_common::SCRATCH_BYTES
+    {
+        return Err(format!("the old scratch pin was not replaced: {shown}").into());
     }
     let st3 = status(&pins)?;
     if st3["generation"] != 2 {

@@ -676,3 +676,15 @@ impl Drop for Pins {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Runs bpftool with `args`; its stdout.
+pub fn bpftool(args: &[&str]) -> Result<String, Failed> {
+    let out = Command::new("bpftool")
+        .args(args)
+        .output()
+        .map_err(|e| format!("bpftool: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -39,6 +39,17 @@ pub(super) fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>
                 dir.root.display()
             );
         }
+        // Scratch space holds nothing between runs of a program: an older build's (one slot
+        // per CPU, a smaller value) is replaced.
+        if name == maps::SCRATCH
+            && (info.max_entries() != egressd_common::SCRATCH_SLOTS
+                || info.value_size() != egressd_common::SCRATCH_BYTES)
+        {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the old scratch pin {}", path.display()))?;
+            tracing::info!(pin = %path.display(), "replacing packet-hook scratch space of another shape");
+            continue;
+        }
         // An older build reserved fewer hook slots: its counters cannot count the newer
         // hooks, so the map is replaced (decision counters start again from zero).
         if name == maps::COUNTERS && info.max_entries() != egressd_common::COUNTER_SLOTS {
