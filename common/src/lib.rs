@@ -66,7 +66,8 @@ pub mod maps {
     /// the packet hook can name the owner of a packet it judges.
     pub const OWNERS: &str = "EGRESSD_OWNERS_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of the packet hooks' scratch space, one entry per nesting
-    /// level ([`crate::SCRATCH_SLOTS`]). Holds nothing between two runs of a program.
+    /// level ([`crate::SCRATCH_SLOTS`]). Holds nothing between two runs of a program but
+    /// slot 0's handshake memo, a hint (the eBPF crate's `memo`).
     pub const SCRATCH: &str = "EGRESSD_SCRATCH_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of [`crate::FlowCounter`], indexed by
     /// [`crate::flow_index`].
@@ -427,7 +428,7 @@ pub const MAX_ROUTE_ADDRS: usize = 4;
 pub const SCRATCH_SLOTS: u32 = 4;
 /// Size in bytes of one scratch slot (the eBPF crate's `addr::Scratch`, checked there at
 /// compile time): a pinned scratch map of another size is replaced.
-pub const SCRATCH_BYTES: u32 = 216;
+pub const SCRATCH_BYTES: u32 = 280;
 
 /// Policy mode codes of [`GlobalPolicy::mode`].
 pub mod mode {

@@ -136,6 +136,9 @@ pub struct Scratch {
     pub depth: u64,
     /// A packet between the two halves of `cgroup_skb/egress` (see `skb::Parked`).
     pub parked: [u64; 3],
+    /// Slot 0 only: the last handshake allowed on this CPU (see [`crate::memo`]), kept
+    /// between programs (a hint: a replaced pin only costs a judgement).
+    pub memo: crate::memo::Memo,
 }
 
 const _: () = assert!(size_of::<Scratch>() == egressd_common::SCRATCH_BYTES as usize);

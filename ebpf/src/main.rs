@@ -12,6 +12,7 @@ mod decide;
 mod forced;
 mod lsm;
 mod maps;
+mod memo;
 mod nexthop;
 mod owner;
 mod report;

@@ -135,8 +135,8 @@ pub static EGRESSD_FAILSAFE_V1: PerCpuArray<u64> =
 
 /// Scratch space of the packet hooks, per CPU and nesting level
 /// ([`egressd_common::SCRATCH_SLOTS`]): the BPF stack (512 bytes) has no room for it. Holds
-/// nothing between programs: a pin of another shape (older builds had one slot) is
-/// replaced at start.
+/// nothing between programs but slot 0's handshake memo (`memo`, a hint): a pin of another
+/// shape (older builds had one slot, or no memo) is replaced at start.
 #[map]
 pub static EGRESSD_SCRATCH_V1: PerCpuArray<crate::addr::Scratch> =
     PerCpuArray::with_max_entries(egressd_common::SCRATCH_SLOTS, 0);

@@ -14,7 +14,7 @@ use egressd_common::{
     route_check, set_of, unwrap,
 };
 
-use crate::{addr, cache, decide, forced, maps::EGRESSD_SETTINGS_V1, owner, report};
+use crate::{addr, cache, decide, forced, maps::EGRESSD_SETTINGS_V1, memo, owner, report};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -64,6 +64,17 @@ fn egress_walk(ctx: &SkBuffContext, token: u64) -> i32 {
     } else {
         Parked::doubt(failsafe::SCRATCH_RACE)
     };
+    // A handshake packet this CPU's memo vouches for (no doubt, no routing hops) passes
+    // without being judged again ([`memo`]).
+    let memo = if meta >> 32 & 0xff00_0007 == 0 {
+        egressd_skb_memo(ctx.skb.skb, hi, lo, meta)
+    } else {
+        0
+    };
+    // SAFETY: reading a live local (as in `pass_or_drop`).
+    if unsafe { core::ptr::read_volatile(&memo) } != 0 {
+        return PASS;
+    }
     egressd_skb_judge(ctx.skb.skb, hi, lo, meta, token)
 }
 
@@ -90,6 +101,40 @@ pub extern "C" fn egressd_skb_parse(skb: *mut __sk_buff, token: u64) -> i32 {
         return 0;
     };
     addr::park(token, Parked::addr(&p.dest), Parked::meta(&p));
+    1
+}
+
+/// The memo path of `cgroup_skb/egress` for a parked packet (`hi`, `lo`, `meta`:
+/// [`Parked`]) without doubt or routing hops: 1 when it is a handshake packet of the socket
+/// and flow this CPU's [`memo`] holds, under the same generation and through the same
+/// next-hop check (so `egressd_skb_judge` would allow it, uncounted and uncached: see
+/// [`handshake`]); its bytes are then counted. Else 0: judge it.
+///
+/// A global function (exported by the linker, see `build.rs`): verified once, on its own,
+/// and its frame is a sibling of the judge's, not added to it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn egressd_skb_memo(skb: *mut __sk_buff, hi: u64, lo: u64, meta: u64) -> i32 {
+    let ctx = SkBuffContext::new(skb);
+    let sk = socket(&ctx);
+    if sk.is_null() || (meta >> 16) as u8 != IPPROTO_TCP {
+        return 0;
+    }
+    // SAFETY: valid context pointer for a cgroup_skb program.
+    let ifindex = unsafe { (*skb).ifindex };
+    let check = route_check(ifindex, forced::epoch());
+    let Some(region) = memo::find(
+        memo::cookie(skb),
+        [hi, lo, meta],
+        decide::generation(),
+        Some(check),
+    ) else {
+        return 0;
+    };
+    if !in_handshake(sk) {
+        return 0;
+    }
+    report::flow(direction::EGRESS, region, Verdict::Allow, ctx.len());
     1
 }
 
@@ -264,6 +309,15 @@ fn settle(
     // A handshake packet confirms what connect() decided and counted: neither counted
     // again nor cached (see `handshake`).
     if !sk.is_null() && dec.reason == failsafe::NONE && p.n_route == 0 && handshake(sk, d, &dec) {
+        // The flow as parked: `meta` without doubt or hops, `hi`:`lo` the wire address.
+        let check = route_check(ifindex, routes);
+        memo::keep(
+            memo::cookie(skb),
+            [hi, lo, meta],
+            generation,
+            check,
+            dec.region,
+        );
         return (PASS, None);
     }
     let judged = !sk.is_null() && dec.reason == failsafe::NONE && p.n_route == 0;
@@ -419,6 +473,13 @@ fn handshake(sk: *mut bpf_sock, d: &addr::Dest, dec: &decide::Decision) -> bool 
     {
         return false;
     }
+    in_handshake(sk)
+}
+
+/// Whether `sk` is a full TCP socket that has sent no data and at most its handshake (see
+/// [`handshake`]).
+#[inline(always)]
+fn in_handshake(sk: *mut bpf_sock) -> bool {
     // SAFETY: `sk` is the packet's socket (not null); the helper returns null for anything
     // but a full TCP socket.
     let tp = unsafe { bpf_tcp_sock(sk) };
@@ -472,6 +533,23 @@ fn count_ingress(ctx: &SkBuffContext, token: u64) {
         report::flow(direction::INGRESS, c.region, verdict, len);
         return;
     }
-    let dec = decide::decide(&mut d, decide::generation());
+    let generation = decide::generation();
+    // The reply to a handshake this CPU's memo holds (the SYN-ACK): the memo's flow, as
+    // parked, is this packet's sender, protocol and port, so `decide` would allow it in the
+    // memo's region under the same generation.
+    let [hi, lo] = Parked::addr(&d);
+    if !sk.is_null()
+        && d.protocol == IPPROTO_TCP
+        && let Some(region) = memo::find(
+            memo::cookie(ctx.skb.skb),
+            [hi, lo, Parked::meta(&p)],
+            generation,
+            None,
+        )
+    {
+        report::flow(direction::INGRESS, region, Verdict::Allow, len);
+        return;
+    }
+    let dec = decide::decide(&mut d, generation);
     report::flow(direction::INGRESS, dec.region, dec.verdict, len);
 }

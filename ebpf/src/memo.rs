@@ -1,0 +1,105 @@
+//! Per-CPU memo of the last TCP handshake the packet hook allowed under `established = cut`.
+//!
+//! Such a verdict is not cached on the socket (creating socket storage costs more than the
+//! few decisions of a short connection, see `skb::handshake`), so without this memo each
+//! handshake packet (SYN, ACK, FIN or RST) and the SYN-ACK's ingress byte count would look
+//! the destination up, read the decision table and (egress) check the next hop again. The
+//! packets of one handshake mostly run on one CPU (the SYN-ACK and the ACK in the softirq
+//! the SYN's transmission raised): this CPU's slot remembers the socket (by its cookie,
+//! unique per boot, so a reused socket cannot match), the flow as parked (`skb::Parked`),
+//! the generation, the next-hop check passed ([`egressd_common::route_check`]) and the
+//! region. A packet that matches all of it would be decided exactly so again: the policy
+//! maps of a generation do not change while it is in force. Anything else misses and is
+//! judged as before; the memo only ever saves work.
+//!
+//! Cgroup programs run with migration disabled, not preemption: a program can run nested
+//! on this CPU (a softirq) inside another. A sequence count guards the slot: a writer makes
+//! it odd while it writes (and gives up if it finds it odd: it interrupted a writer), a
+//! reader misses on an odd or changed count. One CPU sees its own stores in program order,
+//! and the accesses are volatile, so the compiler keeps that order.
+use aya_ebpf::{bindings::__sk_buff, helpers::generated::bpf_get_socket_cookie};
+
+use crate::addr::{self, Scratch};
+
+/// The memo in this CPU's scratch slot ([`Scratch::memo`]).
+#[repr(C)]
+pub struct Memo {
+    /// Sequence count: odd while a writer fills the slot.
+    seq: u64,
+    /// Socket cookie (`bpf_get_socket_cookie`, never 0 for a socket).
+    cookie: u64,
+    /// The flow as parked: destination address halves and the meta word.
+    flow: [u64; 3],
+    /// Generation that decided.
+    generation: u64,
+    /// [`egressd_common::route_check`] the egress packet passed.
+    route_check: u64,
+    /// Region of the destination (the verdict is Allow).
+    region: u64,
+}
+
+/// The socket cookie of the packet's socket (`skb->sk` must not be null).
+#[inline(always)]
+pub fn cookie(skb: *mut __sk_buff) -> u64 {
+    // SAFETY: valid context pointer; the helper reads `skb->sk`'s cookie.
+    unsafe { bpf_get_socket_cookie(skb.cast()) }
+}
+
+#[inline(always)]
+fn get(v: &u64) -> u64 {
+    // SAFETY: a valid, aligned field of this CPU's scratch slot.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[inline(always)]
+fn put(v: &mut u64, x: u64) {
+    // SAFETY: as in `get`.
+    unsafe { core::ptr::write_volatile(v, x) }
+}
+
+/// Remembers that the socket with `cookie` had the flow `flow` allowed as a handshake
+/// under `generation`, through the next-hop check `route_check`, in `region`.
+#[inline(always)]
+pub fn keep(cookie: u64, flow: [u64; 3], generation: u64, route_check: u64, region: u32) {
+    let Some(sc) = addr::scratch(0) else {
+        return;
+    };
+    let m = &mut sc.memo;
+    let seq = get(&m.seq);
+    if seq & 1 != 0 {
+        return;
+    }
+    put(&mut m.seq, seq.wrapping_add(1));
+    put(&mut m.cookie, cookie);
+    put(&mut m.flow[0], flow[0]);
+    put(&mut m.flow[1], flow[1]);
+    put(&mut m.flow[2], flow[2]);
+    put(&mut m.generation, generation);
+    put(&mut m.route_check, route_check);
+    put(&mut m.region, u64::from(region));
+    put(&mut m.seq, seq.wrapping_add(2));
+}
+
+/// The region remembered for exactly this socket, flow and generation (and, given
+/// `route_check`, next-hop check), else `None`.
+#[inline(always)]
+pub fn find(cookie: u64, flow: [u64; 3], generation: u64, route_check: Option<u64>) -> Option<u32> {
+    let sc: &Scratch = addr::scratch(0)?;
+    let m = &sc.memo;
+    let seq = get(&m.seq);
+    if seq & 1 != 0
+        || get(&m.cookie) != cookie
+        || get(&m.flow[0]) != flow[0]
+        || get(&m.flow[1]) != flow[1]
+        || get(&m.flow[2]) != flow[2]
+        || get(&m.generation) != generation
+        || route_check.is_some_and(|c| get(&m.route_check) != c)
+    {
+        return None;
+    }
+    let region = get(&m.region) as u32;
+    if get(&m.seq) != seq {
+        return None;
+    }
+    Some(region)
+}
