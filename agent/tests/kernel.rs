@@ -119,6 +119,10 @@ fn main() {
         Trial::test("path_audit_mode_reports_every_path", paths::audit_paths),
         Trial::test("flow_bytes_and_packets_per_region", paths::flow_bytes),
         Trial::test(
+            "path_tcp_handshake_flows_counted_per_region",
+            paths::handshake_flows,
+        ),
+        Trial::test(
             "reload_invalid_policy_changes_nothing",
             paths::invalid_reload,
         ),

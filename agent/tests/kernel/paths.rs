@@ -362,6 +362,54 @@ pub fn flow_bytes() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Packets and bytes in `direction` over every region and verdict.
+fn flows_total(stop: &Value, direction: &str) -> (u64, u64) {
+    stop["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["direction"] == direction)
+        .fold((0, 0), |(p, b), c| {
+            (
+                p + c["packets"].as_u64().unwrap_or(0),
+                b + c["bytes"].as_u64().unwrap_or(0),
+            )
+        })
+}
+
+/// TCP connections that carry no data, under `established = "cut"`: their handshake packets
+/// (SYN, ACK, FIN; SYN-ACK and FIN in) are counted by the packet hooks in the destination's
+/// region as allowed, whether judged or taken from the per-CPU handshake memo (`ebpf/src/
+/// memo.rs`), which serves the ones after the SYN.
+pub fn handshake_flows() -> Result<(), Failed> {
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "enforce")?;
+    let n = 10u32;
+    let r = probe(&tb, n, &[url("tcp", EU_V4, PORT), url("tcp", EU_V6, PORT)])?;
+    for res in &r {
+        expect_ok(res)?;
+    }
+    let recs = agent.stop()?;
+    let stop = stop_record(&recs)?;
+    let n = u64::from(n);
+    for direction in ["egress", "ingress"] {
+        let eu = flow(stop, direction, "eu", "allow");
+        // Every packet of the test's traffic, none elsewhere.
+        if eu != flows_total(stop, direction) {
+            return Err(
+                format!("{direction} flows, want all in eu/allow: {}", stop["flows"]).into(),
+            );
+        }
+    }
+    // At least the SYN and the ACK out and the SYN-ACK in, per connection (2n of them).
+    let out = flow(stop, "egress", "eu", "allow").0;
+    let back = flow(stop, "ingress", "eu", "allow").0;
+    if out < 2 * 2 * n || back < 2 * n {
+        return Err(format!("too few handshake packets counted: {}", stop["flows"]).into());
+    }
+    Ok(())
+}
+
 pub fn invalid_reload() -> Result<(), Failed> {
     let tb = testbed()?;
     let mut agent = Agent::start(&tb, "enforce")?;
