@@ -1,6 +1,6 @@
 //! Where `egressd run`'s start-up time and memory go, phase by phase, for one policy file:
 //! `startup_phases FILE [CGROUP] [--overlap]` (as root; with CGROUP the programs are attached
-//! there too; with `--overlap` the programs load on another thread while the policy
+//! there too; with `--overlap`, which needs CGROUP, the programs load on another thread while the policy
 //! compiles, as the daemon does, and the two are one phase).
 //!
 //! Each phase runs as the daemon runs it (read and validate: [`config::load_sources`];
@@ -13,7 +13,7 @@ use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use egressd::{
     config,
-    kernel::loader::{Capacity, Enforcer},
+    kernel::loader::{Capacity, Enforcer, Tables},
     policy,
 };
 
@@ -104,38 +104,47 @@ fn main() -> anyhow::Result<()> {
     let (cfg, output, sources) = p.run("read + parse + validate", || {
         config::load_sources(&file).map_err(anyhow::Error::from)
     })?;
-    let (policy, mut e) = if overlap {
+    let e = if overlap {
         // The daemon's order: the maps sized from the configuration, the programs loaded
-        // and verified on another thread while the policy compiles.
+        // and verified on another thread while the policy compiles and its tables are
+        // worked out; then the install and the attach.
+        let cg = cgroup
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--overlap needs a CGROUP"))?;
         let cap = Capacity::for_config(&cfg)
             .ok_or_else(|| anyhow::anyhow!("the map sizes depend on the compile"))?;
-        p.run("compile | program load + verify", || {
+        let (policy, prepared) = p.run("compile | program load + verify", || {
             std::thread::scope(|s| {
-                let load = s.spawn(|| Enforcer::open_with(cap));
+                let load = s.spawn(|| Enforcer::prepare(cap, cg));
                 let policy = Arc::new(policy::compile(&cfg));
-                let e = load
+                let tables = Tables::compile(&policy, cap);
+                let prepared = load
                     .join()
                     .map_err(|_| anyhow::anyhow!("the load panicked"))??;
                 anyhow::ensure!(
                     cap.covers(&Capacity::for_policy(&policy)),
                     "the maps do not fit the policy"
                 );
-                Ok((policy, e))
+                Ok((policy, prepared.with_tables(tables)))
             })
+        })?;
+        drop(sources);
+        p.run("tables + map fill + attach", || {
+            Ok(prepared.finish(policy, cg)?.0)
         })?
     } else {
         let policy = p.run("compile (entries, merge)", || {
             Ok(Arc::new(policy::compile(&cfg)))
         })?;
+        drop(sources);
         let cap = Capacity::for_policy(&policy);
-        let e = p.run("program load + verify", || Enforcer::open_with(cap))?;
-        (policy, e)
+        let mut e = p.run("program load + verify", || Enforcer::open_with(cap))?;
+        p.run("tables + map fill", || e.install(policy.clone()))?;
+        if let Some(cg) = &cgroup {
+            p.run("attach", || e.attach(cg))?;
+        }
+        e
     };
-    drop(sources);
-    p.run("tables + map fill", || e.install(policy.clone()))?;
-    if let Some(cg) = &cgroup {
-        p.run("attach", || e.attach(cg))?;
-    }
     let total = p.start.elapsed().as_secs_f64() * 1e3;
     let (rss, _) = memory();
     eprintln!(

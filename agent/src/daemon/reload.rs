@@ -10,7 +10,7 @@ use crate::{
     config,
     daemon::lastgood::StateDir,
     events::LastGoodRef,
-    kernel::loader::{Capacity, Enforcer, Prepared},
+    kernel::loader::{Capacity, Enforcer, Prepared, Tables},
     policy::ids::IdTable,
     policy::{self, Policy},
 };
@@ -268,6 +268,8 @@ pub(super) fn keep_last_good(
 /// compiles, with map sizes taken from the configuration ([`Capacity::for_config`]).
 pub(super) struct EarlyLoad {
     thread: std::thread::JoinHandle<anyhow::Result<Prepared>>,
+    /// The sizes it loads with.
+    cap: Capacity,
 }
 
 impl EarlyLoad {
@@ -297,7 +299,7 @@ impl EarlyLoad {
                 prepared
             });
         match thread {
-            Ok(thread) => Some(Self { thread }),
+            Ok(thread) => Some(Self { thread, cap }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the loading thread; loading after the compile");
                 None
@@ -305,9 +307,10 @@ impl EarlyLoad {
         }
     }
 
-    /// Waits for the load; its maps are used when they take `policy` (the same tables, each
-    /// at least as large, [`Capacity::covers`]), else they are dropped (nothing was
-    /// installed or attached) and `again` loads with the sizes `policy` asks for.
+    /// Works out `policy`'s tables ([`Tables::compile`]) while the load runs, then waits
+    /// for it; its maps are used when they take `policy` (the same tables, each at least as
+    /// large, [`Capacity::covers`]), else they are dropped (nothing was installed or
+    /// attached) and `again` loads with the sizes `policy` asks for.
     ///
     /// # Errors
     /// The load's error; `again`'s.
@@ -316,13 +319,16 @@ impl EarlyLoad {
         policy: &Policy,
         again: impl FnOnce(Capacity) -> anyhow::Result<Prepared>,
     ) -> anyhow::Result<Prepared> {
+        let t = std::time::Instant::now();
+        let tables = Tables::compile(policy, self.cap);
+        tracing::debug!(ms = t.elapsed().as_millis(), "tables worked out");
         let prepared = self
             .thread
             .join()
             .map_err(|_| anyhow::anyhow!("the thread loading the programs panicked"))??;
         let need = Capacity::for_policy(policy);
         if prepared.capacity().covers(&need) {
-            return Ok(prepared);
+            return Ok(prepared.with_tables(tables));
         }
         tracing::warn!(
             loaded = ?prepared.capacity(),

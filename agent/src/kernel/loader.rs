@@ -41,6 +41,7 @@ use egressd_common::{
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
 pub use self::prepare::Prepared;
+pub use self::sets::Tables;
 pub use self::table::Capacity;
 use crate::kernel::hooks::{HOOKS, Hook, LoadError, by_program};
 use crate::kernel::offsets;
@@ -741,6 +742,12 @@ impl Enforcer {
     /// Errors (a map update failing, more prefixes than the tries hold) leave the policy in
     /// force unchanged.
     pub fn install(&mut self, policy: Arc<Policy>) -> anyhow::Result<u64> {
+        self.install_with(policy, None)
+    }
+
+    /// [`Enforcer::install`] with what `tables` worked out of `policy` beforehand.
+    fn install_with(&mut self, policy: Arc<Policy>, tables: Option<Tables>) -> anyhow::Result<u64> {
+        let mut tables = tables;
         if !policy.problems.is_empty() {
             bail!(
                 "the policy cannot be loaded: {}",
@@ -749,8 +756,16 @@ impl Enforcer {
         }
         let max = self.max_prefixes as usize;
         // With the table, the IPv4 trie stays empty: only the table's room limits IPv4.
-        let table = plan_table(&policy, self.table_chunks);
-        let table6 = compile_table6(&policy, self.table6_ranges);
+        let table = plan_table(
+            &policy,
+            self.table_chunks,
+            tables.as_mut().and_then(Tables::chunks),
+        );
+        let table6 = compile_table6(
+            &policy,
+            self.table6_ranges,
+            tables.as_mut().and_then(Tables::table6),
+        );
         let v4_in_trie = if table { 0 } else { policy.lpm_v4.len() };
         let v6_in_trie = if table6.is_some() {
             0

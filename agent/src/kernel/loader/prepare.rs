@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use aya::maps::Array;
 use egressd_common::maps;
 
-use super::{Adoption, Capacity, Enforcer, Pins, map, pinned_maps};
+use super::{Adoption, Capacity, Enforcer, Pins, Tables, map, pinned_maps};
 use crate::{
     kernel::{hooks::HOOKS, pin::PinDir},
     policy::Policy,
@@ -24,6 +24,8 @@ pub struct Prepared {
     capacity: Capacity,
     /// Pinned: what was pinned before this start.
     adoption: Option<Adoption>,
+    /// What the install needs from the policy alone, worked out while it loaded.
+    tables: Option<Tables>,
 }
 
 impl Prepared {
@@ -31,6 +33,13 @@ impl Prepared {
     /// pinned with).
     pub fn capacity(&self) -> Capacity {
         self.capacity
+    }
+
+    /// Hands the install what [`Tables::compile`] worked out of its policy while the
+    /// programs loaded (it must be the policy given to [`Prepared::finish`]).
+    pub fn with_tables(mut self, tables: Tables) -> Self {
+        self.tables = Some(tables);
+        self
     }
 
     /// Installs `policy` as the next generation, then attaches every hook to `cgroup`
@@ -46,7 +55,7 @@ impl Prepared {
         cgroup: &Path,
     ) -> anyhow::Result<(Enforcer, Option<Adoption>)> {
         let mut e = self.enforcer;
-        e.install(policy)?;
+        e.install_with(policy, self.tables)?;
         e.attach(cgroup)?;
         Ok((e, self.adoption))
     }
@@ -65,6 +74,7 @@ impl Enforcer {
             enforcer: Self::open_with(cap)?,
             capacity: cap,
             adoption: None,
+            tables: None,
         })
     }
 
@@ -166,6 +176,7 @@ impl Enforcer {
                 adopted,
                 previous_generation: previous,
             }),
+            tables: None,
         })
     }
 }
