@@ -1,7 +1,7 @@
 //! Where `egressd run`'s start-up time and memory go, phase by phase, for one policy file:
 //! `startup_phases FILE [CGROUP] [--overlap]` (as root; with CGROUP the programs are attached
-//! there too; with `--overlap`, which needs CGROUP, the programs load on another thread while the policy
-//! compiles, as the daemon does, and the two are one phase).
+//! there too; with `--overlap`, which needs CGROUP, the programs load on another thread
+//! while the policy compiles, as the daemon does, and the two are one phase).
 //!
 //! Each phase runs as the daemon runs it (read and validate: [`config::load_sources`];
 //! compile: [`policy::compile`]; program load: [`Enforcer::open_with`]; table build and map

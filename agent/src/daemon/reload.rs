@@ -301,7 +301,10 @@ impl EarlyLoad {
         match thread {
             Ok(thread) => Some(Self { thread, cap }),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot start the loading thread; loading after the compile");
+                tracing::warn!(
+                    error = %e,
+                    "cannot start the loading thread; loading after the compile"
+                );
                 None
             }
         }
