@@ -256,6 +256,8 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         sources,
         ..
     } = candidate;
+    // The compile's garbage; the files' text goes once it is kept (below).
+    release_freed_memory();
     keep_heap_for_records();
     // What actually attached decides the LSM rows (a probe can say yes and a load still fail).
     let coverage = coverage
@@ -903,8 +905,13 @@ fn keep_sources(
     let kept = std::thread::Builder::new()
         .name("egressd-keep".into())
         .spawn(move || {
-            keep_last_good(state.as_ref(), &config_path, &sources, &digest, generation);
-            drop(sources);
+            keep_last_good(
+                state.as_ref(),
+                &config_path,
+                std::borrow::Cow::Owned(sources),
+                &digest,
+                generation,
+            );
             release_freed_memory();
         });
     match kept {

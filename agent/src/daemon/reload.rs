@@ -239,18 +239,23 @@ pub(super) fn put_in_force<T>(
 }
 
 /// Keeps `sources` (compiled to `digest`, in force as `generation`) in `state` as the last
-/// good policy. Failing is logged, never fatal: enforcement matters more.
+/// good policy (owned sources are freed once written, [`StateDir::save_owned`]). Failing is
+/// logged, never fatal: enforcement matters more.
 pub(super) fn keep_last_good(
     state: Option<&StateDir>,
     config_path: &Path,
-    sources: &config::Sources,
+    sources: std::borrow::Cow<'_, config::Sources>,
     digest: &str,
     generation: u64,
 ) {
     let Some(state) = state else {
         return;
     };
-    match state.save(config_path, sources, digest, generation) {
+    let saved = match sources {
+        std::borrow::Cow::Borrowed(s) => state.save(config_path, s, digest, generation),
+        std::borrow::Cow::Owned(s) => state.save_owned(config_path, s, digest, generation),
+    };
+    match saved {
         Ok(()) => tracing::debug!(
             state = %state.file().display(),
             generation,
@@ -364,7 +369,7 @@ pub(super) fn reload(
     keep_last_good(
         state,
         config_path,
-        &cand.sources,
+        std::borrow::Cow::Borrowed(&cand.sources),
         &cand.policy.digest,
         generation,
     );
