@@ -1,5 +1,7 @@
 //! Where `egressd run`'s start-up time and memory go, phase by phase, for one policy file:
-//! `startup_phases FILE [CGROUP]` (as root; with CGROUP the programs are attached there too).
+//! `startup_phases FILE [CGROUP] [--overlap]` (as root; with CGROUP the programs are attached
+//! there too; with `--overlap`, which needs CGROUP, the programs load on another thread
+//! while the policy compiles, as the daemon does, and the two are one phase).
 //!
 //! Each phase runs as the daemon runs it (read and validate: [`config::load_sources`];
 //! compile: [`policy::compile`]; program load: [`Enforcer::open_with`]; table build and map
@@ -11,7 +13,7 @@ use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use egressd::{
     config,
-    kernel::loader::{Capacity, Enforcer},
+    kernel::loader::{Capacity, Enforcer, Tables},
     policy,
 };
 
@@ -76,11 +78,18 @@ impl Phases {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args_os().skip(1);
-    let file = PathBuf::from(
-        args.next()
-            .ok_or_else(|| anyhow::anyhow!("usage: startup_phases POLICY.toml [CGROUP]"))?,
-    );
-    let cgroup = args.next().map(PathBuf::from);
+    let file = PathBuf::from(args.next().ok_or_else(|| {
+        anyhow::anyhow!("usage: startup_phases POLICY.toml [CGROUP] [--overlap]")
+    })?);
+    let mut cgroup = None;
+    let mut overlap = false;
+    for a in args {
+        if a == "--overlap" {
+            overlap = true;
+        } else {
+            cgroup = Some(PathBuf::from(a));
+        }
+    }
     let mut p = Phases {
         rows: Vec::new(),
         start: Instant::now(),
@@ -95,16 +104,47 @@ fn main() -> anyhow::Result<()> {
     let (cfg, output, sources) = p.run("read + parse + validate", || {
         config::load_sources(&file).map_err(anyhow::Error::from)
     })?;
-    let policy = p.run("compile (entries, merge)", || {
-        Ok(Arc::new(policy::compile(&cfg)))
-    })?;
-    drop(sources);
-    let cap = Capacity::for_policy(&policy);
-    let mut e = p.run("program load + verify", || Enforcer::open_with(cap))?;
-    p.run("tables + map fill", || e.install(policy.clone()))?;
-    if let Some(cg) = &cgroup {
-        p.run("attach", || e.attach(cg))?;
-    }
+    let e = if overlap {
+        // The daemon's order: the maps sized from the configuration, the programs loaded
+        // and verified on another thread while the policy compiles and its tables are
+        // worked out; then the install and the attach.
+        let cg = cgroup
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--overlap needs a CGROUP"))?;
+        let cap = Capacity::for_config(&cfg)
+            .ok_or_else(|| anyhow::anyhow!("the map sizes depend on the compile"))?;
+        let (policy, prepared) = p.run("compile | program load + verify", || {
+            std::thread::scope(|s| {
+                let load = s.spawn(|| Enforcer::prepare(cap, cg));
+                let policy = Arc::new(policy::compile(&cfg));
+                let tables = Tables::compile(&policy, cap);
+                let prepared = load
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the load panicked"))??;
+                anyhow::ensure!(
+                    cap.covers(&Capacity::for_policy(&policy)),
+                    "the maps do not fit the policy"
+                );
+                Ok((policy, prepared.with_tables(tables)))
+            })
+        })?;
+        drop(sources);
+        p.run("tables + map fill + attach", || {
+            Ok(prepared.finish(policy, cg)?.0)
+        })?
+    } else {
+        let policy = p.run("compile (entries, merge)", || {
+            Ok(Arc::new(policy::compile(&cfg)))
+        })?;
+        drop(sources);
+        let cap = Capacity::for_policy(&policy);
+        let mut e = p.run("program load + verify", || Enforcer::open_with(cap))?;
+        p.run("tables + map fill", || e.install(policy.clone()))?;
+        if let Some(cg) = &cgroup {
+            p.run("attach", || e.attach(cg))?;
+        }
+        e
+    };
     let total = p.start.elapsed().as_secs_f64() * 1e3;
     let (rss, _) = memory();
     eprintln!(

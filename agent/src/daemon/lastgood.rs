@@ -98,6 +98,39 @@ impl StateDir {
         digest: &str,
         generation: u64,
     ) -> anyhow::Result<()> {
+        self.write(&mut |w| Self::serialize(w, config, sources, digest, generation))
+    }
+
+    /// [`StateDir::save`] of owned `sources`, freed as soon as they are written (before the
+    /// file is synced): what the daemon keeps after `agent_start` holds their text no longer
+    /// than it must.
+    ///
+    /// # Errors
+    /// As [`StateDir::save`].
+    pub fn save_owned(
+        &self,
+        config: &Path,
+        sources: Sources,
+        digest: &str,
+        generation: u64,
+    ) -> anyhow::Result<()> {
+        let mut held = Some(sources);
+        self.write(&mut |w| {
+            let sources = held
+                .take()
+                .ok_or_else(|| io::Error::other("the last good policy written twice"))?;
+            Self::serialize(w, config, &sources, digest, generation)
+        })
+    }
+
+    /// The record of `sources` into `w`.
+    fn serialize(
+        w: &mut dyn io::Write,
+        config: &Path,
+        sources: &Sources,
+        digest: &str,
+        generation: u64,
+    ) -> io::Result<()> {
         // [`LastGood`] with the sources borrowed: the text of a large policy is tens of MB,
         // written out as it is serialized rather than copied twice first.
         #[derive(serde::Serialize)]
@@ -117,13 +150,19 @@ impl StateDir {
             saved_at: crate::events::rfc3339(crate::base::clock::unix_now_ns()),
             sources,
         };
+        serde_json::to_writer_pretty(w, &record).map_err(io::Error::other)
+    }
+
+    /// Replaces the record with what `serialize` writes, synced, in the checked directory.
+    fn write(
+        &self,
+        serialize: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
+    ) -> anyhow::Result<()> {
         let dir = TrustedDir::create(&self.path)
             .with_context(|| format!("state directory {}", self.path.display()))?;
-        dir.replace_with(OsStr::new(FILE), FILE_MODE, &mut |w| {
-            serde_json::to_writer_pretty(w, &record).map_err(io::Error::other)
-        })
-        .and_then(|()| dir.sync())
-        .with_context(|| format!("writing {}", self.file().display()))?;
+        dir.replace_with(OsStr::new(FILE), FILE_MODE, serialize)
+            .and_then(|()| dir.sync())
+            .with_context(|| format!("writing {}", self.file().display()))?;
         Ok(())
     }
 
@@ -246,6 +285,24 @@ mod tests {
         };
         assert_eq!(mode(&state.path), 0o700);
         assert_eq!(mode(&state.file()), 0o600);
+    }
+
+    /// The owned save (the daemon's, after `agent_start`) writes the same record and
+    /// replaces the one kept before.
+    #[test]
+    fn owned_save_replaces_the_record() {
+        let t = Tmp::new("lastgood-owned");
+        let state = StateDir::new(t.0.join("last-good"));
+        let main = t.0.join("policy.toml");
+        let src = sources(&main, GOOD);
+        let digest = policy::compile(&src.parse().expect("valid").0).digest;
+        state.save(&main, &src, &digest, 1).expect("saved");
+        state
+            .save_owned(&main, src.clone(), &digest, 2)
+            .expect("saved");
+        let r = state.restore(&main).expect("restores").expect("kept");
+        assert_eq!(r.record.generation, 2);
+        assert_eq!(r.record.sources, src);
     }
 
     #[test]

@@ -24,7 +24,9 @@ pub mod status;
 pub mod watch;
 
 mod reload;
-use reload::{Candidate, Fallback, Ids, degraded, fall_back, put_in_force, reload};
+use reload::{
+    Candidate, EarlyLoad, Fallback, Ids, degraded, fall_back, keep_last_good, put_in_force, reload,
+};
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
@@ -48,7 +50,7 @@ use crate::{
         LossReport, PolicySummary, Record, Sequencer,
     },
     kernel::cgroup,
-    kernel::loader::Enforcer,
+    kernel::loader::{Capacity, Enforcer},
     policy::Policy,
 };
 
@@ -177,31 +179,49 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         .unwrap_or_else(|| PathBuf::from(crate::daemon::instance::DEFAULT_RUN_DIR));
     let claim = crate::daemon::instance::claim(&cgroup, pin_dir.as_ref(), &run_dir, config_path)?;
     tracing::debug!(lock = %claim.path.display(), "cgroup claimed");
-    // Region and rule ids by name, as earlier runs on this cgroup gave them (crate::policy::ids).
-    let mut ids = Ids::open(state.as_ref(), pin_dir.as_ref(), &cgroup);
-    let candidate = Candidate::new(parsed, &ids.table)?;
-
     let host = host_name();
-    // Sinks first: a sink that cannot work fails the start before anything is attached.
+    // Sinks first: a sink that cannot work fails the start before the kernel is touched.
     // Their threads start after the privileges are dropped (capabilities are per thread).
-    let sinks = Pipeline::prepare(&candidate.output.sinks)?;
-    let chain_key = candidate
-        .output
+    let sinks = Pipeline::prepare(&parsed.1.sinks)?;
+    let chain_key = parsed
+        .1
         .chain_key_file
         .as_deref()
         .map(crate::events::audit::chain::load_key)
         .transpose()?;
+    // The maps and programs load on another thread while the policy compiles; the first
+    // policy is installed, and the hooks attached, once both are done.
+    let early = EarlyLoad::start(&parsed.0, &cgroup, pin_dir.as_ref());
+    // Region and rule ids by name, as earlier runs on this cgroup gave them (crate::policy::ids).
+    let mut ids = Ids::open(state.as_ref(), pin_dir.as_ref(), &cgroup);
+    let candidate = match Candidate::new(parsed, &ids.table) {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(early) = early {
+                early.abandon();
+            }
+            return Err(e);
+        }
+    };
     let started = Instant::now();
     let coverage = crate::kernel::coverage::probe_for_start();
     let mut adopted = None;
-    let mut enforcer = match &pin_dir {
+    let prepare = |cap| match &pin_dir {
+        Some(dir) => Enforcer::prepare_pinned(cap, &cgroup, dir),
+        None => Enforcer::prepare(cap, &cgroup),
+    };
+    let prepared = |p: &Policy| match early {
+        Some(early) => early.take(p, prepare),
+        None => prepare(Capacity::for_policy(p)),
+    };
+    let (mut enforcer, generation) = match &pin_dir {
         Some(dir) => {
-            let (e, adoption) =
-                put_in_force(&candidate, config_path, state.as_ref(), &mut ids, |p| {
-                    let (e, adoption) = Enforcer::load_pinned(p, &cgroup, dir)?;
-                    let generation = e.generation();
-                    Ok(((e, adoption), generation))
-                })?;
+            let ((e, adoption), generation) = put_in_force(&candidate, &mut ids, |p| {
+                let (e, adoption) = prepared(&p)?.finish(p, &cgroup)?;
+                let adoption = adoption.unwrap_or_default();
+                let generation = e.generation();
+                Ok(((e, adoption), generation))
+            })?;
             tracing::info!(
                 pin_dir = %dir.root.display(),
                 adopted = adoption.adopted,
@@ -212,10 +232,10 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             adopted = adoption.adopted.then_some(events::Adopted {
                 previous_generation: adoption.previous_generation,
             });
-            e
+            (e, generation)
         }
-        None => put_in_force(&candidate, config_path, state.as_ref(), &mut ids, |p| {
-            let e = Enforcer::load(p, &cgroup)?;
+        None => put_in_force(&candidate, &mut ids, |p| {
+            let (e, _) = prepared(&p)?.finish(p, &cgroup)?;
             let generation = e.generation();
             Ok((e, generation))
         })?,
@@ -236,9 +256,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         sources,
         ..
     } = candidate;
-    // Kept on disk as the last good policy already; a partly moved `candidate` would hold
-    // the text until the daemon stops.
-    drop(sources);
+    // The compile's garbage; the files' text goes once it is kept (below).
     release_freed_memory();
     keep_heap_for_records();
     // What actually attached decides the LSM rows (a probe can say yes and a load still fail).
@@ -377,6 +395,16 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     // Every hook is attached with the policy in force, and nothing of the start can fail
     // any more: `systemctl start` may return.
     notifier.ready(&degraded(status(&enforcer, &policy), fallback.as_ref()));
+    // Enforcing: the set becomes the last good policy on a thread of its own (tens of MB of
+    // JSON and an fsync for a large policy). Until the rename that ends it, the previous
+    // last good policy stays in place, whole. A reload waits for it first.
+    let mut keeping = keep_sources(
+        state.clone(),
+        config_path,
+        sources,
+        policy.digest.clone(),
+        generation,
+    );
     let watchdog_period = notifier.watchdog_interval();
     let mut watchdog =
         tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(u64::from(u32::MAX))));
@@ -583,6 +611,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             }
         }
         if reload_now {
+            if let Some(k) = keeping.take() {
+                let _ = k.join();
+            }
             // Watch a drop-in directory that appeared before reading it, so no change is missed.
             if let Some(w) = watcher.as_mut() {
                 w.refresh();
@@ -722,6 +753,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         LifecycleBody::Stop { counters: stop },
         "agent_stop",
     ));
+    if let Some(k) = keeping.take() {
+        let _ = k.join();
+    }
     let fin = pipeline.shutdown(SHUTDOWN_FLUSH);
     drop(claim);
     for (name, c) in &fin {
@@ -854,6 +888,42 @@ fn submit_unreported(
             }
         }
         Err(e) => tracing::error!(error = format!("{e:#}"), "reading the unreported attempts"),
+    }
+}
+
+/// Keeps `sources` as the last good policy on a thread of its own
+/// ([`reload::keep_last_good`]), then frees their text and hands the heap pages back; `None`
+/// when no thread could be started (logged; the last good policy kept before stays).
+fn keep_sources(
+    state: Option<StateDir>,
+    config_path: &Path,
+    sources: config::Sources,
+    digest: String,
+    generation: u64,
+) -> Option<std::thread::JoinHandle<()>> {
+    let config_path = config_path.to_path_buf();
+    let kept = std::thread::Builder::new()
+        .name("egressd-keep".into())
+        .spawn(move || {
+            keep_last_good(
+                state.as_ref(),
+                &config_path,
+                std::borrow::Cow::Owned(sources),
+                &digest,
+                generation,
+            );
+            release_freed_memory();
+        });
+    match kept {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "cannot start a thread to keep the policy in force as the last good one; a \
+                 start on an invalid file will fall back to the one kept before"
+            );
+            None
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use crate::{
     config,
     daemon::lastgood::StateDir,
     events::LastGoodRef,
-    kernel::loader::Enforcer,
+    kernel::loader::{Capacity, Enforcer, Prepared, Tables},
     policy::ids::IdTable,
     policy::{self, Policy},
 };
@@ -39,8 +39,10 @@ impl Candidate {
         (cfg, output, sources): (config::Config, config::Output, config::Sources),
         ids: &IdTable,
     ) -> anyhow::Result<Self> {
+        let t = std::time::Instant::now();
         let assignment = ids.assign(&cfg)?;
         let policy = Arc::new(policy::compile_with(&cfg, &assignment));
+        tracing::debug!(ms = t.elapsed().as_millis(), "policy compiled");
         // The compiled policy holds the prefixes; the daemon reads the configuration's path
         // and allowlist only (a million prefixes are 18 MB here).
         let mut cfg = cfg;
@@ -219,36 +221,136 @@ pub(super) fn fall_back(
 
 /// Puts a validated policy in force, at start and on every reload: `install` writes it into
 /// the kernel (a new [`Enforcer`] at start, the idle policy set on reload) and returns the
-/// generation it is in force as; then its ids become the id table and the set is kept in
-/// `state` as the last good policy. Failing to keep either is logged, never fatal:
-/// enforcement matters more.
+/// generation it is in force as; then its ids become the id table. Returns what `install`
+/// returned and the generation; [`keep_last_good`] keeps the set as the last good policy
+/// (at start after `agent_start`: the previous last good policy stays valid until it is
+/// replaced, atomically).
 ///
 /// # Errors
 /// Whatever `install` reports; nothing is kept then.
 pub(super) fn put_in_force<T>(
     cand: &Candidate,
-    config_path: &Path,
-    state: Option<&StateDir>,
     ids: &mut Ids,
     install: impl FnOnce(Arc<Policy>) -> anyhow::Result<(T, u64)>,
-) -> anyhow::Result<T> {
+) -> anyhow::Result<(T, u64)> {
     let (installed, generation) = install(cand.policy.clone())?;
     ids.commit(&cand.ids);
-    if let Some(state) = state {
-        match state.save(config_path, &cand.sources, &cand.policy.digest, generation) {
-            Ok(()) => tracing::debug!(
-                state = %state.file().display(),
-                generation,
-                "kept as the last good policy"
-            ),
-            Err(e) => tracing::warn!(
-                error = format!("{e:#}"),
-                "cannot keep the policy in force as the last good one; a start on an \
-                 invalid file will not be able to fall back to it"
-            ),
+    Ok((installed, generation))
+}
+
+/// Keeps `sources` (compiled to `digest`, in force as `generation`) in `state` as the last
+/// good policy (owned sources are freed once written, [`StateDir::save_owned`]). Failing is
+/// logged, never fatal: enforcement matters more.
+pub(super) fn keep_last_good(
+    state: Option<&StateDir>,
+    config_path: &Path,
+    sources: std::borrow::Cow<'_, config::Sources>,
+    digest: &str,
+    generation: u64,
+) {
+    let Some(state) = state else {
+        return;
+    };
+    let saved = match sources {
+        std::borrow::Cow::Borrowed(s) => state.save(config_path, s, digest, generation),
+        std::borrow::Cow::Owned(s) => state.save_owned(config_path, s, digest, generation),
+    };
+    match saved {
+        Ok(()) => tracing::debug!(
+            state = %state.file().display(),
+            generation,
+            "kept as the last good policy"
+        ),
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "cannot keep the policy in force as the last good one; a start on an \
+             invalid file will not be able to fall back to it"
+        ),
+    }
+}
+
+/// The programs of a start, loaded and verified on a thread of their own while the policy
+/// compiles, with map sizes taken from the configuration ([`Capacity::for_config`]).
+pub(super) struct EarlyLoad {
+    thread: std::thread::JoinHandle<anyhow::Result<Prepared>>,
+    /// The sizes it loads with.
+    cap: Capacity,
+}
+
+impl EarlyLoad {
+    /// Starts loading for `cfg` (pinned under `pins` when given); `None` when the map sizes
+    /// cannot be known before the compile (they are then taken from the compiled policy,
+    /// after it).
+    pub(super) fn start(
+        cfg: &config::Config,
+        cgroup: &Path,
+        pins: Option<&crate::kernel::pin::PinDir>,
+    ) -> Option<Self> {
+        let cap = Capacity::for_config(cfg)?;
+        let cgroup = cgroup.to_path_buf();
+        let pins = pins.cloned();
+        let thread = std::thread::Builder::new()
+            .name("egressd-load".into())
+            .spawn(move || {
+                let t = std::time::Instant::now();
+                let prepared = match &pins {
+                    Some(dir) => Enforcer::prepare_pinned(cap, &cgroup, dir),
+                    None => Enforcer::prepare(cap, &cgroup),
+                };
+                tracing::debug!(
+                    ms = t.elapsed().as_millis(),
+                    "programs loaded while the policy compiled"
+                );
+                prepared
+            });
+        match thread {
+            Ok(thread) => Some(Self { thread, cap }),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot start the loading thread; loading after the compile"
+                );
+                None
+            }
         }
     }
-    Ok(installed)
+
+    /// Works out `policy`'s tables ([`Tables::compile`]) while the load runs, then waits
+    /// for it; its maps are used when they take `policy` (the same tables, each at least as
+    /// large, [`Capacity::covers`]), else they are dropped (nothing was installed or
+    /// attached) and `again` loads with the sizes `policy` asks for.
+    ///
+    /// # Errors
+    /// The load's error; `again`'s.
+    pub(super) fn take(
+        self,
+        policy: &Policy,
+        again: impl FnOnce(Capacity) -> anyhow::Result<Prepared>,
+    ) -> anyhow::Result<Prepared> {
+        let t = std::time::Instant::now();
+        let tables = Tables::compile(policy, self.cap);
+        tracing::debug!(ms = t.elapsed().as_millis(), "tables worked out");
+        let prepared = self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread loading the programs panicked"))??;
+        let need = Capacity::for_policy(policy);
+        if prepared.capacity().covers(&need) {
+            return Ok(prepared.with_tables(tables));
+        }
+        tracing::warn!(
+            loaded = ?prepared.capacity(),
+            need = ?need,
+            "the maps loaded before the compile do not fit the compiled policy: loading again"
+        );
+        drop(prepared);
+        again(need)
+    }
+
+    /// Waits for the load and drops what it loaded (the start failed before the install).
+    pub(super) fn abandon(self) {
+        let _ = self.thread.join();
+    }
 }
 
 /// Validates and installs the policy files again, and keeps them as the last good policy;
@@ -260,9 +362,16 @@ pub(super) fn reload(
     enforcer: &mut Enforcer,
 ) -> anyhow::Result<Candidate> {
     let cand = Candidate::read(config_path, &ids.table)?;
-    put_in_force(&cand, config_path, state, ids, |p| {
+    let ((), generation) = put_in_force(&cand, ids, |p| {
         enforcer.install(p)?;
         Ok(((), enforcer.generation()))
     })?;
+    keep_last_good(
+        state,
+        config_path,
+        std::borrow::Cow::Borrowed(&cand.sources),
+        &cand.policy.digest,
+        generation,
+    );
     Ok(cand)
 }

@@ -11,6 +11,7 @@
 //! the next `load_pinned` on the same directory adopts them (same maps, the policy generation
 //! continues, each link's program replaced atomically with `BPF_LINK_UPDATE`).
 mod explain;
+mod prepare;
 mod quiesce;
 mod sets;
 mod table;
@@ -39,6 +40,8 @@ use egressd_common::{
 };
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
+pub use self::prepare::Prepared;
+pub use self::sets::Tables;
 pub use self::table::Capacity;
 use crate::kernel::hooks::{HOOKS, Hook, LoadError, by_program};
 use crate::kernel::offsets;
@@ -133,7 +136,7 @@ const LARGE_POLICY: usize = 100_000;
 const LARGE_CHECK_EVERY: u64 = 40;
 
 /// How [`Enforcer::load_pinned`] came to enforce.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Adoption {
     /// True when pinned links of an earlier egressd were adopted (no detach, no gap).
     pub adopted: bool,
@@ -168,12 +171,8 @@ impl Enforcer {
     /// Errors name what is missing: privileges, a kernel feature (map or program type), or
     /// the verifier's log when a program is rejected.
     pub fn load(policy: Arc<Policy>, cgroup: &Path) -> anyhow::Result<Self> {
-        crate::kernel::privileges::check()?;
-        crate::kernel::cgroup::validate(cgroup)?;
-        let mut e = Self::open_with(Capacity::for_policy(&policy))?;
-        e.install(policy)?;
-        e.attach(cgroup)?;
-        Ok(e)
+        let prepared = Self::prepare(Capacity::for_policy(&policy), cgroup)?;
+        Ok(prepared.finish(policy, cgroup)?.0)
     }
 
     /// Loads the object and its programs into the kernel without attaching them (tests run
@@ -369,96 +368,6 @@ impl Enforcer {
             tc: tc::TcCover::default(),
             routes: None,
         })
-    }
-
-    /// Like [`Enforcer::load`], but pins maps and links under `dir` (mounting bpffs at
-    /// `/sys/fs/bpf` when needed) and adopts what an earlier egressd pinned there: the
-    /// pinned maps are reused (counters continue), the policy generation continues from the
-    /// pinned one (`policy` is installed as the next generation into the idle set), and each
-    /// pinned link gets the newly loaded program with one atomic `BPF_LINK_UPDATE`, so no
-    /// connection is ever judged by no program. Dropping the result leaves enforcement in
-    /// place; [`PinDir::remove_all`] (`egressd detach`) ends it.
-    ///
-    /// # Errors
-    /// As [`Enforcer::load`]; pins of another layout version; pins whose map shape differs
-    /// from this build's; links pinned for another cgroup.
-    pub fn load_pinned(
-        policy: Arc<Policy>,
-        cgroup: &Path,
-        dir: &PinDir,
-    ) -> anyhow::Result<(Self, Adoption)> {
-        crate::kernel::privileges::check()?;
-        crate::kernel::cgroup::validate(cgroup)?;
-        dir.prepare()?;
-        dir.check_layout()?;
-        let cgroup_id = std::fs::metadata(cgroup)
-            .with_context(|| format!("reading {}", cgroup.display()))?
-            .ino();
-        for hook in HOOKS.iter().filter(|h| h.on_cgroup()) {
-            let path = dir.link(hook.program);
-            if !path.exists() {
-                continue;
-            }
-            let fd = crate::kernel::pin::obj_get(&path)?;
-            let st = crate::kernel::pin::link_state(fd.as_fd())?;
-            if st.cgroup_id != 0 && st.cgroup_id != cgroup_id {
-                bail!(
-                    "{} is attached to another cgroup (id {}) than {} (id {cgroup_id}); run \
-                     `egressd detach --pin-dir {}` first or use another --pin-dir",
-                    path.display(),
-                    st.cgroup_id,
-                    cgroup.display(),
-                    dir.root.display()
-                );
-            }
-        }
-        // Any map pinned before this start may hold what an earlier process wrote, also one
-        // that failed before publishing a generation (a half-filled set): both sets are
-        // emptied before they are filled.
-        let pinned = pinned_maps(dir)?;
-        let had_pins = !pinned.is_empty();
-        let is_pinned = |name: &str| pinned.iter().any(|(n, _)| n == name);
-        // Cached socket verdicts carry the generation they were judged under. A generation
-        // map recreated under a surviving cache would count from 1 again and make old
-        // verdicts look current: the cache goes with it (its sockets are judged again).
-        if is_pinned(maps::SOCKETS) && !is_pinned(maps::GENERATION) {
-            let path = dir.map(maps::SOCKETS);
-            std::fs::remove_file(&path).with_context(|| {
-                format!(
-                    "removing the verdict cache pin {} (its generation map is gone)",
-                    path.display()
-                )
-            })?;
-            tracing::warn!(
-                pin_dir = %dir.root.display(),
-                "the pinned generation map was missing: dropped the pinned verdict cache, \
-                 every socket is judged again"
-            );
-        }
-        let mut e = Self::open_in(Capacity::for_policy(&policy), Some(dir))?;
-        let generation: Array<_, u64> = Array::try_from(map(&mut e.ebpf, maps::GENERATION)?)?;
-        // Generations only grow: continue from the larger of the map's value and the one the
-        // pinned state recorded (the map may have been recreated or rewritten).
-        let recorded = dir.read_state().map_or(0, |s| s.generation);
-        let previous = generation.get(&0, 0).unwrap_or(0).max(recorded);
-        e.generation = previous;
-        let adopted = dir.has_links();
-        e.unknown = [had_pins || previous > 0; 2];
-        e.pins = Some(Pins {
-            dir: dir.clone(),
-            cgroup: cgroup.to_path_buf(),
-            fallback: None,
-            checks: 0,
-        });
-        e.install(policy)?;
-        e.attach(cgroup)?;
-        Ok((
-            e,
-            Adoption {
-                adopted,
-                previous_generation: previous,
-            },
-        ))
     }
 
     /// Attach state per hook, as (hook name, attached). Unpinned, the links are
@@ -833,6 +742,12 @@ impl Enforcer {
     /// Errors (a map update failing, more prefixes than the tries hold) leave the policy in
     /// force unchanged.
     pub fn install(&mut self, policy: Arc<Policy>) -> anyhow::Result<u64> {
+        self.install_with(policy, None)
+    }
+
+    /// [`Enforcer::install`] with what `tables` worked out of `policy` beforehand.
+    fn install_with(&mut self, policy: Arc<Policy>, tables: Option<Tables>) -> anyhow::Result<u64> {
+        let mut tables = tables;
         if !policy.problems.is_empty() {
             bail!(
                 "the policy cannot be loaded: {}",
@@ -841,8 +756,16 @@ impl Enforcer {
         }
         let max = self.max_prefixes as usize;
         // With the table, the IPv4 trie stays empty: only the table's room limits IPv4.
-        let table = plan_table(&policy, self.table_chunks);
-        let table6 = compile_table6(&policy, self.table6_ranges);
+        let table = plan_table(
+            &policy,
+            self.table_chunks,
+            tables.as_mut().and_then(Tables::chunks),
+        );
+        let table6 = compile_table6(
+            &policy,
+            self.table6_ranges,
+            tables.as_mut().and_then(Tables::table6),
+        );
         let v4_in_trie = if table { 0 } else { policy.lpm_v4.len() };
         let v6_in_trie = if table6.is_some() {
             0

@@ -280,9 +280,49 @@ pub(super) fn compile_table(policy: &Policy, chunks: Option<usize>) -> Option<Ta
 }
 
 /// Whether `policy`'s IPv4 table is to be used: the maps have one and it fits (else logged,
-/// as by [`compile_table`]); [`fill_set`] then compiles it straight into the maps.
-pub(super) fn plan_table(policy: &Policy, chunks: Option<usize>) -> bool {
-    chunks.is_some_and(|capacity| table_fits(table::chunks_of(&policy.lpm_v4), capacity))
+/// as by [`compile_table`]); [`fill_set`] then compiles it straight into the maps. With
+/// `known`, the chunks it needs were counted before ([`Tables`]).
+pub(super) fn plan_table(
+    policy: &Policy,
+    chunks: Option<usize>,
+    known: Option<Result<usize, crate::policy::table::TableError>>,
+) -> bool {
+    chunks.is_some_and(|capacity| {
+        table_fits(
+            known.unwrap_or_else(|| table::chunks_of(&policy.lpm_v4)),
+            capacity,
+        )
+    })
+}
+
+/// What an install works out from the policy alone, before it touches a map: the IPv4
+/// table's chunk count and the IPv6 table. The daemon computes them while the programs
+/// load ([`super::Prepared::finish`] hands them to the install).
+pub struct Tables {
+    chunks: Option<Result<usize, crate::policy::table::TableError>>,
+    table6: Option<Result<Table6, crate::policy::table6::TooManyRanges>>,
+}
+
+impl Tables {
+    /// The tables of `policy` that maps of `cap` have.
+    pub fn compile(policy: &Policy, cap: Capacity) -> Self {
+        Self {
+            chunks: cap.table_chunks.map(|_| table::chunks_of(&policy.lpm_v4)),
+            table6: cap.table6_ranges.map(|_| Table6::compile(&policy.lpm_v6)),
+        }
+    }
+
+    /// The IPv4 chunk count, if counted.
+    pub(super) fn chunks(&mut self) -> Option<Result<usize, crate::policy::table::TableError>> {
+        self.chunks.take()
+    }
+
+    /// The IPv6 table, if compiled.
+    pub(super) fn table6(
+        &mut self,
+    ) -> Option<Result<Table6, crate::policy::table6::TooManyRanges>> {
+        self.table6.take()
+    }
 }
 
 /// Whether a table of `chunks` second-level chunks (or the error compiling it) fits maps of
@@ -308,9 +348,13 @@ fn table_fits<E: std::fmt::Display>(chunks: Result<usize, E>, capacity: usize) -
 
 /// The IPv6 table of `policy` when the maps have one and it fits, else `None` (logged: IPv6
 /// is then looked up in the trie).
-pub(super) fn compile_table6(policy: &Policy, boundaries: Option<usize>) -> Option<Table6> {
+pub(super) fn compile_table6(
+    policy: &Policy,
+    boundaries: Option<usize>,
+    known: Option<Result<Table6, crate::policy::table6::TooManyRanges>>,
+) -> Option<Table6> {
     let capacity = boundaries?;
-    match Table6::compile(&policy.lpm_v6) {
+    match known.unwrap_or_else(|| Table6::compile(&policy.lpm_v6)) {
         Ok(t) if t.len() <= capacity => Some(t),
         Ok(t) => {
             tracing::warn!(

@@ -12,10 +12,12 @@ use egressd_common::{
     table::{CHUNKS_PER_PAGE8, MAX_CHUNKS, PAGE_BYTES, PAGES24},
     table6::{INDEX_ENTRIES, MAX_RANGES},
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::{
-    config::{AUTO_TABLE_MIN_PREFIXES, AUTO_TABLE6_MIN_PREFIXES, Ipv4Lookup, Ipv6Lookup},
+    config::{
+        AUTO_TABLE_MIN_PREFIXES, AUTO_TABLE6_MIN_PREFIXES, Config, Ipv4Lookup, Ipv6Lookup, Target,
+    },
     policy::{Policy, table::pages8, table6::set_bytes},
 };
 
@@ -68,17 +70,95 @@ impl Capacity {
                 Ipv6Lookup::Table => true,
                 Ipv6Lookup::Auto => policy.lpm_unmerged[1] >= AUTO_TABLE6_MIN_PREFIXES,
             };
+        Self::sized(
+            policy.lpm_v4.len().max(policy.lpm_v6.len()),
+            table.then(|| chunks_needed(&policy.lpm_v4)),
+            table6.then_some(policy.lpm_v6.len()),
+        )
+    }
+
+    /// What [`Capacity::for_policy`] will ask for once `cfg` is compiled, known before the
+    /// compile so that the programs can be loaded while it runs: the same choice of tables
+    /// and sizes from the prefixes before merging (merging only removes prefixes and only
+    /// joins two halves of a /24 or longer into their parent, so each size is at least the
+    /// compiled policy's; [`Capacity::covers`] checks it). `None` when the choice of a table
+    /// depends on how many rule prefixes repeat region prefixes (`auto` with a count
+    /// between the two bounds): only the compile can tell.
+    pub fn for_config(cfg: &Config) -> Option<Self> {
+        let (mut v4, mut v6) = (0usize, 0usize);
+        let mut chunks = HashSet::new();
+        let mut count = |n: &IpNetwork, v4: &mut usize, v6: &mut usize| match n {
+            IpNetwork::V4(n) => {
+                *v4 += 1;
+                if n.prefix() > 24 {
+                    chunks.insert(u32::from(n.network()) >> 8);
+                }
+            }
+            IpNetwork::V6(_) => *v6 += 1,
+        };
+        for n in cfg.regions.iter().flat_map(|r| &r.prefixes) {
+            count(n, &mut v4, &mut v6);
+        }
+        // Region prefixes are distinct; a rule's prefix may repeat one of them.
+        let (lo4, lo6) = (v4, v6);
+        for t in cfg.rules.iter().flat_map(|r| &r.targets) {
+            if let Target::Prefix(n) = t {
+                count(n, &mut v4, &mut v6);
+            }
+        }
+        let choose = |auto_min: usize, lo: usize, hi: usize| -> Option<bool> {
+            if lo >= auto_min {
+                Some(true)
+            } else if hi < auto_min {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        let table = match cfg.ipv4_lookup {
+            Ipv4Lookup::Trie => false,
+            Ipv4Lookup::Table => true,
+            Ipv4Lookup::Auto => choose(AUTO_TABLE_MIN_PREFIXES, lo4, v4)?,
+        };
+        let table6 = egressd_common::TABLE6_IN_PROGRAMS
+            && match cfg.ipv6_lookup {
+                Ipv6Lookup::Trie => false,
+                Ipv6Lookup::Table => true,
+                Ipv6Lookup::Auto => choose(AUTO_TABLE6_MIN_PREFIXES, lo6, v6)?,
+            };
+        Some(Self::sized(
+            v4.max(v6),
+            table.then_some(chunks.len()),
+            table6.then_some(v6),
+        ))
+    }
+
+    /// The sizes for `prefixes` per trie, a table with room for `chunks` second-level
+    /// chunks, an IPv6 table for `v6` prefixes: a quarter more and 4096 on top, as
+    /// [`Capacity::for_policy`] says.
+    fn sized(prefixes: usize, chunks: Option<usize>, v6: Option<usize>) -> Self {
         Self {
-            table6_ranges: table6.then(|| {
-                let need = 2 * policy.lpm_v6.len() + 1;
+            prefixes,
+            table_chunks: chunks
+                .map(|need| (need + need / 4 + MIN_CHUNKS).min(MAX_CHUNKS as usize)),
+            table6_ranges: v6.map(|v6| {
+                let need = 2 * v6 + 1;
                 (need + need / 4 + MIN_CHUNKS).min(MAX_RANGES)
             }),
-            prefixes: policy.lpm_v4.len().max(policy.lpm_v6.len()),
-            table_chunks: table.then(|| {
-                let need = chunks_needed(&policy.lpm_v4);
-                (need + need / 4 + MIN_CHUNKS).min(MAX_CHUNKS as usize)
-            }),
         }
+    }
+
+    /// Whether maps loaded with these sizes take a policy that asks for `need`: the same
+    /// tables, each at least as large.
+    pub fn covers(&self, need: &Self) -> bool {
+        let at_least = |have: Option<usize>, want: Option<usize>| match (have, want) {
+            (Some(h), Some(w)) => h >= w,
+            (None, None) => true,
+            _ => false,
+        };
+        self.prefixes >= need.prefixes
+            && at_least(self.table_chunks, need.table_chunks)
+            && at_least(self.table6_ranges, need.table6_ranges)
     }
 
     /// Kernel memory of the tables of both sets in bytes (0 without a table).
@@ -382,4 +462,106 @@ pub fn holds(ebpf: &Ebpf, name: &str, bytes: &[u8]) -> anyhow::Result<bool> {
     // SAFETY: reads `bytes.len() <= m.len` bytes of the mapping.
     let have = unsafe { std::slice::from_raw_parts(m.ptr.cast::<u8>(), bytes.len()) };
     Ok(have == bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write as _;
+
+    use super::Capacity;
+    use crate::{config::parse, policy::compile};
+
+    /// A policy of `v4` and `v6` prefixes in two regions (/26s, four to a /24, that merge into
+    /// /24s; /64s), `rules` rule prefixes repeating region prefixes, and `lookup`.
+    fn text(v4: usize, v6: usize, rules: usize, lookup: &str) -> String {
+        let mut t =
+            format!("mode = \"enforce\"\nallowlist = [\"a\"]\n{lookup}\n[regions.a]\nprefixes = [");
+        t.push_str("\"2001:db9::/32\",");
+        for i in 0..v4 {
+            let c = i / 4;
+            let _ = write!(t, "\"10.{}.{}.{}/26\",", c / 256, c % 256, (i % 4) * 64);
+        }
+        t.push_str("]\n[regions.b]\nprefixes = [\"192.0.2.0/24\",");
+        for i in 0..v6 {
+            let _ = write!(t, "\"2001:db8:{:x}:{:x}::/64\",", i / 65536, i % 65536);
+        }
+        t.push_str("]\n");
+        for i in 0..rules {
+            let _ = write!(
+                t,
+                "[[rules]]\nname = \"r{i}\"\naction = \"deny\"\nto = [\"2001:db8:0:{i:x}::/64\"]\n"
+            );
+        }
+        t
+    }
+
+    fn both(text: &str) -> (Option<Capacity>, Capacity) {
+        let cfg = parse(std::path::Path::new("t.toml"), text).expect("valid config");
+        (
+            Capacity::for_config(&cfg),
+            Capacity::for_policy(&compile(&cfg)),
+        )
+    }
+
+    /// The sizes taken from the configuration before the compile hold the compiled policy,
+    /// with the same tables: merged /26s, rule prefixes repeating region prefixes.
+    #[test]
+    fn sizes_from_the_configuration_cover_the_compiled_policy() {
+        for (v4, v6, rules, lookup) in [
+            (0, 0, 0, ""),
+            (
+                3000,
+                2000,
+                0,
+                "ipv4_lookup = \"table\"\nipv6_lookup = \"table\"",
+            ),
+            (3000, 2000, 3, "ipv4_lookup = \"table\""),
+            (100, 1500, 0, ""),
+            (100, 10, 2, "ipv4_lookup = \"trie\"\nipv6_lookup = \"trie\""),
+        ] {
+            let (early, need) = both(&text(v4, v6, rules, lookup));
+            let early = early.expect("known before the compile");
+            assert!(
+                early.covers(&need),
+                "{v4} {v6} {rules} {lookup}: {early:?} does not cover {need:?}"
+            );
+            assert_eq!(early.table_chunks.is_some(), need.table_chunks.is_some());
+            assert_eq!(early.table6_ranges.is_some(), need.table6_ranges.is_some());
+        }
+    }
+
+    /// `auto` with a count that rule prefixes may or may not raise past the threshold is
+    /// left to the compile; without rules it is known.
+    #[test]
+    fn auto_near_the_threshold_waits_for_the_compile() {
+        // Region `a` holds one IPv6 prefix besides these.
+        let min = crate::config::AUTO_TABLE6_MIN_PREFIXES - 1;
+        assert!(both(&text(0, min - 1, 1, "")).0.is_none());
+        let (early, need) = both(&text(0, min - 1, 0, ""));
+        assert_eq!(early.map(|e| e.table6_ranges.is_some()), Some(false));
+        assert!(need.table6_ranges.is_none());
+        let (early, need) = both(&text(0, min, 0, ""));
+        assert!(early.is_some_and(|e| e.covers(&need)));
+        assert!(need.table6_ranges.is_some() == egressd_common::TABLE6_IN_PROGRAMS);
+    }
+
+    #[test]
+    fn covers_asks_for_the_same_tables() {
+        let small = Capacity::tries(10);
+        let table = Capacity {
+            table_chunks: Some(5000),
+            ..Capacity::tries(10)
+        };
+        assert!(table.covers(&table));
+        assert!(!small.covers(&table));
+        assert!(!table.covers(&small));
+        assert!(!Capacity::tries(9).covers(&small));
+        assert!(
+            !Capacity {
+                table_chunks: Some(4999),
+                ..table
+            }
+            .covers(&table)
+        );
+    }
 }
