@@ -428,7 +428,7 @@ pub const MAX_ROUTE_ADDRS: usize = 4;
 pub const SCRATCH_SLOTS: u32 = 4;
 /// Size in bytes of one scratch slot (the eBPF crate's `addr::Scratch`, checked there at
 /// compile time): a pinned scratch map of another size is replaced.
-pub const SCRATCH_BYTES: u32 = 280;
+pub const SCRATCH_BYTES: u32 = 288;
 
 /// Policy mode codes of [`GlobalPolicy::mode`].
 pub mod mode {

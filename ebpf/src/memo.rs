@@ -13,10 +13,15 @@
 //! judged as before; the memo only ever saves work.
 //!
 //! Cgroup programs run with migration disabled, not preemption: a program can run nested
-//! on this CPU (a softirq) inside another. A sequence count guards the slot: a writer makes
-//! it odd while it writes (and gives up if it finds it odd: it interrupted a writer), a
-//! reader misses on an odd or changed count. One CPU sees its own stores in program order,
-//! and the accesses are volatile, so the compiler keeps that order.
+//! on this CPU (a softirq) inside another, and on a preemptible kernel a task's program can
+//! be preempted by another task's. A sequence count guards the slot against nesting: a
+//! writer makes it odd while it writes (and gives up if it finds it odd: it interrupted a
+//! writer), a reader misses on an odd or changed count. Two preempted writers can both
+//! find the count even and interleave their stores (no compare-and-swap before 5.12), so
+//! the entry also carries a check word, a mix of all its fields written after them: a
+//! reader that read fields of two entries misses on the check (a 64-bit mix; a mixed
+//! entry passes only by a collision). One CPU sees its own stores in program order, and
+//! the accesses are volatile, so the compiler keeps that order.
 use aya_ebpf::{bindings::__sk_buff, helpers::generated::bpf_get_socket_cookie};
 
 use crate::addr::{self, Scratch};
@@ -36,6 +41,30 @@ pub struct Memo {
     route_check: u64,
     /// Region of the destination (the verdict is Allow).
     region: u64,
+    /// [`check`] of the fields above, written after them.
+    check: u64,
+}
+
+/// A 64-bit mix of an entry's fields (splitmix64's finalizer folded over them), so that an
+/// entry whose fields come from two writers does not match its check word.
+#[inline(always)]
+fn check(cookie: u64, flow: [u64; 3], generation: u64, route_check: u64, region: u64) -> u64 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    for v in [
+        cookie,
+        flow[0],
+        flow[1],
+        flow[2],
+        generation,
+        route_check,
+        region,
+    ] {
+        h ^= v;
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+    }
+    h
 }
 
 /// The socket cookie of the packet's socket (`skb->sk` must not be null).
@@ -77,29 +106,40 @@ pub fn keep(cookie: u64, flow: [u64; 3], generation: u64, route_check: u64, regi
     put(&mut m.generation, generation);
     put(&mut m.route_check, route_check);
     put(&mut m.region, u64::from(region));
+    put(
+        &mut m.check,
+        check(cookie, flow, generation, route_check, u64::from(region)),
+    );
     put(&mut m.seq, seq.wrapping_add(2));
 }
 
 /// The region remembered for exactly this socket, flow and generation (and, given
-/// `route_check`, next-hop check), else `None`.
+/// `route_check`, next-hop check), else `None`. Every field is read once, then the check
+/// word and the sequence count: a miss on any doubt.
 #[inline(always)]
 pub fn find(cookie: u64, flow: [u64; 3], generation: u64, route_check: Option<u64>) -> Option<u32> {
     let sc: &Scratch = addr::scratch(0)?;
     let m = &sc.memo;
     let seq = get(&m.seq);
-    if seq & 1 != 0
-        || get(&m.cookie) != cookie
-        || get(&m.flow[0]) != flow[0]
-        || get(&m.flow[1]) != flow[1]
-        || get(&m.flow[2]) != flow[2]
-        || get(&m.generation) != generation
-        || route_check.is_some_and(|c| get(&m.route_check) != c)
+    if seq & 1 != 0 {
+        return None;
+    }
+    let e_cookie = get(&m.cookie);
+    let e_flow = [get(&m.flow[0]), get(&m.flow[1]), get(&m.flow[2])];
+    let e_generation = get(&m.generation);
+    let e_route = get(&m.route_check);
+    let e_region = get(&m.region);
+    let e_check = get(&m.check);
+    if get(&m.seq) != seq
+        || e_check != check(e_cookie, e_flow, e_generation, e_route, e_region)
+        || e_cookie != cookie
+        || e_flow[0] != flow[0]
+        || e_flow[1] != flow[1]
+        || e_flow[2] != flow[2]
+        || e_generation != generation
+        || route_check.is_some_and(|c| e_route != c)
     {
         return None;
     }
-    let region = get(&m.region) as u32;
-    if get(&m.seq) != seq {
-        return None;
-    }
-    Some(region)
+    Some(e_region as u32)
 }

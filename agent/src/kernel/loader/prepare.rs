@@ -137,22 +137,28 @@ impl Enforcer {
         let pinned = pinned_maps(dir)?;
         let had_pins = !pinned.is_empty();
         let is_pinned = |name: &str| pinned.iter().any(|(n, _)| n == name);
-        // Cached socket verdicts carry the generation they were judged under. A generation
-        // map recreated under a surviving cache would count from 1 again and make old
-        // verdicts look current: the cache goes with it (its sockets are judged again).
-        if is_pinned(maps::SOCKETS) && !is_pinned(maps::GENERATION) {
-            let path = dir.map(maps::SOCKETS);
-            std::fs::remove_file(&path).with_context(|| {
-                format!(
-                    "removing the verdict cache pin {} (its generation map is gone)",
-                    path.display()
-                )
-            })?;
-            tracing::warn!(
-                pin_dir = %dir.root.display(),
-                "the pinned generation map was missing: dropped the pinned verdict cache, \
-                 every socket is judged again"
-            );
+        // Cached socket verdicts and the packet hooks' handshake memo (in the scratch map)
+        // carry the generation they were judged under. A generation map recreated under a
+        // surviving cache would count from 1 again and make old verdicts look current: both
+        // go with it (their sockets are judged again).
+        if !is_pinned(maps::GENERATION) {
+            for cache in [maps::SOCKETS, maps::SCRATCH]
+                .into_iter()
+                .filter(|m| is_pinned(m))
+            {
+                let path = dir.map(cache);
+                std::fs::remove_file(&path).with_context(|| {
+                    format!(
+                        "removing the verdict cache pin {} (its generation map is gone)",
+                        path.display()
+                    )
+                })?;
+                tracing::warn!(
+                    pin = %path.display(),
+                    "the pinned generation map was missing: dropped this pinned cache of \
+                     verdicts, every socket is judged again"
+                );
+            }
         }
         let mut e = Self::open_in(cap, Some(dir))?;
         let generation: Array<_, u64> = Array::try_from(map(&mut e.ebpf, maps::GENERATION)?)?;
