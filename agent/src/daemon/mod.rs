@@ -486,6 +486,19 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             extra,
         })
     };
+    let beat = |c: anyhow::Result<Counters>| match c {
+        Ok(c) => pipeline.submit(&lifecycle(
+            LifecycleBody::Heartbeat {
+                counters: c,
+                interval_secs: output.heartbeat_secs,
+            },
+            "heartbeat",
+        )),
+        Err(e) => tracing::error!(
+            error = format!("{e:#}"),
+            "reading counters for the heartbeat"
+        ),
+    };
     let mut tamper_repairs = 0u64;
     let start_lookup = policy.ipv4_lookup;
     // Set after a read that found a flood: the ring buffer is read again from then on.
@@ -506,15 +519,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 tracing::info!("SIGUSR1: reopening sinks");
                 pipeline.reopen();
             }
-            _ = heartbeat.tick(), if output.heartbeat_secs > 0 => {
-                match counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped(), &summaries) {
-                    Ok(c) => pipeline.submit(&lifecycle(
-                        LifecycleBody::Heartbeat { counters: c, interval_secs: output.heartbeat_secs },
-                        "heartbeat",
-                    )),
-                    Err(e) => tracing::error!(error = format!("{e:#}"), "reading counters for the heartbeat"),
-                }
-            }
+            _ = heartbeat.tick(), if output.heartbeat_secs > 0 => beat(
+                counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped(), &summaries),
+            ),
             guard = ring.readable_mut(), if ring_rest.is_none() => {
                 let mut guard = guard.context("polling the ring buffer")?;
                 let n = drain(guard.get_inner_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
@@ -705,7 +712,29 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         }
     }
     let pinned = enforcer.pin_dir().is_some();
-    drop(enforcer);
+    // Detaching can take seconds (7 s measured in a 6.1 guest while another daemon
+    // started): heartbeats go on meanwhile, so the stream an auditor verifies has no silent
+    // gap before `agent_stop`. Should the thread not start, the closure (and with it the
+    // enforcer) is dropped here, which detaches.
+    match std::thread::Builder::new()
+        .name("egressd-detach".into())
+        .spawn(move || drop(enforcer))
+    {
+        Ok(detach) => {
+            while !detach.is_finished() {
+                tokio::select! {
+                    _ = heartbeat.tick(), if output.heartbeat_secs > 0 => beat(
+                        counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped(), &summaries),
+                    ),
+                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            }
+            if detach.join().is_err() {
+                tracing::error!("the thread detaching the programs panicked");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "no thread to detach on: detached without heartbeats"),
+    }
     if pinned {
         tracing::info!(
             "exiting; the pinned programs stay attached (`egressd detach` removes them)"
