@@ -25,7 +25,8 @@ pub mod watch;
 
 mod reload;
 use reload::{
-    Candidate, EarlyLoad, Fallback, Ids, degraded, fall_back, keep_last_good, put_in_force, reload,
+    Candidate, EarlyLoad, Fallback, Ids, degraded, fall_back, keep_last_good, prepare,
+    put_in_force, reload,
 };
 use std::{
     path::{Path, PathBuf},
@@ -206,13 +207,10 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     let started = Instant::now();
     let coverage = crate::kernel::coverage::probe_for_start();
     let mut adopted = None;
-    let prepare = |cap| match &pin_dir {
-        Some(dir) => Enforcer::prepare_pinned(cap, &cgroup, dir),
-        None => Enforcer::prepare(cap, &cgroup),
-    };
+    let prepare_here = |cap| prepare(cap, &cgroup, pin_dir.as_ref());
     let prepared = |p: &Policy| match early {
-        Some(early) => early.take(p, prepare),
-        None => prepare(Capacity::for_policy(p)),
+        Some(early) => early.take(p, prepare_here),
+        None => prepare_here(Capacity::for_policy(p)),
     };
     let (mut enforcer, generation) = match &pin_dir {
         Some(dir) => {
@@ -716,17 +714,21 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     // started): heartbeats go on meanwhile, so the stream an auditor verifies has no silent
     // gap before `agent_stop`. Should the thread not start, the closure (and with it the
     // enforcer) is dropped here, which detaches.
+    let (done, mut detached) = tokio::sync::oneshot::channel::<()>();
     match std::thread::Builder::new()
         .name("egressd-detach".into())
-        .spawn(move || drop(enforcer))
-    {
+        .spawn(move || {
+            drop(enforcer);
+            drop(done);
+        }) {
         Ok(detach) => {
-            while !detach.is_finished() {
+            // Resolves when `done` is dropped: after the detach, or in a panic.
+            loop {
                 tokio::select! {
+                    _ = &mut detached => break,
                     _ = heartbeat.tick(), if output.heartbeat_secs > 0 => beat(
                         counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped(), &summaries),
                     ),
-                    () = tokio::time::sleep(Duration::from_millis(10)) => {}
                 }
             }
             if detach.join().is_err() {

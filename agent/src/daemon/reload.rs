@@ -269,6 +269,22 @@ pub(super) fn keep_last_good(
     }
 }
 
+/// The first half of a start ([`Enforcer::prepare`], or [`Enforcer::prepare_pinned`] under
+/// `pins`) with maps of `cap`.
+///
+/// # Errors
+/// Theirs.
+pub(super) fn prepare(
+    cap: Capacity,
+    cgroup: &Path,
+    pins: Option<&crate::kernel::pin::PinDir>,
+) -> anyhow::Result<Prepared> {
+    match pins {
+        Some(dir) => Enforcer::prepare_pinned(cap, cgroup, dir),
+        None => Enforcer::prepare(cap, cgroup),
+    }
+}
+
 /// The programs of a start, loaded and verified on a thread of their own while the policy
 /// compiles, with map sizes taken from the configuration ([`Capacity::for_config`]).
 pub(super) struct EarlyLoad {
@@ -293,10 +309,7 @@ impl EarlyLoad {
             .name("egressd-load".into())
             .spawn(move || {
                 let t = std::time::Instant::now();
-                let prepared = match &pins {
-                    Some(dir) => Enforcer::prepare_pinned(cap, &cgroup, dir),
-                    None => Enforcer::prepare(cap, &cgroup),
-                };
+                let prepared = prepare(cap, &cgroup, pins.as_ref());
                 tracing::debug!(
                     ms = t.elapsed().as_millis(),
                     "programs loaded while the policy compiled"
