@@ -56,7 +56,11 @@ impl Listener {
             let mut buf = [0u8; 2048];
             let mut conns: Vec<std::net::TcpStream> = Vec::new();
             while !stop2.load(Ordering::Relaxed) {
-                if let Ok((c, _)) = tcp.accept() {
+                // Every connection waiting, not one per round: a round can wait 5 ms for a
+                // datagram, and a client connecting faster than that would fill the accept
+                // queue, whose overflow drops SYNs (a 1 s retransmit the client sees as a
+                // slow or timed-out connect).
+                while let Ok((c, _)) = tcp.accept() {
                     served2.fetch_add(1, Ordering::Relaxed);
                     if c.set_nonblocking(true).is_ok() {
                         conns.push(c);
