@@ -401,11 +401,15 @@ pub fn parse_probe_output(stdout: &[u8]) -> Result<Vec<ProbeResult>, Failed> {
         .map_err(|e| format!("probe output: {e}").into())
 }
 
-/// The probe client repeating `probes` for `for_ms` milliseconds in the background.
+/// The probe client repeating `probes` for `for_ms` milliseconds in the background; its
+/// results are read as they come, so a test can pace itself to them.
 pub struct ProbeLoop {
-    run: std::thread::JoinHandle<std::io::Result<std::process::Output>>,
+    child: Child,
+    /// Parses the client's output into `results` until it ends.
+    reader: std::thread::JoinHandle<Result<(), String>>,
+    results: std::sync::Arc<std::sync::Mutex<Vec<ProbeResult>>>,
     /// Closed by [`ProbeLoop::finish`]: the client's `--until-eof` stop signal.
-    stdin: Option<std::process::ChildStdin>,
+    stdin: Option<ChildStdin>,
 }
 
 impl ProbeLoop {
@@ -431,22 +435,62 @@ impl ProbeLoop {
             .spawn()
             .map_err(|e| e.to_string())?;
         let stdin = child.stdin.take();
+        let stdout = child.stdout.take().ok_or("probe loop: no stdout")?;
+        let results = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = results.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let line = line.map_err(|e| format!("probe output: {e}"))?;
+                let r: ProbeResult =
+                    serde_json::from_str(&line).map_err(|e| format!("probe output {line}: {e}"))?;
+                sink.lock().map_err(|_| "probe results poisoned")?.push(r);
+            }
+            Ok(())
+        });
         Ok(Self {
-            run: std::thread::spawn(move || child.wait_with_output()),
+            child,
+            reader,
+            results,
             stdin,
         })
+    }
+
+    /// Attempts so far that started at or after `from_ns` and ended by `to_ns`
+    /// (`CLOCK_MONOTONIC`): how many succeeded and how many failed.
+    pub fn outcomes_between(&self, from_ns: u64, to_ns: u64) -> (usize, usize) {
+        let Ok(results) = self.results.lock() else {
+            return (0, 0);
+        };
+        let within = results
+            .iter()
+            .rev()
+            .take_while(|r| r.t0_ns >= from_ns)
+            .filter(|r| r.t1_ns <= to_ns);
+        within.fold((0, 0), |(ok, failed), r| {
+            if r.ok {
+                (ok + 1, failed)
+            } else {
+                (ok, failed + 1)
+            }
+        })
+    }
+
+    /// The loop has ended (its time is up, or it failed).
+    pub fn ended(&self) -> bool {
+        self.reader.is_finished()
     }
 
     /// Stops the loop (when started `until_finish`), waits for it to end and returns every
     /// result, in order.
     pub fn finish(mut self) -> Result<Vec<ProbeResult>, Failed> {
         drop(self.stdin.take());
-        let out = self
-            .run
-            .join()
-            .map_err(|_| "probe thread panicked")?
-            .map_err(|e| e.to_string())?;
-        parse_probe_output(&out.stdout)
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        self.reader.join().map_err(|_| "probe reader panicked")??;
+        if !status.success() {
+            return Err(format!("probe loop failed: {status}").into());
+        }
+        let results = std::mem::take(&mut *self.results.lock().map_err(|_| "poisoned")?);
+        Ok(results)
     }
 }
 
