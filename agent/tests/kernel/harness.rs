@@ -396,9 +396,13 @@ impl SignalState {
 pub fn parse_probe_output(stdout: &[u8]) -> Result<Vec<ProbeResult>, Failed> {
     String::from_utf8_lossy(stdout)
         .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("probe output: {e}").into())
+        .map(|l| parse_probe_line(l).map_err(Failed::from))
+        .collect()
+}
+
+/// One line of the probe client's output; the error names the line.
+pub fn parse_probe_line(line: &str) -> Result<ProbeResult, String> {
+    serde_json::from_str(line).map_err(|e| format!("bad probe output {line:?}: {e}"))
 }
 
 /// The probe client repeating `probes` for `for_ms` milliseconds in the background; its
@@ -441,8 +445,7 @@ impl ProbeLoop {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let line = line.map_err(|e| format!("probe output: {e}"))?;
-                let r: ProbeResult =
-                    serde_json::from_str(&line).map_err(|e| format!("probe output {line}: {e}"))?;
+                let r = parse_probe_line(&line)?;
                 sink.lock().map_err(|_| "probe results poisoned")?.push(r);
             }
             Ok(())
@@ -508,10 +511,7 @@ pub fn probe(tb: &Testbed, repeat: u32, probes: &[String]) -> Result<Vec<ProbeRe
     if !out.status.success() {
         return Err(format!("probe failed: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).map_err(|e| format!("bad probe output {l}: {e}").into()))
-        .collect()
+    parse_probe_output(&out.stdout)
 }
 
 pub fn tcp(host: &str) -> String {
@@ -655,7 +655,7 @@ impl LiveProbe {
         self.stdout
             .read_line(&mut line)
             .map_err(|e| e.to_string())?;
-        serde_json::from_str(&line).map_err(|e| format!("bad probe output {line:?}: {e}").into())
+        parse_probe_line(&line).map_err(Failed::from)
     }
 
     /// Lets a waiting `tcp-hold` go on.
