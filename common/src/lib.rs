@@ -36,11 +36,15 @@ pub mod maps {
     /// of [`crate::table::Page8`] pages; entry `chunk * 256 + (a & 0xff)` is an entry id.
     pub const TABLE8: [&str; 2] = ["EGRESSD_TABLE8_A_V1", "EGRESSD_TABLE8_B_V1"];
     /// IPv6 lookup table, per set: `BPF_MAP_TYPE_ARRAY` with `BPF_F_MMAPABLE` of `u64`,
-    /// [`crate::table6::INDEX_ENTRIES`] of them when the table is in use (1 otherwise).
+    /// [`crate::table6::index_entries`] of them when the table is in use (1 otherwise).
     /// Element [`crate::table6::IN_USE`] is 1 when the set looks IPv6 up in the table (0: in
-    /// its LPM trie); element `1 + b` describes the /16 bucket `b`: the low 32 bits are the
-    /// index of the last range starting before it, the high 32 bits one past the index of
-    /// its last range (see [`crate::table6`]).
+    /// its LPM trie); element `1 + b` describes the /16 bucket `b`, and the chunks after them
+    /// the longer buckets inside dense ones: either a bucket (low 32
+    /// bits: the index of the last range starting before it; high 32 bits: one past the
+    /// index of its last range) or [`crate::table6::CHUNK`] with a chunk number (see
+    /// [`crate::table6`]). An index of [`crate::table6::INDEX_ENTRIES`] elements, as egressd
+    /// made before the chunks, has no room for any and is filled without them: the layout
+    /// without chunks is the same.
     pub const TABLE6_INDEX: [&str; 2] = ["EGRESSD_TABLE6_INDEX_A_V1", "EGRESSD_TABLE6_INDEX_B_V1"];
     /// IPv6 lookup table, per set: `BPF_MAP_TYPE_ARRAY` with `BPF_F_MMAPABLE` of
     /// [`crate::table6::Range6`], ascending by first address; range 0 starts at `::`.
@@ -475,20 +479,52 @@ pub mod table {
 }
 
 /// Layout of the IPv6 lookup table ([`maps::TABLE6_INDEX`], [`maps::TABLE6_RANGES`]): the
-/// address space cut into disjoint ranges, each deciding one entry id, found by a binary
-/// search over the range starts of the destination's /16. One map element per bucket and
-/// per range (not pages): the kernel then reads them by key at a constant offset, so the
-/// verifier need not track the search indices precisely and prunes the search's paths.
-/// Filled through `mmap` like [`table`].
+/// address space cut into disjoint ranges, each deciding one entry id. The index maps the
+/// destination's /16 to a bucket of ranges, or, for a /16 holding more than a few ranges, to
+/// a chunk of [`CHUNK_ENTRIES`] buckets indexed by the next [`STRIDE`] bits (a multibit trie
+/// over the buckets, at most [`SUB_LEVELS`] deep, down to /40); the kernel then
+/// binary-searches the bucket's range starts. One map element per bucket and per range (not
+/// pages): the kernel then reads them by key at a constant offset, so the verifier need not
+/// track the search indices precisely and prunes the search's paths. Filled through `mmap`
+/// like [`table`].
 pub mod table6 {
     /// Index element that is 1 when the set uses the table.
     pub const IN_USE: u32 = 0;
-    /// Index elements: the flag, then one per /16 bucket.
+    /// Index elements before the chunks: the flag, then one per /16 bucket.
     pub const INDEX_ENTRIES: u32 = 1 + (1 << 16);
+    /// Address bits a chunk level indexes: a chunk's elements are the buckets of the values
+    /// of the next `STRIDE` bits.
+    pub const STRIDE: u32 = 4;
+    /// Elements of one chunk.
+    pub const CHUNK_ENTRIES: u32 = 1 << STRIDE;
+    /// Chunk levels below the /16 buckets: down to /40 (/20, /24, ... /40).
+    pub const SUB_LEVELS: u32 = 24 / STRIDE;
+    /// Flag of an index element that points to a chunk: its low 32 bits are the chunk's
+    /// number `c`, whose elements are `INDEX_ENTRIES + c * CHUNK_ENTRIES ..`.
+    pub const CHUNK: u64 = 1 << 63;
+    /// Most chunks an index may hold (2^19: 64 MiB of index).
+    pub const MAX_CHUNKS: u32 = 1 << 19;
     /// Most ranges a table may hold (2^21).
     pub const MAX_RANGES: usize = 1 << 21;
     /// Steps of the kernel's binary search: log2([`MAX_RANGES`]) + 1.
     pub const SEARCH_STEPS: u32 = 22;
+
+    /// Index elements of a table with room for `chunks` chunks.
+    pub const fn index_entries(chunks: u32) -> u32 {
+        INDEX_ENTRIES + chunks * CHUNK_ENTRIES
+    }
+
+    /// Chunks a table with room for `ranges` ranges gets: one per 8 ranges (a chunk, 128
+    /// bytes, costs about two thirds of the 8 ranges' 192), at least 16, at most
+    /// [`MAX_CHUNKS`].
+    pub const fn chunk_budget(ranges: usize) -> u32 {
+        let c = ranges / 8 + 16;
+        if c > MAX_CHUNKS as usize {
+            MAX_CHUNKS
+        } else {
+            c as u32
+        }
+    }
 
     /// One range: its first address (host byte order, in two halves) and its entry id.
     /// 24 bytes.

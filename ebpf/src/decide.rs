@@ -4,7 +4,7 @@ use egressd_common::{
     MAX_ENTRIES, MAX_PORT_RULES, REGION_LOCAL, REGION_UNKNOWN, Verdict, action, failsafe, family,
     set_of,
     table::{CHUNK, CHUNK_ENTRIES, PER_PAGE8, PER_PAGE24},
-    table6::{IN_USE, SEARCH_STEPS},
+    table6::{self, IN_USE, SEARCH_STEPS, SUB_LEVELS},
     unwrap,
 };
 
@@ -326,9 +326,10 @@ fn table6(hi: u64, lo: u64, set: usize) -> Result<Option<u32>, u32> {
 }
 
 /// The range-table search for address `hi`:`lo` (host byte order halves) in set `set`: the
-/// entry id, or [`TABLE6_UNUSED`] / [`TABLE6_NO_PAGE`]. A binary search over the range
-/// starts of the destination's /16: one index read, then [`SEARCH_STEPS`] steps of at most
-/// one array read each (layout in `egressd_common::table6`).
+/// entry id, or [`TABLE6_UNUSED`] / [`TABLE6_NO_PAGE`]. One index read for the /16, one
+/// more per chunk level under it (at most [`SUB_LEVELS`]), then a binary search over the
+/// bucket's range starts: [`SEARCH_STEPS`] steps of at most one array read each (layout in
+/// `egressd_common::table6`).
 ///
 /// A global function (exported by the linker, see `build.rs`, so its BTF linkage is global):
 /// the verifier checks it once, on its own, instead of again on every path of every program
@@ -344,13 +345,33 @@ pub extern "C" fn egressd_table6_lookup(set: u64, hi: u64, lo: u64) -> u64 {
     if index.get(IN_USE).is_none_or(|f| *f != 1) {
         return TABLE6_UNUSED;
     }
-    let Some(bucket) = index.get(1 + (hi >> 48) as u32) else {
+    let Some(top) = index.get(1 + (hi >> 48) as u32) else {
         return TABLE6_NO_PAGE;
     };
-    // Range `base` starts before the /16 (or is the one at `::`), so at or before the
-    // address; ranges from `end` on start in a later /16.
-    let mut base = *bucket as u32;
-    let end = (*bucket >> 32) as u32;
+    let mut bucket = *top;
+    // A dense bucket points to a chunk indexed by the next `STRIDE` bits.
+    let mut shift = 48 - table6::STRIDE;
+    for _ in 0..SUB_LEVELS {
+        if bucket & table6::CHUNK == 0 {
+            break;
+        }
+        let at = table6::INDEX_ENTRIES
+            .wrapping_add((bucket as u32).wrapping_mul(table6::CHUNK_ENTRIES))
+            .wrapping_add(((hi >> shift) as u32) & (table6::CHUNK_ENTRIES - 1));
+        let Some(sub) = index.get(at) else {
+            return TABLE6_NO_PAGE;
+        };
+        bucket = *sub;
+        shift = shift.wrapping_sub(table6::STRIDE);
+    }
+    if bucket & table6::CHUNK != 0 {
+        // Deeper than the layout allows: a damaged index, never the default decision.
+        return TABLE6_NO_PAGE;
+    }
+    // Range `base` starts before the bucket (or is the one at `::`), so at or before the
+    // address; ranges from `end` on start in a later bucket.
+    let mut base = bucket as u32;
+    let end = (bucket >> 32) as u32;
     // Binary lifting: the last range below `end` starting at or before the address, found by
     // trying steps of 2^21 down to 1.
     let mut step = 1u32 << (SEARCH_STEPS - 1);

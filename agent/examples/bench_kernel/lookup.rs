@@ -13,9 +13,10 @@
 //!   one `memcpy`, so a lookup is at most two array lookups;
 //! - `range6`: egressd's IPv6 range table ([`Table6::compile`], what egressd loads with
 //!   `ipv6_lookup = "table"` or, by default, from 1,024 IPv6 prefixes): one index element
-//!   per /16, then a binary search (binary lifting, 22 steps, one array read per step that
-//!   falls inside the /16's ranges) over the sorted disjoint ranges, as `ebpf/src/decide.rs`
-//!   does it (stream only).
+//!   per /16 and one per chunk level under a dense /16 (4 bits each, to /40), then a binary
+//!   search (binary lifting, 22 steps, one array read per step that falls inside the
+//!   bucket's ranges) over the sorted disjoint ranges, as `ebpf/src/decide.rs` does it
+//!   (stream only).
 //!
 //! Each structure is timed two ways: one test run per destination (`repeat = 1`: a single
 //! lookup with everything cold, test-run overhead included, see [`trivial`]), and a *stream*:
@@ -30,6 +31,7 @@ use std::{
 };
 
 use egressd::policy::{table::Table4, table6::Table6};
+use egressd_common::table6::{CHUNK_ENTRIES, INDEX_ENTRIES, STRIDE, SUB_LEVELS};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::rawbpf::{self, F_MMAPABLE, F_NO_PREALLOC, Insn, MAP_ARRAY, MAP_LPM_TRIE, asm::*};
@@ -264,6 +266,8 @@ pub struct Range6 {
     pub load_ns: u64,
     /// Ranges in the table.
     pub len: usize,
+    /// Chunks in its index.
+    pub chunks: usize,
     /// Kernel memory of both maps in bytes.
     pub bytes: u64,
 }
@@ -273,7 +277,11 @@ impl Range6 {
     /// region id from egressd's reference model), and loads it as egressd does.
     pub fn new(prefixes: &[(Ipv6Network, u32)], expect: &[(Ipv6Addr, u32)]) -> io::Result<Self> {
         let t = Instant::now();
-        let table = Table6::compile(prefixes).map_err(io::Error::other)?;
+        // Capacity as the daemon sizes it for these prefixes (`Capacity::for_policy`).
+        let need = 2 * prefixes.len() + 1;
+        let capacity = (need + need / 4 + 4096).min(egressd_common::table6::MAX_RANGES);
+        let budget = egressd_common::table6::chunk_budget(capacity);
+        let table = Table6::compile(prefixes, budget).map_err(io::Error::other)?;
         let compile_ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
         for (a, want) in expect {
             let got = table.lookup(*a);
@@ -294,6 +302,7 @@ impl Range6 {
             compile_ns,
             load_ns,
             len: table.len(),
+            chunks: table.chunks(),
             bytes: pages(table.index_bytes().len()) + pages(table.ranges_bytes().len()),
         })
     }
@@ -424,6 +433,28 @@ fn range6_lookup(a: &mut Asm, t: &Range6) {
     a.map_lookup(&t.index, R6_KEY);
     a.jump(jeq_imm(0, 0, 0), "next");
     a.push(ldx_dw(1, 0, 0));
+    // Chunk levels: while the element is `CHUNK | c`, read element
+    // `INDEX_ENTRIES + c * CHUNK_ENTRIES + the next STRIDE bits`.
+    for level in 0..SUB_LEVELS {
+        a.push(mov_reg(2, 1));
+        a.push(rsh_imm(2, 63));
+        a.jump(jeq_imm(2, 0, 0), "r6_bucket");
+        a.push(lsh_imm(1, 32));
+        a.push(rsh_imm(1, 32 - STRIDE as i32));
+        a.push(add_imm(1, INDEX_ENTRIES as i32));
+        a.push(ldx_dw(2, 10, R6_HI));
+        a.push(rsh_imm(2, (48 - STRIDE * (level + 1)) as i32));
+        a.push(and_imm(2, CHUNK_ENTRIES as i32 - 1));
+        a.push(add_reg(1, 2));
+        a.push(stx_w(10, key, 1));
+        a.map_lookup(&t.index, R6_KEY);
+        a.jump(jeq_imm(0, 0, 0), "next");
+        a.push(ldx_dw(1, 0, 0));
+    }
+    a.push(mov_reg(2, 1));
+    a.push(rsh_imm(2, 63));
+    a.jump(jne_imm(2, 0, 0), "next");
+    a.label("r6_bucket");
     a.push(mov_reg(2, 1));
     a.push(lsh_imm(1, 32));
     a.push(rsh_imm(1, 32));

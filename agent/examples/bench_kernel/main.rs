@@ -332,6 +332,7 @@ fn proto(policy: &Policy, first_runs: usize) -> anyhow::Result<Value> {
             "compile_ns": r6.compile_ns,
             "load_ns": r6.load_ns,
             "ranges": r6.len,
+            "chunks": r6.chunks,
             "bytes": r6.bytes,
         });
         out["stream"] = streams(policy, &trie4, &trie6, &dir, &r6)?;

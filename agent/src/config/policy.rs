@@ -147,9 +147,10 @@ pub enum Ipv6Lookup {
     /// The kernel's LPM trie: about 50 bytes per prefix; a lookup visits one node per
     /// distinguishing bit.
     Trie,
-    /// Sorted disjoint ranges binary-searched within the destination's /16
-    /// ([`crate::policy::table6`]): a 512 KiB index per policy set (two sets) plus 24 bytes
-    /// per range (at most two per prefix plus one).
+    /// Sorted disjoint ranges binary-searched within the destination's /16, or a longer
+    /// prefix of a dense /16 ([`crate::policy::table6`]): a 512 KiB index per policy set (two
+    /// sets) plus 24 bytes per range (at most two per prefix plus one) and 16 bytes of index
+    /// chunks per range of room.
     Table,
 }
 

@@ -540,9 +540,10 @@ mod tests {
              \"10.0.0.0/25\", \"10.0.0.128/25\"]\n",
         );
         let s = summary(&cfg, &policy);
-        // 2 x (512 KiB + 8 B index and (3 + 4096 spare) x 24 B of ranges, in whole pages).
+        // 2 x (512 KiB + 8 B index, 528 chunks of 128 B and (3 + 4096 spare) x 24 B of ranges,
+        // in whole pages).
         let lookup6 = if egressd_common::TABLE6_IN_PROGRAMS {
-            "IPv6 in the range table, 1.2 MiB of kernel memory for both policy sets"
+            "IPv6 in the range table, 1.3 MiB of kernel memory for both policy sets"
         } else {
             "IPv6 in the LPM trie"
         };

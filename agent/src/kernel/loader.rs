@@ -78,8 +78,8 @@ pub struct Enforcer {
     /// Whether each set's IPv6 trie holds the prefixes of `sets` (false when the set uses
     /// the IPv6 table).
     v6_in_trie: [bool; 2],
-    /// Ranges each set's IPv6 table holds; `None`: no table.
-    table6_ranges: Option<usize>,
+    /// Room of each set's IPv6 table; `None`: no table.
+    table6_room: Option<table::Room6>,
     /// Why the kernel refused the programs with the IPv6 table (they were loaded without).
     table6_refused: Option<String>,
     /// Pinned mode: the pin directory and the cgroup.
@@ -327,7 +327,7 @@ impl Enforcer {
         }
         let table_chunks = table::loaded_chunks(&ebpf)?;
         // Pinned maps may hold a table that these programs, loaded without it, never read.
-        let table6_ranges = table::loaded_ranges(&ebpf)?.filter(|_| table6_enabled == 1);
+        let table6_room = table::loaded_room6(&ebpf)?.filter(|_| table6_enabled == 1);
         let dup = |name: &str| -> anyhow::Result<std::os::fd::OwnedFd> {
             match ebpf.map(name) {
                 Some(aya::maps::Map::PerCpuArray(m)) => Ok(m.fd().as_fd().try_clone_to_owned()?),
@@ -342,9 +342,10 @@ impl Enforcer {
                  until `egressd detach` and a new start"
             );
         }
-        if cap.table6_ranges.is_some() && table6_ranges.is_none() {
+        if cap.table6_ranges.is_some() && table6_room.is_none() {
             tracing::warn!(
-                "the pinned IPv6 table maps were created without a table; IPv6 lookups use                  the LPM trie until `egressd detach` and a new start"
+                "the pinned IPv6 table maps were created without a table; IPv6 lookups use \
+                 the LPM trie until `egressd detach` and a new start"
             );
         }
         Ok(Self {
@@ -356,7 +357,7 @@ impl Enforcer {
             max_prefixes: max,
             table_chunks,
             v6_in_trie: [false; 2],
-            table6_ranges,
+            table6_room,
             table6_refused: None,
             pins: None,
             links: Vec::new(),
@@ -763,7 +764,7 @@ impl Enforcer {
         );
         let table6 = compile_table6(
             &policy,
-            self.table6_ranges,
+            self.table6_room,
             tables.as_mut().and_then(Tables::table6),
         );
         let v4_in_trie = if table { 0 } else { policy.lpm_v4.len() };

@@ -1,26 +1,45 @@
 //! The IPv6 lookup table: the address space cut into disjoint ranges, each deciding one entry
-//! id, binary-searched among the ranges that start in the destination's /16 (the layout is
-//! `egressd_common::table6`; Little Snitch for Linux searches sorted ranges too).
+//! id, binary-searched among the ranges of the destination's bucket: its /16, or in a /16
+//! holding more than [`DENSE`] ranges a longer prefix (/20, /24, ... /40) through chunks of
+//! the index, one per [`STRIDE`] bits (the layout is `egressd_common::table6`; Little Snitch
+//! for Linux searches sorted ranges too, DPDK's rte_fib6 indexes with multibit strides).
 //!
 //! A 128-bit address rules out a direct table like IPv4's DIR-24-8, and a multibit trie with
-//! 8-bit strides costs a 1 KiB chunk per stride of every long prefix (hundreds of MiB for
-//! 256k /32-/64 prefixes). Sorted ranges cost 24 bytes per range (at most two per prefix
-//! plus one) and a 512 KiB index; a lookup reads one index element and does about
-//! log2(ranges in the /16) range reads.
+//! 8-bit strides down to every prefix's length costs a 2 KiB chunk per stride of every long
+//! prefix (hundreds of MiB for 256k /32-/64 prefixes). Sorted ranges cost 24 bytes per range
+//! (at most two per prefix plus one) and a 512 KiB index; the chunks (128 bytes each), one
+//! per dense bucket and at most [`chunk_budget`] of them (one per 8 ranges), cut the search
+//! to a few ranges in one or two cache lines. They are small on purpose: a lookup that
+//! misses the cache and the TLB on a large index costs more than the search steps it saves.
+//! A lookup reads one index element, one per chunk level, and about log2(ranges in the
+//! bucket) + 1 ranges.
+use std::{cmp::Reverse, collections::BinaryHeap};
+
 use egressd_common::{
     table::PAGE_BYTES,
-    table6::{IN_USE, INDEX_ENTRIES, MAX_RANGES, Range6, SEARCH_STEPS},
+    table6::{
+        CHUNK, CHUNK_ENTRIES, IN_USE, INDEX_ENTRIES, MAX_RANGES, Range6, SEARCH_STEPS, STRIDE,
+        SUB_LEVELS, chunk_budget, index_entries,
+    },
 };
 use ipnetwork::Ipv6Network;
+
+/// A bucket with more ranges than this gets a chunk, while the budget lasts (a search of 8
+/// takes 4 reads; a chunk, 1).
+pub const DENSE: u32 = 8;
 
 /// A compiled table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Table6 {
-    /// [`IN_USE`] flag (1), then per /16 bucket: the index of the last range starting before
-    /// it (low 32 bits) and one past its last range (high 32 bits).
+    /// [`IN_USE`] flag (1), then per /16 bucket, then per chunk [`CHUNK_ENTRIES`] buckets: the
+    /// index of the
+    /// last range starting before the bucket (low 32 bits) and one past its last range (high
+    /// 32 bits), or [`CHUNK`] | the chunk number.
     pub index: Vec<u64>,
     /// The ranges, ascending; the first starts at `::`.
     pub ranges: Vec<Range6>,
+    /// Most chunks the index could have had: the maps' index must have room for that many.
+    pub budget: u32,
 }
 
 /// Why a policy does not fit the table.
@@ -73,48 +92,109 @@ pub fn ranges(entries: &[(Ipv6Network, u32)]) -> Vec<(u128, u32)> {
     out
 }
 
+/// First address of range `r`.
+fn start(r: &Range6) -> u128 {
+    (u128::from(r.hi) << 64) | u128::from(r.lo)
+}
+
+/// The buckets of the `2^width` values of the `width` address bits above bit `shift` among
+/// `ranges[first..end]`, which all start in one parent bucket: for each, the index of its
+/// first range and one past its last (equal when no range starts in it).
+fn split(ranges: &[Range6], first: usize, end: usize, shift: u32, width: u32) -> Vec<(u32, u32)> {
+    let n = 1usize << width;
+    // starts[v]: the first range whose bits are >= v.
+    let mut starts = vec![end as u32; n + 1];
+    let mut v = 0usize;
+    for (k, r) in ranges.iter().enumerate().take(end).skip(first) {
+        let bits = ((start(r) >> shift) as usize) & (n - 1);
+        while v <= bits {
+            starts[v] = k as u32;
+            v += 1;
+        }
+    }
+    starts.windows(2).map(|w| (w[0], w[1])).collect()
+}
+
+/// A bucket waiting for a chunk: (its range count, its index element (lowest first), its
+/// prefix length, its first range).
+type Dense = (u32, Reverse<usize>, u32, u32);
+
+/// Appends the index element of the bucket of ranges `first..end` (prefix length `prefix`)
+/// and queues it for a chunk when it is dense and a chunk level remains below it.
+fn push_bucket(
+    index: &mut Vec<u64>,
+    dense: &mut BinaryHeap<Dense>,
+    first: u32,
+    end: u32,
+    prefix: u32,
+) {
+    // The range before the bucket's first covers its start; range 0 starts at `::`, so the
+    // bucket at `::` (the only one whose first range can be 0) starts with it.
+    index.push(u64::from(first.saturating_sub(1)) | (u64::from(end) << 32));
+    if end - first > DENSE && prefix < 16 + STRIDE * SUB_LEVELS {
+        dense.push((end - first, Reverse(index.len() - 1), prefix, first));
+    }
+}
+
 impl Table6 {
-    /// Compiles `entries` (prefix, entry id; any order, each prefix once).
+    /// Compiles `entries` (prefix, entry id; any order, each prefix once) with at most
+    /// `budget` chunks (what the maps have room for: [`chunk_budget`] of their ranges when
+    /// egressd sized them), given to the densest buckets first (ties: the lower index
+    /// element), so the result depends only on the entries and the budget.
     ///
     /// # Errors
     /// [`TooManyRanges`] past [`MAX_RANGES`].
-    pub fn compile(entries: &[(Ipv6Network, u32)]) -> Result<Self, TooManyRanges> {
-        let r = ranges(entries);
-        if r.len() > MAX_RANGES {
-            return Err(TooManyRanges(r.len()));
-        }
-        let ranges: Vec<Range6> = r
-            .iter()
-            .map(|&(at, id)| Range6 {
-                hi: (at >> 64) as u64,
-                lo: at as u64,
-                id,
-                _pad: 0,
-            })
-            .collect();
-        // starts[b]: the first range whose top 16 bits are >= b (b = 0..=65536).
-        let mut starts = vec![0u32; (1 << 16) + 1];
-        let mut bucket = 0usize;
-        for (k, &(at, _)) in r.iter().enumerate() {
-            let top = (at >> 112) as usize;
-            while bucket <= top {
-                starts[bucket] = k as u32;
-                bucket += 1;
+    pub fn compile(entries: &[(Ipv6Network, u32)], budget: u32) -> Result<Self, TooManyRanges> {
+        let ranges: Vec<Range6> = {
+            let r = ranges(entries);
+            if r.len() > MAX_RANGES {
+                return Err(TooManyRanges(r.len()));
             }
-        }
-        for s in &mut starts[bucket..] {
-            *s = r.len() as u32;
-        }
+            r.iter()
+                .map(|&(at, id)| Range6 {
+                    hi: (at >> 64) as u64,
+                    lo: at as u64,
+                    id,
+                    _pad: 0,
+                })
+                .collect()
+        };
         let mut index = Vec::with_capacity(INDEX_ENTRIES as usize);
         index.push(1);
-        for b in 0..1 << 16 {
-            // Range 0 starts at `::`, so every bucket but the first starts after it.
-            let base = starts[b].saturating_sub(1);
-            index.push(u64::from(base) | (u64::from(starts[b + 1]) << 32));
+        debug_assert_eq!(IN_USE, 0);
+        // The /16 buckets: the top 8 bits, then the next 8.
+        let mut dense = BinaryHeap::new();
+        for (first8, end8) in split(&ranges, 0, ranges.len(), 120, 8) {
+            for (first, end) in split(&ranges, first8 as usize, end8 as usize, 112, 8) {
+                push_bucket(&mut index, &mut dense, first, end, 16);
+            }
         }
         debug_assert_eq!(index.len(), INDEX_ENTRIES as usize);
-        debug_assert_eq!(IN_USE, 0);
-        Ok(Self { index, ranges })
+        let mut chunks = 0u32;
+        while chunks < budget {
+            let Some((_, Reverse(at), prefix, first)) = dense.pop() else {
+                break;
+            };
+            let end = (index[at] >> 32) as u32;
+            index[at] = CHUNK | u64::from(chunks);
+            chunks += 1;
+            let shift = 128 - prefix - STRIDE;
+            for (sub_first, sub_end) in split(&ranges, first as usize, end as usize, shift, STRIDE)
+            {
+                push_bucket(&mut index, &mut dense, sub_first, sub_end, prefix + STRIDE);
+            }
+        }
+        debug_assert_eq!(index.len(), index_entries(chunks) as usize);
+        Ok(Self {
+            index,
+            ranges,
+            budget,
+        })
+    }
+
+    /// Chunks in the index.
+    pub fn chunks(&self) -> usize {
+        (self.index.len() - INDEX_ENTRIES as usize) / CHUNK_ENTRIES as usize
     }
 
     /// Ranges in the table.
@@ -131,7 +211,19 @@ impl Table6 {
     pub fn lookup(&self, addr: std::net::Ipv6Addr) -> u32 {
         let a = u128::from(addr);
         let (hi, lo) = ((a >> 64) as u64, a as u64);
-        let bucket = self.index[1 + (hi >> 48) as usize];
+        let mut bucket = self.index[1 + (hi >> 48) as usize];
+        let mut shift = 48 - STRIDE;
+        for _ in 0..SUB_LEVELS {
+            if bucket & CHUNK == 0 {
+                break;
+            }
+            let chunk = bucket as u32 as usize;
+            bucket = self.index[INDEX_ENTRIES as usize
+                + chunk * CHUNK_ENTRIES as usize
+                + ((hi >> shift) as usize & (CHUNK_ENTRIES as usize - 1))];
+            shift = shift.wrapping_sub(STRIDE);
+        }
+        assert_eq!(bucket & CHUNK, 0, "chunks nest at most {SUB_LEVELS} deep");
         let mut base = bucket as u32 as usize;
         let end = (bucket >> 32) as usize;
         // Binary lifting, as the kernel does it (see `ebpf/src/decide.rs`).
@@ -171,9 +263,10 @@ impl Table6 {
 }
 
 /// Kernel memory of one set's table for `ranges` ranges, in bytes (each map rounded up to
-/// whole pages, as `BPF_F_MMAPABLE` arrays are).
+/// whole pages, as `BPF_F_MMAPABLE` arrays are): the index with its [`chunk_budget`] chunks
+/// and the ranges.
 pub fn set_bytes(ranges: usize) -> usize {
-    (INDEX_ENTRIES as usize * 8).next_multiple_of(PAGE_BYTES)
+    (index_entries(chunk_budget(ranges)) as usize * 8).next_multiple_of(PAGE_BYTES)
         + (ranges * std::mem::size_of::<Range6>()).next_multiple_of(PAGE_BYTES)
 }
 
@@ -205,7 +298,7 @@ mod tests {
             (net("ffff:ffff:ffff:ffff::/64"), 5),
             (net("::/0"), 6),
         ];
-        let t = Table6::compile(&entries).expect("fits");
+        let t = Table6::compile(&entries, 1 << 13).expect("fits");
         for (a, want) in [
             ("2001:db8:1:2::1", 4),
             ("2001:db8:1:2::2", 3),
@@ -219,7 +312,7 @@ mod tests {
             let a: Ipv6Addr = a.parse().expect("valid address");
             assert_eq!(t.lookup(a), want, "{a}");
         }
-        let empty = Table6::compile(&[]).expect("fits");
+        let empty = Table6::compile(&[], 16).expect("fits");
         assert_eq!(empty.len(), 1);
         assert_eq!(empty.lookup(Ipv6Addr::LOCALHOST), 0);
     }
@@ -227,13 +320,15 @@ mod tests {
     #[test]
     fn random_policies_match_brute_force() {
         let mut rng = fastrand::Rng::with_seed(0x7ab1e6);
-        for _ in 0..30 {
+        let (mut nested, mut exhausted) = (0, 0);
+        for round in 0..30 {
             let mut entries = Vec::new();
             let mut seen = std::collections::HashSet::new();
-            // Clustered in two /16s so prefixes nest, touch and share buckets.
+            // Clustered in three /16s (one at `::`) so prefixes nest, touch and share buckets
+            // at every chunk level.
             for id in 1..300u32 {
                 let len = rng.u8(8..=128);
-                let top: u128 = if rng.bool() { 0x2001 } else { 0x2600 };
+                let top: u128 = [0x2001, 0x2600, 0][rng.usize(..3)];
                 let a = (top << 112) | (rng.u128(..) >> 16 >> rng.u32(0..40));
                 let n = Ipv6Network::new(Ipv6Addr::from(a), len).expect("valid length");
                 let n = Ipv6Network::new(n.network(), len).expect("valid length");
@@ -241,7 +336,21 @@ mod tests {
                     entries.push((n, id % 7));
                 }
             }
-            let t = Table6::compile(&entries).expect("fits");
+            // No chunks (the layout of an index egressd sized before them), budgets that run
+            // out, and one that does not.
+            let budget = [0, 16, 48, 1 << 13][round % 4];
+            let t = Table6::compile(&entries, budget).expect("fits");
+            let unlimited = Table6::compile(&entries, 1 << 13).expect("fits").chunks();
+            assert_eq!(
+                t.chunks(),
+                unlimited.min(budget as usize),
+                "budget {budget}"
+            );
+            exhausted += usize::from(unlimited > budget as usize);
+            nested += t.index[INDEX_ENTRIES as usize..]
+                .iter()
+                .filter(|e| *e & CHUNK != 0)
+                .count();
             for _ in 0..2000 {
                 let (n, _) = entries[rng.usize(..entries.len())];
                 let host = u128::MAX.checked_shr(u32::from(n.prefix())).unwrap_or(0);
@@ -253,5 +362,44 @@ mod tests {
                 assert_eq!(t.lookup(b), reference(&entries, b), "{b}");
             }
         }
+        assert!(
+            nested > 0,
+            "no chunk under a chunk: the deeper levels went untested"
+        );
+        assert!(
+            exhausted > 0,
+            "no budget ran out: the densest-first choice went untested"
+        );
+    }
+
+    #[test]
+    fn dense_buckets_get_chunks_densest_first() {
+        // 40 /48s in 2001:db8::/32 and 12 /48s in 2a00::/16, none adjacent (each makes two
+        // ranges).
+        let mut entries = Vec::new();
+        for i in 0..40u128 {
+            entries.push((
+                Ipv6Network::new(Ipv6Addr::from((0x2001_0db8 << 96) | ((2 * i) << 80)), 48)
+                    .expect("valid"),
+                1,
+            ));
+        }
+        for i in 0..12u128 {
+            entries.push((
+                Ipv6Network::new(Ipv6Addr::from((0x2a00 << 112) | (i << 96)), 48).expect("valid"),
+                2,
+            ));
+        }
+        let t = Table6::compile(&entries, 1 << 13).expect("fits");
+        // The densest first: 2001::/16 (80 ranges), then its /20 2001::/20 and each longer
+        // bucket down to 2001:db8::/32 and its /36 (80 ranges each); then 2a00::/16 (24), its
+        // /20, /24 and /28 2a00::/28 (24 each); its /32s hold 2 each.
+        assert_eq!(t.chunks(), 6 + 4);
+        assert_eq!(t.index[1 + 0x2001], CHUNK);
+        assert_eq!(t.index[1 + 0x2a00], CHUNK | 6);
+        for (n, id) in &entries {
+            assert_eq!(t.lookup(n.network()), *id);
+        }
+        assert_eq!(t.lookup("2001:db8:ffff::".parse().expect("valid")), 0);
     }
 }

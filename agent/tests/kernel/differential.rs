@@ -17,9 +17,9 @@ use egressd::{
     },
     kernel::loader::{Capacity, Enforcer},
     kernel::testrun,
-    policy::{self, Policy},
+    policy::{self, Policy, table6::Table6},
 };
-use egressd_common::{Verdict, programs};
+use egressd_common::{Verdict, programs, table6::chunk_budget};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use libtest_mimic::Failed;
 
@@ -61,13 +61,17 @@ pub fn differential() -> Result<(), Failed> {
         .program_fd(programs::SKB_EGRESS)
         .map_err(|e| format!("{e:#}"))?
         .as_raw_fd();
-    let (mut cases, mut disagreements) = (0u64, Vec::new());
+    let (mut cases, mut disagreements, mut chunked) = (0u64, Vec::new(), 0);
     for p in 0..POLICIES {
         let cfg = random_config(&mut rng);
         let policy = Arc::new(policy::compile(&cfg));
         if !policy.problems.is_empty() {
             return Err(format!("random policy {p} is not loadable: {:?}", policy.problems).into());
         }
+        // The same compile as the install's: policies whose IPv6 table has chunks.
+        chunked += usize::from(
+            Table6::compile(&policy.lpm_v6, chunk_budget(8192)).is_ok_and(|t| t.chunks() > 0),
+        );
         enforcer
             .install(policy.clone())
             .map_err(|e| format!("policy {p}: {e:#}"))?;
@@ -123,7 +127,8 @@ pub fn differential() -> Result<(), Failed> {
         }
     }
     println!(
-        "differential: {cases} cases, {} disagreements (seed {seed:#x}); IPv6 range table: {}",
+        "differential: {cases} cases, {} disagreements (seed {seed:#x}); IPv6 range table: {} \
+         ({chunked} of {POLICIES} policies with chunks)",
         disagreements.len(),
         tabled
             .table6_refused()
@@ -133,6 +138,9 @@ pub fn differential() -> Result<(), Failed> {
     );
     if !disagreements.is_empty() {
         return Err(disagreements.join("\n").into());
+    }
+    if chunked == 0 {
+        return Err("no random policy made an IPv6 table with chunks: they went untested".into());
     }
     // Exact counting: one skb-egress decision per case.
     let readers = enforcer.take_readers().map_err(|e| format!("{e:#}"))?;

@@ -153,7 +153,7 @@ pub fn capacity_fallback6() -> Result<(), Failed> {
         let policy = Arc::new(policy6_with(&longs)?);
         e.install(policy.clone())
             .map_err(|err| format!("install {i}: {err:#}"))?;
-        let ranges = Table6::compile(&policy.lpm_v6)
+        let ranges = Table6::compile(&policy.lpm_v6, 0)
             .map_err(|err| format!("{err}"))?
             .len();
         let want = if ranges <= RANGES6 { "table" } else { "trie" };

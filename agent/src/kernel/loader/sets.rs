@@ -308,7 +308,10 @@ impl Tables {
     pub fn compile(policy: &Policy, cap: Capacity) -> Self {
         Self {
             chunks: cap.table_chunks.map(|_| table::chunks_of(&policy.lpm_v4)),
-            table6: cap.table6_ranges.map(|_| Table6::compile(&policy.lpm_v6)),
+            // The chunks `table::size_maps` makes room for.
+            table6: cap
+                .table6_ranges
+                .map(|r| Table6::compile(&policy.lpm_v6, egressd_common::table6::chunk_budget(r))),
         }
     }
 
@@ -350,11 +353,17 @@ fn table_fits<E: std::fmt::Display>(chunks: Result<usize, E>, capacity: usize) -
 /// is then looked up in the trie).
 pub(super) fn compile_table6(
     policy: &Policy,
-    boundaries: Option<usize>,
+    room: Option<super::table::Room6>,
     known: Option<Result<Table6, crate::policy::table6::TooManyRanges>>,
 ) -> Option<Table6> {
-    let capacity = boundaries?;
-    match known.unwrap_or_else(|| Table6::compile(&policy.lpm_v6)) {
+    let super::table::Room6 {
+        ranges: capacity,
+        chunks,
+    } = room?;
+    // A table compiled for other maps may have more chunks than these hold, and the tamper
+    // check compares the maps with a compile for these.
+    let known = known.filter(|k| k.as_ref().is_ok_and(|t| t.budget == chunks));
+    match known.unwrap_or_else(|| Table6::compile(&policy.lpm_v6, chunks)) {
         Ok(t) if t.len() <= capacity => Some(t),
         Ok(t) => {
             tracing::warn!(

@@ -10,7 +10,10 @@ use aya::Ebpf;
 use egressd_common::{
     maps,
     table::{CHUNKS_PER_PAGE8, MAX_CHUNKS, PAGE_BYTES, PAGES24},
-    table6::{INDEX_ENTRIES, MAX_RANGES},
+    table6::{
+        CHUNK_ENTRIES, INDEX_ENTRIES, MAX_CHUNKS as MAX_CHUNKS6, MAX_RANGES, chunk_budget,
+        index_entries,
+    },
 };
 use ipnetwork::{IpNetwork, Ipv4Network};
 
@@ -194,8 +197,9 @@ pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, cap: Capacity) {
     }
     if let Some(b) = cap.table6_ranges {
         let ranges = u32::try_from(b).unwrap_or(u32::MAX);
+        let index = index_entries(chunk_budget(b));
         for set in 0..2 {
-            loader.map_max_entries(maps::TABLE6_INDEX[set], INDEX_ENTRIES);
+            loader.map_max_entries(maps::TABLE6_INDEX[set], index);
             loader.map_max_entries(maps::TABLE6_RANGES[set], ranges);
         }
     }
@@ -209,16 +213,32 @@ fn elements(ebpf: &Ebpf, name: &str) -> anyhow::Result<usize> {
     }
 }
 
-/// The IPv6 table ranges the loaded maps hold (`None`: no table), read from the maps.
-pub fn loaded_ranges(ebpf: &Ebpf) -> anyhow::Result<Option<usize>> {
+/// Room of the loaded IPv6 table maps, read from the maps themselves so that adopted
+/// pinned maps are described as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Room6 {
+    /// Ranges each set's table holds.
+    pub ranges: usize,
+    /// Index chunks each set's table holds (0 in maps sized by an egressd without chunks).
+    pub chunks: u32,
+}
+
+/// The IPv6 table room of the loaded maps (`None`: no table).
+pub fn loaded_room6(ebpf: &Ebpf) -> anyhow::Result<Option<Room6>> {
+    let mut index = usize::MAX;
     for set in 0..2 {
-        if elements(ebpf, maps::TABLE6_INDEX[set])? < INDEX_ENTRIES as usize {
-            return Ok(None);
-        }
+        index = index.min(elements(ebpf, maps::TABLE6_INDEX[set])?);
+    }
+    if index < INDEX_ENTRIES as usize {
+        return Ok(None);
     }
     let a = elements(ebpf, maps::TABLE6_RANGES[0])?;
     let b = elements(ebpf, maps::TABLE6_RANGES[1])?;
-    Ok(Some(a.min(b)))
+    let chunks = (index - INDEX_ENTRIES as usize) / CHUNK_ENTRIES as usize;
+    Ok(Some(Room6 {
+        ranges: a.min(b),
+        chunks: u32::try_from(chunks).unwrap_or(u32::MAX).min(MAX_CHUNKS6),
+    }))
 }
 
 /// The table chunks the loaded maps hold (`None`: no table), read from the maps themselves

@@ -110,7 +110,7 @@ impl Enforcer {
             && !self.set_matches(set, &policy)?
         {
             let table = plan_table(&policy, self.table_chunks, None);
-            let table6 = compile_table6(&policy, self.table6_ranges, None);
+            let table6 = compile_table6(&policy, self.table6_room, None);
             let (used_table, used_table6) = fill_set(
                 &mut self.ebpf,
                 set,
@@ -168,7 +168,7 @@ impl Enforcer {
         }
         let uses_table6 = table::holds(&self.ebpf, maps::TABLE6_INDEX[set], &1u64.to_ne_bytes())?;
         let want_v6: &[(Ipv6Network, u32)] = if uses_table6 {
-            let Some(t) = compile_table6(policy, self.table6_ranges, None) else {
+            let Some(t) = compile_table6(policy, self.table6_room, None) else {
                 return Ok(false);
             };
             if !table::holds(&self.ebpf, maps::TABLE6_INDEX[set], t.index_bytes())?
