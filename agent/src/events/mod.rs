@@ -73,10 +73,10 @@ pub struct Header {
     /// Position of this record in the agent run's stream, from 1, without gaps: the SIEM can
     /// detect a lost record by a missing number.
     pub sequence: u64,
-    /// Observing host.
-    pub host: Host,
-    /// This agent.
-    pub agent: AgentInfo,
+    /// Observing host (shared by every record of the run: no copy per record).
+    pub host: Arc<Host>,
+    /// This agent (shared likewise).
+    pub agent: Arc<AgentInfo>,
     /// Same time as `timestamp`, nanoseconds since the Unix epoch (for formats that want
     /// numbers; not serialized).
     #[serde(skip)]
@@ -340,6 +340,9 @@ pub struct Context {
 #[derive(Debug)]
 pub struct Sequencer {
     ctx: Context,
+    /// `ctx`'s host and agent as every header shares them.
+    host: Arc<Host>,
+    agent: Arc<AgentInfo>,
     next: AtomicU64,
 }
 
@@ -347,6 +350,8 @@ impl Sequencer {
     /// A sequencer whose first record gets sequence 1.
     pub fn new(ctx: Context) -> Self {
         Self {
+            host: Arc::new(ctx.host.clone()),
+            agent: Arc::new(ctx.agent.clone()),
             ctx,
             next: AtomicU64::new(1),
         }
@@ -374,8 +379,8 @@ impl Sequencer {
             kind,
             id: String::new(),
             sequence: 0,
-            host: self.ctx.host.clone(),
-            agent: self.ctx.agent.clone(),
+            host: self.host.clone(),
+            agent: self.agent.clone(),
             unix_ns,
         }
     }

@@ -29,8 +29,8 @@ fn header(kind: &'static str, sequence: u64, unix_ns: i128) -> Header {
         kind,
         id: format!("{}-{sequence}", ctx.agent.ephemeral_id),
         sequence,
-        host: ctx.host,
-        agent: ctx.agent,
+        host: ctx.host.into(),
+        agent: ctx.agent.into(),
         unix_ns,
     }
 }
