@@ -117,10 +117,13 @@ fn cef_expected(r: &Record) -> Vec<(&'static str, String)> {
             v.push(("egressdProcessDetails", c.process.details.to_owned()));
             for (k, x) in [
                 ("suser", c.user.name.clone()),
-                ("cs4", c.cgroup.path.clone()),
+                ("cs4", c.cgroup.path.as_deref().map(str::to_owned)),
                 ("cs5", c.container.as_ref().map(|c| c.id.clone())),
-                ("cs6", c.process.command_line.clone()),
-                ("egressdExe", c.process.executable.clone()),
+                ("cs6", c.process.command_line.as_deref().map(str::to_owned)),
+                (
+                    "egressdExe",
+                    c.process.executable.as_deref().map(str::to_owned),
+                ),
                 ("egressdUnit", c.cgroup.systemd_unit.clone()),
             ] {
                 if let Some(x) = x {

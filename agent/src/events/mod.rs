@@ -154,11 +154,11 @@ pub struct Process {
     pub parent: Option<Parent>,
     /// Executable path, from the `/proc/PID/exe` link (may end in ` (deleted)`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub executable: Option<String>,
+    pub executable: Option<Arc<str>>,
     /// Arguments joined by spaces, from `/proc/PID/cmdline`; at most
     /// [`procinfo::MAX_CMDLINE`] bytes, longer ones are cut and end in `...`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub command_line: Option<String>,
+    pub command_line: Option<Arc<str>>,
     /// True when the process had exited before `/proc` could be read at event time: only the
     /// kernel's fields (pid, thread, name, user, group, cgroup id) are then known.
     pub exited: bool,
@@ -248,7 +248,7 @@ pub struct Cgroup {
     /// Path below the cgroup2 mount, e.g. `/system.slice/nginx.service`, from
     /// `/proc/PID/cgroup` (absent when the process had exited).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<Arc<str>>,
     /// Deepest systemd unit (`*.service` or `*.scope`) in `path`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub systemd_unit: Option<String>,

@@ -49,13 +49,14 @@ pub struct ProcInfo {
     pub ppid: Option<u32>,
     /// Real uid (first field of `status`'s `Uid:` line).
     pub uid: Option<u32>,
-    /// Target of `/proc/PID/exe`.
-    pub exe: Option<String>,
+    /// Target of `/proc/PID/exe` (this and the next two are shared with every event of the
+    /// process: no copy per event).
+    pub exe: Option<std::sync::Arc<str>>,
     /// Arguments joined by spaces (lossy UTF-8), at most [`MAX_CMDLINE`] bytes; `None` when
     /// empty (kernel threads, zombies).
-    pub command_line: Option<String>,
+    pub command_line: Option<std::sync::Arc<str>>,
     /// cgroup v2 path (`0::PATH` line of `/proc/PID/cgroup`).
-    pub cgroup: Option<String>,
+    pub cgroup: Option<std::sync::Arc<str>>,
     /// The leading part of `cgroup` that root alone could have named ([`trusted_prefix`]);
     /// container ids and systemd units are read from it. `None` when it cannot be checked.
     pub trusted_cgroup: Option<String>,
@@ -451,9 +452,9 @@ impl Cache {
             comm: stat.comm,
             ppid: Some(stat.ppid),
             uid,
-            exe,
-            command_line: join_cmdline(&cmdline, cut),
-            cgroup,
+            exe: exe.map(Into::into),
+            command_line: join_cmdline(&cmdline, cut).map(Into::into),
+            cgroup: cgroup.map(Into::into),
             trusted_cgroup,
             cgroup_id,
         })

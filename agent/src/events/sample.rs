@@ -65,7 +65,7 @@ pub fn deny() -> ConnectionEvent {
         },
         cgroup: Cgroup {
             id: 614,
-            path: Some(format!("/system.slice/docker-{}.scope", "ab12".repeat(16))),
+            path: Some(format!("/system.slice/docker-{}.scope", "ab12".repeat(16)).into()),
             systemd_unit: Some(format!("docker-{}.scope", "ab12".repeat(16))),
         },
         container: Some(Container {
