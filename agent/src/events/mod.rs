@@ -235,9 +235,10 @@ pub struct Id {
 pub struct Named {
     /// Numeric id.
     pub id: u64,
-    /// Name from the system's user/group database (NSS), if any.
+    /// Name from the system's user/group database (NSS), if any (shared with the cache of
+    /// names: no copy per event).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
 }
 
 /// `cgroup.*` (no ECS equivalent).
@@ -493,8 +494,8 @@ impl Enricher {
         &self,
         ev: &Event,
         details: &procinfo::Details,
-        user: Option<String>,
-        group: Option<String>,
+        user: Option<Arc<str>>,
+        group: Option<Arc<str>>,
     ) -> ConnectionEvent {
         build(
             self.seq.unnumbered(
@@ -517,8 +518,8 @@ pub fn build(
     policy: &Policy,
     ev: &Event,
     details: &procinfo::Details,
-    user: Option<String>,
-    group: Option<String>,
+    user: Option<Arc<str>>,
+    group: Option<Arc<str>>,
 ) -> ConnectionEvent {
     let info = details.info();
     let packet = match ev.family {

@@ -51,12 +51,12 @@ pub struct ProcInfo {
     pub uid: Option<u32>,
     /// Target of `/proc/PID/exe` (this and the next two are shared with every event of the
     /// process: no copy per event).
-    pub exe: Option<std::sync::Arc<str>>,
+    pub exe: Option<Arc<str>>,
     /// Arguments joined by spaces (lossy UTF-8), at most [`MAX_CMDLINE`] bytes; `None` when
     /// empty (kernel threads, zombies).
-    pub command_line: Option<std::sync::Arc<str>>,
+    pub command_line: Option<Arc<str>>,
     /// cgroup v2 path (`0::PATH` line of `/proc/PID/cgroup`).
-    pub cgroup: Option<std::sync::Arc<str>>,
+    pub cgroup: Option<Arc<str>>,
     /// The leading part of `cgroup` that root alone could have named ([`trusted_prefix`]);
     /// container ids and systemd units are read from it. `None` when it cannot be checked.
     pub trusted_cgroup: Option<String>,
@@ -275,8 +275,8 @@ pub struct Cache {
     stats: HashMap<u32, (u64, Stat)>,
     /// `CLOCK_BOOTTIME` now, in ns (the clock of [`Claim::boot_ns`]).
     clock: fn() -> u64,
-    users: HashMap<u32, Option<String>>,
-    groups: HashMap<u32, Option<String>>,
+    users: HashMap<u32, Option<Arc<str>>>,
+    groups: HashMap<u32, Option<Arc<str>>>,
 }
 
 impl Cache {
@@ -395,24 +395,24 @@ impl Cache {
     }
 
     /// User name of `uid`, cached (also when unknown).
-    pub fn user_name(&mut self, uid: u32) -> Option<String> {
+    pub fn user_name(&mut self, uid: u32) -> Option<Arc<str>> {
         if self.users.len() >= CACHE_CAP {
             self.users.clear();
         }
         self.users
             .entry(uid)
-            .or_insert_with(|| user_name(uid))
+            .or_insert_with(|| user_name(uid).map(Into::into))
             .clone()
     }
 
     /// Group name of `gid`, cached (also when unknown).
-    pub fn group_name(&mut self, gid: u32) -> Option<String> {
+    pub fn group_name(&mut self, gid: u32) -> Option<Arc<str>> {
         if self.groups.len() >= CACHE_CAP {
             self.groups.clear();
         }
         self.groups
             .entry(gid)
-            .or_insert_with(|| group_name(gid))
+            .or_insert_with(|| group_name(gid).map(Into::into))
             .clone()
     }
 
