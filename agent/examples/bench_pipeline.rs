@@ -60,7 +60,7 @@ fn kernel_event(i: u64, comm: &str) -> egressd_common::Event {
 }
 
 /// The enrichment thread's finished events if there are any now (one poll, no wait).
-fn ready(worker: &mut Worker) -> Option<Vec<events::ConnectionEvent>> {
+fn ready(worker: &mut Worker) -> Option<events::worker::Finished> {
     let fut = std::pin::pin!(worker.next());
     match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
         std::task::Poll::Ready(b) => b,
@@ -74,12 +74,12 @@ fn submit(seq: &Sequencer, pipeline: &Pipeline, mut ev: events::ConnectionEvent)
 }
 
 /// A batch the enrichment thread finished, numbered and submitted as the daemon does.
-fn submit_all(seq: &Sequencer, pipeline: &Pipeline, batch: Vec<events::ConnectionEvent>) {
+fn submit_all(seq: &Sequencer, pipeline: &Pipeline, batch: events::worker::Finished) {
     let records: Vec<_> = batch
         .into_iter()
         .map(|mut ev| {
             seq.number(&mut ev.header);
-            events::Record::Connection(Box::new(ev))
+            events::Record::Connection(ev)
         })
         .collect();
     pipeline.submit_all(&records);

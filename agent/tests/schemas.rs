@@ -116,15 +116,15 @@ fn cef_expected(r: &Record) -> Vec<(&'static str, String)> {
             v.push(("egressdHook", c.hook.to_owned()));
             v.push(("egressdProcessDetails", c.process.details.to_owned()));
             for (k, x) in [
-                ("suser", c.user.name.clone()),
-                ("cs4", c.cgroup.path.clone()),
-                ("cs5", c.container.as_ref().map(|c| c.id.clone())),
-                ("cs6", c.process.command_line.clone()),
-                ("egressdExe", c.process.executable.clone()),
-                ("egressdUnit", c.cgroup.systemd_unit.clone()),
+                ("suser", c.user.name.as_deref()),
+                ("cs4", c.cgroup.path.as_deref()),
+                ("cs5", c.container.as_ref().map(|c| c.id.as_str())),
+                ("cs6", c.process.command_line.as_deref()),
+                ("egressdExe", c.process.executable.as_deref()),
+                ("egressdUnit", c.cgroup.systemd_unit.as_deref()),
             ] {
                 if let Some(x) = x {
-                    v.push((k, x));
+                    v.push((k, x.to_owned()));
                 }
             }
             match c.destination.ip {

@@ -1021,7 +1021,7 @@ fn oversized_records() -> Result<(), Failed> {
     // A connection event with a long command line full of escape sequences.
     let mut ev = sample::deny();
     ev.header.sequence = 1;
-    ev.process.command_line = Some("curl \u{1b}[2J\u{85}\u{2028}".repeat(300));
+    ev.process.command_line = Some("curl \u{1b}[2J\u{85}\u{2028}".repeat(300).into());
     p.submit(&R::Connection(Box::new(ev)));
     // An agent_stop with many counter rows.
     let mut stop = sample::lifecycle()

@@ -754,9 +754,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         &pipeline,
         &mut undecodable,
     );
-    for ev in worker.finish(ENRICH_FLUSH) {
-        submit_connection(&seq, &pipeline, ev);
-    }
+    submit_connections(&seq, &pipeline, worker.finish(ENRICH_FLUSH));
     // Detached (or left to the pins): what the kernel aggregated since the last interval.
     submit_summaries(&mut summaries, &policy, &seq, &pipeline);
     // What no record carries: attempts neither the ring buffer nor the summary table took,
@@ -992,12 +990,12 @@ fn submit_connection(seq: &Sequencer, pipeline: &Pipeline, mut ev: ConnectionEve
 }
 
 /// [`submit_connection`] of a batch of events, in order, as one batch for the sinks.
-fn submit_connections(seq: &Sequencer, pipeline: &Pipeline, batch: Vec<ConnectionEvent>) {
+fn submit_connections(seq: &Sequencer, pipeline: &Pipeline, batch: events::worker::Finished) {
     let records: Vec<Record> = batch
         .into_iter()
         .map(|mut ev| {
             seq.number(&mut ev.header);
-            Record::Connection(Box::new(ev))
+            Record::Connection(ev)
         })
         .collect();
     pipeline.submit_all(&records);

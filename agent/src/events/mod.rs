@@ -73,10 +73,10 @@ pub struct Header {
     /// Position of this record in the agent run's stream, from 1, without gaps: the SIEM can
     /// detect a lost record by a missing number.
     pub sequence: u64,
-    /// Observing host.
-    pub host: Host,
-    /// This agent.
-    pub agent: AgentInfo,
+    /// Observing host (shared by every record of the run: no copy per record).
+    pub host: Arc<Host>,
+    /// This agent (shared likewise).
+    pub agent: Arc<AgentInfo>,
     /// Same time as `timestamp`, nanoseconds since the Unix epoch (for formats that want
     /// numbers; not serialized).
     #[serde(skip)]
@@ -154,11 +154,11 @@ pub struct Process {
     pub parent: Option<Parent>,
     /// Executable path, from the `/proc/PID/exe` link (may end in ` (deleted)`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub executable: Option<String>,
+    pub executable: Option<Arc<str>>,
     /// Arguments joined by spaces, from `/proc/PID/cmdline`; at most
     /// [`procinfo::MAX_CMDLINE`] bytes, longer ones are cut and end in `...`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub command_line: Option<String>,
+    pub command_line: Option<Arc<str>>,
     /// True when the process had exited before `/proc` could be read at event time: only the
     /// kernel's fields (pid, thread, name, user, group, cgroup id) are then known.
     pub exited: bool,
@@ -235,9 +235,10 @@ pub struct Id {
 pub struct Named {
     /// Numeric id.
     pub id: u64,
-    /// Name from the system's user/group database (NSS), if any.
+    /// Name from the system's user/group database (NSS), if any (shared with the cache of
+    /// names: no copy per event).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
 }
 
 /// `cgroup.*` (no ECS equivalent).
@@ -248,7 +249,7 @@ pub struct Cgroup {
     /// Path below the cgroup2 mount, e.g. `/system.slice/nginx.service`, from
     /// `/proc/PID/cgroup` (absent when the process had exited).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<Arc<str>>,
     /// Deepest systemd unit (`*.service` or `*.scope`) in `path`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub systemd_unit: Option<String>,
@@ -340,6 +341,9 @@ pub struct Context {
 #[derive(Debug)]
 pub struct Sequencer {
     ctx: Context,
+    /// `ctx`'s host and agent as every header shares them.
+    host: Arc<Host>,
+    agent: Arc<AgentInfo>,
     next: AtomicU64,
 }
 
@@ -347,6 +351,8 @@ impl Sequencer {
     /// A sequencer whose first record gets sequence 1.
     pub fn new(ctx: Context) -> Self {
         Self {
+            host: Arc::new(ctx.host.clone()),
+            agent: Arc::new(ctx.agent.clone()),
             ctx,
             next: AtomicU64::new(1),
         }
@@ -374,8 +380,8 @@ impl Sequencer {
             kind,
             id: String::new(),
             sequence: 0,
-            host: self.ctx.host.clone(),
-            agent: self.ctx.agent.clone(),
+            host: self.host.clone(),
+            agent: self.agent.clone(),
             unix_ns,
         }
     }
@@ -488,8 +494,8 @@ impl Enricher {
         &self,
         ev: &Event,
         details: &procinfo::Details,
-        user: Option<String>,
-        group: Option<String>,
+        user: Option<Arc<str>>,
+        group: Option<Arc<str>>,
     ) -> ConnectionEvent {
         build(
             self.seq.unnumbered(
@@ -512,8 +518,8 @@ pub fn build(
     policy: &Policy,
     ev: &Event,
     details: &procinfo::Details,
-    user: Option<String>,
-    group: Option<String>,
+    user: Option<Arc<str>>,
+    group: Option<Arc<str>>,
 ) -> ConnectionEvent {
     let info = details.info();
     let packet = match ev.family {

@@ -49,13 +49,14 @@ pub struct ProcInfo {
     pub ppid: Option<u32>,
     /// Real uid (first field of `status`'s `Uid:` line).
     pub uid: Option<u32>,
-    /// Target of `/proc/PID/exe`.
-    pub exe: Option<String>,
+    /// Target of `/proc/PID/exe` (this and the next two are shared with every event of the
+    /// process: no copy per event).
+    pub exe: Option<Arc<str>>,
     /// Arguments joined by spaces (lossy UTF-8), at most [`MAX_CMDLINE`] bytes; `None` when
     /// empty (kernel threads, zombies).
-    pub command_line: Option<String>,
+    pub command_line: Option<Arc<str>>,
     /// cgroup v2 path (`0::PATH` line of `/proc/PID/cgroup`).
-    pub cgroup: Option<String>,
+    pub cgroup: Option<Arc<str>>,
     /// The leading part of `cgroup` that root alone could have named ([`trusted_prefix`]);
     /// container ids and systemd units are read from it. `None` when it cannot be checked.
     pub trusted_cgroup: Option<String>,
@@ -274,8 +275,8 @@ pub struct Cache {
     stats: HashMap<u32, (u64, Stat)>,
     /// `CLOCK_BOOTTIME` now, in ns (the clock of [`Claim::boot_ns`]).
     clock: fn() -> u64,
-    users: HashMap<u32, Option<String>>,
-    groups: HashMap<u32, Option<String>>,
+    users: HashMap<u32, Option<Arc<str>>>,
+    groups: HashMap<u32, Option<Arc<str>>>,
 }
 
 impl Cache {
@@ -394,24 +395,24 @@ impl Cache {
     }
 
     /// User name of `uid`, cached (also when unknown).
-    pub fn user_name(&mut self, uid: u32) -> Option<String> {
+    pub fn user_name(&mut self, uid: u32) -> Option<Arc<str>> {
         if self.users.len() >= CACHE_CAP {
             self.users.clear();
         }
         self.users
             .entry(uid)
-            .or_insert_with(|| user_name(uid))
+            .or_insert_with(|| user_name(uid).map(Into::into))
             .clone()
     }
 
     /// Group name of `gid`, cached (also when unknown).
-    pub fn group_name(&mut self, gid: u32) -> Option<String> {
+    pub fn group_name(&mut self, gid: u32) -> Option<Arc<str>> {
         if self.groups.len() >= CACHE_CAP {
             self.groups.clear();
         }
         self.groups
             .entry(gid)
-            .or_insert_with(|| group_name(gid))
+            .or_insert_with(|| group_name(gid).map(Into::into))
             .clone()
     }
 
@@ -451,9 +452,9 @@ impl Cache {
             comm: stat.comm,
             ppid: Some(stat.ppid),
             uid,
-            exe,
-            command_line: join_cmdline(&cmdline, cut),
-            cgroup,
+            exe: exe.map(Into::into),
+            command_line: join_cmdline(&cmdline, cut).map(Into::into),
+            cgroup: cgroup.map(Into::into),
             trusted_cgroup,
             cgroup_id,
         })

@@ -29,8 +29,8 @@ fn header(kind: &'static str, sequence: u64, unix_ns: i128) -> Header {
         kind,
         id: format!("{}-{sequence}", ctx.agent.ephemeral_id),
         sequence,
-        host: ctx.host,
-        agent: ctx.agent,
+        host: ctx.host.into(),
+        agent: ctx.agent.into(),
         unix_ns,
     }
 }
@@ -65,7 +65,7 @@ pub fn deny() -> ConnectionEvent {
         },
         cgroup: Cgroup {
             id: 614,
-            path: Some(format!("/system.slice/docker-{}.scope", "ab12".repeat(16))),
+            path: Some(format!("/system.slice/docker-{}.scope", "ab12".repeat(16)).into()),
             systemd_unit: Some(format!("docker-{}.scope", "ab12".repeat(16))),
         },
         container: Some(Container {

@@ -30,6 +30,10 @@ pub const STALL: Duration = Duration::from_millis(500);
 /// Events queued at most (each is a 100-byte record plus an `Arc`).
 pub const QUEUE_CAP: usize = 65_536;
 
+/// Finished events, in order. Boxed where they are built: handing one over moves a
+/// pointer, not the event, the list's growth copies no events, and records box them anyway.
+pub type Finished = Vec<Box<ConnectionEvent>>;
+
 struct Job {
     enricher: Arc<Enricher>,
     event: Event,
@@ -41,7 +45,7 @@ struct Shared {
     ready: Condvar,
     /// Finished events not taken yet, in order. The thread signals the channel only when it
     /// makes this non-empty: one wake-up of the main loop per batch, not per event.
-    finished: Mutex<Vec<ConnectionEvent>>,
+    finished: Mutex<Finished>,
     /// Milliseconds since `epoch` + 1 at which the thread took its current event; 0 when idle.
     busy_since: AtomicU64,
     /// The event the thread is on. Whoever takes it out delivers it: the thread when done,
@@ -125,13 +129,13 @@ impl Worker {
 
     /// The events finished since the last call, in order (cancel-safe, for `select!`);
     /// `None` once the thread is gone.
-    pub async fn next(&mut self) -> Option<Vec<ConnectionEvent>> {
+    pub async fn next(&mut self) -> Option<Finished> {
         self.done.recv().await?;
         while self.done.try_recv().is_ok() {}
         Some(self.take_finished())
     }
 
-    fn take_finished(&self) -> Vec<ConnectionEvent> {
+    fn take_finished(&self) -> Finished {
         std::mem::take(
             &mut *self
                 .shared
@@ -150,7 +154,7 @@ impl Worker {
     /// Stops the thread: waits up to `within` for it to finish the queue, then builds what
     /// is left without `/proc` details. Returns every event not yet taken from
     /// [`Self::next`], in queue order.
-    pub fn finish(&mut self, within: Duration) -> Vec<ConnectionEvent> {
+    pub fn finish(&mut self, within: Duration) -> Finished {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.ready.notify_all();
         let until = Instant::now() + within;
@@ -187,7 +191,7 @@ impl Worker {
             self.shared.skipped.fetch_add(1, Ordering::Relaxed);
             enricher.skip(event)
         };
-        out.extend(stuck.map(|(enricher, event)| skip(&enricher, &event)));
+        out.extend(stuck.map(|(enricher, event)| Box::new(skip(&enricher, &event))));
         let rest: Vec<Job> = self
             .shared
             .queue
@@ -195,7 +199,7 @@ impl Worker {
             .unwrap_or_else(PoisonError::into_inner)
             .drain(..)
             .collect();
-        out.extend(rest.iter().map(|j| skip(&j.enricher, &j.event)));
+        out.extend(rest.iter().map(|j| Box::new(skip(&j.enricher, &j.event))));
         out
     }
 }
@@ -220,12 +224,12 @@ fn run(s: &Shared, tx: &tokio::sync::mpsc::UnboundedSender<()>) {
                 q = s.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
             }
         };
-        let event = if job.queued.elapsed() > DEADLINE {
+        let event = Box::new(if job.queued.elapsed() > DEADLINE {
             s.skipped.fetch_add(1, Ordering::Relaxed);
             job.enricher.skip(&job.event)
         } else {
             job.enricher.enrich(&job.event)
-        };
+        });
         // Handed over under the `current` lock, so `finish` sees this event exactly once:
         // among the finished ones, or (when it took `current` first) built by itself.
         let sent = {

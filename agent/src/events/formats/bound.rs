@@ -68,10 +68,10 @@ fn fits(s: &str, max: usize) -> bool {
     s.len().saturating_mul(6) <= max || s.chars().map(escaped_len).sum::<usize>() <= max
 }
 
-fn cap_opt(v: &mut Option<String>, max: usize) -> bool {
+fn cap_opt<T: std::ops::Deref<Target = str> + From<String>>(v: &mut Option<T>, max: usize) -> bool {
     match v.as_deref().and_then(|s| cap(s, max)) {
         Some(c) => {
-            *v = Some(c);
+            *v = Some(c.into());
             true
         }
         None => false,
@@ -82,13 +82,13 @@ fn cap_opt(v: &mut Option<String>, max: usize) -> bool {
 /// when every one fits.
 pub fn cap_event(ev: &ConnectionEvent) -> Option<ConnectionEvent> {
     // Checked before cloning: nearly every event fits as it is.
-    let fit = |v: &Option<String>, max: usize| v.as_deref().is_none_or(|s| fits(s, max));
-    if fit(&ev.process.command_line, MAX_COMMAND_LINE)
-        && fit(&ev.process.executable, MAX_PATH)
-        && fit(&ev.cgroup.path, MAX_PATH)
-        && fit(&ev.cgroup.systemd_unit, MAX_NAME)
-        && fit(&ev.user.name, MAX_NAME)
-        && fit(&ev.group.name, MAX_NAME)
+    let fit = |v: Option<&str>, max: usize| v.is_none_or(|s| fits(s, max));
+    if fit(ev.process.command_line.as_deref(), MAX_COMMAND_LINE)
+        && fit(ev.process.executable.as_deref(), MAX_PATH)
+        && fit(ev.cgroup.path.as_deref(), MAX_PATH)
+        && fit(ev.cgroup.systemd_unit.as_deref(), MAX_NAME)
+        && fit(ev.user.name.as_deref(), MAX_NAME)
+        && fit(ev.group.name.as_deref(), MAX_NAME)
         && fits(&ev.process.name, MAX_NAME)
     {
         return None;
@@ -297,8 +297,8 @@ mod tests {
     #[test]
     fn fields_are_capped_after_escaping() {
         let mut ev = sample::deny();
-        ev.process.command_line = Some("\u{1b}".repeat(47_000));
-        ev.cgroup.path = Some(format!("/{}", "\u{85}".repeat(5000)));
+        ev.process.command_line = Some("\u{1b}".repeat(47_000).into());
+        ev.cgroup.path = Some(format!("/{}", "\u{85}".repeat(5000)).into());
         let capped = cap_event(&ev).expect("capped");
         let cl = capped.process.command_line.as_deref().unwrap_or_default();
         assert!(cl.ends_with("..."));
@@ -317,8 +317,8 @@ mod tests {
     #[test]
     fn json_records_over_the_limit_stay_parseable_and_say_so() {
         let mut ev = sample::deny();
-        ev.process.command_line = Some("a".repeat(2000));
-        ev.process.executable = Some("/b".repeat(500));
+        ev.process.command_line = Some("a".repeat(2000).into());
+        ev.process.executable = Some("/b".repeat(500).into());
         let rec = Record::Connection(Box::new(ev));
         for f in [Format::Json, Format::Ecs, Format::Ocsf] {
             let body = f.render(&rec);
@@ -339,7 +339,7 @@ mod tests {
     #[test]
     fn cef_lines_are_never_cut_inside_an_escape() {
         let mut ev = sample::deny();
-        ev.process.command_line = Some("x=\\\u{1b}|".repeat(400));
+        ev.process.command_line = Some("x=\\\u{1b}|".repeat(400).into());
         let rec = Record::Connection(Box::new(ev));
         let body = Format::Cef.render(&rec);
         for limit in 1000..1100 {

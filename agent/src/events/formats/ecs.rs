@@ -121,7 +121,7 @@ fn prune(v: Value) -> Value {
     }
 }
 
-fn named(id: u64, name: &Option<String>) -> Value {
+fn named(id: u64, name: Option<&str>) -> Value {
     json!({ "id": id.to_string(), "name": name })
 }
 
@@ -162,7 +162,7 @@ fn connection(ev: &ConnectionEvent) -> Value {
     );
     m.insert(
         "source".into(),
-        json!({ "address": h.host.name, "user": named(ev.user.id, &ev.user.name) }),
+        json!({ "address": h.host.name, "user": named(ev.user.id, ev.user.name.as_deref()) }),
     );
     if let Some(ip) = ev.destination.ip {
         m.insert(
@@ -183,11 +183,11 @@ fn connection(ev: &ConnectionEvent) -> Value {
             "command_line": ev.process.command_line,
             "parent": ev.process.parent.as_ref().map(|p| json!({ "pid": p.pid })),
             "thread": { "id": ev.process.thread.id },
-            "user": named(ev.user.id, &ev.user.name),
+            "user": named(ev.user.id, ev.user.name.as_deref()),
         }),
     );
-    m.insert("user".into(), named(ev.user.id, &ev.user.name));
-    m.insert("group".into(), named(ev.group.id, &ev.group.name));
+    m.insert("user".into(), named(ev.user.id, ev.user.name.as_deref()));
+    m.insert("group".into(), named(ev.group.id, ev.group.name.as_deref()));
     if let Some(c) = &ev.container {
         m.insert(
             "container".into(),

@@ -279,6 +279,7 @@ impl Canonical<'_> {
 mod tests {
     use super::*;
     use crate::events::{audit::chain, formats::Format, sample};
+    use std::sync::Arc;
 
     /// Every shape a connection record takes: each sample, and the optional members
     /// present and absent.
@@ -291,7 +292,7 @@ mod tests {
             })
             .collect();
         let mut bare = sample::deny();
-        bare.header.host.labels.clear();
+        Arc::make_mut(&mut bare.header.host).labels.clear();
         bare.process.parent = None;
         bare.process.executable = None;
         bare.process.command_line = None;
@@ -300,14 +301,12 @@ mod tests {
         bare.cgroup.systemd_unit = None;
         bare.network.iana_number = None;
         bare.network.ethertype = Some(2048);
-        bare.header.host.name = "h\u{1}\"\\é".into();
+        Arc::make_mut(&mut bare.header.host).name = "h\u{1}\"\\é".into();
         all.push(bare);
         let mut odd = sample::deny_utf8();
-        odd.header
-            .host
-            .labels
-            .insert("zz top".into(), "ü\u{7f}".into());
-        odd.header.host.labels.insert("A".into(), String::new());
+        let host = Arc::make_mut(&mut odd.header.host);
+        host.labels.insert("zz top".into(), "ü\u{7f}".into());
+        host.labels.insert("A".into(), String::new());
         odd.rule.name = "\u{2028}\t".into();
         all.push(odd);
         all
@@ -351,7 +350,9 @@ mod tests {
             assert_eq!(a.seal_json(body.clone(), &got), b.seal(Format::Json, &body));
         }
         let mut ev = sample::deny();
-        ev.header.host.labels.insert("é".into(), "x".into());
+        Arc::make_mut(&mut ev.header.host)
+            .labels
+            .insert("é".into(), "x".into());
         assert_eq!(
             canonical_connection(&ev),
             None,

@@ -457,7 +457,7 @@ fn trickling_receiver_spools_and_shutdown_is_bounded() {
     let p = Pipeline::with_transports(vec![(cfg("s", 1000), transport, Some(spool))], "h")
         .expect("start");
     let mut big = sample::deny();
-    big.process.command_line = Some("x".repeat(1500));
+    big.process.command_line = Some("x".repeat(1500).into());
     let n = 20_000u64;
     for i in 1..=n {
         big.header.sequence = i;
@@ -497,7 +497,7 @@ fn queue_is_bounded_in_bytes() {
     c.queue_bytes = 1 << 20;
     let p = Pipeline::with_transports(vec![(c, t, None)], "h").expect("start");
     let mut ev = sample::deny();
-    ev.process.command_line = Some("\u{1b}".repeat(47_000));
+    ev.process.command_line = Some("\u{1b}".repeat(47_000).into());
     let n = 2_000u64;
     for i in 1..=n {
         ev.header.sequence = i;

@@ -52,9 +52,9 @@ pub(crate) fn stream(
                 Record::Summary(s) => &mut s.header,
             };
             h.sequence = seq;
-            h.agent.ephemeral_id = run.into();
+            std::sync::Arc::make_mut(&mut h.agent).ephemeral_id = run.into();
             h.id = format!("{run}-{seq}");
-            h.host.name = host.into();
+            std::sync::Arc::make_mut(&mut h.host).name = host.into();
             h.unix_ns = t;
             h.timestamp = crate::events::rfc3339(t);
             String::from_utf8(chain.seal(f, &f.render(&rec))).expect("UTF-8")
