@@ -328,12 +328,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The daemon of `commit`, built once into `target/bench-baseline/` from a temporary
-/// worktree (sharing this target directory, so only egressd's own crates build).
+/// worktree, in a target directory of its own (`target/bench-baseline/target-COMMIT`):
+/// cargo names a workspace crate's artifacts by its path relative to the workspace, so a
+/// worktree sharing this target directory overwrites this build's `egressd-common` with
+/// the old one, which the next build here then takes as fresh.
 fn baseline_daemon(target: &Path, commit: &str) -> anyhow::Result<PathBuf> {
     let bin = target.join(format!("bench-baseline/egressd-{commit}"));
     if bin.exists() {
         return Ok(bin);
     }
+    let own = target.join(format!("bench-baseline/target-{commit}"));
+    std::fs::create_dir_all(&own)?;
     let tree = std::env::temp_dir().join(unique("egressd-baseline-"));
     eprintln!("bench: building egressd {commit} in {}", tree.display());
     let root = sh::root();
@@ -348,13 +353,12 @@ fn baseline_daemon(target: &Path, commit: &str) -> anyhow::Result<PathBuf> {
     let built = sh::run(
         std::process::Command::new(cargo)
             .current_dir(&tree)
-            .env("CARGO_TARGET_DIR", target)
+            .env("CARGO_TARGET_DIR", &own)
             .env("PATH", sh::path())
             .args(["build", "--release", "-p", "egressd", "--bin", "egressd"]),
     )
     .and_then(|()| {
-        std::fs::create_dir_all(target.join("bench-baseline"))?;
-        std::fs::copy(target.join("release/egressd"), &bin)?;
+        std::fs::copy(own.join("release/egressd"), &bin)?;
         Ok(())
     });
     let _ = std::process::Command::new("git")

@@ -485,6 +485,24 @@ fn targets(s: &mut String, r: &Results, ns: &[usize], top: usize) {
         pm(pass),
         parts.join("; ")
     );
+    // BPF time per connect at the top N (issue #16).
+    let per = FAMILIES.map(|fam| bpf_per_connect(r, top, fam));
+    if per.iter().all(Option::is_some) {
+        let [v4, v6] = per.map(|p| p.unwrap_or(f64::NAN));
+        let _ = writeln!(
+            s,
+            "| BPF time per connect (connect hook + skb egress + skb ingress) ≤ 1 µs at {}, \
+             IPv4 and IPv6 | IPv4: {}; IPv6: {} | {} / {} (BPF statistics during the connect \
+             benchmark: each program's run time per call times its calls per connect; the \
+             section on the handshake memo below gives the floor of attached programs that \
+             return at once). |",
+            label(top),
+            pm(v4 <= 1000.0),
+            pm(v6 <= 1000.0),
+            dur(v4),
+            dur(v6)
+        );
+    }
     // 4. 1M load under 2 s.
     if let Some(k) = kernel(r, top) {
         let l = Spread::of(&load_ns(k));
@@ -580,12 +598,16 @@ fn why(s: &mut String, r: &Results, ns: &[usize], top: usize) {
              table's first level spans 16,384 pages, so a cold lookup also misses the TLB (a \
              two-dimensional page walk under KVM). For IPv6 (where a 2^24 table does not \
              apply) egressd's range table (the address space cut into disjoint ranges of one \
-             decision each, sorted; one index element per /16 gives the ranges starting in \
-             it, binary-searched in at most 22 steps of one array read) costs {} → {}, the \
-             trie {} the target at N = {}; egressd will pick the range table from 1,024 IPv6 \
-             prefixes (`ipv6_lookup = \"auto\"`), for 512 KiB per set plus 24 bytes per \
-             range, once its programs contain the search (`TABLE6_IN_PROGRAMS`, off: the 6.1 \
-             and 5.10 verifiers refuse it).",
+             decision each, sorted; one index element per /16, and under a /16 holding more \
+             than 8 ranges a chunk of 16 elements per 4 further bits down to /40, give the \
+             ranges starting in the destination's bucket, binary-searched in at most 22 steps \
+             of one array read) costs {} → {}, the trie {} the target at N = {}; egressd picks \
+             the range table from 1,024 IPv6 prefixes (`ipv6_lookup = \"auto\"`), for 512 KiB \
+             per set plus 24 bytes per range and 16 bytes of chunks per range of room; its \
+             programs contain the search on every kernel tested (5.10, 6.1, 6.12, 6.18). The \
+             floor of both tables is the last read: a destination in a 12-64 MiB array of 4 \
+             KiB pages (`BPF_F_MMAPABLE` arrays are not backed by huge pages) misses the cache \
+             and the TLB; the IPv4 table's stream figure is that read plus one more.",
             dur(stream_net(k0, "lpm4", "v4")),
             label(ns[0]),
             dur(stream_net(kt, "lpm4", "v4")),
@@ -828,7 +850,7 @@ fn lookup_table(s: &mut String, r: &Results, ns: &[usize]) {
     );
     let _ = writeln!(
         s,
-        "| N | egressd's IPv4 / IPv6 lookup | stream: table v4 / trie v4 / range table v6 / trie v6 | cold: table v4 / trie v4 / trie v6 | warm: table v4 / trie v4 / trie v6 | trie fill v4 + v6 | table compile + copy | table memory (chunks) | range table v6: compile + copy, memory (ranges) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| N | egressd's IPv4 / IPv6 lookup | stream: table v4 / trie v4 / range table v6 / trie v6 | cold: table v4 / trie v4 / trie v6 | warm: table v4 / trie v4 / trie v6 | trie fill v4 + v6 | table compile + copy | table memory (chunks) | range table v6: compile + copy, memory (ranges, chunks) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for &n in ns {
         let Some(k) = kernel(r, n) else { continue };
@@ -840,7 +862,7 @@ fn lookup_table(s: &mut String, r: &Results, ns: &[usize]) {
         let p = &k["proto"];
         let _ = writeln!(
             s,
-            "| {} | {} / {} | {} / {} / {} / {} | {} | {} | {} | {} + {} | {} ({}) | {} + {}, {} ({}) |",
+            "| {} | {} / {} | {} / {} / {} / {} | {} | {} | {} | {} + {} | {} ({}) | {} + {}, {} ({}, {}) |",
             label(n),
             v4_lookup(k),
             v6_lookup(k),
@@ -858,7 +880,8 @@ fn lookup_table(s: &mut String, r: &Results, ns: &[usize]) {
             dur(f(&p["range6"]["compile_ns"])),
             dur(f(&p["range6"]["load_ns"])),
             bytes(f(&p["range6"]["bytes"])),
-            count(f(&p["range6"]["ranges"]))
+            count(f(&p["range6"]["ranges"])),
+            count(f(&p["range6"]["chunks"]))
         );
     }
     s.push('\n');
@@ -1001,26 +1024,25 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          read-only figure above. *The daemon*: `bench_pipeline` (the same path in-process \
          from decoded events to the file sink, its reader paced to the pipeline so that \
          every record takes the full `/proc` path, `cargo run --release -p egressd \
-         --example bench_pipeline`) counts 4.8-6.8 µs of CPU per record over its three \
-         threads, against 8.1-10.3 µs for main before (30469fd), measured the same way, \
-         alternately, at load averages 3-7 (about a third less; both rise with the load). \
-         `perf record` of it: the reader thread takes two thirds: it writes the record by \
-         hand (14 % of the CPU, a third of that allocating the frame and faulting its \
-         pages), its canonical bytes into a reused buffer (9 %), hashes them (SHA-256 with \
-         SHA-NI, 7 %), numbers the records, queues 64 at a time with one lock and wake-up \
-         (the futex calls: 6 %), and frees them (5 %); the enrichment thread (24 %) builds \
-         the event, mostly allocating and copying its fifteen strings (malloc: 10 %); the \
-         sink thread (11 %) writes 64 KiB per `write(2)` and sleeps and wakes. Before, \
-         serde_json rendering and writing the canonical bytes took 21 %, a wake-up of the \
-         sink per few records 10 %, and the heap's top, handed back to the kernel and \
-         faulted in again, another 10 %. The floor: at about 5 µs a record, 500,000 \
-         records/s would take 2.5 cores, and this machine has 2, one of them busy with \
-         the flood; issue #13's 500,000 is not within reach by trimming. What is left, \
-         largest first: strings shared per process (`Arc<str>` for the process, cgroup, \
-         host and policy fields: the event types every format reads change), frame buffers \
-         handed back by the sinks for reuse (no allocation, free and fault per record), and \
-         fewer wake-ups of the enrichment thread; the SHA-256 of about a kilobyte per \
-         record stays while every record carries its own link.\n"
+         --example bench_pipeline`) counts 4.80 µs of CPU per record over its three \
+         threads (median of 9 runs, 3.51-6.32), against 5.35 µs (4.18-7.43) for main of \
+         2026-12-02 (e1a4de2), run alternately with it at load averages 3.6-4.9; main of \
+         2026-12-01 before the hand-written JSON record (30469fd) took 8.1-10.3 µs. Since \
+         e1a4de2 the process's executable, command line, cgroup path, user and group and \
+         the host and agent details are shared by every event (`Arc`), no longer copied per \
+         event, and finished events are boxed where they are built. `perf record` of it: \
+         the reader thread's encoding is the largest part (34 % of the CPU: rendering the \
+         JSON 13 %, the canonical bytes and their SHA-256 link 11 %), then the enrichment \
+         thread (15 %, was 24 %), the sink thread (15 %: 64 KiB per `write(2)`, sleeping \
+         and waking), malloc and free (4-5 % each: a frame per record, allocated by the \
+         reader and freed by the sink). The floor: the reader's rendering, canonical bytes \
+         and SHA-256 alone take about 1.5 µs per record, and 500,000 records/s on this \
+         machine, one of whose 2 cores is busy with the flood, needs the whole path under \
+         about 2 µs; issue #13's 500,000 is not within reach by trimming the rest. What is \
+         left, largest first: frame buffers handed back by the sinks for reuse, the policy, \
+         region and rule strings shared per policy, fewer hand-offs between the enrichment \
+         thread and the reader; the SHA-256 of about a kilobyte per record stays while \
+         every record carries its own link.\n"
     );
 }
 
