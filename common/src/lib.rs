@@ -39,12 +39,12 @@ pub mod maps {
     /// [`crate::table6::index_entries`] of them when the table is in use (1 otherwise).
     /// Element [`crate::table6::IN_USE`] is 1 when the set looks IPv6 up in the table (0: in
     /// its LPM trie); element `1 + b` describes the /16 bucket `b`, and the chunks after them
-    /// the longer buckets inside dense ones: either a bucket (low 32
-    /// bits: the index of the last range starting before it; high 32 bits: one past the
-    /// index of its last range) or [`crate::table6::CHUNK`] with a chunk number (see
-    /// [`crate::table6`]). An index of [`crate::table6::INDEX_ENTRIES`] elements, as egressd
-    /// made before the chunks, has no room for any and is filled without them: the layout
-    /// without chunks is the same.
+    /// the longer buckets inside dense ones: either a bucket (low 32 bits: the index of the
+    /// last range starting before it, or range 0 for the bucket at `::`, where it starts;
+    /// high 32 bits: one past the index of its last range) or [`crate::table6::CHUNK`] with a
+    /// chunk number (see [`crate::table6`]). An index of [`crate::table6::INDEX_ENTRIES`]
+    /// elements, as egressd made before the chunks, has no room for any and is filled
+    /// without them: the layout without chunks is the same.
     pub const TABLE6_INDEX: [&str; 2] = ["EGRESSD_TABLE6_INDEX_A_V1", "EGRESSD_TABLE6_INDEX_B_V1"];
     /// IPv6 lookup table, per set: `BPF_MAP_TYPE_ARRAY` with `BPF_F_MMAPABLE` of
     /// [`crate::table6::Range6`], ascending by first address; range 0 starts at `::`.
@@ -382,7 +382,9 @@ pub mod failsafe {
     pub const CHAIN_TOO_LONG: u32 = 2;
     /// An LPM trie returned an entry id outside the decision table.
     pub const BAD_ENTRY: u32 = 3;
-    /// The IPv4 table pointed at a page the map does not have.
+    /// The IPv4 table pointed at a page the map does not have, or the IPv6 range table at
+    /// an index element, chunk or range it does not have (or at a chunk deeper or larger
+    /// than its layout allows).
     pub const NO_PAGE: u32 = 4;
     /// A loopback or unspecified destination in a packet that leaves through another
     /// interface (a raw socket whose header names another address than it is sent to).

@@ -355,9 +355,16 @@ pub extern "C" fn egressd_table6_lookup(set: u64, hi: u64, lo: u64) -> u64 {
         if bucket & table6::CHUNK == 0 {
             break;
         }
+        // A chunk number the layout cannot hold (or stray high bits) is a damaged index:
+        // fail closed rather than read another bucket's element.
+        let chunk = bucket as u32;
+        if bucket >> 32 != table6::CHUNK >> 32 || chunk >= table6::MAX_CHUNKS {
+            return TABLE6_NO_PAGE;
+        }
+        // No overflow: chunk < 2^19.
         let at = table6::INDEX_ENTRIES
-            .wrapping_add((bucket as u32).wrapping_mul(table6::CHUNK_ENTRIES))
-            .wrapping_add(((hi >> shift) as u32) & (table6::CHUNK_ENTRIES - 1));
+            + chunk * table6::CHUNK_ENTRIES
+            + (((hi >> shift) as u32) & (table6::CHUNK_ENTRIES - 1));
         let Some(sub) = index.get(at) else {
             return TABLE6_NO_PAGE;
         };

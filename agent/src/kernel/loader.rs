@@ -42,7 +42,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 
 pub use self::prepare::Prepared;
 pub use self::sets::Tables;
-pub use self::table::Capacity;
+pub use self::table::{Capacity, Room6};
 use crate::kernel::hooks::{HOOKS, Hook, LoadError, by_program};
 use crate::kernel::offsets;
 use crate::{
@@ -340,6 +340,13 @@ impl Enforcer {
                 "the pinned IPv4 table maps were created without a table (the maps of the \
                  first pinned start are kept across restarts); IPv4 lookups use the LPM trie \
                  until `egressd detach` and a new start"
+            );
+        }
+        if cap.table6_ranges.is_some() && table6_room.is_some_and(|r| r.chunks == 0) {
+            tracing::info!(
+                "the pinned IPv6 table index has no room for chunks (pinned by an earlier \
+                 egressd): IPv6 lookups search whole /16s, slower at large policies, until \
+                 `egressd detach` and a new start"
             );
         }
         if cap.table6_ranges.is_some() && table6_room.is_none() {
@@ -883,6 +890,12 @@ impl Enforcer {
             tracing::info!(region = id, "region id reclaimed: its counters were zeroed");
         }
         Ok(())
+    }
+
+    /// Room of the IPv6 range table maps (`None`: IPv6 is looked up in the LPM trie): the
+    /// ranges and index chunks each policy set can hold, read from the loaded maps.
+    pub fn table6_room(&self) -> Option<table::Room6> {
+        self.table6_room
     }
 
     /// A loaded program by name, e.g. to run it with `BPF_PROG_TEST_RUN`.

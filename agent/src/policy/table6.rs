@@ -8,9 +8,10 @@
 //! 8-bit strides down to every prefix's length costs a 2 KiB chunk per stride of every long
 //! prefix (hundreds of MiB for 256k /32-/64 prefixes). Sorted ranges cost 24 bytes per range
 //! (at most two per prefix plus one) and a 512 KiB index; the chunks (128 bytes each), one
-//! per dense bucket and at most [`chunk_budget`] of them (one per 8 ranges), cut the search
-//! to a few ranges in one or two cache lines. They are small on purpose: a lookup that
-//! misses the cache and the TLB on a large index costs more than the search steps it saves.
+//! per dense bucket and at most [`chunk_budget`] of them (one per 8 ranges of room, plus
+//! 16), cut the search to a few ranges in one or two cache lines. They are small on
+//! purpose: a lookup that misses the cache and the TLB on a large index costs more than
+//! the search steps it saves.
 //! A lookup reads one index element, one per chunk level, and about log2(ranges in the
 //! bucket) + 1 ranges.
 use std::{cmp::Reverse, collections::BinaryHeap};
