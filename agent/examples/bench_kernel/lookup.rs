@@ -277,9 +277,8 @@ impl Range6 {
     /// region id from egressd's reference model), and loads it as egressd does.
     pub fn new(prefixes: &[(Ipv6Network, u32)], expect: &[(Ipv6Addr, u32)]) -> io::Result<Self> {
         let t = Instant::now();
-        // Capacity as the daemon sizes it for these prefixes (`Capacity::for_policy`).
-        let need = 2 * prefixes.len() + 1;
-        let capacity = (need + need / 4 + 4096).min(egressd_common::table6::MAX_RANGES);
+        // The chunk room the daemon's maps get for these prefixes.
+        let capacity = egressd::kernel::loader::Capacity::table6_ranges_for(prefixes.len());
         let budget = egressd_common::table6::chunk_budget(capacity);
         let table = Table6::compile(prefixes, budget).map_err(io::Error::other)?;
         let compile_ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);

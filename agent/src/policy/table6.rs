@@ -33,9 +33,8 @@ pub const DENSE: u32 = 8;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Table6 {
     /// [`IN_USE`] flag (1), then per /16 bucket, then per chunk [`CHUNK_ENTRIES`] buckets: the
-    /// index of the
-    /// last range starting before the bucket (low 32 bits) and one past its last range (high
-    /// 32 bits), or [`CHUNK`] | the chunk number.
+    /// index of the last range starting before the bucket (low 32 bits) and one past its last
+    /// range (high 32 bits), or [`CHUNK`] | the chunk number.
     pub index: Vec<u64>,
     /// The ranges, ascending; the first starts at `::`.
     pub ranges: Vec<Range6>,

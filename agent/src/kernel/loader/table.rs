@@ -144,11 +144,15 @@ impl Capacity {
             prefixes,
             table_chunks: chunks
                 .map(|need| (need + need / 4 + MIN_CHUNKS).min(MAX_CHUNKS as usize)),
-            table6_ranges: v6.map(|v6| {
-                let need = 2 * v6 + 1;
-                (need + need / 4 + MIN_CHUNKS).min(MAX_RANGES)
-            }),
+            table6_ranges: v6.map(Self::table6_ranges_for),
         }
+    }
+
+    /// Ranges the IPv6 table maps get for `v6` IPv6 prefixes: what they can make (two per
+    /// prefix plus one), a quarter more and 4096 on top, at most [`MAX_RANGES`].
+    pub fn table6_ranges_for(v6: usize) -> usize {
+        let need = 2 * v6 + 1;
+        (need + need / 4 + MIN_CHUNKS).min(MAX_RANGES)
     }
 
     /// Whether maps loaded with these sizes take a policy that asks for `need`: the same
