@@ -9,6 +9,7 @@ fn main() {
     println!("cargo:rustc-link-arg=--export=egressd_skb_parse");
     println!("cargo:rustc-link-arg=--export=egressd_skb_judge");
     println!("cargo:rustc-link-arg=--export=egressd_skb_memo");
+    println!("cargo:rustc-link-arg=--export=egressd_skb_cached");
     println!("cargo:rustc-link-arg=--export=egressd_forced_check");
     match which("bpf-linker") {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),

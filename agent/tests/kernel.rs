@@ -74,6 +74,7 @@ fn main() {
         Trial::test("raw_next_hop_denied", nexthop::raw_next_hop_denied),
         Trial::test("raw_next_hop_audit", nexthop::raw_next_hop_audit),
         Trial::test("forced_next_hop_denied", forced::forced_next_hop_denied),
+        Trial::test("forced_next_hop_cached", forced::forced_next_hop_cached),
         Trial::test("forced_next_hop_audit", forced::forced_next_hop_audit),
         Trial::test("forced_next_hop_cost", forced::forced_next_hop_cost),
         Trial::test("enforce_ipv4_tcp_and_connected_udp", enforce::enforce_ipv4),
@@ -105,6 +106,10 @@ fn main() {
         Trial::test("path_udp_sendmmsg", paths::sendmmsg),
         Trial::test("path_raw_icmp_and_icmpv6", paths::raw_icmp),
         Trial::test("path_raw_ip_protocol", paths::raw_ip),
+        Trial::test(
+            "path_raw_socket_second_destination",
+            paths::raw_second_destination,
+        ),
         Trial::test("path_nat64_judged_by_embedded_ipv4", paths::nat64),
         Trial::ignorable_test("path_sctp_association_judged_by_packet_hook", paths::sctp),
         Trial::test(

@@ -298,6 +298,83 @@ pub fn from_skb(ctx: &SkBuffContext, egress: bool, token: u64) -> Option<Packet>
     }
 }
 
+/// The remote address, protocol and port of a packet with plain headers, read from the
+/// linear data alone (direct packet access: no helper call, no scratch space): an IPv4
+/// header without options and without AH, or an IPv6 header followed directly by the
+/// upper-layer header, to an address that is not IPv4-mapped, and the first 4 bytes behind
+/// it within the linear data. For such a packet this is exactly the destination (`egress`)
+/// or source [`from_skb`] finds, with no doubt and no route; `None` for anything else (the
+/// caller then walks the headers with [`from_skb`]).
+#[inline(always)]
+pub fn plain(ctx: &SkBuffContext, egress: bool) -> Option<Dest> {
+    let proto = u16::from_be(ctx.skb.protocol() as u16);
+    // SAFETY: valid context pointer for a cgroup_skb program.
+    let (data, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    let mut d = Dest {
+        family: family::INET,
+        mapped: unwrap::NONE,
+        protocol: 0,
+        addr: [0; 16],
+        port: 0,
+    };
+    if proto == ETH_P_IP {
+        // The 20-byte header and the 4 bytes of ports behind it (RFC 791).
+        if data + 24 > end {
+            return None;
+        }
+        // SAFETY: bytes 0..24 are within the linear data, checked just above.
+        let (vihl, protocol, frag, a) = unsafe {
+            (
+                *(data as *const u8),
+                *((data + 9) as *const u8),
+                u16::from_be(ptr::read_unaligned((data + 6) as *const u16)),
+                ptr::read_unaligned((data + if egress { 16 } else { 12 }) as *const [u8; 4]),
+            )
+        };
+        if vihl & 0x0f != 5 || protocol == NEXTHDR_AUTH {
+            return None;
+        }
+        d.protocol = protocol;
+        d.addr[..4].copy_from_slice(&a);
+        // A later fragment carries no ports (as in `ipv4`).
+        if frag & 0x1fff == 0 && has_ports(protocol) {
+            // SAFETY: as above.
+            d.port = u16::from_be(unsafe {
+                ptr::read_unaligned((data + if egress { 22 } else { 20 }) as *const u16)
+            });
+        }
+        return Some(d);
+    }
+    if proto != ETH_P_IPV6 || data + 44 > end {
+        return None;
+    }
+    // SAFETY: bytes 0..44 are within the linear data, checked just above.
+    let (next, a) = unsafe {
+        (
+            *((data + 6) as *const u8),
+            ptr::read_unaligned((data + if egress { 24 } else { 8 }) as *const [u8; 16]),
+        )
+    };
+    if is_ext(next) || a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+        return None;
+    }
+    d.family = family::INET6;
+    d.protocol = next;
+    d.addr = a;
+    if has_ports(next) {
+        // SAFETY: as above.
+        d.port = u16::from_be(unsafe {
+            ptr::read_unaligned((data + if egress { 42 } else { 40 }) as *const u16)
+        });
+    }
+    Some(d)
+}
+
 #[inline(always)]
 fn ipv4(ctx: &SkBuffContext, egress: bool, p: &mut Packet, sc: &mut Scratch) -> Result<(), u32> {
     // Two bytes, not one: LLVM turns a one-byte bound `data + 1 <= end` into `data < end`,
@@ -515,17 +592,22 @@ fn routing_header(
 /// The remote port of an upper-layer header at `l4` (0 for protocols without ports).
 #[inline(always)]
 fn port(ctx: &SkBuffContext, protocol: u8, l4: usize, egress: bool) -> Result<u16, u32> {
-    if protocol != IPPROTO_TCP
-        && protocol != IPPROTO_UDP
-        && protocol != IPPROTO_SCTP
-        && protocol != IPPROTO_UDPLITE
-    {
+    if !has_ports(protocol) {
         return Ok(0);
     }
     let off = (if egress { l4 + 2 } else { l4 }) & OFF_MASK;
     load::<u16>(ctx, off)
         .map(u16::from_be)
         .ok_or(failsafe::UNPARSEABLE)
+}
+
+/// Whether `protocol`'s header starts with the source and destination port.
+#[inline(always)]
+fn has_ports(protocol: u8) -> bool {
+    protocol == IPPROTO_TCP
+        || protocol == IPPROTO_UDP
+        || protocol == IPPROTO_SCTP
+        || protocol == IPPROTO_UDPLITE
 }
 
 /// Reads a `T` at byte `off` of the packet (0 = the IP header): straight from the linear

@@ -3,7 +3,8 @@
 //! Egress judges what the socket hooks did not (raw sockets, ICMP, sockets opened before the
 //! agent, flows judged under an older generation). Per packet, the fast path is the verdict
 //! cached on the packet's socket ([`cache`]): one for the same destination and generation
-//! (or any earlier allow, with `established = keep`) is reused.
+//! (or any earlier allow, with `established = keep`) is reused, found before any header
+//! walk when the headers are plain ([`addr::plain`]).
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
     helpers::generated::bpf_tcp_sock,
@@ -18,6 +19,8 @@ use crate::{addr, cache, decide, forced, maps::EGRESSD_SETTINGS_V1, memo, owner,
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
+/// [`egressd_skb_cached`]: no cached verdict applies, walk the headers.
+const WALK: i32 = 2;
 /// `IPPROTO_TCP` (`include/uapi/linux/in.h`).
 const IPPROTO_TCP: u8 = 6;
 
@@ -39,6 +42,13 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// 480 on 5.10, whose verifier rounds each frame up to 32.
 #[inline(always)]
 pub fn egress(ctx: &SkBuffContext) -> i32 {
+    let fast = egressd_skb_cached(ctx.skb.skb);
+    // SAFETY: reading a live local (as in `pass_or_drop`).
+    match unsafe { core::ptr::read_volatile(&fast) } {
+        WALK => {}
+        DROP => return DROP,
+        _ => return PASS,
+    }
     let Some(token) = addr::start_walk() else {
         // Without scratch space nothing can be read: fail closed.
         let verdict = egressd_skb_judge(ctx.skb.skb, 0, 0, Parked::doubt(failsafe::UNPARSEABLE), 0);
@@ -47,6 +57,53 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
     let verdict = egress_walk(ctx, token);
     addr::end_walk(token);
     pass_or_drop(verdict)
+}
+
+/// The fast path of [`egress`]: the verdict cached on the packet's socket for a packet with
+/// plain headers ([`addr::plain`]), when [`settle`] would reuse it as it stands: the same
+/// flow; the generation in force, or an allow of a connection kept under `established =
+/// keep`; a deny, or a verdict that passed the next-hop check for this device and route
+/// epoch; not a first report due. The packet is counted and its verdict returned (1 pass,
+/// 0 drop); [`WALK`] in every other case, which the header walk and [`egressd_skb_judge`]
+/// then decide. No scratch space: one `bpf_sk_storage_get`, array reads and compares.
+///
+/// A global function (exported by the linker, see `build.rs`), so its frame is a sibling
+/// of the judge's, not added to it under 5.10's combined stack limit.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn egressd_skb_cached(skb: *mut __sk_buff) -> i32 {
+    cached(&SkBuffContext::new(skb)).unwrap_or(WALK)
+}
+
+/// The body of [`egressd_skb_cached`].
+#[inline(always)]
+fn cached(ctx: &SkBuffContext) -> Option<i32> {
+    let sk = socket(ctx);
+    if sk.is_null() {
+        return None;
+    }
+    let c = cache::get(sk)?;
+    let d = addr::plain(ctx, true)?;
+    if !same_flow(&c, &d) {
+        return None;
+    }
+    let verdict = Verdict::from_u8(c.verdict)?;
+    let generation = decide::generation();
+    if c.generation != generation
+        && (c.flow == 0 || verdict != Verdict::Allow || decide::cut_established(generation))
+    {
+        return None;
+    }
+    if verdict != Verdict::Allow && c.reported == 0 {
+        return None;
+    }
+    // SAFETY: valid context pointer for a cgroup_skb program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if verdict != Verdict::Deny && c.route_check != route_check(ifindex, forced::epoch()) {
+        return None;
+    }
+    report::flow(direction::EGRESS, c.region, verdict, ctx.len());
+    Some(if verdict == Verdict::Deny { DROP } else { PASS })
 }
 
 /// The body of [`egress`], in the walk with `token`: 1 to pass the packet, 0 to drop it.
@@ -502,6 +559,19 @@ fn socket(ctx: &SkBuffContext) -> *mut bpf_sock {
 /// `cgroup_skb/ingress`: counts bytes by the region of the sender; never drops.
 #[inline(always)]
 pub fn ingress(ctx: &SkBuffContext) -> i32 {
+    // The fast path: a packet with plain headers from the destination of its socket's
+    // cached verdict (as in `count_ingress`, without the walk).
+    let sk = socket(ctx);
+    if !sk.is_null()
+        && let Some(c) = cache::get(sk)
+        && let Some(d) = addr::plain(ctx, false)
+        && c.dst_addr == d.addr
+        && c.family == d.family
+    {
+        let verdict = Verdict::from_u8(c.verdict).unwrap_or(Verdict::Deny);
+        report::flow(direction::INGRESS, c.region, verdict, ctx.len());
+        return PASS;
+    }
     // Ingress only counts: a packet it cannot read is not counted.
     let Some(token) = addr::start_walk() else {
         return PASS;

@@ -28,7 +28,12 @@
 //! - `dev-udp`, `pktinfo-udp`, `unicastif-udp`, `dev-tcp`, `mark-udp` (`KIND://ADDR:PORT/ARG`):
 //!   a socket forced onto interface ARG (or marked ARG), see [`crate::forced`];
 //! - `tcp-hold`: connect, exchange one byte (result `#1`), then wait for a line on stdin and
-//!   exchange another byte on the same connection (result `#2`).
+//!   exchange another byte on the same connection (result `#2`);
+//! - `rawip-pair://ADDR:PROTO/SECOND`: one raw IP socket of protocol PROTO sends a datagram
+//!   to ADDR (result `#1`), then one to SECOND (result `#2`), so a verdict cached on the
+//!   socket for the first destination meets the second;
+//! - `dev-udp-hold://ADDR:PORT/ARG`: the same for a datagram from a socket bound to
+//!   interface ARG (results `#1` and `#2`, no echo awaited; see [`crate::forced::hold`]).
 //!
 //! `PROBE*N` repeats one probe N times in a row, `pause://MS` sleeps (no result line).
 //! `--uid N` runs the probes as user and group N (no groups, no capabilities) after joining
@@ -219,6 +224,10 @@ fn probe_all(probes: &[String], repeat: u32) -> anyhow::Result<()> {
         for p in probes {
             if let Some(addr) = p.strip_prefix("tcp-hold://") {
                 hold(p, addr)?;
+            } else if let Some(rest) = p.strip_prefix("rawip-pair://") {
+                raw_pair(p, rest)?;
+            } else if let Some(rest) = p.strip_prefix("dev-udp-hold://") {
+                hold_dev_udp(p, rest)?;
             } else if let Some(ms) = p.strip_prefix("pause://") {
                 std::thread::sleep(Duration::from_millis(ms.parse().context("pause://MS")?));
             } else {
@@ -667,7 +676,38 @@ fn checksum(data: &[u8]) -> u16 {
 
 fn raw_ip(addr: SocketAddr) -> Step {
     let fd = socket(&addr, libc::SOCK_RAW, i32::from(addr.port()))?;
-    let (ss, len) = sockaddr(&SocketAddr::new(addr.ip(), 0));
+    raw_send(&fd, addr.ip())
+}
+
+/// `rawip-pair://ADDR:PROTO/SECOND` (`rest` is what follows `://`): results `#1` and `#2`.
+fn raw_pair(probe: &str, rest: &str) -> anyhow::Result<()> {
+    let (first, second) = rest
+        .rsplit_once('/')
+        .with_context(|| format!("{probe}: ADDR:PROTO/SECOND"))?;
+    let first: SocketAddr = first
+        .parse()
+        .with_context(|| format!("bad address in {probe}"))?;
+    let second: std::net::IpAddr = second
+        .parse()
+        .with_context(|| format!("bad second address in {probe}"))?;
+    let result = |n: u32, step: Step| match step {
+        Ok(()) => ok(&format!("{probe}#{n}")),
+        Err((step, e)) => fail(&format!("{probe}#{n}"), step, &e),
+    };
+    let (one, two) = match socket(&first, libc::SOCK_RAW, i32::from(first.port())) {
+        Ok(fd) => (raw_send(&fd, first.ip()), raw_send(&fd, second)),
+        Err((step, e)) => {
+            let again = io::Error::new(e.kind(), e.to_string());
+            (Err((step, e)), Err((step, again)))
+        }
+    };
+    emit(&result(1, one))?;
+    emit(&result(2, two))
+}
+
+/// One datagram from the raw socket `fd` to `ip`.
+fn raw_send(fd: &OwnedFd, ip: std::net::IpAddr) -> Step {
+    let (ss, len) = sockaddr(&SocketAddr::new(ip, 0));
     let payload = b"egressd-raw";
     // SAFETY: valid fd, buffer and address.
     let n = unsafe {
@@ -738,6 +778,31 @@ fn sctp_associate(addr: SocketAddr, timeout: Duration) -> Step {
 
 /// `tcp-hold`: two exchanges on one connection with a pause in between (a policy change
 /// happens in the pause). Results `#1` and `#2`.
+/// `dev-udp-hold://ADDR:PORT/DEV` (`rest` is what follows `://`): results `#1` and `#2`, a
+/// line on stdin awaited between them.
+fn hold_dev_udp(probe: &str, rest: &str) -> anyhow::Result<()> {
+    let (addr, dev) = rest
+        .rsplit_once('/')
+        .with_context(|| format!("{probe}: ADDR:PORT/DEV"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("bad address in {probe}"))?;
+    let result = |n: u32, step: crate::forced::Step| match step {
+        Ok(()) => ok(&format!("{probe}#{n}")),
+        Err((step, e)) => fail(&format!("{probe}#{n}"), step, &e),
+    };
+    let mut waited = Ok(());
+    let second = crate::forced::hold(addr, dev, |first| {
+        waited = emit(&result(1, first)).and_then(|()| {
+            let mut line = String::new();
+            io::stdin().lock().read_line(&mut line)?;
+            Ok(())
+        });
+    });
+    waited?;
+    emit(&result(2, second))
+}
+
 fn hold(probe: &str, addr: &str) -> anyhow::Result<()> {
     let first = format!("{probe}#1");
     let second = format!("{probe}#2");

@@ -4,7 +4,10 @@
 //! - `pktinfo-udp`: `sendmsg` with an `IP_PKTINFO`/`IPV6_PKTINFO` cmsg naming interface ARG;
 //! - `unicastif-udp`: `IP_UNICAST_IF`/`IPV6_UNICAST_IF` set to interface ARG, then `sendto`;
 //! - `dev-tcp`: `SO_BINDTODEVICE` to ARG, then `connect()` (2 s);
-//! - `mark-udp`: `SO_MARK` ARG (a number; policy routing by `ip rule fwmark`), then `sendto`.
+//! - `mark-udp`: `SO_MARK` ARG (a number; policy routing by `ip rule fwmark`), then `sendto`;
+//! - `dev-udp-hold`: as `dev-udp`, then, on the same socket, a second `sendto` once the
+//!   caller says so ([`hold`]; the client reads a line on stdin), so a verdict cached on the
+//!   socket meets a route change.
 //!
 //! Datagrams carry [`PAYLOAD`], so a sniffer can tell them apart; none waits for an echo.
 use std::{
@@ -16,7 +19,8 @@ use std::{
 /// Payload of every datagram these probes send.
 pub const PAYLOAD: &[u8] = b"egressd-forced";
 
-type Step = Result<(), (&'static str, io::Error)>;
+/// One step's outcome: the failed call's name and its error.
+pub type Step = Result<(), (&'static str, io::Error)>;
 
 /// Runs probe `kind` to `addr` with argument `arg`; `None` for a kind not handled here.
 pub fn attempt(kind: &str, addr: SocketAddr, arg: &str) -> Option<Step> {
@@ -28,6 +32,21 @@ pub fn attempt(kind: &str, addr: SocketAddr, arg: &str) -> Option<Step> {
         "dev-tcp" => dev_tcp(addr, arg),
         _ => return None,
     })
+}
+
+/// `dev-udp-hold`: a UDP socket bound to interface `dev` sends to `addr`, `between` gets
+/// that step's outcome and runs, and the same socket sends again: that outcome is returned.
+pub fn hold(addr: SocketAddr, dev: &str, between: impl FnOnce(Step)) -> Step {
+    let s = match udp(addr, |s| bind_device(s, dev)) {
+        Ok(s) => s,
+        Err((step, e)) => {
+            let again = io::Error::new(e.kind(), e.to_string());
+            between(Err((step, e)));
+            return Err((step, again));
+        }
+    };
+    between(sendto(&s, addr));
+    sendto(&s, addr)
 }
 
 fn udp(

@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use super::{
     harness::{
-        assert_field, expect_ok, policy, probe, require_root, stop_record, temp_dir, testbed,
+        LiveProbe, assert_field, expect_ok, policy, probe, require_root, stop_record, temp_dir,
+        testbed,
     },
     nexthop::{Sniffer, at, forwarding},
     tc::start_in_client,
@@ -212,6 +213,64 @@ pub fn forced_next_hop_denied() -> Result<(), Failed> {
     let n = stop["fail_closed"]["next_hop_forced"].as_u64().unwrap_or(0);
     if n < 5 {
         return Err(format!("fail_closed.next_hop_forced {n}, want >= 5: {stop}").into());
+    }
+    Ok(())
+}
+
+/// A verdict cached on a long-lived socket meets a route change: a socket bound to the
+/// eu-facing interface sends to eu while a route leaves there (allowed; the verdict is
+/// cached on the socket with the route epoch it was checked under), the route goes, and the
+/// same socket's next datagram (the on-link fallback) is dropped, reported and counted: the
+/// cached allow is checked again under the new epoch, by the fast path and the walk alike.
+pub fn forced_next_hop_cached() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = temp_dir("egressd-forced-")?;
+    forwarding(&tb.client, false)?;
+    let agent = start_in_client(&tb, &dir, &policy("enforce"), &[])?;
+    let served = tb.served().0;
+    let mut live = LiveProbe::start(&tb, &[format!("dev-udp-hold://{EU_V4}:{PORT}/veth-eu")])?;
+    expect_ok(&live.next()?)?;
+    if served_eu(&tb, served + 1) <= served {
+        return Err("the first datagram, routed through veth-eu, did not reach eu".into());
+    }
+    let ns = tb.client.name();
+    ip(&[
+        "-n",
+        ns,
+        "route",
+        "del",
+        "198.18.1.0/24",
+        "dev",
+        "veth-eu",
+        "table",
+        "main",
+    ])?;
+    // The daemon's route mirror follows the change (and bumps the epoch).
+    std::thread::sleep(Duration::from_millis(300));
+    let served = tb.served().0;
+    live.resume()?;
+    let second = live.next()?;
+    if served_eu(&tb, served + 1) > served {
+        return Err(format!(
+            "the cached allow outlived its route: the second datagram reached eu ({second:?})"
+        )
+        .into());
+    }
+    if second.ok {
+        return Err(format!("the second datagram was sent: {second:?}").into());
+    }
+    let recs = agent.stop()?;
+    let stop = stop_record(&recs)?;
+    let ev = forced_events(&recs);
+    if ev.len() != 1 {
+        return Err(format!("expected 1 next_hop_forced event, got {ev:#?}").into());
+    }
+    assert_field(ev[0], "/verdict", "deny")?;
+    assert_field(ev[0], "/destination/ip", EU_V4)?;
+    let n = stop["fail_closed"]["next_hop_forced"].as_u64().unwrap_or(0);
+    if n != 1 {
+        return Err(format!("fail_closed.next_hop_forced {n}, want 1: {stop}").into());
     }
     Ok(())
 }

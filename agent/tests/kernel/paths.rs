@@ -187,6 +187,37 @@ pub fn raw_ip() -> Result<(), Failed> {
     Ok(())
 }
 
+/// One raw socket, two destinations on the same link: the allow cached on the socket for
+/// the eu host is not reused for its neighbour, which the policy does not allowlist (the
+/// cached verdict holds for its flow only, on the fast path as on the walk). The neighbour
+/// address is nobody's: a datagram let through would have nowhere to go.
+pub fn raw_second_destination() -> Result<(), Failed> {
+    let tb = testbed()?;
+    let text = policy("enforce").replace(
+        r#"prefixes = ["198.18.1.0/24", "2001:db8:1::/48"]"#,
+        r#"prefixes = ["198.18.1.2/32", "2001:db8:1::2/128"]"#,
+    );
+    if !text.contains("198.18.1.2/32") {
+        return Err("the test policy's eu prefixes changed: update this test".into());
+    }
+    let agent = Agent::start_with(&tb, &text)?;
+    let r = probe(
+        &tb,
+        1,
+        &[
+            format!("rawip-pair://{EU_V4}:253/198.18.1.3"),
+            format!("rawip-pair://[{EU_V6}]:253/2001:db8:1::3"),
+        ],
+    )?;
+    expect_ok(&r[0])?;
+    expect_eperm(&r[1])?;
+    expect_ok(&r[2])?;
+    expect_eperm(&r[3])?;
+    let recs = agent.stop()?;
+    expect_hooks(&recs, &["cgroup_skb/egress", "cgroup_skb/egress"])?;
+    Ok(())
+}
+
 pub fn nat64() -> Result<(), Failed> {
     let tb = testbed()?;
     let text = policy("enforce").replace(
