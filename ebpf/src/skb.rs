@@ -28,18 +28,20 @@ const IPPROTO_TCP: u8 = 6;
 /// `include/net/net_namespace.h`).
 const LOOPBACK_IFINDEX: u32 = 1;
 
-/// `cgroup_skb/egress`: reads the packet with [`egressd_skb_parse`] and has
-/// [`egressd_skb_judge`] decide.
+/// `cgroup_skb/egress`: a plain packet of a socket whose cached verdict applies is decided
+/// by [`egressd_skb_cached`]; any other is read with [`egressd_skb_parse`] and decided by
+/// [`egressd_skb_judge`].
 ///
-/// Two global functions (exported by the linker, see `build.rs`), which the verifier checks
+/// Global functions (exported by the linker, see `build.rs`), which the verifier checks
 /// once each, on their own, with their arguments unknown: the header walk's paths and the
 /// judging's paths then add up instead of multiplying. In one piece, this program took about
 /// 780,000 of the 1,000,000 instructions the 5.10 and 6.1 verifiers allow, and most of a
-/// daemon's start-up there. Being siblings, the two functions' stack frames share the 512
+/// daemon's start-up there. Being siblings, the functions' stack frames share the 512
 /// bytes of the BPF stack with this one's small frame, not with each other; the judge's
 /// frame does with those of the functions it calls (the lookup and its range search, the
-/// next-hop check [`forced::check`]). Measured from the object: 16 + 344 + 20 + 48 bytes,
-/// 480 on 5.10, whose verifier rounds each frame up to 32.
+/// next-hop check [`forced::check`]). Measured from the object: 32 + 352 + 20 + 48 bytes,
+/// 480 on 5.10, whose verifier rounds each frame up to 32 (the fast path's frame, 192
+/// bytes, is a sibling of the judge's).
 #[inline(always)]
 pub fn egress(ctx: &SkBuffContext) -> i32 {
     let fast = egressd_skb_cached(ctx.skb.skb);

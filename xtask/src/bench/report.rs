@@ -659,12 +659,14 @@ fn why(s: &mut String, r: &Results, ns: &[usize], top: usize) {
         );
         let _ = writeln!(
             s,
-            "- **The already-judged packet.** The skb program's cached path at N = {} takes {} \
-             raw, {} for the trivial program, so {} net: it reads the IP header by direct \
-             packet access, the generation (an array read), finds the verdict on the socket \
-             (`bpf_sk_storage_get`: a pointer from the socket, no hash), compares the \
-             destination and generation, and adds the packet and its bytes to the per-CPU \
-             flow counters (two atomic adds).",
+            "- **The already-judged packet.** The skb program's fast path at N = {} takes {} \
+             raw, {} for the trivial program, so {} net: before any header walk, it finds \
+             the verdict on the socket (`bpf_sk_storage_get`: a pointer from the socket, no \
+             hash), reads the plain IP header and ports by direct packet access (no scratch \
+             space, no helper), reads the generation and the route epoch (two array reads), \
+             compares the flow, generation and next-hop check, and adds the packet and its \
+             bytes to the per-CPU flow counters (two atomic adds). A packet with IPv4 \
+             options or IPv6 extension headers takes the header walk instead.",
             label(top),
             dur(p.median),
             dur(t),
