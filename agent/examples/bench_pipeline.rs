@@ -145,11 +145,9 @@ async fn main() -> anyhow::Result<()> {
     let mut pushed = 0u64;
     for chunk in evs.chunks(256) {
         pushed += chunk.len() as u64;
-        for ev in chunk {
-            if let Some(now) = worker.push(&enricher, *ev) {
-                submit(&seq, &pipeline, now);
-                done += 1;
-            }
+        for now in worker.push_all(&enricher, chunk.iter().copied()) {
+            submit(&seq, &pipeline, now);
+            done += 1;
         }
         // What the enrichment thread finished meanwhile, as the main loop takes it.
         while let Some(batch) = ready(&mut worker) {
