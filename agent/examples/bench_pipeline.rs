@@ -9,7 +9,9 @@
 //! (default `target/bench-pipeline.jsonl`), in batches of 256 as the ring-buffer reader
 //! takes them. Printed as one JSON line: `records_per_s` (first push until the sink has
 //! written everything), and `cpu_us_per_record` (user + system time of the whole process,
-//! all threads, per record: what a record costs whatever else runs on the machine).
+//! all threads, per record: what a record costs whatever else runs on the machine), and the
+//! same per thread (`thread_us_per_record`: the reader, `egressd-enrich`, `sink-file`; the
+//! largest bounds the rate on a machine with a core for each).
 use std::{
     future::Future as _,
     path::PathBuf,
@@ -34,6 +36,29 @@ fn cpu_time() -> Duration {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
     tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// CPU time of each thread of this process so far, by name (the main thread: `reader`;
+/// `/proc/self/task/*/schedstat`, nanoseconds).
+fn thread_cpu() -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let name = if t.file_name().to_str() == Some(&std::process::id().to_string()) {
+            "reader".to_owned()
+        } else {
+            std::fs::read_to_string(p.join("comm")).unwrap_or_default()
+        };
+        let ns = std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        *out.entry(name.trim_end().to_owned()).or_default() += ns;
+    }
+    out
 }
 
 fn kernel_event(i: u64, comm: &str) -> egressd_common::Event {
@@ -140,16 +165,15 @@ async fn main() -> anyhow::Result<()> {
     let evs: Vec<_> = (0..records)
         .map(|i| kernel_event(i, comm.trim_end()))
         .collect();
+    let threads0 = thread_cpu();
     let (cpu0, t0) = (cpu_time(), Instant::now());
     let mut done = 0u64;
     let mut pushed = 0u64;
     for chunk in evs.chunks(256) {
         pushed += chunk.len() as u64;
-        for ev in chunk {
-            if let Some(now) = worker.push(&enricher, *ev) {
-                submit(&seq, &pipeline, now);
-                done += 1;
-            }
+        for now in worker.push_all(&enricher, chunk.iter().copied()) {
+            submit(&seq, &pipeline, now);
+            done += 1;
         }
         // What the enrichment thread finished meanwhile, as the main loop takes it.
         while let Some(batch) = ready(&mut worker) {
@@ -179,6 +203,14 @@ async fn main() -> anyhow::Result<()> {
         "the sink did not catch up"
     );
     let (cpu, wall) = (cpu_time() - cpu0, t0.elapsed());
+    let threads: serde_json::Map<String, serde_json::Value> = thread_cpu()
+        .into_iter()
+        .map(|(name, ns)| {
+            let spent = ns.saturating_sub(threads0.get(&name).copied().unwrap_or(0));
+            let us = (spent as f64 / 1e3 / records as f64 * 1000.0).round() / 1000.0;
+            (name, us.into())
+        })
+        .collect();
     let c = pipeline.shutdown(Duration::from_secs(5));
     let lines = std::fs::read(&out)?.iter().filter(|b| **b == b'\n').count();
     println!(
@@ -188,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
             "skipped": worker.skipped(),
             "records_per_s": records as f64 / wall.as_secs_f64(),
             "cpu_us_per_record": cpu.as_secs_f64() * 1e6 / records as f64,
+            "thread_us_per_record": threads,
         })
     );
     let _ = std::fs::remove_file(&out);

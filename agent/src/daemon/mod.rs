@@ -849,6 +849,19 @@ fn drain(
     undecodable: &mut u64,
 ) -> u64 {
     let mut n = 0;
+    // Handed to the enrichment thread a batch at a time (one lock, one wake-up), a batch
+    // per enricher.
+    let mut batch: Vec<egressd_common::Event> = Vec::new();
+    let mut batch_enricher: Option<&Arc<Enricher>> = None;
+    let hand_over = |enricher: Option<&Arc<Enricher>>, batch: &mut Vec<egressd_common::Event>| {
+        if let Some(e) = enricher
+            && !batch.is_empty()
+        {
+            for now in worker.push_all(e, batch.drain(..)) {
+                submit_connection(seq, pipeline, now);
+            }
+        }
+    };
     while let Some(item) = ring.next() {
         if ring_only() {
             match events::decode(&item) {
@@ -859,10 +872,14 @@ fn drain(
         }
         match events::decode(&item) {
             Some(ev) => {
-                if let Some(enricher) = enrichers.get(ev.generation)
-                    && let Some(now) = worker.push(enricher, ev)
-                {
-                    submit_connection(seq, pipeline, now);
+                if let Some(enricher) = enrichers.get(ev.generation) {
+                    if batch.len() >= PUSH_BATCH
+                        || batch_enricher.is_some_and(|b| !Arc::ptr_eq(b, enricher))
+                    {
+                        hand_over(batch_enricher, &mut batch);
+                    }
+                    batch_enricher = Some(enricher);
+                    batch.push(ev);
                 }
                 n += 1;
             }
@@ -872,8 +889,12 @@ fn drain(
             }
         }
     }
+    hand_over(batch_enricher, &mut batch);
     n
 }
+
+/// Events handed to the enrichment thread at once, at most.
+const PUSH_BATCH: usize = 256;
 
 /// Drains the kernel's summaries ([`events::summary`]) into `connection_summary` records
 /// and starts the next interval with the policy's record budget.

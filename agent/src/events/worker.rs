@@ -127,6 +127,45 @@ impl Worker {
         None
     }
 
+    /// [`Self::push`] of each of `events`, in order, with one lock of the queue and one
+    /// wake-up of the thread (a ring buffer read in a flood hands over hundreds at once);
+    /// returns those built at once, in order (submit them now).
+    pub fn push_all(
+        &self,
+        enricher: &Arc<Enricher>,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Vec<ConnectionEvent> {
+        let mut now = Vec::new();
+        let queued = Instant::now();
+        let stalled = self.shared.stalled();
+        let mut q = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let was_empty = q.is_empty();
+        for event in events {
+            if q.len() >= QUEUE_CAP || stalled {
+                now.push(event);
+                continue;
+            }
+            q.push_back(Job {
+                enricher: enricher.clone(),
+                event,
+                queued,
+            });
+        }
+        let added = was_empty && !q.is_empty();
+        drop(q);
+        if added {
+            self.shared.ready.notify_one();
+        }
+        self.shared
+            .skipped
+            .fetch_add(now.len() as u64, Ordering::Relaxed);
+        now.iter().map(|ev| enricher.skip(ev)).collect()
+    }
+
     /// The events finished since the last call, in order (cancel-safe, for `select!`);
     /// `None` once the thread is gone.
     pub async fn next(&mut self) -> Option<Finished> {

@@ -49,24 +49,33 @@ const RECORD_BYTES: usize = 2048;
 pub fn render(record: &Record) -> Vec<u8> {
     // Room for a connection record at once (about 1.2 KB), instead of growing from 128 bytes.
     let mut out = Vec::with_capacity(RECORD_BYTES);
+    render_into(record, &mut out);
+    out
+}
+
+/// [`render`] appended to `out` (a buffer the caller reuses).
+pub fn render_into(record: &Record, out: &mut Vec<u8>) {
+    let start = out.len();
     let res = match record {
         Record::Connection(c) => {
-            write::connection(&mut out, c);
+            write::connection(out, c);
             Ok(())
         }
-        Record::Lifecycle(l) => serde_json::to_writer(&mut out, l),
-        Record::Summary(s) => serde_json::to_writer(&mut out, s),
-    }
-    .map(|()| out);
+        Record::Lifecycle(l) => serde_json::to_writer(&mut *out, l),
+        Record::Summary(s) => serde_json::to_writer(&mut *out, s),
+    };
     // These types only hold strings, numbers, maps with string keys and IP addresses: their
     // serialization cannot fail.
-    res.unwrap_or_else(|e| {
-        format!(
-            "{{\"type\":\"serialization_error\",\"error\":{:?}}}",
-            e.to_string()
-        )
-        .into_bytes()
-    })
+    if let Err(e) = res {
+        out.truncate(start);
+        out.extend_from_slice(
+            format!(
+                "{{\"type\":\"serialization_error\",\"error\":{:?}}}",
+                e.to_string()
+            )
+            .as_bytes(),
+        );
+    }
 }
 
 /// The canonical bytes of a connection record's hash chain link

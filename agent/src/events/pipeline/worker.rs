@@ -55,6 +55,9 @@ pub(super) struct Worker {
     pub(super) written: u64,
     /// `written` at the last successful flush (destinations without acknowledgements).
     pub(super) flushed: u64,
+    /// Frames sent and no longer needed, handed back to the submitter in batches
+    /// ([`Shared::spare`]).
+    pub(super) spent: Vec<Vec<u8>>,
 }
 
 impl Worker {
@@ -213,6 +216,24 @@ impl Worker {
         }
     }
 
+    /// Keeps `frame`, sent, for the submitter to write another one into; hands the kept
+    /// ones over a batch at a time (one lock), at most [`SPARE_FRAMES`] waiting.
+    fn recycle(&mut self, mut frame: Vec<u8>) {
+        if frame.capacity() == 0 || frame.capacity() > SPARE_FRAME_BYTES {
+            return;
+        }
+        frame.clear();
+        self.spent.push(frame);
+        if self.spent.len() >= SUBMIT_CHUNK {
+            let mut spare = self.shared.lock_spare();
+            let room = SPARE_FRAMES.saturating_sub(spare.len());
+            let n = self.spent.len().min(room);
+            spare.extend(self.spent.drain(..n));
+            drop(spare);
+            self.spent.clear();
+        }
+    }
+
     fn next_frame(&mut self) -> Option<Held> {
         if let Some(f) = self.retry.pop_front() {
             return Some(f);
@@ -333,9 +354,14 @@ impl Worker {
                 continue;
             }
             self.settle();
-            let deadline = self.shared.lock().deadline;
+            let deadline = if self.shared.stopping.load(Ordering::Acquire) {
+                self.shared.lock().deadline
+            } else {
+                None
+            };
             let up = self.transport.is_open();
-            if last_sync.elapsed() >= SPOOL_SYNC {
+            let now = Instant::now();
+            if now.duration_since(last_sync) >= SPOOL_SYNC {
                 self.retry_spool();
                 if let Some(mut s) = self.shared.lock_spool()
                     && let Err(e) = s.sync()
@@ -344,7 +370,7 @@ impl Worker {
                 }
                 last_sync = Instant::now();
                 last_head = last_sync;
-            } else if last_head.elapsed() >= HEAD_SYNC {
+            } else if now.duration_since(last_head) >= HEAD_SYNC {
                 if let Some(mut s) = self.shared.lock_spool()
                     && let Err(e) = s.sync_head()
                 {
@@ -431,14 +457,15 @@ impl Worker {
                 }
                 continue;
             };
-            if last_write.elapsed() >= IDLE_CHECK
+            let now = Instant::now();
+            if now.duration_since(last_write) >= IDLE_CHECK
                 && let Err(e) = self.transport.check()
             {
                 self.fail(Some(held), &e);
                 next_attempt = Instant::now();
                 continue;
             }
-            let send_by = op_deadline(Instant::now() + SEND_TIMEOUT, deadline);
+            let send_by = op_deadline(now + SEND_TIMEOUT, deadline);
             match self.transport.send(&held.frame, send_by) {
                 Ok(n) => {
                     last_write = Instant::now();
@@ -457,6 +484,7 @@ impl Worker {
                         });
                     } else {
                         self.shared.c.delivered.fetch_add(1, Ordering::Relaxed);
+                        self.recycle(held.frame);
                     }
                 }
                 Err(SendError::Retry(e)) => {

@@ -162,7 +162,7 @@ impl Encoder {
     /// Workload-controlled fields are capped first, whatever the limit
     /// ([`crate::events::formats::bound::cap_record`]).
     pub fn encode_counted(&self, record: &Record) -> Encoded {
-        self.encode_with(record, None)
+        self.encode_with(record, None, None)
     }
 
     /// As [`Self::encode_counted`], with the next link of `chain` added to the record
@@ -172,17 +172,37 @@ impl Encoder {
         record: &Record,
         chain: &mut crate::events::audit::chain::Chain,
     ) -> Encoded {
-        self.encode_with(record, Some(chain))
+        self.encode_with(record, Some(chain), None)
+    }
+
+    /// As [`Self::encode_sealed`], the frame written into `buf` (cleared first; a frame
+    /// already sent, handed back by the sink): no allocation per record in a flood.
+    pub fn encode_sealed_in(
+        &self,
+        record: &Record,
+        chain: &mut crate::events::audit::chain::Chain,
+        buf: Vec<u8>,
+    ) -> Encoded {
+        self.encode_with(record, Some(chain), Some(buf))
     }
 
     fn encode_with(
         &self,
         record: &Record,
         chain: Option<&mut crate::events::audit::chain::Chain>,
+        buf: Option<Vec<u8>>,
     ) -> Encoded {
         let capped = crate::events::formats::bound::cap_record(record);
         let record = capped.as_ref().unwrap_or(record);
-        let mut body = self.format.render(record);
+        let mut body = match buf {
+            // The native format is written in place; the others build their own text.
+            Some(mut b) if self.format == Format::Json => {
+                b.clear();
+                crate::events::formats::json::render_into(record, &mut b);
+                b
+            }
+            _ => self.format.render(record),
+        };
         let mut truncated = false;
         let link = if chain.is_some() {
             crate::events::audit::chain::MAX_OVERHEAD
