@@ -1026,25 +1026,29 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          read-only figure above. *The daemon*: `bench_pipeline` (the same path in-process \
          from decoded events to the file sink, its reader paced to the pipeline so that \
          every record takes the full `/proc` path, `cargo run --release -p egressd \
-         --example bench_pipeline`) counts 4.80 µs of CPU per record over its three \
-         threads (median of 9 runs, 3.51-6.32), against 5.35 µs (4.18-7.43) for main of \
-         2026-12-02 (e1a4de2), run alternately with it at load averages 3.6-4.9; main of \
-         2026-12-01 before the hand-written JSON record (30469fd) took 8.1-10.3 µs. Since \
-         e1a4de2 the process's executable, command line, cgroup path, user and group and \
-         the host and agent details are shared by every event (`Arc`), no longer copied per \
-         event, and finished events are boxed where they are built. `perf record` of it: \
-         the reader thread's encoding is the largest part (34 % of the CPU: rendering the \
-         JSON 13 %, the canonical bytes and their SHA-256 link 11 %), then the enrichment \
-         thread (15 %, was 24 %), the sink thread (15 %: 64 KiB per `write(2)`, sleeping \
-         and waking), malloc and free (4-5 % each: a frame per record, allocated by the \
-         reader and freed by the sink). The floor: the reader's rendering, canonical bytes \
-         and SHA-256 alone take about 1.5 µs per record, and 500,000 records/s on this \
-         machine, one of whose 2 cores is busy with the flood, needs the whole path under \
-         about 2 µs; issue #13's 500,000 is not within reach by trimming the rest. What is \
-         left, largest first: frame buffers handed back by the sinks for reuse, the policy, \
-         region and rule strings shared per policy, fewer hand-offs between the enrichment \
-         thread and the reader; the SHA-256 of about a kilobyte per record stays while \
-         every record carries its own link.\n"
+         --example bench_pipeline`, which also gives each thread's CPU from schedstat) \
+         counts 3.43 µs of CPU per record over its three threads (reader 2.07, enrichment \
+         0.67, sink 0.69; median of 8 runs), against 3.68 µs (reader 2.19, enrichment \
+         0.76, sink 0.74) for main before the sinks handed their sent frames back to the \
+         reader and the reader handed events to the enrichment thread in batches of up to \
+         256 (b83fdb2), run alternately with it at load averages 2.8-3.4, lower in 7 of 8 \
+         pairs; e1a4de2 (main of the morning of 2026-12-02, before the process details \
+         were shared per process) took 5.35 µs, and 30469fd (before the hand-written JSON \
+         record) 8.1-10.3 µs. `perf record` of it: the reader thread is the limit, about \
+         half of it the encoding (rendering the JSON 0.6-0.7 µs, the canonical bytes 0.35 \
+         µs, their SHA-256 link 0.3 µs, already with the CPU's SHA instructions), then \
+         freeing the enriched events' strings (0.15 µs, allocated by the enrichment \
+         thread), and waking the other two threads (5 % of samples). The floor: at 2.07 µs \
+         per record the reader alone caps the rate at about 480,000 records/s with a core \
+         of its own, before the ring-buffer read and decode; on this machine one of the 2 \
+         cores is busy with the flood, so issue #13's 500,000 is not within reach by \
+         trimming the rest. Tried and not kept: sealing the link on the sink's thread (the \
+         sink got 1 µs slower, and records a full queue drops would leave that sink's \
+         chain); shared short strings for process, region and rule names (no measurable \
+         difference). What is left, largest first: the enrichment thread freeing or \
+         reusing its own events, the canonical bytes copied from the rendered body instead \
+         of escaped again, fewer sink wake-ups; the SHA-256 of about a kilobyte per record \
+         stays while every record carries its own link.\n"
     );
 }
 
