@@ -681,19 +681,10 @@ fn raw_ip(addr: SocketAddr) -> Step {
 
 /// `rawip-pair://ADDR:PROTO/SECOND` (`rest` is what follows `://`): results `#1` and `#2`.
 fn raw_pair(probe: &str, rest: &str) -> anyhow::Result<()> {
-    let (first, second) = rest
-        .rsplit_once('/')
-        .with_context(|| format!("{probe}: ADDR:PROTO/SECOND"))?;
-    let first: SocketAddr = first
-        .parse()
-        .with_context(|| format!("bad address in {probe}"))?;
+    let (first, second) = address_and_arg(probe, rest)?;
     let second: std::net::IpAddr = second
         .parse()
         .with_context(|| format!("bad second address in {probe}"))?;
-    let result = |n: u32, step: Step| match step {
-        Ok(()) => ok(&format!("{probe}#{n}")),
-        Err((step, e)) => fail(&format!("{probe}#{n}"), step, &e),
-    };
     let (one, two) = match socket(&first, libc::SOCK_RAW, i32::from(first.port())) {
         Ok(fd) => (raw_send(&fd, first.ip()), raw_send(&fd, second)),
         Err((step, e)) => {
@@ -701,8 +692,8 @@ fn raw_pair(probe: &str, rest: &str) -> anyhow::Result<()> {
             (Err((step, e)), Err((step, again)))
         }
     };
-    emit(&result(1, one))?;
-    emit(&result(2, two))
+    emit(&stage(probe, 1, one))?;
+    emit(&stage(probe, 2, two))
 }
 
 /// One datagram from the raw socket `fd` to `ip`.
@@ -776,33 +767,44 @@ fn sctp_associate(addr: SocketAddr, timeout: Duration) -> Step {
     Ok(())
 }
 
-/// `tcp-hold`: two exchanges on one connection with a pause in between (a policy change
-/// happens in the pause). Results `#1` and `#2`.
 /// `dev-udp-hold://ADDR:PORT/DEV` (`rest` is what follows `://`): results `#1` and `#2`, a
 /// line on stdin awaited between them.
 fn hold_dev_udp(probe: &str, rest: &str) -> anyhow::Result<()> {
-    let (addr, dev) = rest
-        .rsplit_once('/')
-        .with_context(|| format!("{probe}: ADDR:PORT/DEV"))?;
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("bad address in {probe}"))?;
-    let result = |n: u32, step: crate::forced::Step| match step {
-        Ok(()) => ok(&format!("{probe}#{n}")),
-        Err((step, e)) => fail(&format!("{probe}#{n}"), step, &e),
-    };
+    let (addr, dev) = address_and_arg(probe, rest)?;
     let mut waited = Ok(());
     let second = crate::forced::hold(addr, dev, |first| {
-        waited = emit(&result(1, first)).and_then(|()| {
+        waited = emit(&stage(probe, 1, first)).and_then(|()| {
             let mut line = String::new();
             io::stdin().lock().read_line(&mut line)?;
             Ok(())
         });
     });
     waited?;
-    emit(&result(2, second))
+    emit(&stage(probe, 2, second))
 }
 
+/// The result of stage `n` (`#n`) of a two-stage probe.
+fn stage(probe: &str, n: u32, step: Step) -> ProbeResult {
+    let name = format!("{probe}#{n}");
+    match step {
+        Ok(()) => ok(&name),
+        Err((step, e)) => fail(&name, step, &e),
+    }
+}
+
+/// `ADDR:PORT/ARG` (what follows `://` in `probe`) split into the address and ARG.
+fn address_and_arg<'a>(probe: &str, rest: &'a str) -> anyhow::Result<(SocketAddr, &'a str)> {
+    let (addr, arg) = rest
+        .rsplit_once('/')
+        .with_context(|| format!("{probe}: ADDR:PORT/ARG"))?;
+    let addr = addr
+        .parse()
+        .with_context(|| format!("bad address in {probe}"))?;
+    Ok((addr, arg))
+}
+
+/// `tcp-hold`: two exchanges on one connection with a pause in between (a policy change
+/// happens in the pause). Results `#1` and `#2`.
 fn hold(probe: &str, addr: &str) -> anyhow::Result<()> {
     let first = format!("{probe}#1");
     let second = format!("{probe}#2");

@@ -36,6 +36,22 @@ fn ip(args: &[&str]) -> Result<(), Failed> {
     Ok(())
 }
 
+/// `ip route OP 198.18.1.0/24 dev veth-eu table TABLE` in namespace `ns` (the eu subnet's
+/// route through the eu-facing interface).
+fn eu_route(ns: &str, op: &str, table: &str) -> Result<(), Failed> {
+    ip(&[
+        "-n",
+        ns,
+        "route",
+        op,
+        "198.18.1.0/24",
+        "dev",
+        "veth-eu",
+        "table",
+        table,
+    ])
+}
+
 /// The us host answers for the eu address too (as a host on a denied link may).
 fn us_answers_for_eu(tb: &Testbed) -> Result<(), Failed> {
     ip(&[
@@ -152,48 +168,18 @@ pub fn forced_next_hop_denied() -> Result<(), Failed> {
     }
     // Policy routing: eu only in table 100, for mark 7 (added while the daemon runs).
     let ns = tb.client.name();
-    ip(&[
-        "-n",
-        ns,
-        "route",
-        "add",
-        "198.18.1.0/24",
-        "dev",
-        "veth-eu",
-        "table",
-        "100",
-    ])?;
+    eu_route(ns, "add", "100")?;
     ip(&[
         "-n", ns, "rule", "add", "fwmark", "7", "lookup", "100", "pref", "100",
     ])?;
-    ip(&[
-        "-n",
-        ns,
-        "route",
-        "del",
-        "198.18.1.0/24",
-        "dev",
-        "veth-eu",
-        "table",
-        "main",
-    ])?;
+    eu_route(ns, "del", "main")?;
     std::thread::sleep(Duration::from_millis(300));
     let marked = format!("mark-udp://{EU_V4}:{PORT}/7");
     if !reaches_eu(&tb, &marked)? {
         return Err(format!("{marked}: a send routed by an ip rule table was denied").into());
     }
     // The last route through veth-eu to eu goes: a forced send there is the on-link fallback.
-    ip(&[
-        "-n",
-        ns,
-        "route",
-        "del",
-        "198.18.1.0/24",
-        "dev",
-        "veth-eu",
-        "table",
-        "100",
-    ])?;
+    eu_route(ns, "del", "100")?;
     std::thread::sleep(Duration::from_millis(300));
     if reaches_eu(&tb, &eu_dev)? {
         return Err(format!("{eu_dev}: allowed after its route was removed").into());
@@ -235,17 +221,7 @@ pub fn forced_next_hop_cached() -> Result<(), Failed> {
         return Err("the first datagram, routed through veth-eu, did not reach eu".into());
     }
     let ns = tb.client.name();
-    ip(&[
-        "-n",
-        ns,
-        "route",
-        "del",
-        "198.18.1.0/24",
-        "dev",
-        "veth-eu",
-        "table",
-        "main",
-    ])?;
+    eu_route(ns, "del", "main")?;
     // The daemon's route mirror follows the change (and bumps the epoch).
     std::thread::sleep(Duration::from_millis(300));
     let served = tb.served().0;
