@@ -99,37 +99,16 @@ impl Worker {
         Ok(Self { shared, done })
     }
 
-    /// Queues `event` for enrichment by `enricher`; returns it built at once without
-    /// `/proc` details when the thread is stalled or the queue is full (submit that one
-    /// now; queued ones come out of [`Self::next`]).
+    /// [`Self::push_all`] of one event: `Some` when it was built at once.
     pub fn push(&self, enricher: &Arc<Enricher>, event: Event) -> Option<ConnectionEvent> {
-        let mut q = self
-            .shared
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if q.len() >= QUEUE_CAP || self.shared.stalled() {
-            drop(q);
-            self.shared.skipped.fetch_add(1, Ordering::Relaxed);
-            return Some(enricher.skip(&event));
-        }
-        let was_empty = q.is_empty();
-        q.push_back(Job {
-            enricher: enricher.clone(),
-            event,
-            queued: Instant::now(),
-        });
-        drop(q);
-        // The thread waits only on an empty queue (deciding so under its lock).
-        if was_empty {
-            self.shared.ready.notify_one();
-        }
-        None
+        self.push_all(enricher, [event]).pop()
     }
 
-    /// [`Self::push`] of each of `events`, in order, with one lock of the queue and one
-    /// wake-up of the thread (a ring buffer read in a flood hands over hundreds at once);
-    /// returns those built at once, in order (submit them now).
+    /// Queues each of `events` for enrichment by `enricher`, in order, with one lock of the
+    /// queue and one wake-up of the thread (a ring buffer read in a flood hands over
+    /// hundreds at once). Returns, in order, those built at once without `/proc` details
+    /// because the thread is stalled or the queue is full (submit them now; queued ones
+    /// come out of [`Self::next`]).
     pub fn push_all(
         &self,
         enricher: &Arc<Enricher>,
