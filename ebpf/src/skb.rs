@@ -90,10 +90,7 @@ fn cached(ctx: &SkBuffContext) -> Option<i32> {
         return None;
     }
     let verdict = Verdict::from_u8(c.verdict)?;
-    let generation = decide::generation();
-    if c.generation != generation
-        && (c.flow == 0 || verdict != Verdict::Allow || decide::cut_established(generation))
-    {
+    if !holds(&c, decide::generation()) {
         return None;
     }
     if verdict != Verdict::Allow && c.reported == 0 {
@@ -195,6 +192,19 @@ pub extern "C" fn egressd_skb_memo(skb: *mut __sk_buff, hi: u64, lo: u64, meta: 
     }
     report::flow(direction::EGRESS, region, Verdict::Allow, ctx.len());
     1
+}
+
+/// Whether the cached verdict `c` still holds under `generation`: it was given under it,
+/// or, under `established = keep`, it is an allow given to a connection. Only such an
+/// allow outlives a reload: an audit verdict is judged again (a reload to enforce must stop
+/// it), and so is anything of a socket without connections (raw, ping), which would
+/// otherwise keep an allow for a destination forever.
+#[inline(always)]
+fn holds(c: &SockVerdict, generation: u64) -> bool {
+    c.generation == generation
+        || (c.flow != 0
+            && c.verdict == Verdict::Allow as u8
+            && !decide::cut_established(generation))
 }
 
 /// Whether the cached verdict `c` is for `d`'s destination, protocol and port.
@@ -314,16 +324,7 @@ fn settle(
         && same_flow(&c, &p.dest)
         && routed(skb, sk, &mut c, [hi, lo], ifindex, routes)
     {
-        let fresh = c.generation == generation;
-        // Under `keep`, only an allow given to a connection outlives a reload: an audit
-        // verdict is judged again (a reload to enforce must stop it), and so is anything
-        // of a socket without connections (raw, ping), which would otherwise keep an allow
-        // for a destination forever.
-        let kept = !fresh
-            && c.flow != 0
-            && c.verdict == Verdict::Allow as u8
-            && !decide::cut_established(generation);
-        if fresh || kept {
+        if holds(&c, generation) {
             let verdict = Verdict::from_u8(c.verdict).unwrap_or(Verdict::Deny);
             report::flow(direction::EGRESS, c.region, verdict, ctx.len());
             let ret = if verdict == Verdict::Deny { DROP } else { PASS };
