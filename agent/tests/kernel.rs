@@ -73,6 +73,10 @@ fn main() {
         Trial::test("tc_pinned_and_detach", tc::tc_pinned_and_detach),
         Trial::test("raw_next_hop_denied", nexthop::raw_next_hop_denied),
         Trial::test("raw_next_hop_audit", nexthop::raw_next_hop_audit),
+        Trial::test(
+            "raw_local_header_cached_then_sent_out",
+            nexthop::raw_local_header_cached_then_sent_out,
+        ),
         Trial::test("forced_next_hop_denied", forced::forced_next_hop_denied),
         Trial::test("forced_next_hop_cached", forced::forced_next_hop_cached),
         Trial::test("forced_next_hop_audit", forced::forced_next_hop_audit),

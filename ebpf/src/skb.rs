@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use egressd_common::{
-    Hook, MAX_ROUTE_ADDRS, REGION_UNKNOWN, SockVerdict, Verdict, direction, failsafe, family, mode,
-    route_check, set_of, unwrap,
+    Hook, MAX_ROUTE_ADDRS, REGION_LOCAL, REGION_UNKNOWN, SockVerdict, Verdict, direction, failsafe,
+    family, mode, route_check, set_of, unwrap,
 };
 
 use crate::{addr, cache, decide, forced, maps::EGRESSD_SETTINGS_V1, memo, owner, report};
@@ -98,6 +98,8 @@ fn cached(ctx: &SkBuffContext) -> Option<i32> {
     }
     // SAFETY: valid context pointer for a cgroup_skb program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // Only the device the verdict was checked on (for a loopback destination, `lo`:
+    // [`routed`]).
     if verdict != Verdict::Deny && c.route_check != route_check(ifindex, forced::epoch()) {
         return None;
     }
@@ -418,9 +420,11 @@ fn settle(
 
 /// Whether the cached verdict `c` (for the address `addr`, as parked: [`Parked::addr`]) may
 /// be reused for a packet leaving through `ifindex`: a deny needs no route; a verdict
-/// checked for this device and route epoch `epoch` was; anything else is checked now
-/// ([`forced::check`]) and, if it passes, the socket's cache records the device and epoch
-/// (in place, one atomic store; a failure is judged afresh, and denied, by the slow path).
+/// checked for this device and route epoch `epoch` was; a loopback destination's verdict
+/// leaving through another device is not (judged afresh, [`judge`] denies it as
+/// `LOCAL_MISROUTED`); anything else is checked now ([`forced::check`]) and, if it passes,
+/// the socket's cache records the device and epoch (in place, one atomic store; a failure
+/// is judged afresh, and denied, by the slow path).
 #[inline(always)]
 fn routed(
     skb: *mut __sk_buff,
@@ -433,6 +437,11 @@ fn routed(
     let check = route_check(ifindex, epoch);
     if c.verdict == Verdict::Deny as u8 || c.route_check == check {
         return true;
+    }
+    // A raw socket's header names the loopback address while `sendto` routes it out of
+    // another device: a route there (a default one) would pass the next-hop check.
+    if c.region == REGION_LOCAL && ifindex != LOOPBACK_IFINDEX {
+        return false;
     }
     if forced::check(skb, addr[0], addr[1], c.family, ifindex) != failsafe::NONE {
         return false;

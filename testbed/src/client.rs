@@ -29,6 +29,9 @@
 //!   a socket forced onto interface ARG (or marked ARG), see [`crate::forced`];
 //! - `tcp-hold`: connect, exchange one byte (result `#1`), then wait for a line on stdin and
 //!   exchange another byte on the same connection (result `#2`);
+//! - `hdrincl-pair://NEXTHOP:PORT/HEADERDST`: one `IPPROTO_RAW` socket (AF_INET or AF_INET6,
+//!   as NEXTHOP) sends the same UDP datagram, whose header names HEADERDST, first with
+//!   `sendto(HEADERDST)` (result `#1`), then with `sendto(NEXTHOP)` (result `#2`);
 //! - `rawip-pair://ADDR:PROTO/SECOND`: one raw IP socket of protocol PROTO sends a datagram
 //!   to ADDR (result `#1`), then one to SECOND (result `#2`), so a verdict cached on the
 //!   socket for the first destination meets the second;
@@ -226,6 +229,8 @@ fn probe_all(probes: &[String], repeat: u32) -> anyhow::Result<()> {
                 hold(p, addr)?;
             } else if let Some(rest) = p.strip_prefix("rawip-pair://") {
                 raw_pair(p, rest)?;
+            } else if let Some(rest) = p.strip_prefix("hdrincl-pair://") {
+                hdrincl_pair(p, rest)?;
             } else if let Some(rest) = p.strip_prefix("dev-udp-hold://") {
                 hold_dev_udp(p, rest)?;
             } else if let Some(ms) = p.strip_prefix("pause://") {
@@ -692,6 +697,18 @@ fn raw_pair(probe: &str, rest: &str) -> anyhow::Result<()> {
             (Err((step, e)), Err((step, again)))
         }
     };
+    emit(&stage(probe, 1, one))?;
+    emit(&stage(probe, 2, two))
+}
+
+/// `hdrincl-pair://NEXTHOP:PORT/HEADERDST` (`rest` is what follows `://`): results `#1`
+/// and `#2` ([`crate::frames::hdrincl_pair`]).
+fn hdrincl_pair(probe: &str, rest: &str) -> anyhow::Result<()> {
+    let (next_hop, header_dst) = address_and_arg(probe, rest)?;
+    let header_dst: std::net::IpAddr = header_dst
+        .parse()
+        .with_context(|| format!("bad header destination in {probe}"))?;
+    let (one, two) = crate::frames::hdrincl_pair(next_hop, header_dst);
     emit(&stage(probe, 1, one))?;
     emit(&stage(probe, 2, two))
 }

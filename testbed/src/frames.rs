@@ -6,7 +6,7 @@
 //! whatever the link-layer destination), so no neighbour lookup is needed.
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -181,21 +181,59 @@ pub fn packet_with(dst: SocketAddrV4, raw: bool, bypass: bool) -> Step {
 /// datagram whose header names `header_dst` with `sendto(next_hop)`: the kernel routes by
 /// `next_hop`.
 pub fn hdrincl(next_hop: SocketAddrV4, header_dst: Ipv4Addr) -> Step {
-    let (_, src) = interface_for(*next_hop.ip())?;
-    let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
-    let dgram = ipv4_udp(
-        src,
-        SocketAddrV4::new(header_dst, next_hop.port()),
-        b"egressd-hdrincl",
-    );
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(next_hop.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    };
+    let (fd, dgram) = hdrincl_datagram(next_hop.into(), header_dst.into())?;
+    send_raw(&fd, &dgram, IpAddr::V4(*next_hop.ip()))
+}
+
+/// `hdrincl-pair`: one `IPPROTO_RAW` socket of `next_hop`'s family sends the same UDP
+/// datagram (its header naming `header_dst`, from the client's address next to
+/// `next_hop`) twice: first with `sendto(header_dst)`, where the header says, then with
+/// `sendto(next_hop)`. So what the packet hook cached for the first send meets a header
+/// that leaves by another device. The result of each send.
+pub fn hdrincl_pair(next_hop: SocketAddr, header_dst: IpAddr) -> (Step, Step) {
+    match hdrincl_datagram(next_hop, header_dst) {
+        Ok((fd, dgram)) => (
+            send_raw(&fd, &dgram, header_dst),
+            send_raw(&fd, &dgram, next_hop.ip()),
+        ),
+        Err((step, e)) => {
+            let again = io::Error::new(e.kind(), e.to_string());
+            (Err((step, e)), Err((step, again)))
+        }
+    }
+}
+
+/// An `IPPROTO_RAW` socket of `next_hop`'s family and a UDP datagram to `header_dst`, port
+/// `next_hop`'s, from the client's address on `next_hop`'s subnet.
+fn hdrincl_datagram(
+    next_hop: SocketAddr,
+    header_dst: IpAddr,
+) -> Result<(OwnedFd, Vec<u8>), (&'static str, io::Error)> {
+    let payload = b"egressd-hdrincl";
+    match (next_hop, header_dst) {
+        (SocketAddr::V4(hop), IpAddr::V4(dst)) => {
+            let (_, src) = interface_for(*hop.ip())?;
+            let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+            Ok((
+                fd,
+                ipv4_udp(src, SocketAddrV4::new(dst, hop.port()), payload),
+            ))
+        }
+        (SocketAddr::V6(hop), IpAddr::V6(dst)) => {
+            let src = source6_for(*hop.ip())?;
+            let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
+            Ok((fd, ipv6_udp(src, dst, hop.port(), payload)))
+        }
+        _ => Err((
+            "parse",
+            io::Error::other("next hop and header destination of different families"),
+        )),
+    }
+}
+
+/// `dgram`, a whole IP datagram, on the raw socket `fd` with `sendto(to)`.
+fn send_raw(fd: &OwnedFd, dgram: &[u8], to: IpAddr) -> Step {
+    let (ss, len) = crate::client::sockaddr(&SocketAddr::new(to, 0));
     // SAFETY: valid fd, buffer and address.
     let n = unsafe {
         libc::sendto(
@@ -203,8 +241,8 @@ pub fn hdrincl(next_hop: SocketAddrV4, header_dst: Ipv4Addr) -> Step {
             dgram.as_ptr().cast(),
             dgram.len(),
             0,
-            (&raw const sin).cast(),
-            size_of::<libc::sockaddr_in>() as u32,
+            (&raw const ss).cast(),
+            len,
         )
     };
     if n < 0 {
@@ -259,26 +297,6 @@ fn ipv6_udp(src: Ipv6Addr, dst: Ipv6Addr, port: u16, payload: &[u8]) -> Vec<u8> 
 /// with `IPV6_HDRINCL`) sends a UDP datagram whose header names `header_dst` with
 /// `sendto(next_hop)`: the kernel routes by `next_hop`.
 pub fn hdrincl6(next_hop: SocketAddrV6, header_dst: Ipv6Addr) -> Step {
-    let src = source6_for(*next_hop.ip())?;
-    let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
-    let dgram = ipv6_udp(src, header_dst, next_hop.port(), b"egressd-hdrincl");
-    // SAFETY: all-zero is a valid sockaddr_in6.
-    let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    sin6.sin6_family = libc::AF_INET6 as u16;
-    sin6.sin6_addr.s6_addr = next_hop.ip().octets();
-    // SAFETY: valid fd, buffer and address.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            dgram.as_ptr().cast(),
-            dgram.len(),
-            0,
-            (&raw const sin6).cast(),
-            size_of::<libc::sockaddr_in6>() as u32,
-        )
-    };
-    if n < 0 {
-        return last_err("sendto");
-    }
-    Ok(())
+    let (fd, dgram) = hdrincl_datagram(next_hop.into(), header_dst.into())?;
+    send_raw(&fd, &dgram, IpAddr::V6(*next_hop.ip()))
 }

@@ -21,7 +21,7 @@ use super::{
 };
 
 /// `ip ARGS`, failing the test with its stderr.
-fn ip(args: &[&str]) -> Result<(), Failed> {
+pub(super) fn ip(args: &[&str]) -> Result<(), Failed> {
     let out = std::process::Command::new("ip")
         .args(args)
         .output()

@@ -19,6 +19,7 @@ use libtest_mimic::Failed;
 use serde_json::Value;
 
 use super::{
+    forced::ip,
     harness::{
         Agent, assert_field, connections, counter, expect_eperm, expect_ok, policy, probe,
         require_root, stop_record, temp_dir, testbed,
@@ -296,6 +297,66 @@ pub fn raw_next_hop_denied() -> Result<(), Failed> {
     let fc = &stop["fail_closed"];
     if fc["next_hop_forced"] != 2 || fc["next_hop_unverified"] != 1 || fc["local_misrouted"] != 2 {
         return Err(format!("fail_closed counters: {fc}").into());
+    }
+    Ok(())
+}
+
+/// Enforce mode. One raw socket sends a header naming the loopback address (127.0.0.1,
+/// then ::1 from another socket) first through `lo`, where `cgroup_skb/egress` allows and
+/// caches it, then with `sendto` naming the eu host, while the client namespace has a
+/// default route through the eu interface, so the device-forced next-hop check (forced.rs)
+/// passes. The cached allow must not be reused off loopback: the second send is denied by
+/// `cgroup_skb/egress` as `local_misrouted` (EPERM), reported, and nothing reaches the eu
+/// link. Reusing it would leave the frame to the `tc/egress` FIB check alone. The LSM hooks,
+/// where active, judge only the `sendto` addresses (loopback, eu): both allowed.
+pub fn raw_local_header_cached_then_sent_out() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = temp_dir("egressd-nexthop-")?;
+    forwarding(&tb.client, true)?;
+    let ns = tb.client.name();
+    ip(&["-n", ns, "route", "add", "default", "via", EU_V4])?;
+    ip(&["-n", ns, "-6", "route", "add", "default", "via", EU_V6])?;
+    let agent = start_in_client(&tb, &dir, &policy("enforce"), &[])?;
+    let sniffer = Sniffer::open(&tb.eu)?;
+    sniffer.take();
+    let pairs = [
+        format!("hdrincl-pair://{EU_V4}:{PORT}/127.0.0.1"),
+        format!("hdrincl-pair://[{EU_V6}]:{PORT}/::1"),
+    ];
+    let r = probe(&tb, 1, &pairs)?;
+    if r.len() != 4 {
+        return Err(format!("expected 4 results, got {r:#?}").into());
+    }
+    for pair in r.chunks(2) {
+        expect_ok(&pair[0])?;
+        expect_eperm(&pair[1])?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let got = sniffer.take();
+    if got != 0 {
+        return Err(format!("{got} loopback-header frame(s) reached the eu link").into());
+    }
+    let recs = agent.stop()?;
+    let stop = stop_record(&recs)?;
+    let skb = at(&recs, "cgroup_skb/egress");
+    for ip in ["127.0.0.1", "::1"] {
+        let e = skb
+            .iter()
+            .find(|e| e["destination"]["ip"] == ip)
+            .ok_or_else(|| format!("no cgroup_skb/egress event for header {ip}: {skb:#?}"))?;
+        assert_field(e, "/verdict", "deny")?;
+        let rule = e["rule"]["name"].as_str().unwrap_or("");
+        if !rule.starts_with("fail-closed: loopback") {
+            return Err(format!("header {ip}: rule {rule}").into());
+        }
+    }
+    let tc = at(&recs, "tc/egress");
+    if !tc.is_empty() {
+        return Err(format!("tc/egress should see nothing: {tc:#?}").into());
+    }
+    if stop["fail_closed"]["local_misrouted"] != 2 {
+        return Err(format!("fail_closed counters: {}", stop["fail_closed"]).into());
     }
     Ok(())
 }
