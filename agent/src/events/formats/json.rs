@@ -43,7 +43,7 @@ use crate::events::{ConnectionEvent, Record};
 pub mod write;
 
 /// Bytes reserved for a rendered record (and its link and newline).
-const RECORD_BYTES: usize = 2048;
+pub(crate) const RECORD_BYTES: usize = 2048;
 
 /// Serializes `record` as one JSON object (no newline).
 pub fn render(record: &Record) -> Vec<u8> {
@@ -80,20 +80,33 @@ pub fn render_into(record: &Record, out: &mut Vec<u8>) {
 
 /// The canonical bytes of a connection record's hash chain link
 /// ([`crate::events::audit::chain`]: RFC 8785 of the object [`render`] writes, without
-/// `chain`), written straight from the event: its members in key order, strings and
-/// integers as serde_json writes them (their own JCS form). What
-/// [`crate::events::audit::chain::sorted_compact`] makes of the rendered body, without
-/// parsing it again (the test `canonical_is_sorted_compact` holds the two together). `None`
-/// for a host label key JCS would order differently or that needs escaping (then the body
-/// is parsed).
+/// `chain`). `None` for a host label key JCS would order differently or that needs escaping
+/// (then the body is parsed). See [`canonical_marked_into`].
 pub fn canonical_connection(ev: &ConnectionEvent) -> Option<Vec<u8>> {
+    let mut body = Vec::with_capacity(RECORD_BYTES);
+    let mut marks = write::Marks::new();
+    write::connection_marked(&mut body, ev, &mut marks);
     let mut out = Vec::with_capacity(RECORD_BYTES);
-    canonical_connection_into(ev, &mut out).then_some(out)
+    canonical_marked_into(ev, &body, &marks, &mut out).then_some(out)
 }
 
-/// [`canonical_connection`] appended to `out` (a buffer the caller reuses); `false`, with
-/// `out` unchanged, where that returns `None`.
-pub fn canonical_connection_into(ev: &ConnectionEvent, out: &mut Vec<u8>) -> bool {
+/// The canonical bytes of the connection record `ev` rendered as `body` by
+/// [`write::connection_marked`] (which noted its members in `marks`), appended to `out`:
+/// the members copied from the body in key order, every object's in turn. Strings and
+/// integers as serde_json writes them are their own JCS form, and the objects copied whole
+/// (`user`, `group`, `cgroup`, `container`, `rule`, `process.thread`, `process.parent`,
+/// `host.labels`) have their members in key order already. What
+/// [`crate::events::audit::chain::sorted_compact`] makes of the body, without parsing it (the
+/// test `canonical_is_sorted_compact` holds the two together). `false`, with `out`
+/// unchanged, for a host label key JCS would order differently (by UTF-16 code units) or
+/// that needs escaping.
+pub fn canonical_marked_into(
+    ev: &ConnectionEvent,
+    body: &[u8],
+    marks: &write::Marks,
+    out: &mut Vec<u8>,
+) -> bool {
+    use write::member::*;
     let plain = |k: &str| {
         k.bytes()
             .all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
@@ -101,186 +114,104 @@ pub fn canonical_connection_into(ev: &ConnectionEvent, out: &mut Vec<u8>) -> boo
     if !ev.header.host.labels.keys().all(|k| plain(k)) {
         return false;
     }
-    let mut o = Canonical(out);
-    let h = &ev.header;
-    o.open("@timestamp");
-    o.str(&h.timestamp);
-    o.key("agent");
-    o.open("ephemeral_id");
-    o.str(&h.agent.ephemeral_id);
-    o.key("version");
-    o.str(&h.agent.version);
-    o.close();
-    o.key("cgroup");
-    o.open("id");
-    o.num(ev.cgroup.id);
-    o.opt_str("path", ev.cgroup.path.as_deref());
-    o.opt_str("systemd_unit", ev.cgroup.systemd_unit.as_deref());
-    o.close();
-    if let Some(c) = &ev.container {
-        o.key("container");
-        o.open("id");
-        o.str(&c.id);
-        o.key("runtime");
-        o.str(c.runtime);
-        o.close();
+    let mut o = Canonical {
+        out,
+        body,
+        marks,
+        first: true,
+    };
+    o.out.push(b'{');
+    o.copy(TIMESTAMP);
+    o.object("agent", &[AGENT_EPHEMERAL_ID, AGENT_VERSION]);
+    o.copy(CGROUP);
+    o.copy(CONTAINER);
+    if !o.get(DESTINATION).is_empty() {
+        o.object(
+            "destination",
+            &[
+                DESTINATION_IP,
+                DESTINATION_MAPPED,
+                DESTINATION_PORT,
+                DESTINATION_REGION,
+            ],
+        );
     }
-    if !ev.destination.is_absent() {
-        let d = &ev.destination;
-        o.key("destination");
-        o.0.push(b'{');
-        let mut first = true;
-        if let Some(ip) = d.ip {
-            o.0.extend_from_slice(b"\"ip\":");
-            write::ip(o.0, &ip);
-            first = false;
-        }
-        if !first {
-            o.0.push(b',');
-        }
-        o.0.extend_from_slice(b"\"mapped\":");
-        write::bool(o.0, d.mapped);
-        o.key("port");
-        o.num(u64::from(d.port));
-        o.key("region");
-        o.str(&d.region);
-        o.close();
+    o.copy(GROUP);
+    o.copy(HOOK);
+    o.object("host", &[HOST_LABELS, HOST_NAME]);
+    o.copy(ID);
+    o.object(
+        "network",
+        &[
+            NETWORK_ETHERTYPE,
+            NETWORK_IANA_NUMBER,
+            NETWORK_TRANSPORT,
+            NETWORK_TYPE,
+        ],
+    );
+    o.object("policy", &[POLICY_DIGEST, POLICY_GENERATION, POLICY_MODE]);
+    o.object(
+        "process",
+        &[
+            PROCESS_ATTRIBUTION,
+            PROCESS_COMMAND_LINE,
+            PROCESS_DETAILS,
+            PROCESS_EXECUTABLE,
+            PROCESS_EXITED,
+            PROCESS_NAME,
+            PROCESS_PARENT,
+            PROCESS_PID,
+            PROCESS_THREAD,
+        ],
+    );
+    for m in [RULE, SEQUENCE, SUPPRESSED, TYPE, USER, VERDICT] {
+        o.copy(m);
     }
-    o.key("group");
-    named(&mut o, &ev.group);
-    o.key("hook");
-    o.str(ev.hook);
-    o.key("host");
-    if h.host.labels.is_empty() {
-        o.open("name");
-    } else {
-        o.open("labels");
-        o.value(&h.host.labels);
-        o.key("name");
-    }
-    o.str(&h.host.name);
-    o.close();
-    o.key("id");
-    o.str(&h.id);
-    o.key("network");
-    o.0.push(b'{');
-    let n = &ev.network;
-    if let Some(e) = n.ethertype {
-        o.0.extend_from_slice(b"\"ethertype\":");
-        o.num(u64::from(e));
-        o.0.push(b',');
-    }
-    if let Some(i) = n.iana_number {
-        o.0.extend_from_slice(b"\"iana_number\":");
-        o.num(u64::from(i));
-        o.0.push(b',');
-    }
-    o.0.extend_from_slice(b"\"transport\":");
-    o.str(&n.transport);
-    o.key("type");
-    o.str(n.kind);
-    o.close();
-    o.key("policy");
-    o.open("digest");
-    o.str(&ev.policy.digest);
-    o.key("generation");
-    o.num(ev.policy.generation);
-    o.key("mode");
-    o.str(ev.policy.mode);
-    o.close();
-    let p = &ev.process;
-    o.key("process");
-    o.open("attribution");
-    o.str(p.attribution);
-    o.opt_str("command_line", p.command_line.as_deref());
-    o.key("details");
-    o.str(p.details);
-    o.opt_str("executable", p.executable.as_deref());
-    o.key("exited");
-    write::bool(o.0, p.exited);
-    o.key("name");
-    o.str(&p.name);
-    if let Some(parent) = &p.parent {
-        o.key("parent");
-        o.open("pid");
-        o.num(u64::from(parent.pid));
-        o.close();
-    }
-    o.key("pid");
-    o.num(u64::from(p.pid));
-    o.key("thread");
-    o.open("id");
-    o.num(p.thread.id);
-    o.close();
-    o.close();
-    o.key("rule");
-    o.open("id");
-    o.num(u64::from(ev.rule.id));
-    o.key("name");
-    o.str(&ev.rule.name);
-    o.close();
-    o.key("sequence");
-    o.num(h.sequence);
-    o.key("suppressed");
-    o.num(u64::from(ev.suppressed));
-    o.key("type");
-    o.str(h.kind);
-    o.key("user");
-    named(&mut o, &ev.user);
-    o.key("verdict");
-    o.str(ev.verdict);
-    o.close();
+    o.out.push(b'}');
     true
 }
 
-fn named(o: &mut Canonical, n: &crate::events::Named) {
-    o.open("id");
-    o.num(n.id);
-    o.opt_str("name", n.name.as_deref());
-    o.close();
+/// A JSON object written from members of a rendered body (the caller gives the order).
+struct Canonical<'a> {
+    out: &'a mut Vec<u8>,
+    body: &'a [u8],
+    marks: &'a write::Marks,
+    /// No member written yet in the current object.
+    first: bool,
 }
 
-/// A JSON text written member by member (the caller gives the order).
-struct Canonical<'a>(&'a mut Vec<u8>);
-
 impl Canonical<'_> {
-    /// `{"key":`
-    fn open(&mut self, key: &str) {
-        self.0.extend_from_slice(b"{\"");
-        self.0.extend_from_slice(key.as_bytes());
-        self.0.extend_from_slice(b"\":");
+    fn get(&self, m: usize) -> &[u8] {
+        self.marks.get(self.body, m)
     }
 
-    /// `,"key":`
-    fn key(&mut self, key: &str) {
-        self.0.extend_from_slice(b",\"");
-        self.0.extend_from_slice(key.as_bytes());
-        self.0.extend_from_slice(b"\":");
-    }
-
-    fn close(&mut self) {
-        self.0.push(b'}');
-    }
-
-    fn num(&mut self, n: u64) {
-        write::num(self.0, n);
-    }
-
-    fn str(&mut self, s: &str) {
-        write::str(self.0, s);
-    }
-
-    fn opt_str(&mut self, key: &str, s: Option<&str>) {
-        if let Some(s) = s {
-            self.key(key);
-            self.str(s);
+    /// Member `m` as rendered (`"key":value`), unless absent.
+    fn copy(&mut self, m: usize) {
+        let bytes = self.marks.get(self.body, m);
+        if bytes.is_empty() {
+            return;
         }
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.extend_from_slice(bytes);
     }
 
-    /// As serde_json writes it (string maps).
-    fn value<T: serde::Serialize + ?Sized>(&mut self, v: &T) {
-        // Writing to a Vec cannot fail, and these values always serialize.
-        let _ = serde_json::to_writer(&mut *self.0, v);
+    /// `"key":{...}` with `members` (those present) in this order.
+    fn object(&mut self, key: &str, members: &[usize]) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":{");
+        self.first = true;
+        for &m in members {
+            self.copy(m);
+        }
+        self.out.push(b'}');
+        self.first = false;
     }
 }
 

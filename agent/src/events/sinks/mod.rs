@@ -192,16 +192,26 @@ impl Encoder {
         chain: Option<&mut crate::events::audit::chain::Chain>,
         buf: Option<Vec<u8>>,
     ) -> Encoded {
+        use crate::events::formats::json;
         let capped = crate::events::formats::bound::cap_record(record);
         let record = capped.as_ref().unwrap_or(record);
-        let mut body = match buf {
-            // The native format is written in place; the others build their own text.
-            Some(mut b) if self.format == Format::Json => {
-                b.clear();
-                crate::events::formats::json::render_into(record, &mut b);
-                b
+        // Where a sealed native connection record's members are in its body: its canonical
+        // bytes are copied from there.
+        let mut marks = None;
+        let mut body = if self.format == Format::Json {
+            // The native format is written in place (into `buf` when given).
+            let mut b = buf.unwrap_or_else(|| Vec::with_capacity(json::RECORD_BYTES));
+            b.clear();
+            match record {
+                Record::Connection(ev) if chain.is_some() => {
+                    let m = marks.insert(json::write::Marks::new());
+                    json::write::connection_marked(&mut b, ev, m);
+                }
+                _ => json::render_into(record, &mut b),
             }
-            _ => self.format.render(record),
+            b
+        } else {
+            self.format.render(record)
         };
         let mut truncated = false;
         let link = if chain.is_some() {
@@ -225,14 +235,12 @@ impl Encoder {
             }
         }
         if let Some(c) = chain {
-            // A connection record in the native format, as rendered: its canonical bytes
-            // are written from the event instead of parsing the body again.
-            body = match (self.format, record) {
-                (Format::Json, Record::Connection(ev)) if !truncated => {
+            body = match (&marks, record) {
+                (Some(m), Record::Connection(ev)) if !truncated => {
                     // Into a buffer this thread keeps: no allocation per record.
                     CANONICAL.with_borrow_mut(|canonical| {
                         canonical.clear();
-                        if crate::events::formats::json::canonical_connection_into(ev, canonical) {
+                        if json::canonical_marked_into(ev, &body, m, canonical) {
                             c.seal_json(body, canonical)
                         } else {
                             c.seal(self.format, &body)
