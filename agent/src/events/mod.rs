@@ -939,10 +939,17 @@ fn comm(raw: &[u8; 16]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&raw[..end])
 }
 
-/// Appends the last `n` decimal digits of `v`, zero-padded.
-fn push_digits(out: &mut String, v: u64, n: u32) {
-    for i in (0..n).rev() {
-        out.push(char::from(b'0' + (v / 10u64.pow(i) % 10) as u8));
+/// Appends the last `n` (at most 9) decimal digits of `v`, zero-padded.
+fn push_digits(out: &mut String, mut v: u64, n: usize) {
+    // Every record's timestamp takes 29 digits: by a constant divisor (a multiplication),
+    // not a power of ten computed per digit.
+    let mut d = [b'0'; 9];
+    for slot in d[..n].iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    for &c in &d[..n] {
+        out.push(char::from(c));
     }
 }
 

@@ -229,31 +229,35 @@ pub fn systemd_unit(path: &str) -> Option<String> {
 /// The outermost match wins: a process can only create cgroups below its own, so a
 /// container cannot pose as another by naming a child cgroup. Give it a [`trusted_prefix`].
 pub fn container(path: &str) -> Option<super::Container> {
-    let comps: Vec<&str> = path.split('/').collect();
-    for (i, c) in comps.iter().enumerate() {
+    // Every event's path goes through here: no list of its components.
+    let mut parent = "";
+    for c in path.split('/') {
+        let prev = std::mem::replace(&mut parent, c);
         let base = c.strip_suffix(".scope").unwrap_or(c);
+        // The runtime of a bare id is decided only for a component that is one.
         let (runtime, id) = if let Some(id) = base.strip_prefix("docker-") {
-            ("docker", id)
+            (Some("docker"), id)
         } else if let Some(id) = base.strip_prefix("cri-containerd-") {
-            ("containerd", id)
+            (Some("containerd"), id)
         } else if base.starts_with("crio-conmon-") {
             continue;
         } else if let Some(id) = base.strip_prefix("crio-") {
-            ("cri-o", id)
+            (Some("cri-o"), id)
         } else if let Some(id) = base.strip_prefix("libpod-") {
-            ("podman", id)
+            (Some("podman"), id)
         } else {
-            let parent = if i > 0 { comps[i - 1] } else { "" };
-            let runtime = if parent == "docker" {
-                "docker"
-            } else if comps.iter().any(|p| p.starts_with("kubepods")) {
-                "containerd"
-            } else {
-                "unknown"
-            };
-            (runtime, base)
+            (None, base)
         };
         if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let runtime = runtime.unwrap_or_else(|| {
+                if prev == "docker" {
+                    "docker"
+                } else if path.split('/').any(|p| p.starts_with("kubepods")) {
+                    "containerd"
+                } else {
+                    "unknown"
+                }
+            });
             return Some(super::Container {
                 id: id.to_ascii_lowercase(),
                 runtime,
