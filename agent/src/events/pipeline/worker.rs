@@ -457,8 +457,13 @@ impl Worker {
                 }
                 continue;
             };
-            let now = Instant::now();
-            if now.duration_since(last_write) >= IDLE_CHECK
+            // Only connections that acknowledge (TCP, TLS) are checked before a write and
+            // have their writes timed: files, stdout and UDP ignore deadlines, and take the
+            // time read at the top of the loop (one clock read per frame).
+            let acks = self.transport.acknowledges();
+            let now = if acks { Instant::now() } else { now };
+            if acks
+                && now.duration_since(last_write) >= IDLE_CHECK
                 && let Err(e) = self.transport.check()
             {
                 self.fail(Some(held), &e);
@@ -468,7 +473,7 @@ impl Worker {
             let send_by = op_deadline(now + SEND_TIMEOUT, deadline);
             match self.transport.send(&held.frame, send_by) {
                 Ok(n) => {
-                    last_write = Instant::now();
+                    last_write = if acks { Instant::now() } else { now };
                     self.written += n;
                     if self.tracks() {
                         let mut held = held;
