@@ -931,7 +931,7 @@ fn submit_unreported(
             for (t, why) in &taken {
                 let header = seq.header("connection_summary", clock::boot_to_unix_ns(t.last_ns));
                 let mut s = events::summary::build(header, policy, t, clock::boot_to_unix_ns);
-                (*why).clone_into(&mut s.rule.name);
+                s.rule.name = (*why).into();
                 drainer.records += 1;
                 drainer.attempts += t.count;
                 pipeline.submit(&Record::Summary(Box::new(s)));

@@ -32,6 +32,7 @@ pub mod summary;
 pub mod worker;
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{
@@ -273,8 +274,8 @@ pub struct Network {
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// `"tcp"`, `"udp"`, or the protocol number as text; for a packet socket its type
-    /// (`"raw"`, `"dgram"`, `"packet"`).
-    pub transport: String,
+    /// (`"raw"`, `"dgram"`, `"packet"`). Borrowed for a known name: no allocation per event.
+    pub transport: Cow<'static, str>,
     /// IANA protocol number (absent for a packet socket).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iana_number: Option<u8>,
@@ -323,8 +324,8 @@ pub struct Rule {
     /// Rule id from the kernel; 0 means the region allowlist decided.
     pub id: u32,
     /// `"allowlist"` for id 0, `"default"` for the policy default, else the rule's `name` (`"rule-{id}"` if the policy that
-    /// judged is no longer known).
-    pub name: String,
+    /// judged is no longer known). Borrowed for the fixed names: no allocation per event.
+    pub name: Cow<'static, str>,
 }
 
 /// Static context of an agent run: what every record repeats.
@@ -587,7 +588,7 @@ pub fn build(
             transport: if packet.is_some() {
                 socket_type(ev.protocol)
             } else {
-                crate::base::protocol::name(ev.protocol)
+                protocol_name(ev.protocol)
             },
             iana_number: packet.is_none().then_some(ev.protocol),
             ethertype: packet.map(|_| ev.dst_port),
@@ -611,7 +612,7 @@ pub fn build(
             id: ev.rule,
             // The policy's rule name; "allowlist" for region allowlist and default decisions.
             name: match failsafe_reason(ev.reason) {
-                Some(why) => format!("fail-closed: {why}"),
+                Some(why) => format!("fail-closed: {why}").into(),
                 None => rule_label(policy, ev.rule, packet.is_some()),
             },
         },
@@ -622,7 +623,7 @@ pub fn build(
 /// What decided, in words: `packet_sockets` for a packet socket, `allowlist` for rule 0,
 /// `default` for the policy default, else the rule's name (`rule-{id}` if the policy no
 /// longer knows it).
-pub fn rule_label(policy: &Policy, rule: u32, packet: bool) -> String {
+pub fn rule_label(policy: &Policy, rule: u32, packet: bool) -> Cow<'static, str> {
     if packet {
         "packet_sockets".into()
     } else if rule == 0 {
@@ -633,6 +634,7 @@ pub fn rule_label(policy: &Policy, rule: u32, packet: bool) -> String {
         policy
             .rule_name(rule)
             .map_or_else(|| format!("rule-{rule}"), str::to_owned)
+            .into()
     }
 }
 
@@ -923,14 +925,22 @@ pub fn hook_name(code: u8) -> &'static str {
 }
 
 /// Socket type of a packet socket (`include/linux/net.h`), else the number.
-fn socket_type(kind: u8) -> String {
+fn socket_type(kind: u8) -> Cow<'static, str> {
     match kind {
         1 => "stream".into(),
         2 => "dgram".into(),
         3 => "raw".into(),
         10 => "packet".into(),
-        n => n.to_string(),
+        n => n.to_string().into(),
     }
+}
+
+/// [`crate::base::protocol::name`], borrowed for a known protocol.
+fn protocol_name(number: u8) -> Cow<'static, str> {
+    crate::base::protocol::NAMES
+        .iter()
+        .find(|&&(_, p)| p == number)
+        .map_or_else(|| number.to_string().into(), |&(n, _)| n.into())
 }
 
 /// NUL-terminated task name to text (lossy for non-UTF-8 bytes; borrowed when it is UTF-8).

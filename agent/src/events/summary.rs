@@ -332,7 +332,7 @@ pub fn build(
                 },
                 port: s.dst_port,
                 transport: if packet {
-                    super::socket_type(s.protocol)
+                    super::socket_type(s.protocol).into_owned()
                 } else {
                     crate::base::protocol::name(s.protocol)
                 },
