@@ -949,53 +949,66 @@ fn comm(raw: &[u8; 16]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&raw[..end])
 }
 
-/// Appends the last `n` (at most 9) decimal digits of `v`, zero-padded.
-fn push_digits(out: &mut String, mut v: u64, n: usize) {
-    // Every record's timestamp takes 29 digits: by a constant divisor (a multiplication),
-    // not a power of ten computed per digit.
-    let mut d = [b'0'; 9];
-    for slot in d[..n].iter_mut().rev() {
+/// Writes `v`'s last `out.len()` decimal digits into `out`, zero-padded (by a constant
+/// divisor: a multiplication per digit).
+fn put_digits(out: &mut [u8], mut v: u64) {
+    for slot in out.iter_mut().rev() {
         *slot = b'0' + (v % 10) as u8;
         v /= 10;
     }
-    for &c in &d[..n] {
-        out.push(char::from(c));
-    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of `secs` since the Unix epoch (up to 2554).
+fn second_text(secs: u64) -> [u8; 20] {
+    let (days, s) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let mut t = *b"0000-00-00T00:00:00.";
+    put_digits(&mut t[0..4], year);
+    put_digits(&mut t[5..7], month);
+    put_digits(&mut t[8..10], day);
+    put_digits(&mut t[11..13], s / 3600);
+    put_digits(&mut t[14..16], s / 60 % 60);
+    put_digits(&mut t[17..19], s % 60);
+    t
+}
+
+thread_local! {
+    /// The second [`rfc3339`] wrote last and its text up to the fraction: a flood's
+    /// records share it.
+    static SECOND: std::cell::Cell<(u64, [u8; 20])> =
+        const { std::cell::Cell::new((u64::MAX, [0; 20])) };
 }
 
 /// Formats Unix-epoch nanoseconds as RFC 3339 UTC with 9 fractional digits.
 pub fn rfc3339(unix_ns: i128) -> String {
     // Every record carries one: written by hand for times from 1970 to 2554 (what fits
-    // in a u64; the formatter below parses its description on every call), the rest the
-    // general way.
+    // in a u64; the formatter below parses its description on every call), the date and
+    // time of day once per second; the rest the general way.
     if let Ok(ns) = u64::try_from(unix_ns) {
         let (secs, nanos) = (ns / 1_000_000_000, ns % 1_000_000_000);
-        let (days, s) = (secs / 86_400, secs % 86_400);
-        // Civil date from days since 1970-01-01 (H. Hinnant's `civil_from_days`).
-        let z = days + 719_468;
-        let era = z / 146_097;
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + u64::from(month <= 2);
-        let mut text = String::with_capacity(30);
-        push_digits(&mut text, year, 4);
-        for (v, n, sep) in [
-            (month, 2, '-'),
-            (day, 2, '-'),
-            (s / 3600, 2, 'T'),
-            (s / 60 % 60, 2, ':'),
-            (s % 60, 2, ':'),
-            (nanos, 9, '.'),
-        ] {
-            text.push(sep);
-            push_digits(&mut text, v, n);
+        let second = match SECOND.get() {
+            (s, text) if s == secs => text,
+            _ => {
+                let text = second_text(secs);
+                SECOND.set((secs, text));
+                text
+            }
+        };
+        let mut text = [b'Z'; 30];
+        text[..20].copy_from_slice(&second);
+        put_digits(&mut text[20..29], nanos);
+        if let Ok(t) = std::str::from_utf8(&text) {
+            return t.to_owned();
         }
-        text.push('Z');
-        return text;
     }
     rfc3339_general(unix_ns)
 }
