@@ -181,11 +181,13 @@ struct Canonical<'a> {
 }
 
 impl Canonical<'_> {
+    #[inline]
     fn get(&self, m: usize) -> &[u8] {
         self.marks.get(self.body, m)
     }
 
     /// Member `m` as rendered (`"key":value`), unless absent.
+    #[inline]
     fn copy(&mut self, m: usize) {
         let bytes = self.marks.get(self.body, m);
         if bytes.is_empty() {
@@ -199,6 +201,7 @@ impl Canonical<'_> {
     }
 
     /// `"key":{...}` with `members` (those present) in this order.
+    #[inline]
     fn object(&mut self, key: &str, members: &[usize]) {
         if !self.first {
             self.out.push(b',');
