@@ -111,8 +111,8 @@ fn cef_expected(r: &Record) -> Vec<(&'static str, String)> {
             if c.destination.ip.is_some() {
                 v.push(("dpt", c.destination.port.to_string()));
             }
-            v.push(("cs1", c.destination.region.clone()));
-            v.push(("cs2", c.policy.digest.clone()));
+            v.push(("cs1", c.destination.region.to_string()));
+            v.push(("cs2", c.policy.digest.to_string()));
             v.push(("egressdHook", c.hook.to_owned()));
             v.push(("egressdProcessDetails", c.process.details.to_owned()));
             for (k, x) in [

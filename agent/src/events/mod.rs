@@ -294,8 +294,8 @@ pub struct Destination {
     pub ip: Option<IpAddr>,
     /// Destination port (0 for protocols without ports).
     pub port: u16,
-    /// Policy region of `ip`, or `"unknown"`.
-    pub region: String,
+    /// Policy region of `ip`, or `"unknown"` (shared with every event: no copy per event).
+    pub region: Arc<str>,
     /// True when an AF_INET6 socket named it as `::ffff:a.b.c.d`.
     pub mapped: bool,
 }
@@ -314,8 +314,9 @@ pub struct PolicyRef {
     pub mode: &'static str,
     /// Generation counter of the loaded policy.
     pub generation: u64,
-    /// Digest of the loaded policy (16 hex digits, see [`crate::policy::Policy::digest`]).
-    pub digest: String,
+    /// Digest of the loaded policy (16 hex digits, see [`crate::policy::Policy::digest`];
+    /// shared with every event: no copy per event).
+    pub digest: Arc<str>,
 }
 
 /// `rule.*`: what in the policy decided.
@@ -414,10 +415,45 @@ pub fn ephemeral_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// A policy's digest and region names as events share them ([`build`]): made once per
+/// policy, not copied per event.
+#[derive(Debug, Clone)]
+pub struct PolicyNames {
+    digest: Arc<str>,
+    /// [`Policy::region_name`] of each id below `policy.regions.len()`.
+    regions: Vec<Arc<str>>,
+}
+
+impl PolicyNames {
+    /// The names of `policy`.
+    pub fn of(policy: &Policy) -> Self {
+        Self {
+            digest: policy.digest.as_str().into(),
+            regions: (0..policy.regions.len())
+                .map(|id| {
+                    policy
+                        .region_name(u32::try_from(id).unwrap_or(u32::MAX))
+                        .into()
+                })
+                .collect(),
+        }
+    }
+
+    /// [`Policy::region_name`] of `id` (`policy`: the one these names are of).
+    fn region(&self, policy: &Policy, id: u32) -> Arc<str> {
+        match self.regions.get(id as usize) {
+            Some(name) => name.clone(),
+            // Retired and unknown ids.
+            None => policy.region_name(id).into(),
+        }
+    }
+}
+
 /// Adds host, process and policy context to kernel events.
 pub struct Enricher {
     seq: Arc<Sequencer>,
     policy: Arc<Policy>,
+    names: PolicyNames,
     procs: std::sync::Mutex<procinfo::Cache>,
 }
 
@@ -436,6 +472,7 @@ impl Enricher {
     ) -> Self {
         Self {
             seq,
+            names: PolicyNames::of(&policy),
             policy,
             procs: std::sync::Mutex::new(procinfo::Cache::new(proc_root)),
         }
@@ -504,6 +541,7 @@ impl Enricher {
                 crate::base::clock::boot_to_unix_ns(ev.boot_ns),
             ),
             &self.policy,
+            &self.names,
             ev,
             details,
             user,
@@ -513,10 +551,11 @@ impl Enricher {
 }
 
 /// Pure assembly of a [`ConnectionEvent`] (no I/O) under `header`: `details` is what
-/// `/proc` said.
+/// `/proc` said; `names` are [`PolicyNames::of`] `policy`.
 pub fn build(
     header: Header,
     policy: &Policy,
+    names: &PolicyNames,
     ev: &Event,
     details: &procinfo::Details,
     user: Option<Arc<str>>,
@@ -596,7 +635,7 @@ pub fn build(
         destination: Destination {
             ip: packet.is_none().then_some(ip),
             port: ev.dst_port,
-            region: policy.region_name(ev.region).to_owned(),
+            region: names.region(policy, ev.region),
             mapped: ev.mapped != 0,
         },
         policy: PolicyRef {
@@ -606,7 +645,7 @@ pub fn build(
                 "enforce"
             },
             generation: ev.generation,
-            digest: policy.digest.clone(),
+            digest: names.digest.clone(),
         },
         rule: Rule {
             id: ev.rule,

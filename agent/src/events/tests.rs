@@ -88,6 +88,7 @@ fn build_packet_socket_event() {
     let c = build(
         seq.header("connection", 0),
         &policy(),
+        &PolicyNames::of(&policy()),
         &ev,
         &procinfo::Details::Exited,
         None,
@@ -122,6 +123,7 @@ fn build_maps_every_kernel_field() {
     let ev = build(
         seq.header("connection", sample::T0),
         &p,
+        &PolicyNames::of(&p),
         &kernel_event(),
         &procinfo::Details::Verified(Arc::new(info)),
         Some("bob".into()),
@@ -132,8 +134,8 @@ fn build_maps_every_kernel_field() {
     assert_eq!((ev.verdict, ev.hook), ("audit", "cgroup/sendmsg6"));
     assert_eq!(ev.policy.mode, "audit");
     assert_eq!(ev.policy.generation, 3);
-    assert_eq!(ev.policy.digest, p.digest);
-    assert_eq!(ev.destination.region, "us");
+    assert_eq!(*ev.policy.digest, p.digest);
+    assert_eq!(&*ev.destination.region, "us");
     assert_eq!(
         ev.destination.ip.map(|i| i.to_string()).as_deref(),
         Some("2001:db8:2::2")
@@ -156,6 +158,7 @@ fn build_maps_every_kernel_field() {
     let gone = build(
         seq.header("connection", 0),
         &p,
+        &PolicyNames::of(&p),
         &kernel_event(),
         &procinfo::Details::Exited,
         None,
@@ -167,6 +170,7 @@ fn build_maps_every_kernel_field() {
     let other = build(
         seq.header("connection", 0),
         &p,
+        &PolicyNames::of(&p),
         &kernel_event(),
         &procinfo::Details::Mismatch("name"),
         None,
@@ -211,4 +215,16 @@ fn enricher_reads_this_process() {
     if ev.uid == 0 {
         assert_eq!(out.user.name.as_deref(), Some("root"));
     }
+}
+
+/// The shared names are the policy's, for every id: configured, retired and unknown.
+#[test]
+fn policy_names_are_the_policys() {
+    let mut p = policy();
+    p.retired_regions.insert(40, "gone".into());
+    let names = PolicyNames::of(&p);
+    for id in (0..50).chain([u32::MAX]) {
+        assert_eq!(&*names.region(&p, id), p.region_name(id), "region {id}");
+    }
+    assert_eq!(*names.digest, p.digest);
 }
