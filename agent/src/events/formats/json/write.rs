@@ -80,7 +80,7 @@ pub(super) fn ip(out: &mut Vec<u8>, ip: &IpAddr) {
 }
 
 /// Where each member of a rendered connection record lies in its body: for member `i` (the
-/// constants in [`member`]), the byte range of `"key":value`, without the comma before it;
+/// constants of the module `member`), the byte range of `"key":value`, without the comma before it;
 /// empty for an absent member. Filled by [`connection_marked`], so that the record's canonical
 /// bytes ([`super::canonical_marked_into`]) are copied from the body, not written again.
 #[derive(Clone, Debug)]
