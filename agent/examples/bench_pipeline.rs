@@ -98,8 +98,14 @@ fn submit(seq: &Sequencer, pipeline: &Pipeline, mut ev: events::ConnectionEvent)
     pipeline.submit(&events::Record::Connection(Box::new(ev)));
 }
 
-/// A batch the enrichment thread finished, numbered and submitted as the daemon does.
-fn submit_all(seq: &Sequencer, pipeline: &Pipeline, batch: events::worker::Finished) {
+/// A batch the enrichment thread finished, numbered and submitted as the daemon does, and
+/// its events handed back to the thread (their ids freed here, where they were allocated).
+fn submit_all(
+    seq: &Sequencer,
+    pipeline: &Pipeline,
+    worker: &Worker,
+    batch: events::worker::Finished,
+) {
     let records: Vec<_> = batch
         .into_iter()
         .map(|mut ev| {
@@ -108,6 +114,13 @@ fn submit_all(seq: &Sequencer, pipeline: &Pipeline, batch: events::worker::Finis
         })
         .collect();
     pipeline.submit_all(&records);
+    worker.recycle(records.into_iter().filter_map(|r| match r {
+        events::Record::Connection(mut ev) => {
+            ev.header.id = String::new();
+            Some(ev)
+        }
+        _ => None,
+    }));
 }
 
 /// Events at most pushed and not yet back from the enrichment thread, and records at most
@@ -178,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
         // What the enrichment thread finished meanwhile, as the main loop takes it.
         while let Some(batch) = ready(&mut worker) {
             done += batch.len() as u64;
-            submit_all(&seq, &pipeline, batch);
+            submit_all(&seq, &pipeline, &worker, batch);
         }
         // A reader does not outrun the pipeline: the kernel's producer is not infinitely
         // fast, and events the enrichment thread cannot queue are built without `/proc`
@@ -186,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
         while pushed - done > PACE {
             let batch = worker.next().await.context("enrichment thread gone")?;
             done += batch.len() as u64;
-            submit_all(&seq, &pipeline, batch);
+            submit_all(&seq, &pipeline, &worker, batch);
         }
         // Nor the sink (its memory queue would drop records, which then cost nothing).
         while pipeline.counters().values().any(|c| c.queued > PACE) {
@@ -196,7 +209,7 @@ async fn main() -> anyhow::Result<()> {
     while done < records {
         let batch = worker.next().await.context("enrichment thread gone")?;
         done += batch.len() as u64;
-        submit_all(&seq, &pipeline, batch);
+        submit_all(&seq, &pipeline, &worker, batch);
     }
     anyhow::ensure!(
         pipeline.flush(Duration::from_secs(120)),

@@ -541,7 +541,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 delivered += n;
                 ring_rest = (n >= RING_BATCH).then(|| tokio::time::Instant::now() + RING_REST);
             }
-            Some(batch) = worker.next() => submit_connections(&seq, &pipeline, batch),
+            Some(batch) = worker.next() => submit_connections(&seq, &pipeline, &worker, batch),
             _ = summary_tick.tick() => submit_summaries(&mut summaries, &policy, &seq, &pipeline),
             _ = sighup.recv() => { reload_now = true; }
             Some(()) = async {
@@ -754,7 +754,8 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         &pipeline,
         &mut undecodable,
     );
-    submit_connections(&seq, &pipeline, worker.finish(ENRICH_FLUSH));
+    let rest = worker.finish(ENRICH_FLUSH);
+    submit_connections(&seq, &pipeline, &worker, rest);
     // Detached (or left to the pins): what the kernel aggregated since the last interval.
     submit_summaries(&mut summaries, &policy, &seq, &pipeline);
     // What no record carries: attempts neither the ring buffer nor the summary table took,
@@ -1010,8 +1011,14 @@ fn submit_connection(seq: &Sequencer, pipeline: &Pipeline, mut ev: ConnectionEve
     pipeline.submit(&Record::Connection(Box::new(ev)));
 }
 
-/// [`submit_connection`] of a batch of events, in order, as one batch for the sinks.
-fn submit_connections(seq: &Sequencer, pipeline: &Pipeline, batch: events::worker::Finished) {
+/// [`submit_connection`] of a batch of events, in order, as one batch for the sinks; the
+/// events then go back to `worker` ([`events::worker::Worker::recycle`]).
+fn submit_connections(
+    seq: &Sequencer,
+    pipeline: &Pipeline,
+    worker: &events::worker::Worker,
+    batch: events::worker::Finished,
+) {
     let records: Vec<Record> = batch
         .into_iter()
         .map(|mut ev| {
@@ -1020,6 +1027,14 @@ fn submit_connections(seq: &Sequencer, pipeline: &Pipeline, batch: events::worke
         })
         .collect();
     pipeline.submit_all(&records);
+    worker.recycle(records.into_iter().filter_map(|r| match r {
+        Record::Connection(mut ev) => {
+            // Allocated by this thread: freed here.
+            ev.header.id = String::new();
+            Some(ev)
+        }
+        Record::Lifecycle(_) | Record::Summary(_) => None,
+    }));
 }
 
 /// The service manager's `STATUS=` for the policy in force.
