@@ -147,6 +147,10 @@ fn main() {
             "table6_outgrown_on_reload_falls_back_to_trie",
             table::capacity_fallback6,
         ),
+        Trial::test(
+            "table_small_policy_small_maps",
+            table::small_policy_small_maps,
+        ),
         Trial::test("rules_port_and_region_end_to_end", reload::rules_end_to_end),
         Trial::test(
             "reload_reordered_regions_keep_counter_labels",

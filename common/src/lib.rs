@@ -25,13 +25,25 @@ pub mod maps {
     /// `BPF_MAP_TYPE_LPM_TRIE` per set: key prefix length + 16 address bytes, value `u32`
     /// entry id.
     pub const PREFIXES_V6: [&str; 2] = ["EGRESSD_PREFIXES_V6_A_V1", "EGRESSD_PREFIXES_V6_B_V1"];
-    /// IPv4 lookup table, first level (DIR-24-8: Gupta, Lin, McKeown, "Routing lookups in
-    /// hardware at memory access speeds", INFOCOM 1998), per set: `BPF_MAP_TYPE_ARRAY` with
-    /// `BPF_F_MMAPABLE` of [`crate::table::Page24`] pages, [`crate::table::PAGES24`] of them
-    /// when the table is in use (1 otherwise). Entry `a >> 8` (address `a` in host byte order)
-    /// is an entry id, or [`crate::table::CHUNK`] | the index of a 256-entry chunk of
-    /// `TABLE8` for /24s holding a longer prefix. Written by userspace through `mmap`.
-    pub const TABLE24: [&str; 2] = ["EGRESSD_TABLE24_A_V1", "EGRESSD_TABLE24_B_V1"];
+    /// IPv4 lookup table, directory, per set: `BPF_MAP_TYPE_ARRAY` with `BPF_F_MMAPABLE` of
+    /// [`crate::table::Page24`] pages, [`crate::table::DIR_PAGES`] of them (64 KiB) when the
+    /// table is in use (1 otherwise). Entry `a >> 18` (address `a` in host byte order, so
+    /// one entry per /14) is an entry id when every address of the /14 shares the /24
+    /// entry (a uniform /14), else [`crate::table::PAGE`] | the index of its page in
+    /// `TABLE24`. Written by userspace through `mmap`.
+    pub const TABLE14: [&str; 2] = ["EGRESSD_TABLE14_A_V1", "EGRESSD_TABLE14_B_V1"];
+    /// IPv4 lookup table, page pool of the first level (DIR-24-8: Gupta, Lin, McKeown,
+    /// "Routing lookups in hardware at memory access speeds", INFOCOM 1998, paged so that
+    /// only /14s that are not uniform take memory), per set: `BPF_MAP_TYPE_ARRAY` with
+    /// `BPF_F_MMAPABLE` of [`crate::table::Page24`] pages, one per non-uniform /14 in
+    /// address order (1 when no table). Entry `(a >> 8) & 1023` of a page is an entry id, or
+    /// [`crate::table::CHUNK`] | the index of a 256-entry chunk of `TABLE8` for /24s holding
+    /// a longer prefix. `_V2`: `_V1` was the whole first level (2^24 entries, 64 MiB), which
+    /// an upgrade drops ([`LEGACY_TABLE24`]).
+    pub const TABLE24: [&str; 2] = ["EGRESSD_TABLE24_A_V2", "EGRESSD_TABLE24_B_V2"];
+    /// The first level of egressd before the directory (`TABLE24`'s `_V1`, same value
+    /// shape, 16,384 pages when in use): pins of these names are dropped at start.
+    pub const LEGACY_TABLE24: [&str; 2] = ["EGRESSD_TABLE24_A_V1", "EGRESSD_TABLE24_B_V1"];
     /// IPv4 lookup table, second level, per set: `BPF_MAP_TYPE_ARRAY` with `BPF_F_MMAPABLE`
     /// of [`crate::table::Page8`] pages; entry `chunk * 256 + (a & 0xff)` is an entry id.
     pub const TABLE8: [&str; 2] = ["EGRESSD_TABLE8_A_V1", "EGRESSD_TABLE8_B_V1"];
@@ -454,19 +466,27 @@ pub const MAX_PORT_RULES: usize = 16;
 /// Entries of [`maps::ENTRIES`] per set (entry ids fit the `u16` of [`table::Page8`]).
 pub const MAX_ENTRIES: u32 = 16384;
 
-/// Layout of the IPv4 lookup table ([`maps::TABLE24`], [`maps::TABLE8`]). Both levels are
-/// arrays of 4 KiB pages so that one map element is one page: few elements, and userspace can
-/// fill them with one `memcpy` through `mmap` instead of a syscall per entry.
+/// Layout of the IPv4 lookup table ([`maps::TABLE14`], [`maps::TABLE24`], [`maps::TABLE8`]):
+/// DIR-24-8 with its first level paged. All three maps are arrays of 4 KiB pages so that one
+/// map element is one page: few elements, and userspace can fill them with one `memcpy`
+/// through `mmap` instead of a syscall per entry. A lookup reads the directory entry of the
+/// /14, then (not uniform) the /24 entry in its page, then (a chunk) the address's entry.
 pub mod table {
     /// Bytes per map element.
     pub const PAGE_BYTES: usize = 4096;
-    /// First-level entries per page.
+    /// First-level (directory and pool) entries per page.
     pub const PER_PAGE24: usize = PAGE_BYTES / 4;
     /// Second-level entries per page.
     pub const PER_PAGE8: usize = PAGE_BYTES / 2;
-    /// First-level pages of a table in use: 2^24 entries (64 MiB).
+    /// /14s of the address space: directory entries, and the most pages a pool may need.
     pub const PAGES24: u32 = (1 << 24) / PER_PAGE24 as u32;
-    /// First-level flag: the low 31 bits are a chunk index, not an entry id.
+    /// Directory pages of a table in use: one entry per /14 (64 KiB).
+    pub const DIR_PAGES: u32 = PAGES24 / PER_PAGE24 as u32;
+    /// Address bits below a directory entry's /14.
+    pub const DIR_SHIFT: u32 = 18;
+    /// Directory flag: the low 31 bits are the index of a pool page, not an entry id.
+    pub const PAGE: u32 = 1 << 31;
+    /// Pool-page flag: the low 31 bits are a chunk index, not an entry id.
     pub const CHUNK: u32 = 1 << 31;
     /// Entries of one second-level chunk (the last 8 bits of the address).
     pub const CHUNK_ENTRIES: usize = 256;
@@ -474,7 +494,8 @@ pub mod table {
     pub const CHUNKS_PER_PAGE8: usize = PER_PAGE8 / CHUNK_ENTRIES;
     /// Most chunks a table may have (keeps `chunk << 8` within 31 bits).
     pub const MAX_CHUNKS: u32 = 1 << 23;
-    /// One first-level page: entry ids or [`CHUNK`] | chunk index.
+    /// One directory or pool page: entry ids, or [`PAGE`] | pool page (directory),
+    /// [`CHUNK`] | chunk index (pool).
     pub type Page24 = [u32; PER_PAGE24];
     /// One second-level page: entry ids.
     pub type Page8 = [u16; PER_PAGE8];
@@ -619,7 +640,7 @@ pub struct GlobalPolicy {
     /// 1: flows judged under an older generation are re-judged and cut if now denied;
     /// 0: they keep their verdict until closed.
     pub cut_established: u8,
-    /// 1: IPv4 destinations are looked up in this set's table ([`maps::TABLE24`]); 0: in
+    /// 1: IPv4 destinations are looked up in this set's table ([`maps::TABLE14`]); 0: in
     /// its LPM trie ([`maps::PREFIXES_V4`]).
     pub v4_table: u8,
     /// [`Verdict`] code for sockets that bypass the INET hooks (AF_PACKET, AF_XDP) created

@@ -3,7 +3,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use egressd_common::{
     MAX_ENTRIES, MAX_PORT_RULES, REGION_LOCAL, REGION_UNKNOWN, Verdict, action, failsafe, family,
     set_of,
-    table::{CHUNK, CHUNK_ENTRIES, PER_PAGE8, PER_PAGE24},
+    table::{CHUNK, CHUNK_ENTRIES, DIR_SHIFT, PAGE, PER_PAGE8, PER_PAGE24},
     table6::{self, IN_USE, SEARCH_STEPS, SUB_LEVELS},
     unwrap,
 };
@@ -277,21 +277,30 @@ fn longest_prefix6(hi: u64, lo: u64, set: usize) -> Result<u32, u32> {
     Ok(hit.copied().unwrap_or(0))
 }
 
-/// IPv4 lookup in set `set`'s table: at most two array reads, whatever the number of
-/// prefixes (layout in `egressd_common::table`). A missing page (a table smaller than the
-/// flag promises) is [`failsafe::NO_PAGE`], never the default decision.
+/// IPv4 lookup in set `set`'s table: at most three array reads (directory, page, chunk),
+/// whatever the number of prefixes (layout in `egressd_common::table`). A missing page or
+/// chunk (a map smaller than an entry promises) is [`failsafe::NO_PAGE`], never the
+/// default decision.
 #[inline(always)]
 fn table4(a: u32, set: usize) -> Result<u32, u32> {
-    let (t24, t8) = if set == 0 {
-        (&EGRESSD_TABLE24_A_V1, &EGRESSD_TABLE8_A_V1)
+    let (dir, t24, t8) = if set == 0 {
+        (&EGRESSD_TABLE14_A_V1, &EGRESSD_TABLE24_A_V2, &EGRESSD_TABLE8_A_V1)
     } else {
-        (&EGRESSD_TABLE24_B_V1, &EGRESSD_TABLE8_B_V1)
+        (&EGRESSD_TABLE14_B_V1, &EGRESSD_TABLE24_B_V2, &EGRESSD_TABLE8_B_V1)
     };
-    let i24 = a >> 8;
-    let Some(page) = t24.get(i24 / PER_PAGE24 as u32) else {
+    let i14 = a >> DIR_SHIFT;
+    let Some(page) = dir.get(i14 / PER_PAGE24 as u32) else {
         return Err(failsafe::NO_PAGE);
     };
-    let e = page[(i24 as usize) % PER_PAGE24];
+    let d = page[(i14 as usize) % PER_PAGE24];
+    if d & PAGE == 0 {
+        // Uniform /14: no /24 in it differs.
+        return Ok(d);
+    }
+    let Some(page) = t24.get(d & !PAGE) else {
+        return Err(failsafe::NO_PAGE);
+    };
+    let e = page[((a >> 8) as usize) % PER_PAGE24];
     if e & CHUNK == 0 {
         return Ok(e);
     }

@@ -36,13 +36,20 @@ pub static EGRESSD_PREFIXES_V6_A_V1: LpmTrie<[u8; 16], u32> =
 pub static EGRESSD_PREFIXES_V6_B_V1: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(DEFAULT_MAX_PREFIXES, 0);
 
-/// IPv4 table, first level, set A (one page until the loader sizes it; see
-/// `egressd_common::maps::TABLE24`).
+/// IPv4 table, directory (one entry per /14), set A (one page until the loader sizes it;
+/// see `egressd_common::maps::TABLE14`).
 #[map]
-pub static EGRESSD_TABLE24_A_V1: Array<Page24> = Array::with_max_entries(1, MMAPABLE);
+pub static EGRESSD_TABLE14_A_V1: Array<Page24> = Array::with_max_entries(1, MMAPABLE);
 /// As above, set B.
 #[map]
-pub static EGRESSD_TABLE24_B_V1: Array<Page24> = Array::with_max_entries(1, MMAPABLE);
+pub static EGRESSD_TABLE14_B_V1: Array<Page24> = Array::with_max_entries(1, MMAPABLE);
+/// IPv4 table, pages of the non-uniform /14s, set A (see
+/// `egressd_common::maps::TABLE24`).
+#[map]
+pub static EGRESSD_TABLE24_A_V2: Array<Page24> = Array::with_max_entries(1, MMAPABLE);
+/// As above, set B.
+#[map]
+pub static EGRESSD_TABLE24_B_V2: Array<Page24> = Array::with_max_entries(1, MMAPABLE);
 /// IPv4 table, second level, set A.
 #[map]
 pub static EGRESSD_TABLE8_A_V1: Array<Page8> = Array::with_max_entries(1, MMAPABLE);

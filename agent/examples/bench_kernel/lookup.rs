@@ -7,10 +7,12 @@
 //!   prefixes as egressd's tries (what egressd does per decision today);
 //! - `dir24`: egressd's IPv4 table (DIR-24-8, Gupta, Lin, McKeown 1998; compiled by
 //!   [`Table4::compile`], what egressd loads with `ipv4_lookup = "table"` or, by default, from
-//!   65,536 IPv4 prefixes): a 2^24-entry first-level table indexed by the top 24 bits, whose
-//!   entry is either an id or the index of a 256-entry second-level chunk for prefixes longer
-//!   than /24. Both levels are mmapable array maps of 4 KiB pages filled from userspace with
-//!   one `memcpy`, so a lookup is at most two array lookups;
+//!   65,536 IPv4 prefixes): a 2^24-entry first level indexed by the top 24 bits, paged by /14:
+//!   a directory of 16,384 entries, each an id (every /24 of the /14 decides alike) or the
+//!   index of a 4 KiB page of 1,024 /24 entries; an entry is an id or the index of a
+//!   256-entry second-level chunk for prefixes longer than /24. All are mmapable array maps
+//!   of 4 KiB pages filled from userspace with one `memcpy`, so a lookup is at most three
+//!   array lookups;
 //! - `range6`: egressd's IPv6 range table ([`Table6::compile`], what egressd loads with
 //!   `ipv6_lookup = "table"` or, by default, from 1,024 IPv6 prefixes): one index element
 //!   per /16 and one per chunk level under a dense /16 (4 bits each, to /40), then a binary
@@ -130,9 +132,11 @@ impl Trie {
     }
 }
 
-/// The DIR-24-8 table for IPv4, compiled in userspace and copied into two mmapable arrays.
+/// The DIR-24-8 table for IPv4 with its first level paged by /14, compiled in userspace and
+/// copied into three mmapable arrays as egressd does.
 pub struct Dir24 {
-    tbl24: OwnedFd,
+    dir: OwnedFd,
+    pool: OwnedFd,
     tbl8: OwnedFd,
     /// Userspace compile time (painting the prefixes into the tables).
     pub compile_ns: u64,
@@ -140,88 +144,108 @@ pub struct Dir24 {
     pub load_ns: u64,
     /// Second-level chunks (one per /24 holding a longer prefix).
     pub chunks: usize,
-    /// Kernel memory of both tables in bytes.
+    /// Pool pages (one per /14 whose /24s differ).
+    pub pages: usize,
+    /// Kernel memory of the three maps' value areas in bytes.
     pub bytes: u64,
 }
 
 impl Dir24 {
     /// Compiles `prefixes` with egressd's table compiler ([`Table4::compile`], the product's
     /// IPv4 lookup), checks it against `expect` (address, region id from egressd's reference
-    /// model), and loads it into two mmapable arrays as egressd does.
+    /// model), and loads it into three mmapable arrays as egressd does.
     pub fn new(prefixes: &[(Ipv4Network, u32)], expect: &[(Ipv4Addr, u32)]) -> io::Result<Self> {
         let t = Instant::now();
         let table = Table4::compile(prefixes).map_err(io::Error::other)?;
         let compile_ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
         for (a, want) in expect {
             let got = table.lookup(*a);
-            if got != *want {
+            if got != Some(*want) {
                 return Err(io::Error::other(format!(
-                    "the IPv4 table gives region {got} for {a}, the reference model {want}"
+                    "the IPv4 table gives region {got:?} for {a}, the reference model {want}"
                 )));
             }
         }
-        let (t24, t8) = (table.t24_bytes(), table.t8_bytes());
-        let chunks = table.chunks();
+        let (d, p8, t8) = (table.dir_bytes(), table.pool_bytes(), table.t8_bytes());
         let t = Instant::now();
-        let tbl24 = mmap_array(t24)?;
+        let dir = mmap_array(d)?;
+        let pool = mmap_array(p8)?;
         let tbl8 = mmap_array(t8)?;
         let load_ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let pages = |b: usize| b.div_ceil(PAGE).max(1) as u64 * PAGE as u64;
         Ok(Self {
-            tbl24,
+            dir,
+            pool,
             tbl8,
             compile_ns,
             load_ns,
-            chunks,
-            bytes: pages(t24.len()) + pages(t8.len()),
+            chunks: table.chunks(),
+            pages: table.pages(),
+            bytes: pages(d.len()) + pages(p8.len()) + pages(t8.len()),
         })
     }
 
-    /// The lookup program: at most two array lookups.
+    /// The lookup program: at most three array lookups.
     pub fn program(&self) -> io::Result<OwnedFd> {
-        let mut p = load_dst(V4_DST, 4);
-        p.push(jne_imm(0, 0, 38)); // 7 -> 46
-        p.push(ldx_w(7, 10, -4)); // 8: destination, network order
-        p.push(be32(7)); // 9: host order
-        p.push(mov_reg(8, 7));
-        p.push(rsh_imm(8, 18)); // 11: first-level page = ip >> 8 >> 10
-        p.push(stx_w(10, -8, 8));
-        p.extend(ld_map_fd(1, self.tbl24.as_raw_fd())); // 13-14
-        p.push(mov_reg(2, 10));
-        p.push(add_imm(2, -8));
-        p.push(call(MAP_LOOKUP)); // 17
-        p.push(jeq_imm(0, 0, 27)); // 18 -> 46
-        p.push(mov_reg(9, 7));
-        p.push(rsh_imm(9, 8));
-        p.push(and_imm(9, (T24_PER_PAGE - 1) as i32));
-        p.push(lsh_imm(9, 2));
-        p.push(add_reg(0, 9)); // 23
-        p.push(ldx_w(1, 0, 0)); // 24: first-level entry
-        p.push(mov_reg(2, 1));
-        p.push(rsh_imm(2, 31));
-        p.push(jeq_imm(2, 0, 18)); // 27 -> 46: a region id, done
-        p.push(and_imm(1, 0x7fff_ffff));
-        p.push(lsh_imm(1, 8));
-        p.push(mov_reg(3, 7));
-        p.push(and_imm(3, 0xff));
-        p.push(or_reg(1, 3)); // 32: second-level index
-        p.push(mov_reg(8, 1));
-        p.push(rsh_imm(1, 11)); // 34: page of 2048 u16
-        p.push(stx_w(10, -12, 1));
-        p.extend(ld_map_fd(1, self.tbl8.as_raw_fd())); // 36-37
-        p.push(mov_reg(2, 10));
-        p.push(add_imm(2, -12));
-        p.push(call(MAP_LOOKUP)); // 40
-        p.push(jeq_imm(0, 0, 4)); // 41 -> 46
-        p.push(and_imm(8, (T8_PER_PAGE - 1) as i32));
-        p.push(lsh_imm(8, 1));
-        p.push(add_reg(0, 8));
-        p.push(ldx_h(0, 0, 0)); // 45
-        p.push(mov_imm(0, 1)); // 46
-        p.push(exit());
-        debug_assert_eq!(p.len(), 48);
-        rawbpf::prog_load_skb("bench_dir24", &p)
+        let mut a = Asm::new();
+        a.extend(load_dst(V4_DST, 4));
+        a.jump(jne_imm(0, 0, 0), "next");
+        a.push(ldx_w(9, 10, -4)); // destination, network order
+        a.push(be32(9)); // host order
+        dir24_lookup(&mut a, self);
+        a.label("next");
+        a.push(mov_imm(0, 1));
+        a.push(exit());
+        rawbpf::prog_load_skb("bench_dir24", &a.finish()?)
     }
+}
+
+/// The IPv4 table lookup of the address in r9 (host order) as the product's kernel code does
+/// it (directory, page, chunk); the entry ends in r1; jumps to "next" when done. Uses the
+/// stack at fp-12.
+fn dir24_lookup(a: &mut Asm, d: &Dir24) {
+    // Directory page = ip >> 18 >> 10, entry (ip >> 18) & 1023.
+    a.push(mov_reg(1, 9));
+    a.push(rsh_imm(1, 28));
+    a.push(stx_w(10, -12, 1));
+    a.map_lookup(&d.dir, -12);
+    a.jump(jeq_imm(0, 0, 0), "next");
+    a.push(mov_reg(1, 9));
+    a.push(rsh_imm(1, 18));
+    a.push(and_imm(1, (T24_PER_PAGE - 1) as i32));
+    a.push(lsh_imm(1, 2));
+    a.push(add_reg(0, 1));
+    a.push(ldx_w(1, 0, 0));
+    a.push(mov_reg(2, 1));
+    a.push(rsh_imm(2, 31));
+    a.jump(jeq_imm(2, 0, 0), "next"); // a uniform /14
+    a.push(and_imm(1, 0x7fff_ffff));
+    a.push(stx_w(10, -12, 1));
+    a.map_lookup(&d.pool, -12);
+    a.jump(jeq_imm(0, 0, 0), "next");
+    a.push(mov_reg(1, 9));
+    a.push(rsh_imm(1, 8));
+    a.push(and_imm(1, (T24_PER_PAGE - 1) as i32));
+    a.push(lsh_imm(1, 2));
+    a.push(add_reg(0, 1));
+    a.push(ldx_w(1, 0, 0));
+    a.push(mov_reg(2, 1));
+    a.push(rsh_imm(2, 31));
+    a.jump(jeq_imm(2, 0, 0), "next"); // a /24 entry
+    a.push(and_imm(1, 0x7fff_ffff));
+    a.push(lsh_imm(1, 8));
+    a.push(mov_reg(3, 9));
+    a.push(and_imm(3, 0xff));
+    a.push(or_reg(1, 3));
+    a.push(mov_reg(9, 1));
+    a.push(rsh_imm(1, 11)); // page of 2048 u16
+    a.push(stx_w(10, -12, 1));
+    a.map_lookup(&d.tbl8, -12);
+    a.jump(jeq_imm(0, 0, 0), "next");
+    a.push(and_imm(9, (T8_PER_PAGE - 1) as i32));
+    a.push(lsh_imm(9, 1));
+    a.push(add_reg(0, 9));
+    a.push(ldx_h(1, 0, 0));
 }
 
 /// An array map of 4 KiB pages holding `bytes` (zero-padded), filled through `mmap`.
@@ -617,34 +641,7 @@ impl StreamMaps {
                 }
                 a.push(ldx_w(9, 0, 0));
                 a.push(be32(9));
-                a.push(mov_reg(1, 9));
-                a.push(rsh_imm(1, 18));
-                a.push(stx_w(10, -12, 1));
-                a.map_lookup(&d.tbl24, -12);
-                a.jump(jeq_imm(0, 0, 0), "next");
-                a.push(mov_reg(1, 9));
-                a.push(rsh_imm(1, 8));
-                a.push(and_imm(1, (T24_PER_PAGE - 1) as i32));
-                a.push(lsh_imm(1, 2));
-                a.push(add_reg(0, 1));
-                a.push(ldx_w(1, 0, 0));
-                a.push(mov_reg(2, 1));
-                a.push(rsh_imm(2, 31));
-                a.jump(jeq_imm(2, 0, 0), "next");
-                a.push(and_imm(1, 0x7fff_ffff));
-                a.push(lsh_imm(1, 8));
-                a.push(mov_reg(3, 9));
-                a.push(and_imm(3, 0xff));
-                a.push(or_reg(1, 3));
-                a.push(mov_reg(9, 1));
-                a.push(rsh_imm(1, 11));
-                a.push(stx_w(10, -12, 1));
-                a.map_lookup(&d.tbl8, -12);
-                a.jump(jeq_imm(0, 0, 0), "next");
-                a.push(and_imm(9, (T8_PER_PAGE - 1) as i32));
-                a.push(lsh_imm(9, 1));
-                a.push(add_reg(0, 9));
-                a.push(ldx_h(1, 0, 0));
+                dir24_lookup(&mut a, d);
             }
             Stream::Range6(t) => {
                 if self.addr_len != 16 {

@@ -319,6 +319,7 @@ fn proto(policy: &Policy, first_runs: usize) -> anyhow::Result<Value> {
         v["compile_ns"] = json!(dir.compile_ns);
         v["load_ns"] = json!(dir.load_ns);
         v["chunks"] = json!(dir.chunks);
+        v["pages"] = json!(dir.pages);
         v["bytes"] = json!(dir.bytes);
         out["dir24"] = v;
         let mut rng = fastrand::Rng::with_seed(12);

@@ -125,7 +125,7 @@ pub fn summary(cfg: &Config, policy: &Policy) -> String {
     let cap = crate::kernel::loader::Capacity::for_policy(policy);
     let how = match cap.table_chunks {
         Some(_) => format!(
-            "IPv4 in the DIR-24-8 table, {:.0} MiB of kernel memory for both policy sets",
+            "IPv4 in the DIR-24-8 table, {:.1} MiB of kernel memory for both policy sets",
             cap.table_bytes() as f64 / f64::from(1 << 20)
         ),
         None => "IPv4 in the LPM trie".to_owned(),
@@ -521,10 +521,11 @@ mod tests {
             "ipv4_lookup = \"table\"\nallowlist = []\n[regions.a]\nprefixes = [\"10.0.0.0/25\"]\n",
         );
         let s = summary(&cfg, &policy);
-        // 2 x (64 MiB + (1 needed + 4096 spare chunks) x 512 B rounded up to 4 KiB pages).
+        // 2 x 4 KiB x (16 directory pages + (1 needed + 32 spare) pool pages + (1 needed
+        // + 256 spare chunks) x 512 B in 33 pages + 3 map headers): 680 KiB.
         assert!(
             s.contains(
-                "lookup:    IPv4 in the DIR-24-8 table, 132 MiB of kernel memory for both \
+                "lookup:    IPv4 in the DIR-24-8 table, 0.7 MiB of kernel memory for both \
                  policy sets (ipv4_lookup = table)\n"
             ),
             "{s}"

@@ -42,13 +42,17 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 
 pub use self::prepare::Prepared;
 pub use self::sets::Tables;
-pub use self::table::{Capacity, Room6};
+pub use self::table::{Capacity, Room4, Room6};
 use crate::kernel::hooks::{HOOKS, Hook, LoadError, by_program};
 use crate::kernel::offsets;
 use crate::{
     config::{Established, Mode},
     kernel::pin::PinDir,
-    policy::{Policy, table::Table4, table6::Table6},
+    policy::{
+        Policy,
+        table::{Built, Table4},
+        table6::Table6,
+    },
 };
 use explain::{explain_load, explain_program};
 use sets::{
@@ -73,8 +77,11 @@ pub struct Enforcer {
     /// the next fill.
     unknown: [bool; 2],
     max_prefixes: u32,
-    /// Second-level chunks of each set's IPv4 table; `None`: no table.
-    table_chunks: Option<usize>,
+    /// Room of each set's IPv4 table; `None`: no table.
+    table_room: Option<table::Room4>,
+    /// The pins held the first level of an older egressd, which its programs may still read
+    /// until their links get this build's: the first install keeps IPv4 in the trie.
+    legacy_table: bool,
     /// Whether each set's IPv6 trie holds the prefixes of `sets` (false when the set uses
     /// the IPv6 table).
     v6_in_trie: [bool; 2],
@@ -183,8 +190,8 @@ impl Enforcer {
     }
 
     /// Loads like [`Enforcer::open`] with the map sizes of `cap` (an IPv4 table when
-    /// `cap.table_chunks` is set: 64 MiB per set plus 512 bytes per chunk, see
-    /// [`Capacity::table_bytes`]).
+    /// `cap.table_chunks` is set: per set a 64 KiB directory, 4 KiB per pool page and 512
+    /// bytes per chunk, see [`Capacity::table_bytes`]).
     pub fn open_with(cap: Capacity) -> anyhow::Result<Self> {
         Self::open_in(cap, None)
     }
@@ -325,7 +332,7 @@ impl Enforcer {
                 Err(e) => return Err(explain_program(hook, e)),
             }
         }
-        let table_chunks = table::loaded_chunks(&ebpf)?;
+        let table_room = table::loaded_room4(&ebpf)?;
         // Pinned maps may hold a table that these programs, loaded without it, never read.
         let table6_room = table::loaded_room6(&ebpf)?.filter(|_| table6_enabled == 1);
         let dup = |name: &str| -> anyhow::Result<std::os::fd::OwnedFd> {
@@ -335,7 +342,7 @@ impl Enforcer {
             }
         };
         let counter_fds = [dup(maps::COUNTERS)?, dup(maps::FLOWS)?];
-        if cap.table_chunks.is_some() && table_chunks.is_none() {
+        if cap.table_chunks.is_some() && table_room.is_none() {
             tracing::warn!(
                 "the pinned IPv4 table maps were created without a table (the maps of the \
                  first pinned start are kept across restarts); IPv4 lookups use the LPM trie \
@@ -362,7 +369,8 @@ impl Enforcer {
             v4_in_trie: [false; 2],
             unknown: [false; 2],
             max_prefixes: max,
-            table_chunks,
+            table_room,
+            legacy_table: false,
             v6_in_trie: [false; 2],
             table6_room,
             table6_refused: None,
@@ -737,6 +745,20 @@ impl Enforcer {
         }
     }
 
+    /// The kernel's account of the IPv4 table maps of both sets in bytes (`memlock` in
+    /// their fdinfo; a few pages when the maps were loaded without a table).
+    ///
+    /// # Errors
+    /// A map's fdinfo is unreadable.
+    pub fn table_memory(&self) -> anyhow::Result<u64> {
+        table::table_memory(&self.ebpf)
+    }
+
+    /// The room of each set's IPv4 table maps (`None`: loaded without a table).
+    pub fn table_room(&self) -> Option<Room4> {
+        self.table_room
+    }
+
     /// Why the kernel's verifier refused the programs with the IPv6 range table, when the
     /// map sizes asked for one (the programs were then loaded without it: IPv6 is looked up
     /// in the LPM trie); `None` otherwise.
@@ -766,7 +788,7 @@ impl Enforcer {
         // With the table, the IPv4 trie stays empty: only the table's room limits IPv4.
         let table = plan_table(
             &policy,
-            self.table_chunks,
+            self.table_room,
             tables.as_mut().and_then(Tables::chunks),
         );
         let table6 = compile_table6(

@@ -39,6 +39,9 @@ pub const STATE_MAP: &str = "EGRESSD_STATE_V1";
 pub const STATE_BYTES: usize = 4096;
 /// Layout version of the pins this build writes and adopts (the `_V1` suffix).
 pub const LAYOUT_VERSION: &str = "V1";
+/// Maps whose layout changed after [`LAYOUT_VERSION`]: their names carry a later version
+/// (an egressd that predates them refuses their pins, this one drops the older ones).
+pub const NEWER_MAPS: [&str; 2] = egressd_common::maps::TABLE24;
 
 /// A pin directory and the paths inside it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,7 +183,7 @@ impl PinDir {
     }
 
     /// Refuses pins of another layout version: any `EGRESSD_*` pin whose name does not end
-    /// in `_V1`.
+    /// in `_V1`, but for the maps this build versions further ([`NEWER_MAPS`]).
     ///
     /// # Errors
     /// Names the offending pin and says to run `egressd detach` with the version that wrote
@@ -192,7 +195,10 @@ impl PinDir {
             };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("EGRESSD_") && !name.ends_with(&format!("_{LAYOUT_VERSION}")) {
+                if name.starts_with("EGRESSD_")
+                    && !name.ends_with(&format!("_{LAYOUT_VERSION}"))
+                    && !NEWER_MAPS.contains(&name.as_str())
+                {
                     bail!(
                         "{} was pinned with another map layout than this egressd's \
                          ({LAYOUT_VERSION}); refusing to adopt it. Detach it with the egressd \

@@ -17,7 +17,7 @@ use egressd::{
     },
     kernel::loader::{Capacity, Enforcer},
     kernel::testrun,
-    policy::{self, Policy, table6::Table6},
+    policy::{self, Policy, table::Table4, table6::Table6},
 };
 use egressd_common::{Verdict, programs};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -50,6 +50,7 @@ pub fn differential() -> Result<(), Failed> {
     let mut tabled = Enforcer::open_with(Capacity {
         prefixes: 4096,
         table_chunks: Some(4096),
+        table_pages: 256,
         table6_ranges: Some(8192),
     })
     .map_err(|e| format!("{e:#}"))?;
@@ -62,6 +63,8 @@ pub fn differential() -> Result<(), Failed> {
         .map_err(|e| format!("{e:#}"))?
         .as_raw_fd();
     let (mut cases, mut disagreements, mut chunked) = (0u64, Vec::new(), 0);
+    // Policies whose IPv4 table has pool pages (non-uniform /14s) and second-level chunks.
+    let (mut paged, mut chunked4) = (0usize, 0usize);
     for p in 0..POLICIES {
         let cfg = random_config(&mut rng);
         let policy = Arc::new(policy::compile(&cfg));
@@ -75,6 +78,9 @@ pub fn differential() -> Result<(), Failed> {
             .ok_or("the tabled enforcer has no IPv6 table room")?;
         chunked +=
             usize::from(Table6::compile(&policy.lpm_v6, room.chunks).is_ok_and(|t| t.chunks() > 0));
+        let t4 = Table4::compile(&policy.lpm_v4).map_err(|e| format!("policy {p}: {e}"))?;
+        paged += usize::from(t4.pages() > 0);
+        chunked4 += usize::from(t4.chunks() > 0);
         enforcer
             .install(policy.clone())
             .map_err(|e| format!("policy {p}: {e:#}"))?;
@@ -130,8 +136,9 @@ pub fn differential() -> Result<(), Failed> {
         }
     }
     println!(
-        "differential: {cases} cases, {} disagreements (seed {seed:#x}); IPv6 range table: {} \
-         ({chunked} of {POLICIES} policies with chunks)",
+        "differential: {cases} cases, {} disagreements (seed {seed:#x}); IPv4 table: \
+         {paged} of {POLICIES} policies with pool pages, {chunked4} with chunks; IPv6 range \
+         table: {} ({chunked} of {POLICIES} policies with chunks)",
         disagreements.len(),
         tabled
             .table6_refused()
@@ -147,6 +154,15 @@ pub fn differential() -> Result<(), Failed> {
         return Err(format!(
             "{chunked} of {POLICIES} random policies made an IPv6 table with chunks: the \
              chunk levels went (nearly) untested"
+        )
+        .into());
+    }
+    // Paged /14s and chunks under pages must be exercised (uniform /14s always are: most of
+    // the address space, where a quarter of the destinations fall).
+    if paged < POLICIES / 4 || chunked4 < POLICIES / 4 {
+        return Err(format!(
+            "{paged} of {POLICIES} random policies made an IPv4 table with pool pages, \
+             {chunked4} with chunks: the paged levels went (nearly) untested"
         )
         .into());
     }

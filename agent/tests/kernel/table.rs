@@ -34,6 +34,8 @@ pub fn capacity_fallback() -> Result<(), Failed> {
     let mut e = Enforcer::open_with(Capacity {
         prefixes: 4096,
         table_chunks: Some(1),
+        // Pages never limit here: at most 8 /14s hold a /28.
+        table_pages: 64,
         table6_ranges: None,
     })
     .map_err(|e| format!("{e:#}"))?;
@@ -98,6 +100,99 @@ pub fn capacity_fallback() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A small policy with `ipv4_lookup = "table"` gets maps sized to it: the kernel's own
+/// account (`memlock`) of the six table maps is what [`Capacity::table_bytes`] reports and
+/// under 1 MiB (the unpaged first level alone was 2 x 64 MiB), the room is the policy's
+/// need plus the spare, and the `cgroup_skb/egress` program decides as the reference model
+/// over the uniform /14s, the paged ones and the chunks, then after a reload that needs
+/// more pages than the maps hold (the trie) and one that fits again.
+pub fn small_policy_small_maps() -> Result<(), Failed> {
+    require_root()?;
+    let mut rng = fastrand::Rng::with_seed(0x5a11);
+    // 100 prefixes: /28s and /20s spread over 10.0.0.0/8, a few /12s.
+    let mut prefixes: Vec<Ipv4Network> = Vec::new();
+    while prefixes.len() < 100 {
+        let len = [12u8, 20, 28][rng.usize(..3)];
+        let a = Ipv4Addr::from(0x0a00_0000 | rng.u32(..0x0100_0000));
+        let n = Ipv4Network::new(a, len).expect("valid");
+        let n = Ipv4Network::new(n.network(), len).expect("valid");
+        if !prefixes.contains(&n) {
+            prefixes.push(n);
+        }
+    }
+    let policy = Arc::new(policy_with(&prefixes)?);
+    let cap = Capacity::for_policy(&policy);
+    let mut e = Enforcer::open_with(cap).map_err(|e| format!("{e:#}"))?;
+    let kernel = e.table_memory().map_err(|e| format!("{e:#}"))?;
+    let room = e.table_room().ok_or("loaded without a table")?;
+    println!(
+        "small table policy: {} prefixes, room {room:?}, kernel memory {kernel} bytes          (reported {})",
+        policy.lpm_v4.len(),
+        cap.table_bytes()
+    );
+    // Kernels before 6.4 account an estimate from the sizes (no header page, 4,104 bytes
+    // per element): within 1/16.
+    let reported = cap.table_bytes() as u64;
+    if kernel > 1 << 20 || kernel.abs_diff(reported) > reported / 16 {
+        return Err(format!(
+            "the table maps take {kernel} bytes (the kernel's account), reported {reported}; \
+             want them about equal and under 1 MiB"
+        )
+        .into());
+    }
+    let built = policy::table::Table4::compile(&policy.lpm_v4).map_err(|e| format!("{e}"))?;
+    if room.pages < built.pages() || room.pages > built.pages() + built.pages() / 4 + 64 {
+        return Err(format!("room {room:?} for a table of {} pages", built.pages()).into());
+    }
+    let raw = e
+        .program_fd(programs::SKB_EGRESS)
+        .map_err(|e| format!("{e:#}"))?
+        .as_raw_fd();
+    // Then a policy with a /28 in more /14s than the pool holds, then the first again.
+    let wide: Vec<Ipv4Network> = (0..room.pages as u32 + 1)
+        .map(|i| Ipv4Network::new(Ipv4Addr::from(0x0b00_0000 + (i << 18)), 28).expect("valid"))
+        .collect();
+    let wide = Arc::new(policy_with(&wide)?);
+    let mut cases = 0usize;
+    for (i, (p, want)) in [(&policy, "table"), (&wide, "trie"), (&policy, "table")]
+        .into_iter()
+        .enumerate()
+    {
+        e.install(p.clone())
+            .map_err(|err| format!("install {i}: {err:#}"))?;
+        if e.ipv4_lookup() != want {
+            return Err(format!("install {i}: lookup {}, want {want}", e.ipv4_lookup()).into());
+        }
+        // SAFETY: the fd belongs to `e`, alive for the whole test.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        for _ in 0..2000 {
+            let dst = match rng.u8(..4) {
+                0 => {
+                    let net = prefixes[rng.usize(..prefixes.len())];
+                    Ipv4Addr::from(u32::from(net.network()) | (rng.u32(..) >> net.prefix()))
+                }
+                1 => Ipv4Addr::from(0x0a00_0000 | rng.u32(..0x0100_0000)),
+                2 => Ipv4Addr::from(0x0b00_0000 | rng.u32(..0x0100_0000)),
+                _ => Ipv4Addr::from(rng.u32(..)),
+            };
+            let frame = testrun::frame(IpAddr::V4(dst), 6, 443, 0);
+            let out = testrun::run(fd, &frame, 1).map_err(|e| format!("test run: {e}"))?;
+            let model = p.decide(IpAddr::V4(dst), 6, 443);
+            let verdict = u32::from(model.verdict != Verdict::Deny);
+            if out.retval != verdict {
+                return Err(format!(
+                    "install {i} ({want}): {dst}: kernel {} model {verdict} ({model:?})",
+                    out.retval
+                )
+                .into());
+            }
+            cases += 1;
+        }
+    }
+    println!("small table policy: {cases} cases, 0 disagreements");
+    Ok(())
+}
+
 /// Allowlisted region `inner` holding `longs`, inside the denied region `outer`
 /// (10.0.0.0/8), and the allowlisted test host's /24.
 fn policy_with(longs: &[Ipv4Network]) -> Result<Policy, Failed> {
@@ -127,6 +222,7 @@ pub fn capacity_fallback6() -> Result<(), Failed> {
     let mut e = Enforcer::open_with(Capacity {
         prefixes: 4096,
         table_chunks: None,
+        table_pages: 0,
         table6_ranges: Some(RANGES6),
     })
     .map_err(|e| format!("{e:#}"))?;

@@ -55,8 +55,21 @@ impl Prepared {
         cgroup: &Path,
     ) -> anyhow::Result<(Enforcer, Option<Adoption>)> {
         let mut e = self.enforcer;
-        e.install_with(policy, self.tables)?;
+        if !std::mem::take(&mut e.legacy_table) {
+            e.install_with(policy, self.tables)?;
+            e.attach(cgroup)?;
+            return Ok((e, self.adoption));
+        }
+        // The pinned links run an older egressd's programs until `attach` hands them this
+        // build's; they read the IPv4 trie or their own, stale, unpaged table (the pins
+        // dropped): the trie until then, the table from the next generation on.
+        let room = e.table_room.take();
+        e.install_with(policy.clone(), self.tables)?;
         e.attach(cgroup)?;
+        e.table_room = room;
+        if room.is_some() {
+            e.install_with(policy, None)?;
+        }
         Ok((e, self.adoption))
     }
 }
@@ -134,6 +147,7 @@ impl Enforcer {
         // Any map pinned before this start may hold what an earlier process wrote, also one
         // that failed before publishing a generation (a half-filled set): both sets are
         // emptied before they are filled.
+        let legacy_table = maps::LEGACY_TABLE24.iter().any(|n| dir.map(n).exists());
         let pinned = pinned_maps(dir)?;
         let had_pins = !pinned.is_empty();
         let is_pinned = |name: &str| pinned.iter().any(|(n, _)| n == name);
@@ -169,6 +183,7 @@ impl Enforcer {
         e.generation = previous;
         let adopted = dir.has_links();
         e.unknown = [had_pins || previous > 0; 2];
+        e.legacy_table = legacy_table && adopted;
         e.pins = Some(Pins {
             dir: dir.clone(),
             cgroup: cgroup.to_path_buf(),

@@ -62,6 +62,14 @@ pub(super) fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>
             );
             continue;
         }
+        // The unpaged first level of an older build (64 MiB per set): its programs, until
+        // their links get this build's, hold it by reference; nothing else reads it.
+        if maps::LEGACY_TABLE24.contains(&name.as_str()) {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the old table pin {}", path.display()))?;
+            tracing::info!(pin = %path.display(), "dropping the IPv4 table first level of an older egressd");
+            continue;
+        }
         // An older build knew fewer fail-closed reasons: replaced likewise.
         if name == maps::FAILSAFE && info.max_entries() != egressd_common::failsafe::SLOTS {
             std::fs::remove_file(&path)
@@ -111,7 +119,10 @@ fn expected_shape(name: &str) -> Option<(u32, u32)> {
         Some((4, size(size_of::<egressd_common::SockVerdict>())))
     } else if name == maps::OWNERS {
         Some((4, size(size_of::<egressd_common::SockOwner>())))
-    } else if maps::TABLE24.contains(&name) || maps::TABLE8.contains(&name) {
+    } else if maps::TABLE14.contains(&name)
+        || maps::TABLE24.contains(&name)
+        || maps::TABLE8.contains(&name)
+    {
         Some((4, size(egressd_common::table::PAGE_BYTES)))
     } else {
         None
@@ -272,25 +283,31 @@ pub(super) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut 
 
 /// The IPv4 table of `policy` when the maps have one and it fits, else `None` (logged: IPv4
 /// is then looked up in the trie, as fast as the trie is).
-pub(super) fn compile_table(policy: &Policy, chunks: Option<usize>) -> Option<Table4> {
-    let capacity = chunks?;
+pub(super) fn compile_table(policy: &Policy, room: Option<table::Room4>) -> Option<Table4> {
+    let room = room?;
     let t = Table4::compile(&policy.lpm_v4);
-    let fits = table_fits(t.as_ref().map(Table4::chunks), capacity);
+    let fits = table_fits(
+        t.as_ref().map(|t| Built {
+            pages: t.pages(),
+            chunks: t.chunks(),
+        }),
+        room,
+    );
     t.ok().filter(|_| fits)
 }
 
 /// Whether `policy`'s IPv4 table is to be used: the maps have one and it fits (else logged,
 /// as by [`compile_table`]); [`fill_set`] then compiles it straight into the maps. With
-/// `known`, the chunks it needs were counted before ([`Tables`]).
+/// `known`, what it fills was counted before ([`Tables`]).
 pub(super) fn plan_table(
     policy: &Policy,
-    chunks: Option<usize>,
-    known: Option<Result<usize, crate::policy::table::TableError>>,
+    room: Option<table::Room4>,
+    known: Option<Result<Built, crate::policy::table::TableError>>,
 ) -> bool {
-    chunks.is_some_and(|capacity| {
+    room.is_some_and(|room| {
         table_fits(
-            known.unwrap_or_else(|| table::chunks_of(&policy.lpm_v4)),
-            capacity,
+            known.unwrap_or_else(|| table::built_of(&policy.lpm_v4)),
+            room,
         )
     })
 }
@@ -299,7 +316,7 @@ pub(super) fn plan_table(
 /// table's chunk count and the IPv6 table. The daemon computes them while the programs
 /// load ([`super::Prepared::finish`] hands them to the install).
 pub struct Tables {
-    chunks: Option<Result<usize, crate::policy::table::TableError>>,
+    chunks: Option<Result<Built, crate::policy::table::TableError>>,
     table6: Option<Result<Table6, crate::policy::table6::TooManyRanges>>,
 }
 
@@ -307,7 +324,7 @@ impl Tables {
     /// The tables of `policy` that maps of `cap` have.
     pub fn compile(policy: &Policy, cap: Capacity) -> Self {
         Self {
-            chunks: cap.table_chunks.map(|_| table::chunks_of(&policy.lpm_v4)),
+            chunks: cap.table_chunks.map(|_| table::built_of(&policy.lpm_v4)),
             // The chunks `table::size_maps` makes room for.
             table6: cap
                 .table6_ranges
@@ -315,8 +332,8 @@ impl Tables {
         }
     }
 
-    /// The IPv4 chunk count, if counted.
-    pub(super) fn chunks(&mut self) -> Option<Result<usize, crate::policy::table::TableError>> {
+    /// What the IPv4 table fills, if counted.
+    pub(super) fn chunks(&mut self) -> Option<Result<Built, crate::policy::table::TableError>> {
         self.chunks.take()
     }
 
@@ -328,17 +345,20 @@ impl Tables {
     }
 }
 
-/// Whether a table of `chunks` second-level chunks (or the error compiling it) fits maps of
-/// `capacity` chunks; logs why not.
-fn table_fits<E: std::fmt::Display>(chunks: Result<usize, E>, capacity: usize) -> bool {
-    match chunks {
-        Ok(c) if c <= capacity => true,
-        Ok(c) => {
+/// Whether a table that fills `built` (or the error compiling it) fits maps of `room`;
+/// logs why not.
+fn table_fits<E: std::fmt::Display>(built: Result<Built, E>, room: table::Room4) -> bool {
+    match built {
+        Ok(b) if room.holds(b) => true,
+        Ok(b) => {
             tracing::warn!(
-                chunks = c,
-                capacity,
-                "the policy needs more IPv4 table chunks than the maps hold; IPv4 lookups of \
-                 this generation use the LPM trie (restart egressd to size the table anew)"
+                chunks = b.chunks,
+                pages = b.pages,
+                capacity_chunks = room.chunks,
+                capacity_pages = room.pages,
+                "the policy needs more IPv4 table chunks or pages than the maps hold; IPv4 \
+                 lookups of this generation use the LPM trie (restart egressd to size the \
+                 table anew)"
             );
             false
         }
@@ -470,8 +490,7 @@ pub(super) fn fill_set(
                 (r, started.elapsed())
             });
             let written = if table {
-                table::write_table4(shared, maps::TABLE24[set], maps::TABLE8[set], &new.lpm_v4)
-                    .map(Some)
+                table::write_table4(shared, set, &new.lpm_v4).map(Some)
             } else {
                 Ok(None)
             };
@@ -479,8 +498,13 @@ pub(super) fn fill_set(
             (trie.join(), written.map(|c| (c, table_took)))
         });
         let (batched, trie_took) = batched.map_err(|_| anyhow!("filling {name} panicked"))?;
-        if let (Some(chunks), table_took) = written? {
-            tracing::debug!(chunks, ms = table_took.as_millis(), "IPv4 table written");
+        if let (Some(built), table_took) = written? {
+            tracing::debug!(
+                chunks = built.chunks,
+                pages = built.pages,
+                ms = table_took.as_millis(),
+                "IPv4 table written"
+            );
         }
         tracing::debug!(
             prefixes = want.len(),

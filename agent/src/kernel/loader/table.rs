@@ -1,5 +1,6 @@
 //! The kernel side of the IPv4 lookup table ([`crate::policy::table`]): sizing its maps when
-//! the programs are loaded, and copying a compiled table into a set's maps through `mmap`.
+//! the programs are loaded (directory, a pool of /14 pages and the second-level chunks, each
+//! to the policy), and copying a compiled table into a set's maps through `mmap`.
 use std::{
     collections::HashSet,
     os::fd::{AsFd as _, AsRawFd as _},
@@ -9,7 +10,7 @@ use anyhow::{Context as _, bail};
 use aya::Ebpf;
 use egressd_common::{
     maps,
-    table::{CHUNKS_PER_PAGE8, MAX_CHUNKS, PAGE_BYTES, PAGES24},
+    table::{CHUNKS_PER_PAGE8, DIR_PAGES, DIR_SHIFT, MAX_CHUNKS, PAGE_BYTES, PAGES24},
     table6::{
         CHUNK_ENTRIES, INDEX_ENTRIES, MAX_CHUNKS as MAX_CHUNKS6, MAX_RANGES, chunk_budget,
         index_entries,
@@ -21,12 +22,22 @@ use crate::{
     config::{
         AUTO_TABLE_MIN_PREFIXES, AUTO_TABLE6_MIN_PREFIXES, Config, Ipv4Lookup, Ipv6Lookup, Target,
     },
-    policy::{Policy, table::pages8, table6::set_bytes},
+    policy::{
+        Policy,
+        table::{Built, TableError, pages_needed, pages8},
+        table6::set_bytes,
+    },
 };
 
-/// Second-level chunks a table gets beyond what the first policy needs (2 MiB per set), so
-/// that it can grow on reload; and a quarter more on top.
+/// IPv6 ranges a table gets beyond what the first policy needs, so that it can grow on
+/// reload; and a quarter more on top.
 const MIN_CHUNKS: usize = 4096;
+/// IPv4 second-level chunks a table gets beyond what the first policy needs (128 KiB per
+/// set), so that it can grow on reload; and a quarter more on top.
+const MIN_CHUNKS4: usize = 256;
+/// IPv4 pool pages (non-uniform /14s) a table gets beyond what the first policy needs
+/// (128 KiB per set); and a quarter more on top.
+const MIN_PAGES: usize = 32;
 
 /// Kernel map sizes, fixed when the programs are loaded (array and trie sizes cannot change
 /// afterwards; a policy that outgrows them needs a restart).
@@ -38,6 +49,9 @@ pub struct Capacity {
     /// Second-level chunks of the IPv4 table of each set; `None`: no table, IPv4 is looked
     /// up in the trie.
     pub table_chunks: Option<usize>,
+    /// Pool pages (non-uniform /14s, 4 KiB each) of the IPv4 table of each set, at most
+    /// [`PAGES24`]; unused without a table.
+    pub table_pages: usize,
     /// Ranges the IPv6 table of each set holds; `None`: no table, IPv6 is looked up in the
     /// trie.
     pub table6_ranges: Option<usize>,
@@ -49,14 +63,15 @@ impl Capacity {
         Self {
             prefixes,
             table_chunks: None,
+            table_pages: 0,
             table6_ranges: None,
         }
     }
 
     /// What `policy` asks for: its prefix counts, and a table when its `ipv4_lookup` says so
     /// (or, for `auto`, when it has at least [`AUTO_TABLE_MIN_PREFIXES`] IPv4 prefixes),
-    /// with a quarter more chunks than it needs plus 4096 (2 MiB) so that it can grow on
-    /// reload. Likewise an IPv6 table when `ipv6_lookup` says so (for `auto`, from
+    /// with a quarter more chunks and pool pages than it needs plus 256 chunks and 32 pages
+    /// (128 KiB each) so that it can grow on reload. Likewise an IPv6 table when `ipv6_lookup` says so (for `auto`, from
     /// [`AUTO_TABLE6_MIN_PREFIXES`] IPv6 prefixes), with room for a quarter more ranges than
     /// the policy can make (two per prefix plus one) plus 4096.
     pub fn for_policy(policy: &Policy) -> Self {
@@ -75,7 +90,7 @@ impl Capacity {
             };
         Self::sized(
             policy.lpm_v4.len().max(policy.lpm_v6.len()),
-            table.then(|| chunks_needed(&policy.lpm_v4)),
+            table.then(|| (chunks_needed(&policy.lpm_v4), pages_needed(&policy.lpm_v4))),
             table6.then_some(policy.lpm_v6.len()),
         )
     }
@@ -89,12 +104,15 @@ impl Capacity {
     /// between the two bounds): only the compile can tell.
     pub fn for_config(cfg: &Config) -> Option<Self> {
         let (mut v4, mut v6) = (0usize, 0usize);
-        let mut chunks = HashSet::new();
+        let (mut chunks, mut pages) = (HashSet::new(), HashSet::new());
         let mut count = |n: &IpNetwork, v4: &mut usize, v6: &mut usize| match n {
             IpNetwork::V4(n) => {
                 *v4 += 1;
                 if n.prefix() > 24 {
                     chunks.insert(u32::from(n.network()) >> 8);
+                }
+                if n.prefix() > 14 {
+                    pages.insert(u32::from(n.network()) >> DIR_SHIFT);
                 }
             }
             IpNetwork::V6(_) => *v6 += 1,
@@ -131,19 +149,20 @@ impl Capacity {
             };
         Some(Self::sized(
             v4.max(v6),
-            table.then_some(chunks.len()),
+            table.then_some((chunks.len(), pages.len())),
             table6.then_some(v6),
         ))
     }
 
-    /// The sizes for `prefixes` per trie, a table with room for `chunks` second-level
-    /// chunks, an IPv6 table for `v6` prefixes: a quarter more and 4096 on top, as
-    /// [`Capacity::for_policy`] says.
-    fn sized(prefixes: usize, chunks: Option<usize>, v6: Option<usize>) -> Self {
+    /// The sizes for `prefixes` per trie, a table with room for `table` (second-level
+    /// chunks, pool pages), an IPv6 table for `v6` prefixes: a quarter more and some on top,
+    /// as [`Capacity::for_policy`] says.
+    fn sized(prefixes: usize, table: Option<(usize, usize)>, v6: Option<usize>) -> Self {
+        let slack = |need: usize, min: usize, max: usize| (need + need / 4 + min).min(max);
         Self {
             prefixes,
-            table_chunks: chunks
-                .map(|need| (need + need / 4 + MIN_CHUNKS).min(MAX_CHUNKS as usize)),
+            table_chunks: table.map(|(c, _)| slack(c, MIN_CHUNKS4, MAX_CHUNKS as usize)),
+            table_pages: table.map_or(0, |(_, p)| slack(p, MIN_PAGES, PAGES24 as usize)),
             table6_ranges: v6.map(Self::table6_ranges_for),
         }
     }
@@ -165,13 +184,18 @@ impl Capacity {
         };
         self.prefixes >= need.prefixes
             && at_least(self.table_chunks, need.table_chunks)
+            && (need.table_chunks.is_none() || self.table_pages >= need.table_pages)
             && at_least(self.table6_ranges, need.table6_ranges)
     }
 
-    /// Kernel memory of the tables of both sets in bytes (0 without a table).
+    /// Kernel memory of the IPv4 tables of both sets in bytes (0 without a table): per set
+    /// the directory (64 KiB), the pool pages and the second-level pages, and a page for
+    /// each of the three maps' headers (the kernel's account, `memlock` in the maps'
+    /// fdinfo).
     pub fn table_bytes(&self) -> usize {
-        self.table_chunks
-            .map_or(0, |c| 2 * (PAGES24 as usize + pages8(c)) * PAGE_BYTES)
+        self.table_chunks.map_or(0, |c| {
+            2 * (DIR_PAGES as usize + self.table_pages.max(1) + pages8(c) + 3) * PAGE_BYTES
+        })
     }
 
     /// Kernel memory of the IPv6 tables of both sets in bytes (0 without a table).
@@ -194,8 +218,10 @@ pub fn chunks_needed(entries: &[(Ipv4Network, u32)]) -> usize {
 pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, cap: Capacity) {
     if let Some(chunks) = cap.table_chunks {
         let pages = u32::try_from(pages8(chunks)).unwrap_or(u32::MAX);
+        let pool = u32::try_from(cap.table_pages.clamp(1, PAGES24 as usize)).unwrap_or(1);
         for set in 0..2 {
-            loader.map_max_entries(maps::TABLE24[set], PAGES24);
+            loader.map_max_entries(maps::TABLE14[set], DIR_PAGES);
+            loader.map_max_entries(maps::TABLE24[set], pool);
             loader.map_max_entries(maps::TABLE8[set], pages);
         }
     }
@@ -245,20 +271,61 @@ pub fn loaded_room6(ebpf: &Ebpf) -> anyhow::Result<Option<Room6>> {
     }))
 }
 
-/// The table chunks the loaded maps hold (`None`: no table), read from the maps themselves
-/// so that adopted pinned maps are described as they are.
-pub fn loaded_chunks(ebpf: &Ebpf) -> anyhow::Result<Option<usize>> {
-    let pages = |name: &str| -> anyhow::Result<usize> {
-        match ebpf.map(name) {
-            Some(aya::maps::Map::Array(data)) => Ok(data.info()?.max_entries() as usize),
-            _ => bail!("map {name} missing from the eBPF object or not an array"),
-        }
-    };
-    if pages(maps::TABLE24[0])? < PAGES24 as usize || pages(maps::TABLE24[1])? < PAGES24 as usize {
+/// Room of the loaded IPv4 table maps, read from the maps themselves so that adopted
+/// pinned maps are described as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Room4 {
+    /// Pool pages each set's table holds.
+    pub pages: usize,
+    /// Second-level chunks each set's table holds.
+    pub chunks: usize,
+}
+
+impl Room4 {
+    /// Whether a table that fills `built` fits.
+    pub fn holds(&self, built: Built) -> bool {
+        built.pages <= self.pages && built.chunks <= self.chunks
+    }
+}
+
+/// The IPv4 table room of the loaded maps (`None`: no table, the directories are not
+/// [`DIR_PAGES`] long).
+pub fn loaded_room4(ebpf: &Ebpf) -> anyhow::Result<Option<Room4>> {
+    if elements(ebpf, maps::TABLE14[0])?.min(elements(ebpf, maps::TABLE14[1])?)
+        < DIR_PAGES as usize
+    {
         return Ok(None);
     }
-    let p8 = pages(maps::TABLE8[0])?.min(pages(maps::TABLE8[1])?);
-    Ok(Some(p8 * CHUNKS_PER_PAGE8))
+    let pages = elements(ebpf, maps::TABLE24[0])?.min(elements(ebpf, maps::TABLE24[1])?);
+    let p8 = elements(ebpf, maps::TABLE8[0])?.min(elements(ebpf, maps::TABLE8[1])?);
+    Ok(Some(Room4 {
+        pages,
+        chunks: p8 * CHUNKS_PER_PAGE8,
+    }))
+}
+
+/// The kernel's account of the memory of the IPv4 table maps of both sets in bytes: the
+/// sum of their `memlock` (`/proc/self/fdinfo`: `bpf_map_memory_usage()` since 6.4,
+/// earlier an estimate from the map's sizes).
+///
+/// # Errors
+/// A map is missing, or its fdinfo unreadable or without `memlock`.
+pub fn table_memory(ebpf: &Ebpf) -> anyhow::Result<u64> {
+    let mut sum = 0u64;
+    for set in 0..2 {
+        for name in [maps::TABLE14[set], maps::TABLE24[set], maps::TABLE8[set]] {
+            let (fd, _) = array(ebpf, name)?;
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+                .with_context(|| format!("reading the fdinfo of {name}"))?;
+            let memlock = info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .with_context(|| format!("no memlock in the fdinfo of {name}"))?;
+            sum += memlock;
+        }
+    }
+    Ok(sum)
 }
 
 /// A shared mapping of a `BPF_F_MMAPABLE` array map (kernel doc: `BPF_F_MMAPABLE` in
@@ -419,40 +486,47 @@ impl<'a> Stream<'a> {
     }
 }
 
-/// Compiles `entries`' IPv4 table ([`crate::policy::table::build`]) straight into the maps
-/// `name24` and `name8`, one window at a time (no copy of the table in the process).
-/// Returns the chunks written.
+/// Compiles `entries`' IPv4 table ([`crate::policy::table::build`]) straight into set
+/// `set`'s maps ([`maps::TABLE14`], [`maps::TABLE24`], [`maps::TABLE8`]), one window at a
+/// time (no copy of the table in the process). Returns what it filled.
 ///
 /// # Errors
 /// A map is missing, cannot be mapped, or is too small; the entries do not fit a table.
 pub fn write_table4(
     ebpf: &Ebpf,
-    name24: &str,
-    name8: &str,
+    set: usize,
     entries: &[(Ipv4Network, u32)],
-) -> anyhow::Result<usize> {
-    let mut t24 = Stream::new(ebpf, name24)?;
-    let mut t8 = Stream::new(ebpf, name8)?;
-    let chunks =
-        crate::policy::table::build(entries, &mut |id, n| t24.fill_u32(id, n), &mut |chunk| {
-            // SAFETY: `u16` has no padding or invalid bit patterns; the length is in bytes.
+) -> anyhow::Result<Built> {
+    let mut dir = Stream::new(ebpf, maps::TABLE14[set])?;
+    let mut pool = Stream::new(ebpf, maps::TABLE24[set])?;
+    let mut t8 = Stream::new(ebpf, maps::TABLE8[set])?;
+    let built = crate::policy::table::build(
+        entries,
+        &mut |id, n| dir.fill_u32(id, n),
+        &mut |page| {
+            // SAFETY: `u32` has no padding or invalid bit patterns; the length is in bytes.
+            let bytes = unsafe { std::slice::from_raw_parts(page.as_ptr().cast::<u8>(), PAGE_BYTES) };
+            pool.write(bytes);
+        },
+        &mut |chunk| {
+            // SAFETY: as above, for `u16`.
             let bytes =
                 unsafe { std::slice::from_raw_parts(chunk.as_ptr().cast::<u8>(), chunk.len() * 2) };
             t8.write(bytes);
-        })?;
-    t24.finish()?;
+        },
+    )?;
+    dir.finish()?;
+    pool.finish()?;
     t8.finish()?;
-    Ok(chunks)
+    Ok(built)
 }
 
-/// Chunks `entries`' IPv4 table needs ([`crate::policy::table::build`] with nothing kept).
+/// What `entries`' IPv4 table fills ([`crate::policy::table::build`] with nothing kept).
 ///
 /// # Errors
 /// The entries do not fit a table.
-pub fn chunks_of(
-    entries: &[(Ipv4Network, u32)],
-) -> Result<usize, crate::policy::table::TableError> {
-    crate::policy::table::build(entries, &mut |_, _| {}, &mut |_| {})
+pub fn built_of(entries: &[(Ipv4Network, u32)]) -> Result<Built, TableError> {
+    crate::policy::table::build(entries, &mut |_, _| {}, &mut |_| {}, &mut |_| {})
 }
 
 /// Copies `bytes` to the start of array map `name` (the rest is left as it is: the table
@@ -550,6 +624,9 @@ mod tests {
                 "{v4} {v6} {rules} {lookup}: {early:?} does not cover {need:?}"
             );
             assert_eq!(early.table_chunks.is_some(), need.table_chunks.is_some());
+            if need.table_chunks.is_some() {
+                assert!(early.table_pages >= need.table_pages, "{early:?} {need:?}");
+            }
             assert_eq!(early.table6_ranges.is_some(), need.table6_ranges.is_some());
         }
     }
@@ -587,5 +664,37 @@ mod tests {
             }
             .covers(&table)
         );
+        let paged = Capacity {
+            table_pages: 40,
+            ..table
+        };
+        assert!(paged.covers(&table));
+        assert!(!table.covers(&paged));
+        // Pages do not matter without a table.
+        assert!(small.covers(&Capacity {
+            table_pages: 40,
+            ..small
+        }));
+    }
+
+    /// A small policy's table costs its pages and the spare, not the 2 x 64 MiB of an
+    /// unpaged first level; a policy touching every /14 gets a pool of every page.
+    #[test]
+    fn table_memory_is_sized_to_the_policy() {
+        let (_, need) = both(&text(100, 0, 0, "ipv4_lookup = \"table\""));
+        // 100 /26s merge into 25 /24s in 10.0.0.0/14, and 192.0.2.0/24: two pages, no chunk.
+        assert_eq!(need.table_pages, 2 + 32);
+        assert_eq!(need.table_chunks, Some(256));
+        // 2 x 4 KiB x (16 directory + 34 pool + 32 second-level pages + 3 map headers).
+        assert_eq!(need.table_bytes(), 2 * 4096 * (16 + 34 + 32 + 3));
+        assert!(need.table_bytes() < 1 << 20);
+        let every: Vec<(ipnetwork::Ipv4Network, u32)> = (0..super::PAGES24)
+            .map(|i| {
+                let a = std::net::Ipv4Addr::from(i << super::DIR_SHIFT);
+                (ipnetwork::Ipv4Network::new(a, 24).expect("valid"), 1)
+            })
+            .collect();
+        let cap = Capacity::sized(0, Some((0, super::pages_needed(&every))), None);
+        assert_eq!(cap.table_pages, super::PAGES24 as usize);
     }
 }

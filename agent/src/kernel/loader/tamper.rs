@@ -98,7 +98,7 @@ impl Enforcer {
             p.checks += 1;
             p.checks
         });
-        // Comparing a table means compiling it again and reading its 64 MiB: as rare as a
+        // Comparing a table means compiling it again and reading all of it: as rare as a
         // large trie.
         let large = |p: &Policy| {
             p.lpm_v4.len() + p.lpm_v6.len() > LARGE_POLICY
@@ -109,7 +109,7 @@ impl Enforcer {
             && (!large(&policy) || checks.is_multiple_of(LARGE_CHECK_EVERY))
             && !self.set_matches(set, &policy)?
         {
-            let table = plan_table(&policy, self.table_chunks, None);
+            let table = plan_table(&policy, self.table_room, None);
             let table6 = compile_table6(&policy, self.table6_room, None);
             let (used_table, used_table6) = fill_set(
                 &mut self.ebpf,
@@ -137,10 +137,11 @@ impl Enforcer {
             Array::try_from(map(&mut self.ebpf, maps::SETTINGS)?)?;
         let uses_table = settings.get(&u32::try_from(set)?, 0)?.v4_table != 0;
         let want_v4: &[(Ipv4Network, u32)] = if uses_table {
-            let Some(t) = compile_table(policy, self.table_chunks) else {
+            let Some(t) = compile_table(policy, self.table_room) else {
                 return Ok(false);
             };
-            if !table::holds(&self.ebpf, maps::TABLE24[set], t.t24_bytes())?
+            if !table::holds(&self.ebpf, maps::TABLE14[set], t.dir_bytes())?
+                || !table::holds(&self.ebpf, maps::TABLE24[set], t.pool_bytes())?
                 || !table::holds(&self.ebpf, maps::TABLE8[set], t.t8_bytes())?
             {
                 return Ok(false);
