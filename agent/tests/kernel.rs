@@ -192,6 +192,10 @@ fn main() {
             "fleet_pins_of_other_layout_refused",
             fleet::pinned_other_layout_refused,
         ),
+        Trial::test(
+            "fleet_pinned_unpaged_table_upgraded",
+            fleet::pinned_old_table_dropped,
+        ),
         Trial::test("fleet_tamper_detected_and_repaired", fleet::tamper_repaired),
         Trial::test(
             "fleet_pinned_leftovers_never_decide",

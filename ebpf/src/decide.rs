@@ -284,9 +284,17 @@ fn longest_prefix6(hi: u64, lo: u64, set: usize) -> Result<u32, u32> {
 #[inline(always)]
 fn table4(a: u32, set: usize) -> Result<u32, u32> {
     let (dir, t24, t8) = if set == 0 {
-        (&EGRESSD_TABLE14_A_V1, &EGRESSD_TABLE24_A_V2, &EGRESSD_TABLE8_A_V1)
+        (
+            &EGRESSD_TABLE14_A_V1,
+            &EGRESSD_TABLE24_A_V2,
+            &EGRESSD_TABLE8_A_V1,
+        )
     } else {
-        (&EGRESSD_TABLE14_B_V1, &EGRESSD_TABLE24_B_V2, &EGRESSD_TABLE8_B_V1)
+        (
+            &EGRESSD_TABLE14_B_V1,
+            &EGRESSD_TABLE24_B_V2,
+            &EGRESSD_TABLE8_B_V1,
+        )
     };
     let i14 = a >> DIR_SHIFT;
     let Some(page) = dir.get(i14 / PER_PAGE24 as u32) else {

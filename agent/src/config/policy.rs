@@ -115,9 +115,10 @@ pub enum Ipv4Lookup {
     /// The kernel's LPM trie: about 35 bytes per prefix; a lookup visits one node per
     /// distinguishing bit (hundreds of ns to a few us at 100k-1M prefixes).
     Trie,
-    /// A DIR-24-8 table ([`crate::policy::table`]): at most two array reads per lookup
-    /// whatever the number of prefixes, for 64 MiB per policy set (two sets) plus 512 bytes per
-    /// /24 holding a longer prefix.
+    /// A DIR-24-8 table with its first level paged by /14 ([`crate::policy::table`]): at
+    /// most three array reads per lookup whatever the number of prefixes, for 64 KiB per
+    /// policy set (two sets) plus 4 KiB per /14 whose /24s do not all decide alike and 512
+    /// bytes per /24 holding a longer prefix (about 64 MiB per set at 1M prefixes).
     Table,
 }
 

@@ -401,7 +401,8 @@ mod tests {
             (net("203.1.0.16/28"), 6),
         ];
         let t = Table4::compile(&entries).expect("fits");
-        let dir = |a: &str| t.dir[(u32::from(a.parse::<Ipv4Addr>().expect("valid")) >> 18) as usize];
+        let dir =
+            |a: &str| t.dir[(u32::from(a.parse::<Ipv4Addr>().expect("valid")) >> 18) as usize];
         assert_eq!(dir("10.0.0.0"), 1);
         assert_eq!(dir("10.255.0.0"), 1);
         assert_eq!(dir("172.17.0.0"), 2);
@@ -427,10 +428,13 @@ mod tests {
     /// miss (the kernel's `failsafe::NO_PAGE`), never entry 0.
     #[test]
     fn missing_pages_fail_closed() {
-        let mut t = Table4::compile(&[(net("10.1.2.0/25"), 7), (net("10.9.0.0/16"), 3)])
-            .expect("fits");
+        let mut t =
+            Table4::compile(&[(net("10.1.2.0/25"), 7), (net("10.9.0.0/16"), 3)]).expect("fits");
         assert_eq!((t.pages(), t.chunks()), (2, 1));
-        let (inner, other) = ("10.1.2.1".parse().expect("valid"), "10.9.0.1".parse().expect("valid"));
+        let (inner, other) = (
+            "10.1.2.1".parse().expect("valid"),
+            "10.9.0.1".parse().expect("valid"),
+        );
         assert_eq!(t.lookup(inner), Some(7));
         t.t8.clear();
         assert_eq!(t.lookup(inner), None);
@@ -443,7 +447,11 @@ mod tests {
     /// The streaming build hands out the same levels as the compile, and counts them.
     #[test]
     fn build_counts_what_it_emits() {
-        let entries = vec![(net("10.1.2.0/25"), 7), (net("10.9.0.0/16"), 3), (net("0.0.0.0/1"), 2)];
+        let entries = vec![
+            (net("10.1.2.0/25"), 7),
+            (net("10.9.0.0/16"), 3),
+            (net("0.0.0.0/1"), 2),
+        ];
         let (mut dir, mut pages, mut chunks) = (0usize, 0usize, 0usize);
         let built = build(
             &entries,
@@ -454,7 +462,13 @@ mod tests {
         .expect("fits");
         assert_eq!(dir, PAGES24 as usize);
         assert_eq!(built, Built { pages, chunks });
-        assert_eq!(built, Built { pages: 2, chunks: 1 });
+        assert_eq!(
+            built,
+            Built {
+                pages: 2,
+                chunks: 1
+            }
+        );
     }
 
     #[test]

@@ -1037,3 +1037,77 @@ pub fn second_daemon_refused() -> Result<(), Failed> {
     Agent::start_at(&tb, &cfg, &[])?.stop()?;
     Ok(())
 }
+
+/// An upgrade from an egressd whose IPv4 table had an unpaged first level: its pins
+/// (`EGRESSD_TABLE24_{A,B}_V1`, 64 MiB each) are dropped, not adopted or refused; the first
+/// generation over the adopted links looks IPv4 up in the trie, the next one (installed once
+/// the links run the new programs) in the table, which enforces.
+pub fn pinned_old_table_dropped() -> Result<(), Failed> {
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = write_config(
+        &dir,
+        &format!("ipv4_lookup = \"table\"\n{}", policy("enforce")),
+    )?;
+    let pins = Pins::new();
+    let pin_arg = pins.0.to_string_lossy().into_owned();
+    let d = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    probe_us_denied(&tb)?;
+    d.kill9()?;
+    // What an older egressd left: the first level under its old names, no directory.
+    let maps = pins.0.join("maps");
+    for set in 0..2 {
+        for name in [
+            egressd_common::maps::TABLE14[set],
+            egressd_common::maps::TABLE24[set],
+        ] {
+            std::fs::remove_file(maps.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        }
+        let old = maps.join(egressd_common::maps::LEGACY_TABLE24[set]);
+        bpftool(&[
+            "map",
+            "create",
+            &old.to_string_lossy(),
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "4096",
+            "entries",
+            "16",
+            "name",
+            "EGRESSD_TABLE24",
+            "flags",
+            "1024",
+        ])?;
+    }
+    let d = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?;
+    let start = d
+        .records()
+        .iter()
+        .find(|r| r["type"] == "agent_start")
+        .cloned()
+        .unwrap_or_default();
+    if start["policy"]["ipv4_lookup"] != "table" {
+        return Err(format!("agent_start after the upgrade: {start}").into());
+    }
+    for set in 0..2 {
+        if maps
+            .join(egressd_common::maps::LEGACY_TABLE24[set])
+            .exists()
+            || !maps.join(egressd_common::maps::TABLE14[set]).exists()
+            || !maps.join(egressd_common::maps::TABLE24[set]).exists()
+        {
+            return Err("the old table pins were not replaced by the paged ones".into());
+        }
+    }
+    // Generation 1 before; 2 in the trie over the adopted links, 3 in the table.
+    let st = status(&pins)?;
+    if st["generation"] != 3 {
+        return Err(format!("want generation 3 after the upgrade: {st}").into());
+    }
+    probe_us_denied(&tb)?;
+    d.stop()?;
+    Ok(())
+}

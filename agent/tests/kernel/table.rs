@@ -126,7 +126,9 @@ pub fn small_policy_small_maps() -> Result<(), Failed> {
     let kernel = e.table_memory().map_err(|e| format!("{e:#}"))?;
     let room = e.table_room().ok_or("loaded without a table")?;
     println!(
-        "small table policy: {} prefixes, room {room:?}, kernel memory {kernel} bytes          (reported {})",
+        "small table policy: {} IPv4 prefixes ({} after merging), room {room:?}, kernel \
+         memory {kernel} bytes (reported {})",
+        policy.lpm_unmerged[0],
         policy.lpm_v4.len(),
         cap.table_bytes()
     );

@@ -291,9 +291,8 @@ impl Room4 {
 /// The IPv4 table room of the loaded maps (`None`: no table, the directories are not
 /// [`DIR_PAGES`] long).
 pub fn loaded_room4(ebpf: &Ebpf) -> anyhow::Result<Option<Room4>> {
-    if elements(ebpf, maps::TABLE14[0])?.min(elements(ebpf, maps::TABLE14[1])?)
-        < DIR_PAGES as usize
-    {
+    let dirs = elements(ebpf, maps::TABLE14[0])?.min(elements(ebpf, maps::TABLE14[1])?);
+    if dirs < DIR_PAGES as usize {
         return Ok(None);
     }
     let pages = elements(ebpf, maps::TABLE24[0])?.min(elements(ebpf, maps::TABLE24[1])?);
@@ -505,7 +504,8 @@ pub fn write_table4(
         &mut |id, n| dir.fill_u32(id, n),
         &mut |page| {
             // SAFETY: `u32` has no padding or invalid bit patterns; the length is in bytes.
-            let bytes = unsafe { std::slice::from_raw_parts(page.as_ptr().cast::<u8>(), PAGE_BYTES) };
+            let bytes =
+                unsafe { std::slice::from_raw_parts(page.as_ptr().cast::<u8>(), PAGE_BYTES) };
             pool.write(bytes);
         },
         &mut |chunk| {
