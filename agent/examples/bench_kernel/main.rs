@@ -33,7 +33,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use egressd::{
-    config::Config,
+    config::{Config, Ipv4Lookup},
     kernel::loader::{Capacity, Enforcer},
     kernel::testrun,
     policy::{self, Policy},
@@ -350,6 +350,35 @@ fn memory() -> Value {
     })
 }
 
+/// The IPv4 table's kernel memory for this set with `ipv4_lookup = "table"` (issue #16:
+/// sized to the policy), when `auto` kept IPv4 in the trie: loaded into maps of their own,
+/// installed once, then the `memlock` of both sets' table maps as the kernel accounts it
+/// (`Enforcer::table_memory`) beside what `Capacity::table_bytes` planned. `null` when the
+/// daemon's own choice is already the table (its figures are the main ones).
+fn table_forced(cfg: &Config, policy: &Policy) -> anyhow::Result<Value> {
+    if Capacity::for_policy(policy).table_chunks.is_some() {
+        return Ok(Value::Null);
+    }
+    let mut forced = cfg.clone();
+    forced.ipv4_lookup = Ipv4Lookup::Table;
+    let p = Arc::new(policy::compile(&forced));
+    let cap = Capacity::for_policy(&p);
+    let planned = cap.table_bytes();
+    let mut e = Enforcer::open_with(cap)?;
+    e.install(p.clone())?;
+    if e.ipv4_lookup() != "table" {
+        bail!(
+            "ipv4_lookup = table: the set was installed in the {}",
+            e.ipv4_lookup()
+        );
+    }
+    Ok(json!({
+        "kernel_bytes": e.table_memory()?,
+        "planned_bytes": planned,
+        "prefixes_v4": p.lpm_v4.len(),
+    }))
+}
+
 fn main() -> anyhow::Result<()> {
     let a = args()?;
     let cfg = read_set(&a.set)?;
@@ -389,6 +418,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         "trie"
     });
+    out["table_forced"] = table_forced(&cfg, &policy)?;
     out["kernel_prefixes"] = json!([policy.lpm_v4.len(), policy.lpm_v6.len()]);
     out["prefixes_v4"] = json!(policy.v4.len());
     out["prefixes_v6"] = json!(policy.v6.len());

@@ -297,8 +297,8 @@ pub fn markdown(r: &Results) -> String {
            `bpf(2)` as `BPF_PROG_TYPE_CGROUP_SKB`) is timed the same way; *net* = raw − \
            trivial. The destination lookup alone is timed with hand-assembled programs that \
            do nothing else: one `bpf_map_lookup_elem` in a bare LPM trie holding the set, \
-           and the two array reads of egressd's IPv4 table (DIR-24-8, compiled by egressd's \
-           own compiler) holding the same set; once as a single cold lookup per test run, \
+           and the array reads of egressd's IPv4 table (DIR-24-8 with a paged first level, \
+           compiled by egressd's own compiler) holding the same set; once as a single cold lookup per test run, \
            once as a stream of 262,144 distinct destinations (below).\n\
          - **Load and reload.** egressd: `policy::compile` + `Enforcer::install` into fresh \
            maps (load; `Enforcer::open`, which loads and verifies the programs, is shown \
@@ -541,8 +541,52 @@ fn targets(s: &mut String, r: &Results, ns: &[usize], top: usize) {
     for row in super::memory::target_rows(&r.daemon) {
         let _ = writeln!(s, "{row}");
     }
+    table_memory_row(s, r, ns);
     s.push('\n');
     why(s, r, ns, top);
+}
+
+/// The first level of the IPv4 table before it was paged (issue #16): 2^24 four-byte
+/// entries per set, for both sets, whatever the policy.
+const UNPAGED_FIRST_LEVEL: f64 = 2.0 * 64.0 * 1024.0 * 1024.0;
+
+/// Issue #16's row for the IPv4 table's kernel memory with `ipv4_lookup = "table"` at the
+/// N where `auto` keeps the trie (`bench_kernel`'s `table_forced`): sized to the policy when
+/// the smallest costs under 1 % of [`UNPAGED_FIRST_LEVEL`] and none costs more than it.
+fn table_memory_row(s: &mut String, r: &Results, ns: &[usize]) {
+    let measured: Vec<(usize, f64, f64)> = ns
+        .iter()
+        .filter_map(|&n| {
+            let t = &kernel(r, n)?["table_forced"];
+            Some((n, t["kernel_bytes"].as_f64()?, t["prefixes_v4"].as_f64()?))
+        })
+        .collect();
+    let Some(&(_, smallest, _)) = measured.first() else {
+        return;
+    };
+    let pass = smallest < UNPAGED_FIRST_LEVEL / 100.0
+        && measured.iter().all(|m| m.1 < UNPAGED_FIRST_LEVEL);
+    let parts: Vec<String> = measured
+        .iter()
+        .map(|&(n, b, v4)| {
+            format!(
+                "N = {} ({} IPv4 prefixes after merging): {}",
+                label(n),
+                count(v4),
+                bytes(b)
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "| kernel memory of the IPv4 table with `ipv4_lookup = \"table\"` sized to the \
+         policy | {} | both sets' table maps (`memlock`, the kernel's account) where `auto` \
+         keeps the trie: {}; before the paging, {} of first level alone whatever the \
+         policy. |",
+        pm(pass),
+        parts.join("; "),
+        bytes(UNPAGED_FIRST_LEVEL)
+    );
 }
 
 fn why(s: &mut String, r: &Results, ns: &[usize], top: usize) {
@@ -587,15 +631,18 @@ fn why(s: &mut String, r: &Results, ns: &[usize], top: usize) {
              of them for N spread-out prefixes, each a dependent pointer load that misses the \
              cache once the trie outgrows it. In a stream of distinct destinations (net per \
              lookup): IPv4 {} at N = {} → {} at N = {}; IPv6 {} → {}. egressd's IPv4 table \
-             (DIR-24-8: a 2^24-entry first level indexed by the top 24 bits, whose entry is an \
+             (DIR-24-8 with its first level paged: a directory of 16,384 entries, one per /14, \
+             each the entry id of a /14 whose /24s all decide alike or the index of that /14's \
+             4 KiB page of 1,024 /24 entries in a pool sized to the policy, whose entry is an \
              id or the index of a 256-entry second-level chunk for prefixes longer than /24; \
-             two `BPF_F_MMAPABLE` array maps of 4 KiB pages per policy set, compiled in \
-             userspace and copied in with one memcpy each) costs {} → {}: at most two array \
-             reads whatever N. egressd picks it by itself from 65,536 IPv4 prefixes \
-             (`ipv4_lookup = \"auto\"`), for 64 MiB of first level per set plus 512 bytes \
-             per chunk; below that the trie is about as fast and far smaller. A single lookup \
+             three `BPF_F_MMAPABLE` array maps of 4 KiB pages per policy set, compiled in \
+             userspace and copied in with one memcpy each) costs {} → {}: at most three array \
+             reads whatever N, the first in a 64 KiB directory. egressd picks it by itself \
+             from 65,536 IPv4 prefixes (`ipv4_lookup = \"auto\"`), for 64 KiB of directory \
+             per set plus 4 KiB per /14 holding a prefix longer than itself and 512 bytes per \
+             chunk; below that the trie is about as fast and smaller. A single lookup \
              with everything cold (one test run) costs more at N = {}: table {}, trie {}; the \
-             table's first level spans 16,384 pages, so a cold lookup also misses the TLB (a \
+             table's pool spans up to 16,384 pages, so a cold lookup also misses the TLB (a \
              two-dimensional page walk under KVM). For IPv6 (where a 2^24 table does not \
              apply) egressd's range table (the address space cut into disjoint ranges of one \
              decision each, sorted; one index element per /16, and under a /16 holding more \
@@ -607,7 +654,7 @@ fn why(s: &mut String, r: &Results, ns: &[usize], top: usize) {
              programs contain the search on every kernel tested (5.10, 6.1, 6.12, 6.18). The \
              floor of both tables is the last read: a destination in a 12-64 MiB array of 4 \
              KiB pages (`BPF_F_MMAPABLE` arrays are not backed by huge pages) misses the cache \
-             and the TLB; the IPv4 table's stream figure is that read plus one more.",
+             and the TLB; the IPv4 table's stream figure is that read plus one or two more.",
             dur(stream_net(k0, "lpm4", "v4")),
             label(ns[0]),
             dur(stream_net(kt, "lpm4", "v4")),
@@ -1027,28 +1074,25 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          from decoded events to the file sink, its reader paced to the pipeline so that \
          every record takes the full `/proc` path, `cargo run --release -p egressd \
          --example bench_pipeline`, which also gives each thread's CPU from schedstat) \
-         counts 3.43 µs of CPU per record over its three threads (reader 2.07, enrichment \
-         0.67, sink 0.69; median of 8 runs), against 3.68 µs (reader 2.19, enrichment \
-         0.76, sink 0.74) for main before the sinks handed their sent frames back to the \
-         reader and the reader handed events to the enrichment thread in batches of up to \
-         256 (b83fdb2), run alternately with it at load averages 2.8-3.4, lower in 7 of 8 \
-         pairs; e1a4de2 (main of the morning of 2026-12-02, before the process details \
-         were shared per process) took 5.35 µs, and 30469fd (before the hand-written JSON \
-         record) 8.1-10.3 µs. `perf record` of it: the reader thread is the limit, about \
-         half of it the encoding (rendering the JSON 0.6-0.7 µs, the canonical bytes 0.35 \
-         µs, their SHA-256 link 0.3 µs, already with the CPU's SHA instructions), then \
-         freeing the enriched events' strings (0.15 µs, allocated by the enrichment \
-         thread), and waking the other two threads (5 % of samples). The floor: at 2.07 µs \
-         per record the reader alone caps the rate at about 480,000 records/s with a core \
-         of its own, before the ring-buffer read and decode; on this machine one of the 2 \
-         cores is busy with the flood, so issue #13's 500,000 is not within reach by \
-         trimming the rest. Tried and not kept: sealing the link on the sink's thread (the \
-         sink got 1 µs slower, and records a full queue drops would leave that sink's \
-         chain); shared short strings for process, region and rule names (no measurable \
-         difference). What is left, largest first: the enrichment thread freeing or \
-         reusing its own events, the canonical bytes copied from the rendered body instead \
-         of escaped again, fewer sink wake-ups; the SHA-256 of about a kilobyte per record \
-         stays while every record carries its own link.\n"
+         counts 3.02 µs of CPU per record over its three threads (reader 1.77, enrichment \
+         0.62, sink 0.64; median of 12 runs at load average 2.2-2.6, 531,000 records/s \
+         in-process), against 3.19 µs (reader 1.91) just before the enrichment thread got \
+         its submitted events back to build new ones in (12 of 12 pairs lower), and 3.43 µs \
+         (reader 2.07, enrichment 0.67, sink 0.69; runs of the same day at load 2.8-3.4) \
+         for b9e3858, before the canonical bytes were copied from the rendered body, the time of day \
+         was formatted once per second, the fixed names were borrowed instead of allocated \
+         and the region and digest shared per policy (each step measured in pairs, see \
+         `git log`); e1a4de2 (main of the morning of 2026-12-02) took 5.35 µs, and 30469fd \
+         (before the hand-written JSON record) 8.1-10.3 µs. `perf record` of the reader \
+         thread now: the SHA-256 chain link about 37 % (already with the CPU's SHA \
+         instructions), rendering the JSON body 24 %, memmove 10 %, malloc and free 9 % \
+         (mostly new frames when a sink's spare ones run out, and the id string), the \
+         canonical bytes 7 %, waking the sink 2 %. The floor: the reader's SHA-256 of about \
+         a kilobyte per record (0.6 µs) stays while every record carries its own link, and \
+         on this machine one of the 2 cores is busy with the flood. Tried and not kept: \
+         sealing the link on the sink's thread (the sink got 1 µs slower, and records a \
+         full queue drops would leave that sink's chain); more spare frames (1,024 of 4 \
+         KiB) or spare events (4,096): no measurable difference.\n"
     );
 }
 
@@ -1060,8 +1104,8 @@ fn memory_tables(s: &mut String, r: &Results, ns: &[usize]) {
          after reloads, when sets A and B of the double buffer are both full (the steady \
          state). The IPv4 tables of both sets are allocated when the programs are loaded, so \
          they count in full from the first install. *Per prefix*: tries and tables of \
-         both sets over the prefixes of the set (the table's first level is a fixed 64 MiB \
-         per set).\n"
+         both sets over the prefixes of the set (the table's directory is a fixed 64 KiB \
+         per set, its pool and chunks grow with the policy).\n"
     );
     let _ = writeln!(
         s,
