@@ -200,6 +200,26 @@ impl Dir24 {
     }
 }
 
+/// One level of the IPv4 table: looks up the page whose index is in r1, then its entry
+/// `(r9 >> shift) & 1023` into r1; jumps to "next" when the page is missing (r0 null) or
+/// the entry's top bit is clear (an entry id), else leaves the low 31 bits (the next level's
+/// index) in r1. Uses the stack at fp-12.
+fn flagged_entry(a: &mut Asm, map: &OwnedFd, shift: i32) {
+    a.push(stx_w(10, -12, 1));
+    a.map_lookup(map, -12);
+    a.jump(jeq_imm(0, 0, 0), "next");
+    a.push(mov_reg(1, 9));
+    a.push(rsh_imm(1, shift));
+    a.push(and_imm(1, (T24_PER_PAGE - 1) as i32));
+    a.push(lsh_imm(1, 2));
+    a.push(add_reg(0, 1));
+    a.push(ldx_w(1, 0, 0));
+    a.push(mov_reg(2, 1));
+    a.push(rsh_imm(2, 31));
+    a.jump(jeq_imm(2, 0, 0), "next");
+    a.push(and_imm(1, 0x7fff_ffff));
+}
+
 /// The IPv4 table lookup of the address in r9 (host order) as the product's kernel code does
 /// it (directory, page, chunk); the entry ends in r1; jumps to "next" when done. Uses the
 /// stack at fp-12.
@@ -207,32 +227,9 @@ fn dir24_lookup(a: &mut Asm, d: &Dir24) {
     // Directory page = ip >> 18 >> 10, entry (ip >> 18) & 1023.
     a.push(mov_reg(1, 9));
     a.push(rsh_imm(1, 28));
-    a.push(stx_w(10, -12, 1));
-    a.map_lookup(&d.dir, -12);
-    a.jump(jeq_imm(0, 0, 0), "next");
-    a.push(mov_reg(1, 9));
-    a.push(rsh_imm(1, 18));
-    a.push(and_imm(1, (T24_PER_PAGE - 1) as i32));
-    a.push(lsh_imm(1, 2));
-    a.push(add_reg(0, 1));
-    a.push(ldx_w(1, 0, 0));
-    a.push(mov_reg(2, 1));
-    a.push(rsh_imm(2, 31));
-    a.jump(jeq_imm(2, 0, 0), "next"); // a uniform /14
-    a.push(and_imm(1, 0x7fff_ffff));
-    a.push(stx_w(10, -12, 1));
-    a.map_lookup(&d.pool, -12);
-    a.jump(jeq_imm(0, 0, 0), "next");
-    a.push(mov_reg(1, 9));
-    a.push(rsh_imm(1, 8));
-    a.push(and_imm(1, (T24_PER_PAGE - 1) as i32));
-    a.push(lsh_imm(1, 2));
-    a.push(add_reg(0, 1));
-    a.push(ldx_w(1, 0, 0));
-    a.push(mov_reg(2, 1));
-    a.push(rsh_imm(2, 31));
-    a.jump(jeq_imm(2, 0, 0), "next"); // a /24 entry
-    a.push(and_imm(1, 0x7fff_ffff));
+    flagged_entry(a, &d.dir, 18);
+    // A pool page: its entry (ip >> 8) & 1023.
+    flagged_entry(a, &d.pool, 8);
     a.push(lsh_imm(1, 8));
     a.push(mov_reg(3, 9));
     a.push(and_imm(3, 0xff));

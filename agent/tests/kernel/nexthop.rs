@@ -136,6 +136,23 @@ fn send_and_sniff(tb: &Testbed, sniffer: &Sniffer, p: &str, lsm: bool) -> Result
     Ok(sniffer.take())
 }
 
+/// Each header destination of `ips` has a `cgroup_skb/egress` deny among `skb`, by the
+/// loopback fail-closed rule.
+fn loopback_denied(skb: &[&Value], ips: &[&str]) -> Result<(), Failed> {
+    for ip in ips {
+        let e = skb
+            .iter()
+            .find(|e| e["destination"]["ip"] == *ip)
+            .ok_or_else(|| format!("no cgroup_skb/egress event for header {ip}: {skb:#?}"))?;
+        assert_field(e, "/verdict", "deny")?;
+        let rule = e["rule"]["name"].as_str().unwrap_or("");
+        if !rule.starts_with("fail-closed: loopback") {
+            return Err(format!("header {ip}: rule {rule}").into());
+        }
+    }
+    Ok(())
+}
+
 /// The events of `hook` in `recs`.
 pub(super) fn at<'a>(recs: &'a [Value], hook: &str) -> Vec<&'a Value> {
     connections(recs)
@@ -252,17 +269,7 @@ pub fn raw_next_hop_denied() -> Result<(), Failed> {
         return Ok(());
     }
     let skb = at(&recs, "cgroup_skb/egress");
-    for ip in ["127.0.0.1", "0.0.0.0"] {
-        let e = skb
-            .iter()
-            .find(|e| e["destination"]["ip"] == ip)
-            .ok_or_else(|| format!("no cgroup_skb/egress event for header {ip}: {skb:#?}"))?;
-        assert_field(e, "/verdict", "deny")?;
-        let rule = e["rule"]["name"].as_str().unwrap_or("");
-        if !rule.starts_with("fail-closed: loopback") {
-            return Err(format!("header {ip}: rule {rule}").into());
-        }
-    }
+    loopback_denied(&skb, &["127.0.0.1", "0.0.0.0"])?;
     let us = skb
         .iter()
         .find(|e| e["destination"]["ip"] == US_V4)
@@ -340,17 +347,7 @@ pub fn raw_local_header_cached_then_sent_out() -> Result<(), Failed> {
     let recs = agent.stop()?;
     let stop = stop_record(&recs)?;
     let skb = at(&recs, "cgroup_skb/egress");
-    for ip in ["127.0.0.1", "::1"] {
-        let e = skb
-            .iter()
-            .find(|e| e["destination"]["ip"] == ip)
-            .ok_or_else(|| format!("no cgroup_skb/egress event for header {ip}: {skb:#?}"))?;
-        assert_field(e, "/verdict", "deny")?;
-        let rule = e["rule"]["name"].as_str().unwrap_or("");
-        if !rule.starts_with("fail-closed: loopback") {
-            return Err(format!("header {ip}: rule {rule}").into());
-        }
-    }
+    loopback_denied(&skb, &["127.0.0.1", "::1"])?;
     let tc = at(&recs, "tc/egress");
     if !tc.is_empty() {
         return Err(format!("tc/egress should see nothing: {tc:#?}").into());
