@@ -79,6 +79,15 @@ fn fstat(fd: libc::c_int) -> io::Result<libc::stat> {
     Ok(st)
 }
 
+/// Clears `O_NONBLOCK` on the open descriptor `fd`.
+fn clear_nonblock(fd: libc::c_int) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we hold open.
+    let fl = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
 fn lstatat(dir: libc::c_int, name: &CStr) -> io::Result<libc::stat> {
     // SAFETY: fstatat writes into the zeroed struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -393,7 +402,16 @@ impl TrustedDir {
     fn open_checked(&self, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<File> {
         let p = self.name_path(name);
         let c = cstr(name)?;
-        let fd = openat(self.fd.as_raw_fd(), &c, flags | libc::O_NOFOLLOW, mode).map_err(|e| {
+        // O_NONBLOCK: opening a FIFO (or a device) put in the file's place would otherwise
+        // wait for a writer, holding up the daemon's loop and its signals; only a regular
+        // file gets past `check_file`, which then reads and writes blocking as usual.
+        let fd = openat(
+            self.fd.as_raw_fd(),
+            &c,
+            flags | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            mode,
+        )
+        .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
                 refused(&p, "a symbolic link")
             } else {
@@ -401,6 +419,7 @@ impl TrustedDir {
             }
         })?;
         check_file(&p, &fstat(fd.as_raw_fd())?)?;
+        clear_nonblock(fd.as_raw_fd()).map_err(|e| at(&p, e))?;
         Ok(File::from(fd))
     }
 
@@ -661,13 +680,71 @@ pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
 /// # Errors
 /// The file cannot be read, or fails a check (the error names the path and why).
 pub fn read_trusted(path: &Path) -> io::Result<String> {
-    use std::io::Read as _;
     let (dir, name) = walk(path, true, false)?;
     let name = name.ok_or_else(|| refused(path, "not a file"))?;
-    let mut f = dir.read(&name)?;
-    let mut s = String::new();
-    f.read_to_string(&mut s).map_err(|e| at(path, e))?;
-    Ok(s)
+    read_capped(path, dir.read(&name)?)
+}
+
+/// Largest configuration file [`read_trusted`] and [`read_regular`] read: a policy of a
+/// million prefixes is about 22 MB, so anything near this is a mistake (a log or an image
+/// in the policy's place), refused before it is read into memory.
+pub const MAX_CONFIG_BYTES: u64 = 256 << 20;
+
+/// Reads the opened regular file `f` (of `path`) as UTF-8, refusing one larger than
+/// [`MAX_CONFIG_BYTES`].
+fn read_capped(path: &Path, f: File) -> io::Result<String> {
+    use std::io::Read as _;
+    let len = f.metadata().map_err(|e| at(path, e))?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(refused(
+            path,
+            format!("{len} bytes, more than a configuration file may hold ({MAX_CONFIG_BYTES})"),
+        ));
+    }
+    let mut b = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut b)
+        .map_err(|e| at(path, e))?;
+    if b.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(refused(
+            path,
+            "grew past the configuration size limit while read",
+        ));
+    }
+    String::from_utf8(b).map_err(|e| {
+        let ok = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = 1 + bytes[..ok].iter().filter(|c| **c == b'\n').count();
+        let column = 1 + ok
+            - bytes[..ok]
+                .iter()
+                .rposition(|c| *c == b'\n')
+                .map_or(0, |i| i + 1);
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}:{line}:{column}: not valid UTF-8", path.display()),
+        )
+    })
+}
+
+/// Reads `path` (links followed) as UTF-8 for an unprivileged caller, which gets none of
+/// [`read_trusted`]'s ownership checks: it must be a regular file (a FIFO or device is
+/// refused without waiting on it) of at most [`MAX_CONFIG_BYTES`].
+///
+/// # Errors
+/// It cannot be opened or read, is not a regular file, or is too large.
+pub fn read_regular(path: &Path) -> io::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| at(path, e))?;
+    if kind(fstat(f.as_raw_fd()).map_err(|e| at(path, e))?.st_mode) != libc::S_IFREG {
+        return Err(refused(path, "not a regular file"));
+    }
+    clear_nonblock(f.as_raw_fd()).map_err(|e| at(path, e))?;
+    read_capped(path, f)
 }
 
 /// Checks that the directory `path` passes the checks of the module docs (for a policy's
@@ -783,6 +860,68 @@ pub(crate) mod tests {
             .permissions()
             .mode();
         assert_eq!(m & 0o777, 0o700);
+    }
+
+    /// Runs `f` on a thread and fails the test if it has not returned within 5 s (a read
+    /// that waits on a FIFO never would).
+    fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the read waited on the FIFO instead of refusing it")
+    }
+
+    #[test]
+    fn fifos_are_refused_without_waiting() {
+        let t = Tmp::new("fifo");
+        let p = t.0.join("policy.toml");
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let q = p.clone();
+        let e = within_5s(move || read_regular(&q)).expect_err("a FIFO");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        if root() {
+            let e = within_5s(move || read_trusted(&p)).expect_err("a FIFO");
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_names_line_and_column() {
+        let t = Tmp::new("utf8");
+        let p = t.0.join("policy.toml");
+        std::fs::write(&p, b"mode = \"enforce\"\nname = \"a\xffb\"\n").expect("write");
+        let e = read_regular(&p).expect_err("invalid UTF-8");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            e.to_string().ends_with("policy.toml:2:10: not valid UTF-8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn oversized_configuration_files_are_refused_unread() {
+        let t = Tmp::new("big");
+        let p = t.0.join("policy.toml");
+        // Sparse: no disk, and the cap refuses it before a byte is read.
+        std::fs::File::create(&p)
+            .and_then(|f| f.set_len(MAX_CONFIG_BYTES + 1))
+            .expect("sparse file");
+        let e = read_regular(&p).expect_err("too large");
+        assert!(
+            e.to_string().contains("more than a configuration file"),
+            "{e}"
+        );
+        if root() {
+            let e = read_trusted(&p).expect_err("too large");
+            assert!(
+                e.to_string().contains("more than a configuration file"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -146,7 +146,7 @@ fn read_sources(
         if strict {
             crate::base::safefs::read_trusted(p)
         } else {
-            std::fs::read_to_string(p)
+            crate::base::safefs::read_regular(p)
         }
         .map_err(|e| ConfigError::file(p, format!("cannot read configuration: {e}")))
     };
