@@ -41,7 +41,8 @@ enum Command {
         #[arg(long)]
         watch: bool,
         /// Keep the last policy put in force (the text of the main file and every drop-in,
-        /// its digest and generation) in DIR/policy.json (root's, 0700; written atomically).
+        /// its digest and generation) in DIR/policy-<hash of the --config path>.json, one per
+        /// policy file (root's, 0700; written atomically).
         /// When the policy on disk is invalid at start, egressd enforces that last good
         /// policy instead, reports it (`policy_fallback` record, `egressd_policy_fallback 1`,
         /// `/healthz` "degraded"), and leaves that state at the first reload (SIGHUP,

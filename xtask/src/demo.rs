@@ -2,7 +2,9 @@
 //!
 //! It creates the test bed (client namespace in its own cgroup, "eu" and "us" hosts in their
 //! own namespaces), runs `egressd run --config configs/example.toml --cgroup <sandbox>`, makes
-//! allowed and denied connections from the client, and prints what egressd reported.
+//! allowed and denied connections from the client, and prints what egressd reported. Its
+//! last good policy and its lock live in a private directory of its own, removed after, so
+//! the host's `/var/lib/egressd` and `/run/egressd` are left as they were.
 use std::{
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
@@ -16,12 +18,34 @@ use serde_json::Value;
 
 use crate::sh;
 
+/// A private (0700) directory for the demo daemon's state, removed on drop.
+struct Private(std::path::PathBuf);
+
+impl Private {
+    fn new() -> anyhow::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let d = std::env::temp_dir().join(format!("egressd-demo-{}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&d)
+            .with_context(|| format!("creating {}", d.display()))?;
+        Ok(Self(d))
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs the demo; the sandbox is removed on return, also on error.
 pub fn run() -> anyhow::Result<()> {
     if !crate::setup::is_root() {
         bail!("the demo creates network namespaces and loads eBPF programs: run it as root");
     }
     let tb = Testbed::new().context("creating the sandbox")?;
+    let state = Private::new()?;
     println!("== sandbox");
     println!(
         "   client netns {} in cgroup {}",
@@ -46,6 +70,10 @@ pub fn run() -> anyhow::Result<()> {
         .arg(&config)
         .arg("--cgroup")
         .arg(tb.cgroup.path())
+        .arg("--state-dir")
+        .arg(state.0.join("last-good"))
+        .arg("--run-dir")
+        .arg(state.0.join("run"))
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;

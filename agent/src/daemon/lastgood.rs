@@ -4,7 +4,9 @@
 //! Every time the daemon puts a policy in force (at start and on each successful reload), it
 //! writes the text of the main file and of every drop-in exactly as it read them
 //! ([`crate::config::Sources`]), with the policy's digest and generation, to
-//! `STATE_DIR/policy.json` ([`DEFAULT_STATE_DIR`] unless `run --state-dir` says otherwise).
+//! `STATE_DIR/policy-<hash of the --config path>.json` ([`DEFAULT_STATE_DIR`] unless `run
+//! --state-dir` says otherwise): one record per policy file, so daemons of several cgroups
+//! sharing a state directory keep their own.
 //! The directory is checked and created as [`crate::base::safefs`] says (owned by root, not
 //! writable by others, created 0700), and the file is written atomically (a temporary file,
 //! synced, renamed over the old one) with mode 0600.
@@ -12,7 +14,8 @@
 //! At start, when the files on disk fail validation, [`StateDir::restore`] reads that record
 //! back and validates its text through the same [`crate::config::parse_set_all`] as a normal
 //! load; the compiled policy must have the digest that was saved. A record saved for another
-//! `--config` path is not used.
+//! `--config` path is not used. A `policy.json` of an egressd from before the per-file
+//! records is still read for the path it names, until that path's own record is written.
 use std::{
     ffi::OsStr,
     io,
@@ -31,8 +34,9 @@ use crate::{
 /// Where the last good policy is kept by default.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/egressd/last-good";
 
-/// The file in the state directory.
-const FILE: &str = "policy.json";
+/// The single record of an egressd from before the per-file records ([`StateDir::file`]),
+/// read when a path has no record of its own yet.
+const LEGACY_FILE: &str = "policy.json";
 
 /// Version of the record's layout; a record of another version is not used.
 const FORMAT: u32 = 1;
@@ -80,9 +84,24 @@ impl StateDir {
         Self { path: path.into() }
     }
 
-    /// The path of the record.
-    pub fn file(&self) -> PathBuf {
-        self.path.join(FILE)
+    /// The name of `config`'s record: `policy-` and 16 hex digits of the FNV-1a hash of
+    /// its absolute path, `.json` (the record itself names the path, and a record of
+    /// another path is not used, so a collision costs a fallback, never a wrong policy).
+    pub fn file_name(config: &Path) -> String {
+        let key = absolute(config);
+        let h = key
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        format!("policy-{h:016x}.json")
+    }
+
+    /// The path of `config`'s record.
+    pub fn file(&self, config: &Path) -> PathBuf {
+        self.path.join(Self::file_name(config))
     }
 
     /// Keeps `sources` (whose compiled policy has `digest`, installed as `generation`) as the
@@ -98,7 +117,9 @@ impl StateDir {
         digest: &str,
         generation: u64,
     ) -> anyhow::Result<()> {
-        self.write(&mut |w| Self::serialize(w, config, sources, digest, generation))
+        self.write(config, &mut |w| {
+            Self::serialize(w, config, sources, digest, generation)
+        })
     }
 
     /// [`StateDir::save`] of owned `sources`, freed as soon as they are written (before the
@@ -115,7 +136,7 @@ impl StateDir {
         generation: u64,
     ) -> anyhow::Result<()> {
         let mut held = Some(sources);
-        self.write(&mut |w| {
+        self.write(config, &mut |w| {
             let sources = held
                 .take()
                 .ok_or_else(|| io::Error::other("the last good policy written twice"))?;
@@ -153,24 +174,39 @@ impl StateDir {
         serde_json::to_writer_pretty(w, &record).map_err(io::Error::other)
     }
 
-    /// Replaces the record with what `serialize` writes, synced, in the checked directory.
+    /// Replaces `config`'s record with what `serialize` writes, synced, in the checked
+    /// directory.
     fn write(
         &self,
+        config: &Path,
         serialize: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<()>,
     ) -> anyhow::Result<()> {
         let dir = TrustedDir::create(&self.path)
             .with_context(|| format!("state directory {}", self.path.display()))?;
-        dir.replace_with(OsStr::new(FILE), FILE_MODE, serialize)
+        dir.replace_with(OsStr::new(&Self::file_name(config)), FILE_MODE, serialize)
             .and_then(|()| dir.sync())
-            .with_context(|| format!("writing {}", self.file().display()))?;
+            .with_context(|| format!("writing {}", self.file(config).display()))?;
         Ok(())
     }
 
-    /// Reads the record, if there is one.
+    /// Reads `config`'s record, or (none yet) the legacy `policy.json` when it names
+    /// `config`; returns it with the file it came from.
     ///
     /// # Errors
     /// The directory or file fails the [`crate::base::safefs`] checks, cannot be read or parsed.
-    pub fn load(&self) -> anyhow::Result<Option<LastGood>> {
+    pub fn load(&self, config: &Path) -> anyhow::Result<Option<(LastGood, PathBuf)>> {
+        if let Some(r) = self.load_file(&Self::file_name(config))? {
+            return Ok(Some((r, self.file(config))));
+        }
+        Ok(self
+            .load_file(LEGACY_FILE)?
+            .filter(|r| r.config == absolute(config))
+            .map(|r| (r, self.path.join(LEGACY_FILE))))
+    }
+
+    /// Reads the record `name` of the directory, if there is one.
+    fn load_file(&self, name: &str) -> anyhow::Result<Option<LastGood>> {
+        let path = self.path.join(name);
         let dir = match TrustedDir::open(&self.path) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -178,13 +214,13 @@ impl StateDir {
                 return Err(e).with_context(|| format!("state directory {}", self.path.display()));
             }
         };
-        let file = match dir.read(OsStr::new(FILE)) {
+        let file = match dir.read(OsStr::new(name)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.file().display())),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let record: LastGood = serde_json::from_reader(io::BufReader::new(file))
-            .with_context(|| format!("parsing {}", self.file().display()))?;
+            .with_context(|| format!("parsing {}", path.display()))?;
         Ok(Some(record))
     }
 
@@ -195,12 +231,12 @@ impl StateDir {
     /// The record cannot be read, has another layout version, no longer validates, or
     /// compiles to another digest than the one saved.
     pub fn restore(&self, config: &Path) -> anyhow::Result<Option<Restored>> {
-        let Some(record) = self.load()? else {
+        let Some((record, file)) = self.load(config)? else {
             return Ok(None);
         };
         if record.config != absolute(config) {
             tracing::warn!(
-                state = %self.file().display(),
+                state = %file.display(),
                 saved_for = %record.config.display(),
                 "the last good policy was kept for another --config path: not used"
             );
@@ -209,16 +245,16 @@ impl StateDir {
         anyhow::ensure!(
             record.format == FORMAT,
             "{}: layout version {} (this egressd reads {FORMAT})",
-            self.file().display(),
+            file.display(),
             record.format
         );
         let (cfg, output) = config::Sources::parse(&record.sources)
-            .with_context(|| format!("{}: the kept policy", self.file().display()))?;
+            .with_context(|| format!("{}: the kept policy", file.display()))?;
         let policy = Arc::new(policy::compile(&cfg));
         anyhow::ensure!(
             policy.digest == record.digest,
             "{}: the kept policy compiles to digest {}, not the {} it was saved with",
-            self.file().display(),
+            file.display(),
             policy.digest,
             record.digest
         );
@@ -284,7 +320,52 @@ mod tests {
                 .unwrap_or(0)
         };
         assert_eq!(mode(&state.path), 0o700);
-        assert_eq!(mode(&state.file()), 0o600);
+        assert_eq!(mode(&state.file(&main)), 0o600);
+    }
+
+    /// Two daemons (two policy files) sharing a state directory keep a record each: the
+    /// second's save does not replace the first's (it did with one `policy.json`).
+    #[test]
+    fn each_policy_file_keeps_its_own_record() {
+        let t = Tmp::new("lastgood-two");
+        let state = StateDir::new(t.0.join("last-good"));
+        let (a, b) = (t.0.join("a.toml"), t.0.join("b.toml"));
+        let (sa, sb) = (sources(&a, GOOD), sources(&b, GOOD));
+        let digest = policy::compile(&sa.parse().expect("valid").0).digest;
+        state.save(&a, &sa, &digest, 3).expect("saved");
+        state.save(&b, &sb, &digest, 5).expect("saved");
+        let ra = state.restore(&a).expect("restores").expect("a kept");
+        assert_eq!((ra.record.config, ra.record.generation), (a.clone(), 3));
+        let rb = state.restore(&b).expect("restores").expect("b kept");
+        assert_eq!((rb.record.config, rb.record.generation), (b.clone(), 5));
+        assert_ne!(state.file(&a), state.file(&b));
+    }
+
+    /// The single `policy.json` of an older egressd is restored for the path it names (and
+    /// only for it) until that path's own record is written.
+    #[test]
+    fn a_legacy_record_is_read_for_its_own_path() {
+        let t = Tmp::new("lastgood-legacy");
+        let state = StateDir::new(t.0.join("last-good"));
+        let main = t.0.join("policy.toml");
+        let src = sources(&main, GOOD);
+        let digest = policy::compile(&src.parse().expect("valid").0).digest;
+        state.save(&main, &src, &digest, 4).expect("saved");
+        std::fs::rename(state.file(&main), state.path.join(LEGACY_FILE)).expect("rename");
+        let r = state
+            .restore(&main)
+            .expect("restores")
+            .expect("legacy kept");
+        assert_eq!(r.record.generation, 4);
+        assert!(
+            state
+                .restore(&t.0.join("other.toml"))
+                .expect("reads")
+                .is_none()
+        );
+        state.save(&main, &src, &digest, 6).expect("saved");
+        let r = state.restore(&main).expect("restores").expect("own record");
+        assert_eq!(r.record.generation, 6, "its own record first");
     }
 
     /// The owned save (the daemon's, after `agent_start`) writes the same record and

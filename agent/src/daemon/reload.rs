@@ -180,7 +180,7 @@ pub(super) fn fall_back(
         Ok(Some(r)) => r,
         Ok(None) => {
             tracing::error!(
-                state = %state.file().display(),
+                state = %state.file(config_path).display(),
                 "the policy on disk is invalid and no last good policy was kept for it"
             );
             return Err(error.into());
@@ -200,7 +200,7 @@ pub(super) fn fall_back(
         last_good_digest = %restored.record.digest,
         last_good_generation = restored.record.generation,
         last_good_saved_at = %restored.record.saved_at,
-        state = %state.file().display(),
+        state = %state.file(config_path).display(),
         "THE POLICY ON DISK IS INVALID: enforcing the last good policy instead, until a \
          reload (SIGHUP, --watch) of a valid set"
     );
@@ -210,7 +210,7 @@ pub(super) fn fall_back(
             digest: restored.record.digest.clone(),
             generation: restored.record.generation,
             saved_at: restored.record.saved_at.clone(),
-            file: state.file().display().to_string(),
+            file: state.file(config_path).display().to_string(),
         },
     };
     Ok((
@@ -257,7 +257,7 @@ pub(super) fn keep_last_good(
     };
     match saved {
         Ok(()) => tracing::debug!(
-            state = %state.file().display(),
+            state = %state.file(config_path).display(),
             generation,
             "kept as the last good policy"
         ),

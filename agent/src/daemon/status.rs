@@ -224,7 +224,7 @@ mod tests {
             last_good_digest: "27503b605b2868cd".into(),
             last_good_generation: 2,
             last_good_saved_at: "2026-11-30T22:00:00Z".into(),
-            last_good_file: "/var/lib/egressd/last-good/policy.json".into(),
+            last_good_file: "/var/lib/egressd/last-good/policy-0123456789abcdef.json".into(),
         }))
         .to_text();
         assert!(
@@ -237,7 +237,7 @@ mod tests {
         assert!(
             text.contains(
                 "  enforcing the last good policy instead: digest 27503b605b2868cd, kept as \
-                 generation 2 at 2026-11-30T22:00:00Z (/var/lib/egressd/last-good/policy.json)"
+                 generation 2 at 2026-11-30T22:00:00Z (/var/lib/egressd/last-good/policy-0123456789abcdef.json)"
             ),
             "{text}"
         );

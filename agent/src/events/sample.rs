@@ -358,7 +358,7 @@ pub fn lifecycle() -> Vec<Lifecycle> {
                     digest: summary().digest,
                     generation: 4,
                     saved_at: "2026-11-28T17:03:11.402114790Z".into(),
-                    file: "/var/lib/egressd/last-good/policy.json".into(),
+                    file: "/var/lib/egressd/last-good/policy-0123456789abcdef.json".into(),
                 },
             },
         },

@@ -90,7 +90,7 @@ pub struct PinnedFallback {
     pub last_good_generation: u64,
     /// When it was kept, RFC 3339 UTC.
     pub last_good_saved_at: String,
-    /// The record it was read from (`STATE_DIR/policy.json`).
+    /// The record it was read from (`STATE_DIR/policy-<hash>.json`, see `daemon::lastgood`).
     pub last_good_file: String,
 }
 

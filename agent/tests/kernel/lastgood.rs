@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use egressd::daemon::lastgood::StateDir;
 use egressd_testbed::{EU_V4, Testbed, US_V4};
 use libtest_mimic::Failed;
 use serde_json::Value;
@@ -82,7 +83,8 @@ pub fn fallback_on_invalid_policy_at_start() -> Result<(), Failed> {
             .and_then(|r| r["policy"]["digest"].as_str())
             .ok_or("no policy_loaded digest")?
             .to_owned();
-        if !state.join("policy.json").is_file() {
+        // One record per policy file (daemons of several cgroups may share the directory).
+        if !StateDir::new(&state).file(&cfg).is_file() {
             return Err(format!("{name}: nothing kept in {}", state.display()).into());
         }
 
