@@ -639,9 +639,21 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 );
                 match reload(config_path, state.as_ref(), &mut ids, &mut enforcer) {
                     Ok(Candidate {
-                        cfg, policy: new, ..
+                        cfg,
+                        policy: new,
+                        output: reloaded_output,
+                        ..
                     }) => {
                         reloads.ok += 1;
+                        if reloaded_output != output {
+                            // The sinks hold open files, connections and spools, and
+                            // their chains run on: replacing them live is a restart.
+                            tracing::warn!(
+                                "the output settings changed (sinks, heartbeat, host \
+                                 labels): the policy is reloaded, the output settings take \
+                                 effect at the next start (systemctl restart egressd)"
+                            );
+                        }
                         if let Some(f) = fallback.take() {
                             tracing::info!(
                                 digest = %new.digest,
