@@ -292,7 +292,9 @@ fn main() -> ExitCode {
         }),
         Command::Detach { pin_dir } => {
             let dir = egressd::kernel::pin::PinDir::new(&pin_dir);
-            if dir.exists() {
+            if let Err(e) = dir.check_access() {
+                Err(e)
+            } else if dir.exists() {
                 // The tc/egress fallback first: its TCX pins live under DIR/tc, its netlink
                 // filters (kernels without TCX) on the interfaces of this network namespace.
                 let cgroup = dir

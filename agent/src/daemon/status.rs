@@ -52,6 +52,7 @@ pub struct Status {
 /// Nothing is pinned there, or a pinned map cannot be read (needs root / CAP_BPF).
 pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
     let pins = PinDir::new(dir);
+    pins.check_access()?;
     if !pins.exists() {
         anyhow::bail!(
             "nothing is pinned under {} (is egressd running with --pin-dir?)",

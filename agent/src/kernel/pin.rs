@@ -137,6 +137,24 @@ impl PinDir {
             .any(|h| self.link(h.program).exists())
     }
 
+    /// Whether the directory can be looked into: `Path::exists` answers false for a pin
+    /// that is there but out of the caller's reach, which made `status` and `detach` of an
+    /// unprivileged user report "nothing is pinned" over live pins.
+    ///
+    /// # Errors
+    /// The directory (or one above it) cannot be searched or read: the error says that
+    /// root is needed. A missing directory is not an error.
+    pub fn check_access(&self) -> anyhow::Result<()> {
+        match std::fs::read_dir(&self.root) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(anyhow::anyhow!(
+                "cannot look into {}: {e} (pins are root's: run this as root)",
+                self.root.display()
+            )),
+        }
+    }
+
     /// True when the directory holds anything egressd pins.
     pub fn exists(&self) -> bool {
         self.state().exists() || self.has_links() || self.maps_dir().exists()
