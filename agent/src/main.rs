@@ -440,13 +440,26 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path, drop_ins: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let cfg = match drop_ins {
-        Some(dir) => egressd::config::load_with_drop_ins(path, dir)?,
-        None => egressd::config::load(path)?,
-    };
+    let (cfg, output) = egressd::config::load_all_with_drop_ins(path, drop_ins)?;
     let policy = egressd::policy::compile(&cfg);
     if let Some(first) = egressd::daemon::check::errors(&policy).first() {
         anyhow::bail!("{}: {first}", path.display());
+    }
+    // What `run` reads besides the policy: the sinks' files and the chain key. Their files
+    // are root's, so an unprivileged check says it could not look.
+    if egressd::base::safefs::euid() == 0 {
+        egressd::events::sinks::preflight(&output.sinks)
+            .map_err(|e| e.context(path.display().to_string()))?;
+        if let Some(key) = output.chain_key_file.as_deref() {
+            egressd::events::audit::chain::load_key(key)
+                .map_err(|e| e.context(path.display().to_string()))?;
+        }
+    } else if !output.sinks.is_empty() || output.chain_key_file.is_some() {
+        eprintln!(
+            "egressd: note: {}: the sinks' files and the chain key are not checked without \
+             root (egressd run reads them as root)",
+            path.display()
+        );
     }
     for w in egressd::daemon::check::warnings(&cfg, &policy) {
         eprintln!("egressd: warning: {}: {w}", path.display());

@@ -83,6 +83,7 @@ fn main() {
             "syslog_crash_at_random_moments_loses_nothing",
             crash_at_random_moments,
         ),
+        Trial::test("check_refuses_the_sinks_run_refuses", check_sinks),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -1405,6 +1406,74 @@ fn crash_at_random_moments() -> Result<(), Failed> {
             missing.iter().take(20).collect::<Vec<_>>()
         )
         .into());
+    }
+    Ok(())
+}
+
+/// `egressd check` (as root) refuses, naming the sink, the sink files `egressd run` would
+/// refuse to start with, and changes nothing: a file sink in a directory another user owns,
+/// a TLS sink whose key is missing; the same set with them fixed passes, and the file
+/// sink's file is not created by the check (fresh-user trial: check passed both).
+fn check_sinks() -> Result<(), Failed> {
+    prerequisites()?;
+    let dir = TempDir::new()?;
+    let pki = pki(&dir.0)?;
+    let (mine, theirs) = (dir.0.join("mine"), dir.0.join("theirs"));
+    fs::create_dir_all(&mine).map_err(err)?;
+    fs::create_dir_all(&theirs).map_err(err)?;
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).map_err(err)?;
+    let policy = egressd_testbed::POLICY.replace("{mode}", "enforce");
+    let check = |file_dir: &Path, key: &Path| -> Result<(bool, String), Failed> {
+        let cfg = dir.0.join("egressd.toml");
+        fs::write(
+            &cfg,
+            format!(
+                r#"{policy}
+[[sinks]]
+name = "archive"
+type = "file"
+path = "{file}"
+
+[[sinks]]
+name = "siem"
+type = "syslog"
+transport = "tls"
+address = "127.0.0.1:6514"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+"#,
+                file = file_dir.join("events.json").display(),
+                ca = pki.ca.display(),
+                cert = pki.client_cert.display(),
+                key = key.display(),
+            ),
+        )
+        .map_err(err)?;
+        let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .map_err(err)?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (ok, stderr) = check(&mine, &pki.client_key)?;
+    if !ok {
+        return Err(format!("a valid set was refused: {stderr}").into());
+    }
+    if mine.join("events.json").exists() {
+        return Err("check created the file sink's file".into());
+    }
+    let (ok, stderr) = check(&theirs, &pki.client_key)?;
+    if ok || !stderr.contains("sink 'archive'") || !stderr.contains("owned by uid 65534") {
+        return Err(format!("a file sink in a directory of uid 65534: {stderr}").into());
+    }
+    let (ok, stderr) = check(&mine, &dir.0.join("missing.key"))?;
+    if ok || !stderr.contains("sink 'siem'") || !stderr.contains("missing.key") {
+        return Err(format!("a TLS sink without its key: {stderr}").into());
     }
     Ok(())
 }

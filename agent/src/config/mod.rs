@@ -83,6 +83,18 @@ pub fn load_with_drop_ins(path: &Path, drop_ins: &Path) -> Result<Config, Config
     load_all_in(path, Some(drop_ins)).map(|(cfg, _)| cfg)
 }
 
+/// [`load_with_drop_ins`] (with `Some`) or [`load_all`] (with `None`), returning the output
+/// settings too.
+///
+/// # Errors
+/// As [`load_with_drop_ins`].
+pub fn load_all_with_drop_ins(
+    path: &Path,
+    drop_ins: Option<&Path>,
+) -> Result<(Config, Output), ConfigError> {
+    load_all_in(path, drop_ins)
+}
+
 /// The text of a policy set exactly as it was read: the main file and every drop-in file, in
 /// the order they are applied. [`parse_set_all`] of it gives the same [`Config`] as the
 /// [`load`] that read it; `egressd run` keeps it as the last good policy

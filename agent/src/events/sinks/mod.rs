@@ -302,6 +302,50 @@ pub fn transport(cfg: &SinkConfig) -> anyhow::Result<Box<dyn Transport>> {
     })
 }
 
+/// What [`transport`] and the spool would refuse at `egressd run`, found without changing
+/// anything (`egressd check`): a file sink's directory and existing file as
+/// [`crate::base::safefs`] judges them (the file is not created), a TLS sink's CA,
+/// certificate and key files read and parsed ([`tls::client_config`]), a spool directory
+/// (or, not made yet, the directory it would be made in) trusted. Errors name the sink.
+///
+/// # Errors
+/// The first sink that would not start, with why.
+pub fn preflight(sinks: &[SinkConfig]) -> anyhow::Result<()> {
+    use crate::base::safefs::TrustedDir;
+    use anyhow::Context as _;
+    for cfg in sinks {
+        let name = &cfg.name;
+        match &cfg.kind {
+            SinkKind::File { path, .. } => {
+                let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
+                    anyhow::bail!("sink '{name}': {}: not a file path", path.display());
+                };
+                let dir = TrustedDir::open(dir).with_context(|| format!("sink '{name}'"))?;
+                match dir.read(file) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).with_context(|| format!("sink '{name}'")),
+                }
+            }
+            SinkKind::Syslog(s) if s.transport == SyslogTransport::Tls => {
+                tls::client_config(s).with_context(|| format!("sink '{name}'"))?;
+            }
+            SinkKind::Stdout | SinkKind::Syslog(_) => {}
+        }
+        if let Some(spool) = &cfg.spool {
+            let existing = if spool.dir.exists() {
+                Some(spool.dir.as_path())
+            } else {
+                spool.dir.parent().filter(|p| p.exists())
+            };
+            if let Some(d) = existing {
+                TrustedDir::open(d).with_context(|| format!("sink '{name}': spool"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
