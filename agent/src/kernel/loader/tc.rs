@@ -162,7 +162,15 @@ impl TcCover {
         }
         if let Some(root) = pin_root {
             let dir = root.join("tc");
-            if let Err(e) = std::fs::create_dir_all(&dir) {
+            // 0700 like the pin directory's own `maps` and `links` (PinDir::prepare).
+            let made = {
+                use std::os::unix::fs::DirBuilderExt as _;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+            };
+            if let Err(e) = made {
                 self.fail(format!("creating {}: {e}", dir.display()));
                 return;
             }
