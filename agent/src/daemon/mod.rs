@@ -270,7 +270,12 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             path = p.path,
             status = p.status.label(),
             kernel = %coverage.kernel,
-            "egress path not enforced on this kernel: {} ({})",
+            "egress path {} on this kernel: {} ({})",
+            if p.status == crate::kernel::coverage::Status::Partial {
+                "only partly enforced"
+            } else {
+                "not enforced"
+            },
             p.what,
             p.note
         );
