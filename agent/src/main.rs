@@ -454,10 +454,20 @@ fn check(path: &std::path::Path, drop_ins: Option<&std::path::Path>) -> anyhow::
             egressd::events::audit::chain::load_key(key)
                 .map_err(|e| e.context(path.display().to_string()))?;
         }
-    } else if !output.sinks.is_empty() || output.chain_key_file.is_some() {
+    } else if output.sinks.iter().any(|s| {
+        s.spool.is_some()
+            || matches!(
+                &s.kind,
+                egressd::config::SinkKind::File { .. }
+                    | egressd::config::SinkKind::Syslog(egressd::config::SyslogConfig {
+                        transport: egressd::config::SyslogTransport::Tls,
+                        ..
+                    })
+            )
+    }) {
         eprintln!(
-            "egressd: note: {}: the sinks' files and the chain key are not checked without \
-             root (egressd run reads them as root)",
+            "egressd: note: {}: the sinks' files (file paths, TLS certificates and keys, \
+             spools) are not checked without root (egressd run reads them as root)",
             path.display()
         );
     }

@@ -715,11 +715,13 @@ fn read_capped(path: &Path, f: File) -> io::Result<String> {
         let ok = e.utf8_error().valid_up_to();
         let bytes = e.as_bytes();
         let line = 1 + bytes[..ok].iter().filter(|c| **c == b'\n').count();
-        let column = 1 + ok
-            - bytes[..ok]
-                .iter()
-                .rposition(|c| *c == b'\n')
-                .map_or(0, |i| i + 1);
+        let start = bytes[..ok]
+            .iter()
+            .rposition(|c| *c == b'\n')
+            .map_or(0, |i| i + 1);
+        // The bytes before `ok` are valid UTF-8: count characters, not bytes.
+        let column =
+            1 + std::str::from_utf8(&bytes[start..ok]).map_or(ok - start, |l| l.chars().count());
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{}:{line}:{column}: not valid UTF-8", path.display()),
@@ -893,11 +895,12 @@ pub(crate) mod tests {
     fn invalid_utf8_names_line_and_column() {
         let t = Tmp::new("utf8");
         let p = t.0.join("policy.toml");
-        std::fs::write(&p, b"mode = \"enforce\"\nname = \"a\xffb\"\n").expect("write");
+        // Column in characters: "é" is two bytes, one column.
+        std::fs::write(&p, b"mode = \"enforce\"\nname = \"a\xc3\xa9\xffb\"\n").expect("write");
         let e = read_regular(&p).expect_err("invalid UTF-8");
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(
-            e.to_string().ends_with("policy.toml:2:10: not valid UTF-8"),
+            e.to_string().ends_with("policy.toml:2:11: not valid UTF-8"),
             "{e}"
         );
     }

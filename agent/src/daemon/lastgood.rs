@@ -69,6 +69,8 @@ pub struct Restored {
     pub policy: Arc<Policy>,
     /// The record it came from.
     pub record: LastGood,
+    /// The file the record was read from (this path's own, or a legacy `policy.json`).
+    pub file: PathBuf,
 }
 
 /// The state directory (`run --state-dir`).
@@ -263,6 +265,7 @@ impl StateDir {
             output,
             policy,
             record,
+            file,
         }))
     }
 }

@@ -200,7 +200,7 @@ pub(super) fn fall_back(
         last_good_digest = %restored.record.digest,
         last_good_generation = restored.record.generation,
         last_good_saved_at = %restored.record.saved_at,
-        state = %state.file(config_path).display(),
+        state = %restored.file.display(),
         "THE POLICY ON DISK IS INVALID: enforcing the last good policy instead, until a \
          reload (SIGHUP, --watch) of a valid set"
     );
@@ -210,7 +210,7 @@ pub(super) fn fall_back(
             digest: restored.record.digest.clone(),
             generation: restored.record.generation,
             saved_at: restored.record.saved_at.clone(),
-            file: state.file(config_path).display().to_string(),
+            file: restored.file.display().to_string(),
         },
     };
     Ok((

@@ -106,10 +106,12 @@ impl ConfigWatcher {
 
 /// The drop-in directory of `main`: `drop_in_dir` read from the file (relative to its
 /// directory), else `policy.d` beside it. `None` when the file cannot be read or parsed
-/// (the reload will report that).
+/// (the reload will report that). Read like the policy itself: a FIFO or device in the
+/// file's place is not waited on ([`crate::base::safefs::read_regular`]), which would
+/// hold up the watcher thread, and on SIGHUP the daemon's loop.
 pub fn drop_in_dir(main: &Path) -> Option<PathBuf> {
     let base = main.parent().unwrap_or(Path::new("."));
-    let text = std::fs::read_to_string(main).ok()?;
+    let text = crate::base::safefs::read_regular(main).ok()?;
     let value: toml::Table = toml::from_str(&text).ok()?;
     Some(match value.get("drop_in_dir").and_then(|v| v.as_str()) {
         Some(d) => base.join(d),
@@ -176,6 +178,26 @@ mod tests {
         ))));
         assert!(changes(&EventKind::Create(CreateKind::File)));
         assert!(changes(&EventKind::Remove(RemoveKind::File)));
+    }
+
+    /// A FIFO in the policy file's place is not waited on: the watcher thread (and, on
+    /// SIGHUP, the daemon's loop through `refresh`) would block in `open` until a writer
+    /// came, and none comes once a file is put back over it.
+    #[test]
+    fn drop_in_dir_does_not_wait_on_a_fifo() {
+        let t = crate::base::safefs::tests::Tmp::new("watch-fifo");
+        let p = t.0.join("policy.toml");
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(drop_in_dir(&p));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("drop_in_dir waited on the FIFO");
+        assert_eq!(got, None);
     }
 
     #[test]

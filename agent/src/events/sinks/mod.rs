@@ -305,8 +305,8 @@ pub fn transport(cfg: &SinkConfig) -> anyhow::Result<Box<dyn Transport>> {
 /// What [`transport`] and the spool would refuse at `egressd run`, found without changing
 /// anything (`egressd check`): a file sink's directory and existing file as
 /// [`crate::base::safefs`] judges them (the file is not created), a TLS sink's CA,
-/// certificate and key files read and parsed ([`tls::client_config`]), a spool directory
-/// (or, not made yet, the directory it would be made in) trusted. Errors name the sink.
+/// certificate and key files read and parsed ([`tls::client_config`]), an existing spool
+/// directory trusted. Errors name the sink.
 ///
 /// # Errors
 /// The first sink that would not start, with why.
@@ -332,15 +332,10 @@ pub fn preflight(sinks: &[SinkConfig]) -> anyhow::Result<()> {
             }
             SinkKind::Stdout | SinkKind::Syslog(_) => {}
         }
-        if let Some(spool) = &cfg.spool {
-            let existing = if spool.dir.exists() {
-                Some(spool.dir.as_path())
-            } else {
-                spool.dir.parent().filter(|p| p.exists())
-            };
-            if let Some(d) = existing {
-                TrustedDir::open(d).with_context(|| format!("sink '{name}': spool"))?;
-            }
+        // A spool directory not made yet is made by `run` under ancestors it judges as
+        // such (a sticky /tmp passes there, not as the holding directory): not judged here.
+        if let Some(spool) = cfg.spool.as_ref().filter(|s| s.dir.exists()) {
+            TrustedDir::open(&spool.dir).with_context(|| format!("sink '{name}': spool"))?;
         }
     }
     Ok(())

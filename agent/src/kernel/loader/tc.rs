@@ -163,12 +163,16 @@ impl TcCover {
         if let Some(root) = pin_root {
             let dir = root.join("tc");
             // 0700 like the pin directory's own `maps` and `links` (PinDir::prepare).
+            // An existing one (an earlier build made it 0755) is narrowed too.
             let made = {
-                use std::os::unix::fs::DirBuilderExt as _;
+                use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
                 std::fs::DirBuilder::new()
                     .recursive(true)
                     .mode(0o700)
                     .create(&dir)
+                    .and_then(|()| {
+                        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                    })
             };
             if let Err(e) = made {
                 self.fail(format!("creating {}: {e}", dir.display()));
