@@ -90,14 +90,7 @@ impl StateDir {
     /// its absolute path, `.json` (the record itself names the path, and a record of
     /// another path is not used, so a collision costs a fallback, never a wrong policy).
     pub fn file_name(config: &Path) -> String {
-        let key = absolute(config);
-        let h = key
-            .as_os_str()
-            .as_encoded_bytes()
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-            });
+        let h = crate::policy::fnv1a64(absolute(config).as_os_str().as_encoded_bytes());
         format!("policy-{h:016x}.json")
     }
 

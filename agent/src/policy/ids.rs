@@ -323,10 +323,7 @@ impl IdTable {
 
     /// The file of the table for `cgroup` in `state_dir`.
     pub fn file_name(cgroup: &Path) -> String {
-        let key = cgroup.display().to_string();
-        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        let h = crate::policy::fnv1a64(cgroup.display().to_string().as_bytes());
         format!("ids-{h:016x}.json")
     }
 

@@ -316,9 +316,9 @@ impl Fnv1a64 {
     }
 }
 
-/// [`Fnv1a64`] of `bytes`.
-#[cfg(test)]
-fn fnv1a64(bytes: &[u8]) -> u64 {
+/// [`Fnv1a64`] of `bytes`: also names the files kept per cgroup, per policy file and per
+/// fetched URL (an id, not a protection).
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h = Fnv1a64::default();
     h.bytes(bytes);
     h.0

@@ -87,9 +87,7 @@ pub fn file_name(format: Format, url: &str) -> String {
         Format::Oracle => "oracle-public_ip_ranges.json".into(),
         Format::Azure => "azure-service-tags.json".into(),
         Format::Geofeed => {
-            let h = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            });
+            let h = crate::policy::fnv1a64(url.as_bytes());
             format!("geofeed-{h:016x}.csv")
         }
     }
