@@ -114,13 +114,7 @@ fn submit_all(
         })
         .collect();
     pipeline.submit_all(&records);
-    worker.recycle(records.into_iter().filter_map(|r| match r {
-        events::Record::Connection(mut ev) => {
-            ev.header.id = String::new();
-            Some(ev)
-        }
-        _ => None,
-    }));
+    worker.recycle_records(records);
 }
 
 /// Events at most pushed and not yet back from the enrichment thread, and records at most

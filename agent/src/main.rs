@@ -454,17 +454,7 @@ fn check(path: &std::path::Path, drop_ins: Option<&std::path::Path>) -> anyhow::
             egressd::events::audit::chain::load_key(key)
                 .map_err(|e| e.context(path.display().to_string()))?;
         }
-    } else if output.sinks.iter().any(|s| {
-        s.spool.is_some()
-            || matches!(
-                &s.kind,
-                egressd::config::SinkKind::File { .. }
-                    | egressd::config::SinkKind::Syslog(egressd::config::SyslogConfig {
-                        transport: egressd::config::SyslogTransport::Tls,
-                        ..
-                    })
-            )
-    }) {
+    } else if output.sinks.iter().any(egressd::events::sinks::has_files) {
         eprintln!(
             "egressd: note: {}: the sinks' files (file paths, TLS certificates and keys, \
              spools) are not checked without root (egressd run reads them as root)",

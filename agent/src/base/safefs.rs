@@ -864,9 +864,16 @@ pub(crate) mod tests {
         assert_eq!(m & 0o777, 0o700);
     }
 
+    /// Makes a FIFO at `p` (mode 0600); panics on failure.
+    pub(crate) fn mkfifo(p: &Path) {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    }
+
     /// Runs `f` on a thread and fails the test if it has not returned within 5 s (a read
     /// that waits on a FIFO never would).
-    fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    pub(crate) fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(f());
@@ -879,9 +886,7 @@ pub(crate) mod tests {
     fn fifos_are_refused_without_waiting() {
         let t = Tmp::new("fifo");
         let p = t.0.join("policy.toml");
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
-        // SAFETY: a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        mkfifo(&p);
         let q = p.clone();
         let e = within_5s(move || read_regular(&q)).expect_err("a FIFO");
         assert!(e.to_string().contains("not a regular file"), "{e}");

@@ -1029,7 +1029,7 @@ fn submit_connection(seq: &Sequencer, pipeline: &Pipeline, mut ev: ConnectionEve
 }
 
 /// [`submit_connection`] of a batch of events, in order, as one batch for the sinks; the
-/// events then go back to `worker` ([`events::worker::Worker::recycle`]).
+/// events then go back to `worker` ([`events::worker::Worker::recycle_records`]).
 fn submit_connections(
     seq: &Sequencer,
     pipeline: &Pipeline,
@@ -1044,14 +1044,7 @@ fn submit_connections(
         })
         .collect();
     pipeline.submit_all(&records);
-    worker.recycle(records.into_iter().filter_map(|r| match r {
-        Record::Connection(mut ev) => {
-            // Allocated by this thread: freed here.
-            ev.header.id = String::new();
-            Some(ev)
-        }
-        Record::Lifecycle(_) | Record::Summary(_) => None,
-    }));
+    worker.recycle_records(records);
 }
 
 /// The service manager's `STATUS=` for the policy in force.

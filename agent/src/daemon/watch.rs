@@ -185,19 +185,11 @@ mod tests {
     /// came, and none comes once a file is put back over it.
     #[test]
     fn drop_in_dir_does_not_wait_on_a_fifo() {
-        let t = crate::base::safefs::tests::Tmp::new("watch-fifo");
+        use crate::base::safefs::tests::{Tmp, mkfifo, within_5s};
+        let t = Tmp::new("watch-fifo");
         let p = t.0.join("policy.toml");
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
-        // SAFETY: a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(drop_in_dir(&p));
-        });
-        let got = rx
-            .recv_timeout(std::time::Duration::from_secs(5))
-            .expect("drop_in_dir waited on the FIFO");
-        assert_eq!(got, None);
+        mkfifo(&p);
+        assert_eq!(within_5s(move || drop_in_dir(&p)), None);
     }
 
     #[test]

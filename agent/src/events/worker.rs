@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{ConnectionEvent, Enricher, Event};
+use super::{ConnectionEvent, Enricher, Event, Record};
 
 /// Longest an event waits in the queue for its `/proc` details.
 pub const DEADLINE: Duration = Duration::from_secs(2);
@@ -196,6 +196,19 @@ impl Worker {
         spent.extend(events.by_ref().take(room));
         drop(spent);
         drop(events);
+    }
+
+    /// [`Worker::recycle`] of the connection events among submitted `records`: the id each
+    /// one got from [`super::Sequencer::number`] (the caller's allocation) is taken out and
+    /// freed here, on the caller's thread; other records are dropped.
+    pub fn recycle_records(&self, records: impl IntoIterator<Item = Record>) {
+        self.recycle(records.into_iter().filter_map(|r| match r {
+            Record::Connection(mut ev) => {
+                ev.header.id = String::new();
+                Some(ev)
+            }
+            Record::Lifecycle(_) | Record::Summary(_) => None,
+        }));
     }
 
     /// Events sent without `/proc` details (`process.details = "skipped"`) since the

@@ -302,6 +302,20 @@ pub fn transport(cfg: &SinkConfig) -> anyhow::Result<Box<dyn Transport>> {
     })
 }
 
+/// Whether `cfg` names files of its own that [`preflight`] reads: a file sink's path, a TLS
+/// sink's certificates and key, a spool.
+pub fn has_files(cfg: &SinkConfig) -> bool {
+    cfg.spool.is_some()
+        || matches!(
+            &cfg.kind,
+            SinkKind::File { .. }
+                | SinkKind::Syslog(crate::config::SyslogConfig {
+                    transport: SyslogTransport::Tls,
+                    ..
+                })
+        )
+}
+
 /// What [`transport`] and the spool would refuse at `egressd run`, found without changing
 /// anything (`egressd check`): a file sink's directory and existing file as
 /// [`crate::base::safefs`] judges them (the file is not created), a TLS sink's CA,
