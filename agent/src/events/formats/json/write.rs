@@ -23,26 +23,59 @@ pub(super) fn str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// Whether no byte of `b` needs an escape in JSON (`"`, `\`, below 0x20): eight bytes at a
-/// time (the strings of a record are short, so a byte loop's cost is in its every byte).
+/// Whether no byte of `b` needs an escape in JSON (`"`, `\`, below 0x20), eight bytes at a
+/// time and without a byte loop: the strings of a record are short, so the cost of a byte
+/// loop over each one's tail would be most of it. A tail is checked as the last eight bytes
+/// (overlapping the word before); a string shorter than eight as two overlapping loads
+/// padded with a byte that needs no escape.
 #[inline]
 fn plain(b: &[u8]) -> bool {
+    let n = b.len();
+    if n >= 8 {
+        let mut i = 0;
+        while i + 8 < n {
+            if !word_plain(load8(b, i)) {
+                return false;
+            }
+            i += 8;
+        }
+        return word_plain(load8(b, n - 8));
+    }
+    // Bytes 0..4 and n-4..n (or 0..2 and n-2..n) cover the string; the rest is padding.
+    // Which byte of the word holds which does not matter: the test is for any byte.
+    const PAD: u64 = u64::from_ne_bytes([b'a'; 8]);
+    let v = if n >= 4 {
+        let lo = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        let hi = u32::from_ne_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+        u64::from(lo) | u64::from(hi) << 32
+    } else if n >= 2 {
+        let lo = u16::from_ne_bytes([b[0], b[1]]);
+        let hi = u16::from_ne_bytes([b[n - 2], b[n - 1]]);
+        PAD & !0xffff_ffff | u64::from(lo) | u64::from(hi) << 16
+    } else if n == 1 {
+        PAD & !0xff | u64::from(b[0])
+    } else {
+        return true;
+    };
+    word_plain(v)
+}
+
+/// The eight bytes of `b` at `i` (`i + 8 <= b.len()`) as one word, native byte order.
+#[inline(always)]
+fn load8(b: &[u8], i: usize) -> u64 {
+    let w: [u8; 8] = b[i..i + 8].try_into().expect("eight bytes");
+    u64::from_ne_bytes(w)
+}
+
+/// Whether no byte of `v` is below 0x20, `"` or `\`.
+#[inline(always)]
+fn word_plain(v: u64) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     // A byte of `v` is zero, or below `n` (n <= 128): exact for "is there one" (Bit
     // Twiddling Hacks, "determine if a word has a byte less than n").
     let less = |v: u64, n: u64| v.wrapping_sub(ONES * n) & !v & HIGH;
-    let mut words = b.chunks_exact(8);
-    for w in &mut words {
-        let v = u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        if less(v, 0x20) | less(v ^ (ONES * 0x22), 1) | less(v ^ (ONES * 0x5c), 1) != 0 {
-            return false;
-        }
-    }
-    words
-        .remainder()
-        .iter()
-        .all(|&c| c >= 0x20 && c != b'"' && c != b'\\')
+    less(v, 0x20) | less(v ^ (ONES * 0x22), 1) | less(v ^ (ONES * 0x5c), 1) == 0
 }
 
 /// Appends `n` in decimal.
@@ -398,7 +431,7 @@ mod tests {
     /// Every byte value at every position of a word and of the tail.
     #[test]
     fn plain_finds_every_byte_that_needs_an_escape() {
-        for len in [1, 7, 8, 9, 16, 17] {
+        for len in [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17] {
             for at in 0..len {
                 for c in 0..=255u8 {
                     let mut b = vec![b'a'; len];
