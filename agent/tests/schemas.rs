@@ -118,7 +118,7 @@ fn cef_expected(r: &Record) -> Vec<(&'static str, String)> {
             for (k, x) in [
                 ("suser", c.user.name.as_deref()),
                 ("cs4", c.cgroup.path.as_deref()),
-                ("cs5", c.container.as_ref().map(|c| c.id.as_str())),
+                ("cs5", c.container.as_ref().map(|c| &*c.id)),
                 ("cs6", c.process.command_line.as_deref()),
                 ("egressdExe", c.process.executable.as_deref()),
                 ("egressdUnit", c.cgroup.systemd_unit.as_deref()),

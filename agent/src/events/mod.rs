@@ -253,14 +253,15 @@ pub struct Cgroup {
     pub path: Option<Arc<str>>,
     /// Deepest systemd unit (`*.service` or `*.scope`) in `path`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub systemd_unit: Option<String>,
+    pub systemd_unit: Option<Arc<str>>,
 }
 
 /// `container.*`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Container {
-    /// 64 hex digit container id found in the cgroup path.
-    pub id: String,
+    /// 64 hex digit container id found in the cgroup path (shared with every event of the
+    /// process).
+    pub id: Arc<str>,
     /// `docker`, `containerd`, `cri-o`, `podman` or `unknown`, from the path's naming.
     pub runtime: &'static str,
 }
@@ -581,7 +582,6 @@ pub fn build(
     };
     let verdict = Verdict::from_u8(ev.verdict);
     let cgroup_path = info.and_then(|i| i.cgroup.clone());
-    let trusted = info.and_then(|i| i.trusted_cgroup.as_deref());
     ConnectionEvent {
         header,
         verdict: match verdict {
@@ -612,10 +612,10 @@ pub fn build(
             id: u64::from(ev.gid),
             name: group,
         },
-        container: trusted.and_then(procinfo::container),
+        container: info.and_then(|i| i.container.clone()),
         cgroup: Cgroup {
             id: ev.cgroup_id,
-            systemd_unit: trusted.and_then(procinfo::systemd_unit),
+            systemd_unit: info.and_then(|i| i.systemd_unit.clone()),
             path: cgroup_path,
         },
         network: Network {

@@ -59,10 +59,24 @@ pub struct ProcInfo {
     pub cgroup: Option<Arc<str>>,
     /// The leading part of `cgroup` that root alone could have named ([`trusted_prefix`]);
     /// container ids and systemd units are read from it. `None` when it cannot be checked.
+    /// Set with [`Self::set_trusted_cgroup`], which derives the next two fields.
     pub trusted_cgroup: Option<String>,
+    /// [`systemd_unit`] of `trusted_cgroup` (found once per process, not per event).
+    pub systemd_unit: Option<Arc<str>>,
+    /// [`container`] of `trusted_cgroup` (found once per process, not per event).
+    pub container: Option<super::Container>,
     /// Inode number of the cgroup directory, which is the kernel's cgroup id
     /// (`bpf_get_current_cgroup_id`); `None` when it cannot be read.
     pub cgroup_id: Option<u64>,
+}
+
+impl ProcInfo {
+    /// Sets `trusted_cgroup` and the systemd unit and container read from it.
+    pub fn set_trusted_cgroup(&mut self, trusted: Option<String>) {
+        self.systemd_unit = trusted.as_deref().and_then(systemd_unit);
+        self.container = trusted.as_deref().and_then(container);
+        self.trusted_cgroup = trusted;
+    }
 }
 
 /// The fields of `/proc/PID/stat` egressd uses.
@@ -215,11 +229,11 @@ pub fn parse_cgroup(text: &str) -> Option<String> {
 /// Deepest systemd unit in a cgroup path: the last component ending in `.service` or
 /// `.scope` (`/user.slice/user-1000.slice/session-3.scope` -> `session-3.scope`). Give it a
 /// [`trusted_prefix`].
-pub fn systemd_unit(path: &str) -> Option<String> {
+pub fn systemd_unit(path: &str) -> Option<Arc<str>> {
     path.split('/')
         .rev()
         .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
-        .map(str::to_owned)
+        .map(Into::into)
 }
 
 /// Container id and runtime shown by a cgroup path. Recognized shapes (the id is 64 hex
@@ -229,7 +243,7 @@ pub fn systemd_unit(path: &str) -> Option<String> {
 /// The outermost match wins: a process can only create cgroups below its own, so a
 /// container cannot pose as another by naming a child cgroup. Give it a [`trusted_prefix`].
 pub fn container(path: &str) -> Option<super::Container> {
-    // Every event's path goes through here: no list of its components.
+    // No list of its components.
     let mut parent = "";
     for c in path.split('/') {
         let prev = std::mem::replace(&mut parent, c);
@@ -259,7 +273,7 @@ pub fn container(path: &str) -> Option<super::Container> {
                 }
             });
             return Some(super::Container {
-                id: id.to_ascii_lowercase(),
+                id: id.to_ascii_lowercase().into(),
                 runtime,
             });
         }
@@ -451,7 +465,7 @@ impl Cache {
             ),
             _ => (None, None),
         };
-        Some(ProcInfo {
+        let mut info = ProcInfo {
             start_time: stat.start_time,
             comm: stat.comm,
             ppid: Some(stat.ppid),
@@ -459,9 +473,11 @@ impl Cache {
             exe: exe.map(Into::into),
             command_line: join_cmdline(&cmdline, cut).map(Into::into),
             cgroup: cgroup.map(Into::into),
-            trusted_cgroup,
             cgroup_id,
-        })
+            ..ProcInfo::default()
+        };
+        info.set_trusted_cgroup(trusted_cgroup);
+        Some(info)
     }
 }
 
@@ -620,7 +636,7 @@ mod tests {
             (format!("/kubepods.slice/crio-{id}.scope"), "cri-o"),
         ] {
             let c = container(&path).unwrap_or_else(|| panic!("no container in {path}"));
-            assert_eq!((c.id.as_str(), c.runtime), (id.as_str(), runtime), "{path}");
+            assert_eq!((&*c.id, c.runtime), (id.as_str(), runtime), "{path}");
         }
         assert_eq!(container(&format!("/x/crio-conmon-{id}.scope")), None);
         assert_eq!(container("/system.slice/nginx.service"), None);
@@ -631,7 +647,7 @@ mod tests {
             "/system.slice/docker-{id}.scope/docker-{other}.scope"
         ))
         .expect("outer");
-        assert_eq!(c.id, id);
+        assert_eq!(&*c.id, id.as_str());
     }
 
     #[test]

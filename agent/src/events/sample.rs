@@ -66,10 +66,10 @@ pub fn deny() -> ConnectionEvent {
         cgroup: Cgroup {
             id: 614,
             path: Some(format!("/system.slice/docker-{}.scope", "ab12".repeat(16)).into()),
-            systemd_unit: Some(format!("docker-{}.scope", "ab12".repeat(16))),
+            systemd_unit: Some(format!("docker-{}.scope", "ab12".repeat(16)).into()),
         },
         container: Some(Container {
-            id: "ab12".repeat(16),
+            id: "ab12".repeat(16).into(),
             runtime: "docker",
         }),
         network: Network {

@@ -109,7 +109,7 @@ fn build_packet_socket_event() {
 fn build_maps_every_kernel_field() {
     let seq = Sequencer::new(sample::context());
     let p = policy();
-    let info = procinfo::ProcInfo {
+    let mut info = procinfo::ProcInfo {
         start_time: 1,
         comm: "dig".into(),
         ppid: Some(1),
@@ -117,9 +117,10 @@ fn build_maps_every_kernel_field() {
         exe: Some("/usr/bin/dig".into()),
         command_line: Some("dig @x".into()),
         cgroup: Some("/system.slice/bind.service/x".into()),
-        trusted_cgroup: Some("/system.slice/bind.service".into()),
         cgroup_id: None,
+        ..procinfo::ProcInfo::default()
     };
+    info.set_trusted_cgroup(Some("/system.slice/bind.service".into()));
     let ev = build(
         seq.header("connection", sample::T0),
         &p,
