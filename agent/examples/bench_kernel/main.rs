@@ -2,6 +2,7 @@
 //! the egressd library and its eBPF programs.
 //!
 //! `bench_kernel --set FILE [--cgroup DIR] [--reps R] [--first-runs K] [--proto]`
+//! `bench_kernel --noop DIR`
 //!
 //! `FILE` holds one `REGION CIDR` per line; every region is allowlisted (the benchmark
 //! policy allows exactly the prefixes of the set). The tool
@@ -19,7 +20,12 @@
 //! prints `{"ready":true}`, and serves commands on stdin, one per line: `stats-on` /
 //! `stats-off` (BPF run-time statistics, the same switch as `kernel.bpf_stats_enabled`),
 //! `stats` (one JSON line of `run_time_ns`/`run_cnt` per program), `quit`.
+//!
+//! With `--noop DIR` it does none of that: it attaches a program that allows at once to each
+//! of egressd's cgroup hooks on `DIR` (module `noop`, the floor of the connect benchmark),
+//! prints `{"ready":true,...}` and keeps them attached until `quit`.
 mod lookup;
+mod noop;
 mod rawbpf;
 
 use std::{
@@ -53,6 +59,7 @@ const MAX_REPEAT: u32 = 2_000_000;
 
 struct Args {
     set: PathBuf,
+    noop: Option<PathBuf>,
     cgroup: Option<PathBuf>,
     reps: usize,
     first_runs: usize,
@@ -62,6 +69,7 @@ struct Args {
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         set: PathBuf::new(),
+        noop: None,
         cgroup: None,
         reps: 3,
         first_runs: 20_000,
@@ -72,6 +80,7 @@ fn args() -> anyhow::Result<Args> {
         let mut val = || it.next().with_context(|| format!("{k} needs a value"));
         match k.as_str() {
             "--set" => a.set = val()?.into(),
+            "--noop" => a.noop = Some(val()?.into()),
             "--cgroup" => a.cgroup = Some(val()?.into()),
             "--reps" => a.reps = val()?.parse()?,
             "--first-runs" => a.first_runs = val()?.parse()?,
@@ -79,9 +88,9 @@ fn args() -> anyhow::Result<Args> {
             other => bail!("unexpected argument {other:?}"),
         }
     }
-    if a.set.as_os_str().is_empty() {
+    if a.set.as_os_str().is_empty() && a.noop.is_none() {
         bail!(
-            "usage: bench_kernel --set FILE [--cgroup DIR] [--reps R] [--first-runs K] [--proto]"
+            "usage: bench_kernel --set FILE [--cgroup DIR] [--reps R] [--first-runs K] [--proto]\n       bench_kernel --noop DIR"
         );
     }
     a.reps = a.reps.max(1);
@@ -381,6 +390,9 @@ fn table_forced(cfg: &Config, policy: &Policy) -> anyhow::Result<Value> {
 
 fn main() -> anyhow::Result<()> {
     let a = args()?;
+    if let Some(cgroup) = &a.noop {
+        return noop::serve(cgroup);
+    }
     let cfg = read_set(&a.set)?;
     let mut out = json!({});
 

@@ -1,6 +1,7 @@
 //! Raw `bpf(2)` for what the benchmark loads itself (aya is only used through egressd's
-//! loader): maps, tiny hand-assembled programs, `BPF_PROG_TEST_RUN` via egressd, program
-//! run statistics, and map memory from `/proc/self/fdinfo`.
+//! loader): maps, tiny hand-assembled programs and their bpf_links to a cgroup,
+//! `BPF_PROG_TEST_RUN` via egressd, program run statistics, and map memory from
+//! `/proc/self/fdinfo`.
 //!
 //! Layouts follow `include/uapi/linux/bpf.h`; every attribute struct is zero-initialised
 //! and passed with its own size, so the kernel sees zeros in every field not named here.
@@ -13,6 +14,7 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// `BPF_MAP_TYPE_ARRAY`.
 pub const MAP_ARRAY: u32 = 2;
@@ -23,7 +25,11 @@ pub const F_NO_PREALLOC: u32 = 1;
 /// `BPF_F_MMAPABLE`: array memory can be `mmap`ed and filled from userspace.
 pub const F_MMAPABLE: u32 = 1 << 10;
 /// `BPF_PROG_TYPE_CGROUP_SKB`.
-const PROG_CGROUP_SKB: u32 = 8;
+pub const PROG_CGROUP_SKB: u32 = 8;
+/// `BPF_PROG_TYPE_CGROUP_SOCK`.
+pub const PROG_CGROUP_SOCK: u32 = 9;
+/// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR`.
+pub const PROG_CGROUP_SOCK_ADDR: u32 = 18;
 
 fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, initialised bpf_attr prefix of the size passed; pointers it
@@ -104,11 +110,25 @@ struct ProgLoadAttr {
     kern_version: u32,
     prog_flags: u32,
     prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
 }
 
 /// Loads `insns` as a `BPF_PROG_TYPE_CGROUP_SKB` program named `name`; on rejection the
 /// error carries the verifier log.
 pub fn prog_load_skb(name: &str, insns: &[Insn]) -> io::Result<OwnedFd> {
+    prog_load(PROG_CGROUP_SKB, 0, name, insns)
+}
+
+/// Loads `insns` as a program of type `prog_type` (`enum bpf_prog_type`) for
+/// `expected_attach_type` (`enum bpf_attach_type`; 0 where the type needs none) named
+/// `name`; on rejection the error carries the verifier log.
+pub fn prog_load(
+    prog_type: u32,
+    expected_attach_type: u32,
+    name: &str,
+    insns: &[Insn],
+) -> io::Result<OwnedFd> {
     let license = c"GPL";
     // Large enough for the log of a verified loop (level 1 logs every state).
     let mut log = vec![0u8; 1 << 24];
@@ -117,7 +137,7 @@ pub fn prog_load_skb(name: &str, insns: &[Insn]) -> io::Result<OwnedFd> {
         *d = s;
     }
     let mut a = ProgLoadAttr {
-        prog_type: PROG_CGROUP_SKB,
+        prog_type,
         insn_cnt: u32::try_from(insns.len()).map_err(io::Error::other)?,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
@@ -125,6 +145,7 @@ pub fn prog_load_skb(name: &str, insns: &[Insn]) -> io::Result<OwnedFd> {
         log_size: u32::try_from(log.len()).map_err(io::Error::other)?,
         log_buf: log.as_mut_ptr() as u64,
         prog_name,
+        expected_attach_type,
         ..Default::default()
     };
     match sys_bpf(BPF_PROG_LOAD, &mut a) {
@@ -137,6 +158,32 @@ pub fn prog_load_skb(name: &str, insns: &[Insn]) -> io::Result<OwnedFd> {
             )))
         }
     }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// Attaches `prog` to the cgroup open as `cgroup` at `attach_type` with a bpf_link (as aya
+/// attaches egressd's programs: it coexists with every other program there); the program
+/// stays attached until the returned link descriptor is closed.
+pub fn link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    let mut a = LinkCreateAttr {
+        prog_fd: u32::try_from(prog.as_raw_fd()).map_err(io::Error::other)?,
+        target_fd: u32::try_from(cgroup.as_raw_fd()).map_err(io::Error::other)?,
+        attach_type,
+        flags: 0,
+    };
+    owned(sys_bpf(BPF_LINK_CREATE, &mut a)?)
 }
 
 #[repr(C)]

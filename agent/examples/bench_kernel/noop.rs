@@ -1,0 +1,88 @@
+//! The floor of any cgroup-BPF agent, for the connect benchmark's "no-op programs"
+//! contender: on each of egressd's cgroup hooks (its hook table,
+//! [`egressd::kernel::hooks::HOOKS`], so a hook added there is mirrored here), a program of
+//! the same type and attach type that allows at once (`r0 = 1; exit`), attached with a
+//! bpf_link to a cgroup of its own, as egressd attaches its programs. The benchmark moves its
+//! worker into that cgroup: what it then pays over no filter is the kernel's cost of having
+//! programs on these hooks at all (the cgroup-BPF run path and one program call per hook
+//! run), before a program does anything.
+//!
+//! egressd's global programs (the BPF LSM hooks, or the tc/egress fallback where those
+//! cannot run) get no twin here: the benchmark's egressd process keeps them attached while
+//! every contender is measured, the no-filter baseline included, so they are in every figure
+//! alike.
+use std::{
+    fs::File,
+    io::{BufRead as _, Write as _},
+    os::fd::{AsFd as _, OwnedFd},
+    path::Path,
+};
+
+use anyhow::Context as _;
+use egressd::kernel::hooks::{HOOKS, Hook, Kind};
+use serde_json::json;
+
+use crate::rawbpf::{
+    self, PROG_CGROUP_SKB, PROG_CGROUP_SOCK, PROG_CGROUP_SOCK_ADDR,
+    asm::{exit, mov_imm},
+};
+
+/// A no-op program attached to one hook (detached when the link is closed).
+struct Attached {
+    hook: &'static Hook,
+    _link: OwnedFd,
+}
+
+/// `BPF_PROG_TYPE_*` of `kind`'s programs; `None` for the global (not cgroup) hooks.
+fn prog_type(kind: Kind) -> Option<u32> {
+    match kind {
+        Kind::SockAddr => Some(PROG_CGROUP_SOCK_ADDR),
+        Kind::SkbEgress | Kind::SkbIngress => Some(PROG_CGROUP_SKB),
+        Kind::Sock => Some(PROG_CGROUP_SOCK),
+        Kind::Lsm => None,
+    }
+}
+
+/// Loads and attaches a no-op program to each of egressd's cgroup hooks on `cgroup`, in
+/// egressd's attach order.
+fn attach(cgroup: &Path) -> anyhow::Result<Vec<Attached>> {
+    let cg = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+    let mut out = Vec::new();
+    for hook in &HOOKS {
+        let Some(prog_type) = prog_type(hook.kind) else {
+            continue;
+        };
+        // 1 allows on every one of these hooks (sock_addr and sock_create: the call goes on;
+        // cgroup_skb: the packet passes).
+        let prog = rawbpf::prog_load(
+            prog_type,
+            hook.attach_type,
+            &format!("noop_{}", hook.pin),
+            &[mov_imm(0, 1), exit()],
+        )
+        .with_context(|| format!("loading the no-op program for {}", hook.name))?;
+        let link = rawbpf::link_create(prog.as_fd(), cg.as_fd(), hook.attach_type)
+            .with_context(|| format!("attaching a no-op program to {}", hook.name))?;
+        out.push(Attached { hook, _link: link });
+    }
+    Ok(out)
+}
+
+/// `bench_kernel --noop DIR`: attaches the no-op programs to `DIR`, prints
+/// `{"ready":true,"hooks":[...]}` (the hooks, as egressd names them), and keeps them attached
+/// until `quit` or the end of stdin.
+pub fn serve(cgroup: &Path) -> anyhow::Result<()> {
+    let attached = attach(cgroup)?;
+    let hooks: Vec<&str> = attached.iter().map(|a| a.hook.name).collect();
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    writeln!(w, "{}", json!({ "ready": true, "hooks": hooks }))?;
+    w.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        if line?.trim() == "quit" {
+            break;
+        }
+    }
+    drop(attached);
+    Ok(())
+}
