@@ -1,12 +1,13 @@
-//! `cargo xtask bench`: egressd side by side with nftables, ipset + iptables, plain iptables
-//! and no filter at all, measured in one run on this machine; writes `docs/benchmarks.md` and
-//! `docs/benchmarks-connect.svg`.
+//! `cargo xtask bench`: egressd side by side with nftables, ipset + iptables, plain iptables,
+//! no-op programs on egressd's hooks and no filter at all, measured in one run on this
+//! machine; writes `docs/benchmarks.md` and `docs/benchmarks-connect.svg`.
 //!
 //! Everything runs in the test bed (client namespace in a cgroup, "eu" host namespace), so
 //! nothing outside is filtered. Measurements, each in its own module:
 //! - [`connect`]: connect() rate and latency vs N for every contender ([`egressd`], [`nft`],
-//!   [`ipset`], [`iptables`], no filter), interleaved with the no-filter baseline, plus the
-//!   per-call cost of egressd's hooks from BPF run-time statistics;
+//!   [`ipset`], [`iptables`], [`noop`]: the floor of any agent on egressd's cgroup hooks, no
+//!   filter), interleaved with the no-filter baseline, plus the per-call cost of egressd's
+//!   hooks from BPF run-time statistics;
 //! - the `bench_kernel` example (egressd's library): skb program test runs, policy load and
 //!   reload, map memory, and the destination lookup alone (LPM trie vs DIR-24-8);
 //! - [`nft`], [`ipset`], [`iptables`]: their load and reload times for the same sets;
@@ -24,6 +25,7 @@ mod machine;
 mod memory;
 mod netns;
 mod nft;
+mod noop;
 mod plot;
 mod prefixes;
 mod report;
@@ -233,6 +235,8 @@ pub struct Results {
     pub connect: Vec<ConnectCell>,
     /// egressd hook costs.
     pub hooks: Vec<HookCost>,
+    /// The hooks the no-op programs were attached to ([`noop::Noop::hooks`]).
+    pub noop_hooks: Vec<String>,
     /// `bench_kernel` measurement per N, and its memory once attached.
     pub kernel: Vec<(usize, Value, Value)>,
     /// Firewall load/reload times.
@@ -636,6 +640,7 @@ fn measure(
         plain: plain.path().to_owned(),
         worker,
     };
+    let mut noop = noop::Noop::start(&kernel_bin)?;
     let overhead = netns::overhead(&bed.ns);
     let mut r = Results {
         plan: plan.clone(),
@@ -652,6 +657,7 @@ fn measure(
         sets: Vec::new(),
         connect: Vec::new(),
         hooks: Vec::new(),
+        noop_hooks: noop.hooks.clone(),
         kernel: Vec::new(),
         tools: Vec::new(),
         netns_overhead_ns: overhead,
@@ -681,6 +687,7 @@ fn measure(
             &plan,
             &mut r,
             &mut bed,
+            &mut noop,
             &set,
             &dir,
             &set_file,
@@ -732,6 +739,7 @@ fn per_n(
     plan: &Plan,
     r: &mut Results,
     bed: &mut Bed,
+    noop: &mut noop::Noop,
     set: &prefixes::PrefixSet,
     dir: &Path,
     set_file: &Path,
@@ -768,7 +776,8 @@ fn per_n(
     let mut none = connect::NoFilter;
     for rep in 0..plan.reps {
         for family in [Family::V4, Family::V6] {
-            let mut order: Vec<&mut dyn Filter> = vec![&mut none, &mut eg, &mut nft, &mut ips];
+            let mut order: Vec<&mut dyn Filter> =
+                vec![&mut none, &mut *noop, &mut eg, &mut nft, &mut ips];
             if let Some((i, _)) = ipt.as_mut() {
                 order.push(i);
             }

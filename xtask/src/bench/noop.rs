@@ -1,0 +1,98 @@
+//! Contender: no-op programs, the floor of any cgroup-BPF agent. `bench_kernel --noop DIR`
+//! (see `agent/examples/bench_kernel/noop.rs`) attaches a program that allows at once to
+//! each of egressd's cgroup hooks on a cgroup of this contender's own; enabling it moves the
+//! connect worker into that cgroup, disabling moves it back to `plain`, as for egressd. It
+//! holds no prefixes, so it is started once and measured at every N like the others.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::Path,
+    process::{Child, ChildStdin, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use egressd_testbed::{Cgroup, unique};
+use serde_json::Value;
+
+use super::{Bed, Filter};
+
+/// Name in the report.
+pub const NAME: &str = "no-op programs";
+
+/// The running `bench_kernel --noop` process and its cgroup.
+pub struct Noop {
+    child: Child,
+    stdin: ChildStdin,
+    cgroup: Cgroup,
+    /// The hooks it attached to, as egressd names them (`cgroup/connect4`, ...).
+    pub hooks: Vec<String>,
+}
+
+impl Noop {
+    /// Creates the cgroup, starts `bench_kernel` (`bin`) on it and waits until the programs
+    /// are attached.
+    pub fn start(bin: &Path) -> anyhow::Result<Self> {
+        let cgroup = Cgroup::create(&unique("egressd-bench-noop-"))?;
+        let mut child = Command::new(bin)
+            .arg("--noop")
+            .arg(cgroup.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} --noop", bin.display()))?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        // From here on `me` owns the child: an error below still stops it (Drop).
+        let mut me = Self {
+            child,
+            stdin,
+            cgroup,
+            hooks: Vec::new(),
+        };
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let ready: Value = serde_json::from_str(&line).with_context(|| {
+            let status = me.child.try_wait().ok().flatten();
+            format!("bench_kernel --noop answered {line:?} (exit status {status:?}; its stderr is above)")
+        })?;
+        if ready["ready"] != true {
+            bail!("bench_kernel --noop: unexpected {ready}");
+        }
+        me.hooks = ready["hooks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|h| h.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(me)
+    }
+}
+
+impl Filter for Noop {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn enable(&mut self, bed: &Bed) -> anyhow::Result<()> {
+        bed.worker.move_to(self.cgroup.path())
+    }
+    fn disable(&mut self, bed: &Bed) -> anyhow::Result<()> {
+        bed.worker.move_to(&bed.plain)
+    }
+}
+
+impl Drop for Noop {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        for _ in 0..100 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
