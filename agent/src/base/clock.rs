@@ -1,7 +1,8 @@
 //! Kernel timestamps to wall-clock time.
 //!
 //! Events carry `bpf_ktime_get_boot_ns()` (CLOCK_BOOTTIME); the offset to CLOCK_REALTIME is
-//! read at conversion time, so NTP steps after an event shift its time by at most the step.
+//! read at conversion time (again after at most a millisecond: [`boot_to_unix_ns`]), so NTP
+//! steps after an event shift its time by at most the step.
 
 fn now_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
