@@ -3,7 +3,8 @@
 //! published policy generation and its digest (from the pinned state record, see
 //! [`crate::kernel::pin`]), whether that policy is the last good one the daemon fell back to because
 //! the files on disk were invalid (the record's `fallback`, with the error and the kept
-//! policy's digest and generation), and the kernel counters.
+//! policy's digest and generation), the pinned TCX links of the `tc/egress` fallback, and the
+//! kernel counters.
 use std::os::fd::AsFd as _;
 
 use anyhow::Context as _;
@@ -29,6 +30,20 @@ pub struct HookStatus {
     pub link: Option<LinkState>,
 }
 
+/// One pinned TCX link of the `tc/egress` fallback for packet sockets (`DIR/tc/IFINDEX`,
+/// see [`crate::kernel::loader::tc`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct TcLinkStatus {
+    /// Interface index the pin is named after.
+    pub ifindex: u32,
+    /// The interface's name now (`if_indextoname(3)`); `None` once it is gone.
+    pub interface: Option<String>,
+    /// The link still runs on that interface (the kernel's link info names it).
+    pub attached: bool,
+    /// Kernel's view of the link, when it can be read.
+    pub link: Option<crate::kernel::pin::TcxLinkState>,
+}
+
 /// Everything `egressd status` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -36,6 +51,10 @@ pub struct Status {
     pub pin_dir: String,
     /// Hooks.
     pub hooks: Vec<HookStatus>,
+    /// Pinned TCX links of the `tc/egress` fallback (empty where the BPF LSM runs, and
+    /// where the kernel has no TCX: its `cls_bpf` filters are not pinned, `tc filter show
+    /// dev IFACE egress` lists them).
+    pub tc_egress: Vec<TcLinkStatus>,
     /// Generation published in the generation map (what the kernel uses).
     pub generation: u64,
     /// The state record the daemon wrote at its last install (digest, cgroup, ...).
@@ -76,6 +95,7 @@ pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
             }
         })
         .collect();
+    let tc_egress = tc_links(&dir.join("tc"));
     let state = pins.read_state().ok();
     let open = |name: &str| {
         MapData::from_pin(pins.map(name)).with_context(|| format!("opening pinned map {name}"))
@@ -103,11 +123,48 @@ pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
     Ok(Status {
         pin_dir: dir.display().to_string(),
         hooks,
+        tc_egress,
         generation,
         state,
         counters: rows,
         coverage: crate::kernel::coverage::probe().summary(),
     })
+}
+
+/// The TCX links pinned in `dir` (`DIR/tc`), by interface index; none when it is absent.
+fn tc_links(dir: &std::path::Path) -> Vec<TcLinkStatus> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<TcLinkStatus> = entries
+        .flatten()
+        .filter_map(|e| {
+            let ifindex: u32 = e.file_name().to_str()?.parse().ok()?;
+            let link = crate::kernel::pin::obj_get(&e.path())
+                .and_then(|fd| crate::kernel::pin::tcx_link_state(fd.as_fd()))
+                .ok();
+            Some(TcLinkStatus {
+                ifindex,
+                interface: interface_name(ifindex),
+                attached: link.is_some_and(|l| l.ifindex == ifindex),
+                link,
+            })
+        })
+        .collect();
+    out.sort_by_key(|t| t.ifindex);
+    out
+}
+
+/// `if_indextoname(3)` of `ifindex` in this network namespace.
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as the call requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
 impl Status {
@@ -177,6 +234,20 @@ impl Status {
             };
             s.push_str(&format!("  {:<12} {what}\n", h.hook));
         }
+        if !self.tc_egress.is_empty() {
+            s.push_str("tc/egress (packet sockets, TCX links):\n");
+        }
+        for t in &self.tc_egress {
+            let name = t.interface.as_deref().unwrap_or("(gone)");
+            let what = match (t.attached, t.link) {
+                (true, Some(l)) => {
+                    format!("attached (link {}, program {})", l.link_id, l.program_id)
+                }
+                (false, Some(_)) => "pinned but DETACHED".to_owned(),
+                (_, None) => "pinned, link unreadable".to_owned(),
+            };
+            s.push_str(&format!("  {name} (ifindex {}) {what}\n", t.ifindex));
+        }
         s.push_str("counters:\n");
         for c in &self.counters {
             s.push_str(&format!(
@@ -197,6 +268,7 @@ mod tests {
         Status {
             pin_dir: "/sys/fs/bpf/egressd".into(),
             hooks: Vec::new(),
+            tc_egress: Vec::new(),
             generation: 3,
             state: Some(PinnedState {
                 cgroup: "/sys/fs/cgroup".into(),
@@ -243,6 +315,43 @@ mod tests {
             "{text}"
         );
         assert!(!status(None).to_text().contains("FALLBACK"));
+    }
+
+    /// Each pinned TCX link is a line: attached with its ids, detached, or gone.
+    #[test]
+    fn status_text_lists_the_tc_links() {
+        use crate::kernel::pin::TcxLinkState;
+        let mut st = status(None);
+        assert!(!st.to_text().contains("tc/egress"));
+        let link = |ifindex| {
+            Some(TcxLinkState {
+                link_id: 7,
+                program_id: 9,
+                ifindex,
+            })
+        };
+        st.tc_egress = vec![
+            TcLinkStatus {
+                ifindex: 2,
+                interface: Some("eth0".into()),
+                attached: true,
+                link: link(2),
+            },
+            TcLinkStatus {
+                ifindex: 5,
+                interface: None,
+                attached: false,
+                link: link(0),
+            },
+        ];
+        let text = st.to_text();
+        assert!(
+            text.contains(
+                "tc/egress (packet sockets, TCX links):\n  eth0 (ifindex 2) attached (link 7, \
+                 program 9)\n  (gone) (ifindex 5) pinned but DETACHED\n"
+            ),
+            "{text}"
+        );
     }
 
     /// The record round-trips through the pinned state's JSON; a record written before the

@@ -590,16 +590,48 @@ pub struct LinkState {
 pub fn link_state(fd: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<LinkState> {
     // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union { struct { u64 cgroup_id;
     // u32 attach_type; } cgroup; ... } } padded to 8 bytes.
-    let mut info = [0u64; 8];
-    let mut attr = [0u64; 2];
-    attr[0] = u64::try_from(fd.as_raw_fd())? | ((std::mem::size_of_val(&info) as u64) << 32);
-    attr[1] = info.as_mut_ptr() as u64;
-    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
+    let info = link_info(fd)?;
     Ok(LinkState {
         link_id: (info[0] >> 32) as u32,
         program_id: (info[1] & 0xffff_ffff) as u32,
         cgroup_id: info[2],
     })
+}
+
+/// A TCX link as the kernel sees it (`BPF_OBJ_GET_INFO_BY_FD`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TcxLinkState {
+    /// Link id.
+    pub link_id: u32,
+    /// Program id the link runs.
+    pub program_id: u32,
+    /// Interface index it is attached to; 0 once the interface is gone or the link detached.
+    pub ifindex: u32,
+}
+
+/// Reads `bpf_link_info` of a TCX link descriptor (Linux 6.6).
+///
+/// # Errors
+/// The descriptor is not a link.
+pub fn tcx_link_state(fd: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<TcxLinkState> {
+    // The union's member for TCX: struct { u32 ifindex; u32 attach_type; } tcx.
+    let info = link_info(fd)?;
+    Ok(TcxLinkState {
+        link_id: (info[0] >> 32) as u32,
+        program_id: (info[1] & 0xffff_ffff) as u32,
+        ifindex: (info[2] & 0xffff_ffff) as u32,
+    })
+}
+
+/// The first 64 bytes of `struct bpf_link_info` of `fd` as 64-bit words (the callers' field
+/// offsets are those of a little-endian target).
+fn link_info(fd: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<[u64; 8]> {
+    let mut info = [0u64; 8];
+    let mut attr = [0u64; 2];
+    attr[0] = u64::try_from(fd.as_raw_fd())? | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
+    Ok(info)
 }
 
 /// Atomically replaces the program of link `link` with `program` (`BPF_LINK_UPDATE`).

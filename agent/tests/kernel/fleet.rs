@@ -72,6 +72,17 @@ pub fn pinned_restart() -> Result<(), Failed> {
     {
         return Err(format!("a hook is not attached: {st1}").into());
     }
+    // Every pinned TCX link of the tc/egress fallback (where this kernel needs it) is
+    // listed by name and attached.
+    let tc_pins = std::fs::read_dir(pins.0.join("tc")).map_or(0, Iterator::count);
+    let tc = st1["tc_egress"].as_array().cloned().unwrap_or_default();
+    if tc.len() != tc_pins
+        || tc
+            .iter()
+            .any(|t| t["attached"] != true || !t["interface"].is_string())
+    {
+        return Err(format!("{tc_pins} tc pins, status lists: {tc:?}").into());
+    }
     let deny1 = counter(&st1, "cgroup/connect4", "us", "deny");
     if deny1 != 1 {
         return Err(format!("want 1 deny counted, status says {deny1}: {st1}").into());
