@@ -57,13 +57,10 @@ pub struct ProcInfo {
     pub command_line: Option<Arc<str>>,
     /// cgroup v2 path (`0::PATH` line of `/proc/PID/cgroup`).
     pub cgroup: Option<Arc<str>>,
-    /// The leading part of `cgroup` that root alone could have named ([`trusted_prefix`]);
-    /// container ids and systemd units are read from it. `None` when it cannot be checked.
-    /// Set with [`Self::set_trusted_cgroup`], which derives the next two fields.
-    pub trusted_cgroup: Option<String>,
-    /// [`systemd_unit`] of `trusted_cgroup` (found once per process, not per event).
+    /// [`systemd_unit`] of the trusted part of `cgroup` (found once per process, not per
+    /// event; [`Self::set_trusted_cgroup`]).
     pub systemd_unit: Option<Arc<str>>,
-    /// [`container`] of `trusted_cgroup` (found once per process, not per event).
+    /// [`container`] of the trusted part of `cgroup` (as `systemd_unit`).
     pub container: Option<super::Container>,
     /// Inode number of the cgroup directory, which is the kernel's cgroup id
     /// (`bpf_get_current_cgroup_id`); `None` when it cannot be read.
@@ -71,11 +68,12 @@ pub struct ProcInfo {
 }
 
 impl ProcInfo {
-    /// Sets `trusted_cgroup` and the systemd unit and container read from it.
-    pub fn set_trusted_cgroup(&mut self, trusted: Option<String>) {
-        self.systemd_unit = trusted.as_deref().and_then(systemd_unit);
-        self.container = trusted.as_deref().and_then(container);
-        self.trusted_cgroup = trusted;
+    /// Sets the systemd unit and container from `trusted`: the leading part of `cgroup` that
+    /// root alone could have named ([`trusted_prefix`]), `None` when it cannot be checked
+    /// (then neither is reported: a workload could name its own cgroups to pose as another).
+    pub fn set_trusted_cgroup(&mut self, trusted: Option<&str>) {
+        self.systemd_unit = trusted.and_then(systemd_unit);
+        self.container = trusted.and_then(container);
     }
 }
 
@@ -476,7 +474,7 @@ impl Cache {
             cgroup_id,
             ..ProcInfo::default()
         };
-        info.set_trusted_cgroup(trusted_cgroup);
+        info.set_trusted_cgroup(trusted_cgroup.as_deref());
         Some(info)
     }
 }

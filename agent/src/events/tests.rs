@@ -120,7 +120,7 @@ fn build_maps_every_kernel_field() {
         cgroup_id: None,
         ..procinfo::ProcInfo::default()
     };
-    info.set_trusted_cgroup(Some("/system.slice/bind.service".into()));
+    info.set_trusted_cgroup(Some("/system.slice/bind.service"));
     let ev = build(
         seq.header("connection", sample::T0),
         &p,

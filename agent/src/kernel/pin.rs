@@ -588,13 +588,12 @@ pub struct LinkState {
 /// # Errors
 /// The descriptor is not a link.
 pub fn link_state(fd: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<LinkState> {
-    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union { struct { u64 cgroup_id;
-    // u32 attach_type; } cgroup; ... } } padded to 8 bytes.
-    let info = link_info(fd)?;
+    // The union's member for cgroups: struct { u64 cgroup_id; u32 attach_type; } cgroup.
+    let (_, link_id, program_id, target) = link_info(fd)?;
     Ok(LinkState {
-        link_id: (info[0] >> 32) as u32,
-        program_id: (info[1] & 0xffff_ffff) as u32,
-        cgroup_id: info[2],
+        link_id,
+        program_id,
+        cgroup_id: target,
     })
 }
 
@@ -612,26 +611,37 @@ pub struct TcxLinkState {
 /// Reads `bpf_link_info` of a TCX link descriptor (Linux 6.6).
 ///
 /// # Errors
-/// The descriptor is not a link.
+/// The descriptor is not a TCX link (anything else pinned in its place).
 pub fn tcx_link_state(fd: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<TcxLinkState> {
+    /// `BPF_LINK_TYPE_TCX` (`include/uapi/linux/bpf.h`).
+    const BPF_LINK_TYPE_TCX: u32 = 11;
     // The union's member for TCX: struct { u32 ifindex; u32 attach_type; } tcx.
-    let info = link_info(fd)?;
+    let (kind, link_id, program_id, target) = link_info(fd)?;
+    if kind != BPF_LINK_TYPE_TCX {
+        bail!("not a TCX link (link type {kind})");
+    }
     Ok(TcxLinkState {
-        link_id: (info[0] >> 32) as u32,
-        program_id: (info[1] & 0xffff_ffff) as u32,
-        ifindex: (info[2] & 0xffff_ffff) as u32,
+        link_id,
+        program_id,
+        ifindex: (target & 0xffff_ffff) as u32,
     })
 }
 
-/// The first 64 bytes of `struct bpf_link_info` of `fd` as 64-bit words (the callers' field
-/// offsets are those of a little-endian target).
-fn link_info(fd: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<[u64; 8]> {
+/// Link type, link id, program id and the first 8 bytes of the union of `fd`'s
+/// `struct bpf_link_info` (`{ u32 type; u32 id; u32 prog_id; union {...} }`, the union 8-byte
+/// aligned; the offsets are those of a little-endian target).
+fn link_info(fd: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<(u32, u32, u32, u64)> {
     let mut info = [0u64; 8];
     let mut attr = [0u64; 2];
     attr[0] = u64::try_from(fd.as_raw_fd())? | ((std::mem::size_of_val(&info) as u64) << 32);
     attr[1] = info.as_mut_ptr() as u64;
     sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
-    Ok(info)
+    Ok((
+        (info[0] & 0xffff_ffff) as u32,
+        (info[0] >> 32) as u32,
+        (info[1] & 0xffff_ffff) as u32,
+        info[2],
+    ))
 }
 
 /// Atomically replaces the program of link `link` with `program` (`BPF_LINK_UPDATE`).

@@ -251,6 +251,21 @@ pub struct Results {
     pub spool: Vec<spool::Variant>,
 }
 
+/// Stops a `bench_kernel` child: `quit` on its stdin, up to 5 s to exit, then SIGKILL.
+fn quit(child: &mut std::process::Child, stdin: &mut std::process::ChildStdin) {
+    use std::io::Write as _;
+    let _ = writeln!(stdin, "quit");
+    let _ = stdin.flush();
+    for _ in 0..100 {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -4,10 +4,9 @@
 //! connect worker into that cgroup, disabling moves it back to `plain`, as for egressd. It
 //! holds no prefixes, so it is started once and measured at every N like the others.
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader},
     path::Path,
     process::{Child, ChildStdin, Command, Stdio},
-    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -84,15 +83,6 @@ impl Filter for Noop {
 
 impl Drop for Noop {
     fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.stdin.flush();
-        for _ in 0..100 {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::quit(&mut self.child, &mut self.stdin);
     }
 }
