@@ -3,6 +3,8 @@
 //! Events carry `bpf_ktime_get_boot_ns()` (CLOCK_BOOTTIME); the offset to CLOCK_REALTIME is
 //! read at conversion time (again after at most a millisecond: [`boot_to_unix_ns`]), so NTP
 //! steps after an event shift its time by at most the step.
+//! The kernel's timestamps are the initial time namespace's CLOCK_BOOTTIME: egressd must run
+//! there (in a time namespace with a boottime offset every event's time is off by it).
 
 fn now_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
