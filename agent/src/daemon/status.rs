@@ -36,7 +36,7 @@ pub struct HookStatus {
 pub struct TcLinkStatus {
     /// Interface index the pin is named after.
     pub ifindex: u32,
-    /// The interface's name now (`if_indextoname(3)`); `None` once it is gone.
+    /// The interface's name now (in the caller's network namespace); `None` once it is gone.
     pub interface: Option<String>,
     /// The link still runs on that interface (the kernel's link info names it).
     pub attached: bool,
@@ -95,7 +95,7 @@ pub fn status(dir: &std::path::Path) -> anyhow::Result<Status> {
             }
         })
         .collect();
-    let tc_egress = tc_links(&dir.join("tc"));
+    let tc_egress = tc_links(&crate::kernel::loader::tc::pins_dir(dir));
     let state = pins.read_state().ok();
     let open = |name: &str| {
         MapData::from_pin(pins.map(name)).with_context(|| format!("opening pinned map {name}"))
@@ -136,6 +136,7 @@ fn tc_links(dir: &std::path::Path) -> Vec<TcLinkStatus> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
+    let names = crate::kernel::loader::tc::interfaces().unwrap_or_default();
     let mut out: Vec<TcLinkStatus> = entries
         .flatten()
         .filter_map(|e| {
@@ -145,7 +146,10 @@ fn tc_links(dir: &std::path::Path) -> Vec<TcLinkStatus> {
                 .ok();
             Some(TcLinkStatus {
                 ifindex,
-                interface: interface_name(ifindex),
+                interface: names
+                    .iter()
+                    .find(|(i, _)| *i == ifindex)
+                    .map(|(_, name)| name.clone()),
                 attached: link.is_some_and(|l| l.ifindex == ifindex),
                 link,
             })
@@ -153,18 +157,6 @@ fn tc_links(dir: &std::path::Path) -> Vec<TcLinkStatus> {
         .collect();
     out.sort_by_key(|t| t.ifindex);
     out
-}
-
-/// `if_indextoname(3)` of `ifindex` in this network namespace.
-fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: the buffer holds IF_NAMESIZE bytes, as the call requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if p.is_null() {
-        return None;
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
 impl Status {

@@ -127,6 +127,12 @@ fn program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
         .with_context(|| format!("program {} has an unexpected type", programs::TC_EGRESS))
 }
 
+/// Where pinned mode keeps the TCX links under the pin directory `pin_root`: `DIR/tc`, one
+/// pin per interface named by its index ([`link_pin`]).
+pub fn pins_dir(pin_root: &Path) -> PathBuf {
+    pin_root.join("tc")
+}
+
 /// Pin of the TCX link on interface `ifindex` under `dir` (`DIR/tc`).
 fn link_pin(dir: &Path, ifindex: u32) -> PathBuf {
     dir.join(ifindex.to_string())
@@ -161,7 +167,7 @@ impl TcCover {
             return;
         }
         if let Some(root) = pin_root {
-            let dir = root.join("tc");
+            let dir = pins_dir(root);
             // 0700 like the pin directory's own `maps` and `links` (PinDir::prepare).
             // An existing one (an earlier build made it 0755) is narrowed too.
             let made = {
@@ -406,7 +412,7 @@ fn verifier_log(e: &aya::programs::ProgramError) -> String {
 /// A pin or filter that exists could not be removed.
 pub fn detach(pin_root: &Path, cgroup: Option<&Path>) -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
-    let dir = pin_root.join("tc");
+    let dir = pins_dir(pin_root);
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
             std::fs::remove_file(e.path())
