@@ -29,8 +29,8 @@ pub struct Loss {
     pub suppressed: u64,
 }
 
-/// Reads all non-zero counters. One lookup per slot, summing the per-CPU values; regions
-/// are named by `policy`.
+/// Reads all non-zero counters, summing the per-CPU values; regions are named by `policy`.
+/// The whole array in one batch read ([`crate::kernel::batch`]).
 pub fn counters(
     map: &PerCpuArray<MapData, u64>,
     policy: &Policy,
@@ -43,13 +43,14 @@ pub fn counters_named(
     map: &PerCpuArray<MapData, u64>,
     label: impl Fn(u32) -> String,
 ) -> anyhow::Result<Vec<CounterRow>> {
+    let all = crate::kernel::batch::read_per_cpu(map)?;
     let mut rows = Vec::new();
     for hook in 0..HOOK_SLOTS {
         for region in 0..MAX_REGIONS {
             for verdict in 0..VERDICT_COUNT {
                 let idx = counter_index(hook, region, verdict);
                 debug_assert!(idx < COUNTER_SLOTS);
-                let count: u64 = map.get(&idx, 0)?.iter().sum();
+                let count: u64 = all.slot(idx).iter().sum();
                 if count == 0 {
                     continue;
                 }
@@ -85,14 +86,15 @@ pub fn flows(
     map: &PerCpuArray<MapData, FlowCounter>,
     policy: &Policy,
 ) -> anyhow::Result<Vec<FlowRow>> {
+    let all = crate::kernel::batch::read_per_cpu(map)?;
     let mut rows = Vec::new();
     for (dir, name) in [(0u32, "egress"), (1, "ingress")] {
         for region in 0..MAX_REGIONS {
             for verdict in 0..VERDICT_COUNT {
                 let idx = flow_index(dir, region, verdict);
                 debug_assert!(idx < FLOW_SLOTS);
-                let (packets, bytes) = map
-                    .get(&idx, 0)?
+                let (packets, bytes) = all
+                    .slot(idx)
                     .iter()
                     .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
                 if packets == 0 {

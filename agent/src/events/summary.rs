@@ -232,6 +232,12 @@ pub struct Unreported {
     overflow_base: Vec<u64>,
 }
 
+/// Element `index` of a whole-array read; an index past its end is an error of the caller's
+/// layout, read as 0 (the map is sized from the same constants).
+fn slot_value(all: &[u64], index: u32) -> u64 {
+    all.get(index as usize).copied().unwrap_or(0)
+}
+
 /// Rule name of a summary of suppressed counts flushed at the stop.
 pub const WHY_SUPPRESSED: &str = "suppressed";
 /// Rule name of a summary of attempts neither the ring buffer nor the summary table took.
@@ -240,10 +246,10 @@ pub const WHY_OVERFLOW: &str = "summary_table_full";
 impl Unreported {
     /// Reads the overflow counts present now. Errors: map reads.
     pub fn new(map: Array<MapData, u64>) -> anyhow::Result<Self> {
-        let mut overflow_base = Vec::with_capacity(COUNTER_SLOTS as usize);
-        for slot in 0..COUNTER_SLOTS {
-            overflow_base.push(map.get(&(unreported::OVERFLOW + slot), 0)?);
-        }
+        let all = crate::kernel::batch::read_array(&map)?;
+        let overflow_base = (0..COUNTER_SLOTS)
+            .map(|slot| slot_value(&all, unreported::OVERFLOW + slot))
+            .collect();
         Ok(Self { map, overflow_base })
     }
 
@@ -256,14 +262,13 @@ impl Unreported {
         pending: bool,
         now_boot_ns: u64,
     ) -> anyhow::Result<Vec<(Taken, &'static str)>> {
+        let all = crate::kernel::batch::read_array(&self.map)?;
         let mut out = Vec::new();
         for slot in 0..COUNTER_SLOTS {
-            let over = self
-                .map
-                .get(&(unreported::OVERFLOW + slot), 0)?
+            let over = slot_value(&all, unreported::OVERFLOW + slot)
                 .wrapping_sub(self.overflow_base[slot as usize]);
             let held = if pending {
-                self.map.get(&(unreported::PENDING + slot), 0)?
+                slot_value(&all, unreported::PENDING + slot)
             } else {
                 0
             };

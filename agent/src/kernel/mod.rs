@@ -4,10 +4,12 @@
 //! ([`pin`]); the hook table ([`hooks`]) and BTF offsets ([`offsets`]) both use;
 //! `BPF_PROG_TEST_RUN` of the packet program ([`testrun`]); the feature probes and
 //! the coverage report ([`coverage`]); cgroup v2 paths ([`cgroup`]); capabilities
-//! ([`privileges`]); the route mirror of the device-forced next-hop check ([`routes`]).
+//! ([`privileges`]); the route mirror of the device-forced next-hop check ([`routes`]);
+//! batch reads and writes of maps ([`batch`]).
 //!
 //! May use [`crate::base`], [`crate::config`] and [`crate::policy`] (what to load), never the
 //! event pipeline or the daemon above it.
+pub mod batch;
 pub mod cgroup;
 pub mod coverage;
 pub mod hooks;

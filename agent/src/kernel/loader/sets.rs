@@ -444,14 +444,16 @@ pub(super) fn fill_set(
                     .collect()
             }
         };
-        if !delete_batch(fd4, &stale) {
+        if !crate::kernel::batch::delete(fd4, &stale) {
             for k in &stale {
                 let _ = trie.remove(k);
             }
         }
         let keys: Vec<Key<[u8; 4]>> = want.iter().map(|(n, _)| key4(n)).collect();
         let values: Vec<u32> = want.iter().map(|(_, e)| *e).collect();
-        if !update_batch(fd4, &keys, &values).with_context(|| format!("filling {name}"))? {
+        if !crate::kernel::batch::update(fd4, &keys, &values)
+            .with_context(|| format!("filling {name}"))?
+        {
             for (net, entry) in want {
                 trie.insert(&key4(net), entry, 0)
                     .with_context(|| format!("inserting {net} into {name}"))?;
@@ -472,7 +474,7 @@ pub(super) fn fill_set(
                     .collect()
             }
         };
-        if !delete_batch(fd6, &stale) {
+        if !crate::kernel::batch::delete(fd6, &stale) {
             let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map(ebpf, name)?)?;
             for k in &stale {
                 let _ = trie.remove(k);
@@ -486,7 +488,7 @@ pub(super) fn fill_set(
         let shared: &Ebpf = ebpf;
         let (batched, written) = std::thread::scope(|s| {
             let trie = s.spawn(|| {
-                let r = update_batch(fd6, &keys, &values);
+                let r = crate::kernel::batch::update(fd6, &keys, &values);
                 (r, started.elapsed())
             });
             let written = if table {
@@ -560,106 +562,6 @@ fn trie_fd(ebpf: &Ebpf, name: &str) -> anyhow::Result<RawFd> {
         Some(aya::maps::Map::LpmTrie(data)) => Ok(data.fd().as_fd().as_raw_fd()),
         _ => bail!("map {name} missing from the eBPF object or not an LPM trie"),
     }
-}
-
-/// `BPF_MAP_DELETE_BATCH` of `keys`; false when it did not delete them all (the caller then
-/// deletes one by one, ignoring keys already gone).
-fn delete_batch<K: Copy>(fd: RawFd, keys: &[K]) -> bool {
-    if keys.is_empty() {
-        return true;
-    }
-    let Ok(count) = u32::try_from(keys.len()) else {
-        return false;
-    };
-    let Ok(map_fd) = u32::try_from(fd) else {
-        return false;
-    };
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: 0,
-        keys: keys.as_ptr() as u64,
-        values: 0,
-        count,
-        map_fd,
-        elem_flags: 0,
-        flags: 0,
-    };
-    // SAFETY: as in `update_batch`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_DELETE_BATCH,
-            &raw mut attr,
-            size_of::<BatchAttr>(),
-        )
-    };
-    r == 0 && attr.count == count
-}
-
-/// The `batch` member of `union bpf_attr`.
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-
-/// `BPF_MAP_UPDATE_BATCH` (`include/uapi/linux/bpf.h`): one syscall for all elements,
-/// several times faster than one `BPF_MAP_UPDATE_ELEM` each for a large policy. Returns
-/// `Ok(false)` when the kernel does not support batch updates for this map type (then the
-/// caller inserts one by one), an error when it failed part way.
-fn update_batch<K: Copy, V: Copy>(fd: RawFd, keys: &[K], values: &[V]) -> anyhow::Result<bool> {
-    if keys.is_empty() {
-        return Ok(true);
-    }
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: 0,
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: u32::try_from(keys.len().min(values.len()))?,
-        map_fd: u32::try_from(fd)?,
-        elem_flags: 0,
-        flags: 0,
-    };
-    let want = attr.count;
-    // SAFETY: `attr` is a valid bpf_attr prefix; keys and values outlive the call and hold
-    // `count` elements of the map's key and value sizes.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &raw mut attr,
-            size_of::<BatchAttr>(),
-        )
-    };
-    if r == 0 {
-        return Ok(true);
-    }
-    let err = std::io::Error::last_os_error();
-    // ENOTSUPP (524, kernel-internal) and EOPNOTSUPP: the map type has no batch operation
-    // (LPM tries before 5.x), so nothing was stored and `count` was never written back (it
-    // still holds what was asked). EINVAL: an old kernel without the command; it stored
-    // nothing only if it says so.
-    let unsupported = match err.raw_os_error() {
-        Some(libc::EOPNOTSUPP | 524) => true,
-        Some(libc::EINVAL) => attr.count == 0,
-        _ => false,
-    };
-    if unsupported {
-        return Ok(false);
-    }
-    Err(anyhow!(
-        "BPF_MAP_UPDATE_BATCH stored {} of {want} elements: {err}",
-        attr.count
-    ))
 }
 
 fn key4(net: &Ipv4Network) -> Key<[u8; 4]> {
