@@ -121,7 +121,7 @@ fn lookup_array<V: Pod + Default>(
     len: u32,
     per_elem: usize,
 ) -> anyhow::Result<Option<Vec<V>>> {
-    debug_assert!(per_elem == 1 || size_of::<V>() % 8 == 0);
+    debug_assert!(per_elem == 1 || size_of::<V>().is_multiple_of(8));
     let n = len as usize;
     let mut out = vec![V::default(); n * per_elem];
     let mut keys = vec![0u32; n];
@@ -204,7 +204,7 @@ pub fn read_per_cpu<V: Pod + Default>(
 ) -> anyhow::Result<PerCpuRead<V>> {
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
     let fd = map.map().fd().as_fd().as_raw_fd();
-    if size_of::<V>() % 8 == 0
+    if size_of::<V>().is_multiple_of(8)
         && let Some(values) = lookup_array(fd, map.len(), cpus)?
     {
         return Ok(PerCpuRead { values, cpus });
