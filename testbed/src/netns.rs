@@ -14,39 +14,38 @@ pub struct Netns {
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    ip_with_input(args, None)
 }
 
 /// Runs `lines` (`ip` commands without the `ip`) in namespace `ns` through one `ip -batch`
 /// process: under TCG in the VM runs a process start costs 0.1-0.2 s, and a test bed took
 /// 26 of them (3-4 s of each kernel test).
 fn ip_batch(ns: &str, lines: &[String]) -> anyhow::Result<()> {
+    ip_with_input(&["-n", ns, "-batch", "-"], Some(&lines.join("\n")))
+        .with_context(|| format!("commands: {}", lines.join("; ")))
+}
+
+/// `ip ARGS` with `input` on its standard input; an error with its stderr when it fails.
+fn ip_with_input(args: &[&str], input: Option<&str>) -> anyhow::Result<()> {
     let mut child = Command::new("ip")
-        .args(["-n", ns, "-batch", "-"])
-        .stdin(Stdio::piped())
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("running ip (iproute2)")?;
-    let mut stdin = child.stdin.take().context("ip -batch: no stdin")?;
-    stdin.write_all(lines.join("\n").as_bytes())?;
-    drop(stdin);
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes())?;
+    }
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
-            "ip -n {ns} -batch ({}): {}",
-            lines.join("; "),
+            "ip {}: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }

@@ -31,16 +31,9 @@ pub fn delete<K: Copy>(fd: RawFd, keys: &[K]) -> bool {
         elem_flags: 0,
         flags: 0,
     };
-    // SAFETY: as in `update`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_DELETE_BATCH,
-            &raw mut attr,
-            size_of::<BatchAttr>(),
-        )
-    };
-    r == 0 && attr.count == count
+    // SAFETY: `keys` outlives the call and holds `count` keys of the map's key size.
+    let r = unsafe { bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr) };
+    r.is_ok() && attr.count == count
 }
 
 /// The `batch` member of `union bpf_attr`.
@@ -55,8 +48,25 @@ struct BatchAttr {
     elem_flags: u64,
     flags: u64,
 }
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// `bpf(cmd, attr)` for one of the batch commands; the kernel writes the elements done back
+/// into `attr.count` (and the position token into `*attr.out_batch`).
+///
+/// # Safety
+/// `attr`'s `keys`, `values`, `in_batch` and `out_batch` are null or point to memory valid
+/// for `count` elements of the map's key and value sizes (tokens: one key).
+unsafe fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr prefix; its pointers as the caller promises.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, &raw mut *attr, size_of::<BatchAttr>()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 
 /// `BPF_MAP_UPDATE_BATCH` (`include/uapi/linux/bpf.h`): one syscall for all elements,
 /// several times faster than one `BPF_MAP_UPDATE_ELEM` each for a large policy. Returns
@@ -77,20 +87,11 @@ pub fn update<K: Copy, V: Copy>(fd: RawFd, keys: &[K], values: &[V]) -> anyhow::
         flags: 0,
     };
     let want = attr.count;
-    // SAFETY: `attr` is a valid bpf_attr prefix; keys and values outlive the call and hold
-    // `count` elements of the map's key and value sizes.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &raw mut attr,
-            size_of::<BatchAttr>(),
-        )
-    };
-    if r == 0 {
+    // SAFETY: keys and values outlive the call and hold `count` elements of the map's key
+    // and value sizes.
+    let Err(err) = (unsafe { bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr) }) else {
         return Ok(true);
-    }
-    let err = std::io::Error::last_os_error();
+    };
     // ENOTSUPP (524, kernel-internal) and EOPNOTSUPP: the map type has no batch operation
     // (LPM tries before 5.x), so nothing was stored and `count` was never written back (it
     // still holds what was asked). EINVAL: an old kernel without the command; it stored
@@ -108,8 +109,6 @@ pub fn update<K: Copy, V: Copy>(fd: RawFd, keys: &[K], values: &[V]) -> anyhow::
         attr.count
     ))
 }
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// Every element of the BPF array (plain or per-CPU) behind `fd`: `len` elements of
 /// `per_elem` values each (1, or the possible CPU count of a per-CPU array, each value
@@ -142,18 +141,9 @@ fn lookup_array<V: Pod + Default>(
             elem_flags: 0,
             flags: 0,
         };
-        // SAFETY: `attr` is a valid bpf_attr prefix; `keys` holds `len` u32 keys and
-        // `values` `len` elements of `per_elem` values of the map's (padded) value size;
-        // the tokens are u32, an array's key size.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>(),
-            )
-        };
-        let err = (r != 0).then(std::io::Error::last_os_error);
+        // SAFETY: `keys` holds `len` u32 keys and `values` `len` elements of `per_elem`
+        // values of the map's (padded) value size; the tokens are u32, an array's key size.
+        let err = unsafe { bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         let end = match err.as_ref().and_then(std::io::Error::raw_os_error) {
             None => false,
             // The last elements: `count` of them are valid.
