@@ -36,7 +36,8 @@ pub struct Kernel {
     /// slower.
     pub tcg_single: bool,
     /// How long its whole suite runs relative to the others (higher: longer); `vm-test`
-    /// starts the longest first. 6.1's verifier makes its daemon start-ups the slowest.
+    /// starts the single-threaded TCG kernels first and, among those, the longest first.
+    /// 6.1's verifier makes its daemon start-ups the slowest.
     pub suite_weight: u8,
 }
 

@@ -218,8 +218,8 @@ pub fn run(args: Args) -> anyhow::Result<Vec<KernelResult>> {
     // The single-threaded TCG kernels first (longest first): each keeps one host CPU busy,
     // so two of them fill both. The multi-threaded one comes last, when a slot frees, and
     // can then use both CPUs once it is alone. The other way round (the multi-threaded 5.10
-    // beside 6.1, then 6.12 alone) left one CPU idle for the whole of 6.12's run: about 15
-    // minutes of a 55-minute VM phase on a slow machine (2026-12-03).
+    // beside 6.1, then 6.12 alone) left one CPU idle for the whole of 6.12's run: 19 minutes
+    // of a 59-minute VM phase on a slow machine (2026-12-03).
     let mut order: Vec<usize> = (0..prepared.len()).collect();
     order.sort_by_key(|&i| {
         let k = prepared[i].0;
