@@ -16,7 +16,7 @@
 //!
 //! | format | link field | `C(n)` |
 //! | --- | --- | --- |
-//! | `json` | `chain` (top level) | RFC 8785 (JCS) serialization of the record's JSON object without `chain` |
+//! | `json` | `chain` (top level) | RFC 8785 (JCS) serialization of the record's JSON object without `chain`: egressd writes native records in that form, so `C(n)` is the line without its `,"chain":"…"` member (unless a host label key is outside printable ASCII) |
 //! | `ecs` | `event.hash` | JCS of the document without `event.hash` |
 //! | `ocsf` | `unmapped.egressd.chain` | JCS of the event without `unmapped.egressd.chain` |
 //! | `cef` | `egressdChain` (last extension) | the UTF-8 bytes of the CEF text from `CEF:0|` up to, not including, ` egressdChain=` |
@@ -121,11 +121,11 @@ impl Chain {
         }
     }
 
-    /// [`Self::seal`] of a native JSON `body` whose canonical bytes the caller wrote
-    /// ([`crate::events::formats::json::canonical_connection`]): the link is appended in
-    /// place.
-    pub fn seal_json(&mut self, mut body: Vec<u8>, canonical: &[u8]) -> Vec<u8> {
-        let next = self.step(canonical);
+    /// [`Self::seal`] of a native JSON `body` that is its own canonical form (written in
+    /// JCS order, [`crate::events::formats::json::write::is_canonical`]): the body is hashed
+    /// as it is and the link appended in place.
+    pub fn seal_canonical(&mut self, mut body: Vec<u8>) -> Vec<u8> {
+        let next = self.step(&body);
         if body.last() == Some(&b'}') {
             body.pop();
             if body.last() != Some(&b'{') {

@@ -1,5 +1,8 @@
 //! Native JSON lines (the default format): the [`crate::events`] records serialized as they
-//! are, one object per line (RFC 8259, UTF-8).
+//! are, one object per line (RFC 8259, UTF-8), each in its RFC 8785 (JCS) form: compact,
+//! every object's members in key order, then the `chain` link as the last member. The line
+//! without `,"chain":"..."` is then the link's canonical bytes ([`crate::events::audit::chain`];
+//! a `host.labels` key outside printable ASCII is the exception: its JCS order may differ).
 //!
 //! Connection event fields (ECS names where ECS has one):
 //!
@@ -38,7 +41,7 @@
 //! `generation`, `saved_at`, `file`).
 //!
 //! Every record a sink sends ends with `chain`, its hash chain link ([`crate::events::audit::chain`]).
-use crate::events::{ConnectionEvent, Record};
+use crate::events::Record;
 
 pub mod write;
 
@@ -64,6 +67,15 @@ pub fn render_into(record: &Record, out: &mut Vec<u8>) {
         Record::Lifecycle(l) => serde_json::to_writer(&mut *out, l),
         Record::Summary(s) => serde_json::to_writer(&mut *out, s),
     };
+    // In key order, as connection records are written (these records are rare: the copy
+    // costs nothing that matters).
+    if res.is_ok()
+        && !matches!(record, Record::Connection(_))
+        && let Some(sorted) = crate::events::audit::chain::sorted_compact(&out[start..])
+    {
+        out.truncate(start);
+        out.extend_from_slice(&sorted);
+    }
     // These types only hold strings, numbers, maps with string keys and IP addresses: their
     // serialization cannot fail.
     if let Err(e) = res {
@@ -78,150 +90,10 @@ pub fn render_into(record: &Record, out: &mut Vec<u8>) {
     }
 }
 
-/// The canonical bytes of a connection record's hash chain link
-/// ([`crate::events::audit::chain`]: RFC 8785 of the object [`render`] writes, without
-/// `chain`). `None` for a host label key JCS would order differently or that needs escaping
-/// (then the body is parsed). See [`canonical_marked_into`].
-pub fn canonical_connection(ev: &ConnectionEvent) -> Option<Vec<u8>> {
-    let mut body = Vec::with_capacity(RECORD_BYTES);
-    let mut marks = write::Marks::new();
-    write::connection_marked(&mut body, ev, &mut marks);
-    let mut out = Vec::with_capacity(RECORD_BYTES);
-    canonical_marked_into(ev, &body, &marks, &mut out).then_some(out)
-}
-
-/// The canonical bytes of the connection record `ev` rendered as `body` by
-/// [`write::connection_marked`] (which noted its members in `marks`), appended to `out`:
-/// the members copied from the body in key order, every object's in turn. Strings and
-/// integers as serde_json writes them are their own JCS form, and the objects copied whole
-/// (`user`, `group`, `cgroup`, `container`, `rule`, `process.thread`, `process.parent`,
-/// `host.labels`) have their members in key order already. What
-/// [`crate::events::audit::chain::sorted_compact`] makes of the body, without parsing it (the
-/// test `canonical_is_sorted_compact` holds the two together). `false`, with `out`
-/// unchanged, for a host label key JCS would order differently (by UTF-16 code units) or
-/// that needs escaping.
-pub fn canonical_marked_into(
-    ev: &ConnectionEvent,
-    body: &[u8],
-    marks: &write::Marks,
-    out: &mut Vec<u8>,
-) -> bool {
-    use write::member::*;
-    let plain = |k: &str| {
-        k.bytes()
-            .all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
-    };
-    if !ev.header.host.labels.keys().all(|k| plain(k)) {
-        return false;
-    }
-    let mut o = Canonical {
-        out,
-        body,
-        marks,
-        first: true,
-    };
-    o.out.push(b'{');
-    o.copy(TIMESTAMP);
-    o.object("agent", &[AGENT_EPHEMERAL_ID, AGENT_VERSION]);
-    o.copy(CGROUP);
-    o.copy(CONTAINER);
-    if !o.get(DESTINATION).is_empty() {
-        o.object(
-            "destination",
-            &[
-                DESTINATION_IP,
-                DESTINATION_MAPPED,
-                DESTINATION_PORT,
-                DESTINATION_REGION,
-            ],
-        );
-    }
-    o.copy(GROUP);
-    o.copy(HOOK);
-    o.object("host", &[HOST_LABELS, HOST_NAME]);
-    o.copy(ID);
-    o.object(
-        "network",
-        &[
-            NETWORK_ETHERTYPE,
-            NETWORK_IANA_NUMBER,
-            NETWORK_TRANSPORT,
-            NETWORK_TYPE,
-        ],
-    );
-    o.object("policy", &[POLICY_DIGEST, POLICY_GENERATION, POLICY_MODE]);
-    o.object(
-        "process",
-        &[
-            PROCESS_ATTRIBUTION,
-            PROCESS_COMMAND_LINE,
-            PROCESS_DETAILS,
-            PROCESS_EXECUTABLE,
-            PROCESS_EXITED,
-            PROCESS_NAME,
-            PROCESS_PARENT,
-            PROCESS_PID,
-            PROCESS_THREAD,
-        ],
-    );
-    for m in [RULE, SEQUENCE, SUPPRESSED, TYPE, USER, VERDICT] {
-        o.copy(m);
-    }
-    o.out.push(b'}');
-    true
-}
-
-/// A JSON object written from members of a rendered body (the caller gives the order).
-struct Canonical<'a> {
-    out: &'a mut Vec<u8>,
-    body: &'a [u8],
-    marks: &'a write::Marks,
-    /// No member written yet in the current object.
-    first: bool,
-}
-
-impl Canonical<'_> {
-    #[inline]
-    fn get(&self, m: usize) -> &[u8] {
-        self.marks.get(self.body, m)
-    }
-
-    /// Member `m` as rendered (`"key":value`), unless absent.
-    #[inline]
-    fn copy(&mut self, m: usize) {
-        let bytes = self.marks.get(self.body, m);
-        if bytes.is_empty() {
-            return;
-        }
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
-        self.out.extend_from_slice(bytes);
-    }
-
-    /// `"key":{...}` with `members` (those present) in this order.
-    #[inline]
-    fn object(&mut self, key: &str, members: &[usize]) {
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":{");
-        self.first = true;
-        for &m in members {
-            self.copy(m);
-        }
-        self.out.push(b'}');
-        self.first = false;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{audit::chain, formats::Format, sample};
+    use crate::events::{ConnectionEvent, audit::chain, formats::Format, sample};
     use std::sync::Arc;
 
     /// Every shape a connection record takes: each sample, and the optional members
@@ -255,10 +127,12 @@ mod tests {
         all
     }
 
-    /// The hand-written object is serde_json's, byte for byte, in every shape (escapes,
-    /// non-ASCII text, labels, IPv4 and IPv6, optional members present and absent).
+    /// The hand-written object is serde_json's in RFC 8785 form, byte for byte, in every
+    /// shape (escapes, non-ASCII text, labels, IPv4 and IPv6, optional members present and
+    /// absent): the JCS of serde_json's object, by the fast path (`sorted_compact`) and by
+    /// the general one (`canonical_json` of the parsed value).
     #[test]
-    fn hand_written_is_serde_json() {
+    fn hand_written_is_canonical_serde_json() {
         let mut shapes = events();
         let mut v6 = sample::deny();
         v6.destination.ip = Some("2001:db8::ffff:0:1".parse().expect("address"));
@@ -268,7 +142,11 @@ mod tests {
         packet.container = None;
         shapes.push(packet);
         for ev in shapes {
-            let want = serde_json::to_vec(&ev).expect("serializes");
+            assert!(write::is_canonical(&ev));
+            let serde = serde_json::to_vec(&ev).expect("serializes");
+            let value: serde_json::Value = serde_json::from_slice(&serde).expect("parses");
+            let want = chain::canonical_json(&value).expect("canonical");
+            assert_eq!(chain::sorted_compact(&serde).as_ref(), Some(&want));
             let mut got = Vec::new();
             write::connection(&mut got, &ev);
             assert_eq!(
@@ -278,28 +156,36 @@ mod tests {
         }
     }
 
+    /// The fast seal (the body is its canonical bytes) and the general one (the body
+    /// parsed) give the same frame; a label key JCS orders by UTF-16, or that needs an
+    /// escape, is not canonical.
     #[test]
-    fn canonical_is_sorted_compact() {
+    fn sealing_the_body_is_sealing_its_jcs() {
         for ev in events() {
             let body = render(&Record::Connection(Box::new(ev.clone())));
-            let want = chain::sorted_compact(&body).expect("canonical");
-            let got = canonical_connection(&ev).expect("written");
-            assert_eq!(
-                String::from_utf8_lossy(&got),
-                String::from_utf8_lossy(&want)
-            );
             let mut a = chain::Chain::new();
             let mut b = chain::Chain::new();
-            assert_eq!(a.seal_json(body.clone(), &got), b.seal(Format::Json, &body));
+            assert_eq!(a.seal_canonical(body.clone()), b.seal(Format::Json, &body));
         }
-        let mut ev = sample::deny();
-        Arc::make_mut(&mut ev.header.host)
-            .labels
-            .insert("é".into(), "x".into());
-        assert_eq!(
-            canonical_connection(&ev),
-            None,
-            "a key JCS orders by UTF-16"
-        );
+        for key in ["é", "a\"b", "\u{1}"] {
+            let mut ev = sample::deny();
+            Arc::make_mut(&mut ev.header.host)
+                .labels
+                .insert(key.into(), "x".into());
+            assert!(!write::is_canonical(&ev), "{key:?}");
+        }
+    }
+
+    /// Lifecycle and summary records are in key order too.
+    #[test]
+    fn every_record_is_in_key_order() {
+        for (name, r) in sample::records() {
+            let body = render(&r);
+            assert_eq!(
+                chain::sorted_compact(&body).as_deref(),
+                Some(&body[..]),
+                "{name}"
+            );
+        }
     }
 }

@@ -195,20 +195,11 @@ impl Encoder {
         use crate::events::formats::json;
         let capped = crate::events::formats::bound::cap_record(record);
         let record = capped.as_ref().unwrap_or(record);
-        // Where a sealed native connection record's members are in its body: its canonical
-        // bytes are copied from there.
-        let mut marks = None;
         let mut body = if self.format == Format::Json {
             // The native format is written in place (into `buf` when given).
             let mut b = buf.unwrap_or_else(|| Vec::with_capacity(json::RECORD_BYTES));
             b.clear();
-            match record {
-                Record::Connection(ev) if chain.is_some() => {
-                    let m = marks.insert(json::write::Marks::new());
-                    json::write::connection_marked(&mut b, ev, m);
-                }
-                _ => json::render_into(record, &mut b),
-            }
+            json::render_into(record, &mut b);
             b
         } else {
             self.format.render(record)
@@ -235,17 +226,14 @@ impl Encoder {
             }
         }
         if let Some(c) = chain {
-            body = match (&marks, record) {
-                (Some(m), Record::Connection(ev)) if !truncated => {
-                    // Into a buffer this thread keeps: no allocation per record.
-                    CANONICAL.with_borrow_mut(|canonical| {
-                        canonical.clear();
-                        if json::canonical_marked_into(ev, &body, m, canonical) {
-                            c.seal_json(body, canonical)
-                        } else {
-                            c.seal(self.format, &body)
-                        }
-                    })
+            body = match record {
+                // The hot path: the body is its own canonical form, hashed as it is.
+                Record::Connection(ev)
+                    if self.format == Format::Json
+                        && !truncated
+                        && json::write::is_canonical(ev) =>
+                {
+                    c.seal_canonical(body)
                 }
                 _ => c.seal(self.format, &body),
             };
@@ -272,11 +260,6 @@ impl Encoder {
         };
         Encoded { frame, truncated }
     }
-}
-
-thread_local! {
-    /// The canonical bytes of the record being sealed ([`Encoder::encode_sealed`]).
-    static CANONICAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Creates the transport a sink config asks for. Only reads local files (TLS certificates

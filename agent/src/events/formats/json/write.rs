@@ -1,8 +1,10 @@
-//! The native JSON of a connection record written by hand into the caller's buffer: the
-//! bytes serde_json writes for [`ConnectionEvent`] (members in field order, compact), without
-//! its per-field dispatch and with a copy for strings that need no escape. Every record of
-//! a flood goes this way; the test `hand_written_is_serde_json` holds the two together, and
-//! the golden files hold both to the published format.
+//! The native JSON of a connection record written by hand into the caller's buffer, in its
+//! RFC 8785 (JCS) form: the members serde_json writes for [`ConnectionEvent`], compact and
+//! in key order, without serde's per-field dispatch, with a copy for strings that need no
+//! escape, and with no second pass to find the record's canonical bytes for its hash chain
+//! link (the body is those bytes). Every record of a flood goes this way; the test
+//! `hand_written_is_canonical_serde_json` holds it to serde_json and JCS, and the golden
+//! files to the published format.
 use std::net::IpAddr;
 
 use crate::events::{ConnectionEvent, Named};
@@ -112,160 +114,96 @@ pub(super) fn ip(out: &mut Vec<u8>, ip: &IpAddr) {
     }
 }
 
-/// Where each member of a rendered connection record lies in its body: for member `i` (the
-/// constants of the module `member`), the byte range of `"key":value`, without the comma before it;
-/// empty for an absent member. Filled by [`connection_marked`], so that the record's canonical
-/// bytes ([`super::canonical_marked_into`]) are copied from the body, not written again.
-#[derive(Clone, Debug)]
-pub struct Marks(pub(super) [(usize, usize); member::COUNT]);
-
-impl Marks {
-    /// Every member absent.
-    pub const fn new() -> Self {
-        Self([(0, 0); member::COUNT])
-    }
-
-    /// The bytes of member `i` in `body` (the buffer [`connection_marked`] wrote to).
-    #[inline]
-    pub(super) fn get<'a>(&self, body: &'a [u8], i: usize) -> &'a [u8] {
-        let (from, to) = self.0[i];
-        &body[from..to]
-    }
-}
-
-impl Default for Marks {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Member indices of [`Marks`]: the record's own members in rendered order, then those of
-/// the objects whose members the canonical form puts in another order.
-pub(crate) mod member {
-    pub const TIMESTAMP: usize = 0;
-    pub const TYPE: usize = 1;
-    pub const ID: usize = 2;
-    pub const SEQUENCE: usize = 3;
-    pub const HOST: usize = 4;
-    pub const AGENT: usize = 5;
-    pub const VERDICT: usize = 6;
-    pub const HOOK: usize = 7;
-    pub const PROCESS: usize = 8;
-    pub const USER: usize = 9;
-    pub const GROUP: usize = 10;
-    pub const CGROUP: usize = 11;
-    pub const CONTAINER: usize = 12;
-    pub const NETWORK: usize = 13;
-    pub const DESTINATION: usize = 14;
-    pub const POLICY: usize = 15;
-    pub const RULE: usize = 16;
-    pub const SUPPRESSED: usize = 17;
-    pub const HOST_NAME: usize = 18;
-    pub const HOST_LABELS: usize = 19;
-    pub const AGENT_VERSION: usize = 20;
-    pub const AGENT_EPHEMERAL_ID: usize = 21;
-    pub const PROCESS_PID: usize = 22;
-    pub const PROCESS_NAME: usize = 23;
-    pub const PROCESS_THREAD: usize = 24;
-    pub const PROCESS_PARENT: usize = 25;
-    pub const PROCESS_EXECUTABLE: usize = 26;
-    pub const PROCESS_COMMAND_LINE: usize = 27;
-    pub const PROCESS_EXITED: usize = 28;
-    pub const PROCESS_DETAILS: usize = 29;
-    pub const PROCESS_ATTRIBUTION: usize = 30;
-    pub const NETWORK_TYPE: usize = 31;
-    pub const NETWORK_TRANSPORT: usize = 32;
-    pub const NETWORK_IANA_NUMBER: usize = 33;
-    pub const NETWORK_ETHERTYPE: usize = 34;
-    pub const DESTINATION_IP: usize = 35;
-    pub const DESTINATION_PORT: usize = 36;
-    pub const DESTINATION_REGION: usize = 37;
-    pub const DESTINATION_MAPPED: usize = 38;
-    pub const POLICY_MODE: usize = 39;
-    pub const POLICY_GENERATION: usize = 40;
-    pub const POLICY_DIGEST: usize = 41;
-    pub const COUNT: usize = 42;
-}
-
-/// Opens member `i` of an object as its first: `"key":` (`key` needs no escape).
+/// Opens a member after another: `,"key":` (`key` needs no escape).
 #[inline]
-fn first(out: &mut Vec<u8>, m: &mut Marks, i: usize, key: &str) {
-    m.0[i].0 = out.len();
-    out.push(b'"');
+fn key(out: &mut Vec<u8>, key: &str) {
+    out.extend_from_slice(b",\"");
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\":");
 }
 
-/// Opens member `i` after another: `,"key":`.
+/// A string member after another.
 #[inline]
-fn next(out: &mut Vec<u8>, m: &mut Marks, i: usize, key: &str) {
-    out.push(b',');
-    first(out, m, i, key);
-}
-
-/// Closes member `i` here.
-#[inline]
-fn end(out: &[u8], m: &mut Marks, i: usize) {
-    m.0[i].1 = out.len();
-}
-
-/// A string member `i` after another.
-#[inline]
-fn str_member(out: &mut Vec<u8>, m: &mut Marks, i: usize, key: &str, v: &str) {
-    next(out, m, i, key);
+fn str_member(out: &mut Vec<u8>, k: &str, v: &str) {
+    key(out, k);
     str(out, v);
-    end(out, m, i);
 }
 
-/// An integer member `i` after another.
+/// An integer member after another.
 #[inline]
-fn num_member(out: &mut Vec<u8>, m: &mut Marks, i: usize, key: &str, v: u64) {
-    next(out, m, i, key);
+fn num_member(out: &mut Vec<u8>, k: &str, v: u64) {
+    key(out, k);
     num(out, v);
-    end(out, m, i);
 }
 
-fn opt_str(out: &mut Vec<u8>, m: &mut Marks, i: usize, key: &str, v: Option<&str>) {
+fn opt_str(out: &mut Vec<u8>, k: &str, v: Option<&str>) {
     if let Some(v) = v {
-        str_member(out, m, i, key, v);
+        str_member(out, k, v);
     }
 }
 
 fn named(out: &mut Vec<u8>, n: &Named) {
     out.extend_from_slice(b"{\"id\":");
     num(out, n.id);
-    if let Some(name) = &n.name {
-        out.extend_from_slice(b",\"name\":");
-        str(out, name);
-    }
+    opt_str(out, "name", n.name.as_deref());
     out.push(b'}');
 }
 
-/// Appends the native JSON object of `ev` (no newline), byte for byte what
-/// `serde_json::to_writer(out, ev)` appends.
-pub fn connection(out: &mut Vec<u8>, ev: &ConnectionEvent) {
-    connection_marked(out, ev, &mut Marks::new());
+/// Whether [`connection`] writes `ev` in RFC 8785 form, so that its bytes are its own
+/// canonical bytes: the host label keys (the only keys a record does not fix) are printable
+/// ASCII without `"` or `\`, so they need no escape and their byte order is JCS's UTF-16
+/// order.
+pub fn is_canonical(ev: &ConnectionEvent) -> bool {
+    ev.header.host.labels.keys().all(|k| {
+        k.bytes()
+            .all(|c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+    })
 }
 
-/// [`connection`], noting in `m` (every member absent before) where each member went.
-pub fn connection_marked(out: &mut Vec<u8>, ev: &ConnectionEvent, m: &mut Marks) {
-    use member::*;
+/// Appends the native JSON object of `ev` (no newline): compact, every object's members in
+/// key order (RFC 8785 section 3.2.3; every key is ASCII, so byte order is UTF-16 order),
+/// strings escaped as serde_json escapes them, which is JCS's escaping. Where
+/// [`is_canonical`] holds, the bytes are the record's canonical bytes: the JCS of
+/// `serde_json::to_vec(ev)` (the test `hand_written_is_canonical_serde_json` holds the
+/// two together).
+pub fn connection(out: &mut Vec<u8>, ev: &ConnectionEvent) {
     let h = &ev.header;
-    out.push(b'{');
-    first(out, m, TIMESTAMP, "@timestamp");
+    out.extend_from_slice(b"{\"@timestamp\":");
     str(out, &h.timestamp);
-    end(out, m, TIMESTAMP);
-    str_member(out, m, TYPE, "type", h.kind);
-    str_member(out, m, ID, "id", &h.id);
-    num_member(out, m, SEQUENCE, "sequence", h.sequence);
-    next(out, m, HOST, "host");
-    out.push(b'{');
-    first(out, m, HOST_NAME, "name");
-    str(out, &h.host.name);
-    end(out, m, HOST_NAME);
+    out.extend_from_slice(b",\"agent\":{\"ephemeral_id\":");
+    str(out, &h.agent.ephemeral_id);
+    str_member(out, "version", &h.agent.version);
+    out.extend_from_slice(b"},\"cgroup\":{\"id\":");
+    num(out, ev.cgroup.id);
+    opt_str(out, "path", ev.cgroup.path.as_deref());
+    opt_str(out, "systemd_unit", ev.cgroup.systemd_unit.as_deref());
+    out.push(b'}');
+    if let Some(c) = &ev.container {
+        out.extend_from_slice(b",\"container\":{\"id\":");
+        str(out, &c.id);
+        str_member(out, "runtime", c.runtime);
+        out.push(b'}');
+    }
+    let d = &ev.destination;
+    if !d.is_absent() {
+        out.extend_from_slice(b",\"destination\":{");
+        if let Some(a) = &d.ip {
+            out.extend_from_slice(b"\"ip\":");
+            ip(out, a);
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"mapped\":");
+        bool(out, d.mapped);
+        num_member(out, "port", u64::from(d.port));
+        str_member(out, "region", &d.region);
+        out.push(b'}');
+    }
+    key(out, "group");
+    named(out, &ev.group);
+    str_member(out, "hook", ev.hook);
+    out.extend_from_slice(b",\"host\":{");
     if !h.host.labels.is_empty() {
-        next(out, m, HOST_LABELS, "labels");
-        out.push(b'{');
+        out.extend_from_slice(b"\"labels\":{");
         for (i, (k, v)) in h.host.labels.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -274,153 +212,68 @@ pub fn connection_marked(out: &mut Vec<u8>, ev: &ConnectionEvent, m: &mut Marks)
             out.push(b':');
             str(out, v);
         }
-        out.push(b'}');
-        end(out, m, HOST_LABELS);
+        out.extend_from_slice(b"},");
     }
+    out.extend_from_slice(b"\"name\":");
+    str(out, &h.host.name);
     out.push(b'}');
-    end(out, m, HOST);
-    next(out, m, AGENT, "agent");
-    out.push(b'{');
-    first(out, m, AGENT_VERSION, "version");
-    str(out, &h.agent.version);
-    end(out, m, AGENT_VERSION);
-    str_member(
-        out,
-        m,
-        AGENT_EPHEMERAL_ID,
-        "ephemeral_id",
-        &h.agent.ephemeral_id,
-    );
-    out.push(b'}');
-    end(out, m, AGENT);
-    str_member(out, m, VERDICT, "verdict", ev.verdict);
-    str_member(out, m, HOOK, "hook", ev.hook);
+    str_member(out, "id", &h.id);
+    let n = &ev.network;
+    out.extend_from_slice(b",\"network\":{");
+    let mut first = true;
+    let numbers = [
+        ("ethertype", n.ethertype.map(u64::from)),
+        ("iana_number", n.iana_number.map(u64::from)),
+    ];
+    for (k, v) in numbers {
+        if let Some(v) = v {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.push(b'"');
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"\":");
+            num(out, v);
+        }
+    }
+    if !first {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"transport\":");
+    str(out, &n.transport);
+    str_member(out, "type", n.kind);
+    out.extend_from_slice(b"},\"policy\":{\"digest\":");
+    str(out, &ev.policy.digest);
+    num_member(out, "generation", ev.policy.generation);
+    str_member(out, "mode", ev.policy.mode);
     let p = &ev.process;
-    next(out, m, PROCESS, "process");
-    out.push(b'{');
-    first(out, m, PROCESS_PID, "pid");
-    num(out, u64::from(p.pid));
-    end(out, m, PROCESS_PID);
-    str_member(out, m, PROCESS_NAME, "name", &p.name);
-    next(out, m, PROCESS_THREAD, "thread");
-    out.extend_from_slice(b"{\"id\":");
-    num(out, p.thread.id);
-    out.push(b'}');
-    end(out, m, PROCESS_THREAD);
+    out.extend_from_slice(b"},\"process\":{\"attribution\":");
+    str(out, p.attribution);
+    opt_str(out, "command_line", p.command_line.as_deref());
+    str_member(out, "details", p.details);
+    opt_str(out, "executable", p.executable.as_deref());
+    key(out, "exited");
+    bool(out, p.exited);
+    str_member(out, "name", &p.name);
     if let Some(parent) = &p.parent {
-        next(out, m, PROCESS_PARENT, "parent");
-        out.extend_from_slice(b"{\"pid\":");
+        out.extend_from_slice(b",\"parent\":{\"pid\":");
         num(out, u64::from(parent.pid));
         out.push(b'}');
-        end(out, m, PROCESS_PARENT);
     }
-    opt_str(
-        out,
-        m,
-        PROCESS_EXECUTABLE,
-        "executable",
-        p.executable.as_deref(),
-    );
-    opt_str(
-        out,
-        m,
-        PROCESS_COMMAND_LINE,
-        "command_line",
-        p.command_line.as_deref(),
-    );
-    next(out, m, PROCESS_EXITED, "exited");
-    bool(out, p.exited);
-    end(out, m, PROCESS_EXITED);
-    str_member(out, m, PROCESS_DETAILS, "details", p.details);
-    str_member(out, m, PROCESS_ATTRIBUTION, "attribution", p.attribution);
-    out.push(b'}');
-    end(out, m, PROCESS);
-    next(out, m, USER, "user");
-    named(out, &ev.user);
-    end(out, m, USER);
-    next(out, m, GROUP, "group");
-    named(out, &ev.group);
-    end(out, m, GROUP);
-    next(out, m, CGROUP, "cgroup");
-    out.extend_from_slice(b"{\"id\":");
-    num(out, ev.cgroup.id);
-    if let Some(path) = &ev.cgroup.path {
-        out.extend_from_slice(b",\"path\":");
-        str(out, path);
-    }
-    if let Some(unit) = &ev.cgroup.systemd_unit {
-        out.extend_from_slice(b",\"systemd_unit\":");
-        str(out, unit);
-    }
-    out.push(b'}');
-    end(out, m, CGROUP);
-    if let Some(c) = &ev.container {
-        next(out, m, CONTAINER, "container");
-        out.extend_from_slice(b"{\"id\":");
-        str(out, &c.id);
-        out.extend_from_slice(b",\"runtime\":");
-        str(out, c.runtime);
-        out.push(b'}');
-        end(out, m, CONTAINER);
-    }
-    let n = &ev.network;
-    next(out, m, NETWORK, "network");
-    out.push(b'{');
-    first(out, m, NETWORK_TYPE, "type");
-    str(out, n.kind);
-    end(out, m, NETWORK_TYPE);
-    str_member(out, m, NETWORK_TRANSPORT, "transport", &n.transport);
-    if let Some(i) = n.iana_number {
-        num_member(out, m, NETWORK_IANA_NUMBER, "iana_number", u64::from(i));
-    }
-    if let Some(e) = n.ethertype {
-        num_member(out, m, NETWORK_ETHERTYPE, "ethertype", u64::from(e));
-    }
-    out.push(b'}');
-    end(out, m, NETWORK);
-    let d = &ev.destination;
-    if !d.is_absent() {
-        next(out, m, DESTINATION, "destination");
-        out.push(b'{');
-        if let Some(a) = &d.ip {
-            first(out, m, DESTINATION_IP, "ip");
-            ip(out, a);
-            end(out, m, DESTINATION_IP);
-            out.push(b',');
-        }
-        first(out, m, DESTINATION_PORT, "port");
-        num(out, u64::from(d.port));
-        end(out, m, DESTINATION_PORT);
-        str_member(out, m, DESTINATION_REGION, "region", &d.region);
-        next(out, m, DESTINATION_MAPPED, "mapped");
-        bool(out, d.mapped);
-        end(out, m, DESTINATION_MAPPED);
-        out.push(b'}');
-        end(out, m, DESTINATION);
-    }
-    next(out, m, POLICY, "policy");
-    out.push(b'{');
-    first(out, m, POLICY_MODE, "mode");
-    str(out, ev.policy.mode);
-    end(out, m, POLICY_MODE);
-    num_member(
-        out,
-        m,
-        POLICY_GENERATION,
-        "generation",
-        ev.policy.generation,
-    );
-    str_member(out, m, POLICY_DIGEST, "digest", &ev.policy.digest);
-    out.push(b'}');
-    end(out, m, POLICY);
-    next(out, m, RULE, "rule");
-    out.extend_from_slice(b"{\"id\":");
+    num_member(out, "pid", u64::from(p.pid));
+    out.extend_from_slice(b",\"thread\":{\"id\":");
+    num(out, p.thread.id);
+    out.extend_from_slice(b"}},\"rule\":{\"id\":");
     num(out, u64::from(ev.rule.id));
-    out.extend_from_slice(b",\"name\":");
-    str(out, &ev.rule.name);
+    str_member(out, "name", &ev.rule.name);
     out.push(b'}');
-    end(out, m, RULE);
-    num_member(out, m, SUPPRESSED, "suppressed", u64::from(ev.suppressed));
+    num_member(out, "sequence", h.sequence);
+    num_member(out, "suppressed", u64::from(ev.suppressed));
+    str_member(out, "type", h.kind);
+    key(out, "user");
+    named(out, &ev.user);
+    str_member(out, "verdict", ev.verdict);
     out.push(b'}');
 }
 
