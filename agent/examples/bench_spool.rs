@@ -121,7 +121,7 @@ fn run(
         .map(|i| {
             let mut ev = sample::deny();
             ev.header.sequence = i;
-            ev.header.id = format!("bench-{i}");
+            ev.header.id = egressd::events::EventId::from(&format!("bench-{i}")).expect("fits");
             Record::Connection(Box::new(ev))
         })
         .collect();

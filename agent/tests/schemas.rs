@@ -96,7 +96,7 @@ fn with_schema<S: 'static>(
 fn cef_expected(r: &Record) -> Vec<(&'static str, String)> {
     let h = r.header();
     let mut v = vec![
-        ("externalId", h.id.clone()),
+        ("externalId", h.id.to_string()),
         ("dvchost", h.host.name.clone()),
         ("egressdSeq", h.sequence.to_string()),
         ("rt", formats::unix_ms(h.unix_ns).to_string()),
@@ -105,7 +105,7 @@ fn cef_expected(r: &Record) -> Vec<(&'static str, String)> {
         Record::Connection(c) => {
             v.push(("msg", formats::message(c)));
             v.push(("shost", h.host.name.clone()));
-            v.push(("sproc", c.process.name.clone()));
+            v.push(("sproc", c.process.name.to_string()));
             v.push(("spid", c.process.pid.to_string()));
             v.push(("suid", c.user.id.to_string()));
             if c.destination.ip.is_some() {
@@ -328,7 +328,7 @@ fn self_checks() -> Vec<Trial> {
             }
             // A value that does not come back as the record holds it.
             let mut ev = sample::deny();
-            ev.process.name = "cu=rl".into();
+            ev.process.name = egressd::events::Comm::from("cu=rl").expect("fits");
             let wrong =
                 formats::cef::render(&Record::Connection(Box::new(ev))).replace("cu\\=rl", "curl");
             let (_, pairs) = cef::parse(&wrong).map_err(Failed::from)?;

@@ -404,7 +404,9 @@ fn rec(seq: u64) -> Record {
         sample::deny()
     };
     ev.header.sequence = seq;
-    ev.header.id = format!("{}-{seq}", ev.header.agent.ephemeral_id);
+    ev.header.id =
+        egressd::events::EventId::from(&format!("{}-{seq}", ev.header.agent.ephemeral_id))
+            .expect("fits");
     Record::Connection(Box::new(ev))
 }
 

@@ -163,7 +163,7 @@ impl StateDir {
             config: absolute(config),
             digest,
             generation,
-            saved_at: crate::events::rfc3339(crate::base::clock::unix_now_ns()),
+            saved_at: crate::events::rfc3339(crate::base::clock::unix_now_ns()).to_string(),
             sources,
         };
         serde_json::to_writer_pretty(w, &record).map_err(io::Error::other)

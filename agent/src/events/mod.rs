@@ -59,18 +59,30 @@ pub fn decode(item: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) })
 }
 
-/// Fields every record carries, first in the native JSON object.
+/// RFC 3339 text of a record's time ([`rfc3339`]: at most 31 bytes), kept inline: no
+/// allocation per record.
+pub type Timestamp = arrayvec::ArrayString<32>;
+
+/// A record's id ([`Header::id`]: the 16-digit ephemeral id, `-`, and up to 20 digits),
+/// kept inline.
+pub type EventId = arrayvec::ArrayString<48>;
+
+/// A task's `comm` as text ([`Process::name`]: at most 15 bytes, each invalid UTF-8 byte
+/// replaced by U+FFFD, so at most 45), kept inline.
+pub type Comm = arrayvec::ArrayString<48>;
+
+/// Fields every record carries.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Header {
     /// RFC 3339 UTC time with nanoseconds, e.g. `2026-11-29T09:30:00.123456789Z`.
     #[serde(rename = "@timestamp")]
-    pub timestamp: String,
+    pub timestamp: Timestamp,
     /// Record type: `"connection"`, `"agent_start"`, `"agent_stop"`, `"policy_loaded"`,
     /// `"heartbeat"`, `"reload_failed"`, `"policy_fallback"` or `"tamper_repaired"`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Event id, unique per host: `{agent.ephemeral_id}-{sequence}`.
-    pub id: String,
+    pub id: EventId,
     /// Position of this record in the agent run's stream, from 1, without gaps: the SIEM can
     /// detect a lost record by a missing number.
     pub sequence: u64,
@@ -147,7 +159,7 @@ pub struct Process {
     /// Thread-group id.
     pub pid: u32,
     /// Task name (`comm`, at most 15 bytes), from the kernel.
-    pub name: String,
+    pub name: Comm,
     /// Calling thread.
     pub thread: Id,
     /// Parent process, from `/proc/PID/stat`.
@@ -381,7 +393,7 @@ impl Sequencer {
         Header {
             timestamp: rfc3339(unix_ns),
             kind,
-            id: String::new(),
+            id: EventId::new(),
             sequence: 0,
             host: self.host.clone(),
             agent: self.agent.clone(),
@@ -393,12 +405,16 @@ impl Sequencer {
     pub fn number(&self, header: &mut Header) {
         let sequence = self.next.fetch_add(1, Ordering::Relaxed);
         header.sequence = sequence;
-        // Every record gets one: without the formatting machinery.
+        // Every record gets one: without the formatting machinery or an allocation. An
+        // ephemeral id longer than [`ephemeral_id`]'s 16 digits is cut to what fits.
         let eid = &self.ctx.agent.ephemeral_id;
-        let mut id = String::with_capacity(eid.len() + 21);
-        id.push_str(eid);
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(sequence);
+        let mut id = EventId::new();
+        let room = id.capacity() - 1 - digits.len();
+        id.push_str(&eid[..eid.floor_char_boundary(room.min(eid.len()))]);
         id.push('-');
-        id.push_str(itoa::Buffer::new().format(sequence));
+        id.push_str(digits);
         header.id = id;
     }
 }
@@ -593,7 +609,7 @@ pub fn build(
         hook: hook_name(ev.hook),
         process: Process {
             pid: ev.pid,
-            name: comm(&ev.comm).into_owned(),
+            name: comm(&ev.comm),
             thread: Id {
                 id: u64::from(ev.tid),
             },
@@ -983,9 +999,17 @@ fn protocol_name(number: u8) -> Cow<'static, str> {
 }
 
 /// NUL-terminated task name to text (lossy for non-UTF-8 bytes; borrowed when it is UTF-8).
-fn comm(raw: &[u8; 16]) -> std::borrow::Cow<'_, str> {
+fn comm(raw: &[u8; 16]) -> Comm {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end])
+    let mut name = Comm::new();
+    // At most 16 bytes, each at most 3 when replaced: it fits.
+    for chunk in raw[..end].utf8_chunks() {
+        name.push_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            name.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
+    name
 }
 
 /// Writes `v`'s last `out.len()` decimal digits into `out`, zero-padded (by a constant
@@ -1028,7 +1052,7 @@ thread_local! {
 }
 
 /// Formats Unix-epoch nanoseconds as RFC 3339 UTC with 9 fractional digits.
-pub fn rfc3339(unix_ns: i128) -> String {
+pub fn rfc3339(unix_ns: i128) -> Timestamp {
     // Every record carries one: written by hand for times from 1970 to 2554 (what fits
     // in a u64; the formatter below parses its description on every call), the date and
     // time of day once per second; the rest the general way.
@@ -1045,11 +1069,15 @@ pub fn rfc3339(unix_ns: i128) -> String {
         let mut text = [b'Z'; 30];
         text[..20].copy_from_slice(&second);
         put_digits(&mut text[20..29], nanos);
-        if let Ok(t) = std::str::from_utf8(&text) {
-            return t.to_owned();
+        if let Ok(t) = std::str::from_utf8(&text)
+            && let Ok(t) = Timestamp::from(t)
+        {
+            return t;
         }
     }
-    rfc3339_general(unix_ns)
+    let text = rfc3339_general(unix_ns);
+    // The `time` crate's years are -9999 to 9999: 31 bytes at most.
+    Timestamp::from(&text).unwrap_or_default()
 }
 
 /// [`rfc3339`] by the `time` crate's formatter, for any time.

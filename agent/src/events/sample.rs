@@ -27,7 +27,7 @@ fn header(kind: &'static str, sequence: u64, unix_ns: i128) -> Header {
     Header {
         timestamp: rfc3339(unix_ns),
         kind,
-        id: format!("{}-{sequence}", ctx.agent.ephemeral_id),
+        id: EventId::from(&format!("{}-{sequence}", ctx.agent.ephemeral_id)).expect("fits"),
         sequence,
         host: ctx.host.into(),
         agent: ctx.agent.into(),
@@ -44,7 +44,7 @@ pub fn deny() -> ConnectionEvent {
         hook: "cgroup/connect4",
         process: Process {
             pid: 21210,
-            name: "curl".into(),
+            name: Comm::from("curl").expect("fits"),
             thread: Id { id: 21210 },
             parent: Some(Parent { pid: 21200 }),
             executable: Some("/usr/bin/curl".into()),
@@ -105,7 +105,7 @@ pub fn audit_exited() -> ConnectionEvent {
         hook: "cgroup/sendmsg6",
         process: Process {
             pid: 4242,
-            name: "dig|x=y".into(),
+            name: Comm::from("dig|x=y").expect("fits"),
             thread: Id { id: 4243 },
             parent: None,
             executable: None,
@@ -158,7 +158,7 @@ pub fn deny_utf8() -> ConnectionEvent {
     let mut ev = deny();
     ev.header = header("connection", 13, T0 + 5_000_000_000);
     ev.hook = "cgroup/connect6";
-    ev.process.name = "Zürich".into();
+    ev.process.name = Comm::from("Zürich").expect("fits");
     ev.process.executable = Some("/opt/städte/Zürich".into());
     ev.process.command_line = Some("Zürich --ort 東京 --tag 🚀 \u{1b}[31m=red".into());
     ev.user.name = Some("jürgen".into());
@@ -187,7 +187,7 @@ pub fn packet_deny() -> ConnectionEvent {
         hook: "lsm/socket_create",
         process: Process {
             pid: 5150,
-            name: "scapy".into(),
+            name: Comm::from("scapy").expect("fits"),
             thread: Id { id: 5150 },
             parent: Some(Parent { pid: 5100 }),
             executable: Some("/usr/bin/python3.11".into()),
@@ -406,8 +406,8 @@ pub fn flood_summary() -> summary::SummaryEvent {
             name: "allowlist".into(),
         },
         count: 883_412,
-        start: rfc3339(T0 + 12_500_000),
-        end: rfc3339(T0 + 1_000_000_000),
+        start: rfc3339(T0 + 12_500_000).to_string(),
+        end: rfc3339(T0 + 1_000_000_000).to_string(),
         start_ns: T0 + 12_500_000,
     }
 }

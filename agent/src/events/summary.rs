@@ -379,8 +379,8 @@ pub fn build(
             name: super::rule_label(policy, t.key.rule, packet_hook),
         },
         count: t.count,
-        start: super::rfc3339(start_ns),
-        end: header.timestamp.clone(),
+        start: super::rfc3339(start_ns).to_string(),
+        end: header.timestamp.to_string(),
         start_ns,
         header,
     }

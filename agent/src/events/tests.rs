@@ -4,11 +4,14 @@ use super::*;
 #[test]
 fn formats_time_with_nanoseconds() {
     assert_eq!(
-        rfc3339(1_796_031_000_123_456_789),
+        rfc3339(1_796_031_000_123_456_789).as_str(),
         "2026-11-30T09:30:00.123456789Z"
     );
-    assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
-    assert_eq!(rfc3339(sample::T0), "2026-11-29T09:42:54.018030447Z");
+    assert_eq!(rfc3339(0).as_str(), "1970-01-01T00:00:00.000000000Z");
+    assert_eq!(
+        rfc3339(sample::T0).as_str(),
+        "2026-11-29T09:42:54.018030447Z"
+    );
 }
 
 #[test]
@@ -23,17 +26,34 @@ fn fast_time_formatting_is_the_general_one() {
     ];
     let random = (0..100_000).map(|_| i128::from(rng.u64(..)));
     for ns in ends.into_iter().chain(random) {
-        assert_eq!(rfc3339(ns), rfc3339_general(ns), "{ns}");
+        assert_eq!(rfc3339(ns).as_str(), rfc3339_general(ns), "{ns}");
     }
-    assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
+    assert_eq!(rfc3339(-1).as_str(), "1969-12-31T23:59:59.999999999Z");
 }
 
 #[test]
 fn comm_stops_at_nul() {
     let mut raw = [0u8; 16];
     raw[..4].copy_from_slice(b"curl");
-    assert_eq!(comm(&raw), "curl");
-    assert_eq!(comm(&[b'x'; 16]), "x".repeat(16));
+    assert_eq!(comm(&raw).as_str(), "curl");
+    assert_eq!(comm(&[b'x'; 16]).as_str(), "x".repeat(16));
+}
+
+/// Invalid UTF-8 is replaced as `String::from_utf8_lossy` replaces it, and 16 invalid bytes
+/// (48 bytes of text) fit.
+#[test]
+fn comm_replaces_invalid_utf8_as_lossy_does() {
+    let cases: [&[u8]; 4] = [
+        b"a\xffb",
+        b"\xe2\x82z\xc3\xa9",
+        b"\xf0\x9f\x98",
+        &[0xff; 16],
+    ];
+    for raw in cases {
+        let mut b = [0u8; 16];
+        b[..raw.len()].copy_from_slice(raw);
+        assert_eq!(comm(&b).as_str(), String::from_utf8_lossy(raw), "{raw:?}");
+    }
 }
 
 #[test]
@@ -131,7 +151,7 @@ fn build_maps_every_kernel_field() {
         None,
     );
     assert_eq!(ev.header.sequence, 1);
-    assert_eq!(ev.header.id, "5f3c9a0e7d21b468-1");
+    assert_eq!(ev.header.id.as_str(), "5f3c9a0e7d21b468-1");
     assert_eq!((ev.verdict, ev.hook), ("audit", "cgroup/sendmsg6"));
     assert_eq!(ev.policy.mode, "audit");
     assert_eq!(ev.policy.generation, 3);
@@ -179,7 +199,7 @@ fn build_maps_every_kernel_field() {
     );
     assert!(!other.process.exited && other.process.command_line.is_none());
     assert_eq!(other.process.details, "mismatch");
-    assert_eq!(gone.process.name, "dig");
+    assert_eq!(gone.process.name.as_str(), "dig");
 }
 
 #[test]

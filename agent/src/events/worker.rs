@@ -198,15 +198,11 @@ impl Worker {
         drop(events);
     }
 
-    /// [`Worker::recycle`] of the connection events among submitted `records`: the id each
-    /// one got from [`super::Sequencer::number`] (the caller's allocation) is taken out and
-    /// freed here, on the caller's thread; other records are dropped.
+    /// [`Worker::recycle`] of the connection events among submitted `records`; other
+    /// records are dropped.
     pub fn recycle_records(&self, records: impl IntoIterator<Item = Record>) {
         self.recycle(records.into_iter().filter_map(|r| match r {
-            Record::Connection(mut ev) => {
-                ev.header.id = String::new();
-                Some(ev)
-            }
+            Record::Connection(ev) => Some(ev),
             Record::Lifecycle(_) | Record::Summary(_) => None,
         }));
     }

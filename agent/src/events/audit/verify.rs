@@ -175,8 +175,8 @@ pub struct Report {
 
 fn interval(from: i128, to: i128) -> Interval {
     Interval {
-        from: crate::events::rfc3339(from),
-        to: crate::events::rfc3339(to),
+        from: crate::events::rfc3339(from).to_string(),
+        to: crate::events::rfc3339(to).to_string(),
         secs: secs(to - from),
     }
 }

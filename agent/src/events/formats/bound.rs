@@ -89,7 +89,6 @@ pub fn cap_event(ev: &ConnectionEvent) -> Option<ConnectionEvent> {
         && fit(ev.cgroup.systemd_unit.as_deref(), MAX_NAME)
         && fit(ev.user.name.as_deref(), MAX_NAME)
         && fit(ev.group.name.as_deref(), MAX_NAME)
-        && fits(&ev.process.name, MAX_NAME)
     {
         return None;
     }
@@ -101,10 +100,7 @@ pub fn cap_event(ev: &ConnectionEvent) -> Option<ConnectionEvent> {
     cut |= cap_opt(&mut e.cgroup.systemd_unit, MAX_NAME);
     cut |= cap_opt(&mut e.user.name, MAX_NAME);
     cut |= cap_opt(&mut e.group.name, MAX_NAME);
-    if let Some(c) = cap(&e.process.name, MAX_NAME) {
-        e.process.name = c;
-        cut = true;
-    }
+    // `process.name` is a comm: at most 45 bytes ([`crate::events::Comm`]), below every cap.
     cut.then_some(e)
 }
 

@@ -53,7 +53,7 @@ pub(crate) fn stream(
             };
             h.sequence = seq;
             std::sync::Arc::make_mut(&mut h.agent).ephemeral_id = run.into();
-            h.id = format!("{run}-{seq}");
+            h.id = crate::events::EventId::from(&format!("{run}-{seq}")).expect("fits");
             std::sync::Arc::make_mut(&mut h.host).name = host.into();
             h.unix_ns = t;
             h.timestamp = crate::events::rfc3339(t);
