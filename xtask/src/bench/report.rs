@@ -1135,33 +1135,34 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          from decoded events to the file sink, its reader paced to the pipeline so that \
          every record takes the full `/proc` path, `cargo run --release -p egressd \
          --example bench_pipeline`, which also gives each thread's CPU from schedstat) \
-         counts 3.02 µs of CPU per record over its three threads (reader 1.77, enrichment \
-         0.62, sink 0.64; median of 12 runs at load average 2.2-2.6, 531,000 records/s \
-         in-process), against 3.19 µs (reader 1.91) just before the enrichment thread got \
-         its submitted events back to build new ones in (12 of 12 pairs lower), and 3.43 µs \
-         (reader 2.07, enrichment 0.67, sink 0.69; runs of the same day at load 2.8-3.4) \
-         for b9e3858, before the canonical bytes were copied from the rendered body, the time of day \
-         was formatted once per second, the fixed names were borrowed instead of allocated \
-         and the region and digest shared per policy (each step measured in pairs, see \
-         `git log`); e1a4de2 (main of the morning of 2026-12-02) took 5.35 µs, and 30469fd \
-         (before the hand-written JSON record) 8.1-10.3 µs. `perf record` of the reader \
-         thread now: the SHA-256 chain link about 37 % (already with the CPU's SHA \
-         instructions), rendering the JSON body 24 %, memmove 10 %, malloc and free 9 % \
-         (mostly new frames when a sink's spare ones run out, and the id string), the \
-         canonical bytes 7 %, waking the sink 2 %. The floor: the reader's SHA-256 of about \
-         a kilobyte per record (0.6 µs) stays while every record carries its own link, and \
-         on this machine one of the 2 cores is busy with the flood. Tried and not kept: \
-         sealing the link on the sink's thread (the sink got 1 µs slower, and records a \
-         full queue drops would leave that sink's chain); more spare frames (1,024 of 4 \
-         KiB) or spare events (4,096): no measurable difference. Two later steps, measured on 2026-12-03 in alternating pairs \
-         with the build before (a slower day for this machine: 4.7-5.9 µs in all): the \
-         escape check of a record's strings without a byte loop (reader 2.88 → 2.48 µs, 6 \
-         of 8 pairs lower), and a process's systemd unit and container found once with its \
-         `/proc` details and the clocks' offset read once per millisecond instead of per \
-         event (enrichment 1.47 → 1.16 µs, 6 of 6 pairs). Also measured and not kept: \
-         without any SHA-256 at all (a throwaway build), the flood's records/s rose by 6 % \
-         in median (255,626-413,115 against 311,647-339,640 the same morning), so moving \
-         the chain to a thread of its own is not where the rest of the way lies.\n"
+         measures each step in alternating pairs with the build before it (see `git log`). \
+         On 2026-12-02: 3.02 µs of CPU per record over the three threads (reader 1.77, \
+         enrichment 0.62, sink 0.64; 531,000 records/s in-process), against 3.43 µs for \
+         b9e3858 of the same day, 5.35 µs for its morning's main and 8.1-10.3 µs for \
+         30469fd (before the hand-written JSON record). On 2026-12-03 (a slow day for this \
+         machine: the read-only limit measured 1.21 million records/s, against 2.73 million \
+         the day before), four more steps: the escape check of a record's strings without a \
+         byte loop (reader 2.88 → 2.48 µs, 6 of 8 pairs lower); a process's systemd unit \
+         and container found once with its `/proc` details (enrichment 1.47 → 1.16 µs, 6 of \
+         6); the native record written in its RFC 8785 form, so that its body is its hash \
+         chain's canonical bytes and the pass that copied them out of the body is gone \
+         (reader 3.5 → 2.9 µs, all threads 5.7 → 5.0 µs, 4 of 4 pairs); a record's \
+         timestamp, id and process name kept inline instead of allocated (reader 2.65 → \
+         2.53 µs, 4 of 4). `cargo xtask bench --events-only` the same afternoon, after the \
+         third step: 249,481 records/s for this build against 80,803 for 30469fd and \
+         1,206,740 for the limit; after the fourth: 281,779 against 93,165 and 1,213,455 \
+         (medians of 3 floods each, same runs): 3.0-3.1× the baseline, where the \
+         2026-12-02 run of the table above gave 2.1×. `perf record` of the reader thread \
+         now: the SHA-256 chain link about a third (already with the CPU's SHA \
+         instructions), rendering the JSON body about 40 % (the strings' escape check and \
+         copy a third of that), waking the other threads about 10 %. The floor: the \
+         reader's SHA-256 of about a kilobyte per record stays while every record carries \
+         its own link, and on this machine one of the 2 cores is busy with the flood. Tried \
+         and not kept: sealing the link on the sink's thread (the sink got 1 µs slower, and \
+         records a full queue drops would leave that sink's chain); more spare frames or \
+         spare events: no measurable difference; without any SHA-256 at all (a throwaway \
+         build) the flood's records/s rose by only 6 % in median, so moving the chain to a \
+         thread of its own is not where the rest of the way lies.\n"
     );
 }
 
