@@ -30,7 +30,10 @@ use kernel::{
 use libtest_mimic::{Arguments, Trial};
 
 fn main() {
-    let argv: Vec<String> = std::env::args().collect();
+    // The probe client may run as a link whose name is not UTF-8 (argv[0]).
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     if argv.get(1).map(String::as_str) == Some(harness::PROBE_ARG) {
         std::process::exit(egressd_testbed::client::main(&argv[2..]));
     }
@@ -269,6 +272,10 @@ fn main() {
         Trial::test(
             "security_attribution_follows_exec",
             security::attribution_follows_exec,
+        ),
+        Trial::test(
+            "security_attribution_survives_names_that_are_not_utf8",
+            security::attribution_survives_names_that_are_not_utf8,
         ),
         Trial::test(
             "security_container_id_not_from_a_delegated_cgroup",

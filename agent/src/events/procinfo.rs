@@ -88,12 +88,15 @@ pub struct Stat {
     pub start_time: u64,
 }
 
-/// Parses `/proc/PID/stat`.
-pub fn parse_stat(stat: &str) -> Option<Stat> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?.to_owned();
-    let fields: Vec<&str> = stat[close + 1..].split_ascii_whitespace().collect();
+/// Parses `/proc/PID/stat` as read (bytes: the kernel writes the name as the task set it,
+/// which need not be UTF-8; it is decoded as the kernel's `comm` of an event is, invalid
+/// sequences replaced by U+FFFD, so the two still compare equal).
+pub fn parse_stat(stat: &[u8]) -> Option<Stat> {
+    let open = stat.iter().position(|&b| b == b'(')?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let comm = String::from_utf8_lossy(stat.get(open + 1..close)?).into_owned();
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
     // After the name: state is field 3, ppid field 4, starttime field 22.
     let ppid = fields.get(1)?.parse().ok()?;
     let start_time = fields.get(19)?.parse().ok()?;
@@ -218,9 +221,15 @@ pub fn join_cmdline(raw: &[u8], cut: bool) -> Option<String> {
 
 /// The cgroup v2 path from `/proc/PID/cgroup` text (`0::/system.slice/x.service`).
 pub fn parse_cgroup(text: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(|p| p.trim_end().to_owned())
+    cgroup_path(text.as_bytes()).map(|p| String::from_utf8_lossy(p).into_owned())
+}
+
+/// The cgroup v2 path of `/proc/PID/cgroup` as read (bytes: a delegated cgroup may have any
+/// name but `/` and NUL), without its line end.
+fn cgroup_path(text: &[u8]) -> Option<&[u8]> {
+    text.split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"0::"))
+        .map(|p| p.trim_ascii_end())
         .filter(|p| !p.is_empty())
 }
 
@@ -350,9 +359,7 @@ impl Cache {
             Some((at, stat)) if claim.boot_ns <= *at => stat.clone(),
             _ => {
                 let at = (self.clock)();
-                let Some(stat) = fs::read_to_string(dir.join("stat"))
-                    .ok()
-                    .and_then(|t| parse_stat(&t))
+                let Some(stat) = fs::read(dir.join("stat")).ok().and_then(|t| parse_stat(&t))
                 else {
                     self.stats.remove(&claim.pid);
                     return Details::Exited;
@@ -375,10 +382,7 @@ impl Cache {
                 };
                 // An execve between the stat read and the cmdline read would pair this
                 // name with the new program's details: read stat again.
-                match fs::read_to_string(dir.join("stat"))
-                    .ok()
-                    .and_then(|t| parse_stat(&t))
-                {
+                match fs::read(dir.join("stat")).ok().and_then(|t| parse_stat(&t)) {
                     Some(again) if again == stat => {}
                     Some(_) => {
                         self.stats.remove(&claim.pid);
@@ -434,8 +438,11 @@ impl Cache {
 
     /// Reads uid, exe, cmdline (at most [`MAX_CMDLINE`] bytes) and cgroup; `None` if the
     /// process vanished meanwhile (its status, cmdline or cgroup file then fails to read).
+    /// Every file is read as bytes: a process's name and its cgroup's need not be UTF-8,
+    /// and a process must not hide its details behind such a name.
     fn read_details(&self, dir: &Path, stat: Stat) -> Option<ProcInfo> {
-        let uid = parse_status_uid(&fs::read_to_string(dir.join("status")).ok()?);
+        let status = fs::read(dir.join("status")).ok()?;
+        let uid = parse_status_uid(&String::from_utf8_lossy(&status));
         let exe = fs::read_link(dir.join("exe"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
@@ -447,20 +454,25 @@ impl Cache {
             .ok()?;
         let cut = cmdline.len() > MAX_CMDLINE;
         cmdline.truncate(MAX_CMDLINE);
-        let mut cgroup = String::new();
+        let mut raw = Vec::new();
         fs::File::open(dir.join("cgroup"))
             .ok()?
             .take(64 * 1024)
-            .read_to_string(&mut cgroup)
+            .read_to_end(&mut raw)
             .ok()?;
-        let cgroup = parse_cgroup(&cgroup);
-        let (trusted_cgroup, cgroup_id) = match (&self.cgroup_root, &cgroup) {
-            (Some(root), Some(path)) => (
-                trusted_prefix(root, path),
-                fs::metadata(root.join(path.trim_start_matches('/')))
-                    .ok()
-                    .map(|m| m.ino()),
-            ),
+        let raw_path = cgroup_path(&raw);
+        let cgroup = raw_path.map(|p| String::from_utf8_lossy(p).into_owned());
+        let (trusted_cgroup, cgroup_id) = match (&self.cgroup_root, &cgroup, raw_path) {
+            (Some(root), Some(path), Some(raw_path)) => {
+                use std::os::unix::ffi::OsStrExt as _;
+                let relative = raw_path.strip_prefix(b"/").unwrap_or(raw_path);
+                (
+                    trusted_prefix(root, path),
+                    fs::metadata(root.join(std::ffi::OsStr::from_bytes(relative)))
+                        .ok()
+                        .map(|m| m.ino()),
+                )
+            }
             _ => (None, None),
         };
         let mut info = ProcInfo {
@@ -556,14 +568,20 @@ mod tests {
         let stat = "123 (a) b (c)) S 45 123 123 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 \
                     98765 1000 100 18446744073709551615";
         assert_eq!(
-            parse_stat(stat),
+            parse_stat(stat.as_bytes()),
             Some(Stat {
                 comm: "a) b (c)".into(),
                 ppid: 45,
                 start_time: 98765
             })
         );
-        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat(b"garbage"), None);
+        // A name that is not UTF-8 (any bytes but NUL) is decoded, not a failed read.
+        let odd = b"7 (\xffab\xfe) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0 0";
+        assert_eq!(
+            parse_stat(odd).map(|s| (s.comm, s.start_time)),
+            Some(("\u{fffd}ab\u{fffd}".to_owned(), 555))
+        );
         assert_eq!(
             parse_status_uid("Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t5\n"),
             Some(1000)

@@ -220,7 +220,7 @@ fn enricher_reads_this_process() {
     ev.pid = std::process::id();
     // SAFETY: getuid has no preconditions.
     ev.uid = unsafe { libc::getuid() };
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let stat = std::fs::read("/proc/self/stat").expect("stat");
     let me = procinfo::parse_stat(&stat).expect("parse");
     ev.comm = [0; 16];
     ev.comm[..me.comm.len()].copy_from_slice(me.comm.as_bytes());

@@ -602,6 +602,17 @@ fn probe_in(
     probes: &[String],
 ) -> Result<Vec<egressd_testbed::client::ProbeResult>, Failed> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    probe_via(&exe, tb, cgroup, extra, probes)
+}
+
+/// [`probe_in`], the probe client started as `exe` (this test binary, or a link to it).
+fn probe_via(
+    exe: &Path,
+    tb: &egressd_testbed::Testbed,
+    cgroup: &Path,
+    extra: &[&str],
+    probes: &[String],
+) -> Result<Vec<egressd_testbed::client::ProbeResult>, Failed> {
     let out = Command::new(exe)
         .arg(super::harness::PROBE_ARG)
         .arg("--cgroup")
@@ -669,6 +680,65 @@ pub fn attribution_follows_exec() -> Result<(), Failed> {
     // The second program lingers: it is read, and verified.
     if events[1]["process"]["details"] != "verified" {
         return Err(format!("the living program was not verified: {}", events[1]).into());
+    }
+    Ok(())
+}
+
+/// A process cannot hide behind names that are not UTF-8: a program started through a
+/// link named with invalid UTF-8 bytes (its `comm`), in a cgroup so named, is still read
+/// from `/proc` and verified, its names decoded with U+FFFD for each invalid byte (the
+/// files were once read as text, failed, and the process was reported as exited, without
+/// executable or command line).
+pub fn attribution_survives_names_that_are_not_utf8() -> Result<(), Failed> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let tb = testbed()?;
+    let agent = Agent::start(&tb, "enforce")?;
+    let dir = TempDir(std::env::temp_dir().join(egressd_testbed::unique("egressd-odd-")));
+    std::fs::create_dir_all(&dir.0).map_err(|e| e.to_string())?;
+    let link = dir
+        .0
+        .join(std::ffi::OsStr::from_bytes(b"odd-\xfe\xffprobe"));
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(&exe, &link).map_err(|e| e.to_string())?;
+    let cg = tb
+        .cgroup
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"odd-\xff"));
+    std::fs::create_dir_all(&cg).map_err(|e| format!("{}: {e}", cg.display()))?;
+    // The probe takes its arguments as text: it joins the cgroup through a link.
+    let cg_link = dir.0.join("cgroup");
+    std::os::unix::fs::symlink(&cg, &cg_link).map_err(|e| e.to_string())?;
+    let r = probe_via(
+        &link,
+        &tb,
+        &cg_link,
+        &["--linger-ms", "1500"],
+        &[tcp(US_V4)],
+    );
+    let recs = agent.stop();
+    let _ = std::fs::remove_dir(&cg);
+    expect_eperm(&r?[0])?;
+    let recs = recs?;
+    let events = super::harness::connections(&recs);
+    let [e] = events.as_slice() else {
+        return Err(format!("want one event, got {events:?}").into());
+    };
+    let p = &e["process"];
+    let want_name = "odd-\u{fffd}\u{fffd}probe";
+    if p["details"] != "verified" || p["name"] != want_name {
+        return Err(format!("want a verified {want_name:?}: {e}").into());
+    }
+    let cmd = p["command_line"].as_str().unwrap_or("");
+    if !cmd.starts_with(link.to_string_lossy().as_ref())
+        || p["executable"].as_str().is_none_or(str::is_empty)
+    {
+        return Err(format!("executable or command line missing: {e}").into());
+    }
+    if !e["cgroup"]["path"]
+        .as_str()
+        .is_some_and(|c| c.ends_with("/odd-\u{fffd}"))
+    {
+        return Err(format!("cgroup path: {e}").into());
     }
     Ok(())
 }

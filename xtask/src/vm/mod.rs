@@ -78,7 +78,8 @@ pub struct Args {
 /// than it proves beyond the native run; name one after `--` to run it in the VMs anyway.
 ///
 /// Also those whose subject is userspace logic (falling back to the last good policy,
-/// the per-cgroup lock, the audit chain's verification) while their kernel-facing part
+/// the per-cgroup lock, the audit chain's verification, reading `/proc` names that are not
+/// UTF-8) while their kernel-facing part
 /// (load, attach, a probe's verdict) is what every other test does in each VM: each costs
 /// 30-100 s per kernel under TCG, and CI's whole run must stay within 90 minutes.
 const NATIVE_ONLY: &[&str] = &[
@@ -88,6 +89,7 @@ const NATIVE_ONLY: &[&str] = &[
     "lastgood_fallback_on_invalid_policy_at_start",
     "lastgood_status_shows_the_fallback",
     "fleet_second_daemon_on_a_cgroup_refused",
+    "security_attribution_survives_names_that_are_not_utf8",
 ];
 
 /// One kernel's line of the result table.
