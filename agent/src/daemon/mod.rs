@@ -73,8 +73,9 @@ const RING_REST: Duration = Duration::from_millis(1);
 
 /// Reads the host name from the UTS namespace (`/proc/sys/kernel/hostname`).
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
+    // sethostname(2) takes any bytes: invalid UTF-8 is decoded as U+FFFD, not refused.
+    std::fs::read("/proc/sys/kernel/hostname")
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
 }
 

@@ -16,7 +16,7 @@
 //!
 //! | format | link field | `C(n)` |
 //! | --- | --- | --- |
-//! | `json` | `chain` (top level) | RFC 8785 (JCS) serialization of the record's JSON object without `chain`: egressd writes native records in that form, so `C(n)` is the line without its `,"chain":"…"` member (unless a host label key is outside printable ASCII) |
+//! | `json` | `chain` (top level) | RFC 8785 (JCS) serialization of the record's JSON object without `chain`: egressd writes native records in that form, so `C(n)` is the line without its `,"chain":"…"` member |
 //! | `ecs` | `event.hash` | JCS of the document without `event.hash` |
 //! | `ocsf` | `unmapped.egressd.chain` | JCS of the event without `unmapped.egressd.chain` |
 //! | `cef` | `egressdChain` (last extension) | the UTF-8 bytes of the CEF text from `CEF:0|` up to, not including, ` egressdChain=` |

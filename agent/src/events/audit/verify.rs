@@ -919,7 +919,9 @@ fn check_run(run: String, entries: Vec<Entry>, host_interval: Option<u64>, opts:
     }
 }
 
-/// The report for people.
+/// The report for people. Every text taken from the records (host names, ids, policy
+/// names, messages quoting a record) goes through [`shown`]: a record cannot write control
+/// sequences to the auditor's terminal.
 pub fn text(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
@@ -927,52 +929,63 @@ pub fn text(r: &Report) -> String {
         let _ = writeln!(
             s,
             "host {}: {} (window {} to {})",
-            h.host,
+            shown(&h.host),
             if h.proven {
                 "continuous enforcement PROVEN"
             } else {
                 "continuous enforcement NOT PROVEN"
             },
-            h.window.from,
-            h.window.to
+            shown(&h.window.from),
+            shown(&h.window.to)
         );
         for run in &h.runs {
+            let formats: Vec<String> = run.formats.iter().map(|f| shown(f)).collect();
             let _ = writeln!(
                 s,
                 "  run {} ({} records, sequence 1..{}, {}{})",
-                run.run,
+                shown(&run.run),
                 run.records,
                 run.last_sequence,
-                run.formats.join("+"),
+                formats.join("+"),
                 if run.keyed { ", keyed chain" } else { "" }
             );
             for i in &run.enforcement {
-                let _ = writeln!(s, "    enforced {} to {} ({:.3} s)", i.from, i.to, i.secs);
+                let _ = writeln!(
+                    s,
+                    "    enforced {} to {} ({:.3} s)",
+                    shown(&i.from),
+                    shown(&i.to),
+                    i.secs
+                );
             }
             for p in &run.policies {
                 let _ = writeln!(
                     s,
                     "    policy {} generation {} mode {} from {} to {}",
-                    p.digest.as_deref().unwrap_or("?"),
+                    shown(p.digest.as_deref().unwrap_or("?")),
                     p.generation.map_or_else(|| "?".into(), |g| g.to_string()),
-                    p.mode.as_deref().unwrap_or("?"),
-                    p.interval.from,
-                    p.interval.to
+                    shown(p.mode.as_deref().unwrap_or("?")),
+                    shown(&p.interval.from),
+                    shown(&p.interval.to)
                 );
             }
+            let pairs = |sep: &str, m: &std::collections::BTreeMap<String, u64>| -> Vec<String> {
+                m.iter()
+                    .map(|(k, v)| format!("{}{sep}{v}", shown(k)))
+                    .collect()
+            };
             if !run.coverage.is_empty() {
                 let c: Vec<String> = run
                     .coverage
                     .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
+                    .map(|(k, v)| format!("{}={}", shown(k), shown(v)))
                     .collect();
                 let _ = writeln!(s, "    kernel coverage: {}", c.join(" "));
             }
             if !run.flows.is_empty() {
-                let c: Vec<String> = run.flows.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                let _ = writeln!(s, "    flows: {}", c.join(", "));
+                let _ = writeln!(s, "    flows: {}", pairs(" ", &run.flows).join(", "));
             }
-            let l: Vec<String> = run.lost.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let l = pairs(" ", &run.lost);
             let _ = writeln!(
                 s,
                 "    lost: {}",
@@ -1012,6 +1025,21 @@ pub fn text(r: &Report) -> String {
     s
 }
 
+/// `text` with control characters (C0, DEL, C1, line ends included) and the Unicode
+/// direction controls escaped as Rust writes them (`\u{1b}`), the rest as it is.
+fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let direction = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || direction {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn line(s: &mut String, indent: &str, f: &Finding) {
     use std::fmt::Write;
     let _ = writeln!(
@@ -1020,8 +1048,8 @@ fn line(s: &mut String, indent: &str, f: &Finding) {
         if f.fails { "FAIL" } else { "note" },
         f.kind,
         f.at.as_deref()
-            .map_or_else(String::new, |a| format!(" at {a}")),
-        f.message
+            .map_or_else(String::new, |a| format!(" at {}", shown(a))),
+        shown(&f.message)
     );
 }
 

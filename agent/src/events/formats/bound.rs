@@ -9,7 +9,8 @@
 //! - **Records, per sink.** A formatted record longer than the sink's `max_message_bytes`
 //!   (8 KiB for syslog sinks by default, rsyslog's default `maxMessageSize`) is cut so that
 //!   it stays parseable and says so: JSON formats get a top-level `"truncated_from_bytes": N`
-//!   and lose the ends of their longest strings (then of their longest arrays); a CEF line
+//!   and lose the ends of their longest strings (then of their longest arrays, then, when
+//!   only strings under 64 bytes are left, whole nested objects, largest first); a CEF line
 //!   is cut between key-value pairs or inside a value, never inside an escape sequence, and
 //!   ends with `egressdTruncatedFromBytes=N`. The pipeline counts each such record.
 use crate::{

@@ -2,7 +2,8 @@
 //! are, one object per line (RFC 8259, UTF-8), each in its RFC 8785 (JCS) form: compact,
 //! every object's members in key order, then the `chain` link as the last member. The line
 //! without `,"chain":"..."` is then the link's canonical bytes ([`crate::events::audit::chain`];
-//! a `host.labels` key outside printable ASCII is the exception: its JCS order may differ).
+//! the configuration allows only `[A-Za-z0-9_.-]` in `host.labels` keys, so this always
+//! holds; [`write::is_canonical`] checks it anyway).
 //!
 //! Connection event fields (ECS names where ECS has one):
 //!

@@ -648,3 +648,13 @@ fn the_same_export_twice_is_duplicates() {
         );
     }
 }
+
+/// Text from the records reaches the auditor's terminal without its control sequences.
+#[test]
+fn report_text_escapes_control_characters() {
+    assert_eq!(super::shown("storage-eu-1 ü"), "storage-eu-1 ü");
+    assert_eq!(
+        super::shown("h\u{1b}[31mRED\n\u{7f}\u{9b}\u{202e}x"),
+        "h\\u{1b}[31mRED\\u{a}\\u{7f}\\u{9b}\\u{202e}x"
+    );
+}
