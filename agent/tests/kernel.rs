@@ -177,6 +177,10 @@ fn main() {
             summary::summary_table_full,
         ),
         Trial::test(
+            "suppression_across_hooks_counted_once",
+            summary::suppression_across_hooks_counted_once,
+        ),
+        Trial::test(
             "reload_100_times_under_load_zero_misjudged",
             reload::reload_under_load,
         ),

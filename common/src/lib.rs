@@ -371,7 +371,7 @@ pub mod loss {
     /// was full) nor counted in [`crate::maps::UNREPORTED`] (an older build's programs):
     /// attempts no record or summary accounts for.
     pub const RINGBUF_FULL: u32 = 0;
-    /// Events not emitted because an event for the same (process, destination, verdict) was
+    /// Events not emitted because an event for the same (process, destination, verdict, hook) was
     /// emitted less than the suppression window ago (not a loss: the next event carries the
     /// count, and the decision counters are exact regardless).
     pub const SUPPRESSED: u32 = 1;
@@ -652,7 +652,15 @@ pub struct GlobalPolicy {
     pub suppress_ms: u32,
 }
 
-/// Key of [`maps::SUPPRESS`]: one (process, destination, verdict). 28 bytes.
+/// Key of [`maps::SUPPRESS`]: one (process, destination, verdict, hook, region). 32 bytes.
+///
+/// The hook and region are part of it because the suppressed counts not yet carried by an
+/// event are kept per (hook, region, verdict) ([`unreported::PENDING`]): an attempt
+/// suppressed at one hook must be carried by an event of the same hook and region, or the
+/// per-hook accounting counts it twice (once carried, once pending at the stop). Before
+/// they were, a `connect()` and a v4-mapped `connect()` (connect4, connect6), or a
+/// `sendto()` and a `send()` on the connected socket (sendmsg4, the packet hook), to one
+/// destination shared a key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SuppressKey {
@@ -668,8 +676,12 @@ pub struct SuppressKey {
     pub verdict: u8,
     /// Address family ([`family`]).
     pub family: u8,
+    /// [`Hook`] code of the attempt.
+    pub hook: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
+    /// Region id of the destination, as in [`Event::region`].
+    pub region: u32,
 }
 
 /// Value of [`maps::SUPPRESS`]. 16 bytes.
@@ -964,7 +976,7 @@ pub struct Event {
     pub gid: u32,
     /// Region id of the destination, [`REGION_UNKNOWN`] if it is in no region.
     pub region: u32,
-    /// Events for the same (process, destination, verdict) suppressed by the kernel since
+    /// Events for the same (process, destination, verdict, hook) suppressed by the kernel since
     /// the previous one that was emitted (flood control); counters are never suppressed.
     pub suppressed: u32,
     /// Id of the policy rule that decided, 0 when the region allowlist decided.
@@ -1071,7 +1083,7 @@ const _: () = assert!(core::mem::size_of::<SockVerdict>() == 48);
 const _: () = assert!(core::mem::offset_of!(SockVerdict, route_check) == 40);
 const _: () = assert!(core::mem::size_of::<RouteState>() == 16);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
-const _: () = assert!(core::mem::size_of::<SuppressKey>() == 28);
+const _: () = assert!(core::mem::size_of::<SuppressKey>() == 32);
 const _: () = assert!(core::mem::size_of::<SuppressState>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36);
 const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);

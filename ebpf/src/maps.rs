@@ -117,7 +117,7 @@ pub static EGRESSD_FLOWS_V1: PerCpuArray<FlowCounter> =
 pub static EGRESSD_UNREPORTED_V1: Array<u64> =
     Array::with_max_entries(egressd_common::unreported::SLOTS, 0);
 
-/// Last event time and suppressed count per (process, destination, verdict).
+/// Last event time and suppressed count per (process, destination, verdict, hook).
 #[map]
 pub static EGRESSD_SUPPRESS_V1: LruHashMap<SuppressKey, SuppressState> =
     LruHashMap::with_max_entries(SUPPRESS_ENTRIES, 0);

@@ -77,7 +77,7 @@ fn unreported(index: u32, n: u64) {
     }
 }
 
-/// Flood control: `None` when an event for the same (process, destination, verdict) was
+/// Flood control: `None` when an event for the same (process, destination, verdict, hook) was
 /// emitted less than the window ago (the caller then counts it as suppressed), else the
 /// number suppressed since that event, which the new event carries. The suppressed counts
 /// not yet carried are kept by `hook`, region and verdict ([`unreported::PENDING`]).
@@ -95,7 +95,9 @@ fn suppress(hook: Hook, pid: u32, d: &Dest, dec: &Decision, now: u64) -> Option<
         protocol: d.protocol,
         verdict: dec.verdict as u8,
         family: d.family,
-        _pad: [0; 3],
+        hook: hook as u8,
+        _pad: [0; 2],
+        region: dec.region,
     };
     let window = u64::from(window_ms) * 1_000_000;
     match EGRESSD_SUPPRESS_V1.get_ptr_mut(&key) {

@@ -320,7 +320,7 @@ pub struct Config {
     /// `default`: what happens to a destination in no region and under no rule;
     /// [`Action::Deny`] when absent.
     pub default: Action,
-    /// `suppress_window_ms`: at most one event per (process, destination, verdict) per
+    /// `suppress_window_ms`: at most one event per (process, destination, verdict, hook) per
     /// window, in milliseconds; the next event carries the number suppressed. 0 disables it;
     /// [`DEFAULT_SUPPRESS_WINDOW_MS`] when absent. Counters are exact either way.
     pub suppress_window_ms: u32,

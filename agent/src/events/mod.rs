@@ -148,7 +148,7 @@ pub struct ConnectionEvent {
     pub policy: PolicyRef,
     /// Rule that decided.
     pub rule: Rule,
-    /// Events for the same (process, destination, verdict) that the kernel suppressed since
+    /// Events for the same (process, destination, verdict, hook) that the kernel suppressed since
     /// the previous one it emitted (flood control; the counters still count them).
     pub suppressed: u32,
 }

@@ -23,7 +23,9 @@ pub(super) fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>
         {
             // Per-socket caches hold nothing that must survive: an older build's is replaced
             // (its sockets are judged again) instead of refusing the upgrade.
-            if name == maps::SOCKETS || name == maps::OWNERS {
+            // Likewise the suppression table: the counts it holds are also pending in
+            // `UNREPORTED`, which the stop reports.
+            if name == maps::SOCKETS || name == maps::OWNERS || name == maps::SUPPRESS {
                 std::fs::remove_file(&path)
                     .with_context(|| format!("removing the old cache pin {}", path.display()))?;
                 tracing::info!(pin = %path.display(), "replacing a per-socket cache of another shape");
@@ -119,6 +121,11 @@ fn expected_shape(name: &str) -> Option<(u32, u32)> {
         Some((4, size(size_of::<egressd_common::SockVerdict>())))
     } else if name == maps::OWNERS {
         Some((4, size(size_of::<egressd_common::SockOwner>())))
+    } else if name == maps::SUPPRESS {
+        Some((
+            size(size_of::<egressd_common::SuppressKey>()),
+            size(size_of::<egressd_common::SuppressState>()),
+        ))
     } else if maps::TABLE14.contains(&name)
         || maps::TABLE24.contains(&name)
         || maps::TABLE8.contains(&name)
