@@ -67,8 +67,8 @@ pub type Timestamp = arrayvec::ArrayString<32>;
 /// kept inline.
 pub type EventId = arrayvec::ArrayString<48>;
 
-/// A task's `comm` as text ([`Process::name`]: at most 15 bytes, each invalid UTF-8 byte
-/// replaced by U+FFFD, so at most 45), kept inline.
+/// A task's `comm` as text ([`Process::name`]: at most 16 bytes, each invalid UTF-8 byte
+/// replaced by U+FFFD, so at most 48), kept inline.
 pub type Comm = arrayvec::ArrayString<48>;
 
 /// Fields every record carries.
@@ -998,7 +998,7 @@ fn protocol_name(number: u8) -> Cow<'static, str> {
         .map_or_else(|| number.to_string().into(), |&(n, _)| n.into())
 }
 
-/// NUL-terminated task name to text (lossy for non-UTF-8 bytes; borrowed when it is UTF-8).
+/// NUL-terminated task name to text, as `String::from_utf8_lossy` decodes it.
 fn comm(raw: &[u8; 16]) -> Comm {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     let mut name = Comm::new();

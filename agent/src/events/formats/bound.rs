@@ -101,7 +101,7 @@ pub fn cap_event(ev: &ConnectionEvent) -> Option<ConnectionEvent> {
     cut |= cap_opt(&mut e.cgroup.systemd_unit, MAX_NAME);
     cut |= cap_opt(&mut e.user.name, MAX_NAME);
     cut |= cap_opt(&mut e.group.name, MAX_NAME);
-    // `process.name` is a comm: at most 45 bytes ([`crate::events::Comm`]), below every cap.
+    // `process.name` is a comm: at most 48 bytes ([`crate::events::Comm`]), below every cap.
     cut.then_some(e)
 }
 
