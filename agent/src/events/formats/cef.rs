@@ -152,7 +152,7 @@ fn summary(s: &SummaryEvent) -> String {
         .kv("start", super::unix_ms(s.start_ns))
         .kv("end", super::unix_ms(h.unix_ns))
         .kv("cnt", s.count)
-        .kv("externalId", &h.id)
+        .kv("externalId", h.id)
         .kv("egressdSeq", h.sequence)
         .kv("cat", "egress/connection_summary")
         .kv("act", if deny { "deny" } else { "would-deny" })
@@ -211,7 +211,7 @@ fn connection(ev: &ConnectionEvent) -> String {
     let deny = ev.verdict != "audit";
     let mut e = Ext(String::new());
     e.kv("rt", super::unix_ms(h.unix_ns))
-        .kv("externalId", &h.id)
+        .kv("externalId", h.id)
         .kv("egressdSeq", h.sequence)
         .kv("cat", "egress/connection")
         .kv("act", if deny { "deny" } else { "would-deny" })
@@ -238,7 +238,7 @@ fn connection(ev: &ConnectionEvent) -> String {
     e.kv("dvchost", &h.host.name)
         .kv("shost", &h.host.name)
         .kv("spid", ev.process.pid)
-        .kv("sproc", &ev.process.name)
+        .kv("sproc", ev.process.name)
         .kv("suid", ev.user.id)
         .opt("suser", ev.user.name.as_ref())
         .kv("msg", super::message(ev))
@@ -278,7 +278,7 @@ fn lifecycle(l: &Lifecycle) -> String {
     let h = &l.header;
     let mut e = Ext(String::new());
     e.kv("rt", super::unix_ms(h.unix_ns))
-        .kv("externalId", &h.id)
+        .kv("externalId", h.id)
         .kv("egressdSeq", h.sequence)
         .kv("cat", "egress/lifecycle")
         .kv("dvchost", &h.host.name);
