@@ -570,18 +570,7 @@ pub fn summary_table_full() -> Result<(), Failed> {
     let recs = agent.stop()?;
     let stop = stop_record(&recs)?;
     let (by, summaries, summarized) = accounted(&recs);
-    let mut kernel = BTreeMap::new();
-    for c in stop["counters"].as_array().into_iter().flatten() {
-        if c["verdict"] == "allow" {
-            continue;
-        }
-        let key = (
-            c["hook"].as_str().unwrap_or("?").to_owned(),
-            c["region"].as_str().unwrap_or("?").to_owned(),
-            c["verdict"].as_str().unwrap_or("?").to_owned(),
-        );
-        *kernel.entry(key).or_insert(0) += c["count"].as_u64().unwrap_or(0);
-    }
+    let kernel = kernel_counts(stop);
     let overflow: u64 = recs
         .iter()
         .filter(|r| r["type"] == "connection_summary" && r["rule"]["name"] == "summary_table_full")
