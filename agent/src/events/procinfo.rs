@@ -219,13 +219,8 @@ pub fn join_cmdline(raw: &[u8], cut: bool) -> Option<String> {
     Some(s)
 }
 
-/// The cgroup v2 path from `/proc/PID/cgroup` text (`0::/system.slice/x.service`).
-pub fn parse_cgroup(text: &str) -> Option<String> {
-    cgroup_path(text.as_bytes()).map(|p| String::from_utf8_lossy(p).into_owned())
-}
-
-/// The cgroup v2 path of `/proc/PID/cgroup` as read (bytes: a delegated cgroup may have any
-/// name but `/` and NUL), without its line end.
+/// The cgroup v2 path of `/proc/PID/cgroup` as read (`0::/system.slice/x.service`; bytes:
+/// a delegated cgroup may have any name but `/` and NUL), without its line end.
 fn cgroup_path(text: &[u8]) -> Option<&[u8]> {
     text.split(|&b| b == b'\n')
         .find_map(|l| l.strip_prefix(b"0::"))
@@ -612,11 +607,11 @@ mod tests {
         let hybrid =
             "12:memory:/x\n1:name=systemd:/system.slice/a.service\n0::/system.slice/a.service\n";
         assert_eq!(
-            parse_cgroup(hybrid).as_deref(),
-            Some("/system.slice/a.service")
+            cgroup_path(hybrid.as_bytes()),
+            Some(&b"/system.slice/a.service"[..])
         );
-        assert_eq!(parse_cgroup("0::/\n").as_deref(), Some("/"));
-        assert_eq!(parse_cgroup("1:cpu:/x\n"), None);
+        assert_eq!(cgroup_path(b"0::/\n"), Some(&b"/"[..]));
+        assert_eq!(cgroup_path(b"1:cpu:/x\n"), None);
     }
 
     #[test]

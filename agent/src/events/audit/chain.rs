@@ -126,16 +126,11 @@ impl Chain {
     /// as it is and the link appended in place.
     pub fn seal_canonical(&mut self, mut body: Vec<u8>) -> Vec<u8> {
         let next = self.step(&body);
-        if body.last() == Some(&b'}') {
-            body.pop();
-            if body.last() != Some(&b'{') {
-                body.push(b',');
-            }
-            body.extend_from_slice(b"\"chain\":\"");
-            body.extend_from_slice(self.prefix().as_bytes());
-            push_hex_bytes(&mut body, &next);
-            body.extend_from_slice(b"\"}");
-        }
+        let prefix = self.prefix();
+        push_link_member(&mut body, |b| {
+            b.extend_from_slice(prefix.as_bytes());
+            push_hex_bytes(b, &next);
+        });
         body
     }
 
@@ -177,15 +172,22 @@ impl Chain {
 fn append_link(body: &[u8], link: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(body.len() + link.len() + 12);
     v.extend_from_slice(body);
-    if v.last() == Some(&b'}') {
-        v.pop();
-        let sep: &[u8] = if v.last() == Some(&b'{') { b"" } else { b"," };
-        v.extend_from_slice(sep);
-        v.extend_from_slice(b"\"chain\":\"");
-        v.extend_from_slice(link.as_bytes());
-        v.extend_from_slice(b"\"}");
-    }
+    push_link_member(&mut v, |v| v.extend_from_slice(link.as_bytes()));
     v
+}
+
+/// Appends `"chain":"LINK"` as the last member of the JSON object `body` (nothing when
+/// `body` does not end with `}`); `link` writes the link's text.
+fn push_link_member(body: &mut Vec<u8>, link: impl FnOnce(&mut Vec<u8>)) {
+    if body.last() == Some(&b'}') {
+        body.pop();
+        if body.last() != Some(&b'{') {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"\"chain\":\"");
+        link(body);
+        body.extend_from_slice(b"\"}");
+    }
 }
 
 /// [`canonical_json`] of `body` without building a [`Value`]: `body` is compact JSON as
