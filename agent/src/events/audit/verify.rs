@@ -969,10 +969,8 @@ pub fn text(r: &Report) -> String {
                     shown(&p.interval.to)
                 );
             }
-            let pairs = |sep: &str, m: &std::collections::BTreeMap<String, u64>| -> Vec<String> {
-                m.iter()
-                    .map(|(k, v)| format!("{}{sep}{v}", shown(k)))
-                    .collect()
+            let pairs = |m: &std::collections::BTreeMap<String, u64>| -> Vec<String> {
+                m.iter().map(|(k, v)| format!("{} {v}", shown(k))).collect()
             };
             if !run.coverage.is_empty() {
                 let c: Vec<String> = run
@@ -983,9 +981,9 @@ pub fn text(r: &Report) -> String {
                 let _ = writeln!(s, "    kernel coverage: {}", c.join(" "));
             }
             if !run.flows.is_empty() {
-                let _ = writeln!(s, "    flows: {}", pairs(" ", &run.flows).join(", "));
+                let _ = writeln!(s, "    flows: {}", pairs(&run.flows).join(", "));
             }
-            let l = pairs(" ", &run.lost);
+            let l = pairs(&run.lost);
             let _ = writeln!(
                 s,
                 "    lost: {}",

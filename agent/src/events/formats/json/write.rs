@@ -220,25 +220,19 @@ pub fn connection(out: &mut Vec<u8>, ev: &ConnectionEvent) {
     str_member(out, "id", &h.id);
     let n = &ev.network;
     out.extend_from_slice(b",\"network\":{");
-    let mut first = true;
+    // The optional numbers sort before `transport`, which always follows them.
     let numbers = [
         ("ethertype", n.ethertype.map(u64::from)),
         ("iana_number", n.iana_number.map(u64::from)),
     ];
     for (k, v) in numbers {
         if let Some(v) = v {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
             out.push(b'"');
             out.extend_from_slice(k.as_bytes());
             out.extend_from_slice(b"\":");
             num(out, v);
+            out.push(b',');
         }
-    }
-    if !first {
-        out.push(b',');
     }
     out.extend_from_slice(b"\"transport\":");
     str(out, &n.transport);
