@@ -401,6 +401,27 @@ impl Sequencer {
         }
     }
 
+    /// [`Self::unnumbered`] written over `header` (of a record handed back for reuse), its
+    /// host and agent kept when they are this run's ([`share`]).
+    pub fn unnumbered_into(&self, header: &mut Header, kind: &'static str, unix_ns: i128) {
+        let Header {
+            timestamp,
+            kind: out_kind,
+            id,
+            sequence,
+            host,
+            agent,
+            unix_ns: out_ns,
+        } = header;
+        *timestamp = rfc3339(unix_ns);
+        *out_kind = kind;
+        id.clear();
+        *sequence = 0;
+        share(host, &self.host);
+        share(agent, &self.agent);
+        *out_ns = unix_ns;
+    }
+
     /// Gives `header` the next sequence number and its id.
     pub fn number(&self, header: &mut Header) {
         let sequence = self.next.fetch_add(1, Ordering::Relaxed);
@@ -457,11 +478,11 @@ impl PolicyNames {
     }
 
     /// [`Policy::region_name`] of `id` (`policy`: the one these names are of).
-    fn region(&self, policy: &Policy, id: u32) -> Arc<str> {
+    fn share_region(&self, policy: &Policy, id: u32, slot: &mut Arc<str>) {
         match self.regions.get(id as usize) {
-            Some(name) => name.clone(),
+            Some(name) => share(slot, name),
             // Retired and unknown ids.
-            None => policy.region_name(id).into(),
+            None => *slot = policy.region_name(id).into(),
         }
     }
 }
@@ -516,6 +537,15 @@ impl Enricher {
     /// bytes of `cmdline` and `cgroup`), and reporting it only where it agrees with the
     /// kernel's record ([`procinfo::Cache::lookup`]).
     pub fn enrich(&self, ev: &Event) -> ConnectionEvent {
+        let mut out = self.blank();
+        self.enrich_into(ev, &mut out);
+        out
+    }
+
+    /// As [`Self::enrich`], written over `out` (an event already submitted, handed back for
+    /// reuse): its shared strings are kept where the new event has the same ones, as a flood
+    /// from one process does ([`build_into`]).
+    pub fn enrich_into(&self, ev: &Event, out: &mut ConnectionEvent) {
         // Borrowed when it is UTF-8: no allocation for the comparison.
         let name = comm(&ev.comm);
         let claim = procinfo::Claim {
@@ -525,45 +555,105 @@ impl Enricher {
             cgroup_id: ev.cgroup_id,
             boot_ns: ev.boot_ns,
         };
-        let (details, user, group) = {
-            let mut procs = self
-                .procs
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            (
-                procs.lookup(&claim),
-                procs.user_name(ev.uid),
-                procs.group_name(ev.gid),
-            )
-        };
-        self.assemble(ev, &details, user, group)
+        // Held while the names are shared into `out`: this thread's own cache, uncontended.
+        let mut procs = self
+            .procs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let details = procs.lookup(&claim);
+        let (user, group) = procs.names(ev.uid, ev.gid);
+        self.assemble(ev, &details, user, group, out);
     }
 
     /// As [`Self::enrich`] without reading `/proc` or the user databases: the kernel's fields
     /// only, `process.details = "skipped"` (enrichment stalled; see [`worker`]).
     pub fn skip(&self, ev: &Event) -> ConnectionEvent {
-        self.assemble(ev, &procinfo::Details::Skipped, None, None)
+        let mut out = self.blank();
+        self.skip_into(ev, &mut out);
+        out
+    }
+
+    /// As [`Self::skip`], written over `out` (see [`Self::enrich_into`]).
+    pub fn skip_into(&self, ev: &Event, out: &mut ConnectionEvent) {
+        self.assemble(ev, &procinfo::Details::Skipped, None, None, out);
+    }
+
+    /// An empty event to build in ([`Self::enrich_into`], [`Self::skip_into`]).
+    pub fn blank(&self) -> ConnectionEvent {
+        ConnectionEvent::blank(self.seq.unnumbered("connection", 0), &self.names)
     }
 
     fn assemble(
         &self,
         ev: &Event,
         details: &procinfo::Details,
-        user: Option<Arc<str>>,
-        group: Option<Arc<str>>,
-    ) -> ConnectionEvent {
-        build(
-            self.seq.unnumbered(
-                "connection",
-                crate::base::clock::boot_to_unix_ns(ev.boot_ns),
-            ),
-            &self.policy,
-            &self.names,
-            ev,
-            details,
-            user,
-            group,
-        )
+        user: Option<&Arc<str>>,
+        group: Option<&Arc<str>>,
+        out: &mut ConnectionEvent,
+    ) {
+        self.seq.unnumbered_into(
+            &mut out.header,
+            "connection",
+            crate::base::clock::boot_to_unix_ns(ev.boot_ns),
+        );
+        build_into(out, &self.policy, &self.names, ev, details, user, group);
+    }
+}
+
+/// `slot` made to hold `src`. A reference count is touched only when it holds another
+/// value: an event rebuilt in place for the same process keeps its strings, with none of
+/// the atomic operations that would pull their cache lines away from the threads reading
+/// them.
+fn share<T: ?Sized>(slot: &mut Arc<T>, src: &Arc<T>) {
+    if !Arc::ptr_eq(slot, src) {
+        *slot = Arc::clone(src);
+    }
+}
+
+/// [`share`] for an optional value.
+fn share_opt<T: ?Sized>(slot: &mut Option<Arc<T>>, src: Option<&Arc<T>>) {
+    match (slot.as_mut(), src) {
+        (Some(s), Some(src)) => share(s, src),
+        (None, None) => {}
+        (_, src) => *slot = src.cloned(),
+    }
+}
+
+impl ConnectionEvent {
+    /// An event under `header` for [`build_into`] to write over: every other field empty.
+    fn blank(header: Header, names: &PolicyNames) -> Self {
+        Self {
+            header,
+            verdict: "",
+            hook: "",
+            process: Process::default(),
+            user: Named::default(),
+            group: Named::default(),
+            cgroup: Cgroup::default(),
+            container: None,
+            network: Network {
+                kind: "",
+                transport: Cow::Borrowed(""),
+                iana_number: None,
+                ethertype: None,
+            },
+            destination: Destination {
+                ip: None,
+                port: 0,
+                region: names.digest.clone(),
+                mapped: false,
+            },
+            policy: PolicyRef {
+                mode: "",
+                generation: 0,
+                digest: names.digest.clone(),
+            },
+            rule: Rule {
+                id: 0,
+                name: Cow::Borrowed(""),
+            },
+            suppressed: 0,
+        }
     }
 }
 
@@ -575,9 +665,42 @@ pub fn build(
     names: &PolicyNames,
     ev: &Event,
     details: &procinfo::Details,
-    user: Option<Arc<str>>,
-    group: Option<Arc<str>>,
+    user: Option<&Arc<str>>,
+    group: Option<&Arc<str>>,
 ) -> ConnectionEvent {
+    let mut out = ConnectionEvent::blank(header, names);
+    build_into(&mut out, policy, names, ev, details, user, group);
+    out
+}
+
+/// [`build`] written over `out`, all but its header (which the caller sets): every field
+/// is assigned, and the shared strings are kept where `out` already holds them ([`share`]).
+pub fn build_into(
+    out: &mut ConnectionEvent,
+    policy: &Policy,
+    names: &PolicyNames,
+    ev: &Event,
+    details: &procinfo::Details,
+    user: Option<&Arc<str>>,
+    group: Option<&Arc<str>>,
+) {
+    // Destructured whole: a field added to the event and not written here does not compile
+    // (a stale value from the event before would otherwise be reported).
+    let ConnectionEvent {
+        header: _,
+        verdict: out_verdict,
+        hook,
+        process,
+        user: out_user,
+        group: out_group,
+        cgroup,
+        container,
+        network,
+        destination,
+        policy: policy_ref,
+        rule,
+        suppressed,
+    } = out;
     let info = details.info();
     let packet = match ev.family {
         family::PACKET => Some("packet"),
@@ -597,82 +720,82 @@ pub fn build(
         IpAddr::V6(Ipv6Addr::from(ev.dst_addr))
     };
     let verdict = Verdict::from_u8(ev.verdict);
-    let cgroup_path = info.and_then(|i| i.cgroup.clone());
-    ConnectionEvent {
-        header,
-        verdict: match verdict {
-            Some(Verdict::Deny) => "deny",
-            Some(Verdict::Audit) => "audit",
-            Some(Verdict::Allow) => "allow",
-            None => "invalid",
-        },
-        hook: hook_name(ev.hook),
-        process: Process {
-            pid: ev.pid,
-            name: comm(&ev.comm),
-            thread: Id {
-                id: u64::from(ev.tid),
-            },
-            parent: info.and_then(|i| i.ppid).map(|pid| Parent { pid }),
-            executable: info.and_then(|i| i.exe.clone()),
-            command_line: info.and_then(|i| i.command_line.clone()),
-            exited: *details == procinfo::Details::Exited,
-            details: details.label(),
-            attribution: attribution_name(ev.attribution),
-        },
-        user: Named {
-            id: u64::from(ev.uid),
-            name: user,
-        },
-        group: Named {
-            id: u64::from(ev.gid),
-            name: group,
-        },
-        container: info.and_then(|i| i.container.clone()),
-        cgroup: Cgroup {
-            id: ev.cgroup_id,
-            systemd_unit: info.and_then(|i| i.systemd_unit.clone()),
-            path: cgroup_path,
-        },
-        network: Network {
-            kind: match packet {
-                Some(k) => k,
-                None if ip.is_ipv4() => "ipv4",
-                None => "ipv6",
-            },
-            transport: if packet.is_some() {
-                socket_type(ev.protocol)
-            } else {
-                protocol_name(ev.protocol)
-            },
-            iana_number: packet.is_none().then_some(ev.protocol),
-            ethertype: packet.map(|_| ev.dst_port),
-        },
-        destination: Destination {
-            ip: packet.is_none().then_some(ip),
-            port: ev.dst_port,
-            region: names.region(policy, ev.region),
-            mapped: ev.mapped != 0,
-        },
-        policy: PolicyRef {
-            mode: if verdict == Some(Verdict::Audit) {
-                "audit"
-            } else {
-                "enforce"
-            },
-            generation: ev.generation,
-            digest: names.digest.clone(),
-        },
-        rule: Rule {
-            id: ev.rule,
-            // The policy's rule name; "allowlist" for region allowlist and default decisions.
-            name: match failsafe_reason(ev.reason) {
-                Some(why) => format!("fail-closed: {why}").into(),
-                None => rule_label(policy, ev.rule, packet.is_some()),
-            },
-        },
-        suppressed: ev.suppressed,
+    *out_verdict = match verdict {
+        Some(Verdict::Deny) => "deny",
+        Some(Verdict::Audit) => "audit",
+        Some(Verdict::Allow) => "allow",
+        None => "invalid",
+    };
+    *hook = hook_name(ev.hook);
+    let Process {
+        pid,
+        name,
+        thread,
+        parent,
+        executable,
+        command_line,
+        exited,
+        details: details_label,
+        attribution,
+    } = process;
+    *pid = ev.pid;
+    *name = comm(&ev.comm);
+    thread.id = u64::from(ev.tid);
+    *parent = info.and_then(|i| i.ppid).map(|pid| Parent { pid });
+    share_opt(executable, info.and_then(|i| i.exe.as_ref()));
+    share_opt(command_line, info.and_then(|i| i.command_line.as_ref()));
+    *exited = *details == procinfo::Details::Exited;
+    *details_label = details.label();
+    *attribution = attribution_name(ev.attribution);
+    out_user.id = u64::from(ev.uid);
+    share_opt(&mut out_user.name, user);
+    out_group.id = u64::from(ev.gid);
+    share_opt(&mut out_group.name, group);
+    match (container.as_mut(), info.and_then(|i| i.container.as_ref())) {
+        (Some(c), Some(src)) => {
+            share(&mut c.id, &src.id);
+            c.runtime = src.runtime;
+        }
+        (_, src) => *container = src.cloned(),
     }
+    cgroup.id = ev.cgroup_id;
+    share_opt(
+        &mut cgroup.systemd_unit,
+        info.and_then(|i| i.systemd_unit.as_ref()),
+    );
+    share_opt(&mut cgroup.path, info.and_then(|i| i.cgroup.as_ref()));
+    *network = Network {
+        kind: match packet {
+            Some(k) => k,
+            None if ip.is_ipv4() => "ipv4",
+            None => "ipv6",
+        },
+        transport: if packet.is_some() {
+            socket_type(ev.protocol)
+        } else {
+            protocol_name(ev.protocol)
+        },
+        iana_number: packet.is_none().then_some(ev.protocol),
+        ethertype: packet.map(|_| ev.dst_port),
+    };
+    destination.ip = packet.is_none().then_some(ip);
+    destination.port = ev.dst_port;
+    names.share_region(policy, ev.region, &mut destination.region);
+    destination.mapped = ev.mapped != 0;
+    policy_ref.mode = if verdict == Some(Verdict::Audit) {
+        "audit"
+    } else {
+        "enforce"
+    };
+    policy_ref.generation = ev.generation;
+    share(&mut policy_ref.digest, &names.digest);
+    rule.id = ev.rule;
+    // The policy's rule name; "allowlist" for region allowlist and default decisions.
+    rule.name = match failsafe_reason(ev.reason) {
+        Some(why) => format!("fail-closed: {why}").into(),
+        None => rule_label(policy, ev.rule, packet.is_some()),
+    };
+    *suppressed = ev.suppressed;
 }
 
 /// What decided, in words: `packet_sockets` for a packet socket, `allowlist` for rule 0,

@@ -409,26 +409,24 @@ impl Cache {
         (stat.comm != claim.comm).then_some(Details::Mismatch("name"))
     }
 
-    /// User name of `uid`, cached (also when unknown).
-    pub fn user_name(&mut self, uid: u32) -> Option<Arc<str>> {
+    /// User name of `uid` and group name of `gid` (from NSS), cached (also when unknown),
+    /// borrowed from the cache: the caller shares what it keeps.
+    pub fn names(&mut self, uid: u32, gid: u32) -> (Option<&Arc<str>>, Option<&Arc<str>>) {
         if self.users.len() >= CACHE_CAP {
             self.users.clear();
         }
-        self.users
-            .entry(uid)
-            .or_insert_with(|| user_name(uid).map(Into::into))
-            .clone()
-    }
-
-    /// Group name of `gid`, cached (also when unknown).
-    pub fn group_name(&mut self, gid: u32) -> Option<Arc<str>> {
         if self.groups.len() >= CACHE_CAP {
             self.groups.clear();
         }
-        self.groups
+        let user = self
+            .users
+            .entry(uid)
+            .or_insert_with(|| user_name(uid).map(Into::into));
+        let group = self
+            .groups
             .entry(gid)
-            .or_insert_with(|| group_name(gid).map(Into::into))
-            .clone()
+            .or_insert_with(|| group_name(gid).map(Into::into));
+        (user.as_ref(), group.as_ref())
     }
 
     /// Reads uid, exe, cmdline (at most [`MAX_CMDLINE`] bytes) and cgroup; `None` if the

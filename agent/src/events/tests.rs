@@ -147,7 +147,7 @@ fn build_maps_every_kernel_field() {
         &PolicyNames::of(&p),
         &kernel_event(),
         &procinfo::Details::Verified(Arc::new(info)),
-        Some("bob".into()),
+        Some(&"bob".into()),
         None,
     );
     assert_eq!(ev.header.sequence, 1);
@@ -203,6 +203,78 @@ fn build_maps_every_kernel_field() {
 }
 
 #[test]
+fn events_rebuilt_in_place_are_built_afresh() {
+    let seq = Sequencer::new(sample::context());
+    let p = policy();
+    let names = PolicyNames::of(&p);
+    let docker = format!("/system.slice/docker-{}.scope", "ab12".repeat(16));
+    let mut info = procinfo::ProcInfo {
+        start_time: 1,
+        comm: "dig".into(),
+        ppid: Some(1),
+        uid: Some(0),
+        exe: Some("/usr/bin/dig".into()),
+        command_line: Some("dig @x".into()),
+        cgroup: Some(docker.as_str().into()),
+        cgroup_id: None,
+        ..procinfo::ProcInfo::default()
+    };
+    info.set_trusted_cgroup(Some(&docker));
+    assert!(info.container.is_some(), "{info:?}");
+    let rich = procinfo::Details::Verified(Arc::new(info));
+    let bob: Arc<str> = "bob".into();
+    let mut packet = kernel_event();
+    packet.family = family::PACKET;
+    packet.protocol = 3;
+    packet.hook = Hook::LsmSocketCreate as u8;
+    packet.region = 40;
+    let cases: [(Event, &procinfo::Details, Option<&Arc<str>>); 2] = [
+        (kernel_event(), &rich, Some(&bob)),
+        (packet, &procinfo::Details::Exited, None),
+    ];
+    let built = |i: usize, unix_ns| {
+        let (ev, details, name) = &cases[i];
+        build(
+            seq.unnumbered("connection", unix_ns),
+            &p,
+            &names,
+            ev,
+            details,
+            *name,
+            *name,
+        )
+    };
+    // Each written over the other, and over itself: equal to the one built afresh, field by
+    // field (no value of the event before survives).
+    for (first, second) in [(0, 1), (1, 0), (0, 0), (1, 1)] {
+        let mut out = built(first, 5);
+        seq.unnumbered_into(&mut out.header, "connection", 9);
+        let (ev, details, name) = &cases[second];
+        build_into(&mut out, &p, &names, ev, details, *name, *name);
+        assert_eq!(out, built(second, 9), "{second} over {first}");
+    }
+    // Over an event of the same process, the strings are the ones it holds: no reference
+    // count touched.
+    let mut out = built(0, 5);
+    let held = out.process.executable.clone().expect("executable");
+    let count = Arc::strong_count(&held);
+    build_into(
+        &mut out,
+        &p,
+        &names,
+        &kernel_event(),
+        &rich,
+        Some(&bob),
+        Some(&bob),
+    );
+    assert!(Arc::ptr_eq(
+        out.process.executable.as_ref().expect("exe"),
+        &held
+    ));
+    assert_eq!(Arc::strong_count(&held), count);
+}
+
+#[test]
 fn ephemeral_ids_are_hex_and_differ() {
     let a = ephemeral_id();
     let b = ephemeral_id();
@@ -245,7 +317,9 @@ fn policy_names_are_the_policys() {
     p.retired_regions.insert(40, "gone".into());
     let names = PolicyNames::of(&p);
     for id in (0..50).chain([u32::MAX]) {
-        assert_eq!(&*names.region(&p, id), p.region_name(id), "region {id}");
+        let mut slot: Arc<str> = "".into();
+        names.share_region(&p, id, &mut slot);
+        assert_eq!(&*slot, p.region_name(id), "region {id}");
     }
     assert_eq!(*names.digest, p.digest);
 }

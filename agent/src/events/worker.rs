@@ -291,28 +291,28 @@ fn run(s: &Shared, tx: &tokio::sync::mpsc::UnboundedSender<()>) {
                 q = s.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
             }
         };
-        let built = if taken.duration_since(job.queued) > DEADLINE {
-            s.skipped.fetch_add(1, Ordering::Relaxed);
-            job.enricher.skip(&job.event)
-        } else {
-            job.enricher.enrich(&job.event)
-        };
-        // Built in an event handed back when there is one ([`Worker::recycle`]): the old
-        // event's strings are freed by this thread, which allocated them. The `spent` lock
-        // is taken alone (no other lock is held here).
+        // Built in an event handed back when there is one ([`Worker::recycle`]), written
+        // over in place: its strings are the ones this thread shared into it, kept where
+        // they are the same (a flood from one process) and freed here otherwise. The
+        // `spent` lock is taken alone (no other lock is held here).
         if spare.is_empty() {
             std::mem::swap(
                 &mut spare,
                 &mut *s.spent.lock().unwrap_or_else(PoisonError::into_inner),
             );
         }
-        let event = match spare.pop() {
-            Some(mut event) => {
-                *event = built;
-                event
-            }
-            None => Box::new(built),
-        };
+        let late = taken.duration_since(job.queued) > DEADLINE;
+        if late {
+            s.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut event = spare
+            .pop()
+            .unwrap_or_else(|| Box::new(job.enricher.blank()));
+        if late {
+            job.enricher.skip_into(&job.event, &mut event);
+        } else {
+            job.enricher.enrich_into(&job.event, &mut event);
+        }
         // Handed over under the `current` lock, so `finish` sees this event exactly once:
         // among the finished ones, or (when it took `current` first) built by itself.
         let sent = {
