@@ -74,6 +74,10 @@ fn main() {
             tc::tc_packet_frames_audit_and_allow,
         ),
         Trial::test("tc_pinned_and_detach", tc::tc_pinned_and_detach),
+        Trial::test(
+            "cgroup_made_anew_is_enforced",
+            tc::cgroup_made_anew_is_enforced,
+        ),
         Trial::test("raw_next_hop_denied", nexthop::raw_next_hop_denied),
         Trial::test("raw_next_hop_audit", nexthop::raw_next_hop_audit),
         Trial::test(

@@ -129,7 +129,8 @@ pub struct RunOptions {
     pub run_dir: Option<PathBuf>,
 }
 
-/// How often pinned enforcement is checked for tampering.
+/// How often enforcement is checked: hooks detached or a cgroup made anew (both modes), and
+/// in pinned mode the pins, generation and maps.
 const TAMPER_CHECK: Duration = Duration::from_millis(250);
 /// How often the interfaces are listed again for the `tc/egress` fallback (new interfaces,
 /// removed attachments), where it runs.
@@ -316,6 +317,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         None
     };
     let mut tamper = tokio::time::interval(TAMPER_CHECK);
+    let mut tamper_error: Option<String> = None;
     tamper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tc_rescan = tokio::time::interval(TC_RESCAN);
     tc_rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -601,8 +603,18 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                     ));
                 }
             }
-            _ = tamper.tick(), if pin_dir.is_some() => {
-                match enforcer.verify_and_repair() {
+            _ = tamper.tick() => {
+                let checked = enforcer.verify_and_repair();
+                // Said once, not every 250 ms (a removed cgroup stays removed for a while).
+                let error = checked.as_ref().err().map(|e| format!("{e:#}"));
+                if error != tamper_error {
+                    match &error {
+                        Some(e) => tracing::error!(error = %e, "checking enforcement"),
+                        None => tracing::info!("enforcement checks pass again"),
+                    }
+                    tamper_error = error;
+                }
+                match checked {
                     Ok(repairs) if repairs.is_empty() => {}
                     Ok(repairs) => {
                         tamper_repairs += repairs.len() as u64;
@@ -617,7 +629,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                             "tamper_repaired",
                         ));
                     }
-                    Err(e) => tracing::error!(error = format!("{e:#}"), "checking pinned enforcement"),
+                    Err(_) => {}
                 }
             }
         }

@@ -97,6 +97,9 @@ pub struct Enforcer {
     links: Vec<(usize, FdLink)>,
     /// The cgroup the hooks are attached to (set by [`Enforcer::attach`]).
     cgroup: Option<PathBuf>,
+    /// Its id (the inode number of its directory) when the hooks were attached to it: a
+    /// different one at the same path is a cgroup made anew ([`Enforcer::verify_and_repair`]).
+    cgroup_id: u64,
     /// Waits out programs still reading the idle set before it is rewritten (see
     /// `quiesce`).
     quiescer: quiesce::Quiescer,
@@ -377,6 +380,7 @@ impl Enforcer {
             pins: None,
             links: Vec::new(),
             cgroup: None,
+            cgroup_id: 0,
             quiescer: quiesce::Quiescer::new()?,
             counter_fds,
             lsm,
@@ -519,6 +523,7 @@ impl Enforcer {
         }
         let cg =
             File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        self.cgroup_id = cg.metadata()?.ino();
         // The next-hop check denies what the mirror does not route: filled before any hook
         // is attached (or, adopting pins, before the new programs replace the old ones).
         let mut routes = crate::kernel::routes::RouteMirror::open(&self.ebpf)?;

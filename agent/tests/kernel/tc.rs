@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::{
     harness::{
         Agent, START_WITHIN, TempDir, assert_field, connections, counter, expect_eperm,
-        expect_errno, expect_ok, patience, policy, probe, stop_record, temp_dir, testbed, udp,
+        expect_errno, expect_ok, patience, policy, probe, stop_record, tcp, temp_dir, testbed, udp,
     },
     lsm::{coverage_status, lsm_in_force, packet_probes, served_us, start_lists},
 };
@@ -307,6 +307,63 @@ pub fn tc_pinned_and_detach() -> Result<(), Failed> {
     expect_ok(&probe(&tb, 1, &dgram)?[0])?;
     if served_us(&tb, before + 1) < before + 1 {
         return Err("after detach the frame should arrive".into());
+    }
+    Ok(())
+}
+
+/// systemd removes a service's cgroup and makes it anew at every restart. With pins and
+/// without, egressd attaches to the new cgroup within a second and says so
+/// (`tamper_repaired`); the packet-socket hooks (BPF LSM or `tc/egress`), which test the
+/// cgroup by a reference to it, follow it too. (Before: unpinned, nothing happened and the
+/// new cgroup ran unenforced; pinned, the links came back but packet sockets stayed
+/// unjudged.)
+pub fn cgroup_made_anew_is_enforced() -> Result<(), Failed> {
+    for pinned in [false, true] {
+        let tb = testbed()?;
+        let dir = temp_dir("egressd-anew-")?;
+        let pins = Path::new("/sys/fs/bpf").join(egressd_testbed::unique("egressd-anew-"));
+        let pin_arg = pins.display().to_string();
+        let extra: &[&str] = if pinned {
+            &["--pin-dir", &pin_arg]
+        } else {
+            &[]
+        };
+        let mut agent = start_in_client(&tb, &dir, &policy("enforce"), extra)?;
+        let packet_errno = if fallback_in_force(&agent)? {
+            ENOBUFS
+        } else {
+            libc::EPERM
+        };
+        let probes = |tb: &Testbed| -> Result<(), Failed> {
+            let r = probe(tb, 1, &[tcp(US_V4), tcp(EU_V4)])?;
+            expect_eperm(&r[0])?;
+            expect_ok(&r[1])?;
+            for x in &probe(tb, 1, &packet_probes())? {
+                expect_errno(x, packet_errno)?;
+            }
+            Ok(())
+        };
+        probes(&tb)?;
+        let cg = tb.cgroup.path();
+        std::fs::remove_dir(cg).map_err(|e| format!("removing {}: {e}", cg.display()))?;
+        std::fs::create_dir(cg).map_err(|e| format!("making {}: {e}", cg.display()))?;
+        let rec = agent.wait_for("tamper_repaired", Duration::from_secs(2))?;
+        if !rec["repairs"].to_string().contains("made anew") {
+            return Err(
+                format!("pinned {pinned}: the repair does not name the cgroup: {rec}").into(),
+            );
+        }
+        probes(&tb)?;
+        agent.stop()?;
+        if pinned {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_egressd"))
+                .args(["detach", "--pin-dir", &pin_arg])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!("detach: {}", String::from_utf8_lossy(&out.stderr)).into());
+            }
+        }
     }
     Ok(())
 }

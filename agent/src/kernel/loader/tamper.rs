@@ -1,26 +1,64 @@
-//! Tamper checks of pinned enforcement: detached links, removed pins, a rewritten
-//! generation or a changed set are found and repaired ([`Enforcer::verify_and_repair`]).
+//! Tamper checks: hooks no longer attached to the enforced cgroup (detached behind egressd's
+//! back, or the cgroup removed and made again, as systemd does at every service restart)
+//! are attached again in both modes; in pinned mode, removed pins, a rewritten generation or
+//! a changed set are found and repaired too ([`Enforcer::verify_and_repair`]).
 use super::*;
 
 impl Enforcer {
-    /// In pinned mode, checks every pinned link: the pin exists, is attached to our cgroup
-    /// and runs our program. A link found missing, detached or replaced is restored (the
-    /// program re-attached and pinned again, or swapped back with `BPF_LINK_UPDATE`); the
-    /// published generation is rewritten if it changed, and the active set is refilled if
-    /// its tries, entries or settings differ from the policy (for policies of more than
+    /// Checks that every cgroup hook runs egressd's program on the enforced cgroup as it is
+    /// now: a hook found detached, or a cgroup found made anew under the same path (a new
+    /// cgroup id: systemd removes and re-creates a service's cgroup when it restarts it),
+    /// gets its programs attached again, and the packet-socket hooks (BPF LSM or the
+    /// `tc/egress` fallback, which test the cgroup by [`maps::LSM_CGROUP`]) follow the new
+    /// cgroup. In pinned mode also every pinned link: the pin exists, is attached to our
+    /// cgroup and runs our program. A link found missing, detached or replaced is restored
+    /// (the program re-attached and pinned again, or swapped back with `BPF_LINK_UPDATE`);
+    /// the published generation is rewritten if it changed, and the active set is refilled
+    /// if its tries, entries or settings differ from the policy (for policies of more than
     /// 100,000 prefixes this comparison runs every 40th call only).
     /// Returns one line per repair (empty: nothing was wrong).
     ///
     /// # Errors
-    /// A repair failed.
+    /// The cgroup does not exist (nothing is enforced in its place until it does: it is
+    /// attached then); a repair failed.
     pub fn verify_and_repair(&mut self) -> anyhow::Result<Vec<String>> {
-        let Some(pins) = &self.pins else {
+        let Some(cgroup) = self
+            .pins
+            .as_ref()
+            .map(|p| p.cgroup.clone())
+            .or_else(|| self.cgroup.clone())
+        else {
             return Ok(Vec::new());
         };
-        let dir = pins.dir.clone();
-        let cgroup = pins.cgroup.clone();
-        let cgroup_id = std::fs::metadata(&cgroup)?.ino();
+        let gone = |e: std::io::Error| {
+            anyhow!(
+                "cgroup {} is gone ({e}): processes of a cgroup made anew there are not \
+                 enforced until egressd attaches to it (within 250 ms of its creation)",
+                cgroup.display()
+            )
+        };
+        let cg = File::open(&cgroup).map_err(gone)?;
+        let cgroup_id = cg.metadata().map_err(gone)?.ino();
         let mut repairs = Vec::new();
+        if cgroup_id != self.cgroup_id {
+            if self.lsm.attached || self.tc.coverage().is_some_and(|c| c.is_ok()) {
+                let mut slot: aya::maps::CgroupArray<_> =
+                    aya::maps::CgroupArray::try_from(map(&mut self.ebpf, maps::LSM_CGROUP)?)?;
+                slot.set(0, cg.as_raw_fd(), 0)
+                    .context("pointing the packet-socket hooks at the new cgroup")?;
+            }
+            repairs.push(format!(
+                "cgroup {} was made anew (id {} -> {cgroup_id}); its hooks are attached to it",
+                cgroup.display(),
+                self.cgroup_id
+            ));
+            self.cgroup_id = cgroup_id;
+        }
+        let Some(pins) = &self.pins else {
+            self.reattach_unpinned(&cg, &mut repairs)?;
+            return Ok(repairs);
+        };
+        let dir = pins.dir.clone();
         // `egressd detach` (or `rm -r`) while this daemon runs: the links below are gone
         // with their directory. Make it again so they can be pinned anew.
         if !dir.links_dir().is_dir() {
@@ -31,8 +69,6 @@ impl Enforcer {
                 dir.links_dir().display()
             ));
         }
-        let cg =
-            File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         for spec in &HOOKS {
             let (name, hook) = (spec.program, spec.name);
             if !spec.on_cgroup() && !self.lsm.attached {
@@ -129,6 +165,33 @@ impl Enforcer {
             ));
         }
         Ok(repairs)
+    }
+
+    /// Unpinned mode: attaches anew each cgroup hook whose program the kernel no longer
+    /// runs on `cg` (its link detached, or on a cgroup since removed); the old link is
+    /// dropped.
+    fn reattach_unpinned(&mut self, cg: &File, repairs: &mut Vec<String>) -> anyhow::Result<()> {
+        for (i, hook) in HOOKS.iter().enumerate() {
+            if !hook.on_cgroup() {
+                continue;
+            }
+            let want = self.program_id(hook.program)?;
+            if crate::kernel::pin::attached_programs(cg.as_fd(), hook.attach_type)?.contains(&want)
+            {
+                continue;
+            }
+            let link = hook
+                .attach(&mut self.ebpf, cg, true)
+                .map_err(|e| explain_program(hook, e))?
+                .context("the attached link was not returned")?;
+            self.links.retain(|(j, _)| *j != i);
+            self.links.push((i, link));
+            repairs.push(format!(
+                "{}: not attached to the cgroup; re-attached",
+                hook.name
+            ));
+        }
+        Ok(())
     }
 
     /// Whether set `set` holds exactly `policy` (tries, entries in use, settings).
