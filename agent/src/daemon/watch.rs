@@ -2,7 +2,8 @@
 //!
 //! Directories are watched, not files, so every way a file gets replaced is seen: editors
 //! that write a temporary file and rename it over the original (vim, emacs), config
-//! management that does the same (Ansible's `template`, Puppet's `file`), plain rewrites,
+//! management that does the same (Ansible's `template`, Puppet's `file`), plain rewrites
+//! (once the writer closes the file: a file half written is not loaded, see [`changes`]),
 //! `rm`, a drop-in directory that appears later, and the `..data` symlink swap of a
 //! Kubernetes ConfigMap volume. Events are debounced
 //! ([`DEBOUNCE`]) so a burst of writes gives one reload. Only the main file and `*.toml`
@@ -18,7 +19,7 @@ use notify_debouncer_full::{
     DebounceEventResult, Debouncer, RecommendedCache, new_debouncer,
     notify::{
         EventKind, RecommendedWatcher, RecursiveMode,
-        event::{AccessKind, AccessMode, ModifyKind},
+        event::{AccessKind, AccessMode, CreateKind, ModifyKind},
     },
 };
 use tokio::sync::mpsc;
@@ -50,12 +51,17 @@ impl ConfigWatcher {
             let Ok(events) = res else {
                 return;
             };
+            // Reads are filtered out before the file is read here: this read's own events
+            // would otherwise come back as the next batch, and the next, forever.
+            let changed: Vec<_> = events.iter().filter(|e| changes(&e.kind)).collect();
+            if changed.is_empty() {
+                return;
+            }
             let dropins = drop_in_dir(&filter_main);
-            let relevant = events.iter().any(|e| {
-                changes(&e.kind)
-                    && e.paths
-                        .iter()
-                        .any(|p| is_relevant(p, &filter_main, dropins.as_deref()))
+            let relevant = changed.iter().any(|e| {
+                e.paths
+                    .iter()
+                    .any(|p| is_relevant(p, &filter_main, dropins.as_deref()))
             });
             if relevant {
                 let _ = tx.send(());
@@ -119,14 +125,19 @@ pub fn drop_in_dir(main: &Path) -> Option<PathBuf> {
     })
 }
 
-/// Whether an event of `kind` can change what a file holds: creation, removal, renaming,
-/// writes, and a close after writing. Opens, reads and closes after reading (inotify
-/// `IN_OPEN`, `IN_ACCESS`, `IN_CLOSE_NOWRITE`) do not: the daemon reads the files itself
-/// on every reload, and counting that as a change would reload forever.
+/// Whether an event of `kind` ends a change of what a file holds: a close after writing
+/// (inotify `IN_CLOSE_WRITE`), a rename into or out of place (`IN_MOVED_TO`,
+/// `IN_MOVED_FROM`), a removal, a directory made (a drop-in directory that appears). Not
+/// the writes themselves nor a file's creation (`IN_MODIFY`, `IN_CREATE`): a writer that
+/// pauses in the middle of a file would have the part written so far loaded, a valid
+/// policy cut short (its close comes after the last write, and a rename after the whole
+/// file). Not opens, reads and closes after reading (`IN_OPEN`, `IN_ACCESS`,
+/// `IN_CLOSE_NOWRITE`): the daemon reads the files itself on every reload.
 fn changes(kind: &EventKind) -> bool {
     match kind {
-        EventKind::Create(_) | EventKind::Remove(_) => true,
-        EventKind::Modify(m) => !matches!(m, ModifyKind::Metadata(_)),
+        EventKind::Create(c) => matches!(c, CreateKind::Folder),
+        EventKind::Remove(_) => true,
+        EventKind::Modify(m) => matches!(m, ModifyKind::Name(_)),
         EventKind::Access(a) => matches!(a, AccessKind::Close(AccessMode::Write)),
         EventKind::Any | EventKind::Other => false,
     }
@@ -162,7 +173,7 @@ mod tests {
 
     #[test]
     fn reads_are_not_changes() {
-        use notify_debouncer_full::notify::event::{CreateKind, DataChange, RemoveKind};
+        use notify_debouncer_full::notify::event::{DataChange, RemoveKind, RenameMode};
         assert!(!changes(&EventKind::Access(AccessKind::Open(
             AccessMode::Any
         ))));
@@ -173,11 +184,47 @@ mod tests {
         assert!(changes(&EventKind::Access(AccessKind::Close(
             AccessMode::Write
         ))));
-        assert!(changes(&EventKind::Modify(ModifyKind::Data(
+        // A writer between two writes: not yet.
+        assert!(!changes(&EventKind::Modify(ModifyKind::Data(
             DataChange::Any
         ))));
-        assert!(changes(&EventKind::Create(CreateKind::File)));
+        assert!(!changes(&EventKind::Create(CreateKind::File)));
+        assert!(changes(&EventKind::Create(CreateKind::Folder)));
+        assert!(changes(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
         assert!(changes(&EventKind::Remove(RemoveKind::File)));
+    }
+
+    /// Reads of the files are no change, and a writer that pauses in the middle of the file
+    /// does not get the part written so far loaded: the change counts when it closes the
+    /// file (before, the pause was taken for the end of a change).
+    #[test]
+    fn reads_and_half_written_files_do_not_reload() {
+        use std::io::Write as _;
+        let t = crate::base::safefs::tests::Tmp::new("watch-loop");
+        let main = t.0.join("policy.toml");
+        std::fs::write(&main, "allowlist = []\n").expect("write");
+        let mut w = ConfigWatcher::new(&main).expect("watch");
+        let quiet = |w: &mut ConfigWatcher, what: &str| {
+            std::thread::sleep(DEBOUNCE * 3);
+            assert!(w.rx.try_recv().is_err(), "{what}: taken as a change");
+        };
+        for _ in 0..5 {
+            let _ = drop_in_dir(&main);
+            std::thread::sleep(DEBOUNCE / 3);
+        }
+        quiet(&mut w, "reading the file");
+        let mut f = std::fs::File::create(&main).expect("create");
+        f.write_all(b"allowlist = [").expect("write");
+        quiet(&mut w, "a file half written");
+        f.write_all(b"]\n").expect("write");
+        drop(f);
+        std::thread::sleep(DEBOUNCE * 3);
+        assert!(
+            w.rx.try_recv().is_ok(),
+            "closing the written file is a change"
+        );
     }
 
     /// A FIFO in the policy file's place is not waited on: the watcher thread (and, on
