@@ -273,6 +273,7 @@ fn main() {
             "security_metrics_connection_flood",
             security::metrics_connection_flood,
         ),
+        Trial::test("security_metrics_port_taken", security::metrics_port_taken),
         Trial::test(
             "security_privileges_dropped_after_attach",
             security::privileges_dropped_after_attach,

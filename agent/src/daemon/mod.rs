@@ -132,6 +132,22 @@ pub struct RunOptions {
 /// How often enforcement is checked: hooks detached or a cgroup made anew (both modes), and
 /// in pinned mode the pins, generation and maps.
 const TAMPER_CHECK: Duration = Duration::from_millis(250);
+/// How often a file watch that could not be set up (`--watch`) is tried again.
+const WATCH_RETRY: Duration = Duration::from_secs(10);
+
+/// The file watch of `config_path`, or `None` after saying why there is none.
+fn watch_or_say(config_path: &Path) -> Option<crate::daemon::watch::ConfigWatcher> {
+    crate::daemon::watch::ConfigWatcher::new(config_path)
+        .map_err(|e| {
+            tracing::error!(
+                error = format!("{e:#}"),
+                retry_secs = WATCH_RETRY.as_secs(),
+                "no file watch: reloading on SIGHUP only until it can be set up"
+            );
+        })
+        .ok()
+}
+
 /// How often the interfaces are listed again for the `tc/egress` fallback (new interfaces,
 /// removed attachments), where it runs.
 const TC_RESCAN: Duration = Duration::from_secs(2);
@@ -149,7 +165,8 @@ const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 /// out every half `WATCHDOG_USEC` from the main loop, and `STOPPING=1` begins the stop.
 ///
 /// # Errors
-/// As [`run`]; the metrics address cannot be bound; the watch cannot be set up.
+/// As [`run`]. (A metrics address that cannot be bound, or a file watch that cannot be set
+/// up, is no error: both are logged and tried again while the daemon enforces.)
 pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()> {
     // Handlers first: a SIGHUP (`systemctl reload`) or SIGUSR1 (logrotate) while a large
     // policy loads must not kill the daemon (their default action); they are served once
@@ -286,11 +303,12 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         tokio::sync::oneshot::Sender<crate::daemon::metrics::Snapshot>,
     >(16);
     if let Some(addr) = opts.metrics {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the metrics address {addr}"))?;
-        tracing::info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
-        tokio::spawn(crate::daemon::metrics::serve(listener, metrics_tx.clone()));
+        // Enforcement does not wait for the endpoint: a port another process holds (any
+        // local user can take one above 1024 first) is tried again until it is free.
+        tokio::spawn(crate::daemon::metrics::bind_and_serve(
+            addr,
+            metrics_tx.clone(),
+        ));
     }
     // Attached, listening: keep only what reloads, tamper repair and /proc enrichment use,
     // before any other thread exists and before the first hostile input is parsed.
@@ -311,11 +329,12 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     if let Some(key) = &chain_key {
         pipeline.key_chains(key);
     }
-    let mut watcher = if opts.watch {
-        Some(crate::daemon::watch::ConfigWatcher::new(config_path)?)
-    } else {
-        None
-    };
+    // Nor on the file watch: without inotify (a workload can use up
+    // `fs.inotify.max_user_instances`, which counts per uid, root's too) SIGHUP still
+    // reloads, and the watch is set up again every WATCH_RETRY.
+    let mut watcher = opts.watch.then(|| watch_or_say(config_path)).flatten();
+    let mut watch_retry = tokio::time::interval(WATCH_RETRY);
+    watch_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tamper = tokio::time::interval(TAMPER_CHECK);
     let mut tamper_error: Option<String> = None;
     tamper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -552,6 +571,14 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             Some(batch) = worker.next() => submit_connections(&seq, &pipeline, &worker, batch),
             _ = summary_tick.tick() => submit_summaries(&mut summaries, &policy, &seq, &pipeline),
             _ = sighup.recv() => { reload_now = true; }
+            _ = watch_retry.tick(), if opts.watch && watcher.is_none() => {
+                if let Ok(w) = crate::daemon::watch::ConfigWatcher::new(config_path) {
+                    tracing::info!("file watch set up: reloading on file change again");
+                    watcher = Some(w);
+                    // A change made while nothing watched.
+                    reload_now = true;
+                }
+            }
             Some(()) = async {
                 match watcher.as_mut() {
                     Some(w) => w.changed().await,

@@ -467,6 +467,39 @@ pub fn metrics_connection_flood() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A local user who takes the metrics port before egressd binds it cannot keep egressd
+/// from enforcing: the daemon starts, denies, says why there is no endpoint, and serves it
+/// once the port is free (tried every 2 s). Before: it exited after attaching, and without
+/// pins that ended enforcement.
+pub fn metrics_port_taken() -> Result<(), Failed> {
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let cfg = dir.0.join("policy.toml");
+    std::fs::write(&cfg, egressd_testbed::POLICY.replace("{mode}", "enforce"))
+        .map_err(|e| e.to_string())?;
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let port = squatter.local_addr().map_err(|e| e.to_string())?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Agent::start_at(&tb, &cfg, &["--metrics", &addr])?;
+    let r = probe(&tb, 1, &[tcp(US_V4), tcp(EU_V4)])?;
+    expect_eperm(&r[0])?;
+    expect_ok(&r[1])?;
+    drop(squatter);
+    let t0 = std::time::Instant::now();
+    let served = loop {
+        match super::harness::http_get(port, "/healthz") {
+            Ok((200, _)) => break true,
+            _ if t0.elapsed() > patience(Duration::from_secs(6)) => break false,
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    d.stop()?;
+    if !served {
+        return Err("/healthz not served within 6 s of the port being freed".into());
+    }
+    Ok(())
+}
+
 /// The capability sets, `no_new_privs` and seccomp mode of every thread of `pid`.
 fn thread_privileges(pid: u32) -> Result<Vec<String>, Failed> {
     let mut out = Vec::new();
