@@ -160,6 +160,10 @@ fn main() {
         ),
         Trial::test("rules_port_and_region_end_to_end", reload::rules_end_to_end),
         Trial::test(
+            "reload_refuses_output_that_would_not_start",
+            reload::reload_refuses_output_that_would_not_start,
+        ),
+        Trial::test(
             "reload_reordered_regions_keep_counter_labels",
             reload::stable_ids_across_reorder_and_restart,
         ),

@@ -682,7 +682,13 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                     &pipeline,
                     &mut undecodable,
                 );
-                match reload(config_path, state.as_ref(), &mut ids, &mut enforcer) {
+                match reload(
+                    config_path,
+                    state.as_ref(),
+                    &mut ids,
+                    &mut enforcer,
+                    &output,
+                ) {
                     Ok(Candidate {
                         cfg,
                         policy: new,

@@ -367,14 +367,32 @@ impl EarlyLoad {
 }
 
 /// Validates and installs the policy files again, and keeps them as the last good policy;
-/// on any error nothing changes.
+/// on any error nothing changes. Output settings that differ from `running` (they take
+/// effect at the next start) are checked as that start will check them (sinks' files,
+/// certificates and spools, the chain key): a set that would not start is refused whole,
+/// neither put in force nor kept as the last good one, since the next start would fail on
+/// it and no fallback covers the output settings.
 pub(super) fn reload(
     config_path: &Path,
     state: Option<&StateDir>,
     ids: &mut Ids,
     enforcer: &mut Enforcer,
+    running: &config::Output,
 ) -> anyhow::Result<Candidate> {
     let cand = Candidate::read(config_path, &ids.table)?;
+    if cand.output != *running {
+        let would_start = crate::events::sinks::preflight(&cand.output.sinks).and_then(|()| {
+            match &cand.output.chain_key_file {
+                Some(k) => crate::events::audit::chain::load_key(k).map(drop),
+                None => Ok(()),
+            }
+        });
+        anyhow::Context::context(
+            would_start,
+            "the changed output settings would not start (egressd reads them at its next \
+             start, which would fail): nothing is reloaded",
+        )?;
+    }
     let ((), generation) = put_in_force(&cand, ids, |p| {
         enforcer.install(p)?;
         Ok(((), enforcer.generation()))

@@ -377,3 +377,30 @@ pub fn stable_ids_across_reorder_and_restart() -> Result<(), Failed> {
     egressd(&["detach", "--pin-dir", &pin_arg])?;
     Ok(())
 }
+
+/// A reload whose output settings would not start (a file sink in a directory that does
+/// not exist) is refused whole, as `egressd check` refuses the file: the policy in force
+/// stays (us stays denied though the new file allowlists it). Before: the policy was put in
+/// force and kept as the last good one, and the next start failed on its sink, with no
+/// fallback (config management could stop egressd from starting).
+pub fn reload_refuses_output_that_would_not_start() -> Result<(), Failed> {
+    let tb = egressd_testbed::Testbed::new().map_err(|e| format!("test bed: {e:#}"))?;
+    let mut d = Agent::start_with(&tb, &ab("eu"))?;
+    let missing = format!(
+        "/nonexistent-{}/events.jsonl",
+        egressd_testbed::unique("dir-")
+    );
+    let bad = format!(
+        "{}\n[[sinks]]\ntype = \"file\"\npath = \"{missing}\"\n",
+        ab("us")
+    );
+    let answer = d.reload(&bad)?;
+    if answer["type"] != "reload_failed" || !answer.to_string().contains("would not start") {
+        return Err(format!("want reload_failed naming the output settings, got {answer}").into());
+    }
+    let r = probe(&tb, 1, &[tcp(US_V4), tcp(EU_V4)])?;
+    expect_eperm(&r[0])?;
+    expect_ok(&r[1])?;
+    d.stop()?;
+    Ok(())
+}
