@@ -202,10 +202,14 @@ fn read_sources(
                 drop_ins.push((f, t));
             }
         }
+        // No `policy.d`: no drop-ins. But a link by that name whose target is missing is
+        // an error (a directory swapped for a link that dangles would silently drop every
+        // rule of its drop-ins).
         Err(e)
             if explicit.is_none()
                 && dir_override.is_none()
-                && e.kind() == std::io::ErrorKind::NotFound => {}
+                && e.kind() == std::io::ErrorKind::NotFound
+                && std::fs::symlink_metadata(&dir).is_err() => {}
         Err(e) if explicit.is_none() => {
             return Err(ConfigError::file(
                 &dir,

@@ -598,14 +598,37 @@ impl Ctx<'_> {
             }
         }
 
-        let mut rules = Vec::new();
+        let mut rules: Vec<Rule> = Vec::new();
+        // Rule ids are assigned by name (`policy::ids`), and events and `explain` name a rule
+        // by it: two rules of one name would be reported as each other.
+        let mut named: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for doc in docs {
             for (i, r) in doc.rules.iter().enumerate() {
                 let id = u32::try_from(rules.len() + 1).unwrap_or(u32::MAX);
-                match doc.ctx.rule(id, i, r, &known) {
-                    Ok(rule) => rules.push(rule),
-                    Err(e) => errors.extend(e),
+                let rule = match doc.ctx.rule(id, i, r, &known) {
+                    Ok(rule) => rule,
+                    Err(e) => {
+                        errors.extend(e);
+                        continue;
+                    }
+                };
+                if let Some(name) = &r.get_ref().name {
+                    if let Some(&first) = named.get(name.get_ref().as_str()) {
+                        errors.push(doc.ctx.err(
+                            name.span(),
+                            format!("rules[{i}].name"),
+                            format!(
+                                "duplicate rule name `{}` (first at {}): events and `explain` \
+                                 name a rule by its name; give each rule its own",
+                                name.get_ref(),
+                                rules[first].origin
+                            ),
+                        ));
+                        continue;
+                    }
+                    named.insert(name.get_ref(), rules.len());
                 }
+                rules.push(rule);
             }
         }
 

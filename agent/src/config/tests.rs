@@ -800,6 +800,21 @@ fn config_rules_parse() {
     assert_eq!(c.rules[1].name, "rule at test.toml:12");
 }
 
+/// Two rules of one name would share one id (ids are assigned by name) and be reported as
+/// each other by events and `explain`.
+#[test]
+fn duplicate_rule_names_are_refused() {
+    let text = "allowlist = []\n[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n\
+                [[rules]]\nname = \"a\"\naction = \"deny\"\nto = [\"198.18.7.0/24\"]\n\
+                [[rules]]\nname = \"a\"\naction = \"allow\"\nto = [\"198.18.8.0/24\"]\n";
+    fails(
+        text,
+        9,
+        "rules[1].name",
+        "duplicate rule name `a` (first at test.toml:4)",
+    );
+}
+
 #[test]
 fn config_rule_errors() {
     let base = "allowlist = []\n[regions.eu]\nprefixes = [\"198.18.1.0/24\"]\n[[rules]]\n";
@@ -976,6 +991,14 @@ fn config_load_reads_the_drop_in_directory() {
     assert_eq!(e.file, dir.join("absent"));
     assert!(e.message.contains("cannot read drop-in directory"), "{e}");
     let _ = std::fs::remove_dir_all(&copy_dir);
+    // `policy.d` swapped for a link whose target is missing: an error, where no `policy.d`
+    // at all means no drop-ins (before, both meant no drop-ins: their rules vanished).
+    std::fs::write(dir.join("egressd.toml"), "allowlist = []\n").expect("write");
+    std::fs::rename(dir.join("policy.d"), dir.join("policy.d.old")).expect("mv");
+    load(&dir.join("egressd.toml")).expect("no policy.d: no drop-ins");
+    std::os::unix::fs::symlink(dir.join("policy.d.v2"), dir.join("policy.d")).expect("ln");
+    let e = load(&dir.join("egressd.toml")).expect_err("dangling policy.d");
+    assert_eq!(e.file, dir.join("policy.d"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
