@@ -225,7 +225,7 @@ fn main() {
             fleet::signals_during_start,
         ),
         Trial::test(
-            "fleet_health_sees_detached_links_without_pins",
+            "fleet_detached_links_repaired_without_pins",
             fleet::health_without_pins,
         ),
         Trial::test(

@@ -396,42 +396,47 @@ impl Drop for Slot {
 /// How often an address that could not be bound is tried again.
 pub const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Binds `addr` and [`serve`]s it. An address that cannot be bound (in use: any local user
-/// can take a port at or above `net.ipv4.ip_unprivileged_port_start` before egressd does,
-/// and then answer `/healthz` itself) is logged once, as an error, and tried again every
-/// [`BIND_RETRY`] until it binds or the daemon loop goes away; the daemon enforces
-/// meanwhile. (A port below 1024 fails for good once the daemon has dropped
-/// `CAP_NET_BIND_SERVICE`: it stays logged.)
-pub async fn bind_and_serve(
-    addr: std::net::SocketAddr,
-    ask: mpsc::Sender<oneshot::Sender<Snapshot>>,
-) {
-    let mut said = false;
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(listener) => {
-                let bound = listener.local_addr().map_or(addr, |a| a);
-                tracing::info!(address = %bound, "serving /metrics and /healthz");
-                return serve(listener, ask).await;
-            }
-            Err(e) if !said => {
-                tracing::error!(
-                    address = %addr,
-                    error = %e,
-                    retry_secs = BIND_RETRY.as_secs(),
-                    "cannot bind the metrics address: enforcing without /metrics and /healthz \
-                     until it can (another process may hold it: pick a port below 1024, which \
-                     no unprivileged user can take)"
-                );
-                said = true;
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(BIND_RETRY).await;
-        if ask.is_closed() {
+/// Binds `addr` now and [`serve`]s it on a task of its own. An address that cannot be
+/// bound (in use: any local user can take a port at or above
+/// `net.ipv4.ip_unprivileged_port_start` before egressd does, and then answer `/healthz`
+/// itself) is logged once, as an error, and tried again every [`BIND_RETRY`] on that task
+/// until it binds or the daemon loop goes away; the daemon enforces meanwhile. (A port
+/// below 1024 fails for good once the daemon has dropped `CAP_NET_BIND_SERVICE`: it stays
+/// logged.)
+pub async fn start(addr: std::net::SocketAddr, ask: mpsc::Sender<oneshot::Sender<Snapshot>>) {
+    let first = match TcpListener::bind(addr).await {
+        Ok(listener) => {
+            served(&listener, addr);
+            tokio::spawn(serve(listener, ask));
             return;
         }
-    }
+        Err(e) => e,
+    };
+    tracing::error!(
+        address = %addr,
+        error = %first,
+        retry_secs = BIND_RETRY.as_secs(),
+        "cannot bind the metrics address: enforcing without /metrics and /healthz until it \
+         can (another process may hold it: pick a port below 1024, which no unprivileged \
+         user can take)"
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(BIND_RETRY).await;
+            if ask.is_closed() {
+                return;
+            }
+            if let Ok(listener) = TcpListener::bind(addr).await {
+                served(&listener, addr);
+                return serve(listener, ask).await;
+            }
+        }
+    });
+}
+
+fn served(listener: &TcpListener, addr: std::net::SocketAddr) {
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(address = %bound, "serving /metrics and /healthz");
 }
 
 /// Serves `/metrics` and `/healthz` on `listener` until the daemon loop goes away. Each

@@ -305,10 +305,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     if let Some(addr) = opts.metrics {
         // Enforcement does not wait for the endpoint: a port another process holds (any
         // local user can take one above 1024 first) is tried again until it is free.
-        tokio::spawn(crate::daemon::metrics::bind_and_serve(
-            addr,
-            metrics_tx.clone(),
-        ));
+        crate::daemon::metrics::start(addr, metrics_tx.clone()).await;
     }
     // Attached, listening: keep only what reloads, tamper repair and /proc enrichment use,
     // before any other thread exists and before the first hostile input is parsed.

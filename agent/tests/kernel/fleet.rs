@@ -795,14 +795,16 @@ fn reload_frame(msgs: &[Vec<String>]) -> Result<(), Failed> {
 }
 
 /// Without `--pin-dir`, links detached behind egressd's back (`bpftool link detach`) are
-/// seen: `/healthz` answers 503 naming them and `egressd_hook_attached` drops to 0.
+/// attached again within a second and reported (`tamper_repaired`), as with pins; while
+/// the cgroup is gone `/healthz` answers 503 naming the hooks and `egressd_hook_attached`
+/// is 0, and both recover when it is made again.
 pub fn health_without_pins() -> Result<(), Failed> {
     let tb = testbed()?;
     let dir = tempdir()?;
     let cfg = write_config(&dir, &policy("enforce"))?;
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
-    let d = Agent::start_at(&tb, &cfg, &["--metrics", &addr])?;
+    let mut d = Agent::start_at(&tb, &cfg, &["--metrics", &addr])?;
     let (code, _) = http_get(port, "/healthz")?;
     if code != 200 {
         return Err(format!("/healthz before: {code}").into());
@@ -839,13 +841,30 @@ pub fn health_without_pins() -> Result<(), Failed> {
             return Err(format!("bpftool link detach id {id} failed").into());
         }
     }
+    let rec = d.wait_for("tamper_repaired", Duration::from_secs(1))?;
+    if !rec["repairs"].to_string().contains("cgroup/connect4") {
+        return Err(format!("repair record does not name connect4: {rec}").into());
+    }
+    probe_us_denied(&tb)?;
+    let (code, body) = http_get(port, "/healthz")?;
+    if code != 200 {
+        return Err(format!("/healthz after the repair: {code} {body}").into());
+    }
+    let cg = tb.cgroup.path();
+    std::fs::remove_dir(cg).map_err(|e| format!("removing {}: {e}", cg.display()))?;
     let (code, body) = http_get(port, "/healthz")?;
     if code != 503 || !body.contains("cgroup/connect4") {
-        return Err(format!("/healthz after detaching: {code} {body}").into());
+        return Err(format!("/healthz with the cgroup gone: {code} {body}").into());
     }
     let (_, metrics) = http_get(port, "/metrics")?;
     if !metrics.contains("egressd_hook_attached{hook=\"cgroup/connect4\"} 0") {
-        return Err(format!("hook_attached not 0 after detaching:\n{metrics}").into());
+        return Err(format!("hook_attached not 0 with the cgroup gone:\n{metrics}").into());
+    }
+    std::fs::create_dir(cg).map_err(|e| format!("making {}: {e}", cg.display()))?;
+    d.wait_for("tamper_repaired", Duration::from_secs(2))?;
+    let (code, body) = http_get(port, "/healthz")?;
+    if code != 200 {
+        return Err(format!("/healthz after the cgroup was made again: {code} {body}").into());
     }
     d.stop()?;
     Ok(())
