@@ -150,10 +150,10 @@ enum AuditCommand {
         /// then not reported.
         #[arg(long)]
         any_order: bool,
-        /// Count the time between a run that ended without agent_stop (kill -9, crash) and
-        /// the next run as enforced when that run adopted the pinned enforcement with the
-        /// generation the first had in force: the kernel kept enforcing, though no record
-        /// covers that time.
+        /// Count the time between a run that ended (stopped with its programs pinned, or
+        /// killed, or crashed) and the next run as enforced when that run adopted the
+        /// pinned enforcement with the generation the first had in force: the kernel kept
+        /// enforcing, though no record covers that time.
         #[arg(long)]
         trust_adoption: bool,
         /// Key file of an HMAC chain (`hmac-sha256:` links): its bytes are the key.

@@ -840,7 +840,10 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         &summaries,
     )?;
     pipeline.submit(&lifecycle(
-        LifecycleBody::Stop { counters: stop },
+        LifecycleBody::Stop {
+            counters: stop,
+            pinned: pin_dir.is_some(),
+        },
         "agent_stop",
     ));
     if let Some(k) = keeping.take() {

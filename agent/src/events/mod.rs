@@ -1003,11 +1003,15 @@ pub enum LifecycleBody {
         /// Generation in force after the repair.
         generation_in_force: u64,
     },
-    /// `agent_stop`: programs detached; final counters.
+    /// `agent_stop`: the daemon ends; final counters.
     Stop {
         /// Final counters.
         #[serde(flatten)]
         counters: Counters,
+        /// The programs stay attached and judging (`--pin-dir`); else they were detached.
+        /// Said in the message only.
+        #[serde(skip)]
+        pinned: bool,
     },
 }
 
@@ -1044,8 +1048,13 @@ impl LifecycleBody {
                 "pinned enforcement was tampered with and restored: {}",
                 repairs.join("; ")
             ),
-            Self::Stop { counters } => format!(
-                "egressd stopped: programs detached, {} connection events, {} lost",
+            Self::Stop { counters, pinned } => format!(
+                "egressd stopped: {}, {} connection events, {} lost",
+                if *pinned {
+                    "programs stay attached (pinned)"
+                } else {
+                    "programs detached"
+                },
                 counters.connection_events,
                 counters.lost.total()
             ),

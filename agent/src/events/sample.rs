@@ -336,6 +336,7 @@ pub fn lifecycle() -> Vec<Lifecycle> {
             header: header("agent_stop", 10, T0 + 2_000_000_000),
             body: LifecycleBody::Stop {
                 counters: counters(),
+                pinned: false,
             },
         },
         Lifecycle {

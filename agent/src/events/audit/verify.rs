@@ -310,7 +310,8 @@ fn check_host(
         .unwrap_or_else(|| checked.iter().map(|r| r.end).max().unwrap_or(from));
     // Runs wholly outside the window are not the auditor's question.
     checked.retain(|r| r.end >= from && r.start <= to);
-    // A run that adopted the pins of a run that ended without a stop.
+    // A run that adopted the pins of the run before it: killed, crashed, or stopped with
+    // its programs left attached (`--pin-dir`: a SIGTERM leaves them judging too).
     for i in 1..checked.len() {
         // The run before it in the same format.
         let Some(j) = (0..i)
@@ -324,9 +325,6 @@ fn check_host(
         let Some(g) = next.report.adopted_generation else {
             continue;
         };
-        if prev.stopped {
-            continue;
-        }
         let same = prev.last_generation == Some(g);
         let bridged = same && opts.trust_adoption;
         next.report.findings.push(finding(

@@ -358,7 +358,7 @@ fn lifecycle(l: &Lifecycle) -> String {
                 8,
             )
         }
-        LifecycleBody::Stop { counters } => {
+        LifecycleBody::Stop { counters, .. } => {
             let lost = counters.lost.total();
             e.labelled("cn1", "connectionEvents", Some(counters.connection_events))
                 .labelled("cn2", "lostEvents", Some(lost));

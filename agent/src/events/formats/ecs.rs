@@ -380,7 +380,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
             extra.insert("generation_in_force".into(), json!(generation_in_force));
             extra.insert("repairs".into(), json!(repairs));
         }
-        LifecycleBody::Stop { counters } => {
+        LifecycleBody::Stop { counters, .. } => {
             event["category"] = json!(["process"]);
             event["type"] = json!(["end"]);
             extra.insert("counters".into(), json!(counters.counters));

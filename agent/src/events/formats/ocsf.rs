@@ -407,7 +407,7 @@ fn lifecycle(l: &Lifecycle) -> Value {
             extra.insert("repairs".into(), json!(repairs));
             0
         }
-        LifecycleBody::Stop { counters } => {
+        LifecycleBody::Stop { counters, .. } => {
             extra.insert("counters".into(), json!(counters));
             counters.lost.total()
         }

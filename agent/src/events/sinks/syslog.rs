@@ -95,7 +95,7 @@ pub fn severity(record: &Record) -> u8 {
             LifecycleBody::ReloadFailed { .. }
             | LifecycleBody::PolicyFallback { .. }
             | LifecycleBody::TamperRepaired { .. } => 3,
-            LifecycleBody::Stop { counters } if counters.lost.total() > 0 => 4,
+            LifecycleBody::Stop { counters, .. } if counters.lost.total() > 0 => 4,
             LifecycleBody::Heartbeat { counters, .. } if counters.lost.total() > 0 => 4,
             LifecycleBody::Heartbeat { .. } => 6,
             _ => 5,
