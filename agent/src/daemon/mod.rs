@@ -685,6 +685,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                     &mut ids,
                     &mut enforcer,
                     &output,
+                    opts.cgroup.is_none().then_some(cgroup.as_path()),
                 ) {
                     Ok(Candidate {
                         cfg,

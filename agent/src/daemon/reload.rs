@@ -1,6 +1,7 @@
 //! A policy set from disk to the kernel: read and compile it ([`Candidate`]), keep its ids
 //! stable ([`Ids`]), put it in force and keep it as the last good policy ([`put_in_force`],
 //! [`reload`]), or fall back to the last good one at start ([`fall_back`]).
+use anyhow::Context as _;
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
@@ -378,8 +379,33 @@ pub(super) fn reload(
     ids: &mut Ids,
     enforcer: &mut Enforcer,
     running: &config::Output,
+    file_cgroup: Option<&Path>,
 ) -> anyhow::Result<Candidate> {
     let cand = Candidate::read(config_path, &ids.table)?;
+    // `cgroup` too takes effect at the next start (where the file, not `--cgroup`, names
+    // it: `file_cgroup` is then the one in force), and is checked as that start will.
+    if let Some(in_force) = file_cgroup {
+        let wanted = match &cand.cfg.cgroup {
+            Some(p) => p.clone(),
+            None => crate::kernel::cgroup::cgroup2_root()?,
+        };
+        if wanted != in_force {
+            crate::kernel::cgroup::validate(&wanted).with_context(|| {
+                format!(
+                    "`cgroup` changed to {}, which the next start could not attach to: \
+                     nothing is reloaded",
+                    wanted.display()
+                )
+            })?;
+            tracing::warn!(
+                in_force = %in_force.display(),
+                configured = %wanted.display(),
+                "`cgroup` changed: the policy is reloaded for {}; the new cgroup takes effect \
+                 at the next start (systemctl restart egressd)",
+                in_force.display()
+            );
+        }
+    }
     if cand.output != *running {
         let would_start = crate::events::sinks::preflight(&cand.output.sinks).and_then(|()| {
             match &cand.output.chain_key_file {
@@ -387,8 +413,7 @@ pub(super) fn reload(
                 None => Ok(()),
             }
         });
-        anyhow::Context::context(
-            would_start,
+        would_start.context(
             "the changed output settings would not start (egressd reads them at its next \
              start, which would fail): nothing is reloaded",
         )?;
