@@ -1152,10 +1152,20 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          third step: 249,481 records/s for this build against 80,803 for 30469fd and \
          1,206,740 for the limit; after the fourth: 281,779 against 93,165 and 1,213,455 \
          (medians of 3 floods each, same runs): 3.0-3.1× the baseline, where the \
-         2026-12-02 run of the table above gave 2.1×. `perf record` of the reader thread \
-         now: the SHA-256 chain link about a third (already with the CPU's SHA \
-         instructions), rendering the JSON body about 40 % (the strings' escape check and \
-         copy a third of that), waking the other threads about 10 %. The floor: the \
+         2026-12-02 run of the table above gave 2.1×. On the evening of 2026-12-03, a fifth \
+         step: an event handed back for reuse is written over in place, its shared strings (host, agent, policy digest, region, \
+         user, group, executable, command line, cgroup path, unit, container) kept where \
+         they are the same, so a flood from one process touches no reference count per \
+         record (about 20 atomic operations per record before, on cache lines the reader \
+         thread then read): enrichment 0.72-0.86 → 0.53-0.62 µs, all threads 3.0 → \
+         2.5-2.7 µs (3 of 4 pairs lower). `cargo xtask bench --events-only` after it, on \
+         a slow stretch (limit 1,424,587): 292,953 records/s against 90,994 for 30469fd, \
+         3.2×; an hour before, on a fast stretch (limit 2,219,405), the build before this \
+         step made 447,520 against 137,085 (3.3×). `perf record -a` of that fast flood: \
+         the reader thread ran about 80 % of the flood's time, SHA-256 43 % of it, \
+         rendering the JSON body 33 %, allocation 4 %; the daemon's three threads spent \
+         about 2.9 µs of CPU per record and the flood kept the other core busy, so both \
+         cores were saturated and every µs off any thread counts. The floor: the \
          reader's SHA-256 of about a kilobyte per record stays while every record carries \
          its own link, and on this machine one of the 2 cores is busy with the flood. Tried \
          and not kept: sealing the link on the sink's thread (the sink got 1 µs slower, and \
