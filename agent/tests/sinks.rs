@@ -1031,7 +1031,7 @@ fn oversized_records() -> Result<(), Failed> {
         .into_iter()
         .find(|l| l.header.kind == "agent_stop")
         .ok_or("no agent_stop sample")?;
-    if let LifecycleBody::Stop { counters } = &mut stop.body {
+    if let LifecycleBody::Stop { counters, .. } = &mut stop.body {
         let rows = counters.counters.clone();
         for _ in 0..100 {
             counters.counters.extend(rows.iter().cloned());
