@@ -132,8 +132,9 @@ pub struct RunOptions {
 /// How often enforcement is checked: hooks detached or a cgroup made anew (both modes), and
 /// in pinned mode the pins, generation and maps.
 const TAMPER_CHECK: Duration = Duration::from_millis(250);
-/// How often a file watch that could not be set up (`--watch`) is tried again.
-const WATCH_RETRY: Duration = Duration::from_secs(10);
+/// How often (`--watch`) a file watch that could not be set up is tried again, and the
+/// watched directories are checked for having been replaced.
+const WATCH_CHECK: Duration = Duration::from_secs(2);
 
 /// The file watch of `config_path`, or `None` after saying why there is none.
 fn watch_or_say(config_path: &Path) -> Option<crate::daemon::watch::ConfigWatcher> {
@@ -141,7 +142,7 @@ fn watch_or_say(config_path: &Path) -> Option<crate::daemon::watch::ConfigWatche
         .map_err(|e| {
             tracing::error!(
                 error = format!("{e:#}"),
-                retry_secs = WATCH_RETRY.as_secs(),
+                retry_secs = WATCH_CHECK.as_secs(),
                 "no file watch: reloading on SIGHUP only until it can be set up"
             );
         })
@@ -328,10 +329,10 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     }
     // Nor on the file watch: without inotify (a workload can use up
     // `fs.inotify.max_user_instances`, which counts per uid, root's too) SIGHUP still
-    // reloads, and the watch is set up again every WATCH_RETRY.
+    // reloads, and the watch is set up again every WATCH_CHECK.
     let mut watcher = opts.watch.then(|| watch_or_say(config_path)).flatten();
-    let mut watch_retry = tokio::time::interval(WATCH_RETRY);
-    watch_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch_check = tokio::time::interval(WATCH_CHECK);
+    watch_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tamper = tokio::time::interval(TAMPER_CHECK);
     let mut tamper_error: Option<String> = None;
     tamper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -568,14 +569,19 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             Some(batch) = worker.next() => submit_connections(&seq, &pipeline, &worker, batch),
             _ = summary_tick.tick() => submit_summaries(&mut summaries, &policy, &seq, &pipeline),
             _ = sighup.recv() => { reload_now = true; }
-            _ = watch_retry.tick(), if opts.watch && watcher.is_none() => {
-                if let Ok(w) = crate::daemon::watch::ConfigWatcher::new(config_path) {
-                    tracing::info!("file watch set up: reloading on file change again");
-                    watcher = Some(w);
-                    // A change made while nothing watched.
-                    reload_now = true;
+            _ = watch_check.tick(), if opts.watch => match watcher.as_mut() {
+                // A watched directory replaced, or a link to it swapped: inotify still
+                // watches the old one.
+                Some(w) => reload_now |= w.follow_moved(),
+                None => {
+                    if let Ok(w) = crate::daemon::watch::ConfigWatcher::new(config_path) {
+                        tracing::info!("file watch set up: reloading on file change again");
+                        watcher = Some(w);
+                        // A change made while nothing watched.
+                        reload_now = true;
+                    }
                 }
-            }
+            },
             Some(()) = async {
                 match watcher.as_mut() {
                     Some(w) => w.changed().await,

@@ -32,7 +32,15 @@ pub struct ConfigWatcher {
     debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
     rx: mpsc::UnboundedReceiver<()>,
     main: PathBuf,
-    watched: Vec<PathBuf>,
+    /// Each watched directory's path and the directory it named when the watch was set
+    /// (device and inode): inotify watches that directory, not the path.
+    watched: Vec<(PathBuf, Option<(u64, u64)>)>,
+}
+
+/// Device and inode of the directory `path` names now (links followed).
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl ConfigWatcher {
@@ -75,10 +83,11 @@ impl ConfigWatcher {
             watched: Vec::new(),
         };
         let parent = w.main.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let id = identity(&parent);
         w.debouncer
             .watch(&parent, RecursiveMode::NonRecursive)
             .with_context(|| format!("watching {}", parent.display()))?;
-        w.watched.push(parent);
+        w.watched.push((parent, id));
         w.refresh();
         Ok(w)
     }
@@ -89,16 +98,42 @@ impl ConfigWatcher {
         let Some(dir) = drop_in_dir(&self.main) else {
             return;
         };
-        if self.watched.contains(&dir) || !dir.is_dir() {
+        if self.watched.iter().any(|(p, _)| *p == dir) || !dir.is_dir() {
             return;
         }
+        let id = identity(&dir);
         match self.debouncer.watch(&dir, RecursiveMode::NonRecursive) {
             Ok(()) => {
                 tracing::info!(dir = %dir.display(), "watching the drop-in directory");
-                self.watched.push(dir);
+                self.watched.push((dir, id));
             }
             Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch"),
         }
+    }
+
+    /// Watches again each watched path that names another directory now: the directory
+    /// replaced (`mv policy.d policy.d.old; mkdir policy.d`) or a link to it swapped (a
+    /// configuration directory that is a link to a release), which inotify, watching the
+    /// old directory, does not report. Only `stat`s (call it often); `true` when a path was
+    /// watched again, so its files may have changed unseen: reload.
+    pub fn follow_moved(&mut self) -> bool {
+        let mut moved = false;
+        for (path, id) in &mut self.watched {
+            let now = identity(path);
+            if now.is_none() || now == *id {
+                continue;
+            }
+            let _ = self.debouncer.unwatch(&*path);
+            match self.debouncer.watch(&*path, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    tracing::info!(dir = %path.display(), "a new directory at a watched path: watching it");
+                    *id = now;
+                    moved = true;
+                }
+                Err(e) => tracing::warn!(dir = %path.display(), error = %e, "cannot watch"),
+            }
+        }
+        moved
     }
 
     /// Resolves at the next debounced change (`None` if the watch thread is gone).
@@ -224,6 +259,31 @@ mod tests {
         assert!(
             w.rx.try_recv().is_ok(),
             "closing the written file is a change"
+        );
+    }
+
+    /// A drop-in directory replaced by another at the same path is followed: its files'
+    /// changes count again (before, the watch stayed on the old directory, and changes of
+    /// the new one never reloaded).
+    #[test]
+    fn a_replaced_directory_is_followed() {
+        let t = crate::base::safefs::tests::Tmp::new("watch-moved");
+        let main = t.0.join("policy.toml");
+        std::fs::write(&main, "allowlist = []\n").expect("write");
+        std::fs::create_dir(t.0.join("policy.d")).expect("mkdir");
+        let mut w = ConfigWatcher::new(&main).expect("watch");
+        assert!(!w.follow_moved());
+        std::fs::rename(t.0.join("policy.d"), t.0.join("policy.d.old")).expect("mv");
+        std::fs::create_dir(t.0.join("policy.d")).expect("mkdir");
+        assert!(w.follow_moved(), "the new directory is watched");
+        assert!(!w.follow_moved());
+        std::thread::sleep(DEBOUNCE * 3);
+        while w.rx.try_recv().is_ok() {}
+        std::fs::write(t.0.join("policy.d/a.toml"), "").expect("write");
+        std::thread::sleep(DEBOUNCE * 3);
+        assert!(
+            w.rx.try_recv().is_ok(),
+            "a file of the new directory is a change"
         );
     }
 
