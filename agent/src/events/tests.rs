@@ -125,10 +125,9 @@ fn build_packet_socket_event() {
     assert!(json.get("destination").is_none(), "{json}");
 }
 
-#[test]
-fn build_maps_every_kernel_field() {
-    let seq = Sequencer::new(sample::context());
-    let p = policy();
+/// `/proc` details of a `dig @x` process (pid 1's child, root's) in cgroup `path`, of which
+/// `trusted` is the part root alone could have named.
+fn dig_in(path: &str, trusted: &str) -> procinfo::ProcInfo {
     let mut info = procinfo::ProcInfo {
         start_time: 1,
         comm: "dig".into(),
@@ -136,11 +135,19 @@ fn build_maps_every_kernel_field() {
         uid: Some(0),
         exe: Some("/usr/bin/dig".into()),
         command_line: Some("dig @x".into()),
-        cgroup: Some("/system.slice/bind.service/x".into()),
+        cgroup: Some(path.into()),
         cgroup_id: None,
         ..procinfo::ProcInfo::default()
     };
-    info.set_trusted_cgroup(Some("/system.slice/bind.service"));
+    info.set_trusted_cgroup(Some(trusted));
+    info
+}
+
+#[test]
+fn build_maps_every_kernel_field() {
+    let seq = Sequencer::new(sample::context());
+    let p = policy();
+    let info = dig_in("/system.slice/bind.service/x", "/system.slice/bind.service");
     let ev = build(
         seq.header("connection", sample::T0),
         &p,
@@ -208,18 +215,7 @@ fn events_rebuilt_in_place_are_built_afresh() {
     let p = policy();
     let names = PolicyNames::of(&p);
     let docker = format!("/system.slice/docker-{}.scope", "ab12".repeat(16));
-    let mut info = procinfo::ProcInfo {
-        start_time: 1,
-        comm: "dig".into(),
-        ppid: Some(1),
-        uid: Some(0),
-        exe: Some("/usr/bin/dig".into()),
-        command_line: Some("dig @x".into()),
-        cgroup: Some(docker.as_str().into()),
-        cgroup_id: None,
-        ..procinfo::ProcInfo::default()
-    };
-    info.set_trusted_cgroup(Some(&docker));
+    let info = dig_in(&docker, &docker);
     assert!(info.container.is_some(), "{info:?}");
     let rich = procinfo::Details::Verified(Arc::new(info));
     let bob: Arc<str> = "bob".into();
