@@ -57,7 +57,7 @@ use crate::{
 use explain::{explain_load, explain_program};
 use sets::{
     Stale, clear_set, clear_stale, compile_table, compile_table6, fill_set, map, packet_exes,
-    pinned_maps, plan_table, settings_of, write_exes,
+    pinned_maps, plan_table, set_enforced_cgroup, settings_of, write_exes,
 };
 
 /// The eBPF object built by `build.rs` (empty when the build skipped it).
@@ -463,11 +463,16 @@ impl Enforcer {
     }
 
     /// Attaches hook program `name` to `cg` anew and pins its link at `path`.
-    fn attach_one(&mut self, hook: &Hook, cg: &File, path: &Path) -> anyhow::Result<()> {
-        let link = hook
-            .attach(&mut self.ebpf, cg, true)
+    /// Attaches `hook`'s program to `cg` and returns its link (owned by the caller: dropping
+    /// it detaches, pinning it keeps it).
+    fn attach_link(&mut self, hook: &Hook, cg: &File) -> anyhow::Result<FdLink> {
+        hook.attach(&mut self.ebpf, cg, true)
             .map_err(|e| explain_program(hook, e))?
-            .context("the attached link was not returned")?;
+            .context("the attached link was not returned")
+    }
+
+    fn attach_one(&mut self, hook: &Hook, cg: &File, path: &Path) -> anyhow::Result<()> {
+        let link = self.attach_link(hook, cg)?;
         link.pin(path)
             .with_context(|| format!("pinning {} at {}", hook.name, path.display()))?;
         Ok(())
@@ -586,11 +591,9 @@ impl Enforcer {
                 }
                 continue;
             }
-            let link = hook
-                .attach(&mut self.ebpf, &cg, true)
-                .map_err(|e| explain_program(hook, e))
-                .with_context(|| format!("attaching {} to {}", hook.name, cgroup.display()))?
-                .context("the attached link was not returned")?;
+            let link = self
+                .attach_link(hook, &cg)
+                .with_context(|| format!("attaching {} to {}", hook.name, cgroup.display()))?;
             self.links.push((i, link));
             tracing::info!(hook = hook.name, cgroup = %cgroup.display(), "attached");
         }
@@ -659,12 +662,7 @@ impl Enforcer {
             return Ok(());
         }
         // Not fatal either: without the cgroup the LSM hooks stay detached.
-        let set = map(&mut self.ebpf, maps::LSM_CGROUP).and_then(|m| {
-            let mut slot: aya::maps::CgroupArray<_> = aya::maps::CgroupArray::try_from(m)?;
-            slot.set(0, cg.as_raw_fd(), 0)?;
-            Ok(())
-        });
-        if let Err(e) = set {
+        if let Err(e) = set_enforced_cgroup(&mut self.ebpf, cg) {
             self.lsm.reason = Some(format!(
                 "writing the enforced cgroup for the LSM programs failed: {e:#}"
             ));

@@ -288,6 +288,15 @@ pub(super) fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut 
         .with_context(|| format!("map {name} missing from the eBPF object"))
 }
 
+/// Points the packet-socket hooks (BPF LSM, `tc/egress`) at cgroup `cg`: slot 0 of
+/// [`maps::LSM_CGROUP`], which they test the current task or the packet's socket against.
+pub(super) fn set_enforced_cgroup(ebpf: &mut Ebpf, cg: &File) -> anyhow::Result<()> {
+    let mut slot: aya::maps::CgroupArray<_> =
+        aya::maps::CgroupArray::try_from(map(ebpf, maps::LSM_CGROUP)?)?;
+    slot.set(0, cg.as_raw_fd(), 0)?;
+    Ok(())
+}
+
 /// The IPv4 table of `policy` when the maps have one and it fits, else `None` (logged: IPv4
 /// is then looked up in the trie, as fast as the trie is).
 pub(super) fn compile_table(policy: &Policy, room: Option<table::Room4>) -> Option<Table4> {

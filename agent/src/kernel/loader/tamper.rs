@@ -42,9 +42,7 @@ impl Enforcer {
         let mut repairs = Vec::new();
         if cgroup_id != self.cgroup_id {
             if self.lsm.attached || self.tc.coverage().is_some_and(|c| c.is_ok()) {
-                let mut slot: aya::maps::CgroupArray<_> =
-                    aya::maps::CgroupArray::try_from(map(&mut self.ebpf, maps::LSM_CGROUP)?)?;
-                slot.set(0, cg.as_raw_fd(), 0)
+                set_enforced_cgroup(&mut self.ebpf, &cg)
                     .context("pointing the packet-socket hooks at the new cgroup")?;
             }
             repairs.push(format!(
@@ -180,10 +178,7 @@ impl Enforcer {
             {
                 continue;
             }
-            let link = hook
-                .attach(&mut self.ebpf, cg, true)
-                .map_err(|e| explain_program(hook, e))?
-                .context("the attached link was not returned")?;
+            let link = self.attach_link(hook, cg)?;
             self.links.retain(|(j, _)| *j != i);
             self.links.push((i, link));
             repairs.push(format!(

@@ -17,7 +17,6 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
@@ -30,7 +29,7 @@ use aya::{
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     },
 };
-use egressd_common::{maps, programs};
+use egressd_common::programs;
 
 /// `LOOPBACK_IFINDEX` (`include/net/net_namespace.h`): loopback is interface 1 in every
 /// network namespace.
@@ -155,12 +154,7 @@ impl TcCover {
             self.fail(format!("tc/egress did not load: {e:#}"));
             return;
         }
-        let set = super::map(ebpf, maps::LSM_CGROUP).and_then(|m| {
-            let mut slot: aya::maps::CgroupArray<_> = aya::maps::CgroupArray::try_from(m)?;
-            slot.set(0, cg.as_raw_fd(), 0)?;
-            Ok(())
-        });
-        if let Err(e) = set {
+        if let Err(e) = super::set_enforced_cgroup(ebpf, cg) {
             self.fail(format!(
                 "writing the enforced cgroup for tc/egress failed: {e:#}"
             ));
