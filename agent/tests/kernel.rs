@@ -185,6 +185,10 @@ fn main() {
             summary::summary_table_full,
         ),
         Trial::test(
+            "summary_table_refilled_each_second",
+            summary::summary_table_refilled_each_second,
+        ),
+        Trial::test(
             "suppression_across_hooks_counted_once",
             summary::suppression_across_hooks_counted_once,
         ),

@@ -698,7 +698,8 @@ pub struct SuppressState {
 /// suppressed; its count is then lost from the event stream but not from the counters).
 pub const SUPPRESS_ENTRIES: u32 = 16384;
 
-/// Key of [`maps::SUMMARIES`]: one (cgroup, hook, region, verdict, rule). 24 bytes.
+/// Key of [`maps::SUMMARIES`]: one (cgroup, hook, region, verdict, rule) in one interval
+/// parity. 24 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SummaryKey {
@@ -712,8 +713,13 @@ pub struct SummaryKey {
     pub hook: u8,
     /// [`Verdict`] code.
     pub verdict: u8,
+    /// `SummaryControl::epoch & 1` of the interval the attempts were aggregated in: the
+    /// kernel fills one parity while userspace drains and removes the other's keys, so the
+    /// table holds the keys of about one interval (see [`SUMMARY_LAYOUT_DRAINED`]). Always 0
+    /// from programs of an older layout (the byte was padding).
+    pub parity: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 5],
 }
 
 /// One destination a summary saw, in [`SummaryState::samples`]. 24 bytes.
@@ -736,9 +742,11 @@ pub struct SummarySample {
 pub const SUMMARY_SAMPLES: usize = 4;
 /// 64-bit words of [`SummaryState::seen`] (a 1,024-bit linear-counting bitmap).
 pub const SUMMARY_SEEN_WORDS: usize = 16;
-/// Entries of [`maps::SUMMARIES`]. When it is full, a new key cannot be aggregated: its
-/// attempts are written as records while the ring buffer has room and counted in
-/// [`unreported::OVERFLOW`] (by hook, region and verdict) when it has not.
+/// Entries of [`maps::SUMMARIES`], shared by the two interval parities (the keys of the
+/// interval that ended are removed within a grace period of its end). When it is full, a
+/// new key cannot be aggregated: its attempts are written as records while the ring buffer
+/// has room and counted in [`unreported::OVERFLOW`] (by hook, region and verdict) when it
+/// has not; userspace reports that growth every interval.
 pub const SUMMARY_ENTRIES: u32 = 4096;
 /// Default record budget per summary key and interval (policy `summary_after`): past it,
 /// the key's attempts are aggregated even while the ring buffer has room.
@@ -769,16 +777,26 @@ pub struct SummaryControl {
     /// further attempts (policy `summary_after`); 0: no budget (aggregate only when the ring
     /// buffer is full).
     pub records_per_key: u32,
-    /// Explicit padding, always zero.
-    pub _pad: u32,
+    /// How userspace drains [`maps::SUMMARIES`]: [`SUMMARY_LAYOUT_DRAINED`], or 0 (an older
+    /// egressd, which kept every key for good and reported the growth of its `count`).
+    pub layout: u32,
 }
+
+/// [`SummaryControl::layout`]: at each interval's end userspace publishes the next epoch,
+/// waits for an RCU grace period (every program that read the old epoch has returned),
+/// reports the keys of the ended interval's parity and removes them. So the keys of the
+/// current parity hold only attempts no record reports yet, and a table filled in one
+/// interval is empty again in the next.
+pub const SUMMARY_LAYOUT_DRAINED: u32 = 1;
 
 /// Value of [`maps::SUMMARIES`]. 296 bytes.
 ///
-/// `count` only grows (atomic adds): userspace reports the difference since its previous
-/// drain, so no attempt is counted twice or lost between a read and a reset. The other
-/// fields describe the interval `epoch` and are written without atomics (a race between
-/// CPUs can lose a bit of `seen` or a sample, never a count).
+/// `count` only grows (atomic adds) while the key exists: userspace reads it once no
+/// program can write it any more (its interval parity has ended and a grace period passed,
+/// see [`SUMMARY_LAYOUT_DRAINED`]), then removes the key, so no attempt is counted twice or
+/// lost between a read and a removal. The other fields describe the interval `epoch` and
+/// are written without atomics (a race between CPUs can lose a bit of `seen` or a sample,
+/// never a count).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SummaryState {

@@ -122,7 +122,8 @@ pub static EGRESSD_UNREPORTED_V1: Array<u64> =
 pub static EGRESSD_SUPPRESS_V1: LruHashMap<SuppressKey, SuppressState> =
     LruHashMap::with_max_entries(SUPPRESS_ENTRIES, 0);
 
-/// Aggregated attempts per (cgroup, hook, region, verdict, rule) (see `report`).
+/// Aggregated attempts per (cgroup, hook, region, verdict, rule) and interval parity (see
+/// `report`).
 #[map]
 pub static EGRESSD_SUMMARIES_V1: HashMap<SummaryKey, SummaryState> =
     HashMap::with_max_entries(SUMMARY_ENTRIES, 0);

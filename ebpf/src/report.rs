@@ -160,18 +160,19 @@ pub fn event(hook: Hook, d: &Dest, dec: &Decision, who: &Who, budgeted: bool) {
         bump(&EGRESSD_LOSS_V1, loss::SUPPRESSED);
         return;
     };
+    let (epoch, budget) = summary::control();
     let key = SummaryKey {
         cgroup_id: o.cgroup_id,
         region: dec.region,
         rule: dec.rule,
         hook: hook as u8,
         verdict: dec.verdict as u8,
-        _pad: [0; 6],
+        parity: (epoch & 1) as u8,
+        _pad: [0; 5],
     };
     let mut state = None;
     let mut over = false;
     if budgeted {
-        let (epoch, budget) = summary::control();
         state = summary::state(&key);
         if let Some(s) = state {
             summary::roll(s, epoch);

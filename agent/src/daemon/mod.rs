@@ -567,7 +567,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 ring_rest = (n >= RING_BATCH).then(|| tokio::time::Instant::now() + RING_REST);
             }
             Some(batch) = worker.next() => submit_connections(&seq, &pipeline, &worker, batch),
-            _ = summary_tick.tick() => submit_summaries(&mut summaries, &policy, &seq, &pipeline),
+            _ = summary_tick.tick() => end_interval(&mut summaries, &mut unreported, &policy, &seq, &pipeline),
             _ = sighup.recv() => { reload_now = true; }
             _ = watch_check.tick(), if opts.watch => match watcher.as_mut() {
                 // A watched directory replaced, or a link to it swapped: inotify still
@@ -593,7 +593,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             }
             Some(reply) = metrics_rx.recv() => {
                 delivered += drain(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
-                submit_summaries(&mut summaries, &policy, &seq, &pipeline);
+                end_interval(&mut summaries, &mut unreported, &policy, &seq, &pipeline);
                 let snap = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped(), &summaries)
                     .map(|c| crate::daemon::metrics::Snapshot {
                         counters: c,
@@ -966,6 +966,20 @@ fn drain(
 
 /// Events handed to the enrichment thread at once, at most.
 const PUSH_BATCH: usize = 256;
+
+/// Ends a summary interval: the kernel's summaries and the attempts past a full summary
+/// table since the previous one become `connection_summary` records, so the SIEM has every
+/// denial within an interval whatever filled the table.
+fn end_interval(
+    summaries: &mut events::summary::Drainer,
+    unreported: &mut events::summary::Unreported,
+    policy: &Policy,
+    seq: &Sequencer,
+    pipeline: &Pipeline,
+) {
+    submit_summaries(summaries, policy, seq, pipeline);
+    submit_unreported(unreported, false, summaries, policy, seq, pipeline);
+}
 
 /// Drains the kernel's summaries ([`events::summary`]) into `connection_summary` records
 /// and starts the next interval with the policy's record budget.

@@ -3,10 +3,14 @@
 //! record budget `summary_after` for the interval; see `ebpf/src/summary.rs` and
 //! [`egressd_common::SummaryState`]).
 //!
-//! [`Drainer`] reads [`egressd_common::maps::SUMMARIES`] every interval: the kernel's `count`
-//! of a key only grows, so the drainer reports the difference since its previous read (kept
-//! here, per key) and never resets it in the kernel; no attempt is lost between a read and a
-//! reset or counted twice. Then it starts the next interval ([`SummaryControl::epoch`]).
+//! [`Drainer`] ends each interval: it publishes the next [`SummaryControl::epoch`], whose
+//! parity the kernel puts in every key it makes from then on, waits until every program that
+//! read the old epoch has returned ([`crate::kernel::quiesce`]), then reports the keys of the
+//! ended parity and removes them ([`egressd_common::SUMMARY_LAYOUT_DRAINED`]). A key is read
+//! once no program can add to it, so no attempt is lost between the read and the removal
+//! or counted twice; and the table holds the keys of about one interval, so many keys in one
+//! interval (a user's delegated cgroups, say) do not keep the next one's floods from being
+//! aggregated.
 //!
 //! Exact: `count` (per key and in total). Approximate: `start`/`end` (the first and last
 //! aggregated attempt the kernel timed in the interval; an attempt aggregated while the
@@ -20,13 +24,14 @@ use std::{
 
 use aya::maps::{Array, MapData};
 use egressd_common::{
-    COUNTER_SLOTS, MAX_REGIONS, SUMMARY_SAMPLES, SUMMARY_SEEN_WORDS, SummaryControl, SummaryKey,
-    SummarySample, SummaryState, VERDICT_COUNT, Verdict, family, unreported,
+    COUNTER_SLOTS, MAX_REGIONS, SUMMARY_LAYOUT_DRAINED, SUMMARY_SAMPLES, SUMMARY_SEEN_WORDS,
+    SummaryControl, SummaryKey, SummarySample, SummaryState, VERDICT_COUNT, Verdict, family,
+    unreported,
 };
 use serde::Serialize;
 
 use super::{Cgroup, Header, Rule, hook_name};
-use crate::policy::Policy;
+use crate::{kernel::quiesce::Quiescer, policy::Policy};
 
 /// Attempts of one (cgroup, hook, region, verdict, rule) the kernel aggregated in one
 /// interval, as sinks receive them (`type` `"connection_summary"`).
@@ -153,12 +158,16 @@ impl Taken {
     }
 }
 
-/// Reads the summaries every interval and starts the next one; remembers what it reported.
+/// Ends each interval: starts the next one, then reports and removes the ended one's keys.
 pub struct Drainer {
     map: aya::maps::HashMap<MapData, SummaryKey, SummaryState>,
     control: Array<MapData, SummaryControl>,
-    drained: HashMap<SummaryKey, u64>,
+    /// Attempts of keys found at the start that an earlier run already reported, by key:
+    /// all of them under an older layout (it kept keys and reported their growth), and the
+    /// keys of an ended interval whose removal that run did not finish.
+    reported: HashMap<SummaryKey, u64>,
     epoch: u64,
+    quiescer: Quiescer,
     /// `connection_summary` records made so far.
     pub records: u64,
     /// Attempts they account for.
@@ -166,54 +175,76 @@ pub struct Drainer {
 }
 
 impl Drainer {
-    /// A drainer over the kernel's maps. What the table already holds (adopted pins of an
-    /// earlier run, which drained it until it stopped) counts as reported. Errors: map reads.
+    /// A drainer over the kernel's maps. Keys already there (adopted pins) are unreported
+    /// when they belong to the current interval of an earlier run of this layout (it drained
+    /// every ended interval), else counted as reported. Errors: map reads; the kernel
+    /// refuses the map-in-map the grace-period wait uses.
     pub fn new(
         map: aya::maps::HashMap<MapData, SummaryKey, SummaryState>,
         control: Array<MapData, SummaryControl>,
     ) -> anyhow::Result<Self> {
-        let mut drained = HashMap::new();
+        let now = control.get(&0, 0)?;
+        let live = (now.epoch & 1) as u8;
+        let mut reported = HashMap::new();
         for item in map.iter() {
             let (k, v) = item?;
-            drained.insert(k, v.count);
+            if now.layout != SUMMARY_LAYOUT_DRAINED || k.parity != live {
+                reported.insert(k, v.count);
+            }
         }
-        let epoch = control.get(&0, 0)?.epoch;
         Ok(Self {
             map,
             control,
-            drained,
-            epoch,
+            reported,
+            epoch: now.epoch,
+            quiescer: Quiescer::new()?,
             records: 0,
             attempts: 0,
         })
     }
 
-    /// Takes what was aggregated since the previous call, then starts the next interval
-    /// with a budget of `records_per_key` records per key (0: none). Errors: map reads and
-    /// writes.
+    /// Ends the current interval: starts the next with a budget of `records_per_key`
+    /// records per key (0: none), waits one RCU grace period (every program that read the
+    /// ended epoch has returned), then takes the ended interval's keys out of the table.
+    /// Errors: map reads and writes; a key whose removal fails is remembered as reported,
+    /// so it is never counted twice.
     pub fn drain(&mut self, records_per_key: u32) -> anyhow::Result<Vec<Taken>> {
+        let ended = (self.epoch & 1) as u8;
+        let next = SummaryControl {
+            epoch: self.epoch + 1,
+            records_per_key,
+            layout: SUMMARY_LAYOUT_DRAINED,
+        };
+        self.control.set(0, next, 0)?;
+        self.epoch += 1;
+        self.quiescer.wait()?;
         let mut out = Vec::new();
+        let mut done = Vec::new();
         for item in self.map.iter() {
             let (k, v) = item?;
-            let drained = self.drained.get(&k).copied().unwrap_or(0);
-            if let Some(t) = Taken::of(k, &v, drained) {
-                self.drained.insert(k, v.count);
+            if k.parity != ended {
+                continue;
+            }
+            let reported = self.reported.remove(&k).unwrap_or(0);
+            if let Some(t) = Taken::of(k, &v, reported) {
                 self.records += 1;
                 self.attempts += t.count;
                 out.push(t);
             }
+            done.push((k, v.count));
+        }
+        let mut failed = None;
+        for (k, count) in done {
+            if let Err(e) = self.map.remove(&k) {
+                self.reported.insert(k, count);
+                failed.get_or_insert(e);
+            }
         }
         out.sort_by_key(|t| (t.first_ns, t.key));
-        self.epoch += 1;
-        self.control.set(
-            0,
-            SummaryControl {
-                epoch: self.epoch,
-                records_per_key,
-                _pad: 0,
-            },
-            0,
-        )?;
+        if let Some(e) = failed {
+            // The records are made; the key is remembered as reported.
+            tracing::warn!(error = %e, "removing a drained summary key");
+        }
         Ok(out)
     }
 }
@@ -222,9 +253,10 @@ impl Drainer {
 /// ([`egressd_common::unreported`]): suppressed counts still pending (a later event of the
 /// same process, destination and verdict would carry them; not once the programs are
 /// detached, nor after the LRU evicted the entry) and attempts that neither the ring buffer
-/// nor the summary table could take. Read at the stop, when they become
-/// `connection_summary` records (cgroup id 0: the kernel keeps them by hook, region and
-/// verdict only; rule name [`WHY_SUPPRESSED`] or [`WHY_OVERFLOW`]).
+/// nor the summary table could take. Read at each interval's end (the overflow) and at the
+/// stop (the pending counts too), when they become `connection_summary` records (cgroup id
+/// 0: the kernel keeps them by hook, region and verdict only; rule name [`WHY_SUPPRESSED`]
+/// or [`WHY_OVERFLOW`]).
 pub struct Unreported {
     map: Array<MapData, u64>,
     /// Overflow counts already there at the start (pins adopted from an earlier run, which

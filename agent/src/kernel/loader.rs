@@ -12,7 +12,6 @@
 //! continues, each link's program replaced atomically with `BPF_LINK_UPDATE`).
 mod explain;
 mod prepare;
-mod quiesce;
 mod sets;
 mod table;
 mod tamper;
@@ -100,9 +99,8 @@ pub struct Enforcer {
     /// Its id (the inode number of its directory) when the hooks were attached to it: a
     /// different one at the same path is a cgroup made anew ([`Enforcer::verify_and_repair`]).
     cgroup_id: u64,
-    /// Waits out programs still reading the idle set before it is rewritten (see
-    /// `quiesce`).
-    quiescer: quiesce::Quiescer,
+    /// Waits out programs still reading the idle set before it is rewritten.
+    quiescer: crate::kernel::quiesce::Quiescer,
     /// Descriptors of the counter maps ([`maps::COUNTERS`], [`maps::FLOWS`]), kept after
     /// [`Enforcer::take_readers`] so an install can zero a reclaimed region id's slots.
     counter_fds: [std::os::fd::OwnedFd; 2],
@@ -381,7 +379,7 @@ impl Enforcer {
             links: Vec::new(),
             cgroup: None,
             cgroup_id: 0,
-            quiescer: quiesce::Quiescer::new()?,
+            quiescer: crate::kernel::quiesce::Quiescer::new()?,
             counter_fds,
             lsm,
             exes: std::collections::HashMap::new(),

@@ -5,7 +5,7 @@
 //! `BPF_PROG_TEST_RUN` of the packet program ([`testrun`]); the feature probes and
 //! the coverage report ([`coverage`]); cgroup v2 paths ([`cgroup`]); capabilities
 //! ([`privileges`]); the route mirror of the device-forced next-hop check ([`routes`]);
-//! batch reads and writes of maps ([`batch`]).
+//! batch reads and writes of maps ([`batch`]); waiting out running programs ([`quiesce`]).
 //!
 //! May use [`crate::base`], [`crate::config`] and [`crate::policy`] (what to load), never the
 //! event pipeline or the daemon above it.
@@ -17,5 +17,6 @@ pub mod loader;
 pub mod offsets;
 pub mod pin;
 pub mod privileges;
+pub mod quiesce;
 pub mod routes;
 pub mod testrun;

@@ -1,4 +1,6 @@
-//! Waiting out the programs that may still read a policy set before it is rewritten.
+//! Waiting out the programs that may still use a map's contents userspace is about to
+//! change: a policy set before it is rewritten (below), the summaries of an interval that
+//! ended before they are removed (`events::summary`).
 //!
 //! A program reads the published generation once, then reads the set it selects. Installing
 //! generation `g + 1` fills the idle set, which last served `g - 1`: a program that read
