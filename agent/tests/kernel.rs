@@ -189,6 +189,10 @@ fn main() {
             summary::summary_table_refilled_each_second,
         ),
         Trial::test(
+            "security_scrape_loop_keeps_summary_budget",
+            summary::budget_kept_under_scrape_loop,
+        ),
+        Trial::test(
             "suppression_across_hooks_counted_once",
             summary::suppression_across_hooks_counted_once,
         ),

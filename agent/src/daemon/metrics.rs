@@ -1,9 +1,10 @@
 //! Prometheus endpoint (`/metrics`, text exposition format 0.0.4 via prometheus-client) and
 //! health endpoint (`/healthz`), served on the address given to `egressd run --metrics`.
 //!
-//! Every scrape asks the daemon loop for a [`Snapshot`] read from the kernel counter maps at
+//! A scrape asks the daemon loop for a [`Snapshot`] read from the kernel counter maps at
 //! that moment, so the numbers equal what `egressd status`, heartbeats and `agent_stop`
-//! report. Metrics (all prefixed `egressd_`):
+//! report; requests within [`SNAPSHOT_REUSE`] of it get the same one. Metrics (all prefixed
+//! `egressd_`):
 //!
 //! | metric | labels | source |
 //! | --- | --- | --- |
@@ -32,7 +33,7 @@
 //! Connections: at most [`MAX_CONNECTIONS`] at once (at the cap a new one replaces the
 //! oldest that has not sent its request, or is closed), 5 s to send the request head (8 KiB
 //! at most) and 5 s to take the answer.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -359,6 +360,67 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a client gets to take the response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long one snapshot answers every request (`/metrics` and `/healthz`). The daemon loop
+/// reads the counter maps for a snapshot (milliseconds of CPU) on the thread that also
+/// drains summaries and checks for tampering, so a local user requesting in a loop costs it
+/// at most this many snapshots (and `/metrics` renders) a second, not one per request.
+pub const SNAPSHOT_REUSE: Duration = Duration::from_millis(250);
+
+/// The last snapshot, when it was read, and its `/metrics` text once rendered.
+#[derive(Default)]
+struct Latest {
+    at: Option<tokio::time::Instant>,
+    snap: Option<Arc<Snapshot>>,
+    text: Option<Arc<String>>,
+}
+
+/// Shared by the connection tasks; held while a snapshot is asked for, so requests arriving
+/// meanwhile take that one.
+type Cache = Arc<tokio::sync::Mutex<Latest>>;
+
+/// A snapshot at most [`SNAPSHOT_REUSE`] old, asked of the daemon loop when there is none;
+/// `None` when the loop did not answer.
+async fn current(
+    cache: &Cache,
+    ask: &mpsc::Sender<oneshot::Sender<Snapshot>>,
+) -> Option<Arc<Snapshot>> {
+    let mut c = cache.lock().await;
+    if let (Some(at), Some(s)) = (c.at, &c.snap)
+        && at.elapsed() < SNAPSHOT_REUSE
+    {
+        return Some(s.clone());
+    }
+    let s = Arc::new(snapshot(ask).await?);
+    *c = Latest {
+        at: Some(tokio::time::Instant::now()),
+        snap: Some(s.clone()),
+        text: None,
+    };
+    Some(s)
+}
+
+/// The `/metrics` text of [`current`]'s snapshot, rendered once per snapshot; `None` when
+/// the loop did not answer. Errors: as [`render`].
+async fn metrics_text(
+    cache: &Cache,
+    ask: &mpsc::Sender<oneshot::Sender<Snapshot>>,
+) -> Option<Result<Arc<String>, std::fmt::Error>> {
+    let s = current(cache, ask).await?;
+    let mut c = cache.lock().await;
+    let same = c.snap.as_ref().is_some_and(|l| Arc::ptr_eq(l, &s));
+    if same && let Some(t) = &c.text {
+        return Some(Ok(t.clone()));
+    }
+    let text = match render(&s) {
+        Ok(t) => Arc::new(t),
+        Err(e) => return Some(Err(e)),
+    };
+    if same {
+        c.text = Some(text.clone());
+    }
+    Some(Ok(text))
+}
+
 /// Connections open now, and those still waiting for their request (oldest first).
 #[derive(Default)]
 struct Conns {
@@ -445,6 +507,7 @@ fn served(listener: &TcpListener, addr: std::net::SocketAddr) {
 /// [`READ_TIMEOUT`] for its request and [`WRITE_TIMEOUT`] for the response.
 pub async fn serve(listener: TcpListener, ask: mpsc::Sender<oneshot::Sender<Snapshot>>) {
     let conns = std::sync::Arc::new(std::sync::Mutex::new(Conns::default()));
+    let cache = Cache::default();
     let mut next_id = 0u64;
     let mut refused = 0u64;
     loop {
@@ -488,8 +551,9 @@ pub async fn serve(listener: TcpListener, ask: mpsc::Sender<oneshot::Sender<Snap
             conns: conns.clone(),
         };
         let ask = ask.clone();
+        let cache = cache.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = handle(stream, ask, &slot).await {
+            if let Err(e) = handle(stream, &ask, &cache, &slot).await {
                 tracing::debug!(error = %e, "metrics request");
             }
             drop(slot);
@@ -509,7 +573,8 @@ pub async fn serve(listener: TcpListener, ask: mpsc::Sender<oneshot::Sender<Snap
 
 async fn handle(
     mut stream: TcpStream,
-    ask: mpsc::Sender<oneshot::Sender<Snapshot>>,
+    ask: &mpsc::Sender<oneshot::Sender<Snapshot>>,
+    cache: &Cache,
     slot: &Slot,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
@@ -530,23 +595,21 @@ async fn handle(
     slot.answering();
     let head = String::from_utf8_lossy(&buf);
     let path = head.split_whitespace().nth(1).unwrap_or("");
-    let (status, ctype, body) = match path {
-        "/metrics" => match snapshot(&ask).await {
-            Some(s) => match render(&s) {
-                Ok(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
-                Err(_) => (
-                    "500 Internal Server Error",
-                    "text/plain",
-                    "encoding\n".into(),
-                ),
-            },
+    let (status, ctype, body): (_, _, Arc<String>) = match path {
+        "/metrics" => match metrics_text(cache, ask).await {
+            Some(Ok(text)) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+            Some(Err(_)) => (
+                "500 Internal Server Error",
+                "text/plain",
+                "encoding\n".to_owned().into(),
+            ),
             None => (
                 "503 Service Unavailable",
                 "text/plain",
-                "the daemon did not answer\n".into(),
+                "the daemon did not answer\n".to_owned().into(),
             ),
         },
-        "/healthz" => match snapshot(&ask).await {
+        "/healthz" => match current(cache, ask).await {
             Some(s) => {
                 let down: Vec<&str> = s
                     .hooks
@@ -561,36 +624,39 @@ async fn handle(
                         Some(why) => (
                             "200 OK",
                             "text/plain",
-                            format!("degraded: policy fallback: {why}\n"),
+                            format!("degraded: policy fallback: {why}\n").into(),
                         ),
-                        None => ("200 OK", "text/plain", "ok\n".into()),
+                        None => ("200 OK", "text/plain", "ok\n".to_owned().into()),
                     }
                 } else {
                     (
                         "503 Service Unavailable",
                         "text/plain",
-                        format!("not attached: {}\n", down.join(", ")),
+                        format!("not attached: {}\n", down.join(", ")).into(),
                     )
                 }
             }
             None => (
                 "503 Service Unavailable",
                 "text/plain",
-                "the daemon did not answer\n".into(),
+                "the daemon did not answer\n".to_owned().into(),
             ),
         },
         _ => (
             "404 Not Found",
             "text/plain",
-            "try /metrics or /healthz\n".into(),
+            "try /metrics or /healthz\n".to_owned().into(),
         ),
     };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let response_head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     tokio::time::timeout(WRITE_TIMEOUT, async {
-        stream.write_all(resp.as_bytes()).await?;
+        // Head and the shared body in two writes: no Nagle wait for the second.
+        stream.set_nodelay(true)?;
+        stream.write_all(response_head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
         stream.shutdown().await
     })
     .await

@@ -592,8 +592,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 reload_now = true;
             }
             Some(reply) = metrics_rx.recv() => {
+                // Not the summary interval's end: a scrape in a loop would shorten it and
+                // so raise the `summary_after` budget per second.
                 delivered += drain(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
-                end_interval(&mut summaries, &mut unreported, &policy, &seq, &pipeline);
                 let snap = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped(), &summaries)
                     .map(|c| crate::daemon::metrics::Snapshot {
                         counters: c,

@@ -678,8 +678,17 @@ pub fn free_port() -> Result<u16, Failed> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-/// `GET path` from 127.0.0.1:`port` (HTTP/1.1, the server closes): status code and body.
+/// `GET path` from 127.0.0.1:`port` (HTTP/1.1, the server closes): status code and body,
+/// after [`egressd::daemon::metrics::SNAPSHOT_REUSE`], so that the answer reflects what the
+/// test did before the call (a snapshot answers every request for that long).
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String), Failed> {
+    std::thread::sleep(egressd::daemon::metrics::SNAPSHOT_REUSE + Duration::from_millis(20));
+    http_get_now(port, path)
+}
+
+/// [`http_get`] at once (the answer may come from a snapshot up to
+/// [`egressd::daemon::metrics::SNAPSHOT_REUSE`] old).
+pub fn http_get_now(port: u16, path: &str) -> Result<(u16, String), Failed> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;

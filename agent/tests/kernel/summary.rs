@@ -8,7 +8,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 use libtest_mimic::Failed;
 use serde_json::Value;
 
-use super::harness::{Agent, EPERM, policy, require_root, stop_record, testbed};
+use super::harness::{
+    Agent, EPERM, free_port, http_get_now, policy, require_root, stop_record, tempdir, testbed,
+    write_config,
+};
 
 /// `FLOOD_ARG CGROUP NETNS MILLIS PORTS FLUSH_MS`: joins the cgroup and the namespace, then
 /// sends one-byte datagrams on one unconnected UDP socket to 198.18.2.2-254 x `PORTS` ports
@@ -616,6 +619,83 @@ pub fn summary_table_refilled_each_second() -> Result<(), Failed> {
     }
     if own == 0 || overflow != 0 || lost != 0 {
         return Err(format!("{line}: want the flood aggregated under its cgroup").into());
+    }
+    Ok(())
+}
+
+/// A local user requesting `/metrics` in a loop during a flood. Each scrape used to end the
+/// summary interval, so the record budget (`summary_after`, records per key and second)
+/// was spent anew at every scrape and the flood came through as records instead of
+/// summaries; and each scrape read every counter map on the daemon's loop. The interval is
+/// the daemon's second whatever the scrapes: the flood's key writes at most its budget a
+/// second.
+pub fn budget_kept_under_scrape_loop() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let dir = tempdir()?;
+    let budget = 10u64;
+    let text = format!(
+        "{}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n",
+        policy("enforce").replace(
+            "suppress_window_ms = 0",
+            &format!("suppress_window_ms = 0\nsummary_after = {budget}")
+        )
+    );
+    let cfg = write_config(&dir, &text)?;
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let mut agent = Agent::start_at(&tb, &cfg, &["--metrics", &addr])?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scrapers: Vec<_> = (0..4)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if matches!(http_get_now(port, "/metrics"), Ok((200, _))) {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let millis = 2000u64;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(exe)
+        .arg(FLOOD_ARG)
+        .arg(tb.cgroup.path())
+        .args([tb.client.name(), &millis.to_string(), "0", "0", "udp"])
+        .output();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes: u64 = scrapers.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+    let (attempts, refused) = child_said(out)?;
+    if attempts == 0 || refused != attempts {
+        return Err(format!("flood: {refused} of {attempts} attempts refused with EPERM").into());
+    }
+    agent.wait_quiet(Duration::from_secs(2), Duration::from_secs(300))?;
+    let recs = agent.stop()?;
+    let stop = stop_record(&recs)?;
+    let (by, _, summarized) = accounted(&recs);
+    let kernel = kernel_counts(stop);
+    let records = recs
+        .iter()
+        .filter(|r| r["type"] == "connection" && r["hook"] == "cgroup/sendmsg4")
+        .count() as u64;
+    // The flood's seconds, one more for its last sends, and one for the boundaries.
+    let most = budget * (millis / 1000 + 2);
+    let line = format!(
+        "{scrapes} scrapes during {attempts} flood attempts: {records} records, \
+         {summarized} attempts summarized (budget {budget} a second: at most {most} records)"
+    );
+    println!("{line}");
+    if by != kernel {
+        return Err(
+            format!("{line}: records account for {by:?}, the kernel counted {kernel:?}").into(),
+        );
+    }
+    if scrapes < 10 || records > most {
+        return Err(format!("{line}: want the budget kept under the scrapes").into());
     }
     Ok(())
 }
