@@ -13,7 +13,7 @@ use egressd_common::{
 use ipnetwork::IpNetwork;
 
 use super::Policy;
-use crate::config::{Action, Target};
+use crate::config::{Action, Rule, Target};
 
 /// Precedence of a candidate at one prefix: (specificity, rank, preference); larger wins.
 /// Specificity: ports 2, protocol only 1, neither 0. Rank: enforcing deny 2, auditing deny
@@ -187,7 +187,7 @@ fn build_with_rules(p: &mut Policy) {
         },
     };
     let mut table = Table::default();
-    table.id(entry(&root, &mut p.problems, None));
+    table.id(entry(&root, &p.rules, &mut p.problems, None));
 
     let mut nets: Vec<IpNetwork> = nodes.keys().copied().collect();
     nets.sort_unstable_by_key(|n| match n {
@@ -227,7 +227,7 @@ fn build_with_rules(p: &mut Policy) {
             count,
             default,
         };
-        let id = table.id(entry(&resolved, &mut p.problems, Some(net)));
+        let id = table.id(entry(&resolved, &p.rules, &mut p.problems, Some(net)));
         match net {
             IpNetwork::V4(v) => lpm_v4.push((v, id)),
             IpNetwork::V6(v) => lpm_v6.push((v, id)),
@@ -272,13 +272,42 @@ fn build_regions_only(p: &mut Policy) {
     p.entries = entries;
 }
 
-fn entry(r: &Resolved, problems: &mut Vec<String>, net: Option<IpNetwork>) -> Entry {
+/// Rules a too-long port rule list names, at most.
+const NAMED: usize = 4;
+
+fn entry(
+    r: &Resolved,
+    rules: &[Rule],
+    problems: &mut Vec<String>,
+    net: Option<IpNetwork>,
+) -> Entry {
     if r.count > MAX_PORT_RULES && problems.len() < 10 {
+        // Where to look: the first rules in precedence order, with file and line.
+        let named: Vec<String> = r
+            .rules
+            .iter()
+            .filter_map(|pr| rules.iter().find(|x| x.id == pr.rule))
+            .take(NAMED)
+            .map(|x| {
+                if x.name.contains(&x.origin) {
+                    x.name.clone()
+                } else {
+                    format!("`{}` ({})", x.name, x.origin)
+                }
+            })
+            .collect();
+        let more = r.count.saturating_sub(named.len());
         problems.push(format!(
             "{} port rules apply to {} (its own and those of covering prefixes), at most \
-             {MAX_PORT_RULES} are supported",
+             {MAX_PORT_RULES} are supported: {}{}",
             r.count,
-            net.map_or_else(|| "the default".to_owned(), |n| n.to_string())
+            net.map_or_else(|| "the default".to_owned(), |n| n.to_string()),
+            named.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
         ));
     }
     let mut e = Entry {

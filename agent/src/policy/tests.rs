@@ -505,6 +505,31 @@ fn policy_too_many_port_rules_is_a_problem() {
         "{:?}",
         p.problems
     );
+    // Says where to look: the first rules with file and line, and how many more.
+    assert!(
+        p.problems[0].ends_with(
+            ": rule at t.toml:2, rule at t.toml:7, rule at t.toml:12, rule at t.toml:17 and \
+             13 more"
+        ),
+        "{:?}",
+        p.problems
+    );
+}
+
+#[test]
+fn policy_too_many_port_rules_names_them() {
+    let mut text = String::from("allowlist = []\n");
+    for port in 1..=17 {
+        text.push_str(&format!("[[rules]]\nname = \"p{port}\"\naction = \"allow\"\nto = [\"10.0.0.0/8\"]\nprotocol = \"tcp\"\nports = {port}\n"));
+    }
+    let p = compile(&crate::config::parse(std::path::Path::new("t.toml"), &text).expect("valid"));
+    assert!(
+        p.problems[0].ends_with(
+            ": `p1` (t.toml:2), `p2` (t.toml:8), `p3` (t.toml:14), `p4` (t.toml:20) and 13 more"
+        ),
+        "{:?}",
+        p.problems
+    );
 }
 
 #[test]
