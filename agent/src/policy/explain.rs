@@ -55,7 +55,7 @@ impl Proto {
 pub struct Destination {
     /// The address, exactly as written (an IPv4-mapped address stays IPv6 here).
     pub ip: IpAddr,
-    /// Destination port, 1-65535, when given.
+    /// Destination port, 0-65535, when given.
     pub port: Option<u16>,
     /// Protocol, when given.
     pub proto: Option<Proto>,
@@ -85,7 +85,7 @@ impl fmt::Display for Destination {
 /// | other protocols | `198.18.1.2:5000/sctp`, `2001:db8::1/ipv6-icmp`, `198.18.1.2/proto-47` |
 ///
 /// An IPv6 address with a port must be in brackets (`2001:db8::1:443` is the address
-/// `2001:db8::1:443`). The port is decimal 1-65535; the protocol is a name of
+/// `2001:db8::1:443`). The port is decimal 0-65535; the protocol is a name of
 /// [`crate::base::protocol::NAMES`] (any case) or `proto-N` for IANA number N, so every protocol a
 /// policy accepts can be explained; a port with a protocol that has none is refused. Zone ids (`fe80::1%eth0`), prefixes (`10.0.0.0/8`) and host names are rejected.
 ///
@@ -136,8 +136,10 @@ pub fn parse_destination(s: &str) -> Result<Destination, String> {
     }
     let port = |p: &str| -> Result<u16, String> {
         match p.parse::<u16>() {
-            Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
-            _ => Err(format!("invalid port `{p}` in `{s}`: expected 1-65535")),
+            // 0 too: the policy's port ranges may start at 0, which the hooks see for a
+            // destination without a port (as in `connect()` to port 0).
+            Ok(n) if p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+            _ => Err(format!("invalid port `{p}` in `{s}`: expected 0-65535")),
         }
     };
     let (ip, port) = if let Some(inner) = rest.strip_prefix('[') {

@@ -65,7 +65,6 @@ fn explain_parse_errors() {
         ("198.18.1.2/proto-047", "invalid protocol number `047`"),
         ("198.18.1.2:80/icmp", "protocol icmp has no ports"),
         ("[2001:db8::1]:1/proto-47", "protocol proto-47 has no ports"),
-        ("198.18.1.2:0", "invalid port `0`"),
         ("198.18.1.2:65536", "invalid port `65536`"),
         ("198.18.1.2:+80", "invalid port `+80`"),
         ("198.18.1.2:", "invalid port ``"),
@@ -81,6 +80,13 @@ fn explain_parse_errors() {
         let e = parse_destination(s).expect_err(s);
         assert!(e.contains(msg), "{s}: {e}");
     }
+}
+
+#[test]
+fn explain_takes_port_0() {
+    // A policy's port range may start at 0, and `connect()` to port 0 reaches the hooks.
+    assert_eq!(d("198.18.1.2:0/udp").port, Some(0));
+    assert_eq!(d("198.18.1.2:0/udp").to_string(), "198.18.1.2:0/udp");
 }
 
 #[test]
