@@ -46,6 +46,9 @@ fn main() {
     if argv.get(1).map(String::as_str) == Some(summary::CGROUPS_ARG) {
         std::process::exit(summary::cgroups_main(&argv[2..]));
     }
+    if argv.get(1).map(String::as_str) == Some(summary::RACE_ARG) {
+        std::process::exit(summary::race_main(&argv[2..]));
+    }
     let args = Arguments::from_args();
     // Every daemon a test starts keeps its last good policy in a directory of this run, not
     // in the host's /var/lib/egressd (tests that name --state-dir override it).
@@ -195,6 +198,10 @@ fn main() {
         Trial::test(
             "suppression_across_hooks_counted_once",
             summary::suppression_across_hooks_counted_once,
+        ),
+        Trial::test(
+            "suppression_race_across_cpus_counted_once",
+            summary::suppression_race_across_cpus,
         ),
         Trial::test(
             "reload_100_times_under_load_zero_misjudged",

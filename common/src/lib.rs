@@ -88,8 +88,10 @@ pub mod maps {
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of [`crate::FlowCounter`], indexed by
     /// [`crate::flow_index`].
     pub const FLOWS: &str = "EGRESSD_FLOWS_V1";
-    /// `BPF_MAP_TYPE_LRU_HASH`: [`crate::SuppressKey`] -> [`crate::SuppressState`], event
-    /// flood control.
+    /// `BPF_MAP_TYPE_LRU_PERCPU_HASH`: [`crate::SuppressKey`] -> [`crate::SuppressState`],
+    /// event flood control. Per CPU, so that taking a key's suppressed count (a read, then
+    /// an atomic subtraction: 5.10 has no fetching atomics) cannot race with another CPU
+    /// taking it too: each CPU's window and count are its own.
     pub const SUPPRESS: &str = "EGRESSD_SUPPRESS_V1";
     /// `BPF_MAP_TYPE_HASH` (preallocated, no LRU: an entry is never evicted by the
     /// kernel): [`crate::SummaryKey`] -> [`crate::SummaryState`], attempts the kernel

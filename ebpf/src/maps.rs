@@ -4,7 +4,7 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, CgroupArray, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, CgroupArray, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use egressd_common::{
     COUNTER_SLOTS, DEFAULT_MAX_PREFIXES, EVENTS_BYTES, Entry, ExeKey, FLOW_SLOTS, FlowCounter,
@@ -117,10 +117,11 @@ pub static EGRESSD_FLOWS_V1: PerCpuArray<FlowCounter> =
 pub static EGRESSD_UNREPORTED_V1: Array<u64> =
     Array::with_max_entries(egressd_common::unreported::SLOTS, 0);
 
-/// Last event time and suppressed count per (process, destination, verdict, hook).
+/// Last event time and suppressed count per (process, destination, verdict, hook), per CPU
+/// (see `egressd_common::maps::SUPPRESS`).
 #[map]
-pub static EGRESSD_SUPPRESS_V1: LruHashMap<SuppressKey, SuppressState> =
-    LruHashMap::with_max_entries(SUPPRESS_ENTRIES, 0);
+pub static EGRESSD_SUPPRESS_V1: LruPerCpuHashMap<SuppressKey, SuppressState> =
+    LruPerCpuHashMap::with_max_entries(SUPPRESS_ENTRIES, 0);
 
 /// Aggregated attempts per (cgroup, hook, region, verdict, rule) and interval parity (see
 /// `report`).

@@ -115,8 +115,15 @@ fn suppress(hook: Hook, pid: u32, d: &Dest, dec: &Decision, now: u64) -> Option<
                 }
                 (*state).last_ns = now;
                 // Take the count without a fetch atomic: subtract what was read; increments
-                // that land in between stay for the next event.
+                // that land in between stay for the next event. The state is this CPU's, so
+                // no other CPU takes the same count; a program nested on this CPU (a
+                // softirq) could, and would leave the count below zero: never carried
+                // (a record must not claim 2^64 - n attempts), it is paid back by the
+                // attempts suppressed next.
                 let n = ptr::read_volatile(&raw const (*state).suppressed);
+                if n > u64::MAX / 2 {
+                    return Some(0);
+                }
                 if n != 0 {
                     add(&raw mut (*state).suppressed, n.wrapping_neg());
                     unreported(

@@ -40,15 +40,7 @@ pub fn flood_main(args: &[String]) -> i32 {
         eprintln!("joining {cg}: {e}");
         return 2;
     }
-    let entered = std::fs::File::open(format!("/run/netns/{ns}")).and_then(|f| {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: a valid namespace fd; setns changes only this (the only) thread's namespace.
-        match unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        }
-    });
-    if let Err(e) = entered {
+    if let Err(e) = enter_netns(ns) {
         eprintln!("entering {ns}: {e}");
         return 2;
     }
@@ -424,15 +416,7 @@ pub fn cgroups_main(args: &[String]) -> i32 {
         eprintln!("usage: {CGROUPS_ARG} CGROUP NETNS N MILLIS");
         return 2;
     };
-    let entered = std::fs::File::open(format!("/run/netns/{ns}")).and_then(|f| {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: a valid namespace fd; setns changes only this (the only) thread's namespace.
-        match unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } {
-            0 => Ok(()),
-            _ => Err(std::io::Error::last_os_error()),
-        }
-    });
-    if let Err(e) = entered {
+    if let Err(e) = enter_netns(ns) {
         eprintln!("entering {ns}: {e}");
         return 2;
     }
@@ -525,6 +509,148 @@ impl Drop for Children {
             }
         }
     }
+}
+
+/// `RACE_ARG CGROUP NETNS MILLIS`: joins the cgroup and the namespace, then two threads,
+/// each pinned to a CPU of its own with a UDP socket of its own, send one-byte datagrams to
+/// 198.18.2.50:9999 as fast as they can for `MILLIS` ms: one suppression key from two CPUs
+/// at once. Prints `attempts refused`; exits 3 on a machine with one CPU.
+pub const RACE_ARG: &str = "__egressd_race";
+
+/// Entry point of the race child (see [`RACE_ARG`]).
+pub fn race_main(args: &[String]) -> i32 {
+    let (Some(cg), Some(ns), Some(millis)) = (
+        args.first(),
+        args.get(1),
+        args.get(2).and_then(|v| v.parse::<u64>().ok()),
+    ) else {
+        eprintln!("usage: {RACE_ARG} CGROUP NETNS MILLIS");
+        return 2;
+    };
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        eprintln!("one CPU: no race to run");
+        return 3;
+    }
+    if let Err(e) = std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string()) {
+        eprintln!("joining {cg}: {e}");
+        return 2;
+    }
+    if let Err(e) = enter_netns(ns) {
+        eprintln!("entering {ns}: {e}");
+        return 2;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_millis(millis);
+    let threads: Vec<_> = (0..2usize)
+        .map(|cpu| {
+            std::thread::spawn(move || {
+                // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
+                }
+                // SAFETY: plain socket call; the fd is closed at exit.
+                let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+                let sa = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: 9999u16.to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(Ipv4Addr::new(198, 18, 2, 50)).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                let (mut attempts, mut refused) = (0u64, 0u64);
+                while fd >= 0 && std::time::Instant::now() < deadline {
+                    // SAFETY: a valid socket and a sockaddr_in of the size given.
+                    let r = unsafe {
+                        libc::sendto(
+                            fd,
+                            b"x".as_ptr().cast(),
+                            1,
+                            0,
+                            (&raw const sa).cast(),
+                            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                        )
+                    };
+                    attempts += 1;
+                    if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(EPERM) {
+                        refused += 1;
+                    }
+                }
+                (attempts, refused)
+            })
+        })
+        .collect();
+    let (mut attempts, mut refused) = (0u64, 0u64);
+    for t in threads {
+        let (a, r) = t.join().unwrap_or((0, 1));
+        attempts += a;
+        refused += r;
+    }
+    println!("{attempts} {refused}");
+    0
+}
+
+/// Moves the calling thread (and threads it makes later) into network namespace `ns`.
+fn enter_netns(ns: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    // SAFETY: a valid namespace fd; setns changes only the calling thread's namespace.
+    match unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Red team: two threads on two CPUs denied for one destination, suppression window 1 ms.
+/// Taking a key's suppressed count is a read and a subtraction (5.10 has no fetching
+/// atomics); on a table the CPUs shared, both could take the same count (counted twice)
+/// and leave it below zero, and the next record claimed 4,294,967,295 suppressed attempts
+/// (57 such records in 3 s). Per CPU, every record's count is real and records and
+/// counters agree.
+pub fn suppression_race_across_cpus() -> Result<(), Failed> {
+    require_root()?;
+    let tb = testbed()?;
+    let text = format!(
+        "{}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n",
+        policy("enforce").replace("suppress_window_ms = 0", "suppress_window_ms = 1")
+    );
+    let mut agent = Agent::start_with(&tb, &text)?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(exe)
+        .arg(RACE_ARG)
+        .arg(tb.cgroup.path())
+        .args([tb.client.name(), "3000"])
+        .output();
+    let (attempts, refused) = child_said(out)?;
+    if attempts == 0 || refused != attempts {
+        return Err(format!("race: {refused} of {attempts} attempts refused with EPERM").into());
+    }
+    agent.wait_quiet(Duration::from_secs(2), Duration::from_secs(300))?;
+    let recs = agent.stop()?;
+    let stop = stop_record(&recs)?;
+    let (by, _, _) = accounted(&recs);
+    let kernel = kernel_counts(stop);
+    let connections: Vec<&Value> = recs.iter().filter(|r| r["type"] == "connection").collect();
+    let most = connections
+        .iter()
+        .map(|r| r["suppressed"].as_u64().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    let line = format!(
+        "{attempts} attempts from 2 CPUs: {} records, largest suppressed count {most}",
+        connections.len()
+    );
+    println!("{line}");
+    if most > attempts {
+        return Err(format!("{line}: a record claims more attempts than were made").into());
+    }
+    if by != kernel {
+        return Err(
+            format!("{line}: records account for {by:?}, the kernel counted {kernel:?}").into(),
+        );
+    }
+    Ok(())
 }
 
 /// `attempts refused` as a flood or cgroups child printed it. Errors: the child could not

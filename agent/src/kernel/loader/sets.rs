@@ -41,6 +41,16 @@ pub(super) fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>
                 dir.root.display()
             );
         }
+        // An older build's suppression table was shared by the CPUs (its taking of a count
+        // could race): replaced like one of another shape.
+        if name == maps::SUPPRESS
+            && !matches!(info.map_type(), Ok(aya::maps::MapType::LruPerCpuHash))
+        {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the old suppression pin {}", path.display()))?;
+            tracing::info!(pin = %path.display(), "replacing a suppression table of another type");
+            continue;
+        }
         // Scratch space holds nothing between runs of a program: an older build's (one slot
         // per CPU, a smaller value) is replaced.
         if name == maps::SCRATCH
