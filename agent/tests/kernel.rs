@@ -204,6 +204,10 @@ fn main() {
             summary::suppression_race_across_cpus,
         ),
         Trial::test(
+            "flood_through_start_all_accounted",
+            summary::flood_through_start_all_accounted,
+        ),
+        Trial::test(
             "reload_100_times_under_load_zero_misjudged",
             reload::reload_under_load,
         ),

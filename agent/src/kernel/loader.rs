@@ -518,12 +518,50 @@ impl Enforcer {
         }
     }
 
+    /// Before any program of this run can aggregate: the summary control names this
+    /// layout ([`egressd_common::SUMMARY_LAYOUT_DRAINED`]) and the policy's record budget.
+    /// A fresh control (zeros) read as an older build's would make the first drain count
+    /// the keys aggregated since the attach as reported, and give no budget until then. An
+    /// older build's table that holds keys keeps its layout for the drainer to judge.
+    fn prepare_summaries(&mut self) -> anyhow::Result<()> {
+        let budget = self.sets[set_of(self.generation)]
+            .as_ref()
+            .map_or(egressd_common::DEFAULT_SUMMARY_AFTER, |p| p.summary_after);
+        let empty = {
+            let table: aya::maps::HashMap<
+                _,
+                egressd_common::SummaryKey,
+                egressd_common::SummaryState,
+            > = aya::maps::HashMap::try_from(map(&mut self.ebpf, maps::SUMMARIES)?)?;
+            table.keys().next().is_none()
+        };
+        let mut control: Array<_, egressd_common::SummaryControl> =
+            Array::try_from(map(&mut self.ebpf, maps::SUMMARY_CONTROL)?)?;
+        let now = control.get(&0, 0)?;
+        let layout = if empty {
+            egressd_common::SUMMARY_LAYOUT_DRAINED
+        } else {
+            now.layout
+        };
+        control.set(
+            0,
+            egressd_common::SummaryControl {
+                epoch: now.epoch,
+                records_per_key: budget,
+                layout,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
     /// Attaches every hook to `cgroup` through bpf_links, so programs of other tools on the
     /// same cgroup keep running and any of them can deny.
     pub fn attach(&mut self, cgroup: &Path) -> anyhow::Result<()> {
         if self.generation == 0 {
             bail!("refusing to attach before a policy is installed");
         }
+        self.prepare_summaries()?;
         let cg =
             File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         self.cgroup_id = cg.metadata()?.ino();
