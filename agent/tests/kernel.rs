@@ -208,6 +208,10 @@ fn main() {
             summary::flood_through_start_all_accounted,
         ),
         Trial::test(
+            "fleet_overflow_between_pinned_runs_reported",
+            summary::overflow_between_pinned_runs_reported,
+        ),
+        Trial::test(
             "reload_100_times_under_load_zero_misjudged",
             reload::reload_under_load,
         ),

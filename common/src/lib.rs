@@ -362,8 +362,12 @@ pub mod unreported {
     /// a summary (summary table full) could take, with the suppressed count they carried.
     /// Only grows; userspace reports the growth.
     pub const OVERFLOW: u32 = COUNTER_SLOTS;
+    /// `REPORTED + counter_index(..)`: how much of `OVERFLOW + counter_index(..)` egressd has
+    /// reported, written by userspace only (programs never touch it). Pinned with the rest,
+    /// so a run adopting the pins reports the overflow of the time no daemon ran.
+    pub const REPORTED: u32 = 2 * COUNTER_SLOTS;
     /// Entries of the map.
-    pub const SLOTS: u32 = 2 * COUNTER_SLOTS;
+    pub const SLOTS: u32 = 3 * COUNTER_SLOTS;
 }
 
 /// Indices of [`maps::LOSS`].

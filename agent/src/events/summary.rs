@@ -259,8 +259,8 @@ impl Drainer {
 /// or [`WHY_OVERFLOW`]).
 pub struct Unreported {
     map: Array<MapData, u64>,
-    /// Overflow counts already there at the start (pins adopted from an earlier run, which
-    /// reported them), by counter index.
+    /// Overflow counts reported so far (by this run and, adopting pins, by earlier runs:
+    /// [`unreported::REPORTED`]), by counter index.
     overflow_base: Vec<u64>,
 }
 
@@ -276,19 +276,27 @@ pub const WHY_SUPPRESSED: &str = "suppressed";
 pub const WHY_OVERFLOW: &str = "summary_table_full";
 
 impl Unreported {
-    /// Reads the overflow counts present now. Errors: map reads.
+    /// Reads what earlier runs reported of the overflow ([`unreported::REPORTED`]: zeros in
+    /// a fresh map), so that the overflow of the time no daemon ran is reported now. Errors:
+    /// map reads.
     pub fn new(map: Array<MapData, u64>) -> anyhow::Result<Self> {
         let all = crate::kernel::batch::read_array(&map)?;
         let overflow_base = (0..COUNTER_SLOTS)
-            .map(|slot| slot_value(&all, unreported::OVERFLOW + slot))
+            .map(|slot| {
+                // Never above the count itself (a map of another origin): nothing then.
+                let over = slot_value(&all, unreported::OVERFLOW + slot);
+                slot_value(&all, unreported::REPORTED + slot).min(over)
+            })
             .collect();
         Ok(Self { map, overflow_base })
     }
 
     /// What no record carries, as summaries to report at `now_boot_ns` with the reason (a
-    /// rule name): overflow since [`Unreported::new`], and with `pending` (the programs
-    /// are detached, so no later event can carry them) the pending suppressed counts.
-    /// Errors: map reads.
+    /// rule name): overflow not yet reported, and with `pending` (the programs are
+    /// detached, so no later event can carry them) the pending suppressed counts. The
+    /// overflow taken is written to [`unreported::REPORTED`] at once (a failed write is
+    /// logged: a run adopting the pins would report that overflow again). Errors: map
+    /// reads.
     pub fn take(
         &mut self,
         pending: bool,
@@ -330,8 +338,11 @@ impl Unreported {
                 ));
             }
             if over != 0 {
-                self.overflow_base[slot as usize] =
-                    self.overflow_base[slot as usize].wrapping_add(over);
+                let base = self.overflow_base[slot as usize].wrapping_add(over);
+                self.overflow_base[slot as usize] = base;
+                if let Err(e) = self.map.set(unreported::REPORTED + slot, base, 0) {
+                    tracing::warn!(error = %e, "recording the overflow reported");
+                }
             }
         }
         Ok(out)

@@ -82,6 +82,18 @@ pub(super) fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>
             tracing::info!(pin = %path.display(), "dropping the IPv4 table first level of an older egressd");
             continue;
         }
+        // An older build kept no record of the overflow it reported: replaced (its pending
+        // suppressed counts and unreported overflow are lost from the records, not from the
+        // counters).
+        if name == maps::UNREPORTED && info.max_entries() != egressd_common::unreported::SLOTS {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the old unreported pin {}", path.display()))?;
+            tracing::warn!(
+                pin = %path.display(),
+                "the pinned unreported counts have another layout: replaced"
+            );
+            continue;
+        }
         // An older build knew fewer fail-closed reasons: replaced likewise.
         if name == maps::FAILSAFE && info.max_entries() != egressd_common::failsafe::SLOTS {
             std::fs::remove_file(&path)
