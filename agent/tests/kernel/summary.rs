@@ -154,6 +154,27 @@ fn accounted(recs: &[Value]) -> (BTreeMap<(String, String, String), u64>, u64, u
     (by, summaries, summarized)
 }
 
+/// `policy` with a stdout sink whose queue holds a whole flood: a slow reader of stdout (a
+/// VM) must not make the sink drop records, which a test could not tell apart from records
+/// never made.
+fn with_big_queue(policy: &str) -> String {
+    format!("{policy}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n")
+}
+
+/// Records and kernel counters agree per (hook, region, verdict); else the error names both.
+fn agree(
+    line: &str,
+    by: &BTreeMap<(String, String, String), u64>,
+    kernel: &BTreeMap<(String, String, String), u64>,
+) -> Result<(), Failed> {
+    if by != kernel {
+        return Err(
+            format!("{line}: records account for {by:?}, the kernel counted {kernel:?}").into(),
+        );
+    }
+    Ok(())
+}
+
 /// The kernel's denial and audit counters of `agent_stop` per (hook, region, verdict).
 fn kernel_counts(stop: &Value) -> BTreeMap<(String, String, String), u64> {
     let mut kernel = BTreeMap::new();
@@ -235,12 +256,7 @@ fn flood_from(
     raw: bool,
 ) -> Result<String, Failed> {
     let tb = testbed()?;
-    // A queue that holds the whole flood: a slow reader of stdout (a VM) must not make the
-    // sink drop records, which this test could not tell apart from records never made.
-    let text = format!(
-        "{}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n",
-        policy("enforce").replace("suppress_window_ms = 0", settings)
-    );
+    let text = with_big_queue(&policy("enforce").replace("suppress_window_ms = 0", settings));
     let mut agent = Agent::start_with(&tb, &text)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = std::process::Command::new(exe)
@@ -308,11 +324,7 @@ fn flood_from(
         )
         .into());
     }
-    if by != kernel {
-        return Err(
-            format!("{line}: records account for {by:?}, the kernel counted {kernel:?}").into(),
-        );
-    }
+    agree(&line, &by, &kernel)?;
     if lost != 0 {
         return Err(format!("{line}: records lost").into());
     }
@@ -404,8 +416,9 @@ pub fn flood_invariant_suppressed() -> Result<(), Failed> {
 }
 
 /// `CGROUPS_ARG CGROUP NETNS N MILLIS`: joins the namespace, then for each of `N` new
-/// child cgroups `CGROUP/k{i}` joins it and sends one datagram (from a socket made there:
-/// a socket's attempts carry the cgroup it was made in) to 198.18.2.2:20000; then, in the
+/// child cgroups `CGROUP/k{i}` joins it and sends one datagram (from a socket made there;
+/// the socket hooks key an attempt by the calling task's cgroup, the packet hook by the
+/// cgroup the socket was made in) to 198.18.2.2:20000; then, in the
 /// last one, floods distinct ports of 198.18.2.2-254 for `MILLIS` ms. Prints
 /// `attempts refused`. The caller removes the child cgroups (it cannot leave the last).
 pub const CGROUPS_ARG: &str = "__egressd_cgroups";
@@ -613,9 +626,8 @@ fn enter_netns(ns: &str) -> std::io::Result<()> {
 pub fn suppression_race_across_cpus() -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
-    let text = format!(
-        "{}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n",
-        policy("enforce").replace("suppress_window_ms = 0", "suppress_window_ms = 1")
+    let text = with_big_queue(
+        &policy("enforce").replace("suppress_window_ms = 0", "suppress_window_ms = 1"),
     );
     let mut agent = Agent::start_with(&tb, &text)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -647,11 +659,7 @@ pub fn suppression_race_across_cpus() -> Result<(), Failed> {
     if most > attempts {
         return Err(format!("{line}: a record claims more attempts than were made").into());
     }
-    if by != kernel {
-        return Err(
-            format!("{line}: records account for {by:?}, the kernel counted {kernel:?}").into(),
-        );
-    }
+    agree(&line, &by, &kernel)?;
     Ok(())
 }
 
@@ -663,10 +671,7 @@ pub fn suppression_race_across_cpus() -> Result<(), Failed> {
 pub fn flood_through_start_all_accounted() -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
-    let text = format!(
-        "{}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n",
-        policy("enforce")
-    );
+    let text = with_big_queue(&policy("enforce"));
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let flood = std::process::Command::new(exe)
         .arg(FLOOD_ARG)
@@ -692,11 +697,7 @@ pub fn flood_through_start_all_accounted() -> Result<(), Failed> {
     if refused == 0 || summaries == 0 {
         return Err(format!("{line}: want a flood through the start, aggregated").into());
     }
-    if by != kernel {
-        return Err(
-            format!("{line}: records account for {by:?}, the kernel counted {kernel:?}").into(),
-        );
-    }
+    agree(&line, &by, &kernel)?;
     Ok(())
 }
 
@@ -709,10 +710,7 @@ pub fn overflow_between_pinned_runs_reported() -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
     let dir = tempdir()?;
-    let text = format!(
-        "{}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n",
-        policy("enforce")
-    );
+    let text = with_big_queue(&policy("enforce"));
     let cfg = write_config(&dir, &text)?;
     let pins = Pins::new();
     let pin_arg = pins.0.to_string_lossy().into_owned();
@@ -746,11 +744,7 @@ pub fn overflow_between_pinned_runs_reported() -> Result<(), Failed> {
          counting {summarized} ({overflow} past the full table)"
     );
     println!("{line}");
-    if by != kernel {
-        return Err(
-            format!("{line}: records account for {by:?}, the kernel counted {kernel:?}").into(),
-        );
-    }
+    agree(&line, &by, &kernel)?;
     if overflow == 0 {
         return Err(format!("{line}: want the overflow of the gap reported").into());
     }
@@ -781,13 +775,10 @@ fn child_said(out: std::io::Result<std::process::Output>) -> Result<(u64, u64), 
 pub fn summary_table_refilled_each_second() -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
-    let text = format!(
-        "{}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n",
-        policy("enforce").replace(
-            "suppress_window_ms = 0",
-            "suppress_window_ms = 0\nsummary_after = 10"
-        )
-    );
+    let text = with_big_queue(&policy("enforce").replace(
+        "suppress_window_ms = 0",
+        "suppress_window_ms = 0\nsummary_after = 10",
+    ));
     let mut agent = Agent::start_with(&tb, &text)?;
     let _children = Children(tb.cgroup.path().to_path_buf());
     let n = u64::from(egressd_common::SUMMARY_ENTRIES) + 100;
@@ -842,11 +833,7 @@ pub fn summary_table_refilled_each_second() -> Result<(), Failed> {
          {own} aggregated under their cgroup, {overflow} past a full table, ringbuf_full {lost}"
     );
     println!("{line}");
-    if by != kernel {
-        return Err(
-            format!("{line}: records account for {by:?}, the kernel counted {kernel:?}").into(),
-        );
-    }
+    agree(&line, &by, &kernel)?;
     if own == 0 || overflow != 0 || lost != 0 {
         return Err(format!("{line}: want the flood aggregated under its cgroup").into());
     }
@@ -864,13 +851,10 @@ pub fn budget_kept_under_scrape_loop() -> Result<(), Failed> {
     let tb = testbed()?;
     let dir = tempdir()?;
     let budget = 10u64;
-    let text = format!(
-        "{}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n",
-        policy("enforce").replace(
-            "suppress_window_ms = 0",
-            &format!("suppress_window_ms = 0\nsummary_after = {budget}")
-        )
-    );
+    let text = with_big_queue(&policy("enforce").replace(
+        "suppress_window_ms = 0",
+        &format!("suppress_window_ms = 0\nsummary_after = {budget}"),
+    ));
     let cfg = write_config(&dir, &text)?;
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
@@ -919,11 +903,7 @@ pub fn budget_kept_under_scrape_loop() -> Result<(), Failed> {
          {summarized} attempts summarized (budget {budget} a second: at most {most} records)"
     );
     println!("{line}");
-    if by != kernel {
-        return Err(
-            format!("{line}: records account for {by:?}, the kernel counted {kernel:?}").into(),
-        );
-    }
+    agree(&line, &by, &kernel)?;
     if scrapes < 10 || records > most {
         return Err(format!("{line}: want the budget kept under the scrapes").into());
     }
@@ -939,10 +919,7 @@ pub fn budget_kept_under_scrape_loop() -> Result<(), Failed> {
 pub fn summary_table_full() -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
-    let text = format!(
-        "{}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n",
-        policy("enforce")
-    );
+    let text = with_big_queue(&policy("enforce"));
     let mut agent = Agent::start_with(&tb, &text)?;
     let _children = Children(tb.cgroup.path().to_path_buf());
     let n = u64::from(egressd_common::SUMMARY_ENTRIES) + 100;
@@ -989,11 +966,7 @@ pub fn summary_table_full() -> Result<(), Failed> {
          ({overflow} past the full table), ringbuf_full {lost}"
     );
     println!("{line}");
-    if by != kernel {
-        return Err(
-            format!("{line}: records account for {by:?}, the kernel counted {kernel:?}").into(),
-        );
-    }
+    agree(&line, &by, &kernel)?;
     if overflow == 0 || lost != 0 {
         return Err(
             format!("{line}: want attempts past the full table reported, none lost").into(),
