@@ -354,6 +354,8 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     let mut unreported = events::summary::Unreported::new(unreported_map)
         .context("reading the unreported attempts")?;
     let mut summary_tick = tokio::time::interval(SUMMARY_INTERVAL);
+    // The grace period after an interval's end, waited for on a blocking thread.
+    let mut quiescing: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
     summary_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let maps = KernelMaps {
         counters: counter_map,
@@ -567,7 +569,28 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                 ring_rest = (n >= RING_BATCH).then(|| tokio::time::Instant::now() + RING_REST);
             }
             Some(batch) = worker.next() => submit_connections(&seq, &pipeline, &worker, batch),
-            _ = summary_tick.tick() => end_interval(&mut summaries, &mut unreported, &policy, &seq, &pipeline),
+            _ = summary_tick.tick(), if quiescing.is_none() => match summaries.end(policy.summary_after) {
+                // The grace period before the ended keys may be taken, off this loop.
+                Ok(()) => {
+                    let q = summaries.quiescer();
+                    quiescing = Some(tokio::task::spawn_blocking(move || q.wait()));
+                }
+                Err(e) => tracing::error!(error = format!("{e:#}"), "ending the summary interval"),
+            },
+            Some(waited) = async {
+                match quiescing.as_mut() {
+                    Some(h) => Some(h.await),
+                    None => std::future::pending().await,
+                }
+            } => {
+                quiescing = None;
+                match waited {
+                    Ok(Ok(())) => end_interval(&mut summaries, &mut unreported, &policy, &seq, &pipeline),
+                    // The keys stay in the table: taken when their parity ends again.
+                    Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "waiting for running programs"),
+                    Err(e) => tracing::error!(error = %e, "waiting for running programs"),
+                }
+            }
             _ = sighup.recv() => { reload_now = true; }
             _ = watch_check.tick(), if opts.watch => match watcher.as_mut() {
                 // A watched directory replaced, or a link to it swapped: inotify still
@@ -968,9 +991,9 @@ fn drain(
 /// Events handed to the enrichment thread at once, at most.
 const PUSH_BATCH: usize = 256;
 
-/// Ends a summary interval: the kernel's summaries and the attempts past a full summary
-/// table since the previous one become `connection_summary` records, so the SIEM has every
-/// denial within an interval whatever filled the table.
+/// Once an ended summary interval's grace period has passed: its summaries and the
+/// attempts past a full summary table since the previous one become `connection_summary`
+/// records, so the SIEM has every denial within an interval whatever filled the table.
 fn end_interval(
     summaries: &mut events::summary::Drainer,
     unreported: &mut events::summary::Unreported,
@@ -978,12 +1001,16 @@ fn end_interval(
     seq: &Sequencer,
     pipeline: &Pipeline,
 ) {
-    submit_summaries(summaries, policy, seq, pipeline);
+    match summaries.collect() {
+        Ok(taken) => submit_taken(&taken, policy, seq, pipeline),
+        Err(e) => tracing::error!(error = format!("{e:#}"), "draining the kernel's summaries"),
+    }
     submit_unreported(unreported, false, summaries, policy, seq, pipeline);
 }
 
 /// Drains the kernel's summaries ([`events::summary`]) into `connection_summary` records
-/// and starts the next interval with the policy's record budget.
+/// and starts the next interval with the policy's record budget, waiting for the grace period on
+/// this thread (the stop).
 fn submit_summaries(
     drainer: &mut events::summary::Drainer,
     policy: &Policy,
@@ -991,14 +1018,22 @@ fn submit_summaries(
     pipeline: &Pipeline,
 ) {
     match drainer.drain(policy.summary_after) {
-        Ok(taken) => {
-            for t in &taken {
-                let header = seq.header("connection_summary", clock::boot_to_unix_ns(t.last_ns));
-                let s = events::summary::build(header, policy, t, clock::boot_to_unix_ns);
-                pipeline.submit(&Record::Summary(Box::new(s)));
-            }
-        }
+        Ok(taken) => submit_taken(&taken, policy, seq, pipeline),
         Err(e) => tracing::error!(error = format!("{e:#}"), "draining the kernel's summaries"),
+    }
+}
+
+/// Submits drained summaries as `connection_summary` records.
+fn submit_taken(
+    taken: &[events::summary::Taken],
+    policy: &Policy,
+    seq: &Sequencer,
+    pipeline: &Pipeline,
+) {
+    for t in taken {
+        let header = seq.header("connection_summary", clock::boot_to_unix_ns(t.last_ns));
+        let s = events::summary::build(header, policy, t, clock::boot_to_unix_ns);
+        pipeline.submit(&Record::Summary(Box::new(s)));
     }
 }
 

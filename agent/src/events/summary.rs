@@ -167,7 +167,9 @@ pub struct Drainer {
     /// keys of an ended interval whose removal that run did not finish.
     reported: HashMap<SummaryKey, u64>,
     epoch: u64,
-    quiescer: Quiescer,
+    /// Parity of the interval [`Drainer::end`] ended and [`Drainer::collect`] has not taken.
+    ended: Option<u8>,
+    quiescer: std::sync::Arc<Quiescer>,
     /// `connection_summary` records made so far.
     pub records: u64,
     /// Attempts they account for.
@@ -197,27 +199,59 @@ impl Drainer {
             control,
             reported,
             epoch: now.epoch,
-            quiescer: Quiescer::new()?,
+            ended: None,
+            quiescer: std::sync::Arc::new(Quiescer::new()?),
             records: 0,
             attempts: 0,
         })
     }
 
-    /// Ends the current interval: starts the next with a budget of `records_per_key`
-    /// records per key (0: none), waits one RCU grace period (every program that read the
-    /// ended epoch has returned), then takes the ended interval's keys out of the table.
-    /// Errors: map reads and writes; a key whose removal fails is remembered as reported,
-    /// so it is never counted twice.
+    /// [`Drainer::end`], one RCU grace period ([`Drainer::quiescer`]), then
+    /// [`Drainer::collect`]: for the stop, where waiting on the daemon loop is fine.
+    /// Errors: as those.
     pub fn drain(&mut self, records_per_key: u32) -> anyhow::Result<Vec<Taken>> {
-        let ended = (self.epoch & 1) as u8;
+        let mut out = Vec::new();
+        // An interval ended on the loop whose keys were not taken yet comes first.
+        if self.ended.is_some() {
+            self.quiescer.wait()?;
+            out = self.collect()?;
+        }
+        self.end(records_per_key)?;
+        self.quiescer.wait()?;
+        out.extend(self.collect()?);
+        Ok(out)
+    }
+
+    /// Ends the current interval: starts the next with a budget of `records_per_key`
+    /// records per key (0: none). Its keys may be taken ([`Drainer::collect`]) once every
+    /// program that read the ended epoch has returned: after [`Quiescer::wait`] of
+    /// [`Drainer::quiescer`] (one RCU grace period, off the daemon loop: under TCG it took
+    /// most of a second). Errors: the control map write.
+    pub fn end(&mut self, records_per_key: u32) -> anyhow::Result<()> {
         let next = SummaryControl {
             epoch: self.epoch + 1,
             records_per_key,
             layout: SUMMARY_LAYOUT_DRAINED,
         };
         self.control.set(0, next, 0)?;
+        self.ended = Some((self.epoch & 1) as u8);
         self.epoch += 1;
-        self.quiescer.wait()?;
+        Ok(())
+    }
+
+    /// What waits out the programs of an ended interval (shared with a blocking task).
+    pub fn quiescer(&self) -> std::sync::Arc<Quiescer> {
+        self.quiescer.clone()
+    }
+
+    /// Takes the keys of the interval [`Drainer::end`] ended, once the grace period after it
+    /// has passed (the caller's word), and removes them; nothing when no interval ended.
+    /// Errors: map reads; a key whose removal fails is remembered as reported, so it is
+    /// never counted twice.
+    pub fn collect(&mut self) -> anyhow::Result<Vec<Taken>> {
+        let Some(ended) = self.ended.take() else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         let mut done = Vec::new();
         for item in self.map.iter() {

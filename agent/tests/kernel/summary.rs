@@ -328,17 +328,21 @@ fn flood_from(
     if lost != 0 {
         return Err(format!("{line}: records lost").into());
     }
-    if summaries == 0 {
-        if budget {
-            return Err(format!("{line}: the flood made no connection_summary").into());
-        }
-        return Ok(line);
-    }
     let stats = &stop["summaries"];
     if stats["records"].as_u64() != Some(summaries)
         || stats["attempts"].as_u64() != Some(summarized)
     {
         return Err(format!("{line}: agent_stop says summaries {stats}").into());
+    }
+    // Aggregated by the kernel (not only the pending counts the stop flushed, cgroup 0).
+    let aggregated = recs
+        .iter()
+        .any(|r| r["type"] == "connection_summary" && r["cgroup"]["id"] != 0);
+    if !aggregated {
+        if budget {
+            return Err(format!("{line}: the flood made no connection_summary").into());
+        }
+        return Ok(line);
     }
     // A summary of a second of the flood names many of its 253 destinations.
     let widest = recs
@@ -673,28 +677,33 @@ pub fn flood_through_start_all_accounted() -> Result<(), Failed> {
     let tb = testbed()?;
     let text = with_big_queue(&policy("enforce"));
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let flood = std::process::Command::new(exe)
+    // Runs until killed, however long the start takes (20-30 s in a VM under TCG).
+    let mut flood = std::process::Command::new(exe)
         .arg(FLOOD_ARG)
         .arg(tb.cgroup.path())
-        .args([tb.client.name(), "6000", "0", "0", "udp"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .args([tb.client.name(), "600000", "0", "0", "udp"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| format!("spawning the flood: {e}"))?;
     std::thread::sleep(Duration::from_millis(1500));
-    let mut agent = Agent::start_with(&tb, &text)?;
-    let (attempts, refused) = child_said(flood.wait_with_output())?;
+    let started = Agent::start_with(&tb, &text);
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = flood.kill();
+    let _ = flood.wait();
+    let mut agent = started?;
     agent.wait_quiet(Duration::from_secs(2), Duration::from_secs(300))?;
     let recs = agent.stop()?;
     let stop = stop_record(&recs)?;
     let (by, summaries, summarized) = accounted(&recs);
     let kernel = kernel_counts(stop);
+    let counted: u64 = kernel.values().sum();
     let line = format!(
-        "{attempts} attempts ({refused} refused, the rest before the attach): \
-         {summaries} summaries counting {summarized}"
+        "a flood through the start: {counted} attempts counted, {summaries} summaries \
+         counting {summarized}"
     );
     println!("{line}");
-    if refused == 0 || summaries == 0 {
+    if counted == 0 || summaries == 0 {
         return Err(format!("{line}: want a flood through the start, aggregated").into());
     }
     agree(&line, &by, &kernel)?;
@@ -904,7 +913,7 @@ pub fn budget_kept_under_scrape_loop() -> Result<(), Failed> {
     );
     println!("{line}");
     agree(&line, &by, &kernel)?;
-    if scrapes < 10 || records > most {
+    if scrapes < 3 || records > most {
         return Err(format!("{line}: want the budget kept under the scrapes").into());
     }
     Ok(())
