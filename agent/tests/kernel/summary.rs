@@ -5,6 +5,7 @@
 //! record budget and with none (then only a full ring buffer makes summaries).
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
+use egressd_testbed::Testbed;
 use libtest_mimic::Failed;
 use serde_json::Value;
 
@@ -258,19 +259,18 @@ fn flood_from(
     let tb = testbed()?;
     let text = with_big_queue(&policy("enforce").replace("suppress_window_ms = 0", settings));
     let mut agent = Agent::start_with(&tb, &text)?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = std::process::Command::new(exe)
-        .arg(FLOOD_ARG)
-        .arg(tb.cgroup.path())
-        .args([
-            tb.client.name(),
+    let out = child(
+        &tb,
+        FLOOD_ARG,
+        &[
             &millis.to_string(),
             &ports.to_string(),
             &flush_ms.to_string(),
             if raw { "raw" } else { "udp" },
-        ])
-        .output()
-        .map_err(|e| format!("spawning the flood: {e}"))?;
+        ],
+    )?
+    .output()
+    .map_err(|e| format!("spawning the flood: {e}"))?;
     if !out.status.success() {
         return Err(format!("flood failed: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
@@ -634,12 +634,7 @@ pub fn suppression_race_across_cpus() -> Result<(), Failed> {
         &policy("enforce").replace("suppress_window_ms = 0", "suppress_window_ms = 1"),
     );
     let mut agent = Agent::start_with(&tb, &text)?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = std::process::Command::new(exe)
-        .arg(RACE_ARG)
-        .arg(tb.cgroup.path())
-        .args([tb.client.name(), "3000"])
-        .output();
+    let out = child(&tb, RACE_ARG, &["3000"])?.output();
     let (attempts, refused) = child_said(out)?;
     if attempts == 0 || refused != attempts {
         return Err(format!("race: {refused} of {attempts} attempts refused with EPERM").into());
@@ -676,12 +671,8 @@ pub fn flood_through_start_all_accounted() -> Result<(), Failed> {
     require_root()?;
     let tb = testbed()?;
     let text = with_big_queue(&policy("enforce"));
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // Runs until killed, however long the start takes (20-30 s in a VM under TCG).
-    let mut flood = std::process::Command::new(exe)
-        .arg(FLOOD_ARG)
-        .arg(tb.cgroup.path())
-        .args([tb.client.name(), "600000", "0", "0", "udp"])
+    let mut flood = child(&tb, FLOOD_ARG, &["600000", "0", "0", "udp"])?
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -726,12 +717,7 @@ pub fn overflow_between_pinned_runs_reported() -> Result<(), Failed> {
     let first = Agent::start_at(&tb, &cfg, &["--pin-dir", &pin_arg])?.stop()?;
     let _children = Children(tb.cgroup.path().to_path_buf());
     let n = u64::from(egressd_common::SUMMARY_ENTRIES) + 100;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = std::process::Command::new(exe)
-        .arg(CGROUPS_ARG)
-        .arg(tb.cgroup.path())
-        .args([tb.client.name(), &n.to_string(), "1000"])
-        .output();
+    let out = child(&tb, CGROUPS_ARG, &[&n.to_string(), "1000"])?.output();
     let (attempts, refused) = child_said(out)?;
     if attempts <= n || refused != attempts {
         return Err(format!("{refused} of {attempts} attempts refused with EPERM").into());
@@ -758,6 +744,18 @@ pub fn overflow_between_pinned_runs_reported() -> Result<(), Failed> {
         return Err(format!("{line}: want the overflow of the gap reported").into());
     }
     Ok(())
+}
+
+/// The test binary as child `arg` (a `*_ARG` entry point above) in the test bed's cgroup
+/// and client namespace, with the arguments `rest` after those two.
+fn child(tb: &Testbed, arg: &str, rest: &[&str]) -> Result<std::process::Command, Failed> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut c = std::process::Command::new(exe);
+    c.arg(arg)
+        .arg(tb.cgroup.path())
+        .arg(tb.client.name())
+        .args(rest);
+    Ok(c)
 }
 
 /// `attempts refused` as a flood or cgroups child printed it. Errors: the child could not
@@ -791,13 +789,8 @@ pub fn summary_table_refilled_each_second() -> Result<(), Failed> {
     let mut agent = Agent::start_with(&tb, &text)?;
     let _children = Children(tb.cgroup.path().to_path_buf());
     let n = u64::from(egressd_common::SUMMARY_ENTRIES) + 100;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     agent.signal(libc::SIGSTOP);
-    let out = std::process::Command::new(&exe)
-        .arg(CGROUPS_ARG)
-        .arg(tb.cgroup.path())
-        .args([tb.client.name(), &n.to_string(), "0"])
-        .output();
+    let out = child(&tb, CGROUPS_ARG, &[&n.to_string(), "0"])?.output();
     agent.signal(libc::SIGCONT);
     let (filled, refused) = child_said(out)?;
     if filled != n || refused != n {
@@ -806,11 +799,7 @@ pub fn summary_table_refilled_each_second() -> Result<(), Failed> {
     // The filler's records, then two seconds end.
     agent.wait_quiet(Duration::from_secs(2), Duration::from_secs(300))?;
     std::thread::sleep(Duration::from_millis(2500));
-    let out = std::process::Command::new(&exe)
-        .arg(FLOOD_ARG)
-        .arg(tb.cgroup.path())
-        .args([tb.client.name(), "1500", "0", "0", "udp"])
-        .output();
+    let out = child(&tb, FLOOD_ARG, &["1500", "0", "0", "udp"])?.output();
     let (attempts, refused) = child_said(out)?;
     if attempts == 0 || refused != attempts {
         return Err(format!("flood: {refused} of {attempts} attempts refused with EPERM").into());
@@ -884,12 +873,7 @@ pub fn budget_kept_under_scrape_loop() -> Result<(), Failed> {
         })
         .collect();
     let millis = 2000u64;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = std::process::Command::new(exe)
-        .arg(FLOOD_ARG)
-        .arg(tb.cgroup.path())
-        .args([tb.client.name(), &millis.to_string(), "0", "0", "udp"])
-        .output();
+    let out = child(&tb, FLOOD_ARG, &[&millis.to_string(), "0", "0", "udp"])?.output();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let scrapes: u64 = scrapers.into_iter().map(|t| t.join().unwrap_or(0)).sum();
     let (attempts, refused) = child_said(out)?;
@@ -932,17 +916,12 @@ pub fn summary_table_full() -> Result<(), Failed> {
     let mut agent = Agent::start_with(&tb, &text)?;
     let _children = Children(tb.cgroup.path().to_path_buf());
     let n = u64::from(egressd_common::SUMMARY_ENTRIES) + 100;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // The daemon stopped while the child runs: the ring buffer (about 10,000 records) fills
     // whatever the machine's pace, so the flood's attempts past it, with no summary entry
     // left for their key, must be counted as overflow. (Reading as it goes, a daemon that
     // keeps up with a slow VM's flood never lets it fill.)
     agent.signal(libc::SIGSTOP);
-    let out = std::process::Command::new(exe)
-        .arg(CGROUPS_ARG)
-        .arg(tb.cgroup.path())
-        .args([tb.client.name(), &n.to_string(), "2000"])
-        .output();
+    let out = child(&tb, CGROUPS_ARG, &[&n.to_string(), "2000"])?.output();
     agent.signal(libc::SIGCONT);
     let (attempts, refused) = child_said(out)?;
     if attempts <= n || refused != attempts {
