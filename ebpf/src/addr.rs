@@ -78,7 +78,7 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 /// Upper-layer protocols whose first 4 bytes are source and destination port (RFC 9293,
 /// RFC 768, RFC 9260, RFC 3828): TCP, UDP, SCTP, UDP-Lite.
-const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
 const IPPROTO_UDPLITE: u8 = 136;

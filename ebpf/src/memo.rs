@@ -1,16 +1,19 @@
-//! Per-CPU memo of the last TCP handshake the packet hook allowed under `established = cut`.
+//! Per-CPU memo of the last TCP handshake allowed under `established = cut`.
 //!
 //! Such a verdict is not cached on the socket (creating socket storage costs more than the
 //! few decisions of a short connection, see `skb::handshake`), so without this memo each
 //! handshake packet (SYN, ACK, FIN or RST) and the SYN-ACK's ingress byte count would look
 //! the destination up, read the decision table and (egress) check the next hop again. The
-//! packets of one handshake mostly run on one CPU (the SYN-ACK and the ACK in the softirq
-//! the SYN's transmission raised): this CPU's slot remembers the socket (by its cookie,
-//! unique per boot, so a reused socket cannot match), the flow as parked (`skb::Parked`),
-//! the generation, the next-hop check passed ([`egressd_common::route_check`]) and the
-//! region. A packet that matches all of it would be decided exactly so again: the policy
-//! maps of a generation do not change while it is in force. Anything else misses and is
-//! judged as before; the memo only ever saves work.
+//! packets of one handshake mostly run on one CPU (the SYN in the connect() that the
+//! connect hook allowed, the SYN-ACK and the ACK in the softirq the SYN's transmission
+//! raised): this CPU's slot remembers the socket (by its cookie, unique per boot, so a
+//! reused socket cannot match), the flow as parked (`skb::Parked`), the generation, the
+//! next-hop check passed ([`egressd_common::route_check`], or [`UNROUTED`] when the connect
+//! hook kept it, before routing) and the region. A packet that matches all of it would be
+//! decided exactly so again: the policy maps of a generation do not change while it is in
+//! force. An [`UNROUTED`] entry spares the SYN the lookup, not the next-hop check, which it
+//! then passes and records. Anything else misses and is judged as before; the memo only
+//! ever saves work.
 //!
 //! Cgroup programs run with migration disabled, not preemption: a program can run nested
 //! on this CPU (a softirq) inside another, and on a preemptible kernel a task's program can
@@ -25,6 +28,11 @@
 use aya_ebpf::{bindings::__sk_buff, helpers::generated::bpf_get_socket_cookie};
 
 use crate::addr::{self, Scratch};
+
+/// The next-hop check of an entry the connect hook kept: none yet (routing comes after the
+/// hook). Never a real [`egressd_common::route_check`], whose ifindex half is never 0 on
+/// egress.
+pub const UNROUTED: u64 = 0;
 
 /// The memo in this CPU's scratch slot ([`Scratch::memo`]).
 #[repr(C)]
@@ -74,6 +82,14 @@ pub fn cookie(skb: *mut __sk_buff) -> u64 {
     unsafe { bpf_get_socket_cookie(skb.cast()) }
 }
 
+/// The socket cookie of a sock_addr hook's socket (the same cookie its packets give
+/// [`cookie`]).
+#[inline(always)]
+pub fn cookie_of(ctx: *mut aya_ebpf::bindings::bpf_sock_addr) -> u64 {
+    // SAFETY: valid context pointer of a sock_addr program.
+    unsafe { bpf_get_socket_cookie(ctx.cast()) }
+}
+
 #[inline(always)]
 fn get(v: &u64) -> u64 {
     // SAFETY: a valid, aligned field of this CPU's scratch slot.
@@ -87,7 +103,8 @@ fn put(v: &mut u64, x: u64) {
 }
 
 /// Remembers that the socket with `cookie` had the flow `flow` allowed as a handshake
-/// under `generation`, through the next-hop check `route_check`, in `region`.
+/// under `generation`, through the next-hop check `route_check` ([`UNROUTED`]: none yet),
+/// in `region`.
 #[inline(always)]
 pub fn keep(cookie: u64, flow: [u64; 3], generation: u64, route_check: u64, region: u32) {
     let Some(sc) = addr::scratch(0) else {
@@ -113,11 +130,11 @@ pub fn keep(cookie: u64, flow: [u64; 3], generation: u64, route_check: u64, regi
     put(&mut m.seq, seq.wrapping_add(2));
 }
 
-/// The region remembered for exactly this socket, flow and generation (and, given
-/// `route_check`, next-hop check), else `None`. Every field is read once, then the check
-/// word and the sequence count: a miss on any doubt.
+/// The region and next-hop check remembered for exactly this socket, flow and generation,
+/// else `None`. Every field is read once, then the check word and the sequence count: a
+/// miss on any doubt.
 #[inline(always)]
-pub fn find(cookie: u64, flow: [u64; 3], generation: u64, route_check: Option<u64>) -> Option<u32> {
+pub fn find(cookie: u64, flow: [u64; 3], generation: u64) -> Option<(u32, u64)> {
     let sc: &Scratch = addr::scratch(0)?;
     let m = &sc.memo;
     let seq = get(&m.seq);
@@ -137,9 +154,8 @@ pub fn find(cookie: u64, flow: [u64; 3], generation: u64, route_check: Option<u6
         || e_flow[1] != flow[1]
         || e_flow[2] != flow[2]
         || e_generation != generation
-        || route_check.is_some_and(|c| e_route != c)
     {
         return None;
     }
-    Some(e_region as u32)
+    Some((e_region as u32, e_route))
 }

@@ -21,8 +21,6 @@ const PASS: i32 = 1;
 const DROP: i32 = 0;
 /// [`egressd_skb_cached`]: no cached verdict applies, walk the headers.
 const WALK: i32 = 2;
-/// `IPPROTO_TCP` (`include/uapi/linux/in.h`).
-const IPPROTO_TCP: u8 = 6;
 
 /// `ifindex` of the loopback device in every network namespace (`LOOPBACK_IFINDEX`,
 /// `include/net/net_namespace.h`).
@@ -164,9 +162,10 @@ pub extern "C" fn egressd_skb_parse(skb: *mut __sk_buff, token: u64) -> i32 {
 
 /// The memo path of `cgroup_skb/egress` for a parked packet (`hi`, `lo`, `meta`:
 /// [`Parked`]) without doubt or routing hops: 1 when it is a handshake packet of the socket
-/// and flow this CPU's [`memo`] holds, under the same generation and through the same
-/// next-hop check (so `egressd_skb_judge` would allow it, uncounted and uncached: see
-/// [`handshake`]); its bytes are then counted. Else 0: judge it.
+/// and flow this CPU's [`memo`] holds, under the same generation, and through the same
+/// next-hop check or, kept by the connect hook ([`memo::UNROUTED`]), passing it now (so
+/// `egressd_skb_judge` would allow it, uncounted and uncached: see [`handshake`]); its bytes
+/// are then counted. Else 0: judge it.
 ///
 /// A global function (exported by the linker, see `build.rs`): verified once, on its own,
 /// and its frame is a sibling of the judge's, not added to it.
@@ -175,25 +174,48 @@ pub extern "C" fn egressd_skb_parse(skb: *mut __sk_buff, token: u64) -> i32 {
 pub extern "C" fn egressd_skb_memo(skb: *mut __sk_buff, hi: u64, lo: u64, meta: u64) -> i32 {
     let ctx = SkBuffContext::new(skb);
     let sk = socket(&ctx);
-    if sk.is_null() || (meta >> 16) as u8 != IPPROTO_TCP {
+    if sk.is_null() || (meta >> 16) as u8 != addr::IPPROTO_TCP {
         return 0;
     }
     // SAFETY: valid context pointer for a cgroup_skb program.
     let ifindex = unsafe { (*skb).ifindex };
     let check = route_check(ifindex, forced::epoch());
-    let Some(region) = memo::find(
-        memo::cookie(skb),
-        [hi, lo, meta],
-        decide::generation(),
-        Some(check),
-    ) else {
+    let cookie = memo::cookie(skb);
+    let generation = decide::generation();
+    let Some((region, routed)) = memo::find(cookie, [hi, lo, meta], generation) else {
         return 0;
     };
     if !in_handshake(sk) {
         return 0;
     }
+    if routed != check {
+        // What `egressd_skb_judge` checks besides the lookup: a loopback destination
+        // leaving through another device ([`judge`]), and the next hop.
+        if routed != memo::UNROUTED
+            || (region == REGION_LOCAL && ifindex != LOOPBACK_IFINDEX)
+            || forced::check(skb, hi, lo, meta as u8, ifindex) != failsafe::NONE
+        {
+            return 0;
+        }
+        memo::keep(cookie, [hi, lo, meta], generation, check, region);
+    }
     report::flow(direction::EGRESS, region, Verdict::Allow, ctx.len());
     1
+}
+
+/// The flow of a connection to `d` (a destination as a socket hook read it, not unwrapped:
+/// [`unwrap::NONE`]) as its plain packets will be parked ([`Parked`]), for [`memo::find`].
+#[inline(always)]
+pub fn plain_flow(d: &addr::Dest) -> [u64; 3] {
+    let [hi, lo] = Parked::addr(d);
+    let p = addr::Packet {
+        dest: *d,
+        n_route: 0,
+        header_family: d.family,
+        doubt: failsafe::NONE,
+        token: 0,
+    };
+    [hi, lo, Parked::meta(&p)]
 }
 
 /// Whether the cached verdict `c` still holds under `generation`: it was given under it,
@@ -383,7 +405,7 @@ fn settle(
         return (PASS, None);
     }
     let judged = !sk.is_null() && dec.reason == failsafe::NONE && p.n_route == 0;
-    let tcp_flow = judged && d.protocol == IPPROTO_TCP && is_tcp(sk);
+    let tcp_flow = judged && d.protocol == addr::IPPROTO_TCP && is_tcp(sk);
     // An allowed segment of a full TCP socket belongs to a connection connect() judged and
     // counted (or one older than egressd): confirmed, cached, not counted again.
     if !(tcp_flow && dec.verdict == Verdict::Allow) {
@@ -537,7 +559,7 @@ fn is_tcp(sk: *mut bpf_sock) -> bool {
 #[inline(always)]
 fn handshake(sk: *mut bpf_sock, d: &addr::Dest, dec: &decide::Decision) -> bool {
     if dec.verdict != Verdict::Allow
-        || d.protocol != IPPROTO_TCP
+        || d.protocol != addr::IPPROTO_TCP
         || !decide::cut_established(dec.generation)
     {
         return false;
@@ -621,12 +643,11 @@ fn count_ingress(ctx: &SkBuffContext, token: u64) {
     // memo's region under the same generation.
     let [hi, lo] = Parked::addr(&d);
     if !sk.is_null()
-        && d.protocol == IPPROTO_TCP
-        && let Some(region) = memo::find(
+        && d.protocol == addr::IPPROTO_TCP
+        && let Some((region, _)) = memo::find(
             memo::cookie(ctx.skb.skb),
             [hi, lo, Parked::meta(&p)],
             generation,
-            None,
         )
     {
         report::flow(direction::INGRESS, region, Verdict::Allow, len);

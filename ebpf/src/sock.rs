@@ -1,11 +1,11 @@
 //! Socket-address hooks: connect4/6, sendmsg4/6.
 use aya_ebpf::programs::SockAddrContext;
-use egressd_common::{Hook, SockVerdict, Verdict};
+use egressd_common::{Hook, SockVerdict, Verdict, unwrap};
 
 use crate::{
-    addr, cache, decide,
+    addr, cache, decide, memo,
     owner::{self, Who},
-    report,
+    report, skb,
 };
 
 /// Return value that lets the syscall proceed.
@@ -76,8 +76,19 @@ pub fn judge(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // (so the packets do not report it again) or `established = keep` (the verdict outlives
     // a reload). An allow under `cut` is derived again by the packet hook, which caches it
     // once the connection carries data: creating socket storage costs more than the few
-    // handshake decisions it would save (see `cache`).
+    // handshake decisions it would save (see `cache`). This CPU's handshake memo spares the
+    // SYN, sent by this connect(), the lookup (not the next-hop check).
     if dec.verdict == Verdict::Allow && decide::cut_established(dec.generation) {
+        // A destination as named (not unwrapped) is the one the packets carry.
+        if d.protocol == addr::IPPROTO_TCP && d.mapped == unwrap::NONE && d.family == wire_family {
+            memo::keep(
+                memo::cookie_of(ctx.sock_addr),
+                skb::plain_flow(&d),
+                dec.generation,
+                memo::UNROUTED,
+                dec.region,
+            );
+        }
         return PROCEED;
     }
     // connect() makes a connection (TCP here); sendmsg does not.
