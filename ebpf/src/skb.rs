@@ -63,9 +63,10 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
 /// plain headers ([`addr::plain`]), when [`settle`] would reuse it as it stands: the same
 /// flow; the generation in force, or an allow of a connection kept under `established =
 /// keep`; a deny, or a verdict that passed the next-hop check for this device and route
-/// epoch; not a first report due. The packet is counted and its verdict returned (1 pass,
+/// epoch; not a first report due. Without a cached verdict, a handshake packet this CPU's
+/// memo vouches for ([`vouched`]). The packet is counted and its verdict returned (1 pass,
 /// 0 drop); [`WALK`] in every other case, which the header walk and [`egressd_skb_judge`]
-/// then decide. No scratch space: one `bpf_sk_storage_get`, array reads and compares.
+/// then decide. No walk scratch space: one `bpf_sk_storage_get`, array reads and compares.
 ///
 /// A global function (exported by the linker, see `build.rs`), so its frame is a sibling
 /// of the judge's, not added to it under 5.10's combined stack limit.
@@ -82,8 +83,11 @@ fn cached(ctx: &SkBuffContext) -> Option<i32> {
     if sk.is_null() {
         return None;
     }
-    let c = cache::get(sk)?;
     let d = addr::plain(ctx, true)?;
+    let Some(c) = cache::get(sk) else {
+        // No verdict on the socket: a handshake packet under `cut` (see [`handshake`]).
+        return vouched(ctx, sk, plain_flow(&d)).then_some(PASS);
+    };
     if !same_flow(&c, &d) {
         return None;
     }
@@ -161,11 +165,8 @@ pub extern "C" fn egressd_skb_parse(skb: *mut __sk_buff, token: u64) -> i32 {
 }
 
 /// The memo path of `cgroup_skb/egress` for a parked packet (`hi`, `lo`, `meta`:
-/// [`Parked`]) without doubt or routing hops: 1 when it is a handshake packet of the socket
-/// and flow this CPU's [`memo`] holds, under the same generation, and through the same
-/// next-hop check or, kept by the connect hook ([`memo::UNROUTED`]), passing it now (so
-/// `egressd_skb_judge` would allow it, uncounted and uncached: see [`handshake`]); its bytes
-/// are then counted. Else 0: judge it.
+/// [`Parked`]) without doubt or routing hops: 1 when [`vouched`] (its bytes then counted),
+/// else 0: judge it.
 ///
 /// A global function (exported by the linker, see `build.rs`): verified once, on its own,
 /// and its frame is a sibling of the judge's, not added to it.
@@ -174,37 +175,52 @@ pub extern "C" fn egressd_skb_parse(skb: *mut __sk_buff, token: u64) -> i32 {
 pub extern "C" fn egressd_skb_memo(skb: *mut __sk_buff, hi: u64, lo: u64, meta: u64) -> i32 {
     let ctx = SkBuffContext::new(skb);
     let sk = socket(&ctx);
-    if sk.is_null() || (meta >> 16) as u8 != addr::IPPROTO_TCP {
+    if sk.is_null() || !vouched(&ctx, sk, [hi, lo, meta]) {
         return 0;
+    }
+    1
+}
+
+/// Whether this CPU's [`memo`] vouches for a packet of `sk` (not null) with `flow` (as
+/// parked, without doubt or routing hops): a handshake packet of the socket and flow it
+/// holds, under the generation in force, through the same next-hop check or, kept by the
+/// connect hook ([`memo::UNROUTED`]), passing it now and recorded; so `egressd_skb_judge`
+/// would allow it, uncounted and uncached (see [`handshake`]). Its bytes are then counted.
+#[inline(always)]
+fn vouched(ctx: &SkBuffContext, sk: *mut bpf_sock, flow: [u64; 3]) -> bool {
+    let skb = ctx.skb.skb;
+    if (flow[2] >> 16) as u8 != addr::IPPROTO_TCP {
+        return false;
     }
     // SAFETY: valid context pointer for a cgroup_skb program.
     let ifindex = unsafe { (*skb).ifindex };
     let check = route_check(ifindex, forced::epoch());
     let cookie = memo::cookie(skb);
     let generation = decide::generation();
-    let Some((region, routed)) = memo::find(cookie, [hi, lo, meta], generation) else {
-        return 0;
+    let Some((region, routed)) = memo::find(cookie, flow, generation) else {
+        return false;
     };
     if !in_handshake(sk) {
-        return 0;
+        return false;
     }
     if routed != check {
         // What `egressd_skb_judge` checks besides the lookup: a loopback destination
         // leaving through another device ([`judge`]), and the next hop.
         if routed != memo::UNROUTED
             || (region == REGION_LOCAL && ifindex != LOOPBACK_IFINDEX)
-            || forced::check(skb, hi, lo, meta as u8, ifindex) != failsafe::NONE
+            || forced::check(skb, flow[0], flow[1], flow[2] as u8, ifindex) != failsafe::NONE
         {
-            return 0;
+            return false;
         }
-        memo::keep(cookie, [hi, lo, meta], generation, check, region);
+        memo::keep(cookie, flow, generation, check, region);
     }
     report::flow(direction::EGRESS, region, Verdict::Allow, ctx.len());
-    1
+    true
 }
 
-/// The flow of a connection to `d` (a destination as a socket hook read it, not unwrapped:
-/// [`unwrap::NONE`]) as its plain packets will be parked ([`Parked`]), for [`memo::find`].
+/// The flow of `d` as its plain packets are parked ([`Parked`]), for [`memo::find`]: `d` is
+/// a plain packet's ([`addr::plain`]) or a destination as a socket hook read it, not
+/// unwrapped ([`unwrap::NONE`]).
 #[inline(always)]
 pub fn plain_flow(d: &addr::Dest) -> [u64; 3] {
     let [hi, lo] = Parked::addr(d);
