@@ -134,6 +134,10 @@ fn main() {
             "path_established_flow_kept_when_configured",
             paths::established_keep,
         ),
+        Trial::test(
+            "path_raw_tcp_socket_not_kept_as_a_connection",
+            paths::raw_tcp_socket_not_kept,
+        ),
         Trial::test("path_forked_child_in_own_netns", paths::forked_child),
         Trial::test("path_audit_mode_reports_every_path", paths::audit_paths),
         Trial::test("flow_bytes_and_packets_per_region", paths::flow_bytes),

@@ -7,7 +7,7 @@
 //! walk when the headers are plain ([`addr::plain`]).
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
-    helpers::generated::bpf_tcp_sock,
+    helpers::generated::{bpf_sk_fullsock, bpf_tcp_sock},
     programs::SkBuffContext,
 };
 use egressd_common::{
@@ -559,11 +559,20 @@ fn judge(ctx: &SkBuffContext, p: &mut addr::Packet, generation: u64) -> decide::
     dec
 }
 
-/// Whether `sk` is a full TCP socket.
+/// `SOCK_STREAM` (`include/linux/net.h`).
+const SOCK_STREAM: u32 = 1;
+
+/// Whether `sk` is a full TCP socket: a stream socket (`bpf_tcp_sock` checks the protocol
+/// only, so a `SOCK_RAW` socket of protocol `IPPROTO_TCP`, which has no connection, would
+/// pass it, its fields read as a TCP socket's).
 #[inline(always)]
 fn is_tcp(sk: *mut bpf_sock) -> bool {
-    // SAFETY: `sk` is the packet's socket (not null); the helper checks its type.
-    !unsafe { bpf_tcp_sock(sk) }.is_null()
+    // SAFETY: `sk` is the packet's socket (not null); the helpers check what it is.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    // SAFETY: a non-null result is a full socket, whose `type` programs may read.
+    !full.is_null()
+        && unsafe { (*full).type_ } == SOCK_STREAM
+        && !unsafe { bpf_tcp_sock(sk) }.is_null()
 }
 
 /// Whether this packet is the handshake of an allowed TCP connection under `established =
@@ -577,18 +586,20 @@ fn handshake(sk: *mut bpf_sock, d: &addr::Dest, dec: &decide::Decision) -> bool 
     if dec.verdict != Verdict::Allow
         || d.protocol != addr::IPPROTO_TCP
         || !decide::cut_established(dec.generation)
+        || !is_tcp(sk)
     {
         return false;
     }
     in_handshake(sk)
 }
 
-/// Whether `sk` is a full TCP socket that has sent no data and at most its handshake (see
-/// [`handshake`]).
+/// Whether `sk`, a full TCP socket, has sent no data and at most its handshake (see
+/// [`handshake`]). The memo's paths ask it only for sockets a TCP connect or
+/// [`handshake`] (which checks [`is_tcp`]) kept, so no raw socket's fields are read.
 #[inline(always)]
 fn in_handshake(sk: *mut bpf_sock) -> bool {
     // SAFETY: `sk` is the packet's socket (not null); the helper returns null for anything
-    // but a full TCP socket.
+    // but a full socket of protocol TCP.
     let tp = unsafe { bpf_tcp_sock(sk) };
     if tp.is_null() {
         return false;

@@ -36,7 +36,9 @@
 //!   to ADDR (result `#1`), then one to SECOND (result `#2`), so a verdict cached on the
 //!   socket for the first destination meets the second;
 //! - `dev-udp-hold://ADDR:PORT/ARG`: the same for a datagram from a socket bound to
-//!   interface ARG (results `#1` and `#2`, no echo awaited; see [`crate::forced::hold`]).
+//!   interface ARG (results `#1` and `#2`, no echo awaited; see [`crate::forced::hold`]);
+//! - `rawip-hold://ADDR:PROTO`: one raw IP socket of protocol PROTO sends a datagram to ADDR
+//!   (result `#1`), waits for a line on stdin, and sends another (result `#2`).
 //!
 //! `PROBE*N` repeats one probe N times in a row, `pause://MS` sleeps (no result line).
 //! `--uid N` runs the probes as user and group N (no groups, no capabilities) after joining
@@ -233,6 +235,8 @@ fn probe_all(probes: &[String], repeat: u32) -> anyhow::Result<()> {
                 hdrincl_pair(p, rest)?;
             } else if let Some(rest) = p.strip_prefix("dev-udp-hold://") {
                 hold_dev_udp(p, rest)?;
+            } else if let Some(rest) = p.strip_prefix("rawip-hold://") {
+                hold_raw(p, rest)?;
             } else if let Some(ms) = p.strip_prefix("pause://") {
                 std::thread::sleep(Duration::from_millis(ms.parse().context("pause://MS")?));
             } else {
@@ -699,6 +703,26 @@ fn raw_pair(probe: &str, rest: &str) -> anyhow::Result<()> {
     };
     emit(&stage(probe, 1, one))?;
     emit(&stage(probe, 2, two))
+}
+
+/// `rawip-hold://ADDR:PROTO` (`rest` is what follows `://`): results `#1` and `#2`, a line
+/// on stdin awaited between them.
+fn hold_raw(probe: &str, rest: &str) -> anyhow::Result<()> {
+    let addr: SocketAddr = rest
+        .parse()
+        .with_context(|| format!("bad address in {probe}"))?;
+    let fd = match socket(&addr, libc::SOCK_RAW, i32::from(addr.port())) {
+        Ok(fd) => fd,
+        Err((step, e)) => {
+            let again = io::Error::new(e.kind(), e.to_string());
+            emit(&stage(probe, 1, Err((step, e))))?;
+            return emit(&stage(probe, 2, Err((step, again))));
+        }
+    };
+    emit(&stage(probe, 1, raw_send(&fd, addr.ip())))?;
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    emit(&stage(probe, 2, raw_send(&fd, addr.ip())))
 }
 
 /// `hdrincl-pair://NEXTHOP:PORT/HEADERDST` (`rest` is what follows `://`): results `#1`
