@@ -38,8 +38,8 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// bytes of the BPF stack with this one's small frame, not with each other; the judge's
 /// frame does with those of the functions it calls (the lookup and its range search, the
 /// next-hop check [`forced::check`]). Measured from the object: 32 + 352 + 20 + 48 bytes,
-/// 480 on 5.10, whose verifier rounds each frame up to 32 (the fast path's frame, 192
-/// bytes, is a sibling of the judge's).
+/// 480 on 5.10, whose verifier rounds each frame up to 32 (the fast path's frame, 120
+/// bytes, with the next-hop check's it calls, is a sibling of the judge's).
 #[inline(always)]
 pub fn egress(ctx: &SkBuffContext) -> i32 {
     let fast = egressd_skb_cached(ctx.skb.skb);
