@@ -694,15 +694,7 @@ fn raw_pair(probe: &str, rest: &str) -> anyhow::Result<()> {
     let second: std::net::IpAddr = second
         .parse()
         .with_context(|| format!("bad second address in {probe}"))?;
-    let (one, two) = match socket(&first, libc::SOCK_RAW, i32::from(first.port())) {
-        Ok(fd) => (raw_send(&fd, first.ip()), raw_send(&fd, second)),
-        Err((step, e)) => {
-            let again = io::Error::new(e.kind(), e.to_string());
-            (Err((step, e)), Err((step, again)))
-        }
-    };
-    emit(&stage(probe, 1, one))?;
-    emit(&stage(probe, 2, two))
+    raw_two(probe, first, second, || Ok(()))
 }
 
 /// `rawip-hold://ADDR:PROTO` (`rest` is what follows `://`): results `#1` and `#2`, a line
@@ -711,7 +703,19 @@ fn hold_raw(probe: &str, rest: &str) -> anyhow::Result<()> {
     let addr: SocketAddr = rest
         .parse()
         .with_context(|| format!("bad address in {probe}"))?;
-    let fd = match socket(&addr, libc::SOCK_RAW, i32::from(addr.port())) {
+    raw_two(probe, addr, addr.ip(), next_line)
+}
+
+/// One raw IP socket of protocol `first.port()` sends a datagram to `first.ip()` (result
+/// `#1`), runs `between`, then sends one to `second` (result `#2`). When the socket cannot
+/// be made, both results carry that error and `between` does not run.
+fn raw_two(
+    probe: &str,
+    first: SocketAddr,
+    second: std::net::IpAddr,
+    between: impl FnOnce() -> io::Result<()>,
+) -> anyhow::Result<()> {
+    let fd = match socket(&first, libc::SOCK_RAW, i32::from(first.port())) {
         Ok(fd) => fd,
         Err((step, e)) => {
             let again = io::Error::new(e.kind(), e.to_string());
@@ -719,10 +723,15 @@ fn hold_raw(probe: &str, rest: &str) -> anyhow::Result<()> {
             return emit(&stage(probe, 2, Err((step, again))));
         }
     };
-    emit(&stage(probe, 1, raw_send(&fd, addr.ip())))?;
+    emit(&stage(probe, 1, raw_send(&fd, first.ip())))?;
+    between()?;
+    emit(&stage(probe, 2, raw_send(&fd, second)))
+}
+
+/// Waits for the test's line on stdin (the go-ahead between the stages of a hold probe).
+fn next_line() -> io::Result<()> {
     let mut line = String::new();
-    io::stdin().lock().read_line(&mut line)?;
-    emit(&stage(probe, 2, raw_send(&fd, addr.ip())))
+    io::stdin().lock().read_line(&mut line).map(drop)
 }
 
 /// `hdrincl-pair://NEXTHOP:PORT/HEADERDST` (`rest` is what follows `://`): results `#1`
@@ -814,11 +823,7 @@ fn hold_dev_udp(probe: &str, rest: &str) -> anyhow::Result<()> {
     let (addr, dev) = address_and_arg(probe, rest)?;
     let mut waited = Ok(());
     let second = crate::forced::hold(addr, dev, |first| {
-        waited = emit(&stage(probe, 1, first)).and_then(|()| {
-            let mut line = String::new();
-            io::stdin().lock().read_line(&mut line)?;
-            Ok(())
-        });
+        waited = emit(&stage(probe, 1, first)).and_then(|()| Ok(next_line()?));
     });
     waited?;
     emit(&stage(probe, 2, second))
@@ -875,8 +880,7 @@ fn hold(probe: &str, addr: &str) -> anyhow::Result<()> {
         Ok(()) => ok(&first),
         Err((step, e)) => fail(&first, step, &e),
     })?;
-    let mut line = String::new();
-    io::stdin().lock().read_line(&mut line)?;
+    next_line()?;
     emit(&match exchange(&mut s, b'b') {
         Ok(()) => ok(&second),
         Err((step, e)) => fail(&second, step, &e),

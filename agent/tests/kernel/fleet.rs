@@ -730,9 +730,9 @@ pub fn systemd_notify() -> Result<(), Failed> {
     if !status.contains("generation 1,") || !status.contains(digest) {
         return Err(format!("STATUS= {status:?} does not name generation 1 and {digest}").into());
     }
-    // Watchdog: every half WATCHDOG_USEC. Pings queued while the test was busy are drained first; the
-    // period is then the median gap between 7 pings as they arrive, which a stalled guest
-    // (a late ping, then one soon after) does not move.
+    // Watchdog: every half WATCHDOG_USEC. Pings queued while the test was busy are drained
+    // first; the period is then the median gap between 7 pings as they arrive, which a
+    // stalled guest (a late ping, then one soon after) does not move.
     while let Some(m) = socket.next(Duration::from_millis(1))? {
         if m != ["WATCHDOG=1"] {
             return Err(format!("unexpected message {m:?}").into());
