@@ -188,6 +188,10 @@ fn main() {
             summary::flood_packet_hook_budgeted,
         ),
         Trial::test(
+            "flood_slow_sink_aggregated_not_dropped",
+            summary::flood_slow_sink_aggregated_not_dropped,
+        ),
+        Trial::test(
             "flood_summary_table_full_all_accounted",
             summary::summary_table_full,
         ),

@@ -549,10 +549,12 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             ),
             guard = ring.readable_mut(), if ring_rest.is_none() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                let n = drain(guard.get_inner_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
+                let budget = ring_budget(&pipeline, &worker);
+                let (n, cut) = drain_up_to(guard.get_inner_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable, budget);
                 delivered += n;
                 guard.clear_ready();
-                if n >= RING_BATCH {
+                // Records left behind send no wake-up: read them after the pause.
+                if n >= RING_BATCH || cut {
                     ring_rest = Some(tokio::time::Instant::now() + RING_REST);
                 }
             }
@@ -564,9 +566,10 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             } => {
                 // Read at once: the wake-up of what came meanwhile may have been taken by
                 // the read before the pause.
-                let n = drain(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
+                let budget = ring_budget(&pipeline, &worker);
+                let (n, cut) = drain_up_to(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable, budget);
                 delivered += n;
-                ring_rest = (n >= RING_BATCH).then(|| tokio::time::Instant::now() + RING_REST);
+                ring_rest = (n >= RING_BATCH || cut).then(|| tokio::time::Instant::now() + RING_REST);
             }
             Some(batch) = worker.next() => submit_connections(&seq, &pipeline, &worker, batch),
             _ = summary_tick.tick(), if quiescing.is_none() => match summaries.end(policy.summary_after) {
@@ -617,7 +620,12 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             Some(reply) = metrics_rx.recv() => {
                 // Not the summary interval's end: a scrape in a loop would shorten it and
                 // so raise the `summary_after` budget per second.
-                delivered += drain(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
+                let budget = ring_budget(&pipeline, &worker);
+                let (n, cut) = drain_up_to(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable, budget);
+                delivered += n;
+                if cut && ring_rest.is_none() {
+                    ring_rest = Some(tokio::time::Instant::now() + RING_REST);
+                }
                 let snap = counters(&maps, &policy, &pipeline, &reloads, delivered, undecodable, worker.skipped(), &summaries)
                     .map(|c| crate::daemon::metrics::Snapshot {
                         counters: c,
@@ -934,7 +942,8 @@ fn ring_only() -> bool {
 
 /// Reads every record in the ring buffer and queues it for enrichment (events the
 /// enrichment thread cannot take now go to the sinks at once, without `/proc` details);
-/// returns how many it decoded.
+/// returns how many it decoded. For a reload and the stop, which must not leave records
+/// of the generation in force behind; the loop reads [`drain_up_to`] the sinks' room.
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     enrichers: &Enrichers,
@@ -943,6 +952,43 @@ fn drain(
     pipeline: &Pipeline,
     undecodable: &mut u64,
 ) -> u64 {
+    drain_up_to(
+        ring,
+        enrichers,
+        worker,
+        seq,
+        pipeline,
+        undecodable,
+        usize::MAX,
+    )
+    .0
+}
+
+/// Ring-buffer records the sinks can take now ([`Pipeline::room`]) less the events the
+/// enrichment thread still holds for them; unlimited when no sink limits the rate.
+fn ring_budget(pipeline: &Pipeline, worker: &events::worker::Worker) -> usize {
+    pipeline
+        .room()
+        .map_or(usize::MAX, |room| room.saturating_sub(worker.pending()))
+}
+
+/// [`drain`], reading at most `limit` records; also whether it stopped at the limit (records
+/// may be left: they send no wake-up, so the caller reads again after [`RING_REST`]). Left in
+/// the ring buffer, they make the kernel aggregate what it cannot queue behind them into
+/// `connection_summary` counts, where a full sink queue would have dropped records.
+fn drain_up_to(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    enrichers: &Enrichers,
+    worker: &events::worker::Worker,
+    seq: &Sequencer,
+    pipeline: &Pipeline,
+    undecodable: &mut u64,
+    limit: usize,
+) -> (u64, bool) {
+    if limit == 0 {
+        return (0, true);
+    }
+    let mut read = 0;
     let mut n = 0;
     // Handed to the enrichment thread a batch at a time (one lock, one wake-up), a batch
     // per enricher.
@@ -957,7 +1003,16 @@ fn drain(
             }
         }
     };
-    while let Some(item) = ring.next() {
+    let mut cut = false;
+    loop {
+        if read >= limit {
+            cut = true;
+            break;
+        }
+        let Some(item) = ring.next() else {
+            break;
+        };
+        read += 1;
         if ring_only() {
             match events::decode(&item) {
                 Some(_) => n += 1,
@@ -985,7 +1040,7 @@ fn drain(
         }
     }
     hand_over(batch_enricher, &mut batch);
-    n
+    (n, cut)
 }
 
 /// Events handed to the enrichment thread at once, at most.

@@ -8,7 +8,9 @@
 //!                        +-> ...
 //! ```
 //!
-//! [`Pipeline::submit`] never waits for a destination. It encodes the record for each sink;
+//! [`Pipeline::submit`] never waits for a destination; the ring-buffer reader asks
+//! [`Pipeline::room`] how many records it may take instead (a flood a sink cannot keep up
+//! with stays in the kernel, which aggregates it, rather than being dropped here). It encodes the record for each sink;
 //! a sink with a spool gets the frame appended to it right there (one `write(2)`, before any
 //! other sink sees the record), a sink without one gets it on its memory queue (a short mutex
 //! section). Each sink's worker thread owns its transport and delivers frames strictly in
@@ -115,6 +117,15 @@ pub const SUBMIT_CHUNK: usize = 64;
 /// cost a tenth of the CPU per record in a flood (`bench_pipeline`).
 const SPARE_FRAMES: usize = 4 * SUBMIT_CHUNK;
 const SPARE_FRAME_BYTES: usize = 16 << 10;
+/// A sink whose worker has taken nothing from a non-empty memory queue for this long is
+/// stuck (a blocked write): it no longer holds the ring-buffer reader back
+/// ([`Pipeline::room`]), and what its full queue cannot take is dropped (counted).
+const STUCK: Duration = Duration::from_secs(2);
+/// [`Pipeline::room`] leaves this fraction (1/`HEADROOM`) of every memory queue to the
+/// records the ring-buffer reader does not make: `connection_summary` records (each the
+/// count of up to millions of attempts), lifecycle records and heartbeats, so that a queue
+/// filled by a flood's connection records still takes them.
+const HEADROOM: usize = 8;
 /// How long shutdown waits for a worker past its deadline before leaving it behind.
 const JOIN_GRACE: Duration = Duration::from_secs(2);
 
@@ -141,6 +152,9 @@ struct Queue {
     bytes: usize,
     /// Set by shutdown: deliver until this instant, then stop.
     deadline: Option<Instant>,
+    /// Frames the worker has taken from `memory` so far: whether the sink moves
+    /// ([`Pipeline::room`]).
+    taken: u64,
 }
 
 /// State shared by the submitter and a sink's worker.
@@ -245,12 +259,37 @@ impl Shared {
 }
 
 struct Sink {
+    /// The queue's `taken` count when [`Pipeline::room`] last saw it change, and when.
+    moved: Mutex<(u64, Instant)>,
     encoder: Encoder,
     /// This sink's hash chain ([`crate::events::audit::chain`]): records are linked in the order
     /// they are submitted, which is their sequence order.
     chain: Mutex<crate::events::audit::chain::Chain>,
     shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    /// This sink's part of [`Pipeline::room`] at `now`.
+    fn room(&self, now: Instant) -> Option<usize> {
+        let sh = &self.shared;
+        if (sh.spool.is_some() && !sh.spool_failing.load(Ordering::Relaxed))
+            || !sh.c.up.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let q = sh.lock();
+        let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.taken != moved.0 || q.memory.is_empty() {
+            *moved = (q.taken, now);
+        } else if now.duration_since(moved.1) >= STUCK {
+            return None;
+        }
+        let free = (sh.capacity - sh.capacity / HEADROOM).saturating_sub(q.memory.len());
+        let free_bytes = (sh.capacity_bytes - sh.capacity_bytes / HEADROOM).saturating_sub(q.bytes);
+        let mean = q.bytes.checked_div(q.memory.len()).unwrap_or(1).max(1);
+        Some(free.min(free_bytes / mean))
+    }
 }
 
 /// The running sinks.
@@ -344,6 +383,7 @@ impl Pipeline {
                 memory: VecDeque::new(),
                 bytes: 0,
                 deadline: None,
+                taken: 0,
             }),
             spare: Mutex::new(Vec::new()),
             wake: Condvar::new(),
@@ -375,6 +415,7 @@ impl Pipeline {
             .spawn(move || worker.run())
             .map_err(|e| anyhow::anyhow!("sink `{}`: spawning its thread: {e}", cfg.name))?;
         Ok(Sink {
+            moved: Mutex::new((0, Instant::now())),
             encoder: Encoder::for_sink(cfg, host),
             chain: Mutex::new(crate::events::audit::chain::Chain::new()),
             shared,
@@ -520,6 +561,23 @@ impl Pipeline {
         if was_empty && queued {
             s.shared.wake.notify_one();
         }
+    }
+
+    /// Records the sinks can take now without dropping any: the least free room among the
+    /// memory queues of sinks that are up, have no working spool, and are moving (their
+    /// worker took a frame within [`STUCK`], or the queue is empty). The free room of a
+    /// queue is the lesser of its free records and its free bytes divided by its mean frame
+    /// size, less a [`HEADROOM`] share kept for summaries and lifecycle records. `None` when no sink limits the rate: every sink spools to disk, is down (its
+    /// records are dropped and counted until it is back: it must not hold back the others),
+    /// or is stuck.
+    ///
+    /// The daemon reads no more ring-buffer records than this (less those still being
+    /// enriched): in a flood the ring buffer then fills and the kernel aggregates the
+    /// attempts it cannot queue into `connection_summary` counts, instead of records being
+    /// made, linked into the chains, and dropped at a full queue.
+    pub fn room(&self) -> Option<usize> {
+        let now = Instant::now();
+        self.sinks.iter().filter_map(|s| s.room(now)).min()
     }
 
     /// Asks file (and stdout) sinks to flush, close and reopen their file (SIGUSR1, after

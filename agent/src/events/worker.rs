@@ -158,6 +158,25 @@ impl Worker {
         now.iter().map(|ev| enricher.skip(ev)).collect()
     }
 
+    /// Events handed over and not yet taken back: queued, being enriched, or finished and
+    /// waiting for [`Self::next`].
+    pub fn pending(&self) -> usize {
+        let queued = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        let finished = self
+            .shared
+            .finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        let busy = usize::from(self.shared.busy_since.load(Ordering::Acquire) != 0);
+        queued + finished + busy
+    }
+
     /// The events finished since the last call, in order (cancel-safe, for `select!`);
     /// `None` once the thread is gone.
     pub async fn next(&mut self) -> Option<Finished> {

@@ -159,7 +159,12 @@ fn accounted(recs: &[Value]) -> (BTreeMap<(String, String, String), u64>, u64, u
 /// VM) must not make the sink drop records, which a test could not tell apart from records
 /// never made.
 fn with_big_queue(policy: &str) -> String {
-    format!("{policy}\n[[sinks]]\ntype = \"stdout\"\nqueue = 2000000\nqueue_bytes = 4000000000\n")
+    with_queue(policy, 2_000_000)
+}
+
+/// `policy` with a stdout sink whose memory queue holds `records` records.
+fn with_queue(policy: &str, records: u64) -> String {
+    format!("{policy}\n[[sinks]]\ntype = \"stdout\"\nqueue = {records}\nqueue_bytes = 4000000000\n")
 }
 
 /// Records and kernel counters agree per (hook, region, verdict); else the error names both.
@@ -243,7 +248,7 @@ fn flood_once(
     flush_ms: u64,
     budget: bool,
 ) -> Result<String, Failed> {
-    flood_from(settings, millis, ports, flush_ms, budget, false)
+    flood_from(settings, millis, ports, flush_ms, budget, false, 2_000_000)
 }
 
 /// [`flood_once`], from a raw socket with `raw` (see [`FLOOD_ARG`]): then the packet hook,
@@ -255,9 +260,13 @@ fn flood_from(
     flush_ms: u64,
     budget: bool,
     raw: bool,
+    queue: u64,
 ) -> Result<String, Failed> {
     let tb = testbed()?;
-    let text = with_big_queue(&policy("enforce").replace("suppress_window_ms = 0", settings));
+    let text = with_queue(
+        &policy("enforce").replace("suppress_window_ms = 0", settings),
+        queue,
+    );
     let mut agent = Agent::start_with(&tb, &text)?;
     let out = child(
         &tb,
@@ -383,7 +392,7 @@ pub fn flood_invariant_unsuppressed() -> Result<(), Failed> {
 /// second arrives as `connection_summary` records, and the invariant holds.
 pub fn flood_packet_hook_budgeted() -> Result<(), Failed> {
     require_root()?;
-    let line = flood_from("suppress_window_ms = 0", 2000, 0, 0, true, true)?;
+    let line = flood_from("suppress_window_ms = 0", 2000, 0, 0, true, true, 2_000_000)?;
     let records: u64 = line
         .split(" connection records")
         .next()
@@ -394,6 +403,30 @@ pub fn flood_packet_hook_budgeted() -> Result<(), Failed> {
     // in).
     if records > 4 * 1000 {
         return Err(format!("{line}: more records than the budget lets through").into());
+    }
+    Ok(())
+}
+
+/// A sink slower than the flood holds the ring-buffer reader back instead of dropping
+/// records: no budget and no suppression, a stdout sink whose queue holds 1,000 records
+/// (the test reads it: slower than a flood's million attempts a second); the ring buffer
+/// fills, the kernel aggregates the rest, and the records the SIEM gets (connection and
+/// summary) account for every attempt, with no sink drop. Before, the reader took the
+/// ring buffer's 10,000 records at a time and the full queue dropped most of them
+/// (counted as `sink_write_failed`, missing from the records).
+pub fn flood_slow_sink_aggregated_not_dropped() -> Result<(), Failed> {
+    require_root()?;
+    let line = flood_from(
+        "suppress_window_ms = 0\nsummary_after = 0",
+        2000,
+        0,
+        0,
+        false,
+        false,
+        1000,
+    )?;
+    if !line.ends_with("sink drops 0") {
+        return Err(format!("{line}: the sink dropped records").into());
     }
     Ok(())
 }

@@ -298,6 +298,7 @@ impl Worker {
             q.bytes -= f.as_ref().map_or(0, Vec::len);
             // The rest of a batch along (the spool is empty, so nothing older waits there).
             let more = q.memory.len().min(READ_BATCH);
+            q.taken += (more + usize::from(f.is_some())) as u64;
             let q = &mut *q;
             for g in q.memory.drain(..more) {
                 q.bytes -= g.len();
