@@ -311,6 +311,35 @@ fn slow_sink_stalls_neither_submit_nor_other_sinks() {
 }
 
 #[test]
+fn room_follows_moving_sinks_only() {
+    let (slow, t1) = fake(true);
+    let (_down, t2) = fake(false);
+    let p = Pipeline::with_transports(
+        vec![(cfg("slow", 80), t1, None), (cfg("down", 10), t2, None)],
+        "h",
+    )
+    .expect("start");
+    wait_for("slow sink up", || p.counters()["slow"].up);
+    // The sink that is down (its queue of 10 soon full) never limits; the slow one keeps
+    // an eighth of its 80 for other records.
+    assert_eq!(p.room(), Some(70));
+    // A write that blocks: the worker holds the first record, the next 40 wait in memory.
+    slow.lock().expect("lock").delay = Duration::from_secs(3);
+    p.submit(&rec(1));
+    wait_for("the first record taken", || {
+        p.counters()["slow"].queued == 0
+    });
+    p.submit_all(&(2..=41).map(rec).collect::<Vec<_>>());
+    assert_eq!(p.room(), Some(30));
+    // Nothing taken for STUCK: the blocked sink no longer holds the reader back.
+    std::thread::sleep(STUCK + Duration::from_millis(100));
+    assert_eq!(p.room(), None);
+    slow.lock().expect("lock").delay = Duration::ZERO;
+    wait_for("the slow sink moving again", || p.room() == Some(70));
+    drop(p);
+}
+
+#[test]
 fn flood_keeps_memory_bounded_and_counts_every_drop() {
     let (down, t1) = fake(false);
     let (up, t2) = fake(true);
