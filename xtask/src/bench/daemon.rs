@@ -51,6 +51,10 @@ impl Daemon {
             .arg("--cgroup")
             .arg(cgroup)
             .env("EGRESSD_LOG", "warn")
+            // Last good policies (up to 25 MB each at 1M prefixes) and locks in the build
+            // directory, not in the host's /var/lib/egressd and /run/egressd.
+            .env("EGRESSD_STATE_DIR", super::target_dir().join("bench-state"))
+            .env("EGRESSD_RUN_DIR", super::target_dir().join("bench-run"))
             .envs(envs.iter().copied())
             .stdout(File::create(stdout)?)
             .stdin(Stdio::null())
