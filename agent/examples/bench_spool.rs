@@ -89,6 +89,7 @@ fn sink(addr: &str, records: usize, spool: Option<SpoolConfig>) -> SinkConfig {
         }),
         format: Format::Json,
         // Room for the whole run: the memory variant drops nothing either.
+        when_full: egressd::config::WhenFull::default(),
         queue: records,
         queue_bytes: records * 4096,
         max_message_bytes: egressd::config::DEFAULT_SYSLOG_MESSAGE_BYTES,

@@ -386,6 +386,7 @@ fn syslog_sink(
         queue: 10_000,
         queue_bytes: egressd::config::DEFAULT_QUEUE_BYTES,
         max_message_bytes: egressd::config::DEFAULT_SYSLOG_MESSAGE_BYTES,
+        when_full: egressd::config::WhenFull::default(),
         spool: spool.map(|d| SpoolConfig {
             dir: d.join(name),
             max_bytes: 64 << 20,

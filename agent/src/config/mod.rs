@@ -455,6 +455,7 @@ struct RawSink {
     spool: Option<Spanned<String>>,
     spool_max_bytes: Option<Spanned<i64>>,
     spool_fsync: Option<Spanned<String>>,
+    when_full: Option<Spanned<String>>,
     retry_max_ms: Option<Spanned<i64>>,
 }
 

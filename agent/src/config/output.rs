@@ -59,6 +59,23 @@ pub enum Fsync {
     Interval,
 }
 
+/// What a sink without a working spool does when its memory queue is full; config key
+/// `when_full` (the buffer setting of Vector and Fluent Bit, by the same names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenFull {
+    /// `"block"`: the ring-buffer reader takes no more records than the queue has room for
+    /// ([`crate::events::pipeline::Pipeline::room`]); in a flood the kernel aggregates the rest
+    /// into `connection_summary` counts, so every sink's records still account for every
+    /// attempt. All sinks then get the same, aggregated stream. A sink that is down, or has
+    /// taken nothing for 2 s, does not block.
+    #[default]
+    Block,
+    /// `"drop_newest"`: this sink never holds the reader back; what its full queue cannot
+    /// take is dropped and counted (`dropped_queue_full`). For a sink whose detail matters
+    /// less than the other sinks' (a local debug file next to the SIEM's sink).
+    DropNewest,
+}
+
 /// Shortest key accepted from a key file, in bytes.
 pub const MIN_KEY_BYTES: usize = 16;
 
@@ -163,6 +180,8 @@ pub struct SinkConfig {
     /// Default [`DEFAULT_SYSLOG_MESSAGE_BYTES`] for syslog sinks, 0 for others; at least
     /// [`crate::events::formats::bound::MIN_MESSAGE_BYTES`] when set.
     pub max_message_bytes: usize,
+    /// `when_full`: what a full memory queue does ([`WhenFull`], default `"block"`).
+    pub when_full: WhenFull,
     /// On-disk spool used while the sink is down or slow; `None` disables it.
     pub spool: Option<SpoolConfig>,
     /// `retry_max_ms`: longest wait between reconnection attempts ([`DEFAULT_RETRY_MAX_MS`]);
@@ -180,6 +199,7 @@ impl SinkConfig {
             queue: DEFAULT_QUEUE,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             max_message_bytes: 0,
+            when_full: WhenFull::Block,
             spool: None,
             retry_max_ms: DEFAULT_RETRY_MAX_MS,
         }
@@ -677,6 +697,21 @@ impl Ctx<'_> {
                 }
             },
         };
+        let when_full = match &raw.when_full {
+            None => WhenFull::default(),
+            Some(v) => match v.get_ref().as_str() {
+                "block" => WhenFull::Block,
+                "drop_newest" => WhenFull::DropNewest,
+                other => {
+                    errors.push(self.err(
+                        v.span(),
+                        f("when_full"),
+                        format!("`{other}`: expected \"block\" or \"drop_newest\""),
+                    ));
+                    WhenFull::default()
+                }
+            },
+        };
         let spool_dir = match &raw.spool {
             Some(d) => Some(abs_path(d, "spool", errors)),
             None if matches!(kind, SinkKind::Syslog(_)) => {
@@ -694,6 +729,7 @@ impl Ctx<'_> {
             queue: usize::try_from(queue).unwrap_or(DEFAULT_QUEUE),
             queue_bytes: usize::try_from(queue_bytes).unwrap_or(DEFAULT_QUEUE_BYTES),
             max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(0),
+            when_full,
             spool: spool_dir.filter(|_| max_bytes > 0).map(|dir| SpoolConfig {
                 dir,
                 max_bytes,

@@ -1065,6 +1065,7 @@ fn config_output_full() {
                 [host]\nlabels = { site = \"fra1\", role = \"storage\" }\n\
                 [[sinks]]\ntype = \"stdout\"\n\
                 [[sinks]]\nname = \"archive\"\ntype = \"file\"\npath = \"/var/log/e.json\"\nformat = \"ecs\"\n\
+                when_full = \"drop_newest\"\n\
                 [[sinks]]\nname = \"siem\"\ntype = \"syslog\"\ntransport = \"tls\"\n\
                 address = \"siem.example.com:6514\"\nformat = \"cef\"\nca = \"/etc/ca.pem\"\n\
                 cert = \"/etc/c.pem\"\nkey = \"/etc/k.pem\"\nfacility = \"local4\"\nqueue = 5\n\
@@ -1137,6 +1138,8 @@ fn config_output_full() {
         Some((PathBuf::from("/etc/c.pem"), PathBuf::from("/etc/k.pem")))
     );
     assert_eq!(o.sinks[2].queue, 5);
+    assert_eq!(o.sinks[0].when_full, WhenFull::Block);
+    assert_eq!(o.sinks[1].when_full, WhenFull::DropNewest);
     assert_eq!(
         o.sinks[2].spool,
         Some(SpoolConfig {
@@ -1262,6 +1265,12 @@ fn config_output_errors() {
         5,
         "sinks[0].spool_fsync",
         "expected \"batch\" or \"interval\"",
+    );
+    fails(
+        &sink("type = \"stdout\"\nwhen_full = \"drop_oldest\"\n"),
+        4,
+        "sinks[0].when_full",
+        "expected \"block\" or \"drop_newest\"",
     );
     fails(
         &sink("type = \"stdout\"\naddress = \"h:1\"\n"),

@@ -160,6 +160,8 @@ struct Queue {
 /// State shared by the submitter and a sink's worker.
 struct Shared {
     name: String,
+    /// `when_full = "block"`: the sink limits [`Pipeline::room`].
+    blocks: bool,
     capacity: usize,
     /// Byte bound of the memory queue.
     capacity_bytes: usize,
@@ -273,7 +275,8 @@ impl Sink {
     /// This sink's part of [`Pipeline::room`] at `now`.
     fn room(&self, now: Instant) -> Option<usize> {
         let sh = &self.shared;
-        if (sh.spool.is_some() && !sh.spool_failing.load(Ordering::Relaxed))
+        if !sh.blocks
+            || (sh.spool.is_some() && !sh.spool_failing.load(Ordering::Relaxed))
             || !sh.c.up.load(Ordering::Relaxed)
         {
             return None;
@@ -374,6 +377,7 @@ impl Pipeline {
         }
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
+            blocks: cfg.when_full == crate::config::WhenFull::Block,
             capacity: cfg.queue.max(1),
             capacity_bytes: cfg.queue_bytes.max(1),
             spool: spool.map(Mutex::new),
@@ -564,12 +568,14 @@ impl Pipeline {
     }
 
     /// Records the sinks can take now without dropping any: the least free room among the
-    /// memory queues of sinks that are up, have no working spool, and are moving (their
-    /// worker took a frame within [`STUCK`], or the queue is empty). The free room of a
+    /// memory queues of sinks that block when full (`when_full = "block"`, the default),
+    /// are up, have no working spool, and are moving (their worker took a frame within
+    /// [`STUCK`], or the queue is empty). The free room of a
     /// queue is the lesser of its free records and its free bytes divided by its mean frame
-    /// size, less a [`HEADROOM`] share kept for summaries and lifecycle records. `None` when no sink limits the rate: every sink spools to disk, is down (its
-    /// records are dropped and counted until it is back: it must not hold back the others),
-    /// or is stuck.
+    /// size, less a [`HEADROOM`] share kept for summaries and lifecycle records. `None`
+    /// when no sink limits the rate: every sink drops when full, spools to disk, is down
+    /// (its records are dropped and counted until it is back: it must not hold back the
+    /// others), or is stuck.
     ///
     /// The daemon reads no more ring-buffer records than this (less those still being
     /// enriched): in a flood the ring buffer then fills and the kernel aggregates the

@@ -340,6 +340,23 @@ fn room_follows_moving_sinks_only() {
 }
 
 #[test]
+fn drop_newest_sink_never_limits() {
+    let (slow, t) = fake(true);
+    let cfg = SinkConfig {
+        when_full: crate::config::WhenFull::DropNewest,
+        ..cfg("debug", 80)
+    };
+    let p = Pipeline::with_transports(vec![(cfg, t, None)], "h").expect("start");
+    wait_for("sink up", || p.counters()["debug"].up);
+    slow.lock().expect("lock").delay = Duration::from_secs(1);
+    p.submit_all(&(1..=200).map(rec).collect::<Vec<_>>());
+    assert_eq!(p.room(), None);
+    assert!(p.counters()["debug"].dropped_queue_full > 0);
+    slow.lock().expect("lock").delay = Duration::ZERO;
+    drop(p);
+}
+
+#[test]
 fn flood_keeps_memory_bounded_and_counts_every_drop() {
     let (down, t1) = fake(false);
     let (up, t2) = fake(true);
