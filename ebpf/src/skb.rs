@@ -21,6 +21,9 @@ const PASS: i32 = 1;
 const DROP: i32 = 0;
 /// [`egressd_skb_cached`]: no cached verdict applies, walk the headers.
 const WALK: i32 = 2;
+/// [`egressd_skb_cached`]: as [`WALK`], and the handshake memo was asked for this plain
+/// packet and did not vouch for it: the walk need not ask again.
+const WALK_ASKED: i32 = 3;
 
 /// `ifindex` of the loopback device in every network namespace (`LOOPBACK_IFINDEX`,
 /// `include/net/net_namespace.h`).
@@ -44,17 +47,18 @@ const LOOPBACK_IFINDEX: u32 = 1;
 pub fn egress(ctx: &SkBuffContext) -> i32 {
     let fast = egressd_skb_cached(ctx.skb.skb);
     // SAFETY: reading a live local (as in `pass_or_drop`).
-    match unsafe { core::ptr::read_volatile(&fast) } {
-        WALK => {}
+    let asked = match unsafe { core::ptr::read_volatile(&fast) } {
+        WALK => false,
+        WALK_ASKED => true,
         DROP => return DROP,
         _ => return PASS,
-    }
+    };
     let Some(token) = addr::start_walk() else {
         // Without scratch space nothing can be read: fail closed.
         let verdict = egressd_skb_judge(ctx.skb.skb, 0, 0, Parked::doubt(failsafe::UNPARSEABLE), 0);
         return pass_or_drop(verdict);
     };
-    let verdict = egress_walk(ctx, token);
+    let verdict = egress_walk(ctx, token, asked);
     addr::end_walk(token);
     pass_or_drop(verdict)
 }
@@ -65,8 +69,8 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
 /// keep`; a deny, or a verdict that passed the next-hop check for this device and route
 /// epoch; not a first report due. Without a cached verdict, a handshake packet this CPU's
 /// memo vouches for ([`vouched`]). The packet is counted and its verdict returned (1 pass,
-/// 0 drop); [`WALK`] in every other case, which the header walk and [`egressd_skb_judge`]
-/// then decide. No walk scratch space: one `bpf_sk_storage_get`, array reads and compares.
+/// 0 drop); [`WALK`] in every other case ([`WALK_ASKED`] when the memo was asked), which
+/// the header walk and [`egressd_skb_judge`] then decide. No walk scratch space: one `bpf_sk_storage_get`, array reads and compares.
 ///
 /// A global function (exported by the linker, see `build.rs`), so its frame is a sibling
 /// of the judge's, not added to it under 5.10's combined stack limit.
@@ -86,7 +90,11 @@ fn cached(ctx: &SkBuffContext) -> Option<i32> {
     let d = addr::plain(ctx, true)?;
     let Some(c) = cache::get(sk) else {
         // No verdict on the socket: a handshake packet under `cut` (see [`handshake`]).
-        return vouched(ctx, sk, plain_flow(&d)).then_some(PASS);
+        return Some(if vouched(ctx, sk, plain_flow(&d)) {
+            PASS
+        } else {
+            WALK_ASKED
+        });
     };
     if !same_flow(&c, &d) {
         return None;
@@ -110,8 +118,10 @@ fn cached(ctx: &SkBuffContext) -> Option<i32> {
 }
 
 /// The body of [`egress`], in the walk with `token`: 1 to pass the packet, 0 to drop it.
+/// `asked`: the fast path asked the memo for this packet already (plain headers: the walk
+/// parks the same flow).
 #[inline(always)]
-fn egress_walk(ctx: &SkBuffContext, token: u64) -> i32 {
+fn egress_walk(ctx: &SkBuffContext, token: u64, asked: bool) -> i32 {
     let parsed = egressd_skb_parse(ctx.skb.skb, token);
     // SAFETY: reading a live local (the compiler must not assume the result).
     if unsafe { core::ptr::read_volatile(&parsed) } == 0 {
@@ -126,7 +136,7 @@ fn egress_walk(ctx: &SkBuffContext, token: u64) -> i32 {
     };
     // A handshake packet this CPU's memo vouches for (no doubt, no routing hops) passes
     // without being judged again ([`memo`]).
-    let memo = if meta >> 32 & 0xff00_0007 == 0 {
+    let memo = if !asked && meta >> 32 & 0xff00_0007 == 0 {
         egressd_skb_memo(ctx.skb.skb, hi, lo, meta)
     } else {
         0
@@ -203,16 +213,19 @@ fn vouched(ctx: &SkBuffContext, sk: *mut bpf_sock, flow: [u64; 3]) -> bool {
     if !in_handshake(sk) {
         return false;
     }
-    if routed != check {
+    // Tested first, so that an entry kept before routing is always checked, even were the
+    // packet's own check word 0 too.
+    if routed == memo::UNROUTED {
         // What `egressd_skb_judge` checks besides the lookup: a loopback destination
         // leaving through another device ([`judge`]), and the next hop.
-        if routed != memo::UNROUTED
-            || (region == REGION_LOCAL && ifindex != LOOPBACK_IFINDEX)
+        if (region == REGION_LOCAL && ifindex != LOOPBACK_IFINDEX)
             || forced::check(skb, flow[0], flow[1], flow[2] as u8, ifindex) != failsafe::NONE
         {
             return false;
         }
         memo::keep(cookie, flow, generation, check, region);
+    } else if routed != check {
+        return false;
     }
     report::flow(direction::EGRESS, region, Verdict::Allow, ctx.len());
     true
