@@ -60,19 +60,21 @@ pub enum Fsync {
 }
 
 /// What a sink without a working spool does when its memory queue is full; config key
-/// `when_full` (the buffer setting of Vector and Fluent Bit, by the same names).
+/// `when_full` (named after Vector's buffer setting). Default: `"drop_newest"` for stdout
+/// (journald: every local user can slow it), `"block"` for files and syslog.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WhenFull {
     /// `"block"`: the ring-buffer reader takes no more records than the queue has room for
     /// ([`crate::events::pipeline::Pipeline::room`]); in a flood the kernel aggregates the rest
-    /// into `connection_summary` counts, so every sink's records still account for every
-    /// attempt. All sinks then get the same, aggregated stream. A sink that is down, or has
-    /// taken nothing for 2 s, does not block.
+    /// into `connection_summary` counts instead of the queue dropping records. All sinks
+    /// then get the same, aggregated stream. It does not block (its full queue drops,
+    /// counted) while the sink is down or has written nothing for 2 s, and the records of
+    /// a reload's or the stop's last read of the ring buffer are not held back.
     #[default]
     Block,
     /// `"drop_newest"`: this sink never holds the reader back; what its full queue cannot
     /// take is dropped and counted (`dropped_queue_full`). For a sink whose detail matters
-    /// less than the other sinks' (a local debug file next to the SIEM's sink).
+    /// less than the others' (stdout into journald, a local debug file).
     DropNewest,
 }
 
@@ -199,7 +201,7 @@ impl SinkConfig {
             queue: DEFAULT_QUEUE,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             max_message_bytes: 0,
-            when_full: WhenFull::Block,
+            when_full: WhenFull::DropNewest,
             spool: None,
             retry_max_ms: DEFAULT_RETRY_MAX_MS,
         }
@@ -698,7 +700,8 @@ impl Ctx<'_> {
             },
         };
         let when_full = match &raw.when_full {
-            None => WhenFull::default(),
+            None if matches!(kind, SinkKind::Stdout) => WhenFull::DropNewest,
+            None => WhenFull::Block,
             Some(v) => match v.get_ref().as_str() {
                 "block" => WhenFull::Block,
                 "drop_newest" => WhenFull::DropNewest,

@@ -1138,8 +1138,9 @@ fn config_output_full() {
         Some((PathBuf::from("/etc/c.pem"), PathBuf::from("/etc/k.pem")))
     );
     assert_eq!(o.sinks[2].queue, 5);
-    assert_eq!(o.sinks[0].when_full, WhenFull::Block);
+    assert_eq!(o.sinks[0].when_full, WhenFull::DropNewest);
     assert_eq!(o.sinks[1].when_full, WhenFull::DropNewest);
+    assert_eq!(o.sinks[2].when_full, WhenFull::Block);
     assert_eq!(
         o.sinks[2].spool,
         Some(SpoolConfig {

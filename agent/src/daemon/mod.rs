@@ -943,7 +943,8 @@ fn ring_only() -> bool {
 /// Reads every record in the ring buffer and queues it for enrichment (events the
 /// enrichment thread cannot take now go to the sinks at once, without `/proc` details);
 /// returns how many it decoded. For a reload and the stop, which must not leave records
-/// of the generation in force behind; the loop reads [`drain_up_to`] the sinks' room.
+/// of the generation in force behind (what a full sink queue cannot take of them is dropped
+/// and counted); the loop reads [`drain_up_to`] the sinks' room.
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     enrichers: &Enrichers,
@@ -965,11 +966,18 @@ fn drain(
 }
 
 /// Ring-buffer records the sinks can take now ([`Pipeline::room`]) less the events the
-/// enrichment thread still holds for them; unlimited when no sink limits the rate.
+/// enrichment thread still holds for them; unlimited when no sink limits the rate. Events
+/// held behind a stalled `/proc` read (a workload can block one) do not count: new events
+/// bypass them, and they must not stop the reader for as long as the read blocks.
 fn ring_budget(pipeline: &Pipeline, worker: &events::worker::Worker) -> usize {
+    let held = if worker.stalled() {
+        0
+    } else {
+        worker.pending()
+    };
     pipeline
         .room()
-        .map_or(usize::MAX, |room| room.saturating_sub(worker.pending()))
+        .map_or(usize::MAX, |room| room.saturating_sub(held))
 }
 
 /// [`drain`], reading at most `limit` records; also whether it stopped at the limit (records

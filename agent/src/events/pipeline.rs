@@ -8,13 +8,16 @@
 //!                        +-> ...
 //! ```
 //!
-//! [`Pipeline::submit`] never waits for a destination; the ring-buffer reader asks
-//! [`Pipeline::room`] how many records it may take instead (a flood a sink cannot keep up
-//! with stays in the kernel, which aggregates it, rather than being dropped here). It encodes the record for each sink;
+//! [`Pipeline::submit`] never waits for a destination. It encodes the record for each sink;
 //! a sink with a spool gets the frame appended to it right there (one `write(2)`, before any
 //! other sink sees the record), a sink without one gets it on its memory queue (a short mutex
 //! section). Each sink's worker thread owns its transport and delivers frames strictly in
 //! order: first frames to send again, then the spool, then the memory queue.
+//!
+//! Backpressure: instead of waiting, the ring-buffer reader asks [`Pipeline::room`] how many
+//! records it may take (sinks with `when_full = "block"`); a flood a sink cannot keep up with
+//! stays in the kernel, which aggregates it, rather than being dropped at a full queue.
+//! Records that are not `connection` records may exceed a full queue by [`OVERDRAFT`].
 //!
 //! Write-ahead log: a spooled frame stays in the spool until the destination has it. The
 //! worker reads it ([`Spool::pop`]), sends it, and commits it ([`Spool::commit`]) once it is
@@ -117,14 +120,21 @@ pub const SUBMIT_CHUNK: usize = 64;
 /// cost a tenth of the CPU per record in a flood (`bench_pipeline`).
 const SPARE_FRAMES: usize = 4 * SUBMIT_CHUNK;
 const SPARE_FRAME_BYTES: usize = 16 << 10;
-/// A sink whose worker has taken nothing from a non-empty memory queue for this long is
-/// stuck (a blocked write): it no longer holds the ring-buffer reader back
+/// A sink whose worker has written nothing for this long while frames waited in its memory
+/// queue as long is stuck (a blocked write): it no longer holds the ring-buffer reader back
 /// ([`Pipeline::room`]), and what its full queue cannot take is dropped (counted).
 const STUCK: Duration = Duration::from_secs(2);
-/// [`Pipeline::room`] leaves this fraction (1/`HEADROOM`) of every memory queue to the
-/// records the ring-buffer reader does not make: `connection_summary` records (each the
-/// count of up to millions of attempts), lifecycle records and heartbeats, so that a queue
-/// filled by a flood's connection records still takes them.
+/// Records other than `connection` records (summaries, each the count of up to millions of
+/// attempts; lifecycle records; heartbeats) may exceed a full memory queue by this many
+/// (and by [`OVERDRAFT_BYTES`]): one summary interval's worth (a summary per key of the
+/// kernel's table) and a few more, so that a queue a flood's records filled still takes them.
+const OVERDRAFT: usize = egressd_common::SUMMARY_ENTRIES as usize + 64;
+/// The byte allowance of [`OVERDRAFT`] (records of about 1 KiB).
+const OVERDRAFT_BYTES: usize = 8 << 20;
+/// [`Pipeline::room`] leaves this fraction (1/`HEADROOM`) of every memory queue free of the
+/// ring-buffer reader's records, for records its budget does not see: events built at once
+/// while the enrichment thread is stalled, and, with [`OVERDRAFT`] on top, summaries,
+/// lifecycle records and heartbeats.
 const HEADROOM: usize = 8;
 /// How long shutdown waits for a worker past its deadline before leaving it behind.
 const JOIN_GRACE: Duration = Duration::from_secs(2);
@@ -152,9 +162,8 @@ struct Queue {
     bytes: usize,
     /// Set by shutdown: deliver until this instant, then stop.
     deadline: Option<Instant>,
-    /// Frames the worker has taken from `memory` so far: whether the sink moves
-    /// ([`Pipeline::room`]).
-    taken: u64,
+    /// When `memory` last went from empty to not empty.
+    filled_at: Option<Instant>,
 }
 
 /// State shared by the submitter and a sink's worker.
@@ -185,11 +194,28 @@ struct Shared {
     /// Shared with the transport: blocking I/O in progress ends at the shutdown deadline.
     stop: Arc<sinks::Stop>,
     c: Atomics,
+    /// Start of the clock of `wrote_ms`.
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the worker's last frame written (0: none yet).
+    wrote_ms: AtomicU64,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes a frame written at `now` (the worker's loop clock).
+    fn wrote(&self, now: Instant) {
+        let ms = u64::try_from(now.saturating_duration_since(self.epoch).as_millis());
+        self.wrote_ms
+            .store(ms.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// How long ago the worker last wrote a frame (since the sink started, if never).
+    fn since_write(&self, now: Instant) -> Duration {
+        let at = self.epoch + Duration::from_millis(self.wrote_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(at)
     }
 
     fn lock_spare(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
@@ -261,8 +287,6 @@ impl Shared {
 }
 
 struct Sink {
-    /// The queue's `taken` count when [`Pipeline::room`] last saw it change, and when.
-    moved: Mutex<(u64, Instant)>,
     encoder: Encoder,
     /// This sink's hash chain ([`crate::events::audit::chain`]): records are linked in the order
     /// they are submitted, which is their sequence order.
@@ -282,10 +306,8 @@ impl Sink {
             return None;
         }
         let q = sh.lock();
-        let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
-        if q.taken != moved.0 || q.memory.is_empty() {
-            *moved = (q.taken, now);
-        } else if now.duration_since(moved.1) >= STUCK {
+        let waited = q.filled_at.is_some_and(|t| now.duration_since(t) >= STUCK);
+        if !q.memory.is_empty() && waited && sh.since_write(now) >= STUCK {
             return None;
         }
         let free = (sh.capacity - sh.capacity / HEADROOM).saturating_sub(q.memory.len());
@@ -387,7 +409,7 @@ impl Pipeline {
                 memory: VecDeque::new(),
                 bytes: 0,
                 deadline: None,
-                taken: 0,
+                filled_at: None,
             }),
             spare: Mutex::new(Vec::new()),
             wake: Condvar::new(),
@@ -395,6 +417,8 @@ impl Pipeline {
             stopping: AtomicBool::new(false),
             stop: Arc::default(),
             c: Atomics::default(),
+            epoch: Instant::now(),
+            wrote_ms: AtomicU64::new(0),
         });
         let mut transport = transport;
         transport.set_stop(shared.stop.clone());
@@ -419,7 +443,6 @@ impl Pipeline {
             .spawn(move || worker.run())
             .map_err(|e| anyhow::anyhow!("sink `{}`: spawning its thread: {e}", cfg.name))?;
         Ok(Sink {
-            moved: Mutex::new((0, Instant::now())),
             encoder: Encoder::for_sink(cfg, host),
             chain: Mutex::new(crate::events::audit::chain::Chain::new()),
             shared,
@@ -460,6 +483,7 @@ impl Pipeline {
     }
 
     fn submit_chunk(&self, records: &[Record]) {
+        let overdraft = !records.iter().any(|r| matches!(r, Record::Connection(_)));
         for wal in [true, false] {
             for s in self
                 .sinks
@@ -479,7 +503,7 @@ impl Pipeline {
                         .map(|r| Self::encode(s, r, &mut chain, spare.pop()))
                         .collect()
                 };
-                Self::enqueue(s, frames);
+                Self::enqueue(s, frames, overdraft);
             }
         }
     }
@@ -506,8 +530,9 @@ impl Pipeline {
     }
 
     /// Appends `frames` (in order) to the spool of `s` if it has a working one, else (and
-    /// from the first failed append on) to its memory queue.
-    fn enqueue(s: &Sink, frames: Vec<Vec<u8>>) {
+    /// from the first failed append on) to its memory queue; `overdraft`: records that are
+    /// not `connection` records, which may exceed a full queue by [`OVERDRAFT`].
+    fn enqueue(s: &Sink, frames: Vec<Vec<u8>>, overdraft: bool) {
         let mut rest = frames.into_iter().peekable();
         if let Some(mut spool) = s.shared.lock_spool()
             && !s.shared.spool_failing.load(Ordering::Relaxed)
@@ -542,12 +567,20 @@ impl Pipeline {
                 return;
             }
         }
+        let (capacity, capacity_bytes) = if overdraft {
+            (
+                s.shared.capacity + OVERDRAFT,
+                s.shared.capacity_bytes + OVERDRAFT_BYTES,
+            )
+        } else {
+            (s.shared.capacity, s.shared.capacity_bytes)
+        };
         let mut q = s.shared.lock();
         let was_empty = q.memory.is_empty();
         let mut dropped = 0;
         for frame in rest {
-            if q.memory.len() >= s.shared.capacity
-                || (q.bytes + frame.len() > s.shared.capacity_bytes && !q.memory.is_empty())
+            if q.memory.len() >= capacity
+                || (q.bytes + frame.len() > capacity_bytes && !q.memory.is_empty())
             {
                 dropped += 1;
                 continue;
@@ -556,6 +589,9 @@ impl Pipeline {
             q.memory.push_back(frame);
         }
         let queued = !q.memory.is_empty();
+        if was_empty && queued {
+            q.filled_at = Some(Instant::now());
+        }
         drop(q);
         if let Some(total) = count_dropped(&s.shared.c.dropped_queue_full, dropped) {
             tracing::warn!(sink = %s.shared.name, dropped = total, "sink queue full: dropping records");
@@ -572,7 +608,7 @@ impl Pipeline {
     /// are up, have no working spool, and are moving (their worker took a frame within
     /// [`STUCK`], or the queue is empty). The free room of a
     /// queue is the lesser of its free records and its free bytes divided by its mean frame
-    /// size, less a [`HEADROOM`] share kept for summaries and lifecycle records. `None`
+    /// size, less a [`HEADROOM`] share kept for other records. `None`
     /// when no sink limits the rate: every sink drops when full, spools to disk, is down
     /// (its records are dropped and counted until it is back: it must not hold back the
     /// others), or is stuck.

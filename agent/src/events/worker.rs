@@ -158,6 +158,12 @@ impl Worker {
         now.iter().map(|ev| enricher.skip(ev)).collect()
     }
 
+    /// Whether the thread has been on one event for longer than [`STALL`] (new events are
+    /// then built at once, without `/proc` details).
+    pub fn stalled(&self) -> bool {
+        self.shared.stalled()
+    }
+
     /// Events handed over and not yet taken back: queued, being enriched, or finished and
     /// waiting for [`Self::next`].
     pub fn pending(&self) -> usize {

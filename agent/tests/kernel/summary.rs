@@ -162,9 +162,13 @@ fn with_big_queue(policy: &str) -> String {
     with_queue(policy, 2_000_000)
 }
 
-/// `policy` with a stdout sink whose memory queue holds `records` records.
+/// `policy` with a stdout sink whose memory queue holds `records` records and that holds
+/// the ring-buffer reader back when full (`when_full = "block"`).
 fn with_queue(policy: &str, records: u64) -> String {
-    format!("{policy}\n[[sinks]]\ntype = \"stdout\"\nqueue = {records}\nqueue_bytes = 4000000000\n")
+    format!(
+        "{policy}\n[[sinks]]\ntype = \"stdout\"\nqueue = {records}\nqueue_bytes = 4000000000\n\
+         when_full = \"block\"\n"
+    )
 }
 
 /// Records and kernel counters agree per (hook, region, verdict); else the error names both.

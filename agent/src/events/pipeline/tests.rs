@@ -57,6 +57,7 @@ fn cfg(name: &str, queue: usize) -> SinkConfig {
         name: name.into(),
         queue,
         retry_max_ms: 20,
+        when_full: crate::config::WhenFull::Block,
         ..SinkConfig::stdout()
     }
 }
@@ -138,6 +139,21 @@ fn full_queue_without_spool_drops_and_counts() {
     let c = p.shutdown(Duration::from_millis(100));
     assert_eq!(c["s"].dropped_at_exit, 10);
     assert!(f.lock().expect("lock").received.is_empty());
+}
+
+/// A queue full of connection records still takes summaries and lifecycle records (up to
+/// the overdraft), so a flood's records never crowd out the counts of what was aggregated.
+#[test]
+fn full_queue_takes_summaries_and_lifecycle_records() {
+    let (_f, t) = fake(false);
+    let p = Pipeline::with_transports(vec![(cfg("s", 10), t, None)], "h").expect("start");
+    p.submit_all(&(1..=12).map(rec).collect::<Vec<_>>());
+    p.submit(&Record::Summary(Box::new(sample::flood_summary())));
+    let stop = sample::lifecycle().pop().expect("a lifecycle record");
+    p.submit(&Record::Lifecycle(Box::new(stop)));
+    let c = p.counters();
+    assert_eq!((c["s"].queued, c["s"].dropped_queue_full), (12, 2));
+    drop(p);
 }
 
 /// `submit_all` over several chunks: each sink gets every record in order, its chain links
@@ -331,7 +347,8 @@ fn room_follows_moving_sinks_only() {
     });
     p.submit_all(&(2..=41).map(rec).collect::<Vec<_>>());
     assert_eq!(p.room(), Some(30));
-    // Nothing taken for STUCK: the blocked sink no longer holds the reader back.
+    // Nothing written for STUCK while records waited: the blocked sink no longer holds
+    // the reader back.
     std::thread::sleep(STUCK + Duration::from_millis(100));
     assert_eq!(p.room(), None);
     slow.lock().expect("lock").delay = Duration::ZERO;

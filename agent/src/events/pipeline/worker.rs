@@ -298,7 +298,6 @@ impl Worker {
             q.bytes -= f.as_ref().map_or(0, Vec::len);
             // The rest of a batch along (the spool is empty, so nothing older waits there).
             let more = q.memory.len().min(READ_BATCH);
-            q.taken += (more + usize::from(f.is_some())) as u64;
             let q = &mut *q;
             for g in q.memory.drain(..more) {
                 q.bytes -= g.len();
@@ -475,6 +474,7 @@ impl Worker {
             match self.transport.send(&held.frame, send_by) {
                 Ok(n) => {
                     last_write = if acks { Instant::now() } else { now };
+                    self.shared.wrote(last_write);
                     self.written += n;
                     if self.tracks() {
                         let mut held = held;
