@@ -182,7 +182,8 @@ pub struct SinkConfig {
     /// Default [`DEFAULT_SYSLOG_MESSAGE_BYTES`] for syslog sinks, 0 for others; at least
     /// [`crate::events::formats::bound::MIN_MESSAGE_BYTES`] when set.
     pub max_message_bytes: usize,
-    /// `when_full`: what a full memory queue does ([`WhenFull`], default `"block"`).
+    /// `when_full`: what a full memory queue does ([`WhenFull`]; default `"drop_newest"` for
+    /// stdout, `"block"` for files and syslog).
     pub when_full: WhenFull,
     /// On-disk spool used while the sink is down or slow; `None` disables it.
     pub spool: Option<SpoolConfig>,

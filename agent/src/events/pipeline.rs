@@ -132,9 +132,9 @@ const OVERDRAFT: usize = egressd_common::SUMMARY_ENTRIES as usize + 64;
 /// The byte allowance of [`OVERDRAFT`] (records of about 1 KiB).
 const OVERDRAFT_BYTES: usize = 8 << 20;
 /// [`Pipeline::room`] leaves this fraction (1/`HEADROOM`) of every memory queue free of the
-/// ring-buffer reader's records, for records its budget does not see: events built at once
-/// while the enrichment thread is stalled, and, with [`OVERDRAFT`] on top, summaries,
-/// lifecycle records and heartbeats.
+/// ring-buffer reader's records, as slack for records its budget does not see (the events
+/// a stalled enrichment thread held, when the stall ends; summaries, lifecycle records and
+/// heartbeats, which also have [`OVERDRAFT`]).
 const HEADROOM: usize = 8;
 /// How long shutdown waits for a worker past its deadline before leaving it behind.
 const JOIN_GRACE: Duration = Duration::from_secs(2);
@@ -214,8 +214,9 @@ impl Shared {
 
     /// How long ago the worker last wrote a frame (since the sink started, if never).
     fn since_write(&self, now: Instant) -> Duration {
-        let at = self.epoch + Duration::from_millis(self.wrote_ms.load(Ordering::Relaxed));
-        now.saturating_duration_since(at)
+        self.epoch
+            .checked_add(Duration::from_millis(self.wrote_ms.load(Ordering::Relaxed)))
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
     }
 
     fn lock_spare(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
@@ -604,9 +605,9 @@ impl Pipeline {
     }
 
     /// Records the sinks can take now without dropping any: the least free room among the
-    /// memory queues of sinks that block when full (`when_full = "block"`, the default),
-    /// are up, have no working spool, and are moving (their worker took a frame within
-    /// [`STUCK`], or the queue is empty). The free room of a
+    /// memory queues of sinks that block when full (`when_full = "block"`: the default of
+    /// file and syslog sinks), are up, have no working spool, and are not stuck (frames
+    /// waited in the queue for [`STUCK`] while the worker wrote nothing). The free room of a
     /// queue is the lesser of its free records and its free bytes divided by its mean frame
     /// size, less a [`HEADROOM`] share kept for other records. `None`
     /// when no sink limits the rate: every sink drops when full, spools to disk, is down

@@ -398,6 +398,8 @@ impl Worker {
                     {
                         Ok(()) => {
                             self.shared.c.up.store(true, Ordering::Relaxed);
+                            // Stuck is measured from the reconnection, not the outage.
+                            self.shared.wrote(Instant::now());
                             self.written = 0;
                             self.flushed = 0;
                             backoff = RETRY_MIN;
