@@ -1075,9 +1075,9 @@ fn config_output_full() {
     let o = out(text);
     assert_eq!(o.heartbeat_secs, 0);
     assert_eq!(o.chain_key_file, None);
-    let dir = std::env::temp_dir().join(format!("egressd-cfg-key-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let key = dir.join("chain.key");
+    // Removed at the end of the test.
+    let dir = crate::base::safefs::tests::Tmp::new("cfg-key");
+    let key = dir.0.join("chain.key");
     std::fs::write(&key, [7u8; 32]).expect("key");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("chmod");
