@@ -549,8 +549,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             ),
             guard = ring.readable_mut(), if ring_rest.is_none() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                let budget = ring_budget(&pipeline, &worker);
-                let (n, cut) = drain_up_to(guard.get_inner_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable, budget);
+                let (n, cut) = drain_budgeted(guard.get_inner_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
                 delivered += n;
                 guard.clear_ready();
                 // Records left behind send no wake-up: read them after the pause.
@@ -566,8 +565,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             } => {
                 // Read at once: the wake-up of what came meanwhile may have been taken by
                 // the read before the pause.
-                let budget = ring_budget(&pipeline, &worker);
-                let (n, cut) = drain_up_to(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable, budget);
+                let (n, cut) = drain_budgeted(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
                 delivered += n;
                 ring_rest = (n >= RING_BATCH || cut).then(|| tokio::time::Instant::now() + RING_REST);
             }
@@ -620,8 +618,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
             Some(reply) = metrics_rx.recv() => {
                 // Not the summary interval's end: a scrape in a loop would shorten it and
                 // so raise the `summary_after` budget per second.
-                let budget = ring_budget(&pipeline, &worker);
-                let (n, cut) = drain_up_to(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable, budget);
+                let (n, cut) = drain_budgeted(ring.get_mut(), &enrichers, &worker, &seq, &pipeline, &mut undecodable);
                 delivered += n;
                 if cut && ring_rest.is_none() {
                     ring_rest = Some(tokio::time::Instant::now() + RING_REST);
@@ -963,6 +960,19 @@ fn drain(
         usize::MAX,
     )
     .0
+}
+
+/// [`drain_up_to`] the [`ring_budget`]: what the main loop reads.
+fn drain_budgeted(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    enrichers: &Enrichers,
+    worker: &events::worker::Worker,
+    seq: &Sequencer,
+    pipeline: &Pipeline,
+    undecodable: &mut u64,
+) -> (u64, bool) {
+    let budget = ring_budget(pipeline, worker);
+    drain_up_to(ring, enrichers, worker, seq, pipeline, undecodable, budget)
 }
 
 /// Ring-buffer records the sinks can take now ([`Pipeline::room`]) less the events the
