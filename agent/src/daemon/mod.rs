@@ -713,7 +713,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
                     &seq,
                     &pipeline,
                     &mut undecodable,
-                );
+                    usize::MAX,
+                )
+                .0;
                 match reload(
                     config_path,
                     state.as_ref(),
@@ -849,7 +851,9 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
         &seq,
         &pipeline,
         &mut undecodable,
-    );
+        usize::MAX,
+    )
+    .0;
     let rest = worker.finish(ENRICH_FLUSH);
     submit_connections(&seq, &pipeline, &worker, rest);
     // Detached (or left to the pins): what the kernel aggregated since the last interval.
@@ -937,32 +941,7 @@ fn ring_only() -> bool {
     *RING_ONLY.get_or_init(|| std::env::var_os("EGRESSD_BENCH_RING_ONLY").is_some_and(|v| v == "1"))
 }
 
-/// Reads every record in the ring buffer and queues it for enrichment (events the
-/// enrichment thread cannot take now go to the sinks at once, without `/proc` details);
-/// returns how many it decoded. For a reload and the stop, which must not leave records
-/// of the generation in force behind (what a full sink queue cannot take of them is dropped
-/// and counted); the loop reads [`drain_up_to`] the sinks' room.
-fn drain(
-    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    enrichers: &Enrichers,
-    worker: &events::worker::Worker,
-    seq: &Sequencer,
-    pipeline: &Pipeline,
-    undecodable: &mut u64,
-) -> u64 {
-    drain_up_to(
-        ring,
-        enrichers,
-        worker,
-        seq,
-        pipeline,
-        undecodable,
-        usize::MAX,
-    )
-    .0
-}
-
-/// [`drain_up_to`] the [`ring_budget`]: what the main loop reads.
+/// [`drain`] up to the [`ring_budget`]: what the main loop reads.
 fn drain_budgeted(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     enrichers: &Enrichers,
@@ -972,7 +951,7 @@ fn drain_budgeted(
     undecodable: &mut u64,
 ) -> (u64, bool) {
     let budget = ring_budget(pipeline, worker);
-    drain_up_to(ring, enrichers, worker, seq, pipeline, undecodable, budget)
+    drain(ring, enrichers, worker, seq, pipeline, undecodable, budget)
 }
 
 /// Ring-buffer records the sinks can take now ([`Pipeline::room`]) less the events the
@@ -990,11 +969,16 @@ fn ring_budget(pipeline: &Pipeline, worker: &events::worker::Worker) -> usize {
         .map_or(usize::MAX, |room| room.saturating_sub(held))
 }
 
-/// [`drain`], reading at most `limit` records; also whether it stopped at the limit (records
-/// may be left: they send no wake-up, so the caller reads again after [`RING_REST`]). Left in
-/// the ring buffer, they make the kernel aggregate what it cannot queue behind them into
-/// `connection_summary` counts, where a full sink queue would have dropped records.
-fn drain_up_to(
+/// Reads at most `limit` records from the ring buffer and queues each for enrichment (events
+/// the enrichment thread cannot take now go to the sinks at once, without `/proc` details);
+/// returns how many it decoded, and whether it stopped at the limit (records may be left:
+/// they send no wake-up, so the caller reads again after [`RING_REST`]). Left in the ring
+/// buffer, they make the kernel aggregate what it cannot queue behind them into
+/// `connection_summary` counts, where a full sink queue would have dropped records. A reload
+/// and the stop read everything (`usize::MAX`): they must not leave records of the
+/// generation in force behind (what a full sink queue cannot take of them is dropped and
+/// counted).
+fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     enrichers: &Enrichers,
     worker: &events::worker::Worker,
