@@ -50,15 +50,8 @@ fn main() {
         std::process::exit(summary::race_main(&argv[2..]));
     }
     let args = Arguments::from_args();
-    // Every daemon a test starts keeps its last good policy in a directory of this run, not
-    // in the host's /var/lib/egressd (tests that name --state-dir override it).
-    let state = std::env::temp_dir().join(format!("egressd-test-state-{}", std::process::id()));
-    // SAFETY: set before any test thread or child starts.
-    unsafe { std::env::set_var("EGRESSD_STATE_DIR", &state) };
-    // Their per-cgroup locks too (one file per test cgroup), not in the host's /run/egressd.
-    let run = std::env::temp_dir().join(format!("egressd-test-run-{}", std::process::id()));
-    // SAFETY: as above.
-    unsafe { std::env::set_var("EGRESSD_RUN_DIR", &run) };
+    // SAFETY: before any test thread or child starts.
+    let dirs = unsafe { egressd_testbed::DaemonDirs::for_children("egressd-test") };
     let tests = vec![
         Trial::test("lsm_packet_sockets_denied", lsm::packet_sockets_denied),
         Trial::test(
@@ -327,7 +320,6 @@ fn main() {
         ),
     ];
     let conclusion = libtest_mimic::run(&args, tests);
-    let _ = std::fs::remove_dir_all(&state);
-    let _ = std::fs::remove_dir_all(&run);
+    dirs.remove();
     conclusion.exit();
 }

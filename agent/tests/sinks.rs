@@ -66,15 +66,8 @@ fn main() {
         std::process::exit(code);
     }
     let args = Arguments::from_args();
-    // The daemons these tests start keep their last good policy and their locks in
-    // directories of this run, not in the host's /var/lib/egressd and /run/egressd.
-    let state = std::env::temp_dir().join(format!("egressd-sinks-state-{}", std::process::id()));
-    let run = std::env::temp_dir().join(format!("egressd-sinks-run-{}", std::process::id()));
-    // SAFETY: set before any test thread or child starts.
-    unsafe {
-        std::env::set_var("EGRESSD_STATE_DIR", &state);
-        std::env::set_var("EGRESSD_RUN_DIR", &run);
-    }
+    // SAFETY: before any test thread or child starts.
+    let dirs = unsafe { egressd_testbed::DaemonDirs::for_children("egressd-sinks") };
     let tests = vec![
         Trial::test("syslog_receives_every_record_once", every_record_once),
         Trial::test("syslog_outage_loses_nothing", outage),
@@ -95,8 +88,7 @@ fn main() {
         Trial::test("check_refuses_the_sinks_run_refuses", check_sinks),
     ];
     let conclusion = libtest_mimic::run(&args, tests);
-    let _ = fs::remove_dir_all(&state);
-    let _ = fs::remove_dir_all(&run);
+    dirs.remove();
     conclusion.exit();
 }
 

@@ -86,6 +86,42 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// Directories of one test run for the daemons it starts: their last good policies
+/// (`EGRESSD_STATE_DIR`) and per-cgroup locks (`EGRESSD_RUN_DIR`), instead of the host's
+/// `/var/lib/egressd` and `/run/egressd` (a test that names `--state-dir` overrides it).
+pub struct DaemonDirs {
+    state: PathBuf,
+    run: PathBuf,
+}
+
+impl DaemonDirs {
+    /// Points `EGRESSD_STATE_DIR` and `EGRESSD_RUN_DIR` of this process, and so of every
+    /// daemon it starts, at `{tmp}/{tag}-state-{pid}` and `{tag}-run-{pid}`.
+    ///
+    /// # Safety
+    /// Sets environment variables: call before any other thread starts (the top of `main`).
+    pub unsafe fn for_children(tag: &str) -> Self {
+        let dir =
+            |kind: &str| std::env::temp_dir().join(format!("{tag}-{kind}-{}", std::process::id()));
+        let me = Self {
+            state: dir("state"),
+            run: dir("run"),
+        };
+        // SAFETY: the caller guarantees no other thread runs.
+        unsafe {
+            std::env::set_var("EGRESSD_STATE_DIR", &me.state);
+            std::env::set_var("EGRESSD_RUN_DIR", &me.run);
+        }
+        me
+    }
+
+    /// Removes both directories (call before exiting: `exit` runs no destructors).
+    pub fn remove(&self) {
+        let _ = fs::remove_dir_all(&self.state);
+        let _ = fs::remove_dir_all(&self.run);
+    }
+}
+
 /// The cgroup2 mount point, from `/proc/self/mountinfo` (field 5 of the line whose fstype
 /// after ` - ` is `cgroup2`).
 pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
