@@ -70,7 +70,8 @@ pub fn egress(ctx: &SkBuffContext) -> i32 {
 /// epoch; not a first report due. Without a cached verdict, a handshake packet this CPU's
 /// memo vouches for ([`vouched`]). The packet is counted and its verdict returned (1 pass,
 /// 0 drop); [`WALK`] in every other case ([`WALK_ASKED`] when the memo was asked), which
-/// the header walk and [`egressd_skb_judge`] then decide. No walk scratch space: one `bpf_sk_storage_get`, array reads and compares.
+/// the header walk and [`egressd_skb_judge`] then decide. No walk scratch space: one
+/// `bpf_sk_storage_get`, array reads and compares.
 ///
 /// A global function (exported by the linker, see `build.rs`), so its frame is a sibling
 /// of the judge's, not added to it under 5.10's combined stack limit.
