@@ -112,10 +112,10 @@ pub static EGRESSD_FLOWS_V1: PerCpuArray<FlowCounter> =
     PerCpuArray::with_max_entries(FLOW_SLOTS, 0);
 
 /// Per (hook, region, verdict): attempts counted and not (yet) carried by any record, see
-/// `egressd_common::unreported`.
+/// `egressd_common::unreported`. Mappable: userspace reads it every second in place.
 #[map]
 pub static EGRESSD_UNREPORTED_V1: Array<u64> =
-    Array::with_max_entries(egressd_common::unreported::SLOTS, 0);
+    Array::with_max_entries(egressd_common::unreported::SLOTS, MMAPABLE);
 
 /// Last event time and suppressed count per (process, destination, verdict, hook), per CPU
 /// (see `egressd_common::maps::SUPPRESS`).

@@ -351,8 +351,7 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     } = enforcer.take_readers()?;
     let mut summaries = events::summary::Drainer::new(summary_map, summary_control)
         .context("reading the summary table")?;
-    let mut unreported = events::summary::Unreported::new(unreported_map)
-        .context("reading the unreported attempts")?;
+    let mut unreported = events::summary::Unreported::new(unreported_map);
     let mut summary_tick = tokio::time::interval(SUMMARY_INTERVAL);
     // The grace period after an interval's end, waited for on a blocking thread.
     let mut quiescing: Option<tokio::task::JoinHandle<anyhow::Result<()>>> = None;
@@ -1104,18 +1103,13 @@ fn submit_unreported(
     seq: &Sequencer,
     pipeline: &Pipeline,
 ) {
-    match unreported.take(pending, clock::boot_now_ns()) {
-        Ok(taken) => {
-            for (t, why) in &taken {
-                let header = seq.header("connection_summary", clock::boot_to_unix_ns(t.last_ns));
-                let mut s = events::summary::build(header, policy, t, clock::boot_to_unix_ns);
-                s.rule.name = (*why).into();
-                drainer.records += 1;
-                drainer.attempts += t.count;
-                pipeline.submit(&Record::Summary(Box::new(s)));
-            }
-        }
-        Err(e) => tracing::error!(error = format!("{e:#}"), "reading the unreported attempts"),
+    for (t, why) in &unreported.take(pending, clock::boot_now_ns()) {
+        let header = seq.header("connection_summary", clock::boot_to_unix_ns(t.last_ns));
+        let mut s = events::summary::build(header, policy, t, clock::boot_to_unix_ns);
+        s.rule.name = (*why).into();
+        drainer.records += 1;
+        drainer.attempts += t.count;
+        pipeline.submit(&Record::Summary(Box::new(s)));
     }
 }
 

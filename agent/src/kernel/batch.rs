@@ -1,13 +1,13 @@
 //! Batch operations on BPF maps (`BPF_MAP_*_BATCH` of `include/uapi/linux/bpf.h`, Linux
 //! 5.6+): one `bpf(2)` call for many elements where aya makes one per element. Filling a
-//! large policy's tries, and reading the counter arrays (36,864 slots of attempts, more of
-//! unreported counts) for every heartbeat, scrape and stop: one call per slot cost the
+//! large policy's tries, and reading the per-CPU counter arrays (36,864 slots of attempts) for
+//! every heartbeat, scrape and stop: one call per slot cost the
 //! daemon 30-100 ms of CPU natively each time, and seconds in a VM under TCG.
 use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 
 use anyhow::anyhow;
 use aya::Pod;
-use aya::maps::{Array, IterableMap as _, MapData, PerCpuArray};
+use aya::maps::{IterableMap as _, MapData, PerCpuArray};
 
 /// `BPF_MAP_DELETE_BATCH` of `keys`; false when it did not delete them all (the caller then
 /// deletes one by one, ignoring keys already gone).
@@ -173,18 +173,6 @@ fn lookup_array<V: Pod + Default>(
     Err(anyhow!(
         "BPF_MAP_LOOKUP_BATCH did not reach the end of the array"
     ))
-}
-
-/// Every element of `map` in index order, in one `bpf(2)` call where the kernel can (one
-/// per element where it cannot). Errors: map reads.
-pub fn read_array<V: Pod + Default>(map: &Array<MapData, V>) -> anyhow::Result<Vec<V>> {
-    let fd = map.map().fd().as_fd().as_raw_fd();
-    if let Some(all) = lookup_array(fd, map.len(), 1)? {
-        return Ok(all);
-    }
-    (0..map.len())
-        .map(|i| map.get(&i, 0).map_err(Into::into))
-        .collect()
 }
 
 /// Every element of a per-CPU array, each CPU's value in a row of the result

@@ -169,8 +169,8 @@ pub struct Readers {
         aya::maps::HashMap<MapData, egressd_common::SummaryKey, egressd_common::SummaryState>,
     /// Summary interval and record budget ([`maps::SUMMARY_CONTROL`]).
     pub summary_control: Array<MapData, egressd_common::SummaryControl>,
-    /// Attempts no record carries yet ([`maps::UNREPORTED`]).
-    pub unreported: Array<MapData, u64>,
+    /// Attempts no record carries yet ([`maps::UNREPORTED`]), mapped.
+    pub unreported: crate::kernel::mmap::U64Array,
 }
 
 impl Enforcer {
@@ -987,7 +987,12 @@ impl Enforcer {
             failsafe: PerCpuArray::try_from(take(maps::FAILSAFE)?)?,
             summaries: aya::maps::HashMap::try_from(take(maps::SUMMARIES)?)?,
             summary_control: Array::try_from(take(maps::SUMMARY_CONTROL)?)?,
-            unreported: Array::try_from(take(maps::UNREPORTED)?)?,
+            unreported: match take(maps::UNREPORTED)? {
+                aya::maps::Map::Array(data) => {
+                    crate::kernel::mmap::U64Array::new(&data, maps::UNREPORTED)?
+                }
+                _ => bail!("map {} is not an array", maps::UNREPORTED),
+            },
         })
     }
 }

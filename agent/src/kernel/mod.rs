@@ -5,7 +5,8 @@
 //! `BPF_PROG_TEST_RUN` of the packet program ([`testrun`]); the feature probes and
 //! the coverage report ([`coverage`]); cgroup v2 paths ([`cgroup`]); capabilities
 //! ([`privileges`]); the route mirror of the device-forced next-hop check ([`routes`]);
-//! batch reads and writes of maps ([`batch`]); waiting out running programs ([`quiesce`]).
+//! batch reads and writes of maps ([`batch`]) and in-place mappings of array maps ([`mmap`]);
+//! waiting out running programs ([`quiesce`]).
 //!
 //! May use [`crate::base`], [`crate::config`] and [`crate::policy`] (what to load), never the
 //! event pipeline or the daemon above it.
@@ -14,6 +15,7 @@ pub mod cgroup;
 pub mod coverage;
 pub mod hooks;
 pub mod loader;
+pub mod mmap;
 pub mod offsets;
 pub mod pin;
 pub mod privileges;

@@ -114,6 +114,26 @@ pub fn pinned_restart() -> Result<(), Failed> {
         "name",
         "EGRESSD_SCRATC",
     ])?;
+    // An older build's unreported counts, made without `BPF_F_MMAPABLE` (the daemon reads them
+    // in place every second): replaced too.
+    let unreported = pins.0.join("maps").join(egressd_common::maps::UNREPORTED);
+    std::fs::remove_file(&unreported).map_err(|e| format!("{}: {e}", unreported.display()))?;
+    let unreported = unreported.to_string_lossy().into_owned();
+    bpftool(&[
+        "map",
+        "create",
+        &unreported,
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        &egressd_common::unreported::SLOTS.to_string(),
+        "name",
+        "EGRESSD_UNREPO",
+    ])?;
     // A loop across the restart.
     let looper = ProbeLoop::start(&tb, 3000, false, &[tcp(US_V4), tcp(EU_V4)])?;
     std::thread::sleep(Duration::from_millis(300));
@@ -141,6 +161,12 @@ pub fn pinned_restart() -> Result<(), Failed> {
         || shown["bytes_value"] != egressd_common::SCRATCH_BYTES
     {
         return Err(format!("the old scratch pin was not replaced: {shown}").into());
+    }
+    let shown = bpftool(&["-j", "map", "show", "pinned", &unreported])?;
+    let shown: serde_json::Value = serde_json::from_str(&shown).map_err(|e| e.to_string())?;
+    let mmapable = u64::from(egressd::kernel::mmap::BPF_F_MMAPABLE);
+    if shown["flags"].as_u64().is_none_or(|f| f & mmapable == 0) {
+        return Err(format!("the old unreported pin was not replaced: {shown}").into());
     }
     let st3 = status(&pins)?;
     if st3["generation"] != 2 {

@@ -82,10 +82,13 @@ pub(super) fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>
             tracing::info!(pin = %path.display(), "dropping the IPv4 table first level of an older egressd");
             continue;
         }
-        // An older build kept no record of the overflow it reported: replaced (its pending
-        // suppressed counts and unreported overflow are lost from the records, not from the
-        // counters).
-        if name == maps::UNREPORTED && info.max_entries() != egressd_common::unreported::SLOTS {
+        // An older build kept no record of the overflow it reported, or made the map without
+        // `BPF_F_MMAPABLE` (read in place every second): replaced (its pending suppressed
+        // counts and unreported overflow are lost from the records, not from the counters).
+        if name == maps::UNREPORTED
+            && (info.max_entries() != egressd_common::unreported::SLOTS
+                || info.map_flags() & crate::kernel::mmap::BPF_F_MMAPABLE == 0)
+        {
             std::fs::remove_file(&path)
                 .with_context(|| format!("removing the old unreported pin {}", path.display()))?;
             tracing::warn!(

@@ -19,6 +19,7 @@ use egressd_common::{
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::{
+    kernel::mmap::Mapping,
     config::{
         AUTO_TABLE_MIN_PREFIXES, AUTO_TABLE6_MIN_PREFIXES, Config, Ipv4Lookup, Ipv6Lookup, Target,
     },
@@ -327,13 +328,6 @@ pub fn table_memory(ebpf: &Ebpf) -> anyhow::Result<u64> {
     Ok(sum)
 }
 
-/// A shared mapping of a `BPF_F_MMAPABLE` array map (kernel doc: `BPF_F_MMAPABLE` in
-/// `include/uapi/linux/bpf.h`), unmapped on drop.
-struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
 /// Array map `name`'s descriptor and the bytes of its value area (whole pages).
 fn array(ebpf: &Ebpf, name: &str) -> anyhow::Result<(std::os::fd::RawFd, usize)> {
     let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
@@ -347,50 +341,10 @@ fn array(ebpf: &Ebpf, name: &str) -> anyhow::Result<(std::os::fd::RawFd, usize)>
     Ok((data.fd().as_fd().as_raw_fd(), len))
 }
 
-impl Mapping {
-    fn new(ebpf: &Ebpf, name: &str, write: bool) -> anyhow::Result<Self> {
-        let (fd, len) = array(ebpf, name)?;
-        Self::window(fd, name, 0, len, write)
-    }
-
-    /// `len` bytes of the array's value area from byte `offset` (page aligned).
-    fn window(
-        fd: std::os::fd::RawFd,
-        name: &str,
-        offset: usize,
-        len: usize,
-        write: bool,
-    ) -> anyhow::Result<Self> {
-        let prot = if write {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: maps `len` bytes of the array (its whole value area) shared; the pointer
-        // is only used within `len` and unmapped on drop.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd,
-                libc::off_t::try_from(offset)?,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("mmap of {name} ({len} bytes)"));
-        }
-        Ok(Self { ptr, len })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
+/// All of array map `name`, mapped (writable with `write`).
+fn whole(ebpf: &Ebpf, name: &str, write: bool) -> anyhow::Result<Mapping> {
+    let (fd, len) = array(ebpf, name)?;
+    Mapping::window(fd, name, 0, len, write)
 }
 
 /// Bytes of a map written at a time by [`Stream`]: the process maps (and so counts as
@@ -449,9 +403,9 @@ impl<'a> Stream<'a> {
         }
         let (m, at) = self.window.as_ref()?;
         let off = self.pos - at;
-        // SAFETY: `off < m.len` (the window holds `pos`); the mapping is writable, page
+        // SAFETY: `off < m.len()` (the window holds `pos`); the mapping is writable, page
         // aligned, and nothing else in the process refers to it.
-        Some(unsafe { std::slice::from_raw_parts_mut(m.ptr.cast::<u8>().add(off), m.len - off) })
+        Some(unsafe { std::slice::from_raw_parts_mut(m.ptr().add(off), m.len() - off) })
     }
 
     /// Writes `n` copies of `value` (host byte order; the position is 4-byte aligned).
@@ -535,16 +489,16 @@ pub fn built_of(entries: &[(Ipv4Network, u32)]) -> Result<Built, TableError> {
 /// # Errors
 /// The map is missing, cannot be mapped, or is smaller than `bytes`.
 pub fn write(ebpf: &Ebpf, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    let m = Mapping::new(ebpf, name, true)?;
-    if bytes.len() > m.len {
+    let m = whole(ebpf, name, true)?;
+    if bytes.len() > m.len() {
         bail!(
             "{name} holds {} bytes, the table needs {}",
-            m.len,
+            m.len(),
             bytes.len()
         );
     }
-    // SAFETY: `bytes.len() <= m.len`, and the mapping does not alias `bytes`.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), m.ptr.cast::<u8>(), bytes.len()) };
+    // SAFETY: `bytes.len() <= m.len()`, and the mapping does not alias `bytes`.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), m.ptr(), bytes.len()) };
     Ok(())
 }
 
@@ -553,12 +507,12 @@ pub fn write(ebpf: &Ebpf, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
 /// # Errors
 /// The map is missing or cannot be mapped.
 pub fn holds(ebpf: &Ebpf, name: &str, bytes: &[u8]) -> anyhow::Result<bool> {
-    let m = Mapping::new(ebpf, name, false)?;
-    if bytes.len() > m.len {
+    let m = whole(ebpf, name, false)?;
+    if bytes.len() > m.len() {
         return Ok(false);
     }
-    // SAFETY: reads `bytes.len() <= m.len` bytes of the mapping.
-    let have = unsafe { std::slice::from_raw_parts(m.ptr.cast::<u8>(), bytes.len()) };
+    // SAFETY: reads `bytes.len() <= m.len()` bytes of the mapping.
+    let have = unsafe { std::slice::from_raw_parts(m.ptr(), bytes.len()) };
     Ok(have == bytes)
 }
 
