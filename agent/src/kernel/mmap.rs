@@ -101,7 +101,9 @@ impl U64Array {
     /// The map's values are not 8 bytes, it was created without `BPF_F_MMAPABLE` (a map an
     /// older build pinned), or `mmap(2)` failed.
     pub fn new(map: &MapData, name: &str) -> anyhow::Result<Self> {
-        let info = map.info().with_context(|| format!("reading {name}'s info"))?;
+        let info = map
+            .info()
+            .with_context(|| format!("reading {name}'s info"))?;
         if info.value_size() != 8 {
             bail!("{name} holds values of {} bytes, not 8", info.value_size());
         }

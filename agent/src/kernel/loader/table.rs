@@ -19,10 +19,10 @@ use egressd_common::{
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::{
-    kernel::mmap::Mapping,
     config::{
         AUTO_TABLE_MIN_PREFIXES, AUTO_TABLE6_MIN_PREFIXES, Config, Ipv4Lookup, Ipv6Lookup, Target,
     },
+    kernel::mmap::Mapping,
     policy::{
         Policy,
         table::{Built, TableError, pages_needed, pages8},
