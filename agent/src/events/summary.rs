@@ -319,8 +319,8 @@ impl Unreported {
         let overflow_base = (0..COUNTER_SLOTS)
             .map(|slot| {
                 // Never above the count itself (a map of another origin): nothing then.
-                let over = slot_value(&all, unreported::OVERFLOW + slot);
-                slot_value(&all, unreported::REPORTED + slot).min(over)
+                let over = slot_value(all, unreported::OVERFLOW + slot);
+                slot_value(all, unreported::REPORTED + slot).min(over)
             })
             .collect();
         Self { map, overflow_base }
@@ -335,10 +335,10 @@ impl Unreported {
         let all = self.map.slots();
         let mut out = Vec::new();
         for slot in 0..COUNTER_SLOTS {
-            let over = slot_value(&all, unreported::OVERFLOW + slot)
+            let over = slot_value(all, unreported::OVERFLOW + slot)
                 .wrapping_sub(self.overflow_base[slot as usize]);
             let held = if pending {
-                slot_value(&all, unreported::PENDING + slot)
+                slot_value(all, unreported::PENDING + slot)
             } else {
                 0
             };
