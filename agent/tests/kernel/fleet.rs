@@ -96,44 +96,16 @@ pub fn pinned_restart() -> Result<(), Failed> {
     }
     // An older build's scratch pin (one slot per CPU, a smaller value): the restart replaces
     // it instead of refusing to adopt or running with one slot.
-    let scratch = pins.0.join("maps").join(egressd_common::maps::SCRATCH);
-    std::fs::remove_file(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    let scratch = scratch.to_string_lossy().into_owned();
-    bpftool(&[
-        "map",
-        "create",
-        &scratch,
-        "type",
-        "percpu_array",
-        "key",
-        "4",
-        "value",
-        "208",
-        "entries",
-        "1",
-        "name",
-        "EGRESSD_SCRATC",
-    ])?;
+    let scratch = older_pin(&pins, egressd_common::maps::SCRATCH, "percpu_array", 208, 1)?;
     // An older build's unreported counts, made without `BPF_F_MMAPABLE` (the daemon reads them
     // in place every second): replaced too.
-    let unreported = pins.0.join("maps").join(egressd_common::maps::UNREPORTED);
-    std::fs::remove_file(&unreported).map_err(|e| format!("{}: {e}", unreported.display()))?;
-    let unreported = unreported.to_string_lossy().into_owned();
-    bpftool(&[
-        "map",
-        "create",
-        &unreported,
-        "type",
+    let unreported = older_pin(
+        &pins,
+        egressd_common::maps::UNREPORTED,
         "array",
-        "key",
-        "4",
-        "value",
-        "8",
-        "entries",
-        &egressd_common::unreported::SLOTS.to_string(),
-        "name",
-        "EGRESSD_UNREPO",
-    ])?;
+        8,
+        egressd_common::unreported::SLOTS,
+    )?;
     // A loop across the restart.
     let looper = ProbeLoop::start(&tb, 3000, false, &[tcp(US_V4), tcp(EU_V4)])?;
     std::thread::sleep(Duration::from_millis(300));
@@ -192,6 +164,38 @@ pub fn pinned_restart() -> Result<(), Failed> {
     }
     let r = probe(&tb, 1, &[tcp(US_V4)])?;
     expect_ok(&r[0])
+}
+
+/// Replaces map pin `name` of `pins` by one an older build made: `kind` (a bpftool map type),
+/// 4-byte keys, `value`-byte values, `entries` entries, no flags. Returns its path.
+fn older_pin(
+    pins: &Pins,
+    name: &str,
+    kind: &str,
+    value: u32,
+    entries: u32,
+) -> Result<String, Failed> {
+    let path = pins.0.join("maps").join(name);
+    std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let path = path.to_string_lossy().into_owned();
+    // The kernel keeps 15 bytes of a map's name.
+    let short: String = name.chars().take(15).collect();
+    bpftool(&[
+        "map",
+        "create",
+        &path,
+        "type",
+        kind,
+        "key",
+        "4",
+        "value",
+        &value.to_string(),
+        "entries",
+        &entries.to_string(),
+        "name",
+        &short,
+    ])?;
+    Ok(path)
 }
 
 /// Layout check: a pin of another layout version is refused with a clear error.
