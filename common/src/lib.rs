@@ -106,8 +106,8 @@ pub mod maps {
     pub const SUMMARY_ZERO: &str = "EGRESSD_SUMMARY_ZERO_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::counter_index`].
     pub const COUNTERS: &str = "EGRESSD_COUNTERS_V1";
-    /// `BPF_MAP_TYPE_ARRAY` of `u64` (shared, atomic adds), [`crate::unreported::SLOTS`]
-    /// entries: per (hook, region, verdict), attempts the kernel counted and no record or
+    /// `BPF_MAP_TYPE_ARRAY` of `u64` (shared, atomic adds; `BPF_F_MMAPABLE`: userspace reads
+    /// it in place), [`crate::unreported::SLOTS`] entries: per (hook, region, verdict), attempts the kernel counted and no record or
     /// summary carries yet. See [`crate::unreported`].
     pub const UNREPORTED: &str = "EGRESSD_UNREPORTED_V1";
     /// `BPF_MAP_TYPE_PERCPU_ARRAY` of `u64`, indexed by [`crate::loss`] constants.

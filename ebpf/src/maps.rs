@@ -15,7 +15,8 @@ use egressd_common::{
     table6::Range6,
 };
 
-/// `BPF_F_MMAPABLE` (`include/uapi/linux/bpf.h`): userspace fills the tables by `mmap`.
+/// `BPF_F_MMAPABLE` (`include/uapi/linux/bpf.h`): userspace fills the tables, and reads the
+/// unreported counts, by `mmap`.
 const MMAPABLE: u32 = 1 << 10;
 
 /// IPv4 prefix (network byte order) -> region id, set A.

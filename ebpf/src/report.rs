@@ -28,7 +28,8 @@ use crate::{
 /// AtomicU64 is not offered for this target, so this uses the intrinsic it is built on.
 #[inline(always)]
 pub fn add(p: *mut u64, n: u64) {
-    // SAFETY: `p` is a valid, aligned per-CPU slot for the program's lifetime.
+    // SAFETY: `p` is a valid, aligned slot (per-CPU, or of a shared array: the add is atomic)
+    // for the program's lifetime.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n) };
 }
 

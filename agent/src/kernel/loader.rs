@@ -989,7 +989,7 @@ impl Enforcer {
             summary_control: Array::try_from(take(maps::SUMMARY_CONTROL)?)?,
             unreported: match take(maps::UNREPORTED)? {
                 aya::maps::Map::Array(data) => {
-                    crate::kernel::mmap::U64Array::new(&data, maps::UNREPORTED)?
+                    crate::kernel::mmap::U64Array::new(data, maps::UNREPORTED)?
                 }
                 _ => bail!("map {} is not an array", maps::UNREPORTED),
             },

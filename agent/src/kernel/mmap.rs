@@ -92,6 +92,9 @@ impl Drop for Mapping {
 pub struct U64Array {
     mapping: Mapping,
     slots: usize,
+    /// Kept open, though the mapping alone keeps the map alive: the daemon's descriptors are
+    /// where its kernel memory is accounted (`memlock` in `/proc/PID/fdinfo`).
+    _map: MapData,
 }
 
 impl U64Array {
@@ -100,7 +103,7 @@ impl U64Array {
     /// # Errors
     /// The map's values are not 8 bytes, it was created without `BPF_F_MMAPABLE` (a map an
     /// older build pinned), or `mmap(2)` failed.
-    pub fn new(map: &MapData, name: &str) -> anyhow::Result<Self> {
+    pub fn new(map: MapData, name: &str) -> anyhow::Result<Self> {
         let info = map
             .info()
             .with_context(|| format!("reading {name}'s info"))?;
@@ -113,7 +116,11 @@ impl U64Array {
         let slots = info.max_entries() as usize;
         let len = (slots * 8).next_multiple_of(PAGE);
         let mapping = Mapping::window(map.fd().as_fd().as_raw_fd(), name, 0, len, true)?;
-        Ok(Self { mapping, slots })
+        Ok(Self {
+            mapping,
+            slots,
+            _map: map,
+        })
     }
 
     /// The map's slots.

@@ -98,7 +98,18 @@ pub fn pinned_restart() -> Result<(), Failed> {
     // it instead of refusing to adopt or running with one slot.
     let scratch = older_pin(&pins, egressd_common::maps::SCRATCH, "percpu_array", 208, 1)?;
     // An older build's unreported counts, made without `BPF_F_MMAPABLE` (the daemon reads them
-    // in place every second): replaced too.
+    // in place every second): replaced too, and the suppression table whose pending counts
+    // they held with them.
+    let suppress = pins.0.join("maps").join(egressd_common::maps::SUPPRESS);
+    let suppress = suppress.to_string_lossy().into_owned();
+    let map_id = |path: &str| -> Result<u64, Failed> {
+        let shown = bpftool(&["-j", "map", "show", "pinned", path])?;
+        let shown: serde_json::Value = serde_json::from_str(&shown).map_err(|e| e.to_string())?;
+        shown["id"]
+            .as_u64()
+            .ok_or_else(|| format!("no map id for {path}: {shown}").into())
+    };
+    let suppress_before = map_id(&suppress)?;
     let unreported = older_pin(
         &pins,
         egressd_common::maps::UNREPORTED,
@@ -139,6 +150,9 @@ pub fn pinned_restart() -> Result<(), Failed> {
     let mmapable = u64::from(egressd::kernel::mmap::BPF_F_MMAPABLE);
     if shown["flags"].as_u64().is_none_or(|f| f & mmapable == 0) {
         return Err(format!("the old unreported pin was not replaced: {shown}").into());
+    }
+    if map_id(&suppress)? == suppress_before {
+        return Err("the suppression pin was kept over new unreported counts".into());
     }
     let st3 = status(&pins)?;
     if st3["generation"] != 2 {

@@ -24,7 +24,7 @@ pub(super) fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>
             // Per-socket caches hold nothing that must survive: an older build's is replaced
             // (its sockets are judged again) instead of refusing the upgrade.
             // Likewise the suppression table: the counts it holds are also pending in
-            // `UNREPORTED`, which the stop reports.
+            // `UNREPORTED`, which the stop reports (and which it goes with, below).
             if name == maps::SOCKETS || name == maps::OWNERS || name == maps::SUPPRESS {
                 std::fs::remove_file(&path)
                     .with_context(|| format!("removing the old cache pin {}", path.display()))?;
@@ -93,7 +93,7 @@ pub(super) fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>
                 .with_context(|| format!("removing the old unreported pin {}", path.display()))?;
             tracing::warn!(
                 pin = %path.display(),
-                "the pinned unreported counts have another layout: replaced"
+                "the pinned unreported counts have another layout or are not mappable: replaced"
             );
             continue;
         }
@@ -109,6 +109,22 @@ pub(super) fn pinned_maps(dir: &PinDir) -> anyhow::Result<Vec<(String, PathBuf)>
             continue;
         }
         out.push((name, path));
+    }
+    // The suppression table's counts are also pending in `UNREPORTED`, and the programs take
+    // them out of it when an event carries them: kept over a new `UNREPORTED` (replaced above,
+    // or its pin removed) they would be taken from a count that never held them, which wraps.
+    // Dropped with it (those suppressed attempts are lost from the records, not the counters).
+    if !out.iter().any(|(n, _)| n == maps::UNREPORTED)
+        && let Some(i) = out.iter().position(|(n, _)| n == maps::SUPPRESS)
+    {
+        let (_, path) = out.remove(i);
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing the suppression pin {}", path.display()))?;
+        tracing::warn!(
+            pin = %path.display(),
+            "the pinned unreported counts were replaced or missing: dropped the pinned \
+             suppression table with them"
+        );
     }
     Ok(out)
 }
