@@ -13,9 +13,6 @@ use aya::maps::MapData;
 /// `BPF_F_MMAPABLE` (`include/uapi/linux/bpf.h`): the array can be mapped by userspace.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// Bytes of a page, the unit of every mapping.
-const PAGE: usize = 4096;
-
 /// A shared mapping of part of an array map's value area, unmapped on drop. The kernel lays
 /// the elements out every `value_size` bytes rounded up to 8, from offset 0.
 pub struct Mapping {
@@ -114,7 +111,7 @@ impl U64Array {
             bail!("{name} was created without BPF_F_MMAPABLE: it cannot be read in place");
         }
         let slots = info.max_entries() as usize;
-        let len = (slots * 8).next_multiple_of(PAGE);
+        let len = (slots * 8).next_multiple_of(egressd_common::table::PAGE_BYTES);
         let mapping = Mapping::window(map.fd().as_fd().as_raw_fd(), name, 0, len, true)?;
         Ok(Self {
             mapping,
