@@ -13,6 +13,13 @@ use aya::maps::MapData;
 /// `BPF_F_MMAPABLE` (`include/uapi/linux/bpf.h`): the array can be mapped by userspace.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
+/// Bytes of an array map's value area as `mmap` sees it: `max_entries` elements every
+/// `value_size` bytes rounded up to 8, in whole pages.
+pub fn value_area(info: &aya::maps::MapInfo) -> usize {
+    (info.max_entries() as usize * (info.value_size() as usize).next_multiple_of(8))
+        .next_multiple_of(egressd_common::table::PAGE_BYTES)
+}
+
 /// A shared mapping of part of an array map's value area, unmapped on drop. The kernel lays
 /// the elements out every `value_size` bytes rounded up to 8, from offset 0.
 pub struct Mapping {
@@ -111,7 +118,7 @@ impl U64Array {
             bail!("{name} was created without BPF_F_MMAPABLE: it cannot be read in place");
         }
         let slots = info.max_entries() as usize;
-        let len = (slots * 8).next_multiple_of(egressd_common::table::PAGE_BYTES);
+        let len = value_area(&info);
         let mapping = Mapping::window(map.fd().as_fd().as_raw_fd(), name, 0, len, true)?;
         Ok(Self {
             mapping,

@@ -103,8 +103,7 @@ pub fn pinned_restart() -> Result<(), Failed> {
     let suppress = pins.0.join("maps").join(egressd_common::maps::SUPPRESS);
     let suppress = suppress.to_string_lossy().into_owned();
     let map_id = |path: &str| -> Result<u64, Failed> {
-        let shown = bpftool(&["-j", "map", "show", "pinned", path])?;
-        let shown: serde_json::Value = serde_json::from_str(&shown).map_err(|e| e.to_string())?;
+        let shown = pinned_map(path)?;
         shown["id"]
             .as_u64()
             .ok_or_else(|| format!("no map id for {path}: {shown}").into())
@@ -138,15 +137,13 @@ pub fn pinned_restart() -> Result<(), Failed> {
         )
         .into());
     }
-    let shown = bpftool(&["-j", "map", "show", "pinned", &scratch])?;
-    let shown: serde_json::Value = serde_json::from_str(&shown).map_err(|e| e.to_string())?;
+    let shown = pinned_map(&scratch)?;
     if shown["max_entries"] != egressd_common::SCRATCH_SLOTS
         || shown["bytes_value"] != egressd_common::SCRATCH_BYTES
     {
         return Err(format!("the old scratch pin was not replaced: {shown}").into());
     }
-    let shown = bpftool(&["-j", "map", "show", "pinned", &unreported])?;
-    let shown: serde_json::Value = serde_json::from_str(&shown).map_err(|e| e.to_string())?;
+    let shown = pinned_map(&unreported)?;
     let mmapable = u64::from(egressd::kernel::mmap::BPF_F_MMAPABLE);
     if shown["flags"].as_u64().is_none_or(|f| f & mmapable == 0) {
         return Err(format!("the old unreported pin was not replaced: {shown}").into());
@@ -178,6 +175,12 @@ pub fn pinned_restart() -> Result<(), Failed> {
     }
     let r = probe(&tb, 1, &[tcp(US_V4)])?;
     expect_ok(&r[0])
+}
+
+/// `bpftool -j map show pinned PATH`: the pinned map's id, type, flags, sizes.
+fn pinned_map(path: &str) -> Result<Value, Failed> {
+    let shown = bpftool(&["-j", "map", "show", "pinned", path])?;
+    serde_json::from_str(&shown).map_err(|e| e.to_string().into())
 }
 
 /// Replaces map pin `name` of `pins` by one an older build made: `kind` (a bpftool map type),

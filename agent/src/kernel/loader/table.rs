@@ -22,7 +22,7 @@ use crate::{
     config::{
         AUTO_TABLE_MIN_PREFIXES, AUTO_TABLE6_MIN_PREFIXES, Config, Ipv4Lookup, Ipv6Lookup, Target,
     },
-    kernel::mmap::Mapping,
+    kernel::mmap::{Mapping, value_area},
     policy::{
         Policy,
         table::{Built, TableError, pages_needed, pages8},
@@ -333,12 +333,7 @@ fn array(ebpf: &Ebpf, name: &str) -> anyhow::Result<(std::os::fd::RawFd, usize)>
     let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
         bail!("map {name} missing from the eBPF object or not an array");
     };
-    // The kernel lays the elements out every `value_size` rounded up to 8 bytes, and maps
-    // whole pages.
-    let info = data.info()?;
-    let len = (info.max_entries() as usize * (info.value_size() as usize).next_multiple_of(8))
-        .next_multiple_of(PAGE_BYTES);
-    Ok((data.fd().as_fd().as_raw_fd(), len))
+    Ok((data.fd().as_fd().as_raw_fd(), value_area(&data.info()?)))
 }
 
 /// All of array map `name`, mapped (writable with `write`).
