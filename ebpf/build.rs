@@ -4,8 +4,10 @@
 use which::which;
 
 fn main() {
-    println!("cargo:rustc-link-arg=--export=egressd_table6_lookup");
-    println!("cargo:rustc-link-arg=--export=egressd_lookup");
+    println!("cargo:rustc-link-arg=--export=egressd_table6_lookup_a");
+    println!("cargo:rustc-link-arg=--export=egressd_table6_lookup_b");
+    println!("cargo:rustc-link-arg=--export=egressd_lookup_a");
+    println!("cargo:rustc-link-arg=--export=egressd_lookup_b");
     println!("cargo:rustc-link-arg=--export=egressd_skb_parse");
     println!("cargo:rustc-link-arg=--export=egressd_skb_judge");
     println!("cargo:rustc-link-arg=--export=egressd_skb_memo");

@@ -194,7 +194,7 @@ pub struct ExeKey {
 pub const KERNEL_OFFSETS: &str = "EGRESSD_KERNEL_OFFSETS";
 
 /// Whether the kernel programs look IPv6 up in the range table ([`table6`]): the search is
-/// a global BPF function the verifier checks once (`egressd_table6_lookup`). It was off
+/// a global BPF function the verifier checks once (`egressd_table6_lookup_a`, `_b`). It was off
 /// while `cgroup_skb/egress` was one piece, which the 5.10 and 6.1 verifiers could not take
 /// with the search in it (1M instructions); a build with it off never fills a range table
 /// and keeps IPv6 in the LPM trie.

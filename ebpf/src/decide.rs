@@ -1,4 +1,13 @@
 //! The verdict for one destination under the policy generation in force.
+//!
+//! Each policy set's maps are read by code of its own: the global lookup functions come in
+//! pairs (`_a`, `_b`), the other reads go through small functions instantiated per set
+//! (`SET`) and never inlined. The verifier inlines an array lookup, or calls the map's own
+//! lookup directly, only at a call instruction that sees a single map; where the compiler
+//! merged the lookups of set A and set B into one instruction with the map chosen at run
+//! time, every lookup went through the generic `bpf_map_lookup_elem` helper and an indirect
+//! call (`bpf_map_ptr_poisoned`, `kernel/bpf/verifier.c`): the range table's search made up
+//! to 25 of them per IPv6 destination.
 use aya_ebpf::maps::lpm_trie::Key;
 use egressd_common::{
     MAX_ENTRIES, MAX_PORT_RULES, REGION_LOCAL, REGION_UNKNOWN, Verdict, action, failsafe, family,
@@ -113,16 +122,27 @@ fn unwrap_nat64(d: &mut Dest, set: usize) {
     }
     let key = Key::new(128, d.addr);
     let nat64 = if set == 0 {
-        EGRESSD_NAT64_A_V1.get(&key)
+        nat64_in::<0>(&key)
     } else {
-        EGRESSD_NAT64_B_V1.get(&key)
+        nat64_in::<1>(&key)
     };
-    if nat64.is_some() {
+    if nat64 {
         let v4 = [d.addr[12], d.addr[13], d.addr[14], d.addr[15]];
         d.addr = [0; 16];
         d.addr[..4].copy_from_slice(&v4);
         d.family = family::INET;
         d.mapped = unwrap::NAT64;
+    }
+}
+
+/// Whether `key` (a /128) is in a NAT64 prefix of set `SET`. Not inlined, one copy per set:
+/// see the module doc.
+#[inline(never)]
+fn nat64_in<const SET: usize>(key: &Key<[u8; 16]>) -> bool {
+    if SET == 0 {
+        EGRESSD_NAT64_A_V1.get(key).is_some()
+    } else {
+        EGRESSD_NAT64_B_V1.get(key).is_some()
     }
 }
 
@@ -172,14 +192,24 @@ pub fn hop(d: &Dest, generation: u64) -> Decision {
 #[inline(always)]
 fn entry(d: &Dest, set: usize) -> Result<&'static egressd_common::Entry, u32> {
     let id = lookup(d, set)?;
-    let table = if set == 0 {
-        &EGRESSD_ENTRIES_A_V1
+    let e = if set == 0 {
+        entry_in::<0>(id)
     } else {
-        &EGRESSD_ENTRIES_B_V1
+        entry_in::<1>(id)
     };
-    match table.get(id) {
+    match e {
         Some(e) if id < MAX_ENTRIES => Ok(e),
         _ => Err(failsafe::BAD_ENTRY),
+    }
+}
+
+/// Entry `id` of set `SET`'s decision table. Not inlined, one copy per set: see the module doc.
+#[inline(never)]
+fn entry_in<const SET: usize>(id: u32) -> Option<&'static egressd_common::Entry> {
+    if SET == 0 {
+        EGRESSD_ENTRIES_A_V1.get(id)
+    } else {
+        EGRESSD_ENTRIES_B_V1.get(id)
     }
 }
 
@@ -195,19 +225,24 @@ fn verdict_of(act: u8, audit: u8) -> Verdict {
     }
 }
 
-/// [`egressd_lookup`] result bit: the maps are inconsistent; the low 32 bits are the
+/// [`egressd_lookup_a`] result bit: the maps are inconsistent; the low 32 bits are the
 /// [`failsafe`] reason.
 const LOOKUP_FAILED: u64 = 1 << 32;
 
 /// Longest-prefix match in set `set`: the entry id, 0 when no prefix covers `d`; a
-/// [`failsafe`] reason when the maps are inconsistent. By the global function
-/// [`egressd_lookup`].
+/// [`failsafe`] reason when the maps are inconsistent. By the global function of the set,
+/// [`egressd_lookup_a`] or [`egressd_lookup_b`].
 #[inline(always)]
 fn lookup(d: &Dest, set: usize) -> Result<u32, u32> {
     let a = &d.addr;
     let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
     let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
-    let r = egressd_lookup(set as u64, u64::from(d.family), hi, lo);
+    let family = u64::from(d.family);
+    let r = if set == 0 {
+        egressd_lookup_a(family, hi, lo)
+    } else {
+        egressd_lookup_b(family, hi, lo)
+    };
     if r & LOOKUP_FAILED != 0 {
         Err(r as u32)
     } else {
@@ -215,24 +250,37 @@ fn lookup(d: &Dest, set: usize) -> Result<u32, u32> {
     }
 }
 
-/// The longest-prefix match of [`lookup`] for the address `hi`:`lo` (bytes 0..8 and 8..16
-/// in network order, read as big-endian `u64`s; IPv4 in the first 4 bytes) of `family`
-/// ([`family::INET`] or [`family::INET6`]) in set `set` (0 or 1): the entry id, or
-/// [`LOOKUP_FAILED`] with a [`failsafe`] reason.
+/// The longest-prefix match of [`lookup`] in set A for the address `hi`:`lo` (bytes 0..8
+/// and 8..16 in network order, read as big-endian `u64`s; IPv4 in the first 4 bytes) of
+/// `family` ([`family::INET`] or [`family::INET6`]): the entry id, or [`LOOKUP_FAILED`] with
+/// a [`failsafe`] reason.
 ///
 /// A global function (exported by the linker, see `build.rs`): the verifier checks its
 /// branches (IPv4 table or trie, IPv6 range table or trie) once, instead of at each of the
 /// up to five lookups of a packet (its destination and the hops of a routing header) in
 /// every combination (in a 6.1 VM under emulation, `cgroup_skb/egress` had not passed the
-/// verifier after 57 s; with this function, 3.2 s).
+/// verifier after 57 s; with this function, 3.2 s). One per set, so that every map lookup
+/// in it names one map (see the module doc).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn egressd_lookup(set: u64, family: u64, hi: u64, lo: u64) -> u64 {
-    let set = (set & 1) as usize;
+pub extern "C" fn egressd_lookup_a(family: u64, hi: u64, lo: u64) -> u64 {
+    longest_prefix::<0>(family, hi, lo)
+}
+
+/// [`egressd_lookup_a`] for set B.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn egressd_lookup_b(family: u64, hi: u64, lo: u64) -> u64 {
+    longest_prefix::<1>(family, hi, lo)
+}
+
+/// The body of [`egressd_lookup_a`] for set `SET`.
+#[inline(always)]
+fn longest_prefix<const SET: usize>(family: u64, hi: u64, lo: u64) -> u64 {
     let r = if family as u8 == family::INET {
-        longest_prefix4((hi >> 32) as u32, set)
+        longest_prefix4::<SET>((hi >> 32) as u32)
     } else {
-        longest_prefix6(hi, lo, set)
+        longest_prefix6::<SET>(hi, lo)
     };
     match r {
         Ok(id) => u64::from(id),
@@ -240,17 +288,17 @@ pub extern "C" fn egressd_lookup(set: u64, family: u64, hi: u64, lo: u64) -> u64
     }
 }
 
-/// IPv4 longest-prefix match of `a` (host byte order) in set `set`: the table or the trie.
+/// IPv4 longest-prefix match of `a` (host byte order) in set `SET`: the table or the trie.
 #[inline(always)]
-fn longest_prefix4(a: u32, set: usize) -> Result<u32, u32> {
+fn longest_prefix4<const SET: usize>(a: u32) -> Result<u32, u32> {
     if EGRESSD_SETTINGS_V1
-        .get(set as u32)
+        .get(SET as u32)
         .is_some_and(|s| s.v4_table != 0)
     {
-        return table4(a, set);
+        return table4::<SET>(a);
     }
     let key = Key::new(32, a.to_be_bytes());
-    let hit = if set == 0 {
+    let hit = if SET == 0 {
         EGRESSD_PREFIXES_V4_A_V1.get(&key)
     } else {
         EGRESSD_PREFIXES_V4_B_V1.get(&key)
@@ -258,18 +306,18 @@ fn longest_prefix4(a: u32, set: usize) -> Result<u32, u32> {
     Ok(hit.copied().unwrap_or(0))
 }
 
-/// IPv6 longest-prefix match of `hi`:`lo` (host byte order halves) in set `set`: the set's
+/// IPv6 longest-prefix match of `hi`:`lo` (host byte order halves) in set `SET`: the set's
 /// range table when it has one, else the trie.
 #[inline(always)]
-fn longest_prefix6(hi: u64, lo: u64, set: usize) -> Result<u32, u32> {
-    if TABLE6_IN_PROGRAMS && let Some(id) = table6(hi, lo, set)? {
+fn longest_prefix6<const SET: usize>(hi: u64, lo: u64) -> Result<u32, u32> {
+    if TABLE6_IN_PROGRAMS && let Some(id) = table6::<SET>(hi, lo)? {
         return Ok(id);
     }
     let mut addr = [0u8; 16];
     addr[..8].copy_from_slice(&hi.to_be_bytes());
     addr[8..].copy_from_slice(&lo.to_be_bytes());
     let key = Key::new(128, addr);
-    let hit = if set == 0 {
+    let hit = if SET == 0 {
         EGRESSD_PREFIXES_V6_A_V1.get(&key)
     } else {
         EGRESSD_PREFIXES_V6_B_V1.get(&key)
@@ -277,13 +325,13 @@ fn longest_prefix6(hi: u64, lo: u64, set: usize) -> Result<u32, u32> {
     Ok(hit.copied().unwrap_or(0))
 }
 
-/// IPv4 lookup in set `set`'s table: at most three array reads (directory, page, chunk),
+/// IPv4 lookup in set `SET`'s table: at most three array reads (directory, page, chunk),
 /// whatever the number of prefixes (layout in `egressd_common::table`). A missing page or
 /// chunk (a map smaller than an entry promises) is [`failsafe::NO_PAGE`], never the
 /// default decision.
 #[inline(always)]
-fn table4(a: u32, set: usize) -> Result<u32, u32> {
-    let (dir, t24, t8) = if set == 0 {
+fn table4<const SET: usize>(a: u32) -> Result<u32, u32> {
+    let (dir, t24, t8) = if SET == 0 {
         (
             &EGRESSD_TABLE14_A_V1,
             &EGRESSD_TABLE24_A_V2,
@@ -323,16 +371,20 @@ fn table4(a: u32, set: usize) -> Result<u32, u32> {
 /// switch, `egressd_common::TABLE6_IN_PROGRAMS`).
 const TABLE6_IN_PROGRAMS: bool = egressd_common::TABLE6_IN_PROGRAMS;
 
-/// [`egressd_table6_lookup`] result bit: the set does not use the table.
+/// [`egressd_table6_lookup_a`] result bit: the set does not use the table.
 const TABLE6_UNUSED: u64 = 1 << 32;
-/// [`egressd_table6_lookup`] result bit: an element is missing ([`failsafe::NO_PAGE`]).
+/// [`egressd_table6_lookup_a`] result bit: an element is missing ([`failsafe::NO_PAGE`]).
 const TABLE6_NO_PAGE: u64 = 1 << 33;
 
-/// IPv6 lookup in set `set`'s range table: `None` when the set does not use it (IPv6 is then
+/// IPv6 lookup in set `SET`'s range table: `None` when the set does not use it (IPv6 is then
 /// in the LPM trie); a missing element is [`failsafe::NO_PAGE`], never the default decision.
 #[inline(always)]
-fn table6(hi: u64, lo: u64, set: usize) -> Result<Option<u32>, u32> {
-    let r = egressd_table6_lookup(set as u64, hi, lo);
+fn table6<const SET: usize>(hi: u64, lo: u64) -> Result<Option<u32>, u32> {
+    let r = if SET == 0 {
+        egressd_table6_lookup_a(hi, lo)
+    } else {
+        egressd_table6_lookup_b(hi, lo)
+    };
     if r & TABLE6_NO_PAGE != 0 {
         Err(failsafe::NO_PAGE)
     } else if r & TABLE6_UNUSED != 0 {
@@ -342,7 +394,7 @@ fn table6(hi: u64, lo: u64, set: usize) -> Result<Option<u32>, u32> {
     }
 }
 
-/// The range-table search for address `hi`:`lo` (host byte order halves) in set `set`: the
+/// The range-table search for address `hi`:`lo` (host byte order halves) in set A: the
 /// entry id, or [`TABLE6_UNUSED`] / [`TABLE6_NO_PAGE`]. One index read for the /16, one
 /// more per chunk level under it (at most [`SUB_LEVELS`]), then a binary search over the
 /// bucket's range starts: [`SEARCH_STEPS`] steps of at most one array read each (layout in
@@ -350,11 +402,25 @@ fn table6(hi: u64, lo: u64, set: usize) -> Result<Option<u32>, u32> {
 ///
 /// A global function (exported by the linker, see `build.rs`, so its BTF linkage is global):
 /// the verifier checks it once, on its own, instead of again on every path of every program
-/// that reaches it, where its 22 steps would exceed 5.10's budget of 1M instructions.
+/// that reaches it, where its 22 steps would exceed 5.10's budget of 1M instructions. One per
+/// set, so that every map lookup in it names one map (see the module doc).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn egressd_table6_lookup(set: u64, hi: u64, lo: u64) -> u64 {
-    let (index, ranges) = if set == 0 {
+pub extern "C" fn egressd_table6_lookup_a(hi: u64, lo: u64) -> u64 {
+    table6_search::<0>(hi, lo)
+}
+
+/// [`egressd_table6_lookup_a`] for set B.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn egressd_table6_lookup_b(hi: u64, lo: u64) -> u64 {
+    table6_search::<1>(hi, lo)
+}
+
+/// The body of [`egressd_table6_lookup_a`] for set `SET`.
+#[inline(always)]
+fn table6_search<const SET: usize>(hi: u64, lo: u64) -> u64 {
+    let (index, ranges) = if SET == 0 {
         (&EGRESSD_TABLE6_INDEX_A_V1, &EGRESSD_TABLE6_RANGES_A_V1)
     } else {
         (&EGRESSD_TABLE6_INDEX_B_V1, &EGRESSD_TABLE6_RANGES_B_V1)
