@@ -111,33 +111,48 @@ pub extern "C" fn egressd_forced_check(ctx: *mut __sk_buff, hi: u64, lo: u64, me
         return u64::from(failsafe::NONE);
     }
     let dev = ifindex.to_be();
+    // Two functions, so that each lookup's call instruction sees one map and the verifier
+    // calls the trie's lookup directly (see `decide`'s module doc).
     let hit = if fam == family::INET {
-        let key = Key4 {
-            prefix_len: 64,
-            dev,
-            addr: v4,
-        };
-        // SAFETY: `Key4` has the size and the bytes of the map's key (packed, align 1).
-        EGRESSD_ROUTES_V4_V1
-            .get(unsafe { &*(&raw const key).cast::<Key<[u8; 8]>>() })
-            .is_some()
+        route4(dev, v4)
     } else {
-        let key = Key6 {
-            prefix_len: 160,
-            dev,
-            hi,
-            lo,
-        };
-        // SAFETY: as above, for `Key6`.
-        EGRESSD_ROUTES_V6_V1
-            .get(unsafe { &*(&raw const key).cast::<Key<[u8; 20]>>() })
-            .is_some()
+        route6(dev, hi, lo)
     };
     u64::from(if hit {
         failsafe::NONE
     } else {
         failsafe::NEXT_HOP_FORCED
     })
+}
+
+/// Whether device `dev` (ifindex, network byte order) has a route to the IPv4 address
+/// `addr` (as [`Key4::addr`]).
+#[inline(never)]
+fn route4(dev: u32, addr: u32) -> bool {
+    let key = Key4 {
+        prefix_len: 64,
+        dev,
+        addr,
+    };
+    // SAFETY: `Key4` has the size and the bytes of the map's key (packed, align 1).
+    EGRESSD_ROUTES_V4_V1
+        .get(unsafe { &*(&raw const key).cast::<Key<[u8; 8]>>() })
+        .is_some()
+}
+
+/// [`route4`] for the IPv6 address `hi`:`lo` (as [`Key6`]).
+#[inline(never)]
+fn route6(dev: u32, hi: u64, lo: u64) -> bool {
+    let key = Key6 {
+        prefix_len: 160,
+        dev,
+        hi,
+        lo,
+    };
+    // SAFETY: as in `route4`, for `Key6`.
+    EGRESSD_ROUTES_V6_V1
+        .get(unsafe { &*(&raw const key).cast::<Key<[u8; 20]>>() })
+        .is_some()
 }
 
 /// False for destinations sent to a link-layer group or on-link by definition: IPv4
