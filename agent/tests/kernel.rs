@@ -158,6 +158,7 @@ fn main() {
             "table_small_policy_small_maps",
             table::small_policy_small_maps,
         ),
+        Trial::test("map_lookups_resolved", table::map_lookups_resolved),
         Trial::test("rules_port_and_region_end_to_end", reload::rules_end_to_end),
         Trial::test(
             "reload_refuses_output_that_would_not_start",
