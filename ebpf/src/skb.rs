@@ -634,18 +634,32 @@ fn socket(ctx: &SkBuffContext) -> *mut bpf_sock {
 /// `cgroup_skb/ingress`: counts bytes by the region of the sender; never drops.
 #[inline(always)]
 pub fn ingress(ctx: &SkBuffContext) -> i32 {
-    // The fast path: a packet with plain headers from the destination of its socket's
-    // cached verdict (as in `count_ingress`, without the walk).
+    // The fast path, for a packet with plain headers: from the destination of its socket's
+    // cached verdict, or the reply to a handshake this CPU's memo holds (the SYN-ACK of a
+    // connection allowed under `cut`, whose socket has no cached verdict); as in
+    // `count_ingress`, without the walk.
     let sk = socket(ctx);
     if !sk.is_null()
-        && let Some(c) = cache::get(sk)
         && let Some(d) = addr::plain(ctx, false)
-        && c.dst_addr == d.addr
-        && c.family == d.family
     {
-        let verdict = Verdict::from_u8(c.verdict).unwrap_or(Verdict::Deny);
-        report::flow(direction::INGRESS, c.region, verdict, ctx.len());
-        return PASS;
+        if let Some(c) = cache::get(sk)
+            && c.dst_addr == d.addr
+            && c.family == d.family
+        {
+            let verdict = Verdict::from_u8(c.verdict).unwrap_or(Verdict::Deny);
+            report::flow(direction::INGRESS, c.region, verdict, ctx.len());
+            return PASS;
+        }
+        if d.protocol == addr::IPPROTO_TCP
+            && let Some((region, _)) = memo::find(
+                memo::cookie(ctx.skb.skb),
+                plain_flow(&d),
+                decide::generation(),
+            )
+        {
+            report::flow(direction::INGRESS, region, Verdict::Allow, ctx.len());
+            return PASS;
+        }
     }
     // Ingress only counts: a packet it cannot read is not counted.
     let Some(token) = addr::start_walk() else {
