@@ -321,7 +321,10 @@ fn policy6_with(longs: &[Ipv6Network]) -> Result<Policy, Failed> {
 /// helper, which a lookup whose map is chosen at run time keeps (an indirect call per
 /// lookup; the IPv6 range table's search made up to 25). Loaded with both tables, so the
 /// verifier keeps all the lookup code. The rewrite needs the JIT: a program the kernel runs
-/// interpreted is reported and skipped.
+/// interpreted is reported and skipped. The dumps must name the calls: each program that
+/// decides calls a trie's own lookup directly (`trie_lookup_elem`), so a dump whose helper
+/// names were withheld (`kernel.kptr_restrict`, no `/proc/kallsyms`) fails instead of
+/// passing unread. The LSM program that judges next hops is checked where it loaded.
 pub fn map_lookups_resolved() -> Result<(), Failed> {
     require_root()?;
     let e = Enforcer::open_with(Capacity {
@@ -342,8 +345,16 @@ pub fn map_lookups_resolved() -> Result<(), Failed> {
         programs::SENDMSG6,
         programs::SKB_EGRESS,
         programs::SKB_INGRESS,
+        programs::LSM_SOCKET_SENDMSG,
     ] {
-        let fd = e.program_fd(name).map_err(|e| format!("{e:#}"))?;
+        let fd = match e.program_fd(name) {
+            Ok(fd) => fd,
+            Err(err) if name == programs::LSM_SOCKET_SENDMSG => {
+                println!("map lookups: {name} not loaded on this kernel ({err:#}): skipped");
+                continue;
+            }
+            Err(err) => return Err(format!("{err:#}").into()),
+        };
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
             .map_err(|e| format!("fdinfo of {name}: {e}"))?;
         let field = |key: &str| {
@@ -357,9 +368,17 @@ pub fn map_lookups_resolved() -> Result<(), Failed> {
             continue;
         }
         let xlated = bpftool(&["prog", "dump", "xlated", "id", &field("prog_id:")?])?;
+        if !xlated.contains("call trie_lookup_elem") {
+            return Err(format!(
+                "{name}: the dump names no direct trie lookup: helper names withheld or \
+                 the lookups not resolved; first call: {:?}",
+                xlated.lines().find(|l| l.contains("call "))
+            )
+            .into());
+        }
         let generic: Vec<&str> = xlated
             .lines()
-            .filter(|l| l.contains("call bpf_map_lookup_elem#"))
+            .filter(|l| l.contains("call bpf_map_lookup_elem"))
             .collect();
         if !generic.is_empty() {
             return Err(format!(
