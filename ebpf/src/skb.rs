@@ -40,9 +40,11 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// daemon's start-up there. Being siblings, the functions' stack frames share the 512
 /// bytes of the BPF stack with this one's small frame, not with each other; the judge's
 /// frame does with those of the functions it calls (the lookup and its range search, the
-/// next-hop check [`forced::check`]). Measured from the object: 32 + 352 + 20 + 48 bytes,
-/// 480 on 5.10, whose verifier rounds each frame up to 32 (the fast path's frame, 120
-/// bytes, with the next-hop check's it calls, is a sibling of the judge's).
+/// next-hop check [`forced::check`]). Measured from the object (39ba05e): 40 + 352 + 20 +
+/// 40 bytes (the lookup and its range search), 40 + 352 + 48 + 24 (the next-hop check and
+/// its route lookup): 512 on 5.10, whose verifier rounds each frame up to 32, its limit
+/// exactly, so any frame that grows on these paths fails to load there (the fast path's
+/// frame, 120 bytes, with the next-hop check's it calls, is a sibling of the judge's).
 #[inline(always)]
 pub fn egress(ctx: &SkBuffContext) -> i32 {
     let fast = egressd_skb_cached(ctx.skb.skb);
