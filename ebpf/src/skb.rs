@@ -636,32 +636,14 @@ fn socket(ctx: &SkBuffContext) -> *mut bpf_sock {
 /// `cgroup_skb/ingress`: counts bytes by the region of the sender; never drops.
 #[inline(always)]
 pub fn ingress(ctx: &SkBuffContext) -> i32 {
-    // The fast path, for a packet with plain headers: from the destination of its socket's
-    // cached verdict, or the reply to a handshake this CPU's memo holds (the SYN-ACK of a
-    // connection allowed under `cut`, whose socket has no cached verdict); as in
-    // `count_ingress`, without the walk.
+    // The fast path, for a packet with plain headers: what `count_ingress` finds on the
+    // socket or in the memo, without the walk.
     let sk = socket(ctx);
     if !sk.is_null()
         && let Some(d) = addr::plain(ctx, false)
+        && counted_known(ctx, sk, &d, plain_flow(&d), decide::generation())
     {
-        if let Some(c) = cache::get(sk)
-            && c.dst_addr == d.addr
-            && c.family == d.family
-        {
-            let verdict = Verdict::from_u8(c.verdict).unwrap_or(Verdict::Deny);
-            report::flow(direction::INGRESS, c.region, verdict, ctx.len());
-            return PASS;
-        }
-        if d.protocol == addr::IPPROTO_TCP
-            && let Some((region, _)) = memo::find(
-                memo::cookie(ctx.skb.skb),
-                plain_flow(&d),
-                decide::generation(),
-            )
-        {
-            report::flow(direction::INGRESS, region, Verdict::Allow, ctx.len());
-            return PASS;
-        }
+        return PASS;
     }
     // Ingress only counts: a packet it cannot read is not counted.
     let Some(token) = addr::start_walk() else {
@@ -683,33 +665,42 @@ fn count_ingress(ctx: &SkBuffContext, token: u64) {
         return;
     }
     let mut d = p.dest;
-    let len = ctx.len();
     let sk = socket(ctx);
-    if !sk.is_null()
-        && let Some(c) = cache::get(sk)
+    let generation = decide::generation();
+    let [hi, lo] = Parked::addr(&d);
+    if !sk.is_null() && counted_known(ctx, sk, &d, [hi, lo, Parked::meta(&p)], generation) {
+        return;
+    }
+    let dec = decide::decide(&mut d, generation);
+    report::flow(direction::INGRESS, dec.region, dec.verdict, ctx.len());
+}
+
+/// Counts an ingress packet from `d` (its flow as parked, `flow`) of socket `sk` (not null)
+/// without judging it: under the socket's cached verdict for that sender, else as the reply
+/// to a handshake this CPU's memo holds (the SYN-ACK: the memo's flow, as parked, is this
+/// packet's sender, protocol and port, so `decide` would allow it in the memo's region under
+/// the same generation). False when neither applies.
+#[inline(always)]
+fn counted_known(
+    ctx: &SkBuffContext,
+    sk: *mut bpf_sock,
+    d: &addr::Dest,
+    flow: [u64; 3],
+    generation: u64,
+) -> bool {
+    if let Some(c) = cache::get(sk)
         && c.dst_addr == d.addr
         && c.family == d.family
     {
         let verdict = Verdict::from_u8(c.verdict).unwrap_or(Verdict::Deny);
-        report::flow(direction::INGRESS, c.region, verdict, len);
-        return;
+        report::flow(direction::INGRESS, c.region, verdict, ctx.len());
+        return true;
     }
-    let generation = decide::generation();
-    // The reply to a handshake this CPU's memo holds (the SYN-ACK): the memo's flow, as
-    // parked, is this packet's sender, protocol and port, so `decide` would allow it in the
-    // memo's region under the same generation.
-    let [hi, lo] = Parked::addr(&d);
-    if !sk.is_null()
-        && d.protocol == addr::IPPROTO_TCP
-        && let Some((region, _)) = memo::find(
-            memo::cookie(ctx.skb.skb),
-            [hi, lo, Parked::meta(&p)],
-            generation,
-        )
+    if d.protocol == addr::IPPROTO_TCP
+        && let Some((region, _)) = memo::find(memo::cookie(ctx.skb.skb), flow, generation)
     {
-        report::flow(direction::INGRESS, region, Verdict::Allow, len);
-        return;
+        report::flow(direction::INGRESS, region, Verdict::Allow, ctx.len());
+        return true;
     }
-    let dec = decide::decide(&mut d, generation);
-    report::flow(direction::INGRESS, dec.region, dec.verdict, len);
+    false
 }

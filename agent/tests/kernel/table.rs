@@ -319,7 +319,7 @@ fn policy6_with(longs: &[Ipv6Network]) -> Result<Policy, Failed> {
 /// it (arrays) or calls the map's own lookup directly (tries, hashes): the translated
 /// programs (`bpftool prog dump xlated`) hold no call of the generic `bpf_map_lookup_elem`
 /// helper, which a lookup whose map is chosen at run time keeps (an indirect call per
-/// lookup; the IPv6 range table's search made up to 25). Loaded with both tables, so the
+/// lookup; the IPv6 range table's search made up to 31). Loaded with both tables, so the
 /// verifier keeps all the lookup code. The rewrite needs the JIT: a program the kernel runs
 /// interpreted is reported and skipped. The dumps must name the calls: each program that
 /// decides calls a trie's own lookup directly (`trie_lookup_elem`), so a dump whose helper
