@@ -157,6 +157,104 @@ mod tests {
         }
     }
 
+    /// serde_json's object of `ev` in RFC 8785 form, and `ev` as written by hand.
+    fn both(ev: &ConnectionEvent) -> (String, String) {
+        let serde = serde_json::to_vec(ev).expect("serializes");
+        let value: serde_json::Value = serde_json::from_slice(&serde).expect("parses");
+        let want = chain::canonical_json(&value).expect("canonical");
+        let mut got = Vec::new();
+        write::connection(&mut got, ev);
+        (
+            String::from_utf8_lossy(&got).into_owned(),
+            String::from_utf8_lossy(&want).into_owned(),
+        )
+    }
+
+    /// The writer keeps the parts of the last record that repeat (agent, cgroup, container,
+    /// host, policy, process) and uses them again when a record holds the same values: each
+    /// record here shares the shared strings of the one before and changes one value, and
+    /// each is still written as serde_json's canonical object (twice: once after a changed
+    /// record, once after itself).
+    #[test]
+    fn kept_parts_follow_every_change() {
+        type Step = (&'static str, fn(&mut ConnectionEvent));
+        let steps: &[Step] = &[
+            ("agent", |e| {
+                Arc::make_mut(&mut e.header.agent).version = "9.9.9".into()
+            }),
+            ("cgroup.id", |e| e.cgroup.id += 1),
+            ("cgroup.path", |e| {
+                e.cgroup.path = Some("/other.slice".into())
+            }),
+            ("cgroup.path none", |e| e.cgroup.path = None),
+            ("systemd_unit", |e| {
+                e.cgroup.systemd_unit = Some("x.service".into())
+            }),
+            ("container.id", |e| {
+                if let Some(c) = &mut e.container {
+                    c.id = "cd34".into();
+                }
+            }),
+            ("container.runtime", |e| {
+                if let Some(c) = &mut e.container {
+                    c.runtime = "podman";
+                }
+            }),
+            ("container none", |e| e.container = None),
+            ("host.labels", |e| {
+                Arc::make_mut(&mut e.header.host)
+                    .labels
+                    .insert("rack".into(), "r1".into());
+            }),
+            ("host.name", |e| {
+                Arc::make_mut(&mut e.header.host).name = "other".into()
+            }),
+            ("policy.digest", |e| {
+                e.policy.digest = "0123456789abcdef".into()
+            }),
+            ("policy.generation", |e| e.policy.generation += 1),
+            ("policy.mode", |e| e.policy.mode = "audit"),
+            ("process.pid", |e| e.process.pid += 1),
+            ("process.thread", |e| e.process.thread.id += 1),
+            ("process.name", |e| {
+                e.process.name = "other".try_into().expect("fits")
+            }),
+            ("process.exited", |e| e.process.exited = !e.process.exited),
+            ("process.details", |e| e.process.details = "skipped"),
+            ("process.attribution", |e| {
+                e.process.attribution = "socket_owner"
+            }),
+            ("process.parent", |e| e.process.parent = None),
+            ("process.executable", |e| {
+                e.process.executable = Some("/bin/x".into())
+            }),
+            ("process.command_line", |e| {
+                e.process.command_line = Some("x -y".into())
+            }),
+            ("process.command_line none", |e| {
+                e.process.command_line = None
+            }),
+            ("destination", |e| e.destination.port += 1),
+        ];
+        let first = sample::deny();
+        let (got, want) = both(&first);
+        assert_eq!(got, want, "first");
+        let mut prev = first.clone();
+        for (what, change) in steps {
+            let mut ev = prev.clone();
+            change(&mut ev);
+            let (got, want) = both(&ev);
+            assert_ne!(got, both(&prev).1, "{what}: the change shows");
+            assert_eq!(got, want, "{what}");
+            let (got, want) = both(&ev);
+            assert_eq!(got, want, "{what}, again");
+            prev = ev;
+        }
+        // Back to the first record's values, held by it all along.
+        let (got, want) = both(&first);
+        assert_eq!(got, want, "first again");
+    }
+
     /// The fast seal (the body is its canonical bytes) and the general one (the body
     /// parsed) give the same frame; a label key JCS orders by UTF-16, or that needs an
     /// escape, is not canonical.

@@ -2,12 +2,17 @@
 //! RFC 8785 (JCS) form: the members serde_json writes for [`ConnectionEvent`], compact and
 //! in key order, without serde's per-field dispatch, with a copy for strings that need no
 //! escape, and with no second pass to find the record's canonical bytes for its hash chain
-//! link (the body is those bytes). Every record of a flood goes this way; the test
-//! `hand_written_is_canonical_serde_json` holds it to serde_json and JCS, and the golden
-//! files to the published format.
-use std::net::IpAddr;
+//! link (the body is those bytes), and with the members that repeat from one record of a
+//! process to the next (agent, cgroup, container, host, policy, process) copied from the
+//! last record's where it held the same values ([`Parts`]). Every record of a flood goes
+//! this way; the test `hand_written_is_canonical_serde_json` holds it to serde_json and JCS,
+//! `kept_parts_follow_every_change` the kept parts to every value they are written from, and
+//! the golden files to the published format.
+use std::{net::IpAddr, sync::Arc};
 
-use crate::events::{ConnectionEvent, Named};
+use crate::events::{
+    AgentInfo, Cgroup, ConnectionEvent, Container, Host, Named, PolicyRef, Process,
+};
 
 /// Appends `s` as a JSON string as serde_json writes it: quoted, with `"`, `\`, and control
 /// characters below U+0020 escaped (and nothing else).
@@ -167,23 +172,16 @@ pub fn is_canonical(ev: &ConnectionEvent) -> bool {
 /// `serde_json::to_vec(ev)` (the test `hand_written_is_canonical_serde_json` holds the
 /// two together).
 pub fn connection(out: &mut Vec<u8>, ev: &ConnectionEvent) {
+    PARTS.with_borrow_mut(|parts| connection_with(out, ev, parts));
+}
+
+fn connection_with(out: &mut Vec<u8>, ev: &ConnectionEvent, parts: &mut Parts) {
     let h = &ev.header;
     out.extend_from_slice(b"{\"@timestamp\":");
     str(out, &h.timestamp);
-    out.extend_from_slice(b",\"agent\":{\"ephemeral_id\":");
-    str(out, &h.agent.ephemeral_id);
-    str_member(out, "version", &h.agent.version);
-    out.extend_from_slice(b"},\"cgroup\":{\"id\":");
-    num(out, ev.cgroup.id);
-    opt_str(out, "path", ev.cgroup.path.as_deref());
-    opt_str(out, "systemd_unit", ev.cgroup.systemd_unit.as_deref());
-    out.push(b'}');
-    if let Some(c) = &ev.container {
-        out.extend_from_slice(b",\"container\":{\"id\":");
-        str(out, &c.id);
-        str_member(out, "runtime", c.runtime);
-        out.push(b'}');
-    }
+    parts
+        .scope
+        .put(out, ev, Scope::of, Scope::is_of, Scope::write);
     let d = &ev.destination;
     if !d.is_absent() {
         out.extend_from_slice(b",\"destination\":{");
@@ -201,22 +199,13 @@ pub fn connection(out: &mut Vec<u8>, ev: &ConnectionEvent) {
     key(out, "group");
     named(out, &ev.group);
     str_member(out, "hook", ev.hook);
-    out.extend_from_slice(b",\"host\":{");
-    if !h.host.labels.is_empty() {
-        out.extend_from_slice(b"\"labels\":{");
-        for (i, (k, v)) in h.host.labels.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            str(out, k);
-            out.push(b':');
-            str(out, v);
-        }
-        out.extend_from_slice(b"},");
-    }
-    out.extend_from_slice(b"\"name\":");
-    str(out, &h.host.name);
-    out.push(b'}');
+    parts.host.put(
+        out,
+        ev,
+        |ev| Arc::clone(&ev.header.host),
+        |k, ev| Arc::ptr_eq(k, &ev.header.host),
+        |out, k| host(out, k),
+    );
     str_member(out, "id", &h.id);
     let n = &ev.network;
     out.extend_from_slice(b",\"network\":{");
@@ -237,28 +226,11 @@ pub fn connection(out: &mut Vec<u8>, ev: &ConnectionEvent) {
     out.extend_from_slice(b"\"transport\":");
     str(out, &n.transport);
     str_member(out, "type", n.kind);
-    out.extend_from_slice(b"},\"policy\":{\"digest\":");
-    str(out, &ev.policy.digest);
-    num_member(out, "generation", ev.policy.generation);
-    str_member(out, "mode", ev.policy.mode);
-    let p = &ev.process;
-    out.extend_from_slice(b"},\"process\":{\"attribution\":");
-    str(out, p.attribution);
-    opt_str(out, "command_line", p.command_line.as_deref());
-    str_member(out, "details", p.details);
-    opt_str(out, "executable", p.executable.as_deref());
-    key(out, "exited");
-    bool(out, p.exited);
-    str_member(out, "name", &p.name);
-    if let Some(parent) = &p.parent {
-        out.extend_from_slice(b",\"parent\":{\"pid\":");
-        num(out, u64::from(parent.pid));
-        out.push(b'}');
-    }
-    num_member(out, "pid", u64::from(p.pid));
-    out.extend_from_slice(b",\"thread\":{\"id\":");
-    num(out, p.thread.id);
-    out.extend_from_slice(b"}},\"rule\":{\"id\":");
+    out.push(b'}');
+    parts
+        .actor
+        .put(out, ev, Actor::of, Actor::is_of, Actor::write);
+    out.extend_from_slice(b",\"rule\":{\"id\":");
     num(out, u64::from(ev.rule.id));
     str_member(out, "name", &ev.rule.name);
     out.push(b'}');
@@ -269,6 +241,216 @@ pub fn connection(out: &mut Vec<u8>, ev: &ConnectionEvent) {
     named(out, &ev.user);
     str_member(out, "verdict", ev.verdict);
     out.push(b'}');
+}
+
+thread_local! {
+    /// The rendered parts of this thread's last connection record.
+    static PARTS: std::cell::RefCell<Parts> = std::cell::RefCell::default();
+}
+
+/// The members of a connection record that repeat from one record to the next of a process
+/// (about two thirds of its bytes: agent, cgroup, container, host, policy, process), as the
+/// last record rendered them. A flood's records differ in their time, destination, id and
+/// sequence; writing the rest member by member took as long as hashing the whole record.
+#[derive(Default)]
+struct Parts {
+    scope: Part<Scope>,
+    host: Part<Arc<Host>>,
+    actor: Part<Actor>,
+}
+
+/// One rendered part and the values it was rendered from. The values hold the record's
+/// shared strings (`Arc`s), so none of them can be freed and its address reused by another
+/// string while it is here: the same address is the same text.
+struct Part<K> {
+    from: Option<K>,
+    bytes: Vec<u8>,
+}
+
+impl<K> Default for Part<K> {
+    fn default() -> Self {
+        Self {
+            from: None,
+            bytes: Vec::new(),
+        }
+    }
+}
+
+impl<K> Part<K> {
+    /// Appends the part of `ev`: the kept bytes if `is_of` says they were rendered from the
+    /// same values, else `write` of the values `of` takes from `ev` (kept for the next one).
+    fn put(
+        &mut self,
+        out: &mut Vec<u8>,
+        ev: &ConnectionEvent,
+        of: impl FnOnce(&ConnectionEvent) -> K,
+        is_of: impl FnOnce(&K, &ConnectionEvent) -> bool,
+        write: impl FnOnce(&mut Vec<u8>, &K),
+    ) {
+        if !self.from.as_ref().is_some_and(|k| is_of(k, ev)) {
+            let k = of(ev);
+            self.bytes.clear();
+            write(&mut self.bytes, &k);
+            self.from = Some(k);
+        }
+        out.extend_from_slice(&self.bytes);
+    }
+}
+
+/// Whether two optional shared strings are the same one (or both absent).
+fn same(a: Option<&Arc<str>>, b: Option<&Arc<str>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// `,"agent":…,"cgroup":…[,"container":…]`.
+struct Scope {
+    agent: Arc<AgentInfo>,
+    cgroup: Cgroup,
+    container: Option<Container>,
+}
+
+impl Scope {
+    fn of(ev: &ConnectionEvent) -> Self {
+        Self {
+            agent: Arc::clone(&ev.header.agent),
+            cgroup: ev.cgroup.clone(),
+            container: ev.container.clone(),
+        }
+    }
+
+    fn is_of(&self, ev: &ConnectionEvent) -> bool {
+        // Named in full, so that a field added to either type must be compared here.
+        let Cgroup {
+            id,
+            path,
+            systemd_unit,
+        } = &ev.cgroup;
+        Arc::ptr_eq(&self.agent, &ev.header.agent)
+            && self.cgroup.id == *id
+            && same(self.cgroup.path.as_ref(), path.as_ref())
+            && same(self.cgroup.systemd_unit.as_ref(), systemd_unit.as_ref())
+            && match (&self.container, &ev.container) {
+                (Some(a), Some(Container { id, runtime })) => {
+                    Arc::ptr_eq(&a.id, id) && a.runtime == *runtime
+                }
+                (None, None) => true,
+                _ => false,
+            }
+    }
+
+    fn write(out: &mut Vec<u8>, k: &Self) {
+        out.extend_from_slice(b",\"agent\":{\"ephemeral_id\":");
+        str(out, &k.agent.ephemeral_id);
+        str_member(out, "version", &k.agent.version);
+        out.extend_from_slice(b"},\"cgroup\":{\"id\":");
+        num(out, k.cgroup.id);
+        opt_str(out, "path", k.cgroup.path.as_deref());
+        opt_str(out, "systemd_unit", k.cgroup.systemd_unit.as_deref());
+        out.push(b'}');
+        if let Some(c) = &k.container {
+            out.extend_from_slice(b",\"container\":{\"id\":");
+            str(out, &c.id);
+            str_member(out, "runtime", c.runtime);
+            out.push(b'}');
+        }
+    }
+}
+
+/// `,"host":…`.
+fn host(out: &mut Vec<u8>, h: &Host) {
+    out.extend_from_slice(b",\"host\":{");
+    if !h.labels.is_empty() {
+        out.extend_from_slice(b"\"labels\":{");
+        for (i, (k, v)) in h.labels.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            str(out, k);
+            out.push(b':');
+            str(out, v);
+        }
+        out.extend_from_slice(b"},");
+    }
+    out.extend_from_slice(b"\"name\":");
+    str(out, &h.name);
+    out.push(b'}');
+}
+
+/// `,"policy":…,"process":…`.
+struct Actor {
+    policy: PolicyRef,
+    process: Process,
+}
+
+impl Actor {
+    fn of(ev: &ConnectionEvent) -> Self {
+        Self {
+            policy: ev.policy.clone(),
+            process: ev.process.clone(),
+        }
+    }
+
+    fn is_of(&self, ev: &ConnectionEvent) -> bool {
+        // Named in full, so that a field added to either type must be compared here.
+        let Process {
+            pid,
+            name,
+            thread,
+            parent,
+            executable,
+            command_line,
+            exited,
+            details,
+            attribution,
+        } = &ev.process;
+        let PolicyRef {
+            mode,
+            generation,
+            digest,
+        } = &ev.policy;
+        let (a, p) = (&self.process, &self.policy);
+        Arc::ptr_eq(&p.digest, digest)
+            && p.generation == *generation
+            && p.mode == *mode
+            && a.pid == *pid
+            && a.thread == *thread
+            && a.name == *name
+            && a.exited == *exited
+            && a.details == *details
+            && a.attribution == *attribution
+            && a.parent == *parent
+            && same(a.executable.as_ref(), executable.as_ref())
+            && same(a.command_line.as_ref(), command_line.as_ref())
+    }
+
+    fn write(out: &mut Vec<u8>, k: &Self) {
+        out.extend_from_slice(b",\"policy\":{\"digest\":");
+        str(out, &k.policy.digest);
+        num_member(out, "generation", k.policy.generation);
+        str_member(out, "mode", k.policy.mode);
+        let p = &k.process;
+        out.extend_from_slice(b"},\"process\":{\"attribution\":");
+        str(out, p.attribution);
+        opt_str(out, "command_line", p.command_line.as_deref());
+        str_member(out, "details", p.details);
+        opt_str(out, "executable", p.executable.as_deref());
+        key(out, "exited");
+        bool(out, p.exited);
+        str_member(out, "name", &p.name);
+        if let Some(parent) = &p.parent {
+            out.extend_from_slice(b",\"parent\":{\"pid\":");
+            num(out, u64::from(parent.pid));
+            out.push(b'}');
+        }
+        num_member(out, "pid", u64::from(p.pid));
+        out.extend_from_slice(b",\"thread\":{\"id\":");
+        num(out, p.thread.id);
+        out.extend_from_slice(b"}}");
+    }
 }
 
 #[cfg(test)]
