@@ -116,10 +116,13 @@ const READ_BATCH_BYTES: usize = 1 << 20;
 /// starts on them soon, enough that its wake-up is shared by many.
 pub const SUBMIT_CHUNK: usize = 64;
 /// Sent frames a sink keeps for the submitter to write the next ones into, at most (of at
-/// most [`SPARE_FRAME_BYTES`] each): frames allocated by one thread and freed by another
-/// cost a tenth of the CPU per record in a flood (`bench_pipeline`).
-const SPARE_FRAMES: usize = 4 * SUBMIT_CHUNK;
-const SPARE_FRAME_BYTES: usize = 16 << 10;
+/// most [`SPARE_FRAME_BYTES`] each: 2 MiB for frames of the usual 2 KiB, 8 MiB at most,
+/// kept while the daemon is idle): frames allocated by one thread and freed by another
+/// cost a tenth of the CPU per record in a flood (`bench_pipeline`), and a sink's queue
+/// holds up to 10,000 of them, so a pool of a few chunks ran dry in every flood.
+const SPARE_FRAMES: usize = 16 * SUBMIT_CHUNK;
+/// A frame's largest capacity kept for reuse (a record with a 4 KiB command line fits).
+const SPARE_FRAME_BYTES: usize = 8 << 10;
 /// A sink whose worker has written nothing for this long while frames waited in its memory
 /// queue as long is stuck (a blocked write): it no longer holds the ring-buffer reader back
 /// ([`Pipeline::room`]), and what its full queue cannot take is dropped (counted).

@@ -32,9 +32,11 @@ pub const QUEUE_CAP: usize = 65_536;
 
 /// Submitted events handed back ([`Worker::recycle`]) and waiting for the thread, at most;
 /// the thread takes them all at once when it has used up the previous lot, so at most twice
-/// this many are held (a 560-byte event plus its own short strings each: under 2 MiB in
-/// all, kept while the daemon is idle).
-const SPARE_EVENTS: usize = 1024;
+/// this many are held (a 560-byte event plus its own short strings each: about 5 MiB in
+/// all, kept while the daemon is idle). A flood's read hands the thread up to a sink
+/// queue's room at once (10,000 records by default); with a quarter of the spares, most
+/// events of a flood were freed on the reader and allocated anew on the thread.
+const SPARE_EVENTS: usize = 4096;
 
 /// Finished events a new list of them has room for.
 const FINISHED_BATCH: usize = 256;
