@@ -1172,7 +1172,27 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          records a full queue drops would leave that sink's chain); more spare frames or \
          spare events: no measurable difference; without any SHA-256 at all (a throwaway \
          build) the flood's records/s rose by only 6 % in median, so moving the chain to a \
-         thread of its own is not where the rest of the way lies.\n"
+         thread of its own is not where the rest of the way lies. On 2026-12-04, \
+         schedstat of the flood's worker and the daemon's threads during a flood: the worker \
+         ran a full core (2,006-2,038 ms of every 2 s) and the daemon's three threads \
+         shared the other, so the daemon's CPU per record over all its threads is what sets \
+         the rate. Two steps: the members of a record that repeat from one record of a \
+         process to the next (agent, cgroup, container, host, policy, process; two thirds \
+         of its bytes) are copied from the last record's rendering when they hold the same \
+         values (`bench_pipeline`, 6 pairs: all threads 2.62 → 2.32 µs, reader 1.44 → 1.28 \
+         µs, medians); the enrichment queue takes one reference to the enricher per batch, \
+         not one per event (an `--events-only` run with the baseline set by hand to the \
+         build before: 522,710 against 515,788 records/s, higher in 3 of 3 pairs by \
+         0.3-1.3 %). Then the pools of events and frames handed back for reuse were made \
+         big enough for a flood's read (up to a sink queue's 10,000 records): 4,096 spare \
+         events instead of 1,024, 1,024 spare frames instead of 256; before, most of a \
+         flood's events and frames were freed on one thread and allocated on the other \
+         (two `--events-only` runs against the build before: 5 of 6 pairs higher, medians \
+         389,697 → 431,276 and 508,020 → 531,732 records/s; the machine's state moved the \
+         two runs' figures by a quarter). Tried and not kept: handing the sink 256 records per wake-up instead \
+         of 64 (443,873 against 442,917 for the build before, same run); SHA-256 computed \
+         on the sink's thread instead of the reader's (a throwaway build: 404,105 against \
+         360,418-397,088 in runs before it, within the spread of runs).\n"
     );
 }
 
