@@ -116,8 +116,9 @@ const READ_BATCH_BYTES: usize = 1 << 20;
 /// starts on them soon, enough that its wake-up is shared by many.
 pub const SUBMIT_CHUNK: usize = 64;
 /// Sent frames a sink keeps for the submitter to write the next ones into, at most (of at
-/// most [`SPARE_FRAME_BYTES`] each: 2 MiB for frames of the usual 2 KiB, 8 MiB at most,
-/// kept while the daemon is idle): frames allocated by one thread and freed by another
+/// most [`SPARE_FRAME_BYTES`] each: 2 MiB for frames of the usual 2 KiB, 9 MiB at most
+/// with the chunk the sink's thread gathers and the one the submitter holds, kept while
+/// the daemon is idle): frames allocated by one thread and freed by another
 /// cost a tenth of the CPU per record in a flood (`bench_pipeline`), and a sink's queue
 /// holds up to 10,000 of them, so a pool of a few chunks ran dry in every flood.
 const SPARE_FRAMES: usize = 16 * SUBMIT_CHUNK;

@@ -33,7 +33,8 @@ pub const QUEUE_CAP: usize = 65_536;
 /// Submitted events handed back ([`Worker::recycle`]) and waiting for the thread, at most;
 /// the thread takes them all at once when it has used up the previous lot, so at most twice
 /// this many are held (a 560-byte event plus its own short strings each: about 5 MiB in
-/// all, kept while the daemon is idle). A flood's read hands the thread up to a sink
+/// all, kept while the daemon is idle; up to 32 MiB more while they hold the command lines,
+/// at most 4 KiB each, of as many different processes). A flood's read hands the thread up to a sink
 /// queue's room at once (10,000 records by default); with a quarter of the spares, most
 /// events of a flood were freed on the reader and allocated anew on the thread.
 const SPARE_EVENTS: usize = 4096;
@@ -280,42 +281,37 @@ impl Worker {
         }
         out.append(&mut self.take_finished());
         // The event the thread is stuck on (its read is abandoned with the thread), then
-        // the queue behind it.
-        // Under the lock the thread sends under: its event is either in the channel already
-        // or still in `current` (and then never sent).
-        let stuck = {
+        // the queue behind it, taken together under the queue's lock, so the thread cannot
+        // take a job in between (it would be sent after this returns: lost). Under the
+        // `current` lock the thread sends under: its event is either among the finished
+        // ones already or still in `current` (and then never sent). The enricher of the
+        // last job taken, read there too, is the one of the jobs at the front that name
+        // none.
+        let (stuck, rest, mut enricher) = {
+            let mut q = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let mut current = self
                 .shared
                 .current
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             out.append(&mut self.take_finished());
-            (current.event.take(), current.enricher.clone())
+            (
+                current.event.take(),
+                q.drain(..).collect::<Vec<Job>>(),
+                current.enricher.clone(),
+            )
         };
         let skip = |enricher: &Enricher, event: &Event| {
             self.shared.skipped.fetch_add(1, Ordering::Relaxed);
             Box::new(enricher.skip(event))
         };
-        if let (Some(event), Some(e)) = stuck {
-            out.push(skip(&e, &event));
+        if let (Some(event), Some(e)) = (stuck, &enricher) {
+            out.push(skip(e, &event));
         }
-        // The enricher of the last job taken, read under the queue's lock (as the thread
-        // takes jobs), is the one of the jobs at the front that name none.
-        let (rest, mut enricher) = {
-            let mut q = self
-                .shared
-                .queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let e = self
-                .shared
-                .current
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .enricher
-                .clone();
-            (q.drain(..).collect::<Vec<Job>>(), e)
-        };
         for j in rest {
             if j.enricher.is_some() {
                 enricher = j.enricher;
@@ -357,6 +353,15 @@ fn run(s: &Shared, tx: &tokio::sync::mpsc::UnboundedSender<()>) {
                 }
                 if s.closed.load(Ordering::Acquire) {
                     return;
+                }
+                // Every batch queued so far is done, and the next job starts one (naming its
+                // enricher): an idle thread keeps no enricher (and no policy) alive after a
+                // reload.
+                if enricher.take().is_some() {
+                    s.current
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .enricher = None;
                 }
                 q = s.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
             }
@@ -495,6 +500,25 @@ mod tests {
         assert!(w.finish(Duration::from_secs(2)).is_empty());
     }
 
+    /// An idle thread holds no enricher: after a reload the old one (and its policy) is
+    /// freed once its events are done.
+    #[tokio::test]
+    async fn an_idle_thread_keeps_no_enricher() {
+        let e = enricher("/nonexistent-proc".into());
+        let mut w = Worker::start().expect("thread");
+        assert!(w.push_all(&e, [1, 2].map(event)).is_empty());
+        let mut done = 0;
+        while done < 2 {
+            done += w.next().await.expect("events").len();
+        }
+        let until = Instant::now() + Duration::from_secs(2);
+        while Arc::strong_count(&e) > 1 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(Arc::strong_count(&e), 1);
+        assert!(w.finish(Duration::from_secs(2)).is_empty());
+    }
+
     /// No more than [`SPARE_EVENTS`] wait for the thread; the rest are freed at once.
     #[test]
     fn recycle_keeps_at_most_spare_events() {
@@ -513,17 +537,24 @@ mod tests {
         assert!(w.finish(Duration::from_secs(2)).is_empty());
     }
 
-    /// A `/proc` read that never returns (a FIFO named `stat` without a writer) stalls the
-    /// thread; events then bypass it, and `finish` returns in bounded time with every event.
-    #[tokio::test]
-    async fn a_stalled_read_never_holds_events_back() {
-        let root = std::env::temp_dir().join(format!("egressd-stall-{}", std::process::id()));
+    /// A `/proc` root under which reading pid 77's `stat` never returns (a FIFO without a
+    /// writer): the thread stalls on pid 77.
+    fn stuck_proc(tag: &str) -> std::path::PathBuf {
+        let root = std::env::temp_dir().join(format!("egressd-{tag}-{}", std::process::id()));
         let dir = root.join("77");
         std::fs::create_dir_all(&dir).expect("mkdir");
         let fifo =
             std::ffi::CString::new(dir.join("stat").to_string_lossy().as_bytes()).expect("path");
         // SAFETY: valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        root
+    }
+
+    /// A `/proc` read that never returns (a FIFO named `stat` without a writer) stalls the
+    /// thread; events then bypass it, and `finish` returns in bounded time with every event.
+    #[tokio::test]
+    async fn a_stalled_read_never_holds_events_back() {
+        let root = stuck_proc("stall");
         let e = enricher(root.clone());
         let mut w = Worker::start().expect("thread");
         assert!(w.push(&e, event(77)).is_none());
@@ -549,13 +580,7 @@ mod tests {
     /// later batch's by its own.
     #[tokio::test]
     async fn finish_builds_each_left_job_with_its_batch_enricher() {
-        let root = std::env::temp_dir().join(format!("egressd-batch-{}", std::process::id()));
-        let dir = root.join("77");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let fifo =
-            std::ffi::CString::new(dir.join("stat").to_string_lossy().as_bytes()).expect("path");
-        // SAFETY: valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let root = stuck_proc("batch");
         let one = enricher_of(root.clone(), "198.18.2.0/24");
         let two = enricher_of(root.clone(), "198.18.3.0/24");
         assert_ne!(
