@@ -240,14 +240,16 @@ mod tests {
         let (got, want) = both(&first);
         assert_eq!(got, want, "first");
         let mut prev = first.clone();
+        let mut prev_text = both(&prev).1;
         for (what, change) in steps {
             let mut ev = prev.clone();
             change(&mut ev);
             let (got, want) = both(&ev);
-            assert_ne!(got, both(&prev).1, "{what}: the change shows");
+            assert_ne!(got, prev_text, "{what}: the change shows");
             assert_eq!(got, want, "{what}");
             let (got, want) = both(&ev);
             assert_eq!(got, want, "{what}, again");
+            prev_text = want;
             prev = ev;
         }
         // Back to the first record's values, held by it all along.

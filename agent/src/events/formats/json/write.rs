@@ -288,6 +288,8 @@ impl<K> Part<K> {
         write: impl FnOnce(&mut Vec<u8>, &K),
     ) {
         if !self.from.as_ref().is_some_and(|k| is_of(k, ev)) {
+            // Forgotten first: bytes half written are never kept under the old values.
+            self.from = None;
             let k = of(ev);
             self.bytes.clear();
             write(&mut self.bytes, &k);
