@@ -316,8 +316,8 @@ impl Worker {
             if j.enricher.is_some() {
                 enricher = j.enricher;
             }
-            // The first job ever queued names its enricher, and the thread keeps the one of
-            // the last job it took: every job has one.
+            // The first job of every batch names its enricher, and the thread keeps the one
+            // of the last job it took until the queue runs empty: every job has one.
             if let Some(e) = &enricher {
                 out.push(skip(e, &j.event));
             }
@@ -380,7 +380,7 @@ fn run(s: &Shared, tx: &tokio::sync::mpsc::UnboundedSender<()>) {
         if late {
             s.skipped.fetch_add(1, Ordering::Relaxed);
         }
-        // Set with the first job ever taken, which names its enricher.
+        // Set with the first job of each batch, which names its enricher.
         let Some(e) = enricher.as_deref() else {
             debug_assert!(false, "a job without an enricher before it");
             s.current
