@@ -97,6 +97,82 @@ pub struct Flood {
     /// Before the flood, one datagram on an idle daemon: from the send until its record is
     /// in the file (polled every millisecond); `None` for [`Reader::RingOnly`].
     pub latency: Option<Duration>,
+    /// Bytes the sink wrote from the start of the flood until it stopped writing.
+    pub bytes: u64,
+    /// The daemon's CPU from the start of the flood until the sink stopped writing.
+    pub cpu: Cpu,
+}
+
+/// CPU time of a daemon's threads over an interval, in seconds, from
+/// `/proc/PID/task/TID/stat` (`utime`, `stime`: clock ticks of `sysconf(_SC_CLK_TCK)`,
+/// 10 ms at 100 Hz, so a flood's few seconds are measured to about 1 %).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    /// Threads named `sink-*` (one per sink): user space.
+    pub sink_user: f64,
+    /// The same threads in the kernel: the sink's `write(2)` into the page cache, mostly.
+    pub sink_system: f64,
+    /// `egressd-enrich` (the `/proc` reads and the event's assembly), user and kernel.
+    pub enrich: f64,
+    /// Every other thread: the ring-buffer reader (the main thread: reading, rendering,
+    /// SHA-256 of the chain) and tokio's helpers, user and kernel.
+    pub reader: f64,
+}
+
+impl Cpu {
+    /// What the daemon `pid`'s threads have run until now (threads that ended are not
+    /// counted; the daemon's threads live until it stops).
+    pub fn of(pid: u32) -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mut c = Self::default();
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return c;
+        };
+        for t in dir.flatten() {
+            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ...`: comm may hold spaces, so split after its last ')'.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = &stat[open + 1..close];
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            // Fields 14 and 15 of proc_pid_stat(5); `f[0]` is field 3 (state).
+            let tick = |i: usize| {
+                f.get(i - 3)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+                    / hz
+            };
+            let (user, system) = (tick(14), tick(15));
+            if comm.starts_with("sink-") {
+                c.sink_user += user;
+                c.sink_system += system;
+            } else if comm == "egressd-enrich" {
+                c.enrich += user + system;
+            } else {
+                c.reader += user + system;
+            }
+        }
+        c
+    }
+
+    /// `self - before`.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            sink_user: self.sink_user - before.sink_user,
+            sink_system: self.sink_system - before.sink_system,
+            enrich: self.enrich - before.enrich,
+            reader: self.reader - before.reader,
+        }
+    }
+
+    /// All threads.
+    pub fn total(&self) -> f64 {
+        self.sink_user + self.sink_system + self.enrich + self.reader
+    }
 }
 
 /// The policy for the flood: the test bed's (event suppression off), no record budget, and
@@ -144,6 +220,7 @@ pub fn flood(
         Reader::RingOnly => None,
         _ => Some(first_record(bed, target, out)?),
     };
+    let (cpu0, bytes0) = (Cpu::of(daemon.pid()), daemon.bytes());
     let t0 = Instant::now();
     let s = bed.worker.udp_flood(target, egressd_testbed::PORT, millis);
     bed.worker.move_to(&bed.plain)?;
@@ -162,6 +239,9 @@ pub fn flood(
             end = t0.elapsed();
         }
     }
+    // Up to 300 ms after the last write: idle time, a few ticks at most.
+    let cpu = Cpu::of(daemon.pid()).since(cpu0);
+    let bytes = last.saturating_sub(bytes0);
     daemon.stop_only()?;
     let mut f = Flood {
         reader,
@@ -177,6 +257,8 @@ pub fn flood(
         summarized: 0,
         unaccounted: 0,
         latency,
+        bytes,
+        cpu,
     };
     let mut read = 0;
     // Streamed: a flood writes gigabytes. Only the lines that need a field are parsed.
@@ -254,6 +336,8 @@ pub fn to_json(f: &Flood) -> Value {
         "attempts": f.attempts, "attempt_rate": f.attempt_rate, "delivered": f.delivered,
         "sink_rate": f.sink_rate, "ringbuf_full": f.ringbuf_full, "suppressed": f.suppressed,
         "counted": f.counted, "summaries": f.summaries, "summarized": f.summarized,
-        "unaccounted": f.unaccounted,
+        "unaccounted": f.unaccounted, "bytes": f.bytes,
+        "cpu_s": {"reader": f.cpu.reader, "enrich": f.cpu.enrich,
+                  "sink_user": f.cpu.sink_user, "sink_system": f.cpu.sink_system},
     })
 }

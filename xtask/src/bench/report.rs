@@ -1122,6 +1122,7 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
             }
         }
         s.push('\n');
+        cpu_table(s, floods);
     }
     let _ = writeln!(
         s,
@@ -1194,6 +1195,56 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          on the sink's thread instead of the reader's (a throwaway build: 404,105 against \
          360,418-397,088 in runs before it, within the spread of runs).\n"
     );
+}
+
+/// The daemon's CPU per record during the floods, by thread, from `/proc` (see
+/// [`super::events::Cpu`]).
+fn cpu_table(s: &mut String, floods: &[super::events::Flood]) {
+    use super::events::Reader;
+    let _ = writeln!(
+        s,
+        "The daemon's CPU per record written (for the read-only reader: per record read), by \
+         thread, from the threads' user and system time in `/proc/PID/task/*/stat` from the \
+         start of the flood until the file stopped growing (10 ms ticks), median (min–max) \
+         of the floods. *Reader*: the main thread (ring-buffer reads, the JSON record, its \
+         SHA-256 chain link) and tokio's helpers; *enrichment*: `egressd-enrich` (`/proc` \
+         reads, the event's assembly); *sink, user* and *sink, kernel*: the file sink's \
+         thread in user space and in the kernel (its `write(2)` into the page cache). \
+         *Bytes/record*: what the sink wrote, per record.\n\n\
+         | reader | reader | enrichment | sink, user | sink, kernel | all threads | bytes/record |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let us = |v: f64| format!("{v:.2} µs");
+    for reader in Reader::ALL {
+        let of: Vec<&super::events::Flood> = floods
+            .iter()
+            .filter(|f| f.reader == reader && f.delivered > 0)
+            .collect();
+        if of.is_empty() {
+            continue;
+        }
+        let per = |g: &dyn Fn(&super::events::Flood) -> f64| {
+            let v: Vec<f64> = of.iter().map(|f| g(f) / f.delivered as f64).collect();
+            Spread::of(&v)
+        };
+        let bytes = if reader == Reader::RingOnly {
+            "–".to_string()
+        } else {
+            per(&|f| f.bytes as f64).show(count)
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            reader.name(),
+            per(&|f| f.cpu.reader * 1e6).show(us),
+            per(&|f| f.cpu.enrich * 1e6).show(us),
+            per(&|f| f.cpu.sink_user * 1e6).show(us),
+            per(&|f| f.cpu.sink_system * 1e6).show(us),
+            per(&|f| f.cpu.total() * 1e6).show(us),
+            bytes,
+        );
+    }
+    s.push('\n');
 }
 
 fn memory_tables(s: &mut String, r: &Results, ns: &[usize]) {
