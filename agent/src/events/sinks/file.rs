@@ -7,7 +7,16 @@
 //! writable by others (nor its ancestors, sticky ones like `/tmp` aside), and the file is
 //! opened relative to it with `O_NOFOLLOW`; a link, a file someone else owns or one others
 //! can write is refused, naming the path.
-use std::{io, path::PathBuf};
+//!
+//! Write-behind: the sink starts the writeback of every [`WINDOW`] it appends and drops the
+//! window before it from the page cache once written back ([`WriteBehind`]), so a flood of
+//! records occupies about two windows of page cache instead of growing it by gigabytes of
+//! dirty pages that the kernel's flusher writes back later in one burst.
+use std::{
+    io::{self, Write},
+    os::fd::AsRawFd,
+    path::PathBuf,
+};
 
 use super::buffered::{Buffered, Opener};
 
@@ -30,10 +39,206 @@ impl File {
 }
 
 impl Opener for Path {
-    type Writer = std::fs::File;
+    type Writer = WriteBehind;
     const WHAT: &'static str = "file";
 
-    fn open(&mut self) -> io::Result<std::fs::File> {
-        crate::base::safefs::open_append(&self.0, self.1)
+    fn open(&mut self) -> io::Result<WriteBehind> {
+        let f = crate::base::safefs::open_append(&self.0, self.1)?;
+        // Appends go to the end: offsets count from the length at open.
+        let end = f.metadata()?.len();
+        Ok(WriteBehind {
+            file: f,
+            end,
+            started: end,
+            dropped: end,
+            on: true,
+        })
+    }
+}
+
+/// Bytes appended between two writeback starts (8 MiB).
+pub const WINDOW: u64 = 8 << 20;
+
+/// A file opened for appending, with write-behind: whenever [`WINDOW`] bytes were appended
+/// since the last start, their writeback is started (`sync_file_range(2)` with
+/// `SYNC_FILE_RANGE_WRITE`: queued to the device, not waited for) and the window before them,
+/// whose writeback was started one window earlier, is dropped from the page cache
+/// (`posix_fadvise(2)` `POSIX_FADV_DONTNEED`, which leaves pages still dirty or under
+/// writeback in place: nothing is lost and nothing waits). Offsets are bytes from the
+/// start of the file, counted from its length at open (the file is only appended to).
+///
+/// Why: without it a flood writes gigabytes of dirty page cache, each page a fresh one,
+/// and the flusher writes them back in one burst seconds later; with it the same few
+/// megabytes of pages are reused, already in memory. Measured here (1.3 GB in 64 KiB
+/// writes, CPU of the whole machine, writeback included): 0.5-0.6 s against 2.3-3.6 s
+/// without, the difference being pages the hypervisor had taken back (virtio-balloon free
+/// page reporting) and faults in again at the first write of each. The cost: a reader of
+/// the file (a log shipper) more than about two windows behind the writer reads from disk.
+///
+/// Both calls are hints: offsets made wrong by someone else truncating the file
+/// (logrotate's `copytruncate`) cost nothing but a useless hint. On a file that supports
+/// neither call, the first failure turns write-behind off for this open.
+pub struct WriteBehind {
+    file: std::fs::File,
+    /// Offset after the last byte appended.
+    end: u64,
+    /// Start of the bytes whose writeback is not started yet.
+    started: u64,
+    /// Start of the bytes not yet dropped from the page cache.
+    dropped: u64,
+    /// Off after a call failed.
+    on: bool,
+}
+
+impl WriteBehind {
+    /// Starts the writeback of `[started, end)` and drops `[dropped, started)`.
+    fn behind(&mut self) {
+        let fd = self.file.as_raw_fd();
+        let len = |a: u64, b: u64| i64::try_from(b - a).unwrap_or(i64::MAX);
+        let at = |a: u64| i64::try_from(a).unwrap_or(i64::MAX);
+        // SAFETY: plain syscalls on an open descriptor; offsets and lengths are in range.
+        let rc = unsafe {
+            libc::sync_file_range(
+                fd,
+                at(self.started),
+                len(self.started, self.end),
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if rc != 0 {
+            self.off("sync_file_range", io::Error::last_os_error());
+            return;
+        }
+        if self.started > self.dropped {
+            // SAFETY: as above.
+            let rc = unsafe {
+                libc::posix_fadvise(
+                    fd,
+                    at(self.dropped),
+                    len(self.dropped, self.started),
+                    libc::POSIX_FADV_DONTNEED,
+                )
+            };
+            if rc != 0 {
+                self.off("posix_fadvise", io::Error::from_raw_os_error(rc));
+                return;
+            }
+        }
+        self.dropped = self.started;
+        self.started = self.end;
+    }
+
+    fn off(&mut self, call: &str, e: io::Error) {
+        tracing::debug!(call, error = %e, "file sink: write-behind off for this file");
+        self.on = false;
+    }
+}
+
+impl Write for WriteBehind {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.end += n as u64;
+        if self.on && self.end - self.started >= WINDOW {
+            self.behind();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of `f` between the page-aligned offsets `from` and `to` that are in the page
+    /// cache (`mincore(2)` of a read-only mapping).
+    fn resident(f: &std::fs::File, from: u64, to: u64) -> usize {
+        let len = usize::try_from(to - from).expect("len");
+        // SAFETY: a fresh shared read-only mapping of an open file, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                i64::try_from(from).expect("offset"),
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
+        let mut v = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: `p` maps `len` bytes; `v` has one byte per page.
+        let rc = unsafe { libc::mincore(p, len, v.as_mut_ptr()) };
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(p, len) };
+        assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+        v.iter().filter(|b| **b & 1 != 0).count()
+    }
+
+    #[test]
+    fn written_back_windows_leave_the_page_cache() {
+        // In the build's directory: /tmp may be a tmpfs, whose pages never leave memory.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(format!("test-write-behind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a NUL-terminated path and a zeroed out-parameter.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::statfs(c.as_ptr(), &raw mut fs) },
+            0,
+            "statfs"
+        );
+        if fs.f_type == libc::TMPFS_MAGIC {
+            eprintln!(
+                "skipped: {} is on a tmpfs, which keeps every page",
+                dir.display()
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        let path = dir.join("events.log");
+        // Offsets count from the length at open.
+        std::fs::write(&path, b"before\n").expect("seed");
+        let mut w = Path(path.clone(), crate::base::safefs::FILE_MODE)
+            .open()
+            .expect("open");
+        let chunk: Vec<u8> = (0..64usize << 10).map(|i| b'a' + (i % 26) as u8).collect();
+        let per = usize::try_from(WINDOW).expect("window") / chunk.len();
+        for _ in 0..per {
+            w.write_all(&chunk).expect("write");
+        }
+        // The first window is on disk: clean, so the next window's start can drop it.
+        w.file.sync_all().expect("sync");
+        for _ in 0..per {
+            w.write_all(&chunk).expect("write");
+        }
+        let page = 4096;
+        // The sink's descriptor is write-only; the page cache is the file's.
+        let r = std::fs::File::open(&path).expect("open to read");
+        // Page 0 holds bytes from before the open: never dropped.
+        let first = resident(&r, page, WINDOW);
+        let second = resident(&r, WINDOW + page, 2 * WINDOW);
+        assert_eq!(first, 0, "the first window, written back, is still cached");
+        assert_eq!(
+            second,
+            usize::try_from((WINDOW - page) / page).expect("pages"),
+            "the second window, not written back yet, is cached"
+        );
+        assert!(w.on, "write-behind turned itself off on a regular file");
+        drop(w);
+        let got = std::fs::read(&path).expect("read");
+        assert_eq!(&got[..7], b"before\n");
+        assert_eq!(got.len(), 7 + 2 * per * chunk.len());
+        assert!(
+            got[7..].chunks(chunk.len()).all(|c| c == chunk),
+            "content changed"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
