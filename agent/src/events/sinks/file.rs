@@ -54,6 +54,10 @@ impl Opener for Path {
             on: true,
         })
     }
+
+    fn offset(w: &WriteBehind) -> u64 {
+        w.end
+    }
 }
 
 /// Bytes appended between two writeback starts (8 MiB).
@@ -128,6 +132,14 @@ impl WriteBehind {
         self.started = self.end;
     }
 
+    /// Counts `n` bytes appended; starts the next window's writeback when one is full.
+    fn wrote(&mut self, n: usize) {
+        self.end += n as u64;
+        if self.on && self.end - self.started >= WINDOW {
+            self.behind();
+        }
+    }
+
     fn off(&mut self, call: &str, e: io::Error) {
         tracing::debug!(call, error = %e, "file sink: write-behind off for this file");
         self.on = false;
@@ -137,10 +149,13 @@ impl WriteBehind {
 impl Write for WriteBehind {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.end += n as u64;
-        if self.on && self.end - self.started >= WINDOW {
-            self.behind();
-        }
+        self.wrote(n);
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.file.write_vectored(bufs)?;
+        self.wrote(n);
         Ok(n)
     }
 
