@@ -1193,7 +1193,24 @@ pub fn events_table(s: &mut String, floods: &[super::events::Flood], plan: &supe
          two runs' figures by a quarter). Tried and not kept: handing the sink 256 records per wake-up instead \
          of 64 (443,873 against 442,917 for the build before, same run); SHA-256 computed \
          on the sink's thread instead of the reader's (a throwaway build: 404,105 against \
-         360,418-397,088 in runs before it, within the spread of runs).\n"
+         360,418-397,088 in runs before it, within the spread of runs). That evening, the \
+         CPU table above (added then) showed where the rest went: the file sink's thread in \
+         the kernel, 1.05-1.60 µs per record, half of the daemon's CPU, in `write(2)` \
+         copying each record into a fresh page-cache page. On this machine (a VM whose \
+         virtio-balloon reports free memory to the hypervisor, `page_reporting`) the first \
+         touch of such a page faults in the hypervisor: `dd` of 1.3 GB to a new file took \
+         0.4-3.4 s of system time from run to run, depending on how much memory had been \
+         handed back. Two steps: write-behind in the file sink (every 8 MiB appended, their \
+         writeback started and the 8 MiB before dropped from the page cache once written \
+         back, so the same few MiB of pages are reused: 1.3 GB written this way cost \
+         0.5-0.6 s of CPU over the whole machine, writeback included, against 2.3-3.6 s; an \
+         `--events-only` run against the build before: sink kernel time 1.05 → 0.52 µs per \
+         record, all threads 2.63 → 1.90 µs, 441,504 → 532,020 records/s); then a burst's \
+         writes ending at 64 KiB offsets of the file, one `writev(2)` of the buffer and the \
+         head of the frame that reaches the boundary (whole aligned folios for the page \
+         cache, and that head not copied: sink kernel 0.59 → 0.47 µs, user 0.19 → 0.12 \
+         µs, all threads 2.04 → 1.86 µs, 475,749 → 571,248 records/s, 2 of 3 pairs \
+         higher).\n"
     );
 }
 
