@@ -431,6 +431,14 @@ impl TrustedDir {
         self.open_checked(name, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT, mode)
     }
 
+    /// As [`Self::append`], readable too (a file sink reads the end a crash may have left).
+    ///
+    /// # Errors
+    /// As [`Self::append`].
+    pub fn append_readable(&self, name: &OsStr, mode: u32) -> io::Result<File> {
+        self.open_checked(name, libc::O_RDWR | libc::O_APPEND | libc::O_CREAT, mode)
+    }
+
     /// Opens the existing `name` for reading.
     ///
     /// # Errors
@@ -621,15 +629,16 @@ fn restrict_fd(path: &Path, f: File, mode: u32) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Opens the existing file `path` for appending (creating it with `mode` if missing) in a
-/// [`TrustedDir`]: what a file sink writes to. An existing file with permission bits beyond
-/// `mode` (one logrotate's `create 0644` made) is narrowed to `mode`, never widened.
+/// Opens the existing file `path` for appending, and reading (creating it with `mode` if
+/// missing) in a [`TrustedDir`]: what a file sink writes to. An existing file with
+/// permission bits beyond `mode` (one logrotate's `create 0644` made) is narrowed to
+/// `mode`, never widened.
 ///
 /// # Errors
 /// The directory or the file fails the checks (the error names it and why).
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
     let (dir, name) = split(path)?;
-    let f = TrustedDir::open(dir)?.append(name, mode)?;
+    let f = TrustedDir::open(dir)?.append_readable(name, mode)?;
     restrict_fd(path, f.try_clone().map_err(|e| at(path, e))?, mode)?;
     Ok(f)
 }

@@ -61,8 +61,11 @@ impl<W: Write> Out<W> {
     ///
     /// # Errors
     /// The write failed. The bytes written are gone from the buffer, the rest stays; the
-    /// frame is not buffered if none of it was written (the sink sends it again), and its
-    /// rest is if part of it was (no torn line; the next flush reports the error again).
+    /// frame is not buffered if none of it was written (the sink sends it again). If part of
+    /// it was, its rest is buffered and this returns `Ok` (sending the frame again would
+    /// write its head twice): the next flush writes it or reports the error. A sink that
+    /// closes after an error drops what its last flush could not write, as `BufWriter` did;
+    /// a line left cut off is ended at the next open (`file::Path`).
     fn push(&mut self, frame: &[u8]) -> io::Result<()> {
         let start = self.at + self.buf.len() as u64;
         let end = start + frame.len() as u64;
@@ -174,13 +177,16 @@ impl<O: Opener> Transport for Buffered<O> {
 mod tests {
     use super::*;
 
-    /// Records what it is given; accepts at most `room` more bytes, then fails.
+    /// Records what it is given; accepts at most `room` more bytes, then fails. With
+    /// `short`, every call takes at most 4,097 bytes and every third is interrupted.
     struct Rec {
         data: Vec<u8>,
         /// Stream offset after each write call that wrote something.
         ends: Vec<u64>,
         start: u64,
         room: usize,
+        short: bool,
+        calls: usize,
     }
 
     impl Write for Rec {
@@ -189,14 +195,20 @@ mod tests {
         }
 
         fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.short && self.calls.is_multiple_of(3) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
             if self.room == 0 {
                 return Err(io::Error::other("disk full"));
             }
+            let mut cap = if self.short { 4_097 } else { usize::MAX };
             let mut n = 0;
             for b in bufs {
-                let k = b.len().min(self.room);
+                let k = b.len().min(self.room).min(cap);
                 self.data.extend_from_slice(&b[..k]);
                 self.room -= k;
+                cap -= k;
                 n += k;
             }
             self.ends.push(self.start + self.data.len() as u64);
@@ -215,6 +227,8 @@ mod tests {
                 ends: Vec::new(),
                 start,
                 room,
+                short: false,
+                calls: 0,
             },
             buf: Vec::new(),
             at: start,
@@ -255,6 +269,25 @@ mod tests {
             assert_eq!(o.w.data, want, "{start}: bytes lost or reordered");
             assert!(o.buf.is_empty());
             assert_eq!(o.at, start + want.len() as u64);
+        }
+    }
+
+    #[test]
+    fn short_and_interrupted_writes_lose_and_repeat_nothing() {
+        for start in [0, 5, CHUNK - 3] {
+            let mut o = out(start, usize::MAX);
+            o.w.short = true;
+            let mut want = Vec::new();
+            for f in frames() {
+                o.push(&f).expect("push");
+                want.extend_from_slice(&f);
+            }
+            o.flush().expect("flush");
+            assert_eq!(o.w.data, want, "{start}: bytes lost, repeated or reordered");
+            assert!(
+                o.w.calls > want.len() / 4_097,
+                "{start}: writes were not short"
+            );
         }
     }
 
