@@ -103,7 +103,7 @@ pub struct Flood {
     pub cpu: Cpu,
 }
 
-/// CPU time of a daemon's threads over an interval, in seconds, from
+/// CPU time of a daemon's threads over an interval, in seconds, by kind of thread, from
 /// `/proc/PID/task/TID/stat` (`utime`, `stime`: clock ticks of `sysconf(_SC_CLK_TCK)`,
 /// 10 ms at 100 Hz, so a flood's few seconds are measured to about 1 %).
 #[derive(Clone, Copy, Debug, Default)]
@@ -119,15 +119,18 @@ pub struct Cpu {
     pub reader: f64,
 }
 
-impl Cpu {
-    /// What the daemon `pid`'s threads have run until now (threads that ended are not
-    /// counted; the daemon's threads live until it stops).
+/// The CPU each thread of a daemon has run until one moment: thread id -> (name, user
+/// seconds, system seconds).
+pub struct Threads(std::collections::HashMap<String, (String, f64, f64)>);
+
+impl Threads {
+    /// The threads of the daemon `pid` now.
     pub fn of(pid: u32) -> Self {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let mut c = Self::default();
+        let mut m = std::collections::HashMap::new();
         let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return c;
+            return Self(m);
         };
         for t in dir.flatten() {
             let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
@@ -137,7 +140,6 @@ impl Cpu {
             let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
                 continue;
             };
-            let comm = &stat[open + 1..close];
             let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
             // Fields 14 and 15 of proc_pid_stat(5); `f[0]` is field 3 (state).
             let tick = |i: usize| {
@@ -146,7 +148,23 @@ impl Cpu {
                     .unwrap_or(0.0)
                     / hz
             };
-            let (user, system) = (tick(14), tick(15));
+            m.insert(
+                t.file_name().to_string_lossy().into_owned(),
+                (stat[open + 1..close].to_string(), tick(14), tick(15)),
+            );
+        }
+        Self(m)
+    }
+}
+
+impl Cpu {
+    /// What each thread alive at `after` ran since `before` (a thread that ended between
+    /// them is not counted), summed by kind.
+    pub fn between(before: &Threads, after: &Threads) -> Self {
+        let mut c = Self::default();
+        for (tid, (comm, user, system)) in &after.0 {
+            let (u0, s0) = before.0.get(tid).map_or((0.0, 0.0), |t| (t.1, t.2));
+            let (user, system) = (user - u0, system - s0);
             if comm.starts_with("sink-") {
                 c.sink_user += user;
                 c.sink_system += system;
@@ -157,16 +175,6 @@ impl Cpu {
             }
         }
         c
-    }
-
-    /// `self - before`.
-    pub fn since(self, before: Self) -> Self {
-        Self {
-            sink_user: self.sink_user - before.sink_user,
-            sink_system: self.sink_system - before.sink_system,
-            enrich: self.enrich - before.enrich,
-            reader: self.reader - before.reader,
-        }
     }
 
     /// All threads.
@@ -220,7 +228,7 @@ pub fn flood(
         Reader::RingOnly => None,
         _ => Some(first_record(bed, target, out)?),
     };
-    let (cpu0, bytes0) = (Cpu::of(daemon.pid()), daemon.bytes());
+    let (cpu0, bytes0) = (Threads::of(daemon.pid()), daemon.bytes());
     let t0 = Instant::now();
     let s = bed.worker.udp_flood(target, egressd_testbed::PORT, millis);
     bed.worker.move_to(&bed.plain)?;
@@ -240,7 +248,7 @@ pub fn flood(
         }
     }
     // Up to 300 ms after the last write: idle time, a few ticks at most.
-    let cpu = Cpu::of(daemon.pid()).since(cpu0);
+    let cpu = Cpu::between(&cpu0, &Threads::of(daemon.pid()));
     let bytes = last.saturating_sub(bytes0);
     daemon.stop_only()?;
     let mut f = Flood {
