@@ -397,6 +397,13 @@ impl Worker {
                         .open(op_deadline(now + OPEN_TIMEOUT, deadline))
                     {
                         Ok(()) => {
+                            let lost = self.transport.lost(false);
+                            if lost > 0 {
+                                self.shared
+                                    .c
+                                    .dropped_failed
+                                    .fetch_add(lost, Ordering::Relaxed);
+                            }
                             self.shared.c.up.store(true, Ordering::Relaxed);
                             // Stuck is measured from the reconnection, not the outage.
                             self.shared.wrote(Instant::now());
@@ -554,6 +561,14 @@ impl Worker {
         left.extend(self.taken.drain(..));
         self.publish_held();
         self.transport.close();
+        let unwritten = self.transport.lost(true);
+        if unwritten > 0 {
+            self.shared
+                .c
+                .dropped_at_exit
+                .fetch_add(unwritten, Ordering::Relaxed);
+            tracing::warn!(sink = %self.shared.name, records = unwritten, "sink could not write records it had taken (disk full?): dropped at exit");
+        }
         self.shared.c.up.store(false, Ordering::Relaxed);
         let shared = self.shared.clone();
         let mut spool = shared.lock_spool();

@@ -22,11 +22,13 @@ pub trait Opener: Send {
     type Writer: Write + Send;
     /// Names the destination in "not open" errors (`"stdout"`, `"file"`).
     const WHAT: &'static str;
-    /// Opens the writer.
+    /// Opens the writer. `resume`: the stream offset the sink stopped at inside a record
+    /// whose rest it still holds (a close that could not write it); a destination found
+    /// there is continued as it is.
     ///
     /// # Errors
     /// The destination cannot be opened (the sink retries later).
-    fn open(&mut self) -> io::Result<Self::Writer>;
+    fn open(&mut self, resume: Option<u64>) -> io::Result<Self::Writer>;
     /// The stream offset the writer's next byte lands at (a file's length at open); 0 where
     /// there is none.
     fn offset(_w: &Self::Writer) -> u64 {
@@ -38,13 +40,36 @@ pub trait Opener: Send {
 pub struct Buffered<O: Opener> {
     opener: O,
     out: Option<Out<O::Writer>>,
+    /// What a close could not write (a full disk), written first at the next open.
+    kept: Option<Kept>,
+    /// Records given up and not yet reported by [`Transport::lost`].
+    lost: u64,
+}
+
+/// Bytes a failed close kept, and where the stream stopped.
+struct Kept {
+    buf: Vec<u8>,
+    /// Stream offset of `buf[0]`.
+    at: u64,
+    /// `buf` starts inside a record whose head was written.
+    torn: bool,
 }
 
 impl<O: Opener> Buffered<O> {
     /// Not yet open; `opener` opens it on first use.
     pub fn with_opener(opener: O) -> Self {
-        Self { opener, out: None }
+        Self {
+            opener,
+            out: None,
+            kept: None,
+            lost: 0,
+        }
     }
+}
+
+/// Records in `b`: the local sinks' frames are lines.
+fn lines(b: &[u8]) -> u64 {
+    b.iter().filter(|&&c| c == b'\n').count() as u64
 }
 
 /// A writer and the bytes buffered for it.
@@ -53,6 +78,8 @@ struct Out<W: Write> {
     buf: Vec<u8>,
     /// Stream offset of `buf[0]`.
     at: u64,
+    /// The last byte written ended no record: `buf` starts inside one.
+    torn: bool,
 }
 
 impl<W: Write> Out<W> {
@@ -101,10 +128,14 @@ impl<W: Write> Out<W> {
             }
         }
         if done <= held {
+            if done > 0 {
+                self.torn = self.buf[done - 1] != b'\n';
+            }
             self.buf.drain(..done);
             self.at += done as u64;
             return failed.map_or(Ok(()), Err);
         }
+        self.torn = frame[done - held - 1] != b'\n';
         self.at += done as u64;
         self.buf.clear();
         self.buf.extend_from_slice(&frame[done - held..]);
@@ -128,6 +159,9 @@ impl<W: Write> Out<W> {
                 Err(e) => break Err(e),
             }
         };
+        if done > 0 {
+            self.torn = self.buf[done - 1] != b'\n';
+        }
         self.buf.drain(..done);
         self.at += done as u64;
         r
@@ -136,12 +170,33 @@ impl<W: Write> Out<W> {
 
 impl<O: Opener> Transport for Buffered<O> {
     fn open(&mut self, _deadline: Instant) -> io::Result<()> {
-        let w = self.opener.open()?;
+        let resume = self.kept.as_ref().filter(|k| k.torn).map(|k| k.at);
+        let w = self.opener.open(resume)?;
         let at = O::offset(&w);
+        let mut buf = Vec::with_capacity(2 * CHUNK as usize);
+        if let Some(k) = self.kept.take() {
+            let mut from = 0;
+            if k.torn && k.at != at {
+                // Not the file the record was cut in (rotated, or written by someone else):
+                // its rest would start a line with a fragment. That record is lost.
+                from = k
+                    .buf
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(k.buf.len(), |i| i + 1);
+                self.lost += lines(&k.buf[..from]).max(1);
+                tracing::warn!(
+                    what = O::WHAT,
+                    "a record cut off by a failed write could not be completed: the destination changed"
+                );
+            }
+            buf.extend_from_slice(&k.buf[from..]);
+        }
         self.out = Some(Out {
             w,
-            buf: Vec::with_capacity(2 * CHUNK as usize),
+            buf,
             at,
+            torn: false,
         });
         Ok(())
     }
@@ -167,9 +222,25 @@ impl<O: Opener> Transport for Buffered<O> {
     }
 
     fn close(&mut self) {
-        if let Some(mut o) = self.out.take() {
-            let _ = o.flush();
+        if let Some(mut o) = self.out.take()
+            && o.flush().is_err()
+            && !o.buf.is_empty()
+        {
+            // Taken records: written at the next open, not dropped (a full disk).
+            self.kept = Some(Kept {
+                buf: o.buf,
+                at: o.at,
+                torn: o.torn,
+            });
         }
+    }
+
+    fn lost(&mut self, give_up: bool) -> u64 {
+        let mut n = std::mem::take(&mut self.lost);
+        if give_up && let Some(k) = self.kept.take() {
+            n += lines(&k.buf);
+        }
+        n
     }
 }
 
@@ -222,6 +293,7 @@ mod tests {
 
     fn out(start: u64, room: usize) -> Out<Rec> {
         Out {
+            torn: false,
             w: Rec {
                 data: Vec::new(),
                 ends: Vec::new(),
@@ -323,5 +395,142 @@ mod tests {
             assert!(failed || full, "room {room}: the disk never filled");
         }
         assert!(torn > 0, "no case filled the disk inside a frame");
+    }
+}
+
+#[cfg(test)]
+mod kept_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A file in memory whose disk has `room` bytes left; `rotate` makes the next open
+    /// start a new, empty file.
+    #[derive(Clone, Default)]
+    struct Disk {
+        files: Arc<Mutex<Vec<Vec<u8>>>>,
+        room: Arc<Mutex<usize>>,
+        rotate: Arc<Mutex<bool>>,
+    }
+
+    struct Handle(Disk);
+
+    impl Write for Handle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut room = self.0.room.lock().expect("room");
+            if *room == 0 {
+                return Err(io::Error::other("No space left on device"));
+            }
+            let n = buf.len().min(*room);
+            *room -= n;
+            let mut files = self.0.files.lock().expect("files");
+            files.last_mut().expect("file").extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Opener for Disk {
+        type Writer = Handle;
+        const WHAT: &'static str = "test";
+
+        fn open(&mut self, _resume: Option<u64>) -> io::Result<Handle> {
+            let mut files = self.files.lock().expect("files");
+            if files.is_empty() || std::mem::take(&mut *self.rotate.lock().expect("rotate")) {
+                files.push(Vec::new());
+            }
+            Ok(Handle(self.clone()))
+        }
+
+        fn offset(w: &Handle) -> u64 {
+            w.0.files
+                .lock()
+                .expect("files")
+                .last()
+                .map_or(0, |f| f.len() as u64)
+        }
+    }
+
+    /// Sends records until a write fails, as the worker does: returns those accepted.
+    fn fill(t: &mut Buffered<Disk>, from: usize) -> Vec<u8> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        t.open(deadline).expect("open");
+        let mut sent = Vec::new();
+        for i in from.. {
+            let rec = format!("{{\"sequence\":{i},\"pad\":\"{}\"}}\n", "x".repeat(700));
+            match t.send(rec.as_bytes(), deadline) {
+                Ok(_) => sent.extend_from_slice(rec.as_bytes()),
+                Err(_) => break,
+            }
+        }
+        t.close();
+        sent
+    }
+
+    #[test]
+    fn records_a_full_disk_refused_are_written_after_it_has_room_again() {
+        // Room ends inside a record (the burst's write cuts one) and on a record boundary.
+        for room in [100_000, 65_536 + 5_000, 3 * 65_536] {
+            let disk = Disk::default();
+            *disk.room.lock().expect("room") = room;
+            let mut t = Buffered::with_opener(disk.clone());
+            let sent = fill(&mut t, 1);
+            assert!(t.kept.is_some(), "room {room}: nothing kept");
+            *disk.room.lock().expect("room") = usize::MAX;
+            let deadline = Instant::now() + std::time::Duration::from_secs(5);
+            t.open(deadline).expect("reopen");
+            t.flush().expect("flush");
+            assert_eq!(t.lost(false), 0, "room {room}");
+            let files = disk.files.lock().expect("files");
+            assert_eq!(files.len(), 1);
+            assert_eq!(files[0], sent, "room {room}: records lost or cut");
+        }
+    }
+
+    #[test]
+    fn a_cut_record_is_counted_lost_when_the_file_changed() {
+        let disk = Disk::default();
+        *disk.room.lock().expect("room") = 100_000;
+        let mut t = Buffered::with_opener(disk.clone());
+        let sent = fill(&mut t, 1);
+        assert!(
+            t.kept.as_ref().is_some_and(|k| k.torn),
+            "the full disk cut no record"
+        );
+        // Rotated meanwhile: the cut record's rest cannot complete it.
+        *disk.rotate.lock().expect("rotate") = true;
+        *disk.room.lock().expect("room") = usize::MAX;
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        t.open(deadline).expect("reopen");
+        t.flush().expect("flush");
+        assert_eq!(t.lost(false), 1);
+        let files = disk.files.lock().expect("files");
+        let (old, new) = (&files[0], &files[1]);
+        assert!(
+            !old.ends_with(b"\n") && new.starts_with(b"{\"sequence\":"),
+            "{new:?}"
+        );
+        // Every record but the cut one is whole, in one file or the other.
+        let whole = |f: &Vec<u8>| {
+            f.split(|&c| c == b'\n')
+                .filter(|l| l.ends_with(b"\"}"))
+                .count()
+        };
+        assert_eq!(whole(old) + whole(new) + 1, lines(&sent) as usize);
+    }
+
+    #[test]
+    fn records_still_unwritten_at_exit_are_counted() {
+        let disk = Disk::default();
+        *disk.room.lock().expect("room") = 100_000;
+        let mut t = Buffered::with_opener(disk.clone());
+        let sent = fill(&mut t, 1);
+        let written = lines(&disk.files.lock().expect("files")[0]);
+        assert_eq!(t.lost(false), 0);
+        assert_eq!(t.lost(true), lines(&sent) - written);
+        assert_eq!(t.lost(true), 0, "counted twice");
     }
 }

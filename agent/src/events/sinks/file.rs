@@ -43,10 +43,11 @@ impl Opener for Path {
     type Writer = WriteBehind;
     const WHAT: &'static str = "file";
 
-    fn open(&mut self) -> io::Result<WriteBehind> {
+    fn open(&mut self, resume: Option<u64>) -> io::Result<WriteBehind> {
         let mut f = crate::base::safefs::open_append(&self.0, self.1)?;
         let mut end = f.metadata()?.len();
-        if end > 0 {
+        // `resume`: this sink holds the rest of the record the file ends with.
+        if end > 0 && resume != Some(end) {
             // A burst's writes end inside a record (see `buffered::CHUNK`): a run that died
             // in one left part of a record. The next record starts on a line of its own.
             let mut last = [0u8];
@@ -56,8 +57,8 @@ impl Opener for Path {
                 end += 1;
                 tracing::warn!(
                     path = %self.0.display(),
-                    "file sink: the file ended inside a record (a previous run stopped while \
-                     writing it); a line break was added so the next record starts on its own line"
+                    "file sink: the file ended inside a record (a run stopped, or a write failed, \
+                     while writing it); a line break was added so the next record starts on its own line"
                 );
             }
         }
@@ -301,7 +302,7 @@ mod tests {
         // Offsets count from the length at open.
         std::fs::write(&path, b"before\n").expect("seed");
         let mut w = Path(path.clone(), crate::base::safefs::FILE_MODE)
-            .open()
+            .open(None)
             .expect("open");
         let chunk: Vec<u8> = (0..64usize << 10).map(|i| b'a' + (i % 26) as u8).collect();
         let per = usize::try_from(WINDOW).expect("window") / chunk.len();

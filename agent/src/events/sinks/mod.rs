@@ -94,6 +94,12 @@ pub trait Transport: Send {
     }
     /// Gives the transport the pipeline's [`Stop`]: blocking I/O ends once it is due.
     fn set_stop(&mut self, _stop: std::sync::Arc<Stop>) {}
+    /// Records [`Self::send`] took that will never be written, counted once: those given up
+    /// since the last call, and with `give_up` (at exit) those still held (a buffer a failed
+    /// close kept for the next open).
+    fn lost(&mut self, _give_up: bool) -> u64 {
+        0
+    }
 }
 
 /// How records become frames.

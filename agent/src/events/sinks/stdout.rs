@@ -28,7 +28,7 @@ impl Opener for Std {
     type Writer = io::Stdout;
     const WHAT: &'static str = "stdout";
 
-    fn open(&mut self) -> io::Result<io::Stdout> {
+    fn open(&mut self, _resume: Option<u64>) -> io::Result<io::Stdout> {
         Ok(io::stdout())
     }
 }
