@@ -174,7 +174,10 @@ impl<O: Opener> Transport for Buffered<O> {
         let w = self.opener.open(resume)?;
         let at = O::offset(&w);
         let mut buf = Vec::with_capacity(2 * CHUNK as usize);
+        // Resuming a cut record: the stream stays inside it until its rest is written.
+        let mut torn = false;
         if let Some(k) = self.kept.take() {
+            torn = k.torn && k.at == at;
             let mut from = 0;
             if k.torn && k.at != at {
                 // Not the file the record was cut in (rotated, or written by someone else):
@@ -192,12 +195,7 @@ impl<O: Opener> Transport for Buffered<O> {
             }
             buf.extend_from_slice(&k.buf[from..]);
         }
-        self.out = Some(Out {
-            w,
-            buf,
-            at,
-            torn: false,
-        });
+        self.out = Some(Out { w, buf, at, torn });
         Ok(())
     }
 
@@ -437,10 +435,15 @@ mod kept_tests {
         type Writer = Handle;
         const WHAT: &'static str = "test";
 
-        fn open(&mut self, _resume: Option<u64>) -> io::Result<Handle> {
+        /// Ends a cut-off line unless told to resume there, as `file::Path` does.
+        fn open(&mut self, resume: Option<u64>) -> io::Result<Handle> {
             let mut files = self.files.lock().expect("files");
             if files.is_empty() || std::mem::take(&mut *self.rotate.lock().expect("rotate")) {
                 files.push(Vec::new());
+            }
+            let f = files.last_mut().expect("file");
+            if f.last().is_some_and(|&c| c != b'\n') && resume != Some(f.len() as u64) {
+                f.push(b'\n');
             }
             Ok(Handle(self.clone()))
         }
@@ -488,6 +491,31 @@ mod kept_tests {
             assert_eq!(files.len(), 1);
             assert_eq!(files[0], sent, "room {room}: records lost or cut");
         }
+    }
+
+    #[test]
+    fn a_cut_record_survives_a_reopen_that_writes_nothing() {
+        let disk = Disk::default();
+        *disk.room.lock().expect("room") = 100_000;
+        let mut t = Buffered::with_opener(disk.clone());
+        let sent = fill(&mut t, 1);
+        assert!(
+            t.kept.as_ref().is_some_and(|k| k.torn),
+            "the full disk cut no record"
+        );
+        // Still full: the reopen writes nothing and the close keeps it all again.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        t.open(deadline).expect("reopen");
+        t.close();
+        assert!(
+            t.kept.as_ref().is_some_and(|k| k.torn),
+            "the cut record was forgotten"
+        );
+        *disk.room.lock().expect("room") = usize::MAX;
+        t.open(deadline).expect("reopen");
+        t.flush().expect("flush");
+        assert_eq!(t.lost(false), 0);
+        assert_eq!(disk.files.lock().expect("files")[0], sent);
     }
 
     #[test]
