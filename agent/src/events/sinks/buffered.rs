@@ -493,8 +493,8 @@ mod kept_tests {
         }
     }
 
-    #[test]
-    fn a_cut_record_survives_a_reopen_that_writes_nothing() {
+    /// A sink whose disk filled inside a record: the disk, the sink, the records it took.
+    fn cut_by_a_full_disk() -> (Disk, Buffered<Disk>, Vec<u8>) {
         let disk = Disk::default();
         *disk.room.lock().expect("room") = 100_000;
         let mut t = Buffered::with_opener(disk.clone());
@@ -503,6 +503,12 @@ mod kept_tests {
             t.kept.as_ref().is_some_and(|k| k.torn),
             "the full disk cut no record"
         );
+        (disk, t, sent)
+    }
+
+    #[test]
+    fn a_cut_record_survives_a_reopen_that_writes_nothing() {
+        let (disk, mut t, sent) = cut_by_a_full_disk();
         // Still full: the reopen writes nothing and the close keeps it all again.
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         t.open(deadline).expect("reopen");
@@ -520,14 +526,7 @@ mod kept_tests {
 
     #[test]
     fn a_cut_record_is_counted_lost_when_the_file_changed() {
-        let disk = Disk::default();
-        *disk.room.lock().expect("room") = 100_000;
-        let mut t = Buffered::with_opener(disk.clone());
-        let sent = fill(&mut t, 1);
-        assert!(
-            t.kept.as_ref().is_some_and(|k| k.torn),
-            "the full disk cut no record"
-        );
+        let (disk, mut t, sent) = cut_by_a_full_disk();
         // Rotated meanwhile: the cut record's rest cannot complete it.
         *disk.rotate.lock().expect("rotate") = true;
         *disk.room.lock().expect("room") = usize::MAX;
