@@ -90,9 +90,9 @@ impl<W: Write> Out<W> {
     /// The write failed. The bytes written are gone from the buffer, the rest stays; the
     /// frame is not buffered if none of it was written (the sink sends it again). If part of
     /// it was, its rest is buffered and this returns `Ok` (sending the frame again would
-    /// write its head twice): the next flush writes it or reports the error. A sink that
-    /// closes after an error drops what its last flush could not write, as `BufWriter` did;
-    /// a line left cut off is ended at the next open (`file::Path`).
+    /// write its head twice): the next flush writes it or reports the error. A close that
+    /// cannot write it keeps it for the next open ([`Kept`]), which completes the cut
+    /// record or counts it lost.
     fn push(&mut self, frame: &[u8]) -> io::Result<()> {
         let start = self.at + self.buf.len() as u64;
         let end = start + frame.len() as u64;
@@ -102,42 +102,12 @@ impl<W: Write> Out<W> {
             return Ok(());
         }
         let head = usize::try_from(cut - start).unwrap_or(frame.len());
-        let (held, total) = (self.buf.len(), self.buf.len() + head);
-        let mut done = 0;
-        let mut failed = None;
-        while done < total {
-            let r = if done < held {
-                self.w.write_vectored(&[
-                    IoSlice::new(&self.buf[done..]),
-                    IoSlice::new(&frame[..head]),
-                ])
-            } else {
-                self.w.write(&frame[done - held..head])
-            };
-            match r {
-                Ok(0) => {
-                    failed = Some(io::Error::from(io::ErrorKind::WriteZero));
-                    break;
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
+        let held = self.buf.len();
+        let (done, r) = self.write_out(&frame[..head]);
         if done <= held {
-            if done > 0 {
-                self.torn = self.buf[done - 1] != b'\n';
-            }
-            self.buf.drain(..done);
-            self.at += done as u64;
-            return failed.map_or(Ok(()), Err);
+            // None of the frame written: not taken (an error, the buffer's rest kept).
+            return r;
         }
-        self.torn = frame[done - held - 1] != b'\n';
-        self.at += done as u64;
-        self.buf.clear();
         self.buf.extend_from_slice(&frame[done - held..]);
         Ok(())
     }
@@ -147,24 +117,47 @@ impl<W: Write> Out<W> {
     /// # Errors
     /// The write failed; what was not written stays buffered.
     fn flush(&mut self) -> io::Result<()> {
+        self.write_out(&[]).1.and_then(|()| self.w.flush())
+    }
+
+    /// Writes the buffer, then `head`, until all is written or a write fails (`EINTR`
+    /// retried); forgets what was written of the buffer. Returns the bytes written, of both.
+    fn write_out(&mut self, head: &[u8]) -> (usize, io::Result<()>) {
+        let held = self.buf.len();
+        let total = held + head.len();
         let mut done = 0;
-        let r = loop {
-            if done == self.buf.len() {
-                break self.w.flush();
-            }
-            match self.w.write(&self.buf[done..]) {
-                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+        let mut r = Ok(());
+        while done < total {
+            let w = if done < held {
+                self.w
+                    .write_vectored(&[IoSlice::new(&self.buf[done..]), IoSlice::new(head)])
+            } else {
+                self.w.write(&head[done - held..])
+            };
+            match w {
+                Ok(0) => {
+                    r = Err(io::Error::from(io::ErrorKind::WriteZero));
+                    break;
+                }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
             }
-        };
-        if done > 0 {
-            self.torn = self.buf[done - 1] != b'\n';
         }
-        self.buf.drain(..done);
+        if done > 0 {
+            let last = if done <= held {
+                self.buf[done - 1]
+            } else {
+                head[done - held - 1]
+            };
+            self.torn = last != b'\n';
+        }
+        self.buf.drain(..done.min(held));
         self.at += done as u64;
-        r
+        (done, r)
     }
 }
 
