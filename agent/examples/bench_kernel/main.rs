@@ -2,7 +2,7 @@
 //! the egressd library and its eBPF programs.
 //!
 //! `bench_kernel --set FILE [--cgroup DIR] [--reps R] [--first-runs K] [--proto]`
-//! `bench_kernel --noop DIR`
+//! `bench_kernel --noop DIR [--owner]`
 //!
 //! `FILE` holds one `REGION CIDR` per line; every region is allowlisted (the benchmark
 //! policy allows exactly the prefixes of the set). The tool
@@ -23,7 +23,10 @@
 //!
 //! With `--noop DIR` it does none of that: it attaches a program that allows at once to each
 //! of egressd's cgroup hooks on `DIR` (module `noop`, the floor of the connect benchmark),
-//! prints `{"ready":true,...}` and keeps them attached until `quit`.
+//! prints `{"ready":true,...}` and keeps them attached until `quit`. With `--owner`, the
+//! `cgroup/sock_create` hook gets egressd's own program instead (it records each socket's
+//! owner in socket-local storage and does nothing else): the floor of an agent that names
+//! the process behind each packet.
 mod lookup;
 mod noop;
 mod rawbpf;
@@ -60,6 +63,7 @@ const MAX_REPEAT: u32 = 2_000_000;
 struct Args {
     set: PathBuf,
     noop: Option<PathBuf>,
+    owner: bool,
     cgroup: Option<PathBuf>,
     reps: usize,
     first_runs: usize,
@@ -70,6 +74,7 @@ fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         set: PathBuf::new(),
         noop: None,
+        owner: false,
         cgroup: None,
         reps: 3,
         first_runs: 20_000,
@@ -81,6 +86,7 @@ fn args() -> anyhow::Result<Args> {
         match k.as_str() {
             "--set" => a.set = val()?.into(),
             "--noop" => a.noop = Some(val()?.into()),
+            "--owner" => a.owner = true,
             "--cgroup" => a.cgroup = Some(val()?.into()),
             "--reps" => a.reps = val()?.parse()?,
             "--first-runs" => a.first_runs = val()?.parse()?,
@@ -90,7 +96,7 @@ fn args() -> anyhow::Result<Args> {
     }
     if a.set.as_os_str().is_empty() && a.noop.is_none() {
         bail!(
-            "usage: bench_kernel --set FILE [--cgroup DIR] [--reps R] [--first-runs K] [--proto]\n       bench_kernel --noop DIR"
+            "usage: bench_kernel --set FILE [--cgroup DIR] [--reps R] [--first-runs K] [--proto]\n       bench_kernel --noop DIR [--owner]"
         );
     }
     a.reps = a.reps.max(1);
@@ -391,7 +397,7 @@ fn table_forced(cfg: &Config, policy: &Policy) -> anyhow::Result<Value> {
 fn main() -> anyhow::Result<()> {
     let a = args()?;
     if let Some(cgroup) = &a.noop {
-        return noop::serve(cgroup);
+        return noop::serve(cgroup, a.owner);
     }
     let cfg = read_set(&a.set)?;
     let mut out = json!({});

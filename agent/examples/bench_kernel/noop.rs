@@ -7,6 +7,12 @@
 //! programs on these hooks at all (the cgroup-BPF run path and one program call per hook
 //! run), before a program does anything.
 //!
+//! With `--owner`, the `cgroup/sock_create` hook gets egressd's own program instead of the
+//! no-op one: it records the creating task on each socket in socket-local storage (an
+//! element allocated per socket, freed at close after an RCU grace period) and does nothing
+//! else. What that contender pays over the no-op programs is the price of naming the process
+//! behind a packet event, which egressd pays on every socket.
+//!
 //! egressd's global programs (the BPF LSM hooks, or the tc/egress fallback where those
 //! cannot run) get no twin here: the benchmark's egressd process keeps them attached while
 //! every contender is measured, the no-filter baseline included, so they are in every figure
@@ -19,7 +25,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use egressd::kernel::hooks::{HOOKS, Hook, Kind};
+use egressd::kernel::{
+    hooks::{HOOKS, Hook, Kind},
+    loader::Enforcer,
+};
+use egressd_common::programs;
 use serde_json::json;
 
 use crate::rawbpf::{
@@ -44,14 +54,22 @@ fn prog_type(kind: Kind) -> Option<u32> {
 }
 
 /// Loads and attaches a no-op program to each of egressd's cgroup hooks on `cgroup`, in
-/// egressd's attach order.
-fn attach(cgroup: &Path) -> anyhow::Result<Vec<Attached>> {
+/// egressd's attach order; with `owner` (egressd's programs, loaded but not attached),
+/// egressd's own `cgroup/sock_create` program instead of the no-op one there.
+fn attach(cgroup: &Path, owner: Option<&Enforcer>) -> anyhow::Result<Vec<Attached>> {
     let cg = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
     let mut out = Vec::new();
     for hook in &HOOKS {
         let Some(prog_type) = prog_type(hook.kind) else {
             continue;
         };
+        if let (Some(e), programs::SOCK_CREATE) = (owner, hook.program) {
+            let link =
+                rawbpf::link_create(e.program_fd(hook.program)?, cg.as_fd(), hook.attach_type)
+                    .with_context(|| format!("attaching egressd's program to {}", hook.name))?;
+            out.push(Attached { hook, _link: link });
+            continue;
+        }
         // 1 allows on every one of these hooks (sock_addr and sock_create: the call goes on;
         // cgroup_skb: the packet passes).
         let prog = rawbpf::prog_load(
@@ -68,11 +86,16 @@ fn attach(cgroup: &Path) -> anyhow::Result<Vec<Attached>> {
     Ok(out)
 }
 
-/// `bench_kernel --noop DIR`: attaches the no-op programs to `DIR`, prints
+/// `bench_kernel --noop DIR [--owner]`: attaches the no-op programs to `DIR` (with `owner`,
+/// egressd's `cgroup/sock_create` program among them), prints
 /// `{"ready":true,"hooks":[...]}` (the hooks, as egressd names them), and keeps them attached
 /// until `quit` or the end of stdin.
-pub fn serve(cgroup: &Path) -> anyhow::Result<()> {
-    let attached = attach(cgroup)?;
+pub fn serve(cgroup: &Path, owner: bool) -> anyhow::Result<()> {
+    // Kept until the links are closed: it holds the owner map the program writes.
+    let enforcer = owner
+        .then(|| Enforcer::open(0).context("loading egressd's programs"))
+        .transpose()?;
+    let attached = attach(cgroup, enforcer.as_ref())?;
     let hooks: Vec<&str> = attached.iter().map(|a| a.hook.name).collect();
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
@@ -84,5 +107,6 @@ pub fn serve(cgroup: &Path) -> anyhow::Result<()> {
         }
     }
     drop(attached);
+    drop(enforcer);
     Ok(())
 }

@@ -655,7 +655,8 @@ fn measure(
         plain: plain.path().to_owned(),
         worker,
     };
-    let mut noop = noop::Noop::start(&kernel_bin)?;
+    let mut noop = noop::Noop::start(&kernel_bin, false)?;
+    let mut owner = noop::Noop::start(&kernel_bin, true)?;
     let overhead = netns::overhead(&bed.ns);
     let mut r = Results {
         plan: plan.clone(),
@@ -703,6 +704,7 @@ fn measure(
             &mut r,
             &mut bed,
             &mut noop,
+            &mut owner,
             &set,
             &dir,
             &set_file,
@@ -755,6 +757,7 @@ fn per_n(
     r: &mut Results,
     bed: &mut Bed,
     noop: &mut noop::Noop,
+    owner: &mut noop::Noop,
     set: &prefixes::PrefixSet,
     dir: &Path,
     set_file: &Path,
@@ -791,8 +794,14 @@ fn per_n(
     let mut none = connect::NoFilter;
     for rep in 0..plan.reps {
         for family in [Family::V4, Family::V6] {
-            let mut order: Vec<&mut dyn Filter> =
-                vec![&mut none, &mut *noop, &mut eg, &mut nft, &mut ips];
+            let mut order: Vec<&mut dyn Filter> = vec![
+                &mut none,
+                &mut *noop,
+                &mut *owner,
+                &mut eg,
+                &mut nft,
+                &mut ips,
+            ];
             if let Some((i, _)) = ipt.as_mut() {
                 order.push(i);
             }

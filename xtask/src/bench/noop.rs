@@ -3,6 +3,11 @@
 //! each of egressd's cgroup hooks on a cgroup of this contender's own; enabling it moves the
 //! connect worker into that cgroup, disabling moves it back to `plain`, as for egressd. It
 //! holds no prefixes, so it is started once and measured at every N like the others.
+//!
+//! Its twin [`OWNER_NAME`] (`bench_kernel --noop DIR --owner`) has egressd's own
+//! `cgroup/sock_create` program in place of the no-op one there: it records each socket's
+//! owner (socket-local storage) and nothing else, so its cost over the no-op programs is what
+//! naming the process behind a packet costs a connect.
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,
@@ -17,24 +22,31 @@ use super::{Bed, Filter};
 
 /// Name in the report.
 pub const NAME: &str = "no-op programs";
+/// Name in the report of the twin with egressd's owner record at `cgroup/sock_create`.
+pub const OWNER_NAME: &str = "no-op + owner record";
 
 /// The running `bench_kernel --noop` process and its cgroup.
 pub struct Noop {
     child: Child,
     stdin: ChildStdin,
     cgroup: Cgroup,
+    name: &'static str,
     /// The hooks it attached to, as egressd names them (`cgroup/connect4`, ...).
     pub hooks: Vec<String>,
 }
 
 impl Noop {
     /// Creates the cgroup, starts `bench_kernel` (`bin`) on it and waits until the programs
-    /// are attached.
-    pub fn start(bin: &Path) -> anyhow::Result<Self> {
+    /// are attached; with `owner`, the twin that records each socket's owner
+    /// ([`OWNER_NAME`]).
+    pub fn start(bin: &Path, owner: bool) -> anyhow::Result<Self> {
         let cgroup = Cgroup::create(&unique("egressd-bench-noop-"))?;
-        let mut child = Command::new(bin)
-            .arg("--noop")
-            .arg(cgroup.path())
+        let mut cmd = Command::new(bin);
+        cmd.arg("--noop").arg(cgroup.path());
+        if owner {
+            cmd.arg("--owner");
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -46,6 +58,7 @@ impl Noop {
             child,
             stdin,
             cgroup,
+            name: if owner { OWNER_NAME } else { NAME },
             hooks: Vec::new(),
         };
         let mut line = String::new();
@@ -71,7 +84,7 @@ impl Noop {
 
 impl Filter for Noop {
     fn name(&self) -> &'static str {
-        NAME
+        self.name
     }
     fn enable(&mut self, bed: &Bed) -> anyhow::Result<()> {
         bed.worker.move_to(self.cgroup.path())

@@ -7,9 +7,10 @@ use plotters::prelude::*;
 
 use super::{Family, Results, report};
 
-const CONTENDERS: [(&str, RGBColor); 6] = [
+const CONTENDERS: [(&str, RGBColor); 7] = [
     ("none", RGBColor(120, 120, 120)),
     (super::noop::NAME, RGBColor(150, 60, 170)),
+    (super::noop::OWNER_NAME, RGBColor(230, 120, 190)),
     ("egressd", RGBColor(200, 30, 30)),
     ("nftables", RGBColor(30, 90, 200)),
     ("ipset+iptables", RGBColor(20, 150, 60)),
