@@ -177,6 +177,11 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
     crate::daemon::signals::unblock_early();
+    // Before the policy load: a fixed trim threshold also fixes glibc's mmap threshold, so
+    // the load's large buffers are mapped and unmapped, and what its threads free at the top
+    // of their arenas goes back to the kernel (with glibc's dynamic thresholds a freed 20 MB
+    // buffer raises both, and an arena's top stayed resident after the load).
+    keep_heap_for_records();
     let stop = StopSignal::install()?;
     let notifier = crate::daemon::notify::Notifier::from_env();
     let state = opts.state_dir.as_ref().map(StateDir::new);
