@@ -13,7 +13,8 @@
 //! - The file itself is opened relative to that directory's descriptor with `O_NOFOLLOW |
 //!   O_CLOEXEC` (and `O_EXCL` for temporary files), created with an explicit mode, and then
 //!   checked through its descriptor: a regular file, owned by root (or that user), not
-//!   writable by group or others.
+//!   writable by group or others, and, when opened for writing, with no other hard link
+//!   (a second name could be a system file elsewhere on the filesystem).
 //!
 //! Anything else is refused with an error that names the path and what is wrong with it.
 //! Renames and removals happen inside the checked directory (`renameat`, `unlinkat`), so no
@@ -418,7 +419,20 @@ impl TrustedDir {
                 at(&p, e)
             }
         })?;
-        check_file(&p, &fstat(fd.as_raw_fd())?)?;
+        let st = fstat(fd.as_raw_fd())?;
+        check_file(&p, &st)?;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY && st.st_nlink > 1 {
+            // Another name of the same file may be outside this directory (a system file):
+            // writing, or narrowing its mode, would change that file.
+            return Err(refused(
+                &p,
+                format!(
+                    "file with {} hard links (another name of it may be elsewhere); \
+                     give it a name of its own",
+                    st.st_nlink
+                ),
+            ));
+        }
         clear_nonblock(fd.as_raw_fd()).map_err(|e| at(&p, e))?;
         Ok(File::from(fd))
     }
@@ -861,6 +875,22 @@ pub(crate) mod tests {
         let e = open_append(&ok.join("link.log"), FILE_MODE).expect_err("symlink");
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep\n");
+        // A second hard link to a file (here one outside the directory, 0644) is refused
+        // for writing: neither its contents nor its mode change; reading it is fine.
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::hard_link(&target, ok.join("hard.log")).expect("link");
+        let e = open_append(&ok.join("hard.log"), FILE_MODE).expect_err("hard link");
+        assert!(e.to_string().contains("2 hard links"), "{e}");
+        assert!(e.to_string().contains("hard.log"), "{e}");
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep\n");
+        let m = std::fs::metadata(&target)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o777, 0o644, "mode untouched");
+        TrustedDir::open(&ok)
+            .and_then(|d| d.read(OsStr::new("hard.log")))
+            .expect("read-only open of a linked file");
         // A root-owned link to a directory on the way is followed.
         symlink(&ok, t.0.join("via")).expect("symlink");
         open_append(&t.0.join("via/events.log"), FILE_MODE).expect("root's link");
