@@ -843,8 +843,9 @@ pub struct PolicySummary {
 /// Delivery counters of one sink (see [`crate::events::pipeline`] for their exact meaning).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
 pub struct SinkCounters {
-    /// Records the destination acknowledged (for TCP and TLS: the peer's TCP, see
-    /// [`crate::events::pipeline`]).
+    /// Records the destination acknowledged (for TCP and TLS: the peer's TCP; files and
+    /// stdout: written out of the sink's buffer; see [`crate::events::pipeline`]). A record
+    /// counted here is in no loss counter.
     pub delivered: u64,
     /// Records waiting in memory now.
     pub queued: u64,

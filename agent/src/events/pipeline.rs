@@ -442,6 +442,7 @@ impl Pipeline {
             written: 0,
             flushed: 0,
             spent: Vec::new(),
+            unsettled: 0,
         };
         let handle = std::thread::Builder::new()
             .name(format!("sink-{}", cfg.name))

@@ -58,6 +58,9 @@ pub(super) struct Worker {
     /// Frames sent and no longer needed, handed back to the submitter in batches
     /// ([`Shared::spare`]).
     pub(super) spent: Vec<Vec<u8>>,
+    /// Records an untracked buffered sink took and has neither written out nor given up
+    /// ([`Transport::settles`]): held, in its buffer.
+    pub(super) unsettled: u64,
 }
 
 impl Worker {
@@ -77,6 +80,7 @@ impl Worker {
     /// unacknowledged for [`ACK_TIMEOUT`] means the peer stopped reading: the connection
     /// fails (its frames are sent again later).
     fn settle(&mut self) {
+        self.count_settled();
         self.publish_held();
         if self.inflight.is_empty() {
             return;
@@ -129,6 +133,20 @@ impl Worker {
         self.publish_held();
     }
 
+    /// Counts as delivered the records an untracked buffered sink (a file or stdout without
+    /// spool) has written out since the last call: a record it took but could not write (a
+    /// full disk until exit) is then in a loss counter only, never in both.
+    fn count_settled(&mut self) {
+        if self.tracks() || !self.transport.settles() {
+            return;
+        }
+        let n = self.transport.settled();
+        if n > 0 {
+            self.unsettled = self.unsettled.saturating_sub(n);
+            self.shared.c.delivered.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// Counts the `n` oldest in-flight frames as delivered and commits them in the spool.
     fn commit_front(&mut self, n: usize) {
         self.marked = self.marked.saturating_sub(n);
@@ -150,8 +168,9 @@ impl Worker {
     }
 
     fn publish_held(&self) {
-        let held =
-            (self.inflight.len() + self.retry.len() + self.batch.len() + self.taken.len()) as u64;
+        let held = (self.inflight.len() + self.retry.len() + self.batch.len() + self.taken.len())
+            as u64
+            + self.unsettled;
         self.shared.c.held.store(held, Ordering::Relaxed);
     }
 
@@ -398,6 +417,7 @@ impl Worker {
                     {
                         Ok(()) => {
                             let lost = self.transport.lost(false);
+                            self.unsettled = self.unsettled.saturating_sub(lost);
                             if lost > 0 {
                                 self.shared
                                     .c
@@ -498,7 +518,11 @@ impl Worker {
                             held,
                         });
                     } else {
-                        self.shared.c.delivered.fetch_add(1, Ordering::Relaxed);
+                        if self.transport.settles() {
+                            self.unsettled += 1;
+                        } else {
+                            self.shared.c.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
                         self.recycle(held.frame);
                     }
                 }
@@ -559,9 +583,11 @@ impl Worker {
             }
         }
         left.extend(self.taken.drain(..));
-        self.publish_held();
         self.transport.close();
+        self.count_settled();
         let unwritten = self.transport.lost(true);
+        self.unsettled = self.unsettled.saturating_sub(unwritten);
+        self.publish_held();
         if unwritten > 0 {
             self.shared
                 .c

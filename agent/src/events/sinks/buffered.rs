@@ -44,6 +44,9 @@ pub struct Buffered<O: Opener> {
     kept: Option<Kept>,
     /// Records given up and not yet reported by [`Transport::lost`].
     lost: u64,
+    /// Records written out by writers since closed, not yet reported by
+    /// [`Transport::settled`].
+    settled: u64,
 }
 
 /// Bytes a failed close kept, and where the stream stopped.
@@ -63,6 +66,7 @@ impl<O: Opener> Buffered<O> {
             out: None,
             kept: None,
             lost: 0,
+            settled: 0,
         }
     }
 }
@@ -80,6 +84,8 @@ struct Out<W: Write> {
     at: u64,
     /// The last byte written ended no record: `buf` starts inside one.
     torn: bool,
+    /// Records whose last byte was written, not yet reported by [`Transport::settled`].
+    settled: u64,
 }
 
 impl<W: Write> Out<W> {
@@ -148,6 +154,10 @@ impl<W: Write> Out<W> {
             }
         }
         if done > 0 {
+            self.settled += lines(&self.buf[..done.min(held)]);
+            if done > held {
+                self.settled += lines(&head[..done - held]);
+            }
             let last = if done <= held {
                 self.buf[done - 1]
             } else {
@@ -188,7 +198,13 @@ impl<O: Opener> Transport for Buffered<O> {
             }
             buf.extend_from_slice(&k.buf[from..]);
         }
-        self.out = Some(Out { w, buf, at, torn });
+        self.out = Some(Out {
+            w,
+            buf,
+            at,
+            torn,
+            settled: 0,
+        });
         Ok(())
     }
 
@@ -213,10 +229,12 @@ impl<O: Opener> Transport for Buffered<O> {
     }
 
     fn close(&mut self) {
-        if let Some(mut o) = self.out.take()
-            && o.flush().is_err()
-            && !o.buf.is_empty()
-        {
+        let Some(mut o) = self.out.take() else {
+            return;
+        };
+        let failed = o.flush().is_err();
+        self.settled += o.settled;
+        if failed && !o.buf.is_empty() {
             // Taken records: written at the next open, not dropped (a full disk).
             self.kept = Some(Kept {
                 buf: o.buf,
@@ -224,6 +242,18 @@ impl<O: Opener> Transport for Buffered<O> {
                 torn: o.torn,
             });
         }
+    }
+
+    fn settles(&self) -> bool {
+        true
+    }
+
+    fn settled(&mut self) -> u64 {
+        let open = self
+            .out
+            .as_mut()
+            .map_or(0, |o| std::mem::take(&mut o.settled));
+        open + std::mem::take(&mut self.settled)
     }
 
     fn lost(&mut self, give_up: bool) -> u64 {
@@ -285,6 +315,7 @@ mod tests {
     fn out(start: u64, room: usize) -> Out<Rec> {
         Out {
             torn: false,
+            settled: 0,
             w: Rec {
                 data: Vec::new(),
                 ends: Vec::new(),
@@ -475,11 +506,18 @@ mod kept_tests {
             let mut t = Buffered::with_opener(disk.clone());
             let sent = fill(&mut t, 1);
             assert!(t.kept.is_some(), "room {room}: nothing kept");
+            let before = t.settled();
+            assert_eq!(
+                before,
+                lines(&disk.files.lock().expect("files")[0]),
+                "room {room}: written records"
+            );
             *disk.room.lock().expect("room") = usize::MAX;
             let deadline = Instant::now() + std::time::Duration::from_secs(5);
             t.open(deadline).expect("reopen");
             t.flush().expect("flush");
             assert_eq!(t.lost(false), 0, "room {room}");
+            assert_eq!(before + t.settled(), lines(&sent), "room {room}");
             let files = disk.files.lock().expect("files");
             assert_eq!(files.len(), 1);
             assert_eq!(files[0], sent, "room {room}: records lost or cut");
@@ -527,6 +565,8 @@ mod kept_tests {
         t.open(deadline).expect("reopen");
         t.flush().expect("flush");
         assert_eq!(t.lost(false), 1);
+        // Each record is written or lost, never both.
+        assert_eq!(t.settled() + 1, lines(&sent));
         let files = disk.files.lock().expect("files");
         let (old, new) = (&files[0], &files[1]);
         assert!(
@@ -549,6 +589,8 @@ mod kept_tests {
         let mut t = Buffered::with_opener(disk.clone());
         let sent = fill(&mut t, 1);
         let written = lines(&disk.files.lock().expect("files")[0]);
+        assert_eq!(t.settled(), written);
+        assert_eq!(t.settled(), 0, "counted twice");
         assert_eq!(t.lost(false), 0);
         assert_eq!(t.lost(true), lines(&sent) - written);
         assert_eq!(t.lost(true), 0, "counted twice");

@@ -100,6 +100,16 @@ pub trait Transport: Send {
     fn lost(&mut self, _give_up: bool) -> u64 {
         0
     }
+    /// Whether a record counts as delivered when [`Self::settled`] reports it written out
+    /// (the buffered local sinks), not when [`Self::send`] takes it.
+    fn settles(&self) -> bool {
+        false
+    }
+    /// Records [`Self::send`] took whose last byte has been written out since the last call
+    /// (with [`Self::settles`]; a record given up is in [`Self::lost`] instead).
+    fn settled(&mut self) -> u64 {
+        0
+    }
 }
 
 /// How records become frames.
