@@ -40,6 +40,8 @@ use crate::rawbpf::{
 /// A no-op program attached to one hook (detached when the link is closed).
 struct Attached {
     hook: &'static Hook,
+    /// The program (`None`: egressd's own, held by its [`Enforcer`]).
+    prog: Option<OwnedFd>,
     _link: OwnedFd,
 }
 
@@ -67,7 +69,11 @@ fn attach(cgroup: &Path, owner: Option<&Enforcer>) -> anyhow::Result<Vec<Attache
             let link =
                 rawbpf::link_create(e.program_fd(hook.program)?, cg.as_fd(), hook.attach_type)
                     .with_context(|| format!("attaching egressd's program to {}", hook.name))?;
-            out.push(Attached { hook, _link: link });
+            out.push(Attached {
+                hook,
+                prog: None,
+                _link: link,
+            });
             continue;
         }
         // 1 allows on every one of these hooks (sock_addr and sock_create: the call goes on;
@@ -81,7 +87,11 @@ fn attach(cgroup: &Path, owner: Option<&Enforcer>) -> anyhow::Result<Vec<Attache
         .with_context(|| format!("loading the no-op program for {}", hook.name))?;
         let link = rawbpf::link_create(prog.as_fd(), cg.as_fd(), hook.attach_type)
             .with_context(|| format!("attaching a no-op program to {}", hook.name))?;
-        out.push(Attached { hook, _link: link });
+        out.push(Attached {
+            hook,
+            prog: Some(prog),
+            _link: link,
+        });
     }
     Ok(out)
 }
@@ -89,7 +99,10 @@ fn attach(cgroup: &Path, owner: Option<&Enforcer>) -> anyhow::Result<Vec<Attache
 /// `bench_kernel --noop DIR [--owner]`: attaches the no-op programs to `DIR` (with `owner`,
 /// egressd's `cgroup/sock_create` program among them), prints
 /// `{"ready":true,"hooks":[...]}` (the hooks, as egressd names them), and keeps them attached
-/// until `quit` or the end of stdin.
+/// until `quit` or the end of stdin. Commands on stdin, one per line, each answered with a
+/// JSON line, as for egressd's programs: `stats-on` / `stats-off` (BPF run-time
+/// statistics), `stats` (`run_time_ns`/`run_cnt` per hook, keyed by egressd's program
+/// name for that hook, so both answers read alike), `quit`.
 pub fn serve(cgroup: &Path, owner: bool) -> anyhow::Result<()> {
     // Kept until the links are closed: it holds the owner map the program writes.
     let enforcer = owner
@@ -101,11 +114,44 @@ pub fn serve(cgroup: &Path, owner: bool) -> anyhow::Result<()> {
     let mut w = stdout.lock();
     writeln!(w, "{}", json!({ "ready": true, "hooks": hooks }))?;
     w.flush()?;
+    let mut stats_fd = None;
     for line in std::io::stdin().lock().lines() {
-        if line?.trim() == "quit" {
-            break;
+        match line?.trim() {
+            "stats-on" => {
+                stats_fd = Some(aya::sys::enable_stats(aya::sys::Stats::RunTime)?);
+                writeln!(w, "{}", json!({ "stats": true }))?;
+            }
+            "stats-off" => {
+                stats_fd = None;
+                writeln!(w, "{}", json!({ "stats": false }))?;
+            }
+            "stats" => {
+                let mut v = json!({});
+                for a in &attached {
+                    let s = match (&a.prog, &enforcer) {
+                        (Some(p), _) => {
+                            rawbpf::prog_stats(p.as_fd(), &format!("noop_{}", a.hook.pin))?
+                        }
+                        (None, Some(e)) => {
+                            rawbpf::prog_stats(e.program_fd(a.hook.program)?, a.hook.program)?
+                        }
+                        (None, None) => continue,
+                    };
+                    v[a.hook.program] =
+                        json!({ "run_time_ns": s.run_time_ns, "run_cnt": s.run_cnt });
+                }
+                writeln!(w, "{v}")?;
+            }
+            "quit" => break,
+            other => writeln!(
+                w,
+                "{}",
+                json!({ "error": format!("unknown command {other}") })
+            )?,
         }
+        w.flush()?;
     }
+    drop(stats_fd);
     drop(attached);
     drop(enforcer);
     Ok(())

@@ -95,22 +95,13 @@ impl Egressd {
             }
         }
     }
+}
 
+impl super::Stats for Egressd {
     fn command(&mut self, cmd: &str) -> anyhow::Result<Value> {
         writeln!(self.stdin, "{cmd}")?;
         self.stdin.flush()?;
         self.next(Duration::from_secs(10))
-    }
-
-    /// Switches BPF run-time statistics on or off (like `kernel.bpf_stats_enabled`).
-    pub fn stats_enabled(&mut self, on: bool) -> anyhow::Result<()> {
-        self.command(if on { "stats-on" } else { "stats-off" })
-            .map(drop)
-    }
-
-    /// `run_time_ns`/`run_cnt` per program name.
-    pub fn stats(&mut self) -> anyhow::Result<Value> {
-        self.command("stats")
     }
 }
 

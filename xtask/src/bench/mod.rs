@@ -90,6 +90,70 @@ pub trait Filter {
     fn disable(&mut self, bed: &Bed) -> anyhow::Result<()>;
 }
 
+/// A `bench_kernel` process whose programs' BPF run-time statistics can be read: egressd's
+/// and the no-op programs'.
+pub trait Stats: Filter {
+    /// Sends one command line and returns its JSON answer.
+    fn command(&mut self, cmd: &str) -> anyhow::Result<Value>;
+
+    /// Switches BPF run-time statistics on or off (`BPF_ENABLE_STATS`, the switch behind
+    /// `kernel.bpf_stats_enabled`).
+    fn stats_enabled(&mut self, on: bool) -> anyhow::Result<()> {
+        self.command(if on { "stats-on" } else { "stats-off" })
+            .map(drop)
+    }
+
+    /// `run_time_ns`/`run_cnt` per program, keyed by egressd's program name for the hook.
+    fn stats(&mut self) -> anyhow::Result<Value> {
+        self.command("stats")
+    }
+}
+
+/// Programs whose BPF time per connect the issue sums: the connect hooks and the skb
+/// programs (`cgroup/sock_create` is reported apart).
+const CONNECT_PROGRAMS: [&str; 4] = [
+    "egressd_connect4",
+    "egressd_connect6",
+    "egressd_skb_egress",
+    "egressd_skb_ingress",
+];
+
+/// One connect run of `f` to `family`'s host with BPF run-time statistics on: each of
+/// [`CONNECT_PROGRAMS`]'s run time per call and calls over the run.
+fn hook_costs(
+    bed: &mut Bed,
+    f: &mut dyn Stats,
+    n: usize,
+    family: Family,
+    millis: u64,
+) -> anyhow::Result<HookCost> {
+    f.stats_enabled(true)?;
+    let before = f.stats()?;
+    let s = connect::measure(bed, f, family.host(), 0, millis);
+    let after = f.stats();
+    f.stats_enabled(false)?;
+    let (s, after) = (s?, after?);
+    let programs = CONNECT_PROGRAMS
+        .iter()
+        .map(|p| {
+            let d = |k: &str| {
+                after[p][k]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(before[p][k].as_u64().unwrap_or(0))
+            };
+            let (t, c) = (d("run_time_ns"), d("run_cnt"));
+            ((*p).to_owned(), t as f64 / c.max(1) as f64, c)
+        })
+        .collect();
+    Ok(HookCost {
+        n,
+        family,
+        programs,
+        sample: s,
+    })
+}
+
 /// How much to measure.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -235,6 +299,8 @@ pub struct Results {
     pub connect: Vec<ConnectCell>,
     /// egressd hook costs.
     pub hooks: Vec<HookCost>,
+    /// The same of the no-op programs (the floor), per N and family.
+    pub floor_hooks: Vec<HookCost>,
     /// The hooks the no-op programs were attached to ([`noop::Noop::hooks`]).
     pub noop_hooks: Vec<String>,
     /// `bench_kernel` measurement per N, and its memory once attached.
@@ -673,6 +739,7 @@ fn measure(
         sets: Vec::new(),
         connect: Vec::new(),
         hooks: Vec::new(),
+        floor_hooks: Vec::new(),
         noop_hooks: noop.hooks.clone(),
         kernel: Vec::new(),
         tools: Vec::new(),
@@ -819,38 +886,13 @@ fn per_n(
             }
         }
     }
-    // Hook costs: one extra egressd run per family with BPF statistics on.
+    // Hook costs: one extra run per family with BPF statistics on, of egressd and of the
+    // no-op programs (its floor, measured the same way).
     for family in [Family::V4, Family::V6] {
-        eg.stats_enabled(true)?;
-        let before = eg.stats()?;
-        let s = connect::measure(bed, &mut eg, family.host(), 0, plan.millis);
-        let after = eg.stats();
-        eg.stats_enabled(false)?;
-        let (s, after) = (s?, after?);
-        let programs = [
-            "egressd_connect4",
-            "egressd_connect6",
-            "egressd_skb_egress",
-            "egressd_skb_ingress",
-        ]
-        .iter()
-        .map(|p| {
-            let d = |k: &str| {
-                after[p][k]
-                    .as_u64()
-                    .unwrap_or(0)
-                    .saturating_sub(before[p][k].as_u64().unwrap_or(0))
-            };
-            let (t, c) = (d("run_time_ns"), d("run_cnt"));
-            ((*p).to_owned(), t as f64 / c.max(1) as f64, c)
-        })
-        .collect();
-        r.hooks.push(HookCost {
-            n,
-            family,
-            programs,
-            sample: s,
-        });
+        r.hooks
+            .push(hook_costs(bed, &mut eg, n, family, plan.millis)?);
+        r.floor_hooks
+            .push(hook_costs(bed, noop, n, family, plan.millis)?);
     }
     drop(eg);
 

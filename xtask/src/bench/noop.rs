@@ -9,9 +9,9 @@
 //! owner (socket-local storage) and nothing else, so its cost over the no-op programs is what
 //! naming the process behind a packet costs a connect.
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     path::Path,
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -29,6 +29,7 @@ pub const OWNER_NAME: &str = "no-op + owner record";
 pub struct Noop {
     child: Child,
     stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
     cgroup: Cgroup,
     name: &'static str,
     /// The hooks it attached to, as egressd names them (`cgroup/connect4`, ...).
@@ -52,17 +53,18 @@ impl Noop {
             .spawn()
             .with_context(|| format!("starting {} --noop", bin.display()))?;
         let stdin = child.stdin.take().context("stdin")?;
-        let stdout = child.stdout.take().context("stdout")?;
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
         // From here on `me` owns the child: an error below still stops it (Drop).
         let mut me = Self {
             child,
             stdin,
+            stdout,
             cgroup,
             name: if owner { OWNER_NAME } else { NAME },
             hooks: Vec::new(),
         };
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        me.stdout.read_line(&mut line)?;
         let ready: Value = serde_json::from_str(&line).with_context(|| {
             let status = me.child.try_wait().ok().flatten();
             format!("bench_kernel --noop answered {line:?} (exit status {status:?}; its stderr is above)")
@@ -79,6 +81,18 @@ impl Noop {
             })
             .unwrap_or_default();
         Ok(me)
+    }
+}
+
+impl super::Stats for Noop {
+    fn command(&mut self, cmd: &str) -> anyhow::Result<Value> {
+        writeln!(self.stdin, "{cmd}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("bench_kernel --noop exited (its stderr is above)");
+        }
+        serde_json::from_str(&line).with_context(|| format!("parsing {line:?}"))
     }
 }
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use super::{
-    Family, Results,
+    Family, HookCost, Results,
     noop::{NAME as NOOP, OWNER_NAME as OWNER},
     stats::{Spread, bytes, count, dur, ratio},
 };
@@ -177,8 +177,8 @@ fn load_ns(k: &Value) -> Vec<f64> {
     c.iter().zip(&i).map(|(a, b)| a + b).collect()
 }
 
-fn hook(r: &Results, n: usize, family: Family, prog: &str) -> Option<(f64, u64, u64)> {
-    r.hooks
+fn hook(hooks: &[HookCost], n: usize, family: Family, prog: &str) -> Option<(f64, u64, u64)> {
+    hooks
         .iter()
         .find(|h| h.n == n && h.family == family)
         .and_then(|h| {
@@ -205,10 +205,8 @@ pub fn dump(r: &Results) -> Value {
             "attempts": c.sample.attempts, "ok": c.sample.ok, "elapsed_ns": c.sample.elapsed_ns,
             "p50": c.sample.p50, "p99": c.sample.p99,
         })).collect::<Vec<_>>(),
-        "hooks": r.hooks.iter().map(|h| json!({
-            "n": h.n, "family": h.family.name(),
-            "programs": h.programs.iter().map(|(p, ns, c)| json!({"program": p, "ns": ns, "runs": c})).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
+        "hooks": hooks_json(&r.hooks),
+        "floor_hooks": hooks_json(&r.floor_hooks),
         "kernel": r.kernel.iter().map(|(n, v, a)| json!({"n": n, "measured": v, "attached": a})).collect::<Vec<_>>(),
         "tools": r.tools.iter().map(|t| json!({"n": t.n, "tool": t.tool, "kind": t.kind, "ns": t.ns})).collect::<Vec<_>>(),
         "floods": r.floods.iter().map(super::events::to_json).collect::<Vec<_>>(),
@@ -220,9 +218,23 @@ pub fn dump(r: &Results) -> Value {
     })
 }
 
-/// In-kernel time egressd spends per connect (all its programs), from the hook statistics.
-fn bpf_per_connect(r: &Results, n: usize, family: Family) -> Option<f64> {
-    let h = r.hooks.iter().find(|h| h.n == n && h.family == family)?;
+fn hooks_json(hooks: &[HookCost]) -> Value {
+    hooks
+        .iter()
+        .map(|h| {
+            json!({
+                "n": h.n, "family": h.family.name(),
+                "programs": h.programs.iter().map(|(p, ns, c)| json!({"program": p, "ns": ns, "runs": c})).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+/// In-kernel time per connect of the programs of `hooks` (egressd's, or the no-op
+/// programs' on the same hooks), from the hook statistics: each program's time per call
+/// times its calls, over the connects of the run.
+fn bpf_per_connect(hooks: &[HookCost], n: usize, family: Family) -> Option<f64> {
+    let h = hooks.iter().find(|h| h.n == n && h.family == family)?;
     let total: f64 = h.programs.iter().map(|(_, ns, c)| ns * *c as f64).sum();
     Some(total / h.sample.attempts.max(1) as f64)
 }
@@ -506,7 +518,7 @@ fn targets(s: &mut String, r: &Results, ns: &[usize], top: usize) {
         let (_, c4) = lookup_net(k, "dir24", "v4", "cold");
         let (_, cl4) = lookup_net(k, "lpm4", "v4", "cold");
         let (_, cl6) = lookup_net(k, "lpm6", "v6", "cold");
-        let hookc = hook(r, top, Family::V4, "egressd_connect4").map(|h| h.0);
+        let hookc = hook(&r.hooks, top, Family::V4, "egressd_connect4").map(|h| h.0);
         let used = if v4_lookup(k) == "table" {
             "the table"
         } else {
@@ -561,16 +573,27 @@ fn targets(s: &mut String, r: &Results, ns: &[usize], top: usize) {
         parts.join("; ")
     );
     // BPF time per connect at the top N (issue #16).
-    let per = FAMILIES.map(|fam| bpf_per_connect(r, top, fam));
+    let per = FAMILIES.map(|fam| bpf_per_connect(&r.hooks, top, fam));
     if per.iter().all(Option::is_some) {
         let [v4, v6] = per.map(|p| p.unwrap_or(f64::NAN));
+        let floor = FAMILIES.map(|fam| bpf_per_connect(&r.floor_hooks, top, fam));
+        let floor = match floor {
+            [Some(f4), Some(f6)] => format!(
+                " **Floor**, the no-op programs on the same hooks measured the same way (the \
+                 program call and the statistics' own two clock reads): {} / {}; egressd over \
+                 it: {} / {}.",
+                dur(f4),
+                dur(f6),
+                dur(v4 - f4),
+                dur(v6 - f6)
+            ),
+            _ => String::new(),
+        };
         let _ = writeln!(
             s,
             "| BPF time per connect (connect hook + skb egress + skb ingress) ≤ 1 µs at {}, \
              IPv4 and IPv6 | IPv4: {}; IPv6: {} | {} / {} (BPF statistics during the connect \
-             benchmark: each program's run time per call times its calls per connect; the \
-             section on the handshake memo below gives the floor of attached programs that \
-             return at once). |",
+             benchmark: each program's run time per call times its calls per connect).{floor} |",
             label(top),
             pm(v4 <= 1000.0),
             pm(v6 <= 1000.0),
@@ -671,7 +694,7 @@ fn why(s: &mut String, r: &Results, ns: &[usize], top: usize) {
         let mut parts = Vec::new();
         for &n in ns {
             if let (Some(b), Some(base), Some(e)) = (
-                bpf_per_connect(r, n, fam),
+                bpf_per_connect(&r.hooks, n, fam),
                 cost_spread(r, n, fam, "none"),
                 cost_spread(r, n, fam, "egressd"),
             ) {
@@ -792,9 +815,9 @@ fn why(s: &mut String, r: &Results, ns: &[usize], top: usize) {
              carry no data (connect, then RST), so each of their packets is judged (skb \
              egress and ingress per packet in the table below); with `established = \"keep\"` \
              or an audit verdict the verdict is stored at connect instead.",
-            hook(r, ns[0], Family::V4, "egressd_connect4").map_or("–".into(), |h| dur(h.0)),
+            hook(&r.hooks, ns[0], Family::V4, "egressd_connect4").map_or("–".into(), |h| dur(h.0)),
             label(ns[0]),
-            hook(r, top, Family::V4, "egressd_connect4").map_or("–".into(), |h| dur(h.0)),
+            hook(&r.hooks, top, Family::V4, "egressd_connect4").map_or("–".into(), |h| dur(h.0)),
             label(top),
             dur(first0),
             label(ns[0]),
@@ -914,21 +937,23 @@ fn hooks_table(s: &mut String, r: &Results, ns: &[usize]) {
          warm: what grows with N is the depth of the trie walk (IPv6 at every N, IPv4 below \
          65,536 IPv4 prefixes; above, IPv4 is in the table). The skb programs judge each \
          packet of these connections, which carry no data (see above). Runs per connect in \
-         parentheses.\n"
+         parentheses. The *floor* rows are the no-op programs on the same hooks (a program \
+         that returns at once), measured the same way in the same rounds: the program call and \
+         the statistics' own two clock reads, which no program on these hooks can go below.\n"
     );
     let _ = writeln!(
         s,
         "| N | connect4 | skb egress (v4 run) | skb ingress (v4 run) | connect6 | skb egress (v6 run) | skb ingress (v6 run) | BPF time per connect v4 / v6 |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
-    for &n in ns {
+    let row = |s: &mut String, hooks: &[HookCost], what: &str, n: usize| {
         let cell = |fam, p: &str| {
-            hook(r, n, fam, p).map_or("–".into(), |(ns, c, a)| {
+            hook(hooks, n, fam, p).map_or("–".into(), |(ns, c, a)| {
                 format!("{} ({:.1})", dur(ns), c as f64 / a.max(1) as f64)
             })
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            "| {what}{} | {} | {} | {} | {} | {} | {} | {} / {} |",
             label(n),
             cell(Family::V4, "egressd_connect4"),
             cell(Family::V4, "egressd_skb_egress"),
@@ -936,9 +961,18 @@ fn hooks_table(s: &mut String, r: &Results, ns: &[usize]) {
             cell(Family::V6, "egressd_connect6"),
             cell(Family::V6, "egressd_skb_egress"),
             cell(Family::V6, "egressd_skb_ingress"),
-            bpf_per_connect(r, n, Family::V4).map_or("–".into(), dur),
-            bpf_per_connect(r, n, Family::V6).map_or("–".into(), dur),
+            bpf_per_connect(hooks, n, Family::V4).map_or("–".into(), dur),
+            bpf_per_connect(hooks, n, Family::V6).map_or("–".into(), dur),
         );
+    };
+    for &n in ns {
+        row(s, &r.hooks, "", n);
+    }
+    // The floor does not depend on N: its run at each N, for the spread of the machine.
+    for &n in ns {
+        if r.floor_hooks.iter().any(|h| h.n == n) {
+            row(s, &r.floor_hooks, "floor (no-op programs), during N = ", n);
+        }
     }
     s.push('\n');
 }
@@ -1401,6 +1435,7 @@ mod tests {
             sets: Vec::new(),
             connect,
             hooks: Vec::new(),
+            floor_hooks: Vec::new(),
             noop_hooks: vec!["cgroup/connect4".into(), "cgroup/connect6".into()],
             kernel: Vec::new(),
             tools: Vec::new(),
