@@ -104,7 +104,8 @@ fn attach(cgroup: &Path, owner: Option<&Enforcer>) -> anyhow::Result<Vec<Attache
 /// statistics), `stats` (`run_time_ns`/`run_cnt` per hook, keyed by egressd's program
 /// name for that hook, so both answers read alike), `quit`.
 pub fn serve(cgroup: &Path, owner: bool) -> anyhow::Result<()> {
-    // Kept until the links are closed: it holds the owner map the program writes.
+    // Kept until the links are closed (they hold the program and its map themselves): the
+    // `stats` command reads the program through it.
     let enforcer = owner
         .then(|| Enforcer::open(0).context("loading egressd's programs"))
         .transpose()?;

@@ -155,6 +155,22 @@ fn check_dir(path: &Path, fd: libc::c_int, st: &libc::stat, last: bool) -> io::R
 }
 
 /// Whether a file with `st` may be written or trusted.
+/// A file egressd writes or narrows the mode of must have no other name: a second hard link
+/// may be outside the checked directory (a system file), whose contents or mode would change.
+fn check_single_link(path: &Path, st: &libc::stat) -> io::Result<()> {
+    if st.st_nlink > 1 {
+        return Err(refused(
+            path,
+            format!(
+                "file with {} hard links (another name of it may be elsewhere); give it a \
+                 name of its own",
+                st.st_nlink
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_file(path: &Path, st: &libc::stat) -> io::Result<()> {
     if kind(st.st_mode) != libc::S_IFREG {
         return Err(refused(path, "not a regular file"));
@@ -388,6 +404,7 @@ impl TrustedDir {
     /// As [`Self::read`]; `fchmod(2)`.
     pub fn restrict_file(&self, name: &OsStr, mode: u32) -> io::Result<bool> {
         let f = self.open_checked(name, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+        check_single_link(&self.name_path(name), &fstat(f.as_raw_fd())?)?;
         restrict_fd(&self.name_path(name), f, mode)
     }
 
@@ -421,17 +438,8 @@ impl TrustedDir {
         })?;
         let st = fstat(fd.as_raw_fd())?;
         check_file(&p, &st)?;
-        if flags & libc::O_ACCMODE != libc::O_RDONLY && st.st_nlink > 1 {
-            // Another name of the same file may be outside this directory (a system file):
-            // writing, or narrowing its mode, would change that file.
-            return Err(refused(
-                &p,
-                format!(
-                    "file with {} hard links (another name of it may be elsewhere); \
-                     give it a name of its own",
-                    st.st_nlink
-                ),
-            ));
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            check_single_link(&p, &st)?;
         }
         clear_nonblock(fd.as_raw_fd()).map_err(|e| at(&p, e))?;
         Ok(File::from(fd))
@@ -888,9 +896,19 @@ pub(crate) mod tests {
             .permissions()
             .mode();
         assert_eq!(m & 0o777, 0o644, "mode untouched");
-        TrustedDir::open(&ok)
-            .and_then(|d| d.read(OsStr::new("hard.log")))
+        let d = TrustedDir::open(&ok).expect("dir");
+        d.read(OsStr::new("hard.log"))
             .expect("read-only open of a linked file");
+        // Nor is its mode narrowed (a spool segment's check).
+        let e = d
+            .restrict_file(OsStr::new("hard.log"), FILE_MODE)
+            .expect_err("hard link");
+        assert!(e.to_string().contains("2 hard links"), "{e}");
+        let m = std::fs::metadata(&target)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o777, 0o644, "mode untouched");
         // A root-owned link to a directory on the way is followed.
         symlink(&ok, t.0.join("via")).expect("symlink");
         open_append(&t.0.join("via/events.log"), FILE_MODE).expect("root's link");

@@ -177,10 +177,10 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
     crate::daemon::signals::unblock_early();
-    // Before the policy load: a fixed trim threshold also fixes glibc's mmap threshold, so
-    // the load's large buffers are mapped and unmapped, and what its threads free at the top
-    // of their arenas goes back to the kernel (with glibc's dynamic thresholds a freed 20 MB
-    // buffer raises both, and an arena's top stayed resident after the load).
+    // Before the policy load: with glibc's thresholds fixed, the load's largest buffers are
+    // mapped apart and unmapped, and what its threads free at the top of their arenas goes
+    // back to the kernel (with the dynamic thresholds a freed 20 MB buffer raised both, and
+    // an arena's top stayed resident after the load).
     keep_heap_for_records();
     let stop = StopSignal::install()?;
     let notifier = crate::daemon::notify::Notifier::from_env();
@@ -281,7 +281,6 @@ pub async fn run_with(config_path: &Path, opts: RunOptions) -> anyhow::Result<()
     } = candidate;
     // The compile's garbage; the files' text goes once it is kept (below).
     release_freed_memory();
-    keep_heap_for_records();
     // What actually attached decides the LSM rows (a probe can say yes and a load still fail).
     let coverage = coverage
         .with_lsm(enforcer.lsm_coverage(), policy.packet_sockets)
@@ -1168,16 +1167,24 @@ fn release_freed_memory() {
 /// Most free memory at the top of the heap kept for reuse instead of handed back.
 pub const HEAP_KEEP: usize = 8 << 20;
 
+/// Allocations from this size up get a mapping of their own, unmapped when freed.
+pub const HEAP_MAP: usize = 1 << 20;
+
 /// Lets the heap keep up to [`HEAP_KEEP`] bytes of free memory at its top: a flood's frames
 /// are allocated by the ring-buffer reader and freed by the sinks' threads, and with glibc's
 /// default (128 KiB) the top went back to the kernel and was faulted in again over and over
-/// (about a tenth of the CPU per record, `bench_pipeline`). [`release_freed_memory`] still
-/// hands back everything after a policy load.
+/// (about a tenth of the CPU per record, `bench_pipeline`). Allocations from [`HEAP_MAP`] up
+/// (a policy file's text, the last good policy's JSON) are mapped apart and go back to the
+/// kernel when freed. Both fixed, glibc no longer adjusts them as it goes (its dynamic
+/// thresholds, raised by the first large buffer freed, kept an arena's freed top resident
+/// after a large policy load). [`release_freed_memory`] still hands back everything after a
+/// policy load.
 pub fn keep_heap_for_records() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: sets one malloc parameter; no memory is touched.
+    // SAFETY: sets two malloc parameters; no memory is touched.
     unsafe {
         libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_KEEP as libc::c_int);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_MAP as libc::c_int);
     }
 }
 

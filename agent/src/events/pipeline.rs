@@ -55,8 +55,9 @@
 //! Counters per sink ([`SinkCounters`]): `delivered`; `queued` (memory) and `spooled` (in the
 //! spool, not acknowledged yet) now; `dropped_queue_full` (memory queue full and no spool, or
 //! the spool unwritable), `dropped_spool_full` (spool at its size limit), `dropped_failed` (a
-//! frame the destination can never take, e.g. larger than a datagram), `dropped_at_exit` (no
-//! spool and the destination down at exit); `retries` (failed connection attempts and lost
+//! frame the destination can never take, e.g. larger than a datagram; a file sink's record a
+//! failed write cut off in a file rotated before it could be completed), `dropped_at_exit`
+//! (no spool and the destination down at exit; a file sink's records a full disk kept); `retries` (failed connection attempts and lost
 //! connections); `up`.
 //!
 //! Shutdown ([`Pipeline::shutdown`]): workers keep delivering until their queues are empty
@@ -429,6 +430,8 @@ impl Pipeline {
         transport.set_stop(shared.stop.clone());
         if let Some(s) = &shared.spool {
             shared.set_spooled(&s.lock().unwrap_or_else(PoisonError::into_inner));
+            // What a failed write did not take is sent again from the spool or memory.
+            transport.set_resends();
         }
         let worker = Worker {
             shared: shared.clone(),

@@ -167,11 +167,15 @@ impl Worker {
         }
     }
 
+    /// Records this worker holds: in flight, to send again, taken from the spool or the
+    /// memory queue and not sent yet, and in the transport's buffer.
+    fn held(&self) -> u64 {
+        (self.inflight.len() + self.retry.len() + self.batch.len() + self.taken.len()) as u64
+            + self.unsettled
+    }
+
     fn publish_held(&self) {
-        let held = (self.inflight.len() + self.retry.len() + self.batch.len() + self.taken.len())
-            as u64
-            + self.unsettled;
-        self.shared.c.held.store(held, Ordering::Relaxed);
+        self.shared.c.held.store(self.held(), Ordering::Relaxed);
     }
 
     /// The connection failed: close it and send the uncommitted frames again first: the
@@ -322,6 +326,12 @@ impl Worker {
                 q.bytes -= g.len();
                 self.taken.push_back(g);
             }
+            // Published before the queue's lock goes, so that what left the queue is never
+            // in neither count (`Pipeline::flush`); `f` too, until it is sent.
+            self.shared
+                .c
+                .held
+                .store(self.held() + u64::from(f.is_some()), Ordering::Relaxed);
             f
         };
         drop(spool);

@@ -3,6 +3,7 @@
 //! close, and in a burst at every [`CHUNK`] boundary of the stream; only how the writer is
 //! opened differs.
 use std::{
+    collections::VecDeque,
     io::{self, IoSlice, Write},
     time::Instant,
 };
@@ -47,6 +48,9 @@ pub struct Buffered<O: Opener> {
     /// Records written out by writers since closed, not yet reported by
     /// [`Transport::settled`].
     settled: u64,
+    /// Whether a failed close keeps what it could not write ([`Kept`]); not when the caller
+    /// sends it again ([`Transport::set_resends`]).
+    keep: bool,
 }
 
 /// Bytes a failed close kept, and where the stream stopped.
@@ -67,6 +71,7 @@ impl<O: Opener> Buffered<O> {
             kept: None,
             lost: 0,
             settled: 0,
+            keep: true,
         }
     }
 }
@@ -84,6 +89,10 @@ struct Out<W: Write> {
     at: u64,
     /// The last byte written ended no record: `buf` starts inside one.
     torn: bool,
+    /// Stream offsets where the records taken and not yet written out end (one per frame:
+    /// a frame is one line), oldest first: how [`Transport::settled`] counts records written
+    /// without reading their bytes again.
+    ends: VecDeque<u64>,
     /// Records whose last byte was written, not yet reported by [`Transport::settled`].
     settled: u64,
 }
@@ -103,6 +112,7 @@ impl<W: Write> Out<W> {
         let start = self.at + self.buf.len() as u64;
         let end = start + frame.len() as u64;
         let cut = end - end % CHUNK;
+        self.ends.push_back(end);
         if cut <= start {
             self.buf.extend_from_slice(frame);
             return Ok(());
@@ -112,6 +122,7 @@ impl<W: Write> Out<W> {
         let (done, r) = self.write_out(&frame[..head]);
         if done <= held {
             // None of the frame written: not taken (an error, the buffer's rest kept).
+            self.ends.pop_back();
             return r;
         }
         self.buf.extend_from_slice(&frame[done - held..]);
@@ -154,10 +165,6 @@ impl<W: Write> Out<W> {
             }
         }
         if done > 0 {
-            self.settled += lines(&self.buf[..done.min(held)]);
-            if done > held {
-                self.settled += lines(&head[..done - held]);
-            }
             let last = if done <= held {
                 self.buf[done - 1]
             } else {
@@ -167,6 +174,10 @@ impl<W: Write> Out<W> {
         }
         self.buf.drain(..done.min(held));
         self.at += done as u64;
+        while self.ends.front().is_some_and(|&e| e <= self.at) {
+            self.ends.pop_front();
+            self.settled += 1;
+        }
         (done, r)
     }
 }
@@ -198,11 +209,19 @@ impl<O: Opener> Transport for Buffered<O> {
             }
             buf.extend_from_slice(&k.buf[from..]);
         }
+        // The records a failed close kept end where their line breaks are.
+        let ends = buf
+            .iter()
+            .enumerate()
+            .filter(|&(_, &c)| c == b'\n')
+            .map(|(i, _)| at + i as u64 + 1)
+            .collect();
         self.out = Some(Out {
             w,
             buf,
             at,
             torn,
+            ends,
             settled: 0,
         });
         Ok(())
@@ -234,7 +253,7 @@ impl<O: Opener> Transport for Buffered<O> {
         };
         let failed = o.flush().is_err();
         self.settled += o.settled;
-        if failed && !o.buf.is_empty() {
+        if failed && self.keep && !o.buf.is_empty() {
             // Taken records: written at the next open, not dropped (a full disk).
             self.kept = Some(Kept {
                 buf: o.buf,
@@ -246,6 +265,10 @@ impl<O: Opener> Transport for Buffered<O> {
 
     fn settles(&self) -> bool {
         true
+    }
+
+    fn set_resends(&mut self) {
+        self.keep = false;
     }
 
     fn settled(&mut self) -> u64 {
@@ -315,6 +338,7 @@ mod tests {
     fn out(start: u64, room: usize) -> Out<Rec> {
         Out {
             torn: false,
+            ends: VecDeque::new(),
             settled: 0,
             w: Rec {
                 data: Vec::new(),
@@ -580,6 +604,30 @@ mod kept_tests {
                 .count()
         };
         assert_eq!(whole(old) + whole(new) + 1, lines(&sent) as usize);
+    }
+
+    #[test]
+    fn a_caller_that_resends_gets_nothing_kept() {
+        // With a spool the worker sends again what a failed write did not take: keeping it
+        // too would write those records twice.
+        let disk = Disk::default();
+        *disk.room.lock().expect("room") = 100_000;
+        let mut t = Buffered::with_opener(disk.clone());
+        t.set_resends();
+        fill(&mut t, 1);
+        assert!(t.kept.is_none(), "kept for a caller that resends");
+        let written = disk.files.lock().expect("files")[0].clone();
+        *disk.room.lock().expect("room") = usize::MAX;
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        t.open(deadline).expect("reopen");
+        t.flush().expect("flush");
+        // Only the line break the open adds after a cut record (the file sink's repair).
+        let mut want = written;
+        if !want.ends_with(b"\n") {
+            want.push(b'\n');
+        }
+        assert_eq!(disk.files.lock().expect("files")[0], want, "written again");
+        assert_eq!(t.lost(true), 0);
     }
 
     #[test]

@@ -100,6 +100,10 @@ pub trait Transport: Send {
     fn lost(&mut self, _give_up: bool) -> u64 {
         0
     }
+    /// The caller sends again every frame a failed write or close did not take (a sink with
+    /// a spool resends from it): the transport keeps nothing across a close, which would
+    /// write those frames twice.
+    fn set_resends(&mut self) {}
     /// Whether a record counts as delivered when [`Self::settled`] reports it written out
     /// (the buffered local sinks), not when [`Self::send`] takes it.
     fn settles(&self) -> bool {
