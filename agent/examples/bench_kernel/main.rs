@@ -489,6 +489,31 @@ fn main() -> anyhow::Result<()> {
     enforcer.attach(&cgroup)?;
     writeln!(w, "{}", json!({ "ready": true, "memory": memory() }))?;
     w.flush()?;
+    serve_commands(&mut w, || {
+        let mut v = json!({});
+        for name in [
+            programs::CONNECT4,
+            programs::CONNECT6,
+            programs::SKB_EGRESS,
+            programs::SKB_INGRESS,
+        ] {
+            let s = rawbpf::prog_stats(enforcer.program_fd(name)?, name)?;
+            v[name] = json!({ "run_time_ns": s.run_time_ns, "run_cnt": s.run_cnt });
+        }
+        Ok(v)
+    })
+}
+
+/// Serves the commands on stdin, one per line, each answered with one JSON line on `w`:
+/// `stats-on` / `stats-off` (BPF run-time statistics, held on while the returned
+/// descriptor is open), `stats` (what `stats` returns), `quit` (or the end of stdin).
+///
+/// # Errors
+/// Reading stdin or writing `w` fails, or switching the statistics or `stats` does.
+pub fn serve_commands(
+    w: &mut impl std::io::Write,
+    mut stats: impl FnMut() -> anyhow::Result<Value>,
+) -> anyhow::Result<()> {
     let mut stats_fd = None;
     for line in std::io::stdin().lock().lines() {
         match line?.trim() {
@@ -500,19 +525,7 @@ fn main() -> anyhow::Result<()> {
                 stats_fd = None;
                 writeln!(w, "{}", json!({ "stats": false }))?;
             }
-            "stats" => {
-                let mut v = json!({});
-                for name in [
-                    programs::CONNECT4,
-                    programs::CONNECT6,
-                    programs::SKB_EGRESS,
-                    programs::SKB_INGRESS,
-                ] {
-                    let s = rawbpf::prog_stats(enforcer.program_fd(name)?, name)?;
-                    v[name] = json!({ "run_time_ns": s.run_time_ns, "run_cnt": s.run_cnt });
-                }
-                writeln!(w, "{v}")?;
-            }
+            "stats" => writeln!(w, "{}", stats()?)?,
             "quit" => break,
             other => writeln!(
                 w,

@@ -19,7 +19,7 @@
 //! alike.
 use std::{
     fs::File,
-    io::{BufRead as _, Write as _},
+    io::Write as _,
     os::fd::{AsFd as _, OwnedFd},
     path::Path,
 };
@@ -115,44 +115,20 @@ pub fn serve(cgroup: &Path, owner: bool) -> anyhow::Result<()> {
     let mut w = stdout.lock();
     writeln!(w, "{}", json!({ "ready": true, "hooks": hooks }))?;
     w.flush()?;
-    let mut stats_fd = None;
-    for line in std::io::stdin().lock().lines() {
-        match line?.trim() {
-            "stats-on" => {
-                stats_fd = Some(aya::sys::enable_stats(aya::sys::Stats::RunTime)?);
-                writeln!(w, "{}", json!({ "stats": true }))?;
-            }
-            "stats-off" => {
-                stats_fd = None;
-                writeln!(w, "{}", json!({ "stats": false }))?;
-            }
-            "stats" => {
-                let mut v = json!({});
-                for a in &attached {
-                    let s = match (&a.prog, &enforcer) {
-                        (Some(p), _) => {
-                            rawbpf::prog_stats(p.as_fd(), &format!("noop_{}", a.hook.pin))?
-                        }
-                        (None, Some(e)) => {
-                            rawbpf::prog_stats(e.program_fd(a.hook.program)?, a.hook.program)?
-                        }
-                        (None, None) => continue,
-                    };
-                    v[a.hook.program] =
-                        json!({ "run_time_ns": s.run_time_ns, "run_cnt": s.run_cnt });
+    crate::serve_commands(&mut w, || {
+        let mut v = json!({});
+        for a in &attached {
+            let s = match (&a.prog, &enforcer) {
+                (Some(p), _) => rawbpf::prog_stats(p.as_fd(), &format!("noop_{}", a.hook.pin))?,
+                (None, Some(e)) => {
+                    rawbpf::prog_stats(e.program_fd(a.hook.program)?, a.hook.program)?
                 }
-                writeln!(w, "{v}")?;
-            }
-            "quit" => break,
-            other => writeln!(
-                w,
-                "{}",
-                json!({ "error": format!("unknown command {other}") })
-            )?,
+                (None, None) => continue,
+            };
+            v[a.hook.program] = json!({ "run_time_ns": s.run_time_ns, "run_cnt": s.run_cnt });
         }
-        w.flush()?;
-    }
-    drop(stats_fd);
+        Ok(v)
+    })?;
     drop(attached);
     drop(enforcer);
     Ok(())
