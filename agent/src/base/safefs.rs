@@ -575,6 +575,16 @@ impl TrustedDir {
         check_file(&self.name_path(name), &st)
     }
 
+    /// Whether egressd could write `name` (it passes [`Self::check_entry`] and has no other
+    /// hard link, as [`Self::append`] requires), without opening it.
+    ///
+    /// # Errors
+    /// See above.
+    pub fn check_writable(&self, name: &OsStr) -> io::Result<()> {
+        self.check_entry(name)?;
+        check_single_link(&self.name_path(name), &self.lstat(name)?)
+    }
+
     /// The names in the directory (`.` and `..` left out), unsorted.
     ///
     /// # Errors

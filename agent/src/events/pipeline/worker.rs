@@ -76,7 +76,8 @@ impl Worker {
 
     /// Commits acknowledged frames (counted as delivered; committed in the spool): on TCP
     /// and TLS once the peer's TCP acknowledged their bytes and the connection is still
-    /// healthy [`COMMIT_GRACE`] later; elsewhere once written (and flushed). A frame
+    /// healthy [`COMMIT_GRACE`] later; files and stdout once their buffer reports the record
+    /// written out ([`Transport::settled`]); elsewhere once written (and flushed). A frame
     /// unacknowledged for [`ACK_TIMEOUT`] means the peer stopped reading: the connection
     /// fails (its frames are sent again later).
     fn settle(&mut self) {
@@ -86,18 +87,22 @@ impl Worker {
             return;
         }
         let acks = self.transport.acknowledges();
-        let acked = if acks {
-            self.written.saturating_sub(self.transport.unacked())
-        } else {
-            self.flushed
-        };
         let now = Instant::now();
-        for f in self.inflight.iter_mut().skip(self.marked) {
-            if f.end > acked {
-                break;
+        if !acks && self.transport.settles() {
+            self.mark_settled(now);
+        } else {
+            let acked = if acks {
+                self.written.saturating_sub(self.transport.unacked())
+            } else {
+                self.flushed
+            };
+            for f in self.inflight.iter_mut().skip(self.marked) {
+                if f.end > acked {
+                    break;
+                }
+                f.acked = Some(now);
+                self.marked += 1;
             }
-            f.acked = Some(now);
-            self.marked += 1;
         }
         let grace = if acks { COMMIT_GRACE } else { Duration::ZERO };
         let due = self
@@ -147,6 +152,23 @@ impl Worker {
         }
     }
 
+    /// Marks as written the in-flight frames a buffered sink (files, stdout, with a spool)
+    /// reports written out since the last call: in order, one per record; a frame refused
+    /// for good, of which nothing was written, is passed.
+    fn mark_settled(&mut self, now: Instant) {
+        let mut n = self.transport.settled();
+        for f in self.inflight.iter_mut().skip(self.marked) {
+            if !f.held.rejected {
+                if n == 0 {
+                    break;
+                }
+                n -= 1;
+            }
+            f.acked = Some(now);
+            self.marked += 1;
+        }
+    }
+
     /// Counts the `n` oldest in-flight frames as delivered and commits them in the spool.
     fn commit_front(&mut self, n: usize) {
         self.marked = self.marked.saturating_sub(n);
@@ -192,6 +214,12 @@ impl Worker {
             self.commit_front(n);
         }
         self.transport.close();
+        if !self.transport.acknowledges() && self.transport.settles() && self.tracks() {
+            // What reached the file (the close's last write included) is delivered: only
+            // the rest is sent again, or a full disk would write records twice.
+            self.mark_settled(Instant::now());
+            self.commit_front(self.marked);
+        }
         self.shared.c.up.store(false, Ordering::Relaxed);
         self.shared.c.retries.fetch_add(1, Ordering::Relaxed);
         if let Some(f) = frame.filter(|f| !f.wal) {
@@ -372,7 +400,11 @@ impl Worker {
                 match self.transport.flush() {
                     Ok(()) => self.flushed = self.written,
                     Err(e) => {
+                        // What could not be written goes again, to the reopened file.
                         tracing::warn!(sink = %self.name(), error = %e, "flush before reopening failed");
+                        self.fail(None, &e);
+                        next_attempt = Instant::now();
+                        continue;
                     }
                 }
                 self.settle();
@@ -439,7 +471,12 @@ impl Worker {
                             self.shared.wrote(Instant::now());
                             self.written = 0;
                             self.flushed = 0;
-                            backoff = RETRY_MIN;
+                            // Should it fail again before a write succeeds (which resets
+                            // the backoff), the next open waits: a file that opens but
+                            // cannot be written (a full disk) is retried ever less often,
+                            // not every 100 ms.
+                            next_attempt = Instant::now() + backoff;
+                            backoff = (backoff * 2).min(self.retry_max);
                             last_write = Instant::now();
                             if logged_down {
                                 tracing::info!(sink = %self.name(), "sink reconnected");
@@ -512,6 +549,7 @@ impl Worker {
             let send_by = op_deadline(now + SEND_TIMEOUT, deadline);
             match self.transport.send(&held.frame, send_by) {
                 Ok(n) => {
+                    backoff = RETRY_MIN;
                     last_write = if acks { Instant::now() } else { now };
                     self.shared.wrote(last_write);
                     self.written += n;

@@ -338,7 +338,7 @@ pub fn preflight(sinks: &[SinkConfig]) -> anyhow::Result<()> {
                     anyhow::bail!("sink '{name}': {}: not a file path", path.display());
                 };
                 let dir = TrustedDir::open(dir).with_context(|| format!("sink '{name}'"))?;
-                match dir.read(file) {
+                match dir.check_writable(file) {
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e).with_context(|| format!("sink '{name}'")),
@@ -362,6 +362,31 @@ pub fn preflight(sinks: &[SinkConfig]) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::events::sample;
+
+    #[test]
+    fn preflight_refuses_what_run_refuses() {
+        let t = crate::base::safefs::tests::Tmp::new("preflight");
+        let file = |name: &str| {
+            let mut cfg = crate::config::SinkConfig::stdout();
+            cfg.name = "f".into();
+            cfg.kind = SinkKind::File {
+                path: t.0.join(name),
+                mode: crate::base::safefs::FILE_MODE,
+            };
+            cfg
+        };
+        preflight(&[file("new.log")]).expect("a file not made yet");
+        std::fs::write(t.0.join("own.log"), "x\n").expect("write");
+        preflight(&[file("own.log")]).expect("a file of its own");
+        // A second name of another file, and a symbolic link: refused as `run` refuses them.
+        std::fs::hard_link(t.0.join("own.log"), t.0.join("hard.log")).expect("link");
+        let e = preflight(&[file("hard.log")]).expect_err("hard link");
+        assert!(format!("{e:#}").contains("2 hard links"), "{e:#}");
+        assert!(format!("{e:#}").starts_with("sink 'f'"), "{e:#}");
+        std::os::unix::fs::symlink(t.0.join("new.log"), t.0.join("sym.log")).expect("symlink");
+        let e = preflight(&[file("sym.log")]).expect_err("symlink");
+        assert!(format!("{e:#}").contains("symbolic link"), "{e:#}");
+    }
 
     #[test]
     fn sinks_example_config_is_valid() {
