@@ -157,14 +157,14 @@ fn check_dir(path: &Path, fd: libc::c_int, st: &libc::stat, last: bool) -> io::R
 /// Whether a file with `st` may be written or trusted.
 /// A file egressd writes or narrows the mode of must have no other name: a second hard link
 /// may be outside the checked directory (a system file), whose contents or mode would change.
-fn check_single_link(path: &Path, st: &libc::stat) -> io::Result<()> {
-    if st.st_nlink > 1 {
+fn check_single_link(path: &Path, nlink: impl Into<u64>) -> io::Result<()> {
+    let nlink = nlink.into();
+    if nlink > 1 {
         return Err(refused(
             path,
             format!(
-                "file with {} hard links (another name of it may be elsewhere); give it a \
-                 name of its own",
-                st.st_nlink
+                "file with {nlink} hard links (another name of it may be elsewhere); give it \
+                 a name of its own"
             ),
         ));
     }
@@ -404,7 +404,6 @@ impl TrustedDir {
     /// As [`Self::read`]; `fchmod(2)`.
     pub fn restrict_file(&self, name: &OsStr, mode: u32) -> io::Result<bool> {
         let f = self.open_checked(name, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
-        check_single_link(&self.name_path(name), &fstat(f.as_raw_fd())?)?;
         restrict_fd(&self.name_path(name), f, mode)
     }
 
@@ -439,7 +438,7 @@ impl TrustedDir {
         let st = fstat(fd.as_raw_fd())?;
         check_file(&p, &st)?;
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
-            check_single_link(&p, &st)?;
+            check_single_link(&p, st.st_nlink)?;
         }
         clear_nonblock(fd.as_raw_fd()).map_err(|e| at(&p, e))?;
         Ok(File::from(fd))
@@ -568,11 +567,17 @@ impl TrustedDir {
     /// # Errors
     /// See above.
     pub fn check_entry(&self, name: &OsStr) -> io::Result<()> {
+        self.checked_entry(name).map(drop)
+    }
+
+    /// [`Self::check_entry`], returning the entry's `lstat`.
+    fn checked_entry(&self, name: &OsStr) -> io::Result<libc::stat> {
         let st = self.lstat(name)?;
         if kind(st.st_mode) == libc::S_IFLNK {
             return Err(refused(&self.name_path(name), "a symbolic link"));
         }
-        check_file(&self.name_path(name), &st)
+        check_file(&self.name_path(name), &st)?;
+        Ok(st)
     }
 
     /// Whether egressd could write `name` (it passes [`Self::check_entry`] and has no other
@@ -581,8 +586,8 @@ impl TrustedDir {
     /// # Errors
     /// See above.
     pub fn check_writable(&self, name: &OsStr) -> io::Result<()> {
-        self.check_entry(name)?;
-        check_single_link(&self.name_path(name), &self.lstat(name)?)
+        let st = self.checked_entry(name)?;
+        check_single_link(&self.name_path(name), st.st_nlink)
     }
 
     /// The names in the directory (`.` and `..` left out), unsorted.
@@ -647,10 +652,15 @@ fn fastrand_u64() -> u64 {
 }
 
 /// `fchmod`s `f` to `mode` when it has a permission bit `mode` lacks (set-id and sticky bits
-/// included); logs the change.
+/// included); logs the change. A regular file with another hard link is refused, narrowed
+/// or not: its other name may be a system file.
 fn restrict_fd(path: &Path, f: File, mode: u32) -> io::Result<bool> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let now = f.metadata().map_err(|e| at(path, e))?.permissions().mode() & 0o7777;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let meta = f.metadata().map_err(|e| at(path, e))?;
+    if meta.is_file() {
+        check_single_link(path, meta.nlink())?;
+    }
+    let now = meta.permissions().mode() & 0o7777;
     if now & !mode == 0 {
         return Ok(false);
     }
