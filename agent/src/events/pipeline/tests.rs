@@ -578,54 +578,6 @@ fn queue_is_bounded_in_bytes() {
     drop(p);
 }
 
-/// A file with limited room, as on a full disk: a write past the room takes what fits, the
-/// next fails (`ENOSPC`); opening ends a record cut at the file's end with a line break, as
-/// the file sink does.
-#[derive(Clone, Default)]
-struct Disk(Arc<Mutex<(Vec<u8>, usize)>>);
-
-struct DiskWriter(Disk);
-
-impl io::Write for DiskWriter {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        let mut d = (self.0).0.lock().expect("disk");
-        if d.1 == 0 {
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-        }
-        let n = b.len().min(d.1);
-        d.0.extend_from_slice(&b[..n]);
-        d.1 -= n;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl crate::events::sinks::buffered::Opener for Disk {
-    type Writer = DiskWriter;
-    const WHAT: &'static str = "file";
-
-    fn open(&mut self, resume: Option<u64>) -> io::Result<DiskWriter> {
-        let mut d = self.0.lock().expect("disk");
-        let len = d.0.len() as u64;
-        if len > 0 && resume != Some(len) && d.0.last() != Some(&b'\n') {
-            if d.1 == 0 {
-                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-            }
-            d.0.push(b'\n');
-            d.1 -= 1;
-        }
-        drop(d);
-        Ok(DiskWriter(self.clone()))
-    }
-
-    fn offset(w: &DiskWriter) -> u64 {
-        (w.0).0.lock().expect("disk").0.len() as u64
-    }
-}
-
 /// The sequences of the whole records in `text`, and how many lines are not one (a record
 /// cut by the full disk).
 fn lines_of(text: &[u8]) -> (Vec<u64>, usize) {
@@ -645,8 +597,8 @@ fn a_full_disk_writes_no_record_twice_with_a_spool() {
     // With a spool, what a failed write did not take is sent again from it: only that. The
     // records written before the disk filled count as delivered at once.
     let dir = tmp("fulldisk");
-    let disk = Disk::default();
-    disk.0.lock().expect("disk").1 = 40_000;
+    let disk = crate::events::sinks::buffered::kept_tests::Disk::default();
+    *disk.room.lock().expect("room") = 40_000;
     let t: Box<dyn Transport> = Box::new(crate::events::sinks::buffered::Buffered::with_opener(
         disk.clone(),
     ));
@@ -656,16 +608,16 @@ fn a_full_disk_writes_no_record_twice_with_a_spool() {
     for i in 1..=n {
         p.submit(&rec(i));
     }
-    wait_for("the disk to fill", || disk.0.lock().expect("disk").1 == 0);
+    wait_for("the disk to fill", || *disk.room.lock().expect("room") == 0);
     wait_for("a failed write", || p.counters()["s"].retries > 0);
-    let (written, _) = lines_of(&disk.0.lock().expect("disk").0);
+    let (written, _) = lines_of(&disk.files.lock().expect("files")[0]);
     wait_for("the written records counted", || {
         p.counters()["s"].delivered == written.len() as u64
     });
-    disk.0.lock().expect("disk").1 = usize::MAX;
+    *disk.room.lock().expect("room") = usize::MAX;
     assert!(p.flush(Duration::from_secs(10)), "{:?}", p.counters());
     let c = p.shutdown(Duration::from_secs(1));
-    let (seqs, cut) = lines_of(&disk.0.lock().expect("disk").0);
+    let (seqs, cut) = lines_of(&disk.files.lock().expect("files")[0]);
     let mut sorted = seqs.clone();
     sorted.sort_unstable();
     sorted.dedup();

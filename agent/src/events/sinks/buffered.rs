@@ -444,8 +444,9 @@ mod tests {
     }
 }
 
+/// Tests of what a failed close keeps, and the full disk they run on (also the pipeline's).
 #[cfg(test)]
-mod kept_tests {
+pub(crate) mod kept_tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -453,13 +454,13 @@ mod kept_tests {
     /// A file in memory whose disk has `room` bytes left; `rotate` makes the next open
     /// start a new, empty file.
     #[derive(Clone, Default)]
-    struct Disk {
-        files: Arc<Mutex<Vec<Vec<u8>>>>,
-        room: Arc<Mutex<usize>>,
+    pub(crate) struct Disk {
+        pub(crate) files: Arc<Mutex<Vec<Vec<u8>>>>,
+        pub(crate) room: Arc<Mutex<usize>>,
         rotate: Arc<Mutex<bool>>,
     }
 
-    struct Handle(Disk);
+    pub(crate) struct Handle(Disk);
 
     impl Write for Handle {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
